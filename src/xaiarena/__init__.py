@@ -1,0 +1,7 @@
+"""xaiarena: put feature-attribution methods side by side and tell which are faithful."""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load_config"]
+
+from .config import load_config  # noqa: E402

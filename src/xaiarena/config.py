@@ -1,0 +1,334 @@
+"""The experiment configuration: pydantic models, YAML loading, ``--set`` overrides.
+
+One YAML file describes an experiment. Every key is validated: an unknown key, a
+value of the wrong type, or an unregistered dataset/model/explainer/metric name
+raises :class:`~xaiarena.errors.ConfigError` whose message names the key path,
+the bad value and the valid choices (the CLI exits with code 2).
+
+Components (dataset, model, explainers, metrics) are written either as a bare
+name or as a mapping with ``name``, an optional ``label`` and the component's
+own keyword parameters next to it::
+
+    explainers:
+      - gradcam
+      - name: integrated_gradients
+        n_steps: 32
+      - {name: integrated_gradients, label: ig_black, baseline: black}
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError, UnknownNameError
+from .registry import DATASETS, EXPLAINERS, METRICS, MODELS, Registry, suggest
+
+DEFAULT_CONFIG_NAME = "default.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ComponentSpec(_Strict):
+    """A registered component by name, with its keyword parameters."""
+
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict):
+            value = dict(value)
+            known = {k: value.pop(k) for k in ("name", "label", "params") if k in value}
+            params = dict(known.get("params") or {})
+            params.update(value)  # any other key is a parameter of the component
+            known["params"] = params
+            return known
+        return value
+
+    @property
+    def key(self) -> str:
+        """The name results are reported under (``label`` if given)."""
+        return self.label or self.name
+
+    def hash_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "params": self.params}
+
+
+class DataConfig(ComponentSpec):
+    """Dataset by registered name. ``data_dir`` holds ``<dataset>/<split>.parquet``."""
+
+    data_dir: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "data_dir" in value:
+            value = dict(value)
+            data_dir = value.pop("data_dir")
+            out = ComponentSpec._flatten.__func__(cls, value)  # type: ignore[attr-defined]
+            out["data_dir"] = data_dir
+            return out
+        return ComponentSpec._flatten.__func__(cls, value)  # type: ignore[attr-defined]
+
+
+class TrainingConfig(_Strict):
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0, le=1)
+    scheduler: Literal["none", "cosine"] = "cosine"
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    early_stop_patience: int | None = Field(None, ge=1)
+    num_threads: int | None = Field(None, ge=1)
+
+
+class EvaluationConfig(_Strict):
+    n_samples: int = Field(256, ge=1)
+    only_correct: bool = False
+    batch_size: int = Field(64, ge=1)
+    target: Literal["label", "prediction"] = "label"
+
+
+class ExperimentConfig(_Strict):
+    name: str = "experiment"
+    seed: int = 0
+    device: str = "auto"
+    output: str | None = None
+    data: list[DataConfig]
+    model: ComponentSpec
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    explainers: list[ComponentSpec] = Field(default_factory=list)
+    metrics: list[ComponentSpec] = Field(default_factory=list)
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, dict)) else value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        ok = value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
+        if not ok:
+            raise ValueError(f"'{value}' is not a device; valid: auto, cpu, cuda, cuda:N")
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    """Content hash of a JSON-able object (key order independent)."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def default_config_path() -> Path:
+    return Path(str(resources.files("xaiarena") / "configs" / DEFAULT_CONFIG_NAME))
+
+
+def load_raw(path: str | Path | None) -> dict[str, Any]:
+    path = default_config_path() if path is None else Path(path)
+    if not path.exists():
+        raise ConfigError([("", f"config file '{path}' does not exist")])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError([("", f"'{path}' is not valid YAML: {exc}")]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([("", f"'{path}' must hold a mapping at the top level")])
+    return raw
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (values parsed as YAML) to a raw config.
+
+    Integer path segments index lists (``explainers.0.n_steps=16``). A component
+    written as a bare string is expanded to a mapping when a sub-key is set.
+    """
+    raw = copy.deepcopy(raw)
+    items: list[tuple[str, Any]]
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        items = []
+        for ov in overrides:
+            if "=" not in ov:
+                raise ConfigError([(ov, "an override must look like key.path=value")])
+            key, _, val = ov.partition("=")
+            items.append((key.strip(), _parse_scalar(val)))
+    for key, val in items:
+        parts = key.split(".")
+        node: Any = raw
+        for i, part in enumerate(parts[:-1]):
+            node = _descend(node, part, parts[: i + 1], next_is_index=parts[i + 1].isdigit())
+        last = parts[-1]
+        if isinstance(node, list):
+            idx = _index(node, last, parts)
+            node[idx] = val
+        else:
+            node[last] = val
+    return raw
+
+
+def _index(node: list, part: str, parts: list[str]) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError([(".".join(parts), f"index '{part}' out of range (list has {len(node)} items)")])
+    return int(part)
+
+
+def _descend(node: Any, part: str, parts: list[str], next_is_index: bool) -> Any:
+    if isinstance(node, list):
+        idx = _index(node, part, parts)
+        if isinstance(node[idx], str):  # bare component name -> mapping
+            node[idx] = {"name": node[idx]}
+        return node[idx]
+    if not isinstance(node, dict):
+        raise ConfigError([(".".join(parts), f"cannot set a key inside the value {node!r}")])
+    child = node.get(part)
+    if child is None:
+        child = [] if next_is_index else {}
+        node[part] = child
+    elif isinstance(child, str) and not next_is_index:
+        child = {"name": child}
+        node[part] = child
+    return child
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if not str(p).startswith("function-"))
+
+
+def _friendly(err: dict[str, Any], raw: dict[str, Any]) -> tuple[str, str]:
+    loc = tuple(p for p in err["loc"] if p not in ("str", "dict[str,any]"))
+    path = _loc(loc)
+    typ = err["type"]
+    if typ == "extra_forbidden":
+        parent_loc, key = loc[:-1], loc[-1]
+        model = _model_at(parent_loc)
+        valid = sorted(model.model_fields) if model else []
+        hint = suggest(str(key), valid) if valid else None
+        msg = f"unknown key '{key}'"
+        if hint:
+            msg += f" (did you mean '{hint}'?)"
+        if valid:
+            msg += f"; valid keys: {', '.join(valid)}"
+        return path, msg
+    value = err.get("input")
+    msg = err["msg"]
+    if typ != "missing":
+        msg = f"bad value {value!r}: {msg}"
+    return path, msg
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: Any = ExperimentConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if model else None
+        if field is None:
+            return None
+        ann = field.annotation
+        for cand in (TrainingConfig, EvaluationConfig, DataConfig, ComponentSpec):
+            if ann is cand or cand in getattr(ann, "__args__", ()):
+                model = cand
+                break
+        else:
+            return None
+    return model
+
+
+def _check_component(reg: Registry, spec: ComponentSpec, path: str, problems: list) -> None:
+    try:
+        entry = reg.entry(spec.name)
+    except UnknownNameError as exc:
+        problems.append((f"{path}.name", f"bad value '{spec.name}': {exc.message}"))
+        return
+    if entry.accepts_any_kwargs():
+        return
+    valid = entry.parameters()
+    for key in spec.params:
+        if key not in valid:
+            hint = suggest(key, list(valid))
+            msg = f"unknown parameter '{key}' for {reg.kind[:-1]} '{spec.name}'"
+            if hint:
+                msg += f" (did you mean '{hint}'?)"
+            msg += f"; valid: {', '.join(valid) or '(none)'}"
+            problems.append((f"{path}.{key}", msg))
+
+
+def validate(raw: dict[str, Any]) -> ExperimentConfig:
+    """Validate a raw mapping into an :class:`ExperimentConfig` or raise ConfigError."""
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([_friendly(e, raw) for e in exc.errors()]) from None
+    problems: list[tuple[str, str]] = []
+    for i, d in enumerate(cfg.data):
+        _check_component(DATASETS, d, f"data.{i}" if len(cfg.data) > 1 else "data", problems)
+    _check_component(MODELS, cfg.model, "model", problems)
+    for group, reg in (("explainers", EXPLAINERS), ("metrics", METRICS)):
+        specs = getattr(cfg, group)
+        seen: set[str] = set()
+        for i, spec in enumerate(specs):
+            _check_component(reg, spec, f"{group}.{i}", problems)
+            if spec.key in seen:
+                problems.append(
+                    (f"{group}.{i}", f"'{spec.key}' appears twice; give one a distinct 'label'")
+                )
+            seen.add(spec.key)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
+) -> ExperimentConfig:
+    """Read a YAML config (the built-in default when ``path`` is None) and validate it."""
+    if isinstance(path, ExperimentConfig):
+        raw = path.to_dict()
+    elif isinstance(path, dict):
+        raw = copy.deepcopy(path)
+    else:
+        raw = load_raw(path)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    return validate(raw)

@@ -1,0 +1,17 @@
+"""Datasets. Importing this package registers every built-in dataset."""
+
+from . import synthetic  # noqa: F401  (registers hard_mnist)
+from .base import ImageSplit, Task, channel_stats
+
+__all__ = ["ImageSplit", "Task", "channel_stats", "load_task"]
+
+
+def load_task(name: str, *, seed: int = 0, data_dir: str | None = None, **params) -> Task:
+    """Build the registered dataset ``name`` into a :class:`Task`."""
+    from ..registry import DATASETS
+
+    factory = DATASETS.get(name)
+    kwargs = dict(params)
+    if data_dir is not None:
+        kwargs["data_dir"] = data_dir
+    return factory(seed=seed, **kwargs)

@@ -1,0 +1,108 @@
+"""The explainer interface (DESIGN.md, "Attributions").
+
+An explainer maps a model, a batch of pixel-space inputs ``(N, C, H, W)`` in
+[0, 1] and target classes ``(N,)`` to one attribution map per sample,
+``(N, H, W)`` float at input resolution. Higher means more important; the sign
+is kept.
+
+Subclasses set the class attributes below and implement :meth:`attribute`.
+Register them with ``@EXPLAINERS.register("name", description=...)``; the
+constructor's keyword arguments are the options a config may set (the config
+validator checks names against the signature).
+
+Learned explainers (DiET) override :meth:`fit`, which the runner calls once with
+the training split before any :meth:`explain` call, and report which model
+their maps explain through :meth:`explained_model`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+Reduction = Literal["sum", "abs_sum", "max_abs", "mean"]
+REDUCTIONS = ("sum", "abs_sum", "max_abs", "mean")
+
+
+def reduce_channels(attr: torch.Tensor, rule: str = "sum") -> torch.Tensor:
+    """Reduce ``(N, C, H, W)`` attributions to ``(N, H, W)``.
+
+    ``sum`` keeps the sign (default); ``abs_sum`` sums magnitudes; ``max_abs``
+    takes the largest magnitude per pixel; ``mean`` averages with sign.
+    """
+    if attr.ndim == 3:
+        return attr
+    if rule == "sum":
+        return attr.sum(1)
+    if rule == "abs_sum":
+        return attr.abs().sum(1)
+    if rule == "max_abs":
+        return attr.abs().amax(1)
+    if rule == "mean":
+        return attr.mean(1)
+    raise ValueError(f"reduction='{rule}' is not valid; choose one of {', '.join(REDUCTIONS)}")
+
+
+class Explainer(ABC):
+    """Base class of every attribution method."""
+
+    #: registry name (set by subclasses, same as the registered name)
+    name: ClassVar[str] = ""
+    #: "gradient" | "cam" | "perturbation" | "learned" | "baseline"
+    family: ClassVar[str] = ""
+    #: modalities supported: "image", "text"
+    modality: ClassVar[tuple[str, ...]] = ("image",)
+    #: whether the method needs a layer (found automatically when not given)
+    needs_layer: ClassVar[bool] = False
+    #: which model the maps explain: "f_b" (the given model) or "f_s" (DiET's)
+    explains: ClassVar[str] = "f_b"
+
+    def fit(self, model: nn.Module, task: Any, *, device: torch.device, generator: torch.Generator | None = None,
+            cache_dir: Any = None) -> None:
+        """Learn whatever the method needs from training data (default: nothing)."""
+
+    def explained_model(self, model: nn.Module) -> nn.Module:
+        """The model whose decisions the maps explain (``model`` unless learned)."""
+        return model
+
+    @abstractmethod
+    def attribute(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Return ``(N, H, W)`` float attributions for ``inputs`` w.r.t. ``targets``."""
+
+    def explain(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Validated entry point: puts the model in eval mode and checks the output."""
+        if inputs.ndim != 4:
+            raise ValueError(f"{self.name}: inputs must be (N, C, H, W), got {tuple(inputs.shape)}")
+        targets = torch.as_tensor(targets, device=inputs.device).long().reshape(-1)
+        if len(targets) != len(inputs):
+            raise ValueError(f"{self.name}: {len(targets)} targets for {len(inputs)} inputs")
+        was_training = model.training
+        model.eval()
+        try:
+            out = self.attribute(model, inputs, targets, generator=generator)
+        finally:
+            model.train(was_training)
+        expected = (inputs.shape[0], *inputs.shape[2:])
+        if tuple(out.shape) != expected:
+            raise RuntimeError(f"{self.name} returned shape {tuple(out.shape)}, expected {expected}")
+        return out.detach().float()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

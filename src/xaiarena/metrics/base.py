@@ -1,0 +1,83 @@
+"""The metric interface (DESIGN.md, "Metrics").
+
+A metric scores the attribution maps of *all* explainers of a comparison for one
+batch of evaluation samples in one call, so that perturbations which do not
+depend on the attribution (random subsets, noise draws, random-baseline curves)
+are drawn once per sample and their model outputs shared by every explainer
+(common random numbers, and fewer forward passes).
+
+Each metric declares ``name``, ``category``, ``higher_is_better``, ``modality``,
+``value_range`` and what it ``requires`` ("model", "masks", "explainer" for
+re-explanation, "labels"). Per-sample outputs are ``(N,)`` float tensors; NaN
+only with a logged reason.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+#: ``explain(inputs, targets, generator=...) -> (N, H, W)`` for one explainer
+ExplainFn = Callable[..., torch.Tensor]
+
+CATEGORIES = ("faithfulness", "robustness", "complexity", "localisation", "agreement", "sanity")
+
+
+@dataclass
+class EvalBatch:
+    """The evaluation samples a metric sees (pixel-space inputs in [0, 1])."""
+
+    model: nn.Module
+    inputs: torch.Tensor  # (N, C, H, W)
+    targets: torch.Tensor  # (N,) class explained
+    labels: torch.Tensor  # (N,) true class
+    masks: torch.Tensor | None = None  # (N, H, W) bool ground truth
+    sample_ids: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+@dataclass
+class MetricOutput:
+    """``scores[output_name][explainer] -> (N,)``; ``curves[output_name][explainer] -> (N, S)``.
+
+    Most metrics have one output named like the metric; a metric with several
+    (e.g. pixel perturbation at several keep levels) names each one.
+    """
+
+    scores: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    curves: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    curve_x: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Metric(ABC):
+    name: ClassVar[str] = ""
+    category: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = True
+    modality: ClassVar[tuple[str, ...]] = ("image",)
+    value_range: ClassVar[tuple[float, float]] = (float("-inf"), float("inf"))
+    requires: ClassVar[tuple[str, ...]] = ("model",)
+
+    def output_names(self) -> list[str]:
+        """Names of the per-sample outputs (default: the metric's name)."""
+        return [self.name]
+
+    @abstractmethod
+    def evaluate(
+        self,
+        batch: EvalBatch,
+        attributions: dict[str, torch.Tensor],
+        *,
+        generator: torch.Generator,
+        explainers: dict[str, ExplainFn] | None = None,
+    ) -> MetricOutput:
+        """Score every explainer's ``(N, H, W)`` map on ``batch``."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

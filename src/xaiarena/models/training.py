@@ -1,0 +1,145 @@
+"""The training loop shared by all image models.
+
+Seeded (the same seed and config give bit-identical weights on the same device and
+thread count), with a progress bar, per-epoch accuracy, optional early stopping on a
+validation split carved from the training data, and checkpoints written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..utils import atomic_save_torch, atomic_write_text, progress
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    test_accuracy: float = float("nan")
+    best_epoch: int = -1
+    seconds: float = 0.0
+    cache_hit: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    """Predicted classes for uint8 or float images (float taken as pixel space [0, 1])."""
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        xb = images[i : i + batch_size]
+        xb = xb.float().div(255.0) if xb.dtype == torch.uint8 else xb.float()
+        out.append(model(xb.to(device)).argmax(1).cpu())
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
+    if len(labels) == 0:
+        return float("nan")
+    return float((predict(model, images, device) == labels).float().mean())
+
+
+def _optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train_model(
+    model: nn.Module,
+    task,
+    cfg,
+    *,
+    seed: int,
+    device: torch.device,
+    checkpoint_dir: str | Path | None = None,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` on ``task.train`` with the :class:`~xaiarena.config.TrainingConfig` ``cfg``.
+
+    When ``checkpoint_dir`` holds a finished checkpoint (``model.pt`` + ``train.json``)
+    it is loaded instead (``cache_hit=True``) and no training happens.
+    """
+    ckpt = Path(checkpoint_dir) / "model.pt" if checkpoint_dir else None
+    meta_path = Path(checkpoint_dir) / "train.json" if checkpoint_dir else None
+    if ckpt is not None and ckpt.exists() and meta_path.exists():
+        model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+        model.to(device).eval()
+        result = TrainResult(**json.loads(meta_path.read_text()))
+        result.cache_hit = True
+        return result
+
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    images, labels = task.train.images, task.train.labels
+    n_val = int(len(labels) * cfg.val_fraction)
+    perm = torch.randperm(len(labels), generator=gen)
+    val_idx, tr_idx = perm[:n_val], perm[n_val:]
+    model.to(device)
+    opt = _optimizer(model, cfg)
+    steps_per_epoch = -(-len(tr_idx) // cfg.batch_size)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
+        if cfg.scheduler == "cosine"
+        else None
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    result = TrainResult()
+    best_state, best_score, bad_epochs = None, -1.0, 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = tr_idx[torch.randperm(len(tr_idx), generator=gen)]
+        total, correct, loss_sum = 0, 0, 0.0
+        bar = progress(range(steps_per_epoch), desc=f"train epoch {epoch + 1}/{cfg.epochs}", disable=not show_progress)
+        for step in bar:
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            xb = images[idx].float().div_(255.0).to(device)
+            yb = labels[idx].to(device)
+            opt.zero_grad(set_to_none=True)
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            loss_sum += float(loss) * len(idx)
+            correct += int((logits.argmax(1) == yb).sum())
+            total += len(idx)
+        record = {"epoch": epoch + 1, "loss": loss_sum / total, "train_accuracy": correct / total}
+        if n_val:
+            record["val_accuracy"] = accuracy(model, images[val_idx], labels[val_idx], device)
+        result.history.append(record)
+        score = record.get("val_accuracy", record["train_accuracy"])
+        if score > best_score:
+            best_score, bad_epochs, result.best_epoch = score, 0, epoch + 1
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        if show_progress:
+            progress.write(
+                f"epoch {epoch + 1}: loss {record['loss']:.4f}  train acc {record['train_accuracy']:.3f}"
+                + (f"  val acc {record['val_accuracy']:.3f}" if n_val else "")
+            )
+        if cfg.early_stop_patience and bad_epochs >= cfg.early_stop_patience:
+            break
+    if cfg.early_stop_patience and best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    result.test_accuracy = accuracy(model, task.test.images, task.test.labels, device)
+    result.seconds = time.perf_counter() - start
+    if ckpt is not None:
+        atomic_save_torch({k: v.cpu() for k, v in model.state_dict().items()}, ckpt)
+        atomic_write_text(meta_path, json.dumps(result.to_dict(), indent=2))
+    return result

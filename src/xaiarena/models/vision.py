@@ -1,0 +1,124 @@
+"""Plain-torch image classifiers (no torchvision).
+
+Every image model takes pixel-space inputs in [0, 1] and normalises them
+itself (:class:`ImageClassifier` holds mean/std as buffers), so explainers,
+metrics and DiET all perturb and attribute in pixel space.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..registry import MODELS
+
+
+class ImageClassifier(nn.Module):
+    """``net(normalise(x))`` for pixel-space ``x`` of shape (N, C, H, W) in [0, 1]."""
+
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+class LeNet(nn.Module):
+    """LeNet-style CNN: conv-relu-pool blocks, then fully connected layers.
+
+    ``pool="flatten"`` is classic LeNet; ``"max"``/``"avg"`` use global pooling
+    after the last conv block (translation invariant, input-size agnostic).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        input_size: tuple[int, int],
+        channels: tuple[int, ...] = (16, 32),
+        hidden: tuple[int, ...] = (120, 84),
+        kernel_size: int = 5,
+        pool: str = "flatten",
+    ):
+        super().__init__()
+        if pool not in ("flatten", "max", "avg"):
+            raise ValueError(f"pool='{pool}' is not valid; choose one of flatten, max, avg")
+        layers: list[nn.Module] = []
+        c, (h, w) = in_channels, input_size
+        for out in channels:
+            layers += [nn.Conv2d(c, out, kernel_size, padding=kernel_size // 2), nn.ReLU(), nn.MaxPool2d(2)]
+            c, h, w = out, h // 2, w // 2
+        self.features = nn.Sequential(*layers)
+        if pool == "flatten":
+            self.pool: nn.Module = nn.Flatten()
+            n = c * h * w
+        else:
+            self.pool = nn.Sequential(nn.AdaptiveMaxPool2d(1) if pool == "max" else nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            n = c
+        fc: list[nn.Module] = []
+        for width in hidden:
+            fc += [nn.Linear(n, width), nn.ReLU()]
+            n = width
+        fc.append(nn.Linear(n, num_classes))
+        self.classifier = nn.Sequential(*fc)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU()
+        self.relu2 = nn.ReLU()
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet (He et al. 2016): depth = 6n + 2, three stages of width w, 2w, 4w."""
+
+    def __init__(self, in_channels: int, num_classes: int, input_size: tuple[int, int], depth: int = 8, width: int = 16):
+        super().__init__()
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ValueError(f"depth={depth} is not valid; ResNet depth must be 6n+2 (8, 14, 20, 32, ...)")
+        n = (depth - 2) // 6
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        blocks: list[nn.Module] = []
+        cin = width
+        for stage, mult in enumerate((1, 2, 4)):
+            for i in range(n):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(BasicBlock(cin, width * mult, stride))
+                cin = width * mult
+        self.layers = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layers(self.stem(x)))
+
+
+@MODELS.register("lenet", description="LeNet-style CNN (configurable channels, hidden widths, pooling)", modality="image")
+def lenet(task, channels: tuple[int, ...] = (16, 32), hidden: tuple[int, ...] = (120, 84), kernel_size: int = 5, pool: str = "flatten") -> ImageClassifier:
+    c, h, w = task.input_shape
+    net = LeNet(c, task.num_classes, (h, w), tuple(channels), tuple(hidden), kernel_size, pool)
+    return ImageClassifier(net, task.mean, task.std)
+
+
+@MODELS.register("resnet", description="Small CIFAR-style ResNet (depth 6n+2, configurable width)", modality="image")
+def resnet(task, depth: int = 8, width: int = 16) -> ImageClassifier:
+    c, h, w = task.input_shape
+    return ImageClassifier(ResNet(c, task.num_classes, (h, w), depth, width), task.mean, task.std)

@@ -1,0 +1,113 @@
+"""Small shared helpers: devices, seeding, atomic writes, progress bars."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' was asked for but CUDA is not available; use device: auto or cpu")
+    return dev
+
+
+def user_cache_dir() -> Path:
+    """Folder for caches shared across runs (``XAIARENA_CACHE_DIR``, default ``~/.cache/xaiarena``)."""
+    return Path(os.environ.get("XAIARENA_CACHE_DIR", Path.home() / ".cache" / "xaiarena"))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def versions() -> dict[str, str]:
+    from . import __version__
+
+    out = {"xaiarena": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
+    for mod in ("torch", "numpy", "captum", "scipy", "pandas"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # pragma: no cover - optional
+            pass
+    return out
+
+
+@contextmanager
+def _atomic_path(path: str | Path):
+    """Yield a temporary path in the same folder; rename over ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with _atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with _atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_save_torch(obj: Any, path: str | Path) -> None:
+    """``torch.save`` that never leaves a half-written file behind (load with weights_only=True)."""
+    with _atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_torch(path: str | Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def atomic_to_parquet(df, path: str | Path) -> None:
+    with _atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def atomic_to_csv(df, path: str | Path) -> None:
+    with _atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+class _Progress:
+    """``progress(iterable, desc=...)`` is a tqdm bar (quiet when not a TTY and XAIARENA_QUIET)."""
+
+    def __call__(self, iterable=None, **kwargs):
+        kwargs.setdefault("leave", False)
+        kwargs.setdefault("dynamic_ncols", True)
+        if os.environ.get("XAIARENA_QUIET"):
+            kwargs["disable"] = True
+        return tqdm(iterable, **kwargs)
+
+    @staticmethod
+    def write(msg: str) -> None:
+        if not os.environ.get("XAIARENA_QUIET"):
+            tqdm.write(msg, file=sys.stderr)
+
+
+progress = _Progress()
