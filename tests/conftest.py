@@ -14,17 +14,17 @@ os.environ.setdefault("XAIARENA_QUIET", "1")
 def small_task():
     from xaiarena.data import load_task
 
-    return load_task("hard_mnist", seed=0, n_train=2000, n_test=200)
+    return load_task("hard_mnist", seed=0, n_train=3000, n_test=200)
 
 
 @pytest.fixture(scope="session")
 def trained_lenet(small_task):
-    """A LeNet trained for 2 epochs on ``small_task`` (clearly better than chance)."""
+    """A LeNet trained for 3 epochs on ``small_task`` (clearly better than chance)."""
     from xaiarena.config import TrainingConfig
     from xaiarena.models import build_model, train_model
 
     model = build_model("lenet", small_task)
-    train_model(model, small_task, TrainingConfig(epochs=2, batch_size=64), seed=0,
+    train_model(model, small_task, TrainingConfig(epochs=3, batch_size=64, lr=2e-3), seed=0,
                 device=torch.device("cpu"), show_progress=False)
     return model.eval()
 

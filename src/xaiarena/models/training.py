@@ -114,7 +114,7 @@ def train_model(
             opt.step()
             if sched is not None:
                 sched.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == yb).sum())
             total += len(idx)
         record = {"epoch": epoch + 1, "loss": loss_sum / total, "train_accuracy": correct / total}

@@ -38,10 +38,10 @@ class LeNet(nn.Module):
         in_channels: int,
         num_classes: int,
         input_size: tuple[int, int],
-        channels: tuple[int, ...] = (16, 32),
-        hidden: tuple[int, ...] = (120, 84),
+        channels: tuple[int, ...] = (16, 32, 64),
+        hidden: tuple[int, ...] = (128,),
         kernel_size: int = 5,
-        pool: str = "flatten",
+        pool: str = "max",
     ):
         super().__init__()
         if pool not in ("flatten", "max", "avg"):
@@ -112,7 +112,7 @@ class ResNet(nn.Module):
 
 
 @MODELS.register("lenet", description="LeNet-style CNN (configurable channels, hidden widths, pooling)", modality="image")
-def lenet(task, channels: tuple[int, ...] = (16, 32), hidden: tuple[int, ...] = (120, 84), kernel_size: int = 5, pool: str = "flatten") -> ImageClassifier:
+def lenet(task, channels: tuple[int, ...] = (16, 32, 64), hidden: tuple[int, ...] = (128,), kernel_size: int = 5, pool: str = "max") -> ImageClassifier:
     c, h, w = task.input_shape
     net = LeNet(c, task.num_classes, (h, w), tuple(channels), tuple(hidden), kernel_size, pool)
     return ImageClassifier(net, task.mean, task.std)
