@@ -23,7 +23,7 @@ def trained_lenet(small_task):
     from xaiarena.config import TrainingConfig
     from xaiarena.models import build_model, train_model
 
-    model = build_model("lenet", small_task)
+    model = build_model("lenet", small_task, seed=0)
     train_model(model, small_task, TrainingConfig(epochs=3, batch_size=64, lr=2e-3), seed=0,
                 device=torch.device("cpu"), show_progress=False)
     return model.eval()

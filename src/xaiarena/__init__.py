@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_config"]
+__all__ = ["__version__", "load_config", "run", "load", "RunResult"]
 
 from .config import load_config  # noqa: E402
+from .runner import RunResult, load, run  # noqa: E402

@@ -25,8 +25,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+import typing
+
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError, UnknownNameError
 from .registry import DATASETS, EXPLAINERS, METRICS, MODELS, Registry, suggest
@@ -275,6 +285,14 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
+def _type_hints(factory: Any) -> dict[str, Any]:
+    target = factory.__init__ if isinstance(factory, type) else factory
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # unresolvable annotations: skip type checks, names are still checked
+        return {}
+
+
 def _check_component(reg: Registry, spec: ComponentSpec, path: str, problems: list) -> None:
     try:
         entry = reg.entry(spec.name)
@@ -284,7 +302,14 @@ def _check_component(reg: Registry, spec: ComponentSpec, path: str, problems: li
     if entry.accepts_any_kwargs():
         return
     valid = entry.parameters()
-    for key in spec.params:
+    hints = _type_hints(entry.factory)
+    for key, value in spec.params.items():
+        if key in valid and key in hints:
+            try:
+                TypeAdapter(hints[key]).validate_python(value, strict=False)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                problems.append((f"{path}.{key}", f"bad value {value!r}: {err['msg']}"))
         if key not in valid:
             hint = suggest(key, list(valid))
             msg = f"unknown parameter '{key}' for {reg.kind[:-1]} '{spec.name}'"
@@ -294,26 +319,51 @@ def _check_component(reg: Registry, spec: ComponentSpec, path: str, problems: li
             problems.append((f"{path}.{key}", msg))
 
 
+def _component_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """Names and parameters of components, checked against the registries (on the raw mapping,
+    so they are reported together with type errors elsewhere in the file)."""
+    problems: list[tuple[str, str]] = []
+
+    def spec_of(value: Any) -> ComponentSpec | None:
+        try:
+            return ComponentSpec.model_validate(value)
+        except ValidationError:
+            return None
+
+    data = raw.get("data")
+    data_items = [data] if isinstance(data, (str, dict)) else (data if isinstance(data, list) else [])
+    for i, item in enumerate(data_items):
+        if isinstance(item, dict):
+            item = {k: v for k, v in item.items() if k != "data_dir"}
+        spec = spec_of(item)
+        if spec:
+            _check_component(DATASETS, spec, f"data.{i}" if isinstance(data, list) else "data", problems)
+    if (spec := spec_of(raw.get("model"))) is not None:
+        _check_component(MODELS, spec, "model", problems)
+    for group, reg in (("explainers", EXPLAINERS), ("metrics", METRICS)):
+        items = raw.get(group) or []
+        if not isinstance(items, list):
+            continue
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            spec = spec_of(item)
+            if spec is None:
+                continue
+            _check_component(reg, spec, f"{group}.{i}", problems)
+            if spec.key in seen:
+                problems.append((f"{group}.{i}", f"'{spec.key}' appears twice; give one a distinct 'label'"))
+            seen.add(spec.key)
+    return problems
+
+
 def validate(raw: dict[str, Any]) -> ExperimentConfig:
     """Validate a raw mapping into an :class:`ExperimentConfig` or raise ConfigError."""
+    problems = _component_problems(raw)
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([_friendly(e, raw) for e in exc.errors()]) from None
-    problems: list[tuple[str, str]] = []
-    for i, d in enumerate(cfg.data):
-        _check_component(DATASETS, d, f"data.{i}" if len(cfg.data) > 1 else "data", problems)
-    _check_component(MODELS, cfg.model, "model", problems)
-    for group, reg in (("explainers", EXPLAINERS), ("metrics", METRICS)):
-        specs = getattr(cfg, group)
-        seen: set[str] = set()
-        for i, spec in enumerate(specs):
-            _check_component(reg, spec, f"{group}.{i}", problems)
-            if spec.key in seen:
-                problems.append(
-                    (f"{group}.{i}", f"'{spec.key}' appears twice; give one a distinct 'label'")
-                )
-            seen.add(spec.key)
+        problems += [_friendly(e, raw) for e in exc.errors()]
+        raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
     return cfg

@@ -102,6 +102,8 @@ class _Progress:
         kwargs.setdefault("dynamic_ncols", True)
         if os.environ.get("XAIARENA_QUIET"):
             kwargs["disable"] = True
+        elif not kwargs.get("disable"):
+            kwargs["disable"] = None  # tqdm: hide the bar when stderr is not a terminal
         return tqdm(iterable, **kwargs)
 
     @staticmethod

@@ -7,8 +7,18 @@ from .vision import ImageClassifier
 __all__ = ["ImageClassifier", "TrainResult", "train_model", "build_model"]
 
 
-def build_model(name: str, task, **params):
-    """Instantiate the registered model ``name`` for ``task``."""
+def build_model(name: str, task, *, seed: int | None = None, **params):
+    """Instantiate the registered model ``name`` for ``task``.
+
+    With ``seed``, the initial weights depend on the seed only (not on the global RNG state).
+    """
+    import torch
+
     from ..registry import MODELS
 
-    return MODELS.get(name)(task, **params)
+    factory = MODELS.get(name)
+    if seed is None:
+        return factory(task, **params)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory(task, **params)

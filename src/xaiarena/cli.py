@@ -1,0 +1,114 @@
+"""Command line interface: a thin layer over the Python API.
+
+``xaiarena run [CONFIG] [--out DIR] [--set key.path=value ...]``
+``xaiarena list [--json]``
+``xaiarena report RUN_DIR``
+
+A bad configuration exits with code 2 and a message naming the key, the bad
+value and the valid choices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import ConfigError, UnknownNameError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="xaiarena: compare feature-attribution methods with numbers that hold up.",
+    pretty_exceptions_enable=False,
+)
+
+EXIT_CONFIG = 2
+
+
+def _fail(msg: str, code: int = EXIT_CONFIG) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    config: Optional[Path] = typer.Argument(None, help="Experiment YAML; omit for the built-in offline benchmark."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<name>)."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a config value: key.path=value (repeatable)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or stage lines."),
+) -> None:
+    """Run an experiment: train/load the model, explain, score, test, report."""
+    from .config import load_config
+    from .runner import Runner, RunResult
+
+    if quiet:
+        os.environ["XAIARENA_QUIET"] = "1"
+    try:
+        cfg = load_config(config, set_ or None)
+    except ConfigError as exc:
+        _fail(exc.format())
+    except UnknownNameError as exc:
+        _fail(exc.message)
+    try:
+        run_dir = Runner(cfg, out=out, show_progress=not quiet).run()
+    except ConfigError as exc:
+        _fail(exc.format())
+    except KeyboardInterrupt:
+        typer.echo("interrupted; finished stages are cached, run the same command again to resume", err=True)
+        raise typer.Exit(130) from None
+    res = RunResult(run_dir)
+    typer.echo(f"run directory: {run_dir}")
+    summary = res.summary
+    if len(summary):
+        cols = ["dataset", "explainer", "metric", "mean", "ci_low", "ci_high", "n"]
+        typer.echo(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if res.report_path.exists():
+        typer.echo(f"report: {res.report_path}")
+
+
+@app.command("list")
+def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """List registered datasets, models, explainers and metrics."""
+    from .registry import REGISTRIES
+
+    data = {kind: reg.describe() for kind, reg in REGISTRIES.items()}
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+        return
+    for kind, entries in data.items():
+        typer.echo(f"{kind}:")
+        for e in entries:
+            extra = ""
+            if kind == "metrics":
+                arrow = "higher is better" if e.get("higher_is_better") else "lower is better"
+                extra = f" [{e.get('category', '')}, {arrow}]"
+            elif kind == "explainers":
+                extra = f" [{e.get('family', '')}]"
+            typer.echo(f"  {e['name']:<24}{e['description']}{extra}")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A finished run directory.")) -> None:
+    """Rebuild report.html and figures from a run's saved results (nothing recomputed)."""
+    from .report import build_report
+
+    if not (run_dir / "run.json").exists():
+        _fail(f"'{run_dir}' is not a run directory (no run.json)")
+    path = build_report(run_dir)
+    typer.echo(f"report: {path}")
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:  # pragma: no cover - e.g. `xaiarena list | head`
+        sys.exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,109 @@
+"""Config validation: unknown keys, wrong types, unknown names, --set overrides."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from xaiarena.config import apply_overrides, load_config, load_raw, stable_hash
+from xaiarena.errors import ConfigError
+
+
+def _problems(raw: dict) -> dict[str, str]:
+    with pytest.raises(ConfigError) as exc:
+        load_config(raw)
+    return dict(exc.value.problems)
+
+
+BASE = {"data": "hard_mnist", "model": "lenet"}
+
+
+def test_default_config_is_valid():
+    cfg = load_config()
+    assert cfg.data[0].name == "hard_mnist"
+    assert cfg.model.name == "lenet"
+
+
+def test_unknown_top_level_key_suggests_the_right_one():
+    probs = _problems({**BASE, "evaluaton": {}})
+    assert "evaluaton" in probs
+    assert "did you mean 'evaluation'" in probs["evaluaton"]
+
+
+def test_unknown_nested_key_names_valid_keys():
+    probs = _problems({**BASE, "training": {"epoch": 3}})
+    msg = probs["training.epoch"]
+    assert "did you mean 'epochs'" in msg and "batch_size" in msg
+
+
+def test_wrong_type_names_path_and_value():
+    probs = _problems({**BASE, "training": {"epochs": "many"}})
+    assert "'many'" in probs["training.epochs"]
+
+
+def test_unknown_model_name_did_you_mean():
+    probs = _problems({**BASE, "model": "lenett"})
+    assert "Did you mean 'lenet'" in probs["model.name"]
+    assert "resnet" in probs["model.name"]  # lists the valid choices
+
+
+def test_unknown_dataset_and_several_problems_at_once():
+    probs = _problems({"data": "hard_mnst", "model": "lenet", "seed": "x"})
+    assert "hard_mnist" in probs["data.name"]
+    assert "seed" in probs
+
+
+def test_unknown_component_parameter():
+    probs = _problems({**BASE, "model": {"name": "lenet", "chanels": [4, 8]}})
+    assert "did you mean 'channels'" in probs["model.chanels"]
+
+
+def test_component_parameter_type_is_checked():
+    probs = _problems({**BASE, "model": {"name": "resnet", "depth": "deep"}})
+    assert "'deep'" in probs["model.depth"]
+
+
+def test_bad_device():
+    probs = _problems({**BASE, "device": "tpu"})
+    assert "auto, cpu, cuda" in probs["device"]
+
+
+def test_overrides_parse_yaml_values_and_expand_bare_names():
+    raw = apply_overrides(dict(BASE), ["training.epochs=7", "model.channels=[4, 8]", "evaluation.only_correct=true"])
+    cfg = load_config(raw)
+    assert cfg.training.epochs == 7
+    assert cfg.model.params == {"channels": [4, 8]}
+    assert cfg.evaluation.only_correct is True
+
+
+def test_override_list_index_out_of_range():
+    with pytest.raises(ConfigError, match="out of range"):
+        apply_overrides({**BASE, "explainers": []}, ["explainers.3.n_steps=2"])
+
+
+def test_override_without_equals_sign():
+    with pytest.raises(ConfigError, match="key.path=value"):
+        apply_overrides(dict(BASE), ["training.epochs"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_raw(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_raw(bad)
+
+
+def test_roundtrip_through_yaml(tmp_path):
+    cfg = load_config({**BASE, "training": {"epochs": 2}})
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    again = load_config(path)
+    assert again == cfg
+    assert yaml.safe_load(path.read_text())["training"]["epochs"] == 2
+
+
+def test_stable_hash_ignores_key_order():
+    assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
+    assert stable_hash({"a": 1}) != stable_hash({"a": 2})

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from xaiarena.config import TrainingConfig
+from xaiarena.data import load_task
+from xaiarena.models import build_model, train_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_task():
+    return load_task("hard_mnist", seed=0, n_train=256, n_test=64)
+
+
+@pytest.mark.parametrize("name,params", [("lenet", {}), ("lenet", {"pool": "flatten"}), ("resnet", {"depth": 8, "width": 8})])
+def test_models_output_logits_for_pixel_space_inputs(tiny_task, name, params):
+    model = build_model(name, tiny_task, **params)
+    out = model(tiny_task.test.float_images(slice(0, 4)))
+    assert out.shape == (4, 10) and torch.isfinite(out).all()
+
+
+def test_bad_model_options_are_named(tiny_task):
+    with pytest.raises(ValueError, match="depth=7"):
+        build_model("resnet", tiny_task, depth=7)
+    with pytest.raises(ValueError, match="pool='mean'"):
+        build_model("lenet", tiny_task, pool="mean")
+
+
+def _train(task, seed, ckpt=None, epochs=1):
+    model = build_model("lenet", task, seed=seed, channels=(4, 8, 8), hidden=(16,))
+    res = train_model(model, task, TrainingConfig(epochs=epochs, batch_size=64), seed=seed, device=CPU,
+                      checkpoint_dir=ckpt, show_progress=False)
+    return model, res
+
+
+def test_training_is_reproducible_for_a_seed(tiny_task):
+    a, ra = _train(tiny_task, seed=5)
+    b, rb = _train(tiny_task, seed=5)
+    c, _ = _train(tiny_task, seed=6)
+    for (ka, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(va, vb), ka
+    assert ra.history == rb.history
+    assert any(not torch.equal(va, vc) for va, vc in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_training_learns(small_task, trained_lenet):
+    from xaiarena.models.training import accuracy
+
+    assert accuracy(trained_lenet, small_task.test.images, small_task.test.labels, CPU) > 0.5
+
+
+def test_checkpoint_is_reused(tiny_task, tmp_path):
+    model, res = _train(tiny_task, seed=0, ckpt=tmp_path)
+    assert not res.cache_hit and (tmp_path / "model.pt").exists()
+    assert json.loads((tmp_path / "train.json").read_text())["history"] == res.history
+    again, res2 = _train(tiny_task, seed=123, ckpt=tmp_path)  # other seed: would differ if retrained
+    assert res2.cache_hit and res2.history == res.history
+    for va, vb in zip(model.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(va, vb)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert set(state) == set(model.state_dict())
+
+
+def test_early_stopping_keeps_best_epoch(tiny_task):
+    model = build_model("lenet", tiny_task, channels=(4, 8, 8), hidden=(16,))
+    cfg = TrainingConfig(epochs=6, batch_size=64, early_stop_patience=1, lr=0.05)
+    res = train_model(model, tiny_task, cfg, seed=0, device=CPU, show_progress=False)
+    assert len(res.history) <= 6
+    assert res.best_epoch == max(range(len(res.history)), key=lambda i: res.history[i]["val_accuracy"]) + 1
