@@ -95,10 +95,10 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="A finished run directory.")) -> None:
     """Rebuild report.html and figures from a run's saved results (nothing recomputed)."""
-    from .report import build_report
-
     if not (run_dir / "run.json").exists():
         _fail(f"'{run_dir}' is not a run directory (no run.json)")
+    from .report import build_report
+
     path = build_report(run_dir)
     typer.echo(f"report: {path}")
 

@@ -1,0 +1,97 @@
+"""End-to-end tests through the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from xaiarena.cli import app
+
+runner = CliRunner()
+TINY = ["--set", "data.n_train=300", "--set", "data.n_test=60", "--set", "training.epochs=1",
+        "--set", "evaluation.n_samples=8", "--set", "model.channels=[4,8,8]", "--quiet"]
+
+
+def test_list_json_contract():
+    res = runner.invoke(app, ["list", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert set(data) == {"datasets", "models", "explainers", "metrics"}
+    for entries in data.values():
+        for e in entries:
+            assert e["name"] and e["description"]
+    for m in data["metrics"]:
+        assert {"category", "higher_is_better", "modality"} <= set(m)
+    assert "hard_mnist" in [d["name"] for d in data["datasets"]]
+
+
+def test_list_human_readable():
+    res = runner.invoke(app, ["list"])
+    assert res.exit_code == 0 and "hard_mnist" in res.output and "lenet" in res.output
+
+
+def test_misspelled_explainer_exits_2_with_suggestion(tmp_path):
+    from xaiarena.registry import EXPLAINERS
+
+    if not len(EXPLAINERS):
+        pytest.skip("no explainer registered yet")
+    good = EXPLAINERS.names()[0]
+    bad = good[:-1] + ("x" if good[-1] != "x" else "y")
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"data: hard_mnist\nmodel: lenet\nexplainers: [{bad}]\n")
+    res = runner.invoke(app, ["run", str(cfg)])
+    assert res.exit_code == 2
+    assert f"'{bad}'" in res.output and f"Did you mean '{good}'" in res.output
+
+
+def test_bad_set_exits_2_naming_key_and_value():
+    res = runner.invoke(app, ["run", "--set", "model.name=lenett"])
+    assert res.exit_code == 2
+    assert "model.name" in res.output and "'lenett'" in res.output and "Did you mean 'lenet'" in res.output
+    res = runner.invoke(app, ["run", "--set", "training.epochs=zero"])
+    assert res.exit_code == 2 and "training.epochs" in res.output
+    res = runner.invoke(app, ["run", "--set", "training.epochs"])
+    assert res.exit_code == 2
+
+
+def test_missing_config_file_exits_2(tmp_path):
+    res = runner.invoke(app, ["run", str(tmp_path / "nope.yaml")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_run_writes_contract_layout_and_reuses_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["run", "--out", str(out), *TINY])
+    assert res.exit_code == 0, res.output
+    for rel in ("config.yaml", "run.json", "results/summary.csv", "results/per_sample.parquet", "results/tests.csv"):
+        assert (out / rel).exists(), rel
+    info = json.loads((out / "run.json").read_text())
+    assert info["seed"] == 0 and info["config_hash"] and info["versions"]["torch"]
+    train = info["stages"]["hard_mnist/train"]
+    assert train["cache_hit"] is False and train["seconds"] > 0
+    assert list((out / "cache" / "models").glob("*/model.pt"))
+    assert list(pd.read_csv(out / "results" / "summary.csv").columns) == [
+        "dataset", "model", "explainer", "metric", "mean", "ci_low", "ci_high", "n", "higher_is_better"]
+    assert list(pd.read_parquet(out / "results" / "per_sample.parquet").columns) == [
+        "dataset", "explainer", "metric", "sample_id", "value"]
+
+    res = runner.invoke(app, ["run", "--out", str(out), *TINY])
+    assert res.exit_code == 0, res.output
+    again = json.loads((out / "run.json").read_text())
+    assert again["stages"]["hard_mnist/train"]["cache_hit"] is True
+    assert again["datasets"]["hard_mnist"]["test_accuracy"] == info["datasets"]["hard_mnist"]["test_accuracy"]
+
+
+def test_report_command_rejects_non_run_dir(tmp_path):
+    res = runner.invoke(app, ["report", str(tmp_path)])
+    assert res.exit_code == 2 and "not a run directory" in res.output
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "xaiarena.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "run" in out.stdout
