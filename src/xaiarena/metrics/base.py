@@ -10,6 +10,10 @@ Each metric declares ``name``, ``category``, ``higher_is_better``, ``modality``,
 ``value_range`` and what it ``requires`` ("model", "masks", "explainer" for
 re-explanation, "labels"). Per-sample outputs are ``(N,)`` float tensors; NaN
 only with a logged reason.
+
+A metric with several outputs whose directions differ (keep vs remove, MoRF vs
+LeRF, foreground vs background) describes each in :meth:`Metric.outputs`; the
+class attributes describe its primary output.
 """
 
 from __future__ import annotations
@@ -56,6 +60,15 @@ class MetricOutput:
     curve_x: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class OutputSpec:
+    """Metadata of one per-sample output of a metric."""
+
+    name: str
+    higher_is_better: bool
+    value_range: tuple[float, float] = (float("-inf"), float("inf"))
+
+
 class Metric(ABC):
     name: ClassVar[str] = ""
     category: ClassVar[str] = ""
@@ -64,9 +77,20 @@ class Metric(ABC):
     value_range: ClassVar[tuple[float, float]] = (float("-inf"), float("inf"))
     requires: ClassVar[tuple[str, ...]] = ("model",)
 
+    def outputs(self) -> list[OutputSpec]:
+        """Every per-sample output with its direction and range (default: one, the metric's)."""
+        return [OutputSpec(self.name, self.higher_is_better, self.value_range)]
+
     def output_names(self) -> list[str]:
-        """Names of the per-sample outputs (default: the metric's name)."""
-        return [self.name]
+        """Names of the per-sample outputs, the keys of ``MetricOutput.scores``."""
+        return [o.name for o in self.outputs()]
+
+    def output_spec(self, output_name: str) -> OutputSpec:
+        """Direction and range of one output (for summaries and plots)."""
+        for o in self.outputs():
+            if o.name == output_name:
+                return o
+        raise KeyError(f"metric '{self.name}' has no output '{output_name}'; outputs: {', '.join(self.output_names())}")
 
     @abstractmethod
     def evaluate(

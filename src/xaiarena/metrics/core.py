@@ -1,0 +1,281 @@
+"""Shared machinery of the built-in metrics: validation, ranking with random
+tie-breaking, fill values, batched forward passes and similarity functions.
+
+Everything here is torch-native and batched over samples; nothing loops over
+pixels in Python.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import suggest
+from .base import EvalBatch
+
+logger = logging.getLogger("xaiarena.metrics")
+
+#: named fill values for perturbations (pixel space); a number is a constant fill
+FILLS = ("black", "white", "mean", "blur", "uniform")
+#: what a perturbation metric reads off the model for the target class
+OUTPUTS = ("probability", "logit")
+#: similarity functions between two per-sample vectors
+SIMILARITIES = ("pearson", "spearman")
+
+#: input elements per forward chunk when ``batch_size`` is not given (about 4 MiB of float32)
+DEFAULT_CHUNK_ELEMENTS = 2**20
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_choice(param: str, value: object, choices: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``choices``; else a ValueError naming both."""
+    if isinstance(value, str) and value in choices:
+        return value
+    hint = suggest(value, list(choices)) if isinstance(value, str) else None
+    msg = f"{param}={value!r} is not valid; choose one of {', '.join(choices)}"
+    if hint:
+        msg += f" (did you mean '{hint}'?)"
+    raise ValueError(msg)
+
+
+def check_fill(fill: str | float, param: str = "fill") -> str | float:
+    """A fill is a name from :data:`FILLS` or a number (a constant pixel value)."""
+    if isinstance(fill, bool):
+        raise ValueError(f"{param}={fill!r} is not valid; choose one of {', '.join(FILLS)} or a number")
+    if isinstance(fill, (int, float)):
+        if not math.isfinite(fill):
+            raise ValueError(f"{param}={fill!r} is not valid; a constant fill must be finite")
+        return float(fill)
+    if isinstance(fill, str) and fill in FILLS:
+        return fill
+    hint = suggest(fill, list(FILLS)) if isinstance(fill, str) else None
+    msg = f"{param}={fill!r} is not valid; choose one of {', '.join(FILLS)} or a number"
+    if hint:
+        msg += f" (did you mean '{hint}'?)"
+    raise ValueError(msg)
+
+
+def check_positive_int(param: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{param}={value!r} is not valid; it must be an integer >= {minimum}")
+    return value
+
+
+def check_fraction(param: str, value: object, *, allow_zero: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (0.0 <= value <= 1.0 if allow_zero else 0.0 < value <= 1.0)
+    if not ok:
+        bounds = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ValueError(f"{param}={value!r} is not valid; it must be a number in {bounds}")
+    return float(value)
+
+
+def check_batch_size(value: int | None) -> int | None:
+    return None if value is None else check_positive_int("batch_size", value)
+
+
+def prepare(batch: EvalBatch, attributions: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Check every map is ``(N, H, W)`` like the inputs and return float copies on their device."""
+    if batch.inputs.ndim != 4:
+        raise ValueError(f"batch.inputs must be (N, C, H, W), got {tuple(batch.inputs.shape)}")
+    n, _, h, w = batch.inputs.shape
+    out = {}
+    for name, a in attributions.items():
+        a = torch.as_tensor(a)
+        if tuple(a.shape) != (n, h, w):
+            raise ValueError(
+                f"attributions['{name}'] has shape {tuple(a.shape)}; expected (N, H, W) = {(n, h, w)}"
+            )
+        out[name] = a.detach().to(device=batch.inputs.device, dtype=torch.float32)
+    return out
+
+
+def require_masks(batch: EvalBatch, metric: str) -> torch.Tensor:
+    if batch.masks is None:
+        raise ValueError(f"metric '{metric}' needs ground-truth masks, but batch.masks is None")
+    n, _, h, w = batch.inputs.shape
+    if tuple(batch.masks.shape) != (n, h, w):
+        raise ValueError(f"batch.masks has shape {tuple(batch.masks.shape)}; expected {(n, h, w)}")
+    return batch.masks.to(device=batch.inputs.device).bool()
+
+
+def nan_where(values: torch.Tensor, bad: torch.Tensor, metric: str, reason: str,
+              explainer: str | None = None) -> torch.Tensor:
+    """Set ``values[bad]`` to NaN and log why (NaN only with a logged reason)."""
+    if bool(bad.any()):
+        who = f" for explainer '{explainer}'" if explainer else ""
+        idx = torch.nonzero(bad).flatten().tolist()
+        logger.warning("%s: NaN%s at %d sample(s) %s: %s", metric, who, len(idx), idx[:10], reason)
+        values = values.masked_fill(bad, float("nan"))
+    return values
+
+
+# --------------------------------------------------------------------------- randomness
+
+
+def draw_seed(generator: torch.Generator) -> int:
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+
+
+def explainer_generator(base_seed: int, name: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator for one explainer that depends only on ``base_seed`` and its name.
+
+    Tie-breaking and re-explanation randomness of one explainer then do not
+    depend on which other explainers share the call (and two constant maps do
+    not receive the same tie-breaking order).
+    """
+    g = torch.Generator(device=device)
+    g.manual_seed((base_seed ^ zlib.crc32(name.encode())) % 2**63)
+    return g
+
+
+def rand(shape: Sequence[int], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """``torch.rand`` drawn on the generator's device, moved to ``device``."""
+    return torch.rand(tuple(shape), generator=generator, device=generator.device).to(device)
+
+
+def rank_order(scores: torch.Tensor, generator: torch.Generator, descending: bool = True) -> torch.Tensor:
+    """Indices that sort each row of ``scores`` (N, P), ties broken uniformly at random.
+
+    A random permutation is applied first and a *stable* sort second, so tied
+    features keep the random order of the permutation.
+    """
+    perm = rand(scores.shape, generator, scores.device).argsort(dim=-1)
+    idx = scores.gather(-1, perm).argsort(dim=-1, descending=descending, stable=True)
+    return perm.gather(-1, idx)
+
+
+def rank_positions(scores: torch.Tensor, generator: torch.Generator, descending: bool = True) -> torch.Tensor:
+    """Rank of every feature of ``scores`` (N, P): 0 is the first in the order (random ties)."""
+    order = rank_order(scores, generator, descending)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    return ranks
+
+
+def topk_mask(scores: torch.Tensor, k: torch.Tensor | int, generator: torch.Generator) -> torch.Tensor:
+    """Boolean (N, P) mask of the ``k`` highest-scoring features per row (``k`` scalar or (N,))."""
+    ranks = rank_positions(scores, generator)
+    k = torch.as_tensor(k, device=scores.device).reshape(-1, 1)
+    return ranks < k
+
+
+# --------------------------------------------------------------------------- fills
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(N, C, H, W)`` with reflect padding (kernel radius 3 sigma)."""
+    if sigma <= 0:
+        return x.clone()
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    n, c, h, w = x.shape
+    y = x.reshape(n * c, 1, h, w)
+    mode = "reflect" if radius < min(h, w) else "replicate"
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode=mode), k.view(1, 1, 1, -1))
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode=mode), k.view(1, 1, -1, 1))
+    return y.reshape(n, c, h, w)
+
+
+def make_fill(x: torch.Tensor, fill: str | float, generator: torch.Generator, blur_sigma: float = 5.0) -> torch.Tensor:
+    """The image ``(N, C, H, W)`` that perturbed pixels take (pixel space).
+
+    ``black`` 0, ``white`` 1, ``mean`` the sample's per-channel mean, ``blur`` a
+    Gaussian blur of the sample, ``uniform`` U(0, 1) noise drawn once per sample
+    (so every explainer sees the same noise), a number: that constant.
+    """
+    if isinstance(fill, float):
+        return torch.full_like(x, fill)
+    if fill == "black":
+        return torch.zeros_like(x)
+    if fill == "white":
+        return torch.ones_like(x)
+    if fill == "mean":
+        return x.mean(dim=(2, 3), keepdim=True).expand_as(x).clone()
+    if fill == "blur":
+        return gaussian_blur(x, blur_sigma)
+    if fill == "uniform":
+        return rand(x.shape, generator, x.device).to(x.dtype)
+    raise AssertionError(fill)  # validated by check_fill
+
+
+# --------------------------------------------------------------------------- model calls
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no autograd for the duration; the model's training flag is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def chunk_size(x: torch.Tensor, batch_size: int | None) -> int:
+    if batch_size is not None:
+        return batch_size
+    per_item = max(1, x[0].numel())
+    return max(32, DEFAULT_CHUNK_ELEMENTS // per_item)
+
+
+def read_output(logits: torch.Tensor, targets: torch.Tensor, output: str) -> torch.Tensor:
+    """Target-class probability or logit from ``logits`` (B, K)."""
+    if output == "probability":
+        return logits.float().softmax(-1).gather(1, targets.view(-1, 1)).squeeze(1)
+    return logits.float().gather(1, targets.view(-1, 1)).squeeze(1)
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Logits for ``x`` in chunks (call inside :func:`eval_mode`)."""
+    bs = chunk_size(x, batch_size)
+    return torch.cat([model(x[i : i + bs]) for i in range(0, len(x), bs)]) if len(x) else x.new_zeros(0, 0)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def auc(curve: torch.Tensor) -> torch.Tensor:
+    """Trapezoidal area under ``curve`` (..., S) with the x axis scaled to [0, 1].
+
+    Equals Quantus' ``calculate_auc`` (trapezoid, dx=1) divided by ``S - 1``.
+    """
+    s = curve.shape[-1]
+    if s == 1:
+        return curve[..., 0]
+    return (curve[..., 1:] + curve[..., :-1]).sum(-1) / (2 * (s - 1))
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise Pearson correlation of (N, R) tensors, in float64; NaN where a row is constant."""
+    a = a.double() - a.double().mean(-1, keepdim=True)
+    b = b.double() - b.double().mean(-1, keepdim=True)
+    den = a.norm(dim=-1) * b.norm(dim=-1)
+    r = (a * b).sum(-1) / den
+    return r.masked_fill(den == 0, float("nan")).clamp(-1, 1).float()
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Row-wise Spearman correlation: Pearson of ranks, ties broken at random (see module docs)."""
+    ra = rank_positions(a, generator).double()
+    rb = rank_positions(b, generator).double()
+    return pearson(ra, rb)
+
+
+def similarity(kind: str, a: torch.Tensor, b: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    if kind == "pearson":
+        return pearson(a, b)
+    return spearman(a, b, generator)

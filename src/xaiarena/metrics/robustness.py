@@ -1,0 +1,196 @@
+"""Robustness metrics: how much does the map change when the input barely changes?
+
+They re-explain noisy copies of the inputs through ``explainers[name](inputs,
+targets, generator=...)``. The noise draws do not depend on the explainer:
+they are drawn once per sample (with the run's generator), shared by every
+explainer (common random numbers), and re-explained in large batches (several
+draws of the whole batch per call). Whether a draw changed the model's
+prediction is computed once per draw, for all explainers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..registry import METRICS
+from .base import EvalBatch, ExplainFn, Metric, MetricOutput
+from .core import (
+    check_batch_size,
+    check_choice,
+    check_positive_int,
+    chunk_size,
+    draw_seed,
+    eval_mode,
+    explainer_generator,
+    nan_where,
+    predict,
+    prepare,
+    rand,
+)
+
+PREDICTION_CHANGE = ("ignore", "exclude", "nan")
+
+
+def normalise_max_abs(a: torch.Tensor) -> torch.Tensor:
+    """Divide every map (N, ...) by its largest magnitude (all-zero maps are left as they are)."""
+    m = a.abs().flatten(1).amax(1).view(-1, *([1] * (a.ndim - 1)))
+    return a / torch.where(m == 0, torch.ones_like(m), m)
+
+
+class _ReExplain(Metric):
+    """Base of the re-explanation metrics: noise draws, batched re-explanation, reduction."""
+
+    category = "robustness"
+    higher_is_better = False
+    value_range = (0.0, math.inf)
+    requires = ("model", "explainer")
+    reduce = "max"
+
+    def __init__(self, nr_samples: int, lower_bound: float, upper_bound: float | None, clip: bool,
+                 prediction_change: str, abs: bool, normalise: bool, batch_size: int | None):
+        self.nr_samples = check_positive_int("nr_samples", nr_samples)
+        for pname, v in (("lower_bound", lower_bound), ("upper_bound", upper_bound)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                raise ValueError(f"{pname}={v!r} is not valid; it must be a finite number")
+        if upper_bound is None and lower_bound <= 0:
+            raise ValueError(f"lower_bound={lower_bound!r} must be > 0 (noise is U(-lower_bound, lower_bound))")
+        if upper_bound is not None and upper_bound <= lower_bound:
+            raise ValueError(f"upper_bound={upper_bound!r} must be larger than lower_bound={lower_bound!r}")
+        self.lower_bound = float(lower_bound)
+        self.upper_bound = None if upper_bound is None else float(upper_bound)
+        self.clip = bool(clip)
+        self.prediction_change = check_choice("prediction_change", prediction_change, PREDICTION_CHANGE)
+        self.abs = bool(abs)
+        self.normalise = bool(normalise)
+        self.batch_size = check_batch_size(batch_size)
+
+    def _noise(self, shape, generator: torch.Generator, device) -> torch.Tensor:
+        u = rand(shape, generator, device)
+        if self.upper_bound is None:
+            return (2 * u - 1) * self.lower_bound
+        return self.lower_bound + u * (self.upper_bound - self.lower_bound)
+
+    def _post(self, a: torch.Tensor) -> torch.Tensor:
+        a = a.float()
+        if self.normalise:
+            a = normalise_max_abs(a)
+        return a.abs() if self.abs else a
+
+    def statistic(self, x: torch.Tensor, xp: torch.Tensor, a: torch.Tensor, ap: torch.Tensor) -> torch.Tensor:
+        """Per-(draw, sample) value from inputs (k, N, C, H, W) and maps (k, N, H, W)."""
+        raise NotImplementedError
+
+    def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers: dict[str, ExplainFn] | None = None
+                 ) -> MetricOutput:
+        maps = {k: self._post(v) for k, v in prepare(batch, attributions).items()}
+        missing = [k for k in maps if not explainers or k not in explainers]
+        if missing:
+            raise ValueError(f"metric '{self.name}' re-explains noisy inputs and needs explainers[name] for "
+                             f"{', '.join(missing)}; pass explainers={{name: explain(inputs, targets, generator=...)}}")
+        x = batch.inputs.float()
+        n = x.shape[0]
+        targets = batch.targets.to(x.device).long().view(-1)
+        base_seed = draw_seed(generator)
+        gens = {k: explainer_generator(base_seed, k, generator.device) for k in maps}
+        stats = {k: torch.empty(self.nr_samples, n, device=x.device) for k in maps}
+        changed = torch.zeros(self.nr_samples, n, dtype=torch.bool, device=x.device)
+        if self.prediction_change != "ignore":
+            with eval_mode(batch.model) as model:
+                pred0 = predict(model, x, self.batch_size).argmax(-1)
+        per_call = max(1, chunk_size(x, self.batch_size) // n)  # noise draws re-explained per call
+        for r0 in range(0, self.nr_samples, per_call):
+            k = min(per_call, self.nr_samples - r0)
+            xp = x.unsqueeze(0) + self._noise((k, *x.shape), generator, x.device)
+            if self.clip:
+                xp = xp.clamp(0, 1)
+            flat = xp.reshape(k * n, *x.shape[1:])
+            if self.prediction_change != "ignore":
+                with eval_mode(batch.model) as model:
+                    changed[r0 : r0 + k] = (predict(model, flat, self.batch_size).argmax(-1) != pred0.repeat(k)).view(k, n)
+            for name, a in maps.items():
+                ap = explainers[name](flat, targets.repeat(k), generator=gens[name])
+                ap = self._post(torch.as_tensor(ap).detach().to(x.device)).view(k, n, *x.shape[2:])
+                stats[name][r0 : r0 + k] = self.statistic(x.unsqueeze(0), xp, a.unsqueeze(0), ap)
+        return MetricOutput(scores={self.name: {k: self._reduce(k, v, changed) for k, v in stats.items()}})
+
+    def _reduce(self, name: str, stats: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+        bad_values = torch.isnan(stats).any(0)
+        if self.prediction_change == "nan":
+            keep = torch.ones_like(changed)
+            bad = changed.any(0)
+            reason = "a noisy copy changed the prediction (prediction_change='nan')"
+        elif self.prediction_change == "exclude":
+            keep = ~changed
+            bad = ~keep.any(0)
+            reason = "every noisy copy changed the prediction (prediction_change='exclude')"
+        else:
+            keep = torch.ones_like(changed)
+            bad = torch.zeros_like(bad_values)
+            reason = ""
+        stats = torch.nan_to_num(stats, nan=0.0)
+        if self.reduce == "max":
+            value = stats.masked_fill(~keep, -math.inf).amax(0)
+        else:
+            value = (stats * keep).sum(0) / keep.sum(0).clamp_min(1)
+        value = nan_where(value, bad, self.name, reason, name)
+        return nan_where(value, bad_values & ~bad, self.name, "the original map is all zeros", name)
+
+
+class _Sensitivity(_ReExplain):
+    def __init__(self, nr_samples: int = 200, lower_bound: float = 0.2, upper_bound: float | None = None,
+                 clip: bool = False, prediction_change: str = "ignore", abs: bool = False,
+                 normalise: bool = False, batch_size: int | None = None):
+        super().__init__(nr_samples, lower_bound, upper_bound, clip, prediction_change, abs, normalise, batch_size)
+
+    def statistic(self, x, xp, a, ap):
+        num = (a - ap).flatten(2).norm(dim=-1)
+        den = a.flatten(2).norm(dim=-1)
+        return num / den.masked_fill(den == 0, float("nan"))
+
+
+@METRICS.register("max_sensitivity", description="Max-Sensitivity (Yeh et al. 2019): largest relative change of the map under uniform input noise")
+class MaxSensitivity(_Sensitivity):
+    """``max_i ||a(x) - a(x + e_i)||_F / ||a(x)||_F`` over ``nr_samples`` draws
+    ``e_i ~ U(-lower_bound, lower_bound)`` per pixel (Quantus defaults: 200
+    draws, 0.2, no clipping). Lower is better."""
+
+    name = "max_sensitivity"
+    reduce = "max"
+
+
+@METRICS.register("avg_sensitivity", description="Avg-Sensitivity (Yeh et al. 2019): mean relative change of the map under uniform input noise")
+class AvgSensitivity(_Sensitivity):
+    """As ``max_sensitivity`` with the mean over draws instead of the maximum. Lower is better."""
+
+    name = "avg_sensitivity"
+    reduce = "mean"
+
+
+@METRICS.register("relative_input_stability", description="Relative Input Stability (Agarwal et al. 2022): max relative map change over relative input change")
+class RelativeInputStability(_ReExplain):
+    """``max_i ||(a - a_i) / a||_2 / max(||(x - x_i) / x||_2, eps_min)`` over draws
+    ``x_i = x + U(lower_bound, upper_bound)`` (Quantus: 200 draws, U(0.02, 0.2));
+    zero entries of ``a`` and ``x`` are replaced by ``eps_min`` in the
+    divisions, as in Quantus. ``prediction_change='exclude'`` (default) keeps
+    only draws whose prediction equals that of ``x`` (the paper's definition);
+    ``'nan'`` is Quantus' behaviour. Lower is better."""
+
+    name = "relative_input_stability"
+    reduce = "max"
+
+    def __init__(self, nr_samples: int = 200, lower_bound: float = 0.02, upper_bound: float | None = 0.2,
+                 clip: bool = False, prediction_change: str = "exclude", eps_min: float = 1e-6,
+                 abs: bool = False, normalise: bool = False, batch_size: int | None = None):
+        super().__init__(nr_samples, lower_bound, upper_bound, clip, prediction_change, abs, normalise, batch_size)
+        if isinstance(eps_min, bool) or not isinstance(eps_min, (int, float)) or eps_min <= 0:
+            raise ValueError(f"eps_min={eps_min!r} is not valid; it must be a number > 0")
+        self.eps_min = float(eps_min)
+
+    def statistic(self, x, xp, a, ap):
+        eps = self.eps_min
+        num = ((a - ap) / (a + (a == 0) * eps)).flatten(2).double().norm(dim=-1)
+        den = ((x - xp) / (x + (x == 0) * eps)).flatten(2).double().norm(dim=-1)
+        den = den + (den == 0) * eps
+        return (num / den).float()
