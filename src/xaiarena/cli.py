@@ -89,7 +89,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
                 extra = f" [{e.get('category', '')}, {arrow}]"
             elif kind == "explainers":
                 extra = f" [{e.get('family', '')}]"
-            typer.echo(f"  {e['name']:<24}{e['description']}{extra}")
+            typer.echo(f"  {e['name']:<26} {e['description']}{extra}")
 
 
 @app.command()

@@ -222,11 +222,11 @@ class Runner:
                     )
                     atomic_to_parquet(cv, cv_path)
                     atomic_to_parquet(ps, ps_path)
-            for out in metric.output_names():
-                oname = _metric_output_name(spec, metric.name, out)
+            for out in metric.outputs():
+                oname = _metric_output_name(spec, metric.name, out.name)
                 self.metrics_meta[oname] = {
-                    "metric": spec.name, "category": metric.category, "higher_is_better": metric.higher_is_better,
-                    "value_range": [float(v) for v in metric.value_range],
+                    "metric": spec.name, "category": metric.category, "higher_is_better": out.higher_is_better,
+                    "value_range": [float(v) for v in out.value_range],
                     "description": METRICS.entry(spec.name).description,
                 }
             per_sample.append(ps)
