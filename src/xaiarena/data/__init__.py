@@ -1,6 +1,6 @@
 """Datasets. Importing this package registers every built-in dataset."""
 
-from . import synthetic  # noqa: F401  (registers hard_mnist)
+from . import images, synthetic  # noqa: F401  (register the datasets)
 from .base import ImageSplit, Task, channel_stats
 
 __all__ = ["ImageSplit", "Task", "channel_stats", "load_task"]
