@@ -1,5 +1,7 @@
 """Explainers. Importing this package registers every built-in explainer."""
 
+from . import baselines, cam, gradients, perturbation  # noqa: F401  (registration)
 from .base import REDUCTIONS, Explainer, reduce_channels
+from .runner_utils import explain_in_batches
 
-__all__ = ["Explainer", "REDUCTIONS", "reduce_channels"]
+__all__ = ["Explainer", "REDUCTIONS", "reduce_channels", "explain_in_batches"]

@@ -59,8 +59,10 @@ class Explainer(ABC):
     needs_layer: ClassVar[bool] = False
     #: which model the maps explain: "f_b" (the given model) or "f_s" (DiET's)
     explains: ClassVar[str] = "f_b"
+    #: constructor options that set the cost (passes per sample, batch sizes)
+    cost_knobs: ClassVar[tuple[str, ...]] = ()
 
-    def fit(self, model: nn.Module, task: Any, *, device: torch.device, generator: torch.Generator | None = None,
+    def fit(self, model: nn.Module, task: Any, *, device: torch.device, generator: torch.Generator | None = None,  # noqa: B027
             cache_dir: Any = None) -> None:
         """Learn whatever the method needs from training data (default: nothing)."""
 
@@ -105,4 +107,5 @@ class Explainer(ABC):
         return out.detach().float()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({opts})"

@@ -1,0 +1,316 @@
+"""The Grad-CAM family, natively in batched torch (pytorch-grad-cam style).
+
+Every CAM computes, at a convolutional layer with activations ``A`` of shape
+``(N, K, h, w)``::
+
+    cam = ReLU( sum_k  w_k * A_k )          # (N, h, w)
+    map = bilinear_upsample(cam, (H, W))   # align_corners=False, like Captum
+
+and differs only in the weights ``w`` (``(N, K, 1, 1)`` per channel, or
+``(N, K, h, w)`` per position). A new CAM is a subclass of :class:`BaseCAM`
+that overrides :meth:`BaseCAM.weights`. Maps are not min-max normalised: the
+values keep their scale (Grad-CAM's equal Captum's ``LayerGradCam``).
+
+The layer is the model's last ``nn.Conv2d`` (registration order) unless the
+``layer`` option names a module by its dotted path (``net.features.6``). The
+layer's *output* is used. The forward hook that reads it is removed when the
+explanation ends, also when it raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..registry import EXPLAINERS
+from ._utils import (
+    check_int,
+    find_layer,
+    forward_hook,
+    forward_pre_hook,
+    forward_scores,
+    target_scores,
+    upsample,
+)
+from .base import Explainer
+
+
+@dataclass
+class CAMContext:
+    """What a weighting function may use."""
+
+    model: nn.Module
+    inputs: torch.Tensor  # (N, C, H, W) pixel space
+    targets: torch.Tensor  # (N,)
+    layer: nn.Module
+    layer_name: str
+    activations: torch.Tensor  # (N, K, h, w), detached
+    gradients: torch.Tensor | None  # d score / d activations, (N, K, h, w); None unless needs_gradients
+    scores: torch.Tensor  # (N,) target logits of the unperturbed inputs
+    recorder: _LayerRecorder = field(repr=False)
+
+    @contextmanager
+    def edit_layer(self, edit: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+        """Within the block, forward passes replace the layer's output by ``edit(output)``."""
+        self.recorder.edit = edit
+        try:
+            yield
+        finally:
+            self.recorder.edit = None
+
+
+class _LayerRecorder:
+    """Forward hook that records (and optionally edits) one layer's output."""
+
+    def __init__(self, explainer: str, layer_name: str):
+        self.explainer, self.layer_name = explainer, layer_name
+        self.output: torch.Tensor | None = None
+        self.calls = 0
+        self.edit = None  # callable(out) -> out, or None
+
+    def __call__(self, module: nn.Module, args: object, out: object) -> torch.Tensor | None:
+        self.calls += 1
+        if self.calls > 1:
+            raise RuntimeError(
+                f"{self.explainer}: layer '{self.layer_name}' ran more than once in one forward pass; "
+                "choose a layer that runs once (set the 'layer' option)"
+            )
+        if not isinstance(out, torch.Tensor) or out.ndim != 4:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise RuntimeError(
+                f"{self.explainer}: layer '{self.layer_name}' returned {shape}; CAMs need a "
+                "(N, K, h, w) tensor, so set the 'layer' option to a convolutional layer"
+            )
+        self.output = out
+        if self.edit is not None:
+            return self.edit(out)
+        return None
+
+    def reset(self, *args: object) -> None:
+        """Forget the last output; a forward pre-hook on the model calls it before each pass."""
+        self.calls, self.output = 0, None
+
+
+class BaseCAM(Explainer):
+    """Class activation maps: ``ReLU(sum_k w_k A_k)`` at a conv layer, bilinearly upsampled.
+
+    Subclasses override :meth:`weights`. ``needs_gradients`` says whether the
+    weights use ``d score / d A`` (one forward and backward pass); the
+    gradient-free CAMs (Score-CAM, Ablation-CAM) run their own extra forwards.
+    """
+
+    family: ClassVar[str] = "cam"
+    needs_layer: ClassVar[bool] = True
+    needs_gradients: ClassVar[bool] = True
+
+    def __init__(self, layer: str | None = None):
+        if layer is not None and not isinstance(layer, str):
+            raise ValueError(f"{self.name}: layer={layer!r} must be a module's dotted name (a string) or None")
+        self.layer = layer
+
+    def weights(self, ctx: CAMContext) -> torch.Tensor:  # pragma: no cover - abstract
+        """Channel weights ``(N, K, 1, 1)`` or per-position weights ``(N, K, h, w)``."""
+        raise NotImplementedError
+
+    def layer_maps(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The CAM at layer resolution, ``(N, h, w)``, after the ReLU."""
+        name, layer = find_layer(model, self.layer, self.name)
+        rec = _LayerRecorder(self.name, name)
+        with forward_pre_hook(model, rec.reset), forward_hook(layer, rec):
+            if self.needs_gradients:
+                with torch.enable_grad():
+                    x = inputs.detach().requires_grad_(True)  # so that A requires grad in frozen models
+                    scores = target_scores(model(x), targets)
+                    acts = rec.output
+                    assert acts is not None
+                    (grads,) = torch.autograd.grad(scores.sum(), acts)
+                scores, acts = scores.detach(), acts.detach()
+            else:
+                with torch.no_grad():
+                    scores = target_scores(model(inputs), targets)
+                acts, grads = rec.output, None
+                assert acts is not None
+            ctx = CAMContext(model, inputs, targets, layer, name, acts, grads, scores, rec)
+            w = self.weights(ctx)
+        return torch.relu((w * acts).sum(1))
+
+    def attribute(self, model, inputs, targets, *, generator=None):
+        return upsample(self.layer_maps(model, inputs, targets), inputs.shape[-2:])
+
+
+
+@EXPLAINERS.register(
+    "gradcam",
+    description="Grad-CAM (Selvaraju et al. 2017): ReLU of conv-layer activations weighted by their "
+    "spatially averaged gradients; last Conv2d by default (option layer), bilinear upsampling.",
+)
+class GradCAM(BaseCAM):
+    """``w_k = mean_ij dS/dA_kij``."""
+
+    name = "gradcam"
+
+    def weights(self, ctx):
+        return ctx.gradients.mean(dim=(2, 3), keepdim=True)
+
+
+@EXPLAINERS.register(
+    "gradcam_pp",
+    description="Grad-CAM++ (Chattopadhyay et al. 2018): channel weights from positive gradients with "
+    "second/third-order pixel coefficients; last Conv2d by default, bilinear upsampling.",
+)
+class GradCAMPlusPlus(BaseCAM):
+    """``w_k = sum_ij alpha_kij ReLU(g_kij)``, ``alpha = g^2 / (2 g^2 + sum(A) g^3)`` (pytorch-grad-cam)."""
+
+    name = "gradcam_pp"
+
+    def weights(self, ctx):
+        g, a = ctx.gradients, ctx.activations
+        g2 = g.pow(2)
+        g3 = g2 * g
+        sum_a = a.sum(dim=(2, 3), keepdim=True)
+        alpha = g2 / (2 * g2 + sum_a * g3 + 1e-6)
+        alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+        return (torch.relu(g) * alpha).sum(dim=(2, 3), keepdim=True)
+
+
+@EXPLAINERS.register(
+    "xgradcam",
+    description="XGrad-CAM (Fu et al. 2020): channel weights = activation-weighted gradient sums "
+    "normalised by the channel's activation sum; last Conv2d by default, bilinear upsampling.",
+)
+class XGradCAM(BaseCAM):
+    """``w_k = sum_ij g_kij A_kij / (sum_ij A_kij + eps)``."""
+
+    name = "xgradcam"
+
+    def weights(self, ctx):
+        g, a = ctx.gradients, ctx.activations
+        return (g * a).sum(dim=(2, 3), keepdim=True) / (a.sum(dim=(2, 3), keepdim=True) + 1e-7)
+
+
+@EXPLAINERS.register(
+    "layercam",
+    description="LayerCAM (Jiang et al. 2021): activations weighted position-wise by their positive "
+    "gradients; last Conv2d by default, bilinear upsampling.",
+)
+class LayerCAM(BaseCAM):
+    """``w_kij = ReLU(g_kij)`` (per position)."""
+
+    name = "layercam"
+
+    def weights(self, ctx):
+        return torch.relu(ctx.gradients)
+
+
+@EXPLAINERS.register(
+    "hirescam",
+    description="HiResCAM (Draelos & Carin 2020): activations times gradients element-wise, summed over "
+    "channels (no spatial averaging); last Conv2d by default, bilinear upsampling.",
+)
+class HiResCAM(BaseCAM):
+    """``w_kij = g_kij`` (per position)."""
+
+    name = "hirescam"
+
+    def weights(self, ctx):
+        return ctx.gradients
+
+
+class _PerturbationCAM(BaseCAM):
+    """Gradient-free CAMs: one extra forward pass per (sample, channel), ``batch_size`` per pass."""
+
+    needs_gradients = False
+
+    def __init__(self, layer: str | None = None, batch_size: int = 64):
+        super().__init__(layer)
+        self.batch_size = check_int(self.name, "batch_size", batch_size)
+
+
+
+@EXPLAINERS.register(
+    "scorecam",
+    description="Score-CAM (Wang et al. 2020): channel weight = softmax probability of the target when "
+    "the input is masked by the channel's upsampled, min-max scaled activation; K forward passes per "
+    "sample, batch_size masks per pass; last Conv2d by default.",
+)
+class ScoreCAM(_PerturbationCAM):
+    """``w_k = softmax(f(x * H_k))[target]`` with ``H_k`` = min-max scaled, upsampled ``A_k``.
+
+    Channels whose activation map is constant carry no spatial information and
+    get weight 0 without a forward pass (as in the authors' code).
+    """
+
+    name = "scorecam"
+
+    def weights(self, ctx):
+        acts, x = ctx.activations, ctx.inputs
+        n, k = acts.shape[:2]
+        flat = acts.flatten(2)
+        lo, hi = flat.amin(-1), flat.amax(-1)  # (N, K)
+        live = (hi - lo) > 0
+        rows = live.flatten().nonzero().squeeze(1)  # (sample, channel) pairs that need a forward
+        size = x.shape[-2:]
+
+        def make_batch(start: int, stop: int):
+            r = rows[start:stop]
+            i, c = r // k, r % k
+            m = acts[i, c]  # (B, h, w)
+            m = upsample(m, size)
+            mlo = m.flatten(1).amin(1).view(-1, 1, 1)
+            mhi = m.flatten(1).amax(1).view(-1, 1, 1)
+            m = (m - mlo) / (mhi - mlo).clamp_min(1e-12)
+            return x[i] * m[:, None], ctx.targets[i]
+
+        w = torch.zeros(n * k, dtype=acts.dtype, device=acts.device)
+        if len(rows):
+            w[rows] = forward_scores(ctx.model, len(rows), make_batch, self.batch_size, softmax=True).to(w.dtype)
+        return w.view(n, k, 1, 1)
+
+
+@EXPLAINERS.register(
+    "ablationcam",
+    description="Ablation-CAM (Desai & Ramaswamy 2020): channel weight = relative drop of the target "
+    "logit when the channel is zeroed at the layer; K forward passes per sample, batch_size ablations "
+    "per pass; last Conv2d by default.",
+)
+class AblationCAM(_PerturbationCAM):
+    """``w_k = (y - y_k) / |y|`` with ``y_k`` the target logit when channel ``k`` is set to 0.
+
+    The paper divides by ``y`` (assumed positive); ``|y|`` keeps the map's sign
+    meaningful when the logit is negative. All-zero channels get weight 0 (zeroing
+    them changes nothing) without a forward pass.
+    """
+
+    name = "ablationcam"
+
+    def weights(self, ctx):
+        acts, x = ctx.activations, ctx.inputs
+        n, k = acts.shape[:2]
+        live = acts.flatten(2).abs().amax(-1) > 0  # (N, K)
+        rows = live.flatten().nonzero().squeeze(1)
+        current: dict[str, torch.Tensor] = {}
+
+        def ablate(out: torch.Tensor) -> torch.Tensor:
+            out = out.clone()
+            out[torch.arange(len(out), device=out.device), current["channel"]] = 0
+            return out
+
+        def make_batch(start: int, stop: int):
+            r = rows[start:stop]
+            i, c = r // k, r % k
+            current["channel"] = c
+            return x[i], ctx.targets[i]
+
+        y = ctx.scores
+        drop = torch.zeros(n * k, dtype=y.dtype, device=y.device)
+        if len(rows):
+            with ctx.edit_layer(ablate):
+                ablated = forward_scores(ctx.model, len(rows), make_batch, self.batch_size)
+            drop[rows] = y[rows // k] - ablated
+        w = drop.view(n, k) / y.abs().clamp_min(1e-6).view(n, 1)
+        return w.view(n, k, 1, 1).to(acts.dtype)

@@ -1,0 +1,292 @@
+"""Perturbation explainers: occlusion (Captum), LIME and KernelSHAP over SLIC superpixels.
+
+They only need forward passes, so they are *forward-bound*: building the
+perturbed inputs, segmenting and fitting the surrogate cost little next to the
+model's forward passes (``benchmarks/explainers.py`` measures it).
+``perturbations_per_eval`` is the number of perturbed images per forward pass,
+counted over all samples of the batch (unlike Captum's per-sample meaning).
+
+All of them score the target class's logit. The removed part of the image is
+replaced by a ``baseline`` (default ``black``; also ``white``, ``mean`` colour,
+``blur``, ``uniform`` noise). Their maps are constant over the channels (a window
+or superpixel covers every channel), so the default ``reduction`` is ``mean``,
+which returns that per-pixel value.
+
+LIME and KernelSHAP run their own batched loop (perturb, forward, weighted least
+squares in closed form, float64) rather than Captum's ``Lime``/``KernelShap``,
+which evaluate one sample at a time; they reproduce Captum's results given the
+same perturbations (see ``tests/test_explainers_oracles.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import numpy as np
+import torch
+from captum.attr import Occlusion
+
+from ..registry import EXPLAINERS
+from ._utils import (
+    BASELINES,
+    check_choice,
+    check_float,
+    check_int,
+    forward_scores,
+    make_baseline,
+    sample_generators,
+)
+from .base import REDUCTIONS, Explainer, reduce_channels
+
+
+def _pair(explainer: str, option: str, value) -> tuple[int, int]:
+    vals = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(vals) != 2:
+        raise ValueError(f"{explainer}: {option}={value!r} must be an int or a pair (height, width)")
+    return check_int(explainer, option, vals[0]), check_int(explainer, option, vals[1])
+
+
+class _PerturbationExplainer(Explainer):
+    family: ClassVar[str] = "perturbation"
+
+    def _init_common(self, baseline: str, perturbations_per_eval: int, reduction: str) -> None:
+        self.baseline = check_choice(self.name, "baseline", baseline, BASELINES)
+        self.perturbations_per_eval = check_int(self.name, "perturbations_per_eval", perturbations_per_eval)
+        self.reduction = check_choice(self.name, "reduction", reduction, REDUCTIONS)
+
+    def _baseline(self, inputs: torch.Tensor, generator) -> torch.Tensor:
+        gens = sample_generators(inputs, generator) if self.baseline == "uniform" else None
+        return make_baseline(self.baseline, inputs, gens)
+
+
+
+@EXPLAINERS.register(
+    "occlusion",
+    description="Occlusion (Zeiler & Fergus 2014, Captum Occlusion): drop of the target logit when a "
+    "window x window patch (default 16, stride 8) is replaced by the baseline (default black), averaged "
+    "over the windows covering each pixel; one forward pass per window position.",
+)
+class OcclusionExplainer(_PerturbationExplainer):
+    """Captum's Occlusion with an all-channel sliding window."""
+
+    name = "occlusion"
+
+    def __init__(
+        self,
+        window: int | tuple[int, int] = 16,
+        stride: int | tuple[int, int] = 8,
+        baseline: str = "black",
+        perturbations_per_eval: int = 64,
+        reduction: str = "mean",
+    ):
+        self.window = _pair(self.name, "window", window)
+        self.stride = _pair(self.name, "stride", stride)
+        self._init_common(baseline, perturbations_per_eval, reduction)
+
+    def n_windows(self, height: int, width: int) -> int:
+        """Window positions (= forward passes per sample, plus one for the unperturbed input)."""
+        (wh, ww), (sh, sw) = self.window, self.stride
+        return ((height - wh) // sh + 1) * ((width - ww) // sw + 1)
+
+    def attribute(self, model, inputs, targets, *, generator=None):
+        c, h, w = inputs.shape[1:]
+        if self.window[0] > h or self.window[1] > w:
+            raise ValueError(f"{self.name}: window={self.window} is larger than the {h}x{w} input")
+        attr = Occlusion(model).attribute(
+            inputs.detach(),
+            sliding_window_shapes=(c, *self.window),
+            strides=(c, *self.stride),
+            baselines=self._baseline(inputs, generator),
+            target=targets,
+            perturbations_per_eval=max(1, self.perturbations_per_eval // len(inputs)),
+        )
+        return reduce_channels(attr, self.reduction)
+
+
+def slic_segments(images: torch.Tensor, n_segments: int, compactness: float) -> list[np.ndarray]:
+    """SLIC superpixels (scikit-image) of pixel-space ``(N, C, H, W)`` images.
+
+    Returns one int64 ``(H, W)`` label map per image with labels ``0..d-1``. RGB
+    images are segmented in Lab space (scikit-image's default), others on raw values.
+    """
+    from skimage.segmentation import slic
+
+    arr = images.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).numpy()
+    out = []
+    for img in arr:
+        if img.shape[-1] == 1:
+            seg = slic(img[..., 0], n_segments=n_segments, compactness=compactness, start_label=0, channel_axis=None)
+        else:
+            seg = slic(img, n_segments=n_segments, compactness=compactness, start_label=0, channel_axis=-1,
+                       convert2lab=img.shape[-1] == 3)
+        _, labels = np.unique(seg, return_inverse=True)
+        out.append(labels.reshape(seg.shape).astype(np.int64))
+    return out
+
+
+class SuperpixelSurrogate(_PerturbationExplainer):
+    """Fit a weighted linear surrogate ``y ~ b + z . beta`` over superpixel on/off vectors ``z``.
+
+    Subclasses define :meth:`sample` (the ``z`` rows and their weights) and
+    :meth:`solve`. A pixel's attribution is its superpixel's coefficient.
+    """
+
+    def __init__(
+        self,
+        n_samples: int,
+        n_segments: int,
+        compactness: float,
+        baseline: str,
+        perturbations_per_eval: int,
+        reduction: str,
+    ):
+        self.n_samples = check_int(self.name, "n_samples", n_samples, minimum=2)
+        self.n_segments = check_int(self.name, "n_segments", n_segments)
+        self.compactness = check_float(self.name, "compactness", compactness, strict=True)
+        self._init_common(baseline, perturbations_per_eval, reduction)
+
+    def sample(self, d: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(n_samples, d)`` 0/1 rows and ``(n_samples,)`` weights (float64, CPU)."""
+        raise NotImplementedError
+
+    def solve(self, z: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Coefficients ``(d,)`` of the weighted fit (float64, CPU)."""
+        raise NotImplementedError
+
+    def segments(self, inputs: torch.Tensor) -> list[np.ndarray]:
+        return slic_segments(inputs, self.n_segments, self.compactness)
+
+    def attribute(self, model, inputs, targets, *, generator=None, segments=None):
+        n, c, h, w = inputs.shape
+        dev = inputs.device
+        segs = self.segments(inputs) if segments is None else segments
+        gens = sample_generators(inputs, generator)
+        dims = [int(s.max()) + 1 for s in segs]
+        draws = [self.sample(d, g) for d, g in zip(dims, gens, strict=True)]
+        s, dmax = self.n_samples, max(dims)
+        zpad = torch.zeros(n, s, dmax, dtype=inputs.dtype)
+        for i, (z, _) in enumerate(draws):
+            zpad[i, :, : z.shape[1]] = z.to(inputs.dtype)
+        zpad = zpad.to(dev)
+        seg_flat = torch.from_numpy(np.stack(segs)).to(dev).view(n, h * w)
+        x = inputs.detach()
+        base = self._baseline(x, generator)
+        delta = x - base
+
+        def make_batch(start: int, stop: int):
+            r = torch.arange(start, stop, device=dev)
+            i, j = r // s, r % s
+            mask = torch.gather(zpad[i, j], 1, seg_flat[i]).view(-1, 1, h, w)
+            return torch.addcmul(base[i], delta[i], mask), targets[i]
+
+        y = forward_scores(model, n * s, make_batch, self.perturbations_per_eval).view(n, s)
+        y = y.detach().to("cpu", torch.float64)
+        maps = []
+        for i, (z, wt) in enumerate(draws):
+            coef = self.solve(z, y[i], wt)
+            maps.append(coef[torch.from_numpy(segs[i])])
+        attr = torch.stack(maps).to(dev, inputs.dtype)
+        return reduce_channels(attr[:, None].expand(n, c, h, w), self.reduction)
+
+
+def _weighted_centered(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
+    """Weighted centring (sklearn's ``fit_intercept`` with ``sample_weight``), rows scaled by sqrt(w)."""
+    wn = w / w.sum()
+    zm, ym = wn @ z, wn @ y
+    sw = w.sqrt()[:, None]
+    return (z - zm) * sw, (y - ym) * sw[:, 0]
+
+
+@EXPLAINERS.register(
+    "lime",
+    description="LIME (Ribeiro et al. 2016) over SLIC superpixels (n_segments=50): n_samples=64 random "
+    "on/off masks (baseline black), weights exp(-d^2/(2*0.25^2)) of the cosine distance to the full image, "
+    "weighted ridge (alpha=1) in closed form; a pixel gets its superpixel's coefficient.",
+)
+class LimeExplainer(SuperpixelSurrogate):
+    """LIME for images as in ``lime_image``: Bernoulli(1/2) superpixel masks (first row: all on),
+    cosine-distance exponential kernel of width ``kernel_width``, ridge penalty ``ridge_alpha``.
+    """
+
+    name = "lime"
+
+    def __init__(
+        self,
+        n_samples: int = 64,
+        n_segments: int = 50,
+        compactness: float = 10.0,
+        kernel_width: float = 0.25,
+        ridge_alpha: float = 1.0,
+        baseline: str = "black",
+        perturbations_per_eval: int = 64,
+        reduction: str = "mean",
+    ):
+        super().__init__(n_samples, n_segments, compactness, baseline, perturbations_per_eval, reduction)
+        self.kernel_width = check_float(self.name, "kernel_width", kernel_width, strict=True)
+        self.ridge_alpha = check_float(self.name, "ridge_alpha", ridge_alpha)
+
+    def sample(self, d, generator):
+        z = (torch.rand(self.n_samples, d, generator=generator) < 0.5).double()
+        z[0] = 1.0
+        k = z.sum(1)
+        dist = 1.0 - (k / d).sqrt()  # cosine distance between z and the all-ones vector
+        return z, torch.exp(-(dist**2) / (2 * self.kernel_width**2))
+
+    def solve(self, z, y, w):
+        zc, yc = _weighted_centered(z, y, w)
+        gram = zc.T @ zc + self.ridge_alpha * torch.eye(z.shape[1], dtype=z.dtype)
+        if self.ridge_alpha > 0:
+            return torch.linalg.solve(gram, zc.T @ yc)
+        return torch.linalg.lstsq(zc, yc[:, None], driver="gelsd").solution[:, 0]
+
+
+@EXPLAINERS.register(
+    "kernel_shap",
+    description="KernelSHAP (Lundberg & Lee 2017; Captum's sampling) over SLIC superpixels (n_segments=50): "
+    "the full and empty coalitions (weight 1e6) plus n_samples-2 coalitions with sizes drawn from the "
+    "Shapley kernel (default n_samples=64, baseline black), weighted least squares in closed form.",
+)
+class KernelShapExplainer(SuperpixelSurrogate):
+    """Captum's KernelShap scheme: coalition size ``k ~ (d-1) / (k (d-k))``, a uniform subset of
+    that size, unit weights; the full and empty coalitions get weight ``1e6`` so the coefficients
+    sum to ``f(x) - f(baseline)``. Linear regression with intercept (minimum-norm least squares).
+    """
+
+    name = "kernel_shap"
+    inf_weight: ClassVar[float] = 1e6
+
+    def __init__(
+        self,
+        n_samples: int = 64,
+        n_segments: int = 50,
+        compactness: float = 10.0,
+        baseline: str = "black",
+        perturbations_per_eval: int = 64,
+        reduction: str = "mean",
+    ):
+        super().__init__(n_samples, n_segments, compactness, baseline, perturbations_per_eval, reduction)
+
+    def sample(self, d, generator):
+        s = self.n_samples
+        z = torch.zeros(s, d, dtype=torch.float64)
+        z[0] = 1.0
+        w = torch.ones(s, dtype=torch.float64)
+        w[:2] = self.inf_weight
+        if s > 2:
+            if d >= 2:
+                k = torch.arange(1, d, dtype=torch.float64)
+                probs = (d - 1) / (k * (d - k))
+                size = torch.multinomial(probs, s - 2, replacement=True, generator=generator) + 1
+                ranks = torch.rand(s - 2, d, generator=generator).argsort(1).argsort(1)
+                z[2:] = (ranks < size[:, None]).double()
+            else:
+                z[2:] = (torch.rand(s - 2, d, generator=generator) < 0.5).double()
+        return z, w
+
+    def solve(self, z, y, w):
+        zc, yc = _weighted_centered(z, y, w)
+        # the 1e6 weights make the system stiff; rescale columns before the SVD-based solve
+        scale = zc.norm(dim=0).clamp_min(1e-300)
+        sol = torch.linalg.lstsq(zc / scale, yc[:, None], driver="gelsd", rcond=1e-12 * math.sqrt(len(z))).solution
+        return sol[:, 0] / scale
