@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 from torch import nn
@@ -18,6 +19,14 @@ from .core import (
     prepare,
     similarity,
 )
+
+
+def _accepts_model(fn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: let the call decide
+        return True
+    return any(p.name == "model" or p.kind == p.VAR_KEYWORD for p in params)
 
 
 def randomisable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -62,6 +71,10 @@ class ModelParameterRandomisation(Metric):
         if missing:
             raise ValueError(f"metric '{self.name}' re-explains a randomised model and needs explainers[name] for "
                              f"{', '.join(missing)}; each must accept model=...")
+        for k in maps:
+            if not _accepts_model(explainers[k]):
+                raise ValueError(f"explainers['{k}'] must accept model=... to explain the randomised copy "
+                                 "(call signature: explain(inputs, targets, generator=..., model=...))")
         model = copy.deepcopy(batch.model)
         layers = randomisable_layers(model)[::-1]
         if not layers:
