@@ -1,0 +1,315 @@
+"""``build_report(run_dir)``: report.html and figures/*.png from a run's saved results.
+
+The HTML is self-contained: CSS inline, figures embedded as base64 PNG, no
+scripts and no network references. Every string that comes from the run
+(dataset, explainer and metric names, descriptions, config) goes through
+jinja2's autoescaping. The same run directory always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from .. import __version__, stats
+from ..utils import atomic_write_bytes
+from . import narrative, plots
+from .loading import RunData, load_run
+from .tables import (
+    combined_table,
+    fmt,
+    fmt_percent,
+    fmt_seconds,
+    order_metrics,
+    results_table,
+)
+
+DEFAULT_ALPHA = 0.05
+DEFAULT_TEST = "t"
+
+_DIET_LABELS = {
+    "agreement_fs_fb": ("Agreement of f_s with f_b", "share of evaluation inputs on which f_s "
+                        "predicts the same class as f_b"),
+    "fs_accuracy_masked_train": ("f_s accuracy on masked training images",
+                                 "f_s on training images with DiET's learned masks applied"),
+    "fs_test_accuracy": ("f_s test accuracy", "DiET's distilled model on the test split"),
+    "fb_test_accuracy": ("f_b test accuracy", "the model being explained, on the test split"),
+    "mask_l0_fraction": ("Mask size", "mean fraction of pixels DiET's masks keep"),
+}
+_PERCENT_KEYS = set(_DIET_LABELS)
+_EXPLAINS = {"f_b": "the model being explained", "f_s": "DiET's distilled model"}
+_FIGURE_PATTERNS = (re.compile(r"^d\d+_.*\.png$"), re.compile(r"^combined_.*\.png$"))
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("xaiarena.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return env
+
+
+def _slug(text: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9_-]+", "_", str(text)).strip("_")
+    return s[:40] or "dataset"
+
+
+class _Figures:
+    """Collects figures: writes each PNG under figures/ and keeps a data URI for the HTML."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.files: list[Path] = []
+
+    def add(self, name: str, png: bytes | None, title: str, caption: str = "") -> dict | None:
+        if png is None:
+            return None
+        path = self.folder / name
+        atomic_write_bytes(path, png)
+        self.files.append(path)
+        uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        return {"title": title, "caption": caption, "src": uri, "file": f"figures/{name}"}
+
+
+def _clean_old_figures(folder: Path) -> None:
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.is_file() and any(r.match(p.name) for r in _FIGURE_PATTERNS):
+                p.unlink()
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        return None
+    return float(x)
+
+
+def _setup_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+
+    def add(label: str, value: Any) -> None:
+        if value is not None and value != "":
+            rows.append((label, str(value)))
+
+    add("Model", info.get("model"))
+    add("Classes", info.get("num_classes"))
+    shape = info.get("input_shape")
+    if isinstance(shape, (list, tuple)):
+        add("Input shape", " × ".join(str(s) for s in shape))
+    for key, label in (("n_train", "Training samples"), ("n_test", "Test samples"),
+                       ("n_eval", "Explained samples")):
+        v = _num(info.get(key))
+        add(label, f"{int(v):,}" if v is not None else None)
+    acc = _num(info.get("test_accuracy"))
+    add("Test accuracy (f_b)", fmt_percent(acc) if acc is not None else None)
+    secs = _num(info.get("train_seconds"))
+    add("Training time", fmt_seconds(secs) if secs is not None else None)
+    return rows
+
+
+def _diet_rows(diet: Any) -> list[dict[str, str]]:
+    if not isinstance(diet, dict):
+        return []
+    rows = []
+    keys = [k for k in _DIET_LABELS if k in diet] + [k for k in diet if k not in _DIET_LABELS]
+    for k in keys:
+        v = _num(diet[k])
+        if v is None:
+            continue
+        label, desc = _DIET_LABELS.get(k, (k, ""))
+        rows.append({"key": k, "label": label, "description": desc,
+                     "value": fmt_percent(v) if k in _PERCENT_KEYS else fmt(v, 4)})
+    return rows
+
+
+def _explainer_rows(data: RunData, dataset: str, explainers: list[str], colors: dict[str, str]):
+    info = data.dataset_info(dataset).get("explainers") or {}
+    rows = []
+    for e in explainers:
+        v = info.get(e) or {}
+        secs = _num(v.get("seconds"))
+        explains = str(v.get("explains", "") or "")
+        rows.append({
+            "name": e, "color": colors.get(e, "#333333"), "family": str(v.get("family", "") or "–"),
+            "explains": explains or "–",
+            "explains_title": _EXPLAINS.get(explains, ""),
+            "fs": explains == "f_s",
+            "seconds": fmt_seconds(secs) if secs is not None else "–",
+            "cache_hit": bool(v.get("cache_hit", False)),
+        })
+    return rows
+
+
+def _stage_rows(run: dict[str, Any]) -> list[dict[str, str]]:
+    rows = []
+    for name, v in (run.get("stages") or {}).items():
+        v = v if isinstance(v, dict) else {"seconds": v}
+        secs = _num(v.get("seconds"))
+        rows.append({"name": str(name), "seconds": fmt_seconds(secs) if secs is not None else "–",
+                     "cache": "cached" if v.get("cache_hit") else ""})
+    return rows
+
+
+def _settings(run: dict[str, Any], alpha: float | None, test: str | None) -> tuple[float, str]:
+    cfg = run.get("stats") if isinstance(run.get("stats"), dict) else {}
+    alpha = float(alpha if alpha is not None else cfg.get("alpha", DEFAULT_ALPHA))
+    test = str(test if test is not None else cfg.get("test", DEFAULT_TEST))
+    if test not in ("t", "wilcoxon", "both"):
+        raise ValueError(f"unknown test '{test}'; valid: t, wilcoxon, both")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    return alpha, test
+
+
+def _dataset_section(
+    data: RunData, k: int, dataset: str, figs: _Figures, alpha: float, test: str,
+    colors: dict[str, str],
+) -> dict[str, Any]:
+    info = data.dataset_info(dataset)
+    explainers = data.explainers(dataset)
+    metrics = order_metrics(data.metrics(dataset), data.metrics_meta)
+    meta = data.metrics_meta
+    table = results_table(data.summary, data.tests, dataset, explainers, metrics, meta, alpha, test)
+    summ = data.summary[data.summary["dataset"] == dataset]
+    prefix = f"d{k}_{_slug(dataset)}"
+    explains = {e: str(v.get("explains")) for e, v in (info.get("explainers") or {}).items()
+                if isinstance(v, dict) and v.get("explains")}
+
+    figures: dict[str, Any] = {}
+    figures["bars"] = figs.add(
+        f"{prefix}_bars.png",
+        plots.bar_charts(summ, metrics, explainers, meta, colors, table.top_groups),
+        "Means with 95% bootstrap confidence intervals",
+        "One panel per metric (↑ higher is better, ↓ lower is better). Solid bars: the best "
+        "explainer and those not significantly different from it; faded bars: significantly worse.",
+    )
+    figures["radar"] = figs.add(
+        f"{prefix}_radar.png", plots.radar_chart(summ, metrics, explainers, meta, colors),
+        "Relative standing per metric category",
+        "Each metric is rescaled across explainers after orienting it so that higher is better "
+        "(1 = best explainer on that metric, 0 = worst; metrics where all explainers tie are left "
+        "out), then averaged within its category. Relative, not absolute, quality.",
+    )
+    curves = data.curves[data.curves["dataset"] == dataset]
+    figures["curves"] = figs.add(
+        f"{prefix}_curves.png", plots.curve_plots(curves, explainers, meta, colors),
+        "Perturbation curves", "Mean score per step with its 95% band, as saved by the run.",
+    )
+    example_rows: list[dict[str, Any]] = []
+    figures["heatmaps"] = None
+    if dataset in data.examples:
+        png, example_rows = plots.heatmap_grid(data.examples[dataset], explainers, explains)
+        has_masks = "masks" in data.examples[dataset]
+        figures["heatmaps"] = figs.add(
+            f"{prefix}_heatmaps.png", png, "Attribution maps",
+            "Rows: correct (✓) then incorrect (✗) predictions. Each map is scaled by its own "
+            "maximum absolute value (red positive, blue negative)."
+            + (" Contours: ground-truth masks." if has_masks else ""),
+        )
+    figures["history"] = figs.add(
+        f"{prefix}_training.png", plots.training_history(info.get("train_history") or []),
+        "Training history of f_b", "Per-epoch values saved by the run (run.json train_history).",
+    )
+    headline = narrative.dataset_headline(table.ranks, metrics)
+    reading = narrative.dataset_reading(dataset, info, data.summary, table.versus_best, metrics,
+                                        meta, alpha, test)
+    n_sample_rows = data.per_sample is not None and (data.per_sample["dataset"] == dataset).any()
+    return {
+        "name": dataset,
+        "anchor": f"dataset-{k}",
+        "model": info.get("model") or (summ["model"].iloc[0] if len(summ) else ""),
+        "setup": _setup_rows(info),
+        "explainers": _explainer_rows(data, dataset, explainers, colors),
+        "diet": _diet_rows(info.get("diet")),
+        "table": table,
+        "figures": figures,
+        "examples": example_rows,
+        "reading": reading,
+        "headline": headline,
+        "has_per_sample": bool(n_sample_rows),
+    }
+
+
+def build_report(run_dir: str | Path, *, alpha: float | None = None, test: str | None = None) -> Path:
+    """Write ``run_dir/report.html`` and ``run_dir/figures/*.png``; return the HTML path.
+
+    Reads only saved results (see :mod:`xaiarena.report.loading`). ``alpha`` and
+    ``test`` ("t", "wilcoxon" or "both") decide which differences are called
+    significant; by default they come from ``run.json["stats"]`` if present,
+    else 0.05 and the paired t-test.
+    """
+    data = load_run(run_dir)
+    run = data.run
+    alpha, test = _settings(run, alpha, test)
+    fig_dir = data.run_dir / "figures"
+    _clean_old_figures(fig_dir)
+    figs = _Figures(fig_dir)
+
+    all_explainers: list[str] = []
+    for d in data.datasets:
+        all_explainers += [e for e in data.explainers(d) if e not in all_explainers]
+    colors = plots.explainer_colors(all_explainers)
+
+    sections = [
+        _dataset_section(data, k, d, figs, alpha, test, colors)
+        for k, d in enumerate(data.datasets, start=1)
+    ]
+    ranks = pd.concat([s["table"].ranks for s in sections], ignore_index=True) if sections else \
+        pd.DataFrame(columns=stats.RANK_COLUMNS)
+    combined = combined_table(ranks, data.metrics_meta) if len(ranks) else None
+    combined_text = (narrative.combined_reading(combined["frame"], len(data.datasets))
+                     if combined else [])
+
+    metric_rows = []
+    for m in order_metrics(list(data.metrics_meta), data.metrics_meta):
+        e = data.metrics_meta[m]
+        vr = e.get("value_range") or []
+        rng = ""
+        if isinstance(vr, (list, tuple)) and len(vr) == 2:
+            lo, hi = (_num(v) for v in vr)
+            if lo is not None and hi is not None and (math.isfinite(lo) or math.isfinite(hi)):
+                rng = f"[{fmt(lo, None if abs(lo) >= 1e5 else 2)}, {fmt(hi, None if abs(hi) >= 1e5 else 2)}]"
+        metric_rows.append({
+            "name": m, "category": str(e.get("category", "other")),
+            "direction": "↑ higher is better" if e.get("higher_is_better", True) else "↓ lower is better",
+            "range": rng, "description": str(e.get("description", "") or ""),
+        })
+
+    versions = run.get("versions") if isinstance(run.get("versions"), dict) else {}
+    total = _num(run.get("total_seconds"))
+    context = {
+        "title": str(run.get("name") or data.run_dir.name),
+        "run": {
+            "seed": run.get("seed", "–"), "device": run.get("device", "–"),
+            "config_hash": run.get("config_hash", "–"),
+            "total": fmt_seconds(total) if total is not None else "",
+        },
+        "versions": [(str(k), str(v)) for k, v in versions.items()],
+        "stages": _stage_rows(run),
+        "sections": sections,
+        "combined": combined,
+        "combined_text": combined_text,
+        "n_datasets": len(data.datasets),
+        "metric_rows": metric_rows,
+        "alpha": f"{alpha:g}",
+        "method_sentence": narrative.methods_sentence(alpha, test),
+        "test_name": {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test",
+                      "both": "paired t-test and Wilcoxon signed-rank test"}[test],
+        "notes": data.notes,
+        "config_text": data.config_text,
+        "xaiarena_version": __version__,
+    }
+    html = _env().get_template("report.html.j2").render(**context)
+    out = data.run_dir / "report.html"
+    atomic_write_bytes(out, html.encode("utf-8"))
+    return out

@@ -1,0 +1,174 @@
+"""Read a run directory's saved results (nothing is recomputed from models or data).
+
+Required: ``run.json`` and either ``results/summary.csv`` or
+``results/per_sample.parquet``. Everything else is optional and its absence is
+noted in the report: ``config.yaml``, ``results/tests.csv`` (recomputed from
+``per_sample.parquet`` by :func:`xaiarena.stats.paired_tests` when missing),
+``results/curves.parquet`` and ``results/examples/<dataset>.npz``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import stats
+from ..errors import XaiArenaError
+
+CURVE_COLUMNS = ["dataset", "explainer", "metric", "x", "mean", "ci_low", "ci_high"]
+_NAME_COLUMNS = ("dataset", "model", "explainer", "metric", "explainer_a", "explainer_b", "test")
+
+
+class ReportError(XaiArenaError):
+    """A run directory cannot be turned into a report (message says what is missing)."""
+
+
+@dataclass
+class RunData:
+    """Everything the report shows, as loaded from one run directory."""
+
+    run_dir: Path
+    run: dict[str, Any]
+    config_text: str | None
+    summary: pd.DataFrame
+    tests: pd.DataFrame
+    per_sample: pd.DataFrame | None
+    curves: pd.DataFrame
+    examples: dict[str, dict[str, np.ndarray]]
+    metrics_meta: dict[str, dict[str, Any]]
+    datasets: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def dataset_info(self, dataset: str) -> dict[str, Any]:
+        return dict((self.run.get("datasets") or {}).get(dataset) or {})
+
+    def explainers(self, dataset: str) -> list[str]:
+        """Explainers of a dataset: run.json order, then any others found in the summary."""
+        names = list(self.dataset_info(dataset).get("explainers") or {})
+        seen = set(names)
+        for e in self.summary.loc[self.summary["dataset"] == dataset, "explainer"]:
+            if e not in seen:
+                names.append(e)
+                seen.add(e)
+        return names
+
+    def metrics(self, dataset: str) -> list[str]:
+        present = set(self.summary.loc[self.summary["dataset"] == dataset, "metric"])
+        return [m for m in self.metrics_meta if m in present]
+
+
+def _read_csv(path: Path, numeric: list[str]) -> pd.DataFrame:
+    """CSV with name columns kept as text (an explainer called 'NA' stays 'NA')."""
+    df = pd.read_csv(
+        path,
+        dtype={c: str for c in _NAME_COLUMNS},
+        keep_default_na=False,
+        na_values={c: ["", "nan", "NaN", "NA"] for c in numeric},
+    )
+    for c in numeric:
+        if c in df.columns:
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+    return df
+
+
+def _as_bool(series: pd.Series) -> pd.Series:
+    if series.dtype == bool:
+        return series
+    return series.astype(str).str.strip().str.lower().isin(["true", "1", "yes"])
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    run_dir = Path(run_dir)
+    run_path = run_dir / "run.json"
+    if not run_path.exists():
+        raise ReportError(f"'{run_dir}' is not a run directory (no run.json)")
+    try:
+        run = json.loads(run_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"'{run_path}' is not valid JSON: {exc}") from None
+    res = run_dir / "results"
+    notes: list[str] = []
+
+    per_sample = None
+    ps_path = res / "per_sample.parquet"
+    if ps_path.exists():
+        per_sample = pd.read_parquet(ps_path)
+        for c in ("dataset", "explainer", "metric"):
+            per_sample[c] = per_sample[c].astype(str)
+
+    meta: dict[str, dict[str, Any]] = {
+        str(k): dict(v) for k, v in (run.get("metrics_meta") or {}).items()
+    }
+
+    summary_path = res / "summary.csv"
+    if summary_path.exists():
+        summary = _read_csv(summary_path, ["mean", "ci_low", "ci_high", "n"])
+        missing = [c for c in stats.SUMMARY_COLUMNS if c not in summary.columns]
+        if missing:
+            raise ReportError(f"'{summary_path}' lacks column(s) {missing}")
+        summary["higher_is_better"] = _as_bool(summary["higher_is_better"])
+    elif per_sample is not None:
+        hib = {m: v.get("higher_is_better", True) for m, v in meta.items()}
+        models = {str(d): str(v.get("model", "")) for d, v in (run.get("datasets") or {}).items()}
+        models.update({d: models.get(d, "") for d in per_sample["dataset"].unique()})
+        summary = stats.summarize(per_sample, hib, int(run.get("seed", 0)), models=models)
+        notes.append("results/summary.csv was missing; summaries were computed from "
+                     "results/per_sample.parquet when building this report.")
+    else:
+        raise ReportError(
+            f"'{run_dir}' has neither results/summary.csv nor results/per_sample.parquet"
+        )
+    summary["model"] = summary["model"].fillna("").astype(str)
+
+    tests_path = res / "tests.csv"
+    if tests_path.exists():
+        tests = _read_csv(tests_path, ["statistic", "p_value", "p_holm", "effect_size"])
+        missing = [c for c in stats.TESTS_COLUMNS if c not in tests.columns]
+        if missing:
+            raise ReportError(f"'{tests_path}' lacks column(s) {missing}")
+    elif per_sample is not None:
+        tests = stats.paired_tests(per_sample)
+        notes.append("results/tests.csv was missing; paired tests were computed from "
+                     "results/per_sample.parquet when building this report.")
+    else:
+        tests = pd.DataFrame(columns=stats.TESTS_COLUMNS)
+        notes.append("No paired tests are available (results/tests.csv and "
+                     "results/per_sample.parquet are missing): no difference is marked significant.")
+
+    # metrics known only from the summary still get a direction and a category
+    for metric, grp in summary.groupby("metric", sort=False):
+        entry = meta.setdefault(str(metric), {})
+        entry.setdefault("higher_is_better", bool(grp["higher_is_better"].iloc[0]))
+        entry.setdefault("category", "other")
+        entry.setdefault("description", "")
+        entry.setdefault("value_range", [float("-inf"), float("inf")])
+
+    curves_path = res / "curves.parquet"
+    curves = pd.read_parquet(curves_path) if curves_path.exists() else pd.DataFrame(columns=CURVE_COLUMNS)
+    for c in ("dataset", "explainer", "metric"):
+        curves[c] = curves[c].astype(str)
+
+    datasets = [str(d) for d in (run.get("datasets") or {})]
+    for d in pd.unique(summary["dataset"]):
+        if d not in datasets:
+            datasets.append(str(d))
+
+    examples: dict[str, dict[str, np.ndarray]] = {}
+    for d in datasets:
+        path = res / "examples" / f"{d}.npz"
+        if path.exists():
+            with np.load(path, allow_pickle=False) as npz:
+                examples[d] = {k: npz[k] for k in npz.files}
+
+    config_path = run_dir / "config.yaml"
+    config_text = config_path.read_text() if config_path.exists() else None
+    return RunData(
+        run_dir=run_dir, run=run, config_text=config_text, summary=summary, tests=tests,
+        per_sample=per_sample, curves=curves, examples=examples, metrics_meta=meta,
+        datasets=datasets, notes=notes,
+    )

@@ -1,0 +1,156 @@
+"""A short plain-language reading of the results, generated from the numbers only.
+
+Rules (so the text never claims more than the tests support):
+
+* "wins" means best mean *and* significantly better than every other explainer
+  (Holm-adjusted paired test below alpha); otherwise the explainers not
+  significantly different from the best are named as tied with it.
+* "no significant differences" is said when every explainer is in the best
+  group of a metric.
+* Across datasets, only mean ranks are compared; no test pools samples of
+  different datasets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import stats
+from .tables import decimals_for, direction_words, fmt, fmt_percent
+
+
+def _join(names: list[str]) -> str:
+    names = list(names)
+    if len(names) <= 1:
+        return "".join(names)
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _test_name(test: str) -> str:
+    return {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test",
+            "both": "paired t-test and Wilcoxon signed-rank test"}[test]
+
+
+def dataset_reading(
+    dataset: str,
+    info: dict[str, Any],
+    summary: pd.DataFrame,
+    versus_best: pd.DataFrame,
+    metrics: list[str],
+    meta: dict[str, dict[str, Any]],
+    alpha: float,
+    test: str,
+) -> list[str]:
+    """Sentences about one dataset: model accuracy, per-metric winners and ties, DiET."""
+    out: list[str] = []
+    first: list[str] = []
+    acc = info.get("test_accuracy")
+    if isinstance(acc, (int, float)) and np.isfinite(acc):
+        model = info.get("model") or "the model"
+        s = f"{model} reaches {fmt_percent(acc)} test accuracy"
+        if info.get("n_eval"):
+            s += f"; {info['n_eval']} evaluation samples were explained"
+        first.append(s + ".")
+    summ = summary[summary["dataset"] == dataset]
+    wins: dict[str, list[str]] = {}
+    tied_top: dict[str, list[str]] = {}
+    no_diff: list[str] = []
+    untested: list[str] = []
+    for m in metrics:
+        vb = versus_best[versus_best["metric"] == m]
+        s = summ[summ["metric"] == m].set_index("explainer")
+        if not len(vb) or not np.isfinite(s["mean"]).any():
+            continue
+        best = str(vb["best"].iloc[0])
+        others = vb[~vb["is_best"] & s.loc[vb["explainer"], "mean"].notna().to_numpy()]
+        tied = list(others.loc[~others["significant"], "explainer"])
+        d = decimals_for(s[["mean", "ci_low", "ci_high"]].to_numpy())
+        b = s.loc[best]
+        ci = ""
+        if np.isfinite(b["ci_low"]) and np.isfinite(b["ci_high"]):
+            ci = f", 95% CI {fmt(b['ci_low'], d)} to {fmt(b['ci_high'], d)}"
+        head = (f"{m} ({direction_words(bool(meta.get(m, {}).get('higher_is_better', True)))}): "
+                f"{best} has the best mean ({fmt(b['mean'], d)}{ci})")
+        if not len(others):
+            untested.append(m)
+            continue
+        if others["p_holm"].isna().all():
+            untested.append(m)
+            out.append(head + "; no paired test is available, so no difference can be claimed.")
+            continue
+        if not tied:
+            wins.setdefault(best, []).append(m)
+            out.append(head + " and is significantly better than every other explainer.")
+        elif len(tied) == len(others):
+            no_diff.append(m)
+            out.append(head + ", but no explainer is significantly different from it.")
+        else:
+            tied_top.setdefault(best, []).append(m)
+            for t in tied:
+                tied_top.setdefault(t, []).append(m)
+            verb = "is" if len(tied) == 1 else "are"
+            out.append(head + f"; {_join(tied)} {verb} not significantly different from it.")
+    summary_bits = []
+    if wins:
+        summary_bits.append("Clear wins: " + "; ".join(
+            f"{e} on {_join(ms)}" for e, ms in sorted(wins.items(), key=lambda kv: -len(kv[1]))) + ".")
+    if no_diff:
+        summary_bits.append(
+            f"No significant differences between explainers on {_join(no_diff)}.")
+    out = first + summary_bits + out
+    diet = info.get("diet") or {}
+    agree = diet.get("agreement_fs_fb") if isinstance(diet, dict) else None
+    fs = [e for e, v in (info.get("explainers") or {}).items()
+          if isinstance(v, dict) and v.get("explains") == "f_s"]
+    if fs:
+        s = (f"{_join(fs)} {'explains' if len(fs) == 1 else 'explain'} DiET's distilled model "
+             "f_s, not f_b")
+        if isinstance(agree, (int, float)) and np.isfinite(agree):
+            s += f"; f_s agrees with f_b on {fmt_percent(agree)} of predictions"
+        out.append(s + ".")
+    if untested and len(untested) == len(metrics):
+        out.append("No paired tests were available, so no difference is claimed as significant.")
+    return out
+
+
+def dataset_headline(ranks: pd.DataFrame, metrics: list[str]) -> str:
+    """One sentence: which explainers are most often in the top group (rank 1)."""
+    r = ranks[ranks["metric"].isin(metrics)].dropna(subset=["rank"])
+    if not len(r):
+        return "No metric results."
+    n_metrics = r["metric"].nunique()
+    top = r[r["rank"] == 1].groupby("explainer", sort=False).size()
+    order = list(pd.unique(r["explainer"]))
+    counts = sorted(((int(top.get(e, 0)), e) for e in order), key=lambda t: (-t[0], order.index(t[1])))
+    if all(c == n_metrics for c, _ in counts):
+        return (f"No explainer is significantly better than another on any of the {n_metrics} "
+                "metrics.")
+    parts = [f"{e} ({c} of {n_metrics})" for c, e in counts[:3] if c > 0]
+    return ("In the top group (no explainer significantly better) most often: "
+            + _join(parts) + ".")
+
+
+def methods_sentence(alpha: float, test: str) -> str:
+    return (f"Significance: Holm-adjusted {_test_name(test)} between explainers on the same "
+            f"samples, alpha = {alpha:g}, separately for each dataset and metric.")
+
+
+def combined_reading(comb: pd.DataFrame, n_datasets: int) -> list[str]:
+    """Sentences about the mean ranks across datasets."""
+    overall = comb[comb["metric"] == stats.ALL_METRICS]
+    if not len(overall):
+        return []
+    parts = [f"{r.explainer} ({fmt(r.mean_rank, 2)})" for r in overall.head(3).itertuples()]
+    where = f"across the {n_datasets} datasets" if n_datasets > 1 else "on this dataset"
+    out = [f"Lowest mean rank over all metrics {where}: " + _join(parts) + "."]
+    best = overall["mean_rank"].min()
+    top = list(overall.loc[overall["mean_rank"] == best, "explainer"])
+    if len(top) > 1:
+        out.append(f"{_join(top)} share the lowest mean rank.")
+    if n_datasets > 1:
+        out.append("Mean ranks summarise per-dataset results (rank 1 = nobody significantly "
+                   "better); no test pools samples from different datasets.")
+    return out

@@ -1,0 +1,396 @@
+"""Report figures as PNG bytes (matplotlib's Agg canvas; pyplot and its global state are not used).
+
+Every function returns ``None`` when there is nothing to draw. PNGs carry no
+timestamp or version metadata, so the same inputs give byte-identical files.
+
+Conventions
+    * One colour per explainer for the whole report (:func:`explainer_colors`).
+    * Heatmaps: each map is divided by its own maximum absolute value and drawn
+      on ``[-1, 1]`` with a diverging colormap (red = positive = more important,
+      blue = negative), so maps of different explainers are comparable in shape,
+      not in scale. Ground-truth masks are drawn as a contour.
+    * Radar chart: each metric is min-max normalised across the explainers of
+      the dataset after orienting it so that higher is better
+      (``(score - worst) / (best - worst)``: 1 = best explainer, 0 = worst; a
+      metric on which all explainers tie is left out); a category's value is the
+      mean over its metrics. It shows relative standing, not absolute quality.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib import rc_context, rcParams
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+_PALETTE = [
+    "#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3",
+    "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD",
+]
+_STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.titleweight": "bold",
+    "axes.labelsize": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.edgecolor": "#555555",
+    "axes.grid": True,
+    "grid.color": "#e6e6e6",
+    "grid.linewidth": 0.8,
+    "legend.frameon": False,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "svg.hashsalt": "xaiarena",
+}
+if "text.parse_math" in rcParams:  # names from data must never be read as mathtext
+    _STYLE["text.parse_math"] = False
+DPI = 110
+
+
+def explainer_colors(names: Sequence[str]) -> dict[str, str]:
+    return {n: _PALETTE[i % len(_PALETTE)] for i, n in enumerate(names)}
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _arrow(hib: bool) -> str:
+    return "↑" if hib else "↓"
+
+
+def _safe(text: Any) -> str:
+    """Text for matplotlib: ``$`` would start mathtext on matplotlib < 3.6."""
+    s = str(text)
+    return s if "text.parse_math" in rcParams else s.replace("$", r"\$")
+
+
+# --------------------------------------------------------------------------- bars
+
+
+def bar_charts(
+    summary: pd.DataFrame,
+    metrics: Sequence[str],
+    explainers: Sequence[str],
+    meta: dict[str, dict[str, Any]],
+    colors: dict[str, str],
+    best_of: dict[str, set[str]] | None = None,
+) -> bytes | None:
+    """Small multiples: one horizontal bar chart per metric, 95% CI as error bars.
+
+    ``best_of[metric]`` names the explainers in the best group; their bars are
+    drawn solid, the others lighter.
+    """
+    metrics = [m for m in metrics if (summary["metric"] == m).any()]
+    if not metrics:
+        return None
+    ncols = min(3, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    row_h = 0.28 * len(explainers) + 0.9
+    with rc_context(_STYLE):
+        fig = Figure(figsize=(3.4 * ncols, row_h * nrows + 0.2), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+        for ax, metric in zip(axes.flat, metrics, strict=False):
+            sub = summary[summary["metric"] == metric].set_index("explainer")
+            names = [e for e in explainers if e in sub.index]
+            y = np.arange(len(names))[::-1]
+            mean = sub.loc[names, "mean"].to_numpy(float)
+            lo = np.nan_to_num(mean - sub.loc[names, "ci_low"].to_numpy(float), nan=0.0)
+            hi = np.nan_to_num(sub.loc[names, "ci_high"].to_numpy(float) - mean, nan=0.0)
+            best = (best_of or {}).get(metric, set())
+            alpha = [1.0 if (not best or n in best) else 0.45 for n in names]
+            for yi, m, a, n in zip(y, mean, alpha, names, strict=True):
+                ax.barh(yi, 0 if np.isnan(m) else m, color=colors[n], alpha=a, height=0.7)
+            ax.errorbar(np.nan_to_num(mean), y, xerr=np.vstack([lo.clip(0), hi.clip(0)]),
+                        fmt="none", ecolor="#222222", elinewidth=1, capsize=2.5)
+            ax.set_yticks(y, [_safe(n) for n in names])
+            ax.grid(axis="y", visible=False)
+            ax.axvline(0, color="#555555", linewidth=0.8)
+            hib = bool(meta.get(metric, {}).get("higher_is_better", True))
+            ax.set_title(_safe(f"{metric} {_arrow(hib)}"), loc="left")
+        for ax in axes.flat[len(metrics):]:
+            ax.set_visible(False)
+        return _png(fig)
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def curve_plots(
+    curves: pd.DataFrame,
+    explainers: Sequence[str],
+    meta: dict[str, dict[str, Any]],
+    colors: dict[str, str],
+) -> bytes | None:
+    """One panel per curve (deletion, insertion, ...): mean line and 95% band per explainer."""
+    if curves is None or not len(curves):
+        return None
+    metrics = list(pd.unique(curves["metric"]))
+    ncols = min(3, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    with rc_context(_STYLE):
+        fig = Figure(figsize=(3.6 * ncols, 2.8 * nrows + 0.5), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+        for ax, metric in zip(axes.flat, metrics, strict=False):
+            sub = curves[curves["metric"] == metric]
+            names = [e for e in explainers if (sub["explainer"] == e).any()]
+            names += [e for e in pd.unique(sub["explainer"]) if e not in names]
+            for e in names:
+                c = sub[sub["explainer"] == e].sort_values("x")
+                color = colors.get(e, "#333333")
+                x = c["x"].to_numpy(float)
+                ax.fill_between(x, c["ci_low"].to_numpy(float), c["ci_high"].to_numpy(float),
+                                color=color, alpha=0.18, linewidth=0)
+                ax.plot(x, c["mean"].to_numpy(float), color=color, linewidth=1.6, label=_safe(e))
+            entry = meta.get(metric, {})
+            title = metric + (f" {_arrow(bool(entry['higher_is_better']))}"
+                              if "higher_is_better" in entry else "")
+            ax.set_title(_safe(title), loc="left")
+            xs = sub["x"].to_numpy(float)
+            default = "fraction perturbed" if xs.size and xs.min() >= 0 and xs.max() <= 1 else "step"
+            ax.set_xlabel(_safe(entry.get("x_label") or default))
+            ax.set_ylabel(_safe(entry.get("y_label") or "mean score"))
+        for ax in axes.flat[len(metrics):]:
+            ax.set_visible(False)
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(5, len(labels)))
+        return _png(fig)
+
+
+# --------------------------------------------------------------------------- radar
+
+
+def radar_scores(
+    summary: pd.DataFrame, metrics: Sequence[str], explainers: Sequence[str],
+    meta: dict[str, dict[str, Any]],
+) -> tuple[list[str], dict[str, list[float]]]:
+    """Per-category normalised scores (see module doc): ``(axes, {explainer: values})``.
+
+    Axes are categories when at least three have a score, else metrics.
+    """
+    norm: dict[str, dict[str, float]] = {}
+    for metric in metrics:
+        sub = summary[summary["metric"] == metric].set_index("explainer")["mean"]
+        sub = sub[[e for e in explainers if e in sub.index]].astype(float)
+        hib = bool(meta.get(metric, {}).get("higher_is_better", True))
+        oriented = sub if hib else -sub
+        lo, hi = np.nanmin(oriented.to_numpy()) if oriented.notna().any() else np.nan, np.nanmax(
+            oriented.to_numpy()) if oriented.notna().any() else np.nan
+        if not np.isfinite(lo) or not np.isfinite(hi) or hi == lo:
+            continue
+        norm[metric] = {e: float((v - lo) / (hi - lo)) for e, v in oriented.items() if np.isfinite(v)}
+    cats: dict[str, list[str]] = {}
+    for m in norm:
+        cats.setdefault(str(meta.get(m, {}).get("category", "other")), []).append(m)
+    groups = cats if len(cats) >= 3 else {m: [m] for m in norm}
+    axes_names = list(groups)
+    values = {}
+    for e in explainers:
+        vals = []
+        for ax in axes_names:
+            xs = [norm[m][e] for m in groups[ax] if e in norm[m]]
+            vals.append(float(np.mean(xs)) if xs else float("nan"))
+        values[e] = vals
+    return axes_names, values
+
+
+def radar_chart(
+    summary: pd.DataFrame, metrics: Sequence[str], explainers: Sequence[str],
+    meta: dict[str, dict[str, Any]], colors: dict[str, str],
+) -> bytes | None:
+    axes_names, values = radar_scores(summary, metrics, explainers, meta)
+    if len(axes_names) < 3:
+        return None
+    angles = np.linspace(0, 2 * np.pi, len(axes_names), endpoint=False)
+    closed = np.append(angles, angles[0])
+    with rc_context(_STYLE):
+        fig = Figure(figsize=(6.6, 3.5))  # manual layout: room for side labels and legend
+        ax = fig.add_axes((0.16, 0.11, 0.4, 0.76), projection="polar")
+        ax.set_theta_offset(np.pi / 2)
+        ax.set_theta_direction(-1)
+        for e, vals in values.items():
+            v = np.nan_to_num(np.array(vals), nan=0.0)
+            v = np.append(v, v[0])
+            ax.plot(closed, v, color=colors.get(e, "#333333"), linewidth=1.6, label=_safe(e))
+            ax.fill(closed, v, color=colors.get(e, "#333333"), alpha=0.07)
+        ax.set_xticks(angles, [_safe(a) for a in axes_names])
+        ax.tick_params(axis="x", pad=4)
+        for label, angle in zip(ax.get_xticklabels(), angles, strict=True):
+            x = np.sin(angle)  # clockwise from the top: screen x of the tick
+            label.set_horizontalalignment("left" if x > 0.1 else "right" if x < -0.1 else "center")
+        ax.set_ylim(0, 1)
+        ax.set_yticks([0.25, 0.5, 0.75, 1.0], ["", "0.5", "", "1"], color="#777777", fontsize=7)
+        ax.set_rlabel_position(180 / len(axes_names))
+        ax.spines["polar"].set_color("#bbbbbb")
+        fig.legend(loc="center left", bbox_to_anchor=(0.71, 0.5))
+        return _png(fig)
+
+
+# --------------------------------------------------------------------------- heatmaps
+
+
+def pick_examples(labels: np.ndarray, preds: np.ndarray, n_correct: int = 3, n_wrong: int = 3) -> list[int]:
+    """Indices of the first ``n_correct`` correct and ``n_wrong`` incorrect predictions."""
+    ok = np.flatnonzero(labels == preds)[:n_correct]
+    bad = np.flatnonzero(labels != preds)[:n_wrong]
+    return [int(i) for i in np.concatenate([ok, bad])]
+
+
+def _image_for_display(img: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """(C, H, W) uint8 -> array for imshow and a colormap (gray for one channel)."""
+    img = np.asarray(img)
+    if img.ndim == 2:
+        return img, "gray"
+    if img.shape[0] == 1:
+        return img[0], "gray"
+    if img.shape[0] >= 3:
+        return np.moveaxis(img[:3], 0, -1), None
+    return img[0], "gray"
+
+
+def _mask_outline(mask: np.ndarray) -> list[np.ndarray]:
+    """Pixel-edge segments between mask and background (imshow coordinates)."""
+    m = np.pad(np.asarray(mask, dtype=bool), 1)
+    segs = []
+    ys, xs = np.nonzero(m[1:, 1:-1] != m[:-1, 1:-1])  # horizontal edges
+    for y, x in zip(ys, xs, strict=True):
+        segs.append(np.array([[x - 0.5, y - 0.5], [x + 0.5, y - 0.5]]))
+    ys, xs = np.nonzero(m[1:-1, 1:] != m[1:-1, :-1])  # vertical edges
+    for y, x in zip(ys, xs, strict=True):
+        segs.append(np.array([[x - 0.5, y - 0.5], [x - 0.5, y + 0.5]]))
+    return segs
+
+
+def heatmap_grid(
+    example: dict[str, np.ndarray],
+    explainers: Sequence[str],
+    explains: dict[str, str] | None = None,
+    n_correct: int = 3,
+    n_wrong: int = 3,
+) -> tuple[bytes | None, list[dict[str, Any]]]:
+    """Input (with mask outline) and each explainer's map for a few samples.
+
+    Returns the PNG and, per row, ``{"sample_id", "label", "pred", "correct"}``.
+    """
+    from matplotlib.collections import LineCollection
+
+    labels, preds = np.asarray(example["labels"]), np.asarray(example["preds"])
+    rows = pick_examples(labels, preds, n_correct, n_wrong)
+    cols = [e for e in explainers if f"attr__{e}" in example]
+    if not rows or not cols:
+        return None, []
+    images = example["images"]
+    masks = example.get("masks")
+    names = [str(c) for c in example.get("class_names", [])]
+    ids = example.get("sample_ids", np.arange(len(labels)))
+    explains = explains or {}
+
+    def cname(k: int) -> str:
+        return names[k] if 0 <= k < len(names) else str(k)
+
+    # fixed layout in inches (constrained layout is slow with many axes)
+    cell, gap, left, top, bottom, cbar = 1.3, 0.08, 1.25, 0.42, 0.1, 0.55
+    ncol = len(cols) + 1
+    width = left + ncol * cell + (ncol - 1) * gap + 0.15 + cbar
+    height = top + len(rows) * cell + (len(rows) - 1) * gap + bottom
+    info = []
+    with rc_context({**_STYLE, "axes.grid": False}):
+        fig = Figure(figsize=(width, height))
+        mappable = None
+        for r, i in enumerate(rows):
+            correct = bool(labels[i] == preds[i])
+            sid = ids[i]
+            info.append({"sample_id": sid.item() if hasattr(sid, "item") else sid,
+                         "label": cname(int(labels[i])), "pred": cname(int(preds[i])),
+                         "correct": correct})
+            y0 = height - top - (r + 1) * cell - r * gap
+            outline = _mask_outline(masks[i]) if masks is not None and masks[i].any() else None
+            for c in range(ncol):
+                x0 = left + c * (cell + gap)
+                ax = fig.add_axes((x0 / width, y0 / height, cell / width, cell / height))
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for sp in ax.spines.values():
+                    sp.set_visible(False)
+                if c == 0:
+                    img, cmap = _image_for_display(images[i])
+                    ax.imshow(img, cmap=cmap, interpolation="nearest")
+                    mark = "✓" if correct else "✗"
+                    ax.set_ylabel(
+                        _safe(f"{mark} true: {cname(int(labels[i]))}\npred: {cname(int(preds[i]))}"),
+                        fontsize=7.5, color="#1a7f37" if correct else "#c0392b",
+                        rotation=0, ha="right", va="center", labelpad=4)
+                    if r == 0:
+                        ax.set_title("input", fontsize=8)
+                    color, lw = "#00e060", 1.2
+                else:
+                    e = cols[c - 1]
+                    a = np.asarray(example[f"attr__{e}"][i], dtype=np.float64)
+                    finite = np.isfinite(a)
+                    scale = np.abs(a[finite]).max() if finite.any() else 0.0
+                    a = np.where(finite, a, 0.0) / scale if scale > 0 else np.zeros_like(a)
+                    mappable = ax.imshow(a, cmap="RdBu_r", vmin=-1, vmax=1,
+                                         interpolation="nearest")
+                    if r == 0:
+                        suffix = f"\n({explains[e]})" if e in explains else ""
+                        ax.set_title(_safe(f"{e}{suffix}"), fontsize=8)
+                    color, lw = "#111111", 0.9
+                if outline is not None:
+                    ax.add_collection(LineCollection(outline, colors=color, linewidths=lw))
+        if mappable is not None:
+            h = min(2.4, len(rows) * cell)
+            cax = fig.add_axes(((width - cbar + 0.1) / width, (height - top - h) / height,
+                                0.12 / width, h / height))
+            cb = fig.colorbar(mappable, cax=cax)
+            cb.set_ticks([-1, 0, 1])
+            cb.ax.tick_params(labelsize=7)
+            cb.outline.set_visible(False)
+        return _png(fig), info
+
+
+# --------------------------------------------------------------------------- training
+
+
+def training_history(history: Sequence[Any]) -> bytes | None:
+    """Loss and accuracy per epoch from ``train_history`` (a list of dicts or of numbers)."""
+    if not history:
+        return None
+    if all(isinstance(h, (int, float)) for h in history):
+        series = {"value": [float(h) for h in history]}
+        epochs = list(range(1, len(history) + 1))
+    elif all(isinstance(h, dict) for h in history):
+        keys = []
+        for h in history:
+            keys += [k for k, v in h.items() if isinstance(v, (int, float)) and k != "epoch"
+                     and not isinstance(v, bool) and k not in keys]
+        series = {k: [float(h.get(k, np.nan)) for h in history] for k in keys}
+        epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+    else:
+        return None
+    if not series:
+        return None
+    acc = {k: v for k, v in series.items() if "acc" in k.lower()}
+    other = {k: v for k, v in series.items() if k not in acc}
+    panels = [p for p in (other, acc) if p]
+    with rc_context(_STYLE):
+        fig = Figure(figsize=(3.3 * len(panels), 2.3), layout="constrained")
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        for ax, panel in zip(axes, panels, strict=True):
+            for k, (name, vals) in enumerate(panel.items()):
+                ax.plot(epochs, vals, marker="o", markersize=3, linewidth=1.4,
+                        color=_PALETTE[k % len(_PALETTE)], label=_safe(name))
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.legend()
+        return _png(fig)

@@ -1,0 +1,226 @@
+"""Table models for the report: formatted cells, significance marks, ranks.
+
+Significance marks in the results table compare every explainer with the one
+that has the best mean on that metric (Holm-adjusted p-value of the pair, the
+test named in the report): ``*`` p < 0.05, ``**`` p < 0.01, ``***`` p < 0.001
+(only marks below the report's alpha are shown). The best explainer is bold;
+explainers not significantly different from it are shaded with it. Superscript
+letters are the compact letter display of :func:`xaiarena.stats.rank`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import stats
+
+#: category display order (xaiarena.metrics.base.CATEGORIES), unknown ones after
+CATEGORY_ORDER = ("faithfulness", "robustness", "complexity", "localisation", "agreement", "sanity")
+
+
+def arrow(hib: bool) -> str:
+    return "↑" if hib else "↓"
+
+
+def direction_words(hib: bool) -> str:
+    return "higher is better" if hib else "lower is better"
+
+
+def order_metrics(metrics: list[str], meta: dict[str, dict[str, Any]]) -> list[str]:
+    def key(item: tuple[int, str]) -> tuple[int, int]:
+        i, m = item
+        cat = str(meta.get(m, {}).get("category", "other"))
+        return (CATEGORY_ORDER.index(cat) if cat in CATEGORY_ORDER else len(CATEGORY_ORDER), i)
+
+    return [m for _, m in sorted(enumerate(metrics), key=key)]
+
+
+def decimals_for(values: Any) -> int | None:
+    """Decimals that show ~3 significant digits of the largest value; None = scientific."""
+    v = np.abs(np.asarray(values, dtype=float))
+    v = v[np.isfinite(v)]
+    if not v.size or v.max() == 0:
+        return 3
+    scale = v.max()
+    if scale < 1e-3 or scale >= 1e5:
+        return None
+    return int(max(0, min(6, 2 - math.floor(math.log10(scale)))))
+
+
+def fmt(x: Any, decimals: int | None = 3) -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "–"
+    if math.isnan(x):
+        return "–"
+    if math.isinf(x):
+        return "∞" if x > 0 else "−∞"
+    s = f"{x:.2e}" if decimals is None else f"{x:.{decimals}f}"
+    return s.replace("-", "−")
+
+
+def fmt_p(p: Any) -> str:
+    try:
+        p = float(p)
+    except (TypeError, ValueError):
+        return "–"
+    if math.isnan(p):
+        return "–"
+    if p < 1e-4:
+        return "< 0.0001"
+    return f"{p:.4f}" if p < 0.01 else f"{p:.3f}"
+
+
+def stars(p: float, alpha: float) -> str:
+    if not np.isfinite(p) or p >= alpha:
+        return ""
+    return "***" if p < 1e-3 else "**" if p < 1e-2 else "*"
+
+
+def fmt_seconds(s: Any) -> str:
+    try:
+        s = float(s)
+    except (TypeError, ValueError):
+        return "–"
+    if math.isnan(s):
+        return "–"
+    if s < 1:
+        return f"{s * 1000:.0f} ms"
+    if s < 120:
+        return f"{s:.1f} s"
+    return f"{s / 60:.1f} min"
+
+
+def fmt_percent(x: Any) -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if math.isnan(x) else f"{100 * x:.1f}%"
+
+
+@dataclass
+class Cell:
+    text: str
+    ci: str = ""
+    marks: str = ""
+    group: str = ""
+    css: str = ""
+    title: str = ""
+
+
+@dataclass
+class ResultsTable:
+    categories: list[tuple[str, int]]
+    metrics: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
+    ranks: pd.DataFrame
+    versus_best: pd.DataFrame
+    top_groups: dict[str, set[str]] = field(default_factory=dict)
+
+
+def results_table(
+    summary: pd.DataFrame,
+    tests: pd.DataFrame,
+    dataset: str,
+    explainers: list[str],
+    metrics: list[str],
+    meta: dict[str, dict[str, Any]],
+    alpha: float,
+    test: str,
+) -> ResultsTable:
+    summ = summary[summary["dataset"] == dataset]
+    tst = tests[tests["dataset"] == dataset] if len(tests) else tests
+    ranks = stats.rank(summ, tst, alpha, test=test)
+    vs_best = stats.compare_to_best(summ, tst, alpha, test=test)
+    metrics = order_metrics(metrics, meta)
+    cats: list[tuple[str, int]] = []
+    for m in metrics:
+        c = str(meta.get(m, {}).get("category", "other"))
+        if cats and cats[-1][0] == c:
+            cats[-1] = (c, cats[-1][1] + 1)
+        else:
+            cats.append((c, 1))
+    heads = []
+    for m in metrics:
+        entry = meta.get(m, {})
+        hib = bool(entry.get("higher_is_better", True))
+        heads.append({"name": m, "arrow": arrow(hib), "direction": direction_words(hib),
+                      "description": str(entry.get("description", "") or "")})
+    by_key = summ.set_index(["explainer", "metric"])
+    rk = ranks.set_index(["explainer", "metric"])
+    vb = vs_best.set_index(["explainer", "metric"])
+    decimals = {m: decimals_for(summ.loc[summ["metric"] == m, ["mean", "ci_low", "ci_high"]]
+                                .to_numpy()) for m in metrics}
+    top: dict[str, set[str]] = {}
+    for m in metrics:
+        sel = vb.xs(m, level="metric") if m in vb.index.get_level_values("metric") else None
+        if sel is not None:
+            top[m] = {e for e, r in sel.iterrows() if r["is_best"] or not r["significant"]}
+    rows = []
+    for e in explainers:
+        cells = []
+        for m in metrics:
+            if (e, m) not in by_key.index:
+                cells.append(Cell(text="–", title="not measured"))
+                continue
+            s = by_key.loc[(e, m)]
+            d = decimals[m]
+            cell = Cell(text=fmt(s["mean"], d), title=f"n = {int(s['n'])}")
+            if np.isfinite(s["ci_low"]) and np.isfinite(s["ci_high"]):
+                cell.ci = f"[{fmt(s['ci_low'], d)}, {fmt(s['ci_high'], d)}]"
+            if (e, m) in rk.index and not pd.isna(rk.loc[(e, m), "rank"]):
+                cell.group = str(rk.loc[(e, m), "group"])
+                cell.title += f"; rank {int(rk.loc[(e, m), 'rank'])}"
+            if (e, m) in vb.index:
+                v = vb.loc[(e, m)]
+                if v["is_best"] and np.isfinite(s["mean"]):
+                    cell.css = "best"
+                    cell.title += "; best mean"
+                elif v["significant"]:
+                    cell.marks = stars(float(v["p_holm"]), alpha)
+                    cell.title += f"; worse than {v['best']}, p_holm = {fmt_p(v['p_holm'])}"
+                elif np.isfinite(s["mean"]):
+                    cell.css = "tie"
+                    cell.title += f"; not significantly different from {v['best']}"
+                    if np.isfinite(v["p_holm"]):
+                        cell.title += f" (p_holm = {fmt_p(v['p_holm'])})"
+            cells.append(cell)
+        er = ranks[ranks["explainer"] == e]["rank"].dropna()
+        rows.append({
+            "explainer": e,
+            "cells": cells,
+            "mean_rank": fmt(er.astype(float).mean(), 2) if len(er) else "–",
+            "n_top": int((er == 1).sum()) if len(er) else 0,
+            "n_ranked": int(len(er)),
+        })
+    return ResultsTable(categories=cats, metrics=heads, rows=rows, ranks=ranks,
+                        versus_best=vs_best, top_groups=top)
+
+
+def combined_table(ranks: pd.DataFrame, meta: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Mean rank across datasets per metric and over all metrics (rows best first)."""
+    comb = stats.combined_ranking(ranks)
+    metrics = order_metrics([m for m in pd.unique(comb["metric"]) if m != stats.ALL_METRICS], meta)
+    overall = comb[comb["metric"] == stats.ALL_METRICS]
+    lookup = comb.set_index(["explainer", "metric"])
+    rows = []
+    for r in overall.itertuples(index=False):
+        cells = []
+        for m in metrics:
+            if (r.explainer, m) in lookup.index:
+                v = lookup.loc[(r.explainer, m)]
+                cells.append({"text": fmt(v["mean_rank"], 2), "n": int(v["n_datasets"])})
+            else:
+                cells.append({"text": "–", "n": 0})
+        rows.append({"explainer": r.explainer, "cells": cells, "overall": fmt(r.mean_rank, 2),
+                     "n": int(r.n_datasets)})
+    heads = [{"name": m, "arrow": arrow(bool(meta.get(m, {}).get("higher_is_better", True)))}
+             for m in metrics]
+    return {"metrics": heads, "rows": rows, "frame": comb}

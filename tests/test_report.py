@@ -1,0 +1,261 @@
+"""The HTML report, built from a synthetic run directory with the runner's layout."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xaiarena import stats
+from xaiarena.report import ReportError, build_report
+
+XSS = "<script>alert(1)</script>"
+
+METRICS_META = {
+    "deletion_auc": {"category": "faithfulness", "higher_is_better": False,
+                     "value_range": [0.0, 1.0], "description": "Area under the deletion curve."},
+    "insertion_auc": {"category": "faithfulness", "higher_is_better": True,
+                      "value_range": [0.0, 1.0], "description": "Area under the insertion curve."},
+    "max_sensitivity": {"category": "robustness", "higher_is_better": False,
+                        "value_range": [0.0, float("inf")], "description": "Worst-case change."},
+    "sparseness": {"category": "complexity", "higher_is_better": True,
+                   "value_range": [0.0, 1.0], "description": "Gini index of the map."},
+    "pointing_game": {"category": "localisation", "higher_is_better": True,
+                      "value_range": [0.0, 1.0], "description": "Peak inside the mask & <b>bold</b>."},
+}
+# explainer -> (quality shift, explains)
+EXPLAINERS = {
+    "gradcam": (0.25, "f_b", "cam"),
+    "integrated_gradients": (0.2, "f_b", "gradient"),
+    "saliency": (0.0, "f_b", "gradient"),
+    "diet": (0.3, "f_s", "learned"),
+    XSS: (0.05, "f_b", "other"),
+}
+
+
+def make_run_dir(root: Path, datasets=("hard_mnist", "toy_rgb"), n_eval=40, seed=0) -> Path:
+    """A run directory as the runner writes it, filled with random (but structured) numbers."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "results" / "examples").mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text(
+        "name: synthetic\nseed: 0\nexplainers:\n  - gradcam\n  - name: '" + XSS + "'\n"
+    )
+    rows, curves, ds_info = [], [], {}
+    for di, ds in enumerate(datasets):
+        rgb = ds == "toy_rgb"
+        c, h, w = (3, 16, 16) if rgb else (1, 28, 28)
+        metrics = [m for m in METRICS_META if not (rgb and m == "pointing_game")]
+        base = rng.normal(size=n_eval)
+        for e, (shift, _, _) in EXPLAINERS.items():
+            for m in metrics:
+                hib = METRICS_META[m]["higher_is_better"]
+                if m == "pointing_game":
+                    v = (rng.uniform(size=n_eval) < 0.4 + shift).astype(float)
+                else:
+                    v = 0.5 + 0.1 * base + (shift if hib else -shift) * 0.3 + rng.normal(0, 0.08, n_eval)
+                if m == "max_sensitivity" and e == "saliency":
+                    v[:3] = np.nan  # a metric that failed on some samples
+                rows.append(pd.DataFrame({"dataset": ds, "explainer": e, "metric": m,
+                                          "sample_id": np.arange(n_eval) + 1000 * di, "value": v}))
+            for m, hib in (("deletion", False), ("insertion", True)):
+                x = np.linspace(0, 1, 11)
+                y = np.exp(-3 * x * (1 + shift)) if not hib else 1 - np.exp(-3 * x * (1 + shift))
+                se = 0.03 * np.ones_like(x)
+                curves.append(pd.DataFrame({"dataset": ds, "explainer": e, "metric": m, "x": x,
+                                            "mean": y, "ci_low": y - se, "ci_high": y + se}))
+        k = 8
+        images = rng.integers(0, 256, size=(k, c, h, w), dtype=np.uint8)
+        labels = rng.integers(0, 4, size=k)
+        preds = labels.copy()
+        preds[-2:] = (labels[-2:] + 1) % 4
+        arrays = {"images": images, "labels": labels, "preds": preds,
+                  "sample_ids": np.arange(k) + 1000 * di,
+                  "class_names": np.array(["zero", "one", "two", "<three>"])}
+        if not rgb:
+            masks = np.zeros((k, h, w), dtype=bool)
+            masks[:, 8:18, 6:20] = True
+            arrays["masks"] = masks
+        for e in EXPLAINERS:
+            arrays[f"attr__{e}"] = rng.normal(size=(k, h, w)).astype(np.float32)
+        np.savez_compressed(root / "results" / "examples" / f"{ds}.npz", **arrays)
+        info = {
+            "model": "lenet" if not rgb else "resnet_tiny", "num_classes": 4,
+            "input_shape": [c, h, w], "n_train": 3000, "n_test": 200, "n_eval": n_eval,
+            "test_accuracy": 0.9 - 0.1 * di,
+            "train_history": [{"epoch": i + 1, "loss": 1.0 / (i + 1), "train_accuracy": 0.6 + 0.1 * i,
+                               "val_accuracy": 0.55 + 0.1 * i} for i in range(3)],
+            "explainers": {e: {"seconds": 0.5 + i, "explains": ex, "family": fam}
+                           for i, (e, (_, ex, fam)) in enumerate(EXPLAINERS.items())},
+        }
+        if not rgb:
+            info["diet"] = {"agreement_fs_fb": 0.953, "fs_accuracy_masked_train": 0.91,
+                            "fs_test_accuracy": 0.88, "fb_test_accuracy": 0.9,
+                            "mask_l0_fraction": 0.12}
+        ds_info[ds] = info
+    per_sample = pd.concat(rows, ignore_index=True)
+    per_sample.to_parquet(root / "results" / "per_sample.parquet", index=False)
+    pd.concat(curves, ignore_index=True).to_parquet(root / "results" / "curves.parquet", index=False)
+    hib = {m: v["higher_is_better"] for m, v in METRICS_META.items()}
+    models = {d: v["model"] for d, v in ds_info.items()}
+    stats.summarize(per_sample, hib, seed=seed, models=models, n_boot=500).to_csv(
+        root / "results" / "summary.csv", index=False)
+    stats.paired_tests(per_sample).to_csv(root / "results" / "tests.csv", index=False)
+    run = {
+        "name": "synthetic & <test>", "seed": seed, "device": "cpu",
+        "versions": {"xaiarena": "0.1.0", "torch": "2.x"}, "config_hash": "abc123",
+        "stages": {f"{d}/{s}": {"seconds": 1.5 * (i + 1), "cache_hit": i == 0}
+                   for d in datasets for i, s in enumerate(("data", "train", "explain", "metrics"))},
+        "datasets": ds_info, "metrics_meta": METRICS_META,
+    }
+    (root / "run.json").write_text(json.dumps(run, indent=2))
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_run_dir(tmp_path_factory.mktemp("run") / "run")
+
+
+@pytest.fixture(scope="module")
+def built(run_dir):
+    path = build_report(run_dir)
+    return path, path.read_text(encoding="utf-8")
+
+
+class _Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag == "script":
+            self.scripts += 1
+
+
+def test_report_written_with_tables_and_figures(run_dir, built):
+    path, html = built
+    assert path == run_dir / "report.html"
+    figs = sorted(p.name for p in (run_dir / "figures").glob("*.png"))
+    for k, ds in ((1, "hard_mnist"), (2, "toy_rgb")):
+        for kind in ("bars", "radar", "curves", "heatmaps", "training"):
+            assert f"d{k}_{ds}_{kind}.png" in figs
+    assert all((run_dir / "figures" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figs)
+    parser = _Collector()
+    parser.feed(html)
+    imgs = [a["src"] for t, a in parser.tags if t == "img"]
+    assert len(imgs) == len(figs) and all(s.startswith("data:image/png;base64,") for s in imgs)
+    # the table: every metric with its direction arrow, every explainer
+    summary = pd.read_csv(run_dir / "results" / "summary.csv")
+    for m, v in METRICS_META.items():
+        assert re.search(re.escape(m) + r' <span class="arrow"[^>]*>' + ("↑" if v["higher_is_better"] else "↓"), html)
+    for e in ("gradcam", "integrated_gradients", "saliency", "diet"):
+        assert f"<th>{e}</th>" in html
+    # numbers come from summary.csv: the best deletion_auc mean is shown with its CI
+    sub = summary[(summary.dataset == "hard_mnist") & (summary.metric == "deletion_auc")]
+    best = sub.loc[sub["mean"].idxmin()]
+    assert f'<span class="mean">{best["mean"]:.3f}</span>'.replace("-", "−") in html
+    assert f"[{best.ci_low:.3f}, {best.ci_high:.3f}]".replace("-", "−") in html
+    assert 'class="cell best"' in html and "significantly worse than the best" in html
+    assert "DiET model faithfulness" in html and "95.3%" in html
+    assert 'title="DiET&#39;s distilled model">f_s</span>' in html
+    assert "Across datasets" in html and "all metrics" in html
+
+
+def test_report_escapes_text_from_data(built):
+    _, html = built
+    parser = _Collector()
+    parser.feed(html)
+    assert parser.scripts == 0
+    assert XSS not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "synthetic &amp; &lt;test&gt;" in html
+    assert "&lt;b&gt;bold&lt;/b&gt;" in html and "<b>bold</b>" not in html
+
+
+def test_report_is_self_contained(built):
+    _, html = built
+    parser = _Collector()
+    parser.feed(html)
+    for tag, attrs in parser.tags:
+        for key in ("src", "href"):
+            v = attrs.get(key) or ""
+            assert not re.match(r"\s*(https?:)?//", v), (tag, key, v[:80])
+            if key == "href" and key in attrs:
+                assert v.startswith("#"), v
+    assert "http://" not in html and "https://" not in html
+    assert "<link" not in html and "@import" not in html
+
+
+def test_rebuild_is_deterministic(run_dir, built):
+    _, first = built
+    figs = {p.name: p.read_bytes() for p in (run_dir / "figures").glob("*.png")}
+    second = build_report(run_dir).read_text(encoding="utf-8")
+    assert first == second
+    assert figs == {p.name: p.read_bytes() for p in (run_dir / "figures").glob("*.png")}
+
+
+def test_reading_is_generated_from_numbers(run_dir, built):
+    _, html = built
+    summary = pd.read_csv(run_dir / "results" / "summary.csv")
+    tests = pd.read_csv(run_dir / "results" / "tests.csv")
+    sub = summary[summary.dataset == "hard_mnist"]
+    ranks = stats.rank(sub, tests[tests.dataset == "hard_mnist"])
+    for metric, grp in ranks.groupby("metric"):
+        best = grp.iloc[0]["explainer"]
+        if best == XSS:
+            continue
+        hib = METRICS_META[metric]["higher_is_better"]
+        assert f"{metric} ({'higher' if hib else 'lower'} is better): {best} has the best mean" in html
+    assert "lenet reaches 90.0% test accuracy" in html
+
+
+def test_single_dataset_minimal_run(tmp_path):
+    """Optional files missing: no curves, examples, tests or config; one dataset."""
+    root = make_run_dir(tmp_path / "run", datasets=("hard_mnist",))
+    for p in ("results/curves.parquet", "results/tests.csv", "config.yaml"):
+        (root / p).unlink()
+    shutil.rmtree(root / "results" / "examples")
+    html = build_report(root).read_text(encoding="utf-8")
+    assert "paired tests were computed from" in html
+    assert "Across datasets" not in html
+    names = {p.name for p in (root / "figures").glob("*.png")}
+    assert "d1_hard_mnist_curves.png" not in names and "d1_hard_mnist_bars.png" in names
+
+
+def test_missing_run_json(tmp_path):
+    with pytest.raises(ReportError, match="no run.json"):
+        build_report(tmp_path)
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no headless Chromium available")
+def test_renders_in_headless_chromium(run_dir, built, tmp_path):
+    path, _ = built
+    shot = tmp_path / "report.png"
+    cmd = [
+        _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--no-first-run", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr", "--v=0", "--window-size=1280,2400",
+        f"--screenshot={shot}", path.resolve().as_uri(),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000, proc.stderr[-2000:]
+    console = [line for line in proc.stderr.splitlines()
+               if "CONSOLE" in line or "Uncaught" in line or "ERR_" in line and "report.html" in line]
+    assert not console, console
