@@ -224,6 +224,8 @@ class HiResCAM(BaseCAM):
 class _PerturbationCAM(BaseCAM):
     """Gradient-free CAMs: one extra forward pass per (sample, channel), ``batch_size`` per pass."""
 
+    cost_knobs: ClassVar[tuple[str, ...]] = ("batch_size",)
+
     needs_gradients = False
 
     def __init__(self, layer: str | None = None, batch_size: int = 64):

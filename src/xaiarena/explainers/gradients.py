@@ -108,6 +108,8 @@ class InputXGradientExplainer(_GradientExplainer):
 class IntegratedGradientsExplainer(_GradientExplainer):
     """``(x - b) * integral_0^1 grad f(b + a (x - b)) da``, by Captum's quadrature."""
 
+    cost_knobs: ClassVar[tuple[str, ...]] = ("n_steps", "internal_batch_size")
+
     name = "integrated_gradients"
 
     def __init__(
@@ -151,6 +153,8 @@ class GradientShapExplainer(_GradientExplainer):
     ``b`` chosen uniformly from ``baselines``, ``a ~ U(0, 1)``; the attribution
     is the mean of ``grad f(b + a (x' - b)) * (x' - b)``.
     """
+
+    cost_knobs: ClassVar[tuple[str, ...]] = ("n_samples", "batch_size")
 
     name = "gradient_shap"
 
@@ -224,6 +228,8 @@ class _SeededNoiseTunnel(NoiseTunnel):
 )
 class SmoothGradExplainer(_GradientExplainer):
     """NoiseTunnel(Saliency) with seeded noise; ``stdevs`` is in pixel units ([0, 1] images)."""
+
+    cost_knobs: ClassVar[tuple[str, ...]] = ("nt_samples", "batch_size")
 
     name = "smoothgrad"
     default_reduction = "max_abs"

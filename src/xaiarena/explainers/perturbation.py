@@ -70,6 +70,8 @@ class _PerturbationExplainer(Explainer):
 class OcclusionExplainer(_PerturbationExplainer):
     """Captum's Occlusion with an all-channel sliding window."""
 
+    cost_knobs: ClassVar[tuple[str, ...]] = ("window", "stride", "perturbations_per_eval")
+
     name = "occlusion"
 
     def __init__(
@@ -131,6 +133,8 @@ class SuperpixelSurrogate(_PerturbationExplainer):
     Subclasses define :meth:`sample` (the ``z`` rows and their weights) and
     :meth:`solve`. A pixel's attribution is its superpixel's coefficient.
     """
+
+    cost_knobs: ClassVar[tuple[str, ...]] = ("n_samples", "n_segments", "perturbations_per_eval")
 
     def __init__(
         self,
@@ -215,7 +219,7 @@ class LimeExplainer(SuperpixelSurrogate):
         self,
         n_samples: int = 64,
         n_segments: int = 50,
-        compactness: float = 10.0,
+        compactness: float = 20.0,
         kernel_width: float = 0.25,
         ridge_alpha: float = 1.0,
         baseline: str = "black",
@@ -260,7 +264,7 @@ class KernelShapExplainer(SuperpixelSurrogate):
         self,
         n_samples: int = 64,
         n_segments: int = 50,
-        compactness: float = 10.0,
+        compactness: float = 20.0,
         baseline: str = "black",
         perturbations_per_eval: int = 64,
         reduction: str = "mean",
