@@ -247,7 +247,9 @@ class Runner:
         return torch.cat(out) if out else torch.empty(0, *inputs.shape[2:])
 
     def _explain_fn(self, explainer, model) -> Callable:
-        def fn(inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        def fn(inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator | None = None,
+               model: torch.nn.Module = model) -> torch.Tensor:
+            """Re-explain (robustness metrics); ``model=`` explains another model (randomisation test)."""
             return explainer.explain(model, inputs, targets, generator=generator)
 
         return fn
