@@ -225,8 +225,10 @@ def test_single_dataset_minimal_run(tmp_path):
     for p in ("results/curves.parquet", "results/tests.csv", "config.yaml"):
         (root / p).unlink()
     shutil.rmtree(root / "results" / "examples")
-    html = build_report(root).read_text(encoding="utf-8")
+    html = build_report(root, test="both", alpha=0.01).read_text(encoding="utf-8")
     assert "paired tests were computed from" in html
+    assert "Holm-adjusted paired t-test and Wilcoxon signed-rank test" in html
+    assert "alpha = 0.01" in html
     assert "Across datasets" not in html
     names = {p.name for p in (root / "figures").glob("*.png")}
     assert "d1_hard_mnist_curves.png" not in names and "d1_hard_mnist_bars.png" in names

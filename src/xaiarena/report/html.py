@@ -184,6 +184,8 @@ def _dataset_section(
     prefix = f"d{k}_{_slug(dataset)}"
     explains = {e: str(v.get("explains")) for e, v in (info.get("explainers") or {}).items()
                 if isinstance(v, dict) and v.get("explains")}
+    if set(explains.values()) <= {"f_b"}:  # name the model in heatmap titles only when mixed
+        explains = {}
 
     figures: dict[str, Any] = {}
     figures["bars"] = figs.add(

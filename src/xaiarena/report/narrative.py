@@ -51,6 +51,10 @@ def dataset_reading(
     if isinstance(acc, (int, float)) and np.isfinite(acc):
         model = info.get("model") or "the model"
         s = f"{model} reaches {fmt_percent(acc)} test accuracy"
+        k = info.get("num_classes")
+        if isinstance(k, int) and k > 1 and acc < 1.5 / k:
+            s += (f", close to chance ({fmt_percent(1 / k)} for {k} classes), so the "
+                  "attributions explain a model that has learned little")
         if info.get("n_eval"):
             s += f"; {info['n_eval']} evaluation samples were explained"
         first.append(s + ".")

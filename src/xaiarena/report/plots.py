@@ -285,6 +285,8 @@ def heatmap_grid(
     """
     from matplotlib.collections import LineCollection
 
+    if not all(k in example for k in ("images", "labels", "preds")):
+        return None, []
     labels, preds = np.asarray(example["labels"]), np.asarray(example["preds"])
     rows = pick_examples(labels, preds, n_correct, n_wrong)
     cols = [e for e in explainers if f"attr__{e}" in example]
@@ -364,7 +366,7 @@ def heatmap_grid(
 
 def training_history(history: Sequence[Any]) -> bytes | None:
     """Loss and accuracy per epoch from ``train_history`` (a list of dicts or of numbers)."""
-    if not history:
+    if not history or len(history) < 2:  # one point is better read from the numbers
         return None
     if all(isinstance(h, (int, float)) for h in history):
         series = {"value": [float(h) for h in history]}
