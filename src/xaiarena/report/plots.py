@@ -247,29 +247,41 @@ def pick_examples(labels: np.ndarray, preds: np.ndarray, n_correct: int = 3, n_w
     return [int(i) for i in np.concatenate([ok, bad])]
 
 
-def _image_for_display(img: np.ndarray) -> tuple[np.ndarray, str | None]:
-    """(C, H, W) uint8 -> array for imshow and a colormap (gray for one channel)."""
+def _rgb(img: np.ndarray) -> np.ndarray:
+    """(C, H, W) or (H, W) image (uint8 or float in [0, 1]) -> (H, W, 3) float in [0, 1]."""
     img = np.asarray(img)
+    scale = 255.0 if img.dtype == np.uint8 or img.max(initial=0) > 1.0 else 1.0
+    img = img.astype(np.float64) / scale
+    if img.ndim == 3:
+        img = img[0] if img.shape[0] < 3 else np.moveaxis(img[:3], 0, -1)
     if img.ndim == 2:
-        return img, "gray"
-    if img.shape[0] == 1:
-        return img[0], "gray"
-    if img.shape[0] >= 3:
-        return np.moveaxis(img[:3], 0, -1), None
-    return img[0], "gray"
+        img = np.repeat(img[..., None], 3, axis=-1)
+    return np.clip(img, 0.0, 1.0)
 
 
-def _mask_outline(mask: np.ndarray) -> list[np.ndarray]:
-    """Pixel-edge segments between mask and background (imshow coordinates)."""
-    m = np.pad(np.asarray(mask, dtype=bool), 1)
-    segs = []
-    ys, xs = np.nonzero(m[1:, 1:-1] != m[:-1, 1:-1])  # horizontal edges
-    for y, x in zip(ys, xs, strict=True):
-        segs.append(np.array([[x - 0.5, y - 0.5], [x + 0.5, y - 0.5]]))
-    ys, xs = np.nonzero(m[1:-1, 1:] != m[1:-1, :-1])  # vertical edges
-    for y, x in zip(ys, xs, strict=True):
-        segs.append(np.array([[x - 0.5, y - 0.5], [x - 0.5, y + 0.5]]))
-    return segs
+def _upsample(a: np.ndarray, f: int) -> np.ndarray:
+    return np.repeat(np.repeat(a, f, axis=0), f, axis=1)
+
+
+def _outline(mask: np.ndarray, f: int, width: int) -> np.ndarray:
+    """Inner boundary (``width`` px) of the mask upsampled by ``f``."""
+    m = _upsample(np.asarray(mask, dtype=bool), f)
+    inner = m.copy()
+    for _ in range(width):
+        p = np.pad(inner, 1)
+        inner = inner & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return m & ~inner
+
+
+def _wrap(name: str, width: int) -> str:
+    """Break a long name into lines of at most ``width`` characters, preferring ``_ - .`` and spaces."""
+    lines, rest = [], name
+    while len(rest) > width:
+        cut = max(rest.rfind(ch, 1, width + 1) for ch in "_-. ")
+        cut = cut + 1 if cut > 0 else width
+        lines.append(rest[:cut].rstrip())
+        rest = rest[cut:]
+    return "\n".join([*lines, rest])
 
 
 def heatmap_grid(
@@ -281,9 +293,11 @@ def heatmap_grid(
 ) -> tuple[bytes | None, list[dict[str, Any]]]:
     """Input (with mask outline) and each explainer's map for a few samples.
 
+    The grid is composed as one pixel mosaic (each tile an integer upsampling of
+    the image, so pixels stay square and crisp) and drawn in a single axes.
     Returns the PNG and, per row, ``{"sample_id", "label", "pred", "correct"}``.
     """
-    from matplotlib.collections import LineCollection
+    from matplotlib import colormaps
 
     if not all(k in example for k in ("images", "labels", "preds")):
         return None, []
@@ -301,63 +315,70 @@ def heatmap_grid(
     def cname(k: int) -> str:
         return names[k] if 0 <= k < len(names) else str(k)
 
-    # fixed layout in inches (constrained layout is slow with many axes)
-    cell, gap, left, top, bottom, cbar = 1.3, 0.08, 1.25, 0.42, 0.1, 0.55
+    h, w = _rgb(images[rows[0]]).shape[:2]
+    f = max(1, round(128 / max(h, w)))
+    th, tw = h * f, w * f
+    gap, left, top, right = 8, 150, 46 if explains else 32, 72
     ncol = len(cols) + 1
-    width = left + ncol * cell + (ncol - 1) * gap + 0.15 + cbar
-    height = top + len(rows) * cell + (len(rows) - 1) * gap + bottom
+    width = left + ncol * tw + (ncol - 1) * gap + right
+    height = top + len(rows) * th + (len(rows) - 1) * gap + 8
+    canvas = np.ones((height, width, 3))
+    cmap = colormaps["RdBu_r"]
+    line = max(1, f // 3)
     info = []
-    with rc_context({**_STYLE, "axes.grid": False}):
-        fig = Figure(figsize=(width, height))
-        mappable = None
-        for r, i in enumerate(rows):
-            correct = bool(labels[i] == preds[i])
-            sid = ids[i]
-            info.append({"sample_id": sid.item() if hasattr(sid, "item") else sid,
-                         "label": cname(int(labels[i])), "pred": cname(int(preds[i])),
-                         "correct": correct})
-            y0 = height - top - (r + 1) * cell - r * gap
-            outline = _mask_outline(masks[i]) if masks is not None and masks[i].any() else None
-            for c in range(ncol):
-                x0 = left + c * (cell + gap)
-                ax = fig.add_axes((x0 / width, y0 / height, cell / width, cell / height))
-                ax.set_xticks([])
-                ax.set_yticks([])
-                for sp in ax.spines.values():
-                    sp.set_visible(False)
-                if c == 0:
-                    img, cmap = _image_for_display(images[i])
-                    ax.imshow(img, cmap=cmap, interpolation="nearest")
-                    mark = "✓" if correct else "✗"
-                    ax.set_ylabel(
-                        _safe(f"{mark} true: {cname(int(labels[i]))}\npred: {cname(int(preds[i]))}"),
-                        fontsize=7.5, color="#1a7f37" if correct else "#c0392b",
-                        rotation=0, ha="right", va="center", labelpad=4)
-                    if r == 0:
-                        ax.set_title("input", fontsize=8)
-                    color, lw = "#00e060", 1.2
-                else:
-                    e = cols[c - 1]
-                    a = np.asarray(example[f"attr__{e}"][i], dtype=np.float64)
-                    finite = np.isfinite(a)
-                    scale = np.abs(a[finite]).max() if finite.any() else 0.0
-                    a = np.where(finite, a, 0.0) / scale if scale > 0 else np.zeros_like(a)
-                    mappable = ax.imshow(a, cmap="RdBu_r", vmin=-1, vmax=1,
-                                         interpolation="nearest")
-                    if r == 0:
-                        suffix = f"\n({explains[e]})" if e in explains else ""
-                        ax.set_title(_safe(f"{e}{suffix}"), fontsize=8)
-                    color, lw = "#111111", 0.9
-                if outline is not None:
-                    ax.add_collection(LineCollection(outline, colors=color, linewidths=lw))
-        if mappable is not None:
-            h = min(2.4, len(rows) * cell)
-            cax = fig.add_axes(((width - cbar + 0.1) / width, (height - top - h) / height,
-                                0.12 / width, h / height))
-            cb = fig.colorbar(mappable, cax=cax)
-            cb.set_ticks([-1, 0, 1])
-            cb.ax.tick_params(labelsize=7)
-            cb.outline.set_visible(False)
+    for r, i in enumerate(rows):
+        y = top + r * (th + gap)
+        outline = (_outline(masks[i], f, line)
+                   if masks is not None and np.asarray(masks[i]).shape == (h, w) and masks[i].any()
+                   else None)
+        tile = _upsample(_rgb(images[i]), f)
+        if outline is not None:
+            tile[outline] = (0.0, 0.88, 0.38)
+        canvas[y:y + th, left:left + tw] = tile[:th, :tw]
+        for c, e in enumerate(cols, start=1):
+            a = np.asarray(example[f"attr__{e}"][i], dtype=np.float64)
+            if a.shape != (h, w):
+                continue
+            finite = np.isfinite(a)
+            scale = np.abs(a[finite]).max() if finite.any() else 0.0
+            a = np.where(finite, a, 0.0) / scale if scale > 0 else np.zeros_like(a)
+            tile = _upsample(cmap((a + 1) / 2)[..., :3], f)
+            if outline is not None:
+                tile[outline] = (0.07, 0.07, 0.07)
+            x = left + c * (tw + gap)
+            canvas[y:y + th, x:x + tw] = tile
+        correct = bool(labels[i] == preds[i])
+        sid = ids[i]
+        info.append({"sample_id": sid.item() if hasattr(sid, "item") else sid,
+                     "label": cname(int(labels[i])), "pred": cname(int(preds[i])),
+                     "correct": correct})
+    # colour bar in the right margin
+    cb_h = min(len(rows) * th, 240)
+    cb_x = width - right + 18
+    ramp = cmap(np.linspace(1, 0, cb_h))[:, :3]
+    canvas[top:top + cb_h, cb_x:cb_x + 12] = ramp[:, None, :]
+
+    with rc_context(_STYLE):
+        fig = Figure(figsize=(width / DPI, height / DPI))
+        ax = fig.add_axes((0, 0, 1, 1))
+        ax.imshow(canvas, interpolation="nearest", extent=(0, width, height, 0))
+        ax.set_xlim(0, width)
+        ax.set_ylim(height, 0)
+        ax.axis("off")
+        text = {"fontsize": 7.5, "ha": "center", "va": "bottom", "fontweight": "bold"}
+        ax.text(left + tw / 2, top - 6, "input", **text)
+        max_chars = max(8, int(tw / 5.5))
+        for c, e in enumerate(cols, start=1):
+            label = _wrap(str(e), max_chars) + (f"\n({explains[e]})" if e in explains else "")
+            ax.text(left + c * (tw + gap) + tw / 2, top - 6, _safe(label), **text)
+        for r, row in enumerate(info):
+            mark = "✓" if row["correct"] else "✗"
+            ax.text(left - 8, top + r * (th + gap) + th / 2,
+                    _safe(f"{mark} true: {row['label']}\npred: {row['pred']}"),
+                    fontsize=7.5, ha="right", va="center",
+                    color="#1a7f37" if row["correct"] else "#c0392b")
+        for v, yy in ((1, top), (0, top + cb_h / 2), (-1, top + cb_h)):
+            ax.text(cb_x + 16, yy, f"{v:+d}" if v else "0", fontsize=7, ha="left", va="center")
         return _png(fig), info
 
 
