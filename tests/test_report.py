@@ -261,3 +261,27 @@ def test_renders_in_headless_chromium(run_dir, built, tmp_path):
     console = [line for line in proc.stderr.splitlines()
                if "CONSOLE" in line or "Uncaught" in line or "ERR_" in line and "report.html" in line]
     assert not console, console
+
+
+def test_degenerate_run(tmp_path):
+    """Sparse run.json, odd names, a metric with no finite score, a single-sample metric."""
+    root = tmp_path / "odd"
+    (root / "results").mkdir(parents=True)
+    rows = []
+    for i in range(6):
+        rows += [("d", "NA", "m", i, float(i)), ("d", "cost $5$", "m", i, float(i) + 0.5),
+                 ("d", "NA", "empty", i, np.nan), ("d", "cost $5$", "empty", i, 1.0)]
+    rows += [("d", "NA", "one", 0, 1.0), ("d", "cost $5$", "one", 0, 2.0)]
+    ps = pd.DataFrame(rows, columns=stats.PER_SAMPLE_COLUMNS)
+    ps.to_parquet(root / "results" / "per_sample.parquet", index=False)
+    (root / "run.json").write_text(json.dumps({"name": "odd", "metrics_meta": {"m": {"higher_is_better": True}}}))
+    with pytest.raises(ReportError, match="metric 'empty' has no entry"):
+        build_report(root)
+    meta = {m: {"higher_is_better": m != "one", "category": c}
+            for m, c in (("m", "faithfulness"), ("empty", "robustness"), ("one", "complexity"))}
+    (root / "run.json").write_text(json.dumps({"name": "odd", "metrics_meta": meta}))
+    html = build_report(root).read_text(encoding="utf-8")
+    assert "<th>NA</th>" in html and "cost $5$" in html
+    summary = pd.read_parquet(root / "results" / "per_sample.parquet")  # inputs untouched
+    assert len(summary) == len(ps)
+    assert not (root / "results" / "summary.csv").exists()  # the report never writes results

@@ -116,7 +116,10 @@ def load_run(run_dir: str | Path) -> RunData:
         hib = {m: v.get("higher_is_better", True) for m, v in meta.items()}
         models = {str(d): str(v.get("model", "")) for d, v in (run.get("datasets") or {}).items()}
         models.update({d: models.get(d, "") for d in per_sample["dataset"].unique()})
-        summary = stats.summarize(per_sample, hib, int(run.get("seed", 0)), models=models)
+        try:
+            summary = stats.summarize(per_sample, hib, int(run.get("seed", 0)), models=models)
+        except ValueError as exc:
+            raise ReportError(f"cannot summarise results/per_sample.parquet: {exc}") from None
         notes.append("results/summary.csv was missing; summaries were computed from "
                      "results/per_sample.parquet when building this report.")
     else:
