@@ -256,11 +256,18 @@ def test_renders_in_headless_chromium(run_dir, built, tmp_path):
         "--enable-logging=stderr", "--v=0", "--window-size=1280,2400",
         f"--screenshot={shot}", path.resolve().as_uri(),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert shot.exists() and shot.stat().st_size > 10_000, proc.stderr[-2000:]
-    console = [line for line in proc.stderr.splitlines()
-               if "CONSOLE" in line or "Uncaught" in line or "ERR_" in line and "report.html" in line]
-    assert not console, console
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.skip("headless Chromium did not finish in 120 s")
+    if not shot.exists() and proc.returncode != 0:  # the browser itself could not start here
+        pytest.skip(f"headless Chromium failed to run: {proc.stderr[-500:]}")
+    assert shot.stat().st_size > 10_000, proc.stderr[-2000:]
+    # the report has no scripts: any console message or failed load is a defect
+    problems = [line for line in proc.stderr.splitlines()
+                if ":CONSOLE" in line or "Uncaught" in line
+                or ("ERR_" in line and "report.html" in line)]
+    assert not problems, problems
 
 
 def test_degenerate_run(tmp_path):
