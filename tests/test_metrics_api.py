@@ -253,3 +253,12 @@ def test_mprt_needs_explainers_that_take_a_model(digits):
 
     with pytest.raises(ValueError, match=r"explainers\['sal'\] must accept model="):
         METRICS.create("mprt").evaluate(batch, {"sal": maps["sal"]}, generator=gen(0), explainers={"sal": fixed})
+
+
+def test_training_flags_of_every_submodule_are_restored(digits):
+    batch, maps, _ = digits
+    wrapper = CountingModel(batch.model)  # training=True on top, the wrapped model in eval mode
+    assert wrapper.training and not batch.model.training
+    b = EvalBatch(wrapper, batch.inputs, batch.targets, batch.labels)
+    METRICS.create("deletion", steps=3).evaluate(b, maps, generator=gen(0))
+    assert wrapper.training and not batch.model.training

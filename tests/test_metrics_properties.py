@@ -107,7 +107,7 @@ TRANSFORMS = {
 }
 
 
-@FAST
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(a=int_maps, b=int_maps, masks=masks_st, transform=st.sampled_from(sorted(TRANSFORMS)),
        seed=st.integers(0, 2**31 - 1))
 def test_rank_based_metrics_invariant_to_monotone_transforms(a, b, masks, transform, seed):
@@ -138,7 +138,7 @@ def test_ground_truth_map_is_perfect(masks):
         torch.testing.assert_close(v, torch.ones(3))
 
 
-@FAST
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(c=st.floats(-1e3, 1e3, allow_nan=False), seed=st.integers(0, 2**31 - 1))
 def test_constant_maps_do_not_depend_on_the_constant(c, seed):
     """Ties are broken by the seed alone: every constant map ranks pixels identically."""

@@ -25,6 +25,7 @@ from .core import (
     pearson,
     prepare,
     rank_positions,
+    serial_bookkeeping,
 )
 
 PAIR_SEPARATOR = "~"
@@ -53,6 +54,7 @@ class _Agreement(Metric):
             raise ValueError(f"reference='{self.reference}' is not among the explainers; valid: {', '.join(names)}")
         return [(self.reference, b) for b in names if b != self.reference]
 
+    @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
         maps = {k: v.flatten(1) for k, v in prepare(batch, attributions).items()}
         maps = {k: v.abs() if self.abs else v for k, v in maps.items()}

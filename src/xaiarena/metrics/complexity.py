@@ -8,7 +8,7 @@ import torch
 
 from ..registry import METRICS
 from .base import EvalBatch, Metric, MetricOutput
-from .core import nan_where, prepare
+from .core import nan_where, prepare, serial_bookkeeping
 from .robustness import normalise_max_abs
 
 
@@ -40,6 +40,7 @@ class Sparseness(_MapMetric):
     higher_is_better = True
     value_range = (0.0, 1.0)
 
+    @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator=None, explainers=None) -> MetricOutput:
         scores = {}
         for name, a in self._maps(batch, attributions).items():
@@ -60,6 +61,7 @@ class Complexity(_MapMetric):
     higher_is_better = False
     value_range = (0.0, math.inf)
 
+    @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator=None, explainers=None) -> MetricOutput:
         scores = {}
         for name, a in self._maps(batch, attributions).items():

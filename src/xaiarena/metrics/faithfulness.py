@@ -28,11 +28,13 @@ from .core import (
     check_positive_int,
     chunk_size,
     eval_mode,
+    forward,
     logger,
     nan_where,
     rand,
     rank_positions,
     read_output,
+    serial_bookkeeping,
     similarity,
 )
 from .perturbation import (
@@ -109,6 +111,7 @@ class PixelPerturbation(PerturbationMetric):
             ]
         return out
 
+    @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
         maps, x, targets, fill_img, gens = self._setup(batch, attributions, generator)
         labels = batch.labels.to(x.device).long().view(-1)
@@ -160,6 +163,7 @@ class PixelFlipping(PerturbationMetric):
     def outputs(self) -> list[OutputSpec]:
         return [OutputSpec(self.name, False, self._bounded())]
 
+    @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
         maps, x, targets, fill_img, gens = self._setup(batch, attributions, generator)
         n, _, h, w = x.shape
@@ -232,6 +236,7 @@ class RegionPerturbation(_PatchCurve):
         lo, hi = self._bounded()
         return [OutputSpec(self.name, self.order != "lerf", (lo - hi, hi - lo))]
 
+    @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
         maps, x, targets, fill_img, gens = self._setup(batch, attributions, generator)
         ranks, n_patches, shared = self._patch_ranks(maps, gens, x, self.patch_size, self.order, generator)
@@ -269,6 +274,7 @@ class Selectivity(_PatchCurve):
     def outputs(self) -> list[OutputSpec]:
         return [OutputSpec(self.name, False, self._bounded())]
 
+    @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
         maps, x, targets, fill_img, gens = self._setup(batch, attributions, generator)
         ranks, n_patches, _ = self._patch_ranks(maps, gens, x, self.patch_size, "morf", generator)
@@ -313,6 +319,7 @@ class AOPC(PerturbationMetric):
         return [OutputSpec("aopc_morf", True, d), OutputSpec("aopc_lerf", False, d),
                 OutputSpec("aopc_morf_minus_lerf", True, (2 * d[0], 2 * d[1]))]
 
+    @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
         maps, x, targets, fill_img, gens = self._setup(batch, attributions, generator)
         n, _, h, w = x.shape
@@ -359,6 +366,7 @@ class _InsertionDeletion(PerturbationMetric):
     def outputs(self) -> list[OutputSpec]:
         return [OutputSpec(self.name, self.higher_is_better, self._bounded())]
 
+    @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
         maps, x, targets, fill_img, gens = self._setup(batch, attributions, generator)
         n, _, h, w = x.shape
@@ -442,6 +450,7 @@ class IROF(PerturbationMetric):
             out.append(np.unique(seg, return_inverse=True)[1].reshape(seg.shape))
         return torch.as_tensor(np.stack(out), dtype=torch.long, device=x.device)
 
+    @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
         maps, x, targets, fill_img, gens = self._setup(batch, attributions, generator)
         n = x.shape[0]
@@ -502,6 +511,7 @@ class FaithfulnessCorrelation(PerturbationMetric):
         self.similarity = check_choice("similarity", similarity, SIMILARITIES)
         self.abs = bool(abs)
 
+    @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
         maps, x, targets, fill_img, gens = self._setup(batch, attributions, generator)
         n, _, h, w = x.shape
@@ -526,7 +536,7 @@ class FaithfulnessCorrelation(PerturbationMetric):
                 idx = rand((len(ni), npix), generator, x.device).topk(self.subset_size, dim=1, sorted=False).indices
                 mask = torch.zeros(len(ni), npix, dtype=torch.bool, device=x.device).scatter_(1, idx, True)
                 xp = torch.where(mask.view(-1, 1, h, w), fill_img[ni], x[ni])
-                y_pert[i : i + len(ni)] = read_output(model(xp), targets[ni], self.output)
+                y_pert[i : i + len(ni)] = read_output(forward(model, xp), targets[ni], self.output)
                 att[:, i : i + len(ni)] = a_all[:, ni].gather(2, idx.expand(len(maps), -1, -1)).sum(-1)
         delta = base.scores.view(1, n) - y_pert.view(self.nr_runs, n)  # (R, N)
         scores = {}

@@ -19,8 +19,9 @@ from .core import (
     explainer_generator,
     nan_where,
     prepare,
-    rank_order,
     require_masks,
+    serial_bookkeeping,
+    top1,
     topk_mask,
 )
 
@@ -62,6 +63,7 @@ class TopKIoU(_Localisation):
 
     name = "topk_iou"
 
+    @serial_bookkeeping
     def evaluate(self, batch, attributions, *, generator, explainers=None) -> MetricOutput:
         maps, masks = self._setup(batch, attributions, generator)
         k = masks.sum(1)
@@ -80,12 +82,12 @@ class PointingGame(_Localisation):
 
     name = "pointing_game"
 
+    @serial_bookkeeping
     def evaluate(self, batch, attributions, *, generator, explainers=None) -> MetricOutput:
         maps, masks = self._setup(batch, attributions, generator)
         values = {}
         for name, (a, g) in maps.items():
-            top = rank_order(a, g)[:, :1]
-            values[name] = masks.gather(1, top).squeeze(1).float()
+            values[name] = masks.gather(1, top1(a, g).view(-1, 1)).squeeze(1).float()
         return self._finish(values, masks)
 
 
@@ -99,6 +101,7 @@ class RelevanceMassAccuracy(_Localisation):
     def __init__(self, abs: bool = True):
         super().__init__(abs)
 
+    @serial_bookkeeping
     def evaluate(self, batch, attributions, *, generator=None, explainers=None) -> MetricOutput:
         maps = {k: v.flatten(1) for k, v in prepare(batch, attributions).items()}
         masks = require_masks(batch, self.name).flatten(1)
@@ -117,6 +120,7 @@ class RelevanceRankAccuracy(_Localisation):
 
     name = "relevance_rank_accuracy"
 
+    @serial_bookkeeping
     def evaluate(self, batch, attributions, *, generator, explainers=None) -> MetricOutput:
         maps, masks = self._setup(batch, attributions, generator)
         k = masks.sum(1)
@@ -143,6 +147,7 @@ class TopKIntersection(_Localisation):
     def outputs(self) -> list[OutputSpec]:
         return [OutputSpec(self.name, True, (0.0, float("inf")) if self.concept_influence else (0.0, 1.0))]
 
+    @serial_bookkeeping
     def evaluate(self, batch, attributions, *, generator, explainers=None) -> MetricOutput:
         maps, masks = self._setup(batch, attributions, generator)
         p = masks.shape[1]
@@ -179,6 +184,7 @@ class ForegroundBackground(_Localisation):
         return [OutputSpec("fg_mean", True, (lo, r)), OutputSpec("bg_mean", False, (lo, r)),
                 OutputSpec("fg_minus_bg", True, (lo - r, r - lo))]
 
+    @serial_bookkeeping
     def evaluate(self, batch, attributions, *, generator=None, explainers=None) -> MetricOutput:
         maps = {k: v.flatten(1).double() for k, v in prepare(batch, attributions).items()}
         masks = require_masks(batch, self.name).flatten(1)

@@ -31,6 +31,7 @@ from .core import (
     chunk_size,
     draw_seed,
     explainer_generator,
+    forward,
     make_fill,
     predict,
     prepare,
@@ -97,7 +98,7 @@ def masked_scores(
             ei, ni, si = items[i : i + bs].unbind(1)
             mask = flat_ranks[ei * n + ni] < counts[ni, si].view(-1, 1, 1)
             x = torch.where(mask.unsqueeze(1), a_img[ni], b_img[ni])
-            logits = model(x)
+            logits = forward(model, x)
             scores[ei, ni, si] = read_output(logits, targets[ni], output)
             preds[ei, ni, si] = logits.argmax(-1)
     return Scored(scores, preds)

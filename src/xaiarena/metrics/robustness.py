@@ -24,10 +24,12 @@ from .core import (
     draw_seed,
     eval_mode,
     explainer_generator,
+    full_threads,
     nan_where,
     predict,
     prepare,
     rand,
+    serial_bookkeeping,
 )
 
 PREDICTION_CHANGE = ("ignore", "exclude", "nan")
@@ -82,6 +84,7 @@ class _ReExplain(Metric):
         """Per-(draw, sample) value from inputs (k, N, C, H, W) and maps (k, N, H, W)."""
         raise NotImplementedError
 
+    @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers: dict[str, ExplainFn] | None = None
                  ) -> MetricOutput:
         maps = {k: self._post(v) for k, v in prepare(batch, attributions).items()}
@@ -110,7 +113,8 @@ class _ReExplain(Metric):
                 with eval_mode(batch.model) as model:
                     changed[r0 : r0 + k] = (predict(model, flat, self.batch_size).argmax(-1) != pred0.repeat(k)).view(k, n)
             for name, a in maps.items():
-                ap = explainers[name](flat, targets.repeat(k), generator=gens[name])
+                with full_threads():
+                    ap = explainers[name](flat, targets.repeat(k), generator=gens[name])
                 ap = self._post(torch.as_tensor(ap).detach().to(x.device)).view(k, n, *x.shape[2:])
                 stats[name][r0 : r0 + k] = self.statistic(x.unsqueeze(0), xp, a.unsqueeze(0), ap)
         return MetricOutput(scores={self.name: {k: self._reduce(k, v, changed) for k, v in stats.items()}})

@@ -15,8 +15,10 @@ from .core import (
     check_choice,
     draw_seed,
     explainer_generator,
+    full_threads,
     nan_where,
     prepare,
+    serial_bookkeeping,
     similarity,
 )
 
@@ -64,6 +66,7 @@ class ModelParameterRandomisation(Metric):
         self.similarity = check_choice("similarity", similarity, SIMILARITIES)
         self.abs = bool(abs)
 
+    @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers: dict[str, ExplainFn] | None = None
                  ) -> MetricOutput:
         maps = prepare(batch, attributions)
@@ -95,7 +98,8 @@ class ModelParameterRandomisation(Metric):
                 torch.manual_seed((seed + i + 1) % 2**63)
                 layer.reset_parameters()
             for name, a in maps.items():
-                ap = explainers[name](x, targets, generator=gens[name], model=model)
+                with full_threads():
+                    ap = explainers[name](x, targets, generator=gens[name], model=model)
                 ap = torch.as_tensor(ap).detach().to(x.device).float()
                 curves[name].append(similarity(self.similarity, prep(a).flatten(1), prep(ap).flatten(1), gens[name]))
         out = MetricOutput(curve_x={self.name: torch.arange(1, len(layers) + 1, dtype=torch.float32)})
