@@ -205,7 +205,7 @@ def cases(n: int, nr_runs: int, nr_samples: int):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
     ap.add_argument("--n-images", type=int, default=256)
     ap.add_argument("--nr-runs", type=int, default=200, help="FaithfulnessCorrelation runs")
     ap.add_argument("--nr-samples", type=int, default=10, help="noise draws of the robustness metrics")
@@ -260,8 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         row["speedup"] = row["quantus_s"] / row["xaiarena_s"] if row["quantus_s"] else None
         row["over_floor"] = row["xaiarena_s"] / row["floor_s"] if row["floor_s"] else None
         results[label] = row
-        if not args.json:
-            print(_fmt(label, row), file=sys.stderr, flush=True)
+        print(_fmt(label, row), file=sys.stderr, flush=True)
 
     if not args.only or "FaithfulnessCorrelation x8" in args.only:
         maps = dict(list(eight_maps(model, x, y).items())[: args.explainers])
@@ -282,16 +281,14 @@ def main(argv: list[str] | None = None) -> int:
         row = {"xaiarena_s": ours_t, "quantus_s": q_t, "floor_s": floor_t, "speedup": q_t / ours_t,
                "over_floor": ours_t / floor_t, "explainers": len(maps)}
         results[f"FaithfulnessCorrelation x{len(maps)}"] = row
-        if not args.json:
-            print(_fmt(f"FaithfulnessCorrelation x{len(maps)}", row), file=sys.stderr, flush=True)
+        print(_fmt(f"FaithfulnessCorrelation x{len(maps)}", row), file=sys.stderr, flush=True)
 
     meta = {"n_images": n, "nr_runs": args.nr_runs, "nr_samples": args.nr_samples, "repeats": args.repeats,
             "threads": torch.get_num_threads(), "batch_size_forward": floors.bs_forward,
             "batch_size_explain": floors.bs_explain, "torch": torch.__version__, "quantus": quantus.__version__}
+    print(f"settings: {json.dumps(meta)}", file=sys.stderr)
     if args.json:
-        print(json.dumps({**results, "_meta": meta}, indent=2))
-    else:
-        print(f"\n{meta}")
+        print(json.dumps(results, indent=2))
     return 0
 
 
