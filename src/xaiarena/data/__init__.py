@@ -1,9 +1,9 @@
 """Datasets. Importing this package registers every built-in dataset."""
 
-from . import images, synthetic  # noqa: F401  (register the datasets)
-from .base import ImageSplit, Task, channel_stats
+from . import images, synthetic, text  # noqa: F401  (register the datasets)
+from .base import ImageSplit, Task, TextSplit, channel_stats
 
-__all__ = ["ImageSplit", "Task", "channel_stats", "load_task"]
+__all__ = ["ImageSplit", "Task", "TextSplit", "channel_stats", "load_task"]
 
 
 def load_task(name: str, *, seed: int = 0, data_dir: str | None = None, **params) -> Task:

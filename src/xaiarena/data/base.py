@@ -50,12 +50,61 @@ class ImageSplit:
 
 
 @dataclass
+class TextSplit:
+    """Raw texts with labels, for ``modality == "text"`` tasks.
+
+    ``rationales`` (optional) are ground-truth word masks: one bool tensor per
+    text, aligned with the text's whitespace-separated words
+    (:func:`xaiarena.data.text.split_words`). ``ids`` are stable integer sample
+    ids within the split. Tokenisation belongs to the model (its tokenizer).
+    """
+
+    texts: list[str]
+    labels: torch.Tensor
+    rationales: list[torch.Tensor] | None = None
+    ids: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.texts = [str(t) for t in self.texts]
+        self.labels = torch.as_tensor(self.labels, dtype=torch.long)
+        n = len(self.texts)
+        if len(self.labels) != n:
+            raise ValueError(f"{len(self.labels)} labels for {n} texts")
+        if self.rationales is not None:
+            if len(self.rationales) != n:
+                raise ValueError(f"{len(self.rationales)} rationales for {n} texts")
+            self.rationales = [torch.as_tensor(r, dtype=torch.bool) for r in self.rationales]
+            for i, (t, r) in enumerate(zip(self.texts, self.rationales, strict=True)):
+                if r.ndim != 1 or len(r) != len(t.split()):
+                    raise ValueError(f"rationale {i} has {tuple(r.shape)} entries for {len(t.split())} words")
+        if self.ids is None:
+            self.ids = torch.arange(n)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def masks(self) -> list[torch.Tensor] | None:
+        """The rationales (ground truth), under the name image splits use."""
+        return self.rationales
+
+    def subset(self, index: torch.Tensor) -> TextSplit:
+        idx = torch.as_tensor(index).reshape(-1).tolist()
+        return TextSplit(
+            [self.texts[i] for i in idx],
+            self.labels[idx],
+            None if self.rationales is None else [self.rationales[i] for i in idx],
+            self.ids[idx],
+        )
+
+
+@dataclass
 class Task:
     """A classification task: splits, modality, class names and normalisation stats."""
 
     name: str
-    train: ImageSplit
-    test: ImageSplit
+    train: ImageSplit | TextSplit
+    test: ImageSplit | TextSplit
     class_names: list[str]
     modality: str = "image"
     mean: tuple[float, ...] = (0.5,)
@@ -67,7 +116,9 @@ class Task:
         return len(self.class_names)
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
+        if self.modality == "text":  # variable-length texts: no fixed input shape
+            return ()
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
 
     @property

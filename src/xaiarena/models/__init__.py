@@ -1,10 +1,11 @@
 """Models. Importing this package registers every built-in model."""
 
-from . import vision  # noqa: F401
+from . import text, vision  # noqa: F401
+from .text import TextClassifier
 from .training import TrainResult, train_model
 from .vision import ImageClassifier
 
-__all__ = ["ImageClassifier", "TrainResult", "train_model", "build_model"]
+__all__ = ["ImageClassifier", "TextClassifier", "TrainResult", "train_model", "build_model"]
 
 
 def build_model(name: str, task, *, seed: int | None = None, **params):

@@ -1,8 +1,14 @@
-"""The training loop shared by all image models.
+"""The training loop shared by all models (images and texts).
 
 Seeded (the same seed and config give bit-identical weights on the same device and
 thread count), with a progress bar, per-epoch accuracy, optional early stopping on a
 validation split carved from the training data, and checkpoints written atomically.
+
+Images are batched as float pixels in [0, 1]; texts (``task.modality == "text"``) are
+tokenised per batch by the text model (``model.collate``: dynamic padding, truncation
+at the model's ``max_length``). A model with a ``warmup_fraction`` attribute (the text
+models) gets a linear learning-rate warm-up over that share of the steps before the
+configured schedule (``cosine`` decay or constant).
 """
 
 from __future__ import annotations
@@ -33,7 +39,9 @@ class TrainResult:
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 512) -> torch.Tensor:
-    """Predicted classes for uint8 or float images (float taken as pixel space [0, 1])."""
+    """Predicted classes for uint8 or float images (float taken as pixel space [0, 1]), or raw texts."""
+    if isinstance(images, (list, tuple)):  # texts: the text model tokenises them
+        return model.predict_texts(list(images), device, batch_size=min(batch_size, 64))
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
@@ -47,6 +55,36 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, devic
     if len(labels) == 0:
         return float("nan")
     return float((predict(model, images, device) == labels).float().mean())
+
+
+def _take(data, idx: torch.Tensor):
+    """``data[idx]`` for tensors, the selected items for a list of texts."""
+    if isinstance(data, (list, tuple)):
+        return [data[i] for i in idx.tolist()]
+    return data[idx]
+
+
+def _split_inputs(split):
+    return split.texts if hasattr(split, "texts") else split.images
+
+
+def _scheduler(opt, cfg, total_steps: int, warmup_fraction: float):
+    """Linear warm-up over ``warmup_fraction`` of the steps, then cosine decay or constant."""
+    warm = int(round(warmup_fraction * total_steps))
+    if warm == 0:
+        if cfg.scheduler == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+        return None
+    import math
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.scheduler == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total_steps - warm)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def _optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
@@ -83,18 +121,15 @@ def train_model(
     start = time.perf_counter()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    images, labels = task.train.images, task.train.labels
+    images, labels = _split_inputs(task.train), task.train.labels
+    is_text = isinstance(images, (list, tuple))
     n_val = int(len(labels) * cfg.val_fraction)
     perm = torch.randperm(len(labels), generator=gen)
     val_idx, tr_idx = perm[:n_val], perm[n_val:]
     model.to(device)
     opt = _optimizer(model, cfg)
     steps_per_epoch = -(-len(tr_idx) // cfg.batch_size)
-    sched = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
-        if cfg.scheduler == "cosine"
-        else None
-    )
+    sched = _scheduler(opt, cfg, cfg.epochs * steps_per_epoch, float(getattr(model, "warmup_fraction", 0.0)))
     loss_fn = nn.CrossEntropyLoss()
     result = TrainResult()
     best_state, best_score, bad_epochs = None, -1.0, 0
@@ -105,7 +140,7 @@ def train_model(
         bar = progress(range(steps_per_epoch), desc=f"train epoch {epoch + 1}/{cfg.epochs}", disable=not show_progress)
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            xb = images[idx].float().div_(255.0).to(device)
+            xb = model.collate(_take(images, idx), device) if is_text else images[idx].float().div_(255.0).to(device)
             yb = labels[idx].to(device)
             opt.zero_grad(set_to_none=True)
             logits = model(xb)
@@ -119,7 +154,7 @@ def train_model(
             total += len(idx)
         record = {"epoch": epoch + 1, "loss": loss_sum / total, "train_accuracy": correct / total}
         if n_val:
-            record["val_accuracy"] = accuracy(model, images[val_idx], labels[val_idx], device)
+            record["val_accuracy"] = accuracy(model, _take(images, val_idx), labels[val_idx], device)
         result.history.append(record)
         score = record.get("val_accuracy", record["train_accuracy"])
         if score > best_score:
@@ -137,7 +172,7 @@ def train_model(
     if cfg.early_stop_patience and best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    result.test_accuracy = accuracy(model, task.test.images, task.test.labels, device)
+    result.test_accuracy = accuracy(model, _split_inputs(task.test), task.test.labels, device)
     result.seconds = time.perf_counter() - start
     if ckpt is not None:
         atomic_save_torch({k: v.cpu() for k, v in model.state_dict().items()}, ckpt)
