@@ -23,3 +23,6 @@ def build_model(name: str, task, *, seed: int | None = None, **params):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return factory(task, **params)
+
+
+from . import pretrained  # noqa: E402, F401  (registers efficientnet_lite0, torchvision, timm)
