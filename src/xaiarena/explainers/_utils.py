@@ -146,6 +146,17 @@ def input_gradients(
     return grads
 
 
+#: perturbed inputs are built for up to this many elements at once (fewer, larger tensor ops)
+PREPARE_ELEMENTS = 2**23
+
+
+def prepare_rows(batch_size: int, row_shape: Sequence[int], n_rows: int) -> int:
+    """How many perturbed rows to build at once: a few forward batches, at most ~32 MB of float32."""
+    per_row = max(1, math.prod(row_shape))
+    group = max(1, min(4, PREPARE_ELEMENTS // (batch_size * per_row)))
+    return max(1, min(n_rows, batch_size * group))
+
+
 @torch.no_grad()
 def forward_scores(
     model: nn.Module,
@@ -153,23 +164,28 @@ def forward_scores(
     make_batch: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]],
     batch_size: int,
     softmax: bool = False,
+    prepare: int | None = None,
 ) -> torch.Tensor:
     """Score ``n_rows`` perturbed inputs, ``batch_size`` per forward pass.
 
     ``make_batch(start, stop)`` returns the perturbed inputs of rows
-    ``start:stop`` and their target classes; the result is ``(n_rows,)``.
+    ``start:stop`` and their target classes; it is called for ``prepare`` rows
+    at a time (a multiple of ``batch_size``; default one batch), which are then
+    scored ``batch_size`` at a time. The result is ``(n_rows,)``.
     """
+    prepare = batch_size if prepare is None else max(batch_size, prepare // batch_size * batch_size)
     out: torch.Tensor | None = None
-    for start in range(0, n_rows, batch_size):
-        stop = min(start + batch_size, n_rows)
-        x, t = make_batch(start, stop)
-        logits = model(x)
-        if softmax:
-            logits = logits.softmax(1)
-        s = target_scores(logits, t)
-        if out is None:
-            out = torch.empty(n_rows, dtype=s.dtype, device=s.device)
-        out[start:stop] = s
+    for start in range(0, n_rows, prepare):
+        stop = min(start + prepare, n_rows)
+        xs, ts = make_batch(start, stop)
+        for a in range(0, stop - start, batch_size):
+            logits = model(xs[a : a + batch_size])
+            if softmax:
+                logits = logits.softmax(1)
+            s = target_scores(logits, ts[a : a + batch_size])
+            if out is None:
+                out = torch.empty(n_rows, dtype=s.dtype, device=s.device)
+            out[start + a : start + a + len(s)] = s
     return out if out is not None else torch.empty(0)
 
 

@@ -34,6 +34,7 @@ from ._utils import (
     forward_hook,
     forward_pre_hook,
     forward_scores,
+    prepare_rows,
     target_scores,
     upsample,
 )
@@ -257,20 +258,29 @@ class ScoreCAM(_PerturbationCAM):
         live = (hi - lo) > 0
         rows = live.flatten().nonzero().squeeze(1)  # (sample, channel) pairs that need a forward
         size = x.shape[-2:]
+        flat_acts = acts.flatten(0, 1)  # (N*K, h, w)
+        prep = prepare_rows(self.batch_size, x.shape[1:], len(rows))
+        buf = torch.empty((prep, *x.shape[1:]), dtype=x.dtype, device=x.device)
 
         def make_batch(start: int, stop: int):
             r = rows[start:stop]
-            i, c = r // k, r % k
-            m = acts[i, c]  # (B, h, w)
-            m = upsample(m, size)
-            mlo = m.flatten(1).amin(1).view(-1, 1, 1)
-            mhi = m.flatten(1).amax(1).view(-1, 1, 1)
-            m = (m - mlo) / (mhi - mlo).clamp_min(1e-12)
-            return x[i] * m[:, None], ctx.targets[i]
+            m = upsample(flat_acts[r], size)  # (B, H, W)
+            lo, hi = torch.aminmax(m.flatten(1), dim=1)
+            m = m.sub_(lo.view(-1, 1, 1)).div_((hi - lo).clamp_min(1e-12).view(-1, 1, 1))
+            out, sample = buf[: len(r)], (r // k).tolist()
+            a = 0
+            while a < len(r):  # runs of one sample's channels: x_i * masks, broadcast into the buffer
+                b = a + 1
+                while b < len(r) and sample[b] == sample[a]:
+                    b += 1
+                torch.mul(x[sample[a]], m[a:b, None], out=out[a:b])
+                a = b
+            return out, ctx.targets[r // k]
 
         w = torch.zeros(n * k, dtype=acts.dtype, device=acts.device)
         if len(rows):
-            w[rows] = forward_scores(ctx.model, len(rows), make_batch, self.batch_size, softmax=True).to(w.dtype)
+            scores = forward_scores(ctx.model, len(rows), make_batch, self.batch_size, softmax=True, prepare=prep)
+            w[rows] = scores.to(w.dtype)
         return w.view(n, k, 1, 1)
 
 

@@ -35,6 +35,7 @@ from ._utils import (
     check_int,
     forward_scores,
     make_baseline,
+    prepare_rows,
     sample_generators,
 )
 from .base import REDUCTIONS, Explainer, reduce_channels
@@ -177,14 +178,23 @@ class SuperpixelSurrogate(_PerturbationExplainer):
         x = inputs.detach()
         base = self._baseline(x, generator)
         delta = x - base
+        row_targets = targets.repeat_interleave(s)
+        prep = prepare_rows(self.perturbations_per_eval, (c, h, w), n * s)
+        buf = torch.empty((prep, c, h, w), dtype=x.dtype, device=dev)
 
         def make_batch(start: int, stop: int):
-            r = torch.arange(start, stop, device=dev)
-            i, j = r // s, r % s
-            mask = torch.gather(zpad[i, j], 1, seg_flat[i]).view(-1, 1, h, w)
-            return torch.addcmul(base[i], delta[i], mask), targets[i]
+            # rows are sample-major: a chunk covers a few runs of one sample's perturbations,
+            # each written into the reused buffer as base + delta * mask (broadcast, no gathers)
+            out, r = buf[: stop - start], start
+            while r < stop:
+                i, j0 = divmod(r, s)
+                j1 = min(s, j0 + stop - r)
+                mask = zpad[i, j0:j1].index_select(1, seg_flat[i]).view(j1 - j0, 1, h, w)
+                torch.addcmul(base[i], delta[i], mask, out=out[r - start : r - start + j1 - j0])
+                r += j1 - j0
+            return out, row_targets[start:stop]
 
-        y = forward_scores(model, n * s, make_batch, self.perturbations_per_eval).view(n, s)
+        y = forward_scores(model, n * s, make_batch, self.perturbations_per_eval, prepare=prep).view(n, s)
         y = y.detach().to("cpu", torch.float64)
         maps = []
         for i, (z, wt) in enumerate(draws):

@@ -57,6 +57,16 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, devic
     return float((predict(model, images, device) == labels).float().mean())
 
 
+def correct_predictions(model: nn.Module, preds: torch.Tensor, labels: torch.Tensor, task=None) -> torch.Tensor | None:
+    """Bool per sample: is the prediction right? A model with its own label space (a pretrained
+    ImageNet model on a dataset with other labels) decides through ``model.correct(preds, labels,
+    task)``, which returns None where correctness is not defined."""
+    fn = getattr(model, "correct", None)
+    if callable(fn) and task is not None:
+        return fn(preds, labels, task)
+    return preds == labels
+
+
 def _take(data, idx: torch.Tensor):
     """``data[idx]`` for tensors, the selected items for a list of texts."""
     if isinstance(data, (list, tuple)):
@@ -107,8 +117,13 @@ def train_model(
     """Train ``model`` on ``task.train`` with the :class:`~xaiarena.config.TrainingConfig` ``cfg``.
 
     When ``checkpoint_dir`` holds a finished checkpoint (``model.pt`` + ``train.json``)
-    it is loaded instead (``cache_hit=True``) and no training happens.
+    it is loaded instead (``cache_hit=True``) and no training happens. A pretrained model
+    (``model.pretrained`` true) is never trained: only its test accuracy is measured.
     """
+    if getattr(model, "pretrained", False):
+        from .pretrained import evaluate_pretrained
+
+        return evaluate_pretrained(model, task, device)
     ckpt = Path(checkpoint_dir) / "model.pt" if checkpoint_dir else None
     meta_path = Path(checkpoint_dir) / "train.json" if checkpoint_dir else None
     if ckpt is not None and ckpt.exists() and meta_path.exists():
