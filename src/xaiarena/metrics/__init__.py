@@ -1,6 +1,6 @@
 """Metrics. Importing this package registers every built-in metric."""
 
-from . import agreement, complexity, faithfulness, localisation, robustness, sanity  # noqa: F401
+from . import agreement, complexity, faithfulness, localisation, robustness, sanity, text  # noqa: F401
 from .base import CATEGORIES, EvalBatch, Metric, MetricOutput, OutputSpec
 
 __all__ = ["CATEGORIES", "EvalBatch", "Metric", "MetricOutput", "OutputSpec"]

@@ -8,8 +8,7 @@ import torch
 
 from ..registry import METRICS
 from .base import EvalBatch, Metric, MetricOutput
-from .core import nan_where, prepare, serial_bookkeeping
-from .robustness import normalise_max_abs
+from .core import nan_where, normalise_max_abs, prepare, serial_bookkeeping
 
 
 class _MapMetric(Metric):

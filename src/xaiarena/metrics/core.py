@@ -332,6 +332,12 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) ->
 # --------------------------------------------------------------------------- statistics
 
 
+def normalise_max_abs(a: torch.Tensor) -> torch.Tensor:
+    """Divide every map (N, ...) by its largest magnitude (all-zero maps are left as they are)."""
+    m = a.abs().flatten(1).amax(1).view(-1, *([1] * (a.ndim - 1)))
+    return a / torch.where(m == 0, torch.ones_like(m), m)
+
+
 def auc(curve: torch.Tensor) -> torch.Tensor:
     """Trapezoidal area under ``curve`` (..., S) with the x axis scaled to [0, 1].
 

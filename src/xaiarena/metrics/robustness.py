@@ -26,6 +26,7 @@ from .core import (
     explainer_generator,
     full_threads,
     nan_where,
+    normalise_max_abs,
     predict,
     prepare,
     rand,
@@ -33,12 +34,6 @@ from .core import (
 )
 
 PREDICTION_CHANGE = ("ignore", "exclude", "nan")
-
-
-def normalise_max_abs(a: torch.Tensor) -> torch.Tensor:
-    """Divide every map (N, ...) by its largest magnitude (all-zero maps are left as they are)."""
-    m = a.abs().flatten(1).amax(1).view(-1, *([1] * (a.ndim - 1)))
-    return a / torch.where(m == 0, torch.ones_like(m), m)
 
 
 class _ReExplain(Metric):

@@ -1,0 +1,437 @@
+"""Metrics for text explanations: ERASER faithfulness, agreement, rationale overlap, accuracy.
+
+All of them take an :class:`~xaiarena.metrics.base.EvalBatch` whose ``inputs`` is a
+:class:`~xaiarena.data.text.TextBatch` and word-level maps ``(N, L)`` (slots past a
+text's last word are ignored), and declare ``modality = ("text",)``.
+
+Ranking words by attribution breaks ties at random (the run's seed and the
+explainer's name, as for images): a constant map scores like a random one.
+Maps are ranked by their signed value unless ``abs: true`` (higher = more
+important for the target class, the attribution contract).
+
+* ``comprehensiveness`` / ``sufficiency`` (DeYoung et al. 2020, ERASER): the drop
+  of the target-class probability when the top ``q`` of the words are removed
+  (comprehensiveness, higher is better) or when only they are kept (sufficiency,
+  lower is better), averaged over ``q`` in 10%, 20%, ..., 50% (AOPC). ``k = ceil(q n)``
+  words of a text of ``n`` words; removed words are deleted (``removal: delete``,
+  as in ERASER) or replaced by ``[MASK]``/``[PAD]``/``[UNK]``.
+* ``text_topk_overlap`` (several ``k`` at once) and ``text_spearman``: agreement
+  between two explainers' word rankings (key ``"<a>~<b>"``).
+* ``rationale_f1`` / ``rationale_iou`` / ``rationale_auprc``: agreement of the
+  top-``k`` words (``k`` = the text's number of rationale words by default) or of
+  the whole ranking with ground-truth rationales (``planted_sentiment``).
+* ``explained_model_accuracy``: whether the model an explainer explains (``f_b``,
+  or DiET's ``f_s``) predicts the true class (its mean is the accuracy).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ..data.text import REMOVALS, TextBatch
+from ..registry import METRICS
+from .agreement import pair_key
+from .base import EvalBatch, Metric, MetricOutput, OutputSpec
+from .core import (
+    check_choice,
+    draw_seed,
+    eval_mode,
+    explainer_generator,
+    logger,
+    nan_where,
+    rank_positions,
+    serial_bookkeeping,
+)
+
+DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def text_inputs(batch: EvalBatch, metric: str) -> TextBatch:
+    if not isinstance(batch.inputs, TextBatch):
+        raise ValueError(f"metric '{metric}' scores text explanations; batch.inputs must be a TextBatch, "
+                         f"got {type(batch.inputs).__name__}")
+    return batch.inputs
+
+
+def prepare_text(batch: EvalBatch, attributions: dict[str, torch.Tensor], metric: str) -> dict[str, torch.Tensor]:
+    """Check every map is ``(N, L)`` like the batch and finite on real words; float copies on its device."""
+    x = text_inputs(batch, metric)
+    wm = x.word_mask
+    out = {}
+    for name, a in attributions.items():
+        a = torch.as_tensor(a)
+        if tuple(a.shape) != x.shape:
+            raise ValueError(f"attributions['{name}'] has shape {tuple(a.shape)}; expected (N, L) = {x.shape}")
+        a = a.detach().to(device=x.device, dtype=torch.float32)
+        bad = (~torch.isfinite(a) & wm).any(1)
+        if bool(bad.any()):
+            idx = torch.nonzero(bad).flatten().tolist()
+            raise ValueError(f"attributions['{name}'] contain NaN or inf at sample(s) {idx[:10]}; "
+                             "metrics need finite maps")
+        out[name] = torch.where(wm, a, torch.zeros_like(a))
+    return out
+
+
+def word_ranks(scores: torch.Tensor, word_mask: torch.Tensor, generator: torch.Generator,
+               absolute: bool = False) -> torch.Tensor:
+    """Rank of every word slot (0 = most important), ties at random; padding slots rank last."""
+    s = scores.abs() if absolute else scores
+    s = torch.where(word_mask, s, torch.full_like(s, float("-inf")))
+    return rank_positions(s, generator)
+
+
+def _check_k(metric: str, k) -> int | float:
+    ok = (isinstance(k, int) and not isinstance(k, bool) and k >= 1) or (isinstance(k, float) and 0 < k < 1)
+    if not ok:
+        raise ValueError(f"{metric}: k={k!r} is not valid; give a word count (int >= 1) or a fraction in (0, 1)")
+    return k
+
+
+def _k_words(k: int | float, n_words: torch.Tensor) -> torch.Tensor:
+    """Per-text word count for ``k`` (an int is capped at the text's length; a fraction rounds, at least 1)."""
+    if isinstance(k, float):
+        return torch.clamp(torch.round(k * n_words.float()).long(), min=1).minimum(n_words)
+    return torch.clamp(n_words, max=int(k))
+
+
+def _fractions(metric: str, fractions) -> tuple[float, ...]:
+    vals = (fractions,) if isinstance(fractions, (int, float)) else tuple(fractions)
+    if not vals or any(isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 1 for q in vals):
+        raise ValueError(f"{metric}: fractions={fractions!r} is not valid; give numbers in (0, 1]")
+    return tuple(float(q) for q in vals)
+
+
+def _check_batch_size(metric: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{metric}: batch_size={value!r} is not valid; it must be an integer >= 1")
+    return value
+
+
+def ceil_words(q: float, n_words: torch.Tensor) -> torch.Tensor:
+    """``ceil(q n)`` words per text (the ERASER level ``q``), robust to float error (0.3 * 10 -> 3)."""
+    return torch.tensor([math.ceil(round(q * n, 9)) for n in n_words.tolist()], dtype=torch.long,
+                        device=n_words.device)
+
+
+class _TextMetric(Metric):
+    modality = ("text",)
+
+
+# --------------------------------------------------------------------------- ERASER
+
+
+class _Eraser(_TextMetric):
+    category = "faithfulness"
+    value_range = (-1.0, 1.0)
+    requires = ("model",)
+    keep_top: bool = False  # sufficiency keeps the top words, comprehensiveness removes them
+
+    def __init__(self, fractions: float | list[float] = DEFAULT_FRACTIONS, removal: str = "delete",
+                 abs: bool = False, batch_size: int = 128):
+        self.fractions = _fractions(self.name, fractions)
+        self.removal = check_choice("removal", removal, REMOVALS)
+        self.abs = bool(abs)
+        self.batch_size = _check_batch_size(self.name, batch_size)
+
+    @torch.no_grad()
+    def _probs(self, model, x: TextBatch, rows: torch.Tensor, keep: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(len(rows), device=x.device)
+        for s in range(0, len(rows), self.batch_size):
+            r = rows[s:s + self.batch_size]
+            xb = x[r].keep_words(keep[s:s + self.batch_size], self.removal)
+            out[s:s + len(r)] = model(xb).float().softmax(-1).gather(1, targets[r].view(-1, 1)).squeeze(1)
+        return out
+
+    @serial_bookkeeping
+    def evaluate(self, batch, attributions, *, generator, explainers=None) -> MetricOutput:
+        maps = prepare_text(batch, attributions, self.name)
+        x = text_inputs(batch, self.name)
+        n, L = x.shape
+        dev = x.device
+        t = batch.targets.to(dev).long()
+        wm = x.word_mask
+        q = len(self.fractions)
+        k = torch.stack([ceil_words(f, x.n_words) for f in self.fractions], 1)  # (N, Q)
+        seed = draw_seed(generator)
+        with eval_mode(batch.model) as model:
+            p_full = self._probs(model, x, torch.arange(n, device=dev), wm, t)
+            scores, curves = {}, {}
+            for name, a in maps.items():
+                ranks = word_ranks(a, wm, explainer_generator(seed, name, generator.device), self.abs)
+                top = ranks[:, None, :] < k[:, :, None]  # (N, Q, L)
+                keep = (top if self.keep_top else ~top) & wm[:, None, :]
+                rows = torch.arange(n, device=dev).repeat_interleave(q)
+                p = self._probs(model, x, rows, keep.reshape(n * q, L), t).view(n, q)
+                drop = p_full[:, None] - p
+                drop = nan_where(drop, (x.n_words == 0)[:, None].expand_as(drop), self.name,
+                                 "the text has no words", name)
+                curves[name] = drop
+                scores[name] = drop.mean(1)
+        x_axis = torch.tensor(self.fractions)
+        return MetricOutput(scores={self.name: scores}, curves={self.name: curves}, curve_x={self.name: x_axis})
+
+
+@METRICS.register(
+    "comprehensiveness",
+    description="ERASER comprehensiveness (DeYoung et al. 2020): drop of the target probability when the "
+    "top 10..50% of the words are deleted, averaged (AOPC); higher is better",
+)
+class Comprehensiveness(_Eraser):
+    """``mean_q p(y|x) - p(y|x without its top-q words)``."""
+
+    name = "comprehensiveness"
+    higher_is_better = True
+
+
+@METRICS.register(
+    "sufficiency",
+    description="ERASER sufficiency (DeYoung et al. 2020): drop of the target probability when only the "
+    "top 10..50% of the words are kept, averaged (AOPC); lower is better",
+)
+class Sufficiency(_Eraser):
+    """``mean_q p(y|x) - p(y|only the top-q words of x)``."""
+
+    name = "sufficiency"
+    higher_is_better = False
+    keep_top = True
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+class _TextAgreement(_TextMetric):
+    category = "agreement"
+    higher_is_better = True
+    requires = ()
+
+    def __init__(self, reference: str | None, abs: bool):
+        if reference is not None and (not isinstance(reference, str) or not reference):
+            raise ValueError(f"{self.name}: reference={reference!r} is not valid; give an explainer name or "
+                             "null for all pairs")
+        self.reference = reference
+        self.abs = bool(abs)
+
+    def pairs(self, names: list[str]) -> list[tuple[str, str]]:
+        if self.reference is None:
+            return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+        if self.reference not in names:
+            raise ValueError(f"{self.name}: reference='{self.reference}' is not among the explainers; "
+                             f"valid: {', '.join(names)}")
+        return [(self.reference, b) for b in names if b != self.reference]
+
+    def _ranks(self, batch, attributions, generator):
+        maps = prepare_text(batch, attributions, self.name)
+        x = text_inputs(batch, self.name)
+        pairs = self.pairs(list(maps))
+        if not pairs:
+            logger.warning("%s: fewer than two explainers, no pair to compare", self.name)
+        seed = draw_seed(generator)
+        ranks = {k: word_ranks(v, x.word_mask, explainer_generator(seed, k, generator.device), self.abs)
+                 for k, v in maps.items()}
+        return x, pairs, ranks
+
+
+@METRICS.register(
+    "text_topk_overlap",
+    description="Agreement: share of top-k words two explainers have in common, for several k at once "
+    "(default 1, 3, 5 words; outputs text_topk_overlap@k, key '<a>~<b>')",
+)
+class TextTopKOverlap(_TextAgreement):
+    """``|top_k(a) ∩ top_k(b)| / k`` per text (``k`` capped at the text's length; a fraction of its
+    words when given as a float), one output per ``k``."""
+
+    name = "text_topk_overlap"
+    value_range = (0.0, 1.0)
+
+    def __init__(self, k: int | float | list[int | float] = (1, 3, 5), reference: str | None = None,
+                 abs: bool = False):
+        super().__init__(reference, abs)
+        ks = [k] if isinstance(k, (int, float)) else list(k)
+        if not ks:
+            raise ValueError(f"{self.name}: k is empty; give one or more word counts or fractions")
+        self.ks = [_check_k(self.name, v) for v in ks]
+
+    def _out(self, k) -> str:
+        return f"{self.name}@{k}"
+
+    def outputs(self) -> list[OutputSpec]:
+        return [OutputSpec(self._out(k), True, (0.0, 1.0)) for k in self.ks]
+
+    @serial_bookkeeping
+    def evaluate(self, batch, attributions, *, generator, explainers=None) -> MetricOutput:
+        x, pairs, ranks = self._ranks(batch, attributions, generator)
+        scores: dict[str, dict[str, torch.Tensor]] = {}
+        for k in self.ks:
+            kk = _k_words(k, x.n_words)[:, None]
+            per = {}
+            for a, b in pairs:
+                inter = ((ranks[a] < kk) & (ranks[b] < kk)).sum(1).float()
+                v = inter / kk[:, 0].clamp_min(1)
+                per[pair_key(a, b)] = nan_where(v, x.n_words == 0, self.name, "the text has no words")
+            scores[self._out(k)] = per
+        return MetricOutput(scores=scores)
+
+
+@METRICS.register(
+    "text_spearman",
+    description="Agreement: Spearman rank correlation of two explainers' word scores over a text's words "
+    "(ties at random; key '<a>~<b>')",
+)
+class TextSpearman(_TextAgreement):
+    """Pearson correlation of the two word rankings, over each text's own words. NaN (logged)
+    for texts with fewer than two words."""
+
+    name = "text_spearman"
+    value_range = (-1.0, 1.0)
+
+    def __init__(self, reference: str | None = None, abs: bool = False):
+        super().__init__(reference, abs)
+
+    @serial_bookkeeping
+    def evaluate(self, batch, attributions, *, generator, explainers=None) -> MetricOutput:
+        x, pairs, ranks = self._ranks(batch, attributions, generator)
+        wm = x.word_mask
+        n_words = x.n_words.float()
+        out = {}
+        for a, b in pairs:
+            ra, rb = ranks[a].double(), ranks[b].double()
+            # ranks of real words are 0..n-1 in both maps; centre them over the text's own words
+            mean = ((n_words - 1) / 2).double()[:, None]
+            da = torch.where(wm, ra - mean, torch.zeros_like(ra))
+            db = torch.where(wm, rb - mean, torch.zeros_like(rb))
+            den = da.norm(dim=1) * db.norm(dim=1)
+            r = ((da * db).sum(1) / den).float().clamp(-1, 1)
+            out[pair_key(a, b)] = nan_where(r, x.n_words < 2, self.name, "a text with fewer than two words")
+        return MetricOutput(scores={self.name: out})
+
+
+# --------------------------------------------------------------------------- rationales
+
+
+class _Rationale(_TextMetric):
+    category = "localisation"
+    higher_is_better = True
+    value_range = (0.0, 1.0)
+    requires = ("masks",)
+
+    def __init__(self, k: int | float | None = None, abs: bool = False):
+        self.k = None if k is None else _check_k(self.name, k)
+        self.abs = bool(abs)
+
+    def _truth(self, batch: EvalBatch, x: TextBatch) -> torch.Tensor:
+        if batch.masks is None:
+            raise ValueError(f"metric '{self.name}' needs ground-truth rationales (e.g. planted_sentiment), "
+                             "but this dataset has none")
+        m = torch.as_tensor(batch.masks).to(x.device).bool()
+        if tuple(m.shape) != x.shape:
+            raise ValueError(f"batch.masks has shape {tuple(m.shape)}; expected (N, L) = {x.shape}")
+        return m & x.word_mask
+
+    @serial_bookkeeping
+    def evaluate(self, batch, attributions, *, generator, explainers=None) -> MetricOutput:
+        maps = prepare_text(batch, attributions, self.name)
+        x = text_inputs(batch, self.name)
+        truth = self._truth(batch, x)
+        n_pos = truth.sum(1)
+        k = n_pos if self.k is None else _k_words(self.k, x.n_words)
+        seed = draw_seed(generator)
+        out = {}
+        for name, a in maps.items():
+            ranks = word_ranks(a, x.word_mask, explainer_generator(seed, name, generator.device), self.abs)
+            v = self.score(ranks, truth, k[:, None], x)
+            out[name] = nan_where(v, n_pos == 0, self.name, "the text has no rationale word", name)
+        return MetricOutput(scores={self.name: out})
+
+    def score(self, ranks, truth, k, x) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@METRICS.register(
+    "rationale_f1",
+    description="Localisation: token-level F1 of an explainer's top-k words against the ground-truth "
+    "rationale (k = the text's number of rationale words unless set)",
+)
+class RationaleF1(_Rationale):
+    """F1 of ``top_k(map)`` against the rationale words (equals precision and recall when ``k`` is the
+    rationale's size, the default)."""
+
+    name = "rationale_f1"
+
+    def score(self, ranks, truth, k, x):
+        pred = (ranks < k) & x.word_mask
+        tp = (pred & truth).sum(1).float()
+        return 2 * tp / (pred.sum(1) + truth.sum(1)).clamp_min(1).float()
+
+
+@METRICS.register(
+    "rationale_iou",
+    description="Localisation: IoU of an explainer's top-k words with the ground-truth rationale "
+    "(k = the text's number of rationale words unless set)",
+)
+class RationaleIoU(_Rationale):
+    """``|top_k(map) ∩ rationale| / |top_k(map) ∪ rationale|``."""
+
+    name = "rationale_iou"
+
+    def score(self, ranks, truth, k, x):
+        pred = (ranks < k) & x.word_mask
+        return (pred & truth).sum(1).float() / (pred | truth).sum(1).clamp_min(1).float()
+
+
+@METRICS.register(
+    "rationale_auprc",
+    description="Localisation: average precision of the word ranking against the ground-truth rationale "
+    "(threshold free; ties at random)",
+)
+class RationaleAUPRC(_Rationale):
+    """Average precision: mean over rationale words of the precision at their rank (ERASER's AUPRC
+    for soft scores)."""
+
+    name = "rationale_auprc"
+
+    def __init__(self, abs: bool = False):
+        super().__init__(None, abs)
+
+    def score(self, ranks, truth, k, x):
+        order = ranks.argsort(1)  # word slots by rank
+        hits = torch.gather(truth, 1, order).float()
+        precision = hits.cumsum(1) / torch.arange(1, hits.shape[1] + 1, device=hits.device)
+        return (precision * hits).sum(1) / truth.sum(1).clamp_min(1).float()
+
+
+# --------------------------------------------------------------------------- models
+
+
+@METRICS.register(
+    "explained_model_accuracy",
+    description="Sanity: whether the model an explainer explains (f_b, or DiET's f_s) predicts the true "
+    "class of each evaluation text; the mean is its accuracy",
+)
+class ExplainedModelAccuracy(_TextMetric):
+    """1 where ``argmax model(x) == label``, else 0, for the model each explainer's maps explain."""
+
+    name = "explained_model_accuracy"
+    category = "sanity"
+    higher_is_better = True
+    value_range = (0.0, 1.0)
+    requires = ("model", "labels")
+
+    @serial_bookkeeping
+    def evaluate(self, batch, attributions, *, generator, explainers=None) -> MetricOutput:
+        x = text_inputs(batch, self.name)
+        with eval_mode(batch.model) as model:
+            pred = model(x).argmax(1)
+        correct = (pred == batch.labels.to(pred.device)).float()
+        return MetricOutput(scores={self.name: {k: correct.clone() for k in attributions}})
+
+
+__all__: Sequence[str] = [
+    "Comprehensiveness", "Sufficiency", "TextTopKOverlap", "TextSpearman", "RationaleF1", "RationaleIoU",
+    "RationaleAUPRC", "ExplainedModelAccuracy", "prepare_text", "word_ranks",
+]
