@@ -43,11 +43,13 @@ def test_every_metric_is_registered_with_metadata():
         meta = entry.as_dict()
         assert meta["category"] in CATEGORIES
         assert isinstance(meta["higher_is_better"], bool)
-        assert meta["modality"] == ("image",)
+        assert set(meta["modality"]) <= {"image", "text"}
         lo, hi = meta["value_range"]
         assert lo < hi
         assert entry.description
         assert issubclass(entry.factory, Metric) and entry.factory.name == entry.name
+    for name in EXPECTED:
+        assert METRICS.entry(name).meta["modality"] == ("image",)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
