@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from .config import ComponentSpec, DataConfig, ExperimentConfig, load_config, stable_hash
-from .registry import EXPLAINERS, METRICS
+from .registry import EXPLAINERS, METRICS, MODELS
 from .utils import (
     atomic_save_torch,
     atomic_to_csv,
@@ -73,8 +73,17 @@ def _select_eval(task, model, cfg: ExperimentConfig, device: torch.device) -> to
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     order = torch.randperm(len(task.test), generator=gen)
     if cfg.evaluation.only_correct:
+        from .models.training import correct_predictions
+
         preds = predict(model, task.test.images[order], device)
-        order = order[preds == task.test.labels[order]]
+        ok = correct_predictions(model, preds, task.test.labels[order], task)
+        if ok is None:
+            raise ValueError(
+                f"evaluation.only_correct: correct predictions are not defined for model '{cfg.model.name}' on "
+                f"dataset '{task.name}' (its labels do not map to the model's classes); set "
+                "evaluation.only_correct: false"
+            )
+        order = order[ok]
     return order[: cfg.evaluation.n_samples].sort().values
 
 
@@ -136,8 +145,9 @@ class Runner:
         with self.log.stage(f"{name}/data"):
             task = load_task(dcfg.name, seed=cfg.seed, data_dir=dcfg.data_dir, **dcfg.params)
         data_hash = stable_hash({"data": dcfg.hash_dict(), "seed": cfg.seed})
+        pretrained = bool(MODELS.entry(cfg.model.name).meta.get("pretrained"))  # never trained
         model_hash = stable_hash({"data": data_hash, "model": cfg.model.hash_dict(),
-                                  "training": cfg.training.model_dump(), "seed": cfg.seed})
+                                  "training": None if pretrained else cfg.training.model_dump(), "seed": cfg.seed})
         with self.log.stage(f"{name}/train") as info:
             if cfg.training.num_threads:
                 torch.set_num_threads(cfg.training.num_threads)
@@ -162,6 +172,10 @@ class Runner:
             "n_eval": len(idx), "test_accuracy": tr.test_accuracy, "train_history": tr.history,
             "train_seconds": tr.seconds, "explainers": {},
         }
+        if getattr(model, "pretrained", False):  # no training: say so, and which classes it predicts
+            describe = getattr(model, "describe", None)
+            info["pretrained"] = describe() if callable(describe) else True
+            info["target"] = cfg.evaluation.target
         self.datasets_info[name] = info
 
         # ---- attributions
@@ -200,7 +214,7 @@ class Runner:
                 "explains": getattr(explainer, "explains", "f_b"), "family": getattr(explainer, "family", ""),
                 "name": spec.name, "params": spec.params,
             }
-        self._write_examples(name, task, idx, preds, attributions)
+        self._write_examples(name, task, idx, preds, attributions, model)
 
         # ---- metrics
         labels = task.test.labels[idx]
@@ -311,11 +325,15 @@ class Runner:
         cv = pd.concat(crow, ignore_index=True) if crow else pd.DataFrame(columns=CURVE_COLUMNS)
         return ps, cv
 
-    def _write_examples(self, name, task, idx, preds, attributions) -> None:
+    def _write_examples(self, name, task, idx, preds, attributions, model=None) -> None:
         """A few correct and incorrect predictions with every explainer's map, for the report."""
+        from .models.training import correct_predictions
+
         labels = task.test.labels[idx]
-        correct = torch.nonzero(preds == labels).flatten()
-        wrong = torch.nonzero(preds != labels).flatten()
+        ok = correct_predictions(model, preds, labels, task) if model is not None else None
+        ok = (preds == labels) if ok is None else ok
+        correct = torch.nonzero(ok).flatten()
+        wrong = torch.nonzero(~ok).flatten()
         n_wrong = min(len(wrong), N_EXAMPLES // 4 if len(correct) else N_EXAMPLES)
         pick = torch.cat([correct[: N_EXAMPLES - n_wrong], wrong[:n_wrong]])
         arrays: dict[str, np.ndarray] = {
@@ -327,6 +345,10 @@ class Runner:
         }
         if task.test.masks is not None:
             arrays["masks"] = task.test.masks[idx][pick].numpy()
+        arrays["correct"] = ok[pick].numpy()
+        model_classes = getattr(model, "class_names", None)
+        if model_classes is not None and list(model_classes) != list(task.class_names):
+            arrays["pred_class_names"] = np.array(model_classes)  # predictions are in the model's classes
         for k, a in attributions.items():
             arrays[f"attr__{k}"] = a[pick].numpy().astype(np.float32)
         import io
@@ -345,6 +367,11 @@ class Runner:
         models = {d: v["model"] for d, v in self.datasets_info.items()}
         summary = stats.summarize(per_sample, hib, models=models, seed=self.cfg.seed)
         tests = stats.paired_tests(per_sample)
+        from .report.fgbg import fg_bg_tests
+
+        fg_bg = fg_bg_tests(per_sample)  # object vs background within each explainer (fg_bg_attribution)
+        if len(fg_bg):
+            atomic_to_csv(fg_bg, results / "fg_bg_tests.csv")
         atomic_to_csv(summary, results / "summary.csv")
         atomic_to_csv(tests, results / "tests.csv")
 

@@ -48,6 +48,10 @@ SPECS: dict[str, ImageSpec] = {
                                description="Fashion-MNIST: 28x28 grayscale clothing, 10 classes"),
     "mnist": ImageSpec("ylecun/mnist", "image", "label", 10, 1, 28,
                        description="MNIST: 28x28 grayscale digits, 10 classes"),
+    # no Hub copy: local Parquet only (github.com/jayaneetha/colorized-MNIST, see shared/datasets)
+    "colorized_mnist": ImageSpec("", "image", "label", 10, 3, 28,
+                                 description="Colorized MNIST: 28x28 white MNIST digits on a red, green "
+                                 "or blue background, 10 classes (local Parquet only)"),
 }
 
 
@@ -71,7 +75,29 @@ def load_hf_splits(name: str, hub_id: str, splits: tuple[str, ...], data_dir, hu
                 f"expected <data_dir>/{name}/<split>.parquet for splits {', '.join(splits)}"
             )
         return datasets.load_dataset("parquet", data_files=files)
+    if not hub_id:
+        raise FileNotFoundError(
+            f"dataset '{name}' has no Hugging Face Hub copy; set data_dir (or ${DATA_DIR_ENV}) to a folder "
+            f"holding {name}/<split>.parquet for splits {', '.join(splits)}"
+        )
     return datasets.load_dataset(hub_id, hub_config)  # pragma: no cover - network
+
+
+def decoded_images(d, column: str) -> list:
+    """PIL images of an ``Image`` column, decoded straight from the encoded bytes (much faster
+    than letting ``datasets`` build one row at a time); falls back to ``d[column]``."""
+    import io
+
+    from PIL import Image
+
+    try:
+        col = d.with_format("arrow")[:][column].combine_chunks()
+        blobs = col.field("bytes").to_pylist()
+    except Exception:  # not a struct of bytes (e.g. already decoded): let datasets decode
+        return list(d[column])
+    if any(b is None for b in blobs):
+        return list(d[column])
+    return [Image.open(io.BytesIO(b)) for b in blobs]
 
 
 def _to_uint8(images, channels: int, size: int, name: str) -> torch.Tensor:
@@ -97,14 +123,14 @@ def load_image_dataset(name: str, *, seed: int = 0, data_dir=None, n_train: int 
     ds = load_hf_splits(name, spec.hub_id, spec.splits, data_dir, spec.hub_config)
     rng = np.random.default_rng(seed)
     out = []
-    for split, n in zip(spec.splits, (n_train, n_test)):
+    for split, n in zip(spec.splits, (n_train, n_test), strict=True):
         d = ds[split]
         if spec.image_col not in d.column_names or spec.label_col not in d.column_names:
             raise ValueError(f"dataset '{name}' split '{split}' has columns {d.column_names}; "
                              f"expected '{spec.image_col}' and '{spec.label_col}'")
         idx = _subsample(len(d), n, rng)
         d = d.select(idx)
-        images = _to_uint8(d[spec.image_col], spec.channels, spec.size, name)
+        images = _to_uint8(decoded_images(d, spec.image_col), spec.channels, spec.size, name)
         labels = torch.as_tensor(d[spec.label_col], dtype=torch.long)
         out.append(ImageSplit(images, labels, ids=torch.as_tensor(idx)))
     feature = ds[spec.splits[0]].features[spec.label_col]
@@ -123,7 +149,8 @@ def _register(name: str, spec: ImageSpec) -> None:
         return load_image_dataset(name, seed=seed, data_dir=data_dir, n_train=n_train, n_test=n_test)
 
     factory.__name__ = name
-    factory.__doc__ = f"{spec.description} (Hub: {spec.hub_id}; offline: <data_dir>/{name}/<split>.parquet)."
+    hub = f"Hub: {spec.hub_id}; offline" if spec.hub_id else "no Hub copy; from"
+    factory.__doc__ = f"{spec.description} ({hub}: <data_dir>/{name}/<split>.parquet)."
     DATASETS.register(name, description=factory.__doc__, modality="image", num_classes=spec.num_classes,
                       has_masks=False)(factory)
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from .. import __version__, stats
 from ..utils import atomic_write_bytes
-from . import narrative, plots
+from . import fgbg, narrative, plots
 from .loading import RunData, load_run
 from .tables import (
     combined_table,
@@ -222,6 +222,8 @@ def _dataset_section(
         f"{prefix}_training.png", plots.training_history(info.get("train_history") or []),
         "Training history of f_b", "Per-epoch values saved by the run (run.json train_history).",
     )
+    fg_bg = fgbg.section(data.per_sample, dataset, data.examples.get(dataset), explainers, figs.add,
+                         prefix, alpha)
     headline = narrative.dataset_headline(table.ranks, metrics)
     reading = narrative.dataset_reading(dataset, info, data.summary, table.versus_best, metrics,
                                         meta, alpha, test)
@@ -239,6 +241,7 @@ def _dataset_section(
         "reading": reading,
         "headline": headline,
         "has_per_sample": bool(n_sample_rows),
+        "fgbg": fg_bg,
     }
 
 

@@ -240,10 +240,13 @@ def radar_chart(
 # --------------------------------------------------------------------------- heatmaps
 
 
-def pick_examples(labels: np.ndarray, preds: np.ndarray, n_correct: int = 3, n_wrong: int = 3) -> list[int]:
-    """Indices of the first ``n_correct`` correct and ``n_wrong`` incorrect predictions."""
-    ok = np.flatnonzero(labels == preds)[:n_correct]
-    bad = np.flatnonzero(labels != preds)[:n_wrong]
+def pick_examples(labels: np.ndarray, preds: np.ndarray, n_correct: int = 3, n_wrong: int = 3,
+                  correct: np.ndarray | None = None) -> list[int]:
+    """Indices of the first ``n_correct`` correct and ``n_wrong`` incorrect predictions
+    (``correct`` overrides ``labels == preds``, e.g. for a model with its own label space)."""
+    hit = (labels == preds) if correct is None else np.asarray(correct, dtype=bool)
+    ok = np.flatnonzero(hit)[:n_correct]
+    bad = np.flatnonzero(~hit)[:n_wrong]
     return [int(i) for i in np.concatenate([ok, bad])]
 
 
@@ -302,17 +305,20 @@ def heatmap_grid(
     if not all(k in example for k in ("images", "labels", "preds")):
         return None, []
     labels, preds = np.asarray(example["labels"]), np.asarray(example["preds"])
-    rows = pick_examples(labels, preds, n_correct, n_wrong)
+    hit = np.asarray(example["correct"], dtype=bool) if "correct" in example else labels == preds
+    rows = pick_examples(labels, preds, n_correct, n_wrong, correct=hit)
     cols = [e for e in explainers if f"attr__{e}" in example]
     if not rows or not cols:
         return None, []
     images = example["images"]
     masks = example.get("masks")
     names = [str(c) for c in example.get("class_names", [])]
+    # a model with its own classes (a pretrained ImageNet model) names its predictions itself
+    pred_names = [str(c) for c in example["pred_class_names"]] if "pred_class_names" in example else names
     ids = example.get("sample_ids", np.arange(len(labels)))
     explains = explains or {}
 
-    def cname(k: int) -> str:
+    def cname(k: int, names: list[str] = names) -> str:
         return names[k] if 0 <= k < len(names) else str(k)
 
     h, w = _rgb(images[rows[0]]).shape[:2]
@@ -347,10 +353,10 @@ def heatmap_grid(
                 tile[outline] = (0.07, 0.07, 0.07)
             x = left + c * (tw + gap)
             canvas[y:y + th, x:x + tw] = tile
-        correct = bool(labels[i] == preds[i])
+        correct = bool(hit[i])
         sid = ids[i]
         info.append({"sample_id": sid.item() if hasattr(sid, "item") else sid,
-                     "label": cname(int(labels[i])), "pred": cname(int(preds[i])),
+                     "label": cname(int(labels[i])), "pred": cname(int(preds[i]), pred_names),
                      "correct": correct})
     # colour bar in the right margin
     cb_h = min(len(rows) * th, 240)

@@ -1,0 +1,173 @@
+"""Pascal VOC 2012 segmentation images with object masks, for localisation studies.
+
+``voc2012_seg`` reads ``<data_dir>/voc2012_seg/<subset>.parquet`` (columns ``image``,
+``mask``, ``file_name``, ``classes``; see ``shared/datasets/README.md``): each image with
+its class-index mask (0 background, 1..20 the VOC classes, 255 void). There is no Hub
+copy in this format, so a data folder is required.
+
+**What a sample is.** The image, resized to ``size`` x ``size`` (bilinear, the aspect ratio
+is *not* kept: squashing keeps the whole object in view, a centre crop would cut it), and
+a boolean mask of the pixels of ``target_class`` (mask resized with nearest neighbour).
+Pixels of other classes count as background. The label of every image is
+``target_class``'s VOC index; class names are the 21 VOC names (0 = background).
+
+**Void pixels (255).** VOC marks object borders (a band about 5 px wide) and ambiguous
+regions as void. They are never part of the object mask. The metrics see only the mask,
+so ``fg_bg_attribution`` counts void pixels as background; the non-void region is kept
+in ``task.meta["valid_masks"]`` (bool, like the test masks) and its share in
+``task.meta["void_fraction"]``, and :func:`fg_bg_valid` recomputes the object/background
+means with void excluded (``docs/studies.md`` reports both readings for the VOC study).
+
+**Label spaces.** ``task.meta["label_maps"]["imagenet"]`` maps VOC classes with clear
+ImageNet counterparts to those ImageNet classes (aeroplane -> airliner, warplane, wing),
+so a pretrained ImageNet model's accuracy is defined: a prediction is correct when it is
+one of the label's ImageNet classes. Explain the model's predicted class
+(``evaluation.target: prediction``): the VOC label is not an ImageNet output.
+
+There is no training split: the shared file is one fixed subset, meant for pretrained
+models (``train`` is empty, and a model that needs training fails with a clear error).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..registry import DATASETS
+from .base import ImageSplit, Task, channel_stats
+
+NAME = "voc2012_seg"
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+VOID = 255
+
+#: VOC class -> ImageNet-1k indices (names in models/imagenet_classes.txt); classes without a
+#: clear counterpart (person, chair, pottedplant, ...) are left out: accuracy is undefined there.
+IMAGENET_CLASSES_OF = {
+    "aeroplane": [404, 895, 908],  # airliner, warplane, wing
+    "bicycle": [444, 671],  # bicycle-built-for-two, mountain_bike
+    "bird": list(range(7, 25)) + list(range(80, 101)) + list(range(127, 147)),
+    "boat": [472, 484, 510, 554, 576, 625, 628, 724, 780, 814, 871, 914],
+    "bottle": [440, 720, 737, 898, 907],
+    "bus": [654, 779, 874],  # minibus, school_bus, trolleybus
+    "car": [436, 468, 511, 609, 627, 656, 661, 717, 751, 817],
+    "cat": list(range(281, 286)),
+    "dog": list(range(151, 269)),
+    "motorbike": [665, 670],  # moped, motor_scooter
+    "train": [466, 547, 565, 705, 820, 829],
+}
+
+
+def _resize_pair(image, mask, size: int):
+    from PIL import Image
+
+    img = image.convert("RGB").resize((size, size), Image.BILINEAR)
+    if mask.mode not in ("P", "L"):
+        raise ValueError(f"dataset '{NAME}': mask of mode {mask.mode}, expected a palette (P) or L image")
+    m = mask.resize((size, size), Image.NEAREST)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1), np.asarray(m, dtype=np.uint8)
+
+
+@DATASETS.register(
+    NAME,
+    description="Pascal VOC 2012 segmentation subset (local Parquet <data_dir>/voc2012_seg/<subset>.parquet): "
+    "images resized to size x size with the mask of target_class (void 255 never in the mask); test split "
+    "only, for pretrained models; labels map to ImageNet classes for accuracy",
+    modality="image",
+    num_classes=len(VOC_CLASSES),
+    has_masks=True,
+)
+def voc2012_seg(
+    seed: int = 0,
+    data_dir: str | None = None,
+    subset: str = "aeroplane",
+    target_class: str = "aeroplane",
+    size: int = 224,
+    n_test: int | None = None,
+) -> Task:
+    """Images of ``subset`` that contain ``target_class``, with that class's object mask.
+
+    ``n_test`` keeps a seeded random subset of the images (all by default).
+    """
+    if target_class not in VOC_CLASSES[1:]:
+        raise ValueError(f"target_class='{target_class}' is not a VOC class; valid: {', '.join(VOC_CLASSES[1:])}")
+    if not isinstance(size, int) or size < 16:
+        raise ValueError(f"size={size!r} is not valid; give an int >= 16 (224 for ImageNet models)")
+    if n_test is not None and n_test < 1:
+        raise ValueError(f"n_test={n_test} must be >= 1 (or null for all images)")
+    from .images import decoded_images, load_hf_splits, resolve_data_dir
+
+    ds = load_hf_splits(NAME, "", (subset,), data_dir)[subset]
+    missing = {"image", "mask"} - set(ds.column_names)
+    if missing:
+        raise ValueError(f"dataset '{NAME}' file '{subset}.parquet' lacks column(s) {sorted(missing)}; "
+                         f"has {ds.column_names}")
+    cls = VOC_CLASSES.index(target_class)
+    if "classes" in ds.column_names:
+        rows = np.array([i for i, c in enumerate(ds["classes"]) if cls in c], dtype=np.int64)
+    else:
+        rows = np.arange(len(ds))
+    if n_test is not None and n_test < len(rows):
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(rows, size=n_test, replace=False))
+    d = ds.select(rows)
+    images, masks, valid = [], [], []
+    for img, mask in zip(decoded_images(d, "image"), decoded_images(d, "mask"), strict=True):
+        a, m = _resize_pair(img, mask, size)
+        images.append(a)
+        masks.append(m == cls)
+        valid.append(m != VOID)
+    keep = np.array([m.any() for m in masks], dtype=bool)  # the class may vanish when shrunk a lot
+    if not keep.any():
+        raise ValueError(f"dataset '{NAME}': no image of '{subset}' contains '{target_class}' "
+                         f"(at size {size})")
+    images_t = torch.from_numpy(np.stack(images)[keep])
+    masks_t = torch.from_numpy(np.stack(masks)[keep])
+    valid_t = torch.from_numpy(np.stack(valid)[keep])
+    ids = torch.from_numpy(rows[keep])
+    labels = torch.full((len(ids),), cls, dtype=torch.long)
+    test = ImageSplit(images_t, labels, masks_t, ids)
+    train = ImageSplit(torch.empty((0, 3, size, size), dtype=torch.uint8), torch.empty(0, dtype=torch.long),
+                       torch.empty((0, size, size), dtype=torch.bool))
+    mean, std = channel_stats(images_t)
+    file_names = list(d["file_name"]) if "file_name" in d.column_names else [str(i) for i in rows]
+    label_maps = {"imagenet": {VOC_CLASSES.index(k): v for k, v in IMAGENET_CLASSES_OF.items()}}
+    return Task(
+        name=NAME,
+        train=train,
+        test=test,
+        class_names=list(VOC_CLASSES),
+        mean=mean,
+        std=std,
+        meta={
+            "source": str(resolve_data_dir(data_dir)), "subset": subset, "target_class": target_class,
+            "file_names": [f for f, k in zip(file_names, keep, strict=True) if k],
+            "valid_masks": valid_t, "void_fraction": float(1 - valid_t.float().mean()),
+            "label_maps": label_maps, "no_train_split": True,
+        },
+    )
+
+
+def fg_bg_valid(attributions: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | None = None,
+                normalise: str = "max_abs") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample mean attribution inside and outside ``masks`` over the ``valid`` pixels only.
+
+    The same quantity as the ``fg_bg_attribution`` metric (maps first divided by their
+    largest magnitude with ``max_abs``, or used as they are with ``none``) except that
+    pixels outside ``valid`` (VOC void) count as neither object nor background.
+    """
+    if normalise not in ("max_abs", "none"):
+        raise ValueError(f"normalise='{normalise}' is not valid; choose max_abs or none")
+    a = attributions.flatten(1).double()
+    if normalise == "max_abs":
+        s = a.abs().amax(1, keepdim=True)
+        a = a / torch.where(s == 0, torch.ones_like(s), s)
+    m = masks.flatten(1).bool()
+    v = torch.ones_like(m) if valid is None else valid.flatten(1).bool()
+    fg, bg = m & v, ~m & v
+    fg_mean = (a * fg).sum(1) / fg.sum(1).clamp_min(1)
+    bg_mean = (a * bg).sum(1) / bg.sum(1).clamp_min(1)
+    nan = torch.tensor(float("nan"), dtype=a.dtype)
+    return (torch.where(fg.sum(1) > 0, fg_mean, nan).float(), torch.where(bg.sum(1) > 0, bg_mean, nan).float())
