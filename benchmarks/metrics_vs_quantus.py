@@ -9,7 +9,8 @@ For every metric Quantus also has, it times
   (``batch_size`` = all images, Quantus' fastest setting),
 * ``floor_s``    - the bare batched forward passes (or explain calls for
   re-explanation metrics) the metric needs, on pre-built inputs, at the best
-  batch size of a short probe; ``null`` for metrics without model calls.
+  batch size of a short probe or at xaiarena's own batch size, whichever is
+  faster; ``null`` for metrics without model calls.
 
 Metrics Quantus lacks (or whose Quantus version crashes: IROF) are timed
 against their floor only. Each measurement is repeated ``--repeats`` times,
@@ -138,7 +139,16 @@ def run_batched(fn: Callable[[torch.Tensor], object], n_images: int, bs: int, sh
 
 
 class Floors:
-    def __init__(self, model, shape):
+    """Bare batched forward passes / explain calls on pre-built inputs.
+
+    Each floor is timed at the probe's best batch size and at the batch size
+    xaiarena itself uses, keeping the faster: the floor is never handicapped by
+    a batch size the metric does not face.
+    """
+
+    def __init__(self, model, shape, n_images: int):
+        from xaiarena.metrics.core import chunk_size
+
         self.model, self.shape = model, shape
         self.targets = {}
 
@@ -151,15 +161,16 @@ class Floors:
             return saliency(model)(x, t)
 
         self.forward, self.explain = forward, explain
-        self.bs_forward = best_batch_size(forward, shape)
-        self.bs_explain = best_batch_size(explain, shape)
+        ours = chunk_size(torch.empty(1, *shape), None)
+        self.bs_forward = sorted({best_batch_size(forward, shape), ours})
+        self.bs_explain = sorted({best_batch_size(explain, shape), max(1, ours // n_images) * n_images})
 
     def __call__(self, forwards: int = 0, explains: int = 0) -> float:
         s = 0.0
         if forwards:
-            s += run_batched(self.forward, forwards, self.bs_forward, self.shape)
+            s += min(run_batched(self.forward, forwards, bs, self.shape) for bs in self.bs_forward)
         if explains:
-            s += run_batched(self.explain, explains, self.bs_explain, self.shape)
+            s += min(run_batched(self.explain, explains, bs, self.shape) for bs in self.bs_explain)
         return s
 
 
@@ -225,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     a = explain(x, y)
     batch = EvalBatch(model, x, y, y, masks)
     x_np, y_np, s_np = x.numpy(), y.numpy(), masks.numpy()[:, None]
-    floors = Floors(model, tuple(x.shape[1:]))
+    floors = Floors(model, tuple(x.shape[1:]), n)
 
     def q_explain(model, inputs, targets, **kwargs):
         return explain(torch.as_tensor(inputs), torch.as_tensor(targets).long()).numpy()[:, None]
