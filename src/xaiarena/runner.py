@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from .config import ComponentSpec, DataConfig, ExperimentConfig, load_config, stable_hash
+from .modalities import check_modalities, modality_for
 from .registry import EXPLAINERS, METRICS, MODELS
 from .utils import (
     atomic_save_torch,
@@ -68,14 +69,12 @@ class StageLog:
 
 def _select_eval(task, model, cfg: ExperimentConfig, device: torch.device) -> torch.Tensor:
     """Indices into the test split: held-out samples chosen by seed (optionally correct only)."""
-    from .models.training import predict
-
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     order = torch.randperm(len(task.test), generator=gen)
     if cfg.evaluation.only_correct:
         from .models.training import correct_predictions
 
-        preds = predict(model, task.test.images[order], device)
+        preds = modality_for(task).predict(model, task.test, order, device)
         ok = correct_predictions(model, preds, task.test.labels[order], task)
         if ok is None:
             raise ValueError(
@@ -88,10 +87,8 @@ def _select_eval(task, model, cfg: ExperimentConfig, device: torch.device) -> to
 
 
 def _targets(task, model, idx: torch.Tensor, cfg: ExperimentConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
-    from .models.training import predict
-
     labels = task.test.labels[idx]
-    preds = predict(model, task.test.images[idx], device)
+    preds = modality_for(task).predict(model, task.test, idx, device)
     return (labels if cfg.evaluation.target == "label" else preds), preds
 
 
@@ -117,6 +114,7 @@ class Runner:
     # ------------------------------------------------------------------ stages
     def run(self) -> Path:
         cfg = self.cfg
+        check_modalities(cfg)  # a text dataset with an image-only explainer etc. fails before any work
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
         seed_everything(cfg.seed)
@@ -163,14 +161,15 @@ class Runner:
         idx = _select_eval(task, model, cfg, self.device)
         targets, preds = _targets(task, model, idx, cfg, self.device)
         sample_ids = task.test.ids[idx]
-        inputs = task.test.float_images(idx)
-        masks = task.test.masks[idx] if task.test.masks is not None else None
+        mod = modality_for(task)  # image tensors, or a TextBatch of tokenised texts (see modalities.py)
+        inputs = mod.eval_inputs(task, idx, model)
+        masks = mod.eval_masks(task, idx, inputs)
         ids_hash = stable_hash(sample_ids.tolist())
         info = {
             "model": cfg.model.name, "model_hash": model_hash, "num_classes": task.num_classes,
             "input_shape": list(task.input_shape), "n_train": len(task.train), "n_test": len(task.test),
             "n_eval": len(idx), "test_accuracy": tr.test_accuracy, "train_history": tr.history,
-            "train_seconds": tr.seconds, "explainers": {},
+            "train_seconds": tr.seconds, "explainers": {}, **mod.describe(task, inputs, model),
         }
         if getattr(model, "pretrained", False):  # no training: say so, and which classes it predicts
             describe = getattr(model, "describe", None)
@@ -196,7 +195,7 @@ class Runner:
                     report = getattr(explainer, "report", None)
                     report = report() if callable(report) else report
                     if report:
-                        info.setdefault("diet" if spec.name == "diet" else spec.key, report)
+                        info.setdefault("diet" if spec.name in ("diet", "text_diet") else spec.key, report)
                 fmodel = explainer.explained_model(model)
                 if path.exists():
                     attr = load_torch(path)
@@ -214,7 +213,10 @@ class Runner:
                 "explains": getattr(explainer, "explains", "f_b"), "family": getattr(explainer, "family", ""),
                 "name": spec.name, "params": spec.params,
             }
-        self._write_examples(name, task, idx, preds, attributions, model)
+        if mod.name == "image":
+            self._write_examples(name, task, idx, preds, attributions, model)
+        else:
+            mod.write_examples(self, name, task, idx, preds, attributions, inputs)
 
         # ---- metrics
         labels = task.test.labels[idx]
@@ -272,10 +274,12 @@ class Runner:
                          attributions, explained, explain_fns) -> tuple[pd.DataFrame, pd.DataFrame]:
         from .metrics import EvalBatch
 
-        # explainers grouped by the model their maps explain (f_b, or DiET's f_s)
+        # explainers grouped by the model their maps explain (f_b, or DiET's f_s); a metric that does
+        # not call the model (agreement, complexity, localisation) sees all of them at once
         groups: dict[int, list[str]] = {}
+        model_free = "model" not in getattr(metric, "requires", ("model",))
         for key, m in explained.items():
-            groups.setdefault(id(m), []).append(key)
+            groups.setdefault(0 if model_free else id(m), []).append(key)
         bs = self.cfg.evaluation.batch_size
         scores: dict[str, dict[str, list[torch.Tensor]]] = {}
         curves: dict[str, dict[str, list[torch.Tensor]]] = {}

@@ -1,6 +1,6 @@
 """Explainers. Importing this package registers every built-in explainer."""
 
-from . import baselines, cam, gradients, perturbation  # noqa: F401  (registration)
+from . import baselines, cam, gradients, perturbation, text  # noqa: F401  (registration)
 from .base import REDUCTIONS, Explainer, reduce_channels
 from .runner_utils import explain_in_batches
 

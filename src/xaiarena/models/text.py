@@ -128,6 +128,10 @@ class TextClassifier(nn.Module):
         out = self.net(inputs_embeds=emb, attention_mask=att, output_attentions=output_attentions)
         return out if output_attentions else out.logits
 
+    def forward_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits for given word-piece embeddings ``(N, T, D)`` (what gradient explainers differentiate)."""
+        return self.net(inputs_embeds=embeds, attention_mask=attention_mask).logits
+
     # ---------------------------------------------------------------- prediction
     @torch.no_grad()
     def predict_texts(self, texts: list[str], device: torch.device | str, batch_size: int = 64,

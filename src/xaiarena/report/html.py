@@ -30,6 +30,7 @@ from .tables import (
     order_metrics,
     results_table,
 )
+from .text import text_rows
 
 DEFAULT_ALPHA = 0.05
 DEFAULT_TEST = "t"
@@ -114,6 +115,9 @@ def _setup_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
     add("Test accuracy (f_b)", fmt_percent(acc) if acc is not None else None)
     secs = _num(info.get("train_seconds"))
     add("Training time", fmt_seconds(secs) if secs is not None else None)
+    for key, label in (("max_length", "Max tokens"), ("mean_words", "Words per text (mean)"),
+                       ("truncated", "Explained texts truncated")):
+        add(label, info.get(key))  # text runs only
     return rows
 
 
@@ -218,6 +222,8 @@ def _dataset_section(
             "maximum absolute value (red positive, blue negative)."
             + (" Contours: ground-truth masks." if has_masks else ""),
         )
+    text_examples = (text_rows(data.text_examples[dataset], explainers)
+                     if dataset in data.text_examples else [])
     figures["history"] = figs.add(
         f"{prefix}_training.png", plots.training_history(info.get("train_history") or []),
         "Training history of f_b", "Per-epoch values saved by the run (run.json train_history).",
@@ -238,6 +244,7 @@ def _dataset_section(
         "table": table,
         "figures": figures,
         "examples": example_rows,
+        "text_examples": text_examples,
         "reading": reading,
         "headline": headline,
         "has_per_sample": bool(n_sample_rows),

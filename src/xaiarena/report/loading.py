@@ -4,7 +4,8 @@ Required: ``run.json`` and either ``results/summary.csv`` or
 ``results/per_sample.parquet``. Everything else is optional and its absence is
 noted in the report: ``config.yaml``, ``results/tests.csv`` (recomputed from
 ``per_sample.parquet`` by :func:`xaiarena.stats.paired_tests` when missing),
-``results/curves.parquet`` and ``results/examples/<dataset>.npz``.
+``results/curves.parquet`` and ``results/examples/<dataset>.npz`` (images) or
+``results/examples/<dataset>.json`` (texts: words and every explainer's word scores).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class RunData:
     metrics_meta: dict[str, dict[str, Any]]
     datasets: list[str]
     notes: list[str] = field(default_factory=list)
+    text_examples: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def dataset_info(self, dataset: str) -> dict[str, Any]:
         return dict((self.run.get("datasets") or {}).get(dataset) or {})
@@ -168,10 +170,15 @@ def load_run(run_dir: str | Path) -> RunData:
             with np.load(path, allow_pickle=False) as npz:
                 examples[d] = {k: npz[k] for k in npz.files}
 
+    from .text import load_text_examples
+
+    text_examples = {d: doc for d in datasets
+                     if (doc := load_text_examples(res / "examples" / f"{d}.json")) is not None}
+
     config_path = run_dir / "config.yaml"
     config_text = config_path.read_text() if config_path.exists() else None
     return RunData(
         run_dir=run_dir, run=run, config_text=config_text, summary=summary, tests=tests,
         per_sample=per_sample, curves=curves, examples=examples, metrics_meta=meta,
-        datasets=datasets, notes=notes,
+        datasets=datasets, notes=notes, text_examples=text_examples,
     )
