@@ -111,14 +111,25 @@ class TrainingConfig(_Strict):
 class EvaluationConfig(_Strict):
     n_samples: int = Field(256, ge=1)
     only_correct: bool = False
-    batch_size: int = Field(64, ge=1)
+    # "auto": sized from free GPU memory on CUDA (runner.auto_batch_size), 64 on CPU
+    batch_size: int | Literal["auto"] = 64
     target: Literal["label", "prediction"] = "label"
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{value!r} is not a batch size; valid: an integer >= 1, or 'auto'")
+        return value
 
 
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     seed: int = 0
     device: str = "auto"
+    amp: bool = False  # bfloat16 autocast for forward passes on CUDA (training, explaining, metrics); no-op on CPU
     output: str | None = None
     data: list[DataConfig]
     model: ComponentSpec

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,10 @@ class Runner:
         self.run_dir = Path(out or cfg.output or Path("runs") / cfg.name)
         self.cache = self.run_dir / "cache"
         self.device = resolve_device(cfg.device)
+        self.amp = bool(cfg.amp) and self.device.type == "cuda"  # mixed precision only on CUDA
+        if cfg.amp and not self.amp:
+            log.info("amp: true is ignored on %s (mixed precision is used on CUDA only)", self.device)
+        self.batch_size = cfg.evaluation.batch_size if isinstance(cfg.evaluation.batch_size, int) else 64
         self.show_progress = show_progress
         self.log = StageLog()
         self.datasets_info: dict[str, Any] = {}
@@ -145,13 +149,15 @@ class Runner:
         data_hash = stable_hash({"data": dcfg.hash_dict(), "seed": cfg.seed})
         pretrained = bool(MODELS.entry(cfg.model.name).meta.get("pretrained"))  # never trained
         model_hash = stable_hash({"data": data_hash, "model": cfg.model.hash_dict(),
-                                  "training": None if pretrained else cfg.training.model_dump(), "seed": cfg.seed})
+                                  "training": None if pretrained else cfg.training.model_dump(), "seed": cfg.seed,
+                                  **({"amp": True} if self.amp else {})})
         with self.log.stage(f"{name}/train") as info:
             if cfg.training.num_threads:
                 torch.set_num_threads(cfg.training.num_threads)
             model = build_model(cfg.model.name, task, seed=cfg.seed, **cfg.model.params)
-            tr = train_model(model, task, cfg.training, seed=cfg.seed, device=self.device,
-                             checkpoint_dir=self.cache / "models" / model_hash, show_progress=self.show_progress)
+            with self._autocast():
+                tr = train_model(model, task, cfg.training, seed=cfg.seed, device=self.device,
+                                 checkpoint_dir=self.cache / "models" / model_hash, show_progress=self.show_progress)
             info.update(cache_hit=tr.cache_hit, model_hash=model_hash, test_accuracy=tr.test_accuracy)
         _say(f"[xaiarena] {name}: {cfg.model.name} test accuracy {tr.test_accuracy:.3f}")
         model.eval()
@@ -175,6 +181,9 @@ class Runner:
             describe = getattr(model, "describe", None)
             info["pretrained"] = describe() if callable(describe) else True
             info["target"] = cfg.evaluation.target
+        if cfg.evaluation.batch_size == "auto":
+            self.batch_size = auto_batch_size(model, inputs, self.device)
+        info["evaluation_batch_size"] = self.batch_size
         self.datasets_info[name] = info
 
         # ---- attributions
@@ -252,14 +261,20 @@ class Runner:
         return ps, cv
 
     # ------------------------------------------------------------------ helpers
+    def _autocast(self):
+        """bfloat16 autocast on CUDA when ``amp: true``; a no-op context otherwise (CPU unchanged)."""
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp) if self.amp else nullcontext()
+
     def _explain(self, explainer, model, inputs, targets, key: str) -> torch.Tensor:
-        bs = self.cfg.evaluation.batch_size
+        bs = self.batch_size
         gen = torch.Generator().manual_seed(self.cfg.seed)
         out = []
         for i in progress(range(0, len(inputs), bs), desc=f"explain {key}", disable=not self.show_progress):
             xb = inputs[i:i + bs].to(self.device)
             tb = targets[i:i + bs].to(self.device)
-            out.append(explainer.explain(model, xb, tb, generator=gen).cpu())
+            with self._autocast():
+                a = explainer.explain(model, xb, tb, generator=gen)
+            out.append((a.float() if self.amp else a).cpu())
         return torch.cat(out) if out else torch.empty(0, *inputs.shape[2:])
 
     def _explain_fn(self, explainer, model) -> Callable:
@@ -280,7 +295,7 @@ class Runner:
         model_free = "model" not in getattr(metric, "requires", ("model",))
         for key, m in explained.items():
             groups.setdefault(0 if model_free else id(m), []).append(key)
-        bs = self.cfg.evaluation.batch_size
+        bs = self.batch_size
         scores: dict[str, dict[str, list[torch.Tensor]]] = {}
         curves: dict[str, dict[str, list[torch.Tensor]]] = {}
         curve_x: dict[str, torch.Tensor] = {}
@@ -296,10 +311,11 @@ class Runner:
                 )
                 # same seed per (metric, batch) for every group: common random numbers
                 gen = torch.Generator(device=self.device).manual_seed(stable_seed(self.cfg.seed, mi, bi))
-                out = metric.evaluate(
-                    batch, {k: attributions[k][sl].to(self.device) for k in keys}, generator=gen,
-                    explainers={k: explain_fns[k] for k in keys},
-                )
+                with self._autocast():
+                    out = metric.evaluate(
+                        batch, {k: attributions[k][sl].to(self.device) for k in keys}, generator=gen,
+                        explainers={k: explain_fns[k] for k in keys},
+                    )
                 for oname, per_expl in out.scores.items():
                     for k, v in per_expl.items():
                         scores.setdefault(oname, {}).setdefault(k, []).append(v.detach().float().cpu())
@@ -413,6 +429,33 @@ def _json_default(obj: Any) -> Any:
 
 def stable_seed(*parts: int) -> int:
     return int(stable_hash(list(parts), n=8), 16)
+
+
+def auto_batch_size(model: torch.nn.Module, inputs: Any, device: torch.device, *, fraction: float = 0.5,
+                    overhead: int = 16, lo: int = 8, hi: int = 1024, default: int = 64) -> int:
+    """Evaluation batch size from free GPU memory (``evaluation.batch_size: auto``).
+
+    On CUDA: one forward and backward pass on 2 evaluation inputs measures the peak memory
+    per sample; the batch is the largest power of two with ``overhead`` x that per sample
+    within ``fraction`` of the free memory (``overhead`` covers explainers' internal
+    batches and metrics' perturbed copies), clamped to [``lo``, ``hi``]. On CPU, or for
+    inputs that are not one image tensor, ``default`` (64, the fixed default).
+    """
+    if device.type != "cuda" or not isinstance(inputs, torch.Tensor) or len(inputs) == 0:
+        return default
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    x = inputs[:2].to(device).requires_grad_(True)
+    with torch.enable_grad():
+        model(x).float().logsumexp(1).sum().backward()
+    torch.cuda.synchronize(device)
+    per_sample = max((torch.cuda.max_memory_allocated(device) - base) / len(x), 1.0)
+    del x
+    free, _ = torch.cuda.mem_get_info(device)
+    fit = int(free * fraction / (per_sample * overhead))
+    size = 2 ** max(0, int(np.floor(np.log2(max(fit, 1)))))
+    return int(min(hi, max(lo, size)))
 
 
 # ---------------------------------------------------------------------- public API
