@@ -180,3 +180,23 @@ def section(per_sample: pd.DataFrame | None, dataset: str, example: dict[str, np
                          "Each map's positive part, scaled to its own maximum (jet), blended over the image; "
                          "white outline: the ground-truth object mask.")
     return {"rows": rows, "overlays": fig}
+
+
+# --------------------------------------------------------------------------- per-image agreement
+
+
+def agreement_per_image(per_sample: pd.DataFrame | None, dataset: str, meta: dict[str, dict[str, Any]],
+                        max_images: int = 60) -> dict[str, Any] | None:
+    """Per-image table of every agreement output (columns: output x pair), for studies on a few
+    images (at most ``max_images``; larger runs keep it in per_sample.parquet only)."""
+    if per_sample is None or not len(per_sample):
+        return None
+    agree = [m for m, e in meta.items() if e.get("category") == "agreement"]
+    df = per_sample[(per_sample["dataset"] == dataset) & per_sample["metric"].isin(agree)]
+    if not len(df) or df["sample_id"].nunique() > max_images:
+        return None
+    wide = df.pivot_table(index="sample_id", columns=["metric", "explainer"], values="value", aggfunc="first")
+    cols = [(m, e) for m in agree for e in dict.fromkeys(df.loc[df["metric"] == m, "explainer"]) if (m, e) in wide]
+    rows = [{"sample_id": int(sid), "cells": [_fmt(wide.loc[sid, c]) for c in cols]} for sid in wide.index]
+    means = [_fmt(wide[c].mean()) for c in cols]
+    return {"columns": [{"metric": m, "pair": e} for m, e in cols], "rows": rows, "means": means}

@@ -230,6 +230,7 @@ def _dataset_section(
     )
     fg_bg = fgbg.section(data.per_sample, dataset, data.examples.get(dataset), explainers, figs.add,
                          prefix, alpha)
+    per_image = fgbg.agreement_per_image(data.per_sample, dataset, meta)
     headline = narrative.dataset_headline(table.ranks, metrics)
     reading = narrative.dataset_reading(dataset, info, data.summary, table.versus_best, metrics,
                                         meta, alpha, test)
@@ -249,6 +250,7 @@ def _dataset_section(
         "headline": headline,
         "has_per_sample": bool(n_sample_rows),
         "fgbg": fg_bg,
+        "per_image": per_image,
     }
 
 
