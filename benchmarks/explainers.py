@@ -4,8 +4,8 @@ Two suites (default: both):
 
 ``floor``   each perturbation explainer (lime, kernel_shap, occlusion, scorecam,
             ablationcam) is timed end to end, then the *floor*: the bare forward
-            passes it needs, replayed with exactly the batch sizes it fed the model
-            (recorded by a forward pre-hook) on ready-made inputs; and, where Captum
+            passes it needs, i.e. the very inputs it fed the model (recorded by a
+            forward pre-hook in an earlier run) replayed, ready-made; and, where Captum
             has the method, Captum with the same perturbations (same segments, sample
             counts, windows, batch sizes). Rounds are interleaved (ours, floor,
             captum, ours, ...) and ratios taken within a round, so load from other
@@ -64,13 +64,18 @@ def setup(n: int, train_epochs: int, seed: int = 0):
 
 
 class BatchRecorder:
-    """Records the batch size of every forward pass of a model (a forward pre-hook)."""
+    """Records the batch size (and optionally a copy) of every forward pass's input (a pre-hook)."""
 
-    def __init__(self, model: torch.nn.Module):
-        self.model, self.sizes = model, []
+    def __init__(self, model: torch.nn.Module, keep: bool = False):
+        self.model, self.keep, self.sizes, self.inputs = model, keep, [], []
+
+    def _hook(self, module, args):
+        self.sizes.append(len(args[0]))
+        if self.keep:
+            self.inputs.append(args[0].detach().clone())
 
     def __enter__(self):
-        self.handle = self.model.register_forward_pre_hook(lambda m, args: self.sizes.append(len(args[0])))
+        self.handle = self.model.register_forward_pre_hook(self._hook)
         return self
 
     def __exit__(self, *exc):
@@ -87,10 +92,8 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
 # --------------------------------------------------------------------------- floor suite
 
 
-def floor_fn(model, images: torch.Tensor, sizes: list[int]) -> Callable[[], None]:
-    """Forward passes with the given batch sizes on ready inputs (rows cycled from ``images``)."""
-    big = images.repeat((max(sizes) + len(images) - 1) // len(images), 1, 1, 1)[: max(sizes)].contiguous()
-    batches = [big[:s] for s in sizes]
+def floor_fn(model, batches: list[torch.Tensor]) -> Callable[[], None]:
+    """The bare forward passes: the recorded inputs, ready-made, one forward pass each."""
 
     @torch.no_grad()
     def run():
@@ -161,9 +164,9 @@ def run_floor_suite(names, model, x, t, rounds: int, generator_seed: int = 0) ->
             return ex.explain(model, x, t, generator=torch.Generator().manual_seed(generator_seed))
 
         ours()  # warm-up (also SLIC import, MKLDNN primitive caches)
-        with BatchRecorder(model) as rec:
+        with BatchRecorder(model, keep=True) as rec:
             ours()
-        floor = floor_fn(model, x, rec.sizes)
+        floor = floor_fn(model, rec.inputs)
         captum = captum_fn(name, ex, model, x, t)
         if captum is not None:
             captum()

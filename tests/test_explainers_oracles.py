@@ -209,6 +209,22 @@ def test_cam_layer_with_non_spatial_output_is_refused():
         EXPLAINERS.create("gradcam", layer="net.classifier.0").explain(tiny_lenet(), images(1), torch.tensor([0]))
 
 
+def _vgg_like(inplace: bool) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace), nn.Conv2d(4, 6, 3, padding=1),
+                         nn.ReLU(inplace), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 5)).eval()
+
+
+@pytest.mark.parametrize("name", ["gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam", "scorecam",
+                                  "ablationcam"])
+def test_cam_layer_followed_by_inplace_relu(name):
+    """VGG-style Conv2d -> ReLU(inplace=True): the CAM must see the conv's output, not the ReLU's."""
+    x, t = images(2, 16), torch.tensor([1, 3])
+    plain = EXPLAINERS.create(name).explain(_vgg_like(False), x, t)
+    assert plain.abs().max() > 0
+    torch.testing.assert_close(EXPLAINERS.create(name).explain(_vgg_like(True), x, t), plain, rtol=1e-5, atol=1e-7)
+
+
 def test_cam_works_with_frozen_parameters():
     model = tiny_lenet()
     for p in model.parameters():

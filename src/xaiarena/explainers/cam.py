@@ -73,6 +73,7 @@ class _LayerRecorder:
         self.output: torch.Tensor | None = None
         self.calls = 0
         self.edit = None  # callable(out) -> out, or None
+        self.capture = True  # keep the output; downstream gets a clone (in-place ops cannot touch ours)
 
     def __call__(self, module: nn.Module, args: object, out: object) -> torch.Tensor | None:
         self.calls += 1
@@ -90,6 +91,8 @@ class _LayerRecorder:
         self.output = out
         if self.edit is not None:
             return self.edit(out)
+        if self.capture:
+            return out.clone()
         return None
 
     def reset(self, *args: object) -> None:
@@ -136,6 +139,7 @@ class BaseCAM(Explainer):
                     scores = target_scores(model(inputs), targets)
                 acts, grads = rec.output, None
                 assert acts is not None
+            rec.capture = False
             ctx = CAMContext(model, inputs, targets, layer, name, acts, grads, scores, rec)
             w = self.weights(ctx)
         return torch.relu((w * acts).sum(1))
