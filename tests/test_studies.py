@@ -1,0 +1,133 @@
+"""Ready studies under configs/studies/: valid configs, documented, and their quick size runs offline.
+
+Each study's YAML header lists its quick size as ``# quick: key.path=value`` lines (one
+``--set`` each). The quick size runs on the shared local Parquet files within minutes on
+2 CPU cores; where a study's dataset is not in the shared folder, the quick lines swap
+it explicitly, and the run must then name the dataset actually used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from xaiarena.config import load_config
+from xaiarena.registry import EXPLAINERS
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = sorted((ROOT / "configs" / "studies").glob("*.yaml"))
+SHARED = Path(os.environ.get("XAIARENA_DATA_DIR", ROOT.parent / "shared" / "datasets"))
+EXPECTED = {"diet_vs_gradcam_images", "fashion_mnist_captum_quantus", "lime_vs_gradcam_agreement", "voc_foreground"}
+
+
+def quick_overrides(path: Path) -> list[str]:
+    """The ``# quick: key=value`` lines of a study's header, in order."""
+    return [line.split("quick:", 1)[1].strip() for line in path.read_text().splitlines()
+            if line.startswith("# quick:")]
+
+
+def _id(p: Path) -> str:
+    return p.stem
+
+
+def test_every_study_is_there():
+    assert {p.stem for p in STUDIES} >= EXPECTED
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=_id)
+def test_study_config_is_valid_full_and_quick(path):
+    full = load_config(path)
+    assert full.name == path.stem
+    quick = quick_overrides(path)
+    assert quick, f"{path.name} has no '# quick:' lines"
+    cfg = load_config(path, quick)
+    assert cfg.evaluation.n_samples <= 64  # the quick size is small
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=_id)
+def test_study_is_documented(path):
+    readme = (ROOT / "README.md").read_text()
+    docs = (ROOT / "docs" / "studies.md").read_text()
+    assert path.name in readme and path.name in docs
+    assert "Question:" in path.read_text()  # each header says what question it answers
+
+
+def _quick_data_names(path: Path) -> list[str]:
+    cfg = load_config(path, quick_overrides(path))
+    return [d.key for d in cfg.data]
+
+
+def test_quick_sizes_only_use_shared_datasets():
+    """A dataset the shared folder lacks must have been swapped by the quick lines."""
+    if not SHARED.exists():
+        pytest.skip("shared datasets folder not found")
+    for path in STUDIES:
+        for d in load_config(path, quick_overrides(path)).data:
+            assert (SHARED / d.name).is_dir(), f"{path.name}: quick size uses '{d.name}', not in {SHARED}"
+
+
+# --------------------------------------------------------------------------- integration
+
+
+def _check_voc(run_dir: Path) -> None:
+    fg = pd.read_csv(run_dir / "results" / "fg_bg_tests.csv")
+    g = fg[fg["explainer"] == "gradcam"].set_index("test")
+    assert set(g.index) == {"t", "wilcoxon"} and (g["n"] == 43).all()
+    # measured: t = 12.97, p = 2.8e-16; Wilcoxon W = 14, p = 2.5e-11; d_z = 1.98
+    assert g.loc["t", "statistic"] > 5 and g.loc["t", "p_value"] < 1e-6 and g.loc["wilcoxon", "p_value"] < 1e-6
+    assert g.loc["t", "effect_size"] > 1.0
+    r = fg[(fg["explainer"] == "random") & (fg["test"] == "t")].iloc[0]
+    assert abs(r["effect_size"]) < 0.5  # the calibration baseline shows no object preference
+    html = (run_dir / "report.html").read_text()
+    assert "Object vs background" in html and "d_z" in html and "Wilcoxon" in html
+    assert (run_dir / "figures" / "d1_voc2012_seg_overlays.png").exists()
+    info = json.loads((run_dir / "run.json").read_text())["datasets"]["voc2012_seg"]
+    assert info["pretrained"]["pretrained"] is True and info["train_history"] == []
+
+
+def _check_agreement(run_dir: Path) -> None:
+    ps = pd.read_parquet(run_dir / "results" / "per_sample.parquet")
+    pairs = set(ps.loc[ps["metric"] == "iou_top20pct", "explainer"])
+    assert {"lime~gradcam", "lime~ablationcam", "lime~scorecam", "gradcam~scorecam"} <= pairs
+    assert set(ps.loc[ps["metric"] == "iou_top20pct_abs", "explainer"]) == {
+        "lime~gradcam", "lime~ablationcam", "lime~scorecam"}
+    assert ps["value"].between(-1, 1).all()
+
+
+CHECKS = {"voc_foreground": _check_voc, "lime_vs_gradcam_agreement": _check_agreement}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("path", STUDIES, ids=_id)
+def test_quick_study_runs_offline(path, tmp_path, monkeypatch):
+    if not SHARED.exists():
+        pytest.skip("shared datasets folder not found")
+    pytest.importorskip("efficientnet_lite_pytorch")
+    raw = load_config(path)
+    missing = [e.name for e in raw.explainers if e.name not in EXPLAINERS]
+    if missing:
+        pytest.skip(f"explainer(s) {missing} not registered")
+    from xaiarena.runner import run
+
+    monkeypatch.setenv("XAIARENA_DATA_DIR", str(SHARED))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    res = run(path, out=tmp_path / "run", overrides=quick_overrides(path), show_progress=False)
+    seconds = time.perf_counter() - start
+    print(f"\n{path.stem} quick size: {seconds:.1f} s")
+    names = _quick_data_names(path)
+    assert list(res.info["datasets"]) == names  # the datasets actually used, by their own names
+    assert set(res.summary["dataset"]) == set(names)
+    html = res.report_path.read_text()
+    for n in names:
+        assert n in html
+    assert len(res.summary) and res.summary["n"].min() >= 1
+    if path.stem in CHECKS:
+        CHECKS[path.stem](res.run_dir)
+    assert seconds < 600
