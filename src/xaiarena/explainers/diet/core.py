@@ -1,0 +1,650 @@
+"""DiET's algorithm, independent of the input modality.
+
+Distractor Erasure Tuning (Bhalla, Srinivas & Lakkaraju, NeurIPS 2023) learns,
+for a trained model ``f_b``, a model ``f_s`` (initialised as a copy of ``f_b``)
+together with one mask per training sample such that
+
+* ``f_s`` agrees with ``f_b`` on clean inputs, and
+* ``f_s`` gives the same output on an input and on its masked version, where the
+  masked-out features are replaced by random "background" values,
+
+while the masks are as sparse as possible. Mask and model are optimised in
+alternating phases, with the masks pushed towards {0, 1} by a rounding schedule::
+
+    for k in 0 .. R-1:
+        mask phase   SGD on the masks, f_s fixed:
+                     w_k * ||m||_1 / |m| + ||p_b(x) - p_s(x)||_1 + ||p_s(x) - p_s(x_m)||_1
+        rounding     m <- round(m + o_k)
+        model phase  Adam on f_s, masks fixed: ||p_b(x) - p_s(x)||_1 + ||p_s(x) - p_s(x_m)||_1
+
+with ``w_k = 1 - 0.9 k / R`` and ``o_k = 0.4 - 0.4 k / R`` (``p`` = softmax). Each
+phase runs whole epochs until the epoch loss changes by less than a relative
+tolerance against the loss two epochs earlier, or an epoch cap is reached.
+For evaluation samples the masks are optimised at test time against the frozen
+``f_s`` only (sparsity + ``||p_s(x) - p_s(x_m)||_1``), see :func:`optimise_test_masks`.
+
+Everything that depends on the modality lives in a :class:`Masker`: the shape of
+the (low resolution) masks, how they are expanded to the input's resolution, how
+a masked input is built and what the background is. The image version is
+:class:`xaiarena.explainers.diet.image.ImageMasker`; a text version supplies a
+masker over token positions.
+
+:class:`DietTrainer` checkpoints atomically after every phase (in ``cache_dir``)
+and resumes from the last finished phase; resumed and uninterrupted runs give
+the same result on the same machine and thread count.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...utils import atomic_save_torch, atomic_write_text, load_torch, progress
+
+#: ``get_batch(index) -> inputs`` on the training device, for a 1-D LongTensor of sample indices
+BatchFn = Callable[[torch.Tensor], torch.Tensor]
+
+STATE_FILE = "state.pt"
+HISTORY_FILE = "history.json"
+META_FILE = "meta.json"
+F_S_FILE = "f_s.pt"
+MASKS_FILE = "train_masks.pt"
+FORMAT_VERSION = 1
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def sparsity_weight(k: int, rounds: int) -> float:
+    """Weight of the sparsity term in round ``k`` of ``rounds``: ``1 - 0.9 k / R``."""
+    _check_round(k, rounds)
+    return 1.0 - 0.9 * k / rounds
+
+
+def rounding_offset(k: int, rounds: int) -> float:
+    """Offset added before rounding the masks after round ``k``: ``0.4 - 0.4 k / R``."""
+    _check_round(k, rounds)
+    return 0.4 - 0.4 * k / rounds
+
+
+def round_masks(masks: torch.Tensor, offset: float) -> torch.Tensor:
+    """``round(m + offset)`` clamped to {0, 1}: entries >= ``0.5 - offset`` become 1.
+
+    Uses a ``>=`` comparison rather than ``torch.round`` (which rounds halves to
+    even), so the threshold is exact and documented.
+    """
+    return (masks + offset >= 0.5).to(masks.dtype)
+
+
+def schedule(rounds: int) -> list[dict[str, float]]:
+    """The whole schedule: one entry per round with its sparsity weight and rounding offset."""
+    return [{"round": k, "sparsity_weight": sparsity_weight(k, rounds), "rounding_offset": rounding_offset(k, rounds)}
+            for k in range(rounds)]
+
+
+def _check_round(k: int, rounds: int) -> None:
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds} must be >= 1")
+    if not 0 <= k < rounds:
+        raise ValueError(f"round index {k} is outside 0..{rounds - 1}")
+
+
+def phases(rounds: int) -> list[tuple[str, int]]:
+    """The phase sequence ``[("mask", 0), ("round", 0), ("model", 0), ("mask", 1), ...]``."""
+    return [(kind, k) for k in range(rounds) for kind in ("mask", "round", "model")]
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def prob_l1(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Per-sample L1 distance between two batches of probability vectors ``(N, K)`` -> ``(N,)``."""
+    return (p - q).abs().flatten(1).sum(1)
+
+
+def mask_sparsity(expanded_masks: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``||m||_1 / (number of mask entries)`` of input-resolution masks ``(N, ...)``.
+
+    For images this is ``||m||_1 / (H W)``, the fraction of the input kept.
+    """
+    return expanded_masks.abs().flatten(1).mean(1)
+
+
+def mask_l0(expanded_masks: torch.Tensor) -> torch.Tensor:
+    """Per-sample fraction of non-zero mask entries (``||m||_0 / (H W)``)."""
+    return (expanded_masks != 0).flatten(1).float().mean(1)
+
+
+def masker_sparsity(masker: Any, expanded_masks: torch.Tensor, inputs: Any) -> torch.Tensor:
+    """``masker.sparsity(expanded_masks, inputs)`` where the masker defines it (text: the mean over
+    each text's own words, not over padding slots), else :func:`mask_sparsity`."""
+    fn = getattr(masker, "sparsity", None)
+    return fn(expanded_masks, inputs) if fn is not None else mask_sparsity(expanded_masks)
+
+
+def masker_l0(masker: Any, expanded_masks: torch.Tensor, inputs: Any) -> torch.Tensor:
+    """``masker.l0(expanded_masks, inputs)`` where the masker defines it, else :func:`mask_l0`."""
+    fn = getattr(masker, "l0", None)
+    return fn(expanded_masks, inputs) if fn is not None else mask_l0(expanded_masks)
+
+
+def diet_terms(
+    p_fb: torch.Tensor,
+    p_fs: torch.Tensor,
+    p_fs_masked: torch.Tensor,
+    expanded_masks: torch.Tensor | None = None,
+    weight: float = 0.0,
+    sparsity: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """DiET's loss terms, per sample.
+
+    ``distill = ||p_b(x) - p_s(x)||_1``, ``robust = ||p_s(x) - p_s(x_m)||_1``,
+    ``sparsity = ||m||_1 / |m|`` (zero when no masks are given) and
+    ``loss = weight * sparsity + distill + robust``. The optimised objective is the
+    mean of ``loss`` over the batch. A precomputed per-sample ``sparsity`` replaces
+    ``mask_sparsity(expanded_masks)`` (see :func:`masker_sparsity`).
+    """
+    distill = prob_l1(p_fb, p_fs)
+    robust = prob_l1(p_fs, p_fs_masked)
+    if sparsity is None:
+        sparsity = mask_sparsity(expanded_masks) if expanded_masks is not None else torch.zeros_like(distill)
+    return {"loss": weight * sparsity + distill + robust, "sparsity": sparsity, "distill": distill, "robust": robust}
+
+
+def has_converged(losses: list[float], tol: float) -> bool:
+    """True when the last loss differs from the one two epochs earlier by at most ``tol`` (relative)."""
+    if len(losses) < 3:
+        return False
+    ref = losses[-3]
+    return abs(losses[-1] - ref) <= tol * max(abs(ref), 1e-12)
+
+
+# --------------------------------------------------------------------------- masker interface
+
+
+class Masker(Protocol):
+    """What DiET needs to know about a modality."""
+
+    def init_masks(self, n: int) -> torch.Tensor:
+        """``n`` low-resolution masks of ones (CPU float tensor, first dim ``n``)."""
+
+    def expand(self, masks: torch.Tensor) -> torch.Tensor:
+        """Low-resolution masks -> input-resolution masks (differentiable), entries in [0, 1]."""
+
+    def sample_background(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        """Background values for ``n`` samples, broadcastable against the inputs."""
+
+    def apply(self, inputs: torch.Tensor, expanded_masks: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+        """The masked inputs ``m * x + (1 - m) * background``."""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able settings (part of the cache key)."""
+
+    # Optional: ``sparsity(expanded_masks, inputs) -> (N,)`` and ``l0(expanded_masks, inputs) -> (N,)``
+    # replace mask_sparsity/mask_l0 when some mask entries are not part of a sample (text padding).
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class DietConfig:
+    """Optimisation settings of DiET (modality independent).
+
+    ``mask_lr`` is the SGD learning rate on the batch-mean mask loss, so each
+    sample's mask moves by ``mask_lr / batch_size`` times its own gradient per
+    step; test-time optimisation uses the same per-sample step (see
+    :func:`optimise_test_masks`).
+    """
+
+    rounds: int = 3
+    batch_size: int = 64
+    mask_lr: float = 1000.0
+    model_lr: float = 1e-4
+    mask_tol: float = 0.005
+    model_tol: float = 0.01
+    mask_max_epochs: int = 10
+    model_max_epochs: int = 3
+    test_lr: float | None = None
+    test_sparsity_weight: float = 1.0
+    test_tol: float = 0.002
+    test_max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = {
+            "rounds": self.rounds >= 1, "batch_size": self.batch_size >= 1, "mask_lr": self.mask_lr > 0,
+            "model_lr": self.model_lr > 0, "mask_tol": self.mask_tol >= 0, "model_tol": self.model_tol >= 0,
+            "mask_max_epochs": self.mask_max_epochs >= 1, "model_max_epochs": self.model_max_epochs >= 0,
+            "test_lr": self.test_lr is None or self.test_lr > 0,
+            "test_sparsity_weight": self.test_sparsity_weight >= 0, "test_tol": self.test_tol >= 0,
+            "test_max_steps": self.test_max_steps is None or self.test_max_steps >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError("invalid DiET settings: " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def effective_test_lr(self) -> float:
+        return self.test_lr if self.test_lr is not None else self.mask_lr
+
+    def test_horizon(self, n_cells: int) -> int:
+        """Test-time step cap: ``test_max_steps``, or by default the number of steps in which
+        the sparsity gradient alone takes a mask cell from 1 to 0.
+
+        A cell's share of ``||m||_1 / |m|`` is ``1 / n_cells``, so each step lowers an
+        unused cell by ``lr * w / (batch_size * n_cells)``; the horizon is the inverse.
+        """
+        if self.test_max_steps is not None:
+            return self.test_max_steps
+        if self.test_sparsity_weight == 0:
+            raise ValueError("test_sparsity_weight=0 needs an explicit test_max_steps")
+        return max(3, math.ceil(self.batch_size * n_cells / (self.effective_test_lr * self.test_sparsity_weight)))
+
+
+@dataclass
+class DietResult:
+    """What :meth:`DietTrainer.fit` returns."""
+
+    f_s: nn.Module
+    masks: torch.Tensor  # final (rounded) low-resolution training masks, CPU
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int = 0  # number of phases loaded from a checkpoint
+    cache_hit: bool = False
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def fingerprint_module(model: nn.Module) -> str:
+    """SHA-256 of a module's state (parameter and buffer values, names, dtypes)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def fingerprint_tensor(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@contextmanager
+def frozen(model: nn.Module, train: bool = False) -> Iterator[nn.Module]:
+    """Temporarily set ``requires_grad=False`` on every parameter and the train/eval mode."""
+    flags = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.train(train)
+    try:
+        yield model
+    finally:
+        for p, f in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(f)
+        model.train(was_training)
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, get_batch: BatchFn, n: int, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Softmax outputs ``(n, K)`` (on ``device``) of ``model`` in eval mode over all samples."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = [F.softmax(model(get_batch(torch.arange(i, min(i + batch_size, n)))), 1)
+               for i in range(0, n, batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out).to(device)
+
+
+def _sub_seed(generator: torch.Generator) -> int:
+    return int(torch.randint(0, 2**62, (1,), generator=generator))
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class DietTrainer:
+    """Runs DiET's phase loop with per-phase checkpoints in ``cache_dir`` (optional).
+
+    Artefacts written to ``cache_dir``:
+
+    * ``meta.json`` - cache key (settings, fingerprints of ``f_b`` and data, seed);
+    * ``state.pt`` - resume state after the last finished phase (``f_s``, masks,
+      Adam state, RNG state, phase index);
+    * ``history.json`` - one record per finished phase with per-epoch metrics;
+    * ``masks_round{k}_before_rounding.pt`` / ``masks_round{k}_after_rounding.pt``;
+    * ``f_s_round{k}.pt`` after each model phase, and ``f_s.pt`` / ``train_masks.pt``
+      when everything is done.
+
+    All ``.pt`` files load with ``torch.load(..., weights_only=True)``.
+    """
+
+    def __init__(
+        self,
+        masker: Masker,
+        config: DietConfig,
+        *,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        cache_dir: str | Path | None = None,
+        show_progress: bool = True,
+    ):
+        self.masker = masker
+        self.config = config
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.show_progress = show_progress
+
+    # ---------------------------------------------------------------- public
+    def fit(self, f_b: nn.Module, get_batch: BatchFn, n: int, labels: torch.Tensor | None = None,
+            data_key: str = "") -> DietResult:
+        """Learn ``f_s`` and ``n`` training masks. ``f_b`` is only read, never modified.
+
+        ``get_batch(idx)`` returns the training inputs for the sample indices ``idx``
+        on the device; ``labels`` (optional) only feed the accuracy columns of the
+        history. ``data_key`` identifies the training data in the cache key.
+        """
+        cfg = self.config
+        if n < 1:
+            raise ValueError("DiET needs at least one training sample")
+        start = time.perf_counter()
+        meta = {
+            "format": FORMAT_VERSION, "config": cfg.to_dict(), "masker": self.masker.describe(),
+            "f_b": fingerprint_module(f_b), "data": data_key, "n": int(n), "seed": self.seed,
+        }
+        state = self._load_state(meta)
+        if state is not None and state["next_phase"] >= len(phases(cfg.rounds)):
+            f_s = copy.deepcopy(f_b).to(self.device)
+            f_s.load_state_dict(state["f_s"])
+            f_s.eval()
+            return DietResult(f_s, state["masks"], state["history"], state["next_phase"], True,
+                              time.perf_counter() - start)
+
+        f_s = copy.deepcopy(f_b).to(self.device)
+        f_s.eval()
+        for p in f_s.parameters():  # f_s is trained in full, whatever f_b's flags say
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(f_s.parameters(), lr=cfg.model_lr)
+        gen = torch.Generator().manual_seed(self.seed)
+        masks = self.masker.init_masks(n)
+        history: list[dict[str, Any]] = []
+        first = 0
+        if state is not None:
+            f_s.load_state_dict(state["f_s"])
+            opt.load_state_dict(state["opt"])
+            gen.set_state(state["rng"])
+            masks, history, first = state["masks"], state["history"], state["next_phase"]
+            self._say(f"DiET: resuming after phase {first} of {len(phases(cfg.rounds))}")
+
+        with frozen(f_b):  # f_b: eval mode, no parameter gradients; restored afterwards
+            p_fb = predict_proba(f_b, get_batch, n, 4 * cfg.batch_size, self.device)
+        labels_d = labels.to(self.device) if labels is not None else None
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.cache_dir / META_FILE, json.dumps(meta, indent=2))
+
+        plan = phases(cfg.rounds)
+        for i in range(first, len(plan)):
+            kind, k = plan[i]
+            t0 = time.perf_counter()
+            if kind == "mask":
+                rec = self._mask_phase(f_s, masks, get_batch, p_fb, labels_d, gen, k)
+                self._artefact(masks, f"masks_round{k}_before_rounding.pt")
+            elif kind == "round":
+                offset = rounding_offset(k, cfg.rounds)
+                before = masks.clone()
+                masks.copy_(round_masks(masks, offset))
+                rec = {"offset": offset, "kept_before": float(before.mean()), "kept_after": float(masks.mean()),
+                       "changed": float((before != masks).float().mean())}
+                self._artefact(masks, f"masks_round{k}_after_rounding.pt")
+            else:
+                rec = self._model_phase(f_s, opt, masks, get_batch, p_fb, labels_d, gen, k)
+                self._artefact(_cpu_state(f_s), f"f_s_round{k}.pt")
+            rec = {"phase": kind, "round": k, "seconds": round(time.perf_counter() - t0, 3), **rec}
+            history.append(rec)
+            self._checkpoint(f_s, opt, gen, masks, history, i + 1)
+        f_s.eval()
+        self._artefact(_cpu_state(f_s), F_S_FILE)
+        self._artefact(masks, MASKS_FILE)
+        return DietResult(f_s, masks, history, first, False, time.perf_counter() - start)
+
+    # ---------------------------------------------------------------- phases
+    def _batches(self, n: int, gen: torch.Generator) -> list[torch.Tensor]:
+        order = torch.randperm(n, generator=gen)
+        bs = self.config.batch_size
+        return [order[i:i + bs] for i in range(0, n, bs)]
+
+    def _mask_phase(self, f_s, masks, get_batch, p_fb, labels, gen, k) -> dict[str, Any]:
+        cfg = self.config
+        n = len(masks)
+        w = sparsity_weight(k, cfg.rounds)
+        epochs: list[dict[str, float]] = []
+        losses: list[float] = []
+        with frozen(f_s, train=False):
+            # f_s is fixed during the mask phase, so its clean predictions are computed once
+            p_fs = predict_proba(f_s, get_batch, n, 4 * cfg.batch_size, self.device)
+            bar = progress(range(cfg.mask_max_epochs), desc=f"DiET masks (round {k + 1}/{cfg.rounds})",
+                           disable=not self.show_progress)
+            for _ in bar:
+                acc = _Accumulator()
+                for idx in self._batches(n, gen):
+                    x = get_batch(idx)
+                    m = masks[idx].to(self.device).requires_grad_(True)
+                    m_up = self.masker.expand(m)
+                    bg = self.masker.sample_background(len(idx), gen, self.device)
+                    p_m = F.softmax(f_s(self.masker.apply(x, m_up, bg)), 1)
+                    terms = diet_terms(p_fb[idx], p_fs[idx], p_m, m_up, w,
+                                       sparsity=masker_sparsity(self.masker, m_up, x))
+                    loss = terms["loss"].mean()
+                    (grad,) = torch.autograd.grad(loss, m)
+                    with torch.no_grad():
+                        masks[idx] = (m - cfg.mask_lr * grad).clamp_(0, 1).cpu()
+                    acc.add(terms, p_fb[idx], p_m, None if labels is None else labels[idx], masker_l0(self.masker, m_up.detach(), x))
+                rec = acc.result()
+                epochs.append(rec)
+                losses.append(rec["loss"])
+                if has_converged(losses, cfg.mask_tol):
+                    break
+        return {"sparsity_weight": w, "epochs": epochs, "converged": has_converged(losses, cfg.mask_tol)}
+
+    def _model_phase(self, f_s, opt, masks, get_batch, p_fb, labels, gen, k) -> dict[str, Any]:
+        cfg = self.config
+        n = len(masks)
+        epochs: list[dict[str, float]] = []
+        losses: list[float] = []
+        f_s.train()
+        bar = progress(range(cfg.model_max_epochs), desc=f"DiET f_s (round {k + 1}/{cfg.rounds})",
+                       disable=not self.show_progress)
+        # a private global RNG stream for layers such as dropout, so resuming is exact
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_sub_seed(gen))
+            for _ in bar:
+                acc = _Accumulator()
+                for idx in self._batches(n, gen):
+                    x = get_batch(idx)
+                    with torch.no_grad():
+                        m_up = self.masker.expand(masks[idx].to(self.device))
+                    bg = self.masker.sample_background(len(idx), gen, self.device)
+                    p_s = F.softmax(f_s(x), 1)
+                    p_m = F.softmax(f_s(self.masker.apply(x, m_up, bg)), 1)
+                    terms = diet_terms(p_fb[idx], p_s, p_m)
+                    opt.zero_grad(set_to_none=True)
+                    terms["loss"].mean().backward()
+                    opt.step()
+                    acc.add(terms, p_fb[idx], p_m.detach(), None if labels is None else labels[idx], masker_l0(self.masker, m_up, x))
+                rec = acc.result()
+                epochs.append(rec)
+                losses.append(rec["loss"])
+                if has_converged(losses, cfg.model_tol):
+                    break
+        f_s.eval()
+        return {"epochs": epochs, "converged": has_converged(losses, cfg.model_tol)}
+
+    # ---------------------------------------------------------------- persistence
+    def _say(self, msg: str) -> None:
+        if self.show_progress:
+            progress.write(msg)
+
+    def _artefact(self, obj: Any, name: str) -> None:
+        if self.cache_dir is not None:
+            atomic_save_torch(obj.clone() if isinstance(obj, torch.Tensor) else obj, self.cache_dir / name)
+
+    def _checkpoint(self, f_s, opt, gen, masks, history, next_phase: int) -> None:
+        if self.cache_dir is None:
+            return
+        state = {"format": FORMAT_VERSION, "next_phase": next_phase, "f_s": _cpu_state(f_s),
+                 "opt": _cpu_tree(opt.state_dict()), "rng": gen.get_state(), "masks": masks.clone()}
+        atomic_save_torch(state, self.cache_dir / STATE_FILE)
+        atomic_write_text(self.cache_dir / HISTORY_FILE, json.dumps(history, indent=2))
+
+    def _load_state(self, meta: dict[str, Any]) -> dict[str, Any] | None:
+        if self.cache_dir is None:
+            return None
+        state_path, meta_path = self.cache_dir / STATE_FILE, self.cache_dir / META_FILE
+        hist_path = self.cache_dir / HISTORY_FILE
+        if not (state_path.exists() and meta_path.exists() and hist_path.exists()):
+            return None
+        try:
+            old = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old != json.loads(json.dumps(meta)):
+            self._say(f"DiET: {self.cache_dir} holds a run with other settings, model or data; starting afresh")
+            return None
+        state = load_torch(state_path)
+        history = json.loads(hist_path.read_text())
+        if state.get("format") != FORMAT_VERSION or len(history) != state["next_phase"]:
+            self._say(f"DiET: checkpoint in {self.cache_dir} is inconsistent; starting afresh")
+            return None
+        state["history"] = history
+        return state
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _cpu_tree(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _cpu_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_tree(v) for v in obj)
+    return obj
+
+
+class _Accumulator:
+    """Sample-weighted epoch means of the loss terms and agreement/accuracy on masked inputs."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, terms, p_fb, p_masked, labels, l0) -> None:
+        vals = {k: v.detach() for k, v in terms.items()}
+        vals["masked_agreement"] = (p_masked.argmax(1) == p_fb.argmax(1)).float()
+        if labels is not None:
+            vals["masked_accuracy"] = (p_masked.argmax(1) == labels).float()
+        vals["l0"] = l0
+        for k, v in vals.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v.sum())
+        self.n += len(p_fb)
+
+    def result(self) -> dict[str, float]:
+        return {k: v / max(self.n, 1) for k, v in self.sums.items()}
+
+
+# --------------------------------------------------------------------------- test time
+
+
+def optimise_test_masks(
+    f_s: nn.Module,
+    inputs: torch.Tensor,
+    masker: Masker,
+    config: DietConfig,
+    *,
+    seed: int = 0,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Masks for evaluation samples, optimised against the frozen ``f_s`` only.
+
+    Minimises ``w * ||m||_1 / |m| + ||p_s(x) - p_s(x_m)||_1`` per sample (``w`` =
+    ``config.test_sparsity_weight``) by SGD from masks of ones, clamping to [0, 1]
+    after each step. Nothing here reads training masks or training data.
+
+    The masks of different samples are independent problems, and they are solved
+    independently: each sample's step is ``lr / batch_size`` times its own
+    gradient (the step a batch-mean loss gives in training; ``lr`` is
+    ``config.test_lr`` or ``config.mask_lr``), each sample stops on its own when
+    its loss changes by at most ``test_tol`` (relative) against two steps earlier
+    or after ``test_max_steps`` steps, and the background at step ``t`` is the
+    ``t``-th draw of a generator seeded by ``seed``, shared by all samples. So a
+    sample's mask does not depend on which other samples are in the batch.
+
+    Returns the low-resolution masks (CPU, unrounded) and a summary dict.
+    """
+    cfg = config
+    step = cfg.effective_test_lr / cfg.batch_size
+    device = inputs.device
+    n = len(inputs)
+    masks = masker.init_masks(n).to(device)
+    horizon = cfg.test_horizon(masks[0].numel())
+    gen = torch.Generator().manual_seed(int(seed))
+    active = torch.ones(n, dtype=torch.bool, device=device)
+    losses = torch.full((horizon, n), float("nan"), device=device)
+    steps_taken = torch.zeros(n, dtype=torch.long, device=device)
+    chunk = max(cfg.batch_size, 1)
+    with frozen(f_s, train=False):
+        with torch.no_grad():
+            p_clean = torch.cat([F.softmax(f_s(inputs[i:i + chunk]), 1) for i in range(0, n, chunk)])
+        for t in range(horizon):
+            bg1 = masker.sample_background(1, gen, device)
+            idx = active.nonzero().flatten()
+            if len(idx) == 0:
+                break
+            for j in range(0, len(idx), chunk):
+                sub = idx[j:j + chunk]
+                m = masks[sub].clone().requires_grad_(True)
+                m_up = masker.expand(m)
+                bg = bg1.expand(len(sub), *bg1.shape[1:])
+                x_sub = inputs[sub]
+                p_m = F.softmax(f_s(masker.apply(x_sub, m_up, bg)), 1)
+                per_sample = cfg.test_sparsity_weight * masker_sparsity(masker, m_up, x_sub) + prob_l1(p_clean[sub], p_m)
+                (grad,) = torch.autograd.grad(per_sample.sum(), m)
+                with torch.no_grad():
+                    masks[sub] = (m - step * grad).clamp_(0, 1)
+                    losses[t, sub] = per_sample.detach()
+            steps_taken[idx] += 1
+            if t >= 2 and cfg.test_tol > 0:
+                ref = losses[t - 2, idx]
+                done = (losses[t, idx] - ref).abs() <= cfg.test_tol * ref.abs().clamp_min(1e-12)
+                active[idx[done]] = False
+    summary = {"horizon": horizon, "steps_mean": float(steps_taken.float().mean()) if n else 0.0,
+               "converged": float((~active).float().mean()) if n else 0.0}
+    return masks.detach().cpu(), summary

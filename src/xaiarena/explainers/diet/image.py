@@ -1,0 +1,333 @@
+"""DiET for image classifiers: low-resolution pixel masks and the ``diet`` explainer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...registry import EXPLAINERS
+from ...utils import atomic_save_torch, atomic_write_text, load_torch
+from ..base import Explainer
+from .core import (
+    DietConfig,
+    DietTrainer,
+    fingerprint_tensor,
+    frozen,
+    mask_l0,
+    mask_sparsity,
+    optimise_test_masks,
+)
+
+BACKGROUNDS = ("normal", "uniform", "constant")
+TEST_MASKS_FILE = "test_masks.pt"
+REPORT_FILE = "report.json"
+
+
+def _per_channel(value: float | Sequence[float] | None, default: Sequence[float], channels: int, name: str) -> torch.Tensor:
+    vals = list(default) if value is None else ([float(value)] if isinstance(value, (int, float)) else [float(v) for v in value])
+    if len(vals) == 1:
+        vals = vals * channels
+    if len(vals) != channels:
+        raise ValueError(f"{name} has {len(vals)} values; the images have {channels} channels (give 1 or {channels})")
+    return torch.tensor(vals, dtype=torch.float32)
+
+
+class ImageMasker:
+    """Masks of size ``ceil(H / f) x ceil(W / f)``, bilinearly upsampled to ``H x W``.
+
+    A masked image is ``m * x + (1 - m) * b`` in pixel space, where ``b`` is one
+    colour per sample and channel drawn from the background distribution:
+
+    * ``normal``: ``N(mean_c, std_c)`` clamped to [0, 1] (the paper's choice, with
+      the dataset's channel statistics by default);
+    * ``uniform``: ``U(0, 1)`` per channel;
+    * ``constant``: ``mean_c`` (no randomness).
+    """
+
+    def __init__(self, input_shape: Sequence[int], upsample_factor: int = 4, background: str = "normal",
+                 mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None):
+        if len(input_shape) != 3:
+            raise ValueError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
+        if int(upsample_factor) < 1:
+            raise ValueError(f"upsample_factor={upsample_factor} must be >= 1")
+        if background not in BACKGROUNDS:
+            raise ValueError(f"background='{background}' is not valid; choose one of {', '.join(BACKGROUNDS)}")
+        self.channels, self.height, self.width = (int(v) for v in input_shape)
+        self.factor = int(upsample_factor)
+        self.mask_hw = (math.ceil(self.height / self.factor), math.ceil(self.width / self.factor))
+        self.background = background
+        self.mean = _per_channel(mean, [0.5], self.channels, "background_mean")
+        self.std = _per_channel(std, [0.25], self.channels, "background_std")
+        if (self.std < 0).any():
+            raise ValueError("background_std must be >= 0")
+
+    def init_masks(self, n: int) -> torch.Tensor:
+        return torch.ones(n, 1, *self.mask_hw)
+
+    def expand(self, masks: torch.Tensor) -> torch.Tensor:
+        if masks.shape[-2:] == (self.height, self.width):
+            return masks
+        return F.interpolate(masks, size=(self.height, self.width), mode="bilinear", align_corners=False)
+
+    def sample_background(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        c = self.channels
+        if self.background == "normal":
+            bg = (self.mean + self.std * torch.randn(n, c, generator=generator)).clamp_(0, 1)
+        elif self.background == "uniform":
+            bg = torch.rand(n, c, generator=generator)
+        else:
+            bg = self.mean.expand(n, c).clone()
+        return bg.view(n, c, 1, 1).to(device)
+
+    def apply(self, inputs: torch.Tensor, expanded_masks: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+        return expanded_masks * inputs + (1 - expanded_masks) * background
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "image", "input_shape": [self.channels, self.height, self.width], "upsample_factor": self.factor,
+                "background": self.background, "mean": [round(float(v), 6) for v in self.mean],
+                "std": [round(float(v), 6) for v in self.std]}
+
+
+def _digests(inputs: torch.Tensor) -> list[str]:
+    flat = inputs.detach().float().cpu().contiguous().flatten(1)
+    return [hashlib.sha1(row.numpy().tobytes()).hexdigest() for row in flat]
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 256,
+             masks: torch.Tensor | None = None, masker: ImageMasker | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Predicted classes of uint8 images, optionally masked (low-res ``masks`` + ``masker``)."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device).float().div_(255.0)
+        if masks is not None and masker is not None:
+            m_up = masker.expand(masks[i:i + batch_size].to(device))
+            x = masker.apply(x, m_up, masker.sample_background(len(x), generator, device))
+        out.append(model(x).argmax(1).cpu())
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+@EXPLAINERS.register(
+    "diet",
+    description="DiET, distractor erasure tuning (Bhalla et al. 2023): learns f_s and sparse masks "
+    "robust to erasing the rest; maps are test-time masks for f_s",
+)
+class DiET(Explainer):
+    """Distractor Erasure Tuning for image classifiers (Bhalla, Srinivas & Lakkaraju, NeurIPS 2023).
+
+    :meth:`fit` trains ``f_s`` (a copy of the given model ``f_b``, which is never
+    modified) jointly with one mask per training sample (``n_train`` of them,
+    drawn by seed; ``None`` = all). The maps returned by :meth:`attribute` are the
+    *unrounded* test-time masks optimised against the frozen ``f_s``, bilinearly
+    upsampled to input size, in [0, 1]; they explain ``f_s``
+    (:meth:`explained_model`), and do not depend on ``targets`` (DiET's masks
+    preserve the whole output distribution of ``f_s``, not one class score).
+
+    Options: ``upsample_factor`` (mask resolution = input / factor), ``rounds`` (R),
+    ``n_train``, ``batch_size``, ``mask_lr`` (SGD on the batch-mean loss),
+    ``model_lr`` (Adam), ``mask_tol``/``model_tol`` and ``mask_max_epochs``/
+    ``model_max_epochs`` (convergence per phase), ``background`` (``normal``,
+    ``uniform``, ``constant``) with ``background_mean``/``background_std``
+    (default: the dataset's channel statistics), ``test_lr`` (default
+    ``mask_lr``), ``test_sparsity_weight``, ``test_tol``, ``test_max_steps``, and
+    ``seed`` (default: drawn from the generator given to :meth:`fit`).
+    """
+
+    name = "diet"
+    family = "learned"
+    modality = ("image",)
+    needs_layer = False
+    explains = "f_s"
+
+    def __init__(
+        self,
+        upsample_factor: int = 4,
+        rounds: int = 3,
+        n_train: int | None = 1000,
+        batch_size: int = 64,
+        mask_lr: float = 1000.0,
+        model_lr: float = 1e-4,
+        mask_tol: float = 0.005,
+        model_tol: float = 0.01,
+        mask_max_epochs: int = 10,
+        model_max_epochs: int = 3,
+        background: str = "normal",
+        background_mean: float | list[float] | None = None,
+        background_std: float | list[float] | None = None,
+        test_lr: float | None = None,
+        test_sparsity_weight: float = 1.0,
+        test_tol: float = 0.002,
+        test_max_steps: int | None = None,
+        seed: int | None = None,
+    ):
+        if background not in BACKGROUNDS:
+            raise ValueError(f"background='{background}' is not valid; choose one of {', '.join(BACKGROUNDS)}")
+        if int(upsample_factor) < 1:
+            raise ValueError(f"upsample_factor={upsample_factor} must be >= 1")
+        if n_train is not None and int(n_train) < 1:
+            raise ValueError(f"n_train={n_train} must be >= 1 (or null for the whole training split)")
+        self.config = DietConfig(
+            rounds=int(rounds), batch_size=int(batch_size), mask_lr=float(mask_lr), model_lr=float(model_lr),
+            mask_tol=float(mask_tol), model_tol=float(model_tol), mask_max_epochs=int(mask_max_epochs),
+            model_max_epochs=int(model_max_epochs), test_lr=None if test_lr is None else float(test_lr),
+            test_sparsity_weight=float(test_sparsity_weight), test_tol=float(test_tol),
+            test_max_steps=None if test_max_steps is None else int(test_max_steps),
+        )
+        self.upsample_factor = int(upsample_factor)
+        self.n_train = None if n_train is None else int(n_train)
+        self.background = background
+        self.background_mean = background_mean
+        self.background_std = background_std
+        self.seed = seed
+        # set by fit()
+        self.f_s: nn.Module | None = None
+        self.masker: ImageMasker | None = None
+        self.train_masks: torch.Tensor | None = None
+        self.train_index: torch.Tensor | None = None
+        self.history: list[dict[str, Any]] = []
+        self.fit_report: dict[str, Any] = {}
+        self.cache_dir: Path | None = None
+        self._seed = 0
+        self._test_cache: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, model: nn.Module, task: Any, *, device: torch.device, generator: torch.Generator | None = None,
+            cache_dir: Any = None) -> None:
+        """Train ``f_s`` and the training masks on ``task.train``; report faithfulness on ``task.test``."""
+        if getattr(task, "modality", "image") != "image":
+            raise ValueError(f"diet (image) cannot explain a '{task.modality}' task")
+        device = torch.device(device)
+        if self.seed is not None:
+            self._seed = int(self.seed)
+        elif generator is not None:
+            self._seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        else:
+            self._seed = 0
+        train = task.train
+        n_all = len(train)
+        if self.n_train is None or self.n_train >= n_all:
+            index = torch.arange(n_all)
+        else:
+            index = torch.randperm(n_all, generator=torch.Generator().manual_seed(self._seed))[: self.n_train].sort().values
+        images, labels = train.images[index], train.labels[index].long()
+        mean = getattr(task, "mean", None) if self.background_mean is None else self.background_mean
+        std = getattr(task, "std", None) if self.background_std is None else self.background_std
+        self.masker = ImageMasker(task.input_shape, self.upsample_factor, self.background, mean, std)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+
+        def get_batch(idx: torch.Tensor) -> torch.Tensor:
+            return images[idx].to(device).float().div_(255.0)
+
+        trainer = DietTrainer(self.masker, self.config, device=device, seed=self._seed, cache_dir=self.cache_dir)
+        result = trainer.fit(model, get_batch, len(index), labels, data_key=fingerprint_tensor(images, labels))
+        self.f_s, self.train_masks, self.history, self.train_index = result.f_s, result.masks, result.history, index
+        for p in self.f_s.parameters():  # f_s is final: explainers and metrics only need input gradients
+            p.requires_grad_(False)
+
+        report_path = self.cache_dir / REPORT_FILE if self.cache_dir is not None else None
+        if result.cache_hit and report_path is not None and report_path.exists():
+            self.fit_report = json.loads(report_path.read_text())
+        else:
+            start = time.perf_counter()
+            self.fit_report = self._faithfulness(model, task, images, labels, device)
+            self.fit_report["fit_seconds"] = round(result.seconds, 3)
+            self.fit_report["report_seconds"] = round(time.perf_counter() - start, 3)
+            if report_path is not None:
+                atomic_write_text(report_path, json.dumps(self.fit_report, indent=2))
+        self.fit_report["cache_hit"] = result.cache_hit
+        self.fit_report["resumed_from_phase"] = result.resumed_from
+        self._test_cache = {}
+        if self.cache_dir is not None and (self.cache_dir / TEST_MASKS_FILE).exists():
+            saved = load_torch(self.cache_dir / TEST_MASKS_FILE)
+            self._test_cache = dict(zip(saved["digests"], saved["masks"], strict=True))
+
+    def _faithfulness(self, f_b: nn.Module, task: Any, images: torch.Tensor, labels: torch.Tensor,
+                      device: torch.device) -> dict[str, Any]:
+        """The paper's model-faithfulness numbers (f_s vs f_b)."""
+        assert self.f_s is not None and self.masker is not None and self.train_masks is not None
+        with frozen(f_b), frozen(self.f_s):
+            test = task.test
+            fb_test = _predict(f_b, test.images, device)
+            fs_test = _predict(self.f_s, test.images, device)
+            fb_train = _predict(f_b, images, device)
+            gen = torch.Generator().manual_seed(self._seed + 1)
+            fs_masked = _predict(self.f_s, images, device, masks=self.train_masks, masker=self.masker, generator=gen)
+        y_test = test.labels.long()
+        up = torch.cat([self.masker.expand(self.train_masks[i:i + 512]) for i in range(0, len(self.train_masks), 512)])
+
+        def mean(t: torch.Tensor) -> float:
+            return round(float(t.float().mean()), 6) if len(t) else float("nan")
+
+        return {
+            "explains": "f_s",
+            "test_agreement_fs_fb": mean(fs_test == fb_test),
+            "test_accuracy_fs": mean(fs_test == y_test),
+            "test_accuracy_fb": mean(fb_test == y_test),
+            "train_masked_accuracy_fs": mean(fs_masked == labels),
+            "train_masked_agreement_fs_fb": mean(fs_masked == fb_train),
+            "train_mask_l0_fraction": mean(mask_l0(up)),
+            "train_mask_l1_fraction": mean(mask_sparsity(up)),
+            "n_train": len(images),
+            "n_test": len(test),
+            "mask_shape": list(self.masker.mask_hw),
+            "phases": len(self.history),
+            "seed": self._seed,
+        }
+
+    # ------------------------------------------------------------------ explain
+    def report(self) -> dict[str, Any]:
+        """Model-faithfulness report of the last :meth:`fit` (empty before)."""
+        return dict(self.fit_report)
+
+    def explained_model(self, model: nn.Module) -> nn.Module:
+        return self._fitted()
+
+    def _fitted(self) -> nn.Module:
+        if self.f_s is None or self.masker is None:
+            raise RuntimeError("diet must be fitted first: call fit(model, task, device=...) before explaining")
+        return self.f_s
+
+    def test_masks(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Low-resolution, unrounded test-time masks ``(N, 1, h, w)`` for pixel-space ``inputs``."""
+        f_s = self._fitted()
+        assert self.masker is not None
+        if tuple(inputs.shape[1:]) != (self.masker.channels, self.masker.height, self.masker.width):
+            raise ValueError(f"diet was fitted on inputs of shape {(self.masker.channels, self.masker.height, self.masker.width)}, "
+                             f"got {tuple(inputs.shape[1:])}")
+        keys = _digests(inputs)
+        todo = [i for i, k in enumerate(keys) if k not in self._test_cache]
+        if todo:
+            dev = next(f_s.parameters()).device
+            x = inputs[torch.tensor(todo)].to(dev).float()
+            masks, _ = optimise_test_masks(f_s, x, self.masker, self.config, seed=self._seed)
+            for i, m in zip(todo, masks, strict=True):
+                self._test_cache[keys[i]] = m
+            self._save_test_masks()
+        return torch.stack([self._test_cache[k] for k in keys]) if keys else self.masker.init_masks(0)
+
+    def _save_test_masks(self) -> None:
+        if self.cache_dir is None:
+            return
+        digests = list(self._test_cache)
+        masks = torch.stack([self._test_cache[k] for k in digests]) if digests else torch.empty(0)
+        atomic_save_torch({"digests": digests, "masks": masks}, self.cache_dir / TEST_MASKS_FILE)
+
+    def attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """Upsampled test-time masks ``(N, H, W)`` in [0, 1], against ``f_s`` (``model`` and ``targets`` unused)."""
+        masks = self.test_masks(inputs)
+        assert self.masker is not None
+        return self.masker.expand(masks.float())[:, 0].to(inputs.device)
+
+    def __repr__(self) -> str:
+        return f"DiET(upsample_factor={self.upsample_factor}, rounds={self.config.rounds}, n_train={self.n_train})"

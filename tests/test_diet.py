@@ -1,0 +1,348 @@
+"""DiET: losses, schedule, f_b untouched, test-time masks, checkpoint/resume (tiny settings)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from xaiarena.data.base import ImageSplit, Task
+from xaiarena.explainers.diet import DiET, DietConfig, DietTrainer, ImageMasker, optimise_test_masks
+from xaiarena.explainers.diet.core import (
+    diet_terms,
+    has_converged,
+    mask_l0,
+    mask_sparsity,
+    phases,
+    prob_l1,
+    round_masks,
+    rounding_offset,
+    sparsity_weight,
+)
+
+TINY = dict(upsample_factor=4, rounds=2, n_train=48, batch_size=16, mask_lr=500.0, mask_max_epochs=3,
+            model_max_epochs=2, test_max_steps=6, seed=3)
+
+
+class Quadrant(nn.Module):
+    """A classifier that only looks at the top-left quadrant of a 3x16x16 image."""
+
+    def __init__(self, classes: int = 4, scale: float = 5.0):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.lin = nn.Linear(3 * 8 * 8, classes)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.randn(classes, 3 * 8 * 8, generator=g) / 8)
+            self.lin.bias.zero_()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.lin(x[:, :, :8, :8].flatten(1) - 0.5)
+
+
+def _random_task(n_train: int = 64, n_test: int = 16, size: int = 16, classes: int = 4, seed: int = 0) -> Task:
+    g = torch.Generator().manual_seed(seed)
+
+    def split(n: int) -> ImageSplit:
+        return ImageSplit(torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8),
+                          torch.randint(0, classes, (n,), generator=g))
+
+    return Task("random", split(n_train), split(n_test), [str(c) for c in range(classes)],
+                mean=(0.5, 0.5, 0.5), std=(0.29, 0.29, 0.29))
+
+
+@pytest.fixture()
+def quadrant_task():
+    task = _random_task()
+    model = Quadrant()
+    # label = the model's own prediction, so accuracies are meaningful
+    for split in (task.train, task.test):
+        with torch.no_grad():
+            split.labels = model(split.float_images()).argmax(1)
+    return task, model
+
+
+def _fit(model, task, cache_dir=None, **over) -> DiET:
+    diet = DiET(**{**TINY, **over})
+    diet.fit(model, task, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), cache_dir=cache_dir)
+    return diet
+
+
+# --------------------------------------------------------------------------- losses and schedule
+
+
+def test_loss_terms_on_hand_made_tensors():
+    p_fb = torch.tensor([[1.0, 0.0, 0.0], [0.2, 0.3, 0.5]])
+    p_fs = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
+    p_m = torch.tensor([[0.5, 0.0, 0.5], [0.6, 0.2, 0.2]])
+    m_up = torch.zeros(2, 1, 2, 2)
+    m_up[0, 0, 0, 0] = 1.0  # sample 0 keeps 1 of 4 pixels
+    m_up[1] = 0.5  # sample 1 keeps half of every pixel
+    t = diet_terms(p_fb, p_fs, p_m, m_up, weight=0.5)
+    assert torch.allclose(t["distill"], torch.tensor([1.0, 0.0]))
+    assert torch.allclose(t["robust"], torch.tensor([1.0, 0.4 + 0.1 + 0.3]))
+    assert torch.allclose(t["sparsity"], torch.tensor([0.25, 0.5]))
+    assert torch.allclose(t["loss"], torch.tensor([0.5 * 0.25 + 1.0 + 1.0, 0.5 * 0.5 + 0.0 + 0.8]))
+    # the model-phase loss has no sparsity term
+    t2 = diet_terms(p_fb, p_fs, p_m)
+    assert torch.allclose(t2["loss"], t2["distill"] + t2["robust"])
+    assert torch.allclose(prob_l1(p_fb, p_fb), torch.zeros(2))
+    assert torch.allclose(mask_l0(m_up), torch.tensor([0.25, 1.0]))
+    assert torch.allclose(mask_sparsity(torch.ones(3, 1, 4, 4)), torch.ones(3))
+
+
+def test_schedule_weights_and_offsets():
+    R = 5
+    assert [round(sparsity_weight(k, R), 6) for k in range(R)] == [1.0, 0.82, 0.64, 0.46, 0.28]
+    assert [round(rounding_offset(k, R), 6) for k in range(R)] == [0.4, 0.32, 0.24, 0.16, 0.08]
+    assert sparsity_weight(0, 3) == 1.0 and abs(sparsity_weight(2, 3) - 0.4) < 1e-12
+    assert phases(2) == [("mask", 0), ("round", 0), ("model", 0), ("mask", 1), ("round", 1), ("model", 1)]
+    for bad in ((5, 5), (-1, 5), (0, 0)):
+        with pytest.raises(ValueError):
+            sparsity_weight(*bad)
+
+
+def test_rounding_thresholds():
+    m = torch.tensor([0.0, 0.09, 0.1, 0.3, 0.42, 0.5, 0.9, 1.0])
+    # offset 0.4 keeps everything >= 0.1; offset 0.08 keeps everything >= 0.42
+    assert round_masks(m, 0.4).tolist() == [0, 0, 1, 1, 1, 1, 1, 1]
+    assert round_masks(m, 0.08).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert round_masks(m, 0.0).tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
+
+
+def test_convergence_rule():
+    assert not has_converged([1.0, 1.0], 0.01)  # needs the loss two epochs earlier
+    assert has_converged([1.0, 0.5, 0.995], 0.01)
+    assert not has_converged([1.0, 0.999, 0.97], 0.01)
+    assert has_converged([2.0, 3.0, 2.0], 0.0)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="mask_lr"):
+        DietConfig(mask_lr=0)
+    with pytest.raises(ValueError, match="background"):
+        DiET(background="plaid")
+    with pytest.raises(ValueError, match="n_train"):
+        DiET(n_train=0)
+
+
+# --------------------------------------------------------------------------- image masker
+
+
+def test_image_masker_masks_and_backgrounds():
+    masker = ImageMasker((3, 16, 12), upsample_factor=4, background="normal", mean=[0.2, 0.5, 0.8], std=0.3)
+    masks = masker.init_masks(5)
+    assert masks.shape == (5, 1, 4, 3)
+    up = masker.expand(masks)
+    assert up.shape == (5, 1, 16, 12) and torch.all(up == 1)
+    x = torch.rand(5, 3, 16, 12)
+    gen = torch.Generator().manual_seed(0)
+    bg = masker.sample_background(5, gen, torch.device("cpu"))
+    assert bg.shape == (5, 3, 1, 1) and bg.min() >= 0 and bg.max() <= 1
+    assert torch.equal(masker.apply(x, up, bg), x)  # ones keep the input exactly
+    erased = masker.apply(x, torch.zeros_like(up), bg)
+    assert torch.allclose(erased, bg.expand_as(x))  # zeros give the background colour
+    big = masker.sample_background(4000, gen, torch.device("cpu")).view(4000, 3)
+    assert torch.allclose(big.mean(0), torch.tensor([0.2, 0.5, 0.8]), atol=0.05)  # roughly (clamping shifts it)
+    const = ImageMasker((3, 8, 8), background="constant", mean=0.3)
+    assert torch.allclose(const.sample_background(2, gen, torch.device("cpu")), torch.full((2, 3, 1, 1), 0.3))
+    with pytest.raises(ValueError, match="channels"):
+        ImageMasker((3, 8, 8), mean=[0.1, 0.2])
+
+
+# --------------------------------------------------------------------------- algorithm behaviour
+
+
+def test_test_masks_keep_what_the_model_uses(quadrant_task):
+    """For a model that only reads the top-left quadrant, test masks erase the rest."""
+    task, model = quadrant_task
+    cfg = DietConfig(batch_size=16, mask_lr=500.0, test_max_steps=25, test_tol=0.0)
+    masker = ImageMasker((3, 16, 16), upsample_factor=2, mean=task.mean, std=task.std)
+    x = task.test.float_images()
+    masks, summary = optimise_test_masks(model, x, masker, cfg, seed=0)
+    assert masks.shape == (len(x), 1, 8, 8) and masks.min() >= 0 and masks.max() <= 1
+    assert summary["steps_mean"] == 25
+    inside = masks[:, 0, :3, :3].mean()  # cells whose upsampled pixels lie inside the quadrant
+    outside = masks[:, 0, 5:, :].mean()
+    assert outside < 0.05, outside
+    assert inside > outside + 0.3, (inside, outside)  # a sparse subset of the quadrant suffices
+
+
+def test_fit_training_masks_and_report(quadrant_task, tmp_path):
+    task, model = quadrant_task
+    diet = _fit(model, task, tmp_path, upsample_factor=2, rounds=2, mask_max_epochs=8, n_train=None)
+    masks = diet.train_masks
+    assert masks.shape == (len(task.train), 1, 8, 8)
+    assert set(masks.unique().tolist()) <= {0.0, 1.0}  # rounded after the last mask phase
+    assert masks[:, 0, :3, :3].mean() > masks[:, 0, 5:, :].mean() + 0.5
+    rep = diet.report()
+    for key in ("test_agreement_fs_fb", "test_accuracy_fs", "test_accuracy_fb", "train_masked_accuracy_fs",
+                "train_mask_l0_fraction"):
+        assert 0.0 <= rep[key] <= 1.0, key
+    assert rep["explains"] == "f_s" and rep["n_train"] == len(task.train)
+    assert rep["train_mask_l0_fraction"] < 1.0
+    json.dumps(rep)  # goes into run.json
+
+
+def test_f_b_is_never_modified(small_task, tmp_path):
+    from xaiarena.models import build_model
+
+    torch.manual_seed(0)
+    f_b = build_model("lenet", small_task, channels=(4, 8), hidden=(16,))
+    f_b.train()  # the mode must be restored as well
+    f_b.net.classifier[-1].weight.requires_grad_(False)  # and per-parameter flags
+    before = {k: v.clone() for k, v in f_b.state_dict().items()}
+    flags = [p.requires_grad for p in f_b.parameters()]
+    diet = _fit(f_b, small_task, tmp_path, model_lr=1e-2)
+    f_s = diet.explained_model(f_b)
+    assert f_s is not f_b
+    after = f_b.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [p.requires_grad for p in f_b.parameters()] == flags and f_b.training
+    # the test is not vacuous: f_s did move away from f_b
+    assert any(not torch.equal(before[k], v) for k, v in f_s.state_dict().items())
+    x = small_task.test.float_images(torch.arange(4))
+    maps = diet.explain(f_s, x, torch.zeros(4, dtype=torch.long))
+    assert maps.shape == (4, 64, 64) and maps.min() >= 0 and maps.max() <= 1
+    assert all(torch.equal(before[k], v) for k, v in f_b.state_dict().items())
+
+
+# --------------------------------------------------------------------------- test-time masks
+
+
+def test_test_masks_depend_only_on_f_s_and_inputs(quadrant_task, tmp_path):
+    task, model = quadrant_task
+    diet = _fit(model, task, tmp_path / "a")
+    f_s = diet.explained_model(model)
+    x = task.test.float_images()
+    y = task.test.labels
+    maps = diet.explain(f_s, x, y)
+    # no target dependence
+    assert torch.equal(maps, diet.explain(f_s, x, (y + 1) % 4))
+    # the same maps from f_s, the inputs and the settings alone (no training masks, no training data)
+    masks, _ = optimise_test_masks(f_s, x, diet.masker, diet.config, seed=diet._seed)
+    assert torch.equal(diet.masker.expand(masks)[:, 0], maps)
+    # scrambling the training masks and training data afterwards changes nothing
+    diet.train_masks = torch.rand_like(diet.train_masks)
+    task.train.images.zero_()
+    diet._test_cache.clear()
+    assert torch.equal(diet.explain(f_s, x, y), maps)
+    # a sample's map does not depend on the other samples in its batch
+    parts = torch.cat([diet.explain(f_s, x[i:i + 3], y[i:i + 3]) for i in range(0, len(x), 3)])
+    diet._test_cache.clear()
+    parts_fresh = torch.cat([diet.explain(f_s, x[i:i + 5], y[i:i + 5]) for i in range(0, len(x), 5)])
+    assert torch.allclose(parts, maps, atol=1e-5) and torch.allclose(parts_fresh, maps, atol=1e-5)
+    # saved for the run
+    saved = torch.load(tmp_path / "a" / "test_masks.pt", weights_only=True)
+    assert saved["masks"].shape[0] >= len(x)
+
+
+def test_explain_before_fit_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="fit"):
+        DiET().explain(nn.Identity(), torch.rand(2, 3, 8, 8), torch.zeros(2, dtype=torch.long))
+
+
+# --------------------------------------------------------------------------- checkpoints and resume
+
+
+def _same_result(a: DiET, b: DiET) -> None:
+    sa, sb = a.f_s.state_dict(), b.f_s.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(a.train_masks, b.train_masks)
+    strip = [{k: v for k, v in rec.items() if k != "seconds"} for rec in a.history]
+    assert strip == [{k: v for k, v in rec.items() if k != "seconds"} for rec in b.history]
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(quadrant_task, tmp_path, monkeypatch):
+    task, model = quadrant_task
+    full = _fit(model, task, tmp_path / "full")
+
+    calls = {"n": 0}
+    original = DietTrainer._model_phase
+
+    def crash_in_second_model_phase(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DietTrainer, "_model_phase", crash_in_second_model_phase)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(model, task, tmp_path / "resumed")
+    monkeypatch.setattr(DietTrainer, "_model_phase", original)
+    done = json.loads((tmp_path / "resumed" / "history.json").read_text())
+    assert [(r["phase"], r["round"]) for r in done] == phases(2)[:5]  # mask, round, model, mask, round
+
+    resumed = _fit(model, task, tmp_path / "resumed")
+    assert resumed.report()["resumed_from_phase"] == 5 and not resumed.report()["cache_hit"]
+    _same_result(full, resumed)
+
+    # a finished fit is loaded, not recomputed
+    again = _fit(model, task, tmp_path / "resumed")
+    assert again.report()["cache_hit"]
+    _same_result(full, again)
+
+    # other settings in the same folder start afresh instead of resuming
+    other = _fit(model, task, tmp_path / "resumed", mask_lr=100.0)
+    assert not other.report()["cache_hit"] and other.report()["resumed_from_phase"] == 0
+
+
+def test_artefacts_load_with_weights_only(quadrant_task, tmp_path):
+    task, model = quadrant_task
+    diet = _fit(model, task, tmp_path)
+    diet.explain(diet.f_s, task.test.float_images(torch.arange(2)), torch.zeros(2, dtype=torch.long))
+    names = {p.name for p in tmp_path.iterdir()}
+    expected = {"meta.json", "history.json", "state.pt", "f_s.pt", "train_masks.pt", "report.json", "test_masks.pt"}
+    expected |= {f"masks_round{k}_{w}_rounding.pt" for k in range(2) for w in ("before", "after")}
+    expected |= {f"f_s_round{k}.pt" for k in range(2)}
+    assert expected <= names, expected - names
+    for name in names:
+        if name.endswith(".pt"):
+            torch.load(tmp_path / name, weights_only=True)
+    f_s = Quadrant()
+    f_s.load_state_dict(torch.load(tmp_path / "f_s.pt", weights_only=True))
+    assert all(torch.equal(v, diet.f_s.state_dict()[k]) for k, v in f_s.state_dict().items())
+    before = torch.load(tmp_path / "masks_round0_before_rounding.pt", weights_only=True)
+    after = torch.load(tmp_path / "masks_round0_after_rounding.pt", weights_only=True)
+    assert torch.equal(after, round_masks(before, rounding_offset(0, 2)))
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [r["phase"] for r in history] == [p for p, _ in phases(2)]
+    assert all(1 <= len(r["epochs"]) <= 3 for r in history if r["phase"] == "mask")
+
+
+def test_phase_epoch_caps(quadrant_task):
+    task, model = quadrant_task
+    diet = _fit(model, task, None, mask_tol=0.0, model_tol=0.0, mask_max_epochs=2, model_max_epochs=1)
+    assert [len(r.get("epochs", [])) for r in diet.history] == [2, 0, 1, 2, 0, 1]
+
+
+# --------------------------------------------------------------------------- registry and config
+
+
+def test_registered_as_learned_explainer():
+    from xaiarena.registry import EXPLAINERS
+
+    entry = EXPLAINERS.entry("diet")
+    assert entry.meta["family"] == "learned" and entry.meta["explains"] == "f_s"
+    params = entry.parameters()
+    for key in ("upsample_factor", "rounds", "n_train", "mask_lr", "background", "test_max_steps"):
+        assert key in params
+
+
+def test_shipped_config_is_valid():
+    from pathlib import Path
+
+    from xaiarena.config import load_config
+    from xaiarena.registry import EXPLAINERS, METRICS
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "diet_hard_mnist.yaml"
+    missing = [n for n in ("gradcam", "integrated_gradients", "smoothgrad") if n not in EXPLAINERS]
+    missing += [n for n in ("topk_iou",) if n not in METRICS]
+    if missing:
+        pytest.skip(f"not registered yet: {', '.join(missing)}")
+    cfg = load_config(path)
+    assert [e.name for e in cfg.explainers][0] == "diet"
+    assert cfg.data[0].name == "hard_mnist" and cfg.model.name == "lenet"
+
