@@ -107,3 +107,20 @@ def test_roundtrip_through_yaml(tmp_path):
 def test_stable_hash_ignores_key_order():
     assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
     assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+
+
+def test_metric_can_be_restricted_to_some_explainers():
+    from xaiarena.registry import EXPLAINERS, METRICS
+
+    if not {"saliency", "random"} <= set(EXPLAINERS.names()) or "sparseness" not in METRICS:
+        pytest.skip("needs saliency, random and sparseness")
+    cfg = load_config({**BASE, "explainers": ["saliency", "random"],
+                       "metrics": [{"name": "sparseness", "explainers": ["saliency"]}]})
+    assert cfg.metrics[0].explainers == ["saliency"] and cfg.metrics[0].params == {}
+    probs = _problems({**BASE, "explainers": ["saliency"], "metrics": [{"name": "sparseness", "explainers": ["salency"]}]})
+    assert "did you mean 'saliency'" in probs["metrics.0.explainers"]
+
+
+def test_data_dir_is_a_data_field_not_a_parameter():
+    cfg = load_config({**BASE, "data": {"name": "hard_mnist", "data_dir": "/x", "n_train": 10}})
+    assert cfg.data[0].data_dir == "/x" and cfg.data[0].params == {"n_train": 10}

@@ -62,9 +62,11 @@ class ComponentSpec(_Strict):
             return {"name": value}
         if isinstance(value, dict):
             value = dict(value)
-            known = {k: value.pop(k) for k in ("name", "label", "params") if k in value}
-            params = dict(known.get("params") or {})
-            params.update(value)  # any other key is a parameter of the component
+            # the spec's own fields (name, label, and a subclass's extras); every other key is a
+            # keyword parameter of the component
+            known = {k: value.pop(k) for k in list(value) if k in cls.model_fields and k != "params"}
+            params = dict(value.pop("params", None) or {})
+            params.update(value)
             known["params"] = params
             return known
         return value
@@ -83,16 +85,12 @@ class DataConfig(ComponentSpec):
 
     data_dir: str | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _flatten(cls, value: Any) -> Any:
-        if isinstance(value, dict) and "data_dir" in value:
-            value = dict(value)
-            data_dir = value.pop("data_dir")
-            out = ComponentSpec._flatten.__func__(cls, value)  # type: ignore[attr-defined]
-            out["data_dir"] = data_dir
-            return out
-        return ComponentSpec._flatten.__func__(cls, value)  # type: ignore[attr-defined]
+
+class MetricSpec(ComponentSpec):
+    """A metric; ``explainers`` restricts it to some explainers (by label), e.g. to keep
+    re-explaining robustness metrics away from expensive perturbation methods."""
+
+    explainers: list[str] | None = None
 
 
 class TrainingConfig(_Strict):
@@ -136,7 +134,7 @@ class ExperimentConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     explainers: list[ComponentSpec] = Field(default_factory=list)
-    metrics: list[ComponentSpec] = Field(default_factory=list)
+    metrics: list[MetricSpec] = Field(default_factory=list)
 
     @field_validator("data", mode="before")
     @classmethod
@@ -287,7 +285,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         if field is None:
             return None
         ann = field.annotation
-        for cand in (TrainingConfig, EvaluationConfig, DataConfig, ComponentSpec):
+        for cand in (TrainingConfig, EvaluationConfig, DataConfig, MetricSpec, ComponentSpec):
             if ann is cand or cand in getattr(ann, "__args__", ()):
                 model = cand
                 break
@@ -335,35 +333,42 @@ def _component_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
     so they are reported together with type errors elsewhere in the file)."""
     problems: list[tuple[str, str]] = []
 
-    def spec_of(value: Any) -> ComponentSpec | None:
+    def spec_of(value: Any, cls: type[ComponentSpec] = ComponentSpec) -> ComponentSpec | None:
         try:
-            return ComponentSpec.model_validate(value)
+            return cls.model_validate(value)
         except ValidationError:
             return None
 
     data = raw.get("data")
     data_items = [data] if isinstance(data, (str, dict)) else (data if isinstance(data, list) else [])
     for i, item in enumerate(data_items):
-        if isinstance(item, dict):
-            item = {k: v for k, v in item.items() if k != "data_dir"}
-        spec = spec_of(item)
+        spec = spec_of(item, DataConfig)
         if spec:
             _check_component(DATASETS, spec, f"data.{i}" if isinstance(data, list) else "data", problems)
     if (spec := spec_of(raw.get("model"))) is not None:
         _check_component(MODELS, spec, "model", problems)
-    for group, reg in (("explainers", EXPLAINERS), ("metrics", METRICS)):
+    explainer_keys: list[str] = []
+    for group, reg, cls in (("explainers", EXPLAINERS, ComponentSpec), ("metrics", METRICS, MetricSpec)):
         items = raw.get(group) or []
         if not isinstance(items, list):
             continue
         seen: set[str] = set()
         for i, item in enumerate(items):
-            spec = spec_of(item)
+            spec = spec_of(item, cls)
             if spec is None:
                 continue
             _check_component(reg, spec, f"{group}.{i}", problems)
             if spec.key in seen:
                 problems.append((f"{group}.{i}", f"'{spec.key}' appears twice; give one a distinct 'label'"))
             seen.add(spec.key)
+            if group == "explainers":
+                explainer_keys.append(spec.key)
+            for name in getattr(spec, "explainers", None) or []:
+                if name not in explainer_keys:
+                    hint = suggest(name, explainer_keys)
+                    problems.append((f"{group}.{i}.explainers", f"bad value '{name}': not an explainer of this "
+                                     f"config{f' (did you mean {hint!r}?)' if hint else ''}; valid: "
+                                     f"{', '.join(explainer_keys) or '(none)'}"))
     return problems
 
 

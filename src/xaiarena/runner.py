@@ -232,8 +232,9 @@ class Runner:
         per_sample, curves = [], []
         for mi, spec in enumerate(cfg.metrics):
             metric = METRICS.create(spec.name, **spec.params)
-            mhash = stable_hash({"metric": spec.hash_dict(), "attr": attr_hashes, "ids": ids_hash,
-                                 "seed": cfg.seed, "model": model_hash})
+            keys = spec.explainers or list(attributions)  # the explainers this metric scores
+            mhash = stable_hash({"metric": spec.hash_dict(), "attr": {k: attr_hashes[k] for k in keys},
+                                 "ids": ids_hash, "seed": cfg.seed, "model": model_hash})
             mdir = self.cache / "metrics" / name
             ps_path, cv_path = mdir / f"{spec.key}-{mhash}.parquet", mdir / f"{spec.key}-{mhash}.curves.parquet"
             with self.log.stage(f"{name}/metric/{spec.key}") as sinfo:
@@ -243,7 +244,8 @@ class Runner:
                 else:
                     ps, cv = self._evaluate_metric(
                         metric, spec, mi, name, inputs, targets, labels, masks, sample_ids,
-                        attributions, explained, explain_fns,
+                        {k: attributions[k] for k in keys}, {k: explained[k] for k in keys},
+                        {k: explain_fns[k] for k in keys},
                     )
                     atomic_to_parquet(cv, cv_path)
                     atomic_to_parquet(ps, ps_path)
