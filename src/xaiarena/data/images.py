@@ -51,7 +51,7 @@ SPECS: dict[str, ImageSpec] = {
     # no Hub copy: local Parquet only (github.com/jayaneetha/colorized-MNIST, see shared/datasets)
     "colorized_mnist": ImageSpec("", "image", "label", 10, 3, 28,
                                  description="Colorized MNIST: 28x28 white MNIST digits on a red, green "
-                                 "or blue background, 10 classes (local Parquet only)"),
+                                 "or blue background, 10 classes"),
 }
 
 
