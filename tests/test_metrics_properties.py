@@ -17,7 +17,7 @@ from test_metrics_support import gen, saliency_fn, small_lenet, test_batch
 from xaiarena.metrics import EvalBatch
 from xaiarena.registry import METRICS
 
-FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 H = W = 10
 
 
@@ -82,7 +82,7 @@ def test_model_free_metrics_stay_in_range(a, b, masks):
         _in_range(metric, out)
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(a=int_maps, seed=st.integers(0, 2**31 - 1))
 def test_model_based_metrics_stay_in_range(a, seed):
     batch = tiny_batch(3, seed=seed % 1000)
@@ -107,7 +107,7 @@ TRANSFORMS = {
 }
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(a=int_maps, b=int_maps, masks=masks_st, transform=st.sampled_from(sorted(TRANSFORMS)),
        seed=st.integers(0, 2**31 - 1))
 def test_rank_based_metrics_invariant_to_monotone_transforms(a, b, masks, transform, seed):
@@ -138,7 +138,7 @@ def test_ground_truth_map_is_perfect(masks):
         torch.testing.assert_close(v, torch.ones(3))
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(c=st.floats(-1e3, 1e3, allow_nan=False), seed=st.integers(0, 2**31 - 1))
 def test_constant_maps_do_not_depend_on_the_constant(c, seed):
     """Ties are broken by the seed alone: every constant map ranks pixels identically."""

@@ -136,8 +136,8 @@ def test_selectivity_matches_quantus(setup, patch_size):
 
 def test_irof_matches_quantus(setup, monkeypatch):
     batch, a = setup
-    batch = test_batch(8)
-    a = a[:8]
+    batch = test_batch(4)
+    a = a[:4]
     x, y, a_np, _ = _np(batch, a)
     # Quantus 0.6 calls np.trapz, removed in NumPy 2; np.trapezoid is the same function
     monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)
