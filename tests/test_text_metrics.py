@@ -120,11 +120,11 @@ def test_rationale_overlap_by_hand(setup):
     assert torch.allclose(f1_k3[:2], torch.tensor([2 * 1 / (3 + 1), 2 * 2 / (3 + 2)]))
 
 
-def test_rationale_metrics_need_rationales(setup):
+def test_rationale_metrics_skip_datasets_without_rationales(setup, caplog):
     x, model, y = setup
-    with pytest.raises(ValueError, match="needs ground-truth rationales"):
-        METRICS.create("rationale_f1").evaluate(EvalBatch(model, x, y, y), {"m": torch.zeros(x.shape)},
-                                                generator=_gen())
+    out = METRICS.create("rationale_f1").evaluate(EvalBatch(model, x, y, y), {"m": torch.zeros(x.shape)},
+                                                  generator=_gen())
+    assert out.scores == {} and "no ground-truth rationales" in caplog.text
 
 
 def test_topk_overlap_for_several_k_and_spearman(setup):

@@ -19,7 +19,8 @@ important for the target class, the attribution contract).
   between two explainers' word rankings (key ``"<a>~<b>"``).
 * ``rationale_f1`` / ``rationale_iou`` / ``rationale_auprc``: agreement of the
   top-``k`` words (``k`` = the text's number of rationale words by default) or of
-  the whole ranking with ground-truth rationales (``planted_sentiment``).
+  the whole ranking with ground-truth rationales (``planted_sentiment``); on a
+  dataset without rationales they give no rows (and log why).
 * ``explained_model_accuracy``: whether the model an explainer explains (``f_b``,
   or DiET's ``f_s``) predicts the true class (its mean is the accuracy).
 """
@@ -325,9 +326,6 @@ class _Rationale(_TextMetric):
         self.abs = bool(abs)
 
     def _truth(self, batch: EvalBatch, x: TextBatch) -> torch.Tensor:
-        if batch.masks is None:
-            raise ValueError(f"metric '{self.name}' needs ground-truth rationales (e.g. planted_sentiment), "
-                             "but this dataset has none")
         m = torch.as_tensor(batch.masks).to(x.device).bool()
         if tuple(m.shape) != x.shape:
             raise ValueError(f"batch.masks has shape {tuple(m.shape)}; expected (N, L) = {x.shape}")
@@ -337,6 +335,10 @@ class _Rationale(_TextMetric):
     def evaluate(self, batch, attributions, *, generator, explainers=None) -> MetricOutput:
         maps = prepare_text(batch, attributions, self.name)
         x = text_inputs(batch, self.name)
+        if batch.masks is None:  # e.g. SST-2 next to planted_sentiment in one config: no rows, a logged reason
+            logger.warning("%s: skipped, the dataset has no ground-truth rationales (planted_sentiment has)",
+                           self.name)
+            return MetricOutput()
         truth = self._truth(batch, x)
         n_pos = truth.sum(1)
         k = n_pos if self.k is None else _k_words(self.k, x.n_words)

@@ -1,0 +1,119 @@
+"""DiET for text: word masks through the shared DiET core."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from xaiarena.config import TrainingConfig  # noqa: E402
+from xaiarena.data import load_task  # noqa: E402
+from xaiarena.explainers.diet.core import fingerprint_module  # noqa: E402
+from xaiarena.explainers.diet.text import TextDiET, TextMasker  # noqa: E402
+from xaiarena.models import build_model, train_model  # noqa: E402
+from xaiarena.registry import EXPLAINERS  # noqa: E402
+
+QUICK = {"n_train": 120, "rounds": 1, "mask_max_epochs": 2, "model_max_epochs": 1, "test_max_steps": 6,
+         "batch_size": 32, "seed": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    task = load_task("planted_sentiment", seed=0, n_train=1000, n_test=100)
+    model = build_model("tiny_bert", task, seed=0)
+    train_model(model, task, TrainingConfig(epochs=4, batch_size=32, lr=3e-3, optimizer="adamw"), seed=0,
+                device=torch.device("cpu"), show_progress=False,
+                checkpoint_dir=tmp_path_factory.getbasetemp() / "tiny_bert_planted")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return task, model
+
+
+@pytest.fixture(scope="module")
+def fitted(planted, tmp_path_factory):
+    task, model = planted
+    before = fingerprint_module(model)
+    diet = TextDiET(**QUICK)
+    cache = tmp_path_factory.mktemp("text_diet")
+    diet.fit(model, task, device=torch.device("cpu"), cache_dir=cache)
+    return diet, before, cache
+
+
+def test_masker_masks_words_not_special_tokens(planted):
+    _, model = planted
+    x = model.encode(["unbelievably wonderful film", "dull"])
+    masker = TextMasker(x.max_words, "mask")
+    m = torch.tensor([[0.0, 1.0, 0.5], [0.25, 1.0, 1.0]])
+    masked = masker.apply(x, masker.expand(m), masker.sample_background(2, torch.Generator(), x.device))
+    w = masked.token_weights
+    assert (w[x.special_mask] == 1).all() and (w[x.attention_mask == 0] == 1).all()
+    assert (w[0][x.word_ids[0] == 0] == 0).all() and (w[0][x.word_ids[0] == 2] == 0.5).all()
+    assert (masked.baseline_ids == model.tokenizer.mask_token_id).all()
+    # sparsity and l0 count only each text's own words (padding slots of the short text are ignored)
+    assert torch.allclose(masker.sparsity(m, x), torch.tensor([1.5 / 3, 0.25]))
+    assert torch.allclose(masker.l0(m, x), torch.tensor([2 / 3, 1.0]))
+    # a fully kept text gives the model's output; a fully masked one differs
+    with torch.no_grad():
+        same = model(masker.apply(x, torch.ones(2, 3), None))
+        assert torch.allclose(same, model(x), atol=1e-5)
+
+
+def test_fit_never_modifies_f_b_and_reports_faithfulness(planted, fitted):
+    task, model = planted
+    diet, before, _ = fitted
+    assert fingerprint_module(model) == before
+    f_s = diet.explained_model(model)
+    assert f_s is not model and fingerprint_module(f_s) != before
+    rep = diet.report()
+    for key in ("test_agreement_fs_fb", "test_accuracy_fs", "test_accuracy_fb", "train_masked_accuracy_fs",
+                "train_mask_l0_fraction"):
+        assert 0.0 <= rep[key] <= 1.0, key
+    assert rep["explains"] == "f_s" and rep["n_train"] == QUICK["n_train"] and rep["mask_unit"] == "word"
+    assert diet.train_masks.shape[0] == QUICK["n_train"]
+    assert [h["phase"] for h in diet.history] == ["mask", "round", "model"]
+
+
+def test_test_masks_are_word_maps_in_unit_interval_and_cached(planted, fitted):
+    task, model = planted
+    diet, _, cache = fitted
+    x = model.encode(task.test.texts[:10])
+    y = task.test.labels[:10]
+    a = diet.explain(diet.explained_model(model), x, y)
+    assert a.shape == x.shape and (a >= 0).all() and (a <= 1).all() and (a[~x.word_mask] == 0).all()
+    assert (cache / "test_masks.pt").exists()
+    # a text's mask does not depend on the batch it came in (recomputed without the cache)
+    saved = dict(diet._test_cache)
+    diet._test_cache.clear()
+    part = diet.explain(diet.explained_model(model), x[3:5], y[3:5])
+    assert torch.allclose(part, a[3:5], atol=1e-4)
+    diet._test_cache.update(saved)
+    fresh = TextDiET(**QUICK)
+    fresh.fit(model, task, device=torch.device("cpu"), cache_dir=cache)
+    assert fresh.report()["cache_hit"]
+    assert torch.equal(fresh.train_masks, diet.train_masks)
+    assert torch.allclose(fresh.explain(fresh.explained_model(model), x, y), a)
+
+
+def test_registration_and_errors(planted):
+    entry = EXPLAINERS.entry("text_diet")
+    assert entry.meta["family"] == "learned" and entry.meta["explains"] == "f_s"
+    assert entry.meta["modality"] == ("text",)
+    with pytest.raises(ValueError, match="baseline='black'"):
+        TextDiET(baseline="black")
+    with pytest.raises(RuntimeError, match="fitted first"):
+        TextDiET().explained_model(planted[1])
+    image_task = load_task("hard_mnist", n_train=20, n_test=10)
+    with pytest.raises(ValueError, match="use 'diet' for images"):
+        TextDiET().fit(planted[1], image_task, device=torch.device("cpu"))
