@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from captum._utils.models.linear_model import SkLearnLinearRegression, SkLearnRidge
-from captum.attr import KernelShap, LayerAttribution, LayerGradCam, Lime
+from captum.attr import KernelShap, LayerAttribution, LayerGradCam, Lime, Occlusion
 from torch import nn
 
 from xaiarena.explainers._utils import make_baseline, sample_generators
@@ -189,6 +189,40 @@ def test_ablationcam_matches_a_per_channel_loop():
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
 
 
+class ConcatSkip(nn.Module):
+    """A DenseNet-style block: the layer's output is concatenated with its input."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(7 * 4, 5))
+
+    def forward(self, x):
+        return self.head(torch.cat([torch.relu(self.conv(x)), x], dim=1))
+
+
+@pytest.mark.parametrize("model_fn, layer", [
+    (tiny_lenet, None),
+    (tiny_resnet, "net.layers.1.conv1"),  # a residual connection bypasses the layer
+])
+def test_ablationcam_shared_upstream_equals_full_passes(model_fn, layer, recwarn):
+    model, x, t = model_fn(), images(3), torch.tensor([1, 4, 7])
+    shared = EXPLAINERS.create("ablationcam", layer=layer).explain(model, x, t)
+    full = EXPLAINERS.create("ablationcam", layer=layer, share_upstream=False).explain(model, x, t)
+    assert full.abs().max() > 0
+    torch.testing.assert_close(shared, full, rtol=1e-4, atol=1e-6 * float(full.abs().max()))
+    assert not [w for w in recwarn if "share" in str(w.message)]
+
+
+def test_ablationcam_falls_back_when_the_tail_cannot_take_the_expanded_batch():
+    model, x, t = ConcatSkip().eval(), images(2, 16), torch.tensor([1, 3])
+    with pytest.warns(RuntimeWarning, match="full forward pass"):
+        shared = EXPLAINERS.create("ablationcam").explain(model, x, t)
+    full = EXPLAINERS.create("ablationcam", share_upstream=False).explain(model, x, t)
+    torch.testing.assert_close(shared, full, rtol=0, atol=0)
+
+
 def test_cam_without_conv_layer_names_explainer_and_option():
     model = Linear()
     for name in ("gradcam", "scorecam"):
@@ -323,6 +357,23 @@ def test_gradient_shap_completeness_in_expectation():
 
 
 # ----------------------------------------------------------------------------- perturbation methods
+
+
+@pytest.mark.parametrize("window, stride, baseline", [
+    (8, 8, "black"),  # windows tile the image
+    (8, 6, "blur"),  # overlapping windows, the last one clipped at the border
+    ((6, 10), (5, 7), "white"),
+])
+def test_occlusion_equals_captum_occlusion(window, stride, baseline):
+    model, x, t = tiny_lenet(), images(3), torch.tensor([1, 5, 8])
+    ex = EXPLAINERS.create("occlusion", window=window, stride=stride, baseline=baseline,
+                           perturbations_per_eval=7)
+    ours = ex.explain(model, x, t)
+    (wh, ww), (sh, sw) = ex.window, ex.stride
+    ref = Occlusion(model).attribute(x, sliding_window_shapes=(3, wh, ww), strides=(3, sh, sw),
+                                     baselines=make_baseline(baseline, x), target=t)
+    assert ref.abs().max() > 0
+    torch.testing.assert_close(ours, ref.mean(1), rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
 
 
 def test_occlusion_of_linear_model_is_window_averaged_contribution():

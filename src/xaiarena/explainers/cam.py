@@ -19,6 +19,7 @@ explanation ends, also when it raises.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -300,15 +301,41 @@ class AblationCAM(_PerturbationCAM):
     The paper divides by ``y`` (assumed positive); ``|y|`` keeps the map's sign
     meaningful when the logit is negative. All-zero channels get weight 0 (zeroing
     them changes nothing) without a forward pass.
+
+    ``share_upstream`` (default) runs the layers before the target layer once per
+    image: the hook replaces the layer's output by its ablated copies, so only the
+    rest of the network runs per channel. The result is the same as ``K`` full
+    forward passes; each call checks that on a few channels of its first image and
+    otherwise (a model whose later layers cannot take the expanded batch, e.g. a skip
+    connection that concatenates across the layer) uses full forward passes, with a
+    warning.
     """
 
     name = "ablationcam"
+    #: channels of the first image checked against full forward passes per call
+    n_verify: ClassVar[int] = 4
+
+    def __init__(self, layer: str | None = None, batch_size: int = 64, share_upstream: bool = True):
+        super().__init__(layer, batch_size)
+        self.share_upstream = bool(share_upstream)
 
     def weights(self, ctx):
-        acts, x = ctx.activations, ctx.inputs
+        acts = ctx.activations
         n, k = acts.shape[:2]
         live = acts.flatten(2).abs().amax(-1) > 0  # (N, K)
         rows = live.flatten().nonzero().squeeze(1)
+        y = ctx.scores
+        drop = torch.zeros(n * k, dtype=y.dtype, device=y.device)
+        if len(rows):
+            ablated = self._shared_upstream(ctx, rows, k) if self.share_upstream else None
+            if ablated is None:
+                ablated = self._full_passes(ctx, rows, k)
+            drop[rows] = y[rows // k] - ablated
+        w = drop.view(n, k) / y.abs().clamp_min(1e-6).view(n, 1)
+        return w.view(n, k, 1, 1).to(acts.dtype)
+
+    def _full_passes(self, ctx: CAMContext, rows: torch.Tensor, k: int) -> torch.Tensor:
+        """One full forward pass per (image, channel), ``batch_size`` per pass."""
         current: dict[str, torch.Tensor] = {}
 
         def ablate(out: torch.Tensor) -> torch.Tensor:
@@ -320,13 +347,75 @@ class AblationCAM(_PerturbationCAM):
             r = rows[start:stop]
             i, c = r // k, r % k
             current["channel"] = c
-            return x[i], ctx.targets[i]
+            return ctx.inputs[i], ctx.targets[i]
 
-        y = ctx.scores
-        drop = torch.zeros(n * k, dtype=y.dtype, device=y.device)
-        if len(rows):
-            with ctx.edit_layer(ablate):
-                ablated = forward_scores(ctx.model, len(rows), make_batch, self.batch_size)
-            drop[rows] = y[rows // k] - ablated
-        w = drop.view(n, k) / y.abs().clamp_min(1e-6).view(n, 1)
-        return w.view(n, k, 1, 1).to(acts.dtype)
+        with ctx.edit_layer(ablate):
+            return forward_scores(ctx.model, len(rows), make_batch, self.batch_size)
+
+    def _shared_upstream(self, ctx: CAMContext, rows: torch.Tensor, k: int) -> torch.Tensor | None:
+        """Ablated scores with the layers before the target layer run once per image, or None.
+
+        Images are processed in groups sized so that a group's ablations fill about four
+        forward batches; the hook expands the group's layer output to its ablated copies.
+        If the rest of the network cannot take that batch (a skip connection across the
+        layer), one image per group is tried (broadcasting handles skips then), and
+        failing that, full forward passes.
+        """
+        group = max(1, 4 * self.batch_size // k)
+        errors = []
+        for g in dict.fromkeys((group, 1)):
+            try:
+                scores = self._grouped_ablation(ctx, rows, k, g)
+            except RuntimeError as err:
+                errors.append(str(err).splitlines()[0])
+                continue
+            if self._verified(ctx, rows, k, scores, g):
+                return scores
+            errors.append("the shared-upstream scores differ from full forward passes")
+        self._fall_back(ctx, "; ".join(dict.fromkeys(errors)))
+        return None
+
+    @torch.no_grad()
+    def _grouped_ablation(self, ctx: CAMContext, rows: torch.Tensor, k: int, group: int) -> torch.Tensor:
+        current: dict[str, torch.Tensor] = {}
+
+        def expand(out: torch.Tensor) -> torch.Tensor:
+            local, chans = current["local"], current["channels"]
+            rep = out[local]  # (R, K, h, w), a copy
+            rep[torch.arange(len(chans), device=rep.device), chans] = 0
+            return rep
+
+        sample, chan = rows // k, rows % k
+        scores = torch.empty(len(rows), dtype=ctx.scores.dtype, device=ctx.scores.device)
+        n = len(ctx.inputs)
+        with ctx.edit_layer(expand):
+            for s0 in range(0, n, group):
+                sel = ((sample >= s0) & (sample < s0 + group)).nonzero().squeeze(1)
+                if not len(sel):
+                    continue
+                a, b = int(sel[0]), int(sel[-1]) + 1  # rows are sample-major: a contiguous range
+                current["local"], current["channels"] = sample[a:b] - s0, chan[a:b]
+                out = ctx.model(ctx.inputs[s0 : s0 + group])
+                if out.ndim != 2 or len(out) != b - a:
+                    raise RuntimeError(f"the model returned {tuple(out.shape)} for {b - a} ablations")
+                scores[a:b] = out.gather(1, ctx.targets[sample[a:b]].view(-1, 1)).squeeze(1)
+        return scores
+
+    def _verified(self, ctx: CAMContext, rows: torch.Tensor, k: int, scores: torch.Tensor, group: int) -> bool:
+        """A few ablations of the first group's first and last image, against full forward passes."""
+        sample = rows // k
+        first = (sample == sample[0]).nonzero().squeeze(1)[: self.n_verify // 2 or 1]
+        last_id = sample[sample < int(sample[0]) + group].max()
+        last = (sample == last_id).nonzero().squeeze(1)[: self.n_verify // 2 or 1]
+        check = torch.unique(torch.cat([first, last]))
+        full = self._full_passes(ctx, rows[check], k)
+        tol = 1e-4 * (1.0 + float(full.abs().max()))
+        return bool(torch.allclose(scores[check], full, rtol=1e-3, atol=tol))
+
+    def _fall_back(self, ctx: CAMContext, why: str) -> None:
+        warnings.warn(
+            f"{self.name}: cannot share the layers before '{ctx.layer_name}' across ablations ({why}); "
+            "using one full forward pass per channel (set share_upstream=False to skip this check)",
+            RuntimeWarning,
+            stacklevel=4,
+        )

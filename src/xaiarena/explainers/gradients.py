@@ -174,22 +174,28 @@ class GradientShapExplainer(_GradientExplainer):
 
     def attribute(self, model, inputs, targets, *, generator=None):
         n, s = len(inputs), self.n_samples
-        gens = sample_generators(inputs, generator)
         shape = inputs.shape[1:]
+        dev, dt = inputs.device, inputs.dtype
+        gens = sample_generators(inputs, generator)
+        # candidate baselines per sample (N, B, C, H, W); "uniform" rows are filled per draw below
+        cand = torch.stack(
+            [make_baseline(b, inputs) if b != "uniform" else torch.zeros_like(inputs) for b in self.baselines], 1
+        )
+        uni = self.baselines.index("uniform") if "uniform" in self.baselines else -1
         pts, diffs = [], []
-        fixed = {b: make_baseline(b, inputs) for b in self.baselines if b != "uniform"}
         for i, g in enumerate(gens):
             choice = torch.randint(len(self.baselines), (s,), generator=g)
-            alpha = torch.rand(s, generator=g).to(inputs.device, inputs.dtype).view(-1, 1, 1, 1)
-            noise = torch.randn((s, *shape), generator=g) * self.stdevs
-            uniform = torch.rand((s, *shape), generator=g)  # drawn always: streams stay aligned
-            x = inputs[i].expand(s, *shape) + noise.to(inputs.device, inputs.dtype)
-            base = torch.empty_like(x)
-            for j, c in enumerate(choice.tolist()):
-                kind = self.baselines[c]
-                base[j] = uniform[j].to(x) if kind == "uniform" else fixed[kind][i]
-            pts.append(base + alpha * (x - base))
-            diffs.append(x - base)
+            alpha = torch.rand(s, generator=g).to(dev, dt).view(-1, 1, 1, 1)
+            x = inputs[i].expand(s, *shape)
+            if self.stdevs > 0:
+                x = x + (torch.randn((s, *shape), generator=g) * self.stdevs).to(dev, dt)
+            base = cand[i, choice.to(dev)]
+            if uni >= 0:
+                noise = torch.rand((s, *shape), generator=g).to(dev, dt)
+                base = torch.where((choice == uni).to(dev).view(-1, 1, 1, 1), noise, base)
+            diff = x - base
+            pts.append(base + alpha * diff)
+            diffs.append(diff)
         points, diff = torch.cat(pts), torch.cat(diffs)
         grads = input_gradients(model, points, targets.repeat_interleave(s), self.batch_size)
         attr = (grads * diff).view(n, s, *shape).mean(1)

@@ -1,4 +1,4 @@
-"""Perturbation explainers: occlusion (Captum), LIME and KernelSHAP over SLIC superpixels.
+"""Perturbation explainers: occlusion, LIME and KernelSHAP over SLIC superpixels.
 
 They only need forward passes, so they are *forward-bound*: building the
 perturbed inputs, segmenting and fitting the surrogate cost little next to the
@@ -12,10 +12,13 @@ replaced by a ``baseline`` (default ``black``; also ``white``, ``mean`` colour,
 or superpixel covers every channel), so the default ``reduction`` is ``mean``,
 which returns that per-pixel value.
 
-LIME and KernelSHAP run their own batched loop (perturb, forward, weighted least
-squares in closed form, float64) rather than Captum's ``Lime``/``KernelShap``,
-which evaluate one sample at a time; they reproduce Captum's results given the
-same perturbations (see ``tests/test_explainers_oracles.py``).
+All three run their own batched loop rather than Captum's ``Occlusion``, ``Lime`` and
+``KernelShap`` (which build perturbations with more tensor bookkeeping per pass, and,
+for LIME/KernelSHAP, evaluate one sample at a time): the perturbed images of all
+samples are built a few forward batches at a time in a reused buffer, then LIME and
+KernelSHAP solve their weighted least squares in closed form (float64). They
+reproduce Captum's results (occlusion exactly, LIME/KernelSHAP given the same
+perturbations; see ``tests/test_explainers_oracles.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from captum.attr import Occlusion
 
 from ..registry import EXPLAINERS
 from ._utils import (
@@ -37,6 +39,7 @@ from ._utils import (
     make_baseline,
     prepare_rows,
     sample_generators,
+    target_scores,
 )
 from .base import REDUCTIONS, Explainer, reduce_channels
 
@@ -62,23 +65,33 @@ class _PerturbationExplainer(Explainer):
 
 
 
+def _window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Captum's window positions: ``ceil((size - window) / stride) + 1`` starts, the last clipped."""
+    return [i * stride for i in range(math.ceil((size - window) / stride) + 1)]
+
+
 @EXPLAINERS.register(
     "occlusion",
-    description="Occlusion (Zeiler & Fergus 2014, Captum Occlusion): drop of the target logit when a "
-    "window x window patch (default 16, stride 8) is replaced by the baseline (default black), averaged "
-    "over the windows covering each pixel; one forward pass per window position.",
+    description="Occlusion (Zeiler & Fergus 2014; Captum's Occlusion, batched natively): drop of the "
+    "target logit when a window x window patch (default 16, stride 12) is replaced by the baseline "
+    "(default black), averaged over the windows covering each pixel; one forward pass per window.",
 )
 class OcclusionExplainer(_PerturbationExplainer):
-    """Captum's Occlusion with an all-channel sliding window."""
+    """Captum's Occlusion (all-channel sliding window, edge windows clipped), in batched torch.
 
-    cost_knobs: ClassVar[tuple[str, ...]] = ("window", "stride", "perturbations_per_eval")
+    A pixel's value is the mean, over the windows covering it, of ``f(x) - f(x with the window
+    replaced by the baseline)``. Equal to ``captum.attr.Occlusion`` with
+    ``sliding_window_shapes=(C, window)``, ``strides=(C, stride)`` (tested); the perturbed
+    images of all samples share forward passes.
+    """
 
     name = "occlusion"
+    cost_knobs: ClassVar[tuple[str, ...]] = ("window", "stride", "perturbations_per_eval")
 
     def __init__(
         self,
         window: int | tuple[int, int] = 16,
-        stride: int | tuple[int, int] = 8,
+        stride: int | tuple[int, int] = 12,
         baseline: str = "black",
         perturbations_per_eval: int = 64,
         reduction: str = "mean",
@@ -90,21 +103,48 @@ class OcclusionExplainer(_PerturbationExplainer):
     def n_windows(self, height: int, width: int) -> int:
         """Window positions (= forward passes per sample, plus one for the unperturbed input)."""
         (wh, ww), (sh, sw) = self.window, self.stride
-        return ((height - wh) // sh + 1) * ((width - ww) // sw + 1)
+        return len(_window_starts(height, wh, sh)) * len(_window_starts(width, ww, sw))
+
+    def window_masks(self, height: int, width: int, device=None) -> torch.Tensor:
+        """``(P, H, W)`` 0/1 masks of the window positions."""
+        (wh, ww), (sh, sw) = self.window, self.stride
+        masks = []
+        for y0 in _window_starts(height, wh, sh):
+            for x0 in _window_starts(width, ww, sw):
+                m = torch.zeros(height, width, device=device)
+                m[y0 : y0 + wh, x0 : x0 + ww] = 1.0
+                masks.append(m)
+        return torch.stack(masks)
 
     def attribute(self, model, inputs, targets, *, generator=None):
-        c, h, w = inputs.shape[1:]
+        n, c, h, w = inputs.shape
         if self.window[0] > h or self.window[1] > w:
             raise ValueError(f"{self.name}: window={self.window} is larger than the {h}x{w} input")
-        attr = Occlusion(model).attribute(
-            inputs.detach(),
-            sliding_window_shapes=(c, *self.window),
-            strides=(c, *self.stride),
-            baselines=self._baseline(inputs, generator),
-            target=targets,
-            perturbations_per_eval=max(1, self.perturbations_per_eval // len(inputs)),
-        )
-        return reduce_channels(attr, self.reduction)
+        x = inputs.detach()
+        base = self._baseline(x, generator)
+        delta = base - x
+        wmask = self.window_masks(h, w, x.device).to(x.dtype)  # (P, H, W)
+        p = len(wmask)
+        with torch.no_grad():
+            y0 = target_scores(model(x), targets)
+        row_targets = targets.repeat_interleave(p)
+        prep = prepare_rows(self.perturbations_per_eval, (c, h, w), n * p)
+        buf = torch.empty((prep, c, h, w), dtype=x.dtype, device=x.device)
+
+        def make_batch(start: int, stop: int):
+            out, r = buf[: stop - start], start
+            while r < stop:  # runs of one sample's windows: x_i + (b_i - x_i) * window mask
+                i, j0 = divmod(r, p)
+                j1 = min(p, j0 + stop - r)
+                torch.addcmul(x[i], delta[i], wmask[j0:j1, None], out=out[r - start : r - start + j1 - j0])
+                r += j1 - j0
+            return out, row_targets[start:stop]
+
+        y = forward_scores(model, n * p, make_batch, self.perturbations_per_eval, prepare=prep).view(n, p)
+        drop = (y0[:, None] - y).to(x.dtype)  # (N, P)
+        total = torch.einsum("np,phw->nhw", drop, wmask)
+        attr = total / wmask.sum(0).clamp_min(1.0)
+        return reduce_channels(attr[:, None].expand(n, c, h, w), self.reduction)
 
 
 def slic_segments(images: torch.Tensor, n_segments: int, compactness: float) -> list[np.ndarray]:
