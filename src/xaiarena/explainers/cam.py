@@ -292,8 +292,8 @@ class ScoreCAM(_PerturbationCAM):
 @EXPLAINERS.register(
     "ablationcam",
     description="Ablation-CAM (Desai & Ramaswamy 2020): channel weight = relative drop of the target "
-    "logit when the channel is zeroed at the layer; K forward passes per sample, batch_size ablations "
-    "per pass; last Conv2d by default.",
+    "logit when the channel is zeroed at the layer; the layers before it run once per image and the "
+    "rest once per channel (share_upstream, verified), batch_size ablations per pass; last Conv2d by default.",
 )
 class AblationCAM(_PerturbationCAM):
     """``w_k = (y - y_k) / |y|`` with ``y_k`` the target logit when channel ``k`` is set to 0.
@@ -312,6 +312,7 @@ class AblationCAM(_PerturbationCAM):
     """
 
     name = "ablationcam"
+    cost_knobs: ClassVar[tuple[str, ...]] = ("batch_size", "share_upstream")
     #: channels of the first image checked against full forward passes per call
     n_verify: ClassVar[int] = 4
 
