@@ -18,7 +18,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,7 +28,8 @@ from torch import nn
 from ..registry import suggest
 
 #: baselines (reference inputs) that IG, GradientSHAP, occlusion, LIME and KernelSHAP accept
-BASELINES = ("black", "white", "mean", "blur", "uniform")
+Baseline = Literal["black", "white", "mean", "blur", "uniform"]
+BASELINES: tuple[str, ...] = Baseline.__args__
 
 
 # --------------------------------------------------------------------------- option checks

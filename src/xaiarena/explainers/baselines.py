@@ -7,16 +7,17 @@ edge detector (maps that look plausible but explain nothing, cf. Adebayo et al.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
 from ..registry import EXPLAINERS
 from ._utils import check_choice, sample_generators
-from .base import REDUCTIONS, Explainer, reduce_channels
+from .base import REDUCTIONS, Explainer, Reduction, reduce_channels
 
-DISTRIBUTIONS = ("uniform", "normal")
+Distribution = Literal["uniform", "normal"]
+DISTRIBUTIONS: tuple[str, ...] = Distribution.__args__
 
 
 class _Baseline(Explainer):
@@ -33,7 +34,7 @@ class RandomExplainer(_Baseline):
 
     name = "random"
 
-    def __init__(self, distribution: str = "uniform"):
+    def __init__(self, distribution: Distribution = "uniform"):
         self.distribution = check_choice(self.name, "distribution", distribution, DISTRIBUTIONS)
 
     def attribute(self, model, inputs, targets, *, generator=None):
@@ -53,7 +54,7 @@ class SobelExplainer(_Baseline):
 
     name = "sobel"
 
-    def __init__(self, reduction: str = "sum"):
+    def __init__(self, reduction: Reduction = "sum"):
         self.reduction = check_choice(self.name, "reduction", reduction, REDUCTIONS)
 
     def attribute(self, model, inputs, targets, *, generator=None):

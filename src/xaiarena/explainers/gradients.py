@@ -23,7 +23,7 @@ its batch.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
@@ -31,6 +31,7 @@ from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Salien
 from ..registry import EXPLAINERS
 from ._utils import (
     BASELINES,
+    Baseline,
     check_baselines,
     check_choice,
     check_float,
@@ -39,10 +40,12 @@ from ._utils import (
     make_baseline,
     sample_generators,
 )
-from .base import REDUCTIONS, Explainer, reduce_channels
+from .base import REDUCTIONS, Explainer, Reduction, reduce_channels
 
-IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right")
-NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
+IGMethod = Literal["gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right"]
+NTType = Literal["smoothgrad", "smoothgrad_sq", "vargrad"]
+IG_METHODS: tuple[str, ...] = IGMethod.__args__
+NT_TYPES: tuple[str, ...] = NTType.__args__
 
 
 def _grad_input(inputs: torch.Tensor) -> torch.Tensor:
@@ -72,7 +75,7 @@ class SaliencyExplainer(_GradientExplainer):
     name = "saliency"
     default_reduction = "max_abs"
 
-    def __init__(self, absolute: bool = True, reduction: str | None = None):
+    def __init__(self, absolute: bool = True, reduction: Reduction | None = None):
         self.absolute = bool(absolute)
         self._init_reduction(reduction)
 
@@ -91,7 +94,7 @@ class InputXGradientExplainer(_GradientExplainer):
 
     name = "input_x_gradient"
 
-    def __init__(self, reduction: str | None = None):
+    def __init__(self, reduction: Reduction | None = None):
         self._init_reduction(reduction)
 
     def attribute(self, model, inputs, targets, *, generator=None):
@@ -115,10 +118,10 @@ class IntegratedGradientsExplainer(_GradientExplainer):
     def __init__(
         self,
         n_steps: int = 16,
-        baseline: str = "black",
-        method: str = "gausslegendre",
+        baseline: Baseline = "black",
+        method: IGMethod = "gausslegendre",
         internal_batch_size: int = 64,
-        reduction: str | None = None,
+        reduction: Reduction | None = None,
     ):
         self.n_steps = check_int(self.name, "n_steps", n_steps)
         self.baseline = check_choice(self.name, "baseline", baseline, BASELINES)
@@ -162,9 +165,9 @@ class GradientShapExplainer(_GradientExplainer):
         self,
         n_samples: int = 8,
         stdevs: float = 0.0,
-        baselines: str | list[str] | tuple[str, ...] = ("black", "uniform"),
+        baselines: Baseline | list[Baseline] | tuple[Baseline, ...] = ("black", "uniform"),
         batch_size: int = 64,
-        reduction: str | None = None,
+        reduction: Reduction | None = None,
     ):
         self.n_samples = check_int(self.name, "n_samples", n_samples)
         self.stdevs = check_float(self.name, "stdevs", stdevs)
@@ -244,10 +247,10 @@ class SmoothGradExplainer(_GradientExplainer):
         self,
         nt_samples: int = 8,
         stdevs: float = 0.15,
-        nt_type: str = "smoothgrad",
+        nt_type: NTType = "smoothgrad",
         absolute: bool = True,
         batch_size: int = 64,
-        reduction: str | None = None,
+        reduction: Reduction | None = None,
     ):
         self.nt_samples = check_int(self.name, "nt_samples", nt_samples)
         self.stdevs = check_float(self.name, "stdevs", stdevs)

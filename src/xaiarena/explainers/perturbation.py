@@ -32,6 +32,7 @@ import torch
 from ..registry import EXPLAINERS
 from ._utils import (
     BASELINES,
+    Baseline,
     check_choice,
     check_float,
     check_int,
@@ -41,7 +42,7 @@ from ._utils import (
     sample_generators,
     target_scores,
 )
-from .base import REDUCTIONS, Explainer, reduce_channels
+from .base import REDUCTIONS, Explainer, Reduction, reduce_channels
 
 
 def _pair(explainer: str, option: str, value) -> tuple[int, int]:
@@ -92,9 +93,9 @@ class OcclusionExplainer(_PerturbationExplainer):
         self,
         window: int | tuple[int, int] = 16,
         stride: int | tuple[int, int] = 12,
-        baseline: str = "black",
+        baseline: Baseline = "black",
         perturbations_per_eval: int = 64,
-        reduction: str = "mean",
+        reduction: Reduction = "mean",
     ):
         self.window = _pair(self.name, "window", window)
         self.stride = _pair(self.name, "stride", stride)
@@ -272,9 +273,9 @@ class LimeExplainer(SuperpixelSurrogate):
         compactness: float = 20.0,
         kernel_width: float = 0.25,
         ridge_alpha: float = 1.0,
-        baseline: str = "black",
+        baseline: Baseline = "black",
         perturbations_per_eval: int = 64,
-        reduction: str = "mean",
+        reduction: Reduction = "mean",
     ):
         super().__init__(n_samples, n_segments, compactness, baseline, perturbations_per_eval, reduction)
         self.kernel_width = check_float(self.name, "kernel_width", kernel_width, strict=True)
@@ -315,9 +316,9 @@ class KernelShapExplainer(SuperpixelSurrogate):
         n_samples: int = 64,
         n_segments: int = 50,
         compactness: float = 20.0,
-        baseline: str = "black",
+        baseline: Baseline = "black",
         perturbations_per_eval: int = 64,
-        reduction: str = "mean",
+        reduction: Reduction = "mean",
     ):
         super().__init__(n_samples, n_segments, compactness, baseline, perturbations_per_eval, reduction)
 
