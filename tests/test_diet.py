@@ -23,7 +23,7 @@ from xaiarena.explainers.diet.core import (
 )
 
 TINY = dict(upsample_factor=4, rounds=2, n_train=48, batch_size=16, mask_lr=500.0, mask_max_epochs=3,
-            model_max_epochs=2, test_max_steps=6, seed=3)
+            model_max_epochs=2, test_lr=500.0, test_max_steps=6, seed=3)
 
 
 class Quadrant(nn.Module):
@@ -158,7 +158,7 @@ def test_image_masker_masks_and_backgrounds():
 def test_test_masks_keep_what_the_model_uses(quadrant_task):
     """For a model that only reads the top-left quadrant, test masks erase the rest."""
     task, model = quadrant_task
-    cfg = DietConfig(batch_size=16, mask_lr=500.0, test_max_steps=25, test_tol=0.0)
+    cfg = DietConfig(batch_size=16, test_lr=500.0, test_max_steps=25, test_tol=0.0)
     masker = ImageMasker((3, 16, 16), upsample_factor=2, mean=task.mean, std=task.std)
     x = task.test.float_images()
     masks, summary = optimise_test_masks(model, x, masker, cfg, seed=0)
@@ -168,6 +168,26 @@ def test_test_masks_keep_what_the_model_uses(quadrant_task):
     outside = masks[:, 0, 5:, :].mean()
     assert outside < 0.05, outside
     assert inside > outside + 0.3, (inside, outside)  # a sparse subset of the quadrant suffices
+
+
+def test_default_test_horizon_erases_unused_cells(quadrant_task):
+    """Without test_max_steps, test time stops when sparsity alone has taken an unused cell to 0."""
+    task, model = quadrant_task
+    assert DietConfig(batch_size=64, test_lr=1000.0, test_sparsity_weight=1.0).test_horizon(32 * 32) == 66
+    assert DietConfig(test_max_steps=7).test_horizon(10**6) == 7
+    with pytest.raises(ValueError, match="test_max_steps"):
+        DietConfig(test_sparsity_weight=0.0).test_horizon(16)
+    cfg = DietConfig(batch_size=16, test_lr=200.0, test_sparsity_weight=1.0, test_tol=0.0)
+    masker = ImageMasker((3, 16, 16), upsample_factor=2, mean=task.mean, std=task.std)
+    horizon = cfg.test_horizon(64)
+    assert horizon == 6  # 16 * 64 / 200 = 5.12
+    x = task.test.float_images()
+    masks, summary = optimise_test_masks(model, x, masker, cfg, seed=0)
+    assert summary["horizon"] == horizon and summary["steps_mean"] == horizon
+    assert torch.all(masks[:, 0, 5:, :] == 0)  # cells the model never reads are erased ...
+    short, _ = optimise_test_masks(model, x, masker, DietConfig(**{**cfg.to_dict(), "test_max_steps": horizon - 2}),
+                                   seed=0)
+    assert torch.all(short[:, 0, 5:, 1:-1] > 0)  # ... and not earlier
 
 
 def test_fit_training_masks_and_report(quadrant_task, tmp_path):
@@ -186,9 +206,11 @@ def test_fit_training_masks_and_report(quadrant_task, tmp_path):
     json.dumps(rep)  # goes into run.json
 
 
-def test_f_b_is_never_modified(small_task, tmp_path):
+def test_f_b_is_never_modified(tmp_path):
+    from xaiarena.data import load_task
     from xaiarena.models import build_model
 
+    small_task = load_task("hard_mnist", seed=0, n_train=96, n_test=16)
     torch.manual_seed(0)
     f_b = build_model("lenet", small_task, channels=(4, 8), hidden=(16,))
     f_b.train()  # the mode must be restored as well
@@ -283,6 +305,11 @@ def test_resume_after_interruption_matches_uninterrupted_run(quadrant_task, tmp_
     again = _fit(model, task, tmp_path / "resumed")
     assert again.report()["cache_hit"]
     _same_result(full, again)
+
+    # test-time settings do not touch the fit: still a cache hit
+    test_only = _fit(model, task, tmp_path / "resumed", test_sparsity_weight=2.0, test_max_steps=3)
+    assert test_only.report()["cache_hit"]
+    _same_result(full, test_only)
 
     # other settings in the same folder start afresh instead of resuming
     other = _fit(model, task, tmp_path / "resumed", mask_lr=100.0)

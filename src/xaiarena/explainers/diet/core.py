@@ -211,13 +211,13 @@ class DietConfig:
 
     rounds: int = 3
     batch_size: int = 64
-    mask_lr: float = 1000.0
+    mask_lr: float = 16000.0
     model_lr: float = 1e-4
     mask_tol: float = 0.005
     model_tol: float = 0.01
-    mask_max_epochs: int = 10
+    mask_max_epochs: int = 6
     model_max_epochs: int = 3
-    test_lr: float | None = None
+    test_lr: float | None = 1000.0
     test_sparsity_weight: float = 1.0
     test_tol: float = 0.002
     test_max_steps: int | None = None
@@ -237,6 +237,10 @@ class DietConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def fit_dict(self) -> dict[str, Any]:
+        """The settings that affect training (the fit's cache key): everything but ``test_*``."""
+        return {k: v for k, v in asdict(self).items() if not k.startswith("test_")}
 
     @property
     def effective_test_lr(self) -> float:
@@ -375,7 +379,7 @@ class DietTrainer:
             raise ValueError("DiET needs at least one training sample")
         start = time.perf_counter()
         meta = {
-            "format": FORMAT_VERSION, "config": cfg.to_dict(), "masker": self.masker.describe(),
+            "format": FORMAT_VERSION, "config": cfg.fit_dict(), "masker": self.masker.describe(),
             "f_b": fingerprint_module(f_b), "data": data_key, "n": int(n), "seed": self.seed,
         }
         state = self._load_state(meta)
