@@ -1,6 +1,7 @@
 """Explainers. Importing this package registers every built-in explainer."""
 
 from . import baselines, cam, gradients, perturbation, text  # noqa: F401  (registration)
+from . import diet  # noqa: F401
 from .diet import text as _diet_text  # noqa: F401  (registers text_diet; importing diet registers diet)
 from .base import REDUCTIONS, Explainer, reduce_channels
 from .runner_utils import explain_in_batches
