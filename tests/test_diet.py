@@ -26,6 +26,15 @@ TINY = dict(upsample_factor=4, rounds=2, n_train=48, batch_size=16, mask_lr=500.
             model_max_epochs=2, test_lr=500.0, test_max_steps=6, seed=3)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds spin-waiting on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class Quadrant(nn.Module):
     """A classifier that only looks at the top-left quadrant of a 3x16x16 image."""
 
@@ -229,6 +238,21 @@ def test_f_b_is_never_modified(tmp_path):
     maps = diet.explain(f_s, x, torch.zeros(4, dtype=torch.long))
     assert maps.shape == (4, 64, 64) and maps.min() >= 0 and maps.max() <= 1
     assert all(torch.equal(before[k], v) for k, v in f_b.state_dict().items())
+
+
+def test_batchnorm_model_f_b_buffers_untouched(tmp_path):
+    """A ResNet's BatchNorm running statistics belong to f_b too: f_s's training must not move them."""
+    from xaiarena.models import build_model
+
+    task = _random_task(n_train=48, n_test=8)
+    torch.manual_seed(0)
+    f_b = build_model("resnet", task, depth=8, width=4).eval()
+    before = {k: v.clone() for k, v in f_b.state_dict().items()}
+    diet = _fit(f_b, task, tmp_path, rounds=1)
+    assert all(torch.equal(before[k], v) for k, v in f_b.state_dict().items())
+    bn = [k for k in before if k.endswith("running_mean")]
+    assert bn and any(not torch.equal(before[k], diet.f_s.state_dict()[k]) for k in bn)  # f_s's did move
+    assert diet.explain(diet.f_s, task.test.float_images(), task.test.labels).shape == (8, 16, 16)
 
 
 # --------------------------------------------------------------------------- test-time masks
