@@ -13,6 +13,13 @@ from typer.testing import CliRunner
 from xaiarena.cli import app
 
 runner = CliRunner()
+
+
+def strict_json(text: str):
+    """Parse JSON the way non-Python consumers do: NaN/Infinity are not JSON."""
+    def reject(const):
+        raise ValueError(f"non-standard JSON constant {const}")
+    return json.loads(text, parse_constant=reject)
 TINY = ["--set", "data.n_train=300", "--set", "data.n_test=60", "--set", "training.epochs=1",
         "--set", "evaluation.n_samples=8", "--set", "model.channels=[4,8,8]", "--quiet"]
 
@@ -20,13 +27,17 @@ TINY = ["--set", "data.n_train=300", "--set", "data.n_test=60", "--set", "traini
 def test_list_json_contract():
     res = runner.invoke(app, ["list", "--json"])
     assert res.exit_code == 0, res.output
-    data = json.loads(res.output)
+    data = strict_json(res.output)
     assert set(data) == {"datasets", "models", "explainers", "metrics"}
     for entries in data.values():
         for e in entries:
             assert e["name"] and e["description"]
     for m in data["metrics"]:
         assert {"category", "higher_is_better", "modality"} <= set(m)
+        lo, hi = m["value_range"]  # null = unbounded
+        assert lo is None or hi is None or lo <= hi
+    ranges = {m["name"]: m["value_range"] for m in data["metrics"]}
+    assert ranges["sparseness"] == [0.0, 1.0] and ranges["max_sensitivity"] == [0.0, None]
     assert "hard_mnist" in [d["name"] for d in data["datasets"]]
 
 
@@ -70,7 +81,7 @@ def test_run_writes_contract_layout_and_reuses_checkpoint(tmp_path):
     assert res.exit_code == 0, res.output
     for rel in ("config.yaml", "run.json", "results/summary.csv", "results/per_sample.parquet", "results/tests.csv"):
         assert (out / rel).exists(), rel
-    info = json.loads((out / "run.json").read_text())
+    info = strict_json((out / "run.json").read_text())
     assert info["seed"] == 0 and info["config_hash"] and info["versions"]["torch"]
     train = info["stages"]["hard_mnist/train"]
     assert train["cache_hit"] is False and train["seconds"] > 0

@@ -130,8 +130,12 @@ def test_inputs_and_model_untouched(name, model, data):
     x, t = data
     x0, state0 = x.clone(), {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
+    frozen = [m for m in model.modules() if m is not model][-1]
+    frozen.eval()  # a submodule kept in eval mode inside a training model (e.g. frozen BatchNorm)
+    modes = {n: m.training for n, m in model.named_modules()}
     make(name).explain(model, x, t, generator=gen())
-    assert model.training, "explain() must restore the model's mode"
+    assert {n: m.training for n, m in model.named_modules()} == modes, \
+        "explain() must restore every submodule's own mode"
     model.eval()
     torch.testing.assert_close(x, x0, rtol=0, atol=0)
     assert not x.requires_grad

@@ -10,7 +10,6 @@ value and the valid choices.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -37,8 +36,8 @@ def _fail(msg: str, code: int = EXIT_CONFIG) -> None:
 
 @app.command()
 def run(
-    config: Optional[Path] = typer.Argument(None, help="Experiment YAML; omit for the built-in offline benchmark."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<name>)."),
+    config: Optional[Path] = typer.Argument(None, help="Experiment YAML; omit for the built-in offline benchmark."),  # noqa: UP045 - typer
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<name>)."),  # noqa: UP045
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a config value: key.path=value (repeatable)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or stage lines."),
 ) -> None:
@@ -78,7 +77,9 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
 
     data = {kind: reg.describe() for kind, reg in REGISTRIES.items()}
     if as_json:
-        typer.echo(json.dumps(data, indent=2, default=str))
+        from .utils import dumps_json
+
+        typer.echo(dumps_json(data))
         return
     for kind, entries in data.items():
         typer.echo(f"{kind}:")

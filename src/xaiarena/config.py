@@ -21,11 +21,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
-
-import typing
 
 import yaml
 from pydantic import (

@@ -30,6 +30,7 @@ from .utils import (
     atomic_to_parquet,
     atomic_write_bytes,
     atomic_write_text,
+    dumps_json,
     load_torch,
     progress,
     resolve_device,
@@ -301,7 +302,7 @@ class Runner:
         scores: dict[str, dict[str, list[torch.Tensor]]] = {}
         curves: dict[str, dict[str, list[torch.Tensor]]] = {}
         curve_x: dict[str, torch.Tensor] = {}
-        for gi, keys in enumerate(groups.values()):
+        for keys in groups.values():
             model = explained[keys[0]]
             for bi, i in enumerate(progress(range(0, len(inputs), bs), desc=f"metric {spec.key}",
                                             disable=not self.show_progress)):
@@ -418,15 +419,7 @@ class Runner:
             "datasets": self.datasets_info,
             "metrics_meta": self.metrics_meta,
         }
-        atomic_write_text(self.run_dir / "run.json", json.dumps(data, indent=2, default=_json_default))
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    return str(obj)
+        atomic_write_text(self.run_dir / "run.json", dumps_json(data))
 
 
 def stable_seed(*parts: int) -> int:

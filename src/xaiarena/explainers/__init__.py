@@ -1,9 +1,15 @@
 """Explainers. Importing this package registers every built-in explainer."""
 
-from . import baselines, cam, gradients, perturbation, text  # noqa: F401  (registration)
-from . import diet  # noqa: F401
-from .diet import text as _diet_text  # noqa: F401  (registers text_diet; importing diet registers diet)
+from . import (  # noqa: F401  (registration)
+    baselines,
+    cam,
+    diet,  # noqa: F401
+    gradients,
+    perturbation,
+    text,
+)
 from .base import REDUCTIONS, Explainer, reduce_channels
+from .diet import text as _diet_text  # noqa: F401  (registers text_diet; importing diet registers diet)
 from .runner_utils import explain_in_batches
 
 __all__ = ["Explainer", "REDUCTIONS", "reduce_channels", "explain_in_batches"]

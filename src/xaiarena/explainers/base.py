@@ -23,6 +23,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from ..utils import eval_mode
+
 Reduction = Literal["sum", "abs_sum", "max_abs", "mean"]
 REDUCTIONS = ("sum", "abs_sum", "max_abs", "mean")
 
@@ -95,12 +97,8 @@ class Explainer(ABC):
         targets = torch.as_tensor(targets, device=inputs.device).long().reshape(-1)
         if len(targets) != len(inputs):
             raise ValueError(f"{self.name}: {len(targets)} targets for {len(inputs)} inputs")
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             out = self.attribute(model, inputs, targets, generator=generator)
-        finally:
-            model.train(was_training)
         expected = (inputs.shape[0], *inputs.shape[2:])
         if tuple(out.shape) != expected:
             raise RuntimeError(f"{self.name} returned shape {tuple(out.shape)}, expected {expected}")

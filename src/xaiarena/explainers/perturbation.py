@@ -24,6 +24,7 @@ perturbations; see ``tests/test_explainers_oracles.py``).
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
 import numpy as np
@@ -153,20 +154,27 @@ def slic_segments(images: torch.Tensor, n_segments: int, compactness: float) -> 
 
     Returns one int64 ``(H, W)`` label map per image with labels ``0..d-1``. RGB
     images are segmented in Lab space (scikit-image's default), others on raw values.
+    scikit-image's SLIC releases the GIL, so images are segmented by a pool of
+    ``torch.get_num_threads()`` threads (the result does not depend on the pool).
     """
     from skimage.segmentation import slic
 
     arr = images.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).numpy()
-    out = []
-    for img in arr:
+
+    def one(img: np.ndarray) -> np.ndarray:
         if img.shape[-1] == 1:
             seg = slic(img[..., 0], n_segments=n_segments, compactness=compactness, start_label=0, channel_axis=None)
         else:
             seg = slic(img, n_segments=n_segments, compactness=compactness, start_label=0, channel_axis=-1,
                        convert2lab=img.shape[-1] == 3)
         _, labels = np.unique(seg, return_inverse=True)
-        out.append(labels.reshape(seg.shape).astype(np.int64))
-    return out
+        return labels.reshape(seg.shape).astype(np.int64)
+
+    workers = min(len(arr), torch.get_num_threads())
+    if workers <= 1:
+        return [one(img) for img in arr]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, arr))
 
 
 class SuperpixelSurrogate(_PerturbationExplainer):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import suggest
+from ..utils import eval_mode as _eval_mode
 from .base import EvalBatch
 
 logger = logging.getLogger("xaiarena.metrics")
@@ -293,14 +294,8 @@ def make_fill(x: torch.Tensor, fill: str | float, generator: torch.Generator, bl
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode and no autograd for the duration; every submodule's training flag is restored
     as it was (not just the top-level one: a model may hold frozen submodules in eval mode)."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
+    with _eval_mode(model), torch.inference_mode():
+        yield model
 
 
 def chunk_size(x: torch.Tensor, batch_size: int | None) -> int:

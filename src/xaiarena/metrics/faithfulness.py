@@ -442,13 +442,10 @@ class IROF(PerturbationMetric):
 
     def segments(self, x: torch.Tensor) -> torch.Tensor:
         """SLIC labels (N, H, W), renumbered 0..n_segments-1 per sample."""
-        from skimage.segmentation import slic
+        from ..explainers.perturbation import slic_segments
 
-        out = []
-        for img in x.detach().cpu().double().permute(0, 2, 3, 1).numpy():
-            seg = slic(img, n_segments=self.n_segments, compactness=self.compactness, start_label=0)
-            out.append(np.unique(seg, return_inverse=True)[1].reshape(seg.shape))
-        return torch.as_tensor(np.stack(out), dtype=torch.long, device=x.device)
+        segs = slic_segments(x, self.n_segments, self.compactness)
+        return torch.as_tensor(np.stack(segs), dtype=torch.long, device=x.device)
 
     @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:

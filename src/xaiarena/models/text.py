@@ -32,6 +32,7 @@ from torch import nn
 
 from ..data.text import TextBatch, encode_texts
 from ..registry import MODELS
+from ..utils import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +138,7 @@ class TextClassifier(nn.Module):
     def predict_texts(self, texts: list[str], device: torch.device | str, batch_size: int = 64,
                       return_logits: bool = False) -> torch.Tensor:
         """Predicted classes (or logits) for raw texts, batched by length (less padding)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             enc = self.encode(list(texts))
             lengths = enc.attention_mask.sum(1)
             order = torch.argsort(lengths, descending=True, stable=True)
@@ -147,8 +146,6 @@ class TextClassifier(nn.Module):
             for i in range(0, len(texts), batch_size):
                 rows = order[i:i + batch_size]
                 out[rows] = self(enc[rows].to(device)).float().cpu()
-        finally:
-            self.train(was_training)
         return out if return_logits else out.argmax(1)
 
     @property

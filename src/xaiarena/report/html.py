@@ -290,7 +290,9 @@ def build_report(run_dir: str | Path, *, alpha: float | None = None, test: str |
         vr = e.get("value_range") or []
         rng = ""
         if isinstance(vr, (list, tuple)) and len(vr) == 2:
-            lo, hi = (_num(v) for v in vr)
+            # strict JSON writes an unbounded end as null
+            lo = -math.inf if vr[0] is None else _num(vr[0])
+            hi = math.inf if vr[1] is None else _num(vr[1])
             if lo is not None and hi is not None and (math.isfinite(lo) or math.isfinite(hi)):
                 rng = f"[{fmt(lo, None if abs(lo) >= 1e5 else 2)}, {fmt(hi, None if abs(hi) >= 1e5 else 2)}]"
         metric_rows.append({

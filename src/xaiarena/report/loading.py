@@ -151,7 +151,7 @@ def load_run(run_dir: str | Path) -> RunData:
         entry.setdefault("higher_is_better", bool(grp["higher_is_better"].iloc[0]))
         entry.setdefault("category", "other")
         entry.setdefault("description", "")
-        entry.setdefault("value_range", [float("-inf"), float("inf")])
+        entry.setdefault("value_range", [None, None])  # unbounded
 
     curves_path = res / "curves.parquet"
     curves = pd.read_parquet(curves_path) if curves_path.exists() else pd.DataFrame(columns=CURVE_COLUMNS)

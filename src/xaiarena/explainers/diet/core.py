@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...utils import atomic_save_torch, atomic_write_text, load_torch, progress
+from ...utils import atomic_save_torch, atomic_write_text, eval_mode, load_torch, progress
 
 #: ``get_batch(index) -> inputs`` on the training device, for a 1-D LongTensor of sample indices
 BatchFn = Callable[[torch.Tensor], torch.Tensor]
@@ -300,7 +300,7 @@ def fingerprint_tensor(*tensors: torch.Tensor) -> str:
 def frozen(model: nn.Module, train: bool = False) -> Iterator[nn.Module]:
     """Temporarily set ``requires_grad=False`` on every parameter and the train/eval mode."""
     flags = [p.requires_grad for p in model.parameters()]
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     for p in model.parameters():
         p.requires_grad_(False)
     model.train(train)
@@ -309,19 +309,16 @@ def frozen(model: nn.Module, train: bool = False) -> Iterator[nn.Module]:
     finally:
         for p, f in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(f)
-        model.train(was_training)
+        for m, flag in modes:
+            m.training = flag
 
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, get_batch: BatchFn, n: int, batch_size: int, device: torch.device) -> torch.Tensor:
     """Softmax outputs ``(n, K)`` (on ``device``) of ``model`` in eval mode over all samples."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         out = [F.softmax(model(get_batch(torch.arange(i, min(i + batch_size, n)))), 1)
                for i in range(0, n, batch_size)]
-    finally:
-        model.train(was_training)
     return torch.cat(out).to(device)
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ...data.text import REMOVALS, WORD_AGGREGATIONS, TextBatch
+from ...utils import eval_mode
 from .._utils import base_seed, check_choice
 from ..base import Explainer
 
@@ -46,12 +47,8 @@ class TextExplainer(Explainer):
         targets = torch.as_tensor(targets, device=inputs.device).long().reshape(-1)
         if len(targets) != len(inputs):
             raise ValueError(f"{self.name}: {len(targets)} targets for {len(inputs)} texts")
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             out = self.attribute(model, inputs, targets, generator=generator)
-        finally:
-            model.train(was_training)
         if tuple(out.shape) != inputs.shape:
             raise RuntimeError(f"{self.name} returned shape {tuple(out.shape)}, expected (N, L) = {inputs.shape}")
         out = out.detach().float()
