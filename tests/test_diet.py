@@ -213,6 +213,11 @@ def test_fit_training_masks_and_report(quadrant_task, tmp_path):
     assert rep["explains"] == "f_s" and rep["n_train"] == len(task.train)
     assert rep["train_mask_l0_fraction"] < 1.0
     json.dumps(rep)  # goes into run.json
+    # every faithfulness number the fit reports has a label in the HTML report
+    from xaiarena.report.html import _DIET_LABELS
+
+    numbers = {k for k in rep if k.startswith(("test_", "train_"))}
+    assert numbers and numbers <= set(_DIET_LABELS), numbers - set(_DIET_LABELS)
 
 
 def test_f_b_is_never_modified(tmp_path):

@@ -264,3 +264,28 @@ def test_training_flags_of_every_submodule_are_restored(digits):
     b = EvalBatch(wrapper, batch.inputs, batch.targets, batch.labels)
     METRICS.create("deletion", steps=3).evaluate(b, maps, generator=gen(0))
     assert wrapper.training and not batch.model.training
+
+
+def test_agreement_topk_support_uses_the_reference_mask(digits, caplog):
+    """k: support binarises the other map at the size of the reference's positive support."""
+    batch, maps, _ = digits
+    mask = torch.zeros(8, 28, 28)
+    mask[:, 5:15, 5:15] = 1.0  # 100 pixels
+    mask[7] = 0.0  # no positive pixel: NaN with a logged reason
+    other = mask.clone()
+    other[:, 5:15, 5:10] = 0.0  # keeps 50 of the 100 pixels on top ...
+    other[:, 20:25, 20:25] = 0.5  # ... and 25 elsewhere; the rest ranks below by random ties
+    metric = METRICS.create("agreement_topk_iou", k="support", reference="mask")
+    with caplog.at_level(logging.WARNING):
+        out = metric.evaluate(batch, {"mask": mask, "other": other}, generator=gen(0))
+    iou = out.scores["agreement_topk_iou"]["mask~other"]
+    # other's top 100: its 50 mask pixels, its 25 pixels at 0.5, then 25 of its zeros at random,
+    # a few of which may fall inside the mask (the other 50 of the 100 mask pixels)
+    assert bool((iou[:7] >= 50 / 150 - 1e-6).all()) and bool((iou[:7] <= 75 / 125 + 1e-6).all())
+    assert torch.isnan(iou[7]) and "empty reference mask" in caplog.text
+    same = metric.evaluate(batch, {"mask": mask, "copy": mask * 3}, generator=gen(0))
+    torch.testing.assert_close(same.scores["agreement_topk_iou"]["mask~copy"][:7], torch.ones(7))
+    with pytest.raises(ValueError, match="needs a reference"):
+        METRICS.create("agreement_topk_iou", k="support")
+    with pytest.raises(ValueError, match="'support'"):
+        METRICS.create("agreement_topk_iou", k="all", reference="mask")

@@ -96,9 +96,9 @@ def make_run_dir(root: Path, datasets=("hard_mnist", "toy_rgb"), n_eval=40, seed
                            for i, (e, (_, ex, fam)) in enumerate(EXPLAINERS.items())},
         }
         if not rgb:
-            info["diet"] = {"agreement_fs_fb": 0.953, "fs_accuracy_masked_train": 0.91,
-                            "fs_test_accuracy": 0.88, "fb_test_accuracy": 0.9,
-                            "mask_l0_fraction": 0.12}
+            info["diet"] = {"test_agreement_fs_fb": 0.953, "train_masked_accuracy_fs": 0.91,
+                            "test_accuracy_fs": 0.88, "test_accuracy_fb": 0.9,
+                            "train_mask_l0_fraction": 0.12, "n_train": 1000, "seed": 818069386}
         ds_info[ds] = info
     per_sample = pd.concat(rows, ignore_index=True)
     per_sample.to_parquet(root / "results" / "per_sample.parquet", index=False)
@@ -167,6 +167,9 @@ def test_report_written_with_tables_and_figures(run_dir, built):
     assert f"[{best.ci_low:.3f}, {best.ci_high:.3f}]".replace("-", "−") in html
     assert 'class="cell best"' in html and "significantly worse than the best" in html
     assert "DiET model faithfulness" in html and "95.3%" in html
+    assert "Agreement of f_s with f_b" in html and "f_s agrees with f_b on 95.3% of predictions" in html
+    assert "test_agreement_fs_fb" not in html.replace('data-key="test_agreement_fs_fb"', "")  # labelled
+    assert "818069386" not in html  # bookkeeping (the fit seed) stays in run.json
     assert 'title="DiET&#39;s distilled model">f_s</span>' in html
     assert "Across datasets" in html and "all metrics" in html
 

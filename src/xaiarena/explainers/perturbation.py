@@ -211,6 +211,10 @@ class SuperpixelSurrogate(_PerturbationExplainer):
     def segments(self, inputs: torch.Tensor) -> list[np.ndarray]:
         return slic_segments(inputs, self.n_segments, self.compactness)
 
+    def select(self, coef: torch.Tensor) -> torch.Tensor:
+        """The per-superpixel values the map shows (all coefficients by default)."""
+        return coef
+
     def attribute(self, model, inputs, targets, *, generator=None, segments=None):
         n, c, h, w = inputs.shape
         dev = inputs.device
@@ -247,7 +251,7 @@ class SuperpixelSurrogate(_PerturbationExplainer):
         y = y.detach().to("cpu", torch.float64)
         maps = []
         for i, (z, wt) in enumerate(draws):
-            coef = self.solve(z, y[i], wt)
+            coef = self.select(self.solve(z, y[i], wt))
             maps.append(coef[torch.from_numpy(segs[i])])
         attr = torch.stack(maps).to(dev, inputs.dtype)
         return reduce_channels(attr[:, None].expand(n, c, h, w), self.reduction)
@@ -265,11 +269,20 @@ def _weighted_centered(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
     "lime",
     description="LIME (Ribeiro et al. 2016) over SLIC superpixels (n_segments=50): n_samples=64 random "
     "on/off masks (baseline black), weights exp(-d^2/(2*0.25^2)) of the cosine distance to the full image, "
-    "weighted ridge (alpha=1) in closed form; a pixel gets its superpixel's coefficient.",
+    "weighted ridge (alpha=1) in closed form; a pixel gets its superpixel's coefficient. num_features=K keeps "
+    "only the top K superpixels (positive_only: the K largest positive ones, else the K largest |coef|).",
 )
 class LimeExplainer(SuperpixelSurrogate):
     """LIME for images as in ``lime_image``: Bernoulli(1/2) superpixel masks (first row: all on),
     cosine-distance exponential kernel of width ``kernel_width``, ridge penalty ``ridge_alpha``.
+
+    ``num_features=K`` gives lime_image's ``get_image_and_mask(num_features=K,
+    positive_only=...)`` selection: only the top ``K`` superpixels keep their coefficient,
+    the rest of the map is 0. With ``positive_only`` (default) those are the ``K`` largest
+    *positive* coefficients (fewer if fewer are positive); otherwise the ``K`` largest by
+    magnitude, sign kept (rank such maps by magnitude, e.g. a metric's ``abs: true``).
+    Metrics can then take the map's non-zero support as its mask
+    (``agreement_topk_iou`` with ``k: support``).
     """
 
     name = "lime"
@@ -284,10 +297,28 @@ class LimeExplainer(SuperpixelSurrogate):
         baseline: Baseline = "black",
         perturbations_per_eval: int = 64,
         reduction: Reduction = "mean",
+        num_features: int | None = None,
+        positive_only: bool = True,
     ):
         super().__init__(n_samples, n_segments, compactness, baseline, perturbations_per_eval, reduction)
         self.kernel_width = check_float(self.name, "kernel_width", kernel_width, strict=True)
         self.ridge_alpha = check_float(self.name, "ridge_alpha", ridge_alpha)
+        self.num_features = None if num_features is None else check_int(self.name, "num_features", num_features)
+        if not isinstance(positive_only, bool):
+            raise ValueError(f"{self.name}: positive_only={positive_only!r} is not valid; give true or false")
+        self.positive_only = positive_only
+
+    def select(self, coef):
+        if self.num_features is None:
+            return coef
+        score = coef if self.positive_only else coef.abs()
+        # stable sort: ties go to the lower superpixel index, so the selection is deterministic
+        top = torch.sort(score, descending=True, stable=True).indices[: self.num_features]
+        if self.positive_only:
+            top = top[coef[top] > 0]
+        out = torch.zeros_like(coef)
+        out[top] = coef[top]
+        return out
 
     def sample(self, d, generator):
         z = (torch.rand(self.n_samples, d, generator=generator) < 0.5).double()

@@ -63,27 +63,50 @@ class _Agreement(Metric):
             logger.warning("%s: fewer than two explainers, no pair to compare", self.name)
         seed = draw_seed(generator)
         ranks = {k: rank_positions(v, explainer_generator(seed, k, generator.device)) for k, v in maps.items()}
-        scores = {pair_key(a, b): self.compare(ranks[a], ranks[b]) for a, b in pairs}
+        scores = {pair_key(a, b): self.compare(ranks[a], ranks[b], maps[a]) for a, b in pairs}
         return MetricOutput(scores={self.name: scores})
 
-    def compare(self, rank_a: torch.Tensor, rank_b: torch.Tensor) -> torch.Tensor:
-        """Per-sample agreement of two rank maps (N, P); rank 0 is the most important pixel."""
+    def compare(self, rank_a: torch.Tensor, rank_b: torch.Tensor, map_a: torch.Tensor) -> torch.Tensor:
+        """Per-sample agreement of two rank maps (N, P); rank 0 is the most important pixel.
+        ``map_a`` is the first map itself (N, P), after ``abs`` if set."""
         raise NotImplementedError
 
 
 class _TopK(_Agreement):
-    def __init__(self, k: int | float = 0.1, reference: str | None = None, abs: bool = False):
+    """``k``: a pixel count, a fraction of the pixels, or ``"support"``: per sample, the number of
+    positive pixels of the first map of the pair (the ``reference``), for a map that is already a
+    mask, such as LIME's top superpixels (``lime`` with ``num_features``). The reference's top-k
+    set is then exactly its support and the other map is binarised at the same size."""
+
+    def __init__(self, k: int | float | str = 0.1, reference: str | None = None, abs: bool = False):
         super().__init__(reference, abs)
         ok = (isinstance(k, int) and not isinstance(k, bool) and k >= 1) or (isinstance(k, float) and 0 < k < 1)
-        if not ok:
-            raise ValueError(f"k={k!r} is not valid; give a pixel count (int >= 1) or a fraction in (0, 1)")
+        if k == "support" and reference is None:
+            raise ValueError("k='support' needs a reference explainer (the map whose support is the mask)")
+        if not ok and k != "support":
+            raise ValueError(f"k={k!r} is not valid; give a pixel count (int >= 1), a fraction in (0, 1) "
+                             "or 'support'")
         self.k = k
 
-    def _k(self, p: int) -> int:
+    def _k(self, map_a: torch.Tensor) -> torch.Tensor:
+        """Per-sample ``k`` as an ``(N, 1)`` tensor; NaN scores where it is 0."""
+        n, p = map_a.shape
+        if self.k == "support":
+            return (map_a > 0).sum(1, keepdim=True)
         k = self.k if isinstance(self.k, int) else max(1, round(self.k * p))
         if k > p:
             raise ValueError(f"k={self.k} is larger than the number of pixels ({p})")
-        return k
+        return torch.full((n, 1), k, device=map_a.device)
+
+    def compare(self, rank_a, rank_b, map_a):
+        k = self._k(map_a)
+        inter = ((rank_a < k) & (rank_b < k)).sum(1).float()
+        k = k[:, 0].float()
+        out = self.score(inter, k)
+        return nan_where(out, k == 0, self.name, "an empty reference mask (k: support, no positive pixel)")
+
+    def score(self, inter: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
 
 @METRICS.register("agreement_topk_iou", description="Agreement: IoU of two explainers' top-k pixels (key '<a>~<b>')")
@@ -93,9 +116,7 @@ class TopKIoUAgreement(_TopK):
 
     name = "agreement_topk_iou"
 
-    def compare(self, rank_a, rank_b):
-        k = self._k(rank_a.shape[1])
-        inter = ((rank_a < k) & (rank_b < k)).sum(1).float()
+    def score(self, inter, k):
         return inter / (2 * k - inter)
 
 
@@ -105,9 +126,8 @@ class TopKOverlapAgreement(_TopK):
 
     name = "agreement_topk_overlap"
 
-    def compare(self, rank_a, rank_b):
-        k = self._k(rank_a.shape[1])
-        return ((rank_a < k) & (rank_b < k)).sum(1).float() / k
+    def score(self, inter, k):
+        return inter / k
 
 
 @METRICS.register("agreement_spearman", description="Agreement: Spearman rank correlation of two explainers' maps (key '<a>~<b>')")
@@ -118,6 +138,6 @@ class SpearmanAgreement(_Agreement):
     name = "agreement_spearman"
     value_range = (-1.0, 1.0)
 
-    def compare(self, rank_a, rank_b):
+    def compare(self, rank_a, rank_b, map_a):
         r = pearson(rank_a.double(), rank_b.double())
         return nan_where(r, torch.isnan(r), self.name, "a map with a single pixel")

@@ -35,16 +35,23 @@ from .text import text_rows
 DEFAULT_ALPHA = 0.05
 DEFAULT_TEST = "t"
 
+#: DiET's model-faithfulness numbers (keys of ``explainers.diet.core.faithfulness_report``)
 _DIET_LABELS = {
-    "agreement_fs_fb": ("Agreement of f_s with f_b", "share of evaluation inputs on which f_s "
-                        "predicts the same class as f_b"),
-    "fs_accuracy_masked_train": ("f_s accuracy on masked training images",
-                                 "f_s on training images with DiET's learned masks applied"),
-    "fs_test_accuracy": ("f_s test accuracy", "DiET's distilled model on the test split"),
-    "fb_test_accuracy": ("f_b test accuracy", "the model being explained, on the test split"),
-    "mask_l0_fraction": ("Mask size", "mean fraction of pixels DiET's masks keep"),
+    "test_agreement_fs_fb": ("Agreement of f_s with f_b", "share of test inputs on which DiET's distilled "
+                             "model f_s predicts the same class as the model being explained, f_b"),
+    "test_accuracy_fs": ("f_s test accuracy", "DiET's distilled model on the test split"),
+    "test_accuracy_fb": ("f_b test accuracy", "the model being explained, on the test split"),
+    "train_masked_accuracy_fs": ("f_s accuracy on masked training inputs",
+                                 "f_s on training inputs with DiET's learned masks applied"),
+    "train_masked_agreement_fs_fb": ("Agreement on masked training inputs",
+                                     "f_s on masked inputs vs f_b on the full inputs"),
+    "train_mask_l0_fraction": ("Mask size (L0)", "mean fraction of the input DiET's training masks keep"),
+    "train_mask_l1_fraction": ("Mask weight (L1)", "mean mask value over the input"),
 }
 _PERCENT_KEYS = set(_DIET_LABELS)
+_DIET_COUNTS = {"n_train": ("Training inputs", "inputs DiET learned masks for"),
+                "n_test": ("Test inputs", "inputs of the agreement and accuracy numbers"),
+                "fit_seconds": ("Fit time (s)", "training f_s and the masks")}
 _EXPLAINS = {"f_b": "the model being explained", "f_s": "DiET's distilled model"}
 _FIGURE_PATTERNS = (re.compile(r"^d\d+_.*\.png$"), re.compile(r"^combined_.*\.png$"))
 
@@ -125,14 +132,13 @@ def _diet_rows(diet: Any) -> list[dict[str, str]]:
     if not isinstance(diet, dict):
         return []
     rows = []
-    keys = [k for k in _DIET_LABELS if k in diet] + [k for k in diet if k not in _DIET_LABELS]
-    for k in keys:
-        v = _num(diet[k])
+    # known numbers only, in a fixed order; bookkeeping (seed, phases, cache flags) stays in run.json
+    for k, (label, desc) in {**_DIET_LABELS, **_DIET_COUNTS}.items():
+        v = _num(diet.get(k))
         if v is None:
             continue
-        label, desc = _DIET_LABELS.get(k, (k, ""))
-        rows.append({"key": k, "label": label, "description": desc,
-                     "value": fmt_percent(v) if k in _PERCENT_KEYS else fmt(v, 4)})
+        value = fmt_percent(v) if k in _PERCENT_KEYS else (f"{v:.1f}" if k == "fit_seconds" else f"{int(v)}")
+        rows.append({"key": k, "label": label, "description": desc, "value": value})
     return rows
 
 

@@ -106,7 +106,7 @@ def dataset_reading(
             f"No significant differences between explainers on {_join(no_diff)}.")
     out = first + summary_bits + out
     diet = info.get("diet") or {}
-    agree = diet.get("agreement_fs_fb") if isinstance(diet, dict) else None
+    agree = diet.get("test_agreement_fs_fb") if isinstance(diet, dict) else None
     fs = [e for e, v in (info.get("explainers") or {}).items()
           if isinstance(v, dict) and v.get("explains") == "f_s"]
     if fs:

@@ -322,6 +322,34 @@ def predict_proba(model: nn.Module, get_batch: BatchFn, n: int, batch_size: int,
     return torch.cat(out).to(device)
 
 
+def faithfulness_report(*, fs_test: torch.Tensor, fb_test: torch.Tensor, y_test: torch.Tensor,
+                        fs_masked: torch.Tensor, fb_train: torch.Tensor, y_train: torch.Tensor,
+                        mask_l0: torch.Tensor, mask_l1: torch.Tensor, phases: int, seed: int,
+                        **extra: Any) -> dict[str, Any]:
+    """The paper's model-faithfulness numbers (f_s vs f_b), the same keys for every modality:
+    test agreement and accuracies, accuracy and agreement on the masked training inputs, and the
+    training masks' L0/L1 size (fraction of the input kept). ``extra`` adds modality details."""
+
+    def mean(t: torch.Tensor) -> float:
+        return round(float(t.float().mean()), 6) if len(t) else float("nan")
+
+    return {
+        "explains": "f_s",
+        "test_agreement_fs_fb": mean(fs_test == fb_test),
+        "test_accuracy_fs": mean(fs_test == y_test),
+        "test_accuracy_fb": mean(fb_test == y_test),
+        "train_masked_accuracy_fs": mean(fs_masked == y_train),
+        "train_masked_agreement_fs_fb": mean(fs_masked == fb_train),
+        "train_mask_l0_fraction": mean(mask_l0),
+        "train_mask_l1_fraction": mean(mask_l1),
+        "n_train": len(y_train),
+        "n_test": len(y_test),
+        **extra,
+        "phases": phases,
+        "seed": seed,
+    }
+
+
 def _sub_seed(generator: torch.Generator) -> int:
     return int(torch.randint(0, 2**62, (1,), generator=generator))
 

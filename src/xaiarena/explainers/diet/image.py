@@ -20,6 +20,7 @@ from ..base import Explainer
 from .core import (
     DietConfig,
     DietTrainer,
+    faithfulness_report,
     fingerprint_tensor,
     frozen,
     mask_l0,
@@ -266,25 +267,10 @@ class DiET(Explainer):
             fs_masked = _predict(self.f_s, images, device, masks=self.train_masks, masker=self.masker, generator=gen)
         y_test = test.labels.long()
         up = torch.cat([self.masker.expand(self.train_masks[i:i + 512]) for i in range(0, len(self.train_masks), 512)])
-
-        def mean(t: torch.Tensor) -> float:
-            return round(float(t.float().mean()), 6) if len(t) else float("nan")
-
-        return {
-            "explains": "f_s",
-            "test_agreement_fs_fb": mean(fs_test == fb_test),
-            "test_accuracy_fs": mean(fs_test == y_test),
-            "test_accuracy_fb": mean(fb_test == y_test),
-            "train_masked_accuracy_fs": mean(fs_masked == labels),
-            "train_masked_agreement_fs_fb": mean(fs_masked == fb_train),
-            "train_mask_l0_fraction": mean(mask_l0(up)),
-            "train_mask_l1_fraction": mean(mask_sparsity(up)),
-            "n_train": len(images),
-            "n_test": len(test),
-            "mask_shape": list(self.masker.mask_hw),
-            "phases": len(self.history),
-            "seed": self._seed,
-        }
+        return faithfulness_report(
+            fs_test=fs_test, fb_test=fb_test, y_test=y_test, fs_masked=fs_masked, fb_train=fb_train,
+            y_train=labels, mask_l0=mask_l0(up), mask_l1=mask_sparsity(up), phases=len(self.history),
+            seed=self._seed, mask_shape=list(self.masker.mask_hw))
 
     # ------------------------------------------------------------------ explain
     def report(self) -> dict[str, Any]:

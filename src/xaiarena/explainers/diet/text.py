@@ -33,7 +33,14 @@ from ...data.text import TextBatch
 from ...registry import EXPLAINERS
 from ...utils import atomic_save_torch, atomic_write_text, load_torch
 from ..text.base import TextExplainer
-from .core import DietConfig, DietTrainer, fingerprint_tensor, frozen, optimise_test_masks
+from .core import (
+    DietConfig,
+    DietTrainer,
+    faithfulness_report,
+    fingerprint_tensor,
+    frozen,
+    optimise_test_masks,
+)
 
 BASELINES = ("mask", "pad", "unk")
 TEST_MASKS_FILE = "test_masks.pt"
@@ -235,26 +242,10 @@ class TextDiET(TextExplainer):
         n_words = batch.n_words.clamp_min(1).float()
         kept_l1 = (self.train_masks.abs() * wm).sum(1) / n_words
         kept_l0 = ((self.train_masks != 0) & wm).sum(1) / n_words
-
-        def mean(t: torch.Tensor) -> float:
-            return round(float(t.float().mean()), 6) if len(t) else float("nan")
-
-        return {
-            "explains": "f_s",
-            "test_agreement_fs_fb": mean(fs_test == fb_test),
-            "test_accuracy_fs": mean(fs_test == y_test),
-            "test_accuracy_fb": mean(fb_test == y_test),
-            "train_masked_accuracy_fs": mean(fs_masked == labels),
-            "train_masked_agreement_fs_fb": mean(fs_masked == fb_train),
-            "train_mask_l0_fraction": mean(kept_l0),
-            "train_mask_l1_fraction": mean(kept_l1),
-            "n_train": len(labels),
-            "n_test": len(task.test),
-            "mask_unit": "word",
-            "baseline": self.baseline,
-            "phases": len(self.history),
-            "seed": self._seed,
-        }
+        return faithfulness_report(
+            fs_test=fs_test, fb_test=fb_test, y_test=y_test, fs_masked=fs_masked, fb_train=fb_train,
+            y_train=labels, mask_l0=kept_l0, mask_l1=kept_l1, phases=len(self.history), seed=self._seed,
+            mask_unit="word", baseline=self.baseline)
 
     # ------------------------------------------------------------------ explain
     def report(self) -> dict[str, Any]:

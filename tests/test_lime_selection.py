@@ -1,0 +1,44 @@
+"""LIME's lime_image-style selection of the top superpixels (num_features, positive_only)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_explainers import data, gen, model  # noqa: F401  (fixtures)
+
+from xaiarena.registry import EXPLAINERS
+
+OPTS = {"n_samples": 24, "n_segments": 12}
+
+
+def superpixel_values(maps: torch.Tensor, segs) -> list[torch.Tensor]:
+    """Per image, the map's value on each superpixel (maps are constant on superpixels)."""
+    return [torch.stack([m[torch.from_numpy(s == j)][0] for j in range(int(s.max()) + 1)])
+            for m, s in zip(maps, segs, strict=True)]
+
+
+@pytest.mark.parametrize("positive_only", [True, False])
+def test_num_features_keeps_exactly_the_top_superpixels(model, data, positive_only):  # noqa: F811
+    x, t = data
+    full_ex = EXPLAINERS.create("lime", **OPTS)
+    top_ex = EXPLAINERS.create("lime", **OPTS, num_features=3, positive_only=positive_only)
+    full = full_ex.explain(model, x, t, generator=gen())
+    top = top_ex.explain(model, x, t, generator=gen())
+    segs = full_ex.segments(x)
+    for coef, kept in zip(superpixel_values(full, segs), superpixel_values(top, segs), strict=True):
+        score = coef if positive_only else coef.abs()
+        order = torch.sort(score, descending=True, stable=True).indices
+        want = order[:3]
+        if positive_only:
+            want = want[coef[want] > 0]
+        expected = torch.zeros_like(coef)
+        expected[want] = coef[want]
+        torch.testing.assert_close(kept, expected)
+        assert int((kept != 0).sum()) == len(want) <= 3
+
+
+def test_bad_selection_options_name_the_value():
+    with pytest.raises(ValueError, match=r"num_features=0 is not valid"):
+        EXPLAINERS.create("lime", num_features=0)
+    with pytest.raises(ValueError, match=r"positive_only='yes' is not valid"):
+        EXPLAINERS.create("lime", positive_only="yes")
