@@ -677,3 +677,104 @@ def optimise_test_masks(
     summary = {"horizon": horizon, "steps_mean": float(steps_taken.float().mean()) if n else 0.0,
                "converged": float((~active).float().mean()) if n else 0.0}
     return masks.detach().cpu(), summary
+
+
+# --------------------------------------------------------------------------- explainer plumbing
+
+TEST_MASKS_FILE = "test_masks.pt"
+REPORT_FILE = "report.json"
+
+
+class DietFitMixin:
+    """What the image ``diet`` and ``text_diet`` explainers share around :class:`DietTrainer`:
+    the fitted state, the seed and training-subset rules, the cached faithfulness report and
+    the cache of test-time masks (keyed by a digest of each input).
+
+    A subclass sets ``name``, ``config``, ``n_train`` and ``seed`` and implements
+    ``_faithfulness(f_b, ...)``; it calls :meth:`_reset_fit_state` in ``__init__`` and
+    :meth:`_fit_with_trainer` in ``fit``.
+    """
+
+    name: str
+    config: DietConfig
+    n_train: int | None
+    seed: int | None
+
+    def _reset_fit_state(self) -> None:
+        self.f_s: nn.Module | None = None
+        self.masker: Any = None
+        self.train_masks: torch.Tensor | None = None
+        self.train_index: torch.Tensor | None = None
+        self.history: list[dict[str, Any]] = []
+        self.fit_report: dict[str, Any] = {}
+        self.cache_dir: Path | None = None
+        self._seed = 0
+        self._test_cache: dict[Any, torch.Tensor] = {}
+
+    def _start_fit(self, n_all: int, generator: torch.Generator | None, cache_dir: Any) -> torch.Tensor:
+        """Fix the fit seed (``seed``, else one draw from ``generator``, else 0) and the cache
+        folder; return the sorted indices of the ``n_train`` training samples drawn by that seed."""
+        if self.seed is not None:
+            self._seed = int(self.seed)
+        elif generator is not None:
+            self._seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        else:
+            self._seed = 0
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        if self.n_train is None or self.n_train >= n_all:
+            return torch.arange(n_all)
+        perm = torch.randperm(n_all, generator=torch.Generator().manual_seed(self._seed))
+        return perm[: self.n_train].sort().values
+
+    def _fit_with_trainer(self, model: nn.Module, get_batch: BatchFn, labels: torch.Tensor, index: torch.Tensor,
+                          data_key: str, device: torch.device, faithfulness: Callable[[], dict[str, Any]]) -> None:
+        """Train (or resume, or load) ``f_s`` and the training masks, then the faithfulness
+        report (cached beside them) and any test-time masks cached by an earlier run."""
+        trainer = DietTrainer(self.masker, self.config, device=device, seed=self._seed, cache_dir=self.cache_dir)
+        result = trainer.fit(model, get_batch, len(index), labels, data_key=data_key)
+        self.f_s, self.train_masks, self.history, self.train_index = result.f_s, result.masks, result.history, index
+        for p in self.f_s.parameters():  # f_s is final: explainers and metrics only need input gradients
+            p.requires_grad_(False)
+
+        report_path = self.cache_dir / REPORT_FILE if self.cache_dir is not None else None
+        if result.cache_hit and report_path is not None and report_path.exists():
+            self.fit_report = json.loads(report_path.read_text())
+        else:
+            start = time.perf_counter()
+            self.fit_report = faithfulness()
+            self.fit_report["fit_seconds"] = round(result.seconds, 3)
+            self.fit_report["report_seconds"] = round(time.perf_counter() - start, 3)
+            if report_path is not None:
+                atomic_write_text(report_path, json.dumps(self.fit_report, indent=2))
+        self.fit_report["cache_hit"] = result.cache_hit
+        self.fit_report["resumed_from_phase"] = result.resumed_from
+        self._test_cache = {}
+        if self.cache_dir is not None and (self.cache_dir / TEST_MASKS_FILE).exists():
+            saved = load_torch(self.cache_dir / TEST_MASKS_FILE)
+            self._test_cache = {self._decode_digest(k): m for k, m in zip(saved["digests"], saved["masks"], strict=True)}
+
+    # digests are stored as strings; a subclass with other keys converts them
+    def _encode_digest(self, key: Any) -> str:
+        return key
+
+    def _decode_digest(self, key: str) -> Any:
+        return key
+
+    def _save_test_masks(self) -> None:
+        if self.cache_dir is None:
+            return
+        keys = list(self._test_cache)
+        atomic_save_torch({"digests": [self._encode_digest(k) for k in keys],
+                           "masks": [self._test_cache[k] for k in keys]}, self.cache_dir / TEST_MASKS_FILE)
+
+    def report(self) -> dict[str, Any]:
+        """Model-faithfulness report of the last ``fit`` (empty before)."""
+        return dict(self.fit_report)
+
+    def explained_model(self, model: nn.Module) -> nn.Module:
+        return self._fitted()
+
+    def _fitted(self) -> nn.Module:
+        if self.f_s is None or self.masker is None:
+            raise RuntimeError(f"{self.name} must be fitted first: call fit(model, task, device=...) before explaining")
+        return self.f_s

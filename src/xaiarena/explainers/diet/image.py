@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,11 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...registry import EXPLAINERS
-from ...utils import atomic_save_torch, atomic_write_text, load_torch
 from ..base import Explainer
 from .core import (
     DietConfig,
-    DietTrainer,
+    DietFitMixin,
     faithfulness_report,
     fingerprint_tensor,
     frozen,
@@ -29,8 +25,6 @@ from .core import (
 )
 
 BACKGROUNDS = ("normal", "uniform", "constant")
-TEST_MASKS_FILE = "test_masks.pt"
-REPORT_FILE = "report.json"
 
 
 def _per_channel(value: float | Sequence[float] | None, default: Sequence[float], channels: int, name: str) -> torch.Tensor:
@@ -123,7 +117,7 @@ def _predict(model: nn.Module, images: torch.Tensor, device: torch.device, batch
     description="DiET, distractor erasure tuning (Bhalla et al. 2023): learns f_s and sparse masks "
     "robust to erasing the rest; maps are test-time masks for f_s",
 )
-class DiET(Explainer):
+class DiET(DietFitMixin, Explainer):
     """Distractor Erasure Tuning for image classifiers (Bhalla, Srinivas & Lakkaraju, NeurIPS 2023).
 
     :meth:`fit` trains ``f_s`` (a copy of the given model ``f_b``, which is never
@@ -192,16 +186,7 @@ class DiET(Explainer):
         self.background_mean = background_mean
         self.background_std = background_std
         self.seed = seed
-        # set by fit()
-        self.f_s: nn.Module | None = None
-        self.masker: ImageMasker | None = None
-        self.train_masks: torch.Tensor | None = None
-        self.train_index: torch.Tensor | None = None
-        self.history: list[dict[str, Any]] = []
-        self.fit_report: dict[str, Any] = {}
-        self.cache_dir: Path | None = None
-        self._seed = 0
-        self._test_cache: dict[str, torch.Tensor] = {}
+        self._reset_fit_state()  # set by fit()
 
     # ------------------------------------------------------------------ fit
     def fit(self, model: nn.Module, task: Any, *, device: torch.device, generator: torch.Generator | None = None,
@@ -210,49 +195,18 @@ class DiET(Explainer):
         if getattr(task, "modality", "image") != "image":
             raise ValueError(f"diet (image) cannot explain a '{task.modality}' task")
         device = torch.device(device)
-        if self.seed is not None:
-            self._seed = int(self.seed)
-        elif generator is not None:
-            self._seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        else:
-            self._seed = 0
         train = task.train
-        n_all = len(train)
-        if self.n_train is None or self.n_train >= n_all:
-            index = torch.arange(n_all)
-        else:
-            index = torch.randperm(n_all, generator=torch.Generator().manual_seed(self._seed))[: self.n_train].sort().values
+        index = self._start_fit(len(train), generator, cache_dir)
         images, labels = train.images[index], train.labels[index].long()
         mean = getattr(task, "mean", None) if self.background_mean is None else self.background_mean
         std = getattr(task, "std", None) if self.background_std is None else self.background_std
         self.masker = ImageMasker(task.input_shape, self.upsample_factor, self.background, mean, std)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
 
         def get_batch(idx: torch.Tensor) -> torch.Tensor:
             return images[idx].to(device).float().div_(255.0)
 
-        trainer = DietTrainer(self.masker, self.config, device=device, seed=self._seed, cache_dir=self.cache_dir)
-        result = trainer.fit(model, get_batch, len(index), labels, data_key=fingerprint_tensor(images, labels))
-        self.f_s, self.train_masks, self.history, self.train_index = result.f_s, result.masks, result.history, index
-        for p in self.f_s.parameters():  # f_s is final: explainers and metrics only need input gradients
-            p.requires_grad_(False)
-
-        report_path = self.cache_dir / REPORT_FILE if self.cache_dir is not None else None
-        if result.cache_hit and report_path is not None and report_path.exists():
-            self.fit_report = json.loads(report_path.read_text())
-        else:
-            start = time.perf_counter()
-            self.fit_report = self._faithfulness(model, task, images, labels, device)
-            self.fit_report["fit_seconds"] = round(result.seconds, 3)
-            self.fit_report["report_seconds"] = round(time.perf_counter() - start, 3)
-            if report_path is not None:
-                atomic_write_text(report_path, json.dumps(self.fit_report, indent=2))
-        self.fit_report["cache_hit"] = result.cache_hit
-        self.fit_report["resumed_from_phase"] = result.resumed_from
-        self._test_cache = {}
-        if self.cache_dir is not None and (self.cache_dir / TEST_MASKS_FILE).exists():
-            saved = load_torch(self.cache_dir / TEST_MASKS_FILE)
-            self._test_cache = dict(zip(saved["digests"], saved["masks"], strict=True))
+        self._fit_with_trainer(model, get_batch, labels, index, fingerprint_tensor(images, labels), device,
+                               lambda: self._faithfulness(model, task, images, labels, device))
 
     def _faithfulness(self, f_b: nn.Module, task: Any, images: torch.Tensor, labels: torch.Tensor,
                       device: torch.device) -> dict[str, Any]:
@@ -273,18 +227,6 @@ class DiET(Explainer):
             seed=self._seed, mask_shape=list(self.masker.mask_hw))
 
     # ------------------------------------------------------------------ explain
-    def report(self) -> dict[str, Any]:
-        """Model-faithfulness report of the last :meth:`fit` (empty before)."""
-        return dict(self.fit_report)
-
-    def explained_model(self, model: nn.Module) -> nn.Module:
-        return self._fitted()
-
-    def _fitted(self) -> nn.Module:
-        if self.f_s is None or self.masker is None:
-            raise RuntimeError("diet must be fitted first: call fit(model, task, device=...) before explaining")
-        return self.f_s
-
     def test_masks(self, inputs: torch.Tensor) -> torch.Tensor:
         """Low-resolution, unrounded test-time masks ``(N, 1, h, w)`` for pixel-space ``inputs``."""
         f_s = self._fitted()
@@ -302,13 +244,6 @@ class DiET(Explainer):
                 self._test_cache[keys[i]] = m
             self._save_test_masks()
         return torch.stack([self._test_cache[k] for k in keys]) if keys else self.masker.init_masks(0)
-
-    def _save_test_masks(self) -> None:
-        if self.cache_dir is None:
-            return
-        digests = list(self._test_cache)
-        masks = torch.stack([self._test_cache[k] for k in digests]) if digests else torch.empty(0)
-        atomic_save_torch({"digests": digests, "masks": masks}, self.cache_dir / TEST_MASKS_FILE)
 
     def attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
                   generator: torch.Generator | None = None) -> torch.Tensor:

@@ -21,9 +21,6 @@ optimised against the frozen ``f_s``), so they explain ``f_s``.
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -31,11 +28,10 @@ from torch import nn
 
 from ...data.text import TextBatch
 from ...registry import EXPLAINERS
-from ...utils import atomic_save_torch, atomic_write_text, load_torch
 from ..text.base import TextExplainer
 from .core import (
     DietConfig,
-    DietTrainer,
+    DietFitMixin,
     faithfulness_report,
     fingerprint_tensor,
     frozen,
@@ -43,8 +39,6 @@ from .core import (
 )
 
 BASELINES = ("mask", "pad", "unk")
-TEST_MASKS_FILE = "test_masks.pt"
-REPORT_FILE = "report.json"
 
 
 class TextMasker:
@@ -94,7 +88,7 @@ class TextMasker:
     description="DiET for text (Bhalla et al. 2023): learns f_s and sparse word masks (masked words' "
     "embeddings blended towards [MASK]) robust to erasing the rest; maps are test-time word masks for f_s",
 )
-class TextDiET(TextExplainer):
+class TextDiET(DietFitMixin, TextExplainer):
     """Distractor Erasure Tuning for transformer text classifiers (word masks).
 
     :meth:`fit` trains ``f_s`` (a copy of the given model ``f_b``, never modified)
@@ -154,15 +148,7 @@ class TextDiET(TextExplainer):
         self.n_train = None if n_train is None else int(n_train)
         self.baseline = baseline
         self.seed = seed
-        self.f_s: nn.Module | None = None
-        self.masker: TextMasker | None = None
-        self.train_masks: torch.Tensor | None = None
-        self.train_index: torch.Tensor | None = None
-        self.history: list[dict[str, Any]] = []
-        self.fit_report: dict[str, Any] = {}
-        self.cache_dir: Path | None = None
-        self._seed = 0
-        self._test_cache: dict[bytes, torch.Tensor] = {}
+        self._reset_fit_state()  # set by fit(); test-mask cache keys are bytes digests
 
     # ------------------------------------------------------------------ fit
     def fit(self, model: nn.Module, task: Any, *, device: torch.device, generator: torch.Generator | None = None,
@@ -174,49 +160,24 @@ class TextDiET(TextExplainer):
         if not hasattr(model, "encode"):
             raise ValueError(f"text_diet needs a text model with encode() (got {type(model).__name__})")
         device = torch.device(device)
-        if self.seed is not None:
-            self._seed = int(self.seed)
-        elif generator is not None:
-            self._seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        else:
-            self._seed = 0
-        n_all = len(task.train)
-        if self.n_train is None or self.n_train >= n_all:
-            index = torch.arange(n_all)
-        else:
-            index = torch.randperm(n_all, generator=torch.Generator().manual_seed(self._seed))[: self.n_train].sort().values
+        index = self._start_fit(len(task.train), generator, cache_dir)
         texts = [task.train.texts[i] for i in index.tolist()]
         labels = task.train.labels[index].long()
         batch = model.encode(texts)
         self.masker = TextMasker(batch.max_words, self.baseline)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
 
         def get_batch(idx: torch.Tensor) -> TextBatch:
             return batch[idx].to(device)
 
-        trainer = DietTrainer(self.masker, self.config, device=device, seed=self._seed, cache_dir=self.cache_dir)
         key = fingerprint_tensor(batch.input_ids, batch.attention_mask, batch.word_ids, labels)
-        result = trainer.fit(model, get_batch, len(index), labels, data_key=key)
-        self.f_s, self.train_masks, self.history, self.train_index = result.f_s, result.masks, result.history, index
-        for p in self.f_s.parameters():
-            p.requires_grad_(False)
+        self._fit_with_trainer(model, get_batch, labels, index, key, device,
+                               lambda: self._faithfulness(model, task, batch, labels, device))
 
-        report_path = self.cache_dir / REPORT_FILE if self.cache_dir is not None else None
-        if result.cache_hit and report_path is not None and report_path.exists():
-            self.fit_report = json.loads(report_path.read_text())
-        else:
-            start = time.perf_counter()
-            self.fit_report = self._faithfulness(model, task, batch, labels, device)
-            self.fit_report["fit_seconds"] = round(result.seconds, 3)
-            self.fit_report["report_seconds"] = round(time.perf_counter() - start, 3)
-            if report_path is not None:
-                atomic_write_text(report_path, json.dumps(self.fit_report, indent=2))
-        self.fit_report["cache_hit"] = result.cache_hit
-        self.fit_report["resumed_from_phase"] = result.resumed_from
-        self._test_cache = {}
-        if self.cache_dir is not None and (self.cache_dir / TEST_MASKS_FILE).exists():
-            saved = load_torch(self.cache_dir / TEST_MASKS_FILE)
-            self._test_cache = {bytes.fromhex(k): m for k, m in zip(saved["digests"], saved["masks"], strict=True)}
+    def _encode_digest(self, key: bytes) -> str:
+        return key.hex()
+
+    def _decode_digest(self, key: str) -> bytes:
+        return bytes.fromhex(key)
 
     @torch.no_grad()
     def _predict_masked(self, model: nn.Module, batch: TextBatch, masks: torch.Tensor, device) -> torch.Tensor:
@@ -248,18 +209,6 @@ class TextDiET(TextExplainer):
             mask_unit="word", baseline=self.baseline)
 
     # ------------------------------------------------------------------ explain
-    def report(self) -> dict[str, Any]:
-        """Model-faithfulness report of the last :meth:`fit` (empty before)."""
-        return dict(self.fit_report)
-
-    def explained_model(self, model: nn.Module) -> nn.Module:
-        return self._fitted()
-
-    def _fitted(self) -> nn.Module:
-        if self.f_s is None or self.masker is None:
-            raise RuntimeError("text_diet must be fitted first: call fit(model, task, device=...) before explaining")
-        return self.f_s
-
     def test_masks(self, inputs: TextBatch) -> torch.Tensor:
         """Unrounded test-time word masks ``(N, L)`` (CPU) for the texts of ``inputs`` (0 past the last word)."""
         f_s = self._fitted()
@@ -278,13 +227,6 @@ class TextDiET(TextExplainer):
             m = self._test_cache[k]
             out[i, : len(m)] = m
         return out
-
-    def _save_test_masks(self) -> None:
-        if self.cache_dir is None:
-            return
-        digests = list(self._test_cache)
-        atomic_save_torch({"digests": [d.hex() for d in digests], "masks": [self._test_cache[d] for d in digests]},
-                          self.cache_dir / TEST_MASKS_FILE)
 
     def attribute(self, model: nn.Module, inputs: TextBatch, targets: torch.Tensor, *,
                   generator: torch.Generator | None = None) -> torch.Tensor:
