@@ -40,9 +40,15 @@ EXPLAINERS = {
 }
 
 
-def make_run_dir(root: Path, datasets=("hard_mnist", "toy_rgb"), n_eval=40, seed=0) -> Path:
-    """A run directory as the runner writes it, filled with random (but structured) numbers."""
+AGREEMENT_META = {"agreement_spearman": {"category": "agreement", "higher_is_better": True,
+                                         "value_range": [-1.0, 1.0], "description": "Rank correlation."}}
+
+
+def make_run_dir(root: Path, datasets=("hard_mnist", "toy_rgb"), n_eval=40, seed=0, agreement=False) -> Path:
+    """A run directory as the runner writes it, filled with random (but structured) numbers.
+    ``agreement``: add an agreement metric, scored per pair of explainers (``a~b``)."""
     rng = np.random.default_rng(seed)
+    meta = {**METRICS_META, **(AGREEMENT_META if agreement else {})}
     root.mkdir(parents=True, exist_ok=True)
     (root / "results" / "examples").mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(
@@ -71,6 +77,11 @@ def make_run_dir(root: Path, datasets=("hard_mnist", "toy_rgb"), n_eval=40, seed
                 se = 0.03 * np.ones_like(x)
                 curves.append(pd.DataFrame({"dataset": ds, "explainer": e, "metric": m, "x": x,
                                             "mean": y, "ci_low": y - se, "ci_high": y + se}))
+        if agreement:
+            for pair, level in (("gradcam~saliency", 0.2), ("gradcam~integrated_gradients", 0.6)):
+                rows.append(pd.DataFrame({"dataset": ds, "explainer": pair, "metric": "agreement_spearman",
+                                          "sample_id": np.arange(n_eval) + 1000 * di,
+                                          "value": level + rng.normal(0, 0.05, n_eval)}))
         k = 8
         images = rng.integers(0, 256, size=(k, c, h, w), dtype=np.uint8)
         labels = rng.integers(0, 4, size=k)
@@ -103,7 +114,7 @@ def make_run_dir(root: Path, datasets=("hard_mnist", "toy_rgb"), n_eval=40, seed
     per_sample = pd.concat(rows, ignore_index=True)
     per_sample.to_parquet(root / "results" / "per_sample.parquet", index=False)
     pd.concat(curves, ignore_index=True).to_parquet(root / "results" / "curves.parquet", index=False)
-    hib = {m: v["higher_is_better"] for m, v in METRICS_META.items()}
+    hib = {m: v["higher_is_better"] for m, v in meta.items()}
     models = {d: v["model"] for d, v in ds_info.items()}
     stats.summarize(per_sample, hib, seed=seed, models=models, n_boot=500).to_csv(
         root / "results" / "summary.csv", index=False)
@@ -113,7 +124,7 @@ def make_run_dir(root: Path, datasets=("hard_mnist", "toy_rgb"), n_eval=40, seed
         "versions": {"xaiarena": "0.1.0", "torch": "2.x"}, "config_hash": "abc123",
         "stages": {f"{d}/{s}": {"seconds": 1.5 * (i + 1), "cache_hit": i == 0}
                    for d in datasets for i, s in enumerate(("data", "train", "explain", "metrics"))},
-        "datasets": ds_info, "metrics_meta": METRICS_META,
+        "datasets": ds_info, "metrics_meta": meta,
     }
     (root / "run.json").write_text(json.dumps(run, indent=2))
     return root
@@ -295,3 +306,16 @@ def test_degenerate_run(tmp_path):
     summary = pd.read_parquet(root / "results" / "per_sample.parquet")  # inputs untouched
     assert len(summary) == len(ps)
     assert not (root / "results" / "summary.csv").exists()  # the report never writes results
+
+
+def test_agreement_pairs_get_their_own_table(tmp_path):
+    """Pairs ("a~b") are not explainers: own table, not in the explainer card or the rankings."""
+    run_dir = make_run_dir(tmp_path / "run", datasets=("hard_mnist",), agreement=True)
+    html = build_report(run_dir).read_text(encoding="utf-8")
+    main, rest = html.split("Agreement between explainers", 1)
+    assert "<th>gradcam~saliency</th>" in rest and "<th>gradcam~integrated_gradients</th>" in rest
+    assert "gradcam~saliency" not in main.split("<h3>Reading</h3>")[0]  # explainer card, summary
+    assert "<th>gradcam~saliency</th>" not in main  # no empty rows in the main table
+    assert re.search(r"<th>Pair</th>", rest) and "agreement_spearman" in rest
+    lowest = re.search(r"Lowest mean rank over all metrics[^<]*", html).group(0)
+    assert "~" not in lowest

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__, stats
+from ..metrics.agreement import PAIR_SEPARATOR
 from ..utils import atomic_write_bytes
 from . import fgbg, narrative, plots
 from .loading import RunData, load_run
@@ -189,7 +190,14 @@ def _dataset_section(
     explainers = data.explainers(dataset)
     metrics = order_metrics(data.metrics(dataset), data.metrics_meta)
     meta = data.metrics_meta
-    table = results_table(data.summary, data.tests, dataset, explainers, metrics, meta, alpha, test)
+    # agreement metrics score pairs of explainers ("a~b"): their own table, not rows of empty cells
+    agreement = [m for m in metrics if meta.get(m, {}).get("category") == "agreement"]
+    pairs = [e for e in explainers if PAIR_SEPARATOR in e and e not in (info.get("explainers") or {})]
+    single = [e for e in explainers if e not in pairs]
+    table = results_table(data.summary, data.tests, dataset, single, [m for m in metrics if m not in agreement],
+                          meta, alpha, test)
+    agreement_table = (results_table(data.summary, data.tests, dataset, pairs, agreement, meta, alpha, test)
+                       if pairs and agreement else None)
     summ = data.summary[data.summary["dataset"] == dataset]
     prefix = f"d{k}_{_slug(dataset)}"
     explains = {e: str(v.get("explains")) for e, v in (info.get("explainers") or {}).items()
@@ -246,9 +254,10 @@ def _dataset_section(
         "anchor": f"dataset-{k}",
         "model": info.get("model") or (summ["model"].iloc[0] if len(summ) else ""),
         "setup": _setup_rows(info),
-        "explainers": _explainer_rows(data, dataset, explainers, colors),
+        "explainers": _explainer_rows(data, dataset, single, colors),
         "diet": _diet_rows(info.get("diet")),
         "table": table,
+        "agreement_table": agreement_table,
         "figures": figures,
         "examples": example_rows,
         "text_examples": text_examples,

@@ -135,8 +135,9 @@ def results_table(
     alpha: float,
     test: str,
 ) -> ResultsTable:
-    summ = summary[summary["dataset"] == dataset]
-    tst = tests[tests["dataset"] == dataset] if len(tests) else tests
+    summ = summary[(summary["dataset"] == dataset) & summary["explainer"].isin(explainers)
+                   & summary["metric"].isin(metrics)]
+    tst = tests[(tests["dataset"] == dataset) & tests["metric"].isin(metrics)] if len(tests) else tests
     ranks = stats.rank(summ, tst, alpha, test=test)
     vs_best = stats.compare_to_best(summ, tst, alpha, test=test)
     metrics = order_metrics(metrics, meta)
