@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,27 +118,39 @@ def _subsample(n_total: int, n: int | None, rng: np.random.Generator) -> np.ndar
     return np.sort(rng.choice(n_total, size=n, replace=False))
 
 
-def load_image_dataset(name: str, *, seed: int = 0, data_dir=None, n_train: int | None = None,
-                       n_test: int | None = None) -> Task:
-    spec = SPECS[name]
+def sampled_hf_splits(name: str, spec: Any, data_col: str, label_col: str, *, seed: int, data_dir,
+                      n_train: int | None, n_test: int | None) -> tuple[list[tuple[Any, np.ndarray]], list[str]]:
+    """The train and test splits of an HF dataset spec (``hub_id``, ``splits``, ``hub_config``,
+    ``num_classes``), ``n_train`` / ``n_test`` rows drawn by ``seed`` (all when None), as
+    ``[(rows, idx), (rows, idx)]``, and the class names. Checks the columns and the class count."""
     ds = load_hf_splits(name, spec.hub_id, spec.splits, data_dir, spec.hub_config)
     rng = np.random.default_rng(seed)
-    out = []
+    parts = []
     for split, n in zip(spec.splits, (n_train, n_test), strict=True):
         d = ds[split]
-        if spec.image_col not in d.column_names or spec.label_col not in d.column_names:
+        if data_col not in d.column_names or label_col not in d.column_names:
             raise ValueError(f"dataset '{name}' split '{split}' has columns {d.column_names}; "
-                             f"expected '{spec.image_col}' and '{spec.label_col}'")
+                             f"expected '{data_col}' and '{label_col}'")
         idx = _subsample(len(d), n, rng)
-        d = d.select(idx)
-        images = _to_uint8(decoded_images(d, spec.image_col), spec.channels, spec.size, name)
-        labels = torch.as_tensor(d[spec.label_col], dtype=torch.long)
-        out.append(ImageSplit(images, labels, ids=torch.as_tensor(idx)))
-    feature = ds[spec.splits[0]].features[spec.label_col]
+        parts.append((d.select(idx), idx))
+    feature = ds[spec.splits[0]].features[label_col]
     class_names = list(getattr(feature, "names", None) or [str(i) for i in range(spec.num_classes)])
     if len(class_names) != spec.num_classes:
         raise ValueError(f"dataset '{name}' has {len(class_names)} classes, expected {spec.num_classes}; "
                          f"is the file at the right path?")
+    return parts, class_names
+
+
+def load_image_dataset(name: str, *, seed: int = 0, data_dir=None, n_train: int | None = None,
+                       n_test: int | None = None) -> Task:
+    spec = SPECS[name]
+    parts, class_names = sampled_hf_splits(name, spec, spec.image_col, spec.label_col, seed=seed,
+                                           data_dir=data_dir, n_train=n_train, n_test=n_test)
+    out = []
+    for d, idx in parts:
+        images = _to_uint8(decoded_images(d, spec.image_col), spec.channels, spec.size, name)
+        labels = torch.as_tensor(d[spec.label_col], dtype=torch.long)
+        out.append(ImageSplit(images, labels, ids=torch.as_tensor(idx)))
     mean, std = channel_stats(out[0].images)
     return Task(name=name, train=out[0], test=out[1], class_names=class_names, mean=mean, std=std,
                 meta={"source": str(resolve_data_dir(data_dir) or spec.hub_id)})

@@ -43,7 +43,7 @@ import torch
 
 from ..registry import DATASETS
 from .base import Task, TextSplit
-from .images import _subsample, load_hf_splits, resolve_data_dir
+from .images import resolve_data_dir, sampled_hf_splits
 
 #: how word pieces are aggregated into a word's score
 WORD_AGGREGATIONS = ("sum", "mean", "max", "abs_sum", "first")
@@ -349,26 +349,15 @@ TEXT_SPECS: dict[str, TextSpec] = {
 def load_text_dataset(name: str, *, seed: int = 0, data_dir=None, n_train: int | None = None,
                       n_test: int | None = None) -> Task:
     spec = TEXT_SPECS[name]
-    ds = load_hf_splits(name, spec.hub_id, spec.splits, data_dir, spec.hub_config)
-    rng = np.random.default_rng(seed)
+    parts, class_names = sampled_hf_splits(name, spec, spec.text_col, spec.label_col, seed=seed,
+                                           data_dir=data_dir, n_train=n_train, n_test=n_test)
     out = []
-    for split, n in zip(spec.splits, (n_train, n_test), strict=True):
-        d = ds[split]
-        if spec.text_col not in d.column_names or spec.label_col not in d.column_names:
-            raise ValueError(f"dataset '{name}' split '{split}' has columns {d.column_names}; "
-                             f"expected '{spec.text_col}' and '{spec.label_col}'")
-        idx = _subsample(len(d), n, rng)
-        d = d.select(idx)
+    for d, idx in parts:
         texts = [str(t) for t in d[spec.text_col]]
         if spec.strip_br:
             texts = [t.replace("<br />", " ").replace("<br/>", " ") for t in texts]
         labels = torch.as_tensor(d[spec.label_col], dtype=torch.long)
         out.append(TextSplit(texts, labels, ids=torch.as_tensor(idx)))
-    feature = ds[spec.splits[0]].features[spec.label_col]
-    class_names = list(getattr(feature, "names", None) or [str(i) for i in range(spec.num_classes)])
-    if len(class_names) != spec.num_classes:
-        raise ValueError(f"dataset '{name}' has {len(class_names)} classes, expected {spec.num_classes}; "
-                         f"is the file at the right path?")
     bad = [int(v) for s in out for v in s.labels.unique() if not 0 <= int(v) < spec.num_classes]
     if bad:
         raise ValueError(f"dataset '{name}' has labels {sorted(set(bad))} outside 0..{spec.num_classes - 1}")
