@@ -43,7 +43,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -199,6 +199,9 @@ class Masker(Protocol):
 # --------------------------------------------------------------------------- configuration
 
 
+_INT_FIELDS = frozenset({"rounds", "batch_size", "mask_max_epochs", "model_max_epochs", "test_max_steps"})
+
+
 @dataclass(frozen=True)
 class DietConfig:
     """Optimisation settings of DiET (modality independent).
@@ -234,6 +237,17 @@ class DietConfig:
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError("invalid DiET settings: " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad))
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> DietConfig:
+        """The config from an explainer's options (e.g. its ``locals()``): the keys that are
+        fields, cast to int or float (None kept); other keys are ignored."""
+        values = {}
+        for f in fields(cls):
+            if f.name in options:
+                v = options[f.name]
+                values[f.name] = None if v is None else (int(v) if f.name in _INT_FIELDS else float(v))
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -300,17 +314,15 @@ def fingerprint_tensor(*tensors: torch.Tensor) -> str:
 def frozen(model: nn.Module, train: bool = False) -> Iterator[nn.Module]:
     """Temporarily set ``requires_grad=False`` on every parameter and the train/eval mode."""
     flags = [p.requires_grad for p in model.parameters()]
-    modes = [(m, m.training) for m in model.modules()]
     for p in model.parameters():
         p.requires_grad_(False)
-    model.train(train)
     try:
-        yield model
+        with eval_mode(model):  # restores every submodule's own flag on exit
+            model.train(train)
+            yield model
     finally:
         for p, f in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(f)
-        for m, flag in modes:
-            m.training = flag
 
 
 @torch.no_grad()

@@ -173,13 +173,7 @@ class DiET(DietFitMixin, Explainer):
             raise ValueError(f"upsample_factor={upsample_factor} must be >= 1")
         if n_train is not None and int(n_train) < 1:
             raise ValueError(f"n_train={n_train} must be >= 1 (or null for the whole training split)")
-        self.config = DietConfig(
-            rounds=int(rounds), batch_size=int(batch_size), mask_lr=float(mask_lr), model_lr=float(model_lr),
-            mask_tol=float(mask_tol), model_tol=float(model_tol), mask_max_epochs=int(mask_max_epochs),
-            model_max_epochs=int(model_max_epochs), test_lr=None if test_lr is None else float(test_lr),
-            test_sparsity_weight=float(test_sparsity_weight), test_tol=float(test_tol),
-            test_max_steps=None if test_max_steps is None else int(test_max_steps),
-        )
+        self.config = DietConfig.from_options(locals())
         self.upsample_factor = int(upsample_factor)
         self.n_train = None if n_train is None else int(n_train)
         self.background = background
