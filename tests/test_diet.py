@@ -26,13 +26,7 @@ TINY = dict(upsample_factor=4, rounds=2, n_train=48, batch_size=16, mask_lr=500.
             model_max_epochs=2, test_lr=500.0, test_max_steps=6, seed=3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds spin-waiting on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Quadrant(nn.Module):

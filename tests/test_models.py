@@ -42,10 +42,10 @@ def test_training_is_reproducible_for_a_seed(tiny_task):
     a, ra = _train(tiny_task, seed=5)
     b, rb = _train(tiny_task, seed=5)
     c, _ = _train(tiny_task, seed=6)
-    for (ka, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (ka, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(va, vb), ka
     assert ra.history == rb.history
-    assert any(not torch.equal(va, vc) for va, vc in zip(a.state_dict().values(), c.state_dict().values()))
+    assert any(not torch.equal(va, vc) for va, vc in zip(a.state_dict().values(), c.state_dict().values(), strict=True))
 
 
 def test_training_learns(small_task, trained_lenet):
@@ -60,7 +60,7 @@ def test_checkpoint_is_reused(tiny_task, tmp_path):
     assert json.loads((tmp_path / "train.json").read_text())["history"] == res.history
     again, res2 = _train(tiny_task, seed=123, ckpt=tmp_path)  # other seed: would differ if retrained
     assert res2.cache_hit and res2.history == res.history
-    for va, vb in zip(model.state_dict().values(), again.state_dict().values()):
+    for va, vb in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(va, vb)
     state = torch.load(tmp_path / "model.pt", weights_only=True)
     assert set(state) == set(model.state_dict())

@@ -9,36 +9,16 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from xaiarena.config import TrainingConfig  # noqa: E402
 from xaiarena.data import load_task  # noqa: E402
 from xaiarena.explainers.diet.core import fingerprint_module  # noqa: E402
 from xaiarena.explainers.diet.text import TextDiET, TextMasker  # noqa: E402
-from xaiarena.models import build_model, train_model  # noqa: E402
 from xaiarena.registry import EXPLAINERS  # noqa: E402
 
 QUICK = {"n_train": 120, "rounds": 1, "mask_max_epochs": 2, "model_max_epochs": 1, "test_max_steps": 6,
          "batch_size": 32, "seed": 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    task = load_task("planted_sentiment", seed=0, n_train=1000, n_test=100)
-    model = build_model("tiny_bert", task, seed=0)
-    train_model(model, task, TrainingConfig(epochs=4, batch_size=32, lr=3e-3, optimizer="adamw"), seed=0,
-                device=torch.device("cpu"), show_progress=False,
-                checkpoint_dir=tmp_path_factory.getbasetemp() / "tiny_bert_planted")
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return task, model
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from xaiarena.config import TrainingConfig  # noqa: E402
-from xaiarena.data import load_task  # noqa: E402
 from xaiarena.metrics.base import EvalBatch  # noqa: E402
-from xaiarena.models import build_model, train_model  # noqa: E402
 from xaiarena.registry import EXPLAINERS, METRICS  # noqa: E402
 
 TEXT_EXPLAINERS = ["text_random", "text_saliency", "text_input_x_gradient", "text_integrated_gradients",
@@ -21,28 +18,7 @@ FAST = {"text_lime": {"n_samples": 40}, "text_kernel_shap": {"n_samples": 40},
         "text_integrated_gradients": {"n_steps": 8}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run much faster on one thread (and a shared CPU makes two threads slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    """tiny_bert trained on planted_sentiment (checkpoint shared by the text test modules)."""
-    task = load_task("planted_sentiment", seed=0, n_train=1000, n_test=100)
-    model = build_model("tiny_bert", task, seed=0)
-    res = train_model(model, task, TrainingConfig(epochs=4, batch_size=32, lr=3e-3, optimizer="adamw"), seed=0,
-                      device=torch.device("cpu"), show_progress=False,
-                      checkpoint_dir=tmp_path_factory.getbasetemp() / "tiny_bert_planted")
-    assert res.test_accuracy > 0.9, res.history
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return task, model
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
