@@ -38,3 +38,20 @@ class UnknownNameError(XaiArenaError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise repr() the message
         return self.message
+
+
+class DataError(XaiArenaError):
+    """A dataset cannot be read or is not usable as given (a missing folder, a corrupt or empty
+    Parquet file, a wrong column, an undecodable image, labels outside the class range). The
+    message names the file, row, column or key; the CLI prints it on one line and exits 2."""
+
+
+class TrainingError(XaiArenaError):
+    """Training cannot produce a usable model (e.g. the loss became NaN or infinite). The message
+    says at which epoch and step and what to change; the CLI prints it and exits 2. A model that
+    failed this way is never cached."""
+
+
+class RunError(XaiArenaError):
+    """A run cannot proceed for a reason the user can fix (the run directory is locked by another
+    run, a path is not what it should be, the environment lacks something). CLI exit 2."""
