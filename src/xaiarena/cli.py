@@ -17,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from .errors import ConfigError, UnknownNameError
+from .errors import ConfigError, UnknownNameError, XaiArenaError
 
 app = typer.Typer(
     add_completion=False,
@@ -53,10 +53,14 @@ def run(
         _fail(exc.format())
     except UnknownNameError as exc:
         _fail(exc.message)
+    if out is not None and out.exists() and not out.is_dir():
+        _fail(f"--out '{out}' is a file; give a folder for the run directory")
     try:
         run_dir = Runner(cfg, out=out, show_progress=not quiet).run()
     except ConfigError as exc:
         _fail(exc.format())
+    except XaiArenaError as exc:  # data, training, lock, environment: the user can fix it
+        _fail(str(exc))
     except KeyboardInterrupt:
         typer.echo("interrupted; finished stages are cached, run the same command again to resume", err=True)
         raise typer.Exit(130) from None
@@ -100,7 +104,10 @@ def report(run_dir: Path = typer.Argument(..., help="A finished run directory.")
         _fail(f"'{run_dir}' is not a run directory (no run.json)")
     from .report import build_report
 
-    path = build_report(run_dir)
+    try:
+        path = build_report(run_dir)
+    except XaiArenaError as exc:
+        _fail(f"cannot build the report of '{run_dir}': {exc}")
     typer.echo(f"report: {path}")
 
 

@@ -19,8 +19,7 @@ own keyword parameters next to it::
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
+import re
 import typing
 from importlib import resources
 from pathlib import Path
@@ -37,6 +36,7 @@ from pydantic import (
     model_validator,
 )
 
+from .cache import stable_hash  # noqa: F401  (re-exported: config hashes)
 from .errors import ConfigError, UnknownNameError
 from .registry import DATASETS, EXPLAINERS, METRICS, MODELS, Registry, suggest
 
@@ -47,12 +47,35 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+#: labels and names become file and folder names in the run directory: a plain file name
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]*$")
+MAX_NAME = 64
+
+
+def check_safe_name(value: str, what: str) -> str:
+    """``value`` if it is a plain, short file name (no path separators, no ``..``); else ValueError."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty string")
+    if len(value) > MAX_NAME:
+        raise ValueError(f"{what} is {len(value)} characters long; at most {MAX_NAME} (it names files in "
+                         "the run directory)")
+    if not SAFE_NAME.match(value) or ".." in value:
+        raise ValueError(f"{what} {value!r} may only use letters, digits and _ . + = - (not starting with . or -, "
+                         "no '..'): it names files in the run directory")
+    return value
+
+
 class ComponentSpec(_Strict):
     """A registered component by name, with its keyword parameters."""
 
     name: str
     label: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("label")
+    @classmethod
+    def _safe_label(cls, value: str | None) -> str | None:
+        return None if value is None else check_safe_name(value, "label")
 
     @model_validator(mode="before")
     @classmethod
@@ -111,6 +134,9 @@ class EvaluationConfig(_Strict):
     # "auto": sized from free GPU memory on CUDA (runner.auto_batch_size), 64 on CPU
     batch_size: int | Literal["auto"] = 64
     target: Literal["label", "prediction"] = "label"
+    # with a learned explainer (DiET), the other explainers also explain its model f_s, so that
+    # maps of the same model can be compared (results column explained_model: f_b or f_s)
+    also_explain_f_s: bool = True
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -140,12 +166,33 @@ class ExperimentConfig(_Strict):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, (str, dict)) else value
 
+    @field_validator("name")
+    @classmethod
+    def _safe_run_name(cls, value: str) -> str:
+        return check_safe_name(value, "name")
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
         ok = value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
         if not ok:
             raise ValueError(f"'{value}' is not a device; valid: auto, cpu, cuda, cuda:N")
+        if value.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(f"'{value}' was asked for but CUDA is not available on this machine (torch "
+                                 f"{torch.__version__}); use device: auto or cpu")
+            if ":" in value and int(value[5:]) >= torch.cuda.device_count():
+                raise ValueError(f"'{value}' does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                                 f"device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+        return value
+
+    @field_validator("explainers")
+    @classmethod
+    def _some_explainers(cls, value: list) -> list:
+        if not value:
+            raise ValueError("the config has no explainers; list at least one (xaiarena list shows them)")
         return value
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,10 +205,6 @@ class ExperimentConfig(_Strict):
 # --------------------------------------------------------------------------- hashing
 
 
-def stable_hash(obj: Any, n: int = 16) -> str:
-    """Content hash of a JSON-able object (key order independent)."""
-    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:n]
 
 
 # --------------------------------------------------------------------------- loading
@@ -175,10 +218,16 @@ def load_raw(path: str | Path | None) -> dict[str, Any]:
     path = default_config_path() if path is None else Path(path)
     if not path.exists():
         raise ConfigError([("", f"config file '{path}' does not exist")])
+    if path.is_dir():
+        yamls = sorted(p.name for p in path.glob("*.yaml"))[:8]
+        raise ConfigError([("", f"'{path}' is a folder, not a config file"
+                            + (f"; YAML files in it: {', '.join(yamls)}" if yamls else ""))])
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError([("", f"'{path}' is not valid YAML: {exc}")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([("", f"cannot read '{path}': {exc}")]) from None
     if not isinstance(raw, dict):
         raise ConfigError([("", f"'{path}' must hold a mapping at the top level")])
     return raw
@@ -214,6 +263,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) 
         for i, part in enumerate(parts[:-1]):
             node = _descend(node, part, parts[: i + 1], next_is_index=parts[i + 1].isdigit())
         last = parts[-1]
+        if not isinstance(node, (dict, list)):
+            parent = ".".join(parts[:-1])
+            raise ConfigError([(key, f"cannot set '{last}' inside '{parent}', whose value {node!r} is not a "
+                                     "mapping or a list")])
         if isinstance(node, list):
             idx = _index(node, last, parts)
             node[idx] = val
@@ -269,7 +322,7 @@ def _friendly(err: dict[str, Any], raw: dict[str, Any]) -> tuple[str, str]:
             msg += f"; valid keys: {', '.join(valid)}"
         return path, msg
     value = err.get("input")
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     if typ != "missing":
         msg = f"bad value {value!r}: {msg}"
     return path, msg
@@ -327,6 +380,26 @@ def _check_component(reg: Registry, spec: ComponentSpec, path: str, problems: li
             problems.append((f"{path}.{key}", msg))
 
 
+def _build_problem(reg: Registry, spec: ComponentSpec, path: str) -> tuple[str, str] | None:
+    """Build the component with its options (cheap for explainers and metrics) so that a bad *value*
+    fails at config time, before any data is loaded; the problem names the option where it can."""
+    try:
+        reg.create(spec.name, **spec.params)
+    except (ValueError, TypeError) as exc:
+        msg = str(exc).strip() or type(exc).__name__
+        key = next((k for k in spec.params if f"{k}=" in msg or f"'{k}'" in msg or f" {k} " in f" {msg} "), None)
+        return (f"{path}.{key}" if key else path, f"bad value{f' {spec.params[key]!r}' if key else ''}: {msg}")
+    return None
+
+
+def _dataset_ground_truth(spec: ComponentSpec) -> tuple[str, ...] | None:
+    """What ground truth a registered dataset has (registry meta ``ground_truth``), None if undeclared."""
+    if spec.name not in DATASETS:
+        return None
+    gt = DATASETS.entry(spec.name).meta.get("ground_truth")
+    return None if gt is None else ((gt,) if isinstance(gt, str) else tuple(gt))
+
+
 def _component_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
     """Names and parameters of components, checked against the registries (on the raw mapping,
     so they are reported together with type errors elsewhere in the file)."""
@@ -340,10 +413,21 @@ def _component_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
 
     data = raw.get("data")
     data_items = [data] if isinstance(data, (str, dict)) else (data if isinstance(data, list) else [])
+    data_specs: list[tuple[str, DataConfig]] = []
     for i, item in enumerate(data_items):
         spec = spec_of(item, DataConfig)
         if spec:
-            _check_component(DATASETS, spec, f"data.{i}" if isinstance(data, list) else "data", problems)
+            path = f"data.{i}" if isinstance(data, list) else "data"
+            _check_component(DATASETS, spec, path, problems)
+            data_specs.append((path, spec))
+    by_key: dict[str, list[str]] = {}
+    for path, spec in data_specs:
+        by_key.setdefault(spec.key, []).append(path)
+    for key, paths in by_key.items():
+        if len(paths) > 1:
+            problems.append((paths[1], f"{len(paths)} data entries ({', '.join(paths)}) are all named '{key}': their "
+                             "caches and results would overwrite each other; give each a distinct 'label' "
+                             f"(e.g. label: {key}_1)"))
     if (spec := spec_of(raw.get("model"))) is not None:
         _check_component(MODELS, spec, "model", problems)
     explainer_keys: list[str] = []
@@ -354,9 +438,22 @@ def _component_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
         seen: set[str] = set()
         for i, item in enumerate(items):
             spec = spec_of(item, cls)
-            if spec is None:
+            if spec is None:  # reported by the model validation; keep its name for the cross-references
+                if isinstance(item, dict) and group == "explainers":
+                    explainer_keys.append(str(item.get("label") or item.get("name")))
                 continue
+            n_before = len(problems)
             _check_component(reg, spec, f"{group}.{i}", problems)
+            if len(problems) == n_before and spec.name in reg:
+                built = _build_problem(reg, spec, f"{group}.{i}")
+                if built:
+                    problems.append(built)
+            if group == "metrics" and spec.name in reg and "masks" in (reg.entry(spec.name).meta.get("requires") or ()):
+                for path, dspec in data_specs:
+                    gt = _dataset_ground_truth(dspec)
+                    if gt is not None and "masks" not in gt:
+                        problems.append((f"{group}.{i}.name", f"metric '{spec.name}' needs ground-truth masks, but "
+                                         f"dataset '{dspec.name}' ({path}) has none"))
             if spec.key in seen:
                 problems.append((f"{group}.{i}", f"'{spec.key}' appears twice; give one a distinct 'label'"))
             seen.add(spec.key)

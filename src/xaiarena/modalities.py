@@ -14,28 +14,39 @@ item and the valid choices.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import ConfigError
 from .registry import DATASETS, EXPLAINERS, METRICS, MODELS, Registry
-from .utils import atomic_write_text
+from .utils import atomic_write_bytes, atomic_write_text
 
 N_TEXT_EXAMPLES = 8
+N_IMAGE_EXAMPLES = 8
 
 
 class ImageModality:
-    """Images: float pixel tensors ``(N, C, H, W)`` in [0, 1]; ``(N, H, W)`` maps."""
+    """Images: float pixel tensors ``(N, C, H, W)`` in [0, 1]; ``(N, H, W)`` maps;
+    ``results/examples/<dataset>.npz``."""
 
     name = "image"
 
-    def predict(self, model, split, index: torch.Tensor, device) -> torch.Tensor:
-        from .models.training import predict
+    @torch.no_grad()
+    def logits(self, model, split, index: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
+        """The model's outputs ``(n, classes)`` (float32, CPU) on ``split[index]``."""
+        from .utils import eval_mode
 
-        return predict(model, split.images[index], device)
+        out = []
+        with eval_mode(model):
+            for i in range(0, len(index), batch_size):
+                xb = split.float_images(index[i:i + batch_size]).to(device)
+                out.append(model(xb).float().cpu())
+        return torch.cat(out) if out else torch.empty(0, 0)
 
     def eval_inputs(self, task, index: torch.Tensor, model) -> torch.Tensor:
         return task.test.float_images(index)
@@ -46,7 +57,36 @@ class ImageModality:
     def describe(self, task, inputs, model) -> dict[str, Any]:
         return {}  # run.json already records the input shape
 
-    # the runner writes the image examples itself (Runner._write_examples: results/examples/<dataset>.npz)
+    def write_examples(self, path: Path, task, index, preds, correct, attributions, inputs, model) -> None:
+        """A few correct and incorrect predictions with every explainer's map (``<path>.npz``)."""
+        labels = task.test.labels[index]
+        pick = _example_rows(correct, N_IMAGE_EXAMPLES)
+        arrays: dict[str, np.ndarray] = {
+            "images": task.test.images[index][pick].numpy(),
+            "labels": labels[pick].numpy(),
+            "preds": preds[pick].numpy(),
+            "sample_ids": task.test.ids[index][pick].numpy(),
+            "class_names": np.array(task.class_names),
+        }
+        if task.test.masks is not None:
+            arrays["masks"] = task.test.masks[index][pick].numpy()
+        arrays["correct"] = correct[pick].numpy()
+        model_classes = getattr(model, "class_names", None)
+        if model_classes is not None and list(model_classes) != list(task.class_names):
+            arrays["pred_class_names"] = np.array(model_classes)  # predictions are in the model's classes
+        for k, a in attributions.items():
+            arrays[f"attr__{k}"] = a[pick].numpy().astype(np.float32)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        atomic_write_bytes(path.with_suffix(".npz"), buf.getvalue())
+
+
+def _example_rows(correct: torch.Tensor, n_examples: int) -> torch.Tensor:
+    """Rows of the examples: mostly correct predictions, a quarter incorrect ones where there are any."""
+    right = torch.nonzero(correct).flatten()
+    wrong = torch.nonzero(~correct).flatten()
+    n_wrong = min(len(wrong), n_examples // 4 if len(right) else n_examples)
+    return torch.cat([right[: n_examples - n_wrong], wrong[:n_wrong]])
 
 
 class TextModality:
@@ -54,8 +94,8 @@ class TextModality:
 
     name = "text"
 
-    def predict(self, model, split, index: torch.Tensor, device) -> torch.Tensor:
-        return model.predict_texts([split.texts[i] for i in index.tolist()], device)
+    def logits(self, model, split, index: torch.Tensor, device) -> torch.Tensor:
+        return model.predict_texts([split.texts[i] for i in index.tolist()], device, return_logits=True)
 
     def eval_inputs(self, task, index: torch.Tensor, model):
         if not hasattr(model, "encode"):
@@ -81,19 +121,16 @@ class TextModality:
             "truncated": int((tokens >= getattr(model, "max_length", 10**9)).sum()),
         }
 
-    def write_examples(self, runner, name, task, index, preds, attributions, inputs) -> None:
-        write_text_examples(runner.run_dir / "results" / "examples" / f"{name}.json", task, index, preds,
-                            attributions, inputs)
+    def write_examples(self, path: Path, task, index, preds, correct, attributions, inputs, model) -> None:
+        write_text_examples(path.with_suffix(".json"), task, index, preds, attributions, inputs, correct=correct)
 
 
 def write_text_examples(path: Path, task, index: torch.Tensor, preds: torch.Tensor,
-                        attributions: dict[str, torch.Tensor], inputs, n_examples: int = N_TEXT_EXAMPLES) -> None:
+                        attributions: dict[str, torch.Tensor], inputs, n_examples: int = N_TEXT_EXAMPLES,
+                        correct: torch.Tensor | None = None) -> None:
     """A few correct and incorrect predictions: words, rationale and every explainer's word scores."""
     labels = task.test.labels[index]
-    correct = torch.nonzero(preds == labels).flatten()
-    wrong = torch.nonzero(preds != labels).flatten()
-    n_wrong = min(len(wrong), n_examples // 4 if len(correct) else n_examples)
-    pick = torch.cat([correct[: n_examples - n_wrong], wrong[:n_wrong]]).tolist()
+    pick = _example_rows(preds == labels if correct is None else correct, n_examples).tolist()
     rationales = task.test.rationales
     samples = []
     for j in pick:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import sys
 import time
-from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,17 +23,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import ComponentSpec, DataConfig, ExperimentConfig, load_config, stable_hash
-from .modalities import check_modalities, modality_for
-from .registry import EXPLAINERS, METRICS, MODELS
+from . import stages, stats
+from .cache import Cache, inside, stable_hash
+from .config import ComponentSpec, DataConfig, ExperimentConfig, load_config
+from .errors import RunError
+from .modalities import check_modalities
+from .registry import EXPLAINERS, METRICS
 from .utils import (
-    atomic_save_torch,
     atomic_to_csv,
     atomic_to_parquet,
-    atomic_write_bytes,
     atomic_write_text,
     dumps_json,
-    load_torch,
     progress,
     resolve_device,
     seed_everything,
@@ -40,9 +42,8 @@ from .utils import (
 
 log = logging.getLogger(__name__)
 
-PER_SAMPLE_COLUMNS = ["dataset", "explainer", "metric", "sample_id", "value"]
-CURVE_COLUMNS = ["dataset", "explainer", "metric", "x", "mean", "ci_low", "ci_high"]
-N_EXAMPLES = 8
+PER_SAMPLE_COLUMNS = stages.PER_SAMPLE_COLUMNS
+CURVE_COLUMNS = stages.CURVE_COLUMNS
 
 
 def _say(msg: str) -> None:
@@ -68,49 +69,78 @@ class StageLog:
             _say(f"[xaiarena] {key}: {info['seconds']:.1f}s{hit}")
 
 
-def _select_eval(task, model, cfg: ExperimentConfig, device: torch.device) -> torch.Tensor:
-    """Indices into the test split: held-out samples chosen by seed (optionally correct only)."""
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    order = torch.randperm(len(task.test), generator=gen)
-    if cfg.evaluation.only_correct:
-        from .models.training import correct_predictions
-
-        preds = modality_for(task).predict(model, task.test, order, device)
-        ok = correct_predictions(model, preds, task.test.labels[order], task)
-        if ok is None:
-            raise ValueError(
-                f"evaluation.only_correct: correct predictions are not defined for model '{cfg.model.name}' on "
-                f"dataset '{task.name}' (its labels do not map to the model's classes); set "
-                "evaluation.only_correct: false"
-            )
-        order = order[ok]
-    return order[: cfg.evaluation.n_samples].sort().values
+LOCK_FILE = ".xaiarena.lock"
 
 
-def _targets(task, model, idx: torch.Tensor, cfg: ExperimentConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
-    labels = task.test.labels[idx]
-    preds = modality_for(task).predict(model, task.test, idx, device)
-    return (labels if cfg.evaluation.target == "label" else preds), preds
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
-def _metric_output_name(spec: ComponentSpec, metric_name: str, output: str) -> str:
-    if spec.label and output.startswith(metric_name):
-        return spec.label + output[len(metric_name):]
-    return output
+@contextmanager
+def run_lock(run_dir: Path):
+    """Hold ``RUN_DIR/.xaiarena.lock`` for the duration: one run per directory.
+
+    A second run exits with a :class:`RunError` naming the holder (pid, host, start time,
+    command). A lock left by a killed run (same host, process gone) is taken over, with a
+    log line; a lock from another host is never taken over (delete it if that run is gone).
+    """
+    path = run_dir / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+          "command": " ".join(sys.argv)}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            pid, host = holder.get("pid"), holder.get("host")
+            if not holder and time.time() - path.stat().st_mtime < 5:
+                time.sleep(0.2)  # the holder is writing its record
+                continue
+            if not holder or (host == me["host"] and isinstance(pid, int) and not _pid_alive(pid)):
+                log.warning("taking over the lock of a run that is gone (%s)", holder or "empty lock file")
+                path.unlink(missing_ok=True)
+                continue
+            raise RunError(f"'{run_dir}' is in use by another run (pid {pid} on {host}, started {holder.get('started')}: "
+                           f"{holder.get('command', '?')}). Wait for it to finish or choose another --out; if that run "
+                           f"is gone, delete '{path}'.") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me))
+        break
+    else:
+        raise RunError(f"cannot take the lock '{path}' of the run directory")
+    try:
+        yield
+    finally:
+        try:
+            if json.loads(path.read_text()).get("pid") == me["pid"]:
+                path.unlink()
+        except (OSError, ValueError):
+            pass
 
 
 class Runner:
-    """Runs one :class:`ExperimentConfig` into a run directory."""
+    """Runs one :class:`ExperimentConfig` into a run directory (the local executor: every stage of
+    :mod:`xaiarena.stages` in order, in this process)."""
 
     def __init__(self, cfg: ExperimentConfig, out: str | Path | None = None, show_progress: bool = True):
         self.cfg = cfg
         self.run_dir = Path(out or cfg.output or Path("runs") / cfg.name)
-        self.cache = self.run_dir / "cache"
         self.device = resolve_device(cfg.device)
-        self.amp = bool(cfg.amp) and self.device.type == "cuda"  # mixed precision only on CUDA
-        if cfg.amp and not self.amp:
+        amp = bool(cfg.amp) and self.device.type == "cuda"  # mixed precision only on CUDA
+        if cfg.amp and not amp:
             log.info("amp: true is ignored on %s (mixed precision is used on CUDA only)", self.device)
-        self.batch_size = cfg.evaluation.batch_size if isinstance(cfg.evaluation.batch_size, int) else 64
+        batch_size = cfg.evaluation.batch_size if isinstance(cfg.evaluation.batch_size, int) else 64
+        self.settings = stages.Settings(cfg, Cache(self.run_dir / "cache", self.run_dir), self.device, amp,
+                                        batch_size, show_progress)
         self.show_progress = show_progress
         self.log = StageLog()
         self.datasets_info: dict[str, Any] = {}
@@ -120,269 +150,130 @@ class Runner:
     def run(self) -> Path:
         cfg = self.cfg
         check_modalities(cfg)  # a text dataset with an image-only explainer etc. fails before any work
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise RunError(f"the run directory '{self.run_dir}' is a file; give --out a folder")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
-        seed_everything(cfg.seed)
-        started = time.perf_counter()
-        per_sample, curves = [], []
-        for dcfg in cfg.data:
-            ps, cv = self._run_dataset(dcfg)
-            per_sample.append(ps)
-            curves.append(cv)
-        results = self.run_dir / "results"
-        per_sample_df = pd.concat(per_sample, ignore_index=True) if per_sample else pd.DataFrame(columns=PER_SAMPLE_COLUMNS)
-        curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
-        with self.log.stage("stats"):
-            self._write_results(results, per_sample_df, curves_df)
-        self._write_run_json(time.perf_counter() - started)
-        with self.log.stage("report") as info:
-            info["written"] = self._build_report()
-        self._write_run_json(time.perf_counter() - started)
+        with run_lock(self.run_dir):
+            seed_everything(cfg.seed)
+            started = time.perf_counter()
+            per_sample, curves = [], []
+            for dcfg in cfg.data:
+                ps, cv = self._run_dataset(dcfg)
+                per_sample.append(ps)
+                curves.append(cv)
+            results = self.run_dir / "results"
+            per_sample_df = (pd.concat(per_sample, ignore_index=True) if per_sample
+                             else pd.DataFrame(columns=PER_SAMPLE_COLUMNS))
+            curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
+            with self.log.stage("stats"):
+                self._write_results(results, per_sample_df, curves_df)
+            # the config is written with the results it describes (a failed run leaves both as they were)
+            atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
+            self._write_run_json(time.perf_counter() - started)
+            with self.log.stage("report") as info:
+                info["written"] = self._build_report()
+            self._write_run_json(time.perf_counter() - started)
         return self.run_dir
 
     def _run_dataset(self, dcfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-        from .data import load_task
-        from .models import build_model, train_model
-
-        cfg, name = self.cfg, dcfg.key
-        with self.log.stage(f"{name}/data"):
-            task = load_task(dcfg.name, seed=cfg.seed, data_dir=dcfg.data_dir, **dcfg.params)
-        data_hash = stable_hash({"data": dcfg.hash_dict(), "seed": cfg.seed})
-        pretrained = bool(MODELS.entry(cfg.model.name).meta.get("pretrained"))  # never trained
-        model_hash = stable_hash({"data": data_hash, "model": cfg.model.hash_dict(),
-                                  "training": None if pretrained else cfg.training.model_dump(), "seed": cfg.seed,
-                                  **({"amp": True} if self.amp else {})})
-        with self.log.stage(f"{name}/train") as info:
-            if cfg.training.num_threads:
-                torch.set_num_threads(cfg.training.num_threads)
-            model = build_model(cfg.model.name, task, seed=cfg.seed, **cfg.model.params)
-            with self._autocast():
-                tr = train_model(model, task, cfg.training, seed=cfg.seed, device=self.device,
-                                 checkpoint_dir=self.cache / "models" / model_hash, show_progress=self.show_progress)
-            info.update(cache_hit=tr.cache_hit, model_hash=model_hash, test_accuracy=tr.test_accuracy)
-        _say(f"[xaiarena] {name}: {cfg.model.name} test accuracy {tr.test_accuracy:.3f}")
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-
-        idx = _select_eval(task, model, cfg, self.device)
-        targets, preds = _targets(task, model, idx, cfg, self.device)
-        sample_ids = task.test.ids[idx]
-        mod = modality_for(task)  # image tensors, or a TextBatch of tokenised texts (see modalities.py)
-        inputs = mod.eval_inputs(task, idx, model)
-        masks = mod.eval_masks(task, idx, inputs)
-        ids_hash = stable_hash(sample_ids.tolist())
-        info = {
-            "model": cfg.model.name, "model_hash": model_hash, "num_classes": task.num_classes,
-            "input_shape": list(task.input_shape), "n_train": len(task.train), "n_test": len(task.test),
-            "n_eval": len(idx), "test_accuracy": tr.test_accuracy, "train_history": tr.history,
-            "train_seconds": tr.seconds, "explainers": {}, **mod.describe(task, inputs, model),
-        }
-        if getattr(model, "pretrained", False):  # no training: say so, and which classes it predicts
-            describe = getattr(model, "describe", None)
-            info["pretrained"] = describe() if callable(describe) else True
-            info["target"] = cfg.evaluation.target
+        s, cfg = self.settings, self.cfg
+        prep = stages.prepare(s, dcfg, self.log.stage)
+        name = prep.key
         if cfg.evaluation.batch_size == "auto":
-            self.batch_size = auto_batch_size(model, inputs, self.device)
-        info["evaluation_batch_size"] = self.batch_size
-        self.datasets_info[name] = info
+            s.batch_size = auto_batch_size(prep.model, prep.inputs, self.device)
+        prep.info["evaluation_batch_size"] = s.batch_size
+        self.datasets_info[name] = prep.info
 
-        # ---- attributions
-        attributions: dict[str, torch.Tensor] = {}
-        explained: dict[str, torch.nn.Module] = {}
-        explain_fns: dict[str, Callable] = {}
-        attr_hashes: dict[str, str] = {}
-        for spec in cfg.explainers:
-            explainer = EXPLAINERS.create(spec.name, **spec.params)
-            ehash = stable_hash({"model": model_hash, "explainer": spec.hash_dict(), "ids": ids_hash,
-                                 "seed": cfg.seed, "target": cfg.evaluation.target})
-            path = self.cache / "attributions" / name / f"{spec.key}-{ehash}.pt"
-            with self.log.stage(f"{name}/explain/{spec.key}") as sinfo:
-                if getattr(explainer, "family", "") == "learned":
-                    fit_dir = self.cache / "explainers" / name / stable_hash({"model": model_hash, "explainer": spec.hash_dict(), "seed": cfg.seed})
-                    explainer.fit(model, task, device=self.device,
-                                  generator=torch.Generator().manual_seed(cfg.seed), cache_dir=fit_dir)
-                    report = getattr(explainer, "report", None)
-                    report = report() if callable(report) else report
-                    if report:
-                        info.setdefault("diet" if spec.name in ("diet", "text_diet") else spec.key, report)
-                fmodel = explainer.explained_model(model)
-                if path.exists():
-                    attr = load_torch(path)
-                    sinfo["cache_hit"] = True
-                else:
-                    attr = self._explain(explainer, fmodel, inputs, targets, spec.key)
-                    atomic_save_torch(attr, path)
-            attributions[spec.key] = attr
-            explained[spec.key] = fmodel
-            attr_hashes[spec.key] = ehash
-            explain_fns[spec.key] = self._explain_fn(explainer, fmodel)
-            info["explainers"][spec.key] = {
-                "seconds": self.log.stages[f"{name}/explain/{spec.key}"]["seconds"],
-                "cache_hit": self.log.stages[f"{name}/explain/{spec.key}"]["cache_hit"],
-                "explains": getattr(explainer, "explains", "f_b"), "family": getattr(explainer, "family", ""),
-                "name": spec.name, "params": spec.params,
-            }
-        if mod.name == "image":
-            self._write_examples(name, task, idx, preds, attributions, model)
-        else:
-            mod.write_examples(self, name, task, idx, preds, attributions, inputs)
+        # ---- views: f_b, then the model of each learned explainer (fitted first)
+        built = {spec.key: EXPLAINERS.create(spec.name, **spec.params) for spec in cfg.explainers}
+        learned = [spec for spec in cfg.explainers if built[spec.key].family == "learned"]
+        plain = [spec for spec in cfg.explainers if spec not in learned]
+        views = {stages.F_B: stages.view_of(s, prep, stages.F_B, prep.model, prep.model_key)}
+        members: dict[str, list[ComponentSpec]] = {stages.F_B: plain}
+        for spec in learned:
+            vname = "f_s" if len(learned) == 1 else f"f_s:{spec.key}"
+            with self.log.stage(f"{name}/fit/{spec.key}"):
+                views[vname] = stages.fit_learned(s, prep, spec, built[spec.key], vname)
+            report = built[spec.key].report()
+            if report:
+                prep.info.setdefault("learned", {})[spec.key] = report
+            # the fair view: the other explainers explain f_s too, so maps of one model are compared
+            members[vname] = [spec] + (plain if cfg.evaluation.also_explain_f_s else [])
+        prep.info["views"] = {v: ("the model being explained" if v == stages.F_B else
+                                  f"the model learned by {v.partition(':')[2] or learned[0].key}")
+                              for v in views}
 
-        # ---- metrics
-        labels = task.test.labels[idx]
+        # ---- attributions, per view
+        attrs: dict[str, dict[str, stages.Attribution]] = {}
+        for vname, specs in members.items():
+            for spec in specs:
+                stage = f"{name}/explain/{spec.key}" + ("" if vname == self._home_view(spec, learned) else f"@{vname}")
+                with self.log.stage(stage) as sinfo:
+                    attr = stages.explain(s, prep, views[vname], spec, built[spec.key], sinfo)
+                attrs.setdefault(vname, {})[spec.key] = attr
+                entry = prep.info["explainers"].setdefault(spec.key, {
+                    "explains": self._home_view(spec, learned), "family": built[spec.key].family,
+                    "name": spec.name, "params": spec.params, "views": {}})
+                entry["views"][vname] = {"seconds": sinfo["seconds"], "cache_hit": sinfo["cache_hit"],
+                                         "file": self._rel(s.cache.path("attributions", name,
+                                                                        f"{spec.key}-{attr.key.hash}.pt")),
+                                         "key": attr.key.hash}
+                if vname == entry["explains"]:
+                    entry.update(seconds=sinfo["seconds"], cache_hit=sinfo["cache_hit"])
+        self._write_examples(prep, views, attrs, learned)
+
+        # ---- metrics, per view
         per_sample, curves = [], []
-        for mi, spec in enumerate(cfg.metrics):
+        for spec in cfg.metrics:
             metric = METRICS.create(spec.name, **spec.params)
-            keys = spec.explainers or list(attributions)  # the explainers this metric scores
-            mhash = stable_hash({"metric": spec.hash_dict(), "attr": {k: attr_hashes[k] for k in keys},
-                                 "ids": ids_hash, "seed": cfg.seed, "model": model_hash})
-            mdir = self.cache / "metrics" / name
-            ps_path, cv_path = mdir / f"{spec.key}-{mhash}.parquet", mdir / f"{spec.key}-{mhash}.curves.parquet"
-            with self.log.stage(f"{name}/metric/{spec.key}") as sinfo:
-                if ps_path.exists() and cv_path.exists():
-                    ps, cv = pd.read_parquet(ps_path), pd.read_parquet(cv_path)
-                    sinfo["cache_hit"] = True
-                else:
-                    ps, cv = self._evaluate_metric(
-                        metric, spec, mi, name, inputs, targets, labels, masks, sample_ids,
-                        {k: attributions[k] for k in keys}, {k: explained[k] for k in keys},
-                        {k: explain_fns[k] for k in keys},
-                    )
-                    atomic_to_parquet(cv, cv_path)
-                    atomic_to_parquet(ps, ps_path)
+            for vname, vattrs in attrs.items():
+                keys = [k for k in (spec.explainers or list(vattrs)) if k in vattrs]
+                if not metric.applies_to(keys):
+                    log.info("%s: metric '%s' has nothing to score among the maps of %s (%s)", name, spec.key,
+                             vname, ", ".join(keys) or "none")
+                    continue
+                stage = f"{name}/metric/{spec.key}" + ("" if vname == stages.F_B else f"@{vname}")
+                with self.log.stage(stage) as sinfo:
+                    ps, cv = stages.score(s, prep, views[vname], spec, metric, {k: vattrs[k] for k in keys}, sinfo)
+                per_sample.append(ps)
+                curves.append(cv)
             for out in metric.outputs():
-                oname = _metric_output_name(spec, metric.name, out.name)
+                oname = stages.output_name(spec, metric.name, out.name)
                 self.metrics_meta[oname] = {
-                    "metric": spec.name, "category": metric.category, "higher_is_better": out.higher_is_better,
+                    "metric": spec.name, "label": spec.key, "category": metric.category,
+                    "higher_is_better": out.higher_is_better, "ranked": out.ranked,
                     "value_range": [float(v) for v in out.value_range],
                     "description": METRICS.entry(spec.name).description,
                 }
-            per_sample.append(ps)
-            curves.append(cv)
         ps = pd.concat(per_sample, ignore_index=True) if per_sample else pd.DataFrame(columns=PER_SAMPLE_COLUMNS)
         cv = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
         return ps, cv
 
+    @staticmethod
+    def _home_view(spec: ComponentSpec, learned: list[ComponentSpec]) -> str:
+        """The view an explainer belongs to: its own f_s for a learned explainer, else f_b."""
+        if spec not in learned:
+            return stages.F_B
+        return "f_s" if len(learned) == 1 else f"f_s:{spec.key}"
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.run_dir).as_posix()
+
+    def _write_examples(self, prep, views, attrs, learned) -> None:
+        """A few samples with every explainer's map: its own view's maps under the explainer's name,
+        and its maps of another view as ``<explainer>@<view>``."""
+        maps = {}
+        for vname, vattrs in attrs.items():
+            for k, a in vattrs.items():
+                home = self._home_view(next(sp for sp in self.cfg.explainers if sp.key == k), learned)
+                maps[k if vname == home else f"{k}@{vname}"] = a.maps
+        fb = views[stages.F_B]
+        path = inside(self.run_dir, self.run_dir / "results" / "examples" / prep.key)
+        prep.mod.write_examples(path, prep.task, prep.index, fb.preds, _correct(prep, fb), maps, prep.inputs,
+                                prep.model)
+
     # ------------------------------------------------------------------ helpers
-    def _autocast(self):
-        """bfloat16 autocast on CUDA when ``amp: true``; a no-op context otherwise (CPU unchanged)."""
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp) if self.amp else nullcontext()
-
-    def _explain(self, explainer, model, inputs, targets, key: str) -> torch.Tensor:
-        bs = self.batch_size
-        gen = torch.Generator().manual_seed(self.cfg.seed)
-        out = []
-        for i in progress(range(0, len(inputs), bs), desc=f"explain {key}", disable=not self.show_progress):
-            xb = inputs[i:i + bs].to(self.device)
-            tb = targets[i:i + bs].to(self.device)
-            with self._autocast():
-                a = explainer.explain(model, xb, tb, generator=gen)
-            out.append((a.float() if self.amp else a).cpu())
-        return torch.cat(out) if out else torch.empty(0, *inputs.shape[2:])
-
-    def _explain_fn(self, explainer, model) -> Callable:
-        def fn(inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator | None = None,
-               model: torch.nn.Module = model) -> torch.Tensor:
-            """Re-explain (robustness metrics); ``model=`` explains another model (randomisation test)."""
-            return explainer.explain(model, inputs, targets, generator=generator)
-
-        return fn
-
-    def _evaluate_metric(self, metric, spec, mi, dataset, inputs, targets, labels, masks, sample_ids,
-                         attributions, explained, explain_fns) -> tuple[pd.DataFrame, pd.DataFrame]:
-        from .metrics import EvalBatch
-
-        # explainers grouped by the model their maps explain (f_b, or DiET's f_s); a metric that does
-        # not call the model (agreement, complexity, localisation) sees all of them at once
-        groups: dict[int, list[str]] = {}
-        model_free = "model" not in getattr(metric, "requires", ("model",))
-        for key, m in explained.items():
-            groups.setdefault(0 if model_free else id(m), []).append(key)
-        bs = self.batch_size
-        scores: dict[str, dict[str, list[torch.Tensor]]] = {}
-        curves: dict[str, dict[str, list[torch.Tensor]]] = {}
-        curve_x: dict[str, torch.Tensor] = {}
-        for keys in groups.values():
-            model = explained[keys[0]]
-            for bi, i in enumerate(progress(range(0, len(inputs), bs), desc=f"metric {spec.key}",
-                                            disable=not self.show_progress)):
-                sl = slice(i, i + bs)
-                batch = EvalBatch(
-                    model=model, inputs=inputs[sl].to(self.device), targets=targets[sl].to(self.device),
-                    labels=labels[sl].to(self.device), masks=None if masks is None else masks[sl].to(self.device),
-                    sample_ids=sample_ids[sl],
-                )
-                # same seed per (metric, batch) for every group: common random numbers
-                gen = torch.Generator(device=self.device).manual_seed(stable_seed(self.cfg.seed, mi, bi))
-                with self._autocast():
-                    out = metric.evaluate(
-                        batch, {k: attributions[k][sl].to(self.device) for k in keys}, generator=gen,
-                        explainers={k: explain_fns[k] for k in keys},
-                    )
-                for oname, per_expl in out.scores.items():
-                    for k, v in per_expl.items():
-                        scores.setdefault(oname, {}).setdefault(k, []).append(v.detach().float().cpu())
-                for oname, per_expl in out.curves.items():
-                    for k, v in per_expl.items():
-                        curves.setdefault(oname, {}).setdefault(k, []).append(v.detach().float().cpu())
-                curve_x.update({k: v.detach().float().cpu() for k, v in out.curve_x.items()})
-        rows = []
-        ids = sample_ids.numpy()
-        for oname, per_expl in scores.items():
-            full = _metric_output_name(spec, metric.name, oname)
-            for k, parts in per_expl.items():
-                vals = torch.cat(parts).numpy()
-                rows.append(pd.DataFrame({"dataset": dataset, "explainer": k, "metric": full,
-                                          "sample_id": ids[: len(vals)], "value": vals}))
-        ps = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=PER_SAMPLE_COLUMNS)
-        crow = []
-        for oname, per_expl in curves.items():
-            full = _metric_output_name(spec, metric.name, oname)
-            for k, parts in per_expl.items():
-                c = torch.cat(parts).numpy()  # (N, S)
-                mean = np.nanmean(c, 0)
-                se = np.nanstd(c, 0, ddof=1) / np.sqrt(max(len(c), 1)) if len(c) > 1 else np.zeros_like(mean)
-                x = curve_x.get(oname, torch.linspace(0, 1, c.shape[1])).numpy()
-                crow.append(pd.DataFrame({"dataset": dataset, "explainer": k, "metric": full, "x": x,
-                                          "mean": mean, "ci_low": mean - 1.96 * se, "ci_high": mean + 1.96 * se}))
-        cv = pd.concat(crow, ignore_index=True) if crow else pd.DataFrame(columns=CURVE_COLUMNS)
-        return ps, cv
-
-    def _write_examples(self, name, task, idx, preds, attributions, model=None) -> None:
-        """A few correct and incorrect predictions with every explainer's map, for the report."""
-        from .models.training import correct_predictions
-
-        labels = task.test.labels[idx]
-        ok = correct_predictions(model, preds, labels, task) if model is not None else None
-        ok = (preds == labels) if ok is None else ok
-        correct = torch.nonzero(ok).flatten()
-        wrong = torch.nonzero(~ok).flatten()
-        n_wrong = min(len(wrong), N_EXAMPLES // 4 if len(correct) else N_EXAMPLES)
-        pick = torch.cat([correct[: N_EXAMPLES - n_wrong], wrong[:n_wrong]])
-        arrays: dict[str, np.ndarray] = {
-            "images": task.test.images[idx][pick].numpy(),
-            "labels": labels[pick].numpy(),
-            "preds": preds[pick].numpy(),
-            "sample_ids": task.test.ids[idx][pick].numpy(),
-            "class_names": np.array(task.class_names),
-        }
-        if task.test.masks is not None:
-            arrays["masks"] = task.test.masks[idx][pick].numpy()
-        arrays["correct"] = ok[pick].numpy()
-        model_classes = getattr(model, "class_names", None)
-        if model_classes is not None and list(model_classes) != list(task.class_names):
-            arrays["pred_class_names"] = np.array(model_classes)  # predictions are in the model's classes
-        for k, a in attributions.items():
-            arrays[f"attr__{k}"] = a[pick].numpy().astype(np.float32)
-        import io
-
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        atomic_write_bytes(self.run_dir / "results" / "examples" / f"{name}.npz", buf.getvalue())
-
     def _write_results(self, results: Path, per_sample: pd.DataFrame, curves: pd.DataFrame) -> None:
-        from . import stats
-
         atomic_to_parquet(per_sample[PER_SAMPLE_COLUMNS], results / "per_sample.parquet")
         atomic_to_parquet(curves[CURVE_COLUMNS] if len(curves) else pd.DataFrame(columns=CURVE_COLUMNS),
                           results / "curves.parquet")
@@ -390,9 +281,7 @@ class Runner:
         models = {d: v["model"] for d, v in self.datasets_info.items()}
         summary = stats.summarize(per_sample, hib, models=models, seed=self.cfg.seed)
         tests = stats.paired_tests(per_sample)
-        from .report.fgbg import fg_bg_tests
-
-        fg_bg = fg_bg_tests(per_sample)  # object vs background within each explainer (fg_bg_attribution)
+        fg_bg = stats.fg_bg_tests(per_sample)  # object vs background within each explainer (fg_bg_attribution)
         if len(fg_bg):
             atomic_to_csv(fg_bg, results / "fg_bg_tests.csv")
         atomic_to_csv(summary, results / "summary.csv")
@@ -422,8 +311,11 @@ class Runner:
         atomic_write_text(self.run_dir / "run.json", dumps_json(data))
 
 
-def stable_seed(*parts: int) -> int:
-    return int(stable_hash(list(parts), n=8), 16)
+def _correct(prep: stages.Prepared, view: stages.View) -> torch.Tensor:
+    from .models.training import correct_predictions
+
+    ok = correct_predictions(prep.model, view.preds, prep.labels, prep.task)
+    return (view.preds == prep.labels) if ok is None else ok
 
 
 def auto_batch_size(model: torch.nn.Module, inputs: Any, device: torch.device, *, fraction: float = 0.5,
@@ -485,20 +377,29 @@ class RunResult:
     def report_path(self) -> Path:
         return self.run_dir / "report.html"
 
-    def attributions(self, explainer: str, dataset: str | None = None) -> torch.Tensor:
-        """The ``(N, H, W)`` maps of ``explainer`` for the evaluation samples (in sample order)."""
+    def attributions(self, explainer: str, dataset: str | None = None,
+                     explained_model: str | None = None) -> torch.Tensor:
+        """The maps of ``explainer`` for the evaluation samples (in sample order): ``(N, H, W)`` images,
+        ``(N, L)`` texts. ``explained_model`` picks the view (``f_b``, ``f_s``); by default the model the
+        explainer itself explains. Reads the file whose key run.json records (never guesses by date)."""
         datasets = list(self.info["datasets"])
         dataset = dataset or datasets[0]
         if dataset not in datasets:
             raise KeyError(f"unknown dataset '{dataset}'; this run has {', '.join(datasets)}")
-        known = list(self.info["datasets"][dataset]["explainers"])
+        known = self.info["datasets"][dataset]["explainers"]
         if explainer not in known:
             raise KeyError(f"unknown explainer '{explainer}'; this run has {', '.join(known)}")
-        files = sorted((self.run_dir / "cache" / "attributions" / dataset).glob(f"{explainer}-*.pt"),
-                       key=lambda p: p.stat().st_mtime)
-        if not files:
-            raise FileNotFoundError(f"no cached attributions for '{explainer}' in {self.run_dir}")
-        return load_torch(files[-1])
+        entry = known[explainer]
+        view = explained_model or entry.get("explains", "f_b")
+        views = entry.get("views") or {}
+        if view not in views:
+            raise KeyError(f"explainer '{explainer}' has no maps of '{view}'; it explains {', '.join(views) or 'none'}")
+        path = self.run_dir / views[view]["file"]
+        maps = Cache(self.run_dir / "cache", self.run_dir).load_torch(path)
+        if maps is None:
+            raise FileNotFoundError(f"the attributions of '{explainer}' ({view}) recorded in run.json are missing or "
+                                    f"corrupt: {path}; run the config again to recompute them")
+        return maps
 
     def __repr__(self) -> str:
         return f"RunResult('{self.run_dir}')"

@@ -79,6 +79,30 @@ TESTS_COLUMNS = [
 RANK_COLUMNS = ["dataset", "metric", "explainer", "rank", "group"]
 COMBINED_COLUMNS = ["metric", "explainer", "mean_rank", "n_datasets"]
 PER_SAMPLE_COLUMNS = ["dataset", "explainer", "metric", "sample_id", "value"]
+#: columns that, when present, split results into independent comparisons: maps of different
+#: explained models (``explained_model``: f_b, f_s) are never compared with each other
+CONTEXT_COLUMNS = ("dataset", "explained_model")
+
+
+def context_columns(df: pd.DataFrame) -> list[str]:
+    """The comparison context present in ``df``: ``dataset`` and, where present, ``explained_model``."""
+    return [c for c in CONTEXT_COLUMNS if c in df.columns]
+
+
+def _with_context(columns: list[str], df: pd.DataFrame) -> list[str]:
+    """``columns`` with the optional context columns of ``df`` inserted after ``dataset``."""
+    extra = [c for c in context_columns(df) if c != "dataset" and c not in columns]
+    i = columns.index("dataset") + 1
+    return columns[:i] + extra + columns[i:]
+
+
+def _select(df: pd.DataFrame, ctx: dict[str, Any]) -> pd.DataFrame:
+    """Rows of ``df`` in one comparison context (``{"dataset": ..., "explained_model": ...}``)."""
+    mask = np.ones(len(df), dtype=bool)
+    for c, v in ctx.items():
+        if c in df.columns:
+            mask &= (df[c] == v).to_numpy()
+    return df[mask]
 #: ``metric`` value of the rows of :func:`combined_ranking` that average over all metrics
 ALL_METRICS = "(all metrics)"
 TESTS = ("t", "wilcoxon")
@@ -203,15 +227,16 @@ def summarize(
     :data:`SUMMARY_COLUMNS` in the order groups first appear in ``per_sample``.
     """
     _check_columns(per_sample, PER_SAMPLE_COLUMNS, "per_sample")
-    df = per_sample[PER_SAMPLE_COLUMNS]
+    ctx = context_columns(per_sample)
+    df = per_sample[_with_context(PER_SAMPLE_COLUMNS, per_sample)]
     if models is not None:
         missing = sorted(set(map(str, df["dataset"].unique())) - set(map(str, models)))
         if missing:
             raise ValueError(f"no model given for dataset(s) {missing}")
     rows = []
-    for (dataset, explainer, metric), grp in df.groupby(
-        ["dataset", "explainer", "metric"], sort=False
-    ):
+    for keys, grp in df.groupby([*ctx, "explainer", "metric"], sort=False):
+        context = dict(zip(ctx, keys[: len(ctx)], strict=True))
+        dataset, (explainer, metric) = context["dataset"], keys[len(ctx):]
         hib = _higher_is_better(meta, metric)
         grp = grp.sort_values("sample_id", kind="stable")
         x = grp["value"].to_numpy(dtype=np.float64)
@@ -219,7 +244,7 @@ def summarize(
         rng = np.random.default_rng(_group_seed(seed, dataset, metric))
         lo, hi = bootstrap_ci(x, rng=rng, n_boot=n_boot, confidence=confidence, method=method)
         rows.append({
-            "dataset": dataset,
+            **context,
             "model": "" if models is None else models[str(dataset)],
             "explainer": explainer,
             "metric": metric,
@@ -229,7 +254,7 @@ def summarize(
             "n": int(x.size),
             "higher_is_better": hib,
         })
-    out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    out = pd.DataFrame(rows, columns=_with_context(SUMMARY_COLUMNS, per_sample))
     return out.astype({"n": "int64", "higher_is_better": bool})
 
 
@@ -314,16 +339,17 @@ def paired_tests(
     if unknown:
         raise ValueError(f"unknown test(s) {unknown}; valid: {', '.join(TESTS)}")
     _check_columns(per_sample, PER_SAMPLE_COLUMNS, "per_sample")
-    df = per_sample[PER_SAMPLE_COLUMNS]
-    dup = df.duplicated(["dataset", "explainer", "metric", "sample_id"])
+    ctx = context_columns(per_sample)
+    df = per_sample[_with_context(PER_SAMPLE_COLUMNS, per_sample)]
+    ident = [*ctx, "explainer", "metric", "sample_id"]
+    dup = df.duplicated(ident)
     if dup.any():
         first = df[dup].iloc[0]
-        raise ValueError(
-            f"{int(dup.sum())} duplicated (dataset, explainer, metric, sample_id) rows, e.g. "
-            f"{tuple(first[['dataset', 'explainer', 'metric', 'sample_id']])}"
-        )
+        raise ValueError(f"{int(dup.sum())} duplicated ({', '.join(ident)}) rows, e.g. {tuple(first[ident])}")
     frames = []
-    for (dataset, metric), grp in df.groupby(["dataset", "metric"], sort=False):
+    for keys, grp in df.groupby([*ctx, "metric"], sort=False):
+        context = dict(zip(ctx, keys[: len(ctx)], strict=True))
+        dataset, metric = context["dataset"], keys[-1]
         explainers = list(pd.unique(grp["explainer"]))
         wide = grp.pivot(index="sample_id", columns="explainer", values="value")
         rows = []
@@ -339,7 +365,7 @@ def paired_tests(
             for test in tests:
                 stat, p = paired_t(d) if test == "t" else paired_wilcoxon(d)
                 rows.append({
-                    "dataset": dataset, "metric": metric, "explainer_a": a, "explainer_b": b,
+                    **context, "metric": metric, "explainer_a": a, "explainer_b": b,
                     "test": test, "statistic": stat, "p_value": p, "effect_size": dz,
                     "n": int(d.size), "n_dropped": n_dropped,
                 })
@@ -349,7 +375,7 @@ def paired_tests(
                 sel = (part["test"] == test).to_numpy()
                 part.loc[sel, "p_holm"] = holm(part.loc[sel, "p_value"].to_numpy())
         frames.append(part)
-    cols = TESTS_COLUMNS + (["n", "n_dropped"] if with_n else [])
+    cols = _with_context(TESTS_COLUMNS, per_sample) + (["n", "n_dropped"] if with_n else [])
     if not frames or all(len(f) == 0 for f in frames):
         return pd.DataFrame(columns=cols)
     out = pd.concat([f for f in frames if len(f)], ignore_index=True)
@@ -403,10 +429,11 @@ def compact_letter_display(order: Sequence[str], different: Iterable[tuple[str, 
 
 
 def _significant_pairs(
-    tests: pd.DataFrame, dataset: Any, metric: Any, alpha: float, test: str
+    tests: pd.DataFrame, context: dict[str, Any], metric: Any, alpha: float, test: str
 ) -> dict[tuple[str, str], float]:
     """``{(a, b): mean_diff_sign}`` for pairs whose Holm p-value is below ``alpha``."""
-    sel = tests[(tests["dataset"] == dataset) & (tests["metric"] == metric)]
+    sel = _select(tests, context)
+    sel = sel[sel["metric"] == metric]
     want = TESTS if test == "both" else (test,)
     out: dict[tuple[str, str], float] = {}
     for (a, b), grp in sel.groupby(["explainer_a", "explainer_b"], sort=False):
@@ -443,11 +470,14 @@ def rank(
     if len(tests):
         _check_columns(tests, TESTS_COLUMNS, "tests")
     rows = []
-    for (dataset, metric), grp in summary.groupby(["dataset", "metric"], sort=False):
+    ctx = context_columns(summary)
+    for keys, grp in summary.groupby([*ctx, "metric"], sort=False):
+        context = dict(zip(ctx, keys[: len(ctx)], strict=True))
+        metric = keys[-1]
         hib = bool(grp["higher_is_better"].iloc[0])
         order = _ordered(grp, hib)
         valid = [e for e in order if np.isfinite(grp.loc[grp["explainer"] == e, "mean"].iloc[0])]
-        sig = _significant_pairs(tests, dataset, metric, alpha, test) if len(tests) else {}
+        sig = _significant_pairs(tests, context, metric, alpha, test) if len(tests) else {}
         means = dict(zip(grp["explainer"], grp["mean"], strict=False))
         better_count = {e: 0 for e in valid}
         different = []
@@ -466,11 +496,11 @@ def rank(
         for e in order:
             ok = e in better_count
             rows.append({
-                "dataset": dataset, "metric": metric, "explainer": e,
+                **context, "metric": metric, "explainer": e,
                 "rank": 1 + better_count[e] if ok else pd.NA,
                 "group": letters[e] if ok else "",
             })
-    out = pd.DataFrame(rows, columns=RANK_COLUMNS)
+    out = pd.DataFrame(rows, columns=_with_context(RANK_COLUMNS, summary))
     return out.astype({"rank": "Int64"})
 
 
@@ -486,11 +516,15 @@ def compare_to_best(
     """
     want = TESTS if test == "both" else (test,)
     rows = []
-    for (dataset, metric), grp in summary.groupby(["dataset", "metric"], sort=False):
+    ctx = context_columns(summary)
+    for keys, grp in summary.groupby([*ctx, "metric"], sort=False):
+        context = dict(zip(ctx, keys[: len(ctx)], strict=True))
+        metric = keys[-1]
         hib = bool(grp["higher_is_better"].iloc[0])
         order = _ordered(grp, hib)
         best = order[0]
-        sel = tests[(tests["dataset"] == dataset) & (tests["metric"] == metric)] if len(tests) else tests
+        sel = _select(tests, context) if len(tests) else tests
+        sel = sel[sel["metric"] == metric] if len(sel) else sel
         for e in order:
             p = {t: float("nan") for t in want}
             if e != best and len(sel):
@@ -502,12 +536,13 @@ def compare_to_best(
                         p[t] = float(mt["p_holm"].iloc[0])
             pmax = max(p.values())
             rows.append({
-                "dataset": dataset, "metric": metric, "explainer": e, "best": best,
+                **context, "metric": metric, "explainer": e, "best": best,
                 "is_best": e == best, "p_holm": pmax,
                 "significant": bool(e != best and np.isfinite(pmax) and pmax < alpha),
             })
     return pd.DataFrame(
-        rows, columns=["dataset", "metric", "explainer", "best", "is_best", "p_holm", "significant"]
+        rows, columns=_with_context(["dataset", "metric", "explainer", "best", "is_best", "p_holm", "significant"],
+                                    summary)
     )
 
 
@@ -536,8 +571,63 @@ def combined_ranking(ranks: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COMBINED_COLUMNS)
 
 
+# --------------------------------------------------------------------------- object vs background
+
+FG, BG = "fg_mean", "bg_mean"
+FG_BG_COLUMNS = ["dataset", "explainer", "fg_metric", "test", "n", "fg_mean", "bg_mean", "mean_diff",
+                 "statistic", "p_value", "p_holm", "effect_size"]
+
+
+def _pairs(metrics: list[str]) -> list[tuple[str, str]]:
+    """(fg, bg) output names present together: ``fg_mean``/``bg_mean`` or ``<prefix>fg_mean``/..."""
+    out = []
+    for m in metrics:
+        if m.endswith(FG):
+            bg = m[: -len(FG)] + BG
+            if bg in metrics:
+                out.append((m, bg))
+    return out
+
+
+def fg_bg_tests(per_sample: pd.DataFrame) -> pd.DataFrame:
+    """Foreground vs background within each explainer: for every explainer scored by
+    ``fg_bg_attribution``, the per-image differences ``fg_mean - bg_mean`` are tested across images
+    (paired t-test and Wilcoxon, Cohen's d_z, Holm over the explainers of one dataset per test).
+    Columns ``FG_BG_COLUMNS``; written to ``results/fg_bg_tests.csv``."""
+    if per_sample is None or not len(per_sample):
+        return pd.DataFrame(columns=FG_BG_COLUMNS)
+    rows: list[dict[str, Any]] = []
+    ctx = context_columns(per_sample)
+    for keys, dgrp in per_sample.groupby(ctx, sort=False):
+        context = dict(zip(ctx, keys if isinstance(keys, tuple) else (keys,), strict=True))
+        for fg_name, bg_name in _pairs(list(dict.fromkeys(dgrp["metric"]))):
+            block = []
+            for explainer, egrp in dgrp.groupby("explainer", sort=False):
+                fg = egrp[egrp["metric"] == fg_name].set_index("sample_id")["value"]
+                bg = egrp[egrp["metric"] == bg_name].set_index("sample_id")["value"]
+                both = pd.concat([fg.rename("fg"), bg.rename("bg")], axis=1, join="inner").dropna()
+                d = (both["fg"] - both["bg"]).to_numpy(np.float64)
+                t, p_t = paired_t(d)
+                w, p_w = paired_wilcoxon(d)
+                dz = cohens_dz(d)
+                base = {**context, "explainer": explainer, "fg_metric": fg_name, "n": len(d),
+                        "fg_mean": float(both["fg"].mean()) if len(d) else np.nan,
+                        "bg_mean": float(both["bg"].mean()) if len(d) else np.nan,
+                        "mean_diff": float(d.mean()) if len(d) else np.nan, "effect_size": dz}
+                block.append({**base, "test": "t", "statistic": t, "p_value": p_t})
+                block.append({**base, "test": "wilcoxon", "statistic": w, "p_value": p_w})
+            for test in ("t", "wilcoxon"):
+                fam = [r for r in block if r["test"] == test]
+                adj = holm([r["p_value"] for r in fam])
+                for r, a in zip(fam, adj, strict=True):
+                    r["p_holm"] = float(a)
+            rows += block
+    cols = _with_context(FG_BG_COLUMNS, per_sample)
+    return pd.DataFrame(rows, columns=cols) if rows else pd.DataFrame(columns=cols)
+
+
 __all__ = [
     "ALL_METRICS", "COMBINED_COLUMNS", "RANK_COLUMNS", "SUMMARY_COLUMNS", "TESTS_COLUMNS",
-    "bootstrap_ci", "cohens_dz", "combined_ranking", "compact_letter_display", "compare_to_best",
+    "bootstrap_ci", "cohens_dz", "combined_ranking", "compact_letter_display", "compare_to_best", "fg_bg_tests",
     "holm", "paired_t", "paired_tests", "paired_wilcoxon", "rank", "summarize",
 ]

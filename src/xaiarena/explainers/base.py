@@ -72,6 +72,10 @@ class Explainer(ABC):
         """The model whose decisions the maps explain (``model`` unless learned)."""
         return model
 
+    def report(self) -> dict[str, Any]:
+        """What a learned explainer reports about its fit (run.json ``learned``); empty otherwise."""
+        return {}
+
     @abstractmethod
     def attribute(
         self,

@@ -47,6 +47,9 @@ class _Agreement(Metric):
         self.reference = reference
         self.abs = bool(abs)
 
+    def applies_to(self, explainers: list[str]) -> bool:
+        return len(explainers) >= 2 and (self.reference is None or self.reference in explainers)
+
     def pairs(self, names: list[str]) -> list[tuple[str, str]]:
         if self.reference is None:
             return [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]

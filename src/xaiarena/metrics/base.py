@@ -67,6 +67,8 @@ class OutputSpec:
     name: str
     higher_is_better: bool
     value_range: tuple[float, float] = (float("-inf"), float("inf"))
+    #: False for descriptive outputs that must not rank explainers (e.g. a mean that a flat map maximises)
+    ranked: bool = True
 
 
 class Metric(ABC):
@@ -80,6 +82,11 @@ class Metric(ABC):
     def outputs(self) -> list[OutputSpec]:
         """Every per-sample output with its direction and range (default: one, the metric's)."""
         return [OutputSpec(self.name, self.higher_is_better, self.value_range)]
+
+    def applies_to(self, explainers: list[str]) -> bool:
+        """Whether the metric has anything to score for these explainers (maps of one explained
+        model). Agreement metrics need two explainers, or their ``reference`` among them."""
+        return bool(explainers)
 
     def output_names(self) -> list[str]:
         """Names of the per-sample outputs, the keys of ``MetricOutput.scores``."""

@@ -21,54 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import stats
-
-FG, BG = "fg_mean", "bg_mean"
-FG_BG_COLUMNS = ["dataset", "explainer", "fg_metric", "test", "n", "fg_mean", "bg_mean", "mean_diff",
-                 "statistic", "p_value", "p_holm", "effect_size"]
-
-
-def _pairs(metrics: list[str]) -> list[tuple[str, str]]:
-    """(fg, bg) output names present together: ``fg_mean``/``bg_mean`` or ``<prefix>fg_mean``/..."""
-    out = []
-    for m in metrics:
-        if m.endswith(FG):
-            bg = m[: -len(FG)] + BG
-            if bg in metrics:
-                out.append((m, bg))
-    return out
-
-
-def fg_bg_tests(per_sample: pd.DataFrame) -> pd.DataFrame:
-    """Paired foreground-vs-background tests per (dataset, explainer); columns ``FG_BG_COLUMNS``."""
-    if per_sample is None or not len(per_sample):
-        return pd.DataFrame(columns=FG_BG_COLUMNS)
-    rows: list[dict[str, Any]] = []
-    for dataset, dgrp in per_sample.groupby("dataset", sort=False):
-        for fg_name, bg_name in _pairs(list(dict.fromkeys(dgrp["metric"]))):
-            block = []
-            for explainer, egrp in dgrp.groupby("explainer", sort=False):
-                fg = egrp[egrp["metric"] == fg_name].set_index("sample_id")["value"]
-                bg = egrp[egrp["metric"] == bg_name].set_index("sample_id")["value"]
-                both = pd.concat([fg.rename("fg"), bg.rename("bg")], axis=1, join="inner").dropna()
-                d = (both["fg"] - both["bg"]).to_numpy(np.float64)
-                t, p_t = stats.paired_t(d)
-                w, p_w = stats.paired_wilcoxon(d)
-                dz = stats.cohens_dz(d)
-                base = {"dataset": dataset, "explainer": explainer, "fg_metric": fg_name, "n": len(d),
-                        "fg_mean": float(both["fg"].mean()) if len(d) else np.nan,
-                        "bg_mean": float(both["bg"].mean()) if len(d) else np.nan,
-                        "mean_diff": float(d.mean()) if len(d) else np.nan, "effect_size": dz}
-                block.append({**base, "test": "t", "statistic": t, "p_value": p_t})
-                block.append({**base, "test": "wilcoxon", "statistic": w, "p_value": p_w})
-            for test in ("t", "wilcoxon"):
-                fam = [r for r in block if r["test"] == test]
-                adj = stats.holm([r["p_value"] for r in fam])
-                for r, a in zip(fam, adj, strict=True):
-                    r["p_holm"] = float(a)
-            rows += block
-    return pd.DataFrame(rows, columns=FG_BG_COLUMNS) if rows else pd.DataFrame(columns=FG_BG_COLUMNS)
-
+from ..stats import BG, FG, fg_bg_tests  # noqa: F401  (the tests live in stats)
 
 # --------------------------------------------------------------------------- overlays
 

@@ -9,6 +9,7 @@ jinja2's autoescaping. The same run directory always gives the same bytes.
 from __future__ import annotations
 
 import base64
+import logging
 import math
 import re
 from pathlib import Path
@@ -22,7 +23,7 @@ from .. import __version__, stats
 from ..metrics.agreement import PAIR_SEPARATOR
 from ..utils import atomic_write_bytes
 from . import fgbg, narrative, plots
-from .loading import RunData, load_run
+from .loading import ReportError, RunData, load_run
 from .tables import (
     combined_table,
     fmt,
@@ -32,6 +33,8 @@ from .tables import (
     results_table,
 )
 from .text import text_rows
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ALPHA = 0.05
 DEFAULT_TEST = "t"
@@ -74,27 +77,29 @@ def _slug(text: str) -> str:
 
 
 class _Figures:
-    """Collects figures: writes each PNG under figures/ and keeps a data URI for the HTML."""
+    """Collects figures: a data URI for the HTML now, the PNG files under figures/ once the whole
+    report has been built (a report that fails leaves the old figures as they were)."""
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.files: list[Path] = []
+        self.pending: dict[str, bytes] = {}
 
     def add(self, name: str, png: bytes | None, title: str, caption: str = "") -> dict | None:
         if png is None:
             return None
-        path = self.folder / name
-        atomic_write_bytes(path, png)
-        self.files.append(path)
+        self.pending[name] = png
         uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         return {"title": title, "caption": caption, "src": uri, "file": f"figures/{name}"}
 
 
-def _clean_old_figures(folder: Path) -> None:
-    if folder.is_dir():
-        for p in folder.iterdir():
-            if p.is_file() and any(r.match(p.name) for r in _FIGURE_PATTERNS):
-                p.unlink()
+    def write(self) -> None:
+        """Replace the report's figures by the new ones (other files in the folder are kept)."""
+        if self.folder.is_dir():
+            for p in self.folder.iterdir():
+                if p.is_file() and p.name not in self.pending and any(r.match(p.name) for r in _FIGURE_PATTERNS):
+                    p.unlink()
+        for name, png in self.pending.items():
+            atomic_write_bytes(self.folder / name, png)
 
 
 def _num(x: Any) -> float | None:
@@ -182,9 +187,20 @@ def _settings(run: dict[str, Any], alpha: float | None, test: str | None) -> tup
     return alpha, test
 
 
+def _view_note(view: str | None, n_views: int, info: dict[str, Any]) -> str:
+    if view is None or n_views <= 1:
+        return ""
+    if view == "f_b":
+        return ("Maps of f_b, the trained model being explained. DiET is not in this view: its maps explain "
+                "its distilled model f_s (next section).")
+    return (f"Maps of {view}, DiET's distilled copy of the trained model: every explainer here explains the "
+            "same model, so these are the fair comparisons with DiET. f_s was trained to ignore erased "
+            "background, which favours every explainer's perturbation scores on this model alike.")
+
+
 def _dataset_section(
     data: RunData, k: int, dataset: str, figs: _Figures, alpha: float, test: str,
-    colors: dict[str, str],
+    colors: dict[str, str], view: str | None = None, n_views: int = 1,
 ) -> dict[str, Any]:
     info = data.dataset_info(dataset)
     explainers = data.explainers(dataset)
@@ -250,12 +266,14 @@ def _dataset_section(
                                         meta, alpha, test)
     n_sample_rows = data.per_sample is not None and (data.per_sample["dataset"] == dataset).any()
     return {
-        "name": dataset,
+        "name": dataset if view is None or n_views <= 1 else f"{dataset} — maps of {view}",
+        "view": view,
+        "view_note": _view_note(view, n_views, info),
         "anchor": f"dataset-{k}",
         "model": info.get("model") or (summ["model"].iloc[0] if len(summ) else ""),
         "setup": _setup_rows(info),
         "explainers": _explainer_rows(data, dataset, single, colors),
-        "diet": _diet_rows(info.get("diet")),
+        "diet": _diet_rows(narrative.learned_report(info)) if view != "f_b" or n_views <= 1 else [],
         "table": table,
         "agreement_table": agreement_table,
         "figures": figures,
@@ -277,23 +295,36 @@ def build_report(run_dir: str | Path, *, alpha: float | None = None, test: str |
     significant; by default they come from ``run.json["stats"]`` if present,
     else 0.05 and the paired t-test.
     """
+    try:
+        return _build(run_dir, alpha, test)
+    except ReportError:
+        raise
+    except Exception as exc:  # a hand-edited or damaged results file: say which, never a traceback
+        log.debug("report failed", exc_info=True)
+        raise ReportError(f"the saved results of '{run_dir}' cannot be read as a report ({type(exc).__name__}: "
+                          f"{exc}); nothing was changed. Re-run the config to rewrite them.") from exc
+
+
+def _build(run_dir: str | Path, alpha: float | None, test: str | None) -> Path:
     data = load_run(run_dir)
     run = data.run
     alpha, test = _settings(run, alpha, test)
-    fig_dir = data.run_dir / "figures"
-    _clean_old_figures(fig_dir)
-    figs = _Figures(fig_dir)
+    figs = _Figures(data.run_dir / "figures")
 
     all_explainers: list[str] = []
     for d in data.datasets:
         all_explainers += [e for e in data.explainers(d) if e not in all_explainers]
     colors = plots.explainer_colors(all_explainers)
 
-    sections = [
-        _dataset_section(data, k, d, figs, alpha, test, colors)
-        for k, d in enumerate(data.datasets, start=1)
-    ]
-    ranks = pd.concat([s["table"].ranks for s in sections], ignore_index=True) if sections else \
+    sections = []
+    for d in data.datasets:
+        views = data.views(d)
+        for v in views:
+            sections.append(_dataset_section(data.view(d, v), len(sections) + 1, d, figs, alpha, test, colors,
+                                             view=v, n_views=len(views)))
+    # across datasets: ranks of maps of the trained models (f_b) only; f_s views differ per dataset
+    main_sections = [s for s in sections if s["view"] in (None, "f_b")]
+    ranks = pd.concat([s["table"].ranks for s in main_sections], ignore_index=True) if main_sections else \
         pd.DataFrame(columns=stats.RANK_COLUMNS)
     combined = combined_table(ranks, data.metrics_meta) if len(ranks) else None
     combined_text = (narrative.combined_reading(combined["frame"], len(data.datasets))
@@ -341,6 +372,7 @@ def build_report(run_dir: str | Path, *, alpha: float | None = None, test: str |
         "xaiarena_version": __version__,
     }
     html = _env().get_template("report.html.j2").render(**context)
+    figs.write()
     out = data.run_dir / "report.html"
     atomic_write_bytes(out, html.encode("utf-8"))
     return out

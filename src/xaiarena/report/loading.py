@@ -11,7 +11,7 @@ noted in the report: ``config.yaml``, ``results/tests.csv`` (recomputed from
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,65 @@ class RunData:
                 names.append(e)
                 seen.add(e)
         return names
+
+    def views(self, dataset: str) -> list[str | None]:
+        """The explained models with results for ``dataset`` (``f_b`` first), or ``[None]`` for runs
+        written before results had an ``explained_model`` column."""
+        if "explained_model" not in self.summary.columns:
+            return [None]
+        found = list(pd.unique(self.summary.loc[self.summary["dataset"] == dataset, "explained_model"]))
+        return sorted(found, key=lambda v: (v != "f_b", found.index(v))) or [None]
+
+    def view(self, dataset: str, view: str | None) -> RunData:
+        """The results of ``dataset`` restricted to maps of one explained model: tables filtered,
+        examples and run.json explainers re-keyed so that each explainer's maps of ``view`` appear
+        under its own name."""
+        if view is None:
+            return self
+
+        def keep(df: pd.DataFrame | None) -> pd.DataFrame | None:
+            if df is None or "explained_model" not in df.columns:
+                return df
+            return df[(df["dataset"] != dataset) | (df["explained_model"] == view)]
+
+        info = self.dataset_info(dataset)
+        explainers = {}
+        for k, v in (info.get("explainers") or {}).items():
+            if not isinstance(v, dict):
+                continue
+            views = v.get("views") or {v.get("explains", "f_b"): {}}
+            if view in views:
+                explainers[k] = {**v, **(views.get(view) or {}), "explains": view}
+        run = {**self.run, "datasets": {**(self.run.get("datasets") or {}),
+                                        dataset: {**info, "explainers": explainers}}}
+        home = {k: (v.get("explains") if isinstance(v, dict) else "f_b")
+                for k, v in (info.get("explainers") or {}).items()}
+
+        def rekey(names: list[str]) -> dict[str, str]:
+            """``{stored name: name in this view}``: own-view maps and ``<name>@<view>`` maps."""
+            out = {}
+            for n in names:
+                base, _, v = n.partition("@")
+                if (v == view) or (not v and home.get(base, "f_b") == view):
+                    out[n] = base
+            return out
+
+        examples = dict(self.examples)
+        if dataset in examples:
+            ex = examples[dataset]
+            keys = rekey([k[len("attr__"):] for k in ex if k.startswith("attr__")])
+            examples[dataset] = {**{k: a for k, a in ex.items() if not k.startswith("attr__")},
+                                 **{f"attr__{new}": ex[f"attr__{old}"] for old, new in keys.items()}}
+        text_examples = dict(self.text_examples)
+        if dataset in text_examples:
+            doc = text_examples[dataset]
+            keys = rekey(list(doc.get("explainers") or []))
+            samples = [{**smp, "scores": {new: smp["scores"][old] for old, new in keys.items()
+                                          if old in smp.get("scores", {})}} for smp in doc.get("samples", [])]
+            text_examples[dataset] = {**doc, "explainers": list(keys.values()), "samples": samples}
+        return replace(self, run=run, summary=keep(self.summary), tests=keep(self.tests),
+                       per_sample=keep(self.per_sample), curves=keep(self.curves), examples=examples,
+                       text_examples=text_examples)
 
     def metrics(self, dataset: str) -> list[str]:
         present = set(self.summary.loc[self.summary["dataset"] == dataset, "metric"])

@@ -105,7 +105,7 @@ def dataset_reading(
         summary_bits.append(
             f"No significant differences between explainers on {_join(no_diff)}.")
     out = first + summary_bits + out
-    diet = info.get("diet") or {}
+    diet = learned_report(info)
     agree = diet.get("test_agreement_fs_fb") if isinstance(diet, dict) else None
     fs = [e for e, v in (info.get("explainers") or {}).items()
           if isinstance(v, dict) and v.get("explains") == "f_s"]
@@ -118,6 +118,17 @@ def dataset_reading(
     if untested and len(untested) == len(metrics):
         out.append("No paired tests were available, so no difference is claimed as significant.")
     return out
+
+
+def learned_report(info: dict[str, Any]) -> dict[str, Any]:
+    """The fit report of the (first) learned explainer of a dataset (run.json ``learned``; ``diet`` in
+    run directories written before learned explainers were keyed by label)."""
+    learned = info.get("learned")
+    if isinstance(learned, dict) and learned:
+        first = next(iter(learned.values()))
+        return first if isinstance(first, dict) else {}
+    diet = info.get("diet")
+    return diet if isinstance(diet, dict) else {}
 
 
 def dataset_headline(ranks: pd.DataFrame, metrics: list[str]) -> str:

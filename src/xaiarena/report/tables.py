@@ -138,8 +138,12 @@ def results_table(
     summ = summary[(summary["dataset"] == dataset) & summary["explainer"].isin(explainers)
                    & summary["metric"].isin(metrics)]
     tst = tests[(tests["dataset"] == dataset) & tests["metric"].isin(metrics)] if len(tests) else tests
-    ranks = stats.rank(summ, tst, alpha, test=test)
-    vs_best = stats.compare_to_best(summ, tst, alpha, test=test)
+    # descriptive outputs (ranked: false, e.g. fg_mean, which a flat map maximises) rank nobody
+    ranked = [m for m in metrics if meta.get(m, {}).get("ranked", True) is not False]
+    summ_r = summ[summ["metric"].isin(ranked)]
+    tst_r = tst[tst["metric"].isin(ranked)] if len(tst) else tst
+    ranks = stats.rank(summ_r, tst_r, alpha, test=test)
+    vs_best = stats.compare_to_best(summ_r, tst_r, alpha, test=test)
     metrics = order_metrics(metrics, meta)
     cats: list[tuple[str, int]] = []
     for m in metrics:
@@ -152,7 +156,9 @@ def results_table(
     for m in metrics:
         entry = meta.get(m, {})
         hib = bool(entry.get("higher_is_better", True))
-        heads.append({"name": m, "arrow": arrow(hib), "direction": direction_words(hib),
+        descriptive = m not in ranked
+        heads.append({"name": m, "arrow": arrow(hib), "direction": direction_words(hib)
+                      + ("; descriptive, not ranked" if descriptive else ""),
                       "description": str(entry.get("description", "") or "")})
     by_key = summ.set_index(["explainer", "metric"])
     rk = ranks.set_index(["explainer", "metric"])

@@ -1,0 +1,341 @@
+"""The stages of a run, as functions of small typed inputs with cached results.
+
+::
+
+    data ──> train (or load) ──> select ──┬──> fit (learned explainers: f_s) ──┐
+                                          │                                    v
+                                          └──────────────> views: f_b [, f_s] ──> explain (explainer x view)
+                                                                                    └──> score (metric x view)
+                                                                                          └──> stats ──> report
+
+* :func:`prepare` runs data, train and select for one dataset entry and returns a
+  :class:`Prepared` (the task, the trained model ``f_b`` and the evaluation samples).
+* :func:`fit_learned` fits a learned explainer (DiET) and returns the :class:`View` of
+  the model its maps explain (``f_s``).
+* :func:`explain` computes (or loads) one explainer's maps on one view's model.
+* :func:`score` computes (or loads) one metric's per-sample scores and curves for the
+  maps of one view.
+
+Every cache key comes from :mod:`xaiarena.cache`; every file is written through a
+:class:`~xaiarena.cache.Cache` (checksummed, atomic). What differs between images and
+texts lives in :mod:`xaiarena.modalities`. The runner (:mod:`xaiarena.runner`) calls
+these functions in order (the local executor).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import cache as ck
+from .config import ComponentSpec, DataConfig, ExperimentConfig, MetricSpec
+from .errors import TrainingError
+from .modalities import modality_for
+from .registry import MODELS
+from .utils import progress
+
+log = logging.getLogger(__name__)
+
+PER_SAMPLE_COLUMNS = ["dataset", "explained_model", "explainer", "metric", "sample_id", "value"]
+CURVE_COLUMNS = ["dataset", "explained_model", "explainer", "metric", "x", "mean", "ci_low", "ci_high"]
+F_B = "f_b"
+
+
+@dataclass
+class Settings:
+    """What every stage of one run shares."""
+
+    cfg: ExperimentConfig
+    cache: ck.Cache
+    device: torch.device
+    amp: bool = False
+    batch_size: int = 64
+    show_progress: bool = True
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.seed
+
+    def autocast(self):
+        """bfloat16 autocast on CUDA when ``amp: true``; a no-op context otherwise (CPU unchanged)."""
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=True) if self.amp else nullcontext()
+
+
+@dataclass
+class Prepared:
+    """One dataset entry after data, train and select: ``f_b`` and the evaluation samples."""
+
+    key: str
+    task: Any
+    mod: Any
+    model: torch.nn.Module
+    model_key: ck.Key
+    train: Any  # models.training.TrainResult
+    index: torch.Tensor  # evaluation rows of the test split, sorted
+    sample_ids: torch.Tensor
+    ids_hash: str
+    inputs: Any  # (N, C, H, W) pixels, or a TextBatch
+    masks: torch.Tensor | None
+    labels: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)  # the run.json entry of this dataset
+
+
+@dataclass
+class View:
+    """A model whose decisions maps explain: ``f_b``, or a learned explainer's ``f_s``."""
+
+    name: str
+    model: torch.nn.Module
+    key: ck.Key
+    targets: torch.Tensor
+    preds: torch.Tensor
+
+
+@dataclass
+class Attribution:
+    """One explainer's maps on one view, with the callable that re-explains (robustness, mprt)."""
+
+    label: str
+    view: str
+    maps: torch.Tensor
+    key: ck.Key
+    explain_fn: Callable[..., torch.Tensor]
+
+
+# --------------------------------------------------------------------------- data, train, select
+
+
+def prepare(s: Settings, dcfg: DataConfig, log_stage) -> Prepared:
+    """Data -> train (or load) -> select, for one dataset entry of the config."""
+    from .data import load_task
+    from .models import build_model, train_model
+
+    cfg, name = s.cfg, dcfg.key
+    with log_stage(f"{name}/data"):
+        task = load_task(dcfg.name, seed=cfg.seed, data_dir=dcfg.data_dir, **dcfg.params)
+    dkey = ck.data_key(dcfg.hash_dict(), cfg.seed)
+    pretrained = bool(MODELS.entry(cfg.model.name).meta.get("pretrained"))  # never trained
+    mkey = ck.model_key(dkey, cfg.model.hash_dict(), None if pretrained else cfg.training.model_dump(),
+                        cfg.seed, s.amp)
+    ckpt_dir = s.cache.path("models", mkey.hash)
+    with log_stage(f"{name}/train") as info:
+        if cfg.training.num_threads:
+            torch.set_num_threads(cfg.training.num_threads)
+        model = build_model(cfg.model.name, task, seed=cfg.seed, **cfg.model.params)
+        if ckpt_dir.exists():
+            s.cache.verify_dir(ckpt_dir, ["model.pt", "train.json"])
+        with s.autocast():
+            tr = train_model(model, task, cfg.training, seed=cfg.seed, device=s.device,
+                             checkpoint_dir=ckpt_dir, show_progress=s.show_progress)
+        if not tr.cache_hit and (ckpt_dir / "model.pt").exists():
+            for f in ("model.pt", "train.json"):
+                s.cache.record(ckpt_dir / f, mkey)
+        info.update(cache_hit=tr.cache_hit, model_hash=mkey.hash, test_accuracy=tr.test_accuracy)
+    progress.write(f"[xaiarena] {name}: {cfg.model.name} test accuracy {tr.test_accuracy:.3f}")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    mod = modality_for(task)
+    index = select_samples(s, task, mod, model)
+    clipped = len(index) < cfg.evaluation.n_samples
+    if clipped:
+        what = "correctly classified test samples" if cfg.evaluation.only_correct else "test samples"
+        log.warning("%s: evaluation.n_samples is %d but the dataset has only %d %s; explaining %d", name,
+                    cfg.evaluation.n_samples, len(index), what, len(index))
+    sample_ids = task.test.ids[index]
+    inputs = mod.eval_inputs(task, index, model)
+    prep = Prepared(
+        key=name, task=task, mod=mod, model=model, model_key=mkey, train=tr, index=index,
+        sample_ids=sample_ids, ids_hash=ck.stable_hash(sample_ids.tolist()), inputs=inputs,
+        masks=mod.eval_masks(task, index, inputs), labels=task.test.labels[index],
+    )
+    prep.info = {
+        "model": cfg.model.name, "model_hash": mkey.hash, "num_classes": task.num_classes,
+        "input_shape": list(task.input_shape), "n_train": len(task.train), "n_test": len(task.test),
+        "n_eval": len(index), "test_accuracy": tr.test_accuracy, "train_history": tr.history,
+        "train_seconds": tr.seconds, "explainers": {}, **mod.describe(task, inputs, model),
+    }
+    if clipped:
+        prep.info["n_samples_requested"] = cfg.evaluation.n_samples
+    if getattr(model, "pretrained", False):  # no training: say so, and which classes it predicts
+        describe = getattr(model, "describe", None)
+        prep.info["pretrained"] = describe() if callable(describe) else True
+        prep.info["target"] = cfg.evaluation.target
+    return prep
+
+
+def select_samples(s: Settings, task, mod, model) -> torch.Tensor:
+    """Indices into the test split: held-out samples chosen by seed (optionally correct only)."""
+    from .models.training import correct_predictions
+
+    cfg = s.cfg
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    order = torch.randperm(len(task.test), generator=gen)
+    if cfg.evaluation.only_correct:
+        preds = mod.logits(model, task.test, order, s.device).argmax(1)
+        ok = correct_predictions(model, preds, task.test.labels[order], task)
+        if ok is None:
+            raise ValueError(
+                f"evaluation.only_correct: correct predictions are not defined for model '{cfg.model.name}' on "
+                f"dataset '{task.name}' (its labels do not map to the model's classes); set "
+                "evaluation.only_correct: false"
+            )
+        order = order[ok]
+    return order[: cfg.evaluation.n_samples].sort().values
+
+
+def view_of(s: Settings, prep: Prepared, name: str, model: torch.nn.Module, key: ck.Key) -> View:
+    """The targets each view explains: the labels, or that view's model's own predictions."""
+    logits = prep.mod.logits(model, prep.task.test, prep.index, s.device)
+    bad = ~torch.isfinite(logits).all(1) if logits.ndim == 2 else torch.zeros(0, dtype=torch.bool)
+    if bool(bad.any()):
+        raise TrainingError(
+            f"{prep.key}: the model explained as {name} gives NaN or infinite outputs on {int(bad.sum())} of "
+            f"{len(bad)} evaluation samples (e.g. sample ids {prep.sample_ids[bad][:5].tolist()}); its maps and "
+            "scores would be meaningless. Check the training settings (a lower training.lr) and the data.")
+    preds = logits.argmax(1)
+    targets = prep.labels if s.cfg.evaluation.target == "label" else preds
+    return View(name, model, key, targets, preds)
+
+
+# --------------------------------------------------------------------------- learned explainers
+
+
+def fit_learned(s: Settings, prep: Prepared, spec: ComponentSpec, explainer, view_name: str) -> View:
+    """Fit a learned explainer (DiET) on the training split; the view of the model it explains."""
+    fkey = ck.fit_key(prep.model_key, spec.hash_dict(), s.seed)
+    fit_dir = s.cache.path("explainers", prep.key, fkey.hash)
+    explainer.fit(prep.model, prep.task, device=s.device, generator=torch.Generator().manual_seed(s.seed),
+                  cache_dir=fit_dir)
+    return view_of(s, prep, view_name, explainer.explained_model(prep.model), fkey)
+
+
+# --------------------------------------------------------------------------- explain
+
+
+def explain(s: Settings, prep: Prepared, view: View, spec: ComponentSpec, explainer, sinfo: dict) -> Attribution:
+    """One explainer's maps of the evaluation samples on ``view``'s model (cached)."""
+    ekey = ck.explain_key(view.key, spec.hash_dict(), prep.ids_hash, s.seed, s.cfg.evaluation.target)
+    path = s.cache.path("attributions", prep.key, f"{spec.key}-{ekey.hash}.pt")
+    maps = s.cache.load_torch(path)
+    if maps is not None:
+        sinfo["cache_hit"] = True
+    else:
+        maps = explain_in_batches(s, explainer, view.model, prep.inputs, view.targets, spec.key)
+        s.cache.save_torch(path, maps, ekey)
+
+    def explain_fn(inputs, targets, generator=None, model=view.model):
+        """Re-explain (robustness metrics); ``model=`` explains another model (randomisation test)."""
+        return explainer.explain(model, inputs, targets, generator=generator)
+
+    return Attribution(spec.key, view.name, maps, ekey, explain_fn)
+
+
+def explain_in_batches(s: Settings, explainer, model, inputs, targets, label: str) -> torch.Tensor:
+    """The one batching path of explainers: ``evaluation.batch_size`` inputs per call, CPU float maps."""
+    bs = s.batch_size
+    seed = ck.stable_seed(s.seed, "explain", label)
+    out = []
+    for i in progress(range(0, len(inputs), bs), desc=f"explain {label}", disable=not s.show_progress):
+        xb = inputs[i:i + bs].to(s.device)
+        tb = targets[i:i + bs].to(s.device)
+        # every batch starts from the same generator state; explainers seed each sample from that state
+        # and the sample's own content, so maps do not depend on the batch size or the batch mates
+        gen = torch.Generator().manual_seed(seed)
+        with s.autocast():
+            a = explainer.explain(model, xb, tb, generator=gen)
+        out.append(a.float().cpu())
+    return torch.cat(out) if out else torch.empty(0, *inputs.shape[2:])
+
+
+# --------------------------------------------------------------------------- score
+
+
+def output_name(spec: ComponentSpec, metric_name: str, output: str) -> str:
+    """The name an output is reported under. A ``label`` applies to every output of the metric: it
+    replaces the metric's name where the output starts with it (``aopc_morf`` -> ``<label>_morf``) and
+    prefixes the others (``keep20_drop`` -> ``<label>:keep20_drop``), so that two instances of one
+    metric with different options never share an output name."""
+    if not spec.label:
+        return output
+    if output.startswith(metric_name):
+        return spec.label + output[len(metric_name):]
+    return f"{spec.label}:{output}"
+
+
+def score(s: Settings, prep: Prepared, view: View, spec: MetricSpec, metric,
+          attrs: dict[str, Attribution], sinfo: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One metric's per-sample scores and curves for the maps of one view (cached)."""
+    skey = ck.score_key(spec.hash_dict(), {k: a.key for k, a in attrs.items()}, prep.ids_hash, s.seed, view.key)
+    mdir = s.cache.path("metrics", prep.key)
+    ps_path, cv_path = mdir / f"{spec.key}-{skey.hash}.parquet", mdir / f"{spec.key}-{skey.hash}.curves.parquet"
+    ps, cv = s.cache.load_frame(ps_path), s.cache.load_frame(cv_path)
+    if ps is not None and cv is not None:
+        sinfo["cache_hit"] = True
+        return ps, cv
+    ps, cv = _evaluate(s, prep, view, spec, metric, attrs)
+    s.cache.save_frame(cv_path, cv, skey)
+    s.cache.save_frame(ps_path, ps, skey)
+    return ps, cv
+
+
+def _evaluate(s: Settings, prep: Prepared, view: View, spec: MetricSpec, metric,
+              attrs: dict[str, Attribution]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from .metrics import EvalBatch
+
+    bs = s.batch_size
+    scores: dict[str, dict[str, list[torch.Tensor]]] = {}
+    curves: dict[str, dict[str, list[torch.Tensor]]] = {}
+    curve_x: dict[str, torch.Tensor] = {}
+    n = len(prep.inputs)
+    for i in progress(range(0, n, bs), desc=f"metric {spec.key}", disable=not s.show_progress):
+        sl = slice(i, i + bs)
+        batch = EvalBatch(
+            model=view.model, inputs=prep.inputs[sl].to(s.device), targets=view.targets[sl].to(s.device),
+            labels=prep.labels[sl].to(s.device),
+            masks=None if prep.masks is None else prep.masks[sl].to(s.device), sample_ids=prep.sample_ids[sl],
+        )
+        # the same generator state for every batch and every explained model (common random numbers):
+        # metrics draw each sample's randomness from that state and the sample id, so scores do not depend
+        # on the batch size, the batch mates or the order of the metrics
+        gen = torch.Generator(device=s.device).manual_seed(ck.stable_seed(s.seed, "metric", spec.key))
+        with s.autocast():
+            out = metric.evaluate(batch, {k: a.maps[sl].to(s.device) for k, a in attrs.items()}, generator=gen,
+                                  explainers={k: a.explain_fn for k, a in attrs.items()})
+        for oname, per_expl in out.scores.items():
+            for k, v in per_expl.items():
+                scores.setdefault(oname, {}).setdefault(k, []).append(v.detach().float().cpu())
+        for oname, per_expl in out.curves.items():
+            for k, v in per_expl.items():
+                curves.setdefault(oname, {}).setdefault(k, []).append(v.detach().float().cpu())
+        curve_x.update({k: v.detach().float().cpu() for k, v in out.curve_x.items()})
+    ids = prep.sample_ids.numpy()
+    rows = []
+    for oname, per_expl in scores.items():
+        full = output_name(spec, metric.name, oname)
+        for k, parts in per_expl.items():
+            vals = torch.cat(parts).numpy()
+            rows.append(pd.DataFrame({"dataset": prep.key, "explained_model": view.name, "explainer": k,
+                                      "metric": full, "sample_id": ids[: len(vals)], "value": vals}))
+    ps = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=PER_SAMPLE_COLUMNS)
+    crow = []
+    for oname, per_expl in curves.items():
+        full = output_name(spec, metric.name, oname)
+        for k, parts in per_expl.items():
+            c = torch.cat(parts).numpy()  # (N, S)
+            mean = np.nanmean(c, 0)
+            se = np.nanstd(c, 0, ddof=1) / np.sqrt(max(len(c), 1)) if len(c) > 1 else np.zeros_like(mean)
+            x = curve_x.get(oname, torch.linspace(0, 1, c.shape[1])).numpy()
+            crow.append(pd.DataFrame({"dataset": prep.key, "explained_model": view.name, "explainer": k,
+                                      "metric": full, "x": x, "mean": mean, "ci_low": mean - 1.96 * se,
+                                      "ci_high": mean + 1.96 * se}))
+    cv = pd.concat(crow, ignore_index=True) if crow else pd.DataFrame(columns=CURVE_COLUMNS)
+    return ps, cv
