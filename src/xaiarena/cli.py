@@ -1,6 +1,6 @@
 """Command line interface: a thin layer over the Python API.
 
-``xaiarena run [CONFIG] [--out DIR] [--set key.path=value ...]``
+``xaiarena run [CONFIG] [--out DIR] [--set key.path=value ...] [--executor local|ray] [--address ADDR]``
 ``xaiarena list [--json]``
 ``xaiarena report RUN_DIR``
 
@@ -40,6 +40,8 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<name>)."),  # noqa: UP045
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a config value: key.path=value (repeatable)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or stage lines."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="local (default) or ray (overrides the config's executor)."),  # noqa: UP045
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (with --executor ray); default: a local instance."),  # noqa: UP045
 ) -> None:
     """Run an experiment: train/load the model, explain, score, test, report."""
     from .config import load_config
@@ -53,10 +55,12 @@ def run(
         _fail(exc.format())
     except UnknownNameError as exc:
         _fail(exc.message)
+    if executor is not None and executor not in ("local", "ray"):
+        _fail(f"--executor: bad value '{executor}'; valid: local, ray")
     if out is not None and out.exists() and not out.is_dir():
         _fail(f"--out '{out}' is a file; give a folder for the run directory")
     try:
-        run_dir = Runner(cfg, out=out, show_progress=not quiet).run()
+        run_dir = Runner(cfg, out=out, show_progress=not quiet, executor=executor, address=address).run()
     except ConfigError as exc:
         _fail(exc.format())
     except XaiArenaError as exc:  # data, training, lock, environment: the user can fix it

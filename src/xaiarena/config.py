@@ -148,6 +148,16 @@ class EvaluationConfig(_Strict):
         return value
 
 
+class RayConfig(_Strict):
+    """How ``executor: ray`` runs the stage graph (see docs/distributed.md)."""
+
+    address: str | None = None  # a running cluster ("auto", "ray://host:10001"); None starts a local instance
+    num_cpus: int | None = Field(None, ge=1)  # CPUs of a local instance (default: all)
+    cpus_per_task: float = Field(1.0, gt=0)  # resource request of every train/fit/explain/score task
+    gpus_per_task: float = Field(0.0, ge=0)
+    max_retries: int = Field(3, ge=0)  # a task whose worker dies is retried this often
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     seed: int = 0
@@ -160,6 +170,41 @@ class ExperimentConfig(_Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     explainers: list[ComponentSpec] = Field(default_factory=list)
     metrics: list[MetricSpec] = Field(default_factory=list)
+    # retrain the model per seed: `replicates: N` derives N seeds from `seed` (the first is `seed`
+    # itself), or list them in `seeds`; results gain `replicate` and `seed` columns
+    replicates: int = Field(1, ge=1)
+    seeds: list[int] | None = None
+    # several runs in one: {key.path: [value, ...]} expands to every combination (results column `grid`)
+    grid: dict[str, list[Any]] | None = None
+    executor: Literal["local", "ray"] = "local"
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise ValueError(f"seeds={value!r} must be a non-empty list without repeats")
+        return value
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, value: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
+        if value is None:
+            return None
+        for key, values in value.items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"grid.{key} must be a non-empty list of values")
+            if key.split(".")[0] in ("grid", "seeds", "replicates", "executor", "ray", "name", "output"):
+                raise ValueError(f"grid.{key}: '{key.split('.')[0]}' cannot vary inside one run")
+        return value
+
+    def replicate_seeds(self) -> list[int]:
+        """The seed of every replicate: ``seeds``, or ``seed`` then seeds derived from it."""
+        if self.seeds is not None:
+            return list(self.seeds)
+        from .cache import stable_seed
+
+        return [self.seed] + [stable_seed(self.seed, "replicate", i) for i in range(1, self.replicates)]
 
     @field_validator("data", mode="before")
     @classmethod
@@ -337,7 +382,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         if field is None:
             return None
         ann = field.annotation
-        for cand in (TrainingConfig, EvaluationConfig, DataConfig, MetricSpec, ComponentSpec):
+        for cand in (TrainingConfig, EvaluationConfig, RayConfig, DataConfig, MetricSpec, ComponentSpec):
             if ann is cand or cand in getattr(ann, "__args__", ()):
                 model = cand
                 break
@@ -469,7 +514,9 @@ def _component_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def validate(raw: dict[str, Any]) -> ExperimentConfig:
-    """Validate a raw mapping into an :class:`ExperimentConfig` or raise ConfigError."""
+    """Validate a raw mapping into an :class:`ExperimentConfig` or raise ConfigError.
+
+    With a ``grid``, every combination is validated too (problems are named by grid point)."""
     problems = _component_problems(raw)
     try:
         cfg = ExperimentConfig.model_validate(raw)
@@ -478,7 +525,41 @@ def validate(raw: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
+    if cfg.grid:
+        for label, point in grid_points(cfg):
+            try:
+                validate(point)
+            except ConfigError as exc:
+                problems += [(f"grid[{label}].{p}", m) for p, m in exc.problems]
+        if problems:
+            raise ConfigError(problems)
     return cfg
+
+
+def grid_points(cfg: ExperimentConfig) -> list[tuple[str, dict[str, Any]]]:
+    """Every combination of ``cfg.grid`` as ``(label, raw config)`` (without the grid); one point
+    ``("", raw)`` without a grid. Labels name the values (``model.name=resnet+training.lr=0.01``), or
+    the point's index where that is not a plain file name."""
+    import itertools
+
+    base = cfg.to_dict()
+    grid = base.pop("grid", None) or {}
+    if not grid:
+        return [("", base)]
+    keys = list(grid)
+    points = []
+    for i, combo in enumerate(itertools.product(*(grid[k] for k in keys))):
+        raw = apply_overrides(base, dict(zip(keys, combo, strict=True)))
+        parts = []
+        for k, v in zip(keys, combo, strict=True):
+            if isinstance(v, dict):
+                v = v.get("label") or v.get("name")
+            parts.append(f"{k}={v}")
+        label = "+".join(parts)
+        if len(label) > MAX_NAME or not SAFE_NAME.match(label) or ".." in label:
+            label = f"g{i}"
+        points.append((label, raw))
+    return points
 
 
 def load_config(

@@ -25,8 +25,21 @@ import torch
 
 from . import stages, stats
 from .cache import Cache, inside, stable_hash
-from .config import ComponentSpec, DataConfig, ExperimentConfig, load_config
+from .config import ExperimentConfig, load_config
 from .errors import RunError
+from .executors import make_executor
+from .graph import (
+    Env,
+    StageRecorder,
+    TaskSpec,
+    Unit,
+    context_for,
+    forget_contexts,
+    own_stages,
+    plan_tasks,
+    plan_units,
+    view_members,
+)
 from .modalities import check_modalities
 from .registry import EXPLAINERS, METRICS
 from .utils import (
@@ -34,6 +47,7 @@ from .utils import (
     atomic_to_parquet,
     atomic_write_text,
     dumps_json,
+    hardware,
     progress,
     resolve_device,
     seed_everything,
@@ -128,162 +142,152 @@ def run_lock(run_dir: Path):
 
 
 class Runner:
-    """Runs one :class:`ExperimentConfig` into a run directory (the local executor: every stage of
-    :mod:`xaiarena.stages` in order, in this process)."""
+    """Runs one :class:`ExperimentConfig` into a run directory: plans the units and the stage graph
+    (:mod:`xaiarena.graph`), executes it (:mod:`xaiarena.executors`: ``local`` or ``ray``), then
+    writes results, statistics, run.json and the report in this process."""
 
-    def __init__(self, cfg: ExperimentConfig, out: str | Path | None = None, show_progress: bool = True):
+    def __init__(self, cfg: ExperimentConfig, out: str | Path | None = None, show_progress: bool = True,
+                 executor: str | None = None, address: str | None = None):
         self.cfg = cfg
         self.run_dir = Path(out or cfg.output or Path("runs") / cfg.name)
         self.device = resolve_device(cfg.device)
-        amp = bool(cfg.amp) and self.device.type == "cuda"  # mixed precision only on CUDA
-        if cfg.amp and not amp:
+        if cfg.amp and self.device.type != "cuda":
             log.info("amp: true is ignored on %s (mixed precision is used on CUDA only)", self.device)
-        batch_size = cfg.evaluation.batch_size if isinstance(cfg.evaluation.batch_size, int) else 64
-        self.settings = stages.Settings(cfg, Cache(self.run_dir / "cache", self.run_dir), self.device, amp,
-                                        batch_size, show_progress)
         self.show_progress = show_progress
+        self.executor = make_executor(cfg, executor, address, show_progress)
         self.log = StageLog()
-        self.datasets_info: dict[str, Any] = {}
+        self.units_info: dict[str, Any] = {}
         self.metrics_meta: dict[str, Any] = {}
+        self.with_grid = bool(cfg.grid)
+        self.with_replicates = len(cfg.replicate_seeds()) > 1
 
-    # ------------------------------------------------------------------ stages
+    # ------------------------------------------------------------------ the run
     def run(self) -> Path:
         cfg = self.cfg
         check_modalities(cfg)  # a text dataset with an image-only explainer etc. fails before any work
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise RunError(f"the run directory '{self.run_dir}' is a file; give --out a folder")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        env = Env(str(self.run_dir.resolve()), self.show_progress)
+        units = plan_units(cfg)
+        tasks = plan_tasks(units)
         with run_lock(self.run_dir):
             seed_everything(cfg.seed)
             started = time.perf_counter()
-            per_sample, curves = [], []
-            for dcfg in cfg.data:
-                ps, cv = self._run_dataset(dcfg)
-                per_sample.append(ps)
-                curves.append(cv)
-            results = self.run_dir / "results"
-            per_sample_df = (pd.concat(per_sample, ignore_index=True) if per_sample
-                             else pd.DataFrame(columns=PER_SAMPLE_COLUMNS))
-            curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
+            scored: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
+
+            def on_result(task: TaskSpec, res) -> None:
+                self.log.stages.update(own_stages(task, res))
+                self._record(task, res)
+                if res.per_sample is not None:
+                    cols = task.unit.columns(self.with_grid, self.with_replicates)
+                    scored[task.name] = (res.per_sample.assign(**cols), res.curves.assign(**cols))
+
+            try:
+                self.executor.run(tasks, env, on_result)
+                for u in units:
+                    self._write_examples(u, env)
+            finally:
+                forget_contexts(env.run_dir)
+            for spec in cfg.metrics:
+                self._metric_meta(spec)
+            # results in graph order, whatever order the executor finished the tasks in
+            frames = [scored[t.name][0] for t in tasks if t.name in scored]
+            curves = [scored[t.name][1] for t in tasks if t.name in scored]
+            self.log.stages = {**{t.name: self.log.stages[t.name] for t in tasks if t.name in self.log.stages},
+                               **self.log.stages}
+            ps_cols, cv_cols = self._result_columns()
+            per_sample_df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ps_cols)
+            curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=cv_cols)
             with self.log.stage("stats"):
-                self._write_results(results, per_sample_df, curves_df)
+                self._write_results(self.run_dir / "results", per_sample_df[ps_cols], curves_df[cv_cols])
             # the config is written with the results it describes (a failed run leaves both as they were)
             atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
-            self._write_run_json(time.perf_counter() - started)
+            self._write_run_json(time.perf_counter() - started, units)
             with self.log.stage("report") as info:
                 info["written"] = self._build_report()
-            self._write_run_json(time.perf_counter() - started)
+            self._write_run_json(time.perf_counter() - started, units)
         return self.run_dir
 
-    def _run_dataset(self, dcfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-        s, cfg = self.settings, self.cfg
-        prep = stages.prepare(s, dcfg, self.log.stage)
-        name = prep.key
-        if cfg.evaluation.batch_size == "auto":
-            s.batch_size = auto_batch_size(prep.model, prep.inputs, self.device)
-        prep.info["evaluation_batch_size"] = s.batch_size
-        self.datasets_info[name] = prep.info
+    def _result_columns(self) -> tuple[list[str], list[str]]:
+        extra = (["grid"] if self.with_grid else []) + (["replicate", "seed"] if self.with_replicates else [])
+        return ([*PER_SAMPLE_COLUMNS[:1], *extra, *PER_SAMPLE_COLUMNS[1:]],
+                [*CURVE_COLUMNS[:1], *extra, *CURVE_COLUMNS[1:]])
 
-        # ---- views: f_b, then the model of each learned explainer (fitted first)
-        built = {spec.key: EXPLAINERS.create(spec.name, **spec.params) for spec in cfg.explainers}
-        learned = [spec for spec in cfg.explainers if built[spec.key].family == "learned"]
-        plain = [spec for spec in cfg.explainers if spec not in learned]
-        views = {stages.F_B: stages.view_of(s, prep, stages.F_B, prep.model, prep.model_key)}
-        members: dict[str, list[ComponentSpec]] = {stages.F_B: plain}
-        for spec in learned:
-            vname = "f_s" if len(learned) == 1 else f"f_s:{spec.key}"
-            with self.log.stage(f"{name}/fit/{spec.key}"):
-                views[vname] = stages.fit_learned(s, prep, spec, built[spec.key], vname)
-            report = built[spec.key].report()
-            if report:
-                prep.info.setdefault("learned", {})[spec.key] = report
-            # the fair view: the other explainers explain f_s too, so maps of one model are compared
-            members[vname] = [spec] + (plain if cfg.evaluation.also_explain_f_s else [])
-        prep.info["views"] = {v: ("the model being explained" if v == stages.F_B else
-                                  f"the model learned by {v.partition(':')[2] or learned[0].key}")
-                              for v in views}
+    def _record(self, task: TaskSpec, res) -> None:
+        """What a finished task adds to run.json."""
+        unit = self.units_info.setdefault(task.unit.id, {})
+        if task.kind == "train":
+            ctx_views = view_members(task.unit.experiment())
+            unit.update({**res.info, "dataset": task.unit.dataset, "grid": task.unit.grid,
+                         "replicate": task.unit.replicate, "seed": task.unit.seed,
+                         "views": {v: ("the model being explained" if v == stages.F_B else
+                                       f"the model learned by {labels[0]}") for v, labels in ctx_views.items()}})
+            unit.setdefault("explainers", {})
+        elif task.kind == "fit" and res.info:
+            unit.setdefault("learned", {})[task.component] = res.info
+        elif task.kind == "explain":
+            st = res.stages.get(task.name, {})
+            spec = next(sp for sp in self.cfg.explainers if sp.key == task.component)
+            entry = unit.setdefault("explainers", {}).setdefault(task.component, {
+                "explains": task.home, "family": EXPLAINERS.get(spec.name).family, "name": spec.name,
+                "params": spec.params, "views": {}})
+            entry["views"][task.view] = {"seconds": st.get("seconds"), "cache_hit": st.get("cache_hit", False),
+                                         **res.info}
+            if task.view == entry["explains"]:
+                entry.update(seconds=st.get("seconds"), cache_hit=st.get("cache_hit", False))
 
-        # ---- attributions, per view
-        attrs: dict[str, dict[str, stages.Attribution]] = {}
-        for vname, specs in members.items():
-            for spec in specs:
-                stage = f"{name}/explain/{spec.key}" + ("" if vname == self._home_view(spec, learned) else f"@{vname}")
-                with self.log.stage(stage) as sinfo:
-                    attr = stages.explain(s, prep, views[vname], spec, built[spec.key], sinfo)
-                attrs.setdefault(vname, {})[spec.key] = attr
-                entry = prep.info["explainers"].setdefault(spec.key, {
-                    "explains": self._home_view(spec, learned), "family": built[spec.key].family,
-                    "name": spec.name, "params": spec.params, "views": {}})
-                entry["views"][vname] = {"seconds": sinfo["seconds"], "cache_hit": sinfo["cache_hit"],
-                                         "file": self._rel(s.cache.path("attributions", name,
-                                                                        f"{spec.key}-{attr.key.hash}.pt")),
-                                         "key": attr.key.hash}
-                if vname == entry["explains"]:
-                    entry.update(seconds=sinfo["seconds"], cache_hit=sinfo["cache_hit"])
-        self._write_examples(prep, views, attrs, learned)
+    def _metric_meta(self, spec) -> None:
+        metric = METRICS.create(spec.name, **spec.params)
+        for out in metric.outputs():
+            self.metrics_meta[stages.output_name(spec, metric.name, out.name)] = {
+                "metric": spec.name, "label": spec.key, "category": metric.category,
+                "higher_is_better": out.higher_is_better, "ranked": out.ranked,
+                "value_range": [float(v) for v in out.value_range],
+                "description": METRICS.entry(spec.name).description,
+            }
 
-        # ---- metrics, per view
-        per_sample, curves = [], []
-        for spec in cfg.metrics:
-            metric = METRICS.create(spec.name, **spec.params)
-            for vname, vattrs in attrs.items():
-                keys = [k for k in (spec.explainers or list(vattrs)) if k in vattrs]
-                if not metric.applies_to(keys):
-                    log.info("%s: metric '%s' has nothing to score among the maps of %s (%s)", name, spec.key,
-                             vname, ", ".join(keys) or "none")
-                    continue
-                stage = f"{name}/metric/{spec.key}" + ("" if vname == stages.F_B else f"@{vname}")
-                with self.log.stage(stage) as sinfo:
-                    ps, cv = stages.score(s, prep, views[vname], spec, metric, {k: vattrs[k] for k in keys}, sinfo)
-                per_sample.append(ps)
-                curves.append(cv)
-            for out in metric.outputs():
-                oname = stages.output_name(spec, metric.name, out.name)
-                self.metrics_meta[oname] = {
-                    "metric": spec.name, "label": spec.key, "category": metric.category,
-                    "higher_is_better": out.higher_is_better, "ranked": out.ranked,
-                    "value_range": [float(v) for v in out.value_range],
-                    "description": METRICS.entry(spec.name).description,
-                }
-        ps = pd.concat(per_sample, ignore_index=True) if per_sample else pd.DataFrame(columns=PER_SAMPLE_COLUMNS)
-        cv = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
-        return ps, cv
-
-    @staticmethod
-    def _home_view(spec: ComponentSpec, learned: list[ComponentSpec]) -> str:
-        """The view an explainer belongs to: its own f_s for a learned explainer, else f_b."""
-        if spec not in learned:
-            return stages.F_B
-        return "f_s" if len(learned) == 1 else f"f_s:{spec.key}"
-
-    def _rel(self, path: Path) -> str:
-        return path.relative_to(self.run_dir).as_posix()
-
-    def _write_examples(self, prep, views, attrs, learned) -> None:
-        """A few samples with every explainer's map: its own view's maps under the explainer's name,
-        and its maps of another view as ``<explainer>@<view>``."""
+    def _write_examples(self, unit: Unit, env: Env) -> None:
+        """A few samples of each (dataset, grid point), first replicate, with every explainer's maps: a map
+        of the explainer's own view under its name, of another view as ``<explainer>@<view>``."""
+        if unit.replicate:
+            return
+        ctx = context_for(unit, env)
+        rec = StageRecorder()
+        prep, fb = ctx.prep(rec), ctx.view(stages.F_B, rec)
         maps = {}
-        for vname, vattrs in attrs.items():
-            for k, a in vattrs.items():
-                home = self._home_view(next(sp for sp in self.cfg.explainers if sp.key == k), learned)
-                maps[k if vname == home else f"{k}@{vname}"] = a.maps
-        fb = views[stages.F_B]
-        path = inside(self.run_dir, self.run_dir / "results" / "examples" / prep.key)
+        for vname, labels in ctx.members.items():
+            for k in labels:
+                maps[k if vname == ctx.home[k] else f"{k}@{vname}"] = ctx.attribution(vname, k, rec).maps
+        name = unit.dataset + (f"@{unit.grid}" if unit.grid else "")
+        path = inside(self.run_dir, self.run_dir / "results" / "examples" / name)
         prep.mod.write_examples(path, prep.task, prep.index, fb.preds, _correct(prep, fb), maps, prep.inputs,
                                 prep.model)
 
     # ------------------------------------------------------------------ helpers
     def _write_results(self, results: Path, per_sample: pd.DataFrame, curves: pd.DataFrame) -> None:
-        atomic_to_parquet(per_sample[PER_SAMPLE_COLUMNS], results / "per_sample.parquet")
-        atomic_to_parquet(curves[CURVE_COLUMNS] if len(curves) else pd.DataFrame(columns=CURVE_COLUMNS),
-                          results / "curves.parquet")
+        atomic_to_parquet(per_sample, results / "per_sample.parquet")
+        atomic_to_parquet(curves, results / "curves.parquet")
         hib = {k: v["higher_is_better"] for k, v in self.metrics_meta.items()}
-        models = {d: v["model"] for d, v in self.datasets_info.items()}
-        summary = stats.summarize(per_sample, hib, models=models, seed=self.cfg.seed)
+        models = {u["dataset"]: u.get("model", "") for u in self.units_info.values()}
         tests = stats.paired_tests(per_sample)
         fg_bg = stats.fg_bg_tests(per_sample)  # object vs background within each explainer (fg_bg_attribution)
         if len(fg_bg):
             atomic_to_csv(fg_bg, results / "fg_bg_tests.csv")
+        if self.with_replicates:
+            # per replicate, then across replicates (mean of per-replicate means, CI over replicates,
+            # explainers compared by a paired test over replicates paired by seed)
+            per_rep = stats.summarize(per_sample, hib, models=models, seed=self.cfg.seed)
+            atomic_to_csv(per_rep, results / "summary_per_replicate.csv")
+            atomic_to_csv(stats.replicate_ranks(per_rep, tests), results / "ranks_per_replicate.csv")
+            atomic_to_csv(stats.replicate_tests(per_rep), results / "tests_replicates.csv")
+            summary = stats.summarize_replicates(per_rep)
+        else:
+            summary = stats.summarize(per_sample, hib, models=models, seed=self.cfg.seed)
+        if self.with_grid:  # the model may vary across grid points
+            model_of = {(u["dataset"], u["grid"]): u.get("model", "") for u in self.units_info.values()}
+            summary["model"] = [model_of.get((d, g), m) for d, g, m in
+                                zip(summary["dataset"], summary["grid"], summary["model"], strict=True)]
         atomic_to_csv(summary, results / "summary.csv")
         atomic_to_csv(tests, results / "tests.csv")
 
@@ -295,17 +299,28 @@ class Runner:
         build_report(self.run_dir)
         return True
 
-    def _write_run_json(self, seconds: float) -> None:
+    def _write_run_json(self, seconds: float, units: list[Unit]) -> None:
         cfg = self.cfg
+        # one entry per (dataset, grid point) for the report (its first replicate); every unit under "units"
+        datasets = {}
+        for u in units:
+            key = u.dataset + (f"@{u.grid}" if u.grid else "")
+            if key not in datasets and u.id in self.units_info:
+                datasets[key] = self.units_info[u.id]
         data = {
             "name": cfg.name,
             "seed": cfg.seed,
             "device": str(self.device),
+            "executor": self.executor.name,
+            "hardware": hardware(self.device),
             "versions": versions(),
             "config_hash": stable_hash(cfg.to_dict()),
             "total_seconds": round(seconds, 3),
             "stages": self.log.stages,
-            "datasets": self.datasets_info,
+            "datasets": datasets,
+            "units": self.units_info if (self.with_grid or self.with_replicates) else {},
+            "replicate_seeds": cfg.replicate_seeds(),
+            "grid": cfg.grid or {},
             "metrics_meta": self.metrics_meta,
         }
         atomic_write_text(self.run_dir / "run.json", dumps_json(data))
@@ -406,7 +421,8 @@ class RunResult:
 
 
 def run(config: str | Path | dict | ExperimentConfig | None = None, *, out: str | Path | None = None,
-        overrides: list[str] | dict[str, Any] | None = None, show_progress: bool = True, **kw_overrides: Any) -> RunResult:
+        overrides: list[str] | dict[str, Any] | None = None, show_progress: bool = True,
+        executor: str | None = None, address: str | None = None, **kw_overrides: Any) -> RunResult:
     """Run an experiment (the built-in benchmark when ``config`` is None) and return its results.
 
     Keyword overrides use double underscores for nesting: ``run(evaluation__n_samples=32)``.
@@ -422,7 +438,7 @@ def run(config: str | Path | dict | ExperimentConfig | None = None, *, out: str 
             ov[k.strip()] = _parse_scalar(v)
     ov.update({k.replace("__", "."): v for k, v in kw_overrides.items()})
     cfg = load_config(config, ov or None)
-    run_dir = Runner(cfg, out=out, show_progress=show_progress).run()
+    run_dir = Runner(cfg, out=out, show_progress=show_progress, executor=executor, address=address).run()
     return RunResult(run_dir)
 
 

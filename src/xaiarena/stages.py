@@ -58,10 +58,18 @@ class Settings:
     amp: bool = False
     batch_size: int = 64
     show_progress: bool = True
+    #: the seed of the data and of the choice of evaluation samples; replicates share it (the config's
+    #: ``seed``) and differ only in ``cfg.seed``, which drives the model, training and all explainer and
+    #: metric randomness
+    data_seed: int | None = None
 
     @property
     def seed(self) -> int:
         return self.cfg.seed
+
+    @property
+    def dseed(self) -> int:
+        return self.cfg.seed if self.data_seed is None else self.data_seed
 
     def autocast(self):
         """bfloat16 autocast on CUDA when ``amp: true``; a no-op context otherwise (CPU unchanged)."""
@@ -112,20 +120,21 @@ class Attribution:
 # --------------------------------------------------------------------------- data, train, select
 
 
-def prepare(s: Settings, dcfg: DataConfig, log_stage) -> Prepared:
+def prepare(s: Settings, dcfg: DataConfig, log_stage, stage_prefix: str | None = None) -> Prepared:
     """Data -> train (or load) -> select, for one dataset entry of the config."""
     from .data import load_task
     from .models import build_model, train_model
 
     cfg, name = s.cfg, dcfg.key
-    with log_stage(f"{name}/data"):
-        task = load_task(dcfg.name, seed=cfg.seed, data_dir=dcfg.data_dir, **dcfg.params)
-    dkey = ck.data_key(dcfg.hash_dict(), cfg.seed)
+    prefix = stage_prefix or name
+    with log_stage(f"{prefix}/data"):
+        task = load_task(dcfg.name, seed=s.dseed, data_dir=dcfg.data_dir, **dcfg.params)
+    dkey = ck.data_key(dcfg.hash_dict(), s.dseed)
     pretrained = bool(MODELS.entry(cfg.model.name).meta.get("pretrained"))  # never trained
     mkey = ck.model_key(dkey, cfg.model.hash_dict(), None if pretrained else cfg.training.model_dump(),
                         cfg.seed, s.amp)
     ckpt_dir = s.cache.path("models", mkey.hash)
-    with log_stage(f"{name}/train") as info:
+    with log_stage(f"{prefix}/train") as info:
         if cfg.training.num_threads:
             torch.set_num_threads(cfg.training.num_threads)
         model = build_model(cfg.model.name, task, seed=cfg.seed, **cfg.model.params)
@@ -138,7 +147,7 @@ def prepare(s: Settings, dcfg: DataConfig, log_stage) -> Prepared:
             for f in ("model.pt", "train.json"):
                 s.cache.record(ckpt_dir / f, mkey)
         info.update(cache_hit=tr.cache_hit, model_hash=mkey.hash, test_accuracy=tr.test_accuracy)
-    progress.write(f"[xaiarena] {name}: {cfg.model.name} test accuracy {tr.test_accuracy:.3f}")
+    progress.write(f"[xaiarena] {prefix}: {cfg.model.name} test accuracy {tr.test_accuracy:.3f}")
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -177,7 +186,7 @@ def select_samples(s: Settings, task, mod, model) -> torch.Tensor:
     from .models.training import correct_predictions
 
     cfg = s.cfg
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    gen = torch.Generator().manual_seed(s.dseed + 1)
     order = torch.randperm(len(task.test), generator=gen)
     if cfg.evaluation.only_correct:
         preds = mod.logits(model, task.test, order, s.device).argmax(1)

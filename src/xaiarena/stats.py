@@ -81,11 +81,14 @@ COMBINED_COLUMNS = ["metric", "explainer", "mean_rank", "n_datasets"]
 PER_SAMPLE_COLUMNS = ["dataset", "explainer", "metric", "sample_id", "value"]
 #: columns that, when present, split results into independent comparisons: maps of different
 #: explained models (``explained_model``: f_b, f_s) are never compared with each other
-CONTEXT_COLUMNS = ("dataset", "explained_model")
+CONTEXT_COLUMNS = ("dataset", "grid", "explained_model", "replicate", "seed")
+#: the columns of a replicate (a model retrained with another seed)
+REPLICATE_COLUMNS = ("replicate", "seed")
 
 
 def context_columns(df: pd.DataFrame) -> list[str]:
-    """The comparison context present in ``df``: ``dataset`` and, where present, ``explained_model``."""
+    """The comparison context present in ``df``: ``dataset`` and, where present, ``grid``,
+    ``explained_model`` and the replicate (``replicate``, ``seed``)."""
     return [c for c in CONTEXT_COLUMNS if c in df.columns]
 
 
@@ -571,6 +574,53 @@ def combined_ranking(ranks: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COMBINED_COLUMNS)
 
 
+# --------------------------------------------------------------------------- replicates
+
+
+def summarize_replicates(per_replicate: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Across replicates (models retrained with other seeds): per (context, explainer, metric) the
+    mean of the per-replicate means, and a t-interval over the replicate means (NaN with one
+    replicate). ``n`` sums the scores of all replicates; ``n_replicates`` counts replicates with a
+    finite mean. Input: :func:`summarize` of a table with ``replicate`` and ``seed`` columns."""
+    ctx = [c for c in context_columns(per_replicate) if c not in REPLICATE_COLUMNS]
+    rows = []
+    for keys, grp in per_replicate.groupby([*ctx, "explainer", "metric"], sort=False):
+        context = dict(zip(ctx, keys[: len(ctx)], strict=True))
+        m = grp["mean"].to_numpy(np.float64)
+        m = m[np.isfinite(m)]
+        k = m.size
+        mean = float(m.mean()) if k else float("nan")
+        lo = hi = float("nan")
+        if k >= 2:
+            half = sps.t.ppf(0.5 + confidence / 2, k - 1) * m.std(ddof=1) / np.sqrt(k)
+            lo, hi = mean - half, mean + half
+        rows.append({**context, "model": grp["model"].iloc[0], "explainer": keys[-2], "metric": keys[-1],
+                     "mean": mean, "ci_low": lo, "ci_high": hi, "n": int(grp["n"].sum()),
+                     "higher_is_better": bool(grp["higher_is_better"].iloc[0]), "n_replicates": k})
+    cols = [*ctx, *SUMMARY_COLUMNS[1:], "n_replicates"]
+    out = pd.DataFrame(rows, columns=cols)
+    return out.astype({"n": "int64", "higher_is_better": bool, "n_replicates": "int64"})
+
+
+def replicate_tests(per_replicate: pd.DataFrame, tests: Sequence[str] = TESTS) -> pd.DataFrame:
+    """Explainers compared across replicates: for every pair, the per-replicate means paired by seed,
+    tested with the paired t-test and Wilcoxon (Holm over the pairs of one (context, metric, test)
+    family). ``n`` is the number of replicates. This is the test of whether a difference survives
+    retraining the model; the per-sample tests (``tests.csv``) compare explainers within one model."""
+    ctx = [c for c in context_columns(per_replicate) if c not in REPLICATE_COLUMNS]
+    long = per_replicate.rename(columns={"mean": "value"})[[*ctx, "explainer", "metric", "seed", "value"]]
+    long = long.rename(columns={"seed": "sample_id"})
+    out = paired_tests(long, tests=tests, with_n=True)
+    return out.drop(columns=["n_dropped"])
+
+
+def replicate_ranks(per_replicate: pd.DataFrame, tests: pd.DataFrame, alpha: float = 0.05,
+                    test: str = "t") -> pd.DataFrame:
+    """:func:`rank` within every replicate (its own samples, its own Holm-adjusted tests), so the
+    report can show whether an explainer ranking is stable across retrained models."""
+    return rank(per_replicate, tests, alpha, test=test)
+
+
 # --------------------------------------------------------------------------- object vs background
 
 FG, BG = "fg_mean", "bg_mean"
@@ -628,6 +678,7 @@ def fg_bg_tests(per_sample: pd.DataFrame) -> pd.DataFrame:
 
 __all__ = [
     "ALL_METRICS", "COMBINED_COLUMNS", "RANK_COLUMNS", "SUMMARY_COLUMNS", "TESTS_COLUMNS",
+    "replicate_ranks", "replicate_tests", "summarize_replicates",
     "bootstrap_ci", "cohens_dz", "combined_ranking", "compact_letter_display", "compare_to_best", "fg_bg_tests",
     "holm", "paired_t", "paired_tests", "paired_wilcoxon", "rank", "summarize",
 ]

@@ -52,6 +52,41 @@ def versions() -> dict[str, str]:
     return out
 
 
+def hardware(device: torch.device | str | None = None) -> dict[str, Any]:
+    """What the run ran on: CPU model and count, memory, and for CUDA the device name, memory, CUDA
+    and driver versions (``nvidia-smi`` when present). Every field is best effort."""
+    info: dict[str, Any] = {"machine": platform.machine(), "cpu_count": os.cpu_count(),
+                            "torch_threads": torch.get_num_threads()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+        if model:
+            info["cpu"] = model
+    except OSError:
+        pass
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        info["memory_gb"] = round(pages * size / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
+        idx = dev.index if dev.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(idx)
+        info.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
+                    gpu_count=torch.cuda.device_count())
+        try:
+            import subprocess
+
+            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10)
+            if out.returncode == 0 and out.stdout.strip():
+                info["driver"] = out.stdout.strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return info
+
+
 @contextmanager
 def eval_mode(model: nn.Module):
     """Put ``model`` in eval mode; restore every submodule's own ``training`` flag afterwards.

@@ -198,6 +198,27 @@ def _view_note(view: str | None, n_views: int, info: dict[str, Any]) -> str:
             "background, which favours every explainer's perturbation scores on this model alike.")
 
 
+def _stability_rows(data: RunData, dataset: str, explainers: list[str], metrics: list[str]) -> list[dict]:
+    """Per (metric, explainer): its rank in every replicate and how often it was in the top group."""
+    rr = data.replicate_ranks
+    if rr is None or not len(rr):
+        return []
+    rr = rr[rr["dataset"] == dataset]
+    rows = []
+    for m in metrics:
+        sel = rr[rr["metric"] == m]
+        if not len(sel):
+            continue
+        for e in explainers:
+            r = sel[sel["explainer"] == e].sort_values("replicate")
+            if not len(r):
+                continue
+            ranks = [("–" if pd.isna(v) else str(int(v))) for v in r["rank"]]
+            top = int((r["rank"] == 1).sum())
+            rows.append({"metric": m, "explainer": e, "ranks": ", ".join(ranks), "top": f"{top}/{len(r)}"})
+    return rows
+
+
 def _dataset_section(
     data: RunData, k: int, dataset: str, figs: _Figures, alpha: float, test: str,
     colors: dict[str, str], view: str | None = None, n_views: int = 1,
@@ -284,6 +305,7 @@ def _dataset_section(
         "has_per_sample": bool(n_sample_rows),
         "fgbg": fg_bg,
         "per_image": per_image,
+        "stability": _stability_rows(data, dataset, single, [m for m in metrics if m not in agreement]),
     }
 
 

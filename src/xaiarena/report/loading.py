@@ -22,7 +22,8 @@ from .. import stats
 from ..errors import XaiArenaError
 
 CURVE_COLUMNS = ["dataset", "explainer", "metric", "x", "mean", "ci_low", "ci_high"]
-_NAME_COLUMNS = ("dataset", "model", "explainer", "metric", "explainer_a", "explainer_b", "test")
+_NAME_COLUMNS = ("dataset", "grid", "explained_model", "model", "explainer", "metric", "explainer_a",
+                 "explainer_b", "test")
 
 
 class ReportError(XaiArenaError):
@@ -45,6 +46,7 @@ class RunData:
     datasets: list[str]
     notes: list[str] = field(default_factory=list)
     text_examples: dict[str, dict[str, Any]] = field(default_factory=dict)
+    replicate_ranks: pd.DataFrame | None = None  # ranks within every replicate (replicated runs)
 
     def dataset_info(self, dataset: str) -> dict[str, Any]:
         return dict((self.run.get("datasets") or {}).get(dataset) or {})
@@ -116,7 +118,7 @@ class RunData:
             text_examples[dataset] = {**doc, "explainers": list(keys.values()), "samples": samples}
         return replace(self, run=run, summary=keep(self.summary), tests=keep(self.tests),
                        per_sample=keep(self.per_sample), curves=keep(self.curves), examples=examples,
-                       text_examples=text_examples)
+                       text_examples=text_examples, replicate_ranks=keep(self.replicate_ranks))
 
     def metrics(self, dataset: str) -> list[str]:
         present = set(self.summary.loc[self.summary["dataset"] == dataset, "metric"])
@@ -141,6 +143,16 @@ def _as_bool(series: pd.Series) -> pd.Series:
     if series.dtype == bool:
         return series
     return series.astype(str).str.strip().str.lower().isin(["true", "1", "yes"])
+
+
+def _merge_grid(df: pd.DataFrame | None) -> pd.DataFrame | None:
+    """``dataset`` -> ``<dataset>@<grid point>`` in a grid run's tables (the report's sections)."""
+    if df is None or "grid" not in df.columns or not len(df):
+        return df
+    df = df.copy()
+    g = df["grid"].fillna("").astype(str)
+    df["dataset"] = [d if not p else f"{d}@{p}" for d, p in zip(df["dataset"].astype(str), g, strict=True)]
+    return df
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -204,6 +216,23 @@ def load_run(run_dir: str | Path) -> RunData:
         notes.append("No paired tests are available (results/tests.csv and "
                      "results/per_sample.parquet are missing): no difference is marked significant.")
 
+    # a grid run: every (dataset, grid point) is reported as its own dataset, "<dataset>@<point>"
+    summary, tests, per_sample = (_merge_grid(df) for df in (summary, tests, per_sample))
+    # replicates: the table ranks explainers by the test over replicates (paired by seed); the
+    # per-image sections show the first replicate, whose examples were saved
+    replicate_note = None
+    if per_sample is not None and "replicate" in per_sample.columns:
+        rep_tests = res / "tests_replicates.csv"
+        tests = (_merge_grid(_read_csv(rep_tests, ["statistic", "p_value", "p_holm", "effect_size"]))
+                 if rep_tests.exists() else pd.DataFrame(columns=stats.TESTS_COLUMNS))
+        per_sample = per_sample[per_sample["replicate"] == per_sample["replicate"].min()]
+        n_rep = len(run.get("replicate_seeds") or [])
+        replicate_note = (f"{n_rep} replicates (the model retrained with seeds {run.get('replicate_seeds')}): "
+                          "means are means of per-replicate means with 95% t-intervals over replicates, and "
+                          "significance comes from paired tests over replicates (paired by seed); per-image "
+                          "sections show the first replicate.")
+        notes.append(replicate_note)
+
     # metrics known only from the summary still get a direction and a category
     for metric, grp in summary.groupby("metric", sort=False):
         entry = meta.setdefault(str(metric), {})
@@ -214,6 +243,9 @@ def load_run(run_dir: str | Path) -> RunData:
 
     curves_path = res / "curves.parquet"
     curves = pd.read_parquet(curves_path) if curves_path.exists() else pd.DataFrame(columns=CURVE_COLUMNS)
+    curves = _merge_grid(curves)
+    if "replicate" in curves.columns and len(curves):
+        curves = curves[curves["replicate"] == curves["replicate"].min()]
     for c in ("dataset", "explainer", "metric"):
         curves[c] = curves[c].astype(str)
 
@@ -234,10 +266,15 @@ def load_run(run_dir: str | Path) -> RunData:
     text_examples = {d: doc for d in datasets
                      if (doc := load_text_examples(res / "examples" / f"{d}.json")) is not None}
 
+    replicate_ranks = None
+    rr_path = res / "ranks_per_replicate.csv"
+    if rr_path.exists():
+        replicate_ranks = _merge_grid(_read_csv(rr_path, ["rank", "replicate", "seed"]))
+
     config_path = run_dir / "config.yaml"
     config_text = config_path.read_text() if config_path.exists() else None
     return RunData(
         run_dir=run_dir, run=run, config_text=config_text, summary=summary, tests=tests,
         per_sample=per_sample, curves=curves, examples=examples, metrics_meta=meta,
-        datasets=datasets, notes=notes, text_examples=text_examples,
+        datasets=datasets, notes=notes, text_examples=text_examples, replicate_ranks=replicate_ranks,
     )

@@ -1,0 +1,139 @@
+"""Executors of the stage graph (:mod:`xaiarena.graph`).
+
+``local``
+    Every task in this process, in graph order; a :class:`~xaiarena.graph.UnitContext`
+    keeps data, models and maps in memory between tasks.
+``ray``
+    Every task is a Ray task (``pip install -e ".[ray]"``) with the resources of
+    ``ray.cpus_per_task`` / ``ray.gpus_per_task``, started when its dependencies are done.
+    Tasks exchange only small results (keys, timings, per-sample frames); artefacts go
+    through the run's cache folder, which every worker must see (a shared disk on a
+    cluster; see docs/distributed.md). A task whose worker dies is retried
+    (``ray.max_retries``); tasks are idempotent (content-addressed cache), so a retry
+    gives the same numbers.
+
+Both report each finished task to ``on_result`` and print one progress line for the whole
+graph (done / cached / running).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+
+from .errors import RunError
+from .graph import Env, TaskResult, TaskSpec, run_task
+from .utils import progress
+
+log = logging.getLogger(__name__)
+
+OnResult = Callable[[TaskSpec, TaskResult], None]
+
+
+class LocalExecutor:
+    """This process, tasks in graph order."""
+
+    name = "local"
+
+    def __init__(self, show_progress: bool = True):
+        self.show_progress = show_progress
+
+    def run(self, tasks: list[TaskSpec], env: Env, on_result: OnResult) -> None:
+        say = progress.write if self.show_progress else None
+        for task in tasks:
+            on_result(task, run_task(task, env, say))
+
+
+class RayExecutor:
+    """Ray tasks; see the module docstring."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, cpus_per_task: float = 1.0,
+                 gpus_per_task: float = 0.0, max_retries: int = 3, show_progress: bool = True):
+        self.address, self.num_cpus = address, num_cpus
+        self.cpus_per_task, self.gpus_per_task = cpus_per_task, gpus_per_task
+        self.max_retries, self.show_progress = max_retries, show_progress
+
+    def _ray(self):
+        try:
+            import ray
+        except ImportError as exc:
+            raise RunError("executor 'ray' needs Ray: pip install -e \".[ray]\" (or pip install ray)") from exc
+        if not ray.is_initialized():
+            kwargs: dict = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False}
+            if self.address:
+                kwargs["address"] = self.address
+            else:
+                kwargs["num_cpus"] = self.num_cpus or os.cpu_count()
+            try:
+                ray.init(**kwargs)
+            except Exception as exc:  # noqa: BLE001 - a cluster that cannot be reached
+                raise RunError(f"cannot start or reach Ray ({type(exc).__name__}: {exc}); check ray.address "
+                               f"({self.address or 'local instance'})") from exc
+        return ray
+
+    def run(self, tasks: list[TaskSpec], env: Env, on_result: OnResult) -> None:
+        ray = self._ray()
+        remote = ray.remote(_remote_task).options(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task,
+                                                  max_retries=self.max_retries, retry_exceptions=False)
+        refs: dict[str, object] = {}
+        pending: dict[object, TaskSpec] = {}
+        for task in tasks:  # graph order: dependencies are submitted first
+            dep_refs = [refs[d] for d in task.deps if d in refs]
+            ref = remote.remote(task, env, self.cpus_per_task, *dep_refs)
+            refs[task.name] = ref
+            pending[ref] = task
+        done = cached = 0
+        total = len(tasks)
+        last = 0.0
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
+            for ref in ready:
+                task = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - surface the task's own error
+                    cause = getattr(exc, "cause", None)
+                    for r in pending:
+                        ray.cancel(r)
+                    if cause is not None:
+                        raise cause from None
+                    raise
+                on_result(task, result)
+                done += 1
+                cached += int(all(v.get("cache_hit") for k, v in result.stages.items() if k == task.name))
+            if self.show_progress and (ready or time.time() - last > 30):
+                last = time.time()
+                progress.write(f"[xaiarena] ray: {done}/{total} tasks done ({cached} cached), "
+                               f"{min(len(pending), _slots(ray, self.cpus_per_task))} running")
+
+
+def _slots(ray, cpus_per_task: float) -> int:
+    try:
+        return max(1, int(ray.available_resources().get("CPU", 0) // cpus_per_task + 0.5) or 1)
+    except Exception:  # noqa: BLE001
+        return 1
+
+
+def _remote_task(task: TaskSpec, env: Env, cpus: float, *deps: TaskResult) -> TaskResult:
+    """What a Ray worker runs: one task, with as many torch threads as CPUs it asked for."""
+    import torch
+
+    torch.set_num_threads(max(1, int(cpus)))
+    os.environ.setdefault("XAIARENA_QUIET", "1")
+    return run_task(task, env)
+
+
+def make_executor(cfg, name: str | None = None, address: str | None = None, show_progress: bool = True):
+    """The executor a run uses: ``name`` (CLI ``--executor``) or ``cfg.executor``."""
+    kind = name or cfg.executor
+    if kind == "local":
+        return LocalExecutor(show_progress)
+    if kind == "ray":
+        r = cfg.ray
+        return RayExecutor(address or r.address, r.num_cpus, r.cpus_per_task, r.gpus_per_task, r.max_retries,
+                           show_progress)
+    raise RunError(f"unknown executor '{kind}'; valid: local, ray")

@@ -1,0 +1,141 @@
+"""The stage graph: units and tasks, grids and replicates, and the Ray executor (a local Ray
+instance started by the tests themselves)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pandas as pd
+import pytest
+
+import xaiarena
+from xaiarena.config import load_config
+from xaiarena.graph import plan_tasks, plan_units
+
+TINY = {"data.n_train": 300, "data.n_test": 80, "training.epochs": 1, "model.channels": [4, 8, 8],
+        "evaluation.n_samples": 16, "evaluation.batch_size": 8}
+CFG = {"name": "g", "data": "hard_mnist", "model": "lenet", "explainers": ["saliency", "random"],
+       "metrics": ["sparseness", "topk_iou"]}
+
+
+def test_units_and_tasks_of_a_grid_with_replicates():
+    cfg = load_config({**CFG, "replicates": 3, "grid": {"training.lr": [0.001, 0.002]},
+                       "explainers": ["saliency", {"name": "diet", "n_train": 8}],
+                       "metrics": ["sparseness", {"name": "agreement_spearman", "reference": "saliency"}]})
+    units = plan_units(cfg)
+    assert len(units) == 6 and len({u.id for u in units}) == 6
+    assert [u.seed for u in units[:3]] == cfg.replicate_seeds() and units[0].seed == cfg.seed
+    assert {u.data_seed for u in units} == {cfg.seed}  # replicates retrain the model, same data and samples
+    tasks = plan_tasks(units[:1])
+    names = [t.name for t in tasks]
+    u = units[0].id
+    assert names[0] == f"{u}/train" and f"{u}/fit/diet" in names
+    assert f"{u}/explain/saliency" in names and f"{u}/explain/saliency@f_s" in names
+    assert f"{u}/explain/diet" in names and f"{u}/explain/diet@f_b" not in names
+    # agreement with a reference needs the reference among the view's maps; f_b has no pair here
+    assert f"{u}/score/agreement_spearman@f_s" in names and f"{u}/score/agreement_spearman" not in names
+    pos = {n: i for i, n in enumerate(names)}
+    assert all(pos[d] < pos[t.name] for t in tasks for d in t.deps)
+
+
+def test_bad_grid_values_are_config_errors_naming_the_point():
+    from xaiarena.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"grid\[model.name=resnett\]\.model\.name"):
+        load_config({**CFG, "grid": {"model.name": ["lenet", "resnett"]}})
+    with pytest.raises(ConfigError, match="seeds"):
+        load_config({**CFG, "seeds": [1, 1]})
+
+
+@pytest.mark.integration
+def test_grid_and_replicates_locally(tmp_path):
+    res = xaiarena.run({**CFG, "seeds": [0, 1], "grid": {"model.hidden": [[16], [32]]}}, out=tmp_path / "r",
+                       overrides=TINY, show_progress=False)
+    ps = res.per_sample
+    assert {"grid", "replicate", "seed"} <= set(ps.columns) and set(ps["seed"]) == {0, 1}
+    assert ps.groupby(["grid", "seed"]).size().nunique() == 1  # every unit scored the same rows
+    # replicates share the data and the evaluation samples: only the model is retrained
+    ids = ps.groupby("seed")["sample_id"].agg(frozenset)
+    assert ids[0] == ids[1]
+    s = res.summary
+    assert (s["n_replicates"] == 2).all() and "replicate" not in s.columns
+    per_rep = pd.read_csv(res.run_dir / "results" / "summary_per_replicate.csv")
+    one = s.iloc[0]
+    sel = per_rep[(per_rep.grid == one.grid) & (per_rep.explainer == one.explainer) & (per_rep.metric == one.metric)]
+    assert one["mean"] == pytest.approx(sel["mean"].mean())
+    reps = pd.read_csv(res.run_dir / "results" / "tests_replicates.csv")
+    assert set(reps["n"]) == {2}
+    html = res.report_path.read_text()
+    assert "Stability across retrained models" in html and "model.hidden=" in html
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+@pytest.fixture()
+def ray_instance():
+    ray = pytest.importorskip("ray")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.integration
+def test_ray_gives_the_same_summary_as_the_local_executor(tmp_path, ray_instance):
+    over = {**TINY, "ray.num_cpus": 2}
+    cfg = {**CFG, "explainers": ["saliency", {"name": "smoothgrad", "nt_samples": 4}, "random"],
+           "metrics": ["sparseness", {"name": "deletion", "steps": 5}, "topk_iou"]}
+    local = xaiarena.run(cfg, out=tmp_path / "local", overrides=over, show_progress=False)
+    ray_run = xaiarena.run(cfg, out=tmp_path / "ray", overrides=over, show_progress=False, executor="ray")
+    pd.testing.assert_frame_equal(local.summary, ray_run.summary)
+    pd.testing.assert_frame_equal(local.per_sample, ray_run.per_sample)
+    assert ray_run.info["executor"] == "ray"
+    stages = ray_run.info["stages"]
+    assert all("host" in v and "pid" in v for v in stages.values() if isinstance(v, dict) and "seconds" in v)
+
+
+@pytest.mark.integration
+def test_ray_grid_of_two_datasets_and_three_seeds(tmp_path, ray_instance):
+    cfg = {**CFG, "replicates": 3, "grid": {"data": [{"name": "hard_mnist", "n_train": 300, "n_test": 80},
+                                                     {"name": "hard_mnist", "label": "hm2", "n_train": 200,
+                                                      "n_test": 60}]}}
+    over = {k: v for k, v in TINY.items() if not k.startswith("data.")}
+    res = xaiarena.run(cfg, out=tmp_path / "r", overrides={**over, "ray.num_cpus": 2}, show_progress=False,
+                       executor="ray")
+    s = res.summary
+    assert set(s["grid"]) == {"data=hard_mnist", "data=hm2"} and (s["n_replicates"] == 3).all()
+    assert len(res.info["units"]) == 6
+
+
+@pytest.mark.integration
+def test_a_killed_ray_worker_does_not_change_the_numbers(tmp_path, ray_instance):
+    cfg = {**CFG, "explainers": ["saliency", {"name": "occlusion", "window": 4, "stride": 2}],
+           "metrics": ["sparseness"]}
+    over = {**TINY, "evaluation.n_samples": 48, "ray.num_cpus": 2}
+    ref = xaiarena.run(cfg, out=tmp_path / "ref", overrides=over, show_progress=False)
+    killed: list[int] = []
+
+    def killer():
+        deadline = time.time() + 600
+        while time.time() < deadline and not killed:
+            out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+            for line in out.splitlines():
+                if "ray::_remote_task" in line:
+                    pid = int(line.split()[0])
+                    attr = tmp_path / "ray" / "cache" / "attributions" / "hard_mnist"
+                    if attr.exists() and any(p.suffix == ".pt" for p in attr.iterdir()):
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+                        break
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    res = xaiarena.run(cfg, out=tmp_path / "ray", overrides={**over, "ray.max_retries": 3}, show_progress=False,
+                       executor="ray")
+    t.join(timeout=1)
+    assert killed, "no Ray worker was running an explain task to kill"
+    pd.testing.assert_frame_equal(res.per_sample, ref.per_sample)
