@@ -110,11 +110,10 @@ class _ReExplain(Metric):
         stats = {k: torch.empty(self.nr_samples, n, device=x.device) for k in maps}
         remapped = {k: torch.zeros(self.nr_samples, n, dtype=torch.bool, device=x.device) for k in maps}
         changed = torch.zeros(self.nr_samples, n, dtype=torch.bool, device=x.device)
-        finite = torch.ones(n, dtype=torch.bool, device=x.device)  # the model's logits, all draws
-        if self.prediction_change != "ignore":
-            with eval_mode(batch.model) as model:
-                logits0 = predict(model, x, self.batch_size)
-            pred0, finite = logits0.argmax(-1), finite_rows(logits0)
+        # a map of a model without a finite output explains nothing: NaN (one forward pass per batch)
+        with eval_mode(batch.model) as model:
+            logits0 = predict(model, x, self.batch_size)
+        pred0, finite = logits0.argmax(-1), finite_rows(logits0)  # finite: on x and (if checked) every draw
         per_call = max(1, chunk_size(x, self.batch_size) // max(n, 1))  # noise draws re-explained per call
         rows = torch.arange(n)
         for r0 in range(0, self.nr_samples, per_call):

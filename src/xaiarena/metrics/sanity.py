@@ -11,11 +11,15 @@ from torch import nn
 from ..registry import METRICS
 from .base import EvalBatch, ExplainFn, Metric, MetricOutput
 from .core import (
+    NONFINITE_OUTPUT,
     SIMILARITIES,
     SampleRNG,
     check_choice,
+    eval_mode,
+    finite_rows,
     full_threads,
     nan_where,
+    predict,
     prepare,
     serial_bookkeeping,
     similarity,
@@ -89,6 +93,8 @@ class ModelParameterRandomisation(Metric):
         targets = batch.targets.to(x.device).long().view(-1)
         rng = SampleRNG.for_batch(batch, generator, self.name)
         seed = rng.base_seed
+        with eval_mode(batch.model) as m:  # a model without a finite output has nothing to randomise against
+            finite = finite_rows(predict(m, x))
         prep = (lambda a: a.abs()) if self.abs else (lambda a: a)
         p = x.shape[-2] * x.shape[-1]
         # the same tie-breaking offsets for the map and its re-explanation: a map that does not
@@ -115,7 +121,8 @@ class ModelParameterRandomisation(Metric):
         out.curves[self.name] = {k: torch.stack(v, 1) for k, v in curves.items()}
         scores = {}
         for k, v in curves.items():
-            scores[k] = nan_where(v[-1], torch.isnan(v[-1]) & ~bad_maps[k], self.name,
+            last = nan_where(v[-1], ~finite, self.name, NONFINITE_OUTPUT, k)
+            scores[k] = nan_where(last, torch.isnan(last) & ~bad_maps[k] & finite, self.name,
                                   "a map is constant, Pearson similarity undefined", k)
         out.scores[self.name] = scores
         return out
