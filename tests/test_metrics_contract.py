@@ -169,3 +169,51 @@ def test_a_model_with_nan_outputs_gives_nan_with_its_reason(name, caplog):
         for k, v in per.items():
             assert bool(torch.isnan(v).all()), f"{name}/{o}/{k}: {v} from a model whose outputs are NaN"
     assert any("not finite" in r for r in reasons), reasons
+
+
+#: metrics that never rank a map's features by its values (no tie-breaking to fall back on), or
+#: whose tie-breaking is shared between the two maps compared (mprt)
+NO_RANKING = DETERMINISTIC | {"max_sensitivity", "avg_sensitivity", "relative_input_stability", "mprt",
+                              "faithfulness_correlation"}
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if n not in NO_RANKING])
+def test_a_constant_map_gets_a_logged_note_where_ties_are_broken_at_random(name, caplog):
+    """E.g. the pointing game of an all-zero map is a coin flip: say so."""
+    metric, batch, maps, fns = setup(name)
+    maps["const"] = torch.zeros_like(maps["const"])
+    with caplog.at_level(logging.WARNING, logger="xaiarena.metrics"):
+        run(metric, batch, maps, fns)
+    notes = [r.getMessage() for r in caplog.records if "gives a constant map" in r.getMessage()]
+    assert any("'const'" in m and f"at {N} sample(s)" in m for m in notes), notes
+    assert not any("'a'" in m for m in notes)  # only the constant map
+
+
+def test_faithfulness_correlation_logs_the_right_reason(caplog):
+    metric = METRICS.create("faithfulness_correlation", **TINY_OPTIONS["faithfulness_correlation"])
+    batch = tiny_image_batch(6)
+    maps = {"const": torch.ones(6, 16, 16), "grad": gradient_fn(batch.model)(batch.inputs, batch.targets)}
+    with caplog.at_level(logging.WARNING, logger="xaiarena.metrics"):
+        out = metric.evaluate(batch, maps, generator=gen(0)).scores[metric.name]
+    assert torch.isnan(out["const"]).all() and not torch.isnan(out["grad"]).any()
+    assert "'const'" in caplog.text and "attribution sums are constant" in caplog.text
+    assert "not finite" not in caplog.text
+    caplog.clear()
+    nan_batch = tiny_image_batch(6, model=NaNModel(batch.model))
+    with caplog.at_level(logging.WARNING, logger="xaiarena.metrics"):
+        out = metric.evaluate(nan_batch, maps, generator=gen(0)).scores[metric.name]
+    assert torch.isnan(out["grad"]).all()
+    assert "'grad'" in caplog.text and "the model's output is not finite" in caplog.text
+    assert "constant across runs" not in caplog.text.split("'grad'")[1].split("\n")[0]
+
+
+def test_keep_remove_accuracy_of_a_nan_model_is_nan_not_a_plausible_number(caplog):
+    batch = tiny_image_batch(6)
+    nan_batch = tiny_image_batch(6, model=NaNModel(batch.model))
+    metric = METRICS.create("pixel_perturbation", percentages=(10,))
+    maps = {"grad": gradient_fn(batch.model)(batch.inputs, batch.targets)}
+    with caplog.at_level(logging.WARNING, logger="xaiarena.metrics"):
+        out = metric.evaluate(nan_batch, maps, generator=gen(0)).scores
+    for o in ("keep10_accuracy", "remove10_accuracy", "keep10_drop", "remove10_drop"):
+        assert torch.isnan(out[o]["grad"]).all(), o
+        assert f"{o}: NaN for explainer 'grad' at 6 sample(s)" in caplog.text
