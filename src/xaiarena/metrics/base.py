@@ -41,7 +41,7 @@ class EvalBatch:
     targets: torch.Tensor  # (N,) class explained
     labels: torch.Tensor  # (N,) true class
     masks: torch.Tensor | None = None  # (N, H, W) bool ground truth
-    sample_ids: torch.Tensor | None = None
+    sample_ids: torch.Tensor | None = None  # (N,) identities: key each sample's random streams
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -144,7 +144,14 @@ class Metric(ABC):
         generator: torch.Generator,
         explainers: dict[str, ExplainFn] | None = None,
     ) -> MetricOutput:
-        """Score every explainer's ``(N, H, W)`` map on ``batch``."""
+        """Score every explainer's ``(N, H, W)`` map on ``batch``.
+
+        ``generator``: a metric draws one base seed from it and addresses every random number
+        by (base seed, sample id, what is drawn) (``core.SampleRNG``): scores depend only on
+        the generator's state, each sample's ``sample_ids`` entry (else its content), the
+        explainer's name and the maps, never on the batch's other samples, its size or the
+        other explainers. Give every batch of one metric a generator in the same state.
+        """
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
