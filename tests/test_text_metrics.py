@@ -15,7 +15,8 @@ from xaiarena.data.text import encode_texts  # noqa: E402
 from xaiarena.metrics.base import EvalBatch  # noqa: E402
 from xaiarena.registry import METRICS  # noqa: E402
 
-TEXT_METRICS = ["comprehensiveness", "sufficiency", "text_topk_overlap", "text_spearman", "rationale_f1",
+TEXT_METRICS = ["comprehensiveness", "sufficiency", "comprehensiveness_target", "sufficiency_target",
+                "text_topk_overlap", "text_spearman", "rationale_f1",
                 "rationale_iou", "rationale_auprc", "explained_model_accuracy"]
 
 
@@ -59,23 +60,74 @@ def test_metrics_are_registered_as_text_metrics():
         assert meta["modality"] == ("text",) and "category" in meta and "higher_is_better" in meta
 
 
-def test_comprehensiveness_and_sufficiency_by_hand(setup):
+P_CUE = 1 / (1 + math.exp(-3))  # CueModel's probability of class 1 for a text with one cue: softmax([0, 3])[1]
+
+
+def test_comprehensiveness_and_sufficiency_by_hand(tokenizer):
+    """ERASER as DeYoung et al. (2020) define it: the predicted class, floor(q n) words at
+    q in {0, 1, 5, 10, 20, 50} %, 1/(|B|+1) = 1/6 of the summed drops."""
+    ten = "great " + " ".join(f"w{i}" for i in range(9))  # 10 words: floor(q * 10) = 0, 0, 0, 1, 2, 5
+    twenty = "great " + " ".join(f"v{i}" for i in range(19))  # 20 words: 0, 0, 1, 2, 4, 10
+    x = encode_texts(tokenizer, [ten, twenty], 48)
+    model = CueModel(tokenizer.convert_tokens_to_ids("great"))
+    y = torch.tensor([1, 1])
+    good = (torch.arange(x.max_words) == 0).float().expand(x.shape) * torch.linspace(2, 1, x.max_words)
+    bad = 1 - (torch.arange(x.max_words) == 0).float().expand(x.shape)  # the cue last
+    bad = bad * torch.linspace(1, 2, x.max_words)  # no ties among the other words
+    maps = {"good": good, "bad": bad}
+    batch = EvalBatch(model, x, y, y)
+    d = P_CUE - 0.5
+    comp = METRICS.create("comprehensiveness").evaluate(batch, maps, generator=_gen())
+    c = comp.scores["comprehensiveness"]
+    # the cue (ranked first) is removed whenever at least one word is: 3 of 6 levels (10 words), 4 of 6 (20)
+    torch.testing.assert_close(c["good"], torch.tensor([3 * d / 6, 4 * d / 6]))
+    torch.testing.assert_close(c["bad"], torch.zeros(2))  # at most half the words: never the cue
+    torch.testing.assert_close(comp.curve_x["comprehensiveness"], torch.tensor([0.0, 0.01, 0.05, 0.1, 0.2, 0.5]))
+    torch.testing.assert_close(comp.curves["comprehensiveness"]["good"][0], torch.tensor([0, 0, 0, d, d, d]))
+    suff = METRICS.create("sufficiency").evaluate(batch, maps, generator=_gen())
+    s = suff.scores["sufficiency"]
+    # keeping the top 0 words keeps nothing (p = 0.5); any kept word is the cue (p = P_CUE, drop 0)
+    torch.testing.assert_close(s["good"], torch.tensor([3 * d / 6, 2 * d / 6]))
+    torch.testing.assert_close(s["bad"], torch.tensor([d, d]))  # the cue is never kept
+
+
+def test_eraser_scores_the_predicted_class_not_the_label(tokenizer):
+    """A text whose label (0) is not the model's prediction (1): ERASER scores the predicted class,
+    the _target variants the class explained (here the label)."""
+    ten = "great " + " ".join(f"w{i}" for i in range(9))
+    x = encode_texts(tokenizer, [ten], 32)
+    model = CueModel(tokenizer.convert_tokens_to_ids("great"))
+    label = torch.tensor([0])
+    good = {"good": (torch.arange(x.max_words) == 0).float().expand(x.shape) * torch.linspace(2, 1, x.max_words)}
+    batch = EvalBatch(model, x, label, label)
+    d = P_CUE - 0.5
+    c = METRICS.create("comprehensiveness").evaluate(batch, good, generator=_gen()).scores["comprehensiveness"]
+    torch.testing.assert_close(c["good"], torch.tensor([3 * d / 6]))  # p_1 drops from P_CUE to 0.5
+    t = METRICS.create("comprehensiveness_target").evaluate(batch, good, generator=_gen())
+    # class 0: p_0 rises from 1 - P_CUE to 0.5 whenever the cue is removed: ceil(q * 10) >= 1 at every q
+    torch.testing.assert_close(t.scores["comprehensiveness_target"]["good"], torch.tensor([-d]))
+    torch.testing.assert_close(t.curve_x["comprehensiveness_target"], torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5]))
+    st = METRICS.create("sufficiency_target").evaluate(batch, good, generator=_gen())
+    torch.testing.assert_close(st.scores["sufficiency_target"]["good"], torch.tensor([0.0]))  # the cue always kept
+
+
+def test_eraser_variants_by_hand(setup):
+    """The _target variants: the explained class, ceil(q n) words, the plain mean over 10..50 %."""
     x, model, y = setup
-    p_cue = 1 / (1 + math.exp(-3))  # softmax([0, 3])[1]
     perfect = torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 1.0], [0.0, 0, 0, 0]])
     worst = torch.tensor([[0.0, 1, 1, 1], [1.0, 1, 1, 0], [0.0, 0, 0, 0]])
     batch = EvalBatch(model, x, y, y)
-    comp = METRICS.create("comprehensiveness").evaluate(batch, {"good": perfect, "bad": worst}, generator=_gen())
-    c = comp.scores["comprehensiveness"]
+    comp = METRICS.create("comprehensiveness_target").evaluate(batch, {"good": perfect, "bad": worst},
+                                                              generator=_gen())
+    c = comp.scores["comprehensiveness_target"]
     # texts of 4 words: ceil(q * 4) = 1, 1, 2, 2, 2 words removed; the cue is ranked first -> always removed
-    assert torch.allclose(c["good"][:2], torch.full((2,), p_cue - 0.5), atol=1e-6)
+    assert torch.allclose(c["good"][:2], torch.full((2,), P_CUE - 0.5), atol=1e-6)
     assert torch.allclose(c["bad"][:2], torch.zeros(2), atol=1e-6)  # never reaches the cue by 50%
-    assert comp.curves["comprehensiveness"]["good"].shape == (3, 5)
-    assert torch.allclose(comp.curve_x["comprehensiveness"], torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5]))
-    suff = METRICS.create("sufficiency").evaluate(batch, {"good": perfect, "bad": worst}, generator=_gen())
-    s = suff.scores["sufficiency"]
+    assert comp.curves["comprehensiveness_target"]["good"].shape == (3, 5)
+    suff = METRICS.create("sufficiency_target").evaluate(batch, {"good": perfect, "bad": worst}, generator=_gen())
+    s = suff.scores["sufficiency_target"]
     assert torch.allclose(s["good"][:2], torch.zeros(2), atol=1e-6)
-    assert torch.allclose(s["bad"][:2], torch.full((2,), p_cue - 0.5), atol=1e-6)
+    assert torch.allclose(s["bad"][:2], torch.full((2,), P_CUE - 0.5), atol=1e-6)
     # the third text has no cue: nothing changes whatever is removed
     assert torch.allclose(c["good"][2], torch.tensor(0.0), atol=1e-6)
 
@@ -83,24 +135,32 @@ def test_comprehensiveness_and_sufficiency_by_hand(setup):
 def test_removal_by_mask_token_gives_the_same_for_a_bag_of_tokens(setup):
     x, model, y = setup
     perfect = torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 1.0], [0.0, 0, 0, 0]])
-    a = METRICS.create("comprehensiveness", removal="mask").evaluate(EvalBatch(model, x, y, y), {"p": perfect},
-                                                                    generator=_gen())
-    b = METRICS.create("comprehensiveness").evaluate(EvalBatch(model, x, y, y), {"p": perfect}, generator=_gen())
-    assert torch.allclose(a.scores["comprehensiveness"]["p"], b.scores["comprehensiveness"]["p"])
+    for name in ("comprehensiveness", "comprehensiveness_target"):
+        a = METRICS.create(name, removal="mask").evaluate(EvalBatch(model, x, y, y), {"p": perfect}, generator=_gen())
+        b = METRICS.create(name).evaluate(EvalBatch(model, x, y, y), {"p": perfect}, generator=_gen())
+        assert torch.allclose(a.scores[name]["p"], b.scores[name]["p"])
 
 
-def test_a_constant_map_scores_like_a_random_map_not_like_a_perfect_one(tokenizer):
+def test_a_constant_map_scores_like_a_random_map_not_like_a_perfect_one(tokenizer, caplog):
     texts = ["w1 w2 w3 w4 w5 w6 w7 great w9 w10"] * 200
     x = encode_texts(tokenizer, texts, 32)
     model = CueModel(tokenizer.convert_tokens_to_ids("great"))
     y = torch.ones(200, dtype=torch.long)
     maps = {"constant": torch.ones(x.shape), "perfect": (torch.arange(x.max_words) == 7).float().expand(x.shape)}
-    out = METRICS.create("comprehensiveness").evaluate(EvalBatch(model, x, y, y), maps, generator=_gen())
+    batch = EvalBatch(model, x, y, y, sample_ids=torch.arange(200))  # identical texts: independent ties by id
+    d = P_CUE - 0.5
+    with caplog.at_level("WARNING", logger="xaiarena.metrics"):
+        out = METRICS.create("comprehensiveness").evaluate(batch, maps, generator=_gen())
+    assert "explainer 'constant' gives a constant map" in caplog.text
     c = {k: float(v.mean()) for k, v in out.scores["comprehensiveness"].items()}
-    p_cue = 1 / (1 + math.exp(-3))
-    # the cue is among the k removed words with probability k/10: mean over k = 1..5 = 0.3
-    assert c["perfect"] == pytest.approx(p_cue - 0.5, abs=1e-6)
-    assert c["constant"] == pytest.approx(0.3 * (p_cue - 0.5), abs=0.04)
+    # floor(q * 10) = 0, 0, 0, 1, 2, 5 words removed: the cue with probability k / 10
+    assert c["perfect"] == pytest.approx(3 * d / 6, abs=1e-6)
+    assert c["constant"] == pytest.approx((0.1 + 0.2 + 0.5) / 6 * d, abs=0.02)
+    out = METRICS.create("comprehensiveness_target").evaluate(batch, maps, generator=_gen())
+    c = {k: float(v.mean()) for k, v in out.scores["comprehensiveness_target"].items()}
+    # ceil(q * 10) = 1..5 words: mean over k of k/10 = 0.3
+    assert c["perfect"] == pytest.approx(d, abs=1e-6)
+    assert c["constant"] == pytest.approx(0.3 * d, abs=0.04)
 
 
 def test_rationale_overlap_by_hand(setup):
@@ -161,7 +221,7 @@ def test_shape_and_option_errors(setup):
         METRICS.create("sufficiency").evaluate(EvalBatch(model, x, y, y), {"a": torch.zeros(3, 9)},
                                                generator=_gen())
     with pytest.raises(ValueError, match="fractions"):
-        METRICS.create("comprehensiveness", fractions=[0.0, 2.0])
+        METRICS.create("comprehensiveness_target", fractions=[0.0, 2.0])
     with pytest.raises(ValueError, match="removal='drop'"):
         METRICS.create("comprehensiveness", removal="drop")
     with pytest.raises(ValueError, match="k=0"):

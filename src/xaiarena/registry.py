@@ -143,7 +143,7 @@ EXPLAINERS = Registry(
 METRICS = Registry(
     "metrics",
     modules=("xaiarena.metrics",),
-    meta_attrs=("category", "higher_is_better", "modality", "value_range", "requires"),
+    meta_attrs=("category", "higher_is_better", "modality", "value_range", "requires", "default_outputs"),
 )
 
 REGISTRIES: dict[str, Registry] = {

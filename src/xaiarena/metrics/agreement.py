@@ -6,9 +6,9 @@ With ``reference=None`` every unordered pair is scored once, ``a`` before
 every other explainer is compared to that one and the key is
 ``"<reference>~<other>"``.
 
-Rankings break ties at random, with one generator per explainer derived from
-the run's seed and the explainer's name: an explainer's order is the same in
-every pair it belongs to, and two constant maps agree only by chance.
+Rankings break ties at random with each sample's own stream for ("ties",
+explainer) (see ``core.SampleRNG``): an explainer's order is the same in every
+pair it belongs to, and two constant maps agree only by chance.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import torch
 from ..registry import METRICS
 from .base import EvalBatch, Metric, MetricOutput
 from .core import (
-    draw_seed,
-    explainer_generator,
+    SampleRNG,
     logger,
     nan_where,
+    note_constant_maps,
     pearson,
     prepare,
     rank_positions,
@@ -64,8 +64,11 @@ class _Agreement(Metric):
         pairs = self.pairs(list(maps))
         if not pairs:
             logger.warning("%s: fewer than two explainers, no pair to compare", self.name)
-        seed = draw_seed(generator)
-        ranks = {k: rank_positions(v, explainer_generator(seed, k, generator.device)) for k, v in maps.items()}
+        rng = SampleRNG.for_batch(batch, generator, self.name)
+        ranks = {}
+        for k, v in maps.items():
+            note_constant_maps(self.name, k, v)
+            ranks[k] = rank_positions(v, rng.rand((v.shape[1],), "ties", k, device=v.device))
         scores = {pair_key(a, b): self.compare(ranks[a], ranks[b], maps[a]) for a, b in pairs}
         return MetricOutput(scores={self.name: scores})
 

@@ -41,7 +41,7 @@ class EvalBatch:
     targets: torch.Tensor  # (N,) class explained
     labels: torch.Tensor  # (N,) true class
     masks: torch.Tensor | None = None  # (N, H, W) bool ground truth
-    sample_ids: torch.Tensor | None = None
+    sample_ids: torch.Tensor | None = None  # (N,) identities: key each sample's random streams
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -62,13 +62,43 @@ class MetricOutput:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """Metadata of one per-sample output of a metric."""
+    """Metadata of one per-sample output of a metric.
+
+    ``ranked``: whether the output may rank explainers (summaries, paired tests, "clear
+    wins"). An output is ranked only if a constant map cannot score better than a random
+    map on it (audited for every output by ``tests/test_metrics_audit.py``; see
+    docs/metrics.md). A descriptive output (``ranked=False``) is reported but never ranked;
+    ``unranked_reason`` says why.
+    """
 
     name: str
     higher_is_better: bool
     value_range: tuple[float, float] = (float("-inf"), float("inf"))
-    #: False for descriptive outputs that must not rank explainers (e.g. a mean that a flat map maximises)
     ranked: bool = True
+    unranked_reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.ranked and not self.unranked_reason:
+            raise ValueError(f"output '{self.name}' is not ranked; give unranked_reason")
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready metadata (run.json, ``xaiarena list --json``)."""
+        out: dict[str, object] = {"name": self.name, "higher_is_better": self.higher_is_better,
+                                  "value_range": [float(v) for v in self.value_range], "ranked": self.ranked}
+        if not self.ranked:
+            out["unranked_reason"] = self.unranked_reason
+        return out
+
+
+class _DefaultOutputs:
+    """Class-level ``default_outputs``: the outputs of a metric built with its default options, as
+    dicts (what the registry records for ``xaiarena list --json``)."""
+
+    def __get__(self, obj: object, cls: type) -> list[dict[str, object]]:
+        try:
+            return [o.as_dict() for o in cls().outputs()]
+        except TypeError:  # an abstract base class
+            return []
 
 
 class Metric(ABC):
@@ -78,6 +108,8 @@ class Metric(ABC):
     modality: ClassVar[tuple[str, ...]] = ("image",)
     value_range: ClassVar[tuple[float, float]] = (float("-inf"), float("inf"))
     requires: ClassVar[tuple[str, ...]] = ("model",)
+    #: the outputs with the default options, with ``ranked`` (registry metadata)
+    default_outputs: ClassVar[list[dict[str, object]]] = _DefaultOutputs()  # type: ignore[assignment]
 
     def outputs(self) -> list[OutputSpec]:
         """Every per-sample output with its direction and range (default: one, the metric's)."""
@@ -87,6 +119,10 @@ class Metric(ABC):
         """Whether the metric has anything to score for these explainers (maps of one explained
         model). Agreement metrics need two explainers, or their ``reference`` among them."""
         return bool(explainers)
+
+    def ranked_outputs(self) -> list[str]:
+        """Names of the outputs that may rank explainers."""
+        return [o.name for o in self.outputs() if o.ranked]
 
     def output_names(self) -> list[str]:
         """Names of the per-sample outputs, the keys of ``MetricOutput.scores``."""
@@ -108,7 +144,14 @@ class Metric(ABC):
         generator: torch.Generator,
         explainers: dict[str, ExplainFn] | None = None,
     ) -> MetricOutput:
-        """Score every explainer's ``(N, H, W)`` map on ``batch``."""
+        """Score every explainer's ``(N, H, W)`` map on ``batch``.
+
+        ``generator``: a metric draws one base seed from it and addresses every random number
+        by (base seed, sample id, what is drawn) (``core.SampleRNG``): scores depend only on
+        the generator's state, each sample's ``sample_ids`` entry (else its content), the
+        explainer's name and the maps, never on the batch's other samples, its size or the
+        other explainers. Give every batch of one metric a generator in the same state.
+        """
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -8,10 +8,10 @@ pixels in Python.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import os
-import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -132,31 +132,126 @@ def nan_where(values: torch.Tensor, bad: torch.Tensor, metric: str, reason: str,
 
 
 # --------------------------------------------------------------------------- randomness
+#
+# Per-sample random streams. A metric draws ONE base seed from the generator it is given
+# (the runner gives every batch of a metric a freshly seeded generator in the same state)
+# and addresses every random number by (base seed, sample key, path): the sample key is the
+# sample's ``sample_id`` (or, when the batch has none, a hash of its content: pixels, or
+# the token ids of a text) and the path names the draw ("fill", ("ties", explainer, "morf"),
+# ("noise", draw index), ...). Each address seeds its own CPU generator, so a sample's draws
+# do not depend on which samples share its batch, on the batch size, on how draws are
+# chunked, or on which other explainers are scored in the same call. Draws that do not
+# depend on the explainer (noise, random subsets, random orders, uniform fills) use paths
+# without an explainer name and are therefore shared by every explainer (common random
+# numbers); tie-breaking paths carry the explainer's name. All draws happen on the CPU and
+# are moved to the data's device, so CPU and CUDA runs see the same numbers.
 
 
 def draw_seed(generator: torch.Generator) -> int:
+    """One 62-bit draw from ``generator`` (on its device)."""
     return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
 
 
-def explainer_generator(base_seed: int, name: str, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator for one explainer that depends only on ``base_seed`` and its name.
+def _digest(key: bytes, *parts: object) -> int:
+    """A 63-bit integer from ``key`` and ``parts`` (blake2b; stable across runs and platforms)."""
+    msg = "\x1f".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.blake2b(msg, digest_size=8, key=key).digest(), "little") >> 1
 
-    Tie-breaking and re-explanation randomness of one explainer then do not
-    depend on which other explainers share the call (and two constant maps do
-    not receive the same tie-breaking order).
+
+def sample_keys(batch: EvalBatch) -> list[bytes]:
+    """The identity of every sample of ``batch``: its ``sample_id``, else a hash of its content
+    (the pixels of an image, the attended token ids of a text)."""
+    from ..data.text import TextBatch  # a lazy import: data.text does not need the metrics
+
+    n = len(batch)
+    if batch.sample_ids is not None:
+        ids = torch.as_tensor(batch.sample_ids).reshape(-1).tolist()
+        if len(ids) != n:
+            raise ValueError(f"batch.sample_ids has {len(ids)} entries for {n} samples")
+        return [b"id:" + str(i).encode() for i in ids]
+    if isinstance(batch.inputs, TextBatch):
+        return [b"text:" + d for d in batch.inputs.digests()]
+    data = batch.inputs.detach().to("cpu", torch.float32).contiguous().reshape(n, -1).numpy()
+    return [b"pixels:" + hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in data]
+
+
+class SampleRNG:
+    """Random numbers addressed by (base seed, sample, path); see the section comment above.
+
+    ``rand(shape, *path)`` gives every sample its own ``shape`` of U(0, 1) numbers for that
+    path, the same whatever else is in the batch. Build one per ``evaluate`` call with
+    :meth:`for_batch`.
     """
+
+    def __init__(self, base_seed: int, keys: Sequence[bytes], device: torch.device | str = "cpu"):
+        self.base_seed = int(base_seed)
+        self.device = torch.device(device)  # where re-explanation generators live
+        base = self.base_seed.to_bytes(8, "little")
+        self._keys = [_digest(base, k.hex()).to_bytes(8, "little") for k in keys]
+
+    @classmethod
+    def for_batch(cls, batch: EvalBatch, generator: torch.Generator | None, metric: str = "metric") -> SampleRNG:
+        """One draw from ``generator`` and the batch's sample keys."""
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"metric '{metric}' draws random numbers and needs generator=torch.Generator(), "
+                             f"got {type(generator).__name__}")
+        return cls(draw_seed(generator), sample_keys(batch), generator.device)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def seed(self, i: int, *path: object) -> int:
+        """The 63-bit seed of sample ``i``'s stream for ``path``."""
+        return _digest(self._keys[i], *path)
+
+    def generator(self, i: int, *path: object) -> torch.Generator:
+        """A CPU generator for sample ``i`` and ``path``, fresh on every call."""
+        return torch.Generator().manual_seed(self.seed(i, *path))
+
+    def rand(self, shape: Sequence[int], *path: object, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``(N, *shape)``: row ``i`` is U(0, 1) from sample ``i``'s stream for ``path``."""
+        shape = tuple(int(s) for s in shape)
+        if not self._keys:
+            return torch.empty(0, *shape, device=device)
+        return torch.stack([torch.rand(shape, generator=self.generator(i, *path)) for i in range(len(self))]).to(device)
+
+    def rand_items(self, rows: Sequence[int], index: Sequence[int], shape: Sequence[int], *path: object,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+        """``(M, *shape)``: item ``m`` from sample ``rows[m]``'s stream for ``(*path, index[m])``.
+
+        For draws whose grouping into calls varies (noise draws re-explained in chunks): each
+        (sample, index) has its own stream, so how the items are chunked does not matter.
+        """
+        shape = tuple(int(s) for s in shape)
+        out = [torch.rand(shape, generator=self.generator(int(r), *path, int(j))) for r, j in zip(rows, index, strict=True)]
+        return torch.stack(out).to(device) if out else torch.empty(0, *shape, device=device)
+
+    def rand_ragged(self, lengths: Sequence[int], width: int, *path: object,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+        """``(N, width)``: sample ``i`` gets ``lengths[i]`` numbers from its stream (its own length,
+        e.g. its number of words), zeros after them."""
+        out = torch.zeros(len(self), int(width))
+        for i, n in enumerate(lengths):
+            if n:
+                out[i, : int(n)] = torch.rand(int(n), generator=self.generator(i, *path))
+        return out.to(device)
+
+    def explainer_generator(self, name: str) -> torch.Generator:
+        """A fresh generator for re-explaining with explainer ``name``: it depends only on the base
+        seed and the name (explainers derive each sample's randomness from it and the sample's
+        content, so re-explained maps do not depend on batching)."""
+        return explainer_generator(self.base_seed, name, self.device)
+
+
+def explainer_generator(base_seed: int, name: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator that depends only on ``base_seed`` and the explainer's ``name``."""
     g = torch.Generator(device=device)
-    g.manual_seed((base_seed ^ zlib.crc32(name.encode())) % 2**63)
+    g.manual_seed(_digest(int(base_seed).to_bytes(8, "little"), "explainer", name))
     return g
 
 
-def rand(shape: Sequence[int], generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """``torch.rand`` drawn on the generator's device, moved to ``device``."""
-    return torch.rand(tuple(shape), generator=generator, device=generator.device).to(device)
-
-
-def tie_break_keys(scores: torch.Tensor, generator: torch.Generator, descending: bool = True) -> torch.Tensor:
-    """float64 sort keys for ``scores`` (as float32) with ties broken uniformly at random.
+def tie_break_keys(scores: torch.Tensor, u: torch.Tensor, descending: bool = True) -> torch.Tensor:
+    """float64 sort keys for ``scores`` (as float32) with ties broken by the uniforms ``u`` (same shape).
 
     Each value gets a random offset in ``[0, 0.245 ulp)`` of its float32 spacing:
     distinct float32 values keep their order (the offset is below half the gap
@@ -169,39 +264,55 @@ def tie_break_keys(scores: torch.Tensor, generator: torch.Generator, descending:
     _, e = torch.frexp(v)
     e = torch.where(v == 0, torch.full_like(e, -125), e)  # frexp(0) has exponent 0; use the subnormal spacing
     ulp = torch.ldexp(torch.ones_like(v), (e - 24).clamp_min(-149))
-    keys = v + 0.245 * ulp * rand(v.shape, generator, v.device).double()
+    keys = v + 0.245 * ulp * u.to(v.device).double()
     return keys if descending else -keys
 
 
-def rank_order(scores: torch.Tensor, generator: torch.Generator, descending: bool = True) -> torch.Tensor:
-    """Indices that sort each row of ``scores`` (N, P), ties broken uniformly at random."""
-    return tie_break_keys(scores, generator, descending).argsort(dim=-1, descending=True)
+def rank_order(scores: torch.Tensor, u: torch.Tensor, descending: bool = True) -> torch.Tensor:
+    """Indices that sort each row of ``scores`` (N, P), ties broken by the uniforms ``u``."""
+    return tie_break_keys(scores, u, descending).argsort(dim=-1, descending=True)
 
 
-def rank_positions(scores: torch.Tensor, generator: torch.Generator, descending: bool = True) -> torch.Tensor:
-    """Rank of every feature of ``scores`` (N, P): 0 is the first in the order (random ties)."""
-    order = rank_order(scores, generator, descending)
+def rank_positions(scores: torch.Tensor, u: torch.Tensor, descending: bool = True) -> torch.Tensor:
+    """Rank of every feature of ``scores`` (N, P): 0 is the first in the order (ties by ``u``)."""
+    order = rank_order(scores, u, descending)
     ranks = torch.empty_like(order)
     ranks.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
     return ranks
 
 
-def topk_mask(scores: torch.Tensor, k: torch.Tensor | int, generator: torch.Generator) -> torch.Tensor:
-    """Boolean (N, P) mask of the ``k`` highest-scoring features per row (``k`` scalar or (N,)), random ties."""
+def topk_mask(scores: torch.Tensor, k: torch.Tensor | int, u: torch.Tensor) -> torch.Tensor:
+    """Boolean (N, P) mask of the ``k`` highest-scoring features per row (``k`` scalar or (N,)), ties by ``u``."""
     n, p = scores.shape
     k = torch.as_tensor(k, device=scores.device).reshape(-1).expand(n)
     kmax = int(k.max()) if n else 0
     mask = torch.zeros(n, p, dtype=torch.bool, device=scores.device)
     if kmax == 0:
         return mask
-    idx = tie_break_keys(scores, generator).topk(kmax, dim=-1).indices
+    idx = tie_break_keys(scores, u).topk(kmax, dim=-1).indices
     keep = torch.arange(kmax, device=scores.device).view(1, -1) < k.view(-1, 1)
     return mask.scatter_(1, idx, keep)
 
 
-def top1(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Index of each row's maximum (N,), a tied maximum picked at random."""
-    return tie_break_keys(scores, generator).argmax(dim=-1)
+def top1(scores: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Index of each row's maximum (N,), a tied maximum picked by ``u``."""
+    return tie_break_keys(scores, u).argmax(dim=-1)
+
+
+def note_constant_maps(metric: str, explainer: str, scores: torch.Tensor) -> None:
+    """Log a note for rows of ``scores`` (N, P) whose finite values are all equal (an all-zero map):
+    the metric then ranks their features by random tie-breaking alone."""
+    if scores.numel() == 0:
+        return
+    s = scores.detach().float()
+    finite = torch.isfinite(s)
+    hi = torch.where(finite, s, torch.full_like(s, -math.inf)).amax(1)
+    lo = torch.where(finite, s, torch.full_like(s, math.inf)).amin(1)
+    flat = (hi == lo) & (finite.sum(1) > 1)
+    if bool(flat.any()):
+        idx = torch.nonzero(flat).flatten().tolist()
+        logger.warning("%s: explainer '%s' gives a constant map (e.g. all zeros) at %d sample(s) %s: its ranking "
+                       "is random tie-breaking, so it scores like a random map", metric, explainer, len(idx), idx[:10])
 
 
 # --------------------------------------------------------------------------- threads
@@ -286,12 +397,12 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return y.reshape(n, c, h, w)
 
 
-def make_fill(x: torch.Tensor, fill: str | float, generator: torch.Generator, blur_sigma: float = 5.0) -> torch.Tensor:
+def make_fill(x: torch.Tensor, fill: str | float, rng: SampleRNG, blur_sigma: float = 5.0) -> torch.Tensor:
     """The image ``(N, C, H, W)`` that perturbed pixels take (pixel space).
 
     ``black`` 0, ``white`` 1, ``mean`` the sample's per-channel mean, ``blur`` a
-    Gaussian blur of the sample, ``uniform`` U(0, 1) noise drawn once per sample
-    (so every explainer sees the same noise), a number: that constant.
+    Gaussian blur of the sample, ``uniform`` U(0, 1) noise drawn from each sample's
+    stream (so every explainer sees the same noise), a number: that constant.
     """
     if isinstance(fill, float):
         return torch.full_like(x, fill)
@@ -304,7 +415,7 @@ def make_fill(x: torch.Tensor, fill: str | float, generator: torch.Generator, bl
     if fill == "blur":
         return gaussian_blur(x, blur_sigma)
     if fill == "uniform":
-        return rand(x.shape, generator, x.device).to(x.dtype)
+        return rng.rand(x.shape[1:], "fill", device=x.device).to(x.dtype)
     raise AssertionError(fill)  # validated by check_fill
 
 
@@ -331,6 +442,15 @@ def read_output(logits: torch.Tensor, targets: torch.Tensor, output: str) -> tor
     if output == "probability":
         return logits.float().softmax(-1).gather(1, targets.view(-1, 1)).squeeze(1)
     return logits.float().gather(1, targets.view(-1, 1)).squeeze(1)
+
+
+#: the logged reason of a NaN caused by the model's own output
+NONFINITE_OUTPUT = "the model's output is not finite (NaN or inf logits)"
+
+
+def finite_rows(logits: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` bool: whether every logit of a row is finite."""
+    return torch.isfinite(logits.float()).all(-1) if logits.ndim > 1 else torch.isfinite(logits.float())
 
 
 def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -374,14 +494,16 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return r.masked_fill(den == 0, float("nan")).clamp(-1, 1).float()
 
 
-def spearman(a: torch.Tensor, b: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Row-wise Spearman correlation: Pearson of ranks, ties broken at random (see module docs)."""
-    ra = rank_positions(a, generator).double()
-    rb = rank_positions(b, generator).double()
-    return pearson(ra, rb)
+def spearman(a: torch.Tensor, b: torch.Tensor, ua: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
+    """Row-wise Spearman correlation: Pearson of ranks, ties broken by the uniforms ``ua``/``ub``."""
+    return pearson(rank_positions(a, ua).double(), rank_positions(b, ub).double())
 
 
-def similarity(kind: str, a: torch.Tensor, b: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def similarity(kind: str, a: torch.Tensor, b: torch.Tensor, ua: torch.Tensor | None = None,
+               ub: torch.Tensor | None = None) -> torch.Tensor:
+    """``pearson`` or ``spearman`` (which needs the tie-breaking uniforms ``ua``, ``ub``)."""
     if kind == "pearson":
         return pearson(a, b)
-    return spearman(a, b, generator)
+    if ua is None or ub is None:
+        raise ValueError("spearman similarity needs tie-breaking uniforms for both inputs")
+    return spearman(a, b, ua, ub)

@@ -21,6 +21,7 @@ import torch
 from ..registry import METRICS
 from .base import EvalBatch, MetricOutput, OutputSpec
 from .core import (
+    NONFINITE_OUTPUT,
     SIMILARITIES,
     auc,
     check_choice,
@@ -28,10 +29,10 @@ from .core import (
     check_positive_int,
     chunk_size,
     eval_mode,
+    finite_rows,
     forward,
     logger,
     nan_where,
-    rand,
     rank_positions,
     read_output,
     serial_bookkeeping,
@@ -43,7 +44,6 @@ from .perturbation import (
     patch_grid,
     score_images,
     steps_counts,
-    unit_scores,
     units_to_pixels,
 )
 
@@ -113,10 +113,10 @@ class PixelPerturbation(PerturbationMetric):
 
     @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
-        maps, x, targets, fill_img, gens = self._setup(batch, attributions, generator)
+        maps, x, targets, fill_img, rng = self._setup(batch, attributions, generator)
         labels = batch.labels.to(x.device).long().view(-1)
         n, _, h, w = x.shape
-        ranks = self.pixel_ranks(maps, gens)
+        ranks = self.unit_ranks(maps, rng)
         npix = torch.full((n,), h * w, device=x.device)
         counts = torch.tensor([round(p / 100 * h * w) for p in self.percentages], device=x.device)
         counts = counts.view(1, -1).expand(n, -1)
@@ -129,10 +129,13 @@ class PixelPerturbation(PerturbationMetric):
             remove = masked_scores(model, fill_img, x, ranks, counts, npix, targets, self.output, self.batch_size)
         for j, p in enumerate(self.percentages):
             for kind, res in (("keep", keep), ("remove", remove)):
+                # an accuracy from NaN logits would look real (argmax of NaN is an arbitrary class)
                 acc = (res.preds[:, :, j] == labels).float()
                 drop = base.scores.view(1, -1) - res.scores[:, :, j]
-                out.scores[f"{kind}{p:g}_accuracy"] = self.split(acc, maps)
-                out.scores[f"{kind}{p:g}_drop"] = self.split(drop, maps)
+                ok = res.finite[:, :, j] & base.finite.view(1, -1)
+                out.scores[f"{kind}{p:g}_accuracy"] = self.split_checked(acc, res.finite[:, :, j], maps,
+                                                                         f"{kind}{p:g}_accuracy")
+                out.scores[f"{kind}{p:g}_drop"] = self.split_checked(drop, ok, maps, f"{kind}{p:g}_drop")
         return out
 
 
@@ -165,7 +168,7 @@ class PixelFlipping(PerturbationMetric):
 
     @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
-        maps, x, targets, fill_img, gens = self._setup(batch, attributions, generator)
+        maps, x, targets, fill_img, rng = self._setup(batch, attributions, generator)
         n, _, h, w = x.shape
         npix = h * w
         step = self.features_in_step or math.ceil(npix / self.n_steps)
@@ -177,28 +180,25 @@ class PixelFlipping(PerturbationMetric):
         if not maps:
             return out
         with eval_mode(batch.model) as model:
-            res = masked_scores(model, fill_img, x, self.pixel_ranks(maps, gens), counts.expand(n, -1),
+            res = masked_scores(model, fill_img, x, self.unit_ranks(maps, rng), counts.expand(n, -1),
                                 torch.full((n,), npix, device=x.device), targets, self.output, self.batch_size)
         out.curves[self.name] = self.split(res.scores, maps)
-        out.scores[self.name] = self.split(auc(res.scores), maps)
+        out.scores[self.name] = self.split_checked(auc(res.scores), res.finite.all(-1), maps)
         return out
 
 
 class _PatchCurve(PerturbationMetric):
     """Removes non-overlapping patches ordered by their summed attribution."""
 
-    def _patch_ranks(self, maps, gens, x, patch_size: int, order: str, generator):
+    def _patch_ranks(self, maps, rng, x, patch_size: int, order: str):
         n, _, h, w = x.shape
         _check_patch(patch_size, h, w)
         ids, n_patches = patch_grid(h, w, patch_size, x.device)
         if order == "random":  # independent of the attribution: one order per sample, shared
-            r = rank_positions(rand((n, n_patches), generator, x.device), generator)
+            u = rng.rand((n_patches,), "order", device=x.device)
+            r = rank_positions(u, torch.zeros_like(u))
             return units_to_pixels(r, ids).unsqueeze(0), n_patches, True
-        ranks = []
-        for name, a in maps.items():
-            r = rank_positions(unit_scores(a, ids, n_patches), gens[name], descending=order == "morf")
-            ranks.append(units_to_pixels(r, ids))
-        return torch.stack(ranks), n_patches, False
+        return self.unit_ranks(maps, rng, ids, n_patches, descending=order == "morf"), n_patches, False
 
     def _run(self, batch, maps, x, targets, fill_img, ranks, n_patches, n_points):
         n = x.shape[0]
@@ -238,19 +238,20 @@ class RegionPerturbation(_PatchCurve):
 
     @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
-        maps, x, targets, fill_img, gens = self._setup(batch, attributions, generator)
-        ranks, n_patches, shared = self._patch_ranks(maps, gens, x, self.patch_size, self.order, generator)
+        maps, x, targets, fill_img, rng = self._setup(batch, attributions, generator)
+        ranks, n_patches, shared = self._patch_ranks(maps, rng, x, self.patch_size, self.order)
         n_points = min(self.regions_evaluation, n_patches)
         out = MetricOutput()
         if not maps:
             return out
         base, res, counts = self._run(batch, maps, x, targets, fill_img, ranks, n_patches, n_points)
         curve = base.scores.view(1, -1, 1) - res.scores
+        finite = res.finite.all(-1) & base.finite.view(1, -1)
         if shared:
-            curve = curve.expand(len(maps), -1, -1)
+            curve, finite = curve.expand(len(maps), -1, -1), finite.expand(len(maps), -1)
         out.curve_x[self.name] = counts.float()
         out.curves[self.name] = self.split(curve, maps)
-        out.scores[self.name] = self.split(auc(curve), maps)
+        out.scores[self.name] = self.split_checked(auc(curve), finite, maps)
         return out
 
 
@@ -276,15 +277,15 @@ class Selectivity(_PatchCurve):
 
     @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
-        maps, x, targets, fill_img, gens = self._setup(batch, attributions, generator)
-        ranks, n_patches, _ = self._patch_ranks(maps, gens, x, self.patch_size, "morf", generator)
+        maps, x, targets, fill_img, rng = self._setup(batch, attributions, generator)
+        ranks, n_patches, _ = self._patch_ranks(maps, rng, x, self.patch_size, "morf")
         out = MetricOutput()
         if not maps:
             return out
         _, res, counts = self._run(batch, maps, x, targets, fill_img, ranks, n_patches, n_patches)
         out.curve_x[self.name] = counts.float()
         out.curves[self.name] = self.split(res.scores, maps)
-        out.scores[self.name] = self.split(auc(res.scores), maps)
+        out.scores[self.name] = self.split_checked(auc(res.scores), res.finite.all(-1), maps)
         return out
 
 
@@ -321,7 +322,7 @@ class AOPC(PerturbationMetric):
 
     @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
-        maps, x, targets, fill_img, gens = self._setup(batch, attributions, generator)
+        maps, x, targets, fill_img, rng = self._setup(batch, attributions, generator)
         n, _, h, w = x.shape
         if self.unit == "patch":
             _check_patch(self.patch_size, h, w)
@@ -329,27 +330,27 @@ class AOPC(PerturbationMetric):
         out = MetricOutput()
         if not maps:
             return out
-        ranks = []
-        for descending in (True, False):
-            for name, a in maps.items():
-                r = rank_positions(unit_scores(a, ids, n_units), gens[name], descending)
-                ranks.append(units_to_pixels(r, ids))
+        ranks = [self.unit_ranks(maps, rng, ids, n_units, tag="morf"),
+                 self.unit_ranks(maps, rng, ids, n_units, descending=False, tag="lerf", note=False)]
         nu = torch.full((n,), n_units, device=x.device)
         counts = steps_counts(nu, self.steps, self.fraction)
         with eval_mode(batch.model) as model:
             base = score_images(model, x, targets, self.output, self.batch_size)
-            res = masked_scores(model, fill_img, x, torch.stack(ranks), counts, nu, targets, self.output,
+            res = masked_scores(model, fill_img, x, torch.cat(ranks), counts, nu, targets, self.output,
                                 self.batch_size, shared={"b": base})
         curve = base.scores.view(1, -1, 1) - res.scores
         e = len(maps)
         morf, lerf = curve[:e].mean(-1), curve[e:].mean(-1)
+        fin = res.finite.all(-1) & base.finite.view(1, -1)
+        fin_morf, fin_lerf = fin[:e], fin[e:]
         x_axis = counts[0].float() / n_units
         for key, c in (("aopc_morf", curve[:e]), ("aopc_lerf", curve[e:])):
             out.curve_x[key] = x_axis
             out.curves[key] = self.split(c, maps)
-        out.scores["aopc_morf"] = self.split(morf, maps)
-        out.scores["aopc_lerf"] = self.split(lerf, maps)
-        out.scores["aopc_morf_minus_lerf"] = self.split(morf - lerf, maps)
+        out.scores["aopc_morf"] = self.split_checked(morf, fin_morf, maps, "aopc_morf")
+        out.scores["aopc_lerf"] = self.split_checked(lerf, fin_lerf, maps, "aopc_lerf")
+        out.scores["aopc_morf_minus_lerf"] = self.split_checked(morf - lerf, fin_morf & fin_lerf, maps,
+                                                                "aopc_morf_minus_lerf")
         return out
 
 
@@ -368,7 +369,7 @@ class _InsertionDeletion(PerturbationMetric):
 
     @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
-        maps, x, targets, fill_img, gens = self._setup(batch, attributions, generator)
+        maps, x, targets, fill_img, rng = self._setup(batch, attributions, generator)
         n, _, h, w = x.shape
         if self.unit == "patch":
             _check_patch(self.patch_size, h, w)
@@ -378,13 +379,12 @@ class _InsertionDeletion(PerturbationMetric):
         out = MetricOutput(curve_x={self.name: counts[0].float() / n_units})
         if not maps:
             return out
-        ranks = torch.stack([units_to_pixels(rank_positions(unit_scores(a, ids, n_units), gens[k]), ids)
-                             for k, a in maps.items()])
+        ranks = self.unit_ranks(maps, rng, None if self.unit == "pixel" else ids, n_units)
         a_img, b_img = (x, fill_img) if self.insert else (fill_img, x)
         with eval_mode(batch.model) as model:
             res = masked_scores(model, a_img, b_img, ranks, counts, nu, targets, self.output, self.batch_size)
         out.curves[self.name] = self.split(res.scores, maps)
-        out.scores[self.name] = self.split(auc(res.scores), maps)
+        out.scores[self.name] = self.split_checked(auc(res.scores), res.finite.all(-1), maps)
         return out
 
 
@@ -449,17 +449,18 @@ class IROF(PerturbationMetric):
 
     @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
-        maps, x, targets, fill_img, gens = self._setup(batch, attributions, generator)
+        maps, x, targets, fill_img, rng = self._setup(batch, attributions, generator)
         n = x.shape[0]
         out = MetricOutput()
         if not maps:
             return out
         seg = self.segments(x)
         n_seg = seg.view(n, -1).amax(1) + 1
-        n_max = int(n_seg.max())
-        ranks = torch.stack([units_to_pixels(rank_positions(unit_scores(a, seg, n_max, "mean"), gens[k]), seg)
-                             for k, a in maps.items()])
-        counts = torch.arange(1, n_max + 1, device=x.device).expand(n, -1)
+        ranks = self.unit_ranks(maps, rng, seg, n_seg, reduce="mean")
+        # curves padded to n_segments points (SLIC gives at most about that many), so that their
+        # width does not depend on which samples share the batch
+        width = max(self.n_segments, int(n_seg.max()))
+        counts = torch.arange(1, width + 1, device=x.device).expand(n, -1)
         with eval_mode(batch.model) as model:
             base = score_images(model, x, targets, self.output, self.batch_size)
             res = masked_scores(model, fill_img, x, ranks, counts, n_seg, targets, self.output, self.batch_size)
@@ -467,13 +468,17 @@ class IROF(PerturbationMetric):
         valid = counts <= n_seg.view(-1, 1)  # trapezoid (k, k+1) counts when k+1 <= n_segments
         trapz = ((ratio[..., 1:] + ratio[..., :-1]) / 2 * valid[:, 1:]).sum(-1)
         irof = 1 - trapz / n_seg
-        bad = (n_seg < 2) | (base.scores == 0)
+        finite = res.finite.all(-1) & base.finite.view(1, -1)
+        few = (n_seg < 2).expand_as(finite) & finite
+        zero = (base.scores == 0).expand_as(finite) & finite & ~few
         out.curve_x[self.name] = counts[0].float()
         out.curves[self.name] = self.split(ratio, maps)
-        out.scores[self.name] = {
-            name: nan_where(irof[i], bad, self.name, "fewer than 2 SLIC segments or a zero target score", name)
-            for i, name in enumerate(maps)
-        }
+        scores = {}
+        for i, name in enumerate(maps):
+            v = self.nan_nonfinite(irof[i], finite[i], name)
+            v = nan_where(v, few[i], self.name, "fewer than 2 SLIC segments", name)
+            scores[name] = nan_where(v, zero[i], self.name, "the target score of the unperturbed image is 0", name)
+        out.scores[self.name] = scores
         return out
 
 
@@ -510,7 +515,7 @@ class FaithfulnessCorrelation(PerturbationMetric):
 
     @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
-        maps, x, targets, fill_img, gens = self._setup(batch, attributions, generator)
+        maps, x, targets, fill_img, rng = self._setup(batch, attributions, generator)
         n, _, h, w = x.shape
         npix = h * w
         if self.subset_size >= npix:
@@ -522,25 +527,49 @@ class FaithfulnessCorrelation(PerturbationMetric):
         if self.abs:
             a_all = a_all.abs()
         a_all = a_all.double()
-        att = torch.empty(len(maps), n * self.nr_runs, dtype=torch.float64, device=x.device)
-        y_pert = torch.empty(n * self.nr_runs, device=x.device)
+        subsets = self.subsets(rng, n, npix).to(x.device)  # (N, R, S): drawn per sample, shared
+        r_runs = self.nr_runs
+        att = torch.empty(len(maps), n * r_runs, dtype=torch.float64, device=x.device)
+        y_pert = torch.empty(n * r_runs, device=x.device)
+        ok = torch.empty(n * r_runs, dtype=torch.bool, device=x.device)
         bs = chunk_size(x, self.batch_size)
-        total = n * self.nr_runs  # items are run-major: item i is run i // n of sample i % n
+        total = n * r_runs  # items are run-major: item i is run i // n of sample i % n
         with eval_mode(batch.model) as model:
             base = score_images(model, x, targets, self.output, self.batch_size)
             for i in range(0, total, bs):
-                ni = torch.arange(i, min(i + bs, total), device=x.device) % n
-                idx = rand((len(ni), npix), generator, x.device).topk(self.subset_size, dim=1, sorted=False).indices
+                items = torch.arange(i, min(i + bs, total), device=x.device)
+                ni, ri = items % n, items // n
+                idx = subsets[ni, ri]
                 mask = torch.zeros(len(ni), npix, dtype=torch.bool, device=x.device).scatter_(1, idx, True)
                 xp = torch.where(mask.view(-1, 1, h, w), fill_img[ni], x[ni])
-                y_pert[i : i + len(ni)] = read_output(forward(model, xp), targets[ni], self.output)
-                att[:, i : i + len(ni)] = a_all[:, ni].gather(2, idx.expand(len(maps), -1, -1)).sum(-1)
-        delta = base.scores.view(1, n) - y_pert.view(self.nr_runs, n)  # (R, N)
+                logits = forward(model, xp)
+                y_pert[items] = read_output(logits, targets[ni], self.output)
+                ok[items] = finite_rows(logits)
+                att[:, items] = a_all[:, ni].gather(2, idx.expand(len(maps), -1, -1)).sum(-1)
+        delta = base.scores.view(1, n) - y_pert.view(r_runs, n)  # (R, N)
+        finite = base.finite & ok.view(r_runs, n).all(0)
+        flat_delta = finite & (delta.T == delta.T[:, :1]).all(1)
+        u_drops = rng.rand((r_runs,), "ties", "drops", device=x.device)
         scores = {}
         for j, name in enumerate(maps):
-            r = similarity(self.similarity, att[j].view(self.nr_runs, n).T, delta.T, gens[name])
-            scores[name] = nan_where(r, torch.isnan(r), self.name,
-                                     "attribution sums or output drops are constant across runs", name)
+            sums = att[j].view(r_runs, n).T
+            u_sums = rng.rand((r_runs,), "ties", name, "sums", device=x.device)
+            r = similarity(self.similarity, sums, delta.T, u_sums, u_drops)
+            undefined = torch.isnan(r) & finite  # pearson of a constant vector; spearman breaks ties instead
+            flat_sums = undefined & (sums == sums[:, :1]).all(1)
+            r = nan_where(r, ~finite, self.name, NONFINITE_OUTPUT, name)
+            r = nan_where(r, flat_sums, self.name,
+                          "the attribution sums are constant across runs (e.g. a constant map)", name)
+            r = nan_where(r, undefined & flat_delta & ~flat_sums, self.name, "the output drops are constant across runs", name)
+            scores[name] = r
         out.scores[self.name] = scores
         logger.debug("%s: %d forward passes shared by %d explainers", self.name, total + n, len(maps))
         return out
+
+    def subsets(self, rng, n: int, npix: int) -> torch.Tensor:
+        """(N, R, S) pixel indices: ``nr_runs`` uniform random subsets of ``subset_size`` pixels per
+        sample, all drawn from the sample's own stream (one draw of R x P uniforms)."""
+        return torch.stack([
+            torch.rand(self.nr_runs, npix, generator=rng.generator(i, "subsets")).topk(self.subset_size, dim=1).indices
+            for i in range(n)
+        ]) if n else torch.empty(0, self.nr_runs, self.subset_size, dtype=torch.long)

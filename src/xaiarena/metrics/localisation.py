@@ -1,8 +1,8 @@
 """Localisation metrics: does the map point at the ground-truth object mask?
 
-No model calls. Rankings by attribution break ties at random with the run's
-generator (one generator per explainer, derived from the run's seed and the
-explainer's name), so a constant map scores like a random map. Samples whose
+No model calls. Rankings by attribution break ties at random with each sample's
+own stream for ("ties", explainer) (see ``core.SampleRNG``), so a constant map
+scores like a random map (with a logged note). Samples whose
 mask is empty (or, for background statistics, full) give NaN with a logged
 reason.
 """
@@ -14,10 +14,10 @@ import torch
 from ..registry import METRICS
 from .base import EvalBatch, Metric, MetricOutput, OutputSpec
 from .core import (
+    SampleRNG,
     check_choice,
-    draw_seed,
-    explainer_generator,
     nan_where,
+    note_constant_maps,
     prepare,
     require_masks,
     serial_bookkeeping,
@@ -40,13 +40,13 @@ class _Localisation(Metric):
     def _setup(self, batch: EvalBatch, attributions, generator: torch.Generator | None):
         maps = prepare(batch, attributions)
         masks = require_masks(batch, self.name).flatten(1)
-        if generator is None:
-            raise ValueError(f"metric '{self.name}' breaks ties at random and needs a torch.Generator")
-        seed = draw_seed(generator)
+        rng = SampleRNG.for_batch(batch, generator, self.name)
         out = {}
         for name, a in maps.items():
             a = a.flatten(1)
-            out[name] = (a.abs() if self.abs else a, explainer_generator(seed, name, generator.device))
+            a = a.abs() if self.abs else a
+            note_constant_maps(self.name, name, a)
+            out[name] = (a, rng.rand((a.shape[1],), "ties", name, device=a.device))
         return out, masks
 
     def _finish(self, values: dict[str, torch.Tensor], masks: torch.Tensor) -> MetricOutput:
@@ -165,9 +165,10 @@ class TopKIntersection(_Localisation):
 
 @METRICS.register("fg_bg_attribution", description="Mean attribution inside vs outside the ground-truth mask (per-sample pair for paired tests)")
 class ForegroundBackground(_Localisation):
-    """Outputs ``fg_mean`` (mean attribution inside the mask; higher is better),
-    ``bg_mean`` (outside; lower is better) and ``fg_minus_bg`` (their difference; higher is
-    better). Maps are first divided per sample by their largest magnitude (``max_abs``,
+    """Outputs ``fg_mean`` (mean attribution inside the mask), ``bg_mean`` (outside) and
+    ``fg_minus_bg`` (their difference; higher is better). Only ``fg_minus_bg`` ranks explainers:
+    a constant map has the best possible ``fg_mean`` (and the worst ``bg_mean``), so those two
+    are descriptive (``ranked=False``); a constant map's ``fg_minus_bg`` is exactly 0. Maps are first divided per sample by their largest magnitude (``max_abs``,
     default; values in [-1, 1]), by their summed magnitude (``sum_abs``) or not at all
     (``none``), so that explainers with different scales are comparable."""
 
@@ -181,7 +182,10 @@ class ForegroundBackground(_Localisation):
     def outputs(self) -> list[OutputSpec]:
         r = {"max_abs": 1.0, "sum_abs": 1.0, "none": float("inf")}[self.normalise]
         lo = 0.0 if self.abs else -r
-        return [OutputSpec("fg_mean", True, (lo, r)), OutputSpec("bg_mean", False, (lo, r)),
+        why = ("a constant map scores best on fg_mean and worst on bg_mean (its mean is the same inside and "
+               "outside the mask): descriptive; fg_minus_bg is the ranked contrast")
+        return [OutputSpec("fg_mean", True, (lo, r), ranked=False, unranked_reason=why),
+                OutputSpec("bg_mean", False, (lo, r), ranked=False, unranked_reason=why),
                 OutputSpec("fg_minus_bg", True, (lo - r, r - lo))]
 
     @serial_bookkeeping

@@ -24,15 +24,18 @@ from torch import nn
 
 from .base import EvalBatch, Metric
 from .core import (
+    NONFINITE_OUTPUT,
     OUTPUTS,
+    SampleRNG,
     check_batch_size,
     check_choice,
     check_fill,
     chunk_size,
-    draw_seed,
-    explainer_generator,
+    finite_rows,
     forward,
     make_fill,
+    nan_where,
+    note_constant_maps,
     predict,
     prepare,
     rank_positions,
@@ -42,17 +45,19 @@ from .core import (
 
 @dataclass
 class Scored:
-    """Target scores and predicted classes, both shaped like the items evaluated."""
+    """Target scores, predicted classes and whether the model's logits were finite, all shaped
+    like the items evaluated."""
 
     scores: torch.Tensor
     preds: torch.Tensor
+    finite: torch.Tensor
 
 
 def score_images(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, output: str,
                  batch_size: int | None) -> Scored:
     """Target scores and predictions of ``x`` (call inside ``eval_mode``)."""
     logits = predict(model, x, batch_size)
-    return Scored(read_output(logits, targets, output), logits.argmax(-1))
+    return Scored(read_output(logits, targets, output), logits.argmax(-1), finite_rows(logits))
 
 
 def masked_scores(
@@ -80,6 +85,7 @@ def masked_scores(
     all_b = counts <= 0  # nothing perturbed
     scores = torch.empty(e, n, s, device=device)
     preds = torch.empty(e, n, s, dtype=torch.long, device=device)
+    finite = torch.empty(e, n, s, dtype=torch.bool, device=device)
     shared = {} if shared is None else shared
     for key, where, img in (("a", all_a, a_img), ("b", all_b, b_img)):
         if bool(where.any()):
@@ -87,8 +93,10 @@ def masked_scores(
                 shared[key] = score_images(model, img, targets, output, batch_size)
             sc = shared[key].scores.view(n, 1).expand(n, s)
             pr = shared[key].preds.view(n, 1).expand(n, s)
+            fi = shared[key].finite.view(n, 1).expand(n, s)
             scores[:, where] = sc[where]
             preds[:, where] = pr[where]
+            finite[:, where] = fi[where]
     mixed = ~(all_a | all_b)
     items = torch.nonzero(mixed.unsqueeze(0).expand(e, n, s))  # (M, 3): explainer, sample, step
     if len(items):
@@ -101,7 +109,8 @@ def masked_scores(
             logits = forward(model, x)
             scores[ei, ni, si] = read_output(logits, targets[ni], output)
             preds[ei, ni, si] = logits.argmax(-1)
-    return Scored(scores, preds)
+            finite[ei, ni, si] = finite_rows(logits)
+    return Scored(scores, preds, finite)
 
 
 # --------------------------------------------------------------------------- units
@@ -175,29 +184,55 @@ class PerturbationMetric(Metric):
 
     def _setup(self, batch: EvalBatch, attributions: dict[str, torch.Tensor], generator: torch.Generator,
                fill: str | float | None = None):
-        """Checked maps, the fill image and one tie-breaking generator per explainer."""
+        """Checked maps, inputs, targets, the fill image and the batch's per-sample random streams."""
         maps = prepare(batch, attributions)
         x = batch.inputs.float()
         targets = batch.targets.to(x.device).long().view(-1)
-        base_seed = draw_seed(generator)
-        fill_img = make_fill(x, self.fill if fill is None else fill, generator, self.blur_sigma)
-        gens = {name: explainer_generator(base_seed, name, generator.device) for name in maps}
-        return maps, x, targets, fill_img, gens
+        rng = SampleRNG.for_batch(batch, generator, self.name)
+        fill_img = make_fill(x, self.fill if fill is None else fill, rng, self.blur_sigma)
+        return maps, x, targets, fill_img, rng
 
-    @staticmethod
-    def pixel_ranks(maps: dict[str, torch.Tensor], gens: dict[str, torch.Generator],
-                    descending: bool = True) -> torch.Tensor:
-        """(E, N, H, W) rank of every pixel, most important first (random ties)."""
+    def unit_ranks(self, maps: dict[str, torch.Tensor], rng: SampleRNG, unit_ids: torch.Tensor | None = None,
+                   n_units: torch.Tensor | int | None = None, *, descending: bool = True, reduce: str = "sum",
+                   tag: str = "", note: bool = True) -> torch.Tensor:
+        """(E, N, H, W) rank of every pixel's unit, most important first.
+
+        Units are pixels (``unit_ids=None``), or ``unit_ids`` (H, W) / (N, H, W) with ``n_units``
+        units (an int, or per sample (N,) for segmentations) scored by the ``reduce`` of the map
+        over each unit. Ties are broken by each sample's stream for ("ties", explainer, ``tag``);
+        a constant map gets a logged note (``note``).
+        """
         out = []
         for name, a in maps.items():
-            n = a.shape[0]
-            out.append(rank_positions(a.reshape(n, -1), gens[name], descending).view_as(a))
+            n, h, w = a.shape
+            if unit_ids is None:
+                s = a.reshape(n, -1)
+                u = rng.rand((h * w,), "ties", name, tag, device=a.device)
+            else:
+                per = torch.as_tensor(n_units, device=a.device).reshape(-1).expand(n)
+                width = int(per.max()) if n else 0
+                s = unit_scores(a, unit_ids, width, reduce)
+                u = rng.rand_ragged(per.tolist(), width, "ties", name, tag, device=a.device)
+            if note:
+                note_constant_maps(self.name, name, s)
+            r = rank_positions(s, u, descending)
+            out.append(r.view(n, h, w) if unit_ids is None else units_to_pixels(r, unit_ids))
         return torch.stack(out) if out else torch.empty(0)
+
+    def nan_nonfinite(self, values: torch.Tensor, finite: torch.Tensor, name: str,
+                      output: str | None = None) -> torch.Tensor:
+        """``values`` (N,) with NaN, logged, where the model's output was not finite (``finite`` (N,))."""
+        return nan_where(values, ~finite, output or self.name, NONFINITE_OUTPUT, name)
 
     @staticmethod
     def split(values: torch.Tensor, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Rows of an (E, ...) tensor keyed by explainer name."""
         return {name: values[i] for i, name in enumerate(maps)}
+
+    def split_checked(self, values: torch.Tensor, finite: torch.Tensor, maps: dict[str, torch.Tensor],
+                      output: str | None = None) -> dict[str, torch.Tensor]:
+        """:meth:`split` of (E, N) ``values``, NaN (logged) where ``finite`` (E, N) is False."""
+        return {name: self.nan_nonfinite(values[i], finite[i], name, output) for i, name in enumerate(maps)}
 
 
 def steps_counts(n_units: torch.Tensor, steps: int, fraction: float = 1.0,

@@ -2,10 +2,17 @@
 
 They re-explain noisy copies of the inputs through ``explainers[name](inputs,
 targets, generator=...)``. The noise draws do not depend on the explainer:
-they are drawn once per sample (with the run's generator), shared by every
-explainer (common random numbers), and re-explained in large batches (several
-draws of the whole batch per call). Whether a draw changed the model's
-prediction is computed once per draw, for all explainers.
+draw ``r`` of a sample comes from that sample's own stream for ("noise", r)
+(see ``core.SampleRNG``), is shared by every explainer (common random numbers),
+and the draws are re-explained in large batches (several draws of the whole
+batch per call). The generator given to an explainer is fresh for every call
+and depends only on the run's draw and the explainer's name (explainers derive
+each sample's randomness from it and the sample's content), so nothing depends
+on how draws are chunked. Whether a draw changed the model's prediction is
+computed once per draw, for all explainers.
+
+An explainer whose map ignores its input (a constant map) is perfectly robust:
+these outputs describe a method, they do not rank it (``ranked=False``).
 """
 
 from __future__ import annotations
@@ -15,23 +22,27 @@ import math
 import torch
 
 from ..registry import METRICS
-from .base import EvalBatch, ExplainFn, Metric, MetricOutput
+from .base import EvalBatch, ExplainFn, Metric, MetricOutput, OutputSpec
 from .core import (
+    NONFINITE_OUTPUT,
+    SampleRNG,
     check_batch_size,
     check_choice,
     check_positive_int,
     chunk_size,
-    draw_seed,
     eval_mode,
-    explainer_generator,
+    finite_rows,
     full_threads,
     nan_where,
     normalise_max_abs,
     predict,
     prepare,
-    rand,
     serial_bookkeeping,
 )
+
+#: why the robustness outputs are descriptive, not ranked
+UNRANKED_REASON = ("a constant (input-independent) map scores a perfect 0: robustness describes a method next "
+                   "to its faithfulness, it does not rank methods on its own")
 
 PREDICTION_CHANGE = ("ignore", "exclude", "nan")
 
@@ -63,8 +74,13 @@ class _ReExplain(Metric):
         self.normalise = bool(normalise)
         self.batch_size = check_batch_size(batch_size)
 
-    def _noise(self, shape, generator: torch.Generator, device) -> torch.Tensor:
-        u = rand(shape, generator, device)
+    def outputs(self) -> list[OutputSpec]:
+        return [OutputSpec(self.name, self.higher_is_better, self.value_range, ranked=False,
+                           unranked_reason=UNRANKED_REASON)]
+
+    def _noise(self, rng: SampleRNG, rows: torch.Tensor, draws: torch.Tensor, shape, device) -> torch.Tensor:
+        """Noise for the (sample ``rows[m]``, draw ``draws[m]``) items, each from its own stream."""
+        u = rng.rand_items(rows.tolist(), draws.tolist(), shape, "noise", device=device)
         if self.upper_bound is None:
             return (2 * u - 1) * self.lower_bound
         return self.lower_bound + u * (self.upper_bound - self.lower_bound)
@@ -90,32 +106,42 @@ class _ReExplain(Metric):
         x = batch.inputs.float()
         n = x.shape[0]
         targets = batch.targets.to(x.device).long().view(-1)
-        base_seed = draw_seed(generator)
-        gens = {k: explainer_generator(base_seed, k, generator.device) for k in maps}
+        rng = SampleRNG.for_batch(batch, generator, self.name)
         stats = {k: torch.empty(self.nr_samples, n, device=x.device) for k in maps}
+        remapped = {k: torch.zeros(self.nr_samples, n, dtype=torch.bool, device=x.device) for k in maps}
         changed = torch.zeros(self.nr_samples, n, dtype=torch.bool, device=x.device)
-        if self.prediction_change != "ignore":
-            with eval_mode(batch.model) as model:
-                pred0 = predict(model, x, self.batch_size).argmax(-1)
-        per_call = max(1, chunk_size(x, self.batch_size) // n)  # noise draws re-explained per call
+        # a map of a model without a finite output explains nothing: NaN (one forward pass per batch)
+        with eval_mode(batch.model) as model:
+            logits0 = predict(model, x, self.batch_size)
+        pred0, finite = logits0.argmax(-1), finite_rows(logits0)  # finite: on x and (if checked) every draw
+        per_call = max(1, chunk_size(x, self.batch_size) // max(n, 1))  # noise draws re-explained per call
+        rows = torch.arange(n)
         for r0 in range(0, self.nr_samples, per_call):
             k = min(per_call, self.nr_samples - r0)
-            xp = x.unsqueeze(0) + self._noise((k, *x.shape), generator, x.device)
+            draws = torch.arange(r0, r0 + k).repeat_interleave(n)  # draw-major, like xp below
+            noise = self._noise(rng, rows.repeat(k), draws, x.shape[1:], x.device).view(k, *x.shape)
+            xp = x.unsqueeze(0) + noise
             if self.clip:
                 xp = xp.clamp(0, 1)
             flat = xp.reshape(k * n, *x.shape[1:])
             if self.prediction_change != "ignore":
                 with eval_mode(batch.model) as model:
-                    changed[r0 : r0 + k] = (predict(model, flat, self.batch_size).argmax(-1) != pred0.repeat(k)).view(k, n)
+                    logits = predict(model, flat, self.batch_size)
+                changed[r0 : r0 + k] = (logits.argmax(-1) != pred0.repeat(k)).view(k, n)
+                finite &= finite_rows(logits).view(k, n).all(0)
             for name, a in maps.items():
                 with full_threads():
-                    ap = explainers[name](flat, targets.repeat(k), generator=gens[name])
+                    ap = explainers[name](flat, targets.repeat(k), generator=rng.explainer_generator(name))
                 ap = self._post(torch.as_tensor(ap).detach().to(x.device)).view(k, n, *x.shape[2:])
+                remapped[name][r0 : r0 + k] = ~torch.isfinite(ap).flatten(2).all(-1)
                 stats[name][r0 : r0 + k] = self.statistic(x.unsqueeze(0), xp, a.unsqueeze(0), ap)
-        return MetricOutput(scores={self.name: {k: self._reduce(k, v, changed) for k, v in stats.items()}})
+        return MetricOutput(scores={self.name: {
+            k: self._reduce(k, v, changed, remapped[k].any(0), finite, maps[k]) for k, v in stats.items()
+        }})
 
-    def _reduce(self, name: str, stats: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
-        bad_values = torch.isnan(stats).any(0)
+    def _reduce(self, name: str, stats: torch.Tensor, changed: torch.Tensor, bad_maps: torch.Tensor,
+                finite: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        bad_values = (~torch.isfinite(stats)).any(0)
         if self.prediction_change == "nan":
             keep = torch.ones_like(changed)
             bad = changed.any(0)
@@ -133,8 +159,15 @@ class _ReExplain(Metric):
             value = stats.masked_fill(~keep, -math.inf).amax(0)
         else:
             value = (stats * keep).sum(0) / keep.sum(0).clamp_min(1)
+        value = nan_where(value, ~finite, self.name, NONFINITE_OUTPUT, name)
+        bad = bad & finite
         value = nan_where(value, bad, self.name, reason, name)
-        return nan_where(value, bad_values & ~bad, self.name, "the original map is all zeros", name)
+        rest = bad_values & finite & ~bad
+        value = nan_where(value, rest & bad_maps, self.name, "a re-explained map is not finite (NaN or inf)", name)
+        zero = (a.flatten(1) == 0).all(1)
+        value = nan_where(value, rest & ~bad_maps & zero, self.name, "the original map is all zeros", name)
+        return nan_where(value, rest & ~bad_maps & ~zero, self.name,
+                         "the statistic is undefined for this map (a zero it divides by)", name)
 
 
 class _Sensitivity(_ReExplain):

@@ -11,12 +11,15 @@ from torch import nn
 from ..registry import METRICS
 from .base import EvalBatch, ExplainFn, Metric, MetricOutput
 from .core import (
+    NONFINITE_OUTPUT,
     SIMILARITIES,
+    SampleRNG,
     check_choice,
-    draw_seed,
-    explainer_generator,
+    eval_mode,
+    finite_rows,
     full_threads,
     nan_where,
+    predict,
     prepare,
     serial_bookkeeping,
     similarity,
@@ -88,10 +91,17 @@ class ModelParameterRandomisation(Metric):
             layers = layers[: self.n_layers]
         x = batch.inputs.float()
         targets = batch.targets.to(x.device).long().view(-1)
-        seed = draw_seed(generator)
-        gens = {k: explainer_generator(seed, k, generator.device) for k in maps}
+        rng = SampleRNG.for_batch(batch, generator, self.name)
+        seed = rng.base_seed
+        with eval_mode(batch.model) as m:  # a model without a finite output has nothing to randomise against
+            finite = finite_rows(predict(m, x))
         prep = (lambda a: a.abs()) if self.abs else (lambda a: a)
+        p = x.shape[-2] * x.shape[-1]
+        # the same tie-breaking offsets for the map and its re-explanation: a map that does not
+        # change under randomisation (a constant map included) gets similarity 1, as it should
+        ties = {k: rng.rand((p,), "ties", k, device=x.device) for k in maps}
         curves: dict[str, list[torch.Tensor]] = {k: [] for k in maps}
+        bad_maps = {k: torch.zeros(len(x), dtype=torch.bool, device=x.device) for k in maps}
         devices = [x.device] if x.device.type == "cuda" else []
         for i, (_, layer) in enumerate(layers):
             with torch.random.fork_rng(devices=devices):
@@ -99,13 +109,20 @@ class ModelParameterRandomisation(Metric):
                 layer.reset_parameters()
             for name, a in maps.items():
                 with full_threads():
-                    ap = explainers[name](x, targets, generator=gens[name], model=model)
+                    ap = explainers[name](x, targets, generator=rng.explainer_generator(name), model=model)
                 ap = torch.as_tensor(ap).detach().to(x.device).float()
-                curves[name].append(similarity(self.similarity, prep(a).flatten(1), prep(ap).flatten(1), gens[name]))
+                nonfinite = ~torch.isfinite(ap).flatten(1).all(1)
+                bad_maps[name] = nonfinite  # of the last layer randomised so far
+                ap = torch.where(nonfinite.view(-1, 1, 1), torch.zeros_like(ap), ap)
+                sim = similarity(self.similarity, prep(a).flatten(1), prep(ap).flatten(1), ties[name], ties[name])
+                curves[name].append(nan_where(sim, nonfinite, self.name, f"after randomising {i + 1} layer(s) the "
+                                              "re-explained map is not finite (NaN or inf)", name))
         out = MetricOutput(curve_x={self.name: torch.arange(1, len(layers) + 1, dtype=torch.float32)})
         out.curves[self.name] = {k: torch.stack(v, 1) for k, v in curves.items()}
-        out.scores[self.name] = {
-            k: nan_where(v[-1], torch.isnan(v[-1]), self.name, "a map is constant, similarity undefined", k)
-            for k, v in curves.items()
-        }
+        scores = {}
+        for k, v in curves.items():
+            last = nan_where(v[-1], ~finite, self.name, NONFINITE_OUTPUT, k)
+            scores[k] = nan_where(last, torch.isnan(last) & ~bad_maps[k] & finite, self.name,
+                                  "a map is constant, Pearson similarity undefined", k)
+        out.scores[self.name] = scores
         return out

@@ -4,17 +4,22 @@ All of them take an :class:`~xaiarena.metrics.base.EvalBatch` whose ``inputs`` i
 :class:`~xaiarena.data.text.TextBatch` and word-level maps ``(N, L)`` (slots past a
 text's last word are ignored), and declare ``modality = ("text",)``.
 
-Ranking words by attribution breaks ties at random (the run's seed and the
-explainer's name, as for images): a constant map scores like a random one.
-Maps are ranked by their signed value unless ``abs: true`` (higher = more
-important for the target class, the attribution contract).
+Ranking words by attribution breaks ties at random (each text's own stream for
+("ties", explainer), as for images; see ``core.SampleRNG``): a constant map
+scores like a random one (with a logged note). Maps are ranked by their signed
+value unless ``abs: true`` (higher = more important for the target class, the
+attribution contract).
 
-* ``comprehensiveness`` / ``sufficiency`` (DeYoung et al. 2020, ERASER): the drop
-  of the target-class probability when the top ``q`` of the words are removed
-  (comprehensiveness, higher is better) or when only they are kept (sufficiency,
-  lower is better), averaged over ``q`` in 10%, 20%, ..., 50% (AOPC). ``k = ceil(q n)``
-  words of a text of ``n`` words; removed words are deleted (``removal: delete``,
-  as in ERASER) or replaced by ``[MASK]``/``[PAD]``/``[UNK]``.
+* ``comprehensiveness`` / ``sufficiency`` (DeYoung et al. 2020, ERASER, as the paper
+  defines them): for the class ``j`` the model *predicts* on the full text, the drop
+  ``p_j(x) - p_j(x')`` when the top ``floor(q n)`` words are removed (comprehensiveness,
+  higher is better) or when only they are kept (sufficiency, lower is better), as AOPC
+  over the bins ``B = {1, 5, 10, 20, 50} %`` plus ``q = 0``:
+  ``1 / (|B| + 1) * sum_{q in {0} + B} drop(q)``. Removed words are deleted
+  (``removal: delete``, as in ERASER) or replaced by ``[MASK]``/``[PAD]``/``[UNK]``.
+* ``comprehensiveness_target`` / ``sufficiency_target``: xaiarena's earlier variant, the
+  drop of the *explained* (target) class, ``ceil(q n)`` words, the plain mean over
+  ``fractions`` (default 10, 20, ..., 50 %).
 * ``text_topk_overlap`` (several ``k`` at once) and ``text_spearman``: agreement
   between two explainers' word rankings (key ``"<a>~<b>"``).
 * ``rationale_f1`` / ``rationale_iou`` / ``rationale_auprc``: agreement of the
@@ -37,17 +42,21 @@ from ..registry import METRICS
 from .agreement import pair_key
 from .base import EvalBatch, Metric, MetricOutput, OutputSpec
 from .core import (
+    NONFINITE_OUTPUT,
+    SampleRNG,
     check_choice,
-    draw_seed,
     eval_mode,
-    explainer_generator,
+    finite_rows,
     logger,
     nan_where,
+    note_constant_maps,
     rank_positions,
     serial_bookkeeping,
 )
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
+#: ERASER's AOPC bins (DeYoung et al. 2020, Sec. 4.2; the official scorer's default ``--aopc_thresholds``)
+ERASER_BINS = (0.01, 0.05, 0.1, 0.2, 0.5)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -79,12 +88,17 @@ def prepare_text(batch: EvalBatch, attributions: dict[str, torch.Tensor], metric
     return out
 
 
-def word_ranks(scores: torch.Tensor, word_mask: torch.Tensor, generator: torch.Generator,
-               absolute: bool = False) -> torch.Tensor:
-    """Rank of every word slot (0 = most important), ties at random; padding slots rank last."""
+def word_ranks(scores: torch.Tensor, x: TextBatch, rng: SampleRNG, explainer: str, absolute: bool = False,
+               metric: str | None = None) -> torch.Tensor:
+    """Rank of every word slot (0 = most important); padding slots rank last. Ties are broken by
+    each text's stream for ("ties", ``explainer``), one number per word of the text (so the
+    draws do not depend on the batch's width). With ``metric`` a constant map gets a logged note."""
     s = scores.abs() if absolute else scores
-    s = torch.where(word_mask, s, torch.full_like(s, float("-inf")))
-    return rank_positions(s, generator)
+    s = torch.where(x.word_mask, s, torch.full_like(s, float("-inf")))
+    if metric is not None:
+        note_constant_maps(metric, explainer, s)
+    u = rng.rand_ragged(x.n_words.tolist(), x.max_words, "ties", explainer, device=s.device)
+    return rank_positions(s, u)
 
 
 def _check_k(metric: str, k) -> int | float:
@@ -115,8 +129,15 @@ def _check_batch_size(metric: str, value) -> int:
 
 
 def ceil_words(q: float, n_words: torch.Tensor) -> torch.Tensor:
-    """``ceil(q n)`` words per text (the ERASER level ``q``), robust to float error (0.3 * 10 -> 3)."""
+    """``ceil(q n)`` words per text, robust to float error (0.3 * 10 -> 3)."""
     return torch.tensor([math.ceil(round(q * n, 9)) for n in n_words.tolist()], dtype=torch.long,
+                        device=n_words.device)
+
+
+def floor_words(q: float, n_words: torch.Tensor) -> torch.Tensor:
+    """``floor(q n)`` words per text (ERASER's "top q" tokens: ``int(q * len(doc))`` in the official
+    code), robust to float error (0.1 * 30 -> 3)."""
+    return torch.tensor([math.floor(round(q * n, 9)) for n in n_words.tolist()], dtype=torch.long,
                         device=n_words.device)
 
 
@@ -128,26 +149,54 @@ class _TextMetric(Metric):
 
 
 class _Eraser(_TextMetric):
+    """ERASER comprehensiveness / sufficiency as DeYoung et al. (2020) define them.
+
+    ``j`` is the class the model predicts on the full text. For each level ``q`` of
+    ``{0} + B``, ``B = {0.01, 0.05, 0.1, 0.2, 0.5}``, the top ``floor(q n)`` words of a text of
+    ``n`` words (ERASER's "top q of the tokens"; the official code takes ``int(q * len(doc))``)
+    are removed (comprehensiveness) or kept alone (sufficiency), and the score is the paper's
+    AOPC ``1 / (|B| + 1) * sum_{k=0}^{|B|} [p_j(x) - p_j(x_k)]``. The ``k = 0`` term is the 0 %
+    level: nothing removed (a drop of 0) for comprehensiveness, nothing kept (the text with
+    every word removed) for sufficiency. The official scorer (``rationale_benchmark/metrics.py``,
+    ``_instances_aopc``) averages the |B| bin terms only; the paper's score is |B| / (|B| + 1)
+    times it for comprehensiveness. Curve: the drop at every level, x = q.
+    """
+
     category = "faithfulness"
     value_range = (-1.0, 1.0)
     requires = ("model",)
     keep_top: bool = False  # sufficiency keeps the top words, comprehensiveness removes them
+    predicted_class: bool = True  # the variants score the explained (target) class
 
-    def __init__(self, fractions: float | list[float] = DEFAULT_FRACTIONS, removal: str = "delete",
-                 abs: bool = False, batch_size: int = 128):
-        self.fractions = _fractions(self.name, fractions)
+    def __init__(self, removal: str = "delete", abs: bool = False, batch_size: int = 128):
         self.removal = check_choice("removal", removal, REMOVALS)
         self.abs = bool(abs)
         self.batch_size = _check_batch_size(self.name, batch_size)
 
+    # ------------------------------------------------------------- the definition
+    def levels(self) -> tuple[float, ...]:
+        """The levels ``q`` of the curve."""
+        return (0.0, *ERASER_BINS)
+
+    def word_counts(self, n_words: torch.Tensor) -> torch.Tensor:
+        """(N, Q) words removed / kept at every level."""
+        return torch.stack([floor_words(q, n_words) for q in self.levels()], 1)
+
+    def aggregate(self, drops: torch.Tensor) -> torch.Tensor:
+        """The score from the (N, Q) drops: the paper's 1 / (|B| + 1) over the k = 0..|B| terms."""
+        return drops.sum(1) / len(self.levels())
+
+    def classes(self, batch: EvalBatch, logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(-1) if self.predicted_class else batch.targets.to(logits.device).long()
+
+    # ------------------------------------------------------------- the computation
     @torch.no_grad()
-    def _probs(self, model, x: TextBatch, rows: torch.Tensor, keep: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(len(rows), device=x.device)
+    def _logits(self, model, x: TextBatch, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        out = []
         for s in range(0, len(rows), self.batch_size):
             r = rows[s:s + self.batch_size]
-            xb = x[r].keep_words(keep[s:s + self.batch_size], self.removal)
-            out[s:s + len(r)] = model(xb).float().softmax(-1).gather(1, targets[r].view(-1, 1)).squeeze(1)
-        return out
+            out.append(model(x[r].keep_words(keep[s:s + self.batch_size], self.removal)).float())
+        return torch.cat(out) if out else torch.empty(0, 0, device=x.device)
 
     @serial_bookkeeping
     def evaluate(self, batch, attributions, *, generator, explainers=None) -> MetricOutput:
@@ -155,36 +204,52 @@ class _Eraser(_TextMetric):
         x = text_inputs(batch, self.name)
         n, L = x.shape
         dev = x.device
-        t = batch.targets.to(dev).long()
         wm = x.word_mask
-        q = len(self.fractions)
-        k = torch.stack([ceil_words(f, x.n_words) for f in self.fractions], 1)  # (N, Q)
-        seed = draw_seed(generator)
+        all_rows = torch.arange(n, device=dev)
+        rng = SampleRNG.for_batch(batch, generator, self.name)
+        k = self.word_counts(x.n_words)  # (N, Q)
+        q = k.shape[1]
+        scores, curves = {}, {}
         with eval_mode(batch.model) as model:
-            p_full = self._probs(model, x, torch.arange(n, device=dev), wm, t)
-            scores, curves = {}, {}
+            logits = self._logits(model, x, all_rows, wm)
+            cls = self.classes(batch, logits).view(-1, 1)
+            p_full = logits.softmax(-1).gather(1, cls).squeeze(1)
+            # no word left: shared by every explainer (comprehensiveness at k = n, sufficiency at k = 0)
+            logits0 = self._logits(model, x, all_rows, torch.zeros_like(wm))
+            p_none = logits0.softmax(-1).gather(1, cls).squeeze(1)
+            fin_full, fin_none = finite_rows(logits), finite_rows(logits0)
+            nw = x.n_words.view(-1, 1)
+            everything, nothing = k >= nw, k <= 0
+            if self.keep_top:
+                everything, nothing = nothing, everything  # "keep the top 0" removes every word
+            mixed = ~(everything | nothing)
+            rows = all_rows.view(-1, 1).expand(n, q)[mixed]
             for name, a in maps.items():
-                ranks = word_ranks(a, wm, explainer_generator(seed, name, generator.device), self.abs)
+                ranks = word_ranks(a, x, rng, name, self.abs, metric=self.name)
                 top = ranks[:, None, :] < k[:, :, None]  # (N, Q, L)
                 keep = (top if self.keep_top else ~top) & wm[:, None, :]
-                rows = torch.arange(n, device=dev).repeat_interleave(q)
-                p = self._probs(model, x, rows, keep.reshape(n * q, L), t).view(n, q)
+                p = torch.where(nothing, p_full[:, None], p_none[:, None])
+                fin = torch.where(nothing, fin_full[:, None], fin_none[:, None])
+                if len(rows):
+                    lg = self._logits(model, x, rows, keep[mixed])
+                    p[mixed] = lg.softmax(-1).gather(1, cls[rows]).squeeze(1)
+                    fin[mixed] = finite_rows(lg)
                 drop = p_full[:, None] - p
-                drop = nan_where(drop, (x.n_words == 0)[:, None].expand_as(drop), self.name,
-                                 "the text has no words", name)
+                ok = fin.all(1) & fin_full
+                v = nan_where(self.aggregate(drop), ~ok, self.name, NONFINITE_OUTPUT, name)
+                scores[name] = nan_where(v, (x.n_words == 0) & ok, self.name, "the text has no words", name)
                 curves[name] = drop
-                scores[name] = drop.mean(1)
-        x_axis = torch.tensor(self.fractions)
+        x_axis = torch.tensor(self.levels())
         return MetricOutput(scores={self.name: scores}, curves={self.name: curves}, curve_x={self.name: x_axis})
 
 
 @METRICS.register(
     "comprehensiveness",
-    description="ERASER comprehensiveness (DeYoung et al. 2020): drop of the target probability when the "
-    "top 10..50% of the words are deleted, averaged (AOPC); higher is better",
+    description="ERASER comprehensiveness (DeYoung et al. 2020): drop of the predicted class's probability "
+    "when the top 1, 5, 10, 20, 50% of the words are deleted, AOPC with the paper's 1/(|B|+1); higher is better",
 )
 class Comprehensiveness(_Eraser):
-    """``mean_q p(y|x) - p(y|x without its top-q words)``."""
+    """``1/6 sum_{q in 0, 1, 5, 10, 20, 50 %} p_j(x) - p_j(x without its top floor(q n) words)``."""
 
     name = "comprehensiveness"
     higher_is_better = True
@@ -192,13 +257,59 @@ class Comprehensiveness(_Eraser):
 
 @METRICS.register(
     "sufficiency",
-    description="ERASER sufficiency (DeYoung et al. 2020): drop of the target probability when only the "
-    "top 10..50% of the words are kept, averaged (AOPC); lower is better",
+    description="ERASER sufficiency (DeYoung et al. 2020): drop of the predicted class's probability when "
+    "only the top 1, 5, 10, 20, 50% of the words are kept, AOPC with the paper's 1/(|B|+1); lower is better",
 )
 class Sufficiency(_Eraser):
-    """``mean_q p(y|x) - p(y|only the top-q words of x)``."""
+    """``1/6 sum_{q in 0, 1, 5, 10, 20, 50 %} p_j(x) - p_j(only the top floor(q n) words of x)``."""
 
     name = "sufficiency"
+    higher_is_better = False
+    keep_top = True
+
+
+class _EraserTarget(_Eraser):
+    """The variant xaiarena reported before following the paper: the explained (target) class,
+    ``ceil(q n)`` words (at least one), the plain mean over ``fractions`` (no 0 % term)."""
+
+    predicted_class = False
+
+    def __init__(self, fractions: float | list[float] = DEFAULT_FRACTIONS, removal: str = "delete",
+                 abs: bool = False, batch_size: int = 128):
+        super().__init__(removal, abs, batch_size)
+        self.fractions = _fractions(self.name, fractions)
+
+    def levels(self) -> tuple[float, ...]:
+        return self.fractions
+
+    def word_counts(self, n_words: torch.Tensor) -> torch.Tensor:
+        return torch.stack([ceil_words(f, n_words) for f in self.fractions], 1)
+
+    def aggregate(self, drops: torch.Tensor) -> torch.Tensor:
+        return drops.mean(1)
+
+
+@METRICS.register(
+    "comprehensiveness_target",
+    description="Variant of ERASER comprehensiveness: drop of the explained (target) class's probability when "
+    "the top ceil(q n) words are deleted, plain mean over q = 10..50%; higher is better",
+)
+class ComprehensivenessTarget(_EraserTarget):
+    """``mean_q p_t(x) - p_t(x without its top ceil(q n) words)``, ``t`` the class explained."""
+
+    name = "comprehensiveness_target"
+    higher_is_better = True
+
+
+@METRICS.register(
+    "sufficiency_target",
+    description="Variant of ERASER sufficiency: drop of the explained (target) class's probability when only "
+    "the top ceil(q n) words are kept, plain mean over q = 10..50%; lower is better",
+)
+class SufficiencyTarget(_EraserTarget):
+    """``mean_q p_t(x) - p_t(only the top ceil(q n) words of x)``, ``t`` the class explained."""
+
+    name = "sufficiency_target"
     higher_is_better = False
     keep_top = True
 
@@ -235,9 +346,8 @@ class _TextAgreement(_TextMetric):
         pairs = self.pairs(list(maps))
         if not pairs:
             logger.warning("%s: fewer than two explainers, no pair to compare", self.name)
-        seed = draw_seed(generator)
-        ranks = {k: word_ranks(v, x.word_mask, explainer_generator(seed, k, generator.device), self.abs)
-                 for k, v in maps.items()}
+        rng = SampleRNG.for_batch(batch, generator, self.name)
+        ranks = {k: word_ranks(v, x, rng, k, self.abs, metric=self.name) for k, v in maps.items()}
         return x, pairs, ranks
 
 
@@ -345,10 +455,10 @@ class _Rationale(_TextMetric):
         truth = self._truth(batch, x)
         n_pos = truth.sum(1)
         k = n_pos if self.k is None else _k_words(self.k, x.n_words)
-        seed = draw_seed(generator)
+        rng = SampleRNG.for_batch(batch, generator, self.name)
         out = {}
         for name, a in maps.items():
-            ranks = word_ranks(a, x.word_mask, explainer_generator(seed, name, generator.device), self.abs)
+            ranks = word_ranks(a, x, rng, name, self.abs, metric=self.name)
             v = self.score(ranks, truth, k[:, None], x)
             out[name] = nan_where(v, n_pos == 0, self.name, "the text has no rationale word", name)
         return MetricOutput(scores={self.name: out})
@@ -419,7 +529,9 @@ class RationaleAUPRC(_Rationale):
     "class of each evaluation text; the mean is its accuracy",
 )
 class ExplainedModelAccuracy(_TextMetric):
-    """1 where ``argmax model(x) == label``, else 0, for the model each explainer's maps explain."""
+    """1 where ``argmax model(x) == label``, else 0, for the model each explainer's maps explain
+    (NaN, logged, where the model's output is not finite). It describes the model, not the map,
+    so it never ranks explainers (``ranked=False``)."""
 
     name = "explained_model_accuracy"
     category = "sanity"
@@ -427,16 +539,23 @@ class ExplainedModelAccuracy(_TextMetric):
     value_range = (0.0, 1.0)
     requires = ("model", "labels")
 
+    def outputs(self) -> list[OutputSpec]:
+        return [OutputSpec(self.name, True, self.value_range, ranked=False,
+                           unranked_reason="describes the explained model, not the map: equal for every explainer "
+                           "of one model")]
+
     @serial_bookkeeping
     def evaluate(self, batch, attributions, *, generator, explainers=None) -> MetricOutput:
         x = text_inputs(batch, self.name)
         with eval_mode(batch.model) as model:
-            pred = model(x).argmax(1)
-        correct = (pred == batch.labels.to(pred.device)).float()
-        return MetricOutput(scores={self.name: {k: correct.clone() for k in attributions}})
+            logits = model(x)
+        correct = (logits.argmax(1) == batch.labels.to(logits.device)).float()
+        ok = finite_rows(logits)
+        return MetricOutput(scores={self.name: {
+            k: nan_where(correct.clone(), ~ok, self.name, NONFINITE_OUTPUT, k) for k in attributions}})
 
 
 __all__: Sequence[str] = [
-    "Comprehensiveness", "Sufficiency", "TextTopKOverlap", "TextSpearman", "RationaleF1", "RationaleIoU",
+    "Comprehensiveness", "Sufficiency", "ComprehensivenessTarget", "SufficiencyTarget", "TextTopKOverlap", "TextSpearman", "RationaleF1", "RationaleIoU",
     "RationaleAUPRC", "ExplainedModelAccuracy", "prepare_text", "word_ranks",
 ]
