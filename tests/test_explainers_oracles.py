@@ -151,6 +151,17 @@ def test_cam_on_a_model_without_a_conventional_layer_gives_its_reason():
     assert out.shape == (1, 32, 32)
 
 
+class _Unset(ImageClassifier):
+    def cam_layer(self) -> None:  # e.g. a user model whose cam_layer option is not set
+        return None
+
+
+def test_cam_on_a_model_whose_declared_layer_is_unset():
+    model = _Unset(LeNet(3, 10, (32, 32), channels=(4,), hidden=()), (0.3,) * 3, (0.25,) * 3).eval()
+    with pytest.raises(ValueError, match=r"ablationcam: _Unset declares no CAM layer \(cam_layer\(\) returned None\)"):
+        EXPLAINERS.create("ablationcam").explain(model, images(1), torch.tensor([0]))
+
+
 def test_cam_variants_by_hand():
     """Each CAM's weighting against a direct re-implementation from captured activations/gradients."""
     model, x, t = tiny_lenet(), images(3), torch.tensor([2, 5, 8])

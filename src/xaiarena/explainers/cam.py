@@ -54,7 +54,8 @@ def cam_layer_of(model: nn.Module, layer: str | None, explainer: str,
 
     Raises ``ValueError`` naming ``explainer`` and the ``layer`` option when ``layer`` is not a
     module of ``model``, or when ``layer`` is None and the model declares no CAM layer (no
-    ``cam_layer()`` method, or one that raises :class:`LookupError` with its reason). With
+    ``cam_layer()`` method, one that returns None, or one that raises :class:`LookupError`
+    with its reason). With
     ``inputs``, those messages list candidate layers: the modules whose output on one input
     is ``(N, K, h, w)`` and that run once per forward pass, deepest last.
     """
@@ -65,6 +66,9 @@ def cam_layer_of(model: nn.Module, layer: str | None, explainer: str,
                 layer = model.cam_layer()
             except LookupError as exc:
                 why = f"{type(model).__name__} has no default CAM layer: {exc}"
+            else:
+                if layer is None:
+                    why = f"{type(model).__name__} declares no CAM layer (cam_layer() returned None)"
         if layer is None:
             raise ValueError(f"{explainer}: {why}; set the 'layer' option to the dotted name of a module whose "
                              f"output is (N, K, h, w), e.g. the last convolutional stage. "

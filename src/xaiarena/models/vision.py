@@ -22,11 +22,12 @@ class DeclaresCAMLayer(Protocol):
     ``cam_layer()`` returns the layer's dotted module name relative to the object it is
     called on (``model.get_submodule(model.cam_layer())``); the layer's *output* is used and
     must be ``(N, K, h, w)``, produced once per forward pass. It raises :class:`LookupError`,
-    with the reason, when the model has no conventional CAM layer (a vision transformer):
-    the CAM explainers then ask for their ``layer`` option. See docs/explainers.md.
+    with the reason, when the model has no conventional CAM layer (a vision transformer), or
+    returns None when none was configured: the CAM explainers then ask for their ``layer``
+    option. See docs/explainers.md.
     """
 
-    def cam_layer(self) -> str: ...
+    def cam_layer(self) -> str | None: ...
 
 
 class ImageClassifier(nn.Module):
