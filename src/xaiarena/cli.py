@@ -17,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from .errors import ConfigError, UnknownNameError
+from .errors import ConfigError, DataError, RunError, TrainingError, UnknownNameError
 
 app = typer.Typer(
     add_completion=False,
@@ -57,6 +57,8 @@ def run(
         run_dir = Runner(cfg, out=out, show_progress=not quiet).run()
     except ConfigError as exc:
         _fail(exc.format())
+    except (DataError, TrainingError, RunError) as exc:  # user-fixable: one line, exit 2
+        _fail(" ".join(str(exc).split()))
     except KeyboardInterrupt:
         typer.echo("interrupted; finished stages are cached, run the same command again to resume", err=True)
         raise typer.Exit(130) from None
