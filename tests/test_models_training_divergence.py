@@ -133,3 +133,24 @@ def test_cli_diverged_training_exits_2_and_leaves_no_checkpoint(tmp_path):
     # the re-run does not reuse anything: it fails the same way
     res = CliRunner().invoke(app, ["run", str(cfg), "--out", str(out), "--quiet", "--set", "training.lr=1e12"])
     assert res.exit_code == 2 and "training diverged" in res.output
+
+
+@pytest.fixture(scope="module")
+def text_task():
+    return load_task("planted_sentiment", seed=0, n_train=64, n_test=8)
+
+
+def test_text_model_divergence_and_outputs(text_task, tmp_path):
+    model = build_model("tiny_bert", text_task, seed=0)
+    with pytest.raises(TrainingError, match=r"training diverged: the loss is (nan|inf).*labels in 0..1"):
+        train_model(model, text_task, TrainingConfig(epochs=2, batch_size=16, lr=1e12, optimizer="adamw"), seed=0,
+                    device=CPU, checkpoint_dir=tmp_path, show_progress=False)
+    assert not list(tmp_path.iterdir())
+    fresh = build_model("tiny_bert", text_task, seed=0).eval()
+    texts = text_task.test.texts
+    check_finite_outputs(fresh, fresh.encode(texts), CPU, batch_size=3)  # a TextBatch, as the runner has it
+    check_finite_outputs(fresh, texts, CPU)  # raw texts
+    with torch.no_grad():
+        next(p for n, p in fresh.named_parameters() if "classifier" in n).fill_(float("inf"))
+    with pytest.raises(TrainingError, match=f"on {len(texts)} of {len(texts)} of the evaluation inputs"):
+        check_finite_outputs(fresh, fresh.encode(texts), CPU, batch_size=3)
