@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from xaiarena.data import load_task
 from xaiarena.data.images import SPECS
+from xaiarena.errors import DataError
 
 SHARED = Path(os.environ.get("XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 pytestmark = pytest.mark.skipif(not SHARED.exists(), reason="shared datasets folder not found")
@@ -49,11 +51,11 @@ def test_subsampling_is_seeded():
 
 
 def test_missing_local_file_names_the_expected_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="fashion_mnist/train.parquet"):
+    with pytest.raises(DataError, match=r"has no folder 'fashion_mnist'.*fashion_mnist/<split>\.parquet"):
         load_task("fashion_mnist", data_dir=str(tmp_path))
 
 
 def test_env_variable_is_honoured(monkeypatch, tmp_path):
     monkeypatch.setenv("XAIARENA_DATA_DIR", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+    with pytest.raises(DataError, match=r"\$XAIARENA_DATA_DIR '" + re.escape(str(tmp_path))):
         load_task("cifar100")

@@ -150,6 +150,9 @@ class Boom(nn.Module):
         super().__init__()
         self.inner = inner
 
+    def cam_layer(self) -> str:
+        return f"inner.{self.inner.cam_layer()}"
+
     def forward(self, x):
         self.inner(x)
         raise RuntimeError("boom")

@@ -53,7 +53,7 @@ def test_bad_grid_values_are_config_errors_naming_the_point():
 
 @pytest.mark.integration
 def test_grid_and_replicates_locally(tmp_path):
-    res = xaiarena.run({**CFG, "seeds": [0, 1], "grid": {"model.hidden": [[16], [32]]}}, out=tmp_path / "r",
+    res = xaiarena.run({**CFG, "seeds": [0, 1], "grid": {"training.lr": [0.002, 0.004]}}, out=tmp_path / "r",
                        overrides=TINY, show_progress=False)
     ps = res.per_sample
     assert {"grid", "replicate", "seed"} <= set(ps.columns) and set(ps["seed"]) == {0, 1}
@@ -70,7 +70,7 @@ def test_grid_and_replicates_locally(tmp_path):
     reps = pd.read_csv(res.run_dir / "results" / "tests_replicates.csv")
     assert set(reps["n"]) == {2}
     html = res.report_path.read_text()
-    assert "Stability across retrained models" in html and "model.hidden=" in html
+    assert "Stability across retrained models" in html and "training.lr=0.004" in html
 
 
 # --------------------------------------------------------------------------- Ray

@@ -11,6 +11,7 @@ import torch
 
 from xaiarena.data import load_task
 from xaiarena.data.synthetic import colorized_digit_masks
+from xaiarena.errors import DataError
 
 SHARED = Path(os.environ.get("XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 needs_colorized = pytest.mark.skipif(not (SHARED / "colorized_mnist").exists(),
@@ -90,7 +91,7 @@ def test_hard_mnist_colorized_bad_values_are_named(tmp_path):
         load_task("hard_mnist_colorized", data_dir=str(tmp_path), canvas=30)
     with pytest.raises(ValueError, match="noise_level"):
         load_task("hard_mnist_colorized", data_dir=str(tmp_path), noise_level=2.0)
-    with pytest.raises(FileNotFoundError, match="colorized_mnist/train.parquet"):
+    with pytest.raises(DataError, match=r"has no folder 'colorized_mnist'"):
         load_task("hard_mnist_colorized", data_dir=str(tmp_path))
 
 

@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from xaiarena.data import TextSplit, load_task  # noqa: E402
 from xaiarena.data.text import TextBatch, encode_texts, rationale_matrix, split_words  # noqa: E402
+from xaiarena.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 needs_shared = pytest.mark.skipif(not (SHARED / "sst2" / "validation.parquet").exists(),
@@ -65,7 +66,7 @@ def test_imdb_line_breaks_become_spaces():
 
 
 def test_missing_parquet_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"sst2/train\.parquet"):
+    with pytest.raises(DataError, match=r"has no folder 'sst2'.*sst2/<split>\.parquet for splits train, validation"):
         load_task("sst2", data_dir=str(tmp_path))
 
 

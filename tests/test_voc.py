@@ -11,6 +11,7 @@ import torch
 
 from xaiarena.data import load_task
 from xaiarena.data.voc import VOC_CLASSES, VOID, fg_bg_valid
+from xaiarena.errors import DataError
 
 SHARED = Path(os.environ.get("XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 needs_voc = pytest.mark.skipif(not (SHARED / "voc2012_seg" / "aeroplane.parquet").exists(),
@@ -71,13 +72,13 @@ def test_bad_values_are_named(tmp_path):
         load_task("voc2012_seg", data_dir=str(tmp_path), target_class="plane")
     with pytest.raises(ValueError, match="size=8"):
         load_task("voc2012_seg", data_dir=str(tmp_path), size=8)
-    with pytest.raises(FileNotFoundError, match="voc2012_seg/aeroplane.parquet"):
+    with pytest.raises(DataError, match=r"has no folder 'voc2012_seg'.*voc2012_seg/<split>\.parquet for splits aeroplane"):
         load_task("voc2012_seg", data_dir=str(tmp_path))
 
 
 def test_no_data_dir_names_the_setting(monkeypatch):
     monkeypatch.delenv("XAIARENA_DATA_DIR", raising=False)
-    with pytest.raises(FileNotFoundError, match="no Hugging Face Hub copy"):
+    with pytest.raises(DataError, match="no Hugging Face Hub copy"):
         load_task("voc2012_seg")
 
 

@@ -64,7 +64,7 @@ def run(
     except ConfigError as exc:
         _fail(exc.format())
     except XaiArenaError as exc:  # data, training, lock, environment: the user can fix it
-        _fail(str(exc))
+        _fail(" ".join(str(exc).split()))
     except KeyboardInterrupt:
         typer.echo("interrupted; finished stages are cached, run the same command again to resume", err=True)
         raise typer.Exit(130) from None

@@ -394,7 +394,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 def _type_hints(factory: Any) -> dict[str, Any]:
     target = factory.__init__ if isinstance(factory, type) else factory
     try:
-        return typing.get_type_hints(target)
+        return typing.get_type_hints(target, include_extras=True)
     except Exception:  # unresolvable annotations: skip type checks, names are still checked
         return {}
 

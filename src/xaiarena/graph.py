@@ -96,7 +96,9 @@ class TaskSpec:
 
     @property
     def name(self) -> str:
-        base = f"{self.unit.id}/{self.kind}"
+        """The stage name in run.json: ``<unit>/train``, ``<unit>/fit/<label>``, ``<unit>/explain/<label>``,
+        ``<unit>/metric/<label>``, with ``@<view>`` when not the component's own view."""
+        base = f"{self.unit.id}/{'metric' if self.kind == 'score' else self.kind}"
         if self.kind == "train":
             return base
         name = f"{base}/{self.component}"

@@ -15,7 +15,6 @@ import socket
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,25 +61,6 @@ CURVE_COLUMNS = stages.CURVE_COLUMNS
 
 def _say(msg: str) -> None:
     progress.write(msg)
-
-
-@dataclass
-class StageLog:
-    """Per-stage timings and cache hits, written into run.json."""
-
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @contextmanager
-    def stage(self, key: str):
-        info: dict[str, Any] = {"cache_hit": False}
-        start = time.perf_counter()
-        try:
-            yield info
-        finally:
-            info["seconds"] = round(time.perf_counter() - start, 3)
-            self.stages[key] = info
-            hit = " (cached)" if info.get("cache_hit") else ""
-            _say(f"[xaiarena] {key}: {info['seconds']:.1f}s{hit}")
 
 
 LOCK_FILE = ".xaiarena.lock"
@@ -155,7 +135,7 @@ class Runner:
             log.info("amp: true is ignored on %s (mixed precision is used on CUDA only)", self.device)
         self.show_progress = show_progress
         self.executor = make_executor(cfg, executor, address, show_progress)
-        self.log = StageLog()
+        self.log = StageRecorder(_say)
         self.units_info: dict[str, Any] = {}
         self.metrics_meta: dict[str, Any] = {}
         self.with_grid = bool(cfg.grid)
@@ -243,6 +223,7 @@ class Runner:
             self.metrics_meta[stages.output_name(spec, metric.name, out.name)] = {
                 "metric": spec.name, "label": spec.key, "category": metric.category,
                 "higher_is_better": out.higher_is_better, "ranked": out.ranked,
+                **({"unranked_reason": out.unranked_reason} if not out.ranked else {}),
                 "value_range": [float(v) for v in out.value_range],
                 "description": METRICS.entry(spec.name).description,
             }

@@ -36,7 +36,6 @@ import torch
 
 from . import cache as ck
 from .config import ComponentSpec, DataConfig, ExperimentConfig, MetricSpec
-from .errors import TrainingError
 from .modalities import modality_for
 from .registry import MODELS
 from .utils import progress
@@ -203,13 +202,11 @@ def select_samples(s: Settings, task, mod, model) -> torch.Tensor:
 
 def view_of(s: Settings, prep: Prepared, name: str, model: torch.nn.Module, key: ck.Key) -> View:
     """The targets each view explains: the labels, or that view's model's own predictions."""
+    from .models.training import check_finite_outputs
+
+    check_finite_outputs(model, prep.inputs, s.device, batch_size=s.batch_size,
+                         what=f"the evaluation samples of {prep.key} (explained as {name})")
     logits = prep.mod.logits(model, prep.task.test, prep.index, s.device)
-    bad = ~torch.isfinite(logits).all(1) if logits.ndim == 2 else torch.zeros(0, dtype=torch.bool)
-    if bool(bad.any()):
-        raise TrainingError(
-            f"{prep.key}: the model explained as {name} gives NaN or infinite outputs on {int(bad.sum())} of "
-            f"{len(bad)} evaluation samples (e.g. sample ids {prep.sample_ids[bad][:5].tolist()}); its maps and "
-            "scores would be meaningless. Check the training settings (a lower training.lr) and the data.")
     preds = logits.argmax(1)
     targets = prep.labels if s.cfg.evaluation.target == "label" else preds
     return View(name, model, key, targets, preds)

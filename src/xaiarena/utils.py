@@ -20,12 +20,27 @@ from tqdm.auto import tqdm
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else CPU."""
+    """``auto`` picks CUDA when available, else CPU. A CUDA device that this machine does not have
+    raises :class:`~xaiarena.errors.RunError` naming what is available (the config validator and
+    the runner call this before any work)."""
+    from .errors import RunError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' was asked for but CUDA is not available; use device: auto or cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise RunError(f"device: '{name}' is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            why = ("this PyTorch build has no CUDA support" if torch.version.cuda is None
+                   else "no CUDA GPU is visible (driver, CUDA_VISIBLE_DEVICES)")
+            raise RunError(f"device: '{name}' was asked for, but {why} (torch {torch.__version__}); "
+                           "use device: auto (CUDA when available, else CPU) or device: cpu")
+        if dev.index is not None and dev.index >= n:
+            raise RunError(f"device: '{name}' does not exist; this machine has {n} CUDA device(s): "
+                           f"{', '.join(f'cuda:{i}' for i in range(n))}")
     return dev
 
 

@@ -3,9 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
+
+from ..errors import DataError
+
+#: A count option of a dataset (``n_train``, ``n_test``, ...): an integer >= 1. Declared in the
+#: loaders' signatures, so the config validator rejects ``n_train: 0`` before any work (it checks
+#: options against the factories' type hints; the hints must be read with their constraints,
+#: ``typing.get_type_hints(..., include_extras=True)``).
+Count = Annotated[int, Field(ge=1)]
+#: an integer >= 0 (``noise_bands``)
+NonNegativeInt = Annotated[int, Field(ge=0)]
+#: a share strictly between 0 and 1 (``test_fraction``, ``band_width``)
+OpenFraction = Annotated[float, Field(gt=0, lt=1)]
+#: a level in [0, 1] (``noise_level``)
+UnitInterval = Annotated[float, Field(ge=0, le=1)]
+
+
+def check_count(dataset: str, option: str, value: Any, *, allow_none: bool = False) -> None:
+    """The same rule as :data:`Count` for callers of the Python API (a DataError naming the option)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        alt = " (or null: all rows)" if allow_none else ""
+        raise DataError(f"dataset '{dataset}': {option}={value!r} is not valid; it must be an integer >= 1{alt}")
 
 
 @dataclass

@@ -17,7 +17,16 @@ import torch
 
 from ..registry import DATASETS
 from ..utils import _atomic_path, user_cache_dir
-from .base import ImageSplit, Task, channel_stats
+from .base import (
+    Count,
+    ImageSplit,
+    NonNegativeInt,
+    OpenFraction,
+    Task,
+    UnitInterval,
+    channel_stats,
+    check_count,
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -207,16 +216,17 @@ def _compose(
     modality="image",
     num_classes=10,
     has_masks=True,
+    ground_truth=("masks",),
 )
 def hard_mnist(
     seed: int = 0,
-    canvas: int = 64,
-    n_train: int = 8000,
-    n_test: int = 1000,
-    test_fraction: float = 0.2,
-    distractor_size: int = 14,
-    noise_bands: int = 3,
-    noise_level: float = 0.6,
+    canvas: Count = 64,
+    n_train: Count = 8000,
+    n_test: Count = 1000,
+    test_fraction: OpenFraction = 0.2,
+    distractor_size: Count = 14,
+    noise_bands: NonNegativeInt = 3,
+    noise_level: UnitInterval = 0.6,
 ) -> Task:
     """Build Hard MNIST deterministically from ``seed``.
 
@@ -229,6 +239,12 @@ def hard_mnist(
                          f"({28 + 2 * distractor_size})")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction={test_fraction} must be in (0, 1)")
+    if not 0 <= noise_level <= 1:
+        raise ValueError(f"noise_level={noise_level} must be in [0, 1]")
+    if noise_bands < 0:
+        raise ValueError(f"noise_bands={noise_bands} must be >= 0")
+    check_count("hard_mnist", "n_train", n_train)
+    check_count("hard_mnist", "n_test", n_test)
     digits, labels = _mnist_source()
     rng = np.random.default_rng(seed)
     train_pool, test_pool = [], []
@@ -298,16 +314,17 @@ def colorized_digit_masks(images: torch.Tensor, tolerance: int = 64) -> tuple[np
     modality="image",
     num_classes=10,
     has_masks=True,
+    ground_truth=("masks",),
 )
 def hard_mnist_colorized(
     seed: int = 0,
     data_dir: str | None = None,
-    canvas: int = 64,
-    n_train: int = 8000,
-    n_test: int = 1000,
-    noise_bands: int = 2,
-    noise_level: float = 1.0,
-    band_width: float = 0.22,
+    canvas: Count = 64,
+    n_train: Count = 8000,
+    n_test: Count = 1000,
+    noise_bands: NonNegativeInt = 2,
+    noise_level: UnitInterval = 1.0,
+    band_width: OpenFraction = 0.22,
 ) -> Task:
     """Hard MNIST built the DiET paper's way from ``colorized_mnist``, at ``canvas`` x ``canvas``.
 
@@ -341,10 +358,12 @@ def hard_mnist_colorized(
         raise ValueError(f"band_width={band_width} must be in (0, 1)")
     if noise_bands < 0:
         raise ValueError(f"noise_bands={noise_bands} must be >= 0")
+    check_count("hard_mnist_colorized", "n_train", n_train)
+    check_count("hard_mnist_colorized", "n_test", n_test)
     from .images import load_image_dataset
 
     # enough source digits for variety, no more (decoding PNGs dominates the cost)
-    n_src = [None if n is None else max(2 * n, 2000) for n in (n_train, n_test)]
+    n_src = [max(2 * n, 2000) for n in (n_train, n_test)]
     source = load_image_dataset("colorized_mnist", seed=seed, data_dir=data_dir, n_train=n_src[0], n_test=n_src[1])
     rng = np.random.default_rng(seed)
     lay = _Layout(canvas=canvas, main_size=canvas // 2, distractor_size=canvas // 4, noise_bands=noise_bands,

@@ -42,8 +42,8 @@ import numpy as np
 import torch
 
 from ..registry import DATASETS
-from .base import Task, TextSplit
-from .images import resolve_data_dir, sampled_hf_splits
+from .base import Count, Task, TextSplit
+from .images import checked_labels, resolve_data_dir, sampled_hf_splits
 
 #: how word pieces are aggregated into a word's score
 WORD_AGGREGATIONS = ("sum", "mean", "max", "abs_sum", "first")
@@ -352,29 +352,26 @@ def load_text_dataset(name: str, *, seed: int = 0, data_dir=None, n_train: int |
     parts, class_names = sampled_hf_splits(name, spec, spec.text_col, spec.label_col, seed=seed,
                                            data_dir=data_dir, n_train=n_train, n_test=n_test)
     out = []
-    for d, idx in parts:
+    for d, idx, source in parts:
         texts = [str(t) for t in d[spec.text_col]]
         if spec.strip_br:
             texts = [t.replace("<br />", " ").replace("<br/>", " ") for t in texts]
-        labels = torch.as_tensor(d[spec.label_col], dtype=torch.long)
+        labels = checked_labels(name, d[spec.label_col], spec.num_classes, source, spec.label_col, idx)
         out.append(TextSplit(texts, labels, ids=torch.as_tensor(idx)))
-    bad = [int(v) for s in out for v in s.labels.unique() if not 0 <= int(v) < spec.num_classes]
-    if bad:
-        raise ValueError(f"dataset '{name}' has labels {sorted(set(bad))} outside 0..{spec.num_classes - 1}")
     return Task(name=name, train=out[0], test=out[1], class_names=class_names, modality="text",
                 meta={"source": str(resolve_data_dir(data_dir) or spec.hub_id)})
 
 
 def _register(name: str, spec: TextSpec) -> None:
-    def factory(seed: int = 0, data_dir: str | None = None, n_train: int | None = None,
-                n_test: int | None = None) -> Task:
+    def factory(seed: int = 0, data_dir: str | None = None, n_train: Count | None = None,
+                n_test: Count | None = None) -> Task:
         return load_text_dataset(name, seed=seed, data_dir=data_dir, n_train=n_train, n_test=n_test)
 
     factory.__name__ = name
     factory.__doc__ = (f"{spec.description} (Hub: {spec.hub_id}; offline: <data_dir>/{name}/"
                        f"{{{','.join(spec.splits)}}}.parquet).")
     DATASETS.register(name, description=factory.__doc__, modality="text", num_classes=spec.num_classes,
-                      has_masks=False)(factory)
+                      has_masks=False, ground_truth=())(factory)
 
 
 for _name, _spec in TEXT_SPECS.items():
@@ -408,15 +405,16 @@ DISTRACTORS = (
     modality="text",
     num_classes=2,
     has_masks=True,
+    ground_truth=("rationales",),
 )
 def planted_sentiment(
     seed: int = 0,
-    n_train: int = 2000,
-    n_test: int = 500,
-    min_words: int = 8,
-    max_words: int = 16,
-    min_cues: int = 1,
-    max_cues: int = 3,
+    n_train: Count = 2000,
+    n_test: Count = 500,
+    min_words: Count = 8,
+    max_words: Count = 16,
+    min_cues: Count = 1,
+    max_cues: Count = 3,
 ) -> Task:
     """Build ``planted_sentiment`` deterministically from ``seed``.
 

@@ -30,11 +30,15 @@ models (``train`` is empty, and a model that needs training fails with a clear e
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import torch
+from pydantic import Field
 
+from ..errors import DataError
 from ..registry import DATASETS
-from .base import ImageSplit, Task, channel_stats
+from .base import Count, ImageSplit, Task, channel_stats, check_count
 
 NAME = "voc2012_seg"
 VOC_CLASSES = (
@@ -60,12 +64,12 @@ IMAGENET_CLASSES_OF = {
 }
 
 
-def _resize_pair(image, mask, size: int):
+def _resize_pair(image, mask, size: int, where: str = ""):
     from PIL import Image
 
     img = image.convert("RGB").resize((size, size), Image.BILINEAR)
     if mask.mode not in ("P", "L"):
-        raise ValueError(f"dataset '{NAME}': mask of mode {mask.mode}, expected a palette (P) or L image")
+        raise DataError(f"dataset '{NAME}': {where}mask of mode {mask.mode}, expected a palette (P) or L image")
     m = mask.resize((size, size), Image.NEAREST)
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1), np.asarray(m, dtype=np.uint8)
 
@@ -78,14 +82,15 @@ def _resize_pair(image, mask, size: int):
     modality="image",
     num_classes=len(VOC_CLASSES),
     has_masks=True,
+    ground_truth=("masks",),
 )
 def voc2012_seg(
     seed: int = 0,
     data_dir: str | None = None,
     subset: str = "aeroplane",
     target_class: str = "aeroplane",
-    size: int = 224,
-    n_test: int | None = None,
+    size: Annotated[int, Field(ge=16)] = 224,
+    n_test: Count | None = None,
 ) -> Task:
     """Images of ``subset`` that contain ``target_class``, with that class's object mask.
 
@@ -95,15 +100,15 @@ def voc2012_seg(
         raise ValueError(f"target_class='{target_class}' is not a VOC class; valid: {', '.join(VOC_CLASSES[1:])}")
     if not isinstance(size, int) or size < 16:
         raise ValueError(f"size={size!r} is not valid; give an int >= 16 (224 for ImageNet models)")
-    if n_test is not None and n_test < 1:
-        raise ValueError(f"n_test={n_test} must be >= 1 (or null for all images)")
-    from .images import decoded_images, load_hf_splits, resolve_data_dir
+    check_count(NAME, "n_test", n_test, allow_none=True)
+    from .images import decoded_images, load_hf_splits, resolve_data_dir, split_source
 
     ds = load_hf_splits(NAME, "", (subset,), data_dir)[subset]
-    missing = {"image", "mask"} - set(ds.column_names)
+    source = split_source(NAME, subset, data_dir)
+    missing = [c for c in ("image", "mask") if c not in ds.column_names]
     if missing:
-        raise ValueError(f"dataset '{NAME}' file '{subset}.parquet' lacks column(s) {sorted(missing)}; "
-                         f"has {ds.column_names}")
+        raise DataError(f"dataset '{NAME}': {source} lacks column(s) {', '.join(map(repr, missing))}; expected "
+                        f"'image' and 'mask' (and optionally 'classes', 'file_name'), found {ds.column_names}")
     cls = VOC_CLASSES.index(target_class)
     if "classes" in ds.column_names:
         rows = np.array([i for i, c in enumerate(ds["classes"]) if cls in c], dtype=np.int64)
@@ -114,15 +119,16 @@ def voc2012_seg(
         rows = np.sort(rng.choice(rows, size=n_test, replace=False))
     d = ds.select(rows)
     images, masks, valid = [], [], []
-    for img, mask in zip(decoded_images(d, "image"), decoded_images(d, "mask"), strict=True):
-        a, m = _resize_pair(img, mask, size)
+    decoded = zip(decoded_images(d, "image", name=NAME, source=source, rows=rows),
+                  decoded_images(d, "mask", name=NAME, source=source, rows=rows), strict=True)
+    for row, (img, mask) in zip(rows, decoded, strict=True):
+        a, m = _resize_pair(img, mask, size, f"{source} row {row}: ")
         images.append(a)
         masks.append(m == cls)
         valid.append(m != VOID)
     keep = np.array([m.any() for m in masks], dtype=bool)  # the class may vanish when shrunk a lot
     if not keep.any():
-        raise ValueError(f"dataset '{NAME}': no image of '{subset}' contains '{target_class}' "
-                         f"(at size {size})")
+        raise DataError(f"dataset '{NAME}': no image of {source} contains '{target_class}' (at size {size})")
     images_t = torch.from_numpy(np.stack(images)[keep])
     masks_t = torch.from_numpy(np.stack(masks)[keep])
     valid_t = torch.from_numpy(np.stack(valid)[keep])

@@ -73,39 +73,6 @@ def check_baselines(explainer: str, option: str, value: Any) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- layers and hooks
 
 
-def find_layer(model: nn.Module, layer: str | None, explainer: str) -> tuple[str, nn.Module]:
-    """The module named ``layer`` (dotted path), or the model's last ``nn.Conv2d``.
-
-    "Last" is in registration order (``model.named_modules()``), which for
-    sequential CNNs is the deepest convolution.
-    """
-    if layer is not None:
-        try:
-            module = model.get_submodule(layer) if layer else model
-        except AttributeError:
-            names = [n for n, _ in model.named_modules() if n]
-            hint = suggest(layer, names)
-            did = f" Did you mean '{hint}'?" if hint else ""
-            convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-            raise ValueError(
-                f"{explainer}: layer='{layer}' is not a module of {type(model).__name__}.{did} "
-                f"Conv2d layers: {', '.join(convs) or '(none)'}"
-            ) from None
-        return layer, module
-    found: tuple[str, nn.Module] | None = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            found = (name, module)
-    if found is None:
-        some = [n for n, _ in model.named_modules() if n][:8]
-        raise ValueError(
-            f"{explainer}: {type(model).__name__} has no nn.Conv2d layer to explain; set the "
-            f"'layer' option to a module's dotted name whose output is (N, K, h, w) "
-            f"(e.g. layer='net.features.6'). Modules: {', '.join(some) or '(none)'}"
-        )
-    return found
-
-
 @contextmanager
 def forward_hook(module: nn.Module, hook: Callable[..., Any]) -> Iterator[None]:
     """Register ``hook`` as a forward hook for the duration of the block, removed even on error."""

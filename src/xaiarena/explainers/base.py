@@ -57,7 +57,7 @@ class Explainer(ABC):
     family: ClassVar[str] = ""
     #: modalities supported: "image", "text"
     modality: ClassVar[tuple[str, ...]] = ("image",)
-    #: whether the method needs a layer (found automatically when not given)
+    #: whether the method needs a layer (the model's declared CAM layer when not given)
     needs_layer: ClassVar[bool] = False
     #: which model the maps explain: "f_b" (the given model) or "f_s" (DiET's)
     explains: ClassVar[str] = "f_b"

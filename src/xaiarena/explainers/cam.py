@@ -11,10 +11,13 @@ and differs only in the weights ``w`` (``(N, K, 1, 1)`` per channel, or
 that overrides :meth:`BaseCAM.weights`. Maps are not min-max normalised: the
 values keep their scale (Grad-CAM's equal Captum's ``LayerGradCam``).
 
-The layer is the model's last ``nn.Conv2d`` (registration order) unless the
-``layer`` option names a module by its dotted path (``net.features.6``). The
-layer's *output* is used. The forward hook that reads it is removed when the
-explanation ends, also when it raises.
+The layer is the one the model declares (:func:`cam_layer_of`: its ``cam_layer()``
+method, see :class:`~xaiarena.models.vision.DeclaresCAMLayer`) unless the ``layer``
+option names a module by its dotted path (``net.features.6``). A model that declares
+none needs the option; nothing is guessed (the last ``nn.Conv2d`` of a ResNet is a
+residual branch's or a shortcut's convolution, not the rectified feature maps of the
+last stage that Grad-CAM is defined on). The layer's *output* is used. The forward hook
+that reads it is removed when the explanation ends, also when it raises.
 """
 
 from __future__ import annotations
@@ -28,10 +31,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..registry import EXPLAINERS
+from ..models.vision import DeclaresCAMLayer
+from ..registry import EXPLAINERS, suggest
 from ._utils import (
     check_int,
-    find_layer,
     forward_hook,
     forward_pre_hook,
     forward_scores,
@@ -40,6 +43,85 @@ from ._utils import (
     upsample,
 )
 from .base import Explainer
+
+#: how many candidate layers an error message lists (the deepest ones)
+N_CANDIDATES = 8
+
+
+def cam_layer_of(model: nn.Module, layer: str | None, explainer: str,
+                 inputs: torch.Tensor | None = None) -> tuple[str, nn.Module]:
+    """The CAM layer's dotted name and module: ``layer`` if given, else the model's declared one.
+
+    Raises ``ValueError`` naming ``explainer`` and the ``layer`` option when ``layer`` is not a
+    module of ``model``, or when ``layer`` is None and the model declares no CAM layer (no
+    ``cam_layer()`` method, one that returns None, or one that raises :class:`LookupError`
+    with its reason). With
+    ``inputs``, those messages list candidate layers: the modules whose output on one input
+    is ``(N, K, h, w)`` and that run once per forward pass, deepest last.
+    """
+    if layer is None:
+        why = f"{type(model).__name__} declares no CAM layer (no cam_layer() method)"
+        if isinstance(model, DeclaresCAMLayer):
+            try:
+                layer = model.cam_layer()
+            except LookupError as exc:
+                why = f"{type(model).__name__} has no default CAM layer: {exc}"
+            else:
+                if layer is None:
+                    why = f"{type(model).__name__} declares no CAM layer (cam_layer() returned None)"
+        if layer is None:
+            raise ValueError(f"{explainer}: {why}; set the 'layer' option to the dotted name of a module whose "
+                             f"output is (N, K, h, w), e.g. the last convolutional stage. "
+                             f"{_candidates_text(model, inputs)}")
+        source = f"the layer {type(model).__name__}.cam_layer() declares"
+    else:
+        source = "layer"
+    try:
+        return layer, (model.get_submodule(layer) if layer else model)
+    except AttributeError:
+        hint = suggest(layer, [n for n, _ in model.named_modules() if n])
+        did = f" Did you mean '{hint}'?" if hint else ""
+        raise ValueError(f"{explainer}: {source} ('{layer}') is not a module of {type(model).__name__}.{did} "
+                         f"{_candidates_text(model, inputs)}") from None
+
+
+def cam_candidates(model: nn.Module, inputs: torch.Tensor) -> list[str]:
+    """Modules whose output on ``inputs[:1]`` is ``(1, K, h, w)`` and that run once, in the order they ran."""
+    calls: dict[str, int] = {}
+    spatial: dict[str, bool] = {}
+
+    def hook_for(name: str):
+        def hook(module, args, out):
+            calls[name] = calls.get(name, 0) + 1
+            spatial[name] = isinstance(out, torch.Tensor) and out.ndim == 4
+
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            model(inputs[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return [n for n in calls if calls[n] == 1 and spatial[n]]
+
+
+def _candidates_text(model: nn.Module, inputs: torch.Tensor | None) -> str:
+    names: list[str] | None = None
+    if inputs is not None:
+        try:
+            names = cam_candidates(model, inputs)
+        except Exception:  # noqa: BLE001 - a model that fails here fails in the CAM too; list statically
+            names = None
+    if names is None:
+        names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        what = "Conv2d layers"
+    else:
+        what = "Candidates (output (N, K, h, w), run once; deepest last)"
+    if len(names) > N_CANDIDATES:
+        names = ["..."] + names[-N_CANDIDATES:]
+    return f"{what}: {', '.join(names) or '(none)'}"
 
 
 @dataclass
@@ -124,7 +206,7 @@ class BaseCAM(Explainer):
 
     def layer_maps(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The CAM at layer resolution, ``(N, h, w)``, after the ReLU."""
-        name, layer = find_layer(model, self.layer, self.name)
+        name, layer = cam_layer_of(model, self.layer, self.name, inputs)
         rec = _LayerRecorder(self.name, name)
         with forward_pre_hook(model, rec.reset), forward_hook(layer, rec):
             if self.needs_gradients:
@@ -153,7 +235,7 @@ class BaseCAM(Explainer):
 @EXPLAINERS.register(
     "gradcam",
     description="Grad-CAM (Selvaraju et al. 2017): ReLU of conv-layer activations weighted by their "
-    "spatially averaged gradients; last Conv2d by default (option layer), bilinear upsampling.",
+    "spatially averaged gradients; the model's declared CAM layer by default (option layer), bilinear upsampling.",
 )
 class GradCAM(BaseCAM):
     """``w_k = mean_ij dS/dA_kij``."""
@@ -167,7 +249,7 @@ class GradCAM(BaseCAM):
 @EXPLAINERS.register(
     "gradcam_pp",
     description="Grad-CAM++ (Chattopadhyay et al. 2018): channel weights from positive gradients with "
-    "second/third-order pixel coefficients; last Conv2d by default, bilinear upsampling.",
+    "second/third-order pixel coefficients; the model's declared CAM layer by default, bilinear upsampling.",
 )
 class GradCAMPlusPlus(BaseCAM):
     """``w_k = sum_ij alpha_kij ReLU(g_kij)``, ``alpha = g^2 / (2 g^2 + sum(A) g^3)`` (pytorch-grad-cam)."""
@@ -187,7 +269,7 @@ class GradCAMPlusPlus(BaseCAM):
 @EXPLAINERS.register(
     "xgradcam",
     description="XGrad-CAM (Fu et al. 2020): channel weights = activation-weighted gradient sums "
-    "normalised by the channel's activation sum; last Conv2d by default, bilinear upsampling.",
+    "normalised by the channel's activation sum; the model's declared CAM layer by default, bilinear upsampling.",
 )
 class XGradCAM(BaseCAM):
     """``w_k = sum_ij g_kij A_kij / (sum_ij A_kij + eps)``."""
@@ -202,7 +284,7 @@ class XGradCAM(BaseCAM):
 @EXPLAINERS.register(
     "layercam",
     description="LayerCAM (Jiang et al. 2021): activations weighted position-wise by their positive "
-    "gradients; last Conv2d by default, bilinear upsampling.",
+    "gradients; the model's declared CAM layer by default, bilinear upsampling.",
 )
 class LayerCAM(BaseCAM):
     """``w_kij = ReLU(g_kij)`` (per position)."""
@@ -216,7 +298,7 @@ class LayerCAM(BaseCAM):
 @EXPLAINERS.register(
     "hirescam",
     description="HiResCAM (Draelos & Carin 2020): activations times gradients element-wise, summed over "
-    "channels (no spatial averaging); last Conv2d by default, bilinear upsampling.",
+    "channels (no spatial averaging); the model's declared CAM layer by default, bilinear upsampling.",
 )
 class HiResCAM(BaseCAM):
     """``w_kij = g_kij`` (per position)."""
@@ -244,7 +326,7 @@ class _PerturbationCAM(BaseCAM):
     "scorecam",
     description="Score-CAM (Wang et al. 2020): channel weight = softmax probability of the target when "
     "the input is masked by the channel's upsampled, min-max scaled activation; K forward passes per "
-    "sample, batch_size masks per pass; last Conv2d by default.",
+    "sample, batch_size masks per pass; the model's declared CAM layer by default.",
 )
 class ScoreCAM(_PerturbationCAM):
     """``w_k = softmax(f(x * H_k))[target]`` with ``H_k`` = min-max scaled, upsampled ``A_k``.
@@ -293,7 +375,7 @@ class ScoreCAM(_PerturbationCAM):
     "ablationcam",
     description="Ablation-CAM (Desai & Ramaswamy 2020): channel weight = relative drop of the target "
     "logit when the channel is zeroed at the layer; the layers before it run once per image and the "
-    "rest once per channel (share_upstream, verified), batch_size ablations per pass; last Conv2d by default.",
+    "rest once per channel (share_upstream, verified), batch_size ablations per pass; the model's declared CAM layer by default.",
 )
 class AblationCAM(_PerturbationCAM):
     """``w_k = (y - y_k) / |y|`` with ``y_k`` the target logit when channel ``k`` is set to 0.

@@ -9,11 +9,18 @@ tokenised per batch by the text model (``model.collate``: dynamic padding, trunc
 at the model's ``max_length``). A model with a ``warmup_fraction`` attribute (the text
 models) gets a linear learning-rate warm-up over that share of the steps before the
 configured schedule (``cosine`` decay or constant).
+
+Divergence is an error, not a result: a non-finite loss stops training with a
+:class:`~xaiarena.errors.TrainingError` naming the epoch and step and what to change;
+a model whose weights are not finite is never written to the cache, and a cached
+checkpoint that is unreadable or not finite is discarded (logged) and retrained.
+:func:`check_finite_outputs` checks a model's outputs before it is explained.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import TrainingError
 from ..utils import atomic_save_torch, atomic_write_text, progress
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,6 +59,55 @@ def predict(model: nn.Module, images: torch.Tensor, device: torch.device, batch_
         xb = xb.float().div(255.0) if xb.dtype == torch.uint8 else xb.float()
         out.append(model(xb.to(device)).argmax(1).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def _non_finite(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` that hold NaN or infinity."""
+    return [k for k, v in state.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+
+
+def _batches(inputs: Any, batch_size: int):
+    for start in range(0, len(inputs), batch_size):
+        yield start, inputs[start : start + batch_size]
+
+
+@torch.no_grad()
+def check_finite_outputs(model: nn.Module, inputs: Any, device: torch.device, *, batch_size: int = 64,
+                         what: str = "the evaluation inputs") -> None:
+    """Raise :class:`~xaiarena.errors.TrainingError` unless ``model``'s outputs on ``inputs`` are finite.
+
+    ``inputs``: float pixel-space images ``(N, C, H, W)`` (uint8 taken as 0..255), a
+    :class:`~xaiarena.data.text.TextBatch`, or a list of texts (tokenised by ``model.collate``).
+    Explanations and metrics of a model whose logits are NaN or infinite are meaningless
+    (accuracy-type scores would still look plausible), so the runner calls this before
+    explaining. The message says how many inputs and which one first.
+    """
+    from ..utils import eval_mode
+
+    bad, first, total = 0, -1, 0
+    with eval_mode(model):
+        for start, xb in _batches(inputs, batch_size):
+            if isinstance(xb, (list, tuple)):
+                xb = model.collate(list(xb), device)
+            elif isinstance(xb, torch.Tensor):
+                xb = (xb.float().div(255.0) if xb.dtype == torch.uint8 else xb).to(device)
+            else:
+                xb = xb.to(device)
+            out = model(xb)
+            ok = torch.isfinite(out.float()).reshape(len(out), -1).all(1).cpu()
+            total += len(ok)
+            if not bool(ok.all()):
+                if first < 0:
+                    first = start + int((~ok).nonzero()[0])
+                bad += int((~ok).sum())
+    if bad:
+        weights = _non_finite(model.state_dict())
+        cause = (f"{len(weights)} weight tensor(s) hold NaN/inf (e.g. {weights[0]})" if weights
+                 else "its weights are finite, so the inputs or the model's arithmetic overflow")
+        raise TrainingError(
+            f"the model's outputs are NaN or infinite on {bad} of {total} of {what} (first: #{first}); {cause}. "
+            "Explaining it would give meaningless maps and scores. If it was trained here, lower training.lr "
+            "(or use a scheduler/warm-up) and check the data (finite pixels, labels in range)")
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
@@ -127,11 +186,10 @@ def train_model(
     ckpt = Path(checkpoint_dir) / "model.pt" if checkpoint_dir else None
     meta_path = Path(checkpoint_dir) / "train.json" if checkpoint_dir else None
     if ckpt is not None and ckpt.exists() and meta_path.exists():
-        model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
-        model.to(device).eval()
-        result = TrainResult(**json.loads(meta_path.read_text()))
-        result.cache_hit = True
-        return result
+        cached = _load_checkpoint(model, ckpt, meta_path)
+        if cached is not None:
+            model.to(device).eval()
+            return cached
 
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -160,6 +218,8 @@ def train_model(
             opt.zero_grad(set_to_none=True)
             logits = model(xb)
             loss = loss_fn(logits, yb)
+            if not bool(torch.isfinite(loss.detach())):
+                raise TrainingError(_diverged(float(loss.detach()), epoch, step, steps_per_epoch, cfg, task))
             loss.backward()
             opt.step()
             if sched is not None:
@@ -189,7 +249,52 @@ def train_model(
     model.eval()
     result.test_accuracy = accuracy(model, _split_inputs(task.test), task.test.labels, device)
     result.seconds = time.perf_counter() - start
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    bad = _non_finite(state)
+    if bad:  # the last step can leave NaN/inf weights with every loss finite
+        raise TrainingError(
+            f"training diverged: after {len(result.history)} epoch(s) {len(bad)} weight tensor(s) hold NaN or "
+            f"infinity (e.g. {bad[0]}; training.lr={cfg.lr:g}, optimizer {cfg.optimizer}). Lower training.lr "
+            f"(e.g. {cfg.lr / 10:g}) and check the data. Nothing was cached")
     if ckpt is not None:
-        atomic_save_torch({k: v.cpu() for k, v in model.state_dict().items()}, ckpt)
+        atomic_save_torch(state, ckpt)
         atomic_write_text(meta_path, json.dumps(result.to_dict(), indent=2))
+    return result
+
+
+def _diverged(loss: float, epoch: int, step: int, steps: int, cfg, task) -> str:
+    return (f"training diverged: the loss is {loss} at epoch {epoch + 1}/{cfg.epochs}, step {step + 1}/{steps} "
+            f"(training.lr={cfg.lr:g}, optimizer {cfg.optimizer}). Lower training.lr (e.g. {cfg.lr / 10:g}; "
+            f"{'weights grew without bound' if step or epoch else 'the first batch already gives it'}), and check "
+            f"the data: finite pixels, labels in 0..{task.num_classes - 1}. Nothing was cached")
+
+
+def _load_checkpoint(model: nn.Module, ckpt: Path, meta_path: Path) -> TrainResult | None:
+    """The cached result with ``model``'s weights loaded, or None (files discarded, logged) when the
+    checkpoint cannot be read, does not fit the model, or holds NaN/infinite weights. The model is
+    changed only when the checkpoint is good (a failed load must not alter the fresh weights that
+    retraining starts from)."""
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        meta = json.loads(meta_path.read_text())
+        result = TrainResult(**meta)
+        if not isinstance(state, dict):
+            raise ValueError(f"it holds a {type(state).__name__}, not a state dict")
+        own = model.state_dict()
+        if set(state) != set(own):
+            raise ValueError(f"its keys differ from the model's ({len(set(state) ^ set(own))} differ)")
+        shapes = [k for k, v in own.items() if tuple(state[k].shape) != tuple(v.shape)]
+        if shapes:
+            raise ValueError(f"tensor shapes differ from the model's ({shapes[0]}, ...)")
+        bad = _non_finite(state)
+        if bad:
+            raise ValueError(f"{len(bad)} weight tensor(s) hold NaN or infinity ({bad[0]}, ...)")
+    except Exception as exc:  # noqa: BLE001 - any unreadable or unusable checkpoint is discarded
+        log.warning("discarding the cached model checkpoint %s (%s: %s); training again", ckpt.parent,
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        for f in (ckpt, meta_path):
+            f.unlink(missing_ok=True)
+        return None
+    model.load_state_dict(state)
+    result.cache_hit = True
     return result

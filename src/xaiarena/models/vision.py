@@ -7,16 +7,39 @@ metrics and DiET all perturb and attribute in pixel space.
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 from torch import nn
 
 from ..registry import MODELS
 
 
-class ImageClassifier(nn.Module):
-    """``net(normalise(x))`` for pixel-space ``x`` of shape (N, C, H, W) in [0, 1]."""
+@runtime_checkable
+class DeclaresCAMLayer(Protocol):
+    """A model (or network) that declares the layer CAMs explain by default.
 
-    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
+    ``cam_layer()`` returns the layer's dotted module name relative to the object it is
+    called on (``model.get_submodule(model.cam_layer())``); the layer's *output* is used and
+    must be ``(N, K, h, w)``, produced once per forward pass. It raises :class:`LookupError`,
+    with the reason, when the model has no conventional CAM layer (a vision transformer), or
+    returns None when none was configured: the CAM explainers then ask for their ``layer``
+    option. See docs/explainers.md.
+    """
+
+    def cam_layer(self) -> str | None: ...
+
+
+class ImageClassifier(nn.Module):
+    """``net(normalise(x))`` for pixel-space ``x`` of shape (N, C, H, W) in [0, 1].
+
+    ``cam_layer`` names the network's CAM layer relative to ``net``; by default the
+    network's own :meth:`cam_layer` (LeNet, ResNet) is used. :meth:`cam_layer` returns
+    it relative to this model (``net.<name>``).
+    """
+
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...],
+                 cam_layer: str | None = None):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
@@ -24,6 +47,15 @@ class ImageClassifier(nn.Module):
         for m in net.modules():
             if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1):
                 m.register_forward_pre_hook(_contiguous_input)
+        self._cam_layer = cam_layer
+
+    def cam_layer(self) -> str:
+        """The default CAM layer, relative to this model (see :class:`DeclaresCAMLayer`)."""
+        if self._cam_layer is not None:
+            return f"net.{self._cam_layer}"
+        if isinstance(self.net, DeclaresCAMLayer):
+            return f"net.{self.net.cam_layer()}"
+        raise LookupError(f"its network ({type(self.net).__name__}) declares no CAM layer")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = (x - self.mean) / self.std
@@ -97,6 +129,12 @@ class LeNet(nn.Module):
         fc.append(nn.Linear(n, num_classes))
         self.classifier = nn.Sequential(*fc)
 
+    def cam_layer(self) -> str:
+        """The last conv block's activation (its ReLU, before the pooling): ``features.<3k-2>``."""
+        if not len(self.features):
+            raise LookupError("this LeNet has no convolutional block (channels is empty)")
+        return f"features.{len(self.features) - 2}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)))
 
@@ -138,6 +176,10 @@ class ResNet(nn.Module):
                 cin = width * mult
         self.layers = nn.Sequential(*blocks)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+
+    def cam_layer(self) -> str:
+        """The last residual block's output (after the addition and its ReLU): ``layers.<last>``."""
+        return f"layers.{len(self.layers) - 1}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.layers(self.stem(x)))
