@@ -436,7 +436,7 @@ class IROF(PerturbationMetric):
                  output: str = "probability", batch_size: int | None = None, blur_sigma: float = 5.0):
         super().__init__(fill, output, batch_size, blur_sigma)
         self.n_segments = check_positive_int("n_segments", n_segments)
-        if isinstance(compactness, bool) or not isinstance(compactness, (int, float)) or compactness <= 0:
+        if isinstance(compactness, bool) or not isinstance(compactness, (int, float)) or not compactness > 0 or not math.isfinite(compactness):
             raise ValueError(f"compactness={compactness!r} is not valid; it must be a number > 0")
         self.compactness = float(compactness)
 

@@ -174,7 +174,7 @@ class PerturbationMetric(Metric):
         self.fill = check_fill(fill)
         self.output = check_choice("output", output, OUTPUTS)
         self.batch_size = check_batch_size(batch_size)
-        if not isinstance(blur_sigma, (int, float)) or isinstance(blur_sigma, bool) or blur_sigma < 0:
+        if not isinstance(blur_sigma, (int, float)) or isinstance(blur_sigma, bool) or not blur_sigma >= 0 or not math.isfinite(blur_sigma):
             raise ValueError(f"blur_sigma={blur_sigma!r} is not valid; it must be a number >= 0")
         self.blur_sigma = float(blur_sigma)
 

@@ -216,7 +216,7 @@ class RelativeInputStability(_ReExplain):
                  clip: bool = False, prediction_change: str = "exclude", eps_min: float = 1e-6,
                  abs: bool = False, normalise: bool = False, batch_size: int | None = None):
         super().__init__(nr_samples, lower_bound, upper_bound, clip, prediction_change, abs, normalise, batch_size)
-        if isinstance(eps_min, bool) or not isinstance(eps_min, (int, float)) or eps_min <= 0:
+        if isinstance(eps_min, bool) or not isinstance(eps_min, (int, float)) or not eps_min > 0 or not math.isfinite(eps_min):
             raise ValueError(f"eps_min={eps_min!r} is not valid; it must be a number > 0")
         self.eps_min = float(eps_min)
 
