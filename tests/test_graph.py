@@ -37,7 +37,7 @@ def test_units_and_tasks_of_a_grid_with_replicates():
     assert f"{u}/explain/saliency" in names and f"{u}/explain/saliency@f_s" in names
     assert f"{u}/explain/diet" in names and f"{u}/explain/diet@f_b" not in names
     # agreement with a reference needs the reference among the view's maps; f_b has no pair here
-    assert f"{u}/score/agreement_spearman@f_s" in names and f"{u}/score/agreement_spearman" not in names
+    assert f"{u}/metric/agreement_spearman@f_s" in names and f"{u}/metric/agreement_spearman" not in names
     pos = {n: i for i, n in enumerate(names)}
     assert all(pos[d] < pos[t.name] for t in tasks for d in t.deps)
 

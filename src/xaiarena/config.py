@@ -133,7 +133,9 @@ class EvaluationConfig(_Strict):
     only_correct: bool = False
     # "auto": sized from free GPU memory on CUDA (runner.auto_batch_size), 64 on CPU
     batch_size: int | Literal["auto"] = 64
-    target: Literal["label", "prediction"] = "label"
+    # the class each map explains: the true label, the model's prediction, or one fixed class for every
+    # sample (a class index, or a class name of the model's label space, e.g. "airliner")
+    target: Literal["label", "prediction"] | int | str = "label"
     # with a learned explainer (DiET), the other explainers also explain its model f_s, so that
     # maps of the same model can be compared (results column explained_model: f_b or f_s)
     also_explain_f_s: bool = True
@@ -158,6 +160,51 @@ class RayConfig(_Strict):
     max_retries: int = Field(3, ge=0)  # a task whose worker dies is retried this often
 
 
+class ProtocolRow(_Strict):
+    """One setting of a source study: what the source did, what this config does, and why."""
+
+    setting: str
+    source: str
+    ours: str
+    why: str = ""
+
+
+class ReferenceValue(_Strict):
+    """A number the source study reported, to be set beside ours in the report."""
+
+    metric: str
+    explainer: str
+    value: float | None = None  # a single reported number, or
+    range: tuple[float, float] | None = None  # the range the source reports (e.g. over its images)
+    source: str  # where the number comes from (the source's table, figure or output)
+    dataset: str | None = None  # None: the run's (only) dataset
+    explained_model: str = "f_b"
+    note: str = ""
+
+    @model_validator(mode="after")
+    def _value_or_range(self) -> ReferenceValue:
+        if (self.value is None) == (self.range is None):
+            raise ValueError("a reference gives either value or range (not both)")
+        return self
+
+
+class StudyConfig(_Strict):
+    """A study's question and the source-specific analyses its report adds (docs/studies.md)."""
+
+    id: str
+    title: str
+    question: str
+    # the source's own analyses, shown beside ours and labelled as such:
+    #   improvement: per-dataset difference a - b on one metric, "a better", wins k/n, a bar chart, and the
+    #                across-dataset paired t-test and Cohen's d (pooled SD) the source computed
+    #   agreement_bands: agreement outputs with bands (>= 0.7 high, >= 0.4 moderate, else low), accuracy chart
+    #   per_image: per-image table of agreement outputs named by file; LIME superpixel figures
+    #   fg_bg: t, p and Cohen's d_z of object vs background, beside the source's
+    analyses: list[Literal["improvement", "agreement_bands", "per_image", "fg_bg"]] = Field(default_factory=list)
+    compare: list[str] | None = None  # improvement: [a, b] explainer labels
+    metric: str | None = None  # improvement: the output compared
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     seed: int = 0
@@ -178,6 +225,13 @@ class ExperimentConfig(_Strict):
     grid: dict[str, list[Any]] | None = None
     executor: Literal["local", "ray"] = "local"
     ray: RayConfig = Field(default_factory=RayConfig)
+    # named sets of overrides (e.g. GPU tiers); `preset: NAME` (or --set preset=NAME) applies one,
+    # after the file and before the other --set overrides
+    presets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    preset: str | None = None
+    study: StudyConfig | None = None
+    protocol: list[ProtocolRow] = Field(default_factory=list)
+    reference: list[ReferenceValue] = Field(default_factory=list)
 
     @field_validator("seeds")
     @classmethod
@@ -382,7 +436,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         if field is None:
             return None
         ann = field.annotation
-        for cand in (TrainingConfig, EvaluationConfig, RayConfig, DataConfig, MetricSpec, ComponentSpec):
+        for cand in (TrainingConfig, EvaluationConfig, RayConfig, StudyConfig, DataConfig, MetricSpec, ComponentSpec):
             if ann is cand or cand in getattr(ann, "__args__", ()):
                 model = cand
                 break
@@ -493,10 +547,12 @@ def _component_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
                 built = _build_problem(reg, spec, f"{group}.{i}")
                 if built:
                     problems.append(built)
-            if group == "metrics" and spec.name in reg and "masks" in (reg.entry(spec.name).meta.get("requires") or ()):
+            meta = reg.entry(spec.name).meta if spec.name in reg else {}
+            if group == "metrics" and "masks" in (meta.get("requires") or ()) and "image" in meta.get("modality", ()):
                 for path, dspec in data_specs:
                     gt = _dataset_ground_truth(dspec)
-                    if gt is not None and "masks" not in gt:
+                    image = "image" in (DATASETS.entry(dspec.name).meta.get("modality") or "image")
+                    if gt is not None and image and "masks" not in gt:
                         problems.append((f"{group}.{i}.name", f"metric '{spec.name}' needs ground-truth masks, but "
                                          f"dataset '{dspec.name}' ({path}) has none"))
             if spec.key in seen:
@@ -574,4 +630,23 @@ def load_config(
         raw = load_raw(path)
     if overrides:
         raw = apply_overrides(raw, overrides)
+    raw = apply_preset(raw, overrides)
     return validate(raw)
+
+
+def apply_preset(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = None) -> dict[str, Any]:
+    """Apply ``presets[preset]`` (then the command-line overrides again, so that they win)."""
+    name = raw.get("preset")
+    if name is None:
+        return raw
+    presets = raw.get("presets") or {}
+    if not isinstance(presets, dict) or name not in presets:
+        valid = ", ".join(presets) if isinstance(presets, dict) and presets else "(none defined)"
+        hint = suggest(str(name), list(presets)) if isinstance(presets, dict) else None
+        raise ConfigError([("preset", f"bad value {name!r}: no such preset{f' (did you mean {hint!r}?)' if hint else ''}"
+                                      f"; valid: {valid}")])
+    values = presets[name]
+    if not isinstance(values, dict):
+        raise ConfigError([(f"presets.{name}", "a preset is a mapping of key.path: value overrides")])
+    raw = apply_overrides(raw, values)
+    return apply_overrides(raw, overrides) if overrides else raw

@@ -36,6 +36,7 @@ import torch
 
 from . import cache as ck
 from .config import ComponentSpec, DataConfig, ExperimentConfig, MetricSpec
+from .errors import ConfigError
 from .modalities import modality_for
 from .registry import MODELS
 from .utils import progress
@@ -208,8 +209,34 @@ def view_of(s: Settings, prep: Prepared, name: str, model: torch.nn.Module, key:
                          what=f"the evaluation samples of {prep.key} (explained as {name})")
     logits = prep.mod.logits(model, prep.task.test, prep.index, s.device)
     preds = logits.argmax(1)
-    targets = prep.labels if s.cfg.evaluation.target == "label" else preds
+    targets = fixed_targets(s.cfg.evaluation.target, prep, model, len(preds))
+    if targets is None:
+        targets = prep.labels if s.cfg.evaluation.target == "label" else preds
     return View(name, model, key, targets, preds)
+
+
+def fixed_targets(target: Any, prep: Prepared, model, n: int) -> torch.Tensor | None:
+    """``evaluation.target`` as one class for every sample (an index, or a class name of the model's
+    outputs, else of the dataset's classes); None for ``label``/``prediction``."""
+    if target in ("label", "prediction"):
+        return None
+    names = list(getattr(model, "class_names", None) or prep.task.class_names)
+    if isinstance(target, int) and not isinstance(target, bool):
+        idx = target
+    else:
+        lowered = [str(c).lower() for c in names]
+        if str(target).lower() not in lowered:
+            from .registry import suggest
+
+            hint = suggest(str(target), names)
+            raise ConfigError([("evaluation.target", f"bad value {target!r}: not a class of the model"
+                                f"{f' (did you mean {hint!r}?)' if hint else ''}; give label, prediction, a class "
+                                f"index 0..{len(names) - 1} or a class name such as {names[0]!r}")])
+        idx = lowered.index(str(target).lower())
+    if not 0 <= idx < len(names):
+        raise ConfigError([("evaluation.target", f"bad value {target!r}: the model has {len(names)} classes "
+                            f"(0..{len(names) - 1})")])
+    return torch.full((n,), idx, dtype=torch.long)
 
 
 # --------------------------------------------------------------------------- learned explainers

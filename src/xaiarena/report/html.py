@@ -57,7 +57,7 @@ _DIET_COUNTS = {"n_train": ("Training inputs", "inputs DiET learned masks for"),
                 "n_test": ("Test inputs", "inputs of the agreement and accuracy numbers"),
                 "fit_seconds": ("Fit time (s)", "training f_s and the masks")}
 _EXPLAINS = {"f_b": "the model being explained", "f_s": "DiET's distilled model"}
-_FIGURE_PATTERNS = (re.compile(r"^d\d+_.*\.png$"), re.compile(r"^combined_.*\.png$"))
+_FIGURE_PATTERNS = (re.compile(r"^d\d+_.*\.png$"), re.compile(r"^combined_.*\.png$"), re.compile(r"^study_.*\.png$"))
 
 
 def _env() -> jinja2.Environment:
@@ -371,7 +371,11 @@ def _build(run_dir: str | Path, alpha: float | None, test: str | None) -> Path:
 
     versions = run.get("versions") if isinstance(run.get("versions"), dict) else {}
     total = _num(run.get("total_seconds"))
+    from . import study as study_mod
+
     context = {
+        "study": study_mod.section(data, figs, alpha),
+        "hardware": [(str(k), str(v)) for k, v in (run.get("hardware") or {}).items()],
         "title": str(run.get("name") or data.run_dir.name),
         "run": {
             "seed": run.get("seed", "–"), "device": run.get("device", "–"),

@@ -423,3 +423,67 @@ def training_history(history: Sequence[Any]) -> bytes | None:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.legend()
         return _png(fig)
+
+
+# --------------------------------------------------------------------------- study figures
+
+
+def improvement_chart(imp: dict[str, Any]) -> bytes | None:
+    """Horizontal bars of ``a - b`` per dataset, one panel per pairing (green: a better)."""
+    views = [v for v in imp.get("views", []) if v.get("diffs")]
+    if not views:
+        return None
+    with rc_context(_STYLE):
+        fig = Figure(figsize=(4.2 * len(views), 0.5 + 0.45 * max(len(v["diffs"]) for v in views)))
+        for i, v in enumerate(views):
+            ax = fig.add_subplot(1, len(views), i + 1)
+            names = [_safe(d) for d, _ in v["diffs"]]
+            vals = [x for _, x in v["diffs"]]
+            better = [r["better"] == "yes" for r in v["rows"]]
+            ax.barh(names, vals, color=["#2e7d32" if b else "#c62828" for b in better])
+            ax.axvline(0, color="#333333", linewidth=0.8)
+            ax.set_title(_safe(v["label"]), fontsize=8)
+            ax.set_xlabel(_safe(f"{imp['a']} − {imp['b']} ({imp['metric']})"))
+            ax.invert_yaxis()
+        fig.tight_layout()
+        return _png(fig)
+
+
+def accuracy_chart(accuracies: dict[str, Any]) -> bytes | None:
+    """Test accuracy per dataset (finite values only)."""
+    items = [(d, float(a)) for d, a in accuracies.items() if isinstance(a, (int, float)) and np.isfinite(a)]
+    if not items:
+        return None
+    with rc_context(_STYLE):
+        fig = Figure(figsize=(max(3.0, 1.1 * len(items) + 1), 2.8))
+        ax = fig.add_subplot(1, 1, 1)
+        ax.bar([_safe(d) for d, _ in items], [a for _, a in items], color="#1f77b4")
+        for j, (_, a) in enumerate(items):
+            ax.text(j, a + 0.01, f"{100 * a:.1f}%", ha="center", va="bottom", fontsize=8)
+        ax.set_ylim(0, 1.08)
+        ax.set_ylabel("test accuracy")
+        fig.tight_layout()
+        return _png(fig)
+
+
+def dataset_preview(examples: dict[str, dict[str, np.ndarray]], n: int = 8) -> bytes | None:
+    """A row of evaluation images (with their labels) per dataset."""
+    rows = [(d, ex) for d, ex in examples.items() if "images" in ex and len(ex["images"])]
+    if not rows:
+        return None
+    with rc_context(_STYLE):
+        fig = Figure(figsize=(1.2 * n, 1.35 * len(rows)))
+        for i, (d, ex) in enumerate(rows):
+            names = list(ex.get("class_names", []))
+            for j in range(min(n, len(ex["images"]))):
+                ax = fig.add_subplot(len(rows), n, i * n + j + 1)
+                ax.imshow(_rgb(ex["images"][j]), interpolation="nearest")
+                lab = int(ex["labels"][j])
+                ax.set_title(_safe(names[lab] if lab < len(names) else lab), fontsize=7)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.grid(False)
+                if j == 0:
+                    ax.set_ylabel(_safe(d), fontsize=8)
+        fig.tight_layout()
+        return _png(fig)
