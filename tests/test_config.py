@@ -15,7 +15,7 @@ def _problems(raw: dict) -> dict[str, str]:
     return dict(exc.value.problems)
 
 
-BASE = {"data": "hard_mnist", "model": "lenet"}
+BASE = {"data": "hard_mnist", "model": "lenet", "explainers": ["gradcam"]}
 
 
 def test_default_config_is_valid():
