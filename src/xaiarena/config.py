@@ -134,6 +134,7 @@ class ExperimentConfig(_Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     explainers: list[ComponentSpec] = Field(default_factory=list)
     metrics: list[MetricSpec] = Field(default_factory=list)
+    dissect: DissectConfig | None = None  # neuron labelling (xaiarena dissect), see dissect/config.py
 
     @field_validator("data", mode="before")
     @classmethod
@@ -284,8 +285,8 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         if field is None:
             return None
         ann = field.annotation
-        for cand in (TrainingConfig, EvaluationConfig, DataConfig, MetricSpec, ComponentSpec):
-            if ann is cand or cand in getattr(ann, "__args__", ()):
+        for cand in (ann, *getattr(ann, "__args__", ())):  # X, list[X], X | None
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
                 model = cand
                 break
         else:
@@ -373,7 +374,7 @@ def _component_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
 
 def validate(raw: dict[str, Any]) -> ExperimentConfig:
     """Validate a raw mapping into an :class:`ExperimentConfig` or raise ConfigError."""
-    problems = _component_problems(raw)
+    problems = _component_problems(raw) + dissect_problems(raw)
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
@@ -397,3 +398,8 @@ def load_config(
     if overrides:
         raw = apply_overrides(raw, overrides)
     return validate(raw)
+
+
+from .dissect.config import DissectConfig, dissect_problems  # noqa: E402  (it builds on ComponentSpec above)
+
+ExperimentConfig.model_rebuild()

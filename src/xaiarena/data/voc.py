@@ -113,12 +113,13 @@ def voc2012_seg(
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(rows, size=n_test, replace=False))
     d = ds.select(rows)
-    images, masks, valid = [], [], []
+    images, masks, valid, present = [], [], [], []
     for img, mask in zip(decoded_images(d, "image"), decoded_images(d, "mask"), strict=True):
         a, m = _resize_pair(img, mask, size)
         images.append(a)
         masks.append(m == cls)
         valid.append(m != VOID)
+        present.append(sorted(int(c) for c in np.unique(m) if c not in (0, VOID)))  # classes at this size
     keep = np.array([m.any() for m in masks], dtype=bool)  # the class may vanish when shrunk a lot
     if not keep.any():
         raise ValueError(f"dataset '{NAME}': no image of '{subset}' contains '{target_class}' "
@@ -146,6 +147,8 @@ def voc2012_seg(
             "file_names": [f for f, k in zip(file_names, keep, strict=True) if k],
             "valid_masks": valid_t, "void_fraction": float(1 - valid_t.float().mean()),
             "label_maps": label_maps, "no_train_split": True,
+            # VOC class indices present in each test image (for label-based neuron dissection)
+            "image_classes": {"test": [c for c, k in zip(present, keep, strict=True) if k]},
         },
     )
 
