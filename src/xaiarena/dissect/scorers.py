@@ -325,14 +325,19 @@ class AnnotationScorer(ConceptScorer):
             kinds = list(dict.fromkeys(kinds))
         self.kinds = kinds
 
+    def _kinds(self, task) -> list[str]:
+        have = _kinds_available(task)
+        kinds = list(self.kinds or have)
+        missing = [k for k in kinds if k not in have]
+        if missing:
+            raise OptionError("kinds", f"dataset '{task.name}' has no '{missing[0]}' annotations; it has: "
+                              f"{', '.join(have)}")
+        return kinds
+
     def image_concepts(self, probe: Probe) -> list[set[str]]:
         """The set of concept names each probe image carries."""
         task = probe.task
-        have = _kinds_available(task)
-        kinds = [k for k in (self.kinds or have)]
-        missing = [k for k in kinds if k not in have]
-        if missing:
-            raise ValueError(f"dataset '{task.name}' has no '{missing[0]}' annotations; it has: {', '.join(have)}")
+        kinds = self._kinds(task)
         sets: list[set[str]] = [set() for _ in range(len(probe))]
         if "class" in kinds:
             for s, y in zip(sets, probe.labels.tolist(), strict=True):
@@ -347,21 +352,21 @@ class AnnotationScorer(ConceptScorer):
         if "segmentation" in kinds:
             per_image = task.meta["image_classes"].get(probe.split)
             if per_image is None:
-                raise ValueError(f"dataset '{task.name}' lists the classes in its images for split(s) "
-                                 f"{', '.join(task.meta['image_classes'])}, not '{probe.split}'")
+                raise OptionError("dissect.split", f"dataset '{task.name}' lists the classes in its images for "
+                                  f"split(s) {', '.join(task.meta['image_classes'])}, not '{probe.split}'")
             for s, i in zip(sets, probe.index.tolist(), strict=True):
                 s.update(task.class_names[int(c)] for c in per_image[i] if task.class_names[int(c)] != "background")
         return sets
 
     def score(self, probe: Probe, concepts: list[str], *, device="cpu", cache: Cache | None = None,
               show_progress: bool = True) -> torch.Tensor:
-        known = available_annotations(probe.task, self.kinds)
+        known = available_annotations(probe.task, self._kinds(probe.task))
         unknown = [c for c in concepts if c not in known]
         if unknown:
             shown = ", ".join(unknown[:10]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 10 else "")
-            raise ValueError(f"the annotations scorer has no ground truth for concept(s) {shown} in dataset "
-                             f"'{probe.task.name}'; it knows: {', '.join(known)} (use concepts: annotations or "
-                             "dataset_classes, or a CLIP scorer for open vocabularies)")
+            raise OptionError("dissect.concepts", f"the annotations scorer has no ground truth for concept(s) "
+                              f"{shown} in dataset '{probe.task.name}'; it knows: {', '.join(known)} (use concepts: "
+                              "annotations or dataset_classes, or a CLIP scorer for open vocabularies)")
         col = {c: j for j, c in enumerate(concepts)}
 
         def compute() -> torch.Tensor:
