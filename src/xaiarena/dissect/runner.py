@@ -288,12 +288,15 @@ class DissectRunner:
         return got["values"], got["indices"]
 
     def _layer_summary(self, dataset: str, layer: str, df: pd.DataFrame, output_layer: bool, acts) -> dict[str, Any]:
+        from .plots import top_concepts
+
         live = df[~df["constant"]]
+        counts = top_concepts(df, 1)  # most frequent label of the live neurons (ties: alphabetical)
         row: dict[str, Any] = {
             "dataset": dataset, "layer": layer, "neurons": len(df), "constant_neurons": int(df["constant"].sum()),
             "distinct_concepts": int(live["concept"].nunique()),
-            "top_concept": live["concept"].value_counts().index[0] if len(live) else "",
-            "top_concept_neurons": int(live["concept"].value_counts().iloc[0]) if len(live) else 0,
+            "top_concept": str(counts.index[0]) if len(counts) else "",
+            "top_concept_neurons": int(counts.iloc[0]) if len(counts) else 0,
             "mean_similarity": float(live["similarity"].mean()) if len(live) else float("nan"),
             "median_similarity": float(live["similarity"].median()) if len(live) else float("nan"),
             "output_layer": output_layer,
