@@ -150,7 +150,8 @@ class ExperimentConfig(_Strict):
         return value
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        # no dissect section: left out, so configs (and their hashes) without one are as before
+        return self.model_dump(mode="json", exclude={"dissect"} if self.dissect is None else None)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -24,7 +24,7 @@ from .. import __version__
 from ..report.tables import fmt_percent, fmt_seconds
 from ..utils import atomic_write_bytes, atomic_write_text
 from . import plots
-from .runner import read_neurons
+from .runner import read_layers, read_neurons
 
 MAX_ROWS = 2000  # neuron rows shown per layer in the HTML (all of them are in neurons.csv)
 
@@ -34,11 +34,14 @@ def _slug(text: str) -> str:
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+    """A similarity for the tables: 4 decimals, or 4 significant digits when very large or small."""
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
         return "–"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}" if abs(v) >= 1e4 or (v != 0 and abs(v) < 1e-3) else f"{v:.{digits}f}"
-    return str(v)
+    if not math.isfinite(v):
+        return "–"
+    return f"{v:.{digits}g}" if abs(v) >= 1e4 or (v != 0 and abs(v) < 1e-3) else f"{v:.{digits}f}"
 
 
 def _component(spec: Any) -> str:
@@ -60,8 +63,7 @@ def _figure(run_dir: Path, name: str, png: bytes | None, title: str, caption: st
 def build_dissect_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     neurons = read_neurons(run_dir / "results" / "neurons.csv")
-    layers = pd.read_csv(run_dir / "results" / "dissect_layers.csv", keep_default_na=False,
-                         dtype={"dataset": str, "layer": str, "top_concept": str})
+    layers = read_layers(run_dir / "results" / "dissect_layers.csv")
     run = json.loads((run_dir / "run.json").read_text())
     info = run.get("dissect") or {}
     seed = int(info.get("seed", run.get("seed", 0)) or 0)
@@ -81,18 +83,14 @@ def build_dissect_report(run_dir: str | Path) -> Path:
         ]
         layer_rows = []
         for _, r in layers[layers["dataset"] == dataset].iterrows():
-            own = ""
-            if str(r.get("output_layer")) == "True" and "own_class_defined" in r and str(r["own_class_defined"]):
-                rate = float(r["own_class_rate"]) if str(r["own_class_rate"]) else float("nan")
-                own = f"{int(float(r['own_class_matches']))} / {int(float(r['own_class_defined']))}"
-                own += f" ({fmt_percent(rate)})" if math.isfinite(rate) else ""
+            own = "–"
+            if bool(r["output_layer"]) and pd.notna(r.get("own_class_defined")) and r["own_class_defined"] > 0:
+                own = f"{int(r['own_class_matches'])} / {int(r['own_class_defined'])} ({fmt_percent(r['own_class_rate'])})"
             layer_rows.append({
                 "layer": r["layer"], "neurons": int(r["neurons"]), "constant": int(r["constant_neurons"]),
                 "distinct": int(r["distinct_concepts"]),
-                "top": f"{r['top_concept']} ({int(r['top_concept_neurons'])})" if str(r["top_concept"]) else "–",
-                "mean": _fmt(float(r["mean_similarity"]) if str(r["mean_similarity"]) else None),
-                "median": _fmt(float(r["median_similarity"]) if str(r["median_similarity"]) else None),
-                "own": own or "–",
+                "top": f"{r['top_concept']} ({int(r['top_concept_neurons'])})" if r["top_concept"] else "–",
+                "mean": _fmt(r["mean_similarity"]), "median": _fmt(r["median_similarity"]), "own": own,
             })
         tops = sorted(c for c in df.columns if re.fullmatch(r"top\d+", c))
         tops.sort(key=lambda c: int(c[3:]))

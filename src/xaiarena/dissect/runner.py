@@ -355,6 +355,14 @@ def read_neurons(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def read_layers(path: str | Path) -> pd.DataFrame:
+    """``results/dissect_layers.csv``, the most frequent label kept as text (empty when no neuron varies)."""
+    path = Path(path)
+    header = pd.read_csv(path, nrows=0).columns
+    text = {c: str for c in ("dataset", "layer", "top_concept") if c in header}
+    return pd.read_csv(path, dtype=text, keep_default_na=False, na_values={c: [""] for c in header if c not in text})
+
+
 class DissectResult:
     """A finished dissection: ``neurons`` (results/neurons.csv), ``layers``, ``info``, ``report_path``."""
 
@@ -370,7 +378,7 @@ class DissectResult:
 
     @property
     def layers(self) -> pd.DataFrame:
-        return pd.read_csv(self.run_dir / "results" / "dissect_layers.csv")
+        return read_layers(self.run_dir / "results" / "dissect_layers.csv")
 
     @property
     def report_path(self) -> Path:
