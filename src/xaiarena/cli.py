@@ -18,7 +18,7 @@ from typing import Optional
 
 import typer
 
-from .errors import ConfigError, UnknownNameError
+from .errors import ConfigError, UnknownNameError, XaiArenaError
 
 app = typer.Typer(
     add_completion=False,
@@ -134,6 +134,8 @@ def dissect(
         _fail(exc.format())
     except UnknownNameError as exc:
         _fail(exc.message)
+    except XaiArenaError as exc:  # DataError, TrainingError, RunError: user-fixable, one line, exit 2
+        _fail(str(exc))
     except ImportError as exc:  # an optional package a model or concept set needs
         _fail(str(exc), code=1)
     except KeyboardInterrupt:
