@@ -166,30 +166,8 @@ class DissectRunner:
             concepts = self._concepts(task)
             info["n_concepts"] = len(concepts)
         scorer = self._scorer()
-        n_before = len(cache.misses)
-        with self.log.stage(f"{name}/scores") as info:
-            try:
-                scores = scorer.score(probe, concepts, device=self.device, cache=cache,
-                                      show_progress=self.show_progress)
-            except ScorerUnavailableError as exc:
-                raise ConfigError([(f"dissect.scorer.{exc.option}", exc.message)]) from None
-            except OptionError as exc:
-                raise ConfigError([(_key("scorer", exc.option), exc.message)]) from None
-            info["cache_hit"] = len(cache.misses) == n_before
-            # a concept scored the same on every probe image (e.g. an annotation no probe image has) says
-            # nothing about any neuron, yet soft_wpmi gives it 0, above the negative values of concepts
-            # that do vary: such columns are dropped (CLIP scores are never constant)
-            varies = (scores.amax(0) > scores.amin(0)).tolist()
-            dropped = [c for c, v in zip(concepts, varies, strict=True) if not v]
-            if dropped:
-                concepts = [c for c, v in zip(concepts, varies, strict=True) if v]
-                scores = scores[:, torch.tensor(varies)]
-                info["dropped_constant_concepts"] = dropped
-                _say(f"[xaiarena] {name}: {len(dropped)} concept(s) scored the same on every probe image are "
-                     f"left out: {', '.join(dropped[:10])}{' ...' if len(dropped) > 10 else ''}")
-            if len(concepts) < 2:
-                raise ConfigError([("dissect.concepts", f"only {len(concepts)} concept(s) vary over the "
-                                    f"{len(probe)} probe images; labelling needs at least 2")])
+        with self.log.stage(f"{name}/scores") as info_scores:
+            concepts, scores = self._scores(scorer, probe, concepts, cache, info_scores)
         scores_key = {"scorer": scorer.fingerprint(), "probe": probe.key, "concepts": stable_hash(concepts)}
 
         frames, layer_rows = [], []
@@ -217,7 +195,8 @@ class DissectRunner:
             "model": cfg.model.name, "model_hash": model_hash, "pretrained": pretrained,
             "test_accuracy": tr.test_accuracy, "split": d.split, "n_images": len(probe),
             "probe_accuracy": _probe_accuracy(model, outputs, probe, task),
-            "n_concepts": len(concepts), "dropped_constant_concepts": dropped, "concepts": d.concepts.hash_dict(), "scorer": d.scorer.hash_dict(),
+            "n_concepts": len(concepts), "dropped_constant_concepts": info_scores["dropped_constant_concepts"],
+            "concepts": d.concepts.hash_dict(), "scorer": d.scorer.hash_dict(),
             "similarity": d.similarity.hash_dict(), "pool": d.pool,
             "layers": {r["layer"]: r for r in layer_rows},
             "cache": {"hits": list(cache.hits), "computed": list(cache.misses)},
@@ -262,6 +241,32 @@ class DissectRunner:
             raise ConfigError([("dissect.concepts", f"concept set '{spec.name}' has {len(concepts)} concept(s); "
                                 "labelling needs at least 2")])
         return concepts
+
+    def _scores(self, scorer, probe: Probe, concepts: list[str], cache: Cache, info: dict[str, Any]):
+        """P for the probe images and concepts, without the concepts that do not vary (see below)."""
+        n_before = len(cache.misses)
+        try:
+            scores = scorer.score(probe, concepts, device=self.device, cache=cache, show_progress=self.show_progress)
+        except ScorerUnavailableError as exc:
+            raise ConfigError([(f"dissect.scorer.{exc.option}", exc.message)]) from None
+        except OptionError as exc:
+            raise ConfigError([(_key("scorer", exc.option), exc.message)]) from None
+        info["cache_hit"] = len(cache.misses) == n_before
+        # a concept scored the same on every probe image (e.g. an annotation no probe image has) says
+        # nothing about any neuron, yet soft_wpmi gives it 0, above the negative values of concepts that
+        # do vary: such columns are dropped (CLIP scores are never constant)
+        varies = (scores.amax(0) > scores.amin(0)).tolist()
+        dropped = [c for c, v in zip(concepts, varies, strict=True) if not v]
+        info["dropped_constant_concepts"] = dropped
+        if dropped:
+            concepts = [c for c, v in zip(concepts, varies, strict=True) if v]
+            scores = scores[:, torch.tensor(varies)]
+            _say(f"[xaiarena] {probe.task.name}: {len(dropped)} concept(s) scored the same on every probe image "
+                 f"are left out: {', '.join(dropped[:10])}{' ...' if len(dropped) > 10 else ''}")
+        if len(concepts) < 2:
+            raise ConfigError([("dissect.concepts", f"only {len(concepts)} concept(s) vary over the "
+                                f"{len(probe)} probe images; labelling needs at least 2")])
+        return concepts, scores
 
     def _scorer(self):
         spec = self.dcfg.scorer
