@@ -23,7 +23,8 @@ from xaiarena.registry import EXPLAINERS
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted((ROOT / "configs" / "studies").glob("*.yaml"))
 SHARED = Path(os.environ.get("XAIARENA_DATA_DIR", ROOT.parent / "shared" / "datasets"))
-EXPECTED = {"diet_vs_gradcam_images", "fashion_mnist_captum_quantus", "lime_vs_gradcam_agreement", "voc_foreground"}
+EXPECTED = {"diet_vs_gradcam_images", "fashion_mnist_captum_quantus", "lime_vs_gradcam_agreement", "voc_foreground",
+            "dissect_offline", "clip_dissect_resnet18"}
 
 
 def quick_overrides(path: Path) -> list[str]:
@@ -47,7 +48,17 @@ def test_study_config_is_valid_full_and_quick(path):
     quick = quick_overrides(path)
     assert quick, f"{path.name} has no '# quick:' lines"
     cfg = load_config(path, quick)
-    assert cfg.evaluation.n_samples <= 64  # the quick size is small
+    if _is_dissection(cfg):  # xaiarena dissect: the probe set is what must be small
+        data = cfg.data[0].params
+        size = cfg.dissect.n_images or data.get(f"n_{cfg.dissect.split}")
+        assert size is not None and size <= 1000
+    else:
+        assert cfg.evaluation.n_samples <= 64  # the quick size is small
+
+
+def _is_dissection(cfg) -> bool:
+    """A study run by ``xaiarena dissect`` (a dissect: section and nothing to explain)."""
+    return cfg.dissect is not None and not cfg.explainers
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=_id)
@@ -67,8 +78,14 @@ def test_quick_sizes_only_use_shared_datasets():
     """A dataset the shared folder lacks must have been swapped by the quick lines."""
     if not SHARED.exists():
         pytest.skip("shared datasets folder not found")
+    import inspect
+
+    from xaiarena.registry import DATASETS
+
     for path in STUDIES:
         for d in load_config(path, quick_overrides(path)).data:
+            if "data_dir" not in inspect.signature(DATASETS.get(d.name)).parameters:
+                continue  # built in (hard_mnist): generated, no files
             assert (SHARED / d.name).is_dir(), f"{path.name}: quick size uses '{d.name}', not in {SHARED}"
 
 
@@ -113,7 +130,44 @@ def _check_agreement(run_dir: Path) -> None:
     assert torch.equal(pm[kept_pm], full[kept_pm])
 
 
-CHECKS = {"voc_foreground": _check_voc, "lime_vs_gradcam_agreement": _check_agreement}
+def _check_dissect_offline(run_dir: Path) -> None:
+    from xaiarena.dissect import load
+
+    res = load(run_dir)
+    layers = res.layers.set_index("layer")
+    # the known answer: every output neuron of the LeNet gets its own digit (measured: 10 of 10)
+    assert layers.loc["classifier.2", "own_class_rate"] >= 0.9
+    assert set(res.neurons["layer"]) == {"features.1", "features.4", "features.7", "classifier.1", "classifier.2"}
+    assert (run_dir / "dissect.html").exists() and len(list((run_dir / "figures").glob("dissect_*.png"))) == 2
+
+
+CHECKS = {"voc_foreground": _check_voc, "lime_vs_gradcam_agreement": _check_agreement,
+          "dissect_offline": _check_dissect_offline}
+
+
+def _run_dissection_study(path: Path, out: Path) -> None:
+    from xaiarena.dissect import run as dissect
+    from xaiarena.errors import ConfigError
+
+    threads = torch.get_num_threads()
+    start = time.perf_counter()
+    try:
+        res = dissect(path, out=out, overrides=quick_overrides(path), show_progress=False)
+    except ImportError as exc:  # e.g. torchvision for clip_dissect_resnet18
+        pytest.skip(f"{path.name} needs a package that is not importable here: {exc}")
+    except ConfigError as exc:
+        if any(key == "dissect.scorer.model" for key, _ in exc.problems):
+            pytest.skip(f"{path.name}: no CLIP model here ({exc.problems[0][1][:120]}...)")
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    seconds = time.perf_counter() - start
+    print(f"\n{path.stem} quick size: {seconds:.1f} s")
+    assert list(res.info["datasets"]) == _quick_data_names(path)
+    assert len(res.neurons) and res.neurons["concept"].astype(str).str.len().gt(0).all()
+    if path.stem in CHECKS:
+        CHECKS[path.stem](res.run_dir)
+    assert seconds < 600
 
 
 @pytest.mark.integration
@@ -121,8 +175,13 @@ CHECKS = {"voc_foreground": _check_voc, "lime_vs_gradcam_agreement": _check_agre
 def test_quick_study_runs_offline(path, tmp_path, monkeypatch):
     if not SHARED.exists():
         pytest.skip("shared datasets folder not found")
-    pytest.importorskip("efficientnet_lite_pytorch")
     raw = load_config(path)
+    if _is_dissection(raw):
+        monkeypatch.setenv("XAIARENA_DATA_DIR", str(SHARED))
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        _run_dissection_study(path, tmp_path / "run")
+        return
+    pytest.importorskip("efficientnet_lite_pytorch")
     missing = [e.name for e in raw.explainers if e.name not in EXPLAINERS]
     if missing:
         pytest.skip(f"explainer(s) {missing} not registered")

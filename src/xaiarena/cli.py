@@ -3,6 +3,7 @@
 ``xaiarena run [CONFIG] [--out DIR] [--set key.path=value ...] [--executor local|ray] [--address ADDR]``
 ``xaiarena list [--json]``
 ``xaiarena report RUN_DIR``
+``xaiarena dissect CONFIG [--out DIR] [--set key.path=value ...]``
 
 A bad configuration exits with code 2 and a message naming the key, the bad
 value and the valid choices.
@@ -59,6 +60,8 @@ def run(
         _fail(f"--executor: bad value '{executor}'; valid: local, ray")
     if out is not None and out.exists() and not out.is_dir():
         _fail(f"--out '{out}' is a file; give a folder for the run directory")
+    if cfg.dissect is not None:
+        typer.echo("note: the config's 'dissect:' section is run by `xaiarena dissect CONFIG`, not by `run`", err=True)
     try:
         run_dir = Runner(cfg, out=out, show_progress=not quiet, executor=executor, address=address).run()
     except ConfigError as exc:
@@ -81,14 +84,16 @@ def run(
 @app.command("list")
 def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List registered datasets, models, explainers and metrics."""
-    from .registry import REGISTRIES
+    from .registry import DISSECT_REGISTRIES, REGISTRIES
 
     data = {kind: reg.describe() for kind, reg in REGISTRIES.items()}
+    dissect = {kind: reg.describe() for kind, reg in DISSECT_REGISTRIES.items()}
     if as_json:
         from .utils import dumps_json
 
-        typer.echo(dumps_json(data))
+        typer.echo(dumps_json({**data, "dissect": dissect}))
         return
+    data.update({f"dissect {kind.replace('_', ' ')}": entries for kind, entries in dissect.items()})
     for kind, entries in data.items():
         typer.echo(f"{kind}:")
         for e in entries:
@@ -106,13 +111,55 @@ def report(run_dir: Path = typer.Argument(..., help="A finished run directory.")
     """Rebuild report.html and figures from a run's saved results (nothing recomputed)."""
     if not (run_dir / "run.json").exists():
         _fail(f"'{run_dir}' is not a run directory (no run.json)")
-    from .report import build_report
+    dissected = (run_dir / "results" / "neurons.csv").exists()  # xaiarena dissect wrote here
+    if not dissected or (run_dir / "results" / "summary.csv").exists():
+        from .report import build_report
 
+        try:
+            typer.echo(f"report: {build_report(run_dir)}")
+        except XaiArenaError as exc:
+            _fail(f"cannot build the report of '{run_dir}': {exc}")
+    if dissected:
+        from .dissect.report import build_dissect_report
+
+        typer.echo(f"dissection report: {build_dissect_report(run_dir)}")
+
+
+@app.command()
+def dissect(
+    config: Path = typer.Argument(..., help="Experiment YAML with a 'dissect:' section."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<name>)."),  # noqa: UP045
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a config value: key.path=value (repeatable)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or stage lines."),
+) -> None:
+    """Label neurons with concepts (CLIP-Dissect): results/neurons.csv, figures, dissect.html."""
+    from .config import load_config
+    from .dissect.runner import DissectResult, DissectRunner
+
+    if quiet:
+        os.environ["XAIARENA_QUIET"] = "1"
     try:
-        path = build_report(run_dir)
-    except XaiArenaError as exc:
-        _fail(f"cannot build the report of '{run_dir}': {exc}")
-    typer.echo(f"report: {path}")
+        cfg = load_config(config, set_ or None)
+        run_dir = DissectRunner(cfg, out=out, show_progress=not quiet).run()
+    except ConfigError as exc:
+        _fail(exc.format())
+    except UnknownNameError as exc:
+        _fail(exc.message)
+    except XaiArenaError as exc:  # DataError, TrainingError, RunError: user-fixable, one line, exit 2
+        _fail(" ".join(str(exc).split()))
+    except ImportError as exc:  # an optional package a model or concept set needs
+        _fail(str(exc), code=1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; finished stages are cached, run the same command again to resume", err=True)
+        raise typer.Exit(130) from None
+    res = DissectResult(run_dir)
+    typer.echo(f"run directory: {run_dir}")
+    layers = res.layers
+    cols = [c for c in ("dataset", "layer", "neurons", "distinct_concepts", "top_concept", "mean_similarity",
+                        "own_class_rate") if c in layers]
+    typer.echo(layers[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    typer.echo(f"neurons: {run_dir / 'results' / 'neurons.csv'}")
+    typer.echo(f"report: {res.report_path}")
 
 
 def main() -> None:

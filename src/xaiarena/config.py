@@ -259,6 +259,7 @@ class ExperimentConfig(_Strict):
         from .cache import stable_seed
 
         return [self.seed] + [stable_seed(self.seed, "replicate", i) for i in range(1, self.replicates)]
+    dissect: DissectConfig | None = None  # neuron labelling (xaiarena dissect), see dissect/config.py
 
     @field_validator("data", mode="before")
     @classmethod
@@ -287,15 +288,10 @@ class ExperimentConfig(_Strict):
                                  f"device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
         return value
 
-    @field_validator("explainers")
-    @classmethod
-    def _some_explainers(cls, value: list) -> list:
-        if not value:
-            raise ValueError("the config has no explainers; list at least one (xaiarena list shows them)")
-        return value
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        # no dissect section: left out, so configs (and their hashes) without one are as before
+        return self.model_dump(mode="json", exclude={"dissect"} if self.dissect is None else None)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -436,8 +432,8 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         if field is None:
             return None
         ann = field.annotation
-        for cand in (TrainingConfig, EvaluationConfig, RayConfig, StudyConfig, DataConfig, MetricSpec, ComponentSpec):
-            if ann is cand or cand in getattr(ann, "__args__", ()):
+        for cand in (ann, *getattr(ann, "__args__", ())):  # X, list[X], X | None
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
                 model = cand
                 break
         else:
@@ -573,12 +569,14 @@ def validate(raw: dict[str, Any]) -> ExperimentConfig:
     """Validate a raw mapping into an :class:`ExperimentConfig` or raise ConfigError.
 
     With a ``grid``, every combination is validated too (problems are named by grid point)."""
-    problems = _component_problems(raw)
+    problems = _component_problems(raw) + dissect_problems(raw)
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
         problems += [_friendly(e, raw) for e in exc.errors()]
         raise ConfigError(problems) from None
+    if not cfg.explainers and cfg.dissect is None:
+        problems.append(("explainers", "the config has no explainers; list at least one (xaiarena list shows them)"))
     if problems:
         raise ConfigError(problems)
     if cfg.grid:
@@ -650,3 +648,8 @@ def apply_preset(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | No
         raise ConfigError([(f"presets.{name}", "a preset is a mapping of key.path: value overrides")])
     raw = apply_overrides(raw, values)
     return apply_overrides(raw, overrides) if overrides else raw
+
+
+from .dissect.config import DissectConfig, dissect_problems  # noqa: E402  (it builds on ComponentSpec above)
+
+ExperimentConfig.model_rebuild()

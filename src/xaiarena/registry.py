@@ -152,3 +152,16 @@ REGISTRIES: dict[str, Registry] = {
     "explainers": EXPLAINERS,
     "metrics": METRICS,
 }
+
+# neuron dissection (xaiarena.dissect): listed under "dissect" by ``xaiarena list``
+_DISSECT_MODULES = ("xaiarena.dissect.concepts", "xaiarena.dissect.scorers", "xaiarena.dissect.similarity")
+CONCEPT_SETS = Registry("concept sets", modules=_DISSECT_MODULES, reserved=("task",))
+CONCEPT_SCORERS = Registry("concept scorers", modules=_DISSECT_MODULES)
+SIMILARITIES = Registry("similarity functions", modules=_DISSECT_MODULES,
+                        reserved=("activations", "scores", "generator"))
+
+DISSECT_REGISTRIES: dict[str, Registry] = {
+    "concept_sets": CONCEPT_SETS,
+    "scorers": CONCEPT_SCORERS,
+    "similarities": SIMILARITIES,
+}

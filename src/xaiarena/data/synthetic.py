@@ -273,7 +273,8 @@ def hard_mnist(
         class_names=[str(i) for i in range(10)],
         mean=mean,
         std=std,
-        meta={"train_sources": tr[3], "test_sources": te[3], "canvas": canvas},
+        # each main digit is drawn in one colour (its mask gives it): dissection can name it
+        meta={"train_sources": tr[3], "test_sources": te[3], "canvas": canvas, "single_colour_objects": True},
     )
 
 

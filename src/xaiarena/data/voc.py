@@ -118,7 +118,7 @@ def voc2012_seg(
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(rows, size=n_test, replace=False))
     d = ds.select(rows)
-    images, masks, valid = [], [], []
+    images, masks, valid, present = [], [], [], []
     decoded = zip(decoded_images(d, "image", name=NAME, source=source, rows=rows),
                   decoded_images(d, "mask", name=NAME, source=source, rows=rows), strict=True)
     for row, (img, mask) in zip(rows, decoded, strict=True):
@@ -126,6 +126,7 @@ def voc2012_seg(
         images.append(a)
         masks.append(m == cls)
         valid.append(m != VOID)
+        present.append(sorted(int(c) for c in np.unique(m) if c not in (0, VOID)))  # classes at this size
     keep = np.array([m.any() for m in masks], dtype=bool)  # the class may vanish when shrunk a lot
     if not keep.any():
         raise DataError(f"dataset '{NAME}': no image of {source} contains '{target_class}' (at size {size})")
@@ -152,6 +153,8 @@ def voc2012_seg(
             "file_names": [f for f, k in zip(file_names, keep, strict=True) if k],
             "valid_masks": valid_t, "void_fraction": float(1 - valid_t.float().mean()),
             "label_maps": label_maps, "no_train_split": True,
+            # VOC class indices present in each test image (for label-based neuron dissection)
+            "image_classes": {"test": [c for c, k in zip(present, keep, strict=True) if k]},
         },
     )
 
