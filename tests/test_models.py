@@ -72,3 +72,29 @@ def test_early_stopping_keeps_best_epoch(tiny_task):
     res = train_model(model, tiny_task, cfg, seed=0, device=CPU, show_progress=False)
     assert len(res.history) <= 6
     assert res.best_epoch == max(range(len(res.history)), key=lambda i: res.history[i]["val_accuracy"]) + 1
+
+
+def test_resnet_backward_on_one_thread_does_not_corrupt_memory():
+    """torch 2.13's oneDNN crashes (heap corruption) in the weight gradient of a strided 1x1 conv
+    on a channels-last input when it runs on one thread; ImageClassifier runs those convs on a
+    contiguous input. Run in a subprocess: a crash must fail the test, not kill pytest."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import torch
+        torch.set_num_threads(1)
+        from xaiarena.data.base import ImageSplit, Task
+        from xaiarena.models import build_model
+        g = torch.Generator().manual_seed(0)
+        split = ImageSplit(torch.randint(0, 256, (8, 3, 16, 16), generator=g, dtype=torch.uint8),
+                           torch.zeros(8, dtype=torch.long))
+        task = Task("t", split, split, ["a", "b"], mean=(0.5,) * 3, std=(0.3,) * 3)
+        model = build_model("resnet", task, depth=8, width=4, seed=0).train()
+        for n in (48, 16, 8, 48, 16, 8):
+            model(torch.rand(n, 3, 16, 16)).softmax(1).sum().backward()
+        print("ok")
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]

@@ -21,12 +21,27 @@ class ImageClassifier(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.net = net
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1):
+                m.register_forward_pre_hook(_contiguous_input)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = (x - self.mean) / self.std
         if z.ndim == 4:
             z = _ChannelsLast.apply(z)
         return self.net(z)
+
+
+def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
+    """Run a strided 1x1 convolution on a contiguous (N, C, H, W) input.
+
+    torch 2.13's oneDNN weight gradient of a strided 1x1 convolution on a channels-last
+    input corrupts the heap when torch runs on one thread (measured on an AMD EPYC CPU:
+    ``double free or corruption`` / segfaults in the backward pass of ResNet shortcut convs,
+    nondeterministically; contiguous inputs and two threads were fine). These convolutions
+    are cheap, so they run in the plain layout everywhere.
+    """
+    return (args[0].contiguous(),) + tuple(args[1:])
 
 
 class _ChannelsLast(torch.autograd.Function):
