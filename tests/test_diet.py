@@ -269,7 +269,7 @@ def test_test_masks_depend_only_on_f_s_and_inputs(quadrant_task, tmp_path):
     # no target dependence
     assert torch.equal(maps, diet.explain(f_s, x, (y + 1) % 4))
     # the same maps from f_s, the inputs and the settings alone (no training masks, no training data)
-    masks, _ = optimise_test_masks(f_s, x, diet.masker, diet.config, seed=diet._seed)
+    masks, _ = optimise_test_masks(f_s, x, diet.test_masker, diet.config, seed=diet._seed)
     assert torch.equal(diet.masker.expand(masks)[:, 0], maps)
     # scrambling the training masks and training data afterwards changes nothing
     diet.train_masks = torch.rand_like(diet.train_masks)
@@ -386,7 +386,7 @@ def test_mprt_over_diet_through_the_runner(tmp_path):
 
 
 @pytest.mark.parametrize("setting", [{"test_lr": 200.0}, {"test_max_steps": 3}, {"test_sparsity_weight": 3.0},
-                                     {"test_tol": 0.5}, {"test_background_std": 0.0},
+                                     {"test_tol": 0.5}, {"test_background_std": 0.2},
                                      {"batch_size": 8}])
 def test_every_test_time_setting_is_part_of_the_mask_cache_key(quadrant_task, tmp_path, setting, monkeypatch):
     """Issue 12.5: test-time masks cached under one setting are never served under another, neither
@@ -418,13 +418,14 @@ def test_every_test_time_setting_is_part_of_the_mask_cache_key(quadrant_task, tm
 
 def test_test_background_std_option(quadrant_task):
     task, model = quadrant_task
-    default = _fit(model, task)
-    assert torch.equal(default.test_masker.std, default.masker.std)
-    assert torch.allclose(default.masker.std, torch.tensor(task.std))
-    official = _fit(model, task, test_background_std=0.05)
+    official = _fit(model, task)  # default: the official inference code's 0.05 (pixel space, per channel)
     assert torch.allclose(official.test_masker.std, torch.full((3,), 0.05))
     assert torch.equal(official.test_masker.mean, official.masker.mean)  # the mean is the training one
-    assert torch.equal(official.masker.std, default.masker.std)  # training is unchanged
+    assert torch.allclose(official.masker.std, torch.tensor(task.std))  # training: the data set's std
+    same = _fit(model, task, test_background_std=None)  # null: as in training
+    assert torch.equal(same.test_masker.std, same.masker.std)
+    assert torch.allclose(_fit(model, task, test_background_std=[0.1, 0.2, 0.3]).test_masker.std,
+                          torch.tensor([0.1, 0.2, 0.3]))
     with pytest.raises(ValueError, match="test_background_std"):
         DiET(test_background_std=-0.1)
 
