@@ -210,7 +210,9 @@ def test_fit_training_masks_and_report(quadrant_task, tmp_path):
     # every faithfulness number the fit reports has a label in the HTML report
     from xaiarena.report.html import _DIET_LABELS
 
-    numbers = {k for k in rep if k.startswith(("test_", "train_"))}
+    diet.explain(diet.f_s, task.test.float_images(), task.test.labels)
+    assert 0.0 <= rep["test_converged_fraction"] <= 1.0  # how the test-time optimisation ended
+    numbers = {k for k, v in rep.items() if k.startswith(("test_", "train_")) and isinstance(v, (int, float))}
     assert numbers and numbers <= set(_DIET_LABELS), numbers - set(_DIET_LABELS)
 
 
@@ -267,7 +269,7 @@ def test_test_masks_depend_only_on_f_s_and_inputs(quadrant_task, tmp_path):
     # no target dependence
     assert torch.equal(maps, diet.explain(f_s, x, (y + 1) % 4))
     # the same maps from f_s, the inputs and the settings alone (no training masks, no training data)
-    masks, _ = optimise_test_masks(f_s, x, diet.masker, diet.config, seed=diet._seed)
+    masks, _ = optimise_test_masks(f_s, x, diet.test_masker, diet.config, seed=diet._seed)
     assert torch.equal(diet.masker.expand(masks)[:, 0], maps)
     # scrambling the training masks and training data afterwards changes nothing
     diet.train_masks = torch.rand_like(diet.train_masks)
@@ -282,6 +284,171 @@ def test_test_masks_depend_only_on_f_s_and_inputs(quadrant_task, tmp_path):
     # saved for the run
     saved = torch.load(tmp_path / "a" / "test_masks.pt", weights_only=True)
     assert len(saved["masks"]) >= len(x)
+
+
+def _count_optimisations(monkeypatch) -> dict[str, int]:
+    """Count the test-time optimisations the image DiET runs (calls of optimise_test_masks)."""
+    import xaiarena.explainers.diet.image as image_mod
+
+    calls = {"n": 0, "samples": 0}
+    original = image_mod.optimise_test_masks
+
+    def counted(model, inputs, *args, **kwargs):
+        calls["n"] += 1
+        calls["samples"] += len(inputs)
+        return original(model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(image_mod, "optimise_test_masks", counted)
+    return calls
+
+
+def _randomised(model: nn.Module, seed: int = 1) -> nn.Module:
+    import copy
+
+    rnd = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    for m in rnd.modules():
+        if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False)):
+            m.reset_parameters()
+    return rnd
+
+
+def test_explaining_f_s_is_cached_another_model_is_reoptimised_uncached(quadrant_task, tmp_path, monkeypatch):
+    """Issue 12.4: maps for f_s come from the cache; for any other model (a randomised copy of f_s,
+    f_b) DiET optimises test-time masks against that model and caches nothing."""
+    task, model = quadrant_task
+    diet = _fit(model, task, tmp_path, test_tol=0.0)
+    f_s = diet.explained_model(model)
+    x, y = task.test.float_images(), task.test.labels
+    calls = _count_optimisations(monkeypatch)
+    maps = diet.explain(f_s, x, y)
+    assert calls == {"n": 1, "samples": len(x)}
+    assert torch.equal(diet.explain(f_s, x, y), maps) and calls["n"] == 1  # cache hit, nothing recomputed
+    cached = dict(diet._test_cache)
+    saved = (tmp_path / "test_masks.pt").read_bytes()
+
+    rnd = _randomised(f_s)
+    maps_rnd = diet.explain(rnd, x, y)
+    assert calls == {"n": 2, "samples": 2 * len(x)}  # re-optimised against the randomised copy
+    assert (maps_rnd - maps).abs().amax() > 0.1
+    expected, _ = optimise_test_masks(rnd, x, diet.test_masker, diet.config, seed=diet._seed)
+    assert torch.allclose(maps_rnd, diet.masker.expand(expected)[:, 0])  # masks for that model, same settings
+    assert diet.explain(rnd, x, y).equal(maps_rnd) and calls["n"] == 3  # again: not served from a cache
+    assert diet._test_cache.keys() == cached.keys()
+    assert (tmp_path / "test_masks.pt").read_bytes() == saved  # no cache write
+    # explaining f_b (a different model too) re-optimises against f_b, and f_s is still served from the cache
+    diet.explain(model, x, y)
+    assert calls["n"] == 4
+    assert torch.equal(diet.explain(f_s, x, y), maps) and calls["n"] == 4
+    # the default model of test_masks is f_s
+    assert torch.equal(diet.masker.expand(diet.test_masks(x))[:, 0], maps) and calls["n"] == 4
+
+
+def test_mprt_over_diet_scores_below_one(quadrant_task, tmp_path):
+    """Issue 12.4: the randomisation test re-explains a randomised copy of f_s; DiET's maps change."""
+    from xaiarena.metrics import EvalBatch
+    from xaiarena.registry import METRICS
+
+    task, model = quadrant_task
+    diet = _fit(model, task, tmp_path)
+    f_s = diet.explained_model(model)
+    x, y = task.test.float_images(), task.test.labels
+    maps = diet.explain(f_s, x, y)
+
+    def fn(inputs, targets, generator=None, model=f_s):  # what the runner hands to mprt
+        return diet.explain(model, inputs, targets, generator=generator)
+
+    batch = EvalBatch(model=f_s, inputs=x, targets=y, labels=y)
+    out = METRICS.create("mprt").evaluate(batch, {"diet": maps}, generator=torch.Generator().manual_seed(0),
+                                          explainers={"diet": fn})
+    s = out.scores["mprt"]["diet"]
+    assert s.mean() < 0.9, s
+
+
+def test_mprt_over_diet_through_the_runner(tmp_path):
+    """Issue 12.4 end to end: a run with DiET and mprt gives a similarity below 1, and run.json's
+    ``diet`` block reports how the test-time optimisation ended (issue 12.3)."""
+    import xaiarena
+
+    cfg = {"name": "t", "seed": 0, "data": {"name": "hard_mnist", "n_train": 300, "n_test": 40},
+           "model": {"name": "lenet", "channels": [4, 8, 8]}, "training": {"epochs": 1},
+           "evaluation": {"n_samples": 12, "batch_size": 6},
+           "explainers": [{"name": "diet", **{k: v for k, v in TINY.items() if k != "seed"}, "upsample_factor": 8,
+                           "n_train": 32, "rounds": 1}],
+           "metrics": [{"name": "mprt", "n_layers": 2}]}
+    res = xaiarena.run(cfg, out=tmp_path / "run", show_progress=False)
+    mprt = res.per_sample[(res.per_sample.metric == "mprt") & (res.per_sample.explainer == "diet")]
+    assert len(mprt) == 12 and mprt.value.mean() < 0.9, mprt.value.describe()
+    diet = json.loads((tmp_path / "run" / "run.json").read_text())["datasets"]["hard_mnist"]["diet"]
+    assert diet["test_time"]["n_masks"] == 12  # the evaluation samples; the randomised copies are not counted
+    assert 0.0 <= diet["test_converged_fraction"] <= 1.0
+    assert diet["test_time"]["horizon"] == TINY["test_max_steps"]
+
+
+@pytest.mark.parametrize("setting", [{"test_lr": 200.0}, {"test_max_steps": 3}, {"test_sparsity_weight": 3.0},
+                                     {"test_tol": 0.5}, {"test_background_std": 0.2},
+                                     {"batch_size": 8}])
+def test_every_test_time_setting_is_part_of_the_mask_cache_key(quadrant_task, tmp_path, setting, monkeypatch):
+    """Issue 12.5: test-time masks cached under one setting are never served under another, neither
+    through a new explainer on the same cache folder (the fit is reused) nor by changing the config
+    of a fitted one."""
+    from dataclasses import replace
+
+    task, model = quadrant_task
+    x, y = task.test.float_images(), task.test.labels
+    old = _fit(model, task, tmp_path)
+    maps = old.explain(old.f_s, x, y)
+    calls = _count_optimisations(monkeypatch)
+    new = _fit(model, task, tmp_path, **setting)
+    fit_setting = "batch_size" in setting
+    assert new.report()["cache_hit"] is not fit_setting  # test_* settings reuse the fit
+    new_maps = new.explain(new.f_s, x, y)
+    assert calls["n"] == 1  # recomputed, not read from the cached test masks
+    expected, _ = optimise_test_masks(new.f_s, x, new.test_masker, new.config, seed=new._seed)
+    assert torch.allclose(new_maps, new.masker.expand(expected)[:, 0])
+    assert not torch.allclose(new_maps, maps)
+    # the same through the Python API on a fitted explainer: change the config, masks are recomputed
+    if not fit_setting and "test_background_std" not in setting:
+        old.config = replace(old.config, **setting)
+        assert torch.allclose(old.explain(old.f_s, x, y), new_maps) and calls["n"] == 2
+    # and the old setting's masks are still served from the cache
+    back = _fit(model, task, tmp_path)
+    assert torch.equal(back.explain(back.f_s, x, y), maps)
+
+
+def test_test_background_std_option(quadrant_task):
+    task, model = quadrant_task
+    official = _fit(model, task)  # default: the official inference code's 0.05 (pixel space, per channel)
+    assert torch.allclose(official.test_masker.std, torch.full((3,), 0.05))
+    assert torch.equal(official.test_masker.mean, official.masker.mean)  # the mean is the training one
+    assert torch.allclose(official.masker.std, torch.tensor(task.std))  # training: the data set's std
+    same = _fit(model, task, test_background_std=None)  # null: as in training
+    assert torch.equal(same.test_masker.std, same.masker.std)
+    assert torch.allclose(_fit(model, task, test_background_std=[0.1, 0.2, 0.3]).test_masker.std,
+                          torch.tensor([0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError, match="test_background_std"):
+        DiET(test_background_std=-0.1)
+
+
+def test_report_counts_masks_converged_and_stopped_at_the_horizon(quadrant_task, tmp_path):
+    task, model = quadrant_task
+    x, y = task.test.float_images(), task.test.labels
+    never = _fit(model, task, tmp_path / "a", test_tol=0.0)
+    rep = never.report()
+    assert "test_time" not in rep  # nothing explained yet
+    never.explain(never.f_s, x, y)
+    assert rep["test_time"]["n_masks"] == len(x)  # the dict handed out before is updated in place
+    assert rep["test_converged_fraction"] == 0.0 and rep["test_time"]["stopped_at_horizon_fraction"] == 1.0
+    assert rep["test_time"]["steps_mean"] == rep["test_time"]["horizon"] == TINY["test_max_steps"]
+    always = _fit(model, task, tmp_path / "b", test_tol=10.0)
+    always.explain(always.f_s, x, y)
+    assert always.report()["test_converged_fraction"] == 1.0 and always.report()["test_time"]["steps_mean"] == 3
+    # a cached fit reports the cached masks' numbers before any explain call
+    again = _fit(model, task, tmp_path / "a", test_tol=0.0)
+    assert again.report()["test_time"]["n_masks"] == len(x) and again.report()["test_converged_fraction"] == 0.0
+    # randomised copies do not count
+    again.explain(_randomised(again.f_s), x, y)
+    assert again.report()["test_time"]["n_masks"] == len(x)
 
 
 def test_explain_before_fit_is_a_clear_error():

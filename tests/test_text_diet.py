@@ -97,3 +97,60 @@ def test_registration_and_errors(planted):
     image_task = load_task("hard_mnist", n_train=20, n_test=10)
     with pytest.raises(ValueError, match="use 'diet' for images"):
         TextDiET().fit(planted[1], image_task, device=torch.device("cpu"))
+
+
+def _randomised(model, seed: int = 1):
+    import copy
+
+    rnd = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    for m in rnd.modules():
+        if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False)):
+            m.reset_parameters()
+    return rnd
+
+
+def test_f_s_is_served_from_the_cache_a_randomised_copy_is_reoptimised(planted, fitted, monkeypatch):
+    """Issue 12.4 for text: explaining f_s hits the cache; explaining another model (the randomised
+    copies of the randomisation test) optimises masks against that model, and caches nothing."""
+    import xaiarena.explainers.diet.text as text_mod
+
+    task, model = planted
+    diet, _, cache = fitted
+    f_s = diet.explained_model(model)
+    x, y = model.encode(task.test.texts[:8]), task.test.labels[:8]
+    maps = diet.explain(f_s, x, y)
+    calls = {"n": 0}
+    original = text_mod.optimise_test_masks
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(text_mod, "optimise_test_masks", counted)
+    assert torch.equal(diet.explain(f_s, x, y), maps) and calls["n"] == 0  # cache hit
+    keys, saved = set(diet._test_cache), (cache / "test_masks.pt").read_bytes()
+    rnd = _randomised(f_s)
+    maps_rnd = diet.explain(rnd, x, y)
+    assert calls["n"] == 1 and (maps_rnd - maps).abs().amax() > 0.1
+    assert (maps_rnd[~x.word_mask] == 0).all()
+    assert set(diet._test_cache) == keys and (cache / "test_masks.pt").read_bytes() == saved
+    assert torch.equal(diet.explain(f_s, x, y), maps) and calls["n"] == 1
+
+
+@pytest.mark.parametrize("setting", [{"test_lr": 150.0}, {"test_max_steps": 3}, {"test_sparsity_weight": 3.0},
+                                     {"test_tol": 0.5}, {"baseline": "pad"}])
+def test_test_time_settings_are_part_of_the_text_mask_cache_key(planted, fitted, setting):
+    """Issue 12.5 for text: another test-time setting on the same cache folder reuses the fit but never
+    the cached test masks."""
+    task, model = planted
+    diet, _, cache = fitted
+    x, y = model.encode(task.test.texts[:6]), task.test.labels[:6]
+    maps = diet.explain(diet.explained_model(model), x, y)
+    other = TextDiET(**{**QUICK, **setting})
+    other.fit(model, task, device=torch.device("cpu"), cache_dir=cache)
+    assert other.report()["cache_hit"] is ("baseline" not in setting)
+    got = other.explain(other.explained_model(model), x, y)
+    assert not torch.allclose(got, maps)
+    other._test_cache.clear()  # what it served is what it computes afresh
+    assert torch.allclose(other.explain(other.explained_model(model), x, y), got, atol=1e-5)

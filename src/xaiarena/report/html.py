@@ -51,6 +51,7 @@ _DIET_LABELS = {
                                      "f_s on masked inputs vs f_b on the full inputs"),
     "train_mask_l0_fraction": ("Mask size (L0)", "mean fraction of the input DiET's training masks keep"),
     "train_mask_l1_fraction": ("Mask weight (L1)", "mean mask value over the input"),
+    "test_converged_fraction": ("Test-time masks converged", "share of evaluation masks whose optimisation converged; the rest stopped at the step cap (horizon)"),
 }
 _PERCENT_KEYS = set(_DIET_LABELS)
 _DIET_COUNTS = {"n_train": ("Training inputs", "inputs DiET learned masks for"),

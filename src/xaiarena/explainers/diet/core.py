@@ -256,6 +256,14 @@ class DietConfig:
         """The settings that affect training (the fit's cache key): everything but ``test_*``."""
         return {k: v for k, v in asdict(self).items() if not k.startswith("test_")}
 
+    def test_dict(self) -> dict[str, Any]:
+        """Every setting the test-time optimisation reads (part of the test-mask cache key):
+        the ``test_*`` fields, the effective test learning rate and ``batch_size`` (the
+        per-sample step is ``lr / batch_size``, and the default horizon depends on it)."""
+        out = {k: v for k, v in asdict(self).items() if k.startswith("test_")}
+        out.update(effective_test_lr=self.effective_test_lr, batch_size=self.batch_size)
+        return out
+
     @property
     def effective_test_lr(self) -> float:
         return self.test_lr if self.test_lr is not None else self.mask_lr
@@ -648,7 +656,10 @@ def optimise_test_masks(
     ``t``-th draw of a generator seeded by ``seed``, shared by all samples. So a
     sample's mask does not depend on which other samples are in the batch.
 
-    Returns the low-resolution masks (CPU, unrounded) and a summary dict.
+    Returns the low-resolution masks (CPU, unrounded) and a summary dict: ``horizon``
+    (the step cap), ``steps_mean``, ``converged`` (fraction of samples stopped by the
+    ``test_tol`` rule; the others ran into the horizon) and, per sample (CPU tensors),
+    ``steps`` and ``converged_mask``.
     """
     cfg = config
     step = cfg.effective_test_lr / cfg.batch_size
@@ -687,7 +698,8 @@ def optimise_test_masks(
                 done = (losses[t, idx] - ref).abs() <= cfg.test_tol * ref.abs().clamp_min(1e-12)
                 active[idx[done]] = False
     summary = {"horizon": horizon, "steps_mean": float(steps_taken.float().mean()) if n else 0.0,
-               "converged": float((~active).float().mean()) if n else 0.0}
+               "converged": float((~active).float().mean()) if n else 0.0,
+               "steps": steps_taken.cpu(), "converged_mask": (~active).cpu()}
     return masks.detach().cpu(), summary
 
 
@@ -695,16 +707,34 @@ def optimise_test_masks(
 
 TEST_MASKS_FILE = "test_masks.pt"
 REPORT_FILE = "report.json"
+TEST_MASKS_FORMAT = 2
+
+
+@dataclass
+class _TestMask:
+    """A cached test-time mask and how its optimisation ended."""
+
+    mask: torch.Tensor
+    steps: int
+    converged: bool  # stopped by the test_tol rule (else it ran into the horizon)
+    horizon: int
 
 
 class DietFitMixin:
     """What the image ``diet`` and ``text_diet`` explainers share around :class:`DietTrainer`:
     the fitted state, the seed and training-subset rules, the cached faithfulness report and
-    the cache of test-time masks (keyed by a digest of each input).
+    the cache of test-time masks.
 
-    A subclass sets ``name``, ``config``, ``n_train`` and ``seed`` and implements
-    ``_faithfulness(f_b, ...)``; it calls :meth:`_reset_fit_state` in ``__init__`` and
-    :meth:`_fit_with_trainer` in ``fit``.
+    Test-time masks for ``f_s`` are cached under a key made of every test-time setting
+    (:meth:`DietConfig.test_dict`, the subclass's :meth:`_test_settings`, e.g. the
+    background used at test time), the fingerprint of ``f_s``, DiET's seed and a digest of
+    the input; changing any of them recomputes. Masks for any other model (e.g. the
+    randomised copies of the randomisation test) are optimised against that model and never
+    cached.
+
+    A subclass sets ``name``, ``config``, ``n_train`` and ``seed``, implements
+    ``_faithfulness(f_b, ...)`` and ``_test_settings()``; it calls :meth:`_reset_fit_state`
+    in ``__init__`` and :meth:`_fit_with_trainer` in ``fit``.
     """
 
     name: str
@@ -721,7 +751,8 @@ class DietFitMixin:
         self.fit_report: dict[str, Any] = {}
         self.cache_dir: Path | None = None
         self._seed = 0
-        self._test_cache: dict[Any, torch.Tensor] = {}
+        self._fs_fingerprint = ""
+        self._test_cache: dict[str, _TestMask] = {}
 
     def _start_fit(self, n_all: int, generator: torch.Generator | None, cache_dir: Any) -> torch.Tensor:
         """Fix the fit seed (``seed``, else one draw from ``generator``, else 0) and the cache
@@ -747,6 +778,7 @@ class DietFitMixin:
         self.f_s, self.train_masks, self.history, self.train_index = result.f_s, result.masks, result.history, index
         for p in self.f_s.parameters():  # f_s is final: explainers and metrics only need input gradients
             p.requires_grad_(False)
+        self._fs_fingerprint = fingerprint_module(self.f_s)
 
         report_path = self.cache_dir / REPORT_FILE if self.cache_dir is not None else None
         if result.cache_hit and report_path is not None and report_path.exists():
@@ -763,25 +795,84 @@ class DietFitMixin:
         self._test_cache = {}
         if self.cache_dir is not None and (self.cache_dir / TEST_MASKS_FILE).exists():
             saved = load_torch(self.cache_dir / TEST_MASKS_FILE)
-            self._test_cache = {self._decode_digest(k): m for k, m in zip(saved["digests"], saved["masks"], strict=True)}
+            if isinstance(saved, dict) and saved.get("format") == TEST_MASKS_FORMAT:
+                self._test_cache = {
+                    k: _TestMask(m, int(s), bool(c), int(h))
+                    for k, m, s, c, h in zip(saved["keys"], saved["masks"], saved["steps"].tolist(),
+                                             saved["converged"].tolist(), saved["horizon"].tolist(), strict=True)}
+        self._update_test_stats()
 
-    # digests are stored as strings; a subclass with other keys converts them
-    def _encode_digest(self, key: Any) -> str:
-        return key
+    # ---------------------------------------------------------------- test-time masks
+    def _test_settings(self) -> dict[str, Any]:
+        """Test-time settings of the modality (e.g. the background used at test time)."""
+        return {}
 
-    def _decode_digest(self, key: str) -> Any:
-        return key
+    def _test_key(self) -> str:
+        """Digest of everything a test-time mask for ``f_s`` depends on besides its input."""
+        key = {"format": TEST_MASKS_FORMAT, "config": self.config.test_dict(), "modality": self._test_settings(),
+               "f_s": self._fs_fingerprint, "seed": self._seed}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+    def _cached_test_masks(self, digests: list[str],
+                           compute: Callable[[list[int]], tuple[list[torch.Tensor], dict[str, Any]]]
+                           ) -> list[torch.Tensor]:
+        """Masks for ``f_s`` of the inputs with these ``digests``: from the cache, or from
+        ``compute(positions)`` (per-sample masks and :func:`optimise_test_masks`'s summary)
+        for those not cached under the current test settings."""
+        tkey = self._test_key()
+        keys = [f"{tkey}:{d}" for d in digests]
+        todo = [i for i, k in enumerate(keys) if k not in self._test_cache]
+        if todo:
+            masks, summary = compute(todo)
+            steps, conv = summary["steps"].tolist(), summary["converged_mask"].tolist()
+            for j, i in enumerate(todo):
+                self._test_cache[keys[i]] = _TestMask(masks[j], int(steps[j]), bool(conv[j]), int(summary["horizon"]))
+            self._save_test_masks()
+            self._update_test_stats()
+        return [self._test_cache[k].mask for k in keys]
+
+    def _explains_f_s(self, model: nn.Module | None) -> bool:
+        """Whether a call to explain ``model`` is a call for ``f_s`` (served from the cache)."""
+        return model is None or model is self._fitted()
+
+    def _update_test_stats(self) -> None:
+        """Put how the test-time optimisation ended into the report (in place, so a report
+        dict handed out before the evaluation masks were computed shows them too)."""
+        prefix = self._test_key() + ":"
+        entries = [e for k, e in self._test_cache.items() if k.startswith(prefix)]
+        for k in ("test_converged_fraction", "test_time"):
+            self.fit_report.pop(k, None)
+        if not entries:
+            return
+        n = len(entries)
+        conv = sum(e.converged for e in entries) / n
+        horizons = sorted({e.horizon for e in entries})
+        self.fit_report["test_converged_fraction"] = conv
+        self.fit_report["test_time"] = {
+            "n_masks": n, "converged_fraction": conv, "stopped_at_horizon_fraction": 1.0 - conv,
+            "steps_mean": sum(e.steps for e in entries) / n,
+            "horizon": horizons[0] if len(horizons) == 1 else horizons,
+            "settings": self.config.test_dict() | self._test_settings(),
+        }
 
     def _save_test_masks(self) -> None:
         if self.cache_dir is None:
             return
         keys = list(self._test_cache)
-        atomic_save_torch({"digests": [self._encode_digest(k) for k in keys],
-                           "masks": [self._test_cache[k] for k in keys]}, self.cache_dir / TEST_MASKS_FILE)
+        entries = [self._test_cache[k] for k in keys]
+        atomic_save_torch({"format": TEST_MASKS_FORMAT, "keys": keys, "masks": [e.mask for e in entries],
+                           "steps": torch.tensor([e.steps for e in entries], dtype=torch.long),
+                           "converged": torch.tensor([e.converged for e in entries], dtype=torch.bool),
+                           "horizon": torch.tensor([e.horizon for e in entries], dtype=torch.long)},
+                          self.cache_dir / TEST_MASKS_FILE)
 
     def report(self) -> dict[str, Any]:
-        """Model-faithfulness report of the last ``fit`` (empty before)."""
-        return dict(self.fit_report)
+        """Model-faithfulness report of the last ``fit`` (empty before).
+
+        The dict is live: ``test_converged_fraction`` and ``test_time`` (how the test-time
+        optimisation of the masks served for ``f_s`` ended: converged by ``test_tol`` or
+        stopped at the horizon) are added and updated as masks are computed."""
+        return self.fit_report
 
     def explained_model(self, model: nn.Module) -> nn.Module:
         return self._fitted()

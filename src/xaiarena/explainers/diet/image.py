@@ -133,11 +133,17 @@ class DiET(DietFitMixin, Explainer):
     ``model_lr`` (Adam), ``mask_tol``/``model_tol`` and ``mask_max_epochs``/
     ``model_max_epochs`` (convergence per phase), ``background`` (``normal``,
     ``uniform``, ``constant``) with ``background_mean``/``background_std``
-    (default: the dataset's channel statistics), ``test_lr`` (``None`` =
-    ``mask_lr``), ``test_sparsity_weight``, ``test_tol``, ``test_max_steps``
-    (``None`` = the horizon of :meth:`DietConfig.test_horizon`), and ``seed``
-    (default: drawn from the generator given to :meth:`fit`). Defaults are sized
-    for hard_mnist (64x64) in ~5 minutes on 2 CPU cores; see docs/diet.md.
+    (default: the dataset's channel statistics), ``test_background_std`` (the
+    background std at test time; ``None`` = ``background_std``), ``test_lr``
+    (``None`` = ``mask_lr``), ``test_sparsity_weight``, ``test_tol``,
+    ``test_max_steps`` (``None`` = the horizon of :meth:`DietConfig.test_horizon`),
+    and ``seed`` (default: drawn from the generator given to :meth:`fit`). Defaults
+    are sized for hard_mnist (64x64) in ~5 minutes on 2 CPU cores and were chosen on
+    training-split images (``benchmarks/tune_diet.py``); see docs/diet.md.
+
+    Explaining a model other than the fitted ``f_s`` (``attribute(model=...)``, e.g. the
+    randomised copies of the randomisation test) optimises test-time masks against that
+    model, uncached; explaining ``f_s`` serves cached masks.
     """
 
     name = "diet"
@@ -161,8 +167,9 @@ class DiET(DietFitMixin, Explainer):
         background: str = "normal",
         background_mean: float | list[float] | None = None,
         background_std: float | list[float] | None = None,
-        test_lr: float | None = 1000.0,
-        test_sparsity_weight: float = 1.0,
+        test_background_std: float | list[float] | None = 0.05,
+        test_lr: float | None = 125.0,
+        test_sparsity_weight: float = 8.0,
         test_tol: float = 0.002,
         test_max_steps: int | None = None,
         seed: int | None = None,
@@ -173,13 +180,18 @@ class DiET(DietFitMixin, Explainer):
             raise ValueError(f"upsample_factor={upsample_factor} must be >= 1")
         if n_train is not None and int(n_train) < 1:
             raise ValueError(f"n_train={n_train} must be >= 1 (or null for the whole training split)")
+        if test_background_std is not None and min(
+                [test_background_std] if isinstance(test_background_std, (int, float)) else test_background_std) < 0:
+            raise ValueError(f"test_background_std={test_background_std!r} must be >= 0 (or null: background_std)")
         self.config = DietConfig.from_options(locals())
         self.upsample_factor = int(upsample_factor)
         self.n_train = None if n_train is None else int(n_train)
         self.background = background
         self.background_mean = background_mean
         self.background_std = background_std
+        self.test_background_std = test_background_std
         self.seed = seed
+        self.test_masker: ImageMasker | None = None
         self._reset_fit_state()  # set by fit()
 
     # ------------------------------------------------------------------ fit
@@ -195,6 +207,9 @@ class DiET(DietFitMixin, Explainer):
         mean = getattr(task, "mean", None) if self.background_mean is None else self.background_mean
         std = getattr(task, "std", None) if self.background_std is None else self.background_std
         self.masker = ImageMasker(task.input_shape, self.upsample_factor, self.background, mean, std)
+        test_std = self.masker.std if self.test_background_std is None else self.test_background_std
+        self.test_masker = ImageMasker(task.input_shape, self.upsample_factor, self.background, self.masker.mean,
+                                       test_std)
 
         def get_batch(idx: torch.Tensor) -> torch.Tensor:
             return images[idx].to(device).float().div_(255.0)
@@ -221,30 +236,42 @@ class DiET(DietFitMixin, Explainer):
             seed=self._seed, mask_shape=list(self.masker.mask_hw))
 
     # ------------------------------------------------------------------ explain
-    def test_masks(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Low-resolution, unrounded test-time masks ``(N, 1, h, w)`` for pixel-space ``inputs``."""
+    def _test_settings(self) -> dict[str, Any]:
+        return {"test_masker": self.test_masker.describe()} if self.test_masker is not None else {}
+
+    def test_masks(self, inputs: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+        """Low-resolution, unrounded test-time masks ``(N, 1, h, w)`` (CPU) for pixel-space ``inputs``,
+        optimised against ``model`` (default ``f_s``: cached; any other model: uncached)."""
         f_s = self._fitted()
-        assert self.masker is not None
+        assert self.masker is not None and self.test_masker is not None
         if tuple(inputs.shape[1:]) != (self.masker.channels, self.masker.height, self.masker.width):
             raise ValueError(f"diet was fitted on inputs of shape {(self.masker.channels, self.masker.height, self.masker.width)}, "
                              f"got {tuple(inputs.shape[1:])}")
-        keys = _digests(inputs)
-        todo = [i for i, k in enumerate(keys) if k not in self._test_cache]
-        if todo:
-            dev = next(f_s.parameters()).device
-            x = inputs[torch.tensor(todo)].to(dev).float()
-            masks, _ = optimise_test_masks(f_s, x, self.masker, self.config, seed=self._seed)
-            for i, m in zip(todo, masks, strict=True):
-                self._test_cache[keys[i]] = m
-            self._save_test_masks()
-        return torch.stack([self._test_cache[k] for k in keys]) if keys else self.masker.init_masks(0)
+        if len(inputs) == 0:
+            return self.masker.init_masks(0)
+        if not self._explains_f_s(model):
+            x = inputs.to(_device_of(model, inputs.device)).float()
+            return optimise_test_masks(model, x, self.test_masker, self.config, seed=self._seed)[0]
+
+        def compute(todo: list[int]) -> tuple[list[torch.Tensor], dict[str, Any]]:
+            x = inputs[torch.tensor(todo)].to(_device_of(f_s, inputs.device)).float()
+            masks, summary = optimise_test_masks(f_s, x, self.test_masker, self.config, seed=self._seed)
+            return list(masks), summary
+
+        return torch.stack(self._cached_test_masks(_digests(inputs), compute))
 
     def attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
                   generator: torch.Generator | None = None) -> torch.Tensor:
-        """Upsampled test-time masks ``(N, H, W)`` in [0, 1], against ``f_s`` (``model`` and ``targets`` unused)."""
-        masks = self.test_masks(inputs)
+        """Upsampled test-time masks ``(N, H, W)`` in [0, 1] for ``model`` (``f_s``: cached; another
+        model, e.g. a randomised copy: optimised against it, uncached); ``targets`` unused."""
+        masks = self.test_masks(inputs, model)
         assert self.masker is not None
         return self.masker.expand(masks.float())[:, 0].to(inputs.device)
 
     def __repr__(self) -> str:
         return f"DiET(upsample_factor={self.upsample_factor}, rounds={self.config.rounds}, n_train={self.n_train})"
+
+
+def _device_of(model: nn.Module, default: torch.device) -> torch.device:
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else default
