@@ -38,7 +38,7 @@ from . import cache as ck
 from .config import ComponentSpec, DataConfig, ExperimentConfig, MetricSpec
 from .errors import TrainingError
 from .modalities import modality_for
-from .registry import MODELS
+from .registry import DATASETS, MODELS
 from .utils import progress
 
 log = logging.getLogger(__name__)
@@ -120,10 +120,11 @@ def prepare(s: Settings, dcfg: DataConfig, log_stage) -> Prepared:
     cfg, name = s.cfg, dcfg.key
     with log_stage(f"{name}/data"):
         task = load_task(dcfg.name, seed=cfg.seed, data_dir=dcfg.data_dir, **dcfg.params)
-    dkey = ck.data_key(dcfg.hash_dict(), cfg.seed)
+    # fingerprint_of: the user files a dataset/model reads (image folder, checkpoint); {} for built-ins
+    dkey = ck.data_key({**dcfg.hash_dict(), **DATASETS.entry(dcfg.name).fingerprint_of(dcfg.params)}, cfg.seed)
     pretrained = bool(MODELS.entry(cfg.model.name).meta.get("pretrained"))  # never trained
-    mkey = ck.model_key(dkey, cfg.model.hash_dict(), None if pretrained else cfg.training.model_dump(),
-                        cfg.seed, s.amp)
+    mkey = ck.model_key(dkey, {**cfg.model.hash_dict(), **MODELS.entry(cfg.model.name).fingerprint_of(cfg.model.params)},
+                        None if pretrained else cfg.training.model_dump(), cfg.seed, s.amp)
     ckpt_dir = s.cache.path("models", mkey.hash)
     with log_stage(f"{name}/train") as info:
         if cfg.training.num_threads:
