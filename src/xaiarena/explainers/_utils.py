@@ -74,11 +74,16 @@ def check_baselines(explainer: str, option: str, value: Any) -> tuple[str, ...]:
 
 
 def find_layer(model: nn.Module, layer: str | None, explainer: str) -> tuple[str, nn.Module]:
-    """The module named ``layer`` (dotted path), or the model's last ``nn.Conv2d``.
+    """The module named ``layer`` (dotted path), else the layer the model declares through a
+    ``cam_layer()`` method (e.g. ``torch_module``'s ``cam_layer`` option), else the model's last
+    ``nn.Conv2d``.
 
     "Last" is in registration order (``model.named_modules()``), which for
     sequential CNNs is the deepest convolution.
     """
+    declared = getattr(model, "cam_layer", None)
+    if layer is None and callable(declared):
+        layer = declared()
     if layer is not None:
         try:
             module = model.get_submodule(layer) if layer else model
