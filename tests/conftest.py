@@ -155,3 +155,38 @@ def make_image_folder():
     """``make_image_folder(root, masks_root=None, n_train=6, n_test=4, size=16, seed=0)`` writes the
     layout of :func:`image_folder_data` (for tests that change files)."""
     return write_image_folder
+
+
+PLUGIN_MODULE_PREFIXES = ("xaiarena_example_plugin", "_xaiarena_user_", "byo_")
+
+
+@pytest.fixture()
+def isolated_plugins(monkeypatch):
+    """A clean slate for plugin tests: plugin modules (the example package, user files, ``byo_*``
+    test modules) unloaded and unregistered, installed plugins looked up afresh; everything
+    (registries, modules, plugin state) restored after the test."""
+    import sys
+
+    from xaiarena import plugins
+    from xaiarena.registry import REGISTRIES
+
+    plugins.load_builtins()
+    saved = {k: dict(r._entries) for k, r in REGISTRIES.items()}
+    saved_modules = {n: m for n, m in sys.modules.items() if n.startswith(PLUGIN_MODULE_PREFIXES)}
+    for name in saved_modules:
+        del sys.modules[name]
+    for r in REGISTRIES.values():
+        for name in [n for n, e in r._entries.items() if getattr(e.factory, "__module__", "") in saved_modules]:
+            del r._entries[name]
+    state = (plugins._installed.done, plugins._installed.error)
+    plugins._installed.done, plugins._installed.error = False, None
+    monkeypatch.delenv(plugins.ENV_PLUGINS, raising=False)
+    monkeypatch.delenv(plugins.ENV_NO_PLUGINS, raising=False)
+    yield
+    for name in [n for n in sys.modules if n.startswith(PLUGIN_MODULE_PREFIXES)]:
+        del sys.modules[name]
+    sys.modules.update(saved_modules)
+    for k, r in REGISTRIES.items():
+        r._entries.clear()
+        r._entries.update(saved[k])
+    plugins._installed.done, plugins._installed.error = state

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,6 +21,7 @@ from xaiarena.cli import app
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def image_config(root, masks, model: dict, **extra) -> dict:
@@ -171,3 +174,38 @@ def test_bad_inputs_exit_2_naming_the_file_or_key(tmp_path, image_folder_data, u
     assert res.exit_code == 2, res.output
     assert all(n in res.output for n in needles), res.output
     assert "Traceback" not in res.output
+
+
+def readme_blocks(lang: str) -> list[str]:
+    """The ``lang`` code blocks of the README's "Use it on your model" section."""
+    section = README.read_text().split("## Use it on your model", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{lang}\n(.*?)```", section, re.S)
+
+
+def test_readme_config_and_plugin_examples_run(tmp_path, monkeypatch, make_image_folder, isolated_plugins):
+    python, yamls = readme_blocks("python"), readme_blocks("yaml")
+    model_src = next(b for b in python if b.startswith("# mymodel.py"))
+    plugin_src = next(b for b in python if b.startswith("# my_plugin.py"))
+    cfg = yaml.safe_load(next(b for b in yamls if b.startswith("# my_model.yaml")))
+    plugin_keys = yaml.safe_load(next(b for b in yamls if b.startswith("plugins:")))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mymodel.py").write_text(model_src)
+    (tmp_path / "my_plugin.py").write_text(plugin_src)
+    make_image_folder(tmp_path / "my_images", tmp_path / "my_masks")
+    shutil.rmtree(tmp_path / "my_images" / "train")  # a model with a checkpoint needs no training images
+    namespace: dict = {}
+    exec(compile(model_src, "mymodel.py", "exec"), namespace)
+    torch.manual_seed(0)
+    torch.save(namespace["build"]().state_dict(), "weights.pt")
+    (tmp_path / "my_model.yaml").write_text(yaml.safe_dump(cfg))
+    res = runner.invoke(app, ["run", "my_model.yaml", "--quiet"])
+    assert res.exit_code == 0, res.output
+    summary = pd.read_csv(tmp_path / "runs" / "my_model" / "results" / "summary.csv")
+    assert set(summary["explainer"]) == set(cfg["explainers"])
+    assert {"deletion", "pointing_game", "relevance_mass_accuracy", "sparseness"} <= set(summary["metric"])
+
+    (tmp_path / "with_plugin.yaml").write_text(yaml.safe_dump({**cfg, **plugin_keys}))
+    res = runner.invoke(app, ["run", "with_plugin.yaml", "--out", "plugin_run", "--quiet"])
+    assert res.exit_code == 0, res.output
+    summary = pd.read_csv(tmp_path / "plugin_run" / "results" / "summary.csv")
+    assert set(summary["explainer"]) == set(plugin_keys["explainers"]) and "gradient_norm" in set(summary["explainer"])

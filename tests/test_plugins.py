@@ -16,7 +16,7 @@ from xaiarena import plugins
 from xaiarena.cli import app
 from xaiarena.config import load_config
 from xaiarena.errors import ConfigError
-from xaiarena.registry import EXPLAINERS, REGISTRIES
+from xaiarena.registry import EXPLAINERS
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_SRC = ROOT / "examples" / "plugin" / "src"
@@ -39,24 +39,6 @@ class Const(Explainer):
 '''
 
 
-@pytest.fixture()
-def isolated(monkeypatch):
-    """Registries, loaded plugins and plugin modules restored after the test."""
-    plugins.load_builtins()
-    saved = {k: dict(r._entries) for k, r in REGISTRIES.items()}
-    state = (plugins._installed.done, plugins._installed.error)
-    plugins._installed.done, plugins._installed.error = False, None
-    monkeypatch.delenv(plugins.ENV_PLUGINS, raising=False)
-    monkeypatch.delenv(plugins.ENV_NO_PLUGINS, raising=False)
-    yield
-    for k, r in REGISTRIES.items():
-        r._entries.clear()
-        r._entries.update(saved[k])
-    for name in [m for m in sys.modules if m.startswith(("xaiarena_example_plugin", "_xaiarena_user_", "byo_"))]:
-        del sys.modules[name]
-    plugins._installed.done, plugins._installed.error = state
-
-
 def install(site: Path, dist: str, entry_points: str) -> None:
     """What ``pip install`` leaves for entry-point discovery: a dist-info folder on sys.path."""
     info = site / f"{dist.replace('-', '_')}-0.1.0.dist-info"
@@ -66,7 +48,7 @@ def install(site: Path, dist: str, entry_points: str) -> None:
 
 
 @pytest.fixture()
-def installed_example(tmp_path, monkeypatch, isolated):
+def installed_example(tmp_path, monkeypatch, isolated_plugins):
     """The example plugin 'installed': its dist-info (entry point) and its source on sys.path."""
     install(tmp_path / "site", DIST, "example = xaiarena_example_plugin")
     monkeypatch.syspath_prepend(str(EXAMPLE_SRC))
@@ -98,7 +80,7 @@ def test_installed_plugin_is_found_by_a_fresh_process(tmp_path):
     assert explainers["vargrad"]["origin"] == DIST
 
 
-def test_config_plugins_key_imports_modules_and_files(tmp_path, monkeypatch, isolated):
+def test_config_plugins_key_imports_modules_and_files(tmp_path, monkeypatch, isolated_plugins):
     monkeypatch.syspath_prepend(str(EXAMPLE_SRC))
     path = tmp_path / "my_methods.py"
     path.write_text(CONST_PLUGIN)
@@ -110,7 +92,7 @@ def test_config_plugins_key_imports_modules_and_files(tmp_path, monkeypatch, iso
     assert EXPLAINERS.entry("vargrad").origin == "xaiarena_example_plugin"
 
 
-def test_entry_point_may_name_a_function(tmp_path, monkeypatch, isolated):
+def test_entry_point_may_name_a_function(tmp_path, monkeypatch, isolated_plugins):
     (tmp_path / "byo_callable_plugin.py").write_text(CONST_PLUGIN.replace('@EXPLAINERS.register("byo_const", description="test plugin: a constant map")\n', "")
                                                      + "\n\ndef register():\n    EXPLAINERS.register('byo_const', description='from a function')(Const)\n")
     install(tmp_path / "site", "byo-callable", "const = byo_callable_plugin:register")
@@ -120,7 +102,7 @@ def test_entry_point_may_name_a_function(tmp_path, monkeypatch, isolated):
 
 
 @pytest.mark.parametrize("case", ["missing_module", "raises", "clash"])
-def test_failing_config_plugin_exits_2_naming_it(tmp_path, isolated, case):
+def test_failing_config_plugin_exits_2_naming_it(tmp_path, isolated_plugins, case):
     if case == "missing_module":
         ref, needle = "byo_no_such_plugin", "No module named 'byo_no_such_plugin'"
     elif case == "raises":
@@ -138,7 +120,7 @@ def test_failing_config_plugin_exits_2_naming_it(tmp_path, isolated, case):
     assert "plugins.0" in res.output and f"cannot import plugin '{ref}'" in res.output and needle in res.output
 
 
-def test_broken_installed_plugin_exits_2_and_can_be_skipped(tmp_path, monkeypatch, isolated):
+def test_broken_installed_plugin_exits_2_and_can_be_skipped(tmp_path, monkeypatch, isolated_plugins):
     install(tmp_path / "site", "byo-broken", "broken = byo_missing_module_xyz")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     res = runner.invoke(app, ["list", "--json"])
@@ -153,7 +135,7 @@ def test_broken_installed_plugin_exits_2_and_can_be_skipped(tmp_path, monkeypatc
     assert runner.invoke(app, ["list", "--json"]).exit_code == 0
 
 
-def test_environment_variable_plugins(tmp_path, monkeypatch, isolated):
+def test_environment_variable_plugins(tmp_path, monkeypatch, isolated_plugins):
     path = tmp_path / "my_methods.py"
     path.write_text(CONST_PLUGIN)
     monkeypatch.setenv(plugins.ENV_PLUGINS, str(path))
