@@ -291,3 +291,12 @@ def test_hf_errors_name_the_key_and_what_exists(hf_folder, tmp_path, case):
         load_task("hf_image", **opts)
     got, msg = problem(exc)
     assert got == key and all(n in msg for n in needles), msg
+
+
+@pytest.mark.parametrize(("name", "key"), [("image_folder", "data.root"), ("hf_image", "data.path"),
+                                           ("hf_text", "data.path"), ("csv_text", "data.path")])
+def test_the_required_option_is_named(name, key):
+    with pytest.raises(ConfigError) as exc:
+        load_task(name)
+    got, msg = problem(exc)
+    assert got == key and msg.startswith("required")

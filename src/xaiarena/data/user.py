@@ -70,6 +70,11 @@ def _error(option: str, message: str) -> ConfigError:
     return ConfigError([(f"data.{option}", message)])
 
 
+def _required(value: Any, option: str, what: str) -> None:
+    if value is None:
+        raise _error(option, f"required: {what}")
+
+
 def _listing(values: Sequence[Any], n: int = 5) -> str:
     shown = ", ".join(str(v) for v in list(values)[:n])
     return shown + (f", ... ({len(values)} in all)" if len(values) > n else "")
@@ -328,7 +333,7 @@ def _image_folder_fingerprint(root: str | None = None, masks_root: str | None = 
     fingerprint=_image_folder_fingerprint,
 )
 def image_folder(
-    root: str,
+    root: str | None = None,
     seed: int = 0,
     data_dir: str | None = None,
     masks_root: str | None = None,
@@ -342,6 +347,7 @@ def image_folder(
     n_test: int | None = None,
 ) -> Task:
     """Images from ``root/<split>/<class>/`` (see the module docstring). ``data_dir`` is not used."""
+    _required(root, "root", "the folder holding <split>/<class>/<image>")
     opts = ImageOptions.from_options(mode, resize, crop)
     base = Path(root).expanduser()
     if not base.is_dir():
@@ -484,7 +490,7 @@ def _hf_image_blobs(d: Any, column: str, path: str, split: str, ids: np.ndarray)
     fingerprint=_local_or_hub,
 )
 def hf_image(
-    path: str,
+    path: str | None = None,
     seed: int = 0,
     data_dir: str | None = None,
     hub_config: str | None = None,
@@ -502,6 +508,7 @@ def hf_image(
 ) -> Task:
     """An HF dataset's ``image_column`` and ``label_column``; ``mask_column`` (an image column, nonzero =
     object) gives ground-truth masks. No ``train_split`` split: no training data. ``data_dir`` is not used."""
+    _required(path, "path", "a Hugging Face Hub id or a local dataset folder")
     opts = ImageOptions.from_options(mode, resize, crop)
     ds = load_hf(path, hub_config)
     cols = {"image_column": image_column, "label_column": label_column, "mask_column": mask_column}
@@ -531,7 +538,7 @@ def _texts(values: list[Any], where: str, option: str) -> list[str]:
     fingerprint=_local_or_hub,
 )
 def hf_text(
-    path: str,
+    path: str | None = None,
     seed: int = 0,
     data_dir: str | None = None,
     hub_config: str | None = None,
@@ -544,6 +551,7 @@ def hf_text(
     n_test: int | None = None,
 ) -> Task:
     """An HF dataset's ``text_column`` and ``label_column``. No ``train_split`` split: no training data."""
+    _required(path, "path", "a Hugging Face Hub id or a local dataset folder")
     ds = load_hf(path, hub_config)
     cols = {"text_column": text_column, "label_column": label_column}
     parts = _hf_splits(ds, path, train_split, test_split, cols, seed, n_train, n_test)
@@ -607,7 +615,7 @@ def _csv_fingerprint(path: str | None = None, train_path: str | None = None, **_
     fingerprint=_csv_fingerprint,
 )
 def csv_text(
-    path: str,
+    path: str | None = None,
     seed: int = 0,
     data_dir: str | None = None,
     train_path: str | None = None,
@@ -623,6 +631,7 @@ def csv_text(
 ) -> Task:
     """``path`` holds the evaluation texts (all texts with ``split_column``: rows whose value is
     ``test_split`` / ``train_split``); ``train_path`` the training texts (optional)."""
+    _required(path, "path", "a .csv, .tsv or .parquet file")
     if split_column is not None and train_path is not None:
         raise _error("train_path", "give train_path or split_column, not both")
     frames: dict[str, tuple[Any, str, str]] = {}
