@@ -12,12 +12,15 @@ import torch
 from PIL import Image
 
 from xaiarena.data import load_task
-from xaiarena.errors import ConfigError
+from xaiarena.errors import DataError
 from xaiarena.registry import DATASETS
 
 
 def problem(excinfo) -> tuple[str, str]:
-    (key, msg), = excinfo.value.problems
+    """``(key, message)`` of a DataError ``data.<option>: <message>`` (one line)."""
+    text = str(excinfo.value)
+    assert "\n" not in text, text
+    key, _, msg = text.partition(": ")
     return key, msg
 
 
@@ -129,7 +132,7 @@ def test_image_folder_errors_name_the_key_and_file(folder, case):
     else:
         shutil.rmtree(root / "test")
         key, needle = "data.root", str(root / "test")
-    with pytest.raises(ConfigError) as exc:
+    with pytest.raises(DataError) as exc:
         load_task("image_folder", **opts)
     got_key, msg = problem(exc)
     assert got_key == key and needle in msg, msg
@@ -139,7 +142,7 @@ def test_image_folder_mixed_modes_message_states_the_rule(folder):
     root, _ = folder
     p = root / "test" / "left" / "0.png"
     Image.open(p).convert("L").save(p)
-    with pytest.raises(ConfigError, match="mode: RGB"):
+    with pytest.raises(DataError, match="mode: RGB"):
         load_task("image_folder", root=str(root))
     assert load_task("image_folder", root=str(root), mode="RGB").test.images.shape[1] == 3
 
@@ -172,7 +175,7 @@ def test_csv_text_string_labels_sorted_and_train_file(tmp_path):
     assert task.modality == "text" and task.class_names == ["neg", "pos"]
     assert task.test.texts == ["good film", "bad film", "fine", "awful plot"]
     assert task.test.labels.tolist() == [1, 0, 1, 0] and task.train.labels.tolist() == [1, 0]
-    with pytest.raises(ConfigError) as exc:  # the training file lacks the text column
+    with pytest.raises(DataError) as exc:  # the training file lacks the text column
         load_task("csv_text", path=str(tmp_path / "test.csv"), train_path=str(tmp_path / "train.parquet"))
     key, msg = problem(exc)
     assert key == "data.text_column" and "train.parquet" in msg and "review" in msg
@@ -185,7 +188,7 @@ def test_csv_text_split_column_label_names_and_classes(tmp_path):
     task = load_task("csv_text", path=str(tmp_path / "all.tsv"), split_column="part", label_column="y",
                      label_name_column="y_name")
     assert task.class_names == ["a", "b", "c"] and len(task.train) == 3 and task.test.texts[0] == "text 3"
-    with pytest.raises(ConfigError) as exc:  # labels outside the given classes
+    with pytest.raises(DataError) as exc:  # labels outside the given classes
         load_task("csv_text", path=str(tmp_path / "all.tsv"), split_column="part", label_column="y", classes=["a", "b"])
     key, msg = problem(exc)
     assert key == "data.label_column" and "all.tsv" in msg and "labels 2 outside 0..1" in msg
@@ -208,7 +211,7 @@ def test_csv_text_errors_name_the_file(tmp_path, case):
     else:
         path = tmp_path / "data.xlsx"
         path.write_text("x")
-    with pytest.raises(ConfigError) as exc:
+    with pytest.raises(DataError) as exc:
         load_task("csv_text", path=str(path))
     got, msg = problem(exc)
     assert got == key and path.name in msg, msg
@@ -287,7 +290,7 @@ def test_hf_errors_name_the_key_and_what_exists(hf_folder, tmp_path, case):
         opts["path"], key, needles = str(folder), "data.image_column", ["row 0", "bad.png"]
     else:
         opts["path"], key, needles = str(tmp_path / "nothing_here" / "x"), "data.path", ["nothing_here"]
-    with pytest.raises(ConfigError) as exc:
+    with pytest.raises(DataError) as exc:
         load_task("hf_image", **opts)
     got, msg = problem(exc)
     assert got == key and all(n in msg for n in needles), msg
@@ -296,7 +299,7 @@ def test_hf_errors_name_the_key_and_what_exists(hf_folder, tmp_path, case):
 @pytest.mark.parametrize(("name", "key"), [("image_folder", "data.root"), ("hf_image", "data.path"),
                                            ("hf_text", "data.path"), ("csv_text", "data.path")])
 def test_the_required_option_is_named(name, key):
-    with pytest.raises(ConfigError) as exc:
+    with pytest.raises(DataError) as exc:
         load_task(name)
     got, msg = problem(exc)
     assert got == key and msg.startswith("required")

@@ -34,8 +34,9 @@ that size (bilinear; masks nearest); ``crop`` (int or ``[h, w]``) then cuts the 
 Without them every image must have the same size. ``n_train``/``n_test`` keep a seeded
 random subset (ids stay the positions in the full sorted list or dataset).
 
-**Errors** are :class:`~xaiarena.errors.ConfigError` (the CLI exits 2) with the key of the
-option (``data.root``, ``data.path``, ...) and the file, row or folder at fault.
+**Errors** are :class:`~xaiarena.errors.DataError` (the CLI prints one line and exits 2):
+``data.<option>: <message>``, the key of the option (``data.root``, ``data.path``, ...) and
+the file, row or folder at fault.
 
 **Caching.** Each loader declares a fingerprint of the files it reads
 (:mod:`xaiarena.fingerprint`), so the run's cache keys change when the files do.
@@ -53,7 +54,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import DataError
 from ..fingerprint import files_fingerprint
 from ..registry import DATASETS
 from .base import ImageSplit, Task, TextSplit, channel_stats
@@ -66,8 +67,9 @@ COLOUR_MODES = frozenset({"RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LA
 ImageMode = Literal["auto", "RGB", "L"]
 
 
-def _error(option: str, message: str) -> ConfigError:
-    return ConfigError([(f"data.{option}", message)])
+def _error(option: str, message: str) -> DataError:
+    """``data.<option>: <message>`` (one line; the message names the file, row or folder)."""
+    return DataError(f"data.{option}: {message}")
 
 
 def _required(value: Any, option: str, what: str) -> None:
@@ -587,7 +589,7 @@ def _read_table(path: str, option: str) -> Any:
             df = pd.read_csv(p, sep="," if suffix == ".csv" else "\t", keep_default_na=False, na_values=[""])
         else:
             raise _error(option, f"file '{path}' is not .csv, .tsv or .parquet")
-    except ConfigError:
+    except DataError:
         raise
     except Exception as exc:
         raise _error(option, f"cannot read '{path}': {type(exc).__name__}: {exc}") from None

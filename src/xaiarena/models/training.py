@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import DataError
 from ..utils import atomic_save_torch, atomic_write_text, progress
 
 
@@ -137,9 +137,9 @@ def train_model(
     if len(task.train) == 0:
         why = task.meta.get("no_train_split")
         why = f" ({why})" if isinstance(why, str) else ""
-        raise ConfigError([("model", f"dataset '{task.name}' has no training samples{why}, but {type(model).__name__} "
-                                     "must be trained; add a training split, or use a model that needs no training "
-                                     "(torch_module with a checkpoint, a pretrained model)")])
+        raise DataError(f"dataset '{task.name}' has no training samples{why}, but {type(model).__name__} must be "
+                        "trained; add a training split, or use a model that needs no training (torch_module with a "
+                        "checkpoint, a pretrained model)")
     start = time.perf_counter()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
