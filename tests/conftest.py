@@ -65,3 +65,128 @@ def planted(tmp_path_factory):
     for p in model.parameters():
         p.requires_grad_(False)
     return task, model
+
+
+# --------------------------------------------------------------------------- user data and models (BYO)
+
+USER_MODEL_SOURCE = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes=2, width=4, in_channels=3):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(width, width, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x).amax((2, 3)))
+
+
+def build(num_classes=2, width=4, in_channels=3):
+    return Net(num_classes, width, in_channels)
+
+
+NOT_A_MODULE = 3
+
+
+def not_a_module():
+    return "a string"
+'''
+
+
+def write_image_folder(root, masks_root=None, n_train: int = 6, n_test: int = 4, size: int = 16, seed: int = 0):
+    """``root/<split>/{left,right}/<i>.png``: noise with a bright square in the left or right half;
+    masks (the square) under ``masks_root`` with the same layout."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for c, col in (("left", 1), ("right", size // 2 + 1)):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            if masks_root is not None:
+                (masks_root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
+                row = int(rng.integers(0, size - 6))
+                img[row:row + 6, col:col + 6] = 230
+                Image.fromarray(img).save(root / split / c / f"{i}.png")
+                if masks_root is not None:
+                    m = np.zeros((size, size), np.uint8)
+                    m[row:row + 6, col:col + 6] = 1
+                    Image.fromarray(m).save(masks_root / split / c / f"{i}.png")
+
+
+@pytest.fixture(scope="session")
+def image_folder_data(tmp_path_factory):
+    """A small image folder with masks: ``(root, masks_root)`` (do not modify; copy it)."""
+    base = tmp_path_factory.mktemp("image_folder")
+    write_image_folder(base / "images", base / "masks")
+    return base / "images", base / "masks"
+
+
+@pytest.fixture(scope="session")
+def user_model(tmp_path_factory):
+    """A user's model file (``build``) and state dicts of it (seed 0) as ``.pt`` and ``.safetensors``:
+    ``{"file", "factory", "pt", "safetensors", "state"}``."""
+    import importlib.util
+
+    base = tmp_path_factory.mktemp("user_model")
+    path = base / "mymodel.py"
+    path.write_text(USER_MODEL_SOURCE)
+    spec = importlib.util.spec_from_file_location("_conftest_mymodel", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    state = mod.build().state_dict()
+    torch.save(state, base / "weights.pt")
+    from safetensors.torch import save_file
+
+    save_file(state, str(base / "weights.safetensors"))
+    return {"file": path, "factory": f"{path}:build", "pt": base / "weights.pt",
+            "safetensors": base / "weights.safetensors", "state": state}
+
+
+@pytest.fixture(scope="session")
+def make_image_folder():
+    """``make_image_folder(root, masks_root=None, n_train=6, n_test=4, size=16, seed=0)`` writes the
+    layout of :func:`image_folder_data` (for tests that change files)."""
+    return write_image_folder
+
+
+PLUGIN_MODULE_PREFIXES = ("xaiarena_example_plugin", "_xaiarena_user_", "byo_")
+
+
+@pytest.fixture()
+def isolated_plugins(monkeypatch):
+    """A clean slate for plugin tests: plugin modules (the example package, user files, ``byo_*``
+    test modules) unloaded and unregistered, installed plugins looked up afresh; everything
+    (registries, modules, plugin state) restored after the test."""
+    import sys
+
+    from xaiarena import plugins
+    from xaiarena.registry import REGISTRIES
+
+    plugins.load_builtins()
+    saved = {k: dict(r._entries) for k, r in REGISTRIES.items()}
+    saved_modules = {n: m for n, m in sys.modules.items() if n.startswith(PLUGIN_MODULE_PREFIXES)}
+    for name in saved_modules:
+        del sys.modules[name]
+    for r in REGISTRIES.values():
+        for name in [n for n, e in r._entries.items() if getattr(e.factory, "__module__", "") in saved_modules]:
+            del r._entries[name]
+    state = (plugins._installed.done, plugins._installed.error)
+    plugins._installed.done, plugins._installed.error = False, None
+    monkeypatch.delenv(plugins.ENV_PLUGINS, raising=False)
+    monkeypatch.delenv(plugins.ENV_NO_PLUGINS, raising=False)
+    yield
+    for name in [n for n in sys.modules if n.startswith(PLUGIN_MODULE_PREFIXES)]:
+        del sys.modules[name]
+    sys.modules.update(saved_modules)
+    for k, r in REGISTRIES.items():
+        r._entries.clear()
+        r._entries.update(saved[k])
+    plugins._installed.done, plugins._installed.error = state

@@ -83,10 +83,13 @@ def run(
 
 @app.command("list")
 def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """List registered datasets, models, explainers and metrics."""
+    """List registered datasets, models, explainers and metrics (with plugins' ones and their origin)."""
     from .registry import DISSECT_REGISTRIES, REGISTRIES
 
-    data = {kind: reg.describe() for kind, reg in REGISTRIES.items()}
+    try:
+        data = {kind: reg.describe() for kind, reg in REGISTRIES.items()}
+    except ConfigError as exc:  # a plugin failed to import
+        _fail(exc.format())
     dissect = {kind: reg.describe() for kind, reg in DISSECT_REGISTRIES.items()}
     if as_json:
         from .utils import dumps_json
@@ -103,6 +106,8 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
                 extra = f" [{e.get('category', '')}, {arrow}]"
             elif kind == "explainers":
                 extra = f" [{e.get('family', '')}]"
+            if e.get("origin", "builtin") != "builtin":
+                extra += f" (from {e['origin']})"
             typer.echo(f"  {e['name']:<26} {e['description']}{extra}")
 
 

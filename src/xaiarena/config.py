@@ -211,6 +211,8 @@ class ExperimentConfig(_Strict):
     device: str = "auto"
     amp: bool = False  # bfloat16 autocast for forward passes on CUDA (training, explaining, metrics); no-op on CPU
     output: str | None = None
+    # modules (or .py files) that register third-party components; imported before validation
+    plugins: list[str] = Field(default_factory=list)
     data: list[DataConfig]
     model: ComponentSpec
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -569,7 +571,10 @@ def validate(raw: dict[str, Any]) -> ExperimentConfig:
     """Validate a raw mapping into an :class:`ExperimentConfig` or raise ConfigError.
 
     With a ``grid``, every combination is validated too (problems are named by grid point)."""
-    problems = _component_problems(raw) + dissect_problems(raw)
+    from .plugins import config_plugin_problems
+
+    problems = config_plugin_problems(raw.get("plugins"))  # plugins register names before they are checked
+    problems += _component_problems(raw) + dissect_problems(raw)
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:

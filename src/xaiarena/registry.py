@@ -6,8 +6,13 @@ Every pluggable component registers itself with a decorator::
     class GradCAM(Explainer): ...
 
 Metadata given to ``register`` (or read from class attributes named in
-``meta_attrs``) is what ``xaiarena list --json`` prints. Unknown names raise a
-:class:`~xaiarena.errors.UnknownNameError` with a "did you mean" suggestion.
+``meta_attrs``) is what ``xaiarena list --json`` prints, with the entry's ``origin``:
+``builtin``, or the plugin that registered it (see :mod:`xaiarena.plugins`). Unknown
+names raise a :class:`~xaiarena.errors.UnknownNameError` with a "did you mean" suggestion.
+
+A component that reads user files declares ``fingerprint=`` (a function of its options
+returning a string that changes when those files change); the runner puts it into the
+component's cache key (:meth:`Entry.fingerprint_of`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import difflib
 import importlib
 import inspect
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +36,18 @@ class Entry:
     description: str
     meta: dict[str, Any] = field(default_factory=dict)
     reserved: tuple[str, ...] = ()
+    origin: str = "builtin"
+    fingerprint: Callable[..., str | None] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, **self.meta}
+        return {"name": self.name, "description": self.description, **self.meta, "origin": self.origin}
+
+    def fingerprint_of(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``{"files": <fingerprint>}`` of the user files the component reads with ``params``, for
+        cache keys; ``{}`` when it declares no ``fingerprint`` (keys of built-ins stay as they were)."""
+        if self.fingerprint is None:
+            return {}
+        return {"files": self.fingerprint(**params)}
 
     def parameters(self) -> dict[str, inspect.Parameter]:
         """Keyword parameters the factory accepts (used to validate config options)."""
@@ -57,6 +73,27 @@ def suggest(name: str, choices: list[str]) -> str | None:
     return lowered[hit[0]] if hit else None
 
 
+_ORIGIN: ContextVar[str | None] = ContextVar("xaiarena_registry_origin", default=None)
+
+
+@contextmanager
+def registering_as(origin: str) -> Iterator[None]:
+    """Within the block, components registered are recorded as coming from ``origin`` (a plugin)."""
+    token = _ORIGIN.set(origin)
+    try:
+        yield
+    finally:
+        _ORIGIN.reset(token)
+
+
+def _origin_of(factory: Callable[..., Any]) -> str:
+    origin = _ORIGIN.get()
+    if origin:
+        return origin
+    module = getattr(factory, "__module__", "") or ""
+    return "builtin" if module == "xaiarena" or module.startswith("xaiarena.") else module
+
+
 class Registry:
     """A named collection of factories.
 
@@ -80,22 +117,31 @@ class Registry:
         self._loaded = False
 
     def _load(self) -> None:
-        if self._loaded:
-            return
-        self._loaded = True
-        for mod in self._modules:
-            importlib.import_module(mod)
+        if not self._loaded:
+            self._loaded = True
+            for mod in self._modules:
+                importlib.import_module(mod)
+        from .plugins import load_installed_plugins
+
+        load_installed_plugins()  # entry points (group xaiarena.plugins) and $XAIARENA_PLUGINS; once per process
 
     def register(
-        self, name: str, *, description: str = "", **meta: Any
+        self,
+        name: str,
+        *,
+        description: str = "",
+        fingerprint: Callable[..., str | None] | None = None,
+        **meta: Any,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
+            origin = _origin_of(factory)
             if name in self._entries and self._entries[name].factory is not factory:
-                raise ValueError(f"{self.kind} '{name}' is registered twice")
+                raise ValueError(f"{self.kind[:-1]} '{name}' is registered twice (by {self._entries[name].origin} "
+                                 f"and by {origin}); rename one")
             desc = description or (inspect.getdoc(factory) or "").split("\n")[0]
             full_meta = {a: getattr(factory, a) for a in self._meta_attrs if hasattr(factory, a)}
             full_meta.update(meta)
-            self._entries[name] = Entry(name, factory, desc, full_meta, self.reserved)
+            self._entries[name] = Entry(name, factory, desc, full_meta, self.reserved, origin, fingerprint)
             return factory
 
         return deco

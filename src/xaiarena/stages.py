@@ -38,7 +38,7 @@ from . import cache as ck
 from .config import ComponentSpec, DataConfig, ExperimentConfig, MetricSpec
 from .errors import ConfigError
 from .modalities import modality_for
-from .registry import MODELS
+from .registry import DATASETS, MODELS
 from .utils import progress
 
 log = logging.getLogger(__name__)
@@ -129,10 +129,11 @@ def prepare(s: Settings, dcfg: DataConfig, log_stage, stage_prefix: str | None =
     prefix = stage_prefix or name
     with log_stage(f"{prefix}/data"):
         task = load_task(dcfg.name, seed=s.dseed, data_dir=dcfg.data_dir, **dcfg.params)
-    dkey = ck.data_key(dcfg.hash_dict(), s.dseed)
+    # fingerprint_of: the user files a dataset/model reads (image folder, checkpoint); {} for built-ins
+    dkey = ck.data_key({**dcfg.hash_dict(), **DATASETS.entry(dcfg.name).fingerprint_of(dcfg.params)}, s.dseed)
     pretrained = bool(MODELS.entry(cfg.model.name).meta.get("pretrained"))  # never trained
-    mkey = ck.model_key(dkey, cfg.model.hash_dict(), None if pretrained else cfg.training.model_dump(),
-                        cfg.seed, s.amp)
+    mkey = ck.model_key(dkey, {**cfg.model.hash_dict(), **MODELS.entry(cfg.model.name).fingerprint_of(cfg.model.params)},
+                        None if pretrained else cfg.training.model_dump(), cfg.seed, s.amp)
     ckpt_dir = s.cache.path("models", mkey.hash)
     with log_stage(f"{prefix}/train") as info:
         if cfg.training.num_threads:

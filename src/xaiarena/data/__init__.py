@@ -1,6 +1,6 @@
 """Datasets. Importing this package registers every built-in dataset."""
 
-from . import images, synthetic, text, voc  # noqa: F401  (register the datasets)
+from . import images, synthetic, text, user, voc  # noqa: F401  (register the datasets)
 from .base import ImageSplit, Task, TextSplit, channel_stats
 
 __all__ = ["ImageSplit", "Task", "TextSplit", "channel_stats", "load_task"]

@@ -1,6 +1,6 @@
 """Models. Importing this package registers every built-in model."""
 
-from . import text, vision  # noqa: F401
+from . import text, user, vision  # noqa: F401
 from .text import TextClassifier
 from .training import TrainResult, train_model
 from .vision import ImageClassifier

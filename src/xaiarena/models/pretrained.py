@@ -135,17 +135,18 @@ class PretrainedClassifier(ImageClassifier):
                 "num_outputs": len(self.class_names), "input_size": self.input_size}
 
 
-def evaluate_pretrained(model: PretrainedClassifier, task, device: torch.device):
-    """The ``train_model`` result for a pretrained model: no training, test accuracy only
-    (NaN, with a logged reason, when the task's labels do not map to the model's classes)."""
-    from .training import TrainResult, predict
+def evaluate_pretrained(model: nn.Module, task, device: torch.device):
+    """The ``train_model`` result for a pretrained model (any model with ``pretrained`` true: also a
+    ``torch_module`` from a checkpoint or a fine-tuned ``transformer``; images or texts): no training,
+    test accuracy only (NaN, with a logged reason, when the task's labels do not map to the model's classes)."""
+    from .training import TrainResult, _split_inputs, correct_predictions, predict
 
     start = time.perf_counter()
     model.to(device).eval()
     acc = float("nan")
     if len(task.test):
-        preds = predict(model, task.test.images, device, batch_size=64)
-        ok = model.correct(preds, task.test.labels, task)
+        preds = predict(model, _split_inputs(task.test), device, batch_size=64)
+        ok = correct_predictions(model, preds, task.test.labels, task)
         if ok is None:
             log.warning("test accuracy of the pretrained model is not defined on '%s': its labels do not map "
                         "to %s classes", task.name, model.label_space)

@@ -158,7 +158,7 @@ class TextClassifier(nn.Module):
 
 
 def _from_pretrained(task, name_or_path: str, max_length: int, warmup_fraction: float,
-                     local_files_only: bool | None = None) -> TextClassifier:
+                     local_files_only: bool | None = None, finetuned: bool = False) -> TextClassifier:
     if getattr(task, "modality", "image") != "text":
         raise ValueError(f"text models need a text dataset; '{task.name}' is a {task.modality} dataset")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -166,25 +166,64 @@ def _from_pretrained(task, name_or_path: str, max_length: int, warmup_fraction: 
     _quiet_transformers()
     if local_files_only is None:
         local_files_only = Path(name_or_path).exists() or os.environ.get("HF_HUB_OFFLINE") == "1"
+    if finetuned:
+        _check_finetuned_labels(task, name_or_path, local_files_only)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True, local_files_only=local_files_only)
     net = AutoModelForSequenceClassification.from_pretrained(
         name_or_path, num_labels=task.num_classes, local_files_only=local_files_only,
-        ignore_mismatched_sizes=True,
+        ignore_mismatched_sizes=not finetuned,
         id2label=dict(enumerate(task.class_names)), label2id={c: i for i, c in enumerate(task.class_names)},
     )
-    return TextClassifier(net, tokenizer, max_length, warmup_fraction, source=str(name_or_path))
+    model = TextClassifier(net, tokenizer, max_length, warmup_fraction, source=str(name_or_path))
+    model.pretrained = finetuned  # train_model then measures test accuracy only
+    return model
+
+
+def _check_finetuned_labels(task, name_or_path: str, local_files_only: bool) -> None:
+    """A fine-tuned classifier must have the dataset's classes, in the same order when it names them."""
+    from transformers import AutoConfig
+
+    from ..errors import ConfigError
+
+    config = AutoConfig.from_pretrained(name_or_path, local_files_only=local_files_only)
+    n = int(config.num_labels)
+    if n != task.num_classes:
+        raise ConfigError([("model.name_or_path", f"'{name_or_path}' classifies {n} classes but dataset "
+                            f"'{task.name}' has {task.num_classes} ({', '.join(task.class_names)}); with finetuned: "
+                            "true the classes must match (or set finetuned: false to train a new head)")])
+    names = [str((config.id2label or {}).get(i, f"LABEL_{i}")) for i in range(n)]
+    if names != [f"LABEL_{i}" for i in range(n)] and names != list(task.class_names):
+        raise ConfigError([("model.name_or_path", f"'{name_or_path}' names its classes {names} but dataset "
+                            f"'{task.name}' has {list(task.class_names)}; give the dataset option classes in the "
+                            "model's order")])
+
+
+def _local_fingerprint(name_or_path: str = "bert-base-uncased", **_: Any) -> str | None:
+    """A local model folder's files (a Hub id: None, the Hugging Face cache keeps its revisions)."""
+    from ..fingerprint import files_fingerprint
+
+    return files_fingerprint(name_or_path) if Path(name_or_path).expanduser().exists() else None
 
 
 @MODELS.register(
     "transformer",
     description="Any Hugging Face AutoModelForSequenceClassification by Hub id or local folder "
-    "(name_or_path), with its fast tokenizer; a new head when the class count differs",
+    "(name_or_path), with its fast tokenizer; a new head when the class count differs; finetuned: true "
+    "uses a model fine-tuned on the dataset's classes as it is (no training)",
     modality="text",
+    fingerprint=_local_fingerprint,
 )
 def transformer(task, name_or_path: str = "bert-base-uncased", max_length: int = 128,
-                warmup_fraction: float = 0.1, local_files_only: bool | None = None) -> TextClassifier:
-    """``local_files_only`` defaults to True for local folders or with ``HF_HUB_OFFLINE=1``."""
-    return _from_pretrained(task, name_or_path, max_length, warmup_fraction, local_files_only)
+                warmup_fraction: float = 0.1, local_files_only: bool | None = None,
+                finetuned: bool = False) -> TextClassifier:
+    """``local_files_only`` defaults to True for local folders or with ``HF_HUB_OFFLINE=1``.
+
+    ``finetuned: true``: ``name_or_path`` is a classifier already fine-tuned on this dataset's
+    classes (e.g. a folder written by ``save_pretrained``); its head is kept (the class count
+    must match, and so must the class names when the model's config names them) and it is
+    not trained: only its test accuracy is measured.
+    """
+    return _from_pretrained(task, name_or_path, max_length, warmup_fraction, local_files_only, finetuned)
 
 
 @MODELS.register(

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import TrainingError
+from ..errors import DataError, TrainingError
 from ..utils import atomic_save_torch, atomic_write_text, progress
 
 log = logging.getLogger(__name__)
@@ -191,6 +191,12 @@ def train_model(
             model.to(device).eval()
             return cached
 
+    if len(task.train) == 0:
+        why = task.meta.get("no_train_split")
+        why = f" ({why})" if isinstance(why, str) else ""
+        raise DataError(f"dataset '{task.name}' has no training samples{why}, but {type(model).__name__} must be "
+                        "trained; add a training split, or use a model that needs no training (torch_module with a "
+                        "checkpoint, a pretrained model)")
     start = time.perf_counter()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
