@@ -27,10 +27,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..cache import stable_seed
 from ..config import DataConfig, ExperimentConfig, load_config, stable_hash
 from ..errors import ConfigError
+from ..graph import StageRecorder
 from ..registry import MODELS
-from ..runner import StageLog, _say, stable_seed
+from ..runner import _say
 from ..utils import (
     atomic_to_csv,
     atomic_write_text,
@@ -95,7 +97,7 @@ class DissectRunner:
         self.cache_dir = self.run_dir / "cache"
         self.device = resolve_device(cfg.device)
         self.show_progress = show_progress
-        self.log = StageLog()
+        self.log = StageRecorder(_say)
         self.info: dict[str, Any] = {"datasets": {}}
 
     # ------------------------------------------------------------------ stages
