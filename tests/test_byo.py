@@ -83,7 +83,7 @@ def test_run_on_user_images_and_a_model_file_with_a_state_dict(tmp_path, image_f
 
 def test_run_trains_a_user_model_without_checkpoint(tmp_path, image_folder_data, user_model):
     root, masks = image_folder_data
-    cfg = image_config(root, masks, {"factory": user_model["factory"], "width": 3},
+    cfg = image_config(root, masks, {"factory": user_model["factory"], "width": 3, "cam_layer": "features.3"},
                        explainers=["gradcam"], metrics=["pointing_game"])
     res = run_cli(tmp_path, cfg)
     assert res.exit_code == 0, res.output

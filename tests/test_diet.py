@@ -374,12 +374,14 @@ def test_mprt_over_diet_through_the_runner(tmp_path):
            "model": {"name": "lenet", "channels": [4, 8, 8]}, "training": {"epochs": 1},
            "evaluation": {"n_samples": 12, "batch_size": 6},
            "explainers": [{"name": "diet", **{k: v for k, v in TINY.items() if k != "seed"}, "upsample_factor": 8,
-                           "n_train": 32, "rounds": 1}],
+                           # a gentle test-time step: with TINY's lr 500 and the default sparsity weight
+                           # the six steps collapse every mask to ~0, and a constant map rightly scores 1
+                           "n_train": 32, "rounds": 1, "test_lr": 20.0, "test_sparsity_weight": 1.0}],
            "metrics": [{"name": "mprt", "n_layers": 2}]}
     res = xaiarena.run(cfg, out=tmp_path / "run", show_progress=False)
     mprt = res.per_sample[(res.per_sample.metric == "mprt") & (res.per_sample.explainer == "diet")]
     assert len(mprt) == 12 and mprt.value.mean() < 0.9, mprt.value.describe()
-    diet = json.loads((tmp_path / "run" / "run.json").read_text())["datasets"]["hard_mnist"]["diet"]
+    diet = json.loads((tmp_path / "run" / "run.json").read_text())["datasets"]["hard_mnist"]["learned"]["diet"]
     assert diet["test_time"]["n_masks"] == 12  # the evaluation samples; the randomised copies are not counted
     assert 0.0 <= diet["test_converged_fraction"] <= 1.0
     assert diet["test_time"]["horizon"] == TINY["test_max_steps"]
@@ -504,6 +506,22 @@ def test_resume_after_interruption_matches_uninterrupted_run(quadrant_task, tmp_
     # other settings in the same folder start afresh instead of resuming
     other = _fit(model, task, tmp_path / "resumed", mask_lr=100.0)
     assert not other.report()["cache_hit"] and other.report()["resumed_from_phase"] == 0
+
+
+@pytest.mark.parametrize("damage", ["truncate_state", "garbage_history"])
+def test_damaged_fit_checkpoint_is_recomputed(quadrant_task, tmp_path, damage):
+    """Issue 17.6: a truncated or tampered DiET checkpoint is discarded with a log line and the fit
+    recomputed to the same result, instead of failing every re-run."""
+    task, model = quadrant_task
+    full = _fit(model, task, tmp_path / "full")
+    if damage == "truncate_state":
+        p = tmp_path / "full" / "state.pt"
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
+    else:
+        (tmp_path / "full" / "history.json").write_text("{not json")
+    again = _fit(model, task, tmp_path / "full")
+    assert not again.report()["cache_hit"]
+    _same_result(full, again)
 
 
 def test_artefacts_load_with_weights_only(quadrant_task, tmp_path):

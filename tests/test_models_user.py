@@ -76,7 +76,9 @@ def test_module_factory_and_pass_through_options(task, user_model, tmp_path, mon
     monkeypatch.syspath_prepend(str(tmp_path))
     model = torch_module(task, factory="userpkg.nets:build", width=6)
     assert model.net.features[0].out_channels == 6 and model.net.head.out_features == task.num_classes
-    assert not model.pretrained and model.cam_layer() is None
+    assert not model.pretrained
+    with pytest.raises(LookupError, match="declares no CAM layer"):
+        model.cam_layer()  # issue 12.1: no guessed layer; the cam_layer option names it
     assert tuple(model.mean.flatten().tolist()) == pytest.approx(task.mean)  # dataset stats when trained here
     res = train_model(model, task, TrainingConfig(epochs=1, batch_size=4), seed=0, device=CPU, show_progress=False)
     assert len(res.history) == 1  # trained with the training section

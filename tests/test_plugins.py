@@ -60,12 +60,14 @@ def test_installed_plugin_shows_in_list_json_with_its_origin(installed_example):
     res = runner.invoke(app, ["list", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
-    by_name = {kind: {e["name"]: e for e in entries} for kind, entries in data.items()}
+    # the dissect key groups its own registries (concept sets, scorers, similarities)
+    groups = {k: v for k, v in data.items() if k != "dissect"} | {f"dissect.{k}": v for k, v in data["dissect"].items()}
+    by_name = {kind: {e["name"]: e for e in entries} for kind, entries in groups.items()}
     assert by_name["explainers"]["vargrad"]["origin"] == DIST
     assert by_name["metrics"]["top_mass"]["origin"] == DIST
     assert by_name["metrics"]["top_mass"]["category"] == "complexity"  # the usual fields are kept
     assert by_name["explainers"]["gradcam"]["origin"] == "builtin"
-    assert all("origin" in e for entries in data.values() for e in entries)
+    assert all("origin" in e for entries in groups.values() for e in entries)
     text = runner.invoke(app, ["list"]).output
     assert f"(from {DIST})" in next(line for line in text.splitlines() if line.strip().startswith("vargrad"))
 

@@ -123,7 +123,9 @@ def test_optional_models_fail_clearly_when_not_installed(name, module, monkeypat
 
 
 def test_optional_models_are_configurable_by_arch():
-    cfg = load_config({"data": "hard_mnist", "model": {"name": "torchvision", "arch": "resnet50"}})
+    cfg = load_config({"data": "hard_mnist", "model": {"name": "torchvision", "arch": "resnet50"},
+                       "explainers": ["random"]})
     assert cfg.model.params == {"arch": "resnet50"}
-    cfg = load_config({"data": "hard_mnist", "model": {"name": "timm", "arch": "convnext_tiny"}})
+    cfg = load_config({"data": "hard_mnist", "model": {"name": "timm", "arch": "convnext_tiny"},
+                       "explainers": ["random"]})
     assert cfg.model.params == {"arch": "convnext_tiny"}

@@ -40,7 +40,7 @@ def test_text_offline_config_runs_offline_end_to_end(tmp_path):
     assert set(summary.dataset) == {"planted_sentiment", "sst2"}
     run = json.loads((out / "run.json").read_text())
     assert run["datasets"]["planted_sentiment"]["test_accuracy"] > 0.75  # one short epoch; chance is 0.5
-    assert "diet" in run["datasets"]["sst2"]
+    assert "text_diet" in run["datasets"]["sst2"]["learned"]
     f1 = summary[(summary.dataset == "planted_sentiment") & (summary.metric == "rationale_f1")].set_index("explainer")
     assert f1.loc["text_integrated_gradients", "mean"] > f1.loc["text_random", "mean"]
     html = (out / "report.html").read_text()

@@ -98,11 +98,13 @@ def test_end_to_end_run_writes_text_results_and_report(tiny_run):
     assert {"comprehensiveness", "sufficiency", "rationale_f1", "explained_model_accuracy"} <= set(singles.metric)
     pairs = summary[summary.explainer.str.contains("~")]
     assert {"text_topk_overlap@1", "text_topk_overlap@3", "text_spearman"} <= set(pairs.metric)
-    # agreement pairs include DiET (f_s) with the f_b explainers
-    assert "text_integrated_gradients~text_diet" in set(pairs.explainer)
+    # agreement pairs compare maps of the same model: DiET (f_s) meets the others on their f_s maps
+    f_s_pairs = [set(p.split("~")) for p in pairs[pairs.explained_model == "f_s"].explainer]
+    assert {"text_diet", "text_integrated_gradients"} in f_s_pairs
+    assert not any("text_diet" in p for p in pairs[pairs.explained_model == "f_b"].explainer)
     assert res.attributions("text_saliency", "planted_sentiment").shape[0] == 16
     info = res.info["datasets"]["planted_sentiment"]
-    assert info["explainers"]["text_diet"]["explains"] == "f_s" and "test_agreement_fs_fb" in info["diet"]
+    assert info["explainers"]["text_diet"]["explains"] == "f_s" and "test_agreement_fs_fb" in info["learned"]["text_diet"]
     assert info["max_length"] == 64 and info["mean_words"] > 5
     doc = json.loads((res.run_dir / "results" / "examples" / "planted_sentiment.json").read_text())
     s0 = doc["samples"][0]

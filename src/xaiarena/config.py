@@ -581,7 +581,8 @@ def validate(raw: dict[str, Any]) -> ExperimentConfig:
         problems += [_friendly(e, raw) for e in exc.errors()]
         raise ConfigError(problems) from None
     if not cfg.explainers and cfg.dissect is None:
-        problems.append(("explainers", "the config has no explainers; list at least one (xaiarena list shows them)"))
+        problems.append(("explainers", "the config has no explainers and no 'dissect:' section; list at least one "
+                         "explainer (xaiarena list shows them), or add a 'dissect:' section to label neurons"))
     if problems:
         raise ConfigError(problems)
     if cfg.grid:

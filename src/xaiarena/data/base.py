@@ -17,6 +17,8 @@ from ..errors import DataError
 Count = Annotated[int, Field(ge=1)]
 #: an integer >= 0 (``noise_bands``)
 NonNegativeInt = Annotated[int, Field(ge=0)]
+#: an optional count (None = all)
+OptionalCount = Annotated[int | None, Field(ge=1)]
 #: a share strictly between 0 and 1 (``test_fraction``, ``band_width``)
 OpenFraction = Annotated[float, Field(gt=0, lt=1)]
 #: a level in [0, 1] (``noise_level``)

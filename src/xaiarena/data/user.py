@@ -57,7 +57,7 @@ import torch
 from ..errors import DataError
 from ..fingerprint import files_fingerprint
 from ..registry import DATASETS
-from .base import ImageSplit, Task, TextSplit, channel_stats
+from .base import ImageSplit, OptionalCount, Task, TextSplit, channel_stats
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +332,7 @@ def _image_folder_fingerprint(root: str | None = None, masks_root: str | None = 
     "class names from folder names (or classes), optional masks masks_root/<split>/<class>/<stem>.png "
     "(nonzero = object), resize/crop/mode options",
     modality="image",
+    ground_truth=None,  # masks when masks_root is given: checked when the data loads
     fingerprint=_image_folder_fingerprint,
 )
 def image_folder(
@@ -345,8 +346,8 @@ def image_folder(
     mode: ImageMode = "auto",
     resize: int | list[int] | None = None,
     crop: int | list[int] | None = None,
-    n_train: int | None = None,
-    n_test: int | None = None,
+    n_train: OptionalCount = None,
+    n_test: OptionalCount = None,
 ) -> Task:
     """Images from ``root/<split>/<class>/`` (see the module docstring). ``data_dir`` is not used."""
     _required(root, "root", "the folder holding <split>/<class>/<image>")
@@ -489,6 +490,7 @@ def _hf_image_blobs(d: Any, column: str, path: str, split: str, ids: np.ndarray)
     description="Any Hugging Face image classification dataset by Hub id or local folder (path), with column "
     "mapping (image_column, label_column, optional mask_column) and split names; offline via a local folder",
     modality="image",
+    ground_truth=None,  # masks when mask_column is given: checked when the data loads
     fingerprint=_local_or_hub,
 )
 def hf_image(
@@ -505,8 +507,8 @@ def hf_image(
     mode: ImageMode = "auto",
     resize: int | list[int] | None = None,
     crop: int | list[int] | None = None,
-    n_train: int | None = None,
-    n_test: int | None = None,
+    n_train: OptionalCount = None,
+    n_test: OptionalCount = None,
 ) -> Task:
     """An HF dataset's ``image_column`` and ``label_column``; ``mask_column`` (an image column, nonzero =
     object) gives ground-truth masks. No ``train_split`` split: no training data. ``data_dir`` is not used."""
@@ -537,6 +539,8 @@ def _texts(values: list[Any], where: str, option: str) -> list[str]:
     description="Any Hugging Face text classification dataset by Hub id or local folder (path), with column "
     "mapping (text_column, label_column) and split names; offline via a local folder",
     modality="text",
+    has_masks=False,
+    ground_truth=(),
     fingerprint=_local_or_hub,
 )
 def hf_text(
@@ -549,8 +553,8 @@ def hf_text(
     train_split: str = "train",
     test_split: str = "test",
     classes: list[str] | None = None,
-    n_train: int | None = None,
-    n_test: int | None = None,
+    n_train: OptionalCount = None,
+    n_test: OptionalCount = None,
 ) -> Task:
     """An HF dataset's ``text_column`` and ``label_column``. No ``train_split`` split: no training data."""
     _required(path, "path", "a Hugging Face Hub id or a local dataset folder")
@@ -614,6 +618,8 @@ def _csv_fingerprint(path: str | None = None, train_path: str | None = None, **_
     description="Your texts: a CSV/TSV/Parquet file (path) with text and label columns; training rows from "
     "train_path or a split_column; label names from classes, a label_name_column or the sorted labels",
     modality="text",
+    has_masks=False,
+    ground_truth=(),
     fingerprint=_csv_fingerprint,
 )
 def csv_text(
@@ -628,8 +634,8 @@ def csv_text(
     label_column: str = "label",
     label_name_column: str | None = None,
     classes: list[str] | None = None,
-    n_train: int | None = None,
-    n_test: int | None = None,
+    n_train: OptionalCount = None,
+    n_test: OptionalCount = None,
 ) -> Task:
     """``path`` holds the evaluation texts (all texts with ``split_column``: rows whose value is
     ``test_split`` / ``train_split``); ``train_path`` the training texts (optional)."""

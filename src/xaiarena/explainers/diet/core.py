@@ -586,9 +586,14 @@ class DietTrainer:
         if old != json.loads(json.dumps(meta)):
             self._say(f"DiET: {self.cache_dir} holds a run with other settings, model or data; starting afresh")
             return None
-        state = load_torch(state_path)
-        history = json.loads(hist_path.read_text())
-        if state.get("format") != FORMAT_VERSION or len(history) != state["next_phase"]:
+        try:
+            state = load_torch(state_path)
+            history = json.loads(hist_path.read_text())
+        except Exception as exc:  # truncated or tampered: recompute rather than fail every re-run
+            self._say(f"DiET: checkpoint in {self.cache_dir} is unreadable ({type(exc).__name__}); starting afresh")
+            return None
+        if (not isinstance(state, dict) or not isinstance(history, list) or state.get("format") != FORMAT_VERSION
+                or len(history) != state.get("next_phase")):
             self._say(f"DiET: checkpoint in {self.cache_dir} is inconsistent; starting afresh")
             return None
         state["history"] = history

@@ -180,8 +180,9 @@ class DiET(DietFitMixin, Explainer):
             raise ValueError(f"upsample_factor={upsample_factor} must be >= 1")
         if n_train is not None and int(n_train) < 1:
             raise ValueError(f"n_train={n_train} must be >= 1 (or null for the whole training split)")
-        if test_background_std is not None and min(
-                [test_background_std] if isinstance(test_background_std, (int, float)) else test_background_std) < 0:
+        if test_background_std is not None and not all(
+                math.isfinite(v) and v >= 0 for v in
+                ([test_background_std] if isinstance(test_background_std, (int, float)) else test_background_std)):
             raise ValueError(f"test_background_std={test_background_std!r} must be >= 0 (or null: background_std)")
         self.config = DietConfig.from_options(locals())
         self.upsample_factor = int(upsample_factor)
