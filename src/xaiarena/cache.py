@@ -61,7 +61,8 @@ log = logging.getLogger(__name__)
 MANIFEST_SUFFIX = ".manifest.json"
 #: version of the randomness scheme of explainers and metrics; part of the explain and score keys,
 #: so that caches written under an older scheme are recomputed rather than mixed with new numbers
-RNG_SCHEME = 1
+#: (2: explainer streams seeded by the registered name, not the label)
+RNG_SCHEME = 2
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:

@@ -263,7 +263,7 @@ def explain(s: Settings, prep: Prepared, view: View, spec: ComponentSpec, explai
     if maps is not None:
         sinfo["cache_hit"] = True
     else:
-        maps = explain_in_batches(s, explainer, view.model, prep.inputs, view.targets, spec.key)
+        maps = explain_in_batches(s, explainer, view.model, prep.inputs, view.targets, spec.key, seed_name=spec.name)
         s.cache.save_torch(path, maps, ekey)
 
     def explain_fn(inputs, targets, generator=None, model=view.model):
@@ -273,10 +273,15 @@ def explain(s: Settings, prep: Prepared, view: View, spec: ComponentSpec, explai
     return Attribution(spec.key, view.name, maps, ekey, explain_fn)
 
 
-def explain_in_batches(s: Settings, explainer, model, inputs, targets, label: str) -> torch.Tensor:
-    """The one batching path of explainers: ``evaluation.batch_size`` inputs per call, CPU float maps."""
+def explain_in_batches(s: Settings, explainer, model, inputs, targets, label: str,
+                       seed_name: str | None = None) -> torch.Tensor:
+    """The one batching path of explainers: ``evaluation.batch_size`` inputs per call, CPU float maps.
+
+    The random stream is seeded by the run seed and ``seed_name`` (the explainer's registered name,
+    not its label): two entries of one explainer draw the same perturbations (common random
+    numbers), so e.g. LIME's top-10 selection is exactly a selection of the full LIME map."""
     bs = s.batch_size
-    seed = ck.stable_seed(s.seed, "explain", label)
+    seed = ck.stable_seed(s.seed, "explain", seed_name or label)
     out = []
     for i in progress(range(0, len(inputs), bs), desc=f"explain {label}", disable=not s.show_progress):
         xb = inputs[i:i + bs].to(s.device)
