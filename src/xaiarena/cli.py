@@ -4,6 +4,7 @@
 ``xaiarena list [--json]``
 ``xaiarena report RUN_DIR``
 ``xaiarena dissect CONFIG [--out DIR] [--set key.path=value ...]``
+``xaiarena score RUN_DIR|CONFIG MAPS_DIR [--out DIR] [--metric SPEC ...] [--dataset NAME] [--set ...]``
 
 A bad configuration exits with code 2 and a message naming the key, the bad
 value and the valid choices.
@@ -165,6 +166,80 @@ def dissect(
     typer.echo(layers[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     typer.echo(f"neurons: {run_dir / 'results' / 'neurons.csv'}")
     typer.echo(f"report: {res.report_path}")
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, ConfigError):
+        return "invalid configuration: " + "; ".join(f"{p or '<root>'}: {m}" for p, m in exc.problems)
+    if isinstance(exc, UnknownNameError):
+        return exc.message
+    return " ".join(str(exc).split())
+
+
+@app.command()
+def score(
+    source: Path = typer.Argument(..., help="A finished run directory, or a run config (YAML) for its data and model."),
+    maps: Path = typer.Argument(..., help="A folder of saved maps: <label>.npy or <label>.pt, shape (N, H, W) each."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where the CSVs go (default: MAPS/scores)."),  # noqa: UP045
+    metric: list[str] = typer.Option([], "--metric", "-m", help="A metric: a name or a YAML mapping such as "
+                                     "'{name: deletion, steps: 10}' (repeatable; default: the config's metrics)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Which data entry (default: the first)."),  # noqa: UP045
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a config value: key.path=value (repeatable)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Evaluation batch size (default: the config's)."),  # noqa: UP045
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Score saved maps of a run's evaluation samples (in the run's sample order) with xaiarena's metrics:
+    per_sample.csv, summary.csv, tests.csv (the same code and statistics as `run`). Maps named like an
+    explainer of the config are re-explained by it where a metric needs that (robustness metrics)."""
+    import yaml
+
+    from .api import evaluate, load_maps
+    from .config import load_config
+    from .registry import EXPLAINERS
+    from .runner import evaluation_samples, run_lock
+
+    if quiet:
+        os.environ["XAIARENA_QUIET"] = "1"
+    is_run = source.is_dir() and (source / "run.json").exists()
+    if source.is_dir() and not is_run:
+        _fail(f"'{source}' is a folder but not a finished run (no run.json); give a run directory or a config file")
+    out = out or maps / "scores"
+    try:
+        cfg = load_config(source / "config.yaml" if is_run else source, set_ or None)
+        specs = [yaml.safe_load(m) for m in metric] if metric else [m.model_dump(exclude_none=True) for m in cfg.metrics]
+        if not specs:
+            _fail("no metrics: give --metric NAME (repeatable) or a config with a 'metrics:' list")
+        specs = [_flat_spec(m) for m in specs]
+        attributions = load_maps(maps)
+        # maps named like an explainer of the config are re-explained by it (robustness metrics)
+        reexplain = {e.key: _flat_spec(e.model_dump(exclude_none=True)) for e in cfg.explainers
+                     if e.key in attributions and EXPLAINERS.get(e.name).family != "learned"}
+        if is_run:
+            samples = evaluation_samples(cfg, source, dataset)
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            with run_lock(out):
+                samples = evaluation_samples(cfg, out, dataset)
+        ev = evaluate(samples.model, samples.inputs, samples.targets, attributions, specs, masks=samples.masks,
+                      labels=samples.labels, sample_ids=samples.sample_ids, seed=samples.seed,
+                      explainers=reexplain or None, batch_size=batch_size or samples.batch_size, show_progress=not quiet, dataset=samples.dataset)
+    except XaiArenaError as exc:  # a bad config, metric, maps file or map shape; data, training: one line
+        _fail(_one_line(exc))
+    except KeyError as exc:  # --dataset names no data entry
+        _fail(str(exc.args[0]))
+    except yaml.YAMLError as exc:
+        _fail(f"--metric is not a name or a YAML mapping: {' '.join(str(exc).split())}")
+    ev.save(out)
+    typer.echo(f"scores: {out} (per_sample.csv, summary.csv, tests.csv)")
+    cols = ["explainer", "metric", "mean", "ci_low", "ci_high", "n"]
+    typer.echo(ev.summary[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+
+def _flat_spec(spec):
+    """A metric entry as a config writes it: ``params`` flattened next to ``name`` (model_dump nests them)."""
+    if isinstance(spec, dict) and isinstance(spec.get("params"), dict):
+        spec = {**{k: v for k, v in spec.items() if k != "params"}, **spec["params"]}
+    return spec
 
 
 def main() -> None:

@@ -528,43 +528,94 @@ def _component_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
     if (spec := spec_of(raw.get("model"))) is not None:
         _check_component(MODELS, spec, "model", problems)
     explainer_keys: list[str] = []
-    for group, reg, cls in (("explainers", EXPLAINERS, ComponentSpec), ("metrics", METRICS, MetricSpec)):
-        items = raw.get(group) or []
-        if not isinstance(items, list):
-            continue
-        seen: set[str] = set()
-        for i, item in enumerate(items):
-            spec = spec_of(item, cls)
-            if spec is None:  # reported by the model validation; keep its name for the cross-references
-                if isinstance(item, dict) and group == "explainers":
-                    explainer_keys.append(str(item.get("label") or item.get("name")))
-                continue
-            n_before = len(problems)
-            _check_component(reg, spec, f"{group}.{i}", problems)
-            if len(problems) == n_before and spec.name in reg:
-                built = _build_problem(reg, spec, f"{group}.{i}")
-                if built:
-                    problems.append(built)
-            meta = reg.entry(spec.name).meta if spec.name in reg else {}
-            if group == "metrics" and "masks" in (meta.get("requires") or ()) and "image" in meta.get("modality", ()):
-                for path, dspec in data_specs:
-                    gt = _dataset_ground_truth(dspec)
-                    image = "image" in (DATASETS.entry(dspec.name).meta.get("modality") or "image")
-                    if gt is not None and image and "masks" not in gt:
-                        problems.append((f"{group}.{i}.name", f"metric '{spec.name}' needs ground-truth masks, but "
-                                         f"dataset '{dspec.name}' ({path}) has none"))
-            if spec.key in seen:
-                problems.append((f"{group}.{i}", f"'{spec.key}' appears twice; give one a distinct 'label'"))
-            seen.add(spec.key)
-            if group == "explainers":
-                explainer_keys.append(spec.key)
-            for name in getattr(spec, "explainers", None) or []:
-                if name not in explainer_keys:
-                    hint = suggest(name, explainer_keys)
-                    problems.append((f"{group}.{i}.explainers", f"bad value '{name}': not an explainer of this "
-                                     f"config{f' (did you mean {hint!r}?)' if hint else ''}; valid: "
-                                     f"{', '.join(explainer_keys) or '(none)'}"))
+    for group in ("explainers", "metrics"):
+        problems += _group_problems(group, raw.get(group) or [], explainer_keys, data_specs)
     return problems
+
+
+GROUPS: dict[str, tuple[Registry, type[ComponentSpec]]] = {
+    "explainers": (EXPLAINERS, ComponentSpec), "metrics": (METRICS, MetricSpec)}
+
+
+def _group_problems(group: str, items: Any, explainer_keys: list[str],
+                    data_specs: list[tuple[str, DataConfig]] = ()) -> list[tuple[str, str]]:
+    """Problems of a config's ``explainers:`` or ``metrics:`` list: names and options checked against
+    the registry, then each component built; repeated labels; a metric's ``explainers:`` naming an
+    explainer not in ``explainer_keys`` (the labels so far; the explainers group appends its own);
+    mask-based metrics next to datasets without masks (``data_specs``)."""
+    reg, cls = GROUPS[group]
+    problems: list[tuple[str, str]] = []
+    if not isinstance(items, list):
+        return problems  # reported by the model validation
+
+    def spec_of(value: Any) -> ComponentSpec | None:
+        try:
+            return cls.model_validate(value)
+        except ValidationError:
+            return None
+
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        spec = spec_of(item)
+        if spec is None:  # reported by the model validation; keep its name for the cross-references
+            if isinstance(item, dict) and group == "explainers":
+                explainer_keys.append(str(item.get("label") or item.get("name")))
+            continue
+        n_before = len(problems)
+        _check_component(reg, spec, f"{group}.{i}", problems)
+        if len(problems) == n_before and spec.name in reg:
+            built = _build_problem(reg, spec, f"{group}.{i}")
+            if built:
+                problems.append(built)
+        meta = reg.entry(spec.name).meta if spec.name in reg else {}
+        if group == "metrics" and "masks" in (meta.get("requires") or ()) and "image" in meta.get("modality", ()):
+            for path, dspec in data_specs:
+                gt = _dataset_ground_truth(dspec)
+                image = "image" in (DATASETS.entry(dspec.name).meta.get("modality") or "image")
+                if gt is not None and image and "masks" not in gt:
+                    problems.append((f"{group}.{i}.name", f"metric '{spec.name}' needs ground-truth masks, but "
+                                     f"dataset '{dspec.name}' ({path}) has none"))
+        if spec.key in seen:
+            problems.append((f"{group}.{i}", f"'{spec.key}' appears twice; give one a distinct 'label'"))
+        seen.add(spec.key)
+        if group == "explainers":
+            explainer_keys.append(spec.key)
+        for name in getattr(spec, "explainers", None) or []:
+            if name not in explainer_keys:
+                hint = suggest(name, explainer_keys)
+                problems.append((f"{group}.{i}.explainers", f"bad value '{name}': not an explainer of this "
+                                 f"config{f' (did you mean {hint!r}?)' if hint else ''}; valid: "
+                                 f"{', '.join(explainer_keys) or '(none)'}"))
+    return problems
+
+
+def validate_components(group: str, items: Any, *, explainer_labels: list[str] | None = None) -> list[ComponentSpec]:
+    """A config's ``explainers:`` or ``metrics:`` list, validated on its own (the functional API,
+    :func:`xaiarena.evaluate` and :func:`xaiarena.explain`): the same checks as in a config file
+    (names, option names, types and values, repeated labels), the same :class:`ConfigError` naming
+    ``<group>.<i>.<key>``, the bad value and the valid ones. A bare name or one mapping counts as a
+    list of one. ``explainer_labels``: the labels a metric's ``explainers:`` may name."""
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {', '.join(GROUPS)}, got {group!r}")
+    if isinstance(items, (str, dict)):
+        items = [items]
+    elif isinstance(items, tuple):
+        items = list(items)
+    if not isinstance(items, list) or not items:
+        kind = group[:-1]
+        raise ConfigError([(group, f"bad value {items!r}: give a non-empty list of {group}, each a {kind} name or "
+                            f"a mapping {{name: ..., <option>: ...}} as in a config's '{group}:' list "
+                            "(xaiarena list shows them)")])
+    problems = _group_problems(group, items, list(explainer_labels or []))
+    try:
+        specs = TypeAdapter(list[GROUPS[group][1]]).validate_python(items)
+    except ValidationError as exc:
+        raw = {group: items}
+        problems += [_friendly({**e, "loc": (group, *e["loc"])}, raw) for e in exc.errors()]
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return specs
 
 
 def validate(raw: dict[str, Any]) -> ExperimentConfig:

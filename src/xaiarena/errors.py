@@ -55,3 +55,10 @@ class TrainingError(XaiArenaError):
 class RunError(XaiArenaError):
     """A run cannot proceed for a reason the user can fix (the run directory is locked by another
     run, a path is not what it should be, the environment lacks something). CLI exit 2."""
+
+
+class InputError(XaiArenaError, ValueError):
+    """An argument of the functional API (:func:`xaiarena.evaluate`, :func:`xaiarena.explain`) or of
+    ``xaiarena score`` has the wrong type, shape or value (maps that do not match the inputs, targets
+    of the wrong length, a metric that needs masks without masks). The message names the argument,
+    what was given and what is expected; the CLI prints it on one line and exits 2."""

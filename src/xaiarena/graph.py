@@ -142,6 +142,13 @@ def view_members(cfg: ExperimentConfig) -> dict[str, list[str]]:
     return members
 
 
+def scored_labels(spec, metric, labels: list[str]) -> list[str]:
+    """The maps (explainer labels, of one view) a metric scores: those its ``explainers:`` names (all by
+    default); none where the metric does not apply to them (an agreement metric needs two maps)."""
+    keys = [k for k in labels if spec.explainers is None or k in spec.explainers]
+    return keys if metric.applies_to(keys) else []
+
+
 def plan_tasks(units: list[Unit]) -> list[TaskSpec]:
     """The stage graph of every unit, each task after its dependencies."""
     tasks: list[TaskSpec] = []
@@ -165,8 +172,8 @@ def plan_tasks(units: list[Unit]) -> list[TaskSpec]:
         for spec in cfg.metrics:
             metric = METRICS.create(spec.name, **spec.params)
             for v, ts in explains.items():
-                keys = [t.component for t in ts if spec.explainers is None or t.component in spec.explainers]
-                if metric.applies_to(keys):
+                keys = scored_labels(spec, metric, [t.component for t in ts])
+                if keys:
                     tasks.append(TaskSpec("score", u, v, spec.key, tuple(t.name for t in ts if t.component in keys),
                                           tuple(keys)))
     return tasks
@@ -326,4 +333,4 @@ def own_stages(task: TaskSpec, result: TaskResult) -> dict[str, dict[str, Any]]:
 
 
 __all__ = ["Env", "TaskResult", "TaskSpec", "Unit", "UnitContext", "context_for", "plan_tasks", "plan_units",
-           "own_stages", "progress", "run_task", "view_members"]
+           "own_stages", "progress", "run_task", "scored_labels", "view_members"]

@@ -178,6 +178,23 @@ def names_for(reg: Registry, modality: str) -> list[str]:
     return [e.name for e in reg if modality in _modalities_of(reg, e.name)]
 
 
+def modality_problems(kind: str, items: list[tuple[str, Registry, Any]], where: str) -> list[tuple[str, str]]:
+    """``(path, message)`` for every ``(path, registry, spec)`` whose component cannot handle ``kind``
+    (image or text) inputs; ``where`` says whose inputs they are (``dataset 'x' (data.0) is text``)."""
+    problems = []
+    for path, reg, spec in items:
+        supported = _modalities_of(reg, spec.name)
+        if supported and kind not in supported:
+            kind_noun = reg.kind[:-1]
+            hint = ""
+            if reg is EXPLAINERS and spec.name == "diet" and kind == "text":
+                hint = " (DiET for text is 'text_diet')"
+            problems.append((f"{path}.name", f"{kind_noun} '{spec.name}' supports {', '.join(supported)} "
+                             f"inputs only, but {where}{hint}; {kind} {reg.kind}: "
+                             f"{', '.join(names_for(reg, kind))}"))
+    return problems
+
+
 def check_modalities(cfg) -> None:
     """Raise :class:`ConfigError` naming every model/explainer/metric that cannot handle a dataset's modality."""
     problems: list[tuple[str, str]] = []
@@ -190,16 +207,7 @@ def check_modalities(cfg) -> None:
         items = [("model", MODELS, cfg.model)]
         items += [(f"explainers.{i}", EXPLAINERS, s) for i, s in enumerate(cfg.explainers)]
         items += [(f"metrics.{i}", METRICS, s) for i, s in enumerate(cfg.metrics)]
-        for path, reg, spec in items:
-            supported = _modalities_of(reg, spec.name)
-            if supported and kind not in supported:
-                kind_noun = reg.kind[:-1]
-                hint = ""
-                if reg is EXPLAINERS and spec.name == "diet" and kind == "text":
-                    hint = " (DiET for text is 'text_diet')"
-                problems.append((f"{path}.name", f"{kind_noun} '{spec.name}' supports {', '.join(supported)} "
-                                 f"inputs only, but {where}{hint}; {kind} {reg.kind}: "
-                                 f"{', '.join(names_for(reg, kind))}"))
+        problems += modality_problems(kind, items, where)
     if problems:
         seen, unique = set(), []
         for p in problems:
@@ -209,5 +217,5 @@ def check_modalities(cfg) -> None:
         raise ConfigError(unique)
 
 
-__all__ = ["ImageModality", "TextModality", "modality_for", "check_modalities", "names_for",
+__all__ = ["ImageModality", "TextModality", "modality_for", "check_modalities", "modality_problems", "names_for",
            "write_text_examples"]

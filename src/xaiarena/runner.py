@@ -15,6 +15,7 @@ import socket
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -218,15 +219,7 @@ class Runner:
                 entry.update(seconds=st.get("seconds"), cache_hit=st.get("cache_hit", False))
 
     def _metric_meta(self, spec) -> None:
-        metric = METRICS.create(spec.name, **spec.params)
-        for out in metric.outputs():
-            self.metrics_meta[stages.output_name(spec, metric.name, out.name)] = {
-                "metric": spec.name, "label": spec.key, "category": metric.category,
-                "higher_is_better": out.higher_is_better, "ranked": out.ranked,
-                **({"unranked_reason": out.unranked_reason} if not out.ranked else {}),
-                "value_range": [float(v) for v in out.value_range],
-                "description": METRICS.entry(spec.name).description,
-            }
+        self.metrics_meta.update(stages.metric_meta(spec, METRICS.create(spec.name, **spec.params)))
 
     def _write_examples(self, unit: Unit, env: Env) -> None:
         """A few samples of each (dataset, grid point), first replicate, with every explainer's maps: a map
@@ -251,26 +244,15 @@ class Runner:
         atomic_to_parquet(curves, results / "curves.parquet")
         hib = {k: v["higher_is_better"] for k, v in self.metrics_meta.items()}
         models = {u["dataset"]: u.get("model", "") for u in self.units_info.values()}
-        tests = stats.paired_tests(per_sample)
-        fg_bg = stats.fg_bg_tests(per_sample)  # object vs background within each explainer (fg_bg_attribution)
-        if len(fg_bg):
-            atomic_to_csv(fg_bg, results / "fg_bg_tests.csv")
-        if self.with_replicates:
-            # per replicate, then across replicates (mean of per-replicate means, CI over replicates,
-            # explainers compared by a paired test over replicates paired by seed)
-            per_rep = stats.summarize(per_sample, hib, models=models, seed=self.cfg.seed)
-            atomic_to_csv(per_rep, results / "summary_per_replicate.csv")
-            atomic_to_csv(stats.replicate_ranks(per_rep, tests), results / "ranks_per_replicate.csv")
-            atomic_to_csv(stats.replicate_tests(per_rep), results / "tests_replicates.csv")
-            summary = stats.summarize_replicates(per_rep)
-        else:
-            summary = stats.summarize(per_sample, hib, models=models, seed=self.cfg.seed)
+        tables = stats.result_tables(per_sample, hib, models=models, seed=self.cfg.seed,
+                                     replicates=self.with_replicates)
+        summary = tables["summary"]
         if self.with_grid:  # the model may vary across grid points
             model_of = {(u["dataset"], u["grid"]): u.get("model", "") for u in self.units_info.values()}
             summary["model"] = [model_of.get((d, g), m) for d, g, m in
                                 zip(summary["dataset"], summary["grid"], summary["model"], strict=True)]
-        atomic_to_csv(summary, results / "summary.csv")
-        atomic_to_csv(tests, results / "tests.csv")
+        for name, frame in tables.items():
+            atomic_to_csv(frame, results / f"{name}.csv")
 
     def _build_report(self) -> bool:
         try:
@@ -397,8 +379,54 @@ class RunResult:
                                     f"corrupt: {path}; run the config again to recompute them")
         return maps
 
+    def samples(self, dataset: str | None = None) -> RunSamples:
+        """The run's evaluation samples with its model ``f_b``, reloaded from the run's cache (the dataset
+        is rebuilt, the trained model read from its checkpoint): what :func:`xaiarena.evaluate` and
+        :func:`xaiarena.explain` take to score or compute maps of the same samples as the run
+        (``evaluate(s.model, s.inputs, s.targets, maps, metrics, masks=s.masks, labels=s.labels,
+        sample_ids=s.sample_ids, seed=s.seed, dataset=s.dataset)``). With a grid or replicates: the
+        first grid point's first replicate."""
+        return evaluation_samples(self.config, self.run_dir, dataset)
+
     def __repr__(self) -> str:
         return f"RunResult('{self.run_dir}')"
+
+
+@dataclass
+class RunSamples:
+    """A run's evaluation samples and the model its ``f_b`` maps explain (:meth:`RunResult.samples`)."""
+
+    dataset: str
+    model: torch.nn.Module
+    inputs: Any  # (N, C, H, W) float pixels, or a TextBatch
+    targets: torch.Tensor  # the classes the maps explain (evaluation.target)
+    labels: torch.Tensor
+    masks: torch.Tensor | None
+    sample_ids: torch.Tensor
+    seed: int
+    batch_size: int
+
+
+def evaluation_samples(cfg: ExperimentConfig, run_dir: str | Path, dataset: str | None = None) -> RunSamples:
+    """The evaluation samples of ``cfg``'s dataset entry ``dataset`` (default: the first) and its model
+    ``f_b``, as a run in ``run_dir`` has them: data, train (or the cached checkpoint) and select run
+    through the same stages and cache (:meth:`RunResult.samples`; ``xaiarena score``). With a grid or
+    replicates: the first grid point's first replicate."""
+    datasets = [d.key for d in cfg.data]
+    dataset = dataset or datasets[0]
+    if dataset not in datasets:
+        raise KeyError(f"unknown dataset '{dataset}'; this run has {', '.join(datasets)}")
+    unit = next(u for u in plan_units(cfg) if u.dataset == dataset)
+    env = Env(str(Path(run_dir).resolve()), show_progress=False)
+    try:
+        ctx = context_for(unit, env)
+        rec = StageRecorder()
+        prep, view = ctx.prep(rec), ctx.view(stages.F_B, rec)
+        return RunSamples(dataset=dataset, model=prep.model, inputs=prep.inputs, targets=view.targets,
+                          labels=prep.labels, masks=prep.masks, sample_ids=prep.sample_ids, seed=unit.seed,
+                          batch_size=ctx.s.batch_size)
+    finally:
+        forget_contexts(env.run_dir)
 
 
 def run(config: str | Path | dict | ExperimentConfig | None = None, *, out: str | Path | None = None,

@@ -15,6 +15,9 @@
 * :func:`explain` computes (or loads) one explainer's maps on one view's model.
 * :func:`score` computes (or loads) one metric's per-sample scores and curves for the
   maps of one view.
+* :func:`explain_in_batches` and :func:`score_in_batches` are the uncached computations
+  under :func:`explain` and :func:`score`; the functional API (:mod:`xaiarena.api`) calls
+  them with a :class:`Compute` and :class:`Samples` of the user's own tensors.
 
 Every cache key comes from :mod:`xaiarena.cache`; every file is written through a
 :class:`~xaiarena.cache.Cache` (checksummed, atomic). What differs between images and
@@ -74,6 +77,34 @@ class Settings:
     def autocast(self):
         """bfloat16 autocast on CUDA when ``amp: true``; a no-op context otherwise (CPU unchanged)."""
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=True) if self.amp else nullcontext()
+
+
+@dataclass
+class Compute:
+    """What the batching functions (:func:`explain_in_batches`, :func:`score_in_batches`) read of a
+    run's :class:`Settings`, without a config or a cache: the functional API's settings."""
+
+    device: torch.device
+    seed: int = 0
+    batch_size: int = 64
+    amp: bool = False
+    show_progress: bool = False
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=True) if self.amp else nullcontext()
+
+
+@dataclass
+class Samples:
+    """The evaluation samples :func:`score_in_batches` reads (a :class:`Prepared` has the same fields):
+    ``key`` names them in the results' ``dataset`` column; ``sample_ids`` key the metrics' per-sample
+    random streams and the results' ``sample_id`` column."""
+
+    key: str
+    inputs: Any  # (N, C, H, W) float pixels in [0, 1], or a TextBatch
+    labels: torch.Tensor
+    masks: torch.Tensor | None
+    sample_ids: torch.Tensor
 
 
 @dataclass
@@ -273,13 +304,14 @@ def explain(s: Settings, prep: Prepared, view: View, spec: ComponentSpec, explai
     return Attribution(spec.key, view.name, maps, ekey, explain_fn)
 
 
-def explain_in_batches(s: Settings, explainer, model, inputs, targets, label: str,
+def explain_in_batches(s: Settings | Compute, explainer, model, inputs, targets, label: str,
                        seed_name: str | None = None) -> torch.Tensor:
     """The one batching path of explainers: ``evaluation.batch_size`` inputs per call, CPU float maps.
 
     The random stream is seeded by the run seed and ``seed_name`` (the explainer's registered name,
-    not its label): two entries of one explainer draw the same perturbations (common random
-    numbers), so e.g. LIME's top-10 selection is exactly a selection of the full LIME map."""
+    not its label; the label when not given): two entries of one explainer draw the same
+    perturbations (common random numbers), so e.g. LIME's top-10 selection is exactly a selection
+    of the full LIME map."""
     bs = s.batch_size
     seed = ck.stable_seed(s.seed, "explain", seed_name or label)
     out = []
@@ -310,6 +342,23 @@ def output_name(spec: ComponentSpec, metric_name: str, output: str) -> str:
     return f"{spec.label}:{output}"
 
 
+def metric_meta(spec: MetricSpec, metric) -> dict[str, dict[str, Any]]:
+    """``{output name: metadata}`` of one metric of a config (run.json ``metrics_meta``; the statistics
+    read ``higher_is_better`` from it)."""
+    from .registry import METRICS
+
+    out = {}
+    for o in metric.outputs():
+        out[output_name(spec, metric.name, o.name)] = {
+            "metric": spec.name, "label": spec.key, "category": metric.category,
+            "higher_is_better": o.higher_is_better, "ranked": o.ranked,
+            **({"unranked_reason": o.unranked_reason} if not o.ranked else {}),
+            "value_range": [float(v) for v in o.value_range],
+            "description": METRICS.entry(spec.name).description,
+        }
+    return out
+
+
 def score(s: Settings, prep: Prepared, view: View, spec: MetricSpec, metric,
           attrs: dict[str, Attribution], sinfo: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One metric's per-sample scores and curves for the maps of one view (cached)."""
@@ -320,14 +369,16 @@ def score(s: Settings, prep: Prepared, view: View, spec: MetricSpec, metric,
     if ps is not None and cv is not None:
         sinfo["cache_hit"] = True
         return ps, cv
-    ps, cv = _evaluate(s, prep, view, spec, metric, attrs)
+    ps, cv = score_in_batches(s, prep, view, spec, metric, attrs)
     s.cache.save_frame(cv_path, cv, skey)
     s.cache.save_frame(ps_path, ps, skey)
     return ps, cv
 
 
-def _evaluate(s: Settings, prep: Prepared, view: View, spec: MetricSpec, metric,
-              attrs: dict[str, Attribution]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def score_in_batches(s: Settings | Compute, prep: Prepared | Samples, view: View, spec: MetricSpec, metric,
+                     attrs: dict[str, Attribution]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The one batching path of metrics: one metric's per-sample scores (:data:`PER_SAMPLE_COLUMNS`) and
+    mean curves (:data:`CURVE_COLUMNS`) for the maps ``attrs`` of ``view``'s model (uncached)."""
     from .metrics import EvalBatch
 
     bs = s.batch_size

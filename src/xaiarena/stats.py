@@ -676,9 +676,40 @@ def fg_bg_tests(per_sample: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols) if rows else pd.DataFrame(columns=cols)
 
 
+# --------------------------------------------------------------------------- the tables of a run
+
+
+def result_tables(per_sample: pd.DataFrame, meta: Mapping[str, Any], *, models: Mapping[str, str] | None = None,
+                  seed: int = 0, replicates: bool = False) -> dict[str, pd.DataFrame]:
+    """Every statistics table a run writes under ``results/`` (``{file stem: frame}``), from its per-sample
+    scores; :func:`xaiarena.evaluate` gives the same tables for the user's maps.
+
+    ``summary`` (bootstrap CIs, :func:`summarize`) and ``tests`` (:func:`paired_tests`) always;
+    ``fg_bg_tests`` where ``fg_bg_attribution`` scored; with ``replicates``, ``summary`` is the summary
+    across replicates (:func:`summarize_replicates`) and ``summary_per_replicate``,
+    ``ranks_per_replicate`` and ``tests_replicates`` are added."""
+    out: dict[str, pd.DataFrame] = {}
+    tests = paired_tests(per_sample)
+    fg_bg = fg_bg_tests(per_sample)  # object vs background within each explainer (fg_bg_attribution)
+    if len(fg_bg):
+        out["fg_bg_tests"] = fg_bg
+    if replicates:
+        # per replicate, then across replicates (mean of per-replicate means, CI over replicates,
+        # explainers compared by a paired test over replicates paired by seed)
+        per_rep = summarize(per_sample, meta, models=models, seed=seed)
+        out["summary_per_replicate"] = per_rep
+        out["ranks_per_replicate"] = replicate_ranks(per_rep, tests)
+        out["tests_replicates"] = replicate_tests(per_rep)
+        out["summary"] = summarize_replicates(per_rep)
+    else:
+        out["summary"] = summarize(per_sample, meta, models=models, seed=seed)
+    out["tests"] = tests
+    return out
+
+
 __all__ = [
     "ALL_METRICS", "COMBINED_COLUMNS", "RANK_COLUMNS", "SUMMARY_COLUMNS", "TESTS_COLUMNS",
     "replicate_ranks", "replicate_tests", "summarize_replicates",
     "bootstrap_ci", "cohens_dz", "combined_ranking", "compact_letter_display", "compare_to_best", "fg_bg_tests",
-    "holm", "paired_t", "paired_tests", "paired_wilcoxon", "rank", "summarize",
+    "holm", "paired_t", "paired_tests", "paired_wilcoxon", "rank", "result_tables", "summarize",
 ]
