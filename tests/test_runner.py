@@ -81,7 +81,9 @@ def test_kill_during_attributions_then_resume_gives_identical_numbers(tmp_path):
 
     raw = _cfg(["saliency", {"name": "occlusion", "window": 4, "stride": 2}], ["sparseness"])
     cfg.write_text(yaml.safe_dump(raw))
-    sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={json.dumps(v)}")] + ["--set", "evaluation.n_samples=64"]
+    # one thread: tiny models gain nothing from a second one, and on a busy machine it spins
+    sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    sets += ["--set", "evaluation.n_samples=64", "--set", "training.num_threads=1"]
     cmd = [sys.executable, "-m", "xaiarena.cli", "run", str(cfg), "--quiet", *sets]
     env = {**os.environ, "XAIARENA_QUIET": "1"}
 

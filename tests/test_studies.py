@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted((ROOT / "configs" / "studies").glob("*.yaml"))
 SHARED = Path(os.environ.get("XAIARENA_DATA_DIR", ROOT.parent / "shared" / "datasets"))
 EXPECTED = {"diet_vs_gradcam_images", "fashion_mnist_captum_quantus", "lime_vs_gradcam_agreement", "voc_foreground",
-            "dissect_offline", "clip_dissect_resnet18"}
+            "dissect_offline", "clip_dissect_resnet18", "diet_vs_ig_text"}
 
 
 def quick_overrides(path: Path) -> list[str]:
