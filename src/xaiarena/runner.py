@@ -211,7 +211,8 @@ class Runner:
             spec = next(sp for sp in self.cfg.explainers if sp.key == task.component)
             entry = unit.setdefault("explainers", {}).setdefault(task.component, {
                 "explains": task.home, "family": EXPLAINERS.get(spec.name).family, "name": spec.name,
-                "params": spec.params, "views": {}})
+                "params": spec.params, **({"postprocess": list(spec.postprocess)} if spec.postprocess else {}),
+                "views": {}})
             entry["views"][task.view] = {"seconds": st.get("seconds"), "cache_hit": st.get("cache_hit", False),
                                          **res.info}
             if task.view == entry["explains"]:

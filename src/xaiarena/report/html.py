@@ -163,6 +163,7 @@ def _explainer_rows(data: RunData, dataset: str, explainers: list[str], colors: 
             "fs": explains == "f_s",
             "seconds": fmt_seconds(secs) if secs is not None else "–",
             "cache_hit": bool(v.get("cache_hit", False)),
+            "postprocess": ", ".join(str(x) for x in (v.get("postprocess") or [])),
         })
     return rows
 
