@@ -35,6 +35,8 @@ def test_aeroplane_subset_shapes_and_labels(voc):
     assert len(voc.train) == 0  # no training split: for pretrained models
     assert all(m.any() for m in test.masks)  # every image shows an aeroplane
     assert voc.meta["file_names"][0] == "2007_000032.jpg"
+    assert voc.test_names(torch.tensor([0, 2])) == [voc.meta["file_names"][0], voc.meta["file_names"][2]]
+    assert voc.test_names() == voc.meta["file_names"]
 
 
 @needs_voc

@@ -174,6 +174,9 @@ def prepare(s: Settings, dcfg: DataConfig, log_stage, stage_prefix: str | None =
         "n_eval": len(index), "test_accuracy": tr.test_accuracy, "train_history": tr.history,
         "train_seconds": tr.seconds, "explainers": {}, **mod.describe(task, inputs, model),
     }
+    names = task.test_names(index)
+    if names is not None:  # the report names samples by file where the dataset provides names
+        prep.info["sample_names"] = {str(int(i)): n for i, n in zip(sample_ids.tolist(), names, strict=True)}
     if clipped:
         prep.info["n_samples_requested"] = cfg.evaluation.n_samples
     if getattr(model, "pretrained", False):  # no training: say so, and which classes it predicts
