@@ -81,6 +81,21 @@ def test_run_on_user_images_and_a_model_file_with_a_state_dict(tmp_path, image_f
     assert info2["datasets"]["image_folder"]["model_hash"] != ds["model_hash"]
 
 
+def test_user_images_are_named_by_file(tmp_path, image_folder_data, user_model):
+    """run.json's sample_names and the examples' names: the file below the root (the report names
+    images by them in per-image tables and figures)."""
+    root, masks = image_folder_data
+    model = {"factory": user_model["factory"], "checkpoint": str(user_model["pt"]), "mean": 0.5, "std": 0.25}
+    res = run_cli(tmp_path, image_config(root, masks, model, explainers=["saliency"], metrics=["pointing_game"]))
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "run" / "run.json").read_text())["datasets"]["image_folder"]
+    names = info["sample_names"]
+    assert len(names) == 6 and all(re.fullmatch(r"test/(left|right)/\d+\.png", n) for n in names.values())
+    assert len(set(names.values())) == 6
+    ex = np.load(tmp_path / "run" / "results" / "examples" / "image_folder.npz")
+    assert [names[str(i)] for i in ex["sample_ids"]] == [str(n) for n in ex["sample_names"]]
+
+
 def test_run_trains_a_user_model_without_checkpoint(tmp_path, image_folder_data, user_model):
     root, masks = image_folder_data
     cfg = image_config(root, masks, {"factory": user_model["factory"], "width": 3, "cam_layer": "features.3"},

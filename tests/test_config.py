@@ -124,3 +124,44 @@ def test_metric_can_be_restricted_to_some_explainers():
 def test_data_dir_is_a_data_field_not_a_parameter():
     cfg = load_config({**BASE, "data": {"name": "hard_mnist", "data_dir": "/x", "n_train": 10}})
     assert cfg.data[0].data_dir == "/x" and cfg.data[0].params == {"n_train": 10}
+
+
+# --------------------------------------------------------------------------- fixed target class
+
+
+@pytest.mark.parametrize("value, expected", [(404, 404), ("airliner", "airliner"), ("label", "label"),
+                                             ("prediction", "prediction")])
+def test_evaluation_target_accepts_an_index_or_a_class_name(value, expected):
+    from xaiarena.config import load_config
+
+    base = {"data": ["hard_mnist"], "model": "lenet", "explainers": ["saliency"], "metrics": []}
+    cfg = load_config({**base, "evaluation": {"target": value}})
+    assert cfg.evaluation.target == expected and type(cfg.evaluation.target) is type(expected)
+    # from the command line: YAML parses 404 as an int, airliner as a string
+    cfg = load_config(base, overrides=[f"evaluation.target={value}"])
+    assert cfg.evaluation.target == expected and type(cfg.evaluation.target) is type(expected)
+
+
+def test_fixed_target_resolves_against_the_model_then_the_dataset_classes():
+    from types import SimpleNamespace
+
+    import torch
+
+    from xaiarena.errors import ConfigError
+    from xaiarena.models.pretrained import imagenet_classes
+    from xaiarena.stages import fixed_targets
+
+    prep = SimpleNamespace(task=SimpleNamespace(class_names=["background", "aeroplane", "bicycle"]))
+    imagenet = SimpleNamespace(class_names=imagenet_classes())
+    for target in (404, "airliner", "Airliner"):
+        assert torch.equal(fixed_targets(target, prep, imagenet, 3), torch.full((3,), 404))
+    assert fixed_targets("label", prep, imagenet, 3) is None and fixed_targets("prediction", prep, imagenet, 3) is None
+    plain = SimpleNamespace()  # a model without class names: the dataset's
+    assert fixed_targets("aeroplane", prep, plain, 2).tolist() == [1, 1]
+    assert fixed_targets(2, prep, plain, 2).tolist() == [2, 2]
+    with pytest.raises(ConfigError, match="airliner"):  # suggests the close name
+        fixed_targets("airlinr", prep, imagenet, 3)
+    with pytest.raises(ConfigError, match="1000 classes"):
+        fixed_targets(1000, prep, imagenet, 3)
+    with pytest.raises(ConfigError, match="3 classes"):
+        fixed_targets(404, prep, plain, 3)

@@ -23,6 +23,7 @@ CHEAP: dict[str, dict] = {
     "occlusion": {"window": 8, "stride": 8},
     "lime": {"n_samples": 24, "n_segments": 12},
     "kernel_shap": {"n_samples": 24, "n_segments": 12},
+    "captum_lime": {"n_samples": 12},
 }
 
 
@@ -82,7 +83,7 @@ def all_hooks(model: nn.Module) -> list[str]:
 def test_there_is_something_to_test():
     expected = {"gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam",
                 "saliency", "input_x_gradient", "integrated_gradients", "gradient_shap", "smoothgrad",
-                "occlusion", "lime", "kernel_shap", "random", "sobel"}
+                "occlusion", "lime", "kernel_shap", "captum_lime", "random", "sobel"}
     assert expected <= set(NAMES)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from captum._utils.models.linear_model import SkLearnLinearRegression, SkLearnRidge
+from captum._utils.models.linear_model import SkLearnLasso, SkLearnLinearRegression, SkLearnRidge
 from captum.attr import KernelShap, LayerAttribution, LayerGradCam, Lime, Occlusion
 from torch import nn
 
@@ -593,3 +593,122 @@ def test_reduction_option_is_applied():
     for rule in ("sum", "abs_sum", "max_abs", "mean"):
         ours = EXPLAINERS.create("input_x_gradient", reduction=rule).explain(model, x, t)
         torch.testing.assert_close(ours, reduce_channels(raw, rule), rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- captum_lime (Captum's default Lime)
+
+
+def _scaled_lenet(channels: int = 3, size: int = 12) -> nn.Module:
+    """A small LeNet whose logits vary by several units, so Lasso(alpha=0.01) keeps many coefficients."""
+    torch.manual_seed(0)
+    net = LeNet(channels, 10, (size, size), channels=(4, 8), hidden=(16,), kernel_size=3)
+    with torch.no_grad():
+        net.classifier[-1].weight.mul_(40.0)
+    return ImageClassifier(net, (0.3,) * channels, (0.25,) * channels).eval()
+
+
+def _captum_lime_oracle(model, x, t, ex, generator):
+    """Captum's own Lime (default interpretable model, similarity kernel, feature mask unless the
+    explainer groups pixels) fed exactly our per-sample Bernoulli draws; returns (N, H, W)."""
+    from captum.attr._core.lime import get_exp_kernel_similarity_function
+
+    n, c, h, w = x.shape
+    gens = sample_generators(x, generator)
+    maps = []
+    for i in range(n):
+        z = ex.sample(ex.n_features(c, h, w), gens[i])
+
+        def draws(inp, _z=z, **kw):
+            for row in _z.long():
+                yield row[None]
+
+        opts = {}
+        if (ex.distance, ex.kernel_width) != ("cosine", 1.0):  # else Captum's own default kernel
+            opts["similarity_func"] = get_exp_kernel_similarity_function(ex.distance, ex.kernel_width)
+        if ex.alpha != 0.01:  # else Captum's own default SkLearnLasso(alpha=0.01)
+            opts["interpretable_model"] = SkLearnLasso(alpha=ex.alpha)
+        lime = Lime(model, perturb_func=draws, **opts)
+        fm = None if ex.features == "element" else torch.arange(h * w).view(1, 1, h, w).expand(1, c, h, w)
+        base = make_baseline(ex.baseline, x[i : i + 1])
+        attr = lime.attribute(x[i : i + 1], target=int(t[i]), baselines=base, feature_mask=fm,
+                              n_samples=ex.n_samples)
+        maps.append(reduce_channels(attr, ex.reduction)[0])
+    return torch.stack(maps)
+
+
+def test_captum_lime_defaults_are_captums():
+    import inspect
+
+    from captum.attr._core.lime import get_exp_kernel_similarity_function
+
+    ex = EXPLAINERS.create("captum_lime")
+    assert inspect.signature(Lime.attribute).parameters["n_samples"].default == ex.n_samples == 25
+    kernel = inspect.signature(get_exp_kernel_similarity_function).parameters
+    assert kernel["distance_mode"].default == ex.distance == "cosine"
+    assert kernel["kernel_width"].default == ex.kernel_width == 1.0
+    default_model = Lime(Linear()).interpretable_model
+    assert type(default_model).__name__ == "SkLearnLasso" and default_model.construct_kwargs == {"alpha": ex.alpha}
+    assert ex.alpha == 0.01 and ex.features == "element" and ex.baseline == "black" and ex.reduction == "sum"
+
+
+@pytest.mark.parametrize("opts, channels", [
+    ({}, 3),                                          # every default
+    ({}, 1),                                          # grey images (Fashion-MNIST-like)
+    ({"features": "pixel", "n_samples": 40}, 3),
+    ({"baseline": "white", "distance": "euclidean", "kernel_width": 3.0, "alpha": 0.05}, 3),
+])
+def test_captum_lime_equals_captum_lime_on_the_same_draws(opts, channels):
+    model = _scaled_lenet(channels)
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(2, channels, 12, 12, generator=g)
+    t = torch.tensor([1, 6])
+    ex = EXPLAINERS.create("captum_lime", **opts)
+    ours = ex.explain(model, x, t, generator=gen())
+    ref = _captum_lime_oracle(model, x, t, ex, gen())
+    assert (ref != 0).sum() >= 10, "the oracle case must keep some coefficients"
+    torch.testing.assert_close(ours, ref.float(), rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+def test_captum_lime_recovers_a_linear_model():
+    """f(x) = W x + b is linear in the on/off draws: Lasso with a small alpha returns w_i * x_i per
+    element (baseline 0), and Captum's own Lime, with its own random draws, agrees statistically."""
+    model = Linear(shape=(1, 6, 6), classes=3)
+    with torch.no_grad():
+        model.fc.weight.mul_(20.0)
+    x = torch.rand(2, 1, 6, 6, generator=gen(7)) + 0.2
+    t = torch.tensor([0, 2])
+    truth = (model.weight_map(t) * x).sum(1)
+    ex = EXPLAINERS.create("captum_lime", n_samples=400, alpha=1e-4)
+    ours = ex.explain(model, x, t, generator=gen())
+    torch.testing.assert_close(ours, truth, rtol=0, atol=0.02 * float(truth.abs().max()))
+    # Captum's default Lime (alpha 0.01), its own sampling: both recover the same map up to shrinkage
+    torch.manual_seed(0)
+    ref = Lime(model).attribute(x, target=t, n_samples=400).sum(1)
+    ours_default = EXPLAINERS.create("captum_lime", n_samples=400).explain(model, x, t, generator=gen())
+    for a in (ref, ours_default):
+        assert torch.corrcoef(torch.stack([a.flatten(), truth.flatten()]))[0, 1] > 0.99
+        torch.testing.assert_close(a, truth, rtol=0, atol=0.1 * float(truth.abs().max()))
+
+
+def test_captum_lime_seeds_each_sample():
+    """Maps do not depend on the batch (per-sample generators) but do depend on the generator."""
+    model = _scaled_lenet(1)
+    x, t = torch.rand(3, 1, 12, 12, generator=gen(9)), torch.tensor([0, 4, 8])
+    ex = EXPLAINERS.create("captum_lime", perturbations_per_eval=7)
+    batch = ex.explain(model, x, t, generator=gen(1))
+    alone = torch.cat([ex.explain(model, x[i : i + 1], t[i : i + 1], generator=gen(1)) for i in range(3)])
+    torch.testing.assert_close(batch, alone, rtol=0, atol=0)
+    assert not torch.equal(batch, ex.explain(model, x, t, generator=gen(2)))
+    assert (batch != 0).float().mean() < 0.5  # Lasso on 25 draws of 144 features: a sparse map
+
+
+@pytest.mark.parametrize("opts, words", [
+    ({"features": "superpixel"}, ["features", "element", "pixel"]),
+    ({"distance": "l1"}, ["distance", "cosine", "euclidean"]),
+    ({"alpha": 0}, ["alpha"]),
+])
+def test_captum_lime_bad_options(opts, words):
+    with pytest.raises(ValueError) as err:
+        EXPLAINERS.create("captum_lime", **opts)
+    for w in ["captum_lime", *words]:
+        assert w in str(err.value)

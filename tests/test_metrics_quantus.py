@@ -64,6 +64,47 @@ def test_sparseness_matches_quantus(setup):
     _close(_ours("sparseness", batch, a).scores["sparseness"]["m"], theirs)
 
 
+class _DivideWithOut:
+    """NumPy with ``divide(..., where=...)`` writing into zeros: NumPy 2 warns about ``where`` without
+    ``out``, and Quantus 0.6's normalise_by_negative turns every warning into an error on mixed-sign
+    maps; the positions ``where`` leaves out are masked by Quantus anyway, so values are unchanged."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def divide(a, b, where=True, **kw):
+        if where is not True and "out" not in kw:
+            kw["out"] = np.zeros(np.broadcast_shapes(np.shape(a), np.shape(b)), dtype=np.result_type(a, b))
+        return np.divide(a, b, where=where, **kw)
+
+
+@pytest.fixture
+def quantus_normalise_by_negative(monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.modules["quantus.functions.normalise_func"], "np", _DivideWithOut())
+    return quantus.functions.normalise_func.normalise_by_negative
+
+
+@pytest.mark.parametrize("name", ["sparseness", "complexity"])
+def test_normalise_by_negative_matches_quantus(setup, name, quantus_normalise_by_negative):
+    """``normalise: normalise_by_negative`` is Quantus's normalise_func (older releases' default), per
+    sample, on a signed map (positive and negative parts are scaled differently)."""
+    batch, a = setup
+    signed = a - a.flatten(1).median(1).values[:, None, None]
+    x, y, a_np, _ = _np(batch, signed)
+    cls = {"sparseness": quantus.Sparseness, "complexity": quantus.Complexity}[name]
+    q = cls(disable_warnings=True, normalise=True, abs=True,
+            normalise_func=quantus_normalise_by_negative,
+            normalise_func_kwargs={"normalise_axes": (1, 2, 3)})
+    theirs = q(model=None, x_batch=x, y_batch=y, a_batch=a_np.copy())
+    ours = _ours(name, batch, signed, normalise="normalise_by_negative", abs=True).scores[name]["m"]
+    _close(ours, theirs)
+    by_max = _ours(name, batch, signed, normalise=True, abs=True).scores[name]["m"]
+    assert (ours - by_max).abs().max() > 1e-3, "the two rules must differ on signed maps"
+
+
 def test_complexity_matches_quantus(setup):
     batch, a = setup
     x, y, a_np, _ = _np(batch, a)

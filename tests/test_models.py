@@ -98,3 +98,71 @@ def test_resnet_backward_on_one_thread_does_not_corrupt_memory():
     """)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+
+
+def _fashion_task():
+    from xaiarena.data.base import ImageSplit, Task
+
+    split = ImageSplit(torch.zeros(4, 1, 28, 28, dtype=torch.uint8), torch.tensor([0, 1, 2, 3]))
+    return Task(name="toy28", train=split, test=split, class_names=[str(i) for i in range(10)],
+                mean=(0.5,), std=(0.25,))
+
+
+def test_lenet_expresses_the_captum_quantus_lenet():
+    """Seed 002's LeNet: conv 16/32 kernel 3 + BatchNorm + ReLU + max-pool, FC 128 -> 64 -> 10, dropout 0.4."""
+    from torch import nn
+
+    model = build_model("lenet", _fashion_task(), seed=0, channels=(16, 32), kernel_size=3, batch_norm=True,
+                        pool="flatten", hidden=(128, 64), dropout=0.4)
+    shapes = {k: tuple(v.shape) for k, v in model.net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert shapes == {
+        "features.0.weight": (16, 1, 3, 3), "features.0.bias": (16,),
+        "features.1.weight": (16,), "features.1.bias": (16,),
+        "features.1.running_mean": (16,), "features.1.running_var": (16,),
+        "features.4.weight": (32, 16, 3, 3), "features.4.bias": (32,),
+        "features.5.weight": (32,), "features.5.bias": (32,),
+        "features.5.running_mean": (32,), "features.5.running_var": (32,),
+        "classifier.0.weight": (128, 32 * 7 * 7), "classifier.0.bias": (128,),
+        "classifier.3.weight": (64, 128), "classifier.3.bias": (64,),
+        "classifier.6.weight": (10, 64), "classifier.6.bias": (10,),
+    }
+    kinds = [type(m) for m in model.net.features]
+    assert kinds == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d] * 2
+    assert [type(m) for m in model.net.classifier] == [nn.Linear, nn.ReLU, nn.Dropout] * 2 + [nn.Linear]
+    assert all(m.p == 0.4 for m in model.net.classifier if isinstance(m, nn.Dropout))
+    # the CAM layer stays the last conv block's activation (after BatchNorm and ReLU, before the pool)
+    assert model.cam_layer() == "net.features.6"
+    assert isinstance(model.get_submodule(model.cam_layer()), nn.ReLU)
+    assert sum(p.numel() for p in model.parameters()) == 16 * 9 + 16 + 32 + 32 * 16 * 9 + 32 + 64 + \
+        1568 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
+    model.eval()
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(model(x), model(x))  # dropout is off in eval mode
+    model.train()
+    assert not torch.equal(model(x), model(x))  # and on in training mode
+
+
+def test_lenet_defaults_are_unchanged():
+    """The new options default to off and add no modules: the default LeNet is the old one."""
+    from torch import nn
+
+    task = _fashion_task()
+    model = build_model("lenet", task, seed=0)
+    explicit = build_model("lenet", task, seed=0, batch_norm=False, dropout=0.0, kernel_size=5)
+    shapes = {k: tuple(v.shape) for k, v in model.net.state_dict().items()}
+    assert shapes == {
+        "features.0.weight": (16, 1, 5, 5), "features.0.bias": (16,),
+        "features.3.weight": (32, 16, 5, 5), "features.3.bias": (32,),
+        "features.6.weight": (64, 32, 5, 5), "features.6.bias": (64,),
+        "classifier.0.weight": (128, 64), "classifier.0.bias": (128,),
+        "classifier.2.weight": (10, 128), "classifier.2.bias": (10,),
+    }
+    assert [type(m) for m in model.net.classifier] == [nn.Linear, nn.ReLU, nn.Linear]
+    assert model.cam_layer() == "net.features.7"
+    for (ka, va), (kb, vb) in zip(model.state_dict().items(), explicit.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_bad_lenet_options_are_named(tiny_task):
+    with pytest.raises(ValueError, match="dropout=1.5"):
+        build_model("lenet", tiny_task, dropout=1.5)

@@ -23,7 +23,9 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "explainers.md"
 #: (registered model, its options) -> the documented default CAM layer (relative to the model)
 DOCUMENTED: dict[str, list[tuple[dict, str]]] = {
     "lenet": [({}, "net.features.7"), ({"channels": (8, 16)}, "net.features.4"),
-              ({"channels": (8,), "pool": "flatten"}, "net.features.1")],
+              ({"channels": (8,), "pool": "flatten"}, "net.features.1"),
+              ({"channels": (8, 16), "kernel_size": 3, "batch_norm": True, "pool": "flatten", "dropout": 0.4},
+               "net.features.6")],
     "resnet": [({"depth": 8, "width": 4}, "net.layers.2"), ({"depth": 14, "width": 4}, "net.layers.5"),
                ({"depth": 20, "width": 4}, "net.layers.8")],
     "efficientnet_lite0": [({"input_size": 64}, "net._head_act")],

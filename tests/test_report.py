@@ -44,10 +44,25 @@ AGREEMENT_META = {"agreement_spearman": {"category": "agreement", "higher_is_bet
                                          "value_range": [-1.0, 1.0], "description": "Rank correlation."}}
 
 
-def make_run_dir(root: Path, datasets=("hard_mnist", "toy_rgb"), n_eval=40, seed=0, agreement=False) -> Path:
+def _superpixel_maps(rng, k: int, h: int, w: int, n_positive: int = 12) -> np.ndarray:
+    """LIME-like maps: 4x4 blocks of 7x7 pixels, each block one coefficient, ``n_positive`` of them > 0."""
+    maps = np.empty((k, h, w), dtype=np.float32)
+    for i in range(k):
+        coef = -rng.uniform(0.1, 1.0, size=16)
+        coef[rng.permutation(16)[:n_positive]] *= -1
+        maps[i] = np.kron(coef.reshape(4, 4), np.ones((h // 4, w // 4)))
+    return maps
+
+
+def make_run_dir(root: Path, datasets=("hard_mnist", "toy_rgb"), n_eval=40, seed=0, agreement=False,
+                 lime=False) -> Path:
     """A run directory as the runner writes it, filled with random (but structured) numbers.
-    ``agreement``: add an agreement metric, scored per pair of explainers (``a~b``)."""
+    ``agreement``: add an agreement metric, scored per pair of explainers (``a~b``). ``lime``: add a
+    superpixel LIME explainer (``lime_top10``, registered name ``lime``) and name the samples by file."""
     rng = np.random.default_rng(seed)
+    explainers_of = dict(EXPLAINERS)
+    if lime:
+        explainers_of["lime_top10"] = (0.1, "f_b", "perturbation")
     meta = {**METRICS_META, **(AGREEMENT_META if agreement else {})}
     root.mkdir(parents=True, exist_ok=True)
     (root / "results" / "examples").mkdir(parents=True, exist_ok=True)
@@ -60,7 +75,7 @@ def make_run_dir(root: Path, datasets=("hard_mnist", "toy_rgb"), n_eval=40, seed
         c, h, w = (3, 16, 16) if rgb else (1, 28, 28)
         metrics = [m for m in METRICS_META if not (rgb and m == "pointing_game")]
         base = rng.normal(size=n_eval)
-        for e, (shift, _, _) in EXPLAINERS.items():
+        for e, (shift, _, _) in explainers_of.items():
             for m in metrics:
                 hib = METRICS_META[m]["higher_is_better"]
                 if m == "pointing_game":
@@ -94,8 +109,11 @@ def make_run_dir(root: Path, datasets=("hard_mnist", "toy_rgb"), n_eval=40, seed
             masks = np.zeros((k, h, w), dtype=bool)
             masks[:, 8:18, 6:20] = True
             arrays["masks"] = masks
-        for e in EXPLAINERS:
+        for e in explainers_of:
             arrays[f"attr__{e}"] = rng.normal(size=(k, h, w)).astype(np.float32)
+        if lime:
+            arrays["attr__lime_top10"] = _superpixel_maps(rng, k, h, w)
+            arrays["sample_names"] = np.array([f"img_{1000 * di + j:04d}.jpg" for j in range(k)])
         np.savez_compressed(root / "results" / "examples" / f"{ds}.npz", **arrays)
         info = {
             "model": "lenet" if not rgb else "resnet_tiny", "num_classes": 4,
@@ -104,8 +122,11 @@ def make_run_dir(root: Path, datasets=("hard_mnist", "toy_rgb"), n_eval=40, seed
             "train_history": [{"epoch": i + 1, "loss": 1.0 / (i + 1), "train_accuracy": 0.6 + 0.1 * i,
                                "val_accuracy": 0.55 + 0.1 * i} for i in range(3)],
             "explainers": {e: {"seconds": 0.5 + i, "explains": ex, "family": fam}
-                           for i, (e, (_, ex, fam)) in enumerate(EXPLAINERS.items())},
+                           for i, (e, (_, ex, fam)) in enumerate(explainers_of.items())},
         }
+        if lime:
+            info["explainers"]["lime_top10"]["name"] = "lime"
+            info["sample_names"] = {str(1000 * di + j): f"img_{1000 * di + j:04d}.jpg" for j in range(n_eval)}
         if not rgb:
             info["diet"] = {"test_agreement_fs_fb": 0.953, "train_masked_accuracy_fs": 0.91,
                             "test_accuracy_fs": 0.88, "test_accuracy_fb": 0.9,
@@ -319,3 +340,38 @@ def test_agreement_pairs_get_their_own_table(tmp_path):
     assert re.search(r"<th>Pair</th>", rest) and "agreement_spearman" in rest
     lowest = re.search(r"Lowest mean rank over all metrics[^<]*", html).group(0)
     assert "~" not in lowest
+
+
+def test_top_superpixels_picks_the_largest_positive_coefficients():
+    from xaiarena.report.plots import top_superpixels
+
+    coef = np.array([[0.5, -1.0, 0.2], [0.9, 0.0, 0.7]])
+    a = np.kron(coef, np.ones((2, 2)))
+    labels = top_superpixels(a, n_top=2)
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert (labels[a == 0.9] == 1).all() and (labels[a == 0.7] == 2).all()
+    assert (labels[(a != 0.9) & (a != 0.7)] == 0).all()
+    assert top_superpixels(a, n_top=10).max() == 4  # only four are positive
+    assert top_superpixels(-np.abs(a)).max() == 0
+
+
+def test_lime_superpixels_figure_and_per_image_names(tmp_path):
+    """A run with a superpixel LIME entry gets the top-10 superpixel figure; the per-image agreement
+    table names each image by its file where run.json has sample names."""
+    from xaiarena.report.plots import lime_superpixels
+
+    run_dir = make_run_dir(tmp_path / "run", datasets=("hard_mnist",), n_eval=10, agreement=True, lime=True)
+    html = build_report(run_dir).read_text(encoding="utf-8")
+    assert "LIME superpixels" in html and "top-10 positive superpixels" in html
+    assert list((run_dir / "figures").glob("*lime_superpixels.png"))
+    table = html.split("Agreement per image", 1)[1].split("</table>", 1)[0]
+    assert "<th>Image</th>" in table and "img_0003.jpg" in table and table.count("img_00") == 10
+    # without a LIME entry or names: no figure, ids only
+    plain = make_run_dir(tmp_path / "plain", datasets=("hard_mnist",), n_eval=10, agreement=True)
+    html = build_report(plain).read_text(encoding="utf-8")
+    assert "LIME superpixels" not in html
+    assert "<th>Image</th>" not in html.split("Agreement per image", 1)[1].split("</table>", 1)[0]
+    # the figure draws yellow boundaries only where LIME selected superpixels
+    ex = dict(np.load(run_dir / "results" / "examples" / "hard_mnist.npz"))
+    assert lime_superpixels(ex, ["lime_top10"]) is not None
+    assert lime_superpixels(ex, ["not_there"]) is None

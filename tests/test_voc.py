@@ -35,6 +35,8 @@ def test_aeroplane_subset_shapes_and_labels(voc):
     assert len(voc.train) == 0  # no training split: for pretrained models
     assert all(m.any() for m in test.masks)  # every image shows an aeroplane
     assert voc.meta["file_names"][0] == "2007_000032.jpg"
+    assert voc.test_names(torch.tensor([0, 2])) == [voc.meta["file_names"][0], voc.meta["file_names"][2]]
+    assert voc.test_names() == voc.meta["file_names"]
 
 
 @needs_voc
@@ -106,3 +108,65 @@ def test_fg_bg_valid_excludes_void_and_matches_the_metric_without_it():
     ring[0, 2:5, 2:5] = False
     fg, bg = fg_bg_valid(a2, m[:1], ~ring)
     assert float(fg) == pytest.approx(0.5) and float(bg) == pytest.approx(0.0)
+
+
+# --------------------------------------------------------------------------- min_object_fraction
+
+
+def _synthetic_voc(root: Path, shares: list[float], size: int = 20) -> Path:
+    """``root/voc2012_seg/aeroplane.parquet`` with one image per share: an aeroplane (1) band covering
+    that share of the rows, a void (255) row after it, background elsewhere."""
+    import datasets
+    from PIL import Image
+
+    imgs, masks, names = [], [], []
+    for i, share in enumerate(shares):
+        m = np.zeros((size, size), dtype=np.uint8)
+        rows = round(share * size)
+        m[:rows] = 1
+        if rows < size:
+            m[rows] = VOID
+        masks.append(Image.fromarray(m, mode="L"))
+        imgs.append(Image.fromarray(np.full((size, size, 3), 40 * i, dtype=np.uint8)))
+        names.append(f"img_{i}.jpg")
+    feats = datasets.Features({"image": datasets.Image(), "mask": datasets.Image(), "file_name": datasets.Value("string"),
+                               "classes": datasets.Sequence(datasets.Value("int32"))})
+    ds = datasets.Dataset.from_dict({"image": imgs, "mask": masks, "file_name": names,
+                                     "classes": [[0, 1]] * len(shares)}, features=feats)
+    (root / "voc2012_seg").mkdir(parents=True)
+    ds.to_parquet(str(root / "voc2012_seg" / "aeroplane.parquet"))
+    return root
+
+
+def test_min_object_fraction_keeps_large_objects_synthetic(tmp_path):
+    root = _synthetic_voc(tmp_path, [0.1, 0.3, 0.5, 0.2, 0.05])
+    everything = load_task("voc2012_seg", data_dir=str(root), size=20)
+    assert everything.meta["object_fractions"] == pytest.approx([0.1, 0.3, 0.5, 0.2, 0.05])
+    assert everything.meta["min_object_fraction"] == 0.0
+    big = load_task("voc2012_seg", data_dir=str(root), size=20, min_object_fraction=0.2)
+    assert big.meta["file_names"] == ["img_1.jpg", "img_2.jpg", "img_3.jpg"]  # 0.2 itself is kept
+    assert big.test.ids.tolist() == [1, 2, 3] and len(big.test.images) == 3
+    # void pixels are in the denominator, never object
+    assert big.meta["object_fractions"] == pytest.approx([0.3, 0.5, 0.2])
+    assert [float(m.float().mean()) for m in big.test.masks] == pytest.approx([0.3, 0.5, 0.2])
+    assert load_task("voc2012_seg", data_dir=str(root), size=20, min_object_fraction=0.31).meta["file_names"] == \
+        ["img_2.jpg"]
+    # n_test draws from the images left, never returns a small one
+    two = load_task("voc2012_seg", data_dir=str(root), size=20, min_object_fraction=0.2, n_test=2, seed=3)
+    assert len(two.test) == 2 and set(two.meta["file_names"]) <= {"img_1.jpg", "img_2.jpg", "img_3.jpg"}
+    with pytest.raises(DataError, match=r"covering at least 60\.0%.*largest share .* 50\.0%"):
+        load_task("voc2012_seg", data_dir=str(root), size=20, min_object_fraction=0.6)
+    with pytest.raises(ValueError, match="min_object_fraction=1.5"):
+        load_task("voc2012_seg", data_dir=str(root), size=20, min_object_fraction=1.5)
+
+
+@needs_voc
+def test_min_object_fraction_on_the_shared_aeroplanes(voc):
+    """The 004 rule (aeroplane >= 20 % of the image): a strict, non-empty subset, decided per image."""
+    plain = load_task("voc2012_seg", data_dir=str(SHARED), min_object_fraction=0.0)
+    assert torch.equal(plain.test.ids, voc.test.ids)  # the default is off
+    big = load_task("voc2012_seg", data_dir=str(SHARED), min_object_fraction=0.2)
+    shares = voc.test.masks.flatten(1).float().mean(1)
+    expected = [f for f, s in zip(voc.meta["file_names"], shares.tolist(), strict=True) if s >= 0.2]
+    assert big.meta["file_names"] == expected and 0 < len(expected) < len(voc.test)
+    assert all(float(m.float().mean()) >= 0.2 for m in big.test.masks)

@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import stages, stats
+from . import postprocess, stages, stats
 from .config import check_safe_name, validate_components
 from .errors import ConfigError, InputError
 from .graph import scored_labels
@@ -288,7 +288,8 @@ def explain(model: nn.Module, inputs: Any, targets: Any, explainers: Any, *, see
         _check_targets(t, _logits(model, x[:1], device, 1).shape[1], "targets")
         for spec in specs:
             explainer = EXPLAINERS.create(spec.name, **spec.params)
-            out[spec.key] = stages.explain_in_batches(comp, explainer, model, x, t, spec.key, seed_name=spec.name)
+            maps = stages.explain_in_batches(comp, explainer, model, x, t, spec.key, seed_name=spec.name)
+            out[spec.key] = postprocess.apply(maps, list(getattr(spec, "postprocess", None) or []))
     return out
 
 

@@ -16,7 +16,8 @@ model          data key, model config, training config (None for models that are
                never trained), seed, amp
 fit            model key, learned explainer config, seed  (DiET's f_s and masks)
 explain        explained model's key, explainer config, evaluation sample ids, seed,
-               target rule, RNG scheme version
+               target rule, RNG scheme version, the entry's postprocess steps
+               (only when it has any)
 score          metric config, every scored attribution's key, sample ids, seed,
                explained model's key, RNG scheme version
 =============  ====================================================================
@@ -46,6 +47,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,9 +110,15 @@ def fit_key(model: Key, explainer_cfg: dict[str, Any], seed: int) -> Key:
     return _key("fit", {"model": model.hash, "explainer": explainer_cfg, "seed": seed})
 
 
-def explain_key(model: Key, explainer_cfg: dict[str, Any], ids_hash: str, seed: int, target: str) -> Key:
-    return _key("explain", {"model": model.hash, "explainer": explainer_cfg, "ids": ids_hash, "seed": seed,
-                            "target": target, "rng": RNG_SCHEME})
+def explain_key(model: Key, explainer_cfg: dict[str, Any], ids_hash: str, seed: int, target: str,
+                postprocess: Sequence[str] = ()) -> Key:
+    """The maps' key; ``postprocess`` (the entry's steps) enters it only when non-empty, so the keys of
+    entries without steps are those of runs made before the option existed."""
+    inputs = {"model": model.hash, "explainer": explainer_cfg, "ids": ids_hash, "seed": seed, "target": target,
+              "rng": RNG_SCHEME}
+    if postprocess:
+        inputs["postprocess"] = list(postprocess)
+    return _key("explain", inputs)
 
 
 def score_key(metric_cfg: dict[str, Any], attributions: dict[str, Key], ids_hash: str, seed: int,

@@ -38,6 +38,7 @@ from pydantic import (
 
 from .cache import stable_hash  # noqa: F401  (re-exported: config hashes)
 from .errors import ConfigError, UnknownNameError
+from .postprocess import MOVES_ZERO
 from .registry import DATASETS, EXPLAINERS, METRICS, MODELS, Registry, suggest
 
 DEFAULT_CONFIG_NAME = "default.yaml"
@@ -82,6 +83,8 @@ class ComponentSpec(_Strict):
     def _flatten(cls, value: Any) -> Any:
         if isinstance(value, str):
             return {"name": value}
+        if isinstance(value, ComponentSpec) and not isinstance(value, cls):  # e.g. a plain spec as an ExplainerSpec
+            value = value.model_dump()
         if isinstance(value, dict):
             value = dict(value)
             # the spec's own fields (name, label, and a subclass's extras); every other key is a
@@ -106,6 +109,27 @@ class DataConfig(ComponentSpec):
     """Dataset by registered name. ``data_dir`` holds ``<dataset>/<split>.parquet``."""
 
     data_dir: str | None = None
+
+
+class ExplainerSpec(ComponentSpec):
+    """An explainer; ``postprocess`` lists steps applied to its maps, per sample and in order, after
+    explaining (``abs``, ``normalise_by_max``, ``normalise_by_negative``, ``minmax``; see
+    :mod:`xaiarena.postprocess`). Empty (default): the maps as the explainer returns them."""
+
+    postprocess: list[str] = Field(default_factory=list)
+
+    @field_validator("postprocess", mode="before")
+    @classmethod
+    def _steps(cls, value: Any) -> Any:
+        from . import postprocess
+
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"postprocess must be a list of steps; valid steps: {', '.join(postprocess.STEPS)}")
+        return postprocess.check(list(value))
 
 
 class MetricSpec(ComponentSpec):
@@ -217,7 +241,7 @@ class ExperimentConfig(_Strict):
     model: ComponentSpec
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    explainers: list[ComponentSpec] = Field(default_factory=list)
+    explainers: list[ExplainerSpec] = Field(default_factory=list)
     metrics: list[MetricSpec] = Field(default_factory=list)
     # retrain the model per seed: `replicates: N` derives N seeds from `seed` (the first is `seed`
     # itself), or list them in `seeds`; results gain `replicate` and `seed` columns
@@ -534,7 +558,7 @@ def _component_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 GROUPS: dict[str, tuple[Registry, type[ComponentSpec]]] = {
-    "explainers": (EXPLAINERS, ComponentSpec), "metrics": (METRICS, MetricSpec)}
+    "explainers": (EXPLAINERS, ExplainerSpec), "metrics": (METRICS, MetricSpec)}
 
 
 def _group_problems(group: str, items: Any, explainer_keys: list[str],
@@ -575,6 +599,11 @@ def _group_problems(group: str, items: Any, explainer_keys: list[str],
                 if gt is not None and image and "masks" not in gt:
                     problems.append((f"{group}.{i}.name", f"metric '{spec.name}' needs ground-truth masks, but "
                                      f"dataset '{dspec.name}' ({path}) has none"))
+        moves_zero = [st for st in getattr(spec, "postprocess", ()) if st in MOVES_ZERO]
+        if moves_zero and meta and "image" not in (meta.get("modality") or ("image",)):
+            problems.append((f"{group}.{i}.postprocess", f"step '{moves_zero[0]}' would give the padding of text "
+                             "maps (zeros past the last word) a value; use abs, normalise_by_max or "
+                             "normalise_by_negative"))
         if spec.key in seen:
             problems.append((f"{group}.{i}", f"'{spec.key}' appears twice; give one a distinct 'label'"))
         seen.add(spec.key)

@@ -27,6 +27,8 @@ from .registry import DATASETS, EXPLAINERS, METRICS, MODELS, Registry
 from .utils import atomic_write_bytes, atomic_write_text
 
 N_TEXT_EXAMPLES = 8
+#: examples kept by a study with the per_image analysis (the LIME/Grad-CAM study shows 10 images)
+N_PER_IMAGE_EXAMPLES = 12
 N_IMAGE_EXAMPLES = 8
 
 
@@ -57,10 +59,12 @@ class ImageModality:
     def describe(self, task, inputs, model) -> dict[str, Any]:
         return {}  # run.json already records the input shape
 
-    def write_examples(self, path: Path, task, index, preds, correct, attributions, inputs, model) -> None:
-        """A few correct and incorrect predictions with every explainer's map (``<path>.npz``)."""
+    def write_examples(self, path: Path, task, index, preds, correct, attributions, inputs, model,
+                       n_examples: int = N_IMAGE_EXAMPLES) -> None:
+        """A few correct and incorrect predictions with every explainer's map (``<path>.npz``); the
+        samples' names (``sample_names``) where the dataset provides them."""
         labels = task.test.labels[index]
-        pick = _example_rows(correct, N_IMAGE_EXAMPLES)
+        pick = _example_rows(correct, n_examples)
         arrays: dict[str, np.ndarray] = {
             "images": task.test.images[index][pick].numpy(),
             "labels": labels[pick].numpy(),
@@ -70,6 +74,9 @@ class ImageModality:
         }
         if task.test.masks is not None:
             arrays["masks"] = task.test.masks[index][pick].numpy()
+        names = task.test_names(torch.as_tensor(index)[pick])
+        if names is not None:
+            arrays["sample_names"] = np.array(names)
         arrays["correct"] = correct[pick].numpy()
         model_classes = getattr(model, "class_names", None)
         if model_classes is not None and list(model_classes) != list(task.class_names):
@@ -121,8 +128,10 @@ class TextModality:
             "truncated": int((tokens >= getattr(model, "max_length", 10**9)).sum()),
         }
 
-    def write_examples(self, path: Path, task, index, preds, correct, attributions, inputs, model) -> None:
-        write_text_examples(path.with_suffix(".json"), task, index, preds, attributions, inputs, correct=correct)
+    def write_examples(self, path: Path, task, index, preds, correct, attributions, inputs, model,
+                       n_examples: int = N_TEXT_EXAMPLES) -> None:
+        write_text_examples(path.with_suffix(".json"), task, index, preds, attributions, inputs, n_examples,
+                            correct=correct)
 
 
 def write_text_examples(path: Path, task, index: torch.Tensor, preds: torch.Tensor,

@@ -40,7 +40,7 @@ from .graph import (
     plan_units,
     view_members,
 )
-from .modalities import check_modalities
+from .modalities import N_PER_IMAGE_EXAMPLES, check_modalities
 from .registry import EXPLAINERS, METRICS
 from .utils import (
     atomic_to_csv,
@@ -212,7 +212,8 @@ class Runner:
             spec = next(sp for sp in self.cfg.explainers if sp.key == task.component)
             entry = unit.setdefault("explainers", {}).setdefault(task.component, {
                 "explains": task.home, "family": EXPLAINERS.get(spec.name).family, "name": spec.name,
-                "params": spec.params, "views": {}})
+                "params": spec.params, **({"postprocess": list(spec.postprocess)} if spec.postprocess else {}),
+                "views": {}})
             entry["views"][task.view] = {"seconds": st.get("seconds"), "cache_hit": st.get("cache_hit", False),
                                          **res.info}
             if task.view == entry["explains"]:
@@ -235,8 +236,10 @@ class Runner:
                 maps[k if vname == ctx.home[k] else f"{k}@{vname}"] = ctx.attribution(vname, k, rec).maps
         name = unit.dataset + (f"@{unit.grid}" if unit.grid else "")
         path = inside(self.run_dir, self.run_dir / "results" / "examples" / name)
+        study = self.cfg.study
+        more = {"n_examples": N_PER_IMAGE_EXAMPLES} if study is not None and "per_image" in study.analyses else {}
         prep.mod.write_examples(path, prep.task, prep.index, fb.preds, _correct(prep, fb), maps, prep.inputs,
-                                prep.model)
+                                prep.model, **more)
 
     # ------------------------------------------------------------------ helpers
     def _write_results(self, results: Path, per_sample: pd.DataFrame, curves: pd.DataFrame) -> None:

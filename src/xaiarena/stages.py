@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 
 from . import cache as ck
+from . import postprocess
 from .config import ComponentSpec, DataConfig, ExperimentConfig, MetricSpec
 from .errors import ConfigError
 from .modalities import modality_for
@@ -204,6 +205,9 @@ def prepare(s: Settings, dcfg: DataConfig, log_stage, stage_prefix: str | None =
         "n_eval": len(index), "test_accuracy": tr.test_accuracy, "train_history": tr.history,
         "train_seconds": tr.seconds, "explainers": {}, **mod.describe(task, inputs, model),
     }
+    names = task.test_names(index)
+    if names is not None:  # the report names samples by file where the dataset provides names
+        prep.info["sample_names"] = {str(int(i)): n for i, n in zip(sample_ids.tolist(), names, strict=True)}
     if clipped:
         prep.info["n_samples_requested"] = cfg.evaluation.n_samples
     if getattr(model, "pretrained", False):  # no training: say so, and which classes it predicts
@@ -287,19 +291,22 @@ def fit_learned(s: Settings, prep: Prepared, spec: ComponentSpec, explainer, vie
 
 
 def explain(s: Settings, prep: Prepared, view: View, spec: ComponentSpec, explainer, sinfo: dict) -> Attribution:
-    """One explainer's maps of the evaluation samples on ``view``'s model (cached)."""
-    ekey = ck.explain_key(view.key, spec.hash_dict(), prep.ids_hash, s.seed, s.cfg.evaluation.target)
+    """One explainer's maps of the evaluation samples on ``view``'s model (cached), after the entry's
+    ``postprocess`` steps (per sample, in order; re-explanations get the same steps)."""
+    steps = list(getattr(spec, "postprocess", None) or [])
+    ekey = ck.explain_key(view.key, spec.hash_dict(), prep.ids_hash, s.seed, s.cfg.evaluation.target, steps)
     path = s.cache.path("attributions", prep.key, f"{spec.key}-{ekey.hash}.pt")
     maps = s.cache.load_torch(path)
     if maps is not None:
         sinfo["cache_hit"] = True
     else:
         maps = explain_in_batches(s, explainer, view.model, prep.inputs, view.targets, spec.key, seed_name=spec.name)
+        maps = postprocess.apply(maps, steps)
         s.cache.save_torch(path, maps, ekey)
 
     def explain_fn(inputs, targets, generator=None, model=view.model):
         """Re-explain (robustness metrics); ``model=`` explains another model (randomisation test)."""
-        return explainer.explain(model, inputs, targets, generator=generator)
+        return postprocess.apply(explainer.explain(model, inputs, targets, generator=generator), steps)
 
     return Attribution(spec.key, view.name, maps, ekey, explain_fn)
 

@@ -151,6 +151,16 @@ class Task:
     def has_masks(self) -> bool:
         return self.test.masks is not None
 
+    def test_names(self, index: torch.Tensor | None = None) -> list[str] | None:
+        """The names of test samples ``index`` (positions in the test split; all when None), where the
+        dataset names them: ``meta["file_names"]``, one per test sample in split order (``voc2012_seg``:
+        the VOC file, ``image_folder``: the path below the root). None when it does not."""
+        names = self.meta.get("file_names")
+        if not names or len(names) != len(self.test):
+            return None
+        idx = range(len(names)) if index is None else torch.as_tensor(index).reshape(-1).tolist()
+        return [str(names[i]) for i in idx]
+
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images, in [0, 1] units."""

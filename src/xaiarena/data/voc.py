@@ -5,6 +5,11 @@
 its class-index mask (0 background, 1..20 the VOC classes, 255 void). There is no Hub
 copy in this format, so a data folder is required.
 
+**Selection.** ``min_object_fraction: 0.2`` keeps only the images whose object (the
+``target_class`` mask at ``size`` x ``size``) covers at least 20 % of the image (object pixels
+/ all pixels; void pixels are in the denominator, never object), before ``n_test``; a
+DataError names the largest share when no image is left. Default 0: every image.
+
 **What a sample is.** The image, resized to ``size`` x ``size`` (bilinear, the aspect ratio
 is *not* kept: squashing keeps the whole object in view, a centre crop would cut it), and
 a boolean mask of the pixels of ``target_class`` (mask resized with nearest neighbour).
@@ -91,15 +96,23 @@ def voc2012_seg(
     target_class: str = "aeroplane",
     size: Annotated[int, Field(ge=16)] = 224,
     n_test: Count | None = None,
+    min_object_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0,
 ) -> Task:
     """Images of ``subset`` that contain ``target_class``, with that class's object mask.
 
-    ``n_test`` keeps a seeded random subset of the images (all by default).
+    ``min_object_fraction`` (0 = off) keeps only the images whose ``target_class`` mask covers at
+    least that fraction of the image: object pixels / all pixels of the mask at ``size`` x ``size``
+    (void pixels count in the denominator, never as object). ``n_test`` then keeps a seeded random
+    subset of the images left (all by default).
     """
     if target_class not in VOC_CLASSES[1:]:
         raise ValueError(f"target_class='{target_class}' is not a VOC class; valid: {', '.join(VOC_CLASSES[1:])}")
     if not isinstance(size, int) or size < 16:
         raise ValueError(f"size={size!r} is not valid; give an int >= 16 (224 for ImageNet models)")
+    if isinstance(min_object_fraction, bool) or not isinstance(min_object_fraction, (int, float)) \
+            or not 0.0 <= min_object_fraction <= 1.0:
+        raise ValueError(f"min_object_fraction={min_object_fraction!r} is not valid; give a fraction in [0, 1] "
+                         "(0.2: the object covers at least 20% of the image; 0: off)")
     check_count(NAME, "n_test", n_test, allow_none=True)
     from .images import decoded_images, load_hf_splits, resolve_data_dir, split_source
 
@@ -114,9 +127,16 @@ def voc2012_seg(
         rows = np.array([i for i, c in enumerate(ds["classes"]) if cls in c], dtype=np.int64)
     else:
         rows = np.arange(len(ds))
-    if n_test is not None and n_test < len(rows):
-        rng = np.random.default_rng(seed)
-        rows = np.sort(rng.choice(rows, size=n_test, replace=False))
+    select_first = min_object_fraction > 0  # the selection rule needs every candidate's mask
+
+    def pick(candidates: np.ndarray) -> np.ndarray:
+        if n_test is not None and n_test < len(candidates):
+            rng = np.random.default_rng(seed)
+            return np.sort(rng.choice(candidates, size=n_test, replace=False))
+        return candidates
+
+    if not select_first:
+        rows = pick(rows)
     d = ds.select(rows)
     images, masks, valid, present = [], [], [], []
     decoded = zip(decoded_images(d, "image", name=NAME, source=source, rows=rows),
@@ -130,6 +150,16 @@ def voc2012_seg(
     keep = np.array([m.any() for m in masks], dtype=bool)  # the class may vanish when shrunk a lot
     if not keep.any():
         raise DataError(f"dataset '{NAME}': no image of {source} contains '{target_class}' (at size {size})")
+    fractions = np.array([float(m.mean()) for m in masks])
+    if select_first:
+        keep &= fractions >= min_object_fraction
+        if not keep.any():
+            raise DataError(
+                f"dataset '{NAME}': no image of {source} has '{target_class}' covering at least "
+                f"{min_object_fraction:.1%} of the image (min_object_fraction={min_object_fraction}; the largest "
+                f"share among its {len(rows)} images is {fractions.max():.1%}); lower min_object_fraction")
+        chosen = set(pick(rows[keep]).tolist())
+        keep &= np.array([r in chosen for r in rows.tolist()], dtype=bool)
     images_t = torch.from_numpy(np.stack(images)[keep])
     masks_t = torch.from_numpy(np.stack(masks)[keep])
     valid_t = torch.from_numpy(np.stack(valid)[keep])
@@ -152,6 +182,9 @@ def voc2012_seg(
             "source": str(resolve_data_dir(data_dir)), "subset": subset, "target_class": target_class,
             "file_names": [f for f, k in zip(file_names, keep, strict=True) if k],
             "valid_masks": valid_t, "void_fraction": float(1 - valid_t.float().mean()),
+            # the target class's share of each test image (object pixels / all pixels, at size x size)
+            "object_fractions": [float(f) for f, k in zip(fractions, keep, strict=True) if k],
+            "min_object_fraction": float(min_object_fraction),
             "label_maps": label_maps, "no_train_split": True,
             # VOC class indices present in each test image (for label-based neuron dissection)
             "image_classes": {"test": [c for c, k in zip(present, keep, strict=True) if k]},

@@ -3,28 +3,28 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
 from ..registry import METRICS
 from .base import EvalBatch, Metric, MetricOutput
-from .core import nan_where, normalise_max_abs, prepare, serial_bookkeeping
+from .core import check_normalise, nan_where, normalise_maps, prepare, serial_bookkeeping
 
 
 class _MapMetric(Metric):
     category = "complexity"
     requires = ()
 
-    def __init__(self, abs: bool = True, normalise: bool = True):
+    def __init__(self, abs: bool = True,
+                 normalise: bool | Literal["normalise_by_max", "normalise_by_negative"] = True):
         self.abs = bool(abs)
-        self.normalise = bool(normalise)
+        self.normalise = check_normalise(normalise)
 
     def _maps(self, batch: EvalBatch, attributions) -> dict[str, torch.Tensor]:
         out = {}
         for name, a in prepare(batch, attributions).items():
-            a = a.double().flatten(1)
-            if self.normalise:
-                a = normalise_max_abs(a)
+            a = normalise_maps(a.double().flatten(1), self.normalise)
             out[name] = a.abs() if self.abs else a
         return out
 

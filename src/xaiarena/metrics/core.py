@@ -468,6 +468,36 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) ->
 # --------------------------------------------------------------------------- statistics
 
 
+#: the values a metric's ``normalise`` option takes besides true/false (true = normalise_by_max)
+NORMALISE_RULES = ("normalise_by_max", "normalise_by_negative")
+
+
+def check_normalise(value: object, param: str = "normalise") -> str | None:
+    """A metric's ``normalise`` option: False -> None (no normalisation), True -> ``normalise_by_max``
+    (per-sample division by the largest magnitude), or a rule of :data:`NORMALISE_RULES`
+    (``normalise_by_negative``: Quantus's, positive values / max, negative values / |min|, per sample)."""
+    if value is False or value is None:
+        return None
+    if value is True:
+        return "normalise_by_max"
+    if isinstance(value, str) and value in NORMALISE_RULES:
+        return value
+    hint = suggest(value, list(NORMALISE_RULES)) if isinstance(value, str) else None
+    msg = f"{param}={value!r} is not valid; give true (normalise_by_max), false, or one of {', '.join(NORMALISE_RULES)}"
+    if hint:
+        msg += f" (did you mean '{hint}'?)"
+    raise ValueError(msg)
+
+
+def normalise_maps(a: torch.Tensor, rule: str | None) -> torch.Tensor:
+    """Apply a :func:`check_normalise` rule to maps ``(N, ...)``, per sample (None: unchanged)."""
+    if rule is None:
+        return a
+    from .. import postprocess
+
+    return postprocess.STEPS[rule](a)
+
+
 def normalise_max_abs(a: torch.Tensor) -> torch.Tensor:
     """Divide every map (N, ...) by its largest magnitude (all-zero maps are left as they are)."""
     m = a.abs().flatten(1).amax(1).view(-1, *([1] * (a.ndim - 1)))

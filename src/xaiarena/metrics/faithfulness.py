@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from .core import (
     auc,
     check_choice,
     check_fraction,
+    check_normalise,
     check_positive_int,
     chunk_size,
     eval_mode,
@@ -33,6 +35,7 @@ from .core import (
     forward,
     logger,
     nan_where,
+    normalise_maps,
     rank_positions,
     read_output,
     serial_bookkeeping,
@@ -498,6 +501,11 @@ class FaithfulnessCorrelation(PerturbationMetric):
     sample and their forward passes shared by every explainer (common random
     numbers). Defaults follow Quantus: 100 runs, 224 pixels, black fill, logits,
     Pearson. Higher is better; range [-1, 1].
+
+    ``normalise`` (per sample, before ``abs``, as Quantus orders them): true or
+    ``normalise_by_max`` divides by a positive constant, which leaves a correlation unchanged;
+    ``normalise_by_negative`` scales the positive and the negative part differently, which
+    changes it (older Quantus releases' default ``normalise_func``).
     """
 
     name = "faithfulness_correlation"
@@ -506,8 +514,10 @@ class FaithfulnessCorrelation(PerturbationMetric):
 
     def __init__(self, nr_runs: int = 100, subset_size: int = 224, fill: str | float = "black",
                  similarity: str = "pearson", abs: bool = False, output: str = "logit",
-                 batch_size: int | None = None, blur_sigma: float = 5.0):
+                 batch_size: int | None = None, blur_sigma: float = 5.0,
+                 normalise: bool | Literal["normalise_by_max", "normalise_by_negative"] = False):
         super().__init__(fill, output, batch_size, blur_sigma)
+        self.normalise = check_normalise(normalise)
         self.nr_runs = check_positive_int("nr_runs", nr_runs, 2)
         self.subset_size = check_positive_int("subset_size", subset_size)
         self.similarity = check_choice("similarity", similarity, SIMILARITIES)
@@ -523,7 +533,7 @@ class FaithfulnessCorrelation(PerturbationMetric):
         out = MetricOutput()
         if not maps:
             return out
-        a_all = torch.stack(list(maps.values())).reshape(len(maps), n, npix)
+        a_all = torch.stack([normalise_maps(m.reshape(n, npix), self.normalise) for m in maps.values()])
         if self.abs:
             a_all = a_all.abs()
         a_all = a_all.double()

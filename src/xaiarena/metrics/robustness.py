@@ -18,6 +18,7 @@ these outputs describe a method, they do not rank it (``ranked=False``).
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
@@ -28,17 +29,21 @@ from .core import (
     SampleRNG,
     check_batch_size,
     check_choice,
+    check_normalise,
     check_positive_int,
     chunk_size,
     eval_mode,
     finite_rows,
     full_threads,
     nan_where,
-    normalise_max_abs,
+    normalise_maps,
     predict,
     prepare,
     serial_bookkeeping,
 )
+
+#: a ``normalise`` option: true (= normalise_by_max), false, or a rule name (core.check_normalise)
+Normalise = bool | Literal["normalise_by_max", "normalise_by_negative"]
 
 #: why the robustness outputs are descriptive, not ranked
 UNRANKED_REASON = ("a constant (input-independent) map scores a perfect 0: robustness describes a method next "
@@ -57,7 +62,7 @@ class _ReExplain(Metric):
     reduce = "max"
 
     def __init__(self, nr_samples: int, lower_bound: float, upper_bound: float | None, clip: bool,
-                 prediction_change: str, abs: bool, normalise: bool, batch_size: int | None):
+                 prediction_change: str, abs: bool, normalise: Normalise, batch_size: int | None):
         self.nr_samples = check_positive_int("nr_samples", nr_samples)
         for pname, v in (("lower_bound", lower_bound), ("upper_bound", upper_bound)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
@@ -71,7 +76,7 @@ class _ReExplain(Metric):
         self.clip = bool(clip)
         self.prediction_change = check_choice("prediction_change", prediction_change, PREDICTION_CHANGE)
         self.abs = bool(abs)
-        self.normalise = bool(normalise)
+        self.normalise = check_normalise(normalise)
         self.batch_size = check_batch_size(batch_size)
 
     def outputs(self) -> list[OutputSpec]:
@@ -86,9 +91,7 @@ class _ReExplain(Metric):
         return self.lower_bound + u * (self.upper_bound - self.lower_bound)
 
     def _post(self, a: torch.Tensor) -> torch.Tensor:
-        a = a.float()
-        if self.normalise:
-            a = normalise_max_abs(a)
+        a = normalise_maps(a.float(), self.normalise)
         return a.abs() if self.abs else a
 
     def statistic(self, x: torch.Tensor, xp: torch.Tensor, a: torch.Tensor, ap: torch.Tensor) -> torch.Tensor:
@@ -173,7 +176,7 @@ class _ReExplain(Metric):
 class _Sensitivity(_ReExplain):
     def __init__(self, nr_samples: int = 200, lower_bound: float = 0.2, upper_bound: float | None = None,
                  clip: bool = False, prediction_change: str = "ignore", abs: bool = False,
-                 normalise: bool = False, batch_size: int | None = None):
+                 normalise: Normalise = False, batch_size: int | None = None):
         super().__init__(nr_samples, lower_bound, upper_bound, clip, prediction_change, abs, normalise, batch_size)
 
     def statistic(self, x, xp, a, ap):
@@ -214,7 +217,7 @@ class RelativeInputStability(_ReExplain):
 
     def __init__(self, nr_samples: int = 200, lower_bound: float = 0.02, upper_bound: float | None = 0.2,
                  clip: bool = False, prediction_change: str = "exclude", eps_min: float = 1e-6,
-                 abs: bool = False, normalise: bool = False, batch_size: int | None = None):
+                 abs: bool = False, normalise: Normalise = False, batch_size: int | None = None):
         super().__init__(nr_samples, lower_bound, upper_bound, clip, prediction_change, abs, normalise, batch_size)
         if isinstance(eps_min, bool) or not isinstance(eps_min, (int, float)) or not eps_min > 0 or not math.isfinite(eps_min):
             raise ValueError(f"eps_min={eps_min!r} is not valid; it must be a number > 0")

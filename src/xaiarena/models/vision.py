@@ -91,10 +91,13 @@ class _ChannelsLast(torch.autograd.Function):
 
 
 class LeNet(nn.Module):
-    """LeNet-style CNN: conv-relu-pool blocks, then fully connected layers.
+    """LeNet-style CNN: conv-[BatchNorm]-relu-pool blocks, then fully connected layers.
 
     ``pool="flatten"`` is classic LeNet; ``"max"``/``"avg"`` use global pooling
     after the last conv block (translation invariant, input-size agnostic).
+    ``batch_norm`` puts a BatchNorm2d between each conv and its ReLU; ``dropout`` > 0 adds
+    a Dropout after each hidden fully connected layer's ReLU. Their defaults (off) add no
+    modules, so the default network and its state dict are unchanged.
     """
 
     def __init__(
@@ -106,14 +109,23 @@ class LeNet(nn.Module):
         hidden: tuple[int, ...] = (128,),
         kernel_size: int = 5,
         pool: str = "max",
+        batch_norm: bool = False,
+        dropout: float = 0.0,
     ):
         super().__init__()
         if pool not in ("flatten", "max", "avg"):
             raise ValueError(f"pool='{pool}' is not valid; choose one of flatten, max, avg")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout={dropout} is not valid; it must be in [0, 1)")
+        if kernel_size < 1:
+            raise ValueError(f"kernel_size={kernel_size} is not valid; it must be >= 1")
         layers: list[nn.Module] = []
         c, (h, w) = in_channels, input_size
         for out in channels:
-            layers += [nn.Conv2d(c, out, kernel_size, padding=kernel_size // 2), nn.ReLU(), nn.MaxPool2d(2)]
+            layers.append(nn.Conv2d(c, out, kernel_size, padding=kernel_size // 2))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out))
+            layers += [nn.ReLU(), nn.MaxPool2d(2)]
             c, h, w = out, h // 2, w // 2
         self.features = nn.Sequential(*layers)
         if pool == "flatten":
@@ -125,12 +137,15 @@ class LeNet(nn.Module):
         fc: list[nn.Module] = []
         for width in hidden:
             fc += [nn.Linear(n, width), nn.ReLU()]
+            if dropout > 0:
+                fc.append(nn.Dropout(dropout))
             n = width
         fc.append(nn.Linear(n, num_classes))
         self.classifier = nn.Sequential(*fc)
 
     def cam_layer(self) -> str:
-        """The last conv block's activation (its ReLU, before the pooling): ``features.<3k-2>``."""
+        """The last conv block's activation (its ReLU, before the pooling): ``features.<3k-2>``
+        (``features.<4k-2>`` with ``batch_norm``)."""
         if not len(self.features):
             raise LookupError("this LeNet has no convolutional block (channels is empty)")
         return f"features.{len(self.features) - 2}"
@@ -185,10 +200,17 @@ class ResNet(nn.Module):
         return self.head(self.layers(self.stem(x)))
 
 
-@MODELS.register("lenet", description="LeNet-style CNN (configurable channels, hidden widths, pooling)", modality="image")
-def lenet(task, channels: tuple[int, ...] = (16, 32, 64), hidden: tuple[int, ...] = (128,), kernel_size: int = 5, pool: str = "max") -> ImageClassifier:
+@MODELS.register("lenet", description="LeNet-style CNN (configurable channels, hidden widths, kernel, pooling, "
+                 "BatchNorm, dropout)", modality="image")
+def lenet(task, channels: tuple[int, ...] = (16, 32, 64), hidden: tuple[int, ...] = (128,), kernel_size: int = 5,
+          pool: str = "max", batch_norm: bool = False, dropout: float = 0.0) -> ImageClassifier:
+    """``batch_norm``: BatchNorm2d after each conv; ``dropout``: Dropout(p) after each hidden FC layer's ReLU.
+
+    The Captum + Quantus Fashion-MNIST LeNet is ``channels: [16, 32], kernel_size: 3,
+    batch_norm: true, pool: flatten, hidden: [128, 64], dropout: 0.4``.
+    """
     c, h, w = task.input_shape
-    net = LeNet(c, task.num_classes, (h, w), tuple(channels), tuple(hidden), kernel_size, pool)
+    net = LeNet(c, task.num_classes, (h, w), tuple(channels), tuple(hidden), kernel_size, pool, batch_norm, dropout)
     return ImageClassifier(net, task.mean, task.std)
 
 

@@ -139,9 +139,10 @@ def section(per_sample: pd.DataFrame | None, dataset: str, example: dict[str, np
 
 
 def agreement_per_image(per_sample: pd.DataFrame | None, dataset: str, meta: dict[str, dict[str, Any]],
-                        max_images: int = 60) -> dict[str, Any] | None:
+                        max_images: int = 60, names: dict[str, str] | None = None) -> dict[str, Any] | None:
     """Per-image table of every agreement output (columns: output x pair), for studies on a few
-    images (at most ``max_images``; larger runs keep it in per_sample.parquet only)."""
+    images (at most ``max_images``; larger runs keep it in per_sample.parquet only). ``names``
+    (run.json ``sample_names``: sample id -> file name) names each image where the dataset does."""
     if per_sample is None or not len(per_sample):
         return None
     agree = [m for m, e in meta.items() if e.get("category") == "agreement"]
@@ -150,6 +151,9 @@ def agreement_per_image(per_sample: pd.DataFrame | None, dataset: str, meta: dic
         return None
     wide = df.pivot_table(index="sample_id", columns=["metric", "explainer"], values="value", aggfunc="first")
     cols = [(m, e) for m in agree for e in dict.fromkeys(df.loc[df["metric"] == m, "explainer"]) if (m, e) in wide]
-    rows = [{"sample_id": int(sid), "cells": [_fmt(wide.loc[sid, c]) for c in cols]} for sid in wide.index]
+    names = names or {}
+    rows = [{"sample_id": int(sid), "name": names.get(str(int(sid)), ""),
+             "cells": [_fmt(wide.loc[sid, c]) for c in cols]} for sid in wide.index]
     means = [_fmt(wide[c].mean()) for c in cols]
-    return {"columns": [{"metric": m, "pair": e} for m, e in cols], "rows": rows, "means": means}
+    return {"columns": [{"metric": m, "pair": e} for m, e in cols], "rows": rows, "means": means,
+            "named": any(r["name"] for r in rows)}

@@ -163,6 +163,7 @@ def _explainer_rows(data: RunData, dataset: str, explainers: list[str], colors: 
             "fs": explains == "f_s",
             "seconds": fmt_seconds(secs) if secs is not None else "–",
             "cache_hit": bool(v.get("cache_hit", False)),
+            "postprocess": ", ".join(str(x) for x in (v.get("postprocess") or [])),
         })
     return rows
 
@@ -265,6 +266,7 @@ def _dataset_section(
     )
     example_rows: list[dict[str, Any]] = []
     figures["heatmaps"] = None
+    figures["lime"] = None
     if dataset in data.examples:
         png, example_rows = plots.heatmap_grid(data.examples[dataset], explainers, explains)
         has_masks = "masks" in data.examples[dataset]
@@ -274,6 +276,15 @@ def _dataset_section(
             "maximum absolute value (red positive, blue negative)."
             + (" Contours: ground-truth masks." if has_masks else ""),
         )
+        lime = [e for e in explainers if ((info.get("explainers") or {}).get(e) or {}).get("name") == "lime"]
+        figures["lime"] = figs.add(
+            f"{prefix}_lime_superpixels.png", plots.lime_superpixels(data.examples[dataset], lime),
+            "LIME's top-10 positive superpixels",
+            "Each saved example with the boundaries (yellow) of the 10 superpixels with the largest positive "
+            "LIME coefficients (fewer where fewer are positive), as lime_image's get_image_and_mask("
+            "positive_only=True, num_features=10); the rest of the image is dimmed. One column per LIME entry. Rows are named by file where the "
+            "dataset names its samples.",
+        ) if lime else None
     text_examples = (text_rows(data.text_examples[dataset], explainers)
                      if dataset in data.text_examples else [])
     figures["history"] = figs.add(
@@ -282,7 +293,7 @@ def _dataset_section(
     )
     fg_bg = fgbg.section(data.per_sample, dataset, data.examples.get(dataset), explainers, figs.add,
                          prefix, alpha)
-    per_image = fgbg.agreement_per_image(data.per_sample, dataset, meta)
+    per_image = fgbg.agreement_per_image(data.per_sample, dataset, meta, names=info.get("sample_names"))
     headline = narrative.dataset_headline(table.ranks, metrics)
     reading = narrative.dataset_reading(dataset, info, data.summary, table.versus_best, metrics,
                                         meta, alpha, test)

@@ -388,6 +388,85 @@ def heatmap_grid(
         return _png(fig), info
 
 
+# --------------------------------------------------------------------------- LIME superpixels
+
+
+def top_superpixels(a: np.ndarray, n_top: int = 10) -> np.ndarray:
+    """Labels ``1..k`` (``k <= n_top``) of the ``n_top`` superpixels with the largest *positive* values of a
+    superpixel-constant map (LIME's: every pixel holds its superpixel's coefficient), 0 elsewhere.
+
+    A superpixel is recognised by its value, so this works on the full LIME map and on a
+    ``num_features`` selection of it alike (two superpixels with exactly equal coefficients would
+    count as one). The map of ``lime_image``'s ``get_image_and_mask(positive_only=True,
+    num_features=n_top)``."""
+    a = np.asarray(a, dtype=np.float64)
+    values = np.unique(a[np.isfinite(a) & (a > 0)])[::-1][:n_top]
+    labels = np.zeros(a.shape, dtype=np.int64)
+    for k, v in enumerate(values, start=1):
+        labels[a == v] = k
+    return labels
+
+
+def lime_superpixels(example: dict[str, np.ndarray], explainers: Sequence[str], n_top: int = 10,
+                     max_rows: int = 12) -> bytes | None:
+    """Each example image with the boundaries of its ``n_top`` positive LIME superpixels (yellow; the rest
+    of the image dimmed), one column per LIME explainer; rows are named by the sample's file where the
+    dataset names samples."""
+    from skimage.segmentation import find_boundaries
+
+    cols = [e for e in explainers if f"attr__{e}" in example]
+    if not cols or "images" not in example:
+        return None
+    images = example["images"]
+    n = min(len(images), max_rows)
+    if n == 0:
+        return None
+    names = [str(x) for x in example["sample_names"]] if "sample_names" in example else None
+    ids = example.get("sample_ids", np.arange(len(images)))
+    h, w = _rgb(images[0]).shape[:2]
+    f = max(1, round(160 / max(h, w)))
+    th, tw = h * f, w * f
+    gap, left, top = 8, 130, 30
+    width = left + len(cols) * tw + (len(cols) - 1) * gap + 8
+    height = top + n * th + (n - 1) * gap + 8
+    canvas = np.ones((height, width, 3))
+    counts: list[list[int]] = []
+    for r in range(n):
+        y = top + r * (th + gap)
+        row = []
+        for c, e in enumerate(cols):
+            a = np.asarray(example[f"attr__{e}"][r])
+            tile = _upsample(_rgb(images[r]), f)
+            if a.shape == (h, w):
+                labels = top_superpixels(a, n_top)
+                row.append(int(labels.max()))
+                up = _upsample(labels, f)
+                tile[up == 0] *= 0.55  # the rest of the image dimmed, so the selection reads at a glance
+                # every selected superpixel's outline, 2 px (lime_image's mark_boundaries draws the union's)
+                tile[find_boundaries(up, mode="thick")] = (1.0, 0.9, 0.0)
+            x = left + c * (tw + gap)
+            canvas[y:y + th, x:x + tw] = tile
+        counts.append(row)
+    with rc_context(_STYLE):
+        fig = Figure(figsize=(width / DPI, height / DPI))
+        ax = fig.add_axes((0, 0, 1, 1))
+        ax.imshow(canvas, interpolation="nearest", extent=(0, width, height, 0))
+        ax.set_xlim(0, width)
+        ax.set_ylim(height, 0)
+        ax.axis("off")
+        max_chars = max(8, int(tw / 5.5))
+        for c, e in enumerate(cols):
+            ax.text(left + c * (tw + gap) + tw / 2, top - 6, _safe(_wrap(str(e), max_chars)), fontsize=7.5,
+                    ha="center", va="bottom", fontweight="bold")
+        for r in range(n):
+            sid = ids[r].item() if hasattr(ids[r], "item") else ids[r]
+            label = names[r] if names is not None else f"sample {sid}"
+            shown = ", ".join(str(k) for k in counts[r])
+            ax.text(left - 8, top + r * (th + gap) + th / 2, _safe(f"{_wrap(label, 20)}\n{shown} superpixels"),
+                    fontsize=7, ha="right", va="center")
+        return _png(fig)
+
+
 # --------------------------------------------------------------------------- training
 
 
