@@ -56,6 +56,31 @@ def test_study_config_is_valid_full_and_quick(path):
         assert cfg.evaluation.n_samples <= 64  # the quick size is small
 
 
+def medium_overrides(path: Path) -> list[str]:
+    """The ``# medium: key=value`` lines of a study's header, in order."""
+    return [line.split("medium:", 1)[1].strip() for line in path.read_text().splitlines()
+            if line.startswith("# medium:")]
+
+
+SOURCE_STUDIES = {"000": "diet_vs_gradcam_images", "001": "diet_vs_ig_text", "002": "fashion_mnist_captum_quantus",
+                  "003": "lime_vs_gradcam_agreement", "004": "voc_foreground"}
+
+
+@pytest.mark.parametrize("sid, name", sorted(SOURCE_STUDIES.items()))
+def test_source_study_states_its_protocol_and_medium_size(sid, name):
+    """Each source study names itself, lists every difference from the source's protocol, and its
+    medium lines (if any; else the full size is the medium size) give a valid config."""
+    path = ROOT / "configs" / "studies" / f"{name}.yaml"
+    cfg = load_config(path)
+    assert cfg.study is not None and cfg.study.id == sid and cfg.study.question
+    assert len(cfg.protocol) >= 3 and all(row.why for row in cfg.protocol)
+    medium = medium_overrides(path)
+    text = path.read_text()
+    assert medium or "medium size is the full size" in " ".join(text.replace("#", " ").split())
+    if medium:
+        load_config(path, medium)
+
+
 def _is_dissection(cfg) -> bool:
     """A study run by ``xaiarena dissect`` (a dissect: section and nothing to explain)."""
     return cfg.dissect is not None and not cfg.explainers

@@ -1,0 +1,149 @@
+"""Write a study's results page (docs/results/<study>.md) from a finished run directory.
+
+The page holds what a reader needs to judge the numbers: the question, the command, the
+wall time and the machine, the protocol differences, the source's reported values beside
+ours (with the agreement rule of the report), every ranked output per dataset and explained
+model (mean and 95% bootstrap CI), the pairs that differ after Holm correction, and the
+run's key figures copied as PNG next to the page.
+
+    python benchmarks/study_page.py RUN_DIR --command "xaiarena run ..." [--load "0.4 -> 0.6"]
+
+Numbers come only from the run directory; the page is regenerated, never edited by hand
+(add prose above or below the generated block in the README instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from xaiarena.report.loading import load_run
+from xaiarena.report.study import reference_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ("bars", "improvement", "accuracy", "preview", "overlays", "lime", "fgbg", "agreement", "heatmaps")
+
+
+def _fmt(x: float, nd: int = 3) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{x:.{nd}f}"
+
+
+def _table(rows: list[list[str]], head: list[str]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(str(c).replace("|", "/") for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def page(run_dir: Path, command: str, load: str | None, fig_dir: Path, fig_rel: str) -> str:
+    data = load_run(run_dir)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    study = cfg.get("study") or {}
+    run = data.run
+    hw = run.get("hardware") or {}
+    lines = [f"# {study.get('id', '')} {study.get('title', cfg.get('name', run_dir.name))}".strip(), ""]
+    if study.get("question"):
+        lines += [f"**Question.** {' '.join(str(study['question']).split())}", ""]
+    lines += ["## How this was run", "", "```bash", command, "```", "",
+              f"* wall time: {run.get('total_seconds', float('nan')) / 60:.1f} min (whole run, report included)",
+              f"* machine: {hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores, {hw.get('memory_gb', '?')} GB, "
+              f"torch threads {hw.get('torch_threads', '?')}" + (f", GPU {hw['gpu']}" if hw.get("gpu") else ""),
+              f"* load average (uptime) before -> after: {load}" if load else "* load: not recorded",
+              f"* versions: {', '.join(f'{k} {v}' for k, v in (run.get('versions') or {}).items())}",
+              f"* written {dt.date.today().isoformat()} from `{run_dir.name}` by `benchmarks/study_page.py`", ""]
+    for ds in data.datasets:
+        info = data.dataset_info(ds)
+        acc = info.get("test_accuracy")
+        if acc is not None:
+            lines.append(f"* {ds}: test accuracy of the explained model {_fmt(acc)}"
+                         + (f", {info['n_samples']} evaluation samples" if info.get("n_samples") else ""))
+    lines.append("")
+    protocol = cfg.get("protocol") or []
+    if protocol:
+        lines += ["## Protocol: the source and ours", "",
+                  _table([[p["setting"], p["source"], p["ours"], p.get("why", "")] for p in protocol],
+                         ["setting", "source", "ours", "why"]), ""]
+    refs = cfg.get("reference") or []
+    if refs:
+        rows, orderings = reference_rows(data, refs)
+        lines += ["## The source's numbers beside ours", "",
+                  "Agreement rule: a reported value agrees when it lies inside our 95% CI; a reported range "
+                  "when it overlaps our CI; a reported t or effect size when ours has the same sign and p < 0.05.", "",
+                  _table([[r["metric"], r["explainer"], r["dataset"], r["reported"], r["ours"], r["ci"], r["agrees"],
+                           r["source"]] for r in rows],
+                         ["metric", "explainer", "dataset", "source", "ours", "our CI / test", "agrees", "from"]), ""]
+        lines += [f"* {o}" for o in orderings] + [""]
+    meta = data.metrics_meta
+    summary = data.summary
+    for ds in data.datasets:
+        for view in data.views(ds):
+            sel = summary[summary["dataset"] == ds]
+            if view is not None:
+                sel = sel[sel["explained_model"] == view]
+            ranked = [m for m in pd.unique(sel["metric"]) if (meta.get(m) or {}).get("ranked", True)]
+            explainers = list(pd.unique(sel["explainer"]))
+            singles = [e for e in explainers if "~" not in e]
+            title = f"## {ds}" + (f", maps of {view}" if view else "")
+            lines += [title, ""]
+            for group in (singles, [e for e in explainers if "~" in e]):
+                if not group:
+                    continue
+                metrics = [m for m in ranked if len(sel[(sel.metric == m) & sel.explainer.isin(group)])]
+                rows = []  # one row per output, one column per explainer: mean [95% CI]
+                for m in metrics:
+                    arrow = "↑" if (meta.get(m) or {}).get("higher_is_better", True) else "↓"
+                    row = [f"{m} {arrow}"]
+                    for e in group:
+                        r = sel[(sel.explainer == e) & (sel.metric == m)]
+                        row.append("–" if r.empty else f"{_fmt(r.iloc[0]['mean'])} [{_fmt(r.iloc[0]['ci_low'])}, "
+                                   f"{_fmt(r.iloc[0]['ci_high'])}]")
+                    rows.append(row)
+                lines += [_table(rows, ["output"] + group), ""]
+            tests = data.tests
+            if tests is not None and len(tests):
+                t = tests[(tests["dataset"] == ds) & (tests["test"] == "t")]
+                if view is not None and "explained_model" in t.columns:
+                    t = t[t["explained_model"] == view]
+                sig = t[t["p_holm"] < 0.05]
+                if len(t):
+                    lines += [f"Paired t-tests (Holm within each metric): {len(sig)} of {len(t)} pairs differ at "
+                              "0.05 (results/tests.csv has every pair, with Wilcoxon).", ""]
+    figs = []
+    src = run_dir / "figures"
+    if src.is_dir():
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        for p in sorted(src.glob("*.png")):
+            if any(k in p.name for k in FIGURES):
+                shutil.copy2(p, fig_dir / p.name)
+                figs.append(p.name)
+    if figs:
+        lines += ["## Figures", ""] + [f"![{f}]({fig_rel}/{f})" for f in figs] + [""]
+    notes = data.notes
+    if notes:
+        lines += ["## Notes from the run", ""] + [f"* {' '.join(str(n).split())}" for n in notes[:30]] + [""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--command", required=True, help="the command that produced the run")
+    ap.add_argument("--load", default=None, help="load average before -> after, from uptime")
+    ap.add_argument("--name", default=None, help="page name (default: the run's config name)")
+    args = ap.parse_args()
+    cfg = yaml.safe_load((args.run_dir / "config.yaml").read_text())
+    name = args.name or cfg.get("name") or args.run_dir.name
+    out = ROOT / "docs" / "results" / f"{name}.md"
+    text = page(args.run_dir, args.command, args.load, ROOT / "docs" / "results" / name, name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
