@@ -9,19 +9,19 @@ run's key figures copied as PNG next to the page.
     python benchmarks/study_page.py RUN_DIR --command "xaiarena run ..." [--load "0.4 -> 0.6"]
 
 Numbers come only from the run directory; the page is regenerated, never edited by hand
-(add prose above or below the generated block in the README instead).
+(the one paragraph of interpretation is given with --answer).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
+from PIL import Image
 
 from xaiarena.report.loading import load_run
 from xaiarena.report.study import reference_rows
@@ -40,7 +40,7 @@ def _table(rows: list[list[str]], head: list[str]) -> str:
     return "\n".join(out)
 
 
-def page(run_dir: Path, command: str, load: str | None, fig_dir: Path, fig_rel: str) -> str:
+def page(run_dir: Path, command: str, load: str | None, fig_dir: Path, fig_rel: str, answer: str | None = None) -> str:
     data = load_run(run_dir)
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     study = cfg.get("study") or {}
@@ -49,6 +49,8 @@ def page(run_dir: Path, command: str, load: str | None, fig_dir: Path, fig_rel: 
     lines = [f"# {study.get('id', '')} {study.get('title', cfg.get('name', run_dir.name))}".strip(), ""]
     if study.get("question"):
         lines += [f"**Question.** {' '.join(str(study['question']).split())}", ""]
+    if answer:
+        lines += [f"**What we found.** {answer}", ""]
     lines += ["## How this was run", "", "```bash", command, "```", "",
               f"* wall time: {run.get('total_seconds', float('nan')) / 60:.1f} min (whole run, report included)",
               f"* machine: {hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores, {hw.get('memory_gb', '?')} GB, "
@@ -119,7 +121,9 @@ def page(run_dir: Path, command: str, load: str | None, fig_dir: Path, fig_rel: 
         fig_dir.mkdir(parents=True, exist_ok=True)
         for p in sorted(src.glob("*.png")):
             if any(k in p.name for k in FIGURES):
-                shutil.copy2(p, fig_dir / p.name)
+                with Image.open(p) as im:  # at most 1000 px, 256 colours: the pages stay light in the repository
+                    im.thumbnail((1000, 1000))
+                    im.convert("RGB").quantize(256).save(fig_dir / p.name, optimize=True)
                 figs.append(p.name)
     if figs:
         lines += ["## Figures", ""] + [f"![{f}]({fig_rel}/{f})" for f in figs] + [""]
@@ -135,11 +139,12 @@ def main() -> None:
     ap.add_argument("--command", required=True, help="the command that produced the run")
     ap.add_argument("--load", default=None, help="load average before -> after, from uptime")
     ap.add_argument("--name", default=None, help="page name (default: the run's config name)")
+    ap.add_argument("--answer", default=None, help="what the numbers mean, in a few sentences (written by a person)")
     args = ap.parse_args()
     cfg = yaml.safe_load((args.run_dir / "config.yaml").read_text())
     name = args.name or cfg.get("name") or args.run_dir.name
     out = ROOT / "docs" / "results" / f"{name}.md"
-    text = page(args.run_dir, args.command, args.load, ROOT / "docs" / "results" / name, name)
+    text = page(args.run_dir, args.command, args.load, ROOT / "docs" / "results" / name, name, args.answer)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
     print(out)
