@@ -24,7 +24,9 @@ perturbations; see ``tests/test_explainers_oracles.py``).
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, Literal
 
@@ -45,6 +47,8 @@ from ._utils import (
     target_scores,
 )
 from .base import REDUCTIONS, Explainer, Reduction, reduce_channels
+
+log = logging.getLogger(__name__)
 
 
 def _pair(explainer: str, option: str, value) -> tuple[int, int]:
@@ -435,6 +439,7 @@ class CaptumLimeExplainer(_PerturbationExplainer):
         self.alpha = check_float(self.name, "alpha", alpha, strict=True)
         self.features = check_choice(self.name, "features", features, self.FEATURES)
         self._init_common(baseline, perturbations_per_eval, reduction)
+        self.n_not_converged = 0  # Lasso fits stopped at sklearn's iteration limit (logged once)
 
     def n_features(self, c: int, h: int, w: int) -> int:
         return c * h * w if self.features == "element" else h * w
@@ -457,8 +462,19 @@ class CaptumLimeExplainer(_PerturbationExplainer):
         """Lasso coefficients ``(d,)`` as Captum's ``SkLearnLasso(alpha)`` fits them (float32 inputs)."""
         from sklearn.linear_model import Lasso
 
+        from sklearn.exceptions import ConvergenceWarning
+
         model = Lasso(alpha=self.alpha)
-        model.fit(z.cpu().float().numpy(), y.cpu().float().numpy(), sample_weight=w.cpu().float().numpy())
+        with warnings.catch_warnings(record=True) as caught:
+            # Captum's fit (sklearn's default max_iter) often stops short on 25 draws of hundreds of
+            # features; one warning per sample would flood the log, so they are counted instead
+            warnings.simplefilter("always", ConvergenceWarning)
+            model.fit(z.cpu().float().numpy(), y.cpu().float().numpy(), sample_weight=w.cpu().float().numpy())
+        if any(issubclass(c.category, ConvergenceWarning) for c in caught):
+            self.n_not_converged += 1
+            if self.n_not_converged == 1:
+                log.info("captum_lime: the Lasso fit did not converge within sklearn's default iterations for "
+                         "some samples (as in Captum); the coefficients are used as fitted")
         return torch.from_numpy(np.asarray(model.coef_, dtype=np.float32).reshape(-1))
 
     def attribute(self, model, inputs, targets, *, generator=None):
