@@ -55,6 +55,17 @@ if "text.parse_math" in rcParams:  # names from data must never be read as matht
 DPI = 110
 
 
+
+def _canvas_figure(canvas, width: int, height: int) -> tuple[Figure, Any]:
+    """A figure of exactly ``width`` x ``height`` pixels showing ``canvas`` (pixel coordinates, no axes)."""
+    fig = Figure(figsize=(width / DPI, height / DPI))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(canvas, interpolation="nearest", extent=(0, width, height, 0))
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.axis("off")
+    return fig, ax
+
 def explainer_colors(names: Sequence[str]) -> dict[str, str]:
     return {n: _PALETTE[i % len(_PALETTE)] for i, n in enumerate(names)}
 
@@ -365,12 +376,7 @@ def heatmap_grid(
     canvas[top:top + cb_h, cb_x:cb_x + 12] = ramp[:, None, :]
 
     with rc_context(_STYLE):
-        fig = Figure(figsize=(width / DPI, height / DPI))
-        ax = fig.add_axes((0, 0, 1, 1))
-        ax.imshow(canvas, interpolation="nearest", extent=(0, width, height, 0))
-        ax.set_xlim(0, width)
-        ax.set_ylim(height, 0)
-        ax.axis("off")
+        fig, ax = _canvas_figure(canvas, width, height)
         text = {"fontsize": 7.5, "ha": "center", "va": "bottom", "fontweight": "bold"}
         ax.text(left + tw / 2, top - 6, "input", **text)
         max_chars = max(8, int(tw / 5.5))
@@ -448,12 +454,7 @@ def lime_superpixels(example: dict[str, np.ndarray], explainers: Sequence[str], 
             canvas[y:y + th, x:x + tw] = tile
         counts.append(row)
     with rc_context(_STYLE):
-        fig = Figure(figsize=(width / DPI, height / DPI))
-        ax = fig.add_axes((0, 0, 1, 1))
-        ax.imshow(canvas, interpolation="nearest", extent=(0, width, height, 0))
-        ax.set_xlim(0, width)
-        ax.set_ylim(height, 0)
-        ax.axis("off")
+        fig, ax = _canvas_figure(canvas, width, height)
         max_chars = max(8, int(tw / 5.5))
         for c, e in enumerate(cols):
             ax.text(left + c * (tw + gap) + tw / 2, top - 6, _safe(_wrap(str(e), max_chars)), fontsize=7.5,
