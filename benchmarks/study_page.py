@@ -2,7 +2,7 @@
 
 The page holds what a reader needs to judge the numbers: the question, the command, the
 wall time and the machine, the protocol differences, the source's reported values beside
-ours (with the agreement rule of the report), every ranked output per dataset and explained
+ours (with the agreement rule of the report), every output per dataset and explained
 model (mean and 95% bootstrap CI), the pairs that differ after Holm correction, and the
 run's key figures copied as PNG next to the page.
 
@@ -87,7 +87,7 @@ def page(run_dir: Path, command: str, load: str | None, fig_dir: Path, fig_rel: 
             sel = summary[summary["dataset"] == ds]
             if view is not None:
                 sel = sel[sel["explained_model"] == view]
-            ranked = [m for m in pd.unique(sel["metric"]) if (meta.get(m) or {}).get("ranked", True)]
+            ranked = list(pd.unique(sel["metric"]))  # descriptive (unranked) outputs are marked below
             explainers = list(pd.unique(sel["explainer"]))
             singles = [e for e in explainers if "~" not in e]
             title = f"## {ds}" + (f", maps of {view}" if view else "")
@@ -99,7 +99,7 @@ def page(run_dir: Path, command: str, load: str | None, fig_dir: Path, fig_rel: 
                 rows = []  # one row per output, one column per explainer: mean [95% CI]
                 for m in metrics:
                     arrow = "↑" if (meta.get(m) or {}).get("higher_is_better", True) else "↓"
-                    row = [f"{m} {arrow}"]
+                    row = [f"{m} {arrow}" + ("" if (meta.get(m) or {}).get("ranked", True) else " (not ranked)")]
                     for e in group:
                         r = sel[(sel.explainer == e) & (sel.metric == m)]
                         row.append("–" if r.empty else f"{_fmt(r.iloc[0]['mean'])} [{_fmt(r.iloc[0]['ci_low'])}, "
