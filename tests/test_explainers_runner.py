@@ -1,4 +1,4 @@
-"""explain_in_batches: what the experiment runner calls to explain an evaluation set."""
+"""explain_in_batches: the checked front door to the runner's batching path (stages.explain_in_batches)."""
 
 from __future__ import annotations
 

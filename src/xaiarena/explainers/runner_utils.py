@@ -1,11 +1,11 @@
-"""What the experiment runner calls to explain a whole evaluation set."""
+"""Explain a whole image set in batches: a checked front door to :func:`xaiarena.stages.explain_in_batches`,
+the one batching path of the runner and the functional API."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..utils import progress as _progress
 from ._utils import base_seed
 from .base import Explainer
 
@@ -46,16 +46,9 @@ def explain_in_batches(
             f"explain_in_batches: the model is on {param.device} but device={device}; move it first "
             f"(model.to(device))"
         )
-    n, _, h, w = images.shape
-    out = torch.empty((n, h, w), dtype=torch.float32)
-    seed = base_seed(generator)
-    starts = range(0, n, batch_size)
-    if progress:
-        starts = _progress(starts, desc=f"explain {explainer.name}", total=len(starts), unit="batch")
-    for start in starts:
-        stop = min(start + batch_size, n)
-        gen = torch.Generator().manual_seed(seed)
-        xb = images[start:stop].to(device, torch.float32)
-        tb = targets[start:stop].to(device)
-        out[start:stop] = explainer.explain(model, xb, tb, generator=gen).to("cpu", torch.float32)
-    return out
+    if len(images) == 0:
+        return torch.empty((0, *images.shape[2:]), dtype=torch.float32)
+    from .. import stages  # the one batching path (the runner's and the functional API's)
+
+    comp = stages.Compute(device=device, seed=base_seed(generator), batch_size=batch_size, show_progress=progress)
+    return stages.explain_in_batches(comp, explainer, model, images.float(), targets, explainer.name)
