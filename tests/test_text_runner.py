@@ -109,11 +109,13 @@ def test_end_to_end_run_writes_text_results_and_report(tiny_run):
     doc = json.loads((res.run_dir / "results" / "examples" / "planted_sentiment.json").read_text())
     s0 = doc["samples"][0]
     assert len(s0["words"]) == len(s0["rationale"]) == len(s0["scores"]["text_saliency"])
-    assert set(s0["scores"]) == set(singles.explainer)
+    # every explainer's scores, and those of its f_s maps under "<name>@f_s" (DiET explains only f_s)
+    assert {k.split("@")[0] for k in s0["scores"]} == set(singles.explainer)
+    assert {k for k in s0["scores"] if k.endswith("@f_s")} == {f"{e}@f_s" for e in singles.explainer if e != "text_diet"}
     html = res.report_path.read_text()
     assert "Word attributions" in html and 'class="tok gt"' in html
     # planted cues: the gradient method finds them better than the random baseline
-    f1 = singles[singles.metric == "rationale_f1"].set_index("explainer")["mean"]
+    f1 = singles[(singles.metric == "rationale_f1") & (singles.explained_model == "f_b")].set_index("explainer")["mean"]
     assert f1["text_saliency"] > f1["text_random"]
 
 
