@@ -77,13 +77,24 @@ class RayExecutor:
 
     def run(self, tasks: list[TaskSpec], env: Env, on_result: OnResult) -> None:
         ray = self._ray()
-        remote = ray.remote(_remote_task).options(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task,
-                                                  max_retries=self.max_retries, retry_exceptions=False)
+        base = ray.remote(_remote_task)
+
+        def remote(cpus: float):
+            return base.options(num_cpus=cpus, num_gpus=self.gpus_per_task, max_retries=self.max_retries,
+                                retry_exceptions=False)
         refs: dict[str, object] = {}
         pending: dict[object, TaskSpec] = {}
+        # training runs with the driver's torch thread count (capped by the cluster): float sums in
+        # training depend on it, and a model must not depend on the executor (same cache key,
+        # same weights as a local run)
+        import torch
+
+        total_cpus = float(ray.cluster_resources().get("CPU", self.cpus_per_task))
+        train_cpus = max(self.cpus_per_task, min(float(torch.get_num_threads()), total_cpus))
         for task in tasks:  # graph order: dependencies are submitted first
             dep_refs = [refs[d] for d in task.deps if d in refs]
-            ref = remote.remote(task, env, self.cpus_per_task, *dep_refs)
+            cpus = train_cpus if task.kind == "train" else self.cpus_per_task
+            ref = remote(cpus).remote(task, env, cpus, *dep_refs)
             refs[task.name] = ref
             pending[ref] = task
         done = cached = 0
