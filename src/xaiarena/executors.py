@@ -85,8 +85,8 @@ class RayExecutor:
         refs: dict[str, object] = {}
         pending: dict[object, TaskSpec] = {}
         # training runs with the driver's torch thread count (capped by the cluster): float sums in
-        # training depend on it, and a model must not depend on the executor (same cache key,
-        # same weights as a local run)
+        # training depend on it. (Measured: this narrows but does not remove the difference from a
+        # local run's weights on the default benchmark; benchmarks/README.md.)
         import torch
 
         total_cpus = float(ray.cluster_resources().get("CPU", self.cpus_per_task))
