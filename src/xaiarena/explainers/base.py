@@ -1,4 +1,4 @@
-"""The explainer interface (DESIGN.md, "Attributions").
+"""The explainer interface (docs/explainers.md).
 
 An explainer maps a model, a batch of pixel-space inputs ``(N, C, H, W)`` in
 [0, 1] and target classes ``(N,)`` to one attribution map per sample,

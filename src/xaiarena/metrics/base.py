@@ -1,4 +1,4 @@
-"""The metric interface (DESIGN.md, "Metrics").
+"""The metric interface (docs/metrics.md).
 
 A metric scores the attribution maps of *all* explainers of a comparison for one
 batch of evaluation samples in one call, so that perturbations which do not
