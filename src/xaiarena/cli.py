@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -34,6 +35,28 @@ EXIT_CONFIG = 2
 def _fail(msg: str, code: int = EXIT_CONFIG) -> None:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code)
+
+
+@contextmanager
+def _user_errors(optional_imports: bool = False):
+    """What a long command (run, dissect) turns into one-line exits: configuration and other
+    user-fixable errors exit 2, a missing optional package exits 1 (``optional_imports``), and an
+    interrupt says that finished stages are cached."""
+    try:
+        yield
+    except ConfigError as exc:
+        _fail(exc.format())
+    except UnknownNameError as exc:
+        _fail(exc.message)
+    except XaiArenaError as exc:  # data, training, lock, environment: the user can fix it
+        _fail(" ".join(str(exc).split()))
+    except ImportError as exc:
+        if not optional_imports:
+            raise
+        _fail(str(exc), code=1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; finished stages are cached, run the same command again to resume", err=True)
+        raise typer.Exit(130) from None
 
 
 @app.command()
@@ -63,15 +86,8 @@ def run(
         _fail(f"--out '{out}' is a file; give a folder for the run directory")
     if cfg.dissect is not None:
         typer.echo("note: the config's 'dissect:' section is run by `xaiarena dissect CONFIG`, not by `run`", err=True)
-    try:
+    with _user_errors():
         run_dir = Runner(cfg, out=out, show_progress=not quiet, executor=executor, address=address).run()
-    except ConfigError as exc:
-        _fail(exc.format())
-    except XaiArenaError as exc:  # data, training, lock, environment: the user can fix it
-        _fail(" ".join(str(exc).split()))
-    except KeyboardInterrupt:
-        typer.echo("interrupted; finished stages are cached, run the same command again to resume", err=True)
-        raise typer.Exit(130) from None
     res = RunResult(run_dir)
     typer.echo(f"run directory: {run_dir}")
     summary = res.summary
@@ -144,20 +160,9 @@ def dissect(
 
     if quiet:
         os.environ["XAIARENA_QUIET"] = "1"
-    try:
+    with _user_errors(optional_imports=True):  # an optional package a model or concept set needs: exit 1
         cfg = load_config(config, set_ or None)
         run_dir = DissectRunner(cfg, out=out, show_progress=not quiet).run()
-    except ConfigError as exc:
-        _fail(exc.format())
-    except UnknownNameError as exc:
-        _fail(exc.message)
-    except XaiArenaError as exc:  # DataError, TrainingError, RunError: user-fixable, one line, exit 2
-        _fail(" ".join(str(exc).split()))
-    except ImportError as exc:  # an optional package a model or concept set needs
-        _fail(str(exc), code=1)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; finished stages are cached, run the same command again to resume", err=True)
-        raise typer.Exit(130) from None
     res = DissectResult(run_dir)
     typer.echo(f"run directory: {run_dir}")
     layers = res.layers
