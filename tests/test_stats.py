@@ -200,6 +200,19 @@ def test_paired_tests_match_scipy():
     assert (ab.effect_size > 0).all()  # a was shifted up
 
 
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(-3, 3), min_size=2, max_size=10).filter(lambda v: any(v)),
+       st.sampled_from([1.0, 0.1, 0.37]))
+def test_wilcoxon_with_ties_or_zeros_equals_scipy(values, scale):
+    """Small samples with ties or zeros take the enumerated sign-flip path; scipy is the oracle
+    (its own exact permutation test, 2**n calls of the statistic)."""
+    d = np.asarray(values, dtype=np.float64) * scale
+    stat, p = stats.paired_wilcoxon(d)
+    ref = sps.wilcoxon(d)
+    assert stat == pytest.approx(ref.statistic, rel=1e-12)
+    assert p == pytest.approx(ref.pvalue, rel=1e-12)
+
+
 def test_paired_tests_degenerate():
     rows = []
     for i in range(6):
