@@ -42,3 +42,37 @@ def test_bad_selection_options_name_the_value():
         EXPLAINERS.create("lime", num_features=0)
     with pytest.raises(ValueError, match=r"positive_only='yes' is not valid"):
         EXPLAINERS.create("lime", positive_only="yes")
+
+
+def test_selections_reuse_the_full_fits_forward_passes_and_only_those(monkeypatch):
+    """lime then lime(num_features=K) on the same model, images and seed: one set of forward
+    passes, and the reused map equals a fresh computation; another seed, other weights or
+    another sampling option recompute."""
+    import xaiarena.explainers.perturbation as P
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 5)).eval()
+    x, t = torch.rand(3, 3, 32, 32), torch.tensor([0, 1, 2])
+    calls = []
+    real = P.forward_scores
+    monkeypatch.setattr(P, "forward_scores", lambda *a, **k: calls.append(1) or real(*a, **k))
+    P._RESPONSES.clear()
+
+    def run(ex, seed=1):
+        return ex.attribute(net, x, t, generator=torch.Generator().manual_seed(seed))
+
+    run(EXPLAINERS.create("lime", n_samples=40))
+    reused = run(EXPLAINERS.create("lime", n_samples=40, num_features=4, positive_only=False))
+    assert len(calls) == 1
+    P._RESPONSES.clear()
+    fresh = run(EXPLAINERS.create("lime", n_samples=40, num_features=4, positive_only=False))
+    assert len(calls) == 2 and torch.equal(reused, fresh)
+    run(EXPLAINERS.create("lime", n_samples=40, num_features=4), seed=2)
+    assert len(calls) == 3
+    run(EXPLAINERS.create("lime", n_samples=40, kernel_width=0.5), seed=2)
+    assert len(calls) == 4
+    with torch.no_grad():
+        net[4].weight += 1
+    run(EXPLAINERS.create("lime", n_samples=40, kernel_width=0.5), seed=2)
+    assert len(calls) == 5

@@ -24,9 +24,12 @@ perturbations; see ``tests/test_explainers_oracles.py``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import threading
 import warnings
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, Literal
 
@@ -182,14 +185,37 @@ def slic_segments(images: torch.Tensor, n_segments: int, compactness: float) -> 
         return list(pool.map(one, arr))
 
 
+#: forward scores of recent surrogate fits, keyed by everything they depend on (see
+#: :meth:`SuperpixelSurrogate._responses_key`); a few entries, a few KB each
+_RESPONSES: OrderedDict[str, torch.Tensor] = OrderedDict()
+_RESPONSES_MAX = 32
+_RESPONSES_LOCK = threading.Lock()
+
+
+def _model_fingerprint(model: torch.nn.Module) -> bytes:
+    """Identity and current weights of ``model`` (a copy with other weights gets another key)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{type(model).__qualname__}:{id(model)}:{model.training}".encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.digest()
+
+
 class SuperpixelSurrogate(_PerturbationExplainer):
     """Fit a weighted linear surrogate ``y ~ b + z . beta`` over superpixel on/off vectors ``z``.
 
     Subclasses define :meth:`sample` (the ``z`` rows and their weights) and
     :meth:`solve`. A pixel's attribution is its superpixel's coefficient.
+
+    Entries that differ only in ``selection_knobs`` (options of :meth:`select`, e.g. LIME's
+    ``num_features``) draw the same perturbations from the same seed, so the forward scores
+    of one are the forward scores of the other: they are kept for a few calls in this process
+    and reused (``lime`` then ``lime_top10`` on the same images costs one set of passes).
     """
 
     cost_knobs: ClassVar[tuple[str, ...]] = ("n_samples", "n_segments", "perturbations_per_eval")
+    selection_knobs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -220,10 +246,30 @@ class SuperpixelSurrogate(_PerturbationExplainer):
         """The per-superpixel values the map shows (all coefficients by default)."""
         return coef
 
+    def _responses_key(self, model, inputs, targets, generator, segs) -> str | None:
+        """Everything the forward scores depend on; None (no reuse) without a seeded generator."""
+        if generator is None:
+            return None
+        h = hashlib.blake2b(digest_size=20)
+        options = {k: v for k, v in vars(self).items() if k not in self.selection_knobs}
+        h.update(f"{type(self).__qualname__}:{sorted(options.items())!r}".encode())
+        h.update(generator.get_state().numpy().tobytes())
+        h.update(_model_fingerprint(model))
+        for t in (inputs, targets):
+            h.update(f"{t.dtype}:{tuple(t.shape)}:{t.device}".encode())
+            h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        for seg in segs:
+            h.update(np.ascontiguousarray(seg).tobytes())
+        h.update(str(torch.is_autocast_enabled()).encode())
+        return h.hexdigest()
+
     def attribute(self, model, inputs, targets, *, generator=None, segments=None):
         n, c, h, w = inputs.shape
         dev = inputs.device
         segs = self.segments(inputs) if segments is None else segments
+        key = self._responses_key(model, inputs, targets, generator, segs)
+        with _RESPONSES_LOCK:
+            known = _RESPONSES.get(key) if key is not None else None
         gens = sample_generators(inputs, generator)
         dims = [int(s.max()) + 1 for s in segs]
         draws = [self.sample(d, g) for d, g in zip(dims, gens, strict=True)]
@@ -252,8 +298,16 @@ class SuperpixelSurrogate(_PerturbationExplainer):
                 r += j1 - j0
             return out, row_targets[start:stop]
 
-        y = forward_scores(model, n * s, make_batch, self.perturbations_per_eval, prepare=prep).view(n, s)
-        y = y.detach().to("cpu", torch.float64)
+        if known is not None:
+            y = known
+        else:
+            y = forward_scores(model, n * s, make_batch, self.perturbations_per_eval, prepare=prep).view(n, s)
+            y = y.detach().to("cpu", torch.float64)
+            if key is not None:
+                with _RESPONSES_LOCK:
+                    _RESPONSES[key] = y
+                    while len(_RESPONSES) > _RESPONSES_MAX:
+                        _RESPONSES.popitem(last=False)
         maps = []
         for i, (z, wt) in enumerate(draws):
             coef = self.select(self.solve(z, y[i], wt))
@@ -291,6 +345,7 @@ class LimeExplainer(SuperpixelSurrogate):
     """
 
     name = "lime"
+    selection_knobs: ClassVar[tuple[str, ...]] = ("num_features", "positive_only")
 
     def __init__(
         self,
