@@ -105,7 +105,8 @@ def reference_rows(data: RunData, refs: list[dict[str, Any]]) -> tuple[list[dict
         rows.append(row)
     orderings = []
     for (dataset, _view, metric), items in groups.items():
-        if len(items) < 2:
+        items = list({e: (e, *rest) for e, *rest in items}.values())  # one per explainer (the last given)
+        if len(items) < 2:  # an ordering needs two explainers
             continue
         names = [e for e, *_ in items]
         reported = [v for _, v, _, _ in items]
