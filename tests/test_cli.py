@@ -99,6 +99,8 @@ def test_run_writes_contract_layout_and_reuses_checkpoint(tmp_path):
 
     res = runner.invoke(app, ["run", "--out", str(out), *TINY])
     assert res.exit_code == 0, res.output
+    # the printed summary says which model each row's maps explain (DiET makes both views)
+    assert "explained_model" in res.output and " f_s " in res.output
     again = json.loads((out / "run.json").read_text())
     assert again["stages"]["hard_mnist/train"]["cache_hit"] is True
     assert again["datasets"]["hard_mnist"]["test_accuracy"] == info["datasets"]["hard_mnist"]["test_accuracy"]

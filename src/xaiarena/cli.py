@@ -92,7 +92,10 @@ def run(
     typer.echo(f"run directory: {run_dir}")
     summary = res.summary
     if len(summary):
-        cols = ["dataset", "explainer", "metric", "mean", "ci_low", "ci_high", "n"]
+        # which model the maps explain (f_b or f_s), when both occur: else their rows look alike
+        both = "explained_model" in summary.columns and summary["explained_model"].nunique() > 1
+        views = ["explained_model"] if both else []
+        cols = ["dataset", *views, "explainer", "metric", "mean", "ci_low", "ci_high", "n"]
         typer.echo(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if res.report_path.exists():
         typer.echo(f"report: {res.report_path}")
