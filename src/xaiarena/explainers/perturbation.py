@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..registry import EXPLAINERS
+from .diet.core import fingerprint_module, fingerprint_tensor
 from ._utils import (
     BASELINES,
     Baseline,
@@ -192,16 +193,6 @@ _RESPONSES_MAX = 32
 _RESPONSES_LOCK = threading.Lock()
 
 
-def _model_fingerprint(model: torch.nn.Module) -> bytes:
-    """Identity and current weights of ``model`` (a copy with other weights gets another key)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{type(model).__qualname__}:{id(model)}:{model.training}".encode())
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.digest()
-
-
 class SuperpixelSurrogate(_PerturbationExplainer):
     """Fit a weighted linear surrogate ``y ~ b + z . beta`` over superpixel on/off vectors ``z``.
 
@@ -254,10 +245,10 @@ class SuperpixelSurrogate(_PerturbationExplainer):
         options = {k: v for k, v in vars(self).items() if k not in self.selection_knobs}
         h.update(f"{type(self).__qualname__}:{sorted(options.items())!r}".encode())
         h.update(generator.get_state().numpy().tobytes())
-        h.update(_model_fingerprint(model))
-        for t in (inputs, targets):
-            h.update(f"{t.dtype}:{tuple(t.shape)}:{t.device}".encode())
-            h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        # the model's identity and current weights (a copy with other weights gets another key)
+        h.update(f"{type(model).__qualname__}:{id(model)}:{model.training}:{inputs.device}".encode())
+        h.update(fingerprint_module(model).encode())
+        h.update(fingerprint_tensor(inputs, targets).encode())
         for seg in segs:
             h.update(np.ascontiguousarray(seg).tobytes())
         h.update(str(torch.is_autocast_enabled()).encode())
