@@ -73,6 +73,29 @@ def test_grid_and_replicates_locally(tmp_path):
     assert "Stability across retrained models" in html and "training.lr=0.004" in html
 
 
+def test_every_task_computes_with_the_thread_count_of_a_local_run(monkeypatch):
+    """Float sums depend on torch's thread count: both executors run each task with training.num_threads
+    where set, else the starting process' count; the local executor restores the count afterwards."""
+    import torch
+
+    from xaiarena import executors
+    from xaiarena.graph import Env, task_threads
+
+    unit = plan_units(load_config(CFG))[0]
+    pinned = plan_units(load_config({**CFG, "training": {"num_threads": 1}}))[0]
+    train, train1 = plan_tasks([unit])[0], plan_tasks([pinned])[0]
+    assert task_threads(train, Env("r", threads=3)) == 3
+    assert task_threads(train1, Env("r", threads=3)) == 1
+    seen: list[int] = []
+    monkeypatch.setattr(executors, "run_task", lambda task, env, say=None: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    executors._remote_task(train1, Env("r", threads=2))
+    assert seen == [1]
+    torch.set_num_threads(before)
+    executors.LocalExecutor(show_progress=False).run([train1, train], Env("r", threads=2), lambda t, r: None)
+    assert seen[1:] == [1, 2] and torch.get_num_threads() == before
+
+
 # --------------------------------------------------------------------------- Ray
 
 

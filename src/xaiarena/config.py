@@ -179,7 +179,9 @@ class RayConfig(_Strict):
 
     address: str | None = None  # a running cluster ("auto", "ray://host:10001"); None starts a local instance
     num_cpus: int | None = Field(None, ge=1)  # CPUs of a local instance (default: all)
-    cpus_per_task: float = Field(1.0, gt=0)  # resource request of every train/fit/explain/score task
+    # resource request of every train/fit/explain/score task; None: the run's torch thread count
+    # (training.num_threads, else the driver's), which every task computes with whatever it asks for
+    cpus_per_task: float | None = Field(None, gt=0)
     gpus_per_task: float = Field(0.0, ge=0)
     max_retries: int = Field(3, ge=0)  # a task whose worker dies is retried this often
 

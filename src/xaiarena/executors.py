@@ -5,7 +5,10 @@
     keeps data, models and maps in memory between tasks.
 ``ray``
     Every task is a Ray task (``pip install -e ".[ray]"``) with the resources of
-    ``ray.cpus_per_task`` / ``ray.gpus_per_task``, started when its dependencies are done.
+    ``ray.cpus_per_task`` / ``ray.gpus_per_task``, started when its dependencies are done. It
+    computes with the torch thread count a local run would use (:func:`~xaiarena.graph.task_threads`),
+    because float sums (training above all) depend on it: a Ray run then gives a local run's
+    numbers. ``cpus_per_task`` defaults to that thread count.
     Tasks exchange only small results (keys, timings, per-sample frames); artefacts go
     through the run's cache folder, which every worker must see (a shared disk on a
     cluster; see docs/distributed.md). A task whose worker dies is retried
@@ -24,7 +27,7 @@ import time
 from collections.abc import Callable
 
 from .errors import RunError
-from .graph import Env, TaskResult, TaskSpec, run_task
+from .graph import Env, TaskResult, TaskSpec, run_task, task_threads
 from .utils import progress
 
 log = logging.getLogger(__name__)
@@ -41,9 +44,16 @@ class LocalExecutor:
         self.show_progress = show_progress
 
     def run(self, tasks: list[TaskSpec], env: Env, on_result: OnResult) -> None:
+        import torch
+
         say = progress.write if self.show_progress else None
-        for task in tasks:
-            on_result(task, run_task(task, env, say))
+        before = torch.get_num_threads()
+        try:
+            for task in tasks:
+                torch.set_num_threads(task_threads(task, env))
+                on_result(task, run_task(task, env, say))
+        finally:
+            torch.set_num_threads(before)
 
 
 class RayExecutor:
@@ -51,7 +61,7 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, cpus_per_task: float = 1.0,
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, cpus_per_task: float | None = None,
                  gpus_per_task: float = 0.0, max_retries: int = 3, show_progress: bool = True):
         self.address, self.num_cpus = address, num_cpus
         self.cpus_per_task, self.gpus_per_task = cpus_per_task, gpus_per_task
@@ -84,17 +94,14 @@ class RayExecutor:
                                 retry_exceptions=False)
         refs: dict[str, object] = {}
         pending: dict[object, TaskSpec] = {}
-        # training runs with the driver's torch thread count (capped by the cluster): float sums in
-        # training depend on it. (Measured: this narrows but does not remove the difference from a
-        # local run's weights on the default benchmark; benchmarks/README.md.)
-        import torch
-
-        total_cpus = float(ray.cluster_resources().get("CPU", self.cpus_per_task))
-        train_cpus = max(self.cpus_per_task, min(float(torch.get_num_threads()), total_cpus))
+        total_cpus = float(ray.cluster_resources().get("CPU", 1.0))
         for task in tasks:  # graph order: dependencies are submitted first
             dep_refs = [refs[d] for d in task.deps if d in refs]
-            cpus = train_cpus if task.kind == "train" else self.cpus_per_task
-            ref = remote(cpus).remote(task, env, cpus, *dep_refs)
+            # every task computes with the thread count a local run would use (float sums depend on
+            # it); by default it also asks for that many CPUs, capped by the cluster's
+            threads = task_threads(task, env)
+            cpus = self.cpus_per_task or min(float(threads), total_cpus)
+            ref = remote(cpus).remote(task, env, *dep_refs)
             refs[task.name] = ref
             pending[ref] = task
         done = cached = 0
@@ -119,7 +126,7 @@ class RayExecutor:
             if self.show_progress and (ready or time.time() - last > 30):
                 last = time.time()
                 progress.write(f"[xaiarena] ray: {done}/{total} tasks done ({cached} cached), "
-                               f"{min(len(pending), _slots(ray, self.cpus_per_task))} running")
+                               f"{min(len(pending), _slots(ray, self.cpus_per_task or 1.0))} running")
 
 
 def _slots(ray, cpus_per_task: float) -> int:
@@ -129,11 +136,11 @@ def _slots(ray, cpus_per_task: float) -> int:
         return 1
 
 
-def _remote_task(task: TaskSpec, env: Env, cpus: float, *deps: TaskResult) -> TaskResult:
-    """What a Ray worker runs: one task, with as many torch threads as CPUs it asked for."""
+def _remote_task(task: TaskSpec, env: Env, *deps: TaskResult) -> TaskResult:
+    """What a Ray worker runs: one task, with the torch thread count of a local run."""
     import torch
 
-    torch.set_num_threads(max(1, int(cpus)))
+    torch.set_num_threads(task_threads(task, env))
     os.environ.setdefault("XAIARENA_QUIET", "1")
     return run_task(task, env)
 

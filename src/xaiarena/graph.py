@@ -116,6 +116,16 @@ class Env:
 
     run_dir: str
     show_progress: bool = False
+    threads: int = 0  # torch threads of the process that started the run (0: this process' own)
+
+
+def task_threads(task: TaskSpec, env: Env) -> int:
+    """The torch thread count a task computes with: ``training.num_threads`` where the config sets it
+    (it holds from training on, as in a local run), else the thread count of the process that started
+    the run. Float sums in training and forward passes can depend on it, so every executor uses it."""
+    import torch
+
+    return task.unit.experiment().training.num_threads or env.threads or torch.get_num_threads()
 
 
 def _learned_labels(cfg: ExperimentConfig) -> list[str]:
@@ -333,4 +343,4 @@ def own_stages(task: TaskSpec, result: TaskResult) -> dict[str, dict[str, Any]]:
 
 
 __all__ = ["Env", "TaskResult", "TaskSpec", "Unit", "UnitContext", "context_for", "plan_tasks", "plan_units",
-           "own_stages", "progress", "run_task", "scored_labels", "view_members"]
+           "own_stages", "progress", "run_task", "scored_labels", "task_threads", "view_members"]

@@ -149,7 +149,7 @@ class Runner:
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise RunError(f"the run directory '{self.run_dir}' is a file; give --out a folder")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        env = Env(str(self.run_dir.resolve()), self.show_progress)
+        env = Env(str(self.run_dir.resolve()), self.show_progress, torch.get_num_threads())
         units = plan_units(cfg)
         tasks = plan_tasks(units)
         with run_lock(self.run_dir):
