@@ -23,8 +23,10 @@ import pandas as pd
 import yaml
 from PIL import Image
 
+from xaiarena.report.html import diet_rows
 from xaiarena.report.loading import load_run
-from xaiarena.report.study import reference_rows
+from xaiarena.report.narrative import learned_report
+from xaiarena.report.study import agreement_bands, reference_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("bars", "improvement", "accuracy", "preview", "overlays", "lime", "fgbg", "agreement", "heatmaps")
@@ -80,6 +82,19 @@ def page(run_dir: Path, command: str, load: str | None, fig_dir: Path, fig_rel: 
                            r["source"]] for r in rows],
                          ["metric", "explainer", "dataset", "source", "ours", "our CI / test", "agrees", "from"]), ""]
         lines += [f"* {o}" for o in orderings] + [""]
+    if "agreement_bands" in set(study.get("analyses") or []):
+        bands = agreement_bands(data)
+        if bands:
+            lines += ["## Agreement bands (the source's: >= 0.7 high, >= 0.4 moderate, else low)", "",
+                      _table([[b["dataset"], b["view"], b["metric"], b["pair"], b["mean"], b["band"]] for b in bands],
+                             ["dataset", "maps of", "output", "pair", "mean", "band"]), ""]
+    learned = [(ds, diet_rows(learned_report(data.dataset_info(ds)))) for ds in data.datasets]
+    learned = [(ds, rows) for ds, rows in learned if rows]
+    if learned:  # how closely the learned explainer's f_s stands in for f_b, and whether its masks say anything
+        keys = [r["label"] for r in learned[0][1]]
+        lines += ["## The learned explainer's model (as in the report)", "",
+                  _table([[k] + [next((r["value"] for r in rows if r["label"] == k), "–") for _, rows in learned]
+                          for k in keys], ["number"] + [ds for ds, _ in learned]), ""]
     meta = data.metrics_meta
     summary = data.summary
     for ds in data.datasets:

@@ -37,7 +37,6 @@ import numpy as np
 import torch
 
 from ..registry import EXPLAINERS
-from .diet.core import fingerprint_module, fingerprint_tensor
 from ._utils import (
     BASELINES,
     Baseline,
@@ -51,6 +50,7 @@ from ._utils import (
     target_scores,
 )
 from .base import REDUCTIONS, Explainer, Reduction, reduce_channels
+from .diet.core import fingerprint_module, fingerprint_tensor
 
 log = logging.getLogger(__name__)
 
@@ -506,9 +506,8 @@ class CaptumLimeExplainer(_PerturbationExplainer):
 
     def solve(self, z: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Lasso coefficients ``(d,)`` as Captum's ``SkLearnLasso(alpha)`` fits them (float32 inputs)."""
-        from sklearn.linear_model import Lasso
-
         from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import Lasso
 
         model = Lasso(alpha=self.alpha)
         with warnings.catch_warnings(record=True) as caught:

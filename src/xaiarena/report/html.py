@@ -135,7 +135,7 @@ def _setup_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _diet_rows(diet: Any) -> list[dict[str, str]]:
+def diet_rows(diet: Any) -> list[dict[str, str]]:
     if not isinstance(diet, dict):
         return []
     rows = []
@@ -306,7 +306,7 @@ def _dataset_section(
         "model": info.get("model") or (summ["model"].iloc[0] if len(summ) else ""),
         "setup": _setup_rows(info),
         "explainers": _explainer_rows(data, dataset, single, colors),
-        "diet": _diet_rows(narrative.learned_report(info)) if view != "f_b" or n_views <= 1 else [],
+        "diet": diet_rows(narrative.learned_report(info)) if view != "f_b" or n_views <= 1 else [],
         "table": table,
         "agreement_table": agreement_table,
         "figures": figures,
