@@ -74,20 +74,20 @@ def test_grid_and_replicates_locally(tmp_path):
 
 
 def test_every_task_computes_with_the_thread_count_of_a_local_run(monkeypatch):
-    """Float sums depend on torch's thread count: both executors run each task with training.num_threads
-    where set, else the starting process' count; the local executor restores the count afterwards."""
+    """Float sums depend on torch's thread count: every task (local executor or Ray worker) runs with
+    training.num_threads where set, else the starting process' count, and the count is restored."""
     import torch
 
-    from xaiarena import executors
-    from xaiarena.graph import Env, task_threads
+    from xaiarena import executors, graph
+    from xaiarena.graph import Env, thread_count
 
     unit = plan_units(load_config(CFG))[0]
     pinned = plan_units(load_config({**CFG, "training": {"num_threads": 1}}))[0]
     train, train1 = plan_tasks([unit])[0], plan_tasks([pinned])[0]
-    assert task_threads(train, Env("r", threads=3)) == 3
-    assert task_threads(train1, Env("r", threads=3)) == 1
+    assert thread_count(train.unit, Env("r", threads=3)) == 3
+    assert thread_count(train1.unit, Env("r", threads=3)) == 1
     seen: list[int] = []
-    monkeypatch.setattr(executors, "run_task", lambda task, env, say=None: seen.append(torch.get_num_threads()))
+    monkeypatch.setattr(graph, "_run_task", lambda task, env, say=None: seen.append(torch.get_num_threads()))
     before = torch.get_num_threads()
     executors._remote_task(train1, Env("r", threads=2))
     assert seen == [1]

@@ -6,7 +6,7 @@
 ``ray``
     Every task is a Ray task (``pip install -e ".[ray]"``) with the resources of
     ``ray.cpus_per_task`` / ``ray.gpus_per_task``, started when its dependencies are done. It
-    computes with the torch thread count a local run would use (:func:`~xaiarena.graph.task_threads`),
+    computes with the torch thread count a local run would use (:func:`~xaiarena.graph.thread_count`),
     because float sums (training above all) depend on it: a Ray run then gives a local run's
     numbers. ``cpus_per_task`` defaults to that thread count.
     Tasks exchange only small results (keys, timings, per-sample frames); artefacts go
@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 
 from .errors import RunError
-from .graph import Env, TaskResult, TaskSpec, run_task, task_threads
+from .graph import Env, TaskResult, TaskSpec, run_task, thread_count
 from .utils import progress
 
 log = logging.getLogger(__name__)
@@ -44,16 +44,9 @@ class LocalExecutor:
         self.show_progress = show_progress
 
     def run(self, tasks: list[TaskSpec], env: Env, on_result: OnResult) -> None:
-        import torch
-
         say = progress.write if self.show_progress else None
-        before = torch.get_num_threads()
-        try:
-            for task in tasks:
-                torch.set_num_threads(task_threads(task, env))
-                on_result(task, run_task(task, env, say))
-        finally:
-            torch.set_num_threads(before)
+        for task in tasks:
+            on_result(task, run_task(task, env, say))
 
 
 class RayExecutor:
@@ -94,16 +87,16 @@ class RayExecutor:
                                 retry_exceptions=False)
         refs: dict[str, object] = {}
         pending: dict[object, TaskSpec] = {}
+        asked: dict[object, float] = {}  # CPUs each pending task asked for
         total_cpus = float(ray.cluster_resources().get("CPU", 1.0))
         for task in tasks:  # graph order: dependencies are submitted first
             dep_refs = [refs[d] for d in task.deps if d in refs]
             # every task computes with the thread count a local run would use (float sums depend on
             # it); by default it also asks for that many CPUs, capped by the cluster's
-            threads = task_threads(task, env)
-            cpus = self.cpus_per_task or min(float(threads), total_cpus)
+            cpus = self.cpus_per_task or min(float(thread_count(task.unit, env)), total_cpus)
             ref = remote(cpus).remote(task, env, *dep_refs)
             refs[task.name] = ref
-            pending[ref] = task
+            pending[ref], asked[ref] = task, cpus
         done = cached = 0
         total = len(tasks)
         last = 0.0
@@ -111,6 +104,7 @@ class RayExecutor:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
             for ref in ready:
                 task = pending.pop(ref)
+                asked.pop(ref)
                 try:
                     result = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - surface the task's own error
@@ -126,21 +120,22 @@ class RayExecutor:
             if self.show_progress and (ready or time.time() - last > 30):
                 last = time.time()
                 progress.write(f"[xaiarena] ray: {done}/{total} tasks done ({cached} cached), "
-                               f"{min(len(pending), _slots(ray, self.cpus_per_task or 1.0))} running")
+                               f"{_running(ray, total_cpus, asked)} running")
 
 
-def _slots(ray, cpus_per_task: float) -> int:
+def _running(ray, total_cpus: float, asked: dict[object, float]) -> int:
+    """About how many pending tasks run now: the CPUs in use over the smallest pending request."""
+    if not asked:
+        return 0
     try:
-        return max(1, int(ray.available_resources().get("CPU", 0) // cpus_per_task + 0.5) or 1)
-    except Exception:  # noqa: BLE001
-        return 1
+        used = total_cpus - float(ray.available_resources().get("CPU", total_cpus))
+    except Exception:  # noqa: BLE001 - the count is for the progress line only
+        return 0
+    return min(len(asked), int(used / min(asked.values()) + 1e-9))
 
 
 def _remote_task(task: TaskSpec, env: Env, *deps: TaskResult) -> TaskResult:
-    """What a Ray worker runs: one task, with the torch thread count of a local run."""
-    import torch
-
-    torch.set_num_threads(task_threads(task, env))
+    """What a Ray worker runs: one task (with the torch thread count of a local run, as every task)."""
     os.environ.setdefault("XAIARENA_QUIET", "1")
     return run_task(task, env)
 

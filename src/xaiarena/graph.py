@@ -119,13 +119,26 @@ class Env:
     threads: int = 0  # torch threads of the process that started the run (0: this process' own)
 
 
-def task_threads(task: TaskSpec, env: Env) -> int:
-    """The torch thread count a task computes with: ``training.num_threads`` where the config sets it
-    (it holds from training on, as in a local run), else the thread count of the process that started
-    the run. Float sums in training and forward passes can depend on it, so every executor uses it."""
+def thread_count(unit: Unit, env: Env) -> int:
+    """The torch thread count a unit's work computes with, wherever it runs: ``training.num_threads``
+    where the config sets it, else the thread count of the process that started the run. Float sums
+    (training above all) depend on it, so every task, local or on Ray, uses it (:func:`unit_threads`)."""
     import torch
 
-    return task.unit.experiment().training.num_threads or env.threads or torch.get_num_threads()
+    return unit.experiment().training.num_threads or env.threads or torch.get_num_threads()
+
+
+@contextmanager
+def unit_threads(unit: Unit, env: Env) -> Iterator[None]:
+    """Compute with :func:`thread_count` threads; the process' count is restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(thread_count(unit, env))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _learned_labels(cfg: ExperimentConfig) -> list[str]:
@@ -309,6 +322,11 @@ class TaskResult:
 
 def run_task(task: TaskSpec, env: Env, say: Callable[[str], None] | None = None) -> TaskResult:
     """Execute one task (anywhere the run's cache folder is visible); see the module docstring."""
+    with unit_threads(task.unit, env):
+        return _run_task(task, env, say)
+
+
+def _run_task(task: TaskSpec, env: Env, say: Callable[[str], None] | None) -> TaskResult:
     ctx = context_for(task.unit, env)
     rec = StageRecorder(say)
     out = TaskResult(task.name, task.kind, task.unit.id)
@@ -343,4 +361,5 @@ def own_stages(task: TaskSpec, result: TaskResult) -> dict[str, dict[str, Any]]:
 
 
 __all__ = ["Env", "TaskResult", "TaskSpec", "Unit", "UnitContext", "context_for", "plan_tasks", "plan_units",
-           "own_stages", "progress", "run_task", "scored_labels", "task_threads", "view_members"]
+           "own_stages", "progress", "run_task", "scored_labels", "thread_count", "unit_threads",
+           "view_members"]

@@ -38,6 +38,7 @@ from .graph import (
     own_stages,
     plan_tasks,
     plan_units,
+    unit_threads,
     view_members,
 )
 from .modalities import N_PER_IMAGE_EXAMPLES, check_modalities
@@ -229,17 +230,18 @@ class Runner:
             return
         ctx = context_for(unit, env)
         rec = StageRecorder()
-        prep, fb = ctx.prep(rec), ctx.view(stages.F_B, rec)
-        maps = {}
-        for vname, labels in ctx.members.items():
-            for k in labels:
-                maps[k if vname == ctx.home[k] else f"{k}@{vname}"] = ctx.attribution(vname, k, rec).maps
-        name = unit.dataset + (f"@{unit.grid}" if unit.grid else "")
-        path = inside(self.run_dir, self.run_dir / "results" / "examples" / name)
-        study = self.cfg.study
-        more = {"n_examples": N_PER_IMAGE_EXAMPLES} if study is not None and "per_image" in study.analyses else {}
-        prep.mod.write_examples(path, prep.task, prep.index, fb.preds, _correct(prep, fb), maps, prep.inputs,
-                                prep.model, **more)
+        with unit_threads(unit, env):  # what is not cached yet is computed as a task would
+            prep, fb = ctx.prep(rec), ctx.view(stages.F_B, rec)
+            maps = {}
+            for vname, labels in ctx.members.items():
+                for k in labels:
+                    maps[k if vname == ctx.home[k] else f"{k}@{vname}"] = ctx.attribution(vname, k, rec).maps
+            name = unit.dataset + (f"@{unit.grid}" if unit.grid else "")
+            path = inside(self.run_dir, self.run_dir / "results" / "examples" / name)
+            study = self.cfg.study
+            more = {"n_examples": N_PER_IMAGE_EXAMPLES} if study is not None and "per_image" in study.analyses else {}
+            prep.mod.write_examples(path, prep.task, prep.index, fb.preds, _correct(prep, fb), maps, prep.inputs,
+                                    prep.model, **more)
 
     # ------------------------------------------------------------------ helpers
     def _write_results(self, results: Path, per_sample: pd.DataFrame, curves: pd.DataFrame) -> None:
@@ -424,7 +426,8 @@ def evaluation_samples(cfg: ExperimentConfig, run_dir: str | Path, dataset: str 
     try:
         ctx = context_for(unit, env)
         rec = StageRecorder()
-        prep, view = ctx.prep(rec), ctx.view(stages.F_B, rec)
+        with unit_threads(unit, env):  # a model not cached yet trains as in a run
+            prep, view = ctx.prep(rec), ctx.view(stages.F_B, rec)
         return RunSamples(dataset=dataset, model=prep.model, inputs=prep.inputs, targets=view.targets,
                           labels=prep.labels, masks=prep.masks, sample_ids=prep.sample_ids, seed=unit.seed,
                           batch_size=ctx.s.batch_size)

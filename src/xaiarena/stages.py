@@ -168,8 +168,6 @@ def prepare(s: Settings, dcfg: DataConfig, log_stage, stage_prefix: str | None =
                         None if pretrained else cfg.training.model_dump(), cfg.seed, s.amp)
     ckpt_dir = s.cache.path("models", mkey.hash)
     with log_stage(f"{prefix}/train") as info:
-        if cfg.training.num_threads:
-            torch.set_num_threads(cfg.training.num_threads)
         model = build_model(cfg.model.name, task, seed=cfg.seed, **cfg.model.params)
         if ckpt_dir.exists():
             s.cache.verify_dir(ckpt_dir, ["model.pt", "train.json"])
