@@ -241,19 +241,66 @@ def test_f_b_is_never_modified(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in f_b.state_dict().items())
 
 
-def test_batchnorm_model_f_b_buffers_untouched(tmp_path):
-    """A ResNet's BatchNorm running statistics belong to f_b too: f_s's training must not move them."""
+@pytest.mark.parametrize("batchnorm", ["frozen", "batch"])
+def test_batchnorm_model_f_b_buffers_untouched(tmp_path, batchnorm):
+    """A ResNet's BatchNorm running statistics belong to f_b too: f_s's training must not move them.
+    ``frozen`` (default) keeps f_s's running statistics at f_b's; ``batch`` (the authors' code) updates them."""
     from xaiarena.models import build_model
 
     task = _random_task(n_train=48, n_test=8)
     torch.manual_seed(0)
     f_b = build_model("resnet", task, depth=8, width=4).eval()
     before = {k: v.clone() for k, v in f_b.state_dict().items()}
-    diet = _fit(f_b, task, tmp_path, rounds=1)
+    diet = _fit(f_b, task, tmp_path, rounds=1, batchnorm=batchnorm)
     assert all(torch.equal(before[k], v) for k, v in f_b.state_dict().items())
-    bn = [k for k in before if k.endswith("running_mean")]
-    assert bn and any(not torch.equal(before[k], diet.f_s.state_dict()[k]) for k in bn)  # f_s's did move
+    after = diet.f_s.state_dict()
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    moved = [k for k in stats if not torch.equal(before[k], after[k])]
+    assert stats and (moved == [] if batchnorm == "frozen" else moved)
+    weights = [k for k in before if k.endswith(".weight")]
+    assert any(not torch.equal(before[k], after[k]) for k in weights)  # f_s did train either way
     assert diet.explain(diet.f_s, task.test.float_images(), task.test.labels).shape == (8, 16, 16)
+
+
+class _BnDropout(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(3)
+        self.drop = nn.Dropout(0.1)
+        self.lin = nn.Linear(3 * 16 * 16, 4)
+
+    def forward(self, x):
+        return self.lin(self.drop(self.bn(x).flatten(1)))
+
+
+@pytest.mark.parametrize("batchnorm", ["frozen", "batch"])
+def test_model_phase_runs_batchnorm_as_asked_and_dropout_in_train_mode(batchnorm):
+    task = _random_task(n_train=32, n_test=8)
+    f_b = _BnDropout().eval()
+    modes: dict[str, set[bool]] = {"bn": set(), "drop": set()}
+
+    def spy(name):
+        def hook(mod, args):
+            if torch.is_grad_enabled() and f_b_copy_trains(mod):  # the model phase: f_s's parameters train
+                modes[name].add(mod.training)
+        return hook
+
+    def f_b_copy_trains(mod):
+        return any(p.requires_grad for p in mod.parameters()) or any(
+            p.requires_grad for p in mod._owner.parameters())
+
+    for name in ("bn", "drop"):
+        mod = getattr(f_b, name)
+        object.__setattr__(mod, "_owner", f_b.lin)
+        mod.register_forward_pre_hook(spy(name))
+    _fit(f_b, task, rounds=1, model_max_epochs=1, batchnorm=batchnorm)  # f_s is a deep copy: hooks come along
+    assert modes["drop"] == {True}  # dropout trains in the model phase either way
+    assert modes["bn"] == {batchnorm == "batch"}
+
+
+def test_batchnorm_option_is_checked():
+    with pytest.raises(ValueError, match="batchnorm='running'.*frozen, batch"):
+        DiET(batchnorm="running")
 
 
 # --------------------------------------------------------------------------- test-time masks

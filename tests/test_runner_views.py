@@ -114,3 +114,34 @@ def test_attributions_are_read_by_their_recorded_key(tmp_path):
     later = time.time() + 10
     os.utime(decoy, (later, later))
     assert torch.equal(xaiarena.load(out).attributions("saliency"), maps)
+
+
+def test_maps_of_f_s_are_keyed_by_f_s_itself(tmp_path, monkeypatch):
+    """Same config, same fit key, another f_s (e.g. DiET's code or a default changed): nothing
+    cached from the old f_s is served; the maps of f_b stay cached."""
+    import torch
+
+    from xaiarena.explainers.diet import DiET
+
+    out = tmp_path / "r"
+    cfg = _cfg(["saliency", TINY_DIET], ["sparseness"])
+    first = xaiarena.run(cfg, out=out, overrides=TINY, show_progress=False)
+    again = xaiarena.run(cfg, out=out, overrides=TINY, show_progress=False)
+    hits = {k: v["cache_hit"] for k, v in again.info["stages"].items() if "/explain/" in k}
+    assert hits and all(hits.values())
+
+    original = DiET.explained_model
+
+    def other_f_s(self, model):
+        f_s = original(self, model)
+        with torch.no_grad():
+            next(f_s.parameters()).mul_(1.5)  # a different f_s from the same fit
+        return f_s
+
+    monkeypatch.setattr(DiET, "explained_model", other_f_s)
+    third = xaiarena.run(cfg, out=out, overrides=TINY, show_progress=False)
+    hits = {k: v["cache_hit"] for k, v in third.info["stages"].items() if "/explain/" in k}
+    assert hits["hard_mnist/explain/saliency"] is True
+    assert hits["hard_mnist/explain/saliency@f_s"] is False and hits["hard_mnist/explain/diet"] is False
+    assert not torch.equal(third.attributions("saliency", explained_model="f_s"),
+                           first.attributions("saliency", explained_model="f_s"))

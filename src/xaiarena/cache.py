@@ -15,6 +15,10 @@ data           dataset config (name, options, data_dir), seed
 model          data key, model config, training config (None for models that are
                never trained), seed, amp
 fit            model key, learned explainer config, seed  (DiET's f_s and masks)
+learned model  fit key, SHA-256 of the fitted model's weights (the key of the model a
+               learned explainer explains, e.g. DiET's f_s: content-addressed, so a
+               change of the explainer's code or defaults that changes f_s also
+               changes every key below it)
 explain        explained model's key, explainer config, evaluation sample ids, seed,
                target rule, RNG scheme version, the entry's postprocess steps
                (only when it has any)
@@ -108,6 +112,11 @@ def model_key(data: Key, model_cfg: dict[str, Any], training: dict[str, Any] | N
 
 def fit_key(model: Key, explainer_cfg: dict[str, Any], seed: int) -> Key:
     return _key("fit", {"model": model.hash, "explainer": explainer_cfg, "seed": seed})
+
+
+def learned_model_key(fit: Key, weights: str) -> Key:
+    """The key of a learned explainer's model (e.g. DiET's f_s): its fit and its weights' hash."""
+    return _key("learned_model", {"fit": fit.hash, "weights": weights})
 
 
 def explain_key(model: Key, explainer_cfg: dict[str, Any], ids_hash: str, seed: int, target: str,

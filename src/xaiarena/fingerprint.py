@@ -7,6 +7,9 @@ file invalidates what was computed from it. The fingerprint hashes every file's 
 (relative to the folder given), size and modification time (``st_mtime_ns``), not the
 contents: it is cheap on large folders, and copying files without keeping their times
 (``cp`` without ``-p``) only costs a recomputation.
+
+Models and tensors computed in memory (a learned explainer's ``f_s``) are fingerprinted by
+content instead (:func:`fingerprint_module`, :func:`fingerprint_tensor`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
+
+import torch
+from torch import nn
 
 
 def _entries(path: Path) -> Iterable[str]:
@@ -51,4 +57,27 @@ def files_fingerprint(*paths: str | os.PathLike | None) -> str:
     return h.hexdigest()[:16]
 
 
-__all__ = ["files_fingerprint"]
+
+def fingerprint_module(model: nn.Module) -> str:
+    """SHA-256 of a module's state (parameter and buffer values, names, dtypes)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim ok
+    return h.hexdigest()
+
+
+def fingerprint_tensor(*tensors: torch.Tensor) -> str:
+    """SHA-256 of tensors' values, dtypes and shapes."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim ok
+    return h.hexdigest()
+
+
+__all__ = ["files_fingerprint", "fingerprint_module", "fingerprint_tensor"]

@@ -29,8 +29,9 @@ from typing import Any
 import pandas as pd
 
 from . import stages
-from .cache import Cache
+from .cache import Cache, inside
 from .config import ComponentSpec, ExperimentConfig, grid_points
+from .modalities import N_PER_IMAGE_EXAMPLES
 from .registry import EXPLAINERS, METRICS
 from .utils import progress, resolve_device
 
@@ -85,7 +86,7 @@ def plan_units(cfg: ExperimentConfig) -> list[Unit]:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One node of the stage graph: ``kind`` in train, fit, explain, score."""
+    """One node of the stage graph: ``kind`` in train, fit, explain, score, examples."""
 
     kind: str
     unit: Unit
@@ -97,9 +98,9 @@ class TaskSpec:
     @property
     def name(self) -> str:
         """The stage name in run.json: ``<unit>/train``, ``<unit>/fit/<label>``, ``<unit>/explain/<label>``,
-        ``<unit>/metric/<label>``, with ``@<view>`` when not the component's own view."""
+        ``<unit>/metric/<label>``, with ``@<view>`` when not the component's own view; ``<unit>/examples``."""
         base = f"{self.unit.id}/{'metric' if self.kind == 'score' else self.kind}"
-        if self.kind == "train":
+        if self.kind in ("train", "examples"):
             return base
         name = f"{base}/{self.component}"
         return name if self.view in ("", self.home) else f"{name}@{self.view}"
@@ -199,6 +200,8 @@ def plan_tasks(units: list[Unit]) -> list[TaskSpec]:
                 if keys:
                     tasks.append(TaskSpec("score", u, v, spec.key, tuple(t.name for t in ts if t.component in keys),
                                           tuple(keys)))
+        if not u.replicate:  # example figures of the first replicate, where the unit's maps are in memory
+            tasks.append(TaskSpec("examples", u, deps=tuple(t.name for ts in explains.values() for t in ts)))
     return tasks
 
 
@@ -346,10 +349,31 @@ def _run_task(task: TaskSpec, env: Env, say: Callable[[str], None] | None) -> Ta
         view = ctx.view(task.view, rec)
         with rec.stage(task.name) as info:
             out.per_sample, out.curves = stages.score(ctx.s, ctx.prep(rec), view, spec, metric, attrs, info)
+    elif task.kind == "examples":
+        with rec.stage(task.name):
+            write_examples(ctx, env, rec)
     else:  # pragma: no cover - plan_tasks makes only these
         raise ValueError(f"unknown task kind '{task.kind}'")
     out.stages = rec.stages
     return out
+
+
+def write_examples(ctx: UnitContext, env: Env, rec: StageRecorder) -> None:
+    """A few samples of the unit (``results/examples/<dataset>[@<grid>]``) with every explainer's maps:
+    a map of the explainer's own view under its name, of another view as ``<explainer>@<view>``."""
+    unit = ctx.unit
+    prep, fb = ctx.prep(rec), ctx.view(stages.F_B, rec)
+    maps = {}
+    for vname, labels in ctx.members.items():
+        for k in labels:
+            maps[k if vname == ctx.home[k] else f"{k}@{vname}"] = ctx.attribution(vname, k, rec).maps
+    name = unit.dataset + (f"@{unit.grid}" if unit.grid else "")
+    run_dir = Path(env.run_dir)
+    path = inside(run_dir, run_dir / "results" / "examples" / name)
+    study = ctx.cfg.study
+    more = {"n_examples": N_PER_IMAGE_EXAMPLES} if study is not None and "per_image" in study.analyses else {}
+    prep.mod.write_examples(path, prep.task, prep.index, fb.preds, stages.correct_predictions(prep, fb), maps,
+                            prep.inputs, prep.model, **more)
 
 
 def own_stages(task: TaskSpec, result: TaskResult) -> dict[str, dict[str, Any]]:
@@ -362,4 +386,4 @@ def own_stages(task: TaskSpec, result: TaskResult) -> dict[str, dict[str, Any]]:
 
 __all__ = ["Env", "TaskResult", "TaskSpec", "Unit", "UnitContext", "context_for", "plan_tasks", "plan_units",
            "own_stages", "progress", "run_task", "scored_labels", "thread_count", "unit_threads",
-           "view_members"]
+           "view_members", "write_examples"]

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from . import stages, stats
-from .cache import Cache, inside, stable_hash
+from .cache import Cache, stable_hash
 from .config import ExperimentConfig, load_config
 from .errors import RunError
 from .executors import make_executor
@@ -41,7 +41,7 @@ from .graph import (
     unit_threads,
     view_members,
 )
-from .modalities import N_PER_IMAGE_EXAMPLES, check_modalities
+from .modalities import check_modalities
 from .registry import EXPLAINERS, METRICS
 from .utils import (
     atomic_to_csv,
@@ -167,8 +167,6 @@ class Runner:
 
             try:
                 self.executor.run(tasks, env, on_result)
-                for u in units:
-                    self._write_examples(u, env)
             finally:
                 forget_contexts(env.run_dir)
             for spec in cfg.metrics:
@@ -223,26 +221,6 @@ class Runner:
     def _metric_meta(self, spec) -> None:
         self.metrics_meta.update(stages.metric_meta(spec, METRICS.create(spec.name, **spec.params)))
 
-    def _write_examples(self, unit: Unit, env: Env) -> None:
-        """A few samples of each (dataset, grid point), first replicate, with every explainer's maps: a map
-        of the explainer's own view under its name, of another view as ``<explainer>@<view>``."""
-        if unit.replicate:
-            return
-        ctx = context_for(unit, env)
-        rec = StageRecorder()
-        with unit_threads(unit, env):  # what is not cached yet is computed as a task would
-            prep, fb = ctx.prep(rec), ctx.view(stages.F_B, rec)
-            maps = {}
-            for vname, labels in ctx.members.items():
-                for k in labels:
-                    maps[k if vname == ctx.home[k] else f"{k}@{vname}"] = ctx.attribution(vname, k, rec).maps
-            name = unit.dataset + (f"@{unit.grid}" if unit.grid else "")
-            path = inside(self.run_dir, self.run_dir / "results" / "examples" / name)
-            study = self.cfg.study
-            more = {"n_examples": N_PER_IMAGE_EXAMPLES} if study is not None and "per_image" in study.analyses else {}
-            prep.mod.write_examples(path, prep.task, prep.index, fb.preds, _correct(prep, fb), maps, prep.inputs,
-                                    prep.model, **more)
-
     # ------------------------------------------------------------------ helpers
     def _write_results(self, results: Path, per_sample: pd.DataFrame, curves: pd.DataFrame) -> None:
         atomic_to_parquet(per_sample, results / "per_sample.parquet")
@@ -292,13 +270,6 @@ class Runner:
             "metrics_meta": self.metrics_meta,
         }
         atomic_write_text(self.run_dir / "run.json", dumps_json(data))
-
-
-def _correct(prep: stages.Prepared, view: stages.View) -> torch.Tensor:
-    from .models.training import correct_predictions
-
-    ok = correct_predictions(prep.model, view.preds, prep.labels, prep.task)
-    return (view.preds == prep.labels) if ok is None else ok
 
 
 def auto_batch_size(model: torch.nn.Module, inputs: Any, device: torch.device, *, fraction: float = 0.5,

@@ -41,6 +41,7 @@ from . import cache as ck
 from . import postprocess
 from .config import ComponentSpec, DataConfig, ExperimentConfig, MetricSpec
 from .errors import ConfigError
+from .fingerprint import fingerprint_module
 from .modalities import modality_for
 from .registry import DATASETS, MODELS
 from .utils import progress
@@ -249,6 +250,15 @@ def view_of(s: Settings, prep: Prepared, name: str, model: torch.nn.Module, key:
     return View(name, model, key, targets, preds)
 
 
+def correct_predictions(prep: Prepared, view: View) -> torch.Tensor:
+    """Which of the evaluation samples ``view``'s model classifies correctly (the model's own rule
+    where it has one, e.g. multi-label; else prediction == label)."""
+    from .models.training import correct_predictions as model_rule
+
+    ok = model_rule(view.model, view.preds, prep.labels, prep.task)
+    return (view.preds == prep.labels) if ok is None else ok
+
+
 def fixed_targets(target: Any, prep: Prepared, model, n: int) -> torch.Tensor | None:
     """``evaluation.target`` as one class for every sample (an index, or a class name of the model's
     outputs, else of the dataset's classes); None for ``label``/``prediction``."""
@@ -282,7 +292,9 @@ def fit_learned(s: Settings, prep: Prepared, spec: ComponentSpec, explainer, vie
     fit_dir = s.cache.path("explainers", prep.key, fkey.hash)
     explainer.fit(prep.model, prep.task, device=s.device, generator=torch.Generator().manual_seed(s.seed),
                   cache_dir=fit_dir)
-    return view_of(s, prep, view_name, explainer.explained_model(prep.model), fkey)
+    model = explainer.explained_model(prep.model)
+    # keyed by content: a fit that gives another model (new code or defaults) re-keys what depends on it
+    return view_of(s, prep, view_name, model, ck.learned_model_key(fkey, fingerprint_module(model)))
 
 
 # --------------------------------------------------------------------------- explain

@@ -36,6 +36,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 
+from ..fingerprint import fingerprint_module, fingerprint_tensor
 from ..registry import EXPLAINERS
 from ._utils import (
     BASELINES,
@@ -50,7 +51,6 @@ from ._utils import (
     target_scores,
 )
 from .base import REDUCTIONS, Explainer, Reduction, reduce_channels
-from .diet.core import fingerprint_module, fingerprint_tensor
 
 log = logging.getLogger(__name__)
 

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...fingerprint import fingerprint_module, fingerprint_tensor  # noqa: F401 - re-exported
 from ...utils import atomic_save_torch, atomic_write_text, eval_mode, load_torch, progress
 
 #: ``get_batch(index) -> inputs`` on the training device, for a 1-D LongTensor of sample indices
@@ -200,6 +201,13 @@ class Masker(Protocol):
 
 
 _INT_FIELDS = frozenset({"rounds", "batch_size", "mask_max_epochs", "model_max_epochs", "test_max_steps"})
+_STR_FIELDS = frozenset({"batchnorm"})
+# How f_s's BatchNorm layers run in the model phase. "frozen": in eval mode (f_b's running
+# statistics, never updated; the affine weights still train), so f_s normalises clean and masked
+# inputs in training exactly as when it is evaluated. "batch": in train mode, as the authors'
+# code (batch statistics; running statistics updated by the clean and the masked forward pass in
+# turn, so at evaluation time masked inputs are normalised with statistics of a clean/masked mix).
+BATCHNORM_MODES = ("frozen", "batch")
 
 
 @dataclass(frozen=True)
@@ -224,6 +232,7 @@ class DietConfig:
     test_sparsity_weight: float = 1.0
     test_tol: float = 0.002
     test_max_steps: int | None = None
+    batchnorm: str = "frozen"
 
     def __post_init__(self) -> None:
         checks = {
@@ -233,10 +242,12 @@ class DietConfig:
             "test_lr": self.test_lr is None or self.test_lr > 0,
             "test_sparsity_weight": self.test_sparsity_weight >= 0, "test_tol": self.test_tol >= 0,
             "test_max_steps": self.test_max_steps is None or self.test_max_steps >= 1,
+            "batchnorm": self.batchnorm in BATCHNORM_MODES,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError("invalid DiET settings: " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad))
+            raise ValueError("invalid DiET settings: " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
+                             + (f" (batchnorm: one of {', '.join(BATCHNORM_MODES)})" if "batchnorm" in bad else ""))
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> DietConfig:
@@ -246,7 +257,10 @@ class DietConfig:
         for f in fields(cls):
             if f.name in options:
                 v = options[f.name]
-                values[f.name] = None if v is None else (int(v) if f.name in _INT_FIELDS else float(v))
+                if f.name in _STR_FIELDS:
+                    values[f.name] = str(v)
+                else:
+                    values[f.name] = None if v is None else (int(v) if f.name in _INT_FIELDS else float(v))
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -295,27 +309,6 @@ class DietResult:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def fingerprint_module(model: nn.Module) -> str:
-    """SHA-256 of a module's state (parameter and buffer values, names, dtypes)."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim ok
-    return h.hexdigest()
-
-
-def fingerprint_tensor(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim ok
-    return h.hexdigest()
 
 
 @contextmanager
@@ -528,6 +521,10 @@ class DietTrainer:
         epochs: list[dict[str, float]] = []
         losses: list[float] = []
         f_s.train()
+        if cfg.batchnorm == "frozen":
+            for mod in f_s.modules():
+                if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                    mod.eval()
         bar = progress(range(cfg.model_max_epochs), desc=f"DiET f_s (round {k + 1}/{cfg.rounds})",
                        disable=not self.show_progress)
         # a private global RNG stream for layers such as dropout, so resuming is exact

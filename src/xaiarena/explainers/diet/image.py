@@ -137,6 +137,9 @@ class DiET(DietFitMixin, Explainer):
     background std at test time; ``None`` = ``background_std``), ``test_lr``
     (``None`` = ``mask_lr``), ``test_sparsity_weight``, ``test_tol``,
     ``test_max_steps`` (``None`` = the horizon of :meth:`DietConfig.test_horizon`),
+    ``batchnorm`` (``frozen``: f_s's BatchNorm layers keep f_b's running statistics in the
+    model phase, so masked inputs are normalised in training as at evaluation; ``batch``: the
+    authors' code, train-mode BatchNorm; no effect on models without BatchNorm),
     and ``seed`` (default: drawn from the generator given to :meth:`fit`). Defaults
     are sized for hard_mnist (64x64) in ~5 minutes on 2 CPU cores and were chosen on
     training-split images (``benchmarks/tune_diet.py``); see docs/diet.md.
@@ -172,6 +175,7 @@ class DiET(DietFitMixin, Explainer):
         test_sparsity_weight: float = 8.0,
         test_tol: float = 0.002,
         test_max_steps: int | None = None,
+        batchnorm: str = "frozen",
         seed: int | None = None,
     ):
         if background not in BACKGROUNDS:

@@ -101,7 +101,7 @@ class TextDiET(DietFitMixin, TextExplainer):
     ``mask_lr`` (SGD on the batch-mean loss), ``model_lr`` (Adam on ``f_s``),
     ``mask_tol``/``model_tol``, ``mask_max_epochs``/``model_max_epochs``,
     ``test_lr``, ``test_sparsity_weight``, ``test_tol``, ``test_max_steps``,
-    ``seed``), plus ``baseline`` (``mask``, ``pad``, ``unk``): the token whose
+    ``batchnorm``, ``seed``), plus ``baseline`` (``mask``, ``pad``, ``unk``): the token whose
     embedding masked words blend towards.
     Defaults: ``mask_lr`` 100, ``model_lr`` 5e-6 and ``test_lr`` 50 were chosen by rationale F1
     on 160 planted_sentiment *training* texts DiET did not learn masks for (never the test
@@ -132,6 +132,7 @@ class TextDiET(DietFitMixin, TextExplainer):
         test_sparsity_weight: float = 1.0,
         test_tol: float = 0.005,
         test_max_steps: int = 20,
+        batchnorm: str = "frozen",
         seed: int | None = None,
     ):
         if baseline not in BASELINES:
