@@ -10,9 +10,15 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from xaiarena.data import load_task  # noqa: E402
-from xaiarena.explainers.diet.core import fingerprint_module  # noqa: E402
+from xaiarena.explainers.diet.core import (  # noqa: E402
+    DietConfig,
+    DietTrainer,
+    fingerprint_module,
+    optimise_test_masks,
+)
 from xaiarena.explainers.diet.text import TextDiET, TextMasker  # noqa: E402
 from xaiarena.registry import EXPLAINERS  # noqa: E402
+from xaiarena.utils import load_torch  # noqa: E402
 
 QUICK = {"n_train": 120, "rounds": 1, "mask_max_epochs": 2, "model_max_epochs": 1, "test_max_steps": 6,
          "batch_size": 32, "seed": 0}
@@ -92,6 +98,8 @@ def test_registration_and_errors(planted):
     assert entry.meta["modality"] == ("text",)
     with pytest.raises(ValueError, match="baseline='black'"):
         TextDiET(baseline="black")
+    with pytest.raises(ValueError, match="lr_words=0 must be > 0"):
+        TextDiET(lr_words=0)
     with pytest.raises(RuntimeError, match="fitted first"):
         TextDiET().explained_model(planted[1])
     image_task = load_task("hard_mnist", n_train=20, n_test=10)
@@ -139,7 +147,7 @@ def test_f_s_is_served_from_the_cache_a_randomised_copy_is_reoptimised(planted, 
 
 
 @pytest.mark.parametrize("setting", [{"test_lr": 150.0}, {"test_max_steps": 3}, {"test_sparsity_weight": 3.0},
-                                     {"test_tol": 0.5}, {"baseline": "pad"}])
+                                     {"test_tol": 0.5}, {"baseline": "pad"}, {"lr_words": 3.0}])
 def test_test_time_settings_are_part_of_the_text_mask_cache_key(planted, fitted, setting):
     """Issue 12.5 for text: another test-time setting on the same cache folder reuses the fit but never
     the cached test masks."""
@@ -149,8 +157,45 @@ def test_test_time_settings_are_part_of_the_text_mask_cache_key(planted, fitted,
     maps = diet.explain(diet.explained_model(model), x, y)
     other = TextDiET(**{**QUICK, **setting})
     other.fit(model, task, device=torch.device("cpu"), cache_dir=cache)
-    assert other.report()["cache_hit"] is ("baseline" not in setting)
+    assert other.report()["cache_hit"] is not ({"baseline", "lr_words"} & set(setting))
     got = other.explain(other.explained_model(model), x, y)
     assert not torch.allclose(got, maps)
     other._test_cache.clear()  # what it served is what it computes afresh
     assert torch.allclose(other.explain(other.explained_model(model), x, y), got, atol=1e-5)
+
+
+class _Constant(torch.nn.Module):
+    """A text classifier whose output ignores its input: only DiET's sparsity term moves a mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.tensor([0.3, -0.2]))
+
+    def forward(self, batch):
+        return self.logits.expand(len(batch), 2)
+
+
+@pytest.mark.parametrize("lr_words", [None, 3.0])
+def test_lr_words_gives_every_word_the_same_step_in_training_and_at_test_time(planted, tmp_path, lr_words):
+    """The sparsity gradient of a word is w / n_words; with lr_words a text's rate is lr * n / lr_words,
+    so one step lowers every word of every text by lr * w / (batch * lr_words). Without it, a word of a
+    long text moves n_short / n_long as far as a word of a short one."""
+    _, model = planted
+    x = model.encode(["wonderful", "a really long and rather dull film about many people"])
+    n = x.n_words.float()
+    assert n[1] > 3 * n[0]
+    cfg = DietConfig(rounds=1, batch_size=2, mask_lr=2.0, test_lr=2.0, mask_max_epochs=1, model_max_epochs=1,
+                     test_max_steps=1, test_tol=0.0)
+    expected = 2.0 / 2 / (n if lr_words is None else torch.full_like(n, lr_words))
+    masker = TextMasker(x.max_words, "mask", lr_words)
+    assert masker.describe().get("lr_words") == lr_words
+
+    def steps(masks):
+        return [1 - masks[i, : int(n[i])] for i in range(2)]
+
+    test_masks, _ = optimise_test_masks(_Constant(), x, masker, cfg)
+    DietTrainer(masker, cfg, cache_dir=tmp_path, show_progress=False).fit(_Constant(), lambda idx: x[idx], 2)
+    train_masks = load_torch(tmp_path / "masks_round0_before_rounding.pt")
+    for masks in (test_masks, train_masks):
+        for step, want in zip(steps(masks), expected, strict=True):
+            assert torch.allclose(step, torch.full_like(step, float(want)), atol=1e-6)

@@ -135,6 +135,17 @@ def masker_sparsity(masker: Any, expanded_masks: torch.Tensor, inputs: Any) -> t
     return fn(expanded_masks, inputs) if fn is not None else mask_sparsity(expanded_masks)
 
 
+def masker_lr_scale(masker: Any, inputs: Any, like: torch.Tensor) -> torch.Tensor | float:
+    """Per-sample factors on the mask learning rate, shaped to broadcast against the masks
+    ``like`` (``(N, ...)``): ``masker.lr_scale(inputs)`` where the masker defines it and
+    returns one, else ``1.0``."""
+    fn = getattr(masker, "lr_scale", None)
+    scale = fn(inputs) if fn is not None else None
+    if scale is None:
+        return 1.0
+    return scale.to(like.device, like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
 def masker_l0(masker: Any, expanded_masks: torch.Tensor, inputs: Any) -> torch.Tensor:
     """``masker.l0(expanded_masks, inputs)`` where the masker defines it, else :func:`mask_l0`."""
     fn = getattr(masker, "l0", None)
@@ -194,7 +205,9 @@ class Masker(Protocol):
         """JSON-able settings (part of the cache key)."""
 
     # Optional: ``sparsity(expanded_masks, inputs) -> (N,)`` and ``l0(expanded_masks, inputs) -> (N,)``
-    # replace mask_sparsity/mask_l0 when some mask entries are not part of a sample (text padding).
+    # replace mask_sparsity/mask_l0 when some mask entries are not part of a sample (text padding);
+    # ``lr_scale(inputs) -> (N,) | None`` multiplies each sample's mask learning rate (text: by
+    # length, so that every word's step is the same for short and long texts).
 
 
 # --------------------------------------------------------------------------- configuration
@@ -216,7 +229,7 @@ class DietConfig:
 
     ``mask_lr`` is the SGD learning rate on the batch-mean mask loss, so each
     sample's mask moves by ``mask_lr / batch_size`` times its own gradient per
-    step; test-time optimisation uses the same per-sample step (see
+    step (times the masker's per-sample ``lr_scale``, where it has one); test-time optimisation uses the same per-sample step (see
     :func:`optimise_test_masks`).
     """
 
@@ -506,7 +519,8 @@ class DietTrainer:
                     loss = terms["loss"].mean()
                     (grad,) = torch.autograd.grad(loss, m)
                     with torch.no_grad():
-                        masks[idx] = (m - cfg.mask_lr * grad).clamp_(0, 1).cpu()
+                        lr = cfg.mask_lr * masker_lr_scale(self.masker, x, m)
+                        masks[idx] = (m - lr * grad).clamp_(0, 1).cpu()
                     acc.add(terms, p_fb[idx], p_m, None if labels is None else labels[idx], masker_l0(self.masker, m_up.detach(), x))
                 rec = acc.result()
                 epochs.append(rec)
@@ -652,7 +666,8 @@ def optimise_test_masks(
     The masks of different samples are independent problems, and they are solved
     independently: each sample's step is ``lr / batch_size`` times its own
     gradient (the step a batch-mean loss gives in training; ``lr`` is
-    ``config.test_lr`` or ``config.mask_lr``), each sample stops on its own when
+    ``config.test_lr`` or ``config.mask_lr``, times the masker's ``lr_scale`` of the
+    sample where it has one), each sample stops on its own when
     its loss changes by at most ``test_tol`` (relative) against two steps earlier
     or after ``test_max_steps`` steps, and the background at step ``t`` is the
     ``t``-th draw of a generator seeded by ``seed``, shared by all samples. So a
@@ -692,7 +707,7 @@ def optimise_test_masks(
                 per_sample = cfg.test_sparsity_weight * masker_sparsity(masker, m_up, x_sub) + prob_l1(p_clean[sub], p_m)
                 (grad,) = torch.autograd.grad(per_sample.sum(), m)
                 with torch.no_grad():
-                    masks[sub] = (m - step * grad).clamp_(0, 1)
+                    masks[sub] = (m - step * masker_lr_scale(masker, x_sub, m) * grad).clamp_(0, 1)
                     losses[t, sub] = per_sample.detach()
             steps_taken[idx] += 1
             if t >= 2 and cfg.test_tol > 0:
