@@ -26,7 +26,7 @@ from PIL import Image
 from xaiarena.report.html import diet_rows
 from xaiarena.report.loading import load_run
 from xaiarena.report.narrative import learned_report
-from xaiarena.report.study import agreement_bands, reference_rows
+from xaiarena.report.study import agreement_bands, improvement, reference_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("bars", "improvement", "accuracy", "preview", "overlays", "lime", "fgbg", "agreement", "heatmaps")
@@ -82,6 +82,18 @@ def page(run_dir: Path, command: str, load: str | None, fig_dir: Path, fig_rel: 
                            r["source"]] for r in rows],
                          ["metric", "explainer", "dataset", "source", "ours", "our CI / test", "agrees", "from"]), ""]
         lines += [f"* {o}" for o in orderings] + [""]
+    imp = improvement(data, study) if "improvement" in set(study.get("analyses") or []) else None
+    if imp:
+        lines += [f"## Improvement: {imp['a']} minus {imp['b']} on {imp['metric']} (the source's table)", "",
+                  "Per dataset: the difference of the two means and the paired t-test over images (Holm, "
+                  "d_z = mean difference / SD of the differences). Across datasets: the source's paired t-test "
+                  "and pooled-SD Cohen's d over the per-dataset means (n = datasets, a separate and much weaker "
+                  "analysis: it asks whether the mean difference is consistent across datasets, not per image).", ""]
+        for v in imp["views"]:
+            lines += [f"**{v['label']}**: {imp['a']} better on {v['wins']} datasets; across datasets {v['across']}.",
+                      "", _table([[r["dataset"], r["a"], r["b"], r["diff"], r["better"], r["test"]] for r in v["rows"]],
+                                 ["dataset", imp["a"], imp["b"], "difference", f"{imp['a']} better",
+                                  "per-image test"]), ""]
     if "agreement_bands" in set(study.get("analyses") or []):
         bands = agreement_bands(data)
         if bands:

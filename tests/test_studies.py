@@ -234,4 +234,22 @@ def test_quick_study_runs_offline(path, tmp_path, monkeypatch):
     assert len(res.summary) and res.summary["n"].min() >= 1
     if path.stem in CHECKS:
         CHECKS[path.stem](res.run_dir)
+    _check_results_page(path, res.run_dir, tmp_path / "page")
     assert seconds < 600
+
+
+def _check_results_page(path: Path, run_dir: Path, out: Path) -> None:
+    """benchmarks/study_page.py turns the run into a results page with the study's own analyses."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("study_page", ROOT / "benchmarks" / "study_page.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = mod.page(run_dir, "xaiarena run ...", "0.1 -> 0.2", out, "figs", answer="ours")
+    study = load_config(path).study
+    assert "**What we found.** ours" in text and "## How this was run" in text
+    assert ("## Protocol: the source and ours" in text) is bool(load_config(path).protocol)
+    analyses = set(study.analyses) if study is not None else set()
+    assert ("## Improvement:" in text) is ("improvement" in analyses)
+    assert ("## Agreement bands" in text) is ("agreement_bands" in analyses)
+    assert "= <" not in text

@@ -10,6 +10,7 @@ import pytest
 import xaiarena
 from xaiarena.errors import ConfigError
 from xaiarena.report.study import reference_rows
+from xaiarena.report.tables import p_eq
 
 PRESETS = {"data": "hard_mnist", "model": "lenet", "explainers": ["saliency"], "metrics": ["sparseness"],
            "presets": {"small": {"training.epochs": 1, "evaluation.n_samples": 4}}}
@@ -46,3 +47,10 @@ def test_reference_values_and_ranges_are_judged_by_our_ci_and_orderings_need_two
     assert "the same ordering" in orderings[0]
     _, only_a = reference_rows(data, refs[:2])
     assert only_a == []  # one explainer, given twice: no ordering to compare
+
+
+@pytest.mark.parametrize(("p", "text"), [(0.0312, "p = 0.031"), (0.004, "p = 0.0040"), (3e-7, "p < 0.0001"),
+                                         (float("nan"), "p = –")])
+def test_p_values_read_as_a_relation(p, text):
+    """The smallest p-values read 'p < 0.0001', never 'p = < 0.0001'."""
+    assert p_eq("p", p) == text

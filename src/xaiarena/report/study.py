@@ -25,7 +25,7 @@ from scipy import stats as sps
 
 from .. import stats
 from .loading import RunData
-from .tables import fmt, fmt_p
+from .tables import fmt, fmt_p, p_eq
 
 BANDS = ((0.7, "high"), (0.4, "moderate"), (-math.inf, "low"))
 FG_BG_STATS = {"t": "statistic", "effect_size": "effect_size", "p_value": "p_value"}
@@ -88,7 +88,7 @@ def reference_rows(data: RunData, refs: list[dict[str, Any]]) -> tuple[list[dict
                     row["agrees"] = "yes" if (ours < 0.05) == (value < 0.05) else "no"
                 else:
                     row["agrees"] = "yes" if np.sign(ours) == np.sign(value) and (r["p_value"] < 0.05) else "no"
-                row["ci"] = f"n = {int(r['n'])}, p = {fmt_p(r['p_value'])}"
+                row["ci"] = f"n = {int(r['n'])}, {p_eq('p', r['p_value'])}"
             rows.append(row)
             continue
         s = _summary_row(data.summary, dataset, view, explainer, metric) if dataset else None
@@ -157,7 +157,7 @@ def improvement(data: RunData, study: dict[str, Any]) -> dict[str, Any] | None:
                 if len(sel):
                     r = sel.iloc[0]
                     dz = float(r["effect_size"]) * (1 if r["explainer_a"] == a else -1)
-                    test = f"p_holm = {fmt_p(r['p_holm'])}, d_z = {fmt(dz, 2)}"
+                    test = f"{p_eq('p_holm', r['p_holm'])}, d_z = {fmt(dz, 2)}"
             rows.append({"dataset": d, "a": fmt(ra["mean"], 4), "b": fmt(rb["mean"], 4), "diff": f"{diff:+.4f}",
                          "better": "yes" if better else "no", "test": test or "–"})
             av.append(float(ra["mean"]))
@@ -167,7 +167,7 @@ def improvement(data: RunData, study: dict[str, Any]) -> dict[str, Any] | None:
         across = "fewer than 3 datasets: the source skips its paired t-test"
         if len(av) >= 3:
             t, p = stats.paired_t(np.array(av) - np.array(bv))
-            across = f"t = {fmt(t, 3)}, p = {fmt_p(p)}"
+            across = f"t = {fmt(t, 3)}, {p_eq('p', p)}"
         across += f"; Cohen's d (pooled SD, the source's) = {fmt(pooled_cohens_d(av, bv), 3)}" if len(av) >= 2 else ""
         wins = sum(r["better"] == "yes" for r in rows)
         out.append({"label": f"{a} on {va} vs {b} on {vb}" + (" (the source's pairing: different models)"

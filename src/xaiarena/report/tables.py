@@ -97,6 +97,12 @@ def fmt_seconds(s: Any) -> str:
     return f"{s / 60:.1f} min"
 
 
+def p_eq(name: str, p: Any) -> str:
+    """``"name = 0.012"``, or ``"name < 0.0001"`` for the smallest values (never ``"= < ..."``)."""
+    text = fmt_p(p)
+    return f"{name} {text}" if text.startswith("<") else f"{name} = {text}"
+
+
 def fmt_percent(x: Any) -> str:
     try:
         x = float(x)
@@ -192,12 +198,12 @@ def results_table(
                     cell.title += "; best mean"
                 elif v["significant"]:
                     cell.marks = stars(float(v["p_holm"]), alpha)
-                    cell.title += f"; worse than {v['best']}, p_holm = {fmt_p(v['p_holm'])}"
+                    cell.title += f"; worse than {v['best']}, {p_eq('p_holm', v['p_holm'])}"
                 elif np.isfinite(s["mean"]):
                     cell.css = "tie"
                     cell.title += f"; not significantly different from {v['best']}"
                     if np.isfinite(v["p_holm"]):
-                        cell.title += f" (p_holm = {fmt_p(v['p_holm'])})"
+                        cell.title += f" ({p_eq('p_holm', v['p_holm'])})"
             cells.append(cell)
         er = ranks[ranks["explainer"] == e]["rank"].dropna()
         rows.append({
