@@ -229,7 +229,8 @@ class DietConfig:
 
     ``mask_lr`` is the SGD learning rate on the batch-mean mask loss, so each
     sample's mask moves by ``mask_lr / batch_size`` times its own gradient per
-    step (times the masker's per-sample ``lr_scale``, where it has one); test-time optimisation uses the same per-sample step (see
+    step (times the masker's per-sample ``lr_scale``, where it has one);
+    test-time optimisation uses the same per-sample step (see
     :func:`optimise_test_masks`).
     """
 
