@@ -375,3 +375,20 @@ def test_lime_superpixels_figure_and_per_image_names(tmp_path):
     ex = dict(np.load(run_dir / "results" / "examples" / "hard_mnist.npz"))
     assert lime_superpixels(ex, ["lime_top10"]) is not None
     assert lime_superpixels(ex, ["not_there"]) is None
+
+
+@pytest.mark.parametrize(("report", "expected"), [
+    ({"mask_unit": "word", "train_mask_l0_fraction": 0.997, "test_converged_fraction": 0.9},
+     ["keep 99.7% of the words", "lr_words"]),
+    ({"train_mask_l0_fraction": 0.01, "test_converged_fraction": 0.9}, ["keep only 1.0% of the pixels", "collapsed"]),
+    ({"train_mask_l0_fraction": 0.4, "test_converged_fraction": 0.02}, ["converged for only 2.0% of the samples"]),
+    ({"train_mask_l0_fraction": 0.4, "test_converged_fraction": 0.6}, []),
+    ({}, []),
+])
+def test_diet_fit_reports_that_say_little_are_flagged(report, expected):
+    """The report warns when DiET's training masks kept (nearly) everything or nothing, or when most
+    test-time masks stopped at the step horizon; a sound fit gets no caution."""
+    from xaiarena.report.narrative import learned_cautions
+
+    text = " ".join(learned_cautions(report))
+    assert all(e in text for e in expected) and (bool(text) is bool(expected)), text

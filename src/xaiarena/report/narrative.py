@@ -115,8 +115,37 @@ def dataset_reading(
         if isinstance(agree, (int, float)) and np.isfinite(agree):
             s += f"; f_s agrees with f_b on {fmt_percent(agree)} of predictions"
         out.append(s + ".")
+        out += learned_cautions(diet)
     if untested and len(untested) == len(metrics):
         out.append("No paired tests were available, so no difference is claimed as significant.")
+    return out
+
+
+#: training masks keeping at least this fraction of the input barely moved from "keep everything";
+#: at most MASKS_EMPTY, they kept (almost) nothing; test-time masks of fewer than HORIZON_SHARE of the
+#: samples converged means most maps are the state of an unfinished optimisation
+MASKS_FULL, MASKS_EMPTY, HORIZON_SHARE = 0.95, 0.02, 0.5
+
+
+def learned_cautions(report: dict[str, Any]) -> list[str]:
+    """Sentences warning that a DiET fit report shows masks that say little: training masks that
+    kept (nearly) everything or nothing, test-time masks that mostly stopped at the step horizon."""
+    out: list[str] = []
+    unit = "words" if report.get("mask_unit") == "word" else "pixels"
+    kept = report.get("train_mask_l0_fraction")
+    if isinstance(kept, (int, float)) and np.isfinite(kept):
+        if kept >= MASKS_FULL:
+            hint = ("text_diet's lr_words gives the words of long texts the step of short ones" if unit == "words"
+                    else "a larger mask_lr moves each mask cell further per step")
+            out.append(f"Caution: DiET's training masks keep {fmt_percent(kept)} of the {unit}, so f_s was hardly "
+                       f"trained on erased inputs (the masks barely moved from 'keep everything'; {hint}).")
+        elif kept <= MASKS_EMPTY:
+            out.append(f"Caution: DiET's training masks keep only {fmt_percent(kept)} of the {unit}: they "
+                       "collapsed to (almost) nothing (a smaller mask_lr moves each mask unit less per step).")
+    conv = report.get("test_converged_fraction")
+    if isinstance(conv, (int, float)) and np.isfinite(conv) and conv < HORIZON_SHARE:
+        out.append(f"Caution: DiET's test-time masks converged for only {fmt_percent(conv)} of the samples; the "
+                   "others stopped at the step horizon, so its maps are those of an unfinished optimisation.")
     return out
 
 
