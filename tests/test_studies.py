@@ -246,10 +246,10 @@ def _check_results_page(path: Path, run_dir: Path, out: Path) -> None:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     text = mod.page(run_dir, "xaiarena run ...", "0.1 -> 0.2", out, "figs", answer="ours")
-    study = load_config(path).study
+    cfg = load_config(path)
     assert "**What we found.** ours" in text and "## How this was run" in text
-    assert ("## Protocol: the source and ours" in text) is bool(load_config(path).protocol)
-    analyses = set(study.analyses) if study is not None else set()
+    assert ("## Protocol: the source and ours" in text) is bool(cfg.protocol)
+    analyses = set(cfg.study.analyses) if cfg.study is not None else set()
     assert ("## Improvement:" in text) is ("improvement" in analyses)
     assert ("## Agreement bands" in text) is ("agreement_bands" in analyses)
     assert "= <" not in text
