@@ -184,7 +184,7 @@ class _Propagation:
                 return [(1.0, 1.0, 0, ones, torch.ones_like(w), None)]
             return [(1.0, 1.0, 0, ones, w * w, None if b is None else b * b)]
         if rule == "zbox":
-            low, high = (t.to(x.dtype).expand_as(x) for t in bounds)
+            low, high = (t.to(device=x.device, dtype=x.dtype).expand_as(x) for t in bounds)
             return [
                 (1.0, 1.0, 0, x, w, b),
                 (-1.0, -1.0, 0, low, wp, bp),
