@@ -373,10 +373,11 @@ def test_lrp_on_a_user_model_with_functional_max_pooling():
     )
 
 
-def test_lrp_on_efficientnet_lite0():
-    """Depthwise convolutions, ReLU6, BatchNorm after every convolution, residual additions, 'same'
-    padding convolutions (a module with a child) and resizing: supported, maps finite and not all
-    zero."""
+def test_propagation_methods_on_efficientnet_lite0():
+    """Depthwise convolutions, ReLU6 (one module used twice per block), BatchNorm after every
+    convolution, residual additions, 'same'-padding convolutions (a module with a child) and
+    resizing: LRP conserves the logit without biases, DeepLIFT sums to f(x) - f(0) (no warning),
+    Guided Backprop runs."""
     pytest.importorskip("efficientnet_lite_pytorch")
     from xaiarena.models.pretrained import LITE_MEAN, LITE_STD, _lite_class
 
@@ -384,16 +385,26 @@ def test_lrp_on_efficientnet_lite0():
     net = _lite_class().from_name("efficientnet-lite0").eval()
     randomise_batch_norms(net)
     model = PretrainedClassifier(
-        net, LITE_MEAN, LITE_STD, class_names=[str(i) for i in range(1000)], input_size=64
+        net,
+        LITE_MEAN,
+        LITE_STD,
+        class_names=[str(i) for i in range(1000)],
+        input_size=64,
+        cam_layer="_head_act",
     ).eval()
     x, t = images(2), torch.tensor([1, 2])
-    for name in ("lrp", "deeplift", "guided_backprop"):
+    for name in ("lrp", "deeplift", "guided_backprop", "guided_gradcam"):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # deeplift: no completeness warning (ReLU6 has its rule)
             maps = EXPLAINERS.create(name).explain(model, x, t)
         assert maps.shape == (2, 32, 32) and torch.isfinite(maps).all() and maps.abs().sum() > 0, (
             name
         )
+    _zero_biases(model)
+    logit = model(x).gather(1, t[:, None]).squeeze(1).detach()
+    for composite in ("epsilon_gamma_box", "epsilon_plus_flat"):
+        rel = LRP(composite=composite, epsilon=1e-9, stabilizer=1e-9).relevance(model, x, t)
+        torch.testing.assert_close(rel.flatten(1).sum(1), logit, rtol=1e-3, atol=1e-6)
 
 
 class _WithLayerNorm(nn.Module):
