@@ -13,7 +13,7 @@ from torch import nn
 from xaiarena.models.vision import ImageClassifier, LeNet
 from xaiarena.registry import EXPLAINERS
 
-FAMILIES = {"gradient", "cam", "perturbation", "learned", "baseline"}
+FAMILIES = {"gradient", "propagation", "cam", "perturbation", "learned", "baseline"}
 
 #: cheap settings for the tests (defaults are sized for 64x64 benchmarks)
 CHEAP: dict[str, dict] = {
@@ -24,6 +24,7 @@ CHEAP: dict[str, dict] = {
     "lime": {"n_samples": 24, "n_segments": 12},
     "kernel_shap": {"n_samples": 24, "n_segments": 12},
     "captum_lime": {"n_samples": 12},
+    "deeplift_shap": {"n_samples": 2},
 }
 
 
@@ -83,7 +84,8 @@ def all_hooks(model: nn.Module) -> list[str]:
 def test_there_is_something_to_test():
     expected = {"gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam",
                 "saliency", "input_x_gradient", "integrated_gradients", "gradient_shap", "smoothgrad",
-                "occlusion", "lime", "kernel_shap", "captum_lime", "random", "sobel"}
+                "occlusion", "lime", "kernel_shap", "captum_lime", "random", "sobel", "lrp", "deeplift",
+                "deeplift_shap", "guided_backprop", "guided_gradcam", "eigencam"}
     assert expected <= set(NAMES)
 
 

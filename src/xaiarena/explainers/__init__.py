@@ -5,7 +5,9 @@ from . import (  # noqa: F401  (registration)
     cam,
     diet,  # noqa: F401
     gradients,
+    lrp,
     perturbation,
+    propagation,
     text,
 )
 from .base import REDUCTIONS, Explainer, reduce_channels

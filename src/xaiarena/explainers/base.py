@@ -53,7 +53,7 @@ class Explainer(ABC):
 
     #: registry name (set by subclasses, same as the registered name)
     name: ClassVar[str] = ""
-    #: "gradient" | "cam" | "perturbation" | "learned" | "baseline"
+    #: "gradient" | "propagation" | "cam" | "perturbation" | "learned" | "baseline" (text: "attention")
     family: ClassVar[str] = ""
     #: modalities supported: "image", "text"
     modality: ClassVar[tuple[str, ...]] = ("image",)

@@ -204,6 +204,13 @@ class BaseCAM(Explainer):
         """Channel weights ``(N, K, 1, 1)`` or per-position weights ``(N, K, h, w)``."""
         raise NotImplementedError
 
+    def combine(self, ctx: CAMContext) -> torch.Tensor:
+        """The map before its ReLU, ``(N, h, w)``: ``sum_k w_k A_k`` with :meth:`weights`.
+
+        A CAM that is not a weighted sum of the activations (Eigen-CAM) overrides this instead.
+        """
+        return (self.weights(ctx) * ctx.activations).sum(1)
+
     def layer_maps(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The CAM at layer resolution, ``(N, h, w)``, after the ReLU."""
         name, layer = cam_layer_of(model, self.layer, self.name, inputs)
@@ -224,8 +231,8 @@ class BaseCAM(Explainer):
                 assert acts is not None
             rec.capture = False
             ctx = CAMContext(model, inputs, targets, layer, name, acts, grads, scores, rec)
-            w = self.weights(ctx)
-        return torch.relu((w * acts).sum(1))
+            cam = self.combine(ctx)
+        return torch.relu(cam)
 
     def attribute(self, model, inputs, targets, *, generator=None):
         return upsample(self.layer_maps(model, inputs, targets), inputs.shape[-2:])
@@ -307,6 +314,40 @@ class HiResCAM(BaseCAM):
 
     def weights(self, ctx):
         return ctx.gradients
+
+
+@EXPLAINERS.register(
+    "eigencam",
+    description="Eigen-CAM (Muhammad & Yeasin 2020; pytorch-grad-cam's EigenCAM): the CAM "
+    "layer's activations projected on their first principal component (centred per channel, "
+    "SVD), signed so the larger magnitude is positive, ReLU, bilinear upsampling; "
+    "class-agnostic, 1 forward pass.",
+)
+class EigenCAM(BaseCAM):
+    """``ReLU((A - mean) v_1)``, ``v_1`` the first right singular vector of the centred activations.
+
+    Per sample, the activations are an ``(h*w, K)`` matrix (positions by channels), centred
+    per channel, as pytorch-grad-cam's ``get_2d_projection``. An SVD's sign is arbitrary (and
+    differs between LAPACK and cuSOLVER), so the projection is negated when its most negative
+    value is larger in magnitude than its most positive one (the sign correction of
+    pytorch-grad-cam's ``get_2d_projection_with_sign_correction``, Seg-Eigen-CAM's Eq. 13).
+    Computed in float64. The map does not depend on the target class.
+    """
+
+    name = "eigencam"
+    needs_gradients = False
+
+    def combine(self, ctx):
+        acts = ctx.activations
+        n, k, h, w = acts.shape
+        a = torch.nan_to_num(acts.detach().double(), nan=0.0)
+        a = a.flatten(2).transpose(1, 2)  # (N, h*w, K): positions by channels
+        a = a - a.mean(1, keepdim=True)
+        _, _, vh = torch.linalg.svd(a, full_matrices=False)
+        proj = (a @ vh[:, 0, :, None]).squeeze(-1)  # (N, h*w)
+        flip = proj.amin(1).abs() > proj.amax(1).abs()
+        proj = torch.where(flip[:, None], -proj, proj)
+        return proj.view(n, h, w).to(acts.dtype)
 
 
 class _PerturbationCAM(BaseCAM):
