@@ -24,6 +24,11 @@ explain        explained model's key, explainer config, evaluation sample ids, s
                (only when it has any)
 score          metric config, every scored attribution's key, sample ids, seed,
                explained model's key, RNG scheme version
+meta maps      (``evaluation.meta``) the explain key of the unperturbed maps, the
+               meta samples' ids, the perturbation (type, strength, noise, draw)
+meta score     metric config, every scored attribution's key, the meta samples' ids,
+               seed, explained model's key, the perturbation settings (samples,
+               draws, noise levels), RNG scheme version
 =============  ====================================================================
 
 Artefacts
@@ -134,6 +139,21 @@ def score_key(metric_cfg: dict[str, Any], attributions: dict[str, Key], ids_hash
               model: Key) -> Key:
     return _key("score", {"metric": metric_cfg, "attr": {k: v.hash for k, v in attributions.items()},
                           "ids": ids_hash, "seed": seed, "model": model.hash, "rng": RNG_SCHEME})
+
+
+def meta_maps_key(explain: Key, ids_hash: str, perturbation: dict[str, Any]) -> Key:
+    """Maps re-explained on a perturbed model (metric meta-evaluation, :mod:`xaiarena.meta_stage`):
+    the unperturbed maps' key (model, explainer, seed, target, postprocess) and the perturbation."""
+    return _key("meta_maps", {"explain": explain.hash, "ids": ids_hash,
+                              "perturbation": perturbation, "rng": RNG_SCHEME})
+
+
+def meta_score_key(metric_cfg: dict[str, Any], attributions: dict[str, Key], ids_hash: str,
+                   seed: int, model: Key, settings: dict[str, Any]) -> Key:
+    """One metric's scores of every perturbed evaluation problem of the meta-evaluation."""
+    attr = {k: v.hash for k, v in attributions.items()}
+    return _key("meta_score", {"metric": metric_cfg, "attr": attr, "ids": ids_hash, "seed": seed,
+                               "model": model.hash, "settings": settings, "rng": RNG_SCHEME})
 
 
 # --------------------------------------------------------------------------- paths

@@ -163,6 +163,19 @@ class EvaluationConfig(_Strict):
     # with a learned explainer (DiET), the other explainers also explain its model f_s, so that
     # maps of the same model can be compared (results column explained_model: f_b or f_s)
     also_explain_f_s: bool = True
+    # metric meta-evaluation (docs/meta.md): results/meta.csv and the report's "Which metrics
+    # can you trust here?"; its perturbation tests re-explain and re-score meta_samples samples
+    # per view, meta_perturbations draws of each of four perturbations
+    meta: bool = False
+    meta_samples: int = Field(16, ge=2)
+    meta_perturbations: int = Field(1, ge=1)
+
+    @field_validator("meta", mode="before")
+    @classmethod
+    def _meta(cls, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ValueError(f"{value!r} is not a switch; valid: true, false")
+        return value
 
     @field_validator("batch_size", mode="before")
     @classmethod

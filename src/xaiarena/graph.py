@@ -86,7 +86,7 @@ def plan_units(cfg: ExperimentConfig) -> list[Unit]:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One node of the stage graph: ``kind`` in train, fit, explain, score, examples."""
+    """One node of the stage graph: ``kind`` in train, fit, explain, score, meta, examples."""
 
     kind: str
     unit: Unit
@@ -102,13 +102,16 @@ class TaskSpec:
         base = f"{self.unit.id}/{'metric' if self.kind == 'score' else self.kind}"
         if self.kind in ("train", "examples"):
             return base
-        name = f"{base}/{self.component}"
+        name = f"{base}/{self.component}" if self.component else base  # meta: <unit>/meta[@<view>]
         return name if self.view in ("", self.home) else f"{name}@{self.view}"
 
     @property
     def home(self) -> str:
-        """The view a component is reported under without a suffix (fit/explain: its own; score: f_b)."""
-        return F_B if self.kind == "score" else _home_views(self.unit.experiment()).get(self.component, F_B)
+        """The view a component is reported under without a suffix (fit/explain: its own;
+        score, meta: f_b)."""
+        if self.kind in ("score", "meta"):
+            return F_B
+        return _home_views(self.unit.experiment()).get(self.component, F_B)
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,7 @@ def plan_tasks(units: list[Unit]) -> list[TaskSpec]:
                 t = TaskSpec("explain", u, v, k, deps)
                 explains.setdefault(v, []).append(t)
                 tasks.append(t)
+        scored_views = set()
         for spec in cfg.metrics:
             metric = METRICS.create(spec.name, **spec.params)
             for v, ts in explains.items():
@@ -200,6 +204,10 @@ def plan_tasks(units: list[Unit]) -> list[TaskSpec]:
                 if keys:
                     tasks.append(TaskSpec("score", u, v, spec.key, tuple(t.name for t in ts if t.component in keys),
                                           tuple(keys)))
+                    scored_views.add(v)
+        if cfg.evaluation.meta:  # metric meta-evaluation: perturbation tests of each scored view
+            tasks += [TaskSpec("meta", u, v, deps=tuple(t.name for t in ts))
+                      for v, ts in explains.items() if v in scored_views]
         if not u.replicate:  # example figures of the first replicate, where the unit's maps are in memory
             tasks.append(TaskSpec("examples", u, deps=tuple(t.name for ts in explains.values() for t in ts)))
     return tasks
@@ -349,6 +357,21 @@ def _run_task(task: TaskSpec, env: Env, say: Callable[[str], None] | None) -> Ta
         view = ctx.view(task.view, rec)
         with rec.stage(task.name) as info:
             out.per_sample, out.curves = stages.score(ctx.s, ctx.prep(rec), view, spec, metric, attrs, info)
+    elif task.kind == "meta":  # metric meta-evaluation (docs/meta.md): scores of perturbed problems
+        from .meta_stage import perturbed_scores
+
+        jobs = []
+        for spec in ctx.cfg.metrics:
+            metric = METRICS.create(spec.name, **spec.params)
+            keys = scored_labels(spec, metric, ctx.members[task.view])
+            if keys and metric.ranked_outputs():  # descriptive outputs never rank explainers
+                jobs.append((spec, metric, keys))
+        labels = list(dict.fromkeys(k for *_, keys in jobs for k in keys))
+        attrs = {k: ctx.attribution(task.view, k, rec) for k in labels}
+        view = ctx.view(task.view, rec)
+        with rec.stage(task.name) as info:
+            built = {k: (ctx.specs[k], ctx.explainer(k)) for k in labels}
+            out.per_sample = perturbed_scores(ctx.s, ctx.prep(rec), view, attrs, built, jobs, info)
     elif task.kind == "examples":
         with rec.stage(task.name):
             write_examples(ctx, env, rec)

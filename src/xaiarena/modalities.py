@@ -37,6 +37,8 @@ class ImageModality:
     ``results/examples/<dataset>.npz``."""
 
     name = "image"
+    #: inputs that additive noise perturbs meaningfully (the input test of ``evaluation.meta``)
+    continuous_inputs = True
 
     @torch.no_grad()
     def logits(self, model, split, index: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
@@ -100,6 +102,7 @@ class TextModality:
     """Texts: :class:`TextBatch` inputs; ``(N, L)`` word maps; ``results/examples/<dataset>.json``."""
 
     name = "text"
+    continuous_inputs = False  # token ids take no additive noise: evaluation.meta tests the model only
 
     def logits(self, model, split, index: torch.Tensor, device) -> torch.Tensor:
         return model.predict_texts([split.texts[i] for i in index.tolist()], device, return_logits=True)

@@ -157,13 +157,18 @@ class Runner:
             seed_everything(cfg.seed)
             started = time.perf_counter()
             scored: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
+            perturbed: dict[str, pd.DataFrame] = {}  # evaluation.meta: scores of perturbed problems
 
             def on_result(task: TaskSpec, res) -> None:
                 self.log.stages.update(own_stages(task, res))
                 self._record(task, res)
                 if res.per_sample is not None:
                     cols = task.unit.columns(self.with_grid, self.with_replicates)
-                    scored[task.name] = (res.per_sample.assign(**cols), res.curves.assign(**cols))
+                    if task.kind == "meta":
+                        perturbed[task.name] = res.per_sample.assign(**cols)
+                    else:
+                        scored[task.name] = (res.per_sample.assign(**cols),
+                                             res.curves.assign(**cols))
 
             try:
                 self.executor.run(tasks, env, on_result)
@@ -181,6 +186,8 @@ class Runner:
             curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=cv_cols)
             with self.log.stage("stats"):
                 self._write_results(self.run_dir / "results", per_sample_df[ps_cols], curves_df[cv_cols])
+                self._write_meta(self.run_dir / "results", per_sample_df[ps_cols],
+                                 [perturbed[t.name] for t in tasks if t.name in perturbed])
             # the config is written with the results it describes (a failed run leaves both as they were)
             atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
             self._write_run_json(time.perf_counter() - started, units)
@@ -236,6 +243,29 @@ class Runner:
                                 zip(summary["dataset"], summary["grid"], summary["model"], strict=True)]
         for name, frame in tables.items():
             atomic_to_csv(frame, results / f"{name}.csv")
+
+    def _write_meta(self, results: Path, per_sample: pd.DataFrame,
+                    perturbed: list[pd.DataFrame]) -> None:
+        """``evaluation.meta``: ``meta.csv``, ``meta_agreement.csv`` and the perturbed problems'
+        scores ``meta_per_sample.parquet`` (:mod:`xaiarena.meta`); without it, those of an
+        earlier run are removed."""
+        names = ("meta.csv", "meta_agreement.csv", "meta_per_sample.parquet")
+        files = {name: results / name for name in names}
+        if not self.cfg.evaluation.meta:
+            for path in files.values():
+                path.unlink(missing_ok=True)
+            return
+        from .meta import PERTURBED_COLUMNS, meta_table
+
+        extra = (["grid"] if self.with_grid else []) + \
+            (["replicate", "seed"] if self.with_replicates else [])
+        cols = [PERTURBED_COLUMNS[0], *extra, *PERTURBED_COLUMNS[1:]]
+        frame = (pd.concat(perturbed, ignore_index=True)[cols] if perturbed
+                 else pd.DataFrame(columns=cols))
+        table, pairs = meta_table(per_sample, self.metrics_meta, frame)
+        atomic_to_parquet(frame, files["meta_per_sample.parquet"])
+        atomic_to_csv(pairs, files["meta_agreement.csv"])
+        atomic_to_csv(table, files["meta.csv"])
 
     def _build_report(self) -> bool:
         try:

@@ -384,9 +384,11 @@ def _build(run_dir: str | Path, alpha: float | None, test: str | None) -> Path:
     versions = run.get("versions") if isinstance(run.get("versions"), dict) else {}
     total = _num(run.get("total_seconds"))
     from . import study as study_mod
+    from . import trust
 
     context = {
         "study": study_mod.section(data, figs, alpha),
+        "trust": trust.section(data.run_dir, data.metrics_meta),  # evaluation.meta
         "hardware": [(str(k), str(v)) for k, v in (run.get("hardware") or {}).items()],
         "title": str(run.get("name") or data.run_dir.name),
         "run": {
