@@ -87,15 +87,18 @@ def test_run_writes_contract_layout_and_reuses_checkpoint(tmp_path):
     train = info["stages"]["hard_mnist/train"]
     assert train["cache_hit"] is False and train["seconds"] > 0
     assert list((out / "cache" / "models").glob("*/model.pt"))
-    # the contract's columns, with explained_model after dataset (f_b or f_s: which model a map explains)
-    assert list(pd.read_csv(out / "results" / "summary.csv").columns) == [
+    # the contract's columns, with explained_model after dataset (f_b or f_s: which model a map explains),
+    # then what a mean rests on (samples; 1 replicate) and the smallest p a test can give
+    summary = pd.read_csv(out / "results" / "summary.csv")
+    assert list(summary.columns) == [
         "dataset", "explained_model", "model", "explainer", "metric", "mean", "ci_low", "ci_high", "n",
-        "higher_is_better"]
+        "higher_is_better", "n_samples", "n_replicates"]
+    assert (summary.n_samples == summary.n).all() and (summary.n_replicates == 1).all()
     assert list(pd.read_parquet(out / "results" / "per_sample.parquet").columns) == [
         "dataset", "explained_model", "explainer", "metric", "sample_id", "value"]
     assert list(pd.read_csv(out / "results" / "tests.csv").columns) == [
         "dataset", "explained_model", "metric", "explainer_a", "explainer_b", "test", "statistic", "p_value",
-        "p_holm", "effect_size"]
+        "p_holm", "effect_size", "min_p"]
 
     res = runner.invoke(app, ["run", "--out", str(out), *TINY])
     assert res.exit_code == 0, res.output

@@ -3,6 +3,7 @@ instance started by the tests themselves)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -42,6 +43,65 @@ def test_units_and_tasks_of_a_grid_with_replicates():
     assert all(pos[d] < pos[t.name] for t in tasks for d in t.deps)
 
 
+def test_only_correct_with_replicates_selects_the_same_samples_for_every_replicate():
+    """Every replicate evaluates the samples that all replicates' models classify correctly, the
+    first n_samples of one seeded order; the first replicate's train task trains them all (the
+    others wait for it)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from xaiarena import stages
+
+    n_test, labels = 60, torch.arange(60) % 4
+    rng = torch.Generator().manual_seed(0)
+    right = [
+        torch.rand(n_test, generator=rng) < 0.7 for _ in range(3)
+    ]  # which samples each model gets right
+
+    class Model:  # predicts the label where it is right, another class elsewhere
+        def __init__(self, ok):
+            self.preds = torch.where(ok, labels, (labels + 1) % 4)
+
+    class Mod:
+        def logits(self, model, split, index, device):
+            return torch.nn.functional.one_hot(model.preds[index], 4).float()
+
+    class Split:
+        def __len__(self):
+            return n_test
+
+    task = SimpleNamespace(name="toy", test=Split())
+    task.test.labels = labels
+    cfg = load_config({**CFG, "evaluation": {"only_correct": True, "n_samples": 10}})
+    s = stages.Settings(cfg, None, torch.device("cpu"), data_seed=5)
+    models = [Model(ok) for ok in right]
+    chosen = stages.select_samples(s, task, Mod(), models[0], iter(models[1:]))
+    assert len(chosen) == 10 and bool((right[0] & right[1] & right[2])[chosen].all())
+    order = torch.randperm(n_test, generator=torch.Generator().manual_seed(5 + 1))
+    expected = order[(right[0] & right[1] & right[2])[order]][:10].sort().values
+    assert torch.equal(
+        chosen, expected
+    )  # the first 10 of the seeded order that all three get right
+    for k in (1, 2):  # every replicate, its own model first, selects the same samples
+        rest = [m for j, m in enumerate(models) if j != k]
+        assert torch.equal(stages.select_samples(s, task, Mod(), models[k], rest), chosen)
+    alone = stages.select_samples(s, task, Mod(), models[1])  # without replicates: one model's rule
+    assert bool(right[1][alone].all()) and not torch.equal(alone, chosen)
+
+    rcfg = load_config({**CFG, "replicates": 3, "evaluation": {"only_correct": True}})
+    units = plan_units(rcfg)
+    assert {u.replicate_seeds for u in units} == {tuple(rcfg.replicate_seeds())}
+    trains = [t for t in plan_tasks(units) if t.kind == "train"]
+    assert trains[0].deps == () and all(t.deps == (trains[0].name,) for t in trains[1:])
+    free = [
+        t
+        for t in plan_tasks(plan_units(load_config({**CFG, "replicates": 3})))
+        if t.kind == "train"
+    ]
+    assert all(t.deps == () for t in free)  # without only_correct the replicates train in parallel
+
+
 def test_bad_grid_values_are_config_errors_naming_the_point():
     from xaiarena.errors import ConfigError
 
@@ -67,10 +127,63 @@ def test_grid_and_replicates_locally(tmp_path):
     one = s.iloc[0]
     sel = per_rep[(per_rep.grid == one.grid) & (per_rep.explainer == one.explainer) & (per_rep.metric == one.metric)]
     assert one["mean"] == pytest.approx(sel["mean"].mean())
+    assert (s["n_samples"] == s["n"]).all() and set(s["n"]) == {16}  # distinct samples, not 2 x 16
     reps = pd.read_csv(res.run_dir / "results" / "tests_replicates.csv")
-    assert set(reps["n"]) == {2}
+    assert set(reps["n_replicates"]) == {2} and set(reps["n_samples"]) == {16}
     html = res.report_path.read_text()
     assert "Stability across retrained models" in html and "training.lr=0.004" in html
+
+
+@pytest.mark.integration
+def test_cli_replicates_with_only_correct_explain_the_same_samples(tmp_path):
+    """Through the CLI: 2 seeds with only_correct score the same samples, each classified
+    correctly by both models; summary.csv counts samples and replicates; the report says which
+    rule chose them."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from xaiarena.cli import app
+
+    shared = Path(
+        os.environ.get(
+            "XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"
+        )
+    )
+    if not (shared / "mnist").is_dir():
+        pytest.skip(f"no mnist under {shared}")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"name: oc\nseeds: [0, 1]\n"
+        f"data: {{name: mnist, n_train: 600, n_test: 60, data_dir: {shared}}}\n"
+        "model: {name: lenet, channels: [4, 8, 8]}\ntraining: {epochs: 3, lr: 0.01}\n"
+        "evaluation: {n_samples: 16, batch_size: 8, only_correct: true}\n"
+        "explainers: [saliency, random]\nmetrics: [sparseness]\n"
+    )
+    res = CliRunner().invoke(app, ["run", str(cfg), "--out", str(tmp_path / "r"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    run_dir = tmp_path / "r"
+    ps = pd.read_parquet(run_dir / "results" / "per_sample.parquet")
+    ids = ps.groupby("seed")["sample_id"].agg(frozenset)
+    assert len(ids) == 2 and ids[0] == ids[1]
+    info = json.loads((run_dir / "run.json").read_text())
+    units = info["units"].values()
+    assert all(u["samples_correct_under_seeds"] == [0, 1] for u in units)
+    assert {u["n_eval"] for u in units} == {len(ids[0])}
+    assert info["stages"]["mnist#r1/train"][
+        "cache_hit"
+    ]  # trained by the first replicate's selection
+    s = pd.read_csv(run_dir / "results" / "summary.csv")
+    assert (
+        (s["n_replicates"] == 2).all()
+        and (s["n_samples"] == len(ids[0])).all()
+        and (s["n"] == s["n_samples"]).all()
+    )
+    html = " ".join((run_dir / "report.html").read_text().split())
+    assert (
+        "every replicate&#39;s model classifies correctly" in html
+        and "counts both sources of variance" in html
+    )
 
 
 def test_every_task_computes_with_the_thread_count_of_a_local_run(monkeypatch):

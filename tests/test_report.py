@@ -392,3 +392,94 @@ def test_diet_fit_reports_that_say_little_are_flagged(report, expected):
 
     text = " ".join(learned_cautions(report))
     assert all(e in text for e in expected) and (bool(text) is bool(expected)), text
+
+
+def make_replicate_run(root: Path, seeds=(0, 7, 9), only_correct=True) -> Path:
+    """The synthetic run of :func:`make_run_dir` as a replicated run: every seed scored the same
+    samples (scores shifted per seed), with the tables the runner writes for replicates."""
+    root = make_run_dir(root, datasets=("hard_mnist",))
+    one = pd.read_parquet(root / "results" / "per_sample.parquet")
+    rng = np.random.default_rng(1)
+    parts = []
+    for r, seed in enumerate(seeds):
+        shift = {e: rng.normal(0, 0.02) for e in one.explainer.unique()}
+        parts.append(one.assign(replicate=r, seed=seed, value=one.value + one.explainer.map(shift)))
+    ps = pd.concat(parts, ignore_index=True)[
+        ["dataset", "replicate", "seed", *stats.PER_SAMPLE_COLUMNS[1:]]
+    ]
+    ps.to_parquet(root / "results" / "per_sample.parquet", index=False)
+    run = json.loads((root / "run.json").read_text())
+    hib = {m: v["higher_is_better"] for m, v in run["metrics_meta"].items()}
+    for name, frame in stats.result_tables(
+        ps, hib, models={"hard_mnist": "lenet"}, replicates=True
+    ).items():
+        frame.to_csv(root / "results" / f"{name}.csv", index=False)
+    info = run["datasets"]["hard_mnist"]
+    run["replicate_seeds"] = list(seeds)
+    run["units"] = {
+        f"hard_mnist#r{r}": {
+            **info,
+            "replicate": r,
+            "seed": s,
+            **({"samples_correct_under_seeds": list(seeds)} if only_correct else {}),
+        }
+        for r, s in enumerate(seeds)
+    }
+    (root / "run.json").write_text(json.dumps(run))
+    return root
+
+
+def test_replicated_run_says_what_its_intervals_count(tmp_path):
+    root = make_replicate_run(tmp_path / "run")
+    summary = pd.read_csv(root / "results" / "summary.csv")
+    assert (summary.n_replicates == 3).all() and (summary.n == summary.n_samples).all()
+    assert set(summary.n_samples) == {40, 37}  # saliency's max_sensitivity failed on 3 samples
+    html = build_report(root).read_text(encoding="utf-8")
+    text = " ".join(html.split())
+    assert "3 replicates: the model was retrained with seeds [0, 7, 9]" in text
+    assert "the same 40 evaluation samples" in text
+    assert "classifies correctly" in text  # the only_correct rule is stated
+    assert "counts both sources of variance" in text
+    assert "95% intervals of the mean over evaluation samples × 3 retrained models" in text
+    assert 'title="40 samples × 3 replicates' in html and 'title="n = ' not in html
+    assert "Stability across retrained models" in text
+    # the default test (t) can decide: no word about the Wilcoxon test
+    assert "not informative" not in text
+    # test both: a Wilcoxon over 3 replicates cannot reach alpha; the report says what decides
+    from xaiarena.report.html import _test_notes
+    from xaiarena.report.loading import load_run
+
+    data = load_run(root)
+    both = " ".join(_test_notes(data, 0.05, "both"))
+    assert (
+        "The Wilcoxon signed-rank test over replicates cannot give a p-value below 0.25 "
+        "with 3 replicates"
+        in both
+    ) and "rests on the paired t-test alone" in both
+    assert "no difference can be called significant by it" in " ".join(
+        _test_notes(data, 0.05, "wilcoxon")
+    )
+    assert _test_notes(data, 0.05, "t") == [] and _test_notes(data, 0.3, "both") == []
+    # without only_correct the note says nothing about correct predictions
+    plain = make_replicate_run(tmp_path / "plain", only_correct=False)
+    assert "classifies correctly" not in " ".join(load_run(plain).notes)
+
+
+def test_a_wilcoxon_on_too_few_images_is_not_printed():
+    from xaiarena.report import fgbg
+
+    rows = []
+    for e, shift in (("a", 1.0), ("b", 0.0)):
+        for i in range(4):  # 4 images: the smallest possible two-sided Wilcoxon p is 0.125
+            rows += [
+                ("d", e, "fg_mean", i, 2.0 + shift + 0.1 * i),
+                ("d", e, "bg_mean", i, 1.0 + 0.05 * i),
+            ]
+    ps = pd.DataFrame(rows, columns=stats.PER_SAMPLE_COLUMNS)
+    sec = fgbg.section(ps, "d", None, ["a", "b"], lambda *a: None, "p", alpha=0.05)
+    a = next(r for r in sec["rows"] if r["explainer"] == "a")
+    assert (
+        a["p_w"] == "–"
+        and "not informative with 4 images (smallest possible p = 0.125" in a["w_note"]
+    )
+    assert a["significant"]  # the t-test decides alone

@@ -95,7 +95,9 @@ def run(
         # which model the maps explain (f_b or f_s), when both occur: else their rows look alike
         both = "explained_model" in summary.columns and summary["explained_model"].nunique() > 1
         views = ["explained_model"] if both else []
-        cols = ["dataset", *views, "explainer", "metric", "mean", "ci_low", "ci_high", "n"]
+        many = "n_replicates" in summary.columns and summary["n_replicates"].max() > 1
+        reps = ["n_replicates"] if many else []  # a run with replicates: n is distinct samples
+        cols = ["dataset", *views, "explainer", "metric", "mean", "ci_low", "ci_high", "n", *reps]
         typer.echo(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if res.report_path.exists():
         typer.echo(f"report: {res.report_path}")

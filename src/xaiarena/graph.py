@@ -53,6 +53,7 @@ class Unit:
     seed: int  # the model's seed (training, explainers, metrics)
     config: dict[str, Any]  # the point's full config (seed = this replicate's seed), JSON-able
     data_seed: int = 0  # the data's and the evaluation samples' seed: the config's seed for every replicate
+    replicate_seeds: tuple[int, ...] = ()  # all replicates' model seeds (only_correct uses them)
 
     def experiment(self) -> ExperimentConfig:
         return ExperimentConfig.model_validate(self.config)
@@ -77,7 +78,8 @@ def plan_units(cfg: ExperimentConfig) -> list[Unit]:
             conf = point.model_copy(update={"seed": seed, "replicates": 1, "seeds": None}).to_dict()
             for i, d in enumerate(point.data):
                 uid = d.key + (f"@{label}" if label else "") + (f"#r{r}" if len(seeds) > 1 else "")
-                units.append(Unit(uid, d.key, i, label, r, seed, conf, cfg.seed))
+                units.append(Unit(uid, d.key, i, label, r, seed, conf, cfg.seed,
+                                  tuple(seeds) if len(seeds) > 1 else ()))
     return units
 
 
@@ -179,10 +181,15 @@ def scored_labels(spec, metric, labels: list[str]) -> list[str]:
 def plan_tasks(units: list[Unit]) -> list[TaskSpec]:
     """The stage graph of every unit, each task after its dependencies."""
     tasks: list[TaskSpec] = []
+    first = {(u.grid, u.data_index): u for u in units if u.replicate == 0}
     for u in units:
         cfg = u.experiment()
         home = _home_views(cfg)
-        train = TaskSpec("train", u)
+        # only_correct with replicates: the first replicate's train task trains every replicate's
+        # model to select the samples they all classify correctly; the others then load theirs
+        after = first.get((u.grid, u.data_index)) if cfg.evaluation.only_correct else None
+        wait = (TaskSpec("train", after).name,) if after is not None and u.replicate else ()
+        train = TaskSpec("train", u, deps=wait)
         tasks.append(train)
         fits = {}
         for k, v in home.items():
@@ -248,7 +255,7 @@ class UnitContext:
         amp = bool(self.cfg.amp) and device.type == "cuda"
         bs = self.cfg.evaluation.batch_size if isinstance(self.cfg.evaluation.batch_size, int) else 64
         self.s = stages.Settings(self.cfg, Cache(run_dir / "cache", run_dir), device, amp, bs, env.show_progress,
-                                 data_seed=unit.data_seed)
+                                 data_seed=unit.data_seed, replicate_seeds=unit.replicate_seeds)
         self.dcfg = self.cfg.data[unit.data_index]
         self.specs: dict[str, ComponentSpec] = {s.key: s for s in self.cfg.explainers}
         self.home = _home_views(self.cfg)

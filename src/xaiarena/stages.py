@@ -27,8 +27,9 @@ these functions in order (the local executor).
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +68,10 @@ class Settings:
     #: ``seed``) and differ only in ``cfg.seed``, which drives the model, training and all explainer and
     #: metric randomness
     data_seed: int | None = None
+    #: the model seeds of every replicate of this unit (empty without replicates): with
+    #: ``evaluation.only_correct`` the evaluation samples are those that every one of these models
+    #: classifies correctly, so that every replicate explains and scores the same samples
+    replicate_seeds: tuple[int, ...] = ()
 
     @property
     def seed(self) -> int:
@@ -156,7 +161,6 @@ class Attribution:
 def prepare(s: Settings, dcfg: DataConfig, log_stage, stage_prefix: str | None = None) -> Prepared:
     """Data -> train (or load) -> select, for one dataset entry of the config."""
     from .data import load_task
-    from .models import build_model, train_model
 
     cfg, name = s.cfg, dcfg.key
     prefix = stage_prefix or name
@@ -164,31 +168,36 @@ def prepare(s: Settings, dcfg: DataConfig, log_stage, stage_prefix: str | None =
         task = load_task(dcfg.name, seed=s.dseed, data_dir=dcfg.data_dir, **dcfg.params)
     # fingerprint_of: the user files a dataset/model reads (image folder, checkpoint); {} for built-ins
     dkey = ck.data_key({**dcfg.hash_dict(), **DATASETS.entry(dcfg.name).fingerprint_of(dcfg.params)}, s.dseed)
-    pretrained = bool(MODELS.entry(cfg.model.name).meta.get("pretrained"))  # never trained
-    mkey = ck.model_key(dkey, {**cfg.model.hash_dict(), **MODELS.entry(cfg.model.name).fingerprint_of(cfg.model.params)},
-                        None if pretrained else cfg.training.model_dump(), cfg.seed, s.amp)
-    ckpt_dir = s.cache.path("models", mkey.hash)
     with log_stage(f"{prefix}/train") as info:
-        model = build_model(cfg.model.name, task, seed=cfg.seed, **cfg.model.params)
-        if ckpt_dir.exists():
-            s.cache.verify_dir(ckpt_dir, ["model.pt", "train.json"])
-        with s.autocast():
-            tr = train_model(model, task, cfg.training, seed=cfg.seed, device=s.device,
-                             checkpoint_dir=ckpt_dir, show_progress=s.show_progress)
-        if not tr.cache_hit and (ckpt_dir / "model.pt").exists():
-            for f in ("model.pt", "train.json"):
-                s.cache.record(ckpt_dir / f, mkey)
+        model, mkey, tr = _trained_model(s, cfg, task, dkey)
         info.update(cache_hit=tr.cache_hit, model_hash=mkey.hash, test_accuracy=tr.test_accuracy)
     progress.write(f"[xaiarena] {prefix}: {cfg.model.name} test accuracy {tr.test_accuracy:.3f}")
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
 
     mod = modality_for(task)
-    index = select_samples(s, task, mod, model)
+    # only_correct with replicates: the same samples in every replicate, those that every
+    # replicate's model classifies correctly (a pretrained model is the same for every seed)
+    others = [] if not cfg.evaluation.only_correct or getattr(model, "pretrained", False) else \
+        [seed for seed in s.replicate_seeds if seed != cfg.seed]
+    if others:
+        with log_stage(f"{prefix}/select") as info:
+            index = select_samples(s, task, mod, model,
+                                   _replicate_models(s, cfg, task, dkey, others, info))
+    else:
+        index = select_samples(s, task, mod, model)
+    if not len(index) and cfg.evaluation.only_correct and len(task.test):
+        from .errors import RunError
+
+        who = (f"every replicate's model (seeds {list(s.replicate_seeds)})" if others else
+               f"the trained {cfg.model.name} (test accuracy {tr.test_accuracy:.3f})")
+        raise RunError(f"{name}: evaluation.only_correct: no test sample is classified correctly "
+                       f"by {who}; train longer (training.epochs) or set "
+                       "evaluation.only_correct: false")
     clipped = len(index) < cfg.evaluation.n_samples
     if clipped:
-        what = "correctly classified test samples" if cfg.evaluation.only_correct else "test samples"
+        what = "test samples"
+        if cfg.evaluation.only_correct:
+            what = ("test samples every replicate's model classifies correctly" if others
+                    else "correctly classified test samples")
         log.warning("%s: evaluation.n_samples is %d but the dataset has only %d %s; explaining %d", name,
                     cfg.evaluation.n_samples, len(index), what, len(index))
     sample_ids = task.test.ids[index]
@@ -209,6 +218,8 @@ def prepare(s: Settings, dcfg: DataConfig, log_stage, stage_prefix: str | None =
         prep.info["sample_names"] = {str(int(i)): n for i, n in zip(sample_ids.tolist(), names, strict=True)}
     if clipped:
         prep.info["n_samples_requested"] = cfg.evaluation.n_samples
+    if others:
+        prep.info["samples_correct_under_seeds"] = list(s.replicate_seeds)
     if getattr(model, "pretrained", False):  # no training: say so, and which classes it predicts
         describe = getattr(model, "describe", None)
         prep.info["pretrained"] = describe() if callable(describe) else True
@@ -216,23 +227,71 @@ def prepare(s: Settings, dcfg: DataConfig, log_stage, stage_prefix: str | None =
     return prep
 
 
-def select_samples(s: Settings, task, mod, model) -> torch.Tensor:
-    """Indices into the test split: held-out samples chosen by seed (optionally correct only)."""
+def _trained_model(s: Settings, cfg: ExperimentConfig, task,
+                   dkey: ck.Key) -> tuple[torch.nn.Module, ck.Key, Any]:
+    """``cfg``'s model trained on ``task`` with ``cfg.seed`` (or loaded from the run's cache), in
+    eval mode and frozen: ``(model, model key, TrainResult)``."""
+    from .models import build_model, train_model
+
+    entry = MODELS.entry(cfg.model.name)
+    pretrained = bool(entry.meta.get("pretrained"))  # never trained
+    mkey = ck.model_key(dkey, {**cfg.model.hash_dict(), **entry.fingerprint_of(cfg.model.params)},
+                        None if pretrained else cfg.training.model_dump(), cfg.seed, s.amp)
+    ckpt_dir = s.cache.path("models", mkey.hash)
+    model = build_model(cfg.model.name, task, seed=cfg.seed, **cfg.model.params)
+    if ckpt_dir.exists():
+        s.cache.verify_dir(ckpt_dir, ["model.pt", "train.json"])
+    with s.autocast():
+        tr = train_model(model, task, cfg.training, seed=cfg.seed, device=s.device,
+                         checkpoint_dir=ckpt_dir, show_progress=s.show_progress)
+    if not tr.cache_hit and (ckpt_dir / "model.pt").exists():
+        for f in ("model.pt", "train.json"):
+            s.cache.record(ckpt_dir / f, mkey)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, mkey, tr
+
+
+def _replicate_models(s: Settings, cfg: ExperimentConfig, task, dkey: ck.Key, seeds: list[int],
+                      info: dict) -> Iterator[torch.nn.Module]:
+    """The models of the other replicates (trained here, or loaded from the run's cache where their
+    own unit, or an earlier one, trained them), one at a time, for :func:`select_samples`."""
+    hits = []
+    for seed in seeds:
+        model, _, tr = _trained_model(s, cfg.model_copy(update={"seed": seed}), task, dkey)
+        hits.append(bool(tr.cache_hit))
+        yield model
+        del model
+    info.update(cache_hit=all(hits), seeds=list(seeds))
+
+
+def select_samples(s: Settings, task, mod, model,
+                   others: Iterable[torch.nn.Module] = ()) -> torch.Tensor:
+    """Indices into the test split: held-out samples chosen by seed (optionally correct only).
+
+    With ``evaluation.only_correct``, the samples ``model`` classifies correctly and, where
+    ``others`` (models of the other replicates) are given, that each of them classifies correctly
+    too: the first ``n_samples`` of one seeded order of the test split that pass, the same for
+    every replicate."""
     from .models.training import correct_predictions
 
     cfg = s.cfg
     gen = torch.Generator().manual_seed(s.dseed + 1)
     order = torch.randperm(len(task.test), generator=gen)
     if cfg.evaluation.only_correct:
-        preds = mod.logits(model, task.test, order, s.device).argmax(1)
-        ok = correct_predictions(model, preds, task.test.labels[order], task)
-        if ok is None:
-            raise ValueError(
-                f"evaluation.only_correct: correct predictions are not defined for model '{cfg.model.name}' on "
-                f"dataset '{task.name}' (its labels do not map to the model's classes); set "
-                "evaluation.only_correct: false"
-            )
-        order = order[ok]
+        keep = torch.ones(len(order), dtype=torch.bool)
+        for m in itertools.chain((model,), others):  # the others are loaded one at a time
+            preds = mod.logits(m, task.test, order, s.device).argmax(1)
+            ok = correct_predictions(m, preds, task.test.labels[order], task)
+            if ok is None:
+                raise ValueError(
+                    f"evaluation.only_correct: correct predictions are not defined for model "
+                    f"'{cfg.model.name}' on dataset '{task.name}' (its labels do not map to the "
+                    "model's classes); set evaluation.only_correct: false"
+                )
+            keep &= ok.cpu().bool()
+        order = order[keep]
     return order[: cfg.evaluation.n_samples].sort().values
 
 

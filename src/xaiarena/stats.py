@@ -6,7 +6,8 @@ and is deterministic given its ``seed``.
 
 Summaries -- :func:`summarize`
     Per (dataset, explainer, metric): the mean over samples (NaN scores dropped,
-    ``n`` = scores used) and a 95% bootstrap confidence interval of that mean.
+    ``n`` = ``n_samples`` = scores used, ``n_replicates`` = 1) and a 95% bootstrap
+    confidence interval of that mean.
     The default interval is **BCa** (bias-corrected and accelerated; Efron &
     Tibshirani 1993, ch. 14), the same estimator as ``scipy.stats.bootstrap``
     (``method="BCa"``) and identical to it for the same generator and number of
@@ -40,10 +41,25 @@ Paired tests -- :func:`paired_tests`
     Tests are never run across datasets: replicates of one dataset are not
     independent evidence, and every family lives within one dataset.
 
+Replicates -- :func:`summarize_replicates` and :func:`replicate_tests`
+    With ``replicates: N`` the model is retrained with N seeds and every model is scored on
+    the same samples: seeds and samples are *crossed* random factors. A score is modelled as
+    ``mu + a_seed + b_sample + e`` and the interval of the mean counts both variances
+    (``Var = s2_a / R + s2_b / n + s2_e / (R n)``, ANOVA estimators of the balanced two-way
+    crossed design truncated at zero, Satterthwaite degrees of freedom; never narrower than the
+    t-interval over replicate means nor the one over per-sample means: :func:`crossed_mean`).
+    Explainer pairs are compared by the same model of their paired differences
+    (:func:`crossed_t`, Clark's 1973 quasi-F for two levels, the matching intersection-union
+    test) and, over the replicate means, by a Wilcoxon signed-rank test whose smallest
+    attainable p (``min_p``, 0.25 with 3 replicates) is reported: a test that cannot go below
+    ``alpha`` does not vote in :func:`rank` and :func:`compare_to_best`. Only samples scored in
+    every replicate enter.
+
 Rankings -- :func:`rank` and :func:`combined_ranking`
     Within a (dataset, metric), explainer ``A`` is *significantly better* than
     ``B`` when the Holm-adjusted p-value of their pair is below ``alpha`` and the
-    paired mean difference favours ``A`` given ``higher_is_better``. The rank
+    paired mean difference favours ``A`` given ``higher_is_better`` (with
+    ``test="both"``, in each test that can reach ``alpha``: see ``min_p``). The rank
     of an explainer is ``1 +`` the number of explainers significantly better
     than it, so explainers that nothing beats share rank 1 and ranks are ties
     wherever differences are not significant. ``group`` is the compact letter
@@ -76,6 +92,11 @@ TESTS_COLUMNS = [
     "dataset", "metric", "explainer_a", "explainer_b", "test", "statistic", "p_value", "p_holm",
     "effect_size",
 ]
+#: added after :data:`SUMMARY_COLUMNS` (whose ``n`` is the number of distinct samples, ==
+#: ``n_samples``): the samples and the replicates (models retrained with other seeds; 1 without)
+#: a mean rests on
+COUNT_COLUMNS = ["n_samples", "n_replicates"]
+_COUNT_TYPES = {"n": "int64", "n_samples": "int64", "n_replicates": "int64"}
 RANK_COLUMNS = ["dataset", "metric", "explainer", "rank", "group"]
 COMBINED_COLUMNS = ["metric", "explainer", "mean_rank", "n_datasets"]
 PER_SAMPLE_COLUMNS = ["dataset", "explainer", "metric", "sample_id", "value"]
@@ -227,7 +248,9 @@ def summarize(
     ``meta`` maps each metric to ``higher_is_better`` (a bool, or a mapping with
     that key as in ``run.json["metrics_meta"]``); ``models`` maps each dataset to
     the name of its model (``""`` when not given). Returns the columns
-    :data:`SUMMARY_COLUMNS` in the order groups first appear in ``per_sample``.
+    :data:`SUMMARY_COLUMNS` then :data:`COUNT_COLUMNS` (``n_samples`` == ``n``,
+    ``n_replicates`` 1: one model; a table with replicates is summarised per replicate, see
+    :func:`summarize_replicates`) in the order groups first appear in ``per_sample``.
     """
     _check_columns(per_sample, PER_SAMPLE_COLUMNS, "per_sample")
     ctx = context_columns(per_sample)
@@ -256,9 +279,11 @@ def summarize(
             "ci_high": hi,
             "n": int(x.size),
             "higher_is_better": hib,
+            "n_samples": int(x.size),
+            "n_replicates": 1,
         })
-    out = pd.DataFrame(rows, columns=_with_context(SUMMARY_COLUMNS, per_sample))
-    return out.astype({"n": "int64", "higher_is_better": bool})
+    out = pd.DataFrame(rows, columns=_with_context(SUMMARY_COLUMNS, per_sample) + COUNT_COLUMNS)
+    return out.astype({**_COUNT_TYPES, "higher_is_better": bool})
 
 
 # --------------------------------------------------------------------------- paired tests
@@ -364,11 +389,13 @@ def paired_tests(
 ) -> pd.DataFrame:
     """Paired tests between every pair of explainers, per (dataset, metric).
 
-    Returns one row per pair per test with the columns :data:`TESTS_COLUMNS`
-    (plus ``n`` = matched pairs used and ``n_dropped`` = samples dropped because
-    a score was NaN or missing on one side, when ``with_n``). Explainer pairs
-    follow the order of first appearance (``explainer_a`` first). p-values do
-    not depend on a significance level; pass ``alpha`` to :func:`rank`.
+    Returns one row per pair per test with the columns :data:`TESTS_COLUMNS`,
+    ``min_p`` (the smallest p-value the test can give with these samples: 0 for t,
+    :func:`wilcoxon_min_p` of the non-zero differences for Wilcoxon), and, when ``with_n``,
+    ``n`` = matched pairs used and ``n_dropped`` = samples dropped because a score was NaN
+    or missing on one side. Explainer pairs follow the order of first appearance
+    (``explainer_a`` first). p-values do not depend on a significance level; pass ``alpha``
+    to :func:`rank`.
     """
     unknown = [t for t in tests if t not in TESTS]
     if unknown:
@@ -399,9 +426,11 @@ def paired_tests(
             dz = cohens_dz(d)
             for test in tests:
                 stat, p = paired_t(d) if test == "t" else paired_wilcoxon(d)
+                min_p = 0.0 if test == "t" else wilcoxon_min_p(int(np.count_nonzero(d)))
                 rows.append({
                     **context, "metric": metric, "explainer_a": a, "explainer_b": b,
                     "test": test, "statistic": stat, "p_value": p, "effect_size": dz,
+                    "min_p": min_p,
                     "n": int(d.size), "n_dropped": n_dropped,
                 })
         part = pd.DataFrame(rows)
@@ -410,7 +439,8 @@ def paired_tests(
                 sel = (part["test"] == test).to_numpy()
                 part.loc[sel, "p_holm"] = holm(part.loc[sel, "p_value"].to_numpy())
         frames.append(part)
-    cols = _with_context(TESTS_COLUMNS, per_sample) + (["n", "n_dropped"] if with_n else [])
+    cols = [*_with_context(TESTS_COLUMNS, per_sample), "min_p",
+            *(["n", "n_dropped"] if with_n else [])]
     if not frames or all(len(f) == 0 for f in frames):
         return pd.DataFrame(columns=cols)
     out = pd.concat([f for f in frames if len(f)], ignore_index=True)
@@ -463,22 +493,49 @@ def compact_letter_display(order: Sequence[str], different: Iterable[tuple[str, 
     return out
 
 
+def informative(min_p: Any, alpha: float) -> bool:
+    """Whether a test whose smallest attainable p-value is ``min_p`` can reject at ``alpha`` (a
+    missing ``min_p``, as in tables written before it existed, counts as informative)."""
+    try:
+        v = float(min_p)
+    except (TypeError, ValueError):
+        return True
+    return not np.isfinite(v) or v < alpha
+
+
+def _voters(by_test: dict[str, tuple[float, float, float]], want: Sequence[str],
+            alpha: float) -> list[str]:
+    """The wanted tests that can decide a pair: every wanted test must be there, and a test that
+    cannot reach ``alpha`` (a Wilcoxon over 3 replicates) does not vote. Empty: nothing decides."""
+    if not all(t in by_test for t in want):
+        return []
+    return [t for t in want if informative(by_test[t][2], alpha)]
+
+
+def _by_pair(sel: pd.DataFrame) -> dict[tuple[str, str], dict[str, tuple[float, float, float]]]:
+    """``{(a, b): {test: (p_holm, effect_size, min_p)}}`` of a tests table."""
+    min_p = sel["min_p"].to_numpy(np.float64) if "min_p" in sel.columns else np.zeros(len(sel))
+    out: dict[tuple[str, str], dict[str, tuple[float, float, float]]] = {}
+    p_holm, effect = sel["p_holm"].to_numpy(np.float64), sel["effect_size"].to_numpy(np.float64)
+    for a, b, t, p, es, mp in zip(sel["explainer_a"], sel["explainer_b"], sel["test"], p_holm,
+                                  effect, min_p, strict=True):
+        out.setdefault((a, b), {})[t] = (p, es, mp)
+    return out
+
+
 def _significant_pairs(
     tests: pd.DataFrame, context: dict[str, Any], metric: Any, alpha: float, test: str
 ) -> dict[tuple[str, str], float]:
-    """``{(a, b): mean_diff_sign}`` for pairs whose Holm p-value is below ``alpha``."""
+    """``{(a, b): mean_diff_sign}`` for pairs whose Holm p-value is below ``alpha`` in every voting
+    test (:func:`_voters`)."""
     sel = _select(tests, context)
     sel = sel[sel["metric"] == metric]
     want = TESTS if test == "both" else (test,)
     sel = sel[sel["test"].isin(want)]
-    by_pair: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
-    for a, b, t, p, es in zip(sel["explainer_a"], sel["explainer_b"], sel["test"],
-                              sel["p_holm"].to_numpy(np.float64), sel["effect_size"].to_numpy(np.float64),
-                              strict=True):
-        by_pair.setdefault((a, b), {})[t] = (p, es)
     out: dict[tuple[str, str], float] = {}
-    for pair, by_test in by_pair.items():
-        if all(t in by_test for t in want) and all(by_test[t][0] < alpha for t in want):
+    for pair, by_test in _by_pair(sel).items():
+        voters = _voters(by_test, want, alpha)
+        if voters and all(by_test[t][0] < alpha for t in voters):
             out[pair] = float(np.sign(by_test[want[0]][1]))
     return out
 
@@ -549,8 +606,10 @@ def compare_to_best(
 
     Columns: ``dataset, metric, explainer, best, is_best, p_holm, significant``
     where ``p_holm`` is the Holm-adjusted p-value of the pair (explainer, best)
-    for ``test`` (NaN for the best itself) and ``significant`` says whether the
-    explainer is significantly worse than the best (``test="both"`` needs both).
+    for ``test`` (NaN for the best itself, and where no test can decide: a Wilcoxon whose
+    smallest attainable p is not below ``alpha`` does not vote) and ``significant`` says
+    whether the explainer is significantly worse than the best (``test="both"`` needs both
+    voting tests; the larger p is reported).
     """
     want = TESTS if test == "both" else (test,)
     rows = []
@@ -564,15 +623,14 @@ def compare_to_best(
         sel = _select(tests, context) if len(tests) else tests
         sel = sel[sel["metric"] == metric] if len(sel) else sel
         for e in order:
-            p = {t: float("nan") for t in want}
+            pmax = float("nan")
             if e != best and len(sel):
                 m = sel[((sel["explainer_a"] == e) & (sel["explainer_b"] == best))
                         | ((sel["explainer_a"] == best) & (sel["explainer_b"] == e))]
-                for t in want:
-                    mt = m[m["test"] == t]
-                    if len(mt):
-                        p[t] = float(mt["p_holm"].iloc[0])
-            pmax = max(p.values())
+                by_test = next(iter(_by_pair(m[m["test"].isin(want)]).values()), {})
+                voters = _voters(by_test, want, alpha)
+                if voters:
+                    pmax = max(by_test[t][0] for t in voters)
             rows.append({
                 **context, "metric": metric, "explainer": e, "best": best,
                 "is_best": e == best, "p_holm": pmax,
@@ -609,50 +667,259 @@ def combined_ranking(ranks: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COMBINED_COLUMNS)
 
 
-# --------------------------------------------------------------------------- replicates
+# --------------------------------------------------------------------------- replicates x samples
 
 
-def summarize_replicates(per_replicate: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Across replicates (models retrained with other seeds): per (context, explainer, metric) the
-    mean of the per-replicate means, and a t-interval over the replicate means (NaN with one
-    replicate). ``n`` sums the scores of all replicates; ``n_replicates`` counts replicates with a
-    finite mean. Input: :func:`summarize` of a table with ``replicate`` and ``seed`` columns."""
-    ctx = [c for c in context_columns(per_replicate) if c not in REPLICATE_COLUMNS]
+def wilcoxon_min_p(n: int) -> float:
+    """The smallest two-sided p-value the exact Wilcoxon signed-rank test can give with ``n``
+    non-zero differences: all of one sign, ``2 / 2**n`` (0.25 for 3, 0.0625 for 5, 0.03125
+    for 6). A test whose smallest possible p is not below ``alpha`` cannot reject at ``alpha``:
+    it is not informative there (:func:`rank` does not let it vote, the report prints no p)."""
+    return 1.0 if n < 1 else float(min(1.0, 2.0 ** (1 - n)))
+
+
+def _crossed_parts(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, and (variance of the mean, df) of the three estimates of :func:`crossed_mean`, for
+    complete tables ``y`` of shape ``(..., R, n)``: ``var`` and ``df`` have a last axis of 3
+    (crossed, over replicate means, over per-sample means)."""
+    reps, n = y.shape[-2:]
+    mean = y.mean(axis=(-2, -1))
+    rm, cm = y.mean(axis=-1), y.mean(axis=-2)
+    ms_r = n * np.sum((rm - mean[..., None]) ** 2, axis=-1) / (reps - 1)
+    ms_i = reps * np.sum((cm - mean[..., None]) ** 2, axis=-1) / (n - 1)
+    df_e = (reps - 1) * (n - 1)
+    resid = y - rm[..., :, None] - cm[..., None, :] + mean[..., None, None]
+    ms_e = np.sum(resid**2, axis=(-2, -1)) / df_e
+    # a variance component estimated <= 0 is set to 0 (its mean square leaves the combination)
+    c_r, c_i = (ms_r > ms_e).astype(np.float64), (ms_i > ms_e).astype(np.float64)
+    terms = np.stack([c_r * ms_r, c_i * ms_i, (1.0 - c_r - c_i) * ms_e], axis=-1)
+    total = terms.sum(axis=-1)
+    den = np.sum(terms**2 / np.array([reps - 1, n - 1, df_e], dtype=np.float64), axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        nu = np.where(den > 0, total**2 / np.where(den > 0, den, 1.0), np.inf)
+    var = np.stack([total, ms_r, ms_i], axis=-1) / (reps * n)
+    df = np.stack([nu, np.full_like(nu, reps - 1.0), np.full_like(nu, n - 1.0)], axis=-1)
+    return mean, var, df
+
+
+def _as_table(y: np.ndarray, what: str) -> np.ndarray:
+    y = np.asarray(y, dtype=np.float64)
+    if y.ndim < 2:
+        raise ValueError(f"{what} needs (replicates, samples) tables, got shape {y.shape}")
+    if np.isnan(y).any():
+        raise ValueError(f"{what} needs complete tables (no NaN): drop incomplete samples first")
+    return y
+
+
+def _out(x: np.ndarray) -> Any:
+    return float(x) if np.ndim(x) == 0 else x
+
+
+def crossed_mean(y: np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
+    """The grand mean of a complete ``(replicates, samples)`` table and its interval, counting
+    both random factors: seeds and samples are crossed (every retrained model scores the same
+    samples).
+
+    Model ``y[r, i] = mu + a_r + b_i + e_ri`` (two-way crossed random effects, one score per
+    cell) with independent seed effects ``a_r`` (variance ``s2_a``), sample effects ``b_i``
+    (``s2_b``) and interactions ``e_ri`` (``s2_e``), so
+    ``Var(mean) = s2_a / R + s2_b / n + s2_e / (R n)``. With the mean squares ``MS_R`` (seeds,
+    R - 1 df), ``MS_I`` (samples, n - 1 df) and ``MS_E`` (residual, (R - 1)(n - 1) df), the
+    ANOVA estimators of the balanced design truncated at zero (Searle, Casella & McCulloch
+    1992, *Variance Components*, ch. 4) give
+    ``V = [(MS_R - MS_E)+ + (MS_I - MS_E)+ + MS_E] / (R n)``, a linear combination of mean
+    squares with Satterthwaite's (1946) degrees of freedom
+    ``nu = (sum c_k MS_k)**2 / sum (c_k MS_k)**2 / df_k``.
+
+    With few replicates ``nu`` is itself noisy and ``mean +- t(nu) sqrt(V)`` undercovers when
+    retraining variance dominates (93% at 3 seeds, ``benchmarks/replicate_coverage.py``). So
+    the interval is never narrower than either one-factor t-interval, each exact when the other
+    factor's variance vanishes: over the R replicate means (``MS_R / (R n)``, R - 1 df: these
+    samples under retraining) and over the n per-sample means (``MS_I / (R n)``, n - 1 df:
+    these models under resampling of samples). The half-width is the largest of the three; the
+    test of :func:`crossed_t` is the matching intersection-union test (Berger 1982).
+
+    Returns ``mean, se, df, ci_low, ci_high``: ``se`` and ``df`` of the estimate that set the
+    width (``df`` near R - 1: retraining variance decides; large: sample variance does). Fewer
+    than 2 replicates or 2 samples give a NaN interval (one of the variances cannot be
+    estimated). ``y`` may carry leading batch axes ``(..., R, n)``; the values are then arrays.
+    """
+    y = _as_table(y, "crossed_mean")
+    reps, n = y.shape[-2:]
+    keys = ("se", "df", "ci_low", "ci_high")
+    nan = _out(np.full(y.shape[:-2], np.nan))
+    if reps == 0 or n == 0:
+        return {"mean": nan, **dict.fromkeys(keys, nan)}
+    if reps < 2 or n < 2:
+        return {"mean": _out(y.mean(axis=(-2, -1))), **dict.fromkeys(keys, nan)}
+    mean, var, df = _crossed_parts(y)
+    half_k = sps.t.ppf(0.5 + confidence / 2, df) * np.sqrt(var)
+    k = np.argmax(half_k, axis=-1)[..., None]
+    half = np.take_along_axis(half_k, k, -1)[..., 0]
+    return {"mean": _out(mean), "se": _out(np.sqrt(np.take_along_axis(var, k, -1)[..., 0])),
+            "df": _out(np.take_along_axis(df, k, -1)[..., 0]), "ci_low": _out(mean - half),
+            "ci_high": _out(mean + half)}
+
+
+def crossed_t(d: np.ndarray) -> tuple[Any, Any, Any]:
+    """Two-sided test of a zero mean of a complete ``(replicates, samples)`` table of paired
+    differences, counting seed and sample variance: ``(t, p, df)``, the dual of
+    :func:`crossed_mean`.
+
+    The crossed random-effects t (for two explainers, Clark's 1973 quasi-F ``F' = t**2`` for a
+    treatment crossed with two random factors) on Satterthwaite's df, the paired t over the R
+    replicate means and the paired t over the n per-sample means: the p-value is the largest of
+    the three (reject only when all three reject: an intersection-union test, Berger 1982,
+    never more liberal than any of them), reported with its ``t`` and ``df``. Fewer than 2
+    replicates or samples give NaN; differences that are all equal give t = 0, p = 1 (all zero)
+    or t = +-inf, p = 0. Leading batch axes ``(..., R, n)`` give arrays.
+    """
+    d = _as_table(d, "crossed_t")
+    reps, n = d.shape[-2:]
+    if reps < 2 or n < 2:
+        nan = _out(np.full(d.shape[:-2], np.nan))
+        return nan, nan, nan
+    mean, var, df = _crossed_parts(d)
+    m = mean[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(var > 0, m / np.sqrt(np.where(var > 0, var, 1.0)),
+                     np.where(m == 0, 0.0, np.copysign(np.inf, m)))
+    p = np.minimum(1.0, 2.0 * sps.t.sf(np.abs(t), df))
+    k = np.argmax(p, axis=-1)[..., None]
+    pick = [np.take_along_axis(a, k, -1)[..., 0] for a in (t, p, df)]
+    return _out(pick[0]), _out(pick[1]), _out(pick[2])
+
+
+def _replicate_key(df: pd.DataFrame) -> str:
+    key = next((c for c in REPLICATE_COLUMNS if c in df.columns), None)
+    if key is None:
+        raise ValueError(f"per_sample has no replicate column ({', '.join(REPLICATE_COLUMNS)}); "
+                         f"it has {list(df.columns)}")
+    return key
+
+
+def _complete(wide: pd.DataFrame) -> pd.DataFrame:
+    """A (replicates x samples) table without replicates that have no finite score, then without
+    samples not scored in every remaining replicate (a complete, balanced design)."""
+    wide = wide.dropna(axis=0, how="all")
+    return wide.dropna(axis=1, how="any")
+
+
+def summarize_replicates(per_sample: pd.DataFrame, meta: Mapping[str, Any], *,
+                         models: Mapping[str, str] | None = None,
+                         confidence: float = 0.95) -> pd.DataFrame:
+    """Per (context, explainer, metric) across replicates (models retrained with other seeds,
+    scored on the same samples): the mean over replicates x samples and a 95% interval that
+    counts both sources of variance (:func:`crossed_mean`: crossed random effects, ANOVA
+    estimators, Satterthwaite df, never narrower than either one-factor interval).
+
+    ``per_sample`` has ``replicate`` (or ``seed``) columns. Only samples scored (finite) in
+    every replicate enter (a complete design); replicates without any finite score are left
+    out. Columns: :data:`SUMMARY_COLUMNS`, where ``n`` is the number of distinct samples
+    (== ``n_samples``), then ``n_samples``, ``n_replicates`` and ``df`` (the interval's degrees
+    of freedom: near ``n_replicates - 1`` when retraining variance decides, near
+    ``n_samples - 1`` when sample variance does)."""
+    _check_columns(per_sample, PER_SAMPLE_COLUMNS, "per_sample")
+    rep = _replicate_key(per_sample)
+    ctx = [c for c in context_columns(per_sample) if c not in REPLICATE_COLUMNS]
     rows = []
-    for keys, grp in per_replicate.groupby([*ctx, "explainer", "metric"], sort=False):
+    for keys, grp in per_sample.groupby([*ctx, "explainer", "metric"], sort=False):
         context = dict(zip(ctx, keys[: len(ctx)], strict=True))
-        m = grp["mean"].to_numpy(np.float64)
-        m = m[np.isfinite(m)]
-        k = m.size
-        mean = float(m.mean()) if k else float("nan")
-        lo = hi = float("nan")
-        if k >= 2:
-            half = sps.t.ppf(0.5 + confidence / 2, k - 1) * m.std(ddof=1) / np.sqrt(k)
-            lo, hi = mean - half, mean + half
-        rows.append({**context, "model": grp["model"].iloc[0], "explainer": keys[-2], "metric": keys[-1],
-                     "mean": mean, "ci_low": lo, "ci_high": hi, "n": int(grp["n"].sum()),
-                     "higher_is_better": bool(grp["higher_is_better"].iloc[0]), "n_replicates": k})
-    cols = [*ctx, *SUMMARY_COLUMNS[1:], "n_replicates"]
-    out = pd.DataFrame(rows, columns=cols)
-    return out.astype({"n": "int64", "higher_is_better": bool, "n_replicates": "int64"})
+        explainer, metric = keys[len(ctx):]
+        wide = _complete(grp.pivot(index=rep, columns="sample_id", values="value"))
+        r = crossed_mean(wide.to_numpy(np.float64), confidence)
+        n_s, n_r = (int(wide.shape[1]), int(wide.shape[0])) if wide.size else (0, 0)
+        dropped = int(grp["sample_id"].nunique()) - n_s
+        if dropped:
+            log.info("%s/%s/%s: %d sample(s) not scored in every replicate left out",
+                     context.get("dataset"), explainer, metric, dropped)
+        rows.append({
+            **context, "model": "" if models is None else models[str(context["dataset"])],
+            "explainer": explainer, "metric": metric, "mean": r["mean"], "ci_low": r["ci_low"],
+            "ci_high": r["ci_high"], "n": n_s, "higher_is_better": _higher_is_better(meta, metric),
+            "n_samples": n_s, "n_replicates": n_r, "df": r["df"],
+        })
+    cols = [*ctx, *SUMMARY_COLUMNS[1:], *COUNT_COLUMNS, "df"]
+    return pd.DataFrame(rows, columns=cols).astype({**_COUNT_TYPES, "higher_is_better": bool})
 
 
-def replicate_tests(per_replicate: pd.DataFrame, tests: Sequence[str] = TESTS) -> pd.DataFrame:
-    """Explainers compared across replicates: for every pair, the per-replicate means paired by seed,
-    tested with the paired t-test and Wilcoxon (Holm over the pairs of one (context, metric, test)
-    family). ``n`` is the number of replicates. This is the test of whether a difference survives
-    retraining the model; the per-sample tests (``tests.csv``) compare explainers within one model."""
-    ctx = [c for c in context_columns(per_replicate) if c not in REPLICATE_COLUMNS]
-    long = per_replicate.rename(columns={"mean": "value"})[[*ctx, "explainer", "metric", "seed", "value"]]
-    long = long.rename(columns={"seed": "sample_id"})
-    out = paired_tests(long, tests=tests, with_n=True)
-    return out.drop(columns=["n_dropped"])
+#: what each test of :func:`replicate_tests` counts as its units
+REPLICATE_TEST_UNITS = {"t": "samples x replicates", "wilcoxon": "replicates"}
+REPLICATE_TESTS_COLUMNS = [*TESTS_COLUMNS, "df", "min_p", "unit", "n", *COUNT_COLUMNS]
+
+
+def replicate_tests(per_sample: pd.DataFrame, tests: Sequence[str] = TESTS) -> pd.DataFrame:
+    """Explainers compared across replicates: for every pair of one (context, metric), the
+    paired differences on the samples both scored in every replicate, as a (replicates x
+    samples) table.
+
+    * ``t``: the crossed random-effects test (:func:`crossed_t`), which counts the variance of
+      retraining *and* of the samples; ``df`` is the degrees of freedom of its deciding part.
+    * ``wilcoxon``: the signed-rank test over the per-replicate mean differences (units:
+      replicates; it asks whether the difference on these samples survives retraining, and
+      does not count sample variance). ``min_p`` is its smallest attainable p
+      (:func:`wilcoxon_min_p`; 0.25 with 3 replicates): where it is not below alpha the test
+      cannot reject and is not informative (:func:`rank` does not let it vote; the report does
+      not print it).
+
+    ``effect_size`` is Cohen's d_z of the per-sample differences averaged over replicates (for
+    one replicate, the d_z of :func:`paired_tests`). ``p_holm`` is Holm's adjustment over the
+    pairs of one (context, metric, test). Columns :data:`REPLICATE_TESTS_COLUMNS` (``n`` ==
+    ``n_samples``, distinct samples)."""
+    unknown = [t for t in tests if t not in TESTS]
+    if unknown:
+        raise ValueError(f"unknown test(s) {unknown}; valid: {', '.join(TESTS)}")
+    _check_columns(per_sample, PER_SAMPLE_COLUMNS, "per_sample")
+    rep = _replicate_key(per_sample)
+    ctx = [c for c in context_columns(per_sample) if c not in REPLICATE_COLUMNS]
+    ident = [*ctx, rep, "explainer", "metric", "sample_id"]
+    dup = per_sample.duplicated(ident)
+    if dup.any():
+        raise ValueError(f"{int(dup.sum())} duplicated ({', '.join(ident)}) rows, e.g. "
+                         f"{tuple(per_sample[dup].iloc[0][ident])}")
+    frames = []
+    nan = float("nan")
+    for keys, grp in per_sample.groupby([*ctx, "metric"], sort=False):
+        context = dict(zip(ctx, keys[: len(ctx)], strict=True))
+        metric = keys[-1]
+        tables = {e: g.pivot(index=rep, columns="sample_id", values="value")
+                  for e, g in grp.groupby("explainer", sort=False)}
+        rows = []
+        for a, b in combinations(list(tables), 2):
+            d = _complete(tables[a].sub(tables[b])).to_numpy(np.float64)  # by replicate and id
+            n_r, n_s = d.shape if d.size else (0, 0)
+            base = {**context, "metric": metric, "explainer_a": a, "explainer_b": b,
+                    "effect_size": cohens_dz(d.mean(axis=0)) if d.size else nan,
+                    "n": n_s, "n_samples": n_s, "n_replicates": n_r}
+            for test in tests:
+                if test == "t":
+                    stat, p, df = crossed_t(d) if d.size else (nan, nan, nan)
+                    min_p = 0.0
+                else:
+                    rep_means = d.mean(axis=1) if d.size else np.empty(0)
+                    stat, p = paired_wilcoxon(rep_means)
+                    df, min_p = nan, wilcoxon_min_p(int(np.count_nonzero(rep_means)))
+                rows.append({**base, "test": test, "statistic": stat, "p_value": p, "df": df,
+                             "min_p": min_p, "unit": REPLICATE_TEST_UNITS[test]})
+        part = pd.DataFrame(rows)
+        if len(part):
+            for test in tests:
+                sel = (part["test"] == test).to_numpy()
+                part.loc[sel, "p_holm"] = holm(part.loc[sel, "p_value"].to_numpy())
+        frames.append(part)
+    cols = [*ctx, *REPLICATE_TESTS_COLUMNS[1:]]
+    if not frames or all(len(f) == 0 for f in frames):
+        return pd.DataFrame(columns=cols)
+    out = pd.concat([f for f in frames if len(f)], ignore_index=True)
+    return out[cols].astype(_COUNT_TYPES)
 
 
 def replicate_ranks(per_replicate: pd.DataFrame, tests: pd.DataFrame, alpha: float = 0.05,
                     test: str = "t") -> pd.DataFrame:
-    """:func:`rank` within every replicate (its own samples, its own Holm-adjusted tests), so the
-    report can show whether an explainer ranking is stable across retrained models."""
+    """:func:`rank` within every replicate (its own model, its own Holm-adjusted tests over
+    samples, ``tests.csv``), so the report can show whether an explainer ranking is stable
+    across retrained models. These ranks are conditional on each replicate's model; the ranking
+    across replicates comes from :func:`replicate_tests`."""
     return rank(per_replicate, tests, alpha, test=test)
 
 
@@ -660,7 +927,7 @@ def replicate_ranks(per_replicate: pd.DataFrame, tests: pd.DataFrame, alpha: flo
 
 FG, BG = "fg_mean", "bg_mean"
 FG_BG_COLUMNS = ["dataset", "explainer", "fg_metric", "test", "n", "fg_mean", "bg_mean", "mean_diff",
-                 "statistic", "p_value", "p_holm", "effect_size"]
+                 "statistic", "p_value", "p_holm", "effect_size", "min_p"]
 
 
 def _pairs(metrics: list[str]) -> list[tuple[str, str]]:
@@ -677,8 +944,9 @@ def _pairs(metrics: list[str]) -> list[tuple[str, str]]:
 def fg_bg_tests(per_sample: pd.DataFrame) -> pd.DataFrame:
     """Foreground vs background within each explainer: for every explainer scored by
     ``fg_bg_attribution``, the per-image differences ``fg_mean - bg_mean`` are tested across images
-    (paired t-test and Wilcoxon, Cohen's d_z, Holm over the explainers of one dataset per test).
-    Columns ``FG_BG_COLUMNS``; written to ``results/fg_bg_tests.csv``."""
+    (paired t-test and Wilcoxon, Cohen's d_z, Holm over the explainers of one dataset per test;
+    ``min_p`` is the smallest p the test can give, :func:`wilcoxon_min_p`). Columns
+    ``FG_BG_COLUMNS``; written to ``results/fg_bg_tests.csv``."""
     if per_sample is None or not len(per_sample):
         return pd.DataFrame(columns=FG_BG_COLUMNS)
     rows: list[dict[str, Any]] = []
@@ -699,8 +967,9 @@ def fg_bg_tests(per_sample: pd.DataFrame) -> pd.DataFrame:
                         "fg_mean": float(both["fg"].mean()) if len(d) else np.nan,
                         "bg_mean": float(both["bg"].mean()) if len(d) else np.nan,
                         "mean_diff": float(d.mean()) if len(d) else np.nan, "effect_size": dz}
-                block.append({**base, "test": "t", "statistic": t, "p_value": p_t})
-                block.append({**base, "test": "wilcoxon", "statistic": w, "p_value": p_w})
+                block.append({**base, "test": "t", "statistic": t, "p_value": p_t, "min_p": 0.0})
+                block.append({**base, "test": "wilcoxon", "statistic": w, "p_value": p_w,
+                              "min_p": wilcoxon_min_p(int(np.count_nonzero(d)))})
             for test in ("t", "wilcoxon"):
                 fam = [r for r in block if r["test"] == test]
                 adj = holm([r["p_value"] for r in fam])
@@ -720,22 +989,23 @@ def result_tables(per_sample: pd.DataFrame, meta: Mapping[str, Any], *, models: 
     scores; :func:`xaiarena.evaluate` gives the same tables for the user's maps.
 
     ``summary`` (bootstrap CIs, :func:`summarize`) and ``tests`` (:func:`paired_tests`) always;
-    ``fg_bg_tests`` where ``fg_bg_attribution`` scored; with ``replicates``, ``summary`` is the summary
-    across replicates (:func:`summarize_replicates`) and ``summary_per_replicate``,
-    ``ranks_per_replicate`` and ``tests_replicates`` are added."""
+    ``fg_bg_tests`` where ``fg_bg_attribution`` scored. With ``replicates`` (``per_sample`` has
+    ``replicate`` and ``seed`` columns), ``summary`` is the summary across replicates x samples
+    (:func:`summarize_replicates`: crossed random effects), ``tests_replicates`` compares explainers
+    across replicates x samples (:func:`replicate_tests`), and ``summary_per_replicate`` and
+    ``ranks_per_replicate`` describe each retrained model on its own (``tests`` is then per
+    replicate)."""
     out: dict[str, pd.DataFrame] = {}
     tests = paired_tests(per_sample)
     fg_bg = fg_bg_tests(per_sample)  # object vs background within each explainer (fg_bg_attribution)
     if len(fg_bg):
         out["fg_bg_tests"] = fg_bg
     if replicates:
-        # per replicate, then across replicates (mean of per-replicate means, CI over replicates,
-        # explainers compared by a paired test over replicates paired by seed)
         per_rep = summarize(per_sample, meta, models=models, seed=seed)
         out["summary_per_replicate"] = per_rep
         out["ranks_per_replicate"] = replicate_ranks(per_rep, tests)
-        out["tests_replicates"] = replicate_tests(per_rep)
-        out["summary"] = summarize_replicates(per_rep)
+        out["tests_replicates"] = replicate_tests(per_sample)
+        out["summary"] = summarize_replicates(per_sample, meta, models=models)
     else:
         out["summary"] = summarize(per_sample, meta, models=models, seed=seed)
     out["tests"] = tests
@@ -743,8 +1013,10 @@ def result_tables(per_sample: pd.DataFrame, meta: Mapping[str, Any], *, models: 
 
 
 __all__ = [
-    "ALL_METRICS", "COMBINED_COLUMNS", "RANK_COLUMNS", "SUMMARY_COLUMNS", "TESTS_COLUMNS",
-    "replicate_ranks", "replicate_tests", "summarize_replicates",
+    "ALL_METRICS", "COMBINED_COLUMNS", "COUNT_COLUMNS", "RANK_COLUMNS", "REPLICATE_TESTS_COLUMNS",
+    "SUMMARY_COLUMNS", "TESTS_COLUMNS", "crossed_mean", "crossed_t", "informative",
+    "replicate_ranks", "replicate_tests",
+    "summarize_replicates", "wilcoxon_min_p",
     "bootstrap_ci", "cohens_dz", "combined_ranking", "compact_letter_display", "compare_to_best", "fg_bg_tests",
     "holm", "paired_t", "paired_tests", "paired_wilcoxon", "rank", "result_tables", "summarize",
 ]

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..stats import BG, FG, fg_bg_tests  # noqa: F401  (the tests live in stats)
+from ..stats import BG, FG, fg_bg_tests, informative  # noqa: F401  (the tests live in stats)
 
 # --------------------------------------------------------------------------- overlays
 
@@ -117,12 +117,19 @@ def section(per_sample: pd.DataFrame | None, dataset: str, example: dict[str, np
     for (explainer, fg_metric), grp in tests.groupby(["explainer", "fg_metric"], sort=False):
         t = grp[grp["test"] == "t"].iloc[0]
         w = grp[grp["test"] == "wilcoxon"].iloc[0]
-        sig = bool(np.isfinite(t["p_holm"]) and t["p_holm"] < alpha and w["p_holm"] < alpha)
+        # a Wilcoxon on so few images that its smallest possible p is not below alpha says
+        # nothing: no p is printed and it does not vote (stats.informative)
+        w_ok = informative(w["min_p"], alpha)
+        sig = bool(np.isfinite(t["p_holm"]) and t["p_holm"] < alpha
+                   and (not w_ok or w["p_holm"] < alpha))
         rows.append({
             "explainer": explainer, "metric": fg_metric, "n": int(t["n"]),
             "fg": _fmt(t["fg_mean"]), "bg": _fmt(t["bg_mean"]), "diff": _fmt(t["mean_diff"]),
             "t": _fmt(t["statistic"], 2), "p_t": _fmt_p(t["p_holm"]),
-            "w": _fmt(w["statistic"], 1), "p_w": _fmt_p(w["p_holm"]),
+            "w": _fmt(w["statistic"], 1), "p_w": _fmt_p(w["p_holm"]) if w_ok else "–",
+            "w_note": "" if w_ok else (f"Wilcoxon not informative with {int(t['n'])} images "
+                                       f"(smallest possible p = {_fmt(w['min_p'], 3)}, not below "
+                                       f"alpha = {alpha:g})"),
             "dz": _fmt(t["effect_size"], 2), "significant": sig,
             "direction": "object" if float(t["mean_diff"]) > 0 else "background",
         })

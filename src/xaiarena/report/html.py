@@ -189,6 +189,41 @@ def _settings(run: dict[str, Any], alpha: float | None, test: str | None) -> tup
     return alpha, test
 
 
+def _ci_sentence(data: RunData) -> str:
+    """What the report's intervals are intervals of (their unit: samples, or samples and
+    replicates)."""
+    if data.replicate_seeds:
+        return (f"Confidence intervals: 95% intervals of the mean over evaluation samples × "
+                f"{len(data.replicate_seeds)} retrained models that count the variance of both "
+                "(crossed random effects; see the note above).")
+    return "Confidence intervals: 95% bootstrap intervals of the mean over evaluation samples."
+
+
+def _test_notes(data: RunData, alpha: float, test: str) -> list[str]:
+    """Where a test the report would use cannot reach alpha (a Wilcoxon signed-rank test on 3
+    replicates cannot give p < 0.25): say so, and say what decides instead."""
+    tests = data.tests
+    want = ("t", "wilcoxon") if test == "both" else (test,)
+    if not len(tests) or "min_p" not in tests.columns:
+        return []
+    sel = tests[tests["test"].isin(want) & (tests["test"] != "t")]
+    weak = sel[~sel["min_p"].map(lambda v: stats.informative(v, alpha))]
+    if not len(weak):
+        return []
+    units = "replicates" if data.replicate_seeds else "samples"
+    # min_p = 2 / 2**n for n non-zero differences
+    counts = sorted({int(round(1 - np.log2(v))) for v in weak["min_p"] if 0 < v < 1})
+    how_many = f" with {'/'.join(map(str, counts))} {units}" if counts else ""
+    what = (f"The Wilcoxon signed-rank test over {units} cannot give a p-value below "
+            f"{float(weak['min_p'].min()):.3g}{how_many}, not below alpha = {alpha:g}: it is not "
+            "informative, so its p-values are not shown")
+    if test == "both":
+        return [what + " and significance rests on the paired t-test alone where it cannot reach "
+                "alpha."]
+    return [what + " and no difference can be called significant by it; choose test t, or (with "
+            "replicates) run at least 6 replicates (smallest possible p 0.031)."]
+
+
 def _view_note(view: str | None, n_views: int, info: dict[str, Any]) -> str:
     if view is None or n_views <= 1:
         return ""
@@ -248,7 +283,8 @@ def _dataset_section(
     figures["bars"] = figs.add(
         f"{prefix}_bars.png",
         plots.bar_charts(summ, metrics, explainers, meta, colors, table.top_groups),
-        "Means with 95% bootstrap confidence intervals",
+        ("Means over samples × replicates with 95% intervals counting both"
+         if data.replicate_seeds else "Means with 95% bootstrap confidence intervals"),
         "One panel per metric (↑ higher is better, ↓ lower is better). Solid bars: the best "
         "explainer and those not significantly different from it; faded bars: significantly worse.",
     )
@@ -404,10 +440,13 @@ def _build(run_dir: str | Path, alpha: float | None, test: str | None) -> Path:
         "n_datasets": len(data.datasets),
         "metric_rows": metric_rows,
         "alpha": f"{alpha:g}",
-        "method_sentence": narrative.methods_sentence(alpha, test),
+        "method_sentence": narrative.methods_sentence(alpha, test,
+                                                      len(data.replicate_seeds)),
+        "ci_sentence": _ci_sentence(data),
+        "replicated": bool(data.replicate_seeds),
         "test_name": {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test",
                       "both": "paired t-test and Wilcoxon signed-rank test"}[test],
-        "notes": data.notes,
+        "notes": data.notes + _test_notes(data, alpha, test),
         "config_text": data.config_text,
         "xaiarena_version": __version__,
     }

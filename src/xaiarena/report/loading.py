@@ -47,6 +47,7 @@ class RunData:
     notes: list[str] = field(default_factory=list)
     text_examples: dict[str, dict[str, Any]] = field(default_factory=dict)
     replicate_ranks: pd.DataFrame | None = None  # ranks within every replicate (replicated runs)
+    replicate_seeds: list[int] = field(default_factory=list)  # a replicated run's seeds (else [])
 
     def dataset_info(self, dataset: str) -> dict[str, Any]:
         return dict((self.run.get("datasets") or {}).get(dataset) or {})
@@ -155,6 +156,37 @@ def _merge_grid(df: pd.DataFrame | None) -> pd.DataFrame | None:
     return df
 
 
+def replicate_note(run: dict[str, Any], summary: pd.DataFrame, seeds: list[int]) -> str:
+    """What the numbers of a replicated run rest on: the samples, the replicates, what an interval
+    and a test count, and which samples ``only_correct`` kept."""
+    units = [u for u in (run.get("units") or {}).values() if isinstance(u, dict)]
+    n_eval = sorted({int(u["n_eval"]) for u in units if isinstance(u.get("n_eval"), (int, float))})
+    counted = ""
+    if "n_samples" in summary.columns and len(summary):
+        ns = sorted(set(summary["n_samples"].dropna().astype(int)))
+        if ns and ns != n_eval:
+            counted = f" ({'/'.join(map(str, ns))} samples in each mean)"
+    samples = "the same evaluation samples"
+    if n_eval:
+        samples = f"the same {'/'.join(map(str, n_eval))} evaluation samples"
+    correct = ""
+    if any(u.get("samples_correct_under_seeds") for u in units):
+        correct = (" (evaluation.only_correct: the samples that every replicate's model classifies "
+                   "correctly, taken in the seeded order of the test split)")
+    r = len(seeds)
+    return (f"{r} replicates: the model was retrained with seeds {seeds}, and every replicate "
+            f"explained and scored {samples}{correct}{counted}. Each mean is over samples × "
+            "replicates, and its 95% interval counts both sources of variance: which samples were "
+            "evaluated and which seed trained the model (two-way crossed random effects, variance "
+            "components by ANOVA with Satterthwaite degrees of freedom, never narrower than the "
+            "t-interval over the replicate means nor the one over the per-sample means). "
+            "Significance comes from the same model of the paired differences between explainers. "
+            f"With {r} replicates, wherever retraining moves the scores the interval and the test "
+            f"rest on about {r - 1} degrees of freedom, so only a large difference that holds in "
+            "every retrained model is called significant. Per-image sections show the first "
+            "replicate.")
+
+
 def load_run(run_dir: str | Path) -> RunData:
     run_dir = Path(run_dir)
     run_path = run_dir / "run.json"
@@ -180,7 +212,8 @@ def load_run(run_dir: str | Path) -> RunData:
 
     summary_path = res / "summary.csv"
     if summary_path.exists():
-        summary = _read_csv(summary_path, ["mean", "ci_low", "ci_high", "n"])
+        summary = _read_csv(summary_path,
+                            ["mean", "ci_low", "ci_high", "n", *stats.COUNT_COLUMNS, "df"])
         missing = [c for c in stats.SUMMARY_COLUMNS if c not in summary.columns]
         if missing:
             raise ReportError(f"'{summary_path}' lacks column(s) {missing}")
@@ -190,7 +223,10 @@ def load_run(run_dir: str | Path) -> RunData:
         models = {str(d): str(v.get("model", "")) for d, v in (run.get("datasets") or {}).items()}
         models.update({d: models.get(d, "") for d in per_sample["dataset"].unique()})
         try:
-            summary = stats.summarize(per_sample, hib, int(run.get("seed", 0)), models=models)
+            if "replicate" in per_sample.columns:
+                summary = stats.summarize_replicates(per_sample, hib, models=models)
+            else:
+                summary = stats.summarize(per_sample, hib, int(run.get("seed", 0)), models=models)
         except ValueError as exc:
             raise ReportError(f"cannot summarise results/per_sample.parquet: {exc}") from None
         notes.append("results/summary.csv was missing; summaries were computed from "
@@ -203,7 +239,7 @@ def load_run(run_dir: str | Path) -> RunData:
 
     tests_path = res / "tests.csv"
     if tests_path.exists():
-        tests = _read_csv(tests_path, ["statistic", "p_value", "p_holm", "effect_size"])
+        tests = _read_csv(tests_path, ["statistic", "p_value", "p_holm", "effect_size", "min_p"])
         missing = [c for c in stats.TESTS_COLUMNS if c not in tests.columns]
         if missing:
             raise ReportError(f"'{tests_path}' lacks column(s) {missing}")
@@ -218,20 +254,22 @@ def load_run(run_dir: str | Path) -> RunData:
 
     # a grid run: every (dataset, grid point) is reported as its own dataset, "<dataset>@<point>"
     summary, tests, per_sample = (_merge_grid(df) for df in (summary, tests, per_sample))
-    # replicates: the table ranks explainers by the test over replicates (paired by seed); the
-    # per-image sections show the first replicate, whose examples were saved
-    replicate_note = None
+    # replicates: the table ranks explainers by the tests over replicates x samples; the per-image
+    # sections show the first replicate, whose examples were saved
+    replicate_seeds: list[int] = []
     if per_sample is not None and "replicate" in per_sample.columns:
         rep_tests = res / "tests_replicates.csv"
-        tests = (_merge_grid(_read_csv(rep_tests, ["statistic", "p_value", "p_holm", "effect_size"]))
-                 if rep_tests.exists() else pd.DataFrame(columns=stats.TESTS_COLUMNS))
+        if rep_tests.exists():
+            numeric = ["statistic", "p_value", "p_holm", "effect_size", "df", "min_p", "n",
+                       *stats.COUNT_COLUMNS]
+            tests = _merge_grid(_read_csv(rep_tests, numeric))
+        else:
+            tests = stats.replicate_tests(per_sample)
+            notes.append("results/tests_replicates.csv was missing; the tests over replicates were "
+                         "computed from results/per_sample.parquet when building this report.")
         per_sample = per_sample[per_sample["replicate"] == per_sample["replicate"].min()]
-        n_rep = len(run.get("replicate_seeds") or [])
-        replicate_note = (f"{n_rep} replicates (the model retrained with seeds {run.get('replicate_seeds')}): "
-                          "means are means of per-replicate means with 95% t-intervals over replicates, and "
-                          "significance comes from paired tests over replicates (paired by seed); per-image "
-                          "sections show the first replicate.")
-        notes.append(replicate_note)
+        replicate_seeds = [int(v) for v in (run.get("replicate_seeds") or [])]
+        notes.append(replicate_note(run, summary, replicate_seeds))
 
     # metrics known only from the summary still get a direction and a category
     for metric, grp in summary.groupby("metric", sort=False):
@@ -277,4 +315,5 @@ def load_run(run_dir: str | Path) -> RunData:
         run_dir=run_dir, run=run, config_text=config_text, summary=summary, tests=tests,
         per_sample=per_sample, curves=curves, examples=examples, metrics_meta=meta,
         datasets=datasets, notes=notes, text_examples=text_examples, replicate_ranks=replicate_ranks,
+        replicate_seeds=replicate_seeds,
     )

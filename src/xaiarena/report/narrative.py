@@ -177,7 +177,12 @@ def dataset_headline(ranks: pd.DataFrame, metrics: list[str]) -> str:
             + _join(parts) + ".")
 
 
-def methods_sentence(alpha: float, test: str) -> str:
+def methods_sentence(alpha: float, test: str, replicates: int = 1) -> str:
+    if replicates > 1:
+        return (f"Significance: Holm-adjusted {_test_name(test)} between explainers on the same "
+                f"samples and the same {replicates} retrained models (the t-test over samples × "
+                f"replicates, the Wilcoxon test over replicates), alpha = {alpha:g}, separately "
+                "for each dataset and metric.")
     return (f"Significance: Holm-adjusted {_test_name(test)} between explainers on the same "
             f"samples, alpha = {alpha:g}, separately for each dataset and metric.")
 

@@ -111,6 +111,18 @@ def fmt_percent(x: Any) -> str:
     return "–" if math.isnan(x) else f"{100 * x:.1f}%"
 
 
+def count_words(row: Any) -> str:
+    """What a summary row's mean rests on: ``n = 24``, or ``24 samples x 3 replicates`` across
+    replicates."""
+    reps = row.get("n_replicates") if hasattr(row, "get") else None
+    try:
+        reps = int(reps)
+    except (TypeError, ValueError):
+        reps = 1
+    n = int(row["n_samples"]) if reps > 1 and "n_samples" in row else int(row["n"])
+    return f"{n} samples × {reps} replicates" if reps > 1 else f"n = {n}"
+
+
 @dataclass
 class Cell:
     text: str
@@ -185,7 +197,7 @@ def results_table(
                 continue
             s = by_key.loc[(e, m)]
             d = decimals[m]
-            cell = Cell(text=fmt(s["mean"], d), title=f"n = {int(s['n'])}")
+            cell = Cell(text=fmt(s["mean"], d), title=count_words(s))
             if np.isfinite(s["ci_low"]) and np.isfinite(s["ci_high"]):
                 cell.ci = f"[{fmt(s['ci_low'], d)}, {fmt(s['ci_high'], d)}]"
             if (e, m) in rk.index and not pd.isna(rk.loc[(e, m), "rank"]):
