@@ -216,7 +216,9 @@ class RelativeInputStability(_ReExplain):
     zero entries of ``a`` and ``x`` are replaced by ``eps_min`` in the
     divisions, as in Quantus. ``prediction_change='exclude'`` (default) keeps
     only draws whose prediction equals that of ``x`` (the paper's definition);
-    ``'nan'`` is Quantus' behaviour. Lower is better."""
+    ``'nan'`` is Quantus' behaviour. Quantus 0.6's ``normalise=True`` is
+    ``normalise='normalise_by_average_second_moment_estimate_over_set'`` (``True`` here is the
+    per-sample ``normalise_by_max``). Lower is better."""
 
     name = "relative_input_stability"
     reduce = "max"
