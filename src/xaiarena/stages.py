@@ -319,8 +319,8 @@ def explain(s: Settings, prep: Prepared, view: View, spec: ComponentSpec, explai
 
     def explain_fn(inputs, targets, generator=None, model=view.model):
         """Re-explain (robustness metrics); ``model=`` explains another model (randomisation test)."""
-        maps = explainer.explain(model, inputs, targets, generator=generator)
-        return postprocess.apply(maps, rsteps)
+        again = explainer.explain(model, inputs, targets, generator=generator)
+        return postprocess.apply(again, rsteps)
 
     return Attribution(spec.key, view.name, maps, ekey, explain_fn)
 
