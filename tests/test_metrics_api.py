@@ -289,3 +289,48 @@ def test_agreement_topk_support_uses_the_reference_mask(digits, caplog):
         METRICS.create("agreement_topk_iou", k="support")
     with pytest.raises(ValueError, match="'support'"):
         METRICS.create("agreement_topk_iou", k="all", reference="mask")
+
+
+SET_RULES = [
+    ("relative_input_stability", {"nr_samples": 3, "abs": True, "prediction_change": "nan",
+                                  "normalise": "normalise_by_average_second_moment_estimate_over_set"}),
+    ("faithfulness_correlation", {"nr_runs": 6, "abs": True, "normalise": "normalise_by_negative_over_set"}),
+    ("sparseness", {"normalise": "normalise_by_average_second_moment_estimate_over_set"}),
+]
+
+
+@pytest.mark.parametrize("name,params", SET_RULES)
+def test_set_normalisation_scores_the_whole_set_whatever_the_batch_size(digits, name, params):
+    """A ``normalise`` rule ``..._over_set`` takes one scale over the maps of the call (Quantus's default
+    axes); the runner then scores the whole evaluation set in one call, so that evaluation.batch_size
+    changes nothing, while another set of samples changes the scale."""
+    import xaiarena
+
+    batch, maps, fns = digits
+    metric = METRICS.create(name, **params)
+    assert metric.needs_whole_set and not METRICS.create(name).needs_whole_set
+    callables = {k: (lambda model, i, t, generator=None, _f=f: _f(i, t)) for k, f in fns.items()}
+
+    def scores(n, batch_size):
+        ev = xaiarena.evaluate(batch.model, batch.inputs[:n], batch.targets[:n], {k: v[:n] for k, v in maps.items()},
+                               [{"name": name, **params}], batch_size=batch_size, explainers=callables,
+                               sample_ids=batch.sample_ids[:n])
+        return ev.per_sample.sort_values(["explainer", "sample_id"])["value"].to_numpy().copy()
+
+    whole, small_batches = scores(8, 64), scores(8, 3)
+    torch.testing.assert_close(torch.as_tensor(whole), torch.as_tensor(small_batches), rtol=0, atol=0,
+                               equal_nan=True)
+    direct = metric.evaluate(batch, maps, generator=torch.Generator(), explainers=fns)
+    assert direct.scores, "evaluate() on a batch normalises over that batch"
+    if name == "sparseness":
+        return  # a Gini index ignores the scale (but for Quantus's +1e-7)
+    # the first half on its own is another set: another scale
+    half = scores(4, 64)
+    first = whole.reshape(len(maps), 8)[:, :4].ravel()
+    assert not torch.allclose(torch.as_tensor(half), torch.as_tensor(first), equal_nan=True)
+
+
+def test_normalise_rules_are_checked(digits):
+    with pytest.raises(ValueError, match=r"normalise='normalise_by_negative_over_sets'.*normalise_by_max_over_set.*"
+                                         r"did you mean 'normalise_by_negative_over_set'"):
+        METRICS.create("sparseness", normalise="normalise_by_negative_over_sets")

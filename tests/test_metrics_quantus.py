@@ -20,8 +20,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_metrics_support import gen, saliency_fn, small_lenet, test_batch, tie_free
+from test_metrics_support import (
+    gen,
+    input_x_gradient_fn,
+    saliency_fn,
+    small_lenet,
+    test_batch,
+    tie_free,
+)
 
+from xaiarena import postprocess as pp
+from xaiarena.metrics.core import SampleRNG
 from xaiarena.registry import METRICS
 
 quantus = pytest.importorskip("quantus")
@@ -252,3 +261,97 @@ def test_robustness_agrees_in_mean(name, quantus_cls, params, quantus_params):
     loud = METRICS.create(name, nr_samples=10, **params, **louder).evaluate(
         batch, {"sal": sal}, generator=gen(2), explainers={"sal": explain}).scores[name]["sal"].numpy()
     assert abs(np.nanmean(loud) - np.nanmean(ours)) > 0.1 * abs(np.nanmean(ours))
+
+
+# --------------------------------------------------------------------------- study 002: the source's calls
+
+
+def test_source_002_calls_match_quantus(quantus_normalise_by_negative, monkeypatch):
+    """Study 002's Quantus 0.6 calls against xaiarena's options for Quantus's semantics, on one model,
+    the same maps and the same random draws, sample by sample.
+
+    The source normalised its maps with ``quantus.normalise_by_negative`` (default axes: one scale
+    for the whole batch), re-explained with ``quantus.explain`` (the raw maps) and called
+    ``RelativeInputStability(nr_samples=5, normalise=True, abs=True)`` (0.6: second-moment
+    normalisation over the batch; NaN where a noisy copy changes the prediction),
+    ``FaithfulnessCorrelation(nr_runs=50, subset_size=224, perturb_baseline="black",
+    normalise=True, abs=True)`` and ``Sparseness(normalise=True)``. Quantus 0.6's
+    ``normalise_by_negative`` raises under NumPy 2 on maps with both signs, so Quantus runs with a
+    corrected copy (the ``quantus_normalise_by_negative`` fixture: ``np.divide`` given an ``out``;
+    the values are unchanged). Quantus gets xaiarena's noise draws through its ``perturb_func`` and
+    xaiarena's subsets through ``np.random.choice``, and holds all samples in one batch (xaiarena's
+    set); the old 002 options (per-sample ``normalise_by_negative``) must differ, so the match is
+    not vacuous.
+    """
+    import quantus.metrics.faithfulness.faithfulness_correlation as fcmod
+
+    batch = test_batch(24)
+    n = len(batch)
+    explain = input_x_gradient_fn(batch.model)
+    raw = explain(batch.inputs, batch.targets)  # signed, exact zeros on black pixels
+    assert (raw < 0).any() and (raw > 0).any()
+    theirs_maps = quantus_normalise_by_negative(raw.numpy())  # the source's call: default axes
+    maps = pp.STEPS["normalise_by_negative_over_set"](raw)
+    np.testing.assert_array_equal(maps.numpy(), theirs_maps)
+    x, y = batch.inputs.numpy(), batch.targets.numpy()
+
+    def quantus_explain(model, inputs, targets, **kwargs):
+        return explain(torch.as_tensor(inputs), torch.as_tensor(targets)).numpy()[:, None]
+
+    # RelativeInputStability: xaiarena's noise draw r is Quantus's r-th perturbation
+    ris = METRICS.create("relative_input_stability", nr_samples=5, abs=True, prediction_change="nan",
+                         normalise="normalise_by_average_second_moment_estimate_over_set")
+    rng = SampleRNG.for_batch(batch, gen(3), ris.name)
+    noise = ris._noise(rng, torch.arange(n).repeat(5), torch.arange(5).repeat_interleave(n), x.shape[1:], "cpu")
+    noise = noise.view(5, n, -1).numpy()
+    calls = iter(range(5))
+
+    def perturb(arr, indices=None, **kwargs):
+        return arr + noise[next(calls)]
+
+    q = quantus.RelativeInputStability(nr_samples=5, perturb_func=perturb, normalise=True, abs=True,
+                                       disable_warnings=True)
+    theirs = np.asarray(q(model=batch.model, x_batch=x, y_batch=y, a_batch=theirs_maps[:, None].copy(),
+                          device="cpu", batch_size=n, explain_func=quantus_explain), float)
+    ours = ris.evaluate(batch, {"m": maps}, generator=gen(3), explainers={"m": explain}).scores[ris.name]["m"]
+    ours = ours.numpy().astype(float)
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+    assert np.isfinite(theirs).sum() >= n // 2
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4)
+    old = METRICS.create("relative_input_stability", nr_samples=5, abs=True, normalise="normalise_by_negative")
+    before = old.evaluate(batch, {"m": pp.normalise_by_negative(raw)}, generator=gen(3),
+                          explainers={"m": lambda i, t, generator=None: pp.normalise_by_negative(explain(i, t))})
+    assert np.nanmean(theirs) > 2 * np.nanmean(before.scores[old.name]["m"].numpy()), "the options matter"
+
+    # FaithfulnessCorrelation: xaiarena's subsets in Quantus's order (run-major, then sample)
+    fc = METRICS.create("faithfulness_correlation", nr_runs=50, subset_size=224, fill="black", abs=True,
+                        normalise="normalise_by_max_over_set")
+    subsets = fc.subsets(SampleRNG.for_batch(batch, gen(4), fc.name), n, x[0, 0].size).numpy()
+    seq = iter([subsets[i, r] for r in range(50) for i in range(n)])
+
+    class _NP:
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        class random:  # noqa: N801 - stands in for the module np.random
+            @staticmethod
+            def choice(*args, **kwargs):
+                return next(seq)
+
+    monkeypatch.setattr(fcmod, "np", _NP())
+    q = quantus.FaithfulnessCorrelation(nr_runs=50, subset_size=224, perturb_baseline="black", normalise=True,
+                                        abs=True, return_aggregate=False, disable_warnings=True)
+    theirs = np.asarray(q(model=batch.model, x_batch=x, y_batch=y, a_batch=theirs_maps[:, None].copy(),
+                          device="cpu", batch_size=n), float)
+    ours = fc.evaluate(batch, {"m": maps}, generator=gen(4)).scores[fc.name]["m"].numpy()
+    _close(ours, theirs)
+    old = METRICS.create("faithfulness_correlation", nr_runs=50, subset_size=224, fill="black", abs=True,
+                         normalise="normalise_by_negative")
+    before = old.evaluate(batch, {"m": pp.normalise_by_negative(raw)}, generator=gen(4)).scores[old.name]["m"]
+    assert np.abs(before.numpy() - theirs).max() > 1e-3, "per-sample normalise_by_negative changes FC"
+
+    # Sparseness: Quantus 0.6's normalise=True divides by the batch's largest magnitude
+    q = quantus.Sparseness(normalise=True, disable_warnings=True)
+    theirs = q(model=None, x_batch=x, y_batch=y, a_batch=theirs_maps[:, None].copy(), batch_size=n)
+    sp = METRICS.create("sparseness", normalise="normalise_by_max_over_set")
+    _close(sp.evaluate(batch, {"m": maps}).scores[sp.name]["m"], theirs)

@@ -83,11 +83,41 @@ def test_minmax_properties(a):
 @settings(max_examples=50, deadline=None)
 @given(maps_strategy())
 def test_steps_are_per_sample(a):
-    """A sample's result does not depend on its batch mates."""
-    for name in pp.STEPS:
+    """A sample's result does not depend on its batch mates (every step but the ``_over_set`` ones)."""
+    for name in filter(pp.per_sample, pp.STEPS):
         whole = pp.STEPS[name](a)
         for i in range(len(a)):
             torch.testing.assert_close(whole[i : i + 1], pp.STEPS[name](a[i : i + 1]), rtol=0, atol=0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(maps_strategy(), st.randoms(use_true_random=False))
+def test_set_steps_take_one_scale_for_all_maps(a, rnd):
+    """``<rule>_over_set`` is ``<rule>`` applied to all maps as one; the order of the maps does not matter."""
+    set_steps = [name for name in pp.STEPS if pp.over_set(name)]
+    assert sorted(set_steps) == sorted(k + pp.SET_SUFFIX for k in pp.NORMALISATIONS)
+    perm = list(range(len(a)))
+    rnd.shuffle(perm)
+    for name in set_steps:
+        out = pp.STEPS[name](a)
+        one = pp.STEPS[name.removesuffix(pp.SET_SUFFIX)](a.reshape(1, -1)).reshape(a.shape)
+        torch.testing.assert_close(out, one, rtol=0, atol=0)
+        torch.testing.assert_close(pp.STEPS[name](a[perm]), out[perm], rtol=0, atol=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(maps_strategy())
+def test_second_moment_properties(a):
+    out = pp.normalise_by_average_second_moment_estimate(a)
+    assert out.shape == a.shape and out.dtype == a.dtype and torch.isfinite(out).all()
+    assert torch.equal(torch.sign(out), torch.sign(a))
+    for i in range(len(a)):
+        if (a[i] != 0).any():
+            rms = out[i].double().square().mean().sqrt()
+            assert abs(float(rms) - 1) < 1e-5, "each map's root mean square becomes 1"
+    whole = pp.STEPS["normalise_by_average_second_moment_estimate_over_set"](a)
+    if (a != 0).any():
+        assert abs(float(whole.double().square().mean().sqrt()) - 1) < 1e-5, "the set's root mean square is 1"
 
 
 def test_all_zero_maps_stay_zero():
@@ -114,6 +144,14 @@ def test_steps_equal_quantus_per_sample(monkeypatch):
     np.testing.assert_array_equal(pp.normalise_by_negative(a).numpy(), theirs)
     theirs = nf.normalise_by_max(a.numpy(), normalise_axes=axes)
     np.testing.assert_array_equal(pp.normalise_by_max(a).numpy(), theirs)
+    theirs = nf.normalise_by_average_second_moment_estimate(a.numpy().copy(), normalise_axes=axes)
+    np.testing.assert_allclose(pp.normalise_by_average_second_moment_estimate(a).numpy(), theirs, rtol=1e-6)
+    # without normalise_axes Quantus takes one scale for the whole batch: the _over_set steps
+    for name in pp.NORMALISATIONS:
+        theirs = getattr(nf, name)(a.numpy().copy())
+        np.testing.assert_allclose(pp.STEPS[name + pp.SET_SUFFIX](a).numpy(), theirs, rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(pp.STEPS["normalise_by_negative_over_set"](a).numpy(),
+                                  nf.normalise_by_negative(a.numpy()))
     assert quantus is not None
 
 
@@ -140,6 +178,26 @@ def test_config_accepts_and_checks_postprocess():
     assert "explainers.0.postprocess" in msg and "min_max" in msg and "minmax" in msg and "normalise_by_negative" in msg
 
 
+def test_config_needs_the_steps_of_re_explanations_with_set_steps():
+    ok = validate({**BASE, "explainers": [{"name": "saliency", "postprocess": ["normalise_by_negative_over_set"],
+                                           "reexplain_postprocess": []}, "gradcam"]})
+    spec = ok.explainers[0]
+    assert spec.reexplain_steps == [] and spec.params == {}
+    assert spec.hash_dict()["reexplain_postprocess"] == []
+    assert ok.explainers[1].reexplain_steps == [] and "reexplain_postprocess" not in ok.explainers[1].hash_dict()
+    same = validate({**BASE, "explainers": [{"name": "saliency", "postprocess": ["abs"]}]}).explainers[0]
+    assert same.reexplain_steps == ["abs"], "by default re-explanations get the maps' steps"
+    with pytest.raises(ConfigError) as err:
+        validate({**BASE, "explainers": [{"name": "saliency", "postprocess": ["normalise_by_max_over_set"]}]})
+    msg = str(err.value)
+    assert "explainers.0" in msg and "normalise_by_max_over_set" in msg and "reexplain_postprocess" in msg
+    with pytest.raises(ConfigError) as err:
+        validate({**BASE, "explainers": [{"name": "saliency", "postprocess": ["normalise_by_max_over_set"],
+                                          "reexplain_postprocess": ["normalise_by_max_over_set"]}]})
+    msg = str(err.value)
+    assert "explainers.0.reexplain_postprocess" in msg and "'normalise_by_max'" in msg
+
+
 def test_config_refuses_minmax_for_text_explainers():
     pytest.importorskip("transformers")
     from xaiarena.registry import EXPLAINERS
@@ -149,6 +207,9 @@ def test_config_refuses_minmax_for_text_explainers():
         pytest.skip("no text explainer registered")
     raw = {"data": ["sst2"], "model": "lenet", "explainers": [{"name": text[0], "postprocess": ["minmax"]}]}
     with pytest.raises(ConfigError, match="padding"):
+        validate(raw)
+    raw["explainers"][0]["postprocess"] = ["normalise_by_average_second_moment_estimate"]
+    with pytest.raises(ConfigError, match="count the padding"):
         validate(raw)
 
 
@@ -209,6 +270,26 @@ def test_explain_stage_applies_the_steps_to_maps_and_re_explanations(tmp_path):
     assert not info.get("cache_hit")
 
 
+def test_explain_stage_normalises_over_the_whole_set(tmp_path):
+    """An ``_over_set`` step takes one scale over every evaluation sample, not over a batch of
+    evaluation.batch_size (3 here, 5 samples); re-explanations get ``reexplain_postprocess``."""
+    from xaiarena import stages
+    from xaiarena.registry import EXPLAINERS
+
+    s, prep, view = _stage_setup(tmp_path)
+    explainer = EXPLAINERS.create("input_x_gradient")
+    plain = stages.explain(s, prep, view, ExplainerSpec(name="input_x_gradient"), explainer, {})
+    spec = ExplainerSpec.model_validate({"name": "input_x_gradient", "label": "ixg", "reexplain_postprocess": [],
+                                         "postprocess": ["normalise_by_negative_over_set"]})
+    post = stages.explain(s, prep, view, spec, explainer, {})
+    torch.testing.assert_close(post.maps, pp.normalise_by_negative(plain.maps, over="set"), rtol=0, atol=0)
+    # one scale for the 5 samples: only the batch holding the largest value reaches 1
+    assert post.maps.max() == 1 and min(post.maps[:3].max(), post.maps[3:].max()) < 1
+    assert post.key.inputs["explainer"]["reexplain_postprocess"] == []
+    torch.testing.assert_close(post.explain_fn(prep.inputs[:2], view.targets[:2]), plain.maps[:2],
+                               rtol=1e-6, atol=1e-7)
+
+
 def test_run_records_postprocess(tmp_path):
     import xaiarena
 
@@ -216,11 +297,15 @@ def test_run_records_postprocess(tmp_path):
             "evaluation.n_samples": 4, "evaluation.batch_size": 4}
     cfg = {"name": "pp", "data": "hard_mnist", "model": "lenet",
            "explainers": ["input_x_gradient",
-                          {"name": "input_x_gradient", "label": "ixg_nbn", "postprocess": ["normalise_by_negative"]}],
+                          {"name": "input_x_gradient", "label": "ixg_nbn", "postprocess": ["normalise_by_negative"]},
+                          {"name": "input_x_gradient", "label": "ixg_set", "reexplain_postprocess": [],
+                           "postprocess": ["normalise_by_negative_over_set"]}],
            "metrics": ["sparseness"]}
     res = xaiarena.run(cfg, out=tmp_path / "run", overrides=tiny, show_progress=False)
     raw = res.attributions("input_x_gradient")
     torch.testing.assert_close(res.attributions("ixg_nbn"), pp.normalise_by_negative(raw), rtol=0, atol=0)
+    torch.testing.assert_close(res.attributions("ixg_set"), pp.normalise_by_negative(raw, over="set"), rtol=0, atol=0)
     entries = res.info["datasets"]["hard_mnist"]["explainers"]
     assert entries["ixg_nbn"]["postprocess"] == ["normalise_by_negative"]
-    assert "postprocess" not in entries["input_x_gradient"]
+    assert "postprocess" not in entries["input_x_gradient"] and "reexplain_postprocess" not in entries["ixg_nbn"]
+    assert entries["ixg_set"]["reexplain_postprocess"] == []

@@ -38,7 +38,7 @@ from pydantic import (
 
 from .cache import stable_hash  # noqa: F401  (re-exported: config hashes)
 from .errors import ConfigError, UnknownNameError
-from .postprocess import MOVES_ZERO
+from .postprocess import COUNTS_ZEROS, MOVES_ZERO
 from .registry import DATASETS, EXPLAINERS, METRICS, MODELS, Registry, suggest
 
 DEFAULT_CONFIG_NAME = "default.yaml"
@@ -112,24 +112,63 @@ class DataConfig(ComponentSpec):
 
 
 class ExplainerSpec(ComponentSpec):
-    """An explainer; ``postprocess`` lists steps applied to its maps, per sample and in order, after
-    explaining (``abs``, ``normalise_by_max``, ``normalise_by_negative``, ``minmax``; see
-    :mod:`xaiarena.postprocess`). Empty (default): the maps as the explainer returns them."""
+    """An explainer; ``postprocess`` lists steps applied to its maps, in order, after explaining
+    (``abs``, ``normalise_by_max``, ``normalise_by_negative``, ...; per sample, or ``..._over_set``
+    over the evaluation set; see :mod:`xaiarena.postprocess`). Empty (default): the maps as the
+    explainer returns them. ``reexplain_postprocess``: the steps of the maps a metric re-explains
+    (robustness metrics' noisy copies, ``mprt``'s randomised models); default (None): the same as
+    ``postprocess``. It must be given when ``postprocess`` normalises over the set (re-explanations
+    come in chunks, not as the set), and may not itself hold an ``_over_set`` step; ``[]`` gives
+    the explainer's raw maps, as Quantus's ``explain_func``."""
 
     postprocess: list[str] = Field(default_factory=list)
+    reexplain_postprocess: list[str] | None = None
 
-    @field_validator("postprocess", mode="before")
+    @field_validator("postprocess", "reexplain_postprocess", mode="before")
     @classmethod
-    def _steps(cls, value: Any) -> Any:
+    def _steps(cls, value: Any, info: Any) -> Any:
         from . import postprocess
 
         if value is None:
-            return []
+            return [] if info.field_name == "postprocess" else None
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"postprocess must be a list of steps; valid steps: {', '.join(postprocess.STEPS)}")
-        return postprocess.check(list(value))
+            raise ValueError(f"{info.field_name} must be a list of steps; valid steps: "
+                             f"{', '.join(postprocess.STEPS)}")
+        steps = postprocess.check(list(value))
+        if info.field_name == "reexplain_postprocess":
+            bad = [st for st in steps if postprocess.over_set(st)]
+            if bad:
+                per_sample = bad[0].removesuffix(postprocess.SET_SUFFIX)
+                raise ValueError(f"step '{bad[0]}' normalises over the evaluation set, but "
+                                 "re-explained maps come in chunks of noisy copies; use a "
+                                 f"per-sample step ('{per_sample}') or none ([])")
+        return steps
+
+    @model_validator(mode="after")
+    def _reexplain_given(self) -> ExplainerSpec:
+        from . import postprocess
+
+        bad = [st for st in self.postprocess if postprocess.over_set(st)]
+        if bad and self.reexplain_postprocess is None:
+            raise ValueError(f"postprocess step '{bad[0]}' normalises over the evaluation set, "
+                             "which re-explained maps (robustness metrics, mprt) are not: give "
+                             "reexplain_postprocess, e.g. [] (the explainer's raw maps, as "
+                             "Quantus's explain_func) or per-sample steps")
+        return self
+
+    @property
+    def reexplain_steps(self) -> list[str]:
+        """The post-processing steps of re-explained maps."""
+        given = self.reexplain_postprocess
+        return list(self.postprocess if given is None else given)
+
+    def hash_dict(self) -> dict[str, Any]:
+        out = super().hash_dict()
+        if self.reexplain_postprocess is not None:  # re-explanations change robustness scores
+            out["reexplain_postprocess"] = list(self.reexplain_postprocess)
+        return out
 
 
 class MetricSpec(ComponentSpec):
@@ -614,11 +653,14 @@ def _group_problems(group: str, items: Any, explainer_keys: list[str],
                 if gt is not None and image and "masks" not in gt:
                     problems.append((f"{group}.{i}.name", f"metric '{spec.name}' needs ground-truth masks, but "
                                      f"dataset '{dspec.name}' ({path}) has none"))
-        moves_zero = [st for st in getattr(spec, "postprocess", ()) if st in MOVES_ZERO]
+        zeros = MOVES_ZERO | COUNTS_ZEROS
+        moves_zero = [st for st in getattr(spec, "postprocess", ()) if st in zeros]
         if moves_zero and meta and "image" not in (meta.get("modality") or ("image",)):
-            problems.append((f"{group}.{i}.postprocess", f"step '{moves_zero[0]}' would give the padding of text "
-                             "maps (zeros past the last word) a value; use abs, normalise_by_max or "
-                             "normalise_by_negative"))
+            what = "give the padding of text maps (zeros past the last word) a value"
+            if moves_zero[0] in COUNTS_ZEROS:
+                what = "count the padding of text maps (zeros past the last word)"
+            problems.append((f"{group}.{i}.postprocess", f"step '{moves_zero[0]}' would {what}; "
+                             "use abs, normalise_by_max or normalise_by_negative"))
         if spec.key in seen:
             problems.append((f"{group}.{i}", f"'{spec.key}' appears twice; give one a distinct 'label'"))
         seen.add(spec.key)

@@ -219,6 +219,8 @@ class Runner:
             entry = unit.setdefault("explainers", {}).setdefault(task.component, {
                 "explains": task.home, "family": EXPLAINERS.get(spec.name).family, "name": spec.name,
                 "params": spec.params, **({"postprocess": list(spec.postprocess)} if spec.postprocess else {}),
+                **({"reexplain_postprocess": list(spec.reexplain_postprocess)}
+                   if getattr(spec, "reexplain_postprocess", None) is not None else {}),
                 "views": {}})
             entry["views"][task.view] = {"seconds": st.get("seconds"), "cache_hit": st.get("cache_hit", False),
                                          **res.info}

@@ -360,9 +360,12 @@ def fit_learned(s: Settings, prep: Prepared, spec: ComponentSpec, explainer, vie
 
 
 def explain(s: Settings, prep: Prepared, view: View, spec: ComponentSpec, explainer, sinfo: dict) -> Attribution:
-    """One explainer's maps of the evaluation samples on ``view``'s model (cached), after the entry's
-    ``postprocess`` steps (per sample, in order; re-explanations get the same steps)."""
+    """One explainer's maps of the evaluation samples on ``view``'s model (cached), after the
+    entry's ``postprocess`` steps (in order, on the maps of the whole evaluation set: a step
+    ``..._over_set`` takes one scale over the set); re-explanations get the entry's
+    ``reexplain_postprocess`` steps (per sample; by default the same as ``postprocess``)."""
     steps = list(getattr(spec, "postprocess", None) or [])
+    rsteps = list(getattr(spec, "reexplain_steps", steps))
     ekey = ck.explain_key(view.key, spec.hash_dict(), prep.ids_hash, s.seed, s.cfg.evaluation.target, steps)
     path = s.cache.path("attributions", prep.key, f"{spec.key}-{ekey.hash}.pt")
     maps = s.cache.load_torch(path)
@@ -375,7 +378,8 @@ def explain(s: Settings, prep: Prepared, view: View, spec: ComponentSpec, explai
 
     def explain_fn(inputs, targets, generator=None, model=view.model):
         """Re-explain (robustness metrics); ``model=`` explains another model (randomisation test)."""
-        return postprocess.apply(explainer.explain(model, inputs, targets, generator=generator), steps)
+        again = explainer.explain(model, inputs, targets, generator=generator)
+        return postprocess.apply(again, rsteps)
 
     return Attribution(spec.key, view.name, maps, ekey, explain_fn)
 
@@ -457,11 +461,13 @@ def score_in_batches(s: Settings | Compute, prep: Prepared | Samples, view: View
     mean curves (:data:`CURVE_COLUMNS`) for the maps ``attrs`` of ``view``'s model (uncached)."""
     from .metrics import EvalBatch
 
-    bs = s.batch_size
+    n = len(prep.inputs)
+    # a metric that normalises over the set sees the whole evaluation set in one call (it chunks its
+    # own forward passes), so its scores do not depend on evaluation.batch_size either
+    bs = max(n, 1) if getattr(metric, "needs_whole_set", False) else s.batch_size
     scores: dict[str, dict[str, list[torch.Tensor]]] = {}
     curves: dict[str, dict[str, list[torch.Tensor]]] = {}
     curve_x: dict[str, torch.Tensor] = {}
-    n = len(prep.inputs)
     for i in progress(range(0, n, bs), desc=f"metric {spec.key}", disable=not s.show_progress):
         sl = slice(i, i + bs)
         batch = EvalBatch(

@@ -115,6 +115,16 @@ class Metric(ABC):
         """Every per-sample output with its direction and range (default: one, the metric's)."""
         return [OutputSpec(self.name, self.higher_is_better, self.value_range)]
 
+    @property
+    def needs_whole_set(self) -> bool:
+        """Whether a sample's score depends on the other samples of the call: a ``normalise``
+        rule ``..._over_set`` (one scale for every map of the call, Quantus's default axes).
+        The runner then gives the metric the whole evaluation set in one call, so that scores
+        do not depend on ``evaluation.batch_size``."""
+        from ..postprocess import over_set
+
+        return over_set(getattr(self, "normalise", None))
+
     def applies_to(self, explainers: list[str]) -> bool:
         """Whether the metric has anything to score for these explainers (maps of one explained
         model). Agreement metrics need two explainers, or their ``reference`` among them."""
@@ -150,7 +160,8 @@ class Metric(ABC):
         by (base seed, sample id, what is drawn) (``core.SampleRNG``): scores depend only on
         the generator's state, each sample's ``sample_ids`` entry (else its content), the
         explainer's name and the maps, never on the batch's other samples, its size or the
-        other explainers. Give every batch of one metric a generator in the same state.
+        other explainers (except where :attr:`needs_whole_set`: then the batch is the set).
+        Give every batch of one metric a generator in the same state.
         """
 
     def __repr__(self) -> str:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 
 from ..registry import METRICS
 from .base import EvalBatch, Metric, MetricOutput
-from .core import check_normalise, nan_where, normalise_maps, prepare, serial_bookkeeping
+from .core import Normalise, check_normalise, nan_where, normalise_maps, prepare, serial_bookkeeping
 
 
 class _MapMetric(Metric):
@@ -17,7 +16,7 @@ class _MapMetric(Metric):
     requires = ()
 
     def __init__(self, abs: bool = True,
-                 normalise: bool | Literal["normalise_by_max", "normalise_by_negative"] = True):
+                 normalise: Normalise = True):
         self.abs = bool(abs)
         self.normalise = check_normalise(normalise)
 

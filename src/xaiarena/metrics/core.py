@@ -14,11 +14,13 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import postprocess as _postprocess
 from ..registry import suggest
 from ..utils import eval_mode as _eval_mode
 from .base import EvalBatch
@@ -468,14 +470,24 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) ->
 # --------------------------------------------------------------------------- statistics
 
 
-#: the values a metric's ``normalise`` option takes besides true/false (true = normalise_by_max)
-NORMALISE_RULES = ("normalise_by_max", "normalise_by_negative")
+#: the values a metric's ``normalise`` option takes besides true/false (true = normalise_by_max):
+#: the normalisations of :mod:`xaiarena.postprocess`, per sample and ``_over_set``
+NORMALISE_RULES = tuple(k for k in _postprocess.STEPS if k not in ("abs", "minmax"))
+#: the type of a metric's ``normalise`` option (the config's type check reads it)
+Normalise = bool | Literal[
+    "normalise_by_max", "normalise_by_negative", "normalise_by_average_second_moment_estimate",
+    "normalise_by_max_over_set", "normalise_by_negative_over_set",
+    "normalise_by_average_second_moment_estimate_over_set",
+]
+assert get_args(get_args(Normalise)[1]) == NORMALISE_RULES
 
 
 def check_normalise(value: object, param: str = "normalise") -> str | None:
     """A metric's ``normalise`` option: False -> None (no normalisation), True -> ``normalise_by_max``
     (per-sample division by the largest magnitude), or a rule of :data:`NORMALISE_RULES`
-    (``normalise_by_negative``: Quantus's, positive values / max, negative values / |min|, per sample)."""
+    (``normalise_by_negative``: Quantus's, positive values / max, negative values / |min|;
+    ``normalise_by_average_second_moment_estimate``: divide by the root mean square; each per
+    sample, or with ``_over_set`` one scale for all maps of the call, as Quantus's default axes)."""
     if value is False or value is None:
         return None
     if value is True:
@@ -490,12 +502,11 @@ def check_normalise(value: object, param: str = "normalise") -> str | None:
 
 
 def normalise_maps(a: torch.Tensor, rule: str | None) -> torch.Tensor:
-    """Apply a :func:`check_normalise` rule to maps ``(N, ...)``, per sample (None: unchanged)."""
+    """Apply a :func:`check_normalise` rule to maps ``(N, ...)`` (None: unchanged): per sample,
+    or for an ``_over_set`` rule with one scale for all ``N`` maps."""
     if rule is None:
         return a
-    from .. import postprocess
-
-    return postprocess.STEPS[rule](a)
+    return _postprocess.STEPS[rule](a)
 
 
 def normalise_max_abs(a: torch.Tensor) -> torch.Tensor:

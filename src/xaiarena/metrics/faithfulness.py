@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 import torch
@@ -24,6 +23,7 @@ from .base import EvalBatch, MetricOutput, OutputSpec
 from .core import (
     NONFINITE_OUTPUT,
     SIMILARITIES,
+    Normalise,
     auc,
     check_choice,
     check_fraction,
@@ -515,7 +515,7 @@ class FaithfulnessCorrelation(PerturbationMetric):
     def __init__(self, nr_runs: int = 100, subset_size: int = 224, fill: str | float = "black",
                  similarity: str = "pearson", abs: bool = False, output: str = "logit",
                  batch_size: int | None = None, blur_sigma: float = 5.0,
-                 normalise: bool | Literal["normalise_by_max", "normalise_by_negative"] = False):
+                 normalise: Normalise = False):
         super().__init__(fill, output, batch_size, blur_sigma)
         self.normalise = check_normalise(normalise)
         self.nr_runs = check_positive_int("nr_runs", nr_runs, 2)

@@ -18,7 +18,6 @@ these outputs describe a method, they do not rank it (``ranked=False``).
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 
@@ -26,6 +25,7 @@ from ..registry import METRICS
 from .base import EvalBatch, ExplainFn, Metric, MetricOutput, OutputSpec
 from .core import (
     NONFINITE_OUTPUT,
+    Normalise,
     SampleRNG,
     check_batch_size,
     check_choice,
@@ -41,9 +41,6 @@ from .core import (
     prepare,
     serial_bookkeeping,
 )
-
-#: a ``normalise`` option: true (= normalise_by_max), false, or a rule name (core.check_normalise)
-Normalise = bool | Literal["normalise_by_max", "normalise_by_negative"]
 
 #: why the robustness outputs are descriptive, not ranked
 UNRANKED_REASON = ("a constant (input-independent) map scores a perfect 0: robustness describes a method next "
@@ -117,7 +114,8 @@ class _ReExplain(Metric):
         with eval_mode(batch.model) as model:
             logits0 = predict(model, x, self.batch_size)
         pred0, finite = logits0.argmax(-1), finite_rows(logits0)  # finite: on x and (if checked) every draw
-        per_call = max(1, chunk_size(x, self.batch_size) // max(n, 1))  # noise draws re-explained per call
+        chunk = chunk_size(x, self.batch_size)
+        per_call = max(1, chunk // max(n, 1))  # noise draws re-explained per call
         rows = torch.arange(n)
         for r0 in range(0, self.nr_samples, per_call):
             k = min(per_call, self.nr_samples - r0)
@@ -133,9 +131,17 @@ class _ReExplain(Metric):
                 changed[r0 : r0 + k] = (logits.argmax(-1) != pred0.repeat(k)).view(k, n)
                 finite &= finite_rows(logits).view(k, n).all(0)
             for name, a in maps.items():
-                with full_threads():
-                    ap = explainers[name](flat, targets.repeat(k), generator=rng.explainer_generator(name))
-                ap = self._post(torch.as_tensor(ap).detach().to(x.device)).view(k, n, *x.shape[2:])
+                # a batch larger than a chunk (the whole set, needs_whole_set) is re-explained in
+                # chunks: an explainer's maps do not depend on their batch mates
+                parts, tk = [], targets.repeat(k)
+                for j in range(0, len(flat), chunk):
+                    with full_threads():
+                        part = explainers[name](flat[j : j + chunk], tk[j : j + chunk],
+                                                generator=rng.explainer_generator(name))
+                    parts.append(torch.as_tensor(part).detach().to(x.device))
+                ap = torch.cat(parts).view(k, n, *x.shape[2:])
+                # normalised per noise draw: an _over_set rule takes one scale over its n maps
+                ap = torch.stack([self._post(d) for d in ap])
                 remapped[name][r0 : r0 + k] = ~torch.isfinite(ap).flatten(2).all(-1)
                 stats[name][r0 : r0 + k] = self.statistic(x.unsqueeze(0), xp, a.unsqueeze(0), ap)
         return MetricOutput(scores={self.name: {
@@ -210,7 +216,9 @@ class RelativeInputStability(_ReExplain):
     zero entries of ``a`` and ``x`` are replaced by ``eps_min`` in the
     divisions, as in Quantus. ``prediction_change='exclude'`` (default) keeps
     only draws whose prediction equals that of ``x`` (the paper's definition);
-    ``'nan'`` is Quantus' behaviour. Lower is better."""
+    ``'nan'`` is Quantus' behaviour. Quantus 0.6's ``normalise=True`` is
+    ``normalise='normalise_by_average_second_moment_estimate_over_set'`` (``True`` here is the
+    per-sample ``normalise_by_max``). Lower is better."""
 
     name = "relative_input_stability"
     reduce = "max"
