@@ -163,6 +163,9 @@ class EvaluationConfig(_Strict):
     # with a learned explainer (DiET), the other explainers also explain its model f_s, so that
     # maps of the same model can be compared (results column explained_model: f_b or f_s)
     also_explain_f_s: bool = True
+    # a learned explainer's maps (computed on its f_s) are also scored on f_b, the model the
+    # user cares about, as the f_b rows "<label>@f_s" (docs/architecture.md, "Views")
+    score_learned_on_f_b: bool = True
 
     @field_validator("batch_size", mode="before")
     @classmethod

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
+from ..views import on_f_b_label
 from .tables import decimals_for, direction_words, fmt, fmt_percent
 
 
@@ -158,6 +159,42 @@ def learned_report(info: dict[str, Any]) -> dict[str, Any]:
         return first if isinstance(first, dict) else {}
     diet = info.get("diet")
     return diet if isinstance(diet, dict) else {}
+
+
+def home_reading(adv: pd.DataFrame, learned: str, n_explainers: int) -> list[str]:
+    """Sentences on a learned explainer's home advantage from :func:`xaiarena.views.home_advantage`
+    (one learned explainer's rows): how far its maps move up when scored on its own f_s rather than
+    on f_b, against how far the others move. Positions are descriptive (1 = best mean among the
+    explainers scored on both models); the report's ranks count significant differences only."""
+    mine = adv[adv["explainer"] == learned]
+    others = adv[adv["explainer"] != learned]
+    if not len(mine):
+        return []
+    r = mine.iloc[0]
+    gain = float(r["mean_position_gain"])
+    where = "up" if gain > 0 else "down" if gain < 0 else "neither up nor down"
+    n = int(r["n_metrics"])
+    pos_b, pos_s = fmt(r["mean_position_f_b"], 2), fmt(r["mean_position_f_s"], 2)
+    rank_b, rank_s = fmt(r["mean_rank_f_b"], 2), fmt(r["mean_rank_f_s"], 2)
+    out = [f"Scored on its own f_s instead of on f_b, {learned}'s maps move {where}"
+           + (f" by {fmt(abs(gain), 2)} positions" if gain else "")
+           + f" on average over {n} metric{'s' if n != 1 else ''} (mean position {pos_b} on f_b, "
+           f"{pos_s} on f_s, among the {n_explainers} explainers scored on both; up on "
+           f"{int(r['up'])}, unchanged on {int(r['same'])}, down on {int(r['down'])}); by the "
+           f"report's rank (significant differences only) {rank_b} on f_b, {rank_s} on f_s."]
+    if len(others):
+        g = others["mean_position_gain"]
+        out.append(f"The other explainers move by {float(g.mean()):+.2f} positions on average "
+                   f"(from {float(g.min()):+.2f} to {float(g.max()):+.2f}); positions among the "
+                   "same explainers sum to the same total on both models, so one explainer's gain "
+                   "is the others' loss.")
+        if gain > float(g.max()):
+            out.append(f"f_s favours {learned}'s maps more than any other explainer's: judge "
+                       f"{learned} against the others on f_b ({on_f_b_label(learned)}), the model "
+                       "being explained.")
+        elif gain <= 0:
+            out.append(f"f_s does not favour {learned}'s maps over the others' here.")
+    return out
 
 
 def dataset_headline(ranks: pd.DataFrame, metrics: list[str]) -> str:
