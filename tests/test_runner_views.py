@@ -58,6 +58,9 @@ def test_diets_maps_scored_on_f_b_are_its_maps_of_f_s(diet_run):
     pd.testing.assert_series_equal(on_fb.sort_index(), own.sort_index())
     info = diet_run.info["datasets"]["hard_mnist"]["explainers"]
     assert "diet@f_s" not in info  # no new maps: the rows reuse the recorded maps of f_s
+    import torch
+
+    assert torch.equal(diet_run.attributions("diet@f_s"), diet_run.attributions("diet"))
     assert "hard_mnist/metric/sparseness" in diet_run.info["stages"]
 
 

@@ -126,7 +126,7 @@ def test_rank_shift_on_a_hand_made_per_sample_table():
     )
     text = " ".join(home_reading(home_advantage(shift), "diet", 3))
     assert "diet's maps move up by 1.00 positions on average over 2 metrics" in text
-    assert "more than any other explainer" in text
+    assert "more than any other explainer's, by position and by rank" in text
 
 
 def test_rank_shift_needs_explainers_scored_on_both_models():
@@ -139,3 +139,28 @@ def test_rank_shift_needs_explainers_scored_on_both_models():
     assert set(shift["explainer"]) == {"a", "b"}
     flat = stats.summarize(ps, meta).drop(columns=["explained_model"])
     assert rank_shift(flat, pd.DataFrame(columns=stats.TESTS_COLUMNS), meta).empty
+
+
+@pytest.mark.parametrize(
+    ("diet_gain", "diet_rank_gain", "other_gains", "says"),
+    [
+        (2.0, 1.0, [-1.0, -1.0], "favours diet's maps more than any other explainer's"),
+        (0.5, 0.0, [-1.0, 0.5], "Other explainers gain as much or more"),
+        (1.0, 0.0, [-0.5, -0.5], "its rank (significant differences only) does not improve"),
+        (-0.5, 0.0, [0.25, 0.25], "f_s does not favour diet's maps"),
+    ],
+)
+def test_the_home_reading_claims_no_more_than_the_gains(diet_gain, diet_rank_gain, other_gains, says):
+    rows = [("diet", diet_gain, diet_rank_gain)] + [(f"e{i}", g, 0.0) for i, g in enumerate(other_gains)]
+    adv = pd.DataFrame(
+        [
+            {"explainer": e, "n_metrics": 2, "mean_position_f_b": 2.0, "mean_position_f_s": 2.0 - g,
+             "mean_position_gain": g, "mean_rank_f_b": 1.0, "mean_rank_f_s": 1.0 - rg,
+             "mean_rank_gain": rg, "up": 0, "same": 2, "down": 0}
+            for e, g, rg in rows
+        ]
+    )
+    text = " ".join(home_reading(adv, "diet", len(rows)))
+    assert says in text
+    claims = ["favours diet's maps more", "as much or more", "does not improve", "does not favour"]
+    assert sum(c in text for c in claims) == 1  # one conclusion, the one the numbers support

@@ -225,7 +225,8 @@ class StudyConfig(_Strict):
     question: str
     # the source's own analyses, shown beside ours and labelled as such:
     #   improvement: per-dataset difference a - b on one metric, "a better", wins k/n, a bar chart, and the
-    #                across-dataset paired t-test and Cohen's d (pooled SD) the source computed
+    #                across-dataset paired t-test and Cohen's d (pooled SD) the source computed, once
+    #                per scoring model (both maps always scored on the same model)
     #   agreement_bands: agreement outputs with bands (>= 0.7 high, >= 0.4 moderate, else low), accuracy chart
     #   per_image: per-image table of agreement outputs named by file; LIME superpixel figures
     #   fg_bg: t, p and Cohen's d_z of object vs background, beside the source's

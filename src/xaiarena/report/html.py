@@ -32,6 +32,7 @@ from .tables import (
     fmt,
     fmt_percent,
     fmt_seconds,
+    fmt_signed,
     order_metrics,
     results_table,
 )
@@ -357,15 +358,15 @@ def home_section(data: RunData, dataset: str, alpha: float, test: str) -> dict[s
         "mean_f_s": fmt(r.mean_f_s, decimals_for([r.mean_f_b, r.mean_f_s])),
         "position_f_b": f"{int(r.position_f_b)}", "position_f_s": f"{int(r.position_f_s)}",
         "rank_f_b": fmt(r.rank_f_b, 0), "rank_f_s": fmt(r.rank_f_s, 0),
-        "gain": f"{r.position_gain:+.0f}",
+        "gain": fmt_signed(r.position_gain, 0),
     } for r in mine.itertuples(index=False)]
     own = f"{learned} (f_b: {on_f_b_label(learned)})"
     rows = [{
         "explainer": own if r.explainer == learned else r.explainer,
         "own": r.explainer == learned, "n": r.n_metrics,
         "position_f_b": fmt(r.mean_position_f_b, 2), "position_f_s": fmt(r.mean_position_f_s, 2),
-        "gain": f"{r.mean_position_gain:+.2f}", "rank_f_b": fmt(r.mean_rank_f_b, 2),
-        "rank_f_s": fmt(r.mean_rank_f_s, 2), "rank_gain": fmt(r.mean_rank_gain, 2),
+        "gain": fmt_signed(r.mean_position_gain), "rank_f_b": fmt(r.mean_rank_f_b, 2),
+        "rank_f_s": fmt(r.mean_rank_f_s, 2), "rank_gain": fmt_signed(r.mean_rank_gain),
         "moves": f"{r.up} / {r.same} / {r.down}",
     } for r in adv.itertuples(index=False)]
     return {"view": view, "learned": learned, "n_explainers": int(shift["n_explainers"].iloc[0]),

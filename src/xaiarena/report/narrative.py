@@ -20,7 +20,7 @@ import pandas as pd
 
 from .. import stats
 from ..views import on_f_b_label
-from .tables import decimals_for, direction_words, fmt, fmt_percent
+from .tables import decimals_for, direction_words, fmt, fmt_percent, fmt_signed
 
 
 def _join(names: list[str]) -> str:
@@ -184,16 +184,23 @@ def home_reading(adv: pd.DataFrame, learned: str, n_explainers: int) -> list[str
            f"report's rank (significant differences only) {rank_b} on f_b, {rank_s} on f_s."]
     if len(others):
         g = others["mean_position_gain"]
-        out.append(f"The other explainers move by {float(g.mean()):+.2f} positions on average "
-                   f"(from {float(g.min()):+.2f} to {float(g.max()):+.2f}); positions among the "
+        out.append(f"The other explainers move by {fmt_signed(g.mean())} positions on average "
+                   f"(from {fmt_signed(g.min())} to {fmt_signed(g.max())}); positions among the "
                    "same explainers sum to the same total on both models, so one explainer's gain "
                    "is the others' loss.")
-        if gain > float(g.max()):
-            out.append(f"f_s favours {learned}'s maps more than any other explainer's: judge "
-                       f"{learned} against the others on f_b ({on_f_b_label(learned)}), the model "
-                       "being explained.")
-        elif gain <= 0:
+        rank_gain = float(r["mean_rank_gain"])
+        if gain <= 0:
             out.append(f"f_s does not favour {learned}'s maps over the others' here.")
+        elif gain <= float(g.max()):
+            out.append(f"Other explainers gain as much or more: f_s does not single out "
+                       f"{learned}'s maps.")
+        elif rank_gain > 0:
+            out.append(f"f_s favours {learned}'s maps more than any other explainer's, by position "
+                       f"and by rank: judge {learned} against the others on f_b "
+                       f"({on_f_b_label(learned)}), the model being explained.")
+        else:
+            out.append(f"{learned}'s gain in position is the largest, but its rank (significant "
+                       "differences only) does not improve on f_s.")
     return out
 
 
