@@ -200,8 +200,9 @@ def improvement(data: RunData, study: dict[str, Any]) -> dict[str, Any] | None:
         else:
             what = "the model being explained" if view == F_B else "DiET's distilled model"
             label = f"{la} vs {lb}, both explaining {view} ({what})"
-        out.append({"label": label, "view": view, "a_label": la, "b_label": lb, "rows": rows,
-                    "wins": f"{wins}/{len(rows)}", "across": across,
+        short = f"{la} vs {lb}" + (f", scored on {view}" if view is not None else "")
+        out.append({"label": label, "short": short, "view": view, "a_label": la, "b_label": lb,
+                    "rows": rows, "wins": f"{wins}/{len(rows)}", "across": across,
                     "diffs": [(r["dataset"], float(r["diff"])) for r in rows]})
     return {"a": a, "b": b, "metric": metric, "views": out} if out else None
 
