@@ -23,10 +23,11 @@ import pandas as pd
 import yaml
 from PIL import Image
 
-from xaiarena.report.html import diet_rows
+from xaiarena.report.html import diet_rows, home_section
 from xaiarena.report.loading import load_run
 from xaiarena.report.narrative import learned_report
 from xaiarena.report.study import agreement_bands, improvement, reference_rows
+from xaiarena.views import on_f_b_label, source_of
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("bars", "improvement", "accuracy", "preview", "overlays", "lime", "fgbg", "agreement", "heatmaps")
@@ -40,6 +41,48 @@ def _table(rows: list[list[str]], head: list[str]) -> str:
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(str(c).replace("|", "/") for c in r) + " |" for r in rows]
     return "\n".join(out)
+
+
+IMPROVEMENT = (
+    "Once per model the maps are scored on; both maps of a comparison are always scored on the "
+    "same model (on f_b, {a}'s maps computed on its f_s count as `{a_on_f_b}`). Per dataset: the "
+    "difference of the two means and the paired t-test over images (Holm, d_z = mean difference "
+    "/ SD of the differences). Across datasets: the source's paired t-test and pooled-SD Cohen's "
+    "d over the per-dataset means (n = datasets, a separate and much weaker analysis: it asks "
+    "whether the mean difference is consistent across datasets, not per image). The source "
+    "paired maps scored on two different models (DiET on f_s, Grad-CAM on f_b); that pairing is "
+    "not a comparison of explanations of one model and is not computed.")
+
+
+def home_lines(data, run: dict) -> list[str]:
+    """The home-advantage section: how standings move between f_b and a learned explainer's f_s."""
+    settings = run.get("stats") if isinstance(run.get("stats"), dict) else {}
+    alpha, test = float(settings.get("alpha", 0.05)), str(settings.get("test", "t"))
+    home = [(ds, home_section(data, ds, alpha, test)) for ds in data.datasets
+            if len(data.views(ds)) > 1]
+    home = [(ds, h) for ds, h in home if h]
+    if not home:
+        return []
+    lines = ["## Home advantage: how standings move between f_b and f_s", "",
+             "Per metric, the explainers scored on both models are ranked on each: position = 1 + "
+             "the number with a better mean; rank = 1 + the number significantly better "
+             f"(Holm-adjusted paired tests, {test}, alpha {alpha:g}). Gain = position on f_b minus "
+             "position on f_s (positive: better on f_s). The learned explainer's maps are the same "
+             "maps on both models (its `@f_s` rows on f_b); the others explain each model with "
+             "their own maps. Means over the metrics:", ""]
+    for ds, h in home:
+        v = h["view"]
+        lines += [f"**{ds}.** " + " ".join(h["reading"]), "",
+                  _table([[r["explainer"], r["n"], r["position_f_b"], r["position_f_s"], r["gain"],
+                           r["moves"], r["rank_f_b"], r["rank_f_s"]] for r in h["rows"]],
+                         ["explainer", "metrics", "position on f_b", f"on {v}", "gain",
+                          "up / same / down", "rank on f_b", f"on {v}"]), "",
+                  _table([[f"{r['metric']} {r['arrow']}", r["mean_f_b"], r["position_f_b"],
+                           r["rank_f_b"], r["mean_f_s"], r["position_f_s"], r["rank_f_s"], r["gain"]]
+                          for r in h["metric_rows"]],
+                         [f"{h['learned']}'s maps", "scored on f_b", "position", "rank",
+                          f"scored on {v}", "position", "rank", "gain"]), ""]
+    return lines
 
 
 def page(run_dir: Path, command: str, load: str | None, fig_dir: Path, fig_rel: str, answer: str | None = None) -> str:
@@ -84,11 +127,8 @@ def page(run_dir: Path, command: str, load: str | None, fig_dir: Path, fig_rel: 
         lines += [f"* {o}" for o in orderings] + [""]
     imp = improvement(data, study) if "improvement" in set(study.get("analyses") or []) else None
     if imp:
-        lines += [f"## Improvement: {imp['a']} minus {imp['b']} on {imp['metric']} (the source's table)", "",
-                  "Per dataset: the difference of the two means and the paired t-test over images (Holm, "
-                  "d_z = mean difference / SD of the differences). Across datasets: the source's paired t-test "
-                  "and pooled-SD Cohen's d over the per-dataset means (n = datasets, a separate and much weaker "
-                  "analysis: it asks whether the mean difference is consistent across datasets, not per image).", ""]
+        lines += [f"## Improvement: {imp['a']} minus {imp['b']} on {imp['metric']} (the source's table)",
+                  "", IMPROVEMENT.format(a=imp["a"], a_on_f_b=on_f_b_label(imp["a"])), ""]
         for v in imp["views"]:
             lines += [f"**{v['label']}**: {imp['a']} better on {v['wins']} datasets; across datasets {v['across']}.",
                       "", _table([[r["dataset"], r["a"], r["b"], r["diff"], r["better"], r["test"]] for r in v["rows"]],
@@ -107,6 +147,7 @@ def page(run_dir: Path, command: str, load: str | None, fig_dir: Path, fig_rel: 
         lines += ["## The learned explainer's model (as in the report)", "",
                   _table([[k] + [next((r["value"] for r in rows if r["label"] == k), "–") for _, rows in learned]
                           for k in keys], ["number"] + [ds for ds, _ in learned]), ""]
+    lines += home_lines(data, run)
     meta = data.metrics_meta
     summary = data.summary
     for ds in data.datasets:
@@ -119,6 +160,10 @@ def page(run_dir: Path, command: str, load: str | None, fig_dir: Path, fig_rel: 
             singles = [e for e in explainers if "~" not in e]
             title = f"## {ds}" + (f", maps of {view}" if view else "")
             lines += [title, ""]
+            cross = [e for e in singles if source_of(e)]
+            if cross:
+                lines += [f"{', '.join(f'`{e}`' for e in cross)}: DiET's maps (test-time masks "
+                          "optimised against f_s) scored with f_b, like every other column here.", ""]
             for group in (singles, [e for e in explainers if "~" in e]):
                 if not group:
                     continue

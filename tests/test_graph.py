@@ -37,10 +37,15 @@ def test_units_and_tasks_of_a_grid_with_replicates():
     assert names[0] == f"{u}/train" and f"{u}/fit/diet" in names
     assert f"{u}/explain/saliency" in names and f"{u}/explain/saliency@f_s" in names
     assert f"{u}/explain/diet" in names and f"{u}/explain/diet@f_b" not in names
-    # agreement with a reference needs the reference among the view's maps; f_b has no pair here
-    assert f"{u}/metric/agreement_spearman@f_s" in names and f"{u}/metric/agreement_spearman" not in names
+    # agreement needs two maps in the view: on f_b, saliency's and DiET's maps scored on f_b (diet@f_s)
+    assert f"{u}/metric/agreement_spearman@f_s" in names
+    assert next(t for t in tasks if t.name == f"{u}/metric/agreement_spearman").explainers == ("saliency", "diet@f_s")
     pos = {n: i for i, n in enumerate(names)}
     assert all(pos[d] < pos[t.name] for t in tasks for d in t.deps)
+    # without DiET's maps on f_b, f_b has no pair for the agreement metric
+    off = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"score_learned_on_f_b": False})})
+    names = [t.name for t in plan_tasks(plan_units(off)[:1])]
+    assert f"{u}/metric/agreement_spearman@f_s" in names and f"{u}/metric/agreement_spearman" not in names
 
 
 def test_only_correct_with_replicates_selects_the_same_samples_for_every_replicate():

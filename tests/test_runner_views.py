@@ -36,8 +36,9 @@ def test_other_explainers_also_explain_f_s_and_rows_say_which_model(diet_run):
     ps = diet_run.per_sample
     assert set(ps["explained_model"]) == {"f_b", "f_s"}
     by_view = ps.groupby("explained_model")["explainer"].agg(set)
-    assert by_view["f_b"] == {"saliency", "random", "saliency~random"}
-    assert {"saliency", "random", "diet"} <= by_view["f_s"]
+    # f_b: the plain explainers' maps of f_b and DiET's maps (of f_s) scored on f_b, labelled diet@f_s
+    assert by_view["f_b"] == {"saliency", "random", "diet@f_s", "saliency~random", "saliency~diet@f_s"}
+    assert {"saliency", "random", "diet"} <= by_view["f_s"] and "diet@f_s" not in by_view["f_s"]
     assert "explained_model" in diet_run.summary.columns and "explained_model" in diet_run.tests.columns
     assert not ((ps["explained_model"] == "f_b") & (ps["explainer"] == "diet")).any()
     # the maps of f_s are maps of f_s, recorded per view
@@ -46,21 +47,85 @@ def test_other_explainers_also_explain_f_s_and_rows_say_which_model(diet_run):
     assert diet_run.attributions("saliency", explained_model="f_s").shape == (24, 64, 64)
 
 
+def test_diets_maps_scored_on_f_b_are_its_maps_of_f_s(diet_run):
+    """diet@f_s holds DiET's own maps: a score that does not call the model (sparseness) is the same,
+    sample by sample, on f_b as on f_s; one that does (agreement with saliency) pairs them with f_b's maps."""
+    ps = diet_run.per_sample
+    sp = ps[ps["metric"] == "sparseness"]
+    on_fb = sp[(sp["explained_model"] == "f_b") & (sp["explainer"] == "diet@f_s")].set_index("sample_id")["value"]
+    own = sp[(sp["explained_model"] == "f_s") & (sp["explainer"] == "diet")].set_index("sample_id")["value"]
+    assert len(on_fb) == 24
+    pd.testing.assert_series_equal(on_fb.sort_index(), own.sort_index())
+    info = diet_run.info["datasets"]["hard_mnist"]["explainers"]
+    assert "diet@f_s" not in info  # no new maps: the rows reuse the recorded maps of f_s
+    import torch
+
+    assert torch.equal(diet_run.attributions("diet@f_s"), diet_run.attributions("diet"))
+    assert "hard_mnist/metric/sparseness" in diet_run.info["stages"]
+
+
 def test_paired_tests_compare_maps_of_one_model_only(diet_run):
-    tests = diet_run.tests
+    from xaiarena import stats
+
+    tests, ps = diet_run.tests, diet_run.per_sample
     for _, row in tests.iterrows():
         for e in (row["explainer_a"], row["explainer_b"]):
-            sel = diet_run.per_sample
-            assert ((sel["explained_model"] == row["explained_model"]) & (sel["explainer"] == e)).any()
+            assert ((ps["explained_model"] == row["explained_model"]) & (ps["explainer"] == e)).any()
     fb = tests[tests["explained_model"] == "f_b"]
     assert "diet" not in set(fb["explainer_a"]) | set(fb["explainer_b"])
     fs = tests[(tests["explained_model"] == "f_s") & (tests["metric"] == "sparseness")]
     assert {"diet", "saliency", "random"} == set(fs["explainer_a"]) | set(fs["explainer_b"])
+    assert "diet@f_s" not in set(fs["explainer_a"]) | set(fs["explainer_b"])
+    # DiET's maps scored on f_b are tested against the maps of f_b, on the scores of f_b only
+    row = fb[(fb["metric"] == "sparseness") & (fb["test"] == "t")
+             & ({"diet@f_s", "saliency"} == fb[["explainer_a", "explainer_b"]].apply(set, axis=1))].iloc[0]
+    sp = ps[(ps["metric"] == "sparseness") & (ps["explained_model"] == "f_b")]
+    a = sp[sp["explainer"] == row["explainer_a"]].set_index("sample_id")["value"]
+    b = sp[sp["explainer"] == row["explainer_b"]].set_index("sample_id")["value"]
+    t, p = stats.paired_t((a - b.reindex(a.index)).to_numpy())
+    assert row["statistic"] == pytest.approx(t) and row["p_value"] == pytest.approx(p)
 
 
-def test_report_shows_both_views(diet_run):
+def test_learned_maps_on_f_b_are_planned_as_f_b_rows_and_can_be_turned_off():
+    from xaiarena.config import load_config
+    from xaiarena.graph import plan_tasks, plan_units
+
+    raw = _cfg(["saliency", TINY_DIET], ["sparseness", {"name": "topk_iou", "explainers": ["diet"]},
+                                         {"name": "pointing_game", "explainers": ["saliency"]}])
+
+    def scored(cfg):
+        return {t.name: t.explainers for t in plan_tasks(plan_units(cfg)) if t.kind == "score"}
+
+    on = scored(load_config(raw))
+    assert on["hard_mnist/metric/sparseness"] == ("saliency", "diet@f_s")
+    assert on["hard_mnist/metric/topk_iou"] == ("diet@f_s",)  # 'diet' selects its maps on f_b too
+    assert on["hard_mnist/metric/topk_iou@f_s"] == ("diet",)
+    assert on["hard_mnist/metric/pointing_game"] == ("saliency",)
+    task = next(t for t in plan_tasks(plan_units(load_config(raw))) if t.name == "hard_mnist/metric/topk_iou")
+    assert task.deps == ("hard_mnist/explain/diet",)  # after DiET's maps of f_s
+    off = scored(load_config(raw, overrides=["evaluation.score_learned_on_f_b=false"]))
+    assert off["hard_mnist/metric/sparseness"] == ("saliency",) and "hard_mnist/metric/topk_iou" not in off
+
+
+def test_report_shows_both_views_and_the_home_advantage(diet_run):
     html = diet_run.report_path.read_text()
-    assert "maps of f_b" in html and "maps of f_s" in html and "fair comparisons with DiET" in html
+    assert "maps of f_b" in html and "maps of f_s" in html
+    assert "diet@f_s" in html and "DiET&#39;s maps (its test-time masks" in html
+    assert "Home advantage: how standings move between f_b and f_s" in html
+    assert "favours every explainer" not in html  # the unmeasured claim is gone
+
+
+def test_study_page_shows_the_home_advantage(diet_run, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "study_page.py"
+    spec = importlib.util.spec_from_file_location("study_page", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = mod.page(diet_run.run_dir, "xaiarena run ...", None, tmp_path / "figs", "figs")
+    assert "## Home advantage: how standings move between f_b and f_s" in text
+    assert "| diet (f_b: diet@f_s) |" in text and "`diet@f_s`: DiET's maps" in text
 
 
 def test_the_fair_view_can_be_turned_off(tmp_path):
@@ -68,7 +133,8 @@ def test_the_fair_view_can_be_turned_off(tmp_path):
                        overrides={**TINY, "evaluation.also_explain_f_s": False}, show_progress=False)
     ps = res.per_sample
     assert set(ps.loc[ps["explained_model"] == "f_s", "explainer"]) == {"diet"}
-    assert set(ps.loc[ps["explained_model"] == "f_b", "explainer"]) == {"saliency"}
+    # DiET is then compared with the others on f_b only, where its maps are scored as diet@f_s
+    assert set(ps.loc[ps["explained_model"] == "f_b", "explainer"]) == {"saliency", "diet@f_s"}
 
 
 @pytest.mark.integration

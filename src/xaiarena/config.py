@@ -202,6 +202,9 @@ class EvaluationConfig(_Strict):
     # with a learned explainer (DiET), the other explainers also explain its model f_s, so that
     # maps of the same model can be compared (results column explained_model: f_b or f_s)
     also_explain_f_s: bool = True
+    # a learned explainer's maps (computed on its f_s) are also scored on f_b, the model the
+    # user cares about, as the f_b rows "<label>@f_s" (docs/architecture.md, "Views")
+    score_learned_on_f_b: bool = True
     # metric meta-evaluation (docs/meta.md): results/meta.csv and the report's "Which metrics
     # can you trust here?"; its perturbation tests re-explain and re-score meta_samples samples
     # per view, meta_perturbations draws of each of four perturbations
@@ -274,7 +277,8 @@ class StudyConfig(_Strict):
     question: str
     # the source's own analyses, shown beside ours and labelled as such:
     #   improvement: per-dataset difference a - b on one metric, "a better", wins k/n, a bar chart, and the
-    #                across-dataset paired t-test and Cohen's d (pooled SD) the source computed
+    #                across-dataset paired t-test and Cohen's d (pooled SD) the source computed, once
+    #                per scoring model (both maps always scored on the same model)
     #   agreement_bands: agreement outputs with bands (>= 0.7 high, >= 0.4 moderate, else low), accuracy chart
     #   per_image: per-image table of agreement outputs named by file; LIME superpixel figures
     #   fg_bg: t, p and Cohen's d_z of object vs background, beside the source's

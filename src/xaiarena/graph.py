@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import stages
+from . import stages, views
 from .cache import Cache, inside
 from .config import ComponentSpec, ExperimentConfig, grid_points
 from .modalities import N_PER_IMAGE_EXAMPLES
@@ -171,10 +171,24 @@ def view_members(cfg: ExperimentConfig) -> dict[str, list[str]]:
     return members
 
 
+def scored_maps(cfg: ExperimentConfig) -> dict[str, dict[str, tuple[str, str]]]:
+    """``{view: {result label: (view the maps were computed on, explainer label)}}``: the maps
+    each view's metrics score. A view scores its own members' maps and, in f_b with
+    ``evaluation.score_learned_on_f_b`` (default), each learned explainer's maps of its f_s as
+    ``<label>@f_s`` (:mod:`xaiarena.views`)."""
+    home = _home_views(cfg)
+    out = {v: {k: (v, k) for k in labels} for v, labels in view_members(cfg).items()}
+    if cfg.evaluation.score_learned_on_f_b:
+        out[F_B].update({views.on_f_b_label(k): (v, k) for k, v in home.items() if v != F_B})
+    return out
+
+
 def scored_labels(spec, metric, labels: list[str]) -> list[str]:
-    """The maps (explainer labels, of one view) a metric scores: those its ``explainers:`` names (all by
-    default); none where the metric does not apply to them (an agreement metric needs two maps)."""
-    keys = [k for k in labels if spec.explainers is None or k in spec.explainers]
+    """The maps (result labels, of one view) a metric scores: those its ``explainers:`` names
+    (all by default; ``diet`` also selects ``diet@f_s``, DiET's maps scored on f_b); none where
+    the metric does not apply to them (an agreement metric needs two maps)."""
+    keys = [k for k in labels if spec.explainers is None or k in spec.explainers
+            or views.source_of(k) in spec.explainers]
     return keys if metric.applies_to(keys) else []
 
 
@@ -196,27 +210,27 @@ def plan_tasks(units: list[Unit]) -> list[TaskSpec]:
             if v != F_B:
                 fits[v] = TaskSpec("fit", u, v, k, (train.name,))
                 tasks.append(fits[v])
-        explains: dict[str, list[TaskSpec]] = {}
+        explains: dict[tuple[str, str], TaskSpec] = {}
         for v, labels in view_members(cfg).items():
             for k in labels:
                 deps = (train.name,) + ((fits[v].name,) if v in fits else ())
-                t = TaskSpec("explain", u, v, k, deps)
-                explains.setdefault(v, []).append(t)
+                explains[(v, k)] = t = TaskSpec("explain", u, v, k, deps)
                 tasks.append(t)
+        maps = scored_maps(cfg)
         scored_views = set()
         for spec in cfg.metrics:
             metric = METRICS.create(spec.name, **spec.params)
-            for v, ts in explains.items():
-                keys = scored_labels(spec, metric, [t.component for t in ts])
+            for v, sources in maps.items():
+                keys = scored_labels(spec, metric, list(sources))
                 if keys:
-                    tasks.append(TaskSpec("score", u, v, spec.key, tuple(t.name for t in ts if t.component in keys),
-                                          tuple(keys)))
+                    deps = tuple(explains[sources[k]].name for k in keys)
+                    tasks.append(TaskSpec("score", u, v, spec.key, deps, tuple(keys)))
                     scored_views.add(v)
         if cfg.evaluation.meta:  # metric meta-evaluation: perturbation tests of each scored view
-            tasks += [TaskSpec("meta", u, v, deps=tuple(t.name for t in ts))
-                      for v, ts in explains.items() if v in scored_views]
+            tasks += [TaskSpec("meta", u, v, deps=tuple(t.name for (tv, _), t in explains.items() if tv == v))
+                      for v in sorted(scored_views, key=list(maps).index)]
         if not u.replicate:  # example figures of the first replicate, where the unit's maps are in memory
-            tasks.append(TaskSpec("examples", u, deps=tuple(t.name for ts in explains.values() for t in ts)))
+            tasks.append(TaskSpec("examples", u, deps=tuple(t.name for t in explains.values())))
     return tasks
 
 
@@ -260,6 +274,7 @@ class UnitContext:
         self.specs: dict[str, ComponentSpec] = {s.key: s for s in self.cfg.explainers}
         self.home = _home_views(self.cfg)
         self.members = view_members(self.cfg)
+        self.maps = scored_maps(self.cfg)
         self._prep: stages.Prepared | None = None
         self._built: dict[str, Any] = {}
         self._views: dict[str, stages.View] = {}
@@ -360,7 +375,8 @@ def _run_task(task: TaskSpec, env: Env, say: Callable[[str], None] | None) -> Ta
     elif task.kind == "score":
         spec = next(m for m in ctx.cfg.metrics if m.key == task.component)
         metric = METRICS.create(spec.name, **spec.params)
-        attrs = {k: ctx.attribution(task.view, k, rec) for k in task.explainers}
+        sources = ctx.maps[task.view]
+        attrs = {k: ctx.attribution(*sources[k], rec) for k in task.explainers}
         view = ctx.view(task.view, rec)
         with rec.stage(task.name) as info:
             out.per_sample, out.curves = stages.score(ctx.s, ctx.prep(rec), view, spec, metric, attrs, info)
@@ -415,5 +431,5 @@ def own_stages(task: TaskSpec, result: TaskResult) -> dict[str, dict[str, Any]]:
 
 
 __all__ = ["Env", "TaskResult", "TaskSpec", "Unit", "UnitContext", "context_for", "plan_tasks", "plan_units",
-           "own_stages", "progress", "run_task", "scored_labels", "thread_count", "unit_threads",
-           "view_members", "write_examples"]
+           "own_stages", "progress", "run_task", "scored_labels", "scored_maps", "thread_count",
+           "unit_threads", "view_members", "write_examples"]

@@ -54,6 +54,7 @@ from .utils import (
     seed_everything,
     versions,
 )
+from .views import source_of
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +368,10 @@ class RunResult:
                      explained_model: str | None = None) -> torch.Tensor:
         """The maps of ``explainer`` for the evaluation samples (in sample order): ``(N, H, W)`` images,
         ``(N, L)`` texts. ``explained_model`` picks the view (``f_b``, ``f_s``); by default the model the
-        explainer itself explains. Reads the file whose key run.json records (never guesses by date)."""
+        explainer itself explains; ``diet@f_s`` (DiET's maps scored on f_b) gives DiET's maps of f_s.
+        Reads the file whose key run.json records (never guesses by date)."""
+        if source_of(explainer):  # the rows of a learned explainer's maps on f_b hold its own maps
+            explainer, explained_model = source_of(explainer), None
         datasets = list(self.info["datasets"])
         dataset = dataset or datasets[0]
         if dataset not in datasets:

@@ -22,13 +22,17 @@ import pandas as pd
 from .. import __version__, stats
 from ..metrics.agreement import PAIR_SEPARATOR
 from ..utils import atomic_write_bytes
+from ..views import F_B, home_advantage, on_f_b_label, rank_shift, source_of
 from . import fgbg, narrative, plots
 from .loading import ReportError, RunData, load_run
 from .tables import (
+    arrow,
     combined_table,
+    decimals_for,
     fmt,
     fmt_percent,
     fmt_seconds,
+    fmt_signed,
     order_metrics,
     results_table,
 )
@@ -156,11 +160,13 @@ def _explainer_rows(data: RunData, dataset: str, explainers: list[str], colors: 
         v = info.get(e) or {}
         secs = _num(v.get("seconds"))
         explains = str(v.get("explains", "") or "")
+        maps_of = str(v.get("maps_of", "") or "")
         rows.append({
             "name": e, "color": colors.get(e, "#333333"), "family": str(v.get("family", "") or "–"),
-            "explains": explains or "–",
-            "explains_title": _EXPLAINS.get(explains, ""),
-            "fs": explains == "f_s",
+            "explains": (f"{explains} (maps of {maps_of})" if maps_of else explains) or "–",
+            "explains_title": (f"{_EXPLAINS.get(explains, explains)}, scored with the maps computed "
+                               f"on {maps_of}") if maps_of else _EXPLAINS.get(explains, ""),
+            "fs": explains == "f_s" or bool(maps_of),
             "seconds": fmt_seconds(secs) if secs is not None else "–",
             "cache_hit": bool(v.get("cache_hit", False)),
             "postprocess": ", ".join(str(x) for x in (v.get("postprocess") or [])),
@@ -224,15 +230,22 @@ def _test_notes(data: RunData, alpha: float, test: str) -> list[str]:
             "replicates) run at least 6 replicates (smallest possible p 0.031)."]
 
 
-def _view_note(view: str | None, n_views: int, info: dict[str, Any]) -> str:
+def _view_note(view: str | None, n_views: int, info: dict[str, Any], explainers: list[str]) -> str:
     if view is None or n_views <= 1:
         return ""
-    if view == "f_b":
+    cross = [e for e in explainers if source_of(e)]
+    if view == F_B:
+        if cross:
+            return (f"Maps scored on f_b, the trained model being explained. {', '.join(cross)}: "
+                    "DiET's maps (its test-time masks, optimised against its distilled model f_s) "
+                    "scored here with f_b, like every other map in this section: how well DiET "
+                    "explains the model you care about.")
         return ("Maps of f_b, the trained model being explained. DiET is not in this view: its maps explain "
                 "its distilled model f_s (next section).")
-    return (f"Maps of {view}, DiET's distilled copy of the trained model: every explainer here explains the "
-            "same model, so these are the fair comparisons with DiET. f_s was trained to ignore erased "
-            "background, which favours every explainer's perturbation scores on this model alike.")
+    return (f"Maps of {view}, DiET's distilled copy of the trained model: every explainer here "
+            "explains the same model. f_s was trained on inputs erased by DiET's own masks, so it "
+            "may favour DiET's maps; 'Home advantage' below measures how each explainer's standing "
+            "moves between f_b and f_s.")
 
 
 def _stability_rows(data: RunData, dataset: str, explainers: list[str], metrics: list[str]) -> list[dict]:
@@ -337,7 +350,7 @@ def _dataset_section(
     return {
         "name": dataset if view is None or n_views <= 1 else f"{dataset} — maps of {view}",
         "view": view,
-        "view_note": _view_note(view, n_views, info),
+        "view_note": _view_note(view, n_views, info, single),
         "anchor": f"dataset-{k}",
         "model": info.get("model") or (summ["model"].iloc[0] if len(summ) else ""),
         "setup": _setup_rows(info),
@@ -354,7 +367,47 @@ def _dataset_section(
         "fgbg": fg_bg,
         "per_image": per_image,
         "stability": _stability_rows(data, dataset, single, [m for m in metrics if m not in agreement]),
+        "home": None,  # filled in by _build for a learned explainer's view
     }
+
+
+def home_section(data: RunData, dataset: str, alpha: float, test: str) -> dict[str, Any] | None:
+    """The "Home advantage" block of a dataset with a learned explainer: how each explainer's
+    standing (position by mean, and the report's rank) moves between f_b and f_s
+    (:func:`xaiarena.views.rank_shift`), the learned explainer's maps counting as ``<label>@f_s``
+    on f_b."""
+    summ = data.summary[data.summary["dataset"] == dataset]
+    tests = data.tests[data.tests["dataset"] == dataset] if len(data.tests) else data.tests
+    shift = rank_shift(summ, tests, data.metrics_meta, alpha, test=test)
+    if not len(shift):
+        return None
+    adv = home_advantage(shift)
+    view = str(shift["view"].iloc[0])
+    learned = str(shift["learned"].iloc[0])
+    shift, adv = shift[shift["view"] == view], adv[adv["learned"] == learned]
+    mine = shift[shift["explainer"] == learned]
+    meta = data.metrics_meta
+    metric_rows = [{
+        "metric": r.metric,
+        "arrow": arrow(bool((meta.get(r.metric) or {}).get("higher_is_better", True))),
+        "mean_f_b": fmt(r.mean_f_b, decimals_for([r.mean_f_b, r.mean_f_s])),
+        "mean_f_s": fmt(r.mean_f_s, decimals_for([r.mean_f_b, r.mean_f_s])),
+        "position_f_b": f"{int(r.position_f_b)}", "position_f_s": f"{int(r.position_f_s)}",
+        "rank_f_b": fmt(r.rank_f_b, 0), "rank_f_s": fmt(r.rank_f_s, 0),
+        "gain": fmt_signed(r.position_gain, 0),
+    } for r in mine.itertuples(index=False)]
+    own = f"{learned} (f_b: {on_f_b_label(learned)})"
+    rows = [{
+        "explainer": own if r.explainer == learned else r.explainer,
+        "own": r.explainer == learned, "n": r.n_metrics,
+        "position_f_b": fmt(r.mean_position_f_b, 2), "position_f_s": fmt(r.mean_position_f_s, 2),
+        "gain": fmt_signed(r.mean_position_gain), "rank_f_b": fmt(r.mean_rank_f_b, 2),
+        "rank_f_s": fmt(r.mean_rank_f_s, 2), "rank_gain": fmt_signed(r.mean_rank_gain),
+        "moves": f"{r.up} / {r.same} / {r.down}",
+    } for r in adv.itertuples(index=False)]
+    return {"view": view, "learned": learned, "n_explainers": int(shift["n_explainers"].iloc[0]),
+            "rows": rows, "metric_rows": metric_rows,
+            "reading": narrative.home_reading(adv, learned, int(shift["n_explainers"].iloc[0]))}
 
 
 def build_report(run_dir: str | Path, *, alpha: float | None = None, test: str | None = None) -> Path:
@@ -389,9 +442,16 @@ def _build(run_dir: str | Path, alpha: float | None, test: str | None) -> Path:
     sections = []
     for d in data.datasets:
         views = data.views(d)
+        mine = []
         for v in views:
-            sections.append(_dataset_section(data.view(d, v), len(sections) + 1, d, figs, alpha, test, colors,
-                                             view=v, n_views=len(views)))
+            k = len(sections) + len(mine) + 1
+            mine.append(_dataset_section(data.view(d, v), k, d, figs, alpha, test, colors, view=v,
+                                         n_views=len(views)))
+        home = home_section(data, d, alpha, test) if len(views) > 1 else None
+        for s in mine:
+            if home is not None and s["view"] == home["view"]:
+                s["home"] = home
+        sections += mine
     # across datasets: ranks of maps of the trained models (f_b) only; f_s views differ per dataset
     main_sections = [s for s in sections if s["view"] in (None, "f_b")]
     ranks = pd.concat([s["table"].ranks for s in main_sections], ignore_index=True) if main_sections else \

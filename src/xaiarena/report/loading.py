@@ -20,6 +20,7 @@ import pandas as pd
 
 from .. import stats
 from ..errors import XaiArenaError
+from ..views import F_B, F_S, on_f_b_label
 
 CURVE_COLUMNS = ["dataset", "explainer", "metric", "x", "mean", "ci_low", "ci_high"]
 _NAME_COLUMNS = ("dataset", "grid", "explained_model", "model", "explainer", "metric", "explainer_a",
@@ -83,25 +84,35 @@ class RunData:
             return df[(df["dataset"] != dataset) | (df["explained_model"] == view)]
 
         info = self.dataset_info(dataset)
+        sel = self.summary[self.summary["dataset"] == dataset]
+        scored = (set(sel.loc[sel["explained_model"] == view, "explainer"])
+                  if "explained_model" in sel.columns else set())
         explainers = {}
         for k, v in (info.get("explainers") or {}).items():
             if not isinstance(v, dict):
                 continue
-            views = v.get("views") or {v.get("explains", "f_b"): {}}
+            views = v.get("views") or {v.get("explains", F_B): {}}
             if view in views:
                 explainers[k] = {**v, **(views.get(view) or {}), "explains": view}
+            elif view == F_B and on_f_b_label(k) in scored:  # a learned explainer's maps on f_b
+                own = v.get("explains", F_S)
+                explainers[on_f_b_label(k)] = {**v, **(views.get(own) or {}), "explains": view,
+                                               "maps_of": own}
         run = {**self.run, "datasets": {**(self.run.get("datasets") or {}),
                                         dataset: {**info, "explainers": explainers}}}
-        home = {k: (v.get("explains") if isinstance(v, dict) else "f_b")
+        home = {k: (v.get("explains") if isinstance(v, dict) else F_B)
                 for k, v in (info.get("explainers") or {}).items()}
 
         def rekey(names: list[str]) -> dict[str, str]:
-            """``{stored name: name in this view}``: own-view maps and ``<name>@<view>`` maps."""
+            """``{stored name: name in this view}``: own-view maps and ``<name>@<view>`` maps; in
+            f_b, a learned explainer's own maps as ``<name>@f_s`` where they were scored on f_b."""
             out = {}
             for n in names:
                 base, _, v = n.partition("@")
-                if (v == view) or (not v and home.get(base, "f_b") == view):
+                if (v == view) or (not v and home.get(base, F_B) == view):
                     out[n] = base
+                elif not v and view == F_B and on_f_b_label(base) in scored:
+                    out[n] = on_f_b_label(base)
             return out
 
         examples = dict(self.examples)

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
-from .tables import decimals_for, direction_words, fmt, fmt_percent
+from ..views import on_f_b_label
+from .tables import decimals_for, direction_words, fmt, fmt_percent, fmt_signed
 
 
 def _join(names: list[str]) -> str:
@@ -158,6 +159,49 @@ def learned_report(info: dict[str, Any]) -> dict[str, Any]:
         return first if isinstance(first, dict) else {}
     diet = info.get("diet")
     return diet if isinstance(diet, dict) else {}
+
+
+def home_reading(adv: pd.DataFrame, learned: str, n_explainers: int) -> list[str]:
+    """Sentences on a learned explainer's home advantage from :func:`xaiarena.views.home_advantage`
+    (one learned explainer's rows): how far its maps move up when scored on its own f_s rather than
+    on f_b, against how far the others move. Positions are descriptive (1 = best mean among the
+    explainers scored on both models); the report's ranks count significant differences only."""
+    mine = adv[adv["explainer"] == learned]
+    others = adv[adv["explainer"] != learned]
+    if not len(mine):
+        return []
+    r = mine.iloc[0]
+    gain = float(r["mean_position_gain"])
+    where = "up" if gain > 0 else "down" if gain < 0 else "neither up nor down"
+    n = int(r["n_metrics"])
+    pos_b, pos_s = fmt(r["mean_position_f_b"], 2), fmt(r["mean_position_f_s"], 2)
+    rank_b, rank_s = fmt(r["mean_rank_f_b"], 2), fmt(r["mean_rank_f_s"], 2)
+    out = [f"Scored on its own f_s instead of on f_b, {learned}'s maps move {where}"
+           + (f" by {fmt(abs(gain), 2)} positions" if gain else "")
+           + f" on average over {n} metric{'s' if n != 1 else ''} (mean position {pos_b} on f_b, "
+           f"{pos_s} on f_s, among the {n_explainers} explainers scored on both; up on "
+           f"{int(r['up'])}, unchanged on {int(r['same'])}, down on {int(r['down'])}); by the "
+           f"report's rank (significant differences only) {rank_b} on f_b, {rank_s} on f_s."]
+    if len(others):
+        g = others["mean_position_gain"]
+        out.append(f"The other explainers move by {fmt_signed(g.mean())} positions on average "
+                   f"(from {fmt_signed(g.min())} to {fmt_signed(g.max())}); positions among the "
+                   "same explainers sum to the same total on both models, so one explainer's gain "
+                   "is the others' loss.")
+        rank_gain = float(r["mean_rank_gain"])
+        if gain <= 0:
+            out.append(f"f_s does not favour {learned}'s maps over the others' here.")
+        elif gain <= float(g.max()):
+            out.append(f"Other explainers gain as much or more: f_s does not single out "
+                       f"{learned}'s maps.")
+        elif rank_gain > 0:
+            out.append(f"f_s favours {learned}'s maps more than any other explainer's, by position "
+                       f"and by rank: judge {learned} against the others on f_b "
+                       f"({on_f_b_label(learned)}), the model being explained.")
+        else:
+            out.append(f"{learned}'s gain in position is the largest, but its rank (significant "
+                       "differences only) does not improve on f_s.")
+    return out
 
 
 def dataset_headline(ranks: pd.DataFrame, metrics: list[str]) -> str:

@@ -522,7 +522,7 @@ def improvement_chart(imp: dict[str, Any]) -> bytes | None:
             better = [r["better"] == "yes" for r in v["rows"]]
             ax.barh(names, vals, color=["#2e7d32" if b else "#c62828" for b in better])
             ax.axvline(0, color="#333333", linewidth=0.8)
-            ax.set_title(_safe(v["label"]), fontsize=8)
+            ax.set_title(_safe(v.get("short", v["label"])), fontsize=8)
             ax.set_xlabel(_safe(f"{imp['a']} − {imp['b']} ({imp['metric']})"))
             ax.invert_yaxis()
         fig.tight_layout()

@@ -24,6 +24,7 @@ import yaml
 from scipy import stats as sps
 
 from .. import stats
+from ..views import F_B, F_S, on_f_b_label, source_of
 from .loading import RunData
 from .tables import fmt, fmt_p, p_eq
 
@@ -127,37 +128,57 @@ def _fg_bg(data: RunData) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
+def _label_on(summary: pd.DataFrame, dataset: str, view: str, explainer: str) -> str | None:
+    """How ``explainer``'s maps are named among the rows scored on ``view``: its own label, or on
+    f_b a learned explainer's ``<label>@f_s`` (its maps of f_s scored on f_b); None if neither."""
+    sel = summary[summary["dataset"] == dataset]
+    if "explained_model" in sel.columns:
+        sel = sel[sel["explained_model"] == view]
+    names = set(sel["explainer"])
+    for name in (explainer, on_f_b_label(explainer) if view == F_B else None):
+        if name is not None and name in names:
+            return name
+    return None
+
+
 def improvement(data: RunData, study: dict[str, Any]) -> dict[str, Any] | None:
     """The source's per-dataset table (a - b on one metric, "a better", wins k/n) and its
-    across-dataset paired t-test and pooled Cohen's d, for each way of pairing the two maps."""
+    across-dataset paired t-test and pooled Cohen's d, once per explained model: both maps are
+    always scored on the same model (on f_b a learned explainer's maps count as ``<label>@f_s``).
+    The source's own pairing (DiET on f_s against Grad-CAM on f_b: two different scoring models)
+    is never computed."""
     pair, metric = study.get("compare"), study.get("metric")
     if not pair or len(pair) != 2 or not metric:
         return None
     a, b = pair
     summ = data.summary
-    views = [("paper", "f_s", "f_b"), ("same model", "f_s", "f_s"), ("same model", "f_b", "f_b")]
+    views = list(pd.unique(summ["explained_model"])) if "explained_model" in summ else [None]
+    views = sorted(views, key=lambda v: (v != F_B, str(v)))  # the model being explained first
     out = []
-    for label, va, vb in views:
-        rows, av, bv = [], [], []
+    for view in views:
+        rows, av, bv, labels = [], [], [], set()
         for d in data.datasets:
-            ra, rb = _summary_row(summ, d, va, a, metric), _summary_row(summ, d, vb, b, metric)
+            la = _label_on(summ, d, view, a) if view is not None else a
+            lb = _label_on(summ, d, view, b) if view is not None else b
+            ra = _summary_row(summ, d, view, la, metric) if la else None
+            rb = _summary_row(summ, d, view, lb, metric) if lb else None
             if ra is None or rb is None:
                 continue
+            labels.add((la, lb))
             hib = bool(ra["higher_is_better"])
             diff = float(ra["mean"] - rb["mean"])
             better = diff > 0 if hib else diff < 0
             test = ""
-            if va == vb:
-                t = data.tests
-                sel = t[(t["dataset"] == d) & (t["metric"] == metric) & (t["test"] == "t")
-                        & (((t["explainer_a"] == a) & (t["explainer_b"] == b))
-                           | ((t["explainer_a"] == b) & (t["explainer_b"] == a)))]
-                if "explained_model" in sel.columns:
-                    sel = sel[sel["explained_model"] == va]
-                if len(sel):
-                    r = sel.iloc[0]
-                    dz = float(r["effect_size"]) * (1 if r["explainer_a"] == a else -1)
-                    test = f"{p_eq('p_holm', r['p_holm'])}, d_z = {fmt(dz, 2)}"
+            t = data.tests
+            sel = t[(t["dataset"] == d) & (t["metric"] == metric) & (t["test"] == "t")
+                    & (((t["explainer_a"] == la) & (t["explainer_b"] == lb))
+                       | ((t["explainer_a"] == lb) & (t["explainer_b"] == la)))] if len(t) else t
+            if view is not None and "explained_model" in sel.columns:
+                sel = sel[sel["explained_model"] == view]
+            if len(sel):
+                r = sel.iloc[0]
+                dz = float(r["effect_size"]) * (1 if r["explainer_a"] == la else -1)
+                test = f"{p_eq('p_holm', r['p_holm'])}, d_z = {fmt(dz, 2)}"
             rows.append({"dataset": d, "a": fmt(ra["mean"], 4), "b": fmt(rb["mean"], 4), "diff": f"{diff:+.4f}",
                          "better": "yes" if better else "no", "test": test or "–"})
             av.append(float(ra["mean"]))
@@ -170,9 +191,18 @@ def improvement(data: RunData, study: dict[str, Any]) -> dict[str, Any] | None:
             across = f"t = {fmt(t, 3)}, {p_eq('p', p)}"
         across += f"; Cohen's d (pooled SD, the source's) = {fmt(pooled_cohens_d(av, bv), 3)}" if len(av) >= 2 else ""
         wins = sum(r["better"] == "yes" for r in rows)
-        out.append({"label": f"{a} on {va} vs {b} on {vb}" + (" (the source's pairing: different models)"
-                                                              if va != vb else " (maps of the same model)"),
-                    "kind": label, "rows": rows, "wins": f"{wins}/{len(rows)}", "across": across,
+        la, lb = sorted(labels)[0]
+        if view is None:
+            label = f"{a} vs {b}"
+        elif source_of(la):
+            label = (f"{a}'s maps (computed on {F_S}) vs {lb}, both scored on {view} (the model "
+                     "being explained)")
+        else:
+            what = "the model being explained" if view == F_B else "DiET's distilled model"
+            label = f"{la} vs {lb}, both explaining {view} ({what})"
+        short = f"{la} vs {lb}" + (f", scored on {view}" if view is not None else "")
+        out.append({"label": label, "short": short, "view": view, "a_label": la, "b_label": lb,
+                    "rows": rows, "wins": f"{wins}/{len(rows)}", "across": across,
                     "diffs": [(r["dataset"], float(r["diff"])) for r in rows]})
     return {"a": a, "b": b, "metric": metric, "views": out} if out else None
 
@@ -212,7 +242,7 @@ def section(data: RunData, figs, alpha: float) -> dict[str, Any] | None:
 
             fig = figs.add("study_improvement.png", improvement_chart(imp), "Improvement per dataset",
                            f"{imp['a']} minus {imp['b']} on {imp['metric']} per dataset (positive: {imp['a']} better "
-                           "given the metric's direction), for each pairing of the maps.")
+                           "given the metric's direction), one panel per scoring model.")
             if fig:
                 out["figures"].append(fig)
     if data.examples:

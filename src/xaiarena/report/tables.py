@@ -65,6 +65,16 @@ def fmt(x: Any, decimals: int | None = 3) -> str:
     return s.replace("-", "−")
 
 
+def fmt_signed(x: Any, decimals: int = 2) -> str:
+    """A change with its sign: ``+1.10``, ``−0.74``, ``0`` (no sign when it rounds to zero)."""
+    text = fmt(x, decimals)
+    if text == "–":
+        return text
+    if text.lstrip("−") == fmt(0, decimals):
+        return "0"
+    return text if text.startswith("−") else "+" + text
+
+
 def fmt_p(p: Any) -> str:
     try:
         p = float(p)
