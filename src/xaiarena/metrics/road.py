@@ -45,10 +45,10 @@ ROAD_OUTPUTS = ("accuracy", "probability", "logit")
 PAPER_PERCENTAGES = (10, 20, 30, 40, 50, 70, 90)
 
 
-def _solve(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Imputed values (U, C) of the removed pixels of ``masks`` (M, H, W), in ``np.nonzero`` order."""
+def imputation_system(image: np.ndarray, masks: np.ndarray):
+    """The sparse system ``(A (U, U) csc, rhs (U, C))`` of the removed pixels of ``masks`` (M, H, W), one
+    unknown per removed pixel in ``np.nonzero`` order (block diagonal: one block per mask)."""
     from scipy.sparse import csc_matrix
-    from scipy.sparse.linalg import spsolve
 
     _, h, w = masks.shape
     c = image.shape[0]
@@ -76,7 +76,15 @@ def _solve(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
     # total_i v_i - sum_{removed neighbours j} w_ij v_j = sum_{known neighbours k} w_ik x_k: symmetric,
     # positive definite (weakly diagonally dominant, every block touches a known pixel)
     a = csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-    return np.asarray(spsolve(a, rhs)).reshape(n, c)
+    return a, rhs
+
+
+def _solve(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Imputed values (U, C) of the removed pixels of ``masks`` (M, H, W), in ``np.nonzero`` order."""
+    from scipy.sparse.linalg import spsolve
+
+    a, rhs = imputation_system(image, masks)
+    return np.asarray(spsolve(a, rhs)).reshape(rhs.shape)
 
 
 def linear_imputation(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -237,4 +245,4 @@ class ROAD(PerturbationMetric):
         return out
 
 
-__all__ = ["NEIGHBOUR_WEIGHTS", "PAPER_PERCENTAGES", "ROAD", "linear_imputation"]
+__all__ = ["NEIGHBOUR_WEIGHTS", "PAPER_PERCENTAGES", "ROAD", "imputation_system", "linear_imputation"]
