@@ -56,7 +56,11 @@ def test_new_metrics_stay_in_range(a, seed):
                 assert bool(((v >= lo - 1e-6) & (v <= hi + 1e-6)).all()), (name, spec.name, key, v)
 
 
-TRANSFORMS = {"affine": lambda a: 3 * a + 1, "cube": lambda a: a**3, "exp": lambda a: torch.exp(a / 4)}
+TRANSFORMS = {
+    "affine": lambda a: 3 * a + 1,
+    "cube": lambda a: a**3,
+    "exp": lambda a: torch.exp(a / 4),
+}
 
 
 @FEW
@@ -72,15 +76,21 @@ def test_road_is_invariant_to_monotone_transforms(a, transform, seed):
 
 
 @FEW
-@given(a=arrays(np.float32, (3, H, W), elements=st.floats(-10, 10, width=32)), scale=st.floats(0.01, 100),
-       shift=st.floats(-5, 5), seed=st.integers(0, 2**31 - 1))
+@given(
+    a=arrays(np.float32, (3, H, W), elements=st.floats(-10, 10, width=32)),
+    scale=st.floats(0.01, 100),
+    shift=st.floats(-5, 5),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_scale_free_statistics(a, scale, shift, seed):
     """Pearson Sensitivity-n is invariant to a positive affine map of the attribution (sums move by a
     constant per n); optimally scaled infidelity is invariant to a positive scaling."""
     a = torch.as_tensor(a)
     sn = METRICS.create("sensitivity_n", **OPTIONS["sensitivity_n"])
     s1 = sn.evaluate(BATCH, {"m": a}, generator=gen(seed)).scores["sensitivity_n"]["m"]
-    s2 = sn.evaluate(BATCH, {"m": scale * a + shift}, generator=gen(seed)).scores["sensitivity_n"]["m"]
+    s2 = sn.evaluate(BATCH, {"m": scale * a + shift}, generator=gen(seed)).scores["sensitivity_n"][
+        "m"
+    ]
     torch.testing.assert_close(s1, s2, atol=1e-4, rtol=0, equal_nan=True)
     inf = METRICS.create("infidelity", **OPTIONS["infidelity"])
     i1 = inf.evaluate(BATCH, {"m": a}, generator=gen(seed)).scores["infidelity"]["m"]
@@ -101,7 +111,11 @@ def test_focus_of_known_maps(seed, value):
         r, c = divmod(k, 2)
         q[k, r * H // 2 : (r + 1) * H // 2, c * W // 2 : (c + 1) * W // 2] = True
     perfect = (target.float() @ q.flatten(1).float()).view(-1, H, W)
-    fns = {"perfect": lambda x, t, generator=None: perfect, "const": constant_fn(value), "neg": constant_fn(-value)}
+    fns = {
+        "perfect": lambda x, t, generator=None: perfect,
+        "const": constant_fn(value),
+        "neg": constant_fn(-value),
+    }
     maps = {k: torch.zeros(6, H, W) for k in fns}
     out = metric.evaluate(b, maps, generator=gen(seed), explainers=fns).scores["focus"]
     torch.testing.assert_close(out["perfect"][ok], torch.ones(int(ok.sum())))
@@ -113,7 +127,9 @@ def test_random_logit_of_a_class_independent_map_is_one_and_a_gradient_map_lower
     b = pooled(6)
     fns = {"random": hashed_random_fn(), "grad": gradient_fn(TINY)}
     maps = {k: f(b.inputs, b.targets) for k, f in fns.items()}
-    out = METRICS.create("random_logit", win_size=3).evaluate(b, maps, generator=gen(0), explainers=fns)
+    out = METRICS.create("random_logit", win_size=3).evaluate(
+        b, maps, generator=gen(0), explainers=fns
+    )
     s = out.scores["random_logit"]
     torch.testing.assert_close(s["random"], torch.ones(6))
     assert bool((s["grad"] < 1 - 1e-3).all())
@@ -123,9 +139,17 @@ def test_robustness_of_a_constant_map_is_zero_and_rescaling_does_not_matter():
     """LLE (normalised maps) and ROS (relative changes) do not depend on the scale of an explainer."""
     b = pooled(4)
     grad = gradient_fn(TINY)
-    fns = {"grad": grad, "grad10": lambda x, t, generator=None: 10 * grad(x, t), "const": constant_fn(2.0)}
+    fns = {
+        "grad": grad,
+        "grad10": lambda x, t, generator=None: 10 * grad(x, t),
+        "const": constant_fn(2.0),
+    }
     maps = {k: f(b.inputs, b.targets) for k, f in fns.items()}
     for name in ("local_lipschitz_estimate", "relative_output_stability"):
-        s = METRICS.create(name, **OPTIONS[name]).evaluate(b, maps, generator=gen(1), explainers=fns).scores[name]
+        s = (
+            METRICS.create(name, **OPTIONS[name])
+            .evaluate(b, maps, generator=gen(1), explainers=fns)
+            .scores[name]
+        )
         torch.testing.assert_close(s["grad"], s["grad10"], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(s["const"], torch.zeros(4))

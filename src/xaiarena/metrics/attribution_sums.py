@@ -43,11 +43,16 @@ from .perturbation import PerturbationMetric, patch_grid, score_images
 INFIDELITY_PERTURBATIONS = ("noisy_baseline", "patches")
 
 
-def _finite_number(param: str, value: object, *, minimum: float = 0.0, strict: bool = True) -> float:
+def _finite_number(
+    param: str, value: object, *, minimum: float = 0.0, strict: bool = True
+) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > minimum if strict else value >= minimum)
     if not ok:
-        raise ValueError(f"{param}={value!r} is not valid; it must be a number {'>' if strict else '>='} {minimum:g}")
+        raise ValueError(
+            f"{param}={value!r} is not valid; it must be a number "
+            f"{'>' if strict else '>='} {minimum:g}"
+        )
     return float(value)
 
 
@@ -61,18 +66,30 @@ class _SumMetric(PerturbationMetric):
         a = torch.stack([normalise_maps(m.flatten(1), self.normalise) for m in maps.values()])
         return a.abs() if self.abs else a
 
-    def _correlate(self, name: str, sums: torch.Tensor, drops: torch.Tensor, finite: torch.Tensor, rng: SampleRNG,
-                   tag: object, output: str | None = None) -> torch.Tensor:
-        """Row-wise ``similarity`` of ``sums`` and ``drops`` (N, R), NaN (logged) where undefined."""
+    def _correlate(
+        self,
+        name: str,
+        sums: torch.Tensor,
+        drops: torch.Tensor,
+        finite: torch.Tensor,
+        rng: SampleRNG,
+        tag: object,
+        output: str | None = None,
+    ) -> torch.Tensor:
+        """Row-wise ``similarity`` of ``sums`` and ``drops`` (N, R), NaN (logged) if undefined."""
         r_len = sums.shape[1]
         u_sums = rng.rand((r_len,), "ties", name, "sums", tag, device=sums.device)
         u_drops = rng.rand((r_len,), "ties", name, "drops", tag, device=sums.device)
         r = similarity(self.similarity, sums, drops, u_sums, u_drops)
         who = output or self.name
-        undefined = torch.isnan(r) & finite  # pearson of a constant vector; spearman breaks ties instead
+        undefined = (
+            torch.isnan(r) & finite
+        )  # pearson of a constant vector; spearman breaks ties instead
         flat_sums = undefined & (sums == sums[:, :1]).all(1)
         r = nan_where(r, ~finite, who, NONFINITE_OUTPUT, name)
-        r = nan_where(r, flat_sums, who, "the attribution sums are constant (e.g. a constant map)", name)
+        r = nan_where(
+            r, flat_sums, who, "the attribution sums are constant (e.g. a constant map)", name
+        )
         return nan_where(r, undefined & ~flat_sums, who, "the output changes are constant", name)
 
 
@@ -84,7 +101,7 @@ class _SumMetric(PerturbationMetric):
     description="Infidelity (Yeh et al. 2019): squared error between attribution-weighted perturbations and output drops",
 )
 class Infidelity(_SumMetric):
-    """``mean_r (beta * sum_i a_i I_ri - (f(x) - f(x - I_r)))^2`` over perturbations ``I_r = x - x~_r``.
+    """``mean_r (beta * sum_i a_i I_ri - (f(x) - f(x - I_r)))^2``, ``I_r = x - x~_r``.
 
     ``perturbation: noisy_baseline`` (default; the paper's and its code's Gaussian perturbation):
     ``x~_r = clip(b + noise_std * z_r, 0, 1)`` with ``b`` the ``fill`` (black: the paper's zero
@@ -101,11 +118,20 @@ class Infidelity(_SumMetric):
     higher_is_better = False
     value_range = (0.0, math.inf)
 
-    def __init__(self, perturbation: str = "noisy_baseline", n_perturb_samples: int = 100, noise_std: float = 0.2,
-                 patch_sizes: Sequence[int] = (4,), optimal_scaling: bool = True, fill: str | float = "black",
-                 output: str = "logit", abs: bool = False,
-                 normalise: bool | Literal["normalise_by_max", "normalise_by_negative"] = False,
-                 batch_size: int | None = None, blur_sigma: float = 5.0):
+    def __init__(
+        self,
+        perturbation: str = "noisy_baseline",
+        n_perturb_samples: int = 100,
+        noise_std: float = 0.2,
+        patch_sizes: Sequence[int] = (4,),
+        optimal_scaling: bool = True,
+        fill: str | float = "black",
+        output: str = "logit",
+        abs: bool = False,
+        normalise: bool | Literal["normalise_by_max", "normalise_by_negative"] = False,
+        batch_size: int | None = None,
+        blur_sigma: float = 5.0,
+    ):
         super().__init__(fill, output, batch_size, blur_sigma)
         self.perturbation = check_choice("perturbation", perturbation, INFIDELITY_PERTURBATIONS)
         self.n_perturb_samples = check_positive_int("n_perturb_samples", n_perturb_samples)
@@ -128,29 +154,38 @@ class Infidelity(_SumMetric):
             return self.n_perturb_samples
         return sum(patch_grid(h, w, ps, torch.device("cpu"))[1] for ps in self.patch_sizes)
 
-    def _perturbations(self, x: torch.Tensor, fill_img: torch.Tensor, rng: SampleRNG, i: int
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Perturbed images (R, C, H, W) of sample ``i`` and their groups (R,) (patch size index)."""
+    def _perturbations(
+        self, x: torch.Tensor, fill_img: torch.Tensor, rng: SampleRNG, i: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Perturbed images (R, C, H, W) of sample ``i`` and their groups (R,) (patch size)."""
         if self.perturbation == "noisy_baseline":
-            z = torch.randn((self.n_perturb_samples, *x.shape[1:]), generator=rng.generator(i, "noise"))
+            z = torch.randn(
+                (self.n_perturb_samples, *x.shape[1:]), generator=rng.generator(i, "noise")
+            )
             xt = (fill_img[i] + self.noise_std * z.to(x.device, x.dtype)).clamp(0, 1)
             return xt, torch.zeros(len(xt), dtype=torch.long)
         h, w = x.shape[-2:]
         images, groups = [], []
         for g, ps in enumerate(self.patch_sizes):
             ids, n_patches = patch_grid(h, w, ps, x.device)
-            cum = ids.unsqueeze(0) <= torch.arange(n_patches, device=x.device).view(-1, 1, 1)  # (K, H, W)
+            cum = ids.unsqueeze(0) <= torch.arange(n_patches, device=x.device).view(
+                -1, 1, 1
+            )  # (K, H, W)
             images.append(torch.where(cum.unsqueeze(1), fill_img[i], x[i]))
             groups.append(torch.full((n_patches,), g, dtype=torch.long))
         return torch.cat(images), torch.cat(groups)
 
     @serial_bookkeeping
-    def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
+    def evaluate(
+        self, batch: EvalBatch, attributions, *, generator, explainers=None
+    ) -> MetricOutput:
         maps, x, targets, fill_img, rng = self._setup(batch, attributions, generator)
         n, _, h, w = x.shape
         out = MetricOutput()
         if self.perturbation == "patches" and max(self.patch_sizes) > min(h, w):
-            raise ValueError(f"patch size {max(self.patch_sizes)} is larger than the image ({h}x{w})")
+            raise ValueError(
+                f"patch size {max(self.patch_sizes)} is larger than the image ({h}x{w})"
+            )
         if not maps:
             return out
         a = self._stack(maps).double()  # (E, N, P)
@@ -163,19 +198,31 @@ class Infidelity(_SumMetric):
                 xt, groups = self._perturbations(x, fill_img, rng, i)
                 weights = (x[i] - xt).sum(1).flatten(1).double()  # (R, P): I summed over channels
                 sums.append(a[:, i] @ weights.T)  # (E, R)
-                queue.push(xt, torch.arange(i * per_sample, (i + 1) * per_sample), targets[i].expand(len(xt)))
+                queue.push(
+                    xt,
+                    torch.arange(i * per_sample, (i + 1) * per_sample),
+                    targets[i].expand(len(xt)),
+                )
             queue.close()
-        s = torch.stack(sums, 1) if sums else torch.empty(len(maps), 0, per_sample, dtype=torch.float64)  # (E, N, R)
+        s = (
+            torch.stack(sums, 1)
+            if sums
+            else torch.empty(len(maps), 0, per_sample, dtype=torch.float64)
+        )  # (E, N, R)
         drop = (base.scores.view(-1, 1) - queue.scores.view(n, per_sample)).double()  # (N, R)
         finite = base.finite & queue.finite.view(n, per_sample).all(1)
         if self.optimal_scaling:
             num, den = (drop * s).mean(-1, keepdim=True), (s * s).mean(-1, keepdim=True)
-            beta = torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(den))  # a zero map: beta 0
+            beta = torch.where(
+                den > 0, num / den.clamp_min(1e-300), torch.zeros_like(den)
+            )  # a zero map: beta 0
             s = beta * s
         err = (s - drop) ** 2  # (E, N, R)
         g = groups.to(x.device)
         per_group = torch.stack([err[..., g == k].mean(-1) for k in range(int(g.max()) + 1)], -1)
-        value = per_group.mean(-1).float()  # Quantus: mean over perturbations per patch size, then over sizes
+        value = per_group.mean(
+            -1
+        ).float()  # Quantus: mean over perturbations per patch size, then over sizes
         out.scores[self.name] = self.split_checked(value, finite.expand(len(maps), -1), maps)
         return out
 
@@ -188,10 +235,14 @@ def _check_n_values(n_values: Sequence[int | float]) -> tuple[int | float, ...]:
         n_values = (n_values,)
     out = []
     for v in n_values:
-        ok = (isinstance(v, int) and not isinstance(v, bool) and v >= 1) or (isinstance(v, float) and 0 < v < 1)
+        ok = (isinstance(v, int) and not isinstance(v, bool) and v >= 1) or (
+            isinstance(v, float) and 0 < v < 1
+        )
         if not ok:
-            raise ValueError(f"n_values contains {v!r}; give pixel counts (int >= 1) or fractions of the pixels "
-                             "(float in (0, 1))")
+            raise ValueError(
+                f"n_values contains {v!r}; give pixel counts (int >= 1) or fractions of the pixels "
+                "(float in (0, 1))"
+            )
         out.append(v)
     if not out or len(set(out)) != len(out):
         raise ValueError(f"n_values={list(n_values)!r} must be non-empty and without repeats")
@@ -201,7 +252,7 @@ def _check_n_values(n_values: Sequence[int | float]) -> tuple[int | float, ...]:
 @METRICS.register(
     "sensitivity_n",
     description="Sensitivity-n (Ancona et al. 2018): correlation of attribution sums over random n-pixel subsets "
-                "with the output drops",
+    "with the output drops",
 )
 class SensitivityN(_SumMetric):
     """For each ``n`` of ``n_values`` (pixel counts, or fractions of the pixels): ``nr_subsets``
@@ -217,9 +268,16 @@ class SensitivityN(_SumMetric):
     higher_is_better = True
     value_range = (-1.0, 1.0)
 
-    def __init__(self, n_values: Sequence[int | float] = (0.01, 0.03, 0.1, 0.2, 0.5, 0.8), nr_subsets: int = 100,
-                 fill: str | float = "black", similarity: str = "pearson", output: str = "logit",
-                 batch_size: int | None = None, blur_sigma: float = 5.0):
+    def __init__(
+        self,
+        n_values: Sequence[int | float] = (0.01, 0.03, 0.1, 0.2, 0.5, 0.8),
+        nr_subsets: int = 100,
+        fill: str | float = "black",
+        similarity: str = "pearson",
+        output: str = "logit",
+        batch_size: int | None = None,
+        blur_sigma: float = 5.0,
+    ):
         super().__init__(fill, output, batch_size, blur_sigma)
         self.n_values = _check_n_values(n_values)
         self.nr_subsets = check_positive_int("nr_subsets", nr_subsets, 2)
@@ -230,17 +288,24 @@ class SensitivityN(_SumMetric):
         out = [v if isinstance(v, int) else max(1, round(v * npix)) for v in self.n_values]
         for v, k in zip(self.n_values, out, strict=True):
             if k >= npix:
-                raise ValueError(f"n_values entry {v!r} means {k} pixels; it must be fewer than the {npix} pixels")
+                raise ValueError(
+                    f"n_values entry {v!r} means {k} pixels; it must be fewer than the "
+                    f"{npix} pixels"
+                )
         return out
 
     def subsets(self, rng: SampleRNG, i: int, t: int, n: int, npix: int, device) -> torch.Tensor:
-        """(R, P) bool: sample ``i``'s ``nr_subsets`` random subsets of ``n`` pixels for ``n_values[t]``."""
+        """(R, P) bool: sample ``i``'s ``nr_subsets`` random ``n``-pixel subsets (``n_values[t]``)."""
         u = torch.rand((self.nr_subsets, npix), generator=rng.generator(i, "subsets", t))
         idx = u.topk(n, dim=1).indices
-        return torch.zeros(self.nr_subsets, npix, dtype=torch.bool).scatter_(1, idx, True).to(device)
+        return (
+            torch.zeros(self.nr_subsets, npix, dtype=torch.bool).scatter_(1, idx, True).to(device)
+        )
 
     @serial_bookkeeping
-    def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
+    def evaluate(
+        self, batch: EvalBatch, attributions, *, generator, explainers=None
+    ) -> MetricOutput:
         maps, x, targets, fill_img, rng = self._setup(batch, attributions, generator)
         n, _, h, w = x.shape
         npix = h * w
@@ -266,8 +331,13 @@ class SensitivityN(_SumMetric):
         ok = queue.finite.view(n, t_len, r_len).all(-1) & base.finite.view(n, 1)
         curves, scores = {}, {}
         for j, name in enumerate(maps):
-            per_n = torch.stack([self._correlate(name, sums[j, :, t], drops[:, t].double(), ok[:, t], rng, t)
-                                 for t in range(t_len)], 1)
+            per_n = torch.stack(
+                [
+                    self._correlate(name, sums[j, :, t], drops[:, t].double(), ok[:, t], rng, t)
+                    for t in range(t_len)
+                ],
+                1,
+            )
             curves[name] = per_n
             scores[name] = per_n.mean(1)  # NaN where any n is undefined (logged above)
         out.curves[self.name] = curves
@@ -275,13 +345,13 @@ class SensitivityN(_SumMetric):
         return out
 
 
-# --------------------------------------------------------------------------- monotonicity correlation
+# ------------------------------------------------------------------ monotonicity correlation
 
 
 @METRICS.register(
     "monotonicity_correlation",
     description="Monotonicity correlation (Nguyen & Martinez 2020): rank correlation of group attributions with the "
-                "output variance when each group is replaced",
+    "output variance when each group is replaced",
 )
 class MonotonicityCorrelation(_SumMetric):
     """Pixels sorted by attribution (ascending, ties at random) in groups of ``features_in_step``
@@ -297,13 +367,26 @@ class MonotonicityCorrelation(_SumMetric):
     higher_is_better = True
     value_range = (-1.0, 1.0)
 
-    def __init__(self, nr_samples: int = 10, features_in_step: int | None = None, n_steps: int = 50,
-                 fill: str | float = "uniform", similarity: str = "spearman", abs: bool = True, eps: float = 1e-5,
-                 output: str = "probability", batch_size: int | None = None, blur_sigma: float = 5.0):
+    def __init__(
+        self,
+        nr_samples: int = 10,
+        features_in_step: int | None = None,
+        n_steps: int = 50,
+        fill: str | float = "uniform",
+        similarity: str = "spearman",
+        abs: bool = True,
+        eps: float = 1e-5,
+        output: str = "probability",
+        batch_size: int | None = None,
+        blur_sigma: float = 5.0,
+    ):
         super().__init__(fill, output, batch_size, blur_sigma)
         self.nr_samples = check_positive_int("nr_samples", nr_samples)
-        self.features_in_step = (None if features_in_step is None
-                                 else check_positive_int("features_in_step", features_in_step))
+        self.features_in_step = (
+            None
+            if features_in_step is None
+            else check_positive_int("features_in_step", features_in_step)
+        )
         self.n_steps = check_positive_int("n_steps", n_steps, 2)
         self.similarity = check_choice("similarity", similarity, SIMILARITIES)
         self.abs = bool(abs)
@@ -312,13 +395,19 @@ class MonotonicityCorrelation(_SumMetric):
     def step(self, npix: int) -> int:
         step = self.features_in_step or math.ceil(npix / self.n_steps)
         if math.ceil(npix / step) < 2:
-            raise ValueError(f"features_in_step={step} leaves fewer than 2 groups of the {npix} pixels")
+            raise ValueError(
+                f"features_in_step={step} leaves fewer than 2 groups of the {npix} pixels"
+            )
         return step
 
     @serial_bookkeeping
-    def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
+    def evaluate(
+        self, batch: EvalBatch, attributions, *, generator, explainers=None
+    ) -> MetricOutput:
         uniform = self.fill == "uniform"
-        maps, x, targets, fill_img, rng = self._setup(batch, attributions, generator, fill=0.0 if uniform else None)
+        maps, x, targets, fill_img, rng = self._setup(
+            batch, attributions, generator, fill=0.0 if uniform else None
+        )
         n, c, h, w = x.shape
         npix = h * w
         step = self.step(npix)
@@ -329,30 +418,46 @@ class MonotonicityCorrelation(_SumMetric):
             return out
         e = len(maps)
         a = self._stack(maps).double()
-        groups = self.unit_ranks(maps, rng, descending=False).flatten(2) // step  # (E, N, P): group of each pixel
-        att = torch.zeros(e, n, g_len, dtype=torch.float64, device=x.device).scatter_add_(2, groups, a)
-        per_push = max(1, chunk_size(x, self.batch_size) // r_len)  # groups per push: about one forward chunk
+        groups = (
+            self.unit_ranks(maps, rng, descending=False).flatten(2) // step
+        )  # (E, N, P): group of each pixel
+        att = torch.zeros(e, n, g_len, dtype=torch.float64, device=x.device).scatter_add_(
+            2, groups, a
+        )
+        per_push = max(
+            1, chunk_size(x, self.batch_size) // r_len
+        )  # groups per push: about one forward chunk
         with eval_mode(batch.model) as model:
             base = score_images(model, x, targets, self.output, self.batch_size)
             queue = ForwardQueue(model, e * n * g_len * r_len, x, self.output, self.batch_size)
             for i in range(n):
-                values = (rng.rand((g_len, r_len), "fill", device=x.device)[i] if uniform else None)
+                values = rng.rand((g_len, r_len), "fill", device=x.device)[i] if uniform else None
                 for j in range(e):
                     gid = groups[j, i].view(h, w)
                     for k0 in range(0, g_len, per_push):
                         ks = torch.arange(k0, min(g_len, k0 + per_push), device=x.device)
-                        sel = (gid.unsqueeze(0) == ks.view(-1, 1, 1)).unsqueeze(1).unsqueeze(1)  # (K, 1, 1, H, W)
-                        fillv = values[ks].view(-1, r_len, 1, 1, 1) if uniform else fill_img[i].unsqueeze(0).unsqueeze(0)
+                        sel = (
+                            (gid.unsqueeze(0) == ks.view(-1, 1, 1)).unsqueeze(1).unsqueeze(1)
+                        )  # (K, 1, 1, H, W)
+                        fillv = (
+                            values[ks].view(-1, r_len, 1, 1, 1)
+                            if uniform
+                            else fill_img[i].unsqueeze(0).unsqueeze(0)
+                        )
                         xt = torch.where(sel, fillv, x[i]).reshape(-1, c, h, w)  # (K·R, C, H, W)
                         start = ((j * n + i) * g_len + k0) * r_len
-                        queue.push(xt, torch.arange(start, start + len(xt)), targets[i].expand(len(xt)))
+                        queue.push(
+                            xt, torch.arange(start, start + len(xt)), targets[i].expand(len(xt))
+                        )
             queue.close()
         y = base.scores.view(1, n, 1, 1).double()
         inv = torch.where(y.abs() >= self.eps, 1 / y.abs(), torch.ones_like(y)) ** 2
         var = ((queue.scores.view(e, n, g_len, r_len).double() - y) ** 2).mean(-1) * inv[..., 0]
         ok = queue.finite.view(e, n, g_len, r_len).flatten(2).all(-1) & base.finite.view(1, n)
-        out.scores[self.name] = {name: self._correlate(name, att[j], var[j], ok[j], rng, "groups")
-                                 for j, name in enumerate(maps)}
+        out.scores[self.name] = {
+            name: self._correlate(name, att[j], var[j], ok[j], rng, "groups")
+            for j, name in enumerate(maps)
+        }
         return out
 
 

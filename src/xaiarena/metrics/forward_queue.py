@@ -21,8 +21,14 @@ class ForwardQueue:
     class, :meth:`close` scores what is left. Call inside ``core.eval_mode``.
     """
 
-    def __init__(self, model: nn.Module, n_slots: int, like: torch.Tensor, output: str,
-                 batch_size: int | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        n_slots: int,
+        like: torch.Tensor,
+        output: str,
+        batch_size: int | None = None,
+    ):
         self.model, self.output = model, output
         self.bs = chunk_size(like, batch_size)
         device = like.device
@@ -35,7 +41,7 @@ class ForwardQueue:
         self._queued = 0
 
     def push(self, images: torch.Tensor, slots: torch.Tensor, targets: torch.Tensor) -> None:
-        """Queue ``images`` (B, C, H, W) whose results go to ``slots`` (B,), scored for ``targets`` (B,)."""
+        """Queue ``images`` (B, C, H, W), results to ``slots`` (B,), scored for ``targets`` (B,)."""
         if not len(images):
             return
         self._images.append(images)

@@ -33,8 +33,14 @@ from .perturbation import PerturbationMetric, score_images
 
 #: (row offset, column offset), weight: the paper's neighbourhood (direct 1/6, diagonal 1/12)
 NEIGHBOUR_WEIGHTS: tuple[tuple[tuple[int, int], float], ...] = (
-    ((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12),
-    ((0, -1), 1 / 6), ((-1, -1), 1 / 12), ((1, 0), 1 / 6), ((-1, 0), 1 / 6),
+    ((1, 1), 1 / 12),
+    ((0, 1), 1 / 6),
+    ((-1, 1), 1 / 12),
+    ((1, -1), 1 / 12),
+    ((0, -1), 1 / 6),
+    ((-1, -1), 1 / 12),
+    ((1, 0), 1 / 6),
+    ((-1, 0), 1 / 6),
 )
 #: unknowns per sparse solve: all masks of a small image go into one solve; a large image's masks
 #: are split so that the LU factors stay small (its fill-in grows faster than the unknowns)
@@ -46,8 +52,8 @@ PAPER_PERCENTAGES = (10, 20, 30, 40, 50, 70, 90)
 
 
 def imputation_system(image: np.ndarray, masks: np.ndarray):
-    """The sparse system ``(A (U, U) csc, rhs (U, C))`` of the removed pixels of ``masks`` (M, H, W), one
-    unknown per removed pixel in ``np.nonzero`` order (block diagonal: one block per mask)."""
+    """The sparse system ``(A (U, U) csc, rhs (U, C))`` of the removed pixels of ``masks``
+    (M, H, W), one unknown per removed pixel in ``np.nonzero`` order (one block per mask)."""
     from scipy.sparse import csc_matrix
 
     _, h, w = masks.shape
@@ -73,14 +79,16 @@ def imputation_system(image: np.ndarray, masks: np.ndarray):
     rows.append(np.arange(n))
     cols.append(np.arange(n))
     vals.append(total)
-    # total_i v_i - sum_{removed neighbours j} w_ij v_j = sum_{known neighbours k} w_ik x_k: symmetric,
+    # total_i v_i - sum_{removed nb j} w_ij v_j = sum_{known nb k} w_ik x_k: symmetric,
     # positive definite (weakly diagonally dominant, every block touches a known pixel)
-    a = csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    a = csc_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+    )
     return a, rhs
 
 
 def _solve(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Imputed values (U, C) of the removed pixels of ``masks`` (M, H, W), in ``np.nonzero`` order."""
+    """Imputed values (U, C) of the removed pixels of ``masks`` (M, H, W), ``np.nonzero`` order."""
     from scipy.sparse.linalg import spsolve
 
     a, rhs = imputation_system(image, masks)
@@ -94,11 +102,15 @@ def linear_imputation(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
     image = np.asarray(image, dtype=np.float64)
     masks = np.asarray(masks, dtype=bool)
     if image.ndim != 3 or masks.ndim != 3 or masks.shape[1:] != image.shape[1:]:
-        raise ValueError(f"linear_imputation needs an image (C, H, W) and masks (M, H, W) of its size, got "
-                         f"{image.shape} and {masks.shape}")
+        raise ValueError(
+            f"linear_imputation needs an image (C, H, W) and masks (M, H, W) of its size, got "
+            f"{image.shape} and {masks.shape}"
+        )
     sizes = masks.reshape(len(masks), -1).sum(1)
     if bool((sizes == masks[0].size).any()) if len(masks) else False:
-        raise ValueError("a mask removes every pixel: linear imputation needs at least one known pixel")
+        raise ValueError(
+            "a mask removes every pixel: linear imputation needs at least one known pixel"
+        )
     out = np.repeat(image[None], len(masks), axis=0)
     start = 0
     while start < len(masks):  # groups of consecutive masks with at most MAX_UNKNOWNS unknowns
@@ -117,7 +129,8 @@ def linear_imputation(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 @METRICS.register(
     "road",
-    description="ROAD (Rong et al. 2022): accuracy as the MoRF / LeRF pixels are removed by noisy linear imputation",
+    description="ROAD (Rong et al. 2022): accuracy as the MoRF / LeRF pixels are removed by "
+    "noisy linear imputation",
 )
 class ROAD(PerturbationMetric):
     """Remove the ``p``% most (MoRF) or least (LeRF) relevant pixels, fill them by noisy linear
@@ -128,8 +141,8 @@ class ROAD(PerturbationMetric):
     curve over ``percentages`` (default the paper's 10, 20, 30, 40, 50, 70, 90; Quantus 0.6's
     default is 1, 3, ..., 99), and ``road_lerf_minus_morf`` (higher is better). Curves: the value
     at each percentage, x = fraction of pixels removed. MoRF at ``p`` removes ``int(P·p/100)`` of
-    the ``P`` pixels (the authors' and Quantus's count); LeRF at ``p`` keeps the ``int(P·(100-p)/100)``
-    most relevant pixels (the authors' LeRF at ``th_p = 1 - p/100``). Ties are broken at random.
+    the ``P`` pixels (the authors' and Quantus's count); LeRF at ``p`` keeps the
+    ``int(P·(100-p)/100)`` most relevant pixels (the authors' LeRF at ``th_p = 1 - p/100``). Ties are broken at random.
     """
 
     name = "road"
@@ -137,8 +150,14 @@ class ROAD(PerturbationMetric):
     value_range = (0.0, 1.0)
     requires = ("model", "labels")
 
-    def __init__(self, percentages: Sequence[float] = PAPER_PERCENTAGES, noise: float = 0.01,
-                 output: str = "accuracy", abs: bool = False, batch_size: int | None = None):
+    def __init__(
+        self,
+        percentages: Sequence[float] = PAPER_PERCENTAGES,
+        noise: float = 0.01,
+        output: str = "accuracy",
+        abs: bool = False,
+        batch_size: int | None = None,
+    ):
         super().__init__("black", "probability", check_batch_size(batch_size))
         self.output = check_choice("output", output, ROAD_OUTPUTS)
         if isinstance(percentages, (int, float)):
@@ -146,14 +165,27 @@ class ROAD(PerturbationMetric):
         ps = []
         for p in percentages:
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 100:
-                raise ValueError(f"percentages contains {p!r}; every percentage must be a number in (0, 100)")
+                raise ValueError(
+                    f"percentages contains {p!r}; every percentage must be a number in (0, 100)"
+                )
             ps.append(float(p))
         if not ps or len(set(ps)) != len(ps) or ps != sorted(ps):
-            raise ValueError(f"percentages={list(percentages)!r} must be non-empty, increasing and without repeats")
+            raise ValueError(
+                f"percentages={list(percentages)!r} must be non-empty, increasing and "
+                "without repeats"
+            )
         self.percentages = tuple(ps)
-        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0 or not math.isfinite(noise):
-            raise ValueError(f"noise={noise!r} is not valid; it must be a number >= 0 (the standard deviation of "
-                             "the imputation noise, pixel space)")
+        if (
+            isinstance(noise, bool)
+            or not isinstance(noise, (int, float))
+            or not noise >= 0
+            or not math.isfinite(noise)
+        ):
+            raise ValueError(
+                f"noise={noise!r} is not valid; it must be a number >= 0 (the standard "
+                "deviation of "
+                "the imputation noise, pixel space)"
+            )
         self.noise = float(noise)
         self.abs = bool(abs)
 
@@ -162,17 +194,23 @@ class ROAD(PerturbationMetric):
 
     def outputs(self) -> list[OutputSpec]:
         lo, hi = self._bounded()
-        return [OutputSpec("road_morf", False, (lo, hi)), OutputSpec("road_lerf", True, (lo, hi)),
-                OutputSpec("road_lerf_minus_morf", True, (lo - hi, hi - lo))]
+        return [
+            OutputSpec("road_morf", False, (lo, hi)),
+            OutputSpec("road_lerf", True, (lo, hi)),
+            OutputSpec("road_lerf_minus_morf", True, (lo - hi, hi - lo)),
+        ]
 
     def counts(self, npix: int) -> torch.Tensor:
-        """(2, P) pixels removed at each percentage: MoRF ``int(P·p/100)``, LeRF ``P - int(P·(100-p)/100)``."""
+        """(2, P) pixels removed at each percentage: MoRF ``int(P·p/100)``, LeRF
+        ``P - int(P·(100-p)/100)``."""
         morf = [int(npix * p / 100) for p in self.percentages]
         lerf = [npix - int(npix * (100 - p) / 100) for p in self.percentages]
         return torch.tensor([morf, lerf], dtype=torch.long)
 
     @serial_bookkeeping
-    def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
+    def evaluate(
+        self, batch: EvalBatch, attributions, *, generator, explainers=None
+    ) -> MetricOutput:
         maps = prepare(batch, attributions)
         if self.abs:
             maps = {k: v.abs() for k, v in maps.items()}
@@ -182,8 +220,11 @@ class ROAD(PerturbationMetric):
         counts = self.counts(npix)
         if bool((counts >= npix).any()):
             bad = self.percentages[int((counts >= npix).any(0).nonzero()[0])]
-            raise ValueError(f"percentage {bad:g} removes every pixel of a {h}x{w} image; ROAD's imputation needs a "
-                             "known pixel (use smaller percentages)")
+            raise ValueError(
+                f"percentage {bad:g} removes every pixel of a {h}x{w} image; ROAD's imputation "
+                "needs a "
+                "known pixel (use smaller percentages)"
+            )
         n_p = len(self.percentages)
         x_axis = torch.tensor(self.percentages) / 100
         out = MetricOutput(curve_x={"road_morf": x_axis, "road_lerf": x_axis})
@@ -195,9 +236,15 @@ class ROAD(PerturbationMetric):
         read = "probability" if self.output == "accuracy" else self.output
         e = len(maps)
         # (2, E, N, H, W): rank of every pixel, 0 first removed (MoRF: most relevant; LeRF: least)
-        ranks = torch.stack([self.unit_ranks(maps, rng, tag="morf"),
-                             self.unit_ranks(maps, rng, descending=False, tag="lerf", note=False)]).cpu()
-        slot = torch.full((2, e, n, n_p), -1, dtype=torch.long)  # queue slot of each point; -1: nothing removed
+        ranks = torch.stack(
+            [
+                self.unit_ranks(maps, rng, tag="morf"),
+                self.unit_ranks(maps, rng, descending=False, tag="lerf", note=False),
+            ]
+        ).cpu()
+        slot = torch.full(
+            (2, e, n, n_p), -1, dtype=torch.long
+        )  # queue slot of each point; -1: nothing removed
         with eval_mode(batch.model) as model:
             base = score_images(model, x, targets, read, self.batch_size)
             queue = ForwardQueue(model, 2 * e * n * n_p, x, read, self.batch_size)
@@ -210,21 +257,30 @@ class ROAD(PerturbationMetric):
                             continue
                         m = (ranks[o, :, i] < counts[o, j]).reshape(e, -1)
                         uniq, inv = torch.unique(m.to(torch.uint8), dim=0, return_inverse=True)
-                        for u in range(len(uniq)):  # masks shared by explainers: imputed and scored once
+                        for u in range(
+                            len(uniq)
+                        ):  # masks shared by explainers: imputed and scored once
                             slot[o, inv == u, i, j] = used + len(masks)
                             masks.append(uniq[u].bool().view(h, w))
                             where.append((o, j))
                 if not masks:
                     continue
                 stack = torch.stack(masks)
-                imputed = torch.from_numpy(linear_imputation(x[i].detach().cpu().double().numpy(), stack.numpy()))
+                imputed = torch.from_numpy(
+                    linear_imputation(x[i].detach().cpu().double().numpy(), stack.numpy())
+                )
                 if self.noise:
-                    # one noise image per (order, percentage) of the sample, shared by every explainer
-                    z = torch.randn((2, n_p, c, h, w), generator=rng.generator(i, "noise"), dtype=torch.float64)
+                    # one noise image per (order, percentage) of the sample, for every explainer
+                    z = torch.randn(
+                        (2, n_p, c, h, w), generator=rng.generator(i, "noise"), dtype=torch.float64
+                    )
                     oj = torch.tensor(where)
                     imputed = imputed + self.noise * z[oj[:, 0], oj[:, 1]] * stack.unsqueeze(1)
-                queue.push(imputed.to(device=x.device, dtype=x.dtype),
-                           torch.arange(used, used + len(masks)), targets[i].expand(len(masks)))
+                queue.push(
+                    imputed.to(device=x.device, dtype=x.dtype),
+                    torch.arange(used, used + len(masks)),
+                    targets[i].expand(len(masks)),
+                )
                 used += len(masks)
             queue.close()
         slot = slot.to(x.device)
@@ -232,7 +288,9 @@ class ROAD(PerturbationMetric):
         idx = slot.clamp_min(0)
         scores = torch.where(none, base.scores.view(1, 1, n, 1), queue.scores[idx])
         preds = torch.where(none, base.preds.view(1, 1, n, 1), queue.preds[idx])
-        finite = torch.where(none, base.finite.view(1, 1, n, 1), queue.finite[idx]) & base.finite.view(1, 1, n, 1)
+        finite = torch.where(
+            none, base.finite.view(1, 1, n, 1), queue.finite[idx]
+        ) & base.finite.view(1, 1, n, 1)
         curve = (preds == labels.view(1, 1, n, 1)).float() if self.output == "accuracy" else scores
         fin = finite.all(-1)
         morf, lerf = curve[0].mean(-1), curve[1].mean(-1)
@@ -240,9 +298,16 @@ class ROAD(PerturbationMetric):
         out.curves["road_lerf"] = self.split(curve[1], maps)
         out.scores["road_morf"] = self.split_checked(morf, fin[0], maps, "road_morf")
         out.scores["road_lerf"] = self.split_checked(lerf, fin[1], maps, "road_lerf")
-        out.scores["road_lerf_minus_morf"] = self.split_checked(lerf - morf, fin[0] & fin[1], maps,
-                                                                "road_lerf_minus_morf")
+        out.scores["road_lerf_minus_morf"] = self.split_checked(
+            lerf - morf, fin[0] & fin[1], maps, "road_lerf_minus_morf"
+        )
         return out
 
 
-__all__ = ["NEIGHBOUR_WEIGHTS", "PAPER_PERCENTAGES", "ROAD", "imputation_system", "linear_imputation"]
+__all__ = [
+    "NEIGHBOUR_WEIGHTS",
+    "PAPER_PERCENTAGES",
+    "ROAD",
+    "imputation_system",
+    "linear_imputation",
+]
