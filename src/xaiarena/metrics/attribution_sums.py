@@ -430,8 +430,10 @@ class MonotonicityCorrelation(_SumMetric):
         with eval_mode(batch.model) as model:
             base = score_images(model, x, targets, self.output, self.batch_size)
             queue = ForwardQueue(model, e * n * g_len * r_len, x, self.output, self.batch_size)
+            # (N, G, R): one fill value per sample, group and draw, shared by every explainer
+            fill_values = rng.rand((g_len, r_len), "fill", device=x.device) if uniform else None
             for i in range(n):
-                values = rng.rand((g_len, r_len), "fill", device=x.device)[i] if uniform else None
+                values = fill_values[i] if uniform else None
                 for j in range(e):
                     gid = groups[j, i].view(h, w)
                     for k0 in range(0, g_len, per_push):

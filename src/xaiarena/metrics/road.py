@@ -236,15 +236,12 @@ class ROAD(PerturbationMetric):
         read = "probability" if self.output == "accuracy" else self.output
         e = len(maps)
         # (2, E, N, H, W): rank of every pixel, 0 first removed (MoRF: most relevant; LeRF: least)
-        ranks = torch.stack(
-            [
-                self.unit_ranks(maps, rng, tag="morf"),
-                self.unit_ranks(maps, rng, descending=False, tag="lerf", note=False),
-            ]
-        ).cpu()
-        slot = torch.full(
-            (2, e, n, n_p), -1, dtype=torch.long
-        )  # queue slot of each point; -1: nothing removed
+        morf = self.unit_ranks(maps, rng, tag="morf").to("cpu", torch.int32)  # int32: half the memory
+        lerf = self.unit_ranks(maps, rng, descending=False, tag="lerf", note=False).to("cpu", torch.int32)
+        ranks = torch.stack([morf, lerf])
+        del morf, lerf
+        # queue slot of each (order, explainer, sample, percentage); -1: nothing removed
+        slot = torch.full((2, e, n, n_p), -1, dtype=torch.long)
         with eval_mode(batch.model) as model:
             base = score_images(model, x, targets, read, self.batch_size)
             queue = ForwardQueue(model, 2 * e * n * n_p, x, read, self.batch_size)
