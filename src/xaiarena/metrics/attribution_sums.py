@@ -74,23 +74,39 @@ class _SumMetric(PerturbationMetric):
         finite: torch.Tensor,
         rng: SampleRNG,
         tag: object,
-        output: str | None = None,
     ) -> torch.Tensor:
         """Row-wise ``similarity`` of ``sums`` and ``drops`` (N, R), NaN (logged) if undefined."""
+        r, why = self._similarity(name, sums, drops, finite, rng, tag)
+        return self._log_nan(r, why, name)
+
+    def _similarity(
+        self,
+        name: str,
+        sums: torch.Tensor,
+        drops: torch.Tensor,
+        finite: torch.Tensor,
+        rng: SampleRNG,
+        tag: object,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Row-wise ``similarity`` (N,) and, per reason, where it is NaN (unlogged)."""
         r_len = sums.shape[1]
         u_sums = rng.rand((r_len,), "ties", name, "sums", tag, device=sums.device)
         u_drops = rng.rand((r_len,), "ties", name, "drops", tag, device=sums.device)
         r = similarity(self.similarity, sums, drops, u_sums, u_drops)
-        who = output or self.name
-        undefined = (
-            torch.isnan(r) & finite
-        )  # pearson of a constant vector; spearman breaks ties instead
+        undefined = torch.isnan(r) & finite  # pearson of a constant vector; spearman breaks ties
         flat_sums = undefined & (sums == sums[:, :1]).all(1)
-        r = nan_where(r, ~finite, who, NONFINITE_OUTPUT, name)
-        r = nan_where(
-            r, flat_sums, who, "the attribution sums are constant (e.g. a constant map)", name
-        )
-        return nan_where(r, undefined & ~flat_sums, who, "the output changes are constant", name)
+        why = {
+            NONFINITE_OUTPUT: ~finite,
+            "the attribution sums are constant (e.g. a constant map)": flat_sums,
+            "the output changes are constant": undefined & ~flat_sums,
+        }
+        return r.masked_fill(~finite, float("nan")), why
+
+    def _log_nan(self, r: torch.Tensor, why: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+        """``r`` with NaN, logged with its reason, where each mask of ``why`` is set."""
+        for reason, where in why.items():
+            r = nan_where(r, where, self.name, reason, name)
+        return r
 
 
 # --------------------------------------------------------------------------- infidelity
@@ -331,15 +347,15 @@ class SensitivityN(_SumMetric):
         ok = queue.finite.view(n, t_len, r_len).all(-1) & base.finite.view(n, 1)
         curves, scores = {}, {}
         for j, name in enumerate(maps):
-            per_n = torch.stack(
-                [
-                    self._correlate(name, sums[j, :, t], drops[:, t].double(), ok[:, t], rng, t)
-                    for t in range(t_len)
-                ],
-                1,
-            )
-            curves[name] = per_n
-            scores[name] = per_n.mean(1)  # NaN where any n is undefined (logged above)
+            per_n, why = [], {}
+            for t in range(t_len):
+                r, w = self._similarity(name, sums[j, :, t], drops[:, t].double(), ok[:, t], rng, t)
+                per_n.append(r)
+                for reason, where in w.items():
+                    why[reason] = why.get(reason, torch.zeros_like(where)) | where
+            curves[name] = torch.stack(per_n, 1)
+            # NaN where any n is undefined, each reason logged once for all n
+            scores[name] = self._log_nan(curves[name].mean(1), why, name)
         out.curves[self.name] = curves
         out.scores[self.name] = scores
         return out
