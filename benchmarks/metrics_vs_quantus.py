@@ -12,8 +12,10 @@ For every metric Quantus also has, it times
   batch size of a short probe or at xaiarena's own batch size, whichever is
   faster; ``null`` for metrics without model calls.
 
-Metrics Quantus lacks (or whose Quantus version crashes: IROF) are timed
-against their floor only. Each measurement is repeated ``--repeats`` times,
+Metrics Quantus lacks (or whose Quantus version crashes: IROF; or computes
+another statistic: Sensitivity-N) are timed against their floor only. ROAD's
+floor adds to its forward passes the bare sparse solves of its imputations
+(prebuilt systems): the imputation, not the model, is most of its work. Each measurement is repeated ``--repeats`` times,
 the three interleaved, keeping the fastest run (the one least disturbed by
 other processes on a shared machine). Plus the comparison
 case: 8 explainers' maps scored with FaithfulnessCorrelation(nr_runs=200), one
@@ -39,7 +41,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from xaiarena.metrics import EvalBatch
+from xaiarena.metrics import EvalBatch, SamplePool
 from xaiarena.models.vision import ImageClassifier, LeNet
 from xaiarena.registry import METRICS
 
@@ -165,6 +167,30 @@ class Floors:
         self.bs_forward = sorted({best_batch_size(forward, shape), ours})
         self.bs_explain = sorted({best_batch_size(explain, shape), max(1, ours // n_images) * n_images})
 
+    def road(self, metric, x: torch.Tensor, a: torch.Tensor) -> float:
+        """ROAD's floor: its forward passes plus the sparse solves of its imputations on prebuilt systems
+        (one per image, every order and percentage; the metric's own split of large systems)."""
+        from scipy.sparse.linalg import spsolve
+
+        from xaiarena.metrics.road import MAX_UNKNOWNS, imputation_system
+
+        n, _, h, w = x.shape
+        counts = metric.counts(h * w)
+        order = a.flatten(1).argsort(1, descending=True)
+        systems = []
+        for i in range(n):
+            masks = []
+            for o, rank in ((0, order[i]), (1, order[i].flip(0))):
+                for k in counts[o].tolist():
+                    m = torch.zeros(h * w, dtype=torch.bool)
+                    m[rank[:k]] = True
+                    masks.append(m.view(h, w).numpy())
+            masks = np.stack(masks)
+            per = max(1, MAX_UNKNOWNS // max(1, int(masks.reshape(len(masks), -1).sum(1).max())))
+            systems += [imputation_system(x[i].double().numpy(), masks[j : j + per]) for j in range(0, len(masks), per)]
+        solve = _timed(lambda: [spsolve(A, b) for A, b in systems])
+        return solve + self(forwards=n * (counts.numel() + 1))
+
     def __call__(self, forwards: int = 0, explains: int = 0) -> float:
         s = 0.0
         if forwards:
@@ -177,7 +203,7 @@ class Floors:
 # --------------------------------------------------------------------------- cases
 
 
-def cases(n: int, nr_runs: int, nr_samples: int):
+def cases(n: int, nr_runs: int, nr_samples: int, road_ps: tuple[float, ...] = (10, 20, 30, 40, 50, 70, 90)):
     """(label, xaiarena name, xaiarena params, Quantus class, Quantus params, floor counts)."""
     import quantus
 
@@ -211,6 +237,29 @@ def cases(n: int, nr_runs: int, nr_samples: int):
         ("Insertion", "insertion", {"steps": 50}, None, {}, {"forwards": n * 51}),
         ("Deletion", "deletion", {"steps": 50}, None, {}, {"forwards": n * 51}),
         ("PixelPerturbation", "pixel_perturbation", {"percentages": (10, 20, 50)}, None, {}, {"forwards": n * 7}),
+        # issue 27. ROAD: xaiarena scores MoRF and LeRF, Quantus MoRF only (its floor: the forward passes plus
+        # the bare sparse solves of the prebuilt systems of both orders)
+        ("ROAD", "road", {"percentages": road_ps}, quantus.ROAD, {"percentages": list(road_ps)}, "road"),
+        ("ROAD (floor: forwards only)", "road", {"percentages": road_ps}, None, {},
+         {"forwards": n * (2 * len(road_ps) + 1)}),
+        ("Infidelity", "infidelity", {"perturbation": "patches", "patch_sizes": (4,), "optimal_scaling": False},
+         quantus.Infidelity, {"perturb_patch_sizes": [4], "n_perturb_samples": 1, "perturb_baseline": 0.0},
+         {"forwards": n * 50}),
+        ("Infidelity noisy baseline", "infidelity", {"n_perturb_samples": nr_runs}, None, {},
+         {"forwards": n * (nr_runs + 1)}),
+        ("SensitivityN", "sensitivity_n", {"nr_subsets": nr_runs // 4}, None, {},
+         {"forwards": n * (6 * (nr_runs // 4) + 1)}),
+        ("MonotonicityCorrelation", "monotonicity_correlation", {"features_in_step": 16, "nr_samples": 4},
+         quantus.MonotonicityCorrelation, {"features_in_step": 16, "nr_samples": 4}, {"forwards": n * (49 * 4 + 1)}),
+        ("LocalLipschitzEstimate", "local_lipschitz_estimate", {"nr_samples": nr_samples},
+         quantus.LocalLipschitzEstimate, {"nr_samples": nr_samples}, {"explains": n * nr_samples}),
+        ("RelativeOutputStability", "relative_output_stability", {"nr_samples": nr_samples, "prediction_change": "nan"},
+         quantus.RelativeOutputStability, {"nr_samples": nr_samples},
+         {"explains": n * nr_samples, "forwards": n * (nr_samples + 1)}),
+        ("RandomLogit", "random_logit", {"similarity": "ssim_flat"}, quantus.RandomLogit, {"num_classes": 10},
+         {"explains": n, "forwards": n}),
+        # mosaics of the model's input size (the LeNet has a fixed input size); Quantus explains the same mosaics
+        ("Focus", "focus", {"mosaic_size": "same"}, quantus.Focus, {}, {"explains": n, "forwards": n}),
     ]
 
 
@@ -234,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     n = len(x)
     explain = saliency(model)
     a = explain(x, y)
-    batch = EvalBatch(model, x, y, y, masks)
+    ids = torch.arange(len(x))
+    batch = EvalBatch(model, x, y, y, masks, ids, SamplePool(x, y, ids))
     x_np, y_np, s_np = x.numpy(), y.numpy(), masks.numpy()[:, None]
     floors = Floors(model, tuple(x.shape[1:]), n)
 
@@ -247,22 +297,30 @@ def main(argv: list[str] | None = None) -> int:
             continue
         metric = METRICS.create(name, **params)
         qmetric = qcls(disable_warnings=True, **qparams) if qcls else None
-        robust = metric.category == "robustness"
+        robust = "explainer" in metric.requires  # re-explaining metrics get the saliency explainer
         if floor == "irof":  # the unperturbed image and one image per segment
             floor = {"forwards": n + int((metric.segments(x).flatten(1).amax(1) + 1).sum())}
+        q_inputs = {"x_batch": x_np, "a_batch": a.numpy()[:, None].copy()}
+        if name == "focus":  # Quantus explains xaiarena's mosaics (a_batch None: it calls explain_func)
+            mosaics, target, _, _ = metric.mosaics(batch, torch.Generator().manual_seed(0))
+            q_inputs = {"x_batch": mosaics.numpy(), "a_batch": None,
+                        "custom_batch": [tuple(int(v) for v in t) for t in target]}
 
         def ours(metric=metric, robust=robust):
             metric.evaluate(batch, {"m": a}, generator=torch.Generator().manual_seed(0),
                             explainers={"m": explain} if robust else None)
 
-        def theirs(qmetric=qmetric, robust=robust):
+        def theirs(qmetric=qmetric, robust=robust, q_inputs=q_inputs):
             np.random.seed(0)
-            qmetric(model=model, x_batch=x_np, y_batch=y_np, a_batch=a.numpy()[:, None].copy(), s_batch=s_np,
-                    device="cpu", batch_size=n, explain_func=q_explain if robust else None)
+            kw = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in q_inputs.items()}
+            qmetric(model=model, y_batch=y_np, s_batch=s_np, device="cpu", batch_size=n,
+                    explain_func=q_explain if robust else None, **kw)
 
         times = {"xaiarena_s": [], "quantus_s": [], "floor_s": []}
         for _ in range(args.repeats):
-            if floor:
+            if floor == "road":
+                times["floor_s"].append(floors.road(metric, x, a))
+            elif floor:
                 times["floor_s"].append(floors(**floor))
             times["xaiarena_s"].append(_timed(ours))
             if qmetric is not None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_metrics_support import gen, input_x_gradient_fn, saliency_fn, small_lenet, test_batch
 
-from xaiarena.metrics import CATEGORIES, EvalBatch, Metric
+from xaiarena.metrics import CATEGORIES, EvalBatch, Metric, SamplePool
 from xaiarena.registry import METRICS
 
 EXPECTED = {
@@ -17,7 +17,8 @@ EXPECTED = {
     "region_perturbation", "selectivity", "irof", "relative_input_stability", "max_sensitivity",
     "avg_sensitivity", "sparseness", "complexity", "topk_iou", "pointing_game", "relevance_mass_accuracy",
     "relevance_rank_accuracy", "top_k_intersection", "fg_bg_attribution", "agreement_topk_iou",
-    "agreement_spearman", "agreement_topk_overlap", "mprt",
+    "agreement_spearman", "agreement_topk_overlap", "mprt", "road", "infidelity", "sensitivity_n",
+    "monotonicity_correlation", "local_lipschitz_estimate", "relative_output_stability", "random_logit", "focus",
 }
 CHEAP = {  # small settings so that every metric runs in well under a second on 8 digits
     "pixel_flipping": {"features_in_step": 98}, "region_perturbation": {"patch_size": 7, "regions_evaluation": 4},
@@ -25,12 +26,17 @@ CHEAP = {  # small settings so that every metric runs in well under a second on 
     "faithfulness_correlation": {"nr_runs": 6}, "irof": {"n_segments": 10},
     "relative_input_stability": {"nr_samples": 3}, "max_sensitivity": {"nr_samples": 3},
     "avg_sensitivity": {"nr_samples": 3}, "mprt": {"n_layers": 2},
+    "road": {"percentages": (20, 80)}, "infidelity": {"n_perturb_samples": 6},
+    "sensitivity_n": {"n_values": (0.1, 0.5), "nr_subsets": 6}, "monotonicity_correlation": {"nr_samples": 2, "n_steps": 6},
+    "local_lipschitz_estimate": {"nr_samples": 3}, "relative_output_stability": {"nr_samples": 3},
+    "focus": {"mosaic_size": "same"},
 }
 
 
 @pytest.fixture(scope="module")
 def digits():
     batch = test_batch(8)
+    batch.pool = SamplePool(*[getattr(test_batch(60, 2960), k) for k in ("inputs", "labels", "sample_ids")])
     model = small_lenet()
     fns = {"sal": saliency_fn(model), "ixg": input_x_gradient_fn(model)}
     maps = {k: f(batch.inputs, batch.targets) for k, f in fns.items()}

@@ -28,7 +28,8 @@ from xaiarena.registry import METRICS
 
 N_IMAGE, N_TEXT = 96, 160
 #: outputs a constant map is expected to win on: descriptive, and the proof that the audit has power
-FLAT_WINNERS = {"fg_mean", "max_sensitivity", "avg_sensitivity", "relative_input_stability"}
+FLAT_WINNERS = {"fg_mean", "max_sensitivity", "avg_sensitivity", "relative_input_stability",
+                "local_lipschitz_estimate"}
 
 
 def _compare(const: torch.Tensor, rand: torch.Tensor, higher_is_better: bool) -> dict:

@@ -174,7 +174,8 @@ def test_a_model_with_nan_outputs_gives_nan_with_its_reason(name, caplog):
 #: metrics that never rank a map's features by its values (no tie-breaking to fall back on), or
 #: whose tie-breaking is shared between the two maps compared (mprt)
 NO_RANKING = DETERMINISTIC | {"max_sensitivity", "avg_sensitivity", "relative_input_stability", "mprt",
-                              "faithfulness_correlation"}
+                              "faithfulness_correlation", "infidelity", "sensitivity_n", "local_lipschitz_estimate",
+                              "relative_output_stability", "random_logit", "focus"}
 
 
 @pytest.mark.parametrize("name", [n for n in ALL if n not in NO_RANKING])

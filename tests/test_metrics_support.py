@@ -12,7 +12,7 @@ import functools
 import pytest
 import torch
 
-from xaiarena.metrics import EvalBatch
+from xaiarena.metrics import EvalBatch, SamplePool
 from xaiarena.models.vision import ImageClassifier, LeNet
 
 
@@ -132,6 +132,10 @@ TINY_OPTIONS = {
     "faithfulness_correlation": {"nr_runs": 8, "subset_size": 24}, "irof": {"n_segments": 6},
     "relative_input_stability": {"nr_samples": 3}, "max_sensitivity": {"nr_samples": 3},
     "avg_sensitivity": {"nr_samples": 3}, "mprt": {"n_layers": 2}, "top_k_intersection": {"k": 20},
+    "road": {"percentages": (10, 50, 90), "output": "probability"}, "infidelity": {"n_perturb_samples": 8},
+    "sensitivity_n": {"n_values": (4, 0.5), "nr_subsets": 8}, "monotonicity_correlation": {"nr_samples": 2, "n_steps": 8},
+    "local_lipschitz_estimate": {"nr_samples": 3}, "relative_output_stability": {"nr_samples": 3},
+    "focus": {"mosaic_size": "same"},
 }
 
 
@@ -181,7 +185,9 @@ def tiny_image_batch(n: int, seed: int = 0, model: torch.nn.Module | None = None
     x = torch.nn.functional.avg_pool2d(torch.rand(n, 1, SIDE + 2, SIDE + 2, generator=g), 3, 1)
     masks = x[:, 0] > x[:, 0].flatten(1).median(1).values.view(-1, 1, 1)
     y = torch.randint(0, 3, (n,), generator=g)
-    return EvalBatch(model or TinyConvNet(), x, y, y, masks, sample_ids=torch.arange(100, 100 + n))
+    ids = torch.arange(100, 100 + n)
+    # the batch is its own evaluation set (focus draws its mosaics' partners from the pool)
+    return EvalBatch(model or TinyConvNet(), x, y, y, masks, sample_ids=ids, pool=SamplePool(x, y, ids))
 
 
 def tiny_text_batch(n: int, seed: int = 0, model: torch.nn.Module | None = None) -> EvalBatch:
@@ -213,7 +219,7 @@ def subset(batch: EvalBatch, idx) -> EvalBatch:
     idx = torch.as_tensor(idx, dtype=torch.long)
     return EvalBatch(batch.model, batch.inputs[idx], batch.targets[idx], batch.labels[idx],
                      None if batch.masks is None else batch.masks[idx],
-                     None if batch.sample_ids is None else batch.sample_ids[idx])
+                     None if batch.sample_ids is None else batch.sample_ids[idx], batch.pool)
 
 
 def gradient_fn(default_model):

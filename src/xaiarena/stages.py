@@ -459,12 +459,13 @@ def score_in_batches(s: Settings | Compute, prep: Prepared | Samples, view: View
                      attrs: dict[str, Attribution]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The one batching path of metrics: one metric's per-sample scores (:data:`PER_SAMPLE_COLUMNS`) and
     mean curves (:data:`CURVE_COLUMNS`) for the maps ``attrs`` of ``view``'s model (uncached)."""
-    from .metrics import EvalBatch
+    from .metrics import EvalBatch, SamplePool
 
     n = len(prep.inputs)
     # a metric that normalises over the set sees the whole evaluation set in one call (it chunks its
     # own forward passes), so its scores do not depend on evaluation.batch_size either
     bs = max(n, 1) if getattr(metric, "needs_whole_set", False) else s.batch_size
+    pool = SamplePool(prep.inputs, prep.labels, prep.sample_ids)  # focus draws its mosaics' images from it
     scores: dict[str, dict[str, list[torch.Tensor]]] = {}
     curves: dict[str, dict[str, list[torch.Tensor]]] = {}
     curve_x: dict[str, torch.Tensor] = {}
@@ -474,6 +475,7 @@ def score_in_batches(s: Settings | Compute, prep: Prepared | Samples, view: View
             model=view.model, inputs=prep.inputs[sl].to(s.device), targets=view.targets[sl].to(s.device),
             labels=prep.labels[sl].to(s.device),
             masks=None if prep.masks is None else prep.masks[sl].to(s.device), sample_ids=prep.sample_ids[sl],
+            pool=pool,
         )
         # the same generator state for every batch and every explained model (common random numbers):
         # metrics draw each sample's randomness from that state and the sample id, so scores do not depend

@@ -1,6 +1,18 @@
 """Metrics. Importing this package registers every built-in metric."""
 
-from . import agreement, complexity, faithfulness, localisation, robustness, sanity, text  # noqa: F401
-from .base import CATEGORIES, EvalBatch, Metric, MetricOutput, OutputSpec
+from . import (  # noqa: F401
+    agreement,
+    attribution_sums,
+    complexity,
+    faithfulness,
+    focus,
+    localisation,
+    road,
+    robustness,
+    sanity,
+    stability,
+    text,
+)
+from .base import CATEGORIES, EvalBatch, Metric, MetricOutput, OutputSpec, SamplePool
 
-__all__ = ["CATEGORIES", "EvalBatch", "Metric", "MetricOutput", "OutputSpec"]
+__all__ = ["CATEGORIES", "EvalBatch", "Metric", "MetricOutput", "OutputSpec", "SamplePool"]

@@ -33,6 +33,20 @@ CATEGORIES = ("faithfulness", "robustness", "complexity", "localisation", "agree
 
 
 @dataclass
+class SamplePool:
+    """The whole evaluation set a batch is a slice of (every batch of one run sees the same pool):
+    metrics that combine a sample with other samples (``focus``'s mosaics) draw them from here, so
+    that a sample's score does not depend on which samples share its batch."""
+
+    inputs: torch.Tensor  # (P, C, H, W) pixels in [0, 1] (any device)
+    labels: torch.Tensor  # (P,) true classes
+    sample_ids: torch.Tensor  # (P,) distinct identities
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
 class EvalBatch:
     """The evaluation samples a metric sees (pixel-space inputs in [0, 1])."""
 
@@ -42,6 +56,7 @@ class EvalBatch:
     labels: torch.Tensor  # (N,) true class
     masks: torch.Tensor | None = None  # (N, H, W) bool ground truth
     sample_ids: torch.Tensor | None = None  # (N,) identities: key each sample's random streams
+    pool: SamplePool | None = None  # the evaluation set the batch comes from (see SamplePool)
 
     def __len__(self) -> int:
         return len(self.inputs)

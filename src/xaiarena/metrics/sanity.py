@@ -1,11 +1,14 @@
-"""Sanity checks: do the maps depend on the model's parameters?"""
+"""Sanity checks: do the maps depend on the model's parameters (``mprt``) and on the class explained
+(``random_logit``)?"""
 
 from __future__ import annotations
 
 import copy
 import inspect
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..registry import METRICS
@@ -14,11 +17,15 @@ from .core import (
     NONFINITE_OUTPUT,
     SIMILARITIES,
     SampleRNG,
+    check_batch_size,
     check_choice,
+    check_normalise,
+    check_positive_int,
     eval_mode,
     finite_rows,
     full_threads,
     nan_where,
+    normalise_maps,
     predict,
     prepare,
     serial_bookkeeping,
@@ -126,3 +133,118 @@ class ModelParameterRandomisation(Metric):
                                   "a map is constant, Pearson similarity undefined", k)
         out.scores[self.name] = scores
         return out
+
+
+# --------------------------------------------------------------------------- random logit
+
+#: structural similarity variants: 2-D windows on the map (the paper's), or Quantus 0.6's windows
+#: over the row-major flattened map
+SSIM_KINDS = ("ssim", "ssim_flat")
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 7, flat: bool = False) -> torch.Tensor:
+    """Per-sample structural similarity of maps ``a``, ``b`` (N, H, W), float64 -> (N,).
+
+    ``skimage.metrics.structural_similarity`` with its defaults (uniform ``win_size`` windows,
+    sample covariance, K1 0.01, K2 0.03, the mean over windows that lie inside the map) and
+    ``data_range`` the range of both maps together (Quantus' ``ssim``); ``flat`` compares the
+    row-major flattened maps with 1-D windows (Quantus 0.6 passes flattened maps). NaN where both
+    maps are one constant (no data range).
+    """
+    a, b = a.double(), b.double()
+    n = a.shape[0]
+    if flat:
+        a, b = a.reshape(n, 1, 1, -1), b.reshape(n, 1, 1, -1)
+        kernel, ndim = (1, win_size), 1
+    else:
+        a, b = a.unsqueeze(1), b.unsqueeze(1)
+        kernel, ndim = (win_size, win_size), 2
+    if a.shape[-2] < kernel[0] or a.shape[-1] < kernel[1]:
+        raise ValueError(f"ssim: win_size={win_size} is larger than the map ({tuple(a.shape[-2:])})")
+    both = torch.cat([a.flatten(1), b.flatten(1)], 1)
+    rng = (both.amax(1) - both.amin(1)).view(n, 1, 1, 1)
+    mean = lambda t: F.avg_pool2d(t, kernel, stride=1)  # noqa: E731 - windows fully inside the map
+    ux, uy = mean(a), mean(b)
+    cov_norm = win_size**ndim / (win_size**ndim - 1)
+    vx = cov_norm * (mean(a * a) - ux * ux)
+    vy = cov_norm * (mean(b * b) - uy * uy)
+    vxy = cov_norm * (mean(a * b) - ux * uy)
+    c1, c2 = (0.01 * rng) ** 2, (0.03 * rng) ** 2
+    s = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1).masked_fill(rng.view(-1) == 0, float("nan"))
+
+
+@METRICS.register("random_logit", description="Random logit test (Sixt et al. 2020): similarity of the map with the "
+                                               "map of a random other class")
+class RandomLogit(Metric):
+    """SSIM between each map and the map the same explainer gives for a random other class (one
+    class per sample, uniform over the classes other than the explained one, drawn from the
+    sample's stream and shared by every explainer). A map that does not change with the class
+    does not explain the class: lower is better, [-1, 1].
+
+    ``similarity: ssim`` (default) uses ``win_size`` x ``win_size`` windows on the map (the
+    paper's SSIM of two images); ``ssim_flat`` is Quantus 0.6's (1-D windows over the flattened
+    map). ``normalise`` (true: per-sample division by the largest magnitude, Quantus 0.6's default
+    rule, which Quantus applies to the whole batch) and ``abs`` apply to both maps. Re-explanation
+    calls ``explainers[name](inputs, other_classes, generator=...)``. Both maps constant: NaN.
+    """
+
+    name = "random_logit"
+    category = "sanity"
+    higher_is_better = False
+    value_range = (-1.0, 1.0)
+    requires = ("model", "explainer")
+
+    def __init__(self, similarity: str = "ssim", win_size: int = 7, abs: bool = False,
+                 normalise: bool | Literal["normalise_by_max", "normalise_by_negative"] = True,
+                 batch_size: int | None = None):
+        self.similarity = check_choice("similarity", similarity, SSIM_KINDS)
+        self.win_size = check_positive_int("win_size", win_size, 2)
+        if self.win_size % 2 == 0:
+            raise ValueError(f"win_size={win_size!r} is not valid; it must be odd (skimage's convention)")
+        self.abs = bool(abs)
+        self.normalise = check_normalise(normalise)
+        self.batch_size = check_batch_size(batch_size)
+
+    def _post(self, a: torch.Tensor) -> torch.Tensor:
+        a = normalise_maps(a.float(), self.normalise)
+        return a.abs() if self.abs else a
+
+    def other_classes(self, rng: SampleRNG, targets: torch.Tensor, n_classes: int) -> torch.Tensor:
+        """(N,) a uniformly random class other than ``targets[i]`` for every sample, from its stream."""
+        u = rng.rand((1,), "class").view(-1)
+        k = (u * (n_classes - 1)).floor().long().clamp(max=n_classes - 2)  # index among the other classes
+        t = targets.cpu()
+        return torch.where(k >= t, k + 1, k).to(targets.device)
+
+    @serial_bookkeeping
+    def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers: dict[str, ExplainFn] | None = None
+                 ) -> MetricOutput:
+        maps = {k: self._post(v) for k, v in prepare(batch, attributions).items()}
+        missing = [k for k in maps if not explainers or k not in explainers]
+        if missing:
+            raise ValueError(f"metric '{self.name}' re-explains the inputs for another class and needs "
+                             f"explainers[name] for {', '.join(missing)}")
+        x = batch.inputs.float()
+        targets = batch.targets.to(x.device).long().view(-1)
+        rng = SampleRNG.for_batch(batch, generator, self.name)
+        with eval_mode(batch.model) as m:
+            logits = predict(m, x, self.batch_size)
+        finite = finite_rows(logits)
+        n_classes = logits.shape[-1] if logits.ndim == 2 else 0
+        if n_classes < 2 and len(x):
+            raise ValueError(f"random_logit needs a model with at least 2 classes, got {n_classes}")
+        others = self.other_classes(rng, targets, n_classes) if len(x) else targets
+        scores = {}
+        for name, a in maps.items():
+            with full_threads():
+                ap = explainers[name](x, others, generator=rng.explainer_generator(name))
+            ap = torch.as_tensor(ap).detach().to(x.device).float()
+            bad = ~torch.isfinite(ap).flatten(1).all(1)
+            ap = self._post(torch.nan_to_num(ap))
+            s = ssim(a, ap, self.win_size, flat=self.similarity == "ssim_flat").float()
+            s = nan_where(s, ~finite, self.name, NONFINITE_OUTPUT, name)
+            s = nan_where(s, finite & bad, self.name, "the map for the other class is not finite (NaN or inf)", name)
+            scores[name] = nan_where(s, finite & ~bad & torch.isnan(s), self.name,
+                                     "both maps are one constant (SSIM undefined)", name)
+        return MetricOutput(scores={self.name: scores})

@@ -1,0 +1,310 @@
+"""ROAD: RemOve And Debias (Rong et al. 2022, "A Consistent and Efficient Evaluation Strategy for
+Attribution Methods", ICML), with the paper's noisy linear imputation.
+
+A removed pixel does not take a fixed fill (whose shape would leak which pixels were removed,
+"class information leakage"): it takes the weighted mean of its eight neighbours, known or
+removed, with weight 1/6 for the four direct and 1/12 for the four diagonal neighbours (weights
+renormalised at the image border), which is one sparse linear system over the removed pixels,
+plus Gaussian noise of standard deviation ``noise`` (0.01 in pixel space). This is the authors'
+``NoisyLinearImputer`` (github.com/tleemann/road_evaluation) and Quantus 0.6's
+``noisy_linear_imputation``.
+
+All removal masks of one image (every explainer, order and percentage) are stacked into one
+block-diagonal system and solved by one sparse LU factorisation (``scipy.sparse.linalg.spsolve``;
+very large images are split into several solves of at most :data:`MAX_UNKNOWNS` unknowns); masks
+that coincide between explainers are solved and scored once. The noise of a sample, order and
+percentage is drawn from the sample's stream and shared by every explainer (common random
+numbers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..registry import METRICS
+from .base import EvalBatch, MetricOutput, OutputSpec
+from .core import SampleRNG, check_batch_size, check_choice, eval_mode, prepare, serial_bookkeeping
+from .forward_queue import ForwardQueue
+from .perturbation import PerturbationMetric, score_images
+
+#: (row offset, column offset), weight: the paper's neighbourhood (direct 1/6, diagonal 1/12)
+NEIGHBOUR_WEIGHTS: tuple[tuple[tuple[int, int], float], ...] = (
+    ((1, 1), 1 / 12),
+    ((0, 1), 1 / 6),
+    ((-1, 1), 1 / 12),
+    ((1, -1), 1 / 12),
+    ((0, -1), 1 / 6),
+    ((-1, -1), 1 / 12),
+    ((1, 0), 1 / 6),
+    ((-1, 0), 1 / 6),
+)
+#: unknowns per sparse solve: all masks of a small image go into one solve; a large image's masks
+#: are split so that the LU factors stay small (its fill-in grows faster than the unknowns)
+MAX_UNKNOWNS = 60_000
+#: what ROAD reads off the model: the paper's accuracy, or the target class' probability / logit
+ROAD_OUTPUTS = ("accuracy", "probability", "logit")
+#: the percentages of the paper's experiments (the authors' notebook and ROAR comparison)
+PAPER_PERCENTAGES = (10, 20, 30, 40, 50, 70, 90)
+
+
+def imputation_system(image: np.ndarray, masks: np.ndarray):
+    """The sparse system ``(A (U, U) csc, rhs (U, C))`` of the removed pixels of ``masks``
+    (M, H, W), one unknown per removed pixel in ``np.nonzero`` order (one block per mask)."""
+    from scipy.sparse import csc_matrix
+
+    _, h, w = masks.shape
+    c = image.shape[0]
+    m, y, x = np.nonzero(masks)
+    n = len(m)
+    var = np.full(masks.shape, -1, dtype=np.int64)
+    var[m, y, x] = np.arange(n)
+    rows, cols, vals = [], [], []
+    rhs = np.zeros((n, c))  # the known neighbours' weighted values
+    total = np.zeros(n)  # the weights of the neighbours inside the image
+    for (dy, dx), weight in NEIGHBOUR_WEIGHTS:
+        yy, xx = y + dy, x + dx
+        inside = np.nonzero((yy >= 0) & (yy < h) & (xx >= 0) & (xx < w))[0]
+        total[inside] += weight
+        nb = var[m[inside], yy[inside], xx[inside]]
+        unknown = nb >= 0
+        rows.append(inside[unknown])
+        cols.append(nb[unknown])
+        vals.append(np.full(int(unknown.sum()), -weight))
+        known = inside[~unknown]
+        rhs[known] += weight * image[:, yy[known], xx[known]].T
+    rows.append(np.arange(n))
+    cols.append(np.arange(n))
+    vals.append(total)
+    # total_i v_i - sum_{removed nb j} w_ij v_j = sum_{known nb k} w_ik x_k: symmetric,
+    # positive definite (weakly diagonally dominant, every block touches a known pixel)
+    a = csc_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+    )
+    return a, rhs
+
+
+def _solve(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Imputed values (U, C) of the removed pixels of ``masks`` (M, H, W), ``np.nonzero`` order."""
+    from scipy.sparse.linalg import spsolve
+
+    a, rhs = imputation_system(image, masks)
+    return np.asarray(spsolve(a, rhs)).reshape(rhs.shape)
+
+
+def linear_imputation(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """ROAD's linear imputation (without its noise) of ``image`` (C, H, W) for every mask of
+    ``masks`` (M, H, W) (True = removed): ``(M, C, H, W)``, each removed pixel the weighted mean of
+    its neighbours (:data:`NEIGHBOUR_WEIGHTS`). A mask that removes every pixel has no solution."""
+    image = np.asarray(image, dtype=np.float64)
+    masks = np.asarray(masks, dtype=bool)
+    if image.ndim != 3 or masks.ndim != 3 or masks.shape[1:] != image.shape[1:]:
+        raise ValueError(
+            f"linear_imputation needs an image (C, H, W) and masks (M, H, W) of its size, got "
+            f"{image.shape} and {masks.shape}"
+        )
+    sizes = masks.reshape(len(masks), -1).sum(1)
+    if bool((sizes == masks[0].size).any()) if len(masks) else False:
+        raise ValueError(
+            "a mask removes every pixel: linear imputation needs at least one known pixel"
+        )
+    out = np.repeat(image[None], len(masks), axis=0)
+    start = 0
+    while start < len(masks):  # groups of consecutive masks with at most MAX_UNKNOWNS unknowns
+        stop, unknowns = start, 0
+        while stop < len(masks) and (stop == start or unknowns + sizes[stop] <= MAX_UNKNOWNS):
+            unknowns += sizes[stop]
+            stop += 1
+        group = masks[start:stop]
+        if unknowns:
+            values = _solve(image, group)
+            m, y, x = np.nonzero(group)
+            out[start + m, :, y, x] = values
+        start = stop
+    return out
+
+
+@METRICS.register(
+    "road",
+    description="ROAD (Rong et al. 2022): accuracy as the MoRF / LeRF pixels are removed by "
+    "noisy linear imputation",
+)
+class ROAD(PerturbationMetric):
+    """Remove the ``p``% most (MoRF) or least (LeRF) relevant pixels, fill them by noisy linear
+    imputation, and read the model: per sample, whether it still predicts the label (``output:
+    accuracy``, the paper's), or the target class' ``probability`` / ``logit``.
+
+    Outputs ``road_morf`` (lower is better) and ``road_lerf`` (higher is better): the mean of the
+    curve over ``percentages`` (default the paper's 10, 20, 30, 40, 50, 70, 90; Quantus 0.6's
+    default is 1, 3, ..., 99), and ``road_lerf_minus_morf`` (higher is better). Curves: the value
+    at each percentage, x = fraction of pixels removed. MoRF at ``p`` removes ``int(P·p/100)`` of
+    the ``P`` pixels (the authors' and Quantus's count); LeRF at ``p`` keeps the
+    ``int(P·(100-p)/100)`` most relevant pixels (the authors' LeRF at ``th_p = 1 - p/100``). Ties are broken at random.
+    """
+
+    name = "road"
+    higher_is_better = False
+    value_range = (0.0, 1.0)
+    requires = ("model", "labels")
+
+    def __init__(
+        self,
+        percentages: Sequence[float] = PAPER_PERCENTAGES,
+        noise: float = 0.01,
+        output: str = "accuracy",
+        abs: bool = False,
+        batch_size: int | None = None,
+    ):
+        super().__init__("black", "probability", check_batch_size(batch_size))
+        self.output = check_choice("output", output, ROAD_OUTPUTS)
+        if isinstance(percentages, (int, float)):
+            percentages = (percentages,)
+        ps = []
+        for p in percentages:
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 100:
+                raise ValueError(
+                    f"percentages contains {p!r}; every percentage must be a number in (0, 100)"
+                )
+            ps.append(float(p))
+        if not ps or len(set(ps)) != len(ps) or ps != sorted(ps):
+            raise ValueError(
+                f"percentages={list(percentages)!r} must be non-empty, increasing and "
+                "without repeats"
+            )
+        self.percentages = tuple(ps)
+        if (
+            isinstance(noise, bool)
+            or not isinstance(noise, (int, float))
+            or not noise >= 0
+            or not math.isfinite(noise)
+        ):
+            raise ValueError(
+                f"noise={noise!r} is not valid; it must be a number >= 0 (the standard "
+                "deviation of "
+                "the imputation noise, pixel space)"
+            )
+        self.noise = float(noise)
+        self.abs = bool(abs)
+
+    def _bounded(self) -> tuple[float, float]:
+        return (-math.inf, math.inf) if self.output == "logit" else (0.0, 1.0)
+
+    def outputs(self) -> list[OutputSpec]:
+        lo, hi = self._bounded()
+        return [
+            OutputSpec("road_morf", False, (lo, hi)),
+            OutputSpec("road_lerf", True, (lo, hi)),
+            OutputSpec("road_lerf_minus_morf", True, (lo - hi, hi - lo)),
+        ]
+
+    def counts(self, npix: int) -> torch.Tensor:
+        """(2, P) pixels removed at each percentage: MoRF ``int(P·p/100)``, LeRF
+        ``P - int(P·(100-p)/100)``."""
+        morf = [int(npix * p / 100) for p in self.percentages]
+        lerf = [npix - int(npix * (100 - p) / 100) for p in self.percentages]
+        return torch.tensor([morf, lerf], dtype=torch.long)
+
+    @serial_bookkeeping
+    def evaluate(
+        self, batch: EvalBatch, attributions, *, generator, explainers=None
+    ) -> MetricOutput:
+        maps = prepare(batch, attributions)
+        if self.abs:
+            maps = {k: v.abs() for k, v in maps.items()}
+        x = batch.inputs.float()
+        n, c, h, w = x.shape
+        npix = h * w
+        counts = self.counts(npix)
+        if bool((counts >= npix).any()):
+            bad = self.percentages[int((counts >= npix).any(0).nonzero()[0])]
+            raise ValueError(
+                f"percentage {bad:g} removes every pixel of a {h}x{w} image; ROAD's imputation "
+                "needs a "
+                "known pixel (use smaller percentages)"
+            )
+        n_p = len(self.percentages)
+        x_axis = torch.tensor(self.percentages) / 100
+        out = MetricOutput(curve_x={"road_morf": x_axis, "road_lerf": x_axis})
+        if not maps:
+            return out
+        rng = SampleRNG.for_batch(batch, generator, self.name)
+        targets = batch.targets.to(x.device).long().view(-1)
+        labels = batch.labels.to(x.device).long().view(-1)
+        read = "probability" if self.output == "accuracy" else self.output
+        e = len(maps)
+        # (2, E, N, H, W): rank of every pixel, 0 first removed (MoRF: most relevant; LeRF: least)
+        morf = self.unit_ranks(maps, rng, tag="morf").to("cpu", torch.int32)  # int32: half the memory
+        lerf = self.unit_ranks(maps, rng, descending=False, tag="lerf", note=False).to("cpu", torch.int32)
+        ranks = torch.stack([morf, lerf])
+        del morf, lerf
+        # queue slot of each (order, explainer, sample, percentage); -1: nothing removed
+        slot = torch.full((2, e, n, n_p), -1, dtype=torch.long)
+        with eval_mode(batch.model) as model:
+            base = score_images(model, x, targets, read, self.batch_size)
+            queue = ForwardQueue(model, 2 * e * n * n_p, x, read, self.batch_size)
+            used = 0
+            for i in range(n):
+                masks, where = [], []
+                for o in range(2):
+                    for j in range(n_p):
+                        if counts[o, j] == 0:
+                            continue
+                        m = (ranks[o, :, i] < counts[o, j]).reshape(e, -1)
+                        uniq, inv = torch.unique(m.to(torch.uint8), dim=0, return_inverse=True)
+                        for u in range(
+                            len(uniq)
+                        ):  # masks shared by explainers: imputed and scored once
+                            slot[o, inv == u, i, j] = used + len(masks)
+                            masks.append(uniq[u].bool().view(h, w))
+                            where.append((o, j))
+                if not masks:
+                    continue
+                stack = torch.stack(masks)
+                imputed = torch.from_numpy(
+                    linear_imputation(x[i].detach().cpu().double().numpy(), stack.numpy())
+                )
+                if self.noise:
+                    # one noise image per (order, percentage) of the sample, for every explainer
+                    z = torch.randn(
+                        (2, n_p, c, h, w), generator=rng.generator(i, "noise"), dtype=torch.float64
+                    )
+                    oj = torch.tensor(where)
+                    imputed = imputed + self.noise * z[oj[:, 0], oj[:, 1]] * stack.unsqueeze(1)
+                queue.push(
+                    imputed.to(device=x.device, dtype=x.dtype),
+                    torch.arange(used, used + len(masks)),
+                    targets[i].expand(len(masks)),
+                )
+                used += len(masks)
+            queue.close()
+        slot = slot.to(x.device)
+        none = slot < 0
+        idx = slot.clamp_min(0)
+        scores = torch.where(none, base.scores.view(1, 1, n, 1), queue.scores[idx])
+        preds = torch.where(none, base.preds.view(1, 1, n, 1), queue.preds[idx])
+        finite = torch.where(
+            none, base.finite.view(1, 1, n, 1), queue.finite[idx]
+        ) & base.finite.view(1, 1, n, 1)
+        curve = (preds == labels.view(1, 1, n, 1)).float() if self.output == "accuracy" else scores
+        fin = finite.all(-1)
+        morf, lerf = curve[0].mean(-1), curve[1].mean(-1)
+        out.curves["road_morf"] = self.split(curve[0], maps)
+        out.curves["road_lerf"] = self.split(curve[1], maps)
+        out.scores["road_morf"] = self.split_checked(morf, fin[0], maps, "road_morf")
+        out.scores["road_lerf"] = self.split_checked(lerf, fin[1], maps, "road_lerf")
+        out.scores["road_lerf_minus_morf"] = self.split_checked(
+            lerf - morf, fin[0] & fin[1], maps, "road_lerf_minus_morf"
+        )
+        return out
+
+
+__all__ = [
+    "NEIGHBOUR_WEIGHTS",
+    "PAPER_PERCENTAGES",
+    "ROAD",
+    "imputation_system",
+    "linear_imputation",
+]
