@@ -211,7 +211,7 @@ def score(
     import yaml
 
     from .api import evaluate, load_maps
-    from .config import load_config
+    from .config import load_config, yaml_load
     from .registry import EXPLAINERS
     from .runner import evaluation_samples, run_lock
     from .utils import make_dir, writes_inside
@@ -224,7 +224,7 @@ def score(
     out = out or maps / "scores"
     try:
         cfg = load_config(source / "config.yaml" if is_run else source, set_ or None)
-        specs = [yaml.safe_load(m) for m in metric] if metric else [m.model_dump(exclude_none=True) for m in cfg.metrics]
+        specs = [yaml_load(m, f"--metric {m!r}") for m in metric] if metric else [m.model_dump(exclude_none=True) for m in cfg.metrics]
         if not specs:
             _fail("no metrics: give --metric NAME (repeatable) or a config with a 'metrics:' list")
         specs = [_flat_spec(m) for m in specs]
