@@ -153,7 +153,8 @@ def test_bad_inputs_exit_2_naming_the_file_or_key(tmp_path, image_folder_data, u
     root, masks = tmp_path / "images", tmp_path / "masks"
     shutil.copytree(src_root, root)
     shutil.copytree(src_masks, masks)
-    model = {"factory": user_model["factory"], "checkpoint": str(user_model["pt"]), "mean": 0, "std": 1}
+    model = {"factory": user_model["factory"], "checkpoint": str(user_model["pt"]), "mean": 0, "std": 1,
+             "cam_layer": "features.2"}  # gradcam needs it (else a config-time error before the one tested)
     if case == "unreadable":
         p = root / "test" / "right" / "1.png"
         p.write_bytes(b"\x89PNG broken")
@@ -180,7 +181,7 @@ def test_bad_inputs_exit_2_naming_the_file_or_key(tmp_path, image_folder_data, u
         needles = ["model.factory", "did you mean 'build'"]
     elif case == "no_train_split":
         shutil.rmtree(root / "train")
-        model = {"factory": user_model["factory"]}
+        model = {"factory": user_model["factory"], "cam_layer": "features.2"}
         needles = ["no training samples (no 'train' split)"]
     else:
         model["widht"] = 2

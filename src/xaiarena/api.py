@@ -40,11 +40,18 @@ from torch import nn
 
 from . import postprocess, stages, stats
 from .config import check_safe_name, validate_components
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, RunError
 from .graph import scored_labels
 from .modalities import modality_problems
 from .registry import EXPLAINERS, METRICS
-from .utils import atomic_to_csv, atomic_write_text, dumps_json, eval_mode
+from .utils import (
+    atomic_write_many,
+    csv_bytes,
+    dumps_json,
+    eval_mode,
+    resolve_device,
+    writes_inside,
+)
 
 #: ``dataset`` column of the results (``evaluate(..., dataset=...)`` names it otherwise)
 DEFAULT_DATASET = "data"
@@ -73,11 +80,14 @@ class Evaluation:
         """Write ``per_sample.csv``, ``curves.csv``, every table (``summary.csv``, ``tests.csv``, ...) and
         ``metrics_meta.json`` into ``folder``; returns it."""
         folder = Path(folder)
-        atomic_to_csv(self.per_sample, folder / "per_sample.csv")
-        atomic_to_csv(self.curves, folder / "curves.csv")
-        for name, frame in (self.tables or {"summary": self.summary, "tests": self.tests}).items():
-            atomic_to_csv(frame, folder / f"{name}.csv")
-        atomic_write_text(folder / "metrics_meta.json", dumps_json(self.metrics_meta, indent=1))
+        tables = {"per_sample": self.per_sample, "curves": self.curves,
+                  **(self.tables or {"summary": self.summary, "tests": self.tests})}
+        files = {folder / f"{name}.csv": csv_bytes(frame) for name, frame in tables.items()}
+        meta = dumps_json(self.metrics_meta, indent=1)
+        files[folder / "metrics_meta.json"] = meta.encode("utf-8")
+        # one write inside the folder: a full disk half-way leaves the old files; links out: refused
+        with writes_inside(folder):
+            atomic_write_many(files)
         return folder
 
     def __repr__(self) -> str:
@@ -119,7 +129,10 @@ def _model_device(model: nn.Module, device: str | torch.device | None) -> torch.
     param = next(iter(model.parameters()), None)
     if device is None:
         return param.device if param is not None else torch.device("cpu")
-    device = torch.device(device)
+    try:
+        device = resolve_device(str(device))
+    except RunError as exc:  # "tpu", a CUDA device this machine lacks
+        raise InputError(f"{exc} (or leave device out: the model's device)") from None
     if param is not None and param.device.type != device.type:
         raise InputError(f"device={device} but the model is on {param.device}; move it first (model.to(device)) "
                          "or leave device out")
@@ -154,7 +167,20 @@ def _inputs(model: nn.Module, inputs: Any) -> tuple[str, Any, tuple[int, ...]]:
         raise InputError("inputs: no images given (N = 0)")
     if not bool(torch.isfinite(x).all()):
         raise InputError("inputs: hold NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -PIXEL_TOLERANCE or hi > 1 + PIXEL_TOLERANCE:
+        scale255 = lo >= -PIXEL_TOLERANCE and hi > 1.5
+        hint = ("pixels on a 0..255 scale? divide by 255" if scale255 else
+                "normalised inputs? put the normalisation into the model (e.g. "
+                "nn.Sequential(normalize, model)) and pass pixels")
+        raise InputError(f"inputs: expected float pixels in [0, 1], found values in [{lo:.4g}, "
+                         f"{hi:.4g}] ({hint}); the metrics' baselines and perturbations "
+                         "(0 = black) are defined in pixel space")
     return "image", x.float(), (x.shape[0], *x.shape[2:])
+
+
+#: how far image inputs may lie outside [0, 1] (float rounding of resized or converted pixels)
+PIXEL_TOLERANCE = 1e-3
 
 
 def _maps(value: Any, what: str, shape: tuple[int, ...], kind: str) -> torch.Tensor:
@@ -434,6 +460,35 @@ def evaluate(model: nn.Module, inputs: Any, targets: Any, attributions: Mapping[
     return Evaluation(per_sample, tables["summary"], tables["tests"], curves_df, meta, tables)
 
 
+#: how the files ``load_maps`` reads begin: NumPy's .npy format; torch.save's zip archive or its
+#: legacy pickle stream (read with weights_only=True, which refuses objects)
+_MAPS_MAGIC = {".npy": (b"\x93NUMPY",), ".pt": (b"PK\x03\x04", b"\x80")}
+
+
+def _check_maps_format(p: Path) -> None:
+    """``InputError`` when ``p`` does not begin like a ``.npy`` / ``torch.save`` file: saying what
+    it looks like (text, empty) rather than what the loader would guess ("pickled data")."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(64)
+    except OSError as exc:
+        raise InputError(f"cannot read maps file '{p}': {exc.strerror or exc}") from None
+    if any(head.startswith(m) for m in _MAPS_MAGIC[p.suffix]):
+        return
+    link = f" (a symbolic link to '{p.resolve()}')" if p.is_symlink() else ""
+    text = head.decode("utf-8", "ignore")
+    if not head:
+        what = "is empty"
+    elif len(text) >= len(head) - 3 and all(c.isprintable() or c in "\t\r\n" for c in text):
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        what = f"holds text ({first!r} ...)" if first else "holds white space"
+    else:
+        what = f"begins with the bytes {head[:8]!r}"
+    fmt = ("a NumPy .npy file (np.save)" if p.suffix == ".npy" else
+           "a torch.save file of a tensor")
+    raise InputError(f"maps file '{p}'{link} {what}; expected {fmt} of shape (N, H, W)")
+
+
 def load_maps(folder: str | Path) -> dict[str, torch.Tensor]:
     """``{label: maps}`` from a folder of ``<label>.npy`` / ``<label>.pt`` files (a tensor or array each;
     ``.pt`` read with ``torch.load(weights_only=True)``), sorted by label."""
@@ -447,6 +502,7 @@ def load_maps(folder: str | Path) -> dict[str, torch.Tensor]:
     for p in files:
         if p.stem in out:
             raise InputError(f"maps folder '{folder}': both {p.stem}.npy and {p.stem}.pt; keep one")
+        _check_maps_format(p)
         try:
             value = np.load(p, allow_pickle=False) if p.suffix == ".npy" else torch.load(p, weights_only=True,
                                                                                           map_location="cpu")

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import logging
 import os
@@ -62,10 +61,17 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from .errors import RunError
-from .utils import atomic_write_bytes, atomic_write_text, dumps_json, load_torch
+from .utils import (
+    atomic_write_bytes,
+    atomic_write_text,
+    check_inside,
+    dumps_json,
+    load_torch,
+    parquet_bytes,
+    torch_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -160,12 +166,9 @@ def meta_score_key(metric_cfg: dict[str, Any], attributions: dict[str, Key], ids
 
 
 def inside(root: Path, path: Path) -> Path:
-    """``path`` if it resolves inside ``root`` (symlinks followed), else :class:`RunError`."""
-    root_r, path_r = root.resolve(), path.resolve()
-    if path_r != root_r and root_r not in path_r.parents:
-        raise RunError(f"refusing to write '{path}': it resolves to '{path_r}', outside the run directory "
-                       f"'{root_r}'")
-    return path
+    """``path`` if it resolves inside ``root`` (symlinks followed), else a ``WriteError`` (a
+    :class:`RunError`): :func:`xaiarena.utils.check_inside`, the check of every written path."""
+    return check_inside(path, root)
 
 
 def _sha256(path: Path) -> str:
@@ -244,9 +247,7 @@ class Cache:
 
     # ------------------------------------------------------------- typed I/O
     def save_torch(self, path: Path, obj: Any, key: Key | None = None) -> None:
-        buf = io.BytesIO()
-        torch.save(obj, buf)
-        self.write_bytes(path, buf.getvalue(), key)
+        self.write_bytes(path, torch_bytes(obj), key)
 
     def load_torch(self, path: Path) -> Any | None:
         """The object, or None when missing, corrupt or unreadable (then discarded)."""
@@ -259,9 +260,7 @@ class Cache:
             return None
 
     def save_frame(self, path: Path, df: pd.DataFrame, key: Key | None = None) -> None:
-        buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
-        self.write_bytes(path, buf.getvalue(), key)
+        self.write_bytes(path, parquet_bytes(df), key)
 
     def load_frame(self, path: Path) -> pd.DataFrame | None:
         if not self.verify(path):

@@ -20,7 +20,8 @@ from typing import Optional
 
 import typer
 
-from .errors import ConfigError, UnknownNameError, XaiArenaError
+from .errors import ConfigError, RunError, UnknownNameError, XaiArenaError
+from .utils import is_write_error, write_error
 
 app = typer.Typer(
     add_completion=False,
@@ -48,8 +49,12 @@ def _user_errors(optional_imports: bool = False):
         _fail(exc.format())
     except UnknownNameError as exc:
         _fail(exc.message)
-    except XaiArenaError as exc:  # data, training, lock, environment: the user can fix it
+    except XaiArenaError as exc:  # data, training, lock, environment, writing: the user can fix it
         _fail(" ".join(str(exc).split()))
+    except OSError as exc:  # a write that went around xaiarena's writers: no space, read-only, ...
+        if not is_write_error(exc):
+            raise
+        _fail(str(write_error(exc, exc.filename or "?")))
     except ImportError as exc:
         if not optional_imports:
             raise
@@ -87,7 +92,8 @@ def run(
     if cfg.dissect is not None:
         typer.echo("note: the config's 'dissect:' section is run by `xaiarena dissect CONFIG`, not by `run`", err=True)
     with _user_errors():
-        run_dir = Runner(cfg, out=out, show_progress=not quiet, executor=executor, address=address).run()
+        run_dir = Runner(cfg, out=out, show_progress=not quiet, executor=executor, address=address,
+                         source=config).run()
     res = RunResult(run_dir)
     typer.echo(f"run directory: {run_dir}")
     summary = res.summary
@@ -139,17 +145,20 @@ def report(run_dir: Path = typer.Argument(..., help="A finished run directory.")
     if not (run_dir / "run.json").exists():
         _fail(f"'{run_dir}' is not a run directory (no run.json)")
     dissected = (run_dir / "results" / "neurons.csv").exists()  # xaiarena dissect wrote here
-    if not dissected or (run_dir / "results" / "summary.csv").exists():
-        from .report import build_report
+    with _user_errors():
+        if not dissected or (run_dir / "results" / "summary.csv").exists():
+            from .report import build_report
 
-        try:
-            typer.echo(f"report: {build_report(run_dir)}")
-        except XaiArenaError as exc:
-            _fail(f"cannot build the report of '{run_dir}': {exc}")
-    if dissected:
-        from .dissect.report import build_dissect_report
+            try:
+                typer.echo(f"report: {build_report(run_dir)}")
+            except XaiArenaError as exc:
+                if isinstance(exc, RunError):  # writing (a full disk, a link out): said as it is
+                    raise
+                _fail(f"cannot build the report of '{run_dir}': {exc}")
+        if dissected:
+            from .dissect.report import build_dissect_report
 
-        typer.echo(f"dissection report: {build_dissect_report(run_dir)}")
+            typer.echo(f"dissection report: {build_dissect_report(run_dir)}")
 
 
 @app.command()
@@ -167,7 +176,7 @@ def dissect(
         os.environ["XAIARENA_QUIET"] = "1"
     with _user_errors(optional_imports=True):  # an optional package a model or concept set needs: exit 1
         cfg = load_config(config, set_ or None)
-        run_dir = DissectRunner(cfg, out=out, show_progress=not quiet).run()
+        run_dir = DissectRunner(cfg, out=out, show_progress=not quiet, source=config).run()
     res = DissectResult(run_dir)
     typer.echo(f"run directory: {run_dir}")
     layers = res.layers
@@ -204,9 +213,10 @@ def score(
     import yaml
 
     from .api import evaluate, load_maps
-    from .config import load_config
+    from .config import load_config, yaml_load
     from .registry import EXPLAINERS
     from .runner import evaluation_samples, run_lock
+    from .utils import make_dir, writes_inside
 
     if quiet:
         os.environ["XAIARENA_QUIET"] = "1"
@@ -216,7 +226,7 @@ def score(
     out = out or maps / "scores"
     try:
         cfg = load_config(source / "config.yaml" if is_run else source, set_ or None)
-        specs = [yaml.safe_load(m) for m in metric] if metric else [m.model_dump(exclude_none=True) for m in cfg.metrics]
+        specs = [yaml_load(m, f"--metric {m!r}") for m in metric] if metric else [m.model_dump(exclude_none=True) for m in cfg.metrics]
         if not specs:
             _fail("no metrics: give --metric NAME (repeatable) or a config with a 'metrics:' list")
         specs = [_flat_spec(m) for m in specs]
@@ -227,19 +237,24 @@ def score(
         if is_run:
             samples = evaluation_samples(cfg, source, dataset)
         else:
-            out.mkdir(parents=True, exist_ok=True)
-            with run_lock(out):
+            make_dir(out)
+            with writes_inside(out), run_lock(out):
                 samples = evaluation_samples(cfg, out, dataset)
         ev = evaluate(samples.model, samples.inputs, samples.targets, attributions, specs, masks=samples.masks,
                       labels=samples.labels, sample_ids=samples.sample_ids, seed=samples.seed,
                       explainers=reexplain or None, batch_size=batch_size or samples.batch_size, show_progress=not quiet, dataset=samples.dataset)
-    except XaiArenaError as exc:  # a bad config, metric, maps file or map shape; data, training: one line
+        make_dir(out)
+        ev.save(out)  # inside --out only (symlinks followed), as one write
+    except XaiArenaError as exc:  # config, metric, maps, data, training, writing: one line
         _fail(_one_line(exc))
     except KeyError as exc:  # --dataset names no data entry
         _fail(str(exc.args[0]))
     except yaml.YAMLError as exc:
         _fail(f"--metric is not a name or a YAML mapping: {' '.join(str(exc).split())}")
-    ev.save(out)
+    except OSError as exc:
+        if not is_write_error(exc):
+            raise
+        _fail(str(write_error(exc, exc.filename or "?")))
     typer.echo(f"scores: {out} (per_sample.csv, summary.csv, tests.csv)")
     cols = ["explainer", "metric", "mean", "ci_low", "ci_high", "n"]
     typer.echo(ev.summary[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -239,6 +239,8 @@ class RayConfig(_Strict):
     cpus_per_task: float | None = Field(None, gt=0)
     gpus_per_task: float = Field(0.0, ge=0)
     max_retries: int = Field(3, ge=0)  # a task whose worker dies is retried this often
+    # seconds to wait for the cluster at `address` to answer (then an error naming it)
+    connect_timeout: float = Field(30.0, gt=0, le=3600)
 
 
 class ProtocolRow(_Strict):
@@ -393,6 +395,75 @@ def default_config_path() -> Path:
     return Path(str(resources.files("xaiarena") / "configs" / DEFAULT_CONFIG_NAME))
 
 
+#: how many values (mappings, lists, scalars; every copy an alias makes counted) a config may hold
+MAX_CONFIG_VALUES = 100_000
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping, naming both lines (PyYAML
+    keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: keys may override it
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # an unhashable key: SafeLoader reports it
+                    continue
+                if first != key_node.start_mark.line + 1:
+                    raise DuplicateKeyError(key, first, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, second: int):
+        self.key, self.first, self.second = key, first, second
+        super().__init__(f"key {key!r} appears twice, at line {first} and at line {second}; the "
+                         "second would silently replace the first: keep one")
+
+
+def yaml_load(text: str, where: str = "the YAML") -> Any:
+    """Parse config YAML safely: no Python objects, no key given twice in a mapping (an error
+    naming both lines), and at most :data:`MAX_CONFIG_VALUES` values once aliases are expanded (a
+    few hundred bytes of nested aliases would otherwise expand to billions and hang validation).
+    ``ConfigError`` otherwise."""
+    try:
+        data = yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as exc:
+        raise ConfigError([("", f"{where}: {exc}")]) from None
+    check_size(data, where)
+    return data
+
+
+def check_size(data: Any, where: str = "the config") -> None:
+    """``ConfigError`` when ``data`` holds more than :data:`MAX_CONFIG_VALUES` values, every copy
+    that YAML aliases (``*name``) or shared Python objects make counted; names the first top-level
+    key past the bound. Stops counting at the bound, so a huge or self-referencing value costs no
+    more."""
+    budget = MAX_CONFIG_VALUES
+    items = list(data.items()) if isinstance(data, dict) else [("", data)]
+    for key, value in items:
+        stack = [value]
+        while stack:
+            node = stack.pop()
+            budget -= 1
+            if budget < 0:
+                at = f" (under '{key}')" if key != "" else ""
+                raise ConfigError([(str(key), f"{where} holds more than {MAX_CONFIG_VALUES:,} "
+                                    f"values{at} once its YAML aliases (*name) are expanded; "
+                                    "nested aliases multiply, so a small file can stand for "
+                                    "billions of values. Write the values out")])
+            if isinstance(node, dict):
+                stack.extend(node.keys())
+                stack.extend(node.values())
+            elif isinstance(node, (list, tuple)):
+                stack.extend(node)
+
+
 def load_raw(path: str | Path | None) -> dict[str, Any]:
     path = default_config_path() if path is None else Path(path)
     if not path.exists():
@@ -402,7 +473,7 @@ def load_raw(path: str | Path | None) -> dict[str, Any]:
         raise ConfigError([("", f"'{path}' is a folder, not a config file"
                             + (f"; YAML files in it: {', '.join(yamls)}" if yamls else ""))])
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml_load(path.read_text(), f"'{path}'")
     except yaml.YAMLError as exc:
         raise ConfigError([("", f"'{path}' is not valid YAML: {exc}")]) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -414,7 +485,7 @@ def load_raw(path: str | Path | None) -> dict[str, Any]:
 
 def _parse_scalar(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml_load(text, f"the value {text[:40]!r}")
     except yaml.YAMLError:
         return text
 
@@ -714,6 +785,7 @@ def validate(raw: dict[str, Any]) -> ExperimentConfig:
     With a ``grid``, every combination is validated too (problems are named by grid point)."""
     from .plugins import config_plugin_problems
 
+    check_size(raw)
     problems = config_plugin_problems(raw.get("plugins"))  # plugins register names before they are checked
     problems += _component_problems(raw) + dissect_problems(raw)
     try:
@@ -724,8 +796,11 @@ def validate(raw: dict[str, Any]) -> ExperimentConfig:
     if not cfg.explainers and cfg.dissect is None:
         problems.append(("explainers", "the config has no explainers and no 'dissect:' section; list at least one "
                          "explainer (xaiarena list shows them), or add a 'dissect:' section to label neurons"))
+    if not cfg.grid:  # with a grid, every point is checked below (a point may set the layer)
+        problems += cam_layer_problems(cfg)
     if problems:
         raise ConfigError(problems)
+    check_run_size(cfg)  # before the grid's points are validated one by one
     if cfg.grid:
         for label, point in grid_points(cfg):
             try:
@@ -735,6 +810,72 @@ def validate(raw: dict[str, Any]) -> ExperimentConfig:
         if problems:
             raise ConfigError(problems)
     return cfg
+
+
+#: the most units (grid points x replicates x datasets) one run may plan: every unit trains a model,
+#: and planning, validating and recording them costs time per unit before any work
+#: ($XAIARENA_MAX_UNITS overrides it)
+MAX_UNITS = 10_000
+#: above this many units a run is planned with a warning
+WARN_UNITS = 1_000
+
+
+def run_size(cfg: ExperimentConfig) -> tuple[int, int, int]:
+    """``(grid points, replicates, datasets)`` of ``cfg``, counted without expanding anything."""
+    import math
+
+    points = math.prod(len(v) for v in (cfg.grid or {}).values()) if cfg.grid else 1
+    replicates = len(cfg.seeds) if cfg.seeds is not None else cfg.replicates
+    return points, replicates, len(cfg.data)
+
+
+def check_run_size(cfg: ExperimentConfig) -> None:
+    """``ConfigError`` when ``cfg`` plans more than ``$XAIARENA_MAX_UNITS`` (default
+    :data:`MAX_UNITS`) units, a warning above :data:`WARN_UNITS`; in microseconds, before any grid
+    point is expanded."""
+    import logging
+    import os
+
+    points, replicates, datasets = run_size(cfg)
+    n = points * replicates * datasets
+    try:
+        limit = int(os.environ.get("XAIARENA_MAX_UNITS", MAX_UNITS))
+    except ValueError:
+        limit = MAX_UNITS
+    what = (f"{n:,} units (grid points x replicates x datasets = {points:,} x {replicates:,} x "
+            f"{datasets}), each training a model")
+    if n > limit:
+        key = ("grid" if points > 1 and points >= replicates else
+               "seeds" if cfg.seeds is not None else "replicates")
+        raise ConfigError([(key, f"the run has {what}; at most {limit:,} are planned "
+                            "(XAIARENA_MAX_UNITS raises the bound). Lower replicates or the grid's "
+                            "values, or split the run")])
+    if n > WARN_UNITS:
+        logging.getLogger(__name__).warning("the run has %s; planning and training them takes "
+                                            "a while", what)
+
+
+def cam_layer_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    """CAM explainers (registry meta ``needs_layer``) without a ``layer`` option on a model that
+    declares no CAM layer unless told (model meta ``cam_layer_option``: ``torch_module``'s
+    ``cam_layer``): a config error naming both, before any data is loaded. xaiarena never guesses
+    the layer."""
+    if cfg.model.name not in MODELS:
+        return []
+    option = MODELS.entry(cfg.model.name).meta.get("cam_layer_option")
+    if not option or cfg.model.params.get(option) is not None:
+        return []
+    problems = []
+    for i, spec in enumerate(cfg.explainers):
+        meta = EXPLAINERS.entry(spec.name).meta if spec.name in EXPLAINERS else {}
+        if meta.get("needs_layer") and spec.params.get("layer") is None:
+            problems.append((f"explainers.{i}", f"{spec.name} needs a CAM layer, but model "
+                             f"'{cfg.model.name}' has no {option}: set model.{option} to the "
+                             "dotted name of your module's last convolutional stage (e.g. layer4, "
+                             "features.7; xaiarena does not guess: the last nn.Conv2d is often a "
+                             "residual branch or a shortcut), or this explainer's layer option "
+                             "(net.<name>)"))
+    return problems
 
 
 def grid_points(cfg: ExperimentConfig) -> list[tuple[str, dict[str, Any]]]:
@@ -770,6 +911,7 @@ def load_config(
     if isinstance(path, ExperimentConfig):
         raw = path.to_dict()
     elif isinstance(path, dict):
+        check_size(path)  # before deepcopy: a mapping with shared or self-referencing parts
         raw = copy.deepcopy(path)
     else:
         raw = load_raw(path)

@@ -62,3 +62,15 @@ class InputError(XaiArenaError, ValueError):
     ``xaiarena score`` has the wrong type, shape or value (maps that do not match the inputs, targets
     of the wrong length, a metric that needs masks without masks). The message names the argument,
     what was given and what is expected; the CLI prints it on one line and exits 2."""
+
+
+class WriteError(RunError):
+    """A file or folder could not be written (no space left, a read-only or foreign folder, a
+    symbolic link leading out of the run directory). The message names the path and the cause;
+    nothing half-written is left behind (writes are atomic). CLI exit 2."""
+
+
+class ContractError(XaiArenaError, RuntimeError):
+    """A component (an explainer, often a plugin's) broke its contract with xaiarena: maps of the
+    wrong shape, NaN or infinite maps. The message names the component, where it comes from and the
+    contract; the CLI prints it on one line and exits 2."""

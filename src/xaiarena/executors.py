@@ -28,11 +28,13 @@ from collections.abc import Callable
 
 from .errors import RunError
 from .graph import Env, TaskResult, TaskSpec, run_task, thread_count
-from .utils import progress
+from .utils import progress, writes_inside
 
 log = logging.getLogger(__name__)
 
 OnResult = Callable[[TaskSpec, TaskResult], None]
+#: seconds to wait for a Ray cluster to answer (``ray.connect_timeout``)
+CONNECT_TIMEOUT = 30.0
 
 
 class LocalExecutor:
@@ -55,12 +57,16 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, cpus_per_task: float | None = None,
-                 gpus_per_task: float = 0.0, max_retries: int = 3, show_progress: bool = True):
+                 gpus_per_task: float = 0.0, max_retries: int = 3, show_progress: bool = True,
+                 connect_timeout: float = CONNECT_TIMEOUT):
         self.address, self.num_cpus = address, num_cpus
         self.cpus_per_task, self.gpus_per_task = cpus_per_task, gpus_per_task
         self.max_retries, self.show_progress = max_retries, show_progress
+        self.connect_timeout = connect_timeout
 
     def _ray(self):
+        if self.address:  # Ray itself retries an unreachable cluster for minutes, silently
+            probe_ray_address(self.address, self.connect_timeout)
         try:
             import ray
         except ImportError as exc:
@@ -137,7 +143,61 @@ def _running(ray, total_cpus: float, asked: dict[object, float]) -> int:
 def _remote_task(task: TaskSpec, env: Env, *deps: TaskResult) -> TaskResult:
     """What a Ray worker runs: one task (with the torch thread count of a local run, as every task)."""
     os.environ.setdefault("XAIARENA_QUIET", "1")
-    return run_task(task, env)
+    with writes_inside(env.run_dir):  # as in the driver: nothing written outside the run directory
+        return run_task(task, env)
+
+
+#: an HTTP/2 client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, the Ray Client
+#: server) answers with a SETTINGS frame of its own
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``host:port``, ``ray://host:port``, ``[v6]:port``; None for ``auto`` and
+    other forms Ray resolves itself."""
+    rest = address.split("://", 1)[1] if "://" in address else address
+    rest = rest.split("/", 1)[0]
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def probe_ray_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Check, within ``timeout`` seconds, that something at ``address`` answers as a Ray cluster (a
+    TCP connection, then a gRPC/HTTP/2 greeting; TLS clusters, ``RAY_USE_TLS``: the connection
+    only); else a :class:`RunError` naming the address. Ray's own client would retry for minutes
+    without a word."""
+    import socket
+
+    hp = _host_port(address)
+    if hp is None:
+        return
+    start = time.monotonic()
+    fix = (f"start the cluster (ray start --head) or correct --address / ray.address; "
+           f"ray.connect_timeout (now {timeout:g} s) sets how long to wait")
+    unreachable = f"cannot reach Ray at '{address}'"
+    try:
+        sock = socket.create_connection(hp, timeout=timeout)
+    except TimeoutError:
+        raise RunError(f"{unreachable}: no answer within {timeout:g} s; {fix}") from None
+    except OSError as exc:
+        raise RunError(f"{unreachable}: {exc.strerror or exc}; {fix}") from None
+    with sock:
+        if os.environ.get("RAY_USE_TLS", "0") not in ("", "0"):
+            return
+        try:
+            sock.settimeout(max(0.1, timeout - (time.monotonic() - start)))
+            sock.sendall(_HTTP2_HELLO)
+            reply = sock.recv(9)
+        except TimeoutError:
+            reply = None
+        except OSError as exc:
+            raise RunError(f"{unreachable}: {exc.strerror or exc}; {fix}") from None
+    if reply is None or len(reply) < 9 or reply[3] != 0x04:
+        why = (f"no answer within {timeout:g} s" if reply is None else
+               "the answer is not a gRPC server's")
+        raise RunError(f"'{address}' accepts connections but is not a Ray cluster ({why}); {fix}")
 
 
 def make_executor(cfg, name: str | None = None, address: str | None = None, show_progress: bool = True):
@@ -148,5 +208,5 @@ def make_executor(cfg, name: str | None = None, address: str | None = None, show
     if kind == "ray":
         r = cfg.ray
         return RayExecutor(address or r.address, r.num_cpus, r.cpus_per_task, r.gpus_per_task, r.max_retries,
-                           show_progress)
+                           show_progress, r.connect_timeout)
     raise RunError(f"unknown executor '{kind}'; valid: local, ray")

@@ -35,9 +35,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import io
 import os
 import sys
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -53,9 +56,16 @@ ENV_NO_PLUGINS = "XAIARENA_NO_PLUGINS"
 class PluginError(ConfigError):
     """A plugin (entry point, config ``plugins:`` item or ``$XAIARENA_PLUGINS`` item) failed to load."""
 
-    def __init__(self, message: str, key: str = "plugins"):
+    def __init__(self, message: str, key: str = "plugins",
+                 more: list[tuple[str, str]] | None = None):
         self.message = message
-        super().__init__([(key, message)])
+        super().__init__([(key, message), *(more or [])])
+
+    @classmethod
+    def of(cls, problems: list[tuple[str, str]]) -> PluginError:
+        """One error holding every ``(key, message)`` problem (several broken plugins at once)."""
+        (key, message), *more = problems
+        return cls(message, key, more)
 
 
 class _State:
@@ -74,14 +84,52 @@ def is_file_ref(ref: str) -> bool:
     return ref.endswith(".py") or "/" in ref or os.sep in ref
 
 
+class UserCodeExit(Exception):
+    """User code (a plugin or factory module being imported, a factory being called) tried to end
+    the process: ``sys.exit()``, or argparse on an argument list that is not its own."""
+
+
+@contextmanager
+def user_code(what: str) -> Iterator[None]:
+    """The one guard around user code (importing plugins and factory modules, calling factories).
+
+    Inside it, ``sys.argv`` is ``[what]`` (a module that parses arguments at import sees none, not
+    xaiarena's ``run config.yaml ...``; restored afterwards) and what the code writes to stderr is
+    held back: replayed when it succeeds, summed up in the error when it exits. A ``SystemExit``
+    becomes :class:`UserCodeExit` (an ``Exception``), so callers turn it, like any exception the
+    code raises, into one error line naming the module. ``KeyboardInterrupt`` passes through.
+    """
+    argv, stderr = sys.argv, sys.stderr
+    held = io.StringIO()
+    sys.argv, sys.stderr = [what], held
+    failed = True
+    try:
+        yield
+        failed = False
+    except SystemExit as exc:
+        said = [ln.strip() for ln in held.getvalue().splitlines() if ln.strip()]
+        last = f": {said[-1][:300]}" if said else ""
+        parsing = any(ln.startswith("usage:") for ln in said)
+        how = ("parsed command-line arguments and exited" if parsing else
+               f"called sys.exit({exc.code!r})")
+        raise UserCodeExit(f"{how}{last} (user code must not end the process: a module run as a "
+                           "script belongs under if __name__ == '__main__':)") from None
+    finally:
+        sys.argv, sys.stderr = argv, stderr
+        if not failed and held.getvalue():
+            stderr.write(held.getvalue())
+
+
 def import_module_or_file(ref: str) -> types.ModuleType:
-    """Import the module ``ref`` (``package.module``) or the Python file ``ref`` (``path/file.py``).
+    """Import the module ``ref`` (``package.module``) or the Python file ``ref`` (``path/file.py``),
+    under :func:`user_code`.
 
     A file is imported once per path as module ``_xaiarena_user_<stem>_<hash of path>``.
-    Raises ``FileNotFoundError``/``ImportError`` or whatever the module raises.
+    Raises ``FileNotFoundError``/``ImportError``, :class:`UserCodeExit` or what the module raises.
     """
     if not is_file_ref(ref):
-        return importlib.import_module(ref)
+        with user_code(ref):
+            return importlib.import_module(ref)
     path = Path(ref).expanduser().resolve()
     if not path.is_file():
         raise FileNotFoundError(f"file '{ref}' does not exist (relative paths are relative to {Path.cwd()})")
@@ -96,7 +144,8 @@ def import_module_or_file(ref: str) -> types.ModuleType:
         sys.path.append(str(path.parent))  # sibling modules importable; appended, so it shadows nothing
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        with user_code(ref):
+            spec.loader.exec_module(module)
     except BaseException:
         sys.modules.pop(name, None)
         raise
@@ -159,11 +208,13 @@ def load_entry_point(ep: metadata.EntryPoint) -> str:
     origin = _dist_name(ep) or ep.value
     with registering_as(origin):
         try:
-            obj = ep.load()
-            if not isinstance(obj, types.ModuleType):
-                if not callable(obj):
-                    raise TypeError(f"it names a {type(obj).__name__}, not a module or a function")
-                obj()
+            with user_code(ep.value):
+                obj = ep.load()
+                if not isinstance(obj, types.ModuleType):
+                    if not callable(obj):
+                        raise TypeError(f"it names a {type(obj).__name__}, not a module or a "
+                                        "function")
+                    obj()
         except Exception as exc:
             dist = _dist_name(ep)
             fix = f"fix or uninstall it (pip uninstall {dist})" if dist else "fix or remove it"
@@ -183,7 +234,7 @@ def load_installed_plugins() -> None:
     """
     if _installed.done:
         if _installed.error is not None:
-            raise PluginError(_installed.error.message, _installed.error.problems[0][0])
+            raise PluginError.of(_installed.error.problems)
         return
     _installed.done = True
     if os.environ.get(ENV_NO_PLUGINS, "").strip() not in ("", "0"):
@@ -193,14 +244,20 @@ def load_installed_plugins() -> None:
     if not eps and not env:
         return
     load_builtins()
-    try:
-        for ep in eps:
+    failed: list[PluginError] = []
+    for ep in eps:
+        try:
             load_entry_point(ep)
-        for ref in env:
+        except PluginError as exc:
+            failed.append(exc)
+    for ref in env:
+        try:
             import_plugin(ref, key=ENV_PLUGINS)
-    except PluginError as exc:
-        _installed.error = exc
-        raise
+        except PluginError as exc:
+            failed.append(exc)
+    if failed:  # every broken plugin at once, not one per attempt
+        _installed.error = PluginError.of([p for e in failed for p in e.problems])
+        raise PluginError.of(_installed.error.problems)
 
 
 def import_plugin(ref: str, key: str = "plugins") -> types.ModuleType:

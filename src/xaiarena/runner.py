@@ -44,15 +44,20 @@ from .graph import (
 from .modalities import check_modalities
 from .registry import EXPLAINERS, METRICS
 from .utils import (
-    atomic_to_csv,
-    atomic_to_parquet,
+    atomic_write_many,
     atomic_write_text,
+    check_inside,
+    csv_bytes,
     dumps_json,
     hardware,
+    make_dir,
+    parquet_bytes,
     progress,
     resolve_device,
     seed_everything,
     versions,
+    write_error,
+    writes_inside,
 )
 from .views import source_of
 
@@ -67,6 +72,42 @@ def _say(msg: str) -> None:
 
 
 LOCK_FILE = ".xaiarena.lock"
+#: first line of the config.yaml a run writes: marks the file as xaiarena's (see check_config_file)
+CONFIG_HEADER = "# xaiarena: the resolved configuration of this run (rewritten by every run here)"
+
+
+def config_yaml(cfg: ExperimentConfig) -> str:
+    """The ``config.yaml`` of a run directory: the header line, then the resolved configuration."""
+    return f"{CONFIG_HEADER}\n{cfg.to_yaml()}"
+
+
+def check_config_file(run_dir: Path, source: str | Path | None) -> None:
+    """Refuse a run directory whose ``config.yaml`` is the user's own file, which the run would
+    replace by the resolved configuration: the config file given (``xaiarena run config.yaml --out
+    .``), or any ``config.yaml`` that xaiarena did not write (no header line, no ``run.json`` beside
+    it). Checked before any work."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            ours = f.readline().rstrip("\n") == CONFIG_HEADER
+    except OSError:
+        return  # unreadable: the write will say why
+    if ours:
+        return
+    same = False
+    if source is not None:
+        try:
+            same = os.path.samefile(source, path)
+        except OSError:
+            same = False
+    if same or not (run_dir / "run.json").exists():
+        what = ("is the config file you gave" if same else
+                "was not written by xaiarena (no run.json beside it)")
+        raise RunError(f"'{path}' {what}; a run writes its resolved configuration to "
+                       "RUN_DIR/config.yaml and would replace it (comments and all). Give --out "
+                       "another folder (default: runs/<name>), or move the file")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -90,6 +131,7 @@ def run_lock(run_dir: Path):
     path = run_dir / LOCK_FILE
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
           "command": " ".join(sys.argv)}
+    check_inside(path)
     for _ in range(3):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -109,8 +151,14 @@ def run_lock(run_dir: Path):
             raise RunError(f"'{run_dir}' is in use by another run (pid {pid} on {host}, started {holder.get('started')}: "
                            f"{holder.get('command', '?')}). Wait for it to finish or choose another --out; if that run "
                            f"is gone, delete '{path}'.") from None
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(me))
+        except OSError as exc:  # a read-only or foreign folder, a full disk
+            raise write_error(exc, path) from None
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me))
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise write_error(exc, path) from None
         break
     else:
         raise RunError(f"cannot take the lock '{path}' of the run directory")
@@ -130,8 +178,10 @@ class Runner:
     writes results, statistics, run.json and the report in this process."""
 
     def __init__(self, cfg: ExperimentConfig, out: str | Path | None = None, show_progress: bool = True,
-                 executor: str | None = None, address: str | None = None):
+                 executor: str | None = None, address: str | None = None,
+                 source: str | Path | None = None):
         self.cfg = cfg
+        self.source = source  # the config file cfg was read from: never overwritten
         self.run_dir = Path(out or cfg.output or Path("runs") / cfg.name)
         self.device = resolve_device(cfg.device)
         if cfg.amp and self.device.type != "cuda":
@@ -150,7 +200,13 @@ class Runner:
         check_modalities(cfg)  # a text dataset with an image-only explainer etc. fails before any work
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise RunError(f"the run directory '{self.run_dir}' is a file; give --out a folder")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        check_config_file(self.run_dir, self.source)
+        make_dir(self.run_dir)
+        with writes_inside(self.run_dir):  # every file below: inside the run dir (links followed)
+            return self._run()
+
+    def _run(self) -> Path:
+        cfg = self.cfg
         env = Env(str(self.run_dir.resolve()), self.show_progress, torch.get_num_threads())
         units = plan_units(cfg)
         tasks = plan_tasks(units)
@@ -186,12 +242,16 @@ class Runner:
             per_sample_df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ps_cols)
             curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=cv_cols)
             with self.log.stage("stats"):
-                self._write_results(self.run_dir / "results", per_sample_df[ps_cols], curves_df[cv_cols])
-                self._write_meta(self.run_dir / "results", per_sample_df[ps_cols],
-                                 [perturbed[t.name] for t in tasks if t.name in perturbed])
-            # the config is written with the results it describes (a failed run leaves both as they were)
-            atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
-            self._write_run_json(time.perf_counter() - started, units)
+                files = self._results(self.run_dir / "results", per_sample_df[ps_cols],
+                                      curves_df[cv_cols])
+                files.update(self._meta_results(self.run_dir / "results", per_sample_df[ps_cols],
+                                                [perturbed[t.name] for t in tasks if t.name in perturbed]))
+            # the config is written with the results it describes, as one write (a failed run, a
+            # full disk half-way, leaves all of them as they were)
+            run_json = self._run_json(time.perf_counter() - started, units)
+            files[self.run_dir / "config.yaml"] = config_yaml(cfg).encode("utf-8")
+            files[self.run_dir / "run.json"] = run_json.encode("utf-8")
+            atomic_write_many(files)
             with self.log.stage("report") as info:
                 info["written"] = self._build_report()
             self._write_run_json(time.perf_counter() - started, units)
@@ -232,9 +292,11 @@ class Runner:
         self.metrics_meta.update(stages.metric_meta(spec, METRICS.create(spec.name, **spec.params)))
 
     # ------------------------------------------------------------------ helpers
-    def _write_results(self, results: Path, per_sample: pd.DataFrame, curves: pd.DataFrame) -> None:
-        atomic_to_parquet(per_sample, results / "per_sample.parquet")
-        atomic_to_parquet(curves, results / "curves.parquet")
+    def _results(self, results: Path, per_sample: pd.DataFrame,
+                 curves: pd.DataFrame) -> dict[Path, bytes]:
+        """The result files' contents (written by the caller, with config.yaml and run.json)."""
+        files = {results / "per_sample.parquet": parquet_bytes(per_sample),
+                 results / "curves.parquet": parquet_bytes(curves)}
         hib = {k: v["higher_is_better"] for k, v in self.metrics_meta.items()}
         models = {u["dataset"]: u.get("model", "") for u in self.units_info.values()}
         tables = stats.result_tables(per_sample, hib, models=models, seed=self.cfg.seed,
@@ -245,19 +307,20 @@ class Runner:
             summary["model"] = [model_of.get((d, g), m) for d, g, m in
                                 zip(summary["dataset"], summary["grid"], summary["model"], strict=True)]
         for name, frame in tables.items():
-            atomic_to_csv(frame, results / f"{name}.csv")
+            files[results / f"{name}.csv"] = csv_bytes(frame)
+        return files
 
-    def _write_meta(self, results: Path, per_sample: pd.DataFrame,
-                    perturbed: list[pd.DataFrame]) -> None:
+    def _meta_results(self, results: Path, per_sample: pd.DataFrame,
+                      perturbed: list[pd.DataFrame]) -> dict[Path, bytes]:
         """``evaluation.meta``: ``meta.csv``, ``meta_agreement.csv`` and the perturbed problems'
-        scores ``meta_per_sample.parquet`` (:mod:`xaiarena.meta`); without it, those of an
-        earlier run are removed."""
+        scores ``meta_per_sample.parquet`` (:mod:`xaiarena.meta`), as files to write with the
+        other results; without it, those of an earlier run are removed."""
         names = ("meta.csv", "meta_agreement.csv", "meta_per_sample.parquet")
         files = {name: results / name for name in names}
         if not self.cfg.evaluation.meta:
             for path in files.values():
                 path.unlink(missing_ok=True)
-            return
+            return {}
         from .meta import PERTURBED_COLUMNS, meta_table
 
         extra = (["grid"] if self.with_grid else []) + \
@@ -266,9 +329,8 @@ class Runner:
         frame = (pd.concat(perturbed, ignore_index=True)[cols] if perturbed
                  else pd.DataFrame(columns=cols))
         table, pairs = meta_table(per_sample, self.metrics_meta, frame)
-        atomic_to_parquet(frame, files["meta_per_sample.parquet"])
-        atomic_to_csv(pairs, files["meta_agreement.csv"])
-        atomic_to_csv(table, files["meta.csv"])
+        return {files["meta_per_sample.parquet"]: parquet_bytes(frame),
+                files["meta_agreement.csv"]: csv_bytes(pairs), files["meta.csv"]: csv_bytes(table)}
 
     def _build_report(self) -> bool:
         try:
@@ -279,6 +341,9 @@ class Runner:
         return True
 
     def _write_run_json(self, seconds: float, units: list[Unit]) -> None:
+        atomic_write_text(self.run_dir / "run.json", self._run_json(seconds, units))
+
+    def _run_json(self, seconds: float, units: list[Unit]) -> str:
         cfg = self.cfg
         # one entry per (dataset, grid point) for the report (its first replicate); every unit under "units"
         datasets = {}
@@ -302,7 +367,7 @@ class Runner:
             "grid": cfg.grid or {},
             "metrics_meta": self.metrics_meta,
         }
-        atomic_write_text(self.run_dir / "run.json", dumps_json(data))
+        return dumps_json(data)
 
 
 def auto_batch_size(model: torch.nn.Module, inputs: Any, device: torch.device, *, fraction: float = 0.5,
@@ -433,7 +498,8 @@ def evaluation_samples(cfg: ExperimentConfig, run_dir: str | Path, dataset: str 
     try:
         ctx = context_for(unit, env)
         rec = StageRecorder()
-        with unit_threads(unit, env):  # a model not cached yet trains as in a run
+        # a model not cached yet trains as in a run, writing inside the run directory only
+        with unit_threads(unit, env), writes_inside(run_dir):
             prep, view = ctx.prep(rec), ctx.view(stages.F_B, rec)
         return RunSamples(dataset=dataset, model=prep.model, inputs=prep.inputs, targets=view.targets,
                           labels=prep.labels, masks=prep.masks, sample_ids=prep.sample_ids, seed=unit.seed,
@@ -460,7 +526,9 @@ def run(config: str | Path | dict | ExperimentConfig | None = None, *, out: str 
             ov[k.strip()] = _parse_scalar(v)
     ov.update({k.replace("__", "."): v for k, v in kw_overrides.items()})
     cfg = load_config(config, ov or None)
-    run_dir = Runner(cfg, out=out, show_progress=show_progress, executor=executor, address=address).run()
+    source = config if isinstance(config, (str, Path)) else None
+    run_dir = Runner(cfg, out=out, show_progress=show_progress, executor=executor, address=address,
+                     source=source).run()
     return RunResult(run_dir)
 
 

@@ -239,6 +239,7 @@ def _trained_model(s: Settings, cfg: ExperimentConfig, task,
                         None if pretrained else cfg.training.model_dump(), cfg.seed, s.amp)
     ckpt_dir = s.cache.path("models", mkey.hash)
     model = build_model(cfg.model.name, task, seed=cfg.seed, **cfg.model.params)
+    check_cam_layers(cfg, model, task)  # before training: a CAM without a layer fails now
     if ckpt_dir.exists():
         s.cache.verify_dir(ckpt_dir, ["model.pt", "train.json"])
     with s.autocast():
@@ -264,6 +265,24 @@ def _replicate_models(s: Settings, cfg: ExperimentConfig, task, dkey: ck.Key, se
         yield model
         del model
     info.update(cache_hit=all(hits), seeds=list(seeds))
+
+
+def check_cam_layers(cfg: ExperimentConfig, model: torch.nn.Module, task) -> None:
+    """Every CAM explainer of ``cfg`` finds its layer in ``model`` (its ``layer`` option, else the
+    layer the model declares); a ``ConfigError`` naming the explainer and candidate layers
+    otherwise."""
+    from .explainers.cam import cam_layer_of
+    from .registry import EXPLAINERS
+
+    for i, spec in enumerate(cfg.explainers):
+        if not EXPLAINERS.entry(spec.name).meta.get("needs_layer") or task.modality != "image":
+            continue
+        split = task.test if len(task.test) else task.train
+        x = split.float_images(slice(0, 1)) if len(split) else None
+        try:
+            cam_layer_of(model, spec.params.get("layer"), spec.name, x)
+        except ValueError as exc:
+            raise ConfigError([(f"explainers.{i}.layer", str(exc))]) from None
 
 
 def select_samples(s: Settings, task, mod, model,
@@ -403,6 +422,14 @@ def explain_in_batches(s: Settings | Compute, explainer, model, inputs, targets,
         gen = torch.Generator().manual_seed(seed)
         with s.autocast():
             a = explainer.explain(model, xb, tb, generator=gen)
+        finite = torch.isfinite(a).reshape(len(a), -1).all(1)
+        if not bool(finite.all()):  # caught here, naming the explainer, not later by a metric
+            from .explainers.base import contract_error
+
+            n_bad = int((~finite).sum())
+            raise contract_error(explainer, "maps must be finite numbers; it returned NaN or "
+                                 f"infinite values for {n_bad} of {len(a)} inputs (the '{label}' "
+                                 f"maps, inputs {i}..{i + len(a) - 1})")
         out.append(a.float().cpu())
     return torch.cat(out) if out else torch.empty(0, *inputs.shape[2:])
 

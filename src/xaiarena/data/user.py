@@ -208,7 +208,18 @@ def _open_image(blob: Any, what: str, option: str, load: bool = True) -> Any:
     return img
 
 
+def _deep(img: Any) -> bool:
+    """Whether ``img`` (opened, not yet decoded) stores more than 8 bits per channel although PIL
+    presents it as an 8-bit mode (16-bit RGB(A) PNGs open as ``RGB``, reduced on decoding)."""
+    tiles = getattr(img, "tile", None) or []
+    return any(";16" in str(getattr(t, "args", t[3] if len(t) > 3 else "")) for t in tiles)
+
+
 def _kind(img: Any, what: str, option: str) -> str:
+    if _deep(img):
+        raise _error(option, f"image {what} has 16 bits per channel ({img.mode}); xaiarena reads "
+                     "8-bit images and would silently drop the low 8 bits: convert it to 8-bit "
+                     "grey or RGB")
     if img.mode in GREY_MODES:
         return "L"
     if img.mode in COLOUR_MODES:
@@ -262,11 +273,12 @@ def decode_images(items: Sequence[tuple[str, Any]], opts: ImageOptions, option: 
         arrays.append(a)
         if masks is not None:
             mname, msrc = masks[i]
-            m = _open_image(msrc, mname, mask_option)
+            m = _open_image(msrc, mname, mask_option, load=False)
             if m.size != size:
                 raise _error(mask_option, f"mask {mname} is {m.size[1]}x{m.size[0]} (h x w) but its image {name} is "
                              f"{size[1]}x{size[0]}")
-            _kind(m, mname, mask_option)
+            _kind(m, mname, mask_option)  # before decoding: a 16-bit mask would lose its low bits
+            m = _open_image(m, mname, mask_option)
             on = Image.fromarray(_mask_array(m).astype(np.uint8) * 255)
             mask_arrays.append(np.asarray(opts.geometry(on, Image.NEAREST, f"mask {mname}")) > 127)
     if not arrays:

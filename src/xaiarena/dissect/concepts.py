@@ -87,7 +87,7 @@ def annotations(task) -> list[str]:
 
 
 @CONCEPT_SETS.register("file", description="A text file with one concept per line (# comments and blank lines "
-                       "skipped)")
+                       "skipped)", from_options=True)
 def file(path: str) -> list[str]:
     p = Path(path).expanduser()
     if not p.is_file():
@@ -99,12 +99,25 @@ def file(path: str) -> list[str]:
     return out
 
 
-@CONCEPT_SETS.register("list", description="Concepts given inline (items: [...])")
+@CONCEPT_SETS.register("list", description="Concepts given inline (items: [...])",
+                       from_options=True)
 def list_(items: list[str]) -> list[str]:
     out = unique(items)
     if not out:
         raise ValueError("concept set 'list' needs at least one item")
     return out
+
+
+#: the fewest concepts a set must hold (labelling picks one of them per neuron)
+MIN_CONCEPTS = 2
+
+
+def too_few(name: str, concepts: list[str]) -> str | None:
+    """Why the concept set ``name`` cannot label neurons (fewer than :data:`MIN_CONCEPTS`)."""
+    if len(concepts) < MIN_CONCEPTS:
+        return (f"concept set '{name}' has {len(concepts)} concept(s); labelling needs at least "
+                f"{MIN_CONCEPTS}")
+    return None
 
 
 def build_concepts(name: str, params: dict, task) -> list[str]:

@@ -79,9 +79,11 @@ def dissect_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
             spec = ComponentSpec.model_validate(section.get(key, DEFAULTS[key]))
         except ValidationError:
             continue  # reported by the model validation
+        n_before = len(problems)
         _check_component(reg, spec, f"dissect.{key}", problems)  # name (did you mean), option names, types
         if spec.name not in reg:
             continue
+        options_ok = len(problems) == n_before
         if key == "similarity":
             from .options import option_problems
 
@@ -105,4 +107,22 @@ def dissect_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
             path = Path(str(spec.params["path"])).expanduser()
             if not path.is_file():
                 problems.append(("dissect.concepts.path", f"bad value {str(spec.params['path'])!r}: no such file"))
+            elif options_ok:
+                problems += _concept_problems(spec)
+        elif key == "concepts" and options_ok and reg.entry(spec.name).meta.get("from_options"):
+            problems += _concept_problems(spec)
     return problems
+
+
+def _concept_problems(spec: ComponentSpec) -> list[tuple[str, str]]:
+    """A concept set whose concepts come from its options (``list``, ``file``: registry meta
+    ``from_options``) is built at config time: an empty or one-concept set fails before any model
+    work."""
+    from .concepts import build_concepts, too_few
+
+    try:
+        concepts = build_concepts(spec.name, spec.params, None)
+    except (ValueError, TypeError, OSError, UnicodeDecodeError) as exc:
+        return [("dissect.concepts", f"concept set '{spec.name}': {exc}")]
+    why = too_few(spec.name, concepts)
+    return [("dissect.concepts", why)] if why else []

@@ -21,8 +21,9 @@ import jinja2
 import pandas as pd
 
 from .. import __version__
+from ..report.html import printable
 from ..report.tables import fmt_percent, fmt_seconds
-from ..utils import atomic_write_bytes, atomic_write_text
+from ..utils import atomic_write_bytes, atomic_write_text, writes_inside
 from . import plots
 from .runner import read_layers, read_neurons
 
@@ -62,6 +63,11 @@ def _figure(run_dir: Path, name: str, png: bytes | None, title: str, caption: st
 
 def build_dissect_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
+    with writes_inside(run_dir):  # figures/ as a symlink out of the run directory: refused
+        return _build(run_dir)
+
+
+def _build(run_dir: Path) -> Path:
     neurons = read_neurons(run_dir / "results" / "neurons.csv")
     layers = read_layers(run_dir / "results" / "dissect_layers.csv")
     run = json.loads((run_dir / "run.json").read_text())
@@ -133,5 +139,5 @@ def build_dissect_report(run_dir: str | Path) -> Path:
         sections=sections, stages=stages, config=config, xaiarena_version=__version__,
     )
     path = run_dir / "dissect.html"
-    atomic_write_text(path, html)
+    atomic_write_text(path, printable(html))
     return path

@@ -1,4 +1,4 @@
-"""The dissection run: config -> data -> model -> probe activations -> concepts -> P -> similarity -> labels.
+"""The dissection run: config -> data -> concepts -> model -> acts -> P -> similarity -> labels.
 
 ``xaiarena dissect CONFIG`` and :func:`run` use the experiment's ``data``, ``model``,
 ``training`` and ``seed`` exactly as ``xaiarena run`` does (the same checkpoint cache key, so
@@ -32,17 +32,19 @@ from ..config import DataConfig, ExperimentConfig, load_config, stable_hash
 from ..errors import ConfigError
 from ..graph import StageRecorder
 from ..registry import MODELS
-from ..runner import _say
+from ..runner import _say, check_config_file, config_yaml
 from ..utils import (
     atomic_to_csv,
     atomic_write_text,
     dumps_json,
+    make_dir,
     resolve_device,
     seed_everything,
     versions,
+    writes_inside,
 )
 from .activations import LayerNotFoundError, is_output_layer, record_activations, resolve_layer
-from .concepts import build_concepts
+from .concepts import build_concepts, too_few
 from .options import OptionError
 from .probe import Cache, Probe, select_probe
 from .scorers import ScorerUnavailableError, build_scorer
@@ -87,7 +89,8 @@ def _rows(values: torch.Tensor, idx: torch.Tensor, concepts: list[str], top: int
 class DissectRunner:
     """Runs the ``dissect:`` section of one :class:`ExperimentConfig` into a run directory."""
 
-    def __init__(self, cfg: ExperimentConfig, out: str | Path | None = None, show_progress: bool = True):
+    def __init__(self, cfg: ExperimentConfig, out: str | Path | None = None,
+                 show_progress: bool = True, source: str | Path | None = None):
         if cfg.dissect is None:
             raise ConfigError([("dissect", "this config has no 'dissect:' section; add one (layers, concepts, "
                                 "scorer, similarity; see docs/dissect.md)")])
@@ -97,14 +100,20 @@ class DissectRunner:
         self.cache_dir = self.run_dir / "cache"
         self.device = resolve_device(cfg.device)
         self.show_progress = show_progress
+        self.source = source  # the config file cfg was read from (never overwritten)
         self.log = StageRecorder(_say)
         self.info: dict[str, Any] = {"datasets": {}}
 
     # ------------------------------------------------------------------ stages
     def run(self) -> Path:
+        check_config_file(self.run_dir, self.source)
+        make_dir(self.run_dir)
+        with writes_inside(self.run_dir):  # every file below: inside the run dir (links followed)
+            return self._run()
+
+    def _run(self) -> Path:
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
+        atomic_write_text(self.run_dir / "config.yaml", config_yaml(cfg))
         seed_everything(cfg.seed)
         started = time.perf_counter()
         frames, layer_rows = [], []
@@ -133,6 +142,10 @@ class DissectRunner:
             task = load_task(dcfg.name, seed=cfg.seed, data_dir=dcfg.data_dir, **dcfg.params)
         if task.modality != "image":
             raise ConfigError([("data", f"dataset '{dcfg.name}' is {task.modality}; dissection needs images")])
+        # before any model work: a bad concept set fails in seconds
+        with self.log.stage(f"{name}/concepts") as info:
+            concepts = self._concepts(task)
+            info["n_concepts"] = len(concepts)
         # the same keys as xaiarena run (runner.Runner._run_dataset): a checkpoint is shared
         data_hash = stable_hash({"data": dcfg.hash_dict(), "seed": cfg.seed})
         pretrained = bool(MODELS.entry(cfg.model.name).meta.get("pretrained"))
@@ -164,9 +177,6 @@ class DissectRunner:
         with self.log.stage(f"{name}/activations") as info:
             acts, outputs = self._activations(model, model_hash, probe, cache)
             info["cache_hit"] = not cache.misses
-        with self.log.stage(f"{name}/concepts") as info:
-            concepts = self._concepts(task)
-            info["n_concepts"] = len(concepts)
         scorer = self._scorer()
         with self.log.stage(f"{name}/scores") as info_scores:
             concepts, scores = self._scores(scorer, probe, concepts, cache, info_scores)
@@ -239,9 +249,9 @@ class DissectRunner:
             raise ConfigError([(_key("concepts", exc.option), exc.message)]) from None
         except (ValueError, FileNotFoundError, ImportError) as exc:
             raise ConfigError([("dissect.concepts", f"concept set '{spec.name}': {exc}")]) from None
-        if len(concepts) < 2:
-            raise ConfigError([("dissect.concepts", f"concept set '{spec.name}' has {len(concepts)} concept(s); "
-                                "labelling needs at least 2")])
+        why = too_few(spec.name, concepts)
+        if why:
+            raise ConfigError([("dissect.concepts", why)])
         return concepts
 
     def _scores(self, scorer, probe: Probe, concepts: list[str], cache: Cache, info: dict[str, Any]):
@@ -399,7 +409,9 @@ def run(config: str | Path | dict | ExperimentConfig, *, out: str | Path | None 
         overrides: list[str] | dict[str, Any] | None = None, show_progress: bool = True) -> DissectResult:
     """Dissect the model of ``config`` (which must have a ``dissect:`` section); see the module docstring."""
     cfg = load_config(config, overrides or None)
-    return DissectResult(DissectRunner(cfg, out=out, show_progress=show_progress).run())
+    source = config if isinstance(config, (str, Path)) else None
+    runner = DissectRunner(cfg, out=out, show_progress=show_progress, source=source)
+    return DissectResult(runner.run())
 
 
 def load(run_dir: str | Path) -> DissectResult:

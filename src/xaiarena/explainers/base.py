@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from ..errors import ContractError
 from ..utils import eval_mode
 
 Reduction = Literal["sum", "abs_sum", "max_abs", "mean"]
@@ -46,6 +47,22 @@ def reduce_channels(attr: torch.Tensor, rule: str = "sum") -> torch.Tensor:
     if rule == "mean":
         return attr.mean(1)
     raise ValueError(f"reduction='{rule}' is not valid; choose one of {', '.join(REDUCTIONS)}")
+
+
+def contract_error(explainer: Any, broke: str) -> ContractError:
+    """The error of an explainer (an instance or its registered name) that broke its contract: names
+    it, where it comes from (a plugin's module or file, a distribution) and what it broke."""
+    from ..registry import EXPLAINERS
+
+    name = explainer if isinstance(explainer, str) else (explainer.name or type(explainer).__name__)
+    origin = ""
+    try:
+        entry = EXPLAINERS.entry(name)
+        origin = f" (plugin {entry.origin})" if entry.origin != "builtin" else ""
+    except KeyError:  # not registered (used directly): its class is all there is to name
+        if not isinstance(explainer, str):
+            origin = f" ({type(explainer).__module__}.{type(explainer).__qualname__})"
+    return ContractError(f"explainer '{name}'{origin} broke the explainer contract: {broke}")
 
 
 class Explainer(ABC):
@@ -104,8 +121,11 @@ class Explainer(ABC):
         with eval_mode(model):
             out = self.attribute(model, inputs, targets, generator=generator)
         expected = (inputs.shape[0], *inputs.shape[2:])
-        if tuple(out.shape) != expected:
-            raise RuntimeError(f"{self.name} returned shape {tuple(out.shape)}, expected {expected}")
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+            raise contract_error(self, "attribute() must return one map per input at the input's "
+                                 f"resolution, a tensor of shape (N, H, W) = {expected}; it "
+                                 f"returned {got}")
         return out.detach().float()
 
     def __repr__(self) -> str:

@@ -49,7 +49,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..fingerprint import files_fingerprint
-from ..plugins import is_file_ref, resolve_ref
+from ..plugins import is_file_ref, resolve_ref, user_code
 from ..registry import MODELS, suggest
 from ..utils import eval_mode
 from .vision import ImageClassifier
@@ -91,6 +91,12 @@ class UserImageClassifier(ImageClassifier):
 def read_state_dict(path: str | Path, option: str = "checkpoint") -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` or a ``torch.save`` file, never unpickling objects."""
     p = Path(path).expanduser()
+    if p.is_dir():
+        suffixes = (".pt", ".pth", ".bin", ".safetensors")
+        files = sorted(q.name for q in p.iterdir() if q.suffix.lower() in suffixes)
+        hint = f"; weight files in it: {', '.join(files[:5])}" if files else ""
+        raise _error(option, f"'{path}' is a folder, not a checkpoint file: give the file of the "
+                     f"state dict (.pt/.pth/.bin or .safetensors){hint}")
     if not p.is_file():
         raise _error(option, f"file '{path}' does not exist (relative paths are relative to {Path.cwd()})")
     if p.suffix.lower() == ".safetensors":
@@ -220,6 +226,7 @@ def _fingerprint(factory: str | None = None, checkpoint: str | None = None, **_:
     "no training), input normalisation mean/std, CAM layer cam_layer",
     modality="image",
     fingerprint=_fingerprint,
+    cam_layer_option="cam_layer",  # CAMs need it (or their own layer option): config-time check
 )
 def torch_module(task, factory: str | None = None, checkpoint: str | None = None,
                  mean: float | list[float] | None = None, std: float | list[float] | None = None,
@@ -249,7 +256,8 @@ def torch_module(task, factory: str | None = None, checkpoint: str | None = None
         raise _error("factory", f"'{factory}' is a {type(fn).__name__}, not a function or class")
     kwargs = _factory_kwargs(fn, factory, factory_options, task)
     try:
-        net = fn(**kwargs)
+        with user_code(factory):
+            net = fn(**kwargs)
     except Exception as exc:
         args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
         raise _error("factory", f"{factory}({args}) failed: {type(exc).__name__}: {exc}") from exc

@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__, stats
+from ..errors import XaiArenaError
 from ..metrics.agreement import PAIR_SEPARATOR
-from ..utils import atomic_write_bytes
+from ..utils import atomic_write_many, check_inside, writes_inside
 from ..views import F_B, home_advantage, on_f_b_label, rank_shift, source_of
 from . import fgbg, narrative, plots
 from .loading import ReportError, RunData, load_run
@@ -97,14 +98,17 @@ class _Figures:
         return {"title": title, "caption": caption, "src": uri, "file": f"figures/{name}"}
 
 
-    def write(self) -> None:
-        """Replace the report's figures by the new ones (other files in the folder are kept)."""
-        if self.folder.is_dir():
+    def files(self) -> dict[Path, bytes]:
+        """The new figures' files (written by the caller together with report.html)."""
+        return {self.folder / name: png for name, png in self.pending.items()}
+
+    def remove_stale(self) -> None:
+        """Delete the report figures of an earlier build that this one did not make (other files
+        in the folder are kept); after the new report is written."""
+        if check_inside(self.folder).is_dir():
             for p in self.folder.iterdir():
                 if p.is_file() and p.name not in self.pending and any(r.match(p.name) for r in _FIGURE_PATTERNS):
                     p.unlink()
-        for name, png in self.pending.items():
-            atomic_write_bytes(self.folder / name, png)
 
 
 def _num(x: Any) -> float | None:
@@ -419,8 +423,9 @@ def build_report(run_dir: str | Path, *, alpha: float | None = None, test: str |
     else 0.05 and the paired t-test.
     """
     try:
-        return _build(run_dir, alpha, test)
-    except ReportError:
+        with writes_inside(run_dir):  # figures/ or report.html as a symlink out of the run: refused
+            return _build(run_dir, alpha, test)
+    except XaiArenaError:  # ReportError; WriteError (a full disk, ...: not the results' fault)
         raise
     except Exception as exc:  # a hand-edited or damaged results file: say which, never a traceback
         log.debug("report failed", exc_info=True)
@@ -510,8 +515,19 @@ def _build(run_dir: str | Path, alpha: float | None, test: str | None) -> Path:
         "config_text": data.config_text,
         "xaiarena_version": __version__,
     }
-    html = _env().get_template("report.html.j2").render(**context)
-    figs.write()
+    html = printable(_env().get_template("report.html.j2").render(**context))
     out = data.run_dir / "report.html"
-    atomic_write_bytes(out, html.encode("utf-8"))
+    # the figures and the page as one write: a full disk half-way leaves the old report and figures
+    atomic_write_many({**figs.files(), out: html.encode("utf-8")})
+    figs.remove_stale()
     return out
+
+
+#: characters HTML does not allow in text (C0 controls but tab, LF, CR; DEL): from data, e.g. a NUL
+#: in a text dataset or a class name, they would make the page invalid (browsers drop or mangle)
+_NOT_IN_HTML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def printable(html: str) -> str:
+    """``html`` with every control character HTML does not allow replaced by U+FFFD (shown as �)."""
+    return _NOT_IN_HTML.sub("\ufffd", html)

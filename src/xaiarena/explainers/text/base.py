@@ -27,7 +27,7 @@ from torch import nn
 from ...data.text import REMOVALS, WORD_AGGREGATIONS, TextBatch
 from ...utils import eval_mode
 from .._utils import base_seed, check_choice
-from ..base import Explainer
+from ..base import Explainer, contract_error
 
 #: what perturbation explainers read off the model for the target class
 OUTPUTS = ("logit", "probability")
@@ -49,8 +49,10 @@ class TextExplainer(Explainer):
             raise ValueError(f"{self.name}: {len(targets)} targets for {len(inputs)} texts")
         with eval_mode(model):
             out = self.attribute(model, inputs, targets, generator=generator)
-        if tuple(out.shape) != inputs.shape:
-            raise RuntimeError(f"{self.name} returned shape {tuple(out.shape)}, expected (N, L) = {inputs.shape}")
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != inputs.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+            raise contract_error(self, "attribute() must return one score per word, a tensor of "
+                                 f"shape (N, L) = {inputs.shape}; it returned {got}")
         out = out.detach().float()
         return torch.where(inputs.word_mask.to(out.device), out, torch.zeros_like(out))
 
