@@ -487,7 +487,7 @@ def test_mprt_over_diet_through_the_runner(tmp_path):
 
 
 @pytest.mark.parametrize("setting", [{"test_lr": 200.0}, {"test_max_steps": 3}, {"test_sparsity_weight": 3.0},
-                                     {"test_tol": 10.0, "test_mask_tol": 10.0}, {"test_window": 0.5},
+                                     {"test_tol": 10.0, "test_mask_tol": 10.0}, {"test_window": 1.0},
                                      {"test_average": False},
                                      {"test_background_std": 0.2}, {"test_background_mean": 0.2},
                                      {"test_procedure": "authors"}, {"batch_size": 8}, {"lr_cells": 64}])
@@ -555,10 +555,11 @@ def test_report_counts_steps_and_masks_stopped_by_the_rule_or_the_limit(quadrant
     assert t["final_loss_change"] is None  # the rule never compared two windows
     always = _fit(model, task, tmp_path / "b", test_tol=10.0, test_mask_tol=10.0)
     always.explain(always.f_s, x, y)
-    t = always.report()["test_time"]  # window: two half-windows of ceil(3 / 2) steps
-    assert t["horizon"] == 3 and t["window"] == 4 and always.report()["test_stopped_at_limit_fraction"] == 0.0
-    assert t["steps_max"] == t["steps_min"] == 2 * t["window"] == 8  # the rule compares two windows
+    t = always.report()["test_time"]  # window: two half-windows of ceil(0.5 * 3 / 2) = 1 step
+    assert t["horizon"] == 3 and t["window"] == 2 and always.report()["test_stopped_at_limit_fraction"] == 0.0
+    assert t["steps_max"] == t["steps_min"] == 2 * t["window"] == 4  # the rule compares two windows
     assert t["final_loss_change"]["median"] >= 0 and t["final_mask_change"]["max"] >= t["final_mask_change"]["median"]
+    assert always.report()["test_final_mask_change"] == t["final_mask_change"]["median"]  # on the report's card
     # a cached fit reports the cached masks' numbers before any explain call
     again = _fit(model, task, tmp_path / "a", test_window=100.0)
     assert again.report()["test_time"]["n_masks"] == len(x) and again.report()["test_stopped_at_limit_fraction"] == 1

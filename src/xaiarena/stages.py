@@ -331,7 +331,7 @@ def explain_in_batches(s: Settings | Compute, explainer, model, inputs, targets,
     of the full LIME map."""
     bs = s.batch_size
     seed = ck.stable_seed(s.seed, "explain", seed_name or label)
-    prepare_set = getattr(explainer, "prepare_set", None)  # Explainer's no-op, absent on duck-typed plugins
+    prepare_set = getattr(explainer, "prepare_set", None)  # absent on duck-typed plugin explainers
     if prepare_set is not None:
         # the whole set first: an explainer that optimises over a set (DiET's "authors" test-time
         # procedure) does it here, once, so its maps do not depend on the batch size either

@@ -54,6 +54,11 @@ _DIET_LABELS = {
     "test_stopped_at_limit_fraction": ("Test-time masks at the safety limit",
                                        "share of evaluation masks whose optimisation hit the safety limit "
                                        "(test_max_steps) before its stopping rule"),
+    "test_final_loss_change": ("Test-time loss change at the stop", "median over the evaluation masks of the "
+                               "last relative change of the loss the stopping rule saw (window against window; "
+                               "authors: epoch against two epochs earlier)"),
+    "test_final_mask_change": ("Test-time mask change at the stop", "median over the evaluation masks of the "
+                               "last relative change of the mask the stopping rule saw"),
     "test_converged_fraction": ("Test-time masks converged", "run directories before issue 23: share of "
                                 "evaluation masks that met the old per-step rule before the step horizon"),
 }

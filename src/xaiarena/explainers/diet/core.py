@@ -211,8 +211,8 @@ class Masker(Protocol):
 # --------------------------------------------------------------------------- configuration
 
 
-_INT_FIELDS = frozenset({"rounds", "batch_size", "mask_max_epochs", "model_max_epochs", "test_max_steps",
-                         "test_seed_check"})
+_INT_FIELDS = frozenset({"rounds", "batch_size", "mask_max_epochs", "model_max_epochs",
+                         "test_max_steps", "test_seed_check"})
 _STR_FIELDS = frozenset({"batchnorm", "test_procedure"})
 _BOOL_FIELDS = frozenset({"test_average"})
 # How f_s's BatchNorm layers run in the model phase. "frozen": in eval mode (f_b's running
@@ -225,9 +225,9 @@ BATCHNORM_MODES = ("frozen", "batch")
 #: rule, safety limit) and "authors" (the authors' inference_distill.py, one set, epochs)
 TEST_PROCEDURES = ("converged", "authors")
 #: the authors' stopping band: epoch loss strictly within +-0.2 % of its value two epochs earlier
-#: (inference_distill.py, distill(): ``mask_loss > 0.998 * prev_prev_loss and mask_loss < 1.002 * ...``)
+#: (inference_distill.py, distill(): ``mask_loss > 0.998 * prev_prev_loss and ... < 1.002 * ...``)
 AUTHORS_TOL = 0.002
-#: the authors' test-time sparsity weight (inference_distill.py runs one round, ``-r 1``: weight 1)
+#: the authors' test-time sparsity weight (inference_distill.py: one round, ``-r 1``, weight 1)
 AUTHORS_SPARSITY_WEIGHT = 1.0
 #: the converged procedure's default tolerances (relative change of the window-mean loss and of the
 #: window-mean mask between two consecutive windows; chosen in benchmarks/diet_test_time.py on
@@ -266,7 +266,7 @@ class DietConfig:
     test_sparsity_weight: float = 1.0
     test_tol: float | None = None
     test_mask_tol: float = CONVERGED_MASK_TOL
-    test_window: float = 1.0
+    test_window: float = 0.5
     test_average: bool = True
     test_max_steps: int | None = None
     test_seed_check: int = 8
@@ -274,7 +274,8 @@ class DietConfig:
 
     def __post_init__(self) -> None:
         if self.test_tol is None:
-            object.__setattr__(self, "test_tol", AUTHORS_TOL if self.test_procedure == "authors" else CONVERGED_TOL)
+            tol = AUTHORS_TOL if self.test_procedure == "authors" else CONVERGED_TOL
+            object.__setattr__(self, "test_tol", tol)
         checks = {
             "rounds": self.rounds >= 1, "batch_size": self.batch_size >= 1, "mask_lr": self.mask_lr > 0,
             "model_lr": self.model_lr > 0, "mask_tol": self.mask_tol >= 0, "model_tol": self.model_tol >= 0,
@@ -295,9 +296,10 @@ class DietConfig:
             raise ValueError("invalid DiET settings: " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
                              + (f" ({hint})" if hint else ""))
         if self.test_procedure == "converged" and self.test_sparsity_weight == 0:
-            raise ValueError("invalid DiET settings: test_sparsity_weight=0 with test_procedure='converged' (its "
-                             "window and safety limit are counted in horizons, the steps in which sparsity alone "
-                             "erases an unused mask unit; use a positive weight)")
+            raise ValueError("invalid DiET settings: test_sparsity_weight=0 with "
+                             "test_procedure='converged' (its window and safety limit are counted in "
+                             "horizons, the steps in which sparsity alone erases an unused mask unit; "
+                             "use a positive weight)")
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> DietConfig:
@@ -328,7 +330,8 @@ class DietConfig:
         """Every setting the test-time optimisation reads (part of the test-mask cache key):
         the ``test_*`` fields but ``test_seed_check`` (it changes no mask), the effective test
         learning rate and ``batch_size`` (the per-sample step is ``lr / batch_size``)."""
-        out = {k: v for k, v in asdict(self).items() if k.startswith("test_") and k != "test_seed_check"}
+        out = {k: v for k, v in asdict(self).items()
+               if k.startswith("test_") and k != "test_seed_check"}
         out.update(effective_test_lr=self.effective_test_lr, batch_size=self.batch_size)
         return out
 

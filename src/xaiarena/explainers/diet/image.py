@@ -27,8 +27,8 @@ from .mixin import DietFitMixin
 from .testtime import optimise_test_masks
 
 BACKGROUNDS = ("normal", "uniform", "constant")
-#: the background colour the authors' code hard-codes (inference_distill.py, update_mask: an ImageNet-like
-#: RGB mean, every image being read as RGB); for grey images the mean of the three
+#: the background colour the authors' code hard-codes (inference_distill.py, update_mask: an
+#: ImageNet-like RGB mean, every image being read as RGB); for grey images the mean of the three
 AUTHORS_BACKGROUND = (0.527, 0.447, 0.403)
 #: the image ``diet``'s default test-time sparsity weight with the ``converged`` procedure
 CONVERGED_SPARSITY_WEIGHT = 8.0
@@ -56,8 +56,8 @@ class ImageMasker:
     """
 
     def __init__(self, input_shape: Sequence[int], upsample_factor: int = 4, background: str = "normal",
-                 mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None,
-                 lr_cells: float | None = None):
+                 mean: Sequence[float] | float | None = None,
+                 std: Sequence[float] | float | None = None, lr_cells: float | None = None):
         if len(input_shape) != 3:
             raise ValueError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
         if int(upsample_factor) < 1:
@@ -80,10 +80,10 @@ class ImageMasker:
         return self.mask_hw[0] * self.mask_hw[1]
 
     def lr_scale(self, inputs: torch.Tensor) -> torch.Tensor | None:
-        """``n_cells / lr_cells`` for every image (``None``: no ``lr_cells``, or the masks have exactly
-        ``lr_cells`` cells). Both terms of a cell's gradient scale with ``1 / n_cells`` (the sparsity
-        term is a mean over the image, a cell's pixels are ``H W / n_cells``), so this gives a cell
-        the same step at every mask size."""
+        """``n_cells / lr_cells`` for every image (``None``: no ``lr_cells``, or the masks have
+        exactly ``lr_cells`` cells). Both terms of a cell's gradient scale with ``1 / n_cells``
+        (the sparsity term is a mean over the image, a cell's pixels are ``H W / n_cells``), so
+        this gives a cell the same step at every mask size."""
         if self.lr_cells is None or self.n_cells == self.lr_cells:
             return None
         return torch.full((len(inputs),), self.n_cells / self.lr_cells)
@@ -110,27 +110,30 @@ class ImageMasker:
         return expanded_masks * inputs + (1 - expanded_masks) * background
 
     def describe(self) -> dict[str, Any]:
-        out = {"kind": "image", "input_shape": [self.channels, self.height, self.width], "upsample_factor": self.factor,
-               "background": self.background, "mean": [round(float(v), 6) for v in self.mean],
+        out = {"kind": "image", "input_shape": [self.channels, self.height, self.width],
+               "upsample_factor": self.factor, "background": self.background,
+               "mean": [round(float(v), 6) for v in self.mean],
                "std": [round(float(v), 6) for v in self.std]}
-        if self.lr_cells is not None and self.n_cells != self.lr_cells:  # else the rates are used as given
+        if self.lr_cells is not None and self.n_cells != self.lr_cells:  # else: the rates as given
             out["lr_cells"] = self.lr_cells
         return out
 
 
 def _check_lr_cells(lr_cells: float | None) -> None:
-    if lr_cells is not None and not (isinstance(lr_cells, (int, float)) and math.isfinite(lr_cells) and lr_cells > 0):
+    ok = lr_cells is None or (isinstance(lr_cells, (int, float)) and math.isfinite(lr_cells)
+                              and lr_cells > 0)
+    if not ok:
         raise ValueError(f"diet: lr_cells={lr_cells!r} must be > 0 (or null: the learning rates as given)")
 
 
 def authors_background(channels: int) -> list[float]:
-    """The authors' background colour for images of ``channels`` channels (RGB, or its mean for grey)."""
+    """The authors' background colour for images of ``channels`` channels (RGB; grey: the mean)."""
     if channels == 3:
         return list(AUTHORS_BACKGROUND)
     if channels == 1:
         return [sum(AUTHORS_BACKGROUND) / 3]
-    raise ValueError(f"diet: the authors' background colour is RGB; images with {channels} channels need an "
-                     "explicit test_background_mean")
+    raise ValueError(f"diet: the authors' background colour is RGB; images with {channels} channels "
+                     "need an explicit test_background_mean")
 
 
 def _digests(inputs: torch.Tensor) -> list[str]:
@@ -232,7 +235,7 @@ class DiET(DietFitMixin, Explainer):
         test_background_std: float | list[float] | None = 0.05,
         test_tol: float | None = None,
         test_mask_tol: float = CONVERGED_MASK_TOL,
-        test_window: float = 1.0,
+        test_window: float = 0.5,
         test_average: bool = True,
         test_max_steps: int | None = None,
         test_seed_check: int = 8,
@@ -247,12 +250,13 @@ class DiET(DietFitMixin, Explainer):
             raise ValueError(f"n_train={n_train} must be >= 1 (or null for the whole training split)")
         for name, value in (("test_background_std", test_background_std),
                             ("test_background_mean", test_background_mean)):
-            if value is not None and not all(
-                    math.isfinite(v) and v >= 0 for v in ([value] if isinstance(value, (int, float)) else value)):
+            values = [value] if isinstance(value, (int, float)) else value
+            if value is not None and not all(math.isfinite(v) and v >= 0 for v in values):
                 raise ValueError(f"{name}={value!r} must be >= 0 (or null: see the docstring)")
         _check_lr_cells(lr_cells)
         if test_sparsity_weight is None:
-            test_sparsity_weight = AUTHORS_SPARSITY_WEIGHT if test_procedure == "authors" else CONVERGED_SPARSITY_WEIGHT
+            test_sparsity_weight = (AUTHORS_SPARSITY_WEIGHT if test_procedure == "authors"
+                                    else CONVERGED_SPARSITY_WEIGHT)
         self.config = DietConfig.from_options(locals())
         self.upsample_factor = int(upsample_factor)
         self.n_train = None if n_train is None else int(n_train)
@@ -278,12 +282,13 @@ class DiET(DietFitMixin, Explainer):
         images, labels = train.images[index], train.labels[index].long()
         mean = getattr(task, "mean", None) if self.background_mean is None else self.background_mean
         std = getattr(task, "std", None) if self.background_std is None else self.background_std
-        self.masker = ImageMasker(task.input_shape, self.upsample_factor, self.background, mean, std, self.lr_cells)
+        self.masker = ImageMasker(task.input_shape, self.upsample_factor, self.background, mean, std,
+                                  self.lr_cells)
         test_std = self.masker.std if self.test_background_std is None else self.test_background_std
         test_mean = self.test_background_mean
         if test_mean is None:
-            test_mean = (authors_background(self.masker.channels) if self.config.test_procedure == "authors"
-                         else self.masker.mean)
+            authors = self.config.test_procedure == "authors"
+            test_mean = authors_background(self.masker.channels) if authors else self.masker.mean
         self.test_masker = ImageMasker(task.input_shape, self.upsample_factor, self.background, test_mean,
                                        test_std, self.lr_cells)
 

@@ -368,6 +368,8 @@ class DietFitMixin:
             "test_time",
             "test_steps_mean",
             "test_stopped_at_limit_fraction",
+            "test_final_loss_change",
+            "test_final_mask_change",
             "test_seed_agreement",
             "test_seed_check",
         ):
@@ -412,6 +414,9 @@ class DietFitMixin:
         self.fit_report["test_time"] = time_info
         self.fit_report["test_steps_mean"] = time_info["steps_mean"]
         self.fit_report["test_stopped_at_limit_fraction"] = time_info["stopped_at_limit_fraction"]
+        for key in ("final_loss_change", "final_mask_change"):
+            if time_info[key] is not None:
+                self.fit_report[f"test_{key}"] = time_info[key]["median"]
 
     def _save_test_masks(self) -> None:
         if self.cache_dir is None:

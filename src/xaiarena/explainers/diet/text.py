@@ -167,7 +167,7 @@ class TextDiET(DietFitMixin, TextExplainer):
         test_sparsity_weight: float | None = None,
         test_tol: float | None = None,
         test_mask_tol: float = CONVERGED_MASK_TOL,
-        test_window: float = 1.0,
+        test_window: float = 0.5,
         test_average: bool = True,
         test_max_steps: int | None = None,
         test_seed_check: int = 8,
@@ -255,8 +255,9 @@ class TextDiET(DietFitMixin, TextExplainer):
                   sample_seeds: list[int]) -> tuple[list[torch.Tensor], dict[str, Any]]:
         param = next(iter(model.parameters()), None)
         x = inputs[torch.tensor(positions)].to(param.device if param is not None else inputs.device)
-        masks, summary = optimise_test_masks(model, x, TextMasker(x.max_words, self.baseline, self.lr_words),
-                                             self.config, seed=seed, sample_seeds=sample_seeds)
+        masker = TextMasker(x.max_words, self.baseline, self.lr_words)
+        masks, summary = optimise_test_masks(model, x, masker, self.config, seed=seed,
+                                             sample_seeds=sample_seeds)
         return [masks[j, : int(x.n_words[j])].clone() for j in range(len(positions))], summary
 
     def _check_maps(self, masks: list[torch.Tensor]) -> list[torch.Tensor]:
