@@ -1,5 +1,6 @@
-"""What the image ``diet`` and ``text_diet`` explainers share: the fit, its report, and the test-time
-masks (their cache, the set the ``authors`` procedure optimises together, the seed check)."""
+"""What the image ``diet`` and ``text_diet`` explainers share: the fit, its report, and the
+test-time masks (their cache, the set the ``authors`` procedure optimises together, the seed
+check)."""
 
 from __future__ import annotations
 
@@ -211,7 +212,7 @@ class DietFitMixin:
 
     # ---------------------------------------------------------------- test-time masks
     def _test_key(self, seed: int | None = None) -> str:
-        """Digest of everything a test-time mask for ``f_s`` depends on besides its input (and set)."""
+        """Digest of everything a test-time mask for ``f_s`` depends on but its input (and set)."""
         key = {
             "format": TEST_MASKS_FORMAT,
             "config": self.config.test_dict(),
@@ -237,8 +238,9 @@ class DietFitMixin:
         todo: list[str],
         seed: int,
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any], list[str]]:
-        """Optimise the masks of the distinct samples ``todo`` (digests; for ``authors`` the whole set
-        ``sset``, in its canonical order); ``{digest: mask}``, the summary and the digests in order."""
+        """Optimise the masks of the distinct samples ``todo`` (digests; for ``authors`` the whole
+        set ``sset``, in its canonical order); ``{digest: mask}``, the summary and the digests in
+        order."""
         from .testtime import sample_seed
 
         first = _first_positions(digests)
@@ -307,10 +309,10 @@ class DietFitMixin:
         self._seed_check(inputs, digests)
 
     def _seed_check(self, inputs: Any, digests: list[str]) -> None:
-        """Re-optimise the first ``test_seed_check`` samples of the set (by digest) with a second seed
-        and record the median per-sample Spearman correlation of the two seeds' maps in the report.
-        ``converged``: the served masks against the second seed's; ``authors``: that subset optimised
-        as its own set with each seed (a set's masks depend on the set)."""
+        """Re-optimise the first ``test_seed_check`` samples of the set (by digest) with a second
+        seed and record the median per-sample Spearman correlation of the two seeds' maps in the
+        report. ``converged``: the served masks against the second seed's; ``authors``: that
+        subset optimised as its own set with each seed (a set's masks depend on the set)."""
         k = min(self.config.test_seed_check, len(set(digests)))
         if k < 1:
             return
@@ -455,6 +457,7 @@ class DietFitMixin:
     def _fitted(self) -> nn.Module:
         if self.f_s is None or self.masker is None:
             raise RuntimeError(
-                f"{self.name} must be fitted first: call fit(model, task, device=...) before explaining"
+                f"{self.name} must be fitted first: call fit(model, task, device=...) before "
+                "explaining"
             )
         return self.f_s

@@ -8,10 +8,12 @@ procedures; what differs is everything around it:
 ``converged`` (the default)
     Every sample is its own problem: its step is ``lr / batch_size`` times its own gradient, its
     background colour at every step is drawn from a generator of its own (seeded by DiET's seed
-    and the sample's content), and it stops on its own when, over two consecutive windows of
-    ``window`` steps, the mean loss changes by at most ``test_tol`` and the window-mean mask by at
-    most ``test_mask_tol`` (both relative), or at the safety limit ``test_max_steps`` (reported).
-    So a map depends on neither the batch nor the other samples explained.
+    and the sample's content), and it stops on its own when, between two consecutive windows,
+    the window-mean loss changed by at most ``test_tol`` (relative) or within the noise of the
+    background draws, and the window-mean mask by at most ``test_mask_tol`` (relative) or no more
+    than between the halves of its window; or at the safety limit ``test_max_steps`` (reported).
+    The map is the mean mask of the last window (``test_average``). So a map depends on neither
+    the batch nor the other samples explained.
 
 ``authors``
     The authors' inference (AI4LIFE-GROUP/DiET, ``inference_distill.py``): the whole set is
@@ -24,8 +26,9 @@ procedures; what differs is everything around it:
 Step counts scale with the *horizon* ``H = ceil(batch_size * units / (lr * scale * w))`` of a
 sample: the steps in which the sparsity gradient alone takes an unused mask unit (an image cell,
 a word) from 1 to 0 (``units`` = mask units the sparsity term averages over, ``scale`` = the
-masker's ``lr_scale``). The ``converged`` procedure's window is ``test_window`` horizons and its
-default safety limit :data:`LIMIT_HORIZONS` horizons, so they follow ``lr``, ``w`` and the mask size.
+masker's ``lr_scale``). The ``converged`` procedure's window is ``test_window`` horizons and
+its default safety limit :data:`LIMIT_HORIZONS` horizons, so they follow ``lr``, ``w`` and the
+mask size.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ STOP_RULE, STOP_LIMIT = "rule", "limit"
 
 
 def sample_seed(seed: int, digest: str) -> int:
-    """The seed of one sample's background generator: DiET's seed and the sample's content digest."""
+    """The seed of one sample's background generator: DiET's seed and the sample's digest."""
     return int(hashlib.sha256(f"{int(seed)}:{digest}".encode()).hexdigest()[:15], 16)
 
 
@@ -70,7 +73,7 @@ def mask_units(masker: Any, inputs: Any, masks: torch.Tensor) -> torch.Tensor:
 
 
 def horizons(config: DietConfig, masker: Any, inputs: Any, masks: torch.Tensor) -> torch.Tensor:
-    """Per-sample horizon ``(N,)`` (long): steps in which the sparsity gradient alone takes an unused
+    """Per-sample horizon ``(N,)`` (long): steps in which the sparsity gradient alone takes an
     mask unit from 1 to 0, ``ceil(batch_size * units / (lr * scale * w))``."""
     w = config.test_sparsity_weight
     if w <= 0:
@@ -111,10 +114,10 @@ class Draws(Protocol):
     """The random draws of the ``authors`` procedure, in the order its loop makes them."""
 
     def order(self, n: int) -> torch.Tensor:
-        """The order of the set's ``n`` samples in one epoch (its batches are consecutive slices)."""
+        """The order of the set's ``n`` samples in one epoch (batches: consecutive slices)."""
 
     def background(self, n: int) -> torch.Tensor:
-        """Background values for the ``n`` samples of one batch (one colour per sample and channel)."""
+        """Background values for the ``n`` samples of one batch (a colour per sample, channel)."""
 
 
 class SeededDraws:
@@ -203,21 +206,23 @@ def _rel_mask_change(
 # --------------------------------------------------------------------------- converged (per sample)
 
 
-#: the converged rule's noise allowances: the window-mean loss may differ from the previous window's by
-#: LOSS_NOISE_Z standard errors of that difference (from the steps' losses), and the window-mean mask by
-#: MASK_NOISE_RATIO times the difference between the two halves of the current window (a drift makes the
-#: change between windows twice that between halves; noise alone makes it about 0.7 times)
+#: the converged rule's noise allowances: the window-mean loss may differ from the previous window's
+#: by LOSS_NOISE_Z standard errors of that difference (from the steps' losses), and the window-mean
+#: mask by MASK_NOISE_RATIO times the difference between the two halves of the current window (a
+#: drift makes the change between windows twice that between halves; noise alone makes it about 0.7
+#: times)
 LOSS_NOISE_Z, MASK_NOISE_RATIO = 2.0, 1.0
 
 
 def _converged(f_s, inputs, masker, cfg: DietConfig, sample_seeds: list[int], trace):
-    """Per-sample SGD with the converged rule. Each sample's steps are grouped in half-windows of
-    ``ceil(test_window * horizon / 2)`` steps; at the end of every half-window after the fourth, the
-    last two half-windows (the current window) are compared with the two before (the previous window):
-    the sample stops when the window-mean loss changed by at most ``test_tol`` (relative) or by at most
-    LOSS_NOISE_Z standard errors, and the window-mean mask by at most ``test_mask_tol`` (relative to the
-    mass it keeps) or by at most MASK_NOISE_RATIO times the change between the current window's halves.
-    The map is the window-mean mask (``test_average``) or the last step's."""
+    """Per-sample SGD with the converged rule. Each sample's steps are grouped in half-windows
+    of ``ceil(test_window * horizon / 2)`` steps; at the end of every half-window from the fourth
+    on, the last two half-windows (the current window) are compared with the two before (the
+    previous window): the sample stops when the window-mean loss changed by at most ``test_tol``
+    (relative) or by at most LOSS_NOISE_Z standard errors, and the window-mean mask by at most
+    ``test_mask_tol`` (relative to the mass it keeps) or by at most MASK_NOISE_RATIO times the
+    change between the current window's halves. The map is the window-mean mask
+    (``test_average``) or the last step's."""
     device = _device(inputs)
     n = len(inputs)
     masks = masker.init_masks(n).to(device)
@@ -333,7 +338,7 @@ def _converged(f_s, inputs, masker, cfg: DietConfig, sample_seeds: list[int], tr
             if len(at_limit):
                 limit_hit[at_limit] = True
                 active[at_limit] = False
-                # the mean since the start of the last complete half-window (all steps if none is complete)
+                # the mean since the start of the last complete half-window (all steps if none)
                 filled = (steps[at_limit] % half[at_limit]).double()
                 some = n_halves[at_limit] > 0
                 last = halves_mask[at_limit, 3] * torch.where(
@@ -372,10 +377,11 @@ def _summary(
 
 
 def _authors(f_s, inputs, masker, cfg: DietConfig, draws: Draws, trace):
-    """``inference_distill.py``'s ``distill`` with ``-r 1`` (one round, sparsity weight ``w``): epochs
-    of shuffled batches, SGD on the batch-mean loss, clamping, the epoch-mean loss (each sample's loss
-    before its update, accumulated in float32 as the authors' ``metrics`` tensor) and their stopping
-    band. ``test_max_steps`` (epochs; None = none, as theirs) stops it otherwise (reported)."""
+    """``inference_distill.py``'s ``distill`` with ``-r 1`` (one round, sparsity weight ``w``):
+    epochs of shuffled batches, SGD on the batch-mean loss, clamping, the epoch-mean loss (each
+    sample's loss before its update, accumulated in float32 as the authors' ``metrics`` tensor) and
+    their stopping band. ``test_max_steps`` (epochs; None = none, as theirs) stops it otherwise
+    (reported)."""
     device = _device(inputs)
     n = len(inputs)
     masks = masker.init_masks(n).to(device)
