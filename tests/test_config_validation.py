@@ -91,6 +91,7 @@ def test_bad_option_values_fail_at_config_time_naming_the_key(group, item, optio
 
 #: options whose zero or negative values are meaningful (documented) and accepted
 ACCEPTED = {("diet", "model_max_epochs", 0), ("text_diet", "model_max_epochs", 0),
+            ("diet", "test_seed_check", 0), ("text_diet", "test_seed_check", 0),  # 0: no seed check
             ("relative_input_stability", "lower_bound", -1.0), ("relative_output_stability", "lower_bound", -1.0)}
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from xaiarena.data.base import ImageSplit, Task
@@ -21,9 +23,12 @@ from xaiarena.explainers.diet.core import (
     rounding_offset,
     sparsity_weight,
 )
+from xaiarena.explainers.diet.image import _digests
+from xaiarena.explainers.diet.testtime import horizons, sample_seed
 
+# rates as given (lr_cells None): at these 16 cells the test-time horizon is ceil(16 * 16 / (12 * 8)) = 3 steps
 TINY = dict(upsample_factor=4, rounds=2, n_train=48, batch_size=16, mask_lr=500.0, mask_max_epochs=3,
-            model_max_epochs=2, test_lr=500.0, test_max_steps=6, seed=3)
+            model_max_epochs=2, lr_cells=None, test_lr=12.0, test_max_steps=12, seed=3)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -71,6 +76,21 @@ def _fit(model, task, cache_dir=None, **over) -> DiET:
     diet = DiET(**{**TINY, **over})
     diet.fit(model, task, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), cache_dir=cache_dir)
     return diet
+
+
+def _reference_masks(diet: DiET, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The masks DiET's test-time procedure gives ``x`` for ``model``, computed directly (no cache,
+    no explainer): per sample with generators seeded by content (``converged``), or ``x`` as one set
+    in the canonical order of its digests (``authors``)."""
+    digests = _digests(x)
+    if diet.config.test_procedure == "authors":
+        order = torch.tensor(sorted(range(len(x)), key=lambda i: digests[i]))
+        masks, _ = optimise_test_masks(model, x[order], diet.test_masker, diet.config, seed=diet._seed)
+        out = torch.empty_like(masks)
+        out[order] = masks
+        return out
+    seeds = [sample_seed(diet._seed, d) for d in digests]
+    return optimise_test_masks(model, x, diet.test_masker, diet.config, seed=diet._seed, sample_seeds=seeds)[0]
 
 
 # --------------------------------------------------------------------------- losses and schedule
@@ -161,36 +181,54 @@ def test_image_masker_masks_and_backgrounds():
 def test_test_masks_keep_what_the_model_uses(quadrant_task):
     """For a model that only reads the top-left quadrant, test masks erase the rest."""
     task, model = quadrant_task
-    cfg = DietConfig(batch_size=16, test_lr=500.0, test_max_steps=25, test_tol=0.0)
+    cfg = DietConfig(batch_size=16, test_lr=500.0, test_max_steps=25, test_window=100.0)  # rule never compares
     masker = ImageMasker((3, 16, 16), upsample_factor=2, mean=task.mean, std=task.std)
     x = task.test.float_images()
     masks, summary = optimise_test_masks(model, x, masker, cfg, seed=0)
     assert masks.shape == (len(x), 1, 8, 8) and masks.min() >= 0 and masks.max() <= 1
-    assert summary["steps_mean"] == 25
+    assert summary["steps"].tolist() == [25] * len(x) and summary["limit_hit"].all()  # the rule never held
     inside = masks[:, 0, :3, :3].mean()  # cells whose upsampled pixels lie inside the quadrant
     outside = masks[:, 0, 5:, :].mean()
     assert outside < 0.05, outside
     assert inside > outside + 0.3, (inside, outside)  # a sparse subset of the quadrant suffices
 
 
-def test_default_test_horizon_erases_unused_cells(quadrant_task):
-    """Without test_max_steps, test time stops when sparsity alone has taken an unused cell to 0."""
+def test_horizon_erases_unused_cells_and_does_not_depend_on_the_mask_size(quadrant_task):
+    """The horizon is the number of steps in which sparsity alone takes an unused cell from 1 to 0; with
+    ``lr_cells`` (the image default, 1024) it is the same at every mask size (issue 23: no silent
+    13-step optimisation at 14x14-16x16 cells)."""
     task, model = quadrant_task
-    assert DietConfig(batch_size=64, test_lr=1000.0, test_sparsity_weight=1.0).test_horizon(32 * 32) == 66
-    assert DietConfig(test_max_steps=7).test_horizon(10**6) == 7
-    with pytest.raises(ValueError, match="test_max_steps"):
-        DietConfig(test_sparsity_weight=0.0).test_horizon(16)
-    cfg = DietConfig(batch_size=16, test_lr=200.0, test_sparsity_weight=1.0, test_tol=0.0)
+    cfg = DietConfig(batch_size=64, test_lr=125.0, test_sparsity_weight=8.0)
+    for shape, factor in (((3, 64, 64), 2), ((3, 32, 32), 2), ((1, 28, 28), 2), ((3, 64, 64), 4)):
+        masker = ImageMasker(shape, upsample_factor=factor, lr_cells=1024)
+        x = torch.rand(2, *shape)
+        assert horizons(cfg, masker, x, masker.init_masks(2)).tolist() == [66, 66]  # ceil(64 * 1024 / 1000)
+    plain = ImageMasker((3, 32, 32), upsample_factor=2)  # lr_cells None: the rate as given, 256 cells
+    assert horizons(cfg, plain, torch.rand(1, 3, 32, 32), plain.init_masks(1)).tolist() == [17]
+    with pytest.raises(ValueError, match="test_sparsity_weight=0"):
+        DietConfig(test_sparsity_weight=0.0)
+    cfg = DietConfig(batch_size=16, test_lr=200.0, test_sparsity_weight=1.0, test_window=100.0, test_average=False)
     masker = ImageMasker((3, 16, 16), upsample_factor=2, mean=task.mean, std=task.std)
-    horizon = cfg.test_horizon(64)
-    assert horizon == 6  # 16 * 64 / 200 = 5.12
     x = task.test.float_images()
-    masks, summary = optimise_test_masks(model, x, masker, cfg, seed=0)
-    assert summary["horizon"] == horizon and summary["steps_mean"] == horizon
+    horizon = int(horizons(cfg, masker, x, masker.init_masks(1))[0])
+    assert horizon == 6  # 16 * 64 / 200 = 5.12
+    masks, summary = optimise_test_masks(model, x, masker, replace(cfg, test_max_steps=horizon), seed=0)
+    assert summary["steps"].tolist() == [horizon] * len(x)
     assert torch.all(masks[:, 0, 5:, :] == 0)  # cells the model never reads are erased ...
-    short, _ = optimise_test_masks(model, x, masker, DietConfig(**{**cfg.to_dict(), "test_max_steps": horizon - 2}),
-                                   seed=0)
+    short, _ = optimise_test_masks(model, x, masker, replace(cfg, test_max_steps=horizon - 2), seed=0)
     assert torch.all(short[:, 0, 5:, 1:-1] > 0)  # ... and not earlier
+
+
+def test_lr_cells_gives_a_cell_the_same_step_at_every_mask_size():
+    """mask_lr and test_lr are the rates of a 1024-cell mask: at n cells the masker's lr_scale is
+    n / 1024 in training and at test time, and the fit's cache key records it only where it changes
+    something."""
+    big, small = ImageMasker((3, 64, 64), 2, lr_cells=1024), ImageMasker((3, 32, 32), 2, lr_cells=1024)
+    assert big.lr_scale(torch.rand(2, 3, 64, 64)) is None and "lr_cells" not in big.describe()
+    assert torch.equal(small.lr_scale(torch.rand(2, 3, 32, 32)), torch.full((2,), 256 / 1024))
+    assert small.describe()["lr_cells"] == 1024
+    with pytest.raises(ValueError, match="lr_cells=0"):
+        DiET(lr_cells=0)
 
 
 def test_fit_training_masks_and_report(quadrant_task, tmp_path):
@@ -208,12 +246,15 @@ def test_fit_training_masks_and_report(quadrant_task, tmp_path):
     assert rep["train_mask_l0_fraction"] < 1.0
     json.dumps(rep)  # goes into run.json
     # every faithfulness number the fit reports has a label in the HTML report
-    from xaiarena.report.html import _DIET_LABELS
+    from xaiarena.report.html import _DIET_COUNTS, _DIET_LABELS
 
+    diet.prepare_set(diet.f_s, task.test.float_images())  # as the runner's explain stage: the seed check too
     diet.explain(diet.f_s, task.test.float_images(), task.test.labels)
-    assert 0.0 <= rep["test_converged_fraction"] <= 1.0  # how the test-time optimisation ended
+    assert 0.0 <= rep["test_stopped_at_limit_fraction"] <= 1.0  # how the test-time optimisation ended
+    assert -1.0 <= rep["test_seed_agreement"] <= 1.0 and rep["test_seed_check"]["n_samples"] == 8
     numbers = {k for k, v in rep.items() if k.startswith(("test_", "train_")) and isinstance(v, (int, float))}
-    assert numbers and numbers <= set(_DIET_LABELS), numbers - set(_DIET_LABELS)
+    labelled = set(_DIET_LABELS) | set(_DIET_COUNTS)
+    assert numbers and numbers <= labelled, numbers - labelled
 
 
 def test_f_b_is_never_modified(tmp_path):
@@ -320,8 +361,7 @@ def test_test_masks_depend_only_on_f_s_and_inputs(quadrant_task, tmp_path):
     # no target dependence
     assert torch.equal(maps, diet.explain(f_s, x, (y + 1) % 4))
     # the same maps from f_s, the inputs and the settings alone (no training masks, no training data)
-    masks, _ = optimise_test_masks(f_s, x, diet.test_masker, diet.config, seed=diet._seed)
-    assert torch.equal(diet.masker.expand(masks)[:, 0], maps)
+    assert torch.equal(diet.masker.expand(_reference_masks(diet, f_s, x))[:, 0], maps)
     # scrambling the training masks and training data afterwards changes nothing
     diet.train_masks = torch.rand_like(diet.train_masks)
     task.train.images.zero_()
@@ -332,6 +372,10 @@ def test_test_masks_depend_only_on_f_s_and_inputs(quadrant_task, tmp_path):
     diet._test_cache.clear()
     parts_fresh = torch.cat([diet.explain(f_s, x[i:i + 5], y[i:i + 5]) for i in range(0, len(x), 5)])
     assert torch.allclose(parts, maps, atol=1e-5) and torch.allclose(parts_fresh, maps, atol=1e-5)
+    # nor on the order of the samples
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
+    diet._test_cache.clear()
+    assert torch.allclose(diet.explain(f_s, x[perm], y[perm]), maps[perm], atol=1e-5)
     # saved for the run
     saved = torch.load(tmp_path / "a" / "test_masks.pt", weights_only=True)
     assert len(saved["masks"]) >= len(x)
@@ -368,7 +412,7 @@ def test_explaining_f_s_is_cached_another_model_is_reoptimised_uncached(quadrant
     """Issue 12.4: maps for f_s come from the cache; for any other model (a randomised copy of f_s,
     f_b) DiET optimises test-time masks against that model and caches nothing."""
     task, model = quadrant_task
-    diet = _fit(model, task, tmp_path, test_tol=0.0)
+    diet = _fit(model, task, tmp_path)
     f_s = diet.explained_model(model)
     x, y = task.test.float_images(), task.test.labels
     calls = _count_optimisations(monkeypatch)
@@ -382,7 +426,7 @@ def test_explaining_f_s_is_cached_another_model_is_reoptimised_uncached(quadrant
     maps_rnd = diet.explain(rnd, x, y)
     assert calls == {"n": 2, "samples": 2 * len(x)}  # re-optimised against the randomised copy
     assert (maps_rnd - maps).abs().amax() > 0.1
-    expected, _ = optimise_test_masks(rnd, x, diet.test_masker, diet.config, seed=diet._seed)
+    expected = _reference_masks(diet, rnd, x)
     assert torch.allclose(maps_rnd, diet.masker.expand(expected)[:, 0])  # masks for that model, same settings
     assert diet.explain(rnd, x, y).equal(maps_rnd) and calls["n"] == 3  # again: not served from a cache
     assert diet._test_cache.keys() == cached.keys()
@@ -425,43 +469,47 @@ def test_mprt_over_diet_through_the_runner(tmp_path):
            "model": {"name": "lenet", "channels": [4, 8, 8]}, "training": {"epochs": 1},
            "evaluation": {"n_samples": 12, "batch_size": 6},
            "explainers": [{"name": "diet", **{k: v for k, v in TINY.items() if k != "seed"}, "upsample_factor": 8,
-                           # a gentle test-time step: with TINY's lr 500 and the default sparsity weight
-                           # the six steps collapse every mask to ~0, and a constant map rightly scores 1
-                           "n_train": 32, "rounds": 1, "test_lr": 20.0, "test_sparsity_weight": 1.0}],
+                           # a gentle test-time step: with a large one and the default sparsity weight the
+                           # steps collapse every mask to ~0, and a constant map rightly scores 1
+                           "n_train": 32, "rounds": 1, "test_lr": 20.0, "test_sparsity_weight": 1.0,
+                           "test_max_steps": 6, "test_seed_check": 4}],
            "metrics": [{"name": "mprt", "n_layers": 2}]}
     res = xaiarena.run(cfg, out=tmp_path / "run", show_progress=False)
     mprt = res.per_sample[(res.per_sample.metric == "mprt") & (res.per_sample.explainer == "diet")]
     assert len(mprt) == 12 and mprt.value.mean() < 0.9, mprt.value.describe()
     diet = json.loads((tmp_path / "run" / "run.json").read_text())["datasets"]["hard_mnist"]["learned"]["diet"]
     assert diet["test_time"]["n_masks"] == 12  # the evaluation samples; the randomised copies are not counted
-    assert 0.0 <= diet["test_converged_fraction"] <= 1.0
-    assert diet["test_time"]["horizon"] == TINY["test_max_steps"]
+    # the horizon (16 * 64 / 20 = 52 steps) is far beyond the 6-step safety limit: every mask stops
+    # there, and the report says so
+    assert diet["test_time"]["horizon"] == 52 and diet["test_time"]["steps_max"] == 6
+    assert diet["test_stopped_at_limit_fraction"] == 1.0 and diet["test_time"]["stopped_at_limit"] == 12
+    assert diet["test_seed_check"]["n_samples"] == 4  # the explain stage ran the seed check
 
 
 @pytest.mark.parametrize("setting", [{"test_lr": 200.0}, {"test_max_steps": 3}, {"test_sparsity_weight": 3.0},
-                                     {"test_tol": 0.5}, {"test_background_std": 0.2},
-                                     {"batch_size": 8}])
+                                     {"test_tol": 10.0, "test_mask_tol": 10.0}, {"test_window": 1.0},
+                                     {"test_average": False},
+                                     {"test_background_std": 0.2}, {"test_background_mean": 0.2},
+                                     {"test_procedure": "authors"}, {"batch_size": 8}, {"lr_cells": 64}])
 def test_every_test_time_setting_is_part_of_the_mask_cache_key(quadrant_task, tmp_path, setting, monkeypatch):
     """Issue 12.5: test-time masks cached under one setting are never served under another, neither
     through a new explainer on the same cache folder (the fit is reused) nor by changing the config
-    of a fitted one."""
-    from dataclasses import replace
-
+    of a fitted one (issue 23: the procedure and its new settings too)."""
     task, model = quadrant_task
     x, y = task.test.float_images(), task.test.labels
     old = _fit(model, task, tmp_path)
     maps = old.explain(old.f_s, x, y)
     calls = _count_optimisations(monkeypatch)
     new = _fit(model, task, tmp_path, **setting)
-    fit_setting = "batch_size" in setting
+    fit_setting = bool({"batch_size", "lr_cells"} & set(setting))  # lr_cells: the training step changes too
     assert new.report()["cache_hit"] is not fit_setting  # test_* settings reuse the fit
     new_maps = new.explain(new.f_s, x, y)
     assert calls["n"] == 1  # recomputed, not read from the cached test masks
-    expected, _ = optimise_test_masks(new.f_s, x, new.test_masker, new.config, seed=new._seed)
-    assert torch.allclose(new_maps, new.masker.expand(expected)[:, 0])
+    assert torch.allclose(new_maps, new.masker.expand(_reference_masks(new, new.f_s, x))[:, 0])
     assert not torch.allclose(new_maps, maps)
     # the same through the Python API on a fitted explainer: change the config, masks are recomputed
-    if not fit_setting and "test_background_std" not in setting:
+    # (not the masker's settings, nor the procedure, whose defaults of w and the background differ)
+    if not fit_setting and not {"test_background_std", "test_background_mean", "test_procedure"} & set(setting):
         old.config = replace(old.config, **setting)
         assert torch.allclose(old.explain(old.f_s, x, y), new_maps) and calls["n"] == 2
     # and the old setting's masks are still served from the cache
@@ -481,27 +529,95 @@ def test_test_background_std_option(quadrant_task):
                           torch.tensor([0.1, 0.2, 0.3]))
     with pytest.raises(ValueError, match="test_background_std"):
         DiET(test_background_std=-0.1)
+    # the authors' procedure defaults to their hard-coded colour and sparsity weight; both stay options
+    authors = _fit(model, task, test_procedure="authors")
+    assert torch.allclose(authors.test_masker.mean, torch.tensor([0.527, 0.447, 0.403]))
+    assert authors.config.test_sparsity_weight == 1.0 and authors.config.test_tol == 0.002
+    assert authors.config.test_max_steps == TINY["test_max_steps"]  # given: a limit in epochs
+    ours = _fit(model, task, test_procedure="authors", test_background_mean=0.3, test_sparsity_weight=4.0)
+    assert torch.allclose(ours.test_masker.mean, torch.full((3,), 0.3)) and ours.config.test_sparsity_weight == 4.0
+    assert DiET().config.test_sparsity_weight == 8.0  # converged: ours
+    with pytest.raises(ValueError, match="test_procedure='paper'.*converged, authors"):
+        DiET(test_procedure="paper")
 
 
-def test_report_counts_masks_converged_and_stopped_at_the_horizon(quadrant_task, tmp_path):
+def test_report_counts_steps_and_masks_stopped_by_the_rule_or_the_limit(quadrant_task, tmp_path):
     task, model = quadrant_task
     x, y = task.test.float_images(), task.test.labels
-    never = _fit(model, task, tmp_path / "a", test_tol=0.0)
+    never = _fit(model, task, tmp_path / "a", test_window=100.0)  # the rule never compares two windows
     rep = never.report()
     assert "test_time" not in rep  # nothing explained yet
     never.explain(never.f_s, x, y)
-    assert rep["test_time"]["n_masks"] == len(x)  # the dict handed out before is updated in place
-    assert rep["test_converged_fraction"] == 0.0 and rep["test_time"]["stopped_at_horizon_fraction"] == 1.0
-    assert rep["test_time"]["steps_mean"] == rep["test_time"]["horizon"] == TINY["test_max_steps"]
-    always = _fit(model, task, tmp_path / "b", test_tol=10.0)
+    t = rep["test_time"]  # the dict handed out before is updated in place
+    assert t["n_masks"] == len(x) and t["procedure"] == "converged"
+    assert rep["test_stopped_at_limit_fraction"] == 1.0 and t["stopped_at_limit"] == len(x)
+    assert rep["test_steps_mean"] == t["steps_max"] == TINY["test_max_steps"]
+    assert t["final_loss_change"] is None  # the rule never compared two windows
+    always = _fit(model, task, tmp_path / "b", test_tol=10.0, test_mask_tol=10.0)
     always.explain(always.f_s, x, y)
-    assert always.report()["test_converged_fraction"] == 1.0 and always.report()["test_time"]["steps_mean"] == 3
+    t = always.report()["test_time"]  # window: two half-windows of ceil(0.5 * 3 / 2) = 1 step
+    assert t["horizon"] == 3 and t["window"] == 2 and always.report()["test_stopped_at_limit_fraction"] == 0.0
+    assert t["steps_max"] == t["steps_min"] == 2 * t["window"] == 4  # the rule compares two windows
+    assert t["final_loss_change"]["median"] >= 0 and t["final_mask_change"]["max"] >= t["final_mask_change"]["median"]
+    assert always.report()["test_final_mask_change"] == t["final_mask_change"]["median"]  # on the report's card
     # a cached fit reports the cached masks' numbers before any explain call
-    again = _fit(model, task, tmp_path / "a", test_tol=0.0)
-    assert again.report()["test_time"]["n_masks"] == len(x) and again.report()["test_converged_fraction"] == 0.0
+    again = _fit(model, task, tmp_path / "a", test_window=100.0)
+    assert again.report()["test_time"]["n_masks"] == len(x) and again.report()["test_stopped_at_limit_fraction"] == 1
     # randomised copies do not count
     again.explain(_randomised(again.f_s), x, y)
     assert again.report()["test_time"]["n_masks"] == len(x)
+
+
+def test_authors_masks_come_from_the_evaluation_set_whatever_the_batches(quadrant_task, tmp_path):
+    """The authors' rule stops on the whole set's loss, so a mask depends on the set it is optimised
+    with. The runner hands DiET the view's evaluation set first (prepare_set): the maps are then those
+    of that set whatever evaluation.batch_size and the order, and not those of each batch as a set."""
+    task, model = quadrant_task
+    diet = _fit(model, task, tmp_path, test_procedure="authors", test_max_steps=None, test_lr=40.0)
+    f_s = diet.explained_model(model)
+    x, y = task.test.float_images(), task.test.labels
+    want = diet.masker.expand(_reference_masks(diet, f_s, x))[:, 0]
+    diet.prepare_set(f_s, x)
+    assert diet.report()["test_time"]["epochs"] == [diet.report()["test_time"]["steps_min"]]
+    for bs in (3, 5, 16):
+        got = torch.cat([diet.explain(f_s, x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)])
+        assert torch.allclose(got, want, atol=1e-5)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
+    fresh = _fit(model, task, None, test_procedure="authors", test_max_steps=None, test_lr=40.0)
+    fresh.prepare_set(f_s := fresh.explained_model(model), x[perm])
+    assert torch.allclose(fresh.explain(f_s, x[perm], y[perm]), want[perm], atol=1e-5)
+    # a batch outside the registered set is its own set: other masks
+    alone = _fit(model, task, None, test_procedure="authors", test_max_steps=None, test_lr=40.0)
+    part = alone.explain(alone.explained_model(model), x[:5], y[:5])
+    assert not torch.allclose(part, want[:5], atol=1e-3)
+
+
+def test_seed_check_measures_how_much_the_maps_depend_on_the_seed(quadrant_task, tmp_path):
+    """prepare_set re-optimises the first test_seed_check samples (by digest) with a second seed and
+    reports the median per-sample Spearman correlation of the two seeds' maps; cached with the masks."""
+    from xaiarena.explainers.diet.testtime import second_seed, spearman_pairs
+
+    task, model = quadrant_task
+    x = task.test.float_images()
+    diet = _fit(model, task, tmp_path, test_seed_check=5)
+    diet.prepare_set(diet.f_s, x)
+    check = diet.report()["test_seed_check"]
+    assert check["n_samples"] == 5 and check["second_seed"] == second_seed(diet._seed)
+    first = sorted(range(len(x)), key=lambda i: _digests(x)[i])[:5]
+    a = diet.masker.expand(diet.test_masks(x[first]))[:, 0]
+    other = DiET(**{**TINY, "seed": check["second_seed"]})
+    other.f_s, other.masker, other.test_masker, other.config = diet.f_s, diet.masker, diet.test_masker, diet.config
+    other._seed = check["second_seed"]
+    b = diet.masker.expand(_reference_masks(other, diet.f_s, x[first]))[:, 0]
+    rho = spearman_pairs(list(a), list(b))
+    assert torch.allclose(torch.tensor(check["spearman"], dtype=torch.float64), rho, atol=1e-3)
+    assert abs(diet.report()["test_seed_agreement"] - float(rho.median())) < 1e-3
+    assert float(rho.median()) < 0.999  # the seeds do differ
+    again = _fit(model, task, tmp_path, test_seed_check=5)  # served from the cache folder
+    assert again.report()["test_seed_check"] == check
+    off = _fit(model, task, None, test_seed_check=0)
+    off.prepare_set(off.f_s, x)
+    assert "test_seed_check" not in off.report()
 
 
 def test_explain_before_fit_is_a_clear_error():
@@ -632,3 +748,174 @@ def test_shipped_config_is_valid():
     assert [e.name for e in cfg.explainers][0] == "diet"
     assert cfg.data[0].name == "hard_mnist" and cfg.model.name == "lenet"
 
+
+
+# --------------------------------------------------------------------------- the authors' procedure
+
+
+class _TinyCNN(nn.Module):
+    """A small convolutional f_s for the port test (fixed random weights, sharp enough outputs)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.lin = nn.Linear(6 * 4 * 4, 5)
+
+    def forward(self, x):
+        h = F.avg_pool2d(torch.relu(self.conv(x - 0.5)), 4)
+        return 4.0 * self.lin(h.flatten(1))
+
+
+def _authors_inference(model, images, lr, bs, ups, simp_weight, orders, backgrounds, max_epochs=200):
+    """Our port of the authors' test-time loop, written from AI4LIFE-GROUP/DiET's
+    ``inference_distill.py`` (``main``, ``distill`` with ``-r 1``, ``update_mask``): one SGD optimiser
+    on a ``(N, 1, H/ups, W/ups)`` mask of ones, shuffled mini-batches (here the injected ``orders``),
+    a background colour per sample and channel per batch (here the injected ``backgrounds``),
+    ``torch.nn.Upsample(scale_factor=ups, mode='bilinear')``, a loss summed over the batch with
+    ``vector_norm(..., 1)`` and divided by the batch's length, clamping of the whole mask after each
+    step, the epoch loss accumulated in a float32 tensor, and their stopping test against the loss two
+    epochs earlier. Returns the final masks and the number of epochs run."""
+    n, _, h, w = images.shape
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    mask = torch.ones((n, 1, h // ups, w // ups)).requires_grad_(True)
+    mask_opt = torch.optim.SGD([mask], lr=lr)
+    sm = nn.Softmax(dim=1)
+    upsample = nn.Upsample(scale_factor=ups, mode="bilinear")
+    prev_loss, prev_prev_loss = float("inf"), float("inf")
+    converged, epoch = False, 0
+    while not converged:
+        assert epoch < max_epochs, "the port did not stop"
+        metrics = torch.zeros((4,))
+        num_samples = 0
+        order = orders[epoch]
+        for b, start in enumerate(range(0, n, bs)):
+            idx = order[start:start + bs]
+            batch_D_d, batch_mask = images[idx], upsample(mask[idx])
+            avg_val = backgrounds[epoch][b]
+            pred_fs_d = sm(model(batch_D_d))
+            pred_fs_s = sm(model((batch_mask * batch_D_d) + (1 - batch_mask) * avg_val))
+            t2 = torch.linalg.vector_norm(pred_fs_d - pred_fs_s, 1)
+            sim_heur = torch.linalg.vector_norm(batch_mask, 1) / (h * w)
+            loss = (simp_weight * sim_heur + t2) / len(batch_D_d)
+            mask_opt.zero_grad()
+            loss.backward()
+            mask_opt.step()
+            with torch.no_grad():
+                mask.copy_(mask.clamp(max=1, min=0))
+            metrics += torch.Tensor([loss.item() * len(batch_D_d), sim_heur.item(), t2.item(), 0.0])
+            num_samples += len(idx)
+        metrics /= num_samples
+        mask_loss = metrics[0]
+        converged = bool((mask_loss > 0.998 * prev_prev_loss) and (mask_loss < 1.002 * prev_prev_loss))
+        prev_prev_loss = prev_loss
+        prev_loss = mask_loss
+        epoch += 1
+    return mask.detach(), epoch
+
+
+class _Injected:
+    """Fixed draws for both implementations: one permutation per epoch, one background per batch."""
+
+    def __init__(self, orders, backgrounds):
+        self.orders, self.backgrounds = orders, [bg for epoch in backgrounds for bg in epoch]
+        self.n_orders = self.n_backgrounds = 0
+
+    def order(self, n):
+        out = self.orders[self.n_orders]
+        assert len(out) == n
+        self.n_orders += 1
+        return out
+
+    def background(self, n):
+        out = self.backgrounds[self.n_backgrounds]
+        assert len(out) == n
+        self.n_backgrounds += 1
+        return out
+
+
+@pytest.mark.parametrize("lr", [150.0, 400.0])
+def test_authors_procedure_matches_a_port_of_the_authors_code(lr):
+    """Issue 23: ``test_procedure: authors`` is the authors' inference exactly: on the same f_s, images
+    and (injected) shuffles and background draws, the same masks and the same stopping epoch."""
+    g = torch.Generator().manual_seed(0)
+    n, bs, epochs = 20, 8, 200  # 8 + 8 + 4: the last batch is smaller, its samples step lr / 4
+    images = torch.rand(n, 3, 16, 16, generator=g)
+    mean, std = torch.tensor([0.527, 0.447, 0.403]), torch.tensor([0.05, 0.05, 0.05])
+    orders = [torch.randperm(n, generator=g) for _ in range(epochs)]
+    backgrounds = [[(mean + std * torch.randn(len(range(s, min(s + bs, n))), 3, generator=g)).clamp(0, 1)
+                    .view(-1, 3, 1, 1) for s in range(0, n, bs)] for _ in range(epochs)]
+    f_s = _TinyCNN()
+    want, want_epochs = _authors_inference(f_s, images, lr, bs, 2, 1.0, orders, backgrounds)
+
+    masker = ImageMasker((3, 16, 16), upsample_factor=2, mean=mean.tolist(), std=0.05)
+    cfg = DietConfig(batch_size=bs, test_procedure="authors", test_lr=lr)
+    assert cfg.test_sparsity_weight == 1.0 and cfg.test_tol == 0.002 and cfg.test_max_steps is None
+    draws = _Injected(orders, backgrounds)
+    got, summary = optimise_test_masks(f_s, images, masker, cfg, draws=draws)
+    assert want_epochs > 3  # the test is not vacuous: several epochs before the rule holds
+    assert summary["steps"].tolist() == [want_epochs] * n and not summary["limit_hit"].any()
+    assert draws.n_orders == want_epochs
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    assert (want < 0.99).any()  # the masks did move
+    # the loss change it reports is the last one the rule tested
+    losses = summary["epoch_losses"]
+    assert abs(summary["loss_change"][0] - abs(losses[-1] - losses[-3]) / losses[-3]) < 1e-6
+
+
+class _ConstantImage(nn.Module):
+    """An image classifier whose output ignores its input: only the sparsity term moves a mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor([0.3, -0.2, 0.1]))
+
+    def forward(self, x):
+        return self.logits.expand(len(x), 3)
+
+
+@pytest.mark.parametrize("average", [True, False])
+def test_converged_map_is_the_mean_of_the_last_window(average):
+    """With sparsity alone every cell falls by s = lr * w / (batch * cells) per step. The converged
+    procedure's map is a mean of its last steps' masks (iterate averaging), or the last step's mask."""
+    masker = ImageMasker((3, 8, 8), upsample_factor=2)  # 16 cells
+    cfg = DietConfig(batch_size=4, test_lr=2.0, test_sparsity_weight=1.0, test_window=0.25, test_max_steps=10,
+                     test_average=average)  # 10 steps: fewer than the four half-windows the rule compares
+    x = torch.rand(3, 3, 8, 8)
+    h = int(horizons(cfg, masker, x, masker.init_masks(1))[0])
+    assert h == 32  # ceil(4 * 16 / 2)
+    masks, summary = optimise_test_masks(_ConstantImage(), x, masker, cfg)
+    s, window, steps = 1 / 32, 8, 10  # window: two halves of ceil(0.25 * 32 / 2) = 4 steps
+    assert summary["window"].tolist() == [window] * 3 and summary["limit_hit"].all()
+    # at the limit: the mean since the start of the last complete half-window, steps 5 to 10
+    want = 1 - s * 7.5 if average else 1 - s * steps
+    assert torch.allclose(masks, torch.full_like(masks, want), atol=1e-5), (masks.flatten()[0], want)
+
+
+@pytest.mark.parametrize("procedure", ["authors", "converged"])
+def test_maps_do_not_depend_on_the_evaluation_batch_size_through_the_runner(tmp_path, procedure):
+    """Issue 23 end to end: the explain stage hands DiET the whole evaluation set first, so even the
+    authors' set-level procedure gives the same maps whatever evaluation.batch_size; run.json reports
+    the procedure, its steps and stop reasons."""
+    import xaiarena
+
+    diet = {"name": "diet", **{k: v for k, v in TINY.items() if k != "seed"}, "upsample_factor": 8,
+            "n_train": 32, "rounds": 1, "test_procedure": procedure, "test_lr": 20.0,
+            "test_max_steps": None if procedure == "authors" else 40, "test_seed_check": 3}
+    cfg = {"name": "t", "seed": 0, "data": {"name": "hard_mnist", "n_train": 300, "n_test": 40},
+           "model": {"name": "lenet", "channels": [4, 8, 8]}, "training": {"epochs": 1},
+           "evaluation": {"n_samples": 12}, "explainers": [diet], "metrics": ["sparseness"]}
+    runs = [xaiarena.run(cfg, out=tmp_path / f"bs{bs}", overrides={"evaluation.batch_size": bs}, show_progress=False)
+            for bs in (5, 12)]
+    key = ["explained_model", "explainer", "metric", "sample_id"]
+    a, b = (r.per_sample.sort_values(key).reset_index(drop=True) for r in runs)
+    pd_testing = pytest.importorskip("pandas").testing
+    pd_testing.assert_frame_equal(a, b)
+    info = json.loads((tmp_path / "bs5" / "run.json").read_text())["datasets"]["hard_mnist"]["learned"]["diet"]
+    t = info["test_time"]
+    assert t["procedure"] == procedure and t["n_masks"] == 12 and t["stopped_by_rule"] + t["stopped_at_limit"] == 12
+    assert info["test_seed_check"]["n_samples"] == 3
+    if procedure == "authors":
+        assert len(t["epochs"]) == 1 and t["stopped_at_limit"] == 0  # one set, one stopping epoch, no limit

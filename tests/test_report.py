@@ -378,16 +378,25 @@ def test_lime_superpixels_figure_and_per_image_names(tmp_path):
 
 
 @pytest.mark.parametrize(("report", "expected"), [
-    ({"mask_unit": "word", "train_mask_l0_fraction": 0.997, "test_converged_fraction": 0.9},
+    ({"mask_unit": "word", "train_mask_l0_fraction": 0.997, "test_stopped_at_limit_fraction": 0.0},
      ["keep 99.7% of the words", "lr_words"]),
-    ({"train_mask_l0_fraction": 0.01, "test_converged_fraction": 0.9}, ["keep only 1.0% of the pixels", "collapsed"]),
+    ({"train_mask_l0_fraction": 0.01, "test_stopped_at_limit_fraction": 0.0},
+     ["keep only 1.0% of the pixels", "collapsed"]),
+    ({"train_mask_l0_fraction": 0.4, "test_stopped_at_limit_fraction": 0.25, "test_time": {"steps_max": 1980}},
+     ["reached its safety limit (1980 steps) before its stopping rule for 25.0% of the samples"]),
+    ({"train_mask_l0_fraction": 0.4, "test_stopped_at_limit_fraction": 0.0, "test_seed_agreement": 0.31,
+      "test_seed_check": {"n_samples": 16}},
+     ["depend on its random seed", "16 evaluation samples' maps", "Spearman correlation of 0.31"]),
+    ({"train_mask_l0_fraction": 0.4, "test_stopped_at_limit_fraction": 0.0, "test_seed_agreement": 0.8}, []),
+    # a run directory written before issue 23 (the old per-step rule and its horizon)
     ({"train_mask_l0_fraction": 0.4, "test_converged_fraction": 0.02}, ["converged for only 2.0% of the samples"]),
     ({"train_mask_l0_fraction": 0.4, "test_converged_fraction": 0.6}, []),
     ({}, []),
 ])
 def test_diet_fit_reports_that_say_little_are_flagged(report, expected):
-    """The report warns when DiET's training masks kept (nearly) everything or nothing, or when most
-    test-time masks stopped at the step horizon; a sound fit gets no caution."""
+    """The report warns when DiET's training masks kept (nearly) everything or nothing, when test-time
+    optimisations stopped at the safety limit instead of by their rule, or when two seeds' maps agree
+    poorly; a sound fit gets no caution."""
     from xaiarena.report.narrative import learned_cautions
 
     text = " ".join(learned_cautions(report))

@@ -413,6 +413,12 @@ def explain_in_batches(s: Settings | Compute, explainer, model, inputs, targets,
     of the full LIME map."""
     bs = s.batch_size
     seed = ck.stable_seed(s.seed, "explain", seed_name or label)
+    prepare_set = getattr(explainer, "prepare_set", None)  # absent on duck-typed plugin explainers
+    if prepare_set is not None:
+        # the whole set first: an explainer that optimises over a set (DiET's "authors" test-time
+        # procedure) does it here, once, so its maps do not depend on the batch size either
+        with s.autocast():
+            prepare_set(model, inputs)
     out = []
     for i in progress(range(0, len(inputs), bs), desc=f"explain {label}", disable=not s.show_progress):
         xb = inputs[i:i + bs].to(s.device)

@@ -12,7 +12,8 @@ validator checks names against the signature).
 
 Learned explainers (DiET) override :meth:`fit`, which the runner calls once with
 the training split before any :meth:`explain` call, and report which model
-their maps explain through :meth:`explained_model`.
+their maps explain through :meth:`explained_model`; :meth:`prepare_set` sees all
+inputs of a view before they are explained in batches.
 """
 
 from __future__ import annotations
@@ -92,6 +93,12 @@ class Explainer(ABC):
     def report(self) -> dict[str, Any]:
         """What a learned explainer reports about its fit (run.json ``learned``); empty otherwise."""
         return {}
+
+    def prepare_set(self, model: nn.Module, inputs: Any) -> None:  # noqa: B027
+        """Called once with every input about to be explained on ``model``, before the batched
+        :meth:`explain` calls (:func:`xaiarena.stages.explain_in_batches`). Default: nothing. An
+        explainer whose maps are optimised over a set (DiET's ``authors`` test-time procedure)
+        computes them here, so they do not depend on the batch size."""
 
     @abstractmethod
     def attribute(

@@ -56,12 +56,26 @@ _DIET_LABELS = {
                                      "f_s on masked inputs vs f_b on the full inputs"),
     "train_mask_l0_fraction": ("Mask size (L0)", "mean fraction of the input DiET's training masks keep"),
     "train_mask_l1_fraction": ("Mask weight (L1)", "mean mask value over the input"),
-    "test_converged_fraction": ("Test-time masks converged", "share of evaluation masks whose optimisation converged; the rest stopped at the step cap (horizon)"),
+    "test_stopped_at_limit_fraction": ("Test-time masks at the safety limit",
+                                       "share of evaluation masks whose optimisation hit the safety limit "
+                                       "(test_max_steps) before its stopping rule"),
+    "test_final_loss_change": ("Test-time loss change at the stop", "median over the evaluation masks of the "
+                               "last relative change of the loss the stopping rule saw (window against window; "
+                               "authors: epoch against two epochs earlier)"),
+    "test_final_mask_change": ("Test-time mask change at the stop", "median over the evaluation masks of the "
+                               "last relative change of the mask the stopping rule saw"),
+    "test_converged_fraction": ("Test-time masks converged", "run directories before issue 23: share of "
+                                "evaluation masks that met the old per-step rule before the step horizon"),
 }
 _PERCENT_KEYS = set(_DIET_LABELS)
 _DIET_COUNTS = {"n_train": ("Training inputs", "inputs DiET learned masks for"),
                 "n_test": ("Test inputs", "inputs of the agreement and accuracy numbers"),
-                "fit_seconds": ("Fit time (s)", "training f_s and the masks")}
+                "fit_seconds": ("Fit time (s)", "training f_s and the masks"),
+                "test_steps_mean": ("Test-time steps (mean)", "SGD steps per evaluation mask (authors: epochs)"),
+                "test_seed_agreement": ("Seed agreement of the maps", "median per-sample Spearman correlation "
+                                        "between the maps of two seeds (the seed check, a subset of the "
+                                        "evaluation samples)")}
+_DIET_FORMATS = {"fit_seconds": "{:.1f}", "test_steps_mean": "{:.0f}", "test_seed_agreement": "{:.2f}"}
 _EXPLAINS = {"f_b": "the model being explained", "f_s": "DiET's distilled model"}
 _FIGURE_PATTERNS = (re.compile(r"^d\d+_.*\.png$"), re.compile(r"^combined_.*\.png$"), re.compile(r"^study_.*\.png$"))
 
@@ -150,9 +164,9 @@ def diet_rows(diet: Any) -> list[dict[str, str]]:
     # known numbers only, in a fixed order; bookkeeping (seed, phases, cache flags) stays in run.json
     for k, (label, desc) in {**_DIET_LABELS, **_DIET_COUNTS}.items():
         v = _num(diet.get(k))
-        if v is None:
+        if v is None or v != v:  # absent or NaN
             continue
-        value = fmt_percent(v) if k in _PERCENT_KEYS else (f"{v:.1f}" if k == "fit_seconds" else f"{int(v)}")
+        value = fmt_percent(v) if k in _PERCENT_KEYS else _DIET_FORMATS.get(k, "{:.0f}").format(v)
         rows.append({"key": k, "label": label, "description": desc, "value": value})
     return rows
 

@@ -123,18 +123,28 @@ def dataset_reading(
 
 
 #: training masks keeping at least this fraction of the input barely moved from "keep everything";
-#: at most MASKS_EMPTY, they kept (almost) nothing; test-time masks of fewer than HORIZON_SHARE of the
-#: samples converged means most maps are the state of an unfinished optimisation
-MASKS_FULL, MASKS_EMPTY, HORIZON_SHARE = 0.95, 0.02, 0.5
+#: at most MASKS_EMPTY, they kept (almost) nothing
+MASKS_FULL, MASKS_EMPTY = 0.95, 0.02
+#: DiET's seed check (docs/diet.md, "Seed check"): a median per-sample Spearman correlation between
+#: two seeds' test-time maps below this says the maps depend on the seed as much as on the input
+SEED_AGREEMENT_MIN = 0.5
+#: run directories written before issue 23 report the share of test-time masks that converged
+#: before a step horizon; fewer than this share means most maps were unfinished
+HORIZON_SHARE = 0.5
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and bool(np.isfinite(x))
 
 
 def learned_cautions(report: dict[str, Any]) -> list[str]:
-    """Sentences warning that a DiET fit report shows masks that say little: training masks that
-    kept (nearly) everything or nothing, test-time masks that mostly stopped at the step horizon."""
+    """Sentences warning that a DiET fit report shows maps that say little: training masks that kept
+    (nearly) everything or nothing, test-time optimisations stopped by the safety limit rather than
+    by their rule, and maps that depend on the seed (the seed check)."""
     out: list[str] = []
     unit = "words" if report.get("mask_unit") == "word" else "pixels"
     kept = report.get("train_mask_l0_fraction")
-    if isinstance(kept, (int, float)) and np.isfinite(kept):
+    if _finite(kept):
         if kept >= MASKS_FULL:
             hint = ("text_diet's lr_words gives the words of long texts the step of short ones" if unit == "words"
                     else "a larger mask_lr moves each mask cell further per step")
@@ -143,10 +153,29 @@ def learned_cautions(report: dict[str, Any]) -> list[str]:
         elif kept <= MASKS_EMPTY:
             out.append(f"Caution: DiET's training masks keep only {fmt_percent(kept)} of the {unit}: they "
                        "collapsed to (almost) nothing (a smaller mask_lr moves each mask unit less per step).")
-    conv = report.get("test_converged_fraction")
-    if isinstance(conv, (int, float)) and np.isfinite(conv) and conv < HORIZON_SHARE:
-        out.append(f"Caution: DiET's test-time masks converged for only {fmt_percent(conv)} of the samples; the "
-                   "others stopped at the step horizon, so its maps are those of an unfinished optimisation.")
+    at_limit = report.get("test_stopped_at_limit_fraction")
+    time_info = report.get("test_time") if isinstance(report.get("test_time"), dict) else {}
+    if _finite(at_limit) and at_limit > 0:
+        steps = time_info.get("steps_max")
+        where = f" ({int(steps)} steps)" if _finite(steps) else ""
+        out.append(f"Caution: DiET's test-time optimisation reached its safety limit{where} before its stopping "
+                   f"rule for {fmt_percent(at_limit)} of the samples, so those maps are those of an unfinished "
+                   "optimisation (test_max_steps raises the limit).")
+    elif "test_stopped_at_limit_fraction" not in report and _finite(report.get("test_converged_fraction")):
+        conv = report["test_converged_fraction"]  # a run directory written before issue 23
+        if conv < HORIZON_SHARE:
+            out.append(f"Caution: DiET's test-time masks converged for only {fmt_percent(conv)} of the samples; "
+                       "the others stopped at the step horizon, so its maps are those of an unfinished "
+                       "optimisation.")
+    agree = report.get("test_seed_agreement")
+    if _finite(agree) and agree < SEED_AGREEMENT_MIN:
+        check = report.get("test_seed_check") if isinstance(report.get("test_seed_check"), dict) else {}
+        n = check.get("n_samples")
+        whose = f"{int(n)} evaluation samples'" if _finite(n) else "the checked samples'"
+        out.append(f"Caution: DiET's maps depend on its random seed: re-optimised with a second seed, "
+                   f"{whose} maps have a median per-sample Spearman correlation of {agree:.2f} with the "
+                   f"served ones (below {SEED_AGREEMENT_MIN:g}); differences between DiET and the other "
+                   "explainers may be the seed's.")
     return out
 
 

@@ -37,9 +37,7 @@ the same result on the same machine and thread count.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -213,14 +211,28 @@ class Masker(Protocol):
 # --------------------------------------------------------------------------- configuration
 
 
-_INT_FIELDS = frozenset({"rounds", "batch_size", "mask_max_epochs", "model_max_epochs", "test_max_steps"})
-_STR_FIELDS = frozenset({"batchnorm"})
+_INT_FIELDS = frozenset({"rounds", "batch_size", "mask_max_epochs", "model_max_epochs",
+                         "test_max_steps", "test_seed_check"})
+_STR_FIELDS = frozenset({"batchnorm", "test_procedure"})
+_BOOL_FIELDS = frozenset({"test_average"})
 # How f_s's BatchNorm layers run in the model phase. "frozen": in eval mode (f_b's running
 # statistics, never updated; the affine weights still train), so f_s normalises clean and masked
 # inputs in training exactly as when it is evaluated. "batch": in train mode, as the authors'
 # code (batch statistics; running statistics updated by the clean and the masked forward pass in
 # turn, so at evaluation time masked inputs are normalised with statistics of a clean/masked mix).
 BATCHNORM_MODES = ("frozen", "batch")
+#: test-time procedures (explainers/diet/testtime.py): "converged" (per sample, windowed stopping
+#: rule, safety limit) and "authors" (the authors' inference_distill.py, one set, epochs)
+TEST_PROCEDURES = ("converged", "authors")
+#: the authors' stopping band: epoch loss strictly within +-0.2 % of its value two epochs earlier
+#: (inference_distill.py, distill(): ``mask_loss > 0.998 * prev_prev_loss and ... < 1.002 * ...``)
+AUTHORS_TOL = 0.002
+#: the authors' test-time sparsity weight (inference_distill.py: one round, ``-r 1``, weight 1)
+AUTHORS_SPARSITY_WEIGHT = 1.0
+#: the converged procedure's default tolerances (relative change of the window-mean loss and of the
+#: window-mean mask between two consecutive windows; chosen in benchmarks/diet_test_time.py on
+#: training-split images, benchmarks/results/diet_convergence.md)
+CONVERGED_TOL, CONVERGED_MASK_TOL = 0.02, 0.1
 
 
 @dataclass(frozen=True)
@@ -230,8 +242,15 @@ class DietConfig:
     ``mask_lr`` is the SGD learning rate on the batch-mean mask loss, so each
     sample's mask moves by ``mask_lr / batch_size`` times its own gradient per
     step (times the masker's per-sample ``lr_scale``, where it has one);
-    test-time optimisation uses the same per-sample step (see
-    :func:`optimise_test_masks`).
+    test-time optimisation uses the same per-sample step with ``test_lr``.
+
+    Test time (:mod:`xaiarena.explainers.diet.testtime`): ``test_procedure``
+    (``converged`` or ``authors``), ``test_sparsity_weight`` (``w``),
+    ``test_tol`` (``None``: :data:`CONVERGED_TOL`, or the authors' 0.2 % band),
+    ``test_mask_tol`` and ``test_window`` (in horizons; ``converged`` only),
+    ``test_max_steps`` (safety limit: steps for ``converged``, ``None`` = 30
+    horizons; epochs for ``authors``, ``None`` = no limit, as the authors) and
+    ``test_seed_check`` (samples re-optimised with a second seed; 0 = off).
     """
 
     rounds: int = 3
@@ -242,39 +261,62 @@ class DietConfig:
     model_tol: float = 0.01
     mask_max_epochs: int = 6
     model_max_epochs: int = 3
+    test_procedure: str = "converged"
     test_lr: float | None = 1000.0
     test_sparsity_weight: float = 1.0
-    test_tol: float = 0.002
+    test_tol: float | None = None
+    test_mask_tol: float = CONVERGED_MASK_TOL
+    test_window: float = 0.5
+    test_average: bool = True
     test_max_steps: int | None = None
+    test_seed_check: int = 8
     batchnorm: str = "frozen"
 
     def __post_init__(self) -> None:
+        if self.test_tol is None:
+            tol = AUTHORS_TOL if self.test_procedure == "authors" else CONVERGED_TOL
+            object.__setattr__(self, "test_tol", tol)
         checks = {
             "rounds": self.rounds >= 1, "batch_size": self.batch_size >= 1, "mask_lr": self.mask_lr > 0,
             "model_lr": self.model_lr > 0, "mask_tol": self.mask_tol >= 0, "model_tol": self.model_tol >= 0,
             "mask_max_epochs": self.mask_max_epochs >= 1, "model_max_epochs": self.model_max_epochs >= 0,
+            "test_procedure": self.test_procedure in TEST_PROCEDURES,
             "test_lr": self.test_lr is None or self.test_lr > 0,
             "test_sparsity_weight": self.test_sparsity_weight >= 0, "test_tol": self.test_tol >= 0,
+            "test_mask_tol": self.test_mask_tol >= 0, "test_window": self.test_window > 0,
             "test_max_steps": self.test_max_steps is None or self.test_max_steps >= 1,
+            "test_seed_check": self.test_seed_check >= 0,
             "batchnorm": self.batchnorm in BATCHNORM_MODES,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
+            hints = {"batchnorm": f"batchnorm: one of {', '.join(BATCHNORM_MODES)}",
+                     "test_procedure": f"test_procedure: one of {', '.join(TEST_PROCEDURES)}"}
+            hint = "; ".join(h for k, h in hints.items() if k in bad)
             raise ValueError("invalid DiET settings: " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
-                             + (f" (batchnorm: one of {', '.join(BATCHNORM_MODES)})" if "batchnorm" in bad else ""))
+                             + (f" ({hint})" if hint else ""))
+        if self.test_procedure == "converged" and self.test_sparsity_weight == 0:
+            raise ValueError("invalid DiET settings: test_sparsity_weight=0 with "
+                             "test_procedure='converged' (its window and safety limit are counted in "
+                             "horizons, the steps in which sparsity alone erases an unused mask unit; "
+                             "use a positive weight)")
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> DietConfig:
         """The config from an explainer's options (e.g. its ``locals()``): the keys that are
-        fields, cast to int or float (None kept); other keys are ignored."""
+        fields, cast to int, float or str (None kept); other keys are ignored."""
         values = {}
         for f in fields(cls):
             if f.name in options:
                 v = options[f.name]
-                if f.name in _STR_FIELDS:
+                if v is None:
+                    values[f.name] = None
+                elif f.name in _STR_FIELDS:
                     values[f.name] = str(v)
+                elif f.name in _BOOL_FIELDS:
+                    values[f.name] = bool(v)
                 else:
-                    values[f.name] = None if v is None else (int(v) if f.name in _INT_FIELDS else float(v))
+                    values[f.name] = int(v) if f.name in _INT_FIELDS else float(v)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -286,28 +328,16 @@ class DietConfig:
 
     def test_dict(self) -> dict[str, Any]:
         """Every setting the test-time optimisation reads (part of the test-mask cache key):
-        the ``test_*`` fields, the effective test learning rate and ``batch_size`` (the
-        per-sample step is ``lr / batch_size``, and the default horizon depends on it)."""
-        out = {k: v for k, v in asdict(self).items() if k.startswith("test_")}
+        the ``test_*`` fields but ``test_seed_check`` (it changes no mask), the effective test
+        learning rate and ``batch_size`` (the per-sample step is ``lr / batch_size``)."""
+        out = {k: v for k, v in asdict(self).items()
+               if k.startswith("test_") and k != "test_seed_check"}
         out.update(effective_test_lr=self.effective_test_lr, batch_size=self.batch_size)
         return out
 
     @property
     def effective_test_lr(self) -> float:
         return self.test_lr if self.test_lr is not None else self.mask_lr
-
-    def test_horizon(self, n_cells: int) -> int:
-        """Test-time step cap: ``test_max_steps``, or by default the number of steps in which
-        the sparsity gradient alone takes a mask cell from 1 to 0.
-
-        A cell's share of ``||m||_1 / |m|`` is ``1 / n_cells``, so each step lowers an
-        unused cell by ``lr * w / (batch_size * n_cells)``; the horizon is the inverse.
-        """
-        if self.test_max_steps is not None:
-            return self.test_max_steps
-        if self.test_sparsity_weight == 0:
-            raise ValueError("test_sparsity_weight=0 needs an explicit test_max_steps")
-        return max(3, math.ceil(self.batch_size * n_cells / (self.effective_test_lr * self.test_sparsity_weight)))
 
 
 @dataclass
@@ -645,257 +675,3 @@ class _Accumulator:
 
     def result(self) -> dict[str, float]:
         return {k: v / max(self.n, 1) for k, v in self.sums.items()}
-
-
-# --------------------------------------------------------------------------- test time
-
-
-def optimise_test_masks(
-    f_s: nn.Module,
-    inputs: torch.Tensor,
-    masker: Masker,
-    config: DietConfig,
-    *,
-    seed: int = 0,
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Masks for evaluation samples, optimised against the frozen ``f_s`` only.
-
-    Minimises ``w * ||m||_1 / |m| + ||p_s(x) - p_s(x_m)||_1`` per sample (``w`` =
-    ``config.test_sparsity_weight``) by SGD from masks of ones, clamping to [0, 1]
-    after each step. Nothing here reads training masks or training data.
-
-    The masks of different samples are independent problems, and they are solved
-    independently: each sample's step is ``lr / batch_size`` times its own
-    gradient (the step a batch-mean loss gives in training; ``lr`` is
-    ``config.test_lr`` or ``config.mask_lr``, times the masker's ``lr_scale`` of the
-    sample where it has one), each sample stops on its own when
-    its loss changes by at most ``test_tol`` (relative) against two steps earlier
-    or after ``test_max_steps`` steps, and the background at step ``t`` is the
-    ``t``-th draw of a generator seeded by ``seed``, shared by all samples. So a
-    sample's mask does not depend on which other samples are in the batch.
-
-    Returns the low-resolution masks (CPU, unrounded) and a summary dict: ``horizon``
-    (the step cap), ``steps_mean``, ``converged`` (fraction of samples stopped by the
-    ``test_tol`` rule; the others ran into the horizon) and, per sample (CPU tensors),
-    ``steps`` and ``converged_mask``.
-    """
-    cfg = config
-    step = cfg.effective_test_lr / cfg.batch_size
-    device = inputs.device
-    n = len(inputs)
-    masks = masker.init_masks(n).to(device)
-    horizon = cfg.test_horizon(masks[0].numel())
-    gen = torch.Generator().manual_seed(int(seed))
-    active = torch.ones(n, dtype=torch.bool, device=device)
-    losses = torch.full((horizon, n), float("nan"), device=device)
-    steps_taken = torch.zeros(n, dtype=torch.long, device=device)
-    chunk = max(cfg.batch_size, 1)
-    with frozen(f_s, train=False):
-        with torch.no_grad():
-            p_clean = torch.cat([F.softmax(f_s(inputs[i:i + chunk]), 1) for i in range(0, n, chunk)])
-        for t in range(horizon):
-            bg1 = masker.sample_background(1, gen, device)
-            idx = active.nonzero().flatten()
-            if len(idx) == 0:
-                break
-            for j in range(0, len(idx), chunk):
-                sub = idx[j:j + chunk]
-                m = masks[sub].clone().requires_grad_(True)
-                m_up = masker.expand(m)
-                bg = bg1.expand(len(sub), *bg1.shape[1:])
-                x_sub = inputs[sub]
-                p_m = F.softmax(f_s(masker.apply(x_sub, m_up, bg)), 1)
-                per_sample = cfg.test_sparsity_weight * masker_sparsity(masker, m_up, x_sub) + prob_l1(p_clean[sub], p_m)
-                (grad,) = torch.autograd.grad(per_sample.sum(), m)
-                with torch.no_grad():
-                    masks[sub] = (m - step * masker_lr_scale(masker, x_sub, m) * grad).clamp_(0, 1)
-                    losses[t, sub] = per_sample.detach()
-            steps_taken[idx] += 1
-            if t >= 2 and cfg.test_tol > 0:
-                ref = losses[t - 2, idx]
-                done = (losses[t, idx] - ref).abs() <= cfg.test_tol * ref.abs().clamp_min(1e-12)
-                active[idx[done]] = False
-    summary = {"horizon": horizon, "steps_mean": float(steps_taken.float().mean()) if n else 0.0,
-               "converged": float((~active).float().mean()) if n else 0.0,
-               "steps": steps_taken.cpu(), "converged_mask": (~active).cpu()}
-    return masks.detach().cpu(), summary
-
-
-# --------------------------------------------------------------------------- explainer plumbing
-
-TEST_MASKS_FILE = "test_masks.pt"
-REPORT_FILE = "report.json"
-TEST_MASKS_FORMAT = 2
-
-
-@dataclass
-class _TestMask:
-    """A cached test-time mask and how its optimisation ended."""
-
-    mask: torch.Tensor
-    steps: int
-    converged: bool  # stopped by the test_tol rule (else it ran into the horizon)
-    horizon: int
-
-
-class DietFitMixin:
-    """What the image ``diet`` and ``text_diet`` explainers share around :class:`DietTrainer`:
-    the fitted state, the seed and training-subset rules, the cached faithfulness report and
-    the cache of test-time masks.
-
-    Test-time masks for ``f_s`` are cached under a key made of every test-time setting
-    (:meth:`DietConfig.test_dict`, the subclass's :meth:`_test_settings`, e.g. the
-    background used at test time), the fingerprint of ``f_s``, DiET's seed and a digest of
-    the input; changing any of them recomputes. Masks for any other model (e.g. the
-    randomised copies of the randomisation test) are optimised against that model and never
-    cached.
-
-    A subclass sets ``name``, ``config``, ``n_train`` and ``seed``, implements
-    ``_faithfulness(f_b, ...)`` and ``_test_settings()``; it calls :meth:`_reset_fit_state`
-    in ``__init__`` and :meth:`_fit_with_trainer` in ``fit``.
-    """
-
-    name: str
-    config: DietConfig
-    n_train: int | None
-    seed: int | None
-
-    def _reset_fit_state(self) -> None:
-        self.f_s: nn.Module | None = None
-        self.masker: Any = None
-        self.train_masks: torch.Tensor | None = None
-        self.train_index: torch.Tensor | None = None
-        self.history: list[dict[str, Any]] = []
-        self.fit_report: dict[str, Any] = {}
-        self.cache_dir: Path | None = None
-        self._seed = 0
-        self._fs_fingerprint = ""
-        self._test_cache: dict[str, _TestMask] = {}
-
-    def _start_fit(self, n_all: int, generator: torch.Generator | None, cache_dir: Any) -> torch.Tensor:
-        """Fix the fit seed (``seed``, else one draw from ``generator``, else 0) and the cache
-        folder; return the sorted indices of the ``n_train`` training samples drawn by that seed."""
-        if self.seed is not None:
-            self._seed = int(self.seed)
-        elif generator is not None:
-            self._seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        else:
-            self._seed = 0
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        if self.n_train is None or self.n_train >= n_all:
-            return torch.arange(n_all)
-        perm = torch.randperm(n_all, generator=torch.Generator().manual_seed(self._seed))
-        return perm[: self.n_train].sort().values
-
-    def _fit_with_trainer(self, model: nn.Module, get_batch: BatchFn, labels: torch.Tensor, index: torch.Tensor,
-                          data_key: str, device: torch.device, faithfulness: Callable[[], dict[str, Any]]) -> None:
-        """Train (or resume, or load) ``f_s`` and the training masks, then the faithfulness
-        report (cached beside them) and any test-time masks cached by an earlier run."""
-        trainer = DietTrainer(self.masker, self.config, device=device, seed=self._seed, cache_dir=self.cache_dir)
-        result = trainer.fit(model, get_batch, len(index), labels, data_key=data_key)
-        self.f_s, self.train_masks, self.history, self.train_index = result.f_s, result.masks, result.history, index
-        for p in self.f_s.parameters():  # f_s is final: explainers and metrics only need input gradients
-            p.requires_grad_(False)
-        self._fs_fingerprint = fingerprint_module(self.f_s)
-
-        report_path = self.cache_dir / REPORT_FILE if self.cache_dir is not None else None
-        if result.cache_hit and report_path is not None and report_path.exists():
-            self.fit_report = json.loads(report_path.read_text())
-        else:
-            start = time.perf_counter()
-            self.fit_report = faithfulness()
-            self.fit_report["fit_seconds"] = round(result.seconds, 3)
-            self.fit_report["report_seconds"] = round(time.perf_counter() - start, 3)
-            if report_path is not None:
-                atomic_write_text(report_path, json.dumps(self.fit_report, indent=2))
-        self.fit_report["cache_hit"] = result.cache_hit
-        self.fit_report["resumed_from_phase"] = result.resumed_from
-        self._test_cache = {}
-        if self.cache_dir is not None and (self.cache_dir / TEST_MASKS_FILE).exists():
-            saved = load_torch(self.cache_dir / TEST_MASKS_FILE)
-            if isinstance(saved, dict) and saved.get("format") == TEST_MASKS_FORMAT:
-                self._test_cache = {
-                    k: _TestMask(m, int(s), bool(c), int(h))
-                    for k, m, s, c, h in zip(saved["keys"], saved["masks"], saved["steps"].tolist(),
-                                             saved["converged"].tolist(), saved["horizon"].tolist(), strict=True)}
-        self._update_test_stats()
-
-    # ---------------------------------------------------------------- test-time masks
-    def _test_settings(self) -> dict[str, Any]:
-        """Test-time settings of the modality (e.g. the background used at test time)."""
-        return {}
-
-    def _test_key(self) -> str:
-        """Digest of everything a test-time mask for ``f_s`` depends on besides its input."""
-        key = {"format": TEST_MASKS_FORMAT, "config": self.config.test_dict(), "modality": self._test_settings(),
-               "f_s": self._fs_fingerprint, "seed": self._seed}
-        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-
-    def _cached_test_masks(self, digests: list[str],
-                           compute: Callable[[list[int]], tuple[list[torch.Tensor], dict[str, Any]]]
-                           ) -> list[torch.Tensor]:
-        """Masks for ``f_s`` of the inputs with these ``digests``: from the cache, or from
-        ``compute(positions)`` (per-sample masks and :func:`optimise_test_masks`'s summary)
-        for those not cached under the current test settings."""
-        tkey = self._test_key()
-        keys = [f"{tkey}:{d}" for d in digests]
-        todo = [i for i, k in enumerate(keys) if k not in self._test_cache]
-        if todo:
-            masks, summary = compute(todo)
-            steps, conv = summary["steps"].tolist(), summary["converged_mask"].tolist()
-            for j, i in enumerate(todo):
-                self._test_cache[keys[i]] = _TestMask(masks[j], int(steps[j]), bool(conv[j]), int(summary["horizon"]))
-            self._save_test_masks()
-            self._update_test_stats()
-        return [self._test_cache[k].mask for k in keys]
-
-    def _explains_f_s(self, model: nn.Module | None) -> bool:
-        """Whether a call to explain ``model`` is a call for ``f_s`` (served from the cache)."""
-        return model is None or model is self._fitted()
-
-    def _update_test_stats(self) -> None:
-        """Put how the test-time optimisation ended into the report (in place, so a report
-        dict handed out before the evaluation masks were computed shows them too)."""
-        prefix = self._test_key() + ":"
-        entries = [e for k, e in self._test_cache.items() if k.startswith(prefix)]
-        for k in ("test_converged_fraction", "test_time"):
-            self.fit_report.pop(k, None)
-        if not entries:
-            return
-        n = len(entries)
-        conv = sum(e.converged for e in entries) / n
-        horizons = sorted({e.horizon for e in entries})
-        self.fit_report["test_converged_fraction"] = conv
-        self.fit_report["test_time"] = {
-            "n_masks": n, "converged_fraction": conv, "stopped_at_horizon_fraction": 1.0 - conv,
-            "steps_mean": sum(e.steps for e in entries) / n,
-            "horizon": horizons[0] if len(horizons) == 1 else horizons,
-            "settings": self.config.test_dict() | self._test_settings(),
-        }
-
-    def _save_test_masks(self) -> None:
-        if self.cache_dir is None:
-            return
-        keys = list(self._test_cache)
-        entries = [self._test_cache[k] for k in keys]
-        atomic_save_torch({"format": TEST_MASKS_FORMAT, "keys": keys, "masks": [e.mask for e in entries],
-                           "steps": torch.tensor([e.steps for e in entries], dtype=torch.long),
-                           "converged": torch.tensor([e.converged for e in entries], dtype=torch.bool),
-                           "horizon": torch.tensor([e.horizon for e in entries], dtype=torch.long)},
-                          self.cache_dir / TEST_MASKS_FILE)
-
-    def report(self) -> dict[str, Any]:
-        """Model-faithfulness report of the last ``fit`` (empty before).
-
-        The dict is live: ``test_converged_fraction`` and ``test_time`` (how the test-time
-        optimisation of the masks served for ``f_s`` ended: converged by ``test_tol`` or
-        stopped at the horizon) are added and updated as masks are computed."""
-        return self.fit_report
-
-    def explained_model(self, model: nn.Module) -> nn.Module:
-        return self._fitted()
-
-    def _fitted(self) -> nn.Module:
-        if self.f_s is None or self.masker is None:
-            raise RuntimeError(f"{self.name} must be fitted first: call fit(model, task, device=...) before explaining")
-        return self.f_s

@@ -14,17 +14,24 @@ from torch import nn
 from ...registry import EXPLAINERS
 from ..base import Explainer
 from .core import (
+    AUTHORS_SPARSITY_WEIGHT,
+    CONVERGED_MASK_TOL,
     DietConfig,
-    DietFitMixin,
     faithfulness_report,
     fingerprint_tensor,
     frozen,
     mask_l0,
     mask_sparsity,
-    optimise_test_masks,
 )
+from .mixin import DietFitMixin
+from .testtime import optimise_test_masks
 
 BACKGROUNDS = ("normal", "uniform", "constant")
+#: the background colour the authors' code hard-codes (inference_distill.py, update_mask: an
+#: ImageNet-like RGB mean, every image being read as RGB); for grey images the mean of the three
+AUTHORS_BACKGROUND = (0.527, 0.447, 0.403)
+#: the image ``diet``'s default test-time sparsity weight with the ``converged`` procedure
+CONVERGED_SPARSITY_WEIGHT = 8.0
 
 
 def _per_channel(value: float | Sequence[float] | None, default: Sequence[float], channels: int, name: str) -> torch.Tensor:
@@ -49,7 +56,8 @@ class ImageMasker:
     """
 
     def __init__(self, input_shape: Sequence[int], upsample_factor: int = 4, background: str = "normal",
-                 mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None):
+                 mean: Sequence[float] | float | None = None,
+                 std: Sequence[float] | float | None = None, lr_cells: float | None = None):
         if len(input_shape) != 3:
             raise ValueError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
         if int(upsample_factor) < 1:
@@ -64,6 +72,21 @@ class ImageMasker:
         self.std = _per_channel(std, [0.25], self.channels, "background_std")
         if (self.std < 0).any():
             raise ValueError("background_std must be >= 0")
+        _check_lr_cells(lr_cells)
+        self.lr_cells = None if lr_cells is None else float(lr_cells)
+
+    @property
+    def n_cells(self) -> int:
+        return self.mask_hw[0] * self.mask_hw[1]
+
+    def lr_scale(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        """``n_cells / lr_cells`` for every image (``None``: no ``lr_cells``, or the masks have
+        exactly ``lr_cells`` cells). Both terms of a cell's gradient scale with ``1 / n_cells``
+        (the sparsity term is a mean over the image, a cell's pixels are ``H W / n_cells``), so
+        this gives a cell the same step at every mask size."""
+        if self.lr_cells is None or self.n_cells == self.lr_cells:
+            return None
+        return torch.full((len(inputs),), self.n_cells / self.lr_cells)
 
     def init_masks(self, n: int) -> torch.Tensor:
         return torch.ones(n, 1, *self.mask_hw)
@@ -87,9 +110,30 @@ class ImageMasker:
         return expanded_masks * inputs + (1 - expanded_masks) * background
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "image", "input_shape": [self.channels, self.height, self.width], "upsample_factor": self.factor,
-                "background": self.background, "mean": [round(float(v), 6) for v in self.mean],
-                "std": [round(float(v), 6) for v in self.std]}
+        out = {"kind": "image", "input_shape": [self.channels, self.height, self.width],
+               "upsample_factor": self.factor, "background": self.background,
+               "mean": [round(float(v), 6) for v in self.mean],
+               "std": [round(float(v), 6) for v in self.std]}
+        if self.lr_cells is not None and self.n_cells != self.lr_cells:  # else: the rates as given
+            out["lr_cells"] = self.lr_cells
+        return out
+
+
+def _check_lr_cells(lr_cells: float | None) -> None:
+    ok = lr_cells is None or (isinstance(lr_cells, (int, float)) and math.isfinite(lr_cells)
+                              and lr_cells > 0)
+    if not ok:
+        raise ValueError(f"diet: lr_cells={lr_cells!r} must be > 0 (or null: the learning rates as given)")
+
+
+def authors_background(channels: int) -> list[float]:
+    """The authors' background colour for images of ``channels`` channels (RGB; grey: the mean)."""
+    if channels == 3:
+        return list(AUTHORS_BACKGROUND)
+    if channels == 1:
+        return [sum(AUTHORS_BACKGROUND) / 3]
+    raise ValueError(f"diet: the authors' background colour is RGB; images with {channels} channels "
+                     "need an explicit test_background_mean")
 
 
 def _digests(inputs: torch.Tensor) -> list[str]:
@@ -133,16 +177,29 @@ class DiET(DietFitMixin, Explainer):
     ``model_lr`` (Adam), ``mask_tol``/``model_tol`` and ``mask_max_epochs``/
     ``model_max_epochs`` (convergence per phase), ``background`` (``normal``,
     ``uniform``, ``constant``) with ``background_mean``/``background_std``
-    (default: the dataset's channel statistics), ``test_background_std`` (the
-    background std at test time; ``None`` = ``background_std``), ``test_lr``
-    (``None`` = ``mask_lr``), ``test_sparsity_weight``, ``test_tol``,
-    ``test_max_steps`` (``None`` = the horizon of :meth:`DietConfig.test_horizon`),
+    (default: the dataset's channel statistics), ``lr_cells`` (``mask_lr`` and ``test_lr``
+    are the rates of a mask of ``lr_cells`` cells; masks of ``n`` cells use ``rate * n /
+    lr_cells``, so a cell takes the same step at every mask size; ``None``: as given),
     ``batchnorm`` (``frozen``: f_s's BatchNorm layers keep f_b's running statistics in the
     model phase, so masked inputs are normalised in training as at evaluation; ``batch``: the
-    authors' code, train-mode BatchNorm; no effect on models without BatchNorm),
-    and ``seed`` (default: drawn from the generator given to :meth:`fit`). Defaults
-    are sized for hard_mnist (64x64) in ~5 minutes on 2 CPU cores and were chosen on
-    training-split images (``benchmarks/tune_diet.py``); see docs/diet.md.
+    authors' code, train-mode BatchNorm; no effect on models without BatchNorm), ``seed``
+    (default: drawn from the generator given to :meth:`fit`).
+
+    Test time: ``test_procedure`` (``converged``: per sample, until the window-mean loss and
+    mask stop changing, see :mod:`~xaiarena.explainers.diet.testtime`; ``authors``: the
+    authors' ``inference_distill.py``, the evaluation set optimised together until its epoch loss
+    is within 0.2 % of two epochs earlier, no step limit), ``test_lr`` (``None`` = ``mask_lr``),
+    ``test_sparsity_weight`` (``None``: 8 for ``converged``, the authors' 1 for ``authors``),
+    ``test_background_mean`` (``None``: ``background_mean`` for ``converged``, the authors'
+    hard-coded colour for ``authors``), ``test_background_std`` (``None`` = ``background_std``),
+    ``test_tol``/``test_mask_tol``/``test_window`` (the ``converged`` rule; ``test_tol`` is
+    the authors' band with ``authors``), ``test_average`` (``converged``: the map is the mean
+    mask of the last window, not the last step's), ``test_max_steps`` (safety limit; ``None``: 30 horizons
+    for ``converged``, none for ``authors``) and ``test_seed_check`` (evaluation samples
+    re-optimised with a second seed; the report gives the median per-sample Spearman of the
+    two seeds' maps). Defaults are sized for hard_mnist (64x64) on 2 CPU cores and were chosen
+    on training-split images (``benchmarks/tune_diet.py``, ``benchmarks/diet_test_time.py``);
+    see docs/diet.md.
 
     Explaining a model other than the fitted ``f_s`` (``attribute(model=...)``, e.g. the
     randomised copies of the randomisation test) optimises test-time masks against that
@@ -170,11 +227,18 @@ class DiET(DietFitMixin, Explainer):
         background: str = "normal",
         background_mean: float | list[float] | None = None,
         background_std: float | list[float] | None = None,
-        test_background_std: float | list[float] | None = 0.05,
+        lr_cells: float | None = 1024,
+        test_procedure: str = "converged",
         test_lr: float | None = 125.0,
-        test_sparsity_weight: float = 8.0,
-        test_tol: float = 0.002,
+        test_sparsity_weight: float | None = None,
+        test_background_mean: float | list[float] | None = None,
+        test_background_std: float | list[float] | None = 0.05,
+        test_tol: float | None = None,
+        test_mask_tol: float = CONVERGED_MASK_TOL,
+        test_window: float = 0.5,
+        test_average: bool = True,
         test_max_steps: int | None = None,
+        test_seed_check: int = 8,
         batchnorm: str = "frozen",
         seed: int | None = None,
     ):
@@ -184,16 +248,23 @@ class DiET(DietFitMixin, Explainer):
             raise ValueError(f"upsample_factor={upsample_factor} must be >= 1")
         if n_train is not None and int(n_train) < 1:
             raise ValueError(f"n_train={n_train} must be >= 1 (or null for the whole training split)")
-        if test_background_std is not None and not all(
-                math.isfinite(v) and v >= 0 for v in
-                ([test_background_std] if isinstance(test_background_std, (int, float)) else test_background_std)):
-            raise ValueError(f"test_background_std={test_background_std!r} must be >= 0 (or null: background_std)")
+        for name, value in (("test_background_std", test_background_std),
+                            ("test_background_mean", test_background_mean)):
+            values = [value] if isinstance(value, (int, float)) else value
+            if value is not None and not all(math.isfinite(v) and v >= 0 for v in values):
+                raise ValueError(f"{name}={value!r} must be >= 0 (or null: see the docstring)")
+        _check_lr_cells(lr_cells)
+        if test_sparsity_weight is None:
+            test_sparsity_weight = (AUTHORS_SPARSITY_WEIGHT if test_procedure == "authors"
+                                    else CONVERGED_SPARSITY_WEIGHT)
         self.config = DietConfig.from_options(locals())
         self.upsample_factor = int(upsample_factor)
         self.n_train = None if n_train is None else int(n_train)
         self.background = background
         self.background_mean = background_mean
         self.background_std = background_std
+        self.lr_cells = None if lr_cells is None else float(lr_cells)
+        self.test_background_mean = test_background_mean
         self.test_background_std = test_background_std
         self.seed = seed
         self.test_masker: ImageMasker | None = None
@@ -211,10 +282,15 @@ class DiET(DietFitMixin, Explainer):
         images, labels = train.images[index], train.labels[index].long()
         mean = getattr(task, "mean", None) if self.background_mean is None else self.background_mean
         std = getattr(task, "std", None) if self.background_std is None else self.background_std
-        self.masker = ImageMasker(task.input_shape, self.upsample_factor, self.background, mean, std)
+        self.masker = ImageMasker(task.input_shape, self.upsample_factor, self.background, mean, std,
+                                  self.lr_cells)
         test_std = self.masker.std if self.test_background_std is None else self.test_background_std
-        self.test_masker = ImageMasker(task.input_shape, self.upsample_factor, self.background, self.masker.mean,
-                                       test_std)
+        test_mean = self.test_background_mean
+        if test_mean is None:
+            authors = self.config.test_procedure == "authors"
+            test_mean = authors_background(self.masker.channels) if authors else self.masker.mean
+        self.test_masker = ImageMasker(task.input_shape, self.upsample_factor, self.background, test_mean,
+                                       test_std, self.lr_cells)
 
         def get_batch(idx: torch.Tensor) -> torch.Tensor:
             return images[idx].to(device).float().div_(255.0)
@@ -244,26 +320,32 @@ class DiET(DietFitMixin, Explainer):
     def _test_settings(self) -> dict[str, Any]:
         return {"test_masker": self.test_masker.describe()} if self.test_masker is not None else {}
 
+    def _digests(self, inputs: torch.Tensor) -> list[str]:
+        return _digests(inputs)
+
+    def _optimise(self, model: nn.Module, inputs: torch.Tensor, positions: list[int], seed: int,
+                  sample_seeds: list[int]) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        assert self.test_masker is not None
+        x = inputs[torch.tensor(positions)].to(_device_of(model, inputs.device)).float()
+        masks, summary = optimise_test_masks(model, x, self.test_masker, self.config, seed=seed,
+                                             sample_seeds=sample_seeds)
+        return list(masks), summary
+
+    def _check_maps(self, masks: list[torch.Tensor]) -> list[torch.Tensor]:
+        assert self.masker is not None
+        return [self.masker.expand(m[None].float())[0, 0] for m in masks]
+
     def test_masks(self, inputs: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
         """Low-resolution, unrounded test-time masks ``(N, 1, h, w)`` (CPU) for pixel-space ``inputs``,
         optimised against ``model`` (default ``f_s``: cached; any other model: uncached)."""
-        f_s = self._fitted()
-        assert self.masker is not None and self.test_masker is not None
+        self._fitted()
+        assert self.masker is not None
         if tuple(inputs.shape[1:]) != (self.masker.channels, self.masker.height, self.masker.width):
             raise ValueError(f"diet was fitted on inputs of shape {(self.masker.channels, self.masker.height, self.masker.width)}, "
                              f"got {tuple(inputs.shape[1:])}")
         if len(inputs) == 0:
             return self.masker.init_masks(0)
-        if not self._explains_f_s(model):
-            x = inputs.to(_device_of(model, inputs.device)).float()
-            return optimise_test_masks(model, x, self.test_masker, self.config, seed=self._seed)[0]
-
-        def compute(todo: list[int]) -> tuple[list[torch.Tensor], dict[str, Any]]:
-            x = inputs[torch.tensor(todo)].to(_device_of(f_s, inputs.device)).float()
-            masks, summary = optimise_test_masks(f_s, x, self.test_masker, self.config, seed=self._seed)
-            return list(masks), summary
-
-        return torch.stack(self._cached_test_masks(_digests(inputs), compute))
+        return torch.stack(self.test_masks_for(model, inputs))
 
     def attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
                   generator: torch.Generator | None = None) -> torch.Tensor:

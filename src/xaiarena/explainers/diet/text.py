@@ -34,13 +34,15 @@ from ...data.text import TextBatch
 from ...registry import EXPLAINERS
 from ..text.base import TextExplainer
 from .core import (
+    AUTHORS_SPARSITY_WEIGHT,
+    CONVERGED_MASK_TOL,
     DietConfig,
-    DietFitMixin,
     faithfulness_report,
     fingerprint_tensor,
     frozen,
-    optimise_test_masks,
 )
+from .mixin import DietFitMixin
+from .testtime import optimise_test_masks
 
 BASELINES = ("mask", "pad", "unk")
 
@@ -81,6 +83,10 @@ class TextMasker:
         wm = inputs.word_mask.to(expanded_masks.device)
         return (expanded_masks.abs() * wm).sum(1) / inputs.n_words.to(expanded_masks.device).clamp_min(1)
 
+    def units(self, inputs: TextBatch) -> torch.Tensor:
+        """Words per text: the units the sparsity term averages over."""
+        return inputs.n_words.float().clamp_min(1)
+
     def lr_scale(self, inputs: TextBatch) -> torch.Tensor | None:
         """``n_words / lr_words`` per text (``None`` without ``lr_words``: one rate for all)."""
         if self.lr_words is None:
@@ -119,18 +125,23 @@ class TextDiET(DietFitMixin, TextExplainer):
 
     Options as for the image ``diet`` (``rounds``, ``n_train``, ``batch_size``,
     ``mask_lr`` (SGD on the batch-mean loss), ``model_lr`` (Adam on ``f_s``),
-    ``mask_tol``/``model_tol``, ``mask_max_epochs``/``model_max_epochs``,
-    ``test_lr``, ``test_sparsity_weight``, ``test_tol``, ``test_max_steps``,
-    ``batchnorm``, ``seed``), plus ``baseline`` (``mask``, ``pad``, ``unk``): the token whose
-    embedding masked words blend towards, and ``lr_words``: if set, a text of ``n`` words uses
-    ``mask_lr * n / lr_words`` and ``test_lr * n / lr_words``, so each word's sparsity step is
-    that of a ``lr_words``-word text at the given rates (the sparsity gradient of a word is
-    ``w / n``); ``None`` (default): the given rates for every text, as in the authors' code.
-    Defaults: ``mask_lr`` 100, ``model_lr`` 5e-6 and ``test_lr`` 50 were chosen by rationale F1
-    on 160 planted_sentiment *training* texts DiET did not learn masks for (never the test
-    split), with the offline config's budget (``benchmarks/tune_diet.py --modality text``;
-    search and scores in docs/text.md). ``mask_lr`` 300 (the earlier default) scored 0.018
-    lower there and makes the training masks sparse; at 100 they keep ~81 % of the words.
+    ``mask_tol``/``model_tol``, ``mask_max_epochs``/``model_max_epochs``, ``batchnorm``,
+    ``seed``, and at test time ``test_procedure`` (``converged`` or ``authors``), ``test_lr``,
+    ``test_sparsity_weight`` (``None``: 1, the authors' weight), ``test_tol``, ``test_mask_tol``,
+    ``test_window``, ``test_average``, ``test_max_steps`` and ``test_seed_check``; see
+    :mod:`~xaiarena.explainers.diet.testtime`), plus ``baseline`` (``mask``, ``pad``, ``unk``): the
+    token whose embedding masked words blend towards, and ``lr_words``: if set, a text of ``n``
+    words uses ``mask_lr * n / lr_words`` and ``test_lr * n / lr_words``, so each word's sparsity
+    step is that of a ``lr_words``-word text at the given rates (the sparsity gradient of a word is
+    ``w / n``); ``None`` (default): the given rates for every text, as in the authors' code. The
+    ``converged`` procedure counts its window and safety limit in horizons of each text (steps in
+    which sparsity alone erases an unused word: ``batch_size * n / (test_lr * scale * w)``), so
+    they follow the text's length. Defaults: ``mask_lr`` 100, ``model_lr`` 5e-6 and ``test_lr`` 50
+    were chosen by rationale F1 on 160 planted_sentiment *training* texts DiET did not learn masks
+    for (never the test split), with the offline config's budget (``benchmarks/tune_diet.py
+    --modality text``; search and scores in docs/text.md). ``mask_lr`` 300 (the earlier default)
+    scored 0.018 lower there and makes the training masks sparse; at 100 they keep ~81 % of the
+    words.
     """
 
     name = "text_diet"
@@ -151,10 +162,15 @@ class TextDiET(DietFitMixin, TextExplainer):
         mask_max_epochs: int = 5,
         model_max_epochs: int = 1,
         baseline: str = "mask",
+        test_procedure: str = "converged",
         test_lr: float | None = 50.0,
-        test_sparsity_weight: float = 1.0,
-        test_tol: float = 0.005,
-        test_max_steps: int = 20,
+        test_sparsity_weight: float | None = None,
+        test_tol: float | None = None,
+        test_mask_tol: float = CONVERGED_MASK_TOL,
+        test_window: float = 0.5,
+        test_average: bool = True,
+        test_max_steps: int | None = None,
+        test_seed_check: int = 8,
         batchnorm: str = "frozen",
         lr_words: float | None = None,
         seed: int | None = None,
@@ -164,6 +180,8 @@ class TextDiET(DietFitMixin, TextExplainer):
         _check_lr_words(lr_words)
         if n_train is not None and int(n_train) < 1:
             raise ValueError(f"text_diet: n_train={n_train} must be >= 1 (or null for the whole training split)")
+        if test_sparsity_weight is None:
+            test_sparsity_weight = AUTHORS_SPARSITY_WEIGHT
         self.config = DietConfig.from_options(locals())
         self.n_train = None if n_train is None else int(n_train)
         self.baseline = baseline
@@ -230,28 +248,27 @@ class TextDiET(DietFitMixin, TextExplainer):
             out["lr_words"] = self.lr_words
         return out
 
+    def _digests(self, inputs: TextBatch) -> list[str]:
+        return [d.hex() for d in inputs.digests()]
+
+    def _optimise(self, model: nn.Module, inputs: TextBatch, positions: list[int], seed: int,
+                  sample_seeds: list[int]) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        param = next(iter(model.parameters()), None)
+        x = inputs[torch.tensor(positions)].to(param.device if param is not None else inputs.device)
+        masker = TextMasker(x.max_words, self.baseline, self.lr_words)
+        masks, summary = optimise_test_masks(model, x, masker, self.config, seed=seed,
+                                             sample_seeds=sample_seeds)
+        return [masks[j, : int(x.n_words[j])].clone() for j in range(len(positions))], summary
+
+    def _check_maps(self, masks: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [m.float() for m in masks]
+
     def test_masks(self, inputs: TextBatch, model: nn.Module | None = None) -> torch.Tensor:
         """Unrounded test-time word masks ``(N, L)`` (CPU) for the texts of ``inputs`` (0 past the last
         word), optimised against ``model`` (default ``f_s``: cached; any other model: uncached)."""
-        f_s = self._fitted()
-        target = f_s if self._explains_f_s(model) else model
-        param = next(iter(target.parameters()), None)
-        dev = param.device if param is not None else inputs.device
-
-        def compute(todo: list[int]) -> tuple[list[torch.Tensor], dict[str, Any]]:
-            x = inputs[torch.tensor(todo)].to(dev)
-            masks, summary = optimise_test_masks(target, x, TextMasker(x.max_words, self.baseline, self.lr_words),
-                                                 self.config, seed=self._seed)
-            return [masks[j, : int(x.n_words[j])].clone() for j in range(len(todo))], summary
-
-        if len(inputs) == 0:
-            return torch.zeros(0, inputs.max_words)
-        if target is f_s:
-            per_text = self._cached_test_masks([d.hex() for d in inputs.digests()], compute)
-        else:
-            per_text = compute(list(range(len(inputs))))[0]
+        self._fitted()
         out = torch.zeros(len(inputs), inputs.max_words)
-        for i, m in enumerate(per_text):
+        for i, m in enumerate(self.test_masks_for(model, inputs) if len(inputs) else []):
             out[i, : len(m)] = m
         return out
 
