@@ -70,7 +70,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .stats import context_columns
+from .stats import context_columns, paired_wilcoxon
 
 #: the perturbation types (MetaQuantus's model and input perturbation tests) and strengths
 PERTURBATION_TYPES = ("model", "input")
@@ -243,14 +243,18 @@ def iac(q: np.ndarray, q_hat: np.ndarray, indices: np.ndarray, disruptive: bool)
     that fails (e.g. one sample) counts as p = 0; samples with a NaN score are left out."""
     q, q_hat = np.asarray(q, np.float64), np.asarray(q_hat, np.float64)
     idx = np.asarray(indices, dtype=bool) & np.isfinite(q) & np.isfinite(q_hat)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            p = float(
-                sps.wilcoxon(q[idx], q_hat[idx], alternative="two-sided", zero_method="zsplit")[1]
-            )
-        except Exception:  # noqa: BLE001 - MetaQuantus: any failure of the test is p = 0
-            p = 0.0
+    d = q[idx] - q_hat[idx]
+    if d.size >= 2:
+        # scipy.stats.wilcoxon(q, q_hat, zero_method="zsplit"), its exact sign-flip branch
+        # computed in one matrix product (stats.paired_wilcoxon)
+        p = paired_wilcoxon(d, zero_method="zsplit")[1]
+    else:  # scipy's own answers at n < 2: NaN for no sample, p = 1 or an error for one
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                p = float(sps.wilcoxon(d, zero_method="zsplit")[1])
+            except Exception:  # noqa: BLE001 - MetaQuantus: any failure of the test is p = 0
+                p = 0.0
     return 1.0 - p if disruptive else p
 
 
