@@ -63,6 +63,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import RunError
+from .hashing import stable_hash, stable_seed  # noqa: F401  (stable_seed: re-exported, ck.stable_seed)
 from .utils import (
     atomic_write_bytes,
     atomic_write_text,
@@ -80,17 +81,6 @@ MANIFEST_SUFFIX = ".manifest.json"
 #: so that caches written under an older scheme are recomputed rather than mixed with new numbers
 #: (2: explainer streams seeded by the registered name, not the label)
 RNG_SCHEME = 2
-
-
-def stable_hash(obj: Any, n: int = 16) -> str:
-    """Content hash of a JSON-able object (key order independent)."""
-    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:n]
-
-
-def stable_seed(*parts: Any) -> int:
-    """A 32-bit seed from any JSON-able parts (e.g. the run seed and a component label)."""
-    return int(stable_hash(list(parts), n=8), 16)
 
 
 @dataclass(frozen=True)
