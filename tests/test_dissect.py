@@ -33,7 +33,8 @@ from xaiarena.dissect.activations import (
 from xaiarena.dissect.concepts import build_concepts
 from xaiarena.dissect.options import OptionError
 from xaiarena.dissect.probe import Cache, Probe, select_probe
-from xaiarena.dissect.runner import label_neurons, read_neurons
+from xaiarena.dissect.results import read_neurons
+from xaiarena.dissect.runner import label_neurons
 from xaiarena.dissect.scorers import (
     AnnotationScorer,
     ClipScorer,
