@@ -58,6 +58,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextmanager
+def torch_threads(n: int | None):
+    """Compute with ``n`` torch threads inside the block (the process' count when None); the count
+    from before is restored afterwards. Float sums, training above all, depend on it."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def versions() -> dict[str, str]:
     from . import __version__
 
