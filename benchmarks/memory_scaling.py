@@ -30,11 +30,15 @@ seconds are in the JSON.
     python benchmarks/memory_scaling.py --n 512 1024 4096 --repeats 2
     python benchmarks/memory_scaling.py --shard-size 256   # once evaluation.shard_size exists
 
-``--shard-size`` passes ``--set evaluation.shard_size=S`` to the measured runs (the option
-comes with issue 26's sample shards; today's config refuses it). ``--set`` passes any other
-override to the measured runs only. Take the numbers on a quiet machine (the load average
-is recorded before and after). Writes ``benchmarks/results/memory_scaling.json``
-(``memory_scaling_quick.json`` with ``--quick``) and prints a Markdown table.
+``--shard-size`` passes ``--set evaluation.shard_size=S`` to the runs (the option comes with
+issue 26's sample shards; today's config refuses it, and the script stops with its message).
+``--set`` passes any other override to the runs (the training run too, so that the model's
+cache key stays the measured runs'). With ``--repeats R`` every N runs R times, interleaved;
+each N keeps its fastest explain + score time and its largest peak RSS. On 2 quiet cores the
+default takes about 45 minutes (an estimate: training, then N = 4096 for most of it). Take
+the numbers on a quiet machine (the load average is recorded before and after each run).
+Writes ``benchmarks/results/memory_scaling.json`` (``memory_scaling_quick.json`` with
+``--quick``) and prints a Markdown table.
 """
 
 from __future__ import annotations
