@@ -45,7 +45,7 @@ and the limits in the order they are reached. Capacities
     python benchmarks/imagenet_scale.py --quick    # 1 image everywhere
     python benchmarks/imagenet_scale.py --shard-size 64 256 1024 --gpus 8 64
 
-On 2 quiet cores the default run should take about 5 minutes, --quick about 4 (estimates; most of
+On 2 quiet cores the default run should take about 6 minutes, --quick about 5 (estimates; most of
 it max_sensitivity, deletion, insertion, occlusion); take numbers on a quiet machine. Writes
 ``benchmarks/results/imagenet_scale.json`` (``imagenet_scale_quick.json`` with ``--quick``)
 and prints the tables as Markdown.
