@@ -84,7 +84,7 @@ def main() -> None:
     from xaiarena.explainers.diet import DiET
     from xaiarena.models import build_model, train_model
     from xaiarena.models.training import predict
-    from xaiarena.utils import user_cache_dir
+    from xaiarena.environment import user_cache_dir
 
     options = {}
     for item in args.set:

@@ -14,8 +14,8 @@ from xaiarena.data import load_task  # noqa: E402
 from xaiarena.explainers.diet import optimise_test_masks  # noqa: E402
 from xaiarena.explainers.diet.core import DietConfig, DietTrainer, fingerprint_module  # noqa: E402
 from xaiarena.explainers.diet.text import TextDiET, TextMasker  # noqa: E402
+from xaiarena.files import load_torch  # noqa: E402
 from xaiarena.registry import EXPLAINERS  # noqa: E402
-from xaiarena.utils import load_torch  # noqa: E402
 
 QUICK = {"n_train": 120, "rounds": 1, "mask_max_epochs": 2, "model_max_epochs": 1, "test_max_steps": 6,
          "batch_size": 32, "seed": 0}

@@ -40,18 +40,14 @@ from torch import nn
 
 from . import postprocess, stages, stats
 from .config import check_safe_name, validate_components
+from .environment import resolve_device
 from .errors import ConfigError, InputError, RunError
+from .files import atomic_write_many, csv_bytes, writes_inside
 from .graph import scored_labels
 from .modalities import modality_problems
+from .ops.modes import eval_mode
 from .registry import EXPLAINERS, METRICS
-from .utils import (
-    atomic_write_many,
-    csv_bytes,
-    dumps_json,
-    eval_mode,
-    resolve_device,
-    writes_inside,
-)
+from .strict_json import dumps_json
 
 #: ``dataset`` column of the results (``evaluate(..., dataset=...)`` names it otherwise)
 DEFAULT_DATASET = "data"

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .files import atomic_write_bytes, atomic_write_text
 from .registry import DATASETS, EXPLAINERS, METRICS, MODELS, Registry
-from .utils import atomic_write_bytes, atomic_write_text
 
 N_TEXT_EXAMPLES = 8
 #: examples kept by a study with the per_image analysis (the LIME/Grad-CAM study shows 10 images)
@@ -43,7 +43,7 @@ class ImageModality:
     @torch.no_grad()
     def logits(self, model, split, index: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
         """The model's outputs ``(n, classes)`` (float32, CPU) on ``split[index]``."""
-        from .utils import eval_mode
+        from .ops.modes import eval_mode
 
         out = []
         with eval_mode(model):

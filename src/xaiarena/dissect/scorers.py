@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from ..errors import XaiArenaError
+from ..progress import progress
 from ..registry import CONCEPT_SCORERS
-from ..utils import progress
 from .options import OptionError, check_batch_size
 from .probe import Cache, Probe
 

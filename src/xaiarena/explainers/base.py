@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import ContractError
-from ..utils import eval_mode
+from ..ops.modes import eval_mode
 
 Reduction = Literal["sum", "abs_sum", "max_abs", "mean"]
 REDUCTIONS = ("sum", "abs_sum", "max_abs", "mean")

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import postprocess as _postprocess
+from ..ops.modes import eval_mode as _eval_mode
 from ..registry import suggest
-from ..utils import eval_mode as _eval_mode
 from .base import EvalBatch
 
 logger = logging.getLogger("xaiarena.metrics")

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from ..errors import DataError, TrainingError
-from ..utils import atomic_save_torch, atomic_write_text, progress
+from ..files import atomic_save_torch, atomic_write_text
+from ..progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def check_finite_outputs(model: nn.Module, inputs: Any, device: torch.device, *,
     (accuracy-type scores would still look plausible), so the runner calls this before
     explaining. The message says how many inputs and which one first.
     """
-    from ..utils import eval_mode
+    from ..ops.modes import eval_mode
 
     bad, first, total = 0, -1, 0
     with eval_mode(model):

@@ -21,8 +21,8 @@ import pandas as pd
 
 from .. import __version__, stats
 from ..errors import XaiArenaError
+from ..files import atomic_write_many, check_inside, writes_inside
 from ..metrics.agreement import PAIR_SEPARATOR
-from ..utils import atomic_write_many, check_inside, writes_inside
 from ..views import F_B, home_advantage, on_f_b_label, rank_shift, source_of
 from . import fgbg, narrative, plots
 from .loading import ReportError, RunData, load_run

@@ -49,8 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...files import atomic_save_torch, atomic_write_text, load_torch
 from ...fingerprint import fingerprint_module, fingerprint_tensor  # noqa: F401 - re-exported
-from ...utils import atomic_save_torch, atomic_write_text, eval_mode, load_torch, progress
+from ...ops.modes import eval_mode
+from ...progress import progress
 
 #: ``get_batch(index) -> inputs`` on the training device, for a 1-D LongTensor of sample indices
 BatchFn = Callable[[torch.Tensor], torch.Tensor]

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ...data.text import REMOVALS, WORD_AGGREGATIONS, TextBatch
-from ...utils import eval_mode
+from ...ops.modes import eval_mode
 from .._utils import base_seed, check_choice
 from ..base import Explainer, contract_error
 
