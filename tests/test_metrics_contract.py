@@ -27,7 +27,7 @@ from test_metrics_support import (
     tiny_text_batch,
 )
 
-from xaiarena.metrics.agreement import PAIR_SEPARATOR
+from xaiarena.ops.pairs import PAIR_SEPARATOR
 from xaiarena.registry import METRICS
 
 ALL = METRICS.names()

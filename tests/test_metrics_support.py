@@ -237,7 +237,7 @@ def gradient_fn(default_model):
 def noisy_gradient_fn(default_model):
     """A randomised explainer (SmoothGrad-like, 2 draws) with per-sample randomness from the
     generator and each sample's content, as xaiarena's explainers do."""
-    from xaiarena.explainers._utils import sample_generators
+    from xaiarena.ops.seeding import sample_generators
 
     grad = gradient_fn(default_model)
 
@@ -254,7 +254,7 @@ def noisy_gradient_fn(default_model):
 
 def hashed_random_fn():
     """A model-independent random map: U(0, 1) seeded by each input's content only."""
-    from xaiarena.explainers._utils import sample_generators
+    from xaiarena.ops.seeding import sample_generators
 
     def explain(inputs, targets, generator=None, model=None):
         gens = sample_generators(inputs, torch.Generator().manual_seed(0))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._utils import base_seed
+from ..ops.seeding import base_seed
 from .base import Explainer
 
 

@@ -125,6 +125,9 @@ class Metric(ABC):
     requires: ClassVar[tuple[str, ...]] = ("model",)
     #: the outputs with the default options, with ``ranked`` (registry metadata)
     default_outputs: ClassVar[list[dict[str, object]]] = _DefaultOutputs()  # type: ignore[assignment]
+    #: what each option accepts (:mod:`xaiarena.ops.validation`): the constructor checks its
+    #: arguments against these, and :func:`xaiarena.testing.check_metric` tries bad values
+    option_constraints: ClassVar[dict[str, object]] = {}
 
     def outputs(self) -> list[OutputSpec]:
         """Every per-sample output with its direction and range (default: one, the metric's)."""

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..errors import DataError, TrainingError
 from ..files import atomic_save_torch, atomic_write_text
+from ..ops.prediction import classes_on_cpu, pixels, predict_in_batches
 from ..progress import progress
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,8 @@ def predict(model: nn.Module, images: torch.Tensor, device: torch.device, batch_
     if isinstance(images, (list, tuple)):  # texts: the text model tokenises them
         return model.predict_texts(list(images), device, batch_size=min(batch_size, 64))
     model.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        xb = images[i : i + batch_size]
-        xb = xb.float().div(255.0) if xb.dtype == torch.uint8 else xb.float()
-        out.append(model(xb.to(device)).argmax(1).cpu())
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+    return predict_in_batches(model, images, batch_size, prepare=lambda xb: pixels(xb, device),
+                              keep=classes_on_cpu, empty=lambda: torch.empty(0, dtype=torch.long))
 
 
 def _non_finite(state: dict[str, torch.Tensor]) -> list[str]:

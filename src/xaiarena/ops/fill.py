@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from .blur import KernelForm, Padding, gaussian_blur
 
-#: the named fills (a number is a constant fill)
-FILLS: tuple[str, ...] = ("black", "white", "mean", "blur", "uniform")
+#: the named fills (a metric's fill may also be a number, a constant); the explainers' baselines
+FillName = Literal["black", "white", "mean", "blur", "uniform"]
+FILLS: tuple[str, ...] = FillName.__args__
 
 
 def default_blur_sigma(images: torch.Tensor) -> float:

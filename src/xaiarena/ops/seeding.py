@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -35,14 +36,18 @@ def base_seed(generator: torch.Generator | None) -> int:
     return int(torch.randint(0, 2**62, (1,), generator=generator, device=device).item())
 
 
+def keyed_seeds(contents: Iterable[bytes], generator: torch.Generator | None) -> list[int]:
+    """One 63-bit seed per item of ``contents`` (a sample's bytes): a keyed hash of the item, the
+    key one draw from ``generator``."""
+    key = base_seed(generator).to_bytes(8, "little")
+    return [int.from_bytes(hashlib.blake2b(c, digest_size=8, key=key).digest(), "little") >> 1
+            for c in contents]
+
+
 def sample_seeds(inputs: torch.Tensor, generator: torch.Generator | None) -> list[int]:
     """Per-sample seeds from one generator draw and a hash of each sample's pixels."""
-    key = base_seed(generator).to_bytes(8, "little")
     data = inputs.detach().to("cpu", torch.float32).contiguous().numpy()
-    return [
-        int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8, key=key).digest(), "little") >> 1
-        for row in data
-    ]
+    return keyed_seeds((row.tobytes() for row in data), generator)
 
 
 def sample_generators(inputs: torch.Tensor, generator: torch.Generator | None) -> list[torch.Generator]:

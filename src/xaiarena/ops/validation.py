@@ -36,8 +36,9 @@ import numpy as np
 from ..registry import suggest
 
 __all__ = [
-    "Boolean", "Constraint", "Interval", "ListOf", "Null", "OneOf", "OptionError", "Satisfies",
-    "Text", "invalid_values", "option_error", "option_message", "validate_options",
+    "COUNT", "FINITE", "FRACTION", "NON_NEGATIVE", "POSITIVE", "Boolean", "Constraint",
+    "Interval", "ListOf", "Null", "OneOf", "OptionError", "Satisfies", "Text", "describe",
+    "invalid_values", "option_error", "option_message", "set_options", "validate_options",
 ]
 
 _MISSING = object()
@@ -230,17 +231,36 @@ class Text(Constraint):
 
 
 class ListOf(Constraint):
-    """A list (or tuple) whose every item meets one of ``items``; ``min_len`` items at least
-    (``max_len`` at most); ``unique``: without repeats. Converted to a tuple of converted
-    items."""
+    """A list (or tuple) whose every item meets one of ``items``: ``min_len`` items at least
+    (``max_len`` at most); ``unique``: without repeats (after conversion: 10 and 10.0 repeat);
+    ``increasing``: in increasing order. Converted to a tuple of converted items."""
 
     def __init__(self, items: Constraint | Sequence[Constraint], *, min_len: int = 1,
-                 max_len: int | None = None, unique: bool = False):
+                 max_len: int | None = None, unique: bool = False, increasing: bool = False):
         self.items = [items] if isinstance(items, Constraint) else list(items)
-        self.min_len, self.max_len, self.unique = min_len, max_len, unique
+        self.min_len, self.max_len = min_len, max_len
+        self.unique, self.increasing = unique, increasing
 
     def _item_ok(self, v: Any) -> bool:
         return any(c.accepts(v) for c in self.items)
+
+    def _convert_item(self, v: Any) -> Any:
+        return next(c for c in self.items if c.accepts(v)).convert(v)
+
+    def _repeated(self, value: Sequence[Any]) -> Any:
+        """The first item whose converted value repeats an earlier one's, else ``_MISSING``."""
+        seen: set[Any] = set()
+        for v in value:
+            c = self._convert_item(v)
+            k = c if isinstance(c, (str, int, float, bool, tuple)) else repr(c)
+            if k in seen:
+                return v
+            seen.add(k)
+        return _MISSING
+
+    def _ordered(self, value: Sequence[Any]) -> bool:
+        items = [self._convert_item(v) for v in value]
+        return items == sorted(items)
 
     def accepts(self, value: Any) -> bool:
         if not isinstance(value, (list, tuple)):
@@ -248,18 +268,22 @@ class ListOf(Constraint):
         n = len(value)
         if n < self.min_len or (self.max_len is not None and n > self.max_len):
             return False
-        if self.unique and len({repr(v) for v in value}) != n:
+        if not all(self._item_ok(v) for v in value):
             return False
-        return all(self._item_ok(v) for v in value)
+        if self.increasing and not self._ordered(value):
+            return False
+        return not (self.unique and self._repeated(value) is not _MISSING)
 
     def convert(self, value: Any) -> Any:
-        return tuple(next(c for c in self.items if c.accepts(v)).convert(v) for v in value)
+        return tuple(self._convert_item(v) for v in value)
 
     def describe(self) -> str:
         if self.max_len is not None and self.max_len == self.min_len:
             size = f"a list of {self.min_len} items"
         else:
             size = "a non-empty list" if self.min_len >= 1 else "a list"
+        if self.increasing:
+            size = size.replace("list", "increasing list")
         repeats = " without repeats" if self.unique else ""
         return f"{size}{repeats}, each item {' or '.join(c.describe() for c in self.items)}"
 
@@ -269,10 +293,10 @@ class ListOf(Constraint):
         bad = [v for v in value if not self._item_ok(v)]
         if bad:
             return f"{bad[0]!r} is not {' or '.join(c.describe() for c in self.items)}"
-        if self.unique and len({repr(v) for v in value}) != len(value):
-            seen: set[str] = set()
-            dup = next(v for v in value if repr(v) in seen or seen.add(repr(v)))
+        if self.unique and (dup := self._repeated(value)) is not _MISSING:
             return f"{dup!r} is repeated"
+        if self.increasing and not self._ordered(value):
+            return "the items are not in increasing order"
         return None
 
     def invalid_examples(self) -> list[Any]:
@@ -329,11 +353,12 @@ def option_message(component: str, option: str, value: Any, expected: str,
     return msg
 
 
-def option_error(component: str, option: str, value: Any, expected: str,
-                 hint: str | None = None) -> OptionError:
+def option_error(component: str, option: str, value: Any, expected: str, hint: str | None = None,
+                 detail: str | None = None) -> OptionError:
     """:class:`OptionError` in the one format, for a check a constraint cannot declare (one
     option's validity depending on another's)."""
-    return OptionError(component, option, option_message(component, option, value, expected, hint), value)
+    message = option_message(component, option, value, expected, hint, detail)
+    return OptionError(component, option, message, value)
 
 
 def describe(spec: Constraint | Sequence[Constraint | None]) -> str:
@@ -364,6 +389,15 @@ def validate_options(component: str, constraints: Mapping[str, Constraint | Sequ
     return out
 
 
+def set_options(component: Any, **values: Any) -> None:
+    """:func:`validate_options` with ``component.name`` and the constraints its class declares
+    (``option_constraints``), then every value set as an attribute of ``component`` under the
+    option's name."""
+    checked = validate_options(component.name, type(component).option_constraints, values)
+    for option, value in checked.items():
+        setattr(component, option, value)
+
+
 def invalid_values(spec: Constraint | Sequence[Constraint | None]) -> list[Any]:
     """Example values that no constraint of ``spec`` accepts (for :mod:`xaiarena.testing`)."""
     items = _constraints(spec)
@@ -373,3 +407,11 @@ def invalid_values(spec: Constraint | Sequence[Constraint | None]) -> list[Any]:
             if not any(other.accepts(v) for other in items) and not any(v is o for o in out):
                 out.append(v)
     return out
+
+
+#: shorthands for the most common constraints
+COUNT = Interval(int, 1, None)  # an integer >= 1
+POSITIVE = Interval(float, 0, None, closed="neither")  # a number > 0
+NON_NEGATIVE = Interval(float, 0, None)  # a number >= 0
+FRACTION = Interval(float, 0, 1, closed="right")  # a number in (0, 1]
+FINITE = Interval(float)  # a finite number
