@@ -172,6 +172,8 @@ class OneOf(Constraint):
             return False
 
     def describe(self) -> str:
+        if len(self.choices) == 1:
+            return repr(self.choices[0])
         return f"one of {', '.join(str(c) for c in self.choices)}"
 
     def hint(self, value: Any) -> str | None:

@@ -53,19 +53,26 @@ def _metadata(name: str, cls: type, entry: Any) -> None:
         assert "layer" in params, "needs_layer=True but the constructor takes no 'layer' option"
 
 
-def _hooks(model: nn.Module) -> list[str]:
-    left = []
+def _hooks(model: nn.Module) -> dict[str, int]:
+    """How many hooks each module (and torch, globally) holds, by where they are."""
+    held = {}
     for name, m in model.named_modules():
         for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
             if len(getattr(m, attr, {})):
-                left.append(f"{name or '<root>'}.{attr}")
+                held[f"{name or '<root>'}.{attr}"] = len(getattr(m, attr))
     from torch.nn.modules import module as mod
 
     for attr in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                  "_global_backward_pre_hooks"):
         if len(getattr(mod, attr, {})):
-            left.append(attr)
-    return left
+            held[attr] = len(getattr(mod, attr))
+    return held
+
+
+def _hooks_added(before: dict[str, int], after: dict[str, int]) -> list[str]:
+    """Hooks ``after`` holds beyond ``before`` (a library's own persistent hooks, installed once
+    by the first call, e.g. transformers' output capture, are in both)."""
+    return [f"{k} (+{n - before.get(k, 0)})" for k, n in after.items() if n > before.get(k, 0)]
 
 
 class _Boom(nn.Module):
@@ -88,10 +95,16 @@ def _rows(x: Any, idx: list[int]) -> Any:
     return x[torch.tensor(idx)]
 
 
+#: maps smaller than this are compared as if their largest value were this (float rounding of a
+#: tiny model's outputs is absolute, not relative)
+MIN_SCALE = 1e-3
+
+
 def _close(a: torch.Tensor, b: torch.Tensor, atol: float, what: str) -> None:
-    scale = b.abs().max().clamp_min(1e-6)
-    diff = float(((a - b) / scale).abs().max()) if a.numel() else 0.0
-    assert a.shape == b.shape and diff <= atol, f"{what}: maps differ by {diff:.3g} of their largest value (atol {atol})"
+    assert a.shape == b.shape, f"{what}: maps of shape {tuple(a.shape)}, expected {tuple(b.shape)}"
+    scale = max(float(b.abs().max()) if b.numel() else 0.0, MIN_SCALE)
+    diff = float((a - b).abs().max()) / scale if a.numel() else 0.0
+    assert diff <= atol, f"{what}: maps differ by {diff:.3g} of their largest value (atol {atol})"
 
 
 def check_explainer(explainer: str | type, options: Mapping[str, Any] | None = None, *,
@@ -103,7 +116,9 @@ def check_explainer(explainer: str | type, options: Mapping[str, Any] | None = N
     settings). ``model``, ``inputs`` (a float image batch ``(N, C, H, W)`` in [0, 1], or a
     :class:`~xaiarena.data.text.TextBatch`) and ``targets``: what to explain (default: the tiny
     models and inputs of :mod:`xaiarena.testing.fixtures` for the explainer's modality, N >= 4);
-    ``task``: the training data of a learned explainer (default: a small task labelled by ``model``).
+    ``task``: the training data of a learned explainer (default: a small task labelled by ``model``);
+    ``atol``: how far maps of the same sample may differ between batchings, relative to the
+    largest map value (at least :data:`MIN_SCALE`: float rounding).
 
     Checks: **metadata** (registered under its ``name``, ``family``, ``modality``,
     ``needs_layer``, ``explains``, an informative description, cost knobs and ``layer`` among the
@@ -114,7 +129,7 @@ def check_explainer(explainer: str | type, options: Mapping[str, Any] | None = N
     maps from a generator in the same state); **batch size** (the batch's maps equal the maps of
     its samples explained one by one); **batch mates** (a sample's map does not change with the
     other samples of its batch, nor with their order); **untouched** (inputs, weights and every
-    submodule's mode unchanged, no hook left behind, also when the model raises). Every batch
+    submodule's mode unchanged, no hook of its own left behind, also when the model raises). Every batch
     starts from a generator in the same state and ``prepare_set`` sees the whole set first, as in
     a run. A learned explainer is fitted first (and must not change the given model).
 
@@ -222,6 +237,7 @@ def _untouched(ex: Explainer, model: nn.Module, inputs: Any, targets: torch.Tens
     if subs:
         subs[-1].eval()  # a submodule kept in eval mode inside a training model (a frozen BatchNorm)
     modes = {n: m.training for n, m in model.named_modules()}
+    hooks = _hooks(model)
     try:
         ex.explain(model, inputs, targets, generator=fx.gen(7))
         after = {n: m.training for n, m in model.named_modules()}
@@ -233,13 +249,16 @@ def _untouched(ex: Explainer, model: nn.Module, inputs: Any, targets: torch.Tens
         assert torch.equal(inputs, x0) and not inputs.requires_grad, "explain() changed its inputs"
     for k, v in model.state_dict().items():
         assert torch.equal(v, state0[k]), f"explain() changed the model's weights or buffers ({k})"
-    assert not _hooks(model), f"hooks left behind: {', '.join(_hooks(model))}"
+    added = _hooks_added(hooks, _hooks(model))
+    assert not added, f"hooks left behind: {', '.join(added)}"
 
 
 def _hooks_on_error(ex: Explainer, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> None:
     boom = _Boom(copy.deepcopy(model)).eval()
+    hooks = _hooks(boom)
     try:
         ex.explain(boom, inputs, targets, generator=fx.gen(7))
     except RuntimeError as exc:
         assert "boom" in str(exc), f"the model's error was replaced by another: {exc}"
-    assert not _hooks(boom), f"hooks left behind after the model raised: {', '.join(_hooks(boom))}"
+    added = _hooks_added(hooks, _hooks(boom))
+    assert not added, f"hooks left behind after the model raised: {', '.join(added)}"
