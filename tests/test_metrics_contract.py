@@ -39,7 +39,8 @@ N = 12
 
 def setup(name: str, n: int = N, model=None):
     """The metric (cheap options), a batch, maps of four explainers (a constant map among them,
-    so that ties matter) and their explain functions (:func:`xaiarena.testing.fixtures.metric_setup`)."""
+    so that ties matter) and their explain functions
+    (:func:`xaiarena.testing.fixtures.metric_setup`)."""
     metric = METRICS.create(name, **TINY_OPTIONS.get(name, {}))
     batch, maps, fns = metric_setup("text" if "text" in metric.modality else "image", n, model)
     return metric, batch, maps, fns

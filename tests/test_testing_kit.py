@@ -50,8 +50,13 @@ class BatchMean(Metric):
     requires = ()
 
     def evaluate(self, batch, attributions, *, generator=None, explainers=None):
-        return MetricOutput(scores={self.name: {k: (v.flatten(1).sum(1) / v.sum()).float()
-                                                for k, v in attributions.items()}})
+        return MetricOutput(
+            scores={
+                self.name: {
+                    k: (v.flatten(1).sum(1) / v.sum()).float() for k, v in attributions.items()
+                }
+            }
+        )
 
 
 def _failed(report) -> set[str]:
@@ -62,7 +67,9 @@ def test_batch_dependent_noise_fails_batch_size_and_batch_mates():
     report = check_explainer(PerBatchNoise, raise_on_failure=False)
     assert {"batch size", "batch mates", "metadata"} <= _failed(report)  # metadata: not registered
     assert {"shape", "determinism", "bad options refused", "untouched"} <= set(report.passed)
-    with pytest.raises(ConformanceError, match=r"explainer 'per_batch_noise' fails \d conformance check"):
+    with pytest.raises(
+        ConformanceError, match=r"explainer 'per_batch_noise' fails \d conformance check"
+    ):
         check_explainer(PerBatchNoise)
 
 

@@ -229,7 +229,8 @@ def _logits(model: nn.Module, inputs: Any, device: torch.device, batch_size: int
                              f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}")
         return y.float().cpu()
 
-    logits = predict_in_batches(model, inputs, batch_size, prepare=lambda xb: xb.to(device), keep=logit_rows)
+    logits = predict_in_batches(model, inputs, batch_size, prepare=lambda xb: xb.to(device),
+                                keep=logit_rows)
     if not bool(torch.isfinite(logits).all()):
         from .models.training import check_finite_outputs
 

@@ -46,8 +46,9 @@ class ImageModality:
     def logits(self, model, split, index: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
         """The model's outputs ``(n, classes)`` (float32, CPU) on ``split[index]``."""
         with eval_mode(model):
-            return predict_in_batches(model, index, batch_size,
-                                      prepare=lambda idx: split.float_images(idx).to(device), keep=on_cpu)
+            return predict_in_batches(
+                model, index, batch_size, prepare=lambda idx: split.float_images(idx).to(device),
+                keep=on_cpu)
 
     def eval_inputs(self, task, index: torch.Tensor, model) -> torch.Tensor:
         return task.test.float_images(index)

@@ -337,8 +337,8 @@ class AnnotationScorer(ConceptScorer):
         kinds = list(self.kinds or have)
         missing = [k for k in kinds if k not in have]
         if missing:
-            raise OptionError(self.name, "kinds", f"{self.name}: dataset '{task.name}' has no '{missing[0]}' "
-                              f"annotations; it has: {', '.join(have)}", self.kinds)
+            raise OptionError(self.name, "kinds", f"{self.name}: dataset '{task.name}' has no "
+                              f"'{missing[0]}' annotations; it has: {', '.join(have)}", self.kinds)
         return kinds
 
     def image_concepts(self, probe: Probe) -> list[set[str]]:
@@ -359,9 +359,9 @@ class AnnotationScorer(ConceptScorer):
         if "segmentation" in kinds:
             per_image = task.meta["image_classes"].get(probe.split)
             if per_image is None:
-                raise OptionError(self.name, "dissect.split", f"dataset '{task.name}' lists the classes in its "
-                                  f"images for split(s) {', '.join(task.meta['image_classes'])}, not "
-                                  f"'{probe.split}'")
+                splits = ", ".join(task.meta["image_classes"])
+                raise OptionError(self.name, "dissect.split", f"dataset '{task.name}' lists the classes "
+                                  f"in its images for split(s) {splits}, not '{probe.split}'")
             for s, i in zip(sets, probe.index.tolist(), strict=True):
                 s.update(task.class_names[int(c)] for c in per_image[i] if task.class_names[int(c)] != "background")
         return sets
@@ -372,9 +372,11 @@ class AnnotationScorer(ConceptScorer):
         unknown = [c for c in concepts if c not in known]
         if unknown:
             shown = ", ".join(unknown[:10]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 10 else "")
-            raise OptionError(self.name, "dissect.concepts", f"the annotations scorer has no ground truth for concept(s) "
-                              f"{shown} in dataset '{probe.task.name}'; it knows: {', '.join(known)} (use concepts: "
-                              "annotations or dataset_classes, or a CLIP scorer for open vocabularies)")
+            raise OptionError(self.name, "dissect.concepts",
+                              "the annotations scorer has no ground truth for concept(s) "
+                              f"{shown} in dataset '{probe.task.name}'; it knows: {', '.join(known)} "
+                              "(use concepts: annotations or dataset_classes, or a CLIP scorer for "
+                              "open vocabularies)")
         col = {c: j for j, c in enumerate(concepts)}
 
         def compute() -> torch.Tensor:

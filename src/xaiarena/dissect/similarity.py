@@ -53,8 +53,8 @@ def _check(name: str, activations: torch.Tensor, scores: torch.Tensor, **options
 def _top_k(name: str, activations: torch.Tensor, top_k: int) -> torch.Tensor:
     n = len(activations)
     if top_k > n:
-        raise OptionError(name, "top_k", f"{name}: top_k={top_k} is more than the {n} probe images; use "
-                                         f"top_k <= {n} or probe more images", top_k)
+        raise OptionError(name, "top_k", f"{name}: top_k={top_k} is more than the {n} probe "
+                                         f"images; use top_k <= {n} or probe more images", top_k)
     return torch.topk(activations, k=top_k, dim=0).indices  # (top_k, M), most activating first
 
 
@@ -110,8 +110,8 @@ def soft_wpmi(
     ``log p(c | B_m) = sum_j log(1 + w_j (q[j, c] - 1) + min_prob)``;
     ``p(c) = mean over the layer's neurons of p(c | B_m)``.
     """
-    _check("soft_wpmi", activations, scores, top_k=top_k, a=a, lam=lam, p_start=p_start, p_end=p_end,
-           min_prob=min_prob)
+    _check("soft_wpmi", activations, scores, top_k=top_k, a=a, lam=lam, p_start=p_start,
+           p_end=p_end, min_prob=min_prob)
     top = _top_k("soft_wpmi", activations, top_k)
     probs = F.softmax(a * scores, dim=1)
     steps = torch.arange(top_k, dtype=scores.dtype, device=scores.device)
@@ -170,8 +170,9 @@ def rank_reorder(
     n = int(n_img * top_fraction)
     if n < 2:
         raise OptionError("rank_reorder", "top_fraction",
-                          f"rank_reorder: top_fraction={top_fraction} of {n_img} probe images keeps {n} "
-                          "image(s); rank_reorder needs at least 2 (raise top_fraction or probe more images)",
+                          f"rank_reorder: top_fraction={top_fraction} of {n_img} probe images keeps "
+                          f"{n} image(s); rank_reorder needs at least 2 (raise top_fraction or probe "
+                          "more images)",
                           top_fraction)
     values, top = torch.topk(activations, k=n, dim=0)  # (n, M), descending
     ascending = values.flip(0)

@@ -173,7 +173,8 @@ class GradientShapExplainer(_GradientExplainer):
         batch_size: int = 64,
         reduction: Reduction | None = None,
     ):
-        set_options(self, n_samples=n_samples, stdevs=stdevs, baselines=baselines, batch_size=batch_size)
+        set_options(self, n_samples=n_samples, stdevs=stdevs, baselines=baselines,
+                    batch_size=batch_size)
         if isinstance(self.baselines, str):
             self.baselines = (self.baselines,)
         self._init_reduction(reduction)
@@ -185,8 +186,8 @@ class GradientShapExplainer(_GradientExplainer):
         gens = sample_generators(inputs, generator)
         # candidate baselines per sample (N, B, C, H, W); "uniform" rows are filled per draw below
         cand = torch.stack(
-            [make_fill(inputs, b, blur=BASELINE_BLUR) if b != "uniform" else torch.zeros_like(inputs)
-             for b in self.baselines], 1
+            [make_fill(inputs, b, blur=BASELINE_BLUR) if b != "uniform"
+             else torch.zeros_like(inputs) for b in self.baselines], 1
         )
         uni = self.baselines.index("uniform") if "uniform" in self.baselines else -1
         pts, diffs = [], []
@@ -244,8 +245,8 @@ class SmoothGradExplainer(_GradientExplainer):
 
     cost_knobs: ClassVar[tuple[str, ...]] = ("nt_samples", "batch_size")
     option_constraints: ClassVar[dict] = {
-        "nt_samples": COUNT, "stdevs": NON_NEGATIVE, "nt_type": OneOf(NT_TYPES), "batch_size": COUNT,
-        "reduction": REDUCTION,
+        "nt_samples": COUNT, "stdevs": NON_NEGATIVE, "nt_type": OneOf(NT_TYPES),
+        "batch_size": COUNT, "reduction": REDUCTION,
     }
 
     name = "smoothgrad"

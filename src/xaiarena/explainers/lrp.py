@@ -433,8 +433,9 @@ class LRP(_PropagationExplainer):
     ):
         set_options(self, composite=composite, epsilon=epsilon, gamma=gamma, alpha=alpha, beta=beta)
         if abs(self.alpha - self.beta - 1.0) > 1e-9:
-            raise option_error(self.name, "beta", beta, f"alpha - 1 = {_fmt(self.alpha - 1.0)} with "
-                               f"alpha={alpha!r}", detail="alpha - beta must be 1: relevance is "
+            raise option_error(self.name, "beta", beta,
+                               f"alpha - 1 = {_fmt(self.alpha - 1.0)} with alpha={alpha!r}",
+                               detail="alpha - beta must be 1: relevance is "
                                "conserved; e.g. alpha=2, beta=1 or alpha=1, beta=0")
         set_options(self, stabilizer=stabilizer, first_rule=first_rule)
         for option, value in (("conv_rule", conv_rule), ("dense_rule", dense_rule)):

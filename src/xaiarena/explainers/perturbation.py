@@ -64,7 +64,8 @@ SIDES = [COUNT, ListOf(COUNT, min_len=2, max_len=2)]
 class _PerturbationExplainer(Explainer):
     family: ClassVar[str] = "perturbation"
     option_constraints: ClassVar[dict] = {
-        "baseline": OneOf(BASELINES), "perturbations_per_eval": COUNT, "reduction": OneOf(REDUCTIONS),
+        "baseline": OneOf(BASELINES), "perturbations_per_eval": COUNT,
+        "reduction": OneOf(REDUCTIONS),
     }
 
     def _init_common(self, baseline: str, perturbations_per_eval: int, reduction: str) -> None:
@@ -345,8 +346,9 @@ class LimeExplainer(SuperpixelSurrogate):
     name = "lime"
     selection_knobs: ClassVar[tuple[str, ...]] = ("num_features", "positive_only")
     option_constraints: ClassVar[dict] = {
-        **SuperpixelSurrogate.option_constraints, "kernel_width": POSITIVE, "ridge_alpha": NON_NEGATIVE,
-        "num_features": [COUNT, Null("every superpixel")], "positive_only": Boolean(),
+        **SuperpixelSurrogate.option_constraints, "kernel_width": POSITIVE,
+        "ridge_alpha": NON_NEGATIVE, "num_features": [COUNT, Null("every superpixel")],
+        "positive_only": Boolean(),
     }
 
     def __init__(
@@ -363,8 +365,8 @@ class LimeExplainer(SuperpixelSurrogate):
         positive_only: bool = True,
     ):
         super().__init__(n_samples, n_segments, compactness, baseline, perturbations_per_eval, reduction)
-        set_options(self, kernel_width=kernel_width, ridge_alpha=ridge_alpha, num_features=num_features,
-                    positive_only=positive_only)
+        set_options(self, kernel_width=kernel_width, ridge_alpha=ridge_alpha,
+                    num_features=num_features, positive_only=positive_only)
 
     def select(self, coef):
         if self.num_features is None:
@@ -490,8 +492,8 @@ class CaptumLimeExplainer(_PerturbationExplainer):
         perturbations_per_eval: int = 64,
         reduction: Reduction = "sum",
     ):
-        set_options(self, n_samples=n_samples, kernel_width=kernel_width, distance=distance, alpha=alpha,
-                    features=features)
+        set_options(self, n_samples=n_samples, kernel_width=kernel_width, distance=distance,
+                    alpha=alpha, features=features)
         self._init_common(baseline, perturbations_per_eval, reduction)
         self.n_not_converged = 0  # Lasso fits stopped at sklearn's iteration limit (logged once)
 

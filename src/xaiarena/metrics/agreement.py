@@ -91,7 +91,8 @@ class _TopK(_Agreement):
         set_options(self, k=k)
         if self.k == "support" and reference is None:
             raise option_error(self.name, "k", k, "a pixel count or a fraction with reference=null",
-                               detail="k='support' needs a reference explainer, the map whose support is the mask")
+                               detail="k='support' needs a reference explainer, the map whose "
+                               "support is the mask")
 
     def _k(self, map_a: torch.Tensor) -> torch.Tensor:
         """Per-sample ``k`` as an ``(N, 1)`` tensor; NaN scores where it is 0."""

@@ -338,10 +338,12 @@ def full_threads() -> Iterator[None]:
 # --------------------------------------------------------------------------- fills
 
 
-def fill_image(x: torch.Tensor, fill: str | float, rng: SampleRNG, blur_sigma: float = 5.0) -> torch.Tensor:
+def fill_image(x: torch.Tensor, fill: str | float, rng: SampleRNG,
+               blur_sigma: float = 5.0) -> torch.Tensor:
     """The image ``(N, C, H, W)`` that perturbed pixels take (:func:`xaiarena.ops.fill.make_fill`):
     ``uniform`` noise from each sample's stream for ("fill",) (so every explainer sees the same
-    noise), ``blur`` with ``blur_sigma`` and reflect padding (:data:`~xaiarena.ops.fill.FILL_BLUR`)."""
+    noise), ``blur`` with ``blur_sigma`` and reflect padding
+    (:data:`~xaiarena.ops.fill.FILL_BLUR`)."""
     gens = [rng.generator(i, "fill") for i in range(len(rng))] if fill == "uniform" else None
     return make_fill(x, fill, generators=gens, blur=replace(FILL_BLUR, sigma=blur_sigma))
 
@@ -409,7 +411,8 @@ assert get_args(get_args(Normalise)[1]) == NORMALISE_RULES
 
 
 #: a metric's ``normalise`` option (see :func:`normalise_rule`)
-NORMALISE = [Boolean("true (normalise_by_max) or false"), OneOf(NORMALISE_RULES), Null("no normalisation")]
+NORMALISE = [Boolean("true (normalise_by_max) or false"), OneOf(NORMALISE_RULES),
+             Null("no normalisation")]
 
 
 def normalise_rule(value: object) -> str | None:

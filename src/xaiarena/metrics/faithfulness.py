@@ -95,7 +95,8 @@ class PixelPerturbation(PerturbationMetric):
 
     name = "pixel_perturbation"
     option_constraints: ClassVar[dict] = {
-        **PerturbationMetric.option_constraints, "percentages": [PERCENTAGE, ListOf(PERCENTAGE, unique=True)],
+        **PerturbationMetric.option_constraints,
+        "percentages": [PERCENTAGE, ListOf(PERCENTAGE, unique=True)],
     }
     higher_is_better = True
     value_range = (0.0, 1.0)
@@ -537,7 +538,8 @@ class FaithfulnessCorrelation(PerturbationMetric):
                  batch_size: int | None = None, blur_sigma: float = 5.0,
                  normalise: Normalise = False):
         super().__init__(fill, output, batch_size, blur_sigma)
-        set_options(self, normalise=normalise, nr_runs=nr_runs, subset_size=subset_size, similarity=similarity)
+        set_options(self, normalise=normalise, nr_runs=nr_runs, subset_size=subset_size,
+                    similarity=similarity)
         self.normalise = normalise_rule(self.normalise)
         self.abs = bool(abs)
 

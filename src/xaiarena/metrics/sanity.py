@@ -192,8 +192,9 @@ class RandomLogit(Metric):
     name = "random_logit"
     option_constraints: ClassVar[dict] = {
         "similarity": OneOf(SSIM_KINDS),
-        "win_size": Satisfies(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 3 and v % 2 == 1,
-                              "an odd integer >= 3 (skimage's convention)", invalid=[2, 4, 1.5]),
+        "win_size": Satisfies(
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 3 and v % 2 == 1,
+            "an odd integer >= 3 (skimage's convention)", invalid=[2, 4, 1.5]),
         "normalise": NORMALISE, "batch_size": BATCH_SIZE,
     }
     category = "sanity"

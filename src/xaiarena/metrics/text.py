@@ -351,7 +351,9 @@ class TextTopKOverlap(_TextAgreement):
     words when given as a float), one output per ``k``."""
 
     name = "text_topk_overlap"
-    option_constraints: ClassVar[dict] = {**_TextAgreement.option_constraints, "k": [*WORDS_K, ListOf(WORDS_K)]}
+    option_constraints: ClassVar[dict] = {
+        **_TextAgreement.option_constraints, "k": [*WORDS_K, ListOf(WORDS_K)],
+    }
     value_range = (0.0, 1.0)
 
     def __init__(self, k: int | float | list[int | float] = (1, 3, 5), reference: str | None = None,

@@ -19,16 +19,30 @@ Padding = Literal["replicate", "reflect"]
 KernelForm = Literal["square_over_variance", "scaled_square"]
 
 
-def gaussian_kernel(sigma: float, radius: int, dtype: torch.dtype, device: torch.device | str,
-                    form: KernelForm = "scaled_square") -> torch.Tensor:
+def gaussian_kernel(
+    sigma: float,
+    radius: int,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    form: KernelForm = "scaled_square",
+) -> torch.Tensor:
     """The normalised 1-D Gaussian ``(2 radius + 1,)`` of standard deviation ``sigma``."""
     t = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
-    k = torch.exp(-(t**2) / (2 * sigma**2)) if form == "square_over_variance" else torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (
+        torch.exp(-(t**2) / (2 * sigma**2))
+        if form == "square_over_variance"
+        else torch.exp(-0.5 * (t / sigma) ** 2)
+    )
     return k / k.sum()
 
 
-def gaussian_blur(images: torch.Tensor, sigma: float, *, padding: Padding = "reflect",
-                  kernel: KernelForm = "scaled_square") -> torch.Tensor:
+def gaussian_blur(
+    images: torch.Tensor,
+    sigma: float,
+    *,
+    padding: Padding = "reflect",
+    kernel: KernelForm = "scaled_square",
+) -> torch.Tensor:
     """Separable Gaussian blur of ``(N, C, H, W)`` images, kernel radius ``ceil(3 sigma)`` (at
     least 1); ``sigma <= 0`` returns a copy. ``padding`` and ``kernel``: see :data:`Padding` and
     :data:`KernelForm`."""

@@ -49,8 +49,13 @@ BASELINE_BLUR = Blur(None, "replicate", "square_over_variance")
 FILL_BLUR = Blur(5.0, "reflect", "scaled_square")
 
 
-def make_fill(images: torch.Tensor, fill: str | float, *,
-              generators: Sequence[torch.Generator] | None = None, blur: Blur = FILL_BLUR) -> torch.Tensor:
+def make_fill(
+    images: torch.Tensor,
+    fill: str | float,
+    *,
+    generators: Sequence[torch.Generator] | None = None,
+    blur: Blur = FILL_BLUR,
+) -> torch.Tensor:
     """The image ``(N, C, H, W)`` that perturbed pixels of ``images`` take (see the module
     docstring). ``uniform`` needs ``generators``, one CPU generator per sample; ``blur`` says
     how ``blur`` blurs."""
@@ -71,4 +76,6 @@ def make_fill(images: torch.Tensor, fill: str | float, *,
             return torch.empty(0, *images.shape[1:], device=images.device, dtype=images.dtype)
         noise = torch.stack([torch.rand(images.shape[1:], generator=g) for g in generators])
         return noise.to(images.device, images.dtype)
-    raise ValueError(f"fill={fill!r} is not valid; it must be one of {', '.join(FILLS)} or a number")
+    raise ValueError(
+        f"fill={fill!r} is not valid; it must be one of {', '.join(FILLS)} or a number"
+    )

@@ -26,12 +26,16 @@ def has_pairs(names: list[str], reference: str | None) -> bool:
     return len(names) >= 2 and (reference is None or reference in names)
 
 
-def explainer_pairs(names: list[str], reference: str | None, component: str) -> list[tuple[str, str]]:
+def explainer_pairs(
+    names: list[str], reference: str | None, component: str
+) -> list[tuple[str, str]]:
     """The pairs of ``names`` to compare (see the module docstring); a ``reference`` that is not
     among them is a ValueError naming ``component`` and the valid names."""
     if reference is None:
-        return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+        return [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     if reference not in names:
-        raise ValueError(f"{component}: reference='{reference}' is not among the explainers; "
-                         f"valid: {', '.join(names)}")
+        raise ValueError(
+            f"{component}: reference='{reference}' is not among the explainers; "
+            f"valid: {', '.join(names)}"
+        )
     return [(reference, b) for b in names if b != reference]

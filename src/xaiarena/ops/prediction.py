@@ -16,15 +16,20 @@ from typing import Any
 import torch
 
 
-def predict_in_batches(model: Callable[[Any], torch.Tensor], inputs: Any, batch_size: int, *,
-                       prepare: Callable[[Any], Any] | None = None,
-                       keep: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                       empty: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
+def predict_in_batches(
+    model: Callable[[Any], torch.Tensor],
+    inputs: Any,
+    batch_size: int,
+    *,
+    prepare: Callable[[Any], Any] | None = None,
+    keep: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    empty: Callable[[], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """``keep(model(prepare(inputs[i:i + batch_size])))`` for every batch, concatenated; with no
     inputs, ``empty()`` (default: an empty float tensor ``(0, 0)``)."""
     out = []
     for start in range(0, len(inputs), batch_size):
-        xb = inputs[start:start + batch_size]
+        xb = inputs[start : start + batch_size]
         y = model(prepare(xb) if prepare is not None else xb)
         out.append(keep(y) if keep is not None else y)
     if out:

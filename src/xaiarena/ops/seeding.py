@@ -40,8 +40,10 @@ def keyed_seeds(contents: Iterable[bytes], generator: torch.Generator | None) ->
     """One 63-bit seed per item of ``contents`` (a sample's bytes): a keyed hash of the item, the
     key one draw from ``generator``."""
     key = base_seed(generator).to_bytes(8, "little")
-    return [int.from_bytes(hashlib.blake2b(c, digest_size=8, key=key).digest(), "little") >> 1
-            for c in contents]
+    return [
+        int.from_bytes(hashlib.blake2b(c, digest_size=8, key=key).digest(), "little") >> 1
+        for c in contents
+    ]
 
 
 def sample_seeds(inputs: torch.Tensor, generator: torch.Generator | None) -> list[int]:
@@ -50,6 +52,8 @@ def sample_seeds(inputs: torch.Tensor, generator: torch.Generator | None) -> lis
     return keyed_seeds((row.tobytes() for row in data), generator)
 
 
-def sample_generators(inputs: torch.Tensor, generator: torch.Generator | None) -> list[torch.Generator]:
+def sample_generators(
+    inputs: torch.Tensor, generator: torch.Generator | None
+) -> list[torch.Generator]:
     """One seeded CPU generator per sample of ``inputs`` (see the module docstring)."""
     return [torch.Generator().manual_seed(s) for s in sample_seeds(inputs, generator)]

@@ -36,9 +36,26 @@ import numpy as np
 from ..registry import suggest
 
 __all__ = [
-    "COUNT", "FINITE", "FRACTION", "NON_NEGATIVE", "POSITIVE", "Boolean", "Constraint",
-    "Interval", "ListOf", "Null", "OneOf", "OptionError", "Satisfies", "Text", "describe",
-    "invalid_values", "option_error", "option_message", "set_options", "validate_options",
+    "COUNT",
+    "FINITE",
+    "FRACTION",
+    "NON_NEGATIVE",
+    "POSITIVE",
+    "Boolean",
+    "Constraint",
+    "Interval",
+    "ListOf",
+    "Null",
+    "OneOf",
+    "OptionError",
+    "Satisfies",
+    "Text",
+    "describe",
+    "invalid_values",
+    "option_error",
+    "option_message",
+    "set_options",
+    "validate_options",
 ]
 
 _MISSING = object()
@@ -94,7 +111,9 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
     return ok and math.isfinite(value)
 
 
@@ -108,8 +127,15 @@ class Interval(Constraint):
     ``"right"`` or ``"neither"``. ``noun`` replaces "a number" / "an integer" in the message
     ("a probability")."""
 
-    def __init__(self, kind: type, low: float | None = None, high: float | None = None, *,
-                 closed: str = "both", noun: str | None = None):
+    def __init__(
+        self,
+        kind: type,
+        low: float | None = None,
+        high: float | None = None,
+        *,
+        closed: str = "both",
+        noun: str | None = None,
+    ):
         if kind not in (int, float):
             raise TypeError(f"Interval kind must be int or float, got {kind!r}")
         if closed not in ("both", "left", "right", "neither"):
@@ -126,10 +152,14 @@ class Interval(Constraint):
     def accepts(self, value: Any) -> bool:
         if not (_is_int(value) if self.kind is int else _is_number(value)):
             return False
-        if self.low is not None and (value < self.low if self._left_closed() else value <= self.low):
+        if self.low is not None and (
+            value < self.low if self._left_closed() else value <= self.low
+        ):
             return False
-        return not (self.high is not None
-                    and (value > self.high if self._right_closed() else value >= self.high))
+        return not (
+            self.high is not None
+            and (value > self.high if self._right_closed() else value >= self.high)
+        )
 
     def convert(self, value: Any) -> Any:
         return int(value) if self.kind is int else float(value)
@@ -237,8 +267,15 @@ class ListOf(Constraint):
     (``max_len`` at most); ``unique``: without repeats (after conversion: 10 and 10.0 repeat);
     ``increasing``: in increasing order. Converted to a tuple of converted items."""
 
-    def __init__(self, items: Constraint | Sequence[Constraint], *, min_len: int = 1,
-                 max_len: int | None = None, unique: bool = False, increasing: bool = False):
+    def __init__(
+        self,
+        items: Constraint | Sequence[Constraint],
+        *,
+        min_len: int = 1,
+        max_len: int | None = None,
+        unique: bool = False,
+        increasing: bool = False,
+    ):
         self.items = [items] if isinstance(items, Constraint) else list(items)
         self.min_len, self.max_len = min_len, max_len
         self.unique, self.increasing = unique, increasing
@@ -314,8 +351,14 @@ class Satisfies(Constraint):
     """Whatever ``predicate(value)`` accepts, described by ``description`` (``invalid``: values
     it refuses, for :mod:`xaiarena.testing`; ``convert``: how an accepted value is used)."""
 
-    def __init__(self, predicate: Callable[[Any], bool], description: str, *,
-                 invalid: Sequence[Any] = (), convert: Callable[[Any], Any] | None = None):
+    def __init__(
+        self,
+        predicate: Callable[[Any], bool],
+        description: str,
+        *,
+        invalid: Sequence[Any] = (),
+        convert: Callable[[Any], Any] | None = None,
+    ):
         self.predicate, self.description = predicate, description
         self._invalid, self._convert = list(invalid), convert
 
@@ -343,8 +386,14 @@ def _constraints(spec: Constraint | Sequence[Constraint | None]) -> list[Constra
     return [Null() if c is None else c for c in items]
 
 
-def option_message(component: str, option: str, value: Any, expected: str,
-                   hint: str | None = None, detail: str | None = None) -> str:
+def option_message(
+    component: str,
+    option: str,
+    value: Any,
+    expected: str,
+    hint: str | None = None,
+    detail: str | None = None,
+) -> str:
     """The one message of an invalid option: ``"<component>: <option>=<value> is not valid;
     it must be <expected>[ (<detail>)][ (did you mean '<hint>'?)]"``."""
     msg = f"{component}: {option}={value!r} is not valid; it must be {expected}"
@@ -355,8 +404,14 @@ def option_message(component: str, option: str, value: Any, expected: str,
     return msg
 
 
-def option_error(component: str, option: str, value: Any, expected: str, hint: str | None = None,
-                 detail: str | None = None) -> OptionError:
+def option_error(
+    component: str,
+    option: str,
+    value: Any,
+    expected: str,
+    hint: str | None = None,
+    detail: str | None = None,
+) -> OptionError:
     """:class:`OptionError` in the one format, for a check a constraint cannot declare (one
     option's validity depending on another's)."""
     message = option_message(component, option, value, expected, hint, detail)
@@ -368,8 +423,11 @@ def describe(spec: Constraint | Sequence[Constraint | None]) -> str:
     return " or ".join(c.describe() for c in _constraints(spec))
 
 
-def validate_options(component: str, constraints: Mapping[str, Constraint | Sequence[Constraint | None]],
-                     values: Mapping[str, Any]) -> dict[str, Any]:
+def validate_options(
+    component: str,
+    constraints: Mapping[str, Constraint | Sequence[Constraint | None]],
+    values: Mapping[str, Any],
+) -> dict[str, Any]:
     """Check every option of ``values`` that ``constraints`` declares; return ``values`` with
     each checked one converted by the first constraint that accepts it (options without
     constraints are returned unchanged). The first option no constraint accepts raises
@@ -386,8 +444,12 @@ def validate_options(component: str, constraints: Mapping[str, Constraint | Sequ
             continue
         hint = next((h for c in items if (h := c.hint(value))), None)
         detail = next((d for c in items if (d := c.detail(value))), None)
-        raise OptionError(component, option,
-                          option_message(component, option, value, describe(items), hint, detail), value)
+        raise OptionError(
+            component,
+            option,
+            option_message(component, option, value, describe(items), hint, detail),
+            value,
+        )
     return out
 
 

@@ -26,26 +26,40 @@ def _resolve(explainer: str | type) -> tuple[str, type, Any]:
         entry = EXPLAINERS.entry(explainer)
         return entry.name, entry.factory, entry
     entry = next((e for e in EXPLAINERS if e.factory is explainer), None)
-    return (entry.name if entry else getattr(explainer, "name", "") or explainer.__name__), explainer, entry
+    return (
+        (entry.name if entry else getattr(explainer, "name", "") or explainer.__name__),
+        explainer,
+        entry,
+    )
 
 
 def _metadata(name: str, cls: type, entry: Any) -> None:
     assert isinstance(cls, type) and issubclass(cls, Explainer), (
-        f"{cls!r} is not a subclass of xaiarena.explainers.Explainer")
+        f"{cls!r} is not a subclass of xaiarena.explainers.Explainer"
+    )
     assert entry is not None, "not registered (@EXPLAINERS.register(name, description=...))"
-    assert cls.name == entry.name, f"class attribute name={cls.name!r} differs from the registered name '{entry.name}'"
+    assert cls.name == entry.name, (
+        f"class attribute name={cls.name!r} differs from the registered name '{entry.name}'"
+    )
     assert cls.family in FAMILIES, f"family={cls.family!r}; one of {', '.join(FAMILIES)}"
     modality = tuple(cls.modality)
-    assert modality and set(modality) <= set(MODALITIES), f"modality={cls.modality!r}; a tuple of {MODALITIES}"
+    assert modality and set(modality) <= set(MODALITIES), (
+        f"modality={cls.modality!r}; a tuple of {MODALITIES}"
+    )
     assert isinstance(cls.needs_layer, bool), f"needs_layer={cls.needs_layer!r} must be a bool"
-    assert cls.explains in ("f_b", "f_s"), f"explains={cls.explains!r}; 'f_b' (the given model) or 'f_s'"
+    assert cls.explains in ("f_b", "f_s"), (
+        f"explains={cls.explains!r}; 'f_b' (the given model) or 'f_s'"
+    )
     assert (cls.explains == "f_s") == (cls.family == "learned"), (
-        "a learned explainer (family 'learned') explains its own model f_s; the others explain f_b")
+        "a learned explainer (family 'learned') explains its own model f_s; the others explain f_b"
+    )
     for key in ("family", "modality", "needs_layer", "explains"):
         assert key in entry.meta, f"registry metadata lacks '{key}' (xaiarena list --json shows it)"
     assert len(entry.description) >= 40, (
-        f"description {entry.description!r} is what `xaiarena list` shows: say what the method computes "
-        "(at least 40 characters)")
+        f"description {entry.description!r} is what `xaiarena list` shows: say what the method "
+        "computes "
+        "(at least 40 characters)"
+    )
     params = EXPLAINERS.entry(entry.name).parameters()
     for knob in getattr(cls, "cost_knobs", ()):
         assert knob in params, f"cost knob {knob} is not a constructor option"
@@ -57,13 +71,22 @@ def _hooks(model: nn.Module) -> dict[str, int]:
     """How many hooks each module (and torch, globally) holds, by where they are."""
     held = {}
     for name, m in model.named_modules():
-        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+        for attr in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+        ):
             if len(getattr(m, attr, {})):
                 held[f"{name or '<root>'}.{attr}"] = len(getattr(m, attr))
     from torch.nn.modules import module as mod
 
-    for attr in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                 "_global_backward_pre_hooks"):
+    for attr in (
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    ):
         if len(getattr(mod, attr, {})):
             held[attr] = len(getattr(mod, attr))
     return held
@@ -107,16 +130,25 @@ def _close(a: torch.Tensor, b: torch.Tensor, atol: float, what: str) -> None:
     assert diff <= atol, f"{what}: maps differ by {diff:.3g} of their largest value (atol {atol})"
 
 
-def check_explainer(explainer: str | type, options: Mapping[str, Any] | None = None, *,
-                    model: nn.Module | None = None, inputs: Any = None, targets: Any = None,
-                    task: Any = None, atol: float = 1e-4, raise_on_failure: bool = True) -> CheckReport:
+def check_explainer(
+    explainer: str | type,
+    options: Mapping[str, Any] | None = None,
+    *,
+    model: nn.Module | None = None,
+    inputs: Any = None,
+    targets: Any = None,
+    task: Any = None,
+    atol: float = 1e-4,
+    raise_on_failure: bool = True,
+) -> CheckReport:
     """Check that an explainer keeps the contract every built-in keeps.
 
     ``explainer``: its registered name or its class; ``options``: constructor options (cheap
     settings). ``model``, ``inputs`` (a float image batch ``(N, C, H, W)`` in [0, 1], or a
     :class:`~xaiarena.data.text.TextBatch`) and ``targets``: what to explain (default: the tiny
     models and inputs of :mod:`xaiarena.testing.fixtures` for the explainer's modality, N >= 4);
-    ``task``: the training data of a learned explainer (default: a small task labelled by ``model``);
+    ``task``: the training data of a learned explainer (default: a small task labelled by
+    ``model``);
     ``atol``: how far maps of the same sample may differ between batchings, relative to the
     largest map value (at least :data:`MIN_SCALE`: float rounding).
 
@@ -129,7 +161,8 @@ def check_explainer(explainer: str | type, options: Mapping[str, Any] | None = N
     maps from a generator in the same state); **batch size** (the batch's maps equal the maps of
     its samples explained one by one); **batch mates** (a sample's map does not change with the
     other samples of its batch, nor with their order); **untouched** (inputs, weights and every
-    submodule's mode unchanged, no hook of its own left behind, also when the model raises). Every batch
+    submodule's mode unchanged, no hook of its own left behind, also when the model raises). Every
+    batch
     starts from a generator in the same state and ``prepare_set`` sees the whole set first, as in
     a run. A learned explainer is fitted first (and must not change the given model).
 
@@ -151,7 +184,9 @@ def check_explainer(explainer: str | type, options: Mapping[str, Any] | None = N
     if model is None:
         model = fx.tiny_image_model() if modality == "image" else fx.tiny_text_model()
     if inputs is None:
-        inputs, default_targets = fx.tiny_images(4) if modality == "image" else fx.tiny_texts(model, 6)
+        inputs, default_targets = (
+            fx.tiny_images(4) if modality == "image" else fx.tiny_texts(model, 6)
+        )
         targets = default_targets if targets is None else targets
     targets = torch.as_tensor(targets).long().reshape(-1)
     n = len(inputs)
@@ -194,29 +229,46 @@ def check_explainer(explainer: str | type, options: Mapping[str, Any] | None = N
     if full is None:
         return report.raise_if_failed() if raise_on_failure else report
     report.run("determinism", lambda: _same(explain(inputs, targets), full, "a second call"))
-    report.run("batch size", lambda: _close(
-        torch.cat([explain(_rows(inputs, [i]), targets[i:i + 1]) for i in range(n)]), full, atol,
-        "one sample at a time vs the whole batch"))
+    report.run(
+        "batch size",
+        lambda: _close(
+            torch.cat([explain(_rows(inputs, [i]), targets[i : i + 1]) for i in range(n)]),
+            full,
+            atol,
+            "one sample at a time vs the whole batch",
+        ),
+    )
 
     def mates() -> None:
         perm = list(range(n))[::-1]
         back = torch.argsort(torch.tensor(perm))
-        _close(explain(_rows(inputs, perm), targets[perm])[back], full, atol, "the batch in reverse order")
+        _close(
+            explain(_rows(inputs, perm), targets[perm])[back],
+            full,
+            atol,
+            "the batch in reverse order",
+        )
         if modality == "image":
             mixed = torch.cat([inputs[:1], others[1:]])
             t = torch.cat([targets[:1], other_t[1:]])
-            _close(explain(mixed, t)[:1], full[:1], atol, "the first sample among other batch mates")
+            _close(
+                explain(mixed, t)[:1], full[:1], atol, "the first sample among other batch mates"
+            )
 
     report.run("batch mates", mates)
     report.run("untouched", lambda: _untouched(ex, explained, inputs, targets))
     if modality == "image" and cls.family != "learned":
-        report.run("hooks released on error", lambda: _hooks_on_error(ex, explained, inputs, targets))
+        report.run(
+            "hooks released on error", lambda: _hooks_on_error(ex, explained, inputs, targets)
+        )
     return report.raise_if_failed() if raise_on_failure else report
 
 
 def _shape(maps: torch.Tensor, inputs: Any, modality: str) -> torch.Tensor:
     expected = (len(inputs), *inputs.shape[2:]) if modality == "image" else tuple(inputs.shape)
-    assert isinstance(maps, torch.Tensor), f"explain() returned a {type(maps).__name__}, not a tensor"
+    assert isinstance(maps, torch.Tensor), (
+        f"explain() returned a {type(maps).__name__}, not a tensor"
+    )
     assert tuple(maps.shape) == expected, f"maps of shape {tuple(maps.shape)}; expected {expected}"
     assert maps.dtype == torch.float32, f"maps of dtype {maps.dtype}; expected float32"
     assert bool(torch.isfinite(maps).all()), "maps hold NaN or infinite values"
@@ -235,7 +287,9 @@ def _untouched(ex: Explainer, model: nn.Module, inputs: Any, targets: torch.Tens
     model.train()
     subs = [m for m in model.modules() if m is not model]
     if subs:
-        subs[-1].eval()  # a submodule kept in eval mode inside a training model (a frozen BatchNorm)
+        subs[
+            -1
+        ].eval()  # a submodule kept in eval mode inside a training model (a frozen BatchNorm)
     modes = {n: m.training for n, m in model.named_modules()}
     hooks = _hooks(model)
     try:
@@ -253,7 +307,9 @@ def _untouched(ex: Explainer, model: nn.Module, inputs: Any, targets: torch.Tens
     assert not added, f"hooks left behind: {', '.join(added)}"
 
 
-def _hooks_on_error(ex: Explainer, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+def _hooks_on_error(
+    ex: Explainer, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+) -> None:
     boom = _Boom(copy.deepcopy(model)).eval()
     hooks = _hooks(boom)
     try:

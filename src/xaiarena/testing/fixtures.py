@@ -49,7 +49,9 @@ def tiny_images(n: int = 4, seed: int = 123) -> tuple[torch.Tensor, torch.Tensor
     finds several superpixels) and targets ``(n,)`` among 10 classes."""
     g = gen(seed)
     blocks = torch.rand(n, 3, 4, 4, generator=g)
-    x = blocks.repeat_interleave(8, 2).repeat_interleave(8, 3) + 0.05 * torch.rand(n, 3, 32, 32, generator=g)
+    x = blocks.repeat_interleave(8, 2).repeat_interleave(8, 3) + 0.05 * torch.rand(
+        n, 3, 32, 32, generator=g
+    )
     targets = torch.tensor([0, 3, 5, 9] * (n // 4 + 1))[:n]
     return x.clamp(0, 1), targets
 
@@ -65,8 +67,14 @@ def tiny_image_task(model: nn.Module, n_train: int = 48, n_test: int = 16, seed:
             labels = model(x).argmax(1)
         return ImageSplit(x.mul(255).round().to(torch.uint8), labels)
 
-    return Task("xaiarena_testing", split(n_train, seed), split(n_test, seed + 1),
-                [str(c) for c in range(10)], mean=(0.5, 0.5, 0.5), std=(0.29, 0.29, 0.29))
+    return Task(
+        "xaiarena_testing",
+        split(n_train, seed),
+        split(n_test, seed + 1),
+        [str(c) for c in range(10)],
+        mean=(0.5, 0.5, 0.5),
+        std=(0.29, 0.29, 0.29),
+    )
 
 
 # --------------------------------------------------------------------------- explainers: texts
@@ -149,7 +157,9 @@ def tiny_image_batch(n: int, seed: int = 0, model: nn.Module | None = None) -> E
     masks = x[:, 0] > x[:, 0].flatten(1).median(1).values.view(-1, 1, 1)
     y = torch.randint(0, 3, (n,), generator=g)
     ids = torch.arange(100, 100 + n)
-    return EvalBatch(model or TinyConvNet(), x, y, y, masks, sample_ids=ids, pool=SamplePool(x, y, ids))
+    return EvalBatch(
+        model or TinyConvNet(), x, y, y, masks, sample_ids=ids, pool=SamplePool(x, y, ids)
+    )
 
 
 def tiny_text_batch(n: int, seed: int = 0, model: nn.Module | None = None) -> EvalBatch:
@@ -179,9 +189,15 @@ def tiny_text_batch(n: int, seed: int = 0, model: nn.Module | None = None) -> Ev
 def subset(batch: EvalBatch, idx) -> EvalBatch:
     """Rows ``idx`` (a list or LongTensor) of ``batch``, every field."""
     idx = torch.as_tensor(idx, dtype=torch.long)
-    return EvalBatch(batch.model, batch.inputs[idx], batch.targets[idx], batch.labels[idx],
-                     None if batch.masks is None else batch.masks[idx],
-                     None if batch.sample_ids is None else batch.sample_ids[idx], batch.pool)
+    return EvalBatch(
+        batch.model,
+        batch.inputs[idx],
+        batch.targets[idx],
+        batch.labels[idx],
+        None if batch.masks is None else batch.masks[idx],
+        None if batch.sample_ids is None else batch.sample_ids[idx],
+        batch.pool,
+    )
 
 
 def gradient_fn(default_model: nn.Module):
@@ -238,12 +254,22 @@ def metric_setup(modality: str, n: int = 12, model: nn.Module | None = None):
         batch = tiny_text_batch(n, model=model)
         g = gen(7)
         shape = batch.inputs.shape
-        maps = {"a": torch.rand(shape, generator=g), "b": torch.randint(0, 3, shape, generator=g).float(),
-                "const": torch.zeros(shape), "c": torch.rand(shape, generator=g)}
+        maps = {
+            "a": torch.rand(shape, generator=g),
+            "b": torch.randint(0, 3, shape, generator=g).float(),
+            "const": torch.zeros(shape),
+            "c": torch.rand(shape, generator=g),
+        }
         return batch, maps, None
     batch = tiny_image_batch(n, model=model)
-    good = batch.model if model is None else getattr(model, "model", model)  # NaNModel: its inner model
-    fns = {"a": gradient_fn(batch.model), "b": noisy_gradient_fn(batch.model), "const": constant_fn(1.0),
-           "c": hashed_random_fn()}  # re-explanations explain the batch's model
+    good = (
+        batch.model if model is None else getattr(model, "model", model)
+    )  # NaNModel: its inner model
+    fns = {
+        "a": gradient_fn(batch.model),
+        "b": noisy_gradient_fn(batch.model),
+        "const": constant_fn(1.0),
+        "c": hashed_random_fn(),
+    }  # re-explanations explain the batch's model
     maps = {k: f(batch.inputs, batch.targets, generator=gen(3), model=good) for k, f in fns.items()}
     return batch, maps, fns

@@ -28,24 +28,47 @@ def _resolve(metric: str | type) -> tuple[str, type, Any]:
 
 
 def _metadata(cls: type, entry: Any, instance: Metric | None) -> None:
-    assert isinstance(cls, type) and issubclass(cls, Metric), f"{cls!r} is not a subclass of xaiarena.metrics.Metric"
+    assert isinstance(cls, type) and issubclass(cls, Metric), (
+        f"{cls!r} is not a subclass of xaiarena.metrics.Metric"
+    )
     assert entry is not None, "not registered (@METRICS.register(name, description=...))"
-    assert cls.name == entry.name, f"class attribute name={cls.name!r} differs from the registered name '{entry.name}'"
+    assert cls.name == entry.name, (
+        f"class attribute name={cls.name!r} differs from the registered name '{entry.name}'"
+    )
     assert cls.category in CATEGORIES, f"category={cls.category!r}; one of {', '.join(CATEGORIES)}"
-    assert isinstance(cls.higher_is_better, bool), f"higher_is_better={cls.higher_is_better!r} must be a bool"
+    assert isinstance(cls.higher_is_better, bool), (
+        f"higher_is_better={cls.higher_is_better!r} must be a bool"
+    )
     modality = tuple(cls.modality)
-    assert modality and set(modality) <= {"image", "text"}, f"modality={cls.modality!r}; a tuple of image, text"
+    assert modality and set(modality) <= {"image", "text"}, (
+        f"modality={cls.modality!r}; a tuple of image, text"
+    )
     lo, hi = cls.value_range
     assert lo <= hi, f"value_range={cls.value_range!r} must be (low, high)"
-    assert set(cls.requires) <= set(REQUIREMENTS), f"requires={cls.requires!r}; a subset of {REQUIREMENTS}"
-    for key in ("category", "higher_is_better", "modality", "value_range", "requires", "default_outputs"):
+    assert set(cls.requires) <= set(REQUIREMENTS), (
+        f"requires={cls.requires!r}; a subset of {REQUIREMENTS}"
+    )
+    for key in (
+        "category",
+        "higher_is_better",
+        "modality",
+        "value_range",
+        "requires",
+        "default_outputs",
+    ):
         assert key in entry.meta, f"registry metadata lacks '{key}' (xaiarena list --json shows it)"
-    assert entry.meta["default_outputs"], "no default_outputs: outputs() fails with the default options"
+    assert entry.meta["default_outputs"], (
+        "no default_outputs: outputs() fails with the default options"
+    )
     assert len(entry.description) >= 30, (
-        f"description {entry.description!r} is what `xaiarena list` shows: say what the metric measures")
+        f"description {entry.description!r} is what `xaiarena list` shows: say what the metric "
+        "measures"
+    )
     if instance is not None:
         outs = instance.outputs()
-        assert outs and all(isinstance(o, OutputSpec) for o in outs), "outputs() must return OutputSpec's"
+        assert outs and all(isinstance(o, OutputSpec) for o in outs), (
+            "outputs() must return OutputSpec's"
+        )
         names = [o.name for o in outs]
         assert len(set(names)) == len(names), f"output names repeat: {names}"
 
@@ -70,9 +93,13 @@ def _assert_same(a: dict, b: dict, what: str, keys: Any = None, exact: bool = Fa
     assert not missing, f"{what}: outputs missing: {missing[:3]}"
     for k in keys:
         x, y = a[k], b[k]
-        assert x.shape == y.shape, f"{what}: {k} has shape {tuple(y.shape)}, expected {tuple(x.shape)}"
+        assert x.shape == y.shape, (
+            f"{what}: {k} has shape {tuple(y.shape)}, expected {tuple(x.shape)}"
+        )
         if exact:
-            ok = torch.equal(x.nan_to_num(123.0), y.nan_to_num(123.0)) and torch.equal(x.isnan(), y.isnan())
+            ok = torch.equal(x.nan_to_num(123.0), y.nan_to_num(123.0)) and torch.equal(
+                x.isnan(), y.isnan()
+            )
             assert ok, f"{what}: {k} differs"
         else:
             try:
@@ -81,11 +108,17 @@ def _assert_same(a: dict, b: dict, what: str, keys: Any = None, exact: bool = Fa
                 raise AssertionError(f"{what}: {k} differs: {str(exc).splitlines()[0]}") from None
 
 
-def _shape(metric: Metric, out: MetricOutput, batch: EvalBatch, maps: Mapping[str, torch.Tensor]) -> None:
-    assert isinstance(out, MetricOutput), f"evaluate() returned a {type(out).__name__}, not a MetricOutput"
+def _shape(
+    metric: Metric, out: MetricOutput, batch: EvalBatch, maps: Mapping[str, torch.Tensor]
+) -> None:
+    assert isinstance(out, MetricOutput), (
+        f"evaluate() returned a {type(out).__name__}, not a MetricOutput"
+    )
     n = len(batch)
     expected = metric.output_names()
-    assert sorted(out.scores) == sorted(expected), f"scores for {sorted(out.scores)}; outputs() says {expected}"
+    assert sorted(out.scores) == sorted(expected), (
+        f"scores for {sorted(out.scores)}; outputs() says {expected}"
+    )
     labels = set(maps)
     for o, per in out.scores.items():
         assert per, f"output {o}: no explainer scored"
@@ -93,28 +126,43 @@ def _shape(metric: Metric, out: MetricOutput, batch: EvalBatch, maps: Mapping[st
         lo, hi = spec.value_range
         for k, v in per.items():
             parts = k.split(PAIR_SEPARATOR) if is_pair(k) else [k]
-            assert set(parts) <= labels, f"output {o}: key {k!r} is not an explainer label (or a pair of them)"
+            assert set(parts) <= labels, (
+                f"output {o}: key {k!r} is not an explainer label (or a pair of them)"
+            )
             assert isinstance(v, torch.Tensor) and tuple(v.shape) == (n,), (
                 f"{o}[{k!r}]: expected a tensor of shape ({n},), got "
-                f"{tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}")
+                f"{tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}"
+            )
             assert v.is_floating_point(), f"{o}[{k!r}]: dtype {v.dtype}; expected a float tensor"
             finite = v[torch.isfinite(v)].double()
-            tol = 1e-5 * max(1.0, abs(lo) if math.isfinite(lo) else 1.0, abs(hi) if math.isfinite(hi) else 1.0)
+            tol = 1e-5 * max(
+                1.0, abs(lo) if math.isfinite(lo) else 1.0, abs(hi) if math.isfinite(hi) else 1.0
+            )
             assert bool((finite >= lo - tol).all() and (finite <= hi + tol).all()), (
-                f"{o}[{k!r}]: values in [{float(finite.min()):.4g}, {float(finite.max()):.4g}] outside the "
-                f"declared value_range ({lo}, {hi})")
+                f"{o}[{k!r}]: values in [{float(finite.min()):.4g}, {float(finite.max()):.4g}] "
+                "outside the "
+                f"declared value_range ({lo}, {hi})"
+            )
     for o, per in out.curves.items():
         for k, v in per.items():
             assert isinstance(v, torch.Tensor) and v.ndim == 2 and len(v) == n, (
-                f"curve {o}[{k!r}]: expected (N, S) with N = {n}")
+                f"curve {o}[{k!r}]: expected (N, S) with N = {n}"
+            )
             if o in out.curve_x:
-                assert len(out.curve_x[o]) == v.shape[1], f"curve {o}: curve_x has {len(out.curve_x[o])} points"
+                assert len(out.curve_x[o]) == v.shape[1], (
+                    f"curve {o}: curve_x has {len(out.curve_x[o])} points"
+                )
 
 
-def check_metric(metric: str | type, options: Mapping[str, Any] | None = None, *,
-                 batch: EvalBatch | None = None, maps: Mapping[str, torch.Tensor] | None = None,
-                 explainers: Mapping[str, Callable[..., torch.Tensor]] | None = None,
-                 raise_on_failure: bool = True) -> CheckReport:
+def check_metric(
+    metric: str | type,
+    options: Mapping[str, Any] | None = None,
+    *,
+    batch: EvalBatch | None = None,
+    maps: Mapping[str, torch.Tensor] | None = None,
+    explainers: Mapping[str, Callable[..., torch.Tensor]] | None = None,
+    raise_on_failure: bool = True,
+) -> CheckReport:
     """Check that a metric keeps the contract every built-in keeps.
 
     ``metric``: its registered name or its class; ``options``: constructor options (cheap
@@ -169,25 +217,42 @@ def check_metric(metric: str | type, options: Mapping[str, Any] | None = None, *
         return report.raise_if_failed() if raise_on_failure else report
     report.run("shape", lambda: _shape(m, out, batch, maps))
     full = _flat(out)
-    report.run("determinism", lambda: _assert_same(full, _flat(run(batch, maps)), "a second call", exact=True))
+    report.run(
+        "determinism",
+        lambda: _assert_same(full, _flat(run(batch, maps)), "a second call", exact=True),
+    )
     if m.needs_whole_set:
-        report.skip("batch size", "needs_whole_set: a sample's score depends on the whole set by design")
-        report.skip("batch mates", "needs_whole_set: a sample's score depends on the whole set by design")
+        report.skip(
+            "batch size", "needs_whole_set: a sample's score depends on the whole set by design"
+        )
+        report.skip(
+            "batch mates", "needs_whole_set: a sample's score depends on the whole set by design"
+        )
         return report.raise_if_failed() if raise_on_failure else report
 
     def split() -> None:
         cut = n // 2 - 1
-        parts = [_flat(run(fx.subset(batch, idx), {k: v[idx] for k, v in maps.items()}))
-                 for idx in (list(range(cut)), list(range(cut, n)))]
-        _assert_same(full, {k: torch.cat([parts[0][k], parts[1][k]]) for k in full},
-                     f"the samples split in two batches ({cut} + {n - cut})")
+        parts = [
+            _flat(run(fx.subset(batch, idx), {k: v[idx] for k, v in maps.items()}))
+            for idx in (list(range(cut)), list(range(cut, n)))
+        ]
+        _assert_same(
+            full,
+            {k: torch.cat([parts[0][k], parts[1][k]]) for k in full},
+            f"the samples split in two batches ({cut} + {n - cut})",
+        )
 
     def mates() -> None:
         perm = torch.randperm(n, generator=fx.gen(11))
         back = torch.argsort(perm)
-        _assert_same(full, _flat(run(fx.subset(batch, perm), {k: v[perm] for k, v in maps.items()}), back),
-                     "the batch in another order")
-        _assert_same(full, _flat(run(batch, dict(reversed(list(maps.items()))))), "the explainers reversed")
+        _assert_same(
+            full,
+            _flat(run(fx.subset(batch, perm), {k: v[perm] for k, v in maps.items()}), back),
+            "the batch in another order",
+        )
+        _assert_same(
+            full, _flat(run(batch, dict(reversed(list(maps.items()))))), "the explainers reversed"
+        )
         extra_map = torch.rand(next(iter(maps.values())).shape, generator=fx.gen(5))
         nonlocal explainers
         saved = explainers

@@ -56,7 +56,9 @@ class CheckReport:
             return None
         except Exception as exc:  # a crash is a failure of that check, with where it happened
             where = traceback.extract_tb(exc.__traceback__)[-1]
-            self.failed.append((check, f"{type(exc).__name__}: {exc} ({where.filename}:{where.lineno})"))
+            self.failed.append(
+                (check, f"{type(exc).__name__}: {exc} ({where.filename}:{where.lineno})")
+            )
             return None
         self.passed.append(check)
         return out

@@ -255,10 +255,12 @@ def check_settings(component: str, options: dict[str, Any]) -> None:
     """Check DiET's settings in ``options`` (:data:`SETTING_CONSTRAINTS`, then the one rule that
     ties two of them) for the explainer or config named ``component``; OptionError otherwise."""
     validate_options(component, SETTING_CONSTRAINTS, options)
-    if options.get("test_procedure", "converged") == "converged" and options.get("test_sparsity_weight") == 0:
-        raise option_error(component, "test_sparsity_weight", 0, "a number > 0 with test_procedure="
-                           "'converged'", detail="its window and safety limit are counted in horizons, "
-                           "the steps in which sparsity alone erases an unused mask unit")
+    converged = options.get("test_procedure", "converged") == "converged"
+    if converged and options.get("test_sparsity_weight") == 0:
+        raise option_error(component, "test_sparsity_weight", 0,
+                           "a number > 0 with test_procedure='converged'",
+                           detail="its window and safety limit are counted in horizons, the steps in "
+                           "which sparsity alone erases an unused mask unit")
 
 
 #: the authors' stopping band: epoch loss strictly within +-0.2 % of its value two epochs earlier

@@ -50,7 +50,9 @@ class AttentionRollout(TextExplainer):
 
     name = "attention_rollout"
     family: ClassVar[str] = "attention"
-    option_constraints: ClassVar[dict] = {"head_fusion": OneOf(HEAD_FUSIONS), "aggregate": AGGREGATE}
+    option_constraints: ClassVar[dict] = {
+        "head_fusion": OneOf(HEAD_FUSIONS), "aggregate": AGGREGATE,
+    }
 
     def __init__(self, head_fusion: str = "mean", aggregate: str = "sum"):
         set_options(self, head_fusion=head_fusion, aggregate=aggregate)

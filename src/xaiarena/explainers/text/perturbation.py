@@ -36,7 +36,8 @@ class _TextPerturbation(TextExplainer):
     }
 
     def _init_common(self, removal: str, output: str, perturbations_per_eval: int) -> None:
-        set_options(self, removal=removal, output=output, perturbations_per_eval=perturbations_per_eval)
+        set_options(self, removal=removal, output=output,
+                    perturbations_per_eval=perturbations_per_eval)
 
     @torch.no_grad()
     def _scores(self, model, inputs, targets, row_sample: torch.Tensor, row_keep: torch.Tensor) -> torch.Tensor:
