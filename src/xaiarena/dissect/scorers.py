@@ -79,8 +79,8 @@ class ConceptScorer:
 
 #: the ``prompt`` option of the embedding scorers
 PROMPT = Satisfies(lambda v: isinstance(v, str) and v.count("{}") == 1,
-                   "a text with one '{}' where the concept goes (the paper: '{}', the bare concept; "
-                   "e.g. 'a photo of a {}')", invalid=["a photo", "{} and {}"])
+                   "a text with one '{}' where the concept goes (the paper: '{}', the bare "
+                   "concept; e.g. 'a photo of a {}')", invalid=["a photo", "{} and {}"])
 
 
 def _rgb_arrays(images: torch.Tensor) -> list[np.ndarray]:
@@ -360,8 +360,9 @@ class AnnotationScorer(ConceptScorer):
             per_image = task.meta["image_classes"].get(probe.split)
             if per_image is None:
                 splits = ", ".join(task.meta["image_classes"])
-                raise OptionError(self.name, "dissect.split", f"dataset '{task.name}' lists the classes "
-                                  f"in its images for split(s) {splits}, not '{probe.split}'")
+                raise OptionError(self.name, "dissect.split",
+                                  f"dataset '{task.name}' lists the classes in its images for "
+                                  f"split(s) {splits}, not '{probe.split}'")
             for s, i in zip(sets, probe.index.tolist(), strict=True):
                 s.update(task.class_names[int(c)] for c in per_image[i] if task.class_names[int(c)] != "background")
         return sets
@@ -374,7 +375,8 @@ class AnnotationScorer(ConceptScorer):
             shown = ", ".join(unknown[:10]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 10 else "")
             raise OptionError(self.name, "dissect.concepts",
                               "the annotations scorer has no ground truth for concept(s) "
-                              f"{shown} in dataset '{probe.task.name}'; it knows: {', '.join(known)} "
+                              f"{shown} in dataset '{probe.task.name}'; it knows: "
+                              f"{', '.join(known)} "
                               "(use concepts: annotations or dataset_classes, or a CLIP scorer for "
                               "open vocabularies)")
         col = {c: j for j, c in enumerate(concepts)}

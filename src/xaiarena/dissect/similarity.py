@@ -170,9 +170,9 @@ def rank_reorder(
     n = int(n_img * top_fraction)
     if n < 2:
         raise OptionError("rank_reorder", "top_fraction",
-                          f"rank_reorder: top_fraction={top_fraction} of {n_img} probe images keeps "
-                          f"{n} image(s); rank_reorder needs at least 2 (raise top_fraction or probe "
-                          "more images)",
+                          f"rank_reorder: top_fraction={top_fraction} of {n_img} probe images "
+                          f"keeps {n} image(s); rank_reorder needs at least 2 (raise top_fraction "
+                          "or probe more images)",
                           top_fraction)
     values, top = torch.topk(activations, k=n, dim=0)  # (n, M), descending
     ascending = values.flip(0)

@@ -259,8 +259,8 @@ def check_settings(component: str, options: dict[str, Any]) -> None:
     if converged and options.get("test_sparsity_weight") == 0:
         raise option_error(component, "test_sparsity_weight", 0,
                            "a number > 0 with test_procedure='converged'",
-                           detail="its window and safety limit are counted in horizons, the steps in "
-                           "which sparsity alone erases an unused mask unit")
+                           detail="its window and safety limit are counted in horizons, the steps "
+                           "in which sparsity alone erases an unused mask unit")
 
 
 #: the authors' stopping band: epoch loss strictly within +-0.2 % of its value two epochs earlier
