@@ -8,7 +8,10 @@ is kept.
 Subclasses set the class attributes below and implement :meth:`attribute`.
 Register them with ``@EXPLAINERS.register("name", description=...)``; the
 constructor's keyword arguments are the options a config may set (the config
-validator checks names against the signature).
+validator checks names against the signature). What each option accepts is
+declared in ``option_constraints`` and checked in the constructor by
+:func:`xaiarena.ops.validation.set_options` (one message format for every bad
+value); :func:`xaiarena.testing.check_explainer` checks the whole contract.
 
 Learned explainers (DiET) override :meth:`fit`, which the runner calls once with
 the training split before any :meth:`explain` call, and report which model

@@ -13,7 +13,9 @@ only with a logged reason.
 
 A metric with several outputs whose directions differ (keep vs remove, MoRF vs
 LeRF, foreground vs background) describes each in :meth:`Metric.outputs`; the
-class attributes describe its primary output.
+class attributes describe its primary output. What each option accepts is declared in
+``option_constraints`` (:mod:`xaiarena.ops.validation`);
+:func:`xaiarena.testing.check_metric` checks the whole contract.
 """
 
 from __future__ import annotations
