@@ -95,7 +95,7 @@ def test_registration_and_errors(planted):
     assert entry.meta["modality"] == ("text",)
     with pytest.raises(ValueError, match="baseline='black'"):
         TextDiET(baseline="black")
-    with pytest.raises(ValueError, match="lr_words=0 must be > 0"):
+    with pytest.raises(ValueError, match=r"text_diet: lr_words=0 is not valid; it must be a number > 0"):
         TextDiET(lr_words=0)
     with pytest.raises(RuntimeError, match="fitted first"):
         TextDiET().explained_model(planted[1])
