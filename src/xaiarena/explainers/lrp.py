@@ -434,7 +434,7 @@ class LRP(_PropagationExplainer):
         set_options(self, composite=composite, epsilon=epsilon, gamma=gamma, alpha=alpha, beta=beta)
         if abs(self.alpha - self.beta - 1.0) > 1e-9:
             raise option_error(self.name, "beta", beta,
-                               f"alpha - 1 = {_fmt(self.alpha - 1.0)} with alpha={alpha!r}",
+                               f"alpha - 1, here {_fmt(self.alpha - 1.0)} (alpha {alpha!r})",
                                detail="alpha - beta must be 1: relevance is "
                                "conserved; e.g. alpha=2, beta=1 or alpha=1, beta=0")
         set_options(self, stabilizer=stabilizer, first_rule=first_rule)

@@ -90,7 +90,7 @@ class _TopK(_Agreement):
         super().__init__(reference, abs)
         set_options(self, k=k)
         if self.k == "support" and reference is None:
-            raise option_error(self.name, "k", k, "a pixel count or a fraction with reference=null",
+            raise option_error(self.name, "k", k, "a pixel count or a fraction when reference is null",
                                detail="k='support' needs a reference explainer, the map whose "
                                "support is the mask")
 

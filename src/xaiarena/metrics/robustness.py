@@ -71,11 +71,11 @@ class _ReExplain(Metric):
         set_options(self, nr_samples=nr_samples, lower_bound=lower_bound, upper_bound=upper_bound)
         if upper_bound is None and lower_bound <= 0:
             raise option_error(self.name, "lower_bound", lower_bound,
-                               "a number > 0 with upper_bound=null",
+                               "a number > 0 when upper_bound is null",
                                detail="the noise is U(-lower_bound, lower_bound)")
         if upper_bound is not None and upper_bound <= lower_bound:
             raise option_error(self.name, "upper_bound", upper_bound,
-                               f"larger than lower_bound={lower_bound!r}")
+                               f"larger than lower_bound ({lower_bound!r})")
         self.clip = bool(clip)
         set_options(self, prediction_change=prediction_change)
         self.abs = bool(abs)

@@ -257,8 +257,8 @@ def check_settings(component: str, options: dict[str, Any]) -> None:
     validate_options(component, SETTING_CONSTRAINTS, options)
     converged = options.get("test_procedure", "converged") == "converged"
     if converged and options.get("test_sparsity_weight") == 0:
-        raise option_error(component, "test_sparsity_weight", 0,
-                           "a number > 0 with test_procedure='converged'",
+        raise option_error(component, "test_sparsity_weight", options["test_sparsity_weight"],
+                           "a number > 0 for the converged test procedure",
                            detail="its window and safety limit are counted in horizons, the steps "
                            "in which sparsity alone erases an unused mask unit")
 
