@@ -168,9 +168,9 @@ def isolated_plugins(monkeypatch):
     import sys
 
     from xaiarena import plugins
-    from xaiarena.registry import REGISTRIES
+    from xaiarena.registry import REGISTRIES, load_builtins
 
-    plugins.load_builtins()
+    load_builtins()
     saved = {k: dict(r._entries) for k, r in REGISTRIES.items()}
     saved_modules = {n: m for n, m in sys.modules.items() if n.startswith(PLUGIN_MODULE_PREFIXES)}
     for name in saved_modules:

@@ -32,8 +32,9 @@ from xaiarena.dissect.activations import (
 )
 from xaiarena.dissect.concepts import build_concepts
 from xaiarena.dissect.options import OptionError
-from xaiarena.dissect.probe import Cache, Probe, select_probe
-from xaiarena.dissect.runner import label_neurons, read_neurons
+from xaiarena.dissect.probe import Probe, select_probe
+from xaiarena.dissect.results import read_neurons
+from xaiarena.dissect.runner import label_neurons
 from xaiarena.dissect.scorers import (
     AnnotationScorer,
     ClipScorer,
@@ -43,6 +44,7 @@ from xaiarena.dissect.scorers import (
     object_colours,
 )
 from xaiarena.errors import ConfigError
+from xaiarena.hashing import stable_hash
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 cli = CliRunner()
@@ -429,9 +431,19 @@ def test_clip_scorer_on_tiny_clip(tiny_clip, small_task, tmp_path):
     probe = select_probe(small_task, "test", 6, seed=0)
     probe.key = "probe-a"
     concepts = ["dog", "red", "seven"]
-    cache = Cache(tmp_path / "cache")
+    store: dict[tuple[str, str], torch.Tensor] = {}
+    hits: list[str] = []
+
+    def cached(kind, inputs, compute):  # what the dissect runner passes, without files
+        key = (kind, stable_hash(inputs))
+        if key in store:
+            hits.append(kind)
+        else:
+            store[key] = compute()
+        return store[key]
+
     scorer = ClipScorer(model=str(tiny_clip), prompt="a photo of a {}", batch_size=4)
-    P = scorer.score(probe, concepts, cache=cache, show_progress=False)
+    P = scorer.score(probe, concepts, cached=cached, show_progress=False)
     assert P.shape == (6, 3) and bool((P.abs() <= 1 + 1e-5).all())
     # the same numbers computed here directly from the model
     model = CLIPModel.from_pretrained(tiny_clip).eval()
@@ -446,14 +458,14 @@ def test_clip_scorer_on_tiny_clip(tiny_clip, small_task, tmp_path):
     txt = txt if isinstance(txt, torch.Tensor) else txt.pooler_output
     want = torch.nn.functional.normalize(img, dim=1) @ torch.nn.functional.normalize(txt, dim=1).T
     torch.testing.assert_close(P, want, rtol=1e-4, atol=1e-5)
-    assert len(cache.misses) == 2 and not cache.hits
+    assert len(store) == 2 and not hits
     again = ClipScorer(model=str(tiny_clip), prompt="a photo of a {}", batch_size=2).score(
-        probe, concepts, cache=cache, show_progress=False)
+        probe, concepts, cached=cached, show_progress=False)
     torch.testing.assert_close(again, P)
-    assert len(cache.hits) == 2  # image and text embeddings reused (batch size does not matter)
-    other = ClipScorer(model=str(tiny_clip), prompt="{}").score(probe, concepts, cache=cache, show_progress=False)
+    assert len(hits) == 2  # image and text embeddings reused (batch size does not matter)
+    other = ClipScorer(model=str(tiny_clip), prompt="{}").score(probe, concepts, cached=cached, show_progress=False)
     assert not torch.allclose(other, P)  # the prompt is used
-    assert len(cache.hits) == 3  # ... and only the texts were re-embedded
+    assert hits == ["image_embeddings", "text_embeddings", "image_embeddings"]  # ... only the texts re-embedded
 
 
 def test_clip_scorer_end_to_end_through_the_cli(tiny_clip, tmp_path):
@@ -598,6 +610,50 @@ def test_dissect_cli_outputs_caching_and_report(tmp_path):
     # the report rebuilds from saved results
     res = cli.invoke(app, ["report", str(out)])
     assert res.exit_code == 0 and "dissect.html" in res.output
+
+
+IMAGE_FOLDER_DISSECT = """
+name: image_folder_dissect
+data: {name: image_folder, root: '%s'}
+model: {name: lenet, channels: [4], hidden: [8], kernel_size: 3}
+training: {epochs: 1, batch_size: 4, num_threads: 1}
+dissect:
+  layers: [classifier.2]
+  concepts: dataset_classes
+  scorer: annotations
+  similarity: {name: soft_wpmi, top_k: 2}
+"""
+
+
+def test_dissect_retrains_when_a_file_of_its_image_folder_changes(tmp_path, make_image_folder):
+    """dissect gets its model from the run's train stage (cache.model_key: the image folder's
+    fingerprint is part of the key), so a changed image retrains instead of reusing the old
+    checkpoint; the torch thread count it sets (training.num_threads) is restored."""
+    from PIL import Image
+
+    root = tmp_path / "images"
+    make_image_folder(root)
+    cfg = tmp_path / "d.yaml"
+    cfg.write_text(IMAGE_FOLDER_DISSECT % root)
+    out = tmp_path / "run"
+
+    def train_stage() -> dict:
+        res = cli.invoke(app, ["dissect", str(cfg), "--out", str(out), "--quiet"])
+        assert res.exit_code == 0, res.output
+        return json.loads((out / "run.json").read_text())["dissect"]["stages"]["image_folder/train"]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first = train_stage()
+        assert torch.get_num_threads() == 2  # training.num_threads: 1 inside, restored afterwards
+        assert not first["cache_hit"]
+        assert train_stage()["cache_hit"]  # the same files: the checkpoint is reused
+        Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(root / "train" / "left" / "0.png")
+        again = train_stage()
+        assert not again["cache_hit"] and again["model_hash"] != first["model_hash"]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_report_escapes_concepts(tmp_path):

@@ -29,6 +29,12 @@ meta maps      (``evaluation.meta``) the explain key of the unperturbed maps, th
 meta score     metric config, every scored attribution's key, the meta samples' ids,
                seed, explained model's key, the perturbation settings (samples,
                draws, noise levels), RNG scheme version
+probe          (``xaiarena dissect``) data key, split, the probe images' ids
+dissect        (``xaiarena dissect``, ``cache/dissect/<kind>/``) per kind: activations
+               (model key, probe key, layer, pooling), image and text embeddings or
+               annotation scores (scorer fingerprint, probe key or concepts), a
+               layer's top concepts (model and probe keys, layer, pooling, the scores'
+               key, similarity config, seed, concepts kept)
 =============  ====================================================================
 
 Artefacts
@@ -55,7 +61,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +69,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import RunError
+from .hashing import stable_hash, stable_seed  # noqa: F401  (stable_seed: re-exported, ck.stable_seed)
 from .utils import (
     atomic_write_bytes,
     atomic_write_text,
@@ -80,17 +87,6 @@ MANIFEST_SUFFIX = ".manifest.json"
 #: so that caches written under an older scheme are recomputed rather than mixed with new numbers
 #: (2: explainer streams seeded by the registered name, not the label)
 RNG_SCHEME = 2
-
-
-def stable_hash(obj: Any, n: int = 16) -> str:
-    """Content hash of a JSON-able object (key order independent)."""
-    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:n]
-
-
-def stable_seed(*parts: Any) -> int:
-    """A 32-bit seed from any JSON-able parts (e.g. the run seed and a component label)."""
-    return int(stable_hash(list(parts), n=8), 16)
 
 
 @dataclass(frozen=True)
@@ -160,6 +156,17 @@ def meta_score_key(metric_cfg: dict[str, Any], attributions: dict[str, Key], ids
     attr = {k: v.hash for k, v in attributions.items()}
     return _key("meta_score", {"metric": metric_cfg, "attr": attr, "ids": ids_hash, "seed": seed,
                                "model": model.hash, "settings": settings, "rng": RNG_SCHEME})
+
+
+def probe_key(data: Key, split: str, ids: list[int]) -> Key:
+    """The probe images of ``xaiarena dissect``: which images of which split of which data."""
+    return _key("probe", {"data": data.hash, "split": split, "ids": ids})
+
+
+def dissect_key(kind: str, inputs: dict[str, Any]) -> Key:
+    """An artefact of ``xaiarena dissect`` (``kind``: activations, image_embeddings,
+    text_embeddings, annotation_scores, similarity), keyed by ``inputs`` (see the table above)."""
+    return _key(f"dissect/{kind}", inputs)
 
 
 # --------------------------------------------------------------------------- paths
@@ -258,6 +265,16 @@ class Cache:
         except Exception as exc:  # noqa: BLE001 - any unreadable file is recomputed
             self.discard(path, f"it cannot be read ({type(exc).__name__}: {exc})")
             return None
+
+    def torch_artefact(self, path: Path, key: Key, compute: Callable[[], Any]) -> tuple[Any, bool]:
+        """``(object, cache_hit)``: the object saved at ``path`` when it matches its manifest, else
+        ``compute()``, saved there with its manifest."""
+        obj = self.load_torch(path)
+        if obj is not None:
+            return obj, True
+        obj = compute()
+        self.save_torch(path, obj, key)
+        return obj, False
 
     def save_frame(self, path: Path, df: pd.DataFrame, key: Key | None = None) -> None:
         self.write_bytes(path, parquet_bytes(df), key)

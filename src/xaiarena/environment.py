@@ -1,11 +1,12 @@
-"""The machine a run runs on: the torch device to use, the hardware and library versions a run
-records, and the folder of caches shared across runs."""
+"""The machine a run runs on: the torch device and thread count to use, the hardware and library
+versions a run records, and the folder of caches shared across runs."""
 
 from __future__ import annotations
 
 import os
 import platform
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,19 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise RunError(f"device: '{name}' does not exist; this machine has {n} CUDA device(s): "
                            f"{', '.join(f'cuda:{i}' for i in range(n))}")
     return dev
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Compute with ``n`` torch threads inside the block (the process' count when None); the count
+    from before is restored afterwards. Float sums, training above all, depend on it."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def user_cache_dir() -> Path:

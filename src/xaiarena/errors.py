@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
+
+
+def suggest(name: str, choices: list[str]) -> str | None:
+    """Closest match for ``name`` among ``choices`` (case-insensitive), or None: the "did you mean"
+    of every message about an unknown name."""
+    lowered = {c.lower(): c for c in choices}
+    hit = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[hit[0]] if hit else None
+
 
 class XaiArenaError(Exception):
     """Base class for all errors raised by xaiarena."""

@@ -39,14 +39,14 @@ import io
 import os
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .registry import REGISTRIES, registering_as
+from .errors import ConfigError, suggest
 
 ENTRY_POINT_GROUP = "xaiarena.plugins"
 ENV_PLUGINS = "XAIARENA_PLUGINS"
@@ -169,8 +169,6 @@ def resolve_ref(ref: Any, key: str) -> Any:
     for part in attr.split("."):
         if not hasattr(obj, part):
             names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-            from .registry import suggest
-
             hint = suggest(attr, names)
             did = f" (did you mean '{hint}'?)" if hint else ""
             raise ConfigError([(key, f"'{module_ref}' has no attribute '{attr}'{did}; its functions and classes: "
@@ -182,10 +180,27 @@ def resolve_ref(ref: Any, key: str) -> Any:
 # --------------------------------------------------------------------------- plugins
 
 
-def load_builtins() -> None:
-    """Import every registry's built-in components (before plugins, so clashes name the plugin)."""
-    for reg in REGISTRIES.values():
-        reg._load()
+_ORIGIN: ContextVar[str | None] = ContextVar("xaiarena_registry_origin", default=None)
+
+
+@contextmanager
+def registering_as(origin: str) -> Iterator[None]:
+    """Within the block, components registered are recorded as coming from ``origin`` (a plugin)."""
+    token = _ORIGIN.set(origin)
+    try:
+        yield
+    finally:
+        _ORIGIN.reset(token)
+
+
+def current_origin() -> str | None:
+    """The plugin whose code is registering components now (:func:`registering_as`), else None;
+    the registry records it as the entry's ``origin``."""
+    return _ORIGIN.get()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
@@ -226,11 +241,14 @@ def load_entry_point(ep: metadata.EntryPoint) -> str:
     return origin
 
 
-def load_installed_plugins() -> None:
+def load_installed_plugins(before: Callable[[], None] = _nothing) -> None:
     """Load the entry-point plugins and ``$XAIARENA_PLUGINS`` once per process.
 
-    Called by every registry on first use. A failure is remembered and raised again
-    (as :class:`PluginError`) on every later call.
+    Called by every registry on first use, with ``before`` (the registries' ``load_builtins``)
+    to run before the first plugin is imported: the built-in components are registered first,
+    so a plugin that takes a built-in's name is the one reported. This module never imports the
+    registries. A failure is remembered and raised again (as :class:`PluginError`) on every
+    later call.
     """
     if _installed.done:
         if _installed.error is not None:
@@ -243,7 +261,7 @@ def load_installed_plugins() -> None:
     env = [r.strip() for r in os.environ.get(ENV_PLUGINS, "").split(",") if r.strip()]
     if not eps and not env:
         return
-    load_builtins()
+    before()
     failed: list[PluginError] = []
     for ep in eps:
         try:
@@ -252,7 +270,7 @@ def load_installed_plugins() -> None:
             failed.append(exc)
     for ref in env:
         try:
-            import_plugin(ref, key=ENV_PLUGINS)
+            import_plugin(ref, key=ENV_PLUGINS, before=before)
         except PluginError as exc:
             failed.append(exc)
     if failed:  # every broken plugin at once, not one per attempt
@@ -260,9 +278,11 @@ def load_installed_plugins() -> None:
         raise PluginError.of(_installed.error.problems)
 
 
-def import_plugin(ref: str, key: str = "plugins") -> types.ModuleType:
-    """Import the plugin module (or ``.py`` file) ``ref``; its registrations get origin ``ref``."""
-    load_builtins()
+def import_plugin(ref: str, key: str = "plugins", before: Callable[[], None] = _nothing) -> types.ModuleType:
+    """Import the plugin module (or ``.py`` file) ``ref``; its registrations get origin ``ref``.
+    ``before`` runs first (config validation passes the registries' ``load_builtins``, see
+    :func:`load_installed_plugins`)."""
+    before()
     with registering_as(ref):
         try:
             return import_module_or_file(ref)
@@ -270,8 +290,9 @@ def import_plugin(ref: str, key: str = "plugins") -> types.ModuleType:
             raise PluginError(f"cannot import plugin '{ref}': {type(exc).__name__}: {exc}", key) from exc
 
 
-def config_plugin_problems(refs: Any) -> list[tuple[str, str]]:
-    """Import a config's ``plugins:`` list; ``(key, message)`` for each one that fails.
+def config_plugin_problems(refs: Any, before: Callable[[], None] = _nothing) -> list[tuple[str, str]]:
+    """Import a config's ``plugins:`` list; ``(key, message)`` for each one that fails. ``before``:
+    see :func:`import_plugin`.
 
     Values that are not a list of strings are left to the config's type validation.
     """
@@ -281,11 +302,11 @@ def config_plugin_problems(refs: Any) -> list[tuple[str, str]]:
     for i, ref in enumerate(refs):
         if isinstance(ref, str):
             try:
-                import_plugin(ref, key=f"plugins.{i}")
+                import_plugin(ref, key=f"plugins.{i}", before=before)
             except PluginError as exc:
                 problems += exc.problems
     return problems
 
 
-__all__ = ["ENTRY_POINT_GROUP", "PluginError", "config_plugin_problems", "import_module_or_file", "import_plugin",
-           "load_installed_plugins", "resolve_ref"]
+__all__ = ["ENTRY_POINT_GROUP", "PluginError", "config_plugin_problems", "current_origin", "import_module_or_file",
+           "import_plugin", "load_installed_plugins", "registering_as", "resolve_ref"]

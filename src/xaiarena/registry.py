@@ -17,16 +17,14 @@ component's cache key (:meth:`Entry.fingerprint_of`).
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import UnknownNameError
+from .errors import UnknownNameError, suggest  # noqa: F401  (suggest: re-exported)
+from .plugins import current_origin, load_installed_plugins
 
 
 @dataclass(frozen=True)
@@ -66,28 +64,8 @@ class Entry:
         )
 
 
-def suggest(name: str, choices: list[str]) -> str | None:
-    """Closest match for ``name`` among ``choices`` (case-insensitive), or None."""
-    lowered = {c.lower(): c for c in choices}
-    hit = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
-    return lowered[hit[0]] if hit else None
-
-
-_ORIGIN: ContextVar[str | None] = ContextVar("xaiarena_registry_origin", default=None)
-
-
-@contextmanager
-def registering_as(origin: str) -> Iterator[None]:
-    """Within the block, components registered are recorded as coming from ``origin`` (a plugin)."""
-    token = _ORIGIN.set(origin)
-    try:
-        yield
-    finally:
-        _ORIGIN.reset(token)
-
-
 def _origin_of(factory: Callable[..., Any]) -> str:
-    origin = _ORIGIN.get()
+    origin = current_origin()
     if origin:
         return origin
     module = getattr(factory, "__module__", "") or ""
@@ -121,9 +99,9 @@ class Registry:
             self._loaded = True
             for mod in self._modules:
                 importlib.import_module(mod)
-        from .plugins import load_installed_plugins
-
-        load_installed_plugins()  # entry points (group xaiarena.plugins) and $XAIARENA_PLUGINS; once per process
+        # entry points (group xaiarena.plugins) and $XAIARENA_PLUGINS, once per process, after every
+        # registry's built-ins (so that a name clash is reported against the plugin)
+        load_installed_plugins(before=load_builtins)
 
     def register(
         self,
@@ -198,6 +176,12 @@ REGISTRIES: dict[str, Registry] = {
     "explainers": EXPLAINERS,
     "metrics": METRICS,
 }
+
+
+def load_builtins() -> None:
+    """Import every registry's built-in components (before plugins, so clashes name the plugin)."""
+    for reg in REGISTRIES.values():
+        reg._load()
 
 # neuron dissection (xaiarena.dissect): listed under "dissect" by ``xaiarena list``
 _DISSECT_MODULES = ("xaiarena.dissect.concepts", "xaiarena.dissect.scorers", "xaiarena.dissect.similarity")

@@ -519,11 +519,11 @@ def run(config: str | Path | dict | ExperimentConfig | None = None, *, out: str 
     if isinstance(overrides, dict):
         ov.update(overrides)
     elif overrides:
-        from .config import _parse_scalar
+        from .config import parse_value
 
         for item in overrides:
             k, _, v = item.partition("=")
-            ov[k.strip()] = _parse_scalar(v)
+            ov[k.strip()] = parse_value(v)
     ov.update({k.replace("__", "."): v for k, v in kw_overrides.items()})
     cfg = load_config(config, ov or None)
     source = config if isinstance(config, (str, Path)) else None

@@ -9,7 +9,9 @@
                                                                                           └──> stats ──> report
 
 * :func:`prepare` runs data, train and select for one dataset entry and returns a
-  :class:`Prepared` (the task, the trained model ``f_b`` and the evaluation samples).
+  :class:`Prepared` (the task, the trained model ``f_b`` and the evaluation samples); its
+  first two steps, :func:`data_stage` and :func:`train_stage`, are also where ``xaiarena
+  dissect`` gets its data and model (the same keys, checkpoints and checks).
 * :func:`fit_learned` fits a learned explainer (DiET) and returns the :class:`View` of
   the model its maps explain (``f_s``).
 * :func:`explain` computes (or loads) one explainer's maps on one view's model.
@@ -160,17 +162,10 @@ class Attribution:
 
 def prepare(s: Settings, dcfg: DataConfig, log_stage, stage_prefix: str | None = None) -> Prepared:
     """Data -> train (or load) -> select, for one dataset entry of the config."""
-    from .data import load_task
-
     cfg, name = s.cfg, dcfg.key
     prefix = stage_prefix or name
-    with log_stage(f"{prefix}/data"):
-        task = load_task(dcfg.name, seed=s.dseed, data_dir=dcfg.data_dir, **dcfg.params)
-    # fingerprint_of: the user files a dataset/model reads (image folder, checkpoint); {} for built-ins
-    dkey = ck.data_key({**dcfg.hash_dict(), **DATASETS.entry(dcfg.name).fingerprint_of(dcfg.params)}, s.dseed)
-    with log_stage(f"{prefix}/train") as info:
-        model, mkey, tr = _trained_model(s, cfg, task, dkey)
-        info.update(cache_hit=tr.cache_hit, model_hash=mkey.hash, test_accuracy=tr.test_accuracy)
+    task, dkey = data_stage(s, dcfg, log_stage, prefix)
+    model, mkey, tr = train_stage(s, task, dkey, log_stage, prefix)
     progress.write(f"[xaiarena] {prefix}: {cfg.model.name} test accuracy {tr.test_accuracy:.3f}")
 
     mod = modality_for(task)
@@ -225,6 +220,29 @@ def prepare(s: Settings, dcfg: DataConfig, log_stage, stage_prefix: str | None =
         prep.info["pretrained"] = describe() if callable(describe) else True
         prep.info["target"] = cfg.evaluation.target
     return prep
+
+
+def data_stage(s: Settings, dcfg: DataConfig, log_stage, prefix: str) -> tuple[Any, ck.Key]:
+    """The data stage of one dataset entry (stage ``<prefix>/data``): the task, and its cache key
+    (the entry's config, the data seed and a fingerprint of the user files it reads). ``xaiarena
+    dissect`` starts here too, so that it shares the run's keys and checkpoints."""
+    from .data import load_task
+
+    with log_stage(f"{prefix}/data"):
+        task = load_task(dcfg.name, seed=s.dseed, data_dir=dcfg.data_dir, **dcfg.params)
+    # fingerprint_of: the user files a dataset/model reads (image folder, checkpoint); {} for built-ins
+    dkey = ck.data_key({**dcfg.hash_dict(), **DATASETS.entry(dcfg.name).fingerprint_of(dcfg.params)}, s.dseed)
+    return task, dkey
+
+
+def train_stage(s: Settings, task, dkey: ck.Key, log_stage, prefix: str) -> tuple[torch.nn.Module, ck.Key, Any]:
+    """The train stage (stage ``<prefix>/train``): ``s.cfg``'s model trained on ``task``, or loaded
+    from the run's cache (checkpoint verified against its manifest), in eval mode and frozen:
+    ``(model, model key, TrainResult)``."""
+    with log_stage(f"{prefix}/train") as info:
+        model, mkey, tr = _trained_model(s, s.cfg, task, dkey)
+        info.update(cache_hit=tr.cache_hit, model_hash=mkey.hash, test_accuracy=tr.test_accuracy)
+    return model, mkey, tr
 
 
 def _trained_model(s: Settings, cfg: ExperimentConfig, task,

@@ -12,6 +12,7 @@ Pieces (each registered, ``xaiarena list`` shows them under ``dissect``):
 * :mod:`.scorers`: the concept-image matrix P (``clip``, ``open_clip``, ``annotations``);
 * :mod:`.similarity`: ``soft_wpmi`` (default), ``wpmi``, ``rank_reorder``,
   ``cos_similarity_cubed``, ``cos_similarity``;
+* :mod:`.results`: the saved tables read back (:func:`~.results.read_neurons`);
 * :mod:`.runner`: the run behind ``xaiarena dissect CONFIG`` (:func:`run`, :func:`load`,
   :class:`DissectResult`) and :func:`label_neurons` for matrices computed elsewhere.
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..config import ComponentSpec, _check_component, _Strict
+from ..config.components import ComponentSpec, StrictModel, check_component
 from ..registry import CONCEPT_SCORERS, CONCEPT_SETS, SIMILARITIES
 
 DEFAULTS = {"concepts": "words", "scorer": "clip", "similarity": "soft_wpmi"}
@@ -37,7 +37,7 @@ def _with_default_names(section: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class DissectConfig(_Strict):
+class DissectConfig(StrictModel):
     layers: list[str] = Field(min_length=1)
     split: Literal["train", "test"] = "test"
     n_images: int | None = Field(None, ge=1)
@@ -80,7 +80,7 @@ def dissect_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
         except ValidationError:
             continue  # reported by the model validation
         n_before = len(problems)
-        _check_component(reg, spec, f"dissect.{key}", problems)  # name (did you mean), option names, types
+        check_component(reg, spec, f"dissect.{key}", problems)  # name (did you mean), option names, types
         if spec.name not in reg:
             continue
         options_ok = len(problems) == n_before
@@ -101,7 +101,7 @@ def dissect_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
             except OptionError as exc:
                 problems.append((f"dissect.scorer.{exc.option}", exc.message))
             except (ValueError, TypeError):
-                pass  # unknown options or bad types: reported by _check_component above
+                pass  # unknown options or bad types: reported by check_component above
         elif key == "concepts" and spec.name == "file" and "path" in spec.params:
             from pathlib import Path
 

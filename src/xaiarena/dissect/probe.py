@@ -1,16 +1,11 @@
-"""The probe set: the images neurons are dissected on, and a content-hashed cache for them."""
+"""The probe set: the images neurons are dissected on."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from ..config import stable_hash
-from ..utils import atomic_save_torch, load_torch
 
 SPLITS = ("train", "test")
 
@@ -22,7 +17,7 @@ class Probe:
     task: Any
     split: str
     index: torch.Tensor
-    key: str = ""  # content hash of (data config, seed, split, ids): set by the runner
+    key: str = ""  # its cache key (xaiarena.cache.probe_key): set by the runner
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -66,25 +61,3 @@ def select_probe(task, split: str, n_images: int | None, seed: int) -> Probe:
         gen = torch.Generator().manual_seed(seed + 2)
         index = torch.randperm(n, generator=gen)[:n_images].sort().values
     return Probe(task, split, index)
-
-
-@dataclass
-class Cache:
-    """``get(kind, key_obj, compute)``: ``folder/<kind>/<hash>.pt`` if present, else computed and
-    saved atomically. ``hits`` and ``misses`` count what happened (for run.json)."""
-
-    folder: Path | None
-    hits: list[str] = field(default_factory=list)
-    misses: list[str] = field(default_factory=list)
-
-    def get(self, kind: str, key_obj: Any, compute: Callable[[], Any]) -> Any:
-        if self.folder is None:
-            return compute()
-        path = self.folder / kind / f"{stable_hash(key_obj)}.pt"
-        if path.exists():
-            self.hits.append(f"{kind}/{path.name}")
-            return load_torch(path)
-        value = compute()
-        atomic_save_torch(value, path)
-        self.misses.append(f"{kind}/{path.name}")
-        return value

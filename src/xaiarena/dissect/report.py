@@ -25,7 +25,7 @@ from ..files import atomic_write_bytes, atomic_write_text, writes_inside
 from ..report.html import printable
 from ..report.tables import fmt_percent, fmt_seconds
 from . import plots
-from .runner import read_layers, read_neurons
+from .results import read_layers, read_neurons
 
 MAX_ROWS = 2000  # neuron rows shown per layer in the HTML (all of them are in neurons.csv)
 

@@ -1,10 +1,13 @@
 """The dissection run: config -> data -> concepts -> model -> acts -> P -> similarity -> labels.
 
-``xaiarena dissect CONFIG`` and :func:`run` use the experiment's ``data``, ``model``,
-``training`` and ``seed`` exactly as ``xaiarena run`` does (the same checkpoint cache key, so
-a model trained by ``run`` in the same run directory is reused), then the ``dissect:``
-section. Every expensive artefact is cached under ``RUN_DIR/cache`` by a content hash of what
-it depends on and written atomically: activations per layer (model, probe images, layer,
+``xaiarena dissect CONFIG`` and :func:`run` get the data and the model from the stages of
+``xaiarena run`` (:func:`xaiarena.stages.data_stage`, :func:`xaiarena.stages.train_stage`): the
+same cache keys (fingerprints of user files and ``amp`` included), checkpoint verification and
+checks, so a model trained by ``run`` in the same run directory is reused and a changed image
+folder retrains. Torch computes with ``training.num_threads`` threads (restored afterwards).
+Then the ``dissect:`` section. Every expensive artefact is cached under ``RUN_DIR/cache`` by
+the run's cache (:class:`xaiarena.cache.Cache`: atomic, checksummed, keys from
+:func:`xaiarena.cache.dissect_key`): activations per layer (model, probe images, layer,
 pooling), CLIP image and text embeddings or the annotation matrix, and each layer's top
 concepts (activations, P, similarity function and options, seed). ``run.json`` gets a
 ``dissect`` entry with the timings and cache hits of every stage (a ``run`` result already
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +31,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..cache import stable_seed
-from ..config import DataConfig, ExperimentConfig, load_config, stable_hash
+from .. import cache as ck
+from ..config import DataConfig, ExperimentConfig, load_config
 from ..errors import ConfigError
 from ..graph import StageRecorder
+from ..hashing import stable_hash, stable_seed
 from ..registry import MODELS
 from ..runner import _say, check_config_file, config_yaml
+from ..stages import Settings, data_stage, train_stage
 from ..utils import (
     atomic_to_csv,
     atomic_write_text,
@@ -40,13 +46,15 @@ from ..utils import (
     make_dir,
     resolve_device,
     seed_everything,
+    torch_threads,
     versions,
     writes_inside,
 )
 from .activations import LayerNotFoundError, is_output_layer, record_activations, resolve_layer
 from .concepts import build_concepts, too_few
 from .options import OptionError
-from .probe import Cache, Probe, select_probe
+from .probe import Probe, select_probe
+from .results import read_layers, read_neurons
 from .scorers import ScorerUnavailableError, build_scorer
 from .similarity import compute as compute_similarity
 
@@ -97,18 +105,26 @@ class DissectRunner:
         self.cfg = cfg
         self.dcfg = cfg.dissect
         self.run_dir = Path(out or cfg.output or Path("runs") / cfg.name)
-        self.cache_dir = self.run_dir / "cache"
         self.device = resolve_device(cfg.device)
         self.show_progress = show_progress
         self.source = source  # the config file cfg was read from (never overwritten)
         self.log = StageRecorder(_say)
         self.info: dict[str, Any] = {"datasets": {}}
+        # the run's data and train stages (xaiarena.stages), its cache and keys: a checkpoint
+        # trained by `xaiarena run` in the same folder is reused, and the other way round
+        self.settings = Settings(cfg, ck.Cache(self.run_dir / "cache", self.run_dir), self.device,
+                                 amp=bool(cfg.amp) and self.device.type == "cuda",
+                                 show_progress=show_progress)
+        self.hits: list[str] = []  # the current dataset's dissection artefacts, for run.json
+        self.computed: list[str] = []
 
     # ------------------------------------------------------------------ stages
     def run(self) -> Path:
         check_config_file(self.run_dir, self.source)
         make_dir(self.run_dir)
-        with writes_inside(self.run_dir):  # every file below: inside the run dir (links followed)
+        # every file below: inside the run dir (links followed); training.num_threads threads, as
+        # a run's tasks (restored afterwards)
+        with writes_inside(self.run_dir), torch_threads(self.cfg.training.num_threads):
             return self._run()
 
     def _run(self) -> Path:
@@ -134,33 +150,16 @@ class DissectRunner:
         return self.run_dir
 
     def _dataset(self, dcfg: DataConfig) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-        from ..data import load_task
-        from ..models import build_model, train_model
-
         cfg, d, name = self.cfg, self.dcfg, dcfg.key
-        with self.log.stage(f"{name}/data"):
-            task = load_task(dcfg.name, seed=cfg.seed, data_dir=dcfg.data_dir, **dcfg.params)
+        task, dkey = data_stage(self.settings, dcfg, self.log.stage, name)
         if task.modality != "image":
             raise ConfigError([("data", f"dataset '{dcfg.name}' is {task.modality}; dissection needs images")])
         # before any model work: a bad concept set fails in seconds
         with self.log.stage(f"{name}/concepts") as info:
             concepts = self._concepts(task)
             info["n_concepts"] = len(concepts)
-        # the same keys as xaiarena run (runner.Runner._run_dataset): a checkpoint is shared
-        data_hash = stable_hash({"data": dcfg.hash_dict(), "seed": cfg.seed})
-        pretrained = bool(MODELS.entry(cfg.model.name).meta.get("pretrained"))
-        model_hash = stable_hash({"data": data_hash, "model": cfg.model.hash_dict(),
-                                  "training": None if pretrained else cfg.training.model_dump(), "seed": cfg.seed})
-        with self.log.stage(f"{name}/train") as info:
-            if cfg.training.num_threads:
-                torch.set_num_threads(cfg.training.num_threads)
-            model = build_model(cfg.model.name, task, seed=cfg.seed, **cfg.model.params)
-            tr = train_model(model, task, cfg.training, seed=cfg.seed, device=self.device,
-                             checkpoint_dir=self.cache_dir / "models" / model_hash, show_progress=self.show_progress)
-            info.update(cache_hit=tr.cache_hit, model_hash=model_hash, test_accuracy=tr.test_accuracy)
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+        model, mkey, tr = train_stage(self.settings, task, dkey, self.log.stage, name)  # eval mode, frozen
+        model_hash, pretrained = mkey.hash, bool(MODELS.entry(cfg.model.name).meta.get("pretrained"))
         for i, layer in enumerate(d.layers):
             try:
                 resolve_layer(model, layer)
@@ -171,24 +170,24 @@ class DissectRunner:
             probe = select_probe(task, d.split, d.n_images, cfg.seed)
         except ValueError as exc:
             raise ConfigError([("dissect.split", str(exc))]) from None
-        probe.key = stable_hash({"data": data_hash, "split": d.split, "ids": probe.ids.tolist()})
-        cache = Cache(self.cache_dir / "dissect")
+        probe.key = ck.probe_key(dkey, d.split, probe.ids.tolist()).hash
+        self.hits, self.computed = [], []
 
         with self.log.stage(f"{name}/activations") as info:
-            acts, outputs = self._activations(model, model_hash, probe, cache)
-            info["cache_hit"] = not cache.misses
+            acts, outputs = self._activations(model, model_hash, probe)
+            info["cache_hit"] = not self.computed
         scorer = self._scorer()
         with self.log.stage(f"{name}/scores") as info_scores:
-            concepts, scores = self._scores(scorer, probe, concepts, cache, info_scores)
+            concepts, scores = self._scores(scorer, probe, concepts, info_scores)
         scores_key = {"scorer": scorer.fingerprint(), "probe": probe.key, "concepts": stable_hash(concepts)}
 
         frames, layer_rows = [], []
         model_classes = list(getattr(model, "class_names", None) or task.class_names)
         for li, layer in enumerate(d.layers):
             with self.log.stage(f"{name}/similarity/{layer}") as info:
-                n_before = len(cache.misses)
-                values, idx = self._similarity(acts[layer], scores, layer, li, model_hash, probe, scores_key, cache)
-                info["cache_hit"] = len(cache.misses) == n_before
+                n_before = len(self.computed)
+                values, idx = self._similarity(acts[layer], scores, layer, li, model_hash, probe, scores_key)
+                info["cache_hit"] = len(self.computed) == n_before
             df = _rows(values, idx, concepts, d.top)
             a = acts[layer]
             df["constant"] = (a.amax(0) - a.amin(0) <= 1e-12 * a.abs().amax(0).clamp_min(1)).numpy()
@@ -211,13 +210,23 @@ class DissectRunner:
             "concepts": d.concepts.hash_dict(), "scorer": d.scorer.hash_dict(),
             "similarity": d.similarity.hash_dict(), "pool": d.pool,
             "layers": {r["layer"]: r for r in layer_rows},
-            "cache": {"hits": list(cache.hits), "computed": list(cache.misses)},
+            "cache": {"hits": list(self.hits), "computed": list(self.computed)},
         }
         out = pd.concat(frames, ignore_index=True)
         return out, layer_rows
 
     # ------------------------------------------------------------------ helpers
-    def _activations(self, model, model_hash: str, probe: Probe, cache: Cache):
+    def _cached(self, kind: str, inputs: dict[str, Any], compute: Callable[[], Any]) -> Any:
+        """The dissection artefact ``kind`` keyed by ``inputs`` (:func:`xaiarena.cache.dissect_key`)
+        from the run's cache (``cache/dissect/<kind>/``, checksummed), else computed and saved;
+        counted in :attr:`hits` or :attr:`computed`."""
+        key = ck.dissect_key(kind, inputs)
+        path = self.settings.cache.path("dissect", kind, f"{key.hash}.pt")
+        value, hit = self.settings.cache.torch_artefact(path, key, compute)
+        (self.hits if hit else self.computed).append(f"{kind}/{path.name}")
+        return value
+
+    def _activations(self, model, model_hash: str, probe: Probe):
         d = self.dcfg
         keys = {layer: {"model": model_hash, "probe": probe.key, "layer": layer, "pool": d.pool} for layer in d.layers}
         out_key = {"model": model_hash, "probe": probe.key, "outputs": True}
@@ -237,8 +246,8 @@ class DissectRunner:
                 return recorded[layer]
             return compute
 
-        acts = {layer: cache.get("activations", keys[layer], getter(layer)) for layer in d.layers}
-        outputs = cache.get("activations", out_key, getter("__outputs__"))
+        acts = {layer: self._cached("activations", keys[layer], getter(layer)) for layer in d.layers}
+        outputs = self._cached("activations", out_key, getter("__outputs__"))
         return acts, outputs
 
     def _concepts(self, task) -> list[str]:
@@ -254,16 +263,17 @@ class DissectRunner:
             raise ConfigError([("dissect.concepts", why)])
         return concepts
 
-    def _scores(self, scorer, probe: Probe, concepts: list[str], cache: Cache, info: dict[str, Any]):
+    def _scores(self, scorer, probe: Probe, concepts: list[str], info: dict[str, Any]):
         """P for the probe images and concepts, without the concepts that do not vary (see below)."""
-        n_before = len(cache.misses)
+        n_before = len(self.computed)
         try:
-            scores = scorer.score(probe, concepts, device=self.device, cache=cache, show_progress=self.show_progress)
+            scores = scorer.score(probe, concepts, device=self.device, cached=self._cached,
+                                  show_progress=self.show_progress)
         except ScorerUnavailableError as exc:
             raise ConfigError([(f"dissect.scorer.{exc.option}", exc.message)]) from None
         except OptionError as exc:
             raise ConfigError([(_key("scorer", exc.option), exc.message)]) from None
-        info["cache_hit"] = len(cache.misses) == n_before
+        info["cache_hit"] = len(self.computed) == n_before
         # a concept scored the same on every probe image (e.g. an annotation no probe image has) says
         # nothing about any neuron, yet soft_wpmi gives it 0, above the negative values of concepts that
         # do vary: such columns are dropped (CLIP scores are never constant)
@@ -287,7 +297,7 @@ class DissectRunner:
         except OptionError as exc:
             raise ConfigError([(_key("scorer", exc.option), exc.message)]) from None
 
-    def _similarity(self, acts, scores, layer, li, model_hash, probe, scores_key, cache: Cache):
+    def _similarity(self, acts, scores, layer, li, model_hash, probe, scores_key):
         spec, seed = self.dcfg.similarity, stable_seed(self.cfg.seed, li)
         key = {"model": model_hash, "probe": probe.key, "layer": layer, "pool": self.dcfg.pool,
                "scores": scores_key, "similarity": spec.hash_dict(), "seed": seed, "top": TOP_STORED}
@@ -301,7 +311,7 @@ class DissectRunner:
             values, idx = _top_concepts(sim.cpu(), TOP_STORED)
             return {"values": values, "indices": idx}
 
-        got = cache.get("similarity", key, compute)
+        got = self._cached("similarity", key, compute)
         return got["values"], got["indices"]
 
     def _layer_summary(self, dataset: str, layer: str, df: pd.DataFrame, output_layer: bool, acts) -> dict[str, Any]:
@@ -356,28 +366,6 @@ def _probe_accuracy(model, outputs: torch.Tensor, probe: Probe, task) -> float |
 
 
 # ---------------------------------------------------------------------- public API
-
-
-def read_neurons(path: str | Path) -> pd.DataFrame:
-    """``results/neurons.csv`` with concepts kept as text (words such as "null", "nan" or "true"
-    are concepts of the 20k-word set, not missing values or booleans)."""
-    path = Path(path)
-    header = pd.read_csv(path, nrows=0).columns
-    text = {c: str for c in header if c in ("dataset", "layer", "concept", "own_class") or
-            (c.startswith("top") and not c.endswith("_similarity"))}
-    df = pd.read_csv(path, dtype=text, keep_default_na=False, na_values={c: [""] for c in header if c not in text})
-    if "matches_own_class" in df:
-        df["matches_own_class"] = df["matches_own_class"].map({True: True, False: False, "True": True,
-                                                               "False": False})
-    return df
-
-
-def read_layers(path: str | Path) -> pd.DataFrame:
-    """``results/dissect_layers.csv``, the most frequent label kept as text (empty when no neuron varies)."""
-    path = Path(path)
-    header = pd.read_csv(path, nrows=0).columns
-    text = {c: str for c in ("dataset", "layer", "top_concept") if c in header}
-    return pd.read_csv(path, dtype=text, keep_default_na=False, na_values={c: [""] for c in header if c not in text})
 
 
 class DissectResult:

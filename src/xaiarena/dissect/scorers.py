@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import colorsys
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -45,9 +46,17 @@ from ..ops.validation import (
 )
 from ..progress import progress
 from ..registry import CONCEPT_SCORERS
-from .probe import Cache, Probe
+from .probe import Probe
 
 log = logging.getLogger(__name__)
+
+#: ``cached(kind, inputs, compute)``: the artefact ``kind`` keyed by ``inputs`` from the run's cache,
+#: else ``compute()`` (saved there); the dissect runner passes one built on the engine's cache
+Cached = Callable[[str, dict[str, Any], Callable[[], Any]], Any]
+
+
+def _uncached(kind: str, inputs: dict[str, Any], compute: Callable[[], Any]) -> Any:
+    return compute()
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch16"  # the authors' default CLIP (ViT-B/16)
 ANNOTATION_KINDS = ("class", "colour", "segmentation")
@@ -73,7 +82,9 @@ class ConceptScorer:
         return {"name": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
 
     def score(self, probe: Probe, concepts: list[str], *, device: torch.device | str = "cpu",
-              cache: Cache | None = None, show_progress: bool = True) -> torch.Tensor:
+              cached: Cached | None = None, show_progress: bool = True) -> torch.Tensor:
+        """``P`` for the probe images and ``concepts``; ``cached`` (see :data:`Cached`) stores what
+        is expensive (embeddings), keyed by what it depends on; None computes everything."""
         raise NotImplementedError
 
 
@@ -125,18 +136,18 @@ class _EmbeddingScorer(ConceptScorer):
                 out.append(self._embed_texts(texts[i:i + self.batch_size], device).float().cpu())
         return torch.cat(out)
 
-    def score(self, probe: Probe, concepts: list[str], *, device="cpu", cache: Cache | None = None,
+    def score(self, probe: Probe, concepts: list[str], *, device="cpu", cached: Cached | None = None,
               show_progress: bool = True) -> torch.Tensor:
         device = torch.device(device)
-        cache = cache or Cache(None)
+        cached = cached or _uncached
         model_key = self.fingerprint()
         model_key.pop("batch_size", None)  # batching does not change the embeddings
         text_key = dict(model_key)
         model_key.pop("prompt", None)
-        img = cache.get("image_embeddings", {"scorer": model_key, "probe": probe.key},
-                        lambda: self.image_embeddings(probe, device, show_progress))
-        txt = cache.get("text_embeddings", {"scorer": text_key, "concepts": concepts},
-                        lambda: self.text_embeddings(concepts, device, show_progress))
+        img = cached("image_embeddings", {"scorer": model_key, "probe": probe.key},
+                     lambda: self.image_embeddings(probe, device, show_progress))
+        txt = cached("text_embeddings", {"scorer": text_key, "concepts": concepts},
+                     lambda: self.text_embeddings(concepts, device, show_progress))
         img = img / img.norm(dim=1, keepdim=True).clamp_min(1e-12)
         txt = txt / txt.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return img @ txt.T
@@ -367,7 +378,7 @@ class AnnotationScorer(ConceptScorer):
                 s.update(task.class_names[int(c)] for c in per_image[i] if task.class_names[int(c)] != "background")
         return sets
 
-    def score(self, probe: Probe, concepts: list[str], *, device="cpu", cache: Cache | None = None,
+    def score(self, probe: Probe, concepts: list[str], *, device="cpu", cached: Cached | None = None,
               show_progress: bool = True) -> torch.Tensor:
         known = available_annotations(probe.task, self._kinds(probe.task))
         unknown = [c for c in concepts if c not in known]
@@ -389,9 +400,9 @@ class AnnotationScorer(ConceptScorer):
                         p[i, col[c]] = 1.0
             return p
 
-        cache = cache or Cache(None)
-        return cache.get("annotation_scores", {"scorer": self.fingerprint(), "probe": probe.key,
-                                               "concepts": concepts}, compute)
+        cached = cached or _uncached
+        return cached("annotation_scores", {"scorer": self.fingerprint(), "probe": probe.key,
+                                            "concepts": concepts}, compute)
 
 
 def build_scorer(name: str, params: dict[str, Any]) -> ConceptScorer:

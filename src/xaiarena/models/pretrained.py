@@ -35,14 +35,13 @@ without a map, accuracy is not defined and is reported as NaN. Explain the predi
 class (``evaluation.target: prediction``) when the label spaces differ.
 
 **No training.** These models carry ``pretrained = True``; ``train_model`` does not
-train them, it only measures test accuracy (:func:`evaluate_pretrained`).
+train them, it only measures test accuracy
+(:func:`xaiarena.models.training.evaluate_pretrained`).
 """
 
 from __future__ import annotations
 
 import functools
-import logging
-import time
 from importlib import resources
 
 import torch
@@ -51,8 +50,6 @@ from torch.nn import functional as F
 
 from ..registry import MODELS
 from .vision import ImageClassifier
-
-log = logging.getLogger(__name__)
 
 IMAGENET = "imagenet"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -133,26 +130,6 @@ class PretrainedClassifier(ImageClassifier):
     def describe(self) -> dict:
         return {"pretrained": True, "source": self.source, "label_space": self.label_space,
                 "num_outputs": len(self.class_names), "input_size": self.input_size}
-
-
-def evaluate_pretrained(model: nn.Module, task, device: torch.device):
-    """The ``train_model`` result for a pretrained model (any model with ``pretrained`` true: also a
-    ``torch_module`` from a checkpoint or a fine-tuned ``transformer``; images or texts): no training,
-    test accuracy only (NaN, with a logged reason, when the task's labels do not map to the model's classes)."""
-    from .training import TrainResult, _split_inputs, correct_predictions, predict
-
-    start = time.perf_counter()
-    model.to(device).eval()
-    acc = float("nan")
-    if len(task.test):
-        preds = predict(model, _split_inputs(task.test), device, batch_size=64)
-        ok = correct_predictions(model, preds, task.test.labels, task)
-        if ok is None:
-            log.warning("test accuracy of the pretrained model is not defined on '%s': its labels do not map "
-                        "to %s classes", task.name, model.label_space)
-        else:
-            acc = float(ok.float().mean())
-    return TrainResult(history=[], test_accuracy=acc, best_epoch=0, seconds=time.perf_counter() - start)
 
 
 def _check_input(task, name: str) -> None:

@@ -161,6 +161,24 @@ def _optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def evaluate_pretrained(model: nn.Module, task, device: torch.device) -> TrainResult:
+    """The ``train_model`` result for a pretrained model (any model with ``pretrained`` true: also a
+    ``torch_module`` from a checkpoint or a fine-tuned ``transformer``; images or texts): no training,
+    test accuracy only (NaN, with a logged reason, when the task's labels do not map to the model's classes)."""
+    start = time.perf_counter()
+    model.to(device).eval()
+    acc = float("nan")
+    if len(task.test):
+        preds = predict(model, _split_inputs(task.test), device, batch_size=64)
+        ok = correct_predictions(model, preds, task.test.labels, task)
+        if ok is None:
+            log.warning("test accuracy of the pretrained model is not defined on '%s': its labels do not map "
+                        "to %s classes", task.name, model.label_space)
+        else:
+            acc = float(ok.float().mean())
+    return TrainResult(history=[], test_accuracy=acc, best_epoch=0, seconds=time.perf_counter() - start)
+
+
 def train_model(
     model: nn.Module,
     task,
@@ -178,8 +196,6 @@ def train_model(
     (``model.pretrained`` true) is never trained: only its test accuracy is measured.
     """
     if getattr(model, "pretrained", False):
-        from .pretrained import evaluate_pretrained
-
         return evaluate_pretrained(model, task, device)
     ckpt = Path(checkpoint_dir) / "model.pt" if checkpoint_dir else None
     meta_path = Path(checkpoint_dir) / "train.json" if checkpoint_dir else None

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..registry import suggest
+from ..errors import suggest
 
 __all__ = [
     "COUNT",
