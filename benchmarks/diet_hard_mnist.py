@@ -80,11 +80,11 @@ def main() -> None:
 
     from xaiarena.config import TrainingConfig
     from xaiarena.data import load_task
+    from xaiarena.environment import user_cache_dir
     from xaiarena.explainers.base import reduce_channels
     from xaiarena.explainers.diet import DiET
     from xaiarena.models import build_model, train_model
     from xaiarena.models.training import predict
-    from xaiarena.utils import user_cache_dir
 
     options = {}
     for item in args.set:

@@ -111,10 +111,10 @@ def captum_fn(name: str, explainer, model, x: torch.Tensor, t: torch.Tensor) -> 
     from captum.attr import KernelShap, LayerFeatureAblation, Lime, Occlusion
 
     if name == "occlusion":
-        from xaiarena.explainers._utils import make_baseline
+        from xaiarena.ops.fill import BASELINE_BLUR, make_fill
 
         c = x.shape[1]
-        base = make_baseline(explainer.baseline, x) if explainer.baseline != "uniform" else None
+        base = make_fill(x, explainer.baseline, blur=BASELINE_BLUR) if explainer.baseline != "uniform" else None
         ppe = max(1, explainer.perturbations_per_eval // len(x))
         return lambda: Occlusion(model).attribute(
             x, sliding_window_shapes=(c, *explainer.window), strides=(c, *explainer.stride),

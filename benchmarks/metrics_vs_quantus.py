@@ -84,7 +84,7 @@ def saliency(model):
 
 def eight_maps(model, x, y) -> dict[str, torch.Tensor]:
     """Eight different maps (the explainers themselves are not timed)."""
-    from xaiarena.metrics.core import gaussian_blur
+    from xaiarena.ops.blur import gaussian_blur  # reflect padding, as the metrics blur
 
     sal = saliency(model)(x, y)
     with torch.enable_grad():

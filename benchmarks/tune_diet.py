@@ -328,7 +328,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("XAIARENA_QUIET", "1")
-    from xaiarena.utils import user_cache_dir
+    from xaiarena.environment import user_cache_dir
 
     seeds = args.seeds or ([0, 1, 2] if args.modality == "image" else [0])
     n_val = args.n_val or (256 if args.modality == "image" else 160)

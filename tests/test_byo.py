@@ -18,6 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from xaiarena.cli import app
+from xaiarena.testing import check_explainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
@@ -225,3 +226,4 @@ def test_readme_config_and_plugin_examples_run(tmp_path, monkeypatch, make_image
     assert res.exit_code == 0, res.output
     summary = pd.read_csv(tmp_path / "plugin_run" / "results" / "summary.csv")
     assert set(summary["explainer"]) == set(plugin_keys["explainers"]) and "gradient_norm" in set(summary["explainer"])
+    check_explainer("gradient_norm")  # the README's plugin keeps the contract (xaiarena.testing)

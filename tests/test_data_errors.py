@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 from xaiarena.cli import app
 from xaiarena.config import load_config
 from xaiarena.data import load_task
+from xaiarena.environment import resolve_device
 from xaiarena.errors import ConfigError, DataError, RunError
 from xaiarena.registry import DATASETS
-from xaiarena.utils import resolve_device
 
 SHARED = Path(os.environ.get("XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 N_ROWS = 20

@@ -695,7 +695,8 @@ def test_config_errors_exit_2_with_key_and_valid_values(tmp_path):
     assert "dissect.extra" in out and "valid keys" in out
     res = _invoke(tmp_path, TINY_DISSECT, "dissect.similarity.p_end=2", "dissect.similarity.lamda=1")
     assert res.exit_code == 2
-    assert "dissect.similarity.p_end: bad value 2: must be a probability in (0, 1]" in res.output
+    assert ("dissect.similarity.p_end: soft_wpmi: p_end=2 is not valid; it must be a probability "
+            "in (0, 1]") in res.output
     assert "dissect.similarity.lamda" in res.output and "did you mean 'lam'" in res.output
 
 

@@ -8,10 +8,16 @@ from captum._utils.models.linear_model import SkLearnLasso, SkLearnLinearRegress
 from captum.attr import KernelShap, LayerAttribution, LayerGradCam, Lime, Occlusion
 from torch import nn
 
-from xaiarena.explainers._utils import make_baseline, sample_generators
 from xaiarena.explainers.base import reduce_channels
 from xaiarena.models.vision import ImageClassifier, LeNet, ResNet
+from xaiarena.ops.fill import BASELINE_BLUR, make_fill
+from xaiarena.ops.seeding import sample_generators
 from xaiarena.registry import EXPLAINERS
+
+
+def make_baseline(kind, x, generators=None):
+    """The explainers' baseline ``kind`` for ``x`` (their blur: sigma = side / 8, replicate)."""
+    return make_fill(x, kind, generators=generators, blur=BASELINE_BLUR)
 
 
 def tiny_lenet(size: int = 32, seed: int = 0) -> nn.Module:

@@ -523,11 +523,11 @@ def test_deeplift_equals_captum(net, baseline):
     no two hooked modules touch (see :func:`separated_lenet`)."""
     from captum.attr import DeepLift
 
-    from xaiarena.explainers._utils import make_baseline
+    from xaiarena.ops.fill import BASELINE_BLUR, make_fill
 
     model = dl_model(net)
     x = images()
-    ref = make_baseline(baseline, x)
+    ref = make_fill(x, baseline, blur=BASELINE_BLUR)
     ours, _, _ = deeplift(model, x, ref, TARGETS)
     theirs = _captum(DeepLift, model, x, baselines=ref)
     assert rel_error(ours, theirs) < 1e-4, rel_error(ours, theirs)

@@ -92,7 +92,8 @@ def test_bad_options_name_the_value_and_the_choices():
         METRICS.create("faithfulness_correlation", similarity="kendal")
     with pytest.raises(ValueError, match=r"prediction_change='drop'.*ignore, exclude, nan"):
         METRICS.create("relative_input_stability", prediction_change="drop")
-    with pytest.raises(ValueError, match=r"percentages contains 150"):
+    bad_item = r"\(150 is not a number in \(0, 100\]\)"
+    with pytest.raises(ValueError, match=r"percentages=\(10, 150\) is not valid; .*" + bad_item):
         METRICS.create("pixel_perturbation", percentages=(10, 150))
     with pytest.raises(ValueError, match=r"k=0 is not valid"):
         METRICS.create("top_k_intersection", k=0)

@@ -1,9 +1,11 @@
 """Contracts every registered metric (image and text) keeps, iterated over the registry:
 
-* randomness is per sample (issue 12.8): scores of a batch equal those of the same samples
-  scored in two batches, in another order, with the explainers in another order, or with
-  another explainer added, each call given a generator in the same state; another seed
-  changes every randomised metric;
+* the conformance kit (:func:`xaiarena.testing.check_metric`): metadata, option validation in
+  the one format, output shapes and ranges, determinism under a seed, and randomness per sample
+  (issue 12.8): scores of a batch equal those of the same samples scored in two batches, in
+  another order, with the explainers in another order, or with another explainer added, each
+  call given a generator in the same state;
+* another seed changes every randomised metric;
 * NaN only with a logged reason (issue 17.8), including for a model whose outputs are NaN.
 """
 
@@ -17,18 +19,16 @@ import torch
 from test_metrics_support import (
     TINY_OPTIONS,
     NaNModel,
-    constant_fn,
     gen,
     gradient_fn,
-    hashed_random_fn,
-    noisy_gradient_fn,
-    subset,
     tiny_image_batch,
     tiny_text_batch,
 )
 
-from xaiarena.metrics.agreement import PAIR_SEPARATOR
+from xaiarena.ops.pairs import PAIR_SEPARATOR
 from xaiarena.registry import METRICS
+from xaiarena.testing import check_metric
+from xaiarena.testing.fixtures import metric_setup
 
 ALL = METRICS.names()
 #: metrics that draw no random numbers for the maps used here (no ranking, no noise)
@@ -39,20 +39,10 @@ N = 12
 
 def setup(name: str, n: int = N, model=None):
     """The metric (cheap options), a batch, maps of four explainers (a constant map among them,
-    so that ties matter) and their explain functions."""
+    so that ties matter) and their explain functions
+    (:func:`xaiarena.testing.fixtures.metric_setup`)."""
     metric = METRICS.create(name, **TINY_OPTIONS.get(name, {}))
-    if "text" in metric.modality:
-        batch = tiny_text_batch(n, model=model)
-        g = torch.Generator().manual_seed(7)
-        shape = batch.inputs.shape
-        maps = {"a": torch.rand(shape, generator=g), "b": torch.randint(0, 3, shape, generator=g).float(),
-                "const": torch.zeros(shape), "c": torch.rand(shape, generator=g)}
-        return metric, batch, maps, None
-    batch = tiny_image_batch(n, model=model)
-    good = batch.model if model is None else model.model  # the maps are finite (NaNModel: of its inner model)
-    fns = {"a": gradient_fn(batch.model), "b": noisy_gradient_fn(batch.model), "const": constant_fn(1.0),
-           "c": hashed_random_fn()}  # re-explanations explain the batch's model
-    maps = {k: f(batch.inputs, batch.targets, generator=gen(3), model=good) for k, f in fns.items()}
+    batch, maps, fns = metric_setup("text" if "text" in metric.modality else "image", n, model)
     return metric, batch, maps, fns
 
 
@@ -84,30 +74,8 @@ def assert_same(a: dict, b: dict, keys=None, what: str = ""):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_scores_do_not_depend_on_batching_order_or_other_explainers(name):
-    metric, batch, maps, fns = setup(name)
-    full = flat(run(metric, batch, maps, fns))
-    assert full
-
-    # the same samples in two batches (5 + 7), each call with a generator in the same state
-    parts = [flat(run(metric, subset(batch, idx), {k: v[idx] for k, v in maps.items()}, fns))
-             for idx in (list(range(5)), list(range(5, N)))]
-    split = {k: torch.cat([parts[0][k], parts[1][k]]) for k in full}
-    assert_same(full, split, what="5 + 7 split")
-
-    # a permuted batch, permuted back
-    perm = torch.randperm(N, generator=gen(11))
-    back = torch.argsort(perm)
-    permuted = flat(run(metric, subset(batch, perm), {k: v[perm] for k, v in maps.items()}, fns), back)
-    assert_same(full, permuted, what="permuted batch")
-
-    # explainers in reverse order, and with an extra explainer
-    reverse = flat(run(metric, batch, dict(reversed(list(maps.items()))), fns))
-    assert_same(full, reverse, what="explainers reversed")
-    extra_fns = None if fns is None else {**fns, "extra": hashed_random_fn()}
-    extra_map = torch.rand(maps["a"].shape, generator=gen(5))
-    extra = flat(run(metric, batch, {"extra": extra_map, **maps}, extra_fns))
-    assert_same(full, extra, keys=full.keys(), what="extra explainer")
+def test_every_metric_passes_the_conformance_kit(name):
+    check_metric(name, TINY_OPTIONS.get(name, {}))
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -12,8 +12,21 @@ import functools
 import pytest
 import torch
 
-from xaiarena.metrics import EvalBatch, SamplePool
+from xaiarena.metrics import EvalBatch
 from xaiarena.models.vision import ImageClassifier, LeNet
+from xaiarena.testing.fixtures import (  # noqa: F401 - re-exported for the metric tests
+    SIDE,
+    BagOfTokens,
+    NaNModel,
+    TinyConvNet,
+    constant_fn,
+    gradient_fn,
+    hashed_random_fn,
+    noisy_gradient_fn,
+    subset,
+    tiny_image_batch,
+    tiny_text_batch,
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -122,9 +135,9 @@ def test_bookkeeping_threads_follow_the_load_and_are_restored(monkeypatch, force
 #
 # Tiny fixed models and batches for tests that run EVERY registered metric (image and text):
 # a random 3-class conv net on 1x16x16 images with masks, and a bag-of-tokens model on
-# synthetic TextBatches (one token per word, no tokenizer needed).
+# synthetic TextBatches (one token per word, no tokenizer needed). They live in
+# xaiarena.testing.fixtures (the conformance kit's defaults) and are re-exported here.
 
-SIDE = 16
 #: cheap options per metric for SIDE x SIDE images; a metric not listed runs with its defaults
 TINY_OPTIONS = {
     "pixel_flipping": {"features_in_step": 32}, "region_perturbation": {"patch_size": 4, "regions_evaluation": 6},
@@ -137,134 +150,3 @@ TINY_OPTIONS = {
     "local_lipschitz_estimate": {"nr_samples": 3}, "relative_output_stability": {"nr_samples": 3},
     "focus": {"mosaic_size": "same"},
 }
-
-
-class TinyConvNet(torch.nn.Module):
-    """A fixed random 3-class conv net on 1 x SIDE x SIDE inputs."""
-
-    def __init__(self, seed: int = 0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
-        self.fc = torch.nn.Linear(4 * (SIDE // 2) ** 2, 3)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-
-    def forward(self, x):
-        return self.fc(torch.nn.functional.max_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
-
-
-class NaNModel(torch.nn.Module):
-    """Wraps a model; every output is NaN (a diverged model)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x) * float("nan")
-
-
-class BagOfTokens(torch.nn.Module):
-    """3-class linear model on the mean embedding of the attended tokens of a TextBatch."""
-
-    def __init__(self, vocab: int = 400, seed: int = 0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.emb = torch.nn.Parameter(torch.randn(vocab, 3, generator=g))
-
-    def forward(self, x):
-        m = x.attention_mask.float()
-        return (self.emb[x.input_ids] * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp_min(1)
-
-
-def tiny_image_batch(n: int, seed: int = 0, model: torch.nn.Module | None = None) -> EvalBatch:
-    """``n`` smooth random images with blob masks, random targets = labels, sample ids 100.."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.nn.functional.avg_pool2d(torch.rand(n, 1, SIDE + 2, SIDE + 2, generator=g), 3, 1)
-    masks = x[:, 0] > x[:, 0].flatten(1).median(1).values.view(-1, 1, 1)
-    y = torch.randint(0, 3, (n,), generator=g)
-    ids = torch.arange(100, 100 + n)
-    # the batch is its own evaluation set (focus draws its mosaics' partners from the pool)
-    return EvalBatch(model or TinyConvNet(), x, y, y, masks, sample_ids=ids, pool=SamplePool(x, y, ids))
-
-
-def tiny_text_batch(n: int, seed: int = 0, model: torch.nn.Module | None = None) -> EvalBatch:
-    """``n`` synthetic texts of 3..12 one-token words, random rationales, ids 500.."""
-    from xaiarena.data.text import TextBatch
-
-    g = torch.Generator().manual_seed(seed)
-    n_words = torch.randint(3, 13, (n,), generator=g)
-    width = int(n_words.max()) + 2
-    ids = torch.zeros(n, width, dtype=torch.long)
-    att = torch.zeros(n, width, dtype=torch.long)
-    wid = torch.full((n, width), -1, dtype=torch.long)
-    words = []
-    for i, k in enumerate(n_words.tolist()):
-        toks = torch.randint(110, 400, (k,), generator=g)
-        ids[i, : k + 2] = torch.cat([torch.tensor([101]), toks, torch.tensor([102])])
-        att[i, : k + 2] = 1
-        wid[i, 1 : k + 1] = torch.arange(k)
-        words.append([f"t{t}" for t in toks.tolist()])
-    x = TextBatch(ids, att, wid, words, n_words, 12, {"pad": 0, "mask": 103, "unk": 100})
-    masks = (torch.rand(n, 12, generator=g) < 0.3) & x.word_mask
-    masks[:, 0] = True
-    y = torch.randint(0, 3, (n,), generator=g)
-    return EvalBatch(model or BagOfTokens(), x, y, y, masks, sample_ids=torch.arange(500, 500 + n))
-
-
-def subset(batch: EvalBatch, idx) -> EvalBatch:
-    """Rows ``idx`` (a list or LongTensor) of ``batch``, every field."""
-    idx = torch.as_tensor(idx, dtype=torch.long)
-    return EvalBatch(batch.model, batch.inputs[idx], batch.targets[idx], batch.labels[idx],
-                     None if batch.masks is None else batch.masks[idx],
-                     None if batch.sample_ids is None else batch.sample_ids[idx], batch.pool)
-
-
-def gradient_fn(default_model):
-    """``explain(inputs, targets, generator=None, model=...)``: |d score / d input|."""
-
-    def explain(inputs, targets, generator=None, model=default_model):
-        with torch.enable_grad():
-            xi = inputs.detach().clone().requires_grad_(True)
-            (g,) = torch.autograd.grad(model(xi).gather(1, targets.view(-1, 1)).sum(), xi)
-        return g.abs().sum(1).detach()
-
-    return explain
-
-
-def noisy_gradient_fn(default_model):
-    """A randomised explainer (SmoothGrad-like, 2 draws) with per-sample randomness from the
-    generator and each sample's content, as xaiarena's explainers do."""
-    from xaiarena.explainers._utils import sample_generators
-
-    grad = gradient_fn(default_model)
-
-    def explain(inputs, targets, generator=None, model=default_model):
-        gens = sample_generators(inputs, generator)
-        out = 0
-        for _ in range(2):
-            noise = torch.stack([0.1 * torch.randn(inputs.shape[1:], generator=g) for g in gens])
-            out = out + grad(inputs + noise, targets, model=model)
-        return out / 2
-
-    return explain
-
-
-def hashed_random_fn():
-    """A model-independent random map: U(0, 1) seeded by each input's content only."""
-    from xaiarena.explainers._utils import sample_generators
-
-    def explain(inputs, targets, generator=None, model=None):
-        gens = sample_generators(inputs, torch.Generator().manual_seed(0))
-        return torch.stack([torch.rand(inputs.shape[2:], generator=g) for g in gens])
-
-    return explain
-
-
-def constant_fn(value: float = 0.0):
-    def explain(inputs, targets, generator=None, model=None):
-        return torch.full((inputs.shape[0], *inputs.shape[2:]), value)
-
-    return explain

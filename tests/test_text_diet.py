@@ -14,8 +14,8 @@ from xaiarena.data import load_task  # noqa: E402
 from xaiarena.explainers.diet import optimise_test_masks  # noqa: E402
 from xaiarena.explainers.diet.core import DietConfig, DietTrainer, fingerprint_module  # noqa: E402
 from xaiarena.explainers.diet.text import TextDiET, TextMasker  # noqa: E402
+from xaiarena.files import load_torch  # noqa: E402
 from xaiarena.registry import EXPLAINERS  # noqa: E402
-from xaiarena.utils import load_torch  # noqa: E402
 
 QUICK = {"n_train": 120, "rounds": 1, "mask_max_epochs": 2, "model_max_epochs": 1, "test_max_steps": 6,
          "batch_size": 32, "seed": 0}
@@ -95,7 +95,7 @@ def test_registration_and_errors(planted):
     assert entry.meta["modality"] == ("text",)
     with pytest.raises(ValueError, match="baseline='black'"):
         TextDiET(baseline="black")
-    with pytest.raises(ValueError, match="lr_words=0 must be > 0"):
+    with pytest.raises(ValueError, match=r"text_diet: lr_words=0 is not valid; it must be a number > 0"):
         TextDiET(lr_words=0)
     with pytest.raises(RuntimeError, match="fitted first"):
         TextDiET().explained_model(planted[1])

@@ -27,8 +27,7 @@ over words (``L = model.encode(texts).max_words``). NumPy arrays are accepted wh
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,18 +39,16 @@ from torch import nn
 
 from . import postprocess, stages, stats
 from .config import check_safe_name, validate_components
+from .environment import resolve_device
 from .errors import ConfigError, InputError, RunError
+from .files import atomic_write_many, csv_bytes, writes_inside
 from .graph import scored_labels
 from .modalities import modality_problems
+from .ops.modes import frozen
+from .ops.prediction import predict_in_batches
+from .ops.validation import COUNT, Interval, OptionError, validate_options
 from .registry import EXPLAINERS, METRICS
-from .utils import (
-    atomic_write_many,
-    csv_bytes,
-    dumps_json,
-    eval_mode,
-    resolve_device,
-    writes_inside,
-)
+from .strict_json import dumps_json
 
 #: ``dataset`` column of the results (``evaluate(..., dataset=...)`` names it otherwise)
 DEFAULT_DATASET = "data"
@@ -222,31 +219,18 @@ def _sample_ids(value: Any, n: int) -> torch.Tensor:
     return ids
 
 
-@contextmanager
-def _frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and no parameter gradients (as the runner's frozen ``f_b``), both restored afterwards."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    with eval_mode(model):
-        for p, _ in flags:
-            p.requires_grad_(False)
-        try:
-            yield model
-        finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
-
-
 @torch.no_grad()
 def _logits(model: nn.Module, inputs: Any, device: torch.device, batch_size: int) -> torch.Tensor:
     """The model's outputs ``(N, classes)``; a TrainingError (as in a run) where they are not finite."""
-    out = []
-    for i in range(0, len(inputs), batch_size):
-        y = model(inputs[i:i + batch_size].to(device))
+
+    def logit_rows(y: Any) -> torch.Tensor:
         if not isinstance(y, torch.Tensor) or y.ndim != 2:
             raise InputError(f"model: expected outputs of shape (N, classes) (logits), got "
                              f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}")
-        out.append(y.float().cpu())
-    logits = torch.cat(out)
+        return y.float().cpu()
+
+    logits = predict_in_batches(model, inputs, batch_size, prepare=lambda xb: xb.to(device),
+                                keep=logit_rows)
     if not bool(torch.isfinite(logits).all()):
         from .models.training import check_finite_outputs
 
@@ -262,10 +246,17 @@ def _check_targets(targets: torch.Tensor, n_classes: int, what: str) -> None:
                          f"(0..{n_classes - 1})")
 
 
-def _check_batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size: bad value {batch_size!r}; give an integer >= 1")
-    return batch_size
+#: the options of :func:`explain` and :func:`evaluate` (their tensors are checked above)
+API_OPTIONS = {"batch_size": COUNT, "seed": Interval(int)}
+
+
+def _checked_options(function: str, **values: Any) -> dict[str, Any]:
+    """``values`` checked against :data:`API_OPTIONS` (the one option check of every component),
+    a bad one raised as an :class:`~xaiarena.errors.InputError` naming ``function``."""
+    try:
+        return validate_options(function, API_OPTIONS, values)
+    except OptionError as exc:
+        raise InputError(exc.message) from None
 
 
 def _check_modality(kind: str, group: str, specs: Sequence[Any], registry) -> None:
@@ -306,11 +297,12 @@ def explain(model: nn.Module, inputs: Any, targets: Any, explainers: Any, *, see
     kind, x, _ = _inputs(model, inputs)
     n = len(x)
     t = _class_vector(targets, "targets", n)
-    bs = _check_batch_size(batch_size)
+    opts = _checked_options("xaiarena.explain", batch_size=batch_size, seed=seed)
     specs = _explainer_specs(explainers, kind)
-    comp = stages.Compute(device=device, seed=int(seed), batch_size=bs, show_progress=show_progress)
+    comp = stages.Compute(device=device, seed=opts["seed"], batch_size=opts["batch_size"],
+                          show_progress=show_progress)
     out: dict[str, torch.Tensor] = {}
-    with _frozen(model):
+    with frozen(model):
         _check_targets(t, _logits(model, x[:1], device, 1).shape[1], "targets")
         for spec in specs:
             explainer = EXPLAINERS.create(spec.name, **spec.params)
@@ -393,7 +385,8 @@ def evaluate(model: nn.Module, inputs: Any, targets: Any, attributions: Mapping[
     n = len(x)
     t = _class_vector(targets, "targets", n)
     y = t if labels is None else _class_vector(labels, "labels", n)
-    bs = _check_batch_size(batch_size)
+    opts = _checked_options("xaiarena.evaluate", batch_size=batch_size, seed=seed)
+    bs, seed = opts["batch_size"], opts["seed"]
     try:
         check_safe_name(dataset, "dataset")
     except ValueError as exc:
@@ -435,10 +428,10 @@ def evaluate(model: nn.Module, inputs: Any, targets: Any, attributions: Mapping[
                              f"explainers: [...])")
         built.append((spec, metric, keys))
 
-    comp = stages.Compute(device=device, seed=int(seed), batch_size=bs, show_progress=show_progress)
+    comp = stages.Compute(device=device, seed=seed, batch_size=bs, show_progress=show_progress)
     samples = stages.Samples(key=dataset, inputs=x, labels=y, masks=gt, sample_ids=ids)
     frames, curves, meta = [], [], {}
-    with _frozen(model):
+    with frozen(model):
         logits = _logits(model, x, device, bs)
         _check_targets(t, logits.shape[1], "targets")
         if labels is not None:
@@ -456,7 +449,7 @@ def evaluate(model: nn.Module, inputs: Any, targets: Any, attributions: Mapping[
     curves_df = (pd.concat(curves, ignore_index=True) if curves
                  else pd.DataFrame(columns=stages.CURVE_COLUMNS))[stages.CURVE_COLUMNS]
     hib = {k: v["higher_is_better"] for k, v in meta.items()}
-    tables = stats.result_tables(per_sample, hib, models={dataset: type(model).__name__}, seed=int(seed))
+    tables = stats.result_tables(per_sample, hib, models={dataset: type(model).__name__}, seed=seed)
     return Evaluation(per_sample, tables["summary"], tables["tests"], curves_df, meta, tables)
 
 

@@ -21,7 +21,7 @@ from typing import Optional
 import typer
 
 from .errors import ConfigError, RunError, UnknownNameError, XaiArenaError
-from .utils import is_write_error, write_error
+from .files import is_write_error, write_error
 
 app = typer.Typer(
     add_completion=False,
@@ -120,7 +120,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
         _fail(exc.format())
     dissect = {kind: reg.describe() for kind, reg in DISSECT_REGISTRIES.items()}
     if as_json:
-        from .utils import dumps_json
+        from .strict_json import dumps_json
 
         typer.echo(dumps_json({**data, "dissect": dissect}))
         return
@@ -214,9 +214,9 @@ def score(
 
     from .api import evaluate, load_maps
     from .config import load_config, yaml_load
+    from .files import make_dir, writes_inside
     from .registry import EXPLAINERS
     from .runner import evaluation_samples, run_lock
-    from .utils import make_dir, writes_inside
 
     if quiet:
         os.environ["XAIARENA_QUIET"] = "1"

@@ -23,8 +23,10 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .files import atomic_write_bytes, atomic_write_text
+from .ops.modes import eval_mode
+from .ops.prediction import on_cpu, predict_in_batches
 from .registry import DATASETS, EXPLAINERS, METRICS, MODELS, Registry
-from .utils import atomic_write_bytes, atomic_write_text
 
 N_TEXT_EXAMPLES = 8
 #: examples kept by a study with the per_image analysis (the LIME/Grad-CAM study shows 10 images)
@@ -43,14 +45,10 @@ class ImageModality:
     @torch.no_grad()
     def logits(self, model, split, index: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
         """The model's outputs ``(n, classes)`` (float32, CPU) on ``split[index]``."""
-        from .utils import eval_mode
-
-        out = []
         with eval_mode(model):
-            for i in range(0, len(index), batch_size):
-                xb = split.float_images(index[i:i + batch_size]).to(device)
-                out.append(model(xb).float().cpu())
-        return torch.cat(out) if out else torch.empty(0, 0)
+            return predict_in_batches(
+                model, index, batch_size, prepare=lambda idx: split.float_images(idx).to(device),
+                keep=on_cpu)
 
     def eval_inputs(self, task, index: torch.Tensor, model) -> torch.Tensor:
         return task.test.float_images(index)

@@ -1,389 +1,48 @@
-"""Small shared helpers: devices, seeding, atomic writes, progress bars."""
+"""Former home of small shared helpers, now split by topic; the names stay importable here.
+
+================================  ==============================================================
+``xaiarena.files``                every file write (``writes_inside``, ``check_inside``,
+                                  ``atomic_write_*``, ``WriteError`` causes), ``load_torch``
+``xaiarena.environment``          ``resolve_device``, ``torch_threads``, ``hardware``,
+                                  ``versions``, ``user_cache_dir``
+``xaiarena.strict_json``          ``json_safe``, ``dumps_json``
+``xaiarena.progress``             ``progress`` bars
+``xaiarena.ops.seeding``          ``seed_everything`` (and per-sample random streams)
+``xaiarena.ops.modes``            ``eval_mode`` (and ``frozen``)
+================================  ==============================================================
+
+New code imports from those modules.
+"""
 
 from __future__ import annotations
 
-import errno
-import io
-import json
-import math
-import os
-import platform
-import random
-import sys
-import tempfile
-from contextlib import contextmanager
-from contextvars import ContextVar
-from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-from torch import nn
-from tqdm.auto import tqdm
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else CPU. A CUDA device that this machine does not have
-    raises :class:`~xaiarena.errors.RunError` naming what is available (the config validator and
-    the runner call this before any work)."""
-    from .errors import RunError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise RunError(f"device: '{name}' is not a device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            why = ("this PyTorch build has no CUDA support" if torch.version.cuda is None
-                   else "no CUDA GPU is visible (driver, CUDA_VISIBLE_DEVICES)")
-            raise RunError(f"device: '{name}' was asked for, but {why} (torch {torch.__version__}); "
-                           "use device: auto (CUDA when available, else CPU) or device: cpu")
-        if dev.index is not None and dev.index >= n:
-            raise RunError(f"device: '{name}' does not exist; this machine has {n} CUDA device(s): "
-                           f"{', '.join(f'cuda:{i}' for i in range(n))}")
-    return dev
-
-
-def user_cache_dir() -> Path:
-    """Folder for caches shared across runs (``XAIARENA_CACHE_DIR``, default ``~/.cache/xaiarena``)."""
-    return Path(os.environ.get("XAIARENA_CACHE_DIR", Path.home() / ".cache" / "xaiarena"))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-@contextmanager
-def torch_threads(n: int | None):
-    """Compute with ``n`` torch threads inside the block (the process' count when None); the count
-    from before is restored afterwards. Float sums, training above all, depend on it."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def versions() -> dict[str, str]:
-    from . import __version__
-
-    out = {"xaiarena": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
-    for mod in ("torch", "numpy", "captum", "scipy", "pandas"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # pragma: no cover - optional
-            pass
-    return out
-
-
-def hardware(device: torch.device | str | None = None) -> dict[str, Any]:
-    """What the run ran on: CPU model and count, memory, and for CUDA the device name, memory, CUDA
-    and driver versions (``nvidia-smi`` when present). Every field is best effort."""
-    info: dict[str, Any] = {"machine": platform.machine(), "cpu_count": os.cpu_count(),
-                            "torch_threads": torch.get_num_threads()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
-        if model:
-            info["cpu"] = model
-    except OSError:
-        pass
-    try:
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        info["memory_gb"] = round(pages * size / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
-    dev = torch.device(device) if device is not None else None
-    if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
-        idx = dev.index if dev.index is not None else torch.cuda.current_device()
-        props = torch.cuda.get_device_properties(idx)
-        info.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                    gpu_count=torch.cuda.device_count())
-        try:
-            import subprocess
-
-            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=10)
-            if out.returncode == 0 and out.stdout.strip():
-                info["driver"] = out.stdout.strip().splitlines()[0]
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return info
-
-
-@contextmanager
-def eval_mode(model: nn.Module):
-    """Put ``model`` in eval mode; restore every submodule's own ``training`` flag afterwards.
-
-    ``model.train(was_training)`` would set all submodules to the root's flag, losing, for
-    example, a frozen BatchNorm kept in eval mode inside a training model.
-    """
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-def json_safe(obj: Any) -> Any:
-    """Turn ``obj`` into strict JSON data: NaN and +-inf become ``null``; numpy/torch scalars
-    and tensors become Python numbers and lists; anything else unknown becomes its ``str``."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return json_safe(obj.tolist())
-    if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        x = float(obj)
-        return x if math.isfinite(x) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    return str(obj)
-
-
-def dumps_json(obj: Any, **kwargs: Any) -> str:
-    """``json.dumps`` of :func:`json_safe` data; always valid strict JSON (no NaN/Infinity)."""
-    kwargs.setdefault("indent", 2)
-    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
-
-
-# --------------------------------------------------------------------------- writing files
-#
-# Every file xaiarena writes goes through the functions below: one check that the path stays inside
-# the run directory (:func:`check_inside`, also for symbolic links), a temporary file in the same
-# folder renamed over the target (a kill leaves the old file or the new one), permissions from the
-# umask, and one error naming the path and the cause when the disk says no (:class:`WriteError`).
-
-_WRITE_ROOT: ContextVar[Path | None] = ContextVar("xaiarena_write_root", default=None)
-
-#: errno -> (cause, what to do) of the write errors a user can fix
-_SPACE = "free some space, or give --out a folder on another disk"
-_WRITABLE = "give --out a folder you can write to, or fix its permissions"
-_WRITE_CAUSES = {
-    errno.ENOSPC: ("no space left on the device", _SPACE),
-    errno.EDQUOT: ("the disk quota is exceeded", _SPACE),
-    errno.EFBIG: ("the file is larger than the file system allows", "give --out another folder"),
-    errno.EROFS: ("the file system is read-only", "give --out a folder you can write to"),
-    errno.EACCES: ("permission denied", _WRITABLE),
-    errno.EPERM: ("operation not permitted", _WRITABLE),
-    errno.ENOTDIR: ("a part of the path is a file, not a folder", "give --out a folder"),
-    errno.ENAMETOOLONG: ("the path is too long", "give --out a shorter path"),
-}
-
-
-@contextmanager
-def writes_inside(root: str | Path):
-    """Within the block, every file written by xaiarena (the functions below) must resolve inside
-    ``root`` (symbolic links followed): the run directory of ``run``, ``report``, ``dissect``, the
-    output folder of ``score``. Blocks nest; the innermost root applies."""
-    token = _WRITE_ROOT.set(Path(root))
-    try:
-        yield
-    finally:
-        _WRITE_ROOT.reset(token)
-
-
-def check_inside(path: str | Path, root: str | Path | None = None) -> Path:
-    """``path`` if it resolves inside ``root`` (default: the root of :func:`writes_inside`; no check
-    without one), following symbolic links of every existing part; else :class:`WriteError` naming
-    both. The one check every written path goes through."""
-    from .errors import WriteError
-
-    path = Path(path)
-    root = _WRITE_ROOT.get() if root is None else Path(root)
-    if root is None:
-        return path
-    root_r, path_r = root.resolve(), path.resolve()
-    if path_r != root_r and root_r not in path_r.parents:
-        raise WriteError(f"refusing to write '{path}': it resolves to '{path_r}', outside the run "
-                         f"directory '{root_r}' (a symbolic link leads out of it); remove the link "
-                         "or give another --out")
-    return path
-
-
-def write_error(exc: OSError, path: str | Path):
-    """The :class:`~xaiarena.errors.WriteError` of an ``OSError`` raised writing ``path``: the path,
-    the cause in words (no space, read-only, permission) and what to do."""
-    from .errors import WriteError
-
-    cause, fix = _WRITE_CAUSES.get(exc.errno or 0, (exc.strerror or str(exc), "check the folder"))
-    code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
-    return WriteError(f"cannot write '{path}': {cause}{code}; {fix}. No partial file was left; run "
-                      "the command again once that is fixed (finished stages are cached)")
-
-
-def is_write_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is an ``OSError`` a user fixes on their side (space, permissions, ...)."""
-    return isinstance(exc, OSError) and exc.errno in _WRITE_CAUSES
-
-
-def make_dir(path: str | Path, root: str | Path | None = None) -> Path:
-    """``mkdir -p path`` through :func:`check_inside`; an ``OSError`` becomes a ``WriteError``."""
-    path = check_inside(path, root)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError as exc:  # a file where the folder should be
-        raise write_error(OSError(errno.ENOTDIR, "not a folder"), exc.filename or path) from None
-    except OSError as exc:
-        raise write_error(exc, exc.filename or path) from None
-    return path
-
-
-def _umask() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)  # no /proc: read it by setting it (and set it back at once)
-    os.umask(mask)
-    return mask
-
-
-def _write_all(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to the (new, empty) file ``path``."""
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_BINARY", 0))
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-
-
-def _stage(path: Path, data: bytes, root: str | Path | None) -> Path:
-    """``data`` in a temporary file beside ``path`` (checked, permissions from the umask); the
-    temporary path. Nothing is left behind when it fails."""
-    check_inside(path, root)
-    if not path.parent.is_dir():
-        make_dir(path.parent, root)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        _write_all(tmp, data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600: the umask's permissions instead
-    except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise write_error(exc, path) from None
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
-
-
-def _commit(tmp: Path, path: Path) -> None:
-    try:
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise write_error(exc, path) from None
-
-
-def atomic_write_bytes(path: str | Path, data: bytes, *, root: str | Path | None = None) -> None:
-    """Write ``data`` to ``path`` atomically (a temporary file renamed over it), inside ``root``
-    (default: the :func:`writes_inside` root). An ``OSError`` becomes a ``WriteError`` naming the
-    path and the cause."""
-    path = Path(path)
-    _commit(_stage(path, data, root), path)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_many(files: dict[Path, bytes]) -> None:
-    """Write several files as one: every file is first written to a temporary name; only when all of
-    them are written are they renamed into place. A failure (a full disk half-way) removes the
-    temporary files and leaves every target as it was."""
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for path, data in files.items():
-            staged.append((_stage(Path(path), data, None), Path(path)))
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    for i, (tmp, path) in enumerate(staged):
-        try:
-            _commit(tmp, path)
-        except BaseException:
-            for t, _ in staged[i + 1:]:
-                t.unlink(missing_ok=True)
-            raise
-
-
-def torch_bytes(obj: Any) -> bytes:
-    """``torch.save(obj)`` as bytes (serialised in memory: a full disk then fails as an ``OSError``
-    naming the file, not inside torch's writer)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def atomic_save_torch(obj: Any, path: str | Path) -> None:
-    """``torch.save`` that never leaves a half-written file behind (load with weights_only=True)."""
-    atomic_write_bytes(path, torch_bytes(obj))
-
-
-def load_torch(path: str | Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def parquet_bytes(df) -> bytes:
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    return buf.getvalue()
-
-
-def csv_bytes(df) -> bytes:
-    return df.to_csv(index=False).encode("utf-8")
-
-
-def atomic_to_parquet(df, path: str | Path) -> None:
-    atomic_write_bytes(path, parquet_bytes(df))
-
-
-def atomic_to_csv(df, path: str | Path) -> None:
-    atomic_write_bytes(path, csv_bytes(df))
-
-
-class _Progress:
-    """``progress(iterable, desc=...)`` is a tqdm bar (quiet when not a TTY and XAIARENA_QUIET)."""
-
-    def __call__(self, iterable=None, **kwargs):
-        kwargs.setdefault("leave", False)
-        kwargs.setdefault("dynamic_ncols", True)
-        if os.environ.get("XAIARENA_QUIET"):
-            kwargs["disable"] = True
-        elif not kwargs.get("disable"):
-            kwargs["disable"] = None  # tqdm: hide the bar when stderr is not a terminal
-        return tqdm(iterable, **kwargs)
-
-    @staticmethod
-    def write(msg: str) -> None:
-        if not os.environ.get("XAIARENA_QUIET"):
-            tqdm.write(msg, file=sys.stderr)
-
-
-progress = _Progress()
+from .environment import hardware, resolve_device, torch_threads, user_cache_dir, versions
+from .files import (
+    atomic_save_torch,
+    atomic_to_csv,
+    atomic_to_parquet,
+    atomic_write_bytes,
+    atomic_write_many,
+    atomic_write_text,
+    check_inside,
+    csv_bytes,
+    is_write_error,
+    load_torch,
+    make_dir,
+    parquet_bytes,
+    torch_bytes,
+    write_error,
+    writes_inside,
+)
+from .ops.modes import eval_mode
+from .ops.seeding import seed_everything
+from .progress import progress
+from .strict_json import dumps_json, json_safe
+
+__all__ = [
+    "atomic_save_torch", "atomic_to_csv", "atomic_to_parquet", "atomic_write_bytes",
+    "atomic_write_many", "atomic_write_text", "check_inside", "csv_bytes", "dumps_json",
+    "eval_mode", "hardware", "is_write_error", "json_safe", "load_torch", "make_dir",
+    "parquet_bytes", "progress", "resolve_device", "seed_everything", "torch_bytes", "torch_threads",
+    "user_cache_dir", "versions", "write_error", "writes_inside",
+]

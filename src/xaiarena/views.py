@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
+from .ops.pairs import is_pair
 
 F_B = "f_b"
 F_S = "f_s"
@@ -111,7 +112,7 @@ def rank_shift(
     ]
     summ = summary[
         summary["metric"].isin(ranked)
-        & ~summary["explainer"].astype(str).str.contains("~", regex=False)
+        & ~summary["explainer"].map(is_pair).astype(bool)
     ]
     ctx = [c for c in ("dataset", "grid") if c in summ.columns]
     rows = []

@@ -33,6 +33,23 @@ def test_vargrad_is_seeded_and_zero_for_a_linear_model():
     assert torch.allclose(z, torch.zeros_like(z), atol=1e-10)
 
 
+def test_vargrad_noise_does_not_depend_on_batch_mates():
+    torch.manual_seed(0)
+    x = torch.rand(4, 2, 5, 5)
+    conv = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(27, 4))
+    vg, t = plugin.VarGrad(n_samples=4), torch.tensor([0, 1, 2, 3])
+    full = vg.explain(conv, x, t, generator=torch.Generator().manual_seed(1))
+    alone = vg.explain(conv, x[2:3], t[2:3], generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(alone[0], full[2])
+
+
+def test_components_pass_xaiarenas_conformance_kit():
+    from xaiarena.testing import check_explainer, check_metric
+
+    check_explainer(plugin.VarGrad, {"n_samples": 3})
+    check_metric(plugin.TopMass)
+
+
 def test_top_mass_values():
     maps = torch.zeros(2, 10, 10)
     maps[0, 3, 4] = 5.0  # all mass on one pixel

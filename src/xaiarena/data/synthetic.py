@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..environment import user_cache_dir
 from ..errors import WriteError
+from ..files import atomic_write_bytes
 from ..registry import DATASETS
-from ..utils import atomic_write_bytes, user_cache_dir
 from .base import (
     Count,
     ImageSplit,

@@ -12,7 +12,7 @@ neuron and image as CLIP-Dissect does:
 * ``(N, D)`` (fully connected): as is.
 
 Hooks exist only inside :func:`record_activations` (removed in ``finally``), the model runs
-in eval mode (restored afterwards, :func:`~xaiarena.utils.eval_mode`) without gradients.
+in eval mode (restored afterwards, :func:`~xaiarena.ops.modes.eval_mode`) without gradients.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..utils import eval_mode, progress
+from ..ops.modes import eval_mode
+from ..progress import progress
 
 POOLS = ("avg", "max")
 

@@ -89,7 +89,8 @@ def dissect_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
 
             valid = reg.entry(spec.name).parameters()
             reported = {path for path, _ in problems}
-            problems += [(f"dissect.similarity.{k}", m) for k, m in option_problems(spec.params)
+            problems += [(f"dissect.similarity.{k}", m)
+                         for k, m in option_problems(spec.name, spec.params)
                          if k in valid and f"dissect.similarity.{k}" not in reported]
         elif key == "scorer":
             from .options import OptionError

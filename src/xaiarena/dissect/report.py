@@ -21,9 +21,9 @@ import jinja2
 import pandas as pd
 
 from .. import __version__
+from ..files import atomic_write_bytes, atomic_write_text, writes_inside
 from ..report.html import printable
 from ..report.tables import fmt_percent, fmt_seconds
-from ..utils import atomic_write_bytes, atomic_write_text, writes_inside
 from . import plots
 from .results import read_layers, read_neurons
 

@@ -34,9 +34,18 @@ import numpy as np
 import torch
 
 from ..errors import XaiArenaError
+from ..ops.validation import (
+    COUNT,
+    ListOf,
+    Null,
+    OneOf,
+    OptionError,
+    Satisfies,
+    set_options,
+    validate_options,
+)
+from ..progress import progress
 from ..registry import CONCEPT_SCORERS
-from ..utils import progress
-from .options import OptionError, check_batch_size
 from .probe import Probe
 
 log = logging.getLogger(__name__)
@@ -79,11 +88,10 @@ class ConceptScorer:
         raise NotImplementedError
 
 
-def _check_prompt(prompt: str) -> str:
-    if not isinstance(prompt, str) or prompt.count("{}") != 1:
-        raise OptionError("prompt", f"bad value {prompt!r}: give a text with one '{{}}' where the concept goes "
-                          "(the paper: '{}', the bare concept; e.g. 'a photo of a {}')")
-    return prompt
+#: the ``prompt`` option of the embedding scorers
+PROMPT = Satisfies(lambda v: isinstance(v, str) and v.count("{}") == 1,
+                   "a text with one '{}' where the concept goes (the paper: '{}', the bare "
+                   "concept; e.g. 'a photo of a {}')", invalid=["a photo", "{} and {}"])
 
 
 def _rgb_arrays(images: torch.Tensor) -> list[np.ndarray]:
@@ -166,13 +174,14 @@ class ClipScorer(_EmbeddingScorer):
     """transformers ``CLIPModel`` + its tokenizer and image processor, by Hub id or local folder."""
 
     name = "clip"
+    option_constraints: ClassVar[dict] = {
+        "model": Satisfies(lambda v: isinstance(v, str) and bool(v.strip()),
+                           "a Hugging Face Hub id or a local folder", invalid=[" "]),
+        "prompt": PROMPT, "batch_size": COUNT,
+    }
 
     def __init__(self, model: str = DEFAULT_CLIP, prompt: str = "{}", batch_size: int = 64):
-        if not isinstance(model, str) or not model.strip():
-            raise OptionError("model", f"bad value {model!r}: give a Hugging Face Hub id or a local folder")
-        self.model = model
-        self.prompt = _check_prompt(prompt)
-        self.batch_size = check_batch_size(batch_size)
+        set_options(self, model=model, prompt=prompt, batch_size=batch_size)
         self._loaded: tuple | None = None
 
     def _load(self, device: torch.device) -> None:
@@ -221,12 +230,12 @@ class OpenClipScorer(_EmbeddingScorer):
     """``open_clip.create_model_and_transforms(model, pretrained=pretrained)``."""
 
     name = "open_clip"
+    option_constraints: ClassVar[dict] = {"prompt": PROMPT, "batch_size": COUNT}
 
     def __init__(self, model: str = "ViT-B-16", pretrained: str = "openai", prompt: str = "{}", batch_size: int = 64):
         self.model = model
         self.pretrained = pretrained
-        self.prompt = _check_prompt(prompt)
-        self.batch_size = check_batch_size(batch_size)
+        set_options(self, prompt=prompt, batch_size=batch_size)
         self._loaded: tuple | None = None
 
     def _load(self, device: torch.device) -> None:
@@ -326,23 +335,21 @@ class AnnotationScorer(ConceptScorer):
     """0/1 concept matrix from ground truth; ``kinds`` limits it to some of class, colour, segmentation."""
 
     name = "annotations"
+    option_constraints: ClassVar[dict] = {
+        "kinds": [ListOf(OneOf(ANNOTATION_KINDS)), Null("all the dataset has")],
+    }
 
     def __init__(self, kinds: list[str] | None = None):
-        if kinds is not None:
-            bad = [k for k in kinds if k not in ANNOTATION_KINDS]
-            if bad or not kinds:
-                raise OptionError("kinds", f"bad value {kinds!r}: give a non-empty list of "
-                                  f"{', '.join(ANNOTATION_KINDS)} (or null for all the dataset has)")
-            kinds = list(dict.fromkeys(kinds))
-        self.kinds = kinds
+        validate_options(self.name, self.option_constraints, {"kinds": kinds})
+        self.kinds = None if kinds is None else list(dict.fromkeys(kinds))
 
     def _kinds(self, task) -> list[str]:
         have = _kinds_available(task)
         kinds = list(self.kinds or have)
         missing = [k for k in kinds if k not in have]
         if missing:
-            raise OptionError("kinds", f"dataset '{task.name}' has no '{missing[0]}' annotations; it has: "
-                              f"{', '.join(have)}")
+            raise OptionError(self.name, "kinds", f"{self.name}: dataset '{task.name}' has no "
+                              f"'{missing[0]}' annotations; it has: {', '.join(have)}", self.kinds)
         return kinds
 
     def image_concepts(self, probe: Probe) -> list[set[str]]:
@@ -363,8 +370,10 @@ class AnnotationScorer(ConceptScorer):
         if "segmentation" in kinds:
             per_image = task.meta["image_classes"].get(probe.split)
             if per_image is None:
-                raise OptionError("dissect.split", f"dataset '{task.name}' lists the classes in its images for "
-                                  f"split(s) {', '.join(task.meta['image_classes'])}, not '{probe.split}'")
+                splits = ", ".join(task.meta["image_classes"])
+                raise OptionError(self.name, "dissect.split",
+                                  f"dataset '{task.name}' lists the classes in its images for "
+                                  f"split(s) {splits}, not '{probe.split}'")
             for s, i in zip(sets, probe.index.tolist(), strict=True):
                 s.update(task.class_names[int(c)] for c in per_image[i] if task.class_names[int(c)] != "background")
         return sets
@@ -375,9 +384,12 @@ class AnnotationScorer(ConceptScorer):
         unknown = [c for c in concepts if c not in known]
         if unknown:
             shown = ", ".join(unknown[:10]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 10 else "")
-            raise OptionError("dissect.concepts", f"the annotations scorer has no ground truth for concept(s) "
-                              f"{shown} in dataset '{probe.task.name}'; it knows: {', '.join(known)} (use concepts: "
-                              "annotations or dataset_classes, or a CLIP scorer for open vocabularies)")
+            raise OptionError(self.name, "dissect.concepts",
+                              "the annotations scorer has no ground truth for concept(s) "
+                              f"{shown} in dataset '{probe.task.name}'; it knows: "
+                              f"{', '.join(known)} "
+                              "(use concepts: annotations or dataset_classes, or a CLIP scorer for "
+                              "open vocabularies)")
         col = {c: j for j, c in enumerate(concepts)}
 
         def compute() -> torch.Tensor:

@@ -38,8 +38,8 @@ from .options import OptionError, check_similarity_options
 _CHUNK_ELEMENTS = 32_000_000
 
 
-def _check(activations: torch.Tensor, scores: torch.Tensor, **options: Any) -> None:
-    check_similarity_options(**options)
+def _check(name: str, activations: torch.Tensor, scores: torch.Tensor, **options: Any) -> None:
+    check_similarity_options(name, **options)
     if activations.ndim != 2 or scores.ndim != 2:
         raise ValueError(f"activations and scores must be 2-D (images x neurons, images x concepts); got "
                          f"{tuple(activations.shape)} and {tuple(scores.shape)}")
@@ -50,11 +50,11 @@ def _check(activations: torch.Tensor, scores: torch.Tensor, **options: Any) -> N
         raise ValueError("no concepts or no neurons to compare")
 
 
-def _top_k(activations: torch.Tensor, top_k: int) -> torch.Tensor:
+def _top_k(name: str, activations: torch.Tensor, top_k: int) -> torch.Tensor:
     n = len(activations)
     if top_k > n:
-        raise OptionError("top_k", f"top_k={top_k} is more than the {n} probe images; use "
-                                    f"top_k <= {n} or probe more images")
+        raise OptionError(name, "top_k", f"{name}: top_k={top_k} is more than the {n} probe "
+                                         f"images; use top_k <= {n} or probe more images", top_k)
     return torch.topk(activations, k=top_k, dim=0).indices  # (top_k, M), most activating first
 
 
@@ -110,8 +110,9 @@ def soft_wpmi(
     ``log p(c | B_m) = sum_j log(1 + w_j (q[j, c] - 1) + min_prob)``;
     ``p(c) = mean over the layer's neurons of p(c | B_m)``.
     """
-    _check(activations, scores, top_k=top_k, a=a, lam=lam, p_start=p_start, p_end=p_end, min_prob=min_prob)
-    top = _top_k(activations, top_k)
+    _check("soft_wpmi", activations, scores, top_k=top_k, a=a, lam=lam, p_start=p_start,
+           p_end=p_end, min_prob=min_prob)
+    top = _top_k("soft_wpmi", activations, top_k)
     probs = F.softmax(a * scores, dim=1)
     steps = torch.arange(top_k, dtype=scores.dtype, device=scores.device)
     weights = p_start - steps / top_k * (p_start - p_end)
@@ -133,8 +134,8 @@ def wpmi(
 ) -> torch.Tensor:
     """WPMI(m, c) = sum over neuron m's ``top_k`` images of ``log(q[j, c] + min_prob)`` minus
     ``lam`` times log of that quantity's exponential averaged over the layer's neurons."""
-    _check(activations, scores, top_k=top_k, a=a, lam=lam, min_prob=min_prob)
-    top = _top_k(activations, top_k)
+    _check("wpmi", activations, scores, top_k=top_k, a=a, lam=lam, min_prob=min_prob)
+    top = _top_k("wpmi", activations, top_k)
     probs = F.softmax(a * scores, dim=1)
     return _pmi(_log_p_concept_given_top(probs, top, None, min_prob), lam)
 
@@ -164,13 +165,15 @@ def rank_reorder(
     score on the n images to the power ``scale_p`` (clamped at 1e-12: the authors' code
     gives NaN for a negative mean), and negated so that higher is better.
     """
-    _check(activations, scores, p=p, top_fraction=top_fraction, scale_p=scale_p)
+    _check("rank_reorder", activations, scores, p=p, top_fraction=top_fraction, scale_p=scale_p)
     n_img = len(activations)
     n = int(n_img * top_fraction)
     if n < 2:
-        raise OptionError("top_fraction", f"top_fraction={top_fraction} of {n_img} probe images "
-                                    f"keeps {n} image(s); rank_reorder needs at least 2 (raise top_fraction "
-                                    f"or probe more images)")
+        raise OptionError("rank_reorder", "top_fraction",
+                          f"rank_reorder: top_fraction={top_fraction} of {n_img} probe images "
+                          f"keeps {n} image(s); rank_reorder needs at least 2 (raise top_fraction "
+                          "or probe more images)",
+                          top_fraction)
     values, top = torch.topk(activations, k=n, dim=0)  # (n, M), descending
     ascending = values.flip(0)
     perms = torch.stack([torch.randperm(n, generator=generator) for _ in range(5)], dim=1).to(values.device)
@@ -203,7 +206,7 @@ def cos_similarity_cubed(
 ) -> torch.Tensor:
     """cos(((A - mean A) ** 3)[:, m], ((P - mean P) ** 3)[:, c]), means over images, norms clamped
     at ``min_norm``."""
-    _check(activations, scores, min_norm=min_norm)
+    _check("cos_similarity_cubed", activations, scores, min_norm=min_norm)
     a = _unit_columns((activations - activations.mean(0, keepdim=True)) ** 3, min_norm)
     s = _unit_columns((scores - scores.mean(0, keepdim=True)) ** 3, min_norm)
     return a.T @ s
@@ -215,7 +218,7 @@ def cos_similarity_cubed(
 )
 def cos_similarity(activations: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """cos(A[:, m], P[:, c]) across the probe images (a zero column gives 0, not NaN)."""
-    _check(activations, scores)
+    _check("cos_similarity", activations, scores)
     tiny = torch.finfo(activations.dtype).tiny
     return _unit_columns(activations, tiny).T @ _unit_columns(scores, tiny)
 

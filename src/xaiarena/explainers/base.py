@@ -8,7 +8,10 @@ is kept.
 Subclasses set the class attributes below and implement :meth:`attribute`.
 Register them with ``@EXPLAINERS.register("name", description=...)``; the
 constructor's keyword arguments are the options a config may set (the config
-validator checks names against the signature).
+validator checks names against the signature). What each option accepts is
+declared in ``option_constraints`` and checked in the constructor by
+:func:`xaiarena.ops.validation.set_options` (one message format for every bad
+value); :func:`xaiarena.testing.check_explainer` checks the whole contract.
 
 Learned explainers (DiET) override :meth:`fit`, which the runner calls once with
 the training split before any :meth:`explain` call, and report which model
@@ -25,10 +28,15 @@ import torch
 from torch import nn
 
 from ..errors import ContractError
-from ..utils import eval_mode
+from ..ops.fill import FILLS, FillName
+from ..ops.modes import eval_mode
 
 Reduction = Literal["sum", "abs_sum", "max_abs", "mean"]
 REDUCTIONS = ("sum", "abs_sum", "max_abs", "mean")
+#: baselines (reference inputs) that IG, GradientSHAP, DeepLIFT, occlusion, LIME and KernelSHAP
+#: accept: the fills of :func:`xaiarena.ops.fill.make_fill`, built with ``blur=BASELINE_BLUR``
+Baseline = FillName
+BASELINES: tuple[str, ...] = FILLS
 
 
 def reduce_channels(attr: torch.Tensor, rule: str = "sum") -> torch.Tensor:
@@ -81,6 +89,9 @@ class Explainer(ABC):
     explains: ClassVar[str] = "f_b"
     #: constructor options that set the cost (passes per sample, batch sizes)
     cost_knobs: ClassVar[tuple[str, ...]] = ()
+    #: what each option accepts (:mod:`xaiarena.ops.validation`): the constructor checks its
+    #: arguments against these, and :func:`xaiarena.testing.check_explainer` tries bad values
+    option_constraints: ClassVar[dict[str, Any]] = {}
 
     def fit(self, model: nn.Module, task: Any, *, device: torch.device, generator: torch.Generator | None = None,  # noqa: B027
             cache_dir: Any = None) -> None:

@@ -12,8 +12,9 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
+from ..ops.seeding import sample_generators
+from ..ops.validation import OneOf, set_options
 from ..registry import EXPLAINERS
-from ._utils import check_choice, sample_generators
 from .base import REDUCTIONS, Explainer, Reduction, reduce_channels
 
 Distribution = Literal["uniform", "normal"]
@@ -33,9 +34,10 @@ class RandomExplainer(_Baseline):
     """Noise at every pixel, drawn from a per-sample generator derived from ``generator``."""
 
     name = "random"
+    option_constraints: ClassVar[dict] = {"distribution": OneOf(DISTRIBUTIONS)}
 
     def __init__(self, distribution: Distribution = "uniform"):
-        self.distribution = check_choice(self.name, "distribution", distribution, DISTRIBUTIONS)
+        set_options(self, distribution=distribution)
 
     def attribute(self, model, inputs, targets, *, generator=None):
         draw = torch.rand if self.distribution == "uniform" else torch.randn
@@ -53,9 +55,10 @@ class SobelExplainer(_Baseline):
     """``sqrt(gx^2 + gy^2)`` per channel (3x3 Sobel kernels), then the channel ``reduction``."""
 
     name = "sobel"
+    option_constraints: ClassVar[dict] = {"reduction": OneOf(REDUCTIONS)}
 
     def __init__(self, reduction: Reduction = "sum"):
-        self.reduction = check_choice(self.name, "reduction", reduction, REDUCTIONS)
+        set_options(self, reduction=reduction)
 
     def attribute(self, model, inputs, targets, *, generator=None):
         x = inputs.detach().float()

@@ -32,9 +32,10 @@ import torch
 from torch import nn
 
 from ..models.vision import DeclaresCAMLayer
+from ..ops.validation import COUNT, Null, Satisfies, set_options
 from ..registry import EXPLAINERS, suggest
-from ._utils import (
-    check_int,
+from .base import Explainer
+from .model_calls import (
     forward_hook,
     forward_pre_hook,
     forward_scores,
@@ -42,7 +43,10 @@ from ._utils import (
     target_scores,
     upsample,
 )
-from .base import Explainer
+
+#: the ``layer`` option of the CAMs
+LAYER = [Satisfies(lambda v: isinstance(v, str), "a module's dotted name (a string)", invalid=[3]),
+         Null("the model's declared CAM layer")]
 
 #: how many candidate layers an error message lists (the deepest ones)
 N_CANDIDATES = 8
@@ -194,11 +198,10 @@ class BaseCAM(Explainer):
     family: ClassVar[str] = "cam"
     needs_layer: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = True
+    option_constraints: ClassVar[dict] = {"layer": LAYER}
 
     def __init__(self, layer: str | None = None):
-        if layer is not None and not isinstance(layer, str):
-            raise ValueError(f"{self.name}: layer={layer!r} must be a module's dotted name (a string) or None")
-        self.layer = layer
+        set_options(self, layer=layer)
 
     def weights(self, ctx: CAMContext) -> torch.Tensor:  # pragma: no cover - abstract
         """Channel weights ``(N, K, 1, 1)`` or per-position weights ``(N, K, h, w)``."""
@@ -354,12 +357,13 @@ class _PerturbationCAM(BaseCAM):
     """Gradient-free CAMs: one extra forward pass per (sample, channel), ``batch_size`` per pass."""
 
     cost_knobs: ClassVar[tuple[str, ...]] = ("batch_size",)
+    option_constraints: ClassVar[dict] = {"layer": LAYER, "batch_size": COUNT}
 
     needs_gradients = False
 
     def __init__(self, layer: str | None = None, batch_size: int = 64):
         super().__init__(layer)
-        self.batch_size = check_int(self.name, "batch_size", batch_size)
+        set_options(self, batch_size=batch_size)
 
 
 

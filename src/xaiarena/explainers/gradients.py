@@ -17,7 +17,7 @@ smoothgrad             max_abs            nt_samples (8)
 
 Randomised methods (SmoothGrad noise, GradientSHAP draws, the ``uniform``
 baseline) draw from per-sample generators derived from the call's generator
-(see :mod:`xaiarena.explainers._utils`), so a sample's map does not depend on
+(see :mod:`xaiarena.ops.seeding`), so a sample's map does not depend on
 its batch.
 """
 
@@ -28,19 +28,12 @@ from typing import ClassVar, Literal
 import torch
 from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
 
+from ..ops.fill import BASELINE_BLUR, make_fill
+from ..ops.seeding import sample_generators
+from ..ops.validation import COUNT, NON_NEGATIVE, ListOf, Null, OneOf, set_options
 from ..registry import EXPLAINERS
-from ._utils import (
-    BASELINES,
-    Baseline,
-    check_baselines,
-    check_choice,
-    check_float,
-    check_int,
-    input_gradients,
-    make_baseline,
-    sample_generators,
-)
-from .base import REDUCTIONS, Explainer, Reduction, reduce_channels
+from .base import BASELINES, REDUCTIONS, Baseline, Explainer, Reduction, reduce_channels
+from .model_calls import input_gradients
 
 IGMethod = Literal["gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right"]
 NTType = Literal["smoothgrad", "smoothgrad_sq", "vargrad"]
@@ -53,15 +46,19 @@ def _grad_input(inputs: torch.Tensor) -> torch.Tensor:
     return inputs.detach().clone().requires_grad_(True)
 
 
+#: the ``reduction`` option of the gradient explainers (None: the explainer's default)
+REDUCTION = [OneOf(REDUCTIONS), Null("the explainer's default")]
+
+
 class _GradientExplainer(Explainer):
     family: ClassVar[str] = "gradient"
     default_reduction: ClassVar[str] = "sum"
+    option_constraints: ClassVar[dict] = {"reduction": REDUCTION}
 
     def _init_reduction(self, reduction: str | None) -> None:
-        self.reduction = check_choice(
-            self.name, "reduction", self.default_reduction if reduction is None else reduction, REDUCTIONS
-        )
-
+        set_options(self, reduction=reduction)
+        if self.reduction is None:
+            self.reduction = self.default_reduction
 
 
 @EXPLAINERS.register(
@@ -112,6 +109,10 @@ class IntegratedGradientsExplainer(_GradientExplainer):
     """``(x - b) * integral_0^1 grad f(b + a (x - b)) da``, by Captum's quadrature."""
 
     cost_knobs: ClassVar[tuple[str, ...]] = ("n_steps", "internal_batch_size")
+    option_constraints: ClassVar[dict] = {
+        "n_steps": COUNT, "baseline": OneOf(BASELINES), "method": OneOf(IG_METHODS),
+        "internal_batch_size": COUNT, "reduction": REDUCTION,
+    }
 
     name = "integrated_gradients"
 
@@ -123,15 +124,13 @@ class IntegratedGradientsExplainer(_GradientExplainer):
         internal_batch_size: int = 64,
         reduction: Reduction | None = None,
     ):
-        self.n_steps = check_int(self.name, "n_steps", n_steps)
-        self.baseline = check_choice(self.name, "baseline", baseline, BASELINES)
-        self.method = check_choice(self.name, "method", method, IG_METHODS)
-        self.internal_batch_size = check_int(self.name, "internal_batch_size", internal_batch_size)
+        set_options(self, n_steps=n_steps, baseline=baseline, method=method,
+                    internal_batch_size=internal_batch_size)
         self._init_reduction(reduction)
 
     def attribute(self, model, inputs, targets, *, generator=None):
         gens = sample_generators(inputs, generator) if self.baseline == "uniform" else None
-        baseline = make_baseline(self.baseline, inputs, gens)
+        baseline = make_fill(inputs, self.baseline, generators=gens, blur=BASELINE_BLUR)
         attr = IntegratedGradients(model).attribute(
             _grad_input(inputs),
             baselines=baseline,
@@ -158,6 +157,11 @@ class GradientShapExplainer(_GradientExplainer):
     """
 
     cost_knobs: ClassVar[tuple[str, ...]] = ("n_samples", "batch_size")
+    option_constraints: ClassVar[dict] = {
+        "n_samples": COUNT, "stdevs": NON_NEGATIVE,
+        "baselines": [OneOf(BASELINES), ListOf(OneOf(BASELINES))],
+        "batch_size": COUNT, "reduction": REDUCTION,
+    }
 
     name = "gradient_shap"
 
@@ -169,10 +173,10 @@ class GradientShapExplainer(_GradientExplainer):
         batch_size: int = 64,
         reduction: Reduction | None = None,
     ):
-        self.n_samples = check_int(self.name, "n_samples", n_samples)
-        self.stdevs = check_float(self.name, "stdevs", stdevs)
-        self.baselines = check_baselines(self.name, "baselines", baselines)
-        self.batch_size = check_int(self.name, "batch_size", batch_size)
+        set_options(self, n_samples=n_samples, stdevs=stdevs, baselines=baselines,
+                    batch_size=batch_size)
+        if isinstance(self.baselines, str):
+            self.baselines = (self.baselines,)
         self._init_reduction(reduction)
 
     def attribute(self, model, inputs, targets, *, generator=None):
@@ -182,7 +186,8 @@ class GradientShapExplainer(_GradientExplainer):
         gens = sample_generators(inputs, generator)
         # candidate baselines per sample (N, B, C, H, W); "uniform" rows are filled per draw below
         cand = torch.stack(
-            [make_baseline(b, inputs) if b != "uniform" else torch.zeros_like(inputs) for b in self.baselines], 1
+            [make_fill(inputs, b, blur=BASELINE_BLUR) if b != "uniform"
+             else torch.zeros_like(inputs) for b in self.baselines], 1
         )
         uni = self.baselines.index("uniform") if "uniform" in self.baselines else -1
         pts, diffs = [], []
@@ -239,6 +244,10 @@ class SmoothGradExplainer(_GradientExplainer):
     """NoiseTunnel(Saliency) with seeded noise; ``stdevs`` is in pixel units ([0, 1] images)."""
 
     cost_knobs: ClassVar[tuple[str, ...]] = ("nt_samples", "batch_size")
+    option_constraints: ClassVar[dict] = {
+        "nt_samples": COUNT, "stdevs": NON_NEGATIVE, "nt_type": OneOf(NT_TYPES),
+        "batch_size": COUNT, "reduction": REDUCTION,
+    }
 
     name = "smoothgrad"
     default_reduction = "max_abs"
@@ -252,11 +261,9 @@ class SmoothGradExplainer(_GradientExplainer):
         batch_size: int = 64,
         reduction: Reduction | None = None,
     ):
-        self.nt_samples = check_int(self.name, "nt_samples", nt_samples)
-        self.stdevs = check_float(self.name, "stdevs", stdevs)
-        self.nt_type = check_choice(self.name, "nt_type", nt_type, NT_TYPES)
+        set_options(self, nt_samples=nt_samples, stdevs=stdevs, nt_type=nt_type)
         self.absolute = bool(absolute)
-        self.batch_size = check_int(self.name, "batch_size", batch_size)
+        set_options(self, batch_size=batch_size)
         self._init_reduction(reduction)
 
     def attribute(self, model, inputs, targets, *, generator=None):

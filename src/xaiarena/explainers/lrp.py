@@ -39,21 +39,23 @@ models) send it back by the transposed resampling.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from ..models.vision import ImageClassifier
+from ..ops.validation import NON_NEGATIVE, POSITIVE, Null, OneOf, option_error, set_options
 from ..registry import EXPLAINERS
-from ._utils import check_choice, check_float, target_scores
 from .base import Reduction, reduce_channels
+from .model_calls import target_scores
 from .propagation import (
     ACTIVATIONS,
     AVG_POOLS,
     BATCH_NORMS,
     LINEAR_LAYERS,
     MAX_POOLS,
+    REDUCTION,
     STRUCTURAL,
     _PropagationExplainer,
     forward_hooks,
@@ -390,6 +392,10 @@ def _plan(model: nn.Module, x: torch.Tensor, explainer: str, canonize: bool) -> 
     return _Plan(merged, {id(m) for m in merged.values()})
 
 
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
 @EXPLAINERS.register(
     "lrp",
     description="Layer-wise Relevance Propagation (Bach et al. 2015) with zennit's rules and "
@@ -402,6 +408,14 @@ class LRP(_PropagationExplainer):
     """LRP from the target logit down to the pixels (see the module docstring)."""
 
     name = "lrp"
+    option_constraints: ClassVar[dict] = {
+        "composite": OneOf(COMPOSITES), "epsilon": NON_NEGATIVE, "gamma": NON_NEGATIVE,
+        "alpha": NON_NEGATIVE, "beta": NON_NEGATIVE, "stabilizer": POSITIVE,
+        "first_rule": [OneOf(RULES), Null("the composite's rule")],
+        "conv_rule": [OneOf(LAYER_RULES), Null("the composite's rule")],
+        "dense_rule": [OneOf(LAYER_RULES), Null("the composite's rule")],
+        "reduction": REDUCTION,
+    }
 
     def __init__(
         self,
@@ -417,29 +431,18 @@ class LRP(_PropagationExplainer):
         canonize: bool = True,
         reduction: Reduction | None = None,
     ):
-        self.composite = check_choice(self.name, "composite", composite, tuple(COMPOSITES))
-        self.epsilon = check_float(self.name, "epsilon", epsilon)
-        self.gamma = check_float(self.name, "gamma", gamma)
-        self.alpha = check_float(self.name, "alpha", alpha)
-        self.beta = check_float(self.name, "beta", beta)
+        set_options(self, composite=composite, epsilon=epsilon, gamma=gamma, alpha=alpha, beta=beta)
         if abs(self.alpha - self.beta - 1.0) > 1e-9:
-            raise ValueError(
-                f"{self.name}: alpha={alpha!r} and beta={beta!r} are not valid; alpha - beta must "
-                "be 1 (relevance is conserved), e.g. alpha=2, beta=1 or alpha=1, beta=0"
-            )
-        self.stabilizer = check_float(self.name, "stabilizer", stabilizer, strict=True)
-        self.first_rule = (
-            None if first_rule is None else check_choice(self.name, "first_rule", first_rule, RULES)
-        )
+            raise option_error(self.name, "beta", beta,
+                               f"alpha - 1, here {_fmt(self.alpha - 1.0)} (alpha {alpha!r})",
+                               detail="alpha - beta must be 1: relevance is "
+                               "conserved; e.g. alpha=2, beta=1 or alpha=1, beta=0")
+        set_options(self, stabilizer=stabilizer, first_rule=first_rule)
         for option, value in (("conv_rule", conv_rule), ("dense_rule", dense_rule)):
             if value in FIRST_LAYER_RULES:
-                raise ValueError(
-                    f"{self.name}: {option}={value!r} is not valid; {value} is a first-layer rule "
-                    f"(first_rule); choose one of {', '.join(LAYER_RULES)}"
-                )
-            if value is not None:
-                check_choice(self.name, option, value, LAYER_RULES)
-        self.conv_rule, self.dense_rule = conv_rule, dense_rule
+                raise option_error(self.name, option, value, f"one of {', '.join(LAYER_RULES)}",
+                                   detail=f"{value} is a first-layer rule: give it as first_rule")
+        set_options(self, conv_rule=conv_rule, dense_rule=dense_rule)
         self.canonize = bool(canonize)
         self._init_reduction(reduction)
 

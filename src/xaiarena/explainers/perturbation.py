@@ -37,42 +37,44 @@ import numpy as np
 import torch
 
 from ..fingerprint import fingerprint_module, fingerprint_tensor
-from ..registry import EXPLAINERS
-from ._utils import (
-    BASELINES,
-    Baseline,
-    check_choice,
-    check_float,
-    check_int,
-    forward_scores,
-    make_baseline,
-    prepare_rows,
-    sample_generators,
-    target_scores,
+from ..ops.fill import BASELINE_BLUR, make_fill
+from ..ops.seeding import sample_generators
+from ..ops.validation import (
+    COUNT,
+    NON_NEGATIVE,
+    POSITIVE,
+    Boolean,
+    Interval,
+    ListOf,
+    Null,
+    OneOf,
+    set_options,
 )
-from .base import REDUCTIONS, Explainer, Reduction, reduce_channels
+from ..registry import EXPLAINERS
+from .base import BASELINES, REDUCTIONS, Baseline, Explainer, Reduction, reduce_channels
+from .model_calls import forward_scores, prepare_rows, target_scores
 
 log = logging.getLogger(__name__)
 
 
-def _pair(explainer: str, option: str, value) -> tuple[int, int]:
-    vals = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(vals) != 2:
-        raise ValueError(f"{explainer}: {option}={value!r} must be an int or a pair (height, width)")
-    return check_int(explainer, option, vals[0]), check_int(explainer, option, vals[1])
+#: a window or stride: one size for both sides, or (height, width)
+SIDES = [COUNT, ListOf(COUNT, min_len=2, max_len=2)]
 
 
 class _PerturbationExplainer(Explainer):
     family: ClassVar[str] = "perturbation"
+    option_constraints: ClassVar[dict] = {
+        "baseline": OneOf(BASELINES), "perturbations_per_eval": COUNT,
+        "reduction": OneOf(REDUCTIONS),
+    }
 
     def _init_common(self, baseline: str, perturbations_per_eval: int, reduction: str) -> None:
-        self.baseline = check_choice(self.name, "baseline", baseline, BASELINES)
-        self.perturbations_per_eval = check_int(self.name, "perturbations_per_eval", perturbations_per_eval)
-        self.reduction = check_choice(self.name, "reduction", reduction, REDUCTIONS)
+        set_options(self, baseline=baseline, perturbations_per_eval=perturbations_per_eval,
+                    reduction=reduction)
 
     def _baseline(self, inputs: torch.Tensor, generator) -> torch.Tensor:
         gens = sample_generators(inputs, generator) if self.baseline == "uniform" else None
-        return make_baseline(self.baseline, inputs, gens)
+        return make_fill(inputs, self.baseline, generators=gens, blur=BASELINE_BLUR)
 
 
 
@@ -98,6 +100,9 @@ class OcclusionExplainer(_PerturbationExplainer):
 
     name = "occlusion"
     cost_knobs: ClassVar[tuple[str, ...]] = ("window", "stride", "perturbations_per_eval")
+    option_constraints: ClassVar[dict] = {
+        **_PerturbationExplainer.option_constraints, "window": SIDES, "stride": SIDES,
+    }
 
     def __init__(
         self,
@@ -107,8 +112,9 @@ class OcclusionExplainer(_PerturbationExplainer):
         perturbations_per_eval: int = 64,
         reduction: Reduction = "mean",
     ):
-        self.window = _pair(self.name, "window", window)
-        self.stride = _pair(self.name, "stride", stride)
+        set_options(self, window=window, stride=stride)
+        self.window = (self.window, self.window) if isinstance(self.window, int) else self.window
+        self.stride = (self.stride, self.stride) if isinstance(self.stride, int) else self.stride
         self._init_common(baseline, perturbations_per_eval, reduction)
 
     def n_windows(self, height: int, width: int) -> int:
@@ -207,6 +213,10 @@ class SuperpixelSurrogate(_PerturbationExplainer):
 
     cost_knobs: ClassVar[tuple[str, ...]] = ("n_samples", "n_segments", "perturbations_per_eval")
     selection_knobs: ClassVar[tuple[str, ...]] = ()
+    option_constraints: ClassVar[dict] = {
+        **_PerturbationExplainer.option_constraints,
+        "n_samples": Interval(int, 2, None), "n_segments": COUNT, "compactness": POSITIVE,
+    }
 
     def __init__(
         self,
@@ -217,9 +227,7 @@ class SuperpixelSurrogate(_PerturbationExplainer):
         perturbations_per_eval: int,
         reduction: str,
     ):
-        self.n_samples = check_int(self.name, "n_samples", n_samples, minimum=2)
-        self.n_segments = check_int(self.name, "n_segments", n_segments)
-        self.compactness = check_float(self.name, "compactness", compactness, strict=True)
+        set_options(self, n_samples=n_samples, n_segments=n_segments, compactness=compactness)
         self._init_common(baseline, perturbations_per_eval, reduction)
 
     def sample(self, d: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -337,6 +345,11 @@ class LimeExplainer(SuperpixelSurrogate):
 
     name = "lime"
     selection_knobs: ClassVar[tuple[str, ...]] = ("num_features", "positive_only")
+    option_constraints: ClassVar[dict] = {
+        **SuperpixelSurrogate.option_constraints, "kernel_width": POSITIVE,
+        "ridge_alpha": NON_NEGATIVE, "num_features": [COUNT, Null("every superpixel")],
+        "positive_only": Boolean(),
+    }
 
     def __init__(
         self,
@@ -352,12 +365,8 @@ class LimeExplainer(SuperpixelSurrogate):
         positive_only: bool = True,
     ):
         super().__init__(n_samples, n_segments, compactness, baseline, perturbations_per_eval, reduction)
-        self.kernel_width = check_float(self.name, "kernel_width", kernel_width, strict=True)
-        self.ridge_alpha = check_float(self.name, "ridge_alpha", ridge_alpha)
-        self.num_features = None if num_features is None else check_int(self.name, "num_features", num_features)
-        if not isinstance(positive_only, bool):
-            raise ValueError(f"{self.name}: positive_only={positive_only!r} is not valid; give true or false")
-        self.positive_only = positive_only
+        set_options(self, kernel_width=kernel_width, ridge_alpha=ridge_alpha,
+                    num_features=num_features, positive_only=positive_only)
 
     def select(self, coef):
         if self.num_features is None:
@@ -467,6 +476,10 @@ class CaptumLimeExplainer(_PerturbationExplainer):
     cost_knobs: ClassVar[tuple[str, ...]] = ("n_samples", "perturbations_per_eval")
     FEATURES: ClassVar[tuple[str, ...]] = ("element", "pixel")
     DISTANCES: ClassVar[tuple[str, ...]] = ("cosine", "euclidean")
+    option_constraints: ClassVar[dict] = {
+        **_PerturbationExplainer.option_constraints, "n_samples": COUNT, "kernel_width": POSITIVE,
+        "distance": OneOf(DISTANCES), "alpha": POSITIVE, "features": OneOf(FEATURES),
+    }
 
     def __init__(
         self,
@@ -479,11 +492,8 @@ class CaptumLimeExplainer(_PerturbationExplainer):
         perturbations_per_eval: int = 64,
         reduction: Reduction = "sum",
     ):
-        self.n_samples = check_int(self.name, "n_samples", n_samples)
-        self.kernel_width = check_float(self.name, "kernel_width", kernel_width, strict=True)
-        self.distance = check_choice(self.name, "distance", distance, self.DISTANCES)
-        self.alpha = check_float(self.name, "alpha", alpha, strict=True)
-        self.features = check_choice(self.name, "features", features, self.FEATURES)
+        set_options(self, n_samples=n_samples, kernel_width=kernel_width, distance=distance,
+                    alpha=alpha, features=features)
         self._init_common(baseline, perturbations_per_eval, reduction)
         self.n_not_converged = 0  # Lasso fits stopped at sklearn's iteration limit (logged once)
 

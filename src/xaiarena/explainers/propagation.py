@@ -30,21 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.fill import BASELINE_BLUR, make_fill
+from ..ops.seeding import sample_generators
+from ..ops.validation import COUNT, NON_NEGATIVE, ListOf, Null, OneOf, set_options
 from ..registry import EXPLAINERS
-from ._utils import (
-    BASELINES,
-    Baseline,
-    check_baselines,
-    check_choice,
-    check_float,
-    check_int,
-    make_baseline,
-    sample_generators,
-    target_scores,
-    upsample,
-)
-from .base import REDUCTIONS, Explainer, Reduction, reduce_channels
-from .cam import GradCAM
+from .base import BASELINES, REDUCTIONS, Baseline, Explainer, Reduction, reduce_channels
+from .cam import LAYER, GradCAM
+from .model_calls import target_scores, upsample
+
+#: the ``reduction`` option of the propagation explainers (None: the explainer's default)
+REDUCTION = [OneOf(REDUCTIONS), Null("the explainer's default")]
 
 #: elementwise activation modules (DeepLIFT's Rescale rule, LRP's pass rule)
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
@@ -194,14 +189,12 @@ def guided_gradients(
 class _PropagationExplainer(Explainer):
     family: ClassVar[str] = "propagation"
     default_reduction: ClassVar[str] = "sum"
+    option_constraints: ClassVar[dict] = {"reduction": REDUCTION}
 
     def _init_reduction(self, reduction: str | None) -> None:
-        self.reduction = check_choice(
-            self.name,
-            "reduction",
-            self.default_reduction if reduction is None else reduction,
-            REDUCTIONS,
-        )
+        set_options(self, reduction=reduction)
+        if self.reduction is None:
+            self.reduction = self.default_reduction
 
 
 @EXPLAINERS.register(
@@ -235,12 +228,13 @@ class GuidedGradCAM(Explainer):
     name = "guided_gradcam"
     family: ClassVar[str] = "cam"
     needs_layer: ClassVar[bool] = True
+    option_constraints: ClassVar[dict] = {"layer": LAYER, "reduction": OneOf(REDUCTIONS)}
 
     def __init__(self, layer: str | None = None, reduction: Reduction = "sum"):
-        self._cam = GradCAM(layer)  # checks the layer option
+        set_options(self, layer=layer)
+        self._cam = GradCAM(layer)
         self._cam.name = self.name  # errors about the layer name this explainer
-        self.layer = layer
-        self.reduction = check_choice(self.name, "reduction", reduction, REDUCTIONS)
+        set_options(self, reduction=reduction)
 
     def attribute(self, model, inputs, targets, *, generator=None):
         cam = upsample(self._cam.layer_maps(model, inputs, targets), inputs.shape[-2:])
@@ -388,17 +382,19 @@ class DeepLiftExplainer(_PropagationExplainer):
     """DeepLIFT-Rescale against one reference per sample (the ``baseline`` option)."""
 
     name = "deeplift"
+    option_constraints: ClassVar[dict] = {
+        "baseline": OneOf(BASELINES), "eps": NON_NEGATIVE, "reduction": REDUCTION,
+    }
 
     def __init__(
         self, baseline: Baseline = "black", eps: float = 1e-10, reduction: Reduction | None = None
     ):
-        self.baseline = check_choice(self.name, "baseline", baseline, BASELINES)
-        self.eps = check_float(self.name, "eps", eps)
+        set_options(self, baseline=baseline, eps=eps)
         self._init_reduction(reduction)
 
     def attribute(self, model, inputs, targets, *, generator=None):
         gens = sample_generators(inputs, generator) if self.baseline == "uniform" else None
-        ref = make_baseline(self.baseline, inputs, gens)
+        ref = make_fill(inputs, self.baseline, generators=gens, blur=BASELINE_BLUR)
         attr, f, f_ref = deeplift(model, inputs, ref, targets, self.eps)
         _warn_incomplete(self.name, model, attr, f, f_ref)
         return reduce_channels(attr, self.reduction)
@@ -420,6 +416,10 @@ class DeepLiftShapExplainer(_PropagationExplainer):
 
     name = "deeplift_shap"
     cost_knobs: ClassVar[tuple[str, ...]] = ("n_samples", "batch_size")
+    option_constraints: ClassVar[dict] = {
+        "baselines": [OneOf(BASELINES), ListOf(OneOf(BASELINES))], "n_samples": COUNT,
+        "eps": NON_NEGATIVE, "batch_size": COUNT, "reduction": REDUCTION,
+    }
 
     def __init__(
         self,
@@ -429,10 +429,9 @@ class DeepLiftShapExplainer(_PropagationExplainer):
         batch_size: int = 64,
         reduction: Reduction | None = None,
     ):
-        self.baselines = tuple(dict.fromkeys(check_baselines(self.name, "baselines", baselines)))
-        self.n_samples = check_int(self.name, "n_samples", n_samples)
-        self.eps = check_float(self.name, "eps", eps)
-        self.batch_size = check_int(self.name, "batch_size", batch_size)
+        set_options(self, baselines=baselines, n_samples=n_samples, eps=eps, batch_size=batch_size)
+        names = (self.baselines,) if isinstance(self.baselines, str) else self.baselines
+        self.baselines = tuple(dict.fromkeys(names))
         self._init_reduction(reduction)
 
     def references(
@@ -450,7 +449,7 @@ class DeepLiftShapExplainer(_PropagationExplainer):
                 refs.append(noise.to(inputs.device, inputs.dtype))
                 weights += [share / self.n_samples] * self.n_samples
             else:
-                refs.append(make_baseline(name, inputs)[:, None])
+                refs.append(make_fill(inputs, name, blur=BASELINE_BLUR)[:, None])
                 weights.append(share)
         return torch.cat(refs, 1), torch.tensor(weights, dtype=inputs.dtype, device=inputs.device)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._utils import base_seed
+from ..ops.seeding import base_seed
 from .base import Explainer
 
 
@@ -25,7 +25,7 @@ def explain_in_batches(
     Returns CPU float32 ``(N, H, W)`` maps. The model must already be on
     ``device`` (it is not moved). One seed is drawn from ``generator`` and every
     batch starts from a generator seeded with it; since explainers seed each
-    sample from its own content (see :mod:`xaiarena.explainers._utils`), the maps
+    sample from its own content (see :mod:`xaiarena.ops.seeding`), the maps
     do not depend on ``batch_size``.
     """
     if images.ndim != 4:

@@ -4,7 +4,7 @@ Outputs are per *pair*: ``scores[metric]["<a>~<b>"]`` is an ``(N,)`` tensor.
 With ``reference=None`` every unordered pair is scored once, ``a`` before
 ``b`` in the order of the ``attributions`` dict; with ``reference="name"``
 every other explainer is compared to that one and the key is
-``"<reference>~<other>"``.
+``"<reference>~<other>"`` (:mod:`xaiarena.ops.pairs`).
 
 Rankings break ties at random with each sample's own stream for ("ties",
 explainer) (see ``core.SampleRNG``): an explainer's order is the same in every
@@ -13,8 +13,12 @@ pair it belongs to, and two constant maps agree only by chance.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
+from ..ops.pairs import explainer_pairs, has_pairs, pair_key
+from ..ops.validation import COUNT, Interval, Null, OneOf, Text, option_error, set_options
 from ..registry import METRICS
 from .base import EvalBatch, Metric, MetricOutput
 from .core import (
@@ -28,11 +32,8 @@ from .core import (
     serial_bookkeeping,
 )
 
-PAIR_SEPARATOR = "~"
-
-
-def pair_key(a: str, b: str) -> str:
-    return f"{a}{PAIR_SEPARATOR}{b}"
+#: the ``reference`` option of the agreement metrics
+REFERENCE = [Text("an explainer's label"), Null("every pair")]
 
 
 class _Agreement(Metric):
@@ -40,22 +41,17 @@ class _Agreement(Metric):
     higher_is_better = True
     value_range = (0.0, 1.0)
     requires = ()
+    option_constraints: ClassVar[dict] = {"reference": REFERENCE}
 
     def __init__(self, reference: str | None = None, abs: bool = False):
-        if reference is not None and (not isinstance(reference, str) or not reference):
-            raise ValueError(f"reference={reference!r} is not valid; give an explainer name or null for all pairs")
-        self.reference = reference
+        set_options(self, reference=reference)
         self.abs = bool(abs)
 
     def applies_to(self, explainers: list[str]) -> bool:
-        return len(explainers) >= 2 and (self.reference is None or self.reference in explainers)
+        return has_pairs(explainers, self.reference)
 
     def pairs(self, names: list[str]) -> list[tuple[str, str]]:
-        if self.reference is None:
-            return [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
-        if self.reference not in names:
-            raise ValueError(f"reference='{self.reference}' is not among the explainers; valid: {', '.join(names)}")
-        return [(self.reference, b) for b in names if b != self.reference]
+        return explainer_pairs(names, self.reference, self.name)
 
     @serial_bookkeeping
     def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
@@ -84,15 +80,19 @@ class _TopK(_Agreement):
     mask, such as LIME's top superpixels (``lime`` with ``num_features``). The reference's top-k
     set is then exactly its support and the other map is binarised at the same size."""
 
+    option_constraints: ClassVar[dict] = {
+        **_Agreement.option_constraints,
+        "k": [COUNT, Interval(float, 0, 1, closed="neither", noun="a fraction of the pixels"),
+              OneOf(["support"])],
+    }
+
     def __init__(self, k: int | float | str = 0.1, reference: str | None = None, abs: bool = False):
         super().__init__(reference, abs)
-        ok = (isinstance(k, int) and not isinstance(k, bool) and k >= 1) or (isinstance(k, float) and 0 < k < 1)
-        if k == "support" and reference is None:
-            raise ValueError("k='support' needs a reference explainer (the map whose support is the mask)")
-        if not ok and k != "support":
-            raise ValueError(f"k={k!r} is not valid; give a pixel count (int >= 1), a fraction in (0, 1) "
-                             "or 'support'")
-        self.k = k
+        set_options(self, k=k)
+        if self.k == "support" and reference is None:
+            raise option_error(self.name, "k", k, "a pixel count or a fraction when reference is null",
+                               detail="k='support' needs a reference explainer, the map whose "
+                               "support is the mask")
 
     def _k(self, map_a: torch.Tensor) -> torch.Tensor:
         """Per-sample ``k`` as an ``(N, 1)`` tensor; NaN scores where it is 0."""

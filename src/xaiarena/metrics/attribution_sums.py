@@ -17,43 +17,39 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
+from ..ops.validation import (
+    COUNT,
+    NON_NEGATIVE,
+    POSITIVE,
+    Interval,
+    ListOf,
+    Null,
+    OneOf,
+    set_options,
+)
 from ..registry import METRICS
 from .base import EvalBatch, MetricOutput, OutputSpec
 from .core import (
     NONFINITE_OUTPUT,
+    NORMALISE,
     SIMILARITIES,
     SampleRNG,
-    check_choice,
-    check_normalise,
-    check_positive_int,
     chunk_size,
     eval_mode,
     nan_where,
     normalise_maps,
+    normalise_rule,
     serial_bookkeeping,
     similarity,
 )
 from .forward_queue import ForwardQueue
-from .perturbation import PerturbationMetric, patch_grid, score_images
+from .perturbation_curves import PerturbationMetric, patch_grid, score_images
 
 INFIDELITY_PERTURBATIONS = ("noisy_baseline", "patches")
-
-
-def _finite_number(
-    param: str, value: object, *, minimum: float = 0.0, strict: bool = True
-) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > minimum if strict else value >= minimum)
-    if not ok:
-        raise ValueError(
-            f"{param}={value!r} is not valid; it must be a number "
-            f"{'>' if strict else '>='} {minimum:g}"
-        )
-    return float(value)
 
 
 class _SumMetric(PerturbationMetric):
@@ -131,6 +127,11 @@ class Infidelity(_SumMetric):
     """
 
     name = "infidelity"
+    option_constraints: ClassVar[dict] = {
+        **_SumMetric.option_constraints, "perturbation": OneOf(INFIDELITY_PERTURBATIONS),
+        "n_perturb_samples": COUNT, "noise_std": POSITIVE, "patch_sizes": [COUNT, ListOf(COUNT)],
+        "normalise": NORMALISE,
+    }
     higher_is_better = False
     value_range = (0.0, math.inf)
 
@@ -149,17 +150,14 @@ class Infidelity(_SumMetric):
         blur_sigma: float = 5.0,
     ):
         super().__init__(fill, output, batch_size, blur_sigma)
-        self.perturbation = check_choice("perturbation", perturbation, INFIDELITY_PERTURBATIONS)
-        self.n_perturb_samples = check_positive_int("n_perturb_samples", n_perturb_samples)
-        self.noise_std = _finite_number("noise_std", noise_std)
-        if isinstance(patch_sizes, int):
-            patch_sizes = (patch_sizes,)
-        self.patch_sizes = tuple(check_positive_int("patch_sizes", p) for p in patch_sizes)
-        if not self.patch_sizes:
-            raise ValueError("patch_sizes=() is not valid; give at least one patch size")
+        set_options(self, perturbation=perturbation, n_perturb_samples=n_perturb_samples,
+                    noise_std=noise_std, patch_sizes=patch_sizes)
+        if isinstance(self.patch_sizes, int):
+            self.patch_sizes = (self.patch_sizes,)
         self.optimal_scaling = bool(optimal_scaling)
         self.abs = bool(abs)
-        self.normalise = check_normalise(normalise)
+        set_options(self, normalise=normalise)
+        self.normalise = normalise_rule(self.normalise)
 
     def outputs(self) -> list[OutputSpec]:
         return [OutputSpec(self.name, False, (0.0, math.inf))]
@@ -246,23 +244,8 @@ class Infidelity(_SumMetric):
 # --------------------------------------------------------------------------- sensitivity-n
 
 
-def _check_n_values(n_values: Sequence[int | float]) -> tuple[int | float, ...]:
-    if isinstance(n_values, (int, float)):
-        n_values = (n_values,)
-    out = []
-    for v in n_values:
-        ok = (isinstance(v, int) and not isinstance(v, bool) and v >= 1) or (
-            isinstance(v, float) and 0 < v < 1
-        )
-        if not ok:
-            raise ValueError(
-                f"n_values contains {v!r}; give pixel counts (int >= 1) or fractions of the pixels "
-                "(float in (0, 1))"
-            )
-        out.append(v)
-    if not out or len(set(out)) != len(out):
-        raise ValueError(f"n_values={list(n_values)!r} must be non-empty and without repeats")
-    return tuple(out)
+#: an entry of ``n_values``: a pixel count, or a fraction of the pixels
+N_VALUE = [COUNT, Interval(float, 0, 1, closed="neither", noun="a fraction of the pixels")]
 
 
 @METRICS.register(
@@ -281,6 +264,10 @@ class SensitivityN(_SumMetric):
     """
 
     name = "sensitivity_n"
+    option_constraints: ClassVar[dict] = {
+        **_SumMetric.option_constraints, "n_values": [*N_VALUE, ListOf(N_VALUE, unique=True)],
+        "nr_subsets": Interval(int, 2, None), "similarity": OneOf(SIMILARITIES),
+    }
     higher_is_better = True
     value_range = (-1.0, 1.0)
 
@@ -295,9 +282,9 @@ class SensitivityN(_SumMetric):
         blur_sigma: float = 5.0,
     ):
         super().__init__(fill, output, batch_size, blur_sigma)
-        self.n_values = _check_n_values(n_values)
-        self.nr_subsets = check_positive_int("nr_subsets", nr_subsets, 2)
-        self.similarity = check_choice("similarity", similarity, SIMILARITIES)
+        set_options(self, n_values=n_values, nr_subsets=nr_subsets, similarity=similarity)
+        if not isinstance(self.n_values, tuple):
+            self.n_values = (self.n_values,)
 
     def sizes(self, npix: int) -> list[int]:
         """The subset size of each of ``n_values`` for an image of ``npix`` pixels."""
@@ -380,6 +367,11 @@ class MonotonicityCorrelation(_SumMetric):
     """
 
     name = "monotonicity_correlation"
+    option_constraints: ClassVar[dict] = {
+        **_SumMetric.option_constraints, "nr_samples": COUNT,
+        "features_in_step": [COUNT, Null("ceil(H*W / n_steps)")], "n_steps": Interval(int, 2, None),
+        "similarity": OneOf(SIMILARITIES), "eps": NON_NEGATIVE,
+    }
     higher_is_better = True
     value_range = (-1.0, 1.0)
 
@@ -397,16 +389,10 @@ class MonotonicityCorrelation(_SumMetric):
         blur_sigma: float = 5.0,
     ):
         super().__init__(fill, output, batch_size, blur_sigma)
-        self.nr_samples = check_positive_int("nr_samples", nr_samples)
-        self.features_in_step = (
-            None
-            if features_in_step is None
-            else check_positive_int("features_in_step", features_in_step)
-        )
-        self.n_steps = check_positive_int("n_steps", n_steps, 2)
-        self.similarity = check_choice("similarity", similarity, SIMILARITIES)
+        set_options(self, nr_samples=nr_samples, features_in_step=features_in_step, n_steps=n_steps,
+                    similarity=similarity)
         self.abs = bool(abs)
-        self.eps = _finite_number("eps", eps, strict=False)
+        set_options(self, eps=eps)
 
     def step(self, npix: int) -> int:
         step = self.features_in_step or math.ceil(npix / self.n_steps)

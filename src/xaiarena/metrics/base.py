@@ -13,7 +13,9 @@ only with a logged reason.
 
 A metric with several outputs whose directions differ (keep vs remove, MoRF vs
 LeRF, foreground vs background) describes each in :meth:`Metric.outputs`; the
-class attributes describe its primary output.
+class attributes describe its primary output. What each option accepts is declared in
+``option_constraints`` (:mod:`xaiarena.ops.validation`);
+:func:`xaiarena.testing.check_metric` checks the whole contract.
 """
 
 from __future__ import annotations
@@ -125,6 +127,9 @@ class Metric(ABC):
     requires: ClassVar[tuple[str, ...]] = ("model",)
     #: the outputs with the default options, with ``ranked`` (registry metadata)
     default_outputs: ClassVar[list[dict[str, object]]] = _DefaultOutputs()  # type: ignore[assignment]
+    #: what each option accepts (:mod:`xaiarena.ops.validation`): the constructor checks its
+    #: arguments against these, and :func:`xaiarena.testing.check_metric` tries bad values
+    option_constraints: ClassVar[dict[str, object]] = {}
 
     def outputs(self) -> list[OutputSpec]:
         """Every per-sample output with its direction and range (default: one, the metric's)."""

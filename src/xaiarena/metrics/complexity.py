@@ -3,22 +3,34 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 
+from ..ops.validation import set_options
 from ..registry import METRICS
 from .base import EvalBatch, Metric, MetricOutput
-from .core import Normalise, check_normalise, nan_where, normalise_maps, prepare, serial_bookkeeping
+from .core import (
+    NORMALISE,
+    Normalise,
+    nan_where,
+    normalise_maps,
+    normalise_rule,
+    prepare,
+    serial_bookkeeping,
+)
 
 
 class _MapMetric(Metric):
     category = "complexity"
     requires = ()
+    option_constraints: ClassVar[dict] = {"normalise": NORMALISE}
 
     def __init__(self, abs: bool = True,
                  normalise: Normalise = True):
         self.abs = bool(abs)
-        self.normalise = check_normalise(normalise)
+        set_options(self, normalise=normalise)
+        self.normalise = normalise_rule(self.normalise)
 
     def _maps(self, batch: EvalBatch, attributions) -> dict[str, torch.Tensor]:
         out = {}

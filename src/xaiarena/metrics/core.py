@@ -1,4 +1,4 @@
-"""Shared machinery of the built-in metrics: validation, ranking with random
+"""Shared machinery of the built-in metrics: option constraints, ranking with random
 tie-breaking, fill values, batched forward passes and similarity functions.
 
 Everything here is torch-native and batched over samples; nothing loops over
@@ -14,21 +14,22 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Literal, get_args
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import postprocess as _postprocess
-from ..registry import suggest
-from ..utils import eval_mode as _eval_mode
+from ..ops.fill import FILL_BLUR, FILLS, make_fill
+from ..ops.modes import eval_mode as _eval_mode
+from ..ops.prediction import predict_in_batches
+from ..ops.seeding import base_seed
+from ..ops.validation import COUNT, FINITE, Boolean, Null, OneOf
 from .base import EvalBatch
 
 logger = logging.getLogger("xaiarena.metrics")
 
-#: named fill values for perturbations (pixel space); a number is a constant fill
-FILLS = ("black", "white", "mean", "blur", "uniform")
 #: what a perturbation metric reads off the model for the target class
 OUTPUTS = ("probability", "logit")
 #: similarity functions between two per-sample vectors
@@ -41,54 +42,13 @@ SIMILARITIES = ("pearson", "spearman")
 DEFAULT_CHUNK_ELEMENTS = 200_000
 
 
-# --------------------------------------------------------------------------- validation
+# --------------------------------------------------------------------------- option constraints
 
 
-def check_choice(param: str, value: object, choices: Sequence[str]) -> str:
-    """Return ``value`` if it is one of ``choices``; else a ValueError naming both."""
-    if isinstance(value, str) and value in choices:
-        return value
-    hint = suggest(value, list(choices)) if isinstance(value, str) else None
-    msg = f"{param}={value!r} is not valid; choose one of {', '.join(choices)}"
-    if hint:
-        msg += f" (did you mean '{hint}'?)"
-    raise ValueError(msg)
-
-
-def check_fill(fill: str | float, param: str = "fill") -> str | float:
-    """A fill is a name from :data:`FILLS` or a number (a constant pixel value)."""
-    if isinstance(fill, bool):
-        raise ValueError(f"{param}={fill!r} is not valid; choose one of {', '.join(FILLS)} or a number")
-    if isinstance(fill, (int, float)):
-        if not math.isfinite(fill):
-            raise ValueError(f"{param}={fill!r} is not valid; a constant fill must be finite")
-        return float(fill)
-    if isinstance(fill, str) and fill in FILLS:
-        return fill
-    hint = suggest(fill, list(FILLS)) if isinstance(fill, str) else None
-    msg = f"{param}={fill!r} is not valid; choose one of {', '.join(FILLS)} or a number"
-    if hint:
-        msg += f" (did you mean '{hint}'?)"
-    raise ValueError(msg)
-
-
-def check_positive_int(param: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{param}={value!r} is not valid; it must be an integer >= {minimum}")
-    return value
-
-
-def check_fraction(param: str, value: object, *, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and (0.0 <= value <= 1.0 if allow_zero else 0.0 < value <= 1.0)
-    if not ok:
-        bounds = "[0, 1]" if allow_zero else "(0, 1]"
-        raise ValueError(f"{param}={value!r} is not valid; it must be a number in {bounds}")
-    return float(value)
-
-
-def check_batch_size(value: int | None) -> int | None:
-    return None if value is None else check_positive_int("batch_size", value)
+#: a fill option: a named fill or a constant pixel value
+FILL = [OneOf(FILLS), FINITE]
+#: a metric's ``batch_size``: items per forward pass (None: chunks of ``DEFAULT_CHUNK_ELEMENTS``)
+BATCH_SIZE = [COUNT, Null("chunks of about 200,000 input elements")]
 
 
 def prepare(batch: EvalBatch, attributions: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -149,11 +109,6 @@ def nan_where(values: torch.Tensor, bad: torch.Tensor, metric: str, reason: str,
 # are moved to the data's device, so CPU and CUDA runs see the same numbers.
 
 
-def draw_seed(generator: torch.Generator) -> int:
-    """One 62-bit draw from ``generator`` (on its device)."""
-    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-
-
 def _digest(key: bytes, *parts: object) -> int:
     """A 63-bit integer from ``key`` and ``parts`` (blake2b; stable across runs and platforms)."""
     msg = "\x1f".join(str(p) for p in parts).encode()
@@ -197,7 +152,7 @@ class SampleRNG:
         if not isinstance(generator, torch.Generator):
             raise ValueError(f"metric '{metric}' draws random numbers and needs generator=torch.Generator(), "
                              f"got {type(generator).__name__}")
-        return cls(draw_seed(generator), sample_keys(batch), generator.device)
+        return cls(base_seed(generator), sample_keys(batch), generator.device)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -383,42 +338,14 @@ def full_threads() -> Iterator[None]:
 # --------------------------------------------------------------------------- fills
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``(N, C, H, W)`` with reflect padding (kernel radius 3 sigma)."""
-    if sigma <= 0:
-        return x.clone()
-    radius = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    n, c, h, w = x.shape
-    y = x.reshape(n * c, 1, h, w)
-    mode = "reflect" if radius < min(h, w) else "replicate"
-    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode=mode), k.view(1, 1, 1, -1))
-    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode=mode), k.view(1, 1, -1, 1))
-    return y.reshape(n, c, h, w)
-
-
-def make_fill(x: torch.Tensor, fill: str | float, rng: SampleRNG, blur_sigma: float = 5.0) -> torch.Tensor:
-    """The image ``(N, C, H, W)`` that perturbed pixels take (pixel space).
-
-    ``black`` 0, ``white`` 1, ``mean`` the sample's per-channel mean, ``blur`` a
-    Gaussian blur of the sample, ``uniform`` U(0, 1) noise drawn from each sample's
-    stream (so every explainer sees the same noise), a number: that constant.
-    """
-    if isinstance(fill, float):
-        return torch.full_like(x, fill)
-    if fill == "black":
-        return torch.zeros_like(x)
-    if fill == "white":
-        return torch.ones_like(x)
-    if fill == "mean":
-        return x.mean(dim=(2, 3), keepdim=True).expand_as(x).clone()
-    if fill == "blur":
-        return gaussian_blur(x, blur_sigma)
-    if fill == "uniform":
-        return rng.rand(x.shape[1:], "fill", device=x.device).to(x.dtype)
-    raise AssertionError(fill)  # validated by check_fill
+def fill_image(x: torch.Tensor, fill: str | float, rng: SampleRNG,
+               blur_sigma: float = 5.0) -> torch.Tensor:
+    """The image ``(N, C, H, W)`` that perturbed pixels take (:func:`xaiarena.ops.fill.make_fill`):
+    ``uniform`` noise from each sample's stream for ("fill",) (so every explainer sees the same
+    noise), ``blur`` with ``blur_sigma`` and reflect padding
+    (:data:`~xaiarena.ops.fill.FILL_BLUR`)."""
+    gens = [rng.generator(i, "fill") for i in range(len(rng))] if fill == "uniform" else None
+    return make_fill(x, fill, generators=gens, blur=replace(FILL_BLUR, sigma=blur_sigma))
 
 
 # --------------------------------------------------------------------------- model calls
@@ -462,9 +389,10 @@ def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """Logits for ``x`` in chunks (call inside :func:`eval_mode`)."""
-    bs = chunk_size(x, batch_size)
-    return torch.cat([forward(model, x[i : i + bs]) for i in range(0, len(x), bs)]) if len(x) else x.new_zeros(0, 0)
+    """Logits for ``x`` in chunks (call inside :func:`eval_mode`), each with all the process'
+    threads (:func:`forward`)."""
+    return predict_in_batches(functools.partial(forward, model), x, chunk_size(x, batch_size),
+                              empty=lambda: x.new_zeros(0, 0))
 
 
 # --------------------------------------------------------------------------- statistics
@@ -482,27 +410,27 @@ Normalise = bool | Literal[
 assert get_args(get_args(Normalise)[1]) == NORMALISE_RULES
 
 
-def check_normalise(value: object, param: str = "normalise") -> str | None:
-    """A metric's ``normalise`` option: False -> None (no normalisation), True -> ``normalise_by_max``
-    (per-sample division by the largest magnitude), or a rule of :data:`NORMALISE_RULES`
-    (``normalise_by_negative``: Quantus's, positive values / max, negative values / |min|;
-    ``normalise_by_average_second_moment_estimate``: divide by the root mean square; each per
-    sample, or with ``_over_set`` one scale for all maps of the call, as Quantus's default axes)."""
+#: a metric's ``normalise`` option (see :func:`normalise_rule`)
+NORMALISE = [Boolean("true (normalise_by_max) or false"), OneOf(NORMALISE_RULES),
+             Null("no normalisation")]
+
+
+def normalise_rule(value: object) -> str | None:
+    """The rule of a valid ``normalise`` option (:data:`NORMALISE`): False or None -> None (no
+    normalisation), True -> ``normalise_by_max`` (per-sample division by the largest magnitude),
+    or a rule of :data:`NORMALISE_RULES` (``normalise_by_negative``: Quantus's, positive values /
+    max, negative values / |min|; ``normalise_by_average_second_moment_estimate``: divide by the
+    root mean square; each per sample, or with ``_over_set`` one scale for all maps of the call,
+    as Quantus's default axes)."""
     if value is False or value is None:
         return None
     if value is True:
         return "normalise_by_max"
-    if isinstance(value, str) and value in NORMALISE_RULES:
-        return value
-    hint = suggest(value, list(NORMALISE_RULES)) if isinstance(value, str) else None
-    msg = f"{param}={value!r} is not valid; give true (normalise_by_max), false, or one of {', '.join(NORMALISE_RULES)}"
-    if hint:
-        msg += f" (did you mean '{hint}'?)"
-    raise ValueError(msg)
+    return str(value)
 
 
 def normalise_maps(a: torch.Tensor, rule: str | None) -> torch.Tensor:
-    """Apply a :func:`check_normalise` rule to maps ``(N, ...)`` (None: unchanged): per sample,
+    """Apply a :func:`normalise_rule` rule to maps ``(N, ...)`` (None: unchanged): per sample,
     or for an ``_over_set`` rule with one scale for all ``N`` maps."""
     if rule is None:
         return a

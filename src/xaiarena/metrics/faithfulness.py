@@ -14,21 +14,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
 
+from ..ops.validation import (
+    COUNT,
+    FRACTION,
+    POSITIVE,
+    Interval,
+    ListOf,
+    Null,
+    OneOf,
+    set_options,
+)
 from ..registry import METRICS
 from .base import EvalBatch, MetricOutput, OutputSpec
 from .core import (
     NONFINITE_OUTPUT,
+    NORMALISE,
     SIMILARITIES,
     Normalise,
     auc,
-    check_choice,
-    check_fraction,
-    check_normalise,
-    check_positive_int,
     chunk_size,
     eval_mode,
     finite_rows,
@@ -36,12 +44,13 @@ from .core import (
     logger,
     nan_where,
     normalise_maps,
+    normalise_rule,
     rank_positions,
     read_output,
     serial_bookkeeping,
     similarity,
 )
-from .perturbation import (
+from .perturbation_curves import (
     PerturbationMetric,
     masked_scores,
     patch_grid,
@@ -52,6 +61,8 @@ from .perturbation import (
 
 UNITS = ("pixel", "patch")
 ORDERS = ("morf", "lerf", "random")
+#: a percentage of the pixels
+PERCENTAGE = Interval(float, 0, 100, closed="right")
 
 
 def _unit_grid(unit: str, h: int, w: int, patch_size: int, device: torch.device) -> tuple[torch.Tensor, int]:
@@ -83,6 +94,10 @@ class PixelPerturbation(PerturbationMetric):
     """
 
     name = "pixel_perturbation"
+    option_constraints: ClassVar[dict] = {
+        **PerturbationMetric.option_constraints,
+        "percentages": [PERCENTAGE, ListOf(PERCENTAGE, unique=True)],
+    }
     higher_is_better = True
     value_range = (0.0, 1.0)
     requires = ("model", "labels")
@@ -90,16 +105,9 @@ class PixelPerturbation(PerturbationMetric):
     def __init__(self, percentages: Sequence[float] = (10, 20, 50), fill: str | float = "black",
                  output: str = "probability", batch_size: int | None = None, blur_sigma: float = 5.0):
         super().__init__(fill, output, batch_size, blur_sigma)
-        if isinstance(percentages, (int, float)):
-            percentages = (percentages,)
-        ps = []
-        for p in percentages:
-            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 100:
-                raise ValueError(f"percentages contains {p!r}; every percentage must be a number in (0, 100]")
-            ps.append(float(p))
-        if not ps or len(set(ps)) != len(ps):
-            raise ValueError(f"percentages={list(percentages)!r} must be non-empty and without repeats")
-        self.percentages = tuple(ps)
+        set_options(self, percentages=percentages)
+        if isinstance(self.percentages, float):
+            self.percentages = (self.percentages,)
 
     def outputs(self) -> list[OutputSpec]:
         lo, hi = self._bounded()
@@ -157,14 +165,17 @@ class PixelFlipping(PerturbationMetric):
     """
 
     name = "pixel_flipping"
+    option_constraints: ClassVar[dict] = {
+        **PerturbationMetric.option_constraints,
+        "features_in_step": [COUNT, Null("ceil(H*W / n_steps)")], "n_steps": COUNT,
+    }
     higher_is_better = False
     value_range = (0.0, 1.0)
 
     def __init__(self, features_in_step: int | None = None, n_steps: int = 50, fill: str | float = "black",
                  output: str = "probability", batch_size: int | None = None, blur_sigma: float = 5.0):
         super().__init__(fill, output, batch_size, blur_sigma)
-        self.features_in_step = None if features_in_step is None else check_positive_int("features_in_step", features_in_step)
-        self.n_steps = check_positive_int("n_steps", n_steps)
+        set_options(self, features_in_step=features_in_step, n_steps=n_steps)
 
     def outputs(self) -> list[OutputSpec]:
         return [OutputSpec(self.name, False, self._bounded())]
@@ -224,6 +235,10 @@ class RegionPerturbation(_PatchCurve):
     """
 
     name = "region_perturbation"
+    option_constraints: ClassVar[dict] = {
+        **_PatchCurve.option_constraints, "patch_size": COUNT, "order": OneOf(ORDERS),
+        "regions_evaluation": COUNT,
+    }
     higher_is_better = True
     value_range = (-1.0, 1.0)  # with output="probability"; see outputs()
 
@@ -231,9 +246,7 @@ class RegionPerturbation(_PatchCurve):
                  fill: str | float = "black", output: str = "probability", batch_size: int | None = None,
                  blur_sigma: float = 5.0):
         super().__init__(fill, output, batch_size, blur_sigma)
-        self.patch_size = check_positive_int("patch_size", patch_size)
-        self.order = check_choice("order", order, ORDERS)
-        self.regions_evaluation = check_positive_int("regions_evaluation", regions_evaluation)
+        set_options(self, patch_size=patch_size, order=order, regions_evaluation=regions_evaluation)
 
     def outputs(self) -> list[OutputSpec]:
         lo, hi = self._bounded()
@@ -267,13 +280,14 @@ class Selectivity(_PatchCurve):
     """
 
     name = "selectivity"
+    option_constraints: ClassVar[dict] = {**_PatchCurve.option_constraints, "patch_size": COUNT}
     higher_is_better = False
     value_range = (0.0, 1.0)
 
     def __init__(self, patch_size: int = 8, fill: str | float = "black", output: str = "probability",
                  batch_size: int | None = None, blur_sigma: float = 5.0):
         super().__init__(fill, output, batch_size, blur_sigma)
-        self.patch_size = check_positive_int("patch_size", patch_size)
+        set_options(self, patch_size=patch_size)
 
     def outputs(self) -> list[OutputSpec]:
         return [OutputSpec(self.name, False, self._bounded())]
@@ -305,6 +319,10 @@ class AOPC(PerturbationMetric):
     """
 
     name = "aopc"
+    option_constraints: ClassVar[dict] = {
+        **PerturbationMetric.option_constraints, "unit": OneOf(UNITS), "patch_size": COUNT,
+        "steps": COUNT, "fraction": FRACTION,
+    }
     higher_is_better = True
     value_range = (-1.0, 1.0)  # with output="probability"; see outputs()
 
@@ -312,10 +330,7 @@ class AOPC(PerturbationMetric):
                  fill: str | float = "black", output: str = "probability", batch_size: int | None = None,
                  blur_sigma: float = 5.0):
         super().__init__(fill, output, batch_size, blur_sigma)
-        self.unit = check_choice("unit", unit, UNITS)
-        self.patch_size = check_positive_int("patch_size", patch_size)
-        self.steps = check_positive_int("steps", steps)
-        self.fraction = check_fraction("fraction", fraction)
+        set_options(self, unit=unit, patch_size=patch_size, steps=steps, fraction=fraction)
 
     def outputs(self) -> list[OutputSpec]:
         lo, hi = self._bounded()
@@ -358,14 +373,16 @@ class AOPC(PerturbationMetric):
 
 
 class _InsertionDeletion(PerturbationMetric):
+    option_constraints: ClassVar[dict] = {
+        **PerturbationMetric.option_constraints, "steps": COUNT, "unit": OneOf(UNITS),
+        "patch_size": COUNT,
+    }
     insert: bool = False
 
     def __init__(self, steps: int = 50, unit: str = "pixel", patch_size: int = 4, fill: str | float = "black",
                  output: str = "probability", batch_size: int | None = None, blur_sigma: float = 5.0):
         super().__init__(fill, output, batch_size, blur_sigma)
-        self.steps = check_positive_int("steps", steps)
-        self.unit = check_choice("unit", unit, UNITS)
-        self.patch_size = check_positive_int("patch_size", patch_size)
+        set_options(self, steps=steps, unit=unit, patch_size=patch_size)
 
     def outputs(self) -> list[OutputSpec]:
         return [OutputSpec(self.name, self.higher_is_better, self._bounded())]
@@ -432,16 +449,16 @@ class IROF(PerturbationMetric):
     """
 
     name = "irof"
+    option_constraints: ClassVar[dict] = {
+        **PerturbationMetric.option_constraints, "n_segments": COUNT, "compactness": POSITIVE,
+    }
     higher_is_better = True
     value_range = (-math.inf, 1.0)
 
     def __init__(self, n_segments: int = 100, compactness: float = 10.0, fill: str | float = "mean",
                  output: str = "probability", batch_size: int | None = None, blur_sigma: float = 5.0):
         super().__init__(fill, output, batch_size, blur_sigma)
-        self.n_segments = check_positive_int("n_segments", n_segments)
-        if isinstance(compactness, bool) or not isinstance(compactness, (int, float)) or not compactness > 0 or not math.isfinite(compactness):
-            raise ValueError(f"compactness={compactness!r} is not valid; it must be a number > 0")
-        self.compactness = float(compactness)
+        set_options(self, n_segments=n_segments, compactness=compactness)
 
     def segments(self, x: torch.Tensor) -> torch.Tensor:
         """SLIC labels (N, H, W), renumbered 0..n_segments-1 per sample."""
@@ -509,6 +526,10 @@ class FaithfulnessCorrelation(PerturbationMetric):
     """
 
     name = "faithfulness_correlation"
+    option_constraints: ClassVar[dict] = {
+        **PerturbationMetric.option_constraints, "normalise": NORMALISE,
+        "nr_runs": Interval(int, 2, None), "subset_size": COUNT, "similarity": OneOf(SIMILARITIES),
+    }
     higher_is_better = True
     value_range = (-1.0, 1.0)
 
@@ -517,10 +538,9 @@ class FaithfulnessCorrelation(PerturbationMetric):
                  batch_size: int | None = None, blur_sigma: float = 5.0,
                  normalise: Normalise = False):
         super().__init__(fill, output, batch_size, blur_sigma)
-        self.normalise = check_normalise(normalise)
-        self.nr_runs = check_positive_int("nr_runs", nr_runs, 2)
-        self.subset_size = check_positive_int("subset_size", subset_size)
-        self.similarity = check_choice("similarity", similarity, SIMILARITIES)
+        set_options(self, normalise=normalise, nr_runs=nr_runs, subset_size=subset_size,
+                    similarity=similarity)
+        self.normalise = normalise_rule(self.normalise)
         self.abs = bool(abs)
 
     @serial_bookkeeping

@@ -9,16 +9,18 @@ is the share of the map's positive relevance that lies on the two images of that
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
+from ..ops.validation import OneOf, set_options
 from ..registry import METRICS
 from .base import EvalBatch, ExplainFn, Metric, MetricOutput
 from .core import (
+    BATCH_SIZE,
     NONFINITE_OUTPUT,
     SampleRNG,
-    check_batch_size,
-    check_choice,
     eval_mode,
     finite_rows,
     full_threads,
@@ -52,6 +54,9 @@ class Focus(Metric):
     """
 
     name = "focus"
+    option_constraints: ClassVar[dict] = {
+        "mosaic_size": OneOf(MOSAIC_SIZES), "batch_size": BATCH_SIZE,
+    }
     category = "localisation"
     higher_is_better = True
     value_range = (0.0, 1.0)
@@ -60,9 +65,9 @@ class Focus(Metric):
     def __init__(
         self, mosaic_size: str = "double", abs: bool = False, batch_size: int | None = None
     ):
-        self.mosaic_size = check_choice("mosaic_size", mosaic_size, MOSAIC_SIZES)
+        set_options(self, mosaic_size=mosaic_size)
         self.abs = bool(abs)
-        self.batch_size = check_batch_size(batch_size)
+        set_options(self, batch_size=batch_size)
 
     def mosaics(
         self, batch: EvalBatch, generator: torch.Generator

@@ -9,13 +9,15 @@ reason.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
+from ..ops.validation import COUNT, Interval, OneOf, set_options
 from ..registry import METRICS
 from .base import EvalBatch, Metric, MetricOutput, OutputSpec
 from .core import (
     SampleRNG,
-    check_choice,
     nan_where,
     note_constant_maps,
     prepare,
@@ -135,13 +137,13 @@ class TopKIntersection(_Localisation):
     1000 pixels. ``concept_influence=True`` multiplies by ``H*W / |mask|`` (as Quantus)."""
 
     name = "top_k_intersection"
+    option_constraints: ClassVar[dict] = {
+        "k": [COUNT, Interval(float, 0, 1, closed="neither", noun="a fraction of the pixels")],
+    }
 
     def __init__(self, k: int | float = 0.1, concept_influence: bool = False, abs: bool = False):
         super().__init__(abs)
-        ok = (isinstance(k, int) and not isinstance(k, bool) and k >= 1) or (isinstance(k, float) and 0 < k < 1)
-        if not ok:
-            raise ValueError(f"k={k!r} is not valid; give a pixel count (int >= 1) or a fraction in (0, 1)")
-        self.k = k
+        set_options(self, k=k)
         self.concept_influence = bool(concept_influence)
 
     def outputs(self) -> list[OutputSpec]:
@@ -173,11 +175,14 @@ class ForegroundBackground(_Localisation):
     (``none``), so that explainers with different scales are comparable."""
 
     name = "fg_bg_attribution"
+    option_constraints: ClassVar[dict] = {
+        "normalise": OneOf(NORMALISATIONS),
+    }
     value_range = (-2.0, 2.0)
 
     def __init__(self, normalise: str = "max_abs", abs: bool = False):
         super().__init__(abs)
-        self.normalise = check_choice("normalise", normalise, NORMALISATIONS)
+        set_options(self, normalise=normalise)
 
     def outputs(self) -> list[OutputSpec]:
         r = {"max_abs": 1.0, "sum_abs": 1.0, "none": float("inf")}[self.normalise]

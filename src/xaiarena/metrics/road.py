@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
 
+from ..ops.validation import NON_NEGATIVE, Interval, ListOf, OneOf, set_options
 from ..registry import METRICS
 from .base import EvalBatch, MetricOutput, OutputSpec
-from .core import SampleRNG, check_batch_size, check_choice, eval_mode, prepare, serial_bookkeeping
+from .core import BATCH_SIZE, SampleRNG, eval_mode, prepare, serial_bookkeeping
 from .forward_queue import ForwardQueue
-from .perturbation import PerturbationMetric, score_images
+from .perturbation_curves import PerturbationMetric, score_images
 
 #: (row offset, column offset), weight: the paper's neighbourhood (direct 1/6, diagonal 1/12)
 NEIGHBOUR_WEIGHTS: tuple[tuple[tuple[int, int], float], ...] = (
@@ -49,6 +51,8 @@ MAX_UNKNOWNS = 60_000
 ROAD_OUTPUTS = ("accuracy", "probability", "logit")
 #: the percentages of the paper's experiments (the authors' notebook and ROAR comparison)
 PAPER_PERCENTAGES = (10, 20, 30, 40, 50, 70, 90)
+#: a percentage of the pixels to remove (all of them cannot be imputed)
+PERCENTAGE = Interval(float, 0, 100, closed="neither")
 
 
 def imputation_system(image: np.ndarray, masks: np.ndarray):
@@ -146,6 +150,10 @@ class ROAD(PerturbationMetric):
     """
 
     name = "road"
+    option_constraints: ClassVar[dict] = {
+        "percentages": [PERCENTAGE, ListOf(PERCENTAGE, unique=True, increasing=True)],
+        "noise": NON_NEGATIVE, "output": OneOf(ROAD_OUTPUTS), "batch_size": BATCH_SIZE,
+    }
     higher_is_better = False
     value_range = (0.0, 1.0)
     requires = ("model", "labels")
@@ -158,35 +166,10 @@ class ROAD(PerturbationMetric):
         abs: bool = False,
         batch_size: int | None = None,
     ):
-        super().__init__("black", "probability", check_batch_size(batch_size))
-        self.output = check_choice("output", output, ROAD_OUTPUTS)
-        if isinstance(percentages, (int, float)):
-            percentages = (percentages,)
-        ps = []
-        for p in percentages:
-            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 100:
-                raise ValueError(
-                    f"percentages contains {p!r}; every percentage must be a number in (0, 100)"
-                )
-            ps.append(float(p))
-        if not ps or len(set(ps)) != len(ps) or ps != sorted(ps):
-            raise ValueError(
-                f"percentages={list(percentages)!r} must be non-empty, increasing and "
-                "without repeats"
-            )
-        self.percentages = tuple(ps)
-        if (
-            isinstance(noise, bool)
-            or not isinstance(noise, (int, float))
-            or not noise >= 0
-            or not math.isfinite(noise)
-        ):
-            raise ValueError(
-                f"noise={noise!r} is not valid; it must be a number >= 0 (the standard "
-                "deviation of "
-                "the imputation noise, pixel space)"
-            )
-        self.noise = float(noise)
+        super().__init__("black", "probability", batch_size)
+        set_options(self, output=output, percentages=percentages, noise=noise)
+        if isinstance(self.percentages, float):
+            self.percentages = (self.percentages,)
         self.abs = bool(abs)
 
     def _bounded(self) -> tuple[float, float]:

@@ -18,25 +18,26 @@ these outputs describe a method, they do not rank it (``ranked=False``).
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 
+from ..ops.validation import COUNT, FINITE, POSITIVE, Null, OneOf, option_error, set_options
 from ..registry import METRICS
 from .base import EvalBatch, ExplainFn, Metric, MetricOutput, OutputSpec
 from .core import (
+    BATCH_SIZE,
     NONFINITE_OUTPUT,
+    NORMALISE,
     Normalise,
     SampleRNG,
-    check_batch_size,
-    check_choice,
-    check_normalise,
-    check_positive_int,
     chunk_size,
     eval_mode,
     finite_rows,
     full_threads,
     nan_where,
     normalise_maps,
+    normalise_rule,
     predict,
     prepare,
     serial_bookkeeping,
@@ -52,6 +53,13 @@ PREDICTION_CHANGE = ("ignore", "exclude", "nan")
 class _ReExplain(Metric):
     """Base of the re-explanation metrics: noise draws, batched re-explanation, reduction."""
 
+    option_constraints: ClassVar[dict] = {
+        "nr_samples": COUNT, "lower_bound": FINITE,
+        "upper_bound": [FINITE, Null("noise U(-lower_bound, lower_bound)")],
+        "prediction_change": OneOf(PREDICTION_CHANGE), "normalise": NORMALISE,
+        "batch_size": BATCH_SIZE,
+    }
+
     category = "robustness"
     higher_is_better = False
     value_range = (0.0, math.inf)
@@ -60,21 +68,19 @@ class _ReExplain(Metric):
 
     def __init__(self, nr_samples: int, lower_bound: float, upper_bound: float | None, clip: bool,
                  prediction_change: str, abs: bool, normalise: Normalise, batch_size: int | None):
-        self.nr_samples = check_positive_int("nr_samples", nr_samples)
-        for pname, v in (("lower_bound", lower_bound), ("upper_bound", upper_bound)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
-                raise ValueError(f"{pname}={v!r} is not valid; it must be a finite number")
+        set_options(self, nr_samples=nr_samples, lower_bound=lower_bound, upper_bound=upper_bound)
         if upper_bound is None and lower_bound <= 0:
-            raise ValueError(f"lower_bound={lower_bound!r} must be > 0 (noise is U(-lower_bound, lower_bound))")
+            raise option_error(self.name, "lower_bound", lower_bound,
+                               "a number > 0 when upper_bound is null",
+                               detail="the noise is U(-lower_bound, lower_bound)")
         if upper_bound is not None and upper_bound <= lower_bound:
-            raise ValueError(f"upper_bound={upper_bound!r} must be larger than lower_bound={lower_bound!r}")
-        self.lower_bound = float(lower_bound)
-        self.upper_bound = None if upper_bound is None else float(upper_bound)
+            raise option_error(self.name, "upper_bound", upper_bound,
+                               f"larger than lower_bound ({lower_bound!r})")
         self.clip = bool(clip)
-        self.prediction_change = check_choice("prediction_change", prediction_change, PREDICTION_CHANGE)
+        set_options(self, prediction_change=prediction_change)
         self.abs = bool(abs)
-        self.normalise = check_normalise(normalise)
-        self.batch_size = check_batch_size(batch_size)
+        set_options(self, normalise=normalise, batch_size=batch_size)
+        self.normalise = normalise_rule(self.normalise)
 
     def outputs(self) -> list[OutputSpec]:
         return [OutputSpec(self.name, self.higher_is_better, self.value_range, ranked=False,
@@ -221,15 +227,14 @@ class RelativeInputStability(_ReExplain):
     per-sample ``normalise_by_max``). Lower is better."""
 
     name = "relative_input_stability"
+    option_constraints: ClassVar[dict] = {**_ReExplain.option_constraints, "eps_min": POSITIVE}
     reduce = "max"
 
     def __init__(self, nr_samples: int = 200, lower_bound: float = 0.02, upper_bound: float | None = 0.2,
                  clip: bool = False, prediction_change: str = "exclude", eps_min: float = 1e-6,
                  abs: bool = False, normalise: Normalise = False, batch_size: int | None = None):
         super().__init__(nr_samples, lower_bound, upper_bound, clip, prediction_change, abs, normalise, batch_size)
-        if isinstance(eps_min, bool) or not isinstance(eps_min, (int, float)) or not eps_min > 0 or not math.isfinite(eps_min):
-            raise ValueError(f"eps_min={eps_min!r} is not valid; it must be a number > 0")
-        self.eps_min = float(eps_min)
+        set_options(self, eps_min=eps_min)
 
     def statistic(self, x, xp, a, ap):
         eps = self.eps_min

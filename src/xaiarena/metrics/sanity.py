@@ -5,27 +5,27 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.validation import COUNT, Null, OneOf, Satisfies, set_options
 from ..registry import METRICS
 from .base import EvalBatch, ExplainFn, Metric, MetricOutput
 from .core import (
+    BATCH_SIZE,
     NONFINITE_OUTPUT,
+    NORMALISE,
     SIMILARITIES,
     SampleRNG,
-    check_batch_size,
-    check_choice,
-    check_normalise,
-    check_positive_int,
     eval_mode,
     finite_rows,
     full_threads,
     nan_where,
     normalise_maps,
+    normalise_rule,
     predict,
     prepare,
     serial_bookkeeping,
@@ -64,16 +64,16 @@ class ModelParameterRandomisation(Metric):
     """
 
     name = "mprt"
+    option_constraints: ClassVar[dict] = {
+        "n_layers": [COUNT, Null("all layers")], "similarity": OneOf(SIMILARITIES),
+    }
     category = "sanity"
     higher_is_better = False
     value_range = (-1.0, 1.0)
     requires = ("model", "explainer")
 
     def __init__(self, n_layers: int | None = None, similarity: str = "spearman", abs: bool = True):
-        if n_layers is not None and (isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1):
-            raise ValueError(f"n_layers={n_layers!r} is not valid; give an integer >= 1 or null for all layers")
-        self.n_layers = n_layers
-        self.similarity = check_choice("similarity", similarity, SIMILARITIES)
+        set_options(self, n_layers=n_layers, similarity=similarity)
         self.abs = bool(abs)
 
     @serial_bookkeeping
@@ -190,6 +190,13 @@ class RandomLogit(Metric):
     """
 
     name = "random_logit"
+    option_constraints: ClassVar[dict] = {
+        "similarity": OneOf(SSIM_KINDS),
+        "win_size": Satisfies(
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 3 and v % 2 == 1,
+            "an odd integer >= 3 (skimage's convention)", invalid=[2, 4, 1.5]),
+        "normalise": NORMALISE, "batch_size": BATCH_SIZE,
+    }
     category = "sanity"
     higher_is_better = False
     value_range = (-1.0, 1.0)
@@ -198,13 +205,10 @@ class RandomLogit(Metric):
     def __init__(self, similarity: str = "ssim", win_size: int = 7, abs: bool = False,
                  normalise: bool | Literal["normalise_by_max", "normalise_by_negative"] = True,
                  batch_size: int | None = None):
-        self.similarity = check_choice("similarity", similarity, SSIM_KINDS)
-        self.win_size = check_positive_int("win_size", win_size, 2)
-        if self.win_size % 2 == 0:
-            raise ValueError(f"win_size={win_size!r} is not valid; it must be odd (skimage's convention)")
+        set_options(self, similarity=similarity, win_size=win_size)
         self.abs = bool(abs)
-        self.normalise = check_normalise(normalise)
-        self.batch_size = check_batch_size(batch_size)
+        set_options(self, normalise=normalise, batch_size=batch_size)
+        self.normalise = normalise_rule(self.normalise)
 
     def _post(self, a: torch.Tensor) -> torch.Tensor:
         a = normalise_maps(a.float(), self.normalise)

@@ -10,11 +10,11 @@ in large batches; ``prediction_change``, ``abs``, ``normalise``; descriptive out
 
 from __future__ import annotations
 
-import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
+from ..ops.validation import FINITE, POSITIVE, set_options
 from ..registry import METRICS
 from .base import EvalBatch, ExplainFn, MetricOutput
 from .core import (
@@ -32,16 +32,6 @@ from .robustness import _ReExplain
 Normalise = bool | Literal["normalise_by_max", "normalise_by_negative"]
 
 
-def _number(param: str, value: object, positive: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (positive and not value > 0):
-        raise ValueError(
-            f"{param}={value!r} is not valid; it must be a finite number"
-            f"{' > 0' if positive else ''}"
-        )
-    return float(value)
-
-
 @METRICS.register(
     "local_lipschitz_estimate",
     description="Local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018): largest map change over input change "
@@ -57,6 +47,10 @@ class LocalLipschitzEstimate(_ReExplain):
     """
 
     name = "local_lipschitz_estimate"
+    option_constraints: ClassVar[dict] = {
+        **{k: v for k, v in _ReExplain.option_constraints.items() if not k.endswith("_bound")},
+        "perturb_mean": FINITE, "perturb_std": POSITIVE,
+    }
     reduce = "max"
 
     def __init__(
@@ -70,8 +64,7 @@ class LocalLipschitzEstimate(_ReExplain):
         normalise: Normalise = True,
         batch_size: int | None = None,
     ):
-        self.perturb_mean = _number("perturb_mean", perturb_mean)
-        self.perturb_std = _number("perturb_std", perturb_std, positive=True)
+        set_options(self, perturb_mean=perturb_mean, perturb_std=perturb_std)
         # the base's noise bounds are unused (Gaussian noise below); perturb_std passes its checks
         super().__init__(
             nr_samples, self.perturb_std, None, clip, prediction_change, abs, normalise, batch_size
@@ -109,6 +102,7 @@ class RelativeOutputStability(_ReExplain):
     """
 
     name = "relative_output_stability"
+    option_constraints: ClassVar[dict] = {**_ReExplain.option_constraints, "eps_min": POSITIVE}
     reduce = "max"
 
     def __init__(
@@ -133,7 +127,7 @@ class RelativeOutputStability(_ReExplain):
             normalise,
             batch_size,
         )
-        self.eps_min = _number("eps_min", eps_min, positive=True)
+        set_options(self, eps_min=eps_min)
 
     def output_statistic(
         self, a: torch.Tensor, ap: torch.Tensor, h: torch.Tensor, hp: torch.Tensor

@@ -34,17 +34,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 
 from ..data.text import REMOVALS, TextBatch
+from ..ops.pairs import explainer_pairs, has_pairs, pair_key
+from ..ops.validation import COUNT, Interval, ListOf, Null, OneOf, set_options, validate_options
 from ..registry import METRICS
-from .agreement import pair_key
+from .agreement import REFERENCE
 from .base import EvalBatch, Metric, MetricOutput, OutputSpec
 from .core import (
     NONFINITE_OUTPUT,
     SampleRNG,
-    check_choice,
     eval_mode,
     finite_rows,
     logger,
@@ -101,11 +103,8 @@ def word_ranks(scores: torch.Tensor, x: TextBatch, rng: SampleRNG, explainer: st
     return rank_positions(s, u)
 
 
-def _check_k(metric: str, k) -> int | float:
-    ok = (isinstance(k, int) and not isinstance(k, bool) and k >= 1) or (isinstance(k, float) and 0 < k < 1)
-    if not ok:
-        raise ValueError(f"{metric}: k={k!r} is not valid; give a word count (int >= 1) or a fraction in (0, 1)")
-    return k
+#: a ``k``: a word count, or a fraction of a text's words
+WORDS_K = [COUNT, Interval(float, 0, 1, closed="neither", noun="a fraction of the words")]
 
 
 def _k_words(k: int | float, n_words: torch.Tensor) -> torch.Tensor:
@@ -115,17 +114,8 @@ def _k_words(k: int | float, n_words: torch.Tensor) -> torch.Tensor:
     return torch.clamp(n_words, max=int(k))
 
 
-def _fractions(metric: str, fractions) -> tuple[float, ...]:
-    vals = (fractions,) if isinstance(fractions, (int, float)) else tuple(fractions)
-    if not vals or any(isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 1 for q in vals):
-        raise ValueError(f"{metric}: fractions={fractions!r} is not valid; give numbers in (0, 1]")
-    return tuple(float(q) for q in vals)
-
-
-def _check_batch_size(metric: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{metric}: batch_size={value!r} is not valid; it must be an integer >= 1")
-    return value
+#: a level of the ERASER variants: a fraction of the words
+WORDS_FRACTION = Interval(float, 0, 1, closed="right", noun="a fraction of the words")
 
 
 def ceil_words(q: float, n_words: torch.Tensor) -> torch.Tensor:
@@ -162,6 +152,8 @@ class _Eraser(_TextMetric):
     times it for comprehensiveness. Curve: the drop at every level, x = q.
     """
 
+    option_constraints: ClassVar[dict] = {"removal": OneOf(REMOVALS), "batch_size": COUNT}
+
     category = "faithfulness"
     value_range = (-1.0, 1.0)
     requires = ("model",)
@@ -169,9 +161,9 @@ class _Eraser(_TextMetric):
     predicted_class: bool = True  # the variants score the explained (target) class
 
     def __init__(self, removal: str = "delete", abs: bool = False, batch_size: int = 128):
-        self.removal = check_choice("removal", removal, REMOVALS)
+        set_options(self, removal=removal)
         self.abs = bool(abs)
-        self.batch_size = _check_batch_size(self.name, batch_size)
+        set_options(self, batch_size=batch_size)
 
     # ------------------------------------------------------------- the definition
     def levels(self) -> tuple[float, ...]:
@@ -273,11 +265,16 @@ class _EraserTarget(_Eraser):
     ``ceil(q n)`` words (at least one), the plain mean over ``fractions`` (no 0 % term)."""
 
     predicted_class = False
+    option_constraints: ClassVar[dict] = {
+        **_Eraser.option_constraints, "fractions": [WORDS_FRACTION, ListOf(WORDS_FRACTION)],
+    }
 
     def __init__(self, fractions: float | list[float] = DEFAULT_FRACTIONS, removal: str = "delete",
                  abs: bool = False, batch_size: int = 128):
         super().__init__(removal, abs, batch_size)
-        self.fractions = _fractions(self.name, fractions)
+        set_options(self, fractions=fractions)
+        if isinstance(self.fractions, float):
+            self.fractions = (self.fractions,)
 
     def levels(self) -> tuple[float, ...]:
         return self.fractions
@@ -321,24 +318,17 @@ class _TextAgreement(_TextMetric):
     category = "agreement"
     higher_is_better = True
     requires = ()
+    option_constraints: ClassVar[dict] = {"reference": REFERENCE}
 
     def __init__(self, reference: str | None, abs: bool):
-        if reference is not None and (not isinstance(reference, str) or not reference):
-            raise ValueError(f"{self.name}: reference={reference!r} is not valid; give an explainer name or "
-                             "null for all pairs")
-        self.reference = reference
+        set_options(self, reference=reference)
         self.abs = bool(abs)
 
     def applies_to(self, explainers: list[str]) -> bool:
-        return len(explainers) >= 2 and (self.reference is None or self.reference in explainers)
+        return has_pairs(explainers, self.reference)
 
     def pairs(self, names: list[str]) -> list[tuple[str, str]]:
-        if self.reference is None:
-            return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-        if self.reference not in names:
-            raise ValueError(f"{self.name}: reference='{self.reference}' is not among the explainers; "
-                             f"valid: {', '.join(names)}")
-        return [(self.reference, b) for b in names if b != self.reference]
+        return explainer_pairs(names, self.reference, self.name)
 
     def _ranks(self, batch, attributions, generator):
         maps = prepare_text(batch, attributions, self.name)
@@ -361,15 +351,16 @@ class TextTopKOverlap(_TextAgreement):
     words when given as a float), one output per ``k``."""
 
     name = "text_topk_overlap"
+    option_constraints: ClassVar[dict] = {
+        **_TextAgreement.option_constraints, "k": [*WORDS_K, ListOf(WORDS_K)],
+    }
     value_range = (0.0, 1.0)
 
     def __init__(self, k: int | float | list[int | float] = (1, 3, 5), reference: str | None = None,
                  abs: bool = False):
         super().__init__(reference, abs)
-        ks = [k] if isinstance(k, (int, float)) else list(k)
-        if not ks:
-            raise ValueError(f"{self.name}: k is empty; give one or more word counts or fractions")
-        self.ks = [_check_k(self.name, v) for v in ks]
+        ks = validate_options(self.name, self.option_constraints, {"k": k})["k"]
+        self.ks = list(ks) if isinstance(ks, tuple) else [ks]
 
     def _out(self, k) -> str:
         return f"{self.name}@{k}"
@@ -433,9 +424,10 @@ class _Rationale(_TextMetric):
     higher_is_better = True
     value_range = (0.0, 1.0)
     requires = ("masks",)
+    option_constraints: ClassVar[dict] = {"k": [*WORDS_K, Null("the rationale's own size")]}
 
     def __init__(self, k: int | float | None = None, abs: bool = False):
-        self.k = None if k is None else _check_k(self.name, k)
+        set_options(self, k=k)
         self.abs = bool(abs)
 
     def _truth(self, batch: EvalBatch, x: TextBatch) -> torch.Tensor:
@@ -509,6 +501,7 @@ class RationaleAUPRC(_Rationale):
     for soft scores)."""
 
     name = "rationale_auprc"
+    option_constraints: ClassVar[dict] = {}  # no k: the whole ranking
 
     def __init__(self, abs: bool = False):
         super().__init__(None, abs)

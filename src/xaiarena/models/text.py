@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from ..data.text import TextBatch, encode_texts
+from ..ops.modes import eval_mode
 from ..registry import MODELS
-from ..utils import eval_mode
 
 log = logging.getLogger(__name__)
 

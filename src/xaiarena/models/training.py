@@ -30,7 +30,9 @@ import torch
 from torch import nn
 
 from ..errors import DataError, TrainingError
-from ..utils import atomic_save_torch, atomic_write_text, progress
+from ..files import atomic_save_torch, atomic_write_text
+from ..ops.prediction import classes_on_cpu, pixels, predict_in_batches
+from ..progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +55,8 @@ def predict(model: nn.Module, images: torch.Tensor, device: torch.device, batch_
     if isinstance(images, (list, tuple)):  # texts: the text model tokenises them
         return model.predict_texts(list(images), device, batch_size=min(batch_size, 64))
     model.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        xb = images[i : i + batch_size]
-        xb = xb.float().div(255.0) if xb.dtype == torch.uint8 else xb.float()
-        out.append(model(xb.to(device)).argmax(1).cpu())
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+    return predict_in_batches(model, images, batch_size, prepare=lambda xb: pixels(xb, device),
+                              keep=classes_on_cpu, empty=lambda: torch.empty(0, dtype=torch.long))
 
 
 def _non_finite(state: dict[str, torch.Tensor]) -> list[str]:
@@ -82,7 +80,7 @@ def check_finite_outputs(model: nn.Module, inputs: Any, device: torch.device, *,
     (accuracy-type scores would still look plausible), so the runner calls this before
     explaining. The message says how many inputs and which one first.
     """
-    from ..utils import eval_mode
+    from ..ops.modes import eval_mode
 
     bad, first, total = 0, -1, 0
     with eval_mode(model):

@@ -49,9 +49,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..fingerprint import files_fingerprint
+from ..ops.modes import eval_mode
 from ..plugins import is_file_ref, resolve_ref, user_code
 from ..registry import MODELS, suggest
-from ..utils import eval_mode
 from .vision import ImageClassifier
 
 OWN_OPTIONS = ("factory", "checkpoint", "mean", "std", "cam_layer", "channels_last")

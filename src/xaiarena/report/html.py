@@ -21,8 +21,8 @@ import pandas as pd
 
 from .. import __version__, stats
 from ..errors import XaiArenaError
-from ..metrics.agreement import PAIR_SEPARATOR
-from ..utils import atomic_write_many, check_inside, writes_inside
+from ..files import atomic_write_many, check_inside, writes_inside
+from ..ops.pairs import is_pair
 from ..views import F_B, home_advantage, on_f_b_label, rank_shift, source_of
 from . import fgbg, narrative, plots
 from .loading import ReportError, RunData, load_run
@@ -297,7 +297,7 @@ def _dataset_section(
     meta = data.metrics_meta
     # agreement metrics score pairs of explainers ("a~b"): their own table, not rows of empty cells
     agreement = [m for m in metrics if meta.get(m, {}).get("category") == "agreement"]
-    pairs = [e for e in explainers if PAIR_SEPARATOR in e and e not in (info.get("explainers") or {})]
+    pairs = [e for e in explainers if is_pair(e) and e not in (info.get("explainers") or {})]
     single = [e for e in explainers if e not in pairs]
     table = results_table(data.summary, data.tests, dataset, single, [m for m in metrics if m not in agreement],
                           meta, alpha, test)

@@ -3,7 +3,9 @@
 Importing this module registers both (``xaiarena`` imports it through the entry point
 declared in ``pyproject.toml``, or through a config's ``plugins: [xaiarena_example_plugin]``).
 A plugin uses only xaiarena's public interfaces: the registries, ``Explainer`` and
-``Metric``.
+``Metric``, per-sample random streams (:mod:`xaiarena.ops.seeding`) and declared option
+constraints (:mod:`xaiarena.ops.validation`). ``tests/test_example_plugin.py`` runs xaiarena's
+conformance kit (:mod:`xaiarena.testing`) on both.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import torch
 
 from xaiarena.explainers import Explainer
 from xaiarena.metrics import EvalBatch, Metric, MetricOutput
+from xaiarena.ops.seeding import sample_generators
+from xaiarena.ops.validation import FRACTION, POSITIVE, Interval, set_options
 from xaiarena.registry import EXPLAINERS, METRICS
 
 __all__ = ["TopMass", "VarGrad"]
@@ -29,28 +33,29 @@ log = logging.getLogger(__name__)
 class VarGrad(Explainer):
     """Per-pixel variance of ``d logit_target / d x`` over noisy copies of ``x``.
 
-    The noise is drawn from the ``generator`` xaiarena passes (seeded per run), on the CPU,
-    so a run is reproducible and CPU and GPU runs see the same draws.
+    Each sample's noise comes from its own generator (``sample_generators``: one draw from the
+    ``generator`` xaiarena passes, seeded per run, and a hash of the sample), drawn on the CPU: a
+    sample's map does not depend on its batch mates or the batch size, a run is reproducible,
+    and CPU and GPU runs see the same draws.
     """
 
     name = "vargrad"
     family = "gradient"
     modality = ("image",)
     cost_knobs = ("n_samples",)
+    option_constraints = {"n_samples": Interval(int, 2, None), "stdevs": POSITIVE}
 
     def __init__(self, n_samples: int = 8, stdevs: float = 0.15):
-        if not isinstance(n_samples, int) or n_samples < 2:
-            raise ValueError(f"vargrad: n_samples={n_samples!r} must be an integer >= 2")
-        if not stdevs > 0:
-            raise ValueError(f"vargrad: stdevs={stdevs!r} must be > 0")
-        self.n_samples = n_samples
-        self.stdevs = float(stdevs)
+        set_options(self, n_samples=n_samples, stdevs=stdevs)
 
     def attribute(self, model, inputs, targets, *, generator=None):
+        # (N, n_samples, C, H, W): every sample's draws from its own stream
+        noise = torch.stack([torch.randn((self.n_samples, *inputs.shape[1:]), generator=g)
+                             for g in sample_generators(inputs, generator)])
+        noise = noise.to(inputs.device, inputs.dtype) * self.stdevs
         grads = []
-        for _ in range(self.n_samples):
-            noise = torch.randn(inputs.shape, generator=generator).to(inputs.device, inputs.dtype) * self.stdevs
-            x = (inputs + noise).detach().requires_grad_(True)
+        for s in range(self.n_samples):
+            x = (inputs + noise[:, s]).detach().requires_grad_(True)
             with torch.enable_grad():
                 logits = model(x)
                 picked = logits.gather(1, targets.view(-1, 1)).sum()
@@ -73,11 +78,10 @@ class TopMass(Metric):
     modality = ("image",)
     value_range = (0.0, 1.0)
     requires = ()
+    option_constraints = {"fraction": FRACTION}
 
     def __init__(self, fraction: float = 0.1):
-        if not 0 < fraction <= 1:
-            raise ValueError(f"top_mass: fraction={fraction!r} must be in (0, 1]")
-        self.fraction = float(fraction)
+        set_options(self, fraction=fraction)
 
     def evaluate(self, batch: EvalBatch, attributions, *, generator=None, explainers=None) -> MetricOutput:
         scores = {}

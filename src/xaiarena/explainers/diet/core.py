@@ -39,8 +39,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,8 +48,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...files import atomic_save_torch, atomic_write_text, load_torch
 from ...fingerprint import fingerprint_module, fingerprint_tensor  # noqa: F401 - re-exported
-from ...utils import atomic_save_torch, atomic_write_text, eval_mode, load_torch, progress
+from ...ops.modes import eval_mode, frozen
+from ...ops.seeding import base_seed
+from ...ops.validation import (
+    COUNT,
+    NON_NEGATIVE,
+    POSITIVE,
+    Interval,
+    Null,
+    OneOf,
+    option_error,
+    validate_options,
+)
+from ...progress import progress
 
 #: ``get_batch(index) -> inputs`` on the training device, for a 1-D LongTensor of sample indices
 BatchFn = Callable[[torch.Tensor], torch.Tensor]
@@ -224,6 +236,33 @@ BATCHNORM_MODES = ("frozen", "batch")
 #: test-time procedures (explainers/diet/testtime.py): "converged" (per sample, windowed stopping
 #: rule, safety limit) and "authors" (the authors' inference_distill.py, one set, epochs)
 TEST_PROCEDURES = ("converged", "authors")
+#: what each setting of :class:`DietConfig` accepts (the ``diet`` and ``text_diet`` options of
+#: the same names; :mod:`xaiarena.ops.validation`)
+SETTING_CONSTRAINTS: dict[str, Any] = {
+    "rounds": COUNT, "batch_size": COUNT, "mask_lr": POSITIVE, "model_lr": POSITIVE,
+    "mask_tol": NON_NEGATIVE, "model_tol": NON_NEGATIVE, "mask_max_epochs": COUNT,
+    "model_max_epochs": Interval(int, 0, None), "test_procedure": OneOf(TEST_PROCEDURES),
+    "test_lr": [POSITIVE, Null("mask_lr")],
+    "test_sparsity_weight": [NON_NEGATIVE, Null("the procedure's default")],
+    "test_tol": [NON_NEGATIVE, Null("the procedure's default")], "test_mask_tol": NON_NEGATIVE,
+    "test_window": POSITIVE,
+    "test_max_steps": [COUNT, Null("30 horizons (converged), no limit (authors)")],
+    "test_seed_check": Interval(int, 0, None), "batchnorm": OneOf(BATCHNORM_MODES),
+}
+
+
+def check_settings(component: str, options: dict[str, Any]) -> None:
+    """Check DiET's settings in ``options`` (:data:`SETTING_CONSTRAINTS`, then the one rule that
+    ties two of them) for the explainer or config named ``component``; OptionError otherwise."""
+    validate_options(component, SETTING_CONSTRAINTS, options)
+    converged = options.get("test_procedure", "converged") == "converged"
+    if converged and options.get("test_sparsity_weight") == 0:
+        raise option_error(component, "test_sparsity_weight", options["test_sparsity_weight"],
+                           "a number > 0 for the converged test procedure",
+                           detail="its window and safety limit are counted in horizons, the steps "
+                           "in which sparsity alone erases an unused mask unit")
+
+
 #: the authors' stopping band: epoch loss strictly within +-0.2 % of its value two epochs earlier
 #: (inference_distill.py, distill(): ``mask_loss > 0.998 * prev_prev_loss and ... < 1.002 * ...``)
 AUTHORS_TOL = 0.002
@@ -276,30 +315,7 @@ class DietConfig:
         if self.test_tol is None:
             tol = AUTHORS_TOL if self.test_procedure == "authors" else CONVERGED_TOL
             object.__setattr__(self, "test_tol", tol)
-        checks = {
-            "rounds": self.rounds >= 1, "batch_size": self.batch_size >= 1, "mask_lr": self.mask_lr > 0,
-            "model_lr": self.model_lr > 0, "mask_tol": self.mask_tol >= 0, "model_tol": self.model_tol >= 0,
-            "mask_max_epochs": self.mask_max_epochs >= 1, "model_max_epochs": self.model_max_epochs >= 0,
-            "test_procedure": self.test_procedure in TEST_PROCEDURES,
-            "test_lr": self.test_lr is None or self.test_lr > 0,
-            "test_sparsity_weight": self.test_sparsity_weight >= 0, "test_tol": self.test_tol >= 0,
-            "test_mask_tol": self.test_mask_tol >= 0, "test_window": self.test_window > 0,
-            "test_max_steps": self.test_max_steps is None or self.test_max_steps >= 1,
-            "test_seed_check": self.test_seed_check >= 0,
-            "batchnorm": self.batchnorm in BATCHNORM_MODES,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            hints = {"batchnorm": f"batchnorm: one of {', '.join(BATCHNORM_MODES)}",
-                     "test_procedure": f"test_procedure: one of {', '.join(TEST_PROCEDURES)}"}
-            hint = "; ".join(h for k, h in hints.items() if k in bad)
-            raise ValueError("invalid DiET settings: " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
-                             + (f" ({hint})" if hint else ""))
-        if self.test_procedure == "converged" and self.test_sparsity_weight == 0:
-            raise ValueError("invalid DiET settings: test_sparsity_weight=0 with "
-                             "test_procedure='converged' (its window and safety limit are counted in "
-                             "horizons, the steps in which sparsity alone erases an unused mask unit; "
-                             "use a positive weight)")
+        check_settings("DietConfig", asdict(self))
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> DietConfig:
@@ -355,21 +371,6 @@ class DietResult:
 # --------------------------------------------------------------------------- helpers
 
 
-@contextmanager
-def frozen(model: nn.Module, train: bool = False) -> Iterator[nn.Module]:
-    """Temporarily set ``requires_grad=False`` on every parameter and the train/eval mode."""
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        with eval_mode(model):  # restores every submodule's own flag on exit
-            model.train(train)
-            yield model
-    finally:
-        for p, f in zip(model.parameters(), flags, strict=True):
-            p.requires_grad_(f)
-
-
 @torch.no_grad()
 def predict_proba(model: nn.Module, get_batch: BatchFn, n: int, batch_size: int, device: torch.device) -> torch.Tensor:
     """Softmax outputs ``(n, K)`` (on ``device``) of ``model`` in eval mode over all samples."""
@@ -405,10 +406,6 @@ def faithfulness_report(*, fs_test: torch.Tensor, fb_test: torch.Tensor, y_test:
         "phases": phases,
         "seed": seed,
     }
-
-
-def _sub_seed(generator: torch.Generator) -> int:
-    return int(torch.randint(0, 2**62, (1,), generator=generator))
 
 
 # --------------------------------------------------------------------------- trainer
@@ -574,7 +571,7 @@ class DietTrainer:
                        disable=not self.show_progress)
         # a private global RNG stream for layers such as dropout, so resuming is exact
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_sub_seed(gen))
+            torch.manual_seed(base_seed(gen))
             for _ in bar:
                 acc = _Accumulator()
                 for idx in self._batches(n, gen):

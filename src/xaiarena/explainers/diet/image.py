@@ -5,21 +5,24 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...ops.modes import frozen
+from ...ops.validation import COUNT, NON_NEGATIVE, POSITIVE, ListOf, Null, OneOf, validate_options
 from ...registry import EXPLAINERS
 from ..base import Explainer
 from .core import (
     AUTHORS_SPARSITY_WEIGHT,
     CONVERGED_MASK_TOL,
+    SETTING_CONSTRAINTS,
     DietConfig,
+    check_settings,
     faithfulness_report,
     fingerprint_tensor,
-    frozen,
     mask_l0,
     mask_sparsity,
 )
@@ -211,6 +214,13 @@ class DiET(DietFitMixin, Explainer):
     modality = ("image",)
     needs_layer = False
     explains = "f_s"
+    option_constraints: ClassVar[dict] = {
+        **SETTING_CONSTRAINTS, "upsample_factor": COUNT,
+        "n_train": [COUNT, Null("the whole training split")], "background": OneOf(BACKGROUNDS),
+        "lr_cells": [POSITIVE, Null("the learning rates as given")],
+        "test_background_mean": [NON_NEGATIVE, ListOf(NON_NEGATIVE), Null("see the docstring")],
+        "test_background_std": [NON_NEGATIVE, ListOf(NON_NEGATIVE), Null("as in training")],
+    }
 
     def __init__(
         self,
@@ -242,28 +252,18 @@ class DiET(DietFitMixin, Explainer):
         batchnorm: str = "frozen",
         seed: int | None = None,
     ):
-        if background not in BACKGROUNDS:
-            raise ValueError(f"background='{background}' is not valid; choose one of {', '.join(BACKGROUNDS)}")
-        if int(upsample_factor) < 1:
-            raise ValueError(f"upsample_factor={upsample_factor} must be >= 1")
-        if n_train is not None and int(n_train) < 1:
-            raise ValueError(f"n_train={n_train} must be >= 1 (or null for the whole training split)")
-        for name, value in (("test_background_std", test_background_std),
-                            ("test_background_mean", test_background_mean)):
-            values = [value] if isinstance(value, (int, float)) else value
-            if value is not None and not all(math.isfinite(v) and v >= 0 for v in values):
-                raise ValueError(f"{name}={value!r} must be >= 0 (or null: see the docstring)")
-        _check_lr_cells(lr_cells)
+        checked = validate_options(self.name, self.option_constraints, locals())
+        check_settings(self.name, locals())
         if test_sparsity_weight is None:
             test_sparsity_weight = (AUTHORS_SPARSITY_WEIGHT if test_procedure == "authors"
                                     else CONVERGED_SPARSITY_WEIGHT)
         self.config = DietConfig.from_options(locals())
-        self.upsample_factor = int(upsample_factor)
-        self.n_train = None if n_train is None else int(n_train)
+        self.upsample_factor = checked["upsample_factor"]
+        self.n_train = checked["n_train"]
         self.background = background
         self.background_mean = background_mean
         self.background_std = background_std
-        self.lr_cells = None if lr_cells is None else float(lr_cells)
+        self.lr_cells = checked["lr_cells"]
         self.test_background_mean = test_background_mean
         self.test_background_std = test_background_std
         self.seed = seed

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...utils import atomic_save_torch, atomic_write_text, load_torch
+from ...files import atomic_save_torch, atomic_write_text, load_torch
 from .core import BatchFn, DietConfig, DietTrainer, fingerprint_module
 from .testtime import second_seed, spearman_pairs
 

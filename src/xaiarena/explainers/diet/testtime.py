@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import DietConfig, frozen, masker_lr_scale, masker_sparsity, prob_l1
+from ...ops.modes import frozen
+from .core import DietConfig, masker_lr_scale, masker_sparsity, prob_l1
 
 #: the converged procedure's default safety limit, in horizons (``test_max_steps: null``)
 LIMIT_HORIZONS = 30

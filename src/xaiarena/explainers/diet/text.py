@@ -31,15 +31,18 @@ import torch
 from torch import nn
 
 from ...data.text import TextBatch
+from ...ops.modes import frozen
+from ...ops.validation import COUNT, POSITIVE, Null, OneOf, validate_options
 from ...registry import EXPLAINERS
 from ..text.base import TextExplainer
 from .core import (
     AUTHORS_SPARSITY_WEIGHT,
     CONVERGED_MASK_TOL,
+    SETTING_CONSTRAINTS,
     DietConfig,
+    check_settings,
     faithfulness_report,
     fingerprint_tensor,
-    frozen,
 )
 from .mixin import DietFitMixin
 from .testtime import optimise_test_masks
@@ -149,6 +152,11 @@ class TextDiET(DietFitMixin, TextExplainer):
     explains: ClassVar[str] = "f_s"
     cost_knobs: ClassVar[tuple[str, ...]] = ("rounds", "n_train", "mask_max_epochs", "model_max_epochs",
                                               "test_max_steps")
+    option_constraints: ClassVar[dict] = {
+        **SETTING_CONSTRAINTS, "baseline": OneOf(BASELINES),
+        "lr_words": [POSITIVE, Null("one learning rate for all texts")],
+        "n_train": [COUNT, Null("the whole training split")],
+    }
 
     def __init__(
         self,
@@ -175,17 +183,14 @@ class TextDiET(DietFitMixin, TextExplainer):
         lr_words: float | None = None,
         seed: int | None = None,
     ):
-        if baseline not in BASELINES:
-            raise ValueError(f"text_diet: baseline='{baseline}' is not valid; choose one of {', '.join(BASELINES)}")
-        _check_lr_words(lr_words)
-        if n_train is not None and int(n_train) < 1:
-            raise ValueError(f"text_diet: n_train={n_train} must be >= 1 (or null for the whole training split)")
+        checked = validate_options(self.name, self.option_constraints, locals())
+        check_settings(self.name, locals())
         if test_sparsity_weight is None:
             test_sparsity_weight = AUTHORS_SPARSITY_WEIGHT
         self.config = DietConfig.from_options(locals())
-        self.n_train = None if n_train is None else int(n_train)
+        self.n_train = checked["n_train"]
         self.baseline = baseline
-        self.lr_words = None if lr_words is None else float(lr_words)
+        self.lr_words = checked["lr_words"]
         self.seed = seed
         self._reset_fit_state()  # set by fit()
 

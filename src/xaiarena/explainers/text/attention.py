@@ -17,9 +17,9 @@ from typing import ClassVar
 
 import torch
 
+from ...ops.validation import OneOf, set_options
 from ...registry import EXPLAINERS
-from .._utils import check_choice
-from .base import TextExplainer, check_aggregate
+from .base import AGGREGATE, TextExplainer
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -50,10 +50,12 @@ class AttentionRollout(TextExplainer):
 
     name = "attention_rollout"
     family: ClassVar[str] = "attention"
+    option_constraints: ClassVar[dict] = {
+        "head_fusion": OneOf(HEAD_FUSIONS), "aggregate": AGGREGATE,
+    }
 
     def __init__(self, head_fusion: str = "mean", aggregate: str = "sum"):
-        self.head_fusion = check_choice(self.name, "head_fusion", head_fusion, HEAD_FUSIONS)
-        self.aggregate = check_aggregate(self.name, aggregate)
+        set_options(self, head_fusion=head_fusion, aggregate=aggregate)
 
     @torch.no_grad()
     def attribute(self, model, inputs, targets, *, generator=None):

@@ -18,15 +18,15 @@ its interface: ``model(batch)`` -> logits, ``model.embed(ids)``,
 
 from __future__ import annotations
 
-import hashlib
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ...data.text import REMOVALS, WORD_AGGREGATIONS, TextBatch
-from ...utils import eval_mode
-from .._utils import base_seed, check_choice
+from ...ops.modes import eval_mode
+from ...ops.seeding import keyed_seeds
+from ...ops.validation import OneOf
 from ..base import Explainer, contract_error
 
 #: what perturbation explainers read off the model for the target class
@@ -57,21 +57,16 @@ class TextExplainer(Explainer):
         return torch.where(inputs.word_mask.to(out.device), out, torch.zeros_like(out))
 
 
-def check_aggregate(explainer: str, value: str) -> str:
-    return check_choice(explainer, "aggregate", value, WORD_AGGREGATIONS)
-
-
-def check_removal(explainer: str, value: str) -> str:
-    return check_choice(explainer, "removal", value, REMOVALS)
+#: the ``aggregate`` option: how word pieces' scores make a word's
+AGGREGATE = OneOf(WORD_AGGREGATIONS)
+#: the ``removal`` option: how a removed word is removed
+REMOVAL = OneOf(REMOVALS)
 
 
 def text_generators(batch: TextBatch, generator: torch.Generator | None) -> list[torch.Generator]:
     """One CPU generator per text from one draw of ``generator`` and the text's token ids,
     so a text's random draws do not depend on its batch (as for images)."""
-    key = base_seed(generator).to_bytes(8, "little")
-    seeds = [int.from_bytes(hashlib.blake2b(d, digest_size=8, key=key).digest(), "little") >> 1
-             for d in batch.digests()]
-    return [torch.Generator().manual_seed(s) for s in seeds]
+    return [torch.Generator().manual_seed(s) for s in keyed_seeds(batch.digests(), generator)]
 
 
 @torch.no_grad()

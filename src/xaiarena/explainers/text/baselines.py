@@ -6,8 +6,8 @@ from typing import ClassVar
 
 import torch
 
+from ...ops.validation import OneOf, set_options
 from ...registry import EXPLAINERS
-from .._utils import check_choice
 from .base import TextExplainer, text_generators
 
 DISTRIBUTIONS = ("uniform", "normal")
@@ -23,9 +23,10 @@ class TextRandom(TextExplainer):
 
     name = "text_random"
     family: ClassVar[str] = "baseline"
+    option_constraints: ClassVar[dict] = {"distribution": OneOf(DISTRIBUTIONS)}
 
     def __init__(self, distribution: str = "uniform"):
-        self.distribution = check_choice(self.name, "distribution", distribution, DISTRIBUTIONS)
+        set_options(self, distribution=distribution)
 
     def attribute(self, model, inputs, targets, *, generator=None):
         draw = torch.rand if self.distribution == "uniform" else torch.randn

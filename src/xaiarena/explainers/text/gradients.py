@@ -27,10 +27,10 @@ from typing import ClassVar
 import torch
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
 
+from ...ops.validation import COUNT, Null, OneOf, set_options
 from ...registry import EXPLAINERS
-from .._utils import check_choice, check_int
 from ..gradients import IG_METHODS
-from .base import TextExplainer, check_aggregate
+from .base import AGGREGATE, TextExplainer
 
 IG_BASELINES = ("pad", "mask", "unk", "zero")
 EMBEDDING_REDUCTIONS = ("sum", "l2", "abs_sum")
@@ -50,12 +50,15 @@ def reduce_embedding(attr: torch.Tensor, rule: str) -> torch.Tensor:
 class _TextGradient(TextExplainer):
     family: ClassVar[str] = "gradient"
     default_reduction: ClassVar[str] = "sum"
+    option_constraints: ClassVar[dict] = {
+        "aggregate": AGGREGATE,
+        "embedding_reduction": [OneOf(EMBEDDING_REDUCTIONS), Null("the explainer's default")],
+    }
 
     def _init_common(self, aggregate: str, embedding_reduction: str | None) -> None:
-        self.aggregate = check_aggregate(self.name, aggregate)
-        self.embedding_reduction = check_choice(
-            self.name, "embedding_reduction",
-            self.default_reduction if embedding_reduction is None else embedding_reduction, EMBEDDING_REDUCTIONS)
+        set_options(self, aggregate=aggregate, embedding_reduction=embedding_reduction)
+        if self.embedding_reduction is None:
+            self.embedding_reduction = self.default_reduction
 
     @staticmethod
     def _embeds(model, inputs) -> torch.Tensor:
@@ -120,13 +123,15 @@ class TextIntegratedGradients(_TextGradient):
 
     name = "text_integrated_gradients"
     cost_knobs: ClassVar[tuple[str, ...]] = ("n_steps", "internal_batch_size")
+    option_constraints: ClassVar[dict] = {
+        **_TextGradient.option_constraints, "n_steps": COUNT, "baseline": OneOf(IG_BASELINES),
+        "method": OneOf(IG_METHODS), "internal_batch_size": COUNT,
+    }
 
     def __init__(self, n_steps: int = 16, baseline: str = "pad", method: str = "gausslegendre",
                  internal_batch_size: int = 64, aggregate: str = "sum", embedding_reduction: str | None = None):
-        self.n_steps = check_int(self.name, "n_steps", n_steps)
-        self.baseline = check_choice(self.name, "baseline", baseline, IG_BASELINES)
-        self.method = check_choice(self.name, "method", method, IG_METHODS)
-        self.internal_batch_size = check_int(self.name, "internal_batch_size", internal_batch_size)
+        set_options(self, n_steps=n_steps, baseline=baseline, method=method,
+                    internal_batch_size=internal_batch_size)
         self._init_common(aggregate, embedding_reduction)
 
     def baseline_embeds(self, model, inputs, emb: torch.Tensor) -> torch.Tensor:

@@ -23,19 +23,21 @@ from typing import ClassVar
 
 import torch
 
+from ...ops.validation import COUNT, NON_NEGATIVE, POSITIVE, Interval, OneOf, set_options
 from ...registry import EXPLAINERS
-from .._utils import check_choice, check_float, check_int
 from ..perturbation import KernelShapExplainer, LimeExplainer
-from .base import OUTPUTS, TextExplainer, check_removal, score_rows, text_generators
+from .base import OUTPUTS, REMOVAL, TextExplainer, score_rows, text_generators
 
 
 class _TextPerturbation(TextExplainer):
     family: ClassVar[str] = "perturbation"
+    option_constraints: ClassVar[dict] = {
+        "removal": REMOVAL, "output": OneOf(OUTPUTS), "perturbations_per_eval": COUNT,
+    }
 
     def _init_common(self, removal: str, output: str, perturbations_per_eval: int) -> None:
-        self.removal = check_removal(self.name, removal)
-        self.output = check_choice(self.name, "output", output, OUTPUTS)
-        self.perturbations_per_eval = check_int(self.name, "perturbations_per_eval", perturbations_per_eval)
+        set_options(self, removal=removal, output=output,
+                    perturbations_per_eval=perturbations_per_eval)
 
     @torch.no_grad()
     def _scores(self, model, inputs, targets, row_sample: torch.Tensor, row_keep: torch.Tensor) -> torch.Tensor:
@@ -115,12 +117,14 @@ class TextLime(_WordSurrogate):
     """LIME with one interpretable feature per word (the image LIME's sampling and solver)."""
 
     name = "text_lime"
+    option_constraints: ClassVar[dict] = {
+        **_TextPerturbation.option_constraints, "n_samples": Interval(int, 2, None),
+        "kernel_width": POSITIVE, "ridge_alpha": NON_NEGATIVE,
+    }
 
     def __init__(self, n_samples: int = 200, kernel_width: float = 0.25, ridge_alpha: float = 1.0,
                  removal: str = "mask", output: str = "logit", perturbations_per_eval: int = 128):
-        self.n_samples = check_int(self.name, "n_samples", n_samples, minimum=2)
-        self.kernel_width = check_float(self.name, "kernel_width", kernel_width, strict=True)
-        self.ridge_alpha = check_float(self.name, "ridge_alpha", ridge_alpha)
+        set_options(self, n_samples=n_samples, kernel_width=kernel_width, ridge_alpha=ridge_alpha)
         self._init_common(removal, output, perturbations_per_eval)
         self._surrogate = LimeExplainer(n_samples=self.n_samples, kernel_width=self.kernel_width,
                                         ridge_alpha=self.ridge_alpha)
@@ -136,9 +140,12 @@ class TextKernelShap(_WordSurrogate):
     """KernelSHAP with one player per word (the image KernelSHAP's sampling and solver)."""
 
     name = "text_kernel_shap"
+    option_constraints: ClassVar[dict] = {
+        **_TextPerturbation.option_constraints, "n_samples": Interval(int, 2, None),
+    }
 
     def __init__(self, n_samples: int = 200, removal: str = "mask", output: str = "logit",
                  perturbations_per_eval: int = 128):
-        self.n_samples = check_int(self.name, "n_samples", n_samples, minimum=2)
+        set_options(self, n_samples=n_samples)
         self._init_common(removal, output, perturbations_per_eval)
         self._surrogate = KernelShapExplainer(n_samples=self.n_samples)

@@ -1,4 +1,5 @@
-"""The perturbation engine shared by the faithfulness metrics.
+"""Perturbation curves: the machinery shared by the faithfulness metrics that perturb pixels
+in the order of a map.
 
 Every perturbation-curve metric (pixel flipping, region perturbation,
 selectivity, IROF, AOPC, insertion/deletion, keep/remove) evaluates images of
@@ -18,22 +19,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from ..ops.validation import NON_NEGATIVE, OneOf, set_options
 from .base import EvalBatch, Metric
 from .core import (
+    BATCH_SIZE,
+    FILL,
     NONFINITE_OUTPUT,
     OUTPUTS,
     SampleRNG,
-    check_batch_size,
-    check_choice,
-    check_fill,
     chunk_size,
+    fill_image,
     finite_rows,
     forward,
-    make_fill,
     nan_where,
     note_constant_maps,
     predict,
@@ -168,15 +170,13 @@ class PerturbationMetric(Metric):
 
     category = "faithfulness"
     requires = ("model",)
+    option_constraints: ClassVar[dict] = {
+        "fill": FILL, "output": OneOf(OUTPUTS), "batch_size": BATCH_SIZE, "blur_sigma": NON_NEGATIVE,
+    }
 
     def __init__(self, fill: str | float = "black", output: str = "probability",
                  batch_size: int | None = None, blur_sigma: float = 5.0):
-        self.fill = check_fill(fill)
-        self.output = check_choice("output", output, OUTPUTS)
-        self.batch_size = check_batch_size(batch_size)
-        if not isinstance(blur_sigma, (int, float)) or isinstance(blur_sigma, bool) or not blur_sigma >= 0 or not math.isfinite(blur_sigma):
-            raise ValueError(f"blur_sigma={blur_sigma!r} is not valid; it must be a number >= 0")
-        self.blur_sigma = float(blur_sigma)
+        set_options(self, fill=fill, output=output, batch_size=batch_size, blur_sigma=blur_sigma)
 
     def _bounded(self) -> tuple[float, float]:
         """Range of a target score: [0, 1] for probabilities, unbounded for logits."""
@@ -189,7 +189,7 @@ class PerturbationMetric(Metric):
         x = batch.inputs.float()
         targets = batch.targets.to(x.device).long().view(-1)
         rng = SampleRNG.for_batch(batch, generator, self.name)
-        fill_img = make_fill(x, self.fill if fill is None else fill, rng, self.blur_sigma)
+        fill_img = fill_image(x, self.fill if fill is None else fill, rng, self.blur_sigma)
         return maps, x, targets, fill_img, rng
 
     def unit_ranks(self, maps: dict[str, torch.Tensor], rng: SampleRNG, unit_ids: torch.Tensor | None = None,
