@@ -36,7 +36,7 @@ from pydantic import (
     model_validator,
 )
 
-from .cache import stable_hash  # noqa: F401  (re-exported: config hashes)
+from .engine.cache import stable_hash  # noqa: F401  (re-exported: config hashes)
 from .errors import ConfigError, UnknownNameError
 from .postprocess import COUNTS_ZEROS, MOVES_ZERO
 from .registry import DATASETS, EXPLAINERS, METRICS, MODELS, Registry, suggest
@@ -194,7 +194,7 @@ class TrainingConfig(_Strict):
 class EvaluationConfig(_Strict):
     n_samples: int = Field(256, ge=1)
     only_correct: bool = False
-    # "auto": sized from free GPU memory on CUDA (runner.auto_batch_size), 64 on CPU
+    # "auto": sized from free GPU memory on CUDA (engine.batching.auto_batch_size), 64 on CPU
     batch_size: int | Literal["auto"] = 64
     # the class each map explains: the true label, the model's prediction, or one fixed class for every
     # sample (a class index, or a class name of the model's label space, e.g. "airliner")
@@ -342,7 +342,7 @@ class ExperimentConfig(_Strict):
         """The seed of every replicate: ``seeds``, or ``seed`` then seeds derived from it."""
         if self.seeds is not None:
             return list(self.seeds)
-        from .cache import stable_seed
+        from .engine.cache import stable_seed
 
         return [self.seed] + [stable_seed(self.seed, "replicate", i) for i in range(1, self.replicates)]
     dissect: DissectConfig | None = None  # neuron labelling (xaiarena dissect), see dissect/config.py

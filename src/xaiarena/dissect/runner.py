@@ -27,12 +27,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..cache import stable_seed
 from ..config import DataConfig, ExperimentConfig, load_config, stable_hash
+from ..engine.cache import stable_seed
+from ..engine.context import StageRecorder
+from ..engine.lock import check_config_file, config_yaml
 from ..errors import ConfigError
-from ..graph import StageRecorder
 from ..registry import MODELS
-from ..runner import _say, check_config_file, config_yaml
+from ..runner import _say
 from ..utils import (
     atomic_to_csv,
     atomic_write_text,

@@ -5,7 +5,7 @@ Keys
 Each stage's artefact is stored under a content hash of exactly what it depends on.
 The key functions below are the only place where those hashes are computed; each
 returns a :class:`Key` (the hash and the inputs it hashes), and the inputs are written
-beside the artefact, so ``python -m xaiarena.cache --explain RUN_DIR`` can say, for every
+beside the artefact, so ``python -m xaiarena.engine.cache --explain RUN_DIR`` can say, for every
 file, what produced it.
 
 =============  ====================================================================
@@ -62,8 +62,8 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import RunError
-from .utils import (
+from ..errors import RunError
+from ..utils import (
     atomic_write_bytes,
     atomic_write_text,
     check_inside,
@@ -148,7 +148,7 @@ def score_key(metric_cfg: dict[str, Any], attributions: dict[str, Key], ids_hash
 
 
 def meta_maps_key(explain: Key, ids_hash: str, perturbation: dict[str, Any]) -> Key:
-    """Maps re-explained on a perturbed model (metric meta-evaluation, :mod:`xaiarena.meta_stage`):
+    """Maps re-explained on a perturbed model (metric meta-evaluation, :mod:`xaiarena.engine.meta_stage`):
     the unperturbed maps' key (model, explainer, seed, target, postprocess) and the perturbation."""
     return _key("meta_maps", {"explain": explain.hash, "ids": ids_hash,
                               "perturbation": perturbation, "rng": RNG_SCHEME})
@@ -307,7 +307,7 @@ def explain_cache(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xaiarena.cache",
+    parser = argparse.ArgumentParser(prog="python -m xaiarena.engine.cache",
                                      description="Inspect a run's cache: every artefact and what its key hashes.")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--explain", action="store_true", help="list every artefact with its key inputs")
