@@ -51,15 +51,16 @@ RESULTS = ROOT / "benchmarks" / "results"
 def setting(cache: Path, overrides: dict[str, Any] | None = None):
     """``(s, prep, spec, diet)``: the default benchmark's settings, its prepared dataset (f_b and the
     evaluation samples) and DiET fitted as the runner fits it (cached under ``cache``)."""
-    from xaiarena import cache as ck
-    from xaiarena import stages
     from xaiarena.config import load_config
+    from xaiarena.engine import cache as ck
+    from xaiarena.engine import stages
     from xaiarena.registry import EXPLAINERS
 
     cfg = load_config(None, overrides or None)
     bs = cfg.evaluation.batch_size if isinstance(cfg.evaluation.batch_size, int) else 64
     s = stages.Settings(
-        cfg, ck.Cache(cache / "cache", cache), torch.device("cpu"), False, bs, False
+        cfg=cfg, cache=ck.Cache(cache / "cache", cache), device=torch.device("cpu"), batch_size=bs,
+        show_progress=False,
     )
 
     class _Log:
@@ -478,7 +479,7 @@ def variant(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Test-time masks of ``x`` for the default fit with the test-time ``options`` (cached in the fit's
     folder under their own keys)."""
-    from xaiarena import cache as ck
+    from xaiarena.engine import cache as ck
     from xaiarena.explainers.diet.testtime import second_seed
     from xaiarena.registry import EXPLAINERS
 
@@ -487,7 +488,7 @@ def variant(
         opts["test_background_mean"] = list(prep.task.mean)
     diet = EXPLAINERS.create(spec.name, **{**spec.params, **opts})
     fit_dir = s.cache.path(
-        "explainers", prep.key, ck.fit_key(prep.model_key, spec.hash_dict(), s.seed).hash
+        "explainers", prep.dataset, ck.fit_key(prep.model_key, spec.hash_dict(), s.seed).hash
     )
     diet.fit(
         prep.model,
@@ -599,10 +600,10 @@ def timing(s, prep, spec, repeats: int = 2) -> dict[str, Any]:
     """CPU seconds (process time) of DiET's test-time masks for the benchmark's evaluation set, the
     old procedure (66 steps, the horizon) against the default (with its seed check), alternated
     ``repeats`` times in one process; nothing served from a cache."""
-    from xaiarena import cache as ck
+    from xaiarena.engine import cache as ck
     from xaiarena.registry import EXPLAINERS
 
-    fit_dir = s.cache.path("explainers", prep.key, ck.fit_key(prep.model_key, spec.hash_dict(), s.seed).hash)
+    fit_dir = s.cache.path("explainers", prep.dataset, ck.fit_key(prep.model_key, spec.hash_dict(), s.seed).hash)
     # the old procedure had no seed check
     variants = {"old (66 steps)": {**VARIANTS["old default (66 steps, the horizon; last iterate)"],
                                    "test_seed_check": 0}, "default": {}}

@@ -58,7 +58,7 @@ def main() -> None:
     a = pd.read_csv(out / "local" / "results" / "summary.csv")
     b = pd.read_csv(out / "ray" / "results" / "summary.csv")
     identical = a.equals(b)
-    # every task computes with the local run's torch thread count (graph.thread_count), so the two
+    # every task computes with the local run's torch thread count (engine.context.thread_count), so the two
     # summaries should be identical; where they are not, say by how much
     num = [c for c in ("mean", "ci_low", "ci_high") if c in a.columns]
     same_rows = a.drop(columns=num).equals(b.drop(columns=num))

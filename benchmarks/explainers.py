@@ -15,7 +15,7 @@ Two suites (default: both):
             plain Ablation-CAM (and Captum's LayerFeatureAblation) needs.
 ``defaults`` every registered image explainer at its default settings on
             ``--n-defaults`` hard_mnist test images (64x64 RGB, default LeNet), through
-            ``explain_in_batches`` with batch size 64: wall and CPU seconds per explainer.
+            ``explain_images`` with batch size 64: wall and CPU seconds per explainer.
 
 Usage::
 
@@ -139,7 +139,7 @@ def captum_fn(name: str, explainer, model, x: torch.Tensor, t: torch.Tensor) -> 
 
         return run
     if name == "ablationcam":
-        from xaiarena.explainers._utils import find_layer
+        from xaiarena.explainers.model_calls import find_layer
 
         _, layer = find_layer(model, explainer.layer, name)
         with torch.no_grad():
@@ -209,14 +209,14 @@ def run_floor_suite(names, model, x, t, rounds: int, generator_seed: int = 0) ->
 
 
 def run_defaults_suite(names, model, x, t, batch_size: int = 64) -> list[dict]:
-    from xaiarena.explainers import explain_in_batches
+    from xaiarena.engine.batching import explain_images
     from xaiarena.registry import EXPLAINERS
 
     rows = []
     for name in names:
         ex = EXPLAINERS.create(name)
         with BatchRecorder(model) as rec:
-            wall, cpu = timed(lambda ex=ex: explain_in_batches(
+            wall, cpu = timed(lambda ex=ex: explain_images(
                 ex, model, x, t, batch_size=batch_size, generator=torch.Generator().manual_seed(0),
                 device="cpu", progress=False))
         rows.append({"explainer": name, "family": EXPLAINERS.entry(name).meta.get("family"),

@@ -74,9 +74,9 @@ from torch.nn import functional as F
 import xaiarena
 from xaiarena import stats
 from xaiarena.api import DEFAULT_DATASET
+from xaiarena.files import parquet_bytes
 from xaiarena.models.pretrained import IMAGENET_MEAN, IMAGENET_STD
 from xaiarena.models.vision import ImageClassifier
-from xaiarena.utils import parquet_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZE = 224

@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import xaiarena
-    from xaiarena import executors
     from xaiarena.config import load_config
+    from xaiarena.engine import executors
 
     cfg = load_config(args.config)
     n_full = cfg.evaluation.n_samples

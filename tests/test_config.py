@@ -147,9 +147,9 @@ def test_fixed_target_resolves_against_the_model_then_the_dataset_classes():
 
     import torch
 
+    from xaiarena.engine.stages import fixed_targets
     from xaiarena.errors import ConfigError
     from xaiarena.models.pretrained import imagenet_classes
-    from xaiarena.stages import fixed_targets
 
     prep = SimpleNamespace(task=SimpleNamespace(class_names=["background", "aeroplane", "bicycle"]))
     imagenet = SimpleNamespace(class_names=imagenet_classes())

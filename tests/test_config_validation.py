@@ -9,9 +9,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from xaiarena.cache import Cache
 from xaiarena.cli import app
 from xaiarena.config import load_config
+from xaiarena.engine.cache import Cache
 from xaiarena.errors import ConfigError, RunError
 from xaiarena.registry import EXPLAINERS, METRICS
 

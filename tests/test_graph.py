@@ -15,7 +15,8 @@ import pytest
 
 import xaiarena
 from xaiarena.config import load_config
-from xaiarena.graph import plan_tasks, plan_units
+from xaiarena.engine.plan import plan_units
+from xaiarena.engine.tasks import plan_tasks
 
 TINY = {"data.n_train": 300, "data.n_test": 80, "training.epochs": 1, "model.channels": [4, 8, 8],
         "evaluation.n_samples": 16, "evaluation.batch_size": 8}
@@ -56,7 +57,7 @@ def test_only_correct_with_replicates_selects_the_same_samples_for_every_replica
 
     import torch
 
-    from xaiarena import stages
+    from xaiarena.engine import stages
 
     n_test, labels = 60, torch.arange(60) % 4
     rng = torch.Generator().manual_seed(0)
@@ -79,7 +80,7 @@ def test_only_correct_with_replicates_selects_the_same_samples_for_every_replica
     task = SimpleNamespace(name="toy", test=Split())
     task.test.labels = labels
     cfg = load_config({**CFG, "evaluation": {"only_correct": True, "n_samples": 10}})
-    s = stages.Settings(cfg, None, torch.device("cpu"), data_seed=5)
+    s = stages.Settings(cfg=cfg, cache=None, device=torch.device("cpu"), data_seed=5)
     models = [Model(ok) for ok in right]
     chosen = stages.select_samples(s, task, Mod(), models[0], iter(models[1:]))
     assert len(chosen) == 10 and bool((right[0] & right[1] & right[2])[chosen].all())
@@ -196,8 +197,8 @@ def test_every_task_computes_with_the_thread_count_of_a_local_run(monkeypatch):
     training.num_threads where set, else the starting process' count, and the count is restored."""
     import torch
 
-    from xaiarena import executors, graph
-    from xaiarena.graph import Env, thread_count
+    from xaiarena.engine import executors, tasks
+    from xaiarena.engine.context import Env, thread_count
 
     unit = plan_units(load_config(CFG))[0]
     pinned = plan_units(load_config({**CFG, "training": {"num_threads": 1}}))[0]
@@ -205,7 +206,7 @@ def test_every_task_computes_with_the_thread_count_of_a_local_run(monkeypatch):
     assert thread_count(train.unit, Env("r", threads=3)) == 3
     assert thread_count(train1.unit, Env("r", threads=3)) == 1
     seen: list[int] = []
-    monkeypatch.setattr(graph, "_run_task", lambda task, env, say=None: seen.append(torch.get_num_threads()))
+    monkeypatch.setattr(tasks, "_run_task", lambda task, env, say=None: seen.append(torch.get_num_threads()))
     before = torch.get_num_threads()
     executors._remote_task(train1, Env("r", threads=2))
     assert seen == [1]

@@ -122,8 +122,6 @@ def test_the_cycle_search_finds_lazy_imports_and_ignores_a_package_face(tmp_path
     assert cycles(edges) == [["pkg.a", "pkg.b", "pkg.sub.c"]]
 
 
-@pytest.mark.xfail(strict=False, reason="xaiarena.runner -> executors -> graph -> runner (graph imports "
-                   "auto_batch_size from runner): removed by the engine/ package (issue 25)")
 def test_no_import_cycles_in_the_package():
     found = cycles(import_graph(SRC, PACKAGE))
     assert not found, f"{len(found)} import cycle(s):\n" + "\n".join(" <-> ".join(c) for c in found)

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from xaiarena import cache as ck
 from xaiarena import postprocess as pp
 from xaiarena.config import ExplainerSpec, validate
+from xaiarena.engine import cache as ck
 from xaiarena.errors import ConfigError
 
 # multiples of 1e-3 up to 1e6 in magnitude: no value is so small that dividing it by the largest one
@@ -231,7 +231,7 @@ def _stage_setup(tmp_path):
 
     from torch import nn
 
-    from xaiarena import stages
+    from xaiarena.engine import stages
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).eval()
@@ -239,13 +239,13 @@ def _stage_setup(tmp_path):
     s = stages.Settings(cfg=cfg, cache=ck.Cache(tmp_path / "cache", tmp_path), device=torch.device("cpu"),
                         batch_size=3, show_progress=False)
     x = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    prep = SimpleNamespace(key="d", ids_hash="ids", inputs=x)
+    prep = SimpleNamespace(dataset="d", ids_hash="ids", inputs=x)
     view = SimpleNamespace(name="f_b", key=ck.Key("model", "k" * 16, {}), model=model, targets=torch.tensor([0, 1, 2, 3, 0]))
     return s, prep, view
 
 
 def test_explain_stage_applies_the_steps_to_maps_and_re_explanations(tmp_path):
-    from xaiarena import stages
+    from xaiarena.engine import stages
     from xaiarena.registry import EXPLAINERS
 
     s, prep, view = _stage_setup(tmp_path)
@@ -273,7 +273,7 @@ def test_explain_stage_applies_the_steps_to_maps_and_re_explanations(tmp_path):
 def test_explain_stage_normalises_over_the_whole_set(tmp_path):
     """An ``_over_set`` step takes one scale over every evaluation sample, not over a batch of
     evaluation.batch_size (3 here, 5 samples); re-explanations get ``reexplain_postprocess``."""
-    from xaiarena import stages
+    from xaiarena.engine import stages
     from xaiarena.registry import EXPLAINERS
 
     s, prep, view = _stage_setup(tmp_path)

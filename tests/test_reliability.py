@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 import xaiarena
-from xaiarena.cache import MANIFEST_SUFFIX, explain_cache
 from xaiarena.cli import app
+from xaiarena.engine.cache import MANIFEST_SUFFIX, explain_cache
+from xaiarena.engine.lock import LOCK_FILE, run_lock
 from xaiarena.errors import RunError
-from xaiarena.runner import LOCK_FILE, run_lock
 
 cli = CliRunner()
 TINY = {
@@ -93,7 +93,7 @@ def test_every_cached_artefact_has_a_manifest_with_its_key_inputs(done):
     assert {"model", "explain", "score"} <= stages and all(r["ok"] for r in rows)
     explain = next(r for r in rows if r["stage"] == "explain")
     assert {"model", "explainer", "ids", "seed", "target"} <= set(explain["inputs"])
-    res = subprocess.run([sys.executable, "-m", "xaiarena.cache", str(done), "--explain"], capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "xaiarena.engine.cache", str(done), "--explain"], capture_output=True,
                          text=True)
     assert res.returncode == 0 and "explainer:" in res.stdout
 

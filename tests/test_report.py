@@ -314,7 +314,7 @@ def test_degenerate_run(tmp_path):
         rows += [("d", "NA", "m", i, float(i)), ("d", "cost $5$", "m", i, float(i) + 0.5),
                  ("d", "NA", "empty", i, np.nan), ("d", "cost $5$", "empty", i, 1.0)]
     rows += [("d", "NA", "one", 0, 1.0), ("d", "cost $5$", "one", 0, 2.0)]
-    ps = pd.DataFrame(rows, columns=stats.PER_SAMPLE_COLUMNS)
+    ps = pd.DataFrame(rows, columns=stats.PER_SAMPLE_REQUIRED)
     ps.to_parquet(root / "results" / "per_sample.parquet", index=False)
     (root / "run.json").write_text(json.dumps({"name": "odd", "metrics_meta": {"m": {"higher_is_better": True}}}))
     with pytest.raises(ReportError, match="metric 'empty' has no entry"):
@@ -414,7 +414,7 @@ def make_replicate_run(root: Path, seeds=(0, 7, 9), only_correct=True) -> Path:
         shift = {e: rng.normal(0, 0.02) for e in one.explainer.unique()}
         parts.append(one.assign(replicate=r, seed=seed, value=one.value + one.explainer.map(shift)))
     ps = pd.concat(parts, ignore_index=True)[
-        ["dataset", "replicate", "seed", *stats.PER_SAMPLE_COLUMNS[1:]]
+        ["dataset", "replicate", "seed", *stats.PER_SAMPLE_REQUIRED[1:]]
     ]
     ps.to_parquet(root / "results" / "per_sample.parquet", index=False)
     run = json.loads((root / "run.json").read_text())
@@ -484,7 +484,7 @@ def test_a_wilcoxon_on_too_few_images_is_not_printed():
                 ("d", e, "fg_mean", i, 2.0 + shift + 0.1 * i),
                 ("d", e, "bg_mean", i, 1.0 + 0.05 * i),
             ]
-    ps = pd.DataFrame(rows, columns=stats.PER_SAMPLE_COLUMNS)
+    ps = pd.DataFrame(rows, columns=stats.PER_SAMPLE_REQUIRED)
     sec = fgbg.section(ps, "d", None, ["a", "b"], lambda *a: None, "p", alpha=0.05)
     a = next(r for r in sec["rows"] if r["explainer"] == "a")
     assert (

@@ -11,8 +11,8 @@ import torch
 
 import xaiarena
 from xaiarena import meta
+from xaiarena.engine.meta_stage import NOISE, meta_positions, perturbed_inputs, perturbed_model
 from xaiarena.errors import ConfigError
-from xaiarena.meta_stage import NOISE, meta_positions, perturbed_inputs, perturbed_model
 
 TINY = {
     "data.n_train": 300,
@@ -108,7 +108,8 @@ def test_meta_options_are_validated():
 
 
 def test_meta_tasks_are_planned_per_scored_view_only_when_asked():
-    from xaiarena.graph import plan_tasks, plan_units
+    from xaiarena.engine.plan import plan_units
+    from xaiarena.engine.tasks import plan_tasks
 
     def names(cfg):
         return [

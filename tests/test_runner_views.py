@@ -88,7 +88,8 @@ def test_paired_tests_compare_maps_of_one_model_only(diet_run):
 
 def test_learned_maps_on_f_b_are_planned_as_f_b_rows_and_can_be_turned_off():
     from xaiarena.config import load_config
-    from xaiarena.graph import plan_tasks, plan_units
+    from xaiarena.engine.plan import plan_units
+    from xaiarena.engine.tasks import plan_tasks
 
     raw = _cfg(["saliency", TINY_DIET], ["sparseness", {"name": "topk_iou", "explainers": ["diet"]},
                                          {"name": "pointing_game", "explainers": ["saliency"]}])

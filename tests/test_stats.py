@@ -28,7 +28,7 @@ def make_per_sample(
             for e in explainers:
                 vals = base + shift.get(e, 0.0) + rng.normal(scale=0.5, size=n)
                 rows += [(d, e, m, i, v) for i, v in enumerate(vals)]
-    return pd.DataFrame(rows, columns=stats.PER_SAMPLE_COLUMNS)
+    return pd.DataFrame(rows, columns=stats.PER_SAMPLE_REQUIRED)
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -116,7 +116,7 @@ def test_summarize_degenerate_and_errors():
     ps = pd.DataFrame(
         [("d", "a", "m", 0, np.nan), ("d", "b", "m", 0, 3.0), ("d", "c", "m", 0, 1.0),
          ("d", "c", "m", 1, 1.0)],
-        columns=stats.PER_SAMPLE_COLUMNS,
+        columns=stats.PER_SAMPLE_REQUIRED,
     )
     out = stats.summarize(ps, {"m": True}).set_index("explainer")
     assert out.loc["a", "n"] == 0 and np.isnan(out.loc["a", ["mean", "ci_low", "ci_high"]]).all()
@@ -222,7 +222,7 @@ def test_paired_tests_degenerate():
         rows += [("d", "same1", "m", i, float(i)), ("d", "same2", "m", i, float(i)),
                  ("d", "plus1", "m", i, float(i) + 1)]
     rows += [("d", "lonely", "m", 0, 1.0)] + [("d", "lonely", "m", i, np.nan) for i in range(1, 6)]
-    ps = pd.DataFrame(rows, columns=stats.PER_SAMPLE_COLUMNS)
+    ps = pd.DataFrame(rows, columns=stats.PER_SAMPLE_REQUIRED)
     out = stats.paired_tests(ps, with_n=True).set_index(["explainer_a", "explainer_b", "test"]).sort_index()
     same = out.loc[("same1", "same2")]
     assert (same.statistic == 0).all() and (same.p_value == 1).all() and (same.effect_size == 0).all()

@@ -147,7 +147,7 @@ def _check_agreement(run_dir: Path) -> None:
     # the top-10 maps are selections of the full LIME map (same seed, superpixels, perturbations)
     import torch
 
-    from xaiarena.runner import load
+    from xaiarena.results import load
 
     res = load(run_dir)
     full, top, pm = (res.attributions(e) for e in ("lime", "lime_top10", "lime_top10_pm"))

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from xaiarena.config import load_config
+from xaiarena.engine.batching import auto_batch_size
 from xaiarena.errors import ConfigError
-from xaiarena.runner import auto_batch_size, run
+from xaiarena.runner import run
 
 BASE = {"data": {"name": "hard_mnist", "n_train": 200, "n_test": 40}, "model": {"name": "lenet", "channels": [8, 16]},
         "training": {"epochs": 1, "batch_size": 32}, "evaluation": {"n_samples": 12, "batch_size": 8},

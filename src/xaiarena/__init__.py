@@ -6,4 +6,5 @@ __all__ = ["__version__", "load_config", "run", "load", "RunResult", "evaluate",
 
 from .api import Evaluation, evaluate, explain  # noqa: E402
 from .config import load_config  # noqa: E402
-from .runner import RunResult, load, run  # noqa: E402
+from .results import RunResult, load  # noqa: E402
+from .runner import run  # noqa: E402

@@ -11,9 +11,9 @@
 Both run the runner's own code on the user's tensors: metrics and explainers are named and
 configured exactly as in a config's ``metrics:`` / ``explainers:`` lists and checked by the same
 validator (:func:`xaiarena.config.validate_components`); maps are computed by
-:func:`xaiarena.stages.explain_in_batches` and scored by :func:`xaiarena.stages.score_in_batches`
-(the same per-batch generators, seeded by ``(seed, label)``, and per-sample random streams keyed
-by ``sample_ids``); the tables come from :func:`xaiarena.stats.result_tables`. So for the same
+:func:`xaiarena.engine.batching.explain_in_batches` and scored by
+:func:`xaiarena.engine.batching.score_in_batches` (the same per-batch generators, seeded by
+``(seed, label)``, and per-sample random streams keyed by ``sample_ids``); the tables come from :func:`xaiarena.stats.result_tables`. So for the same
 model, samples, sample ids, maps, metric labels and seed, ``evaluate`` gives a run's per-sample
 scores, whatever the batch size.
 
@@ -37,18 +37,20 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import postprocess, stages, stats
+from . import postprocess, stats
 from .config import check_safe_name, validate_components
+from .engine import batching
+from .engine.plan import scored_labels
 from .environment import resolve_device
 from .errors import ConfigError, InputError, RunError
 from .files import atomic_write_many, csv_bytes, writes_inside
-from .graph import scored_labels
 from .modalities import modality_problems
 from .ops.modes import frozen
 from .ops.prediction import predict_in_batches
 from .ops.validation import COUNT, Interval, OptionError, validate_options
 from .registry import EXPLAINERS, METRICS
 from .strict_json import dumps_json
+from .views import F_B
 
 #: ``dataset`` column of the results (``evaluate(..., dataset=...)`` names it otherwise)
 DEFAULT_DATASET = "data"
@@ -299,14 +301,14 @@ def explain(model: nn.Module, inputs: Any, targets: Any, explainers: Any, *, see
     t = _class_vector(targets, "targets", n)
     opts = _checked_options("xaiarena.explain", batch_size=batch_size, seed=seed)
     specs = _explainer_specs(explainers, kind)
-    comp = stages.Compute(device=device, seed=opts["seed"], batch_size=opts["batch_size"],
-                          show_progress=show_progress)
+    comp = batching.Compute(device=device, seed=opts["seed"], batch_size=opts["batch_size"],
+                            show_progress=show_progress)
     out: dict[str, torch.Tensor] = {}
     with frozen(model):
         _check_targets(t, _logits(model, x[:1], device, 1).shape[1], "targets")
         for spec in specs:
             explainer = EXPLAINERS.create(spec.name, **spec.params)
-            maps = stages.explain_in_batches(comp, explainer, model, x, t, spec.key, seed_name=spec.name)
+            maps = batching.explain_in_batches(comp, explainer, model, x, t, spec.key, seed_name=spec.name)
             out[spec.key] = postprocess.apply(maps, list(getattr(spec, "postprocess", None) or []))
     return out
 
@@ -428,26 +430,26 @@ def evaluate(model: nn.Module, inputs: Any, targets: Any, attributions: Mapping[
                              f"explainers: [...])")
         built.append((spec, metric, keys))
 
-    comp = stages.Compute(device=device, seed=seed, batch_size=bs, show_progress=show_progress)
-    samples = stages.Samples(key=dataset, inputs=x, labels=y, masks=gt, sample_ids=ids)
+    comp = batching.Compute(device=device, seed=seed, batch_size=bs, show_progress=show_progress)
+    samples = batching.EvalSamples(dataset=dataset, inputs=x, labels=y, masks=gt, sample_ids=ids)
     frames, curves, meta = [], [], {}
     with frozen(model):
         logits = _logits(model, x, device, bs)
         _check_targets(t, logits.shape[1], "targets")
         if labels is not None:
             _check_targets(y, logits.shape[1], "labels")
-        view = stages.View(stages.F_B, model, None, t, logits.argmax(1))
-        attrs = {k: stages.Attribution(k, stages.F_B, m, None, fns.get(k) or _no_reexplain(k))
+        view = batching.View(F_B, model, None, t, logits.argmax(1))
+        attrs = {k: batching.Attribution(k, F_B, m, None, fns.get(k) or _no_reexplain(k))
                  for k, m in maps.items()}
         for spec, metric, keys in built:
-            ps, cv = stages.score_in_batches(comp, samples, view, spec, metric, {k: attrs[k] for k in keys})
+            ps, cv = batching.score_in_batches(comp, samples, view, spec, metric, {k: attrs[k] for k in keys})
             frames.append(ps)
             curves.append(cv)
-            meta.update(stages.metric_meta(spec, metric))
+            meta.update(batching.metric_meta(spec, metric))
     per_sample = (pd.concat(frames, ignore_index=True) if frames
-                  else pd.DataFrame(columns=stages.PER_SAMPLE_COLUMNS))[stages.PER_SAMPLE_COLUMNS]
+                  else pd.DataFrame(columns=stats.PER_SAMPLE_COLUMNS))[stats.PER_SAMPLE_COLUMNS]
     curves_df = (pd.concat(curves, ignore_index=True) if curves
-                 else pd.DataFrame(columns=stages.CURVE_COLUMNS))[stages.CURVE_COLUMNS]
+                 else pd.DataFrame(columns=stats.CURVE_COLUMNS))[stats.CURVE_COLUMNS]
     hib = {k: v["higher_is_better"] for k, v in meta.items()}
     tables = stats.result_tables(per_sample, hib, models={dataset: type(model).__name__}, seed=seed)
     return Evaluation(per_sample, tables["summary"], tables["tests"], curves_df, meta, tables)

@@ -75,7 +75,8 @@ def run(
 ) -> None:
     """Run an experiment: train/load the model, explain, score, test, report."""
     from .config import load_config
-    from .runner import Runner, RunResult
+    from .results import RunResult
+    from .runner import Runner
 
     if quiet:
         os.environ["XAIARENA_QUIET"] = "1"
@@ -214,9 +215,10 @@ def score(
 
     from .api import evaluate, load_maps
     from .config import load_config, yaml_load
+    from .engine.lock import run_lock
     from .files import make_dir, writes_inside
     from .registry import EXPLAINERS
-    from .runner import evaluation_samples, run_lock
+    from .results import evaluation_samples
 
     if quiet:
         os.environ["XAIARENA_QUIET"] = "1"

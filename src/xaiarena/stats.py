@@ -99,10 +99,17 @@ COUNT_COLUMNS = ["n_samples", "n_replicates"]
 _COUNT_TYPES = {"n": "int64", "n_samples": "int64", "n_replicates": "int64"}
 RANK_COLUMNS = ["dataset", "metric", "explainer", "rank", "group"]
 COMBINED_COLUMNS = ["metric", "explainer", "mean_rank", "n_datasets"]
-PER_SAMPLE_COLUMNS = ["dataset", "explainer", "metric", "sample_id", "value"]
+#: the columns of ``results/per_sample.parquet`` (a run with a grid or replicates adds ``grid`` and
+#: ``replicate``, ``seed`` after ``dataset``): the one definition, shared by the engine and the API
+PER_SAMPLE_COLUMNS = ["dataset", "explained_model", "explainer", "metric", "sample_id", "value"]
+#: the columns of ``results/curves.parquet`` (the same context columns after ``dataset``)
+CURVE_COLUMNS = ["dataset", "explained_model", "explainer", "metric", "x", "mean", "ci_low", "ci_high"]
 #: columns that, when present, split results into independent comparisons: maps of different
 #: explained models (``explained_model``: f_b, f_s) are never compared with each other
 CONTEXT_COLUMNS = ("dataset", "grid", "explained_model", "replicate", "seed")
+#: what the statistics need of a per-sample table: :data:`PER_SAMPLE_COLUMNS` less the optional
+#: context columns (``explained_model``), which they use where present
+PER_SAMPLE_REQUIRED = [c for c in PER_SAMPLE_COLUMNS if c == "dataset" or c not in CONTEXT_COLUMNS]
 #: the columns of a replicate (a model retrained with another seed)
 REPLICATE_COLUMNS = ("replicate", "seed")
 
@@ -252,9 +259,9 @@ def summarize(
     ``n_replicates`` 1: one model; a table with replicates is summarised per replicate, see
     :func:`summarize_replicates`) in the order groups first appear in ``per_sample``.
     """
-    _check_columns(per_sample, PER_SAMPLE_COLUMNS, "per_sample")
+    _check_columns(per_sample, PER_SAMPLE_REQUIRED, "per_sample")
     ctx = context_columns(per_sample)
-    df = per_sample[_with_context(PER_SAMPLE_COLUMNS, per_sample)]
+    df = per_sample[_with_context(PER_SAMPLE_REQUIRED, per_sample)]
     if models is not None:
         missing = sorted(set(map(str, df["dataset"].unique())) - set(map(str, models)))
         if missing:
@@ -410,9 +417,9 @@ def paired_tests(
     unknown = [t for t in tests if t not in TESTS]
     if unknown:
         raise ValueError(f"unknown test(s) {unknown}; valid: {', '.join(TESTS)}")
-    _check_columns(per_sample, PER_SAMPLE_COLUMNS, "per_sample")
+    _check_columns(per_sample, PER_SAMPLE_REQUIRED, "per_sample")
     ctx = context_columns(per_sample)
-    df = per_sample[_with_context(PER_SAMPLE_COLUMNS, per_sample)]
+    df = per_sample[_with_context(PER_SAMPLE_REQUIRED, per_sample)]
     ident = [*ctx, "explainer", "metric", "sample_id"]
     dup = df.duplicated(ident)
     if dup.any():
@@ -829,7 +836,7 @@ def summarize_replicates(per_sample: pd.DataFrame, meta: Mapping[str, Any], *,
     (== ``n_samples``), then ``n_samples``, ``n_replicates`` and ``df`` (the interval's degrees
     of freedom: near ``n_replicates - 1`` when retraining variance decides, near
     ``n_samples - 1`` when sample variance does)."""
-    _check_columns(per_sample, PER_SAMPLE_COLUMNS, "per_sample")
+    _check_columns(per_sample, PER_SAMPLE_REQUIRED, "per_sample")
     rep = _replicate_key(per_sample)
     ctx = [c for c in context_columns(per_sample) if c not in REPLICATE_COLUMNS]
     rows = []
@@ -879,7 +886,7 @@ def replicate_tests(per_sample: pd.DataFrame, tests: Sequence[str] = TESTS) -> p
     unknown = [t for t in tests if t not in TESTS]
     if unknown:
         raise ValueError(f"unknown test(s) {unknown}; valid: {', '.join(TESTS)}")
-    _check_columns(per_sample, PER_SAMPLE_COLUMNS, "per_sample")
+    _check_columns(per_sample, PER_SAMPLE_REQUIRED, "per_sample")
     rep = _replicate_key(per_sample)
     ctx = [c for c in context_columns(per_sample) if c not in REPLICATE_COLUMNS]
     ident = [*ctx, rep, "explainer", "metric", "sample_id"]
@@ -1023,7 +1030,8 @@ def result_tables(per_sample: pd.DataFrame, meta: Mapping[str, Any], *, models: 
 
 
 __all__ = [
-    "ALL_METRICS", "COMBINED_COLUMNS", "COUNT_COLUMNS", "RANK_COLUMNS", "REPLICATE_TESTS_COLUMNS",
+    "ALL_METRICS", "COMBINED_COLUMNS", "COUNT_COLUMNS", "CURVE_COLUMNS", "PER_SAMPLE_COLUMNS",
+    "PER_SAMPLE_REQUIRED", "RANK_COLUMNS", "REPLICATE_TESTS_COLUMNS",
     "SUMMARY_COLUMNS", "TESTS_COLUMNS", "crossed_mean", "crossed_t", "informative",
     "replicate_ranks", "replicate_tests",
     "summarize_replicates", "wilcoxon_min_p",

@@ -103,7 +103,7 @@ class TrainingConfig(StrictModel):
 class EvaluationConfig(StrictModel):
     n_samples: int = Field(256, ge=1)
     only_correct: bool = False
-    # "auto": sized from free GPU memory on CUDA (runner.auto_batch_size), 64 on CPU
+    # "auto": sized from free GPU memory on CUDA (engine.batching.auto_batch_size), 64 on CPU
     batch_size: int | Literal["auto"] = 64
     # the class each map explains: the true label, the model's prediction, or one fixed class for every
     # sample (a class index, or a class name of the model's label space, e.g. "airliner")

@@ -17,7 +17,7 @@ class Probe:
     task: Any
     split: str
     index: torch.Tensor
-    key: str = ""  # its cache key (xaiarena.cache.probe_key): set by the runner
+    key: str = ""  # its cache key (xaiarena.engine.cache.probe_key): set by the runner
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:

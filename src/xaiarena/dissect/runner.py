@@ -1,13 +1,13 @@
 """The dissection run: config -> data -> concepts -> model -> acts -> P -> similarity -> labels.
 
 ``xaiarena dissect CONFIG`` and :func:`run` get the data and the model from the stages of
-``xaiarena run`` (:func:`xaiarena.stages.data_stage`, :func:`xaiarena.stages.train_stage`): the
+``xaiarena run`` (:func:`xaiarena.engine.stages.data_stage`, :func:`xaiarena.engine.stages.train_stage`): the
 same cache keys (fingerprints of user files and ``amp`` included), checkpoint verification and
 checks, so a model trained by ``run`` in the same run directory is reused and a changed image
 folder retrains. Torch computes with ``training.num_threads`` threads (restored afterwards).
 Then the ``dissect:`` section. Every expensive artefact is cached under ``RUN_DIR/cache`` by
-the run's cache (:class:`xaiarena.cache.Cache`: atomic, checksummed, keys from
-:func:`xaiarena.cache.dissect_key`): activations per layer (model, probe images, layer,
+the run's cache (:class:`xaiarena.engine.cache.Cache`: atomic, checksummed, keys from
+:func:`xaiarena.engine.cache.dissect_key`): activations per layer (model, probe images, layer,
 pooling), CLIP image and text embeddings or the annotation matrix, and each layer's top
 concepts (activations, P, similarity function and options, seed). ``run.json`` gets a
 ``dissect`` entry with the timings and cache hits of every stage (a ``run`` result already
@@ -31,25 +31,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import cache as ck
 from ..config import DataConfig, ExperimentConfig, load_config
+from ..engine import cache as ck
+from ..engine.context import StageRecorder
+from ..engine.lock import check_config_file, config_yaml
+from ..engine.stages import Settings, data_stage, train_stage
+from ..environment import resolve_device, torch_threads, versions
 from ..errors import ConfigError
-from ..graph import StageRecorder
+from ..files import atomic_to_csv, atomic_write_text, make_dir, writes_inside
 from ..hashing import stable_hash, stable_seed
+from ..ops.seeding import seed_everything
 from ..registry import MODELS
-from ..runner import _say, check_config_file, config_yaml
-from ..stages import Settings, data_stage, train_stage
-from ..utils import (
-    atomic_to_csv,
-    atomic_write_text,
-    dumps_json,
-    make_dir,
-    resolve_device,
-    seed_everything,
-    torch_threads,
-    versions,
-    writes_inside,
-)
+from ..runner import _say
+from ..strict_json import dumps_json
 from .activations import LayerNotFoundError, is_output_layer, record_activations, resolve_layer
 from .concepts import build_concepts, too_few
 from .options import OptionError
@@ -110,7 +104,7 @@ class DissectRunner:
         self.source = source  # the config file cfg was read from (never overwritten)
         self.log = StageRecorder(_say)
         self.info: dict[str, Any] = {"datasets": {}}
-        # the run's data and train stages (xaiarena.stages), its cache and keys: a checkpoint
+        # the run's data and train stages (xaiarena.engine.stages), its cache and keys: a checkpoint
         # trained by `xaiarena run` in the same folder is reused, and the other way round
         self.settings = Settings(cfg, ck.Cache(self.run_dir / "cache", self.run_dir), self.device,
                                  amp=bool(cfg.amp) and self.device.type == "cuda",
@@ -217,7 +211,7 @@ class DissectRunner:
 
     # ------------------------------------------------------------------ helpers
     def _cached(self, kind: str, inputs: dict[str, Any], compute: Callable[[], Any]) -> Any:
-        """The dissection artefact ``kind`` keyed by ``inputs`` (:func:`xaiarena.cache.dissect_key`)
+        """The dissection artefact ``kind`` keyed by ``inputs`` (:func:`xaiarena.engine.cache.dissect_key`)
         from the run's cache (``cache/dissect/<kind>/``, checksummed), else computed and saved;
         counted in :attr:`hits` or :attr:`computed`."""
         key = ck.dissect_key(kind, inputs)

@@ -12,6 +12,5 @@ from . import (  # noqa: F401  (registration)
 )
 from .base import REDUCTIONS, Explainer, reduce_channels
 from .diet import text as _diet_text  # noqa: F401  (registers text_diet; importing diet registers diet)
-from .runner_utils import explain_in_batches
 
-__all__ = ["Explainer", "REDUCTIONS", "reduce_channels", "explain_in_batches"]
+__all__ = ["Explainer", "REDUCTIONS", "reduce_channels"]

@@ -107,7 +107,7 @@ class Explainer(ABC):
 
     def prepare_set(self, model: nn.Module, inputs: Any) -> None:  # noqa: B027
         """Called once with every input about to be explained on ``model``, before the batched
-        :meth:`explain` calls (:func:`xaiarena.stages.explain_in_batches`). Default: nothing. An
+        :meth:`explain` calls (:func:`xaiarena.engine.batching.explain_in_batches`). Default: nothing. An
         explainer whose maps are optimised over a set (DiET's ``authors`` test-time procedure)
         computes them here, so they do not depend on the batch size."""
 

@@ -5,7 +5,7 @@ Keys
 Each stage's artefact is stored under a content hash of exactly what it depends on.
 The key functions below are the only place where those hashes are computed; each
 returns a :class:`Key` (the hash and the inputs it hashes), and the inputs are written
-beside the artefact, so ``python -m xaiarena.cache --explain RUN_DIR`` can say, for every
+beside the artefact, so ``python -m xaiarena.engine.cache --explain RUN_DIR`` can say, for every
 file, what produced it.
 
 =============  ====================================================================
@@ -68,17 +68,17 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import RunError
-from .hashing import stable_hash, stable_seed  # noqa: F401  (stable_seed: re-exported, ck.stable_seed)
-from .utils import (
+from ..errors import RunError
+from ..files import (
     atomic_write_bytes,
     atomic_write_text,
     check_inside,
-    dumps_json,
     load_torch,
     parquet_bytes,
     torch_bytes,
 )
+from ..hashing import stable_hash, stable_seed  # noqa: F401  (stable_seed: re-exported, ck.stable_seed)
+from ..strict_json import dumps_json
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def score_key(metric_cfg: dict[str, Any], attributions: dict[str, Key], ids_hash
 
 
 def meta_maps_key(explain: Key, ids_hash: str, perturbation: dict[str, Any]) -> Key:
-    """Maps re-explained on a perturbed model (metric meta-evaluation, :mod:`xaiarena.meta_stage`):
+    """Maps re-explained on a perturbed model (metric meta-evaluation, :mod:`xaiarena.engine.meta_stage`):
     the unperturbed maps' key (model, explainer, seed, target, postprocess) and the perturbation."""
     return _key("meta_maps", {"explain": explain.hash, "ids": ids_hash,
                               "perturbation": perturbation, "rng": RNG_SCHEME})
@@ -174,7 +174,7 @@ def dissect_key(kind: str, inputs: dict[str, Any]) -> Key:
 
 def inside(root: Path, path: Path) -> Path:
     """``path`` if it resolves inside ``root`` (symlinks followed), else a ``WriteError`` (a
-    :class:`RunError`): :func:`xaiarena.utils.check_inside`, the check of every written path."""
+    :class:`RunError`): :func:`xaiarena.files.check_inside`, the check of every written path."""
     return check_inside(path, root)
 
 
@@ -324,7 +324,7 @@ def explain_cache(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xaiarena.cache",
+    parser = argparse.ArgumentParser(prog="python -m xaiarena.engine.cache",
                                      description="Inspect a run's cache: every artefact and what its key hashes.")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--explain", action="store_true", help="list every artefact with its key inputs")

@@ -1,12 +1,12 @@
-"""Executors of the stage graph (:mod:`xaiarena.graph`).
+"""Executors of the stage graph (:mod:`xaiarena.engine.tasks`).
 
 ``local``
-    Every task in this process, in graph order; a :class:`~xaiarena.graph.UnitContext`
+    Every task in this process, in graph order; a :class:`~xaiarena.engine.context.UnitContext`
     keeps data, models and maps in memory between tasks.
 ``ray``
     Every task is a Ray task (``pip install -e ".[ray]"``) with the resources of
     ``ray.cpus_per_task`` / ``ray.gpus_per_task``, started when its dependencies are done. It
-    computes with the torch thread count a local run would use (:func:`~xaiarena.graph.thread_count`),
+    computes with the torch thread count a local run would use (:func:`~xaiarena.engine.context.thread_count`),
     because float sums (training above all) depend on it: a Ray run then gives a local run's
     numbers. ``cpus_per_task`` defaults to that thread count.
     Tasks exchange only small results (keys, timings, per-sample frames); artefacts go
@@ -26,9 +26,11 @@ import os
 import time
 from collections.abc import Callable
 
-from .errors import RunError
-from .graph import Env, TaskResult, TaskSpec, run_task, thread_count
-from .utils import progress, writes_inside
+from ..errors import RunError
+from ..files import writes_inside
+from ..progress import progress
+from .context import Env, thread_count
+from .tasks import TaskResult, TaskSpec, run_task
 
 log = logging.getLogger(__name__)
 

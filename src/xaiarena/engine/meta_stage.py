@@ -25,8 +25,8 @@ draw, and the explainers' and metrics' random streams on its problem, are seeded
 seed and (test, strength, draw); input noise per sample by its id, so nothing depends on the
 batch size. Explainers and metrics draw fresh streams on each perturbed problem, as MetaQuantus
 does (its tests draw from numpy's global state): their own sampling noise counts against
-resilience. Scores and re-explained maps are cached (:func:`xaiarena.cache.meta_score_key`,
-:func:`xaiarena.cache.meta_maps_key`): a rerun loads them, an added metric scores only itself.
+resilience. Scores and re-explained maps are cached (:func:`xaiarena.engine.cache.meta_score_key`,
+:func:`xaiarena.engine.cache.meta_maps_key`): a rerun loads them, an added metric scores only itself.
 
 Cost per view, with M samples and K draws: the model tests re-explain 2·K·M samples with
 every explainer (the run explains N), all four tests score 4·K·M samples with every metric
@@ -42,19 +42,11 @@ from typing import Any
 import pandas as pd
 import torch
 
+from .. import postprocess
+from ..meta import DISRUPTIVE, MINOR, PERTURBED_COLUMNS
 from . import cache as ck
-from . import postprocess
-from .meta import DISRUPTIVE, MINOR, PERTURBED_COLUMNS
-from .stages import (
-    Attribution,
-    Compute,
-    Prepared,
-    Samples,
-    Settings,
-    View,
-    explain_in_batches,
-    score_in_batches,
-)
+from .batching import Attribution, Compute, EvalSamples, View, explain_in_batches, score_in_batches
+from .stages import PreparedUnit, Settings
 
 #: MetaQuantus's test suite for MNIST, fMNIST and cMNIST: sigma of the multiplicative model noise
 #: N(1, sigma) and half-width a of the additive input noise U(-a, a), per (test, strength)
@@ -103,7 +95,7 @@ def perturbed_inputs(
 def _predictions(
     model: torch.nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device
 ) -> torch.Tensor:
-    from .metrics.core import eval_mode, predict
+    from ..metrics.core import eval_mode, predict
 
     with eval_mode(model) as m:
         return predict(m, inputs.to(device), batch_size).argmax(1).cpu()
@@ -122,7 +114,7 @@ def settings_of(s: Settings) -> dict[str, Any]:
 
 def perturbed_scores(
     s: Settings,
-    prep: Prepared,
+    prep: PreparedUnit,
     view: View,
     attrs: dict[str, Attribution],
     explainers: dict[str, tuple[Any, Any]],
@@ -139,7 +131,7 @@ def perturbed_scores(
     ids = prep.sample_ids[pos]
     ids_hash = ck.stable_hash(ids.tolist())
     settings = settings_of(s)
-    folder = s.cache.path("meta", prep.key)
+    folder = s.cache.path("meta", prep.dataset)
     done: list[pd.DataFrame] = []
     pending = []
     for spec, metric, labels in jobs:
@@ -193,7 +185,7 @@ def perturbed_scores(
 
 def _score_problem(
     s: Settings,
-    prep: Prepared,
+    prep: PreparedUnit,
     view: View,
     attrs: dict[str, Attribution],
     explainers: dict[str, tuple[Any, Any]],
@@ -228,7 +220,7 @@ def _score_problem(
         for k in needed:
             spec, explainer = explainers[k]
             mkey = ck.meta_maps_key(attrs[k].key, ids_hash, pert)
-            path = s.cache.path("meta", prep.key, f"{k}-{mkey.hash}.pt")
+            path = s.cache.path("meta", prep.dataset, f"{k}-{mkey.hash}.pt")
             m = s.cache.load_torch(path)
             if m is None:
                 m = explain_in_batches(
@@ -256,8 +248,9 @@ def _score_problem(
             for k in needed
         }
     same = dict(zip(ids.tolist(), (preds == view.preds[pos].cpu()).tolist(), strict=True))
-    samples = Samples(
-        prep.key, inputs, prep.labels[pos], None if prep.masks is None else prep.masks[pos], ids
+    samples = EvalSamples(
+        dataset=prep.dataset, inputs=inputs, labels=prep.labels[pos],
+        masks=None if prep.masks is None else prep.masks[pos], sample_ids=ids,
     )
     pview = View(view.name, model, view.key, view.targets[pos], preds)
     for spec, metric, labels, _key, _path, parts in pending:
