@@ -106,8 +106,8 @@ class DissectRunner:
         self.info: dict[str, Any] = {"datasets": {}}
         # the run's data and train stages (xaiarena.engine.stages), its cache and keys: a checkpoint
         # trained by `xaiarena run` in the same folder is reused, and the other way round
-        self.settings = Settings(cfg, ck.Cache(self.run_dir / "cache", self.run_dir), self.device,
-                                 amp=bool(cfg.amp) and self.device.type == "cuda",
+        self.settings = Settings(cfg=cfg, cache=ck.Cache(self.run_dir / "cache", self.run_dir),
+                                 device=self.device, amp=bool(cfg.amp) and self.device.type == "cuda",
                                  show_progress=show_progress)
         self.hits: list[str] = []  # the current dataset's dissection artefacts, for run.json
         self.computed: list[str] = []
