@@ -139,9 +139,9 @@ def captum_fn(name: str, explainer, model, x: torch.Tensor, t: torch.Tensor) -> 
 
         return run
     if name == "ablationcam":
-        from xaiarena.explainers.model_calls import find_layer
+        from xaiarena.explainers.cam import cam_layer_of
 
-        _, layer = find_layer(model, explainer.layer, name)
+        _, layer = cam_layer_of(model, explainer.layer, name)
         with torch.no_grad():
             store = {}
             h = layer.register_forward_hook(lambda m, i, o: store.__setitem__("k", o.shape[1]))
