@@ -59,7 +59,10 @@ def setting(cache: Path, overrides: dict[str, Any] | None = None):
     cfg = load_config(None, overrides or None)
     bs = cfg.evaluation.batch_size if isinstance(cfg.evaluation.batch_size, int) else 64
     s = stages.Settings(
-        cfg=cfg, cache=ck.Cache(cache / "cache", cache), device=torch.device("cpu"), batch_size=bs,
+        cfg=cfg,
+        cache=ck.Cache(cache / "cache", cache),
+        device=torch.device("cpu"),
+        batch_size=bs,
         show_progress=False,
     )
 
@@ -151,8 +154,12 @@ STUDY_SETTINGS = {
 #: candidate stopping rules applied afterwards to the recorded trajectories: window (horizons),
 #: tolerance on the window-mean loss, on the window-mean mask (both relative), and whether the noise
 #: allowances of the implemented rule apply (testtime.LOSS_NOISE_Z, MASK_NOISE_RATIO)
-CANDIDATES = [(wh, tl, tm, noise) for noise in (False, True) for wh in (0.5, 1.0, 2.0)
-              for tl, tm in ((0.01, 0.05), (0.02, 0.1), (0.05, 0.2))]
+CANDIDATES = [
+    (wh, tl, tm, noise)
+    for noise in (False, True)
+    for wh in (0.5, 1.0, 2.0)
+    for tl, tm in ((0.01, 0.05), (0.02, 0.1), (0.05, 0.2))
+]
 
 
 def record(
@@ -324,13 +331,21 @@ def convergence(diet, x, gt, y, steps: int, every: int, out: Path, raw_dir: Path
                 stops[label], m = apply_rule(r, half, every, tl, tm, noise)
                 maps[label] = up(m)[:, 0]
             sa = stops["seed"]
-            rules.append({
-                "window_horizons": wh, "window_steps": 2 * half, "tol": tl, "mask_tol": tm,
-                "noise_allowance": noise, "steps_quartiles": quartiles(sa.double()),
-                "steps_mean": float(sa.double().mean()), "steps_max": int(sa.max()),
-                "never_stopped": int((sa == steps).sum()),
-                "spearman_seeds": median_spearman(maps["seed"], maps["second seed"]),
-                "topk_iou": topk_iou(diet.f_s, x, y, gt, maps["seed"])})
+            rules.append(
+                {
+                    "window_horizons": wh,
+                    "window_steps": 2 * half,
+                    "tol": tl,
+                    "mask_tol": tm,
+                    "noise_allowance": noise,
+                    "steps_quartiles": quartiles(sa.double()),
+                    "steps_mean": float(sa.double().mean()),
+                    "steps_max": int(sa.max()),
+                    "never_stopped": int((sa == steps).sum()),
+                    "spearman_seeds": median_spearman(maps["seed"], maps["second seed"]),
+                    "topk_iou": topk_iou(diet.f_s, x, y, gt, maps["seed"]),
+                }
+            )
         result["settings"][name] = {
             "options": over,
             "horizon": horizon,
@@ -338,9 +353,11 @@ def convergence(diet, x, gt, y, steps: int, every: int, out: Path, raw_dir: Path
             "rules": rules,
         }
         if over["test_sparsity_weight"] == diet.config.test_sparsity_weight and over["test_lr"] == (
-                diet.config.test_lr):
-            result["settings"][name]["implemented"] = [implemented(diet, x, y, gt, seeds, wh)
-                                                       for wh in (0.5, 1.0, 2.0)]
+            diet.config.test_lr
+        ):
+            result["settings"][name]["implemented"] = [
+                implemented(diet, x, y, gt, seeds, wh) for wh in (0.5, 1.0, 2.0)
+            ]
         out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -357,20 +374,43 @@ def implemented(diet, x, y, gt, seeds: dict[str, int], window: float) -> dict[st
     cfg = dataclasses.replace(diet.config, test_window=window)
     for label, sd in seeds.items():
         t0 = time.perf_counter()
-        masks, summary = optimise_test_masks(diet.f_s, x, diet.test_masker, cfg, seed=sd,
-                                             sample_seeds=[sample_seed(sd, d) for d in _digests(x)])
+        masks, summary = optimise_test_masks(
+            diet.f_s,
+            x,
+            diet.test_masker,
+            cfg,
+            seed=sd,
+            sample_seeds=[sample_seed(sd, d) for d in _digests(x)],
+        )
         maps[label] = diet.masker.expand(masks)[:, 0]
         st = summary["steps"].double()
-        runs[label] = {"steps_quartiles": quartiles(st), "steps_mean": float(st.mean()),
-                       "steps_max": int(st.max()), "stopped_at_limit": int(summary["limit_hit"].sum()),
-                       "loss_change_median": float(summary["loss_change"].nanmedian()),
-                       "mask_change_median": float(summary["mask_change"].nanmedian()),
-                       "seconds": round(time.perf_counter() - t0, 1)}
+        runs[label] = {
+            "steps_quartiles": quartiles(st),
+            "steps_mean": float(st.mean()),
+            "steps_max": int(st.max()),
+            "stopped_at_limit": int(summary["limit_hit"].sum()),
+            "loss_change_median": float(summary["loss_change"].nanmedian()),
+            "mask_change_median": float(summary["mask_change"].nanmedian()),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
     rho = spearman_pairs(list(maps["seed"]), list(maps["second seed"]))
-    return {"settings": {k: getattr(cfg, k) for k in ("test_lr", "test_sparsity_weight", "test_window",
-                                                      "test_tol", "test_mask_tol", "test_average")},
-            "runs": runs, "spearman_seeds": float(rho.nanmedian()), "spearman_seeds_q": quartiles(rho),
-            "topk_iou": topk_iou(diet.f_s, x, y, gt, maps["seed"])}
+    return {
+        "settings": {
+            k: getattr(cfg, k)
+            for k in (
+                "test_lr",
+                "test_sparsity_weight",
+                "test_window",
+                "test_tol",
+                "test_mask_tol",
+                "test_average",
+            )
+        },
+        "runs": runs,
+        "spearman_seeds": float(rho.nanmedian()),
+        "spearman_seeds_q": quartiles(rho),
+        "topk_iou": topk_iou(diet.f_s, x, y, gt, maps["seed"]),
+    }
 
 
 def convergence_markdown(result: dict[str, Any]) -> str:
@@ -426,24 +466,36 @@ def convergence_markdown(result: dict[str, Any]) -> str:
                 f"{r['steps_mean']:.0f} | {r['steps_max']} | {r['never_stopped']} | "
                 f"{r['spearman_seeds']:.3f} | {r['topk_iou']:.3f} |"
             )
-        lines.append("\n(These maps are means of the snapshots, every 6th step: noisier than the implemented "
-                     "rule's, which averages every step of the window; see below.)")
+        lines.append(
+            "\n(These maps are means of the snapshots, every 6th step: noisier than the implemented "
+            "rule's, which averages every step of the window; see below.)"
+        )
         if res.get("implemented"):
-            lines += ["", "The implemented rule (testtime._converged, exact: every step's mask in the window "
-                      "means), DiET's defaults but the window, run as it is on the same images with both seeds:",
-                      "", "| window (H) | seed | steps q25 / median / q75 | mean | max | stopped at the limit | "
-                      "final loss change (median) | final mask change (median) | Spearman seeds (q25 / median / "
-                      "q75) | top-k IoU |", "|" + "---|" * 10]
+            lines += [
+                "",
+                "The implemented rule (testtime._converged, exact: every step's mask in the window "
+                "means), DiET's defaults but the window, run as it is on the same images with both seeds:",
+                "",
+                "| window (H) | seed | steps q25 / median / q75 | mean | max | stopped at the limit | "
+                "final loss change (median) | final mask change (median) | Spearman seeds (q25 / median / "
+                "q75) | top-k IoU |",
+                "|" + "---|" * 10,
+            ]
             for imp in res["implemented"]:
                 rq = imp["spearman_seeds_q"]
                 for label, v in imp["runs"].items():
                     sq = v["steps_quartiles"]
-                    both = (f"{rq[0]:.3f} / {rq[1]:.3f} / {rq[2]:.3f} | {imp['topk_iou']:.3f}" if label == "seed"
-                            else " | ")
-                    lines.append(f"| {imp['settings']['test_window']:g} | {label} | {sq[0]:.0f} / {sq[1]:.0f} / "
-                                 f"{sq[2]:.0f} | {v['steps_mean']:.0f} | {v['steps_max']} | "
-                                 f"{v['stopped_at_limit']} | {v['loss_change_median']:.4f} | "
-                                 f"{v['mask_change_median']:.4f} | {both} |")
+                    both = (
+                        f"{rq[0]:.3f} / {rq[1]:.3f} / {rq[2]:.3f} | {imp['topk_iou']:.3f}"
+                        if label == "seed"
+                        else " | "
+                    )
+                    lines.append(
+                        f"| {imp['settings']['test_window']:g} | {label} | {sq[0]:.0f} / {sq[1]:.0f} / "
+                        f"{sq[2]:.0f} | {v['steps_mean']:.0f} | {v['steps_max']} | "
+                        f"{v['stopped_at_limit']} | {v['loss_change_median']:.4f} | "
+                        f"{v['mask_change_median']:.4f} | {both} |"
+                    )
         lines.append("")
     return "\n".join(lines)
 
@@ -582,14 +634,22 @@ def sensitivity_markdown(result: dict[str, Any]) -> str:
     for p in result.get("pairs", []):
         q = p["spearman"]
         lines.append(f"| {p['a']} vs {p['b']} | {q[1]:.2f} [{q[0]:.2f}, {q[2]:.2f}] | | | |")
-    lines += ["", "Seed check of each variant (median per-sample Spearman, first 8 samples by digest, second "
-              "seed; authors: that subset as its own set with each seed): " + "; ".join(
-                  f"{r['variant']} {r['seed_check']['median_spearman']:.2f}" for r in result["rows"]
-                  if r.get("seed_check")) + ".",
-              "", "Everything but the variant is the default (converged, w 8, test_lr 125 per 1024 cells, "
-              "the dataset's mean as background colour, std 0.05, DiET's seed). The old default ran 66 steps "
-              "(its horizon cap, hence 'at the limit') with the last iterate as the map and per-sample "
-              "backgrounds (the old code drew one background per step for the whole batch)."]
+    lines += [
+        "",
+        "Seed check of each variant (median per-sample Spearman, first 8 samples by digest, second "
+        "seed; authors: that subset as its own set with each seed): "
+        + "; ".join(
+            f"{r['variant']} {r['seed_check']['median_spearman']:.2f}"
+            for r in result["rows"]
+            if r.get("seed_check")
+        )
+        + ".",
+        "",
+        "Everything but the variant is the default (converged, w 8, test_lr 125 per 1024 cells, "
+        "the dataset's mean as background colour, std 0.05, DiET's seed). The old default ran 66 steps "
+        "(its horizon cap, hence 'at the limit') with the last iterate as the map and per-sample "
+        "backgrounds (the old code drew one background per step for the whole batch).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -603,28 +663,53 @@ def timing(s, prep, spec, repeats: int = 2) -> dict[str, Any]:
     from xaiarena.engine import cache as ck
     from xaiarena.registry import EXPLAINERS
 
-    fit_dir = s.cache.path("explainers", prep.dataset, ck.fit_key(prep.model_key, spec.hash_dict(), s.seed).hash)
+    fit_dir = s.cache.path(
+        "explainers", prep.dataset, ck.fit_key(prep.model_key, spec.hash_dict(), s.seed).hash
+    )
     # the old procedure had no seed check
-    variants = {"old (66 steps)": {**VARIANTS["old default (66 steps, the horizon; last iterate)"],
-                                   "test_seed_check": 0}, "default": {}}
+    variants = {
+        "old (66 steps)": {
+            **VARIANTS["old default (66 steps, the horizon; last iterate)"],
+            "test_seed_check": 0,
+        },
+        "default": {},
+    }
     out: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
     for _ in range(repeats):
         for name, options in variants.items():
             diet = EXPLAINERS.create(spec.name, **{**spec.params, **options})
-            diet.fit(prep.model, prep.task, device=s.device, generator=torch.Generator().manual_seed(s.seed),
-                     cache_dir=fit_dir)
-            diet.cache_dir, diet._test_cache, diet._checks = None, {}, {}  # compute, never serve or write
+            diet.fit(
+                prep.model,
+                prep.task,
+                device=s.device,
+                generator=torch.Generator().manual_seed(s.seed),
+                cache_dir=fit_dir,
+            )
+            diet.cache_dir, diet._test_cache, diet._checks = (
+                None,
+                {},
+                {},
+            )  # compute, never serve or write
             c0, w0 = time.process_time(), time.perf_counter()
             diet.prepare_set(diet.f_s, prep.inputs)
             info = diet.report()["test_time"]
-            out[name].append({"cpu_seconds": round(time.process_time() - c0, 2),
-                              "wall_seconds": round(time.perf_counter() - w0, 2),
-                              "steps_mean": info["steps_mean"], "n_masks": info["n_masks"],
-                              "seed_check": bool(diet.report().get("test_seed_check"))})
+            out[name].append(
+                {
+                    "cpu_seconds": round(time.process_time() - c0, 2),
+                    "wall_seconds": round(time.perf_counter() - w0, 2),
+                    "steps_mean": info["steps_mean"],
+                    "n_masks": info["n_masks"],
+                    "seed_check": bool(diet.report().get("test_seed_check")),
+                }
+            )
             print(f"[timing] {name}: {out[name][-1]}", flush=True)
     cpu = {k: sum(r["cpu_seconds"] for r in v) / len(v) for k, v in out.items()}
-    return {"runs": out, "cpu_seconds_mean": cpu, "ratio_default_to_old": cpu["default"] / cpu["old (66 steps)"],
-            "threads": torch.get_num_threads()}
+    return {
+        "runs": out,
+        "cpu_seconds_mean": cpu,
+        "ratio_default_to_old": cpu["default"] / cpu["old (66 steps)"],
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:

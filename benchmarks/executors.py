@@ -26,13 +26,26 @@ from pathlib import Path
 import pandas as pd
 
 # a small replicate grid: three training seeds of the built-in benchmark at a reduced size
-GRID = ["replicates=3", "evaluation.n_samples=64",
-        "explainers=[gradcam, integrated_gradients, smoothgrad, random]",
-        "metrics=[deletion, insertion, topk_iou]"]
+GRID = [
+    "replicates=3",
+    "evaluation.n_samples=64",
+    "explainers=[gradcam, integrated_gradients, smoothgrad, random]",
+    "metrics=[deletion, insertion, topk_iou]",
+]
 
 
 def run(executor: str, out: Path, sets: list[str]) -> float:
-    cmd = [sys.executable, "-m", "xaiarena.cli", "run", "--out", str(out), "--quiet", "--executor", executor]
+    cmd = [
+        sys.executable,
+        "-m",
+        "xaiarena.cli",
+        "run",
+        "--out",
+        str(out),
+        "--quiet",
+        "--executor",
+        executor,
+    ]
     for s in sets:
         cmd += ["--set", s]
     t0 = time.perf_counter()
@@ -42,8 +55,14 @@ def run(executor: str, out: Path, sets: list[str]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--grid", action="store_true", help="run the 3-seed replicate grid instead of the default benchmark")
-    ap.add_argument("--set", dest="sets", action="append", default=[], help="an override, as for xaiarena run")
+    ap.add_argument(
+        "--grid",
+        action="store_true",
+        help="run the 3-seed replicate grid instead of the default benchmark",
+    )
+    ap.add_argument(
+        "--set", dest="sets", action="append", default=[], help="an override, as for xaiarena run"
+    )
     ap.add_argument("--out", type=Path, default=None, help="folder for the two run directories")
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="xaiarena-executors-"))
@@ -63,16 +82,28 @@ def main() -> None:
     num = [c for c in ("mean", "ci_low", "ci_high") if c in a.columns]
     same_rows = a.drop(columns=num).equals(b.drop(columns=num))
     max_diff = float((a[num] - b[num]).abs().max().max()) if same_rows else float("nan")
-    result = {"config": "replicate grid (3 seeds)" if args.grid else "default benchmark", "overrides": sets,
-              "local_s": round(times["local"], 1), "ray_s": round(times["ray"], 1),
-              "ray_over_local": round(times["ray"] / times["local"], 3), "summary_identical": identical,
-              "same_rows": same_rows, "max_abs_difference": max_diff,
-              "cpu_count": os.cpu_count()}
+    result = {
+        "config": "replicate grid (3 seeds)" if args.grid else "default benchmark",
+        "overrides": sets,
+        "local_s": round(times["local"], 1),
+        "ray_s": round(times["ray"], 1),
+        "ray_over_local": round(times["ray"] / times["local"], 3),
+        "summary_identical": identical,
+        "same_rows": same_rows,
+        "max_abs_difference": max_diff,
+        "cpu_count": os.cpu_count(),
+    }
     (out / "executors.json").write_text(json.dumps(result, indent=2))
     print("| config | local | ray | ray / local | summary.csv |")
     print("|---|---|---|---|---|")
-    same = "identical" if identical else (f"same rows, max abs difference {max_diff:.1e}" if same_rows else "DIFFERENT ROWS")
-    print(f"| {result['config']} | {result['local_s']} s | {result['ray_s']} s | {result['ray_over_local']:.2f} | {same} |")
+    same = (
+        "identical"
+        if identical
+        else (f"same rows, max abs difference {max_diff:.1e}" if same_rows else "DIFFERENT ROWS")
+    )
+    print(
+        f"| {result['config']} | {result['local_s']} s | {result['ray_s']} s | {result['ray_over_local']:.2f} | {same} |"
+    )
 
 
 if __name__ == "__main__":

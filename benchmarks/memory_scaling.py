@@ -60,7 +60,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 RSS_TOLERANCE = 0.15  # issue 26: peak RSS within 15%
 TIME_TOLERANCE = 0.10  # issue 26: per-sample time within 10%
 
-EXPLAINERS = ["gradcam", "integrated_gradients", "input_x_gradient", "smoothgrad", "occlusion", "random"]
+EXPLAINERS = [
+    "gradcam",
+    "integrated_gradients",
+    "input_x_gradient",
+    "smoothgrad",
+    "occlusion",
+    "random",
+]
 # Lighter than the built-in benchmark's settings (20 steps, 100 runs, 5 draws re-explaining IG),
 # so that N = 4096 stays affordable: the point is how cost and memory grow with N, not the scores.
 METRICS = [
@@ -69,7 +76,11 @@ METRICS = [
     {"name": "faithfulness_correlation", "nr_runs": 20},
     "sparseness",
     # re-explains under noise: the one-pass explainers only
-    {"name": "max_sensitivity", "nr_samples": 3, "explainers": ["gradcam", "input_x_gradient", "random"]},
+    {
+        "name": "max_sensitivity",
+        "nr_samples": 3,
+        "explainers": ["gradcam", "input_x_gradient", "random"],
+    },
     "topk_iou",
 ]
 # the built-in benchmark's data, model and training (src/xaiarena/configs/default.yaml)
@@ -77,7 +88,9 @@ TRAINING = {"epochs": 4, "batch_size": 64, "lr": 0.002}
 QUICK_TRAINING = {"epochs": 1, "batch_size": 64, "lr": 0.002}
 
 
-def config(n_test: int, n_train: int | None, training: dict, explainers: list, metrics: list) -> dict:
+def config(
+    n_test: int, n_train: int | None, training: dict, explainers: list, metrics: list
+) -> dict:
     data = {"name": "hard_mnist", "n_test": n_test}
     if n_train is not None:
         data["n_train"] = n_train
@@ -107,7 +120,12 @@ def run_measured(cfg_path: Path, out: Path, sets: list[str], log_path: Path) -> 
     proc.returncode = os.waitstatus_to_exitcode(status)
     # ru_maxrss: KiB on Linux, bytes on macOS
     rss = usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
-    return {"cmd": cmd, "returncode": proc.returncode, "wall_seconds": round(wall, 3), "peak_rss_bytes": int(rss)}
+    return {
+        "cmd": cmd,
+        "returncode": proc.returncode,
+        "wall_seconds": round(wall, 3),
+        "peak_rss_bytes": int(rss),
+    }
 
 
 def stage_seconds(run_json: dict) -> dict:
@@ -156,7 +174,9 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
     n_test = max(ns) if args.n_test is None else args.n_test
     if n_test < max(ns):
         raise SystemExit(f"--n-test {n_test} is smaller than the largest N {max(ns)}")
-    base = config(n_test, args.n_train, QUICK_TRAINING if args.quick else TRAINING, EXPLAINERS, METRICS)
+    base = config(
+        n_test, args.n_train, QUICK_TRAINING if args.quick else TRAINING, EXPLAINERS, METRICS
+    )
     cfg_path = work / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(base, sort_keys=False))
     sets = list(args.sets)
@@ -172,28 +192,41 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
             shutil.copytree(models, out / "cache" / "models")
             load_before = load_average()
             print(f"N = {n} (repeat {rep + 1}/{args.repeats}) ...", flush=True)
-            res = run_measured(cfg_path, out, [*sets, f"evaluation.n_samples={n}"], work / f"n{n}_r{rep}.log")
+            res = run_measured(
+                cfg_path, out, [*sets, f"evaluation.n_samples={n}"], work / f"n{n}_r{rep}.log"
+            )
             if res["returncode"] != 0:
                 log = (work / f"n{n}_r{rep}.log").read_text(errors="replace")[-2000:]
                 raise SystemExit(f"the run at N = {n} failed (exit {res['returncode']}):\n{log}")
             run_json = json.loads((out / "run.json").read_text())
             st = stage_seconds(run_json)
             if st["train_cache_hit"] is not True:
-                raise SystemExit(f"the run at N = {n} trained its model (no cache hit): the comparison would "
-                                 "include training")
+                raise SystemExit(
+                    f"the run at N = {n} trained its model (no cache hit): the comparison would "
+                    "include training"
+                )
             n_eval = int(next(iter(run_json["datasets"].values()))["n_eval"])
-            runs.append({
-                "n": n, "repeat": rep, "n_eval": n_eval, **res,
-                "explain_seconds": round(st["explain"], 3), "metric_seconds": round(st["metric"], 3),
-                "explain_score_seconds": round(st["explain_score"], 3),
-                "per_sample_ms": round(1000 * st["explain_score"] / n_eval, 4),
-                "other_stage_seconds": {k: round(v, 3) for k, v in st["other"].items()},
-                "total_seconds": run_json.get("total_seconds"),
-                "load_before": load_before, "load_after": load_average(),
-                "hardware": run_json.get("hardware"),
-            })
+            runs.append(
+                {
+                    "n": n,
+                    "repeat": rep,
+                    "n_eval": n_eval,
+                    **res,
+                    "explain_seconds": round(st["explain"], 3),
+                    "metric_seconds": round(st["metric"], 3),
+                    "explain_score_seconds": round(st["explain_score"], 3),
+                    "per_sample_ms": round(1000 * st["explain_score"] / n_eval, 4),
+                    "other_stage_seconds": {k: round(v, 3) for k, v in st["other"].items()},
+                    "total_seconds": run_json.get("total_seconds"),
+                    "load_before": load_before,
+                    "load_after": load_average(),
+                    "hardware": run_json.get("hardware"),
+                }
+            )
             if not args.keep:
-                shutil.rmtree(out / "cache", ignore_errors=True)  # maps of 4096 samples: hundreds of MB
+                shutil.rmtree(
+                    out / "cache", ignore_errors=True
+                )  # maps of 4096 samples: hundreds of MB
 
     per_n = {}
     for n in ns:
@@ -208,7 +241,11 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
     lo, hi = per_n[ns[0]], per_n[ns[-1]]
     rss_ratio = hi["peak_rss_mb"] / lo["peak_rss_mb"]
     time_ratio = hi["per_sample_ms"] / lo["per_sample_ms"]
-    marginal_kb = (1024 * (hi["peak_rss_mb"] - lo["peak_rss_mb"]) / (hi["n"] - lo["n"])) if hi["n"] > lo["n"] else None
+    marginal_kb = (
+        (1024 * (hi["peak_rss_mb"] - lo["peak_rss_mb"]) / (hi["n"] - lo["n"]))
+        if hi["n"] > lo["n"]
+        else None
+    )
     return {
         "what": "peak RSS and explain+score time of one config at several evaluation sample counts (issue 26)",
         "quick": bool(args.quick),
@@ -220,13 +257,15 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
         "runs": runs,
         "per_n": [per_n[n] for n in ns],
         "comparison": {
-            "n_small": lo["n"], "n_large": hi["n"],
+            "n_small": lo["n"],
+            "n_large": hi["n"],
             "rss_ratio": round(rss_ratio, 4),
             "rss_marginal_kb_per_sample": None if marginal_kb is None else round(marginal_kb, 2),
             "per_sample_time_ratio": round(time_ratio, 4),
             "rss_ok": abs(rss_ratio - 1) <= RSS_TOLERANCE,
             "time_ok": abs(time_ratio - 1) <= TIME_TOLERANCE,
-            "rss_tolerance": RSS_TOLERANCE, "time_tolerance": TIME_TOLERANCE,
+            "rss_tolerance": RSS_TOLERANCE,
+            "time_tolerance": TIME_TOLERANCE,
         },
     }
 
@@ -234,8 +273,10 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
 def table(res: dict) -> str:
     lines = ["| N | peak RSS (MB) | explain + score (s) | per sample (ms) |", "|---|---|---|---|"]
     for p in res["per_n"]:
-        lines.append(f"| {p['n']} | {p['peak_rss_mb']:.1f} | {p['explain_score_seconds']:.2f} | "
-                     f"{p['per_sample_ms']:.3f} |")
+        lines.append(
+            f"| {p['n']} | {p['peak_rss_mb']:.1f} | {p['explain_score_seconds']:.2f} | "
+            f"{p['per_sample_ms']:.3f} |"
+        )
     c = res["comparison"]
     ok = {True: "yes", False: "**no**"}
     lines += [
@@ -250,24 +291,58 @@ def table(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, nargs="+", default=None, help="evaluation sample counts (default 512 4096)")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: N = 32 and 64, 1,000 training images, 1 epoch")
-    ap.add_argument("--shard-size", type=int, default=None,
-                    help="pass --set evaluation.shard_size=S (issue 26's option; not in today's config)")
-    ap.add_argument("--set", dest="sets", action="append", default=[],
-                    help="an override for the measured runs, as for xaiarena run (repeatable)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--n", type=int, nargs="+", default=None, help="evaluation sample counts (default 512 4096)"
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: N = 32 and 64, 1,000 training images, 1 epoch",
+    )
+    ap.add_argument(
+        "--shard-size",
+        type=int,
+        default=None,
+        help="pass --set evaluation.shard_size=S (issue 26's option; not in today's config)",
+    )
+    ap.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        help="an override for the measured runs, as for xaiarena run (repeatable)",
+    )
     ap.add_argument("--repeats", type=int, default=1, help="runs per N, interleaved (default 1)")
-    ap.add_argument("--n-test", type=int, default=None, help="hard_mnist test split size (default: the largest N)")
-    ap.add_argument("--n-train", type=int, default=None, help="hard_mnist training split size (default 8000; "
-                    "1000 with --quick)")
-    ap.add_argument("--workdir", type=Path, default=None, help="folder for the run directories (default: a "
-                    "temporary folder, removed at the end unless --keep)")
+    ap.add_argument(
+        "--n-test",
+        type=int,
+        default=None,
+        help="hard_mnist test split size (default: the largest N)",
+    )
+    ap.add_argument(
+        "--n-train",
+        type=int,
+        default=None,
+        help="hard_mnist training split size (default 8000; 1000 with --quick)",
+    )
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="folder for the run directories (default: a "
+        "temporary folder, removed at the end unless --keep)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the run directories and their caches")
-    ap.add_argument("--out", type=Path, default=None, help="result JSON (default benchmarks/results/"
-                    "memory_scaling.json, memory_scaling_quick.json with --quick)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="result JSON (default benchmarks/results/"
+        "memory_scaling.json, memory_scaling_quick.json with --quick)",
+    )
     args = ap.parse_args(argv)
     if args.n is None:
         args.n = [32, 64] if args.quick else [512, 4096]
@@ -277,11 +352,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--n needs at least two distinct positive sample counts")
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
-    out = args.out or RESULTS / ("memory_scaling_quick.json" if args.quick else "memory_scaling.json")
+    out = args.out or RESULTS / (
+        "memory_scaling_quick.json" if args.quick else "memory_scaling.json"
+    )
     work = args.workdir or Path(tempfile.mkdtemp(prefix="xaiarena-memscale-"))
     work.mkdir(parents=True, exist_ok=True)
     if any(work.iterdir()):
-        raise SystemExit(f"{work} is not empty: give a fresh --workdir (runs must not reuse a cache)")
+        raise SystemExit(
+            f"{work} is not empty: give a fresh --workdir (runs must not reuse a cache)"
+        )
     try:
         res = measure(args, work)
     finally:

@@ -165,7 +165,9 @@ class Floors:
         self.forward, self.explain = forward, explain
         ours = chunk_size(torch.empty(1, *shape), None)
         self.bs_forward = sorted({best_batch_size(forward, shape), ours})
-        self.bs_explain = sorted({best_batch_size(explain, shape), max(1, ours // n_images) * n_images})
+        self.bs_explain = sorted(
+            {best_batch_size(explain, shape), max(1, ours // n_images) * n_images}
+        )
 
     def road(self, metric, x: torch.Tensor, a: torch.Tensor) -> float:
         """ROAD's floor: its forward passes plus the sparse solves of its imputations on prebuilt systems
@@ -187,7 +189,10 @@ class Floors:
                     masks.append(m.view(h, w).numpy())
             masks = np.stack(masks)
             per = max(1, MAX_UNKNOWNS // max(1, int(masks.reshape(len(masks), -1).sum(1).max())))
-            systems += [imputation_system(x[i].double().numpy(), masks[j : j + per]) for j in range(0, len(masks), per)]
+            systems += [
+                imputation_system(x[i].double().numpy(), masks[j : j + per])
+                for j in range(0, len(masks), per)
+            ]
         solve = _timed(lambda: [spsolve(A, b) for A, b in systems])
         return solve + self(forwards=n * (counts.numel() + 1))
 
@@ -203,76 +208,215 @@ class Floors:
 # --------------------------------------------------------------------------- cases
 
 
-def cases(n: int, nr_runs: int, nr_samples: int, road_ps: tuple[float, ...] = (10, 20, 30, 40, 50, 70, 90)):
+def cases(
+    n: int, nr_runs: int, nr_samples: int, road_ps: tuple[float, ...] = (10, 20, 30, 40, 50, 70, 90)
+):
     """(label, xaiarena name, xaiarena params, Quantus class, Quantus params, floor counts)."""
     import quantus
 
     return [
-        ("FaithfulnessCorrelation", "faithfulness_correlation", {"nr_runs": nr_runs, "subset_size": 224},
-         quantus.FaithfulnessCorrelation, {"nr_runs": nr_runs, "subset_size": 224, "perturb_baseline": 0.0,
-                                           "return_aggregate": False}, {"forwards": n * (nr_runs + 1)}),
-        ("PixelFlipping", "pixel_flipping", {"features_in_step": 28},
-         quantus.PixelFlipping, {"features_in_step": 28, "perturb_baseline": 0.0}, {"forwards": n * 28}),
-        ("RegionPerturbation", "region_perturbation", {"patch_size": 4, "regions_evaluation": 20},
-         quantus.RegionPerturbation, {"patch_size": 4, "regions_evaluation": 20, "perturb_baseline": 0.0},
-         {"forwards": n * 21}),
-        ("Selectivity", "selectivity", {"patch_size": 7},
-         quantus.Selectivity, {"patch_size": 7, "perturb_baseline": 0.0}, {"forwards": n * 16}),
-        ("MaxSensitivity", "max_sensitivity", {"nr_samples": nr_samples},
-         quantus.MaxSensitivity, {"nr_samples": nr_samples}, {"explains": n * nr_samples}),
+        (
+            "FaithfulnessCorrelation",
+            "faithfulness_correlation",
+            {"nr_runs": nr_runs, "subset_size": 224},
+            quantus.FaithfulnessCorrelation,
+            {
+                "nr_runs": nr_runs,
+                "subset_size": 224,
+                "perturb_baseline": 0.0,
+                "return_aggregate": False,
+            },
+            {"forwards": n * (nr_runs + 1)},
+        ),
+        (
+            "PixelFlipping",
+            "pixel_flipping",
+            {"features_in_step": 28},
+            quantus.PixelFlipping,
+            {"features_in_step": 28, "perturb_baseline": 0.0},
+            {"forwards": n * 28},
+        ),
+        (
+            "RegionPerturbation",
+            "region_perturbation",
+            {"patch_size": 4, "regions_evaluation": 20},
+            quantus.RegionPerturbation,
+            {"patch_size": 4, "regions_evaluation": 20, "perturb_baseline": 0.0},
+            {"forwards": n * 21},
+        ),
+        (
+            "Selectivity",
+            "selectivity",
+            {"patch_size": 7},
+            quantus.Selectivity,
+            {"patch_size": 7, "perturb_baseline": 0.0},
+            {"forwards": n * 16},
+        ),
+        (
+            "MaxSensitivity",
+            "max_sensitivity",
+            {"nr_samples": nr_samples},
+            quantus.MaxSensitivity,
+            {"nr_samples": nr_samples},
+            {"explains": n * nr_samples},
+        ),
         # Quantus' default returns NaN when a draw changes the prediction: the same work as 'nan' here
-        ("RelativeInputStability", "relative_input_stability", {"nr_samples": nr_samples, "prediction_change": "nan"},
-         quantus.RelativeInputStability, {"nr_samples": nr_samples},
-         {"explains": n * nr_samples, "forwards": n * (nr_samples + 1)}),
-        ("AvgSensitivity", "avg_sensitivity", {"nr_samples": nr_samples},
-         quantus.AvgSensitivity, {"nr_samples": nr_samples}, {"explains": n * nr_samples}),
+        (
+            "RelativeInputStability",
+            "relative_input_stability",
+            {"nr_samples": nr_samples, "prediction_change": "nan"},
+            quantus.RelativeInputStability,
+            {"nr_samples": nr_samples},
+            {"explains": n * nr_samples, "forwards": n * (nr_samples + 1)},
+        ),
+        (
+            "AvgSensitivity",
+            "avg_sensitivity",
+            {"nr_samples": nr_samples},
+            quantus.AvgSensitivity,
+            {"nr_samples": nr_samples},
+            {"explains": n * nr_samples},
+        ),
         ("Sparseness", "sparseness", {}, quantus.Sparseness, {}, None),
         ("Complexity", "complexity", {}, quantus.Complexity, {}, None),
         ("PointingGame", "pointing_game", {}, quantus.PointingGame, {}, None),
-        ("RelevanceMassAccuracy", "relevance_mass_accuracy", {"abs": False}, quantus.RelevanceMassAccuracy, {}, None),
-        ("TopKIntersection", "top_k_intersection", {"k": 100}, quantus.TopKIntersection, {"k": 100}, None),
+        (
+            "RelevanceMassAccuracy",
+            "relevance_mass_accuracy",
+            {"abs": False},
+            quantus.RelevanceMassAccuracy,
+            {},
+            None,
+        ),
+        (
+            "TopKIntersection",
+            "top_k_intersection",
+            {"k": 100},
+            quantus.TopKIntersection,
+            {"k": 100},
+            None,
+        ),
         # no Quantus counterpart that runs (IROF crashes under NumPy 2): against the floor only
         ("IROF", "irof", {}, None, {}, "irof"),
         ("AOPC", "aopc", {"steps": 20}, None, {}, {"forwards": n * 40}),
         ("Insertion", "insertion", {"steps": 50}, None, {}, {"forwards": n * 51}),
         ("Deletion", "deletion", {"steps": 50}, None, {}, {"forwards": n * 51}),
-        ("PixelPerturbation", "pixel_perturbation", {"percentages": (10, 20, 50)}, None, {}, {"forwards": n * 7}),
+        (
+            "PixelPerturbation",
+            "pixel_perturbation",
+            {"percentages": (10, 20, 50)},
+            None,
+            {},
+            {"forwards": n * 7},
+        ),
         # issue 27. ROAD: xaiarena scores MoRF and LeRF, Quantus MoRF only (its floor: the forward passes plus
         # the bare sparse solves of the prebuilt systems of both orders)
-        ("ROAD", "road", {"percentages": road_ps}, quantus.ROAD, {"percentages": list(road_ps)}, "road"),
-        ("ROAD (floor: forwards only)", "road", {"percentages": road_ps}, None, {},
-         {"forwards": n * (2 * len(road_ps) + 1)}),
-        ("Infidelity", "infidelity", {"perturbation": "patches", "patch_sizes": (4,), "optimal_scaling": False},
-         quantus.Infidelity, {"perturb_patch_sizes": [4], "n_perturb_samples": 1, "perturb_baseline": 0.0},
-         {"forwards": n * 50}),
-        ("Infidelity noisy baseline", "infidelity", {"n_perturb_samples": nr_runs}, None, {},
-         {"forwards": n * (nr_runs + 1)}),
-        ("SensitivityN", "sensitivity_n", {"nr_subsets": nr_runs // 4}, None, {},
-         {"forwards": n * (6 * (nr_runs // 4) + 1)}),
-        ("MonotonicityCorrelation", "monotonicity_correlation", {"features_in_step": 16, "nr_samples": 4},
-         quantus.MonotonicityCorrelation, {"features_in_step": 16, "nr_samples": 4}, {"forwards": n * (49 * 4 + 1)}),
-        ("LocalLipschitzEstimate", "local_lipschitz_estimate", {"nr_samples": nr_samples},
-         quantus.LocalLipschitzEstimate, {"nr_samples": nr_samples}, {"explains": n * nr_samples}),
-        ("RelativeOutputStability", "relative_output_stability", {"nr_samples": nr_samples, "prediction_change": "nan"},
-         quantus.RelativeOutputStability, {"nr_samples": nr_samples},
-         {"explains": n * nr_samples, "forwards": n * (nr_samples + 1)}),
-        ("RandomLogit", "random_logit", {"similarity": "ssim_flat"}, quantus.RandomLogit, {"num_classes": 10},
-         {"explains": n, "forwards": n}),
+        (
+            "ROAD",
+            "road",
+            {"percentages": road_ps},
+            quantus.ROAD,
+            {"percentages": list(road_ps)},
+            "road",
+        ),
+        (
+            "ROAD (floor: forwards only)",
+            "road",
+            {"percentages": road_ps},
+            None,
+            {},
+            {"forwards": n * (2 * len(road_ps) + 1)},
+        ),
+        (
+            "Infidelity",
+            "infidelity",
+            {"perturbation": "patches", "patch_sizes": (4,), "optimal_scaling": False},
+            quantus.Infidelity,
+            {"perturb_patch_sizes": [4], "n_perturb_samples": 1, "perturb_baseline": 0.0},
+            {"forwards": n * 50},
+        ),
+        (
+            "Infidelity noisy baseline",
+            "infidelity",
+            {"n_perturb_samples": nr_runs},
+            None,
+            {},
+            {"forwards": n * (nr_runs + 1)},
+        ),
+        (
+            "SensitivityN",
+            "sensitivity_n",
+            {"nr_subsets": nr_runs // 4},
+            None,
+            {},
+            {"forwards": n * (6 * (nr_runs // 4) + 1)},
+        ),
+        (
+            "MonotonicityCorrelation",
+            "monotonicity_correlation",
+            {"features_in_step": 16, "nr_samples": 4},
+            quantus.MonotonicityCorrelation,
+            {"features_in_step": 16, "nr_samples": 4},
+            {"forwards": n * (49 * 4 + 1)},
+        ),
+        (
+            "LocalLipschitzEstimate",
+            "local_lipschitz_estimate",
+            {"nr_samples": nr_samples},
+            quantus.LocalLipschitzEstimate,
+            {"nr_samples": nr_samples},
+            {"explains": n * nr_samples},
+        ),
+        (
+            "RelativeOutputStability",
+            "relative_output_stability",
+            {"nr_samples": nr_samples, "prediction_change": "nan"},
+            quantus.RelativeOutputStability,
+            {"nr_samples": nr_samples},
+            {"explains": n * nr_samples, "forwards": n * (nr_samples + 1)},
+        ),
+        (
+            "RandomLogit",
+            "random_logit",
+            {"similarity": "ssim_flat"},
+            quantus.RandomLogit,
+            {"num_classes": 10},
+            {"explains": n, "forwards": n},
+        ),
         # mosaics of the model's input size (the LeNet has a fixed input size); Quantus explains the same mosaics
-        ("Focus", "focus", {"mosaic_size": "same"}, quantus.Focus, {}, {"explains": n, "forwards": n}),
+        (
+            "Focus",
+            "focus",
+            {"mosaic_size": "same"},
+            quantus.Focus,
+            {},
+            {"explains": n, "forwards": n},
+        ),
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
+    ap.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object on stdout (the table goes to stderr)",
+    )
     ap.add_argument("--n-images", type=int, default=256)
     ap.add_argument("--nr-runs", type=int, default=200, help="FaithfulnessCorrelation runs")
-    ap.add_argument("--nr-samples", type=int, default=10, help="noise draws of the robustness metrics")
-    ap.add_argument("--repeats", type=int, default=2, help="timed repeats per metric (fastest kept)")
-    ap.add_argument("--explainers", type=int, default=8, help="maps in the comparison case (at most 8)")
+    ap.add_argument(
+        "--nr-samples", type=int, default=10, help="noise draws of the robustness metrics"
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=2, help="timed repeats per metric (fastest kept)"
+    )
+    ap.add_argument(
+        "--explainers", type=int, default=8, help="maps in the comparison case (at most 8)"
+    )
     ap.add_argument("--only", nargs="*", help="time only these metrics (labels as printed)")
-    ap.add_argument("--quick", action="store_true", help="64 images, 40 runs, 1 repeat: a smoke test")
+    ap.add_argument(
+        "--quick", action="store_true", help="64 images, 40 runs, 1 repeat: a smoke test"
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.n_images, args.nr_runs, args.repeats = 64, 40, 1
@@ -301,20 +445,36 @@ def main(argv: list[str] | None = None) -> int:
         if floor == "irof":  # the unperturbed image and one image per segment
             floor = {"forwards": n + int((metric.segments(x).flatten(1).amax(1) + 1).sum())}
         q_inputs = {"x_batch": x_np, "a_batch": a.numpy()[:, None].copy()}
-        if name == "focus":  # Quantus explains xaiarena's mosaics (a_batch None: it calls explain_func)
+        if (
+            name == "focus"
+        ):  # Quantus explains xaiarena's mosaics (a_batch None: it calls explain_func)
             mosaics, target, _, _ = metric.mosaics(batch, torch.Generator().manual_seed(0))
-            q_inputs = {"x_batch": mosaics.numpy(), "a_batch": None,
-                        "custom_batch": [tuple(int(v) for v in t) for t in target]}
+            q_inputs = {
+                "x_batch": mosaics.numpy(),
+                "a_batch": None,
+                "custom_batch": [tuple(int(v) for v in t) for t in target],
+            }
 
         def ours(metric=metric, robust=robust):
-            metric.evaluate(batch, {"m": a}, generator=torch.Generator().manual_seed(0),
-                            explainers={"m": explain} if robust else None)
+            metric.evaluate(
+                batch,
+                {"m": a},
+                generator=torch.Generator().manual_seed(0),
+                explainers={"m": explain} if robust else None,
+            )
 
         def theirs(qmetric=qmetric, robust=robust, q_inputs=q_inputs):
             np.random.seed(0)
             kw = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in q_inputs.items()}
-            qmetric(model=model, y_batch=y_np, s_batch=s_np, device="cpu", batch_size=n,
-                    explain_func=q_explain if robust else None, **kw)
+            qmetric(
+                model=model,
+                y_batch=y_np,
+                s_batch=s_np,
+                device="cpu",
+                batch_size=n,
+                explain_func=q_explain if robust else None,
+                **kw,
+            )
 
         times = {"xaiarena_s": [], "quantus_s": [], "floor_s": []}
         for _ in range(args.repeats):
@@ -334,27 +494,54 @@ def main(argv: list[str] | None = None) -> int:
     if not args.only or "FaithfulnessCorrelation x8" in args.only:
         maps = dict(list(eight_maps(model, x, y).items())[: args.explainers])
         metric = METRICS.create("faithfulness_correlation", nr_runs=args.nr_runs, subset_size=224)
-        qmetric = quantus.FaithfulnessCorrelation(nr_runs=args.nr_runs, subset_size=224, perturb_baseline=0.0,
-                                                  return_aggregate=False, disable_warnings=True)
+        qmetric = quantus.FaithfulnessCorrelation(
+            nr_runs=args.nr_runs,
+            subset_size=224,
+            perturb_baseline=0.0,
+            return_aggregate=False,
+            disable_warnings=True,
+        )
 
         def theirs_all():
             np.random.seed(0)
             for m in maps.values():
-                qmetric(model=model, x_batch=x_np, y_batch=y_np, a_batch=m.numpy()[:, None].copy(),
-                        device="cpu", batch_size=n)
+                qmetric(
+                    model=model,
+                    x_batch=x_np,
+                    y_batch=y_np,
+                    a_batch=m.numpy()[:, None].copy(),
+                    device="cpu",
+                    batch_size=n,
+                )
 
-        ours_t = min(_timed(lambda: metric.evaluate(batch, maps, generator=torch.Generator().manual_seed(0)))
-                     for _ in range(args.repeats))
+        ours_t = min(
+            _timed(lambda: metric.evaluate(batch, maps, generator=torch.Generator().manual_seed(0)))
+            for _ in range(args.repeats)
+        )
         floor_t = floors(forwards=n * (args.nr_runs + 1))
         q_t = _timed(theirs_all)
-        row = {"xaiarena_s": ours_t, "quantus_s": q_t, "floor_s": floor_t, "speedup": q_t / ours_t,
-               "over_floor": ours_t / floor_t, "explainers": len(maps)}
+        row = {
+            "xaiarena_s": ours_t,
+            "quantus_s": q_t,
+            "floor_s": floor_t,
+            "speedup": q_t / ours_t,
+            "over_floor": ours_t / floor_t,
+            "explainers": len(maps),
+        }
         results[f"FaithfulnessCorrelation x{len(maps)}"] = row
         print(_fmt(f"FaithfulnessCorrelation x{len(maps)}", row), file=sys.stderr, flush=True)
 
-    meta = {"n_images": n, "nr_runs": args.nr_runs, "nr_samples": args.nr_samples, "repeats": args.repeats,
-            "threads": torch.get_num_threads(), "batch_size_forward": floors.bs_forward,
-            "batch_size_explain": floors.bs_explain, "torch": torch.__version__, "quantus": quantus.__version__}
+    meta = {
+        "n_images": n,
+        "nr_runs": args.nr_runs,
+        "nr_samples": args.nr_samples,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "batch_size_forward": floors.bs_forward,
+        "batch_size_explain": floors.bs_explain,
+        "torch": torch.__version__,
+        "quantus": quantus.__version__,
+    }
     print(f"settings: {json.dumps(meta)}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -365,9 +552,11 @@ def _fmt(label: str, row: dict) -> str:
     def num(v, spec, unit):
         return f"{'-':>8s} " if v is None else f"{v:{spec}}{unit}"
 
-    return (f"{label:28s} xaiarena {num(row['xaiarena_s'], '8.3f', 's')}  quantus {num(row['quantus_s'], '8.3f', 's')}  "
-            f"floor {num(row['floor_s'], '8.3f', 's')}  speedup {num(row['speedup'], '6.1f', 'x')}  "
-            f"over floor {num(row['over_floor'], '.2f', 'x')}")
+    return (
+        f"{label:28s} xaiarena {num(row['xaiarena_s'], '8.3f', 's')}  quantus {num(row['quantus_s'], '8.3f', 's')}  "
+        f"floor {num(row['floor_s'], '8.3f', 's')}  speedup {num(row['speedup'], '6.1f', 'x')}  "
+        f"over floor {num(row['over_floor'], '.2f', 'x')}"
+    )
 
 
 if __name__ == "__main__":

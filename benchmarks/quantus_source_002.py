@@ -69,7 +69,10 @@ SPECS = {  # label -> (xaiarena explainer, options)
     "integrated_gradients": ("integrated_gradients", {"n_steps": 50, "baseline": "black"}),
 }
 # quantus.explain's IntegratedGradients: n_steps=10, method="riemann_trapezoid", zero baseline
-QUANTUS_IG = ("integrated_gradients", {"n_steps": 10, "method": "riemann_trapezoid", "baseline": "black"})
+QUANTUS_IG = (
+    "integrated_gradients",
+    {"n_steps": 10, "method": "riemann_trapezoid", "baseline": "black"},
+)
 
 
 # --------------------------------------------------------------------------- setup
@@ -83,8 +86,17 @@ def build(n: int, epochs: int, seed: int = 0):
     task = load_image_dataset("mnist", data_dir=data_dir)
     x, y = task.train.float_images(), task.train.labels.long()
     torch.manual_seed(seed)
-    net = LeNet(1, 10, (28, 28), channels=(16, 32), kernel_size=3, pool="flatten", batch_norm=True,
-                hidden=(128, 64), dropout=0.4)
+    net = LeNet(
+        1,
+        10,
+        (28, 28),
+        channels=(16, 32),
+        kernel_size=3,
+        pool="flatten",
+        batch_norm=True,
+        hidden=(128, 64),
+        dropout=0.4,
+    )
     model = ImageClassifier(net, (0.0,), (1.0,))  # the source fed ToTensor() images
     opt = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9, weight_decay=1e-4)
     g = torch.Generator().manual_seed(seed)
@@ -109,7 +121,9 @@ def explain_fn(model, name: str, params: dict, seed: int = 0):
     explainer = EXPLAINERS.create(name, **params)
 
     def fn(inputs, targets, generator=None, model=model):
-        gen = torch.Generator().manual_seed(seed)  # explainers seed each sample from this and its content
+        gen = torch.Generator().manual_seed(
+            seed
+        )  # explainers seed each sample from this and its content
         return explainer.explain(model, inputs, targets.long(), generator=gen).float()
 
     return fn
@@ -134,7 +148,9 @@ class _DivideWithOut:
     @staticmethod
     def divide(a, b, where=True, **kw):
         if where is not True and "out" not in kw:
-            kw["out"] = np.zeros(np.broadcast_shapes(np.shape(a), np.shape(b)), dtype=np.result_type(a, b))
+            kw["out"] = np.zeros(
+                np.broadcast_shapes(np.shape(a), np.shape(b)), dtype=np.result_type(a, b)
+            )
         return np.divide(a, b, where=where, **kw)
 
 
@@ -162,8 +178,14 @@ class MatchedChoice:
 
     def __init__(self, subsets: np.ndarray, batch_size: int):
         n, r, _ = subsets.shape
-        self._seq = iter([subsets[i, k] for b in range(0, n, batch_size) for k in range(r)
-                          for i in range(b, min(b + batch_size, n))])
+        self._seq = iter(
+            [
+                subsets[i, k]
+                for b in range(0, n, batch_size)
+                for k in range(r)
+                for i in range(b, min(b + batch_size, n))
+            ]
+        )
         outer = self
 
         class _Random:
@@ -201,8 +223,20 @@ def fc_subsets(metric, batch, seed: int) -> np.ndarray:
     return metric.subsets(rng, len(batch), batch.inputs[0, 0].numel()).numpy()
 
 
-def quantus_scores(quantus, model, x, y, ok, maps, reexplain, seed, batch_size, ris_metric, fc_metric,
-                   methods=METHODS):
+def quantus_scores(
+    quantus,
+    model,
+    x,
+    y,
+    ok,
+    maps,
+    reexplain,
+    seed,
+    batch_size,
+    ris_metric,
+    fc_metric,
+    methods=METHODS,
+):
     """Quantus 0.6 as the source called it (maps: the source's set-wide normalise_by_negative)."""
     import quantus.metrics.faithfulness.faithfulness_correlation as fcmod
 
@@ -217,21 +251,51 @@ def quantus_scores(quantus, model, x, y, ok, maps, reexplain, seed, batch_size, 
         orig = fcmod.np
         fcmod.np = MatchedChoice(sub, bs)
         try:
-            fc = quantus.FaithfulnessCorrelation(nr_runs=fc_metric.nr_runs, subset_size=fc_metric.subset_size,
-                                                 perturb_baseline="black", normalise=True, abs=True,
-                                                 return_aggregate=False, disable_warnings=True)
+            fc = quantus.FaithfulnessCorrelation(
+                nr_runs=fc_metric.nr_runs,
+                subset_size=fc_metric.subset_size,
+                perturb_baseline="black",
+                normalise=True,
+                abs=True,
+                return_aggregate=False,
+                disable_warnings=True,
+            )
             out["faithfulness_correlation"][name] = np.asarray(
-                fc(model=model, x_batch=xn, y_batch=yn, a_batch=a.copy(), device="cpu", batch_size=bs), float)
+                fc(
+                    model=model,
+                    x_batch=xn,
+                    y_batch=yn,
+                    a_batch=a.copy(),
+                    device="cpu",
+                    batch_size=bs,
+                ),
+                float,
+            )
         finally:
             fcmod.np = orig
-        ris = quantus.RelativeInputStability(nr_samples=ris_metric.nr_samples, perturb_func=MatchedNoise(xc, noise),
-                                             normalise=True, abs=True, disable_warnings=True)
+        ris = quantus.RelativeInputStability(
+            nr_samples=ris_metric.nr_samples,
+            perturb_func=MatchedNoise(xc, noise),
+            normalise=True,
+            abs=True,
+            disable_warnings=True,
+        )
         out["relative_input_stability"][name] = np.asarray(
-            ris(model=model, x_batch=xc, y_batch=yc, a_batch=a[ok].copy(), device="cpu", batch_size=bs,
-                explain_func=quantus_explain(reexplain[name])), float)
+            ris(
+                model=model,
+                x_batch=xc,
+                y_batch=yc,
+                a_batch=a[ok].copy(),
+                device="cpu",
+                batch_size=bs,
+                explain_func=quantus_explain(reexplain[name]),
+            ),
+            float,
+        )
         sp = quantus.Sparseness(normalise=True, disable_warnings=True)
         out["sparseness"][name] = np.asarray(
-            sp(model=model, x_batch=xc, y_batch=yc, a_batch=a[ok].copy(), batch_size=bs), float)
+            sp(model=model, x_batch=xc, y_batch=yc, a_batch=a[ok].copy(), batch_size=bs), float
+        )
     return out
 
 
@@ -239,29 +303,52 @@ def xaiarena_scores(model, x, y, ok, raw, explain, seed, variant, methods=METHOD
     """xaiarena's metrics with the old 002 config or the new options (whole set in one call)."""
     if variant == "old":
         steps, rsteps = ["normalise_by_negative"], ["normalise_by_negative"]
-        opts = {"faithfulness_correlation": {"normalise": "normalise_by_negative"},
-                "relative_input_stability": {"normalise": "normalise_by_negative", "prediction_change": "exclude"},
-                "sparseness": {"normalise": "normalise_by_negative"}}
+        opts = {
+            "faithfulness_correlation": {"normalise": "normalise_by_negative"},
+            "relative_input_stability": {
+                "normalise": "normalise_by_negative",
+                "prediction_change": "exclude",
+            },
+            "sparseness": {"normalise": "normalise_by_negative"},
+        }
     else:
         steps, rsteps = ["normalise_by_negative_over_set"], []
-        opts = {"faithfulness_correlation": {"normalise": "normalise_by_max_over_set"},
-                "relative_input_stability": {"normalise": "normalise_by_average_second_moment_estimate_over_set",
-                                             "prediction_change": "nan"},
-                "sparseness": {"normalise": "normalise_by_max_over_set"}}
+        opts = {
+            "faithfulness_correlation": {"normalise": "normalise_by_max_over_set"},
+            "relative_input_stability": {
+                "normalise": "normalise_by_average_second_moment_estimate_over_set",
+                "prediction_change": "nan",
+            },
+            "sparseness": {"normalise": "normalise_by_max_over_set"},
+        }
     ids = torch.arange(len(x))
-    full = {k: pp.apply(raw[k], steps) for k in METHODS}  # the explainer entry's postprocess, over the set
+    full = {
+        k: pp.apply(raw[k], steps) for k in METHODS
+    }  # the explainer entry's postprocess, over the set
     full = {k: full[k] for k in methods}
-    fns = {k: (lambda i, t, generator=None, _f=explain[k]: pp.apply(_f(i, t), rsteps)) for k in methods}
+    fns = {
+        k: (lambda i, t, generator=None, _f=explain[k]: pp.apply(_f(i, t), rsteps)) for k in methods
+    }
     out = {}
-    fc = METRICS.create("faithfulness_correlation", nr_runs=50, subset_size=224, fill="black", abs=True,
-                        **opts["faithfulness_correlation"])
-    out["faithfulness_correlation"] = fc.evaluate(_batch(model, x, y, ids), full,
-                                                  generator=torch.Generator().manual_seed(seed)).scores[fc.name]
+    fc = METRICS.create(
+        "faithfulness_correlation",
+        nr_runs=50,
+        subset_size=224,
+        fill="black",
+        abs=True,
+        **opts["faithfulness_correlation"],
+    )
+    out["faithfulness_correlation"] = fc.evaluate(
+        _batch(model, x, y, ids), full, generator=torch.Generator().manual_seed(seed)
+    ).scores[fc.name]
     sel = {k: v[ok] for k, v in full.items()}
     batch = _batch(model, x[ok], y[ok], ids[ok])
-    ris = METRICS.create("relative_input_stability", nr_samples=5, abs=True, **opts["relative_input_stability"])
-    out["relative_input_stability"] = ris.evaluate(batch, sel, generator=torch.Generator().manual_seed(seed),
-                                                   explainers=fns).scores[ris.name]
+    ris = METRICS.create(
+        "relative_input_stability", nr_samples=5, abs=True, **opts["relative_input_stability"]
+    )
+    out["relative_input_stability"] = ris.evaluate(
+        batch, sel, generator=torch.Generator().manual_seed(seed), explainers=fns
+    ).scores[ris.name]
     sp = METRICS.create("sparseness", **opts["sparseness"])
     out["sparseness"] = sp.evaluate(batch, sel).scores[sp.name]
     return {m: {k: v.numpy().astype(float) for k, v in d.items()} for m, d in out.items()}
@@ -279,7 +366,9 @@ def fc_ablation(model, x, y, raw, seed):
     batch = _batch(model, x, y, torch.arange(len(x)))
     out = {}
     for label, f in variants.items():
-        s = fc.evaluate(batch, {k: f(raw[k]) for k in METHODS}, generator=torch.Generator().manual_seed(seed))
+        s = fc.evaluate(
+            batch, {k: f(raw[k]) for k in METHODS}, generator=torch.Generator().manual_seed(seed)
+        )
         out[label] = {k: float(np.nanmean(v.numpy())) for k, v in s.scores[fc.name].items()}
     # how unequal the two signs' scales are: max / |min| per map, and of the set
     ratio = {}
@@ -293,7 +382,9 @@ def fc_ablation(model, x, y, raw, seed):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100, help="test images (default 100, as in issue 23)")
-    ap.add_argument("--epochs", type=int, default=5, help="training epochs on the 8,000 MNIST training images")
+    ap.add_argument(
+        "--epochs", type=int, default=5, help="training epochs on the 8,000 MNIST training images"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--out", type=Path, help="also write the results as JSON to this file")
@@ -309,24 +400,49 @@ def main(argv=None) -> int:
     explain = {k: explain_fn(model, *SPECS[k]) for k in METHODS}
     reexplain_q = {**explain, "integrated_gradients": explain_fn(model, *QUANTUS_IG)}
     raw = {k: explain[k](x, y) for k in METHODS}
-    nbn = quantus.normalise_func.normalise_by_negative  # the source's call: default axes (the whole set)
+    nbn = (
+        quantus.normalise_func.normalise_by_negative
+    )  # the source's call: default axes (the whole set)
     src_maps = {k: torch.from_numpy(nbn(raw[k].numpy())) for k in METHODS}
     ris_m = METRICS.create("relative_input_stability", nr_samples=5)
     fc_m = METRICS.create("faithfulness_correlation", nr_runs=50, subset_size=224)
     res = {
-        "quantus": quantus_scores(quantus, model, x, y, ok, src_maps, reexplain_q, args.seed, 64, ris_m, fc_m),
-        "quantus_bs_all": quantus_scores(quantus, model, x, y, ok, src_maps, reexplain_q, args.seed, None, ris_m, fc_m),
+        "quantus": quantus_scores(
+            quantus, model, x, y, ok, src_maps, reexplain_q, args.seed, 64, ris_m, fc_m
+        ),
+        "quantus_bs_all": quantus_scores(
+            quantus, model, x, y, ok, src_maps, reexplain_q, args.seed, None, ris_m, fc_m
+        ),
         # IG alone: the only method quantus.explain runs with other settings than the given maps
-        "quantus_ig50": quantus_scores(quantus, model, x, y, ok, src_maps, explain, args.seed, 64, ris_m, fc_m,
-                                       methods=("integrated_gradients",)),
+        "quantus_ig50": quantus_scores(
+            quantus,
+            model,
+            x,
+            y,
+            ok,
+            src_maps,
+            explain,
+            args.seed,
+            64,
+            ris_m,
+            fc_m,
+            methods=("integrated_gradients",),
+        ),
         "old": xaiarena_scores(model, x, y, ok, raw, explain, args.seed, "old"),
         "new": xaiarena_scores(model, x, y, ok, raw, explain, args.seed, "new"),
-        "new_ig10": xaiarena_scores(model, x, y, ok, raw, reexplain_q, args.seed, "new",
-                                    methods=("integrated_gradients",)),
+        "new_ig10": xaiarena_scores(
+            model, x, y, ok, raw, reexplain_q, args.seed, "new", methods=("integrated_gradients",)
+        ),
     }
     ablation, ratio = fc_ablation(model, x, y, raw, args.seed)
-    summary = {v: {m: {k: float(np.nanmean(s)) for k, s in d.items()} for m, d in r.items()} for v, r in res.items()}
-    nans = {v: {k: int(np.isnan(s).sum()) for k, s in r["relative_input_stability"].items()} for v, r in res.items()}
+    summary = {
+        v: {m: {k: float(np.nanmean(s)) for k, s in d.items()} for m, d in r.items()}
+        for v, r in res.items()
+    }
+    nans = {
+        v: {k: int(np.isnan(s).sum()) for k, s in r["relative_input_stability"].items()}
+        for v, r in res.items()
+    }
     # per-sample agreement of the new options with Quantus (the set as xaiarena defines it)
     agree = {}
     for m in ("faithfulness_correlation", "relative_input_stability", "sparseness"):
@@ -337,17 +453,30 @@ def main(argv=None) -> int:
             same_nan = bool((np.isnan(q) == np.isnan(o)).all())
             d = np.abs(q - o)[~np.isnan(q) & ~np.isnan(o)]
             rel = d / np.maximum(np.abs(q[~np.isnan(q) & ~np.isnan(o)]), 1e-12)
-            agree[m][k] = {"max_abs": float(d.max()) if d.size else 0.0,
-                           "max_rel": float(rel.max()) if rel.size else 0.0, "same_nan": same_nan}
-    out = {"n_images": int(len(x)), "n_correct": int(ok.sum()), "test_accuracy": acc, "means": summary,
-           "ris_nan_samples": nans, "per_sample_new_vs_quantus_bs_all": agree, "fc_ablation": ablation,
-           "sign_scale_ratio_max_over_abs_min": ratio, "seconds": round(time.perf_counter() - t0, 1)}
+            agree[m][k] = {
+                "max_abs": float(d.max()) if d.size else 0.0,
+                "max_rel": float(rel.max()) if rel.size else 0.0,
+                "same_nan": same_nan,
+            }
+    out = {
+        "n_images": int(len(x)),
+        "n_correct": int(ok.sum()),
+        "test_accuracy": acc,
+        "means": summary,
+        "ris_nan_samples": nans,
+        "per_sample_new_vs_quantus_bs_all": agree,
+        "fc_ablation": ablation,
+        "sign_scale_ratio_max_over_abs_min": ratio,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     if args.out:
         args.out.write_text(json.dumps(out, indent=1) + "\n")
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
-    print(f"{len(x)} MNIST test images, {int(ok.sum())} correctly classified; test accuracy {acc:.3f}")
+    print(
+        f"{len(x)} MNIST test images, {int(ok.sum())} correctly classified; test accuracy {acc:.3f}"
+    )
     for m in ("relative_input_stability", "faithfulness_correlation", "sparseness"):
         print(f"\n{m} (mean; RIS: nanmean, NaN samples in brackets)")
         print(f"{'variant':<16}" + "".join(f"{k:>22}" for k in METHODS))
@@ -365,11 +494,18 @@ def main(argv=None) -> int:
     print("\nmax / |min| of the raw maps (median per map; of the whole set)")
     for k in METHODS:
         print(f"  {k:<22} {ratio[k]['per_map_median']:.3f}  {ratio[k]['set']:.3f}")
-    print("\nnew (IG re-explained as quantus.explain) vs Quantus with batch_size = all, per sample, largest"
-          " relative difference:")
+    print(
+        "\nnew (IG re-explained as quantus.explain) vs Quantus with batch_size = all, per sample, largest"
+        " relative difference:"
+    )
     for m, d in agree.items():
-        print(f"  {m:<26}" + "  ".join(f"{k}: {v['max_rel']:.1e}{'' if v['same_nan'] else ' (NaN differ)'}"
-                                        for k, v in d.items()))
+        print(
+            f"  {m:<26}"
+            + "  ".join(
+                f"{k}: {v['max_rel']:.1e}{'' if v['same_nan'] else ' (NaN differ)'}"
+                for k, v in d.items()
+            )
+        )
     print(f"\n{out['seconds']} s")
     return 0
 

@@ -24,8 +24,14 @@ def trained_lenet(small_task):
     from xaiarena.models import build_model, train_model
 
     model = build_model("lenet", small_task, seed=0)
-    train_model(model, small_task, TrainingConfig(epochs=3, batch_size=64, lr=2e-3), seed=0,
-                device=torch.device("cpu"), show_progress=False)
+    train_model(
+        model,
+        small_task,
+        TrainingConfig(epochs=3, batch_size=64, lr=2e-3),
+        seed=0,
+        device=torch.device("cpu"),
+        show_progress=False,
+    )
     return model.eval()
 
 
@@ -33,7 +39,11 @@ def trained_lenet(small_task):
 def batch(small_task):
     """Eight pixel-space test images, their labels and ground-truth masks."""
     idx = torch.arange(8)
-    return small_task.test.float_images(idx), small_task.test.labels[idx], small_task.test.masks[idx]
+    return (
+        small_task.test.float_images(idx),
+        small_task.test.labels[idx],
+        small_task.test.masks[idx],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +67,15 @@ def planted(tmp_path_factory):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     task = load_task("planted_sentiment", seed=0, n_train=1000, n_test=100)
     model = build_model("tiny_bert", task, seed=0)
-    res = train_model(model, task, TrainingConfig(epochs=4, batch_size=32, lr=3e-3, optimizer="adamw"), seed=0,
-                      device=torch.device("cpu"), show_progress=False,
-                      checkpoint_dir=tmp_path_factory.getbasetemp() / "tiny_bert_planted")
+    res = train_model(
+        model,
+        task,
+        TrainingConfig(epochs=4, batch_size=32, lr=3e-3, optimizer="adamw"),
+        seed=0,
+        device=torch.device("cpu"),
+        show_progress=False,
+        checkpoint_dir=tmp_path_factory.getbasetemp() / "tiny_bert_planted",
+    )
     assert res.test_accuracy > 0.9, res.history
     model.eval()
     for p in model.parameters():
@@ -69,7 +85,7 @@ def planted(tmp_path_factory):
 
 # --------------------------------------------------------------------------- user data and models (BYO)
 
-USER_MODEL_SOURCE = '''
+USER_MODEL_SOURCE = """
 import torch
 from torch import nn
 
@@ -94,10 +110,12 @@ NOT_A_MODULE = 3
 
 def not_a_module():
     return "a string"
-'''
+"""
 
 
-def write_image_folder(root, masks_root=None, n_train: int = 6, n_test: int = 4, size: int = 16, seed: int = 0):
+def write_image_folder(
+    root, masks_root=None, n_train: int = 6, n_test: int = 4, size: int = 16, seed: int = 0
+):
     """``root/<split>/{left,right}/<i>.png``: noise with a bright square in the left or right half;
     masks (the square) under ``masks_root`` with the same layout."""
     import numpy as np
@@ -112,11 +130,11 @@ def write_image_folder(root, masks_root=None, n_train: int = 6, n_test: int = 4,
             for i in range(n):
                 img = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
                 row = int(rng.integers(0, size - 6))
-                img[row:row + 6, col:col + 6] = 230
+                img[row : row + 6, col : col + 6] = 230
                 Image.fromarray(img).save(root / split / c / f"{i}.png")
                 if masks_root is not None:
                     m = np.zeros((size, size), np.uint8)
-                    m[row:row + 6, col:col + 6] = 1
+                    m[row : row + 6, col : col + 6] = 1
                     Image.fromarray(m).save(masks_root / split / c / f"{i}.png")
 
 
@@ -146,8 +164,13 @@ def user_model(tmp_path_factory):
     from safetensors.torch import save_file
 
     save_file(state, str(base / "weights.safetensors"))
-    return {"file": path, "factory": f"{path}:build", "pt": base / "weights.pt",
-            "safetensors": base / "weights.safetensors", "state": state}
+    return {
+        "file": path,
+        "factory": f"{path}:build",
+        "pt": base / "weights.pt",
+        "safetensors": base / "weights.safetensors",
+        "state": state,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -176,7 +199,11 @@ def isolated_plugins(monkeypatch):
     for name in saved_modules:
         del sys.modules[name]
     for r in REGISTRIES.values():
-        for name in [n for n, e in r._entries.items() if getattr(e.factory, "__module__", "") in saved_modules]:
+        for name in [
+            n
+            for n, e in r._entries.items()
+            if getattr(e.factory, "__module__", "") in saved_modules
+        ]:
             del r._entries[name]
     state = (plugins._installed.done, plugins._installed.error)
     plugins._installed.done, plugins._installed.error = False, None

@@ -25,22 +25,40 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 KEYS = ["dataset", "explained_model", "explainer", "metric", "sample_id"]
-TINY = {"data.n_train": 300, "data.n_test": 80, "training.epochs": 1, "model.channels": [4, 8, 8],
-        "evaluation.n_samples": 12, "evaluation.batch_size": 8}
+TINY = {
+    "data.n_train": 300,
+    "data.n_test": 80,
+    "training.epochs": 1,
+    "model.channels": [4, 8, 8],
+    "evaluation.n_samples": 12,
+    "evaluation.batch_size": 8,
+}
 EXPLAINERS = ["saliency", "random", {"name": "integrated_gradients", "n_steps": 4, "label": "ig4"}]
 # deterministic and randomised metrics (random tie breaks, subsets, noise), masks, a pairwise metric,
 # a re-explaining metric restricted to one explainer, a labelled metric
-METRICS = ["sparseness", {"name": "deletion", "steps": 8}, "pointing_game",
-           {"name": "faithfulness_correlation", "nr_runs": 5, "subset_size": 64},
-           {"name": "agreement_spearman", "reference": "saliency"},
-           {"name": "max_sensitivity", "nr_samples": 2, "explainers": ["saliency"]},
-           {"name": "deletion", "steps": 4, "label": "del4"}]
+METRICS = [
+    "sparseness",
+    {"name": "deletion", "steps": 8},
+    "pointing_game",
+    {"name": "faithfulness_correlation", "nr_runs": 5, "subset_size": 64},
+    {"name": "agreement_spearman", "reference": "saliency"},
+    {"name": "max_sensitivity", "nr_samples": 2, "explainers": ["saliency"]},
+    {"name": "deletion", "steps": 4, "label": "del4"},
+]
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    cfg = {"name": "api", "data": "hard_mnist", "model": "lenet", "explainers": EXPLAINERS, "metrics": METRICS}
-    res = xaiarena.run(cfg, out=tmp_path_factory.mktemp("api") / "run", overrides=TINY, show_progress=False)
+    cfg = {
+        "name": "api",
+        "data": "hard_mnist",
+        "model": "lenet",
+        "explainers": EXPLAINERS,
+        "metrics": METRICS,
+    }
+    res = xaiarena.run(
+        cfg, out=tmp_path_factory.mktemp("api") / "run", overrides=TINY, show_progress=False
+    )
     return res, res.samples()
 
 
@@ -51,8 +69,15 @@ def run_maps(tiny_run):
 
 
 def _evaluate(samples, maps, metrics=METRICS, **kw):
-    kw = {"masks": samples.masks, "labels": samples.labels, "sample_ids": samples.sample_ids, "seed": samples.seed,
-          "dataset": samples.dataset, "explainers": {"saliency": "saliency"}, **kw}
+    kw = {
+        "masks": samples.masks,
+        "labels": samples.labels,
+        "sample_ids": samples.sample_ids,
+        "seed": samples.seed,
+        "dataset": samples.dataset,
+        "explainers": {"saliency": "saliency"},
+        **kw,
+    }
     return xaiarena.evaluate(samples.model, samples.inputs, samples.targets, maps, metrics, **kw)
 
 
@@ -78,14 +103,19 @@ def test_evaluate_gives_the_runs_per_sample_scores_summary_and_tests(tiny_run, r
     res, s = tiny_run
     ev = _evaluate(s, run_maps, batch_size=5)  # the run used 8
     _same_values(res.per_sample, ev.per_sample)
-    assert {"del4", "agreement_spearman", "max_sensitivity", "pointing_game"} <= set(ev.per_sample["metric"])
+    assert {"del4", "agreement_spearman", "max_sensitivity", "pointing_game"} <= set(
+        ev.per_sample["metric"]
+    )
     cols = ["dataset", "explained_model", "explainer", "metric", "n", "higher_is_better"]
     summ_run, summ = res.summary.sort_values(cols[:4]), ev.summary.sort_values(cols[:4])
     assert summ[cols].reset_index(drop=True).equals(summ_run[cols].reset_index(drop=True))
     for c in ("mean", "ci_low", "ci_high"):
         np.testing.assert_allclose(summ[c], summ_run[c], atol=1e-5, equal_nan=True)
     key = ["metric", "explainer_a", "explainer_b", "test"]
-    t_run, t = res.tests.sort_values(key).reset_index(drop=True), ev.tests.sort_values(key).reset_index(drop=True)
+    t_run, t = (
+        res.tests.sort_values(key).reset_index(drop=True),
+        ev.tests.sort_values(key).reset_index(drop=True),
+    )
     assert list(t.columns) == list(t_run.columns) and t[key].equals(t_run[key])
     np.testing.assert_allclose(t["p_holm"], t_run["p_holm"], rtol=1e-4, atol=1e-9, equal_nan=True)
     assert set(ev.metrics_meta) == set(res.info["metrics_meta"])
@@ -93,7 +123,11 @@ def test_evaluate_gives_the_runs_per_sample_scores_summary_and_tests(tiny_run, r
 
 def test_evaluate_does_not_depend_on_batch_size(tiny_run, run_maps):
     _, s = tiny_run
-    metrics = [*METRICS[:2], *METRICS[3:5], "relevance_mass_accuracy"]  # pointing_game: slow exact Wilcoxon (ties)
+    metrics = [
+        *METRICS[:2],
+        *METRICS[3:5],
+        "relevance_mass_accuracy",
+    ]  # pointing_game: slow exact Wilcoxon (ties)
     a = _evaluate(s, run_maps, metrics, batch_size=1)
     b = _evaluate(s, run_maps, metrics, batch_size=64)
     _same_values(a.per_sample, b.per_sample, atol=1e-6)
@@ -104,16 +138,35 @@ def test_evaluate_takes_numpy_arrays(tiny_run, run_maps):
     _, s = tiny_run
     metrics = ["sparseness", {"name": "deletion", "steps": 8}, "relevance_mass_accuracy"]
     torch_ev = _evaluate(s, run_maps, metrics, explainers=None)
-    np_ev = xaiarena.evaluate(s.model, s.inputs.numpy(), s.targets.numpy(), {k: v.numpy() for k, v in run_maps.items()},
-                              metrics, masks=s.masks.numpy(), labels=s.labels.numpy(), sample_ids=s.sample_ids.numpy(),
-                              seed=s.seed, dataset=s.dataset)
+    np_ev = xaiarena.evaluate(
+        s.model,
+        s.inputs.numpy(),
+        s.targets.numpy(),
+        {k: v.numpy() for k, v in run_maps.items()},
+        metrics,
+        masks=s.masks.numpy(),
+        labels=s.labels.numpy(),
+        sample_ids=s.sample_ids.numpy(),
+        seed=s.seed,
+        dataset=s.dataset,
+    )
     _same_values(torch_ev.per_sample, np_ev.per_sample, atol=0)
     # defaults: rows numbered 0..N-1 under the dataset "data"; scores keyed by those ids
-    ev = xaiarena.evaluate(s.model, s.inputs.numpy(), s.targets.tolist(), {"sal": run_maps["saliency"].numpy()},
-                           ["sparseness"])
-    assert ev.per_sample["sample_id"].tolist() == list(range(12)) and set(ev.per_sample["dataset"]) == {"data"}
+    ev = xaiarena.evaluate(
+        s.model,
+        s.inputs.numpy(),
+        s.targets.tolist(),
+        {"sal": run_maps["saliency"].numpy()},
+        ["sparseness"],
+    )
+    assert ev.per_sample["sample_id"].tolist() == list(range(12)) and set(
+        ev.per_sample["dataset"]
+    ) == {"data"}
     assert ev.per_sample["value"].tolist() == pytest.approx(
-        torch_ev.per_sample.query("explainer == 'saliency' and metric == 'sparseness'")["value"].tolist())
+        torch_ev.per_sample.query("explainer == 'saliency' and metric == 'sparseness'")[
+            "value"
+        ].tolist()
+    )
 
 
 def test_evaluate_leaves_the_model_as_it_was(tiny_run, run_maps):
@@ -127,13 +180,19 @@ def test_evaluate_leaves_the_model_as_it_was(tiny_run, run_maps):
 
 def test_explain_gives_the_runs_maps(tiny_run, run_maps):
     _, s = tiny_run
-    maps = xaiarena.explain(s.model, s.inputs.numpy(), s.targets.numpy(), EXPLAINERS, seed=s.seed, batch_size=5)
+    maps = xaiarena.explain(
+        s.model, s.inputs.numpy(), s.targets.numpy(), EXPLAINERS, seed=s.seed, batch_size=5
+    )
     assert list(maps) == ["saliency", "random", "ig4"]
     for k, m in maps.items():
         assert m.dtype == torch.float32 and m.shape == (12, 64, 64)
         torch.testing.assert_close(m, run_maps[k], atol=1e-6, rtol=1e-5)
     # and scoring them is scoring the run's maps
-    _same_values(_evaluate(s, maps, METRICS[:2]).per_sample, _evaluate(s, run_maps, METRICS[:2]).per_sample, atol=1e-6)
+    _same_values(
+        _evaluate(s, maps, METRICS[:2]).per_sample,
+        _evaluate(s, run_maps, METRICS[:2]).per_sample,
+        atol=1e-6,
+    )
 
 
 def test_a_callable_re_explains_like_the_named_explainer(tiny_run, run_maps):
@@ -143,8 +202,14 @@ def test_a_callable_re_explains_like_the_named_explainer(tiny_run, run_maps):
     sal = REG.create("saliency")
     metric = [{"name": "max_sensitivity", "nr_samples": 2, "explainers": ["saliency"]}]
     named = _evaluate(s, run_maps, metric)
-    fn = _evaluate(s, run_maps, metric, explainers={"saliency": lambda m, x, t, generator=None: sal.explain(
-        m, x, t, generator=generator)})
+    fn = _evaluate(
+        s,
+        run_maps,
+        metric,
+        explainers={
+            "saliency": lambda m, x, t, generator=None: sal.explain(m, x, t, generator=generator)
+        },
+    )
     _same_values(named.per_sample, fn.per_sample, atol=0)
 
 
@@ -153,8 +218,11 @@ def test_save_writes_the_tables(tiny_run, run_maps, tmp_path):
     ev = _evaluate(s, run_maps, ["sparseness"], explainers=None)
     ev.save(tmp_path / "out")
     assert {"per_sample.csv", "summary.csv", "tests.csv", "curves.csv", "metrics_meta.json"} <= {
-        p.name for p in (tmp_path / "out").iterdir()}
-    assert list(pd.read_csv(tmp_path / "out" / "per_sample.csv").columns) == list(ev.per_sample.columns)
+        p.name for p in (tmp_path / "out").iterdir()
+    }
+    assert list(pd.read_csv(tmp_path / "out" / "per_sample.csv").columns) == list(
+        ev.per_sample.columns
+    )
 
 
 # --------------------------------------------------------------------------- clear errors
@@ -162,19 +230,51 @@ def test_save_writes_the_tables(tiny_run, run_maps, tmp_path):
 
 def _bad_cases(s, maps):
     x, t, m = s.inputs, s.targets, maps["saliency"]
-    ok = {"model": s.model, "inputs": x, "targets": t, "attributions": {"sal": m}, "metrics": ["sparseness"]}
+    ok = {
+        "model": s.model,
+        "inputs": x,
+        "targets": t,
+        "attributions": {"sal": m},
+        "metrics": ["sparseness"],
+    }
     return [
-        ({"metrics": ["delet"]}, ConfigError, ["metrics.0.name", "'delet'", "did you mean 'deletion'", "sparseness"]),
-        ({"metrics": [{"name": "deletion", "stepz": 3}]}, ConfigError, ["metrics.0.stepz", "did you mean 'steps'"]),
+        (
+            {"metrics": ["delet"]},
+            ConfigError,
+            ["metrics.0.name", "'delet'", "did you mean 'deletion'", "sparseness"],
+        ),
+        (
+            {"metrics": [{"name": "deletion", "stepz": 3}]},
+            ConfigError,
+            ["metrics.0.stepz", "did you mean 'steps'"],
+        ),
         ({"metrics": [{"name": "deletion", "steps": -1}]}, ConfigError, ["metrics.0", "-1"]),
-        ({"metrics": [{"name": "sparseness", "explainers": ["sall"]}]}, ConfigError,
-         ["metrics.0.explainers", "'sall'", "did you mean 'sal'"]),
+        (
+            {"metrics": [{"name": "sparseness", "explainers": ["sall"]}]},
+            ConfigError,
+            ["metrics.0.explainers", "'sall'", "did you mean 'sal'"],
+        ),
         ({"metrics": []}, ConfigError, ["metrics", "non-empty list"]),
-        ({"metrics": ["comprehensiveness"]}, ConfigError, ["metrics.0.name", "supports text", "the inputs are images"]),
-        ({"attributions": {"sal": m[:5]}}, InputError, ["attributions['sal']", "(12, 64, 64)", "(5, 64, 64)",
-                                                       "5 maps for 12 inputs"]),
-        ({"attributions": {"sal": m[:, :32]}}, InputError, ["attributions['sal']", "(12, 64, 64)", "(12, 32, 64)"]),
-        ({"attributions": {"sal": m[:, None].expand(-1, 3, -1, -1)}}, InputError, ["reduce the channels"]),
+        (
+            {"metrics": ["comprehensiveness"]},
+            ConfigError,
+            ["metrics.0.name", "supports text", "the inputs are images"],
+        ),
+        (
+            {"attributions": {"sal": m[:5]}},
+            InputError,
+            ["attributions['sal']", "(12, 64, 64)", "(5, 64, 64)", "5 maps for 12 inputs"],
+        ),
+        (
+            {"attributions": {"sal": m[:, :32]}},
+            InputError,
+            ["attributions['sal']", "(12, 64, 64)", "(12, 32, 64)"],
+        ),
+        (
+            {"attributions": {"sal": m[:, None].expand(-1, 3, -1, -1)}},
+            InputError,
+            ["reduce the channels"],
+        ),
         ({"attributions": {"../x": m}}, InputError, ["attribution label", "'../x'"]),
         ({"attributions": {}}, InputError, ["attributions", "non-empty"]),
         ({"attributions": {"sal": m * float("nan")}}, InputError, ["attributions['sal']", "NaN"]),
@@ -185,13 +285,31 @@ def _bad_cases(s, maps):
         ({"inputs": x[0]}, InputError, ["inputs", "(N, C, H, W)", "x[None]"]),
         ({"inputs": ["a text"]}, InputError, ["texts", "cannot tokenise", "tiny_bert"]),
         ({"inputs": "images.npy"}, InputError, ["inputs", "torch.Tensor or numpy.ndarray", "str"]),
-        ({"metrics": ["pointing_game"]}, InputError, ["pointing_game", "needs ground-truth masks", "masks="]),
-        ({"metrics": ["pointing_game"], "masks": s.masks[:, :10]}, InputError, ["masks", "(12, 64, 64)", "(12, 10, 64)"]),
-        ({"metrics": ["max_sensitivity"]}, InputError, ["max_sensitivity", "re-explains", "explainers={'sal'"]),
-        ({"metrics": ["max_sensitivity"], "explainers": {"sall": "saliency"}}, InputError,
-         ["explainers", "'sall'", "valid: sal"]),
-        ({"metrics": ["max_sensitivity"], "explainers": {"sal": "saliencyy"}}, ConfigError,
-         ["explainers.0.name", "did you mean 'saliency'"]),
+        (
+            {"metrics": ["pointing_game"]},
+            InputError,
+            ["pointing_game", "needs ground-truth masks", "masks="],
+        ),
+        (
+            {"metrics": ["pointing_game"], "masks": s.masks[:, :10]},
+            InputError,
+            ["masks", "(12, 64, 64)", "(12, 10, 64)"],
+        ),
+        (
+            {"metrics": ["max_sensitivity"]},
+            InputError,
+            ["max_sensitivity", "re-explains", "explainers={'sal'"],
+        ),
+        (
+            {"metrics": ["max_sensitivity"], "explainers": {"sall": "saliency"}},
+            InputError,
+            ["explainers", "'sall'", "valid: sal"],
+        ),
+        (
+            {"metrics": ["max_sensitivity"], "explainers": {"sal": "saliencyy"}},
+            ConfigError,
+            ["explainers.0.name", "did you mean 'saliency'"],
+        ),
         ({"sample_ids": torch.zeros(12, dtype=torch.long)}, InputError, ["sample_ids", "distinct"]),
         ({"batch_size": 0}, InputError, ["batch_size", "0"]),
         ({"model": "lenet"}, InputError, ["model", "torch.nn.Module"]),
@@ -204,8 +322,14 @@ def test_bad_inputs_are_clear_errors(tiny_run, run_maps):
     for change, exc, needles in cases:
         kw = {**ok, **change}
         with pytest.raises(exc) as info:
-            xaiarena.evaluate(kw.pop("model"), kw.pop("inputs"), kw.pop("targets"), kw.pop("attributions"),
-                              kw.pop("metrics"), **kw)
+            xaiarena.evaluate(
+                kw.pop("model"),
+                kw.pop("inputs"),
+                kw.pop("targets"),
+                kw.pop("attributions"),
+                kw.pop("metrics"),
+                **kw,
+            )
         msg = str(info.value).lower()
         assert all(n.lower() in msg for n in needles), (change, str(info.value))
 
@@ -215,7 +339,12 @@ def test_bad_explain_arguments_are_clear_errors(tiny_run):
     with pytest.raises(ConfigError, match=r"(?i)explainers.0.name.*did you mean 'saliency'"):
         xaiarena.explain(s.model, s.inputs, s.targets, ["saliencyy"])
     with pytest.raises(ConfigError, match=r"explainers.1.n_stepz.*did you mean 'n_steps'"):
-        xaiarena.explain(s.model, s.inputs, s.targets, ["saliency", {"name": "integrated_gradients", "n_stepz": 3}])
+        xaiarena.explain(
+            s.model,
+            s.inputs,
+            s.targets,
+            ["saliency", {"name": "integrated_gradients", "n_stepz": 3}],
+        )
     with pytest.raises(ConfigError, match=r"explainers.0.name.*learns from training data"):
         xaiarena.explain(s.model, s.inputs, s.targets, ["diet"])
     with pytest.raises(ConfigError, match=r"explainers.0.name.*supports text"):
@@ -229,31 +358,65 @@ def test_bad_explain_arguments_are_clear_errors(tiny_run):
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
-    cfg = {"name": "api_text", "data": {"name": "planted_sentiment", "n_train": 200, "n_test": 40},
-           "model": "tiny_bert", "training": {"epochs": 1, "batch_size": 32, "lr": 0.003, "optimizer": "adamw"},
-           "evaluation": {"n_samples": 8, "batch_size": 4}, "explainers": ["text_saliency", "text_random"],
-           "metrics": ["comprehensiveness", "rationale_f1", "text_spearman"]}
+    cfg = {
+        "name": "api_text",
+        "data": {"name": "planted_sentiment", "n_train": 200, "n_test": 40},
+        "model": "tiny_bert",
+        "training": {"epochs": 1, "batch_size": 32, "lr": 0.003, "optimizer": "adamw"},
+        "evaluation": {"n_samples": 8, "batch_size": 4},
+        "explainers": ["text_saliency", "text_random"],
+        "metrics": ["comprehensiveness", "rationale_f1", "text_spearman"],
+    }
     res = xaiarena.run(cfg, out=tmp_path_factory.mktemp("api_text") / "run", show_progress=False)
     return res, res.samples()
 
 
 def test_text_evaluate_and_explain_give_the_runs_numbers(text_run):
     res, s = text_run
-    maps = xaiarena.explain(s.model, s.inputs, s.targets, ["text_saliency", "text_random"], seed=s.seed, batch_size=3)
+    maps = xaiarena.explain(
+        s.model, s.inputs, s.targets, ["text_saliency", "text_random"], seed=s.seed, batch_size=3
+    )
     run_maps = {k: res.attributions(k) for k in maps}
     for k in maps:
         torch.testing.assert_close(maps[k], run_maps[k], atol=1e-6, rtol=1e-5)
-    ev = xaiarena.evaluate(s.model, s.inputs, s.targets, run_maps, ["comprehensiveness", "rationale_f1", "text_spearman"],
-                           masks=s.masks, labels=s.labels, sample_ids=s.sample_ids, seed=s.seed, batch_size=3,
-                           dataset=s.dataset)
+    ev = xaiarena.evaluate(
+        s.model,
+        s.inputs,
+        s.targets,
+        run_maps,
+        ["comprehensiveness", "rationale_f1", "text_spearman"],
+        masks=s.masks,
+        labels=s.labels,
+        sample_ids=s.sample_ids,
+        seed=s.seed,
+        batch_size=3,
+        dataset=s.dataset,
+    )
     _same_values(res.per_sample, ev.per_sample)
     # a list of strings is tokenised by the model (the same words, the same maps' width)
     texts = [" ".join(w) for w in s.inputs.words]
-    ev2 = xaiarena.evaluate(s.model, texts, s.targets, run_maps, ["comprehensiveness"], sample_ids=s.sample_ids,
-                            seed=s.seed, dataset=s.dataset)
-    _same_values(ev.per_sample[ev.per_sample["metric"] == "comprehensiveness"].reset_index(drop=True), ev2.per_sample)
+    ev2 = xaiarena.evaluate(
+        s.model,
+        texts,
+        s.targets,
+        run_maps,
+        ["comprehensiveness"],
+        sample_ids=s.sample_ids,
+        seed=s.seed,
+        dataset=s.dataset,
+    )
+    _same_values(
+        ev.per_sample[ev.per_sample["metric"] == "comprehensiveness"].reset_index(drop=True),
+        ev2.per_sample,
+    )
     with pytest.raises(InputError, match=r"\(8, 16\) = \(N, L\) over words"):
-        xaiarena.evaluate(s.model, s.inputs, s.targets, {"m": run_maps["text_saliency"][:, :5]}, ["comprehensiveness"])
+        xaiarena.evaluate(
+            s.model,
+            s.inputs,
+            s.targets,
+            {"m": run_maps["text_saliency"][:, :5]},
+            ["comprehensiveness"],
+        )
 
 
 # --------------------------------------------------------------------------- xaiarena score
@@ -265,31 +428,57 @@ def test_score_cli_scores_saved_maps_like_the_run(tiny_run, run_maps, tmp_path):
     maps_dir.mkdir()
     np.save(maps_dir / "saliency.npy", run_maps["saliency"].numpy())
     torch.save(run_maps["random"], maps_dir / "random.pt")
-    out = CliRunner().invoke(app, ["score", str(res.run_dir), str(maps_dir), "--quiet", "--metric", "sparseness",
-                                   "--metric", "{name: deletion, steps: 8}", "--out", str(tmp_path / "scores")])
+    out = CliRunner().invoke(
+        app,
+        [
+            "score",
+            str(res.run_dir),
+            str(maps_dir),
+            "--quiet",
+            "--metric",
+            "sparseness",
+            "--metric",
+            "{name: deletion, steps: 8}",
+            "--out",
+            str(tmp_path / "scores"),
+        ],
+    )
     assert out.exit_code == 0, out.output
     ps = pd.read_csv(tmp_path / "scores" / "per_sample.csv")
-    run_ps = res.per_sample[res.per_sample["metric"].isin(["sparseness", "deletion"])
-                            & res.per_sample["explainer"].isin(["saliency", "random"])]
+    run_ps = res.per_sample[
+        res.per_sample["metric"].isin(["sparseness", "deletion"])
+        & res.per_sample["explainer"].isin(["saliency", "random"])
+    ]
     _same_values(run_ps.reset_index(drop=True), ps.astype({"value": "float32"}))
     assert {"summary.csv", "tests.csv"} <= {p.name for p in (tmp_path / "scores").iterdir()}
     # without --metric: the config's metrics; maps named like its explainers re-explain (max_sensitivity)
-    out = CliRunner().invoke(app, ["score", str(res.run_dir), str(maps_dir), "-q", "--out", str(tmp_path / "all")])
+    out = CliRunner().invoke(
+        app, ["score", str(res.run_dir), str(maps_dir), "-q", "--out", str(tmp_path / "all")]
+    )
     assert out.exit_code == 0, out.output
     assert "max_sensitivity" in set(pd.read_csv(tmp_path / "all" / "per_sample.csv")["metric"])
 
 
-@pytest.mark.parametrize("case", ["bad_metric", "bad_shape", "no_maps", "bad_dataset", "not_a_run", "bad_yaml"])
+@pytest.mark.parametrize(
+    "case", ["bad_metric", "bad_shape", "no_maps", "bad_dataset", "not_a_run", "bad_yaml"]
+)
 def test_score_cli_errors_exit_2_with_one_line(tiny_run, run_maps, tmp_path, case):
     res, _ = tiny_run
     maps_dir = tmp_path / "maps"
     maps_dir.mkdir()
-    np.save(maps_dir / "saliency.npy", run_maps["saliency"].numpy()[:3] if case == "bad_shape"
-            else run_maps["saliency"].numpy())
+    np.save(
+        maps_dir / "saliency.npy",
+        run_maps["saliency"].numpy()[:3] if case == "bad_shape" else run_maps["saliency"].numpy(),
+    )
     args = ["score", str(res.run_dir), str(maps_dir), "-q", "-m", "sparseness"]
-    needles = {"bad_metric": ["metrics.0.name", "'delet'", "deletion"], "bad_shape": ["(12, 64, 64)", "(3, 64, 64)"],
-               "no_maps": ["no <label>.npy"], "bad_dataset": ["unknown dataset 'foo'"],
-               "not_a_run": ["not a finished run"], "bad_yaml": ["--metric"]}[case]
+    needles = {
+        "bad_metric": ["metrics.0.name", "'delet'", "deletion"],
+        "bad_shape": ["(12, 64, 64)", "(3, 64, 64)"],
+        "no_maps": ["no <label>.npy"],
+        "bad_dataset": ["unknown dataset 'foo'"],
+        "not_a_run": ["not a finished run"],
+        "bad_yaml": ["--metric"],
+    }[case]
     if case == "bad_metric":
         args[-1] = "delet"
     elif case == "no_maps":

@@ -27,7 +27,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def image_config(root, masks, model: dict, **extra) -> dict:
     cfg = {
-        "name": "byo_images", "seed": 0,
+        "name": "byo_images",
+        "seed": 0,
         "data": {"name": "image_folder", "root": str(root), "masks_root": str(masks)},
         "model": {"name": "torch_module", **model},
         "training": {"epochs": 1, "batch_size": 4},
@@ -45,13 +46,20 @@ def run_cli(tmp_path, cfg: dict, name: str = "cfg.yaml"):
     return runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "run"), "--quiet"])
 
 
-def test_run_on_user_images_and_a_model_file_with_a_state_dict(tmp_path, image_folder_data, user_model):
+def test_run_on_user_images_and_a_model_file_with_a_state_dict(
+    tmp_path, image_folder_data, user_model
+):
     src_root, src_masks = image_folder_data
     root, masks = tmp_path / "images", tmp_path / "masks"
     shutil.copytree(src_root, root)
     shutil.copytree(src_masks, masks)
-    model = {"factory": user_model["factory"], "checkpoint": str(user_model["pt"]), "mean": 0.5, "std": 0.25,
-             "cam_layer": "features.2"}
+    model = {
+        "factory": user_model["factory"],
+        "checkpoint": str(user_model["pt"]),
+        "mean": 0.5,
+        "std": 0.25,
+        "cam_layer": "features.2",
+    }
     res = run_cli(tmp_path, image_config(root, masks, model))
     assert res.exit_code == 0, res.output
     run = tmp_path / "run"
@@ -86,12 +94,22 @@ def test_user_images_are_named_by_file(tmp_path, image_folder_data, user_model):
     """run.json's sample_names and the examples' names: the file below the root (the report names
     images by them in per-image tables and figures)."""
     root, masks = image_folder_data
-    model = {"factory": user_model["factory"], "checkpoint": str(user_model["pt"]), "mean": 0.5, "std": 0.25}
-    res = run_cli(tmp_path, image_config(root, masks, model, explainers=["saliency"], metrics=["pointing_game"]))
+    model = {
+        "factory": user_model["factory"],
+        "checkpoint": str(user_model["pt"]),
+        "mean": 0.5,
+        "std": 0.25,
+    }
+    res = run_cli(
+        tmp_path,
+        image_config(root, masks, model, explainers=["saliency"], metrics=["pointing_game"]),
+    )
     assert res.exit_code == 0, res.output
     info = json.loads((tmp_path / "run" / "run.json").read_text())["datasets"]["image_folder"]
     names = info["sample_names"]
-    assert len(names) == 6 and all(re.fullmatch(r"test/(left|right)/\d+\.png", n) for n in names.values())
+    assert len(names) == 6 and all(
+        re.fullmatch(r"test/(left|right)/\d+\.png", n) for n in names.values()
+    )
     assert len(set(names.values())) == 6
     ex = np.load(tmp_path / "run" / "results" / "examples" / "image_folder.npz")
     assert [names[str(i)] for i in ex["sample_ids"]] == [str(n) for n in ex["sample_names"]]
@@ -99,14 +117,22 @@ def test_user_images_are_named_by_file(tmp_path, image_folder_data, user_model):
 
 def test_run_trains_a_user_model_without_checkpoint(tmp_path, image_folder_data, user_model):
     root, masks = image_folder_data
-    cfg = image_config(root, masks, {"factory": user_model["factory"], "width": 3, "cam_layer": "features.3"},
-                       explainers=["gradcam"], metrics=["pointing_game"])
+    cfg = image_config(
+        root,
+        masks,
+        {"factory": user_model["factory"], "width": 3, "cam_layer": "features.3"},
+        explainers=["gradcam"],
+        metrics=["pointing_game"],
+    )
     res = run_cli(tmp_path, cfg)
     assert res.exit_code == 0, res.output
     info = json.loads((tmp_path / "run" / "run.json").read_text())["datasets"]["image_folder"]
     assert len(info["train_history"]) == 1 and "pretrained" not in info
     ckpts = list((tmp_path / "run" / "cache" / "models").glob("*/model.pt"))
-    assert len(ckpts) == 1 and torch.load(ckpts[0], weights_only=True)["net.features.0.weight"].shape[0] == 3
+    assert (
+        len(ckpts) == 1
+        and torch.load(ckpts[0], weights_only=True)["net.features.0.weight"].shape[0] == 3
+    )
 
 
 def test_run_on_a_text_csv(tmp_path):
@@ -126,9 +152,15 @@ def test_run_on_a_text_csv(tmp_path):
     rows(40).to_csv(tmp_path / "train.csv", index=False)
     rows(12).to_csv(tmp_path / "test.csv", index=False)
     cfg = {
-        "name": "byo_text", "seed": 0,
-        "data": {"name": "csv_text", "path": str(tmp_path / "test.csv"), "train_path": str(tmp_path / "train.csv"),
-                 "text_column": "review", "label_column": "sentiment"},
+        "name": "byo_text",
+        "seed": 0,
+        "data": {
+            "name": "csv_text",
+            "path": str(tmp_path / "test.csv"),
+            "train_path": str(tmp_path / "train.csv"),
+            "text_column": "review",
+            "label_column": "sentiment",
+        },
         "model": {"name": "tiny_bert", "max_length": 16},
         "training": {"epochs": 1, "batch_size": 8, "optimizer": "adamw", "lr": 0.003},
         "evaluation": {"n_samples": 6, "batch_size": 6},
@@ -138,7 +170,9 @@ def test_run_on_a_text_csv(tmp_path):
     res = run_cli(tmp_path, cfg)
     assert res.exit_code == 0, res.output
     summary = pd.read_csv(tmp_path / "run" / "results" / "summary.csv")
-    assert set(summary["explainer"]) == {"text_saliency", "text_random"} and (summary["n"] == 6).all()
+    assert (
+        set(summary["explainer"]) == {"text_saliency", "text_random"} and (summary["n"] == 6).all()
+    )
     examples = json.loads((tmp_path / "run" / "results" / "examples" / "csv_text.json").read_text())
     assert examples["class_names"] == ["negative", "positive"]
 
@@ -147,15 +181,31 @@ class Opaque:
     pass
 
 
-@pytest.mark.parametrize("case", ["unreadable", "mixed_modes", "mask_size", "outside_classes", "pickled",
-                                  "bad_factory", "no_train_split", "bad_option"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unreadable",
+        "mixed_modes",
+        "mask_size",
+        "outside_classes",
+        "pickled",
+        "bad_factory",
+        "no_train_split",
+        "bad_option",
+    ],
+)
 def test_bad_inputs_exit_2_naming_the_file_or_key(tmp_path, image_folder_data, user_model, case):
     src_root, src_masks = image_folder_data
     root, masks = tmp_path / "images", tmp_path / "masks"
     shutil.copytree(src_root, root)
     shutil.copytree(src_masks, masks)
-    model = {"factory": user_model["factory"], "checkpoint": str(user_model["pt"]), "mean": 0, "std": 1,
-             "cam_layer": "features.2"}  # gradcam needs it (else a config-time error before the one tested)
+    model = {
+        "factory": user_model["factory"],
+        "checkpoint": str(user_model["pt"]),
+        "mean": 0,
+        "std": 1,
+        "cam_layer": "features.2",
+    }  # gradcam needs it (else a config-time error before the one tested)
     if case == "unreadable":
         p = root / "test" / "right" / "1.png"
         p.write_bytes(b"\x89PNG broken")
@@ -187,7 +237,9 @@ def test_bad_inputs_exit_2_naming_the_file_or_key(tmp_path, image_folder_data, u
     else:
         model["widht"] = 2
         needles = ["model.widht", "did you mean 'width'"]
-    res = run_cli(tmp_path, image_config(root, masks, {k: v for k, v in model.items() if v is not None}))
+    res = run_cli(
+        tmp_path, image_config(root, masks, {k: v for k, v in model.items() if v is not None})
+    )
     assert res.exit_code == 2, res.output
     assert all(n in res.output for n in needles), res.output
     assert "Traceback" not in res.output
@@ -199,7 +251,9 @@ def readme_blocks(lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", section, re.S)
 
 
-def test_readme_config_and_plugin_examples_run(tmp_path, monkeypatch, make_image_folder, isolated_plugins):
+def test_readme_config_and_plugin_examples_run(
+    tmp_path, monkeypatch, make_image_folder, isolated_plugins
+):
     python, yamls = readme_blocks("python"), readme_blocks("yaml")
     model_src = next(b for b in python if b.startswith("# mymodel.py"))
     plugin_src = next(b for b in python if b.startswith("# my_plugin.py"))
@@ -209,7 +263,9 @@ def test_readme_config_and_plugin_examples_run(tmp_path, monkeypatch, make_image
     (tmp_path / "mymodel.py").write_text(model_src)
     (tmp_path / "my_plugin.py").write_text(plugin_src)
     make_image_folder(tmp_path / "my_images", tmp_path / "my_masks")
-    shutil.rmtree(tmp_path / "my_images" / "train")  # a model with a checkpoint needs no training images
+    shutil.rmtree(
+        tmp_path / "my_images" / "train"
+    )  # a model with a checkpoint needs no training images
     namespace: dict = {}
     exec(compile(model_src, "mymodel.py", "exec"), namespace)
     torch.manual_seed(0)
@@ -219,11 +275,15 @@ def test_readme_config_and_plugin_examples_run(tmp_path, monkeypatch, make_image
     assert res.exit_code == 0, res.output
     summary = pd.read_csv(tmp_path / "runs" / "my_model" / "results" / "summary.csv")
     assert set(summary["explainer"]) == set(cfg["explainers"])
-    assert {"deletion", "pointing_game", "relevance_mass_accuracy", "sparseness"} <= set(summary["metric"])
+    assert {"deletion", "pointing_game", "relevance_mass_accuracy", "sparseness"} <= set(
+        summary["metric"]
+    )
 
     (tmp_path / "with_plugin.yaml").write_text(yaml.safe_dump({**cfg, **plugin_keys}))
     res = runner.invoke(app, ["run", "with_plugin.yaml", "--out", "plugin_run", "--quiet"])
     assert res.exit_code == 0, res.output
     summary = pd.read_csv(tmp_path / "plugin_run" / "results" / "summary.csv")
-    assert set(summary["explainer"]) == set(plugin_keys["explainers"]) and "gradient_norm" in set(summary["explainer"])
+    assert set(summary["explainer"]) == set(plugin_keys["explainers"]) and "gradient_norm" in set(
+        summary["explainer"]
+    )
     check_explainer("gradient_norm")  # the README's plugin keeps the contract (xaiarena.testing)

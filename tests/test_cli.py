@@ -17,11 +17,26 @@ runner = CliRunner()
 
 def strict_json(text: str):
     """Parse JSON the way non-Python consumers do: NaN/Infinity are not JSON."""
+
     def reject(const):
         raise ValueError(f"non-standard JSON constant {const}")
+
     return json.loads(text, parse_constant=reject)
-TINY = ["--set", "data.n_train=300", "--set", "data.n_test=60", "--set", "training.epochs=1",
-        "--set", "evaluation.n_samples=8", "--set", "model.channels=[4,8,8]", "--quiet"]
+
+
+TINY = [
+    "--set",
+    "data.n_train=300",
+    "--set",
+    "data.n_test=60",
+    "--set",
+    "training.epochs=1",
+    "--set",
+    "evaluation.n_samples=8",
+    "--set",
+    "model.channels=[4,8,8]",
+    "--quiet",
+]
 
 
 def test_list_json_contract():
@@ -64,7 +79,11 @@ def test_misspelled_explainer_exits_2_with_suggestion(tmp_path):
 def test_bad_set_exits_2_naming_key_and_value():
     res = runner.invoke(app, ["run", "--set", "model.name=lenett"])
     assert res.exit_code == 2
-    assert "model.name" in res.output and "'lenett'" in res.output and "Did you mean 'lenet'" in res.output
+    assert (
+        "model.name" in res.output
+        and "'lenett'" in res.output
+        and "Did you mean 'lenet'" in res.output
+    )
     res = runner.invoke(app, ["run", "--set", "training.epochs=zero"])
     assert res.exit_code == 2 and "training.epochs" in res.output
     res = runner.invoke(app, ["run", "--set", "training.epochs"])
@@ -80,7 +99,13 @@ def test_run_writes_contract_layout_and_reuses_checkpoint(tmp_path):
     out = tmp_path / "run"
     res = runner.invoke(app, ["run", "--out", str(out), *TINY])
     assert res.exit_code == 0, res.output
-    for rel in ("config.yaml", "run.json", "results/summary.csv", "results/per_sample.parquet", "results/tests.csv"):
+    for rel in (
+        "config.yaml",
+        "run.json",
+        "results/summary.csv",
+        "results/per_sample.parquet",
+        "results/tests.csv",
+    ):
         assert (out / rel).exists(), rel
     info = strict_json((out / "run.json").read_text())
     assert info["seed"] == 0 and info["config_hash"] and info["versions"]["torch"]
@@ -91,14 +116,41 @@ def test_run_writes_contract_layout_and_reuses_checkpoint(tmp_path):
     # then what a mean rests on (samples; 1 replicate) and the smallest p a test can give
     summary = pd.read_csv(out / "results" / "summary.csv")
     assert list(summary.columns) == [
-        "dataset", "explained_model", "model", "explainer", "metric", "mean", "ci_low", "ci_high", "n",
-        "higher_is_better", "n_samples", "n_replicates"]
+        "dataset",
+        "explained_model",
+        "model",
+        "explainer",
+        "metric",
+        "mean",
+        "ci_low",
+        "ci_high",
+        "n",
+        "higher_is_better",
+        "n_samples",
+        "n_replicates",
+    ]
     assert (summary.n_samples == summary.n).all() and (summary.n_replicates == 1).all()
     assert list(pd.read_parquet(out / "results" / "per_sample.parquet").columns) == [
-        "dataset", "explained_model", "explainer", "metric", "sample_id", "value"]
+        "dataset",
+        "explained_model",
+        "explainer",
+        "metric",
+        "sample_id",
+        "value",
+    ]
     assert list(pd.read_csv(out / "results" / "tests.csv").columns) == [
-        "dataset", "explained_model", "metric", "explainer_a", "explainer_b", "test", "statistic", "p_value",
-        "p_holm", "effect_size", "min_p"]
+        "dataset",
+        "explained_model",
+        "metric",
+        "explainer_a",
+        "explainer_b",
+        "test",
+        "statistic",
+        "p_value",
+        "p_holm",
+        "effect_size",
+        "min_p",
+    ]
 
     res = runner.invoke(app, ["run", "--out", str(out), *TINY])
     assert res.exit_code == 0, res.output
@@ -106,7 +158,10 @@ def test_run_writes_contract_layout_and_reuses_checkpoint(tmp_path):
     assert "explained_model" in res.output and " f_s " in res.output
     again = json.loads((out / "run.json").read_text())
     assert again["stages"]["hard_mnist/train"]["cache_hit"] is True
-    assert again["datasets"]["hard_mnist"]["test_accuracy"] == info["datasets"]["hard_mnist"]["test_accuracy"]
+    assert (
+        again["datasets"]["hard_mnist"]["test_accuracy"]
+        == info["datasets"]["hard_mnist"]["test_accuracy"]
+    )
 
 
 def test_report_command_rejects_non_run_dir(tmp_path):
@@ -115,5 +170,7 @@ def test_report_command_rejects_non_run_dir(tmp_path):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "xaiarena.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "xaiarena.cli", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "run" in out.stdout

@@ -69,7 +69,9 @@ def test_bad_device():
 
 
 def test_overrides_parse_yaml_values_and_expand_bare_names():
-    raw = apply_overrides(dict(BASE), ["training.epochs=7", "model.channels=[4, 8]", "evaluation.only_correct=true"])
+    raw = apply_overrides(
+        dict(BASE), ["training.epochs=7", "model.channels=[4, 8]", "evaluation.only_correct=true"]
+    )
     cfg = load_config(raw)
     assert cfg.training.epochs == 7
     assert cfg.model.params == {"channels": [4, 8]}
@@ -114,10 +116,21 @@ def test_metric_can_be_restricted_to_some_explainers():
 
     if not {"saliency", "random"} <= set(EXPLAINERS.names()) or "sparseness" not in METRICS:
         pytest.skip("needs saliency, random and sparseness")
-    cfg = load_config({**BASE, "explainers": ["saliency", "random"],
-                       "metrics": [{"name": "sparseness", "explainers": ["saliency"]}]})
+    cfg = load_config(
+        {
+            **BASE,
+            "explainers": ["saliency", "random"],
+            "metrics": [{"name": "sparseness", "explainers": ["saliency"]}],
+        }
+    )
     assert cfg.metrics[0].explainers == ["saliency"] and cfg.metrics[0].params == {}
-    probs = _problems({**BASE, "explainers": ["saliency"], "metrics": [{"name": "sparseness", "explainers": ["salency"]}]})
+    probs = _problems(
+        {
+            **BASE,
+            "explainers": ["saliency"],
+            "metrics": [{"name": "sparseness", "explainers": ["salency"]}],
+        }
+    )
     assert "did you mean 'saliency'" in probs["metrics.0.explainers"]
 
 
@@ -129,8 +142,10 @@ def test_data_dir_is_a_data_field_not_a_parameter():
 # --------------------------------------------------------------------------- fixed target class
 
 
-@pytest.mark.parametrize("value, expected", [(404, 404), ("airliner", "airliner"), ("label", "label"),
-                                             ("prediction", "prediction")])
+@pytest.mark.parametrize(
+    "value, expected",
+    [(404, 404), ("airliner", "airliner"), ("label", "label"), ("prediction", "prediction")],
+)
 def test_evaluation_target_accepts_an_index_or_a_class_name(value, expected):
     from xaiarena.config import load_config
 
@@ -155,7 +170,10 @@ def test_fixed_target_resolves_against_the_model_then_the_dataset_classes():
     imagenet = SimpleNamespace(class_names=imagenet_classes())
     for target in (404, "airliner", "Airliner"):
         assert torch.equal(fixed_targets(target, prep, imagenet, 3), torch.full((3,), 404))
-    assert fixed_targets("label", prep, imagenet, 3) is None and fixed_targets("prediction", prep, imagenet, 3) is None
+    assert (
+        fixed_targets("label", prep, imagenet, 3) is None
+        and fixed_targets("prediction", prep, imagenet, 3) is None
+    )
     plain = SimpleNamespace()  # a model without class names: the dataset's
     assert fixed_targets("aeroplane", prep, plain, 2).tolist() == [1, 1]
     assert fixed_targets(2, prep, plain, 2).tolist() == [2, 2]

@@ -27,15 +27,18 @@ def _problems(overrides, config=None):
 # --------------------------------------------------------------------------- paths (issue: no path escapes)
 
 
-@pytest.mark.parametrize("override, key", [
-    ("explainers.0.label=../../../x", "explainers.0.label"),
-    ("explainers.0.label=/tmp/x", "explainers.0.label"),
-    ("metrics.0.label=../m", "metrics.0.label"),
-    ("data.label=../d", "data.0.label"),
-    ("name=../../x", "name"),
-    ("name=a/b", "name"),
-    ("explainers.0.label=" + "a" * 300, "explainers.0.label"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("explainers.0.label=../../../x", "explainers.0.label"),
+        ("explainers.0.label=/tmp/x", "explainers.0.label"),
+        ("metrics.0.label=../m", "metrics.0.label"),
+        ("data.label=../d", "data.0.label"),
+        ("name=../../x", "name"),
+        ("name=a/b", "name"),
+        ("explainers.0.label=" + "a" * 300, "explainers.0.label"),
+    ],
+)
 def test_unsafe_labels_and_names_are_config_errors(override, key):
     problems = _problems([override])
     assert any(path == key for path, _ in problems), problems
@@ -43,7 +46,9 @@ def test_unsafe_labels_and_names_are_config_errors(override, key):
 
 def test_cli_refuses_a_label_that_escapes_the_run_dir_in_seconds(tmp_path):
     start = time.perf_counter()
-    res = runner.invoke(app, ["run", "--out", str(tmp_path / "r"), "--set", "explainers.0.label=../../../x"])
+    res = runner.invoke(
+        app, ["run", "--out", str(tmp_path / "r"), "--set", "explainers.0.label=../../../x"]
+    )
     assert res.exit_code == 2
     assert "explainers.0.label" in res.output and "run directory" in res.output
     assert time.perf_counter() - start < 30
@@ -80,7 +85,13 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize("group, item, option", BAD_VALUES)
 def test_bad_option_values_fail_at_config_time_naming_the_key(group, item, option):
-    raw = {"name": "t", "data": "hard_mnist", "model": "lenet", "explainers": ["saliency"], "metrics": []}
+    raw = {
+        "name": "t",
+        "data": "hard_mnist",
+        "model": "lenet",
+        "explainers": ["saliency"],
+        "metrics": [],
+    }
     raw[group] = raw[group] + [item] if group == "metrics" else [item]
     if item.get("name") == "agreement_topk_iou":
         raw["explainers"] = ["saliency", "random"]
@@ -90,9 +101,14 @@ def test_bad_option_values_fail_at_config_time_naming_the_key(group, item, optio
 
 
 #: options whose zero or negative values are meaningful (documented) and accepted
-ACCEPTED = {("diet", "model_max_epochs", 0), ("text_diet", "model_max_epochs", 0),
-            ("diet", "test_seed_check", 0), ("text_diet", "test_seed_check", 0),  # 0: no seed check
-            ("relative_input_stability", "lower_bound", -1.0), ("relative_output_stability", "lower_bound", -1.0)}
+ACCEPTED = {
+    ("diet", "model_max_epochs", 0),
+    ("text_diet", "model_max_epochs", 0),
+    ("diet", "test_seed_check", 0),
+    ("text_diet", "test_seed_check", 0),  # 0: no seed check
+    ("relative_input_stability", "lower_bound", -1.0),
+    ("relative_output_stability", "lower_bound", -1.0),
+}
 
 
 def _candidates():
@@ -100,7 +116,11 @@ def _candidates():
         for e in reg:
             for n, p in e.parameters().items():
                 d = p.default
-                if d is inspect.Parameter.empty or isinstance(d, bool) or not isinstance(d, (int, float)):
+                if (
+                    d is inspect.Parameter.empty
+                    or isinstance(d, bool)
+                    or not isinstance(d, (int, float))
+                ):
                     continue
                 if isinstance(d, int) and d >= 1:
                     yield reg, e.name, n, -1
@@ -110,9 +130,14 @@ def _candidates():
                     yield reg, e.name, n, -1.0
 
 
-@pytest.mark.parametrize("reg, name, option, value", list(_candidates()),
-                         ids=lambda v: str(v) if not isinstance(v, type(EXPLAINERS)) else v.kind)
-def test_every_count_and_positive_option_of_every_component_checks_its_value(reg, name, option, value):
+@pytest.mark.parametrize(
+    "reg, name, option, value",
+    list(_candidates()),
+    ids=lambda v: str(v) if not isinstance(v, type(EXPLAINERS)) else v.kind,
+)
+def test_every_count_and_positive_option_of_every_component_checks_its_value(
+    reg, name, option, value
+):
     """A table over all registries: counts below 1, NaN and negative scales are refused when the
     component is built (which the config validator does before any data is loaded)."""
     if (name, option, value) in ACCEPTED:
@@ -125,8 +150,13 @@ def test_every_count_and_positive_option_of_every_component_checks_its_value(reg
 
 
 def test_duplicate_data_keys_are_rejected_naming_the_entries():
-    raw = {"name": "t", "model": "lenet", "explainers": ["saliency"], "metrics": [],
-           "data": [{"name": "hard_mnist", "n_train": 100}, {"name": "hard_mnist", "n_train": 200}]}
+    raw = {
+        "name": "t",
+        "model": "lenet",
+        "explainers": ["saliency"],
+        "metrics": [],
+        "data": [{"name": "hard_mnist", "n_train": 100}, {"name": "hard_mnist", "n_train": 200}],
+    }
     problems = _problems(None, raw)
     msg = " ".join(m for _, m in problems)
     assert "data.0" in msg and "data.1" in msg and "label" in msg

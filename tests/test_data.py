@@ -29,14 +29,17 @@ def test_deterministic_for_a_seed_and_different_across_seeds():
 def test_mask_is_exactly_the_main_digit_pixels():
     task = load_task("hard_mnist", seed=1, **SMALL)
     digits, labels = _mnist_source()
-    for split, sources in ((task.train, task.meta["train_sources"]), (task.test, task.meta["test_sources"])):
+    for split, sources in (
+        (task.train, task.meta["train_sources"]),
+        (task.test, task.meta["test_sources"]),
+    ):
         for i in range(len(split)):
             mask = split.masks[i].numpy()
             digit = digits[sources[i]]
             ys, xs = np.nonzero(mask)
             y0, x0 = ys.min() - np.nonzero(digit)[0].min(), xs.min() - np.nonzero(digit)[1].min()
             window = np.zeros_like(mask)
-            window[y0:y0 + 28, x0:x0 + 28] = digit > 0
+            window[y0 : y0 + 28, x0 : x0 + 28] = digit > 0
             assert np.array_equal(mask, window)
             assert mask.sum() == (digit > 0).sum()
             assert split.labels[i] == labels[sources[i]]

@@ -23,7 +23,9 @@ from xaiarena.environment import resolve_device
 from xaiarena.errors import ConfigError, DataError, RunError
 from xaiarena.registry import DATASETS
 
-SHARED = Path(os.environ.get("XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+SHARED = Path(
+    os.environ.get("XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets")
+)
 N_ROWS = 20
 
 
@@ -44,7 +46,9 @@ def _edit(path: Path, column: str, edit) -> None:
     table = pq.read_table(path)
     i = table.schema.get_field_index(column)
     values = edit(table.column(column).to_pylist())
-    table = table.set_column(i, table.schema.field(i), pa.array(values, type=table.schema.field(i).type))
+    table = table.set_column(
+        i, table.schema.field(i), pa.array(values, type=table.schema.field(i).type)
+    )
     pq.write_table(table, path)
 
 
@@ -85,7 +89,9 @@ def test_missing_split_file_lists_the_folder(root):
 def test_unreadable_parquet_names_the_file(root, damage):
     path = root / "mnist" / "train.parquet"
     data = path.read_bytes()
-    path.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "garbage": b"not parquet" * 50}[damage])
+    path.write_bytes(
+        {"empty": b"", "truncated": data[: len(data) // 2], "garbage": b"not parquet" * 50}[damage]
+    )
     msg = _raises("is not a readable Parquet file", data_dir=str(root))
     assert str(path) in msg and "truncated or corrupt" in msg
 
@@ -106,13 +112,19 @@ def test_wrong_column_says_expected_and_found(root):
 @pytest.mark.parametrize("bad", [b"\x89PNG\r\n\x1a\n" + b"\0" * 40, b"hello"])
 def test_undecodable_image_names_file_and_row(root, bad):
     path = root / "mnist" / "train.parquet"
-    _edit(path, "image", lambda rows: [dict(r, bytes=bad) if i == 7 else r for i, r in enumerate(rows)])
+    _edit(
+        path,
+        "image",
+        lambda rows: [dict(r, bytes=bad) if i == 7 else r for i, r in enumerate(rows)],
+    )
     msg = _raises("row 7, column 'image'", data_dir=str(root))
     assert str(path) in msg and "not a decodable image" in msg
 
 
 def test_undecodable_image_row_is_the_file_row_after_subsampling(root):
-    kept = load_task("mnist", data_dir=str(root), n_train=5).train.ids  # the seeded subsample's file rows
+    kept = load_task(
+        "mnist", data_dir=str(root), n_train=5
+    ).train.ids  # the seeded subsample's file rows
     assert int(kept[0]) != 0
     path = root / "mnist" / "train.parquet"
     _edit(path, "image", lambda rows: [dict(r, bytes=b"x") for r in rows])  # every row bad
@@ -133,11 +145,16 @@ def test_labels_of_text_datasets_are_checked_too(tmp_path):
         pytest.skip("shared sst2 Parquet files not found")
     (tmp_path / "sst2").mkdir()
     for split in ("train", "validation"):
-        pq.write_table(pq.read_table(SHARED / "sst2" / f"{split}.parquet").slice(0, 10),
-                       tmp_path / "sst2" / f"{split}.parquet")
+        pq.write_table(
+            pq.read_table(SHARED / "sst2" / f"{split}.parquet").slice(0, 10),
+            tmp_path / "sst2" / f"{split}.parquet",
+        )
     _edit(tmp_path / "sst2" / "validation.parquet", "label", lambda rows: [2] + rows[1:])
-    with pytest.raises(DataError, match=r"validation.parquet column 'label' has 1 label\(s\) outside 0..1 \(2; "
-                                        r"first at row 0\)"):
+    with pytest.raises(
+        DataError,
+        match=r"validation.parquet column 'label' has 1 label\(s\) outside 0..1 \(2; "
+        r"first at row 0\)",
+    ):
         load_task("sst2", data_dir=str(tmp_path))
 
 
@@ -145,19 +162,49 @@ def test_labels_of_text_datasets_are_checked_too(tmp_path):
 
 #: (dataset, option, bad value): every numeric option of every registered dataset
 BAD_OPTIONS = [
-    *[(d, opt, v) for d in ("mnist", "cifar10", "cifar100", "svhn", "fashion_mnist", "colorized_mnist", "sst2",
-                            "imdb", "ag_news") for opt in ("n_train", "n_test") for v in (0, -3)],
-    ("hard_mnist", "n_train", 0), ("hard_mnist", "n_test", -1), ("hard_mnist", "canvas", 0),
-    ("hard_mnist", "test_fraction", 1.0), ("hard_mnist", "test_fraction", 0), ("hard_mnist", "distractor_size", 0),
-    ("hard_mnist", "noise_bands", -1), ("hard_mnist", "noise_level", 1.5),
-    ("hard_mnist_colorized", "n_train", 0), ("hard_mnist_colorized", "n_test", -2), ("hard_mnist_colorized", "canvas", -4),
-    ("hard_mnist_colorized", "noise_bands", -1), ("hard_mnist_colorized", "noise_level", -0.1),
+    *[
+        (d, opt, v)
+        for d in (
+            "mnist",
+            "cifar10",
+            "cifar100",
+            "svhn",
+            "fashion_mnist",
+            "colorized_mnist",
+            "sst2",
+            "imdb",
+            "ag_news",
+        )
+        for opt in ("n_train", "n_test")
+        for v in (0, -3)
+    ],
+    ("hard_mnist", "n_train", 0),
+    ("hard_mnist", "n_test", -1),
+    ("hard_mnist", "canvas", 0),
+    ("hard_mnist", "test_fraction", 1.0),
+    ("hard_mnist", "test_fraction", 0),
+    ("hard_mnist", "distractor_size", 0),
+    ("hard_mnist", "noise_bands", -1),
+    ("hard_mnist", "noise_level", 1.5),
+    ("hard_mnist_colorized", "n_train", 0),
+    ("hard_mnist_colorized", "n_test", -2),
+    ("hard_mnist_colorized", "canvas", -4),
+    ("hard_mnist_colorized", "noise_bands", -1),
+    ("hard_mnist_colorized", "noise_level", -0.1),
     ("hard_mnist_colorized", "band_width", 1.0),
-    ("voc2012_seg", "n_test", 0), ("voc2012_seg", "size", 8), ("voc2012_seg", "min_object_fraction", 1.5),
+    ("voc2012_seg", "n_test", 0),
+    ("voc2012_seg", "size", 8),
+    ("voc2012_seg", "min_object_fraction", 1.5),
     ("voc2012_seg", "min_object_fraction", -0.1),
-    *[(d, opt, 0) for d in ("image_folder", "hf_image", "hf_text", "csv_text") for opt in ("n_train", "n_test")],
-    *[("planted_sentiment", opt, 0) for opt in ("n_train", "n_test", "min_words", "max_words", "min_cues",
-                                                   "max_cues")],
+    *[
+        (d, opt, 0)
+        for d in ("image_folder", "hf_image", "hf_text", "csv_text")
+        for opt in ("n_train", "n_test")
+    ],
+    *[
+        ("planted_sentiment", opt, 0)
+        for opt in ("n_train", "n_test", "min_words", "max_words", "min_cues", "max_cues")
+    ],
 ]
 
 
@@ -173,7 +220,9 @@ def test_every_numeric_dataset_option_has_a_declared_constraint():
                 assert "Annotated" in str(hints[name]), f"{entry.name}.{name}: declare its range"
 
 
-@pytest.mark.parametrize("dataset, option, value", BAD_OPTIONS, ids=[f"{d}-{o}-{v}" for d, o, v in BAD_OPTIONS])
+@pytest.mark.parametrize(
+    "dataset, option, value", BAD_OPTIONS, ids=[f"{d}-{o}-{v}" for d, o, v in BAD_OPTIONS]
+)
 def test_bad_dataset_option_values_are_rejected_by_the_declared_types(dataset, option, value):
     hint = typing.get_type_hints(DATASETS.get(dataset), include_extras=True)[option]
     with pytest.raises(ValidationError):
@@ -182,8 +231,10 @@ def test_bad_dataset_option_values_are_rejected_by_the_declared_types(dataset, o
     TypeAdapter(hint).validate_python(default, strict=False)
 
 
-@pytest.mark.parametrize("dataset, option, value", [("mnist", "n_train", 0), ("hard_mnist", "n_test", -1),
-                                                    ("planted_sentiment", "max_cues", 0)])
+@pytest.mark.parametrize(
+    "dataset, option, value",
+    [("mnist", "n_train", 0), ("hard_mnist", "n_test", -1), ("planted_sentiment", "max_cues", 0)],
+)
 def test_bad_dataset_option_values_fail_at_config_time(dataset, option, value):
     with pytest.raises(ConfigError) as err:
         load_config({"data": {"name": dataset, option: value}, "model": "lenet"})
@@ -191,7 +242,9 @@ def test_bad_dataset_option_values_fail_at_config_time(dataset, option, value):
 
 
 def test_bad_count_from_the_python_api_is_a_data_error(root):
-    with pytest.raises(DataError, match=r"dataset 'mnist': n_train=0 is not valid; it must be an integer >= 1"):
+    with pytest.raises(
+        DataError, match=r"dataset 'mnist': n_train=0 is not valid; it must be an integer >= 1"
+    ):
         load_task("mnist", data_dir=str(root), n_train=0)
     with pytest.raises(DataError, match="dataset 'hard_mnist': n_test=0"):
         load_task("hard_mnist", n_train=10, n_test=0)
@@ -202,7 +255,9 @@ def test_bad_count_from_the_python_api_is_a_data_error(root):
 
 def test_cli_data_error_is_one_line_exit_2(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"data: {{name: mnist, data_dir: {tmp_path / 'nowhere'}}}\nmodel: lenet\nexplainers: [random]\n")
+    cfg.write_text(
+        f"data: {{name: mnist, data_dir: {tmp_path / 'nowhere'}}}\nmodel: lenet\nexplainers: [random]\n"
+    )
     res = CliRunner().invoke(app, ["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"])
     assert res.exit_code == 2, res.output
     line = res.output.strip()
@@ -213,7 +268,9 @@ def test_cli_data_error_is_one_line_exit_2(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
 def test_cuda_without_cuda_is_a_run_error(device):
-    with pytest.raises(RunError, match=rf"device: '{device}' was asked for, but .*use device: auto"):
+    with pytest.raises(
+        RunError, match=rf"device: '{device}' was asked for, but .*use device: auto"
+    ):
         resolve_device(device)
     assert resolve_device("auto").type == "cpu"
 
@@ -222,8 +279,12 @@ def test_cuda_without_cuda_is_a_run_error(device):
 
 
 def test_every_dataset_declares_its_ground_truth():
-    expected = {"hard_mnist": ("masks",), "hard_mnist_colorized": ("masks",), "voc2012_seg": ("masks",),
-                "planted_sentiment": ("rationales",)}
+    expected = {
+        "hard_mnist": ("masks",),
+        "hard_mnist_colorized": ("masks",),
+        "voc2012_seg": ("masks",),
+        "planted_sentiment": ("rationales",),
+    }
     # the user's data: masks depend on its options (masks_root / mask_column), checked at load
     optional = {"image_folder", "hf_image"}
     for entry in DATASETS:

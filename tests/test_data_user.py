@@ -40,7 +40,12 @@ def test_image_folder_layout_labels_masks_and_ids(image_folder_data):
     root, masks = image_folder_data
     task = load_task("image_folder", root=str(root), masks_root=str(masks))
     assert task.class_names == ["left", "right"] and task.modality == "image"
-    assert tuple(task.train.images.shape) == (12, 3, 16, 16) and tuple(task.test.images.shape) == (8, 3, 16, 16)
+    assert tuple(task.train.images.shape) == (12, 3, 16, 16) and tuple(task.test.images.shape) == (
+        8,
+        3,
+        16,
+        16,
+    )
     assert task.test.labels.tolist() == [0] * 4 + [1] * 4
     assert task.test.ids.tolist() == list(range(8)) and task.train.masks is None
     assert task.meta["file_names"][:2] == ["test/left/0.png", "test/left/1.png"]
@@ -61,7 +66,10 @@ def test_image_folder_classes_option_sets_the_label_order(image_folder_data):
 def test_image_folder_resize_crop_and_seeded_subsets(image_folder_data):
     root, masks = image_folder_data
     task = load_task("image_folder", root=str(root), masks_root=str(masks), resize=8, crop=[6, 4])
-    assert tuple(task.test.images.shape[1:]) == (3, 6, 4) and tuple(task.test.masks.shape[1:]) == (6, 4)
+    assert tuple(task.test.images.shape[1:]) == (3, 6, 4) and tuple(task.test.masks.shape[1:]) == (
+        6,
+        4,
+    )
     a = load_task("image_folder", root=str(root), n_test=3, seed=1)
     b = load_task("image_folder", root=str(root), n_test=3, n_train=2, seed=1)
     again = load_task("image_folder", root=str(root), n_test=3, seed=1)
@@ -88,9 +96,22 @@ def test_image_folder_grey_images_stay_grey_and_mode_converts(folder):
     assert load_task("image_folder", root=str(root), mode="RGB").test.images.shape[1] == 3
 
 
-@pytest.mark.parametrize("case", ["missing_root", "empty_class", "no_class_folders", "unreadable", "mixed_modes",
-                                  "sizes", "sixteen_bit", "mask_size", "missing_mask", "outside_classes",
-                                  "missing_test"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing_root",
+        "empty_class",
+        "no_class_folders",
+        "unreadable",
+        "mixed_modes",
+        "sizes",
+        "sixteen_bit",
+        "mask_size",
+        "missing_mask",
+        "outside_classes",
+        "missing_test",
+    ],
+)
 def test_image_folder_errors_name_the_key_and_file(folder, case):
     root, masks = folder
     opts = {"root": str(root), "masks_root": str(masks)}
@@ -167,34 +188,69 @@ def test_image_folder_fingerprint_follows_the_files(folder):
 
 
 def test_csv_text_string_labels_sorted_and_train_file(tmp_path):
-    pd.DataFrame({"text": ["good film", "bad film", "fine", "awful plot"], "label": ["pos", "neg", "pos", "neg"]}
-                 ).to_csv(tmp_path / "test.csv", index=False)
-    pd.DataFrame({"review": ["nice", "dull"], "label": ["pos", "neg"]}).to_parquet(tmp_path / "train.parquet")
-    pd.DataFrame({"text": ["nice", "dull"], "label": ["pos", "neg"]}).to_parquet(tmp_path / "train2.parquet")
-    task = load_task("csv_text", path=str(tmp_path / "test.csv"), train_path=str(tmp_path / "train2.parquet"))
+    pd.DataFrame(
+        {
+            "text": ["good film", "bad film", "fine", "awful plot"],
+            "label": ["pos", "neg", "pos", "neg"],
+        }
+    ).to_csv(tmp_path / "test.csv", index=False)
+    pd.DataFrame({"review": ["nice", "dull"], "label": ["pos", "neg"]}).to_parquet(
+        tmp_path / "train.parquet"
+    )
+    pd.DataFrame({"text": ["nice", "dull"], "label": ["pos", "neg"]}).to_parquet(
+        tmp_path / "train2.parquet"
+    )
+    task = load_task(
+        "csv_text", path=str(tmp_path / "test.csv"), train_path=str(tmp_path / "train2.parquet")
+    )
     assert task.modality == "text" and task.class_names == ["neg", "pos"]
     assert task.test.texts == ["good film", "bad film", "fine", "awful plot"]
     assert task.test.labels.tolist() == [1, 0, 1, 0] and task.train.labels.tolist() == [1, 0]
     with pytest.raises(DataError) as exc:  # the training file lacks the text column
-        load_task("csv_text", path=str(tmp_path / "test.csv"), train_path=str(tmp_path / "train.parquet"))
+        load_task(
+            "csv_text", path=str(tmp_path / "test.csv"), train_path=str(tmp_path / "train.parquet")
+        )
     key, msg = problem(exc)
     assert key == "data.text_column" and "train.parquet" in msg and "review" in msg
 
 
 def test_csv_text_split_column_label_names_and_classes(tmp_path):
-    df = pd.DataFrame({"text": [f"text {i}" for i in range(6)], "y": [0, 1, 2, 0, 1, 2],
-                       "y_name": ["a", "b", "c", "a", "b", "c"], "part": ["train"] * 3 + ["test"] * 3})
+    df = pd.DataFrame(
+        {
+            "text": [f"text {i}" for i in range(6)],
+            "y": [0, 1, 2, 0, 1, 2],
+            "y_name": ["a", "b", "c", "a", "b", "c"],
+            "part": ["train"] * 3 + ["test"] * 3,
+        }
+    )
     df.to_csv(tmp_path / "all.tsv", sep="\t", index=False)
-    task = load_task("csv_text", path=str(tmp_path / "all.tsv"), split_column="part", label_column="y",
-                     label_name_column="y_name")
-    assert task.class_names == ["a", "b", "c"] and len(task.train) == 3 and task.test.texts[0] == "text 3"
+    task = load_task(
+        "csv_text",
+        path=str(tmp_path / "all.tsv"),
+        split_column="part",
+        label_column="y",
+        label_name_column="y_name",
+    )
+    assert (
+        task.class_names == ["a", "b", "c"]
+        and len(task.train) == 3
+        and task.test.texts[0] == "text 3"
+    )
     with pytest.raises(DataError) as exc:  # labels outside the given classes
-        load_task("csv_text", path=str(tmp_path / "all.tsv"), split_column="part", label_column="y", classes=["a", "b"])
+        load_task(
+            "csv_text",
+            path=str(tmp_path / "all.tsv"),
+            split_column="part",
+            label_column="y",
+            classes=["a", "b"],
+        )
     key, msg = problem(exc)
     assert key == "data.label_column" and "all.tsv" in msg and "labels 2 outside 0..1" in msg
 
 
-@pytest.mark.parametrize("case", ["missing_file", "empty", "missing_label", "no_column", "bad_suffix"])
+@pytest.mark.parametrize(
+    "case", ["missing_file", "empty", "missing_label", "no_column", "bad_suffix"]
+)
 def test_csv_text_errors_name_the_file(tmp_path, case):
     path = tmp_path / "data.csv"
     key = "data.path"
@@ -240,18 +296,27 @@ def hf_folder(tmp_path):
             texts.append(f"sample number {i}")
         return {"img": imgs, "seg": masks, "label": labels, "sentence": texts}
 
-    features = datasets.Features({"img": datasets.Image(), "seg": datasets.Image(),
-                                  "label": datasets.ClassLabel(names=["x", "y", "z"]),
-                                  "sentence": datasets.Value("string")})
+    features = datasets.Features(
+        {
+            "img": datasets.Image(),
+            "seg": datasets.Image(),
+            "label": datasets.ClassLabel(names=["x", "y", "z"]),
+            "sentence": datasets.Value("string"),
+        }
+    )
     folder = tmp_path / "hf"
     folder.mkdir()
     for name, n in (("train", 9), ("test", 6)):
-        datasets.Dataset.from_dict(split(n), features=features).to_parquet(str(folder / f"{name}.parquet"))
+        datasets.Dataset.from_dict(split(n), features=features).to_parquet(
+            str(folder / f"{name}.parquet")
+        )
     return folder
 
 
 def test_hf_image_local_folder_with_masks_and_class_names(hf_folder):
-    task = load_task("hf_image", path=str(hf_folder), image_column="img", mask_column="seg", n_test=4)
+    task = load_task(
+        "hf_image", path=str(hf_folder), image_column="img", mask_column="seg", n_test=4
+    )
     assert task.class_names == ["x", "y", "z"] and len(task.train) == 9 and len(task.test) == 4
     assert tuple(task.test.images.shape[1:]) == (3, 8, 10)
     assert int(task.test.masks[0].sum()) == 6 and bool(task.test.masks[0, 2, 3])
@@ -262,12 +327,27 @@ def test_hf_text_local_folder_and_save_to_disk(hf_folder, tmp_path):
     import datasets
 
     task = load_task("hf_text", path=str(hf_folder), text_column="sentence")
-    assert task.modality == "text" and task.test.texts[0] == "sample number 0" and task.class_names == ["x", "y", "z"]
-    dd = datasets.DatasetDict({"validation": datasets.Dataset.from_dict({"t": ["a b", "c d"], "lab": ["no", "yes"]})})
+    assert (
+        task.modality == "text"
+        and task.test.texts[0] == "sample number 0"
+        and task.class_names == ["x", "y", "z"]
+    )
+    dd = datasets.DatasetDict(
+        {"validation": datasets.Dataset.from_dict({"t": ["a b", "c d"], "lab": ["no", "yes"]})}
+    )
     dd.save_to_disk(str(tmp_path / "saved"))
-    task = load_task("hf_text", path=str(tmp_path / "saved"), text_column="t", label_column="lab",
-                     test_split="validation")
-    assert task.class_names == ["no", "yes"] and len(task.train) == 0 and task.test.labels.tolist() == [0, 1]
+    task = load_task(
+        "hf_text",
+        path=str(tmp_path / "saved"),
+        text_column="t",
+        label_column="lab",
+        test_split="validation",
+    )
+    assert (
+        task.class_names == ["no", "yes"]
+        and len(task.train) == 0
+        and task.test.labels.tolist() == [0, 1]
+    )
 
 
 @pytest.mark.parametrize("case", ["column", "split", "classes", "unreadable", "missing"])
@@ -276,28 +356,53 @@ def test_hf_errors_name_the_key_and_what_exists(hf_folder, tmp_path, case):
 
     opts = {"path": str(hf_folder), "image_column": "img"}
     if case == "column":
-        opts["label_column"], key, needles = "fine_label", "data.label_column", ["fine_label", "img, seg, label"]
+        opts["label_column"], key, needles = (
+            "fine_label",
+            "data.label_column",
+            ["fine_label", "img, seg, label"],
+        )
     elif case == "split":
-        opts["test_split"], key, needles = "validation", "data.test_split", ["validation", "train, test"]
+        opts["test_split"], key, needles = (
+            "validation",
+            "data.test_split",
+            ["validation", "train, test"],
+        )
     elif case == "classes":
-        opts["classes"], key, needles = ["x", "y"], "data.label_column", ["labels 2 outside 0..1", "split 'train'"]
+        opts["classes"], key, needles = (
+            ["x", "y"],
+            "data.label_column",
+            ["labels 2 outside 0..1", "split 'train'"],
+        )
     elif case == "unreadable":
-        d = datasets.Dataset.from_dict({"img": [{"bytes": b"junk", "path": "bad.png"}], "label": [0]},
-                                       features=datasets.Features({"img": datasets.Image(), "label": datasets.Value("int64")}))
+        d = datasets.Dataset.from_dict(
+            {"img": [{"bytes": b"junk", "path": "bad.png"}], "label": [0]},
+            features=datasets.Features({"img": datasets.Image(), "label": datasets.Value("int64")}),
+        )
         folder = tmp_path / "bad"
         folder.mkdir()
         d.to_parquet(str(folder / "test.parquet"))
         opts["path"], key, needles = str(folder), "data.image_column", ["row 0", "bad.png"]
     else:
-        opts["path"], key, needles = str(tmp_path / "nothing_here" / "x"), "data.path", ["nothing_here"]
+        opts["path"], key, needles = (
+            str(tmp_path / "nothing_here" / "x"),
+            "data.path",
+            ["nothing_here"],
+        )
     with pytest.raises(DataError) as exc:
         load_task("hf_image", **opts)
     got, msg = problem(exc)
     assert got == key and all(n in msg for n in needles), msg
 
 
-@pytest.mark.parametrize(("name", "key"), [("image_folder", "data.root"), ("hf_image", "data.path"),
-                                           ("hf_text", "data.path"), ("csv_text", "data.path")])
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("image_folder", "data.root"),
+        ("hf_image", "data.path"),
+        ("hf_text", "data.path"),
+        ("csv_text", "data.path"),
+    ],
+)
 def test_the_required_option_is_named(name, key):
     with pytest.raises(DataError) as exc:
         load_task(name)

@@ -13,11 +13,15 @@ from xaiarena.data import load_task
 from xaiarena.data.images import SPECS
 from xaiarena.errors import DataError
 
-SHARED = Path(os.environ.get("XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+SHARED = Path(
+    os.environ.get("XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets")
+)
 pytestmark = pytest.mark.skipif(not SHARED.exists(), reason="shared datasets folder not found")
 
 # (name, classes, channels, size) for every dataset the shared folder has
-AVAILABLE = [(n, s.num_classes, s.channels, s.size) for n, s in SPECS.items() if (SHARED / n).exists()]
+AVAILABLE = [
+    (n, s.num_classes, s.channels, s.size) for n, s in SPECS.items() if (SHARED / n).exists()
+]
 
 
 @pytest.mark.parametrize("name,classes,channels,size", AVAILABLE)
@@ -51,7 +55,9 @@ def test_subsampling_is_seeded():
 
 
 def test_missing_local_file_names_the_expected_path(tmp_path):
-    with pytest.raises(DataError, match=r"has no folder 'fashion_mnist'.*fashion_mnist/<split>\.parquet"):
+    with pytest.raises(
+        DataError, match=r"has no folder 'fashion_mnist'.*fashion_mnist/<split>\.parquet"
+    ):
         load_task("fashion_mnist", data_dir=str(tmp_path))
 
 

@@ -27,8 +27,19 @@ from xaiarena.explainers.diet.image import _digests
 from xaiarena.explainers.diet.testtime import horizons, sample_seed
 
 # rates as given (lr_cells None): at these 16 cells the test-time horizon is ceil(16 * 16 / (12 * 8)) = 3 steps
-TINY = dict(upsample_factor=4, rounds=2, n_train=48, batch_size=16, mask_lr=500.0, mask_max_epochs=3,
-            model_max_epochs=2, lr_cells=None, test_lr=12.0, test_max_steps=12, seed=3)
+TINY = dict(
+    upsample_factor=4,
+    rounds=2,
+    n_train=48,
+    batch_size=16,
+    mask_lr=500.0,
+    mask_max_epochs=3,
+    model_max_epochs=2,
+    lr_cells=None,
+    test_lr=12.0,
+    test_max_steps=12,
+    seed=3,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,15 +61,25 @@ class Quadrant(nn.Module):
         return self.scale * self.lin(x[:, :, :8, :8].flatten(1) - 0.5)
 
 
-def _random_task(n_train: int = 64, n_test: int = 16, size: int = 16, classes: int = 4, seed: int = 0) -> Task:
+def _random_task(
+    n_train: int = 64, n_test: int = 16, size: int = 16, classes: int = 4, seed: int = 0
+) -> Task:
     g = torch.Generator().manual_seed(seed)
 
     def split(n: int) -> ImageSplit:
-        return ImageSplit(torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8),
-                          torch.randint(0, classes, (n,), generator=g))
+        return ImageSplit(
+            torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8),
+            torch.randint(0, classes, (n,), generator=g),
+        )
 
-    return Task("random", split(n_train), split(n_test), [str(c) for c in range(classes)],
-                mean=(0.5, 0.5, 0.5), std=(0.29, 0.29, 0.29))
+    return Task(
+        "random",
+        split(n_train),
+        split(n_test),
+        [str(c) for c in range(classes)],
+        mean=(0.5, 0.5, 0.5),
+        std=(0.29, 0.29, 0.29),
+    )
 
 
 @pytest.fixture()
@@ -74,7 +95,13 @@ def quadrant_task():
 
 def _fit(model, task, cache_dir=None, **over) -> DiET:
     diet = DiET(**{**TINY, **over})
-    diet.fit(model, task, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), cache_dir=cache_dir)
+    diet.fit(
+        model,
+        task,
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        cache_dir=cache_dir,
+    )
     return diet
 
 
@@ -85,12 +112,16 @@ def _reference_masks(diet: DiET, model: nn.Module, x: torch.Tensor) -> torch.Ten
     digests = _digests(x)
     if diet.config.test_procedure == "authors":
         order = torch.tensor(sorted(range(len(x)), key=lambda i: digests[i]))
-        masks, _ = optimise_test_masks(model, x[order], diet.test_masker, diet.config, seed=diet._seed)
+        masks, _ = optimise_test_masks(
+            model, x[order], diet.test_masker, diet.config, seed=diet._seed
+        )
         out = torch.empty_like(masks)
         out[order] = masks
         return out
     seeds = [sample_seed(diet._seed, d) for d in digests]
-    return optimise_test_masks(model, x, diet.test_masker, diet.config, seed=diet._seed, sample_seeds=seeds)[0]
+    return optimise_test_masks(
+        model, x, diet.test_masker, diet.config, seed=diet._seed, sample_seeds=seeds
+    )[0]
 
 
 # --------------------------------------------------------------------------- losses and schedule
@@ -121,7 +152,14 @@ def test_schedule_weights_and_offsets():
     assert [round(sparsity_weight(k, R), 6) for k in range(R)] == [1.0, 0.82, 0.64, 0.46, 0.28]
     assert [round(rounding_offset(k, R), 6) for k in range(R)] == [0.4, 0.32, 0.24, 0.16, 0.08]
     assert sparsity_weight(0, 3) == 1.0 and abs(sparsity_weight(2, 3) - 0.4) < 1e-12
-    assert phases(2) == [("mask", 0), ("round", 0), ("model", 0), ("mask", 1), ("round", 1), ("model", 1)]
+    assert phases(2) == [
+        ("mask", 0),
+        ("round", 0),
+        ("model", 0),
+        ("mask", 1),
+        ("round", 1),
+        ("model", 1),
+    ]
     for bad in ((5, 5), (-1, 5), (0, 0)):
         with pytest.raises(ValueError):
             sparsity_weight(*bad)
@@ -155,7 +193,9 @@ def test_config_rejects_bad_values():
 
 
 def test_image_masker_masks_and_backgrounds():
-    masker = ImageMasker((3, 16, 12), upsample_factor=4, background="normal", mean=[0.2, 0.5, 0.8], std=0.3)
+    masker = ImageMasker(
+        (3, 16, 12), upsample_factor=4, background="normal", mean=[0.2, 0.5, 0.8], std=0.3
+    )
     masks = masker.init_masks(5)
     assert masks.shape == (5, 1, 4, 3)
     up = masker.expand(masks)
@@ -168,9 +208,13 @@ def test_image_masker_masks_and_backgrounds():
     erased = masker.apply(x, torch.zeros_like(up), bg)
     assert torch.allclose(erased, bg.expand_as(x))  # zeros give the background colour
     big = masker.sample_background(4000, gen, torch.device("cpu")).view(4000, 3)
-    assert torch.allclose(big.mean(0), torch.tensor([0.2, 0.5, 0.8]), atol=0.05)  # roughly (clamping shifts it)
+    assert torch.allclose(
+        big.mean(0), torch.tensor([0.2, 0.5, 0.8]), atol=0.05
+    )  # roughly (clamping shifts it)
     const = ImageMasker((3, 8, 8), background="constant", mean=0.3)
-    assert torch.allclose(const.sample_background(2, gen, torch.device("cpu")), torch.full((2, 3, 1, 1), 0.3))
+    assert torch.allclose(
+        const.sample_background(2, gen, torch.device("cpu")), torch.full((2, 3, 1, 1), 0.3)
+    )
     with pytest.raises(ValueError, match="channels"):
         ImageMasker((3, 8, 8), mean=[0.1, 0.2])
 
@@ -181,12 +225,16 @@ def test_image_masker_masks_and_backgrounds():
 def test_test_masks_keep_what_the_model_uses(quadrant_task):
     """For a model that only reads the top-left quadrant, test masks erase the rest."""
     task, model = quadrant_task
-    cfg = DietConfig(batch_size=16, test_lr=500.0, test_max_steps=25, test_window=100.0)  # rule never compares
+    cfg = DietConfig(
+        batch_size=16, test_lr=500.0, test_max_steps=25, test_window=100.0
+    )  # rule never compares
     masker = ImageMasker((3, 16, 16), upsample_factor=2, mean=task.mean, std=task.std)
     x = task.test.float_images()
     masks, summary = optimise_test_masks(model, x, masker, cfg, seed=0)
     assert masks.shape == (len(x), 1, 8, 8) and masks.min() >= 0 and masks.max() <= 1
-    assert summary["steps"].tolist() == [25] * len(x) and summary["limit_hit"].all()  # the rule never held
+    assert (
+        summary["steps"].tolist() == [25] * len(x) and summary["limit_hit"].all()
+    )  # the rule never held
     inside = masks[:, 0, :3, :3].mean()  # cells whose upsampled pixels lie inside the quadrant
     outside = masks[:, 0, 5:, :].mean()
     assert outside < 0.05, outside
@@ -202,20 +250,35 @@ def test_horizon_erases_unused_cells_and_does_not_depend_on_the_mask_size(quadra
     for shape, factor in (((3, 64, 64), 2), ((3, 32, 32), 2), ((1, 28, 28), 2), ((3, 64, 64), 4)):
         masker = ImageMasker(shape, upsample_factor=factor, lr_cells=1024)
         x = torch.rand(2, *shape)
-        assert horizons(cfg, masker, x, masker.init_masks(2)).tolist() == [66, 66]  # ceil(64 * 1024 / 1000)
-    plain = ImageMasker((3, 32, 32), upsample_factor=2)  # lr_cells None: the rate as given, 256 cells
+        assert horizons(cfg, masker, x, masker.init_masks(2)).tolist() == [
+            66,
+            66,
+        ]  # ceil(64 * 1024 / 1000)
+    plain = ImageMasker(
+        (3, 32, 32), upsample_factor=2
+    )  # lr_cells None: the rate as given, 256 cells
     assert horizons(cfg, plain, torch.rand(1, 3, 32, 32), plain.init_masks(1)).tolist() == [17]
     with pytest.raises(ValueError, match="test_sparsity_weight=0"):
         DietConfig(test_sparsity_weight=0.0)
-    cfg = DietConfig(batch_size=16, test_lr=200.0, test_sparsity_weight=1.0, test_window=100.0, test_average=False)
+    cfg = DietConfig(
+        batch_size=16,
+        test_lr=200.0,
+        test_sparsity_weight=1.0,
+        test_window=100.0,
+        test_average=False,
+    )
     masker = ImageMasker((3, 16, 16), upsample_factor=2, mean=task.mean, std=task.std)
     x = task.test.float_images()
     horizon = int(horizons(cfg, masker, x, masker.init_masks(1))[0])
     assert horizon == 6  # 16 * 64 / 200 = 5.12
-    masks, summary = optimise_test_masks(model, x, masker, replace(cfg, test_max_steps=horizon), seed=0)
+    masks, summary = optimise_test_masks(
+        model, x, masker, replace(cfg, test_max_steps=horizon), seed=0
+    )
     assert summary["steps"].tolist() == [horizon] * len(x)
     assert torch.all(masks[:, 0, 5:, :] == 0)  # cells the model never reads are erased ...
-    short, _ = optimise_test_masks(model, x, masker, replace(cfg, test_max_steps=horizon - 2), seed=0)
+    short, _ = optimise_test_masks(
+        model, x, masker, replace(cfg, test_max_steps=horizon - 2), seed=0
+    )
     assert torch.all(short[:, 0, 5:, 1:-1] > 0)  # ... and not earlier
 
 
@@ -223,7 +286,10 @@ def test_lr_cells_gives_a_cell_the_same_step_at_every_mask_size():
     """mask_lr and test_lr are the rates of a 1024-cell mask: at n cells the masker's lr_scale is
     n / 1024 in training and at test time, and the fit's cache key records it only where it changes
     something."""
-    big, small = ImageMasker((3, 64, 64), 2, lr_cells=1024), ImageMasker((3, 32, 32), 2, lr_cells=1024)
+    big, small = (
+        ImageMasker((3, 64, 64), 2, lr_cells=1024),
+        ImageMasker((3, 32, 32), 2, lr_cells=1024),
+    )
     assert big.lr_scale(torch.rand(2, 3, 64, 64)) is None and "lr_cells" not in big.describe()
     assert torch.equal(small.lr_scale(torch.rand(2, 3, 32, 32)), torch.full((2,), 256 / 1024))
     assert small.describe()["lr_cells"] == 1024
@@ -239,8 +305,13 @@ def test_fit_training_masks_and_report(quadrant_task, tmp_path):
     assert set(masks.unique().tolist()) <= {0.0, 1.0}  # rounded after the last mask phase
     assert masks[:, 0, :3, :3].mean() > masks[:, 0, 5:, :].mean() + 0.5
     rep = diet.report()
-    for key in ("test_agreement_fs_fb", "test_accuracy_fs", "test_accuracy_fb", "train_masked_accuracy_fs",
-                "train_mask_l0_fraction"):
+    for key in (
+        "test_agreement_fs_fb",
+        "test_accuracy_fs",
+        "test_accuracy_fb",
+        "train_masked_accuracy_fs",
+        "train_mask_l0_fraction",
+    ):
         assert 0.0 <= rep[key] <= 1.0, key
     assert rep["explains"] == "f_s" and rep["n_train"] == len(task.train)
     assert rep["train_mask_l0_fraction"] < 1.0
@@ -248,11 +319,19 @@ def test_fit_training_masks_and_report(quadrant_task, tmp_path):
     # every faithfulness number the fit reports has a label in the HTML report
     from xaiarena.report.html import _DIET_COUNTS, _DIET_LABELS
 
-    diet.prepare_set(diet.f_s, task.test.float_images())  # as the runner's explain stage: the seed check too
+    diet.prepare_set(
+        diet.f_s, task.test.float_images()
+    )  # as the runner's explain stage: the seed check too
     diet.explain(diet.f_s, task.test.float_images(), task.test.labels)
-    assert 0.0 <= rep["test_stopped_at_limit_fraction"] <= 1.0  # how the test-time optimisation ended
+    assert (
+        0.0 <= rep["test_stopped_at_limit_fraction"] <= 1.0
+    )  # how the test-time optimisation ended
     assert -1.0 <= rep["test_seed_agreement"] <= 1.0 and rep["test_seed_check"]["n_samples"] == 8
-    numbers = {k for k, v in rep.items() if k.startswith(("test_", "train_")) and isinstance(v, (int, float))}
+    numbers = {
+        k
+        for k, v in rep.items()
+        if k.startswith(("test_", "train_")) and isinstance(v, (int, float))
+    }
     labelled = set(_DIET_LABELS) | set(_DIET_COUNTS)
     assert numbers and numbers <= labelled, numbers - labelled
 
@@ -333,12 +412,15 @@ def test_model_phase_runs_batchnorm_as_asked_and_dropout_in_train_mode(batchnorm
         def hook(mod, args):
             if in_model_phase[0]:
                 modes[name].add(mod.training)
+
         return hook
 
     monkeypatch.setattr(DietTrainer, "_model_phase", spied_model_phase)
     f_b.bn.register_forward_pre_hook(spy("bn"))
     f_b.drop.register_forward_pre_hook(spy("drop"))
-    _fit(f_b, task, rounds=1, model_max_epochs=1, batchnorm=batchnorm)  # f_s is a deep copy: hooks come along
+    _fit(
+        f_b, task, rounds=1, model_max_epochs=1, batchnorm=batchnorm
+    )  # f_s is a deep copy: hooks come along
     assert modes["drop"] == {True}  # dropout trains in the model phase either way
     assert modes["bn"] == {batchnorm == "batch"}
 
@@ -368,9 +450,11 @@ def test_test_masks_depend_only_on_f_s_and_inputs(quadrant_task, tmp_path):
     diet._test_cache.clear()
     assert torch.equal(diet.explain(f_s, x, y), maps)
     # a sample's map does not depend on the other samples in its batch
-    parts = torch.cat([diet.explain(f_s, x[i:i + 3], y[i:i + 3]) for i in range(0, len(x), 3)])
+    parts = torch.cat([diet.explain(f_s, x[i : i + 3], y[i : i + 3]) for i in range(0, len(x), 3)])
     diet._test_cache.clear()
-    parts_fresh = torch.cat([diet.explain(f_s, x[i:i + 5], y[i:i + 5]) for i in range(0, len(x), 5)])
+    parts_fresh = torch.cat(
+        [diet.explain(f_s, x[i : i + 5], y[i : i + 5]) for i in range(0, len(x), 5)]
+    )
     assert torch.allclose(parts, maps, atol=1e-5) and torch.allclose(parts_fresh, maps, atol=1e-5)
     # nor on the order of the samples
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
@@ -408,7 +492,9 @@ def _randomised(model: nn.Module, seed: int = 1) -> nn.Module:
     return rnd
 
 
-def test_explaining_f_s_is_cached_another_model_is_reoptimised_uncached(quadrant_task, tmp_path, monkeypatch):
+def test_explaining_f_s_is_cached_another_model_is_reoptimised_uncached(
+    quadrant_task, tmp_path, monkeypatch
+):
     """Issue 12.4: maps for f_s come from the cache; for any other model (a randomised copy of f_s,
     f_b) DiET optimises test-time masks against that model and caches nothing."""
     task, model = quadrant_task
@@ -418,7 +504,9 @@ def test_explaining_f_s_is_cached_another_model_is_reoptimised_uncached(quadrant
     calls = _count_optimisations(monkeypatch)
     maps = diet.explain(f_s, x, y)
     assert calls == {"n": 1, "samples": len(x)}
-    assert torch.equal(diet.explain(f_s, x, y), maps) and calls["n"] == 1  # cache hit, nothing recomputed
+    assert (
+        torch.equal(diet.explain(f_s, x, y), maps) and calls["n"] == 1
+    )  # cache hit, nothing recomputed
     cached = dict(diet._test_cache)
     saved = (tmp_path / "test_masks.pt").read_bytes()
 
@@ -427,8 +515,12 @@ def test_explaining_f_s_is_cached_another_model_is_reoptimised_uncached(quadrant
     assert calls == {"n": 2, "samples": 2 * len(x)}  # re-optimised against the randomised copy
     assert (maps_rnd - maps).abs().amax() > 0.1
     expected = _reference_masks(diet, rnd, x)
-    assert torch.allclose(maps_rnd, diet.masker.expand(expected)[:, 0])  # masks for that model, same settings
-    assert diet.explain(rnd, x, y).equal(maps_rnd) and calls["n"] == 3  # again: not served from a cache
+    assert torch.allclose(
+        maps_rnd, diet.masker.expand(expected)[:, 0]
+    )  # masks for that model, same settings
+    assert (
+        diet.explain(rnd, x, y).equal(maps_rnd) and calls["n"] == 3
+    )  # again: not served from a cache
     assert diet._test_cache.keys() == cached.keys()
     assert (tmp_path / "test_masks.pt").read_bytes() == saved  # no cache write
     # explaining f_b (a different model too) re-optimises against f_b, and f_s is still served from the cache
@@ -454,8 +546,9 @@ def test_mprt_over_diet_scores_below_one(quadrant_task, tmp_path):
         return diet.explain(model, inputs, targets, generator=generator)
 
     batch = EvalBatch(model=f_s, inputs=x, targets=y, labels=y)
-    out = METRICS.create("mprt").evaluate(batch, {"diet": maps}, generator=torch.Generator().manual_seed(0),
-                                          explainers={"diet": fn})
+    out = METRICS.create("mprt").evaluate(
+        batch, {"diet": maps}, generator=torch.Generator().manual_seed(0), explainers={"diet": fn}
+    )
     s = out.scores["mprt"]["diet"]
     assert s.mean() < 0.9, s
 
@@ -465,33 +558,68 @@ def test_mprt_over_diet_through_the_runner(tmp_path):
     ``diet`` block reports how the test-time optimisation ended (issue 12.3)."""
     import xaiarena
 
-    cfg = {"name": "t", "seed": 0, "data": {"name": "hard_mnist", "n_train": 300, "n_test": 40},
-           "model": {"name": "lenet", "channels": [4, 8, 8]}, "training": {"epochs": 1},
-           "evaluation": {"n_samples": 12, "batch_size": 6},
-           "explainers": [{"name": "diet", **{k: v for k, v in TINY.items() if k != "seed"}, "upsample_factor": 8,
-                           # a gentle test-time step: with a large one and the default sparsity weight the
-                           # steps collapse every mask to ~0, and a constant map rightly scores 1
-                           "n_train": 32, "rounds": 1, "test_lr": 20.0, "test_sparsity_weight": 1.0,
-                           "test_max_steps": 6, "test_seed_check": 4}],
-           "metrics": [{"name": "mprt", "n_layers": 2}]}
+    cfg = {
+        "name": "t",
+        "seed": 0,
+        "data": {"name": "hard_mnist", "n_train": 300, "n_test": 40},
+        "model": {"name": "lenet", "channels": [4, 8, 8]},
+        "training": {"epochs": 1},
+        "evaluation": {"n_samples": 12, "batch_size": 6},
+        "explainers": [
+            {
+                "name": "diet",
+                **{k: v for k, v in TINY.items() if k != "seed"},
+                "upsample_factor": 8,
+                # a gentle test-time step: with a large one and the default sparsity weight the
+                # steps collapse every mask to ~0, and a constant map rightly scores 1
+                "n_train": 32,
+                "rounds": 1,
+                "test_lr": 20.0,
+                "test_sparsity_weight": 1.0,
+                "test_max_steps": 6,
+                "test_seed_check": 4,
+            }
+        ],
+        "metrics": [{"name": "mprt", "n_layers": 2}],
+    }
     res = xaiarena.run(cfg, out=tmp_path / "run", show_progress=False)
     mprt = res.per_sample[(res.per_sample.metric == "mprt") & (res.per_sample.explainer == "diet")]
     assert len(mprt) == 12 and mprt.value.mean() < 0.9, mprt.value.describe()
-    diet = json.loads((tmp_path / "run" / "run.json").read_text())["datasets"]["hard_mnist"]["learned"]["diet"]
-    assert diet["test_time"]["n_masks"] == 12  # the evaluation samples; the randomised copies are not counted
+    diet = json.loads((tmp_path / "run" / "run.json").read_text())["datasets"]["hard_mnist"][
+        "learned"
+    ]["diet"]
+    assert (
+        diet["test_time"]["n_masks"] == 12
+    )  # the evaluation samples; the randomised copies are not counted
     # the horizon (16 * 64 / 20 = 52 steps) is far beyond the 6-step safety limit: every mask stops
     # there, and the report says so
     assert diet["test_time"]["horizon"] == 52 and diet["test_time"]["steps_max"] == 6
-    assert diet["test_stopped_at_limit_fraction"] == 1.0 and diet["test_time"]["stopped_at_limit"] == 12
+    assert (
+        diet["test_stopped_at_limit_fraction"] == 1.0
+        and diet["test_time"]["stopped_at_limit"] == 12
+    )
     assert diet["test_seed_check"]["n_samples"] == 4  # the explain stage ran the seed check
 
 
-@pytest.mark.parametrize("setting", [{"test_lr": 200.0}, {"test_max_steps": 3}, {"test_sparsity_weight": 3.0},
-                                     {"test_tol": 10.0, "test_mask_tol": 10.0}, {"test_window": 1.0},
-                                     {"test_average": False},
-                                     {"test_background_std": 0.2}, {"test_background_mean": 0.2},
-                                     {"test_procedure": "authors"}, {"batch_size": 8}, {"lr_cells": 64}])
-def test_every_test_time_setting_is_part_of_the_mask_cache_key(quadrant_task, tmp_path, setting, monkeypatch):
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"test_lr": 200.0},
+        {"test_max_steps": 3},
+        {"test_sparsity_weight": 3.0},
+        {"test_tol": 10.0, "test_mask_tol": 10.0},
+        {"test_window": 1.0},
+        {"test_average": False},
+        {"test_background_std": 0.2},
+        {"test_background_mean": 0.2},
+        {"test_procedure": "authors"},
+        {"batch_size": 8},
+        {"lr_cells": 64},
+    ],
+)
+def test_every_test_time_setting_is_part_of_the_mask_cache_key(
+    quadrant_task, tmp_path, setting, monkeypatch
+):
     """Issue 12.5: test-time masks cached under one setting are never served under another, neither
     through a new explainer on the same cache folder (the fit is reused) nor by changing the config
     of a fitted one (issue 23: the procedure and its new settings too)."""
@@ -501,7 +629,9 @@ def test_every_test_time_setting_is_part_of_the_mask_cache_key(quadrant_task, tm
     maps = old.explain(old.f_s, x, y)
     calls = _count_optimisations(monkeypatch)
     new = _fit(model, task, tmp_path, **setting)
-    fit_setting = bool({"batch_size", "lr_cells"} & set(setting))  # lr_cells: the training step changes too
+    fit_setting = bool(
+        {"batch_size", "lr_cells"} & set(setting)
+    )  # lr_cells: the training step changes too
     assert new.report()["cache_hit"] is not fit_setting  # test_* settings reuse the fit
     new_maps = new.explain(new.f_s, x, y)
     assert calls["n"] == 1  # recomputed, not read from the cached test masks
@@ -509,7 +639,11 @@ def test_every_test_time_setting_is_part_of_the_mask_cache_key(quadrant_task, tm
     assert not torch.allclose(new_maps, maps)
     # the same through the Python API on a fitted explainer: change the config, masks are recomputed
     # (not the masker's settings, nor the procedure, whose defaults of w and the background differ)
-    if not fit_setting and not {"test_background_std", "test_background_mean", "test_procedure"} & set(setting):
+    if not fit_setting and not {
+        "test_background_std",
+        "test_background_mean",
+        "test_procedure",
+    } & set(setting):
         old.config = replace(old.config, **setting)
         assert torch.allclose(old.explain(old.f_s, x, y), new_maps) and calls["n"] == 2
     # and the old setting's masks are still served from the cache
@@ -519,14 +653,22 @@ def test_every_test_time_setting_is_part_of_the_mask_cache_key(quadrant_task, tm
 
 def test_test_background_std_option(quadrant_task):
     task, model = quadrant_task
-    official = _fit(model, task)  # default: the official inference code's 0.05 (pixel space, per channel)
+    official = _fit(
+        model, task
+    )  # default: the official inference code's 0.05 (pixel space, per channel)
     assert torch.allclose(official.test_masker.std, torch.full((3,), 0.05))
-    assert torch.equal(official.test_masker.mean, official.masker.mean)  # the mean is the training one
-    assert torch.allclose(official.masker.std, torch.tensor(task.std))  # training: the data set's std
+    assert torch.equal(
+        official.test_masker.mean, official.masker.mean
+    )  # the mean is the training one
+    assert torch.allclose(
+        official.masker.std, torch.tensor(task.std)
+    )  # training: the data set's std
     same = _fit(model, task, test_background_std=None)  # null: as in training
     assert torch.equal(same.test_masker.std, same.masker.std)
-    assert torch.allclose(_fit(model, task, test_background_std=[0.1, 0.2, 0.3]).test_masker.std,
-                          torch.tensor([0.1, 0.2, 0.3]))
+    assert torch.allclose(
+        _fit(model, task, test_background_std=[0.1, 0.2, 0.3]).test_masker.std,
+        torch.tensor([0.1, 0.2, 0.3]),
+    )
     with pytest.raises(ValueError, match="test_background_std"):
         DiET(test_background_std=-0.1)
     # the authors' procedure defaults to their hard-coded colour and sparsity weight; both stay options
@@ -534,8 +676,13 @@ def test_test_background_std_option(quadrant_task):
     assert torch.allclose(authors.test_masker.mean, torch.tensor([0.527, 0.447, 0.403]))
     assert authors.config.test_sparsity_weight == 1.0 and authors.config.test_tol == 0.002
     assert authors.config.test_max_steps == TINY["test_max_steps"]  # given: a limit in epochs
-    ours = _fit(model, task, test_procedure="authors", test_background_mean=0.3, test_sparsity_weight=4.0)
-    assert torch.allclose(ours.test_masker.mean, torch.full((3,), 0.3)) and ours.config.test_sparsity_weight == 4.0
+    ours = _fit(
+        model, task, test_procedure="authors", test_background_mean=0.3, test_sparsity_weight=4.0
+    )
+    assert (
+        torch.allclose(ours.test_masker.mean, torch.full((3,), 0.3))
+        and ours.config.test_sparsity_weight == 4.0
+    )
     assert DiET().config.test_sparsity_weight == 8.0  # converged: ours
     with pytest.raises(ValueError, match="test_procedure='paper'.*converged, authors"):
         DiET(test_procedure="paper")
@@ -544,7 +691,9 @@ def test_test_background_std_option(quadrant_task):
 def test_report_counts_steps_and_masks_stopped_by_the_rule_or_the_limit(quadrant_task, tmp_path):
     task, model = quadrant_task
     x, y = task.test.float_images(), task.test.labels
-    never = _fit(model, task, tmp_path / "a", test_window=100.0)  # the rule never compares two windows
+    never = _fit(
+        model, task, tmp_path / "a", test_window=100.0
+    )  # the rule never compares two windows
     rep = never.report()
     assert "test_time" not in rep  # nothing explained yet
     never.explain(never.f_s, x, y)
@@ -556,13 +705,25 @@ def test_report_counts_steps_and_masks_stopped_by_the_rule_or_the_limit(quadrant
     always = _fit(model, task, tmp_path / "b", test_tol=10.0, test_mask_tol=10.0)
     always.explain(always.f_s, x, y)
     t = always.report()["test_time"]  # window: two half-windows of ceil(0.5 * 3 / 2) = 1 step
-    assert t["horizon"] == 3 and t["window"] == 2 and always.report()["test_stopped_at_limit_fraction"] == 0.0
+    assert (
+        t["horizon"] == 3
+        and t["window"] == 2
+        and always.report()["test_stopped_at_limit_fraction"] == 0.0
+    )
     assert t["steps_max"] == t["steps_min"] == 2 * t["window"] == 4  # the rule compares two windows
-    assert t["final_loss_change"]["median"] >= 0 and t["final_mask_change"]["max"] >= t["final_mask_change"]["median"]
-    assert always.report()["test_final_mask_change"] == t["final_mask_change"]["median"]  # on the report's card
+    assert (
+        t["final_loss_change"]["median"] >= 0
+        and t["final_mask_change"]["max"] >= t["final_mask_change"]["median"]
+    )
+    assert (
+        always.report()["test_final_mask_change"] == t["final_mask_change"]["median"]
+    )  # on the report's card
     # a cached fit reports the cached masks' numbers before any explain call
     again = _fit(model, task, tmp_path / "a", test_window=100.0)
-    assert again.report()["test_time"]["n_masks"] == len(x) and again.report()["test_stopped_at_limit_fraction"] == 1
+    assert (
+        again.report()["test_time"]["n_masks"] == len(x)
+        and again.report()["test_stopped_at_limit_fraction"] == 1
+    )
     # randomised copies do not count
     again.explain(_randomised(again.f_s), x, y)
     assert again.report()["test_time"]["n_masks"] == len(x)
@@ -580,7 +741,9 @@ def test_authors_masks_come_from_the_evaluation_set_whatever_the_batches(quadran
     diet.prepare_set(f_s, x)
     assert diet.report()["test_time"]["epochs"] == [diet.report()["test_time"]["steps_min"]]
     for bs in (3, 5, 16):
-        got = torch.cat([diet.explain(f_s, x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)])
+        got = torch.cat(
+            [diet.explain(f_s, x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)]
+        )
         assert torch.allclose(got, want, atol=1e-5)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
     fresh = _fit(model, task, None, test_procedure="authors", test_max_steps=None, test_lr=40.0)
@@ -606,7 +769,12 @@ def test_seed_check_measures_how_much_the_maps_depend_on_the_seed(quadrant_task,
     first = sorted(range(len(x)), key=lambda i: _digests(x)[i])[:5]
     a = diet.masker.expand(diet.test_masks(x[first]))[:, 0]
     other = DiET(**{**TINY, "seed": check["second_seed"]})
-    other.f_s, other.masker, other.test_masker, other.config = diet.f_s, diet.masker, diet.test_masker, diet.config
+    other.f_s, other.masker, other.test_masker, other.config = (
+        diet.f_s,
+        diet.masker,
+        diet.test_masker,
+        diet.config,
+    )
     other._seed = check["second_seed"]
     b = diet.masker.expand(_reference_masks(other, diet.f_s, x[first]))[:, 0]
     rho = spearman_pairs(list(a), list(b))
@@ -654,7 +822,9 @@ def test_resume_after_interruption_matches_uninterrupted_run(quadrant_task, tmp_
         _fit(model, task, tmp_path / "resumed")
     monkeypatch.setattr(DietTrainer, "_model_phase", original)
     done = json.loads((tmp_path / "resumed" / "history.json").read_text())
-    assert [(r["phase"], r["round"]) for r in done] == phases(2)[:5]  # mask, round, model, mask, round
+    assert [(r["phase"], r["round"]) for r in done] == phases(2)[
+        :5
+    ]  # mask, round, model, mask, round
 
     resumed = _fit(model, task, tmp_path / "resumed")
     assert resumed.report()["resumed_from_phase"] == 5 and not resumed.report()["cache_hit"]
@@ -694,9 +864,19 @@ def test_damaged_fit_checkpoint_is_recomputed(quadrant_task, tmp_path, damage):
 def test_artefacts_load_with_weights_only(quadrant_task, tmp_path):
     task, model = quadrant_task
     diet = _fit(model, task, tmp_path)
-    diet.explain(diet.f_s, task.test.float_images(torch.arange(2)), torch.zeros(2, dtype=torch.long))
+    diet.explain(
+        diet.f_s, task.test.float_images(torch.arange(2)), torch.zeros(2, dtype=torch.long)
+    )
     names = {p.name for p in tmp_path.iterdir()}
-    expected = {"meta.json", "history.json", "state.pt", "f_s.pt", "train_masks.pt", "report.json", "test_masks.pt"}
+    expected = {
+        "meta.json",
+        "history.json",
+        "state.pt",
+        "f_s.pt",
+        "train_masks.pt",
+        "report.json",
+        "test_masks.pt",
+    }
     expected |= {f"masks_round{k}_{w}_rounding.pt" for k in range(2) for w in ("before", "after")}
     expected |= {f"f_s_round{k}.pt" for k in range(2)}
     assert expected <= names, expected - names
@@ -716,7 +896,9 @@ def test_artefacts_load_with_weights_only(quadrant_task, tmp_path):
 
 def test_phase_epoch_caps(quadrant_task):
     task, model = quadrant_task
-    diet = _fit(model, task, None, mask_tol=0.0, model_tol=0.0, mask_max_epochs=2, model_max_epochs=1)
+    diet = _fit(
+        model, task, None, mask_tol=0.0, model_tol=0.0, mask_max_epochs=2, model_max_epochs=1
+    )
     assert [len(r.get("epochs", [])) for r in diet.history] == [2, 0, 1, 2, 0, 1]
 
 
@@ -749,7 +931,6 @@ def test_shipped_config_is_valid():
     assert cfg.data[0].name == "hard_mnist" and cfg.model.name == "lenet"
 
 
-
 # --------------------------------------------------------------------------- the authors' procedure
 
 
@@ -767,7 +948,9 @@ class _TinyCNN(nn.Module):
         return 4.0 * self.lin(h.flatten(1))
 
 
-def _authors_inference(model, images, lr, bs, ups, simp_weight, orders, backgrounds, max_epochs=200):
+def _authors_inference(
+    model, images, lr, bs, ups, simp_weight, orders, backgrounds, max_epochs=200
+):
     """Our port of the authors' test-time loop, written from AI4LIFE-GROUP/DiET's
     ``inference_distill.py`` (``main``, ``distill`` with ``-r 1``, ``update_mask``): one SGD optimiser
     on a ``(N, 1, H/ups, W/ups)`` mask of ones, shuffled mini-batches (here the injected ``orders``),
@@ -792,7 +975,7 @@ def _authors_inference(model, images, lr, bs, ups, simp_weight, orders, backgrou
         num_samples = 0
         order = orders[epoch]
         for b, start in enumerate(range(0, n, bs)):
-            idx = order[start:start + bs]
+            idx = order[start : start + bs]
             batch_D_d, batch_mask = images[idx], upsample(mask[idx])
             avg_val = backgrounds[epoch][b]
             pred_fs_d = sm(model(batch_D_d))
@@ -809,7 +992,9 @@ def _authors_inference(model, images, lr, bs, ups, simp_weight, orders, backgrou
             num_samples += len(idx)
         metrics /= num_samples
         mask_loss = metrics[0]
-        converged = bool((mask_loss > 0.998 * prev_prev_loss) and (mask_loss < 1.002 * prev_prev_loss))
+        converged = bool(
+            (mask_loss > 0.998 * prev_prev_loss) and (mask_loss < 1.002 * prev_prev_loss)
+        )
         prev_prev_loss = prev_loss
         prev_loss = mask_loss
         epoch += 1
@@ -845,8 +1030,15 @@ def test_authors_procedure_matches_a_port_of_the_authors_code(lr):
     images = torch.rand(n, 3, 16, 16, generator=g)
     mean, std = torch.tensor([0.527, 0.447, 0.403]), torch.tensor([0.05, 0.05, 0.05])
     orders = [torch.randperm(n, generator=g) for _ in range(epochs)]
-    backgrounds = [[(mean + std * torch.randn(len(range(s, min(s + bs, n))), 3, generator=g)).clamp(0, 1)
-                    .view(-1, 3, 1, 1) for s in range(0, n, bs)] for _ in range(epochs)]
+    backgrounds = [
+        [
+            (mean + std * torch.randn(len(range(s, min(s + bs, n))), 3, generator=g))
+            .clamp(0, 1)
+            .view(-1, 3, 1, 1)
+            for s in range(0, n, bs)
+        ]
+        for _ in range(epochs)
+    ]
     f_s = _TinyCNN()
     want, want_epochs = _authors_inference(f_s, images, lr, bs, 2, 1.0, orders, backgrounds)
 
@@ -881,8 +1073,14 @@ def test_converged_map_is_the_mean_of_the_last_window(average):
     """With sparsity alone every cell falls by s = lr * w / (batch * cells) per step. The converged
     procedure's map is a mean of its last steps' masks (iterate averaging), or the last step's mask."""
     masker = ImageMasker((3, 8, 8), upsample_factor=2)  # 16 cells
-    cfg = DietConfig(batch_size=4, test_lr=2.0, test_sparsity_weight=1.0, test_window=0.25, test_max_steps=10,
-                     test_average=average)  # 10 steps: fewer than the four half-windows the rule compares
+    cfg = DietConfig(
+        batch_size=4,
+        test_lr=2.0,
+        test_sparsity_weight=1.0,
+        test_window=0.25,
+        test_max_steps=10,
+        test_average=average,
+    )  # 10 steps: fewer than the four half-windows the rule compares
     x = torch.rand(3, 3, 8, 8)
     h = int(horizons(cfg, masker, x, masker.init_masks(1))[0])
     assert h == 32  # ceil(4 * 16 / 2)
@@ -891,7 +1089,10 @@ def test_converged_map_is_the_mean_of_the_last_window(average):
     assert summary["window"].tolist() == [window] * 3 and summary["limit_hit"].all()
     # at the limit: the mean since the start of the last complete half-window, steps 5 to 10
     want = 1 - s * 7.5 if average else 1 - s * steps
-    assert torch.allclose(masks, torch.full_like(masks, want), atol=1e-5), (masks.flatten()[0], want)
+    assert torch.allclose(masks, torch.full_like(masks, want), atol=1e-5), (
+        masks.flatten()[0],
+        want,
+    )
 
 
 @pytest.mark.parametrize("procedure", ["authors", "converged"])
@@ -901,21 +1102,51 @@ def test_maps_do_not_depend_on_the_evaluation_batch_size_through_the_runner(tmp_
     the procedure, its steps and stop reasons."""
     import xaiarena
 
-    diet = {"name": "diet", **{k: v for k, v in TINY.items() if k != "seed"}, "upsample_factor": 8,
-            "n_train": 32, "rounds": 1, "test_procedure": procedure, "test_lr": 20.0,
-            "test_max_steps": None if procedure == "authors" else 40, "test_seed_check": 3}
-    cfg = {"name": "t", "seed": 0, "data": {"name": "hard_mnist", "n_train": 300, "n_test": 40},
-           "model": {"name": "lenet", "channels": [4, 8, 8]}, "training": {"epochs": 1},
-           "evaluation": {"n_samples": 12}, "explainers": [diet], "metrics": ["sparseness"]}
-    runs = [xaiarena.run(cfg, out=tmp_path / f"bs{bs}", overrides={"evaluation.batch_size": bs}, show_progress=False)
-            for bs in (5, 12)]
+    diet = {
+        "name": "diet",
+        **{k: v for k, v in TINY.items() if k != "seed"},
+        "upsample_factor": 8,
+        "n_train": 32,
+        "rounds": 1,
+        "test_procedure": procedure,
+        "test_lr": 20.0,
+        "test_max_steps": None if procedure == "authors" else 40,
+        "test_seed_check": 3,
+    }
+    cfg = {
+        "name": "t",
+        "seed": 0,
+        "data": {"name": "hard_mnist", "n_train": 300, "n_test": 40},
+        "model": {"name": "lenet", "channels": [4, 8, 8]},
+        "training": {"epochs": 1},
+        "evaluation": {"n_samples": 12},
+        "explainers": [diet],
+        "metrics": ["sparseness"],
+    }
+    runs = [
+        xaiarena.run(
+            cfg,
+            out=tmp_path / f"bs{bs}",
+            overrides={"evaluation.batch_size": bs},
+            show_progress=False,
+        )
+        for bs in (5, 12)
+    ]
     key = ["explained_model", "explainer", "metric", "sample_id"]
     a, b = (r.per_sample.sort_values(key).reset_index(drop=True) for r in runs)
     pd_testing = pytest.importorskip("pandas").testing
     pd_testing.assert_frame_equal(a, b)
-    info = json.loads((tmp_path / "bs5" / "run.json").read_text())["datasets"]["hard_mnist"]["learned"]["diet"]
+    info = json.loads((tmp_path / "bs5" / "run.json").read_text())["datasets"]["hard_mnist"][
+        "learned"
+    ]["diet"]
     t = info["test_time"]
-    assert t["procedure"] == procedure and t["n_masks"] == 12 and t["stopped_by_rule"] + t["stopped_at_limit"] == 12
+    assert (
+        t["procedure"] == procedure
+        and t["n_masks"] == 12
+        and t["stopped_by_rule"] + t["stopped_at_limit"] == 12
+    )
     assert info["test_seed_check"]["n_samples"] == 3
     if procedure == "authors":
-        assert len(t["epochs"]) == 1 and t["stopped_at_limit"] == 0  # one set, one stopping epoch, no limit
+        assert (
+            len(t["epochs"]) == 1 and t["stopped_at_limit"] == 0
+        )  # one set, one stopping epoch, no limit

@@ -64,11 +64,18 @@ def test_soft_wpmi_by_hand():
     # neuron 1's is image 1. log p(c|B) = log q; p(c) = (3/4 + 1/4) / 2 = 1/2 for both concepts.
     acts = t64([[5.0, 1.0], [2.0, 4.0]])
     P = t64([[1.0, 0.0], [0.0, 1.0]])
-    got = S.soft_wpmi(acts, P, top_k=1, a=math.log(3), lam=1.0, p_start=1.0, p_end=1.0, min_prob=1e-15)
-    want = [[math.log(0.75 / 0.5), math.log(0.25 / 0.5)], [math.log(0.25 / 0.5), math.log(0.75 / 0.5)]]
+    got = S.soft_wpmi(
+        acts, P, top_k=1, a=math.log(3), lam=1.0, p_start=1.0, p_end=1.0, min_prob=1e-15
+    )
+    want = [
+        [math.log(0.75 / 0.5), math.log(0.25 / 0.5)],
+        [math.log(0.25 / 0.5), math.log(0.75 / 0.5)],
+    ]
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-12)
     # lam = 0: plain log p(c | B)
-    got0 = S.soft_wpmi(acts, P, top_k=1, a=math.log(3), lam=0.0, p_start=1.0, p_end=1.0, min_prob=1e-15)
+    got0 = S.soft_wpmi(
+        acts, P, top_k=1, a=math.log(3), lam=0.0, p_start=1.0, p_end=1.0, min_prob=1e-15
+    )
     np.testing.assert_allclose(got0.numpy(), np.log([[0.75, 0.25], [0.25, 0.75]]), rtol=1e-10)
 
 
@@ -77,13 +84,18 @@ def test_soft_wpmi_by_hand_with_soft_membership():
     # q(image, c) for concept 0 = 3/4 then 1/4: 1 + w (q - 1) = 1 - 0.9/4 = 0.775 and 1 - 0.7*3/4 = 0.475
     acts = t64([[3.0], [2.0], [1.0]])
     P = t64([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
-    got = S.soft_wpmi(acts, P, top_k=2, a=math.log(3), lam=0.0, p_start=0.9, p_end=0.5, min_prob=1e-15)
+    got = S.soft_wpmi(
+        acts, P, top_k=2, a=math.log(3), lam=0.0, p_start=0.9, p_end=0.5, min_prob=1e-15
+    )
     c0 = math.log(1 - 0.9 * 0.25) + math.log(1 - 0.7 * 0.75)
     c1 = math.log(1 - 0.9 * 0.75) + math.log(1 - 0.7 * 0.25)
     np.testing.assert_allclose(got.numpy(), [[c0, c1]], rtol=1e-10)
     # one neuron: p(c) = p(c | B), so with lam = 1 every concept scores 0
-    np.testing.assert_allclose(S.soft_wpmi(acts, P, top_k=2, a=math.log(3), p_start=0.9, p_end=0.5).numpy(),
-                               [[0.0, 0.0]], atol=1e-12)
+    np.testing.assert_allclose(
+        S.soft_wpmi(acts, P, top_k=2, a=math.log(3), p_start=0.9, p_end=0.5).numpy(),
+        [[0.0, 0.0]],
+        atol=1e-12,
+    )
 
 
 def test_wpmi_by_hand():
@@ -104,11 +116,15 @@ def test_rank_reorder_by_hand():
     # activation of its rank in B (1, 2, 3, 4), so |t - r|^3 = 27, 1, 1, 27 -> mean 14.
     acts = t64([[4.0], [3.0], [2.0], [1.0]])
     P = t64([[0.9, 0.6], [0.8, 0.7], [0.7, 0.8], [0.6, 0.9]])
-    got = S.rank_reorder(acts, P, p=3.0, top_fraction=1.0, scale_p=0.5, generator=torch.Generator().manual_seed(7))
+    got = S.rank_reorder(
+        acts, P, p=3.0, top_fraction=1.0, scale_p=0.5, generator=torch.Generator().manual_seed(7)
+    )
     # the baseline: mean |sorted(t) - sorted(t)[perm]|^3 over the 5 permutations the function draws
     g = torch.Generator().manual_seed(7)
     asc = np.array([1.0, 2.0, 3.0, 4.0])
-    base = np.mean([np.abs(asc - asc[torch.randperm(4, generator=g).numpy()]) ** 3 for _ in range(5)])
+    base = np.mean(
+        [np.abs(asc - asc[torch.randperm(4, generator=g).numpy()]) ** 3 for _ in range(5)]
+    )
     assert base > 0
     want = [[0.0, -(14.0 / base) / math.sqrt(0.75)]]
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-12)
@@ -119,16 +135,22 @@ def test_cos_similarity_by_hand():
     P = t64([[3.0], [4.0], [0.0]])
     got = S.cos_similarity(acts, P)
     # neuron 0 = (1, 0, 1), concept = (3, 4, 0): 3 / (sqrt 2 * 5); neuron 1 = (0, 2, 2): 8 / (sqrt 8 * 5)
-    np.testing.assert_allclose(got.numpy(), [[3 / (math.sqrt(2) * 5)], [8 / (math.sqrt(8) * 5)]], rtol=1e-12)
+    np.testing.assert_allclose(
+        got.numpy(), [[3 / (math.sqrt(2) * 5)], [8 / (math.sqrt(8) * 5)]], rtol=1e-12
+    )
 
 
 def test_cos_similarity_cubed_by_hand():
     acts = t64([[0.0], [1.0], [5.0]])  # centred: -2, -1, 3 -> cubed: -8, -1, 27
-    P = t64([[1.0, 2.0], [2.0, 2.0], [3.0, 2.0]])  # concept 0 centred -1, 0, 1 -> -1, 0, 1; concept 1 constant
+    P = t64(
+        [[1.0, 2.0], [2.0, 2.0], [3.0, 2.0]]
+    )  # concept 0 centred -1, 0, 1 -> -1, 0, 1; concept 1 constant
     got = S.cos_similarity_cubed(acts, P, min_norm=1e-3)
     norm_a = math.sqrt(64 + 1 + 729)
     # concept 1 is all zeros after centring: its norm is clamped at min_norm, the dot product is 0
-    np.testing.assert_allclose(got.numpy(), [[(8 + 27) / (norm_a * math.sqrt(2)), 0.0]], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        got.numpy(), [[(8 + 27) / (norm_a * math.sqrt(2)), 0.0]], rtol=1e-12, atol=1e-15
+    )
 
 
 # --------------------------------------------------------------------------- similarity: NumPy references
@@ -175,20 +197,28 @@ def test_soft_wpmi_and_wpmi_match_numpy(random_matrices, monkeypatch):
     np.testing.assert_allclose(got_soft.numpy(), want_soft, rtol=1e-9)
     np.testing.assert_allclose(S.wpmi(t64(acts), t64(P), top_k=5).numpy(), want_w, rtol=1e-9)
     monkeypatch.setattr(S, "_CHUNK_ELEMENTS", 20)  # one neuron per chunk: same numbers
-    np.testing.assert_allclose(S.soft_wpmi(t64(acts), t64(P), top_k=7).numpy(), want_soft, rtol=1e-9)
+    np.testing.assert_allclose(
+        S.soft_wpmi(t64(acts), t64(P), top_k=7).numpy(), want_soft, rtol=1e-9
+    )
 
 
 def test_cosine_functions_match_numpy(random_matrices):
     acts, P = random_matrices
-    np.testing.assert_allclose(S.cos_similarity(t64(acts), t64(P)).numpy(), _np_cos(acts, P), rtol=1e-10)
+    np.testing.assert_allclose(
+        S.cos_similarity(t64(acts), t64(P)).numpy(), _np_cos(acts, P), rtol=1e-10
+    )
     ac, pc = (acts - acts.mean(0)) ** 3, (P - P.mean(0)) ** 3
-    want = (ac / np.maximum(np.linalg.norm(ac, axis=0), 1e-3)).T @ (pc / np.maximum(np.linalg.norm(pc, axis=0), 1e-3))
+    want = (ac / np.maximum(np.linalg.norm(ac, axis=0), 1e-3)).T @ (
+        pc / np.maximum(np.linalg.norm(pc, axis=0), 1e-3)
+    )
     np.testing.assert_allclose(S.cos_similarity_cubed(t64(acts), t64(P)).numpy(), want, rtol=1e-10)
 
 
 def test_rank_reorder_matches_numpy(random_matrices):
     acts, P = random_matrices
-    got = S.rank_reorder(t64(acts), t64(P), top_fraction=0.25, generator=torch.Generator().manual_seed(1)).numpy()
+    got = S.rank_reorder(
+        t64(acts), t64(P), top_fraction=0.25, generator=torch.Generator().manual_seed(1)
+    ).numpy()
     g = torch.Generator().manual_seed(1)
     n = 10
     perms = [torch.randperm(n, generator=g).numpy() for _ in range(5)]
@@ -209,9 +239,15 @@ def test_similarity_prefers_the_matching_concept():
     rng = np.random.default_rng(0)
     n = 400
     concept = rng.uniform(0.15, 0.3, size=(n, 5))
-    acts = np.stack([concept[:, 3] * 4 + rng.normal(0, 0.01, n), concept[:, 1] * 2 + rng.normal(0, 0.01, n)], 1)
+    acts = np.stack(
+        [concept[:, 3] * 4 + rng.normal(0, 0.01, n), concept[:, 1] * 2 + rng.normal(0, 0.01, n)], 1
+    )
     for name in ("soft_wpmi", "wpmi", "rank_reorder", "cos_similarity_cubed", "cos_similarity"):
-        sim = S.compute(name, torch.tensor(acts, dtype=torch.float32), torch.tensor(concept, dtype=torch.float32))
+        sim = S.compute(
+            name,
+            torch.tensor(acts, dtype=torch.float32),
+            torch.tensor(concept, dtype=torch.float32),
+        )
         assert sim.argmax(1).tolist() == [3, 1], name
 
 
@@ -260,7 +296,9 @@ def test_record_activations_pools_and_removes_hooks():
 
 
 def test_layers_resolve_with_or_without_net_prefix(trained_lenet):
-    assert resolve_layer(trained_lenet, "classifier.2") is resolve_layer(trained_lenet, "net.classifier.2")
+    assert resolve_layer(trained_lenet, "classifier.2") is resolve_layer(
+        trained_lenet, "net.classifier.2"
+    )
     with pytest.raises(LayerNotFoundError) as exc:
         resolve_layer(trained_lenet, "classifier.9")
     assert "classifier.2" in str(exc.value) and "features.1" in str(exc.value)
@@ -369,13 +407,17 @@ def test_lenet_output_neurons_get_their_own_digit(trained_lenet, small_task):
     assert is_output_layer(acts["classifier.2"], out)
     labels = label_neurons(S.compute("soft_wpmi", acts["classifier.2"], P), concepts)
     own = (labels["concept"] == [str(k) for k in range(10)]).mean()
-    print(f"\noutput layer: {own:.0%} of neurons labelled with their own digit: {labels['concept'].tolist()}")
+    print(
+        f"\noutput layer: {own:.0%} of neurons labelled with their own digit: {labels['concept'].tolist()}"
+    )
     for layer in layers[:2]:
         a = acts[layer]
         live = a.amax(0) > a.amin(0)  # constant (dead) neurons get an arbitrary label: left out
         hidden = label_neurons(S.compute("soft_wpmi", a[:, live], P), concepts)
-        print(f"{layer}: {int(live.sum())} of {a.shape[1]} neurons vary; label counts "
-              f"{hidden['concept'].value_counts().to_dict()}")
+        print(
+            f"{layer}: {int(live.sum())} of {a.shape[1]} neurons vary; label counts "
+            f"{hidden['concept'].value_counts().to_dict()}"
+        )
     assert own >= 0.9
 
 
@@ -409,19 +451,37 @@ def tiny_clip(tmp_path_factory) -> Path:
         vocab[tok] = len(vocab)
     folder = tmp_path_factory.mktemp("tiny_clip")
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
-    ids = {"bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
-           "pad_token_id": vocab["<|endoftext|>"]}
+    ids = {
+        "bos_token_id": vocab["<|startoftext|>"],
+        "eos_token_id": vocab["<|endoftext|>"],
+        "pad_token_id": vocab["<|endoftext|>"],
+    }
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=32, **ids),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4),
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=32,
+            **ids,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        ),
         projection_dim=16,
     )
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(folder)
     return folder
 
 
@@ -451,7 +511,9 @@ def test_clip_scorer_on_tiny_clip(tiny_clip, small_task, tmp_path):
     proc = AutoImageProcessor.from_pretrained(tiny_clip)
     imgs = [a for a in probe.images.permute(0, 2, 3, 1).numpy()]
     with torch.no_grad():
-        img = model.get_image_features(pixel_values=proc(images=imgs, return_tensors="pt")["pixel_values"])
+        img = model.get_image_features(
+            pixel_values=proc(images=imgs, return_tensors="pt")["pixel_values"]
+        )
         enc = tok([f"a photo of a {c}" for c in concepts], padding=True, return_tensors="pt")
         txt = model.get_text_features(**enc)
     img = img if isinstance(img, torch.Tensor) else img.pooler_output
@@ -460,12 +522,19 @@ def test_clip_scorer_on_tiny_clip(tiny_clip, small_task, tmp_path):
     torch.testing.assert_close(P, want, rtol=1e-4, atol=1e-5)
     assert len(store) == 2 and not hits
     again = ClipScorer(model=str(tiny_clip), prompt="a photo of a {}", batch_size=2).score(
-        probe, concepts, cached=cached, show_progress=False)
+        probe, concepts, cached=cached, show_progress=False
+    )
     torch.testing.assert_close(again, P)
     assert len(hits) == 2  # image and text embeddings reused (batch size does not matter)
-    other = ClipScorer(model=str(tiny_clip), prompt="{}").score(probe, concepts, cached=cached, show_progress=False)
+    other = ClipScorer(model=str(tiny_clip), prompt="{}").score(
+        probe, concepts, cached=cached, show_progress=False
+    )
     assert not torch.allclose(other, P)  # the prompt is used
-    assert hits == ["image_embeddings", "text_embeddings", "image_embeddings"]  # ... only the texts re-embedded
+    assert hits == [
+        "image_embeddings",
+        "text_embeddings",
+        "image_embeddings",
+    ]  # ... only the texts re-embedded
 
 
 def test_clip_scorer_end_to_end_through_the_cli(tiny_clip, tmp_path):
@@ -486,7 +555,13 @@ dissect:
     assert res.exit_code == 0, res.output
     neurons = read_neurons(out / "results" / "neurons.csv")
     assert list(neurons.columns[:5]) == ["dataset", "layer", "neuron", "concept", "similarity"]
-    assert len(neurons) == 4 + 10 and set(neurons["concept"]) <= {"dog", "cat", "seven", "red", "striped"}
+    assert len(neurons) == 4 + 10 and set(neurons["concept"]) <= {
+        "dog",
+        "cat",
+        "seven",
+        "red",
+        "striped",
+    }
     assert (out / "cache" / "dissect" / "image_embeddings").is_dir()
 
 
@@ -494,10 +569,14 @@ def test_missing_clip_model_says_how_to_get_one(small_task, monkeypatch, tmp_pat
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     probe = select_probe(small_task, "test", 4, seed=0)
     with pytest.raises(ScorerUnavailableError) as exc:
-        ClipScorer(model=str(tmp_path / "no_such_clip")).score(probe, ["a", "b"], show_progress=False)
+        ClipScorer(model=str(tmp_path / "no_such_clip")).score(
+            probe, ["a", "b"], show_progress=False
+        )
     msg = str(exc.value)
     assert "no_such_clip" in msg and "openai/clip-vit-base-patch16" in msg
-    assert "save_pretrained" in msg and "pip install open_clip_torch" in msg and "annotations" in msg
+    assert (
+        "save_pretrained" in msg and "pip install open_clip_torch" in msg and "annotations" in msg
+    )
 
 
 def test_missing_clip_model_exits_2_from_the_cli(tmp_path, monkeypatch):
@@ -511,7 +590,11 @@ dissect: {layers: [classifier.1], concepts: {name: list, items: [a, b]}, scorer:
 """)
     res = cli.invoke(app, ["dissect", str(cfg), "--out", str(tmp_path / "run"), "--quiet"])
     assert res.exit_code == 2, res.output
-    assert "dissect.scorer.model" in res.output and "nowhere/clip-x" in res.output and "save_pretrained" in res.output
+    assert (
+        "dissect.scorer.model" in res.output
+        and "nowhere/clip-x" in res.output
+        and "save_pretrained" in res.output
+    )
 
 
 def test_open_clip_scorer(small_task, tiny_clip, monkeypatch):
@@ -534,19 +617,30 @@ def test_open_clip_scorer(small_task, tiny_clip, monkeypatch):
             return torch.nn.functional.one_hot(ids, 7).float().sum(1) @ txt_proj
 
     def preprocess(pil):
-        return torch.from_numpy(np.asarray(pil.resize((8, 8)), dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return torch.from_numpy(np.asarray(pil.resize((8, 8)), dtype=np.float32) / 255.0).permute(
+            2, 0, 1
+        )
 
     stub = types.SimpleNamespace(
         create_model_and_transforms=lambda name, pretrained: (_Model(), None, preprocess),
-        get_tokenizer=lambda name: lambda texts: torch.tensor([[len(t) % 7, ord(t[0]) % 7] for t in texts]))
+        get_tokenizer=lambda name: (
+            lambda texts: torch.tensor([[len(t) % 7, ord(t[0]) % 7] for t in texts])
+        ),
+    )
     monkeypatch.setitem(sys.modules, "open_clip", stub)
     P = OpenClipScorer(prompt="{}").score(probe, ["ab", "cde"], show_progress=False)
     from PIL import Image
 
-    imgs = torch.stack([preprocess(Image.fromarray(a)) for a in probe.images.permute(0, 2, 3, 1).numpy()])
-    tokens = torch.tensor([[2, 97 % 7], [3, 99 % 7]])  # (len % 7, ord(first letter) % 7) of "ab", "cde"
+    imgs = torch.stack(
+        [preprocess(Image.fromarray(a)) for a in probe.images.permute(0, 2, 3, 1).numpy()]
+    )
+    tokens = torch.tensor(
+        [[2, 97 % 7], [3, 99 % 7]]
+    )  # (len % 7, ord(first letter) % 7) of "ab", "cde"
     i = torch.nn.functional.normalize(imgs.flatten(1) @ img_proj, dim=1)
-    t = torch.nn.functional.normalize(torch.nn.functional.one_hot(tokens, 7).float().sum(1) @ txt_proj, dim=1)
+    t = torch.nn.functional.normalize(
+        torch.nn.functional.one_hot(tokens, 7).float().sum(1) @ txt_proj, dim=1
+    )
     torch.testing.assert_close(P, i @ t.T)
 
 
@@ -576,21 +670,45 @@ def test_dissect_cli_outputs_caching_and_report(tmp_path):
     res = cli.invoke(app, ["dissect", str(cfg), "--out", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
     neurons = read_neurons(out / "results" / "neurons.csv")
-    expected = ["dataset", "layer", "neuron", "concept", "similarity", "top1", "top2", "top3", "top4", "top5",
-                "top1_similarity", "top2_similarity", "top3_similarity", "top4_similarity", "top5_similarity"]
+    expected = [
+        "dataset",
+        "layer",
+        "neuron",
+        "concept",
+        "similarity",
+        "top1",
+        "top2",
+        "top3",
+        "top4",
+        "top5",
+        "top1_similarity",
+        "top2_similarity",
+        "top3_similarity",
+        "top4_similarity",
+        "top5_similarity",
+    ]
     assert list(neurons.columns[:15]) == expected
-    assert neurons.groupby("layer", sort=False).size().to_dict() == {"features.1": 4, "classifier.1": 16,
-                                                                     "classifier.2": 10}
+    assert neurons.groupby("layer", sort=False).size().to_dict() == {
+        "features.1": 4,
+        "classifier.1": 16,
+        "classifier.2": 10,
+    }
     assert (neurons["concept"] == neurons["top1"]).all()
     assert (neurons["top1_similarity"] >= neurons["top2_similarity"]).all()
     out_layer = neurons[neurons["layer"] == "classifier.2"]
     assert out_layer["own_class"].tolist() == [str(k) for k in range(10)]
     assert neurons.loc[neurons["layer"] != "classifier.2", "own_class"].eq("").all()
     info = json.loads((out / "run.json").read_text())
-    assert info["kind"] == "dissect" and info["dissect"]["datasets"]["hard_mnist"]["n_images"] == 150
+    assert (
+        info["kind"] == "dissect" and info["dissect"]["datasets"]["hard_mnist"]["n_images"] == 150
+    )
     stages = info["dissect"]["stages"]
-    assert {"hard_mnist/train", "hard_mnist/activations", "hard_mnist/scores",
-            "hard_mnist/similarity/classifier.2"} <= set(stages)
+    assert {
+        "hard_mnist/train",
+        "hard_mnist/activations",
+        "hard_mnist/scores",
+        "hard_mnist/similarity/classifier.2",
+    } <= set(stages)
     figs = sorted(p.name for p in (out / "figures").glob("dissect_*.png"))
     assert figs == ["dissect_d1_hard_mnist_concepts.png", "dissect_d1_hard_mnist_similarity.png"]
     html = (out / "dissect.html").read_text()
@@ -599,14 +717,33 @@ def test_dissect_cli_outputs_caching_and_report(tmp_path):
     res = cli.invoke(app, ["dissect", str(cfg), "--out", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
     stages = json.loads((out / "run.json").read_text())["dissect"]["stages"]
-    for key in ("hard_mnist/train", "hard_mnist/activations", "hard_mnist/scores", "hard_mnist/similarity/features.1"):
+    for key in (
+        "hard_mnist/train",
+        "hard_mnist/activations",
+        "hard_mnist/scores",
+        "hard_mnist/similarity/features.1",
+    ):
         assert stages[key]["cache_hit"], key
     pd.testing.assert_frame_equal(read_neurons(out / "results" / "neurons.csv"), neurons)
     # another similarity reuses activations and P
-    res = cli.invoke(app, ["dissect", str(cfg), "--out", str(out), "--quiet", "--set", "dissect.similarity=cos_similarity"])
+    res = cli.invoke(
+        app,
+        [
+            "dissect",
+            str(cfg),
+            "--out",
+            str(out),
+            "--quiet",
+            "--set",
+            "dissect.similarity=cos_similarity",
+        ],
+    )
     assert res.exit_code == 0, res.output
     stages = json.loads((out / "run.json").read_text())["dissect"]["stages"]
-    assert stages["hard_mnist/activations"]["cache_hit"] and not stages["hard_mnist/similarity/classifier.2"]["cache_hit"]
+    assert (
+        stages["hard_mnist/activations"]["cache_hit"]
+        and not stages["hard_mnist/similarity/classifier.2"]["cache_hit"]
+    )
     # the report rebuilds from saved results
     res = cli.invoke(app, ["report", str(out)])
     assert res.exit_code == 0 and "dissect.html" in res.output
@@ -658,9 +795,11 @@ def test_dissect_retrains_when_a_file_of_its_image_folder_changes(tmp_path, make
 
 def test_report_escapes_concepts(tmp_path):
     cfg = tmp_path / "d.yaml"
-    cfg.write_text(TINY_DISSECT.replace("concepts: annotations", "concepts: {name: file, path: '%s'}"
-                                        % (tmp_path / "c.txt")).replace("scorer: annotations",
-                                                                        "scorer: {name: annotations, kinds: [class]}"))
+    cfg.write_text(
+        TINY_DISSECT.replace(
+            "concepts: annotations", "concepts: {name: file, path: '%s'}" % (tmp_path / "c.txt")
+        ).replace("scorer: annotations", "scorer: {name: annotations, kinds: [class]}")
+    )
     (tmp_path / "c.txt").write_text("\n".join(str(k) for k in range(10)))
     out = tmp_path / "run"
     assert cli.invoke(app, ["dissect", str(cfg), "--out", str(out), "--quiet"]).exit_code == 0
@@ -671,7 +810,9 @@ def test_report_escapes_concepts(tmp_path):
     from xaiarena.dissect.report import build_dissect_report
 
     html = build_dissect_report(out).read_text()
-    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert (
+        "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    )
 
 
 def _invoke(tmp_path, yaml_text: str, *sets: str):
@@ -684,19 +825,36 @@ def _invoke(tmp_path, yaml_text: str, *sets: str):
 
 
 def test_config_errors_exit_2_with_key_and_valid_values(tmp_path):
-    res = _invoke(tmp_path, TINY_DISSECT, "dissect.similarity.name=soft_wmpi", "dissect.scorer=annotation",
-                  "dissect.concepts.name=wordz", "dissect.pool=median", "dissect.extra=1")
+    res = _invoke(
+        tmp_path,
+        TINY_DISSECT,
+        "dissect.similarity.name=soft_wmpi",
+        "dissect.scorer=annotation",
+        "dissect.concepts.name=wordz",
+        "dissect.pool=median",
+        "dissect.extra=1",
+    )
     assert res.exit_code == 2
     out = res.output
-    assert "dissect.similarity.name" in out and "Did you mean 'soft_wpmi'" in out and "rank_reorder" in out
-    assert "dissect.scorer.name" in out and "Did you mean 'annotations'" in out and "open_clip" in out
+    assert (
+        "dissect.similarity.name" in out
+        and "Did you mean 'soft_wpmi'" in out
+        and "rank_reorder" in out
+    )
+    assert (
+        "dissect.scorer.name" in out and "Did you mean 'annotations'" in out and "open_clip" in out
+    )
     assert "dissect.concepts.name" in out and "imagenet_classes" in out
     assert "dissect.pool" in out and "'avg' or 'max'" in out
     assert "dissect.extra" in out and "valid keys" in out
-    res = _invoke(tmp_path, TINY_DISSECT, "dissect.similarity.p_end=2", "dissect.similarity.lamda=1")
+    res = _invoke(
+        tmp_path, TINY_DISSECT, "dissect.similarity.p_end=2", "dissect.similarity.lamda=1"
+    )
     assert res.exit_code == 2
-    assert ("dissect.similarity.p_end: soft_wpmi: p_end=2 is not valid; it must be a probability "
-            "in (0, 1]") in res.output
+    assert (
+        "dissect.similarity.p_end: soft_wpmi: p_end=2 is not valid; it must be a probability "
+        "in (0, 1]"
+    ) in res.output
     assert "dissect.similarity.lamda" in res.output and "did you mean 'lam'" in res.output
 
 
@@ -705,7 +863,11 @@ def test_runtime_config_errors_exit_2(tmp_path):
     assert res.exit_code == 2 and "dissect.layers.1" in res.output and "'classifer.2'" in res.output
     assert "classifier.2" in res.output  # the valid layers are listed
     res = _invoke(tmp_path, TINY_DISSECT, "dissect.similarity.top_k=500")
-    assert res.exit_code == 2 and "dissect.similarity.top_k" in res.output and "150 probe images" in res.output
+    assert (
+        res.exit_code == 2
+        and "dissect.similarity.top_k" in res.output
+        and "150 probe images" in res.output
+    )
     res = _invoke(tmp_path, TINY_DISSECT, "dissect.concepts={name: list, items: [3, dog]}")
     assert res.exit_code == 2 and "dissect.concepts" in res.output and "dog" in res.output
     res = _invoke(tmp_path, TINY_DISSECT.split("dissect:")[0])
@@ -714,7 +876,9 @@ def test_runtime_config_errors_exit_2(tmp_path):
 
 def test_config_validation_in_python():
     with pytest.raises(ConfigError) as exc:
-        load_config(None, ["dissect.layers=[]", "dissect.top=0", "dissect.scorer.prompt=no placeholder"])
+        load_config(
+            None, ["dissect.layers=[]", "dissect.top=0", "dissect.scorer.prompt=no placeholder"]
+        )
     paths = {p for p, _ in exc.value.problems}
     assert {"dissect.layers", "dissect.top", "dissect.scorer.prompt"} <= paths
     cfg = load_config(None, ["dissect.layers=classifier.2", "dissect.similarity.top_k=50"])
@@ -728,11 +892,17 @@ def test_list_json_has_dissect_components():
     data = json.loads(res.output)
     assert {"datasets", "models", "explainers", "metrics"} <= set(data)
     d = data["dissect"]
-    assert {e["name"] for e in d["similarities"]} == {"soft_wpmi", "wpmi", "rank_reorder", "cos_similarity_cubed",
-                                                       "cos_similarity"}
+    assert {e["name"] for e in d["similarities"]} == {
+        "soft_wpmi",
+        "wpmi",
+        "rank_reorder",
+        "cos_similarity_cubed",
+        "cos_similarity",
+    }
     assert {e["name"] for e in d["scorers"]} == {"clip", "open_clip", "annotations"}
     assert {"words", "imagenet_classes", "dataset_classes", "annotations", "file", "list"} <= {
-        e["name"] for e in d["concept_sets"]}
+        e["name"] for e in d["concept_sets"]
+    }
     assert all(e["description"] for group in d.values() for e in group)
     human = cli.invoke(app, ["list"])
     assert "dissect similarities:" in human.output and "soft_wpmi" in human.output

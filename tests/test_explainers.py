@@ -25,13 +25,31 @@ CHEAP: dict[str, dict] = {
     "kernel_shap": {"n_samples": 24, "n_segments": 12},
     "captum_lime": {"n_samples": 12},
     "deeplift_shap": {"n_samples": 2},
-    "text_lime": {"n_samples": 40}, "text_kernel_shap": {"n_samples": 40},
+    "text_lime": {"n_samples": 40},
+    "text_kernel_shap": {"n_samples": 40},
     "text_integrated_gradients": {"n_steps": 8},
-    "diet": {"upsample_factor": 4, "rounds": 2, "n_train": 48, "batch_size": 16, "mask_lr": 500.0,
-             "mask_max_epochs": 3, "model_max_epochs": 2, "lr_cells": None, "test_lr": 12.0,
-             "test_max_steps": 12, "seed": 3},
-    "text_diet": {"n_train": 32, "rounds": 1, "mask_max_epochs": 1, "model_max_epochs": 1,
-                  "test_max_steps": 4, "batch_size": 16, "seed": 0},
+    "diet": {
+        "upsample_factor": 4,
+        "rounds": 2,
+        "n_train": 48,
+        "batch_size": 16,
+        "mask_lr": 500.0,
+        "mask_max_epochs": 3,
+        "model_max_epochs": 2,
+        "lr_cells": None,
+        "test_lr": 12.0,
+        "test_max_steps": 12,
+        "seed": 3,
+    },
+    "text_diet": {
+        "n_train": 32,
+        "rounds": 1,
+        "mask_max_epochs": 1,
+        "model_max_epochs": 1,
+        "test_max_steps": 4,
+        "batch_size": 16,
+        "seed": 0,
+    },
 }
 
 
@@ -70,10 +88,32 @@ def gen(seed: int = 7) -> torch.Generator:
 
 
 def test_there_is_something_to_test():
-    expected = {"gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam",
-                "saliency", "input_x_gradient", "integrated_gradients", "gradient_shap", "smoothgrad",
-                "occlusion", "lime", "kernel_shap", "captum_lime", "random", "sobel", "lrp", "deeplift",
-                "deeplift_shap", "guided_backprop", "guided_gradcam", "eigencam"}
+    expected = {
+        "gradcam",
+        "gradcam_pp",
+        "xgradcam",
+        "layercam",
+        "hirescam",
+        "scorecam",
+        "ablationcam",
+        "saliency",
+        "input_x_gradient",
+        "integrated_gradients",
+        "gradient_shap",
+        "smoothgrad",
+        "occlusion",
+        "lime",
+        "kernel_shap",
+        "captum_lime",
+        "random",
+        "sobel",
+        "lrp",
+        "deeplift",
+        "deeplift_shap",
+        "guided_backprop",
+        "guided_gradcam",
+        "eigencam",
+    }
     assert expected <= set(NAMES)
 
 

@@ -34,7 +34,9 @@ def default_lenet() -> nn.Module:
 
 def tiny_resnet(depth: int = 8) -> nn.Module:
     torch.manual_seed(0)
-    return ImageClassifier(ResNet(3, 10, (32, 32), depth=depth, width=4), (0.3,) * 3, (0.25,) * 3).eval()
+    return ImageClassifier(
+        ResNet(3, 10, (32, 32), depth=depth, width=4), (0.3,) * 3, (0.25,) * 3
+    ).eval()
 
 
 def tiny_resnet14() -> nn.Module:
@@ -53,8 +55,13 @@ def images(n: int = 3, size: int = 32, seed: int = 1) -> torch.Tensor:
 def smooth_cnn() -> nn.Module:
     """Conv-Softplus-AvgPool-Linear with large weights: curved, but smooth along IG's path."""
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Softplus(), nn.AvgPool2d(4), nn.Flatten(),
-                      nn.Linear(4 * 8 * 8, 10))
+    m = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.Softplus(),
+        nn.AvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 10),
+    )
     with torch.no_grad():
         m[0].weight.mul_(6.0)
         m[4].weight.mul_(6.0)
@@ -98,11 +105,17 @@ def test_gradcam_equals_captum_layergradcam(case):
     model_fn, size, layer, layer_name = GRADCAM_CASES[case]
     model, x, t = model_fn(), images(3, size), torch.tensor([1, 4, 7])
     ours = EXPLAINERS.create("gradcam", layer=layer).explain(model, x, t)
-    ref = LayerGradCam(model, model.get_submodule(layer_name)).attribute(x, target=t, relu_attributions=True)
-    ref = LayerAttribution.interpolate(ref, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0].detach()
+    ref = LayerGradCam(model, model.get_submodule(layer_name)).attribute(
+        x, target=t, relu_attributions=True
+    )
+    ref = LayerAttribution.interpolate(ref, tuple(x.shape[-2:]), interpolate_mode="bilinear")[
+        :, 0
+    ].detach()
     scale = ref.abs().max()
     assert scale > 0, "degenerate oracle: all-zero Grad-CAM"
-    torch.testing.assert_close(ours / scale, ref / scale, rtol=0, atol=1e-5)  # untrained nets: tiny logits
+    torch.testing.assert_close(
+        ours / scale, ref / scale, rtol=0, atol=1e-5
+    )  # untrained nets: tiny logits
 
 
 CAM_NAMES = ["gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam"]
@@ -135,13 +148,22 @@ def test_cam_default_layer_is_the_declared_one(name, model_fn):
 
 
 def test_cam_on_a_model_that_declares_no_layer_lists_candidates():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 5),
+    ).eval()
     with pytest.raises(ValueError) as err:
         EXPLAINERS.create("gradcam").explain(model, images(1, 16), torch.tensor([0]))
     msg = str(err.value)
     assert "gradcam" in msg and "'layer' option" in msg and "declares no CAM layer" in msg
-    assert "Candidates" in msg and "0, 1, 2, 3, 4" in msg  # the 4-D outputs, the pooled one included
+    assert (
+        "Candidates" in msg and "0, 1, 2, 3, 4" in msg
+    )  # the 4-D outputs, the pooled one included
 
 
 class _NoLayer(ImageClassifier):
@@ -150,10 +172,14 @@ class _NoLayer(ImageClassifier):
 
 
 def test_cam_on_a_model_without_a_conventional_layer_gives_its_reason():
-    model = _NoLayer(LeNet(3, 10, (32, 32), channels=(4,), hidden=()), (0.3,) * 3, (0.25,) * 3).eval()
+    model = _NoLayer(
+        LeNet(3, 10, (32, 32), channels=(4,), hidden=()), (0.3,) * 3, (0.25,) * 3
+    ).eval()
     with pytest.raises(ValueError, match="transformer has no .*'layer' option.*net.features.1"):
         EXPLAINERS.create("scorecam").explain(model, images(1), torch.tensor([0]))
-    out = EXPLAINERS.create("scorecam", layer="net.features.1").explain(model, images(1), torch.tensor([0]))
+    out = EXPLAINERS.create("scorecam", layer="net.features.1").explain(
+        model, images(1), torch.tensor([0])
+    )
     assert out.shape == (1, 32, 32)
 
 
@@ -164,7 +190,10 @@ class _Unset(ImageClassifier):
 
 def test_cam_on_a_model_whose_declared_layer_is_unset():
     model = _Unset(LeNet(3, 10, (32, 32), channels=(4,), hidden=()), (0.3,) * 3, (0.25,) * 3).eval()
-    with pytest.raises(ValueError, match=r"ablationcam: _Unset declares no CAM layer \(cam_layer\(\) returned None\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"ablationcam: _Unset declares no CAM layer \(cam_layer\(\) returned None\)",
+    ):
         EXPLAINERS.create("ablationcam").explain(model, images(1), torch.tensor([0]))
 
 
@@ -187,13 +216,17 @@ def test_cam_variants_by_hand():
     expected = {
         "gradcam": (g.mean((2, 3), keepdim=True) * a).sum(1),
         "gradcam_pp": ((torch.relu(g) * alpha).sum((2, 3), keepdim=True) * a).sum(1),
-        "xgradcam": (((g * a).sum((2, 3), keepdim=True) / (a.sum((2, 3), keepdim=True) + 1e-7)) * a).sum(1),
+        "xgradcam": (
+            ((g * a).sum((2, 3), keepdim=True) / (a.sum((2, 3), keepdim=True) + 1e-7)) * a
+        ).sum(1),
         "layercam": (torch.relu(g) * a).sum(1),
         "hirescam": (g * a).sum(1),
     }
     for name, cam in expected.items():
         ours = EXPLAINERS.create(name).explain(model, x, t)
-        ref = torch.nn.functional.interpolate(torch.relu(cam)[:, None], size=(32, 32), mode="bilinear")[:, 0]
+        ref = torch.nn.functional.interpolate(
+            torch.relu(cam)[:, None], size=(32, 32), mode="bilinear"
+        )[:, 0]
         assert ref.abs().max() > 0, name
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-6, msg=name)
 
@@ -215,11 +248,15 @@ def test_scorecam_matches_a_per_channel_loop():
             for k in range(a.shape[1]):
                 if a[i, k].max() == a[i, k].min():
                     continue
-                m = torch.nn.functional.interpolate(a[i, k][None, None], size=(32, 32), mode="bilinear")[0, 0]
+                m = torch.nn.functional.interpolate(
+                    a[i, k][None, None], size=(32, 32), mode="bilinear"
+                )[0, 0]
                 m = (m - m.min()) / (m.max() - m.min())
                 p = model(x[i : i + 1] * m).softmax(1)[0, t[i]]
                 ref[i] += p * a[i, k]
-    ref = torch.nn.functional.interpolate(torch.relu(ref)[:, None], size=(32, 32), mode="bilinear")[:, 0]
+    ref = torch.nn.functional.interpolate(torch.relu(ref)[:, None], size=(32, 32), mode="bilinear")[
+        :, 0
+    ]
     ours = EXPLAINERS.create("scorecam", batch_size=5).explain(model, x, t)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-6)
 
@@ -251,7 +288,9 @@ def test_ablationcam_matches_a_per_channel_loop():
                 store.pop("k")
     finally:
         h.remove()
-    ref = torch.nn.functional.interpolate(torch.relu(ref)[:, None], size=(32, 32), mode="bilinear")[:, 0]
+    ref = torch.nn.functional.interpolate(torch.relu(ref)[:, None], size=(32, 32), mode="bilinear")[
+        :, 0
+    ]
     ours = EXPLAINERS.create("ablationcam", batch_size=3).explain(model, x, t)
     assert ref.abs().max() > 0
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
@@ -270,11 +309,14 @@ class ConcatSkip(nn.Module):
         return self.head(torch.cat([torch.relu(self.conv(x)), x], dim=1))
 
 
-@pytest.mark.parametrize("model_fn, layer", [
-    (tiny_lenet, None),
-    (tiny_resnet, None),  # the last block's output
-    (tiny_resnet, "net.layers.1.conv1"),  # a residual connection bypasses the layer
-])
+@pytest.mark.parametrize(
+    "model_fn, layer",
+    [
+        (tiny_lenet, None),
+        (tiny_resnet, None),  # the last block's output
+        (tiny_resnet, "net.layers.1.conv1"),  # a residual connection bypasses the layer
+    ],
+)
 def test_ablationcam_shared_upstream_equals_full_passes(model_fn, layer, recwarn):
     model, x, t = model_fn(), images(3), torch.tensor([1, 4, 7])
     shared = EXPLAINERS.create("ablationcam", layer=layer).explain(model, x, t)
@@ -302,20 +344,31 @@ def test_cam_without_conv_layer_names_explainer_and_option():
 
 def test_cam_bad_layer_name_suggests():
     with pytest.raises(ValueError) as err:
-        EXPLAINERS.create("gradcam", layer="net.feature.3").explain(tiny_lenet(), images(1), torch.tensor([0]))
+        EXPLAINERS.create("gradcam", layer="net.feature.3").explain(
+            tiny_lenet(), images(1), torch.tensor([0])
+        )
     msg = str(err.value)
     assert "net.feature.3" in msg and "net.features.3" in msg
 
 
 def test_cam_layer_with_non_spatial_output_is_refused():
     with pytest.raises(RuntimeError, match="net.classifier.0"):
-        EXPLAINERS.create("gradcam", layer="net.classifier.0").explain(tiny_lenet(), images(1), torch.tensor([0]))
+        EXPLAINERS.create("gradcam", layer="net.classifier.0").explain(
+            tiny_lenet(), images(1), torch.tensor([0])
+        )
 
 
 def _vgg_like(inplace: bool) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace), nn.Conv2d(4, 6, 3, padding=1),
-                         nn.ReLU(inplace), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 5)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(inplace),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.ReLU(inplace),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(24, 5),
+    ).eval()
 
 
 @pytest.mark.parametrize("name", CAM_NAMES)
@@ -366,8 +419,9 @@ def test_integrated_gradients_completeness(baseline):
 def test_integrated_gradients_completeness_on_relu_lenet():
     """ReLU + max-pool nets have kinks along the path: Riemann sums converge, more slowly."""
     model, x, t = tiny_lenet(), images(3), torch.tensor([1, 2, 3])
-    ex = EXPLAINERS.create("integrated_gradients", n_steps=256, method="riemann_trapezoid",
-                           internal_batch_size=256)
+    ex = EXPLAINERS.create(
+        "integrated_gradients", n_steps=256, method="riemann_trapezoid", internal_batch_size=256
+    )
     delta = _delta(model, x, torch.zeros_like(x), t)
     assert delta.abs().min() > 1e-2
     torch.testing.assert_close(ex.explain(model, x, t).sum((1, 2)), delta, rtol=0.03, atol=1e-4)
@@ -376,7 +430,9 @@ def test_integrated_gradients_completeness_on_relu_lenet():
 def test_integrated_gradients_completeness_check_can_fail():
     """Sanity of the tests above: 2 left-Riemann steps are far from the integral."""
     model, x, t = smooth_cnn(), images(3), torch.tensor([0, 4, 9])
-    attr = EXPLAINERS.create("integrated_gradients", n_steps=2, method="riemann_left").explain(model, x, t)
+    attr = EXPLAINERS.create("integrated_gradients", n_steps=2, method="riemann_left").explain(
+        model, x, t
+    )
     delta = _delta(model, x, torch.zeros_like(x), t)
     assert not torch.allclose(attr.sum((1, 2)), delta, rtol=1e-2, atol=1e-4)
 
@@ -389,10 +445,13 @@ def test_input_x_gradient_of_linear_model_is_weight_times_input():
     torch.testing.assert_close(ours, expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name, opts", [
-    ("integrated_gradients", {"n_steps": 5}),
-    ("gradient_shap", {"n_samples": 4, "baselines": "black"}),
-])
+@pytest.mark.parametrize(
+    "name, opts",
+    [
+        ("integrated_gradients", {"n_steps": 5}),
+        ("gradient_shap", {"n_samples": 4, "baselines": "black"}),
+    ],
+)
 def test_path_methods_on_linear_model_equal_weight_times_input(name, opts):
     model = Linear()
     x, t = torch.rand(3, 3, 16, 16, generator=gen()), torch.tensor([1, 2, 3])
@@ -410,7 +469,9 @@ def test_saliency_of_linear_model_is_max_abs_weight():
 def test_smoothgrad_of_linear_model_is_the_gradient_and_noise_is_seeded():
     model = Linear()
     x, t = torch.rand(2, 3, 16, 16, generator=gen()), torch.tensor([1, 3])
-    ours = EXPLAINERS.create("smoothgrad", nt_samples=3, reduction="sum").explain(model, x, t, generator=gen())
+    ours = EXPLAINERS.create("smoothgrad", nt_samples=3, reduction="sum").explain(
+        model, x, t, generator=gen()
+    )
     torch.testing.assert_close(ours, model.weight_map(t).abs().sum(1), rtol=1e-5, atol=1e-7)
     m = tiny_lenet()
     ex = EXPLAINERS.create("smoothgrad", nt_samples=3)
@@ -422,28 +483,40 @@ def test_smoothgrad_of_linear_model_is_the_gradient_and_noise_is_seeded():
 def test_gradient_shap_completeness_in_expectation():
     """E[sum of attributions] = f(x) - f(0) with a black baseline (Monte Carlo, 400 draws)."""
     model, x, t = smooth_cnn(), images(2), torch.tensor([1, 5])
-    attr = EXPLAINERS.create("gradient_shap", n_samples=400, baselines="black", batch_size=400).explain(
-        model, x, t, generator=gen())
+    attr = EXPLAINERS.create(
+        "gradient_shap", n_samples=400, baselines="black", batch_size=400
+    ).explain(model, x, t, generator=gen())
     delta = _delta(model, x, torch.zeros_like(x), t)
-    torch.testing.assert_close(attr.sum((1, 2)), delta, rtol=0, atol=0.05 * float(delta.abs().max()))
+    torch.testing.assert_close(
+        attr.sum((1, 2)), delta, rtol=0, atol=0.05 * float(delta.abs().max())
+    )
 
 
 # ----------------------------------------------------------------------------- perturbation methods
 
 
-@pytest.mark.parametrize("window, stride, baseline", [
-    (8, 8, "black"),  # windows tile the image
-    (8, 6, "blur"),  # overlapping windows, the last one clipped at the border
-    ((6, 10), (5, 7), "white"),
-])
+@pytest.mark.parametrize(
+    "window, stride, baseline",
+    [
+        (8, 8, "black"),  # windows tile the image
+        (8, 6, "blur"),  # overlapping windows, the last one clipped at the border
+        ((6, 10), (5, 7), "white"),
+    ],
+)
 def test_occlusion_equals_captum_occlusion(window, stride, baseline):
     model, x, t = tiny_lenet(), images(3), torch.tensor([1, 5, 8])
-    ex = EXPLAINERS.create("occlusion", window=window, stride=stride, baseline=baseline,
-                           perturbations_per_eval=7)
+    ex = EXPLAINERS.create(
+        "occlusion", window=window, stride=stride, baseline=baseline, perturbations_per_eval=7
+    )
     ours = ex.explain(model, x, t)
     (wh, ww), (sh, sw) = ex.window, ex.stride
-    ref = Occlusion(model).attribute(x, sliding_window_shapes=(3, wh, ww), strides=(3, sh, sw),
-                                     baselines=make_baseline(baseline, x), target=t)
+    ref = Occlusion(model).attribute(
+        x,
+        sliding_window_shapes=(3, wh, ww),
+        strides=(3, sh, sw),
+        baselines=make_baseline(baseline, x),
+        target=t,
+    )
     assert ref.abs().max() > 0
     torch.testing.assert_close(ours, ref.mean(1), rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
 
@@ -455,7 +528,9 @@ def test_occlusion_of_linear_model_is_window_averaged_contribution():
     ours = EXPLAINERS.create("occlusion", window=4, stride=4, reduction="mean").explain(model, x, t)
     contrib = (model.weight_map(t) * x)[0].sum(0)  # (16, 16)
     block = contrib.view(4, 4, 4, 4).sum((1, 3))  # per 4x4 window
-    torch.testing.assert_close(ours[0], block.repeat_interleave(4, 0).repeat_interleave(4, 1), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        ours[0], block.repeat_interleave(4, 0).repeat_interleave(4, 1), rtol=1e-4, atol=1e-5
+    )
 
 
 def _captum_surrogate_oracle(name: str, model, x, t, ex):
@@ -468,7 +543,9 @@ def _captum_surrogate_oracle(name: str, model, x, t, ex):
         z, w = ex.sample(d, gens[i])
         rows = iter(z.long())
         weights = iter(w.tolist())
-        model_cls = SkLearnRidge(alpha=ex.ridge_alpha) if name == "lime" else SkLearnLinearRegression()
+        model_cls = (
+            SkLearnRidge(alpha=ex.ridge_alpha) if name == "lime" else SkLearnLinearRegression()
+        )
         lime = Lime(
             model,
             interpretable_model=model_cls,
@@ -476,8 +553,14 @@ def _captum_surrogate_oracle(name: str, model, x, t, ex):
             perturb_func=lambda *a, _r=rows, **k: next(_r)[None],
         )
         fm = torch.from_numpy(segs[i])[None, None].expand(1, 3, *segs[i].shape)
-        attr = lime.attribute(x[i : i + 1], target=int(t[i]), baselines=0.0, feature_mask=fm,
-                              n_samples=ex.n_samples, perturbations_per_eval=1)
+        attr = lime.attribute(
+            x[i : i + 1],
+            target=int(t[i]),
+            baselines=0.0,
+            feature_mask=fm,
+            n_samples=ex.n_samples,
+            perturbations_per_eval=1,
+        )
         maps.append(attr[0, 0])
     return torch.stack(maps)
 
@@ -516,7 +599,9 @@ def test_kernel_shap_matches_captum_kernelshap_on_linear_model():
     seg = torch.from_numpy(ex.segments(x)[0])
     fm = seg[None, None].expand(1, 3, *seg.shape)
     torch.manual_seed(0)
-    ref = KernelShap(model).attribute(x, target=1, baselines=0.0, feature_mask=fm, n_samples=50)[0, 0]
+    ref = KernelShap(model).attribute(x, target=1, baselines=0.0, feature_mask=fm, n_samples=50)[
+        0, 0
+    ]
     torch.testing.assert_close(ours[0], ref.float(), rtol=1e-3, atol=1e-5)
 
 
@@ -541,7 +626,9 @@ def test_surrogates_survive_a_single_superpixel(name):
     out = ex.explain(model, x, t, generator=gen())
     assert out.shape == (2, 32, 32) and torch.isfinite(out).all()
     if name == "kernel_shap":  # the only player gets f(x) - f(baseline)
-        torch.testing.assert_close(out[:, 0, 0], _delta(model, x, torch.zeros_like(x), t), rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(
+            out[:, 0, 0], _delta(model, x, torch.zeros_like(x), t), rtol=1e-3, atol=1e-5
+        )
 
 
 def test_lime_uses_the_generator():
@@ -557,7 +644,10 @@ def test_lime_uses_the_generator():
 def test_random_is_seeded_noise():
     x, t = images(2), torch.tensor([0, 0])
     ex = EXPLAINERS.create("random")
-    a, b = ex.explain(tiny_lenet(), x, t, generator=gen(1)), ex.explain(tiny_lenet(), x, t, generator=gen(2))
+    a, b = (
+        ex.explain(tiny_lenet(), x, t, generator=gen(1)),
+        ex.explain(tiny_lenet(), x, t, generator=gen(2)),
+    )
     assert not torch.allclose(a, b)
     assert 0 <= float(a.min()) and float(a.max()) < 1
     assert a.std() > 0.2  # uniform noise, not a constant
@@ -570,21 +660,26 @@ def test_sobel_is_model_independent_edge_magnitude():
     a = ex.explain(tiny_lenet(seed=0), x, torch.tensor([0]))
     b = ex.explain(Linear(), x, torch.tensor([0]))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert torch.all(a[0, :, 7:9] > 0) and torch.all(a[0, :, :6] == 0) and torch.all(a[0, :, 10:] == 0)
+    assert (
+        torch.all(a[0, :, 7:9] > 0) and torch.all(a[0, :, :6] == 0) and torch.all(a[0, :, 10:] == 0)
+    )
     assert ex.explain(Linear(), torch.full((1, 3, 16, 16), 0.3), torch.tensor([0])).abs().max() == 0
 
 
-@pytest.mark.parametrize("name, opts, words", [
-    ("saliency", {"reduction": "median"}, ["median", "sum", "max_abs"]),
-    ("integrated_gradients", {"baseline": "grey"}, ["grey", "black", "uniform"]),
-    ("integrated_gradients", {"n_steps": 0}, ["n_steps", "0"]),
-    ("lime", {"n_samples": 1}, ["n_samples", "2"]),
-    ("occlusion", {"window": (4, 4, 4)}, ["window"]),
-    ("gradient_shap", {"baselines": ["black", "noise"]}, ["noise", "uniform"]),
-    ("smoothgrad", {"nt_type": "smoothgrad2"}, ["smoothgrad2", "vargrad"]),
-    ("scorecam", {"batch_size": 0}, ["batch_size"]),
-    ("random", {"distribution": "gauss"}, ["gauss", "normal"]),
-])
+@pytest.mark.parametrize(
+    "name, opts, words",
+    [
+        ("saliency", {"reduction": "median"}, ["median", "sum", "max_abs"]),
+        ("integrated_gradients", {"baseline": "grey"}, ["grey", "black", "uniform"]),
+        ("integrated_gradients", {"n_steps": 0}, ["n_steps", "0"]),
+        ("lime", {"n_samples": 1}, ["n_samples", "2"]),
+        ("occlusion", {"window": (4, 4, 4)}, ["window"]),
+        ("gradient_shap", {"baselines": ["black", "noise"]}, ["noise", "uniform"]),
+        ("smoothgrad", {"nt_type": "smoothgrad2"}, ["smoothgrad2", "vargrad"]),
+        ("scorecam", {"batch_size": 0}, ["batch_size"]),
+        ("random", {"distribution": "gauss"}, ["gauss", "normal"]),
+    ],
+)
 def test_bad_options_name_the_value_and_the_choices(name, opts, words):
     with pytest.raises(ValueError) as err:
         EXPLAINERS.create(name, **opts)
@@ -630,14 +725,21 @@ def _captum_lime_oracle(model, x, t, ex, generator):
 
         opts = {}
         if (ex.distance, ex.kernel_width) != ("cosine", 1.0):  # else Captum's own default kernel
-            opts["similarity_func"] = get_exp_kernel_similarity_function(ex.distance, ex.kernel_width)
+            opts["similarity_func"] = get_exp_kernel_similarity_function(
+                ex.distance, ex.kernel_width
+            )
         if ex.alpha != 0.01:  # else Captum's own default SkLearnLasso(alpha=0.01)
             opts["interpretable_model"] = SkLearnLasso(alpha=ex.alpha)
         lime = Lime(model, perturb_func=draws, **opts)
-        fm = None if ex.features == "element" else torch.arange(h * w).view(1, 1, h, w).expand(1, c, h, w)
+        fm = (
+            None
+            if ex.features == "element"
+            else torch.arange(h * w).view(1, 1, h, w).expand(1, c, h, w)
+        )
         base = make_baseline(ex.baseline, x[i : i + 1])
-        attr = lime.attribute(x[i : i + 1], target=int(t[i]), baselines=base, feature_mask=fm,
-                              n_samples=ex.n_samples)
+        attr = lime.attribute(
+            x[i : i + 1], target=int(t[i]), baselines=base, feature_mask=fm, n_samples=ex.n_samples
+        )
         maps.append(reduce_channels(attr, ex.reduction)[0])
     return torch.stack(maps)
 
@@ -653,16 +755,26 @@ def test_captum_lime_defaults_are_captums():
     assert kernel["distance_mode"].default == ex.distance == "cosine"
     assert kernel["kernel_width"].default == ex.kernel_width == 1.0
     default_model = Lime(Linear()).interpretable_model
-    assert type(default_model).__name__ == "SkLearnLasso" and default_model.construct_kwargs == {"alpha": ex.alpha}
-    assert ex.alpha == 0.01 and ex.features == "element" and ex.baseline == "black" and ex.reduction == "sum"
+    assert type(default_model).__name__ == "SkLearnLasso" and default_model.construct_kwargs == {
+        "alpha": ex.alpha
+    }
+    assert (
+        ex.alpha == 0.01
+        and ex.features == "element"
+        and ex.baseline == "black"
+        and ex.reduction == "sum"
+    )
 
 
-@pytest.mark.parametrize("opts, channels", [
-    ({}, 3),                                          # every default
-    ({}, 1),                                          # grey images (Fashion-MNIST-like)
-    ({"features": "pixel", "n_samples": 40}, 3),
-    ({"baseline": "white", "distance": "euclidean", "kernel_width": 3.0, "alpha": 0.05}, 3),
-])
+@pytest.mark.parametrize(
+    "opts, channels",
+    [
+        ({}, 3),  # every default
+        ({}, 1),  # grey images (Fashion-MNIST-like)
+        ({"features": "pixel", "n_samples": 40}, 3),
+        ({"baseline": "white", "distance": "euclidean", "kernel_width": 3.0, "alpha": 0.05}, 3),
+    ],
+)
 def test_captum_lime_equals_captum_lime_on_the_same_draws(opts, channels):
     model = _scaled_lenet(channels)
     g = torch.Generator().manual_seed(5)
@@ -690,7 +802,9 @@ def test_captum_lime_recovers_a_linear_model():
     # Captum's default Lime (alpha 0.01), its own sampling: both recover the same map up to shrinkage
     torch.manual_seed(0)
     ref = Lime(model).attribute(x, target=t, n_samples=400).sum(1)
-    ours_default = EXPLAINERS.create("captum_lime", n_samples=400).explain(model, x, t, generator=gen())
+    ours_default = EXPLAINERS.create("captum_lime", n_samples=400).explain(
+        model, x, t, generator=gen()
+    )
     for a in (ref, ours_default):
         assert torch.corrcoef(torch.stack([a.flatten(), truth.flatten()]))[0, 1] > 0.99
         torch.testing.assert_close(a, truth, rtol=0, atol=0.1 * float(truth.abs().max()))
@@ -702,17 +816,22 @@ def test_captum_lime_seeds_each_sample():
     x, t = torch.rand(3, 1, 12, 12, generator=gen(9)), torch.tensor([0, 4, 8])
     ex = EXPLAINERS.create("captum_lime", perturbations_per_eval=7)
     batch = ex.explain(model, x, t, generator=gen(1))
-    alone = torch.cat([ex.explain(model, x[i : i + 1], t[i : i + 1], generator=gen(1)) for i in range(3)])
+    alone = torch.cat(
+        [ex.explain(model, x[i : i + 1], t[i : i + 1], generator=gen(1)) for i in range(3)]
+    )
     torch.testing.assert_close(batch, alone, rtol=0, atol=0)
     assert not torch.equal(batch, ex.explain(model, x, t, generator=gen(2)))
     assert (batch != 0).float().mean() < 0.5  # Lasso on 25 draws of 144 features: a sparse map
 
 
-@pytest.mark.parametrize("opts, words", [
-    ({"features": "superpixel"}, ["features", "element", "pixel"]),
-    ({"distance": "l1"}, ["distance", "cosine", "euclidean"]),
-    ({"alpha": 0}, ["alpha"]),
-])
+@pytest.mark.parametrize(
+    "opts, words",
+    [
+        ({"features": "superpixel"}, ["features", "element", "pixel"]),
+        ({"distance": "l1"}, ["distance", "cosine", "euclidean"]),
+        ({"alpha": 0}, ["alpha"]),
+    ],
+)
 def test_captum_lime_bad_options(opts, words):
     with pytest.raises(ValueError) as err:
         EXPLAINERS.create("captum_lime", **opts)

@@ -18,20 +18,39 @@ from xaiarena.config import load_config
 from xaiarena.engine.plan import plan_units
 from xaiarena.engine.tasks import plan_tasks
 
-TINY = {"data.n_train": 300, "data.n_test": 80, "training.epochs": 1, "model.channels": [4, 8, 8],
-        "evaluation.n_samples": 16, "evaluation.batch_size": 8}
-CFG = {"name": "g", "data": "hard_mnist", "model": "lenet", "explainers": ["saliency", "random"],
-       "metrics": ["sparseness", "topk_iou"]}
+TINY = {
+    "data.n_train": 300,
+    "data.n_test": 80,
+    "training.epochs": 1,
+    "model.channels": [4, 8, 8],
+    "evaluation.n_samples": 16,
+    "evaluation.batch_size": 8,
+}
+CFG = {
+    "name": "g",
+    "data": "hard_mnist",
+    "model": "lenet",
+    "explainers": ["saliency", "random"],
+    "metrics": ["sparseness", "topk_iou"],
+}
 
 
 def test_units_and_tasks_of_a_grid_with_replicates():
-    cfg = load_config({**CFG, "replicates": 3, "grid": {"training.lr": [0.001, 0.002]},
-                       "explainers": ["saliency", {"name": "diet", "n_train": 8}],
-                       "metrics": ["sparseness", {"name": "agreement_spearman", "reference": "saliency"}]})
+    cfg = load_config(
+        {
+            **CFG,
+            "replicates": 3,
+            "grid": {"training.lr": [0.001, 0.002]},
+            "explainers": ["saliency", {"name": "diet", "n_train": 8}],
+            "metrics": ["sparseness", {"name": "agreement_spearman", "reference": "saliency"}],
+        }
+    )
     units = plan_units(cfg)
     assert len(units) == 6 and len({u.id for u in units}) == 6
     assert [u.seed for u in units[:3]] == cfg.replicate_seeds() and units[0].seed == cfg.seed
-    assert {u.data_seed for u in units} == {cfg.seed}  # replicates retrain the model, same data and samples
+    assert {u.data_seed for u in units} == {
+        cfg.seed
+    }  # replicates retrain the model, same data and samples
     tasks = plan_tasks(units[:1])
     names = [t.name for t in tasks]
     u = units[0].id
@@ -40,13 +59,21 @@ def test_units_and_tasks_of_a_grid_with_replicates():
     assert f"{u}/explain/diet" in names and f"{u}/explain/diet@f_b" not in names
     # agreement needs two maps in the view: on f_b, saliency's and DiET's maps scored on f_b (diet@f_s)
     assert f"{u}/metric/agreement_spearman@f_s" in names
-    assert next(t for t in tasks if t.name == f"{u}/metric/agreement_spearman").explainers == ("saliency", "diet@f_s")
+    assert next(t for t in tasks if t.name == f"{u}/metric/agreement_spearman").explainers == (
+        "saliency",
+        "diet@f_s",
+    )
     pos = {n: i for i, n in enumerate(names)}
     assert all(pos[d] < pos[t.name] for t in tasks for d in t.deps)
     # without DiET's maps on f_b, f_b has no pair for the agreement metric
-    off = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"score_learned_on_f_b": False})})
+    off = cfg.model_copy(
+        update={"evaluation": cfg.evaluation.model_copy(update={"score_learned_on_f_b": False})}
+    )
     names = [t.name for t in plan_tasks(plan_units(off)[:1])]
-    assert f"{u}/metric/agreement_spearman@f_s" in names and f"{u}/metric/agreement_spearman" not in names
+    assert (
+        f"{u}/metric/agreement_spearman@f_s" in names
+        and f"{u}/metric/agreement_spearman" not in names
+    )
 
 
 def test_only_correct_with_replicates_selects_the_same_samples_for_every_replicate():
@@ -119,8 +146,12 @@ def test_bad_grid_values_are_config_errors_naming_the_point():
 
 @pytest.mark.integration
 def test_grid_and_replicates_locally(tmp_path):
-    res = xaiarena.run({**CFG, "seeds": [0, 1], "grid": {"training.lr": [0.002, 0.004]}}, out=tmp_path / "r",
-                       overrides=TINY, show_progress=False)
+    res = xaiarena.run(
+        {**CFG, "seeds": [0, 1], "grid": {"training.lr": [0.002, 0.004]}},
+        out=tmp_path / "r",
+        overrides=TINY,
+        show_progress=False,
+    )
     ps = res.per_sample
     assert {"grid", "replicate", "seed"} <= set(ps.columns) and set(ps["seed"]) == {0, 1}
     assert ps.groupby(["grid", "seed"]).size().nunique() == 1  # every unit scored the same rows
@@ -131,7 +162,11 @@ def test_grid_and_replicates_locally(tmp_path):
     assert (s["n_replicates"] == 2).all() and "replicate" not in s.columns
     per_rep = pd.read_csv(res.run_dir / "results" / "summary_per_replicate.csv")
     one = s.iloc[0]
-    sel = per_rep[(per_rep.grid == one.grid) & (per_rep.explainer == one.explainer) & (per_rep.metric == one.metric)]
+    sel = per_rep[
+        (per_rep.grid == one.grid)
+        & (per_rep.explainer == one.explainer)
+        & (per_rep.metric == one.metric)
+    ]
     assert one["mean"] == pytest.approx(sel["mean"].mean())
     assert (s["n_samples"] == s["n"]).all() and set(s["n"]) == {16}  # distinct samples, not 2 x 16
     reps = pd.read_csv(res.run_dir / "results" / "tests_replicates.csv")
@@ -206,12 +241,16 @@ def test_every_task_computes_with_the_thread_count_of_a_local_run(monkeypatch):
     assert thread_count(train.unit, Env("r", threads=3)) == 3
     assert thread_count(train1.unit, Env("r", threads=3)) == 1
     seen: list[int] = []
-    monkeypatch.setattr(tasks, "_run_task", lambda task, env, say=None: seen.append(torch.get_num_threads()))
+    monkeypatch.setattr(
+        tasks, "_run_task", lambda task, env, say=None: seen.append(torch.get_num_threads())
+    )
     before = torch.get_num_threads()
     executors._remote_task(train1, Env("r", threads=2))
     assert seen == [1]
     torch.set_num_threads(before)
-    executors.LocalExecutor(show_progress=False).run([train1, train], Env("r", threads=2), lambda t, r: None)
+    executors.LocalExecutor(show_progress=False).run(
+        [train1, train], Env("r", threads=2), lambda t, r: None
+    )
     assert seen[1:] == [1, 2] and torch.get_num_threads() == before
 
 
@@ -228,25 +267,46 @@ def ray_instance():
 @pytest.mark.integration
 def test_ray_gives_the_same_summary_as_the_local_executor(tmp_path, ray_instance):
     over = {**TINY, "ray.num_cpus": 2}
-    cfg = {**CFG, "explainers": ["saliency", {"name": "smoothgrad", "nt_samples": 4}, "random"],
-           "metrics": ["sparseness", {"name": "deletion", "steps": 5}, "topk_iou"]}
+    cfg = {
+        **CFG,
+        "explainers": ["saliency", {"name": "smoothgrad", "nt_samples": 4}, "random"],
+        "metrics": ["sparseness", {"name": "deletion", "steps": 5}, "topk_iou"],
+    }
     local = xaiarena.run(cfg, out=tmp_path / "local", overrides=over, show_progress=False)
-    ray_run = xaiarena.run(cfg, out=tmp_path / "ray", overrides=over, show_progress=False, executor="ray")
+    ray_run = xaiarena.run(
+        cfg, out=tmp_path / "ray", overrides=over, show_progress=False, executor="ray"
+    )
     pd.testing.assert_frame_equal(local.summary, ray_run.summary)
     pd.testing.assert_frame_equal(local.per_sample, ray_run.per_sample)
     assert ray_run.info["executor"] == "ray"
     stages = ray_run.info["stages"]
-    assert all("host" in v and "pid" in v for v in stages.values() if isinstance(v, dict) and "seconds" in v)
+    assert all(
+        "host" in v and "pid" in v
+        for v in stages.values()
+        if isinstance(v, dict) and "seconds" in v
+    )
 
 
 @pytest.mark.integration
 def test_ray_grid_of_two_datasets_and_three_seeds(tmp_path, ray_instance):
-    cfg = {**CFG, "replicates": 3, "grid": {"data": [{"name": "hard_mnist", "n_train": 300, "n_test": 80},
-                                                     {"name": "hard_mnist", "label": "hm2", "n_train": 200,
-                                                      "n_test": 60}]}}
+    cfg = {
+        **CFG,
+        "replicates": 3,
+        "grid": {
+            "data": [
+                {"name": "hard_mnist", "n_train": 300, "n_test": 80},
+                {"name": "hard_mnist", "label": "hm2", "n_train": 200, "n_test": 60},
+            ]
+        },
+    }
     over = {k: v for k, v in TINY.items() if not k.startswith("data.")}
-    res = xaiarena.run(cfg, out=tmp_path / "r", overrides={**over, "ray.num_cpus": 2}, show_progress=False,
-                       executor="ray")
+    res = xaiarena.run(
+        cfg,
+        out=tmp_path / "r",
+        overrides={**over, "ray.num_cpus": 2},
+        show_progress=False,
+        executor="ray",
+    )
     s = res.summary
     assert set(s["grid"]) == {"data=hard_mnist", "data=hm2"} and (s["n_replicates"] == 3).all()
     assert len(res.info["units"]) == 6
@@ -254,8 +314,11 @@ def test_ray_grid_of_two_datasets_and_three_seeds(tmp_path, ray_instance):
 
 @pytest.mark.integration
 def test_a_killed_ray_worker_does_not_change_the_numbers(tmp_path, ray_instance):
-    cfg = {**CFG, "explainers": ["saliency", {"name": "occlusion", "window": 4, "stride": 2}],
-           "metrics": ["sparseness"]}
+    cfg = {
+        **CFG,
+        "explainers": ["saliency", {"name": "occlusion", "window": 4, "stride": 2}],
+        "metrics": ["sparseness"],
+    }
     over = {**TINY, "evaluation.n_samples": 48, "ray.num_cpus": 2}
     ref = xaiarena.run(cfg, out=tmp_path / "ref", overrides=over, show_progress=False)
     killed: list[int] = []
@@ -276,8 +339,13 @@ def test_a_killed_ray_worker_does_not_change_the_numbers(tmp_path, ray_instance)
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
-    res = xaiarena.run(cfg, out=tmp_path / "ray", overrides={**over, "ray.max_retries": 3}, show_progress=False,
-                       executor="ray")
+    res = xaiarena.run(
+        cfg,
+        out=tmp_path / "ray",
+        overrides={**over, "ray.max_retries": 3},
+        show_progress=False,
+        executor="ray",
+    )
     t.join(timeout=1)
     assert killed, "no Ray worker was running an explain task to kill"
     pd.testing.assert_frame_equal(res.per_sample, ref.per_sample)

@@ -13,8 +13,10 @@ OPTS = {"n_samples": 24, "n_segments": 12}
 
 def superpixel_values(maps: torch.Tensor, segs) -> list[torch.Tensor]:
     """Per image, the map's value on each superpixel (maps are constant on superpixels)."""
-    return [torch.stack([m[torch.from_numpy(s == j)][0] for j in range(int(s.max()) + 1)])
-            for m, s in zip(maps, segs, strict=True)]
+    return [
+        torch.stack([m[torch.from_numpy(s == j)][0] for j in range(int(s.max()) + 1)])
+        for m, s in zip(maps, segs, strict=True)
+    ]
 
 
 @pytest.mark.parametrize("positive_only", [True, False])
@@ -51,8 +53,13 @@ def test_selections_reuse_the_full_fits_forward_passes_and_only_those(monkeypatc
     import xaiarena.explainers.perturbation as P
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                              torch.nn.Flatten(), torch.nn.Linear(4, 5)).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 5),
+    ).eval()
     x, t = torch.rand(3, 3, 32, 32), torch.tensor([0, 1, 2])
     calls = []
     real = P.forward_scores

@@ -32,8 +32,13 @@ from xaiarena.testing.fixtures import metric_setup
 
 ALL = METRICS.names()
 #: metrics that draw no random numbers for the maps used here (no ranking, no noise)
-DETERMINISTIC = {"sparseness", "complexity", "relevance_mass_accuracy", "fg_bg_attribution",
-                 "explained_model_accuracy"}
+DETERMINISTIC = {
+    "sparseness",
+    "complexity",
+    "relevance_mass_accuracy",
+    "fg_bg_attribution",
+    "explained_model_accuracy",
+}
 N = 12
 
 
@@ -70,7 +75,9 @@ def flat(out, idx=None) -> dict[tuple[str, str], torch.Tensor]:
 def assert_same(a: dict, b: dict, keys=None, what: str = ""):
     keys = a.keys() if keys is None else keys
     for k in keys:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, equal_nan=True, msg=lambda m, k=k: f"{what} {k}: {m}")
+        torch.testing.assert_close(
+            a[k], b[k], rtol=1e-4, atol=1e-5, equal_nan=True, msg=lambda m, k=k: f"{what} {k}: {m}"
+        )
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -85,11 +92,14 @@ def test_another_seed_changes_randomised_metrics_only(name):
     if name in DETERMINISTIC:
         assert_same(a, b, what="another seed")
     else:
-        assert any(not torch.equal(a[k].nan_to_num(-9), b[k].nan_to_num(-9)) for k in a), \
+        assert any(not torch.equal(a[k].nan_to_num(-9), b[k].nan_to_num(-9)) for k in a), (
             f"{name}: another seed gave identical scores"
+        )
 
 
-NAN_LINE = re.compile(r"^(\S+): NaN(?: for explainer '(.+?)')? at (\d+) sample\(s\) \[([\d, ]*)\]: (.*)$")
+NAN_LINE = re.compile(
+    r"^(\S+): NaN(?: for explainer '(.+?)')? at (\d+) sample\(s\) \[([\d, ]*)\]: (.*)$"
+)
 
 
 def assert_every_nan_logged(metric, out, records):
@@ -106,12 +116,17 @@ def assert_every_nan_logged(metric, out, records):
             bad = set(torch.nonzero(torch.isnan(v)).flatten().tolist())
             if not bad:
                 continue
-            mine = [entry for entry in logged if entry[0] in (metric.name, o)
-                    and (entry[1] == k or (entry[1] is None and PAIR_SEPARATOR in k))]
+            mine = [
+                entry
+                for entry in logged
+                if entry[0] in (metric.name, o)
+                and (entry[1] == k or (entry[1] is None and PAIR_SEPARATOR in k))
+            ]
             covered = set().union(*(entry[3] for entry in mine)) if mine else set()
             if not bad <= covered:  # lists are cut at 10 samples: then the counts must add up
-                assert sum(entry[2] for entry in mine) >= len(bad), \
+                assert sum(entry[2] for entry in mine) >= len(bad), (
                     f"{metric.name}/{o}/{k}: NaN at {sorted(bad)} without a logged reason"
+                )
             reasons |= {entry[4] for entry in mine}
     return reasons
 
@@ -128,22 +143,38 @@ def test_nan_only_with_a_logged_reason(name, caplog):
 def test_a_model_with_nan_outputs_gives_nan_with_its_reason(name, caplog):
     """Never a plausible number from a diverged model (e.g. an accuracy of 1/6): NaN, and the log
     says the model's output is not finite."""
-    inner = tiny_text_batch(1).model if "text" in METRICS.entry(name).meta["modality"] else tiny_image_batch(1).model
+    inner = (
+        tiny_text_batch(1).model
+        if "text" in METRICS.entry(name).meta["modality"]
+        else tiny_image_batch(1).model
+    )
     metric, batch, maps, fns = setup(name, model=NaNModel(inner))
     with caplog.at_level(logging.WARNING, logger="xaiarena.metrics"):
         out = run(metric, batch, maps, fns)
     reasons = assert_every_nan_logged(metric, out, caplog.records)
     for o, per in out.scores.items():
         for k, v in per.items():
-            assert bool(torch.isnan(v).all()), f"{name}/{o}/{k}: {v} from a model whose outputs are NaN"
+            assert bool(torch.isnan(v).all()), (
+                f"{name}/{o}/{k}: {v} from a model whose outputs are NaN"
+            )
     assert any("not finite" in r for r in reasons), reasons
 
 
 #: metrics that never rank a map's features by its values (no tie-breaking to fall back on), or
 #: whose tie-breaking is shared between the two maps compared (mprt)
-NO_RANKING = DETERMINISTIC | {"max_sensitivity", "avg_sensitivity", "relative_input_stability", "mprt",
-                              "faithfulness_correlation", "infidelity", "sensitivity_n", "local_lipschitz_estimate",
-                              "relative_output_stability", "random_logit", "focus"}
+NO_RANKING = DETERMINISTIC | {
+    "max_sensitivity",
+    "avg_sensitivity",
+    "relative_input_stability",
+    "mprt",
+    "faithfulness_correlation",
+    "infidelity",
+    "sensitivity_n",
+    "local_lipschitz_estimate",
+    "relative_output_stability",
+    "random_logit",
+    "focus",
+}
 
 
 @pytest.mark.parametrize("name", [n for n in ALL if n not in NO_RANKING])
@@ -161,7 +192,10 @@ def test_a_constant_map_gets_a_logged_note_where_ties_are_broken_at_random(name,
 def test_faithfulness_correlation_logs_the_right_reason(caplog):
     metric = METRICS.create("faithfulness_correlation", **TINY_OPTIONS["faithfulness_correlation"])
     batch = tiny_image_batch(6)
-    maps = {"const": torch.ones(6, 16, 16), "grad": gradient_fn(batch.model)(batch.inputs, batch.targets)}
+    maps = {
+        "const": torch.ones(6, 16, 16),
+        "grad": gradient_fn(batch.model)(batch.inputs, batch.targets),
+    }
     with caplog.at_level(logging.WARNING, logger="xaiarena.metrics"):
         out = metric.evaluate(batch, maps, generator=gen(0)).scores[metric.name]
     assert torch.isnan(out["const"]).all() and not torch.isnan(out["grad"]).any()

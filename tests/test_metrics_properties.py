@@ -50,15 +50,28 @@ int_maps = arrays(np.int64, (3, H, W), elements=st.integers(-6, 6))
 masks_st = arrays(np.bool_, (3, H, W), elements=st.booleans())
 
 MODEL_FREE = {
-    "sparseness": {}, "complexity": {}, "topk_iou": {}, "pointing_game": {}, "relevance_mass_accuracy": {},
-    "relevance_rank_accuracy": {}, "top_k_intersection": {"k": 7}, "fg_bg_attribution": {},
-    "agreement_topk_iou": {}, "agreement_spearman": {}, "agreement_topk_overlap": {},
+    "sparseness": {},
+    "complexity": {},
+    "topk_iou": {},
+    "pointing_game": {},
+    "relevance_mass_accuracy": {},
+    "relevance_rank_accuracy": {},
+    "top_k_intersection": {"k": 7},
+    "fg_bg_attribution": {},
+    "agreement_topk_iou": {},
+    "agreement_spearman": {},
+    "agreement_topk_overlap": {},
 }
 MODEL_BASED = {
-    "pixel_flipping": {"features_in_step": 10}, "region_perturbation": {"patch_size": 3},
-    "selectivity": {"patch_size": 5}, "aopc": {"unit": "patch", "patch_size": 2, "steps": 5},
-    "insertion": {"steps": 5}, "deletion": {"steps": 5}, "pixel_perturbation": {"percentages": (10, 50)},
-    "faithfulness_correlation": {"nr_runs": 8, "subset_size": 20}, "irof": {"n_segments": 8},
+    "pixel_flipping": {"features_in_step": 10},
+    "region_perturbation": {"patch_size": 3},
+    "selectivity": {"patch_size": 5},
+    "aopc": {"unit": "patch", "patch_size": 2, "steps": 5},
+    "insertion": {"steps": 5},
+    "deletion": {"steps": 5},
+    "pixel_perturbation": {"percentages": (10, 50)},
+    "faithfulness_correlation": {"nr_runs": 8, "subset_size": 20},
+    "irof": {"n_segments": 8},
 }
 
 
@@ -67,11 +80,22 @@ def _in_range(metric, out):
         lo, hi = spec.value_range
         for key, v in out.scores[spec.name].items():
             v = v[~torch.isnan(v)]
-            assert bool(((v >= lo - 1e-6) & (v <= hi + 1e-6)).all()), (metric.name, spec.name, key, v, lo, hi)
+            assert bool(((v >= lo - 1e-6) & (v <= hi + 1e-6)).all()), (
+                metric.name,
+                spec.name,
+                key,
+                v,
+                lo,
+                hi,
+            )
 
 
 @FAST
-@given(a=int_maps, b=arrays(np.float32, (3, H, W), elements=st.floats(-1e3, 1e3, width=32)), masks=masks_st)
+@given(
+    a=int_maps,
+    b=arrays(np.float32, (3, H, W), elements=st.floats(-1e3, 1e3, width=32)),
+    masks=masks_st,
+)
 def test_model_free_metrics_stay_in_range(a, b, masks):
     batch = tiny_batch(3, masks)
     maps = {"ints": torch.as_tensor(a).float(), "floats": torch.as_tensor(b)}
@@ -95,10 +119,18 @@ def test_model_based_metrics_stay_in_range(a, seed):
 
 
 RANK_BASED = {
-    "topk_iou": {}, "pointing_game": {}, "relevance_rank_accuracy": {}, "top_k_intersection": {"k": 9},
-    "agreement_topk_iou": {"k": 9}, "agreement_spearman": {}, "agreement_topk_overlap": {"k": 0.2},
-    "pixel_flipping": {"features_in_step": 7}, "pixel_perturbation": {"percentages": (5, 30)},
-    "insertion": {"steps": 6}, "deletion": {"steps": 6}, "aopc": {"unit": "pixel", "steps": 6},
+    "topk_iou": {},
+    "pointing_game": {},
+    "relevance_rank_accuracy": {},
+    "top_k_intersection": {"k": 9},
+    "agreement_topk_iou": {"k": 9},
+    "agreement_spearman": {},
+    "agreement_topk_overlap": {"k": 0.2},
+    "pixel_flipping": {"features_in_step": 7},
+    "pixel_perturbation": {"percentages": (5, 30)},
+    "insertion": {"steps": 6},
+    "deletion": {"steps": 6},
+    "aopc": {"unit": "pixel", "steps": 6},
 }
 TRANSFORMS = {
     "affine": lambda a: 3 * a + 1,
@@ -108,8 +140,13 @@ TRANSFORMS = {
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(a=int_maps, b=int_maps, masks=masks_st, transform=st.sampled_from(sorted(TRANSFORMS)),
-       seed=st.integers(0, 2**31 - 1))
+@given(
+    a=int_maps,
+    b=int_maps,
+    masks=masks_st,
+    transform=st.sampled_from(sorted(TRANSFORMS)),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_rank_based_metrics_invariant_to_monotone_transforms(a, b, masks, transform, seed):
     masks[:, 0, 0] = True  # non-empty masks
     batch = tiny_batch(3, masks)
@@ -123,8 +160,12 @@ def test_rank_based_metrics_invariant_to_monotone_transforms(a, b, masks, transf
         o2 = metric.evaluate(batch, after, generator=gen(seed))
         for out_name in metric.output_names():
             for key in o1.scores[out_name]:
-                torch.testing.assert_close(o1.scores[out_name][key], o2.scores[out_name][key], equal_nan=True,
-                                           msg=f"{name}/{out_name}/{key} changed under {transform}")
+                torch.testing.assert_close(
+                    o1.scores[out_name][key],
+                    o2.scores[out_name][key],
+                    equal_nan=True,
+                    msg=f"{name}/{out_name}/{key} changed under {transform}",
+                )
 
 
 @FAST
@@ -143,7 +184,10 @@ def test_ground_truth_map_is_perfect(masks):
 def test_constant_maps_do_not_depend_on_the_constant(c, seed):
     """Ties are broken by the seed alone: every constant map ranks pixels identically."""
     batch = tiny_batch(3, np.ones((3, H, W), bool))
-    for name, params in (("pixel_perturbation", {"percentages": (20,)}), ("deletion", {"steps": 4})):
+    for name, params in (
+        ("pixel_perturbation", {"percentages": (20,)}),
+        ("deletion", {"steps": 4}),
+    ):
         metric = METRICS.create(name, **params)
         o1 = metric.evaluate(batch, {"c": torch.full((3, H, W), c)}, generator=gen(seed))
         o2 = metric.evaluate(batch, {"c": torch.zeros(3, H, W)}, generator=gen(seed))
@@ -163,7 +207,11 @@ def test_constant_map_scores_like_a_random_map(digits):
     indistinguishable, while a saliency map's are clearly different (so the test has power)."""
     batch, sal = digits
     g = torch.Generator().manual_seed(5)
-    maps = {"const": torch.zeros_like(sal), "random": torch.rand(sal.shape, generator=g), "sal": sal}
+    maps = {
+        "const": torch.zeros_like(sal),
+        "random": torch.rand(sal.shape, generator=g),
+        "sal": sal,
+    }
     metric = METRICS.create("pixel_perturbation", percentages=(10, 30))
     out = metric.evaluate(batch, maps, generator=gen(3))
     for name in ("keep10_drop", "remove10_drop", "keep30_drop", "remove30_drop"):
@@ -176,4 +224,6 @@ def test_constant_map_scores_like_a_random_map(digits):
         assert p_diff < 1e-4, (name, p_diff)
     for name in ("keep10_accuracy", "remove10_accuracy"):
         s = out.scores[name]
-        assert abs(float(s["const"].mean() - s["random"].mean())) < 3 * math.sqrt(0.25 / len(sal)) * math.sqrt(2)
+        assert abs(float(s["const"].mean() - s["random"].mean())) < 3 * math.sqrt(
+            0.25 / len(sal)
+        ) * math.sqrt(2)

@@ -46,8 +46,12 @@ def setup():
 
 
 def _np(batch, a):
-    return (batch.inputs.numpy(), batch.targets.numpy(), a.numpy()[:, None],
-            batch.masks.numpy()[:, None].astype(bool))
+    return (
+        batch.inputs.numpy(),
+        batch.targets.numpy(),
+        a.numpy()[:, None],
+        batch.masks.numpy()[:, None].astype(bool),
+    )
 
 
 def _ours(name, batch, a, **params):
@@ -68,7 +72,9 @@ def test_sparseness_matches_quantus(setup):
     batch, a = setup
     x, y, a_np, _ = _np(batch, a)
     # Quantus normalises by the max over the whole batch; per sample (as xaiarena) via normalise_axes
-    q = quantus.Sparseness(disable_warnings=True, normalise_func_kwargs={"normalise_axes": (1, 2, 3)})
+    q = quantus.Sparseness(
+        disable_warnings=True, normalise_func_kwargs={"normalise_axes": (1, 2, 3)}
+    )
     theirs = q(model=None, x_batch=x, y_batch=y, a_batch=a_np.copy())
     _close(_ours("sparseness", batch, a).scores["sparseness"]["m"], theirs)
 
@@ -84,7 +90,9 @@ class _DivideWithOut:
     @staticmethod
     def divide(a, b, where=True, **kw):
         if where is not True and "out" not in kw:
-            kw["out"] = np.zeros(np.broadcast_shapes(np.shape(a), np.shape(b)), dtype=np.result_type(a, b))
+            kw["out"] = np.zeros(
+                np.broadcast_shapes(np.shape(a), np.shape(b)), dtype=np.result_type(a, b)
+            )
         return np.divide(a, b, where=where, **kw)
 
 
@@ -104,9 +112,13 @@ def test_normalise_by_negative_matches_quantus(setup, name, quantus_normalise_by
     signed = a - a.flatten(1).median(1).values[:, None, None]
     x, y, a_np, _ = _np(batch, signed)
     cls = {"sparseness": quantus.Sparseness, "complexity": quantus.Complexity}[name]
-    q = cls(disable_warnings=True, normalise=True, abs=True,
-            normalise_func=quantus_normalise_by_negative,
-            normalise_func_kwargs={"normalise_axes": (1, 2, 3)})
+    q = cls(
+        disable_warnings=True,
+        normalise=True,
+        abs=True,
+        normalise_func=quantus_normalise_by_negative,
+        normalise_func_kwargs={"normalise_axes": (1, 2, 3)},
+    )
     theirs = q(model=None, x_batch=x, y_batch=y, a_batch=a_np.copy())
     ours = _ours(name, batch, signed, normalise="normalise_by_negative", abs=True).scores[name]["m"]
     _close(ours, theirs)
@@ -136,8 +148,11 @@ def test_localisation_matches_quantus(setup, signed):
         ("pointing_game", {}, quantus.PointingGame(**kw)),
         ("relevance_rank_accuracy", {}, quantus.RelevanceRankAccuracy(**kw)),
         ("top_k_intersection", {"k": 100}, quantus.TopKIntersection(k=100, **kw)),
-        ("top_k_intersection", {"k": 100, "concept_influence": True},
-         quantus.TopKIntersection(k=100, concept_influence=True, **kw)),
+        (
+            "top_k_intersection",
+            {"k": 100, "concept_influence": True},
+            quantus.TopKIntersection(k=100, concept_influence=True, **kw),
+        ),
         # Quantus' default is abs=False (signed sums); xaiarena's default is abs=True
         ("relevance_mass_accuracy", {"abs": False}, quantus.RelevanceMassAccuracy(**kw)),
         ("relevance_mass_accuracy", {"abs": True}, quantus.RelevanceMassAccuracy(abs=True, **kw)),
@@ -155,7 +170,9 @@ def test_pixel_flipping_matches_quantus(setup):
     batch, a = setup
     x, y, a_np, _ = _np(batch, a)
     q = quantus.PixelFlipping(features_in_step=28, perturb_baseline=0.0, disable_warnings=True)
-    theirs = np.asarray(q(model=batch.model, x_batch=x, y_batch=y, a_batch=a_np.copy(), device="cpu"))
+    theirs = np.asarray(
+        q(model=batch.model, x_batch=x, y_batch=y, a_batch=a_np.copy(), device="cpu")
+    )
     out = _ours("pixel_flipping", batch, a, features_in_step=28, fill="black")
     _close(out.curves["pixel_flipping"]["m"], theirs)
     # the per-sample score is Quantus' trapezoid AUC over steps - 1
@@ -166,10 +183,19 @@ def test_pixel_flipping_matches_quantus(setup):
 def test_region_perturbation_matches_quantus(setup, order, patch_size):
     batch, a = setup
     x, y, a_np, _ = _np(batch, a)
-    q = quantus.RegionPerturbation(patch_size=patch_size, order=order, regions_evaluation=10,
-                                   perturb_baseline=0.0, disable_warnings=True)
-    theirs = np.asarray(q(model=batch.model, x_batch=x, y_batch=y, a_batch=a_np.copy(), device="cpu"))
-    out = _ours("region_perturbation", batch, a, patch_size=patch_size, order=order, regions_evaluation=10)
+    q = quantus.RegionPerturbation(
+        patch_size=patch_size,
+        order=order,
+        regions_evaluation=10,
+        perturb_baseline=0.0,
+        disable_warnings=True,
+    )
+    theirs = np.asarray(
+        q(model=batch.model, x_batch=x, y_batch=y, a_batch=a_np.copy(), device="cpu")
+    )
+    out = _ours(
+        "region_perturbation", batch, a, patch_size=patch_size, order=order, regions_evaluation=10
+    )
     _close(out.curves["region_perturbation"]["m"], theirs)
 
 
@@ -178,7 +204,9 @@ def test_selectivity_matches_quantus(setup, patch_size):
     batch, a = setup
     x, y, a_np, _ = _np(batch, a)
     q = quantus.Selectivity(patch_size=patch_size, perturb_baseline=0.0, disable_warnings=True)
-    theirs = np.asarray(q(model=batch.model, x_batch=x, y_batch=y, a_batch=a_np.copy(), device="cpu"))
+    theirs = np.asarray(
+        q(model=batch.model, x_batch=x, y_batch=y, a_batch=a_np.copy(), device="cpu")
+    )
     out = _ours("selectivity", batch, a, patch_size=patch_size)
     _close(out.curves["selectivity"]["m"], theirs)
     _close(out.scores["selectivity"]["m"], np.trapezoid(theirs, axis=1) / (theirs.shape[1] - 1))
@@ -194,8 +222,9 @@ def test_irof_matches_quantus(setup, monkeypatch):
     # batch_size=1: Quantus pads the curves of a batch to its largest segment count with
     # zeros that enter its trapezoid; one sample per batch avoids that artefact
     q = quantus.IROF(perturb_baseline=0.0, return_aggregate=False, disable_warnings=True)
-    theirs = np.asarray(q(model=batch.model, x_batch=x, y_batch=y, a_batch=a_np.copy(), device="cpu",
-                          batch_size=1))
+    theirs = np.asarray(
+        q(model=batch.model, x_batch=x, y_batch=y, a_batch=a_np.copy(), device="cpu", batch_size=1)
+    )
     metric = METRICS.create("irof", fill=0.0)
     n_seg = metric.segments(batch.inputs).flatten(1).amax(1) + 1
     ours = metric.evaluate(batch, {"m": a}, generator=gen(0)).scores["irof"]["m"]
@@ -217,16 +246,27 @@ def _mean_agrees(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float]:
 def test_faithfulness_correlation_agrees_in_mean():
     batch = test_batch(48)
     sal = tie_free(saliency_fn(batch.model)(batch.inputs, batch.targets))
-    inv = sal.flatten(1).amax(1).view(-1, 1, 1) - sal  # reversed order (Quantus rejects all-negative maps)
+    inv = (
+        sal.flatten(1).amax(1).view(-1, 1, 1) - sal
+    )  # reversed order (Quantus rejects all-negative maps)
     x, y, _, _ = _np(batch, sal)
     metric = METRICS.create("faithfulness_correlation", nr_runs=50, subset_size=98)
-    ours = metric.evaluate(batch, {"sal": sal, "inv": inv}, generator=gen(1)).scores["faithfulness_correlation"]
+    ours = metric.evaluate(batch, {"sal": sal, "inv": inv}, generator=gen(1)).scores[
+        "faithfulness_correlation"
+    ]
     np.random.seed(0)
-    q = quantus.FaithfulnessCorrelation(nr_runs=50, subset_size=98, perturb_baseline=0.0,
-                                        return_aggregate=False, disable_warnings=True)
+    q = quantus.FaithfulnessCorrelation(
+        nr_runs=50,
+        subset_size=98,
+        perturb_baseline=0.0,
+        return_aggregate=False,
+        disable_warnings=True,
+    )
     tolerance = 0.0
     for name, a in (("sal", sal), ("inv", inv)):
-        theirs = np.asarray(q(model=batch.model, x_batch=x, y_batch=y, a_batch=a.numpy()[:, None], device="cpu"))
+        theirs = np.asarray(
+            q(model=batch.model, x_batch=x, y_batch=y, a_batch=a.numpy()[:, None], device="cpu")
+        )
         _, se = _mean_agrees(ours[name].numpy(), theirs)
         tolerance = max(tolerance, 4 * se)
     # signal: saliency correlates, its reversal anti-correlates, far beyond the tolerance
@@ -239,27 +279,54 @@ def _saliency_numpy(model, inputs, targets, **kwargs):
     return saliency_fn(model)(x, t).numpy()[:, None]
 
 
-@pytest.mark.parametrize("name,quantus_cls,params,quantus_params", [
-    ("relative_input_stability", "RelativeInputStability", {"prediction_change": "ignore"},
-     {"return_nan_when_prediction_changes": False}),
-    ("max_sensitivity", "MaxSensitivity", {}, {}),
-])
+@pytest.mark.parametrize(
+    "name,quantus_cls,params,quantus_params",
+    [
+        (
+            "relative_input_stability",
+            "RelativeInputStability",
+            {"prediction_change": "ignore"},
+            {"return_nan_when_prediction_changes": False},
+        ),
+        ("max_sensitivity", "MaxSensitivity", {}, {}),
+    ],
+)
 def test_robustness_agrees_in_mean(name, quantus_cls, params, quantus_params):
     batch = test_batch(32)
     explain = saliency_fn(batch.model)
     sal = explain(batch.inputs, batch.targets)
     x, y, _, _ = _np(batch, sal)
-    ours = METRICS.create(name, nr_samples=10, **params).evaluate(
-        batch, {"sal": sal}, generator=gen(2), explainers={"sal": explain}).scores[name]["sal"].numpy()
+    ours = (
+        METRICS.create(name, nr_samples=10, **params)
+        .evaluate(batch, {"sal": sal}, generator=gen(2), explainers={"sal": explain})
+        .scores[name]["sal"]
+        .numpy()
+    )
     np.random.seed(0)
     q = getattr(quantus, quantus_cls)(nr_samples=10, disable_warnings=True, **quantus_params)
-    theirs = np.asarray(q(model=batch.model, x_batch=x, y_batch=y, a_batch=sal.numpy()[:, None], device="cpu",
-                          explain_func=_saliency_numpy))
+    theirs = np.asarray(
+        q(
+            model=batch.model,
+            x_batch=x,
+            y_batch=y,
+            a_batch=sal.numpy()[:, None],
+            device="cpu",
+            explain_func=_saliency_numpy,
+        )
+    )
     _mean_agrees(ours, theirs)
     # signal: a tenfold noise level moves the estimate far beyond the tolerance
-    louder = {"lower_bound": 2.0} if name == "max_sensitivity" else {"lower_bound": 0.2, "upper_bound": 2.0}
-    loud = METRICS.create(name, nr_samples=10, **params, **louder).evaluate(
-        batch, {"sal": sal}, generator=gen(2), explainers={"sal": explain}).scores[name]["sal"].numpy()
+    louder = (
+        {"lower_bound": 2.0}
+        if name == "max_sensitivity"
+        else {"lower_bound": 0.2, "upper_bound": 2.0}
+    )
+    loud = (
+        METRICS.create(name, nr_samples=10, **params, **louder)
+        .evaluate(batch, {"sal": sal}, generator=gen(2), explainers={"sal": explain})
+        .scores[name]["sal"]
+        .numpy()
+    )
     assert abs(np.nanmean(loud) - np.nanmean(ours)) > 0.1 * abs(np.nanmean(ours))
 
 
@@ -299,33 +366,67 @@ def test_source_002_calls_match_quantus(quantus_normalise_by_negative, monkeypat
         return explain(torch.as_tensor(inputs), torch.as_tensor(targets)).numpy()[:, None]
 
     # RelativeInputStability: xaiarena's noise draw r is Quantus's r-th perturbation
-    ris = METRICS.create("relative_input_stability", nr_samples=5, abs=True, prediction_change="nan",
-                         normalise="normalise_by_average_second_moment_estimate_over_set")
+    ris = METRICS.create(
+        "relative_input_stability",
+        nr_samples=5,
+        abs=True,
+        prediction_change="nan",
+        normalise="normalise_by_average_second_moment_estimate_over_set",
+    )
     rng = SampleRNG.for_batch(batch, gen(3), ris.name)
-    noise = ris._noise(rng, torch.arange(n).repeat(5), torch.arange(5).repeat_interleave(n), x.shape[1:], "cpu")
+    noise = ris._noise(
+        rng, torch.arange(n).repeat(5), torch.arange(5).repeat_interleave(n), x.shape[1:], "cpu"
+    )
     noise = noise.view(5, n, -1).numpy()
     calls = iter(range(5))
 
     def perturb(arr, indices=None, **kwargs):
         return arr + noise[next(calls)]
 
-    q = quantus.RelativeInputStability(nr_samples=5, perturb_func=perturb, normalise=True, abs=True,
-                                       disable_warnings=True)
-    theirs = np.asarray(q(model=batch.model, x_batch=x, y_batch=y, a_batch=theirs_maps[:, None].copy(),
-                          device="cpu", batch_size=n, explain_func=quantus_explain), float)
-    ours = ris.evaluate(batch, {"m": maps}, generator=gen(3), explainers={"m": explain}).scores[ris.name]["m"]
+    q = quantus.RelativeInputStability(
+        nr_samples=5, perturb_func=perturb, normalise=True, abs=True, disable_warnings=True
+    )
+    theirs = np.asarray(
+        q(
+            model=batch.model,
+            x_batch=x,
+            y_batch=y,
+            a_batch=theirs_maps[:, None].copy(),
+            device="cpu",
+            batch_size=n,
+            explain_func=quantus_explain,
+        ),
+        float,
+    )
+    ours = ris.evaluate(batch, {"m": maps}, generator=gen(3), explainers={"m": explain}).scores[
+        ris.name
+    ]["m"]
     ours = ours.numpy().astype(float)
     np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
     assert np.isfinite(theirs).sum() >= n // 2
     np.testing.assert_allclose(ours, theirs, rtol=1e-4)
-    old = METRICS.create("relative_input_stability", nr_samples=5, abs=True, normalise="normalise_by_negative")
-    before = old.evaluate(batch, {"m": pp.normalise_by_negative(raw)}, generator=gen(3),
-                          explainers={"m": lambda i, t, generator=None: pp.normalise_by_negative(explain(i, t))})
-    assert np.nanmean(theirs) > 2 * np.nanmean(before.scores[old.name]["m"].numpy()), "the options matter"
+    old = METRICS.create(
+        "relative_input_stability", nr_samples=5, abs=True, normalise="normalise_by_negative"
+    )
+    before = old.evaluate(
+        batch,
+        {"m": pp.normalise_by_negative(raw)},
+        generator=gen(3),
+        explainers={"m": lambda i, t, generator=None: pp.normalise_by_negative(explain(i, t))},
+    )
+    assert np.nanmean(theirs) > 2 * np.nanmean(before.scores[old.name]["m"].numpy()), (
+        "the options matter"
+    )
 
     # FaithfulnessCorrelation: xaiarena's subsets in Quantus's order (run-major, then sample)
-    fc = METRICS.create("faithfulness_correlation", nr_runs=50, subset_size=224, fill="black", abs=True,
-                        normalise="normalise_by_max_over_set")
+    fc = METRICS.create(
+        "faithfulness_correlation",
+        nr_runs=50,
+        subset_size=224,
+        fill="black",
+        abs=True,
+        normalise="normalise_by_max_over_set",
+    )
     subsets = fc.subsets(SampleRNG.for_batch(batch, gen(4), fc.name), n, x[0, 0].size).numpy()
     seq = iter([subsets[i, r] for r in range(50) for i in range(n)])
 
@@ -339,16 +440,42 @@ def test_source_002_calls_match_quantus(quantus_normalise_by_negative, monkeypat
                 return next(seq)
 
     monkeypatch.setattr(fcmod, "np", _NP())
-    q = quantus.FaithfulnessCorrelation(nr_runs=50, subset_size=224, perturb_baseline="black", normalise=True,
-                                        abs=True, return_aggregate=False, disable_warnings=True)
-    theirs = np.asarray(q(model=batch.model, x_batch=x, y_batch=y, a_batch=theirs_maps[:, None].copy(),
-                          device="cpu", batch_size=n), float)
+    q = quantus.FaithfulnessCorrelation(
+        nr_runs=50,
+        subset_size=224,
+        perturb_baseline="black",
+        normalise=True,
+        abs=True,
+        return_aggregate=False,
+        disable_warnings=True,
+    )
+    theirs = np.asarray(
+        q(
+            model=batch.model,
+            x_batch=x,
+            y_batch=y,
+            a_batch=theirs_maps[:, None].copy(),
+            device="cpu",
+            batch_size=n,
+        ),
+        float,
+    )
     ours = fc.evaluate(batch, {"m": maps}, generator=gen(4)).scores[fc.name]["m"].numpy()
     _close(ours, theirs)
-    old = METRICS.create("faithfulness_correlation", nr_runs=50, subset_size=224, fill="black", abs=True,
-                         normalise="normalise_by_negative")
-    before = old.evaluate(batch, {"m": pp.normalise_by_negative(raw)}, generator=gen(4)).scores[old.name]["m"]
-    assert np.abs(before.numpy() - theirs).max() > 1e-3, "per-sample normalise_by_negative changes FC"
+    old = METRICS.create(
+        "faithfulness_correlation",
+        nr_runs=50,
+        subset_size=224,
+        fill="black",
+        abs=True,
+        normalise="normalise_by_negative",
+    )
+    before = old.evaluate(batch, {"m": pp.normalise_by_negative(raw)}, generator=gen(4)).scores[
+        old.name
+    ]["m"]
+    assert np.abs(before.numpy() - theirs).max() > 1e-3, (
+        "per-sample normalise_by_negative changes FC"
+    )
 
     # Sparseness: Quantus 0.6's normalise=True divides by the batch's largest magnitude
     q = quantus.Sparseness(normalise=True, disable_warnings=True)

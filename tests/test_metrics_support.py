@@ -35,7 +35,9 @@ def mnist() -> tuple[torch.Tensor, torch.Tensor]:
     from xaiarena.data.synthetic import _mnist_source
 
     x, y = _mnist_source()
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))  # the file is sorted by class
+    perm = torch.randperm(
+        len(x), generator=torch.Generator().manual_seed(0)
+    )  # the file is sorted by class
     return torch.from_numpy(x).float().div(255).unsqueeze(1)[perm], torch.from_numpy(y).long()[perm]
 
 
@@ -44,7 +46,9 @@ def small_lenet() -> ImageClassifier:
     """A small LeNet (8/16 channels) trained for two epochs on 2,000 digits (about 75% accurate on held-out ones)."""
     torch.manual_seed(0)
     x, y = mnist()
-    model = ImageClassifier(LeNet(1, 10, (28, 28), channels=(8, 16), hidden=(32,)), (0.13,), (0.31,))
+    model = ImageClassifier(
+        LeNet(1, 10, (28, 28), channels=(8, 16), hidden=(32,)), (0.13,), (0.31,)
+    )
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(2):
@@ -86,8 +90,14 @@ def test_batch(n: int = 32, start: int = 3000, masks: bool = True) -> EvalBatch:
     """``n`` held-out digits (not used for training), labels as targets, masks = digit pixels."""
     x, y = mnist()
     xs, ys = x[start : start + n], y[start : start + n]
-    return EvalBatch(model=small_lenet(), inputs=xs, targets=ys, labels=ys,
-                     masks=(xs[:, 0] > 0.5) if masks else None, sample_ids=torch.arange(start, start + n))
+    return EvalBatch(
+        model=small_lenet(),
+        inputs=xs,
+        targets=ys,
+        labels=ys,
+        masks=(xs[:, 0] > 0.5) if masks else None,
+        sample_ids=torch.arange(start, start + n),
+    )
 
 
 def tie_free(a: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -140,13 +150,24 @@ def test_bookkeeping_threads_follow_the_load_and_are_restored(monkeypatch, force
 
 #: cheap options per metric for SIDE x SIDE images; a metric not listed runs with its defaults
 TINY_OPTIONS = {
-    "pixel_flipping": {"features_in_step": 32}, "region_perturbation": {"patch_size": 4, "regions_evaluation": 6},
-    "selectivity": {"patch_size": 8}, "aopc": {"steps": 4}, "insertion": {"steps": 4}, "deletion": {"steps": 4},
-    "faithfulness_correlation": {"nr_runs": 8, "subset_size": 24}, "irof": {"n_segments": 6},
-    "relative_input_stability": {"nr_samples": 3}, "max_sensitivity": {"nr_samples": 3},
-    "avg_sensitivity": {"nr_samples": 3}, "mprt": {"n_layers": 2}, "top_k_intersection": {"k": 20},
-    "road": {"percentages": (10, 50, 90), "output": "probability"}, "infidelity": {"n_perturb_samples": 8},
-    "sensitivity_n": {"n_values": (4, 0.5), "nr_subsets": 8}, "monotonicity_correlation": {"nr_samples": 2, "n_steps": 8},
-    "local_lipschitz_estimate": {"nr_samples": 3}, "relative_output_stability": {"nr_samples": 3},
+    "pixel_flipping": {"features_in_step": 32},
+    "region_perturbation": {"patch_size": 4, "regions_evaluation": 6},
+    "selectivity": {"patch_size": 8},
+    "aopc": {"steps": 4},
+    "insertion": {"steps": 4},
+    "deletion": {"steps": 4},
+    "faithfulness_correlation": {"nr_runs": 8, "subset_size": 24},
+    "irof": {"n_segments": 6},
+    "relative_input_stability": {"nr_samples": 3},
+    "max_sensitivity": {"nr_samples": 3},
+    "avg_sensitivity": {"nr_samples": 3},
+    "mprt": {"n_layers": 2},
+    "top_k_intersection": {"k": 20},
+    "road": {"percentages": (10, 50, 90), "output": "probability"},
+    "infidelity": {"n_perturb_samples": 8},
+    "sensitivity_n": {"n_values": (4, 0.5), "nr_subsets": 8},
+    "monotonicity_correlation": {"nr_samples": 2, "n_steps": 8},
+    "local_lipschitz_estimate": {"nr_samples": 3},
+    "relative_output_stability": {"nr_samples": 3},
     "focus": {"mosaic_size": "same"},
 }

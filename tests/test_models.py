@@ -17,7 +17,10 @@ def tiny_task():
     return load_task("hard_mnist", seed=0, n_train=256, n_test=64)
 
 
-@pytest.mark.parametrize("name,params", [("lenet", {}), ("lenet", {"pool": "flatten"}), ("resnet", {"depth": 8, "width": 8})])
+@pytest.mark.parametrize(
+    "name,params",
+    [("lenet", {}), ("lenet", {"pool": "flatten"}), ("resnet", {"depth": 8, "width": 8})],
+)
 def test_models_output_logits_for_pixel_space_inputs(tiny_task, name, params):
     model = build_model(name, tiny_task, **params)
     out = model(tiny_task.test.float_images(slice(0, 4)))
@@ -33,8 +36,15 @@ def test_bad_model_options_are_named(tiny_task):
 
 def _train(task, seed, ckpt=None, epochs=1):
     model = build_model("lenet", task, seed=seed, channels=(4, 8, 8), hidden=(16,))
-    res = train_model(model, task, TrainingConfig(epochs=epochs, batch_size=64), seed=seed, device=CPU,
-                      checkpoint_dir=ckpt, show_progress=False)
+    res = train_model(
+        model,
+        task,
+        TrainingConfig(epochs=epochs, batch_size=64),
+        seed=seed,
+        device=CPU,
+        checkpoint_dir=ckpt,
+        show_progress=False,
+    )
     return model, res
 
 
@@ -45,7 +55,10 @@ def test_training_is_reproducible_for_a_seed(tiny_task):
     for (ka, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(va, vb), ka
     assert ra.history == rb.history
-    assert any(not torch.equal(va, vc) for va, vc in zip(a.state_dict().values(), c.state_dict().values(), strict=True))
+    assert any(
+        not torch.equal(va, vc)
+        for va, vc in zip(a.state_dict().values(), c.state_dict().values(), strict=True)
+    )
 
 
 def test_training_learns(small_task, trained_lenet):
@@ -58,7 +71,9 @@ def test_checkpoint_is_reused(tiny_task, tmp_path):
     model, res = _train(tiny_task, seed=0, ckpt=tmp_path)
     assert not res.cache_hit and (tmp_path / "model.pt").exists()
     assert json.loads((tmp_path / "train.json").read_text())["history"] == res.history
-    again, res2 = _train(tiny_task, seed=123, ckpt=tmp_path)  # other seed: would differ if retrained
+    again, res2 = _train(
+        tiny_task, seed=123, ckpt=tmp_path
+    )  # other seed: would differ if retrained
     assert res2.cache_hit and res2.history == res.history
     for va, vb in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(va, vb)
@@ -71,7 +86,10 @@ def test_early_stopping_keeps_best_epoch(tiny_task):
     cfg = TrainingConfig(epochs=6, batch_size=64, early_stop_patience=1, lr=0.05)
     res = train_model(model, tiny_task, cfg, seed=0, device=CPU, show_progress=False)
     assert len(res.history) <= 6
-    assert res.best_epoch == max(range(len(res.history)), key=lambda i: res.history[i]["val_accuracy"]) + 1
+    assert (
+        res.best_epoch
+        == max(range(len(res.history)), key=lambda i: res.history[i]["val_accuracy"]) + 1
+    )
 
 
 def test_resnet_backward_on_one_thread_does_not_corrupt_memory():
@@ -104,37 +122,80 @@ def _fashion_task():
     from xaiarena.data.base import ImageSplit, Task
 
     split = ImageSplit(torch.zeros(4, 1, 28, 28, dtype=torch.uint8), torch.tensor([0, 1, 2, 3]))
-    return Task(name="toy28", train=split, test=split, class_names=[str(i) for i in range(10)],
-                mean=(0.5,), std=(0.25,))
+    return Task(
+        name="toy28",
+        train=split,
+        test=split,
+        class_names=[str(i) for i in range(10)],
+        mean=(0.5,),
+        std=(0.25,),
+    )
 
 
 def test_lenet_expresses_the_captum_quantus_lenet():
     """Seed 002's LeNet: conv 16/32 kernel 3 + BatchNorm + ReLU + max-pool, FC 128 -> 64 -> 10, dropout 0.4."""
     from torch import nn
 
-    model = build_model("lenet", _fashion_task(), seed=0, channels=(16, 32), kernel_size=3, batch_norm=True,
-                        pool="flatten", hidden=(128, 64), dropout=0.4)
-    shapes = {k: tuple(v.shape) for k, v in model.net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    model = build_model(
+        "lenet",
+        _fashion_task(),
+        seed=0,
+        channels=(16, 32),
+        kernel_size=3,
+        batch_norm=True,
+        pool="flatten",
+        hidden=(128, 64),
+        dropout=0.4,
+    )
+    shapes = {
+        k: tuple(v.shape)
+        for k, v in model.net.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
     assert shapes == {
-        "features.0.weight": (16, 1, 3, 3), "features.0.bias": (16,),
-        "features.1.weight": (16,), "features.1.bias": (16,),
-        "features.1.running_mean": (16,), "features.1.running_var": (16,),
-        "features.4.weight": (32, 16, 3, 3), "features.4.bias": (32,),
-        "features.5.weight": (32,), "features.5.bias": (32,),
-        "features.5.running_mean": (32,), "features.5.running_var": (32,),
-        "classifier.0.weight": (128, 32 * 7 * 7), "classifier.0.bias": (128,),
-        "classifier.3.weight": (64, 128), "classifier.3.bias": (64,),
-        "classifier.6.weight": (10, 64), "classifier.6.bias": (10,),
+        "features.0.weight": (16, 1, 3, 3),
+        "features.0.bias": (16,),
+        "features.1.weight": (16,),
+        "features.1.bias": (16,),
+        "features.1.running_mean": (16,),
+        "features.1.running_var": (16,),
+        "features.4.weight": (32, 16, 3, 3),
+        "features.4.bias": (32,),
+        "features.5.weight": (32,),
+        "features.5.bias": (32,),
+        "features.5.running_mean": (32,),
+        "features.5.running_var": (32,),
+        "classifier.0.weight": (128, 32 * 7 * 7),
+        "classifier.0.bias": (128,),
+        "classifier.3.weight": (64, 128),
+        "classifier.3.bias": (64,),
+        "classifier.6.weight": (10, 64),
+        "classifier.6.bias": (10,),
     }
     kinds = [type(m) for m in model.net.features]
     assert kinds == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d] * 2
-    assert [type(m) for m in model.net.classifier] == [nn.Linear, nn.ReLU, nn.Dropout] * 2 + [nn.Linear]
+    assert [type(m) for m in model.net.classifier] == [nn.Linear, nn.ReLU, nn.Dropout] * 2 + [
+        nn.Linear
+    ]
     assert all(m.p == 0.4 for m in model.net.classifier if isinstance(m, nn.Dropout))
     # the CAM layer stays the last conv block's activation (after BatchNorm and ReLU, before the pool)
     assert model.cam_layer() == "net.features.6"
     assert isinstance(model.get_submodule(model.cam_layer()), nn.ReLU)
-    assert sum(p.numel() for p in model.parameters()) == 16 * 9 + 16 + 32 + 32 * 16 * 9 + 32 + 64 + \
-        1568 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
+    assert (
+        sum(p.numel() for p in model.parameters())
+        == 16 * 9
+        + 16
+        + 32
+        + 32 * 16 * 9
+        + 32
+        + 64
+        + 1568 * 128
+        + 128
+        + 128 * 64
+        + 64
+        + 64 * 10
+        + 10
+    )
     model.eval()
     x = torch.rand(2, 1, 28, 28)
     assert torch.equal(model(x), model(x))  # dropout is off in eval mode
@@ -151,15 +212,22 @@ def test_lenet_defaults_are_unchanged():
     explicit = build_model("lenet", task, seed=0, batch_norm=False, dropout=0.0, kernel_size=5)
     shapes = {k: tuple(v.shape) for k, v in model.net.state_dict().items()}
     assert shapes == {
-        "features.0.weight": (16, 1, 5, 5), "features.0.bias": (16,),
-        "features.3.weight": (32, 16, 5, 5), "features.3.bias": (32,),
-        "features.6.weight": (64, 32, 5, 5), "features.6.bias": (64,),
-        "classifier.0.weight": (128, 64), "classifier.0.bias": (128,),
-        "classifier.2.weight": (10, 128), "classifier.2.bias": (10,),
+        "features.0.weight": (16, 1, 5, 5),
+        "features.0.bias": (16,),
+        "features.3.weight": (32, 16, 5, 5),
+        "features.3.bias": (32,),
+        "features.6.weight": (64, 32, 5, 5),
+        "features.6.bias": (64,),
+        "classifier.0.weight": (128, 64),
+        "classifier.0.bias": (128,),
+        "classifier.2.weight": (10, 128),
+        "classifier.2.bias": (10,),
     }
     assert [type(m) for m in model.net.classifier] == [nn.Linear, nn.ReLU, nn.Linear]
     assert model.cam_layer() == "net.features.7"
-    for (ka, va), (kb, vb) in zip(model.state_dict().items(), explicit.state_dict().items(), strict=True):
+    for (ka, va), (kb, vb) in zip(
+        model.state_dict().items(), explicit.state_dict().items(), strict=True
+    ):
         assert ka == kb and torch.equal(va, vb)
 
 

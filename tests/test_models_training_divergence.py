@@ -33,16 +33,30 @@ def _model(task, seed=0):
 def _train(task, ckpt=None, seed=0, **cfg):
     model = _model(task, seed)
     cfg = {"epochs": 1, "batch_size": 32, **cfg}
-    return model, train_model(model, task, TrainingConfig(**cfg), seed=seed, device=CPU, checkpoint_dir=ckpt,
-                              show_progress=False)
+    return model, train_model(
+        model,
+        task,
+        TrainingConfig(**cfg),
+        seed=seed,
+        device=CPU,
+        checkpoint_dir=ckpt,
+        show_progress=False,
+    )
 
 
 def test_non_finite_loss_stops_training_and_caches_nothing(task, tmp_path):
     with pytest.raises(TrainingError) as err:
         _train(task, tmp_path, lr=1e12)
     msg = str(err.value)
-    for words in ("training diverged", "epoch 1/1", "step 2/", "training.lr=1e+12", "Lower training.lr",
-                  "labels in 0..9", "Nothing was cached"):
+    for words in (
+        "training diverged",
+        "epoch 1/1",
+        "step 2/",
+        "training.lr=1e+12",
+        "Lower training.lr",
+        "labels in 0..9",
+        "Nothing was cached",
+    ):
         assert words in msg, (words, msg)
     assert not list(tmp_path.iterdir())
 
@@ -64,8 +78,11 @@ def test_weights_that_turn_non_finite_on_the_last_step_are_not_cached(task, tmp_
         return opt
 
     monkeypatch.setattr(training, "_optimizer", poisoned)
-    with pytest.raises(TrainingError, match=r"after 1 epoch\(s\) 1 weight tensor\(s\) hold NaN or infinity "
-                                            r"\(e.g. net.features.0.weight.*Nothing was cached"):
+    with pytest.raises(
+        TrainingError,
+        match=r"after 1 epoch\(s\) 1 weight tensor\(s\) hold NaN or infinity "
+        r"\(e.g. net.features.0.weight.*Nothing was cached",
+    ):
         _train(task, tmp_path, batch_size=256)  # one step in all: batch >= the training split
     assert not list(tmp_path.iterdir())
 
@@ -106,8 +123,11 @@ def test_check_finite_outputs(task):
     check_finite_outputs(model, task.test.images[:6], CPU)  # uint8 taken as 0..255
     with torch.no_grad():
         model.net.classifier[-1].bias[3] = float("nan")
-    with pytest.raises(TrainingError, match=r"NaN or infinite on 6 of 6 of the evaluation inputs \(first: #0\); "
-                                            r"1 weight tensor\(s\) hold NaN/inf \(e.g. net.classifier.\d.bias\)"):
+    with pytest.raises(
+        TrainingError,
+        match=r"NaN or infinite on 6 of 6 of the evaluation inputs \(first: #0\); "
+        r"1 weight tensor\(s\) hold NaN/inf \(e.g. net.classifier.\d.bias\)",
+    ):
         check_finite_outputs(model, x, CPU, batch_size=4)
     good = _model(task).eval()
     huge = x.clone()
@@ -118,11 +138,15 @@ def test_check_finite_outputs(task):
 
 def test_cli_diverged_training_exits_2_and_leaves_no_checkpoint(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("data: {name: hard_mnist, n_train: 128, n_test: 16}\nmodel: {name: lenet, channels: [4, 8]}\n"
-                   "training: {epochs: 1, batch_size: 32, num_threads: 1}\nevaluation: {n_samples: 4}\n"
-                   "explainers: [random]\nmetrics: [sparseness]\n")
+    cfg.write_text(
+        "data: {name: hard_mnist, n_train: 128, n_test: 16}\nmodel: {name: lenet, channels: [4, 8]}\n"
+        "training: {epochs: 1, batch_size: 32, num_threads: 1}\nevaluation: {n_samples: 4}\n"
+        "explainers: [random]\nmetrics: [sparseness]\n"
+    )
     out = tmp_path / "run"
-    res = CliRunner().invoke(app, ["run", str(cfg), "--out", str(out), "--quiet", "--set", "training.lr=1e12"])
+    res = CliRunner().invoke(
+        app, ["run", str(cfg), "--out", str(out), "--quiet", "--set", "training.lr=1e12"]
+    )
     assert res.exit_code == 2, res.output
     assert "Traceback" not in res.output
     line = res.output.strip()
@@ -131,7 +155,9 @@ def test_cli_diverged_training_exits_2_and_leaves_no_checkpoint(tmp_path):
     models = out / "cache" / "models"
     assert not [p for p in models.rglob("*") if p.is_file()] if models.exists() else True
     # the re-run does not reuse anything: it fails the same way
-    res = CliRunner().invoke(app, ["run", str(cfg), "--out", str(out), "--quiet", "--set", "training.lr=1e12"])
+    res = CliRunner().invoke(
+        app, ["run", str(cfg), "--out", str(out), "--quiet", "--set", "training.lr=1e12"]
+    )
     assert res.exit_code == 2 and "training diverged" in res.output
 
 
@@ -142,15 +168,28 @@ def text_task():
 
 def test_text_model_divergence_and_outputs(text_task, tmp_path):
     model = build_model("tiny_bert", text_task, seed=0)
-    with pytest.raises(TrainingError, match=r"training diverged: the loss is (nan|inf).*labels in 0..1"):
-        train_model(model, text_task, TrainingConfig(epochs=2, batch_size=16, lr=1e12, optimizer="adamw"), seed=0,
-                    device=CPU, checkpoint_dir=tmp_path, show_progress=False)
+    with pytest.raises(
+        TrainingError, match=r"training diverged: the loss is (nan|inf).*labels in 0..1"
+    ):
+        train_model(
+            model,
+            text_task,
+            TrainingConfig(epochs=2, batch_size=16, lr=1e12, optimizer="adamw"),
+            seed=0,
+            device=CPU,
+            checkpoint_dir=tmp_path,
+            show_progress=False,
+        )
     assert not list(tmp_path.iterdir())
     fresh = build_model("tiny_bert", text_task, seed=0).eval()
     texts = text_task.test.texts
-    check_finite_outputs(fresh, fresh.encode(texts), CPU, batch_size=3)  # a TextBatch, as the runner has it
+    check_finite_outputs(
+        fresh, fresh.encode(texts), CPU, batch_size=3
+    )  # a TextBatch, as the runner has it
     check_finite_outputs(fresh, texts, CPU)  # raw texts
     with torch.no_grad():
         next(p for n, p in fresh.named_parameters() if "classifier" in n).fill_(float("inf"))
-    with pytest.raises(TrainingError, match=f"on {len(texts)} of {len(texts)} of the evaluation inputs"):
+    with pytest.raises(
+        TrainingError, match=f"on {len(texts)} of {len(texts)} of the evaluation inputs"
+    ):
         check_finite_outputs(fresh, fresh.encode(texts), CPU, batch_size=3)

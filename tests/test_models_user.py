@@ -27,7 +27,7 @@ class Opaque:
 
 
 def problem(excinfo) -> tuple[str, str]:
-    (key, msg), = excinfo.value.problems
+    ((key, msg),) = excinfo.value.problems
     return key, msg
 
 
@@ -42,16 +42,26 @@ def torch_module(task, **options):
 
 
 def test_checkpoint_model_is_used_as_is(task, user_model):
-    model = torch_module(task, factory=user_model["factory"], checkpoint=str(user_model["pt"]), mean=0.5, std=0.25,
-                         cam_layer="features.2")
+    model = torch_module(
+        task,
+        factory=user_model["factory"],
+        checkpoint=str(user_model["pt"]),
+        mean=0.5,
+        std=0.25,
+        cam_layer="features.2",
+    )
     for k, v in user_model["state"].items():
         assert torch.equal(model.net.state_dict()[k], v), k
     assert model.pretrained and model.cam_layer() == "net.features.2"
-    assert torch.allclose(model.mean.flatten(), torch.full((3,), 0.5)) and torch.allclose(model.std.flatten(), torch.full((3,), 0.25))
+    assert torch.allclose(model.mean.flatten(), torch.full((3,), 0.5)) and torch.allclose(
+        model.std.flatten(), torch.full((3,), 0.25)
+    )
     x = task.test.float_images(slice(0, 2))
     assert torch.allclose(model(x), model.net((x - 0.5) / 0.25))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = train_model(model, task, TrainingConfig(epochs=1), seed=0, device=CPU, show_progress=False)
+    res = train_model(
+        model, task, TrainingConfig(epochs=1), seed=0, device=CPU, show_progress=False
+    )
     assert res.history == [] and 0 <= res.test_accuracy <= 1  # no training, accuracy only
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     described = model.describe()
@@ -59,12 +69,19 @@ def test_checkpoint_model_is_used_as_is(task, user_model):
 
 
 def test_safetensors_and_wrapped_checkpoints_load_the_same_weights(task, user_model, tmp_path):
-    ref = torch_module(task, factory=user_model["factory"], checkpoint=str(user_model["pt"]), mean=0, std=1)
+    ref = torch_module(
+        task, factory=user_model["factory"], checkpoint=str(user_model["pt"]), mean=0, std=1
+    )
     wrapped = tmp_path / "wrapped.pt"
-    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in user_model["state"].items()}}, wrapped)
+    torch.save(
+        {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in user_model["state"].items()}},
+        wrapped,
+    )
     x = task.test.float_images(slice(0, 3))
     for ckpt in (user_model["safetensors"], wrapped):
-        other = torch_module(task, factory=user_model["factory"], checkpoint=str(ckpt), mean=0, std=1)
+        other = torch_module(
+            task, factory=user_model["factory"], checkpoint=str(ckpt), mean=0, std=1
+        )
         assert torch.equal(other(x), ref(x)), ckpt
 
 
@@ -75,16 +92,25 @@ def test_module_factory_and_pass_through_options(task, user_model, tmp_path, mon
     (pkg / "nets.py").write_text(user_model["file"].read_text())
     monkeypatch.syspath_prepend(str(tmp_path))
     model = torch_module(task, factory="userpkg.nets:build", width=6)
-    assert model.net.features[0].out_channels == 6 and model.net.head.out_features == task.num_classes
+    assert (
+        model.net.features[0].out_channels == 6 and model.net.head.out_features == task.num_classes
+    )
     assert not model.pretrained
     with pytest.raises(LookupError, match="declares no CAM layer"):
         model.cam_layer()  # issue 12.1: no guessed layer; the cam_layer option names it
-    assert tuple(model.mean.flatten().tolist()) == pytest.approx(task.mean)  # dataset stats when trained here
-    res = train_model(model, task, TrainingConfig(epochs=1, batch_size=4), seed=0, device=CPU, show_progress=False)
+    assert tuple(model.mean.flatten().tolist()) == pytest.approx(
+        task.mean
+    )  # dataset stats when trained here
+    res = train_model(
+        model, task, TrainingConfig(epochs=1, batch_size=4), seed=0, device=CPU, show_progress=False
+    )
     assert len(res.history) == 1  # trained with the training section
     again = torch_module(task, factory="userpkg.nets:build", width=6)
     fresh = torch_module(task, factory="userpkg.nets:build", width=6)
-    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), fresh.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(again.state_dict().values(), fresh.state_dict().values(), strict=True)
+    )
 
 
 def test_pickled_objects_are_refused(task, user_model, tmp_path):
@@ -96,13 +122,31 @@ def test_pickled_objects_are_refused(task, user_model, tmp_path):
         with pytest.raises(ConfigError) as exc:
             torch_module(task, factory=user_model["factory"], checkpoint=str(path), mean=0, std=1)
         key, msg = problem(exc)
-        assert key == "model.checkpoint" and str(path) in msg and "pickled Python objects" in msg, msg
+        assert key == "model.checkpoint" and str(path) in msg and "pickled Python objects" in msg, (
+            msg
+        )
         assert "state_dict()" in msg
 
 
-@pytest.mark.parametrize("case", ["no_colon", "no_file", "no_attr", "not_module", "not_callable", "unknown_option",
-                                  "no_norm", "bad_keys", "not_state", "missing_ckpt", "bad_layer", "outputs",
-                                  "channels", "no_factory"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no_colon",
+        "no_file",
+        "no_attr",
+        "not_module",
+        "not_callable",
+        "unknown_option",
+        "no_norm",
+        "bad_keys",
+        "not_state",
+        "missing_ckpt",
+        "bad_layer",
+        "outputs",
+        "channels",
+        "no_factory",
+    ],
+)
 def test_bad_model_options_name_the_key(task, user_model, tmp_path, case):
     f = user_model["file"]
     opts = {"factory": user_model["factory"]}
@@ -115,7 +159,11 @@ def test_bad_model_options_name_the_key(task, user_model, tmp_path, case):
     elif case == "not_module":
         opts["factory"], key, needle = f"{f}:not_a_module", "model.factory", "not a torch.nn.Module"
     elif case == "not_callable":
-        opts["factory"], key, needle = f"{f}:NOT_A_MODULE", "model.factory", "not a function or class"
+        opts["factory"], key, needle = (
+            f"{f}:NOT_A_MODULE",
+            "model.factory",
+            "not a function or class",
+        )
     elif case == "unknown_option":
         opts["widht"], key, needle = 3, "model.widht", "did you mean 'width'"
     elif case == "no_norm":
@@ -155,8 +203,14 @@ def test_fewer_outputs_than_classes_says_labels_are_outside(user_model, image_fo
 def test_cam_layer_is_the_default_layer_of_cams(task, user_model):
     from xaiarena.registry import EXPLAINERS
 
-    model = torch_module(task, factory=user_model["factory"], checkpoint=str(user_model["pt"]), mean=0, std=1,
-                         cam_layer="features.0")
+    model = torch_module(
+        task,
+        factory=user_model["factory"],
+        checkpoint=str(user_model["pt"]),
+        mean=0,
+        std=1,
+        cam_layer="features.0",
+    )
     x, y = task.test.float_images(slice(0, 4)), task.test.labels[:4]
     declared = EXPLAINERS.create("gradcam").explain(model, x, y)
     explicit = EXPLAINERS.create("gradcam", layer="net.features.0").explain(model, x, y)
@@ -191,9 +245,17 @@ def finetuned_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("finetuned")
     tok = AutoTokenizer.from_pretrained(str(minilm_path()), use_fast=True, local_files_only=True)
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=32, num_labels=2,
-                     id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        num_labels=2,
+        id2label={0: "neg", 1: "pos"},
+        label2id={"neg": 0, "pos": 1},
+    )
     BertForSequenceClassification(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
@@ -203,22 +265,41 @@ def test_finetuned_transformer_folder_is_used_as_is(finetuned_folder, tmp_path):
     import pandas as pd
     from transformers import BertForSequenceClassification
 
-    pd.DataFrame({"text": ["a fine day", "a bad day", "good", "awful"], "label": ["pos", "neg", "pos", "neg"]}
-                 ).to_csv(tmp_path / "t.csv", index=False)
+    pd.DataFrame(
+        {
+            "text": ["a fine day", "a bad day", "good", "awful"],
+            "label": ["pos", "neg", "pos", "neg"],
+        }
+    ).to_csv(tmp_path / "t.csv", index=False)
     task = load_task("csv_text", path=str(tmp_path / "t.csv"))
-    model = build_model("transformer", task, seed=0, name_or_path=str(finetuned_folder), finetuned=True, max_length=16)
+    model = build_model(
+        "transformer",
+        task,
+        seed=0,
+        name_or_path=str(finetuned_folder),
+        finetuned=True,
+        max_length=16,
+    )
     saved = BertForSequenceClassification.from_pretrained(finetuned_folder)
     assert torch.equal(model.net.classifier.weight, saved.classifier.weight)  # the head is kept
-    res = train_model(model, task, TrainingConfig(epochs=1), seed=0, device=CPU, show_progress=False)
+    res = train_model(
+        model, task, TrainingConfig(epochs=1), seed=0, device=CPU, show_progress=False
+    )
     assert res.history == [] and 0 <= res.test_accuracy <= 1
     entry = MODELS.entry("transformer")
     assert entry.fingerprint_of({"name_or_path": str(finetuned_folder)})["files"]
     assert entry.fingerprint_of({"name_or_path": "bert-base-uncased"}) == {"files": None}
 
-    pd.DataFrame({"text": ["x", "y", "z"], "label": ["a", "b", "c"]}).to_csv(tmp_path / "three.csv", index=False)
+    pd.DataFrame({"text": ["x", "y", "z"], "label": ["a", "b", "c"]}).to_csv(
+        tmp_path / "three.csv", index=False
+    )
     with pytest.raises(ConfigError, match="classifies 2 classes"):
-        build_model("transformer", load_task("csv_text", path=str(tmp_path / "three.csv")),
-                    name_or_path=str(finetuned_folder), finetuned=True)
+        build_model(
+            "transformer",
+            load_task("csv_text", path=str(tmp_path / "three.csv")),
+            name_or_path=str(finetuned_folder),
+            finetuned=True,
+        )
     swapped = load_task("csv_text", path=str(tmp_path / "t.csv"), classes=["pos", "neg"])
     with pytest.raises(ConfigError, match="names its classes"):
         build_model("transformer", swapped, name_or_path=str(finetuned_folder), finetuned=True)

@@ -23,7 +23,7 @@ EXAMPLE_SRC = ROOT / "examples" / "plugin" / "src"
 DIST = "xaiarena-example-plugin"
 runner = CliRunner()
 
-CONST_PLUGIN = '''
+CONST_PLUGIN = """
 import torch
 from xaiarena.explainers import Explainer
 from xaiarena.registry import EXPLAINERS
@@ -36,7 +36,7 @@ class Const(Explainer):
 
     def attribute(self, model, inputs, targets, *, generator=None):
         return torch.ones(inputs.shape[0], *inputs.shape[2:])
-'''
+"""
 
 
 def install(site: Path, dist: str, entry_points: str) -> None:
@@ -61,7 +61,9 @@ def test_installed_plugin_shows_in_list_json_with_its_origin(installed_example):
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     # the dissect key groups its own registries (concept sets, scorers, similarities)
-    groups = {k: v for k, v in data.items() if k != "dissect"} | {f"dissect.{k}": v for k, v in data["dissect"].items()}
+    groups = {k: v for k, v in data.items() if k != "dissect"} | {
+        f"dissect.{k}": v for k, v in data["dissect"].items()
+    }
     by_name = {kind: {e["name"]: e for e in entries} for kind, entries in groups.items()}
     assert by_name["explainers"]["vargrad"]["origin"] == DIST
     assert by_name["metrics"]["top_mass"]["origin"] == DIST
@@ -69,14 +71,24 @@ def test_installed_plugin_shows_in_list_json_with_its_origin(installed_example):
     assert by_name["explainers"]["gradcam"]["origin"] == "builtin"
     assert all("origin" in e for entries in groups.values() for e in entries)
     text = runner.invoke(app, ["list"]).output
-    assert f"(from {DIST})" in next(line for line in text.splitlines() if line.strip().startswith("vargrad"))
+    assert f"(from {DIST})" in next(
+        line for line in text.splitlines() if line.strip().startswith("vargrad")
+    )
 
 
 def test_installed_plugin_is_found_by_a_fresh_process(tmp_path):
     install(tmp_path / "site", DIST, "example = xaiarena_example_plugin")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), str(EXAMPLE_SRC), str(ROOT / "src")]))
-    out = subprocess.run([sys.executable, "-m", "xaiarena.cli", "list", "--json"], capture_output=True, text=True,
-                         env=env, timeout=120)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), str(EXAMPLE_SRC), str(ROOT / "src")]),
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "xaiarena.cli", "list", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     explainers = {e["name"]: e for e in json.loads(out.stdout)["explainers"]}
     assert explainers["vargrad"]["origin"] == DIST
@@ -86,8 +98,13 @@ def test_config_plugins_key_imports_modules_and_files(tmp_path, monkeypatch, iso
     monkeypatch.syspath_prepend(str(EXAMPLE_SRC))
     path = tmp_path / "my_methods.py"
     path.write_text(CONST_PLUGIN)
-    raw = {"plugins": ["xaiarena_example_plugin", str(path)], "data": "hard_mnist", "model": "lenet",
-           "explainers": ["vargrad", "byo_const"], "metrics": ["top_mass"]}
+    raw = {
+        "plugins": ["xaiarena_example_plugin", str(path)],
+        "data": "hard_mnist",
+        "model": "lenet",
+        "explainers": ["vargrad", "byo_const"],
+        "metrics": ["top_mass"],
+    }
     cfg = load_config(raw)
     assert cfg.plugins == ["xaiarena_example_plugin", str(path)]
     assert EXPLAINERS.entry("byo_const").origin == str(path)
@@ -95,8 +112,12 @@ def test_config_plugins_key_imports_modules_and_files(tmp_path, monkeypatch, iso
 
 
 def test_entry_point_may_name_a_function(tmp_path, monkeypatch, isolated_plugins):
-    (tmp_path / "byo_callable_plugin.py").write_text(CONST_PLUGIN.replace('@EXPLAINERS.register("byo_const", description="test plugin: a constant map")\n', "")
-                                                     + "\n\ndef register():\n    EXPLAINERS.register('byo_const', description='from a function')(Const)\n")
+    (tmp_path / "byo_callable_plugin.py").write_text(
+        CONST_PLUGIN.replace(
+            '@EXPLAINERS.register("byo_const", description="test plugin: a constant map")\n', ""
+        )
+        + "\n\ndef register():\n    EXPLAINERS.register('byo_const', description='from a function')(Const)\n"
+    )
     install(tmp_path / "site", "byo-callable", "const = byo_callable_plugin:register")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
@@ -119,16 +140,27 @@ def test_failing_config_plugin_exits_2_naming_it(tmp_path, isolated_plugins, cas
     cfg.write_text(f"plugins: ['{ref}']\ndata: hard_mnist\nmodel: lenet\n")
     res = runner.invoke(app, ["run", str(cfg), "--quiet"])
     assert res.exit_code == 2, res.output
-    assert "plugins.0" in res.output and f"cannot import plugin '{ref}'" in res.output and needle in res.output
+    assert (
+        "plugins.0" in res.output
+        and f"cannot import plugin '{ref}'" in res.output
+        and needle in res.output
+    )
 
 
-def test_broken_installed_plugin_exits_2_and_can_be_skipped(tmp_path, monkeypatch, isolated_plugins):
+def test_broken_installed_plugin_exits_2_and_can_be_skipped(
+    tmp_path, monkeypatch, isolated_plugins
+):
     install(tmp_path / "site", "byo-broken", "broken = byo_missing_module_xyz")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     res = runner.invoke(app, ["list", "--json"])
     assert res.exit_code == 2
-    for needle in ("plugin 'broken'", "byo_missing_module_xyz", "distribution byo-broken", "pip uninstall byo-broken",
-                   "XAIARENA_NO_PLUGINS=1"):
+    for needle in (
+        "plugin 'broken'",
+        "byo_missing_module_xyz",
+        "distribution byo-broken",
+        "pip uninstall byo-broken",
+        "XAIARENA_NO_PLUGINS=1",
+    ):
         assert needle in res.output, res.output
     with pytest.raises(ConfigError, match="plugin 'broken'"):  # raised again, not forgotten
         EXPLAINERS.entry("gradcam")
@@ -143,4 +175,6 @@ def test_environment_variable_plugins(tmp_path, monkeypatch, isolated_plugins):
     monkeypatch.setenv(plugins.ENV_PLUGINS, str(path))
     res = runner.invoke(app, ["list", "--json"])
     assert res.exit_code == 0, res.output
-    assert {e["name"]: e["origin"] for e in json.loads(res.output)["explainers"]}["byo_const"] == str(path)
+    assert {e["name"]: e["origin"] for e in json.loads(res.output)["explainers"]}[
+        "byo_const"
+    ] == str(path)

@@ -17,7 +17,7 @@ from xaiarena.errors import ConfigError
 
 # multiples of 1e-3 up to 1e6 in magnitude: no value is so small that dividing it by the largest one
 # underflows to 0 (a float32 effect, in Quantus too, not a property of the rules)
-FINITE = st.integers(-10**9, 10**9).map(lambda v: v / 1000.0)
+FINITE = st.integers(-(10**9), 10**9).map(lambda v: v / 1000.0)
 
 
 def maps_strategy():
@@ -87,7 +87,9 @@ def test_steps_are_per_sample(a):
     for name in filter(pp.per_sample, pp.STEPS):
         whole = pp.STEPS[name](a)
         for i in range(len(a)):
-            torch.testing.assert_close(whole[i : i + 1], pp.STEPS[name](a[i : i + 1]), rtol=0, atol=0)
+            torch.testing.assert_close(
+                whole[i : i + 1], pp.STEPS[name](a[i : i + 1]), rtol=0, atol=0
+            )
 
 
 @settings(max_examples=100, deadline=None)
@@ -117,7 +119,9 @@ def test_second_moment_properties(a):
             assert abs(float(rms) - 1) < 1e-5, "each map's root mean square becomes 1"
     whole = pp.STEPS["normalise_by_average_second_moment_estimate_over_set"](a)
     if (a != 0).any():
-        assert abs(float(whole.double().square().mean().sqrt()) - 1) < 1e-5, "the set's root mean square is 1"
+        assert abs(float(whole.double().square().mean().sqrt()) - 1) < 1e-5, (
+            "the set's root mean square is 1"
+        )
 
 
 def test_all_zero_maps_stay_zero():
@@ -145,13 +149,18 @@ def test_steps_equal_quantus_per_sample(monkeypatch):
     theirs = nf.normalise_by_max(a.numpy(), normalise_axes=axes)
     np.testing.assert_array_equal(pp.normalise_by_max(a).numpy(), theirs)
     theirs = nf.normalise_by_average_second_moment_estimate(a.numpy().copy(), normalise_axes=axes)
-    np.testing.assert_allclose(pp.normalise_by_average_second_moment_estimate(a).numpy(), theirs, rtol=1e-6)
+    np.testing.assert_allclose(
+        pp.normalise_by_average_second_moment_estimate(a).numpy(), theirs, rtol=1e-6
+    )
     # without normalise_axes Quantus takes one scale for the whole batch: the _over_set steps
     for name in pp.NORMALISATIONS:
         theirs = getattr(nf, name)(a.numpy().copy())
-        np.testing.assert_allclose(pp.STEPS[name + pp.SET_SUFFIX](a).numpy(), theirs, rtol=1e-6, atol=0)
-    np.testing.assert_array_equal(pp.STEPS["normalise_by_negative_over_set"](a).numpy(),
-                                  nf.normalise_by_negative(a.numpy()))
+        np.testing.assert_allclose(
+            pp.STEPS[name + pp.SET_SUFFIX](a).numpy(), theirs, rtol=1e-6, atol=0
+        )
+    np.testing.assert_array_equal(
+        pp.STEPS["normalise_by_negative_over_set"](a).numpy(), nf.normalise_by_negative(a.numpy())
+    )
     assert quantus is not None
 
 
@@ -167,33 +176,80 @@ BASE = {"data": ["hard_mnist"], "model": "lenet", "metrics": ["sparseness"]}
 
 
 def test_config_accepts_and_checks_postprocess():
-    cfg = validate({**BASE, "explainers": [{"name": "saliency", "postprocess": ["abs", "normalise_by_negative"]},
-                                           "gradcam"]})
+    cfg = validate(
+        {
+            **BASE,
+            "explainers": [
+                {"name": "saliency", "postprocess": ["abs", "normalise_by_negative"]},
+                "gradcam",
+            ],
+        }
+    )
     assert cfg.explainers[0].postprocess == ["abs", "normalise_by_negative"]
     assert cfg.explainers[0].params == {}, "postprocess is not an option of the explainer"
     assert cfg.explainers[1].postprocess == []
     with pytest.raises(ConfigError) as err:
         validate({**BASE, "explainers": [{"name": "saliency", "postprocess": ["abs", "min_max"]}]})
     msg = str(err.value)
-    assert "explainers.0.postprocess" in msg and "min_max" in msg and "minmax" in msg and "normalise_by_negative" in msg
+    assert (
+        "explainers.0.postprocess" in msg
+        and "min_max" in msg
+        and "minmax" in msg
+        and "normalise_by_negative" in msg
+    )
 
 
 def test_config_needs_the_steps_of_re_explanations_with_set_steps():
-    ok = validate({**BASE, "explainers": [{"name": "saliency", "postprocess": ["normalise_by_negative_over_set"],
-                                           "reexplain_postprocess": []}, "gradcam"]})
+    ok = validate(
+        {
+            **BASE,
+            "explainers": [
+                {
+                    "name": "saliency",
+                    "postprocess": ["normalise_by_negative_over_set"],
+                    "reexplain_postprocess": [],
+                },
+                "gradcam",
+            ],
+        }
+    )
     spec = ok.explainers[0]
     assert spec.reexplain_steps == [] and spec.params == {}
     assert spec.hash_dict()["reexplain_postprocess"] == []
-    assert ok.explainers[1].reexplain_steps == [] and "reexplain_postprocess" not in ok.explainers[1].hash_dict()
-    same = validate({**BASE, "explainers": [{"name": "saliency", "postprocess": ["abs"]}]}).explainers[0]
+    assert (
+        ok.explainers[1].reexplain_steps == []
+        and "reexplain_postprocess" not in ok.explainers[1].hash_dict()
+    )
+    same = validate(
+        {**BASE, "explainers": [{"name": "saliency", "postprocess": ["abs"]}]}
+    ).explainers[0]
     assert same.reexplain_steps == ["abs"], "by default re-explanations get the maps' steps"
     with pytest.raises(ConfigError) as err:
-        validate({**BASE, "explainers": [{"name": "saliency", "postprocess": ["normalise_by_max_over_set"]}]})
+        validate(
+            {
+                **BASE,
+                "explainers": [{"name": "saliency", "postprocess": ["normalise_by_max_over_set"]}],
+            }
+        )
     msg = str(err.value)
-    assert "explainers.0" in msg and "normalise_by_max_over_set" in msg and "reexplain_postprocess" in msg
+    assert (
+        "explainers.0" in msg
+        and "normalise_by_max_over_set" in msg
+        and "reexplain_postprocess" in msg
+    )
     with pytest.raises(ConfigError) as err:
-        validate({**BASE, "explainers": [{"name": "saliency", "postprocess": ["normalise_by_max_over_set"],
-                                          "reexplain_postprocess": ["normalise_by_max_over_set"]}]})
+        validate(
+            {
+                **BASE,
+                "explainers": [
+                    {
+                        "name": "saliency",
+                        "postprocess": ["normalise_by_max_over_set"],
+                        "reexplain_postprocess": ["normalise_by_max_over_set"],
+                    }
+                ],
+            }
+        )
     msg = str(err.value)
     assert "explainers.0.reexplain_postprocess" in msg and "'normalise_by_max'" in msg
 
@@ -202,10 +258,16 @@ def test_config_refuses_minmax_for_text_explainers():
     pytest.importorskip("transformers")
     from xaiarena.registry import EXPLAINERS
 
-    text = [e.name for e in EXPLAINERS if e.meta.get("modality") and "image" not in e.meta["modality"]]
+    text = [
+        e.name for e in EXPLAINERS if e.meta.get("modality") and "image" not in e.meta["modality"]
+    ]
     if not text:
         pytest.skip("no text explainer registered")
-    raw = {"data": ["sst2"], "model": "lenet", "explainers": [{"name": text[0], "postprocess": ["minmax"]}]}
+    raw = {
+        "data": ["sst2"],
+        "model": "lenet",
+        "explainers": [{"name": text[0], "postprocess": ["minmax"]}],
+    }
     with pytest.raises(ConfigError, match="padding"):
         validate(raw)
     raw["explainers"][0]["postprocess"] = ["normalise_by_average_second_moment_estimate"]
@@ -216,8 +278,17 @@ def test_config_refuses_minmax_for_text_explainers():
 def test_explain_key_includes_postprocess_only_when_given():
     model = ck.Key("model", "m" * 16, {})
     spec = ExplainerSpec.model_validate({"name": "saliency", "n": 1})
-    old = ck._key("explain", {"model": model.hash, "explainer": spec.hash_dict(), "ids": "ids", "seed": 0,
-                              "target": "label", "rng": ck.RNG_SCHEME})
+    old = ck._key(
+        "explain",
+        {
+            "model": model.hash,
+            "explainer": spec.hash_dict(),
+            "ids": "ids",
+            "seed": 0,
+            "target": "label",
+            "rng": ck.RNG_SCHEME,
+        },
+    )
     plain = ck.explain_key(model, spec.hash_dict(), "ids", 0, "label")
     empty = ck.explain_key(model, spec.hash_dict(), "ids", 0, "label", [])
     assert plain.hash == empty.hash == old.hash, "entries without steps keep their cache keys"
@@ -236,11 +307,21 @@ def _stage_setup(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).eval()
     cfg = validate({**BASE, "explainers": ["input_x_gradient"]})
-    s = stages.Settings(cfg=cfg, cache=ck.Cache(tmp_path / "cache", tmp_path), device=torch.device("cpu"),
-                        batch_size=3, show_progress=False)
+    s = stages.Settings(
+        cfg=cfg,
+        cache=ck.Cache(tmp_path / "cache", tmp_path),
+        device=torch.device("cpu"),
+        batch_size=3,
+        show_progress=False,
+    )
     x = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     prep = SimpleNamespace(dataset="d", ids_hash="ids", inputs=x)
-    view = SimpleNamespace(name="f_b", key=ck.Key("model", "k" * 16, {}), model=model, targets=torch.tensor([0, 1, 2, 3, 0]))
+    view = SimpleNamespace(
+        name="f_b",
+        key=ck.Key("model", "k" * 16, {}),
+        model=model,
+        targets=torch.tensor([0, 1, 2, 3, 0]),
+    )
     return s, prep, view
 
 
@@ -251,19 +332,24 @@ def test_explain_stage_applies_the_steps_to_maps_and_re_explanations(tmp_path):
     s, prep, view = _stage_setup(tmp_path)
     explainer = EXPLAINERS.create("input_x_gradient")
     plain = stages.explain(s, prep, view, ExplainerSpec(name="input_x_gradient"), explainer, {})
-    spec = ExplainerSpec.model_validate({"name": "input_x_gradient", "label": "ixg",
-                                         "postprocess": ["abs", "normalise_by_max"]})
+    spec = ExplainerSpec.model_validate(
+        {"name": "input_x_gradient", "label": "ixg", "postprocess": ["abs", "normalise_by_max"]}
+    )
     info: dict = {}
     post = stages.explain(s, prep, view, spec, explainer, info)
     assert (plain.maps < 0).any(), "the raw maps are signed"
     torch.testing.assert_close(post.maps, pp.normalise_by_max(plain.maps.abs()), rtol=0, atol=0)
-    assert post.key.hash != plain.key.hash and post.key.inputs["postprocess"] == ["abs", "normalise_by_max"]
+    assert post.key.hash != plain.key.hash and post.key.inputs["postprocess"] == [
+        "abs",
+        "normalise_by_max",
+    ]
     assert "postprocess" not in plain.key.inputs
     # re-explanations (robustness metrics) get the same steps
     again = post.explain_fn(prep.inputs[:2], view.targets[:2])
     torch.testing.assert_close(again, post.maps[:2], rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(plain.explain_fn(prep.inputs[:2], view.targets[:2]), plain.maps[:2],
-                               rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(
+        plain.explain_fn(prep.inputs[:2], view.targets[:2]), plain.maps[:2], rtol=1e-6, atol=1e-7
+    )
     # the cached maps are the post-processed ones
     cached = stages.explain(s, prep, view, spec, explainer, info2 := {})
     assert info2.get("cache_hit") and torch.equal(cached.maps, post.maps)
@@ -279,33 +365,69 @@ def test_explain_stage_normalises_over_the_whole_set(tmp_path):
     s, prep, view = _stage_setup(tmp_path)
     explainer = EXPLAINERS.create("input_x_gradient")
     plain = stages.explain(s, prep, view, ExplainerSpec(name="input_x_gradient"), explainer, {})
-    spec = ExplainerSpec.model_validate({"name": "input_x_gradient", "label": "ixg", "reexplain_postprocess": [],
-                                         "postprocess": ["normalise_by_negative_over_set"]})
+    spec = ExplainerSpec.model_validate(
+        {
+            "name": "input_x_gradient",
+            "label": "ixg",
+            "reexplain_postprocess": [],
+            "postprocess": ["normalise_by_negative_over_set"],
+        }
+    )
     post = stages.explain(s, prep, view, spec, explainer, {})
-    torch.testing.assert_close(post.maps, pp.normalise_by_negative(plain.maps, over="set"), rtol=0, atol=0)
+    torch.testing.assert_close(
+        post.maps, pp.normalise_by_negative(plain.maps, over="set"), rtol=0, atol=0
+    )
     # one scale for the 5 samples: only the batch holding the largest value reaches 1
     assert post.maps.max() == 1 and min(post.maps[:3].max(), post.maps[3:].max()) < 1
     assert post.key.inputs["explainer"]["reexplain_postprocess"] == []
-    torch.testing.assert_close(post.explain_fn(prep.inputs[:2], view.targets[:2]), plain.maps[:2],
-                               rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(
+        post.explain_fn(prep.inputs[:2], view.targets[:2]), plain.maps[:2], rtol=1e-6, atol=1e-7
+    )
 
 
 def test_run_records_postprocess(tmp_path):
     import xaiarena
 
-    tiny = {"data.n_train": 200, "data.n_test": 40, "training.epochs": 1, "model.channels": [4, 8],
-            "evaluation.n_samples": 4, "evaluation.batch_size": 4}
-    cfg = {"name": "pp", "data": "hard_mnist", "model": "lenet",
-           "explainers": ["input_x_gradient",
-                          {"name": "input_x_gradient", "label": "ixg_nbn", "postprocess": ["normalise_by_negative"]},
-                          {"name": "input_x_gradient", "label": "ixg_set", "reexplain_postprocess": [],
-                           "postprocess": ["normalise_by_negative_over_set"]}],
-           "metrics": ["sparseness"]}
+    tiny = {
+        "data.n_train": 200,
+        "data.n_test": 40,
+        "training.epochs": 1,
+        "model.channels": [4, 8],
+        "evaluation.n_samples": 4,
+        "evaluation.batch_size": 4,
+    }
+    cfg = {
+        "name": "pp",
+        "data": "hard_mnist",
+        "model": "lenet",
+        "explainers": [
+            "input_x_gradient",
+            {
+                "name": "input_x_gradient",
+                "label": "ixg_nbn",
+                "postprocess": ["normalise_by_negative"],
+            },
+            {
+                "name": "input_x_gradient",
+                "label": "ixg_set",
+                "reexplain_postprocess": [],
+                "postprocess": ["normalise_by_negative_over_set"],
+            },
+        ],
+        "metrics": ["sparseness"],
+    }
     res = xaiarena.run(cfg, out=tmp_path / "run", overrides=tiny, show_progress=False)
     raw = res.attributions("input_x_gradient")
-    torch.testing.assert_close(res.attributions("ixg_nbn"), pp.normalise_by_negative(raw), rtol=0, atol=0)
-    torch.testing.assert_close(res.attributions("ixg_set"), pp.normalise_by_negative(raw, over="set"), rtol=0, atol=0)
+    torch.testing.assert_close(
+        res.attributions("ixg_nbn"), pp.normalise_by_negative(raw), rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        res.attributions("ixg_set"), pp.normalise_by_negative(raw, over="set"), rtol=0, atol=0
+    )
     entries = res.info["datasets"]["hard_mnist"]["explainers"]
     assert entries["ixg_nbn"]["postprocess"] == ["normalise_by_negative"]
-    assert "postprocess" not in entries["input_x_gradient"] and "reexplain_postprocess" not in entries["ixg_nbn"]
+    assert (
+        "postprocess" not in entries["input_x_gradient"]
+        and "reexplain_postprocess" not in entries["ixg_nbn"]
+    )
     assert entries["ixg_set"]["reexplain_postprocess"] == []

@@ -17,7 +17,9 @@ from xaiarena.data.base import ImageSplit, Task
 from xaiarena.models import build_model, train_model
 from xaiarena.models.pretrained import IMAGENET_MEAN, IMAGENET_STD, imagenet_classes
 
-SHARED = Path(os.environ.get("XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+SHARED = Path(
+    os.environ.get("XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets")
+)
 VOC = SHARED / "voc2012_seg" / "aeroplane.parquet"
 PLANE = {404, 895, 908}  # airliner, warplane, wing
 
@@ -46,7 +48,12 @@ def voc_images():
 def test_imagenet_class_names_ship_with_the_package():
     names = imagenet_classes()
     assert len(names) == 1000
-    assert names[0] == "tench" and names[404] == "airliner" and names[895] == "warplane" and names[999] == "toilet_tissue"
+    assert (
+        names[0] == "tench"
+        and names[404] == "airliner"
+        and names[895] == "warplane"
+        and names[999] == "toilet_tissue"
+    )
 
 
 def test_lite0_outputs_imagenet_logits_for_any_input_size(lite0):
@@ -57,7 +64,9 @@ def test_lite0_outputs_imagenet_logits_for_any_input_size(lite0):
         assert lite0(torch.rand(1, 1, 28, 28)).shape == (1, 1000)  # grey repeated to RGB
 
 
-def test_lite0_predicts_aeroplanes_on_voc_and_its_normalisation_is_the_better_one(lite0, voc_images):
+def test_lite0_predicts_aeroplanes_on_voc_and_its_normalisation_is_the_better_one(
+    lite0, voc_images
+):
     x = voc_images.test.float_images(torch.arange(16))
     with torch.inference_mode():
         p = lite0(x).softmax(1)
@@ -72,16 +81,30 @@ def test_lite0_predicts_aeroplanes_on_voc_and_its_normalisation_is_the_better_on
 
 def test_pretrained_model_is_not_trained_and_reports_label_map_accuracy(lite0, voc_images):
     before = {k: v.clone() for k, v in lite0.state_dict().items()}
-    small = Task(name=voc_images.name, train=voc_images.train, test=voc_images.test.subset(torch.arange(8)),
-                 class_names=voc_images.class_names, meta=voc_images.meta)
-    res = train_model(lite0, small, TrainingConfig(epochs=3), seed=0, device=torch.device("cpu"), show_progress=False)
+    small = Task(
+        name=voc_images.name,
+        train=voc_images.train,
+        test=voc_images.test.subset(torch.arange(8)),
+        class_names=voc_images.class_names,
+        meta=voc_images.meta,
+    )
+    res = train_model(
+        lite0,
+        small,
+        TrainingConfig(epochs=3),
+        seed=0,
+        device=torch.device("cpu"),
+        show_progress=False,
+    )
     assert res.history == [] and res.cache_hit is False
     assert 0.0 <= res.test_accuracy <= 1.0
     assert all(torch.equal(before[k], v) for k, v in lite0.state_dict().items())
 
 
 def test_accuracy_is_nan_without_a_label_map(lite0, caplog):
-    res = train_model(lite0, _task(n=2), TrainingConfig(), seed=0, device=torch.device("cpu"), show_progress=False)
+    res = train_model(
+        lite0, _task(n=2), TrainingConfig(), seed=0, device=torch.device("cpu"), show_progress=False
+    )
     assert math.isnan(res.test_accuracy)
     assert "not defined" in caplog.text
 
@@ -102,8 +125,13 @@ def test_only_correct_without_label_map_is_a_clear_error(tmp_path, monkeypatch):
     from xaiarena.runner import run
 
     monkeypatch.setenv("XAIARENA_DATA_DIR", str(SHARED))
-    cfg = {"data": {"name": "cifar10", "n_train": 8, "n_test": 4}, "model": "efficientnet_lite0",
-           "evaluation": {"n_samples": 2, "only_correct": True}, "explainers": ["gradcam"], "metrics": []}
+    cfg = {
+        "data": {"name": "cifar10", "n_train": 8, "n_test": 4},
+        "model": "efficientnet_lite0",
+        "evaluation": {"n_samples": 2, "only_correct": True},
+        "explainers": ["gradcam"],
+        "metrics": [],
+    }
     with pytest.raises(ValueError, match="only_correct.*efficientnet_lite0.*cifar10"):
         run(cfg, out=tmp_path / "run", show_progress=False)
 
@@ -123,9 +151,19 @@ def test_optional_models_fail_clearly_when_not_installed(name, module, monkeypat
 
 
 def test_optional_models_are_configurable_by_arch():
-    cfg = load_config({"data": "hard_mnist", "model": {"name": "torchvision", "arch": "resnet50"},
-                       "explainers": ["random"]})
+    cfg = load_config(
+        {
+            "data": "hard_mnist",
+            "model": {"name": "torchvision", "arch": "resnet50"},
+            "explainers": ["random"],
+        }
+    )
     assert cfg.model.params == {"arch": "resnet50"}
-    cfg = load_config({"data": "hard_mnist", "model": {"name": "timm", "arch": "convnext_tiny"},
-                       "explainers": ["random"]})
+    cfg = load_config(
+        {
+            "data": "hard_mnist",
+            "model": {"name": "timm", "arch": "convnext_tiny"},
+            "explainers": ["random"],
+        }
+    )
     assert cfg.model.params == {"arch": "convnext_tiny"}

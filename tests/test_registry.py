@@ -34,8 +34,15 @@ def test_register_twice_is_an_error_and_metadata_is_kept():
             pass
 
     # origin: "builtin" for xaiarena's own components, else the registering module (or plugin)
-    assert reg.describe() == [{"name": "a", "description": "first", "family": "x", "modality": "image",
-                               "origin": __name__}]
+    assert reg.describe() == [
+        {
+            "name": "a",
+            "description": "first",
+            "family": "x",
+            "modality": "image",
+            "origin": __name__,
+        }
+    ]
     assert list(reg.entry("a").parameters()) == ["k"]
 
     with pytest.raises(ValueError, match="twice"):

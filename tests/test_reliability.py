@@ -20,11 +20,20 @@ from xaiarena.errors import RunError
 
 cli = CliRunner()
 TINY = {
-    "data.n_train": 300, "data.n_test": 80, "training.epochs": 1, "model.channels": [4, 8, 8],
-    "evaluation.n_samples": 16, "evaluation.batch_size": 8,
+    "data.n_train": 300,
+    "data.n_test": 80,
+    "training.epochs": 1,
+    "model.channels": [4, 8, 8],
+    "evaluation.n_samples": 16,
+    "evaluation.batch_size": 8,
 }
-CFG = {"name": "t", "data": "hard_mnist", "model": "lenet", "explainers": ["saliency", "random"],
-       "metrics": ["sparseness", "topk_iou"]}
+CFG = {
+    "name": "t",
+    "data": "hard_mnist",
+    "model": "lenet",
+    "explainers": ["saliency", "random"],
+    "metrics": ["sparseness", "topk_iou"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +56,15 @@ def test_second_run_in_a_locked_directory_names_the_holder(tmp_path):
 
 
 def test_lock_of_a_killed_run_is_taken_over(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     dead = int(proc.stdout)
     import socket
 
-    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": dead, "host": socket.gethostname(), "command": "x"}))
+    (tmp_path / LOCK_FILE).write_text(
+        json.dumps({"pid": dead, "host": socket.gethostname(), "command": "x"})
+    )
     with run_lock(tmp_path):
         assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
 
@@ -78,7 +91,9 @@ def test_config_is_written_with_the_results_it_describes(done, tmp_path):
     before = (out / "config.yaml").read_text()
     summary = (out / "results" / "summary.csv").read_text()
     # a re-run with another config that fails (bad data option at run time) leaves both as they were
-    res = cli.invoke(app, ["run", "--out", str(out), "--quiet", *_sets({**TINY, "training.lr": 1e12})])
+    res = cli.invoke(
+        app, ["run", "--out", str(out), "--quiet", *_sets({**TINY, "training.lr": 1e12})]
+    )
     assert res.exit_code != 0
     assert (out / "config.yaml").read_text() == before
     assert (out / "results" / "summary.csv").read_text() == summary
@@ -93,8 +108,11 @@ def test_every_cached_artefact_has_a_manifest_with_its_key_inputs(done):
     assert {"model", "explain", "score"} <= stages and all(r["ok"] for r in rows)
     explain = next(r for r in rows if r["stage"] == "explain")
     assert {"model", "explainer", "ids", "seed", "target"} <= set(explain["inputs"])
-    res = subprocess.run([sys.executable, "-m", "xaiarena.engine.cache", str(done), "--explain"], capture_output=True,
-                         text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "xaiarena.engine.cache", str(done), "--explain"],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0 and "explainer:" in res.stdout
 
 
@@ -138,8 +156,12 @@ def test_a_valid_file_with_other_content_is_not_used(done, tmp_path):
 
 
 def test_clipped_sample_count_is_warned_and_recorded(tmp_path, caplog):
-    res = xaiarena.run(CFG, out=tmp_path / "r", overrides={**TINY, "evaluation.n_samples": 1_000_000},
-                       show_progress=False)
+    res = xaiarena.run(
+        CFG,
+        out=tmp_path / "r",
+        overrides={**TINY, "evaluation.n_samples": 1_000_000},
+        show_progress=False,
+    )
     info = res.info["datasets"]["hard_mnist"]
     assert info["n_eval"] == 80 and info["n_samples_requested"] == 1_000_000
     assert any("n_samples is 1000000" in r.getMessage() for r in caplog.records)
@@ -147,10 +169,16 @@ def test_clipped_sample_count_is_warned_and_recorded(tmp_path, caplog):
 
 def test_diverged_training_is_an_error_not_a_result(tmp_path):
     out = tmp_path / "r"
-    res = cli.invoke(app, ["run", "--out", str(out), "--quiet", *_sets({**TINY, "training.lr": 1e12})])
+    res = cli.invoke(
+        app, ["run", "--out", str(out), "--quiet", *_sets({**TINY, "training.lr": 1e12})]
+    )
     assert res.exit_code == 2, res.output
     assert "diverged" in res.output and "training.lr" in res.output
-    assert not list((out / "cache" / "models").glob("*/model.pt")) if (out / "cache" / "models").exists() else True
+    assert (
+        not list((out / "cache" / "models").glob("*/model.pt"))
+        if (out / "cache" / "models").exists()
+        else True
+    )
     assert not (out / "results").exists()
 
 

@@ -33,10 +33,21 @@ from xaiarena.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 cli = CliRunner()
-TINY = {"data.n_train": 300, "data.n_test": 80, "training.epochs": 1, "model.channels": [4, 8, 8],
-        "evaluation.n_samples": 16, "evaluation.batch_size": 8}
-CFG = {"name": "t", "data": "hard_mnist", "model": "lenet", "explainers": ["saliency", "random"],
-       "metrics": ["sparseness", "topk_iou"]}
+TINY = {
+    "data.n_train": 300,
+    "data.n_test": 80,
+    "training.epochs": 1,
+    "model.channels": [4, 8, 8],
+    "evaluation.n_samples": 16,
+    "evaluation.batch_size": 8,
+}
+CFG = {
+    "name": "t",
+    "data": "hard_mnist",
+    "model": "lenet",
+    "explainers": ["saliency", "random"],
+    "metrics": ["sparseness", "topk_iou"],
+}
 HANG_LIMIT = 30  # seconds: every case that used to hang must fail with a message within this
 
 
@@ -57,7 +68,7 @@ def one_error(res_or_output, exit_code: int = 2) -> str:
     assert len(starts) == 1, out
     assert not any(ln.startswith("usage:") for ln in lines), out
     block = [lines[starts[0]]]
-    block += [ln.strip() for ln in lines[starts[0] + 1:] if ln.startswith("  ")]
+    block += [ln.strip() for ln in lines[starts[0] + 1 :] if ln.startswith("  ")]
     return " ".join(block)
 
 
@@ -80,8 +91,13 @@ finally:
 def run_cli(*args: str, timeout: float = 180) -> tuple[int, str, float]:
     """``xaiarena ARGS`` in a fresh process (its own ``sys.argv``): (exit code, stdout + stderr,
     seconds of work after the imports)."""
-    proc = subprocess.run([sys.executable, "-c", _TIMED_CLI, *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "XAIARENA_QUIET": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", _TIMED_CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "XAIARENA_QUIET": "1"},
+    )
     out, _, secs = (proc.stdout + proc.stderr).rpartition("[seconds] ")
     return proc.returncode, out, float(secs.split()[0]) if secs.strip() else float("inf")
 
@@ -174,8 +190,9 @@ def read_only(monkeypatch):
 
 
 @pytest.mark.parametrize("command", ["report", "run", "score"])
-def test_1_no_command_writes_through_a_symlink_out_of_the_run_directory(finished, tmp_path,
-                                                                        command):
+def test_1_no_command_writes_through_a_symlink_out_of_the_run_directory(
+    finished, tmp_path, command
+):
     out = copy_run(finished, tmp_path)
     victim = tmp_path / "victim"
     victim.mkdir()
@@ -203,14 +220,21 @@ def test_1_no_command_writes_through_a_symlink_out_of_the_run_directory(finished
 # --------------------------------------------------------------------------- 2. CAM layer
 
 
-def test_2_a_user_model_without_cam_layer_and_a_cam_fails_at_config_time(tmp_path, user_model,
-                                                                         image_folder_data):
+def test_2_a_user_model_without_cam_layer_and_a_cam_fails_at_config_time(
+    tmp_path, user_model, image_folder_data
+):
     root, masks = image_folder_data
     model = {"name": "torch_module", "factory": user_model["factory"], "width": 4}  # no cam_layer
     data = {"name": "image_folder", "root": str(root), "masks_root": str(masks)}
-    cfg = {"name": "byo", "data": data, "model": model, "training": {"epochs": 1, "batch_size": 4},
-           "evaluation": {"n_samples": 4}, "explainers": ["gradcam", "saliency"],
-           "metrics": ["sparseness"]}
+    cfg = {
+        "name": "byo",
+        "data": data,
+        "model": model,
+        "training": {"epochs": 1, "batch_size": 4},
+        "evaluation": {"n_samples": 4},
+        "explainers": ["gradcam", "saliency"],
+        "metrics": ["sparseness"],
+    }
     line = one_error(invoke_run(cfg_file(tmp_path, cfg), tmp_path / "run"))
     assert "explainers.0" in line and "model.cam_layer" in line and "does not guess" in line
     assert not (tmp_path / "run").exists()  # config time: nothing trained, nothing written
@@ -228,8 +252,9 @@ def test_2_a_user_model_without_cam_layer_and_a_cam_fails_at_config_time(tmp_pat
 def test_3_a_read_only_out_is_one_error_line(finished, tmp_path, read_only, where):
     base = tmp_path / "ro"
     base.mkdir()
-    out = {"new_subdir": base / "new" / "run", "existing_dir": base,
-           "existing_run": base / "run"}[where]
+    out = {"new_subdir": base / "new" / "run", "existing_dir": base, "existing_run": base / "run"}[
+        where
+    ]
     if where == "existing_run":
         shutil.copytree(finished, out)
     before = sorted(p.relative_to(base) for p in base.rglob("*"))
@@ -241,7 +266,8 @@ def test_3_a_read_only_out_is_one_error_line(finished, tmp_path, read_only, wher
 
 
 def test_3_a_full_disk_while_saving_the_model_names_the_file_and_leaves_nothing(
-        tmp_path, full_disk, monkeypatch):
+    tmp_path, full_disk, monkeypatch
+):
     out, config = tmp_path / "run", cfg_file(tmp_path)
     full_disk(lambda path: os.path.basename(path).startswith(".model.pt."))
     line = one_error(invoke_run(config, out, *_sets(TINY)))
@@ -256,7 +282,8 @@ def test_3_a_full_disk_while_saving_the_model_names_the_file_and_leaves_nothing(
 
 
 def test_3_a_full_disk_while_writing_the_report_keeps_the_old_report_and_figures(
-        finished, tmp_path, full_disk):
+    finished, tmp_path, full_disk
+):
     out = copy_run(finished, tmp_path)
     before = {p.name: p.read_bytes() for p in (out / "figures").iterdir()}
     html = (out / "report.html").read_bytes()
@@ -285,8 +312,9 @@ def test_4_an_unreachable_ray_address_fails_within_the_connect_timeout(tmp_path)
         silent.bind(("127.0.0.1", 0))
         silent.listen(4)
         address = f"127.0.0.1:{silent.getsockname()[1]}"
-        code, out, secs = run_cli(*args, "--address", address, "--set", "ray.connect_timeout=2",
-                                  timeout=HANG_LIMIT * 6)
+        code, out, secs = run_cli(
+            *args, "--address", address, "--set", "ray.connect_timeout=2", timeout=HANG_LIMIT * 6
+        )
     assert code == 2, out
     line = one_error(out)
     assert address in line and "not a Ray cluster" in line and secs < HANG_LIMIT
@@ -297,8 +325,10 @@ def test_4_a_run_too_large_to_plan_is_refused_in_seconds(tmp_path, case):
     if case == "replicates":
         args = [str(cfg_file(tmp_path)), "--set", "replicates=1000000"]
     else:  # 400 x 250 = 10^5 grid points from a 3 kB file
-        grid = {"training.lr": [round(1e-4 * (i + 1), 6) for i in range(400)],
-                "evaluation.n_samples": list(range(1, 251))}
+        grid = {
+            "training.lr": [round(1e-4 * (i + 1), 6) for i in range(400)],
+            "evaluation.n_samples": list(range(1, 251)),
+        }
         args = [str(cfg_file(tmp_path, {**CFG, "grid": grid}))]
     code, out, secs = run_cli("run", *args, "--out", str(tmp_path / "r"), timeout=HANG_LIMIT * 6)
     assert code == 2, out
@@ -317,12 +347,15 @@ def alias_bomb(levels: int = 9, width: int = 9) -> str:
 
 
 def test_4_a_yaml_alias_bomb_as_an_option_value_fails_in_seconds(tmp_path):
-    text = ("name: bomb\ndata: hard_mnist\nmodel: lenet\nmetrics: [sparseness]\n"
-            f"explainers:\n  - name: integrated_gradients\n    n_steps: {alias_bomb()}\n")
+    text = (
+        "name: bomb\ndata: hard_mnist\nmodel: lenet\nmetrics: [sparseness]\n"
+        f"explainers:\n  - name: integrated_gradients\n    n_steps: {alias_bomb()}\n"
+    )
     assert len(text) < 700
     (tmp_path / "bomb.yaml").write_text(text)
-    code, out, secs = run_cli("run", str(tmp_path / "bomb.yaml"), "--out", str(tmp_path / "r"),
-                              timeout=HANG_LIMIT * 6)
+    code, out, secs = run_cli(
+        "run", str(tmp_path / "bomb.yaml"), "--out", str(tmp_path / "r"), timeout=HANG_LIMIT * 6
+    )
     assert code == 2, out
     line = one_error(out)
     assert "aliases" in line and "100,000" in line and "explainers" in line and secs < HANG_LIMIT
@@ -340,7 +373,7 @@ def test_5_a_plugin_that_calls_sys_exit_at_import_is_an_error_naming_it(tmp_path
     assert not (tmp_path / "r").exists()
 
 
-ARGPARSE_FACTORY = '''
+ARGPARSE_FACTORY = """
 import argparse
 from torch import nn
 
@@ -353,21 +386,27 @@ ARGS = parser.parse_args()  # a training script's habit: parse at import
 def build(num_classes=2):
     return nn.Sequential(nn.Conv2d(3, ARGS.width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(ARGS.width, num_classes))
-'''
+"""
 
 
 @pytest.mark.parametrize("required", [False, True])
-def test_5_a_factory_module_that_parses_arguments_at_import_sees_none(tmp_path, image_folder_data,
-                                                                      required):
+def test_5_a_factory_module_that_parses_arguments_at_import_sees_none(
+    tmp_path, image_folder_data, required
+):
     root, _ = image_folder_data
     extra = 'parser.add_argument("--data", required=True)' if required else ""
     (tmp_path / "argmodel.py").write_text(ARGPARSE_FACTORY.format(extra=extra))
     factory = f"{tmp_path / 'argmodel.py'}:build"
     model = {"name": "torch_module", "factory": factory, "cam_layer": "0"}
-    cfg = {"name": "byo", "data": {"name": "image_folder", "root": str(root)}, "model": model,
-           "training": {"epochs": 1, "batch_size": 4},
-           "evaluation": {"n_samples": 4, "batch_size": 4},
-           "explainers": ["saliency"], "metrics": ["sparseness"]}
+    cfg = {
+        "name": "byo",
+        "data": {"name": "image_folder", "root": str(root)},
+        "model": model,
+        "training": {"epochs": 1, "batch_size": 4},
+        "evaluation": {"n_samples": 4, "batch_size": 4},
+        "explainers": ["saliency"],
+        "metrics": ["sparseness"],
+    }
     code, out, _ = run_cli("run", str(cfg_file(tmp_path, cfg)), "--out", str(tmp_path / "r"))
     assert "unrecognized arguments" not in out, out  # it never sees xaiarena's own arguments
     if not required:
@@ -420,13 +459,18 @@ def _png16_rgb(path: Path, pixels: np.ndarray) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
     header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("case", ["single_class", "rgb16"])
-def test_7_single_class_data_and_16_bit_rgb_images_are_refused(tmp_path, make_image_folder,
-                                                               user_model, case):
+def test_7_single_class_data_and_16_bit_rgb_images_are_refused(
+    tmp_path, make_image_folder, user_model, case
+):
     root = tmp_path / "images"
     make_image_folder(root)
     if case == "single_class":
@@ -438,9 +482,15 @@ def test_7_single_class_data_and_16_bit_rgb_images_are_refused(tmp_path, make_im
         _png16_rgb(bad, np.random.default_rng(0).integers(0, 65535, (16, 16, 3)))
         needles = ["data.root", str(bad), "16 bits per channel"]
     model = {"name": "torch_module", "factory": user_model["factory"], "num_classes": 2}
-    cfg = {"name": "byo", "data": {"name": "image_folder", "root": str(root)}, "model": model,
-           "training": {"epochs": 1, "batch_size": 4}, "evaluation": {"n_samples": 4},
-           "explainers": ["saliency"], "metrics": ["sparseness"]}
+    cfg = {
+        "name": "byo",
+        "data": {"name": "image_folder", "root": str(root)},
+        "model": model,
+        "training": {"epochs": 1, "batch_size": 4},
+        "evaluation": {"n_samples": 4},
+        "explainers": ["saliency"],
+        "metrics": ["sparseness"],
+    }
     line = one_error(invoke_run(cfg_file(tmp_path, cfg), tmp_path / "r"))
     assert all(n in line for n in needles), line
     assert not list((tmp_path / "r").rglob("model.pt"))
@@ -460,7 +510,7 @@ def test_7_evaluate_refuses_pixels_outside_0_1():
 
 # --------------------------------------------------------------------------- 8. plugin contracts
 
-CONTRACT_PLUGIN = '''
+CONTRACT_PLUGIN = """
 import torch
 from xaiarena.explainers.base import Explainer
 from xaiarena.registry import EXPLAINERS
@@ -482,12 +532,13 @@ class NaNMaps(Explainer):
 
     def attribute(self, model, inputs, targets, *, generator=None):
         return torch.full((len(inputs), *inputs.shape[2:]), float("nan"))
-'''
+"""
 
 
 @pytest.mark.parametrize("explainer", ["byo_wrong_shape", "byo_nan_maps"])
-def test_8_a_plugin_explainer_breaking_its_contract_is_one_error_line(finished, tmp_path,
-                                                                      isolated_plugins, explainer):
+def test_8_a_plugin_explainer_breaking_its_contract_is_one_error_line(
+    finished, tmp_path, isolated_plugins, explainer
+):
     out = copy_run(finished, tmp_path)  # the trained model is cached: only explaining runs
     plugin = tmp_path / "byo_contract.py"
     plugin.write_text(CONTRACT_PLUGIN)
@@ -509,9 +560,11 @@ SMALL = "training: {epochs: 1}\nevaluation: {n_samples: 8}\n"  # were the file a
 @pytest.mark.parametrize("nested", [False, True])
 def test_9_a_key_given_twice_is_an_error_naming_both_lines(tmp_path, nested):
     if nested:
-        text = ("name: t\ndata: hard_mnist\nmodel: lenet\nexplainers:\n"
-                "  - name: integrated_gradients\n    n_steps: 8\n    n_steps: 64\n"
-                "metrics: [sparseness]\n" + SMALL)
+        text = (
+            "name: t\ndata: hard_mnist\nmodel: lenet\nexplainers:\n"
+            "  - name: integrated_gradients\n    n_steps: 8\n    n_steps: 64\n"
+            "metrics: [sparseness]\n" + SMALL
+        )
         needle = "'n_steps' appears twice, at line 6 and at line 7"
     else:
         text = "seed: 0\nname: t\ndata: hard_mnist\nmodel: lenet\nexplainers: [saliency]\nseed: 5\n"
@@ -532,12 +585,20 @@ def test_9_control_characters_from_data_never_reach_report_html(tmp_path):
         words.append("gre\x00at" if i % 2 else "aw\x1bful")
         rows.append({"text": " ".join(words), "label": ["bad\x00mood", "good\x07mood"][i % 2]})
     pd.DataFrame(rows).to_parquet(tmp_path / "data.parquet")
-    data = {"name": "csv_text", "path": str(tmp_path / "data.parquet"),
-            "train_path": str(tmp_path / "data.parquet")}
-    cfg = {"name": "nul", "data": data, "model": {"name": "tiny_bert", "max_length": 8},
-           "training": {"epochs": 1, "batch_size": 8, "optimizer": "adamw", "num_threads": 1},
-           "evaluation": {"n_samples": 4, "batch_size": 4}, "explainers": ["text_random"],
-           "metrics": ["comprehensiveness"]}
+    data = {
+        "name": "csv_text",
+        "path": str(tmp_path / "data.parquet"),
+        "train_path": str(tmp_path / "data.parquet"),
+    }
+    cfg = {
+        "name": "nul",
+        "data": data,
+        "model": {"name": "tiny_bert", "max_length": 8},
+        "training": {"epochs": 1, "batch_size": 8, "optimizer": "adamw", "num_threads": 1},
+        "evaluation": {"n_samples": 4, "batch_size": 4},
+        "explainers": ["text_random"],
+        "metrics": ["comprehensiveness"],
+    }
     res = xaiarena.run(cfg, out=tmp_path / "r", show_progress=False)
     examples = (tmp_path / "r" / "results" / "examples" / "csv_text.json").read_text()
     assert "\\u0000" in examples  # the data did carry NUL bytes this far
@@ -562,10 +623,21 @@ def test_9_a_checkpoint_that_is_a_folder_is_named_as_one(tmp_path, image_folder_
     folder = tmp_path / "weights"
     folder.mkdir()
     shutil.copy(user_model["pt"], folder / "model.pt")
-    model = {"name": "torch_module", "factory": user_model["factory"], "checkpoint": str(folder),
-             "mean": 0.5, "std": 0.25}
-    cfg = {"name": "byo", "data": {"name": "image_folder", "root": str(root)}, "model": model,
-           "evaluation": {"n_samples": 4}, "explainers": ["saliency"], "metrics": ["sparseness"]}
+    model = {
+        "name": "torch_module",
+        "factory": user_model["factory"],
+        "checkpoint": str(folder),
+        "mean": 0.5,
+        "std": 0.25,
+    }
+    cfg = {
+        "name": "byo",
+        "data": {"name": "image_folder", "root": str(root)},
+        "model": model,
+        "evaluation": {"n_samples": 4},
+        "explainers": ["saliency"],
+        "metrics": ["sparseness"],
+    }
     line = one_error(invoke_run(cfg_file(tmp_path, cfg), tmp_path / "r"))
     assert "model.checkpoint" in line and "is a folder" in line and "model.pt" in line
     assert "does not exist" not in line
@@ -584,8 +656,14 @@ def test_9_a_symlinked_text_file_given_as_maps_is_said_to_be_text(finished, tmp_
 def test_9_evaluate_on_a_device_that_does_not_exist_is_an_input_error():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
     with pytest.raises(InputError, match="'tpu' is not a device"):
-        xaiarena.evaluate(model, torch.rand(2, 3, 8, 8), [0, 1], {"m": torch.rand(2, 8, 8)},
-                          ["sparseness"], device="tpu")
+        xaiarena.evaluate(
+            model,
+            torch.rand(2, 3, 8, 8),
+            [0, 1],
+            {"m": torch.rand(2, 8, 8)},
+            ["sparseness"],
+            device="tpu",
+        )
 
 
 def test_9_every_bad_entry_of_xaiarena_plugins_is_reported(tmp_path, monkeypatch, isolated_plugins):
@@ -603,11 +681,16 @@ def test_9_a_dissect_config_with_an_empty_concept_set_fails_at_config_time(tmp_p
     else:
         spec = {"name": "list", "items": [" ", ""]}
     data = {"name": "hard_mnist", "n_train": 300, "n_test": 80}
-    cfg = {"name": "d", "data": data, "model": "lenet",
-           "dissect": {"layers": ["net.features.0"], "concepts": spec, "scorer": "annotations"}}
+    cfg = {
+        "name": "d",
+        "data": data,
+        "model": "lenet",
+        "dissect": {"layers": ["net.features.0"], "concepts": spec, "scorer": "annotations"},
+    }
     start = time.monotonic()
-    res = cli.invoke(app, ["dissect", str(cfg_file(tmp_path, cfg)), "--out", str(tmp_path / "r"),
-                           "--quiet"])
+    res = cli.invoke(
+        app, ["dissect", str(cfg_file(tmp_path, cfg)), "--out", str(tmp_path / "r"), "--quiet"]
+    )
     line = one_error(res)
     assert "dissect.concepts" in line and time.monotonic() - start < 10
     assert not (tmp_path / "r").exists()

@@ -19,16 +19,36 @@ from xaiarena.report import ReportError, build_report
 XSS = "<script>alert(1)</script>"
 
 METRICS_META = {
-    "deletion_auc": {"category": "faithfulness", "higher_is_better": False,
-                     "value_range": [0.0, 1.0], "description": "Area under the deletion curve."},
-    "insertion_auc": {"category": "faithfulness", "higher_is_better": True,
-                      "value_range": [0.0, 1.0], "description": "Area under the insertion curve."},
-    "max_sensitivity": {"category": "robustness", "higher_is_better": False,
-                        "value_range": [0.0, float("inf")], "description": "Worst-case change."},
-    "sparseness": {"category": "complexity", "higher_is_better": True,
-                   "value_range": [0.0, 1.0], "description": "Gini index of the map."},
-    "pointing_game": {"category": "localisation", "higher_is_better": True,
-                      "value_range": [0.0, 1.0], "description": "Peak inside the mask & <b>bold</b>."},
+    "deletion_auc": {
+        "category": "faithfulness",
+        "higher_is_better": False,
+        "value_range": [0.0, 1.0],
+        "description": "Area under the deletion curve.",
+    },
+    "insertion_auc": {
+        "category": "faithfulness",
+        "higher_is_better": True,
+        "value_range": [0.0, 1.0],
+        "description": "Area under the insertion curve.",
+    },
+    "max_sensitivity": {
+        "category": "robustness",
+        "higher_is_better": False,
+        "value_range": [0.0, float("inf")],
+        "description": "Worst-case change.",
+    },
+    "sparseness": {
+        "category": "complexity",
+        "higher_is_better": True,
+        "value_range": [0.0, 1.0],
+        "description": "Gini index of the map.",
+    },
+    "pointing_game": {
+        "category": "localisation",
+        "higher_is_better": True,
+        "value_range": [0.0, 1.0],
+        "description": "Peak inside the mask & <b>bold</b>.",
+    },
 }
 # explainer -> (quality shift, explains)
 EXPLAINERS = {
@@ -40,8 +60,14 @@ EXPLAINERS = {
 }
 
 
-AGREEMENT_META = {"agreement_spearman": {"category": "agreement", "higher_is_better": True,
-                                         "value_range": [-1.0, 1.0], "description": "Rank correlation."}}
+AGREEMENT_META = {
+    "agreement_spearman": {
+        "category": "agreement",
+        "higher_is_better": True,
+        "value_range": [-1.0, 1.0],
+        "description": "Rank correlation.",
+    }
+}
 
 
 def _superpixel_maps(rng, k: int, h: int, w: int, n_positive: int = 12) -> np.ndarray:
@@ -54,8 +80,9 @@ def _superpixel_maps(rng, k: int, h: int, w: int, n_positive: int = 12) -> np.nd
     return maps
 
 
-def make_run_dir(root: Path, datasets=("hard_mnist", "toy_rgb"), n_eval=40, seed=0, agreement=False,
-                 lime=False) -> Path:
+def make_run_dir(
+    root: Path, datasets=("hard_mnist", "toy_rgb"), n_eval=40, seed=0, agreement=False, lime=False
+) -> Path:
     """A run directory as the runner writes it, filled with random (but structured) numbers.
     ``agreement``: add an agreement metric, scored per pair of explainers (``a~b``). ``lime``: add a
     superpixel LIME explainer (``lime_top10``, registered name ``lime``) and name the samples by file."""
@@ -81,30 +108,67 @@ def make_run_dir(root: Path, datasets=("hard_mnist", "toy_rgb"), n_eval=40, seed
                 if m == "pointing_game":
                     v = (rng.uniform(size=n_eval) < 0.4 + shift).astype(float)
                 else:
-                    v = 0.5 + 0.1 * base + (shift if hib else -shift) * 0.3 + rng.normal(0, 0.08, n_eval)
+                    v = (
+                        0.5
+                        + 0.1 * base
+                        + (shift if hib else -shift) * 0.3
+                        + rng.normal(0, 0.08, n_eval)
+                    )
                 if m == "max_sensitivity" and e == "saliency":
                     v[:3] = np.nan  # a metric that failed on some samples
-                rows.append(pd.DataFrame({"dataset": ds, "explainer": e, "metric": m,
-                                          "sample_id": np.arange(n_eval) + 1000 * di, "value": v}))
+                rows.append(
+                    pd.DataFrame(
+                        {
+                            "dataset": ds,
+                            "explainer": e,
+                            "metric": m,
+                            "sample_id": np.arange(n_eval) + 1000 * di,
+                            "value": v,
+                        }
+                    )
+                )
             for m, hib in (("deletion", False), ("insertion", True)):
                 x = np.linspace(0, 1, 11)
                 y = np.exp(-3 * x * (1 + shift)) if not hib else 1 - np.exp(-3 * x * (1 + shift))
                 se = 0.03 * np.ones_like(x)
-                curves.append(pd.DataFrame({"dataset": ds, "explainer": e, "metric": m, "x": x,
-                                            "mean": y, "ci_low": y - se, "ci_high": y + se}))
+                curves.append(
+                    pd.DataFrame(
+                        {
+                            "dataset": ds,
+                            "explainer": e,
+                            "metric": m,
+                            "x": x,
+                            "mean": y,
+                            "ci_low": y - se,
+                            "ci_high": y + se,
+                        }
+                    )
+                )
         if agreement:
             for pair, level in (("gradcam~saliency", 0.2), ("gradcam~integrated_gradients", 0.6)):
-                rows.append(pd.DataFrame({"dataset": ds, "explainer": pair, "metric": "agreement_spearman",
-                                          "sample_id": np.arange(n_eval) + 1000 * di,
-                                          "value": level + rng.normal(0, 0.05, n_eval)}))
+                rows.append(
+                    pd.DataFrame(
+                        {
+                            "dataset": ds,
+                            "explainer": pair,
+                            "metric": "agreement_spearman",
+                            "sample_id": np.arange(n_eval) + 1000 * di,
+                            "value": level + rng.normal(0, 0.05, n_eval),
+                        }
+                    )
+                )
         k = 8
         images = rng.integers(0, 256, size=(k, c, h, w), dtype=np.uint8)
         labels = rng.integers(0, 4, size=k)
         preds = labels.copy()
         preds[-2:] = (labels[-2:] + 1) % 4
-        arrays = {"images": images, "labels": labels, "preds": preds,
-                  "sample_ids": np.arange(k) + 1000 * di,
-                  "class_names": np.array(["zero", "one", "two", "<three>"])}
+        arrays = {
+            "images": images,
+            "labels": labels,
+            "preds": preds,
+            "sample_ids": np.arange(k) + 1000 * di,
+            "class_names": np.array(["zero", "one", "two", "<three>"]),
+        }
         if not rgb:
             masks = np.zeros((k, h, w), dtype=bool)
             masks[:, 8:18, 6:20] = True
@@ -116,36 +180,67 @@ def make_run_dir(root: Path, datasets=("hard_mnist", "toy_rgb"), n_eval=40, seed
             arrays["sample_names"] = np.array([f"img_{1000 * di + j:04d}.jpg" for j in range(k)])
         np.savez_compressed(root / "results" / "examples" / f"{ds}.npz", **arrays)
         info = {
-            "model": "lenet" if not rgb else "resnet_tiny", "num_classes": 4,
-            "input_shape": [c, h, w], "n_train": 3000, "n_test": 200, "n_eval": n_eval,
+            "model": "lenet" if not rgb else "resnet_tiny",
+            "num_classes": 4,
+            "input_shape": [c, h, w],
+            "n_train": 3000,
+            "n_test": 200,
+            "n_eval": n_eval,
             "test_accuracy": 0.9 - 0.1 * di,
-            "train_history": [{"epoch": i + 1, "loss": 1.0 / (i + 1), "train_accuracy": 0.6 + 0.1 * i,
-                               "val_accuracy": 0.55 + 0.1 * i} for i in range(3)],
-            "explainers": {e: {"seconds": 0.5 + i, "explains": ex, "family": fam}
-                           for i, (e, (_, ex, fam)) in enumerate(explainers_of.items())},
+            "train_history": [
+                {
+                    "epoch": i + 1,
+                    "loss": 1.0 / (i + 1),
+                    "train_accuracy": 0.6 + 0.1 * i,
+                    "val_accuracy": 0.55 + 0.1 * i,
+                }
+                for i in range(3)
+            ],
+            "explainers": {
+                e: {"seconds": 0.5 + i, "explains": ex, "family": fam}
+                for i, (e, (_, ex, fam)) in enumerate(explainers_of.items())
+            },
         }
         if lime:
             info["explainers"]["lime_top10"]["name"] = "lime"
-            info["sample_names"] = {str(1000 * di + j): f"img_{1000 * di + j:04d}.jpg" for j in range(n_eval)}
+            info["sample_names"] = {
+                str(1000 * di + j): f"img_{1000 * di + j:04d}.jpg" for j in range(n_eval)
+            }
         if not rgb:
-            info["diet"] = {"test_agreement_fs_fb": 0.953, "train_masked_accuracy_fs": 0.91,
-                            "test_accuracy_fs": 0.88, "test_accuracy_fb": 0.9,
-                            "train_mask_l0_fraction": 0.12, "n_train": 1000, "seed": 818069386}
+            info["diet"] = {
+                "test_agreement_fs_fb": 0.953,
+                "train_masked_accuracy_fs": 0.91,
+                "test_accuracy_fs": 0.88,
+                "test_accuracy_fb": 0.9,
+                "train_mask_l0_fraction": 0.12,
+                "n_train": 1000,
+                "seed": 818069386,
+            }
         ds_info[ds] = info
     per_sample = pd.concat(rows, ignore_index=True)
     per_sample.to_parquet(root / "results" / "per_sample.parquet", index=False)
-    pd.concat(curves, ignore_index=True).to_parquet(root / "results" / "curves.parquet", index=False)
+    pd.concat(curves, ignore_index=True).to_parquet(
+        root / "results" / "curves.parquet", index=False
+    )
     hib = {m: v["higher_is_better"] for m, v in meta.items()}
     models = {d: v["model"] for d, v in ds_info.items()}
     stats.summarize(per_sample, hib, seed=seed, models=models, n_boot=500).to_csv(
-        root / "results" / "summary.csv", index=False)
+        root / "results" / "summary.csv", index=False
+    )
     stats.paired_tests(per_sample).to_csv(root / "results" / "tests.csv", index=False)
     run = {
-        "name": "synthetic & <test>", "seed": seed, "device": "cpu",
-        "versions": {"xaiarena": "0.1.0", "torch": "2.x"}, "config_hash": "abc123",
-        "stages": {f"{d}/{s}": {"seconds": 1.5 * (i + 1), "cache_hit": i == 0}
-                   for d in datasets for i, s in enumerate(("data", "train", "explain", "metrics"))},
-        "datasets": ds_info, "metrics_meta": meta,
+        "name": "synthetic & <test>",
+        "seed": seed,
+        "device": "cpu",
+        "versions": {"xaiarena": "0.1.0", "torch": "2.x"},
+        "config_hash": "abc123",
+        "stages": {
+            f"{d}/{s}": {"seconds": 1.5 * (i + 1), "cache_hit": i == 0}
+            for d in datasets
+            for i, s in enumerate(("data", "train", "explain", "metrics"))
+        },
+        "datasets": ds_info,
+        "metrics_meta": meta,
     }
     (root / "run.json").write_text(json.dumps(run, indent=2))
     return root
@@ -189,7 +284,10 @@ def test_report_written_with_tables_and_figures(run_dir, built):
     # the table: every metric with its direction arrow, every explainer
     summary = pd.read_csv(run_dir / "results" / "summary.csv")
     for m, v in METRICS_META.items():
-        assert re.search(re.escape(m) + r' <span class="arrow"[^>]*>' + ("↑" if v["higher_is_better"] else "↓"), html)
+        assert re.search(
+            re.escape(m) + r' <span class="arrow"[^>]*>' + ("↑" if v["higher_is_better"] else "↓"),
+            html,
+        )
     for e in ("gradcam", "integrated_gradients", "saliency", "diet"):
         assert f"<th>{e}</th>" in html
     # numbers come from summary.csv: the best deletion_auc mean is shown with its CI
@@ -199,7 +297,10 @@ def test_report_written_with_tables_and_figures(run_dir, built):
     assert f"[{best.ci_low:.3f}, {best.ci_high:.3f}]".replace("-", "−") in html
     assert 'class="cell best"' in html and "significantly worse than the best" in html
     assert "DiET model faithfulness" in html and "95.3%" in html
-    assert "Agreement of f_s with f_b" in html and "f_s agrees with f_b on 95.3% of predictions" in html
+    assert (
+        "Agreement of f_s with f_b" in html
+        and "f_s agrees with f_b on 95.3% of predictions" in html
+    )
     assert "test_agreement_fs_fb" not in html  # labelled, not the raw key
     assert "818069386" not in html  # bookkeeping (the fit seed) stays in run.json
     assert 'title="DiET&#39;s distilled model">f_s</span>' in html
@@ -250,7 +351,9 @@ def test_reading_is_generated_from_numbers(run_dir, built):
         if best == XSS:
             continue
         hib = METRICS_META[metric]["higher_is_better"]
-        assert f"{metric} ({'higher' if hib else 'lower'} is better): {best} has the best mean" in html
+        assert (
+            f"{metric} ({'higher' if hib else 'lower'} is better): {best} has the best mean" in html
+        )
     assert "lenet reaches 90.0% test accuracy" in html
 
 
@@ -286,10 +389,19 @@ def test_renders_in_headless_chromium(run_dir, built, tmp_path):
     path, _ = built
     shot = tmp_path / "report.png"
     cmd = [
-        _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--no-first-run", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
-        "--enable-logging=stderr", "--v=0", "--window-size=1280,2400",
-        f"--screenshot={shot}", path.resolve().as_uri(),
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1280,2400",
+        f"--screenshot={shot}",
+        path.resolve().as_uri(),
     ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -299,9 +411,11 @@ def test_renders_in_headless_chromium(run_dir, built, tmp_path):
         pytest.skip(f"headless Chromium failed to run: {proc.stderr[-500:]}")
     assert shot.stat().st_size > 10_000, proc.stderr[-2000:]
     # the report has no scripts: any console message or failed load is a defect
-    problems = [line for line in proc.stderr.splitlines()
-                if ":CONSOLE" in line or "Uncaught" in line
-                or ("ERR_" in line and "report.html" in line)]
+    problems = [
+        line
+        for line in proc.stderr.splitlines()
+        if ":CONSOLE" in line or "Uncaught" in line or ("ERR_" in line and "report.html" in line)
+    ]
     assert not problems, problems
 
 
@@ -311,16 +425,24 @@ def test_degenerate_run(tmp_path):
     (root / "results").mkdir(parents=True)
     rows = []
     for i in range(6):
-        rows += [("d", "NA", "m", i, float(i)), ("d", "cost $5$", "m", i, float(i) + 0.5),
-                 ("d", "NA", "empty", i, np.nan), ("d", "cost $5$", "empty", i, 1.0)]
+        rows += [
+            ("d", "NA", "m", i, float(i)),
+            ("d", "cost $5$", "m", i, float(i) + 0.5),
+            ("d", "NA", "empty", i, np.nan),
+            ("d", "cost $5$", "empty", i, 1.0),
+        ]
     rows += [("d", "NA", "one", 0, 1.0), ("d", "cost $5$", "one", 0, 2.0)]
     ps = pd.DataFrame(rows, columns=stats.PER_SAMPLE_REQUIRED)
     ps.to_parquet(root / "results" / "per_sample.parquet", index=False)
-    (root / "run.json").write_text(json.dumps({"name": "odd", "metrics_meta": {"m": {"higher_is_better": True}}}))
+    (root / "run.json").write_text(
+        json.dumps({"name": "odd", "metrics_meta": {"m": {"higher_is_better": True}}})
+    )
     with pytest.raises(ReportError, match="metric 'empty' has no entry"):
         build_report(root)
-    meta = {m: {"higher_is_better": m != "one", "category": c}
-            for m, c in (("m", "faithfulness"), ("empty", "robustness"), ("one", "complexity"))}
+    meta = {
+        m: {"higher_is_better": m != "one", "category": c}
+        for m, c in (("m", "faithfulness"), ("empty", "robustness"), ("one", "complexity"))
+    }
     (root / "run.json").write_text(json.dumps({"name": "odd", "metrics_meta": meta}))
     html = build_report(root).read_text(encoding="utf-8")
     assert "<th>NA</th>" in html and "cost $5$" in html
@@ -360,7 +482,9 @@ def test_lime_superpixels_figure_and_per_image_names(tmp_path):
     table names each image by its file where run.json has sample names."""
     from xaiarena.report.plots import lime_superpixels
 
-    run_dir = make_run_dir(tmp_path / "run", datasets=("hard_mnist",), n_eval=10, agreement=True, lime=True)
+    run_dir = make_run_dir(
+        tmp_path / "run", datasets=("hard_mnist",), n_eval=10, agreement=True, lime=True
+    )
     html = build_report(run_dir).read_text(encoding="utf-8")
     assert "LIME superpixels" in html and "top-10 positive superpixels" in html
     assert list((run_dir / "figures").glob("*lime_superpixels.png"))
@@ -377,22 +501,61 @@ def test_lime_superpixels_figure_and_per_image_names(tmp_path):
     assert lime_superpixels(ex, ["not_there"]) is None
 
 
-@pytest.mark.parametrize(("report", "expected"), [
-    ({"mask_unit": "word", "train_mask_l0_fraction": 0.997, "test_stopped_at_limit_fraction": 0.0},
-     ["keep 99.7% of the words", "lr_words"]),
-    ({"train_mask_l0_fraction": 0.01, "test_stopped_at_limit_fraction": 0.0},
-     ["keep only 1.0% of the pixels", "collapsed"]),
-    ({"train_mask_l0_fraction": 0.4, "test_stopped_at_limit_fraction": 0.25, "test_time": {"steps_max": 1980}},
-     ["reached its safety limit (1980 steps) before its stopping rule for 25.0% of the samples"]),
-    ({"train_mask_l0_fraction": 0.4, "test_stopped_at_limit_fraction": 0.0, "test_seed_agreement": 0.31,
-      "test_seed_check": {"n_samples": 16}},
-     ["depend on its random seed", "16 evaluation samples' maps", "Spearman correlation of 0.31"]),
-    ({"train_mask_l0_fraction": 0.4, "test_stopped_at_limit_fraction": 0.0, "test_seed_agreement": 0.8}, []),
-    # a run directory written before issue 23 (the old per-step rule and its horizon)
-    ({"train_mask_l0_fraction": 0.4, "test_converged_fraction": 0.02}, ["converged for only 2.0% of the samples"]),
-    ({"train_mask_l0_fraction": 0.4, "test_converged_fraction": 0.6}, []),
-    ({}, []),
-])
+@pytest.mark.parametrize(
+    ("report", "expected"),
+    [
+        (
+            {
+                "mask_unit": "word",
+                "train_mask_l0_fraction": 0.997,
+                "test_stopped_at_limit_fraction": 0.0,
+            },
+            ["keep 99.7% of the words", "lr_words"],
+        ),
+        (
+            {"train_mask_l0_fraction": 0.01, "test_stopped_at_limit_fraction": 0.0},
+            ["keep only 1.0% of the pixels", "collapsed"],
+        ),
+        (
+            {
+                "train_mask_l0_fraction": 0.4,
+                "test_stopped_at_limit_fraction": 0.25,
+                "test_time": {"steps_max": 1980},
+            },
+            [
+                "reached its safety limit (1980 steps) before its stopping rule for 25.0% of the samples"
+            ],
+        ),
+        (
+            {
+                "train_mask_l0_fraction": 0.4,
+                "test_stopped_at_limit_fraction": 0.0,
+                "test_seed_agreement": 0.31,
+                "test_seed_check": {"n_samples": 16},
+            },
+            [
+                "depend on its random seed",
+                "16 evaluation samples' maps",
+                "Spearman correlation of 0.31",
+            ],
+        ),
+        (
+            {
+                "train_mask_l0_fraction": 0.4,
+                "test_stopped_at_limit_fraction": 0.0,
+                "test_seed_agreement": 0.8,
+            },
+            [],
+        ),
+        # a run directory written before issue 23 (the old per-step rule and its horizon)
+        (
+            {"train_mask_l0_fraction": 0.4, "test_converged_fraction": 0.02},
+            ["converged for only 2.0% of the samples"],
+        ),
+        ({"train_mask_l0_fraction": 0.4, "test_converged_fraction": 0.6}, []),
+        ({}, []),
+    ],
+)
 def test_diet_fit_reports_that_say_little_are_flagged(report, expected):
     """The report warns when DiET's training masks kept (nearly) everything or nothing, when test-time
     optimisations stopped at the safety limit instead of by their rule, or when two seeds' maps agree
@@ -462,8 +625,7 @@ def test_replicated_run_says_what_its_intervals_count(tmp_path):
     both = " ".join(_test_notes(data, 0.05, "both"))
     assert (
         "The Wilcoxon signed-rank test over replicates cannot give a p-value below 0.25 "
-        "with 3 replicates"
-        in both
+        "with 3 replicates" in both
     ) and "rests on the paired t-test alone" in both
     assert "no difference can be called significant by it" in " ".join(
         _test_notes(data, 0.05, "wilcoxon")

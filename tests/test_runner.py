@@ -16,8 +16,12 @@ import xaiarena
 from xaiarena.registry import EXPLAINERS, METRICS
 
 TINY = {
-    "data.n_train": 300, "data.n_test": 80, "training.epochs": 1, "model.channels": [4, 8, 8],
-    "evaluation.n_samples": 24, "evaluation.batch_size": 8,
+    "data.n_train": 300,
+    "data.n_test": 80,
+    "training.epochs": 1,
+    "model.channels": [4, 8, 8],
+    "evaluation.n_samples": 24,
+    "evaluation.batch_size": 8,
 }
 
 
@@ -28,39 +32,63 @@ def _need(*names):
 
 
 def _cfg(explainers, metrics):
-    return {"name": "t", "data": "hard_mnist", "model": "lenet", "explainers": explainers, "metrics": metrics}
+    return {
+        "name": "t",
+        "data": "hard_mnist",
+        "model": "lenet",
+        "explainers": explainers,
+        "metrics": metrics,
+    }
 
 
 def test_api_run_and_load_and_adding_a_metric_recomputes_only_it(tmp_path):
     _need("saliency", "random", "sparseness", "topk_iou")
     out = tmp_path / "run"
-    res = xaiarena.run(_cfg(["saliency", "random"], ["sparseness"]), out=out, overrides=TINY, show_progress=False)
+    res = xaiarena.run(
+        _cfg(["saliency", "random"], ["sparseness"]), out=out, overrides=TINY, show_progress=False
+    )
     assert set(res.summary.explainer) == {"saliency", "random"}
     assert res.attributions("saliency").shape == (24, 64, 64)
     with pytest.raises(KeyError, match="saliency"):
         res.attributions("nope")
     first = res.per_sample
 
-    res2 = xaiarena.run(_cfg(["saliency", "random"], ["sparseness", "topk_iou"]), out=out, overrides=TINY,
-                        show_progress=False)
+    res2 = xaiarena.run(
+        _cfg(["saliency", "random"], ["sparseness", "topk_iou"]),
+        out=out,
+        overrides=TINY,
+        show_progress=False,
+    )
     stages = res2.info["stages"]
     assert stages["hard_mnist/train"]["cache_hit"]
-    assert stages["hard_mnist/explain/saliency"]["cache_hit"] and stages["hard_mnist/explain/random"]["cache_hit"]
+    assert (
+        stages["hard_mnist/explain/saliency"]["cache_hit"]
+        and stages["hard_mnist/explain/random"]["cache_hit"]
+    )
     assert stages["hard_mnist/metric/sparseness"]["cache_hit"]
     assert not stages["hard_mnist/metric/topk_iou"]["cache_hit"]
     again = res2.per_sample
-    pd.testing.assert_frame_equal(again[again.metric == "sparseness"].reset_index(drop=True),
-                                  first.reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        again[again.metric == "sparseness"].reset_index(drop=True), first.reset_index(drop=True)
+    )
     loaded = xaiarena.load(out)
     assert len(loaded.summary) == len(res2.summary)
 
 
 def test_same_config_gives_same_numbers_in_a_fresh_directory(tmp_path):
     _need("saliency", "random", "sparseness")
-    a = xaiarena.run(_cfg(["saliency", "random"], ["sparseness"]), out=tmp_path / "a", overrides=TINY,
-                     show_progress=False)
-    b = xaiarena.run(_cfg(["saliency", "random"], ["sparseness"]), out=tmp_path / "b", overrides=TINY,
-                     show_progress=False)
+    a = xaiarena.run(
+        _cfg(["saliency", "random"], ["sparseness"]),
+        out=tmp_path / "a",
+        overrides=TINY,
+        show_progress=False,
+    )
+    b = xaiarena.run(
+        _cfg(["saliency", "random"], ["sparseness"]),
+        out=tmp_path / "b",
+        overrides=TINY,
+        show_progress=False,
+    )
     pd.testing.assert_frame_equal(a.per_sample, b.per_sample)
 
 
@@ -68,8 +96,12 @@ def test_labels_and_duplicate_names(tmp_path):
     _need("saliency", "sparseness")
     with pytest.raises(Exception, match="appears twice"):
         xaiarena.load_config(_cfg(["saliency", "saliency"], []))
-    res = xaiarena.run(_cfg(["saliency", {"name": "saliency", "label": "sal2"}], ["sparseness"]),
-                       out=tmp_path / "r", overrides=TINY, show_progress=False)
+    res = xaiarena.run(
+        _cfg(["saliency", {"name": "saliency", "label": "sal2"}], ["sparseness"]),
+        out=tmp_path / "r",
+        overrides=TINY,
+        show_progress=False,
+    )
     assert set(res.summary.explainer) == {"saliency", "sal2"}
 
 
@@ -91,8 +123,13 @@ def test_kill_during_attributions_then_resume_gives_identical_numbers(tmp_path):
     subprocess.run([*cmd, "--out", str(ref)], check=True, env=env, capture_output=True)
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([*cmd, "--out", str(out)], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(out)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     attr_dir = out / "cache" / "attributions" / "hard_mnist"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -110,6 +147,10 @@ def test_kill_during_attributions_then_resume_gives_identical_numbers(tmp_path):
     info = json.loads((out / "run.json").read_text())
     assert info["stages"]["hard_mnist/train"]["cache_hit"]
     assert info["stages"]["hard_mnist/explain/saliency"]["cache_hit"]
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "results/per_sample.parquet"),
-                                  pd.read_parquet(ref / "results/per_sample.parquet"))
-    pd.testing.assert_frame_equal(pd.read_csv(out / "results/summary.csv"), pd.read_csv(ref / "results/summary.csv"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "results/per_sample.parquet"),
+        pd.read_parquet(ref / "results/per_sample.parquet"),
+    )
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "results/summary.csv"), pd.read_csv(ref / "results/summary.csv")
+    )

@@ -114,8 +114,12 @@ def test_summarize_deterministic_and_independent_of_other_groups():
 
 def test_summarize_degenerate_and_errors():
     ps = pd.DataFrame(
-        [("d", "a", "m", 0, np.nan), ("d", "b", "m", 0, 3.0), ("d", "c", "m", 0, 1.0),
-         ("d", "c", "m", 1, 1.0)],
+        [
+            ("d", "a", "m", 0, np.nan),
+            ("d", "b", "m", 0, 3.0),
+            ("d", "c", "m", 0, 1.0),
+            ("d", "c", "m", 1, 1.0),
+        ],
         columns=stats.PER_SAMPLE_REQUIRED,
     )
     out = stats.summarize(ps, {"m": True}).set_index("explainer")
@@ -204,8 +208,10 @@ def test_paired_tests_match_scipy():
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.integers(-3, 3), min_size=2, max_size=10).filter(lambda v: any(v)),
-       st.sampled_from([1.0, 0.1, 0.37]))
+@given(
+    st.lists(st.integers(-3, 3), min_size=2, max_size=10).filter(lambda v: any(v)),
+    st.sampled_from([1.0, 0.1, 0.37]),
+)
 def test_wilcoxon_with_ties_or_zeros_equals_scipy(values, scale):
     """Small samples with ties or zeros take the enumerated sign-flip path; scipy is the oracle
     (its own exact permutation test, 2**n calls of the statistic)."""
@@ -219,13 +225,22 @@ def test_wilcoxon_with_ties_or_zeros_equals_scipy(values, scale):
 def test_paired_tests_degenerate():
     rows = []
     for i in range(6):
-        rows += [("d", "same1", "m", i, float(i)), ("d", "same2", "m", i, float(i)),
-                 ("d", "plus1", "m", i, float(i) + 1)]
+        rows += [
+            ("d", "same1", "m", i, float(i)),
+            ("d", "same2", "m", i, float(i)),
+            ("d", "plus1", "m", i, float(i) + 1),
+        ]
     rows += [("d", "lonely", "m", 0, 1.0)] + [("d", "lonely", "m", i, np.nan) for i in range(1, 6)]
     ps = pd.DataFrame(rows, columns=stats.PER_SAMPLE_REQUIRED)
-    out = stats.paired_tests(ps, with_n=True).set_index(["explainer_a", "explainer_b", "test"]).sort_index()
+    out = (
+        stats.paired_tests(ps, with_n=True)
+        .set_index(["explainer_a", "explainer_b", "test"])
+        .sort_index()
+    )
     same = out.loc[("same1", "same2")]
-    assert (same.statistic == 0).all() and (same.p_value == 1).all() and (same.effect_size == 0).all()
+    assert (
+        (same.statistic == 0).all() and (same.p_value == 1).all() and (same.effect_size == 0).all()
+    )
     const = out.loc[("same1", "plus1", "t")]
     assert const.statistic == -np.inf and const.p_value == 0 and const.effect_size == -np.inf
     wil = out.loc[("same1", "plus1", "wilcoxon")]
@@ -286,11 +301,19 @@ def test_rank_lower_is_better_and_test_choice():
 
 
 def test_rank_without_tests_and_with_nan_mean():
-    summ = pd.DataFrame({
-        "dataset": "d", "model": "", "explainer": ["a", "b", "c"], "metric": "m",
-        "mean": [1.0, np.nan, 2.0], "ci_low": np.nan, "ci_high": np.nan, "n": [3, 0, 3],
-        "higher_is_better": True,
-    })
+    summ = pd.DataFrame(
+        {
+            "dataset": "d",
+            "model": "",
+            "explainer": ["a", "b", "c"],
+            "metric": "m",
+            "mean": [1.0, np.nan, 2.0],
+            "ci_low": np.nan,
+            "ci_high": np.nan,
+            "n": [3, 0, 3],
+            "higher_is_better": True,
+        }
+    )
     r = stats.rank(summ, pd.DataFrame(columns=stats.TESTS_COLUMNS)).set_index("explainer")
     assert list(r.index) == ["c", "a", "b"]
     assert r.loc["c", "rank"] == 1 and r.loc["a", "rank"] == 1 and pd.isna(r.loc["b", "rank"])
@@ -306,9 +329,18 @@ def test_compare_to_best():
 
 
 @FAST
-@given(st.integers(1, 6).flatmap(lambda k: st.tuples(
-    st.just(k), st.sets(st.sampled_from(list(itertools.combinations(range(k), 2))) if k > 1
-                        else st.nothing()))))
+@given(
+    st.integers(1, 6).flatmap(
+        lambda k: st.tuples(
+            st.just(k),
+            st.sets(
+                st.sampled_from(list(itertools.combinations(range(k), 2)))
+                if k > 1
+                else st.nothing()
+            ),
+        )
+    )
+)
 def test_compact_letter_display_property(case):
     k, diff = case
     order = [f"e{i}" for i in range(k)]
@@ -328,13 +360,15 @@ def test_compact_letter_display_known():
 
 
 def test_combined_ranking():
-    ranks = pd.DataFrame({
-        "dataset": ["d1", "d1", "d2", "d2", "d1", "d1"],
-        "metric": ["m", "m", "m", "m", "k", "k"],
-        "explainer": ["a", "b", "a", "b", "a", "b"],
-        "rank": pd.array([1, 2, 1, 1, 2, 1], dtype="Int64"),
-        "group": ["a", "b", "a", "a", "b", "a"],
-    })
+    ranks = pd.DataFrame(
+        {
+            "dataset": ["d1", "d1", "d2", "d2", "d1", "d1"],
+            "metric": ["m", "m", "m", "m", "k", "k"],
+            "explainer": ["a", "b", "a", "b", "a", "b"],
+            "rank": pd.array([1, 2, 1, 1, 2, 1], dtype="Int64"),
+            "group": ["a", "b", "a", "a", "b", "a"],
+        }
+    )
     out = stats.combined_ranking(ranks)
     assert list(out.columns) == stats.COMBINED_COLUMNS
     m = out[out.metric == "m"].set_index("explainer")
@@ -350,8 +384,12 @@ def test_end_to_end_speed_budget():
     """A realistic size (2 datasets x 6 explainers x 8 metrics x 128 samples) stays fast."""
     import time
 
-    ps = make_per_sample(n=128, explainers=tuple("abcdef"), metrics=tuple(f"m{i}" for i in range(8)),
-                         datasets=("d1", "d2"))
+    ps = make_per_sample(
+        n=128,
+        explainers=tuple("abcdef"),
+        metrics=tuple(f"m{i}" for i in range(8)),
+        datasets=("d1", "d2"),
+    )
     meta = {f"m{i}": i % 2 == 0 for i in range(8)}
     t0 = time.perf_counter()
     summ = stats.summarize(ps, meta, seed=0)

@@ -23,14 +23,24 @@ from xaiarena.registry import EXPLAINERS
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted((ROOT / "configs" / "studies").glob("*.yaml"))
 SHARED = Path(os.environ.get("XAIARENA_DATA_DIR", ROOT.parent / "shared" / "datasets"))
-EXPECTED = {"diet_vs_gradcam_images", "fashion_mnist_captum_quantus", "lime_vs_gradcam_agreement", "voc_foreground",
-            "dissect_offline", "clip_dissect_resnet18", "diet_vs_ig_text"}
+EXPECTED = {
+    "diet_vs_gradcam_images",
+    "fashion_mnist_captum_quantus",
+    "lime_vs_gradcam_agreement",
+    "voc_foreground",
+    "dissect_offline",
+    "clip_dissect_resnet18",
+    "diet_vs_ig_text",
+}
 
 
 def quick_overrides(path: Path) -> list[str]:
     """The ``# quick: key=value`` lines of a study's header, in order."""
-    return [line.split("quick:", 1)[1].strip() for line in path.read_text().splitlines()
-            if line.startswith("# quick:")]
+    return [
+        line.split("quick:", 1)[1].strip()
+        for line in path.read_text().splitlines()
+        if line.startswith("# quick:")
+    ]
 
 
 def _id(p: Path) -> str:
@@ -58,12 +68,20 @@ def test_study_config_is_valid_full_and_quick(path):
 
 def medium_overrides(path: Path) -> list[str]:
     """The ``# medium: key=value`` lines of a study's header, in order."""
-    return [line.split("medium:", 1)[1].strip() for line in path.read_text().splitlines()
-            if line.startswith("# medium:")]
+    return [
+        line.split("medium:", 1)[1].strip()
+        for line in path.read_text().splitlines()
+        if line.startswith("# medium:")
+    ]
 
 
-SOURCE_STUDIES = {"000": "diet_vs_gradcam_images", "001": "diet_vs_ig_text", "002": "fashion_mnist_captum_quantus",
-                  "003": "lime_vs_gradcam_agreement", "004": "voc_foreground"}
+SOURCE_STUDIES = {
+    "000": "diet_vs_gradcam_images",
+    "001": "diet_vs_ig_text",
+    "002": "fashion_mnist_captum_quantus",
+    "003": "lime_vs_gradcam_agreement",
+    "004": "voc_foreground",
+}
 
 
 @pytest.mark.parametrize("sid, name", sorted(SOURCE_STUDIES.items()))
@@ -111,7 +129,9 @@ def test_quick_sizes_only_use_shared_datasets():
         for d in load_config(path, quick_overrides(path)).data:
             if "data_dir" not in inspect.signature(DATASETS.get(d.name)).parameters:
                 continue  # built in (hard_mnist): generated, no files
-            assert (SHARED / d.name).is_dir(), f"{path.name}: quick size uses '{d.name}', not in {SHARED}"
+            assert (SHARED / d.name).is_dir(), (
+                f"{path.name}: quick size uses '{d.name}', not in {SHARED}"
+            )
 
 
 # --------------------------------------------------------------------------- integration
@@ -124,7 +144,11 @@ def _check_voc(run_dir: Path) -> None:
     assert set(g.index) == {"t", "wilcoxon"} and (g["n"] == 10).all()
     # measured (class 404 airliner, min-max maps): t(9) = 18.99, p = 1.4e-8; Wilcoxon W = 0, p = 0.002
     # (the smallest p of 10 pairs); d_z = 6.0
-    assert g.loc["t", "statistic"] > 5 and g.loc["t", "p_value"] < 1e-4 and g.loc["wilcoxon", "p_value"] < 0.01
+    assert (
+        g.loc["t", "statistic"] > 5
+        and g.loc["t", "p_value"] < 1e-4
+        and g.loc["wilcoxon", "p_value"] < 0.01
+    )
     assert g.loc["t", "effect_size"] > 1.0
     r = fg[(fg["explainer"] == "random") & (fg["test"] == "t")].iloc[0]
     assert abs(r["effect_size"]) < 0.5  # the calibration baseline shows no object preference
@@ -142,7 +166,10 @@ def _check_agreement(run_dir: Path) -> None:
     assert "lime~lime_top10" not in pairs  # the metric's explainer subset holds
     for metric, ref in (("lime_top10_iou", "lime_top10"), ("lime_top10_pm_iou", "lime_top10_pm")):
         assert set(ps.loc[ps["metric"] == metric, "explainer"]) == {
-            f"{ref}~gradcam", f"{ref}~ablationcam", f"{ref}~scorecam"}
+            f"{ref}~gradcam",
+            f"{ref}~ablationcam",
+            f"{ref}~scorecam",
+        }
     assert ps["value"].dropna().between(-1, 1).all()
     # the top-10 maps are selections of the full LIME map (same seed, superpixels, perturbations)
     import torch
@@ -164,12 +191,23 @@ def _check_dissect_offline(run_dir: Path) -> None:
     layers = res.layers.set_index("layer")
     # the known answer: every output neuron of the LeNet gets its own digit (measured: 10 of 10)
     assert layers.loc["classifier.2", "own_class_rate"] >= 0.9
-    assert set(res.neurons["layer"]) == {"features.1", "features.4", "features.7", "classifier.1", "classifier.2"}
-    assert (run_dir / "dissect.html").exists() and len(list((run_dir / "figures").glob("dissect_*.png"))) == 2
+    assert set(res.neurons["layer"]) == {
+        "features.1",
+        "features.4",
+        "features.7",
+        "classifier.1",
+        "classifier.2",
+    }
+    assert (run_dir / "dissect.html").exists() and len(
+        list((run_dir / "figures").glob("dissect_*.png"))
+    ) == 2
 
 
-CHECKS = {"voc_foreground": _check_voc, "lime_vs_gradcam_agreement": _check_agreement,
-          "dissect_offline": _check_dissect_offline}
+CHECKS = {
+    "voc_foreground": _check_voc,
+    "lime_vs_gradcam_agreement": _check_agreement,
+    "dissect_offline": _check_dissect_offline,
+}
 
 
 def _run_dissection_study(path: Path, out: Path) -> None:
@@ -217,7 +255,9 @@ def test_quick_study_runs_offline(path, tmp_path, monkeypatch):
     monkeypatch.setenv("XAIARENA_DATA_DIR", str(SHARED))
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    threads = torch.get_num_threads()  # the quick sizes pin training.num_threads=1: restore afterwards
+    threads = (
+        torch.get_num_threads()
+    )  # the quick sizes pin training.num_threads=1: restore afterwards
     start = time.perf_counter()
     try:
         res = run(path, out=tmp_path / "run", overrides=quick_overrides(path), show_progress=False)
@@ -242,7 +282,9 @@ def _check_results_page(path: Path, run_dir: Path, out: Path) -> None:
     """benchmarks/study_page.py turns the run into a results page with the study's own analyses."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("study_page", ROOT / "benchmarks" / "study_page.py")
+    spec = importlib.util.spec_from_file_location(
+        "study_page", ROOT / "benchmarks" / "study_page.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     text = mod.page(run_dir, "xaiarena run ...", "0.1 -> 0.2", out, "figs", answer="ours")

@@ -13,9 +13,12 @@ from xaiarena.data import load_task
 from xaiarena.data.synthetic import colorized_digit_masks
 from xaiarena.errors import DataError
 
-SHARED = Path(os.environ.get("XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
-needs_colorized = pytest.mark.skipif(not (SHARED / "colorized_mnist").exists(),
-                                     reason="shared colorized_mnist not found")
+SHARED = Path(
+    os.environ.get("XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets")
+)
+needs_colorized = pytest.mark.skipif(
+    not (SHARED / "colorized_mnist").exists(), reason="shared colorized_mnist not found"
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,11 @@ def test_digit_masks_are_robust_to_any_background_colour():
     backgrounds = torch.tensor([[30, 200, 90], [255, 0, 0], [120, 120, 140]], dtype=torch.int16)
     imgs = backgrounds[:, :, None, None].expand(3, 3, 28, 28).clone()
     imgs = torch.where(strokes[:, None], torch.full_like(imgs, 250), imgs)
-    imgs = (imgs + torch.randint(-20, 21, imgs.shape, generator=g, dtype=torch.int16)).clamp(0, 255).to(torch.uint8)
+    imgs = (
+        (imgs + torch.randint(-20, 21, imgs.shape, generator=g, dtype=torch.int16))
+        .clamp(0, 255)
+        .to(torch.uint8)
+    )
     alpha, ink, paper = colorized_digit_masks(imgs)
     assert np.array_equal(alpha.astype(bool), strokes.numpy())
     assert np.allclose(paper * 255, backgrounds.numpy(), atol=21)
@@ -73,15 +80,19 @@ def test_hard_mnist_colorized_composition(hmc):
         assert int(ys.max() - ys.min()) < 32 and int(xs.max() - xs.min()) < 32
     # white pixels outside the mask exist (the distractor, or bright noise): the mask is not
     # simply "white pixels" as in the paper's script
-    white = (imgs.min(dim=1).values > 200)
+    white = imgs.min(dim=1).values > 200
     assert (white & ~masks).any()
     assert set(hmc.meta) >= {"train_sources", "test_sources", "canvas"}
 
 
 @needs_colorized
 def test_hard_mnist_colorized_is_seeded_and_sized():
-    a = load_task("hard_mnist_colorized", data_dir=str(SHARED), n_train=20, n_test=10, seed=3, canvas=96)
-    b = load_task("hard_mnist_colorized", data_dir=str(SHARED), n_train=20, n_test=10, seed=3, canvas=96)
+    a = load_task(
+        "hard_mnist_colorized", data_dir=str(SHARED), n_train=20, n_test=10, seed=3, canvas=96
+    )
+    b = load_task(
+        "hard_mnist_colorized", data_dir=str(SHARED), n_train=20, n_test=10, seed=3, canvas=96
+    )
     assert a.input_shape == (3, 96, 96)
     assert torch.equal(a.test.images, b.test.images) and torch.equal(a.test.masks, b.test.masks)
 

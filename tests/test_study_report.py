@@ -12,8 +12,13 @@ from xaiarena.errors import ConfigError
 from xaiarena.report.study import reference_rows
 from xaiarena.report.tables import p_eq
 
-PRESETS = {"data": "hard_mnist", "model": "lenet", "explainers": ["saliency"], "metrics": ["sparseness"],
-           "presets": {"small": {"training.epochs": 1, "evaluation.n_samples": 4}}}
+PRESETS = {
+    "data": "hard_mnist",
+    "model": "lenet",
+    "explainers": ["saliency"],
+    "metrics": ["sparseness"],
+    "presets": {"small": {"training.epochs": 1, "evaluation.n_samples": 4}},
+}
 
 
 def test_a_preset_applies_its_overrides_and_the_command_line_wins():
@@ -29,17 +34,34 @@ def test_an_unknown_preset_names_the_valid_ones():
 
 
 def _data(tmp_path, rows):
-    summary = pd.DataFrame(rows, columns=["dataset", "explained_model", "explainer", "metric", "mean", "ci_low",
-                                          "ci_high", "higher_is_better"])
+    summary = pd.DataFrame(
+        rows,
+        columns=[
+            "dataset",
+            "explained_model",
+            "explainer",
+            "metric",
+            "mean",
+            "ci_low",
+            "ci_high",
+            "higher_is_better",
+        ],
+    )
     return SimpleNamespace(summary=summary, datasets=["d"], run_dir=tmp_path)
 
 
-def test_reference_values_and_ranges_are_judged_by_our_ci_and_orderings_need_two_explainers(tmp_path):
-    data = _data(tmp_path, [("d", "f_b", "a", "m", 0.5, 0.4, 0.6, True),
-                            ("d", "f_b", "b", "m", 0.2, 0.1, 0.3, True)])
-    refs = [{"metric": "m", "explainer": "a", "value": 0.45, "source": "s"},        # inside our CI
-            {"metric": "m", "explainer": "a", "range": [0.7, 0.9], "source": "s"},   # no overlap
-            {"metric": "m", "explainer": "b", "value": 0.35, "source": "s"}]         # outside
+def test_reference_values_and_ranges_are_judged_by_our_ci_and_orderings_need_two_explainers(
+    tmp_path,
+):
+    data = _data(
+        tmp_path,
+        [("d", "f_b", "a", "m", 0.5, 0.4, 0.6, True), ("d", "f_b", "b", "m", 0.2, 0.1, 0.3, True)],
+    )
+    refs = [
+        {"metric": "m", "explainer": "a", "value": 0.45, "source": "s"},  # inside our CI
+        {"metric": "m", "explainer": "a", "range": [0.7, 0.9], "source": "s"},  # no overlap
+        {"metric": "m", "explainer": "b", "value": 0.35, "source": "s"},
+    ]  # outside
     rows, orderings = reference_rows(data, refs)
     assert [r["agrees"] for r in rows] == ["yes", "no", "no"]
     # one ordering over the two distinct explainers (a listed twice counts once)
@@ -49,8 +71,10 @@ def test_reference_values_and_ranges_are_judged_by_our_ci_and_orderings_need_two
     assert only_a == []  # one explainer, given twice: no ordering to compare
 
 
-@pytest.mark.parametrize(("p", "text"), [(0.0312, "p = 0.031"), (0.004, "p = 0.0040"), (3e-7, "p < 0.0001"),
-                                         (float("nan"), "p = –")])
+@pytest.mark.parametrize(
+    ("p", "text"),
+    [(0.0312, "p = 0.031"), (0.004, "p = 0.0040"), (3e-7, "p < 0.0001"), (float("nan"), "p = –")],
+)
 def test_p_values_read_as_a_relation(p, text):
     """The smallest p-values read 'p < 0.0001', never 'p = < 0.0001'."""
     assert p_eq("p", p) == text
@@ -67,25 +91,55 @@ def _study_run(tmp_path):
     from xaiarena import stats
 
     rng = np.random.default_rng(1)
-    means = {("f_b", "gradcam"): 0.5, ("f_b", "diet@f_s"): 0.4, ("f_s", "gradcam"): 0.45, ("f_s", "diet"): 0.8}
+    means = {
+        ("f_b", "gradcam"): 0.5,
+        ("f_b", "diet@f_s"): 0.4,
+        ("f_s", "gradcam"): 0.45,
+        ("f_s", "diet"): 0.8,
+    }
     parts = []
     for k, d in enumerate(["d1", "d2", "d3"]):
         for (view, e), m in means.items():
-            parts.append(pd.DataFrame({"dataset": d, "explained_model": view, "explainer": e, "metric": "keep",
-                                       "sample_id": np.arange(30), "value": m + 0.02 * k + rng.normal(0, 0.05, 30)}))
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "dataset": d,
+                        "explained_model": view,
+                        "explainer": e,
+                        "metric": "keep",
+                        "sample_id": np.arange(30),
+                        "value": m + 0.02 * k + rng.normal(0, 0.05, 30),
+                    }
+                )
+            )
     ps = pd.concat(parts, ignore_index=True)
     run = tmp_path / "run"
     (run / "results").mkdir(parents=True)
     meta = {"keep": {"higher_is_better": True, "category": "faithfulness", "ranked": True}}
-    stats.summarize(ps, meta, models={d: "lenet" for d in ["d1", "d2", "d3"]}).to_csv(run / "results" / "summary.csv",
-                                                                                     index=False)
+    stats.summarize(ps, meta, models={d: "lenet" for d in ["d1", "d2", "d3"]}).to_csv(
+        run / "results" / "summary.csv", index=False
+    )
     stats.paired_tests(ps).to_csv(run / "results" / "tests.csv", index=False)
-    info = {"explainers": {"gradcam": {"explains": "f_b", "views": {"f_b": {}, "f_s": {}}},
-                           "diet": {"explains": "f_s", "views": {"f_s": {}}}}}
-    (run / "run.json").write_text(json.dumps({"name": "s", "datasets": {d: info for d in ["d1", "d2", "d3"]},
-                                              "metrics_meta": meta}))
-    study = {"study": {"id": "000", "title": "DiET vs Grad-CAM", "compare": ["diet", "gradcam"], "metric": "keep",
-                       "analyses": ["improvement"]}}
+    info = {
+        "explainers": {
+            "gradcam": {"explains": "f_b", "views": {"f_b": {}, "f_s": {}}},
+            "diet": {"explains": "f_s", "views": {"f_s": {}}},
+        }
+    }
+    (run / "run.json").write_text(
+        json.dumps(
+            {"name": "s", "datasets": {d: info for d in ["d1", "d2", "d3"]}, "metrics_meta": meta}
+        )
+    )
+    study = {
+        "study": {
+            "id": "000",
+            "title": "DiET vs Grad-CAM",
+            "compare": ["diet", "gradcam"],
+            "metric": "keep",
+            "analyses": ["improvement"],
+        }
+    }
     (run / "config.yaml").write_text(yaml.safe_dump({"name": "s", **study}))
     return run, ps
 
@@ -102,7 +156,9 @@ def test_study_page_and_report_never_test_maps_of_different_models(tmp_path):
     imp = improvement(load_run(run), {"compare": ["diet", "gradcam"], "metric": "keep"})
     # one comparison per scoring model, both maps scored on it: f_b first (DiET's maps as diet@f_s)
     assert [(v["view"], v["a_label"], v["b_label"]) for v in imp["views"]] == [
-        ("f_b", "diet@f_s", "gradcam"), ("f_s", "diet", "gradcam")]
+        ("f_b", "diet@f_s", "gradcam"),
+        ("f_s", "diet", "gradcam"),
+    ]
     means = ps.groupby(["explained_model", "explainer", "dataset"])["value"].mean()
     t_fb, p_fb = stats.paired_t((means["f_b", "diet@f_s"] - means["f_b", "gradcam"]).to_numpy())
     assert imp["views"][0]["across"].startswith(f"t = {t_fb:.3f}".replace("-", "−"))

@@ -15,8 +15,10 @@ from xaiarena.data.text import TextBatch, encode_texts, rationale_matrix, split_
 from xaiarena.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-needs_shared = pytest.mark.skipif(not (SHARED / "sst2" / "validation.parquet").exists(),
-                                  reason=f"shared datasets not found under {SHARED}")
+needs_shared = pytest.mark.skipif(
+    not (SHARED / "sst2" / "validation.parquet").exists(),
+    reason=f"shared datasets not found under {SHARED}",
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,18 +26,23 @@ def tokenizer():
     from xaiarena.models.text import minilm_path
 
     transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(str(minilm_path()), use_fast=True, local_files_only=True)
+    return transformers.AutoTokenizer.from_pretrained(
+        str(minilm_path()), use_fast=True, local_files_only=True
+    )
 
 
 # --------------------------------------------------------------------------- loaders
 
 
 @needs_shared
-@pytest.mark.parametrize("name,classes,first_split_size", [
-    ("sst2", ["negative", "positive"], 67349),
-    ("imdb", ["neg", "pos"], 2000),
-    ("ag_news", ["World", "Sports", "Business", "Sci/Tech"], 6000),
-])
+@pytest.mark.parametrize(
+    "name,classes,first_split_size",
+    [
+        ("sst2", ["negative", "positive"], 67349),
+        ("imdb", ["neg", "pos"], 2000),
+        ("ag_news", ["World", "Sports", "Business", "Sci/Tech"], 6000),
+    ],
+)
 def test_loaders_read_the_shared_parquet_files(name, classes, first_split_size):
     task = load_task(name, seed=0, data_dir=str(SHARED), n_train=40, n_test=12)
     assert task.modality == "text" and task.class_names == classes
@@ -66,7 +73,9 @@ def test_imdb_line_breaks_become_spaces():
 
 
 def test_missing_parquet_is_a_clear_error(tmp_path):
-    with pytest.raises(DataError, match=r"has no folder 'sst2'.*sst2/<split>\.parquet for splits train, validation"):
+    with pytest.raises(
+        DataError, match=r"has no folder 'sst2'.*sst2/<split>\.parquet for splits train, validation"
+    ):
         load_task("sst2", data_dir=str(tmp_path))
 
 
@@ -79,7 +88,9 @@ def test_planted_sentiment_is_deterministic_and_its_rationales_mark_the_cues():
     a = load_task("planted_sentiment", seed=3, n_train=200, n_test=50)
     b = load_task("planted_sentiment", seed=3, n_train=200, n_test=50)
     assert a.train.texts == b.train.texts and a.modality == "text" and a.has_masks
-    assert a.train.texts != load_task("planted_sentiment", seed=4, n_train=200, n_test=50).train.texts
+    assert (
+        a.train.texts != load_task("planted_sentiment", seed=4, n_train=200, n_test=50).train.texts
+    )
     for text, label, rat in zip(a.train.texts, a.train.labels, a.train.rationales, strict=True):
         words = split_words(text)
         assert len(rat) == len(words) and 1 <= int(rat.sum()) <= 3
@@ -114,13 +125,19 @@ def test_word_pieces_map_to_their_words_and_special_tokens_are_excluded(tokenize
     # "unbelievably" is split into several pieces, all mapped to word 0
     first = [p for p, w in zip(pieces, b.word_ids[0].tolist(), strict=True) if w == 0]
     assert len(first) >= 3 and "".join(p.removeprefix("##") for p in first) == "unbelievably"
-    assert [p for p, w in zip(pieces, b.word_ids[0].tolist(), strict=True) if w == 2] == ["<", "script", ">"]
+    assert [p for p, w in zip(pieces, b.word_ids[0].tolist(), strict=True) if w == 2] == [
+        "<",
+        "script",
+        ">",
+    ]
     # special tokens and padding have no word
     assert b.word_ids[0, 0] == -1 and b.word_ids[1, 0] == -1
     assert (b.word_ids[1][b.attention_mask[1] == 0] == -1).all()
     assert b.special_mask.sum(1).tolist() == [2, 2]
     # aggregation: sum of ones = number of pieces per word; specials (value 100) never leak
-    vals = torch.where(b.word_token_mask, torch.ones(b.input_ids.shape), torch.full(b.input_ids.shape, 100.0))
+    vals = torch.where(
+        b.word_token_mask, torch.ones(b.input_ids.shape), torch.full(b.input_ids.shape, 100.0)
+    )
     counts = b.to_words(vals)
     assert counts[0].tolist() == [len(first), 1, 3, 2] and counts[1].tolist() == [1, 0, 0, 0]
     assert b.to_words(vals, "mean")[0].tolist() == [1, 1, 1, 1]
@@ -149,13 +166,18 @@ def test_keep_words_deletes_or_masks_whole_words(tokenizer):
     b = encode_texts(tokenizer, ["unbelievably good movie", "fine"], 16)
     keep = torch.tensor([[False, True, True], [True, False, False]])
     deleted = b.keep_words(keep, "delete")
-    assert tokenizer.decode(deleted.input_ids[0][deleted.attention_mask[0] > 0]) == "[CLS] good movie [SEP]"
+    assert (
+        tokenizer.decode(deleted.input_ids[0][deleted.attention_mask[0] > 0])
+        == "[CLS] good movie [SEP]"
+    )
     assert deleted.word_ids[0].tolist()[:4] == [-1, 1, 2, -1]
     masked = b.keep_words(keep, "mask")
     n_pieces = int((b.word_ids[0] == 0).sum())
     assert (masked.input_ids[0] == tokenizer.mask_token_id).sum() == n_pieces
     assert torch.equal(masked.attention_mask, b.attention_mask)
-    assert torch.equal(b.keep_words(torch.ones(b.shape, dtype=torch.bool), "delete").input_ids, b.input_ids)
+    assert torch.equal(
+        b.keep_words(torch.ones(b.shape, dtype=torch.bool), "delete").input_ids, b.input_ids
+    )
 
 
 def test_slicing_trims_padding_and_keeps_word_slots(tokenizer):

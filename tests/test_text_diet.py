@@ -17,8 +17,15 @@ from xaiarena.explainers.diet.text import TextDiET, TextMasker  # noqa: E402
 from xaiarena.files import load_torch  # noqa: E402
 from xaiarena.registry import EXPLAINERS  # noqa: E402
 
-QUICK = {"n_train": 120, "rounds": 1, "mask_max_epochs": 2, "model_max_epochs": 1, "test_max_steps": 6,
-         "batch_size": 32, "seed": 0}
+QUICK = {
+    "n_train": 120,
+    "rounds": 1,
+    "mask_max_epochs": 2,
+    "model_max_epochs": 1,
+    "test_max_steps": 6,
+    "batch_size": 32,
+    "seed": 0,
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,7 +46,9 @@ def test_masker_masks_words_not_special_tokens(planted):
     x = model.encode(["unbelievably wonderful film", "dull"])
     masker = TextMasker(x.max_words, "mask")
     m = torch.tensor([[0.0, 1.0, 0.5], [0.25, 1.0, 1.0]])
-    masked = masker.apply(x, masker.expand(m), masker.sample_background(2, torch.Generator(), x.device))
+    masked = masker.apply(
+        x, masker.expand(m), masker.sample_background(2, torch.Generator(), x.device)
+    )
     w = masked.token_weights
     assert (w[x.special_mask] == 1).all() and (w[x.attention_mask == 0] == 1).all()
     assert (w[0][x.word_ids[0] == 0] == 0).all() and (w[0][x.word_ids[0] == 2] == 0.5).all()
@@ -60,10 +69,19 @@ def test_fit_never_modifies_f_b_and_reports_faithfulness(planted, fitted):
     f_s = diet.explained_model(model)
     assert f_s is not model and fingerprint_module(f_s) != before
     rep = diet.report()
-    for key in ("test_agreement_fs_fb", "test_accuracy_fs", "test_accuracy_fb", "train_masked_accuracy_fs",
-                "train_mask_l0_fraction"):
+    for key in (
+        "test_agreement_fs_fb",
+        "test_accuracy_fs",
+        "test_accuracy_fb",
+        "train_masked_accuracy_fs",
+        "train_mask_l0_fraction",
+    ):
         assert 0.0 <= rep[key] <= 1.0, key
-    assert rep["explains"] == "f_s" and rep["n_train"] == QUICK["n_train"] and rep["mask_unit"] == "word"
+    assert (
+        rep["explains"] == "f_s"
+        and rep["n_train"] == QUICK["n_train"]
+        and rep["mask_unit"] == "word"
+    )
     assert diet.train_masks.shape[0] == QUICK["n_train"]
     assert [h["phase"] for h in diet.history] == ["mask", "round", "model"]
 
@@ -95,7 +113,9 @@ def test_registration_and_errors(planted):
     assert entry.meta["modality"] == ("text",)
     with pytest.raises(ValueError, match="baseline='black'"):
         TextDiET(baseline="black")
-    with pytest.raises(ValueError, match=r"text_diet: lr_words=0 is not valid; it must be a number > 0"):
+    with pytest.raises(
+        ValueError, match=r"text_diet: lr_words=0 is not valid; it must be a number > 0"
+    ):
         TextDiET(lr_words=0)
     with pytest.raises(RuntimeError, match="fitted first"):
         TextDiET().explained_model(planted[1])
@@ -115,7 +135,9 @@ def _randomised(model, seed: int = 1):
     return rnd
 
 
-def test_f_s_is_served_from_the_cache_a_randomised_copy_is_reoptimised(planted, fitted, monkeypatch):
+def test_f_s_is_served_from_the_cache_a_randomised_copy_is_reoptimised(
+    planted, fitted, monkeypatch
+):
     """Issue 12.4 for text: explaining f_s hits the cache; explaining another model (the randomised
     copies of the randomisation test) optimises masks against that model, and caches nothing."""
     import xaiarena.explainers.diet.text as text_mod
@@ -143,9 +165,18 @@ def test_f_s_is_served_from_the_cache_a_randomised_copy_is_reoptimised(planted, 
     assert torch.equal(diet.explain(f_s, x, y), maps) and calls["n"] == 1
 
 
-@pytest.mark.parametrize("setting", [{"test_lr": 150.0}, {"test_max_steps": 3}, {"test_sparsity_weight": 3.0},
-                                     {"test_window": 0.25, "test_tol": 1.0, "test_mask_tol": 10.0},
-                                     {"test_procedure": "authors"}, {"baseline": "pad"}, {"lr_words": 3.0}])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"test_lr": 150.0},
+        {"test_max_steps": 3},
+        {"test_sparsity_weight": 3.0},
+        {"test_window": 0.25, "test_tol": 1.0, "test_mask_tol": 10.0},
+        {"test_procedure": "authors"},
+        {"baseline": "pad"},
+        {"lr_words": 3.0},
+    ],
+)
 def test_test_time_settings_are_part_of_the_text_mask_cache_key(planted, fitted, setting):
     """Issue 12.5 for text: another test-time setting on the same cache folder reuses the fit but never
     the cached test masks (issue 23: the procedure and the converged rule's settings too)."""
@@ -174,7 +205,9 @@ class _Constant(torch.nn.Module):
 
 
 @pytest.mark.parametrize("lr_words", [None, 3.0])
-def test_lr_words_gives_every_word_the_same_step_in_training_and_at_test_time(planted, tmp_path, lr_words):
+def test_lr_words_gives_every_word_the_same_step_in_training_and_at_test_time(
+    planted, tmp_path, lr_words
+):
     """The sparsity gradient of a word is w / n_words; with lr_words a text's rate is lr * n / lr_words,
     so one step lowers every word of every text by lr * w / (batch * lr_words). Without it, a word of a
     long text moves n_short / n_long as far as a word of a short one."""
@@ -182,8 +215,16 @@ def test_lr_words_gives_every_word_the_same_step_in_training_and_at_test_time(pl
     x = model.encode(["wonderful", "a really long and rather dull film about many people"])
     n = x.n_words.float()
     assert n[1] > 3 * n[0]
-    cfg = DietConfig(rounds=1, batch_size=2, mask_lr=2.0, test_lr=2.0, mask_max_epochs=1, model_max_epochs=1,
-                     test_max_steps=1, test_tol=0.0)
+    cfg = DietConfig(
+        rounds=1,
+        batch_size=2,
+        mask_lr=2.0,
+        test_lr=2.0,
+        mask_max_epochs=1,
+        model_max_epochs=1,
+        test_max_steps=1,
+        test_tol=0.0,
+    )
     expected = 2.0 / 2 / (n if lr_words is None else torch.full_like(n, lr_words))
     masker = TextMasker(x.max_words, "mask", lr_words)
     assert masker.describe().get("lr_words") == lr_words
@@ -192,7 +233,9 @@ def test_lr_words_gives_every_word_the_same_step_in_training_and_at_test_time(pl
         return [1 - masks[i, : int(n[i])] for i in range(2)]
 
     test_masks, _ = optimise_test_masks(_Constant(), x, masker, cfg)
-    DietTrainer(masker, cfg, cache_dir=tmp_path, show_progress=False).fit(_Constant(), lambda idx: x[idx], 2)
+    DietTrainer(masker, cfg, cache_dir=tmp_path, show_progress=False).fit(
+        _Constant(), lambda idx: x[idx], 2
+    )
     train_masks = load_torch(tmp_path / "masks_round0_before_rounding.pt")
     for masks in (test_masks, train_masks):
         for step, want in zip(steps(masks), expected, strict=True):

@@ -12,10 +12,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from xaiarena.metrics.base import EvalBatch  # noqa: E402
 from xaiarena.registry import EXPLAINERS, METRICS  # noqa: E402
 
-TEXT_EXPLAINERS = ["text_random", "text_saliency", "text_input_x_gradient", "text_integrated_gradients",
-                   "text_occlusion", "text_lime", "text_kernel_shap", "attention_rollout"]
-FAST = {"text_lime": {"n_samples": 40}, "text_kernel_shap": {"n_samples": 40},
-        "text_integrated_gradients": {"n_steps": 8}}
+TEXT_EXPLAINERS = [
+    "text_random",
+    "text_saliency",
+    "text_input_x_gradient",
+    "text_integrated_gradients",
+    "text_occlusion",
+    "text_lime",
+    "text_kernel_shap",
+    "attention_rollout",
+]
+FAST = {
+    "text_lime": {"n_samples": 40},
+    "text_kernel_shap": {"n_samples": 40},
+    "text_integrated_gradients": {"n_steps": 8},
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,15 +54,21 @@ def test_word_maps_have_the_contract_shape_and_are_reproducible(planted, batch, 
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name", ["text_random", "text_lime", "text_kernel_shap", "text_occlusion",
-                                  "text_integrated_gradients"])
+@pytest.mark.parametrize(
+    "name",
+    ["text_random", "text_lime", "text_kernel_shap", "text_occlusion", "text_integrated_gradients"],
+)
 def test_a_texts_map_does_not_depend_on_its_batch(planted, batch, name):
     _, model = planted
     x, y = batch
     e = EXPLAINERS.create(name, **FAST.get(name, {}))
     full = e.explain(model, x, y, generator=torch.Generator().manual_seed(5))
-    parts = torch.cat([e.explain(model, x[i:i + 7], y[i:i + 7], generator=torch.Generator().manual_seed(5))
-                       for i in range(0, len(x), 7)])
+    parts = torch.cat(
+        [
+            e.explain(model, x[i : i + 7], y[i : i + 7], generator=torch.Generator().manual_seed(5))
+            for i in range(0, len(x), 7)
+        ]
+    )
     assert torch.allclose(full, parts, atol=1e-4)
 
 
@@ -74,11 +91,20 @@ def test_integrated_gradients_matches_captum_layer_ig_on_the_embedding_layer(pla
 
     _, model = planted
     x, y = batch[0][:6], batch[1][:6]
-    ours = EXPLAINERS.create("text_integrated_gradients", n_steps=20, baseline="mask").explain(model, x, y)
-    base_ids = torch.where(x.word_token_mask, torch.full_like(x.input_ids, x.special_ids["mask"]), x.input_ids)
+    ours = EXPLAINERS.create("text_integrated_gradients", n_steps=20, baseline="mask").explain(
+        model, x, y
+    )
+    base_ids = torch.where(
+        x.word_token_mask, torch.full_like(x.input_ids, x.special_ids["mask"]), x.input_ids
+    )
     lig = LayerIntegratedGradients(lambda ids, att: model(ids, att), model.embeddings())
-    ref = lig.attribute(x.input_ids, baselines=base_ids, target=y, additional_forward_args=(x.attention_mask,),
-                        n_steps=20).sum(-1)
+    ref = lig.attribute(
+        x.input_ids,
+        baselines=base_ids,
+        target=y,
+        additional_forward_args=(x.attention_mask,),
+        n_steps=20,
+    ).sum(-1)
     assert torch.allclose(ours, x.to_words(ref), atol=1e-4, rtol=1e-3)
 
 
@@ -88,7 +114,9 @@ def test_kernel_shap_scores_sum_to_the_full_minus_empty_output(planted, batch):
     a = EXPLAINERS.create("text_kernel_shap", n_samples=60, removal="mask").explain(model, x, y)
     with torch.no_grad():
         full = model(x).gather(1, y[:, None])[:, 0]
-        empty = model(x.keep_words(torch.zeros(x.shape, dtype=torch.bool), "mask")).gather(1, y[:, None])[:, 0]
+        empty = model(x.keep_words(torch.zeros(x.shape, dtype=torch.bool), "mask")).gather(
+            1, y[:, None]
+        )[:, 0]
     assert torch.allclose(a.sum(1), full - empty, atol=1e-2)
 
 
@@ -113,8 +141,9 @@ def test_attention_rollout_rows_are_a_distribution_over_tokens(planted, batch):
     assert model.net.config._attn_implementation == before  # eager only for the call
 
 
-@pytest.mark.parametrize("name", ["text_integrated_gradients", "text_saliency", "text_occlusion",
-                                  "attention_rollout"])
+@pytest.mark.parametrize(
+    "name", ["text_integrated_gradients", "text_saliency", "text_occlusion", "attention_rollout"]
+)
 def test_recovers_planted_cues_better_than_random(planted, name):
     task, model = planted
     idx = torch.arange(60)
@@ -123,10 +152,15 @@ def test_recovers_planted_cues_better_than_random(planted, name):
     from xaiarena.data.text import rationale_matrix
 
     truth = rationale_matrix([task.test.rationales[i] for i in idx], x.n_words, x.max_words)
-    maps = {k: EXPLAINERS.create(k, **FAST.get(k, {})).explain(model, x, y, generator=torch.Generator().manual_seed(0))
-            for k in (name, "text_random")}
-    out = METRICS.create("rationale_f1").evaluate(EvalBatch(model, x, y, y, truth), maps,
-                                                  generator=torch.Generator().manual_seed(0))
+    maps = {
+        k: EXPLAINERS.create(k, **FAST.get(k, {})).explain(
+            model, x, y, generator=torch.Generator().manual_seed(0)
+        )
+        for k in (name, "text_random")
+    }
+    out = METRICS.create("rationale_f1").evaluate(
+        EvalBatch(model, x, y, y, truth), maps, generator=torch.Generator().manual_seed(0)
+    )
     f1 = {k: float(v.nanmean()) for k, v in out.scores["rationale_f1"].items()}
     assert f1[name] > f1["text_random"] + 0.2, f1
 
@@ -134,7 +168,9 @@ def test_recovers_planted_cues_better_than_random(planted, name):
 def test_bad_inputs_and_options_are_clear_errors(planted, batch):
     _, model = planted
     with pytest.raises(ValueError, match="TextBatch"):
-        EXPLAINERS.create("text_saliency").explain(model, torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]))
+        EXPLAINERS.create("text_saliency").explain(
+            model, torch.zeros(2, 3, 8, 8), torch.tensor([0, 1])
+        )
     with pytest.raises(ValueError, match="aggregate='median'.*sum"):
         EXPLAINERS.create("text_saliency", aggregate="median")
     with pytest.raises(ValueError, match="removal='blank'.*delete, mask, pad, unk"):

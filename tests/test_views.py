@@ -150,13 +150,27 @@ def test_rank_shift_needs_explainers_scored_on_both_models():
         (-0.5, 0.0, [0.25, 0.25], "f_s does not favour diet's maps"),
     ],
 )
-def test_the_home_reading_claims_no_more_than_the_gains(diet_gain, diet_rank_gain, other_gains, says):
-    rows = [("diet", diet_gain, diet_rank_gain)] + [(f"e{i}", g, 0.0) for i, g in enumerate(other_gains)]
+def test_the_home_reading_claims_no_more_than_the_gains(
+    diet_gain, diet_rank_gain, other_gains, says
+):
+    rows = [("diet", diet_gain, diet_rank_gain)] + [
+        (f"e{i}", g, 0.0) for i, g in enumerate(other_gains)
+    ]
     adv = pd.DataFrame(
         [
-            {"explainer": e, "n_metrics": 2, "mean_position_f_b": 2.0, "mean_position_f_s": 2.0 - g,
-             "mean_position_gain": g, "mean_rank_f_b": 1.0, "mean_rank_f_s": 1.0 - rg,
-             "mean_rank_gain": rg, "up": 0, "same": 2, "down": 0}
+            {
+                "explainer": e,
+                "n_metrics": 2,
+                "mean_position_f_b": 2.0,
+                "mean_position_f_s": 2.0 - g,
+                "mean_position_gain": g,
+                "mean_rank_f_b": 1.0,
+                "mean_rank_f_s": 1.0 - rg,
+                "mean_rank_gain": rg,
+                "up": 0,
+                "same": 2,
+                "down": 0,
+            }
             for e, g, rg in rows
         ]
     )

@@ -13,9 +13,13 @@ from xaiarena.data import load_task
 from xaiarena.data.voc import VOC_CLASSES, VOID, fg_bg_valid
 from xaiarena.errors import DataError
 
-SHARED = Path(os.environ.get("XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
-needs_voc = pytest.mark.skipif(not (SHARED / "voc2012_seg" / "aeroplane.parquet").exists(),
-                               reason="shared voc2012_seg/aeroplane.parquet not found")
+SHARED = Path(
+    os.environ.get("XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets")
+)
+needs_voc = pytest.mark.skipif(
+    not (SHARED / "voc2012_seg" / "aeroplane.parquet").exists(),
+    reason="shared voc2012_seg/aeroplane.parquet not found",
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +39,10 @@ def test_aeroplane_subset_shapes_and_labels(voc):
     assert len(voc.train) == 0  # no training split: for pretrained models
     assert all(m.any() for m in test.masks)  # every image shows an aeroplane
     assert voc.meta["file_names"][0] == "2007_000032.jpg"
-    assert voc.test_names(torch.tensor([0, 2])) == [voc.meta["file_names"][0], voc.meta["file_names"][2]]
+    assert voc.test_names(torch.tensor([0, 2])) == [
+        voc.meta["file_names"][0],
+        voc.meta["file_names"][2],
+    ]
     assert voc.test_names() == voc.meta["file_names"]
 
 
@@ -51,7 +58,9 @@ def test_void_is_never_object_and_kept_as_valid_region(voc):
 def test_mask_matches_the_source_at_full_resolution(voc):
     import datasets
 
-    ds = datasets.load_dataset("parquet", data_files={"a": str(SHARED / "voc2012_seg" / "aeroplane.parquet")})["a"]
+    ds = datasets.load_dataset(
+        "parquet", data_files={"a": str(SHARED / "voc2012_seg" / "aeroplane.parquet")}
+    )["a"]
     raw = np.asarray(ds[0]["mask"])
     assert ds[0]["mask"].mode == "P"
     src_share = (raw == 1).mean()
@@ -74,7 +83,10 @@ def test_bad_values_are_named(tmp_path):
         load_task("voc2012_seg", data_dir=str(tmp_path), target_class="plane")
     with pytest.raises(ValueError, match="size=8"):
         load_task("voc2012_seg", data_dir=str(tmp_path), size=8)
-    with pytest.raises(DataError, match=r"has no folder 'voc2012_seg'.*voc2012_seg/<split>\.parquet for splits aeroplane"):
+    with pytest.raises(
+        DataError,
+        match=r"has no folder 'voc2012_seg'.*voc2012_seg/<split>\.parquet for splits aeroplane",
+    ):
         load_task("voc2012_seg", data_dir=str(tmp_path))
 
 
@@ -93,8 +105,13 @@ def test_fg_bg_valid_excludes_void_and_matches_the_metric_without_it():
     m = torch.zeros(4, 8, 8, dtype=torch.bool)
     m[:, 2:5, 2:5] = True
     fg, bg = fg_bg_valid(a, m)
-    batch = EvalBatch(model=torch.nn.Identity(), inputs=torch.zeros(4, 3, 8, 8), targets=torch.zeros(4, dtype=torch.long),
-                      labels=torch.zeros(4, dtype=torch.long), masks=m)
+    batch = EvalBatch(
+        model=torch.nn.Identity(),
+        inputs=torch.zeros(4, 3, 8, 8),
+        targets=torch.zeros(4, dtype=torch.long),
+        labels=torch.zeros(4, dtype=torch.long),
+        masks=m,
+    )
     out = METRICS.create("fg_bg_attribution").evaluate(batch, {"e": a}, generator=g)
     assert torch.allclose(fg, out.scores["fg_mean"]["e"], atol=1e-6)
     assert torch.allclose(bg, out.scores["bg_mean"]["e"], atol=1e-6)
@@ -129,10 +146,18 @@ def _synthetic_voc(root: Path, shares: list[float], size: int = 20) -> Path:
         masks.append(Image.fromarray(m, mode="L"))
         imgs.append(Image.fromarray(np.full((size, size, 3), 40 * i, dtype=np.uint8)))
         names.append(f"img_{i}.jpg")
-    feats = datasets.Features({"image": datasets.Image(), "mask": datasets.Image(), "file_name": datasets.Value("string"),
-                               "classes": datasets.Sequence(datasets.Value("int32"))})
-    ds = datasets.Dataset.from_dict({"image": imgs, "mask": masks, "file_name": names,
-                                     "classes": [[0, 1]] * len(shares)}, features=feats)
+    feats = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "mask": datasets.Image(),
+            "file_name": datasets.Value("string"),
+            "classes": datasets.Sequence(datasets.Value("int32")),
+        }
+    )
+    ds = datasets.Dataset.from_dict(
+        {"image": imgs, "mask": masks, "file_name": names, "classes": [[0, 1]] * len(shares)},
+        features=feats,
+    )
     (root / "voc2012_seg").mkdir(parents=True)
     ds.to_parquet(str(root / "voc2012_seg" / "aeroplane.parquet"))
     return root
@@ -149,11 +174,18 @@ def test_min_object_fraction_keeps_large_objects_synthetic(tmp_path):
     # void pixels are in the denominator, never object
     assert big.meta["object_fractions"] == pytest.approx([0.3, 0.5, 0.2])
     assert [float(m.float().mean()) for m in big.test.masks] == pytest.approx([0.3, 0.5, 0.2])
-    assert load_task("voc2012_seg", data_dir=str(root), size=20, min_object_fraction=0.31).meta["file_names"] == \
-        ["img_2.jpg"]
+    assert load_task("voc2012_seg", data_dir=str(root), size=20, min_object_fraction=0.31).meta[
+        "file_names"
+    ] == ["img_2.jpg"]
     # n_test draws from the images left, never returns a small one
-    two = load_task("voc2012_seg", data_dir=str(root), size=20, min_object_fraction=0.2, n_test=2, seed=3)
-    assert len(two.test) == 2 and set(two.meta["file_names"]) <= {"img_1.jpg", "img_2.jpg", "img_3.jpg"}
+    two = load_task(
+        "voc2012_seg", data_dir=str(root), size=20, min_object_fraction=0.2, n_test=2, seed=3
+    )
+    assert len(two.test) == 2 and set(two.meta["file_names"]) <= {
+        "img_1.jpg",
+        "img_2.jpg",
+        "img_3.jpg",
+    }
     with pytest.raises(DataError, match=r"covering at least 60\.0%.*largest share .* 50\.0%"):
         load_task("voc2012_seg", data_dir=str(root), size=20, min_object_fraction=0.6)
     with pytest.raises(ValueError, match="min_object_fraction=1.5"):

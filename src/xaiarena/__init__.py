@@ -2,7 +2,16 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_config", "run", "load", "RunResult", "evaluate", "explain", "Evaluation"]
+__all__ = [
+    "__version__",
+    "load_config",
+    "run",
+    "load",
+    "RunResult",
+    "evaluate",
+    "explain",
+    "Evaluation",
+]
 
 from .api import Evaluation, evaluate, explain  # noqa: E402
 from .config import load_config  # noqa: E402

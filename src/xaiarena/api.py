@@ -79,8 +79,11 @@ class Evaluation:
         """Write ``per_sample.csv``, ``curves.csv``, every table (``summary.csv``, ``tests.csv``, ...) and
         ``metrics_meta.json`` into ``folder``; returns it."""
         folder = Path(folder)
-        tables = {"per_sample": self.per_sample, "curves": self.curves,
-                  **(self.tables or {"summary": self.summary, "tests": self.tests})}
+        tables = {
+            "per_sample": self.per_sample,
+            "curves": self.curves,
+            **(self.tables or {"summary": self.summary, "tests": self.tests}),
+        }
         files = {folder / f"{name}.csv": csv_bytes(frame) for name, frame in tables.items()}
         meta = dumps_json(self.metrics_meta, indent=1)
         files[folder / "metrics_meta.json"] = meta.encode("utf-8")
@@ -90,8 +93,10 @@ class Evaluation:
         return folder
 
     def __repr__(self) -> str:
-        return (f"Evaluation({len(self.per_sample)} scores: {self.per_sample['explainer'].nunique()} map(s) x "
-                f"{self.per_sample['metric'].nunique()} metric output(s))")
+        return (
+            f"Evaluation({len(self.per_sample)} scores: {self.per_sample['explainer'].nunique()} map(s) x "
+            f"{self.per_sample['metric'].nunique()} metric output(s))"
+        )
 
 
 # --------------------------------------------------------------------------- input checks
@@ -103,9 +108,13 @@ def _tensor(value: Any, what: str) -> torch.Tensor:
         return value.detach().cpu()
     if isinstance(value, np.ndarray):
         if value.dtype == object:
-            raise InputError(f"{what}: a NumPy array of Python objects cannot be used; give numbers")
+            raise InputError(
+                f"{what}: a NumPy array of Python objects cannot be used; give numbers"
+            )
         return torch.from_numpy(np.ascontiguousarray(value))
-    raise InputError(f"{what}: expected a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
+    raise InputError(
+        f"{what}: expected a torch.Tensor or numpy.ndarray, got {type(value).__name__}"
+    )
 
 
 def _class_vector(value: Any, what: str, n: int) -> torch.Tensor:
@@ -114,7 +123,9 @@ def _class_vector(value: Any, what: str, n: int) -> torch.Tensor:
     if t.ndim == 2 and t.shape[1] == 1:
         t = t[:, 0]
     if t.ndim != 1:
-        raise InputError(f"{what}: expected class indices of shape (N,) = ({n},), got shape {tuple(t.shape)}")
+        raise InputError(
+            f"{what}: expected class indices of shape (N,) = ({n},), got shape {tuple(t.shape)}"
+        )
     if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
         raise InputError(f"{what}: expected integer class indices, got dtype {t.dtype}")
     if len(t) != n:
@@ -133,8 +144,10 @@ def _model_device(model: nn.Module, device: str | torch.device | None) -> torch.
     except RunError as exc:  # "tpu", a CUDA device this machine lacks
         raise InputError(f"{exc} (or leave device out: the model's device)") from None
     if param is not None and param.device.type != device.type:
-        raise InputError(f"device={device} but the model is on {param.device}; move it first (model.to(device)) "
-                         "or leave device out")
+        raise InputError(
+            f"device={device} but the model is on {param.device}; move it first (model.to(device)) "
+            "or leave device out"
+        )
     return device
 
 
@@ -145,10 +158,12 @@ def _inputs(model: nn.Module, inputs: Any) -> tuple[str, Any, tuple[int, ...]]:
 
     if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
         if not callable(getattr(model, "encode", None)):
-            raise InputError(f"inputs are texts, but the model ({type(model).__name__}) cannot tokenise them: texts "
-                             "need one of xaiarena's text models (tiny_bert, minilm, or transformer for your "
-                             "Hugging Face classifier), which have encode(); image models take float tensors "
-                             "(N, C, H, W)")
+            raise InputError(
+                f"inputs are texts, but the model ({type(model).__name__}) cannot tokenise them: texts "
+                "need one of xaiarena's text models (tiny_bert, minilm, or transformer for your "
+                "Hugging Face classifier), which have encode(); image models take float tensors "
+                "(N, C, H, W)"
+            )
         inputs = model.encode(list(inputs))
     if isinstance(inputs, TextBatch):
         if len(inputs) == 0:
@@ -157,11 +172,15 @@ def _inputs(model: nn.Module, inputs: Any) -> tuple[str, Any, tuple[int, ...]]:
     x = _tensor(inputs, "inputs")
     if x.ndim != 4:
         hint = " (one image? add the batch dimension: x[None])" if x.ndim == 3 else ""
-        raise InputError(f"inputs: expected images of shape (N, C, H, W), got shape {tuple(x.shape)}{hint}; texts "
-                         "are a list of strings (with an xaiarena text model)")
+        raise InputError(
+            f"inputs: expected images of shape (N, C, H, W), got shape {tuple(x.shape)}{hint}; texts "
+            "are a list of strings (with an xaiarena text model)"
+        )
     if not x.is_floating_point():
-        raise InputError(f"inputs: expected float pixels in [0, 1] of shape (N, C, H, W), got dtype {x.dtype} "
-                         "(uint8 images: x.float() / 255)")
+        raise InputError(
+            f"inputs: expected float pixels in [0, 1] of shape (N, C, H, W), got dtype {x.dtype} "
+            "(uint8 images: x.float() / 255)"
+        )
     if len(x) == 0:
         raise InputError("inputs: no images given (N = 0)")
     if not bool(torch.isfinite(x).all()):
@@ -169,12 +188,17 @@ def _inputs(model: nn.Module, inputs: Any) -> tuple[str, Any, tuple[int, ...]]:
     lo, hi = float(x.min()), float(x.max())
     if lo < -PIXEL_TOLERANCE or hi > 1 + PIXEL_TOLERANCE:
         scale255 = lo >= -PIXEL_TOLERANCE and hi > 1.5
-        hint = ("pixels on a 0..255 scale? divide by 255" if scale255 else
-                "normalised inputs? put the normalisation into the model (e.g. "
-                "nn.Sequential(normalize, model)) and pass pixels")
-        raise InputError(f"inputs: expected float pixels in [0, 1], found values in [{lo:.4g}, "
-                         f"{hi:.4g}] ({hint}); the metrics' baselines and perturbations "
-                         "(0 = black) are defined in pixel space")
+        hint = (
+            "pixels on a 0..255 scale? divide by 255"
+            if scale255
+            else "normalised inputs? put the normalisation into the model (e.g. "
+            "nn.Sequential(normalize, model)) and pass pixels"
+        )
+        raise InputError(
+            f"inputs: expected float pixels in [0, 1], found values in [{lo:.4g}, "
+            f"{hi:.4g}] ({hint}); the metrics' baselines and perturbations "
+            "(0 = black) are defined in pixel space"
+        )
     return "image", x.float(), (x.shape[0], *x.shape[2:])
 
 
@@ -185,7 +209,11 @@ PIXEL_TOLERANCE = 1e-3
 def _maps(value: Any, what: str, shape: tuple[int, ...], kind: str) -> torch.Tensor:
     m = _tensor(value, what)
     if tuple(m.shape) != shape:
-        unit = "(N, H, W) at input resolution" if kind == "image" else "(N, L) over words (L = inputs.max_words)"
+        unit = (
+            "(N, H, W) at input resolution"
+            if kind == "image"
+            else "(N, L) over words (L = inputs.max_words)"
+        )
         hint = ""
         if kind == "image" and m.ndim == 4 and tuple(m.shape[:1]) + tuple(m.shape[2:]) == shape:
             hint = "; reduce the channels first, e.g. maps.sum(1)"
@@ -207,7 +235,9 @@ def _masks(value: Any, shape: tuple[int, ...], kind: str) -> torch.Tensor | None
     if m.ndim == 4 and m.shape[1] == 1 and kind == "image":
         m = m[:, 0]
     if tuple(m.shape) != shape:
-        unit = "(N, H, W), nonzero = object" if kind == "image" else "(N, L), nonzero = rationale word"
+        unit = (
+            "(N, H, W), nonzero = object" if kind == "image" else "(N, L), nonzero = rationale word"
+        )
         raise InputError(f"masks: expected shape {shape} = {unit}, got {tuple(m.shape)}")
     return m != 0
 
@@ -217,7 +247,9 @@ def _sample_ids(value: Any, n: int) -> torch.Tensor:
         return torch.arange(n)
     ids = _class_vector(value, "sample_ids", n)
     if len(torch.unique(ids)) != n:
-        raise InputError("sample_ids: must be distinct (they key each sample's random numbers and the results)")
+        raise InputError(
+            "sample_ids: must be distinct (they key each sample's random numbers and the results)"
+        )
     return ids
 
 
@@ -227,12 +259,15 @@ def _logits(model: nn.Module, inputs: Any, device: torch.device, batch_size: int
 
     def logit_rows(y: Any) -> torch.Tensor:
         if not isinstance(y, torch.Tensor) or y.ndim != 2:
-            raise InputError(f"model: expected outputs of shape (N, classes) (logits), got "
-                             f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}")
+            raise InputError(
+                f"model: expected outputs of shape (N, classes) (logits), got "
+                f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}"
+            )
         return y.float().cpu()
 
-    logits = predict_in_batches(model, inputs, batch_size, prepare=lambda xb: xb.to(device),
-                                keep=logit_rows)
+    logits = predict_in_batches(
+        model, inputs, batch_size, prepare=lambda xb: xb.to(device), keep=logit_rows
+    )
     if not bool(torch.isfinite(logits).all()):
         from .models.training import check_finite_outputs
 
@@ -244,8 +279,10 @@ def _check_targets(targets: torch.Tensor, n_classes: int, what: str) -> None:
     bad = (targets < 0) | (targets >= n_classes)
     if bool(bad.any()):
         i = int(bad.nonzero()[0])
-        raise InputError(f"{what}: entry {i} is {int(targets[i])}, but the model has {n_classes} classes "
-                         f"(0..{n_classes - 1})")
+        raise InputError(
+            f"{what}: entry {i} is {int(targets[i])}, but the model has {n_classes} classes "
+            f"(0..{n_classes - 1})"
+        )
 
 
 #: the options of :func:`explain` and :func:`evaluate` (their tensors are checked above)
@@ -262,8 +299,11 @@ def _checked_options(function: str, **values: Any) -> dict[str, Any]:
 
 
 def _check_modality(kind: str, group: str, specs: Sequence[Any], registry) -> None:
-    problems = modality_problems(kind, [(f"{group}.{i}", registry, s) for i, s in enumerate(specs)],
-                                 f"the inputs are {kind}s")
+    problems = modality_problems(
+        kind,
+        [(f"{group}.{i}", registry, s) for i, s in enumerate(specs)],
+        f"the inputs are {kind}s",
+    )
     if problems:
         raise ConfigError(problems)
 
@@ -273,18 +313,33 @@ def _explainer_specs(explainers: Any, kind: str) -> list[Any]:
     _check_modality(kind, "explainers", specs, EXPLAINERS)
     for i, spec in enumerate(specs):
         if EXPLAINERS.get(spec.name).family == "learned":
-            raise ConfigError([(f"explainers.{i}.name", f"explainer '{spec.name}' learns from training data "
-                                "(fit on a dataset's training split): run it through a config (xaiarena.run); "
-                                "the functional API takes explainers that need only the model and the inputs")])
+            raise ConfigError(
+                [
+                    (
+                        f"explainers.{i}.name",
+                        f"explainer '{spec.name}' learns from training data "
+                        "(fit on a dataset's training split): run it through a config (xaiarena.run); "
+                        "the functional API takes explainers that need only the model and the inputs",
+                    )
+                ]
+            )
     return specs
 
 
 # --------------------------------------------------------------------------- explain
 
 
-def explain(model: nn.Module, inputs: Any, targets: Any, explainers: Any, *, seed: int = 0,
-            batch_size: int = 64, device: str | torch.device | None = None,
-            show_progress: bool = False) -> dict[str, torch.Tensor]:
+def explain(
+    model: nn.Module,
+    inputs: Any,
+    targets: Any,
+    explainers: Any,
+    *,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    show_progress: bool = False,
+) -> dict[str, torch.Tensor]:
     """Attribution maps of ``inputs`` for ``targets`` by each explainer: ``{label: (N, H, W) maps}``
     (CPU float32; ``(N, L)`` for texts).
 
@@ -301,14 +356,17 @@ def explain(model: nn.Module, inputs: Any, targets: Any, explainers: Any, *, see
     t = _class_vector(targets, "targets", n)
     opts = _checked_options("xaiarena.explain", batch_size=batch_size, seed=seed)
     specs = _explainer_specs(explainers, kind)
-    comp = batching.Compute(device=device, seed=opts["seed"], batch_size=opts["batch_size"],
-                            show_progress=show_progress)
+    comp = batching.Compute(
+        device=device, seed=opts["seed"], batch_size=opts["batch_size"], show_progress=show_progress
+    )
     out: dict[str, torch.Tensor] = {}
     with frozen(model):
         _check_targets(t, _logits(model, x[:1], device, 1).shape[1], "targets")
         for spec in specs:
             explainer = EXPLAINERS.create(spec.name, **spec.params)
-            maps = batching.explain_in_batches(comp, explainer, model, x, t, spec.key, seed_name=spec.name)
+            maps = batching.explain_in_batches(
+                comp, explainer, model, x, t, spec.key, seed_name=spec.name
+            )
             out[spec.key] = postprocess.apply(maps, list(getattr(spec, "postprocess", None) or []))
     return out
 
@@ -319,19 +377,24 @@ def explain(model: nn.Module, inputs: Any, targets: Any, explainers: Any, *, see
 ReExplain = str | Mapping[str, Any] | Callable[..., torch.Tensor]
 
 
-def _explain_fns(explainers: Mapping[str, ReExplain] | None, labels: list[str], kind: str, model: nn.Module
-                 ) -> dict[str, Callable[..., torch.Tensor]]:
+def _explain_fns(
+    explainers: Mapping[str, ReExplain] | None, labels: list[str], kind: str, model: nn.Module
+) -> dict[str, Callable[..., torch.Tensor]]:
     """The re-explaining callables of robustness and randomisation metrics, in the runner's form
     ``fn(inputs, targets, generator=None, model=model)``."""
     fns: dict[str, Callable[..., torch.Tensor]] = {}
     if explainers is None:
         return fns
     if not isinstance(explainers, Mapping):
-        raise InputError("explainers: expected a mapping {attribution label: explainer name, config mapping, or "
-                         f"callable(model, inputs, targets, generator=None)}}, got {type(explainers).__name__}")
+        raise InputError(
+            "explainers: expected a mapping {attribution label: explainer name, config mapping, or "
+            f"callable(model, inputs, targets, generator=None)}}, got {type(explainers).__name__}"
+        )
     unknown = [k for k in explainers if k not in labels]
     if unknown:
-        raise InputError(f"explainers: {unknown[0]!r} is not a key of attributions; valid: {', '.join(labels)}")
+        raise InputError(
+            f"explainers: {unknown[0]!r} is not a key of attributions; valid: {', '.join(labels)}"
+        )
     named = {k: v for k, v in explainers.items() if not callable(v)}
     if named:
         specs = _explainer_specs(list(named.values()), kind)
@@ -344,6 +407,7 @@ def _explain_fns(explainers: Mapping[str, ReExplain] | None, labels: list[str], 
             fns[k] = fn
     for k, v in explainers.items():
         if callable(v):
+
             def fn(inputs, targets, generator=None, model=model, _f=v):
                 return _f(model, inputs, targets, generator=generator)
 
@@ -353,16 +417,30 @@ def _explain_fns(explainers: Mapping[str, ReExplain] | None, labels: list[str], 
 
 def _no_reexplain(label: str) -> Callable[..., torch.Tensor]:
     def fn(*args, **kwargs):
-        raise InputError(f"the maps '{label}' cannot be re-explained: pass explainers={{{label!r}: ...}}")
+        raise InputError(
+            f"the maps '{label}' cannot be re-explained: pass explainers={{{label!r}: ...}}"
+        )
 
     return fn
 
 
-def evaluate(model: nn.Module, inputs: Any, targets: Any, attributions: Mapping[str, Any], metrics: Any, *,
-             masks: Any = None, labels: Any = None, seed: int = 0, batch_size: int = 64,
-             show_progress: bool = False, sample_ids: Any = None,
-             explainers: Mapping[str, ReExplain] | None = None, device: str | torch.device | None = None,
-             dataset: str = DEFAULT_DATASET) -> Evaluation:
+def evaluate(
+    model: nn.Module,
+    inputs: Any,
+    targets: Any,
+    attributions: Mapping[str, Any],
+    metrics: Any,
+    *,
+    masks: Any = None,
+    labels: Any = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    show_progress: bool = False,
+    sample_ids: Any = None,
+    explainers: Mapping[str, ReExplain] | None = None,
+    device: str | torch.device | None = None,
+    dataset: str = DEFAULT_DATASET,
+) -> Evaluation:
     """Score attribution maps you already have with xaiarena's metrics and statistics.
 
     ``model``: the classifier (``nn.Module`` taking ``inputs``, returning logits ``(N, classes)``);
@@ -394,8 +472,10 @@ def evaluate(model: nn.Module, inputs: Any, targets: Any, attributions: Mapping[
     except ValueError as exc:
         raise InputError(str(exc)) from None
     if not isinstance(attributions, Mapping) or not attributions:
-        raise InputError("attributions: expected a non-empty mapping {label: maps of shape "
-                         f"{shape}}}, got {type(attributions).__name__ if not isinstance(attributions, Mapping) else 'an empty one'}")
+        raise InputError(
+            "attributions: expected a non-empty mapping {label: maps of shape "
+            f"{shape}}}, got {type(attributions).__name__ if not isinstance(attributions, Mapping) else 'an empty one'}"
+        )
     maps: dict[str, torch.Tensor] = {}
     for label, value in attributions.items():
         try:
@@ -415,19 +495,25 @@ def evaluate(model: nn.Module, inputs: Any, targets: Any, attributions: Mapping[
         metric = METRICS.create(spec.name, **spec.params)
         keys = scored_labels(spec, metric, names)
         if not keys:
-            warnings.warn(f"metric '{spec.key}' (metrics.{i}) has nothing to score for the maps "
-                          f"{', '.join(names)} (an agreement metric needs two maps, or its reference among them)",
-                          stacklevel=2)
+            warnings.warn(
+                f"metric '{spec.key}' (metrics.{i}) has nothing to score for the maps "
+                f"{', '.join(names)} (an agreement metric needs two maps, or its reference among them)",
+                stacklevel=2,
+            )
             continue
         if "masks" in metric.requires and gt is None:
-            raise InputError(f"metric '{spec.key}' (metrics.{i}) needs ground-truth masks: pass masks= of shape "
-                             f"{shape}")
+            raise InputError(
+                f"metric '{spec.key}' (metrics.{i}) needs ground-truth masks: pass masks= of shape "
+                f"{shape}"
+            )
         missing = [k for k in keys if k not in fns] if "explainer" in metric.requires else []
         if missing:
-            raise InputError(f"metric '{spec.key}' (metrics.{i}) re-explains the inputs: pass explainers="
-                             f"{{{missing[0]!r}: <explainer name, config mapping, or callable(model, inputs, targets, "
-                             f"generator=None)>}} for {', '.join(missing)} (or restrict the metric with "
-                             f"explainers: [...])")
+            raise InputError(
+                f"metric '{spec.key}' (metrics.{i}) re-explains the inputs: pass explainers="
+                f"{{{missing[0]!r}: <explainer name, config mapping, or callable(model, inputs, targets, "
+                f"generator=None)>}} for {', '.join(missing)} (or restrict the metric with "
+                f"explainers: [...])"
+            )
         built.append((spec, metric, keys))
 
     comp = batching.Compute(device=device, seed=seed, batch_size=bs, show_progress=show_progress)
@@ -439,17 +525,27 @@ def evaluate(model: nn.Module, inputs: Any, targets: Any, attributions: Mapping[
         if labels is not None:
             _check_targets(y, logits.shape[1], "labels")
         view = batching.View(F_B, model, None, t, logits.argmax(1))
-        attrs = {k: batching.Attribution(k, F_B, m, None, fns.get(k) or _no_reexplain(k))
-                 for k, m in maps.items()}
+        attrs = {
+            k: batching.Attribution(k, F_B, m, None, fns.get(k) or _no_reexplain(k))
+            for k, m in maps.items()
+        }
         for spec, metric, keys in built:
-            ps, cv = batching.score_in_batches(comp, samples, view, spec, metric, {k: attrs[k] for k in keys})
+            ps, cv = batching.score_in_batches(
+                comp, samples, view, spec, metric, {k: attrs[k] for k in keys}
+            )
             frames.append(ps)
             curves.append(cv)
             meta.update(batching.metric_meta(spec, metric))
-    per_sample = (pd.concat(frames, ignore_index=True) if frames
-                  else pd.DataFrame(columns=stats.PER_SAMPLE_COLUMNS))[stats.PER_SAMPLE_COLUMNS]
-    curves_df = (pd.concat(curves, ignore_index=True) if curves
-                 else pd.DataFrame(columns=stats.CURVE_COLUMNS))[stats.CURVE_COLUMNS]
+    per_sample = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=stats.PER_SAMPLE_COLUMNS)
+    )[stats.PER_SAMPLE_COLUMNS]
+    curves_df = (
+        pd.concat(curves, ignore_index=True)
+        if curves
+        else pd.DataFrame(columns=stats.CURVE_COLUMNS)
+    )[stats.CURVE_COLUMNS]
     hib = {k: v["higher_is_better"] for k, v in meta.items()}
     tables = stats.result_tables(per_sample, hib, models={dataset: type(model).__name__}, seed=seed)
     return Evaluation(per_sample, tables["summary"], tables["tests"], curves_df, meta, tables)
@@ -479,8 +575,7 @@ def _check_maps_format(p: Path) -> None:
         what = f"holds text ({first!r} ...)" if first else "holds white space"
     else:
         what = f"begins with the bytes {head[:8]!r}"
-    fmt = ("a NumPy .npy file (np.save)" if p.suffix == ".npy" else
-           "a torch.save file of a tensor")
+    fmt = "a NumPy .npy file (np.save)" if p.suffix == ".npy" else "a torch.save file of a tensor"
     raise InputError(f"maps file '{p}'{link} {what}; expected {fmt} of shape (N, H, W)")
 
 
@@ -499,12 +594,19 @@ def load_maps(folder: str | Path) -> dict[str, torch.Tensor]:
             raise InputError(f"maps folder '{folder}': both {p.stem}.npy and {p.stem}.pt; keep one")
         _check_maps_format(p)
         try:
-            value = np.load(p, allow_pickle=False) if p.suffix == ".npy" else torch.load(p, weights_only=True,
-                                                                                          map_location="cpu")
+            value = (
+                np.load(p, allow_pickle=False)
+                if p.suffix == ".npy"
+                else torch.load(p, weights_only=True, map_location="cpu")
+            )
         except Exception as exc:  # noqa: BLE001 - any unreadable file: name it
-            raise InputError(f"cannot read maps file '{p}': {' '.join(str(exc).split())[:300]}") from None
+            raise InputError(
+                f"cannot read maps file '{p}': {' '.join(str(exc).split())[:300]}"
+            ) from None
         if not isinstance(value, (np.ndarray, torch.Tensor)):
-            raise InputError(f"maps file '{p}' holds a {type(value).__name__}; expected one array or tensor (N, ...)")
+            raise InputError(
+                f"maps file '{p}' holds a {type(value).__name__}; expected one array or tensor (N, ...)"
+            )
         out[p.stem] = _tensor(value, f"maps file '{p}'")
     return out
 

@@ -60,18 +60,33 @@ def _user_errors(optional_imports: bool = False):
             raise
         _fail(str(exc), code=1)
     except KeyboardInterrupt:
-        typer.echo("interrupted; finished stages are cached, run the same command again to resume", err=True)
+        typer.echo(
+            "interrupted; finished stages are cached, run the same command again to resume",
+            err=True,
+        )
         raise typer.Exit(130) from None
 
 
 @app.command()
 def run(
-    config: Optional[Path] = typer.Argument(None, help="Experiment YAML; omit for the built-in offline benchmark."),  # noqa: UP045 - typer
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<name>)."),  # noqa: UP045
-    set_: list[str] = typer.Option([], "--set", "-s", help="Override a config value: key.path=value (repeatable)."),
+    config: Optional[Path] = typer.Argument(
+        None, help="Experiment YAML; omit for the built-in offline benchmark."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Run directory (default: runs/<name>)."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", "-s", help="Override a config value: key.path=value (repeatable)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or stage lines."),
-    executor: Optional[str] = typer.Option(None, "--executor", help="local (default) or ray (overrides the config's executor)."),  # noqa: UP045
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (with --executor ray); default: a local instance."),  # noqa: UP045
+    executor: Optional[str] = typer.Option(
+        None, "--executor", help="local (default) or ray (overrides the config's executor)."
+    ),
+    address: Optional[str] = typer.Option(
+        None,
+        "--address",
+        help="Ray cluster address (with --executor ray); default: a local instance.",
+    ),
 ) -> None:
     """Run an experiment: train/load the model, explain, score, test, report."""
     from .config import load_config
@@ -91,10 +106,14 @@ def run(
     if out is not None and out.exists() and not out.is_dir():
         _fail(f"--out '{out}' is a file; give a folder for the run directory")
     if cfg.dissect is not None:
-        typer.echo("note: the config's 'dissect:' section is run by `xaiarena dissect CONFIG`, not by `run`", err=True)
+        typer.echo(
+            "note: the config's 'dissect:' section is run by `xaiarena dissect CONFIG`, not by `run`",
+            err=True,
+        )
     with _user_errors():
-        run_dir = Runner(cfg, out=out, show_progress=not quiet, executor=executor, address=address,
-                         source=config).run()
+        run_dir = Runner(
+            cfg, out=out, show_progress=not quiet, executor=executor, address=address, source=config
+        ).run()
     res = RunResult(run_dir)
     typer.echo(f"run directory: {run_dir}")
     summary = res.summary
@@ -165,8 +184,12 @@ def report(run_dir: Path = typer.Argument(..., help="A finished run directory.")
 @app.command()
 def dissect(
     config: Path = typer.Argument(..., help="Experiment YAML with a 'dissect:' section."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<name>)."),  # noqa: UP045
-    set_: list[str] = typer.Option([], "--set", "-s", help="Override a config value: key.path=value (repeatable)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Run directory (default: runs/<name>)."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", "-s", help="Override a config value: key.path=value (repeatable)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or stage lines."),
 ) -> None:
     """Label neurons with concepts (CLIP-Dissect): results/neurons.csv, figures, dissect.html."""
@@ -175,14 +198,27 @@ def dissect(
 
     if quiet:
         os.environ["XAIARENA_QUIET"] = "1"
-    with _user_errors(optional_imports=True):  # an optional package a model or concept set needs: exit 1
+    with _user_errors(
+        optional_imports=True
+    ):  # an optional package a model or concept set needs: exit 1
         cfg = load_config(config, set_ or None)
         run_dir = DissectRunner(cfg, out=out, show_progress=not quiet, source=config).run()
     res = DissectResult(run_dir)
     typer.echo(f"run directory: {run_dir}")
     layers = res.layers
-    cols = [c for c in ("dataset", "layer", "neurons", "distinct_concepts", "top_concept", "mean_similarity",
-                        "own_class_rate") if c in layers]
+    cols = [
+        c
+        for c in (
+            "dataset",
+            "layer",
+            "neurons",
+            "distinct_concepts",
+            "top_concept",
+            "mean_similarity",
+            "own_class_rate",
+        )
+        if c in layers
+    ]
     typer.echo(layers[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     typer.echo(f"neurons: {run_dir / 'results' / 'neurons.csv'}")
     typer.echo(f"report: {res.report_path}")
@@ -190,7 +226,9 @@ def dissect(
 
 def _one_line(exc: Exception) -> str:
     if isinstance(exc, ConfigError):
-        return "invalid configuration: " + "; ".join(f"{p or '<root>'}: {m}" for p, m in exc.problems)
+        return "invalid configuration: " + "; ".join(
+            f"{p or '<root>'}: {m}" for p, m in exc.problems
+        )
     if isinstance(exc, UnknownNameError):
         return exc.message
     return " ".join(str(exc).split())
@@ -198,14 +236,31 @@ def _one_line(exc: Exception) -> str:
 
 @app.command()
 def score(
-    source: Path = typer.Argument(..., help="A finished run directory, or a run config (YAML) for its data and model."),
-    maps: Path = typer.Argument(..., help="A folder of saved maps: <label>.npy or <label>.pt, shape (N, H, W) each."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where the CSVs go (default: MAPS/scores)."),  # noqa: UP045
-    metric: list[str] = typer.Option([], "--metric", "-m", help="A metric: a name or a YAML mapping such as "
-                                     "'{name: deletion, steps: 10}' (repeatable; default: the config's metrics)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Which data entry (default: the first)."),  # noqa: UP045
-    set_: list[str] = typer.Option([], "--set", "-s", help="Override a config value: key.path=value (repeatable)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Evaluation batch size (default: the config's)."),  # noqa: UP045
+    source: Path = typer.Argument(
+        ..., help="A finished run directory, or a run config (YAML) for its data and model."
+    ),
+    maps: Path = typer.Argument(
+        ..., help="A folder of saved maps: <label>.npy or <label>.pt, shape (N, H, W) each."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Where the CSVs go (default: MAPS/scores)."
+    ),
+    metric: list[str] = typer.Option(
+        [],
+        "--metric",
+        "-m",
+        help="A metric: a name or a YAML mapping such as "
+        "'{name: deletion, steps: 10}' (repeatable; default: the config's metrics).",
+    ),
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", help="Which data entry (default: the first)."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", "-s", help="Override a config value: key.path=value (repeatable)."
+    ),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", help="Evaluation batch size (default: the config's)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Score saved maps of a run's evaluation samples (in the run's sample order) with xaiarena's metrics:
@@ -224,27 +279,48 @@ def score(
         os.environ["XAIARENA_QUIET"] = "1"
     is_run = source.is_dir() and (source / "run.json").exists()
     if source.is_dir() and not is_run:
-        _fail(f"'{source}' is a folder but not a finished run (no run.json); give a run directory or a config file")
+        _fail(
+            f"'{source}' is a folder but not a finished run (no run.json); give a run directory or a config file"
+        )
     out = out or maps / "scores"
     try:
         cfg = load_config(source / "config.yaml" if is_run else source, set_ or None)
-        specs = [yaml_load(m, f"--metric {m!r}") for m in metric] if metric else [m.model_dump(exclude_none=True) for m in cfg.metrics]
+        specs = (
+            [yaml_load(m, f"--metric {m!r}") for m in metric]
+            if metric
+            else [m.model_dump(exclude_none=True) for m in cfg.metrics]
+        )
         if not specs:
             _fail("no metrics: give --metric NAME (repeatable) or a config with a 'metrics:' list")
         specs = [_flat_spec(m) for m in specs]
         attributions = load_maps(maps)
         # maps named like an explainer of the config are re-explained by it (robustness metrics)
-        reexplain = {e.key: _flat_spec(e.model_dump(exclude_none=True)) for e in cfg.explainers
-                     if e.key in attributions and EXPLAINERS.get(e.name).family != "learned"}
+        reexplain = {
+            e.key: _flat_spec(e.model_dump(exclude_none=True))
+            for e in cfg.explainers
+            if e.key in attributions and EXPLAINERS.get(e.name).family != "learned"
+        }
         if is_run:
             samples = evaluation_samples(cfg, source, dataset)
         else:
             make_dir(out)
             with writes_inside(out), run_lock(out):
                 samples = evaluation_samples(cfg, out, dataset)
-        ev = evaluate(samples.model, samples.inputs, samples.targets, attributions, specs, masks=samples.masks,
-                      labels=samples.labels, sample_ids=samples.sample_ids, seed=samples.seed,
-                      explainers=reexplain or None, batch_size=batch_size or samples.batch_size, show_progress=not quiet, dataset=samples.dataset)
+        ev = evaluate(
+            samples.model,
+            samples.inputs,
+            samples.targets,
+            attributions,
+            specs,
+            masks=samples.masks,
+            labels=samples.labels,
+            sample_ids=samples.sample_ids,
+            seed=samples.seed,
+            explainers=reexplain or None,
+            batch_size=batch_size or samples.batch_size,
+            show_progress=not quiet,
+            dataset=samples.dataset,
+        )
         make_dir(out)
         ev.save(out)  # inside --out only (symlinks followed), as one write
     except XaiArenaError as exc:  # config, metric, maps, data, training, writing: one line

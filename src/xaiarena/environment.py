@@ -28,13 +28,20 @@ def resolve_device(name: str = "auto") -> torch.device:
     if dev.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
-            why = ("this PyTorch build has no CUDA support" if torch.version.cuda is None
-                   else "no CUDA GPU is visible (driver, CUDA_VISIBLE_DEVICES)")
-            raise RunError(f"device: '{name}' was asked for, but {why} (torch {torch.__version__}); "
-                           "use device: auto (CUDA when available, else CPU) or device: cpu")
+            why = (
+                "this PyTorch build has no CUDA support"
+                if torch.version.cuda is None
+                else "no CUDA GPU is visible (driver, CUDA_VISIBLE_DEVICES)"
+            )
+            raise RunError(
+                f"device: '{name}' was asked for, but {why} (torch {torch.__version__}); "
+                "use device: auto (CUDA when available, else CPU) or device: cpu"
+            )
         if dev.index is not None and dev.index >= n:
-            raise RunError(f"device: '{name}' does not exist; this machine has {n} CUDA device(s): "
-                           f"{', '.join(f'cuda:{i}' for i in range(n))}")
+            raise RunError(
+                f"device: '{name}' does not exist; this machine has {n} CUDA device(s): "
+                f"{', '.join(f'cuda:{i}' for i in range(n))}"
+            )
     return dev
 
 
@@ -59,7 +66,11 @@ def user_cache_dir() -> Path:
 def versions() -> dict[str, str]:
     from . import __version__
 
-    out = {"xaiarena": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
+    out = {
+        "xaiarena": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
     for mod in ("torch", "numpy", "captum", "scipy", "pandas"):
         try:
             out[mod] = __import__(mod).__version__
@@ -71,11 +82,16 @@ def versions() -> dict[str, str]:
 def hardware(device: torch.device | str | None = None) -> dict[str, Any]:
     """What the run ran on: CPU model and count, memory, and for CUDA the device name, memory, CUDA
     and driver versions (``nvidia-smi`` when present). Every field is best effort."""
-    info: dict[str, Any] = {"machine": platform.machine(), "cpu_count": os.cpu_count(),
-                            "torch_threads": torch.get_num_threads()}
+    info: dict[str, Any] = {
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+            model = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None
+            )
         if model:
             info["cpu"] = model
     except OSError:
@@ -89,13 +105,21 @@ def hardware(device: torch.device | str | None = None) -> dict[str, Any]:
     if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
         idx = dev.index if dev.index is not None else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(idx)
-        info.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                    gpu_count=torch.cuda.device_count())
+        info.update(
+            gpu=props.name,
+            gpu_memory_gb=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            gpu_count=torch.cuda.device_count(),
+        )
         try:
             import subprocess
 
-            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=10)
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
             if out.returncode == 0 and out.stdout.strip():
                 info["driver"] = out.stdout.strip().splitlines()[0]
         except (OSError, subprocess.SubprocessError):

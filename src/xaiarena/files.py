@@ -60,9 +60,11 @@ def check_inside(path: str | Path, root: str | Path | None = None) -> Path:
         return path
     root_r, path_r = root.resolve(), path.resolve()
     if path_r != root_r and root_r not in path_r.parents:
-        raise WriteError(f"refusing to write '{path}': it resolves to '{path_r}', outside the run "
-                         f"directory '{root_r}' (a symbolic link leads out of it); remove the link "
-                         "or give another --out")
+        raise WriteError(
+            f"refusing to write '{path}': it resolves to '{path_r}', outside the run "
+            f"directory '{root_r}' (a symbolic link leads out of it); remove the link "
+            "or give another --out"
+        )
     return path
 
 
@@ -73,8 +75,10 @@ def write_error(exc: OSError, path: str | Path):
 
     cause, fix = _WRITE_CAUSES.get(exc.errno or 0, (exc.strerror or str(exc), "check the folder"))
     code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
-    return WriteError(f"cannot write '{path}': {cause}{code}; {fix}. No partial file was left; run "
-                      "the command again once that is fixed (finished stages are cached)")
+    return WriteError(
+        f"cannot write '{path}': {cause}{code}; {fix}. No partial file was left; run "
+        "the command again once that is fixed (finished stages are cached)"
+    )
 
 
 def is_write_error(exc: BaseException) -> bool:
@@ -113,7 +117,7 @@ def _write_all(path: str | Path, data: bytes) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
 
@@ -177,7 +181,7 @@ def atomic_write_many(files: dict[Path, bytes]) -> None:
         try:
             _commit(tmp, path)
         except BaseException:
-            for t, _ in staged[i + 1:]:
+            for t, _ in staged[i + 1 :]:
                 t.unlink(missing_ok=True)
             raise
 

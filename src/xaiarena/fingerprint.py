@@ -57,7 +57,6 @@ def files_fingerprint(*paths: str | os.PathLike | None) -> str:
     return h.hexdigest()[:16]
 
 
-
 def fingerprint_module(model: nn.Module) -> str:
     """SHA-256 of a module's state (parameter and buffer values, names, dtypes)."""
     h = hashlib.sha256()
@@ -66,7 +65,9 @@ def fingerprint_module(model: nn.Module) -> str:
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim ok
+        h.update(
+            t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        )  # 0-dim ok
     return h.hexdigest()
 
 
@@ -76,7 +77,9 @@ def fingerprint_tensor(*tensors: torch.Tensor) -> str:
     for t in tensors:
         t = t.detach().cpu().contiguous()
         h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim ok
+        h.update(
+            t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        )  # 0-dim ok
     return h.hexdigest()
 
 

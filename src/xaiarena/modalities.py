@@ -43,12 +43,18 @@ class ImageModality:
     continuous_inputs = True
 
     @torch.no_grad()
-    def logits(self, model, split, index: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
+    def logits(
+        self, model, split, index: torch.Tensor, device, batch_size: int = 512
+    ) -> torch.Tensor:
         """The model's outputs ``(n, classes)`` (float32, CPU) on ``split[index]``."""
         with eval_mode(model):
             return predict_in_batches(
-                model, index, batch_size, prepare=lambda idx: split.float_images(idx).to(device),
-                keep=on_cpu)
+                model,
+                index,
+                batch_size,
+                prepare=lambda idx: split.float_images(idx).to(device),
+                keep=on_cpu,
+            )
 
     def eval_inputs(self, task, index: torch.Tensor, model) -> torch.Tensor:
         return task.test.float_images(index)
@@ -59,8 +65,18 @@ class ImageModality:
     def describe(self, task, inputs, model) -> dict[str, Any]:
         return {}  # run.json already records the input shape
 
-    def write_examples(self, path: Path, task, index, preds, correct, attributions, inputs, model,
-                       n_examples: int = N_IMAGE_EXAMPLES) -> None:
+    def write_examples(
+        self,
+        path: Path,
+        task,
+        index,
+        preds,
+        correct,
+        attributions,
+        inputs,
+        model,
+        n_examples: int = N_IMAGE_EXAMPLES,
+    ) -> None:
         """A few correct and incorrect predictions with every explainer's map (``<path>.npz``); the
         samples' names (``sample_names``) where the dataset provides them."""
         labels = task.test.labels[index]
@@ -80,7 +96,9 @@ class ImageModality:
         arrays["correct"] = correct[pick].numpy()
         model_classes = getattr(model, "class_names", None)
         if model_classes is not None and list(model_classes) != list(task.class_names):
-            arrays["pred_class_names"] = np.array(model_classes)  # predictions are in the model's classes
+            arrays["pred_class_names"] = np.array(
+                model_classes
+            )  # predictions are in the model's classes
         for k, a in attributions.items():
             arrays[f"attr__{k}"] = a[pick].numpy().astype(np.float32)
         buf = io.BytesIO()
@@ -100,15 +118,26 @@ class TextModality:
     """Texts: :class:`TextBatch` inputs; ``(N, L)`` word maps; ``results/examples/<dataset>.json``."""
 
     name = "text"
-    continuous_inputs = False  # token ids take no additive noise: evaluation.meta tests the model only
+    continuous_inputs = (
+        False  # token ids take no additive noise: evaluation.meta tests the model only
+    )
 
     def logits(self, model, split, index: torch.Tensor, device) -> torch.Tensor:
-        return model.predict_texts([split.texts[i] for i in index.tolist()], device, return_logits=True)
+        return model.predict_texts(
+            [split.texts[i] for i in index.tolist()], device, return_logits=True
+        )
 
     def eval_inputs(self, task, index: torch.Tensor, model):
         if not hasattr(model, "encode"):
-            raise ConfigError([("model", f"model '{type(model).__name__}' cannot read texts; use a text model "
-                                         f"({', '.join(names_for(MODELS, 'text'))})")])
+            raise ConfigError(
+                [
+                    (
+                        "model",
+                        f"model '{type(model).__name__}' cannot read texts; use a text model "
+                        f"({', '.join(names_for(MODELS, 'text'))})",
+                    )
+                ]
+            )
         return model.encode([task.test.texts[i] for i in index.tolist()])
 
     def eval_masks(self, task, index: torch.Tensor, inputs) -> torch.Tensor | None:
@@ -129,15 +158,40 @@ class TextModality:
             "truncated": int((tokens >= getattr(model, "max_length", 10**9)).sum()),
         }
 
-    def write_examples(self, path: Path, task, index, preds, correct, attributions, inputs, model,
-                       n_examples: int = N_TEXT_EXAMPLES) -> None:
-        write_text_examples(path.with_suffix(".json"), task, index, preds, attributions, inputs, n_examples,
-                            correct=correct)
+    def write_examples(
+        self,
+        path: Path,
+        task,
+        index,
+        preds,
+        correct,
+        attributions,
+        inputs,
+        model,
+        n_examples: int = N_TEXT_EXAMPLES,
+    ) -> None:
+        write_text_examples(
+            path.with_suffix(".json"),
+            task,
+            index,
+            preds,
+            attributions,
+            inputs,
+            n_examples,
+            correct=correct,
+        )
 
 
-def write_text_examples(path: Path, task, index: torch.Tensor, preds: torch.Tensor,
-                        attributions: dict[str, torch.Tensor], inputs, n_examples: int = N_TEXT_EXAMPLES,
-                        correct: torch.Tensor | None = None) -> None:
+def write_text_examples(
+    path: Path,
+    task,
+    index: torch.Tensor,
+    preds: torch.Tensor,
+    attributions: dict[str, torch.Tensor],
+    inputs,
+    n_examples: int = N_TEXT_EXAMPLES,
+    correct: torch.Tensor | None = None,
+) -> None:
     """A few correct and incorrect predictions: words, rationale and every explainer's word scores."""
     labels = task.test.labels[index]
     pick = _example_rows(preds == labels if correct is None else correct, n_examples).tolist()
@@ -152,13 +206,19 @@ def write_text_examples(path: Path, task, index: torch.Tensor, preds: torch.Tens
             "pred": int(preds[j]),
             "words": list(inputs.words[j]),
             "n_words_total": len(task.test.texts[i].split()),
-            "scores": {k: [round(float(v), 6) for v in a[j, :n].tolist()] for k, a in attributions.items()},
+            "scores": {
+                k: [round(float(v), 6) for v in a[j, :n].tolist()] for k, a in attributions.items()
+            },
         }
         if rationales is not None:
             sample["rationale"] = [bool(v) for v in rationales[i][:n].tolist()]
         samples.append(sample)
-    doc = {"modality": "text", "class_names": list(task.class_names), "explainers": list(attributions),
-           "samples": samples}
+    doc = {
+        "modality": "text",
+        "class_names": list(task.class_names),
+        "explainers": list(attributions),
+        "samples": samples,
+    }
     atomic_write_text(path, json.dumps(doc, indent=1, allow_nan=False))
 
 
@@ -170,8 +230,10 @@ def modality_for(task) -> ImageModality | TextModality:
     try:
         return MODALITIES[kind]
     except KeyError:
-        raise ValueError(f"dataset '{getattr(task, 'name', '?')}' has modality '{kind}'; supported: "
-                         f"{', '.join(MODALITIES)}") from None
+        raise ValueError(
+            f"dataset '{getattr(task, 'name', '?')}' has modality '{kind}'; supported: "
+            f"{', '.join(MODALITIES)}"
+        ) from None
 
 
 # --------------------------------------------------------------------------- config checks
@@ -188,7 +250,9 @@ def names_for(reg: Registry, modality: str) -> list[str]:
     return [e.name for e in reg if modality in _modalities_of(reg, e.name)]
 
 
-def modality_problems(kind: str, items: list[tuple[str, Registry, Any]], where: str) -> list[tuple[str, str]]:
+def modality_problems(
+    kind: str, items: list[tuple[str, Registry, Any]], where: str
+) -> list[tuple[str, str]]:
     """``(path, message)`` for every ``(path, registry, spec)`` whose component cannot handle ``kind``
     (image or text) inputs; ``where`` says whose inputs they are (``dataset 'x' (data.0) is text``)."""
     problems = []
@@ -199,9 +263,14 @@ def modality_problems(kind: str, items: list[tuple[str, Registry, Any]], where: 
             hint = ""
             if reg is EXPLAINERS and spec.name == "diet" and kind == "text":
                 hint = " (DiET for text is 'text_diet')"
-            problems.append((f"{path}.name", f"{kind_noun} '{spec.name}' supports {', '.join(supported)} "
-                             f"inputs only, but {where}{hint}; {kind} {reg.kind}: "
-                             f"{', '.join(names_for(reg, kind))}"))
+            problems.append(
+                (
+                    f"{path}.name",
+                    f"{kind_noun} '{spec.name}' supports {', '.join(supported)} "
+                    f"inputs only, but {where}{hint}; {kind} {reg.kind}: "
+                    f"{', '.join(names_for(reg, kind))}",
+                )
+            )
     return problems
 
 
@@ -227,5 +296,12 @@ def check_modalities(cfg) -> None:
         raise ConfigError(unique)
 
 
-__all__ = ["ImageModality", "TextModality", "modality_for", "check_modalities", "modality_problems", "names_for",
-           "write_text_examples"]
+__all__ = [
+    "ImageModality",
+    "TextModality",
+    "modality_for",
+    "check_modalities",
+    "modality_problems",
+    "names_for",
+    "write_text_examples",
+]

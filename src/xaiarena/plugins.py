@@ -56,8 +56,9 @@ ENV_NO_PLUGINS = "XAIARENA_NO_PLUGINS"
 class PluginError(ConfigError):
     """A plugin (entry point, config ``plugins:`` item or ``$XAIARENA_PLUGINS`` item) failed to load."""
 
-    def __init__(self, message: str, key: str = "plugins",
-                 more: list[tuple[str, str]] | None = None):
+    def __init__(
+        self, message: str, key: str = "plugins", more: list[tuple[str, str]] | None = None
+    ):
         self.message = message
         super().__init__([(key, message), *(more or [])])
 
@@ -110,10 +111,15 @@ def user_code(what: str) -> Iterator[None]:
         said = [ln.strip() for ln in held.getvalue().splitlines() if ln.strip()]
         last = f": {said[-1][:300]}" if said else ""
         parsing = any(ln.startswith("usage:") for ln in said)
-        how = ("parsed command-line arguments and exited" if parsing else
-               f"called sys.exit({exc.code!r})")
-        raise UserCodeExit(f"{how}{last} (user code must not end the process: a module run as a "
-                           "script belongs under if __name__ == '__main__':)") from None
+        how = (
+            "parsed command-line arguments and exited"
+            if parsing
+            else f"called sys.exit({exc.code!r})"
+        )
+        raise UserCodeExit(
+            f"{how}{last} (user code must not end the process: a module run as a "
+            "script belongs under if __name__ == '__main__':)"
+        ) from None
     finally:
         sys.argv, sys.stderr = argv, stderr
         if not failed and held.getvalue():
@@ -132,7 +138,9 @@ def import_module_or_file(ref: str) -> types.ModuleType:
             return importlib.import_module(ref)
     path = Path(ref).expanduser().resolve()
     if not path.is_file():
-        raise FileNotFoundError(f"file '{ref}' does not exist (relative paths are relative to {Path.cwd()})")
+        raise FileNotFoundError(
+            f"file '{ref}' does not exist (relative paths are relative to {Path.cwd()})"
+        )
     name = f"_xaiarena_user_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:10]}"
     if name in sys.modules:
         return sys.modules[name]
@@ -141,7 +149,9 @@ def import_module_or_file(ref: str) -> types.ModuleType:
         raise ImportError(f"cannot import '{path}'")
     module = importlib.util.module_from_spec(spec)
     if str(path.parent) not in sys.path:
-        sys.path.append(str(path.parent))  # sibling modules importable; appended, so it shadows nothing
+        sys.path.append(
+            str(path.parent)
+        )  # sibling modules importable; appended, so it shadows nothing
     sys.modules[name] = module
     try:
         with user_code(ref):
@@ -159,20 +169,33 @@ def resolve_ref(ref: Any, key: str) -> Any:
     if not isinstance(ref, str) or ":" not in ref.strip(":"):
         raise ConfigError([(key, f"bad value {ref!r}: must look like {form}")])
     module_ref, _, attr = ref.rpartition(":")
-    if not module_ref or not attr or (len(module_ref) == 1 and module_ref.isalpha()):  # "C:\\x.py" has no attr
+    if (
+        not module_ref or not attr or (len(module_ref) == 1 and module_ref.isalpha())
+    ):  # "C:\\x.py" has no attr
         raise ConfigError([(key, f"bad value {ref!r}: must look like {form}")])
     try:
         module = import_module_or_file(module_ref)
     except Exception as exc:
-        raise ConfigError([(key, f"cannot import '{module_ref}' (from {ref!r}): {type(exc).__name__}: {exc}")]) from exc
+        raise ConfigError(
+            [(key, f"cannot import '{module_ref}' (from {ref!r}): {type(exc).__name__}: {exc}")]
+        ) from exc
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+            names = sorted(
+                n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+            )
             hint = suggest(attr, names)
             did = f" (did you mean '{hint}'?)" if hint else ""
-            raise ConfigError([(key, f"'{module_ref}' has no attribute '{attr}'{did}; its functions and classes: "
-                                     f"{', '.join(names) or '(none)'}")])
+            raise ConfigError(
+                [
+                    (
+                        key,
+                        f"'{module_ref}' has no attribute '{attr}'{did}; its functions and classes: "
+                        f"{', '.join(names) or '(none)'}",
+                    )
+                ]
+            )
         obj = getattr(obj, part)
     return obj
 
@@ -227,8 +250,9 @@ def load_entry_point(ep: metadata.EntryPoint) -> str:
                 obj = ep.load()
                 if not isinstance(obj, types.ModuleType):
                     if not callable(obj):
-                        raise TypeError(f"it names a {type(obj).__name__}, not a module or a "
-                                        "function")
+                        raise TypeError(
+                            f"it names a {type(obj).__name__}, not a module or a function"
+                        )
                     obj()
         except Exception as exc:
             dist = _dist_name(ep)
@@ -278,7 +302,9 @@ def load_installed_plugins(before: Callable[[], None] = _nothing) -> None:
         raise PluginError.of(_installed.error.problems)
 
 
-def import_plugin(ref: str, key: str = "plugins", before: Callable[[], None] = _nothing) -> types.ModuleType:
+def import_plugin(
+    ref: str, key: str = "plugins", before: Callable[[], None] = _nothing
+) -> types.ModuleType:
     """Import the plugin module (or ``.py`` file) ``ref``; its registrations get origin ``ref``.
     ``before`` runs first (config validation passes the registries' ``load_builtins``, see
     :func:`load_installed_plugins`)."""
@@ -287,10 +313,14 @@ def import_plugin(ref: str, key: str = "plugins", before: Callable[[], None] = _
         try:
             return import_module_or_file(ref)
         except Exception as exc:
-            raise PluginError(f"cannot import plugin '{ref}': {type(exc).__name__}: {exc}", key) from exc
+            raise PluginError(
+                f"cannot import plugin '{ref}': {type(exc).__name__}: {exc}", key
+            ) from exc
 
 
-def config_plugin_problems(refs: Any, before: Callable[[], None] = _nothing) -> list[tuple[str, str]]:
+def config_plugin_problems(
+    refs: Any, before: Callable[[], None] = _nothing
+) -> list[tuple[str, str]]:
     """Import a config's ``plugins:`` list; ``(key, message)`` for each one that fails. ``before``:
     see :func:`import_plugin`.
 
@@ -308,5 +338,14 @@ def config_plugin_problems(refs: Any, before: Callable[[], None] = _nothing) -> 
     return problems
 
 
-__all__ = ["ENTRY_POINT_GROUP", "PluginError", "config_plugin_problems", "current_origin", "import_module_or_file",
-           "import_plugin", "load_installed_plugins", "registering_as", "resolve_ref"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PluginError",
+    "config_plugin_problems",
+    "current_origin",
+    "import_module_or_file",
+    "import_plugin",
+    "load_installed_plugins",
+    "registering_as",
+    "resolve_ref",
+]

@@ -91,8 +91,9 @@ def normalise_by_negative(a: torch.Tensor, over: str = "sample") -> torch.Tensor
     return torch.where(a > 0, pos, torch.where(a < 0, neg, torch.zeros_like(a)))
 
 
-def normalise_by_average_second_moment_estimate(a: torch.Tensor, over: str = "sample"
-                                                ) -> torch.Tensor:
+def normalise_by_average_second_moment_estimate(
+    a: torch.Tensor, over: str = "sample"
+) -> torch.Tensor:
     """``a / sqrt(mean(a**2))`` per sample (or over the set; Quantus's rule of the same name,
     Binder et al. 2022); an all-zero map stays zero."""
     if a.numel() == 0:
@@ -113,8 +114,9 @@ def minmax(a: torch.Tensor) -> torch.Tensor:
         return a.clone()
     mx, mn = _amax(a, "sample"), _amin(a, "sample")
     span = mx - mn
-    return torch.where(span > 0, (a - mn) / torch.where(span > 0, span, torch.ones_like(span)),
-                       torch.zeros_like(a))
+    return torch.where(
+        span > 0, (a - mn) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(a)
+    )
 
 
 #: the normalisations, per sample; each also exists over the set (name + SET_SUFFIX)

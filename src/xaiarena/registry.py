@@ -38,7 +38,12 @@ class Entry:
     fingerprint: Callable[..., str | None] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, **self.meta, "origin": self.origin}
+        return {
+            "name": self.name,
+            "description": self.description,
+            **self.meta,
+            "origin": self.origin,
+        }
 
     def fingerprint_of(self, params: dict[str, Any]) -> dict[str, Any]:
         """``{"files": <fingerprint>}`` of the user files the component reads with ``params``, for
@@ -54,14 +59,14 @@ class Entry:
         return {
             n: p
             for n, p in params.items()
-            if n != "self" and n not in self.reserved and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+            if n != "self"
+            and n not in self.reserved
+            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
         }
 
     def accepts_any_kwargs(self) -> bool:
         target = self.factory.__init__ if inspect.isclass(self.factory) else self.factory
-        return any(
-            p.kind == p.VAR_KEYWORD for p in inspect.signature(target).parameters.values()
-        )
+        return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(target).parameters.values())
 
 
 def _origin_of(factory: Callable[..., Any]) -> str:
@@ -114,12 +119,16 @@ class Registry:
         def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
             origin = _origin_of(factory)
             if name in self._entries and self._entries[name].factory is not factory:
-                raise ValueError(f"{self.kind[:-1]} '{name}' is registered twice (by {self._entries[name].origin} "
-                                 f"and by {origin}); rename one")
+                raise ValueError(
+                    f"{self.kind[:-1]} '{name}' is registered twice (by {self._entries[name].origin} "
+                    f"and by {origin}); rename one"
+                )
             desc = description or (inspect.getdoc(factory) or "").split("\n")[0]
             full_meta = {a: getattr(factory, a) for a in self._meta_attrs if hasattr(factory, a)}
             full_meta.update(meta)
-            self._entries[name] = Entry(name, factory, desc, full_meta, self.reserved, origin, fingerprint)
+            self._entries[name] = Entry(
+                name, factory, desc, full_meta, self.reserved, origin, fingerprint
+            )
             return factory
 
         return deco
@@ -145,7 +154,9 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
-            raise UnknownNameError(self.kind, name, self.names(), suggest(name, self.names())) from None
+            raise UnknownNameError(
+                self.kind, name, self.names(), suggest(name, self.names())
+            ) from None
 
     def get(self, name: str) -> Callable[..., Any]:
         return self.entry(name).factory
@@ -167,7 +178,14 @@ EXPLAINERS = Registry(
 METRICS = Registry(
     "metrics",
     modules=("xaiarena.metrics",),
-    meta_attrs=("category", "higher_is_better", "modality", "value_range", "requires", "default_outputs"),
+    meta_attrs=(
+        "category",
+        "higher_is_better",
+        "modality",
+        "value_range",
+        "requires",
+        "default_outputs",
+    ),
 )
 
 REGISTRIES: dict[str, Registry] = {
@@ -183,12 +201,20 @@ def load_builtins() -> None:
     for reg in REGISTRIES.values():
         reg._load()
 
+
 # neuron dissection (xaiarena.dissect): listed under "dissect" by ``xaiarena list``
-_DISSECT_MODULES = ("xaiarena.dissect.concepts", "xaiarena.dissect.scorers", "xaiarena.dissect.similarity")
+_DISSECT_MODULES = (
+    "xaiarena.dissect.concepts",
+    "xaiarena.dissect.scorers",
+    "xaiarena.dissect.similarity",
+)
 CONCEPT_SETS = Registry("concept sets", modules=_DISSECT_MODULES, reserved=("task",))
 CONCEPT_SCORERS = Registry("concept scorers", modules=_DISSECT_MODULES)
-SIMILARITIES = Registry("similarity functions", modules=_DISSECT_MODULES,
-                        reserved=("activations", "scores", "generator"))
+SIMILARITIES = Registry(
+    "similarity functions",
+    modules=_DISSECT_MODULES,
+    reserved=("activations", "scores", "generator"),
+)
 
 DISSECT_REGISTRIES: dict[str, Registry] = {
     "concept_sets": CONCEPT_SETS,

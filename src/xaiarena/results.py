@@ -28,7 +28,9 @@ class RunResult:
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
         if not (self.run_dir / "run.json").exists():
-            raise FileNotFoundError(f"'{self.run_dir}' is not a finished xaiarena run (no run.json)")
+            raise FileNotFoundError(
+                f"'{self.run_dir}' is not a finished xaiarena run (no run.json)"
+            )
         self.info = json.loads((self.run_dir / "run.json").read_text())
 
     @property
@@ -51,8 +53,9 @@ class RunResult:
     def report_path(self) -> Path:
         return self.run_dir / "report.html"
 
-    def attributions(self, explainer: str, dataset: str | None = None,
-                     explained_model: str | None = None) -> torch.Tensor:
+    def attributions(
+        self, explainer: str, dataset: str | None = None, explained_model: str | None = None
+    ) -> torch.Tensor:
         """The maps of ``explainer`` for the evaluation samples (in sample order): ``(N, H, W)`` images,
         ``(N, L)`` texts. ``explained_model`` picks the view (``f_b``, ``f_s``); by default the model the
         explainer itself explains; ``diet@f_s`` (DiET's maps scored on f_b) gives DiET's maps of f_s.
@@ -70,12 +73,16 @@ class RunResult:
         view = explained_model or entry.get("explains", "f_b")
         views = entry.get("views") or {}
         if view not in views:
-            raise KeyError(f"explainer '{explainer}' has no maps of '{view}'; it explains {', '.join(views) or 'none'}")
+            raise KeyError(
+                f"explainer '{explainer}' has no maps of '{view}'; it explains {', '.join(views) or 'none'}"
+            )
         path = self.run_dir / views[view]["file"]
         maps = Cache(self.run_dir / "cache", self.run_dir).load_torch(path)
         if maps is None:
-            raise FileNotFoundError(f"the attributions of '{explainer}' ({view}) recorded in run.json are missing or "
-                                    f"corrupt: {path}; run the config again to recompute them")
+            raise FileNotFoundError(
+                f"the attributions of '{explainer}' ({view}) recorded in run.json are missing or "
+                f"corrupt: {path}; run the config again to recompute them"
+            )
         return maps
 
     def samples(self, dataset: str | None = None) -> RunSamples:
@@ -102,7 +109,9 @@ class RunSamples(EvalSamples):
     batch_size: int
 
 
-def evaluation_samples(cfg: ExperimentConfig, run_dir: str | Path, dataset: str | None = None) -> RunSamples:
+def evaluation_samples(
+    cfg: ExperimentConfig, run_dir: str | Path, dataset: str | None = None
+) -> RunSamples:
     """The evaluation samples of ``cfg``'s dataset entry ``dataset`` (default: the first) and its model
     ``f_b``, as a run in ``run_dir`` has them: data, train (or the cached checkpoint) and select run
     through the same stages and cache (:meth:`RunResult.samples`; ``xaiarena score``). With a grid or
@@ -119,9 +128,17 @@ def evaluation_samples(cfg: ExperimentConfig, run_dir: str | Path, dataset: str 
         # a model not cached yet trains as in a run, writing inside the run directory only
         with unit_threads(unit, env), writes_inside(run_dir):
             prep, fb = ctx.prep(rec), view(ctx, F_B, rec)
-        return RunSamples(dataset=dataset, model=prep.model, inputs=prep.inputs, targets=fb.targets,
-                          labels=prep.labels, masks=prep.masks, sample_ids=prep.sample_ids, seed=unit.seed,
-                          batch_size=ctx.s.batch_size)
+        return RunSamples(
+            dataset=dataset,
+            model=prep.model,
+            inputs=prep.inputs,
+            targets=fb.targets,
+            labels=prep.labels,
+            masks=prep.masks,
+            sample_ids=prep.sample_ids,
+            seed=unit.seed,
+            batch_size=ctx.s.batch_size,
+        )
     finally:
         forget_contexts(env.run_dir)
 

@@ -55,15 +55,23 @@ class Runner:
     (:mod:`xaiarena.engine.executors`: ``local`` or ``ray``), then writes results, statistics,
     run.json (:class:`~xaiarena.engine.record.RunRecord`) and the report in this process."""
 
-    def __init__(self, cfg: ExperimentConfig, out: str | Path | None = None, show_progress: bool = True,
-                 executor: str | None = None, address: str | None = None,
-                 source: str | Path | None = None):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        out: str | Path | None = None,
+        show_progress: bool = True,
+        executor: str | None = None,
+        address: str | None = None,
+        source: str | Path | None = None,
+    ):
         self.cfg = cfg
         self.source = source  # the config file cfg was read from: never overwritten
         self.run_dir = Path(out or cfg.output or Path("runs") / cfg.name)
         self.device = resolve_device(cfg.device)
         if cfg.amp and self.device.type != "cuda":
-            log.info("amp: true is ignored on %s (mixed precision is used on CUDA only)", self.device)
+            log.info(
+                "amp: true is ignored on %s (mixed precision is used on CUDA only)", self.device
+            )
         self.show_progress = show_progress
         self.executor = make_executor(cfg, executor, address, show_progress)
         self.record = RunRecord(cfg, _say)
@@ -71,7 +79,9 @@ class Runner:
     # ------------------------------------------------------------------ the run
     def run(self) -> Path:
         cfg = self.cfg
-        check_modalities(cfg)  # a text dataset with an image-only explainer etc. fails before any work
+        check_modalities(
+            cfg
+        )  # a text dataset with an image-only explainer etc. fails before any work
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise RunError(f"the run directory '{self.run_dir}' is a file; give --out a folder")
         check_config_file(self.run_dir, self.source)
@@ -101,37 +111,54 @@ class Runner:
             # the config is written with the results it describes, as one write (a failed run, a
             # full disk half-way, leaves all of them as they were)
             files[self.run_dir / "config.yaml"] = config_yaml(cfg).encode("utf-8")
-            files[self.run_dir / "run.json"] = self._run_json(time.perf_counter() - started, units).encode("utf-8")
+            files[self.run_dir / "run.json"] = self._run_json(
+                time.perf_counter() - started, units
+            ).encode("utf-8")
             atomic_write_many(files)
             with record.log.stage("report") as info:
                 info["written"] = self._build_report()
-            atomic_write_text(self.run_dir / "run.json", self._run_json(time.perf_counter() - started, units))
+            atomic_write_text(
+                self.run_dir / "run.json", self._run_json(time.perf_counter() - started, units)
+            )
         return self.run_dir
 
     def _run_json(self, seconds: float, units: list[Unit]) -> str:
         return self.record.run_json(seconds, units, self.device, self.executor.name)
 
     # ------------------------------------------------------------------ result files
-    def _results(self, results: Path, per_sample: pd.DataFrame,
-                 curves: pd.DataFrame) -> dict[Path, bytes]:
+    def _results(
+        self, results: Path, per_sample: pd.DataFrame, curves: pd.DataFrame
+    ) -> dict[Path, bytes]:
         """The result files' contents (written by the caller, with config.yaml and run.json)."""
-        files = {results / "per_sample.parquet": parquet_bytes(per_sample),
-                 results / "curves.parquet": parquet_bytes(curves)}
+        files = {
+            results / "per_sample.parquet": parquet_bytes(per_sample),
+            results / "curves.parquet": parquet_bytes(curves),
+        }
         record = self.record
         hib = {k: v["higher_is_better"] for k, v in record.metrics_meta.items()}
-        tables = stats.result_tables(per_sample, hib, models=record.models(), seed=self.cfg.seed,
-                                     replicates=record.with_replicates)
+        tables = stats.result_tables(
+            per_sample,
+            hib,
+            models=record.models(),
+            seed=self.cfg.seed,
+            replicates=record.with_replicates,
+        )
         summary = tables["summary"]
         if record.with_grid:  # the model may vary across grid points
             model_of = record.grid_models()
-            summary["model"] = [model_of.get((d, g), m) for d, g, m in
-                                zip(summary["dataset"], summary["grid"], summary["model"], strict=True)]
+            summary["model"] = [
+                model_of.get((d, g), m)
+                for d, g, m in zip(
+                    summary["dataset"], summary["grid"], summary["model"], strict=True
+                )
+            ]
         for name, frame in tables.items():
             files[results / f"{name}.csv"] = csv_bytes(frame)
         return files
 
-    def _meta_results(self, results: Path, per_sample: pd.DataFrame,
-                      perturbed: pd.DataFrame) -> dict[Path, bytes]:
+    def _meta_results(
+        self, results: Path, per_sample: pd.DataFrame, perturbed: pd.DataFrame
+    ) -> dict[Path, bytes]:
         """``evaluation.meta``: ``meta.csv``, ``meta_agreement.csv`` and the perturbed problems'
         scores ``meta_per_sample.parquet`` (:mod:`xaiarena.meta`), as files to write with the
         other results; without it, those of an earlier run are removed."""
@@ -142,8 +169,11 @@ class Runner:
                 path.unlink(missing_ok=True)
             return {}
         table, pairs = meta_table(per_sample, self.record.metrics_meta, perturbed)
-        return {files["meta_per_sample.parquet"]: parquet_bytes(perturbed),
-                files["meta_agreement.csv"]: csv_bytes(pairs), files["meta.csv"]: csv_bytes(table)}
+        return {
+            files["meta_per_sample.parquet"]: parquet_bytes(perturbed),
+            files["meta_agreement.csv"]: csv_bytes(pairs),
+            files["meta.csv"]: csv_bytes(table),
+        }
 
     def _build_report(self) -> bool:
         try:
@@ -154,9 +184,16 @@ class Runner:
         return True
 
 
-def run(config: str | Path | dict | ExperimentConfig | None = None, *, out: str | Path | None = None,
-        overrides: list[str] | dict[str, Any] | None = None, show_progress: bool = True,
-        executor: str | None = None, address: str | None = None, **kw_overrides: Any) -> RunResult:
+def run(
+    config: str | Path | dict | ExperimentConfig | None = None,
+    *,
+    out: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    show_progress: bool = True,
+    executor: str | None = None,
+    address: str | None = None,
+    **kw_overrides: Any,
+) -> RunResult:
     """Run an experiment (the built-in benchmark when ``config`` is None) and return its results.
 
     Keyword overrides use double underscores for nesting: ``run(evaluation__n_samples=32)``.
@@ -173,8 +210,9 @@ def run(config: str | Path | dict | ExperimentConfig | None = None, *, out: str 
     ov.update({k.replace("__", "."): v for k, v in kw_overrides.items()})
     cfg = load_config(config, ov or None)
     source = config if isinstance(config, (str, Path)) else None
-    run_dir = Runner(cfg, out=out, show_progress=show_progress, executor=executor, address=address,
-                     source=source).run()
+    run_dir = Runner(
+        cfg, out=out, show_progress=show_progress, executor=executor, address=address, source=source
+    ).run()
     return RunResult(run_dir)
 
 

@@ -86,10 +86,25 @@ from scipy import stats as sps
 log = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = [
-    "dataset", "model", "explainer", "metric", "mean", "ci_low", "ci_high", "n", "higher_is_better",
+    "dataset",
+    "model",
+    "explainer",
+    "metric",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "n",
+    "higher_is_better",
 ]
 TESTS_COLUMNS = [
-    "dataset", "metric", "explainer_a", "explainer_b", "test", "statistic", "p_value", "p_holm",
+    "dataset",
+    "metric",
+    "explainer_a",
+    "explainer_b",
+    "test",
+    "statistic",
+    "p_value",
+    "p_holm",
     "effect_size",
 ]
 #: added after :data:`SUMMARY_COLUMNS` (whose ``n`` is the number of distinct samples, ==
@@ -103,7 +118,16 @@ COMBINED_COLUMNS = ["metric", "explainer", "mean_rank", "n_datasets"]
 #: ``replicate``, ``seed`` after ``dataset``): the one definition, shared by the engine and the API
 PER_SAMPLE_COLUMNS = ["dataset", "explained_model", "explainer", "metric", "sample_id", "value"]
 #: the columns of ``results/curves.parquet`` (the same context columns after ``dataset``)
-CURVE_COLUMNS = ["dataset", "explained_model", "explainer", "metric", "x", "mean", "ci_low", "ci_high"]
+CURVE_COLUMNS = [
+    "dataset",
+    "explained_model",
+    "explainer",
+    "metric",
+    "x",
+    "mean",
+    "ci_low",
+    "ci_high",
+]
 #: columns that, when present, split results into independent comparisons: maps of different
 #: explained models (``explained_model``: f_b, f_s) are never compared with each other
 CONTEXT_COLUMNS = ("dataset", "grid", "explained_model", "replicate", "seed")
@@ -134,6 +158,8 @@ def _select(df: pd.DataFrame, ctx: dict[str, Any]) -> pd.DataFrame:
         if c in df.columns:
             mask &= (df[c] == v).to_numpy()
     return df[mask]
+
+
 #: ``metric`` value of the rows of :func:`combined_ranking` that average over all metrics
 ALL_METRICS = "(all metrics)"
 TESTS = ("t", "wilcoxon")
@@ -269,26 +295,28 @@ def summarize(
     rows = []
     for keys, grp in df.groupby([*ctx, "explainer", "metric"], sort=False):
         context = dict(zip(ctx, keys[: len(ctx)], strict=True))
-        dataset, (explainer, metric) = context["dataset"], keys[len(ctx):]
+        dataset, (explainer, metric) = context["dataset"], keys[len(ctx) :]
         hib = _higher_is_better(meta, metric)
         grp = grp.sort_values("sample_id", kind="stable")
         x = grp["value"].to_numpy(dtype=np.float64)
         x = x[~np.isnan(x)]
         rng = np.random.default_rng(_group_seed(seed, dataset, metric))
         lo, hi = bootstrap_ci(x, rng=rng, n_boot=n_boot, confidence=confidence, method=method)
-        rows.append({
-            **context,
-            "model": "" if models is None else models[str(dataset)],
-            "explainer": explainer,
-            "metric": metric,
-            "mean": float(x.mean()) if x.size else float("nan"),
-            "ci_low": lo,
-            "ci_high": hi,
-            "n": int(x.size),
-            "higher_is_better": hib,
-            "n_samples": int(x.size),
-            "n_replicates": 1,
-        })
+        rows.append(
+            {
+                **context,
+                "model": "" if models is None else models[str(dataset)],
+                "explainer": explainer,
+                "metric": metric,
+                "mean": float(x.mean()) if x.size else float("nan"),
+                "ci_low": lo,
+                "ci_high": hi,
+                "n": int(x.size),
+                "higher_is_better": hib,
+                "n_samples": int(x.size),
+                "n_replicates": 1,
+            }
+        )
     out = pd.DataFrame(rows, columns=_with_context(SUMMARY_COLUMNS, per_sample) + COUNT_COLUMNS)
     return out.astype({**_COUNT_TYPES, "higher_is_better": bool})
 
@@ -302,8 +330,9 @@ def holm(p_values: Iterable[float]) -> np.ndarray:
     ``p_holm[(i)] = min(1, max_{j <= i} (m - j + 1) * p[(j)])`` over the ``m``
     finite p-values sorted ascending.
     """
-    p = np.asarray(list(p_values) if not isinstance(p_values, np.ndarray) else p_values,
-                   dtype=np.float64)
+    p = np.asarray(
+        list(p_values) if not isinstance(p_values, np.ndarray) else p_values, dtype=np.float64
+    )
     out = np.full(p.shape, np.nan)
     ok = ~np.isnan(p)
     m = int(ok.sum())
@@ -372,7 +401,7 @@ def _wilcoxon_exact_flips(d: np.ndarray, zero_method: str = "wilcox") -> tuple[f
     r_plus = float(ranks[d > 0].sum()) + zero_half
     r_minus = float(ranks[d < 0].sum()) + zero_half
     n = d.size
-    patterns = (np.arange(2 ** n)[:, None] >> np.arange(n)) & 1  # 1 = the sign of d_i is kept
+    patterns = (np.arange(2**n)[:, None] >> np.arange(n)) & 1  # 1 = the sign of d_i is kept
     positive = np.where(patterns == 1, d > 0, d < 0)
     null = positive.astype(np.float64) @ ranks + zero_half
     gamma = abs(np.finfo(np.float64).eps * 100 * r_plus)  # scipy's tolerance for equal values
@@ -392,7 +421,9 @@ def paired_wilcoxon(diffs: np.ndarray, zero_method: str = "wilcox") -> tuple[flo
     if np.all(d == 0):
         return 0.0, 1.0
     nonzero = np.abs(d[d != 0])
-    if d.size <= _EXACT_FLIPS_MAX_N and (nonzero.size < d.size or np.unique(nonzero).size < nonzero.size):
+    if d.size <= _EXACT_FLIPS_MAX_N and (
+        nonzero.size < d.size or np.unique(nonzero).size < nonzero.size
+    ):
         return _wilcoxon_exact_flips(d, zero_method)
     res = sps.wilcoxon(d, zero_method=zero_method)
     return float(res.statistic), float(res.pvalue)
@@ -424,7 +455,9 @@ def paired_tests(
     dup = df.duplicated(ident)
     if dup.any():
         first = df[dup].iloc[0]
-        raise ValueError(f"{int(dup.sum())} duplicated ({', '.join(ident)}) rows, e.g. {tuple(first[ident])}")
+        raise ValueError(
+            f"{int(dup.sum())} duplicated ({', '.join(ident)}) rows, e.g. {tuple(first[ident])}"
+        )
     frames = []
     for keys, grp in df.groupby([*ctx, "metric"], sort=False):
         context = dict(zip(ctx, keys[: len(ctx)], strict=True))
@@ -438,26 +471,44 @@ def paired_tests(
             d = va[ok] - vb[ok]
             n_dropped = int((~ok).sum())
             if n_dropped:
-                log.info("%s/%s: %s vs %s: %d sample(s) dropped (NaN or unmatched)",
-                         dataset, metric, a, b, n_dropped)
+                log.info(
+                    "%s/%s: %s vs %s: %d sample(s) dropped (NaN or unmatched)",
+                    dataset,
+                    metric,
+                    a,
+                    b,
+                    n_dropped,
+                )
             dz = cohens_dz(d)
             for test in tests:
                 stat, p = paired_t(d) if test == "t" else paired_wilcoxon(d)
                 min_p = 0.0 if test == "t" else wilcoxon_min_p(int(np.count_nonzero(d)))
-                rows.append({
-                    **context, "metric": metric, "explainer_a": a, "explainer_b": b,
-                    "test": test, "statistic": stat, "p_value": p, "effect_size": dz,
-                    "min_p": min_p,
-                    "n": int(d.size), "n_dropped": n_dropped,
-                })
+                rows.append(
+                    {
+                        **context,
+                        "metric": metric,
+                        "explainer_a": a,
+                        "explainer_b": b,
+                        "test": test,
+                        "statistic": stat,
+                        "p_value": p,
+                        "effect_size": dz,
+                        "min_p": min_p,
+                        "n": int(d.size),
+                        "n_dropped": n_dropped,
+                    }
+                )
         part = pd.DataFrame(rows)
         if len(part):
             for test in tests:
                 sel = (part["test"] == test).to_numpy()
                 part.loc[sel, "p_holm"] = holm(part.loc[sel, "p_value"].to_numpy())
         frames.append(part)
-    cols = [*_with_context(TESTS_COLUMNS, per_sample), "min_p",
-            *(["n", "n_dropped"] if with_n else [])]
+    cols = [
+        *_with_context(TESTS_COLUMNS, per_sample),
+        "min_p",
+        *(["n", "n_dropped"] if with_n else []),
+    ]
     if not frames or all(len(f) == 0 for f in frames):
         return pd.DataFrame(columns=cols)
     out = pd.concat([f for f in frames if len(f)], ignore_index=True)
@@ -477,15 +528,19 @@ def _letters(k: int) -> str:
     return s
 
 
-def compact_letter_display(order: Sequence[str], different: Iterable[tuple[str, str]]) -> dict[str, str]:
+def compact_letter_display(
+    order: Sequence[str], different: Iterable[tuple[str, str]]
+) -> dict[str, str]:
     """Letters such that two items share one exactly when they are not ``different``.
 
     ``order`` lists the items best first; letters are assigned in that order.
     Insert-and-absorb algorithm of Piepho (2004), J. Comput. Graph. Stat. 13(2).
     """
     pos = {x: i for i, x in enumerate(order)}
-    pairs = sorted({tuple(sorted((a, b), key=pos.__getitem__)) for a, b in different if a != b},
-                   key=lambda p: (pos[p[0]], pos[p[1]]))
+    pairs = sorted(
+        {tuple(sorted((a, b), key=pos.__getitem__)) for a, b in different if a != b},
+        key=lambda p: (pos[p[0]], pos[p[1]]),
+    )
     cols: list[frozenset] = [frozenset(order)] if order else []
     for i, j in pairs:
         new: list[frozenset] = []
@@ -496,9 +551,7 @@ def compact_letter_display(order: Sequence[str], different: Iterable[tuple[str, 
                 new.append(c)
         kept: list[frozenset] = []
         for k, c in enumerate(new):
-            absorbed = any(
-                (c < o) or (c == o and m < k) for m, o in enumerate(new) if m != k
-            )
+            absorbed = any((c < o) or (c == o and m < k) for m, o in enumerate(new) if m != k)
             if not absorbed:
                 kept.append(c)
         cols = kept
@@ -520,8 +573,9 @@ def informative(min_p: Any, alpha: float) -> bool:
     return not np.isfinite(v) or v < alpha
 
 
-def _voters(by_test: dict[str, tuple[float, float, float]], want: Sequence[str],
-            alpha: float) -> list[str]:
+def _voters(
+    by_test: dict[str, tuple[float, float, float]], want: Sequence[str], alpha: float
+) -> list[str]:
     """The wanted tests that can decide a pair: every wanted test must be there, and a test that
     cannot reach ``alpha`` (a Wilcoxon over 3 replicates) does not vote. Empty: nothing decides."""
     if not all(t in by_test for t in want):
@@ -534,8 +588,9 @@ def _by_pair(sel: pd.DataFrame) -> dict[tuple[str, str], dict[str, tuple[float, 
     min_p = sel["min_p"].to_numpy(np.float64) if "min_p" in sel.columns else np.zeros(len(sel))
     out: dict[tuple[str, str], dict[str, tuple[float, float, float]]] = {}
     p_holm, effect = sel["p_holm"].to_numpy(np.float64), sel["effect_size"].to_numpy(np.float64)
-    for a, b, t, p, es, mp in zip(sel["explainer_a"], sel["explainer_b"], sel["test"], p_holm,
-                                  effect, min_p, strict=True):
+    for a, b, t, p, es, mp in zip(
+        sel["explainer_a"], sel["explainer_b"], sel["test"], p_holm, effect, min_p, strict=True
+    ):
         out.setdefault((a, b), {})[t] = (p, es, mp)
     return out
 
@@ -578,7 +633,9 @@ def rank(
     """
     if test not in (*TESTS, "both"):
         raise ValueError(f"unknown test '{test}'; valid: t, wilcoxon, both")
-    _check_columns(summary, ["dataset", "explainer", "metric", "mean", "higher_is_better"], "summary")
+    _check_columns(
+        summary, ["dataset", "explainer", "metric", "mean", "higher_is_better"], "summary"
+    )
     if len(tests):
         _check_columns(tests, TESTS_COLUMNS, "tests")
     rows = []
@@ -607,11 +664,15 @@ def rank(
         letters = compact_letter_display(valid, different)
         for e in order:
             ok = e in better_count
-            rows.append({
-                **context, "metric": metric, "explainer": e,
-                "rank": 1 + better_count[e] if ok else pd.NA,
-                "group": letters[e] if ok else "",
-            })
+            rows.append(
+                {
+                    **context,
+                    "metric": metric,
+                    "explainer": e,
+                    "rank": 1 + better_count[e] if ok else pd.NA,
+                    "group": letters[e] if ok else "",
+                }
+            )
     out = pd.DataFrame(rows, columns=_with_context(RANK_COLUMNS, summary))
     return out.astype({"rank": "Int64"})
 
@@ -642,20 +703,30 @@ def compare_to_best(
         for e in order:
             pmax = float("nan")
             if e != best and len(sel):
-                m = sel[((sel["explainer_a"] == e) & (sel["explainer_b"] == best))
-                        | ((sel["explainer_a"] == best) & (sel["explainer_b"] == e))]
+                m = sel[
+                    ((sel["explainer_a"] == e) & (sel["explainer_b"] == best))
+                    | ((sel["explainer_a"] == best) & (sel["explainer_b"] == e))
+                ]
                 by_test = next(iter(_by_pair(m[m["test"].isin(want)]).values()), {})
                 voters = _voters(by_test, want, alpha)
                 if voters:
                     pmax = max(by_test[t][0] for t in voters)
-            rows.append({
-                **context, "metric": metric, "explainer": e, "best": best,
-                "is_best": e == best, "p_holm": pmax,
-                "significant": bool(e != best and np.isfinite(pmax) and pmax < alpha),
-            })
+            rows.append(
+                {
+                    **context,
+                    "metric": metric,
+                    "explainer": e,
+                    "best": best,
+                    "is_best": e == best,
+                    "p_holm": pmax,
+                    "significant": bool(e != best and np.isfinite(pmax) and pmax < alpha),
+                }
+            )
     return pd.DataFrame(
-        rows, columns=_with_context(["dataset", "metric", "explainer", "best", "is_best", "p_holm", "significant"],
-                                    summary)
+        rows,
+        columns=_with_context(
+            ["dataset", "metric", "explainer", "best", "is_best", "p_holm", "significant"], summary
+        ),
     )
 
 
@@ -677,8 +748,14 @@ def combined_ranking(ranks: pd.DataFrame) -> pd.DataFrame:
         sel = r if metric == ALL_METRICS else r[r["metric"] == metric]
         part = []
         for e, g in sel.groupby("explainer", sort=False):
-            part.append({"metric": metric, "explainer": e, "mean_rank": float(g["rank"].mean()),
-                         "n_datasets": int(g["dataset"].nunique())})
+            part.append(
+                {
+                    "metric": metric,
+                    "explainer": e,
+                    "mean_rank": float(g["rank"].mean()),
+                    "n_datasets": int(g["dataset"].nunique()),
+                }
+            )
         part.sort(key=lambda d: (d["mean_rank"], pos[d["explainer"]]))
         rows += part
     return pd.DataFrame(rows, columns=COMBINED_COLUMNS)
@@ -773,9 +850,13 @@ def crossed_mean(y: np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
     half_k = sps.t.ppf(0.5 + confidence / 2, df) * np.sqrt(var)
     k = np.argmax(half_k, axis=-1)[..., None]
     half = np.take_along_axis(half_k, k, -1)[..., 0]
-    return {"mean": _out(mean), "se": _out(np.sqrt(np.take_along_axis(var, k, -1)[..., 0])),
-            "df": _out(np.take_along_axis(df, k, -1)[..., 0]), "ci_low": _out(mean - half),
-            "ci_high": _out(mean + half)}
+    return {
+        "mean": _out(mean),
+        "se": _out(np.sqrt(np.take_along_axis(var, k, -1)[..., 0])),
+        "df": _out(np.take_along_axis(df, k, -1)[..., 0]),
+        "ci_low": _out(mean - half),
+        "ci_high": _out(mean + half),
+    }
 
 
 def crossed_t(d: np.ndarray) -> tuple[Any, Any, Any]:
@@ -799,8 +880,11 @@ def crossed_t(d: np.ndarray) -> tuple[Any, Any, Any]:
     mean, var, df = _crossed_parts(d)
     m = mean[..., None]
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(var > 0, m / np.sqrt(np.where(var > 0, var, 1.0)),
-                     np.where(m == 0, 0.0, np.copysign(np.inf, m)))
+        t = np.where(
+            var > 0,
+            m / np.sqrt(np.where(var > 0, var, 1.0)),
+            np.where(m == 0, 0.0, np.copysign(np.inf, m)),
+        )
     p = np.minimum(1.0, 2.0 * sps.t.sf(np.abs(t), df))
     k = np.argmax(p, axis=-1)[..., None]
     pick = [np.take_along_axis(a, k, -1)[..., 0] for a in (t, p, df)]
@@ -810,8 +894,10 @@ def crossed_t(d: np.ndarray) -> tuple[Any, Any, Any]:
 def _replicate_key(df: pd.DataFrame) -> str:
     key = next((c for c in REPLICATE_COLUMNS if c in df.columns), None)
     if key is None:
-        raise ValueError(f"per_sample has no replicate column ({', '.join(REPLICATE_COLUMNS)}); "
-                         f"it has {list(df.columns)}")
+        raise ValueError(
+            f"per_sample has no replicate column ({', '.join(REPLICATE_COLUMNS)}); "
+            f"it has {list(df.columns)}"
+        )
     return key
 
 
@@ -822,9 +908,13 @@ def _complete(wide: pd.DataFrame) -> pd.DataFrame:
     return wide.dropna(axis=1, how="any")
 
 
-def summarize_replicates(per_sample: pd.DataFrame, meta: Mapping[str, Any], *,
-                         models: Mapping[str, str] | None = None,
-                         confidence: float = 0.95) -> pd.DataFrame:
+def summarize_replicates(
+    per_sample: pd.DataFrame,
+    meta: Mapping[str, Any],
+    *,
+    models: Mapping[str, str] | None = None,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
     """Per (context, explainer, metric) across replicates (models retrained with other seeds,
     scored on the same samples): the mean over replicates x samples and a 95% interval that
     counts both sources of variance (:func:`crossed_mean`: crossed random effects, ANOVA
@@ -842,20 +932,35 @@ def summarize_replicates(per_sample: pd.DataFrame, meta: Mapping[str, Any], *,
     rows = []
     for keys, grp in per_sample.groupby([*ctx, "explainer", "metric"], sort=False):
         context = dict(zip(ctx, keys[: len(ctx)], strict=True))
-        explainer, metric = keys[len(ctx):]
+        explainer, metric = keys[len(ctx) :]
         wide = _complete(grp.pivot(index=rep, columns="sample_id", values="value"))
         r = crossed_mean(wide.to_numpy(np.float64), confidence)
         n_s, n_r = (int(wide.shape[1]), int(wide.shape[0])) if wide.size else (0, 0)
         dropped = int(grp["sample_id"].nunique()) - n_s
         if dropped:
-            log.info("%s/%s/%s: %d sample(s) not scored in every replicate left out",
-                     context.get("dataset"), explainer, metric, dropped)
-        rows.append({
-            **context, "model": "" if models is None else models[str(context["dataset"])],
-            "explainer": explainer, "metric": metric, "mean": r["mean"], "ci_low": r["ci_low"],
-            "ci_high": r["ci_high"], "n": n_s, "higher_is_better": _higher_is_better(meta, metric),
-            "n_samples": n_s, "n_replicates": n_r, "df": r["df"],
-        })
+            log.info(
+                "%s/%s/%s: %d sample(s) not scored in every replicate left out",
+                context.get("dataset"),
+                explainer,
+                metric,
+                dropped,
+            )
+        rows.append(
+            {
+                **context,
+                "model": "" if models is None else models[str(context["dataset"])],
+                "explainer": explainer,
+                "metric": metric,
+                "mean": r["mean"],
+                "ci_low": r["ci_low"],
+                "ci_high": r["ci_high"],
+                "n": n_s,
+                "higher_is_better": _higher_is_better(meta, metric),
+                "n_samples": n_s,
+                "n_replicates": n_r,
+                "df": r["df"],
+            }
+        )
     cols = [*ctx, *SUMMARY_COLUMNS[1:], *COUNT_COLUMNS, "df"]
     return pd.DataFrame(rows, columns=cols).astype({**_COUNT_TYPES, "higher_is_better": bool})
 
@@ -892,22 +997,33 @@ def replicate_tests(per_sample: pd.DataFrame, tests: Sequence[str] = TESTS) -> p
     ident = [*ctx, rep, "explainer", "metric", "sample_id"]
     dup = per_sample.duplicated(ident)
     if dup.any():
-        raise ValueError(f"{int(dup.sum())} duplicated ({', '.join(ident)}) rows, e.g. "
-                         f"{tuple(per_sample[dup].iloc[0][ident])}")
+        raise ValueError(
+            f"{int(dup.sum())} duplicated ({', '.join(ident)}) rows, e.g. "
+            f"{tuple(per_sample[dup].iloc[0][ident])}"
+        )
     frames = []
     nan = float("nan")
     for keys, grp in per_sample.groupby([*ctx, "metric"], sort=False):
         context = dict(zip(ctx, keys[: len(ctx)], strict=True))
         metric = keys[-1]
-        tables = {e: g.pivot(index=rep, columns="sample_id", values="value")
-                  for e, g in grp.groupby("explainer", sort=False)}
+        tables = {
+            e: g.pivot(index=rep, columns="sample_id", values="value")
+            for e, g in grp.groupby("explainer", sort=False)
+        }
         rows = []
         for a, b in combinations(list(tables), 2):
             d = _complete(tables[a].sub(tables[b])).to_numpy(np.float64)  # by replicate and id
             n_r, n_s = d.shape if d.size else (0, 0)
-            base = {**context, "metric": metric, "explainer_a": a, "explainer_b": b,
-                    "effect_size": cohens_dz(d.mean(axis=0)) if d.size else nan,
-                    "n": n_s, "n_samples": n_s, "n_replicates": n_r}
+            base = {
+                **context,
+                "metric": metric,
+                "explainer_a": a,
+                "explainer_b": b,
+                "effect_size": cohens_dz(d.mean(axis=0)) if d.size else nan,
+                "n": n_s,
+                "n_samples": n_s,
+                "n_replicates": n_r,
+            }
             for test in tests:
                 if test == "t":
                     stat, p, df = crossed_t(d) if d.size else (nan, nan, nan)
@@ -916,8 +1032,17 @@ def replicate_tests(per_sample: pd.DataFrame, tests: Sequence[str] = TESTS) -> p
                     rep_means = d.mean(axis=1) if d.size else np.empty(0)
                     stat, p = paired_wilcoxon(rep_means)
                     df, min_p = nan, wilcoxon_min_p(int(np.count_nonzero(rep_means)))
-                rows.append({**base, "test": test, "statistic": stat, "p_value": p, "df": df,
-                             "min_p": min_p, "unit": REPLICATE_TEST_UNITS[test]})
+                rows.append(
+                    {
+                        **base,
+                        "test": test,
+                        "statistic": stat,
+                        "p_value": p,
+                        "df": df,
+                        "min_p": min_p,
+                        "unit": REPLICATE_TEST_UNITS[test],
+                    }
+                )
         part = pd.DataFrame(rows)
         if len(part):
             for test in tests:
@@ -931,8 +1056,9 @@ def replicate_tests(per_sample: pd.DataFrame, tests: Sequence[str] = TESTS) -> p
     return out[cols].astype(_COUNT_TYPES)
 
 
-def replicate_ranks(per_replicate: pd.DataFrame, tests: pd.DataFrame, alpha: float = 0.05,
-                    test: str = "t") -> pd.DataFrame:
+def replicate_ranks(
+    per_replicate: pd.DataFrame, tests: pd.DataFrame, alpha: float = 0.05, test: str = "t"
+) -> pd.DataFrame:
     """:func:`rank` within every replicate (its own model, its own Holm-adjusted tests over
     samples, ``tests.csv``), so the report can show whether an explainer ranking is stable
     across retrained models. These ranks are conditional on each replicate's model; the ranking
@@ -943,8 +1069,21 @@ def replicate_ranks(per_replicate: pd.DataFrame, tests: pd.DataFrame, alpha: flo
 # --------------------------------------------------------------------------- object vs background
 
 FG, BG = "fg_mean", "bg_mean"
-FG_BG_COLUMNS = ["dataset", "explainer", "fg_metric", "test", "n", "fg_mean", "bg_mean", "mean_diff",
-                 "statistic", "p_value", "p_holm", "effect_size", "min_p"]
+FG_BG_COLUMNS = [
+    "dataset",
+    "explainer",
+    "fg_metric",
+    "test",
+    "n",
+    "fg_mean",
+    "bg_mean",
+    "mean_diff",
+    "statistic",
+    "p_value",
+    "p_holm",
+    "effect_size",
+    "min_p",
+]
 
 
 def _pairs(metrics: list[str]) -> list[tuple[str, str]]:
@@ -980,13 +1119,26 @@ def fg_bg_tests(per_sample: pd.DataFrame) -> pd.DataFrame:
                 t, p_t = paired_t(d)
                 w, p_w = paired_wilcoxon(d)
                 dz = cohens_dz(d)
-                base = {**context, "explainer": explainer, "fg_metric": fg_name, "n": len(d),
-                        "fg_mean": float(both["fg"].mean()) if len(d) else np.nan,
-                        "bg_mean": float(both["bg"].mean()) if len(d) else np.nan,
-                        "mean_diff": float(d.mean()) if len(d) else np.nan, "effect_size": dz}
+                base = {
+                    **context,
+                    "explainer": explainer,
+                    "fg_metric": fg_name,
+                    "n": len(d),
+                    "fg_mean": float(both["fg"].mean()) if len(d) else np.nan,
+                    "bg_mean": float(both["bg"].mean()) if len(d) else np.nan,
+                    "mean_diff": float(d.mean()) if len(d) else np.nan,
+                    "effect_size": dz,
+                }
                 block.append({**base, "test": "t", "statistic": t, "p_value": p_t, "min_p": 0.0})
-                block.append({**base, "test": "wilcoxon", "statistic": w, "p_value": p_w,
-                              "min_p": wilcoxon_min_p(int(np.count_nonzero(d)))})
+                block.append(
+                    {
+                        **base,
+                        "test": "wilcoxon",
+                        "statistic": w,
+                        "p_value": p_w,
+                        "min_p": wilcoxon_min_p(int(np.count_nonzero(d))),
+                    }
+                )
             for test in ("t", "wilcoxon"):
                 fam = [r for r in block if r["test"] == test]
                 adj = holm([r["p_value"] for r in fam])
@@ -1000,8 +1152,14 @@ def fg_bg_tests(per_sample: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- the tables of a run
 
 
-def result_tables(per_sample: pd.DataFrame, meta: Mapping[str, Any], *, models: Mapping[str, str] | None = None,
-                  seed: int = 0, replicates: bool = False) -> dict[str, pd.DataFrame]:
+def result_tables(
+    per_sample: pd.DataFrame,
+    meta: Mapping[str, Any],
+    *,
+    models: Mapping[str, str] | None = None,
+    seed: int = 0,
+    replicates: bool = False,
+) -> dict[str, pd.DataFrame]:
     """Every statistics table a run writes under ``results/`` (``{file stem: frame}``), from its per-sample
     scores; :func:`xaiarena.evaluate` gives the same tables for the user's maps.
 
@@ -1014,7 +1172,9 @@ def result_tables(per_sample: pd.DataFrame, meta: Mapping[str, Any], *, models: 
     replicate)."""
     out: dict[str, pd.DataFrame] = {}
     tests = paired_tests(per_sample)
-    fg_bg = fg_bg_tests(per_sample)  # object vs background within each explainer (fg_bg_attribution)
+    fg_bg = fg_bg_tests(
+        per_sample
+    )  # object vs background within each explainer (fg_bg_attribution)
     if len(fg_bg):
         out["fg_bg_tests"] = fg_bg
     if replicates:
@@ -1030,11 +1190,34 @@ def result_tables(per_sample: pd.DataFrame, meta: Mapping[str, Any], *, models: 
 
 
 __all__ = [
-    "ALL_METRICS", "COMBINED_COLUMNS", "COUNT_COLUMNS", "CURVE_COLUMNS", "PER_SAMPLE_COLUMNS",
-    "PER_SAMPLE_REQUIRED", "RANK_COLUMNS", "REPLICATE_TESTS_COLUMNS",
-    "SUMMARY_COLUMNS", "TESTS_COLUMNS", "crossed_mean", "crossed_t", "informative",
-    "replicate_ranks", "replicate_tests",
-    "summarize_replicates", "wilcoxon_min_p",
-    "bootstrap_ci", "cohens_dz", "combined_ranking", "compact_letter_display", "compare_to_best", "fg_bg_tests",
-    "holm", "paired_t", "paired_tests", "paired_wilcoxon", "rank", "result_tables", "summarize",
+    "ALL_METRICS",
+    "COMBINED_COLUMNS",
+    "COUNT_COLUMNS",
+    "CURVE_COLUMNS",
+    "PER_SAMPLE_COLUMNS",
+    "PER_SAMPLE_REQUIRED",
+    "RANK_COLUMNS",
+    "REPLICATE_TESTS_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "TESTS_COLUMNS",
+    "crossed_mean",
+    "crossed_t",
+    "informative",
+    "replicate_ranks",
+    "replicate_tests",
+    "summarize_replicates",
+    "wilcoxon_min_p",
+    "bootstrap_ci",
+    "cohens_dz",
+    "combined_ranking",
+    "compact_letter_display",
+    "compare_to_best",
+    "fg_bg_tests",
+    "holm",
+    "paired_t",
+    "paired_tests",
+    "paired_wilcoxon",
+    "rank",
+    "result_tables",
+    "summarize",
 ]

@@ -110,10 +110,7 @@ def rank_shift(
         for m in pd.unique(summary["metric"])
         if (meta.get(m) or {}).get("ranked", True) is not False
     ]
-    summ = summary[
-        summary["metric"].isin(ranked)
-        & ~summary["explainer"].map(is_pair).astype(bool)
-    ]
+    summ = summary[summary["metric"].isin(ranked) & ~summary["explainer"].map(is_pair).astype(bool)]
     ctx = [c for c in ("dataset", "grid") if c in summ.columns]
     rows = []
     for keys, grp in summ.groupby(ctx, sort=False):

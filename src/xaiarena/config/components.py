@@ -46,13 +46,16 @@ def check_safe_name(value: str, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{what} must be a non-empty string")
     if len(value) > MAX_NAME:
-        raise ValueError(f"{what} is {len(value)} characters long; at most {MAX_NAME} (it names files in "
-                         "the run directory)")
+        raise ValueError(
+            f"{what} is {len(value)} characters long; at most {MAX_NAME} (it names files in "
+            "the run directory)"
+        )
     if not SAFE_NAME.match(value) or ".." in value:
-        raise ValueError(f"{what} {value!r} may only use letters, digits and _ . + = - (not starting with . or -, "
-                         "no '..'): it names files in the run directory")
+        raise ValueError(
+            f"{what} {value!r} may only use letters, digits and _ . + = - (not starting with . or -, "
+            "no '..'): it names files in the run directory"
+        )
     return value
-
 
 
 class ComponentSpec(StrictModel):
@@ -72,13 +75,17 @@ class ComponentSpec(StrictModel):
     def _flatten(cls, value: Any) -> Any:
         if isinstance(value, str):
             return {"name": value}
-        if isinstance(value, ComponentSpec) and not isinstance(value, cls):  # e.g. a plain spec as an ExplainerSpec
+        if isinstance(value, ComponentSpec) and not isinstance(
+            value, cls
+        ):  # e.g. a plain spec as an ExplainerSpec
             value = value.model_dump()
         if isinstance(value, dict):
             value = dict(value)
             # the spec's own fields (name, label, and a subclass's extras); every other key is a
             # keyword parameter of the component
-            known = {k: value.pop(k) for k in list(value) if k in cls.model_fields and k != "params"}
+            known = {
+                k: value.pop(k) for k in list(value) if k in cls.model_fields and k != "params"
+            }
             params = dict(value.pop("params", None) or {})
             params.update(value)
             known["params"] = params
@@ -102,7 +109,9 @@ def _type_hints(factory: Any) -> dict[str, Any]:
         return {}
 
 
-def check_component(reg: Registry, spec: ComponentSpec, path: str, problems: list[tuple[str, str]]) -> None:
+def check_component(
+    reg: Registry, spec: ComponentSpec, path: str, problems: list[tuple[str, str]]
+) -> None:
     """Append to ``problems`` what is wrong with ``spec`` against its registry ``reg``, at key path
     ``path``: an unknown name (with "did you mean" and the valid names), unknown option names, and
     option values of the wrong type (from the factory's type hints). Option *values* beyond their
@@ -130,4 +139,3 @@ def check_component(reg: Registry, spec: ComponentSpec, path: str, problems: lis
                 msg += f" (did you mean '{hint}'?)"
             msg += f"; valid: {', '.join(valid) or '(none)'}"
             problems.append((f"{path}.{key}", msg))
-

@@ -45,14 +45,28 @@ def check_run_size(cfg: ExperimentConfig) -> None:
         limit = int(os.environ.get("XAIARENA_MAX_UNITS", MAX_UNITS))
     except ValueError:
         limit = MAX_UNITS
-    what = (f"{n:,} units (grid points x replicates x datasets = {points:,} x {replicates:,} x "
-            f"{datasets}), each training a model")
+    what = (
+        f"{n:,} units (grid points x replicates x datasets = {points:,} x {replicates:,} x "
+        f"{datasets}), each training a model"
+    )
     if n > limit:
-        key = ("grid" if points > 1 and points >= replicates else
-               "seeds" if cfg.seeds is not None else "replicates")
-        raise ConfigError([(key, f"the run has {what}; at most {limit:,} are planned "
-                            "(XAIARENA_MAX_UNITS raises the bound). Lower replicates or the grid's "
-                            "values, or split the run")])
+        key = (
+            "grid"
+            if points > 1 and points >= replicates
+            else "seeds"
+            if cfg.seeds is not None
+            else "replicates"
+        )
+        raise ConfigError(
+            [
+                (
+                    key,
+                    f"the run has {what}; at most {limit:,} are planned "
+                    "(XAIARENA_MAX_UNITS raises the bound). Lower replicates or the grid's "
+                    "values, or split the run",
+                )
+            ]
+        )
     if n > WARN_UNITS:
         log.warning("the run has %s; planning and training them takes a while", what)
 

@@ -28,8 +28,15 @@ def load_raw(path: str | Path | None) -> dict[str, Any]:
         raise ConfigError([("", f"config file '{path}' does not exist")])
     if path.is_dir():
         yamls = sorted(p.name for p in path.glob("*.yaml"))[:8]
-        raise ConfigError([("", f"'{path}' is a folder, not a config file"
-                            + (f"; YAML files in it: {', '.join(yamls)}" if yamls else ""))])
+        raise ConfigError(
+            [
+                (
+                    "",
+                    f"'{path}' is a folder, not a config file"
+                    + (f"; YAML files in it: {', '.join(yamls)}" if yamls else ""),
+                )
+            ]
+        )
     try:
         raw = yaml_load(path.read_text(), f"'{path}'")
     except yaml.YAMLError as exc:

@@ -50,8 +50,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) 
         last = parts[-1]
         if not isinstance(node, (dict, list)):
             parent = ".".join(parts[:-1])
-            raise ConfigError([(key, f"cannot set '{last}' inside '{parent}', whose value {node!r} is not a "
-                                     "mapping or a list")])
+            raise ConfigError(
+                [
+                    (
+                        key,
+                        f"cannot set '{last}' inside '{parent}', whose value {node!r} is not a "
+                        "mapping or a list",
+                    )
+                ]
+            )
         if isinstance(node, list):
             idx = _index(node, last, parts)
             node[idx] = val
@@ -62,7 +69,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) 
 
 def _index(node: list, part: str, parts: list[str]) -> int:
     if not part.isdigit() or int(part) >= len(node):
-        raise ConfigError([(".".join(parts), f"index '{part}' out of range (list has {len(node)} items)")])
+        raise ConfigError(
+            [(".".join(parts), f"index '{part}' out of range (list has {len(node)} items)")]
+        )
     return int(part)
 
 
@@ -84,7 +93,9 @@ def _descend(node: Any, part: str, parts: list[str], next_is_index: bool) -> Any
     return child
 
 
-def apply_preset(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = None) -> dict[str, Any]:
+def apply_preset(
+    raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Apply ``presets[preset]`` (then the command-line overrides again, so that they win)."""
     name = raw.get("preset")
     if name is None:
@@ -93,10 +104,19 @@ def apply_preset(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | No
     if not isinstance(presets, dict) or name not in presets:
         valid = ", ".join(presets) if isinstance(presets, dict) and presets else "(none defined)"
         hint = suggest(str(name), list(presets)) if isinstance(presets, dict) else None
-        raise ConfigError([("preset", f"bad value {name!r}: no such preset{f' (did you mean {hint!r}?)' if hint else ''}"
-                                      f"; valid: {valid}")])
+        raise ConfigError(
+            [
+                (
+                    "preset",
+                    f"bad value {name!r}: no such preset{f' (did you mean {hint!r}?)' if hint else ''}"
+                    f"; valid: {valid}",
+                )
+            ]
+        )
     values = presets[name]
     if not isinstance(values, dict):
-        raise ConfigError([(f"presets.{name}", "a preset is a mapping of key.path: value overrides")])
+        raise ConfigError(
+            [(f"presets.{name}", "a preset is a mapping of key.path: value overrides")]
+        )
     raw = apply_overrides(raw, values)
     return apply_overrides(raw, overrides) if overrides else raw

@@ -39,8 +39,10 @@ class _ConfigLoader(yaml.SafeLoader):
 class DuplicateKeyError(yaml.YAMLError):
     def __init__(self, key: Any, first: int, second: int):
         self.key, self.first, self.second = key, first, second
-        super().__init__(f"key {key!r} appears twice, at line {first} and at line {second}; the "
-                         "second would silently replace the first: keep one")
+        super().__init__(
+            f"key {key!r} appears twice, at line {first} and at line {second}; the "
+            "second would silently replace the first: keep one"
+        )
 
 
 def yaml_load(text: str, where: str = "the YAML") -> Any:
@@ -70,10 +72,17 @@ def check_size(data: Any, where: str = "the config") -> None:
             budget -= 1
             if budget < 0:
                 at = f" (under '{key}')" if key != "" else ""
-                raise ConfigError([(str(key), f"{where} holds more than {MAX_CONFIG_VALUES:,} "
-                                    f"values{at} once its YAML aliases (*name) are expanded; "
-                                    "nested aliases multiply, so a small file can stand for "
-                                    "billions of values. Write the values out")])
+                raise ConfigError(
+                    [
+                        (
+                            str(key),
+                            f"{where} holds more than {MAX_CONFIG_VALUES:,} "
+                            f"values{at} once its YAML aliases (*name) are expanded; "
+                            "nested aliases multiply, so a small file can stand for "
+                            "billions of values. Write the values out",
+                        )
+                    ]
+                )
             if isinstance(node, dict):
                 stack.extend(node.keys())
                 stack.extend(node.values())

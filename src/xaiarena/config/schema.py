@@ -45,26 +45,32 @@ class ExplainerSpec(ComponentSpec):
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{info.field_name} must be a list of steps; valid steps: "
-                             f"{', '.join(postprocess.STEPS)}")
+            raise ValueError(
+                f"{info.field_name} must be a list of steps; valid steps: "
+                f"{', '.join(postprocess.STEPS)}"
+            )
         steps = postprocess.check(list(value))
         if info.field_name == "reexplain_postprocess":
             bad = [st for st in steps if postprocess.over_set(st)]
             if bad:
                 per_sample = bad[0].removesuffix(postprocess.SET_SUFFIX)
-                raise ValueError(f"step '{bad[0]}' normalises over the evaluation set, but "
-                                 "re-explained maps come in chunks of noisy copies; use a "
-                                 f"per-sample step ('{per_sample}') or none ([])")
+                raise ValueError(
+                    f"step '{bad[0]}' normalises over the evaluation set, but "
+                    "re-explained maps come in chunks of noisy copies; use a "
+                    f"per-sample step ('{per_sample}') or none ([])"
+                )
         return steps
 
     @model_validator(mode="after")
     def _reexplain_given(self) -> ExplainerSpec:
         bad = [st for st in self.postprocess if postprocess.over_set(st)]
         if bad and self.reexplain_postprocess is None:
-            raise ValueError(f"postprocess step '{bad[0]}' normalises over the evaluation set, "
-                             "which re-explained maps (robustness metrics, mprt) are not: give "
-                             "reexplain_postprocess, e.g. [] (the explainer's raw maps, as "
-                             "Quantus's explain_func) or per-sample steps")
+            raise ValueError(
+                f"postprocess step '{bad[0]}' normalises over the evaluation set, "
+                "which re-explained maps (robustness metrics, mprt) are not: give "
+                "reexplain_postprocess, e.g. [] (the explainer's raw maps, as "
+                "Quantus's explain_func) or per-sample steps"
+            )
         return self
 
     @property
@@ -141,7 +147,9 @@ class EvaluationConfig(StrictModel):
 class RayConfig(StrictModel):
     """How ``executor: ray`` runs the stage graph (see docs/distributed.md)."""
 
-    address: str | None = None  # a running cluster ("auto", "ray://host:10001"); None starts a local instance
+    address: str | None = (
+        None  # a running cluster ("auto", "ray://host:10001"); None starts a local instance
+    )
     num_cpus: int | None = Field(None, ge=1)  # CPUs of a local instance (default: all)
     # resource request of every train/fit/explain/score task; None: the run's torch thread count
     # (training.num_threads, else the driver's), which every task computes with whatever it asks for
@@ -193,7 +201,9 @@ class StudyConfig(StrictModel):
     #   agreement_bands: agreement outputs with bands (>= 0.7 high, >= 0.4 moderate, else low), accuracy chart
     #   per_image: per-image table of agreement outputs named by file; LIME superpixel figures
     #   fg_bg: t, p and Cohen's d_z of object vs background, beside the source's
-    analyses: list[Literal["improvement", "agreement_bands", "per_image", "fg_bg"]] = Field(default_factory=list)
+    analyses: list[Literal["improvement", "agreement_bands", "per_image", "fg_bg"]] = Field(
+        default_factory=list
+    )
     compare: list[str] | None = None  # improvement: [a, b] explainer labels
     metric: str | None = None  # improvement: the output compared
 
@@ -227,7 +237,9 @@ class ExperimentConfig(StrictModel):
     study: StudyConfig | None = None
     protocol: list[ProtocolRow] = Field(default_factory=list)
     reference: list[ReferenceValue] = Field(default_factory=list)
-    dissect: DissectConfig | None = None  # neuron labelling (xaiarena dissect), see dissect/config.py
+    dissect: DissectConfig | None = (
+        None  # neuron labelling (xaiarena dissect), see dissect/config.py
+    )
 
     @field_validator("seeds")
     @classmethod
@@ -244,7 +256,15 @@ class ExperimentConfig(StrictModel):
         for key, values in value.items():
             if not isinstance(values, list) or not values:
                 raise ValueError(f"grid.{key} must be a non-empty list of values")
-            if key.split(".")[0] in ("grid", "seeds", "replicates", "executor", "ray", "name", "output"):
+            if key.split(".")[0] in (
+                "grid",
+                "seeds",
+                "replicates",
+                "executor",
+                "ray",
+                "name",
+                "output",
+            ):
                 raise ValueError(f"grid.{key}: '{key.split('.')[0]}' cannot vary inside one run")
         return value
 
@@ -252,7 +272,9 @@ class ExperimentConfig(StrictModel):
         """The seed of every replicate: ``seeds``, or ``seed`` then seeds derived from it."""
         if self.seeds is not None:
             return list(self.seeds)
-        return [self.seed] + [stable_seed(self.seed, "replicate", i) for i in range(1, self.replicates)]
+        return [self.seed] + [
+            stable_seed(self.seed, "replicate", i) for i in range(1, self.replicates)
+        ]
 
     @field_validator("data", mode="before")
     @classmethod
@@ -274,11 +296,15 @@ class ExperimentConfig(StrictModel):
             import torch
 
             if not torch.cuda.is_available():
-                raise ValueError(f"'{value}' was asked for but CUDA is not available on this machine (torch "
-                                 f"{torch.__version__}); use device: auto or cpu")
+                raise ValueError(
+                    f"'{value}' was asked for but CUDA is not available on this machine (torch "
+                    f"{torch.__version__}); use device: auto or cpu"
+                )
             if ":" in value and int(value[5:]) >= torch.cuda.device_count():
-                raise ValueError(f"'{value}' does not exist: this machine has {torch.cuda.device_count()} CUDA "
-                                 f"device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+                raise ValueError(
+                    f"'{value}' does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                    f"device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
+                )
         return value
 
     def to_dict(self) -> dict[str, Any]:
@@ -287,4 +313,3 @@ class ExperimentConfig(StrictModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
-

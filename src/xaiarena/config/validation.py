@@ -77,8 +77,14 @@ def _build_problem(reg: Registry, spec: ComponentSpec, path: str) -> tuple[str, 
         reg.create(spec.name, **spec.params)
     except (ValueError, TypeError) as exc:
         msg = str(exc).strip() or type(exc).__name__
-        key = next((k for k in spec.params if f"{k}=" in msg or f"'{k}'" in msg or f" {k} " in f" {msg} "), None)
-        return (f"{path}.{key}" if key else path, f"bad value{f' {spec.params[key]!r}' if key else ''}: {msg}")
+        key = next(
+            (k for k in spec.params if f"{k}=" in msg or f"'{k}'" in msg or f" {k} " in f" {msg} "),
+            None,
+        )
+        return (
+            f"{path}.{key}" if key else path,
+            f"bad value{f' {spec.params[key]!r}' if key else ''}: {msg}",
+        )
     return None
 
 
@@ -102,7 +108,9 @@ def _component_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
             return None
 
     data = raw.get("data")
-    data_items = [data] if isinstance(data, (str, dict)) else (data if isinstance(data, list) else [])
+    data_items = (
+        [data] if isinstance(data, (str, dict)) else (data if isinstance(data, list) else [])
+    )
     data_specs: list[tuple[str, DataConfig]] = []
     for i, item in enumerate(data_items):
         spec = spec_of(item, DataConfig)
@@ -115,9 +123,14 @@ def _component_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
         by_key.setdefault(spec.key, []).append(path)
     for key, paths in by_key.items():
         if len(paths) > 1:
-            problems.append((paths[1], f"{len(paths)} data entries ({', '.join(paths)}) are all named '{key}': their "
-                             "caches and results would overwrite each other; give each a distinct 'label' "
-                             f"(e.g. label: {key}_1)"))
+            problems.append(
+                (
+                    paths[1],
+                    f"{len(paths)} data entries ({', '.join(paths)}) are all named '{key}': their "
+                    "caches and results would overwrite each other; give each a distinct 'label' "
+                    f"(e.g. label: {key}_1)",
+                )
+            )
     if (spec := spec_of(raw.get("model"))) is not None:
         check_component(MODELS, spec, "model", problems)
     explainer_keys: list[str] = []
@@ -127,11 +140,14 @@ def _component_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 GROUPS: dict[str, tuple[Registry, type[ComponentSpec]]] = {
-    "explainers": (EXPLAINERS, ExplainerSpec), "metrics": (METRICS, MetricSpec)}
+    "explainers": (EXPLAINERS, ExplainerSpec),
+    "metrics": (METRICS, MetricSpec),
+}
 
 
-def _group_problems(group: str, items: Any, explainer_keys: list[str],
-                    data_specs: list[tuple[str, DataConfig]] = ()) -> list[tuple[str, str]]:
+def _group_problems(
+    group: str, items: Any, explainer_keys: list[str], data_specs: list[tuple[str, DataConfig]] = ()
+) -> list[tuple[str, str]]:
     """Problems of a config's ``explainers:`` or ``metrics:`` list: names and options checked against
     the registry, then each component built; repeated labels; a metric's ``explainers:`` naming an
     explainer not in ``explainer_keys`` (the labels so far; the explainers group appends its own);
@@ -161,36 +177,59 @@ def _group_problems(group: str, items: Any, explainer_keys: list[str],
             if built:
                 problems.append(built)
         meta = reg.entry(spec.name).meta if spec.name in reg else {}
-        if group == "metrics" and "masks" in (meta.get("requires") or ()) and "image" in meta.get("modality", ()):
+        if (
+            group == "metrics"
+            and "masks" in (meta.get("requires") or ())
+            and "image" in meta.get("modality", ())
+        ):
             for path, dspec in data_specs:
                 gt = _dataset_ground_truth(dspec)
                 image = "image" in (DATASETS.entry(dspec.name).meta.get("modality") or "image")
                 if gt is not None and image and "masks" not in gt:
-                    problems.append((f"{group}.{i}.name", f"metric '{spec.name}' needs ground-truth masks, but "
-                                     f"dataset '{dspec.name}' ({path}) has none"))
+                    problems.append(
+                        (
+                            f"{group}.{i}.name",
+                            f"metric '{spec.name}' needs ground-truth masks, but "
+                            f"dataset '{dspec.name}' ({path}) has none",
+                        )
+                    )
         zeros = MOVES_ZERO | COUNTS_ZEROS
         moves_zero = [st for st in getattr(spec, "postprocess", ()) if st in zeros]
         if moves_zero and meta and "image" not in (meta.get("modality") or ("image",)):
             what = "give the padding of text maps (zeros past the last word) a value"
             if moves_zero[0] in COUNTS_ZEROS:
                 what = "count the padding of text maps (zeros past the last word)"
-            problems.append((f"{group}.{i}.postprocess", f"step '{moves_zero[0]}' would {what}; "
-                             "use abs, normalise_by_max or normalise_by_negative"))
+            problems.append(
+                (
+                    f"{group}.{i}.postprocess",
+                    f"step '{moves_zero[0]}' would {what}; "
+                    "use abs, normalise_by_max or normalise_by_negative",
+                )
+            )
         if spec.key in seen:
-            problems.append((f"{group}.{i}", f"'{spec.key}' appears twice; give one a distinct 'label'"))
+            problems.append(
+                (f"{group}.{i}", f"'{spec.key}' appears twice; give one a distinct 'label'")
+            )
         seen.add(spec.key)
         if group == "explainers":
             explainer_keys.append(spec.key)
         for name in getattr(spec, "explainers", None) or []:
             if name not in explainer_keys:
                 hint = suggest(name, explainer_keys)
-                problems.append((f"{group}.{i}.explainers", f"bad value '{name}': not an explainer of this "
-                                 f"config{f' (did you mean {hint!r}?)' if hint else ''}; valid: "
-                                 f"{', '.join(explainer_keys) or '(none)'}"))
+                problems.append(
+                    (
+                        f"{group}.{i}.explainers",
+                        f"bad value '{name}': not an explainer of this "
+                        f"config{f' (did you mean {hint!r}?)' if hint else ''}; valid: "
+                        f"{', '.join(explainer_keys) or '(none)'}",
+                    )
+                )
     return problems
 
 
-def validate_components(group: str, items: Any, *, explainer_labels: list[str] | None = None) -> list[ComponentSpec]:
+def validate_components(
+    group: str, items: Any, *, explainer_labels: list[str] | None = None
+) -> list[ComponentSpec]:
     """A config's ``explainers:`` or ``metrics:`` list, validated on its own (the functional API,
     :func:`xaiarena.evaluate` and :func:`xaiarena.explain`): the same checks as in a config file
     (names, option names, types and values, repeated labels), the same :class:`ConfigError` naming
@@ -204,9 +243,16 @@ def validate_components(group: str, items: Any, *, explainer_labels: list[str] |
         items = list(items)
     if not isinstance(items, list) or not items:
         kind = group[:-1]
-        raise ConfigError([(group, f"bad value {items!r}: give a non-empty list of {group}, each a {kind} name or "
-                            f"a mapping {{name: ..., <option>: ...}} as in a config's '{group}:' list "
-                            "(xaiarena list shows them)")])
+        raise ConfigError(
+            [
+                (
+                    group,
+                    f"bad value {items!r}: give a non-empty list of {group}, each a {kind} name or "
+                    f"a mapping {{name: ..., <option>: ...}} as in a config's '{group}:' list "
+                    "(xaiarena list shows them)",
+                )
+            ]
+        )
     problems = _group_problems(group, items, list(explainer_labels or []))
     try:
         specs = TypeAdapter(list[GROUPS[group][1]]).validate_python(items)
@@ -233,8 +279,13 @@ def validate(raw: dict[str, Any]) -> ExperimentConfig:
         problems += [_friendly(e, raw) for e in exc.errors()]
         raise ConfigError(problems) from None
     if not cfg.explainers and cfg.dissect is None:
-        problems.append(("explainers", "the config has no explainers and no 'dissect:' section; list at least one "
-                         "explainer (xaiarena list shows them), or add a 'dissect:' section to label neurons"))
+        problems.append(
+            (
+                "explainers",
+                "the config has no explainers and no 'dissect:' section; list at least one "
+                "explainer (xaiarena list shows them), or add a 'dissect:' section to label neurons",
+            )
+        )
     if not cfg.grid:  # with a grid, every point is checked below (a point may set the layer)
         problems += cam_layer_problems(cfg)
     if problems:
@@ -265,10 +316,15 @@ def cam_layer_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     for i, spec in enumerate(cfg.explainers):
         meta = EXPLAINERS.entry(spec.name).meta if spec.name in EXPLAINERS else {}
         if meta.get("needs_layer") and spec.params.get("layer") is None:
-            problems.append((f"explainers.{i}", f"{spec.name} needs a CAM layer, but model "
-                             f"'{cfg.model.name}' has no {option}: set model.{option} to the "
-                             "dotted name of your module's last convolutional stage (e.g. layer4, "
-                             "features.7; xaiarena does not guess: the last nn.Conv2d is often a "
-                             "residual branch or a shortcut), or this explainer's layer option "
-                             "(net.<name>)"))
+            problems.append(
+                (
+                    f"explainers.{i}",
+                    f"{spec.name} needs a CAM layer, but model "
+                    f"'{cfg.model.name}' has no {option}: set model.{option} to the "
+                    "dotted name of your module's last convolutional stage (e.g. layer4, "
+                    "features.7; xaiarena does not guess: the last nn.Conv2d is often a "
+                    "residual branch or a shortcut), or this explainer's layer option "
+                    "(net.<name>)",
+                )
+            )
     return problems

@@ -19,8 +19,10 @@ def load_task(name: str, *, seed: int = 0, data_dir: str | None = None, **params
         from ..errors import DataError
 
         found = f" ('{task.class_names[0]}')" if task.class_names else ""
-        raise DataError(f"dataset '{name}' has {task.num_classes} class{found}: a classifier of "
-                        "one class predicts it whatever the input, so its accuracy and every "
-                        "attribution score would be meaningless; give at least two classes (class "
-                        "folders, label values, or the classes option listing the model's classes)")
+        raise DataError(
+            f"dataset '{name}' has {task.num_classes} class{found}: a classifier of "
+            "one class predicts it whatever the input, so its accuracy and every "
+            "attribution score would be meaningless; give at least two classes (class "
+            "folders, label values, or the classes option listing the model's classes)"
+        )
     return task

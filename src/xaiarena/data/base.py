@@ -31,7 +31,9 @@ def check_count(dataset: str, option: str, value: Any, *, allow_none: bool = Fal
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         alt = " (or null: all rows)" if allow_none else ""
-        raise DataError(f"dataset '{dataset}': {option}={value!r} is not valid; it must be an integer >= 1{alt}")
+        raise DataError(
+            f"dataset '{dataset}': {option}={value!r} is not valid; it must be an integer >= 1{alt}"
+        )
 
 
 @dataclass
@@ -49,12 +51,16 @@ class ImageSplit:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}"
+            )
         n = len(self.images)
         if len(self.labels) != n:
             raise ValueError(f"{len(self.labels)} labels for {n} images")
         if self.masks is not None and tuple(self.masks.shape) != (n, *self.images.shape[2:]):
-            raise ValueError(f"masks shape {tuple(self.masks.shape)} does not match images {tuple(self.images.shape)}")
+            raise ValueError(
+                f"masks shape {tuple(self.masks.shape)} does not match images {tuple(self.images.shape)}"
+            )
         if self.ids is None:
             self.ids = torch.arange(n)
 
@@ -102,7 +108,9 @@ class TextSplit:
             self.rationales = [torch.as_tensor(r, dtype=torch.bool) for r in self.rationales]
             for i, (t, r) in enumerate(zip(self.texts, self.rationales, strict=True)):
                 if r.ndim != 1 or len(r) != len(t.split()):
-                    raise ValueError(f"rationale {i} has {tuple(r.shape)} entries for {len(t.split())} words")
+                    raise ValueError(
+                        f"rationale {i} has {tuple(r.shape)} entries for {len(t.split())} words"
+                    )
         if self.ids is None:
             self.ids = torch.arange(n)
 

@@ -48,20 +48,63 @@ class ImageSpec:
 
 
 SPECS: dict[str, ImageSpec] = {
-    "cifar10": ImageSpec("uoft-cs/cifar10", "img", "label", 10, 3, 32,
-                         description="CIFAR-10: 32x32 RGB photos, 10 classes"),
-    "cifar100": ImageSpec("uoft-cs/cifar100", "img", "fine_label", 100, 3, 32,
-                          description="CIFAR-100: 32x32 RGB photos, 100 fine classes"),
-    "svhn": ImageSpec("ufldl-stanford/svhn", "image", "label", 10, 3, 32, hub_config="cropped_digits",
-                      description="SVHN cropped digits: 32x32 RGB house numbers, 10 classes"),
-    "fashion_mnist": ImageSpec("zalando-datasets/fashion_mnist", "image", "label", 10, 1, 28,
-                               description="Fashion-MNIST: 28x28 grayscale clothing, 10 classes"),
-    "mnist": ImageSpec("ylecun/mnist", "image", "label", 10, 1, 28,
-                       description="MNIST: 28x28 grayscale digits, 10 classes"),
+    "cifar10": ImageSpec(
+        "uoft-cs/cifar10",
+        "img",
+        "label",
+        10,
+        3,
+        32,
+        description="CIFAR-10: 32x32 RGB photos, 10 classes",
+    ),
+    "cifar100": ImageSpec(
+        "uoft-cs/cifar100",
+        "img",
+        "fine_label",
+        100,
+        3,
+        32,
+        description="CIFAR-100: 32x32 RGB photos, 100 fine classes",
+    ),
+    "svhn": ImageSpec(
+        "ufldl-stanford/svhn",
+        "image",
+        "label",
+        10,
+        3,
+        32,
+        hub_config="cropped_digits",
+        description="SVHN cropped digits: 32x32 RGB house numbers, 10 classes",
+    ),
+    "fashion_mnist": ImageSpec(
+        "zalando-datasets/fashion_mnist",
+        "image",
+        "label",
+        10,
+        1,
+        28,
+        description="Fashion-MNIST: 28x28 grayscale clothing, 10 classes",
+    ),
+    "mnist": ImageSpec(
+        "ylecun/mnist",
+        "image",
+        "label",
+        10,
+        1,
+        28,
+        description="MNIST: 28x28 grayscale digits, 10 classes",
+    ),
     # no Hub copy: local Parquet only (github.com/jayaneetha/colorized-MNIST, see shared/datasets)
-    "colorized_mnist": ImageSpec("", "image", "label", 10, 3, 28,
-                                 description="Colorized MNIST: 28x28 white MNIST digits on a red, green "
-                                 "or blue background, 10 classes"),
+    "colorized_mnist": ImageSpec(
+        "",
+        "image",
+        "label",
+        10,
+        3,
+        28,
+        description="Colorized MNIST: 28x28 white MNIST digits on a red, green "
+        "or blue background, 10 classes",
+    ),
 }
 
 
@@ -90,14 +133,18 @@ def local_split_files(name: str, splits: tuple[str, ...], data_dir) -> dict[str,
     folder = root / name
     if not folder.is_dir():
         have = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        raise DataError(f"dataset '{name}': {source} '{root}' has no folder '{name}' (its dataset folders: "
-                        f"{', '.join(have) or 'none'}); {expected}")
+        raise DataError(
+            f"dataset '{name}': {source} '{root}' has no folder '{name}' (its dataset folders: "
+            f"{', '.join(have) or 'none'}); {expected}"
+        )
     files = {s: folder / f"{s}.parquet" for s in splits}
     missing = [f.name for f in files.values() if not f.is_file()]
     if missing:
         have = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-        raise DataError(f"dataset '{name}': {folder} has no {', '.join(missing)} (it holds: "
-                        f"{', '.join(have) or 'nothing'}); {expected}")
+        raise DataError(
+            f"dataset '{name}': {folder} has no {', '.join(missing)} (it holds: "
+            f"{', '.join(have) or 'nothing'}); {expected}"
+        )
     for f in files.values():
         check_parquet(name, f)
     return files
@@ -111,8 +158,10 @@ def check_parquet(name: str, path: Path) -> None:
         meta = pq.read_metadata(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for unreadable files
         size = path.stat().st_size
-        raise DataError(f"dataset '{name}': {path} ({size} bytes) is not a readable Parquet file: empty, "
-                        f"truncated or corrupt ({_first_line(exc)})") from None
+        raise DataError(
+            f"dataset '{name}': {path} ({size} bytes) is not a readable Parquet file: empty, "
+            f"truncated or corrupt ({_first_line(exc)})"
+        ) from None
     if meta.num_rows == 0:
         raise DataError(f"dataset '{name}': {path} has no rows")
 
@@ -124,12 +173,16 @@ def load_hf_splits(name: str, hub_id: str, splits: tuple[str, ...], data_dir, hu
 
     if resolve_data_dir(data_dir) is not None:
         out = {}
-        for split, f in local_split_files(name, splits, data_dir).items():  # one by one: each its own schema
+        for split, f in local_split_files(
+            name, splits, data_dir
+        ).items():  # one by one: each its own schema
             try:
                 out[split] = datasets.load_dataset("parquet", data_files={split: str(f)})[split]
             except Exception as exc:  # noqa: BLE001 - corrupt pages behind a readable footer, ...
                 cause = exc.__cause__ or exc
-                raise DataError(f"dataset '{name}': cannot read {f} ({_first_line(cause)})") from None
+                raise DataError(
+                    f"dataset '{name}': cannot read {f} ({_first_line(cause)})"
+                ) from None
         return datasets.DatasetDict(out)
     if not hub_id:
         raise DataError(
@@ -139,15 +192,21 @@ def load_hf_splits(name: str, hub_id: str, splits: tuple[str, ...], data_dir, hu
     try:  # pragma: no cover - network
         return datasets.load_dataset(hub_id, hub_config)
     except Exception as exc:  # noqa: BLE001 - offline, unknown id, ...
-        raise DataError(f"dataset '{name}': cannot load '{hub_id}' from the Hugging Face Hub ({_first_line(exc)}); "
-                        f"offline, set data_dir (or ${DATA_DIR_ENV}) to a folder holding {name}/<split>.parquet "
-                        f"for splits {', '.join(splits)}") from None
+        raise DataError(
+            f"dataset '{name}': cannot load '{hub_id}' from the Hugging Face Hub ({_first_line(exc)}); "
+            f"offline, set data_dir (or ${DATA_DIR_ENV}) to a folder holding {name}/<split>.parquet "
+            f"for splits {', '.join(splits)}"
+        ) from None
 
 
 def split_source(name: str, split: str, data_dir, hub_id: str = "") -> str:
     """Where a split was read from, for messages: its Parquet file, or the Hub id and split."""
     root = resolve_data_dir(data_dir)
-    return str(root / name / f"{split}.parquet") if root is not None else f"{hub_id} (Hub), split '{split}'"
+    return (
+        str(root / name / f"{split}.parquet")
+        if root is not None
+        else f"{hub_id} (Hub), split '{split}'"
+    )
 
 
 def decoded_images(d, column: str, *, name: str = "", source: str = "", rows=None) -> list:
@@ -184,19 +243,25 @@ def decoded_images(d, column: str, *, name: str = "", source: str = "", rows=Non
             img = Image.open(io.BytesIO(b))
             img.load()
         except Exception as exc:  # noqa: BLE001 - UnidentifiedImageError, OSError (truncated), ...
-            raise DataError(f"{where(i)}: {len(b)} bytes that are not a decodable image ({_first_line(exc)})") from None
+            raise DataError(
+                f"{where(i)}: {len(b)} bytes that are not a decodable image ({_first_line(exc)})"
+            ) from None
         images.append(img)
     return images
 
 
-def _to_uint8(images, channels: int, size: int, name: str, source: str = "", rows=None) -> torch.Tensor:
+def _to_uint8(
+    images, channels: int, size: int, name: str, source: str = "", rows=None
+) -> torch.Tensor:
     arrays = []
     for i, img in enumerate(images):
         img = img.convert("RGB" if channels == 3 else "L")
         if img.size != (size, size):
             row = int(rows[i]) if rows is not None else i
-            raise DataError(f"dataset '{name}': {source or 'data'} row {row}: image of size {img.size}, "
-                            f"expected {(size, size)}")
+            raise DataError(
+                f"dataset '{name}': {source or 'data'} row {row}: image of size {img.size}, "
+                f"expected {(size, size)}"
+            )
         a = np.asarray(img, dtype=np.uint8)
         arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
     return torch.from_numpy(np.stack(arrays))
@@ -208,8 +273,17 @@ def _subsample(n_total: int, n: int | None, rng: np.random.Generator) -> np.ndar
     return np.sort(rng.choice(n_total, size=n, replace=False))
 
 
-def sampled_hf_splits(name: str, spec: Any, data_col: str, label_col: str, *, seed: int, data_dir,
-                      n_train: int | None, n_test: int | None) -> tuple[list[tuple[Any, np.ndarray, str]], list[str]]:
+def sampled_hf_splits(
+    name: str,
+    spec: Any,
+    data_col: str,
+    label_col: str,
+    *,
+    seed: int,
+    data_dir,
+    n_train: int | None,
+    n_test: int | None,
+) -> tuple[list[tuple[Any, np.ndarray, str]], list[str]]:
     """The train and test splits of an HF dataset spec (``hub_id``, ``splits``, ``hub_config``,
     ``num_classes``), ``n_train`` / ``n_test`` rows drawn by ``seed`` (all when None), as
     ``[(rows, idx, source), (rows, idx, source)]`` (``source``: the file, for messages), and the
@@ -224,59 +298,104 @@ def sampled_hf_splits(name: str, spec: Any, data_col: str, label_col: str, *, se
         source = split_source(name, split, data_dir, spec.hub_id)
         missing = [c for c in (data_col, label_col) if c not in d.column_names]
         if missing:
-            raise DataError(f"dataset '{name}': {source} lacks column(s) {', '.join(map(repr, missing))}; expected "
-                            f"'{data_col}' (the data) and '{label_col}' (the label), found {d.column_names}")
+            raise DataError(
+                f"dataset '{name}': {source} lacks column(s) {', '.join(map(repr, missing))}; expected "
+                f"'{data_col}' (the data) and '{label_col}' (the label), found {d.column_names}"
+            )
         idx = _subsample(len(d), n, rng)
         parts.append((d.select(idx), idx, source))
     feature = ds[spec.splits[0]].features[label_col]
     class_names = list(getattr(feature, "names", None) or [str(i) for i in range(spec.num_classes)])
     if len(class_names) != spec.num_classes:
-        raise DataError(f"dataset '{name}': column '{label_col}' of {split_source(name, spec.splits[0], data_dir, spec.hub_id)} "
-                        f"declares {len(class_names)} classes, expected {spec.num_classes}; is the file at the right path?")
+        raise DataError(
+            f"dataset '{name}': column '{label_col}' of {split_source(name, spec.splits[0], data_dir, spec.hub_id)} "
+            f"declares {len(class_names)} classes, expected {spec.num_classes}; is the file at the right path?"
+        )
     return parts, class_names
 
 
-def checked_labels(name: str, values, num_classes: int, source: str, column: str, rows) -> torch.Tensor:
+def checked_labels(
+    name: str, values, num_classes: int, source: str, column: str, rows
+) -> torch.Tensor:
     """``values`` as a long tensor, or a DataError naming the file, column and first bad row when a
     label is missing, not an integer, or outside ``0..num_classes-1`` (checked before training)."""
     arr = np.asarray(values, dtype=object)
-    ok_type = np.array([isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in arr], dtype=bool)
+    ok_type = np.array(
+        [isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in arr], dtype=bool
+    )
     ok = ok_type.copy()
     ok[ok_type] = [0 <= int(v) < num_classes for v in arr[ok_type]]
     if not ok.all():
         bad = np.flatnonzero(~ok)
         shown = sorted({repr(arr[i]) for i in bad[:20]})
-        raise DataError(f"dataset '{name}': {source} column '{column}' has {len(bad)} label(s) outside "
-                        f"0..{num_classes - 1} ({', '.join(shown[:5])}; first at row {int(rows[bad[0]])})")
+        raise DataError(
+            f"dataset '{name}': {source} column '{column}' has {len(bad)} label(s) outside "
+            f"0..{num_classes - 1} ({', '.join(shown[:5])}; first at row {int(rows[bad[0]])})"
+        )
     return torch.as_tensor(arr.astype(np.int64), dtype=torch.long)
 
 
-def load_image_dataset(name: str, *, seed: int = 0, data_dir=None, n_train: int | None = None,
-                       n_test: int | None = None) -> Task:
+def load_image_dataset(
+    name: str,
+    *,
+    seed: int = 0,
+    data_dir=None,
+    n_train: int | None = None,
+    n_test: int | None = None,
+) -> Task:
     spec = SPECS[name]
-    parts, class_names = sampled_hf_splits(name, spec, spec.image_col, spec.label_col, seed=seed,
-                                           data_dir=data_dir, n_train=n_train, n_test=n_test)
+    parts, class_names = sampled_hf_splits(
+        name,
+        spec,
+        spec.image_col,
+        spec.label_col,
+        seed=seed,
+        data_dir=data_dir,
+        n_train=n_train,
+        n_test=n_test,
+    )
     out = []
     for d, idx, source in parts:
         decoded = decoded_images(d, spec.image_col, name=name, source=source, rows=idx)
         images = _to_uint8(decoded, spec.channels, spec.size, name, source, idx)
-        labels = checked_labels(name, d[spec.label_col], spec.num_classes, source, spec.label_col, idx)
+        labels = checked_labels(
+            name, d[spec.label_col], spec.num_classes, source, spec.label_col, idx
+        )
         out.append(ImageSplit(images, labels, ids=torch.as_tensor(idx)))
     mean, std = channel_stats(out[0].images)
-    return Task(name=name, train=out[0], test=out[1], class_names=class_names, mean=mean, std=std,
-                meta={"source": str(resolve_data_dir(data_dir) or spec.hub_id)})
+    return Task(
+        name=name,
+        train=out[0],
+        test=out[1],
+        class_names=class_names,
+        mean=mean,
+        std=std,
+        meta={"source": str(resolve_data_dir(data_dir) or spec.hub_id)},
+    )
 
 
 def _register(name: str, spec: ImageSpec) -> None:
-    def factory(seed: int = 0, data_dir: str | None = None, n_train: Count | None = None,
-                n_test: Count | None = None) -> Task:
-        return load_image_dataset(name, seed=seed, data_dir=data_dir, n_train=n_train, n_test=n_test)
+    def factory(
+        seed: int = 0,
+        data_dir: str | None = None,
+        n_train: Count | None = None,
+        n_test: Count | None = None,
+    ) -> Task:
+        return load_image_dataset(
+            name, seed=seed, data_dir=data_dir, n_train=n_train, n_test=n_test
+        )
 
     factory.__name__ = name
     hub = f"Hub: {spec.hub_id}; offline" if spec.hub_id else "no Hub copy; from"
     factory.__doc__ = f"{spec.description} ({hub}: <data_dir>/{name}/<split>.parquet)."
-    DATASETS.register(name, description=factory.__doc__, modality="image", num_classes=spec.num_classes,
-                      has_masks=False, ground_truth=())(factory)
+    DATASETS.register(
+        name,
+        description=factory.__doc__,
+        modality="image",
+        num_classes=spec.num_classes,
+        has_masks=False,
+        ground_truth=(),
+    )(factory)
 
 
 for _name, _spec in SPECS.items():

@@ -65,7 +65,9 @@ def _resize(digits: np.ndarray, size: int) -> np.ndarray:
     if size < digits.shape[1]:
         t = torch.nn.functional.interpolate(t, size=(size, size), mode="area")
     elif size > digits.shape[1]:
-        t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+        t = torch.nn.functional.interpolate(
+            t, size=(size, size), mode="bilinear", align_corners=False
+        )
     return t[:, 0].clamp_(0.0, 1.0).numpy()
 
 
@@ -147,16 +149,22 @@ def _bands(rng: np.random.Generator, img: np.ndarray, lay: _Layout) -> None:
             _paint_band(img, start, band, horizontal, "replace")
 
 
-def _place_apart(rng: np.random.Generator, canvas: int, y0: int, x0: int, d: int, s: int) -> tuple[int, int]:
+def _place_apart(
+    rng: np.random.Generator, canvas: int, y0: int, x0: int, d: int, s: int
+) -> tuple[int, int]:
     """A random top-left corner for an ``s`` x ``s`` square not overlapping the main ``d`` x ``d`` one."""
     for _ in range(100):
         yd, xd = (int(v) for v in rng.integers(0, canvas - s + 1, size=2))
         if yd + s <= y0 or yd >= y0 + d or xd + s <= x0 or xd >= x0 + d:
             return yd, xd
-    raise RuntimeError("could not place the distractor digit; enlarge the canvas")  # pragma: no cover
+    raise RuntimeError(
+        "could not place the distractor digit; enlarge the canvas"
+    )  # pragma: no cover
 
 
-def _blend(img: np.ndarray, y: int, x: int, alpha: np.ndarray, ink: np.ndarray, paper: np.ndarray | None) -> None:
+def _blend(
+    img: np.ndarray, y: int, x: int, alpha: np.ndarray, ink: np.ndarray, paper: np.ndarray | None
+) -> None:
     """Draw a digit at (y, x): its square filled with ``paper`` (if given), then ``ink`` over
     it with coverage ``alpha``."""
     s = alpha.shape[0]
@@ -236,9 +244,13 @@ def hard_mnist(
     by class, go to the test pool), so no source digit appears in both splits,
     neither as main digit nor as distractor.
     """
-    if canvas < 28 + 2 * distractor_size:  # room for the distractor beside the main digit wherever it is
-        raise ValueError(f"canvas={canvas} is too small; it must be >= 28 + 2 * distractor_size "
-                         f"({28 + 2 * distractor_size})")
+    if (
+        canvas < 28 + 2 * distractor_size
+    ):  # room for the distractor beside the main digit wherever it is
+        raise ValueError(
+            f"canvas={canvas} is too small; it must be >= 28 + 2 * distractor_size "
+            f"({28 + 2 * distractor_size})"
+        )
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction={test_fraction} must be in (0, 1)")
     if not 0 <= noise_level <= 1:
@@ -255,9 +267,17 @@ def hard_mnist(
         k = int(round(len(idx) * test_fraction))
         test_pool.append(idx[:k])
         train_pool.append(idx[k:])
-    train_pool_a, test_pool_a = np.sort(np.concatenate(train_pool)), np.sort(np.concatenate(test_pool))
-    lay = _Layout(canvas=canvas, main_size=28, distractor_size=distractor_size, noise_bands=noise_bands,
-                  noise_level=noise_level)
+    train_pool_a, test_pool_a = (
+        np.sort(np.concatenate(train_pool)),
+        np.sort(np.concatenate(test_pool)),
+    )
+    lay = _Layout(
+        canvas=canvas,
+        main_size=28,
+        distractor_size=distractor_size,
+        noise_bands=noise_bands,
+        noise_level=noise_level,
+    )
     src = _Digits(digits.astype(np.float32) / 255.0, labels)
     tr = _compose(rng, src, train_pool_a, n_train, lay)
     te = _compose(rng, src, test_pool_a, n_test, lay)
@@ -276,14 +296,21 @@ def hard_mnist(
         mean=mean,
         std=std,
         # each main digit is drawn in one colour (its mask gives it): dissection can name it
-        meta={"train_sources": tr[3], "test_sources": te[3], "canvas": canvas, "single_colour_objects": True},
+        meta={
+            "train_sources": tr[3],
+            "test_sources": te[3],
+            "canvas": canvas,
+            "single_colour_objects": True,
+        },
     )
 
 
 # --------------------------------------------------------------------------- colorized
 
 
-def colorized_digit_masks(images: torch.Tensor, tolerance: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def colorized_digit_masks(
+    images: torch.Tensor, tolerance: int = 64
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Digit pixels of colorized MNIST images, robust to the coloured background.
 
     ``images``: uint8 (N, 3, H, W). The background colour of each image is the most
@@ -296,7 +323,9 @@ def colorized_digit_masks(images: torch.Tensor, tolerance: int = 64) -> tuple[np
     paper (N, 3))``, colours in [0, 1].
     """
     x = images.numpy().astype(np.int16)
-    border = torch.cat([images[:, :, 0, :], images[:, :, -1, :], images[:, :, :, 0], images[:, :, :, -1]], dim=2)
+    border = torch.cat(
+        [images[:, :, 0, :], images[:, :, -1, :], images[:, :, :, 0], images[:, :, :, -1]], dim=2
+    )
     packed = border.long()
     packed = (packed[:, 0] << 16) | (packed[:, 1] << 8) | packed[:, 2]  # (N, B) one int per colour
     mode = torch.mode(packed, dim=1).values.numpy()  # most frequent border colour
@@ -354,7 +383,9 @@ def hard_mnist_colorized(
     subset of ``max(2 n, 2000)`` source digits (all of them when fewer).
     """
     if canvas < 32 or canvas % 4:
-        raise ValueError(f"canvas={canvas} is not valid; use a multiple of 4, >= 32 (the paper: 224)")
+        raise ValueError(
+            f"canvas={canvas} is not valid; use a multiple of 4, >= 32 (the paper: 224)"
+        )
     if not 0 <= noise_level <= 1:
         raise ValueError(f"noise_level={noise_level} must be in [0, 1]")
     if not 0 < band_width < 1:
@@ -367,17 +398,31 @@ def hard_mnist_colorized(
 
     # enough source digits for variety, no more (decoding PNGs dominates the cost)
     n_src = [max(2 * n, 2000) for n in (n_train, n_test)]
-    source = load_image_dataset("colorized_mnist", seed=seed, data_dir=data_dir, n_train=n_src[0], n_test=n_src[1])
+    source = load_image_dataset(
+        "colorized_mnist", seed=seed, data_dir=data_dir, n_train=n_src[0], n_test=n_src[1]
+    )
     rng = np.random.default_rng(seed)
-    lay = _Layout(canvas=canvas, main_size=canvas // 2, distractor_size=canvas // 4, noise_bands=noise_bands,
-                  noise_level=noise_level, style="diet", band_width=band_width, mask_threshold=0.5)
+    lay = _Layout(
+        canvas=canvas,
+        main_size=canvas // 2,
+        distractor_size=canvas // 4,
+        noise_bands=noise_bands,
+        noise_level=noise_level,
+        style="diet",
+        band_width=band_width,
+        mask_threshold=0.5,
+    )
     parts = []
     for split, n in ((source.train, n_train), (source.test, n_test)):
         alpha, ink, paper = colorized_digit_masks(split.images)
         src = _Digits(alpha, split.labels.numpy(), ink=ink, paper=paper)
         images, masks, y, k = _compose(rng, src, np.arange(len(split)), n, lay)
-        parts.append((ImageSplit(torch.from_numpy(images), torch.from_numpy(y), torch.from_numpy(masks)),
-                      split.ids[torch.from_numpy(k)].numpy()))
+        parts.append(
+            (
+                ImageSplit(torch.from_numpy(images), torch.from_numpy(y), torch.from_numpy(masks)),
+                split.ids[torch.from_numpy(k)].numpy(),
+            )
+        )
     (train, tr_src), (test, te_src) = parts
     mean, std = channel_stats(train.images)
     return Task(
@@ -387,6 +432,10 @@ def hard_mnist_colorized(
         class_names=[str(i) for i in range(10)],
         mean=mean,
         std=std,
-        meta={"train_sources": tr_src, "test_sources": te_src, "canvas": canvas,
-              "source": source.meta.get("source")},
+        meta={
+            "train_sources": tr_src,
+            "test_sources": te_src,
+            "canvas": canvas,
+            "source": source.meta.get("source"),
+        },
     )

@@ -89,12 +89,21 @@ class TextBatch:
 
     def __post_init__(self) -> None:
         n = len(self.input_ids)
-        if self.input_ids.shape != self.attention_mask.shape or self.input_ids.shape != self.word_ids.shape:
-            raise ValueError("input_ids, attention_mask and word_ids must have the same (N, T) shape")
+        if (
+            self.input_ids.shape != self.attention_mask.shape
+            or self.input_ids.shape != self.word_ids.shape
+        ):
+            raise ValueError(
+                "input_ids, attention_mask and word_ids must have the same (N, T) shape"
+            )
         if len(self.words) != n or len(self.n_words) != n:
-            raise ValueError(f"{len(self.words)} word lists / {len(self.n_words)} counts for {n} texts")
+            raise ValueError(
+                f"{len(self.words)} word lists / {len(self.n_words)} counts for {n} texts"
+            )
         if n and int(self.n_words.max()) > self.max_words:
-            raise ValueError(f"max_words={self.max_words} is smaller than the longest text ({int(self.n_words.max())} words)")
+            raise ValueError(
+                f"max_words={self.max_words} is smaller than the longest text ({int(self.n_words.max())} words)"
+            )
 
     # ---------------------------------------------------------------- basics
     def __len__(self) -> int:
@@ -114,9 +123,14 @@ class TextBatch:
             return None if t is None else t.to(device)
 
         return dataclasses.replace(
-            self, input_ids=self.input_ids.to(device), attention_mask=self.attention_mask.to(device),
-            word_ids=self.word_ids.to(device), n_words=self.n_words.to(device), embeds=mv(self.embeds),
-            token_weights=mv(self.token_weights), baseline_ids=mv(self.baseline_ids),
+            self,
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            word_ids=self.word_ids.to(device),
+            n_words=self.n_words.to(device),
+            embeds=mv(self.embeds),
+            token_weights=mv(self.token_weights),
+            baseline_ids=mv(self.baseline_ids),
         )
 
     def __getitem__(self, index: Any) -> TextBatch:
@@ -138,9 +152,14 @@ class TextBatch:
 
         bid = self.baseline_ids
         out = dataclasses.replace(
-            self, input_ids=self.input_ids[sel], attention_mask=self.attention_mask[sel],
-            word_ids=self.word_ids[sel], words=[self.words[i] for i in rows], n_words=self.n_words[sel],
-            embeds=take(self.embeds), token_weights=take(self.token_weights),
+            self,
+            input_ids=self.input_ids[sel],
+            attention_mask=self.attention_mask[sel],
+            word_ids=self.word_ids[sel],
+            words=[self.words[i] for i in rows],
+            n_words=self.n_words[sel],
+            embeds=take(self.embeds),
+            token_weights=take(self.token_weights),
             baseline_ids=None if bid is None else (bid[sel] if len(bid) == len(self) else bid),
         )
         return out.trim()
@@ -157,9 +176,14 @@ class TextBatch:
             return None if v is None else v[:, :t]
 
         return dataclasses.replace(
-            self, input_ids=self.input_ids[:, :t], attention_mask=self.attention_mask[:, :t],
-            word_ids=self.word_ids[:, :t], embeds=cut(self.embeds), token_weights=cut(self.token_weights),
-            baseline_ids=self.baseline_ids if self.baseline_ids is None or self.baseline_ids.shape[1] == 1
+            self,
+            input_ids=self.input_ids[:, :t],
+            attention_mask=self.attention_mask[:, :t],
+            word_ids=self.word_ids[:, :t],
+            embeds=cut(self.embeds),
+            token_weights=cut(self.token_weights),
+            baseline_ids=self.baseline_ids
+            if self.baseline_ids is None or self.baseline_ids.shape[1] == 1
             else self.baseline_ids[:, :t],
         )
 
@@ -182,8 +206,12 @@ class TextBatch:
         """A content digest per text (its attended token ids), independent of padding and batch."""
         ids = self.input_ids.detach().cpu()
         lens = self.attention_mask.detach().cpu().sum(1).tolist()
-        return [hashlib.blake2b(ids[i, : lens[i]].numpy().astype(np.int64).tobytes(), digest_size=16).digest()
-                for i in range(len(self))]
+        return [
+            hashlib.blake2b(
+                ids[i, : lens[i]].numpy().astype(np.int64).tobytes(), digest_size=16
+            ).digest()
+            for i in range(len(self))
+        ]
 
     # ---------------------------------------------------------------- words <-> tokens
     def to_tokens(self, word_values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
@@ -203,7 +231,9 @@ class TextBatch:
         token (padding, or a word the tokenizer dropped) are 0.
         """
         if rule not in WORD_AGGREGATIONS:
-            raise ValueError(f"word aggregation '{rule}' is not valid; choose one of {', '.join(WORD_AGGREGATIONS)}")
+            raise ValueError(
+                f"word aggregation '{rule}' is not valid; choose one of {', '.join(WORD_AGGREGATIONS)}"
+            )
         n, L = len(self), self.max_words
         v = token_values.float()
         dev = v.device
@@ -219,12 +249,16 @@ class TextBatch:
                 out = out / cnt.clamp_min(1)
         elif rule == "max":
             out = torch.full((n, L + 1), float("-inf"), device=dev)
-            out = out.scatter_reduce(1, slot, torch.where(inside, v, torch.full_like(v, float("-inf"))), "amax")
+            out = out.scatter_reduce(
+                1, slot, torch.where(inside, v, torch.full_like(v, float("-inf"))), "amax"
+            )
             out = torch.where(torch.isfinite(out), out, torch.zeros_like(out))
         else:  # first piece: the token whose previous token belongs to another word
             prev = torch.cat([torch.full_like(slot[:, :1], -2), slot[:, :-1]], 1)
             first = inside & (slot != prev)
-            out = torch.zeros(n, L + 1, device=dev).scatter_add_(1, slot, torch.where(first, v, torch.zeros_like(v)))
+            out = torch.zeros(n, L + 1, device=dev).scatter_add_(
+                1, slot, torch.where(first, v, torch.zeros_like(v))
+            )
         return out[:, :L]
 
     # ---------------------------------------------------------------- perturbations
@@ -239,8 +273,10 @@ class TextBatch:
         key = {"mask": "mask", "pad": "pad", "unk": "unk"}[removal]
         tid = self.special_ids.get(key)
         if tid is None:
-            raise ValueError(f"the tokenizer has no [{key.upper()}] token; choose another removal "
-                             f"({', '.join(r for r in REMOVALS if r != removal)})")
+            raise ValueError(
+                f"the tokenizer has no [{key.upper()}] token; choose another removal "
+                f"({', '.join(r for r in REMOVALS if r != removal)})"
+            )
         return int(tid)
 
     def keep_words(self, keep: torch.Tensor, removal: str = "delete") -> TextBatch:
@@ -252,7 +288,9 @@ class TextBatch:
         result keeps this batch's word indexing (``word_ids`` of surviving pieces).
         """
         if removal not in REMOVALS:
-            raise ValueError(f"removal='{removal}' is not valid; choose one of {', '.join(REMOVALS)}")
+            raise ValueError(
+                f"removal='{removal}' is not valid; choose one of {', '.join(REMOVALS)}"
+            )
         keep = keep.to(self.device).bool()
         removed = self.word_token_mask & ~self.to_tokens(keep.float(), fill=1.0).bool()
         if removal != "delete":
@@ -266,39 +304,69 @@ class TextBatch:
         pad = int(self.special_ids.get("pad", 0))
         ids = torch.gather(self.input_ids, 1, order).masked_fill(att == 0, pad)
         wid = torch.gather(self.word_ids, 1, order).masked_fill(att == 0, -1)
-        out = dataclasses.replace(self, input_ids=ids, attention_mask=att, word_ids=wid, embeds=None,
-                                  token_weights=None if self.token_weights is None
-                                  else torch.gather(self.token_weights, 1, order))
+        out = dataclasses.replace(
+            self,
+            input_ids=ids,
+            attention_mask=att,
+            word_ids=wid,
+            embeds=None,
+            token_weights=None
+            if self.token_weights is None
+            else torch.gather(self.token_weights, 1, order),
+        )
         return out.trim()
 
 
-def encode_texts(tokenizer: Any, texts: list[str], max_length: int, max_words: int | None = None) -> TextBatch:
+def encode_texts(
+    tokenizer: Any, texts: list[str], max_length: int, max_words: int | None = None
+) -> TextBatch:
     """Tokenise ``texts`` word by word (fast tokenizer, truncation at ``max_length`` tokens).
 
     Words whose pieces are all cut by truncation are left out of ``words``; a word
     the tokenizer turns into no piece at all keeps its slot (with a zero score).
     """
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer; word alignment needs word_ids() "
-                         "(load it with AutoTokenizer.from_pretrained(..., use_fast=True))")
+        raise ValueError(
+            f"{type(tokenizer).__name__} is not a fast tokenizer; word alignment needs word_ids() "
+            "(load it with AutoTokenizer.from_pretrained(..., use_fast=True))"
+        )
     words = [split_words(t) for t in texts]
     if not texts:
         ids = torch.zeros(0, 1, dtype=torch.long)
-        return TextBatch(ids, ids.clone(), ids.clone() - 1, [], torch.zeros(0, dtype=torch.long),
-                         max(1, max_words or 1), special_ids(tokenizer))
-    enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=int(max_length),
-                    padding=True, return_tensors="pt")
-    wid = torch.tensor([[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(texts))],
-                       dtype=torch.long)
+        return TextBatch(
+            ids,
+            ids.clone(),
+            ids.clone() - 1,
+            [],
+            torch.zeros(0, dtype=torch.long),
+            max(1, max_words or 1),
+            special_ids(tokenizer),
+        )
+    enc = tokenizer(
+        words,
+        is_split_into_words=True,
+        truncation=True,
+        max_length=int(max_length),
+        padding=True,
+        return_tensors="pt",
+    )
+    wid = torch.tensor(
+        [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(texts))],
+        dtype=torch.long,
+    )
     n_words = wid.max(1).values.clamp_min(-1) + 1
     kept = [w[: int(k)] for w, k in zip(words, n_words.tolist(), strict=True)]
     width = max(1, int(n_words.max()) if len(n_words) else 1)
     if max_words is not None:
         if max_words < width:
-            raise ValueError(f"max_words={max_words} is smaller than the longest text ({width} words)")
+            raise ValueError(
+                f"max_words={max_words} is smaller than the longest text ({width} words)"
+            )
         width = int(max_words)
     att = enc["attention_mask"].long()
-    return TextBatch(enc["input_ids"].long(), att, wid, kept, n_words, width, special_ids(tokenizer))
+    return TextBatch(
+        enc["input_ids"].long(), att, wid, kept, n_words, width, special_ids(tokenizer)
+    )
 
 
 def special_ids(tokenizer: Any) -> dict[str, int]:
@@ -310,7 +378,9 @@ def special_ids(tokenizer: Any) -> dict[str, int]:
     return out
 
 
-def rationale_matrix(rationales: list[torch.Tensor] | None, n_words: torch.Tensor, width: int) -> torch.Tensor | None:
+def rationale_matrix(
+    rationales: list[torch.Tensor] | None, n_words: torch.Tensor, width: int
+) -> torch.Tensor | None:
     """Word-level rationale masks cut to the words that survived truncation, as ``(N, L)`` bool."""
     if rationales is None:
         return None
@@ -337,41 +407,92 @@ class TextSpec:
 
 
 TEXT_SPECS: dict[str, TextSpec] = {
-    "sst2": TextSpec("stanfordnlp/sst2", "sentence", "label", 2, splits=("train", "validation"),
-                     description="SST-2: movie-review sentences, negative/positive (test split = GLUE validation)"),
-    "imdb": TextSpec("stanfordnlp/imdb", "text", "label", 2, strip_br=True,
-                     description="IMDB: movie reviews, neg/pos (<br /> tags turned into spaces)"),
-    "ag_news": TextSpec("fancyzhx/ag_news", "text", "label", 4,
-                        description="AG News: news title + description, World/Sports/Business/Sci-Tech"),
+    "sst2": TextSpec(
+        "stanfordnlp/sst2",
+        "sentence",
+        "label",
+        2,
+        splits=("train", "validation"),
+        description="SST-2: movie-review sentences, negative/positive (test split = GLUE validation)",
+    ),
+    "imdb": TextSpec(
+        "stanfordnlp/imdb",
+        "text",
+        "label",
+        2,
+        strip_br=True,
+        description="IMDB: movie reviews, neg/pos (<br /> tags turned into spaces)",
+    ),
+    "ag_news": TextSpec(
+        "fancyzhx/ag_news",
+        "text",
+        "label",
+        4,
+        description="AG News: news title + description, World/Sports/Business/Sci-Tech",
+    ),
 }
 
 
-def load_text_dataset(name: str, *, seed: int = 0, data_dir=None, n_train: int | None = None,
-                      n_test: int | None = None) -> Task:
+def load_text_dataset(
+    name: str,
+    *,
+    seed: int = 0,
+    data_dir=None,
+    n_train: int | None = None,
+    n_test: int | None = None,
+) -> Task:
     spec = TEXT_SPECS[name]
-    parts, class_names = sampled_hf_splits(name, spec, spec.text_col, spec.label_col, seed=seed,
-                                           data_dir=data_dir, n_train=n_train, n_test=n_test)
+    parts, class_names = sampled_hf_splits(
+        name,
+        spec,
+        spec.text_col,
+        spec.label_col,
+        seed=seed,
+        data_dir=data_dir,
+        n_train=n_train,
+        n_test=n_test,
+    )
     out = []
     for d, idx, source in parts:
         texts = [str(t) for t in d[spec.text_col]]
         if spec.strip_br:
             texts = [t.replace("<br />", " ").replace("<br/>", " ") for t in texts]
-        labels = checked_labels(name, d[spec.label_col], spec.num_classes, source, spec.label_col, idx)
+        labels = checked_labels(
+            name, d[spec.label_col], spec.num_classes, source, spec.label_col, idx
+        )
         out.append(TextSplit(texts, labels, ids=torch.as_tensor(idx)))
-    return Task(name=name, train=out[0], test=out[1], class_names=class_names, modality="text",
-                meta={"source": str(resolve_data_dir(data_dir) or spec.hub_id)})
+    return Task(
+        name=name,
+        train=out[0],
+        test=out[1],
+        class_names=class_names,
+        modality="text",
+        meta={"source": str(resolve_data_dir(data_dir) or spec.hub_id)},
+    )
 
 
 def _register(name: str, spec: TextSpec) -> None:
-    def factory(seed: int = 0, data_dir: str | None = None, n_train: Count | None = None,
-                n_test: Count | None = None) -> Task:
+    def factory(
+        seed: int = 0,
+        data_dir: str | None = None,
+        n_train: Count | None = None,
+        n_test: Count | None = None,
+    ) -> Task:
         return load_text_dataset(name, seed=seed, data_dir=data_dir, n_train=n_train, n_test=n_test)
 
     factory.__name__ = name
-    factory.__doc__ = (f"{spec.description} (Hub: {spec.hub_id}; offline: <data_dir>/{name}/"
-                       f"{{{','.join(spec.splits)}}}.parquet).")
-    DATASETS.register(name, description=factory.__doc__, modality="text", num_classes=spec.num_classes,
-                      has_masks=False, ground_truth=())(factory)
+    factory.__doc__ = (
+        f"{spec.description} (Hub: {spec.hub_id}; offline: <data_dir>/{name}/"
+        f"{{{','.join(spec.splits)}}}.parquet)."
+    )
+    DATASETS.register(
+        name,
+        description=factory.__doc__,
+        modality="text",
+        num_classes=spec.num_classes,
+        has_masks=False,
+        ground_truth=(),
+    )(factory)
 
 
 for _name, _spec in TEXT_SPECS.items():
@@ -380,21 +501,137 @@ for _name, _spec in TEXT_SPECS.items():
 
 # --------------------------------------------------------------------------- planted_sentiment
 
-POSITIVE_CUES = ("excellent", "wonderful", "superb", "delightful", "brilliant", "fantastic", "lovely",
-                 "enjoyable", "charming", "great", "beautiful", "moving")
-NEGATIVE_CUES = ("terrible", "awful", "dreadful", "boring", "horrible", "poor", "bad", "dull", "painful",
-                 "mediocre", "ugly", "tedious")
+POSITIVE_CUES = (
+    "excellent",
+    "wonderful",
+    "superb",
+    "delightful",
+    "brilliant",
+    "fantastic",
+    "lovely",
+    "enjoyable",
+    "charming",
+    "great",
+    "beautiful",
+    "moving",
+)
+NEGATIVE_CUES = (
+    "terrible",
+    "awful",
+    "dreadful",
+    "boring",
+    "horrible",
+    "poor",
+    "bad",
+    "dull",
+    "painful",
+    "mediocre",
+    "ugly",
+    "tedious",
+)
 #: words that appear in both classes at the same rate (they carry no label information)
 DISTRACTORS = (
-    "the", "a", "film", "movie", "story", "actor", "actress", "scene", "plot", "director", "camera", "script",
-    "music", "really", "quite", "very", "and", "but", "with", "about", "after", "before", "during", "while",
-    "city", "night", "house", "car", "window", "table", "yesterday", "today", "people", "friend", "family",
-    "song", "book", "chapter", "screen", "ticket", "seat", "popcorn", "evening", "weekend", "summer", "winter",
-    "river", "street", "train", "station", "phone", "letter", "picture", "colour", "minute", "hour", "first",
-    "last", "other", "many", "some", "every", "this", "that", "was", "is", "seems", "felt", "looked", "became",
-    "rather", "somewhat", "truly", "surprisingly", "honestly", "simply", "entirely", "almost", "ending",
-    "beginning", "middle", "character", "dialogue", "sound", "light", "dark", "long", "short", "old", "new",
-    "big", "small", "three", "two", "one", "village", "ocean", "mountain", "forest", "teacher", "doctor",
+    "the",
+    "a",
+    "film",
+    "movie",
+    "story",
+    "actor",
+    "actress",
+    "scene",
+    "plot",
+    "director",
+    "camera",
+    "script",
+    "music",
+    "really",
+    "quite",
+    "very",
+    "and",
+    "but",
+    "with",
+    "about",
+    "after",
+    "before",
+    "during",
+    "while",
+    "city",
+    "night",
+    "house",
+    "car",
+    "window",
+    "table",
+    "yesterday",
+    "today",
+    "people",
+    "friend",
+    "family",
+    "song",
+    "book",
+    "chapter",
+    "screen",
+    "ticket",
+    "seat",
+    "popcorn",
+    "evening",
+    "weekend",
+    "summer",
+    "winter",
+    "river",
+    "street",
+    "train",
+    "station",
+    "phone",
+    "letter",
+    "picture",
+    "colour",
+    "minute",
+    "hour",
+    "first",
+    "last",
+    "other",
+    "many",
+    "some",
+    "every",
+    "this",
+    "that",
+    "was",
+    "is",
+    "seems",
+    "felt",
+    "looked",
+    "became",
+    "rather",
+    "somewhat",
+    "truly",
+    "surprisingly",
+    "honestly",
+    "simply",
+    "entirely",
+    "almost",
+    "ending",
+    "beginning",
+    "middle",
+    "character",
+    "dialogue",
+    "sound",
+    "light",
+    "dark",
+    "long",
+    "short",
+    "old",
+    "new",
+    "big",
+    "small",
+    "three",
+    "two",
+    "one",
+    "village",
+    "ocean",
+    "mountain",
+    "forest",
+    "teacher",
+    "doctor",
 )
 
 
@@ -425,15 +662,29 @@ def planted_sentiment(
     sentiment-free intensifiers such as "really" or "surprisingly"). Labels are
     balanced in expectation. The rationale of a sentence marks its cue words.
     """
-    values = {"n_train": n_train, "n_test": n_test, "min_words": min_words, "max_words": max_words,
-              "min_cues": min_cues, "max_cues": max_cues}
-    checks = {"n_train": n_train >= 1, "n_test": n_test >= 1, "min_words": min_words >= 1,
-              "max_words": max_words >= min_words, "min_cues": min_cues >= 1,
-              "max_cues": min_words >= max_cues >= min_cues}
+    values = {
+        "n_train": n_train,
+        "n_test": n_test,
+        "min_words": min_words,
+        "max_words": max_words,
+        "min_cues": min_cues,
+        "max_cues": max_cues,
+    }
+    checks = {
+        "n_train": n_train >= 1,
+        "n_test": n_test >= 1,
+        "min_words": min_words >= 1,
+        "max_words": max_words >= min_words,
+        "min_cues": min_cues >= 1,
+        "max_cues": min_words >= max_cues >= min_cues,
+    }
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
-        raise ValueError("planted_sentiment: invalid " + ", ".join(f"{k}={values[k]!r}" for k in bad)
-                         + " (need n_train, n_test >= 1 and 1 <= min_cues <= max_cues <= min_words <= max_words)")
+        raise ValueError(
+            "planted_sentiment: invalid "
+            + ", ".join(f"{k}={values[k]!r}" for k in bad)
+            + " (need n_train, n_test >= 1 and 1 <= min_cues <= max_cues <= min_words <= max_words)"
+        )
     rng = np.random.default_rng(seed)
 
     def make(n: int, offset: int) -> TextSplit:
@@ -455,5 +706,11 @@ def planted_sentiment(
         return TextSplit(texts, torch.tensor(labels), rats, torch.arange(offset, offset + n))
 
     train, test = make(n_train, 0), make(n_test, n_train)
-    return Task(name="planted_sentiment", train=train, test=test, class_names=["negative", "positive"],
-                modality="text", meta={"source": "built-in", "seed": seed})
+    return Task(
+        name="planted_sentiment",
+        train=train,
+        test=test,
+        class_names=["negative", "positive"],
+        modality="text",
+        meta={"source": "built-in", "seed": seed},
+    )

@@ -47,8 +47,27 @@ from .base import Count, ImageSplit, Task, channel_stats, check_count
 
 NAME = "voc2012_seg"
 VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 VOID = 255
 
@@ -74,7 +93,9 @@ def _resize_pair(image, mask, size: int, where: str = ""):
 
     img = image.convert("RGB").resize((size, size), Image.BILINEAR)
     if mask.mode not in ("P", "L"):
-        raise DataError(f"dataset '{NAME}': {where}mask of mode {mask.mode}, expected a palette (P) or L image")
+        raise DataError(
+            f"dataset '{NAME}': {where}mask of mode {mask.mode}, expected a palette (P) or L image"
+        )
     m = mask.resize((size, size), Image.NEAREST)
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1), np.asarray(m, dtype=np.uint8)
 
@@ -106,13 +127,20 @@ def voc2012_seg(
     subset of the images left (all by default).
     """
     if target_class not in VOC_CLASSES[1:]:
-        raise ValueError(f"target_class='{target_class}' is not a VOC class; valid: {', '.join(VOC_CLASSES[1:])}")
+        raise ValueError(
+            f"target_class='{target_class}' is not a VOC class; valid: {', '.join(VOC_CLASSES[1:])}"
+        )
     if not isinstance(size, int) or size < 16:
         raise ValueError(f"size={size!r} is not valid; give an int >= 16 (224 for ImageNet models)")
-    if isinstance(min_object_fraction, bool) or not isinstance(min_object_fraction, (int, float)) \
-            or not 0.0 <= min_object_fraction <= 1.0:
-        raise ValueError(f"min_object_fraction={min_object_fraction!r} is not valid; give a fraction in [0, 1] "
-                         "(0.2: the object covers at least 20% of the image; 0: off)")
+    if (
+        isinstance(min_object_fraction, bool)
+        or not isinstance(min_object_fraction, (int, float))
+        or not 0.0 <= min_object_fraction <= 1.0
+    ):
+        raise ValueError(
+            f"min_object_fraction={min_object_fraction!r} is not valid; give a fraction in [0, 1] "
+            "(0.2: the object covers at least 20% of the image; 0: off)"
+        )
     check_count(NAME, "n_test", n_test, allow_none=True)
     from .images import decoded_images, load_hf_splits, resolve_data_dir, split_source
 
@@ -120,8 +148,10 @@ def voc2012_seg(
     source = split_source(NAME, subset, data_dir)
     missing = [c for c in ("image", "mask") if c not in ds.column_names]
     if missing:
-        raise DataError(f"dataset '{NAME}': {source} lacks column(s) {', '.join(map(repr, missing))}; expected "
-                        f"'image' and 'mask' (and optionally 'classes', 'file_name'), found {ds.column_names}")
+        raise DataError(
+            f"dataset '{NAME}': {source} lacks column(s) {', '.join(map(repr, missing))}; expected "
+            f"'image' and 'mask' (and optionally 'classes', 'file_name'), found {ds.column_names}"
+        )
     cls = VOC_CLASSES.index(target_class)
     if "classes" in ds.column_names:
         rows = np.array([i for i, c in enumerate(ds["classes"]) if cls in c], dtype=np.int64)
@@ -139,17 +169,24 @@ def voc2012_seg(
         rows = pick(rows)
     d = ds.select(rows)
     images, masks, valid, present = [], [], [], []
-    decoded = zip(decoded_images(d, "image", name=NAME, source=source, rows=rows),
-                  decoded_images(d, "mask", name=NAME, source=source, rows=rows), strict=True)
+    decoded = zip(
+        decoded_images(d, "image", name=NAME, source=source, rows=rows),
+        decoded_images(d, "mask", name=NAME, source=source, rows=rows),
+        strict=True,
+    )
     for row, (img, mask) in zip(rows, decoded, strict=True):
         a, m = _resize_pair(img, mask, size, f"{source} row {row}: ")
         images.append(a)
         masks.append(m == cls)
         valid.append(m != VOID)
-        present.append(sorted(int(c) for c in np.unique(m) if c not in (0, VOID)))  # classes at this size
+        present.append(
+            sorted(int(c) for c in np.unique(m) if c not in (0, VOID))
+        )  # classes at this size
     keep = np.array([m.any() for m in masks], dtype=bool)  # the class may vanish when shrunk a lot
     if not keep.any():
-        raise DataError(f"dataset '{NAME}': no image of {source} contains '{target_class}' (at size {size})")
+        raise DataError(
+            f"dataset '{NAME}': no image of {source} contains '{target_class}' (at size {size})"
+        )
     fractions = np.array([float(m.mean()) for m in masks])
     if select_first:
         keep &= fractions >= min_object_fraction
@@ -157,7 +194,8 @@ def voc2012_seg(
             raise DataError(
                 f"dataset '{NAME}': no image of {source} has '{target_class}' covering at least "
                 f"{min_object_fraction:.1%} of the image (min_object_fraction={min_object_fraction}; the largest "
-                f"share among its {len(rows)} images is {fractions.max():.1%}); lower min_object_fraction")
+                f"share among its {len(rows)} images is {fractions.max():.1%}); lower min_object_fraction"
+            )
         chosen = set(pick(rows[keep]).tolist())
         keep &= np.array([r in chosen for r in rows.tolist()], dtype=bool)
     images_t = torch.from_numpy(np.stack(images)[keep])
@@ -166,8 +204,11 @@ def voc2012_seg(
     ids = torch.from_numpy(rows[keep])
     labels = torch.full((len(ids),), cls, dtype=torch.long)
     test = ImageSplit(images_t, labels, masks_t, ids)
-    train = ImageSplit(torch.empty((0, 3, size, size), dtype=torch.uint8), torch.empty(0, dtype=torch.long),
-                       torch.empty((0, size, size), dtype=torch.bool))
+    train = ImageSplit(
+        torch.empty((0, 3, size, size), dtype=torch.uint8),
+        torch.empty(0, dtype=torch.long),
+        torch.empty((0, size, size), dtype=torch.bool),
+    )
     mean, std = channel_stats(images_t)
     file_names = list(d["file_name"]) if "file_name" in d.column_names else [str(i) for i in rows]
     label_maps = {"imagenet": {VOC_CLASSES.index(k): v for k, v in IMAGENET_CLASSES_OF.items()}}
@@ -179,21 +220,29 @@ def voc2012_seg(
         mean=mean,
         std=std,
         meta={
-            "source": str(resolve_data_dir(data_dir)), "subset": subset, "target_class": target_class,
+            "source": str(resolve_data_dir(data_dir)),
+            "subset": subset,
+            "target_class": target_class,
             "file_names": [f for f, k in zip(file_names, keep, strict=True) if k],
-            "valid_masks": valid_t, "void_fraction": float(1 - valid_t.float().mean()),
+            "valid_masks": valid_t,
+            "void_fraction": float(1 - valid_t.float().mean()),
             # the target class's share of each test image (object pixels / all pixels, at size x size)
             "object_fractions": [float(f) for f, k in zip(fractions, keep, strict=True) if k],
             "min_object_fraction": float(min_object_fraction),
-            "label_maps": label_maps, "no_train_split": True,
+            "label_maps": label_maps,
+            "no_train_split": True,
             # VOC class indices present in each test image (for label-based neuron dissection)
             "image_classes": {"test": [c for c, k in zip(present, keep, strict=True) if k]},
         },
     )
 
 
-def fg_bg_valid(attributions: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | None = None,
-                normalise: str = "max_abs") -> tuple[torch.Tensor, torch.Tensor]:
+def fg_bg_valid(
+    attributions: torch.Tensor,
+    masks: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    normalise: str = "max_abs",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample mean attribution inside and outside ``masks`` over the ``valid`` pixels only.
 
     The same quantity as the ``fg_bg_attribution`` metric (maps first divided by their
@@ -212,4 +261,7 @@ def fg_bg_valid(attributions: torch.Tensor, masks: torch.Tensor, valid: torch.Te
     fg_mean = (a * fg).sum(1) / fg.sum(1).clamp_min(1)
     bg_mean = (a * bg).sum(1) / bg.sum(1).clamp_min(1)
     nan = torch.tensor(float("nan"), dtype=a.dtype)
-    return (torch.where(fg.sum(1) > 0, fg_mean, nan).float(), torch.where(bg.sum(1) > 0, bg_mean, nan).float())
+    return (
+        torch.where(fg.sum(1) > 0, fg_mean, nan).float(),
+        torch.where(bg.sum(1) > 0, bg_mean, nan).float(),
+    )

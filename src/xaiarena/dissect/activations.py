@@ -67,7 +67,9 @@ def pool_output(out: torch.Tensor, pool: str = "avg") -> torch.Tensor:
         return out[:, 0]
     if out.ndim == 2:
         return out
-    raise ValueError(f"cannot reduce a layer output of shape {tuple(out.shape)} to one value per neuron")
+    raise ValueError(
+        f"cannot reduce a layer output of shape {tuple(out.shape)} to one value per neuron"
+    )
 
 
 @contextmanager
@@ -82,6 +84,7 @@ def recording(model: nn.Module, layers: Sequence[str], pool: str = "avg"):
             if isinstance(output, (tuple, list)):
                 output = output[0]
             store[name].append(pool_output(output.detach(), pool).float().cpu())
+
         return hook
 
     try:
@@ -113,15 +116,19 @@ def record_activations(
     device = torch.device(device)
     outputs = []
     with eval_mode(model), recording(model, layers, pool) as store:
-        for i in progress(range(0, len(images), batch_size), desc="activations", disable=not show_progress):
-            xb = images[i:i + batch_size]
+        for i in progress(
+            range(0, len(images), batch_size), desc="activations", disable=not show_progress
+        ):
+            xb = images[i : i + batch_size]
             xb = xb.float().div(255.0) if xb.dtype == torch.uint8 else xb.float()
             outputs.append(model(xb.to(device)).float().cpu())
     acts = {name: torch.cat(parts) for name, parts in store.items()}
     for name, a in acts.items():
         if len(a) != len(images):  # a module called more than once per forward pass
-            raise ValueError(f"layer '{name}' produced {len(a)} rows for {len(images)} images: it runs more "
-                             "than once per forward pass; choose a module that runs once")
+            raise ValueError(
+                f"layer '{name}' produced {len(a)} rows for {len(images)} images: it runs more "
+                "than once per forward pass; choose a module that runs once"
+            )
     return acts, torch.cat(outputs)
 
 

@@ -42,8 +42,11 @@ def unique(concepts) -> list[str]:
     return list(seen)
 
 
-@CONCEPT_SETS.register("words", description="The n most common English words (CLIP-Dissect's default, n=20000), "
-                       "offline from the wordfreq package (pip install wordfreq); alphabetic words only")
+@CONCEPT_SETS.register(
+    "words",
+    description="The n most common English words (CLIP-Dissect's default, n=20000), "
+    "offline from the wordfreq package (pip install wordfreq); alphabetic words only",
+)
 def words(n: int = 20000) -> list[str]:
     """The ``n`` most frequent alphabetic English words of ``wordfreq``."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -51,9 +54,11 @@ def words(n: int = 20000) -> list[str]:
     try:
         import wordfreq
     except ImportError as exc:
-        raise ImportError("concept set 'words' needs the wordfreq package: pip install wordfreq "
-                          "(or pip install 'xaiarena[dissect]'); or use another concept set "
-                          "(imagenet_classes, dataset_classes, file)") from exc
+        raise ImportError(
+            "concept set 'words' needs the wordfreq package: pip install wordfreq "
+            "(or pip install 'xaiarena[dissect]'); or use another concept set "
+            "(imagenet_classes, dataset_classes, file)"
+        ) from exc
     size = max(2 * n, 1000)
     while True:
         ranked = wordfreq.top_n_list("en", size)
@@ -62,11 +67,15 @@ def words(n: int = 20000) -> list[str]:
             break
         size *= 2
     if len(kept) < n:
-        raise ValueError(f"wordfreq lists only {len(kept)} alphabetic English words; n={n} is too large")
+        raise ValueError(
+            f"wordfreq lists only {len(kept)} alphabetic English words; n={n} is too large"
+        )
     return unique(kept[:n])
 
 
-@CONCEPT_SETS.register("imagenet_classes", description="The 1,000 ImageNet-1k class names (shipped with xaiarena)")
+@CONCEPT_SETS.register(
+    "imagenet_classes", description="The 1,000 ImageNet-1k class names (shipped with xaiarena)"
+)
 def imagenet_classes() -> list[str]:
     from ..models.pretrained import imagenet_classes as names
 
@@ -78,29 +87,38 @@ def dataset_classes(task) -> list[str]:
     return unique(task.class_names)
 
 
-@CONCEPT_SETS.register("annotations", description="Every concept the probe dataset's ground truth gives the "
-                       "annotations scorer (class names; hard_mnist colours; VOC classes in the image)")
+@CONCEPT_SETS.register(
+    "annotations",
+    description="Every concept the probe dataset's ground truth gives the "
+    "annotations scorer (class names; hard_mnist colours; VOC classes in the image)",
+)
 def annotations(task) -> list[str]:
     from .scorers import available_annotations
 
     return unique(available_annotations(task))
 
 
-@CONCEPT_SETS.register("file", description="A text file with one concept per line (# comments and blank lines "
-                       "skipped)", from_options=True)
+@CONCEPT_SETS.register(
+    "file",
+    description="A text file with one concept per line (# comments and blank lines skipped)",
+    from_options=True,
+)
 def file(path: str) -> list[str]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"concept file '{p}' does not exist")
-    lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if not ln.strip().startswith("#")]
+    lines = [
+        ln for ln in p.read_text(encoding="utf-8").splitlines() if not ln.strip().startswith("#")
+    ]
     out = unique(lines)
     if not out:
         raise ValueError(f"concept file '{p}' holds no concepts")
     return out
 
 
-@CONCEPT_SETS.register("list", description="Concepts given inline (items: [...])",
-                       from_options=True)
+@CONCEPT_SETS.register(
+    "list", description="Concepts given inline (items: [...])", from_options=True
+)
 def list_(items: list[str]) -> list[str]:
     out = unique(items)
     if not out:
@@ -115,8 +133,10 @@ MIN_CONCEPTS = 2
 def too_few(name: str, concepts: list[str]) -> str | None:
     """Why the concept set ``name`` cannot label neurons (fewer than :data:`MIN_CONCEPTS`)."""
     if len(concepts) < MIN_CONCEPTS:
-        return (f"concept set '{name}' has {len(concepts)} concept(s); labelling needs at least "
-                f"{MIN_CONCEPTS}")
+        return (
+            f"concept set '{name}' has {len(concepts)} concept(s); labelling needs at least "
+            f"{MIN_CONCEPTS}"
+        )
     return None
 
 

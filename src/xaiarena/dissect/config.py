@@ -74,13 +74,19 @@ def dissect_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
         return []
     section = _with_default_names(section)
     problems: list[tuple[str, str]] = []
-    for key, reg in (("concepts", CONCEPT_SETS), ("scorer", CONCEPT_SCORERS), ("similarity", SIMILARITIES)):
+    for key, reg in (
+        ("concepts", CONCEPT_SETS),
+        ("scorer", CONCEPT_SCORERS),
+        ("similarity", SIMILARITIES),
+    ):
         try:
             spec = ComponentSpec.model_validate(section.get(key, DEFAULTS[key]))
         except ValidationError:
             continue  # reported by the model validation
         n_before = len(problems)
-        check_component(reg, spec, f"dissect.{key}", problems)  # name (did you mean), option names, types
+        check_component(
+            reg, spec, f"dissect.{key}", problems
+        )  # name (did you mean), option names, types
         if spec.name not in reg:
             continue
         options_ok = len(problems) == n_before
@@ -89,9 +95,11 @@ def dissect_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
 
             valid = reg.entry(spec.name).parameters()
             reported = {path for path, _ in problems}
-            problems += [(f"dissect.similarity.{k}", m)
-                         for k, m in option_problems(spec.name, spec.params)
-                         if k in valid and f"dissect.similarity.{k}" not in reported]
+            problems += [
+                (f"dissect.similarity.{k}", m)
+                for k, m in option_problems(spec.name, spec.params)
+                if k in valid and f"dissect.similarity.{k}" not in reported
+            ]
         elif key == "scorer":
             from .options import OptionError
             from .scorers import build_scorer
@@ -107,7 +115,12 @@ def dissect_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
 
             path = Path(str(spec.params["path"])).expanduser()
             if not path.is_file():
-                problems.append(("dissect.concepts.path", f"bad value {str(spec.params['path'])!r}: no such file"))
+                problems.append(
+                    (
+                        "dissect.concepts.path",
+                        f"bad value {str(spec.params['path'])!r}: no such file",
+                    )
+                )
             elif options_ok:
                 problems += _concept_problems(spec)
         elif key == "concepts" and options_ok and reg.entry(spec.name).meta.get("from_options"):

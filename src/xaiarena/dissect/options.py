@@ -28,10 +28,16 @@ PROBABILITY = Interval(float, 0, 1, closed="right", noun="a probability")
 
 #: what each similarity option accepts (the same rule wherever an option of that name appears)
 SIMILARITY_OPTIONS: dict[str, Any] = {
-    "top_k": COUNT, "a": POSITIVE, "lam": NON_NEGATIVE, "p_start": PROBABILITY,
-    "p_end": PROBABILITY, "min_prob": POSITIVE, "p": POSITIVE,
+    "top_k": COUNT,
+    "a": POSITIVE,
+    "lam": NON_NEGATIVE,
+    "p_start": PROBABILITY,
+    "p_end": PROBABILITY,
+    "min_prob": POSITIVE,
+    "p": POSITIVE,
     "top_fraction": Interval(float, 0, 1, closed="right", noun="a fraction"),
-    "scale_p": NON_NEGATIVE, "min_norm": POSITIVE,
+    "scale_p": NON_NEGATIVE,
+    "min_norm": POSITIVE,
 }
 
 

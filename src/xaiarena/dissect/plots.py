@@ -30,7 +30,11 @@ def _live(df: pd.DataFrame) -> pd.DataFrame:
 def top_concepts(df: pd.DataFrame, n: int = TOP_N) -> pd.Series:
     """Neurons per concept, the ``n`` most frequent (ties: alphabetical), for one layer."""
     counts = _live(df)["concept"].astype(str).value_counts()
-    counts = counts.rename_axis("c").reset_index(name="n").sort_values(["n", "c"], ascending=[False, True])
+    counts = (
+        counts.rename_axis("c")
+        .reset_index(name="n")
+        .sort_values(["n", "c"], ascending=[False, True])
+    )
     return counts.set_index("c")["n"].head(n)
 
 
@@ -59,7 +63,7 @@ def concept_bars(neurons: pd.DataFrame, n: int = TOP_N) -> bytes | None:
             ax.grid(axis="y", visible=False)
             ax.set_xlabel("neurons labelled")
             ax.set_title(_title(layer, df), loc="left")
-        for ax in axes.flat[len(layers):]:
+        for ax in axes.flat[len(layers) :]:
             ax.set_visible(False)
         return _png(fig)
 
@@ -82,11 +86,18 @@ def similarity_scatter(neurons: pd.DataFrame, n: int = TOP_N, seed: int = 0) -> 
             for x, c in enumerate(names):
                 sim = df.loc[df["concept"].astype(str) == c, "similarity"].to_numpy(float)
                 jitter = rng.uniform(-0.18, 0.18, size=len(sim))
-                ax.scatter(x + jitter, sim, s=12, alpha=0.75, color=_PALETTE[i % len(_PALETTE)], linewidths=0)
+                ax.scatter(
+                    x + jitter,
+                    sim,
+                    s=12,
+                    alpha=0.75,
+                    color=_PALETTE[i % len(_PALETTE)],
+                    linewidths=0,
+                )
             ax.set_xticks(np.arange(len(names)), [_safe(c) for c in names], rotation=60, ha="right")
             ax.set_xlim(-0.6, max(len(names), 1) - 0.4)
             ax.set_ylabel("similarity")
             ax.set_title(_title(layer, neurons[neurons["layer"] == layer]), loc="left")
-        for ax in axes.flat[len(layers):]:
+        for ax in axes.flat[len(layers) :]:
             ax.set_visible(False)
         return _png(fig)

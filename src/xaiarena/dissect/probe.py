@@ -54,7 +54,9 @@ def select_probe(task, split: str, n_images: int | None, seed: int) -> Probe:
     data = getattr(task, split)
     n = len(data)
     if n == 0:
-        raise ValueError(f"the '{split}' split of dataset '{task.name}' is empty; dissect another split")
+        raise ValueError(
+            f"the '{split}' split of dataset '{task.name}' is empty; dissect another split"
+        )
     if n_images is None or n_images >= n:
         index = torch.arange(n)
     else:

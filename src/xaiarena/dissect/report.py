@@ -57,8 +57,12 @@ def _figure(run_dir: Path, name: str, png: bytes | None, title: str, caption: st
     if png is None:
         return None
     atomic_write_bytes(run_dir / "figures" / name, png)
-    return {"title": title, "caption": caption, "file": f"figures/{name}",
-            "src": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
+    return {
+        "title": title,
+        "caption": caption,
+        "file": f"figures/{name}",
+        "src": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+    }
 
 
 def build_dissect_report(run_dir: str | Path) -> Path:
@@ -78,65 +82,138 @@ def _build(run_dir: Path) -> Path:
         dinfo = (info.get("datasets") or {}).get(dataset, {})
         slug = f"dissect_d{k}_{_slug(dataset)}"
         figs = [
-            _figure(run_dir, f"{slug}_concepts.png", plots.concept_bars(df), "Most frequent concepts per layer",
-                    f"The {plots.TOP_N} concepts that label the most neurons of each layer (top-1 concept per "
-                    "neuron; neurons with constant activation left out)."),
-            _figure(run_dir, f"{slug}_similarity.png", plots.similarity_scatter(df, seed=seed),
-                    "Similarity of the neurons per concept",
-                    "Each dot is a neuron labelled with one of the layer's most frequent concepts; the y axis is "
-                    f"its similarity to that concept ({_component(dinfo.get('similarity'))}). Similarities are on "
-                    "the scale of the similarity function and comparable within a layer only."),
+            _figure(
+                run_dir,
+                f"{slug}_concepts.png",
+                plots.concept_bars(df),
+                "Most frequent concepts per layer",
+                f"The {plots.TOP_N} concepts that label the most neurons of each layer (top-1 concept per "
+                "neuron; neurons with constant activation left out).",
+            ),
+            _figure(
+                run_dir,
+                f"{slug}_similarity.png",
+                plots.similarity_scatter(df, seed=seed),
+                "Similarity of the neurons per concept",
+                "Each dot is a neuron labelled with one of the layer's most frequent concepts; the y axis is "
+                f"its similarity to that concept ({_component(dinfo.get('similarity'))}). Similarities are on "
+                "the scale of the similarity function and comparable within a layer only.",
+            ),
         ]
         layer_rows = []
         for _, r in layers[layers["dataset"] == dataset].iterrows():
             own = "–"
-            if bool(r["output_layer"]) and pd.notna(r.get("own_class_defined")) and r["own_class_defined"] > 0:
+            if (
+                bool(r["output_layer"])
+                and pd.notna(r.get("own_class_defined"))
+                and r["own_class_defined"] > 0
+            ):
                 own = f"{int(r['own_class_matches'])} / {int(r['own_class_defined'])} ({fmt_percent(r['own_class_rate'])})"
-            layer_rows.append({
-                "layer": r["layer"], "neurons": int(r["neurons"]), "constant": int(r["constant_neurons"]),
-                "distinct": int(r["distinct_concepts"]),
-                "top": f"{r['top_concept']} ({int(r['top_concept_neurons'])})" if r["top_concept"] else "–",
-                "mean": _fmt(r["mean_similarity"]), "median": _fmt(r["median_similarity"]), "own": own,
-            })
+            layer_rows.append(
+                {
+                    "layer": r["layer"],
+                    "neurons": int(r["neurons"]),
+                    "constant": int(r["constant_neurons"]),
+                    "distinct": int(r["distinct_concepts"]),
+                    "top": f"{r['top_concept']} ({int(r['top_concept_neurons'])})"
+                    if r["top_concept"]
+                    else "–",
+                    "mean": _fmt(r["mean_similarity"]),
+                    "median": _fmt(r["median_similarity"]),
+                    "own": own,
+                }
+            )
         tops = sorted(c for c in df.columns if re.fullmatch(r"top\d+", c))
         tops.sort(key=lambda c: int(c[3:]))
         tables = []
         for layer, ldf in df.groupby("layer", sort=False):
             rows = []
             for _, r in ldf.head(MAX_ROWS).iterrows():
-                rows.append({
-                    "neuron": int(r["neuron"]), "concept": r["concept"], "similarity": _fmt(float(r["similarity"])),
-                    "others": ", ".join(str(r[c]) for c in tops[1:]),
-                    "own": r.get("own_class", "") if "own_class" in ldf else "",
-                    "match": r.get("matches_own_class") if "matches_own_class" in ldf else None,
-                    "constant": bool(r.get("constant", False)),
-                })
-            tables.append({"layer": layer, "rows": rows, "truncated": len(ldf) > MAX_ROWS, "n": len(ldf),
-                           "has_own": "own_class" in ldf and ldf["own_class"].astype(str).ne("").any()})
+                rows.append(
+                    {
+                        "neuron": int(r["neuron"]),
+                        "concept": r["concept"],
+                        "similarity": _fmt(float(r["similarity"])),
+                        "others": ", ".join(str(r[c]) for c in tops[1:]),
+                        "own": r.get("own_class", "") if "own_class" in ldf else "",
+                        "match": r.get("matches_own_class") if "matches_own_class" in ldf else None,
+                        "constant": bool(r.get("constant", False)),
+                    }
+                )
+            tables.append(
+                {
+                    "layer": layer,
+                    "rows": rows,
+                    "truncated": len(ldf) > MAX_ROWS,
+                    "n": len(ldf),
+                    "has_own": "own_class" in ldf and ldf["own_class"].astype(str).ne("").any(),
+                }
+            )
         acc = dinfo.get("test_accuracy")
         probe_acc = dinfo.get("probe_accuracy")
         setup = [
-            ("Model", f"{dinfo.get('model', '')}{' (pretrained, not trained)' if dinfo.get('pretrained') else ''}"),
-            ("Test accuracy", fmt_percent(acc) if isinstance(acc, (int, float)) and math.isfinite(acc) else "–"),
-            ("Probe images", f"{dinfo.get('n_images', '')} from the {dinfo.get('split', '')} split"
-             + (f" (model accuracy on them {fmt_percent(probe_acc)})" if isinstance(probe_acc, (int, float))
-                and math.isfinite(probe_acc) else "")),
-            ("Concept set", f"{_component(dinfo.get('concepts'))}: {dinfo.get('n_concepts', '')} concepts"),
+            (
+                "Model",
+                f"{dinfo.get('model', '')}{' (pretrained, not trained)' if dinfo.get('pretrained') else ''}",
+            ),
+            (
+                "Test accuracy",
+                fmt_percent(acc) if isinstance(acc, (int, float)) and math.isfinite(acc) else "–",
+            ),
+            (
+                "Probe images",
+                f"{dinfo.get('n_images', '')} from the {dinfo.get('split', '')} split"
+                + (
+                    f" (model accuracy on them {fmt_percent(probe_acc)})"
+                    if isinstance(probe_acc, (int, float)) and math.isfinite(probe_acc)
+                    else ""
+                ),
+            ),
+            (
+                "Concept set",
+                f"{_component(dinfo.get('concepts'))}: {dinfo.get('n_concepts', '')} concepts",
+            ),
             ("Concept scorer (P)", _component(dinfo.get("scorer"))),
             ("Similarity", _component(dinfo.get("similarity"))),
             ("Conv pooling", str(dinfo.get("pool", ""))),
         ]
-        sections.append({"name": dataset, "anchor": f"d{k}", "setup": setup, "layers": layer_rows,
-                         "figures": [f for f in figs if f], "tables": tables, "top_cols": len(tops)})
-    stages = [{"name": str(n), "seconds": fmt_seconds(float(v.get("seconds", 0))),
-               "cache": "cached" if v.get("cache_hit") else ""} for n, v in (info.get("stages") or {}).items()]
-    env = jinja2.Environment(loader=jinja2.PackageLoader("xaiarena.report", "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+        sections.append(
+            {
+                "name": dataset,
+                "anchor": f"d{k}",
+                "setup": setup,
+                "layers": layer_rows,
+                "figures": [f for f in figs if f],
+                "tables": tables,
+                "top_cols": len(tops),
+            }
+        )
+    stages = [
+        {
+            "name": str(n),
+            "seconds": fmt_seconds(float(v.get("seconds", 0))),
+            "cache": "cached" if v.get("cache_hit") else "",
+        }
+        for n, v in (info.get("stages") or {}).items()
+    ]
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("xaiarena.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
     html = env.get_template("dissect.html.j2").render(
-        title=str(run.get("name", run_dir.name)), seed=seed, device=str(info.get("device", run.get("device", ""))),
-        config_hash=str(info.get("config_hash", "")), total=fmt_seconds(float(info.get("total_seconds", 0) or 0)),
-        sections=sections, stages=stages, config=config, xaiarena_version=__version__,
+        title=str(run.get("name", run_dir.name)),
+        seed=seed,
+        device=str(info.get("device", run.get("device", ""))),
+        config_hash=str(info.get("config_hash", "")),
+        total=fmt_seconds(float(info.get("total_seconds", 0) or 0)),
+        sections=sections,
+        stages=stages,
+        config=config,
+        xaiarena_version=__version__,
     )
     path = run_dir / "dissect.html"
     atomic_write_text(path, printable(html))

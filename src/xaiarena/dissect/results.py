@@ -13,12 +13,22 @@ def read_neurons(path: str | Path) -> pd.DataFrame:
     are concepts of the 20k-word set, not missing values or booleans)."""
     path = Path(path)
     header = pd.read_csv(path, nrows=0).columns
-    text = {c: str for c in header if c in ("dataset", "layer", "concept", "own_class") or
-            (c.startswith("top") and not c.endswith("_similarity"))}
-    df = pd.read_csv(path, dtype=text, keep_default_na=False, na_values={c: [""] for c in header if c not in text})
+    text = {
+        c: str
+        for c in header
+        if c in ("dataset", "layer", "concept", "own_class")
+        or (c.startswith("top") and not c.endswith("_similarity"))
+    }
+    df = pd.read_csv(
+        path,
+        dtype=text,
+        keep_default_na=False,
+        na_values={c: [""] for c in header if c not in text},
+    )
     if "matches_own_class" in df:
-        df["matches_own_class"] = df["matches_own_class"].map({True: True, False: False, "True": True,
-                                                               "False": False})
+        df["matches_own_class"] = df["matches_own_class"].map(
+            {True: True, False: False, "True": True, "False": False}
+        )
     return df
 
 
@@ -27,4 +37,9 @@ def read_layers(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     header = pd.read_csv(path, nrows=0).columns
     text = {c: str for c in ("dataset", "layer", "top_concept") if c in header}
-    return pd.read_csv(path, dtype=text, keep_default_na=False, na_values={c: [""] for c in header if c not in text})
+    return pd.read_csv(
+        path,
+        dtype=text,
+        keep_default_na=False,
+        na_values={c: [""] for c in header if c not in text},
+    )

@@ -91,11 +91,23 @@ def _rows(values: torch.Tensor, idx: torch.Tensor, concepts: list[str], top: int
 class DissectRunner:
     """Runs the ``dissect:`` section of one :class:`ExperimentConfig` into a run directory."""
 
-    def __init__(self, cfg: ExperimentConfig, out: str | Path | None = None,
-                 show_progress: bool = True, source: str | Path | None = None):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        out: str | Path | None = None,
+        show_progress: bool = True,
+        source: str | Path | None = None,
+    ):
         if cfg.dissect is None:
-            raise ConfigError([("dissect", "this config has no 'dissect:' section; add one (layers, concepts, "
-                                "scorer, similarity; see docs/dissect.md)")])
+            raise ConfigError(
+                [
+                    (
+                        "dissect",
+                        "this config has no 'dissect:' section; add one (layers, concepts, "
+                        "scorer, similarity; see docs/dissect.md)",
+                    )
+                ]
+            )
         self.cfg = cfg
         self.dcfg = cfg.dissect
         self.run_dir = Path(out or cfg.output or Path("runs") / cfg.name)
@@ -106,9 +118,13 @@ class DissectRunner:
         self.info: dict[str, Any] = {"datasets": {}}
         # the run's data and train stages (xaiarena.engine.stages), its cache and keys: a checkpoint
         # trained by `xaiarena run` in the same folder is reused, and the other way round
-        self.settings = Settings(cfg=cfg, cache=ck.Cache(self.run_dir / "cache", self.run_dir),
-                                 device=self.device, amp=bool(cfg.amp) and self.device.type == "cuda",
-                                 show_progress=show_progress)
+        self.settings = Settings(
+            cfg=cfg,
+            cache=ck.Cache(self.run_dir / "cache", self.run_dir),
+            device=self.device,
+            amp=bool(cfg.amp) and self.device.type == "cuda",
+            show_progress=show_progress,
+        )
         self.hits: list[str] = []  # the current dataset's dissection artefacts, for run.json
         self.computed: list[str] = []
 
@@ -147,18 +163,27 @@ class DissectRunner:
         cfg, d, name = self.cfg, self.dcfg, dcfg.key
         task, dkey = data_stage(self.settings, dcfg, self.log.stage, name)
         if task.modality != "image":
-            raise ConfigError([("data", f"dataset '{dcfg.name}' is {task.modality}; dissection needs images")])
+            raise ConfigError(
+                [("data", f"dataset '{dcfg.name}' is {task.modality}; dissection needs images")]
+            )
         # before any model work: a bad concept set fails in seconds
         with self.log.stage(f"{name}/concepts") as info:
             concepts = self._concepts(task)
             info["n_concepts"] = len(concepts)
-        model, mkey, tr = train_stage(self.settings, task, dkey, self.log.stage, name)  # eval mode, frozen
-        model_hash, pretrained = mkey.hash, bool(MODELS.entry(cfg.model.name).meta.get("pretrained"))
+        model, mkey, tr = train_stage(
+            self.settings, task, dkey, self.log.stage, name
+        )  # eval mode, frozen
+        model_hash, pretrained = (
+            mkey.hash,
+            bool(MODELS.entry(cfg.model.name).meta.get("pretrained")),
+        )
         for i, layer in enumerate(d.layers):
             try:
                 resolve_layer(model, layer)
             except LayerNotFoundError as exc:
-                raise ConfigError([(f"dissect.layers.{i}", f"bad value '{layer}': {exc}")]) from None
+                raise ConfigError(
+                    [(f"dissect.layers.{i}", f"bad value '{layer}': {exc}")]
+                ) from None
 
         try:
             probe = select_probe(task, d.split, d.n_images, cfg.seed)
@@ -173,14 +198,20 @@ class DissectRunner:
         scorer = self._scorer()
         with self.log.stage(f"{name}/scores") as info_scores:
             concepts, scores = self._scores(scorer, probe, concepts, info_scores)
-        scores_key = {"scorer": scorer.fingerprint(), "probe": probe.key, "concepts": stable_hash(concepts)}
+        scores_key = {
+            "scorer": scorer.fingerprint(),
+            "probe": probe.key,
+            "concepts": stable_hash(concepts),
+        }
 
         frames, layer_rows = [], []
         model_classes = list(getattr(model, "class_names", None) or task.class_names)
         for li, layer in enumerate(d.layers):
             with self.log.stage(f"{name}/similarity/{layer}") as info:
                 n_before = len(self.computed)
-                values, idx = self._similarity(acts[layer], scores, layer, li, model_hash, probe, scores_key)
+                values, idx = self._similarity(
+                    acts[layer], scores, layer, li, model_hash, probe, scores_key
+                )
                 info["cache_hit"] = len(self.computed) == n_before
             df = _rows(values, idx, concepts, d.top)
             a = acts[layer]
@@ -190,19 +221,28 @@ class DissectRunner:
                 own = [str(c) for c in model_classes]
                 known = {_norm(c) for c in concepts}
                 df["own_class"] = own
-                df["matches_own_class"] = [(_norm(o) == _norm(c)) if _norm(o) in known else None
-                                           for o, c in zip(own, df["concept"], strict=True)]
+                df["matches_own_class"] = [
+                    (_norm(o) == _norm(c)) if _norm(o) in known else None
+                    for o, c in zip(own, df["concept"], strict=True)
+                ]
             df.insert(0, "layer", layer)
             df.insert(0, "dataset", name)
             frames.append(df)
             layer_rows.append(self._layer_summary(name, layer, df, output_layer, a))
         self.info["datasets"][name] = {
-            "model": cfg.model.name, "model_hash": model_hash, "pretrained": pretrained,
-            "test_accuracy": tr.test_accuracy, "split": d.split, "n_images": len(probe),
+            "model": cfg.model.name,
+            "model_hash": model_hash,
+            "pretrained": pretrained,
+            "test_accuracy": tr.test_accuracy,
+            "split": d.split,
+            "n_images": len(probe),
             "probe_accuracy": _probe_accuracy(model, outputs, probe, task),
-            "n_concepts": len(concepts), "dropped_constant_concepts": info_scores["dropped_constant_concepts"],
-            "concepts": d.concepts.hash_dict(), "scorer": d.scorer.hash_dict(),
-            "similarity": d.similarity.hash_dict(), "pool": d.pool,
+            "n_concepts": len(concepts),
+            "dropped_constant_concepts": info_scores["dropped_constant_concepts"],
+            "concepts": d.concepts.hash_dict(),
+            "scorer": d.scorer.hash_dict(),
+            "similarity": d.similarity.hash_dict(),
+            "pool": d.pool,
             "layers": {r["layer"]: r for r in layer_rows},
             "cache": {"hits": list(self.hits), "computed": list(self.computed)},
         }
@@ -222,15 +262,24 @@ class DissectRunner:
 
     def _activations(self, model, model_hash: str, probe: Probe):
         d = self.dcfg
-        keys = {layer: {"model": model_hash, "probe": probe.key, "layer": layer, "pool": d.pool} for layer in d.layers}
+        keys = {
+            layer: {"model": model_hash, "probe": probe.key, "layer": layer, "pool": d.pool}
+            for layer in d.layers
+        }
         out_key = {"model": model_hash, "probe": probe.key, "outputs": True}
         recorded: dict[str, Any] = {}
 
         def record() -> None:
             if not recorded:
-                acts, outputs = record_activations(model, probe.images, list(d.layers), pool=d.pool,
-                                                   batch_size=d.batch_size, device=self.device,
-                                                   show_progress=self.show_progress)
+                acts, outputs = record_activations(
+                    model,
+                    probe.images,
+                    list(d.layers),
+                    pool=d.pool,
+                    batch_size=d.batch_size,
+                    device=self.device,
+                    show_progress=self.show_progress,
+                )
                 recorded.update(acts)
                 recorded["__outputs__"] = outputs
 
@@ -238,9 +287,12 @@ class DissectRunner:
             def compute():
                 record()
                 return recorded[layer]
+
             return compute
 
-        acts = {layer: self._cached("activations", keys[layer], getter(layer)) for layer in d.layers}
+        acts = {
+            layer: self._cached("activations", keys[layer], getter(layer)) for layer in d.layers
+        }
         outputs = self._cached("activations", out_key, getter("__outputs__"))
         return acts, outputs
 
@@ -261,8 +313,13 @@ class DissectRunner:
         """P for the probe images and concepts, without the concepts that do not vary (see below)."""
         n_before = len(self.computed)
         try:
-            scores = scorer.score(probe, concepts, device=self.device, cached=self._cached,
-                                  show_progress=self.show_progress)
+            scores = scorer.score(
+                probe,
+                concepts,
+                device=self.device,
+                cached=self._cached,
+                show_progress=self.show_progress,
+            )
         except ScorerUnavailableError as exc:
             raise ConfigError([(f"dissect.scorer.{exc.option}", exc.message)]) from None
         except OptionError as exc:
@@ -277,11 +334,20 @@ class DissectRunner:
         if dropped:
             concepts = [c for c, v in zip(concepts, varies, strict=True) if v]
             scores = scores[:, torch.tensor(varies)]
-            _say(f"[xaiarena] {probe.task.name}: {len(dropped)} concept(s) scored the same on every probe image "
-                 f"are left out: {', '.join(dropped[:10])}{' ...' if len(dropped) > 10 else ''}")
+            _say(
+                f"[xaiarena] {probe.task.name}: {len(dropped)} concept(s) scored the same on every probe image "
+                f"are left out: {', '.join(dropped[:10])}{' ...' if len(dropped) > 10 else ''}"
+            )
         if len(concepts) < 2:
-            raise ConfigError([("dissect.concepts", f"only {len(concepts)} concept(s) vary over the "
-                                f"{len(probe)} probe images; labelling needs at least 2")])
+            raise ConfigError(
+                [
+                    (
+                        "dissect.concepts",
+                        f"only {len(concepts)} concept(s) vary over the "
+                        f"{len(probe)} probe images; labelling needs at least 2",
+                    )
+                ]
+            )
         return concepts, scores
 
     def _scorer(self):
@@ -293,13 +359,26 @@ class DissectRunner:
 
     def _similarity(self, acts, scores, layer, li, model_hash, probe, scores_key):
         spec, seed = self.dcfg.similarity, stable_seed(self.cfg.seed, li)
-        key = {"model": model_hash, "probe": probe.key, "layer": layer, "pool": self.dcfg.pool,
-               "scores": scores_key, "similarity": spec.hash_dict(), "seed": seed, "top": TOP_STORED}
+        key = {
+            "model": model_hash,
+            "probe": probe.key,
+            "layer": layer,
+            "pool": self.dcfg.pool,
+            "scores": scores_key,
+            "similarity": spec.hash_dict(),
+            "seed": seed,
+            "top": TOP_STORED,
+        }
 
         def compute():
             try:
-                sim = compute_similarity(spec.name, acts.to(self.device), scores.to(self.device), seed=seed,
-                                         **spec.params)
+                sim = compute_similarity(
+                    spec.name,
+                    acts.to(self.device),
+                    scores.to(self.device),
+                    seed=seed,
+                    **spec.params,
+                )
             except OptionError as exc:
                 raise ConfigError([(_key("similarity", exc.option), exc.message)]) from None
             values, idx = _top_concepts(sim.cpu(), TOP_STORED)
@@ -308,13 +387,18 @@ class DissectRunner:
         got = self._cached("similarity", key, compute)
         return got["values"], got["indices"]
 
-    def _layer_summary(self, dataset: str, layer: str, df: pd.DataFrame, output_layer: bool, acts) -> dict[str, Any]:
+    def _layer_summary(
+        self, dataset: str, layer: str, df: pd.DataFrame, output_layer: bool, acts
+    ) -> dict[str, Any]:
         from .plots import top_concepts
 
         live = df[~df["constant"]]
         counts = top_concepts(df, 1)  # most frequent label of the live neurons (ties: alphabetical)
         row: dict[str, Any] = {
-            "dataset": dataset, "layer": layer, "neurons": len(df), "constant_neurons": int(df["constant"].sum()),
+            "dataset": dataset,
+            "layer": layer,
+            "neurons": len(df),
+            "constant_neurons": int(df["constant"].sum()),
             "distinct_concepts": int(live["concept"].nunique()),
             "top_concept": str(counts.index[0]) if len(counts) else "",
             "top_concept_neurons": int(counts.iloc[0]) if len(counts) else 0,
@@ -338,10 +422,24 @@ class DissectRunner:
             except ValueError:
                 data = {}
         if "datasets" not in data:  # no xaiarena run result here: this is a dissection-only run
-            data.update({"name": cfg.name, "seed": cfg.seed, "device": str(self.device), "kind": "dissect",
-                         "versions": versions(), "config_hash": stable_hash(cfg.to_dict())})
-        data["dissect"] = {"total_seconds": round(seconds, 3), "config_hash": stable_hash(cfg.to_dict()),
-                           "seed": cfg.seed, "device": str(self.device), "stages": self.log.stages, **self.info}
+            data.update(
+                {
+                    "name": cfg.name,
+                    "seed": cfg.seed,
+                    "device": str(self.device),
+                    "kind": "dissect",
+                    "versions": versions(),
+                    "config_hash": stable_hash(cfg.to_dict()),
+                }
+            )
+        data["dissect"] = {
+            "total_seconds": round(seconds, 3),
+            "config_hash": stable_hash(cfg.to_dict()),
+            "seed": cfg.seed,
+            "device": str(self.device),
+            "stages": self.log.stages,
+            **self.info,
+        }
         atomic_write_text(path, dumps_json(data))
 
 
@@ -368,7 +466,9 @@ class DissectResult:
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
         if not (self.run_dir / "results" / "neurons.csv").exists():
-            raise FileNotFoundError(f"'{self.run_dir}' holds no dissection (no results/neurons.csv)")
+            raise FileNotFoundError(
+                f"'{self.run_dir}' holds no dissection (no results/neurons.csv)"
+            )
         self.info = json.loads((self.run_dir / "run.json").read_text()).get("dissect", {})
 
     @property
@@ -387,8 +487,13 @@ class DissectResult:
         return f"DissectResult('{self.run_dir}')"
 
 
-def run(config: str | Path | dict | ExperimentConfig, *, out: str | Path | None = None,
-        overrides: list[str] | dict[str, Any] | None = None, show_progress: bool = True) -> DissectResult:
+def run(
+    config: str | Path | dict | ExperimentConfig,
+    *,
+    out: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    show_progress: bool = True,
+) -> DissectResult:
     """Dissect the model of ``config`` (which must have a ``dissect:`` section); see the module docstring."""
     cfg = load_config(config, overrides or None)
     source = config if isinstance(config, (str, Path)) else None

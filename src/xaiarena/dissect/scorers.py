@@ -58,6 +58,7 @@ Cached = Callable[[str, dict[str, Any], Callable[[], Any]], Any]
 def _uncached(kind: str, inputs: dict[str, Any], compute: Callable[[], Any]) -> Any:
     return compute()
 
+
 DEFAULT_CLIP = "openai/clip-vit-base-patch16"  # the authors' default CLIP (ViT-B/16)
 ANNOTATION_KINDS = ("class", "colour", "segmentation")
 COLOURS = ("red", "yellow", "green", "cyan", "blue", "magenta", "white", "grey", "black")
@@ -81,17 +82,27 @@ class ConceptScorer:
         """What the scores depend on besides the probe and the concepts (for cache keys)."""
         return {"name": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
 
-    def score(self, probe: Probe, concepts: list[str], *, device: torch.device | str = "cpu",
-              cached: Cached | None = None, show_progress: bool = True) -> torch.Tensor:
+    def score(
+        self,
+        probe: Probe,
+        concepts: list[str],
+        *,
+        device: torch.device | str = "cpu",
+        cached: Cached | None = None,
+        show_progress: bool = True,
+    ) -> torch.Tensor:
         """``P`` for the probe images and ``concepts``; ``cached`` (see :data:`Cached`) stores what
         is expensive (embeddings), keyed by what it depends on; None computes everything."""
         raise NotImplementedError
 
 
 #: the ``prompt`` option of the embedding scorers
-PROMPT = Satisfies(lambda v: isinstance(v, str) and v.count("{}") == 1,
-                   "a text with one '{}' where the concept goes (the paper: '{}', the bare "
-                   "concept; e.g. 'a photo of a {}')", invalid=["a photo", "{} and {}"])
+PROMPT = Satisfies(
+    lambda v: isinstance(v, str) and v.count("{}") == 1,
+    "a text with one '{}' where the concept goes (the paper: '{}', the bare "
+    "concept; e.g. 'a photo of a {}')",
+    invalid=["a photo", "{} and {}"],
+)
 
 
 def _rgb_arrays(images: torch.Tensor) -> list[np.ndarray]:
@@ -120,34 +131,57 @@ class _EmbeddingScorer(ConceptScorer):
         self._load(device)
         out = []
         images = probe.images
-        for i in progress(range(0, len(images), self.batch_size), desc=f"{self.name} images",
-                          disable=not show_progress):
+        for i in progress(
+            range(0, len(images), self.batch_size),
+            desc=f"{self.name} images",
+            disable=not show_progress,
+        ):
             with torch.no_grad():
-                out.append(self._embed_images(images[i:i + self.batch_size], device).float().cpu())
+                out.append(
+                    self._embed_images(images[i : i + self.batch_size], device).float().cpu()
+                )
         return torch.cat(out)
 
-    def text_embeddings(self, concepts: list[str], device, show_progress: bool = True) -> torch.Tensor:
+    def text_embeddings(
+        self, concepts: list[str], device, show_progress: bool = True
+    ) -> torch.Tensor:
         self._load(device)
         texts = [self.prompt.format(c) for c in concepts]
         out = []
-        for i in progress(range(0, len(texts), self.batch_size), desc=f"{self.name} texts",
-                          disable=not show_progress):
+        for i in progress(
+            range(0, len(texts), self.batch_size),
+            desc=f"{self.name} texts",
+            disable=not show_progress,
+        ):
             with torch.no_grad():
-                out.append(self._embed_texts(texts[i:i + self.batch_size], device).float().cpu())
+                out.append(self._embed_texts(texts[i : i + self.batch_size], device).float().cpu())
         return torch.cat(out)
 
-    def score(self, probe: Probe, concepts: list[str], *, device="cpu", cached: Cached | None = None,
-              show_progress: bool = True) -> torch.Tensor:
+    def score(
+        self,
+        probe: Probe,
+        concepts: list[str],
+        *,
+        device="cpu",
+        cached: Cached | None = None,
+        show_progress: bool = True,
+    ) -> torch.Tensor:
         device = torch.device(device)
         cached = cached or _uncached
         model_key = self.fingerprint()
         model_key.pop("batch_size", None)  # batching does not change the embeddings
         text_key = dict(model_key)
         model_key.pop("prompt", None)
-        img = cached("image_embeddings", {"scorer": model_key, "probe": probe.key},
-                     lambda: self.image_embeddings(probe, device, show_progress))
-        txt = cached("text_embeddings", {"scorer": text_key, "concepts": concepts},
-                     lambda: self.text_embeddings(concepts, device, show_progress))
+        img = cached(
+            "image_embeddings",
+            {"scorer": model_key, "probe": probe.key},
+            lambda: self.image_embeddings(probe, device, show_progress),
+        )
+        txt = cached(
+            "text_embeddings",
+            {"scorer": text_key, "concepts": concepts},
+            lambda: self.text_embeddings(concepts, device, show_progress),
+        )
         img = img / img.norm(dim=1, keepdim=True).clamp_min(1e-12)
         txt = txt / txt.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return img @ txt.T
@@ -161,7 +195,8 @@ def _clip_missing(model: str, exc: BaseException) -> ScorerUnavailableError:
         "written by CLIPModel.save_pretrained plus the processor's save_pretrained (config.json, the weights, "
         "tokenizer and preprocessor_config.json), given as dissect.scorer.model; (3) pip install open_clip_torch "
         "and scorer 'open_clip'. Without CLIP, the 'annotations' scorer dissects offline with the dataset's "
-        "ground truth.")
+        "ground truth."
+    )
 
 
 @CONCEPT_SCORERS.register(
@@ -175,9 +210,13 @@ class ClipScorer(_EmbeddingScorer):
 
     name = "clip"
     option_constraints: ClassVar[dict] = {
-        "model": Satisfies(lambda v: isinstance(v, str) and bool(v.strip()),
-                           "a Hugging Face Hub id or a local folder", invalid=[" "]),
-        "prompt": PROMPT, "batch_size": COUNT,
+        "model": Satisfies(
+            lambda v: isinstance(v, str) and bool(v.strip()),
+            "a Hugging Face Hub id or a local folder",
+            invalid=[" "],
+        ),
+        "prompt": PROMPT,
+        "batch_size": COUNT,
     }
 
     def __init__(self, model: str = DEFAULT_CLIP, prompt: str = "{}", batch_size: int = 64):
@@ -190,7 +229,9 @@ class ClipScorer(_EmbeddingScorer):
         try:
             from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
         except ImportError as exc:  # pragma: no cover - transformers is a dependency
-            raise ScorerUnavailableError(f"scorer 'clip' needs transformers: pip install transformers ({exc})") from exc
+            raise ScorerUnavailableError(
+                f"scorer 'clip' needs transformers: pip install transformers ({exc})"
+            ) from exc
         try:
             net = CLIPModel.from_pretrained(self.model)
             tokenizer = AutoTokenizer.from_pretrained(self.model)
@@ -210,9 +251,15 @@ class ClipScorer(_EmbeddingScorer):
 
     def _embed_texts(self, texts: list[str], device: torch.device) -> torch.Tensor:
         net, tokenizer, _, max_len = self._loaded
-        enc = tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-        return _features(net.get_text_features(input_ids=enc["input_ids"].to(device),
-                                               attention_mask=enc["attention_mask"].to(device)))
+        enc = tokenizer(
+            texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+        )
+        return _features(
+            net.get_text_features(
+                input_ids=enc["input_ids"].to(device),
+                attention_mask=enc["attention_mask"].to(device),
+            )
+        )
 
 
 def _features(out: Any) -> torch.Tensor:
@@ -232,7 +279,13 @@ class OpenClipScorer(_EmbeddingScorer):
     name = "open_clip"
     option_constraints: ClassVar[dict] = {"prompt": PROMPT, "batch_size": COUNT}
 
-    def __init__(self, model: str = "ViT-B-16", pretrained: str = "openai", prompt: str = "{}", batch_size: int = 64):
+    def __init__(
+        self,
+        model: str = "ViT-B-16",
+        pretrained: str = "openai",
+        prompt: str = "{}",
+        batch_size: int = 64,
+    ):
         self.model = model
         self.pretrained = pretrained
         set_options(self, prompt=prompt, batch_size=batch_size)
@@ -243,18 +296,24 @@ class OpenClipScorer(_EmbeddingScorer):
             return
         try:
             import open_clip
-        except Exception as exc:  # not installed, or it fails to import (e.g. a torchvision mismatch)
+        except (
+            Exception
+        ) as exc:  # not installed, or it fails to import (e.g. a torchvision mismatch)
             raise ScorerUnavailableError(
                 f"scorer 'open_clip' needs the open_clip package, which could not be imported ({type(exc).__name__}: "
-                f"{exc}); pip install open_clip_torch, or use scorer 'clip' (transformers) or 'annotations'") from exc
+                f"{exc}); pip install open_clip_torch, or use scorer 'clip' (transformers) or 'annotations'"
+            ) from exc
         try:
-            net, _, preprocess = open_clip.create_model_and_transforms(self.model, pretrained=self.pretrained)
+            net, _, preprocess = open_clip.create_model_and_transforms(
+                self.model, pretrained=self.pretrained
+            )
             tokenizer = open_clip.get_tokenizer(self.model)
         except Exception as exc:
             raise ScorerUnavailableError(
                 f"open_clip model '{self.model}' with pretrained '{self.pretrained}' could not be loaded "
                 f"({type(exc).__name__}: {str(exc)[:300]}); check open_clip.list_pretrained(), and that the weights "
-                "were downloaded once online (or give a local checkpoint path as pretrained)") from exc
+                "were downloaded once online (or give a local checkpoint path as pretrained)"
+            ) from exc
         net.eval().to(device)
         self._loaded = (net, tokenizer, preprocess)
 
@@ -348,8 +407,13 @@ class AnnotationScorer(ConceptScorer):
         kinds = list(self.kinds or have)
         missing = [k for k in kinds if k not in have]
         if missing:
-            raise OptionError(self.name, "kinds", f"{self.name}: dataset '{task.name}' has no "
-                              f"'{missing[0]}' annotations; it has: {', '.join(have)}", self.kinds)
+            raise OptionError(
+                self.name,
+                "kinds",
+                f"{self.name}: dataset '{task.name}' has no "
+                f"'{missing[0]}' annotations; it has: {', '.join(have)}",
+                self.kinds,
+            )
         return kinds
 
     def image_concepts(self, probe: Probe) -> list[set[str]]:
@@ -362,8 +426,10 @@ class AnnotationScorer(ConceptScorer):
                 s.add(task.class_names[int(y)])
         if "colour" in kinds:
             if probe.masks is None:
-                raise ValueError(f"dataset '{task.name}' declares object colours but its '{probe.split}' split has "
-                                 "no masks")
+                raise ValueError(
+                    f"dataset '{task.name}' declares object colours but its '{probe.split}' split has "
+                    "no masks"
+                )
             for s, c in zip(sets, object_colours(probe.images, probe.masks), strict=True):
                 if c is not None:
                     s.add(c)
@@ -371,25 +437,44 @@ class AnnotationScorer(ConceptScorer):
             per_image = task.meta["image_classes"].get(probe.split)
             if per_image is None:
                 splits = ", ".join(task.meta["image_classes"])
-                raise OptionError(self.name, "dissect.split",
-                                  f"dataset '{task.name}' lists the classes in its images for "
-                                  f"split(s) {splits}, not '{probe.split}'")
+                raise OptionError(
+                    self.name,
+                    "dissect.split",
+                    f"dataset '{task.name}' lists the classes in its images for "
+                    f"split(s) {splits}, not '{probe.split}'",
+                )
             for s, i in zip(sets, probe.index.tolist(), strict=True):
-                s.update(task.class_names[int(c)] for c in per_image[i] if task.class_names[int(c)] != "background")
+                s.update(
+                    task.class_names[int(c)]
+                    for c in per_image[i]
+                    if task.class_names[int(c)] != "background"
+                )
         return sets
 
-    def score(self, probe: Probe, concepts: list[str], *, device="cpu", cached: Cached | None = None,
-              show_progress: bool = True) -> torch.Tensor:
+    def score(
+        self,
+        probe: Probe,
+        concepts: list[str],
+        *,
+        device="cpu",
+        cached: Cached | None = None,
+        show_progress: bool = True,
+    ) -> torch.Tensor:
         known = available_annotations(probe.task, self._kinds(probe.task))
         unknown = [c for c in concepts if c not in known]
         if unknown:
-            shown = ", ".join(unknown[:10]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 10 else "")
-            raise OptionError(self.name, "dissect.concepts",
-                              "the annotations scorer has no ground truth for concept(s) "
-                              f"{shown} in dataset '{probe.task.name}'; it knows: "
-                              f"{', '.join(known)} "
-                              "(use concepts: annotations or dataset_classes, or a CLIP scorer for "
-                              "open vocabularies)")
+            shown = ", ".join(unknown[:10]) + (
+                f", ... ({len(unknown)} in all)" if len(unknown) > 10 else ""
+            )
+            raise OptionError(
+                self.name,
+                "dissect.concepts",
+                "the annotations scorer has no ground truth for concept(s) "
+                f"{shown} in dataset '{probe.task.name}'; it knows: "
+                f"{', '.join(known)} "
+                "(use concepts: annotations or dataset_classes, or a CLIP scorer for "
+                "open vocabularies)",
+            )
         col = {c: j for j, c in enumerate(concepts)}
 
         def compute() -> torch.Tensor:
@@ -401,8 +486,11 @@ class AnnotationScorer(ConceptScorer):
             return p
 
         cached = cached or _uncached
-        return cached("annotation_scores", {"scorer": self.fingerprint(), "probe": probe.key,
-                                            "concepts": concepts}, compute)
+        return cached(
+            "annotation_scores",
+            {"scorer": self.fingerprint(), "probe": probe.key, "concepts": concepts},
+            compute,
+        )
 
 
 def build_scorer(name: str, params: dict[str, Any]) -> ConceptScorer:

@@ -41,11 +41,15 @@ _CHUNK_ELEMENTS = 32_000_000
 def _check(name: str, activations: torch.Tensor, scores: torch.Tensor, **options: Any) -> None:
     check_similarity_options(name, **options)
     if activations.ndim != 2 or scores.ndim != 2:
-        raise ValueError(f"activations and scores must be 2-D (images x neurons, images x concepts); got "
-                         f"{tuple(activations.shape)} and {tuple(scores.shape)}")
+        raise ValueError(
+            f"activations and scores must be 2-D (images x neurons, images x concepts); got "
+            f"{tuple(activations.shape)} and {tuple(scores.shape)}"
+        )
     if len(activations) != len(scores):
-        raise ValueError(f"{len(activations)} rows of activations but {len(scores)} rows of concept scores "
-                         "(both must have one row per probe image)")
+        raise ValueError(
+            f"{len(activations)} rows of activations but {len(scores)} rows of concept scores "
+            "(both must have one row per probe image)"
+        )
     if scores.shape[1] == 0 or activations.shape[1] == 0:
         raise ValueError("no concepts or no neurons to compare")
 
@@ -53,8 +57,13 @@ def _check(name: str, activations: torch.Tensor, scores: torch.Tensor, **options
 def _top_k(name: str, activations: torch.Tensor, top_k: int) -> torch.Tensor:
     n = len(activations)
     if top_k > n:
-        raise OptionError(name, "top_k", f"{name}: top_k={top_k} is more than the {n} probe "
-                                         f"images; use top_k <= {n} or probe more images", top_k)
+        raise OptionError(
+            name,
+            "top_k",
+            f"{name}: top_k={top_k} is more than the {n} probe "
+            f"images; use top_k <= {n} or probe more images",
+            top_k,
+        )
     return torch.topk(activations, k=top_k, dim=0).indices  # (top_k, M), most activating first
 
 
@@ -110,8 +119,17 @@ def soft_wpmi(
     ``log p(c | B_m) = sum_j log(1 + w_j (q[j, c] - 1) + min_prob)``;
     ``p(c) = mean over the layer's neurons of p(c | B_m)``.
     """
-    _check("soft_wpmi", activations, scores, top_k=top_k, a=a, lam=lam, p_start=p_start,
-           p_end=p_end, min_prob=min_prob)
+    _check(
+        "soft_wpmi",
+        activations,
+        scores,
+        top_k=top_k,
+        a=a,
+        lam=lam,
+        p_start=p_start,
+        p_end=p_end,
+        min_prob=min_prob,
+    )
     top = _top_k("soft_wpmi", activations, top_k)
     probs = F.softmax(a * scores, dim=1)
     steps = torch.arange(top_k, dtype=scores.dtype, device=scores.device)
@@ -169,14 +187,19 @@ def rank_reorder(
     n_img = len(activations)
     n = int(n_img * top_fraction)
     if n < 2:
-        raise OptionError("rank_reorder", "top_fraction",
-                          f"rank_reorder: top_fraction={top_fraction} of {n_img} probe images "
-                          f"keeps {n} image(s); rank_reorder needs at least 2 (raise top_fraction "
-                          "or probe more images)",
-                          top_fraction)
+        raise OptionError(
+            "rank_reorder",
+            "top_fraction",
+            f"rank_reorder: top_fraction={top_fraction} of {n_img} probe images "
+            f"keeps {n} image(s); rank_reorder needs at least 2 (raise top_fraction "
+            "or probe more images)",
+            top_fraction,
+        )
     values, top = torch.topk(activations, k=n, dim=0)  # (n, M), descending
     ascending = values.flip(0)
-    perms = torch.stack([torch.randperm(n, generator=generator) for _ in range(5)], dim=1).to(values.device)
+    perms = torch.stack([torch.randperm(n, generator=generator) for _ in range(5)], dim=1).to(
+        values.device
+    )
     out = []
     for sl in _chunks(values.shape[1], n, scores.shape[1]):
         s = scores[top[:, sl]]  # (n, c, K)
@@ -223,8 +246,9 @@ def cos_similarity(activations: torch.Tensor, scores: torch.Tensor) -> torch.Ten
     return _unit_columns(activations, tiny).T @ _unit_columns(scores, tiny)
 
 
-def compute(name: str, activations: torch.Tensor, scores: torch.Tensor, *, seed: int = 0,
-            **options: Any) -> torch.Tensor:
+def compute(
+    name: str, activations: torch.Tensor, scores: torch.Tensor, *, seed: int = 0, **options: Any
+) -> torch.Tensor:
     """The registered similarity ``name`` with ``options``; a seeded generator for those that draw."""
     entry = SIMILARITIES.entry(name)
     kwargs = dict(options)

@@ -45,7 +45,11 @@ class Compute:
 
     def autocast(self):
         """bfloat16 autocast on CUDA when ``amp: true``; a no-op context otherwise (CPU unchanged)."""
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=True) if self.amp else nullcontext()
+        return (
+            torch.autocast("cuda", dtype=torch.bfloat16, enabled=True)
+            if self.amp
+            else nullcontext()
+        )
 
 
 @dataclass(kw_only=True)
@@ -86,8 +90,9 @@ class Attribution:
 # --------------------------------------------------------------------------- explain
 
 
-def explain_in_batches(c: Compute, explainer, model, inputs, targets, label: str,
-                       seed_name: str | None = None) -> torch.Tensor:
+def explain_in_batches(
+    c: Compute, explainer, model, inputs, targets, label: str, seed_name: str | None = None
+) -> torch.Tensor:
     """The one batching path of explainers: ``c.batch_size`` inputs per call, CPU float maps.
 
     The random stream is seeded by ``c.seed`` and ``seed_name`` (the explainer's registered name,
@@ -103,9 +108,11 @@ def explain_in_batches(c: Compute, explainer, model, inputs, targets, label: str
         with c.autocast():
             prepare_set(model, inputs)
     out = []
-    for i in progress(range(0, len(inputs), bs), desc=f"explain {label}", disable=not c.show_progress):
-        xb = inputs[i:i + bs].to(c.device)
-        tb = targets[i:i + bs].to(c.device)
+    for i in progress(
+        range(0, len(inputs), bs), desc=f"explain {label}", disable=not c.show_progress
+    ):
+        xb = inputs[i : i + bs].to(c.device)
+        tb = targets[i : i + bs].to(c.device)
         # every batch starts from the same generator state; explainers seed each sample from that state
         # and the sample's own content, so maps do not depend on the batch size or the batch mates
         gen = torch.Generator().manual_seed(seed)
@@ -116,16 +123,26 @@ def explain_in_batches(c: Compute, explainer, model, inputs, targets, label: str
             from ..explainers.base import contract_error
 
             n_bad = int((~finite).sum())
-            raise contract_error(explainer, "maps must be finite numbers; it returned NaN or "
-                                 f"infinite values for {n_bad} of {len(a)} inputs (the '{label}' "
-                                 f"maps, inputs {i}..{i + len(a) - 1})")
+            raise contract_error(
+                explainer,
+                "maps must be finite numbers; it returned NaN or "
+                f"infinite values for {n_bad} of {len(a)} inputs (the '{label}' "
+                f"maps, inputs {i}..{i + len(a) - 1})",
+            )
         out.append(a.float().cpu())
     return torch.cat(out) if out else torch.empty(0, *inputs.shape[2:])
 
 
-def explain_images(explainer, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
-                   batch_size: int, generator: torch.Generator | None, device: torch.device | str,
-                   progress: bool = True) -> torch.Tensor:
+def explain_images(
+    explainer,
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator | None,
+    device: torch.device | str,
+    progress: bool = True,
+) -> torch.Tensor:
     """:func:`explain_in_batches` for an explainer object and float pixel images ``(N, C, H, W)``
     (any device), with its inputs checked: CPU float32 ``(N, H, W)`` maps, computed on ``device``.
 
@@ -150,10 +167,14 @@ def explain_images(explainer, model: torch.nn.Module, images: torch.Tensor, targ
     device = torch.device(device)
     param = next(iter(model.parameters()), None)
     if param is not None and param.device.type != device.type:
-        raise bad(f"the model is on {param.device} but device={device}; move it first (model.to(device))")
+        raise bad(
+            f"the model is on {param.device} but device={device}; move it first (model.to(device))"
+        )
     if len(images) == 0:
         return torch.empty((0, *images.shape[2:]), dtype=torch.float32)
-    c = Compute(device=device, seed=base_seed(generator), batch_size=batch_size, show_progress=progress)
+    c = Compute(
+        device=device, seed=base_seed(generator), batch_size=batch_size, show_progress=progress
+    )
     return explain_in_batches(c, explainer, model, images.float(), targets, explainer.name)
 
 
@@ -168,7 +189,7 @@ def output_name(spec: ComponentSpec, metric_name: str, output: str) -> str:
     if not spec.label:
         return output
     if output.startswith(metric_name):
-        return spec.label + output[len(metric_name):]
+        return spec.label + output[len(metric_name) :]
     return f"{spec.label}:{output}"
 
 
@@ -178,8 +199,11 @@ def metric_meta(spec: MetricSpec, metric) -> dict[str, dict[str, Any]]:
     out = {}
     for o in metric.outputs():
         out[output_name(spec, metric.name, o.name)] = {
-            "metric": spec.name, "label": spec.key, "category": metric.category,
-            "higher_is_better": o.higher_is_better, "ranked": o.ranked,
+            "metric": spec.name,
+            "label": spec.key,
+            "category": metric.category,
+            "higher_is_better": o.higher_is_better,
+            "ranked": o.ranked,
             **({"unranked_reason": o.unranked_reason} if not o.ranked else {}),
             "value_range": [float(v) for v in o.value_range],
             "description": METRICS.entry(spec.name).description,
@@ -187,8 +211,14 @@ def metric_meta(spec: MetricSpec, metric) -> dict[str, dict[str, Any]]:
     return out
 
 
-def score_in_batches(c: Compute, samples: EvalSamples, view: View, spec: MetricSpec, metric,
-                     attrs: dict[str, Attribution]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def score_in_batches(
+    c: Compute,
+    samples: EvalSamples,
+    view: View,
+    spec: MetricSpec,
+    metric,
+    attrs: dict[str, Attribution],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The one batching path of metrics: one metric's per-sample scores (:data:`PER_SAMPLE_COLUMNS`) and
     mean curves (:data:`CURVE_COLUMNS`) for the maps ``attrs`` of ``view``'s model (uncached)."""
     from ..metrics import EvalBatch, SamplePool
@@ -205,18 +235,25 @@ def score_in_batches(c: Compute, samples: EvalSamples, view: View, spec: MetricS
     for i in progress(range(0, n, bs), desc=f"metric {spec.key}", disable=not c.show_progress):
         sl = slice(i, i + bs)
         batch = EvalBatch(
-            model=view.model, inputs=samples.inputs[sl].to(c.device),
-            targets=view.targets[sl].to(c.device), labels=samples.labels[sl].to(c.device),
+            model=view.model,
+            inputs=samples.inputs[sl].to(c.device),
+            targets=view.targets[sl].to(c.device),
+            labels=samples.labels[sl].to(c.device),
             masks=None if samples.masks is None else samples.masks[sl].to(c.device),
-            sample_ids=samples.sample_ids[sl], pool=pool,
+            sample_ids=samples.sample_ids[sl],
+            pool=pool,
         )
         # the same generator state for every batch and every explained model (common random numbers):
         # metrics draw each sample's randomness from that state and the sample id, so scores do not depend
         # on the batch size, the batch mates or the order of the metrics
         gen = torch.Generator(device=c.device).manual_seed(stable_seed(c.seed, "metric", spec.key))
         with c.autocast():
-            out = metric.evaluate(batch, {k: a.maps[sl].to(c.device) for k, a in attrs.items()},
-                                  generator=gen, explainers={k: a.explain_fn for k, a in attrs.items()})
+            out = metric.evaluate(
+                batch,
+                {k: a.maps[sl].to(c.device) for k, a in attrs.items()},
+                generator=gen,
+                explainers={k: a.explain_fn for k, a in attrs.items()},
+            )
         for oname, per_expl in out.scores.items():
             for k, v in per_expl.items():
                 scores.setdefault(oname, {}).setdefault(k, []).append(v.detach().float().cpu())
@@ -224,27 +261,48 @@ def score_in_batches(c: Compute, samples: EvalSamples, view: View, spec: MetricS
             for k, v in per_expl.items():
                 curves.setdefault(oname, {}).setdefault(k, []).append(v.detach().float().cpu())
         curve_x.update({k: v.detach().float().cpu() for k, v in out.curve_x.items()})
-    return (_per_sample_frame(samples, view, spec, metric, scores),
-            _curve_frame(samples, view, spec, metric, curves, curve_x))
+    return (
+        _per_sample_frame(samples, view, spec, metric, scores),
+        _curve_frame(samples, view, spec, metric, curves, curve_x),
+    )
 
 
-def _per_sample_frame(samples: EvalSamples, view: View, spec: MetricSpec, metric,
-                      scores: dict[str, dict[str, list[torch.Tensor]]]) -> pd.DataFrame:
+def _per_sample_frame(
+    samples: EvalSamples,
+    view: View,
+    spec: MetricSpec,
+    metric,
+    scores: dict[str, dict[str, list[torch.Tensor]]],
+) -> pd.DataFrame:
     ids = samples.sample_ids.numpy()
     rows = []
     for oname, per_expl in scores.items():
         full = output_name(spec, metric.name, oname)
         for k, parts in per_expl.items():
             vals = torch.cat(parts).numpy()
-            rows.append(pd.DataFrame({"dataset": samples.dataset, "explained_model": view.name,
-                                      "explainer": k, "metric": full, "sample_id": ids[: len(vals)],
-                                      "value": vals}))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "dataset": samples.dataset,
+                        "explained_model": view.name,
+                        "explainer": k,
+                        "metric": full,
+                        "sample_id": ids[: len(vals)],
+                        "value": vals,
+                    }
+                )
+            )
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=PER_SAMPLE_COLUMNS)
 
 
-def _curve_frame(samples: EvalSamples, view: View, spec: MetricSpec, metric,
-                 curves: dict[str, dict[str, list[torch.Tensor]]],
-                 curve_x: dict[str, torch.Tensor]) -> pd.DataFrame:
+def _curve_frame(
+    samples: EvalSamples,
+    view: View,
+    spec: MetricSpec,
+    metric,
+    curves: dict[str, dict[str, list[torch.Tensor]]],
+    curve_x: dict[str, torch.Tensor],
+) -> pd.DataFrame:
     """Mean curves with a normal 95% interval over the samples."""
     rows = []
     for oname, per_expl in curves.items():
@@ -252,19 +310,43 @@ def _curve_frame(samples: EvalSamples, view: View, spec: MetricSpec, metric,
         for k, parts in per_expl.items():
             c = torch.cat(parts).numpy()  # (N, S)
             mean = np.nanmean(c, 0)
-            se = np.nanstd(c, 0, ddof=1) / np.sqrt(max(len(c), 1)) if len(c) > 1 else np.zeros_like(mean)
+            se = (
+                np.nanstd(c, 0, ddof=1) / np.sqrt(max(len(c), 1))
+                if len(c) > 1
+                else np.zeros_like(mean)
+            )
             x = curve_x.get(oname, torch.linspace(0, 1, c.shape[1])).numpy()
-            rows.append(pd.DataFrame({"dataset": samples.dataset, "explained_model": view.name,
-                                      "explainer": k, "metric": full, "x": x, "mean": mean,
-                                      "ci_low": mean - 1.96 * se, "ci_high": mean + 1.96 * se}))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "dataset": samples.dataset,
+                        "explained_model": view.name,
+                        "explainer": k,
+                        "metric": full,
+                        "x": x,
+                        "mean": mean,
+                        "ci_low": mean - 1.96 * se,
+                        "ci_high": mean + 1.96 * se,
+                    }
+                )
+            )
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=CURVE_COLUMNS)
 
 
 # --------------------------------------------------------------------------- batch size
 
 
-def auto_batch_size(model: torch.nn.Module, inputs: Any, device: torch.device, *, fraction: float = 0.5,
-                    overhead: int = 16, lo: int = 8, hi: int = 1024, default: int = 64) -> int:
+def auto_batch_size(
+    model: torch.nn.Module,
+    inputs: Any,
+    device: torch.device,
+    *,
+    fraction: float = 0.5,
+    overhead: int = 16,
+    lo: int = 8,
+    hi: int = 1024,
+    default: int = 64,
+) -> int:
     """Evaluation batch size from free GPU memory (``evaluation.batch_size: auto``).
 
     On CUDA: one forward and backward pass on 2 evaluation inputs measures the peak memory
@@ -290,6 +372,17 @@ def auto_batch_size(model: torch.nn.Module, inputs: Any, device: torch.device, *
     return int(min(hi, max(lo, size)))
 
 
-__all__ = ["CURVE_COLUMNS", "PER_SAMPLE_COLUMNS", "Attribution", "Compute", "EvalSamples", "View",
-           "auto_batch_size", "explain_images", "explain_in_batches", "metric_meta", "output_name",
-           "score_in_batches"]
+__all__ = [
+    "CURVE_COLUMNS",
+    "PER_SAMPLE_COLUMNS",
+    "Attribution",
+    "Compute",
+    "EvalSamples",
+    "View",
+    "auto_batch_size",
+    "explain_images",
+    "explain_in_batches",
+    "metric_meta",
+    "output_name",
+    "score_in_batches",
+]

@@ -109,8 +109,13 @@ def data_key(data_cfg: dict[str, Any], seed: int) -> Key:
     return _key("data", {"data": data_cfg, "seed": seed})
 
 
-def model_key(data: Key, model_cfg: dict[str, Any], training: dict[str, Any] | None, seed: int,
-              amp: bool = False) -> Key:
+def model_key(
+    data: Key,
+    model_cfg: dict[str, Any],
+    training: dict[str, Any] | None,
+    seed: int,
+    amp: bool = False,
+) -> Key:
     inputs = {"data": data.hash, "model": model_cfg, "training": training, "seed": seed}
     if amp:
         inputs["amp"] = True
@@ -126,36 +131,76 @@ def learned_model_key(fit: Key, weights: str) -> Key:
     return _key("learned_model", {"fit": fit.hash, "weights": weights})
 
 
-def explain_key(model: Key, explainer_cfg: dict[str, Any], ids_hash: str, seed: int, target: str,
-                postprocess: Sequence[str] = ()) -> Key:
+def explain_key(
+    model: Key,
+    explainer_cfg: dict[str, Any],
+    ids_hash: str,
+    seed: int,
+    target: str,
+    postprocess: Sequence[str] = (),
+) -> Key:
     """The maps' key; ``postprocess`` (the entry's steps) enters it only when non-empty, so the keys of
     entries without steps are those of runs made before the option existed."""
-    inputs = {"model": model.hash, "explainer": explainer_cfg, "ids": ids_hash, "seed": seed, "target": target,
-              "rng": RNG_SCHEME}
+    inputs = {
+        "model": model.hash,
+        "explainer": explainer_cfg,
+        "ids": ids_hash,
+        "seed": seed,
+        "target": target,
+        "rng": RNG_SCHEME,
+    }
     if postprocess:
         inputs["postprocess"] = list(postprocess)
     return _key("explain", inputs)
 
 
-def score_key(metric_cfg: dict[str, Any], attributions: dict[str, Key], ids_hash: str, seed: int,
-              model: Key) -> Key:
-    return _key("score", {"metric": metric_cfg, "attr": {k: v.hash for k, v in attributions.items()},
-                          "ids": ids_hash, "seed": seed, "model": model.hash, "rng": RNG_SCHEME})
+def score_key(
+    metric_cfg: dict[str, Any], attributions: dict[str, Key], ids_hash: str, seed: int, model: Key
+) -> Key:
+    return _key(
+        "score",
+        {
+            "metric": metric_cfg,
+            "attr": {k: v.hash for k, v in attributions.items()},
+            "ids": ids_hash,
+            "seed": seed,
+            "model": model.hash,
+            "rng": RNG_SCHEME,
+        },
+    )
 
 
 def meta_maps_key(explain: Key, ids_hash: str, perturbation: dict[str, Any]) -> Key:
     """Maps re-explained on a perturbed model (metric meta-evaluation, :mod:`xaiarena.engine.meta_stage`):
     the unperturbed maps' key (model, explainer, seed, target, postprocess) and the perturbation."""
-    return _key("meta_maps", {"explain": explain.hash, "ids": ids_hash,
-                              "perturbation": perturbation, "rng": RNG_SCHEME})
+    return _key(
+        "meta_maps",
+        {"explain": explain.hash, "ids": ids_hash, "perturbation": perturbation, "rng": RNG_SCHEME},
+    )
 
 
-def meta_score_key(metric_cfg: dict[str, Any], attributions: dict[str, Key], ids_hash: str,
-                   seed: int, model: Key, settings: dict[str, Any]) -> Key:
+def meta_score_key(
+    metric_cfg: dict[str, Any],
+    attributions: dict[str, Key],
+    ids_hash: str,
+    seed: int,
+    model: Key,
+    settings: dict[str, Any],
+) -> Key:
     """One metric's scores of every perturbed evaluation problem of the meta-evaluation."""
     attr = {k: v.hash for k, v in attributions.items()}
-    return _key("meta_score", {"metric": metric_cfg, "attr": attr, "ids": ids_hash, "seed": seed,
-                               "model": model.hash, "settings": settings, "rng": RNG_SCHEME})
+    return _key(
+        "meta_score",
+        {
+            "metric": metric_cfg,
+            "attr": attr,
+            "ids": ids_hash,
+            "seed": seed,
+            "model": model.hash,
+            "settings": settings,
+            "rng": RNG_SCHEME,
+        },
+    )
 
 
 def probe_key(data: Key, split: str, ids: list[int]) -> Key:
@@ -201,15 +246,23 @@ class Cache:
         """``root/part/...``, refused when it would leave the run directory."""
         for p in parts:
             if not p or p in (".", "..") or "/" in p or "\\" in p or "\x00" in p:
-                raise RunError(f"refusing the cache path component {p!r} (labels and names must be plain "
-                               "file names)")
+                raise RunError(
+                    f"refusing the cache path component {p!r} (labels and names must be plain "
+                    "file names)"
+                )
         return inside(self.run_dir, self.root.joinpath(*parts))
 
     # ------------------------------------------------------------- manifests
     def _manifest(self, path: Path, sha: str, size: int, key: Key | None) -> None:
-        doc = {"file": path.name, "sha256": sha, "bytes": size, "stage": key.stage if key else "",
-               "key": key.hash if key else "", "inputs": key.inputs if key else {},
-               "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        doc = {
+            "file": path.name,
+            "sha256": sha,
+            "bytes": size,
+            "stage": key.stage if key else "",
+            "key": key.hash if key else "",
+            "inputs": key.inputs if key else {},
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         atomic_write_text(manifest_path(path), dumps_json(doc))
 
     def record(self, path: Path, key: Key | None = None) -> None:
@@ -324,10 +377,14 @@ def explain_cache(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xaiarena.engine.cache",
-                                     description="Inspect a run's cache: every artefact and what its key hashes.")
+    parser = argparse.ArgumentParser(
+        prog="python -m xaiarena.engine.cache",
+        description="Inspect a run's cache: every artefact and what its key hashes.",
+    )
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--explain", action="store_true", help="list every artefact with its key inputs")
+    parser.add_argument(
+        "--explain", action="store_true", help="list every artefact with its key inputs"
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     if not (args.run_dir / "cache").is_dir():
@@ -339,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for r in rows:
         state = "ok" if r["ok"] else "CORRUPT (will be recomputed)"
-        print(f"{r['path']}  [{r.get('stage', '?')} {r.get('key', '')}] {r.get('bytes', '?')} bytes, {state}")
+        print(
+            f"{r['path']}  [{r.get('stage', '?')} {r.get('key', '')}] {r.get('bytes', '?')} bytes, {state}"
+        )
         if args.explain:
             for k, v in (r.get("inputs") or {}).items():
                 print(f"    {k}: {json.dumps(v, sort_keys=True, default=str)}")

@@ -85,7 +85,10 @@ class StageRecorder:
             info["host"], info["pid"] = socket.gethostname(), os.getpid()
             self.stages[key] = info
             if self.say is not None:
-                self.say(f"[xaiarena] {key}: {info['seconds']:.1f}s" + (" (cached)" if info.get("cache_hit") else ""))
+                self.say(
+                    f"[xaiarena] {key}: {info['seconds']:.1f}s"
+                    + (" (cached)" if info.get("cache_hit") else "")
+                )
 
 
 # --------------------------------------------------------------------------- per-process context
@@ -104,10 +107,21 @@ class UnitContext:
         run_dir = Path(env.run_dir)
         device = resolve_device(self.cfg.device)
         amp = bool(self.cfg.amp) and device.type == "cuda"
-        bs = self.cfg.evaluation.batch_size if isinstance(self.cfg.evaluation.batch_size, int) else 64
-        self.s = stages.Settings(cfg=self.cfg, cache=Cache(run_dir / "cache", run_dir), device=device,
-                                 amp=amp, batch_size=bs, show_progress=env.show_progress,
-                                 data_seed=unit.data_seed, replicate_seeds=unit.replicate_seeds)
+        bs = (
+            self.cfg.evaluation.batch_size
+            if isinstance(self.cfg.evaluation.batch_size, int)
+            else 64
+        )
+        self.s = stages.Settings(
+            cfg=self.cfg,
+            cache=Cache(run_dir / "cache", run_dir),
+            device=device,
+            amp=amp,
+            batch_size=bs,
+            show_progress=env.show_progress,
+            data_seed=unit.data_seed,
+            replicate_seeds=unit.replicate_seeds,
+        )
         self.dcfg = self.cfg.data[unit.data_index]
         self.specs: dict[str, ComponentSpec] = {s.key: s for s in self.cfg.explainers}
         self.home = home_views(self.cfg)
@@ -123,7 +137,9 @@ class UnitContext:
         if self._prep is None:
             self._prep = stages.prepare(self.s, self.dcfg, rec.stage, stage_prefix=self.unit.id)
             if self.cfg.evaluation.batch_size == "auto":
-                self.s.batch_size = auto_batch_size(self._prep.model, self._prep.inputs, self.s.device)
+                self.s.batch_size = auto_batch_size(
+                    self._prep.model, self._prep.inputs, self.s.device
+                )
             self._prep.info["evaluation_batch_size"] = self.s.batch_size
         return self._prep
 
@@ -154,5 +170,12 @@ def forget_contexts(run_dir: str) -> None:
         del _CONTEXTS[k]
 
 
-__all__ = ["Env", "StageRecorder", "UnitContext", "context_for", "forget_contexts", "thread_count",
-           "unit_threads"]
+__all__ = [
+    "Env",
+    "StageRecorder",
+    "UnitContext",
+    "context_for",
+    "forget_contexts",
+    "thread_count",
+    "unit_threads",
+]

@@ -58,9 +58,16 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, cpus_per_task: float | None = None,
-                 gpus_per_task: float = 0.0, max_retries: int = 3, show_progress: bool = True,
-                 connect_timeout: float = CONNECT_TIMEOUT):
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        cpus_per_task: float | None = None,
+        gpus_per_task: float = 0.0,
+        max_retries: int = 3,
+        show_progress: bool = True,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ):
         self.address, self.num_cpus = address, num_cpus
         self.cpus_per_task, self.gpus_per_task = cpus_per_task, gpus_per_task
         self.max_retries, self.show_progress = max_retries, show_progress
@@ -72,9 +79,15 @@ class RayExecutor:
         try:
             import ray
         except ImportError as exc:
-            raise RunError("executor 'ray' needs Ray: pip install -e \".[ray]\" (or pip install ray)") from exc
+            raise RunError(
+                "executor 'ray' needs Ray: pip install -e \".[ray]\" (or pip install ray)"
+            ) from exc
         if not ray.is_initialized():
-            kwargs: dict = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False}
+            kwargs: dict = {
+                "ignore_reinit_error": True,
+                "include_dashboard": False,
+                "log_to_driver": False,
+            }
             if self.address:
                 kwargs["address"] = self.address
             else:
@@ -82,8 +95,10 @@ class RayExecutor:
             try:
                 ray.init(**kwargs)
             except Exception as exc:  # noqa: BLE001 - a cluster that cannot be reached
-                raise RunError(f"cannot start or reach Ray ({type(exc).__name__}: {exc}); check ray.address "
-                               f"({self.address or 'local instance'})") from exc
+                raise RunError(
+                    f"cannot start or reach Ray ({type(exc).__name__}: {exc}); check ray.address "
+                    f"({self.address or 'local instance'})"
+                ) from exc
         return ray
 
     def run(self, tasks: list[TaskSpec], env: Env, on_result: OnResult) -> None:
@@ -91,8 +106,13 @@ class RayExecutor:
         base = ray.remote(_remote_task)
 
         def remote(cpus: float):
-            return base.options(num_cpus=cpus, num_gpus=self.gpus_per_task, max_retries=self.max_retries,
-                                retry_exceptions=False)
+            return base.options(
+                num_cpus=cpus,
+                num_gpus=self.gpus_per_task,
+                max_retries=self.max_retries,
+                retry_exceptions=False,
+            )
+
         refs: dict[str, object] = {}
         pending: dict[object, TaskSpec] = {}
         asked: dict[object, float] = {}  # CPUs each pending task asked for
@@ -124,11 +144,15 @@ class RayExecutor:
                     raise
                 on_result(task, result)
                 done += 1
-                cached += int(all(v.get("cache_hit") for k, v in result.stages.items() if k == task.name))
+                cached += int(
+                    all(v.get("cache_hit") for k, v in result.stages.items() if k == task.name)
+                )
             if self.show_progress and (ready or time.time() - last > 30):
                 last = time.time()
-                progress.write(f"[xaiarena] ray: {done}/{total} tasks done ({cached} cached), "
-                               f"{_running(ray, total_cpus, asked)} running")
+                progress.write(
+                    f"[xaiarena] ray: {done}/{total} tasks done ({cached} cached), "
+                    f"{_running(ray, total_cpus, asked)} running"
+                )
 
 
 def _running(ray, total_cpus: float, asked: dict[object, float]) -> int:
@@ -176,8 +200,10 @@ def probe_ray_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
     if hp is None:
         return
     start = time.monotonic()
-    fix = (f"start the cluster (ray start --head) or correct --address / ray.address; "
-           f"ray.connect_timeout (now {timeout:g} s) sets how long to wait")
+    fix = (
+        f"start the cluster (ray start --head) or correct --address / ray.address; "
+        f"ray.connect_timeout (now {timeout:g} s) sets how long to wait"
+    )
     unreachable = f"cannot reach Ray at '{address}'"
     try:
         sock = socket.create_connection(hp, timeout=timeout)
@@ -197,18 +223,30 @@ def probe_ray_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
         except OSError as exc:
             raise RunError(f"{unreachable}: {exc.strerror or exc}; {fix}") from None
     if reply is None or len(reply) < 9 or reply[3] != 0x04:
-        why = (f"no answer within {timeout:g} s" if reply is None else
-               "the answer is not a gRPC server's")
+        why = (
+            f"no answer within {timeout:g} s"
+            if reply is None
+            else "the answer is not a gRPC server's"
+        )
         raise RunError(f"'{address}' accepts connections but is not a Ray cluster ({why}); {fix}")
 
 
-def make_executor(cfg, name: str | None = None, address: str | None = None, show_progress: bool = True):
+def make_executor(
+    cfg, name: str | None = None, address: str | None = None, show_progress: bool = True
+):
     """The executor a run uses: ``name`` (CLI ``--executor``) or ``cfg.executor``."""
     kind = name or cfg.executor
     if kind == "local":
         return LocalExecutor(show_progress)
     if kind == "ray":
         r = cfg.ray
-        return RayExecutor(address or r.address, r.num_cpus, r.cpus_per_task, r.gpus_per_task, r.max_retries,
-                           show_progress, r.connect_timeout)
+        return RayExecutor(
+            address or r.address,
+            r.num_cpus,
+            r.cpus_per_task,
+            r.gpus_per_task,
+            r.max_retries,
+            show_progress,
+            r.connect_timeout,
+        )
     raise RunError(f"unknown executor '{kind}'; valid: local, ray")

@@ -51,11 +51,16 @@ def check_config_file(run_dir: Path, source: str | Path | None) -> None:
         except OSError:
             same = False
     if same or not (run_dir / "run.json").exists():
-        what = ("is the config file you gave" if same else
-                "was not written by xaiarena (no run.json beside it)")
-        raise RunError(f"'{path}' {what}; a run writes its resolved configuration to "
-                       "RUN_DIR/config.yaml and would replace it (comments and all). Give --out "
-                       "another folder (default: runs/<name>), or move the file")
+        what = (
+            "is the config file you gave"
+            if same
+            else "was not written by xaiarena (no run.json beside it)"
+        )
+        raise RunError(
+            f"'{path}' {what}; a run writes its resolved configuration to "
+            "RUN_DIR/config.yaml and would replace it (comments and all). Give --out "
+            "another folder (default: runs/<name>), or move the file"
+        )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -77,8 +82,12 @@ def run_lock(run_dir: Path):
     log line; a lock from another host is never taken over (delete it if that run is gone).
     """
     path = run_dir / LOCK_FILE
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-          "command": " ".join(sys.argv)}
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(sys.argv),
+    }
     check_inside(path)
     for _ in range(3):
         try:
@@ -93,12 +102,16 @@ def run_lock(run_dir: Path):
                 time.sleep(0.2)  # the holder is writing its record
                 continue
             if not holder or (host == me["host"] and isinstance(pid, int) and not _pid_alive(pid)):
-                log.warning("taking over the lock of a run that is gone (%s)", holder or "empty lock file")
+                log.warning(
+                    "taking over the lock of a run that is gone (%s)", holder or "empty lock file"
+                )
                 path.unlink(missing_ok=True)
                 continue
-            raise RunError(f"'{run_dir}' is in use by another run (pid {pid} on {host}, started {holder.get('started')}: "
-                           f"{holder.get('command', '?')}). Wait for it to finish or choose another --out; if that run "
-                           f"is gone, delete '{path}'.") from None
+            raise RunError(
+                f"'{run_dir}' is in use by another run (pid {pid} on {host}, started {holder.get('started')}: "
+                f"{holder.get('command', '?')}). Wait for it to finish or choose another --out; if that run "
+                f"is gone, delete '{path}'."
+            ) from None
         except OSError as exc:  # a read-only or foreign folder, a full disk
             raise write_error(exc, path) from None
         try:

@@ -249,8 +249,11 @@ def _score_problem(
         }
     same = dict(zip(ids.tolist(), (preds == view.preds[pos].cpu()).tolist(), strict=True))
     samples = EvalSamples(
-        dataset=prep.dataset, inputs=inputs, labels=prep.labels[pos],
-        masks=None if prep.masks is None else prep.masks[pos], sample_ids=ids,
+        dataset=prep.dataset,
+        inputs=inputs,
+        labels=prep.labels[pos],
+        masks=None if prep.masks is None else prep.masks[pos],
+        sample_ids=ids,
     )
     pview = View(view.name, model, view.key, view.targets[pos], preds)
     for spec, metric, labels, _key, _path, parts in pending:

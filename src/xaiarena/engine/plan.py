@@ -33,7 +33,9 @@ class Unit:
     replicate: int
     seed: int  # the model's seed (training, explainers, metrics)
     config: dict[str, Any]  # the point's full config (seed = this replicate's seed), JSON-able
-    data_seed: int = 0  # the data's and the evaluation samples' seed: the config's seed for every replicate
+    data_seed: int = (
+        0  # the data's and the evaluation samples' seed: the config's seed for every replicate
+    )
     replicate_seeds: tuple[int, ...] = ()  # all replicates' model seeds (only_correct uses them)
 
     def experiment(self) -> ExperimentConfig:
@@ -59,8 +61,19 @@ def plan_units(cfg: ExperimentConfig) -> list[Unit]:
             conf = point.model_copy(update={"seed": seed, "replicates": 1, "seeds": None}).to_dict()
             for i, d in enumerate(point.data):
                 uid = d.key + (f"@{label}" if label else "") + (f"#r{r}" if len(seeds) > 1 else "")
-                units.append(Unit(uid, d.key, i, label, r, seed, conf, cfg.seed,
-                                  tuple(seeds) if len(seeds) > 1 else ()))
+                units.append(
+                    Unit(
+                        uid,
+                        d.key,
+                        i,
+                        label,
+                        r,
+                        seed,
+                        conf,
+                        cfg.seed,
+                        tuple(seeds) if len(seeds) > 1 else (),
+                    )
+                )
     return units
 
 
@@ -105,8 +118,11 @@ def scored_labels(spec, metric, labels: list[str]) -> list[str]:
     """The maps (result labels, of one view) a metric scores: those its ``explainers:`` names
     (all by default; ``diet`` also selects ``diet@f_s``, DiET's maps scored on f_b); none where
     the metric does not apply to them (an agreement metric needs two maps)."""
-    keys = [k for k in labels if spec.explainers is None or k in spec.explainers
-            or source_of(k) in spec.explainers]
+    keys = [
+        k
+        for k in labels
+        if spec.explainers is None or k in spec.explainers or source_of(k) in spec.explainers
+    ]
     return keys if metric.applies_to(keys) else []
 
 

@@ -59,7 +59,9 @@ class RunRecord:
             self.metrics_meta.update(metric_meta(spec, METRICS.create(spec.name, **spec.params)))
 
     def context_columns(self) -> list[str]:
-        return (["grid"] if self.with_grid else []) + (["replicate", "seed"] if self.with_replicates else [])
+        return (["grid"] if self.with_grid else []) + (
+            ["replicate", "seed"] if self.with_replicates else []
+        )
 
     def result_frames(self, names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """``(per_sample, curves, perturbed)`` in the order of the task ``names`` (the graph's), with
@@ -73,9 +75,19 @@ class RunRecord:
         perturbed = [self.perturbed[n] for n in names if n in self.perturbed]
         stages = self.log.stages
         self.log.stages = {**{n: stages[n] for n in names if n in stages}, **stages}
-        return ((pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ps_cols))[ps_cols],
-                (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=cv_cols))[cv_cols],
-                (pd.concat(perturbed, ignore_index=True)[pt_cols] if perturbed else pd.DataFrame(columns=pt_cols)))
+        return (
+            (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ps_cols))[
+                ps_cols
+            ],
+            (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=cv_cols))[
+                cv_cols
+            ],
+            (
+                pd.concat(perturbed, ignore_index=True)[pt_cols]
+                if perturbed
+                else pd.DataFrame(columns=pt_cols)
+            ),
+        )
 
     def models(self) -> dict[str, str]:
         """``{dataset: model name}`` (the last unit's, as ``summary.csv``'s ``model`` column)."""
@@ -85,7 +97,9 @@ class RunRecord:
         """``{(dataset, grid point): model name}``: the model may vary across grid points."""
         return {(u["dataset"], u["grid"]): u.get("model", "") for u in self.units.values()}
 
-    def run_json(self, seconds: float, units: list[Unit], device: torch.device, executor: str) -> str:
+    def run_json(
+        self, seconds: float, units: list[Unit], device: torch.device, executor: str
+    ) -> str:
         """The text of run.json."""
         cfg = self.cfg
         # one entry per (dataset, grid point) for the report (its first replicate); every unit under "units"

@@ -92,7 +92,9 @@ class PreparedUnit(EvalSamples):
 # --------------------------------------------------------------------------- data, train, select
 
 
-def prepare(s: Settings, dcfg: DataConfig, log_stage, stage_prefix: str | None = None) -> PreparedUnit:
+def prepare(
+    s: Settings, dcfg: DataConfig, log_stage, stage_prefix: str | None = None
+) -> PreparedUnit:
     """Data -> train (or load) -> select, for one dataset entry of the config."""
     cfg, name = s.cfg, dcfg.key
     prefix = stage_prefix or name
@@ -103,46 +105,83 @@ def prepare(s: Settings, dcfg: DataConfig, log_stage, stage_prefix: str | None =
     mod = modality_for(task)
     # only_correct with replicates: the same samples in every replicate, those that every
     # replicate's model classifies correctly (a pretrained model is the same for every seed)
-    others = [] if not cfg.evaluation.only_correct or getattr(model, "pretrained", False) else \
-        [seed for seed in s.replicate_seeds if seed != cfg.seed]
+    others = (
+        []
+        if not cfg.evaluation.only_correct or getattr(model, "pretrained", False)
+        else [seed for seed in s.replicate_seeds if seed != cfg.seed]
+    )
     if others:
         with log_stage(f"{prefix}/select") as info:
-            index = select_samples(s, task, mod, model,
-                                   _replicate_models(s, cfg, task, dkey, others, info))
+            index = select_samples(
+                s, task, mod, model, _replicate_models(s, cfg, task, dkey, others, info)
+            )
     else:
         index = select_samples(s, task, mod, model)
     if not len(index) and cfg.evaluation.only_correct and len(task.test):
         from ..errors import RunError
 
-        who = (f"every replicate's model (seeds {list(s.replicate_seeds)})" if others else
-               f"the trained {cfg.model.name} (test accuracy {tr.test_accuracy:.3f})")
-        raise RunError(f"{name}: evaluation.only_correct: no test sample is classified correctly "
-                       f"by {who}; train longer (training.epochs) or set "
-                       "evaluation.only_correct: false")
+        who = (
+            f"every replicate's model (seeds {list(s.replicate_seeds)})"
+            if others
+            else f"the trained {cfg.model.name} (test accuracy {tr.test_accuracy:.3f})"
+        )
+        raise RunError(
+            f"{name}: evaluation.only_correct: no test sample is classified correctly "
+            f"by {who}; train longer (training.epochs) or set "
+            "evaluation.only_correct: false"
+        )
     clipped = len(index) < cfg.evaluation.n_samples
     if clipped:
         what = "test samples"
         if cfg.evaluation.only_correct:
-            what = ("test samples every replicate's model classifies correctly" if others
-                    else "correctly classified test samples")
-        log.warning("%s: evaluation.n_samples is %d but the dataset has only %d %s; explaining %d", name,
-                    cfg.evaluation.n_samples, len(index), what, len(index))
+            what = (
+                "test samples every replicate's model classifies correctly"
+                if others
+                else "correctly classified test samples"
+            )
+        log.warning(
+            "%s: evaluation.n_samples is %d but the dataset has only %d %s; explaining %d",
+            name,
+            cfg.evaluation.n_samples,
+            len(index),
+            what,
+            len(index),
+        )
     sample_ids = task.test.ids[index]
     inputs = mod.eval_inputs(task, index, model)
     prep = PreparedUnit(
-        dataset=name, task=task, mod=mod, model=model, model_key=mkey, train=tr, index=index,
-        sample_ids=sample_ids, ids_hash=ck.stable_hash(sample_ids.tolist()), inputs=inputs,
-        masks=mod.eval_masks(task, index, inputs), labels=task.test.labels[index],
+        dataset=name,
+        task=task,
+        mod=mod,
+        model=model,
+        model_key=mkey,
+        train=tr,
+        index=index,
+        sample_ids=sample_ids,
+        ids_hash=ck.stable_hash(sample_ids.tolist()),
+        inputs=inputs,
+        masks=mod.eval_masks(task, index, inputs),
+        labels=task.test.labels[index],
     )
     prep.info = {
-        "model": cfg.model.name, "model_hash": mkey.hash, "num_classes": task.num_classes,
-        "input_shape": list(task.input_shape), "n_train": len(task.train), "n_test": len(task.test),
-        "n_eval": len(index), "test_accuracy": tr.test_accuracy, "train_history": tr.history,
-        "train_seconds": tr.seconds, "explainers": {}, **mod.describe(task, inputs, model),
+        "model": cfg.model.name,
+        "model_hash": mkey.hash,
+        "num_classes": task.num_classes,
+        "input_shape": list(task.input_shape),
+        "n_train": len(task.train),
+        "n_test": len(task.test),
+        "n_eval": len(index),
+        "test_accuracy": tr.test_accuracy,
+        "train_history": tr.history,
+        "train_seconds": tr.seconds,
+        "explainers": {},
+        **mod.describe(task, inputs, model),
     }
     names = task.test_names(index)
     if names is not None:  # the report names samples by file where the dataset provides names
-        prep.info["sample_names"] = {str(int(i)): n for i, n in zip(sample_ids.tolist(), names, strict=True)}
+        prep.info["sample_names"] = {
+            str(int(i)): n for i, n in zip(sample_ids.tolist(), names, strict=True)
+        }
     if clipped:
         prep.info["n_samples_requested"] = cfg.evaluation.n_samples
     if others:
@@ -163,11 +202,15 @@ def data_stage(s: Settings, dcfg: DataConfig, log_stage, prefix: str) -> tuple[A
     with log_stage(f"{prefix}/data"):
         task = load_task(dcfg.name, seed=s.dseed, data_dir=dcfg.data_dir, **dcfg.params)
     # fingerprint_of: the user files a dataset/model reads (image folder, checkpoint); {} for built-ins
-    dkey = ck.data_key({**dcfg.hash_dict(), **DATASETS.entry(dcfg.name).fingerprint_of(dcfg.params)}, s.dseed)
+    dkey = ck.data_key(
+        {**dcfg.hash_dict(), **DATASETS.entry(dcfg.name).fingerprint_of(dcfg.params)}, s.dseed
+    )
     return task, dkey
 
 
-def train_stage(s: Settings, task, dkey: ck.Key, log_stage, prefix: str) -> tuple[torch.nn.Module, ck.Key, Any]:
+def train_stage(
+    s: Settings, task, dkey: ck.Key, log_stage, prefix: str
+) -> tuple[torch.nn.Module, ck.Key, Any]:
     """The train stage (stage ``<prefix>/train``): ``s.cfg``'s model trained on ``task``, or loaded
     from the run's cache (checkpoint verified against its manifest), in eval mode and frozen:
     ``(model, model key, TrainResult)``."""
@@ -177,24 +220,37 @@ def train_stage(s: Settings, task, dkey: ck.Key, log_stage, prefix: str) -> tupl
     return model, mkey, tr
 
 
-def _trained_model(s: Settings, cfg: ExperimentConfig, task,
-                   dkey: ck.Key) -> tuple[torch.nn.Module, ck.Key, Any]:
+def _trained_model(
+    s: Settings, cfg: ExperimentConfig, task, dkey: ck.Key
+) -> tuple[torch.nn.Module, ck.Key, Any]:
     """``cfg``'s model trained on ``task`` with ``cfg.seed`` (or loaded from the run's cache), in
     eval mode and frozen: ``(model, model key, TrainResult)``."""
     from ..models import build_model, train_model
 
     entry = MODELS.entry(cfg.model.name)
     pretrained = bool(entry.meta.get("pretrained"))  # never trained
-    mkey = ck.model_key(dkey, {**cfg.model.hash_dict(), **entry.fingerprint_of(cfg.model.params)},
-                        None if pretrained else cfg.training.model_dump(), cfg.seed, s.amp)
+    mkey = ck.model_key(
+        dkey,
+        {**cfg.model.hash_dict(), **entry.fingerprint_of(cfg.model.params)},
+        None if pretrained else cfg.training.model_dump(),
+        cfg.seed,
+        s.amp,
+    )
     ckpt_dir = s.cache.path("models", mkey.hash)
     model = build_model(cfg.model.name, task, seed=cfg.seed, **cfg.model.params)
     check_cam_layers(cfg, model, task)  # before training: a CAM without a layer fails now
     if ckpt_dir.exists():
         s.cache.verify_dir(ckpt_dir, ["model.pt", "train.json"])
     with s.autocast():
-        tr = train_model(model, task, cfg.training, seed=cfg.seed, device=s.device,
-                         checkpoint_dir=ckpt_dir, show_progress=s.show_progress)
+        tr = train_model(
+            model,
+            task,
+            cfg.training,
+            seed=cfg.seed,
+            device=s.device,
+            checkpoint_dir=ckpt_dir,
+            show_progress=s.show_progress,
+        )
     if not tr.cache_hit and (ckpt_dir / "model.pt").exists():
         for f in ("model.pt", "train.json"):
             s.cache.record(ckpt_dir / f, mkey)
@@ -204,8 +260,9 @@ def _trained_model(s: Settings, cfg: ExperimentConfig, task,
     return model, mkey, tr
 
 
-def _replicate_models(s: Settings, cfg: ExperimentConfig, task, dkey: ck.Key, seeds: list[int],
-                      info: dict) -> Iterator[torch.nn.Module]:
+def _replicate_models(
+    s: Settings, cfg: ExperimentConfig, task, dkey: ck.Key, seeds: list[int], info: dict
+) -> Iterator[torch.nn.Module]:
     """The models of the other replicates (trained here, or loaded from the run's cache where their
     own unit, or an earlier one, trained them), one at a time, for :func:`select_samples`."""
     hits = []
@@ -235,8 +292,9 @@ def check_cam_layers(cfg: ExperimentConfig, model: torch.nn.Module, task) -> Non
             raise ConfigError([(f"explainers.{i}.layer", str(exc))]) from None
 
 
-def select_samples(s: Settings, task, mod, model,
-                   others: Iterable[torch.nn.Module] = ()) -> torch.Tensor:
+def select_samples(
+    s: Settings, task, mod, model, others: Iterable[torch.nn.Module] = ()
+) -> torch.Tensor:
     """Indices into the test split: held-out samples chosen by seed (optionally correct only).
 
     With ``evaluation.only_correct``, the samples ``model`` classifies correctly and, where
@@ -264,12 +322,19 @@ def select_samples(s: Settings, task, mod, model,
     return order[: cfg.evaluation.n_samples].sort().values
 
 
-def view_of(s: Settings, prep: PreparedUnit, name: str, model: torch.nn.Module, key: ck.Key) -> View:
+def view_of(
+    s: Settings, prep: PreparedUnit, name: str, model: torch.nn.Module, key: ck.Key
+) -> View:
     """The targets each view explains: the labels, or that view's model's own predictions."""
     from ..models.training import check_finite_outputs
 
-    check_finite_outputs(model, prep.inputs, s.device, batch_size=s.batch_size,
-                         what=f"the evaluation samples of {prep.dataset} (explained as {name})")
+    check_finite_outputs(
+        model,
+        prep.inputs,
+        s.device,
+        batch_size=s.batch_size,
+        what=f"the evaluation samples of {prep.dataset} (explained as {name})",
+    )
     logits = prep.mod.logits(model, prep.task.test, prep.index, s.device)
     preds = logits.argmax(1)
     targets = fixed_targets(s.cfg.evaluation.target, prep, model, len(preds))
@@ -301,25 +366,46 @@ def fixed_targets(target: Any, prep: PreparedUnit, model, n: int) -> torch.Tenso
             from ..registry import suggest
 
             hint = suggest(str(target), names)
-            raise ConfigError([("evaluation.target", f"bad value {target!r}: not a class of the model"
-                                f"{f' (did you mean {hint!r}?)' if hint else ''}; give label, prediction, a class "
-                                f"index 0..{len(names) - 1} or a class name such as {names[0]!r}")])
+            raise ConfigError(
+                [
+                    (
+                        "evaluation.target",
+                        f"bad value {target!r}: not a class of the model"
+                        f"{f' (did you mean {hint!r}?)' if hint else ''}; give label, prediction, a class "
+                        f"index 0..{len(names) - 1} or a class name such as {names[0]!r}",
+                    )
+                ]
+            )
         idx = lowered.index(str(target).lower())
     if not 0 <= idx < len(names):
-        raise ConfigError([("evaluation.target", f"bad value {target!r}: the model has {len(names)} classes "
-                            f"(0..{len(names) - 1})")])
+        raise ConfigError(
+            [
+                (
+                    "evaluation.target",
+                    f"bad value {target!r}: the model has {len(names)} classes "
+                    f"(0..{len(names) - 1})",
+                )
+            ]
+        )
     return torch.full((n,), idx, dtype=torch.long)
 
 
 # --------------------------------------------------------------------------- learned explainers
 
 
-def fit_learned(s: Settings, prep: PreparedUnit, spec: ComponentSpec, explainer, view_name: str) -> View:
+def fit_learned(
+    s: Settings, prep: PreparedUnit, spec: ComponentSpec, explainer, view_name: str
+) -> View:
     """Fit a learned explainer (DiET) on the training split; the view of the model it explains."""
     fkey = ck.fit_key(prep.model_key, spec.hash_dict(), s.seed)
     fit_dir = s.cache.path("explainers", prep.dataset, fkey.hash)
-    explainer.fit(prep.model, prep.task, device=s.device, generator=torch.Generator().manual_seed(s.seed),
-                  cache_dir=fit_dir)
+    explainer.fit(
+        prep.model,
+        prep.task,
+        device=s.device,
+        generator=torch.Generator().manual_seed(s.seed),
+        cache_dir=fit_dir,
+    )
     model = explainer.explained_model(prep.model)
     # keyed by content: a fit that gives another model (new code or defaults) re-keys what depends on it
     return view_of(s, prep, view_name, model, ck.learned_model_key(fkey, fingerprint_module(model)))
@@ -328,20 +414,26 @@ def fit_learned(s: Settings, prep: PreparedUnit, spec: ComponentSpec, explainer,
 # --------------------------------------------------------------------------- explain
 
 
-def explain(s: Settings, prep: PreparedUnit, view: View, spec: ComponentSpec, explainer, sinfo: dict) -> Attribution:
+def explain(
+    s: Settings, prep: PreparedUnit, view: View, spec: ComponentSpec, explainer, sinfo: dict
+) -> Attribution:
     """One explainer's maps of the evaluation samples on ``view``'s model (cached), after the
     entry's ``postprocess`` steps (in order, on the maps of the whole evaluation set: a step
     ``..._over_set`` takes one scale over the set); re-explanations get the entry's
     ``reexplain_postprocess`` steps (per sample; by default the same as ``postprocess``)."""
     steps = list(getattr(spec, "postprocess", None) or [])
     rsteps = list(getattr(spec, "reexplain_steps", steps))
-    ekey = ck.explain_key(view.key, spec.hash_dict(), prep.ids_hash, s.seed, s.cfg.evaluation.target, steps)
+    ekey = ck.explain_key(
+        view.key, spec.hash_dict(), prep.ids_hash, s.seed, s.cfg.evaluation.target, steps
+    )
     path = s.cache.path("attributions", prep.dataset, f"{spec.key}-{ekey.hash}.pt")
     maps = s.cache.load_torch(path)
     if maps is not None:
         sinfo["cache_hit"] = True
     else:
-        maps = explain_in_batches(s, explainer, view.model, prep.inputs, view.targets, spec.key, seed_name=spec.name)
+        maps = explain_in_batches(
+            s, explainer, view.model, prep.inputs, view.targets, spec.key, seed_name=spec.name
+        )
         maps = postprocess.apply(maps, steps)
         s.cache.save_torch(path, maps, ekey)
 
@@ -356,12 +448,24 @@ def explain(s: Settings, prep: PreparedUnit, view: View, spec: ComponentSpec, ex
 # --------------------------------------------------------------------------- score
 
 
-def score(s: Settings, prep: PreparedUnit, view: View, spec: MetricSpec, metric,
-          attrs: dict[str, Attribution], sinfo: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+def score(
+    s: Settings,
+    prep: PreparedUnit,
+    view: View,
+    spec: MetricSpec,
+    metric,
+    attrs: dict[str, Attribution],
+    sinfo: dict,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One metric's per-sample scores and curves for the maps of one view (cached)."""
-    skey = ck.score_key(spec.hash_dict(), {k: a.key for k, a in attrs.items()}, prep.ids_hash, s.seed, view.key)
+    skey = ck.score_key(
+        spec.hash_dict(), {k: a.key for k, a in attrs.items()}, prep.ids_hash, s.seed, view.key
+    )
     mdir = s.cache.path("metrics", prep.dataset)
-    ps_path, cv_path = mdir / f"{spec.key}-{skey.hash}.parquet", mdir / f"{spec.key}-{skey.hash}.curves.parquet"
+    ps_path, cv_path = (
+        mdir / f"{spec.key}-{skey.hash}.parquet",
+        mdir / f"{spec.key}-{skey.hash}.curves.parquet",
+    )
     ps, cv = s.cache.load_frame(ps_path), s.cache.load_frame(cv_path)
     if ps is not None and cv is not None:
         sinfo["cache_hit"] = True

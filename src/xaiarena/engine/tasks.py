@@ -80,7 +80,9 @@ class TaskResult:
     kind: str
     unit: str
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)  # train: the unit's run.json entry; fit: its report
+    info: dict[str, Any] = field(
+        default_factory=dict
+    )  # train: the unit's run.json entry; fit: its report
     per_sample: pd.DataFrame | None = None
     curves: pd.DataFrame | None = None
 
@@ -120,9 +122,15 @@ def plan_tasks(units: list[Unit]) -> list[TaskSpec]:
                     tasks.append(TaskSpec("score", u, v, spec.key, deps, tuple(keys)))
                     scored_views.add(v)
         if cfg.evaluation.meta:  # metric meta-evaluation: perturbation tests of each scored view
-            tasks += [TaskSpec("meta", u, v, deps=tuple(t.name for (tv, _), t in explains.items() if tv == v))
-                      for v in sorted(scored_views, key=list(maps).index)]
-        if not u.replicate:  # example figures of the first replicate, where the unit's maps are in memory
+            tasks += [
+                TaskSpec(
+                    "meta", u, v, deps=tuple(t.name for (tv, _), t in explains.items() if tv == v)
+                )
+                for v in sorted(scored_views, key=list(maps).index)
+            ]
+        if (
+            not u.replicate
+        ):  # example figures of the first replicate, where the unit's maps are in memory
             tasks.append(TaskSpec("examples", u, deps=tuple(t.name for t in explains.values())))
     return tasks
 
@@ -140,7 +148,9 @@ def view(ctx: UnitContext, name: str, rec: StageRecorder) -> View:
         else:
             label = next(k for k, v in ctx.home.items() if v == name)
             with rec.stage(TaskSpec("fit", ctx.unit, name, label).name):
-                ctx.views[name] = stages.fit_learned(ctx.s, prep, ctx.specs[label], ctx.explainer(label), name)
+                ctx.views[name] = stages.fit_learned(
+                    ctx.s, prep, ctx.specs[label], ctx.explainer(label), name
+                )
     return ctx.views[name]
 
 
@@ -151,8 +161,9 @@ def attribution(ctx: UnitContext, view_name: str, label: str, rec: StageRecorder
     if key not in ctx.attributions:
         v = view(ctx, view_name, rec)
         with rec.stage(TaskSpec("explain", ctx.unit, view_name, label).name) as info:
-            ctx.attributions[key] = stages.explain(ctx.s, ctx.prep(rec), v, ctx.specs[label],
-                                                   ctx.explainer(label), info)
+            ctx.attributions[key] = stages.explain(
+                ctx.s, ctx.prep(rec), v, ctx.specs[label], ctx.explainer(label), info
+            )
     return ctx.attributions[key]
 
 
@@ -181,7 +192,9 @@ def _run_score(task: TaskSpec, ctx: UnitContext, rec: StageRecorder, out: TaskRe
     attrs = {k: attribution(ctx, *sources[k], rec) for k in task.explainers}
     v = view(ctx, task.view, rec)
     with rec.stage(task.name) as info:
-        out.per_sample, out.curves = stages.score(ctx.s, ctx.prep(rec), v, spec, metric, attrs, info)
+        out.per_sample, out.curves = stages.score(
+            ctx.s, ctx.prep(rec), v, spec, metric, attrs, info
+        )
 
 
 def _run_meta(task: TaskSpec, ctx: UnitContext, rec: StageRecorder, out: TaskResult) -> None:
@@ -209,14 +222,29 @@ def _run_examples(task: TaskSpec, ctx: UnitContext, rec: StageRecorder, out: Tas
         maps = {}
         for vname, labels in ctx.members.items():
             for k in labels:
-                maps[k if vname == ctx.home[k] else f"{k}@{vname}"] = attribution(ctx, vname, k, rec).maps
+                maps[k if vname == ctx.home[k] else f"{k}@{vname}"] = attribution(
+                    ctx, vname, k, rec
+                ).maps
         name = unit.dataset + (f"@{unit.grid}" if unit.grid else "")
         run_dir = Path(ctx.env.run_dir)
         path = inside(run_dir, run_dir / "results" / "examples" / name)
         study = ctx.cfg.study
-        more = {"n_examples": N_PER_IMAGE_EXAMPLES} if study is not None and "per_image" in study.analyses else {}
-        prep.mod.write_examples(path, prep.task, prep.index, fb.preds, stages.correct_predictions(prep, fb), maps,
-                                prep.inputs, prep.model, **more)
+        more = (
+            {"n_examples": N_PER_IMAGE_EXAMPLES}
+            if study is not None and "per_image" in study.analyses
+            else {}
+        )
+        prep.mod.write_examples(
+            path,
+            prep.task,
+            prep.index,
+            fb.preds,
+            stages.correct_predictions(prep, fb),
+            maps,
+            prep.inputs,
+            prep.model,
+            **more,
+        )
 
 
 # --------------------------------------------------------------------------- what each kind records
@@ -226,10 +254,21 @@ def _record_train(run: RunRecord, task: TaskSpec, res: TaskResult) -> None:
     unit = task.unit
     members = view_members(unit.experiment())
     entry = run.unit_entry(unit)
-    entry.update({**res.info, "dataset": unit.dataset, "grid": unit.grid, "replicate": unit.replicate,
-                  "seed": unit.seed,
-                  "views": {v: ("the model being explained" if v == F_B else f"the model learned by {labels[0]}")
-                            for v, labels in members.items()}})
+    entry.update(
+        {
+            **res.info,
+            "dataset": unit.dataset,
+            "grid": unit.grid,
+            "replicate": unit.replicate,
+            "seed": unit.seed,
+            "views": {
+                v: (
+                    "the model being explained" if v == F_B else f"the model learned by {labels[0]}"
+                )
+                for v, labels in members.items()
+            },
+        }
+    )
     entry.setdefault("explainers", {})
 
 
@@ -242,13 +281,31 @@ def _record_fit(run: RunRecord, task: TaskSpec, res: TaskResult) -> None:
 def _record_explain(run: RunRecord, task: TaskSpec, res: TaskResult) -> None:
     st = res.stages.get(task.name, {})
     spec = next(sp for sp in run.cfg.explainers if sp.key == task.component)
-    entry = run.unit_entry(task.unit).setdefault("explainers", {}).setdefault(task.component, {
-        "explains": task.home, "family": EXPLAINERS.get(spec.name).family, "name": spec.name,
-        "params": spec.params, **({"postprocess": list(spec.postprocess)} if spec.postprocess else {}),
-        **({"reexplain_postprocess": list(spec.reexplain_postprocess)}
-           if getattr(spec, "reexplain_postprocess", None) is not None else {}),
-        "views": {}})
-    entry["views"][task.view] = {"seconds": st.get("seconds"), "cache_hit": st.get("cache_hit", False), **res.info}
+    entry = (
+        run.unit_entry(task.unit)
+        .setdefault("explainers", {})
+        .setdefault(
+            task.component,
+            {
+                "explains": task.home,
+                "family": EXPLAINERS.get(spec.name).family,
+                "name": spec.name,
+                "params": spec.params,
+                **({"postprocess": list(spec.postprocess)} if spec.postprocess else {}),
+                **(
+                    {"reexplain_postprocess": list(spec.reexplain_postprocess)}
+                    if getattr(spec, "reexplain_postprocess", None) is not None
+                    else {}
+                ),
+                "views": {},
+            },
+        )
+    )
+    entry["views"][task.view] = {
+        "seconds": st.get("seconds"),
+        "cache_hit": st.get("cache_hit", False),
+        **res.info,
+    }
     if task.view == entry["explains"]:
         entry.update(seconds=st.get("seconds"), cache_hit=st.get("cache_hit", False))
 
@@ -330,5 +387,15 @@ def record_task(run: RunRecord, task: TaskSpec, result: TaskResult) -> None:
     KINDS[task.kind].record(run, task, result)
 
 
-__all__ = ["KINDS", "Kind", "TaskResult", "TaskSpec", "attribution", "own_stages", "plan_tasks", "record_task",
-           "run_task", "view"]
+__all__ = [
+    "KINDS",
+    "Kind",
+    "TaskResult",
+    "TaskSpec",
+    "attribution",
+    "own_stages",
+    "plan_tasks",
+    "record_task",
+    "run_task",
+    "view",
+]

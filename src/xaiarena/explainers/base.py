@@ -93,8 +93,15 @@ class Explainer(ABC):
     #: arguments against these, and :func:`xaiarena.testing.check_explainer` tries bad values
     option_constraints: ClassVar[dict[str, Any]] = {}
 
-    def fit(self, model: nn.Module, task: Any, *, device: torch.device, generator: torch.Generator | None = None,  # noqa: B027
-            cache_dir: Any = None) -> None:
+    def fit(  # noqa: B027 - optional hook, empty by design
+        self,
+        model: nn.Module,
+        task: Any,
+        *,
+        device: torch.device,
+        generator: torch.Generator | None = None,
+        cache_dir: Any = None,
+    ) -> None:
         """Learn whatever the method needs from training data (default: nothing)."""
 
     def explained_model(self, model: nn.Module) -> nn.Module:
@@ -141,9 +148,12 @@ class Explainer(ABC):
         expected = (inputs.shape[0], *inputs.shape[2:])
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
-            raise contract_error(self, "attribute() must return one map per input at the input's "
-                                 f"resolution, a tensor of shape (N, H, W) = {expected}; it "
-                                 f"returned {got}")
+            raise contract_error(
+                self,
+                "attribute() must return one map per input at the input's "
+                f"resolution, a tensor of shape (N, H, W) = {expected}; it "
+                f"returned {got}",
+            )
         return out.detach().float()
 
     def __repr__(self) -> str:

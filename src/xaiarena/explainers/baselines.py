@@ -41,9 +41,13 @@ class RandomExplainer(_Baseline):
 
     def attribute(self, model, inputs, targets, *, generator=None):
         draw = torch.rand if self.distribution == "uniform" else torch.randn
-        maps = torch.stack([draw(tuple(inputs.shape[-2:]), generator=g) for g in sample_generators(inputs, generator)])
+        maps = torch.stack(
+            [
+                draw(tuple(inputs.shape[-2:]), generator=g)
+                for g in sample_generators(inputs, generator)
+            ]
+        )
         return maps.to(inputs.device, inputs.dtype if inputs.is_floating_point() else torch.float32)
-
 
 
 @EXPLAINERS.register(
@@ -68,4 +72,3 @@ class SobelExplainer(_Baseline):
         g = F.conv2d(F.pad(x.reshape(n * c, 1, h, w), (1, 1, 1, 1), mode="replicate"), k)
         mag = g.pow(2).sum(1).sqrt().view(n, c, h, w)
         return reduce_channels(mag, self.reduction)
-

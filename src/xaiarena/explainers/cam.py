@@ -45,15 +45,18 @@ from .model_calls import (
 )
 
 #: the ``layer`` option of the CAMs
-LAYER = [Satisfies(lambda v: isinstance(v, str), "a module's dotted name (a string)", invalid=[3]),
-         Null("the model's declared CAM layer")]
+LAYER = [
+    Satisfies(lambda v: isinstance(v, str), "a module's dotted name (a string)", invalid=[3]),
+    Null("the model's declared CAM layer"),
+]
 
 #: how many candidate layers an error message lists (the deepest ones)
 N_CANDIDATES = 8
 
 
-def cam_layer_of(model: nn.Module, layer: str | None, explainer: str,
-                 inputs: torch.Tensor | None = None) -> tuple[str, nn.Module]:
+def cam_layer_of(
+    model: nn.Module, layer: str | None, explainer: str, inputs: torch.Tensor | None = None
+) -> tuple[str, nn.Module]:
     """The CAM layer's dotted name and module: ``layer`` if given, else the model's declared one.
 
     Raises ``ValueError`` naming ``explainer`` and the ``layer`` option when ``layer`` is not a
@@ -72,11 +75,15 @@ def cam_layer_of(model: nn.Module, layer: str | None, explainer: str,
                 why = f"{type(model).__name__} has no default CAM layer: {exc}"
             else:
                 if layer is None:
-                    why = f"{type(model).__name__} declares no CAM layer (cam_layer() returned None)"
+                    why = (
+                        f"{type(model).__name__} declares no CAM layer (cam_layer() returned None)"
+                    )
         if layer is None:
-            raise ValueError(f"{explainer}: {why}; set the 'layer' option to the dotted name of a module whose "
-                             f"output is (N, K, h, w), e.g. the last convolutional stage. "
-                             f"{_candidates_text(model, inputs)}")
+            raise ValueError(
+                f"{explainer}: {why}; set the 'layer' option to the dotted name of a module whose "
+                f"output is (N, K, h, w), e.g. the last convolutional stage. "
+                f"{_candidates_text(model, inputs)}"
+            )
         source = f"the layer {type(model).__name__}.cam_layer() declares"
     else:
         source = "layer"
@@ -85,8 +92,10 @@ def cam_layer_of(model: nn.Module, layer: str | None, explainer: str,
     except AttributeError:
         hint = suggest(layer, [n for n, _ in model.named_modules() if n])
         did = f" Did you mean '{hint}'?" if hint else ""
-        raise ValueError(f"{explainer}: {source} ('{layer}') is not a module of {type(model).__name__}.{did} "
-                         f"{_candidates_text(model, inputs)}") from None
+        raise ValueError(
+            f"{explainer}: {source} ('{layer}') is not a module of {type(model).__name__}.{did} "
+            f"{_candidates_text(model, inputs)}"
+        ) from None
 
 
 def cam_candidates(model: nn.Module, inputs: torch.Tensor) -> list[str]:
@@ -138,7 +147,9 @@ class CAMContext:
     layer: nn.Module
     layer_name: str
     activations: torch.Tensor  # (N, K, h, w), detached
-    gradients: torch.Tensor | None  # d score / d activations, (N, K, h, w); None unless needs_gradients
+    gradients: (
+        torch.Tensor | None
+    )  # d score / d activations, (N, K, h, w); None unless needs_gradients
     scores: torch.Tensor  # (N,) target logits of the unperturbed inputs
     recorder: _LayerRecorder = field(repr=False)
 
@@ -160,7 +171,9 @@ class _LayerRecorder:
         self.output: torch.Tensor | None = None
         self.calls = 0
         self.edit = None  # callable(out) -> out, or None
-        self.capture = True  # keep the output; downstream gets a clone (in-place ops cannot touch ours)
+        self.capture = (
+            True  # keep the output; downstream gets a clone (in-place ops cannot touch ours)
+        )
 
     def __call__(self, module: nn.Module, args: object, out: object) -> torch.Tensor | None:
         self.calls += 1
@@ -214,14 +227,18 @@ class BaseCAM(Explainer):
         """
         return (self.weights(ctx) * ctx.activations).sum(1)
 
-    def layer_maps(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def layer_maps(
+        self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
         """The CAM at layer resolution, ``(N, h, w)``, after the ReLU."""
         name, layer = cam_layer_of(model, self.layer, self.name, inputs)
         rec = _LayerRecorder(self.name, name)
         with forward_pre_hook(model, rec.reset), forward_hook(layer, rec):
             if self.needs_gradients:
                 with torch.enable_grad():
-                    x = inputs.detach().requires_grad_(True)  # so that A requires grad in frozen models
+                    x = inputs.detach().requires_grad_(
+                        True
+                    )  # so that A requires grad in frozen models
                     scores = target_scores(model(x), targets)
                     acts = rec.output
                     assert acts is not None
@@ -239,7 +256,6 @@ class BaseCAM(Explainer):
 
     def attribute(self, model, inputs, targets, *, generator=None):
         return upsample(self.layer_maps(model, inputs, targets), inputs.shape[-2:])
-
 
 
 @EXPLAINERS.register(
@@ -366,7 +382,6 @@ class _PerturbationCAM(BaseCAM):
         set_options(self, batch_size=batch_size)
 
 
-
 @EXPLAINERS.register(
     "scorecam",
     description="Score-CAM (Wang et al. 2020): channel weight = softmax probability of the target when "
@@ -401,7 +416,9 @@ class ScoreCAM(_PerturbationCAM):
             m = m.sub_(lo.view(-1, 1, 1)).div_((hi - lo).clamp_min(1e-12).view(-1, 1, 1))
             out, sample = buf[: len(r)], (r // k).tolist()
             a = 0
-            while a < len(r):  # runs of one sample's channels: x_i * masks, broadcast into the buffer
+            while a < len(
+                r
+            ):  # runs of one sample's channels: x_i * masks, broadcast into the buffer
                 b = a + 1
                 while b < len(r) and sample[b] == sample[a]:
                     b += 1
@@ -411,7 +428,9 @@ class ScoreCAM(_PerturbationCAM):
 
         w = torch.zeros(n * k, dtype=acts.dtype, device=acts.device)
         if len(rows):
-            scores = forward_scores(ctx.model, len(rows), make_batch, self.batch_size, softmax=True, prepare=prep)
+            scores = forward_scores(
+                ctx.model, len(rows), make_batch, self.batch_size, softmax=True, prepare=prep
+            )
             w[rows] = scores.to(w.dtype)
         return w.view(n, k, 1, 1)
 
@@ -504,7 +523,9 @@ class AblationCAM(_PerturbationCAM):
         return None
 
     @torch.no_grad()
-    def _grouped_ablation(self, ctx: CAMContext, rows: torch.Tensor, k: int, group: int) -> torch.Tensor:
+    def _grouped_ablation(
+        self, ctx: CAMContext, rows: torch.Tensor, k: int, group: int
+    ) -> torch.Tensor:
         current: dict[str, torch.Tensor] = {}
 
         def expand(out: torch.Tensor) -> torch.Tensor:
@@ -525,11 +546,15 @@ class AblationCAM(_PerturbationCAM):
                 current["local"], current["channels"] = sample[a:b] - s0, chan[a:b]
                 out = ctx.model(ctx.inputs[s0 : s0 + group])
                 if out.ndim != 2 or len(out) != b - a:
-                    raise RuntimeError(f"the model returned {tuple(out.shape)} for {b - a} ablations")
+                    raise RuntimeError(
+                        f"the model returned {tuple(out.shape)} for {b - a} ablations"
+                    )
                 scores[a:b] = out.gather(1, ctx.targets[sample[a:b]].view(-1, 1)).squeeze(1)
         return scores
 
-    def _verified(self, ctx: CAMContext, rows: torch.Tensor, k: int, scores: torch.Tensor, group: int) -> bool:
+    def _verified(
+        self, ctx: CAMContext, rows: torch.Tensor, k: int, scores: torch.Tensor, group: int
+    ) -> bool:
         """A few ablations of the first group's first and last image, against full forward passes."""
         sample = rows // k
         first = (sample == sample[0]).nonzero().squeeze(1)[: self.n_verify // 2 or 1]

@@ -35,7 +35,9 @@ from ..registry import EXPLAINERS
 from .base import BASELINES, REDUCTIONS, Baseline, Explainer, Reduction, reduce_channels
 from .model_calls import input_gradients
 
-IGMethod = Literal["gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right"]
+IGMethod = Literal[
+    "gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right"
+]
 NTType = Literal["smoothgrad", "smoothgrad_sq", "vargrad"]
 IG_METHODS: tuple[str, ...] = IGMethod.__args__
 NT_TYPES: tuple[str, ...] = NTType.__args__
@@ -110,8 +112,11 @@ class IntegratedGradientsExplainer(_GradientExplainer):
 
     cost_knobs: ClassVar[tuple[str, ...]] = ("n_steps", "internal_batch_size")
     option_constraints: ClassVar[dict] = {
-        "n_steps": COUNT, "baseline": OneOf(BASELINES), "method": OneOf(IG_METHODS),
-        "internal_batch_size": COUNT, "reduction": REDUCTION,
+        "n_steps": COUNT,
+        "baseline": OneOf(BASELINES),
+        "method": OneOf(IG_METHODS),
+        "internal_batch_size": COUNT,
+        "reduction": REDUCTION,
     }
 
     name = "integrated_gradients"
@@ -124,8 +129,13 @@ class IntegratedGradientsExplainer(_GradientExplainer):
         internal_batch_size: int = 64,
         reduction: Reduction | None = None,
     ):
-        set_options(self, n_steps=n_steps, baseline=baseline, method=method,
-                    internal_batch_size=internal_batch_size)
+        set_options(
+            self,
+            n_steps=n_steps,
+            baseline=baseline,
+            method=method,
+            internal_batch_size=internal_batch_size,
+        )
         self._init_reduction(reduction)
 
     def attribute(self, model, inputs, targets, *, generator=None):
@@ -158,9 +168,11 @@ class GradientShapExplainer(_GradientExplainer):
 
     cost_knobs: ClassVar[tuple[str, ...]] = ("n_samples", "batch_size")
     option_constraints: ClassVar[dict] = {
-        "n_samples": COUNT, "stdevs": NON_NEGATIVE,
+        "n_samples": COUNT,
+        "stdevs": NON_NEGATIVE,
         "baselines": [OneOf(BASELINES), ListOf(OneOf(BASELINES))],
-        "batch_size": COUNT, "reduction": REDUCTION,
+        "batch_size": COUNT,
+        "reduction": REDUCTION,
     }
 
     name = "gradient_shap"
@@ -173,8 +185,9 @@ class GradientShapExplainer(_GradientExplainer):
         batch_size: int = 64,
         reduction: Reduction | None = None,
     ):
-        set_options(self, n_samples=n_samples, stdevs=stdevs, baselines=baselines,
-                    batch_size=batch_size)
+        set_options(
+            self, n_samples=n_samples, stdevs=stdevs, baselines=baselines, batch_size=batch_size
+        )
         if isinstance(self.baselines, str):
             self.baselines = (self.baselines,)
         self._init_reduction(reduction)
@@ -186,8 +199,13 @@ class GradientShapExplainer(_GradientExplainer):
         gens = sample_generators(inputs, generator)
         # candidate baselines per sample (N, B, C, H, W); "uniform" rows are filled per draw below
         cand = torch.stack(
-            [make_fill(inputs, b, blur=BASELINE_BLUR) if b != "uniform"
-             else torch.zeros_like(inputs) for b in self.baselines], 1
+            [
+                make_fill(inputs, b, blur=BASELINE_BLUR)
+                if b != "uniform"
+                else torch.zeros_like(inputs)
+                for b in self.baselines
+            ],
+            1,
         )
         uni = self.baselines.index("uniform") if "uniform" in self.baselines else -1
         pts, diffs = [], []
@@ -224,11 +242,15 @@ class _SeededNoiseTunnel(NoiseTunnel):
         self._noise: torch.Tensor | None = None
         self._used = 0
 
-    def _add_noise_to_input(self, input: torch.Tensor, stdev: float, nt_samples_partition: int) -> torch.Tensor:
+    def _add_noise_to_input(
+        self, input: torch.Tensor, stdev: float, nt_samples_partition: int
+    ) -> torch.Tensor:
         if len(input) != len(self._gens):  # pragma: no cover - guards a Captum internals change
             raise RuntimeError("NoiseTunnel passed an unexpected batch; seeding would be wrong")
         if self._noise is None:
-            self._noise = torch.stack([torch.randn((self._nt, *input.shape[1:]), generator=g) for g in self._gens])
+            self._noise = torch.stack(
+                [torch.randn((self._nt, *input.shape[1:]), generator=g) for g in self._gens]
+            )
         part = self._noise[:, self._used : self._used + nt_samples_partition]
         self._used += nt_samples_partition
         noisy = input.repeat_interleave(nt_samples_partition, dim=0)
@@ -245,8 +267,11 @@ class SmoothGradExplainer(_GradientExplainer):
 
     cost_knobs: ClassVar[tuple[str, ...]] = ("nt_samples", "batch_size")
     option_constraints: ClassVar[dict] = {
-        "nt_samples": COUNT, "stdevs": NON_NEGATIVE, "nt_type": OneOf(NT_TYPES),
-        "batch_size": COUNT, "reduction": REDUCTION,
+        "nt_samples": COUNT,
+        "stdevs": NON_NEGATIVE,
+        "nt_type": OneOf(NT_TYPES),
+        "batch_size": COUNT,
+        "reduction": REDUCTION,
     }
 
     name = "smoothgrad"
@@ -267,7 +292,9 @@ class SmoothGradExplainer(_GradientExplainer):
         self._init_reduction(reduction)
 
     def attribute(self, model, inputs, targets, *, generator=None):
-        nt = _SeededNoiseTunnel(Saliency(model), sample_generators(inputs, generator), self.nt_samples)
+        nt = _SeededNoiseTunnel(
+            Saliency(model), sample_generators(inputs, generator), self.nt_samples
+        )
         attr = nt.attribute(
             _grad_input(inputs),
             nt_type=self.nt_type,

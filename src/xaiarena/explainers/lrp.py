@@ -409,8 +409,12 @@ class LRP(_PropagationExplainer):
 
     name = "lrp"
     option_constraints: ClassVar[dict] = {
-        "composite": OneOf(COMPOSITES), "epsilon": NON_NEGATIVE, "gamma": NON_NEGATIVE,
-        "alpha": NON_NEGATIVE, "beta": NON_NEGATIVE, "stabilizer": POSITIVE,
+        "composite": OneOf(COMPOSITES),
+        "epsilon": NON_NEGATIVE,
+        "gamma": NON_NEGATIVE,
+        "alpha": NON_NEGATIVE,
+        "beta": NON_NEGATIVE,
+        "stabilizer": POSITIVE,
         "first_rule": [OneOf(RULES), Null("the composite's rule")],
         "conv_rule": [OneOf(LAYER_RULES), Null("the composite's rule")],
         "dense_rule": [OneOf(LAYER_RULES), Null("the composite's rule")],
@@ -433,15 +437,24 @@ class LRP(_PropagationExplainer):
     ):
         set_options(self, composite=composite, epsilon=epsilon, gamma=gamma, alpha=alpha, beta=beta)
         if abs(self.alpha - self.beta - 1.0) > 1e-9:
-            raise option_error(self.name, "beta", beta,
-                               f"alpha - 1, here {_fmt(self.alpha - 1.0)} (alpha {alpha!r})",
-                               detail="alpha - beta must be 1: relevance is "
-                               "conserved; e.g. alpha=2, beta=1 or alpha=1, beta=0")
+            raise option_error(
+                self.name,
+                "beta",
+                beta,
+                f"alpha - 1, here {_fmt(self.alpha - 1.0)} (alpha {alpha!r})",
+                detail="alpha - beta must be 1: relevance is "
+                "conserved; e.g. alpha=2, beta=1 or alpha=1, beta=0",
+            )
         set_options(self, stabilizer=stabilizer, first_rule=first_rule)
         for option, value in (("conv_rule", conv_rule), ("dense_rule", dense_rule)):
             if value in FIRST_LAYER_RULES:
-                raise option_error(self.name, option, value, f"one of {', '.join(LAYER_RULES)}",
-                                   detail=f"{value} is a first-layer rule: give it as first_rule")
+                raise option_error(
+                    self.name,
+                    option,
+                    value,
+                    f"one of {', '.join(LAYER_RULES)}",
+                    detail=f"{value} is a first-layer rule: give it as first_rule",
+                )
         set_options(self, conv_rule=conv_rule, dense_rule=dense_rule)
         self.canonize = bool(canonize)
         self._init_reduction(reduction)

@@ -41,7 +41,9 @@ def forward_pre_hook(module: nn.Module, hook: Callable[..., Any]) -> Iterator[No
 def target_scores(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``outputs[i, targets[i]]`` as ``(N,)``."""
     if outputs.ndim != 2:
-        raise RuntimeError(f"the model must return (N, classes) scores, got shape {tuple(outputs.shape)}")
+        raise RuntimeError(
+            f"the model must return (N, classes) scores, got shape {tuple(outputs.shape)}"
+        )
     return outputs.gather(1, targets.view(-1, 1)).squeeze(1)
 
 
@@ -106,4 +108,6 @@ def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bilinear upsampling (``align_corners=False``) of ``(N, h, w)`` maps to ``size``."""
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
-    return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[
+        :, 0
+    ]

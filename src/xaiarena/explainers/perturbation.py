@@ -64,18 +64,22 @@ SIDES = [COUNT, ListOf(COUNT, min_len=2, max_len=2)]
 class _PerturbationExplainer(Explainer):
     family: ClassVar[str] = "perturbation"
     option_constraints: ClassVar[dict] = {
-        "baseline": OneOf(BASELINES), "perturbations_per_eval": COUNT,
+        "baseline": OneOf(BASELINES),
+        "perturbations_per_eval": COUNT,
         "reduction": OneOf(REDUCTIONS),
     }
 
     def _init_common(self, baseline: str, perturbations_per_eval: int, reduction: str) -> None:
-        set_options(self, baseline=baseline, perturbations_per_eval=perturbations_per_eval,
-                    reduction=reduction)
+        set_options(
+            self,
+            baseline=baseline,
+            perturbations_per_eval=perturbations_per_eval,
+            reduction=reduction,
+        )
 
     def _baseline(self, inputs: torch.Tensor, generator) -> torch.Tensor:
         gens = sample_generators(inputs, generator) if self.baseline == "uniform" else None
         return make_fill(inputs, self.baseline, generators=gens, blur=BASELINE_BLUR)
-
 
 
 def _window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -101,7 +105,9 @@ class OcclusionExplainer(_PerturbationExplainer):
     name = "occlusion"
     cost_knobs: ClassVar[tuple[str, ...]] = ("window", "stride", "perturbations_per_eval")
     option_constraints: ClassVar[dict] = {
-        **_PerturbationExplainer.option_constraints, "window": SIDES, "stride": SIDES,
+        **_PerturbationExplainer.option_constraints,
+        "window": SIDES,
+        "stride": SIDES,
     }
 
     def __init__(
@@ -153,11 +159,15 @@ class OcclusionExplainer(_PerturbationExplainer):
             while r < stop:  # runs of one sample's windows: x_i + (b_i - x_i) * window mask
                 i, j0 = divmod(r, p)
                 j1 = min(p, j0 + stop - r)
-                torch.addcmul(x[i], delta[i], wmask[j0:j1, None], out=out[r - start : r - start + j1 - j0])
+                torch.addcmul(
+                    x[i], delta[i], wmask[j0:j1, None], out=out[r - start : r - start + j1 - j0]
+                )
                 r += j1 - j0
             return out, row_targets[start:stop]
 
-        y = forward_scores(model, n * p, make_batch, self.perturbations_per_eval, prepare=prep).view(n, p)
+        y = forward_scores(
+            model, n * p, make_batch, self.perturbations_per_eval, prepare=prep
+        ).view(n, p)
         drop = (y0[:, None] - y).to(x.dtype)  # (N, P)
         total = torch.einsum("np,phw->nhw", drop, wmask)
         attr = total / wmask.sum(0).clamp_min(1.0)
@@ -178,10 +188,22 @@ def slic_segments(images: torch.Tensor, n_segments: int, compactness: float) -> 
 
     def one(img: np.ndarray) -> np.ndarray:
         if img.shape[-1] == 1:
-            seg = slic(img[..., 0], n_segments=n_segments, compactness=compactness, start_label=0, channel_axis=None)
+            seg = slic(
+                img[..., 0],
+                n_segments=n_segments,
+                compactness=compactness,
+                start_label=0,
+                channel_axis=None,
+            )
         else:
-            seg = slic(img, n_segments=n_segments, compactness=compactness, start_label=0, channel_axis=-1,
-                       convert2lab=img.shape[-1] == 3)
+            seg = slic(
+                img,
+                n_segments=n_segments,
+                compactness=compactness,
+                start_label=0,
+                channel_axis=-1,
+                convert2lab=img.shape[-1] == 3,
+            )
         _, labels = np.unique(seg, return_inverse=True)
         return labels.reshape(seg.shape).astype(np.int64)
 
@@ -215,7 +237,9 @@ class SuperpixelSurrogate(_PerturbationExplainer):
     selection_knobs: ClassVar[tuple[str, ...]] = ()
     option_constraints: ClassVar[dict] = {
         **_PerturbationExplainer.option_constraints,
-        "n_samples": Interval(int, 2, None), "n_segments": COUNT, "compactness": POSITIVE,
+        "n_samples": Interval(int, 2, None),
+        "n_segments": COUNT,
+        "compactness": POSITIVE,
     }
 
     def __init__(
@@ -254,7 +278,9 @@ class SuperpixelSurrogate(_PerturbationExplainer):
         h.update(f"{type(self).__qualname__}:{sorted(options.items())!r}".encode())
         h.update(generator.get_state().numpy().tobytes())
         # the model's identity and current weights (a copy with other weights gets another key)
-        h.update(f"{type(model).__qualname__}:{id(model)}:{model.training}:{inputs.device}".encode())
+        h.update(
+            f"{type(model).__qualname__}:{id(model)}:{model.training}:{inputs.device}".encode()
+        )
         h.update(fingerprint_module(model).encode())
         h.update(fingerprint_tensor(inputs, targets).encode())
         for seg in segs:
@@ -300,7 +326,9 @@ class SuperpixelSurrogate(_PerturbationExplainer):
         if known is not None:
             y = known
         else:
-            y = forward_scores(model, n * s, make_batch, self.perturbations_per_eval, prepare=prep).view(n, s)
+            y = forward_scores(
+                model, n * s, make_batch, self.perturbations_per_eval, prepare=prep
+            ).view(n, s)
             y = y.detach().to("cpu", torch.float64)
             if key is not None:
                 with _RESPONSES_LOCK:
@@ -346,8 +374,10 @@ class LimeExplainer(SuperpixelSurrogate):
     name = "lime"
     selection_knobs: ClassVar[tuple[str, ...]] = ("num_features", "positive_only")
     option_constraints: ClassVar[dict] = {
-        **SuperpixelSurrogate.option_constraints, "kernel_width": POSITIVE,
-        "ridge_alpha": NON_NEGATIVE, "num_features": [COUNT, Null("every superpixel")],
+        **SuperpixelSurrogate.option_constraints,
+        "kernel_width": POSITIVE,
+        "ridge_alpha": NON_NEGATIVE,
+        "num_features": [COUNT, Null("every superpixel")],
         "positive_only": Boolean(),
     }
 
@@ -364,9 +394,16 @@ class LimeExplainer(SuperpixelSurrogate):
         num_features: int | None = None,
         positive_only: bool = True,
     ):
-        super().__init__(n_samples, n_segments, compactness, baseline, perturbations_per_eval, reduction)
-        set_options(self, kernel_width=kernel_width, ridge_alpha=ridge_alpha,
-                    num_features=num_features, positive_only=positive_only)
+        super().__init__(
+            n_samples, n_segments, compactness, baseline, perturbations_per_eval, reduction
+        )
+        set_options(
+            self,
+            kernel_width=kernel_width,
+            ridge_alpha=ridge_alpha,
+            num_features=num_features,
+            positive_only=positive_only,
+        )
 
     def select(self, coef):
         if self.num_features is None:
@@ -419,7 +456,9 @@ class KernelShapExplainer(SuperpixelSurrogate):
         perturbations_per_eval: int = 64,
         reduction: Reduction = "mean",
     ):
-        super().__init__(n_samples, n_segments, compactness, baseline, perturbations_per_eval, reduction)
+        super().__init__(
+            n_samples, n_segments, compactness, baseline, perturbations_per_eval, reduction
+        )
 
     def sample(self, d, generator):
         s = self.n_samples
@@ -442,7 +481,9 @@ class KernelShapExplainer(SuperpixelSurrogate):
         zc, yc = _weighted_centered(z, y, w)
         # the 1e6 weights make the system stiff; rescale columns before the SVD-based solve
         scale = zc.norm(dim=0).clamp_min(1e-300)
-        sol = torch.linalg.lstsq(zc / scale, yc[:, None], driver="gelsd", rcond=1e-12 * math.sqrt(len(z))).solution
+        sol = torch.linalg.lstsq(
+            zc / scale, yc[:, None], driver="gelsd", rcond=1e-12 * math.sqrt(len(z))
+        ).solution
         return sol[:, 0] / scale
 
 
@@ -477,8 +518,12 @@ class CaptumLimeExplainer(_PerturbationExplainer):
     FEATURES: ClassVar[tuple[str, ...]] = ("element", "pixel")
     DISTANCES: ClassVar[tuple[str, ...]] = ("cosine", "euclidean")
     option_constraints: ClassVar[dict] = {
-        **_PerturbationExplainer.option_constraints, "n_samples": COUNT, "kernel_width": POSITIVE,
-        "distance": OneOf(DISTANCES), "alpha": POSITIVE, "features": OneOf(FEATURES),
+        **_PerturbationExplainer.option_constraints,
+        "n_samples": COUNT,
+        "kernel_width": POSITIVE,
+        "distance": OneOf(DISTANCES),
+        "alpha": POSITIVE,
+        "features": OneOf(FEATURES),
     }
 
     def __init__(
@@ -492,8 +537,14 @@ class CaptumLimeExplainer(_PerturbationExplainer):
         perturbations_per_eval: int = 64,
         reduction: Reduction = "sum",
     ):
-        set_options(self, n_samples=n_samples, kernel_width=kernel_width, distance=distance,
-                    alpha=alpha, features=features)
+        set_options(
+            self,
+            n_samples=n_samples,
+            kernel_width=kernel_width,
+            distance=distance,
+            alpha=alpha,
+            features=features,
+        )
         self._init_common(baseline, perturbations_per_eval, reduction)
         self.n_not_converged = 0  # Lasso fits stopped at sklearn's iteration limit (logged once)
 
@@ -524,12 +575,18 @@ class CaptumLimeExplainer(_PerturbationExplainer):
             # Captum's fit (sklearn's default max_iter) often stops short on 25 draws of hundreds of
             # features; one warning per sample would flood the log, so they are counted instead
             warnings.simplefilter("always", ConvergenceWarning)
-            model.fit(z.cpu().float().numpy(), y.cpu().float().numpy(), sample_weight=w.cpu().float().numpy())
+            model.fit(
+                z.cpu().float().numpy(),
+                y.cpu().float().numpy(),
+                sample_weight=w.cpu().float().numpy(),
+            )
         if any(issubclass(c.category, ConvergenceWarning) for c in caught):
             self.n_not_converged += 1
             if self.n_not_converged == 1:
-                log.info("captum_lime: the Lasso fit did not converge within sklearn's default iterations for "
-                         "some samples (as in Captum); the coefficients are used as fitted")
+                log.info(
+                    "captum_lime: the Lasso fit did not converge within sklearn's default iterations for "
+                    "some samples (as in Captum); the coefficients are used as fitted"
+                )
         return torch.from_numpy(np.asarray(model.coef_, dtype=np.float32).reshape(-1))
 
     def attribute(self, model, inputs, targets, *, generator=None):
@@ -560,7 +617,9 @@ class CaptumLimeExplainer(_PerturbationExplainer):
                 r += j1 - j0
             return out, row_targets[start:stop]
 
-        y = forward_scores(model, n * s, make_batch, self.perturbations_per_eval, prepare=prep).view(n, s)
+        y = forward_scores(
+            model, n * s, make_batch, self.perturbations_per_eval, prepare=prep
+        ).view(n, s)
         y = y.detach().to("cpu", torch.float32)
         sims = sims.view(n, s)
         coefs = torch.stack([self.solve(zs[i], y[i], sims[i]) for i in range(n)])  # (N, d)

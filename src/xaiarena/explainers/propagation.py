@@ -383,7 +383,9 @@ class DeepLiftExplainer(_PropagationExplainer):
 
     name = "deeplift"
     option_constraints: ClassVar[dict] = {
-        "baseline": OneOf(BASELINES), "eps": NON_NEGATIVE, "reduction": REDUCTION,
+        "baseline": OneOf(BASELINES),
+        "eps": NON_NEGATIVE,
+        "reduction": REDUCTION,
     }
 
     def __init__(
@@ -417,8 +419,11 @@ class DeepLiftShapExplainer(_PropagationExplainer):
     name = "deeplift_shap"
     cost_knobs: ClassVar[tuple[str, ...]] = ("n_samples", "batch_size")
     option_constraints: ClassVar[dict] = {
-        "baselines": [OneOf(BASELINES), ListOf(OneOf(BASELINES))], "n_samples": COUNT,
-        "eps": NON_NEGATIVE, "batch_size": COUNT, "reduction": REDUCTION,
+        "baselines": [OneOf(BASELINES), ListOf(OneOf(BASELINES))],
+        "n_samples": COUNT,
+        "eps": NON_NEGATIVE,
+        "batch_size": COUNT,
+        "reduction": REDUCTION,
     }
 
     def __init__(

@@ -54,7 +54,9 @@ class _Agreement(Metric):
         return explainer_pairs(names, self.reference, self.name)
 
     @serial_bookkeeping
-    def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
+    def evaluate(
+        self, batch: EvalBatch, attributions, *, generator, explainers=None
+    ) -> MetricOutput:
         maps = {k: v.flatten(1) for k, v in prepare(batch, attributions).items()}
         maps = {k: v.abs() if self.abs else v for k, v in maps.items()}
         pairs = self.pairs(list(maps))
@@ -68,7 +70,9 @@ class _Agreement(Metric):
         scores = {pair_key(a, b): self.compare(ranks[a], ranks[b], maps[a]) for a, b in pairs}
         return MetricOutput(scores={self.name: scores})
 
-    def compare(self, rank_a: torch.Tensor, rank_b: torch.Tensor, map_a: torch.Tensor) -> torch.Tensor:
+    def compare(
+        self, rank_a: torch.Tensor, rank_b: torch.Tensor, map_a: torch.Tensor
+    ) -> torch.Tensor:
         """Per-sample agreement of two rank maps (N, P); rank 0 is the most important pixel.
         ``map_a`` is the first map itself (N, P), after ``abs`` if set."""
         raise NotImplementedError
@@ -82,17 +86,24 @@ class _TopK(_Agreement):
 
     option_constraints: ClassVar[dict] = {
         **_Agreement.option_constraints,
-        "k": [COUNT, Interval(float, 0, 1, closed="neither", noun="a fraction of the pixels"),
-              OneOf(["support"])],
+        "k": [
+            COUNT,
+            Interval(float, 0, 1, closed="neither", noun="a fraction of the pixels"),
+            OneOf(["support"]),
+        ],
     }
 
     def __init__(self, k: int | float | str = 0.1, reference: str | None = None, abs: bool = False):
         super().__init__(reference, abs)
         set_options(self, k=k)
         if self.k == "support" and reference is None:
-            raise option_error(self.name, "k", k, "a pixel count or a fraction when reference is null",
-                               detail="k='support' needs a reference explainer, the map whose "
-                               "support is the mask")
+            raise option_error(
+                self.name,
+                "k",
+                k,
+                "a pixel count or a fraction when reference is null",
+                detail="k='support' needs a reference explainer, the map whose support is the mask",
+            )
 
     def _k(self, map_a: torch.Tensor) -> torch.Tensor:
         """Per-sample ``k`` as an ``(N, 1)`` tensor; NaN scores where it is 0."""
@@ -109,13 +120,18 @@ class _TopK(_Agreement):
         inter = ((rank_a < k) & (rank_b < k)).sum(1).float()
         k = k[:, 0].float()
         out = self.score(inter, k)
-        return nan_where(out, k == 0, self.name, "an empty reference mask (k: support, no positive pixel)")
+        return nan_where(
+            out, k == 0, self.name, "an empty reference mask (k: support, no positive pixel)"
+        )
 
     def score(self, inter: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 
-@METRICS.register("agreement_topk_iou", description="Agreement: IoU of two explainers' top-k pixels (key '<a>~<b>')")
+@METRICS.register(
+    "agreement_topk_iou",
+    description="Agreement: IoU of two explainers' top-k pixels (key '<a>~<b>')",
+)
 class TopKIoUAgreement(_TopK):
     """IoU of the two maps binarised at their top ``k`` pixels (``k`` a count or a
     fraction of the pixels, default 10%)."""
@@ -126,7 +142,10 @@ class TopKIoUAgreement(_TopK):
         return inter / (2 * k - inter)
 
 
-@METRICS.register("agreement_topk_overlap", description="Agreement: share of top-k pixels two explainers have in common (key '<a>~<b>')")
+@METRICS.register(
+    "agreement_topk_overlap",
+    description="Agreement: share of top-k pixels two explainers have in common (key '<a>~<b>')",
+)
 class TopKOverlapAgreement(_TopK):
     """``|top_k(a) ∩ top_k(b)| / k`` (feature agreement, Krishna et al. 2022)."""
 
@@ -136,7 +155,10 @@ class TopKOverlapAgreement(_TopK):
         return inter / k
 
 
-@METRICS.register("agreement_spearman", description="Agreement: Spearman rank correlation of two explainers' maps (key '<a>~<b>')")
+@METRICS.register(
+    "agreement_spearman",
+    description="Agreement: Spearman rank correlation of two explainers' maps (key '<a>~<b>')",
+)
 class SpearmanAgreement(_Agreement):
     """Spearman rank correlation of the two maps (Pearson correlation of their ranks,
     ties broken at random so constant regions count like random ones). Range [-1, 1]."""

@@ -128,8 +128,11 @@ class Infidelity(_SumMetric):
 
     name = "infidelity"
     option_constraints: ClassVar[dict] = {
-        **_SumMetric.option_constraints, "perturbation": OneOf(INFIDELITY_PERTURBATIONS),
-        "n_perturb_samples": COUNT, "noise_std": POSITIVE, "patch_sizes": [COUNT, ListOf(COUNT)],
+        **_SumMetric.option_constraints,
+        "perturbation": OneOf(INFIDELITY_PERTURBATIONS),
+        "n_perturb_samples": COUNT,
+        "noise_std": POSITIVE,
+        "patch_sizes": [COUNT, ListOf(COUNT)],
         "normalise": NORMALISE,
     }
     higher_is_better = False
@@ -150,8 +153,13 @@ class Infidelity(_SumMetric):
         blur_sigma: float = 5.0,
     ):
         super().__init__(fill, output, batch_size, blur_sigma)
-        set_options(self, perturbation=perturbation, n_perturb_samples=n_perturb_samples,
-                    noise_std=noise_std, patch_sizes=patch_sizes)
+        set_options(
+            self,
+            perturbation=perturbation,
+            n_perturb_samples=n_perturb_samples,
+            noise_std=noise_std,
+            patch_sizes=patch_sizes,
+        )
         if isinstance(self.patch_sizes, int):
             self.patch_sizes = (self.patch_sizes,)
         self.optimal_scaling = bool(optimal_scaling)
@@ -265,8 +273,10 @@ class SensitivityN(_SumMetric):
 
     name = "sensitivity_n"
     option_constraints: ClassVar[dict] = {
-        **_SumMetric.option_constraints, "n_values": [*N_VALUE, ListOf(N_VALUE, unique=True)],
-        "nr_subsets": Interval(int, 2, None), "similarity": OneOf(SIMILARITIES),
+        **_SumMetric.option_constraints,
+        "n_values": [*N_VALUE, ListOf(N_VALUE, unique=True)],
+        "nr_subsets": Interval(int, 2, None),
+        "similarity": OneOf(SIMILARITIES),
     }
     higher_is_better = True
     value_range = (-1.0, 1.0)
@@ -368,9 +378,12 @@ class MonotonicityCorrelation(_SumMetric):
 
     name = "monotonicity_correlation"
     option_constraints: ClassVar[dict] = {
-        **_SumMetric.option_constraints, "nr_samples": COUNT,
-        "features_in_step": [COUNT, Null("ceil(H*W / n_steps)")], "n_steps": Interval(int, 2, None),
-        "similarity": OneOf(SIMILARITIES), "eps": NON_NEGATIVE,
+        **_SumMetric.option_constraints,
+        "nr_samples": COUNT,
+        "features_in_step": [COUNT, Null("ceil(H*W / n_steps)")],
+        "n_steps": Interval(int, 2, None),
+        "similarity": OneOf(SIMILARITIES),
+        "eps": NON_NEGATIVE,
     }
     higher_is_better = True
     value_range = (-1.0, 1.0)
@@ -389,8 +402,13 @@ class MonotonicityCorrelation(_SumMetric):
         blur_sigma: float = 5.0,
     ):
         super().__init__(fill, output, batch_size, blur_sigma)
-        set_options(self, nr_samples=nr_samples, features_in_step=features_in_step, n_steps=n_steps,
-                    similarity=similarity)
+        set_options(
+            self,
+            nr_samples=nr_samples,
+            features_in_step=features_in_step,
+            n_steps=n_steps,
+            similarity=similarity,
+        )
         self.abs = bool(abs)
         set_options(self, eps=eps)
 

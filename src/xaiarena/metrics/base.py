@@ -100,8 +100,12 @@ class OutputSpec:
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready metadata (run.json, ``xaiarena list --json``)."""
-        out: dict[str, object] = {"name": self.name, "higher_is_better": self.higher_is_better,
-                                  "value_range": [float(v) for v in self.value_range], "ranked": self.ranked}
+        out: dict[str, object] = {
+            "name": self.name,
+            "higher_is_better": self.higher_is_better,
+            "value_range": [float(v) for v in self.value_range],
+            "ranked": self.ranked,
+        }
         if not self.ranked:
             out["unranked_reason"] = self.unranked_reason
         return out
@@ -163,7 +167,9 @@ class Metric(ABC):
         for o in self.outputs():
             if o.name == output_name:
                 return o
-        raise KeyError(f"metric '{self.name}' has no output '{output_name}'; outputs: {', '.join(self.output_names())}")
+        raise KeyError(
+            f"metric '{self.name}' has no output '{output_name}'; outputs: {', '.join(self.output_names())}"
+        )
 
     @abstractmethod
     def evaluate(

@@ -26,8 +26,7 @@ class _MapMetric(Metric):
     requires = ()
     option_constraints: ClassVar[dict] = {"normalise": NORMALISE}
 
-    def __init__(self, abs: bool = True,
-                 normalise: Normalise = True):
+    def __init__(self, abs: bool = True, normalise: Normalise = True):
         self.abs = bool(abs)
         set_options(self, normalise=normalise)
         self.normalise = normalise_rule(self.normalise)
@@ -40,7 +39,10 @@ class _MapMetric(Metric):
         return out
 
 
-@METRICS.register("sparseness", description="Sparseness (Chalasani et al. 2020): Gini index of the attribution magnitudes")
+@METRICS.register(
+    "sparseness",
+    description="Sparseness (Chalasani et al. 2020): Gini index of the attribution magnitudes",
+)
 class Sparseness(_MapMetric):
     """Gini index of ``|a|`` (after per-sample max normalisation and ``+1e-7``, as Quantus):
     ``sum_i (2i - P - 1) a_(i) / (P sum_i a_i)`` over the sorted values. 1 means all
@@ -51,7 +53,9 @@ class Sparseness(_MapMetric):
     value_range = (0.0, 1.0)
 
     @serial_bookkeeping
-    def evaluate(self, batch: EvalBatch, attributions, *, generator=None, explainers=None) -> MetricOutput:
+    def evaluate(
+        self, batch: EvalBatch, attributions, *, generator=None, explainers=None
+    ) -> MetricOutput:
         scores = {}
         for name, a in self._maps(batch, attributions).items():
             a = torch.sort(a + 1e-7, dim=1).values
@@ -61,7 +65,10 @@ class Sparseness(_MapMetric):
         return MetricOutput(scores={self.name: scores})
 
 
-@METRICS.register("complexity", description="Complexity (Bhatt et al. 2020): entropy of the attribution magnitudes")
+@METRICS.register(
+    "complexity",
+    description="Complexity (Bhatt et al. 2020): entropy of the attribution magnitudes",
+)
 class Complexity(_MapMetric):
     """Shannon entropy of ``|a| / sum |a|`` (natural log, ``+1e-12`` inside the log, as
     Quantus). 0 for all relevance on one pixel, ``log(H*W)`` for a uniform map; lower is
@@ -72,11 +79,15 @@ class Complexity(_MapMetric):
     value_range = (0.0, math.inf)
 
     @serial_bookkeeping
-    def evaluate(self, batch: EvalBatch, attributions, *, generator=None, explainers=None) -> MetricOutput:
+    def evaluate(
+        self, batch: EvalBatch, attributions, *, generator=None, explainers=None
+    ) -> MetricOutput:
         scores = {}
         for name, a in self._maps(batch, attributions).items():
             total = a.abs().sum(1, keepdim=True)
             p = a / total.clamp_min(1e-300)
             h = -(p * torch.log(p + 1e-12)).sum(1).float()
-            scores[name] = nan_where(h, total.view(-1) == 0, self.name, "the map is all zeros", name)
+            scores[name] = nan_where(
+                h, total.view(-1) == 0, self.name, "the map is all zeros", name
+            )
         return MetricOutput(scores={self.name: scores})

@@ -67,8 +67,10 @@ def prepare(batch: EvalBatch, attributions: dict[str, torch.Tensor]) -> dict[str
         bad = ~torch.isfinite(a).flatten(1).all(1)
         if bool(bad.any()):
             idx = torch.nonzero(bad).flatten().tolist()
-            raise ValueError(f"attributions['{name}'] contain NaN or inf at sample(s) {idx[:10]}; "
-                             "metrics need finite maps")
+            raise ValueError(
+                f"attributions['{name}'] contain NaN or inf at sample(s) {idx[:10]}; "
+                "metrics need finite maps"
+            )
         out[name] = a
     return out
 
@@ -82,8 +84,9 @@ def require_masks(batch: EvalBatch, metric: str) -> torch.Tensor:
     return batch.masks.to(device=batch.inputs.device).bool()
 
 
-def nan_where(values: torch.Tensor, bad: torch.Tensor, metric: str, reason: str,
-              explainer: str | None = None) -> torch.Tensor:
+def nan_where(
+    values: torch.Tensor, bad: torch.Tensor, metric: str, reason: str, explainer: str | None = None
+) -> torch.Tensor:
     """Set ``values[bad]`` to NaN and log why (NaN only with a logged reason)."""
     if bool(bad.any()):
         who = f" for explainer '{explainer}'" if explainer else ""
@@ -147,11 +150,15 @@ class SampleRNG:
         self._keys = [_digest(base, k.hex()).to_bytes(8, "little") for k in keys]
 
     @classmethod
-    def for_batch(cls, batch: EvalBatch, generator: torch.Generator | None, metric: str = "metric") -> SampleRNG:
+    def for_batch(
+        cls, batch: EvalBatch, generator: torch.Generator | None, metric: str = "metric"
+    ) -> SampleRNG:
         """One draw from ``generator`` and the batch's sample keys."""
         if not isinstance(generator, torch.Generator):
-            raise ValueError(f"metric '{metric}' draws random numbers and needs generator=torch.Generator(), "
-                             f"got {type(generator).__name__}")
+            raise ValueError(
+                f"metric '{metric}' draws random numbers and needs generator=torch.Generator(), "
+                f"got {type(generator).__name__}"
+            )
         return cls(base_seed(generator), sample_keys(batch), generator.device)
 
     def __len__(self) -> int:
@@ -165,26 +172,40 @@ class SampleRNG:
         """A CPU generator for sample ``i`` and ``path``, fresh on every call."""
         return torch.Generator().manual_seed(self.seed(i, *path))
 
-    def rand(self, shape: Sequence[int], *path: object, device: torch.device | str = "cpu") -> torch.Tensor:
+    def rand(
+        self, shape: Sequence[int], *path: object, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
         """``(N, *shape)``: row ``i`` is U(0, 1) from sample ``i``'s stream for ``path``."""
         shape = tuple(int(s) for s in shape)
         if not self._keys:
             return torch.empty(0, *shape, device=device)
-        return torch.stack([torch.rand(shape, generator=self.generator(i, *path)) for i in range(len(self))]).to(device)
+        return torch.stack(
+            [torch.rand(shape, generator=self.generator(i, *path)) for i in range(len(self))]
+        ).to(device)
 
-    def rand_items(self, rows: Sequence[int], index: Sequence[int], shape: Sequence[int], *path: object,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
+    def rand_items(
+        self,
+        rows: Sequence[int],
+        index: Sequence[int],
+        shape: Sequence[int],
+        *path: object,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
         """``(M, *shape)``: item ``m`` from sample ``rows[m]``'s stream for ``(*path, index[m])``.
 
         For draws whose grouping into calls varies (noise draws re-explained in chunks): each
         (sample, index) has its own stream, so how the items are chunked does not matter.
         """
         shape = tuple(int(s) for s in shape)
-        out = [torch.rand(shape, generator=self.generator(int(r), *path, int(j))) for r, j in zip(rows, index, strict=True)]
+        out = [
+            torch.rand(shape, generator=self.generator(int(r), *path, int(j)))
+            for r, j in zip(rows, index, strict=True)
+        ]
         return torch.stack(out).to(device) if out else torch.empty(0, *shape, device=device)
 
-    def rand_ragged(self, lengths: Sequence[int], width: int, *path: object,
-                    device: torch.device | str = "cpu") -> torch.Tensor:
+    def rand_ragged(
+        self, lengths: Sequence[int], width: int, *path: object, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
         """``(N, width)``: sample ``i`` gets ``lengths[i]`` numbers from its stream (its own length,
         e.g. its number of words), zeros after them."""
         out = torch.zeros(len(self), int(width))
@@ -200,7 +221,9 @@ class SampleRNG:
         return explainer_generator(self.base_seed, name, self.device)
 
 
-def explainer_generator(base_seed: int, name: str, device: torch.device | str = "cpu") -> torch.Generator:
+def explainer_generator(
+    base_seed: int, name: str, device: torch.device | str = "cpu"
+) -> torch.Generator:
     """A generator that depends only on ``base_seed`` and the explainer's ``name``."""
     g = torch.Generator(device=device)
     g.manual_seed(_digest(int(base_seed).to_bytes(8, "little"), "explainer", name))
@@ -219,7 +242,9 @@ def tie_break_keys(scores: torch.Tensor, u: torch.Tensor, descending: bool = Tru
     """
     v = scores.float().double()
     _, e = torch.frexp(v)
-    e = torch.where(v == 0, torch.full_like(e, -125), e)  # frexp(0) has exponent 0; use the subnormal spacing
+    e = torch.where(
+        v == 0, torch.full_like(e, -125), e
+    )  # frexp(0) has exponent 0; use the subnormal spacing
     ulp = torch.ldexp(torch.ones_like(v), (e - 24).clamp_min(-149))
     keys = v + 0.245 * ulp * u.to(v.device).double()
     return keys if descending else -keys
@@ -268,8 +293,14 @@ def note_constant_maps(metric: str, explainer: str, scores: torch.Tensor) -> Non
     flat = (hi == lo) & (finite.sum(1) > 1)
     if bool(flat.any()):
         idx = torch.nonzero(flat).flatten().tolist()
-        logger.warning("%s: explainer '%s' gives a constant map (e.g. all zeros) at %d sample(s) %s: its ranking "
-                       "is random tie-breaking, so it scores like a random map", metric, explainer, len(idx), idx[:10])
+        logger.warning(
+            "%s: explainer '%s' gives a constant map (e.g. all zeros) at %d sample(s) %s: its ranking "
+            "is random tie-breaking, so it scores like a random map",
+            metric,
+            explainer,
+            len(idx),
+            idx[:10],
+        )
 
 
 # --------------------------------------------------------------------------- threads
@@ -338,8 +369,9 @@ def full_threads() -> Iterator[None]:
 # --------------------------------------------------------------------------- fills
 
 
-def fill_image(x: torch.Tensor, fill: str | float, rng: SampleRNG,
-               blur_sigma: float = 5.0) -> torch.Tensor:
+def fill_image(
+    x: torch.Tensor, fill: str | float, rng: SampleRNG, blur_sigma: float = 5.0
+) -> torch.Tensor:
     """The image ``(N, C, H, W)`` that perturbed pixels take (:func:`xaiarena.ops.fill.make_fill`):
     ``uniform`` noise from each sample's stream for ("fill",) (so every explainer sees the same
     noise), ``blur`` with ``blur_sigma`` and reflect padding
@@ -379,7 +411,11 @@ NONFINITE_OUTPUT = "the model's output is not finite (NaN or inf logits)"
 
 def finite_rows(logits: torch.Tensor) -> torch.Tensor:
     """``(B,)`` bool: whether every logit of a row is finite."""
-    return torch.isfinite(logits.float()).all(-1) if logits.ndim > 1 else torch.isfinite(logits.float())
+    return (
+        torch.isfinite(logits.float()).all(-1)
+        if logits.ndim > 1
+        else torch.isfinite(logits.float())
+    )
 
 
 def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -391,8 +427,12 @@ def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Logits for ``x`` in chunks (call inside :func:`eval_mode`), each with all the process'
     threads (:func:`forward`)."""
-    return predict_in_batches(functools.partial(forward, model), x, chunk_size(x, batch_size),
-                              empty=lambda: x.new_zeros(0, 0))
+    return predict_in_batches(
+        functools.partial(forward, model),
+        x,
+        chunk_size(x, batch_size),
+        empty=lambda: x.new_zeros(0, 0),
+    )
 
 
 # --------------------------------------------------------------------------- statistics
@@ -402,17 +442,26 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) ->
 #: the normalisations of :mod:`xaiarena.postprocess`, per sample and ``_over_set``
 NORMALISE_RULES = tuple(k for k in _postprocess.STEPS if k not in ("abs", "minmax"))
 #: the type of a metric's ``normalise`` option (the config's type check reads it)
-Normalise = bool | Literal[
-    "normalise_by_max", "normalise_by_negative", "normalise_by_average_second_moment_estimate",
-    "normalise_by_max_over_set", "normalise_by_negative_over_set",
-    "normalise_by_average_second_moment_estimate_over_set",
-]
+Normalise = (
+    bool
+    | Literal[
+        "normalise_by_max",
+        "normalise_by_negative",
+        "normalise_by_average_second_moment_estimate",
+        "normalise_by_max_over_set",
+        "normalise_by_negative_over_set",
+        "normalise_by_average_second_moment_estimate_over_set",
+    ]
+)
 assert get_args(get_args(Normalise)[1]) == NORMALISE_RULES
 
 
 #: a metric's ``normalise`` option (see :func:`normalise_rule`)
-NORMALISE = [Boolean("true (normalise_by_max) or false"), OneOf(NORMALISE_RULES),
-             Null("no normalisation")]
+NORMALISE = [
+    Boolean("true (normalise_by_max) or false"),
+    OneOf(NORMALISE_RULES),
+    Null("no normalisation"),
+]
 
 
 def normalise_rule(value: object) -> str | None:
@@ -468,8 +517,13 @@ def spearman(a: torch.Tensor, b: torch.Tensor, ua: torch.Tensor, ub: torch.Tenso
     return pearson(rank_positions(a, ua).double(), rank_positions(b, ub).double())
 
 
-def similarity(kind: str, a: torch.Tensor, b: torch.Tensor, ua: torch.Tensor | None = None,
-               ub: torch.Tensor | None = None) -> torch.Tensor:
+def similarity(
+    kind: str,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    ua: torch.Tensor | None = None,
+    ub: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``pearson`` or ``spearman`` (which needs the tie-breaking uniforms ``ua``, ``ub``)."""
     if kind == "pearson":
         return pearson(a, b)

@@ -65,7 +65,9 @@ ORDERS = ("morf", "lerf", "random")
 PERCENTAGE = Interval(float, 0, 100, closed="right")
 
 
-def _unit_grid(unit: str, h: int, w: int, patch_size: int, device: torch.device) -> tuple[torch.Tensor, int]:
+def _unit_grid(
+    unit: str, h: int, w: int, patch_size: int, device: torch.device
+) -> tuple[torch.Tensor, int]:
     if unit == "pixel":
         return torch.arange(h * w, device=device).view(h, w), h * w
     return patch_grid(h, w, patch_size, device)
@@ -102,8 +104,14 @@ class PixelPerturbation(PerturbationMetric):
     value_range = (0.0, 1.0)
     requires = ("model", "labels")
 
-    def __init__(self, percentages: Sequence[float] = (10, 20, 50), fill: str | float = "black",
-                 output: str = "probability", batch_size: int | None = None, blur_sigma: float = 5.0):
+    def __init__(
+        self,
+        percentages: Sequence[float] = (10, 20, 50),
+        fill: str | float = "black",
+        output: str = "probability",
+        batch_size: int | None = None,
+        blur_sigma: float = 5.0,
+    ):
         super().__init__(fill, output, batch_size, blur_sigma)
         set_options(self, percentages=percentages)
         if isinstance(self.percentages, float):
@@ -123,7 +131,9 @@ class PixelPerturbation(PerturbationMetric):
         return out
 
     @serial_bookkeeping
-    def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
+    def evaluate(
+        self, batch: EvalBatch, attributions, *, generator, explainers=None
+    ) -> MetricOutput:
         maps, x, targets, fill_img, rng = self._setup(batch, attributions, generator)
         labels = batch.labels.to(x.device).long().view(-1)
         n, _, h, w = x.shape
@@ -136,24 +146,34 @@ class PixelPerturbation(PerturbationMetric):
             return out
         with eval_mode(batch.model) as model:
             base = score_images(model, x, targets, self.output, self.batch_size)
-            keep = masked_scores(model, x, fill_img, ranks, counts, npix, targets, self.output, self.batch_size)
-            remove = masked_scores(model, fill_img, x, ranks, counts, npix, targets, self.output, self.batch_size)
+            keep = masked_scores(
+                model, x, fill_img, ranks, counts, npix, targets, self.output, self.batch_size
+            )
+            remove = masked_scores(
+                model, fill_img, x, ranks, counts, npix, targets, self.output, self.batch_size
+            )
         for j, p in enumerate(self.percentages):
             for kind, res in (("keep", keep), ("remove", remove)):
                 # an accuracy from NaN logits would look real (argmax of NaN is an arbitrary class)
                 acc = (res.preds[:, :, j] == labels).float()
                 drop = base.scores.view(1, -1) - res.scores[:, :, j]
                 ok = res.finite[:, :, j] & base.finite.view(1, -1)
-                out.scores[f"{kind}{p:g}_accuracy"] = self.split_checked(acc, res.finite[:, :, j], maps,
-                                                                         f"{kind}{p:g}_accuracy")
-                out.scores[f"{kind}{p:g}_drop"] = self.split_checked(drop, ok, maps, f"{kind}{p:g}_drop")
+                out.scores[f"{kind}{p:g}_accuracy"] = self.split_checked(
+                    acc, res.finite[:, :, j], maps, f"{kind}{p:g}_accuracy"
+                )
+                out.scores[f"{kind}{p:g}_drop"] = self.split_checked(
+                    drop, ok, maps, f"{kind}{p:g}_drop"
+                )
         return out
 
 
 # --------------------------------------------------------------------------- curves
 
 
-@METRICS.register("pixel_flipping", description="Pixel flipping (Bach et al. 2015): AUC of the target score as top pixels are removed")
+@METRICS.register(
+    "pixel_flipping",
+    description="Pixel flipping (Bach et al. 2015): AUC of the target score as top pixels are removed",
+)
 class PixelFlipping(PerturbationMetric):
     """Remove pixels in order of attribution, ``features_in_step`` at a time.
 
@@ -167,13 +187,21 @@ class PixelFlipping(PerturbationMetric):
     name = "pixel_flipping"
     option_constraints: ClassVar[dict] = {
         **PerturbationMetric.option_constraints,
-        "features_in_step": [COUNT, Null("ceil(H*W / n_steps)")], "n_steps": COUNT,
+        "features_in_step": [COUNT, Null("ceil(H*W / n_steps)")],
+        "n_steps": COUNT,
     }
     higher_is_better = False
     value_range = (0.0, 1.0)
 
-    def __init__(self, features_in_step: int | None = None, n_steps: int = 50, fill: str | float = "black",
-                 output: str = "probability", batch_size: int | None = None, blur_sigma: float = 5.0):
+    def __init__(
+        self,
+        features_in_step: int | None = None,
+        n_steps: int = 50,
+        fill: str | float = "black",
+        output: str = "probability",
+        batch_size: int | None = None,
+        blur_sigma: float = 5.0,
+    ):
         super().__init__(fill, output, batch_size, blur_sigma)
         set_options(self, features_in_step=features_in_step, n_steps=n_steps)
 
@@ -181,21 +209,34 @@ class PixelFlipping(PerturbationMetric):
         return [OutputSpec(self.name, False, self._bounded())]
 
     @serial_bookkeeping
-    def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
+    def evaluate(
+        self, batch: EvalBatch, attributions, *, generator, explainers=None
+    ) -> MetricOutput:
         maps, x, targets, fill_img, rng = self._setup(batch, attributions, generator)
         n, _, h, w = x.shape
         npix = h * w
         step = self.features_in_step or math.ceil(npix / self.n_steps)
         if step > npix:
-            raise ValueError(f"features_in_step={step} is larger than the number of pixels ({npix})")
+            raise ValueError(
+                f"features_in_step={step} is larger than the number of pixels ({npix})"
+            )
         n_points = math.ceil(npix / step)
         counts = (torch.arange(1, n_points + 1, device=x.device) * step).clamp(max=npix)
         out = MetricOutput(curve_x={self.name: counts.float() / npix})
         if not maps:
             return out
         with eval_mode(batch.model) as model:
-            res = masked_scores(model, fill_img, x, self.unit_ranks(maps, rng), counts.expand(n, -1),
-                                torch.full((n,), npix, device=x.device), targets, self.output, self.batch_size)
+            res = masked_scores(
+                model,
+                fill_img,
+                x,
+                self.unit_ranks(maps, rng),
+                counts.expand(n, -1),
+                torch.full((n,), npix, device=x.device),
+                targets,
+                self.output,
+                self.batch_size,
+            )
         out.curves[self.name] = self.split(res.scores, maps)
         out.scores[self.name] = self.split_checked(auc(res.scores), res.finite.all(-1), maps)
         return out
@@ -212,19 +253,35 @@ class _PatchCurve(PerturbationMetric):
             u = rng.rand((n_patches,), "order", device=x.device)
             r = rank_positions(u, torch.zeros_like(u))
             return units_to_pixels(r, ids).unsqueeze(0), n_patches, True
-        return self.unit_ranks(maps, rng, ids, n_patches, descending=order == "morf"), n_patches, False
+        return (
+            self.unit_ranks(maps, rng, ids, n_patches, descending=order == "morf"),
+            n_patches,
+            False,
+        )
 
     def _run(self, batch, maps, x, targets, fill_img, ranks, n_patches, n_points):
         n = x.shape[0]
         counts = torch.arange(1, n_points + 1, device=x.device).expand(n, -1)
         with eval_mode(batch.model) as model:
             base = score_images(model, x, targets, self.output, self.batch_size)
-            res = masked_scores(model, fill_img, x, ranks, counts, torch.full((n,), n_patches, device=x.device),
-                                targets, self.output, self.batch_size)
+            res = masked_scores(
+                model,
+                fill_img,
+                x,
+                ranks,
+                counts,
+                torch.full((n,), n_patches, device=x.device),
+                targets,
+                self.output,
+                self.batch_size,
+            )
         return base, res, counts[0]
 
 
-@METRICS.register("region_perturbation", description="Region perturbation (Samek et al. 2016): drop in target score as patches are removed")
+@METRICS.register(
+    "region_perturbation",
+    description="Region perturbation (Samek et al. 2016): drop in target score as patches are removed",
+)
 class RegionPerturbation(_PatchCurve):
     """Remove ``patch_size`` patches in ``order`` (morf, lerf or random), up to ``regions_evaluation``.
 
@@ -236,15 +293,24 @@ class RegionPerturbation(_PatchCurve):
 
     name = "region_perturbation"
     option_constraints: ClassVar[dict] = {
-        **_PatchCurve.option_constraints, "patch_size": COUNT, "order": OneOf(ORDERS),
+        **_PatchCurve.option_constraints,
+        "patch_size": COUNT,
+        "order": OneOf(ORDERS),
         "regions_evaluation": COUNT,
     }
     higher_is_better = True
     value_range = (-1.0, 1.0)  # with output="probability"; see outputs()
 
-    def __init__(self, patch_size: int = 8, order: str = "morf", regions_evaluation: int = 100,
-                 fill: str | float = "black", output: str = "probability", batch_size: int | None = None,
-                 blur_sigma: float = 5.0):
+    def __init__(
+        self,
+        patch_size: int = 8,
+        order: str = "morf",
+        regions_evaluation: int = 100,
+        fill: str | float = "black",
+        output: str = "probability",
+        batch_size: int | None = None,
+        blur_sigma: float = 5.0,
+    ):
         super().__init__(fill, output, batch_size, blur_sigma)
         set_options(self, patch_size=patch_size, order=order, regions_evaluation=regions_evaluation)
 
@@ -253,7 +319,9 @@ class RegionPerturbation(_PatchCurve):
         return [OutputSpec(self.name, self.order != "lerf", (lo - hi, hi - lo))]
 
     @serial_bookkeeping
-    def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
+    def evaluate(
+        self, batch: EvalBatch, attributions, *, generator, explainers=None
+    ) -> MetricOutput:
         maps, x, targets, fill_img, rng = self._setup(batch, attributions, generator)
         ranks, n_patches, shared = self._patch_ranks(maps, rng, x, self.patch_size, self.order)
         n_points = min(self.regions_evaluation, n_patches)
@@ -271,7 +339,10 @@ class RegionPerturbation(_PatchCurve):
         return out
 
 
-@METRICS.register("selectivity", description="Selectivity (Montavon et al. 2018): AUC of the target score as top patches are removed")
+@METRICS.register(
+    "selectivity",
+    description="Selectivity (Montavon et al. 2018): AUC of the target score as top patches are removed",
+)
 class Selectivity(_PatchCurve):
     """Remove every ``patch_size`` patch in MoRF order; curve: target score after each removal.
 
@@ -284,8 +355,14 @@ class Selectivity(_PatchCurve):
     higher_is_better = False
     value_range = (0.0, 1.0)
 
-    def __init__(self, patch_size: int = 8, fill: str | float = "black", output: str = "probability",
-                 batch_size: int | None = None, blur_sigma: float = 5.0):
+    def __init__(
+        self,
+        patch_size: int = 8,
+        fill: str | float = "black",
+        output: str = "probability",
+        batch_size: int | None = None,
+        blur_sigma: float = 5.0,
+    ):
         super().__init__(fill, output, batch_size, blur_sigma)
         set_options(self, patch_size=patch_size)
 
@@ -293,7 +370,9 @@ class Selectivity(_PatchCurve):
         return [OutputSpec(self.name, False, self._bounded())]
 
     @serial_bookkeeping
-    def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
+    def evaluate(
+        self, batch: EvalBatch, attributions, *, generator, explainers=None
+    ) -> MetricOutput:
         maps, x, targets, fill_img, rng = self._setup(batch, attributions, generator)
         ranks, n_patches, _ = self._patch_ranks(maps, rng, x, self.patch_size, "morf")
         out = MetricOutput()
@@ -306,7 +385,10 @@ class Selectivity(_PatchCurve):
         return out
 
 
-@METRICS.register("aopc", description="AOPC (Samek et al. 2016) for MoRF and LeRF orders over pixel or patch steps")
+@METRICS.register(
+    "aopc",
+    description="AOPC (Samek et al. 2016) for MoRF and LeRF orders over pixel or patch steps",
+)
 class AOPC(PerturbationMetric):
     """Area over the perturbation curve for MoRF and LeRF orders.
 
@@ -320,26 +402,42 @@ class AOPC(PerturbationMetric):
 
     name = "aopc"
     option_constraints: ClassVar[dict] = {
-        **PerturbationMetric.option_constraints, "unit": OneOf(UNITS), "patch_size": COUNT,
-        "steps": COUNT, "fraction": FRACTION,
+        **PerturbationMetric.option_constraints,
+        "unit": OneOf(UNITS),
+        "patch_size": COUNT,
+        "steps": COUNT,
+        "fraction": FRACTION,
     }
     higher_is_better = True
     value_range = (-1.0, 1.0)  # with output="probability"; see outputs()
 
-    def __init__(self, unit: str = "patch", patch_size: int = 4, steps: int = 20, fraction: float = 1.0,
-                 fill: str | float = "black", output: str = "probability", batch_size: int | None = None,
-                 blur_sigma: float = 5.0):
+    def __init__(
+        self,
+        unit: str = "patch",
+        patch_size: int = 4,
+        steps: int = 20,
+        fraction: float = 1.0,
+        fill: str | float = "black",
+        output: str = "probability",
+        batch_size: int | None = None,
+        blur_sigma: float = 5.0,
+    ):
         super().__init__(fill, output, batch_size, blur_sigma)
         set_options(self, unit=unit, patch_size=patch_size, steps=steps, fraction=fraction)
 
     def outputs(self) -> list[OutputSpec]:
         lo, hi = self._bounded()
         d = (lo - hi, hi - lo)
-        return [OutputSpec("aopc_morf", True, d), OutputSpec("aopc_lerf", False, d),
-                OutputSpec("aopc_morf_minus_lerf", True, (2 * d[0], 2 * d[1]))]
+        return [
+            OutputSpec("aopc_morf", True, d),
+            OutputSpec("aopc_lerf", False, d),
+            OutputSpec("aopc_morf_minus_lerf", True, (2 * d[0], 2 * d[1])),
+        ]
 
     @serial_bookkeeping
-    def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
+    def evaluate(
+        self, batch: EvalBatch, attributions, *, generator, explainers=None
+    ) -> MetricOutput:
         maps, x, targets, fill_img, rng = self._setup(batch, attributions, generator)
         n, _, h, w = x.shape
         if self.unit == "patch":
@@ -348,14 +446,26 @@ class AOPC(PerturbationMetric):
         out = MetricOutput()
         if not maps:
             return out
-        ranks = [self.unit_ranks(maps, rng, ids, n_units, tag="morf"),
-                 self.unit_ranks(maps, rng, ids, n_units, descending=False, tag="lerf", note=False)]
+        ranks = [
+            self.unit_ranks(maps, rng, ids, n_units, tag="morf"),
+            self.unit_ranks(maps, rng, ids, n_units, descending=False, tag="lerf", note=False),
+        ]
         nu = torch.full((n,), n_units, device=x.device)
         counts = steps_counts(nu, self.steps, self.fraction)
         with eval_mode(batch.model) as model:
             base = score_images(model, x, targets, self.output, self.batch_size)
-            res = masked_scores(model, fill_img, x, torch.cat(ranks), counts, nu, targets, self.output,
-                                self.batch_size, shared={"b": base})
+            res = masked_scores(
+                model,
+                fill_img,
+                x,
+                torch.cat(ranks),
+                counts,
+                nu,
+                targets,
+                self.output,
+                self.batch_size,
+                shared={"b": base},
+            )
         curve = base.scores.view(1, -1, 1) - res.scores
         e = len(maps)
         morf, lerf = curve[:e].mean(-1), curve[e:].mean(-1)
@@ -367,20 +477,31 @@ class AOPC(PerturbationMetric):
             out.curves[key] = self.split(c, maps)
         out.scores["aopc_morf"] = self.split_checked(morf, fin_morf, maps, "aopc_morf")
         out.scores["aopc_lerf"] = self.split_checked(lerf, fin_lerf, maps, "aopc_lerf")
-        out.scores["aopc_morf_minus_lerf"] = self.split_checked(morf - lerf, fin_morf & fin_lerf, maps,
-                                                                "aopc_morf_minus_lerf")
+        out.scores["aopc_morf_minus_lerf"] = self.split_checked(
+            morf - lerf, fin_morf & fin_lerf, maps, "aopc_morf_minus_lerf"
+        )
         return out
 
 
 class _InsertionDeletion(PerturbationMetric):
     option_constraints: ClassVar[dict] = {
-        **PerturbationMetric.option_constraints, "steps": COUNT, "unit": OneOf(UNITS),
+        **PerturbationMetric.option_constraints,
+        "steps": COUNT,
+        "unit": OneOf(UNITS),
         "patch_size": COUNT,
     }
     insert: bool = False
 
-    def __init__(self, steps: int = 50, unit: str = "pixel", patch_size: int = 4, fill: str | float = "black",
-                 output: str = "probability", batch_size: int | None = None, blur_sigma: float = 5.0):
+    def __init__(
+        self,
+        steps: int = 50,
+        unit: str = "pixel",
+        patch_size: int = 4,
+        fill: str | float = "black",
+        output: str = "probability",
+        batch_size: int | None = None,
+        blur_sigma: float = 5.0,
+    ):
         super().__init__(fill, output, batch_size, blur_sigma)
         set_options(self, steps=steps, unit=unit, patch_size=patch_size)
 
@@ -388,7 +509,9 @@ class _InsertionDeletion(PerturbationMetric):
         return [OutputSpec(self.name, self.higher_is_better, self._bounded())]
 
     @serial_bookkeeping
-    def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
+    def evaluate(
+        self, batch: EvalBatch, attributions, *, generator, explainers=None
+    ) -> MetricOutput:
         maps, x, targets, fill_img, rng = self._setup(batch, attributions, generator)
         n, _, h, w = x.shape
         if self.unit == "patch":
@@ -402,13 +525,18 @@ class _InsertionDeletion(PerturbationMetric):
         ranks = self.unit_ranks(maps, rng, None if self.unit == "pixel" else ids, n_units)
         a_img, b_img = (x, fill_img) if self.insert else (fill_img, x)
         with eval_mode(batch.model) as model:
-            res = masked_scores(model, a_img, b_img, ranks, counts, nu, targets, self.output, self.batch_size)
+            res = masked_scores(
+                model, a_img, b_img, ranks, counts, nu, targets, self.output, self.batch_size
+            )
         out.curves[self.name] = self.split(res.scores, maps)
         out.scores[self.name] = self.split_checked(auc(res.scores), res.finite.all(-1), maps)
         return out
 
 
-@METRICS.register("insertion", description="Insertion AUC (Petsiuk et al. 2018): pixels inserted in attribution order into a blurred substrate")
+@METRICS.register(
+    "insertion",
+    description="Insertion AUC (Petsiuk et al. 2018): pixels inserted in attribution order into a blurred substrate",
+)
 class Insertion(_InsertionDeletion):
     """Start from the substrate (``fill``, default a Gaussian blur of the image) and
     insert the original pixels in attribution order over ``steps`` steps; score:
@@ -419,12 +547,23 @@ class Insertion(_InsertionDeletion):
     value_range = (0.0, 1.0)
     insert = True
 
-    def __init__(self, steps: int = 50, unit: str = "pixel", patch_size: int = 4, fill: str | float = "blur",
-                 output: str = "probability", batch_size: int | None = None, blur_sigma: float = 5.0):
+    def __init__(
+        self,
+        steps: int = 50,
+        unit: str = "pixel",
+        patch_size: int = 4,
+        fill: str | float = "blur",
+        output: str = "probability",
+        batch_size: int | None = None,
+        blur_sigma: float = 5.0,
+    ):
         super().__init__(steps, unit, patch_size, fill, output, batch_size, blur_sigma)
 
 
-@METRICS.register("deletion", description="Deletion AUC (Petsiuk et al. 2018): pixels removed in attribution order")
+@METRICS.register(
+    "deletion",
+    description="Deletion AUC (Petsiuk et al. 2018): pixels removed in attribution order",
+)
 class Deletion(_InsertionDeletion):
     """Remove pixels in attribution order (replaced by ``fill``, default black)
     over ``steps`` steps; score: area under the target-score curve (x in
@@ -435,7 +574,10 @@ class Deletion(_InsertionDeletion):
     value_range = (0.0, 1.0)
 
 
-@METRICS.register("irof", description="IROF (Rieger & Hansen 2020): area over the curve as SLIC segments are removed")
+@METRICS.register(
+    "irof",
+    description="IROF (Rieger & Hansen 2020): area over the curve as SLIC segments are removed",
+)
 class IROF(PerturbationMetric):
     """Iterative removal of features over SLIC superpixels.
 
@@ -450,13 +592,22 @@ class IROF(PerturbationMetric):
 
     name = "irof"
     option_constraints: ClassVar[dict] = {
-        **PerturbationMetric.option_constraints, "n_segments": COUNT, "compactness": POSITIVE,
+        **PerturbationMetric.option_constraints,
+        "n_segments": COUNT,
+        "compactness": POSITIVE,
     }
     higher_is_better = True
     value_range = (-math.inf, 1.0)
 
-    def __init__(self, n_segments: int = 100, compactness: float = 10.0, fill: str | float = "mean",
-                 output: str = "probability", batch_size: int | None = None, blur_sigma: float = 5.0):
+    def __init__(
+        self,
+        n_segments: int = 100,
+        compactness: float = 10.0,
+        fill: str | float = "mean",
+        output: str = "probability",
+        batch_size: int | None = None,
+        blur_sigma: float = 5.0,
+    ):
         super().__init__(fill, output, batch_size, blur_sigma)
         set_options(self, n_segments=n_segments, compactness=compactness)
 
@@ -468,7 +619,9 @@ class IROF(PerturbationMetric):
         return torch.as_tensor(np.stack(segs), dtype=torch.long, device=x.device)
 
     @serial_bookkeeping
-    def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
+    def evaluate(
+        self, batch: EvalBatch, attributions, *, generator, explainers=None
+    ) -> MetricOutput:
         maps, x, targets, fill_img, rng = self._setup(batch, attributions, generator)
         n = x.shape[0]
         out = MetricOutput()
@@ -483,7 +636,9 @@ class IROF(PerturbationMetric):
         counts = torch.arange(1, width + 1, device=x.device).expand(n, -1)
         with eval_mode(batch.model) as model:
             base = score_images(model, x, targets, self.output, self.batch_size)
-            res = masked_scores(model, fill_img, x, ranks, counts, n_seg, targets, self.output, self.batch_size)
+            res = masked_scores(
+                model, fill_img, x, ranks, counts, n_seg, targets, self.output, self.batch_size
+            )
         ratio = res.scores / base.scores.view(1, -1, 1)
         valid = counts <= n_seg.view(-1, 1)  # trapezoid (k, k+1) counts when k+1 <= n_segments
         trapz = ((ratio[..., 1:] + ratio[..., :-1]) / 2 * valid[:, 1:]).sum(-1)
@@ -497,7 +652,9 @@ class IROF(PerturbationMetric):
         for i, name in enumerate(maps):
             v = self.nan_nonfinite(irof[i], finite[i], name)
             v = nan_where(v, few[i], self.name, "fewer than 2 SLIC segments", name)
-            scores[name] = nan_where(v, zero[i], self.name, "the target score of the unperturbed image is 0", name)
+            scores[name] = nan_where(
+                v, zero[i], self.name, "the target score of the unperturbed image is 0", name
+            )
         out.scores[self.name] = scores
         return out
 
@@ -527,33 +684,55 @@ class FaithfulnessCorrelation(PerturbationMetric):
 
     name = "faithfulness_correlation"
     option_constraints: ClassVar[dict] = {
-        **PerturbationMetric.option_constraints, "normalise": NORMALISE,
-        "nr_runs": Interval(int, 2, None), "subset_size": COUNT, "similarity": OneOf(SIMILARITIES),
+        **PerturbationMetric.option_constraints,
+        "normalise": NORMALISE,
+        "nr_runs": Interval(int, 2, None),
+        "subset_size": COUNT,
+        "similarity": OneOf(SIMILARITIES),
     }
     higher_is_better = True
     value_range = (-1.0, 1.0)
 
-    def __init__(self, nr_runs: int = 100, subset_size: int = 224, fill: str | float = "black",
-                 similarity: str = "pearson", abs: bool = False, output: str = "logit",
-                 batch_size: int | None = None, blur_sigma: float = 5.0,
-                 normalise: Normalise = False):
+    def __init__(
+        self,
+        nr_runs: int = 100,
+        subset_size: int = 224,
+        fill: str | float = "black",
+        similarity: str = "pearson",
+        abs: bool = False,
+        output: str = "logit",
+        batch_size: int | None = None,
+        blur_sigma: float = 5.0,
+        normalise: Normalise = False,
+    ):
         super().__init__(fill, output, batch_size, blur_sigma)
-        set_options(self, normalise=normalise, nr_runs=nr_runs, subset_size=subset_size,
-                    similarity=similarity)
+        set_options(
+            self,
+            normalise=normalise,
+            nr_runs=nr_runs,
+            subset_size=subset_size,
+            similarity=similarity,
+        )
         self.normalise = normalise_rule(self.normalise)
         self.abs = bool(abs)
 
     @serial_bookkeeping
-    def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers=None) -> MetricOutput:
+    def evaluate(
+        self, batch: EvalBatch, attributions, *, generator, explainers=None
+    ) -> MetricOutput:
         maps, x, targets, fill_img, rng = self._setup(batch, attributions, generator)
         n, _, h, w = x.shape
         npix = h * w
         if self.subset_size >= npix:
-            raise ValueError(f"subset_size={self.subset_size} must be smaller than the number of pixels ({npix})")
+            raise ValueError(
+                f"subset_size={self.subset_size} must be smaller than the number of pixels ({npix})"
+            )
         out = MetricOutput()
         if not maps:
             return out
-        a_all = torch.stack([normalise_maps(m.reshape(n, npix), self.normalise) for m in maps.values()])
+        a_all = torch.stack(
+            [normalise_maps(m.reshape(n, npix), self.normalise) for m in maps.values()]
+        )
         if self.abs:
             a_all = a_all.abs()
         a_all = a_all.double()
@@ -570,7 +749,9 @@ class FaithfulnessCorrelation(PerturbationMetric):
                 items = torch.arange(i, min(i + bs, total), device=x.device)
                 ni, ri = items % n, items // n
                 idx = subsets[ni, ri]
-                mask = torch.zeros(len(ni), npix, dtype=torch.bool, device=x.device).scatter_(1, idx, True)
+                mask = torch.zeros(len(ni), npix, dtype=torch.bool, device=x.device).scatter_(
+                    1, idx, True
+                )
                 xp = torch.where(mask.view(-1, 1, h, w), fill_img[ni], x[ni])
                 logits = forward(model, xp)
                 y_pert[items] = read_output(logits, targets[ni], self.output)
@@ -585,21 +766,44 @@ class FaithfulnessCorrelation(PerturbationMetric):
             sums = att[j].view(r_runs, n).T
             u_sums = rng.rand((r_runs,), "ties", name, "sums", device=x.device)
             r = similarity(self.similarity, sums, delta.T, u_sums, u_drops)
-            undefined = torch.isnan(r) & finite  # pearson of a constant vector; spearman breaks ties instead
+            undefined = (
+                torch.isnan(r) & finite
+            )  # pearson of a constant vector; spearman breaks ties instead
             flat_sums = undefined & (sums == sums[:, :1]).all(1)
             r = nan_where(r, ~finite, self.name, NONFINITE_OUTPUT, name)
-            r = nan_where(r, flat_sums, self.name,
-                          "the attribution sums are constant across runs (e.g. a constant map)", name)
-            r = nan_where(r, undefined & flat_delta & ~flat_sums, self.name, "the output drops are constant across runs", name)
+            r = nan_where(
+                r,
+                flat_sums,
+                self.name,
+                "the attribution sums are constant across runs (e.g. a constant map)",
+                name,
+            )
+            r = nan_where(
+                r,
+                undefined & flat_delta & ~flat_sums,
+                self.name,
+                "the output drops are constant across runs",
+                name,
+            )
             scores[name] = r
         out.scores[self.name] = scores
-        logger.debug("%s: %d forward passes shared by %d explainers", self.name, total + n, len(maps))
+        logger.debug(
+            "%s: %d forward passes shared by %d explainers", self.name, total + n, len(maps)
+        )
         return out
 
     def subsets(self, rng, n: int, npix: int) -> torch.Tensor:
         """(N, R, S) pixel indices: ``nr_runs`` uniform random subsets of ``subset_size`` pixels per
         sample, all drawn from the sample's own stream (one draw of R x P uniforms)."""
-        return torch.stack([
-            torch.rand(self.nr_runs, npix, generator=rng.generator(i, "subsets")).topk(self.subset_size, dim=1).indices
-            for i in range(n)
-        ]) if n else torch.empty(0, self.nr_runs, self.subset_size, dtype=torch.long)
+        return (
+            torch.stack(
+                [
+                    torch.rand(self.nr_runs, npix, generator=rng.generator(i, "subsets"))
+                    .topk(self.subset_size, dim=1)
+                    .indices
+                    for i in range(n)
+                ]
+            )
+            if n
+            else torch.empty(0, self.nr_runs, self.subset_size, dtype=torch.long)
+        )

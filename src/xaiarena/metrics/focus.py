@@ -55,7 +55,8 @@ class Focus(Metric):
 
     name = "focus"
     option_constraints: ClassVar[dict] = {
-        "mosaic_size": OneOf(MOSAIC_SIZES), "batch_size": BATCH_SIZE,
+        "mosaic_size": OneOf(MOSAIC_SIZES),
+        "batch_size": BATCH_SIZE,
     }
     category = "localisation"
     higher_is_better = True

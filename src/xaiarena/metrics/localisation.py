@@ -53,12 +53,19 @@ class _Localisation(Metric):
 
     def _finish(self, values: dict[str, torch.Tensor], masks: torch.Tensor) -> MetricOutput:
         empty = masks.sum(1) == 0
-        return MetricOutput(scores={self.name: {
-            k: nan_where(v.float(), empty, self.name, "the ground-truth mask is empty", k) for k, v in values.items()
-        }})
+        return MetricOutput(
+            scores={
+                self.name: {
+                    k: nan_where(v.float(), empty, self.name, "the ground-truth mask is empty", k)
+                    for k, v in values.items()
+                }
+            }
+        )
 
 
-@METRICS.register("topk_iou", description="Top-k IoU with the ground-truth mask, k = mask size (DiET protocol)")
+@METRICS.register(
+    "topk_iou", description="Top-k IoU with the ground-truth mask, k = mask size (DiET protocol)"
+)
 class TopKIoU(_Localisation):
     """IoU between the ``k`` highest-attributed pixels and the mask, ``k`` = the number
     of mask pixels (the DiET protocol). 1 for a map that ranks the mask first."""
@@ -77,7 +84,10 @@ class TopKIoU(_Localisation):
         return self._finish(values, masks)
 
 
-@METRICS.register("pointing_game", description="Pointing game (Zhang et al. 2018): is the highest-attributed pixel inside the mask?")
+@METRICS.register(
+    "pointing_game",
+    description="Pointing game (Zhang et al. 2018): is the highest-attributed pixel inside the mask?",
+)
 class PointingGame(_Localisation):
     """1 if the maximum of the map lies inside the mask, else 0 (a tied maximum is
     picked at random; Quantus counts a hit if any tied maximum is inside)."""
@@ -93,7 +103,10 @@ class PointingGame(_Localisation):
         return self._finish(values, masks)
 
 
-@METRICS.register("relevance_mass_accuracy", description="Relevance mass accuracy (Arras et al. 2022): share of attribution inside the mask")
+@METRICS.register(
+    "relevance_mass_accuracy",
+    description="Relevance mass accuracy (Arras et al. 2022): share of attribution inside the mask",
+)
 class RelevanceMassAccuracy(_Localisation):
     """``sum(a inside mask) / sum(a)``. With ``abs=True`` (default) magnitudes are used and
     the value is in [0, 1]; Quantus' default is ``abs=False`` (signed sums)."""
@@ -116,7 +129,10 @@ class RelevanceMassAccuracy(_Localisation):
         return self._finish(values, masks)
 
 
-@METRICS.register("relevance_rank_accuracy", description="Relevance rank accuracy (Arras et al. 2022): share of the top-|mask| pixels inside the mask")
+@METRICS.register(
+    "relevance_rank_accuracy",
+    description="Relevance rank accuracy (Arras et al. 2022): share of the top-|mask| pixels inside the mask",
+)
 class RelevanceRankAccuracy(_Localisation):
     """Fraction of the ``K`` highest-attributed pixels that lie in the mask, ``K`` = mask size."""
 
@@ -126,11 +142,17 @@ class RelevanceRankAccuracy(_Localisation):
     def evaluate(self, batch, attributions, *, generator, explainers=None) -> MetricOutput:
         maps, masks = self._setup(batch, attributions, generator)
         k = masks.sum(1)
-        values = {name: (topk_mask(a, k, g) & masks).sum(1).float() / k.clamp_min(1) for name, (a, g) in maps.items()}
+        values = {
+            name: (topk_mask(a, k, g) & masks).sum(1).float() / k.clamp_min(1)
+            for name, (a, g) in maps.items()
+        }
         return self._finish(values, masks)
 
 
-@METRICS.register("top_k_intersection", description="Top-k intersection (Theiner et al. 2021): share of the top-k pixels inside the mask")
+@METRICS.register(
+    "top_k_intersection",
+    description="Top-k intersection (Theiner et al. 2021): share of the top-k pixels inside the mask",
+)
 class TopKIntersection(_Localisation):
     """Fraction of the ``k`` highest-attributed pixels inside the mask. ``k`` is a pixel
     count (int >= 1) or a fraction of the pixels (float in (0, 1)); Quantus' default is
@@ -147,7 +169,11 @@ class TopKIntersection(_Localisation):
         self.concept_influence = bool(concept_influence)
 
     def outputs(self) -> list[OutputSpec]:
-        return [OutputSpec(self.name, True, (0.0, float("inf")) if self.concept_influence else (0.0, 1.0))]
+        return [
+            OutputSpec(
+                self.name, True, (0.0, float("inf")) if self.concept_influence else (0.0, 1.0)
+            )
+        ]
 
     @serial_bookkeeping
     def evaluate(self, batch, attributions, *, generator, explainers=None) -> MetricOutput:
@@ -165,7 +191,10 @@ class TopKIntersection(_Localisation):
         return self._finish(values, masks)
 
 
-@METRICS.register("fg_bg_attribution", description="Mean attribution inside vs outside the ground-truth mask (per-sample pair for paired tests)")
+@METRICS.register(
+    "fg_bg_attribution",
+    description="Mean attribution inside vs outside the ground-truth mask (per-sample pair for paired tests)",
+)
 class ForegroundBackground(_Localisation):
     """Outputs ``fg_mean`` (mean attribution inside the mask), ``bg_mean`` (outside) and
     ``fg_minus_bg`` (their difference; higher is better). Only ``fg_minus_bg`` ranks explainers:
@@ -187,11 +216,15 @@ class ForegroundBackground(_Localisation):
     def outputs(self) -> list[OutputSpec]:
         r = {"max_abs": 1.0, "sum_abs": 1.0, "none": float("inf")}[self.normalise]
         lo = 0.0 if self.abs else -r
-        why = ("a constant map scores best on fg_mean and worst on bg_mean (its mean is the same inside and "
-               "outside the mask): descriptive; fg_minus_bg is the ranked contrast")
-        return [OutputSpec("fg_mean", True, (lo, r), ranked=False, unranked_reason=why),
-                OutputSpec("bg_mean", False, (lo, r), ranked=False, unranked_reason=why),
-                OutputSpec("fg_minus_bg", True, (lo - r, r - lo))]
+        why = (
+            "a constant map scores best on fg_mean and worst on bg_mean (its mean is the same inside and "
+            "outside the mask): descriptive; fg_minus_bg is the ranked contrast"
+        )
+        return [
+            OutputSpec("fg_mean", True, (lo, r), ranked=False, unranked_reason=why),
+            OutputSpec("bg_mean", False, (lo, r), ranked=False, unranked_reason=why),
+            OutputSpec("fg_minus_bg", True, (lo - r, r - lo)),
+        ]
 
     @serial_bookkeeping
     def evaluate(self, batch, attributions, *, generator=None, explainers=None) -> MetricOutput:
@@ -207,7 +240,9 @@ class ForegroundBackground(_Localisation):
             fg = ((a * masks).sum(1) / n_fg.clamp_min(1)).float()
             bg = ((a * ~masks).sum(1) / n_bg.clamp_min(1)).float()
             fg = nan_where(fg, n_fg == 0, "fg_mean", "the ground-truth mask is empty", name)
-            bg = nan_where(bg, n_bg == 0, "bg_mean", "the ground-truth mask covers the whole image", name)
+            bg = nan_where(
+                bg, n_bg == 0, "bg_mean", "the ground-truth mask covers the whole image", name
+            )
             out.scores["fg_mean"][name] = fg
             out.scores["bg_mean"][name] = bg
             out.scores["fg_minus_bg"][name] = fg - bg

@@ -55,8 +55,9 @@ class Scored:
     finite: torch.Tensor
 
 
-def score_images(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, output: str,
-                 batch_size: int | None) -> Scored:
+def score_images(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, output: str, batch_size: int | None
+) -> Scored:
     """Target scores and predictions of ``x`` (call inside ``eval_mode``)."""
     logits = predict(model, x, batch_size)
     return Scored(read_output(logits, targets, output), logits.argmax(-1), finite_rows(logits))
@@ -133,7 +134,9 @@ def patch_grid(h: int, w: int, patch_size: int, device: torch.device) -> tuple[t
     return ids, ((h + pad_h) // patch_size) * n_cols
 
 
-def unit_scores(attr: torch.Tensor, unit_ids: torch.Tensor, n_units: int, reduce: str = "sum") -> torch.Tensor:
+def unit_scores(
+    attr: torch.Tensor, unit_ids: torch.Tensor, n_units: int, reduce: str = "sum"
+) -> torch.Tensor:
     """Sum (or mean) of ``attr`` (N, H, W) over each unit; ``unit_ids`` (H, W) or (N, H, W).
 
     Units a sample does not have (fewer segments) get ``-inf`` so that they rank last.
@@ -171,19 +174,32 @@ class PerturbationMetric(Metric):
     category = "faithfulness"
     requires = ("model",)
     option_constraints: ClassVar[dict] = {
-        "fill": FILL, "output": OneOf(OUTPUTS), "batch_size": BATCH_SIZE, "blur_sigma": NON_NEGATIVE,
+        "fill": FILL,
+        "output": OneOf(OUTPUTS),
+        "batch_size": BATCH_SIZE,
+        "blur_sigma": NON_NEGATIVE,
     }
 
-    def __init__(self, fill: str | float = "black", output: str = "probability",
-                 batch_size: int | None = None, blur_sigma: float = 5.0):
+    def __init__(
+        self,
+        fill: str | float = "black",
+        output: str = "probability",
+        batch_size: int | None = None,
+        blur_sigma: float = 5.0,
+    ):
         set_options(self, fill=fill, output=output, batch_size=batch_size, blur_sigma=blur_sigma)
 
     def _bounded(self) -> tuple[float, float]:
         """Range of a target score: [0, 1] for probabilities, unbounded for logits."""
         return (0.0, 1.0) if self.output == "probability" else (-math.inf, math.inf)
 
-    def _setup(self, batch: EvalBatch, attributions: dict[str, torch.Tensor], generator: torch.Generator,
-               fill: str | float | None = None):
+    def _setup(
+        self,
+        batch: EvalBatch,
+        attributions: dict[str, torch.Tensor],
+        generator: torch.Generator,
+        fill: str | float | None = None,
+    ):
         """Checked maps, inputs, targets, the fill image and the batch's per-sample random streams."""
         maps = prepare(batch, attributions)
         x = batch.inputs.float()
@@ -192,9 +208,18 @@ class PerturbationMetric(Metric):
         fill_img = fill_image(x, self.fill if fill is None else fill, rng, self.blur_sigma)
         return maps, x, targets, fill_img, rng
 
-    def unit_ranks(self, maps: dict[str, torch.Tensor], rng: SampleRNG, unit_ids: torch.Tensor | None = None,
-                   n_units: torch.Tensor | int | None = None, *, descending: bool = True, reduce: str = "sum",
-                   tag: str = "", note: bool = True) -> torch.Tensor:
+    def unit_ranks(
+        self,
+        maps: dict[str, torch.Tensor],
+        rng: SampleRNG,
+        unit_ids: torch.Tensor | None = None,
+        n_units: torch.Tensor | int | None = None,
+        *,
+        descending: bool = True,
+        reduce: str = "sum",
+        tag: str = "",
+        note: bool = True,
+    ) -> torch.Tensor:
         """(E, N, H, W) rank of every pixel's unit, most important first.
 
         Units are pixels (``unit_ids=None``), or ``unit_ids`` (H, W) / (N, H, W) with ``n_units``
@@ -219,8 +244,9 @@ class PerturbationMetric(Metric):
             out.append(r.view(n, h, w) if unit_ids is None else units_to_pixels(r, unit_ids))
         return torch.stack(out) if out else torch.empty(0)
 
-    def nan_nonfinite(self, values: torch.Tensor, finite: torch.Tensor, name: str,
-                      output: str | None = None) -> torch.Tensor:
+    def nan_nonfinite(
+        self, values: torch.Tensor, finite: torch.Tensor, name: str, output: str | None = None
+    ) -> torch.Tensor:
         """``values`` (N,) with NaN, logged, where the model's output was not finite (``finite`` (N,))."""
         return nan_where(values, ~finite, output or self.name, NONFINITE_OUTPUT, name)
 
@@ -229,16 +255,27 @@ class PerturbationMetric(Metric):
         """Rows of an (E, ...) tensor keyed by explainer name."""
         return {name: values[i] for i, name in enumerate(maps)}
 
-    def split_checked(self, values: torch.Tensor, finite: torch.Tensor, maps: dict[str, torch.Tensor],
-                      output: str | None = None) -> dict[str, torch.Tensor]:
+    def split_checked(
+        self,
+        values: torch.Tensor,
+        finite: torch.Tensor,
+        maps: dict[str, torch.Tensor],
+        output: str | None = None,
+    ) -> dict[str, torch.Tensor]:
         """:meth:`split` of (E, N) ``values``, NaN (logged) where ``finite`` (E, N) is False."""
-        return {name: self.nan_nonfinite(values[i], finite[i], name, output) for i, name in enumerate(maps)}
+        return {
+            name: self.nan_nonfinite(values[i], finite[i], name, output)
+            for i, name in enumerate(maps)
+        }
 
 
-def steps_counts(n_units: torch.Tensor, steps: int, fraction: float = 1.0,
-                 include_start: bool = True) -> torch.Tensor:
+def steps_counts(
+    n_units: torch.Tensor, steps: int, fraction: float = 1.0, include_start: bool = True
+) -> torch.Tensor:
     """(N, S) units perturbed at each curve point: ``round(k / steps * fraction * n_units)``."""
-    k = torch.arange(0 if include_start else 1, steps + 1, device=n_units.device, dtype=torch.float64)
+    k = torch.arange(
+        0 if include_start else 1, steps + 1, device=n_units.device, dtype=torch.float64
+    )
     return torch.round(k.view(1, -1) / steps * fraction * n_units.view(-1, 1).double()).long()
 
 

@@ -152,7 +152,9 @@ class ROAD(PerturbationMetric):
     name = "road"
     option_constraints: ClassVar[dict] = {
         "percentages": [PERCENTAGE, ListOf(PERCENTAGE, unique=True, increasing=True)],
-        "noise": NON_NEGATIVE, "output": OneOf(ROAD_OUTPUTS), "batch_size": BATCH_SIZE,
+        "noise": NON_NEGATIVE,
+        "output": OneOf(ROAD_OUTPUTS),
+        "batch_size": BATCH_SIZE,
     }
     higher_is_better = False
     value_range = (0.0, 1.0)
@@ -219,8 +221,12 @@ class ROAD(PerturbationMetric):
         read = "probability" if self.output == "accuracy" else self.output
         e = len(maps)
         # (2, E, N, H, W): rank of every pixel, 0 first removed (MoRF: most relevant; LeRF: least)
-        morf = self.unit_ranks(maps, rng, tag="morf").to("cpu", torch.int32)  # int32: half the memory
-        lerf = self.unit_ranks(maps, rng, descending=False, tag="lerf", note=False).to("cpu", torch.int32)
+        morf = self.unit_ranks(maps, rng, tag="morf").to(
+            "cpu", torch.int32
+        )  # int32: half the memory
+        lerf = self.unit_ranks(maps, rng, descending=False, tag="lerf", note=False).to(
+            "cpu", torch.int32
+        )
         ranks = torch.stack([morf, lerf])
         del morf, lerf
         # queue slot of each (order, explainer, sample, percentage); -1: nothing removed

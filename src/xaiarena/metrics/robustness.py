@@ -44,8 +44,10 @@ from .core import (
 )
 
 #: why the robustness outputs are descriptive, not ranked
-UNRANKED_REASON = ("a constant (input-independent) map scores a perfect 0: robustness describes a method next "
-                   "to its faithfulness, it does not rank methods on its own")
+UNRANKED_REASON = (
+    "a constant (input-independent) map scores a perfect 0: robustness describes a method next "
+    "to its faithfulness, it does not rank methods on its own"
+)
 
 PREDICTION_CHANGE = ("ignore", "exclude", "nan")
 
@@ -54,9 +56,11 @@ class _ReExplain(Metric):
     """Base of the re-explanation metrics: noise draws, batched re-explanation, reduction."""
 
     option_constraints: ClassVar[dict] = {
-        "nr_samples": COUNT, "lower_bound": FINITE,
+        "nr_samples": COUNT,
+        "lower_bound": FINITE,
         "upper_bound": [FINITE, Null("noise U(-lower_bound, lower_bound)")],
-        "prediction_change": OneOf(PREDICTION_CHANGE), "normalise": NORMALISE,
+        "prediction_change": OneOf(PREDICTION_CHANGE),
+        "normalise": NORMALISE,
         "batch_size": BATCH_SIZE,
     }
 
@@ -66,16 +70,30 @@ class _ReExplain(Metric):
     requires = ("model", "explainer")
     reduce = "max"
 
-    def __init__(self, nr_samples: int, lower_bound: float, upper_bound: float | None, clip: bool,
-                 prediction_change: str, abs: bool, normalise: Normalise, batch_size: int | None):
+    def __init__(
+        self,
+        nr_samples: int,
+        lower_bound: float,
+        upper_bound: float | None,
+        clip: bool,
+        prediction_change: str,
+        abs: bool,
+        normalise: Normalise,
+        batch_size: int | None,
+    ):
         set_options(self, nr_samples=nr_samples, lower_bound=lower_bound, upper_bound=upper_bound)
         if upper_bound is None and lower_bound <= 0:
-            raise option_error(self.name, "lower_bound", lower_bound,
-                               "a number > 0 when upper_bound is null",
-                               detail="the noise is U(-lower_bound, lower_bound)")
+            raise option_error(
+                self.name,
+                "lower_bound",
+                lower_bound,
+                "a number > 0 when upper_bound is null",
+                detail="the noise is U(-lower_bound, lower_bound)",
+            )
         if upper_bound is not None and upper_bound <= lower_bound:
-            raise option_error(self.name, "upper_bound", upper_bound,
-                               f"larger than lower_bound ({lower_bound!r})")
+            raise option_error(
+                self.name, "upper_bound", upper_bound, f"larger than lower_bound ({lower_bound!r})"
+            )
         self.clip = bool(clip)
         set_options(self, prediction_change=prediction_change)
         self.abs = bool(abs)
@@ -83,10 +101,19 @@ class _ReExplain(Metric):
         self.normalise = normalise_rule(self.normalise)
 
     def outputs(self) -> list[OutputSpec]:
-        return [OutputSpec(self.name, self.higher_is_better, self.value_range, ranked=False,
-                           unranked_reason=UNRANKED_REASON)]
+        return [
+            OutputSpec(
+                self.name,
+                self.higher_is_better,
+                self.value_range,
+                ranked=False,
+                unranked_reason=UNRANKED_REASON,
+            )
+        ]
 
-    def _noise(self, rng: SampleRNG, rows: torch.Tensor, draws: torch.Tensor, shape, device) -> torch.Tensor:
+    def _noise(
+        self, rng: SampleRNG, rows: torch.Tensor, draws: torch.Tensor, shape, device
+    ) -> torch.Tensor:
         """Noise for the (sample ``rows[m]``, draw ``draws[m]``) items, each from its own stream."""
         u = rng.rand_items(rows.tolist(), draws.tolist(), shape, "noise", device=device)
         if self.upper_bound is None:
@@ -97,29 +124,44 @@ class _ReExplain(Metric):
         a = normalise_maps(a.float(), self.normalise)
         return a.abs() if self.abs else a
 
-    def statistic(self, x: torch.Tensor, xp: torch.Tensor, a: torch.Tensor, ap: torch.Tensor) -> torch.Tensor:
+    def statistic(
+        self, x: torch.Tensor, xp: torch.Tensor, a: torch.Tensor, ap: torch.Tensor
+    ) -> torch.Tensor:
         """Per-(draw, sample) value from inputs (k, N, C, H, W) and maps (k, N, H, W)."""
         raise NotImplementedError
 
     @serial_bookkeeping
-    def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers: dict[str, ExplainFn] | None = None
-                 ) -> MetricOutput:
+    def evaluate(
+        self,
+        batch: EvalBatch,
+        attributions,
+        *,
+        generator,
+        explainers: dict[str, ExplainFn] | None = None,
+    ) -> MetricOutput:
         maps = {k: self._post(v) for k, v in prepare(batch, attributions).items()}
         missing = [k for k in maps if not explainers or k not in explainers]
         if missing:
-            raise ValueError(f"metric '{self.name}' re-explains noisy inputs and needs explainers[name] for "
-                             f"{', '.join(missing)}; pass explainers={{name: explain(inputs, targets, generator=...)}}")
+            raise ValueError(
+                f"metric '{self.name}' re-explains noisy inputs and needs explainers[name] for "
+                f"{', '.join(missing)}; pass explainers={{name: explain(inputs, targets, generator=...)}}"
+            )
         x = batch.inputs.float()
         n = x.shape[0]
         targets = batch.targets.to(x.device).long().view(-1)
         rng = SampleRNG.for_batch(batch, generator, self.name)
         stats = {k: torch.empty(self.nr_samples, n, device=x.device) for k in maps}
-        remapped = {k: torch.zeros(self.nr_samples, n, dtype=torch.bool, device=x.device) for k in maps}
+        remapped = {
+            k: torch.zeros(self.nr_samples, n, dtype=torch.bool, device=x.device) for k in maps
+        }
         changed = torch.zeros(self.nr_samples, n, dtype=torch.bool, device=x.device)
         # a map of a model without a finite output explains nothing: NaN (one forward pass per batch)
         with eval_mode(batch.model) as model:
             logits0 = predict(model, x, self.batch_size)
-        pred0, finite = logits0.argmax(-1), finite_rows(logits0)  # finite: on x and (if checked) every draw
+        pred0, finite = (
+            logits0.argmax(-1),
+            finite_rows(logits0),
+        )  # finite: on x and (if checked) every draw
         chunk = chunk_size(x, self.batch_size)
         per_call = max(1, chunk // max(n, 1))  # noise draws re-explained per call
         rows = torch.arange(n)
@@ -142,20 +184,35 @@ class _ReExplain(Metric):
                 parts, tk = [], targets.repeat(k)
                 for j in range(0, len(flat), chunk):
                     with full_threads():
-                        part = explainers[name](flat[j : j + chunk], tk[j : j + chunk],
-                                                generator=rng.explainer_generator(name))
+                        part = explainers[name](
+                            flat[j : j + chunk],
+                            tk[j : j + chunk],
+                            generator=rng.explainer_generator(name),
+                        )
                     parts.append(torch.as_tensor(part).detach().to(x.device))
                 ap = torch.cat(parts).view(k, n, *x.shape[2:])
                 # normalised per noise draw: an _over_set rule takes one scale over its n maps
                 ap = torch.stack([self._post(d) for d in ap])
                 remapped[name][r0 : r0 + k] = ~torch.isfinite(ap).flatten(2).all(-1)
                 stats[name][r0 : r0 + k] = self.statistic(x.unsqueeze(0), xp, a.unsqueeze(0), ap)
-        return MetricOutput(scores={self.name: {
-            k: self._reduce(k, v, changed, remapped[k].any(0), finite, maps[k]) for k, v in stats.items()
-        }})
+        return MetricOutput(
+            scores={
+                self.name: {
+                    k: self._reduce(k, v, changed, remapped[k].any(0), finite, maps[k])
+                    for k, v in stats.items()
+                }
+            }
+        )
 
-    def _reduce(self, name: str, stats: torch.Tensor, changed: torch.Tensor, bad_maps: torch.Tensor,
-                finite: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    def _reduce(
+        self,
+        name: str,
+        stats: torch.Tensor,
+        changed: torch.Tensor,
+        bad_maps: torch.Tensor,
+        finite: torch.Tensor,
+        a: torch.Tensor,
+    ) -> torch.Tensor:
         bad_values = (~torch.isfinite(stats)).any(0)
         if self.prediction_change == "nan":
             keep = torch.ones_like(changed)
@@ -178,18 +235,44 @@ class _ReExplain(Metric):
         bad = bad & finite
         value = nan_where(value, bad, self.name, reason, name)
         rest = bad_values & finite & ~bad
-        value = nan_where(value, rest & bad_maps, self.name, "a re-explained map is not finite (NaN or inf)", name)
+        value = nan_where(
+            value, rest & bad_maps, self.name, "a re-explained map is not finite (NaN or inf)", name
+        )
         zero = (a.flatten(1) == 0).all(1)
-        value = nan_where(value, rest & ~bad_maps & zero, self.name, "the original map is all zeros", name)
-        return nan_where(value, rest & ~bad_maps & ~zero, self.name,
-                         "the statistic is undefined for this map (a zero it divides by)", name)
+        value = nan_where(
+            value, rest & ~bad_maps & zero, self.name, "the original map is all zeros", name
+        )
+        return nan_where(
+            value,
+            rest & ~bad_maps & ~zero,
+            self.name,
+            "the statistic is undefined for this map (a zero it divides by)",
+            name,
+        )
 
 
 class _Sensitivity(_ReExplain):
-    def __init__(self, nr_samples: int = 200, lower_bound: float = 0.2, upper_bound: float | None = None,
-                 clip: bool = False, prediction_change: str = "ignore", abs: bool = False,
-                 normalise: Normalise = False, batch_size: int | None = None):
-        super().__init__(nr_samples, lower_bound, upper_bound, clip, prediction_change, abs, normalise, batch_size)
+    def __init__(
+        self,
+        nr_samples: int = 200,
+        lower_bound: float = 0.2,
+        upper_bound: float | None = None,
+        clip: bool = False,
+        prediction_change: str = "ignore",
+        abs: bool = False,
+        normalise: Normalise = False,
+        batch_size: int | None = None,
+    ):
+        super().__init__(
+            nr_samples,
+            lower_bound,
+            upper_bound,
+            clip,
+            prediction_change,
+            abs,
+            normalise,
+            batch_size,
+        )
 
     def statistic(self, x, xp, a, ap):
         num = (a - ap).flatten(2).norm(dim=-1)
@@ -197,7 +280,10 @@ class _Sensitivity(_ReExplain):
         return num / den.masked_fill(den == 0, float("nan"))
 
 
-@METRICS.register("max_sensitivity", description="Max-Sensitivity (Yeh et al. 2019): largest relative change of the map under uniform input noise")
+@METRICS.register(
+    "max_sensitivity",
+    description="Max-Sensitivity (Yeh et al. 2019): largest relative change of the map under uniform input noise",
+)
 class MaxSensitivity(_Sensitivity):
     """``max_i ||a(x) - a(x + e_i)||_F / ||a(x)||_F`` over ``nr_samples`` draws
     ``e_i ~ U(-lower_bound, lower_bound)`` per pixel (Quantus defaults: 200
@@ -207,7 +293,10 @@ class MaxSensitivity(_Sensitivity):
     reduce = "max"
 
 
-@METRICS.register("avg_sensitivity", description="Avg-Sensitivity (Yeh et al. 2019): mean relative change of the map under uniform input noise")
+@METRICS.register(
+    "avg_sensitivity",
+    description="Avg-Sensitivity (Yeh et al. 2019): mean relative change of the map under uniform input noise",
+)
 class AvgSensitivity(_Sensitivity):
     """As ``max_sensitivity`` with the mean over draws instead of the maximum. Lower is better."""
 
@@ -215,7 +304,10 @@ class AvgSensitivity(_Sensitivity):
     reduce = "mean"
 
 
-@METRICS.register("relative_input_stability", description="Relative Input Stability (Agarwal et al. 2022): max relative map change over relative input change")
+@METRICS.register(
+    "relative_input_stability",
+    description="Relative Input Stability (Agarwal et al. 2022): max relative map change over relative input change",
+)
 class RelativeInputStability(_ReExplain):
     """``max_i ||(a - a_i) / a||_2 / max(||(x - x_i) / x||_2, eps_min)`` over draws
     ``x_i = x + U(lower_bound, upper_bound)`` (Quantus: 200 draws, U(0.02, 0.2));
@@ -230,10 +322,28 @@ class RelativeInputStability(_ReExplain):
     option_constraints: ClassVar[dict] = {**_ReExplain.option_constraints, "eps_min": POSITIVE}
     reduce = "max"
 
-    def __init__(self, nr_samples: int = 200, lower_bound: float = 0.02, upper_bound: float | None = 0.2,
-                 clip: bool = False, prediction_change: str = "exclude", eps_min: float = 1e-6,
-                 abs: bool = False, normalise: Normalise = False, batch_size: int | None = None):
-        super().__init__(nr_samples, lower_bound, upper_bound, clip, prediction_change, abs, normalise, batch_size)
+    def __init__(
+        self,
+        nr_samples: int = 200,
+        lower_bound: float = 0.02,
+        upper_bound: float | None = 0.2,
+        clip: bool = False,
+        prediction_change: str = "exclude",
+        eps_min: float = 1e-6,
+        abs: bool = False,
+        normalise: Normalise = False,
+        batch_size: int | None = None,
+    ):
+        super().__init__(
+            nr_samples,
+            lower_bound,
+            upper_bound,
+            clip,
+            prediction_change,
+            abs,
+            normalise,
+            batch_size,
+        )
         set_options(self, eps_min=eps_min)
 
     def statistic(self, x, xp, a, ap):

@@ -43,11 +43,17 @@ def _accepts_model(fn) -> bool:
 
 def randomisable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Modules with ``reset_parameters`` and parameters, in registration order (as Quantus)."""
-    return [(n, m) for n, m in model.named_modules()
-            if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False))]
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False))
+    ]
 
 
-@METRICS.register("mprt", description="Model parameter randomisation test (Adebayo et al. 2018): similarity of maps before/after randomising top layers")
+@METRICS.register(
+    "mprt",
+    description="Model parameter randomisation test (Adebayo et al. 2018): similarity of maps before/after randomising top layers",
+)
 class ModelParameterRandomisation(Metric):
     """Similarity between each map and the map of a copy of the model whose top
     ``n_layers`` layers (those with ``reset_parameters``, from the output down,
@@ -65,7 +71,8 @@ class ModelParameterRandomisation(Metric):
 
     name = "mprt"
     option_constraints: ClassVar[dict] = {
-        "n_layers": [COUNT, Null("all layers")], "similarity": OneOf(SIMILARITIES),
+        "n_layers": [COUNT, Null("all layers")],
+        "similarity": OneOf(SIMILARITIES),
     }
     category = "sanity"
     higher_is_better = False
@@ -77,30 +84,44 @@ class ModelParameterRandomisation(Metric):
         self.abs = bool(abs)
 
     @serial_bookkeeping
-    def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers: dict[str, ExplainFn] | None = None
-                 ) -> MetricOutput:
+    def evaluate(
+        self,
+        batch: EvalBatch,
+        attributions,
+        *,
+        generator,
+        explainers: dict[str, ExplainFn] | None = None,
+    ) -> MetricOutput:
         maps = prepare(batch, attributions)
         missing = [k for k in maps if not explainers or k not in explainers]
         if missing:
-            raise ValueError(f"metric '{self.name}' re-explains a randomised model and needs explainers[name] for "
-                             f"{', '.join(missing)}; each must accept model=...")
+            raise ValueError(
+                f"metric '{self.name}' re-explains a randomised model and needs explainers[name] for "
+                f"{', '.join(missing)}; each must accept model=..."
+            )
         for k in maps:
             if not _accepts_model(explainers[k]):
-                raise ValueError(f"explainers['{k}'] must accept model=... to explain the randomised copy "
-                                 "(call signature: explain(inputs, targets, generator=..., model=...))")
+                raise ValueError(
+                    f"explainers['{k}'] must accept model=... to explain the randomised copy "
+                    "(call signature: explain(inputs, targets, generator=..., model=...))"
+                )
         model = copy.deepcopy(batch.model)
         layers = randomisable_layers(model)[::-1]
         if not layers:
             raise ValueError("mprt: the model has no layer with reset_parameters to randomise")
         if self.n_layers is not None:
             if self.n_layers > len(layers):
-                raise ValueError(f"n_layers={self.n_layers} but the model has only {len(layers)} randomisable layers")
+                raise ValueError(
+                    f"n_layers={self.n_layers} but the model has only {len(layers)} randomisable layers"
+                )
             layers = layers[: self.n_layers]
         x = batch.inputs.float()
         targets = batch.targets.to(x.device).long().view(-1)
         rng = SampleRNG.for_batch(batch, generator, self.name)
         seed = rng.base_seed
-        with eval_mode(batch.model) as m:  # a model without a finite output has nothing to randomise against
+        with eval_mode(
+            batch.model
+        ) as m:  # a model without a finite output has nothing to randomise against
             finite = finite_rows(predict(m, x))
         prep = (lambda a: a.abs()) if self.abs else (lambda a: a)
         p = x.shape[-2] * x.shape[-1]
@@ -116,21 +137,40 @@ class ModelParameterRandomisation(Metric):
                 layer.reset_parameters()
             for name, a in maps.items():
                 with full_threads():
-                    ap = explainers[name](x, targets, generator=rng.explainer_generator(name), model=model)
+                    ap = explainers[name](
+                        x, targets, generator=rng.explainer_generator(name), model=model
+                    )
                 ap = torch.as_tensor(ap).detach().to(x.device).float()
                 nonfinite = ~torch.isfinite(ap).flatten(1).all(1)
                 bad_maps[name] = nonfinite  # of the last layer randomised so far
                 ap = torch.where(nonfinite.view(-1, 1, 1), torch.zeros_like(ap), ap)
-                sim = similarity(self.similarity, prep(a).flatten(1), prep(ap).flatten(1), ties[name], ties[name])
-                curves[name].append(nan_where(sim, nonfinite, self.name, f"after randomising {i + 1} layer(s) the "
-                                              "re-explained map is not finite (NaN or inf)", name))
-        out = MetricOutput(curve_x={self.name: torch.arange(1, len(layers) + 1, dtype=torch.float32)})
+                sim = similarity(
+                    self.similarity, prep(a).flatten(1), prep(ap).flatten(1), ties[name], ties[name]
+                )
+                curves[name].append(
+                    nan_where(
+                        sim,
+                        nonfinite,
+                        self.name,
+                        f"after randomising {i + 1} layer(s) the "
+                        "re-explained map is not finite (NaN or inf)",
+                        name,
+                    )
+                )
+        out = MetricOutput(
+            curve_x={self.name: torch.arange(1, len(layers) + 1, dtype=torch.float32)}
+        )
         out.curves[self.name] = {k: torch.stack(v, 1) for k, v in curves.items()}
         scores = {}
         for k, v in curves.items():
             last = nan_where(v[-1], ~finite, self.name, NONFINITE_OUTPUT, k)
-            scores[k] = nan_where(last, torch.isnan(last) & ~bad_maps[k] & finite, self.name,
-                                  "a map is constant, Pearson similarity undefined", k)
+            scores[k] = nan_where(
+                last,
+                torch.isnan(last) & ~bad_maps[k] & finite,
+                self.name,
+                "a map is constant, Pearson similarity undefined",
+                k,
+            )
         out.scores[self.name] = scores
         return out
 
@@ -160,7 +200,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 7, flat: bool = False
         a, b = a.unsqueeze(1), b.unsqueeze(1)
         kernel, ndim = (win_size, win_size), 2
     if a.shape[-2] < kernel[0] or a.shape[-1] < kernel[1]:
-        raise ValueError(f"ssim: win_size={win_size} is larger than the map ({tuple(a.shape[-2:])})")
+        raise ValueError(
+            f"ssim: win_size={win_size} is larger than the map ({tuple(a.shape[-2:])})"
+        )
     both = torch.cat([a.flatten(1), b.flatten(1)], 1)
     rng = (both.amax(1) - both.amin(1)).view(n, 1, 1, 1)
     mean = lambda t: F.avg_pool2d(t, kernel, stride=1)  # noqa: E731 - windows fully inside the map
@@ -174,8 +216,11 @@ def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 7, flat: bool = False
     return s.flatten(1).mean(1).masked_fill(rng.view(-1) == 0, float("nan"))
 
 
-@METRICS.register("random_logit", description="Random logit test (Sixt et al. 2020): similarity of the map with the "
-                                               "map of a random other class")
+@METRICS.register(
+    "random_logit",
+    description="Random logit test (Sixt et al. 2020): similarity of the map with the "
+    "map of a random other class",
+)
 class RandomLogit(Metric):
     """SSIM between each map and the map the same explainer gives for a random other class (one
     class per sample, uniform over the classes other than the explained one, drawn from the
@@ -194,17 +239,25 @@ class RandomLogit(Metric):
         "similarity": OneOf(SSIM_KINDS),
         "win_size": Satisfies(
             lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 3 and v % 2 == 1,
-            "an odd integer >= 3 (skimage's convention)", invalid=[2, 4, 1.5]),
-        "normalise": NORMALISE, "batch_size": BATCH_SIZE,
+            "an odd integer >= 3 (skimage's convention)",
+            invalid=[2, 4, 1.5],
+        ),
+        "normalise": NORMALISE,
+        "batch_size": BATCH_SIZE,
     }
     category = "sanity"
     higher_is_better = False
     value_range = (-1.0, 1.0)
     requires = ("model", "explainer")
 
-    def __init__(self, similarity: str = "ssim", win_size: int = 7, abs: bool = False,
-                 normalise: bool | Literal["normalise_by_max", "normalise_by_negative"] = True,
-                 batch_size: int | None = None):
+    def __init__(
+        self,
+        similarity: str = "ssim",
+        win_size: int = 7,
+        abs: bool = False,
+        normalise: bool | Literal["normalise_by_max", "normalise_by_negative"] = True,
+        batch_size: int | None = None,
+    ):
         set_options(self, similarity=similarity, win_size=win_size)
         self.abs = bool(abs)
         set_options(self, normalise=normalise, batch_size=batch_size)
@@ -217,18 +270,28 @@ class RandomLogit(Metric):
     def other_classes(self, rng: SampleRNG, targets: torch.Tensor, n_classes: int) -> torch.Tensor:
         """(N,) a uniformly random class other than ``targets[i]`` for every sample, from its stream."""
         u = rng.rand((1,), "class").view(-1)
-        k = (u * (n_classes - 1)).floor().long().clamp(max=n_classes - 2)  # index among the other classes
+        k = (
+            (u * (n_classes - 1)).floor().long().clamp(max=n_classes - 2)
+        )  # index among the other classes
         t = targets.cpu()
         return torch.where(k >= t, k + 1, k).to(targets.device)
 
     @serial_bookkeeping
-    def evaluate(self, batch: EvalBatch, attributions, *, generator, explainers: dict[str, ExplainFn] | None = None
-                 ) -> MetricOutput:
+    def evaluate(
+        self,
+        batch: EvalBatch,
+        attributions,
+        *,
+        generator,
+        explainers: dict[str, ExplainFn] | None = None,
+    ) -> MetricOutput:
         maps = {k: self._post(v) for k, v in prepare(batch, attributions).items()}
         missing = [k for k in maps if not explainers or k not in explainers]
         if missing:
-            raise ValueError(f"metric '{self.name}' re-explains the inputs for another class and needs "
-                             f"explainers[name] for {', '.join(missing)}")
+            raise ValueError(
+                f"metric '{self.name}' re-explains the inputs for another class and needs "
+                f"explainers[name] for {', '.join(missing)}"
+            )
         x = batch.inputs.float()
         targets = batch.targets.to(x.device).long().view(-1)
         rng = SampleRNG.for_batch(batch, generator, self.name)
@@ -248,7 +311,18 @@ class RandomLogit(Metric):
             ap = self._post(torch.nan_to_num(ap))
             s = ssim(a, ap, self.win_size, flat=self.similarity == "ssim_flat").float()
             s = nan_where(s, ~finite, self.name, NONFINITE_OUTPUT, name)
-            s = nan_where(s, finite & bad, self.name, "the map for the other class is not finite (NaN or inf)", name)
-            scores[name] = nan_where(s, finite & ~bad & torch.isnan(s), self.name,
-                                     "both maps are one constant (SSIM undefined)", name)
+            s = nan_where(
+                s,
+                finite & bad,
+                self.name,
+                "the map for the other class is not finite (NaN or inf)",
+                name,
+            )
+            scores[name] = nan_where(
+                s,
+                finite & ~bad & torch.isnan(s),
+                self.name,
+                "both maps are one constant (SSIM undefined)",
+                name,
+            )
         return MetricOutput(scores={self.name: scores})

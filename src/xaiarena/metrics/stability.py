@@ -49,7 +49,8 @@ class LocalLipschitzEstimate(_ReExplain):
     name = "local_lipschitz_estimate"
     option_constraints: ClassVar[dict] = {
         **{k: v for k, v in _ReExplain.option_constraints.items() if not k.endswith("_bound")},
-        "perturb_mean": FINITE, "perturb_std": POSITIVE,
+        "perturb_mean": FINITE,
+        "perturb_std": POSITIVE,
     }
     reduce = "max"
 

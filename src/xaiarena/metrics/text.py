@@ -66,12 +66,16 @@ ERASER_BINS = (0.01, 0.05, 0.1, 0.2, 0.5)
 
 def text_inputs(batch: EvalBatch, metric: str) -> TextBatch:
     if not isinstance(batch.inputs, TextBatch):
-        raise ValueError(f"metric '{metric}' scores text explanations; batch.inputs must be a TextBatch, "
-                         f"got {type(batch.inputs).__name__}")
+        raise ValueError(
+            f"metric '{metric}' scores text explanations; batch.inputs must be a TextBatch, "
+            f"got {type(batch.inputs).__name__}"
+        )
     return batch.inputs
 
 
-def prepare_text(batch: EvalBatch, attributions: dict[str, torch.Tensor], metric: str) -> dict[str, torch.Tensor]:
+def prepare_text(
+    batch: EvalBatch, attributions: dict[str, torch.Tensor], metric: str
+) -> dict[str, torch.Tensor]:
     """Check every map is ``(N, L)`` like the batch and finite on real words; float copies on its device."""
     x = text_inputs(batch, metric)
     wm = x.word_mask
@@ -79,19 +83,29 @@ def prepare_text(batch: EvalBatch, attributions: dict[str, torch.Tensor], metric
     for name, a in attributions.items():
         a = torch.as_tensor(a)
         if tuple(a.shape) != x.shape:
-            raise ValueError(f"attributions['{name}'] has shape {tuple(a.shape)}; expected (N, L) = {x.shape}")
+            raise ValueError(
+                f"attributions['{name}'] has shape {tuple(a.shape)}; expected (N, L) = {x.shape}"
+            )
         a = a.detach().to(device=x.device, dtype=torch.float32)
         bad = (~torch.isfinite(a) & wm).any(1)
         if bool(bad.any()):
             idx = torch.nonzero(bad).flatten().tolist()
-            raise ValueError(f"attributions['{name}'] contain NaN or inf at sample(s) {idx[:10]}; "
-                             "metrics need finite maps")
+            raise ValueError(
+                f"attributions['{name}'] contain NaN or inf at sample(s) {idx[:10]}; "
+                "metrics need finite maps"
+            )
         out[name] = torch.where(wm, a, torch.zeros_like(a))
     return out
 
 
-def word_ranks(scores: torch.Tensor, x: TextBatch, rng: SampleRNG, explainer: str, absolute: bool = False,
-               metric: str | None = None) -> torch.Tensor:
+def word_ranks(
+    scores: torch.Tensor,
+    x: TextBatch,
+    rng: SampleRNG,
+    explainer: str,
+    absolute: bool = False,
+    metric: str | None = None,
+) -> torch.Tensor:
     """Rank of every word slot (0 = most important); padding slots rank last. Ties are broken by
     each text's stream for ("ties", ``explainer``), one number per word of the text (so the
     draws do not depend on the batch's width). With ``metric`` a constant map gets a logged note."""
@@ -120,15 +134,21 @@ WORDS_FRACTION = Interval(float, 0, 1, closed="right", noun="a fraction of the w
 
 def ceil_words(q: float, n_words: torch.Tensor) -> torch.Tensor:
     """``ceil(q n)`` words per text, robust to float error (0.3 * 10 -> 3)."""
-    return torch.tensor([math.ceil(round(q * n, 9)) for n in n_words.tolist()], dtype=torch.long,
-                        device=n_words.device)
+    return torch.tensor(
+        [math.ceil(round(q * n, 9)) for n in n_words.tolist()],
+        dtype=torch.long,
+        device=n_words.device,
+    )
 
 
 def floor_words(q: float, n_words: torch.Tensor) -> torch.Tensor:
     """``floor(q n)`` words per text (ERASER's "top q" tokens: ``int(q * len(doc))`` in the official
     code), robust to float error (0.1 * 30 -> 3)."""
-    return torch.tensor([math.floor(round(q * n, 9)) for n in n_words.tolist()], dtype=torch.long,
-                        device=n_words.device)
+    return torch.tensor(
+        [math.floor(round(q * n, 9)) for n in n_words.tolist()],
+        dtype=torch.long,
+        device=n_words.device,
+    )
 
 
 class _TextMetric(Metric):
@@ -186,8 +206,8 @@ class _Eraser(_TextMetric):
     def _logits(self, model, x: TextBatch, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         out = []
         for s in range(0, len(rows), self.batch_size):
-            r = rows[s:s + self.batch_size]
-            out.append(model(x[r].keep_words(keep[s:s + self.batch_size], self.removal)).float())
+            r = rows[s : s + self.batch_size]
+            out.append(model(x[r].keep_words(keep[s : s + self.batch_size], self.removal)).float())
         return torch.cat(out) if out else torch.empty(0, 0, device=x.device)
 
     @serial_bookkeeping
@@ -229,10 +249,14 @@ class _Eraser(_TextMetric):
                 drop = p_full[:, None] - p
                 ok = fin.all(1) & fin_full
                 v = nan_where(self.aggregate(drop), ~ok, self.name, NONFINITE_OUTPUT, name)
-                scores[name] = nan_where(v, (x.n_words == 0) & ok, self.name, "the text has no words", name)
+                scores[name] = nan_where(
+                    v, (x.n_words == 0) & ok, self.name, "the text has no words", name
+                )
                 curves[name] = drop
         x_axis = torch.tensor(self.levels())
-        return MetricOutput(scores={self.name: scores}, curves={self.name: curves}, curve_x={self.name: x_axis})
+        return MetricOutput(
+            scores={self.name: scores}, curves={self.name: curves}, curve_x={self.name: x_axis}
+        )
 
 
 @METRICS.register(
@@ -266,11 +290,17 @@ class _EraserTarget(_Eraser):
 
     predicted_class = False
     option_constraints: ClassVar[dict] = {
-        **_Eraser.option_constraints, "fractions": [WORDS_FRACTION, ListOf(WORDS_FRACTION)],
+        **_Eraser.option_constraints,
+        "fractions": [WORDS_FRACTION, ListOf(WORDS_FRACTION)],
     }
 
-    def __init__(self, fractions: float | list[float] = DEFAULT_FRACTIONS, removal: str = "delete",
-                 abs: bool = False, batch_size: int = 128):
+    def __init__(
+        self,
+        fractions: float | list[float] = DEFAULT_FRACTIONS,
+        removal: str = "delete",
+        abs: bool = False,
+        batch_size: int = 128,
+    ):
         super().__init__(removal, abs, batch_size)
         set_options(self, fractions=fractions)
         if isinstance(self.fractions, float):
@@ -352,12 +382,17 @@ class TextTopKOverlap(_TextAgreement):
 
     name = "text_topk_overlap"
     option_constraints: ClassVar[dict] = {
-        **_TextAgreement.option_constraints, "k": [*WORDS_K, ListOf(WORDS_K)],
+        **_TextAgreement.option_constraints,
+        "k": [*WORDS_K, ListOf(WORDS_K)],
     }
     value_range = (0.0, 1.0)
 
-    def __init__(self, k: int | float | list[int | float] = (1, 3, 5), reference: str | None = None,
-                 abs: bool = False):
+    def __init__(
+        self,
+        k: int | float | list[int | float] = (1, 3, 5),
+        reference: str | None = None,
+        abs: bool = False,
+    ):
         super().__init__(reference, abs)
         ks = validate_options(self.name, self.option_constraints, {"k": k})["k"]
         self.ks = list(ks) if isinstance(ks, tuple) else [ks]
@@ -378,7 +413,9 @@ class TextTopKOverlap(_TextAgreement):
             for a, b in pairs:
                 inter = ((ranks[a] < kk) & (ranks[b] < kk)).sum(1).float()
                 v = inter / kk[:, 0].clamp_min(1)
-                per[pair_key(a, b)] = nan_where(v, x.n_words == 0, self.name, "the text has no words")
+                per[pair_key(a, b)] = nan_where(
+                    v, x.n_words == 0, self.name, "the text has no words"
+                )
             scores[self._out(k)] = per
         return MetricOutput(scores=scores)
 
@@ -412,7 +449,9 @@ class TextSpearman(_TextAgreement):
             db = torch.where(wm, rb - mean, torch.zeros_like(rb))
             den = da.norm(dim=1) * db.norm(dim=1)
             r = ((da * db).sum(1) / den).float().clamp(-1, 1)
-            out[pair_key(a, b)] = nan_where(r, x.n_words < 2, self.name, "a text with fewer than two words")
+            out[pair_key(a, b)] = nan_where(
+                r, x.n_words < 2, self.name, "a text with fewer than two words"
+            )
         return MetricOutput(scores={self.name: out})
 
 
@@ -440,9 +479,13 @@ class _Rationale(_TextMetric):
     def evaluate(self, batch, attributions, *, generator, explainers=None) -> MetricOutput:
         maps = prepare_text(batch, attributions, self.name)
         x = text_inputs(batch, self.name)
-        if batch.masks is None:  # e.g. SST-2 next to planted_sentiment in one config: no rows, a logged reason
-            logger.warning("%s: skipped, the dataset has no ground-truth rationales (planted_sentiment has)",
-                           self.name)
+        if (
+            batch.masks is None
+        ):  # e.g. SST-2 next to planted_sentiment in one config: no rows, a logged reason
+            logger.warning(
+                "%s: skipped, the dataset has no ground-truth rationales (planted_sentiment has)",
+                self.name,
+            )
             return MetricOutput()
         truth = self._truth(batch, x)
         n_pos = truth.sum(1)
@@ -533,9 +576,16 @@ class ExplainedModelAccuracy(_TextMetric):
     requires = ("model", "labels")
 
     def outputs(self) -> list[OutputSpec]:
-        return [OutputSpec(self.name, True, self.value_range, ranked=False,
-                           unranked_reason="describes the explained model, not the map: equal for every explainer "
-                           "of one model")]
+        return [
+            OutputSpec(
+                self.name,
+                True,
+                self.value_range,
+                ranked=False,
+                unranked_reason="describes the explained model, not the map: equal for every explainer "
+                "of one model",
+            )
+        ]
 
     @serial_bookkeeping
     def evaluate(self, batch, attributions, *, generator, explainers=None) -> MetricOutput:
@@ -544,11 +594,27 @@ class ExplainedModelAccuracy(_TextMetric):
             logits = model(x)
         correct = (logits.argmax(1) == batch.labels.to(logits.device)).float()
         ok = finite_rows(logits)
-        return MetricOutput(scores={self.name: {
-            k: nan_where(correct.clone(), ~ok, self.name, NONFINITE_OUTPUT, k) for k in attributions}})
+        return MetricOutput(
+            scores={
+                self.name: {
+                    k: nan_where(correct.clone(), ~ok, self.name, NONFINITE_OUTPUT, k)
+                    for k in attributions
+                }
+            }
+        )
 
 
 __all__: Sequence[str] = [
-    "Comprehensiveness", "Sufficiency", "ComprehensivenessTarget", "SufficiencyTarget", "TextTopKOverlap", "TextSpearman", "RationaleF1", "RationaleIoU",
-    "RationaleAUPRC", "ExplainedModelAccuracy", "prepare_text", "word_ranks",
+    "Comprehensiveness",
+    "Sufficiency",
+    "ComprehensivenessTarget",
+    "SufficiencyTarget",
+    "TextTopKOverlap",
+    "TextSpearman",
+    "RationaleF1",
+    "RationaleIoU",
+    "RationaleAUPRC",
+    "ExplainedModelAccuracy",
+    "prepare_text",
+    "word_ranks",
 ]

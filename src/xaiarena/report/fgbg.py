@@ -104,8 +104,15 @@ def _fmt_p(p: Any) -> str:
     return "< 0.001" if v < 0.001 else f"{v:.3f}"
 
 
-def section(per_sample: pd.DataFrame | None, dataset: str, example: dict[str, np.ndarray] | None,
-            explainers: list[str], add_figure, prefix: str, alpha: float = 0.05) -> dict[str, Any] | None:
+def section(
+    per_sample: pd.DataFrame | None,
+    dataset: str,
+    example: dict[str, np.ndarray] | None,
+    explainers: list[str],
+    add_figure,
+    prefix: str,
+    alpha: float = 0.05,
+) -> dict[str, Any] | None:
     """Rows (one per explainer: means, t, Wilcoxon, d_z) and the overlay figure, or None when the
     dataset has no fg/bg outputs. ``add_figure(name, png, title, caption)`` stores a figure."""
     if per_sample is None:
@@ -120,33 +127,55 @@ def section(per_sample: pd.DataFrame | None, dataset: str, example: dict[str, np
         # a Wilcoxon on so few images that its smallest possible p is not below alpha says
         # nothing: no p is printed and it does not vote (stats.informative)
         w_ok = informative(w["min_p"], alpha)
-        sig = bool(np.isfinite(t["p_holm"]) and t["p_holm"] < alpha
-                   and (not w_ok or w["p_holm"] < alpha))
-        rows.append({
-            "explainer": explainer, "metric": fg_metric, "n": int(t["n"]),
-            "fg": _fmt(t["fg_mean"]), "bg": _fmt(t["bg_mean"]), "diff": _fmt(t["mean_diff"]),
-            "t": _fmt(t["statistic"], 2), "p_t": _fmt_p(t["p_holm"]),
-            "w": _fmt(w["statistic"], 1), "p_w": _fmt_p(w["p_holm"]) if w_ok else "–",
-            "w_note": "" if w_ok else (f"Wilcoxon not informative with {int(t['n'])} images "
-                                       f"(smallest possible p = {_fmt(w['min_p'], 3)}, not below "
-                                       f"alpha = {alpha:g})"),
-            "dz": _fmt(t["effect_size"], 2), "significant": sig,
-            "direction": "object" if float(t["mean_diff"]) > 0 else "background",
-        })
+        sig = bool(
+            np.isfinite(t["p_holm"]) and t["p_holm"] < alpha and (not w_ok or w["p_holm"] < alpha)
+        )
+        rows.append(
+            {
+                "explainer": explainer,
+                "metric": fg_metric,
+                "n": int(t["n"]),
+                "fg": _fmt(t["fg_mean"]),
+                "bg": _fmt(t["bg_mean"]),
+                "diff": _fmt(t["mean_diff"]),
+                "t": _fmt(t["statistic"], 2),
+                "p_t": _fmt_p(t["p_holm"]),
+                "w": _fmt(w["statistic"], 1),
+                "p_w": _fmt_p(w["p_holm"]) if w_ok else "–",
+                "w_note": ""
+                if w_ok
+                else (
+                    f"Wilcoxon not informative with {int(t['n'])} images "
+                    f"(smallest possible p = {_fmt(w['min_p'], 3)}, not below "
+                    f"alpha = {alpha:g})"
+                ),
+                "dz": _fmt(t["effect_size"], 2),
+                "significant": sig,
+                "direction": "object" if float(t["mean_diff"]) > 0 else "background",
+            }
+        )
     fig = None
     if example is not None:
-        fig = add_figure(f"{prefix}_overlays.png", overlay_grid(example, explainers),
-                         "Attribution overlays",
-                         "Each map's positive part, scaled to its own maximum (jet), blended over the image; "
-                         "white outline: the ground-truth object mask.")
+        fig = add_figure(
+            f"{prefix}_overlays.png",
+            overlay_grid(example, explainers),
+            "Attribution overlays",
+            "Each map's positive part, scaled to its own maximum (jet), blended over the image; "
+            "white outline: the ground-truth object mask.",
+        )
     return {"rows": rows, "overlays": fig}
 
 
 # --------------------------------------------------------------------------- per-image agreement
 
 
-def agreement_per_image(per_sample: pd.DataFrame | None, dataset: str, meta: dict[str, dict[str, Any]],
-                        max_images: int = 60, names: dict[str, str] | None = None) -> dict[str, Any] | None:
+def agreement_per_image(
+    per_sample: pd.DataFrame | None,
+    dataset: str,
+    meta: dict[str, dict[str, Any]],
+    max_images: int = 60,
+    names: dict[str, str] | None = None,
+) -> dict[str, Any] | None:
     """Per-image table of every agreement output (columns: output x pair), for studies on a few
     images (at most ``max_images``; larger runs keep it in per_sample.parquet only). ``names``
     (run.json ``sample_names``: sample id -> file name) names each image where the dataset does."""
@@ -156,11 +185,28 @@ def agreement_per_image(per_sample: pd.DataFrame | None, dataset: str, meta: dic
     df = per_sample[(per_sample["dataset"] == dataset) & per_sample["metric"].isin(agree)]
     if not len(df) or df["sample_id"].nunique() > max_images:
         return None
-    wide = df.pivot_table(index="sample_id", columns=["metric", "explainer"], values="value", aggfunc="first")
-    cols = [(m, e) for m in agree for e in dict.fromkeys(df.loc[df["metric"] == m, "explainer"]) if (m, e) in wide]
+    wide = df.pivot_table(
+        index="sample_id", columns=["metric", "explainer"], values="value", aggfunc="first"
+    )
+    cols = [
+        (m, e)
+        for m in agree
+        for e in dict.fromkeys(df.loc[df["metric"] == m, "explainer"])
+        if (m, e) in wide
+    ]
     names = names or {}
-    rows = [{"sample_id": int(sid), "name": names.get(str(int(sid)), ""),
-             "cells": [_fmt(wide.loc[sid, c]) for c in cols]} for sid in wide.index]
+    rows = [
+        {
+            "sample_id": int(sid),
+            "name": names.get(str(int(sid)), ""),
+            "cells": [_fmt(wide.loc[sid, c]) for c in cols],
+        }
+        for sid in wide.index
+    ]
     means = [_fmt(wide[c].mean()) for c in cols]
-    return {"columns": [{"metric": m, "pair": e} for m, e in cols], "rows": rows, "means": means,
-            "named": any(r["name"] for r in rows)}
+    return {
+        "columns": [{"metric": m, "pair": e} for m, e in cols],
+        "rows": rows,
+        "means": means,
+        "named": any(r["name"] for r in rows),
+    }

@@ -23,8 +23,17 @@ from ..errors import XaiArenaError
 from ..views import F_B, F_S, on_f_b_label
 
 CURVE_COLUMNS = ["dataset", "explainer", "metric", "x", "mean", "ci_low", "ci_high"]
-_NAME_COLUMNS = ("dataset", "grid", "explained_model", "model", "explainer", "metric", "explainer_a",
-                 "explainer_b", "test")
+_NAME_COLUMNS = (
+    "dataset",
+    "grid",
+    "explained_model",
+    "model",
+    "explainer",
+    "metric",
+    "explainer_a",
+    "explainer_b",
+    "test",
+)
 
 
 class ReportError(XaiArenaError):
@@ -68,7 +77,9 @@ class RunData:
         written before results had an ``explained_model`` column."""
         if "explained_model" not in self.summary.columns:
             return [None]
-        found = list(pd.unique(self.summary.loc[self.summary["dataset"] == dataset, "explained_model"]))
+        found = list(
+            pd.unique(self.summary.loc[self.summary["dataset"] == dataset, "explained_model"])
+        )
         return sorted(found, key=lambda v: (v != "f_b", found.index(v))) or [None]
 
     def view(self, dataset: str, view: str | None) -> RunData:
@@ -85,8 +96,11 @@ class RunData:
 
         info = self.dataset_info(dataset)
         sel = self.summary[self.summary["dataset"] == dataset]
-        scored = (set(sel.loc[sel["explained_model"] == view, "explainer"])
-                  if "explained_model" in sel.columns else set())
+        scored = (
+            set(sel.loc[sel["explained_model"] == view, "explainer"])
+            if "explained_model" in sel.columns
+            else set()
+        )
         explainers = {}
         for k, v in (info.get("explainers") or {}).items():
             if not isinstance(v, dict):
@@ -96,12 +110,23 @@ class RunData:
                 explainers[k] = {**v, **(views.get(view) or {}), "explains": view}
             elif view == F_B and on_f_b_label(k) in scored:  # a learned explainer's maps on f_b
                 own = v.get("explains", F_S)
-                explainers[on_f_b_label(k)] = {**v, **(views.get(own) or {}), "explains": view,
-                                               "maps_of": own}
-        run = {**self.run, "datasets": {**(self.run.get("datasets") or {}),
-                                        dataset: {**info, "explainers": explainers}}}
-        home = {k: (v.get("explains") if isinstance(v, dict) else F_B)
-                for k, v in (info.get("explainers") or {}).items()}
+                explainers[on_f_b_label(k)] = {
+                    **v,
+                    **(views.get(own) or {}),
+                    "explains": view,
+                    "maps_of": own,
+                }
+        run = {
+            **self.run,
+            "datasets": {
+                **(self.run.get("datasets") or {}),
+                dataset: {**info, "explainers": explainers},
+            },
+        }
+        home = {
+            k: (v.get("explains") if isinstance(v, dict) else F_B)
+            for k, v in (info.get("explainers") or {}).items()
+        }
 
         def rekey(names: list[str]) -> dict[str, str]:
             """``{stored name: name in this view}``: own-view maps and ``<name>@<view>`` maps; in
@@ -118,19 +143,38 @@ class RunData:
         examples = dict(self.examples)
         if dataset in examples:
             ex = examples[dataset]
-            keys = rekey([k[len("attr__"):] for k in ex if k.startswith("attr__")])
-            examples[dataset] = {**{k: a for k, a in ex.items() if not k.startswith("attr__")},
-                                 **{f"attr__{new}": ex[f"attr__{old}"] for old, new in keys.items()}}
+            keys = rekey([k[len("attr__") :] for k in ex if k.startswith("attr__")])
+            examples[dataset] = {
+                **{k: a for k, a in ex.items() if not k.startswith("attr__")},
+                **{f"attr__{new}": ex[f"attr__{old}"] for old, new in keys.items()},
+            }
         text_examples = dict(self.text_examples)
         if dataset in text_examples:
             doc = text_examples[dataset]
             keys = rekey(list(doc.get("explainers") or []))
-            samples = [{**smp, "scores": {new: smp["scores"][old] for old, new in keys.items()
-                                          if old in smp.get("scores", {})}} for smp in doc.get("samples", [])]
+            samples = [
+                {
+                    **smp,
+                    "scores": {
+                        new: smp["scores"][old]
+                        for old, new in keys.items()
+                        if old in smp.get("scores", {})
+                    },
+                }
+                for smp in doc.get("samples", [])
+            ]
             text_examples[dataset] = {**doc, "explainers": list(keys.values()), "samples": samples}
-        return replace(self, run=run, summary=keep(self.summary), tests=keep(self.tests),
-                       per_sample=keep(self.per_sample), curves=keep(self.curves), examples=examples,
-                       text_examples=text_examples, replicate_ranks=keep(self.replicate_ranks))
+        return replace(
+            self,
+            run=run,
+            summary=keep(self.summary),
+            tests=keep(self.tests),
+            per_sample=keep(self.per_sample),
+            curves=keep(self.curves),
+            examples=examples,
+            text_examples=text_examples,
+            replicate_ranks=keep(self.replicate_ranks),
+        )
 
     def metrics(self, dataset: str) -> list[str]:
         present = set(self.summary.loc[self.summary["dataset"] == dataset, "metric"])
@@ -163,7 +207,9 @@ def _merge_grid(df: pd.DataFrame | None) -> pd.DataFrame | None:
         return df
     df = df.copy()
     g = df["grid"].fillna("").astype(str)
-    df["dataset"] = [d if not p else f"{d}@{p}" for d, p in zip(df["dataset"].astype(str), g, strict=True)]
+    df["dataset"] = [
+        d if not p else f"{d}@{p}" for d, p in zip(df["dataset"].astype(str), g, strict=True)
+    ]
     return df
 
 
@@ -182,20 +228,24 @@ def replicate_note(run: dict[str, Any], summary: pd.DataFrame, seeds: list[int])
         samples = f"the same {'/'.join(map(str, n_eval))} evaluation samples"
     correct = ""
     if any(u.get("samples_correct_under_seeds") for u in units):
-        correct = (" (evaluation.only_correct: the samples that every replicate's model classifies "
-                   "correctly, taken in the seeded order of the test split)")
+        correct = (
+            " (evaluation.only_correct: the samples that every replicate's model classifies "
+            "correctly, taken in the seeded order of the test split)"
+        )
     r = len(seeds)
-    return (f"{r} replicates: the model was retrained with seeds {seeds}, and every replicate "
-            f"explained and scored {samples}{correct}{counted}. Each mean is over samples × "
-            "replicates, and its 95% interval counts both sources of variance: which samples were "
-            "evaluated and which seed trained the model (two-way crossed random effects, variance "
-            "components by ANOVA with Satterthwaite degrees of freedom, never narrower than the "
-            "t-interval over the replicate means nor the one over the per-sample means). "
-            "Significance comes from the same model of the paired differences between explainers. "
-            f"With {r} replicates, wherever retraining moves the scores the interval and the test "
-            f"rest on about {r - 1} degrees of freedom, so only a large difference that holds in "
-            "every retrained model is called significant. Per-image sections show the first "
-            "replicate.")
+    return (
+        f"{r} replicates: the model was retrained with seeds {seeds}, and every replicate "
+        f"explained and scored {samples}{correct}{counted}. Each mean is over samples × "
+        "replicates, and its 95% interval counts both sources of variance: which samples were "
+        "evaluated and which seed trained the model (two-way crossed random effects, variance "
+        "components by ANOVA with Satterthwaite degrees of freedom, never narrower than the "
+        "t-interval over the replicate means nor the one over the per-sample means). "
+        "Significance comes from the same model of the paired differences between explainers. "
+        f"With {r} replicates, wherever retraining moves the scores the interval and the test "
+        f"rest on about {r - 1} degrees of freedom, so only a large difference that holds in "
+        "every retrained model is called significant. Per-image sections show the first "
+        "replicate."
+    )
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -223,8 +273,9 @@ def load_run(run_dir: str | Path) -> RunData:
 
     summary_path = res / "summary.csv"
     if summary_path.exists():
-        summary = _read_csv(summary_path,
-                            ["mean", "ci_low", "ci_high", "n", *stats.COUNT_COLUMNS, "df"])
+        summary = _read_csv(
+            summary_path, ["mean", "ci_low", "ci_high", "n", *stats.COUNT_COLUMNS, "df"]
+        )
         missing = [c for c in stats.SUMMARY_COLUMNS if c not in summary.columns]
         if missing:
             raise ReportError(f"'{summary_path}' lacks column(s) {missing}")
@@ -240,8 +291,10 @@ def load_run(run_dir: str | Path) -> RunData:
                 summary = stats.summarize(per_sample, hib, int(run.get("seed", 0)), models=models)
         except ValueError as exc:
             raise ReportError(f"cannot summarise results/per_sample.parquet: {exc}") from None
-        notes.append("results/summary.csv was missing; summaries were computed from "
-                     "results/per_sample.parquet when building this report.")
+        notes.append(
+            "results/summary.csv was missing; summaries were computed from "
+            "results/per_sample.parquet when building this report."
+        )
     else:
         raise ReportError(
             f"'{run_dir}' has neither results/summary.csv nor results/per_sample.parquet"
@@ -256,12 +309,16 @@ def load_run(run_dir: str | Path) -> RunData:
             raise ReportError(f"'{tests_path}' lacks column(s) {missing}")
     elif per_sample is not None:
         tests = stats.paired_tests(per_sample)
-        notes.append("results/tests.csv was missing; paired tests were computed from "
-                     "results/per_sample.parquet when building this report.")
+        notes.append(
+            "results/tests.csv was missing; paired tests were computed from "
+            "results/per_sample.parquet when building this report."
+        )
     else:
         tests = pd.DataFrame(columns=stats.TESTS_COLUMNS)
-        notes.append("No paired tests are available (results/tests.csv and "
-                     "results/per_sample.parquet are missing): no difference is marked significant.")
+        notes.append(
+            "No paired tests are available (results/tests.csv and "
+            "results/per_sample.parquet are missing): no difference is marked significant."
+        )
 
     # a grid run: every (dataset, grid point) is reported as its own dataset, "<dataset>@<point>"
     summary, tests, per_sample = (_merge_grid(df) for df in (summary, tests, per_sample))
@@ -271,13 +328,23 @@ def load_run(run_dir: str | Path) -> RunData:
     if per_sample is not None and "replicate" in per_sample.columns:
         rep_tests = res / "tests_replicates.csv"
         if rep_tests.exists():
-            numeric = ["statistic", "p_value", "p_holm", "effect_size", "df", "min_p", "n",
-                       *stats.COUNT_COLUMNS]
+            numeric = [
+                "statistic",
+                "p_value",
+                "p_holm",
+                "effect_size",
+                "df",
+                "min_p",
+                "n",
+                *stats.COUNT_COLUMNS,
+            ]
             tests = _merge_grid(_read_csv(rep_tests, numeric))
         else:
             tests = stats.replicate_tests(per_sample)
-            notes.append("results/tests_replicates.csv was missing; the tests over replicates were "
-                         "computed from results/per_sample.parquet when building this report.")
+            notes.append(
+                "results/tests_replicates.csv was missing; the tests over replicates were "
+                "computed from results/per_sample.parquet when building this report."
+            )
         per_sample = per_sample[per_sample["replicate"] == per_sample["replicate"].min()]
         replicate_seeds = [int(v) for v in (run.get("replicate_seeds") or [])]
         notes.append(replicate_note(run, summary, replicate_seeds))
@@ -291,7 +358,11 @@ def load_run(run_dir: str | Path) -> RunData:
         entry.setdefault("value_range", [None, None])  # unbounded
 
     curves_path = res / "curves.parquet"
-    curves = pd.read_parquet(curves_path) if curves_path.exists() else pd.DataFrame(columns=CURVE_COLUMNS)
+    curves = (
+        pd.read_parquet(curves_path)
+        if curves_path.exists()
+        else pd.DataFrame(columns=CURVE_COLUMNS)
+    )
     curves = _merge_grid(curves)
     if "replicate" in curves.columns and len(curves):
         curves = curves[curves["replicate"] == curves["replicate"].min()]
@@ -312,8 +383,11 @@ def load_run(run_dir: str | Path) -> RunData:
 
     from .text import load_text_examples
 
-    text_examples = {d: doc for d in datasets
-                     if (doc := load_text_examples(res / "examples" / f"{d}.json")) is not None}
+    text_examples = {
+        d: doc
+        for d in datasets
+        if (doc := load_text_examples(res / "examples" / f"{d}.json")) is not None
+    }
 
     replicate_ranks = None
     rr_path = res / "ranks_per_replicate.csv"
@@ -323,8 +397,18 @@ def load_run(run_dir: str | Path) -> RunData:
     config_path = run_dir / "config.yaml"
     config_text = config_path.read_text() if config_path.exists() else None
     return RunData(
-        run_dir=run_dir, run=run, config_text=config_text, summary=summary, tests=tests,
-        per_sample=per_sample, curves=curves, examples=examples, metrics_meta=meta,
-        datasets=datasets, notes=notes, text_examples=text_examples, replicate_ranks=replicate_ranks,
+        run_dir=run_dir,
+        run=run,
+        config_text=config_text,
+        summary=summary,
+        tests=tests,
+        per_sample=per_sample,
+        curves=curves,
+        examples=examples,
+        metrics_meta=meta,
+        datasets=datasets,
+        notes=notes,
+        text_examples=text_examples,
+        replicate_ranks=replicate_ranks,
         replicate_seeds=replicate_seeds,
     )

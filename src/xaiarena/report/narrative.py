@@ -31,8 +31,11 @@ def _join(names: list[str]) -> str:
 
 
 def _test_name(test: str) -> str:
-    return {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test",
-            "both": "paired t-test and Wilcoxon signed-rank test"}[test]
+    return {
+        "t": "paired t-test",
+        "wilcoxon": "Wilcoxon signed-rank test",
+        "both": "paired t-test and Wilcoxon signed-rank test",
+    }[test]
 
 
 def dataset_reading(
@@ -54,8 +57,10 @@ def dataset_reading(
         s = f"{model} reaches {fmt_percent(acc)} test accuracy"
         k = info.get("num_classes")
         if isinstance(k, int) and k > 1 and acc < 1.5 / k:
-            s += (f", close to chance ({fmt_percent(1 / k)} for {k} classes), so the "
-                  "attributions explain a model that has learned little")
+            s += (
+                f", close to chance ({fmt_percent(1 / k)} for {k} classes), so the "
+                "attributions explain a model that has learned little"
+            )
         if info.get("n_eval"):
             s += f"; {info['n_eval']} evaluation samples were explained"
         first.append(s + ".")
@@ -77,8 +82,10 @@ def dataset_reading(
         ci = ""
         if np.isfinite(b["ci_low"]) and np.isfinite(b["ci_high"]):
             ci = f", 95% CI {fmt(b['ci_low'], d)} to {fmt(b['ci_high'], d)}"
-        head = (f"{m} ({direction_words(bool(meta.get(m, {}).get('higher_is_better', True)))}): "
-                f"{best} has the best mean ({fmt(b['mean'], d)}{ci})")
+        head = (
+            f"{m} ({direction_words(bool(meta.get(m, {}).get('higher_is_better', True)))}): "
+            f"{best} has the best mean ({fmt(b['mean'], d)}{ci})"
+        )
         if not len(others):
             untested.append(m)
             continue
@@ -100,19 +107,28 @@ def dataset_reading(
             out.append(head + f"; {_join(tied)} {verb} not significantly different from it.")
     summary_bits = []
     if wins:
-        summary_bits.append("Clear wins: " + "; ".join(
-            f"{e} on {_join(ms)}" for e, ms in sorted(wins.items(), key=lambda kv: -len(kv[1]))) + ".")
-    if no_diff:
         summary_bits.append(
-            f"No significant differences between explainers on {_join(no_diff)}.")
+            "Clear wins: "
+            + "; ".join(
+                f"{e} on {_join(ms)}" for e, ms in sorted(wins.items(), key=lambda kv: -len(kv[1]))
+            )
+            + "."
+        )
+    if no_diff:
+        summary_bits.append(f"No significant differences between explainers on {_join(no_diff)}.")
     out = first + summary_bits + out
     diet = learned_report(info)
     agree = diet.get("test_agreement_fs_fb") if isinstance(diet, dict) else None
-    fs = [e for e, v in (info.get("explainers") or {}).items()
-          if isinstance(v, dict) and v.get("explains") == "f_s"]
+    fs = [
+        e
+        for e, v in (info.get("explainers") or {}).items()
+        if isinstance(v, dict) and v.get("explains") == "f_s"
+    ]
     if fs:
-        s = (f"{_join(fs)} {'explains' if len(fs) == 1 else 'explain'} DiET's distilled model "
-             "f_s, not f_b")
+        s = (
+            f"{_join(fs)} {'explains' if len(fs) == 1 else 'explain'} DiET's distilled model "
+            "f_s, not f_b"
+        )
         if isinstance(agree, (int, float)) and np.isfinite(agree):
             s += f"; f_s agrees with f_b on {fmt_percent(agree)} of predictions"
         out.append(s + ".")
@@ -146,36 +162,53 @@ def learned_cautions(report: dict[str, Any]) -> list[str]:
     kept = report.get("train_mask_l0_fraction")
     if _finite(kept):
         if kept >= MASKS_FULL:
-            hint = ("text_diet's lr_words gives the words of long texts the step of short ones" if unit == "words"
-                    else "a larger mask_lr moves each mask cell further per step")
-            out.append(f"Caution: DiET's training masks keep {fmt_percent(kept)} of the {unit}, so f_s was hardly "
-                       f"trained on erased inputs (the masks barely moved from 'keep everything'; {hint}).")
+            hint = (
+                "text_diet's lr_words gives the words of long texts the step of short ones"
+                if unit == "words"
+                else "a larger mask_lr moves each mask cell further per step"
+            )
+            out.append(
+                f"Caution: DiET's training masks keep {fmt_percent(kept)} of the {unit}, so f_s was hardly "
+                f"trained on erased inputs (the masks barely moved from 'keep everything'; {hint})."
+            )
         elif kept <= MASKS_EMPTY:
-            out.append(f"Caution: DiET's training masks keep only {fmt_percent(kept)} of the {unit}: they "
-                       "collapsed to (almost) nothing (a smaller mask_lr moves each mask unit less per step).")
+            out.append(
+                f"Caution: DiET's training masks keep only {fmt_percent(kept)} of the {unit}: they "
+                "collapsed to (almost) nothing (a smaller mask_lr moves each mask unit less per step)."
+            )
     at_limit = report.get("test_stopped_at_limit_fraction")
     time_info = report.get("test_time") if isinstance(report.get("test_time"), dict) else {}
     if _finite(at_limit) and at_limit > 0:
         steps = time_info.get("steps_max")
         where = f" ({int(steps)} steps)" if _finite(steps) else ""
-        out.append(f"Caution: DiET's test-time optimisation reached its safety limit{where} before its stopping "
-                   f"rule for {fmt_percent(at_limit)} of the samples, so those maps are those of an unfinished "
-                   "optimisation (test_max_steps raises the limit).")
-    elif "test_stopped_at_limit_fraction" not in report and _finite(report.get("test_converged_fraction")):
+        out.append(
+            f"Caution: DiET's test-time optimisation reached its safety limit{where} before its stopping "
+            f"rule for {fmt_percent(at_limit)} of the samples, so those maps are those of an unfinished "
+            "optimisation (test_max_steps raises the limit)."
+        )
+    elif "test_stopped_at_limit_fraction" not in report and _finite(
+        report.get("test_converged_fraction")
+    ):
         conv = report["test_converged_fraction"]  # a run directory written before issue 23
         if conv < HORIZON_SHARE:
-            out.append(f"Caution: DiET's test-time masks converged for only {fmt_percent(conv)} of the samples; "
-                       "the others stopped at the step horizon, so its maps are those of an unfinished "
-                       "optimisation.")
+            out.append(
+                f"Caution: DiET's test-time masks converged for only {fmt_percent(conv)} of the samples; "
+                "the others stopped at the step horizon, so its maps are those of an unfinished "
+                "optimisation."
+            )
     agree = report.get("test_seed_agreement")
     if _finite(agree) and agree < SEED_AGREEMENT_MIN:
-        check = report.get("test_seed_check") if isinstance(report.get("test_seed_check"), dict) else {}
+        check = (
+            report.get("test_seed_check") if isinstance(report.get("test_seed_check"), dict) else {}
+        )
         n = check.get("n_samples")
         whose = f"{int(n)} evaluation samples'" if _finite(n) else "the checked samples'"
-        out.append(f"Caution: DiET's maps depend on its random seed: re-optimised with a second seed, "
-                   f"{whose} maps have a median per-sample Spearman correlation of {agree:.2f} with the "
-                   f"served ones (below {SEED_AGREEMENT_MIN:g}); differences between DiET and the other "
-                   "explainers may be the seed's.")
+        out.append(
+            f"Caution: DiET's maps depend on its random seed: re-optimised with a second seed, "
+            f"{whose} maps have a median per-sample Spearman correlation of {agree:.2f} with the "
+            f"served ones (below {SEED_AGREEMENT_MIN:g}); differences between DiET and the other "
+            "explainers may be the seed's."
+        )
     return out
 
 
@@ -205,31 +238,40 @@ def home_reading(adv: pd.DataFrame, learned: str, n_explainers: int) -> list[str
     n = int(r["n_metrics"])
     pos_b, pos_s = fmt(r["mean_position_f_b"], 2), fmt(r["mean_position_f_s"], 2)
     rank_b, rank_s = fmt(r["mean_rank_f_b"], 2), fmt(r["mean_rank_f_s"], 2)
-    out = [f"Scored on its own f_s instead of on f_b, {learned}'s maps move {where}"
-           + (f" by {fmt(abs(gain), 2)} positions" if gain else "")
-           + f" on average over {n} metric{'s' if n != 1 else ''} (mean position {pos_b} on f_b, "
-           f"{pos_s} on f_s, among the {n_explainers} explainers scored on both; up on "
-           f"{int(r['up'])}, unchanged on {int(r['same'])}, down on {int(r['down'])}); by the "
-           f"report's rank (significant differences only) {rank_b} on f_b, {rank_s} on f_s."]
+    out = [
+        f"Scored on its own f_s instead of on f_b, {learned}'s maps move {where}"
+        + (f" by {fmt(abs(gain), 2)} positions" if gain else "")
+        + f" on average over {n} metric{'s' if n != 1 else ''} (mean position {pos_b} on f_b, "
+        f"{pos_s} on f_s, among the {n_explainers} explainers scored on both; up on "
+        f"{int(r['up'])}, unchanged on {int(r['same'])}, down on {int(r['down'])}); by the "
+        f"report's rank (significant differences only) {rank_b} on f_b, {rank_s} on f_s."
+    ]
     if len(others):
         g = others["mean_position_gain"]
-        out.append(f"The other explainers move by {fmt_signed(g.mean())} positions on average "
-                   f"(from {fmt_signed(g.min())} to {fmt_signed(g.max())}); positions among the "
-                   "same explainers sum to the same total on both models, so one explainer's gain "
-                   "is the others' loss.")
+        out.append(
+            f"The other explainers move by {fmt_signed(g.mean())} positions on average "
+            f"(from {fmt_signed(g.min())} to {fmt_signed(g.max())}); positions among the "
+            "same explainers sum to the same total on both models, so one explainer's gain "
+            "is the others' loss."
+        )
         rank_gain = float(r["mean_rank_gain"])
         if gain <= 0:
             out.append(f"f_s does not favour {learned}'s maps over the others' here.")
         elif gain <= float(g.max()):
-            out.append(f"Other explainers gain as much or more: f_s does not single out "
-                       f"{learned}'s maps.")
+            out.append(
+                f"Other explainers gain as much or more: f_s does not single out {learned}'s maps."
+            )
         elif rank_gain > 0:
-            out.append(f"f_s favours {learned}'s maps more than any other explainer's, by position "
-                       f"and by rank: judge {learned} against the others on f_b "
-                       f"({on_f_b_label(learned)}), the model being explained.")
+            out.append(
+                f"f_s favours {learned}'s maps more than any other explainer's, by position "
+                f"and by rank: judge {learned} against the others on f_b "
+                f"({on_f_b_label(learned)}), the model being explained."
+            )
         else:
-            out.append(f"{learned}'s gain in position is the largest, but its rank (significant "
-                       "differences only) does not improve on f_s.")
+            out.append(
+                f"{learned}'s gain in position is the largest, but its rank (significant "
+                "differences only) does not improve on f_s."
+            )
     return out
 
 
@@ -241,23 +283,29 @@ def dataset_headline(ranks: pd.DataFrame, metrics: list[str]) -> str:
     n_metrics = r["metric"].nunique()
     top = r[r["rank"] == 1].groupby("explainer", sort=False).size()
     order = list(pd.unique(r["explainer"]))
-    counts = sorted(((int(top.get(e, 0)), e) for e in order), key=lambda t: (-t[0], order.index(t[1])))
+    counts = sorted(
+        ((int(top.get(e, 0)), e) for e in order), key=lambda t: (-t[0], order.index(t[1]))
+    )
     if all(c == n_metrics for c, _ in counts):
-        return (f"No explainer is significantly better than another on any of the {n_metrics} "
-                "metrics.")
+        return (
+            f"No explainer is significantly better than another on any of the {n_metrics} metrics."
+        )
     parts = [f"{e} ({c} of {n_metrics})" for c, e in counts[:3] if c > 0]
-    return ("In the top group (no explainer significantly better) most often: "
-            + _join(parts) + ".")
+    return "In the top group (no explainer significantly better) most often: " + _join(parts) + "."
 
 
 def methods_sentence(alpha: float, test: str, replicates: int = 1) -> str:
     if replicates > 1:
-        return (f"Significance: Holm-adjusted {_test_name(test)} between explainers on the same "
-                f"samples and the same {replicates} retrained models (the t-test over samples × "
-                f"replicates, the Wilcoxon test over replicates), alpha = {alpha:g}, separately "
-                "for each dataset and metric.")
-    return (f"Significance: Holm-adjusted {_test_name(test)} between explainers on the same "
-            f"samples, alpha = {alpha:g}, separately for each dataset and metric.")
+        return (
+            f"Significance: Holm-adjusted {_test_name(test)} between explainers on the same "
+            f"samples and the same {replicates} retrained models (the t-test over samples × "
+            f"replicates, the Wilcoxon test over replicates), alpha = {alpha:g}, separately "
+            "for each dataset and metric."
+        )
+    return (
+        f"Significance: Holm-adjusted {_test_name(test)} between explainers on the same "
+        f"samples, alpha = {alpha:g}, separately for each dataset and metric."
+    )
 
 
 def combined_reading(comb: pd.DataFrame, n_datasets: int) -> list[str]:
@@ -273,6 +321,8 @@ def combined_reading(comb: pd.DataFrame, n_datasets: int) -> list[str]:
     if len(top) > 1:
         out.append(f"{_join(top)} share the lowest mean rank.")
     if n_datasets > 1:
-        out.append("Mean ranks summarise per-dataset results (rank 1 = nobody significantly "
-                   "better); no test pools samples from different datasets.")
+        out.append(
+            "Mean ranks summarise per-dataset results (rank 1 = nobody significantly "
+            "better); no test pools samples from different datasets."
+        )
     return out

@@ -30,8 +30,16 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 _PALETTE = [
-    "#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3",
-    "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD",
+    "#4C72B0",
+    "#DD8452",
+    "#55A868",
+    "#C44E52",
+    "#8172B3",
+    "#937860",
+    "#DA8BC3",
+    "#8C8C8C",
+    "#CCB974",
+    "#64B5CD",
 ]
 _STYLE = {
     "font.size": 9,
@@ -55,7 +63,6 @@ if "text.parse_math" in rcParams:  # names from data must never be read as matht
 DPI = 110
 
 
-
 def _canvas_figure(canvas, width: int, height: int) -> tuple[Figure, Any]:
     """A figure of exactly ``width`` x ``height`` pixels showing ``canvas`` (pixel coordinates, no axes)."""
     fig = Figure(figsize=(width / DPI, height / DPI))
@@ -65,6 +72,7 @@ def _canvas_figure(canvas, width: int, height: int) -> tuple[Figure, Any]:
     ax.set_ylim(height, 0)
     ax.axis("off")
     return fig, ax
+
 
 def explainer_colors(names: Sequence[str]) -> dict[str, str]:
     return {n: _PALETTE[i % len(_PALETTE)] for i, n in enumerate(names)}
@@ -123,14 +131,21 @@ def bar_charts(
             alpha = [1.0 if (not best or n in best) else 0.45 for n in names]
             for yi, m, a, n in zip(y, mean, alpha, names, strict=True):
                 ax.barh(yi, 0 if np.isnan(m) else m, color=colors[n], alpha=a, height=0.7)
-            ax.errorbar(np.nan_to_num(mean), y, xerr=np.vstack([lo.clip(0), hi.clip(0)]),
-                        fmt="none", ecolor="#222222", elinewidth=1, capsize=2.5)
+            ax.errorbar(
+                np.nan_to_num(mean),
+                y,
+                xerr=np.vstack([lo.clip(0), hi.clip(0)]),
+                fmt="none",
+                ecolor="#222222",
+                elinewidth=1,
+                capsize=2.5,
+            )
             ax.set_yticks(y, [_safe(n) for n in names])
             ax.grid(axis="y", visible=False)
             ax.axvline(0, color="#555555", linewidth=0.8)
             hib = bool(meta.get(metric, {}).get("higher_is_better", True))
             ax.set_title(_safe(f"{metric} {_arrow(hib)}"), loc="left")
-        for ax in axes.flat[len(metrics):]:
+        for ax in axes.flat[len(metrics) :]:
             ax.set_visible(False)
         return _png(fig)
 
@@ -161,18 +176,27 @@ def curve_plots(
                 c = sub[sub["explainer"] == e].sort_values("x")
                 color = colors.get(e, "#333333")
                 x = c["x"].to_numpy(float)
-                ax.fill_between(x, c["ci_low"].to_numpy(float), c["ci_high"].to_numpy(float),
-                                color=color, alpha=0.18, linewidth=0)
+                ax.fill_between(
+                    x,
+                    c["ci_low"].to_numpy(float),
+                    c["ci_high"].to_numpy(float),
+                    color=color,
+                    alpha=0.18,
+                    linewidth=0,
+                )
                 ax.plot(x, c["mean"].to_numpy(float), color=color, linewidth=1.6, label=_safe(e))
             entry = meta.get(metric, {})
-            title = metric + (f" {_arrow(bool(entry['higher_is_better']))}"
-                              if "higher_is_better" in entry else "")
+            title = metric + (
+                f" {_arrow(bool(entry['higher_is_better']))}" if "higher_is_better" in entry else ""
+            )
             ax.set_title(_safe(title), loc="left")
             xs = sub["x"].to_numpy(float)
-            default = "fraction perturbed" if xs.size and xs.min() >= 0 and xs.max() <= 1 else "step"
+            default = (
+                "fraction perturbed" if xs.size and xs.min() >= 0 and xs.max() <= 1 else "step"
+            )
             ax.set_xlabel(_safe(entry.get("x_label") or default))
             ax.set_ylabel(_safe(entry.get("y_label") or "mean score"))
-        for ax in axes.flat[len(metrics):]:
+        for ax in axes.flat[len(metrics) :]:
             ax.set_visible(False)
         handles, labels = axes.flat[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=min(5, len(labels)))
@@ -183,7 +207,9 @@ def curve_plots(
 
 
 def radar_scores(
-    summary: pd.DataFrame, metrics: Sequence[str], explainers: Sequence[str],
+    summary: pd.DataFrame,
+    metrics: Sequence[str],
+    explainers: Sequence[str],
     meta: dict[str, dict[str, Any]],
 ) -> tuple[list[str], dict[str, list[float]]]:
     """Per-category normalised scores (see module doc): ``(axes, {explainer: values})``.
@@ -196,11 +222,15 @@ def radar_scores(
         sub = sub[[e for e in explainers if e in sub.index]].astype(float)
         hib = bool(meta.get(metric, {}).get("higher_is_better", True))
         oriented = sub if hib else -sub
-        lo, hi = np.nanmin(oriented.to_numpy()) if oriented.notna().any() else np.nan, np.nanmax(
-            oriented.to_numpy()) if oriented.notna().any() else np.nan
+        lo, hi = (
+            np.nanmin(oriented.to_numpy()) if oriented.notna().any() else np.nan,
+            np.nanmax(oriented.to_numpy()) if oriented.notna().any() else np.nan,
+        )
         if not np.isfinite(lo) or not np.isfinite(hi) or hi == lo:
             continue
-        norm[metric] = {e: float((v - lo) / (hi - lo)) for e, v in oriented.items() if np.isfinite(v)}
+        norm[metric] = {
+            e: float((v - lo) / (hi - lo)) for e, v in oriented.items() if np.isfinite(v)
+        }
     cats: dict[str, list[str]] = {}
     for m in norm:
         cats.setdefault(str(meta.get(m, {}).get("category", "other")), []).append(m)
@@ -217,8 +247,11 @@ def radar_scores(
 
 
 def radar_chart(
-    summary: pd.DataFrame, metrics: Sequence[str], explainers: Sequence[str],
-    meta: dict[str, dict[str, Any]], colors: dict[str, str],
+    summary: pd.DataFrame,
+    metrics: Sequence[str],
+    explainers: Sequence[str],
+    meta: dict[str, dict[str, Any]],
+    colors: dict[str, str],
 ) -> bytes | None:
     axes_names, values = radar_scores(summary, metrics, explainers, meta)
     if len(axes_names) < 3:
@@ -251,8 +284,13 @@ def radar_chart(
 # --------------------------------------------------------------------------- heatmaps
 
 
-def pick_examples(labels: np.ndarray, preds: np.ndarray, n_correct: int = 3, n_wrong: int = 3,
-                  correct: np.ndarray | None = None) -> list[int]:
+def pick_examples(
+    labels: np.ndarray,
+    preds: np.ndarray,
+    n_correct: int = 3,
+    n_wrong: int = 3,
+    correct: np.ndarray | None = None,
+) -> list[int]:
     """Indices of the first ``n_correct`` correct and ``n_wrong`` incorrect predictions
     (``correct`` overrides ``labels == preds``, e.g. for a model with its own label space)."""
     hit = (labels == preds) if correct is None else np.asarray(correct, dtype=bool)
@@ -325,7 +363,9 @@ def heatmap_grid(
     masks = example.get("masks")
     names = [str(c) for c in example.get("class_names", [])]
     # a model with its own classes (a pretrained ImageNet model) names its predictions itself
-    pred_names = [str(c) for c in example["pred_class_names"]] if "pred_class_names" in example else names
+    pred_names = (
+        [str(c) for c in example["pred_class_names"]] if "pred_class_names" in example else names
+    )
     ids = example.get("sample_ids", np.arange(len(labels)))
     explains = explains or {}
 
@@ -345,13 +385,15 @@ def heatmap_grid(
     info = []
     for r, i in enumerate(rows):
         y = top + r * (th + gap)
-        outline = (_outline(masks[i], f, line)
-                   if masks is not None and np.asarray(masks[i]).shape == (h, w) and masks[i].any()
-                   else None)
+        outline = (
+            _outline(masks[i], f, line)
+            if masks is not None and np.asarray(masks[i]).shape == (h, w) and masks[i].any()
+            else None
+        )
         tile = _upsample(_rgb(images[i]), f)
         if outline is not None:
             tile[outline] = (0.0, 0.88, 0.38)
-        canvas[y:y + th, left:left + tw] = tile[:th, :tw]
+        canvas[y : y + th, left : left + tw] = tile[:th, :tw]
         for c, e in enumerate(cols, start=1):
             a = np.asarray(example[f"attr__{e}"][i], dtype=np.float64)
             if a.shape != (h, w):
@@ -363,17 +405,22 @@ def heatmap_grid(
             if outline is not None:
                 tile[outline] = (0.07, 0.07, 0.07)
             x = left + c * (tw + gap)
-            canvas[y:y + th, x:x + tw] = tile
+            canvas[y : y + th, x : x + tw] = tile
         correct = bool(hit[i])
         sid = ids[i]
-        info.append({"sample_id": sid.item() if hasattr(sid, "item") else sid,
-                     "label": cname(int(labels[i])), "pred": cname(int(preds[i]), pred_names),
-                     "correct": correct})
+        info.append(
+            {
+                "sample_id": sid.item() if hasattr(sid, "item") else sid,
+                "label": cname(int(labels[i])),
+                "pred": cname(int(preds[i]), pred_names),
+                "correct": correct,
+            }
+        )
     # colour bar in the right margin
     cb_h = min(len(rows) * th, 240)
     cb_x = width - right + 18
     ramp = cmap(np.linspace(1, 0, cb_h))[:, :3]
-    canvas[top:top + cb_h, cb_x:cb_x + 12] = ramp[:, None, :]
+    canvas[top : top + cb_h, cb_x : cb_x + 12] = ramp[:, None, :]
 
     with rc_context(_STYLE):
         fig, ax = _canvas_figure(canvas, width, height)
@@ -385,10 +432,15 @@ def heatmap_grid(
             ax.text(left + c * (tw + gap) + tw / 2, top - 6, _safe(label), **text)
         for r, row in enumerate(info):
             mark = "✓" if row["correct"] else "✗"
-            ax.text(left - 8, top + r * (th + gap) + th / 2,
-                    _safe(f"{mark} true: {row['label']}\npred: {row['pred']}"),
-                    fontsize=7.5, ha="right", va="center",
-                    color="#1a7f37" if row["correct"] else "#c0392b")
+            ax.text(
+                left - 8,
+                top + r * (th + gap) + th / 2,
+                _safe(f"{mark} true: {row['label']}\npred: {row['pred']}"),
+                fontsize=7.5,
+                ha="right",
+                va="center",
+                color="#1a7f37" if row["correct"] else "#c0392b",
+            )
         for v, yy in ((1, top), (0, top + cb_h / 2), (-1, top + cb_h)):
             ax.text(cb_x + 16, yy, f"{v:+d}" if v else "0", fontsize=7, ha="left", va="center")
         return _png(fig), info
@@ -413,8 +465,9 @@ def top_superpixels(a: np.ndarray, n_top: int = 10) -> np.ndarray:
     return labels
 
 
-def lime_superpixels(example: dict[str, np.ndarray], explainers: Sequence[str], n_top: int = 10,
-                     max_rows: int = 12) -> bytes | None:
+def lime_superpixels(
+    example: dict[str, np.ndarray], explainers: Sequence[str], n_top: int = 10, max_rows: int = 12
+) -> bytes | None:
     """Each example image with the boundaries of its ``n_top`` positive LIME superpixels (yellow; the rest
     of the image dimmed), one column per LIME explainer; rows are named by the sample's file where the
     dataset names samples."""
@@ -447,24 +500,39 @@ def lime_superpixels(example: dict[str, np.ndarray], explainers: Sequence[str], 
                 labels = top_superpixels(a, n_top)
                 row.append(int(labels.max()))
                 up = _upsample(labels, f)
-                tile[up == 0] *= 0.55  # the rest of the image dimmed, so the selection reads at a glance
+                tile[up == 0] *= (
+                    0.55  # the rest of the image dimmed, so the selection reads at a glance
+                )
                 # every selected superpixel's outline, 2 px (lime_image's mark_boundaries draws the union's)
                 tile[find_boundaries(up, mode="thick")] = (1.0, 0.9, 0.0)
             x = left + c * (tw + gap)
-            canvas[y:y + th, x:x + tw] = tile
+            canvas[y : y + th, x : x + tw] = tile
         counts.append(row)
     with rc_context(_STYLE):
         fig, ax = _canvas_figure(canvas, width, height)
         max_chars = max(8, int(tw / 5.5))
         for c, e in enumerate(cols):
-            ax.text(left + c * (tw + gap) + tw / 2, top - 6, _safe(_wrap(str(e), max_chars)), fontsize=7.5,
-                    ha="center", va="bottom", fontweight="bold")
+            ax.text(
+                left + c * (tw + gap) + tw / 2,
+                top - 6,
+                _safe(_wrap(str(e), max_chars)),
+                fontsize=7.5,
+                ha="center",
+                va="bottom",
+                fontweight="bold",
+            )
         for r in range(n):
             sid = ids[r].item() if hasattr(ids[r], "item") else ids[r]
             label = names[r] if names is not None else f"sample {sid}"
             shown = ", ".join(str(k) for k in counts[r])
-            ax.text(left - 8, top + r * (th + gap) + th / 2, _safe(f"{_wrap(label, 20)}\n{shown} superpixels"),
-                    fontsize=7, ha="right", va="center")
+            ax.text(
+                left - 8,
+                top + r * (th + gap) + th / 2,
+                _safe(f"{_wrap(label, 20)}\n{shown} superpixels"),
+                fontsize=7,
+                ha="right",
+                va="center",
+            )
         return _png(fig)
 
 
@@ -481,8 +549,14 @@ def training_history(history: Sequence[Any]) -> bytes | None:
     elif all(isinstance(h, dict) for h in history):
         keys = []
         for h in history:
-            keys += [k for k, v in h.items() if isinstance(v, (int, float)) and k != "epoch"
-                     and not isinstance(v, bool) and k not in keys]
+            keys += [
+                k
+                for k, v in h.items()
+                if isinstance(v, (int, float))
+                and k != "epoch"
+                and not isinstance(v, bool)
+                and k not in keys
+            ]
         series = {k: [float(h.get(k, np.nan)) for h in history] for k in keys}
         epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
     else:
@@ -497,8 +571,15 @@ def training_history(history: Sequence[Any]) -> bytes | None:
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
         for ax, panel in zip(axes, panels, strict=True):
             for k, (name, vals) in enumerate(panel.items()):
-                ax.plot(epochs, vals, marker="o", markersize=3, linewidth=1.4,
-                        color=_PALETTE[k % len(_PALETTE)], label=_safe(name))
+                ax.plot(
+                    epochs,
+                    vals,
+                    marker="o",
+                    markersize=3,
+                    linewidth=1.4,
+                    color=_PALETTE[k % len(_PALETTE)],
+                    label=_safe(name),
+                )
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.legend()
@@ -531,7 +612,11 @@ def improvement_chart(imp: dict[str, Any]) -> bytes | None:
 
 def accuracy_chart(accuracies: dict[str, Any]) -> bytes | None:
     """Test accuracy per dataset (finite values only)."""
-    items = [(d, float(a)) for d, a in accuracies.items() if isinstance(a, (int, float)) and np.isfinite(a)]
+    items = [
+        (d, float(a))
+        for d, a in accuracies.items()
+        if isinstance(a, (int, float)) and np.isfinite(a)
+    ]
     if not items:
         return None
     with rc_context(_STYLE):

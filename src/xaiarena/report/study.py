@@ -55,14 +55,22 @@ def pooled_cohens_d(a: np.ndarray, b: np.ndarray) -> float:
     return float((a.mean() - b.mean()) / sd) if sd > 0 else 0.0
 
 
-def _summary_row(summary: pd.DataFrame, dataset: str, view: str, explainer: str, metric: str) -> pd.Series | None:
-    sel = summary[(summary["dataset"] == dataset) & (summary["explainer"] == explainer) & (summary["metric"] == metric)]
+def _summary_row(
+    summary: pd.DataFrame, dataset: str, view: str, explainer: str, metric: str
+) -> pd.Series | None:
+    sel = summary[
+        (summary["dataset"] == dataset)
+        & (summary["explainer"] == explainer)
+        & (summary["metric"] == metric)
+    ]
     if "explained_model" in sel.columns:
         sel = sel[sel["explained_model"] == view]
     return sel.iloc[0] if len(sel) else None
 
 
-def reference_rows(data: RunData, refs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+def reference_rows(
+    data: RunData, refs: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Each reported value beside ours, and one sentence per (dataset, metric) ordering."""
     rows, groups = [], {}
     fg = _fg_bg(data)
@@ -73,12 +81,24 @@ def reference_rows(data: RunData, refs: list[dict[str, Any]]) -> tuple[list[dict
         rng = ref.get("range")
         value = float(ref["value"]) if ref.get("value") is not None else float(np.mean(rng))
         shown = fmt(value, 4) if rng is None else f"{fmt(rng[0], 2)} to {fmt(rng[1], 2)}"
-        row = {"metric": metric, "explainer": explainer, "dataset": dataset or "–", "reported": shown,
-               "source": str(ref.get("source", "")), "note": str(ref.get("note", "")), "ours": "–", "ci": "",
-               "agrees": "–"}
+        row = {
+            "metric": metric,
+            "explainer": explainer,
+            "dataset": dataset or "–",
+            "reported": shown,
+            "source": str(ref.get("source", "")),
+            "note": str(ref.get("note", "")),
+            "ours": "–",
+            "ci": "",
+            "agrees": "–",
+        }
         if metric.startswith("fg_bg:"):
             stat = FG_BG_STATS.get(metric.split(":", 1)[1])
-            sel = fg[(fg["explainer"] == explainer) & (fg["test"] == "t")] if fg is not None and stat else None
+            sel = (
+                fg[(fg["explainer"] == explainer) & (fg["test"] == "t")]
+                if fg is not None and stat
+                else None
+            )
             if dataset is not None and sel is not None:
                 sel = sel[sel["dataset"] == dataset]
             if sel is not None and len(sel):
@@ -88,7 +108,9 @@ def reference_rows(data: RunData, refs: list[dict[str, Any]]) -> tuple[list[dict
                 if stat == "p_value":
                     row["agrees"] = "yes" if (ours < 0.05) == (value < 0.05) else "no"
                 else:
-                    row["agrees"] = "yes" if np.sign(ours) == np.sign(value) and (r["p_value"] < 0.05) else "no"
+                    row["agrees"] = (
+                        "yes" if np.sign(ours) == np.sign(value) and (r["p_value"] < 0.05) else "no"
+                    )
                 row["ci"] = f"n = {int(r['n'])}, {p_eq('p', r['p_value'])}"
             rows.append(row)
             continue
@@ -100,13 +122,18 @@ def reference_rows(data: RunData, refs: list[dict[str, Any]]) -> tuple[list[dict
                 if rng is None:
                     row["agrees"] = "yes" if s["ci_low"] <= value <= s["ci_high"] else "no"
                 else:  # a reported range: our CI overlaps it
-                    row["agrees"] = "yes" if s["ci_low"] <= rng[1] and s["ci_high"] >= rng[0] else "no"
-            groups.setdefault((dataset, view, metric), []).append((explainer, value, float(s["mean"]),
-                                                                   bool(s["higher_is_better"])))
+                    row["agrees"] = (
+                        "yes" if s["ci_low"] <= rng[1] and s["ci_high"] >= rng[0] else "no"
+                    )
+            groups.setdefault((dataset, view, metric), []).append(
+                (explainer, value, float(s["mean"]), bool(s["higher_is_better"]))
+            )
         rows.append(row)
     orderings = []
     for (dataset, _view, metric), items in groups.items():
-        items = list({e: (e, *rest) for e, *rest in items}.values())  # one per explainer (the last given)
+        items = list(
+            {e: (e, *rest) for e, *rest in items}.values()
+        )  # one per explainer (the last given)
         if len(items) < 2:  # an ordering needs two explainers
             continue
         names = [e for e, *_ in items]
@@ -117,9 +144,11 @@ def reference_rows(data: RunData, refs: list[dict[str, Any]]) -> tuple[list[dict
         order_src = [n for _, n in sorted(zip(reported, names, strict=True), reverse=hib)]
         order_ours = [n for _, n in sorted(zip(ours, names, strict=True), reverse=hib)]
         same = order_src == order_ours
-        orderings.append(f"{metric} on {dataset}: source order {' > '.join(order_src)}; ours "
-                         f"{' > '.join(order_ours)} (Kendall's tau {fmt(tau, 2)}): "
-                         f"{'the same ordering' if same else 'a different ordering'}.")
+        orderings.append(
+            f"{metric} on {dataset}: source order {' > '.join(order_src)}; ours "
+            f"{' > '.join(order_ours)} (Kendall's tau {fmt(tau, 2)}): "
+            f"{'the same ordering' if same else 'a different ordering'}."
+        )
     return rows, orderings
 
 
@@ -170,17 +199,35 @@ def improvement(data: RunData, study: dict[str, Any]) -> dict[str, Any] | None:
             better = diff > 0 if hib else diff < 0
             test = ""
             t = data.tests
-            sel = t[(t["dataset"] == d) & (t["metric"] == metric) & (t["test"] == "t")
-                    & (((t["explainer_a"] == la) & (t["explainer_b"] == lb))
-                       | ((t["explainer_a"] == lb) & (t["explainer_b"] == la)))] if len(t) else t
+            sel = (
+                t[
+                    (t["dataset"] == d)
+                    & (t["metric"] == metric)
+                    & (t["test"] == "t")
+                    & (
+                        ((t["explainer_a"] == la) & (t["explainer_b"] == lb))
+                        | ((t["explainer_a"] == lb) & (t["explainer_b"] == la))
+                    )
+                ]
+                if len(t)
+                else t
+            )
             if view is not None and "explained_model" in sel.columns:
                 sel = sel[sel["explained_model"] == view]
             if len(sel):
                 r = sel.iloc[0]
                 dz = float(r["effect_size"]) * (1 if r["explainer_a"] == la else -1)
                 test = f"{p_eq('p_holm', r['p_holm'])}, d_z = {fmt(dz, 2)}"
-            rows.append({"dataset": d, "a": fmt(ra["mean"], 4), "b": fmt(rb["mean"], 4), "diff": f"{diff:+.4f}",
-                         "better": "yes" if better else "no", "test": test or "–"})
+            rows.append(
+                {
+                    "dataset": d,
+                    "a": fmt(ra["mean"], 4),
+                    "b": fmt(rb["mean"], 4),
+                    "diff": f"{diff:+.4f}",
+                    "better": "yes" if better else "no",
+                    "test": test or "–",
+                }
+            )
             av.append(float(ra["mean"]))
             bv.append(float(rb["mean"]))
         if not rows:
@@ -189,21 +236,37 @@ def improvement(data: RunData, study: dict[str, Any]) -> dict[str, Any] | None:
         if len(av) >= 3:
             t, p = stats.paired_t(np.array(av) - np.array(bv))
             across = f"t = {fmt(t, 3)}, {p_eq('p', p)}"
-        across += f"; Cohen's d (pooled SD, the source's) = {fmt(pooled_cohens_d(av, bv), 3)}" if len(av) >= 2 else ""
+        across += (
+            f"; Cohen's d (pooled SD, the source's) = {fmt(pooled_cohens_d(av, bv), 3)}"
+            if len(av) >= 2
+            else ""
+        )
         wins = sum(r["better"] == "yes" for r in rows)
         la, lb = sorted(labels)[0]
         if view is None:
             label = f"{a} vs {b}"
         elif source_of(la):
-            label = (f"{a}'s maps (computed on {F_S}) vs {lb}, both scored on {view} (the model "
-                     "being explained)")
+            label = (
+                f"{a}'s maps (computed on {F_S}) vs {lb}, both scored on {view} (the model "
+                "being explained)"
+            )
         else:
             what = "the model being explained" if view == F_B else "DiET's distilled model"
             label = f"{la} vs {lb}, both explaining {view} ({what})"
         short = f"{la} vs {lb}" + (f", scored on {view}" if view is not None else "")
-        out.append({"label": label, "short": short, "view": view, "a_label": la, "b_label": lb,
-                    "rows": rows, "wins": f"{wins}/{len(rows)}", "across": across,
-                    "diffs": [(r["dataset"], float(r["diff"])) for r in rows]})
+        out.append(
+            {
+                "label": label,
+                "short": short,
+                "view": view,
+                "a_label": la,
+                "b_label": lb,
+                "rows": rows,
+                "wins": f"{wins}/{len(rows)}",
+                "across": across,
+                "diffs": [(r["dataset"], float(r["diff"])) for r in rows],
+            }
+        )
     return {"a": a, "b": b, "metric": metric, "views": out} if out else None
 
 
@@ -214,8 +277,16 @@ def agreement_bands(data: RunData) -> list[dict[str, Any]]:
     summ = data.summary[data.summary["metric"].isin(agree)]
     rows = []
     for r in summ.itertuples(index=False):
-        rows.append({"dataset": r.dataset, "view": getattr(r, "explained_model", "f_b"), "metric": r.metric,
-                     "pair": r.explainer, "mean": fmt(r.mean, 3), "band": band(float(r.mean))})
+        rows.append(
+            {
+                "dataset": r.dataset,
+                "view": getattr(r, "explained_model", "f_b"),
+                "metric": r.metric,
+                "pair": r.explainer,
+                "mean": fmt(r.mean, 3),
+                "band": band(float(r.mean)),
+            }
+        )
     return rows
 
 
@@ -228,9 +299,16 @@ def section(data: RunData, figs, alpha: float) -> dict[str, Any] | None:
     study = study or {}
     analyses = set(study.get("analyses") or [])
     out: dict[str, Any] = {
-        "title": study.get("title", ""), "question": study.get("question", ""), "id": study.get("id", ""),
-        "protocol": protocol, "reference": [], "orderings": [], "improvement": None, "bands": [],
-        "accuracy": None, "figures": [],
+        "title": study.get("title", ""),
+        "question": study.get("question", ""),
+        "id": study.get("id", ""),
+        "protocol": protocol,
+        "reference": [],
+        "orderings": [],
+        "improvement": None,
+        "bands": [],
+        "accuracy": None,
+        "figures": [],
     }
     if refs:
         out["reference"], out["orderings"] = reference_rows(data, refs)
@@ -240,16 +318,24 @@ def section(data: RunData, figs, alpha: float) -> dict[str, Any] | None:
         if imp:
             from .plots import improvement_chart
 
-            fig = figs.add("study_improvement.png", improvement_chart(imp), "Improvement per dataset",
-                           f"{imp['a']} minus {imp['b']} on {imp['metric']} per dataset (positive: {imp['a']} better "
-                           "given the metric's direction), one panel per scoring model.")
+            fig = figs.add(
+                "study_improvement.png",
+                improvement_chart(imp),
+                "Improvement per dataset",
+                f"{imp['a']} minus {imp['b']} on {imp['metric']} per dataset (positive: {imp['a']} better "
+                "given the metric's direction), one panel per scoring model.",
+            )
             if fig:
                 out["figures"].append(fig)
     if data.examples:
         from .plots import dataset_preview
 
-        fig = figs.add("study_preview.png", dataset_preview(data.examples), "The datasets",
-                       "Evaluation images of each dataset with their labels (the report's examples).")
+        fig = figs.add(
+            "study_preview.png",
+            dataset_preview(data.examples),
+            "The datasets",
+            "Evaluation images of each dataset with their labels (the report's examples).",
+        )
         if fig:
             out["figures"].insert(0, fig)
     if "agreement_bands" in analyses:
@@ -257,8 +343,12 @@ def section(data: RunData, figs, alpha: float) -> dict[str, Any] | None:
         from .plots import accuracy_chart
 
         accs = {d: (data.dataset_info(d).get("test_accuracy")) for d in data.datasets}
-        fig = figs.add("study_accuracy.png", accuracy_chart(accs), "Test accuracy of the explained models",
-                       "f_b's accuracy on each dataset's test split.")
+        fig = figs.add(
+            "study_accuracy.png",
+            accuracy_chart(accs),
+            "Test accuracy of the explained models",
+            "f_b's accuracy on each dataset's test split.",
+        )
         if fig:
             out["figures"].append(fig)
     return out

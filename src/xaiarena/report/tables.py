@@ -163,9 +163,16 @@ def results_table(
     alpha: float,
     test: str,
 ) -> ResultsTable:
-    summ = summary[(summary["dataset"] == dataset) & summary["explainer"].isin(explainers)
-                   & summary["metric"].isin(metrics)]
-    tst = tests[(tests["dataset"] == dataset) & tests["metric"].isin(metrics)] if len(tests) else tests
+    summ = summary[
+        (summary["dataset"] == dataset)
+        & summary["explainer"].isin(explainers)
+        & summary["metric"].isin(metrics)
+    ]
+    tst = (
+        tests[(tests["dataset"] == dataset) & tests["metric"].isin(metrics)]
+        if len(tests)
+        else tests
+    )
     # descriptive outputs (ranked: false, e.g. fg_mean, which a flat map maximises) rank nobody
     ranked = [m for m in metrics if meta.get(m, {}).get("ranked", True) is not False]
     summ_r = summ[summ["metric"].isin(ranked)]
@@ -185,14 +192,22 @@ def results_table(
         entry = meta.get(m, {})
         hib = bool(entry.get("higher_is_better", True))
         descriptive = m not in ranked
-        heads.append({"name": m, "arrow": arrow(hib), "direction": direction_words(hib)
-                      + ("; descriptive, not ranked" if descriptive else ""),
-                      "description": str(entry.get("description", "") or "")})
+        heads.append(
+            {
+                "name": m,
+                "arrow": arrow(hib),
+                "direction": direction_words(hib)
+                + ("; descriptive, not ranked" if descriptive else ""),
+                "description": str(entry.get("description", "") or ""),
+            }
+        )
     by_key = summ.set_index(["explainer", "metric"])
     rk = ranks.set_index(["explainer", "metric"])
     vb = vs_best.set_index(["explainer", "metric"])
-    decimals = {m: decimals_for(summ.loc[summ["metric"] == m, ["mean", "ci_low", "ci_high"]]
-                                .to_numpy()) for m in metrics}
+    decimals = {
+        m: decimals_for(summ.loc[summ["metric"] == m, ["mean", "ci_low", "ci_high"]].to_numpy())
+        for m in metrics
+    }
     top: dict[str, set[str]] = {}
     for m in metrics:
         sel = vb.xs(m, level="metric") if m in vb.index.get_level_values("metric") else None
@@ -228,15 +243,18 @@ def results_table(
                         cell.title += f" ({p_eq('p_holm', v['p_holm'])})"
             cells.append(cell)
         er = ranks[ranks["explainer"] == e]["rank"].dropna()
-        rows.append({
-            "explainer": e,
-            "cells": cells,
-            "mean_rank": fmt(er.astype(float).mean(), 2) if len(er) else "–",
-            "n_top": int((er == 1).sum()) if len(er) else 0,
-            "n_ranked": int(len(er)),
-        })
-    return ResultsTable(categories=cats, metrics=heads, rows=rows, ranks=ranks,
-                        versus_best=vs_best, top_groups=top)
+        rows.append(
+            {
+                "explainer": e,
+                "cells": cells,
+                "mean_rank": fmt(er.astype(float).mean(), 2) if len(er) else "–",
+                "n_top": int((er == 1).sum()) if len(er) else 0,
+                "n_ranked": int(len(er)),
+            }
+        )
+    return ResultsTable(
+        categories=cats, metrics=heads, rows=rows, ranks=ranks, versus_best=vs_best, top_groups=top
+    )
 
 
 def combined_table(ranks: pd.DataFrame, meta: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -254,8 +272,16 @@ def combined_table(ranks: pd.DataFrame, meta: dict[str, dict[str, Any]]) -> dict
                 cells.append({"text": fmt(v["mean_rank"], 2), "n": int(v["n_datasets"])})
             else:
                 cells.append({"text": "–", "n": 0})
-        rows.append({"explainer": r.explainer, "cells": cells, "overall": fmt(r.mean_rank, 2),
-                     "n": int(r.n_datasets)})
-    heads = [{"name": m, "arrow": arrow(bool(meta.get(m, {}).get("higher_is_better", True)))}
-             for m in metrics]
+        rows.append(
+            {
+                "explainer": r.explainer,
+                "cells": cells,
+                "overall": fmt(r.mean_rank, 2),
+                "n": int(r.n_datasets),
+            }
+        )
+    heads = [
+        {"name": m, "arrow": arrow(bool(meta.get(m, {}).get("higher_is_better", True)))}
+        for m in metrics
+    ]
     return {"metrics": heads, "rows": rows, "frame": comb}

@@ -32,7 +32,11 @@ def load_text_examples(path: Path) -> dict[str, Any] | None:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if not isinstance(doc, dict) or doc.get("modality") != "text" or not isinstance(doc.get("samples"), list):
+    if (
+        not isinstance(doc, dict)
+        or doc.get("modality") != "text"
+        or not isinstance(doc.get("samples"), list)
+    ):
         return None
     return doc
 
@@ -51,7 +55,9 @@ def _scale(scores: list[float]) -> float:
     return max(finite) if finite else 0.0
 
 
-def text_rows(doc: dict[str, Any], explainers: list[str], max_words: int = MAX_WORDS) -> list[dict[str, Any]]:
+def text_rows(
+    doc: dict[str, Any], explainers: list[str], max_words: int = MAX_WORDS
+) -> list[dict[str, Any]]:
     """One entry per example text: label, prediction and, per explainer, the coloured words."""
     classes = [str(c) for c in doc.get("class_names") or []]
 
@@ -74,24 +80,37 @@ def text_rows(doc: dict[str, Any], explainers: list[str], max_words: int = MAX_W
                 continue
             vals = [float(v) if isinstance(v, (int, float)) else float("nan") for v in vals]
             scale = _scale(vals)
-            rows.append({
-                "explainer": e,
-                "words": [{"text": w, "style": word_style(vals[i] if i < len(vals) else float("nan"), scale),
-                           "title": f"{vals[i]:.4g}" if i < len(vals) and math.isfinite(vals[i]) else "n/a"}
-                          for i, w in enumerate(shown)],
-            })
+            rows.append(
+                {
+                    "explainer": e,
+                    "words": [
+                        {
+                            "text": w,
+                            "style": word_style(vals[i] if i < len(vals) else float("nan"), scale),
+                            "title": f"{vals[i]:.4g}"
+                            if i < len(vals) and math.isfinite(vals[i])
+                            else "n/a",
+                        }
+                        for i, w in enumerate(shown)
+                    ],
+                }
+            )
         truth = None
         if isinstance(rationale, list):
-            truth = [{"text": w, "marked": bool(rationale[i]) if i < len(rationale) else False}
-                     for i, w in enumerate(shown)]
+            truth = [
+                {"text": w, "marked": bool(rationale[i]) if i < len(rationale) else False}
+                for i, w in enumerate(shown)
+            ]
         total = int(s.get("n_words_total", len(words)) or len(words))
-        out.append({
-            "sample_id": s.get("sample_id", ""),
-            "label": cname(s.get("label")),
-            "pred": cname(s.get("pred")),
-            "correct": s.get("label") == s.get("pred"),
-            "rows": rows,
-            "rationale": truth,
-            "cut": max(0, total - len(shown)),
-        })
+        out.append(
+            {
+                "sample_id": s.get("sample_id", ""),
+                "label": cname(s.get("label")),
+                "pred": cname(s.get("pred")),
+                "correct": s.get("label") == s.get("pred"),
+                "rows": rows,
+                "rationale": truth,
+                "cut": max(0, total - len(shown)),
+            }
+        )
     return out

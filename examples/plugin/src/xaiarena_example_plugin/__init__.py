@@ -50,8 +50,12 @@ class VarGrad(Explainer):
 
     def attribute(self, model, inputs, targets, *, generator=None):
         # (N, n_samples, C, H, W): every sample's draws from its own stream
-        noise = torch.stack([torch.randn((self.n_samples, *inputs.shape[1:]), generator=g)
-                             for g in sample_generators(inputs, generator)])
+        noise = torch.stack(
+            [
+                torch.randn((self.n_samples, *inputs.shape[1:]), generator=g)
+                for g in sample_generators(inputs, generator)
+            ]
+        )
         noise = noise.to(inputs.device, inputs.dtype) * self.stdevs
         grads = []
         for s in range(self.n_samples):
@@ -83,7 +87,9 @@ class TopMass(Metric):
     def __init__(self, fraction: float = 0.1):
         set_options(self, fraction=fraction)
 
-    def evaluate(self, batch: EvalBatch, attributions, *, generator=None, explainers=None) -> MetricOutput:
+    def evaluate(
+        self, batch: EvalBatch, attributions, *, generator=None, explainers=None
+    ) -> MetricOutput:
         scores = {}
         for key, a in attributions.items():
             m = a.detach().abs().flatten(1).double()
@@ -91,6 +97,8 @@ class TopMass(Metric):
             total = m.sum(1)
             top = m.topk(k, dim=1).values.sum(1)
             if bool((total == 0).any()):
-                log.warning("top_mass: %d all-zero map(s) of '%s' scored NaN", int((total == 0).sum()), key)
+                log.warning(
+                    "top_mass: %d all-zero map(s) of '%s' scored NaN", int((total == 0).sum()), key
+                )
             scores[key] = torch.where(total > 0, top / total.clamp_min(1e-300), torch.nan).float()
         return MetricOutput(scores={self.name: scores})

@@ -11,4 +11,12 @@ from .core import DietConfig, DietResult, DietTrainer, Masker
 from .image import DiET, ImageMasker
 from .testtime import optimise_test_masks
 
-__all__ = ["DiET", "DietConfig", "DietResult", "DietTrainer", "ImageMasker", "Masker", "optimise_test_masks"]
+__all__ = [
+    "DiET",
+    "DietConfig",
+    "DietResult",
+    "DietTrainer",
+    "ImageMasker",
+    "Masker",
+    "optimise_test_masks",
+]

@@ -101,8 +101,14 @@ def round_masks(masks: torch.Tensor, offset: float) -> torch.Tensor:
 
 def schedule(rounds: int) -> list[dict[str, float]]:
     """The whole schedule: one entry per round with its sparsity weight and rounding offset."""
-    return [{"round": k, "sparsity_weight": sparsity_weight(k, rounds), "rounding_offset": rounding_offset(k, rounds)}
-            for k in range(rounds)]
+    return [
+        {
+            "round": k,
+            "sparsity_weight": sparsity_weight(k, rounds),
+            "rounding_offset": rounding_offset(k, rounds),
+        }
+        for k in range(rounds)
+    ]
 
 
 def _check_round(k: int, rounds: int) -> None:
@@ -181,8 +187,17 @@ def diet_terms(
     distill = prob_l1(p_fb, p_fs)
     robust = prob_l1(p_fs, p_fs_masked)
     if sparsity is None:
-        sparsity = mask_sparsity(expanded_masks) if expanded_masks is not None else torch.zeros_like(distill)
-    return {"loss": weight * sparsity + distill + robust, "sparsity": sparsity, "distill": distill, "robust": robust}
+        sparsity = (
+            mask_sparsity(expanded_masks)
+            if expanded_masks is not None
+            else torch.zeros_like(distill)
+        )
+    return {
+        "loss": weight * sparsity + distill + robust,
+        "sparsity": sparsity,
+        "distill": distill,
+        "robust": robust,
+    }
 
 
 def has_converged(losses: list[float], tol: float) -> bool:
@@ -205,10 +220,14 @@ class Masker(Protocol):
     def expand(self, masks: torch.Tensor) -> torch.Tensor:
         """Low-resolution masks -> input-resolution masks (differentiable), entries in [0, 1]."""
 
-    def sample_background(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    def sample_background(
+        self, n: int, generator: torch.Generator, device: torch.device
+    ) -> torch.Tensor:
         """Background values for ``n`` samples, broadcastable against the inputs."""
 
-    def apply(self, inputs: torch.Tensor, expanded_masks: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    def apply(
+        self, inputs: torch.Tensor, expanded_masks: torch.Tensor, background: torch.Tensor
+    ) -> torch.Tensor:
         """The masked inputs ``m * x + (1 - m) * background``."""
 
     def describe(self) -> dict[str, Any]:
@@ -223,8 +242,16 @@ class Masker(Protocol):
 # --------------------------------------------------------------------------- configuration
 
 
-_INT_FIELDS = frozenset({"rounds", "batch_size", "mask_max_epochs", "model_max_epochs",
-                         "test_max_steps", "test_seed_check"})
+_INT_FIELDS = frozenset(
+    {
+        "rounds",
+        "batch_size",
+        "mask_max_epochs",
+        "model_max_epochs",
+        "test_max_steps",
+        "test_seed_check",
+    }
+)
 _STR_FIELDS = frozenset({"batchnorm", "test_procedure"})
 _BOOL_FIELDS = frozenset({"test_average"})
 # How f_s's BatchNorm layers run in the model phase. "frozen": in eval mode (f_b's running
@@ -239,15 +266,23 @@ TEST_PROCEDURES = ("converged", "authors")
 #: what each setting of :class:`DietConfig` accepts (the ``diet`` and ``text_diet`` options of
 #: the same names; :mod:`xaiarena.ops.validation`)
 SETTING_CONSTRAINTS: dict[str, Any] = {
-    "rounds": COUNT, "batch_size": COUNT, "mask_lr": POSITIVE, "model_lr": POSITIVE,
-    "mask_tol": NON_NEGATIVE, "model_tol": NON_NEGATIVE, "mask_max_epochs": COUNT,
-    "model_max_epochs": Interval(int, 0, None), "test_procedure": OneOf(TEST_PROCEDURES),
+    "rounds": COUNT,
+    "batch_size": COUNT,
+    "mask_lr": POSITIVE,
+    "model_lr": POSITIVE,
+    "mask_tol": NON_NEGATIVE,
+    "model_tol": NON_NEGATIVE,
+    "mask_max_epochs": COUNT,
+    "model_max_epochs": Interval(int, 0, None),
+    "test_procedure": OneOf(TEST_PROCEDURES),
     "test_lr": [POSITIVE, Null("mask_lr")],
     "test_sparsity_weight": [NON_NEGATIVE, Null("the procedure's default")],
-    "test_tol": [NON_NEGATIVE, Null("the procedure's default")], "test_mask_tol": NON_NEGATIVE,
+    "test_tol": [NON_NEGATIVE, Null("the procedure's default")],
+    "test_mask_tol": NON_NEGATIVE,
     "test_window": POSITIVE,
     "test_max_steps": [COUNT, Null("30 horizons (converged), no limit (authors)")],
-    "test_seed_check": Interval(int, 0, None), "batchnorm": OneOf(BATCHNORM_MODES),
+    "test_seed_check": Interval(int, 0, None),
+    "batchnorm": OneOf(BATCHNORM_MODES),
 }
 
 
@@ -257,10 +292,14 @@ def check_settings(component: str, options: dict[str, Any]) -> None:
     validate_options(component, SETTING_CONSTRAINTS, options)
     converged = options.get("test_procedure", "converged") == "converged"
     if converged and options.get("test_sparsity_weight") == 0:
-        raise option_error(component, "test_sparsity_weight", options["test_sparsity_weight"],
-                           "a number > 0 for the converged test procedure",
-                           detail="its window and safety limit are counted in horizons, the steps "
-                           "in which sparsity alone erases an unused mask unit")
+        raise option_error(
+            component,
+            "test_sparsity_weight",
+            options["test_sparsity_weight"],
+            "a number > 0 for the converged test procedure",
+            detail="its window and safety limit are counted in horizons, the steps "
+            "in which sparsity alone erases an unused mask unit",
+        )
 
 
 #: the authors' stopping band: epoch loss strictly within +-0.2 % of its value two epochs earlier
@@ -346,8 +385,11 @@ class DietConfig:
         """Every setting the test-time optimisation reads (part of the test-mask cache key):
         the ``test_*`` fields but ``test_seed_check`` (it changes no mask), the effective test
         learning rate and ``batch_size`` (the per-sample step is ``lr / batch_size``)."""
-        out = {k: v for k, v in asdict(self).items()
-               if k.startswith("test_") and k != "test_seed_check"}
+        out = {
+            k: v
+            for k, v in asdict(self).items()
+            if k.startswith("test_") and k != "test_seed_check"
+        }
         out.update(effective_test_lr=self.effective_test_lr, batch_size=self.batch_size)
         return out
 
@@ -372,18 +414,32 @@ class DietResult:
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, get_batch: BatchFn, n: int, batch_size: int, device: torch.device) -> torch.Tensor:
+def predict_proba(
+    model: nn.Module, get_batch: BatchFn, n: int, batch_size: int, device: torch.device
+) -> torch.Tensor:
     """Softmax outputs ``(n, K)`` (on ``device``) of ``model`` in eval mode over all samples."""
     with eval_mode(model):
-        out = [F.softmax(model(get_batch(torch.arange(i, min(i + batch_size, n)))), 1)
-               for i in range(0, n, batch_size)]
+        out = [
+            F.softmax(model(get_batch(torch.arange(i, min(i + batch_size, n)))), 1)
+            for i in range(0, n, batch_size)
+        ]
     return torch.cat(out).to(device)
 
 
-def faithfulness_report(*, fs_test: torch.Tensor, fb_test: torch.Tensor, y_test: torch.Tensor,
-                        fs_masked: torch.Tensor, fb_train: torch.Tensor, y_train: torch.Tensor,
-                        mask_l0: torch.Tensor, mask_l1: torch.Tensor, phases: int, seed: int,
-                        **extra: Any) -> dict[str, Any]:
+def faithfulness_report(
+    *,
+    fs_test: torch.Tensor,
+    fb_test: torch.Tensor,
+    y_test: torch.Tensor,
+    fs_masked: torch.Tensor,
+    fb_train: torch.Tensor,
+    y_train: torch.Tensor,
+    mask_l0: torch.Tensor,
+    mask_l1: torch.Tensor,
+    phases: int,
+    seed: int,
+    **extra: Any,
+) -> dict[str, Any]:
     """The paper's model-faithfulness numbers (f_s vs f_b), the same keys for every modality:
     test agreement and accuracies, accuracy and agreement on the masked training inputs, and the
     training masks' L0/L1 size (fraction of the input kept). ``extra`` adds modality details."""
@@ -445,8 +501,14 @@ class DietTrainer:
         self.show_progress = show_progress
 
     # ---------------------------------------------------------------- public
-    def fit(self, f_b: nn.Module, get_batch: BatchFn, n: int, labels: torch.Tensor | None = None,
-            data_key: str = "") -> DietResult:
+    def fit(
+        self,
+        f_b: nn.Module,
+        get_batch: BatchFn,
+        n: int,
+        labels: torch.Tensor | None = None,
+        data_key: str = "",
+    ) -> DietResult:
         """Learn ``f_s`` and ``n`` training masks. ``f_b`` is only read, never modified.
 
         ``get_batch(idx)`` returns the training inputs for the sample indices ``idx``
@@ -458,16 +520,27 @@ class DietTrainer:
             raise ValueError("DiET needs at least one training sample")
         start = time.perf_counter()
         meta = {
-            "format": FORMAT_VERSION, "config": cfg.fit_dict(), "masker": self.masker.describe(),
-            "f_b": fingerprint_module(f_b), "data": data_key, "n": int(n), "seed": self.seed,
+            "format": FORMAT_VERSION,
+            "config": cfg.fit_dict(),
+            "masker": self.masker.describe(),
+            "f_b": fingerprint_module(f_b),
+            "data": data_key,
+            "n": int(n),
+            "seed": self.seed,
         }
         state = self._load_state(meta)
         if state is not None and state["next_phase"] >= len(phases(cfg.rounds)):
             f_s = copy.deepcopy(f_b).to(self.device)
             f_s.load_state_dict(state["f_s"])
             f_s.eval()
-            return DietResult(f_s, state["masks"], state["history"], state["next_phase"], True,
-                              time.perf_counter() - start)
+            return DietResult(
+                f_s,
+                state["masks"],
+                state["history"],
+                state["next_phase"],
+                True,
+                time.perf_counter() - start,
+            )
 
         f_s = copy.deepcopy(f_b).to(self.device)
         f_s.eval()
@@ -503,8 +576,12 @@ class DietTrainer:
                 offset = rounding_offset(k, cfg.rounds)
                 before = masks.clone()
                 masks.copy_(round_masks(masks, offset))
-                rec = {"offset": offset, "kept_before": float(before.mean()), "kept_after": float(masks.mean()),
-                       "changed": float((before != masks).float().mean())}
+                rec = {
+                    "offset": offset,
+                    "kept_before": float(before.mean()),
+                    "kept_after": float(masks.mean()),
+                    "changed": float((before != masks).float().mean()),
+                }
                 self._artefact(masks, f"masks_round{k}_after_rounding.pt")
             else:
                 rec = self._model_phase(f_s, opt, masks, get_batch, p_fb, labels_d, gen, k)
@@ -521,7 +598,7 @@ class DietTrainer:
     def _batches(self, n: int, gen: torch.Generator) -> list[torch.Tensor]:
         order = torch.randperm(n, generator=gen)
         bs = self.config.batch_size
-        return [order[i:i + bs] for i in range(0, n, bs)]
+        return [order[i : i + bs] for i in range(0, n, bs)]
 
     def _mask_phase(self, f_s, masks, get_batch, p_fb, labels, gen, k) -> dict[str, Any]:
         cfg = self.config
@@ -532,8 +609,11 @@ class DietTrainer:
         with frozen(f_s, train=False):
             # f_s is fixed during the mask phase, so its clean predictions are computed once
             p_fs = predict_proba(f_s, get_batch, n, 4 * cfg.batch_size, self.device)
-            bar = progress(range(cfg.mask_max_epochs), desc=f"DiET masks (round {k + 1}/{cfg.rounds})",
-                           disable=not self.show_progress)
+            bar = progress(
+                range(cfg.mask_max_epochs),
+                desc=f"DiET masks (round {k + 1}/{cfg.rounds})",
+                disable=not self.show_progress,
+            )
             for _ in bar:
                 acc = _Accumulator()
                 for idx in self._batches(n, gen):
@@ -542,20 +622,36 @@ class DietTrainer:
                     m_up = self.masker.expand(m)
                     bg = self.masker.sample_background(len(idx), gen, self.device)
                     p_m = F.softmax(f_s(self.masker.apply(x, m_up, bg)), 1)
-                    terms = diet_terms(p_fb[idx], p_fs[idx], p_m, m_up, w,
-                                       sparsity=masker_sparsity(self.masker, m_up, x))
+                    terms = diet_terms(
+                        p_fb[idx],
+                        p_fs[idx],
+                        p_m,
+                        m_up,
+                        w,
+                        sparsity=masker_sparsity(self.masker, m_up, x),
+                    )
                     loss = terms["loss"].mean()
                     (grad,) = torch.autograd.grad(loss, m)
                     with torch.no_grad():
                         lr = cfg.mask_lr * masker_lr_scale(self.masker, x, m)
                         masks[idx] = (m - lr * grad).clamp_(0, 1).cpu()
-                    acc.add(terms, p_fb[idx], p_m, None if labels is None else labels[idx], masker_l0(self.masker, m_up.detach(), x))
+                    acc.add(
+                        terms,
+                        p_fb[idx],
+                        p_m,
+                        None if labels is None else labels[idx],
+                        masker_l0(self.masker, m_up.detach(), x),
+                    )
                 rec = acc.result()
                 epochs.append(rec)
                 losses.append(rec["loss"])
                 if has_converged(losses, cfg.mask_tol):
                     break
-        return {"sparsity_weight": w, "epochs": epochs, "converged": has_converged(losses, cfg.mask_tol)}
+        return {
+            "sparsity_weight": w,
+            "epochs": epochs,
+            "converged": has_converged(losses, cfg.mask_tol),
+        }
 
     def _model_phase(self, f_s, opt, masks, get_batch, p_fb, labels, gen, k) -> dict[str, Any]:
         cfg = self.config
@@ -567,8 +663,11 @@ class DietTrainer:
             for mod in f_s.modules():
                 if isinstance(mod, nn.modules.batchnorm._BatchNorm):
                     mod.eval()
-        bar = progress(range(cfg.model_max_epochs), desc=f"DiET f_s (round {k + 1}/{cfg.rounds})",
-                       disable=not self.show_progress)
+        bar = progress(
+            range(cfg.model_max_epochs),
+            desc=f"DiET f_s (round {k + 1}/{cfg.rounds})",
+            disable=not self.show_progress,
+        )
         # a private global RNG stream for layers such as dropout, so resuming is exact
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(base_seed(gen))
@@ -585,7 +684,13 @@ class DietTrainer:
                     opt.zero_grad(set_to_none=True)
                     terms["loss"].mean().backward()
                     opt.step()
-                    acc.add(terms, p_fb[idx], p_m.detach(), None if labels is None else labels[idx], masker_l0(self.masker, m_up, x))
+                    acc.add(
+                        terms,
+                        p_fb[idx],
+                        p_m.detach(),
+                        None if labels is None else labels[idx],
+                        masker_l0(self.masker, m_up, x),
+                    )
                 rec = acc.result()
                 epochs.append(rec)
                 losses.append(rec["loss"])
@@ -601,13 +706,21 @@ class DietTrainer:
 
     def _artefact(self, obj: Any, name: str) -> None:
         if self.cache_dir is not None:
-            atomic_save_torch(obj.clone() if isinstance(obj, torch.Tensor) else obj, self.cache_dir / name)
+            atomic_save_torch(
+                obj.clone() if isinstance(obj, torch.Tensor) else obj, self.cache_dir / name
+            )
 
     def _checkpoint(self, f_s, opt, gen, masks, history, next_phase: int) -> None:
         if self.cache_dir is None:
             return
-        state = {"format": FORMAT_VERSION, "next_phase": next_phase, "f_s": _cpu_state(f_s),
-                 "opt": _cpu_tree(opt.state_dict()), "rng": gen.get_state(), "masks": masks.clone()}
+        state = {
+            "format": FORMAT_VERSION,
+            "next_phase": next_phase,
+            "f_s": _cpu_state(f_s),
+            "opt": _cpu_tree(opt.state_dict()),
+            "rng": gen.get_state(),
+            "masks": masks.clone(),
+        }
         atomic_save_torch(state, self.cache_dir / STATE_FILE)
         atomic_write_text(self.cache_dir / HISTORY_FILE, json.dumps(history, indent=2))
 
@@ -623,16 +736,24 @@ class DietTrainer:
         except (OSError, json.JSONDecodeError):
             old = None
         if old != json.loads(json.dumps(meta)):
-            self._say(f"DiET: {self.cache_dir} holds a run with other settings, model or data; starting afresh")
+            self._say(
+                f"DiET: {self.cache_dir} holds a run with other settings, model or data; starting afresh"
+            )
             return None
         try:
             state = load_torch(state_path)
             history = json.loads(hist_path.read_text())
         except Exception as exc:  # truncated or tampered: recompute rather than fail every re-run
-            self._say(f"DiET: checkpoint in {self.cache_dir} is unreadable ({type(exc).__name__}); starting afresh")
+            self._say(
+                f"DiET: checkpoint in {self.cache_dir} is unreadable ({type(exc).__name__}); starting afresh"
+            )
             return None
-        if (not isinstance(state, dict) or not isinstance(history, list) or state.get("format") != FORMAT_VERSION
-                or len(history) != state.get("next_phase")):
+        if (
+            not isinstance(state, dict)
+            or not isinstance(history, list)
+            or state.get("format") != FORMAT_VERSION
+            or len(history) != state.get("next_phase")
+        ):
             self._say(f"DiET: checkpoint in {self.cache_dir} is inconsistent; starting afresh")
             return None
         state["history"] = history

@@ -37,12 +37,20 @@ AUTHORS_BACKGROUND = (0.527, 0.447, 0.403)
 CONVERGED_SPARSITY_WEIGHT = 8.0
 
 
-def _per_channel(value: float | Sequence[float] | None, default: Sequence[float], channels: int, name: str) -> torch.Tensor:
-    vals = list(default) if value is None else ([float(value)] if isinstance(value, (int, float)) else [float(v) for v in value])
+def _per_channel(
+    value: float | Sequence[float] | None, default: Sequence[float], channels: int, name: str
+) -> torch.Tensor:
+    vals = (
+        list(default)
+        if value is None
+        else ([float(value)] if isinstance(value, (int, float)) else [float(v) for v in value])
+    )
     if len(vals) == 1:
         vals = vals * channels
     if len(vals) != channels:
-        raise ValueError(f"{name} has {len(vals)} values; the images have {channels} channels (give 1 or {channels})")
+        raise ValueError(
+            f"{name} has {len(vals)} values; the images have {channels} channels (give 1 or {channels})"
+        )
     return torch.tensor(vals, dtype=torch.float32)
 
 
@@ -58,15 +66,23 @@ class ImageMasker:
     * ``constant``: ``mean_c`` (no randomness).
     """
 
-    def __init__(self, input_shape: Sequence[int], upsample_factor: int = 4, background: str = "normal",
-                 mean: Sequence[float] | float | None = None,
-                 std: Sequence[float] | float | None = None, lr_cells: float | None = None):
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        upsample_factor: int = 4,
+        background: str = "normal",
+        mean: Sequence[float] | float | None = None,
+        std: Sequence[float] | float | None = None,
+        lr_cells: float | None = None,
+    ):
         if len(input_shape) != 3:
             raise ValueError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
         if int(upsample_factor) < 1:
             raise ValueError(f"upsample_factor={upsample_factor} must be >= 1")
         if background not in BACKGROUNDS:
-            raise ValueError(f"background='{background}' is not valid; choose one of {', '.join(BACKGROUNDS)}")
+            raise ValueError(
+                f"background='{background}' is not valid; choose one of {', '.join(BACKGROUNDS)}"
+            )
         self.channels, self.height, self.width = (int(v) for v in input_shape)
         self.factor = int(upsample_factor)
         self.mask_hw = (math.ceil(self.height / self.factor), math.ceil(self.width / self.factor))
@@ -97,9 +113,13 @@ class ImageMasker:
     def expand(self, masks: torch.Tensor) -> torch.Tensor:
         if masks.shape[-2:] == (self.height, self.width):
             return masks
-        return F.interpolate(masks, size=(self.height, self.width), mode="bilinear", align_corners=False)
+        return F.interpolate(
+            masks, size=(self.height, self.width), mode="bilinear", align_corners=False
+        )
 
-    def sample_background(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    def sample_background(
+        self, n: int, generator: torch.Generator, device: torch.device
+    ) -> torch.Tensor:
         c = self.channels
         if self.background == "normal":
             bg = (self.mean + self.std * torch.randn(n, c, generator=generator)).clamp_(0, 1)
@@ -109,24 +129,33 @@ class ImageMasker:
             bg = self.mean.expand(n, c).clone()
         return bg.view(n, c, 1, 1).to(device)
 
-    def apply(self, inputs: torch.Tensor, expanded_masks: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    def apply(
+        self, inputs: torch.Tensor, expanded_masks: torch.Tensor, background: torch.Tensor
+    ) -> torch.Tensor:
         return expanded_masks * inputs + (1 - expanded_masks) * background
 
     def describe(self) -> dict[str, Any]:
-        out = {"kind": "image", "input_shape": [self.channels, self.height, self.width],
-               "upsample_factor": self.factor, "background": self.background,
-               "mean": [round(float(v), 6) for v in self.mean],
-               "std": [round(float(v), 6) for v in self.std]}
+        out = {
+            "kind": "image",
+            "input_shape": [self.channels, self.height, self.width],
+            "upsample_factor": self.factor,
+            "background": self.background,
+            "mean": [round(float(v), 6) for v in self.mean],
+            "std": [round(float(v), 6) for v in self.std],
+        }
         if self.lr_cells is not None and self.n_cells != self.lr_cells:  # else: the rates as given
             out["lr_cells"] = self.lr_cells
         return out
 
 
 def _check_lr_cells(lr_cells: float | None) -> None:
-    ok = lr_cells is None or (isinstance(lr_cells, (int, float)) and math.isfinite(lr_cells)
-                              and lr_cells > 0)
+    ok = lr_cells is None or (
+        isinstance(lr_cells, (int, float)) and math.isfinite(lr_cells) and lr_cells > 0
+    )
     if not ok:
-        raise ValueError(f"diet: lr_cells={lr_cells!r} must be > 0 (or null: the learning rates as given)")
+        raise ValueError(
+            f"diet: lr_cells={lr_cells!r} must be > 0 (or null: the learning rates as given)"
+        )
 
 
 def authors_background(channels: int) -> list[float]:
@@ -135,8 +164,10 @@ def authors_background(channels: int) -> list[float]:
         return list(AUTHORS_BACKGROUND)
     if channels == 1:
         return [sum(AUTHORS_BACKGROUND) / 3]
-    raise ValueError(f"diet: the authors' background colour is RGB; images with {channels} channels "
-                     "need an explicit test_background_mean")
+    raise ValueError(
+        f"diet: the authors' background colour is RGB; images with {channels} channels "
+        "need an explicit test_background_mean"
+    )
 
 
 def _digests(inputs: torch.Tensor) -> list[str]:
@@ -145,15 +176,21 @@ def _digests(inputs: torch.Tensor) -> list[str]:
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 256,
-             masks: torch.Tensor | None = None, masker: ImageMasker | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+def _predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 256,
+    masks: torch.Tensor | None = None,
+    masker: ImageMasker | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Predicted classes of uint8 images, optionally masked (low-res ``masks`` + ``masker``)."""
     out = []
     for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(device).float().div_(255.0)
+        x = images[i : i + batch_size].to(device).float().div_(255.0)
         if masks is not None and masker is not None:
-            m_up = masker.expand(masks[i:i + batch_size].to(device))
+            m_up = masker.expand(masks[i : i + batch_size].to(device))
             x = masker.apply(x, m_up, masker.sample_background(len(x), generator, device))
         out.append(model(x).argmax(1).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
@@ -215,8 +252,10 @@ class DiET(DietFitMixin, Explainer):
     needs_layer = False
     explains = "f_s"
     option_constraints: ClassVar[dict] = {
-        **SETTING_CONSTRAINTS, "upsample_factor": COUNT,
-        "n_train": [COUNT, Null("the whole training split")], "background": OneOf(BACKGROUNDS),
+        **SETTING_CONSTRAINTS,
+        "upsample_factor": COUNT,
+        "n_train": [COUNT, Null("the whole training split")],
+        "background": OneOf(BACKGROUNDS),
         "lr_cells": [POSITIVE, Null("the learning rates as given")],
         "test_background_mean": [NON_NEGATIVE, ListOf(NON_NEGATIVE), Null("see the docstring")],
         "test_background_std": [NON_NEGATIVE, ListOf(NON_NEGATIVE), Null("as in training")],
@@ -255,8 +294,11 @@ class DiET(DietFitMixin, Explainer):
         checked = validate_options(self.name, self.option_constraints, locals())
         check_settings(self.name, locals())
         if test_sparsity_weight is None:
-            test_sparsity_weight = (AUTHORS_SPARSITY_WEIGHT if test_procedure == "authors"
-                                    else CONVERGED_SPARSITY_WEIGHT)
+            test_sparsity_weight = (
+                AUTHORS_SPARSITY_WEIGHT
+                if test_procedure == "authors"
+                else CONVERGED_SPARSITY_WEIGHT
+            )
         self.config = DietConfig.from_options(locals())
         self.upsample_factor = checked["upsample_factor"]
         self.n_train = checked["n_train"]
@@ -271,8 +313,15 @@ class DiET(DietFitMixin, Explainer):
         self._reset_fit_state()  # set by fit()
 
     # ------------------------------------------------------------------ fit
-    def fit(self, model: nn.Module, task: Any, *, device: torch.device, generator: torch.Generator | None = None,
-            cache_dir: Any = None) -> None:
+    def fit(
+        self,
+        model: nn.Module,
+        task: Any,
+        *,
+        device: torch.device,
+        generator: torch.Generator | None = None,
+        cache_dir: Any = None,
+    ) -> None:
         """Train ``f_s`` and the training masks on ``task.train``; report faithfulness on ``task.test``."""
         if getattr(task, "modality", "image") != "image":
             raise ValueError(f"diet (image) cannot explain a '{task.modality}' task")
@@ -282,24 +331,44 @@ class DiET(DietFitMixin, Explainer):
         images, labels = train.images[index], train.labels[index].long()
         mean = getattr(task, "mean", None) if self.background_mean is None else self.background_mean
         std = getattr(task, "std", None) if self.background_std is None else self.background_std
-        self.masker = ImageMasker(task.input_shape, self.upsample_factor, self.background, mean, std,
-                                  self.lr_cells)
+        self.masker = ImageMasker(
+            task.input_shape, self.upsample_factor, self.background, mean, std, self.lr_cells
+        )
         test_std = self.masker.std if self.test_background_std is None else self.test_background_std
         test_mean = self.test_background_mean
         if test_mean is None:
             authors = self.config.test_procedure == "authors"
             test_mean = authors_background(self.masker.channels) if authors else self.masker.mean
-        self.test_masker = ImageMasker(task.input_shape, self.upsample_factor, self.background, test_mean,
-                                       test_std, self.lr_cells)
+        self.test_masker = ImageMasker(
+            task.input_shape,
+            self.upsample_factor,
+            self.background,
+            test_mean,
+            test_std,
+            self.lr_cells,
+        )
 
         def get_batch(idx: torch.Tensor) -> torch.Tensor:
             return images[idx].to(device).float().div_(255.0)
 
-        self._fit_with_trainer(model, get_batch, labels, index, fingerprint_tensor(images, labels), device,
-                               lambda: self._faithfulness(model, task, images, labels, device))
+        self._fit_with_trainer(
+            model,
+            get_batch,
+            labels,
+            index,
+            fingerprint_tensor(images, labels),
+            device,
+            lambda: self._faithfulness(model, task, images, labels, device),
+        )
 
-    def _faithfulness(self, f_b: nn.Module, task: Any, images: torch.Tensor, labels: torch.Tensor,
-                      device: torch.device) -> dict[str, Any]:
+    def _faithfulness(
+        self,
+        f_b: nn.Module,
+        task: Any,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        device: torch.device,
+    ) -> dict[str, Any]:
         """The paper's model-faithfulness numbers (f_s vs f_b)."""
         assert self.f_s is not None and self.masker is not None and self.train_masks is not None
         with frozen(f_b), frozen(self.f_s):
@@ -308,13 +377,29 @@ class DiET(DietFitMixin, Explainer):
             fs_test = _predict(self.f_s, test.images, device)
             fb_train = _predict(f_b, images, device)
             gen = torch.Generator().manual_seed(self._seed + 1)
-            fs_masked = _predict(self.f_s, images, device, masks=self.train_masks, masker=self.masker, generator=gen)
+            fs_masked = _predict(
+                self.f_s, images, device, masks=self.train_masks, masker=self.masker, generator=gen
+            )
         y_test = test.labels.long()
-        up = torch.cat([self.masker.expand(self.train_masks[i:i + 512]) for i in range(0, len(self.train_masks), 512)])
+        up = torch.cat(
+            [
+                self.masker.expand(self.train_masks[i : i + 512])
+                for i in range(0, len(self.train_masks), 512)
+            ]
+        )
         return faithfulness_report(
-            fs_test=fs_test, fb_test=fb_test, y_test=y_test, fs_masked=fs_masked, fb_train=fb_train,
-            y_train=labels, mask_l0=mask_l0(up), mask_l1=mask_sparsity(up), phases=len(self.history),
-            seed=self._seed, mask_shape=list(self.masker.mask_hw))
+            fs_test=fs_test,
+            fb_test=fb_test,
+            y_test=y_test,
+            fs_masked=fs_masked,
+            fb_train=fb_train,
+            y_train=labels,
+            mask_l0=mask_l0(up),
+            mask_l1=mask_sparsity(up),
+            phases=len(self.history),
+            seed=self._seed,
+            mask_shape=list(self.masker.mask_hw),
+        )
 
     # ------------------------------------------------------------------ explain
     def _test_settings(self) -> dict[str, Any]:
@@ -323,12 +408,19 @@ class DiET(DietFitMixin, Explainer):
     def _digests(self, inputs: torch.Tensor) -> list[str]:
         return _digests(inputs)
 
-    def _optimise(self, model: nn.Module, inputs: torch.Tensor, positions: list[int], seed: int,
-                  sample_seeds: list[int]) -> tuple[list[torch.Tensor], dict[str, Any]]:
+    def _optimise(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        positions: list[int],
+        seed: int,
+        sample_seeds: list[int],
+    ) -> tuple[list[torch.Tensor], dict[str, Any]]:
         assert self.test_masker is not None
         x = inputs[torch.tensor(positions)].to(_device_of(model, inputs.device)).float()
-        masks, summary = optimise_test_masks(model, x, self.test_masker, self.config, seed=seed,
-                                             sample_seeds=sample_seeds)
+        masks, summary = optimise_test_masks(
+            model, x, self.test_masker, self.config, seed=seed, sample_seeds=sample_seeds
+        )
         return list(masks), summary
 
     def _check_maps(self, masks: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -341,14 +433,22 @@ class DiET(DietFitMixin, Explainer):
         self._fitted()
         assert self.masker is not None
         if tuple(inputs.shape[1:]) != (self.masker.channels, self.masker.height, self.masker.width):
-            raise ValueError(f"diet was fitted on inputs of shape {(self.masker.channels, self.masker.height, self.masker.width)}, "
-                             f"got {tuple(inputs.shape[1:])}")
+            raise ValueError(
+                f"diet was fitted on inputs of shape {(self.masker.channels, self.masker.height, self.masker.width)}, "
+                f"got {tuple(inputs.shape[1:])}"
+            )
         if len(inputs) == 0:
             return self.masker.init_masks(0)
         return torch.stack(self.test_masks_for(model, inputs))
 
-    def attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+    def attribute(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Upsampled test-time masks ``(N, H, W)`` in [0, 1] for ``model`` (``f_s``: cached; another
         model, e.g. a randomised copy: optimised against it, uncached); ``targets`` unused."""
         masks = self.test_masks(inputs, model)

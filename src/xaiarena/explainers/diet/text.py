@@ -57,7 +57,9 @@ class TextMasker:
         if int(max_words) < 1:
             raise ValueError(f"max_words={max_words} must be >= 1")
         if baseline not in BASELINES:
-            raise ValueError(f"baseline='{baseline}' is not valid; choose one of {', '.join(BASELINES)}")
+            raise ValueError(
+                f"baseline='{baseline}' is not valid; choose one of {', '.join(BASELINES)}"
+            )
         _check_lr_words(lr_words)
         self.max_words = int(max_words)
         self.baseline = baseline
@@ -69,13 +71,19 @@ class TextMasker:
     def expand(self, masks: torch.Tensor) -> torch.Tensor:
         return masks  # already one value per word slot; pieces get theirs in apply()
 
-    def sample_background(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    def sample_background(
+        self, n: int, generator: torch.Generator, device: torch.device
+    ) -> torch.Tensor:
         # deterministic: the baseline token; the batch supplies its id in apply()
         return torch.full((n, 1), -1, dtype=torch.long, device=device)
 
-    def apply(self, inputs: TextBatch, expanded_masks: torch.Tensor, background: torch.Tensor) -> TextBatch:
+    def apply(
+        self, inputs: TextBatch, expanded_masks: torch.Tensor, background: torch.Tensor
+    ) -> TextBatch:
         if expanded_masks.shape[1] != inputs.max_words:
-            raise ValueError(f"masks have {expanded_masks.shape[1]} word slots, the batch {inputs.max_words}")
+            raise ValueError(
+                f"masks have {expanded_masks.shape[1]} word slots, the batch {inputs.max_words}"
+            )
         weights = inputs.to_tokens(expanded_masks, fill=1.0)
         tid = inputs.special_id(self.baseline)
         base = torch.full((len(inputs), 1), tid, dtype=torch.long, device=inputs.device)
@@ -84,7 +92,9 @@ class TextMasker:
     def sparsity(self, expanded_masks: torch.Tensor, inputs: TextBatch) -> torch.Tensor:
         """``||m||_1 / n_words`` over each text's own words."""
         wm = inputs.word_mask.to(expanded_masks.device)
-        return (expanded_masks.abs() * wm).sum(1) / inputs.n_words.to(expanded_masks.device).clamp_min(1)
+        return (expanded_masks.abs() * wm).sum(1) / inputs.n_words.to(
+            expanded_masks.device
+        ).clamp_min(1)
 
     def units(self, inputs: TextBatch) -> torch.Tensor:
         """Words per text: the units the sparsity term averages over."""
@@ -98,10 +108,17 @@ class TextMasker:
 
     def l0(self, expanded_masks: torch.Tensor, inputs: TextBatch) -> torch.Tensor:
         wm = inputs.word_mask.to(expanded_masks.device)
-        return ((expanded_masks != 0) & wm).sum(1).float() / inputs.n_words.to(expanded_masks.device).clamp_min(1)
+        return ((expanded_masks != 0) & wm).sum(1).float() / inputs.n_words.to(
+            expanded_masks.device
+        ).clamp_min(1)
 
     def describe(self) -> dict[str, Any]:
-        out = {"kind": "text", "unit": "word", "max_words": self.max_words, "baseline": self.baseline}
+        out = {
+            "kind": "text",
+            "unit": "word",
+            "max_words": self.max_words,
+            "baseline": self.baseline,
+        }
         if self.lr_words is not None:  # absent when unset, so existing cache keys stay valid
             out["lr_words"] = self.lr_words
         return out
@@ -109,7 +126,9 @@ class TextMasker:
 
 def _check_lr_words(lr_words: float | None) -> None:
     if lr_words is not None and not float(lr_words) > 0:
-        raise ValueError(f"text_diet: lr_words={lr_words} must be > 0 (or null: one learning rate for all texts)")
+        raise ValueError(
+            f"text_diet: lr_words={lr_words} must be > 0 (or null: one learning rate for all texts)"
+        )
 
 
 @EXPLAINERS.register(
@@ -150,10 +169,16 @@ class TextDiET(DietFitMixin, TextExplainer):
     name = "text_diet"
     family: ClassVar[str] = "learned"
     explains: ClassVar[str] = "f_s"
-    cost_knobs: ClassVar[tuple[str, ...]] = ("rounds", "n_train", "mask_max_epochs", "model_max_epochs",
-                                              "test_max_steps")
+    cost_knobs: ClassVar[tuple[str, ...]] = (
+        "rounds",
+        "n_train",
+        "mask_max_epochs",
+        "model_max_epochs",
+        "test_max_steps",
+    )
     option_constraints: ClassVar[dict] = {
-        **SETTING_CONSTRAINTS, "baseline": OneOf(BASELINES),
+        **SETTING_CONSTRAINTS,
+        "baseline": OneOf(BASELINES),
         "lr_words": [POSITIVE, Null("one learning rate for all texts")],
         "n_train": [COUNT, Null("the whole training split")],
     }
@@ -195,14 +220,25 @@ class TextDiET(DietFitMixin, TextExplainer):
         self._reset_fit_state()  # set by fit()
 
     # ------------------------------------------------------------------ fit
-    def fit(self, model: nn.Module, task: Any, *, device: torch.device, generator: torch.Generator | None = None,
-            cache_dir: Any = None) -> None:
+    def fit(
+        self,
+        model: nn.Module,
+        task: Any,
+        *,
+        device: torch.device,
+        generator: torch.Generator | None = None,
+        cache_dir: Any = None,
+    ) -> None:
         """Train ``f_s`` and the training word masks on ``task.train``; report faithfulness on ``task.test``."""
         if getattr(task, "modality", "image") != "text":
-            raise ValueError(f"text_diet explains text classifiers; '{getattr(task, 'name', '?')}' is a "
-                             f"{getattr(task, 'modality', '?')} dataset (use 'diet' for images)")
+            raise ValueError(
+                f"text_diet explains text classifiers; '{getattr(task, 'name', '?')}' is a "
+                f"{getattr(task, 'modality', '?')} dataset (use 'diet' for images)"
+            )
         if not hasattr(model, "encode"):
-            raise ValueError(f"text_diet needs a text model with encode() (got {type(model).__name__})")
+            raise ValueError(
+                f"text_diet needs a text model with encode() (got {type(model).__name__})"
+            )
         device = torch.device(device)
         index = self._start_fit(len(task.train), generator, cache_dir)
         texts = [task.train.texts[i] for i in index.tolist()]
@@ -214,21 +250,38 @@ class TextDiET(DietFitMixin, TextExplainer):
             return batch[idx].to(device)
 
         key = fingerprint_tensor(batch.input_ids, batch.attention_mask, batch.word_ids, labels)
-        self._fit_with_trainer(model, get_batch, labels, index, key, device,
-                               lambda: self._faithfulness(model, task, batch, labels, device))
+        self._fit_with_trainer(
+            model,
+            get_batch,
+            labels,
+            index,
+            key,
+            device,
+            lambda: self._faithfulness(model, task, batch, labels, device),
+        )
 
     @torch.no_grad()
-    def _predict_masked(self, model: nn.Module, batch: TextBatch, masks: torch.Tensor, device) -> torch.Tensor:
+    def _predict_masked(
+        self, model: nn.Module, batch: TextBatch, masks: torch.Tensor, device
+    ) -> torch.Tensor:
         assert self.masker is not None
         out = []
         for i in range(0, len(batch), 64):
-            b = batch[i:i + 64].to(device)
+            b = batch[i : i + 64].to(device)
             bg = self.masker.sample_background(len(b), torch.Generator(), device)
-            out.append(model(self.masker.apply(b, masks[i:i + 64].to(device), bg)).argmax(1).cpu())
+            out.append(
+                model(self.masker.apply(b, masks[i : i + 64].to(device), bg)).argmax(1).cpu()
+            )
         return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
-    def _faithfulness(self, f_b: nn.Module, task: Any, batch: TextBatch, labels: torch.Tensor,
-                      device: torch.device) -> dict[str, Any]:
+    def _faithfulness(
+        self,
+        f_b: nn.Module,
+        task: Any,
+        batch: TextBatch,
+        labels: torch.Tensor,
+        device: torch.device,
+    ) -> dict[str, Any]:
         """The paper's model-faithfulness numbers (f_s vs f_b), same keys as the image ``diet``."""
         assert self.f_s is not None and self.masker is not None and self.train_masks is not None
         with frozen(f_b), frozen(self.f_s):
@@ -242,9 +295,19 @@ class TextDiET(DietFitMixin, TextExplainer):
         kept_l1 = (self.train_masks.abs() * wm).sum(1) / n_words
         kept_l0 = ((self.train_masks != 0) & wm).sum(1) / n_words
         return faithfulness_report(
-            fs_test=fs_test, fb_test=fb_test, y_test=y_test, fs_masked=fs_masked, fb_train=fb_train,
-            y_train=labels, mask_l0=kept_l0, mask_l1=kept_l1, phases=len(self.history), seed=self._seed,
-            mask_unit="word", baseline=self.baseline)
+            fs_test=fs_test,
+            fb_test=fb_test,
+            y_test=y_test,
+            fs_masked=fs_masked,
+            fb_train=fb_train,
+            y_train=labels,
+            mask_l0=kept_l0,
+            mask_l1=kept_l1,
+            phases=len(self.history),
+            seed=self._seed,
+            mask_unit="word",
+            baseline=self.baseline,
+        )
 
     # ------------------------------------------------------------------ explain
     def _test_settings(self) -> dict[str, Any]:
@@ -256,13 +319,20 @@ class TextDiET(DietFitMixin, TextExplainer):
     def _digests(self, inputs: TextBatch) -> list[str]:
         return [d.hex() for d in inputs.digests()]
 
-    def _optimise(self, model: nn.Module, inputs: TextBatch, positions: list[int], seed: int,
-                  sample_seeds: list[int]) -> tuple[list[torch.Tensor], dict[str, Any]]:
+    def _optimise(
+        self,
+        model: nn.Module,
+        inputs: TextBatch,
+        positions: list[int],
+        seed: int,
+        sample_seeds: list[int],
+    ) -> tuple[list[torch.Tensor], dict[str, Any]]:
         param = next(iter(model.parameters()), None)
         x = inputs[torch.tensor(positions)].to(param.device if param is not None else inputs.device)
         masker = TextMasker(x.max_words, self.baseline, self.lr_words)
-        masks, summary = optimise_test_masks(model, x, masker, self.config, seed=seed,
-                                             sample_seeds=sample_seeds)
+        masks, summary = optimise_test_masks(
+            model, x, masker, self.config, seed=seed, sample_seeds=sample_seeds
+        )
         return [masks[j, : int(x.n_words[j])].clone() for j in range(len(positions))], summary
 
     def _check_maps(self, masks: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -277,8 +347,14 @@ class TextDiET(DietFitMixin, TextExplainer):
             out[i, : len(m)] = m
         return out
 
-    def attribute(self, model: nn.Module, inputs: TextBatch, targets: torch.Tensor, *,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+    def attribute(
+        self,
+        model: nn.Module,
+        inputs: TextBatch,
+        targets: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Test-time word masks ``(N, L)`` in [0, 1] for ``model`` (``f_s``: cached; another model, e.g. a
         randomised copy: optimised against it, uncached); ``targets`` unused."""
         return self.test_masks(inputs, model).to(inputs.device)

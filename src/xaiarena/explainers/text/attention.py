@@ -51,7 +51,8 @@ class AttentionRollout(TextExplainer):
     name = "attention_rollout"
     family: ClassVar[str] = "attention"
     option_constraints: ClassVar[dict] = {
-        "head_fusion": OneOf(HEAD_FUSIONS), "aggregate": AGGREGATE,
+        "head_fusion": OneOf(HEAD_FUSIONS),
+        "aggregate": AGGREGATE,
     }
 
     def __init__(self, head_fusion: str = "mean", aggregate: str = "sum"):
@@ -70,7 +71,11 @@ class AttentionRollout(TextExplainer):
         roll = eye.clone()
         for a in atts:  # (N, H, T, T)
             a = a.float()
-            fused = a.mean(1) if self.head_fusion == "mean" else (a.amax(1) if self.head_fusion == "max" else a.amin(1))
+            fused = (
+                a.mean(1)
+                if self.head_fusion == "mean"
+                else (a.amax(1) if self.head_fusion == "max" else a.amin(1))
+            )
             fused = fused * att_mask[:, None, :]  # no attention to padding
             fused = fused + eye
             fused = fused / fused.sum(-1, keepdim=True).clamp_min(1e-12)

@@ -38,12 +38,20 @@ class TextExplainer(Explainer):
 
     modality: ClassVar[tuple[str, ...]] = ("text",)
 
-    def explain(self, model: nn.Module, inputs: TextBatch, targets: torch.Tensor, *,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+    def explain(
+        self,
+        model: nn.Module,
+        inputs: TextBatch,
+        targets: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Validated entry point: eval mode, ``(N, L)`` output with zeros past each text's last word."""
         if not isinstance(inputs, TextBatch):
-            raise ValueError(f"{self.name}: text explainers take a TextBatch (model.encode(texts)), "
-                             f"got {type(inputs).__name__}")
+            raise ValueError(
+                f"{self.name}: text explainers take a TextBatch (model.encode(texts)), "
+                f"got {type(inputs).__name__}"
+            )
         targets = torch.as_tensor(targets, device=inputs.device).long().reshape(-1)
         if len(targets) != len(inputs):
             raise ValueError(f"{self.name}: {len(targets)} targets for {len(inputs)} texts")
@@ -51,8 +59,11 @@ class TextExplainer(Explainer):
             out = self.attribute(model, inputs, targets, generator=generator)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != inputs.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
-            raise contract_error(self, "attribute() must return one score per word, a tensor of "
-                                 f"shape (N, L) = {inputs.shape}; it returned {got}")
+            raise contract_error(
+                self,
+                "attribute() must return one score per word, a tensor of "
+                f"shape (N, L) = {inputs.shape}; it returned {got}",
+            )
         out = out.detach().float()
         return torch.where(inputs.word_mask.to(out.device), out, torch.zeros_like(out))
 
@@ -70,7 +81,9 @@ def text_generators(batch: TextBatch, generator: torch.Generator | None) -> list
 
 
 @torch.no_grad()
-def score_rows(model: nn.Module, make_rows, n_rows: int, batch_size: int, output: str = "logit") -> torch.Tensor:
+def score_rows(
+    model: nn.Module, make_rows, n_rows: int, batch_size: int, output: str = "logit"
+) -> torch.Tensor:
     """Target scores of ``n_rows`` perturbed texts, ``batch_size`` per forward pass.
 
     ``make_rows(start, stop)`` returns the perturbed :class:`TextBatch` of those

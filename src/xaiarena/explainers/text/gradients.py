@@ -44,7 +44,9 @@ def reduce_embedding(attr: torch.Tensor, rule: str) -> torch.Tensor:
         return attr.norm(dim=-1)
     if rule == "abs_sum":
         return attr.abs().sum(-1)
-    raise ValueError(f"embedding reduction '{rule}' is not valid; choose one of {', '.join(EMBEDDING_REDUCTIONS)}")
+    raise ValueError(
+        f"embedding reduction '{rule}' is not valid; choose one of {', '.join(EMBEDDING_REDUCTIONS)}"
+    )
 
 
 class _TextGradient(TextExplainer):
@@ -66,7 +68,9 @@ class _TextGradient(TextExplainer):
             return model.embed(inputs.input_ids).detach()
 
     def _words(self, inputs, token_attr: torch.Tensor) -> torch.Tensor:
-        return inputs.to_words(reduce_embedding(token_attr, self.embedding_reduction), self.aggregate)
+        return inputs.to_words(
+            reduce_embedding(token_attr, self.embedding_reduction), self.aggregate
+        )
 
 
 @EXPLAINERS.register(
@@ -86,7 +90,8 @@ class TextSaliency(_TextGradient):
     def attribute(self, model, inputs, targets, *, generator=None):
         emb = self._embeds(model, inputs).requires_grad_(True)
         grad = Saliency(model.forward_embeds).attribute(
-            emb, target=targets, abs=False, additional_forward_args=(inputs.attention_mask,))
+            emb, target=targets, abs=False, additional_forward_args=(inputs.attention_mask,)
+        )
         if self.embedding_reduction == "sum":
             grad = grad.abs()  # the sum of a gradient's signed entries has no meaning as saliency
         return self._words(inputs, grad)
@@ -108,7 +113,8 @@ class TextInputXGradient(_TextGradient):
     def attribute(self, model, inputs, targets, *, generator=None):
         emb = self._embeds(model, inputs).requires_grad_(True)
         attr = InputXGradient(model.forward_embeds).attribute(
-            emb, target=targets, additional_forward_args=(inputs.attention_mask,))
+            emb, target=targets, additional_forward_args=(inputs.attention_mask,)
+        )
         return self._words(inputs, attr)
 
 
@@ -124,14 +130,29 @@ class TextIntegratedGradients(_TextGradient):
     name = "text_integrated_gradients"
     cost_knobs: ClassVar[tuple[str, ...]] = ("n_steps", "internal_batch_size")
     option_constraints: ClassVar[dict] = {
-        **_TextGradient.option_constraints, "n_steps": COUNT, "baseline": OneOf(IG_BASELINES),
-        "method": OneOf(IG_METHODS), "internal_batch_size": COUNT,
+        **_TextGradient.option_constraints,
+        "n_steps": COUNT,
+        "baseline": OneOf(IG_BASELINES),
+        "method": OneOf(IG_METHODS),
+        "internal_batch_size": COUNT,
     }
 
-    def __init__(self, n_steps: int = 16, baseline: str = "pad", method: str = "gausslegendre",
-                 internal_batch_size: int = 64, aggregate: str = "sum", embedding_reduction: str | None = None):
-        set_options(self, n_steps=n_steps, baseline=baseline, method=method,
-                    internal_batch_size=internal_batch_size)
+    def __init__(
+        self,
+        n_steps: int = 16,
+        baseline: str = "pad",
+        method: str = "gausslegendre",
+        internal_batch_size: int = 64,
+        aggregate: str = "sum",
+        embedding_reduction: str | None = None,
+    ):
+        set_options(
+            self,
+            n_steps=n_steps,
+            baseline=baseline,
+            method=method,
+            internal_batch_size=internal_batch_size,
+        )
         self._init_common(aggregate, embedding_reduction)
 
     def baseline_embeds(self, model, inputs, emb: torch.Tensor) -> torch.Tensor:
@@ -145,13 +166,19 @@ class TextIntegratedGradients(_TextGradient):
         words = inputs.word_token_mask.unsqueeze(-1)
         return torch.where(words, repl, emb)
 
-    def attribute(self, model, inputs, targets, *, generator=None, return_convergence_delta: bool = False):
+    def attribute(
+        self, model, inputs, targets, *, generator=None, return_convergence_delta: bool = False
+    ):
         emb = self._embeds(model, inputs)
         base = self.baseline_embeds(model, inputs, emb)
         ig = IntegratedGradients(model.forward_embeds)
         out = ig.attribute(
-            emb.clone().requires_grad_(True), baselines=base, target=targets,
-            additional_forward_args=(inputs.attention_mask,), n_steps=self.n_steps, method=self.method,
+            emb.clone().requires_grad_(True),
+            baselines=base,
+            target=targets,
+            additional_forward_args=(inputs.attention_mask,),
+            n_steps=self.n_steps,
+            method=self.method,
             internal_batch_size=max(self.internal_batch_size, len(inputs)),
             return_convergence_delta=return_convergence_delta,
         )

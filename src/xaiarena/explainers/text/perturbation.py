@@ -32,15 +32,20 @@ from .base import OUTPUTS, REMOVAL, TextExplainer, score_rows, text_generators
 class _TextPerturbation(TextExplainer):
     family: ClassVar[str] = "perturbation"
     option_constraints: ClassVar[dict] = {
-        "removal": REMOVAL, "output": OneOf(OUTPUTS), "perturbations_per_eval": COUNT,
+        "removal": REMOVAL,
+        "output": OneOf(OUTPUTS),
+        "perturbations_per_eval": COUNT,
     }
 
     def _init_common(self, removal: str, output: str, perturbations_per_eval: int) -> None:
-        set_options(self, removal=removal, output=output,
-                    perturbations_per_eval=perturbations_per_eval)
+        set_options(
+            self, removal=removal, output=output, perturbations_per_eval=perturbations_per_eval
+        )
 
     @torch.no_grad()
-    def _scores(self, model, inputs, targets, row_sample: torch.Tensor, row_keep: torch.Tensor) -> torch.Tensor:
+    def _scores(
+        self, model, inputs, targets, row_sample: torch.Tensor, row_keep: torch.Tensor
+    ) -> torch.Tensor:
         """Target scores of the texts ``inputs[row_sample]`` keeping only the words ``row_keep`` ``(R, L)``."""
         dev = inputs.device
 
@@ -48,7 +53,9 @@ class _TextPerturbation(TextExplainer):
             idx = row_sample[start:stop].to(dev)
             return inputs[idx].keep_words(row_keep[start:stop].to(dev), self.removal), targets[idx]
 
-        return score_rows(model, make_rows, len(row_sample), self.perturbations_per_eval, self.output)
+        return score_rows(
+            model, make_rows, len(row_sample), self.perturbations_per_eval, self.output
+        )
 
 
 @EXPLAINERS.register(
@@ -62,17 +69,25 @@ class TextOcclusion(_TextPerturbation):
     name = "text_occlusion"
     cost_knobs: ClassVar[tuple[str, ...]] = ("perturbations_per_eval",)
 
-    def __init__(self, removal: str = "mask", output: str = "logit", perturbations_per_eval: int = 128):
+    def __init__(
+        self, removal: str = "mask", output: str = "logit", perturbations_per_eval: int = 128
+    ):
         self._init_common(removal, output, perturbations_per_eval)
 
     def attribute(self, model, inputs, targets, *, generator=None):
         n, L = inputs.shape
         counts = inputs.n_words.cpu()
         row_sample = torch.arange(n).repeat_interleave(counts)
-        row_word = torch.cat([torch.arange(int(k)) for k in counts]) if n else torch.zeros(0, dtype=torch.long)
+        row_word = (
+            torch.cat([torch.arange(int(k)) for k in counts])
+            if n
+            else torch.zeros(0, dtype=torch.long)
+        )
         keep = torch.ones(len(row_sample), L, dtype=torch.bool)
         keep[torch.arange(len(row_sample)), row_word] = False
-        full = self._scores(model, inputs, targets, torch.arange(n), torch.ones(n, L, dtype=torch.bool))
+        full = self._scores(
+            model, inputs, targets, torch.arange(n), torch.ones(n, L, dtype=torch.bool)
+        )
         drop = self._scores(model, inputs, targets, row_sample, keep)
         out = torch.zeros(n, L, device=inputs.device)
         if len(row_sample):
@@ -92,7 +107,10 @@ class _WordSurrogate(_TextPerturbation):
         s = self.n_samples
         gens = text_generators(inputs, generator)
         dims = inputs.n_words.cpu().tolist()
-        draws = [self._surrogate.sample(int(d), g) if d > 0 else None for d, g in zip(dims, gens, strict=True)]
+        draws = [
+            self._surrogate.sample(int(d), g) if d > 0 else None
+            for d, g in zip(dims, gens, strict=True)
+        ]
         keep = torch.ones(n, s, L, dtype=torch.bool)
         for i, dr in enumerate(draws):
             if dr is not None:
@@ -118,16 +136,26 @@ class TextLime(_WordSurrogate):
 
     name = "text_lime"
     option_constraints: ClassVar[dict] = {
-        **_TextPerturbation.option_constraints, "n_samples": Interval(int, 2, None),
-        "kernel_width": POSITIVE, "ridge_alpha": NON_NEGATIVE,
+        **_TextPerturbation.option_constraints,
+        "n_samples": Interval(int, 2, None),
+        "kernel_width": POSITIVE,
+        "ridge_alpha": NON_NEGATIVE,
     }
 
-    def __init__(self, n_samples: int = 200, kernel_width: float = 0.25, ridge_alpha: float = 1.0,
-                 removal: str = "mask", output: str = "logit", perturbations_per_eval: int = 128):
+    def __init__(
+        self,
+        n_samples: int = 200,
+        kernel_width: float = 0.25,
+        ridge_alpha: float = 1.0,
+        removal: str = "mask",
+        output: str = "logit",
+        perturbations_per_eval: int = 128,
+    ):
         set_options(self, n_samples=n_samples, kernel_width=kernel_width, ridge_alpha=ridge_alpha)
         self._init_common(removal, output, perturbations_per_eval)
-        self._surrogate = LimeExplainer(n_samples=self.n_samples, kernel_width=self.kernel_width,
-                                        ridge_alpha=self.ridge_alpha)
+        self._surrogate = LimeExplainer(
+            n_samples=self.n_samples, kernel_width=self.kernel_width, ridge_alpha=self.ridge_alpha
+        )
 
 
 @EXPLAINERS.register(
@@ -141,11 +169,17 @@ class TextKernelShap(_WordSurrogate):
 
     name = "text_kernel_shap"
     option_constraints: ClassVar[dict] = {
-        **_TextPerturbation.option_constraints, "n_samples": Interval(int, 2, None),
+        **_TextPerturbation.option_constraints,
+        "n_samples": Interval(int, 2, None),
     }
 
-    def __init__(self, n_samples: int = 200, removal: str = "mask", output: str = "logit",
-                 perturbations_per_eval: int = 128):
+    def __init__(
+        self,
+        n_samples: int = 200,
+        removal: str = "mask",
+        output: str = "logit",
+        perturbations_per_eval: int = 128,
+    ):
         set_options(self, n_samples=n_samples)
         self._init_common(removal, output, perturbations_per_eval)
         self._surrogate = KernelShapExplainer(n_samples=self.n_samples)
