@@ -1,13 +1,43 @@
-"""Shared fixtures: a small Hard-MNIST task and a LeNet trained on it (once per session)."""
+"""Shared fixtures: a small Hard-MNIST task and a LeNet trained on it, one tiny finished run
+(once per session), user data and models, and the ``integration`` tier.
+
+Every test under tests/integration/ is marked ``integration`` here (whole runs, the CLI end to
+end, studies, Ray); ``pytest -m "not integration"`` is the fast tier, plain ``pytest`` runs
+both. Helpers live in tests/support (``from tests.support.X import ...``)."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
+from tests.support.images import USER_MODEL_SOURCE, write_image_folder
+
 os.environ.setdefault("XAIARENA_QUIET", "1")
+
+INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The ``integration`` marker on every test under tests/integration/."""
+    for item in items:
+        if INTEGRATION in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory) -> Path:
+    """The directory of one finished tiny run (tests/support/runs.py's ``CFG`` with ``TINY``),
+    run once per session. Read it, never change it: a test that changes a run copies it first
+    (``tests.support.runs.copy_run``)."""
+    import xaiarena
+    from tests.support.runs import CFG, TINY
+
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    xaiarena.run(CFG, out=out, overrides=TINY, show_progress=False)
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -83,59 +113,7 @@ def planted(tmp_path_factory):
     return task, model
 
 
-# --------------------------------------------------------------------------- user data and models (BYO)
-
-USER_MODEL_SOURCE = """
-import torch
-from torch import nn
-
-
-class Net(nn.Module):
-    def __init__(self, num_classes=2, width=4, in_channels=3):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
-                                      nn.Conv2d(width, width, 3, padding=1), nn.ReLU())
-        self.head = nn.Linear(width, num_classes)
-
-    def forward(self, x):
-        return self.head(self.features(x).amax((2, 3)))
-
-
-def build(num_classes=2, width=4, in_channels=3):
-    return Net(num_classes, width, in_channels)
-
-
-NOT_A_MODULE = 3
-
-
-def not_a_module():
-    return "a string"
-"""
-
-
-def write_image_folder(
-    root, masks_root=None, n_train: int = 6, n_test: int = 4, size: int = 16, seed: int = 0
-):
-    """``root/<split>/{left,right}/<i>.png``: noise with a bright square in the left or right half;
-    masks (the square) under ``masks_root`` with the same layout."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("test", n_test)):
-        for c, col in (("left", 1), ("right", size // 2 + 1)):
-            (root / split / c).mkdir(parents=True, exist_ok=True)
-            if masks_root is not None:
-                (masks_root / split / c).mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                img = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
-                row = int(rng.integers(0, size - 6))
-                img[row : row + 6, col : col + 6] = 230
-                Image.fromarray(img).save(root / split / c / f"{i}.png")
-                if masks_root is not None:
-                    m = np.zeros((size, size), np.uint8)
-                    m[row : row + 6, col : col + 6] = 1
-                    Image.fromarray(m).save(masks_root / split / c / f"{i}.png")
+# --------------------------------------------------------------------------- user data and models
 
 
 @pytest.fixture(scope="session")

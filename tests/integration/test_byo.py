@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,12 +16,12 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
+from tests.support.paths import README
 from xaiarena.cli import app
 from xaiarena.testing import check_explainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
-README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def image_config(root, masks, model: dict, **extra) -> dict:

@@ -13,34 +13,13 @@ import pytest
 from typer.testing import CliRunner
 
 import xaiarena
+from tests.support.runs import CFG, TINY
 from xaiarena.cli import app
 from xaiarena.engine.cache import MANIFEST_SUFFIX, explain_cache
 from xaiarena.engine.lock import LOCK_FILE, run_lock
 from xaiarena.errors import RunError
 
 cli = CliRunner()
-TINY = {
-    "data.n_train": 300,
-    "data.n_test": 80,
-    "training.epochs": 1,
-    "model.channels": [4, 8, 8],
-    "evaluation.n_samples": 16,
-    "evaluation.batch_size": 8,
-}
-CFG = {
-    "name": "t",
-    "data": "hard_mnist",
-    "model": "lenet",
-    "explainers": ["saliency", "random"],
-    "metrics": ["sparseness", "topk_iou"],
-}
-
-
-@pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rel") / "run"
-    xaiarena.run(CFG, out=out, overrides=TINY, show_progress=False)
-    return out
 
 
 # --------------------------------------------------------------------------- lock
@@ -83,11 +62,11 @@ def _sets(over):
 # --------------------------------------------------------------------------- config with its results
 
 
-def test_config_is_written_with_the_results_it_describes(done, tmp_path):
+def test_config_is_written_with_the_results_it_describes(tiny_run_dir, tmp_path):
     import shutil
 
     out = tmp_path / "copy"
-    shutil.copytree(done, out)
+    shutil.copytree(tiny_run_dir, out)
     before = (out / "config.yaml").read_text()
     summary = (out / "results" / "summary.csv").read_text()
     # a re-run with another config that fails (bad data option at run time) leaves both as they were
@@ -102,14 +81,14 @@ def test_config_is_written_with_the_results_it_describes(done, tmp_path):
 # --------------------------------------------------------------------------- checksummed cache
 
 
-def test_every_cached_artefact_has_a_manifest_with_its_key_inputs(done):
-    rows = explain_cache(done)
+def test_every_cached_artefact_has_a_manifest_with_its_key_inputs(tiny_run_dir):
+    rows = explain_cache(tiny_run_dir)
     stages = {r["stage"] for r in rows}
     assert {"model", "explain", "score"} <= stages and all(r["ok"] for r in rows)
     explain = next(r for r in rows if r["stage"] == "explain")
     assert {"model", "explainer", "ids", "seed", "target"} <= set(explain["inputs"])
     res = subprocess.run(
-        [sys.executable, "-m", "xaiarena.engine.cache", str(done), "--explain"],
+        [sys.executable, "-m", "xaiarena.engine.cache", str(tiny_run_dir), "--explain"],
         capture_output=True,
         text=True,
     )
@@ -117,11 +96,11 @@ def test_every_cached_artefact_has_a_manifest_with_its_key_inputs(done):
 
 
 @pytest.mark.parametrize("kind", ["attribution", "metric", "model", "train_json"])
-def test_corrupt_cache_files_are_detected_and_recomputed(done, tmp_path, kind):
+def test_corrupt_cache_files_are_detected_and_recomputed(tiny_run_dir, tmp_path, kind):
     import shutil
 
     out = tmp_path / "copy"
-    shutil.copytree(done, out)
+    shutil.copytree(tiny_run_dir, out)
     cache = out / "cache"
     target = {
         "attribution": next((cache / "attributions" / "hard_mnist").glob("saliency-*.pt")),
@@ -131,19 +110,19 @@ def test_corrupt_cache_files_are_detected_and_recomputed(done, tmp_path, kind):
     }[kind]
     data = target.read_bytes()
     target.write_bytes(data[: len(data) // 2])  # truncated
-    ref = pd.read_parquet(done / "results" / "per_sample.parquet")
+    ref = pd.read_parquet(tiny_run_dir / "results" / "per_sample.parquet")
     res = xaiarena.run(CFG, out=out, overrides=TINY, show_progress=False)
     pd.testing.assert_frame_equal(res.per_sample, ref)
     assert target.exists() and target.read_bytes() != data[: len(data) // 2]
 
 
-def test_a_valid_file_with_other_content_is_not_used(done, tmp_path):
+def test_a_valid_file_with_other_content_is_not_used(tiny_run_dir, tmp_path):
     import shutil
 
     import torch
 
     out = tmp_path / "copy"
-    shutil.copytree(done, out)
+    shutil.copytree(tiny_run_dir, out)
     target = next((out / "cache" / "attributions" / "hard_mnist").glob("saliency-*.pt"))
     torch.save(torch.zeros(16, 64, 64), target)  # readable, but not what the manifest recorded
     res = xaiarena.run(CFG, out=out, overrides=TINY, show_progress=False)
@@ -186,11 +165,11 @@ def test_diverged_training_is_an_error_not_a_result(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["run_json", "summary", "curves"])
-def test_report_on_damaged_results_exits_2_and_keeps_figures(done, tmp_path, damage):
+def test_report_on_damaged_results_exits_2_and_keeps_figures(tiny_run_dir, tmp_path, damage):
     import shutil
 
     out = tmp_path / "copy"
-    shutil.copytree(done, out)
+    shutil.copytree(tiny_run_dir, out)
     figures = sorted(p.name for p in (out / "figures").iterdir())
     if damage == "run_json":
         (out / "run.json").write_text('{"datasets": [1, 2], "metrics_meta": 3}')

@@ -28,26 +28,12 @@ import yaml
 from typer.testing import CliRunner
 
 import xaiarena
+from tests.support.runs import CFG, TINY, copy_run
 from xaiarena.cli import app
 from xaiarena.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 cli = CliRunner()
-TINY = {
-    "data.n_train": 300,
-    "data.n_test": 80,
-    "training.epochs": 1,
-    "model.channels": [4, 8, 8],
-    "evaluation.n_samples": 16,
-    "evaluation.batch_size": 8,
-}
-CFG = {
-    "name": "t",
-    "data": "hard_mnist",
-    "model": "lenet",
-    "explainers": ["saliency", "random"],
-    "metrics": ["sparseness", "topk_iou"],
-}
 HANG_LIMIT = 30  # seconds: every case that used to hang must fail with a message within this
 
 
@@ -111,20 +97,6 @@ def cfg_file(tmp_path, cfg: dict | None = None, name: str = "cfg.yaml") -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg or CFG))
     return path
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished tiny run (do not modify: copy it)."""
-    out = tmp_path_factory.mktemp("rel2") / "run"
-    xaiarena.run(CFG, out=out, overrides=TINY, show_progress=False)
-    return out
-
-
-def copy_run(finished, tmp_path) -> Path:
-    out = tmp_path / "run"
-    shutil.copytree(finished, out, symlinks=True)
-    return out
 
 
 def temp_files(root: Path) -> list[Path]:
@@ -191,9 +163,9 @@ def read_only(monkeypatch):
 
 @pytest.mark.parametrize("command", ["report", "run", "score"])
 def test_1_no_command_writes_through_a_symlink_out_of_the_run_directory(
-    finished, tmp_path, command
+    tiny_run_dir, tmp_path, command
 ):
-    out = copy_run(finished, tmp_path)
+    out = copy_run(tiny_run_dir, tmp_path)
     victim = tmp_path / "victim"
     victim.mkdir()
     if command == "report":  # the issue's case: run refused this layout, report followed the link
@@ -249,14 +221,14 @@ def test_2_a_user_model_without_cam_layer_and_a_cam_fails_at_config_time(
 
 
 @pytest.mark.parametrize("where", ["new_subdir", "existing_dir", "existing_run"])
-def test_3_a_read_only_out_is_one_error_line(finished, tmp_path, read_only, where):
+def test_3_a_read_only_out_is_one_error_line(tiny_run_dir, tmp_path, read_only, where):
     base = tmp_path / "ro"
     base.mkdir()
     out = {"new_subdir": base / "new" / "run", "existing_dir": base, "existing_run": base / "run"}[
         where
     ]
     if where == "existing_run":
-        shutil.copytree(finished, out)
+        shutil.copytree(tiny_run_dir, out)
     before = sorted(p.relative_to(base) for p in base.rglob("*"))
     config = cfg_file(tmp_path)
     read_only(base)
@@ -282,9 +254,9 @@ def test_3_a_full_disk_while_saving_the_model_names_the_file_and_leaves_nothing(
 
 
 def test_3_a_full_disk_while_writing_the_report_keeps_the_old_report_and_figures(
-    finished, tmp_path, full_disk
+    tiny_run_dir, tmp_path, full_disk
 ):
-    out = copy_run(finished, tmp_path)
+    out = copy_run(tiny_run_dir, tmp_path)
     before = {p.name: p.read_bytes() for p in (out / "figures").iterdir()}
     html = (out / "report.html").read_bytes()
     assert len(before) >= 2
@@ -439,8 +411,8 @@ def test_6_out_holding_the_users_config_yaml_is_refused_and_the_file_kept(tmp_pa
     assert not (tmp_path / "cache").exists()
 
 
-def test_6_a_run_directory_s_own_config_yaml_is_still_rewritten(finished, tmp_path):
-    out = copy_run(finished, tmp_path)
+def test_6_a_run_directory_s_own_config_yaml_is_still_rewritten(tiny_run_dir, tmp_path):
+    out = copy_run(tiny_run_dir, tmp_path)
     res = invoke_run(out / "config.yaml", out)
     assert res.exit_code == 0, res.output
     assert (out / "config.yaml").read_text().startswith("# xaiarena:")
@@ -537,9 +509,9 @@ class NaNMaps(Explainer):
 
 @pytest.mark.parametrize("explainer", ["byo_wrong_shape", "byo_nan_maps"])
 def test_8_a_plugin_explainer_breaking_its_contract_is_one_error_line(
-    finished, tmp_path, isolated_plugins, explainer
+    tiny_run_dir, tmp_path, isolated_plugins, explainer
 ):
-    out = copy_run(finished, tmp_path)  # the trained model is cached: only explaining runs
+    out = copy_run(tiny_run_dir, tmp_path)  # the trained model is cached: only explaining runs
     plugin = tmp_path / "byo_contract.py"
     plugin.write_text(CONTRACT_PLUGIN)
     cfg = {**CFG, "plugins": [str(plugin)], "explainers": [explainer, "saliency"]}
@@ -606,8 +578,8 @@ def test_9_control_characters_from_data_never_reach_report_html(tmp_path):
     assert not any(c in html for c in "\x00\x07\x1b") and "\ufffd" in html
 
 
-def test_9_output_files_respect_the_umask(finished, tmp_path):
-    out = copy_run(finished, tmp_path)
+def test_9_output_files_respect_the_umask(tiny_run_dir, tmp_path):
+    out = copy_run(tiny_run_dir, tmp_path)
     old = os.umask(0o027)
     try:
         res = cli.invoke(app, ["report", str(out)])
@@ -643,12 +615,12 @@ def test_9_a_checkpoint_that_is_a_folder_is_named_as_one(tmp_path, image_folder_
     assert "does not exist" not in line
 
 
-def test_9_a_symlinked_text_file_given_as_maps_is_said_to_be_text(finished, tmp_path):
+def test_9_a_symlinked_text_file_given_as_maps_is_said_to_be_text(tiny_run_dir, tmp_path):
     maps = tmp_path / "maps"
     maps.mkdir()
     (tmp_path / "notes.txt").write_text("these are my notes, not maps\n")
     (maps / "mine.npy").symlink_to(tmp_path / "notes.txt")
-    res = cli.invoke(app, ["score", str(finished), str(maps), "--metric", "sparseness", "--quiet"])
+    res = cli.invoke(app, ["score", str(tiny_run_dir), str(maps), "--metric", "sparseness", "--quiet"])
     line = one_error(res)
     assert "holds text" in line and "symbolic link" in line and "pickled" not in line
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import xaiarena
+from tests.support.paths import ROOT
 
 TINY = {
     "data.n_train": 300,
@@ -173,9 +174,8 @@ def test_report_shows_both_views_and_the_home_advantage(diet_run):
 
 def test_study_page_shows_the_home_advantage(diet_run, tmp_path):
     import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "study_page.py"
+    path = ROOT / "benchmarks" / "study_page.py"
     spec = importlib.util.spec_from_file_location("study_page", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -9,7 +9,6 @@ it explicitly, and the run must then name the dataset actually used.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -17,12 +16,11 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.support.paths import ROOT, SHARED
 from xaiarena.config import load_config
 from xaiarena.registry import EXPLAINERS
 
-ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted((ROOT / "configs" / "studies").glob("*.yaml"))
-SHARED = Path(os.environ.get("XAIARENA_DATA_DIR", ROOT.parent / "shared" / "datasets"))
 EXPECTED = {
     "diet_vs_gradcam_images",
     "fashion_mnist_captum_quantus",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,12 +11,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import xaiarena  # noqa: E402
+from tests.support.paths import ROOT, SHARED
 from xaiarena.config import load_config  # noqa: E402
 from xaiarena.errors import ConfigError  # noqa: E402
 from xaiarena.modalities import check_modalities  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets"
 
 TINY = {
     "name": "text_tiny",

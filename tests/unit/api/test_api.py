@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,12 +17,12 @@ from typer.testing import CliRunner
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import xaiarena  # noqa: E402
+from tests.support.paths import README
 from xaiarena.cli import app  # noqa: E402
 from xaiarena.errors import ConfigError, InputError  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 KEYS = ["dataset", "explained_model", "explainer", "metric", "sample_id"]
 TINY = {
     "data.n_train": 300,

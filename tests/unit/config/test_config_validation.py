@@ -9,6 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tests.support.paths import ROOT
 from xaiarena.cli import app
 from xaiarena.config import load_config
 from xaiarena.engine.cache import Cache
@@ -203,9 +204,8 @@ def test_metric_needing_masks_on_a_dataset_without_them():
 
 
 def test_shipped_configs_validate():
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1] / "configs"
+    root = ROOT / "configs"
     for path in sorted(root.rglob("*.yaml")):
         raw = yaml.safe_load(path.read_text())
         if "dissect" in raw and "explainers" not in raw:

@@ -4,7 +4,6 @@ in the loaders' signatures and fail at config time."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import typing
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from pydantic import TypeAdapter, ValidationError
 from typer.testing import CliRunner
 
+from tests.support.paths import SHARED
 from xaiarena.cli import app
 from xaiarena.config import load_config
 from xaiarena.data import load_task
@@ -23,9 +23,6 @@ from xaiarena.environment import resolve_device
 from xaiarena.errors import ConfigError, DataError, RunError
 from xaiarena.registry import DATASETS
 
-SHARED = Path(
-    os.environ.get("XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets")
-)
 N_ROWS = 20
 
 

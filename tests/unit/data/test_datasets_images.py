@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.support.paths import SHARED
 from xaiarena.data import load_task
 from xaiarena.data.images import SPECS
 from xaiarena.errors import DataError
 
-SHARED = Path(
-    os.environ.get("XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets")
-)
 pytestmark = pytest.mark.skipif(not SHARED.exists(), reason="shared datasets folder not found")
 
 # (name, classes, channels, size) for every dataset the shared folder has

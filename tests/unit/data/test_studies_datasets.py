@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
+from tests.support.paths import SHARED
 from xaiarena.data import load_task
 from xaiarena.data.synthetic import colorized_digit_masks
 from xaiarena.errors import DataError
 
-SHARED = Path(
-    os.environ.get("XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets")
-)
 needs_colorized = pytest.mark.skipif(
     not (SHARED / "colorized_mnist").exists(), reason="shared colorized_mnist not found"
 )

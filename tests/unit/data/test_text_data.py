@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from tests.support.paths import SHARED
 from xaiarena.data import TextSplit, load_task  # noqa: E402
 from xaiarena.data.text import TextBatch, encode_texts, rationale_matrix, split_words  # noqa: E402
 from xaiarena.errors import DataError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 needs_shared = pytest.mark.skipif(
     not (SHARED / "sst2" / "validation.parquet").exists(),
     reason=f"shared datasets not found under {SHARED}",

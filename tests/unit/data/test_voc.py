@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.support.paths import SHARED
 from xaiarena.data import load_task
 from xaiarena.data.voc import VOC_CLASSES, VOID, fg_bg_valid
 from xaiarena.errors import DataError
 
-SHARED = Path(
-    os.environ.get("XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets")
-)
 needs_voc = pytest.mark.skipif(
     not (SHARED / "voc2012_seg" / "aeroplane.parquet").exists(),
     reason="shared voc2012_seg/aeroplane.parquet not found",

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.support.paths import ROOT
 from xaiarena.data.base import ImageSplit, Task
 from xaiarena.explainers.diet import DiET, DietConfig, DietTrainer, ImageMasker, optimise_test_masks
 from xaiarena.explainers.diet.core import (
@@ -916,12 +917,11 @@ def test_registered_as_learned_explainer():
 
 
 def test_shipped_config_is_valid():
-    from pathlib import Path
 
     from xaiarena.config import load_config
     from xaiarena.registry import EXPLAINERS, METRICS
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "diet_hard_mnist.yaml"
+    path = ROOT / "configs" / "diet_hard_mnist.yaml"
     missing = [n for n in ("gradcam", "integrated_gradients", "smoothgrad") if n not in EXPLAINERS]
     missing += [n for n in ("topk_iou",) if n not in METRICS]
     if missing:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from tests.support.paths import SHARED
 from xaiarena.cli import app
 from xaiarena.config import load_config
 from xaiarena.dissect import similarity as S
@@ -48,7 +49,6 @@ from xaiarena.hashing import stable_hash
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 cli = CliRunner()
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def t64(x) -> torch.Tensor:
@@ -378,9 +378,7 @@ def test_annotation_scorer_on_hard_mnist(small_task):
 
 
 def test_annotation_scorer_voc_segmentation_classes():
-    import os
-
-    data = Path(os.environ.get("XAIARENA_DATA_DIR", ROOT.parent / "shared" / "datasets"))
+    data = SHARED
     if not (data / "voc2012_seg" / "aeroplane.parquet").exists():
         pytest.skip("shared VOC file not found")
     from xaiarena.data import load_task

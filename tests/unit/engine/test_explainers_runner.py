@@ -5,15 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.support.models import tiny_lenet
 from xaiarena.engine.batching import explain_images
-from xaiarena.models.vision import ImageClassifier, LeNet
 from xaiarena.registry import EXPLAINERS
-
-
-def tiny_model():
-    torch.manual_seed(0)
-    net = LeNet(3, 10, (32, 32), channels=(4, 8), hidden=(16,), kernel_size=3)
-    return ImageClassifier(net, (0.3, 0.3, 0.3), (0.25, 0.25, 0.25)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +17,7 @@ def setup():
     x = blocks.repeat_interleave(8, 2).repeat_interleave(8, 3) + 0.05 * torch.rand(
         7, 3, 32, 32, generator=g
     )
-    return tiny_model(), x.clamp(0, 1), torch.randint(10, (7,), generator=g)
+    return tiny_lenet(), x.clamp(0, 1), torch.randint(10, (7,), generator=g)
 
 
 CASES = {
@@ -118,7 +112,7 @@ def test_bad_arguments(kwargs, match, setup):
 
 def test_model_on_another_device_is_refused(setup):
     _, x, t = setup
-    model = tiny_model().to("meta")
+    model = tiny_lenet().to("meta")
     with pytest.raises(ValueError, match="model is on meta"):
         explain_images(EXPLAINERS.create("gradcam"), model, x, t, 4, None, "cpu", progress=False)
 
@@ -127,7 +121,7 @@ def test_model_on_another_device_is_refused(setup):
 def test_cuda_device_returns_cpu_maps(setup):
     model, x, t = setup
     ex = EXPLAINERS.create("gradcam")
-    out = explain_images(ex, tiny_model().cuda(), x, t, 4, None, "cuda", progress=False)
+    out = explain_images(ex, tiny_lenet().cuda(), x, t, 4, None, "cuda", progress=False)
     assert out.device.type == "cpu"
     torch.testing.assert_close(
         out, explain_images(ex, model, x, t, 4, None, "cpu", progress=False), rtol=1e-3, atol=1e-5

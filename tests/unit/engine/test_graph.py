@@ -180,17 +180,11 @@ def test_cli_replicates_with_only_correct_explain_the_same_samples(tmp_path):
     """Through the CLI: 2 seeds with only_correct score the same samples, each classified
     correctly by both models; summary.csv counts samples and replicates; the report says which
     rule chose them."""
-    from pathlib import Path
-
     from typer.testing import CliRunner
 
+    from tests.support.paths import SHARED as shared
     from xaiarena.cli import app
 
-    shared = Path(
-        os.environ.get(
-            "XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"
-        )
-    )
     if not (shared / "mnist").is_dir():
         pytest.skip(f"no mnist under {shared}")
     cfg = tmp_path / "c.yaml"

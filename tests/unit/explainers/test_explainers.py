@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
+from tests.support.models import tiny_lenet
 from xaiarena.registry import EXPLAINERS
 from xaiarena.testing import check_explainer
-from xaiarena.testing.fixtures import tiny_image_model, tiny_images
 
 #: cheap settings for the tests (defaults are sized for 64x64 benchmarks)
 CHEAP: dict[str, dict] = {
@@ -69,20 +68,6 @@ def make(name: str):
     return EXPLAINERS.create(name, **CHEAP.get(name, {}))
 
 
-def tiny_model(seed: int = 0) -> nn.Module:
-    return tiny_image_model(seed)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model()
-
-
-@pytest.fixture(scope="module")
-def data():
-    return tiny_images(4)  # blocky colours: SLIC finds several superpixels
-
-
 def gen(seed: int = 7) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -132,7 +117,7 @@ def test_cuda_matches_cpu(name, model, data):
     x, t = data
     ex = make(name)
     cpu = ex.explain(model, x, t, generator=gen())
-    cuda_model = tiny_model().cuda()
+    cuda_model = tiny_lenet().cuda()
     out = ex.explain(cuda_model, x.cuda(), t.cuda(), generator=gen())
     assert out.device.type == "cuda"
     scale = cpu.abs().max().clamp_min(1e-6)

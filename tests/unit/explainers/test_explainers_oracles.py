@@ -8,6 +8,7 @@ from captum._utils.models.linear_model import SkLearnLasso, SkLearnLinearRegress
 from captum.attr import KernelShap, LayerAttribution, LayerGradCam, Lime, Occlusion
 from torch import nn
 
+from tests.support.models import tiny_lenet
 from xaiarena.explainers.base import reduce_channels
 from xaiarena.models.vision import ImageClassifier, LeNet, ResNet
 from xaiarena.ops.fill import BASELINE_BLUR, make_fill
@@ -18,12 +19,6 @@ from xaiarena.registry import EXPLAINERS
 def make_baseline(kind, x, generators=None):
     """The explainers' baseline ``kind`` for ``x`` (their blur: sigma = side / 8, replicate)."""
     return make_fill(x, kind, generators=generators, blur=BASELINE_BLUR)
-
-
-def tiny_lenet(size: int = 32, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    net = LeNet(3, 10, (size, size), channels=(4, 8), hidden=(16,), kernel_size=3)
-    return ImageClassifier(net, (0.3, 0.3, 0.3), (0.25, 0.25, 0.25)).eval()
 
 
 def default_lenet() -> nn.Module:
@@ -700,12 +695,12 @@ def test_reduction_option_is_applied():
 
 
 def _scaled_lenet(channels: int = 3, size: int = 12) -> nn.Module:
-    """A small LeNet whose logits vary by several units, so Lasso(alpha=0.01) keeps many coefficients."""
-    torch.manual_seed(0)
-    net = LeNet(channels, 10, (size, size), channels=(4, 8), hidden=(16,), kernel_size=3)
+    """A small LeNet whose logits vary by several units, so Lasso(alpha=0.01) keeps many
+    coefficients."""
+    model = tiny_lenet(size, channels=channels)
     with torch.no_grad():
-        net.classifier[-1].weight.mul_(40.0)
-    return ImageClassifier(net, (0.3,) * channels, (0.25,) * channels).eval()
+        model.net.classifier[-1].weight.mul_(40.0)
+    return model
 
 
 def _captum_lime_oracle(model, x, t, ex, generator):

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import xaiarena
+from tests.support.paths import ROOT
 from xaiarena.explainers.lrp import COMPOSITES, LRP, merge_batch_norm
 from xaiarena.explainers.propagation import deeplift
 from xaiarena.models.pretrained import PretrainedClassifier
@@ -34,7 +35,6 @@ from xaiarena.registry import EXPLAINERS
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 MEAN, STD = (0.3, 0.4, 0.5), (0.25, 0.2, 0.3)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def images(n: int = 3, size: int = 32, seed: int = 1, channels: int = 3) -> torch.Tensor:
@@ -164,7 +164,7 @@ def zennit_results(tmp_path_factory):
     done = subprocess.run(
         [
             sys.executable,
-            str(Path(__file__).with_name("zennit_oracle.py")),
+            str(ROOT / "tests" / "support" / "zennit_oracle.py"),
             str(wheel),
             str(folder / "in.pt"),
             str(folder / "out.pt"),

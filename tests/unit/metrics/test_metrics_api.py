@@ -7,8 +7,8 @@ import logging
 
 import pytest
 import torch
-from test_metrics_support import gen, input_x_gradient_fn, saliency_fn, small_lenet, test_batch
 
+from tests.support.metrics import gen, input_x_gradient_fn, saliency_fn, small_lenet, test_batch
 from xaiarena.metrics import CATEGORIES, EvalBatch, Metric, SamplePool
 from xaiarena.registry import METRICS
 

@@ -14,7 +14,8 @@ import math
 
 import pytest
 import torch
-from test_metrics_support import (
+
+from tests.support.metrics import (
     TINY_OPTIONS,
     constant_fn,
     gen,
@@ -23,7 +24,6 @@ from test_metrics_support import (
     tiny_image_batch,
     tiny_text_batch,
 )
-
 from xaiarena.registry import METRICS
 
 N_IMAGE, N_TEXT = 96, 160

@@ -16,7 +16,8 @@ import re
 
 import pytest
 import torch
-from test_metrics_support import (
+
+from tests.support.metrics import (
     TINY_OPTIONS,
     NaNModel,
     gen,
@@ -24,7 +25,6 @@ from test_metrics_support import (
     tiny_image_batch,
     tiny_text_batch,
 )
-
 from xaiarena.ops.pairs import PAIR_SEPARATOR
 from xaiarena.registry import METRICS
 from xaiarena.testing import check_metric

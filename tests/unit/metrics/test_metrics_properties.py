@@ -12,39 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import stats
-from test_metrics_support import gen, saliency_fn, small_lenet, test_batch
 
-from xaiarena.metrics import EvalBatch
+from tests.support.metrics import H, W, gen, saliency_fn, small_lenet, test_batch, tiny_batch
 from xaiarena.registry import METRICS
 
 FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-H = W = 10
-
-
-class TinyNet(torch.nn.Module):
-    """A fixed random 3-class conv net on 1x10x10 inputs (cheap enough for property tests)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
-        self.fc = torch.nn.Linear(4 * 25, 3)
-
-    def forward(self, x):
-        return self.fc(torch.nn.functional.max_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
-
-
-TINY = TinyNet().eval()
-
-
-def tiny_batch(n: int, masks: np.ndarray | None = None, seed: int = 0) -> EvalBatch:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, H, W, generator=g)
-    t = torch.arange(n) % 3
-    m = None if masks is None else torch.as_tensor(masks, dtype=torch.bool)
-    return EvalBatch(TINY, x, t, t, m)
-
-
 # integer-valued maps: many ties, and monotone transforms keep ties and order exactly
 int_maps = arrays(np.int64, (3, H, W), elements=st.integers(-6, 6))
 masks_st = arrays(np.bool_, (3, H, W), elements=st.booleans())

@@ -9,9 +9,17 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from test_metrics_properties import TINY, H, W, tiny_batch
-from test_metrics_support import constant_fn, gen, gradient_fn, hashed_random_fn
 
+from tests.support.metrics import (
+    TINY,
+    H,
+    W,
+    constant_fn,
+    gen,
+    gradient_fn,
+    hashed_random_fn,
+    tiny_batch,
+)
 from xaiarena.metrics import EvalBatch, SamplePool
 from xaiarena.registry import METRICS
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_metrics_support import (
+
+from tests.support.metrics import (
     gen,
     input_x_gradient_fn,
     saliency_fn,
@@ -28,7 +29,7 @@ from test_metrics_support import (
     test_batch,
     tie_free,
 )
-
+from tests.support.quantus_compat import patched_normalise_funcs
 from xaiarena import postprocess as pp
 from xaiarena.metrics.core import SampleRNG
 from xaiarena.registry import METRICS
@@ -79,29 +80,9 @@ def test_sparseness_matches_quantus(setup):
     _close(_ours("sparseness", batch, a).scores["sparseness"]["m"], theirs)
 
 
-class _DivideWithOut:
-    """NumPy with ``divide(..., where=...)`` writing into zeros: NumPy 2 warns about ``where`` without
-    ``out``, and Quantus 0.6's normalise_by_negative turns every warning into an error on mixed-sign
-    maps; the positions ``where`` leaves out are masked by Quantus anyway, so values are unchanged."""
-
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-    @staticmethod
-    def divide(a, b, where=True, **kw):
-        if where is not True and "out" not in kw:
-            kw["out"] = np.zeros(
-                np.broadcast_shapes(np.shape(a), np.shape(b)), dtype=np.result_type(a, b)
-            )
-        return np.divide(a, b, where=where, **kw)
-
-
 @pytest.fixture
 def quantus_normalise_by_negative(monkeypatch):
-    import sys
-
-    monkeypatch.setattr(sys.modules["quantus.functions.normalise_func"], "np", _DivideWithOut())
-    return quantus.functions.normalise_func.normalise_by_negative
+    return patched_normalise_funcs(monkeypatch).normalise_by_negative
 
 
 @pytest.mark.parametrize("name", ["sparseness", "complexity"])

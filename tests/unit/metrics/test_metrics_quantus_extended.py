@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from test_metrics_support import (
+
+from tests.support.metrics import (
     gen,
     input_x_gradient_fn,
     saliency_fn,
@@ -25,7 +26,6 @@ from test_metrics_support import (
     test_batch,
     tie_free,
 )
-
 from xaiarena.metrics import EvalBatch, SamplePool
 from xaiarena.metrics.core import SampleRNG
 from xaiarena.metrics.road import linear_imputation

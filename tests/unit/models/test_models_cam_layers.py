@@ -7,18 +7,18 @@ Documented: docs/explainers.md ("CAM layer"). A model registered later fails
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from tests.support.paths import ROOT
 from xaiarena.data.base import ImageSplit, Task
 from xaiarena.models import build_model
 from xaiarena.models.pretrained import CAM_LAYERS, PretrainedClassifier, family_cam_layer
 from xaiarena.registry import EXPLAINERS, MODELS
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "explainers.md"
+DOCS = ROOT / "docs" / "explainers.md"
 
 #: (registered model, its options) -> the documented default CAM layer (relative to the model)
 DOCUMENTED: dict[str, list[tuple[dict, str]]] = {

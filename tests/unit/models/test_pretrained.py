@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import builtins
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.support.paths import SHARED
 from xaiarena.config import TrainingConfig, load_config
 from xaiarena.data import load_task
 from xaiarena.data.base import ImageSplit, Task
 from xaiarena.models import build_model, train_model
 from xaiarena.models.pretrained import IMAGENET_MEAN, IMAGENET_STD, imagenet_classes
 
-SHARED = Path(
-    os.environ.get("XAIARENA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets")
-)
 VOC = SHARED / "voc2012_seg" / "aeroplane.parquet"
 PLANE = {404, 895, 908}  # airliner, warplane, wing
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.support.paths import ROOT
 from xaiarena import plugins
 from xaiarena.cli import app
 from xaiarena.config import load_config
 from xaiarena.errors import ConfigError
 from xaiarena.registry import EXPLAINERS
 
-ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_SRC = ROOT / "examples" / "plugin" / "src"
 DIST = "xaiarena-example-plugin"
 runner = CliRunner()

@@ -132,12 +132,9 @@ def test_all_zero_maps_stay_zero():
 
 def test_steps_equal_quantus_per_sample(monkeypatch):
     quantus = pytest.importorskip("quantus")
-    import sys
+    from tests.support.quantus_compat import patched_normalise_funcs
 
-    from test_metrics_quantus import _DivideWithOut
-
-    nf = sys.modules["quantus.functions.normalise_func"]
-    monkeypatch.setattr(nf, "np", _DivideWithOut())  # NumPy 2 + Quantus 0.6: see _DivideWithOut
+    nf = patched_normalise_funcs(monkeypatch)  # NumPy 2 + Quantus 0.6: see DivideWithOut
     g = torch.Generator().manual_seed(0)
     a = torch.randn(6, 7, 7, generator=g)
     a[1] = a[1].abs()  # one-signed samples take Quantus's other branches

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 import xaiarena
+from tests.support.paths import ROOT
 from xaiarena.errors import ConfigError
 from xaiarena.report.study import reference_rows
 from xaiarena.report.tables import p_eq
@@ -146,7 +147,6 @@ def _study_run(tmp_path):
 
 def test_study_page_and_report_never_test_maps_of_different_models(tmp_path):
     import importlib.util
-    from pathlib import Path
 
     from xaiarena import stats
     from xaiarena.report.loading import load_run
@@ -164,7 +164,7 @@ def test_study_page_and_report_never_test_maps_of_different_models(tmp_path):
     assert imp["views"][0]["across"].startswith(f"t = {t_fb:.3f}".replace("-", "−"))
     assert imp["views"][0]["wins"] == "0/3" and imp["views"][1]["wins"] == "3/3"
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "study_page.py"
+    path = ROOT / "benchmarks" / "study_page.py"
     spec = importlib.util.spec_from_file_location("study_page", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
