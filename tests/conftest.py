@@ -126,7 +126,8 @@ def image_folder_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def user_model(tmp_path_factory):
-    """A user's model file (``build``) and state dicts of it (seed 0) as ``.pt`` and ``.safetensors``:
+    """A user's model file (``build``) and state dicts of it (seed 0) as ``.pt`` and
+    ``.safetensors``:
     ``{"file", "factory", "pt", "safetensors", "state"}``."""
     import importlib.util
 

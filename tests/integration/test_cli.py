@@ -112,8 +112,8 @@ def test_run_writes_contract_layout_and_reuses_checkpoint(tmp_path):
     train = info["stages"]["hard_mnist/train"]
     assert train["cache_hit"] is False and train["seconds"] > 0
     assert list((out / "cache" / "models").glob("*/model.pt"))
-    # the contract's columns, with explained_model after dataset (f_b or f_s: which model a map explains),
-    # then what a mean rests on (samples; 1 replicate) and the smallest p a test can give
+    # the contract's columns, with explained_model after dataset (f_b or f_s: which model a map
+    # explains), then what a mean rests on (samples; 1 replicate) and the smallest p a test can give
     summary = pd.read_csv(out / "results" / "summary.csv")
     assert list(summary.columns) == [
         "dataset",

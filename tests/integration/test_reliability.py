@@ -1,5 +1,6 @@
 """Reliability of runs: one run per directory, checksummed cache, config written with its results,
-clipped sample counts said, non-finite models refused, reports that fail leave things as they were."""
+clipped sample counts said, non-finite models refused, reports that fail leave things as they
+were."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def _sets(over):
     return [a for k, v in over.items() for a in ("--set", f"{k}={json.dumps(v)}")]
 
 
-# --------------------------------------------------------------------------- config with its results
+# -------------------------------------------------------------------------- config with its results
 
 
 def test_config_is_written_with_the_results_it_describes(tiny_run_dir, tmp_path):

@@ -620,7 +620,9 @@ def test_9_a_symlinked_text_file_given_as_maps_is_said_to_be_text(tiny_run_dir, 
     maps.mkdir()
     (tmp_path / "notes.txt").write_text("these are my notes, not maps\n")
     (maps / "mine.npy").symlink_to(tmp_path / "notes.txt")
-    res = cli.invoke(app, ["score", str(tiny_run_dir), str(maps), "--metric", "sparseness", "--quiet"])
+    res = cli.invoke(
+        app, ["score", str(tiny_run_dir), str(maps), "--metric", "sparseness", "--quiet"]
+    )
     line = one_error(res)
     assert "holds text" in line and "symbolic link" in line and "pickled" not in line
 

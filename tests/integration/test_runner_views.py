@@ -59,7 +59,8 @@ def test_other_explainers_also_explain_f_s_and_rows_say_which_model(diet_run):
     ps = diet_run.per_sample
     assert set(ps["explained_model"]) == {"f_b", "f_s"}
     by_view = ps.groupby("explained_model")["explainer"].agg(set)
-    # f_b: the plain explainers' maps of f_b and DiET's maps (of f_s) scored on f_b, labelled diet@f_s
+    # f_b: the plain explainers' maps of f_b and DiET's maps (of f_s) scored on f_b, labelled
+    # diet@f_s
     assert by_view["f_b"] == {
         "saliency",
         "random",
@@ -82,8 +83,9 @@ def test_other_explainers_also_explain_f_s_and_rows_say_which_model(diet_run):
 
 
 def test_diets_maps_scored_on_f_b_are_its_maps_of_f_s(diet_run):
-    """diet@f_s holds DiET's own maps: a score that does not call the model (sparseness) is the same,
-    sample by sample, on f_b as on f_s; one that does (agreement with saliency) pairs them with f_b's maps."""
+    """diet@f_s holds DiET's own maps: a score that does not call the model (sparseness) is the
+    same, sample by sample, on f_b as on f_s; one that does (agreement with saliency) pairs them
+    with f_b's maps."""
     ps = diet_run.per_sample
     sp = ps[ps["metric"] == "sparseness"]
     on_fb = sp[(sp["explained_model"] == "f_b") & (sp["explainer"] == "diet@f_s")].set_index(

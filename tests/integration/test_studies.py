@@ -1,4 +1,5 @@
-"""Ready studies under configs/studies/: valid configs, documented, and their quick size runs offline.
+"""Ready studies under configs/studies/: valid configs, documented, and their quick size runs
+offline.
 
 Each study's YAML header lists its quick size as ``# quick: key.path=value`` lines (one
 ``--set`` each). The quick size runs on the shared local Parquet files within minutes on
@@ -140,8 +141,8 @@ def _check_voc(run_dir: Path) -> None:
     g = fg[fg["explainer"] == "gradcam"].set_index("test")
     # the source's area filter (aeroplane >= 20% of the image) keeps 10 of the 43 shared images
     assert set(g.index) == {"t", "wilcoxon"} and (g["n"] == 10).all()
-    # measured (class 404 airliner, min-max maps): t(9) = 18.99, p = 1.4e-8; Wilcoxon W = 0, p = 0.002
-    # (the smallest p of 10 pairs); d_z = 6.0
+    # measured (class 404 airliner, min-max maps): t(9) = 18.99, p = 1.4e-8; Wilcoxon W = 0,
+    # p = 0.002 (the smallest p of 10 pairs); d_z = 6.0
     assert (
         g.loc["t", "statistic"] > 5
         and g.loc["t", "p_value"] < 1e-4

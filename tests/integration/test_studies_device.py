@@ -1,4 +1,5 @@
-"""Device handling for the studies: evaluation.batch_size: auto and amp (CUDA only; CPU unchanged)."""
+"""Device handling for the studies: evaluation.batch_size: auto and amp (CUDA only; CPU
+unchanged)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""End to end: `xaiarena run configs/text_offline.yaml` (shrunk) through the CLI, offline, with MiniLM."""
+"""End to end: `xaiarena run configs/text_offline.yaml` (shrunk) through the CLI, offline, with
+MiniLM."""
 
 from __future__ import annotations
 
@@ -69,7 +70,8 @@ def test_text_offline_config_runs_offline_end_to_end(tmp_path):
         run["datasets"]["planted_sentiment"]["test_accuracy"] > 0.75
     )  # one short epoch; chance is 0.5
     assert "text_diet" in run["datasets"]["sst2"]["learned"]
-    # Every explainer explains f_b and, because text_diet is learned, also f_s: compare maps of one model.
+    # Every explainer explains f_b and, because text_diet is learned, also f_s: compare maps of one
+    # model.
     assert set(summary.explained_model) == {"f_b", "f_s"}
     f1 = summary[
         (summary.dataset == "planted_sentiment")

@@ -1,4 +1,5 @@
-"""Text through the runner: modality checks, a small end-to-end run, the report's word highlighting."""
+"""Text through the runner: modality checks, a small end-to-end run, the report's word
+highlighting."""
 
 from __future__ import annotations
 
@@ -82,8 +83,8 @@ def test_image_only_items_with_a_text_dataset_are_config_errors_naming_them():
     assert paths == ["explainers.1.name", "explainers.2.name", "metrics.0.name"]
     msg = err.format()
     assert (
-        "explainer 'gradcam' supports image inputs only, but dataset 'planted_sentiment' (data.0) is text"
-        in msg
+        "explainer 'gradcam' supports image inputs only, but dataset 'planted_sentiment' "
+        "(data.0) is text" in msg
     )
     assert "'text_diet'" in msg and "text_integrated_gradients" in msg  # hint and valid choices
     assert "metric 'sparseness' supports image inputs only" in msg and "comprehensiveness" in msg
@@ -162,7 +163,8 @@ def test_end_to_end_run_writes_text_results_and_report(tiny_run):
     doc = json.loads((res.run_dir / "results" / "examples" / "planted_sentiment.json").read_text())
     s0 = doc["samples"][0]
     assert len(s0["words"]) == len(s0["rationale"]) == len(s0["scores"]["text_saliency"])
-    # every explainer's scores, and those of its f_s maps under "<name>@f_s" (DiET explains only f_s)
+    # every explainer's scores, and those of its f_s maps under "<name>@f_s" (DiET explains only
+    # f_s)
     assert {k.split("@")[0] for k in s0["scores"]} == {e.split("@")[0] for e in singles.explainer}
     assert {k for k in s0["scores"] if k.endswith("@f_s")} == {
         f"{e}@f_s" for e in singles.explainer if e != "text_diet" and "@" not in e

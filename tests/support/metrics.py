@@ -43,7 +43,8 @@ def mnist() -> tuple[torch.Tensor, torch.Tensor]:
 
 @functools.lru_cache(maxsize=1)
 def small_lenet() -> ImageClassifier:
-    """A small LeNet (8/16 channels) trained for two epochs on 2,000 digits (about 75% accurate on held-out ones)."""
+    """A small LeNet (8/16 channels) trained for two epochs on 2,000 digits (about 75% accurate on
+    held-out ones)."""
     torch.manual_seed(0)
     x, y = mnist()
     model = ImageClassifier(

@@ -19,7 +19,8 @@ PACKAGE = "xaiarena"
 
 
 def modules(src: Path, package: str) -> dict[str, Path]:
-    """``{dotted module name: file}`` of every module of ``package`` (a package by its ``__init__``)."""
+    """``{dotted module name: file}`` of every module of ``package`` (a package by its
+    ``__init__``)."""
     out = {}
     for path in (src / package).rglob("*.py"):
         parts = list(path.relative_to(src).with_suffix("").parts)

@@ -33,8 +33,8 @@ TINY = {
     "evaluation.batch_size": 8,
 }
 EXPLAINERS = ["saliency", "random", {"name": "integrated_gradients", "n_steps": 4, "label": "ig4"}]
-# deterministic and randomised metrics (random tie breaks, subsets, noise), masks, a pairwise metric,
-# a re-explaining metric restricted to one explainer, a labelled metric
+# deterministic and randomised metrics (random tie breaks, subsets, noise), masks, a pairwise
+# metric, a re-explaining metric restricted to one explainer, a labelled metric
 METRICS = [
     "sparseness",
     {"name": "deletion", "steps": 8},
@@ -450,7 +450,8 @@ def test_score_cli_scores_saved_maps_like_the_run(tiny_run, run_maps, tmp_path):
     ]
     _same_values(run_ps.reset_index(drop=True), ps.astype({"value": "float32"}))
     assert {"summary.csv", "tests.csv"} <= {p.name for p in (tmp_path / "scores").iterdir()}
-    # without --metric: the config's metrics; maps named like its explainers re-explain (max_sensitivity)
+    # without --metric: the config's metrics; maps named like its explainers re-explain
+    # (max_sensitivity)
     out = CliRunner().invoke(
         app, ["score", str(res.run_dir), str(maps_dir), "-q", "--out", str(tmp_path / "all")]
     )

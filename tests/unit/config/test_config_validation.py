@@ -1,4 +1,5 @@
-"""Config-time validation: every bad name, label, key or option value fails before any work (exit 2)."""
+"""Config-time validation: every bad name, label, key or option value fails before any
+work (exit 2)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def _problems(overrides, config=None):
     return err.value.problems
 
 
-# --------------------------------------------------------------------------- paths (issue: no path escapes)
+# ------------------------------------------------------------------- paths (issue: no path escapes)
 
 
 @pytest.mark.parametrize(

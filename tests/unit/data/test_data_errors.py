@@ -39,7 +39,8 @@ def root(tmp_path) -> Path:
 
 
 def _edit(path: Path, column: str, edit) -> None:
-    """Rewrite ``column`` of a Parquet file through ``edit(list) -> list`` (same type and metadata)."""
+    """Rewrite ``column`` of a Parquet file through ``edit(list) -> list`` (same type and
+    metadata)."""
     table = pq.read_table(path)
     i = table.schema.get_field_index(column)
     values = edit(table.column(column).to_pylist())
@@ -253,7 +254,8 @@ def test_bad_count_from_the_python_api_is_a_data_error(root):
 def test_cli_data_error_is_one_line_exit_2(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        f"data: {{name: mnist, data_dir: {tmp_path / 'nowhere'}}}\nmodel: lenet\nexplainers: [random]\n"
+        f"data: {{name: mnist, data_dir: {tmp_path / 'nowhere'}}}\n"
+        "model: lenet\nexplainers: [random]\n"
     )
     res = CliRunner().invoke(app, ["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"])
     assert res.exit_code == 2, res.output
@@ -272,7 +274,7 @@ def test_cuda_without_cuda_is_a_run_error(device):
     assert resolve_device("auto").type == "cpu"
 
 
-# ----------------------------------------------------------------------------- ground-truth metadata
+# ---------------------------------------------------------------------------- ground-truth metadata
 
 
 def test_every_dataset_declares_its_ground_truth():

@@ -278,8 +278,8 @@ def test_csv_text_errors_name_the_file(tmp_path, case):
 
 @pytest.fixture()
 def hf_folder(tmp_path):
-    """A local HF dataset folder (``train.parquet``/``test.parquet`` written by ``datasets``) with an
-    image, a mask, a ClassLabel and a text column."""
+    """A local HF dataset folder (``train.parquet``/``test.parquet`` written by ``datasets``) with
+    an image, a mask, a ClassLabel and a text column."""
     import datasets
 
     rng = np.random.default_rng(0)

@@ -1,4 +1,5 @@
-"""Datasets added for the studies: colorized MNIST and Hard MNIST built from it (DiET paper's construction)."""
+"""Datasets added for the studies: colorized MNIST and Hard MNIST built from it (DiET paper's
+construction)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def test_colorized_mnist_loads_its_own_data():
 
 
 def test_digit_masks_are_robust_to_any_background_colour():
-    """White strokes on an arbitrary (not only pure red/green/blue) background, with JPEG-like noise."""
+    """White strokes on an arbitrary (not only pure red/green/blue) background, with JPEG-like
+    noise."""
     g = torch.Generator().manual_seed(0)
     strokes = torch.zeros(3, 28, 28, dtype=torch.bool)
     strokes[0, 5:20, 12:15] = True

@@ -1,4 +1,5 @@
-"""Text data: loaders on the shared Parquet files, planted_sentiment, word alignment of TextBatch."""
+"""Text data: loaders on the shared Parquet files, planted_sentiment, word alignment of
+TextBatch."""
 
 from __future__ import annotations
 

@@ -128,8 +128,8 @@ def test_fg_bg_valid_excludes_void_and_matches_the_metric_without_it():
 
 
 def _synthetic_voc(root: Path, shares: list[float], size: int = 20) -> Path:
-    """``root/voc2012_seg/aeroplane.parquet`` with one image per share: an aeroplane (1) band covering
-    that share of the rows, a void (255) row after it, background elsewhere."""
+    """``root/voc2012_seg/aeroplane.parquet`` with one image per share: an aeroplane (1) band
+    covering that share of the rows, a void (255) row after it, background elsewhere."""
     import datasets
     from PIL import Image
 
@@ -191,7 +191,8 @@ def test_min_object_fraction_keeps_large_objects_synthetic(tmp_path):
 
 @needs_voc
 def test_min_object_fraction_on_the_shared_aeroplanes(voc):
-    """The 004 rule (aeroplane >= 20 % of the image): a strict, non-empty subset, decided per image."""
+    """The 004 rule (aeroplane >= 20 % of the image): a strict, non-empty subset, decided per
+    image."""
     plain = load_task("voc2012_seg", data_dir=str(SHARED), min_object_fraction=0.0)
     assert torch.equal(plain.test.ids, voc.test.ids)  # the default is off
     big = load_task("voc2012_seg", data_dir=str(SHARED), min_object_fraction=0.2)

@@ -27,7 +27,8 @@ from xaiarena.explainers.diet.core import (
 from xaiarena.explainers.diet.image import _digests
 from xaiarena.explainers.diet.testtime import horizons, sample_seed
 
-# rates as given (lr_cells None): at these 16 cells the test-time horizon is ceil(16 * 16 / (12 * 8)) = 3 steps
+# rates as given (lr_cells None): at these 16 cells the test-time horizon is
+# ceil(16 * 16 / (12 * 8)) = 3 steps
 TINY = dict(
     upsample_factor=4,
     rounds=2,
@@ -243,9 +244,9 @@ def test_test_masks_keep_what_the_model_uses(quadrant_task):
 
 
 def test_horizon_erases_unused_cells_and_does_not_depend_on_the_mask_size(quadrant_task):
-    """The horizon is the number of steps in which sparsity alone takes an unused cell from 1 to 0; with
-    ``lr_cells`` (the image default, 1024) it is the same at every mask size (issue 23: no silent
-    13-step optimisation at 14x14-16x16 cells)."""
+    """The horizon is the number of steps in which sparsity alone takes an unused cell from 1 to 0;
+    with ``lr_cells`` (the image default, 1024) it is the same at every mask size (issue 23: no
+    silent 13-step optimisation at 14x14-16x16 cells)."""
     task, model = quadrant_task
     cfg = DietConfig(batch_size=64, test_lr=125.0, test_sparsity_weight=8.0)
     for shape, factor in (((3, 64, 64), 2), ((3, 32, 32), 2), ((1, 28, 28), 2), ((3, 64, 64), 4)):
@@ -365,7 +366,8 @@ def test_f_b_is_never_modified(tmp_path):
 @pytest.mark.parametrize("batchnorm", ["frozen", "batch"])
 def test_batchnorm_model_f_b_buffers_untouched(tmp_path, batchnorm):
     """A ResNet's BatchNorm running statistics belong to f_b too: f_s's training must not move them.
-    ``frozen`` (default) keeps f_s's running statistics at f_b's; ``batch`` (the authors' code) updates them."""
+    ``frozen`` (default) keeps f_s's running statistics at f_b's; ``batch`` (the authors' code)
+    updates them."""
     from xaiarena.models import build_model
 
     task = _random_task(n_train=48, n_test=8)
@@ -443,7 +445,8 @@ def test_test_masks_depend_only_on_f_s_and_inputs(quadrant_task, tmp_path):
     maps = diet.explain(f_s, x, y)
     # no target dependence
     assert torch.equal(maps, diet.explain(f_s, x, (y + 1) % 4))
-    # the same maps from f_s, the inputs and the settings alone (no training masks, no training data)
+    # the same maps from f_s, the inputs and the settings alone (no training masks, no training
+    # data)
     assert torch.equal(diet.masker.expand(_reference_masks(diet, f_s, x))[:, 0], maps)
     # scrambling the training masks and training data afterwards changes nothing
     diet.train_masks = torch.rand_like(diet.train_masks)
@@ -524,7 +527,8 @@ def test_explaining_f_s_is_cached_another_model_is_reoptimised_uncached(
     )  # again: not served from a cache
     assert diet._test_cache.keys() == cached.keys()
     assert (tmp_path / "test_masks.pt").read_bytes() == saved  # no cache write
-    # explaining f_b (a different model too) re-optimises against f_b, and f_s is still served from the cache
+    # explaining f_b (a different model too) re-optimises against f_b, and f_s is still served from
+    # the cache
     diet.explain(model, x, y)
     assert calls["n"] == 4
     assert torch.equal(diet.explain(f_s, x, y), maps) and calls["n"] == 4
@@ -533,7 +537,8 @@ def test_explaining_f_s_is_cached_another_model_is_reoptimised_uncached(
 
 
 def test_mprt_over_diet_scores_below_one(quadrant_task, tmp_path):
-    """Issue 12.4: the randomisation test re-explains a randomised copy of f_s; DiET's maps change."""
+    """Issue 12.4: the randomisation test re-explains a randomised copy of f_s; DiET's maps
+    change."""
     from xaiarena.metrics import EvalBatch
     from xaiarena.registry import METRICS
 
@@ -672,7 +677,8 @@ def test_test_background_std_option(quadrant_task):
     )
     with pytest.raises(ValueError, match="test_background_std"):
         DiET(test_background_std=-0.1)
-    # the authors' procedure defaults to their hard-coded colour and sparsity weight; both stay options
+    # the authors' procedure defaults to their hard-coded colour and sparsity weight; both stay
+    # options
     authors = _fit(model, task, test_procedure="authors")
     assert torch.allclose(authors.test_masker.mean, torch.tensor([0.527, 0.447, 0.403]))
     assert authors.config.test_sparsity_weight == 1.0 and authors.config.test_tol == 0.002
@@ -732,8 +738,9 @@ def test_report_counts_steps_and_masks_stopped_by_the_rule_or_the_limit(quadrant
 
 def test_authors_masks_come_from_the_evaluation_set_whatever_the_batches(quadrant_task, tmp_path):
     """The authors' rule stops on the whole set's loss, so a mask depends on the set it is optimised
-    with. The runner hands DiET the view's evaluation set first (prepare_set): the maps are then those
-    of that set whatever evaluation.batch_size and the order, and not those of each batch as a set."""
+    with. The runner hands DiET the view's evaluation set first (prepare_set): the maps are then
+    those of that set whatever evaluation.batch_size and the order, and not those of each batch as a
+    set."""
     task, model = quadrant_task
     diet = _fit(model, task, tmp_path, test_procedure="authors", test_max_steps=None, test_lr=40.0)
     f_s = diet.explained_model(model)
@@ -758,7 +765,8 @@ def test_authors_masks_come_from_the_evaluation_set_whatever_the_batches(quadran
 
 def test_seed_check_measures_how_much_the_maps_depend_on_the_seed(quadrant_task, tmp_path):
     """prepare_set re-optimises the first test_seed_check samples (by digest) with a second seed and
-    reports the median per-sample Spearman correlation of the two seeds' maps; cached with the masks."""
+    reports the median per-sample Spearman correlation of the two seeds' maps; cached with the
+    masks."""
     from xaiarena.explainers.diet.testtime import second_seed, spearman_pairs
 
     task, model = quadrant_task
@@ -952,13 +960,14 @@ def _authors_inference(
     model, images, lr, bs, ups, simp_weight, orders, backgrounds, max_epochs=200
 ):
     """Our port of the authors' test-time loop, written from AI4LIFE-GROUP/DiET's
-    ``inference_distill.py`` (``main``, ``distill`` with ``-r 1``, ``update_mask``): one SGD optimiser
-    on a ``(N, 1, H/ups, W/ups)`` mask of ones, shuffled mini-batches (here the injected ``orders``),
-    a background colour per sample and channel per batch (here the injected ``backgrounds``),
+    ``inference_distill.py`` (``main``, ``distill`` with ``-r 1``, ``update_mask``): one SGD
+    optimiser on a ``(N, 1, H/ups, W/ups)`` mask of ones, shuffled mini-batches (here the injected
+    ``orders``), a background colour per sample and channel per batch (here the injected
+    ``backgrounds``),
     ``torch.nn.Upsample(scale_factor=ups, mode='bilinear')``, a loss summed over the batch with
     ``vector_norm(..., 1)`` and divided by the batch's length, clamping of the whole mask after each
-    step, the epoch loss accumulated in a float32 tensor, and their stopping test against the loss two
-    epochs earlier. Returns the final masks and the number of epochs run."""
+    step, the epoch loss accumulated in a float32 tensor, and their stopping test against the loss
+    two epochs earlier. Returns the final masks and the number of epochs run."""
     n, _, h, w = images.shape
     for p in model.parameters():
         p.requires_grad_(False)
@@ -1023,8 +1032,9 @@ class _Injected:
 
 @pytest.mark.parametrize("lr", [150.0, 400.0])
 def test_authors_procedure_matches_a_port_of_the_authors_code(lr):
-    """Issue 23: ``test_procedure: authors`` is the authors' inference exactly: on the same f_s, images
-    and (injected) shuffles and background draws, the same masks and the same stopping epoch."""
+    """Issue 23: ``test_procedure: authors`` is the authors' inference exactly: on the same f_s,
+    images and (injected) shuffles and background draws, the same masks and the same stopping
+    epoch."""
     g = torch.Generator().manual_seed(0)
     n, bs, epochs = 20, 8, 200  # 8 + 8 + 4: the last batch is smaller, its samples step lr / 4
     images = torch.rand(n, 3, 16, 16, generator=g)
@@ -1071,7 +1081,8 @@ class _ConstantImage(nn.Module):
 @pytest.mark.parametrize("average", [True, False])
 def test_converged_map_is_the_mean_of_the_last_window(average):
     """With sparsity alone every cell falls by s = lr * w / (batch * cells) per step. The converged
-    procedure's map is a mean of its last steps' masks (iterate averaging), or the last step's mask."""
+    procedure's map is a mean of its last steps' masks (iterate averaging), or the last step's
+    mask."""
     masker = ImageMasker((3, 8, 8), upsample_factor=2)  # 16 cells
     cfg = DietConfig(
         batch_size=4,
@@ -1098,8 +1109,8 @@ def test_converged_map_is_the_mean_of_the_last_window(average):
 @pytest.mark.parametrize("procedure", ["authors", "converged"])
 def test_maps_do_not_depend_on_the_evaluation_batch_size_through_the_runner(tmp_path, procedure):
     """Issue 23 end to end: the explain stage hands DiET the whole evaluation set first, so even the
-    authors' set-level procedure gives the same maps whatever evaluation.batch_size; run.json reports
-    the procedure, its steps and stop reasons."""
+    authors' set-level procedure gives the same maps whatever evaluation.batch_size; run.json
+    reports the procedure, its steps and stop reasons."""
     import xaiarena
 
     diet = {

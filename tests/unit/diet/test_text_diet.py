@@ -178,8 +178,8 @@ def test_f_s_is_served_from_the_cache_a_randomised_copy_is_reoptimised(
     ],
 )
 def test_test_time_settings_are_part_of_the_text_mask_cache_key(planted, fitted, setting):
-    """Issue 12.5 for text: another test-time setting on the same cache folder reuses the fit but never
-    the cached test masks (issue 23: the procedure and the converged rule's settings too)."""
+    """Issue 12.5 for text: another test-time setting on the same cache folder reuses the fit but
+    never the cached test masks (issue 23: the procedure and the converged rule's settings too)."""
     task, model = planted
     diet, _, cache = fitted
     x, y = model.encode(task.test.texts[:6]), task.test.labels[:6]
@@ -208,9 +208,9 @@ class _Constant(torch.nn.Module):
 def test_lr_words_gives_every_word_the_same_step_in_training_and_at_test_time(
     planted, tmp_path, lr_words
 ):
-    """The sparsity gradient of a word is w / n_words; with lr_words a text's rate is lr * n / lr_words,
-    so one step lowers every word of every text by lr * w / (batch * lr_words). Without it, a word of a
-    long text moves n_short / n_long as far as a word of a short one."""
+    """The sparsity gradient of a word is w / n_words; with lr_words a text's rate is lr * n /
+    lr_words, so one step lowers every word of every text by lr * w / (batch * lr_words). Without
+    it, a word of a long text moves n_short / n_long as far as a word of a short one."""
     _, model = planted
     x = model.encode(["wonderful", "a really long and rather dull film about many people"])
     n = x.n_words.float()

@@ -81,7 +81,8 @@ def test_soft_wpmi_by_hand():
 
 def test_soft_wpmi_by_hand_with_soft_membership():
     # one neuron's top 2 images with membership 0.9 then 0.9 - (1/2)(0.9 - 0.5) = 0.7;
-    # q(image, c) for concept 0 = 3/4 then 1/4: 1 + w (q - 1) = 1 - 0.9/4 = 0.775 and 1 - 0.7*3/4 = 0.475
+    # q(image, c) for concept 0 = 3/4 then 1/4: 1 + w (q - 1) = 1 - 0.9/4 = 0.775 and
+    # 1 - 0.7*3/4 = 0.475
     acts = t64([[3.0], [2.0], [1.0]])
     P = t64([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
     got = S.soft_wpmi(
@@ -134,7 +135,8 @@ def test_cos_similarity_by_hand():
     acts = t64([[1.0, 0.0], [0.0, 2.0], [1.0, 2.0]])
     P = t64([[3.0], [4.0], [0.0]])
     got = S.cos_similarity(acts, P)
-    # neuron 0 = (1, 0, 1), concept = (3, 4, 0): 3 / (sqrt 2 * 5); neuron 1 = (0, 2, 2): 8 / (sqrt 8 * 5)
+    # neuron 0 = (1, 0, 1), concept = (3, 4, 0): 3 / (sqrt 2 * 5);
+    # neuron 1 = (0, 2, 2): 8 / (sqrt 8 * 5)
     np.testing.assert_allclose(
         got.numpy(), [[3 / (math.sqrt(2) * 5)], [8 / (math.sqrt(8) * 5)]], rtol=1e-12
     )
@@ -153,7 +155,7 @@ def test_cos_similarity_cubed_by_hand():
     )
 
 
-# --------------------------------------------------------------------------- similarity: NumPy references
+# --------------------------------------------------------------------- similarity: NumPy references
 
 
 def _np_softmax(x):
@@ -406,7 +408,8 @@ def test_lenet_output_neurons_get_their_own_digit(trained_lenet, small_task):
     labels = label_neurons(S.compute("soft_wpmi", acts["classifier.2"], P), concepts)
     own = (labels["concept"] == [str(k) for k in range(10)]).mean()
     print(
-        f"\noutput layer: {own:.0%} of neurons labelled with their own digit: {labels['concept'].tolist()}"
+        f"\noutput layer: {own:.0%} of neurons labelled with their own digit: "
+        f"{labels['concept'].tolist()}"
     )
     for layer in layers[:2]:
         a = acts[layer]
@@ -584,7 +587,10 @@ def test_missing_clip_model_exits_2_from_the_cli(tmp_path, monkeypatch):
 data: {name: hard_mnist, n_train: 200, n_test: 40}
 model: {name: lenet, channels: [4], hidden: [8]}
 training: {epochs: 1, num_threads: 1}
-dissect: {layers: [classifier.1], concepts: {name: list, items: [a, b]}, scorer: {name: clip, model: nowhere/clip-x}}
+dissect:
+  layers: [classifier.1]
+  concepts: {name: list, items: [a, b]}
+  scorer: {name: clip, model: nowhere/clip-x}
 """)
     res = cli.invoke(app, ["dissect", str(cfg), "--out", str(tmp_path / "run"), "--quiet"])
     assert res.exit_code == 2, res.output

@@ -1,4 +1,5 @@
-"""explain_images: the checked front door to the runner's batching path (batching.explain_in_batches)."""
+"""explain_images: the checked front door to the runner's batching path
+(batching.explain_in_batches)."""
 
 from __future__ import annotations
 

@@ -57,7 +57,8 @@ def test_units_and_tasks_of_a_grid_with_replicates():
     assert names[0] == f"{u}/train" and f"{u}/fit/diet" in names
     assert f"{u}/explain/saliency" in names and f"{u}/explain/saliency@f_s" in names
     assert f"{u}/explain/diet" in names and f"{u}/explain/diet@f_b" not in names
-    # agreement needs two maps in the view: on f_b, saliency's and DiET's maps scored on f_b (diet@f_s)
+    # agreement needs two maps in the view: on f_b, saliency's and DiET's maps scored on f_b
+    # (diet@f_s)
     assert f"{u}/metric/agreement_spearman@f_s" in names
     assert next(t for t in tasks if t.name == f"{u}/metric/agreement_spearman").explainers == (
         "saliency",
@@ -222,8 +223,9 @@ def test_cli_replicates_with_only_correct_explain_the_same_samples(tmp_path):
 
 
 def test_every_task_computes_with_the_thread_count_of_a_local_run(monkeypatch):
-    """Float sums depend on torch's thread count: every task (local executor or Ray worker) runs with
-    training.num_threads where set, else the starting process' count, and the count is restored."""
+    """Float sums depend on torch's thread count: every task (local executor or Ray worker) runs
+    with training.num_threads where set, else the starting process' count, and the count is
+    restored."""
     import torch
 
     from xaiarena.engine import executors, tasks

@@ -193,7 +193,8 @@ def test_cam_on_a_model_whose_declared_layer_is_unset():
 
 
 def test_cam_variants_by_hand():
-    """Each CAM's weighting against a direct re-implementation from captured activations/gradients."""
+    """Each CAM's weighting against a direct re-implementation from captured
+    activations/gradients."""
     model, x, t = tiny_lenet(), images(3), torch.tensor([2, 5, 8])
     layer = model.get_submodule("net.features.4")
     store = {}
@@ -370,8 +371,8 @@ def _vgg_like(inplace: bool) -> nn.Module:
 @pytest.mark.parametrize("layer", ["2", "3"])
 def test_cam_layer_followed_by_or_being_an_inplace_relu(name, layer):
     """VGG-style Conv2d -> ReLU(inplace=True): on the conv ("2") the CAM must see the conv's output,
-    not the ReLU's; on the in-place ReLU itself ("3", VGG's conventional layer) the same maps as with
-    a plain ReLU."""
+    not the ReLU's; on the in-place ReLU itself ("3", VGG's conventional layer) the same maps as
+    with a plain ReLU."""
     x, t = images(2, 16), torch.tensor([1, 3])
     plain = EXPLAINERS.create(name, layer=layer).explain(_vgg_like(False), x, t)
     assert plain.abs().max() > 0
@@ -633,7 +634,7 @@ def test_lime_uses_the_generator():
     assert not torch.allclose(a, b)
 
 
-# ----------------------------------------------------------------------------- baselines and options
+# ---------------------------------------------------------------------------- baselines and options
 
 
 def test_random_is_seeded_noise():
@@ -691,7 +692,7 @@ def test_reduction_option_is_applied():
         torch.testing.assert_close(ours, reduce_channels(raw, rule), rtol=0, atol=0)
 
 
-# ----------------------------------------------------------------------------- captum_lime (Captum's default Lime)
+# -------------------------------------------------------------- captum_lime (Captum's default Lime)
 
 
 def _scaled_lenet(channels: int = 3, size: int = 12) -> nn.Module:
@@ -794,7 +795,8 @@ def test_captum_lime_recovers_a_linear_model():
     ex = EXPLAINERS.create("captum_lime", n_samples=400, alpha=1e-4)
     ours = ex.explain(model, x, t, generator=gen())
     torch.testing.assert_close(ours, truth, rtol=0, atol=0.02 * float(truth.abs().max()))
-    # Captum's default Lime (alpha 0.01), its own sampling: both recover the same map up to shrinkage
+    # Captum's default Lime (alpha 0.01), its own sampling: both recover the same map up to
+    # shrinkage
     torch.manual_seed(0)
     ref = Lime(model).attribute(x, target=t, n_samples=400).sum(1)
     ours_default = EXPLAINERS.create("captum_lime", n_samples=400).explain(

@@ -411,9 +411,9 @@ SET_RULES = [
 
 @pytest.mark.parametrize("name,params", SET_RULES)
 def test_set_normalisation_scores_the_whole_set_whatever_the_batch_size(digits, name, params):
-    """A ``normalise`` rule ``..._over_set`` takes one scale over the maps of the call (Quantus's default
-    axes); the runner then scores the whole evaluation set in one call, so that evaluation.batch_size
-    changes nothing, while another set of samples changes the scale."""
+    """A ``normalise`` rule ``..._over_set`` takes one scale over the maps of the call (Quantus's
+    default axes); the runner then scores the whole evaluation set in one call, so that
+    evaluation.batch_size changes nothing, while another set of samples changes the scale."""
     import xaiarena
 
     batch, maps, fns = digits

@@ -149,5 +149,6 @@ if __name__ == "__main__":  # the table of docs/metrics.md
                     "**constant wins**" if r["better"] else "not better"
                 )
             print(
-                f"| `{n}` | `{r['output']}` {arrow} | {'yes' if r['ranked'] else 'no'} | {verdict} |"
+                f"| `{n}` | `{r['output']}` {arrow} | {'yes' if r['ranked'] else 'no'} "
+                f"| {verdict} |"
             )

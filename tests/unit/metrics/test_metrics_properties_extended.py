@@ -1,6 +1,6 @@
-"""Property tests (hypothesis) of the metrics of issue 27: value ranges, invariances (rank-based ROAD
-under monotone transforms, scale-free statistics under rescaling), and maps whose scores are known
-(a constant map and a random map, a perfect Focus map, a class-independent map)."""
+"""Property tests (hypothesis) of the metrics of issue 27: value ranges, invariances (rank-based
+ROAD under monotone transforms, scale-free statistics under rescaling), and maps whose scores are
+known (a constant map and a random map, a perfect Focus map, a class-independent map)."""
 
 from __future__ import annotations
 
@@ -91,8 +91,8 @@ def test_road_is_invariant_to_monotone_transforms(a, transform, seed):
     seed=st.integers(0, 2**31 - 1),
 )
 def test_scale_free_statistics(a, scale, shift, seed):
-    """Pearson Sensitivity-n is invariant to a positive affine map of the attribution (sums move by a
-    constant per n); optimally scaled infidelity is invariant to a positive scaling."""
+    """Pearson Sensitivity-n is invariant to a positive affine map of the attribution (sums move by
+    a constant per n); optimally scaled infidelity is invariant to a positive scaling."""
     a = torch.as_tensor(a)
     sn = METRICS.create("sensitivity_n", **OPTIONS["sensitivity_n"])
     s1 = sn.evaluate(BATCH, {"m": a}, generator=gen(seed)).scores["sensitivity_n"]["m"]
@@ -144,7 +144,8 @@ def test_random_logit_of_a_class_independent_map_is_one_and_a_gradient_map_lower
 
 
 def test_robustness_of_a_constant_map_is_zero_and_rescaling_does_not_matter():
-    """LLE (normalised maps) and ROS (relative changes) do not depend on the scale of an explainer."""
+    """LLE (normalised maps) and ROS (relative changes) do not depend on the scale of an
+    explainer."""
     b = pooled(4)
     grad = gradient_fn(TINY)
     fns = {

@@ -72,7 +72,8 @@ def _close(ours, theirs, atol=ATOL):
 def test_sparseness_matches_quantus(setup):
     batch, a = setup
     x, y, a_np, _ = _np(batch, a)
-    # Quantus normalises by the max over the whole batch; per sample (as xaiarena) via normalise_axes
+    # Quantus normalises by the max over the whole batch; per sample (as xaiarena) via
+    # normalise_axes
     q = quantus.Sparseness(
         disable_warnings=True, normalise_func_kwargs={"normalise_axes": (1, 2, 3)}
     )
@@ -87,8 +88,8 @@ def quantus_normalise_by_negative(monkeypatch):
 
 @pytest.mark.parametrize("name", ["sparseness", "complexity"])
 def test_normalise_by_negative_matches_quantus(setup, name, quantus_normalise_by_negative):
-    """``normalise: normalise_by_negative`` is Quantus's normalise_func (older releases' default), per
-    sample, on a signed map (positive and negative parts are scaled differently)."""
+    """``normalise: normalise_by_negative`` is Quantus's normalise_func (older releases' default),
+    per sample, on a signed map (positive and negative parts are scaled differently)."""
     batch, a = setup
     signed = a - a.flatten(1).median(1).values[:, None, None]
     x, y, a_np, _ = _np(batch, signed)
@@ -311,12 +312,12 @@ def test_robustness_agrees_in_mean(name, quantus_cls, params, quantus_params):
     assert abs(np.nanmean(loud) - np.nanmean(ours)) > 0.1 * abs(np.nanmean(ours))
 
 
-# --------------------------------------------------------------------------- study 002: the source's calls
+# -------------------------------------------------------------------- study 002: the source's calls
 
 
 def test_source_002_calls_match_quantus(quantus_normalise_by_negative, monkeypatch):
-    """Study 002's Quantus 0.6 calls against xaiarena's options for Quantus's semantics, on one model,
-    the same maps and the same random draws, sample by sample.
+    """Study 002's Quantus 0.6 calls against xaiarena's options for Quantus's semantics, on one
+    model, the same maps and the same random draws, sample by sample.
 
     The source normalised its maps with ``quantus.normalise_by_negative`` (default axes: one scale
     for the whole batch), re-explained with ``quantus.explain`` (the raw maps) and called

@@ -70,7 +70,8 @@ def test_linear_imputation_matches_quantus_and_the_authors():
         theirs = noisy_linear_imputation(image, np.nonzero(m.ravel())[0], noise=0.0)
         np.testing.assert_allclose(o, theirs, rtol=0, atol=1e-10)
         np.testing.assert_array_equal(o[:, ~m], image[:, ~m])  # known pixels untouched
-    # the paper's definition: every removed pixel is the weighted mean of its neighbours (inside the image)
+    # the paper's definition: every removed pixel is the weighted mean of its neighbours (inside the
+    # image)
     o, m = ours[2], masks[2]
     pad = np.pad(o, ((0, 0), (1, 1), (1, 1)))
     inside = np.pad(np.ones((11, 8)), 1)
@@ -86,8 +87,8 @@ def test_linear_imputation_matches_quantus_and_the_authors():
 
 
 def test_road_matches_quantus_without_noise(setup):
-    """MoRF as Quantus's ROAD (noise 0, accuracy per percentage); LeRF as Quantus's MoRF of the reversed
-    map at the authors' LeRF counts (Quantus has no LeRF)."""
+    """MoRF as Quantus's ROAD (noise 0, accuracy per percentage); LeRF as Quantus's MoRF of the
+    reversed map at the authors' LeRF counts (Quantus has no LeRF)."""
     batch, a = setup
     x, y, a_np = _np(batch, a)
     ps = [1, 10, 30, 50, 70, 99]
@@ -120,8 +121,8 @@ def test_road_matches_quantus_without_noise(setup):
 
 
 def test_road_noise_is_the_papers_and_shared_by_explainers(setup):
-    """With noise, the imputed pixels differ from the noise-free imputation by N(0, 0.01^2) draws; two
-    explainers with the same order get the same scores (the same noise)."""
+    """With noise, the imputed pixels differ from the noise-free imputation by N(0, 0.01^2) draws;
+    two explainers with the same order get the same scores (the same noise)."""
     batch, a = setup
     b = EvalBatch(
         batch.model,
@@ -171,8 +172,8 @@ def test_infidelity_patches_match_quantus(setup, sizes):
 
 
 def test_infidelity_noisy_baseline_is_the_papers_estimator(setup):
-    """Yeh et al.'s code (``get_exp_infid``, Gaussian perturbation, optimal scaling) recomputed with the
-    metric's own noise draws."""
+    """Yeh et al.'s code (``get_exp_infid``, Gaussian perturbation, optimal scaling) recomputed with
+    the metric's own noise draws."""
     batch, a = setup
     b = EvalBatch(
         batch.model,
@@ -209,8 +210,9 @@ class Linear(torch.nn.Module):
 
 
 def test_a_linear_model_and_its_input_times_gradient_are_perfect():
-    """For f(x) = w.x, input x gradient satisfies sensitivity-n for every n (Ancona et al., Prop. 2): the
-    correlation is exactly 1; its infidelity under the noisy baseline is 0 with and without scaling."""
+    """For f(x) = w.x, input x gradient satisfies sensitivity-n for every n (Ancona et al., Prop.
+    2): the correlation is exactly 1; its infidelity under the noisy baseline is 0 with and without
+    scaling."""
     batch = test_batch(5)
     model = Linear()
     b = EvalBatch(
@@ -234,7 +236,8 @@ def test_a_linear_model_and_its_input_times_gradient_are_perfect():
 
 
 def test_sensitivity_n_is_pearson_over_the_subsets(setup):
-    """Each n: Pearson (scipy) over the metric's own subsets of the attribution sums and output drops."""
+    """Each n: Pearson (scipy) over the metric's own subsets of the attribution sums and output
+    drops."""
     batch, a = setup
     b = EvalBatch(
         batch.model,
@@ -258,14 +261,14 @@ def test_sensitivity_n_is_pearson_over_the_subsets(setup):
                 assert float(out[i, t]) == pytest.approx(stats.pearsonr(sums, drops)[0], abs=1e-5)
 
 
-# --------------------------------------------------------------------------- monotonicity correlation
+# ------------------------------------------------------------------------- monotonicity correlation
 
 
 @pytest.mark.parametrize("similarity", ["spearman", "pearson"])
 def test_monotonicity_correlation_matches_quantus(setup, similarity):
-    """A constant fill that changes every group (0.5): Quantus is deterministic (its nr_samples draws
-    coincide). With black fill MNIST's empty groups, and with probabilities saturated groups, give tied
-    variances, which Quantus (scipy) averages and xaiarena breaks at random."""
+    """A constant fill that changes every group (0.5): Quantus is deterministic (its nr_samples
+    draws coincide). With black fill MNIST's empty groups, and with probabilities saturated groups,
+    give tied variances, which Quantus (scipy) averages and xaiarena breaks at random."""
     batch, a = setup
     x, y, a_np = _np(batch, a)
     func = getattr(quantus.similarity_func, f"correlation_{similarity}")
@@ -294,12 +297,14 @@ def test_monotonicity_correlation_matches_quantus(setup, similarity):
     )
     if similarity == "pearson":
         np.testing.assert_allclose(ours, theirs, atol=1e-6)
-    else:  # a variance tied (or tied in float32) in one group pair moves a Spearman rank: one sample, by < 1e-3
+    else:
+        # a variance tied (or tied in float32) in one group pair moves a Spearman rank: one
+        # sample, by < 1e-3
         np.testing.assert_allclose(ours, theirs, atol=1e-3)
         assert (np.abs(ours - theirs) < 1e-6).mean() >= 0.9
 
 
-# --------------------------------------------------------------------------- robustness with matched noise
+# -------------------------------------------------------------------- robustness with matched noise
 
 
 @pytest.mark.parametrize(

@@ -96,7 +96,8 @@ def test_comprehensiveness_and_sufficiency_by_hand(tokenizer):
     d = P_CUE - 0.5
     comp = METRICS.create("comprehensiveness").evaluate(batch, maps, generator=_gen())
     c = comp.scores["comprehensiveness"]
-    # the cue (ranked first) is removed whenever at least one word is: 3 of 6 levels (10 words), 4 of 6 (20)
+    # the cue (ranked first) is removed whenever at least one word is: 3 of 6 levels (10 words), 4
+    # of 6 (20)
     torch.testing.assert_close(c["good"], torch.tensor([3 * d / 6, 4 * d / 6]))
     torch.testing.assert_close(c["bad"], torch.zeros(2))  # at most half the words: never the cue
     torch.testing.assert_close(
@@ -132,7 +133,8 @@ def test_eraser_scores_the_predicted_class_not_the_label(tokenizer):
     )
     torch.testing.assert_close(c["good"], torch.tensor([3 * d / 6]))  # p_1 drops from P_CUE to 0.5
     t = METRICS.create("comprehensiveness_target").evaluate(batch, good, generator=_gen())
-    # class 0: p_0 rises from 1 - P_CUE to 0.5 whenever the cue is removed: ceil(q * 10) >= 1 at every q
+    # class 0: p_0 rises from 1 - P_CUE to 0.5 whenever the cue is removed: ceil(q * 10) >= 1 at
+    # every q
     torch.testing.assert_close(t.scores["comprehensiveness_target"]["good"], torch.tensor([-d]))
     torch.testing.assert_close(
         t.curve_x["comprehensiveness_target"], torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5])
@@ -153,7 +155,8 @@ def test_eraser_variants_by_hand(setup):
         batch, {"good": perfect, "bad": worst}, generator=_gen()
     )
     c = comp.scores["comprehensiveness_target"]
-    # texts of 4 words: ceil(q * 4) = 1, 1, 2, 2, 2 words removed; the cue is ranked first -> always removed
+    # texts of 4 words: ceil(q * 4) = 1, 1, 2, 2, 2 words removed; the cue is ranked first -> always
+    # removed
     assert torch.allclose(c["good"][:2], torch.full((2,), P_CUE - 0.5), atol=1e-6)
     assert torch.allclose(c["bad"][:2], torch.zeros(2), atol=1e-6)  # never reaches the cue by 50%
     assert comp.curves["comprehensiveness_target"]["good"].shape == (3, 5)

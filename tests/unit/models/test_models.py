@@ -133,7 +133,8 @@ def _fashion_task():
 
 
 def test_lenet_expresses_the_captum_quantus_lenet():
-    """Seed 002's LeNet: conv 16/32 kernel 3 + BatchNorm + ReLU + max-pool, FC 128 -> 64 -> 10, dropout 0.4."""
+    """Seed 002's LeNet: conv 16/32 kernel 3 + BatchNorm + ReLU + max-pool, FC 128 -> 64 -> 10,
+    dropout 0.4."""
     from torch import nn
 
     model = build_model(
@@ -178,7 +179,8 @@ def test_lenet_expresses_the_captum_quantus_lenet():
         nn.Linear
     ]
     assert all(m.p == 0.4 for m in model.net.classifier if isinstance(m, nn.Dropout))
-    # the CAM layer stays the last conv block's activation (after BatchNorm and ReLU, before the pool)
+    # the CAM layer stays the last conv block's activation (after BatchNorm and ReLU, before the
+    # pool)
     assert model.cam_layer() == "net.features.6"
     assert isinstance(model.get_submodule(model.cam_layer()), nn.ReLU)
     assert (

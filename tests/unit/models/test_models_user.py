@@ -231,7 +231,7 @@ def test_model_fingerprint_follows_checkpoint_and_factory_file(user_model, tmp_p
     assert MODELS.entry("lenet").fingerprint_of({}) == {}
 
 
-# --------------------------------------------------------------------------- text: a fine-tuned folder
+# ------------------------------------------------------------------------ text: a fine-tuned folder
 
 
 @pytest.fixture(scope="module")

@@ -116,7 +116,8 @@ def test_entry_point_may_name_a_function(tmp_path, monkeypatch, isolated_plugins
         CONST_PLUGIN.replace(
             '@EXPLAINERS.register("byo_const", description="test plugin: a constant map")\n', ""
         )
-        + "\n\ndef register():\n    EXPLAINERS.register('byo_const', description='from a function')(Const)\n"
+        + "\n\ndef register():\n"
+        + "    EXPLAINERS.register('byo_const', description='from a function')(Const)\n"
     )
     install(tmp_path / "site", "byo-callable", "const = byo_callable_plugin:register")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -83,7 +83,8 @@ def test_minmax_properties(a):
 @settings(max_examples=50, deadline=None)
 @given(maps_strategy())
 def test_steps_are_per_sample(a):
-    """A sample's result does not depend on its batch mates (every step but the ``_over_set`` ones)."""
+    """A sample's result does not depend on its batch mates (every step but the ``_over_set``
+    ones)."""
     for name in filter(pp.per_sample, pp.STEPS):
         whole = pp.STEPS[name](a)
         for i in range(len(a)):
@@ -95,7 +96,8 @@ def test_steps_are_per_sample(a):
 @settings(max_examples=100, deadline=None)
 @given(maps_strategy(), st.randoms(use_true_random=False))
 def test_set_steps_take_one_scale_for_all_maps(a, rnd):
-    """``<rule>_over_set`` is ``<rule>`` applied to all maps as one; the order of the maps does not matter."""
+    """``<rule>_over_set`` is ``<rule>`` applied to all maps as one; the order of the maps does not
+    matter."""
     set_steps = [name for name in pp.STEPS if pp.over_set(name)]
     assert sorted(set_steps) == sorted(k + pp.SET_SUFFIX for k in pp.NORMALISATIONS)
     perm = list(range(len(a)))

@@ -71,7 +71,8 @@ AGREEMENT_META = {
 
 
 def _superpixel_maps(rng, k: int, h: int, w: int, n_positive: int = 12) -> np.ndarray:
-    """LIME-like maps: 4x4 blocks of 7x7 pixels, each block one coefficient, ``n_positive`` of them > 0."""
+    """LIME-like maps: 4x4 blocks of 7x7 pixels, each block one coefficient, ``n_positive`` of them
+    > 0."""
     maps = np.empty((k, h, w), dtype=np.float32)
     for i in range(k):
         coef = -rng.uniform(0.1, 1.0, size=16)
@@ -85,7 +86,8 @@ def make_run_dir(
 ) -> Path:
     """A run directory as the runner writes it, filled with random (but structured) numbers.
     ``agreement``: add an agreement metric, scored per pair of explainers (``a~b``). ``lime``: add a
-    superpixel LIME explainer (``lime_top10``, registered name ``lime``) and name the samples by file."""
+    superpixel LIME explainer (``lime_top10``, registered name ``lime``) and name the samples by
+    file."""
     rng = np.random.default_rng(seed)
     explainers_of = dict(EXPLAINERS)
     if lime:
@@ -523,7 +525,8 @@ def test_lime_superpixels_figure_and_per_image_names(tmp_path):
                 "test_time": {"steps_max": 1980},
             },
             [
-                "reached its safety limit (1980 steps) before its stopping rule for 25.0% of the samples"
+                "reached its safety limit (1980 steps) before its stopping rule for 25.0% of the "
+                "samples"
             ],
         ),
         (
@@ -557,9 +560,9 @@ def test_lime_superpixels_figure_and_per_image_names(tmp_path):
     ],
 )
 def test_diet_fit_reports_that_say_little_are_flagged(report, expected):
-    """The report warns when DiET's training masks kept (nearly) everything or nothing, when test-time
-    optimisations stopped at the safety limit instead of by their rule, or when two seeds' maps agree
-    poorly; a sound fit gets no caution."""
+    """The report warns when DiET's training masks kept (nearly) everything or nothing, when
+    test-time optimisations stopped at the safety limit instead of by their rule, or when two seeds'
+    maps agree poorly; a sound fit gets no caution."""
     from xaiarena.report.narrative import learned_cautions
 
     text = " ".join(learned_cautions(report))

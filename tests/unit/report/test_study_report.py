@@ -82,8 +82,8 @@ def test_p_values_read_as_a_relation(p, text):
 
 
 def _study_run(tmp_path):
-    """A hand-made run directory of a DiET study: three datasets, DiET's maps scored on f_s ("diet") and
-    on f_b ("diet@f_s"), Grad-CAM on both. On f_s DiET is far ahead; on f_b it is behind."""
+    """A hand-made run directory of a DiET study: three datasets, DiET's maps scored on f_s ("diet")
+    and on f_b ("diet@f_s"), Grad-CAM on both. On f_s DiET is far ahead; on f_b it is behind."""
     import json
 
     import numpy as np
