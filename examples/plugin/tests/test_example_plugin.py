@@ -72,6 +72,7 @@ def test_top_mass_values():
     assert out.scores["top_mass"]["m"].tolist() == pytest.approx([1.0, 0.1])
 
 
+@pytest.mark.integration
 def test_runs_in_a_config(tmp_path):
     import xaiarena
 

@@ -559,6 +559,7 @@ def test_mprt_over_diet_scores_below_one(quadrant_task, tmp_path):
     assert s.mean() < 0.9, s
 
 
+@pytest.mark.integration
 def test_mprt_over_diet_through_the_runner(tmp_path):
     """Issue 12.4 end to end: a run with DiET and mprt gives a similarity below 1, and run.json's
     ``diet`` block reports how the test-time optimisation ended (issue 12.3)."""
@@ -1106,6 +1107,7 @@ def test_converged_map_is_the_mean_of_the_last_window(average):
     )
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("procedure", ["authors", "converged"])
 def test_maps_do_not_depend_on_the_evaluation_batch_size_through_the_runner(tmp_path, procedure):
     """Issue 23 end to end: the explain stage hands DiET the whole evaluation set first, so even the

@@ -297,12 +297,13 @@ def test_record_activations_pools_and_removes_hooks():
     assert net.training  # the mode is restored
 
 
-def test_layers_resolve_with_or_without_net_prefix(trained_lenet):
-    assert resolve_layer(trained_lenet, "classifier.2") is resolve_layer(
-        trained_lenet, "net.classifier.2"
-    )
+def test_layers_resolve_with_or_without_net_prefix(small_task):
+    from xaiarena.models import build_model
+
+    lenet = build_model("lenet", small_task, seed=0)  # names only: no training needed
+    assert resolve_layer(lenet, "classifier.2") is resolve_layer(lenet, "net.classifier.2")
     with pytest.raises(LayerNotFoundError) as exc:
-        resolve_layer(trained_lenet, "classifier.9")
+        resolve_layer(lenet, "classifier.9")
     assert "classifier.2" in str(exc.value) and "features.1" in str(exc.value)
 
 
@@ -396,6 +397,7 @@ def test_annotation_scorer_voc_segmentation_classes():
 # --------------------------------------------------------------------------- acceptance (offline)
 
 
+@pytest.mark.integration
 def test_lenet_output_neurons_get_their_own_digit(trained_lenet, small_task):
     """Acceptance: with ground-truth digit concepts, >= 90% of the output neurons are labelled
     with their own class (soft_wpmi, the paper's hyper-parameters). Hidden layers: printed only."""
@@ -538,6 +540,7 @@ def test_clip_scorer_on_tiny_clip(tiny_clip, small_task, tmp_path):
     ]  # ... only the texts re-embedded
 
 
+@pytest.mark.integration
 def test_clip_scorer_end_to_end_through_the_cli(tiny_clip, tmp_path):
     cfg = tmp_path / "clip.yaml"
     cfg.write_text(f"""
@@ -667,6 +670,7 @@ dissect:
 """
 
 
+@pytest.mark.integration
 def test_dissect_cli_outputs_caching_and_report(tmp_path):
     cfg = tmp_path / "d.yaml"
     cfg.write_text(TINY_DISSECT)
@@ -766,6 +770,7 @@ dissect:
 """
 
 
+@pytest.mark.integration
 def test_dissect_retrains_when_a_file_of_its_image_folder_changes(tmp_path, make_image_folder):
     """dissect gets its model from the run's train stage (cache.model_key: the image folder's
     fingerprint is part of the key), so a changed image retrains instead of reusing the old
@@ -797,6 +802,7 @@ def test_dissect_retrains_when_a_file_of_its_image_folder_changes(tmp_path, make
         torch.set_num_threads(threads)
 
 
+@pytest.mark.integration
 def test_report_escapes_concepts(tmp_path):
     cfg = tmp_path / "d.yaml"
     cfg.write_text(

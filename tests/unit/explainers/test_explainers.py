@@ -61,7 +61,11 @@ def image_explainers() -> list[str]:
 
 
 NAMES = image_explainers()
-ALL = EXPLAINERS.names()
+#: image DiET trains f_s on a small task first (the slowest case): in the integration tier
+SLOW = {"diet"}
+ALL = [
+    pytest.param(n, marks=pytest.mark.integration) if n in SLOW else n for n in EXPLAINERS.names()
+]
 
 
 def make(name: str):

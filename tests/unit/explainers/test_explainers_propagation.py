@@ -723,6 +723,7 @@ def test_eigencam_equals_a_port_of_pytorch_grad_cam(net):
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.integration
 def test_new_explainers_run_through_the_cli(tmp_path):
     """A tiny run with every method added here: each gets a score; `list --json` shows metadata."""
     import json

@@ -61,6 +61,7 @@ def test_training_is_reproducible_for_a_seed(tiny_task):
     )
 
 
+@pytest.mark.integration
 def test_training_learns(small_task, trained_lenet):
     from xaiarena.models.training import accuracy
 
@@ -92,6 +93,7 @@ def test_early_stopping_keeps_best_epoch(tiny_task):
     )
 
 
+@pytest.mark.integration
 def test_resnet_backward_on_one_thread_does_not_corrupt_memory():
     """torch 2.13's oneDNN crashes (heap corruption) in the weight gradient of a strided 1x1 conv
     on a channels-last input when it runs on one thread; ImageClassifier runs those convs on a

@@ -52,6 +52,7 @@ def test_imagenet_class_names_ship_with_the_package():
     )
 
 
+@pytest.mark.integration
 def test_lite0_outputs_imagenet_logits_for_any_input_size(lite0):
     assert lite0.pretrained and len(lite0.class_names) == 1000
     with torch.inference_mode():
@@ -60,6 +61,7 @@ def test_lite0_outputs_imagenet_logits_for_any_input_size(lite0):
         assert lite0(torch.rand(1, 1, 28, 28)).shape == (1, 1000)  # grey repeated to RGB
 
 
+@pytest.mark.integration
 def test_lite0_predicts_aeroplanes_on_voc_and_its_normalisation_is_the_better_one(
     lite0, voc_images
 ):
@@ -75,6 +77,7 @@ def test_lite0_predicts_aeroplanes_on_voc_and_its_normalisation_is_the_better_on
     assert p[:, plane].sum(1).mean() > q[:, plane].sum(1).mean()
 
 
+@pytest.mark.integration
 def test_pretrained_model_is_not_trained_and_reports_label_map_accuracy(lite0, voc_images):
     before = {k: v.clone() for k, v in lite0.state_dict().items()}
     small = Task(
@@ -97,6 +100,7 @@ def test_pretrained_model_is_not_trained_and_reports_label_map_accuracy(lite0, v
     assert all(torch.equal(before[k], v) for k, v in lite0.state_dict().items())
 
 
+@pytest.mark.integration
 def test_accuracy_is_nan_without_a_label_map(lite0, caplog):
     res = train_model(
         lite0, _task(n=2), TrainingConfig(), seed=0, device=torch.device("cpu"), show_progress=False
@@ -114,6 +118,7 @@ def test_correct_uses_the_label_map(lite0):
     assert lite0.correct(preds, labels, _task()) is None
 
 
+@pytest.mark.integration
 def test_only_correct_without_label_map_is_a_clear_error(tmp_path, monkeypatch):
     pytest.importorskip("efficientnet_lite_pytorch")
     if not (SHARED / "cifar10").exists():

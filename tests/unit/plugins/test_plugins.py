@@ -76,6 +76,7 @@ def test_installed_plugin_shows_in_list_json_with_its_origin(installed_example):
     )
 
 
+@pytest.mark.integration
 def test_installed_plugin_is_found_by_a_fresh_process(tmp_path):
     install(tmp_path / "site", DIST, "example = xaiarena_example_plugin")
     env = dict(

@@ -384,6 +384,7 @@ def test_explain_stage_normalises_over_the_whole_set(tmp_path):
     )
 
 
+@pytest.mark.integration
 def test_run_records_postprocess(tmp_path):
     import xaiarena
 

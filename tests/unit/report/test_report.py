@@ -359,6 +359,7 @@ def test_reading_is_generated_from_numbers(run_dir, built):
     assert "lenet reaches 90.0% test accuracy" in html
 
 
+@pytest.mark.integration
 def test_single_dataset_minimal_run(tmp_path):
     """Optional files missing: no curves, examples, tests or config; one dataset."""
     root = make_run_dir(tmp_path / "run", datasets=("hard_mnist",))
@@ -453,6 +454,7 @@ def test_degenerate_run(tmp_path):
     assert not (root / "results" / "summary.csv").exists()  # the report never writes results
 
 
+@pytest.mark.integration
 def test_agreement_pairs_get_their_own_table(tmp_path):
     """Pairs ("a~b") are not explainers: own table, not in the explainer card or the rankings."""
     run_dir = make_run_dir(tmp_path / "run", datasets=("hard_mnist",), agreement=True)
@@ -479,6 +481,7 @@ def test_top_superpixels_picks_the_largest_positive_coefficients():
     assert top_superpixels(-np.abs(a)).max() == 0
 
 
+@pytest.mark.integration
 def test_lime_superpixels_figure_and_per_image_names(tmp_path):
     """A run with a superpixel LIME entry gets the top-10 superpixel figure; the per-image agreement
     table names each image by its file where run.json has sample names."""
