@@ -1160,8 +1160,8 @@ def result_tables(
     seed: int = 0,
     replicates: bool = False,
 ) -> dict[str, pd.DataFrame]:
-    """Every statistics table a run writes under ``results/`` (``{file stem: frame}``), from its per-sample
-    scores; :func:`xaiarena.evaluate` gives the same tables for the user's maps.
+    """Every statistics table a run writes under ``results/`` (``{file stem: frame}``), from its
+    per-sample scores; :func:`xaiarena.evaluate` gives the same tables for the user's maps.
 
     ``summary`` (bootstrap CIs, :func:`summarize`) and ``tests`` (:func:`paired_tests`) always;
     ``fg_bg_tests`` where ``fg_bg_attribution`` scored. With ``replicates`` (``per_sample`` has

@@ -60,7 +60,8 @@ def on_f_b_label(label: str) -> str:
 
 
 def source_of(label: str) -> str | None:
-    """The learned explainer whose f_s maps a result label holds (``diet@f_s`` -> ``diet``), else None."""
+    """The learned explainer whose f_s maps a result label holds (``diet@f_s`` -> ``diet``), else
+    None."""
     base, sep, view = label.partition(SOURCE_SEPARATOR)
     return base if sep and view == F_S and base else None
 

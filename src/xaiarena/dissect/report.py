@@ -87,17 +87,18 @@ def _build(run_dir: Path) -> Path:
                 f"{slug}_concepts.png",
                 plots.concept_bars(df),
                 "Most frequent concepts per layer",
-                f"The {plots.TOP_N} concepts that label the most neurons of each layer (top-1 concept per "
-                "neuron; neurons with constant activation left out).",
+                f"The {plots.TOP_N} concepts that label the most neurons of each layer (top-1 "
+                "concept per neuron; neurons with constant activation left out).",
             ),
             _figure(
                 run_dir,
                 f"{slug}_similarity.png",
                 plots.similarity_scatter(df, seed=seed),
                 "Similarity of the neurons per concept",
-                "Each dot is a neuron labelled with one of the layer's most frequent concepts; the y axis is "
-                f"its similarity to that concept ({_component(dinfo.get('similarity'))}). Similarities are on "
-                "the scale of the similarity function and comparable within a layer only.",
+                "Each dot is a neuron labelled with one of the layer's most frequent concepts; the "
+                "y axis is its similarity to that concept "
+                f"({_component(dinfo.get('similarity'))}). Similarities are on the scale of the "
+                "similarity function and comparable within a layer only.",
             ),
         ]
         layer_rows = []
@@ -108,7 +109,10 @@ def _build(run_dir: Path) -> Path:
                 and pd.notna(r.get("own_class_defined"))
                 and r["own_class_defined"] > 0
             ):
-                own = f"{int(r['own_class_matches'])} / {int(r['own_class_defined'])} ({fmt_percent(r['own_class_rate'])})"
+                own = (
+                    f"{int(r['own_class_matches'])} / {int(r['own_class_defined'])} "
+                    f"({fmt_percent(r['own_class_rate'])})"
+                )
             layer_rows.append(
                 {
                     "layer": r["layer"],
@@ -154,7 +158,8 @@ def _build(run_dir: Path) -> Path:
         setup = [
             (
                 "Model",
-                f"{dinfo.get('model', '')}{' (pretrained, not trained)' if dinfo.get('pretrained') else ''}",
+                f"{dinfo.get('model', '')}"
+                f"{' (pretrained, not trained)' if dinfo.get('pretrained') else ''}",
             ),
             (
                 "Test accuracy",

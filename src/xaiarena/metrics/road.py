@@ -146,7 +146,8 @@ class ROAD(PerturbationMetric):
     default is 1, 3, ..., 99), and ``road_lerf_minus_morf`` (higher is better). Curves: the value
     at each percentage, x = fraction of pixels removed. MoRF at ``p`` removes ``int(P·p/100)`` of
     the ``P`` pixels (the authors' and Quantus's count); LeRF at ``p`` keeps the
-    ``int(P·(100-p)/100)`` most relevant pixels (the authors' LeRF at ``th_p = 1 - p/100``). Ties are broken at random.
+    ``int(P·(100-p)/100)`` most relevant pixels (the authors' LeRF at ``th_p = 1 - p/100``). Ties
+    are broken at random.
     """
 
     name = "road"

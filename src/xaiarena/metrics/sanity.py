@@ -52,7 +52,8 @@ def randomisable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 @METRICS.register(
     "mprt",
-    description="Model parameter randomisation test (Adebayo et al. 2018): similarity of maps before/after randomising top layers",
+    description="Model parameter randomisation test (Adebayo et al. 2018): similarity of maps "
+    "before/after randomising top layers",
 )
 class ModelParameterRandomisation(Metric):
     """Similarity between each map and the map of a copy of the model whose top
@@ -96,8 +97,8 @@ class ModelParameterRandomisation(Metric):
         missing = [k for k in maps if not explainers or k not in explainers]
         if missing:
             raise ValueError(
-                f"metric '{self.name}' re-explains a randomised model and needs explainers[name] for "
-                f"{', '.join(missing)}; each must accept model=..."
+                f"metric '{self.name}' re-explains a randomised model and needs explainers[name] "
+                f"for {', '.join(missing)}; each must accept model=..."
             )
         for k in maps:
             if not _accepts_model(explainers[k]):
@@ -112,7 +113,8 @@ class ModelParameterRandomisation(Metric):
         if self.n_layers is not None:
             if self.n_layers > len(layers):
                 raise ValueError(
-                    f"n_layers={self.n_layers} but the model has only {len(layers)} randomisable layers"
+                    f"n_layers={self.n_layers} but the model has only {len(layers)} randomisable "
+                    "layers"
                 )
             layers = layers[: self.n_layers]
         x = batch.inputs.float()
@@ -268,7 +270,8 @@ class RandomLogit(Metric):
         return a.abs() if self.abs else a
 
     def other_classes(self, rng: SampleRNG, targets: torch.Tensor, n_classes: int) -> torch.Tensor:
-        """(N,) a uniformly random class other than ``targets[i]`` for every sample, from its stream."""
+        """(N,) a uniformly random class other than ``targets[i]`` for every sample, from its
+        stream."""
         u = rng.rand((1,), "class").view(-1)
         k = (
             (u * (n_classes - 1)).floor().long().clamp(max=n_classes - 2)

@@ -207,7 +207,8 @@ def diet_rows(diet: Any) -> list[dict[str, str]]:
     if not isinstance(diet, dict):
         return []
     rows = []
-    # known numbers only, in a fixed order; bookkeeping (seed, phases, cache flags) stays in run.json
+    # known numbers only, in a fixed order; bookkeeping (seed, phases, cache flags) stays in
+    # run.json
     for k, (label, desc) in {**_DIET_LABELS, **_DIET_COUNTS}.items():
         v = _num(diet.get(k))
         if v is None or v != v:  # absent or NaN
@@ -327,8 +328,8 @@ def _view_note(view: str | None, n_views: int, info: dict[str, Any], explainers:
                 "explains the model you care about."
             )
         return (
-            "Maps of f_b, the trained model being explained. DiET is not in this view: its maps explain "
-            "its distilled model f_s (next section)."
+            "Maps of f_b, the trained model being explained. DiET is not in this view: its maps "
+            "explain its distilled model f_s (next section)."
         )
     return (
         f"Maps of {view}, DiET's distilled copy of the trained model: every explainer here "
@@ -341,7 +342,8 @@ def _view_note(view: str | None, n_views: int, info: dict[str, Any], explainers:
 def _stability_rows(
     data: RunData, dataset: str, explainers: list[str], metrics: list[str]
 ) -> list[dict]:
-    """Per (metric, explainer): its rank in every replicate and how often it was in the top group."""
+    """Per (metric, explainer): its rank in every replicate and how often it was in the top
+    group."""
     rr = data.replicate_ranks
     if rr is None or not len(rr):
         return []
@@ -458,9 +460,10 @@ def _dataset_section(
                 f"{prefix}_lime_superpixels.png",
                 plots.lime_superpixels(data.examples[dataset], lime),
                 "LIME's top-10 positive superpixels",
-                "Each saved example with the boundaries (yellow) of the 10 superpixels with the largest positive "
-                "LIME coefficients (fewer where fewer are positive), as lime_image's get_image_and_mask("
-                "positive_only=True, num_features=10); the rest of the image is dimmed. One column per LIME entry. Rows are named by file where the "
+                "Each saved example with the boundaries (yellow) of the 10 superpixels with the "
+                "largest positive LIME coefficients (fewer where fewer are positive), as "
+                "lime_image's get_image_and_mask(positive_only=True, num_features=10); the rest of "
+                "the image is dimmed. One column per LIME entry. Rows are named by file where the "
                 "dataset names its samples.",
             )
             if lime
@@ -640,7 +643,10 @@ def _build(run_dir: str | Path, alpha: float | None, test: str | None) -> Path:
             lo = -math.inf if vr[0] is None else _num(vr[0])
             hi = math.inf if vr[1] is None else _num(vr[1])
             if lo is not None and hi is not None and (math.isfinite(lo) or math.isfinite(hi)):
-                rng = f"[{fmt(lo, None if abs(lo) >= 1e5 else 2)}, {fmt(hi, None if abs(hi) >= 1e5 else 2)}]"
+                rng = (
+                    f"[{fmt(lo, None if abs(lo) >= 1e5 else 2)}, "
+                    f"{fmt(hi, None if abs(hi) >= 1e5 else 2)}]"
+                )
         metric_rows.append(
             {
                 "name": m,

@@ -168,13 +168,15 @@ def learned_cautions(report: dict[str, Any]) -> list[str]:
                 else "a larger mask_lr moves each mask cell further per step"
             )
             out.append(
-                f"Caution: DiET's training masks keep {fmt_percent(kept)} of the {unit}, so f_s was hardly "
-                f"trained on erased inputs (the masks barely moved from 'keep everything'; {hint})."
+                f"Caution: DiET's training masks keep {fmt_percent(kept)} of the {unit}, so f_s "
+                "was hardly trained on erased inputs (the masks barely moved from 'keep "
+                f"everything'; {hint})."
             )
         elif kept <= MASKS_EMPTY:
             out.append(
                 f"Caution: DiET's training masks keep only {fmt_percent(kept)} of the {unit}: they "
-                "collapsed to (almost) nothing (a smaller mask_lr moves each mask unit less per step)."
+                "collapsed to (almost) nothing (a smaller mask_lr moves each mask unit less per "
+                "step)."
             )
     at_limit = report.get("test_stopped_at_limit_fraction")
     time_info = report.get("test_time") if isinstance(report.get("test_time"), dict) else {}
@@ -182,9 +184,9 @@ def learned_cautions(report: dict[str, Any]) -> list[str]:
         steps = time_info.get("steps_max")
         where = f" ({int(steps)} steps)" if _finite(steps) else ""
         out.append(
-            f"Caution: DiET's test-time optimisation reached its safety limit{where} before its stopping "
-            f"rule for {fmt_percent(at_limit)} of the samples, so those maps are those of an unfinished "
-            "optimisation (test_max_steps raises the limit)."
+            f"Caution: DiET's test-time optimisation reached its safety limit{where} before its "
+            f"stopping rule for {fmt_percent(at_limit)} of the samples, so those maps are those of "
+            "an unfinished optimisation (test_max_steps raises the limit)."
         )
     elif "test_stopped_at_limit_fraction" not in report and _finite(
         report.get("test_converged_fraction")
@@ -192,9 +194,9 @@ def learned_cautions(report: dict[str, Any]) -> list[str]:
         conv = report["test_converged_fraction"]  # a run directory written before issue 23
         if conv < HORIZON_SHARE:
             out.append(
-                f"Caution: DiET's test-time masks converged for only {fmt_percent(conv)} of the samples; "
-                "the others stopped at the step horizon, so its maps are those of an unfinished "
-                "optimisation."
+                f"Caution: DiET's test-time masks converged for only {fmt_percent(conv)} of the "
+                "samples; the others stopped at the step horizon, so its maps are those of an "
+                "unfinished optimisation."
             )
     agree = report.get("test_seed_agreement")
     if _finite(agree) and agree < SEED_AGREEMENT_MIN:
@@ -213,8 +215,8 @@ def learned_cautions(report: dict[str, Any]) -> list[str]:
 
 
 def learned_report(info: dict[str, Any]) -> dict[str, Any]:
-    """The fit report of the (first) learned explainer of a dataset (run.json ``learned``; ``diet`` in
-    run directories written before learned explainers were keyed by label)."""
+    """The fit report of the (first) learned explainer of a dataset (run.json ``learned``; ``diet``
+    in run directories written before learned explainers were keyed by label)."""
     learned = info.get("learned")
     if isinstance(learned, dict) and learned:
         first = next(iter(learned.values()))

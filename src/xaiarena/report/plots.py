@@ -64,7 +64,8 @@ DPI = 110
 
 
 def _canvas_figure(canvas, width: int, height: int) -> tuple[Figure, Any]:
-    """A figure of exactly ``width`` x ``height`` pixels showing ``canvas`` (pixel coordinates, no axes)."""
+    """A figure of exactly ``width`` x ``height`` pixels showing ``canvas`` (pixel coordinates, no
+    axes)."""
     fig = Figure(figsize=(width / DPI, height / DPI))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(canvas, interpolation="nearest", extent=(0, width, height, 0))
@@ -326,7 +327,8 @@ def _outline(mask: np.ndarray, f: int, width: int) -> np.ndarray:
 
 
 def _wrap(name: str, width: int) -> str:
-    """Break a long name into lines of at most ``width`` characters, preferring ``_ - .`` and spaces."""
+    """Break a long name into lines of at most ``width`` characters, preferring ``_ - .`` and
+    spaces."""
     lines, rest = [], name
     while len(rest) > width:
         cut = max(rest.rfind(ch, 1, width + 1) for ch in "_-. ")
@@ -450,8 +452,9 @@ def heatmap_grid(
 
 
 def top_superpixels(a: np.ndarray, n_top: int = 10) -> np.ndarray:
-    """Labels ``1..k`` (``k <= n_top``) of the ``n_top`` superpixels with the largest *positive* values of a
-    superpixel-constant map (LIME's: every pixel holds its superpixel's coefficient), 0 elsewhere.
+    """Labels ``1..k`` (``k <= n_top``) of the ``n_top`` superpixels with the largest *positive*
+    values of a superpixel-constant map (LIME's: every pixel holds its superpixel's coefficient), 0
+    elsewhere.
 
     A superpixel is recognised by its value, so this works on the full LIME map and on a
     ``num_features`` selection of it alike (two superpixels with exactly equal coefficients would
@@ -468,9 +471,9 @@ def top_superpixels(a: np.ndarray, n_top: int = 10) -> np.ndarray:
 def lime_superpixels(
     example: dict[str, np.ndarray], explainers: Sequence[str], n_top: int = 10, max_rows: int = 12
 ) -> bytes | None:
-    """Each example image with the boundaries of its ``n_top`` positive LIME superpixels (yellow; the rest
-    of the image dimmed), one column per LIME explainer; rows are named by the sample's file where the
-    dataset names samples."""
+    """Each example image with the boundaries of its ``n_top`` positive LIME superpixels (yellow;
+    the rest of the image dimmed), one column per LIME explainer; rows are named by the sample's
+    file where the dataset names samples."""
     from skimage.segmentation import find_boundaries
 
     cols = [e for e in explainers if f"attr__{e}" in example]
@@ -503,7 +506,8 @@ def lime_superpixels(
                 tile[up == 0] *= (
                     0.55  # the rest of the image dimmed, so the selection reads at a glance
                 )
-                # every selected superpixel's outline, 2 px (lime_image's mark_boundaries draws the union's)
+                # every selected superpixel's outline, 2 px (lime_image's mark_boundaries draws the
+                # union's)
                 tile[find_boundaries(up, mode="thick")] = (1.0, 0.9, 0.0)
             x = left + c * (tw + gap)
             canvas[y : y + th, x : x + tw] = tile

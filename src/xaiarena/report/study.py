@@ -322,8 +322,8 @@ def section(data: RunData, figs, alpha: float) -> dict[str, Any] | None:
                 "study_improvement.png",
                 improvement_chart(imp),
                 "Improvement per dataset",
-                f"{imp['a']} minus {imp['b']} on {imp['metric']} per dataset (positive: {imp['a']} better "
-                "given the metric's direction), one panel per scoring model.",
+                f"{imp['a']} minus {imp['b']} on {imp['metric']} per dataset (positive: {imp['a']} "
+                "better given the metric's direction), one panel per scoring model.",
             )
             if fig:
                 out["figures"].append(fig)
