@@ -428,6 +428,92 @@ def _no_reexplain(label: str) -> Callable[..., torch.Tensor]:
     return fn
 
 
+def _attribution_maps(
+    attributions: Any, shape: tuple[int, ...], kind: str
+) -> dict[str, torch.Tensor]:
+    """``evaluate``'s ``attributions`` checked: a non-empty mapping of safe labels to maps of
+    ``shape``."""
+    if not isinstance(attributions, Mapping) or not attributions:
+        got = (
+            type(attributions).__name__ if not isinstance(attributions, Mapping) else "an empty one"
+        )
+        raise InputError(
+            "attributions: expected a non-empty mapping {label: maps of shape "
+            f"{shape}}}, got {got}"
+        )
+    maps: dict[str, torch.Tensor] = {}
+    for label, value in attributions.items():
+        try:
+            check_safe_name(label, "attribution label")
+        except ValueError as exc:
+            raise InputError(f"attributions: {exc}") from None
+        maps[label] = _maps(value, f"attributions[{label!r}]", shape, kind)
+    return maps
+
+
+def _metrics_to_score(
+    specs: list[Any],
+    names: list[str],
+    fns: dict[str, Any],
+    gt: torch.Tensor | None,
+    shape: tuple[int, ...],
+) -> list[tuple[Any, Any, list[str]]]:
+    """``(spec, metric, labels it scores)`` per metric of ``evaluate`` with something to score (a
+    warning for the others); an InputError where a metric lacks masks or re-explainers."""
+    built = []
+    for i, spec in enumerate(specs):
+        metric = METRICS.create(spec.name, **spec.params)
+        keys = scored_labels(spec, metric, names)
+        if not keys:
+            warnings.warn(
+                f"metric '{spec.key}' (metrics.{i}) has nothing to score for the maps "
+                f"{', '.join(names)} (an agreement metric needs two maps, or its reference among "
+                "them)",
+                stacklevel=3,
+            )
+            continue
+        if "masks" in metric.requires and gt is None:
+            raise InputError(
+                f"metric '{spec.key}' (metrics.{i}) needs ground-truth masks: pass masks= of shape "
+                f"{shape}"
+            )
+        missing = [k for k in keys if k not in fns] if "explainer" in metric.requires else []
+        if missing:
+            raise InputError(
+                f"metric '{spec.key}' (metrics.{i}) re-explains the inputs: pass explainers="
+                f"{{{missing[0]!r}: <explainer name, config mapping, or callable(model, inputs, "
+                f"targets, generator=None)>}} for {', '.join(missing)} (or restrict the metric "
+                f"with explainers: [...])"
+            )
+        built.append((spec, metric, keys))
+    return built
+
+
+def _evaluation(
+    frames: list[pd.DataFrame],
+    curves: list[pd.DataFrame],
+    meta: dict[str, dict[str, Any]],
+    dataset: str,
+    model_name: str,
+    seed: int,
+) -> Evaluation:
+    """The :class:`Evaluation` of the scored batches: per-sample scores, curves and the statistics
+    tables a run computes from them."""
+    per_sample = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=stats.PER_SAMPLE_COLUMNS)
+    )[stats.PER_SAMPLE_COLUMNS]
+    curves_df = (
+        pd.concat(curves, ignore_index=True)
+        if curves
+        else pd.DataFrame(columns=stats.CURVE_COLUMNS)
+    )[stats.CURVE_COLUMNS]
+    hib = {k: v["higher_is_better"] for k, v in meta.items()}
+    tables = stats.result_tables(per_sample, hib, models={dataset: model_name}, seed=seed)
+    return Evaluation(per_sample, tables["summary"], tables["tests"], curves_df, meta, tables)
+
+
 def evaluate(
     model: nn.Module,
     inputs: Any,
@@ -476,21 +562,7 @@ def evaluate(
         check_safe_name(dataset, "dataset")
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    if not isinstance(attributions, Mapping) or not attributions:
-        got = (
-            type(attributions).__name__ if not isinstance(attributions, Mapping) else "an empty one"
-        )
-        raise InputError(
-            "attributions: expected a non-empty mapping {label: maps of shape "
-            f"{shape}}}, got {got}"
-        )
-    maps: dict[str, torch.Tensor] = {}
-    for label, value in attributions.items():
-        try:
-            check_safe_name(label, "attribution label")
-        except ValueError as exc:
-            raise InputError(f"attributions: {exc}") from None
-        maps[label] = _maps(value, f"attributions[{label!r}]", shape, kind)
+    maps = _attribution_maps(attributions, shape, kind)
     names = list(maps)
     gt = _masks(masks, shape, kind)
     ids = _sample_ids(sample_ids, n)
@@ -498,32 +570,7 @@ def evaluate(
     specs = validate_components("metrics", metrics, explainer_labels=names)
     _check_modality(kind, "metrics", specs, METRICS)
     fns = _explain_fns(explainers, names, kind, model)
-    built = []
-    for i, spec in enumerate(specs):
-        metric = METRICS.create(spec.name, **spec.params)
-        keys = scored_labels(spec, metric, names)
-        if not keys:
-            warnings.warn(
-                f"metric '{spec.key}' (metrics.{i}) has nothing to score for the maps "
-                f"{', '.join(names)} (an agreement metric needs two maps, or its reference among "
-                "them)",
-                stacklevel=2,
-            )
-            continue
-        if "masks" in metric.requires and gt is None:
-            raise InputError(
-                f"metric '{spec.key}' (metrics.{i}) needs ground-truth masks: pass masks= of shape "
-                f"{shape}"
-            )
-        missing = [k for k in keys if k not in fns] if "explainer" in metric.requires else []
-        if missing:
-            raise InputError(
-                f"metric '{spec.key}' (metrics.{i}) re-explains the inputs: pass explainers="
-                f"{{{missing[0]!r}: <explainer name, config mapping, or callable(model, inputs, "
-                f"targets, generator=None)>}} for {', '.join(missing)} (or restrict the metric "
-                f"with explainers: [...])"
-            )
-        built.append((spec, metric, keys))
+    built = _metrics_to_score(specs, names, fns, gt, shape)
 
     comp = batching.Compute(device=device, seed=seed, batch_size=bs, show_progress=show_progress)
     samples = batching.EvalSamples(dataset=dataset, inputs=x, labels=y, masks=gt, sample_ids=ids)
@@ -545,19 +592,7 @@ def evaluate(
             frames.append(ps)
             curves.append(cv)
             meta.update(batching.metric_meta(spec, metric))
-    per_sample = (
-        pd.concat(frames, ignore_index=True)
-        if frames
-        else pd.DataFrame(columns=stats.PER_SAMPLE_COLUMNS)
-    )[stats.PER_SAMPLE_COLUMNS]
-    curves_df = (
-        pd.concat(curves, ignore_index=True)
-        if curves
-        else pd.DataFrame(columns=stats.CURVE_COLUMNS)
-    )[stats.CURVE_COLUMNS]
-    hib = {k: v["higher_is_better"] for k, v in meta.items()}
-    tables = stats.result_tables(per_sample, hib, models={dataset: type(model).__name__}, seed=seed)
-    return Evaluation(per_sample, tables["summary"], tables["tests"], curves_df, meta, tables)
+    return _evaluation(frames, curves, meta, dataset, type(model).__name__, seed)
 
 
 #: how the files ``load_maps`` reads begin: NumPy's .npy format; torch.save's zip archive or its

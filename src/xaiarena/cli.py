@@ -269,7 +269,9 @@ def score(
     """Score saved maps of a run's evaluation samples (in the run's sample order) with xaiarena's
     metrics: per_sample.csv, summary.csv, tests.csv (the same code and statistics as `run`). Maps
     named like an explainer of the config are re-explained by it where a metric needs that
-    (robustness metrics)."""
+    (robustness metrics).
+    Longer than 80 lines because its signature declares every command-line option (typer reads them
+    from the parameters)."""
     import yaml
 
     from .api import evaluate, load_maps

@@ -126,6 +126,9 @@ def voc2012_seg(
     least that fraction of the image: object pixels / all pixels of the mask at ``size`` x ``size``
     (void pixels count in the denominator, never as object). ``n_test`` then keeps a seeded random
     subset of the images left (all by default).
+
+    Longer than 80 lines because its signature declares every dataset option and the body reads,
+    filters, subsamples and resizes in one pass, each step with its own error.
     """
     if target_class not in VOC_CLASSES[1:]:
         raise ValueError(

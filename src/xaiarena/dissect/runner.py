@@ -161,6 +161,9 @@ class DissectRunner:
         return self.run_dir
 
     def _dataset(self, dcfg: DataConfig) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+        """The neuron labels of one dataset: its data, concept set, model, activations, concept
+        scores and similarities, each a logged stage. Longer than 80 lines because it is the
+        dissection's sequence of logged, cached stages, each feeding the next its cache key."""
         cfg, d, name = self.cfg, self.dcfg, dcfg.key
         task, dkey = data_stage(self.settings, dcfg, self.log.stage, name)
         if task.modality != "image":

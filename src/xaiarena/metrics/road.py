@@ -197,6 +197,12 @@ class ROAD(PerturbationMetric):
     def evaluate(
         self, batch: EvalBatch, attributions, *, generator, explainers=None
     ) -> MetricOutput:
+        """ROAD's MoRF and LeRF curves and scores of each map: the target output after the most
+        (least) relevant ``percentages`` of pixels are imputed by noisy linear imputation.
+
+        Longer than 80 lines because one queue of forward passes is shared by every sample, order,
+        percentage and map (masks shared by maps imputed and scored once); splitting the loop
+        would pass that bookkeeping around."""
         maps = prepare(batch, attributions)
         if self.abs:
             maps = {k: v.abs() for k, v in maps.items()}

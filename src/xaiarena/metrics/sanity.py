@@ -84,16 +84,10 @@ class ModelParameterRandomisation(Metric):
         set_options(self, n_layers=n_layers, similarity=similarity)
         self.abs = bool(abs)
 
-    @serial_bookkeeping
-    def evaluate(
-        self,
-        batch: EvalBatch,
-        attributions,
-        *,
-        generator,
-        explainers: dict[str, ExplainFn] | None = None,
-    ) -> MetricOutput:
-        maps = prepare(batch, attributions)
+    def _check_explainers(
+        self, maps: dict[str, torch.Tensor], explainers: dict[str, ExplainFn] | None
+    ) -> None:
+        """A ValueError unless every map has an explainer that accepts ``model=``."""
         missing = [k for k in maps if not explainers or k not in explainers]
         if missing:
             raise ValueError(
@@ -106,7 +100,10 @@ class ModelParameterRandomisation(Metric):
                     f"explainers['{k}'] must accept model=... to explain the randomised copy "
                     "(call signature: explain(inputs, targets, generator=..., model=...))"
                 )
-        model = copy.deepcopy(batch.model)
+
+    def _layers(self, model: nn.Module) -> list:
+        """The ``(name, layer)`` pairs of ``model`` to randomise, output side first (at most
+        ``n_layers``)."""
         layers = randomisable_layers(model)[::-1]
         if not layers:
             raise ValueError("mprt: the model has no layer with reset_parameters to randomise")
@@ -117,6 +114,21 @@ class ModelParameterRandomisation(Metric):
                     "layers"
                 )
             layers = layers[: self.n_layers]
+        return layers
+
+    @serial_bookkeeping
+    def evaluate(
+        self,
+        batch: EvalBatch,
+        attributions,
+        *,
+        generator,
+        explainers: dict[str, ExplainFn] | None = None,
+    ) -> MetricOutput:
+        maps = prepare(batch, attributions)
+        self._check_explainers(maps, explainers)
+        model = copy.deepcopy(batch.model)
+        layers = self._layers(model)
         x = batch.inputs.float()
         targets = batch.targets.to(x.device).long().view(-1)
         rng = SampleRNG.for_batch(batch, generator, self.name)

@@ -232,6 +232,9 @@ def train_model(
     When ``checkpoint_dir`` holds a finished checkpoint (``model.pt`` + ``train.json``)
     it is loaded instead (``cache_hit=True``) and no training happens. A pretrained model
     (``model.pretrained`` true) is never trained: only its test accuracy is measured.
+
+    Longer than 80 lines because the epoch loop shares the optimiser, scheduler, history, progress
+    bar and divergence checks with the checkpoint handling around it.
     """
     if getattr(model, "pretrained", False):
         return evaluate_pretrained(model, task, device)

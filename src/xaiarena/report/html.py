@@ -365,50 +365,19 @@ def _stability_rows(
     return rows
 
 
-def _dataset_section(
+def _score_figures(
     data: RunData,
-    k: int,
     dataset: str,
+    prefix: str,
     figs: _Figures,
-    alpha: float,
-    test: str,
+    summ: pd.DataFrame,
+    metrics: list[str],
+    explainers: list[str],
     colors: dict[str, str],
-    view: str | None = None,
-    n_views: int = 1,
+    table: Any,
 ) -> dict[str, Any]:
-    info = data.dataset_info(dataset)
-    explainers = data.explainers(dataset)
-    metrics = order_metrics(data.metrics(dataset), data.metrics_meta)
+    """A dataset section's figures of the scores: bar charts, radar chart, perturbation curves."""
     meta = data.metrics_meta
-    # agreement metrics score pairs of explainers ("a~b"): their own table, not rows of empty cells
-    agreement = [m for m in metrics if meta.get(m, {}).get("category") == "agreement"]
-    pairs = [e for e in explainers if is_pair(e) and e not in (info.get("explainers") or {})]
-    single = [e for e in explainers if e not in pairs]
-    table = results_table(
-        data.summary,
-        data.tests,
-        dataset,
-        single,
-        [m for m in metrics if m not in agreement],
-        meta,
-        alpha,
-        test,
-    )
-    agreement_table = (
-        results_table(data.summary, data.tests, dataset, pairs, agreement, meta, alpha, test)
-        if pairs and agreement
-        else None
-    )
-    summ = data.summary[data.summary["dataset"] == dataset]
-    prefix = f"d{k}_{_slug(dataset)}"
-    explains = {
-        e: str(v.get("explains"))
-        for e, v in (info.get("explainers") or {}).items()
-        if isinstance(v, dict) and v.get("explains")
-    }
-    if set(explains.values()) <= {"f_b"}:  # name the model in heatmap titles only when mixed
-        explains = {}
-
     figures: dict[str, Any] = {}
     figures["bars"] = figs.add(
         f"{prefix}_bars.png",
@@ -436,13 +405,26 @@ def _dataset_section(
         "Perturbation curves",
         "Mean score per step with its 95% band, as saved by the run.",
     )
+    return figures
+
+
+def _example_figures(
+    data: RunData,
+    dataset: str,
+    info: dict[str, Any],
+    prefix: str,
+    figs: _Figures,
+    explainers: list[str],
+    explains: dict[str, str],
+) -> tuple[list[dict[str, Any]], Any, Any]:
+    """``(example rows, heatmap figure, LIME superpixel figure)`` of a dataset's saved image
+    examples (figures None where there are none)."""
     example_rows: list[dict[str, Any]] = []
-    figures["heatmaps"] = None
-    figures["lime"] = None
+    heatmaps = lime_figure = None
     if dataset in data.examples:
         png, example_rows = plots.heatmap_grid(data.examples[dataset], explainers, explains)
         has_masks = "masks" in data.examples[dataset]
-        figures["heatmaps"] = figs.add(
+        heatmaps = figs.add(
             f"{prefix}_heatmaps.png",
             png,
             "Attribution maps",
@@ -455,7 +437,7 @@ def _dataset_section(
             for e in explainers
             if ((info.get("explainers") or {}).get(e) or {}).get("name") == "lime"
         ]
-        figures["lime"] = (
+        lime_figure = (
             figs.add(
                 f"{prefix}_lime_superpixels.png",
                 plots.lime_superpixels(data.examples[dataset], lime),
@@ -469,6 +451,75 @@ def _dataset_section(
             if lime
             else None
         )
+    return example_rows, heatmaps, lime_figure
+
+
+def _section_tables(
+    data: RunData,
+    dataset: str,
+    info: dict[str, Any],
+    explainers: list[str],
+    metrics: list[str],
+    alpha: float,
+    test: str,
+) -> tuple[list[str], list[str], Any, Any]:
+    """``(agreement metrics, single explainers, results table, agreement table or None)``:
+    agreement metrics score pairs of explainers ("a~b"), so they get their own table rather than
+    rows of empty cells."""
+    meta = data.metrics_meta
+    agreement = [m for m in metrics if meta.get(m, {}).get("category") == "agreement"]
+    pairs = [e for e in explainers if is_pair(e) and e not in (info.get("explainers") or {})]
+    single = [e for e in explainers if e not in pairs]
+    table = results_table(
+        data.summary,
+        data.tests,
+        dataset,
+        single,
+        [m for m in metrics if m not in agreement],
+        meta,
+        alpha,
+        test,
+    )
+    agreement_table = (
+        results_table(data.summary, data.tests, dataset, pairs, agreement, meta, alpha, test)
+        if pairs and agreement
+        else None
+    )
+    return agreement, single, table, agreement_table
+
+
+def _dataset_section(
+    data: RunData,
+    k: int,
+    dataset: str,
+    figs: _Figures,
+    alpha: float,
+    test: str,
+    colors: dict[str, str],
+    view: str | None = None,
+    n_views: int = 1,
+) -> dict[str, Any]:
+    info = data.dataset_info(dataset)
+    explainers = data.explainers(dataset)
+    metrics = order_metrics(data.metrics(dataset), data.metrics_meta)
+    meta = data.metrics_meta
+    agreement, single, table, agreement_table = _section_tables(
+        data, dataset, info, explainers, metrics, alpha, test
+    )
+    summ = data.summary[data.summary["dataset"] == dataset]
+    prefix = f"d{k}_{_slug(dataset)}"
+    explains = {
+        e: str(v.get("explains"))
+        for e, v in (info.get("explainers") or {}).items()
+        if isinstance(v, dict) and v.get("explains")
+    }
+    if set(explains.values()) <= {"f_b"}:  # name the model in heatmap titles only when mixed
+        explains = {}
+
+    figures = _score_figures(data, dataset, prefix, figs, summ, metrics, explainers, colors, table)
+    example_rows, figures["heatmaps"], figures["lime"] = _example_figures(
+        data, dataset, info, prefix, figs, explainers, explains
+    )
     text_examples = (
         text_rows(data.text_examples[dataset], explainers) if dataset in data.text_examples else []
     )
@@ -594,17 +645,11 @@ def build_report(
         ) from exc
 
 
-def _build(run_dir: str | Path, alpha: float | None, test: str | None) -> Path:
-    data = load_run(run_dir)
-    run = data.run
-    alpha, test = _settings(run, alpha, test)
-    figs = _Figures(data.run_dir / "figures")
-
-    all_explainers: list[str] = []
-    for d in data.datasets:
-        all_explainers += [e for e in data.explainers(d) if e not in all_explainers]
-    colors = plots.explainer_colors(all_explainers)
-
+def _sections(
+    data: RunData, figs: _Figures, alpha: float, test: str, colors: dict[str, str]
+) -> list[dict[str, Any]]:
+    """One section per dataset and explained model (view); a learned explainer's view gets the
+    home section of its dataset."""
     sections = []
     for d in data.datasets:
         views = data.views(d)
@@ -621,21 +666,14 @@ def _build(run_dir: str | Path, alpha: float | None, test: str | None) -> Path:
             if home is not None and s["view"] == home["view"]:
                 s["home"] = home
         sections += mine
-    # across datasets: ranks of maps of the trained models (f_b) only; f_s views differ per dataset
-    main_sections = [s for s in sections if s["view"] in (None, "f_b")]
-    ranks = (
-        pd.concat([s["table"].ranks for s in main_sections], ignore_index=True)
-        if main_sections
-        else pd.DataFrame(columns=stats.RANK_COLUMNS)
-    )
-    combined = combined_table(ranks, data.metrics_meta) if len(ranks) else None
-    combined_text = (
-        narrative.combined_reading(combined["frame"], len(data.datasets)) if combined else []
-    )
+    return sections
 
+
+def _metric_rows(metrics_meta: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The report's metric glossary: name, category, direction, value range, description."""
     metric_rows = []
-    for m in order_metrics(list(data.metrics_meta), data.metrics_meta):
-        e = data.metrics_meta[m]
+    for m in order_metrics(list(metrics_meta), metrics_meta):
+        e = metrics_meta[m]
         vr = e.get("value_range") or []
         rng = ""
         if isinstance(vr, (list, tuple)) and len(vr) == 2:
@@ -658,6 +696,34 @@ def _build(run_dir: str | Path, alpha: float | None, test: str | None) -> Path:
                 "description": str(e.get("description", "") or ""),
             }
         )
+    return metric_rows
+
+
+def _build(run_dir: str | Path, alpha: float | None, test: str | None) -> Path:
+    data = load_run(run_dir)
+    run = data.run
+    alpha, test = _settings(run, alpha, test)
+    figs = _Figures(data.run_dir / "figures")
+
+    all_explainers: list[str] = []
+    for d in data.datasets:
+        all_explainers += [e for e in data.explainers(d) if e not in all_explainers]
+    colors = plots.explainer_colors(all_explainers)
+
+    sections = _sections(data, figs, alpha, test, colors)
+    # across datasets: ranks of maps of the trained models (f_b) only; f_s views differ per dataset
+    main_sections = [s for s in sections if s["view"] in (None, "f_b")]
+    ranks = (
+        pd.concat([s["table"].ranks for s in main_sections], ignore_index=True)
+        if main_sections
+        else pd.DataFrame(columns=stats.RANK_COLUMNS)
+    )
+    combined = combined_table(ranks, data.metrics_meta) if len(ranks) else None
+    combined_text = (
+        narrative.combined_reading(combined["frame"], len(data.datasets)) if combined else []
+    )
+
+    metric_rows = _metric_rows(data.metrics_meta)
 
     versions = run.get("versions") if isinstance(run.get("versions"), dict) else {}
     total = _num(run.get("total_seconds"))

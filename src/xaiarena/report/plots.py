@@ -338,6 +338,66 @@ def _wrap(name: str, width: int) -> str:
     return "\n".join([*lines, rest])
 
 
+def _attribution_tile(a: np.ndarray, f: int, cmap: Any, outline: np.ndarray | None) -> np.ndarray:
+    """One map as an RGB tile upsampled ``f`` times: scaled by its maximum absolute finite value
+    (non-finite values as 0), coloured by ``cmap``, the mask outline drawn in dark grey."""
+    finite = np.isfinite(a)
+    scale = np.abs(a[finite]).max() if finite.any() else 0.0
+    a = np.where(finite, a, 0.0) / scale if scale > 0 else np.zeros_like(a)
+    tile = _upsample(cmap((a + 1) / 2)[..., :3], f)
+    if outline is not None:
+        tile[outline] = (0.07, 0.07, 0.07)
+    return tile
+
+
+def _row_labels(ax: Any, info: list[dict[str, Any]], x: float, ys: list[float]) -> None:
+    """Each example row's true class and prediction, marked ✓ (green) or ✗ (red)."""
+    for row, y in zip(info, ys, strict=True):
+        mark = "✓" if row["correct"] else "✗"
+        ax.text(
+            x,
+            y,
+            _safe(f"{mark} true: {row['label']}\npred: {row['pred']}"),
+            fontsize=7.5,
+            ha="right",
+            va="center",
+            color="#1a7f37" if row["correct"] else "#c0392b",
+        )
+
+
+def _example_rows(
+    example: dict[str, np.ndarray],
+    rows: list[int],
+    labels: np.ndarray,
+    preds: np.ndarray,
+    hit: np.ndarray,
+) -> list[dict[str, Any]]:
+    """``{"sample_id", "label", "pred", "correct"}`` per example row, classes by name where the
+    example names them."""
+    names = [str(c) for c in example.get("class_names", [])]
+    # a model with its own classes (a pretrained ImageNet model) names its predictions itself
+    pred_names = (
+        [str(c) for c in example["pred_class_names"]] if "pred_class_names" in example else names
+    )
+    ids = example.get("sample_ids", np.arange(len(labels)))
+
+    def cname(k: int, names: list[str] = names) -> str:
+        return names[k] if 0 <= k < len(names) else str(k)
+
+    info = []
+    for i in rows:
+        sid = ids[i]
+        info.append(
+            {
+                "sample_id": sid.item() if hasattr(sid, "item") else sid,
+                "label": cname(int(labels[i])),
+                "pred": cname(int(preds[i]), pred_names),
+                "correct": bool(hit[i]),
+            }
+        )
+    return info
+
+
 def heatmap_grid(
     example: dict[str, np.ndarray],
     explainers: Sequence[str],
@@ -363,17 +423,7 @@ def heatmap_grid(
         return None, []
     images = example["images"]
     masks = example.get("masks")
-    names = [str(c) for c in example.get("class_names", [])]
-    # a model with its own classes (a pretrained ImageNet model) names its predictions itself
-    pred_names = (
-        [str(c) for c in example["pred_class_names"]] if "pred_class_names" in example else names
-    )
-    ids = example.get("sample_ids", np.arange(len(labels)))
     explains = explains or {}
-
-    def cname(k: int, names: list[str] = names) -> str:
-        return names[k] if 0 <= k < len(names) else str(k)
-
     h, w = _rgb(images[rows[0]]).shape[:2]
     f = max(1, round(128 / max(h, w)))
     th, tw = h * f, w * f
@@ -384,7 +434,6 @@ def heatmap_grid(
     canvas = np.ones((height, width, 3))
     cmap = colormaps["RdBu_r"]
     line = max(1, f // 3)
-    info = []
     for r, i in enumerate(rows):
         y = top + r * (th + gap)
         outline = (
@@ -400,24 +449,9 @@ def heatmap_grid(
             a = np.asarray(example[f"attr__{e}"][i], dtype=np.float64)
             if a.shape != (h, w):
                 continue
-            finite = np.isfinite(a)
-            scale = np.abs(a[finite]).max() if finite.any() else 0.0
-            a = np.where(finite, a, 0.0) / scale if scale > 0 else np.zeros_like(a)
-            tile = _upsample(cmap((a + 1) / 2)[..., :3], f)
-            if outline is not None:
-                tile[outline] = (0.07, 0.07, 0.07)
             x = left + c * (tw + gap)
-            canvas[y : y + th, x : x + tw] = tile
-        correct = bool(hit[i])
-        sid = ids[i]
-        info.append(
-            {
-                "sample_id": sid.item() if hasattr(sid, "item") else sid,
-                "label": cname(int(labels[i])),
-                "pred": cname(int(preds[i]), pred_names),
-                "correct": correct,
-            }
-        )
+            canvas[y : y + th, x : x + tw] = _attribution_tile(a, f, cmap, outline)
+    info = _example_rows(example, rows, labels, preds, hit)
     # colour bar in the right margin
     cb_h = min(len(rows) * th, 240)
     cb_x = width - right + 18
@@ -432,17 +466,7 @@ def heatmap_grid(
         for c, e in enumerate(cols, start=1):
             label = _wrap(str(e), max_chars) + (f"\n({explains[e]})" if e in explains else "")
             ax.text(left + c * (tw + gap) + tw / 2, top - 6, _safe(label), **text)
-        for r, row in enumerate(info):
-            mark = "✓" if row["correct"] else "✗"
-            ax.text(
-                left - 8,
-                top + r * (th + gap) + th / 2,
-                _safe(f"{mark} true: {row['label']}\npred: {row['pred']}"),
-                fontsize=7.5,
-                ha="right",
-                va="center",
-                color="#1a7f37" if row["correct"] else "#c0392b",
-            )
+        _row_labels(ax, info, left - 8, [top + r * (th + gap) + th / 2 for r in range(len(info))])
         for v, yy in ((1, top), (0, top + cb_h / 2), (-1, top + cb_h)):
             ax.text(cb_x + 16, yy, f"{v:+d}" if v else "0", fontsize=7, ha="left", va="center")
         return _png(fig), info

@@ -516,6 +516,9 @@ class DietTrainer:
         ``get_batch(idx)`` returns the training inputs for the sample indices ``idx``
         on the device; ``labels`` (optional) only feed the accuracy columns of the
         history. ``data_key`` identifies the training data in the cache key.
+
+        Longer than 80 lines because DiET's rounds share the optimisers, masks, cache key and
+        history in one loop; helpers would pass all of them.
         """
         cfg = self.config
         if n < 1:
