@@ -158,7 +158,8 @@ class ROAD(PerturbationMetric):
     default is 1, 3, ..., 99), and ``road_lerf_minus_morf`` (higher is better). Curves: the value
     at each percentage, x = fraction of pixels removed. MoRF at ``p`` removes ``int(P·p/100)`` of
     the ``P`` pixels (the authors' and Quantus's count); LeRF at ``p`` keeps the
-    ``int(P·(100-p)/100)`` most relevant pixels (the authors' LeRF at ``th_p = 1 - p/100``). Ties are broken at random.
+    ``int(P·(100-p)/100)`` most relevant pixels (the authors' LeRF at ``th_p = 1 - p/100``). Ties
+    are broken at random.
     """
 
     name = "road"
@@ -208,6 +209,12 @@ class ROAD(PerturbationMetric):
     def evaluate(
         self, batch: EvalBatch, attributions, *, generator, explainers=None
     ) -> MetricOutput:
+        """ROAD's MoRF and LeRF curves and scores of each map: the target output after the most
+        (least) relevant ``percentages`` of pixels are imputed by noisy linear imputation.
+
+        Longer than 80 lines because one queue of forward passes is shared by every sample, order,
+        percentage and map (masks shared by maps imputed and scored once); splitting the loop
+        would pass that bookkeeping around."""
         maps = prepare(batch, attributions)
         if self.abs:
             maps = {k: v.abs() for k, v in maps.items()}
