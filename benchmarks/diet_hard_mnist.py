@@ -204,25 +204,29 @@ def main() -> None:
         results[name] = {"mean": float(iou.mean()), "se": se, "per_sample": iou}
         print(f"  {name:36s} {float(iou.mean()):.3f} +- {se:.3f}")
     d = results["diet (f_s)"]["per_sample"]
-    # maps of one model only: diet vs the maps of f_s; diet@f_s (DiET's maps as explanations of f_b) vs f_b's
+    # maps of one model only: diet vs the maps of f_s; diet@f_s (DiET's maps as explanations of f_b)
+    # vs f_b's
     for view, name in (("f_s", "diet"), ("f_b", "diet@f_s")):
         for other in ("gradcam", "integrated_gradients sum", "integrated_gradients abs_sum"):
             diff = d - results[f"{other} ({view})"]["per_sample"]
             print(
                 f"  {view}: paired diff {name} - {other:30s} {float(diff.mean()):+.3f} "
-                f"+- {float(diff.std() / len(diff) ** 0.5):.3f}  ({name} better on {float((diff > 0).float().mean()):.0%})"
+                f"+- {float(diff.std() / len(diff) ** 0.5):.3f}  ({name} better on "
+                f"{float((diff > 0).float().mean()):.0%})"
             )
 
     pred_fb, pred_fs = predict(model, x, device), predict(f_s, x, device)
     rep = diet.report()
     print("\nDiET faithfulness report:", json.dumps(rep, indent=1))
     print(
-        f"f_s/f_b agreement on the {len(x)} evaluation samples: {float((pred_fb == pred_fs).float().mean()):.3f}"
+        f"f_s/f_b agreement on the {len(x)} evaluation samples: "
+        f"{float((pred_fb == pred_fs).float().mean()):.3f}"
     )
     print(
-        f"\ntimings ({args.threads} threads, load avg {os.getloadavg()[0]:.1f}): DiET fit {t_fit:.1f}s "
-        f"+ test masks {t_test:.1f}s = {t_fit + t_test:.1f}s wall "
-        f"(CPU time {c_fit:.0f}s + {c_test:.0f}s = {c_fit + c_test:.0f}s); gradcam {t_cam:.1f}s; IG {t_ig:.1f}s"
+        f"\ntimings ({args.threads} threads, load avg {os.getloadavg()[0]:.1f}): DiET fit "
+        f"{t_fit:.1f}s + test masks {t_test:.1f}s = {t_fit + t_test:.1f}s wall "
+        f"(CPU time {c_fit:.0f}s + {c_test:.0f}s = {c_fit + c_test:.0f}s); gradcam {t_cam:.1f}s; "
+        f"IG {t_ig:.1f}s"
     )
     for rec in diet.history:
         eps = rec.get("epochs", [])

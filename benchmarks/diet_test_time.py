@@ -6,14 +6,15 @@ runner's stages, cached in ``--cache``; a later ``xaiarena run --out <cache>`` r
 
     PYTHONPATH=src python benchmarks/diet_test_time.py prepare      # f_b and DiET's f_s (cached)
     PYTHONPATH=src python benchmarks/diet_test_time.py convergence  # training-split images only
-    PYTHONPATH=src python benchmarks/diet_test_time.py sensitivity  # the benchmark's evaluation images
+    PYTHONPATH=src python benchmarks/diet_test_time.py sensitivity  # benchmark's evaluation images
     PYTHONPATH=src python benchmarks/diet_test_time.py timing       # CPU seconds, old vs default
 
 ``convergence`` runs the per-sample test-time optimisation for a fixed, long budget on
 *training-split* images (images f_b did not train on, outside DiET's training subset; never the
 test split) and records, every step, the set-level loss and mask change that a stopping rule can
 see; then it applies the candidate stopping rules to the recorded trajectories. The default
-procedure's rule and limits were chosen from this output (``benchmarks/results/diet_convergence.*``).
+procedure's rule and limits were chosen from this output
+(``benchmarks/results/diet_convergence.*``).
 
 ``sensitivity`` measures how much DiET's maps depend on the background colour, the sparsity weight,
 the procedure and the seed: the median (and quartiles) over the benchmark's evaluation images of the
@@ -49,8 +50,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def setting(cache: Path, overrides: dict[str, Any] | None = None):
-    """``(s, prep, spec, diet)``: the default benchmark's settings, its prepared dataset (f_b and the
-    evaluation samples) and DiET fitted as the runner fits it (cached under ``cache``)."""
+    """``(s, prep, spec, diet)``: the default benchmark's settings, its prepared dataset (f_b and
+    the evaluation samples) and DiET fitted as the runner fits it (cached under ``cache``)."""
     from xaiarena.config import load_config
     from xaiarena.engine import cache as ck
     from xaiarena.engine import stages
@@ -85,7 +86,8 @@ def setting(cache: Path, overrides: dict[str, Any] | None = None):
     t0 = time.perf_counter()
     stages.fit_learned(s, prep, spec, diet, "f_s")
     print(
-        f"[setting] DiET fit: {time.perf_counter() - t0:.1f}s (cache hit: {diet.report().get('cache_hit')})",
+        f"[setting] DiET fit: {time.perf_counter() - t0:.1f}s (cache hit: "
+        f"{diet.report().get('cache_hit')})",
         flush=True,
     )
     return s, prep, spec, diet
@@ -193,9 +195,9 @@ def record(
 
 def apply_rule(rec, half: int, every: int, tol: float, mask_tol: float, noise: bool):
     """The implemented rule (testtime._converged) on a recorded trajectory: half-windows of ``half``
-    steps (a multiple of ``every``; half-window mask means from the snapshots), checked at the end of
-    every half-window after the fourth. Returns each sample's stop step (the recorded length where it
-    never stops) and its map (the mean of the last window)."""
+    steps (a multiple of ``every``; half-window mask means from the snapshots), checked at the end
+    of every half-window after the fourth. Returns each sample's stop step (the recorded length
+    where it never stops) and its map (the mean of the last window)."""
     from xaiarena.explainers.diet.testtime import LOSS_NOISE_Z, MASK_NOISE_RATIO
 
     losses, snaps = rec["losses"], rec["snaps"]
@@ -363,8 +365,8 @@ def convergence(diet, x, gt, y, steps: int, every: int, out: Path, raw_dir: Path
 
 
 def implemented(diet, x, y, gt, seeds: dict[str, int], window: float) -> dict[str, Any]:
-    """The converged procedure with DiET's defaults but ``test_window``, as implemented, on the study
-    images, per seed."""
+    """The converged procedure with DiET's defaults but ``test_window``, as implemented, on the
+    study images, per seed."""
     import dataclasses
 
     from xaiarena.explainers.diet.image import _digests
@@ -418,22 +420,23 @@ def convergence_markdown(result: dict[str, Any]) -> str:
         return " / ".join(f"{x:.3f}" for x in v)
 
     lines = [
-        f"Convergence study: {result['n_images']} training-split images, {result['steps']} steps of the "
-        f"per-sample procedure (stopping rule off), seeds {result['seeds']}.",
+        f"Convergence study: {result['n_images']} training-split images, {result['steps']} steps "
+        f"of the per-sample procedure (stopping rule off), seeds {result['seeds']}.",
         "",
     ]
     for name, res in result["settings"].items():
         lines += [
             f"### {name}: {res['options']} (horizon {res['horizon']} steps)",
             "",
-            "Every horizon (= window W): set-level loss (mean over the images of the last steps' losses), "
-            "kept fraction, the set-level relative change of the window-mean loss, per-image quartiles of "
-            "the relative changes of the window-mean loss and mask, median per-image Spearman of the "
-            "last iterate with the last step's and with the second seed's, the same for window-mean "
-            "masks, top-k IoU of the last iterate / window mean.",
+            "Every horizon (= window W): set-level loss (mean over the images of the last steps' "
+            "losses), kept fraction, the set-level relative change of the window-mean loss, "
+            "per-image quartiles of the relative changes of the window-mean loss and mask, median "
+            "per-image Spearman of the last iterate with the last step's and with the second "
+            "seed's, the same for window-mean masks, top-k IoU of the last iterate / window mean.",
             "",
-            "| step | H | set loss | kept | set loss change | loss change q25/50/75 | mask change q25/50/75 | "
-            "iterate: rho final / rho seeds | window mean: rho final / rho seeds | IoU iterate / mean |",
+            "| step | H | set loss | kept | set loss change | loss change q25/50/75 | mask change "
+            "q25/50/75 | iterate: rho final / rho seeds | window mean: rho final / rho seeds | IoU "
+            "iterate / mean |",
             "|" + "---|" * 10,
         ]
         for r in res["curve"]:
@@ -443,42 +446,43 @@ def convergence_markdown(result: dict[str, Any]) -> str:
             mc = q(r["sample_mask_change_q"]) if "sample_mask_change_q" in r else ""
             sl = f"{r['set_loss_change']:.4f}" if "set_loss_change" in r else ""
             lines.append(
-                f"| {r['step']} | {r['horizons']:g} | {r['set_loss']:.4f} | {r['kept']:.3f} | {sl} | {lc} | "
-                f"{mc} | {r['spearman_to_final']:.3f} / {r['spearman_seeds']:.3f} | "
-                f"{r['spearman_to_final_window_mean']:.3f} / {r['spearman_seeds_window_mean']:.3f} | "
-                f"{r['topk_iou']:.3f} / {r['topk_iou_window_mean']:.3f} |"
+                f"| {r['step']} | {r['horizons']:g} | {r['set_loss']:.4f} | {r['kept']:.3f} | {sl} "
+                f"| {lc} | {mc} | {r['spearman_to_final']:.3f} / {r['spearman_seeds']:.3f} | "
+                f"{r['spearman_to_final_window_mean']:.3f} / {r['spearman_seeds_window_mean']:.3f} "
+                f"| {r['topk_iou']:.3f} / {r['topk_iou_window_mean']:.3f} |"
             )
         lines += [
             "",
-            "Candidate rules on the recorded trajectories (half-window mask means from the snapshots): "
-            "checked every half-window, the map is the mean mask of the last window; with the noise "
-            "allowances of the implemented rule or without:",
+            "Candidate rules on the recorded trajectories (half-window mask means from the "
+            "snapshots): checked every half-window, the map is the mean mask of the last window; "
+            "with the noise allowances of the implemented rule or without:",
             "",
-            "| window (H) | loss tol | mask tol | noise allowance | steps q25 / median / q75 | mean | max "
-            "| never stopped | Spearman seeds | top-k IoU |",
+            "| window (H) | loss tol | mask tol | noise allowance | steps q25 / median / q75 | "
+            "mean | max | never stopped | Spearman seeds | top-k IoU |",
             "|" + "---|" * 10,
         ]
         for r in res["rules"]:
             sq = r["steps_quartiles"]
             lines.append(
                 f"| {r['window_horizons']:g} | {r['tol']:g} | {r['mask_tol']:g} | "
-                f"{'yes' if r['noise_allowance'] else 'no'} | {sq[0]:.0f} / {sq[1]:.0f} / {sq[2]:.0f} | "
-                f"{r['steps_mean']:.0f} | {r['steps_max']} | {r['never_stopped']} | "
+                f"{'yes' if r['noise_allowance'] else 'no'} | {sq[0]:.0f} / {sq[1]:.0f} / "
+                f"{sq[2]:.0f} | {r['steps_mean']:.0f} | {r['steps_max']} | {r['never_stopped']} | "
                 f"{r['spearman_seeds']:.3f} | {r['topk_iou']:.3f} |"
             )
         lines.append(
-            "\n(These maps are means of the snapshots, every 6th step: noisier than the implemented "
-            "rule's, which averages every step of the window; see below.)"
+            "\n(These maps are means of the snapshots, every 6th step: noisier than the "
+            "implemented rule's, which averages every step of the window; see below.)"
         )
         if res.get("implemented"):
             lines += [
                 "",
                 "The implemented rule (testtime._converged, exact: every step's mask in the window "
-                "means), DiET's defaults but the window, run as it is on the same images with both seeds:",
+                "means), DiET's defaults but the window, run as it is on the same images with both "
+                "seeds:",
                 "",
-                "| window (H) | seed | steps q25 / median / q75 | mean | max | stopped at the limit | "
-                "final loss change (median) | final mask change (median) | Spearman seeds (q25 / median / "
-                "q75) | top-k IoU |",
+                "| window (H) | seed | steps q25 / median / q75 | mean | max | stopped at the "
+                "limit | final loss change (median) | final mask change (median) | Spearman seeds "
+                "(q25 / median / q75) | top-k IoU |",
                 "|" + "---|" * 10,
             ]
             for imp in res["implemented"]:
@@ -491,8 +495,8 @@ def convergence_markdown(result: dict[str, Any]) -> str:
                         else " | "
                     )
                     lines.append(
-                        f"| {imp['settings']['test_window']:g} | {label} | {sq[0]:.0f} / {sq[1]:.0f} / "
-                        f"{sq[2]:.0f} | {v['steps_mean']:.0f} | {v['steps_max']} | "
+                        f"| {imp['settings']['test_window']:g} | {label} | {sq[0]:.0f} / "
+                        f"{sq[1]:.0f} / {sq[2]:.0f} | {v['steps_mean']:.0f} | {v['steps_max']} | "
                         f"{v['stopped_at_limit']} | {v['loss_change_median']:.4f} | "
                         f"{v['mask_change_median']:.4f} | {both} |"
                     )
@@ -502,8 +506,9 @@ def convergence_markdown(result: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- sensitivity
 
-#: variants of DiET's test time on the fitted default f_s: options of the ``diet`` explainer (test-time
-#: only, so the fit is reused), and ``seed``: the test-time seed alone (the fit stays seed 0's)
+#: variants of DiET's test time on the fitted default f_s: options of the ``diet`` explainer
+#: (test-time only, so the fit is reused), and ``seed``: the test-time seed alone (the fit stays
+#: seed 0's)
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "second seed": {"seed": "second"},
@@ -529,8 +534,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 def variant(
     s, prep, spec, options: dict[str, Any], x: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Test-time masks of ``x`` for the default fit with the test-time ``options`` (cached in the fit's
-    folder under their own keys)."""
+    """Test-time masks of ``x`` for the default fit with the test-time ``options`` (cached in the
+    fit's folder under their own keys)."""
     from xaiarena.engine import cache as ck
     from xaiarena.explainers.diet.testtime import second_seed
     from xaiarena.registry import EXPLAINERS
@@ -588,8 +593,9 @@ def sensitivity(s, prep, spec, x: torch.Tensor, out: Path) -> dict[str, Any]:
             }
         )
         print(
-            f"[sensitivity] {name}: median Spearman vs default {rows[-1]['spearman_vs_default'][1]:.3f}, "
-            f"steps median {info.get('steps_median')}, {info['seconds']}s",
+            f"[sensitivity] {name}: median Spearman vs default "
+            f"{rows[-1]['spearman_vs_default'][1]:.3f}, steps median {info.get('steps_median')}, "
+            f"{info['seconds']}s",
             flush=True,
         )
         out.with_suffix(".json").write_text(
@@ -612,8 +618,9 @@ def sensitivity(s, prep, spec, x: torch.Tensor, out: Path) -> dict[str, Any]:
 
 def sensitivity_markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"Per-image Spearman correlation between DiET's maps of {result['n_images']} evaluation images of "
-        "the default benchmark under each variant and under the default (median [q25, q75]).",
+        f"Per-image Spearman correlation between DiET's maps of {result['n_images']} evaluation "
+        "images of the default benchmark under each variant and under the default (median [q25, "
+        "q75]).",
         "",
         "| variant | Spearman vs default | kept (mean map) | steps median (max) | at the limit |",
         "|---|---|---|---|---|",
@@ -646,9 +653,9 @@ def sensitivity_markdown(result: dict[str, Any]) -> str:
         + ".",
         "",
         "Everything but the variant is the default (converged, w 8, test_lr 125 per 1024 cells, "
-        "the dataset's mean as background colour, std 0.05, DiET's seed). The old default ran 66 steps "
-        "(its horizon cap, hence 'at the limit') with the last iterate as the map and per-sample "
-        "backgrounds (the old code drew one background per step for the whole batch).",
+        "the dataset's mean as background colour, std 0.05, DiET's seed). The old default ran 66 "
+        "steps (its horizon cap, hence 'at the limit') with the last iterate as the map and "
+        "per-sample backgrounds (the old code drew one background per step for the whole batch).",
     ]
     return "\n".join(lines) + "\n"
 

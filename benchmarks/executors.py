@@ -77,8 +77,8 @@ def main() -> None:
     a = pd.read_csv(out / "local" / "results" / "summary.csv")
     b = pd.read_csv(out / "ray" / "results" / "summary.csv")
     identical = a.equals(b)
-    # every task computes with the local run's torch thread count (engine.context.thread_count), so the two
-    # summaries should be identical; where they are not, say by how much
+    # every task computes with the local run's torch thread count (engine.context.thread_count), so
+    # the two summaries should be identical; where they are not, say by how much
     num = [c for c in ("mean", "ci_low", "ci_high") if c in a.columns]
     same_rows = a.drop(columns=num).equals(b.drop(columns=num))
     max_diff = float((a[num] - b[num]).abs().max().max()) if same_rows else float("nan")
@@ -102,7 +102,8 @@ def main() -> None:
         else (f"same rows, max abs difference {max_diff:.1e}" if same_rows else "DIFFERENT ROWS")
     )
     print(
-        f"| {result['config']} | {result['local_s']} s | {result['ray_s']} s | {result['ray_over_local']:.2f} | {same} |"
+        f"| {result['config']} | {result['local_s']} s | {result['ray_s']} s | "
+        f"{result['ray_over_local']:.2f} | {same} |"
     )
 
 

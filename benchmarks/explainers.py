@@ -374,18 +374,21 @@ def main(argv: list[str] | None = None) -> int:
             cap = f"{r['captum_s']:9.2f}" if r["captum_s"] is not None else f"{'n/a':>9}"
             rc = f"{r['ratio_captum']:12.3f}" if r["ratio_captum"] is not None else f"{'n/a':>12}"
             print(
-                f"{r['explainer']:<13} {r['forward_rows']:>9} {r['ours_s']:8.2f} {r['floor_s']:8.2f} {cap} "
-                f"{r['ratio_floor']:11.3f} {r['ratio_floor_cpu']:6.2f} {rc}"
+                f"{r['explainer']:<13} {r['forward_rows']:>9} {r['ours_s']:8.2f} "
+                f"{r['floor_s']:8.2f} {cap} {r['ratio_floor']:11.3f} {r['ratio_floor_cpu']:6.2f} "
+                f"{rc}"
             )
     if "defaults" in out:
         print(f"\nEvery explainer at default settings, {args.n_defaults} images, batch 64")
         print(f"{'explainer':<22} {'family':<13} {'fwd rows':>9} {'wall s':>8} {'cpu s':>8}")
         for r in out["defaults"]:
             print(
-                f"{r['explainer']:<22} {r['family']:<13} {r['forward_rows']:>9} {r['wall_s']:8.1f} {r['cpu_s']:8.1f}"
+                f"{r['explainer']:<22} {r['family']:<13} {r['forward_rows']:>9} {r['wall_s']:8.1f} "
+                f"{r['cpu_s']:8.1f}"
             )
         print(
-            f"{'total':<22} {'':<13} {'':>9} {out['defaults_total_wall_s']:8.1f} {out['defaults_total_cpu_s']:8.1f}"
+            f"{'total':<22} {'':<13} {'':>9} {out['defaults_total_wall_s']:8.1f} "
+            f"{out['defaults_total_cpu_s']:8.1f}"
         )
     return 0
 

@@ -130,8 +130,9 @@ GPU_REFERENCES = {
         "precision": "TF32",
         "batch_size": 256,
         "software": "TensorFlow 20.06-tf1-py3 NGC container",
-        "source": "NVIDIA DeepLearningExamples, ResNet-50 v1.5 for TensorFlow, README, 'Inference performance: "
-        "NVIDIA DGX A100 (1x A100 40GB)', table 'TF32 Inference Latency' (last changed in commit 9de48bc)",
+        "source": "NVIDIA DeepLearningExamples, ResNet-50 v1.5 for TensorFlow, README, 'Inference "
+        "performance: NVIDIA DGX A100 (1x A100 40GB)', table 'TF32 Inference Latency' (last "
+        "changed in commit 9de48bc)",
         "url": "https://github.com/NVIDIA/DeepLearningExamples/blob/master/TensorFlow/Classification/ConvNets/"
         "resnet50v1.5/README.md#inference-performance-nvidia-dgx-a100-1x-a100-40gb",
     },
@@ -151,8 +152,8 @@ GPU_REFERENCES = {
         "precision": "FP32",
         "batch_size": 256,
         "software": "PyTorch 21.03 NGC container",
-        "source": "NVIDIA DeepLearningExamples, ResNet-50 v1.5 for PyTorch, README, 'Inference performance: "
-        "NVIDIA DGX-1 (1x V100 16GB)', table 'FP32 Inference Latency'",
+        "source": "NVIDIA DeepLearningExamples, ResNet-50 v1.5 for PyTorch, README, 'Inference "
+        "performance: NVIDIA DGX-1 (1x V100 16GB)', table 'FP32 Inference Latency'",
         "url": "https://github.com/NVIDIA/DeepLearningExamples/blob/master/PyTorch/Classification/ConvNets/"
         "resnet50v1.5/README.md#inference-performance-nvidia-dgx-1-1x-v100-16gb",
     },
@@ -164,7 +165,8 @@ REFERENCE = "a100_tf32"
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (stride here: v1.5), 1x1 expand by 4, projection shortcut where the shape changes."""
+    """1x1 reduce, 3x3 (stride here: v1.5), 1x1 expand by 4, projection shortcut where the shape
+    changes."""
 
     def __init__(self, cin: int, width: int, stride: int):
         super().__init__()
@@ -312,8 +314,8 @@ def peak_rss(out: dict):
 
 
 def cpu_throughput(model: nn.Module, batch: int, repeats: int) -> dict:
-    """The model's images per second on this CPU: forward (no autograd), and forward + backward to the
-    input (what gradient explainers do), the best of ``repeats``."""
+    """The model's images per second on this CPU: forward (no autograd), and forward + backward to
+    the input (what gradient explainers do), the best of ``repeats``."""
     x = torch.rand(batch, CHANNELS, SIZE, SIZE)
     with torch.no_grad():
         model(x[:2])  # warm-up
@@ -415,8 +417,8 @@ def time_metrics(
                     explainers={k: reexplain[k] for k in keys},
                 )
                 secs = time.perf_counter() - t0
-                # evaluate() ends with the statistics of its table (bootstrap, paired tests), which a run
-                # computes once, on the driver: timed again here and taken off
+                # evaluate() ends with the statistics of its table (bootstrap, paired tests), which
+                # a run computes once, on the driver: timed again here and taken off
                 t0 = time.perf_counter()
                 stats.result_tables(
                     ev.per_sample,
@@ -553,8 +555,9 @@ def worked_example(res: dict, args: argparse.Namespace) -> dict:
         storage["inputs_float32_gb"] + storage["maps_all_float16_gb"] + gb(parquet)
     )
 
-    # GPU seconds per image, two bounds: everything scaled by the GPU/CPU throughput ratio (fast), or
-    # the model's part scaled and the rest at this CPU's speed (slow: it stays on the worker's CPU)
+    # GPU seconds per image, two bounds: everything scaled by the GPU/CPU throughput ratio (fast),
+    # or the model's part scaled and the rest at this CPU's speed (slow: it stays on the worker's
+    # CPU)
     def fast(r: dict) -> float:
         return r["seconds_per_image"] / speedup
 
@@ -581,8 +584,8 @@ def worked_example(res: dict, args: argparse.Namespace) -> dict:
     scored_maps = {k: r["maps"] for k, r in me.items()}
     for s in args.shard_size:
         shards = math.ceil(n / s)
-        # an explain task holds its shard's inputs and maps, a score task its inputs and the maps it scores,
-        # each plus the working set measured above (peak RSS over the RSS before the call)
+        # an explain task holds its shard's inputs and maps, a score task its inputs and the maps it
+        # scores, each plus the working set measured above (peak RSS over the RSS before the call)
         mem = [
             s * (input_f32 + map_f32) / 1e9 + (r.get("peak_extra_mb") or 0) / 1e3
             for r in ex.values()
@@ -601,16 +604,17 @@ def worked_example(res: dict, args: argparse.Namespace) -> dict:
             "task_gpu_seconds_max_slow": s * max(slow(r) for r in comps),
             "task_memory_gb_max": max(mem),
             "map_files": shards * e_all,
-            # the share of the cluster's time that goes to the fixed cost of tasks (at the fast bound)
+            # the share of the cluster's time that goes to the fixed cost of tasks (at the fast
+            # bound)
             "fixed_cost_share": (shards * (e_all + m_all) * args.task_overhead_s)
             / (shards * (e_all + m_all) * args.task_overhead_s + n * gpu_fast),
             "shard_inputs_gb": gb(s * input_f32),
             "shard_maps_gb": gb(s * map_f32),
         }
 
-    # network: every task reads its shard's inputs; an explain task writes its maps, a score task reads
-    # the maps it scores. A worker that runs every task of a shard (shard-affine) reads the inputs once
-    # and keeps the maps it wrote.
+    # network: every task reads its shard's inputs; an explain task writes its maps, a score task
+    # reads the maps it scores. A worker that runs every task of a shard (shard-affine) reads the
+    # inputs once and keeps the maps it wrote.
     traffic_tasks = n * e_all * (input_f32 + map_f32) + sum(
         n * (input_f32 + k * map_f32) for k in scored_maps.values()
     )
@@ -726,9 +730,9 @@ def markdown(res: dict) -> str:
     thr = res["cpu_throughput"]
     out = [
         f"ResNet-50, 3x{SIZE}x{SIZE}, this CPU ({res['hardware']['threads']} threads): forward "
-        f"{thr['forward_img_per_s']:.2f} img/s, forward + backward {thr['forward_backward_img_per_s']:.2f} img/s "
-        f"(batch {thr['batch_size']}); explainers on {res['images']} image(s), metrics on "
-        f"{res['metric_images']}",
+        f"{thr['forward_img_per_s']:.2f} img/s, forward + backward "
+        f"{thr['forward_backward_img_per_s']:.2f} img/s (batch {thr['batch_size']}); explainers on "
+        f"{res['images']} image(s), metrics on {res['metric_images']}",
         "",
         "| component | s / image | model part | other | forward rows | grad rows | peak extra MB |",
         "|---|---|---|---|---|---|---|",
@@ -754,32 +758,34 @@ def markdown(res: dict) -> str:
         "",
         "| quantity | value |",
         "|---|---|",
-        f"| inputs (float32 / uint8) | {st['inputs_float32_gb']:.1f} GB / {st['inputs_uint8_gb']:.1f} GB |",
-        f"| maps of one explainer (float32 / float16) | {st['maps_per_explainer_float32_gb']:.2f} GB / "
-        f"{st['maps_per_explainer_float16_gb']:.2f} GB |",
+        f"| inputs (float32 / uint8) | {st['inputs_float32_gb']:.1f} GB / "
+        f"{st['inputs_uint8_gb']:.1f} GB |",
+        f"| maps of one explainer (float32 / float16) | {st['maps_per_explainer_float32_gb']:.2f} "
+        f"GB / {st['maps_per_explainer_float16_gb']:.2f} GB |",
         f"| maps of all explainers (float32 / float16) | {st['maps_all_float32_gb']:.1f} GB / "
         f"{st['maps_all_float16_gb']:.1f} GB |",
-        f"| per-sample table | {st['per_sample_rows']:,.0f} rows: {st['per_sample_parquet_gb']:.3f} GB "
-        f"Parquet, {st['per_sample_in_memory_gb']:.2f} GB in memory |",
+        f"| per-sample table | {st['per_sample_rows']:,.0f} rows: "
+        f"{st['per_sample_parquet_gb']:.3f} GB Parquet, {st['per_sample_in_memory_gb']:.2f} GB in "
+        "memory |",
         f"| cache in all (float32 / float16 maps) | {st['total_float32_gb']:.1f} GB / "
         f"{st['total_float16_maps_gb']:.1f} GB |",
         f"| CPU s / image here (model part + other) | {tm['cpu_seconds_per_image']:.1f} "
         f"({tm['model_seconds_per_image_cpu']:.1f} + {tm['other_seconds_per_image_cpu']:.1f}) |",
-        f"| GPU / this CPU throughput ({ref['gpu']}, {ref['precision']}: {ref['img_per_s']:.0f} img/s) | "
-        f"{tm['gpu_cpu_speedup']:.0f}x |",
-        f"| GPU s / image (all scaled - other not scaled) | {tm['gpu_seconds_per_image_fast']:.3f} - "
-        f"{tm['gpu_seconds_per_image_slow']:.3f} |",
+        f"| GPU / this CPU throughput ({ref['gpu']}, {ref['precision']}: {ref['img_per_s']:.0f} "
+        f"img/s) | {tm['gpu_cpu_speedup']:.0f}x |",
+        f"| GPU s / image (all scaled - other not scaled) | {tm['gpu_seconds_per_image_fast']:.3f} "
+        f"- {tm['gpu_seconds_per_image_slow']:.3f} |",
         f"| GPU-hours | {tm['gpu_hours_fast']:.1f} - {tm['gpu_hours_slow']:.1f} |",
         "",
-        "| shard size | shards | tasks | task GPU s (shortest - longest) | largest task memory GB | "
-        "map files | fixed cost share |",
+        "| shard size | shards | tasks | task GPU s (shortest - longest) | largest task memory GB "
+        "| map files | fixed cost share |",
         "|---|---|---|---|---|---|---|",
     ]
     for s, p in w["per_shard_size"].items():
         out.append(
             f"| {s} | {p['shards']:,} | {p['tasks']:,} | {p['task_gpu_seconds_min_fast']:.2f} - "
-            f"{p['task_gpu_seconds_max_slow']:.1f} | {p['task_memory_gb_max']:.2f} | {p['map_files']:,} | "
-            f"{100 * p['fixed_cost_share']:.0f}% |"
+            f"{p['task_gpu_seconds_max_slow']:.1f} | {p['task_memory_gb_max']:.2f} | "
+            f"{p['map_files']:,} | {100 * p['fixed_cost_share']:.0f}% |"
         )
     out += [
         "",
@@ -802,8 +808,8 @@ def markdown(res: dict) -> str:
     for lim in w["limits"]:
         hr = "-" if lim["headroom"] is None else f"{lim['headroom']:.2f}x"
         out.append(
-            f"| {lim['limit']} | {lim['need']:.3g} {lim['unit']} | {lim['capacity']:.3g} {lim['unit']} | "
-            f"{hr} |"
+            f"| {lim['limit']} | {lim['need']:.3g} {lim['unit']} | {lim['capacity']:.3g} "
+            f"{lim['unit']} | {hr} |"
         )
     out += ["", f"GPU throughput: {ref['source']}; {ref['url']}"]
     return "\n".join(out)
@@ -869,8 +875,8 @@ def main(argv: list[str] | None = None) -> int:
         "--task-overhead-s",
         type=float,
         default=1.0,
-        help="assumed fixed cost per task: scheduling, opening the shard's files, the model where the "
-        "worker does not hold it (1 s)",
+        help="assumed fixed cost per task: scheduling, opening the shard's files, the model where "
+        "the worker does not hold it (1 s)",
     )
     ap.add_argument(
         "--out",
@@ -923,8 +929,8 @@ def main(argv: list[str] | None = None) -> int:
         split_model_time(rec, thr)
     rows_per_image = sum(r.get("per_sample_rows_per_image", 0.0) for r in me_costs.values())
     res = {
-        "what": "per-image cost of explainers and metrics at 3x224x224 on this CPU (ResNet-50, random weights), "
-        "and issue 26's worked example for ImageNet validation on a GPU cluster",
+        "what": "per-image cost of explainers and metrics at 3x224x224 on this CPU (ResNet-50, "
+        "random weights), and issue 26's worked example for ImageNet validation on a GPU cluster",
         "quick": bool(args.quick),
         "images": args.images,
         "metric_images": k,

@@ -26,7 +26,7 @@ seconds are in the JSON.
 ::
 
     python benchmarks/memory_scaling.py                    # N = 512 and 4096 (tens of minutes)
-    python benchmarks/memory_scaling.py --quick            # smoke run: N = 32 and 64, small training
+    python benchmarks/memory_scaling.py --quick            # smoke: N = 32 and 64, small training
     python benchmarks/memory_scaling.py --n 512 1024 4096 --repeats 2
     python benchmarks/memory_scaling.py --shard-size 256   # once evaluation.shard_size exists
 
@@ -247,7 +247,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
         else None
     )
     return {
-        "what": "peak RSS and explain+score time of one config at several evaluation sample counts (issue 26)",
+        "what": "peak RSS and explain+score time of one config at several evaluation sample counts "
+        "(issue 26)",
         "quick": bool(args.quick),
         "config": base,
         "overrides": sets,

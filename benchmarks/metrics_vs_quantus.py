@@ -15,14 +15,14 @@ For every metric Quantus also has, it times
 Metrics Quantus lacks (or whose Quantus version crashes: IROF; or computes
 another statistic: Sensitivity-N) are timed against their floor only. ROAD's
 floor adds to its forward passes the bare sparse solves of its imputations
-(prebuilt systems): the imputation, not the model, is most of its work. Each measurement is repeated ``--repeats`` times,
-the three interleaved, keeping the fastest run (the one least disturbed by
+(prebuilt systems): the imputation, not the model, is most of its work. Each measurement is repeated
+``--repeats`` times, the three interleaved, keeping the fastest run (the one least disturbed by
 other processes on a shared machine). Plus the comparison
 case: 8 explainers' maps scored with FaithfulnessCorrelation(nr_runs=200), one
 xaiarena call against Quantus called once per explainer.
 
     python benchmarks/metrics_vs_quantus.py            # table
-    python benchmarks/metrics_vs_quantus.py --json     # {"metric": {"xaiarena_s", "quantus_s", "floor_s", "speedup"}}
+    python benchmarks/metrics_vs_quantus.py --json     # JSON {metric: {xaiarena_s, quantus_s, ...}}
     python benchmarks/metrics_vs_quantus.py --quick    # 64 images, fewer runs: a smoke test
     python benchmarks/metrics_vs_quantus.py --only Sparseness "FaithfulnessCorrelation x8"
 
@@ -170,8 +170,9 @@ class Floors:
         )
 
     def road(self, metric, x: torch.Tensor, a: torch.Tensor) -> float:
-        """ROAD's floor: its forward passes plus the sparse solves of its imputations on prebuilt systems
-        (one per image, every order and percentage; the metric's own split of large systems)."""
+        """ROAD's floor: its forward passes plus the sparse solves of its imputations on prebuilt
+        systems (one per image, every order and percentage; the metric's own split of large
+        systems)."""
         from scipy.sparse.linalg import spsolve
 
         from xaiarena.metrics.road import MAX_UNKNOWNS, imputation_system
@@ -260,7 +261,8 @@ def cases(
             {"nr_samples": nr_samples},
             {"explains": n * nr_samples},
         ),
-        # Quantus' default returns NaN when a draw changes the prediction: the same work as 'nan' here
+        # Quantus' default returns NaN when a draw changes the prediction: the same work as 'nan'
+        # here
         (
             "RelativeInputStability",
             "relative_input_stability",
@@ -309,8 +311,8 @@ def cases(
             {},
             {"forwards": n * 7},
         ),
-        # issue 27. ROAD: xaiarena scores MoRF and LeRF, Quantus MoRF only (its floor: the forward passes plus
-        # the bare sparse solves of the prebuilt systems of both orders)
+        # issue 27. ROAD: xaiarena scores MoRF and LeRF, Quantus MoRF only (its floor: the forward
+        # passes plus the bare sparse solves of the prebuilt systems of both orders)
         (
             "ROAD",
             "road",
@@ -383,7 +385,8 @@ def cases(
             {"num_classes": 10},
             {"explains": n, "forwards": n},
         ),
-        # mosaics of the model's input size (the LeNet has a fixed input size); Quantus explains the same mosaics
+        # mosaics of the model's input size (the LeNet has a fixed input size); Quantus explains the
+        # same mosaics
         (
             "Focus",
             "focus",
@@ -553,9 +556,9 @@ def _fmt(label: str, row: dict) -> str:
         return f"{'-':>8s} " if v is None else f"{v:{spec}}{unit}"
 
     return (
-        f"{label:28s} xaiarena {num(row['xaiarena_s'], '8.3f', 's')}  quantus {num(row['quantus_s'], '8.3f', 's')}  "
-        f"floor {num(row['floor_s'], '8.3f', 's')}  speedup {num(row['speedup'], '6.1f', 'x')}  "
-        f"over floor {num(row['over_floor'], '.2f', 'x')}"
+        f"{label:28s} xaiarena {num(row['xaiarena_s'], '8.3f', 's')}  quantus "
+        f"{num(row['quantus_s'], '8.3f', 's')}  floor {num(row['floor_s'], '8.3f', 's')}  speedup "
+        f"{num(row['speedup'], '6.1f', 'x')}  over floor {num(row['over_floor'], '.2f', 'x')}"
     )
 
 

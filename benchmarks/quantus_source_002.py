@@ -79,7 +79,8 @@ QUANTUS_IG = (
 
 
 def build(n: int, epochs: int, seed: int = 0):
-    """The source's LeNet trained on the shared MNIST training split; the first ``n`` test images."""
+    """The source's LeNet trained on the shared MNIST training split; the first ``n`` test
+    images."""
     from xaiarena.data.images import load_image_dataset
 
     data_dir = os.environ.get("XAIARENA_DATA_DIR") or str(ROOT.parent / "shared" / "datasets")
@@ -117,7 +118,8 @@ def build(n: int, epochs: int, seed: int = 0):
 
 
 def explain_fn(model, name: str, params: dict, seed: int = 0):
-    """``fn(inputs, targets, generator=None) -> (N, H, W)``, a deterministic function of each image."""
+    """``fn(inputs, targets, generator=None) -> (N, H, W)``, a deterministic function of each
+    image."""
     explainer = EXPLAINERS.create(name, **params)
 
     def fn(inputs, targets, generator=None, model=model):
@@ -139,8 +141,9 @@ def quantus_explain(fn):
 
 
 class _DivideWithOut:
-    """NumPy with ``divide(..., where=...)`` writing into zeros (Quantus 0.6's ``normalise_by_negative``
-    raises under NumPy 2 on maps with both signs; the left-out positions are masked anyway)."""
+    """NumPy with ``divide(..., where=...)`` writing into zeros (Quantus 0.6's
+    ``normalise_by_negative`` raises under NumPy 2 on maps with both signs; the left-out positions
+    are masked anyway)."""
 
     def __getattr__(self, name):
         return getattr(np, name)
@@ -155,7 +158,8 @@ class _DivideWithOut:
 
 
 class MatchedNoise:
-    """A Quantus ``perturb_func`` adding xaiarena's noise draw ``r`` to a sample on its ``r``-th call."""
+    """A Quantus ``perturb_func`` adding xaiarena's noise draw ``r`` to a sample on its ``r``-th
+    call."""
 
     def __init__(self, x: np.ndarray, noise: np.ndarray):
         flat = x.reshape(len(x), -1)
@@ -173,8 +177,8 @@ class MatchedNoise:
 
 
 class MatchedChoice:
-    """``np`` for Quantus's FaithfulnessCorrelation whose ``random.choice`` returns xaiarena's subsets in
-    Quantus's order (per batch: run-major, then sample)."""
+    """``np`` for Quantus's FaithfulnessCorrelation whose ``random.choice`` returns xaiarena's
+    subsets in Quantus's order (per batch: run-major, then sample)."""
 
     def __init__(self, subsets: np.ndarray, batch_size: int):
         n, r, _ = subsets.shape
@@ -495,8 +499,8 @@ def main(argv=None) -> int:
     for k in METHODS:
         print(f"  {k:<22} {ratio[k]['per_map_median']:.3f}  {ratio[k]['set']:.3f}")
     print(
-        "\nnew (IG re-explained as quantus.explain) vs Quantus with batch_size = all, per sample, largest"
-        " relative difference:"
+        "\nnew (IG re-explained as quantus.explain) vs Quantus with batch_size = all, per sample, "
+        "largest relative difference:"
     )
     for m, d in agree.items():
         print(

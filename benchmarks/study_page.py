@@ -175,13 +175,15 @@ def page(
         command,
         "```",
         "",
-        f"* wall time: {run.get('total_seconds', float('nan')) / 60:.1f} min (whole run, report included)",
-        f"* machine: {hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores, {hw.get('memory_gb', '?')} GB, "
-        f"torch threads {hw.get('torch_threads', '?')}"
+        f"* wall time: {run.get('total_seconds', float('nan')) / 60:.1f} min (whole run, report "
+        "included)",
+        f"* machine: {hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores, "
+        f"{hw.get('memory_gb', '?')} GB, torch threads {hw.get('torch_threads', '?')}"
         + (f", GPU {hw['gpu']}" if hw.get("gpu") else ""),
         f"* load average (uptime) before -> after: {load}" if load else "* load: not recorded",
         f"* versions: {', '.join(f'{k} {v}' for k, v in (run.get('versions') or {}).items())}",
-        f"* written {dt.date.today().isoformat()} from `{run_dir.name}` by `benchmarks/study_page.py`",
+        f"* written {dt.date.today().isoformat()} from `{run_dir.name}` by "
+        "`benchmarks/study_page.py`",
         "",
     ]
     for ds in data.datasets:
@@ -210,8 +212,9 @@ def page(
         lines += [
             "## The source's numbers beside ours",
             "",
-            "Agreement rule: a reported value agrees when it lies inside our 95% CI; a reported range "
-            "when it overlaps our CI; a reported t or effect size when ours has the same sign and p < 0.05.",
+            "Agreement rule: a reported value agrees when it lies inside our 95% CI; a reported "
+            "range when it overlaps our CI; a reported t or effect size when ours has the same "
+            "sign and p < 0.05.",
             "",
             _table(
                 [
@@ -251,7 +254,8 @@ def page(
         ]
         for v in imp["views"]:
             lines += [
-                f"**{v['label']}**: {imp['a']} better on {v['wins']} datasets; across datasets {v['across']}.",
+                f"**{v['label']}**: {imp['a']} better on {v['wins']} datasets; across datasets "
+                f"{v['across']}.",
                 "",
                 _table(
                     [
@@ -286,7 +290,8 @@ def page(
             ]
     learned = [(ds, diet_rows(learned_report(data.dataset_info(ds)))) for ds in data.datasets]
     learned = [(ds, rows) for ds, rows in learned if rows]
-    if learned:  # how closely the learned explainer's f_s stands in for f_b, and whether its masks say anything
+    # how closely the learned explainer's f_s stands in for f_b, and whether its masks say anything
+    if learned:
         keys = [r["label"] for r in learned[0][1]]
         lines += [
             "## The learned explainer's model (as in the report)",
@@ -357,8 +362,8 @@ def page(
                 sig = t[t["p_holm"] < 0.05]
                 if len(t):
                     lines += [
-                        f"Paired t-tests (Holm within each metric): {len(sig)} of {len(t)} pairs differ at "
-                        "0.05 (results/tests.csv has every pair, with Wilcoxon).",
+                        f"Paired t-tests (Holm within each metric): {len(sig)} of {len(t)} pairs "
+                        "differ at 0.05 (results/tests.csv has every pair, with Wilcoxon).",
                         "",
                     ]
     figs = []

@@ -127,7 +127,8 @@ def load_fb(cfg, modality: str, seed: int, cache: Path, device: torch.device):
 
 
 def validation_task(task, diet_index: torch.Tensor, modality: str, cfg, seed: int, n_val: int):
-    """The task DiET is tuned on: the training split as is, the validation carve as its test split."""
+    """The task DiET is tuned on: the training split as is, the validation carve as its test
+    split."""
     from xaiarena.data.base import Task
 
     n = len(task.train)
@@ -166,8 +167,8 @@ def eval_batch(modality: str, val_task, model):
 
 
 def explain(explainer, model, inputs, targets, batch_size: int, seed: int) -> torch.Tensor:
-    """As the runner does: the whole set first (``prepare_set``), then batches of the evaluation batch
-    size, one generator seeded by the run's seed."""
+    """As the runner does: the whole set first (``prepare_set``), then batches of the evaluation
+    batch size, one generator seeded by the run's seed."""
     explainer.prepare_set(model, inputs)
     gen = torch.Generator().manual_seed(seed)
     out = [
@@ -254,7 +255,8 @@ def run(
                 }
             )
             print(
-                f"[seed {seed}] {name} (not tuned, context): {SCORE[modality]} {float(s.nanmean()):.3f}",
+                f"[seed {seed}] {name} (not tuned, context): {SCORE[modality]} "
+                f"{float(s.nanmean()):.3f}",
                 flush=True,
             )
     partial = out.with_suffix(".partial.json")
@@ -314,7 +316,8 @@ def run(
                 else:
                     low = diet.test_masks(inputs)
                     row["test_mask_l1_fraction"] = float(diet.masker.expand(low.float()).mean())
-                    # is the map sufficient for f_s? background drawn as in training and as at test time
+                    # is the map sufficient for f_s? background drawn as in training and as at test
+                    # time
                     row["masked_agreement_train_bg"] = masked_agreement(
                         diet, inputs, low, diet.masker, seed
                     )
@@ -324,9 +327,10 @@ def run(
                 rows.append(row)
                 partial.write_text(json.dumps({"rows": rows, "competitors": context}, indent=2))
                 print(
-                    f"[seed {seed}] {row['setting']}: {SCORE[modality]} {row[SCORE[modality]]:.3f}, "
-                    f"agreement {row['val_agreement_fs_fb']:.3f}, at the limit {row['at_limit_fraction']:.2f} "
-                    f"(fit {t_fit:.0f}s{' cached' if row['fit_cache_hit'] else ''}, test {t_test:.0f}s)",
+                    f"[seed {seed}] {row['setting']}: {SCORE[modality]} "
+                    f"{row[SCORE[modality]]:.3f}, agreement {row['val_agreement_fs_fb']:.3f}, at "
+                    f"the limit {row['at_limit_fraction']:.2f} (fit "
+                    f"{t_fit:.0f}s{' cached' if row['fit_cache_hit'] else ''}, test {t_test:.0f}s)",
                     flush=True,
                 )
     result = summarise(modality, rows, context, seeds, n_val, base, grid)
@@ -441,7 +445,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a DiET option of the config for every setting (YAML value; for quick checks)",
+        help="override a DiET option of the config for every setting (YAML value; for quick "
+        "checks)",
     )
     ap.add_argument(
         "--out",

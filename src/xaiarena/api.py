@@ -13,9 +13,9 @@ configured exactly as in a config's ``metrics:`` / ``explainers:`` lists and che
 validator (:func:`xaiarena.config.validate_components`); maps are computed by
 :func:`xaiarena.engine.batching.explain_in_batches` and scored by
 :func:`xaiarena.engine.batching.score_in_batches` (the same per-batch generators, seeded by
-``(seed, label)``, and per-sample random streams keyed by ``sample_ids``); the tables come from :func:`xaiarena.stats.result_tables`. So for the same
-model, samples, sample ids, maps, metric labels and seed, ``evaluate`` gives a run's per-sample
-scores, whatever the batch size.
+``(seed, label)``, and per-sample random streams keyed by ``sample_ids``); the tables come from
+:func:`xaiarena.stats.result_tables`. So for the same model, samples, sample ids, maps, metric
+labels and seed, ``evaluate`` gives a run's per-sample scores, whatever the batch size.
 
 Inputs: images as float pixel tensors ``(N, C, H, W)`` in [0, 1] for a model that takes them
 (a plain ``nn.Module``), maps ``(N, H, W)``, masks ``(N, H, W)``; or texts, for xaiarena's text
@@ -58,14 +58,16 @@ DEFAULT_DATASET = "data"
 
 @dataclass
 class Evaluation:
-    """What :func:`evaluate` returns: the tables a run writes under ``results/``, for the given maps.
+    """What :func:`evaluate` returns: the tables a run writes under ``results/``, for the given
+    maps.
 
     ``per_sample``: ``dataset, explained_model, explainer, metric, sample_id, value`` (a run's
-    ``per_sample.parquet``); ``summary``: mean and bootstrap CI per (explainer, metric) (``summary.csv``);
-    ``tests``: paired tests between the maps per metric, Holm-adjusted (``tests.csv``); ``curves``:
-    mean curves of curve metrics (``curves.parquet``); ``metrics_meta``: direction, range, ranked per
-    metric output (run.json ``metrics_meta``); ``tables``: every statistics table by file stem
-    (``summary``, ``tests`` and, with ``fg_bg_attribution``, ``fg_bg_tests``).
+    ``per_sample.parquet``); ``summary``: mean and bootstrap CI per (explainer, metric)
+    (``summary.csv``); ``tests``: paired tests between the maps per metric, Holm-adjusted
+    (``tests.csv``); ``curves``: mean curves of curve metrics (``curves.parquet``);
+    ``metrics_meta``: direction, range, ranked per metric output (run.json ``metrics_meta``);
+    ``tables``: every statistics table by file stem (``summary``, ``tests`` and, with
+    ``fg_bg_attribution``, ``fg_bg_tests``).
     """
 
     per_sample: pd.DataFrame
@@ -76,8 +78,8 @@ class Evaluation:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``per_sample.csv``, ``curves.csv``, every table (``summary.csv``, ``tests.csv``, ...) and
-        ``metrics_meta.json`` into ``folder``; returns it."""
+        """Write ``per_sample.csv``, ``curves.csv``, every table (``summary.csv``, ``tests.csv``,
+        ...) and ``metrics_meta.json`` into ``folder``; returns it."""
         folder = Path(folder)
         tables = {
             "per_sample": self.per_sample,
@@ -94,8 +96,8 @@ class Evaluation:
 
     def __repr__(self) -> str:
         return (
-            f"Evaluation({len(self.per_sample)} scores: {self.per_sample['explainer'].nunique()} map(s) x "
-            f"{self.per_sample['metric'].nunique()} metric output(s))"
+            f"Evaluation({len(self.per_sample)} scores: {self.per_sample['explainer'].nunique()} "
+            f"map(s) x {self.per_sample['metric'].nunique()} metric output(s))"
         )
 
 
@@ -152,17 +154,17 @@ def _model_device(model: nn.Module, device: str | torch.device | None) -> torch.
 
 
 def _inputs(model: nn.Module, inputs: Any) -> tuple[str, Any, tuple[int, ...]]:
-    """``(modality, inputs, map shape)``: float image pixels ``(N, C, H, W)`` (CPU) with maps ``(N, H, W)``,
-    or a TextBatch with maps ``(N, L)``."""
+    """``(modality, inputs, map shape)``: float image pixels ``(N, C, H, W)`` (CPU) with maps
+    ``(N, H, W)``, or a TextBatch with maps ``(N, L)``."""
     from .data.text import TextBatch
 
     if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
         if not callable(getattr(model, "encode", None)):
             raise InputError(
-                f"inputs are texts, but the model ({type(model).__name__}) cannot tokenise them: texts "
-                "need one of xaiarena's text models (tiny_bert, minilm, or transformer for your "
-                "Hugging Face classifier), which have encode(); image models take float tensors "
-                "(N, C, H, W)"
+                f"inputs are texts, but the model ({type(model).__name__}) cannot tokenise them: "
+                "texts need one of xaiarena's text models (tiny_bert, minilm, or transformer for "
+                "your Hugging Face classifier), which have encode(); image models take float "
+                "tensors (N, C, H, W)"
             )
         inputs = model.encode(list(inputs))
     if isinstance(inputs, TextBatch):
@@ -173,8 +175,8 @@ def _inputs(model: nn.Module, inputs: Any) -> tuple[str, Any, tuple[int, ...]]:
     if x.ndim != 4:
         hint = " (one image? add the batch dimension: x[None])" if x.ndim == 3 else ""
         raise InputError(
-            f"inputs: expected images of shape (N, C, H, W), got shape {tuple(x.shape)}{hint}; texts "
-            "are a list of strings (with an xaiarena text model)"
+            f"inputs: expected images of shape (N, C, H, W), got shape {tuple(x.shape)}{hint}; "
+            "texts are a list of strings (with an xaiarena text model)"
         )
     if not x.is_floating_point():
         raise InputError(
@@ -255,7 +257,8 @@ def _sample_ids(value: Any, n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _logits(model: nn.Module, inputs: Any, device: torch.device, batch_size: int) -> torch.Tensor:
-    """The model's outputs ``(N, classes)``; a TrainingError (as in a run) where they are not finite."""
+    """The model's outputs ``(N, classes)``; a TrainingError (as in a run) where they are not
+    finite."""
 
     def logit_rows(y: Any) -> torch.Tensor:
         if not isinstance(y, torch.Tensor) or y.ndim != 2:
@@ -318,8 +321,9 @@ def _explainer_specs(explainers: Any, kind: str) -> list[Any]:
                     (
                         f"explainers.{i}.name",
                         f"explainer '{spec.name}' learns from training data "
-                        "(fit on a dataset's training split): run it through a config (xaiarena.run); "
-                        "the functional API takes explainers that need only the model and the inputs",
+                        "(fit on a dataset's training split): run it through a config "
+                        "(xaiarena.run); the functional API takes explainers that need only the "
+                        "model and the inputs",
                     )
                 ]
             )
@@ -344,9 +348,9 @@ def explain(
     (CPU float32; ``(N, L)`` for texts).
 
     ``explainers``: names or mappings exactly as in a config's ``explainers:`` list
-    (``["saliency", {"name": "integrated_gradients", "n_steps": 32, "label": "ig32"}]``); a bad name or
-    option raises :class:`~xaiarena.errors.ConfigError` naming it and the valid ones. Maps are those a
-    run with the same ``seed`` and explainer labels computes for the same samples, whatever
+    (``["saliency", {"name": "integrated_gradients", "n_steps": 32, "label": "ig32"}]``); a bad name
+    or option raises :class:`~xaiarena.errors.ConfigError` naming it and the valid ones. Maps are
+    those a run with the same ``seed`` and explainer labels computes for the same samples, whatever
     ``batch_size``. Learned explainers (DiET) need training data and a config. ``device``: where to
     compute (default: the model's device).
     """
@@ -424,6 +428,92 @@ def _no_reexplain(label: str) -> Callable[..., torch.Tensor]:
     return fn
 
 
+def _attribution_maps(
+    attributions: Any, shape: tuple[int, ...], kind: str
+) -> dict[str, torch.Tensor]:
+    """``evaluate``'s ``attributions`` checked: a non-empty mapping of safe labels to maps of
+    ``shape``."""
+    if not isinstance(attributions, Mapping) or not attributions:
+        got = (
+            type(attributions).__name__ if not isinstance(attributions, Mapping) else "an empty one"
+        )
+        raise InputError(
+            "attributions: expected a non-empty mapping {label: maps of shape "
+            f"{shape}}}, got {got}"
+        )
+    maps: dict[str, torch.Tensor] = {}
+    for label, value in attributions.items():
+        try:
+            check_safe_name(label, "attribution label")
+        except ValueError as exc:
+            raise InputError(f"attributions: {exc}") from None
+        maps[label] = _maps(value, f"attributions[{label!r}]", shape, kind)
+    return maps
+
+
+def _metrics_to_score(
+    specs: list[Any],
+    names: list[str],
+    fns: dict[str, Any],
+    gt: torch.Tensor | None,
+    shape: tuple[int, ...],
+) -> list[tuple[Any, Any, list[str]]]:
+    """``(spec, metric, labels it scores)`` per metric of ``evaluate`` with something to score (a
+    warning for the others); an InputError where a metric lacks masks or re-explainers."""
+    built = []
+    for i, spec in enumerate(specs):
+        metric = METRICS.create(spec.name, **spec.params)
+        keys = scored_labels(spec, metric, names)
+        if not keys:
+            warnings.warn(
+                f"metric '{spec.key}' (metrics.{i}) has nothing to score for the maps "
+                f"{', '.join(names)} (an agreement metric needs two maps, or its reference among "
+                "them)",
+                stacklevel=3,
+            )
+            continue
+        if "masks" in metric.requires and gt is None:
+            raise InputError(
+                f"metric '{spec.key}' (metrics.{i}) needs ground-truth masks: pass masks= of shape "
+                f"{shape}"
+            )
+        missing = [k for k in keys if k not in fns] if "explainer" in metric.requires else []
+        if missing:
+            raise InputError(
+                f"metric '{spec.key}' (metrics.{i}) re-explains the inputs: pass explainers="
+                f"{{{missing[0]!r}: <explainer name, config mapping, or callable(model, inputs, "
+                f"targets, generator=None)>}} for {', '.join(missing)} (or restrict the metric "
+                f"with explainers: [...])"
+            )
+        built.append((spec, metric, keys))
+    return built
+
+
+def _evaluation(
+    frames: list[pd.DataFrame],
+    curves: list[pd.DataFrame],
+    meta: dict[str, dict[str, Any]],
+    dataset: str,
+    model_name: str,
+    seed: int,
+) -> Evaluation:
+    """The :class:`Evaluation` of the scored batches: per-sample scores, curves and the statistics
+    tables a run computes from them."""
+    per_sample = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=stats.PER_SAMPLE_COLUMNS)
+    )[stats.PER_SAMPLE_COLUMNS]
+    curves_df = (
+        pd.concat(curves, ignore_index=True)
+        if curves
+        else pd.DataFrame(columns=stats.CURVE_COLUMNS)
+    )[stats.CURVE_COLUMNS]
+    hib = {k: v["higher_is_better"] for k, v in meta.items()}
+    tables = stats.result_tables(per_sample, hib, models={dataset: model_name}, seed=seed)
+    return Evaluation(per_sample, tables["summary"], tables["tests"], curves_df, meta, tables)
+
+
 def evaluate(
     model: nn.Module,
     inputs: Any,
@@ -444,19 +534,20 @@ def evaluate(
     """Score attribution maps you already have with xaiarena's metrics and statistics.
 
     ``model``: the classifier (``nn.Module`` taking ``inputs``, returning logits ``(N, classes)``);
-    ``inputs``: float images ``(N, C, H, W)`` in [0, 1] (or texts for an xaiarena text model, see the
-    module docstring); ``targets``: the class each map explains ``(N,)``; ``attributions``:
+    ``inputs``: float images ``(N, C, H, W)`` in [0, 1] (or texts for an xaiarena text model, see
+    the module docstring); ``targets``: the class each map explains ``(N,)``; ``attributions``:
     ``{label: maps}`` with maps ``(N, H, W)`` at input resolution, higher = more important;
     ``metrics``: names or mappings exactly as in a config's ``metrics:`` list. Optional: ``masks``
     ``(N, H, W)`` ground truth (localisation metrics), ``labels`` ``(N,)`` true classes (default:
-    ``targets``), ``sample_ids`` ``(N,)`` distinct ids that key each sample's random numbers and name
-    the result rows (default ``0..N-1``), ``explainers`` ``{label: explainer name, config mapping or
-    callable(model, inputs, targets, generator=None)}`` that re-explain a label's maps (needed by
-    robustness and randomisation metrics). NumPy arrays are accepted wherever tensors are.
+    ``targets``), ``sample_ids`` ``(N,)`` distinct ids that key each sample's random numbers and
+    name the result rows (default ``0..N-1``), ``explainers``
+    ``{label: explainer name, config mapping or callable(model, inputs, targets, generator=None)}``
+    that re-explain a label's maps (needed by robustness and randomisation metrics). NumPy arrays
+    are accepted wherever tensors are.
 
-    Returns an :class:`Evaluation`. Same code, seeds and statistics as ``xaiarena run``: for the same
-    model, samples, sample ids, maps, metric labels and ``seed``, the per-sample scores are a run's,
-    whatever ``batch_size``. A bad metric name or option raises
+    Returns an :class:`Evaluation`. Same code, seeds and statistics as ``xaiarena run``: for the
+    same model, samples, sample ids, maps, metric labels and ``seed``, the per-sample scores are a
+    run's, whatever ``batch_size``. A bad metric name or option raises
     :class:`~xaiarena.errors.ConfigError`; inputs of the wrong type or shape raise
     :class:`~xaiarena.errors.InputError` (a ``ValueError``).
     """
@@ -471,18 +562,7 @@ def evaluate(
         check_safe_name(dataset, "dataset")
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    if not isinstance(attributions, Mapping) or not attributions:
-        raise InputError(
-            "attributions: expected a non-empty mapping {label: maps of shape "
-            f"{shape}}}, got {type(attributions).__name__ if not isinstance(attributions, Mapping) else 'an empty one'}"
-        )
-    maps: dict[str, torch.Tensor] = {}
-    for label, value in attributions.items():
-        try:
-            check_safe_name(label, "attribution label")
-        except ValueError as exc:
-            raise InputError(f"attributions: {exc}") from None
-        maps[label] = _maps(value, f"attributions[{label!r}]", shape, kind)
+    maps = _attribution_maps(attributions, shape, kind)
     names = list(maps)
     gt = _masks(masks, shape, kind)
     ids = _sample_ids(sample_ids, n)
@@ -490,31 +570,7 @@ def evaluate(
     specs = validate_components("metrics", metrics, explainer_labels=names)
     _check_modality(kind, "metrics", specs, METRICS)
     fns = _explain_fns(explainers, names, kind, model)
-    built = []
-    for i, spec in enumerate(specs):
-        metric = METRICS.create(spec.name, **spec.params)
-        keys = scored_labels(spec, metric, names)
-        if not keys:
-            warnings.warn(
-                f"metric '{spec.key}' (metrics.{i}) has nothing to score for the maps "
-                f"{', '.join(names)} (an agreement metric needs two maps, or its reference among them)",
-                stacklevel=2,
-            )
-            continue
-        if "masks" in metric.requires and gt is None:
-            raise InputError(
-                f"metric '{spec.key}' (metrics.{i}) needs ground-truth masks: pass masks= of shape "
-                f"{shape}"
-            )
-        missing = [k for k in keys if k not in fns] if "explainer" in metric.requires else []
-        if missing:
-            raise InputError(
-                f"metric '{spec.key}' (metrics.{i}) re-explains the inputs: pass explainers="
-                f"{{{missing[0]!r}: <explainer name, config mapping, or callable(model, inputs, targets, "
-                f"generator=None)>}} for {', '.join(missing)} (or restrict the metric with "
-                f"explainers: [...])"
-            )
-        built.append((spec, metric, keys))
+    built = _metrics_to_score(specs, names, fns, gt, shape)
 
     comp = batching.Compute(device=device, seed=seed, batch_size=bs, show_progress=show_progress)
     samples = batching.EvalSamples(dataset=dataset, inputs=x, labels=y, masks=gt, sample_ids=ids)
@@ -536,19 +592,7 @@ def evaluate(
             frames.append(ps)
             curves.append(cv)
             meta.update(batching.metric_meta(spec, metric))
-    per_sample = (
-        pd.concat(frames, ignore_index=True)
-        if frames
-        else pd.DataFrame(columns=stats.PER_SAMPLE_COLUMNS)
-    )[stats.PER_SAMPLE_COLUMNS]
-    curves_df = (
-        pd.concat(curves, ignore_index=True)
-        if curves
-        else pd.DataFrame(columns=stats.CURVE_COLUMNS)
-    )[stats.CURVE_COLUMNS]
-    hib = {k: v["higher_is_better"] for k, v in meta.items()}
-    tables = stats.result_tables(per_sample, hib, models={dataset: type(model).__name__}, seed=seed)
-    return Evaluation(per_sample, tables["summary"], tables["tests"], curves_df, meta, tables)
+    return _evaluation(frames, curves, meta, dataset, type(model).__name__, seed)
 
 
 #: how the files ``load_maps`` reads begin: NumPy's .npy format; torch.save's zip archive or its
@@ -580,8 +624,8 @@ def _check_maps_format(p: Path) -> None:
 
 
 def load_maps(folder: str | Path) -> dict[str, torch.Tensor]:
-    """``{label: maps}`` from a folder of ``<label>.npy`` / ``<label>.pt`` files (a tensor or array each;
-    ``.pt`` read with ``torch.load(weights_only=True)``), sorted by label."""
+    """``{label: maps}`` from a folder of ``<label>.npy`` / ``<label>.pt`` files (a tensor or array
+    each; ``.pt`` read with ``torch.load(weights_only=True)``), sorted by label."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"maps folder '{folder}' does not exist or is not a folder")
@@ -605,7 +649,8 @@ def load_maps(folder: str | Path) -> dict[str, torch.Tensor]:
             ) from None
         if not isinstance(value, (np.ndarray, torch.Tensor)):
             raise InputError(
-                f"maps file '{p}' holds a {type(value).__name__}; expected one array or tensor (N, ...)"
+                f"maps file '{p}' holds a {type(value).__name__}; expected one array or tensor (N, "
+                "...)"
             )
         out[p.stem] = _tensor(value, f"maps file '{p}'")
     return out

@@ -1,10 +1,11 @@
 """Command line interface: a thin layer over the Python API.
 
-``xaiarena run [CONFIG] [--out DIR] [--set key.path=value ...] [--executor local|ray] [--address ADDR]``
-``xaiarena list [--json]``
+``xaiarena run [CONFIG] [--out DIR] [--set key.path=value ...] [--executor local|ray] [--address
+ADDR]`` ``xaiarena list [--json]``
 ``xaiarena report RUN_DIR``
 ``xaiarena dissect CONFIG [--out DIR] [--set key.path=value ...]``
-``xaiarena score RUN_DIR|CONFIG MAPS_DIR [--out DIR] [--metric SPEC ...] [--dataset NAME] [--set ...]``
+``xaiarena score RUN_DIR|CONFIG MAPS_DIR [--out DIR] [--metric SPEC ...] [--dataset NAME] [--set
+...]``
 
 A bad configuration exits with code 2 and a message naming the key, the bad
 value and the valid choices.
@@ -107,7 +108,8 @@ def run(
         _fail(f"--out '{out}' is a file; give a folder for the run directory")
     if cfg.dissect is not None:
         typer.echo(
-            "note: the config's 'dissect:' section is run by `xaiarena dissect CONFIG`, not by `run`",
+            "note: the config's 'dissect:' section is run by `xaiarena dissect CONFIG`, not by "
+            "`run`",
             err=True,
         )
     with _user_errors():
@@ -131,7 +133,8 @@ def run(
 
 @app.command("list")
 def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """List registered datasets, models, explainers and metrics (with plugins' ones and their origin)."""
+    """List registered datasets, models, explainers and metrics (with plugins' ones and their
+    origin)."""
     from .registry import DISSECT_REGISTRIES, REGISTRIES
 
     try:
@@ -263,9 +266,12 @@ def score(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Score saved maps of a run's evaluation samples (in the run's sample order) with xaiarena's metrics:
-    per_sample.csv, summary.csv, tests.csv (the same code and statistics as `run`). Maps named like an
-    explainer of the config are re-explained by it where a metric needs that (robustness metrics)."""
+    """Score saved maps of a run's evaluation samples (in the run's sample order) with xaiarena's
+    metrics: per_sample.csv, summary.csv, tests.csv (the same code and statistics as `run`). Maps
+    named like an explainer of the config are re-explained by it where a metric needs that
+    (robustness metrics).
+    Longer than 80 lines because its signature declares every command-line option (typer reads them
+    from the parameters)."""
     import yaml
 
     from .api import evaluate, load_maps
@@ -280,7 +286,8 @@ def score(
     is_run = source.is_dir() and (source / "run.json").exists()
     if source.is_dir() and not is_run:
         _fail(
-            f"'{source}' is a folder but not a finished run (no run.json); give a run directory or a config file"
+            f"'{source}' is a folder but not a finished run (no run.json); give a run directory or "
+            "a config file"
         )
     out = out or maps / "scores"
     try:
@@ -339,7 +346,8 @@ def score(
 
 
 def _flat_spec(spec):
-    """A metric entry as a config writes it: ``params`` flattened next to ``name`` (model_dump nests them)."""
+    """A metric entry as a config writes it: ``params`` flattened next to ``name`` (model_dump nests
+    them)."""
     if isinstance(spec, dict) and isinstance(spec.get("params"), dict):
         spec = {**{k: v for k, v in spec.items() if k != "params"}, **spec["params"]}
     return spec

@@ -59,7 +59,8 @@ def torch_threads(n: int | None):
 
 
 def user_cache_dir() -> Path:
-    """Folder for caches shared across runs (``XAIARENA_CACHE_DIR``, default ``~/.cache/xaiarena``)."""
+    """Folder for caches shared across runs (``XAIARENA_CACHE_DIR``, default
+    ``~/.cache/xaiarena``)."""
     return Path(os.environ.get("XAIARENA_CACHE_DIR", Path.home() / ".cache" / "xaiarena"))
 
 

@@ -69,9 +69,9 @@ class RunError(XaiArenaError):
 
 class InputError(XaiArenaError, ValueError):
     """An argument of the functional API (:func:`xaiarena.evaluate`, :func:`xaiarena.explain`) or of
-    ``xaiarena score`` has the wrong type, shape or value (maps that do not match the inputs, targets
-    of the wrong length, a metric that needs masks without masks). The message names the argument,
-    what was given and what is expected; the CLI prints it on one line and exits 2."""
+    ``xaiarena score`` has the wrong type, shape or value (maps that do not match the inputs,
+    targets of the wrong length, a metric that needs masks without masks). The message names the
+    argument, what was given and what is expected; the CLI prints it on one line and exits 2."""
 
 
 class WriteError(RunError):

@@ -107,7 +107,8 @@ class ImageModality:
 
 
 def _example_rows(correct: torch.Tensor, n_examples: int) -> torch.Tensor:
-    """Rows of the examples: mostly correct predictions, a quarter incorrect ones where there are any."""
+    """Rows of the examples: mostly correct predictions, a quarter incorrect ones where there are
+    any."""
     right = torch.nonzero(correct).flatten()
     wrong = torch.nonzero(~correct).flatten()
     n_wrong = min(len(wrong), n_examples // 4 if len(right) else n_examples)
@@ -115,7 +116,8 @@ def _example_rows(correct: torch.Tensor, n_examples: int) -> torch.Tensor:
 
 
 class TextModality:
-    """Texts: :class:`TextBatch` inputs; ``(N, L)`` word maps; ``results/examples/<dataset>.json``."""
+    """Texts: :class:`TextBatch` inputs; ``(N, L)`` word maps;
+    ``results/examples/<dataset>.json``."""
 
     name = "text"
     continuous_inputs = (
@@ -192,7 +194,8 @@ def write_text_examples(
     n_examples: int = N_TEXT_EXAMPLES,
     correct: torch.Tensor | None = None,
 ) -> None:
-    """A few correct and incorrect predictions: words, rationale and every explainer's word scores."""
+    """A few correct and incorrect predictions: words, rationale and every explainer's word
+    scores."""
     labels = task.test.labels[index]
     pick = _example_rows(preds == labels if correct is None else correct, n_examples).tolist()
     rationales = task.test.rationales
@@ -253,8 +256,9 @@ def names_for(reg: Registry, modality: str) -> list[str]:
 def modality_problems(
     kind: str, items: list[tuple[str, Registry, Any]], where: str
 ) -> list[tuple[str, str]]:
-    """``(path, message)`` for every ``(path, registry, spec)`` whose component cannot handle ``kind``
-    (image or text) inputs; ``where`` says whose inputs they are (``dataset 'x' (data.0) is text``)."""
+    """``(path, message)`` for every ``(path, registry, spec)`` whose component cannot handle
+    ``kind`` (image or text) inputs; ``where`` says whose inputs they are
+    (``dataset 'x' (data.0) is text``)."""
     problems = []
     for path, reg, spec in items:
         supported = _modalities_of(reg, spec.name)
@@ -275,7 +279,8 @@ def modality_problems(
 
 
 def check_modalities(cfg) -> None:
-    """Raise :class:`ConfigError` naming every model/explainer/metric that cannot handle a dataset's modality."""
+    """Raise :class:`ConfigError` naming every model/explainer/metric that cannot handle a dataset's
+    modality."""
     problems: list[tuple[str, str]] = []
     for di, d in enumerate(cfg.data):
         kinds = _modalities_of(DATASETS, d.name)

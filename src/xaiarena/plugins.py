@@ -54,7 +54,8 @@ ENV_NO_PLUGINS = "XAIARENA_NO_PLUGINS"
 
 
 class PluginError(ConfigError):
-    """A plugin (entry point, config ``plugins:`` item or ``$XAIARENA_PLUGINS`` item) failed to load."""
+    """A plugin (entry point, config ``plugins:`` item or ``$XAIARENA_PLUGINS`` item) failed to
+    load."""
 
     def __init__(
         self, message: str, key: str = "plugins", more: list[tuple[str, str]] | None = None
@@ -191,8 +192,8 @@ def resolve_ref(ref: Any, key: str) -> Any:
                 [
                     (
                         key,
-                        f"'{module_ref}' has no attribute '{attr}'{did}; its functions and classes: "
-                        f"{', '.join(names) or '(none)'}",
+                        f"'{module_ref}' has no attribute '{attr}'{did}; its functions and "
+                        f"classes: {', '.join(names) or '(none)'}",
                     )
                 ]
             )
@@ -258,9 +259,10 @@ def load_entry_point(ep: metadata.EntryPoint) -> str:
             dist = _dist_name(ep)
             fix = f"fix or uninstall it (pip uninstall {dist})" if dist else "fix or remove it"
             raise PluginError(
-                f"plugin '{ep.name}' (entry point '{ep.name} = {ep.value}' of group {ENTRY_POINT_GROUP}"
-                f"{f', distribution {dist}' if dist else ''}) failed: {type(exc).__name__}: {exc}; {fix}, "
-                f"or set {ENV_NO_PLUGINS}=1 to skip installed plugins"
+                f"plugin '{ep.name}' (entry point '{ep.name} = {ep.value}' of group "
+                f"{ENTRY_POINT_GROUP}{f', distribution {dist}' if dist else ''}) failed: "
+                f"{type(exc).__name__}: {exc}; {fix}, or set {ENV_NO_PLUGINS}=1 to skip installed "
+                "plugins"
             ) from exc
     return origin
 

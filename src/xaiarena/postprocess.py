@@ -152,7 +152,8 @@ def per_sample(name: str) -> bool:
 
 
 def check(names: Sequence[str]) -> list[str]:
-    """``names`` as a list if every one is a step; else ValueError naming the bad one and the valid ones."""
+    """``names`` as a list if every one is a step; else ValueError naming the bad one and the valid
+    ones."""
     if isinstance(names, str):
         names = [names]
     out = []

@@ -47,7 +47,8 @@ class Entry:
 
     def fingerprint_of(self, params: dict[str, Any]) -> dict[str, Any]:
         """``{"files": <fingerprint>}`` of the user files the component reads with ``params``, for
-        cache keys; ``{}`` when it declares no ``fingerprint`` (keys of built-ins stay as they were)."""
+        cache keys; ``{}`` when it declares no ``fingerprint`` (keys of built-ins stay as they
+        were)."""
         if self.fingerprint is None:
             return {}
         return {"files": self.fingerprint(**params)}
@@ -120,8 +121,8 @@ class Registry:
             origin = _origin_of(factory)
             if name in self._entries and self._entries[name].factory is not factory:
                 raise ValueError(
-                    f"{self.kind[:-1]} '{name}' is registered twice (by {self._entries[name].origin} "
-                    f"and by {origin}); rename one"
+                    f"{self.kind[:-1]} '{name}' is registered twice (by "
+                    f"{self._entries[name].origin} and by {origin}); rename one"
                 )
             desc = description or (inspect.getdoc(factory) or "").split("\n")[0]
             full_meta = {a: getattr(factory, a) for a in self._meta_attrs if hasattr(factory, a)}

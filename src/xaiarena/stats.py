@@ -444,6 +444,9 @@ def paired_tests(
     or missing on one side. Explainer pairs follow the order of first appearance
     (``explainer_a`` first). p-values do not depend on a significance level; pass ``alpha``
     to :func:`rank`.
+
+    Longer than 80 lines because the docstring states the tests' conventions in full; the body is
+    one loop over the (context, metric) groups and their explainer pairs.
     """
     unknown = [t for t in tests if t not in TESTS]
     if unknown:
@@ -987,7 +990,10 @@ def replicate_tests(per_sample: pd.DataFrame, tests: Sequence[str] = TESTS) -> p
     ``effect_size`` is Cohen's d_z of the per-sample differences averaged over replicates (for
     one replicate, the d_z of :func:`paired_tests`). ``p_holm`` is Holm's adjustment over the
     pairs of one (context, metric, test). Columns :data:`REPLICATE_TESTS_COLUMNS` (``n`` ==
-    ``n_samples``, distinct samples)."""
+    ``n_samples``, distinct samples).
+
+    Longer than 80 lines because the docstring states the model and its conventions in full; the
+    body is one loop over the (context, metric) groups and their explainer pairs."""
     unknown = [t for t in tests if t not in TESTS]
     if unknown:
         raise ValueError(f"unknown test(s) {unknown}; valid: {', '.join(TESTS)}")
@@ -1160,8 +1166,8 @@ def result_tables(
     seed: int = 0,
     replicates: bool = False,
 ) -> dict[str, pd.DataFrame]:
-    """Every statistics table a run writes under ``results/`` (``{file stem: frame}``), from its per-sample
-    scores; :func:`xaiarena.evaluate` gives the same tables for the user's maps.
+    """Every statistics table a run writes under ``results/`` (``{file stem: frame}``), from its
+    per-sample scores; :func:`xaiarena.evaluate` gives the same tables for the user's maps.
 
     ``summary`` (bootstrap CIs, :func:`summarize`) and ``tests`` (:func:`paired_tests`) always;
     ``fg_bg_tests`` where ``fg_bg_attribution`` scored. With ``replicates`` (``per_sample`` has

@@ -60,7 +60,8 @@ def on_f_b_label(label: str) -> str:
 
 
 def source_of(label: str) -> str | None:
-    """The learned explainer whose f_s maps a result label holds (``diet@f_s`` -> ``diet``), else None."""
+    """The learned explainer whose f_s maps a result label holds (``diet@f_s`` -> ``diet``), else
+    None."""
     base, sep, view = label.partition(SOURCE_SEPARATOR)
     return base if sep and view == F_S and base else None
 
@@ -96,6 +97,9 @@ def rank_shift(
     ``summary``/``tests`` are a run's ``results/summary.csv`` and ``tests.csv`` (or the tests
     over replicates); outputs declared ``ranked: false`` in ``meta`` and agreement pairs
     (``a~b``) are left out. Returns :data:`RANK_SHIFT_COLUMNS` (plus ``grid`` in a grid run).
+
+    Longer than 80 lines because the docstring defines the comparison in full; the body is one
+    loop over the datasets and their explained models.
     """
     cols = (
         RANK_SHIFT_COLUMNS[:1]

@@ -42,7 +42,8 @@ MAX_NAME = 64
 
 
 def check_safe_name(value: str, what: str) -> str:
-    """``value`` if it is a plain, short file name (no path separators, no ``..``); else ValueError."""
+    """``value`` if it is a plain, short file name (no path separators, no ``..``); else
+    ValueError."""
     if not isinstance(value, str) or not value:
         raise ValueError(f"{what} must be a non-empty string")
     if len(value) > MAX_NAME:
@@ -52,8 +53,8 @@ def check_safe_name(value: str, what: str) -> str:
         )
     if not SAFE_NAME.match(value) or ".." in value:
         raise ValueError(
-            f"{what} {value!r} may only use letters, digits and _ . + = - (not starting with . or -, "
-            "no '..'): it names files in the run directory"
+            f"{what} {value!r} may only use letters, digits and _ . + = - (not starting with . or "
+            "-, no '..'): it names files in the run directory"
         )
     return value
 

@@ -73,8 +73,8 @@ def check_run_size(cfg: ExperimentConfig) -> None:
 
 def grid_points(cfg: ExperimentConfig) -> list[tuple[str, dict[str, Any]]]:
     """Every combination of ``cfg.grid`` as ``(label, raw config)`` (without the grid); one point
-    ``("", raw)`` without a grid. Labels name the values (``model.name=resnet+training.lr=0.01``), or
-    the point's index where that is not a plain file name."""
+    ``("", raw)`` without a grid. Labels name the values (``model.name=resnet+training.lr=0.01``),
+    or the point's index where that is not a plain file name."""
     base = cfg.to_dict()
     grid = base.pop("grid", None) or {}
     if not grid:

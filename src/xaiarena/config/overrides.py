@@ -18,7 +18,8 @@ from .safe_yaml import yaml_load
 
 
 def parse_value(text: str) -> Any:
-    """A ``--set key=value`` value: parsed as YAML (``16``, ``[a, b]``, ``{name: x}``), else the text."""
+    """A ``--set key=value`` value: parsed as YAML (``16``, ``[a, b]``, ``{name: x}``), else the
+    text."""
     try:
         return yaml_load(text, f"the value {text[:40]!r}")
     except yaml.YAMLError:
@@ -108,8 +109,8 @@ def apply_preset(
             [
                 (
                     "preset",
-                    f"bad value {name!r}: no such preset{f' (did you mean {hint!r}?)' if hint else ''}"
-                    f"; valid: {valid}",
+                    f"bad value {name!r}: no such "
+                    f"preset{f' (did you mean {hint!r}?)' if hint else ''}; valid: {valid}",
                 )
             ]
         )

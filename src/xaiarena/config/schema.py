@@ -111,8 +111,8 @@ class EvaluationConfig(StrictModel):
     only_correct: bool = False
     # "auto": sized from free GPU memory on CUDA (engine.batching.auto_batch_size), 64 on CPU
     batch_size: int | Literal["auto"] = 64
-    # the class each map explains: the true label, the model's prediction, or one fixed class for every
-    # sample (a class index, or a class name of the model's label space, e.g. "airliner")
+    # the class each map explains: the true label, the model's prediction, or one fixed class for
+    # every sample (a class index, or a class name of the model's label space, e.g. "airliner")
     target: Literal["label", "prediction"] | int | str = "label"
     # with a learned explainer (DiET), the other explainers also explain its model f_s, so that
     # maps of the same model can be compared (results column explained_model: f_b or f_s)
@@ -195,10 +195,12 @@ class StudyConfig(StrictModel):
     title: str
     question: str
     # the source's own analyses, shown beside ours and labelled as such:
-    #   improvement: per-dataset difference a - b on one metric, "a better", wins k/n, a bar chart, and the
-    #                across-dataset paired t-test and Cohen's d (pooled SD) the source computed, once
-    #                per scoring model (both maps always scored on the same model)
-    #   agreement_bands: agreement outputs with bands (>= 0.7 high, >= 0.4 moderate, else low), accuracy chart
+    #   improvement: per-dataset difference a - b on one metric, "a better", wins k/n, a bar
+    #                chart, and the across-dataset paired t-test and Cohen's d (pooled SD) the
+    #                source computed, once per scoring model (both maps always scored on the same
+    #                model)
+    #   agreement_bands: agreement outputs with bands (>= 0.7 high, >= 0.4 moderate, else low),
+    #                accuracy chart
     #   per_image: per-image table of agreement outputs named by file; LIME superpixel figures
     #   fg_bg: t, p and Cohen's d_z of object vs background, beside the source's
     analyses: list[Literal["improvement", "agreement_bands", "per_image", "fg_bg"]] = Field(
@@ -212,7 +214,8 @@ class ExperimentConfig(StrictModel):
     name: str = "experiment"
     seed: int = 0
     device: str = "auto"
-    amp: bool = False  # bfloat16 autocast for forward passes on CUDA (training, explaining, metrics); no-op on CPU
+    # bfloat16 autocast for forward passes on CUDA (training, explaining, metrics); no-op on CPU
+    amp: bool = False
     output: str | None = None
     # modules (or .py files) that register third-party components; imported before validation
     plugins: list[str] = Field(default_factory=list)
@@ -226,7 +229,8 @@ class ExperimentConfig(StrictModel):
     # itself), or list them in `seeds`; results gain `replicate` and `seed` columns
     replicates: int = Field(1, ge=1)
     seeds: list[int] | None = None
-    # several runs in one: {key.path: [value, ...]} expands to every combination (results column `grid`)
+    # several runs in one: {key.path: [value, ...]} expands to every combination (results column
+    # `grid`)
     grid: dict[str, list[Any]] | None = None
     executor: Literal["local", "ray"] = "local"
     ray: RayConfig = Field(default_factory=RayConfig)

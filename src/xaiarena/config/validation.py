@@ -89,7 +89,8 @@ def _build_problem(reg: Registry, spec: ComponentSpec, path: str) -> tuple[str, 
 
 
 def _dataset_ground_truth(spec: ComponentSpec) -> tuple[str, ...] | None:
-    """What ground truth a registered dataset has (registry meta ``ground_truth``), None if undeclared."""
+    """What ground truth a registered dataset has (registry meta ``ground_truth``), None if
+    undeclared."""
     if spec.name not in DATASETS:
         return None
     gt = DATASETS.entry(spec.name).meta.get("ground_truth")
@@ -148,10 +149,10 @@ GROUPS: dict[str, tuple[Registry, type[ComponentSpec]]] = {
 def _group_problems(
     group: str, items: Any, explainer_keys: list[str], data_specs: list[tuple[str, DataConfig]] = ()
 ) -> list[tuple[str, str]]:
-    """Problems of a config's ``explainers:`` or ``metrics:`` list: names and options checked against
-    the registry, then each component built; repeated labels; a metric's ``explainers:`` naming an
-    explainer not in ``explainer_keys`` (the labels so far; the explainers group appends its own);
-    mask-based metrics next to datasets without masks (``data_specs``)."""
+    """Problems of a config's ``explainers:`` or ``metrics:`` list: names and options checked
+    against the registry, then each component built; repeated labels; a metric's ``explainers:``
+    naming an explainer not in ``explainer_keys`` (the labels so far; the explainers group appends
+    its own); mask-based metrics next to datasets without masks (``data_specs``)."""
     reg, cls = GROUPS[group]
     problems: list[tuple[str, str]] = []
     if not isinstance(items, list):
@@ -270,7 +271,8 @@ def validate(raw: dict[str, Any]) -> ExperimentConfig:
 
     With a ``grid``, every combination is validated too (problems are named by grid point)."""
     check_size(raw)
-    # plugins register names before they are checked (after the built-ins, so that a clash names the plugin)
+    # plugins register names before they are checked (after the built-ins, so that a clash names the
+    # plugin)
     problems = config_plugin_problems(raw.get("plugins"), before=load_builtins)
     problems += _component_problems(raw) + dissect_problems(raw)
     try:
@@ -283,7 +285,8 @@ def validate(raw: dict[str, Any]) -> ExperimentConfig:
             (
                 "explainers",
                 "the config has no explainers and no 'dissect:' section; list at least one "
-                "explainer (xaiarena list shows them), or add a 'dissect:' section to label neurons",
+                "explainer (xaiarena list shows them), or add a 'dissect:' section to label "
+                "neurons",
             )
         )
     if not cfg.grid:  # with a grid, every point is checked below (a point may set the layer)

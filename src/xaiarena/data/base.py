@@ -26,7 +26,8 @@ UnitInterval = Annotated[float, Field(ge=0, le=1)]
 
 
 def check_count(dataset: str, option: str, value: Any, *, allow_none: bool = False) -> None:
-    """The same rule as :data:`Count` for callers of the Python API (a DataError naming the option)."""
+    """The same rule as :data:`Count` for callers of the Python API (a DataError naming the
+    option)."""
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -52,14 +53,16 @@ class ImageSplit:
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
             raise ValueError(
-                f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}"
+                f"images must be uint8 (N, C, H, W), got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
             )
         n = len(self.images)
         if len(self.labels) != n:
             raise ValueError(f"{len(self.labels)} labels for {n} images")
         if self.masks is not None and tuple(self.masks.shape) != (n, *self.images.shape[2:]):
             raise ValueError(
-                f"masks shape {tuple(self.masks.shape)} does not match images {tuple(self.images.shape)}"
+                f"masks shape {tuple(self.masks.shape)} does not match images "
+                f"{tuple(self.images.shape)}"
             )
         if self.ids is None:
             self.ids = torch.arange(n)
@@ -160,9 +163,10 @@ class Task:
         return self.test.masks is not None
 
     def test_names(self, index: torch.Tensor | None = None) -> list[str] | None:
-        """The names of test samples ``index`` (positions in the test split; all when None), where the
-        dataset names them: ``meta["file_names"]``, one per test sample in split order (``voc2012_seg``:
-        the VOC file, ``image_folder``: the path below the root). None when it does not."""
+        """The names of test samples ``index`` (positions in the test split; all when None), where
+        the dataset names them: ``meta["file_names"]``, one per test sample in split order
+        (``voc2012_seg``: the VOC file, ``image_folder``: the path below the root). None when it
+        does not."""
         names = self.meta.get("file_names")
         if not names or len(names) != len(self.test):
             return None

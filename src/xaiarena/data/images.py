@@ -186,16 +186,16 @@ def load_hf_splits(name: str, hub_id: str, splits: tuple[str, ...], data_dir, hu
         return datasets.DatasetDict(out)
     if not hub_id:
         raise DataError(
-            f"dataset '{name}' has no Hugging Face Hub copy; set data_dir (or ${DATA_DIR_ENV}) to a folder "
-            f"holding {name}/<split>.parquet for splits {', '.join(splits)}"
+            f"dataset '{name}' has no Hugging Face Hub copy; set data_dir (or ${DATA_DIR_ENV}) to "
+            f"a folder holding {name}/<split>.parquet for splits {', '.join(splits)}"
         )
     try:  # pragma: no cover - network
         return datasets.load_dataset(hub_id, hub_config)
     except Exception as exc:  # noqa: BLE001 - offline, unknown id, ...
         raise DataError(
-            f"dataset '{name}': cannot load '{hub_id}' from the Hugging Face Hub ({_first_line(exc)}); "
-            f"offline, set data_dir (or ${DATA_DIR_ENV}) to a folder holding {name}/<split>.parquet "
-            f"for splits {', '.join(splits)}"
+            f"dataset '{name}': cannot load '{hub_id}' from the Hugging Face Hub "
+            f"({_first_line(exc)}); offline, set data_dir (or ${DATA_DIR_ENV}) to a folder holding "
+            f"{name}/<split>.parquet for splits {', '.join(splits)}"
         ) from None
 
 
@@ -299,8 +299,9 @@ def sampled_hf_splits(
         missing = [c for c in (data_col, label_col) if c not in d.column_names]
         if missing:
             raise DataError(
-                f"dataset '{name}': {source} lacks column(s) {', '.join(map(repr, missing))}; expected "
-                f"'{data_col}' (the data) and '{label_col}' (the label), found {d.column_names}"
+                f"dataset '{name}': {source} lacks column(s) {', '.join(map(repr, missing))}; "
+                f"expected '{data_col}' (the data) and '{label_col}' (the label), found "
+                f"{d.column_names}"
             )
         idx = _subsample(len(d), n, rng)
         parts.append((d.select(idx), idx, source))
@@ -308,8 +309,10 @@ def sampled_hf_splits(
     class_names = list(getattr(feature, "names", None) or [str(i) for i in range(spec.num_classes)])
     if len(class_names) != spec.num_classes:
         raise DataError(
-            f"dataset '{name}': column '{label_col}' of {split_source(name, spec.splits[0], data_dir, spec.hub_id)} "
-            f"declares {len(class_names)} classes, expected {spec.num_classes}; is the file at the right path?"
+            f"dataset '{name}': column '{label_col}' of "
+            f"{split_source(name, spec.splits[0], data_dir, spec.hub_id)} declares "
+            f"{len(class_names)} classes, expected {spec.num_classes}; is the file at the right "
+            "path?"
         )
     return parts, class_names
 

@@ -102,7 +102,8 @@ class TextBatch:
             )
         if n and int(self.n_words.max()) > self.max_words:
             raise ValueError(
-                f"max_words={self.max_words} is smaller than the longest text ({int(self.n_words.max())} words)"
+                f"max_words={self.max_words} is smaller than the longest text "
+                f"({int(self.n_words.max())} words)"
             )
 
     # ---------------------------------------------------------------- basics
@@ -134,7 +135,8 @@ class TextBatch:
         )
 
     def __getitem__(self, index: Any) -> TextBatch:
-        """Rows ``index`` (slice, int sequence, LongTensor or bool tensor); trailing padding columns are cut."""
+        """Rows ``index`` (slice, int sequence, LongTensor or bool tensor); trailing padding columns
+        are cut."""
         if isinstance(index, int):
             index = [index]
         if isinstance(index, slice):
@@ -232,7 +234,8 @@ class TextBatch:
         """
         if rule not in WORD_AGGREGATIONS:
             raise ValueError(
-                f"word aggregation '{rule}' is not valid; choose one of {', '.join(WORD_AGGREGATIONS)}"
+                f"word aggregation '{rule}' is not valid; choose one of "
+                f"{', '.join(WORD_AGGREGATIONS)}"
             )
         n, L = len(self), self.max_words
         v = token_values.float()
@@ -413,7 +416,8 @@ TEXT_SPECS: dict[str, TextSpec] = {
         "label",
         2,
         splits=("train", "validation"),
-        description="SST-2: movie-review sentences, negative/positive (test split = GLUE validation)",
+        description="SST-2: movie-review sentences, negative/positive (test split = GLUE "
+        "validation)",
     ),
     "imdb": TextSpec(
         "stanfordnlp/imdb",
@@ -637,8 +641,9 @@ DISTRACTORS = (
 
 @DATASETS.register(
     "planted_sentiment",
-    description="Built-in, offline: generated sentences of distractor words where 1-3 planted cue words "
-    "(all positive or all negative) decide the label; ground-truth rationales = the cue words' positions.",
+    description="Built-in, offline: generated sentences of distractor words where 1-3 planted cue "
+    "words (all positive or all negative) decide the label; ground-truth rationales = the cue "
+    "words' positions.",
     modality="text",
     num_classes=2,
     has_masks=True,

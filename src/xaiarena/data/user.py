@@ -155,8 +155,9 @@ def _map_labels(
 
 
 def _subsample(n_total: int, n: int | None, seed: int, option: str) -> np.ndarray:
-    """``n`` of ``n_total`` row positions drawn by ``seed`` (sorted; all when ``n`` is None). The train
-    and test draws use separate streams, so ``n_train`` never changes which test rows are drawn."""
+    """``n`` of ``n_total`` row positions drawn by ``seed`` (sorted; all when ``n`` is None). The
+    train and test draws use separate streams, so ``n_train`` never changes which test rows are
+    drawn."""
     if n is not None and n < 1:
         raise _error(option, f"bad value {n}: must be >= 1 (or null for all)")
     if n is None or n >= n_total:
@@ -295,9 +296,9 @@ def decode_images(
         if grey and colour:
             raise _error(
                 "mode",
-                f"mixed image modes: {len(colour)} colour image(s) (e.g. {colour[0]}) and {len(grey)} "
-                f"grey one(s) (e.g. {grey[0]}); set mode: RGB (grey replicated to 3 channels) or mode: L "
-                "(colour converted to grey)",
+                f"mixed image modes: {len(colour)} colour image(s) (e.g. {colour[0]}) and "
+                f"{len(grey)} grey one(s) (e.g. {grey[0]}); set mode: RGB (grey replicated to 3 "
+                "channels) or mode: L (colour converted to grey)",
             )
         target = "L" if grey else "RGB"
     arrays, mask_arrays, shapes = [], [], {}
@@ -420,9 +421,9 @@ def _image_folder_fingerprint(
 
 @DATASETS.register(
     "image_folder",
-    description="Your images: root/<split>/<class>/<image> (png/jpg/jpeg/bmp/webp; train split optional), "
-    "class names from folder names (or classes), optional masks masks_root/<split>/<class>/<stem>.png "
-    "(nonzero = object), resize/crop/mode options",
+    description="Your images: root/<split>/<class>/<image> (png/jpg/jpeg/bmp/webp; train split "
+    "optional), class names from folder names (or classes), optional masks "
+    "masks_root/<split>/<class>/<stem>.png (nonzero = object), resize/crop/mode options",
     modality="image",
     ground_truth=None,  # masks when masks_root is given: checked when the data loads
     fingerprint=_image_folder_fingerprint,
@@ -441,7 +442,10 @@ def image_folder(
     n_train: OptionalCount = None,
     n_test: OptionalCount = None,
 ) -> Task:
-    """Images from ``root/<split>/<class>/`` (see the module docstring). ``data_dir`` is not used."""
+    """Images from ``root/<split>/<class>/`` (see the module docstring). ``data_dir`` is not
+    used.
+    Longer than 80 lines because its signature declares every dataset option and the body checks
+    them in turn, each with its own error."""
     _required(root, "root", "the folder holding <split>/<class>/<image>")
     opts = ImageOptions.from_options(mode, resize, crop)
     base = Path(root).expanduser()
@@ -454,8 +458,9 @@ def image_folder(
         found = sorted(p.name for p in base.iterdir() if p.is_dir() and not _is_hidden(p))
         raise _error(
             "root" if test_split == "test" else "test_split",
-            f"'{test_dir}' does not exist; expected {base}/<split>/<class>/<image> with a '{test_split}' split "
-            f"('{train_split}' optional); folders there: {', '.join(found) or '(none)'}",
+            f"'{test_dir}' does not exist; expected {base}/<split>/<class>/<image> with a "
+            f"'{test_split}' split ('{train_split}' optional); folders there: "
+            f"{', '.join(found) or '(none)'}",
         )
     mroot = Path(masks_root).expanduser() if masks_root is not None else None
     if mroot is not None and not (mroot / test_split).is_dir():
@@ -476,8 +481,9 @@ def image_folder(
                 raise _error(
                     "classes",
                     f"class folder(s) {', '.join(repr(str(base / s / c)) for c in bad[:3])} "
-                    f"{'are' if len(bad) > 1 else 'is'} not among classes {_listing(classes, 20)}: the labels "
-                    "would lie outside the model's classes; add them to classes or remove the folders",
+                    f"{'are' if len(bad) > 1 else 'is'} not among classes {_listing(classes, 20)}: "
+                    "the labels would lie outside the model's classes; add them to classes or "
+                    "remove the folders",
                 )
     class_names = list(classes) if classes is not None else folder_names
     index = {c: i for i, c in enumerate(class_names)}
@@ -530,7 +536,8 @@ def _local_or_hub(path: str | None = None, **_: Any) -> str | None:
 
 
 def load_hf(path: str, hub_config: str | None = None) -> Any:
-    """A ``DatasetDict`` from a local folder (parquet/csv/json split files, or ``save_to_disk``) or a Hub id."""
+    """A ``DatasetDict`` from a local folder (parquet/csv/json split files, or ``save_to_disk``) or
+    a Hub id."""
     import datasets
 
     local = Path(path).expanduser()
@@ -610,8 +617,8 @@ def _hf_labels(
 def _hf_image_blobs(
     d: Any, column: str, path: str, split: str, ids: np.ndarray
 ) -> list[tuple[str, Any]]:
-    """``(name, bytes | path | PIL image)`` per row of an ``Image`` column, without letting ``datasets``
-    decode (an unreadable image is then named by its row)."""
+    """``(name, bytes | path | PIL image)`` per row of an ``Image`` column, without letting
+    ``datasets`` decode (an unreadable image is then named by its row)."""
 
     def name(i: int, src: Any = None) -> str:
         extra = f" ({src})" if src else ""
@@ -630,8 +637,9 @@ def _hf_image_blobs(
 
 @DATASETS.register(
     "hf_image",
-    description="Any Hugging Face image classification dataset by Hub id or local folder (path), with column "
-    "mapping (image_column, label_column, optional mask_column) and split names; offline via a local folder",
+    description="Any Hugging Face image classification dataset by Hub id or local folder (path), "
+    "with column mapping (image_column, label_column, optional mask_column) and split names; "
+    "offline via a local folder",
     modality="image",
     ground_truth=None,  # masks when mask_column is given: checked when the data loads
     fingerprint=_local_or_hub,
@@ -653,8 +661,9 @@ def hf_image(
     n_train: OptionalCount = None,
     n_test: OptionalCount = None,
 ) -> Task:
-    """An HF dataset's ``image_column`` and ``label_column``; ``mask_column`` (an image column, nonzero =
-    object) gives ground-truth masks. No ``train_split`` split: no training data. ``data_dir`` is not used."""
+    """An HF dataset's ``image_column`` and ``label_column``; ``mask_column`` (an image column,
+    nonzero = object) gives ground-truth masks. No ``train_split`` split: no training data.
+    ``data_dir`` is not used."""
     _required(path, "path", "a Hugging Face Hub id or a local dataset folder")
     opts = ImageOptions.from_options(mode, resize, crop)
     ds = load_hf(path, hub_config)
@@ -686,8 +695,8 @@ def _texts(values: list[Any], where: str, option: str) -> list[str]:
 
 @DATASETS.register(
     "hf_text",
-    description="Any Hugging Face text classification dataset by Hub id or local folder (path), with column "
-    "mapping (text_column, label_column) and split names; offline via a local folder",
+    description="Any Hugging Face text classification dataset by Hub id or local folder (path), "
+    "with column mapping (text_column, label_column) and split names; offline via a local folder",
     modality="text",
     has_masks=False,
     ground_truth=(),
@@ -706,7 +715,8 @@ def hf_text(
     n_train: OptionalCount = None,
     n_test: OptionalCount = None,
 ) -> Task:
-    """An HF dataset's ``text_column`` and ``label_column``. No ``train_split`` split: no training data."""
+    """An HF dataset's ``text_column`` and ``label_column``. No ``train_split`` split: no training
+    data."""
     _required(path, "path", "a Hugging Face Hub id or a local dataset folder")
     ds = load_hf(path, hub_config)
     cols = {"text_column": text_column, "label_column": label_column}
@@ -795,8 +805,9 @@ def _csv_fingerprint(path: str | None = None, train_path: str | None = None, **_
 
 @DATASETS.register(
     "csv_text",
-    description="Your texts: a CSV/TSV/Parquet file (path) with text and label columns; training rows from "
-    "train_path or a split_column; label names from classes, a label_name_column or the sorted labels",
+    description="Your texts: a CSV/TSV/Parquet file (path) with text and label columns; training "
+    "rows from train_path or a split_column; label names from classes, a label_name_column or the "
+    "sorted labels",
     modality="text",
     has_masks=False,
     ground_truth=(),
@@ -818,7 +829,9 @@ def csv_text(
     n_test: OptionalCount = None,
 ) -> Task:
     """``path`` holds the evaluation texts (all texts with ``split_column``: rows whose value is
-    ``test_split`` / ``train_split``); ``train_path`` the training texts (optional)."""
+    ``test_split`` / ``train_split``); ``train_path`` the training texts (optional).
+    Longer than 80 lines because its signature declares every dataset option and the body checks
+    them in turn, each with its own error."""
     _required(path, "path", "a .csv, .tsv or .parquet file")
     if split_column is not None and train_path is not None:
         raise _error("train_path", "give train_path or split_column, not both")

@@ -102,9 +102,10 @@ def _resize_pair(image, mask, size: int, where: str = ""):
 
 @DATASETS.register(
     NAME,
-    description="Pascal VOC 2012 segmentation subset (local Parquet <data_dir>/voc2012_seg/<subset>.parquet): "
-    "images resized to size x size with the mask of target_class (void 255 never in the mask); test split "
-    "only, for pretrained models; labels map to ImageNet classes for accuracy",
+    description="Pascal VOC 2012 segmentation subset (local Parquet "
+    "<data_dir>/voc2012_seg/<subset>.parquet): images resized to size x size with the mask of "
+    "target_class (void 255 never in the mask); test split only, for pretrained models; labels map "
+    "to ImageNet classes for accuracy",
     modality="image",
     num_classes=len(VOC_CLASSES),
     has_masks=True,
@@ -125,6 +126,9 @@ def voc2012_seg(
     least that fraction of the image: object pixels / all pixels of the mask at ``size`` x ``size``
     (void pixels count in the denominator, never as object). ``n_test`` then keeps a seeded random
     subset of the images left (all by default).
+
+    Longer than 80 lines because its signature declares every dataset option and the body reads,
+    filters, subsamples and resizes in one pass, each step with its own error.
     """
     if target_class not in VOC_CLASSES[1:]:
         raise ValueError(
@@ -193,8 +197,9 @@ def voc2012_seg(
         if not keep.any():
             raise DataError(
                 f"dataset '{NAME}': no image of {source} has '{target_class}' covering at least "
-                f"{min_object_fraction:.1%} of the image (min_object_fraction={min_object_fraction}; the largest "
-                f"share among its {len(rows)} images is {fractions.max():.1%}); lower min_object_fraction"
+                f"{min_object_fraction:.1%} of the image "
+                f"(min_object_fraction={min_object_fraction}; the largest share among its "
+                f"{len(rows)} images is {fractions.max():.1%}); lower min_object_fraction"
             )
         chosen = set(pick(rows[keep]).tolist())
         keep &= np.array([r in chosen for r in rows.tolist()], dtype=bool)
@@ -226,7 +231,8 @@ def voc2012_seg(
             "file_names": [f for f, k in zip(file_names, keep, strict=True) if k],
             "valid_masks": valid_t,
             "void_fraction": float(1 - valid_t.float().mean()),
-            # the target class's share of each test image (object pixels / all pixels, at size x size)
+            # the target class's share of each test image (object pixels / all pixels, at size x
+            # size)
             "object_fractions": [float(f) for f, k in zip(fractions, keep, strict=True) if k],
             "min_object_fraction": float(min_object_fraction),
             "label_maps": label_maps,

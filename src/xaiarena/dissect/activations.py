@@ -47,7 +47,8 @@ def layer_names(model: nn.Module) -> list[str]:
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
-    """The submodule ``name`` of ``model`` (or of ``model.net``); :class:`LayerNotFoundError` if none."""
+    """The submodule ``name`` of ``model`` (or of ``model.net``); :class:`LayerNotFoundError` if
+    none."""
     for root in (model, getattr(model, "net", None)):
         if isinstance(root, nn.Module):
             try:
@@ -58,7 +59,8 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
 
 
 def pool_output(out: torch.Tensor, pool: str = "avg") -> torch.Tensor:
-    """One value per neuron: ``(N, C, H, W)`` pooled over space, ``(N, T, D)`` first token, ``(N, D)`` as is."""
+    """One value per neuron: ``(N, C, H, W)`` pooled over space, ``(N, T, D)`` first token,
+    ``(N, D)`` as is."""
     if pool not in POOLS:
         raise ValueError(f"pool='{pool}' is not valid; valid: {', '.join(POOLS)}")
     if out.ndim == 4:
@@ -74,7 +76,8 @@ def pool_output(out: torch.Tensor, pool: str = "avg") -> torch.Tensor:
 
 @contextmanager
 def recording(model: nn.Module, layers: Sequence[str], pool: str = "avg"):
-    """Hooks on ``layers`` appending pooled outputs to ``store[layer]`` (a list per layer), removed on exit."""
+    """Hooks on ``layers`` appending pooled outputs to ``store[layer]`` (a list per layer), removed
+    on exit."""
     modules = {name: resolve_layer(model, name) for name in layers}
     store: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     handles = []

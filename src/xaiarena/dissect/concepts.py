@@ -141,7 +141,8 @@ def too_few(name: str, concepts: list[str]) -> str | None:
 
 
 def build_concepts(name: str, params: dict, task) -> list[str]:
-    """The registered concept set ``name`` with ``params`` (``task`` passed to those that need it)."""
+    """The registered concept set ``name`` with ``params`` (``task`` passed to those that need
+    it)."""
     entry = CONCEPT_SETS.entry(name)
     kwargs = dict(params)
     if "task" in _params(entry.factory):

@@ -6,9 +6,11 @@
       layers: [features.1, classifier.2]   # module paths (``net.`` prefix optional)
       split: test                          # which split of the (first) dataset is the probe set
       n_images: 1000                       # seeded subset of it; null = all
-      concepts: dataset_classes            # words | imagenet_classes | dataset_classes | annotations | file | list
+      concepts: dataset_classes            # words | imagenet_classes | dataset_classes |
+                                           #   annotations | file | list
       scorer: annotations                  # clip | open_clip | annotations
-      similarity: soft_wpmi                # soft_wpmi | wpmi | rank_reorder | cos_similarity_cubed | cos_similarity
+      similarity: soft_wpmi                # soft_wpmi | wpmi | rank_reorder |
+                                           #   cos_similarity_cubed | cos_similarity
       pool: avg                            # conv channels: spatial mean (the paper) or max
       top: 5                               # concepts per neuron in results/neurons.csv
 
@@ -29,7 +31,8 @@ DEFAULTS = {"concepts": "words", "scorer": "clip", "similarity": "soft_wpmi"}
 
 
 def _with_default_names(section: dict[str, Any]) -> dict[str, Any]:
-    """A component given only by options (``--set dissect.similarity.top_k=50``) keeps its default name."""
+    """A component given only by options (``--set dissect.similarity.top_k=50``) keeps its default
+    name."""
     out = dict(section)
     for key, name in DEFAULTS.items():
         if isinstance(out.get(key), dict) and "name" not in out[key]:

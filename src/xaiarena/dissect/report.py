@@ -71,6 +71,103 @@ def build_dissect_report(run_dir: str | Path) -> Path:
         return _build(run_dir)
 
 
+def _layer_rows(layers: pd.DataFrame) -> list[dict[str, Any]]:
+    """One row per dissected layer of a dataset: neuron counts, top concept, similarities and how
+    many output neurons match their own class."""
+    layer_rows = []
+    for _, r in layers.iterrows():
+        own = "–"
+        if (
+            bool(r["output_layer"])
+            and pd.notna(r.get("own_class_defined"))
+            and r["own_class_defined"] > 0
+        ):
+            own = (
+                f"{int(r['own_class_matches'])} / {int(r['own_class_defined'])} "
+                f"({fmt_percent(r['own_class_rate'])})"
+            )
+        layer_rows.append(
+            {
+                "layer": r["layer"],
+                "neurons": int(r["neurons"]),
+                "constant": int(r["constant_neurons"]),
+                "distinct": int(r["distinct_concepts"]),
+                "top": f"{r['top_concept']} ({int(r['top_concept_neurons'])})"
+                if r["top_concept"]
+                else "–",
+                "mean": _fmt(r["mean_similarity"]),
+                "median": _fmt(r["median_similarity"]),
+                "own": own,
+            }
+        )
+    return layer_rows
+
+
+def _neuron_tables(df: pd.DataFrame, tops: list[str]) -> list[dict[str, Any]]:
+    """One table per layer: its first ``MAX_ROWS`` neurons with their concept, similarity, the
+    other top concepts and the own-class match."""
+    tables = []
+    for layer, ldf in df.groupby("layer", sort=False):
+        rows = []
+        for _, r in ldf.head(MAX_ROWS).iterrows():
+            rows.append(
+                {
+                    "neuron": int(r["neuron"]),
+                    "concept": r["concept"],
+                    "similarity": _fmt(float(r["similarity"])),
+                    "others": ", ".join(str(r[c]) for c in tops[1:]),
+                    "own": r.get("own_class", "") if "own_class" in ldf else "",
+                    "match": r.get("matches_own_class") if "matches_own_class" in ldf else None,
+                    "constant": bool(r.get("constant", False)),
+                }
+            )
+        tables.append(
+            {
+                "layer": layer,
+                "rows": rows,
+                "truncated": len(ldf) > MAX_ROWS,
+                "n": len(ldf),
+                "has_own": "own_class" in ldf and ldf["own_class"].astype(str).ne("").any(),
+            }
+        )
+    return tables
+
+
+def _setup_rows(dinfo: dict[str, Any]) -> list[tuple[str, str]]:
+    """The set-up table of a dataset's section: model, accuracies, probe images, concepts, scorer,
+    similarity, pooling."""
+    acc = dinfo.get("test_accuracy")
+    probe_acc = dinfo.get("probe_accuracy")
+    setup = [
+        (
+            "Model",
+            f"{dinfo.get('model', '')}"
+            f"{' (pretrained, not trained)' if dinfo.get('pretrained') else ''}",
+        ),
+        (
+            "Test accuracy",
+            fmt_percent(acc) if isinstance(acc, (int, float)) and math.isfinite(acc) else "–",
+        ),
+        (
+            "Probe images",
+            f"{dinfo.get('n_images', '')} from the {dinfo.get('split', '')} split"
+            + (
+                f" (model accuracy on them {fmt_percent(probe_acc)})"
+                if isinstance(probe_acc, (int, float)) and math.isfinite(probe_acc)
+                else ""
+            ),
+        ),
+        (
+            "Concept set",
+            f"{_component(dinfo.get('concepts'))}: {dinfo.get('n_concepts', '')} concepts",
+        ),
+        ("Concept scorer (P)", _component(dinfo.get("scorer"))),
+        ("Similarity", _component(dinfo.get("similarity"))),
+        ("Conv pooling", str(dinfo.get("pool", ""))),
+    ]
+    return setup
+
+
 def _build(run_dir: Path) -> Path:
     neurons = read_neurons(run_dir / "results" / "neurons.csv")
     layers = read_layers(run_dir / "results" / "dissect_layers.csv")
@@ -87,96 +184,25 @@ def _build(run_dir: Path) -> Path:
                 f"{slug}_concepts.png",
                 plots.concept_bars(df),
                 "Most frequent concepts per layer",
-                f"The {plots.TOP_N} concepts that label the most neurons of each layer (top-1 concept per "
-                "neuron; neurons with constant activation left out).",
+                f"The {plots.TOP_N} concepts that label the most neurons of each layer (top-1 "
+                "concept per neuron; neurons with constant activation left out).",
             ),
             _figure(
                 run_dir,
                 f"{slug}_similarity.png",
                 plots.similarity_scatter(df, seed=seed),
                 "Similarity of the neurons per concept",
-                "Each dot is a neuron labelled with one of the layer's most frequent concepts; the y axis is "
-                f"its similarity to that concept ({_component(dinfo.get('similarity'))}). Similarities are on "
-                "the scale of the similarity function and comparable within a layer only.",
+                "Each dot is a neuron labelled with one of the layer's most frequent concepts; the "
+                "y axis is its similarity to that concept "
+                f"({_component(dinfo.get('similarity'))}). Similarities are on the scale of the "
+                "similarity function and comparable within a layer only.",
             ),
         ]
-        layer_rows = []
-        for _, r in layers[layers["dataset"] == dataset].iterrows():
-            own = "–"
-            if (
-                bool(r["output_layer"])
-                and pd.notna(r.get("own_class_defined"))
-                and r["own_class_defined"] > 0
-            ):
-                own = f"{int(r['own_class_matches'])} / {int(r['own_class_defined'])} ({fmt_percent(r['own_class_rate'])})"
-            layer_rows.append(
-                {
-                    "layer": r["layer"],
-                    "neurons": int(r["neurons"]),
-                    "constant": int(r["constant_neurons"]),
-                    "distinct": int(r["distinct_concepts"]),
-                    "top": f"{r['top_concept']} ({int(r['top_concept_neurons'])})"
-                    if r["top_concept"]
-                    else "–",
-                    "mean": _fmt(r["mean_similarity"]),
-                    "median": _fmt(r["median_similarity"]),
-                    "own": own,
-                }
-            )
+        layer_rows = _layer_rows(layers[layers["dataset"] == dataset])
         tops = sorted(c for c in df.columns if re.fullmatch(r"top\d+", c))
         tops.sort(key=lambda c: int(c[3:]))
-        tables = []
-        for layer, ldf in df.groupby("layer", sort=False):
-            rows = []
-            for _, r in ldf.head(MAX_ROWS).iterrows():
-                rows.append(
-                    {
-                        "neuron": int(r["neuron"]),
-                        "concept": r["concept"],
-                        "similarity": _fmt(float(r["similarity"])),
-                        "others": ", ".join(str(r[c]) for c in tops[1:]),
-                        "own": r.get("own_class", "") if "own_class" in ldf else "",
-                        "match": r.get("matches_own_class") if "matches_own_class" in ldf else None,
-                        "constant": bool(r.get("constant", False)),
-                    }
-                )
-            tables.append(
-                {
-                    "layer": layer,
-                    "rows": rows,
-                    "truncated": len(ldf) > MAX_ROWS,
-                    "n": len(ldf),
-                    "has_own": "own_class" in ldf and ldf["own_class"].astype(str).ne("").any(),
-                }
-            )
-        acc = dinfo.get("test_accuracy")
-        probe_acc = dinfo.get("probe_accuracy")
-        setup = [
-            (
-                "Model",
-                f"{dinfo.get('model', '')}{' (pretrained, not trained)' if dinfo.get('pretrained') else ''}",
-            ),
-            (
-                "Test accuracy",
-                fmt_percent(acc) if isinstance(acc, (int, float)) and math.isfinite(acc) else "–",
-            ),
-            (
-                "Probe images",
-                f"{dinfo.get('n_images', '')} from the {dinfo.get('split', '')} split"
-                + (
-                    f" (model accuracy on them {fmt_percent(probe_acc)})"
-                    if isinstance(probe_acc, (int, float)) and math.isfinite(probe_acc)
-                    else ""
-                ),
-            ),
-            (
-                "Concept set",
-                f"{_component(dinfo.get('concepts'))}: {dinfo.get('n_concepts', '')} concepts",
-            ),
-            ("Concept scorer (P)", _component(dinfo.get("scorer"))),
-            ("Similarity", _component(dinfo.get("similarity"))),
-            ("Conv pooling", str(dinfo.get("pool", ""))),
-        ]
+        tables = _neuron_tables(df, tops)
+        setup = _setup_rows(dinfo)
         sections.append(
             {
                 "name": dataset,

@@ -1,5 +1,6 @@
-"""A dissection's saved tables, read back: ``results/neurons.csv`` and ``results/dissect_layers.csv``
-(the report, :class:`~xaiarena.dissect.runner.DissectResult` and scripts read them through here)."""
+"""A dissection's saved tables, read back: ``results/neurons.csv`` and
+``results/dissect_layers.csv`` (the report, :class:`~xaiarena.dissect.runner.DissectResult` and
+scripts read them through here)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def read_neurons(path: str | Path) -> pd.DataFrame:
 
 
 def read_layers(path: str | Path) -> pd.DataFrame:
-    """``results/dissect_layers.csv``, the most frequent label kept as text (empty when no neuron varies)."""
+    """``results/dissect_layers.csv``, the most frequent label kept as text (empty when no neuron
+    varies)."""
     path = Path(path)
     header = pd.read_csv(path, nrows=0).columns
     text = {c: str for c in ("dataset", "layer", "top_concept") if c in header}

@@ -1,17 +1,17 @@
 """The dissection run: config -> data -> concepts -> model -> acts -> P -> similarity -> labels.
 
 ``xaiarena dissect CONFIG`` and :func:`run` get the data and the model from the stages of
-``xaiarena run`` (:func:`xaiarena.engine.stages.data_stage`, :func:`xaiarena.engine.stages.train_stage`): the
-same cache keys (fingerprints of user files and ``amp`` included), checkpoint verification and
-checks, so a model trained by ``run`` in the same run directory is reused and a changed image
-folder retrains. Torch computes with ``training.num_threads`` threads (restored afterwards).
-Then the ``dissect:`` section. Every expensive artefact is cached under ``RUN_DIR/cache`` by
-the run's cache (:class:`xaiarena.engine.cache.Cache`: atomic, checksummed, keys from
+``xaiarena run`` (:func:`xaiarena.engine.stages.data_stage`,
+:func:`xaiarena.engine.stages.train_stage`): the same cache keys (fingerprints of user files and
+``amp`` included), checkpoint verification and checks, so a model trained by ``run`` in the same run
+directory is reused and a changed image folder retrains. Torch computes with
+``training.num_threads`` threads (restored afterwards). Then the ``dissect:`` section. Every
+expensive artefact is cached under ``RUN_DIR/cache`` by the run's cache
+(:class:`xaiarena.engine.cache.Cache`: atomic, checksummed, keys from
 :func:`xaiarena.engine.cache.dissect_key`): activations per layer (model, probe images, layer,
-pooling), CLIP image and text embeddings or the annotation matrix, and each layer's top
-concepts (activations, P, similarity function and options, seed). ``run.json`` gets a
-``dissect`` entry with the timings and cache hits of every stage (a ``run`` result already
-in the folder is kept).
+pooling), CLIP image and text embeddings or the annotation matrix, and each layer's top concepts
+(activations, P, similarity function and options, seed). ``run.json`` gets a ``dissect`` entry with
+the timings and cache hits of every stage (a ``run`` result already in the folder is kept).
 
 Outputs: ``results/neurons.csv`` (one row per neuron: dataset, layer, neuron, concept,
 similarity, ``top1``..``topN`` with their similarities, and for output layers the neuron's
@@ -62,7 +62,8 @@ def _norm(name: str) -> str:
 
 def label_neurons(similarity: torch.Tensor, concepts: list[str], *, top: int = 5) -> pd.DataFrame:
     """One row per neuron (row of ``similarity``): ``neuron, concept, similarity, top1..topN``
-    (concepts by decreasing similarity) and ``top1_similarity..``. Ties go to the earlier concept."""
+    (concepts by decreasing similarity) and ``top1_similarity..``. Ties go to the earlier
+    concept."""
     top = min(top, similarity.shape[1])
     values, idx = _top_concepts(similarity, top)
     return _rows(values, idx, concepts, top)
@@ -160,6 +161,9 @@ class DissectRunner:
         return self.run_dir
 
     def _dataset(self, dcfg: DataConfig) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+        """The neuron labels of one dataset: its data, concept set, model, activations, concept
+        scores and similarities, each a logged stage. Longer than 80 lines because it is the
+        dissection's sequence of logged, cached stages, each feeding the next its cache key."""
         cfg, d, name = self.cfg, self.dcfg, dcfg.key
         task, dkey = data_stage(self.settings, dcfg, self.log.stage, name)
         if task.modality != "image":
@@ -251,9 +255,9 @@ class DissectRunner:
 
     # ------------------------------------------------------------------ helpers
     def _cached(self, kind: str, inputs: dict[str, Any], compute: Callable[[], Any]) -> Any:
-        """The dissection artefact ``kind`` keyed by ``inputs`` (:func:`xaiarena.engine.cache.dissect_key`)
-        from the run's cache (``cache/dissect/<kind>/``, checksummed), else computed and saved;
-        counted in :attr:`hits` or :attr:`computed`."""
+        """The dissection artefact ``kind`` keyed by ``inputs``
+        (:func:`xaiarena.engine.cache.dissect_key`) from the run's cache (``cache/dissect/<kind>/``,
+        checksummed), else computed and saved; counted in :attr:`hits` or :attr:`computed`."""
         key = ck.dissect_key(kind, inputs)
         path = self.settings.cache.path("dissect", kind, f"{key.hash}.pt")
         value, hit = self.settings.cache.torch_artefact(path, key, compute)
@@ -310,7 +314,8 @@ class DissectRunner:
         return concepts
 
     def _scores(self, scorer, probe: Probe, concepts: list[str], info: dict[str, Any]):
-        """P for the probe images and concepts, without the concepts that do not vary (see below)."""
+        """P for the probe images and concepts, without the concepts that do not vary (see
+        below)."""
         n_before = len(self.computed)
         try:
             scores = scorer.score(
@@ -325,9 +330,9 @@ class DissectRunner:
         except OptionError as exc:
             raise ConfigError([(_key("scorer", exc.option), exc.message)]) from None
         info["cache_hit"] = len(self.computed) == n_before
-        # a concept scored the same on every probe image (e.g. an annotation no probe image has) says
-        # nothing about any neuron, yet soft_wpmi gives it 0, above the negative values of concepts that
-        # do vary: such columns are dropped (CLIP scores are never constant)
+        # a concept scored the same on every probe image (e.g. an annotation no probe image has)
+        # says nothing about any neuron, yet soft_wpmi gives it 0, above the negative values of
+        # concepts that do vary: such columns are dropped (CLIP scores are never constant)
         varies = (scores.amax(0) > scores.amin(0)).tolist()
         dropped = [c for c, v in zip(concepts, varies, strict=True) if not v]
         info["dropped_constant_concepts"] = dropped
@@ -335,8 +340,9 @@ class DissectRunner:
             concepts = [c for c, v in zip(concepts, varies, strict=True) if v]
             scores = scores[:, torch.tensor(varies)]
             _say(
-                f"[xaiarena] {probe.task.name}: {len(dropped)} concept(s) scored the same on every probe image "
-                f"are left out: {', '.join(dropped[:10])}{' ...' if len(dropped) > 10 else ''}"
+                f"[xaiarena] {probe.task.name}: {len(dropped)} concept(s) scored the same on every "
+                "probe image are left out: "
+                f"{', '.join(dropped[:10])}{' ...' if len(dropped) > 10 else ''}"
             )
         if len(concepts) < 2:
             raise ConfigError(
@@ -461,7 +467,8 @@ def _probe_accuracy(model, outputs: torch.Tensor, probe: Probe, task) -> float |
 
 
 class DissectResult:
-    """A finished dissection: ``neurons`` (results/neurons.csv), ``layers``, ``info``, ``report_path``."""
+    """A finished dissection: ``neurons`` (results/neurons.csv), ``layers``, ``info``,
+    ``report_path``."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
@@ -494,7 +501,8 @@ def run(
     overrides: list[str] | dict[str, Any] | None = None,
     show_progress: bool = True,
 ) -> DissectResult:
-    """Dissect the model of ``config`` (which must have a ``dissect:`` section); see the module docstring."""
+    """Dissect the model of ``config`` (which must have a ``dissect:`` section); see the module
+    docstring."""
     cfg = load_config(config, overrides or None)
     source = config if isinstance(config, (str, Path)) else None
     runner = DissectRunner(cfg, out=out, show_progress=show_progress, source=source)

@@ -50,8 +50,9 @@ from .probe import Probe
 
 log = logging.getLogger(__name__)
 
-#: ``cached(kind, inputs, compute)``: the artefact ``kind`` keyed by ``inputs`` from the run's cache,
-#: else ``compute()`` (saved there); the dissect runner passes one built on the engine's cache
+#: ``cached(kind, inputs, compute)``: the artefact ``kind`` keyed by ``inputs`` from the run's
+#: cache, else ``compute()`` (saved there); the dissect runner passes one built on the engine's
+#: cache
 Cached = Callable[[str, dict[str, Any], Callable[[], Any]], Any]
 
 
@@ -189,20 +190,22 @@ class _EmbeddingScorer(ConceptScorer):
 
 def _clip_missing(model: str, exc: BaseException) -> ScorerUnavailableError:
     return ScorerUnavailableError(
-        f"CLIP model '{model}' could not be loaded ({type(exc).__name__}: {str(exc).strip()[:300]}). Get one of: "
-        f"(1) a Hugging Face Hub id such as '{DEFAULT_CLIP}' (the paper's ViT-B/16), downloaded once into the "
-        "Hugging Face cache on a machine online (unset HF_HUB_OFFLINE), then usable offline; (2) a local folder "
-        "written by CLIPModel.save_pretrained plus the processor's save_pretrained (config.json, the weights, "
-        "tokenizer and preprocessor_config.json), given as dissect.scorer.model; (3) pip install open_clip_torch "
-        "and scorer 'open_clip'. Without CLIP, the 'annotations' scorer dissects offline with the dataset's "
-        "ground truth."
+        f"CLIP model '{model}' could not be loaded ({type(exc).__name__}: "
+        f"{str(exc).strip()[:300]}). Get one of: (1) a Hugging Face Hub id such as "
+        f"'{DEFAULT_CLIP}' (the paper's ViT-B/16), downloaded once into the Hugging Face cache on "
+        "a machine online (unset HF_HUB_OFFLINE), then usable offline; (2) a local folder written "
+        "by CLIPModel.save_pretrained plus the processor's save_pretrained (config.json, the "
+        "weights, tokenizer and preprocessor_config.json), given as dissect.scorer.model; (3) pip "
+        "install open_clip_torch and scorer 'open_clip'. Without CLIP, the 'annotations' scorer "
+        "dissects offline with the dataset's ground truth."
     )
 
 
 @CONCEPT_SCORERS.register(
     "clip",
-    description="CLIP-Dissect's P: cosine similarity of CLIP image and text embeddings (transformers CLIPModel by "
-    f"Hub id or local folder; default {DEFAULT_CLIP}); prompt '{{}}' = the bare concept as in the paper",
+    description="CLIP-Dissect's P: cosine similarity of CLIP image and text embeddings "
+    f"(transformers CLIPModel by Hub id or local folder; default {DEFAULT_CLIP}); prompt '{{}}' = "
+    "the bare concept as in the paper",
     needs_model=True,
 )
 class ClipScorer(_EmbeddingScorer):
@@ -263,14 +266,15 @@ class ClipScorer(_EmbeddingScorer):
 
 
 def _features(out: Any) -> torch.Tensor:
-    """transformers < 5 returns the projected features, >= 5 an output whose pooler_output they are."""
+    """transformers < 5 returns the projected features, >= 5 an output whose pooler_output they
+    are."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
 @CONCEPT_SCORERS.register(
     "open_clip",
-    description="CLIP-Dissect's P from an open_clip model (optional: pip install open_clip_torch; model and "
-    "pretrained tag, e.g. ViT-B-16 / openai)",
+    description="CLIP-Dissect's P from an open_clip model (optional: pip install open_clip_torch; "
+    "model and pretrained tag, e.g. ViT-B-16 / openai)",
     needs_model=True,
 )
 class OpenClipScorer(_EmbeddingScorer):
@@ -300,8 +304,9 @@ class OpenClipScorer(_EmbeddingScorer):
             Exception
         ) as exc:  # not installed, or it fails to import (e.g. a torchvision mismatch)
             raise ScorerUnavailableError(
-                f"scorer 'open_clip' needs the open_clip package, which could not be imported ({type(exc).__name__}: "
-                f"{exc}); pip install open_clip_torch, or use scorer 'clip' (transformers) or 'annotations'"
+                "scorer 'open_clip' needs the open_clip package, which could not be imported "
+                f"({type(exc).__name__}: {exc}); pip install open_clip_torch, or use scorer 'clip' "
+                "(transformers) or 'annotations'"
             ) from exc
         try:
             net, _, preprocess = open_clip.create_model_and_transforms(
@@ -310,9 +315,10 @@ class OpenClipScorer(_EmbeddingScorer):
             tokenizer = open_clip.get_tokenizer(self.model)
         except Exception as exc:
             raise ScorerUnavailableError(
-                f"open_clip model '{self.model}' with pretrained '{self.pretrained}' could not be loaded "
-                f"({type(exc).__name__}: {str(exc)[:300]}); check open_clip.list_pretrained(), and that the weights "
-                "were downloaded once online (or give a local checkpoint path as pretrained)"
+                f"open_clip model '{self.model}' with pretrained '{self.pretrained}' could not be "
+                f"loaded ({type(exc).__name__}: {str(exc)[:300]}); check "
+                "open_clip.list_pretrained(), and that the weights were downloaded once online (or "
+                "give a local checkpoint path as pretrained)"
             ) from exc
         net.eval().to(device)
         self._loaded = (net, tokenizer, preprocess)
@@ -386,12 +392,14 @@ def available_annotations(task, kinds: list[str] | None = None) -> list[str]:
 
 @CONCEPT_SCORERS.register(
     "annotations",
-    description="P from the probe dataset's ground truth, offline: 1 where the image has the concept (its "
-    "class label; hard_mnist's digit colour; VOC classes present in the image), else 0",
+    description="P from the probe dataset's ground truth, offline: 1 where the image has the "
+    "concept (its class label; hard_mnist's digit colour; VOC classes present in the image), else "
+    "0",
     needs_model=False,
 )
 class AnnotationScorer(ConceptScorer):
-    """0/1 concept matrix from ground truth; ``kinds`` limits it to some of class, colour, segmentation."""
+    """0/1 concept matrix from ground truth; ``kinds`` limits it to some of class, colour,
+    segmentation."""
 
     name = "annotations"
     option_constraints: ClassVar[dict] = {
@@ -427,8 +435,8 @@ class AnnotationScorer(ConceptScorer):
         if "colour" in kinds:
             if probe.masks is None:
                 raise ValueError(
-                    f"dataset '{task.name}' declares object colours but its '{probe.split}' split has "
-                    "no masks"
+                    f"dataset '{task.name}' declares object colours but its '{probe.split}' split "
+                    "has no masks"
                 )
             for s, c in zip(sets, object_colours(probe.images, probe.masks), strict=True):
                 if c is not None:

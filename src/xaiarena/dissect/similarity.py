@@ -1,4 +1,5 @@
-"""Similarity between neurons and concepts, as defined by CLIP-Dissect (Oikarinen & Weng, ICLR 2023).
+"""Similarity between neurons and concepts, as defined by CLIP-Dissect (Oikarinen & Weng, ICLR
+2023).
 
 Every function takes
 
@@ -96,9 +97,9 @@ def _pmi(log_p_given: torch.Tensor, lam: float) -> torch.Tensor:
 
 @SIMILARITIES.register(
     "soft_wpmi",
-    description="Soft weighted pointwise mutual information (CLIP-Dissect's default): the top_k most "
-    "activating images are each in the neuron's set with a probability falling linearly from p_start to "
-    "p_end; p(concept | image) = softmax(a * P) over concepts",
+    description="Soft weighted pointwise mutual information (CLIP-Dissect's default): the top_k "
+    "most activating images are each in the neuron's set with a probability falling linearly from "
+    "p_start to p_end; p(concept | image) = softmax(a * P) over concepts",
     paper_default=True,
 )
 def soft_wpmi(
@@ -160,9 +161,9 @@ def wpmi(
 
 @SIMILARITIES.register(
     "rank_reorder",
-    description="Rank reorder: how little the neuron's top activations change when its top images are "
-    "re-ranked by the concept's score (|.|^p error against a random-permutation baseline), divided by "
-    "the concept's mean score on those images to the power scale_p; seeded",
+    description="Rank reorder: how little the neuron's top activations change when its top images "
+    "are re-ranked by the concept's score (|.|^p error against a random-permutation baseline), "
+    "divided by the concept's mean score on those images to the power scale_p; seeded",
 )
 def rank_reorder(
     activations: torch.Tensor,
@@ -221,8 +222,8 @@ def _unit_columns(x: torch.Tensor, min_norm: float) -> torch.Tensor:
 
 @SIMILARITIES.register(
     "cos_similarity_cubed",
-    description="Cosine similarity of the neuron's activations and the concept's scores across images, "
-    "each centred and raised to the third power",
+    description="Cosine similarity of the neuron's activations and the concept's scores across "
+    "images, each centred and raised to the third power",
 )
 def cos_similarity_cubed(
     activations: torch.Tensor, scores: torch.Tensor, min_norm: float = 1e-3
@@ -237,7 +238,8 @@ def cos_similarity_cubed(
 
 @SIMILARITIES.register(
     "cos_similarity",
-    description="Cosine similarity of the neuron's activations and the concept's scores across images",
+    description="Cosine similarity of the neuron's activations and the concept's scores across "
+    "images",
 )
 def cos_similarity(activations: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """cos(A[:, m], P[:, c]) across the probe images (a zero column gives 0, not NaN)."""
@@ -249,7 +251,8 @@ def cos_similarity(activations: torch.Tensor, scores: torch.Tensor) -> torch.Ten
 def compute(
     name: str, activations: torch.Tensor, scores: torch.Tensor, *, seed: int = 0, **options: Any
 ) -> torch.Tensor:
-    """The registered similarity ``name`` with ``options``; a seeded generator for those that draw."""
+    """The registered similarity ``name`` with ``options``; a seeded generator for those that
+    draw."""
     entry = SIMILARITIES.entry(name)
     kwargs = dict(options)
     if "generator" in inspect.signature(entry.factory).parameters:

@@ -108,9 +108,9 @@ def run_lock(run_dir: Path):
                 path.unlink(missing_ok=True)
                 continue
             raise RunError(
-                f"'{run_dir}' is in use by another run (pid {pid} on {host}, started {holder.get('started')}: "
-                f"{holder.get('command', '?')}). Wait for it to finish or choose another --out; if that run "
-                f"is gone, delete '{path}'."
+                f"'{run_dir}' is in use by another run (pid {pid} on {host}, started "
+                f"{holder.get('started')}: {holder.get('command', '?')}). Wait for it to finish or "
+                f"choose another --out; if that run is gone, delete '{path}'."
             ) from None
         except OSError as exc:  # a read-only or foreign folder, a full disk
             raise write_error(exc, path) from None

@@ -26,7 +26,8 @@ seed and (test, strength, draw); input noise per sample by its id, so nothing de
 batch size. Explainers and metrics draw fresh streams on each perturbed problem, as MetaQuantus
 does (its tests draw from numpy's global state): their own sampling noise counts against
 resilience. Scores and re-explained maps are cached (:func:`xaiarena.engine.cache.meta_score_key`,
-:func:`xaiarena.engine.cache.meta_maps_key`): a rerun loads them, an added metric scores only itself.
+:func:`xaiarena.engine.cache.meta_maps_key`): a rerun loads them, an added metric scores only
+itself.
 
 Cost per view, with M samples and K draws: the model tests re-explain 2·K·M samples with
 every explainer (the run explains N), all four tests score 4·K·M samples with every metric
@@ -198,7 +199,9 @@ def _score_problem(
     strength: str,
     draw: int,
 ) -> None:
-    """Build one perturbed evaluation problem and score it with every pending metric."""
+    """Build one perturbed evaluation problem and score it with every pending metric.
+    Longer than 80 lines because its signature passes the meta stage's state (15 parameters); the
+    body is one cached scoring step."""
     noise = NOISE[(test, strength)]
     seed = ck.stable_seed(s.seed, "meta", test, strength, draw)
     compute = Compute(

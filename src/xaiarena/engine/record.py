@@ -64,8 +64,8 @@ class RunRecord:
         )
 
     def result_frames(self, names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-        """``(per_sample, curves, perturbed)`` in the order of the task ``names`` (the graph's), with
-        the context columns after ``dataset``; the stages are put in that order too."""
+        """``(per_sample, curves, perturbed)`` in the order of the task ``names`` (the graph's),
+        with the context columns after ``dataset``; the stages are put in that order too."""
         extra = self.context_columns()
         ps_cols = [*PER_SAMPLE_COLUMNS[:1], *extra, *PER_SAMPLE_COLUMNS[1:]]
         cv_cols = [*CURVE_COLUMNS[:1], *extra, *CURVE_COLUMNS[1:]]
@@ -102,7 +102,8 @@ class RunRecord:
     ) -> str:
         """The text of run.json."""
         cfg = self.cfg
-        # one entry per (dataset, grid point) for the report (its first replicate); every unit under "units"
+        # one entry per (dataset, grid point) for the report (its first replicate); every unit under
+        # "units"
         datasets = {}
         for u in units:
             key = u.dataset + (f"@{u.grid}" if u.grid else "")

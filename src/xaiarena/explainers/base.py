@@ -79,7 +79,8 @@ class Explainer(ABC):
 
     #: registry name (set by subclasses, same as the registered name)
     name: ClassVar[str] = ""
-    #: "gradient" | "propagation" | "cam" | "perturbation" | "learned" | "baseline" (text: "attention")
+    #: "gradient" | "propagation" | "cam" | "perturbation" | "learned" | "baseline" (text:
+    #: "attention")
     family: ClassVar[str] = ""
     #: modalities supported: "image", "text"
     modality: ClassVar[tuple[str, ...]] = ("image",)
@@ -109,14 +110,15 @@ class Explainer(ABC):
         return model
 
     def report(self) -> dict[str, Any]:
-        """What a learned explainer reports about its fit (run.json ``learned``); empty otherwise."""
+        """What a learned explainer reports about its fit (run.json ``learned``); empty
+        otherwise."""
         return {}
 
     def prepare_set(self, model: nn.Module, inputs: Any) -> None:  # noqa: B027
         """Called once with every input about to be explained on ``model``, before the batched
-        :meth:`explain` calls (:func:`xaiarena.engine.batching.explain_in_batches`). Default: nothing. An
-        explainer whose maps are optimised over a set (DiET's ``authors`` test-time procedure)
-        computes them here, so they do not depend on the batch size."""
+        :meth:`explain` calls (:func:`xaiarena.engine.batching.explain_in_batches`). Default:
+        nothing. An explainer whose maps are optimised over a set (DiET's ``authors`` test-time
+        procedure) computes them here, so they do not depend on the batch size."""
 
     @abstractmethod
     def attribute(

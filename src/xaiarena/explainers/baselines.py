@@ -27,8 +27,8 @@ class _Baseline(Explainer):
 
 @EXPLAINERS.register(
     "random",
-    description="Sanity baseline: i.i.d. noise map (uniform in [0, 1) or standard normal), seeded by the "
-    "run's generator per sample; ignores the model and the input's content.",
+    description="Sanity baseline: i.i.d. noise map (uniform in [0, 1) or standard normal), seeded "
+    "by the run's generator per sample; ignores the model and the input's content.",
 )
 class RandomExplainer(_Baseline):
     """Noise at every pixel, drawn from a per-sample generator derived from ``generator``."""
@@ -52,8 +52,8 @@ class RandomExplainer(_Baseline):
 
 @EXPLAINERS.register(
     "sobel",
-    description="Sanity baseline: Sobel edge magnitude of the input image (model independent), per channel "
-    "with replicate padding, channels summed (option reduction).",
+    description="Sanity baseline: Sobel edge magnitude of the input image (model independent), per "
+    "channel with replicate padding, channels summed (option reduction).",
 )
 class SobelExplainer(_Baseline):
     """``sqrt(gx^2 + gy^2)`` per channel (3x3 Sobel kernels), then the channel ``reduction``."""

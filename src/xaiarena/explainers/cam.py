@@ -99,7 +99,8 @@ def cam_layer_of(
 
 
 def cam_candidates(model: nn.Module, inputs: torch.Tensor) -> list[str]:
-    """Modules whose output on ``inputs[:1]`` is ``(1, K, h, w)`` and that run once, in the order they ran."""
+    """Modules whose output on ``inputs[:1]`` is ``(1, K, h, w)`` and that run once, in the order
+    they ran."""
     calls: dict[str, int] = {}
     spatial: dict[str, bool] = {}
 
@@ -179,8 +180,8 @@ class _LayerRecorder:
         self.calls += 1
         if self.calls > 1:
             raise RuntimeError(
-                f"{self.explainer}: layer '{self.layer_name}' ran more than once in one forward pass; "
-                "choose a layer that runs once (set the 'layer' option)"
+                f"{self.explainer}: layer '{self.layer_name}' ran more than once in one forward "
+                "pass; choose a layer that runs once (set the 'layer' option)"
             )
         if not isinstance(out, torch.Tensor) or out.ndim != 4:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -260,8 +261,9 @@ class BaseCAM(Explainer):
 
 @EXPLAINERS.register(
     "gradcam",
-    description="Grad-CAM (Selvaraju et al. 2017): ReLU of conv-layer activations weighted by their "
-    "spatially averaged gradients; the model's declared CAM layer by default (option layer), bilinear upsampling.",
+    description="Grad-CAM (Selvaraju et al. 2017): ReLU of conv-layer activations weighted by "
+    "their spatially averaged gradients; the model's declared CAM layer by default (option layer), "
+    "bilinear upsampling.",
 )
 class GradCAM(BaseCAM):
     """``w_k = mean_ij dS/dA_kij``."""
@@ -274,11 +276,13 @@ class GradCAM(BaseCAM):
 
 @EXPLAINERS.register(
     "gradcam_pp",
-    description="Grad-CAM++ (Chattopadhyay et al. 2018): channel weights from positive gradients with "
-    "second/third-order pixel coefficients; the model's declared CAM layer by default, bilinear upsampling.",
+    description="Grad-CAM++ (Chattopadhyay et al. 2018): channel weights from positive gradients "
+    "with second/third-order pixel coefficients; the model's declared CAM layer by default, "
+    "bilinear upsampling.",
 )
 class GradCAMPlusPlus(BaseCAM):
-    """``w_k = sum_ij alpha_kij ReLU(g_kij)``, ``alpha = g^2 / (2 g^2 + sum(A) g^3)`` (pytorch-grad-cam)."""
+    """``w_k = sum_ij alpha_kij ReLU(g_kij)``, ``alpha = g^2 / (2 g^2 + sum(A) g^3)``
+    (pytorch-grad-cam)."""
 
     name = "gradcam_pp"
 
@@ -295,7 +299,8 @@ class GradCAMPlusPlus(BaseCAM):
 @EXPLAINERS.register(
     "xgradcam",
     description="XGrad-CAM (Fu et al. 2020): channel weights = activation-weighted gradient sums "
-    "normalised by the channel's activation sum; the model's declared CAM layer by default, bilinear upsampling.",
+    "normalised by the channel's activation sum; the model's declared CAM layer by default, "
+    "bilinear upsampling.",
 )
 class XGradCAM(BaseCAM):
     """``w_k = sum_ij g_kij A_kij / (sum_ij A_kij + eps)``."""
@@ -309,8 +314,8 @@ class XGradCAM(BaseCAM):
 
 @EXPLAINERS.register(
     "layercam",
-    description="LayerCAM (Jiang et al. 2021): activations weighted position-wise by their positive "
-    "gradients; the model's declared CAM layer by default, bilinear upsampling.",
+    description="LayerCAM (Jiang et al. 2021): activations weighted position-wise by their "
+    "positive gradients; the model's declared CAM layer by default, bilinear upsampling.",
 )
 class LayerCAM(BaseCAM):
     """``w_kij = ReLU(g_kij)`` (per position)."""
@@ -323,8 +328,9 @@ class LayerCAM(BaseCAM):
 
 @EXPLAINERS.register(
     "hirescam",
-    description="HiResCAM (Draelos & Carin 2020): activations times gradients element-wise, summed over "
-    "channels (no spatial averaging); the model's declared CAM layer by default, bilinear upsampling.",
+    description="HiResCAM (Draelos & Carin 2020): activations times gradients element-wise, summed "
+    "over channels (no spatial averaging); the model's declared CAM layer by default, bilinear "
+    "upsampling.",
 )
 class HiResCAM(BaseCAM):
     """``w_kij = g_kij`` (per position)."""
@@ -384,9 +390,9 @@ class _PerturbationCAM(BaseCAM):
 
 @EXPLAINERS.register(
     "scorecam",
-    description="Score-CAM (Wang et al. 2020): channel weight = softmax probability of the target when "
-    "the input is masked by the channel's upsampled, min-max scaled activation; K forward passes per "
-    "sample, batch_size masks per pass; the model's declared CAM layer by default.",
+    description="Score-CAM (Wang et al. 2020): channel weight = softmax probability of the target "
+    "when the input is masked by the channel's upsampled, min-max scaled activation; K forward "
+    "passes per sample, batch_size masks per pass; the model's declared CAM layer by default.",
 )
 class ScoreCAM(_PerturbationCAM):
     """``w_k = softmax(f(x * H_k))[target]`` with ``H_k`` = min-max scaled, upsampled ``A_k``.
@@ -437,9 +443,10 @@ class ScoreCAM(_PerturbationCAM):
 
 @EXPLAINERS.register(
     "ablationcam",
-    description="Ablation-CAM (Desai & Ramaswamy 2020): channel weight = relative drop of the target "
-    "logit when the channel is zeroed at the layer; the layers before it run once per image and the "
-    "rest once per channel (share_upstream, verified), batch_size ablations per pass; the model's declared CAM layer by default.",
+    description="Ablation-CAM (Desai & Ramaswamy 2020): channel weight = relative drop of the "
+    "target logit when the channel is zeroed at the layer; the layers before it run once per image "
+    "and the rest once per channel (share_upstream, verified), batch_size ablations per pass; the "
+    "model's declared CAM layer by default.",
 )
 class AblationCAM(_PerturbationCAM):
     """``w_k = (y - y_k) / |y|`` with ``y_k`` the target logit when channel ``k`` is set to 0.
@@ -555,7 +562,8 @@ class AblationCAM(_PerturbationCAM):
     def _verified(
         self, ctx: CAMContext, rows: torch.Tensor, k: int, scores: torch.Tensor, group: int
     ) -> bool:
-        """A few ablations of the first group's first and last image, against full forward passes."""
+        """A few ablations of the first group's first and last image, against full forward
+        passes."""
         sample = rows // k
         first = (sample == sample[0]).nonzero().squeeze(1)[: self.n_verify // 2 or 1]
         last_id = sample[sample < int(sample[0]) + group].max()
@@ -567,8 +575,9 @@ class AblationCAM(_PerturbationCAM):
 
     def _fall_back(self, ctx: CAMContext, why: str) -> None:
         warnings.warn(
-            f"{self.name}: cannot share the layers before '{ctx.layer_name}' across ablations ({why}); "
-            "using one full forward pass per channel (set share_upstream=False to skip this check)",
+            f"{self.name}: cannot share the layers before '{ctx.layer_name}' across ablations "
+            f"({why}); using one full forward pass per channel (set share_upstream=False to skip "
+            "this check)",
             RuntimeWarning,
             stacklevel=4,
         )

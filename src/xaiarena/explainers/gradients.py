@@ -65,8 +65,8 @@ class _GradientExplainer(Explainer):
 
 @EXPLAINERS.register(
     "saliency",
-    description="Saliency / vanilla gradient (Simonyan et al. 2014, Captum Saliency): |d logit / d pixel|, "
-    "channels reduced by max_abs (option reduction); 1 backward pass.",
+    description="Saliency / vanilla gradient (Simonyan et al. 2014, Captum Saliency): |d logit / d "
+    "pixel|, channels reduced by max_abs (option reduction); 1 backward pass.",
 )
 class SaliencyExplainer(_GradientExplainer):
     """Gradient of the target logit w.r.t. the pixels (absolute value by default)."""
@@ -85,8 +85,8 @@ class SaliencyExplainer(_GradientExplainer):
 
 @EXPLAINERS.register(
     "input_x_gradient",
-    description="Input x Gradient (Shrikumar et al. 2016, Captum InputXGradient): pixel value times the "
-    "target logit's gradient, channels summed (option reduction); 1 backward pass.",
+    description="Input x Gradient (Shrikumar et al. 2016, Captum InputXGradient): pixel value "
+    "times the target logit's gradient, channels summed (option reduction); 1 backward pass.",
 )
 class InputXGradientExplainer(_GradientExplainer):
     """``x * d logit / dx`` (signed)."""
@@ -103,9 +103,9 @@ class InputXGradientExplainer(_GradientExplainer):
 
 @EXPLAINERS.register(
     "integrated_gradients",
-    description="Integrated Gradients (Sundararajan et al. 2017, Captum): path integral of gradients from a "
-    "baseline (black|white|mean|blur|uniform, default black), n_steps=16 Gauss-Legendre steps, "
-    "channels summed so a map sums to f(x) - f(baseline).",
+    description="Integrated Gradients (Sundararajan et al. 2017, Captum): path integral of "
+    "gradients from a baseline (black|white|mean|blur|uniform, default black), n_steps=16 "
+    "Gauss-Legendre steps, channels summed so a map sums to f(x) - f(baseline).",
 )
 class IntegratedGradientsExplainer(_GradientExplainer):
     """``(x - b) * integral_0^1 grad f(b + a (x - b)) da``, by Captum's quadrature."""
@@ -154,9 +154,10 @@ class IntegratedGradientsExplainer(_GradientExplainer):
 
 @EXPLAINERS.register(
     "gradient_shap",
-    description="GradientSHAP (Lundberg & Lee 2017; Captum's algorithm, seeded per sample): expected "
-    "gradient x (input - baseline) over n_samples=8 random points between the input (plus N(0, stdevs) "
-    "noise) and baselines drawn from a list (default black and uniform noise); channels summed.",
+    description="GradientSHAP (Lundberg & Lee 2017; Captum's algorithm, seeded per sample): "
+    "expected gradient x (input - baseline) over n_samples=8 random points between the input (plus "
+    "N(0, stdevs) noise) and baselines drawn from a list (default black and uniform noise); "
+    "channels summed.",
 )
 class GradientShapExplainer(_GradientExplainer):
     """Captum's GradientShap, drawing from per-sample generators.
@@ -259,8 +260,9 @@ class _SeededNoiseTunnel(NoiseTunnel):
 
 @EXPLAINERS.register(
     "smoothgrad",
-    description="SmoothGrad (Smilkov et al. 2017, Captum NoiseTunnel over Saliency): mean |gradient| over "
-    "nt_samples=8 copies with N(0, stdevs=0.15) pixel noise, channels reduced by max_abs.",
+    description="SmoothGrad (Smilkov et al. 2017, Captum NoiseTunnel over Saliency): mean "
+    "|gradient| over nt_samples=8 copies with N(0, stdevs=0.15) pixel noise, channels reduced by "
+    "max_abs.",
 )
 class SmoothGradExplainer(_GradientExplainer):
     """NoiseTunnel(Saliency) with seeded noise; ``stdevs`` is in pixel units ([0, 1] images)."""

@@ -30,7 +30,8 @@ def forward_hook(module: nn.Module, hook: Callable[..., Any]) -> Iterator[None]:
 
 @contextmanager
 def forward_pre_hook(module: nn.Module, hook: Callable[..., Any]) -> Iterator[None]:
-    """Register ``hook`` as a forward pre-hook for the duration of the block, removed even on error."""
+    """Register ``hook`` as a forward pre-hook for the duration of the block, removed even on
+    error."""
     handle = module.register_forward_pre_hook(hook)
     try:
         yield
@@ -66,7 +67,8 @@ PREPARE_ELEMENTS = 2**23
 
 
 def prepare_rows(batch_size: int, row_shape: Sequence[int], n_rows: int) -> int:
-    """How many perturbed rows to build at once: a few forward batches, at most ~32 MB of float32."""
+    """How many perturbed rows to build at once: a few forward batches, at most ~32 MB of
+    float32."""
     per_row = max(1, math.prod(row_shape))
     group = max(1, min(4, PREPARE_ELEMENTS // (batch_size * per_row)))
     return max(1, min(n_rows, batch_size * group))

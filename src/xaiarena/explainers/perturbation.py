@@ -83,15 +83,17 @@ class _PerturbationExplainer(Explainer):
 
 
 def _window_starts(size: int, window: int, stride: int) -> list[int]:
-    """Captum's window positions: ``ceil((size - window) / stride) + 1`` starts, the last clipped."""
+    """Captum's window positions: ``ceil((size - window) / stride) + 1`` starts, the last
+    clipped."""
     return [i * stride for i in range(math.ceil((size - window) / stride) + 1)]
 
 
 @EXPLAINERS.register(
     "occlusion",
-    description="Occlusion (Zeiler & Fergus 2014; Captum's Occlusion, batched natively): drop of the "
-    "target logit when a window x window patch (default 16, stride 12) is replaced by the baseline "
-    "(default black), averaged over the windows covering each pixel; one forward pass per window.",
+    description="Occlusion (Zeiler & Fergus 2014; Captum's Occlusion, batched natively): drop of "
+    "the target logit when a window x window patch (default 16, stride 12) is replaced by the "
+    "baseline (default black), averaged over the windows covering each pixel; one forward pass per "
+    "window.",
 )
 class OcclusionExplainer(_PerturbationExplainer):
     """Captum's Occlusion (all-channel sliding window, edge windows clipped), in batched torch.
@@ -344,7 +346,8 @@ class SuperpixelSurrogate(_PerturbationExplainer):
 
 
 def _weighted_centered(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
-    """Weighted centring (sklearn's ``fit_intercept`` with ``sample_weight``), rows scaled by sqrt(w)."""
+    """Weighted centring (sklearn's ``fit_intercept`` with ``sample_weight``), rows scaled by
+    sqrt(w)."""
     wn = w / w.sum()
     zm, ym = wn @ z, wn @ y
     sw = w.sqrt()[:, None]
@@ -353,10 +356,11 @@ def _weighted_centered(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
 
 @EXPLAINERS.register(
     "lime",
-    description="LIME (Ribeiro et al. 2016) over SLIC superpixels (n_segments=50): n_samples=64 random "
-    "on/off masks (baseline black), weights exp(-d^2/(2*0.25^2)) of the cosine distance to the full image, "
-    "weighted ridge (alpha=1) in closed form; a pixel gets its superpixel's coefficient. num_features=K keeps "
-    "only the top K superpixels (positive_only: the K largest positive ones, else the K largest |coef|).",
+    description="LIME (Ribeiro et al. 2016) over SLIC superpixels (n_segments=50): n_samples=64 "
+    "random on/off masks (baseline black), weights exp(-d^2/(2*0.25^2)) of the cosine distance to "
+    "the full image, weighted ridge (alpha=1) in closed form; a pixel gets its superpixel's "
+    "coefficient. num_features=K keeps only the top K superpixels (positive_only: the K largest "
+    "positive ones, else the K largest |coef|).",
 )
 class LimeExplainer(SuperpixelSurrogate):
     """LIME for images as in ``lime_image``: Bernoulli(1/2) superpixel masks (first row: all on),
@@ -434,9 +438,10 @@ class LimeExplainer(SuperpixelSurrogate):
 
 @EXPLAINERS.register(
     "kernel_shap",
-    description="KernelSHAP (Lundberg & Lee 2017; Captum's sampling) over SLIC superpixels (n_segments=50): "
-    "the full and empty coalitions (weight 1e6) plus n_samples-2 coalitions with sizes drawn from the "
-    "Shapley kernel (default n_samples=64, baseline black), weighted least squares in closed form.",
+    description="KernelSHAP (Lundberg & Lee 2017; Captum's sampling) over SLIC superpixels "
+    "(n_segments=50): the full and empty coalitions (weight 1e6) plus n_samples-2 coalitions with "
+    "sizes drawn from the Shapley kernel (default n_samples=64, baseline black), weighted least "
+    "squares in closed form.",
 )
 class KernelShapExplainer(SuperpixelSurrogate):
     """Captum's KernelShap scheme: coalition size ``k ~ (d-1) / (k (d-k))``, a uniform subset of
@@ -489,10 +494,11 @@ class KernelShapExplainer(SuperpixelSurrogate):
 
 @EXPLAINERS.register(
     "captum_lime",
-    description="LIME with Captum's defaults (captum.attr.Lime): every input element its own feature, "
-    "n_samples=25 Bernoulli(1/2) on/off draws (off = baseline, default black = 0), weights "
-    "exp(-d^2/(2*1.0^2)) of the cosine distance between the image and the perturbed image, "
-    "sklearn Lasso(alpha=0.01) with an intercept; the map is the coefficients (summed over channels).",
+    description="LIME with Captum's defaults (captum.attr.Lime): every input element its own "
+    "feature, n_samples=25 Bernoulli(1/2) on/off draws (off = baseline, default black = 0), "
+    "weights exp(-d^2/(2*1.0^2)) of the cosine distance between the image and the perturbed image, "
+    "sklearn Lasso(alpha=0.01) with an intercept; the map is the coefficients (summed over "
+    "channels).",
 )
 class CaptumLimeExplainer(_PerturbationExplainer):
     """``captum.attr.Lime`` with its default settings, batched (docs/explainers.md, "captum_lime").
@@ -552,11 +558,13 @@ class CaptumLimeExplainer(_PerturbationExplainer):
         return c * h * w if self.features == "element" else h * w
 
     def sample(self, d: int, generator: torch.Generator) -> torch.Tensor:
-        """``(n_samples, d)`` float32 0/1 rows, each element Bernoulli(1/2) (Captum's ``default_perturb_func``)."""
+        """``(n_samples, d)`` float32 0/1 rows, each element Bernoulli(1/2) (Captum's
+        ``default_perturb_func``)."""
         return (torch.rand(self.n_samples, d, generator=generator) < 0.5).float()
 
     def similarity(self, x: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
-        """Captum's ``get_exp_kernel_similarity_function`` for one image ``x`` and its perturbations (float32)."""
+        """Captum's ``get_exp_kernel_similarity_function`` for one image ``x`` and its perturbations
+        (float32)."""
         xf = x.reshape(1, -1).float()
         pf = perturbed.reshape(len(perturbed), -1).float()
         if self.distance == "cosine":
@@ -566,7 +574,8 @@ class CaptumLimeExplainer(_PerturbationExplainer):
         return torch.exp(-(dist.double() ** 2) / (2 * self.kernel_width**2)).float()
 
     def solve(self, z: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """Lasso coefficients ``(d,)`` as Captum's ``SkLearnLasso(alpha)`` fits them (float32 inputs)."""
+        """Lasso coefficients ``(d,)`` as Captum's ``SkLearnLasso(alpha)`` fits them (float32
+        inputs)."""
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import Lasso
 
@@ -584,8 +593,9 @@ class CaptumLimeExplainer(_PerturbationExplainer):
             self.n_not_converged += 1
             if self.n_not_converged == 1:
                 log.info(
-                    "captum_lime: the Lasso fit did not converge within sklearn's default iterations for "
-                    "some samples (as in Captum); the coefficients are used as fitted"
+                    "captum_lime: the Lasso fit did not converge within sklearn's default "
+                    "iterations for some samples (as in Captum); the coefficients are used as "
+                    "fitted"
                 )
         return torch.from_numpy(np.asarray(model.coef_, dtype=np.float32).reshape(-1))
 

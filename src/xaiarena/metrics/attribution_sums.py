@@ -110,7 +110,8 @@ class _SumMetric(PerturbationMetric):
 
 @METRICS.register(
     "infidelity",
-    description="Infidelity (Yeh et al. 2019): squared error between attribution-weighted perturbations and output drops",
+    description="Infidelity (Yeh et al. 2019): squared error between attribution-weighted "
+    "perturbations and output drops",
 )
 class Infidelity(_SumMetric):
     """``mean_r (beta * sum_i a_i I_ri - (f(x) - f(x - I_r)))^2``, ``I_r = x - x~_r``.
@@ -258,8 +259,8 @@ N_VALUE = [COUNT, Interval(float, 0, 1, closed="neither", noun="a fraction of th
 
 @METRICS.register(
     "sensitivity_n",
-    description="Sensitivity-n (Ancona et al. 2018): correlation of attribution sums over random n-pixel subsets "
-    "with the output drops",
+    description="Sensitivity-n (Ancona et al. 2018): correlation of attribution sums over random "
+    "n-pixel subsets with the output drops",
 )
 class SensitivityN(_SumMetric):
     """For each ``n`` of ``n_values`` (pixel counts, or fractions of the pixels): ``nr_subsets``
@@ -308,7 +309,8 @@ class SensitivityN(_SumMetric):
         return out
 
     def subsets(self, rng: SampleRNG, i: int, t: int, n: int, npix: int, device) -> torch.Tensor:
-        """(R, P) bool: sample ``i``'s ``nr_subsets`` random ``n``-pixel subsets (``n_values[t]``)."""
+        """(R, P) bool: sample ``i``'s ``nr_subsets`` random ``n``-pixel subsets
+        (``n_values[t]``)."""
         u = torch.rand((self.nr_subsets, npix), generator=rng.generator(i, "subsets", t))
         idx = u.topk(n, dim=1).indices
         return (
@@ -363,8 +365,8 @@ class SensitivityN(_SumMetric):
 
 @METRICS.register(
     "monotonicity_correlation",
-    description="Monotonicity correlation (Nguyen & Martinez 2020): rank correlation of group attributions with the "
-    "output variance when each group is replaced",
+    description="Monotonicity correlation (Nguyen & Martinez 2020): rank correlation of group "
+    "attributions with the output variance when each group is replaced",
 )
 class MonotonicityCorrelation(_SumMetric):
     """Pixels sorted by attribution (ascending, ties at random) in groups of ``features_in_step``

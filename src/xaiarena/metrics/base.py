@@ -168,7 +168,8 @@ class Metric(ABC):
             if o.name == output_name:
                 return o
         raise KeyError(
-            f"metric '{self.name}' has no output '{output_name}'; outputs: {', '.join(self.output_names())}"
+            f"metric '{self.name}' has no output '{output_name}'; outputs: "
+            f"{', '.join(self.output_names())}"
         )
 
     @abstractmethod

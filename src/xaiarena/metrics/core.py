@@ -61,7 +61,8 @@ def prepare(batch: EvalBatch, attributions: dict[str, torch.Tensor]) -> dict[str
         a = torch.as_tensor(a)
         if tuple(a.shape) != (n, h, w):
             raise ValueError(
-                f"attributions['{name}'] has shape {tuple(a.shape)}; expected (N, H, W) = {(n, h, w)}"
+                f"attributions['{name}'] has shape {tuple(a.shape)}; expected (N, H, W) = "
+                f"{(n, h, w)}"
             )
         a = a.detach().to(device=batch.inputs.device, dtype=torch.float32)
         bad = ~torch.isfinite(a).flatten(1).all(1)
@@ -231,7 +232,8 @@ def explainer_generator(
 
 
 def tie_break_keys(scores: torch.Tensor, u: torch.Tensor, descending: bool = True) -> torch.Tensor:
-    """float64 sort keys for ``scores`` (as float32) with ties broken by the uniforms ``u`` (same shape).
+    """float64 sort keys for ``scores`` (as float32) with ties broken by the uniforms ``u`` (same
+    shape).
 
     Each value gets a random offset in ``[0, 0.245 ulp)`` of its float32 spacing:
     distinct float32 values keep their order (the offset is below half the gap
@@ -264,7 +266,8 @@ def rank_positions(scores: torch.Tensor, u: torch.Tensor, descending: bool = Tru
 
 
 def topk_mask(scores: torch.Tensor, k: torch.Tensor | int, u: torch.Tensor) -> torch.Tensor:
-    """Boolean (N, P) mask of the ``k`` highest-scoring features per row (``k`` scalar or (N,)), ties by ``u``."""
+    """Boolean (N, P) mask of the ``k`` highest-scoring features per row (``k`` scalar or (N,)),
+    ties by ``u``."""
     n, p = scores.shape
     k = torch.as_tensor(k, device=scores.device).reshape(-1).expand(n)
     kmax = int(k.max()) if n else 0
@@ -294,8 +297,8 @@ def note_constant_maps(metric: str, explainer: str, scores: torch.Tensor) -> Non
     if bool(flat.any()):
         idx = torch.nonzero(flat).flatten().tolist()
         logger.warning(
-            "%s: explainer '%s' gives a constant map (e.g. all zeros) at %d sample(s) %s: its ranking "
-            "is random tie-breaking, so it scores like a random map",
+            "%s: explainer '%s' gives a constant map (e.g. all zeros) at %d sample(s) %s: its "
+            "ranking is random tie-breaking, so it scores like a random map",
             metric,
             explainer,
             len(idx),
@@ -513,7 +516,8 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor, ua: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
-    """Row-wise Spearman correlation: Pearson of ranks, ties broken by the uniforms ``ua``/``ub``."""
+    """Row-wise Spearman correlation: Pearson of ranks, ties broken by the uniforms
+    ``ua``/``ub``."""
     return pearson(rank_positions(a, ua).double(), rank_positions(b, ub).double())
 
 

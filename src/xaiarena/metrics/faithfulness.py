@@ -172,7 +172,8 @@ class PixelPerturbation(PerturbationMetric):
 
 @METRICS.register(
     "pixel_flipping",
-    description="Pixel flipping (Bach et al. 2015): AUC of the target score as top pixels are removed",
+    description="Pixel flipping (Bach et al. 2015): AUC of the target score as top pixels are "
+    "removed",
 )
 class PixelFlipping(PerturbationMetric):
     """Remove pixels in order of attribution, ``features_in_step`` at a time.
@@ -280,10 +281,12 @@ class _PatchCurve(PerturbationMetric):
 
 @METRICS.register(
     "region_perturbation",
-    description="Region perturbation (Samek et al. 2016): drop in target score as patches are removed",
+    description="Region perturbation (Samek et al. 2016): drop in target score as patches are "
+    "removed",
 )
 class RegionPerturbation(_PatchCurve):
-    """Remove ``patch_size`` patches in ``order`` (morf, lerf or random), up to ``regions_evaluation``.
+    """Remove ``patch_size`` patches in ``order`` (morf, lerf or random), up to
+    ``regions_evaluation``.
 
     Curve: score(x) - score(x with the first k patches removed), k = 1..L
     (Quantus ``RegionPerturbation``). Score: its area with x scaled to [0, 1].
@@ -341,7 +344,8 @@ class RegionPerturbation(_PatchCurve):
 
 @METRICS.register(
     "selectivity",
-    description="Selectivity (Montavon et al. 2018): AUC of the target score as top patches are removed",
+    description="Selectivity (Montavon et al. 2018): AUC of the target score as top patches are "
+    "removed",
 )
 class Selectivity(_PatchCurve):
     """Remove every ``patch_size`` patch in MoRF order; curve: target score after each removal.
@@ -535,7 +539,8 @@ class _InsertionDeletion(PerturbationMetric):
 
 @METRICS.register(
     "insertion",
-    description="Insertion AUC (Petsiuk et al. 2018): pixels inserted in attribution order into a blurred substrate",
+    description="Insertion AUC (Petsiuk et al. 2018): pixels inserted in attribution order into a "
+    "blurred substrate",
 )
 class Insertion(_InsertionDeletion):
     """Start from the substrate (``fill``, default a Gaussian blur of the image) and
@@ -664,7 +669,8 @@ class IROF(PerturbationMetric):
 
 @METRICS.register(
     "faithfulness_correlation",
-    description="FaithfulnessCorrelation (Bhatt et al. 2020): correlation of subset attribution sums with output drops",
+    description="FaithfulnessCorrelation (Bhatt et al. 2020): correlation of subset attribution "
+    "sums with output drops",
 )
 class FaithfulnessCorrelation(PerturbationMetric):
     """Correlation, over ``nr_runs`` random pixel subsets of ``subset_size``, between the

@@ -99,7 +99,8 @@ class Focus(Metric):
         n, c, h, w = x.shape
         if tuple(pool.inputs.shape[1:]) != (c, h, w):
             raise ValueError(
-                f"batch.pool.inputs has shape {tuple(pool.inputs.shape)}; expected (P, {c}, {h}, {w})"
+                f"batch.pool.inputs has shape {tuple(pool.inputs.shape)}; expected (P, {c}, {h}, "
+                f"{w})"
             )
         if self.mosaic_size == "same" and (h % 2 or w % 2):
             raise ValueError(
@@ -174,7 +175,8 @@ class Focus(Metric):
         missing = [k for k in maps if not explainers or k not in explainers]
         if missing:
             raise ValueError(
-                f"metric 'focus' re-explains mosaics and needs explainers[name] for {', '.join(missing)}; "
+                "metric 'focus' re-explains mosaics and needs explainers[name] for "
+                f"{', '.join(missing)}; "
                 "pass explainers={name: explain(inputs, targets, generator=...)}"
             )
         out = MetricOutput()
@@ -189,8 +191,9 @@ class Focus(Metric):
                 finite = finite_rows(predict(model, mosaic, self.batch_size))
             except RuntimeError as exc:
                 raise ValueError(
-                    f"focus: the model cannot score the {tuple(mosaic.shape[-2:])} mosaics ({exc}); with "
-                    "a model of fixed input size use mosaic_size='same' (each image halved)"
+                    f"focus: the model cannot score the {tuple(mosaic.shape[-2:])} mosaics "
+                    f"({exc}); with a model of fixed input size use mosaic_size='same' (each image "
+                    "halved)"
                 ) from exc
         qh, qw = mosaic.shape[-2] // 2, mosaic.shape[-1] // 2
         quad = torch.zeros(4, *mosaic.shape[-2:], dtype=torch.bool, device=mosaic.device)

@@ -86,7 +86,8 @@ class TopKIoU(_Localisation):
 
 @METRICS.register(
     "pointing_game",
-    description="Pointing game (Zhang et al. 2018): is the highest-attributed pixel inside the mask?",
+    description="Pointing game (Zhang et al. 2018): is the highest-attributed pixel inside the "
+    "mask?",
 )
 class PointingGame(_Localisation):
     """1 if the maximum of the map lies inside the mask, else 0 (a tied maximum is
@@ -131,7 +132,8 @@ class RelevanceMassAccuracy(_Localisation):
 
 @METRICS.register(
     "relevance_rank_accuracy",
-    description="Relevance rank accuracy (Arras et al. 2022): share of the top-|mask| pixels inside the mask",
+    description="Relevance rank accuracy (Arras et al. 2022): share of the top-|mask| pixels "
+    "inside the mask",
 )
 class RelevanceRankAccuracy(_Localisation):
     """Fraction of the ``K`` highest-attributed pixels that lie in the mask, ``K`` = mask size."""
@@ -151,7 +153,8 @@ class RelevanceRankAccuracy(_Localisation):
 
 @METRICS.register(
     "top_k_intersection",
-    description="Top-k intersection (Theiner et al. 2021): share of the top-k pixels inside the mask",
+    description="Top-k intersection (Theiner et al. 2021): share of the top-k pixels inside the "
+    "mask",
 )
 class TopKIntersection(_Localisation):
     """Fraction of the ``k`` highest-attributed pixels inside the mask. ``k`` is a pixel
@@ -193,15 +196,17 @@ class TopKIntersection(_Localisation):
 
 @METRICS.register(
     "fg_bg_attribution",
-    description="Mean attribution inside vs outside the ground-truth mask (per-sample pair for paired tests)",
+    description="Mean attribution inside vs outside the ground-truth mask (per-sample pair for "
+    "paired tests)",
 )
 class ForegroundBackground(_Localisation):
     """Outputs ``fg_mean`` (mean attribution inside the mask), ``bg_mean`` (outside) and
     ``fg_minus_bg`` (their difference; higher is better). Only ``fg_minus_bg`` ranks explainers:
     a constant map has the best possible ``fg_mean`` (and the worst ``bg_mean``), so those two
-    are descriptive (``ranked=False``); a constant map's ``fg_minus_bg`` is exactly 0. Maps are first divided per sample by their largest magnitude (``max_abs``,
-    default; values in [-1, 1]), by their summed magnitude (``sum_abs``) or not at all
-    (``none``), so that explainers with different scales are comparable."""
+    are descriptive (``ranked=False``); a constant map's ``fg_minus_bg`` is exactly 0. Maps are
+    first divided per sample by their largest magnitude (``max_abs``, default; values in [-1, 1]),
+    by their summed magnitude (``sum_abs``) or not at all (``none``), so that explainers with
+    different scales are comparable."""
 
     name = "fg_bg_attribution"
     option_constraints: ClassVar[dict] = {
@@ -217,8 +222,8 @@ class ForegroundBackground(_Localisation):
         r = {"max_abs": 1.0, "sum_abs": 1.0, "none": float("inf")}[self.normalise]
         lo = 0.0 if self.abs else -r
         why = (
-            "a constant map scores best on fg_mean and worst on bg_mean (its mean is the same inside and "
-            "outside the mask): descriptive; fg_minus_bg is the ranked contrast"
+            "a constant map scores best on fg_mean and worst on bg_mean (its mean is the same "
+            "inside and outside the mask): descriptive; fg_minus_bg is the ranked contrast"
         )
         return [
             OutputSpec("fg_mean", True, (lo, r), ranked=False, unranked_reason=why),

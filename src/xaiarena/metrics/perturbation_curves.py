@@ -200,7 +200,8 @@ class PerturbationMetric(Metric):
         generator: torch.Generator,
         fill: str | float | None = None,
     ):
-        """Checked maps, inputs, targets, the fill image and the batch's per-sample random streams."""
+        """Checked maps, inputs, targets, the fill image and the batch's per-sample random
+        streams."""
         maps = prepare(batch, attributions)
         x = batch.inputs.float()
         targets = batch.targets.to(x.device).long().view(-1)
@@ -247,7 +248,8 @@ class PerturbationMetric(Metric):
     def nan_nonfinite(
         self, values: torch.Tensor, finite: torch.Tensor, name: str, output: str | None = None
     ) -> torch.Tensor:
-        """``values`` (N,) with NaN, logged, where the model's output was not finite (``finite`` (N,))."""
+        """``values`` (N,) with NaN, logged, where the model's output was not finite (``finite``
+        (N,))."""
         return nan_where(values, ~finite, output or self.name, NONFINITE_OUTPUT, name)
 
     @staticmethod

@@ -144,7 +144,8 @@ class _ReExplain(Metric):
         if missing:
             raise ValueError(
                 f"metric '{self.name}' re-explains noisy inputs and needs explainers[name] for "
-                f"{', '.join(missing)}; pass explainers={{name: explain(inputs, targets, generator=...)}}"
+                f"{', '.join(missing)}; pass explainers={{name: explain(inputs, targets, "
+                f"generator=...)}}"
             )
         x = batch.inputs.float()
         n = x.shape[0]
@@ -155,7 +156,8 @@ class _ReExplain(Metric):
             k: torch.zeros(self.nr_samples, n, dtype=torch.bool, device=x.device) for k in maps
         }
         changed = torch.zeros(self.nr_samples, n, dtype=torch.bool, device=x.device)
-        # a map of a model without a finite output explains nothing: NaN (one forward pass per batch)
+        # a map of a model without a finite output explains nothing: NaN (one forward pass per
+        # batch)
         with eval_mode(batch.model) as model:
             logits0 = predict(model, x, self.batch_size)
         pred0, finite = (
@@ -282,7 +284,8 @@ class _Sensitivity(_ReExplain):
 
 @METRICS.register(
     "max_sensitivity",
-    description="Max-Sensitivity (Yeh et al. 2019): largest relative change of the map under uniform input noise",
+    description="Max-Sensitivity (Yeh et al. 2019): largest relative change of the map under "
+    "uniform input noise",
 )
 class MaxSensitivity(_Sensitivity):
     """``max_i ||a(x) - a(x + e_i)||_F / ||a(x)||_F`` over ``nr_samples`` draws
@@ -295,7 +298,8 @@ class MaxSensitivity(_Sensitivity):
 
 @METRICS.register(
     "avg_sensitivity",
-    description="Avg-Sensitivity (Yeh et al. 2019): mean relative change of the map under uniform input noise",
+    description="Avg-Sensitivity (Yeh et al. 2019): mean relative change of the map under uniform "
+    "input noise",
 )
 class AvgSensitivity(_Sensitivity):
     """As ``max_sensitivity`` with the mean over draws instead of the maximum. Lower is better."""
@@ -306,7 +310,8 @@ class AvgSensitivity(_Sensitivity):
 
 @METRICS.register(
     "relative_input_stability",
-    description="Relative Input Stability (Agarwal et al. 2022): max relative map change over relative input change",
+    description="Relative Input Stability (Agarwal et al. 2022): max relative map change over "
+    "relative input change",
 )
 class RelativeInputStability(_ReExplain):
     """``max_i ||(a - a_i) / a||_2 / max(||(x - x_i) / x||_2, eps_min)`` over draws

@@ -52,7 +52,8 @@ def randomisable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 @METRICS.register(
     "mprt",
-    description="Model parameter randomisation test (Adebayo et al. 2018): similarity of maps before/after randomising top layers",
+    description="Model parameter randomisation test (Adebayo et al. 2018): similarity of maps "
+    "before/after randomising top layers",
 )
 class ModelParameterRandomisation(Metric):
     """Similarity between each map and the map of a copy of the model whose top
@@ -83,6 +84,38 @@ class ModelParameterRandomisation(Metric):
         set_options(self, n_layers=n_layers, similarity=similarity)
         self.abs = bool(abs)
 
+    def _check_explainers(
+        self, maps: dict[str, torch.Tensor], explainers: dict[str, ExplainFn] | None
+    ) -> None:
+        """A ValueError unless every map has an explainer that accepts ``model=``."""
+        missing = [k for k in maps if not explainers or k not in explainers]
+        if missing:
+            raise ValueError(
+                f"metric '{self.name}' re-explains a randomised model and needs explainers[name] "
+                f"for {', '.join(missing)}; each must accept model=..."
+            )
+        for k in maps:
+            if not _accepts_model(explainers[k]):
+                raise ValueError(
+                    f"explainers['{k}'] must accept model=... to explain the randomised copy "
+                    "(call signature: explain(inputs, targets, generator=..., model=...))"
+                )
+
+    def _layers(self, model: nn.Module) -> list:
+        """The ``(name, layer)`` pairs of ``model`` to randomise, output side first (at most
+        ``n_layers``)."""
+        layers = randomisable_layers(model)[::-1]
+        if not layers:
+            raise ValueError("mprt: the model has no layer with reset_parameters to randomise")
+        if self.n_layers is not None:
+            if self.n_layers > len(layers):
+                raise ValueError(
+                    f"n_layers={self.n_layers} but the model has only {len(layers)} randomisable "
+                    "layers"
+                )
+            layers = layers[: self.n_layers]
+        return layers
+
     @serial_bookkeeping
     def evaluate(
         self,
@@ -93,28 +126,9 @@ class ModelParameterRandomisation(Metric):
         explainers: dict[str, ExplainFn] | None = None,
     ) -> MetricOutput:
         maps = prepare(batch, attributions)
-        missing = [k for k in maps if not explainers or k not in explainers]
-        if missing:
-            raise ValueError(
-                f"metric '{self.name}' re-explains a randomised model and needs explainers[name] for "
-                f"{', '.join(missing)}; each must accept model=..."
-            )
-        for k in maps:
-            if not _accepts_model(explainers[k]):
-                raise ValueError(
-                    f"explainers['{k}'] must accept model=... to explain the randomised copy "
-                    "(call signature: explain(inputs, targets, generator=..., model=...))"
-                )
+        self._check_explainers(maps, explainers)
         model = copy.deepcopy(batch.model)
-        layers = randomisable_layers(model)[::-1]
-        if not layers:
-            raise ValueError("mprt: the model has no layer with reset_parameters to randomise")
-        if self.n_layers is not None:
-            if self.n_layers > len(layers):
-                raise ValueError(
-                    f"n_layers={self.n_layers} but the model has only {len(layers)} randomisable layers"
-                )
-            layers = layers[: self.n_layers]
+        layers = self._layers(model)
         x = batch.inputs.float()
         targets = batch.targets.to(x.device).long().view(-1)
         rng = SampleRNG.for_batch(batch, generator, self.name)
@@ -268,7 +282,8 @@ class RandomLogit(Metric):
         return a.abs() if self.abs else a
 
     def other_classes(self, rng: SampleRNG, targets: torch.Tensor, n_classes: int) -> torch.Tensor:
-        """(N,) a uniformly random class other than ``targets[i]`` for every sample, from its stream."""
+        """(N,) a uniformly random class other than ``targets[i]`` for every sample, from its
+        stream."""
         u = rng.rand((1,), "class").view(-1)
         k = (
             (u * (n_classes - 1)).floor().long().clamp(max=n_classes - 2)

@@ -34,8 +34,8 @@ Normalise = bool | Literal["normalise_by_max", "normalise_by_negative"]
 
 @METRICS.register(
     "local_lipschitz_estimate",
-    description="Local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018): largest map change over input change "
-    "under Gaussian input noise",
+    description="Local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018): largest map change over "
+    "input change under Gaussian input noise",
 )
 class LocalLipschitzEstimate(_ReExplain):
     """``max_i ||a(x) - a(x_i)||_2 / (||x - x_i||_2 + 1e-10)`` over ``nr_samples`` draws
@@ -156,7 +156,8 @@ class RelativeOutputStability(_ReExplain):
         if missing:
             raise ValueError(
                 f"metric '{self.name}' re-explains noisy inputs and needs explainers[name] for "
-                f"{', '.join(missing)}; pass explainers={{name: explain(inputs, targets, generator=...)}}"
+                f"{', '.join(missing)}; pass explainers={{name: explain(inputs, targets, "
+                f"generator=...)}}"
             )
         x = batch.inputs.float()
         n = x.shape[0]

@@ -57,7 +57,8 @@ from .core import (
 )
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
-#: ERASER's AOPC bins (DeYoung et al. 2020, Sec. 4.2; the official scorer's default ``--aopc_thresholds``)
+#: ERASER's AOPC bins (DeYoung et al. 2020, Sec. 4.2; the official scorer's default
+#: ``--aopc_thresholds``)
 ERASER_BINS = (0.01, 0.05, 0.1, 0.2, 0.5)
 
 
@@ -76,7 +77,8 @@ def text_inputs(batch: EvalBatch, metric: str) -> TextBatch:
 def prepare_text(
     batch: EvalBatch, attributions: dict[str, torch.Tensor], metric: str
 ) -> dict[str, torch.Tensor]:
-    """Check every map is ``(N, L)`` like the batch and finite on real words; float copies on its device."""
+    """Check every map is ``(N, L)`` like the batch and finite on real words; float copies on its
+    device."""
     x = text_inputs(batch, metric)
     wm = x.word_mask
     out = {}
@@ -122,7 +124,8 @@ WORDS_K = [COUNT, Interval(float, 0, 1, closed="neither", noun="a fraction of th
 
 
 def _k_words(k: int | float, n_words: torch.Tensor) -> torch.Tensor:
-    """Per-text word count for ``k`` (an int is capped at the text's length; a fraction rounds, at least 1)."""
+    """Per-text word count for ``k`` (an int is capped at the text's length; a fraction rounds, at
+    least 1)."""
     if isinstance(k, float):
         return torch.clamp(torch.round(k * n_words.float()).long(), min=1).minimum(n_words)
     return torch.clamp(n_words, max=int(k))
@@ -226,7 +229,8 @@ class _Eraser(_TextMetric):
             logits = self._logits(model, x, all_rows, wm)
             cls = self.classes(batch, logits).view(-1, 1)
             p_full = logits.softmax(-1).gather(1, cls).squeeze(1)
-            # no word left: shared by every explainer (comprehensiveness at k = n, sufficiency at k = 0)
+            # no word left: shared by every explainer (comprehensiveness at k = n, sufficiency at k
+            # = 0)
             logits0 = self._logits(model, x, all_rows, torch.zeros_like(wm))
             p_none = logits0.softmax(-1).gather(1, cls).squeeze(1)
             fin_full, fin_none = finite_rows(logits), finite_rows(logits0)
@@ -261,8 +265,9 @@ class _Eraser(_TextMetric):
 
 @METRICS.register(
     "comprehensiveness",
-    description="ERASER comprehensiveness (DeYoung et al. 2020): drop of the predicted class's probability "
-    "when the top 1, 5, 10, 20, 50% of the words are deleted, AOPC with the paper's 1/(|B|+1); higher is better",
+    description="ERASER comprehensiveness (DeYoung et al. 2020): drop of the predicted class's "
+    "probability when the top 1, 5, 10, 20, 50% of the words are deleted, AOPC with the paper's "
+    "1/(|B|+1); higher is better",
 )
 class Comprehensiveness(_Eraser):
     """``1/6 sum_{q in 0, 1, 5, 10, 20, 50 %} p_j(x) - p_j(x without its top floor(q n) words)``."""
@@ -273,8 +278,9 @@ class Comprehensiveness(_Eraser):
 
 @METRICS.register(
     "sufficiency",
-    description="ERASER sufficiency (DeYoung et al. 2020): drop of the predicted class's probability when "
-    "only the top 1, 5, 10, 20, 50% of the words are kept, AOPC with the paper's 1/(|B|+1); lower is better",
+    description="ERASER sufficiency (DeYoung et al. 2020): drop of the predicted class's "
+    "probability when only the top 1, 5, 10, 20, 50% of the words are kept, AOPC with the paper's "
+    "1/(|B|+1); lower is better",
 )
 class Sufficiency(_Eraser):
     """``1/6 sum_{q in 0, 1, 5, 10, 20, 50 %} p_j(x) - p_j(only the top floor(q n) words of x)``."""
@@ -318,8 +324,9 @@ class _EraserTarget(_Eraser):
 
 @METRICS.register(
     "comprehensiveness_target",
-    description="Variant of ERASER comprehensiveness: drop of the explained (target) class's probability when "
-    "the top ceil(q n) words are deleted, plain mean over q = 10..50%; higher is better",
+    description="Variant of ERASER comprehensiveness: drop of the explained (target) class's "
+    "probability when the top ceil(q n) words are deleted, plain mean over q = 10..50%; higher is "
+    "better",
 )
 class ComprehensivenessTarget(_EraserTarget):
     """``mean_q p_t(x) - p_t(x without its top ceil(q n) words)``, ``t`` the class explained."""
@@ -330,8 +337,8 @@ class ComprehensivenessTarget(_EraserTarget):
 
 @METRICS.register(
     "sufficiency_target",
-    description="Variant of ERASER sufficiency: drop of the explained (target) class's probability when only "
-    "the top ceil(q n) words are kept, plain mean over q = 10..50%; lower is better",
+    description="Variant of ERASER sufficiency: drop of the explained (target) class's probability "
+    "when only the top ceil(q n) words are kept, plain mean over q = 10..50%; lower is better",
 )
 class SufficiencyTarget(_EraserTarget):
     """``mean_q p_t(x) - p_t(only the top ceil(q n) words of x)``, ``t`` the class explained."""
@@ -373,8 +380,8 @@ class _TextAgreement(_TextMetric):
 
 @METRICS.register(
     "text_topk_overlap",
-    description="Agreement: share of top-k words two explainers have in common, for several k at once "
-    "(default 1, 3, 5 words; outputs text_topk_overlap@k, key '<a>~<b>')",
+    description="Agreement: share of top-k words two explainers have in common, for several k at "
+    "once (default 1, 3, 5 words; outputs text_topk_overlap@k, key '<a>~<b>')",
 )
 class TextTopKOverlap(_TextAgreement):
     """``|top_k(a) ∩ top_k(b)| / k`` per text (``k`` capped at the text's length; a fraction of its
@@ -422,8 +429,8 @@ class TextTopKOverlap(_TextAgreement):
 
 @METRICS.register(
     "text_spearman",
-    description="Agreement: Spearman rank correlation of two explainers' word scores over a text's words "
-    "(ties at random; key '<a>~<b>')",
+    description="Agreement: Spearman rank correlation of two explainers' word scores over a text's "
+    "words (ties at random; key '<a>~<b>')",
 )
 class TextSpearman(_TextAgreement):
     """Pearson correlation of the two word rankings, over each text's own words. NaN (logged)
@@ -504,12 +511,12 @@ class _Rationale(_TextMetric):
 
 @METRICS.register(
     "rationale_f1",
-    description="Localisation: token-level F1 of an explainer's top-k words against the ground-truth "
-    "rationale (k = the text's number of rationale words unless set)",
+    description="Localisation: token-level F1 of an explainer's top-k words against the "
+    "ground-truth rationale (k = the text's number of rationale words unless set)",
 )
 class RationaleF1(_Rationale):
-    """F1 of ``top_k(map)`` against the rationale words (equals precision and recall when ``k`` is the
-    rationale's size, the default)."""
+    """F1 of ``top_k(map)`` against the rationale words (equals precision and recall when ``k`` is
+    the rationale's size, the default)."""
 
     name = "rationale_f1"
 
@@ -536,8 +543,8 @@ class RationaleIoU(_Rationale):
 
 @METRICS.register(
     "rationale_auprc",
-    description="Localisation: average precision of the word ranking against the ground-truth rationale "
-    "(threshold free; ties at random)",
+    description="Localisation: average precision of the word ranking against the ground-truth "
+    "rationale (threshold free; ties at random)",
 )
 class RationaleAUPRC(_Rationale):
     """Average precision: mean over rationale words of the precision at their rank (ERASER's AUPRC
@@ -561,8 +568,8 @@ class RationaleAUPRC(_Rationale):
 
 @METRICS.register(
     "explained_model_accuracy",
-    description="Sanity: whether the model an explainer explains (f_b, or DiET's f_s) predicts the true "
-    "class of each evaluation text; the mean is its accuracy",
+    description="Sanity: whether the model an explainer explains (f_b, or DiET's f_s) predicts the "
+    "true class of each evaluation text; the mean is its accuracy",
 )
 class ExplainedModelAccuracy(_TextMetric):
     """1 where ``argmax model(x) == label``, else 0, for the model each explainer's maps explain
@@ -582,8 +589,8 @@ class ExplainedModelAccuracy(_TextMetric):
                 True,
                 self.value_range,
                 ranked=False,
-                unranked_reason="describes the explained model, not the map: equal for every explainer "
-                "of one model",
+                unranked_reason="describes the explained model, not the map: equal for every "
+                "explainer of one model",
             )
         ]
 

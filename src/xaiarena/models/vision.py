@@ -237,7 +237,8 @@ def lenet(
     batch_norm: bool = False,
     dropout: float = 0.0,
 ) -> ImageClassifier:
-    """``batch_norm``: BatchNorm2d after each conv; ``dropout``: Dropout(p) after each hidden FC layer's ReLU.
+    """``batch_norm``: BatchNorm2d after each conv; ``dropout``: Dropout(p) after each hidden FC
+    layer's ReLU.
 
     The Captum + Quantus Fashion-MNIST LeNet is ``channels: [16, 32], kernel_size: 3,
     batch_norm: true, pool: flatten, hidden: [128, 64], dropout: 0.4``.

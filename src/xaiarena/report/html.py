@@ -207,7 +207,8 @@ def diet_rows(diet: Any) -> list[dict[str, str]]:
     if not isinstance(diet, dict):
         return []
     rows = []
-    # known numbers only, in a fixed order; bookkeeping (seed, phases, cache flags) stays in run.json
+    # known numbers only, in a fixed order; bookkeeping (seed, phases, cache flags) stays in
+    # run.json
     for k, (label, desc) in {**_DIET_LABELS, **_DIET_COUNTS}.items():
         v = _num(diet.get(k))
         if v is None or v != v:  # absent or NaN
@@ -327,8 +328,8 @@ def _view_note(view: str | None, n_views: int, info: dict[str, Any], explainers:
                 "explains the model you care about."
             )
         return (
-            "Maps of f_b, the trained model being explained. DiET is not in this view: its maps explain "
-            "its distilled model f_s (next section)."
+            "Maps of f_b, the trained model being explained. DiET is not in this view: its maps "
+            "explain its distilled model f_s (next section)."
         )
     return (
         f"Maps of {view}, DiET's distilled copy of the trained model: every explainer here "
@@ -341,7 +342,8 @@ def _view_note(view: str | None, n_views: int, info: dict[str, Any], explainers:
 def _stability_rows(
     data: RunData, dataset: str, explainers: list[str], metrics: list[str]
 ) -> list[dict]:
-    """Per (metric, explainer): its rank in every replicate and how often it was in the top group."""
+    """Per (metric, explainer): its rank in every replicate and how often it was in the top
+    group."""
     rr = data.replicate_ranks
     if rr is None or not len(rr):
         return []
@@ -363,50 +365,19 @@ def _stability_rows(
     return rows
 
 
-def _dataset_section(
+def _score_figures(
     data: RunData,
-    k: int,
     dataset: str,
+    prefix: str,
     figs: _Figures,
-    alpha: float,
-    test: str,
+    summ: pd.DataFrame,
+    metrics: list[str],
+    explainers: list[str],
     colors: dict[str, str],
-    view: str | None = None,
-    n_views: int = 1,
+    table: Any,
 ) -> dict[str, Any]:
-    info = data.dataset_info(dataset)
-    explainers = data.explainers(dataset)
-    metrics = order_metrics(data.metrics(dataset), data.metrics_meta)
+    """A dataset section's figures of the scores: bar charts, radar chart, perturbation curves."""
     meta = data.metrics_meta
-    # agreement metrics score pairs of explainers ("a~b"): their own table, not rows of empty cells
-    agreement = [m for m in metrics if meta.get(m, {}).get("category") == "agreement"]
-    pairs = [e for e in explainers if is_pair(e) and e not in (info.get("explainers") or {})]
-    single = [e for e in explainers if e not in pairs]
-    table = results_table(
-        data.summary,
-        data.tests,
-        dataset,
-        single,
-        [m for m in metrics if m not in agreement],
-        meta,
-        alpha,
-        test,
-    )
-    agreement_table = (
-        results_table(data.summary, data.tests, dataset, pairs, agreement, meta, alpha, test)
-        if pairs and agreement
-        else None
-    )
-    summ = data.summary[data.summary["dataset"] == dataset]
-    prefix = f"d{k}_{_slug(dataset)}"
-    explains = {
-        e: str(v.get("explains"))
-        for e, v in (info.get("explainers") or {}).items()
-        if isinstance(v, dict) and v.get("explains")
-    }
-    if set(explains.values()) <= {"f_b"}:  # name the model in heatmap titles only when mixed
-        explains = {}
-
     figures: dict[str, Any] = {}
     figures["bars"] = figs.add(
         f"{prefix}_bars.png",
@@ -434,13 +405,26 @@ def _dataset_section(
         "Perturbation curves",
         "Mean score per step with its 95% band, as saved by the run.",
     )
+    return figures
+
+
+def _example_figures(
+    data: RunData,
+    dataset: str,
+    info: dict[str, Any],
+    prefix: str,
+    figs: _Figures,
+    explainers: list[str],
+    explains: dict[str, str],
+) -> tuple[list[dict[str, Any]], Any, Any]:
+    """``(example rows, heatmap figure, LIME superpixel figure)`` of a dataset's saved image
+    examples (figures None where there are none)."""
     example_rows: list[dict[str, Any]] = []
-    figures["heatmaps"] = None
-    figures["lime"] = None
+    heatmaps = lime_figure = None
     if dataset in data.examples:
         png, example_rows = plots.heatmap_grid(data.examples[dataset], explainers, explains)
         has_masks = "masks" in data.examples[dataset]
-        figures["heatmaps"] = figs.add(
+        heatmaps = figs.add(
             f"{prefix}_heatmaps.png",
             png,
             "Attribution maps",
@@ -453,19 +437,89 @@ def _dataset_section(
             for e in explainers
             if ((info.get("explainers") or {}).get(e) or {}).get("name") == "lime"
         ]
-        figures["lime"] = (
+        lime_figure = (
             figs.add(
                 f"{prefix}_lime_superpixels.png",
                 plots.lime_superpixels(data.examples[dataset], lime),
                 "LIME's top-10 positive superpixels",
-                "Each saved example with the boundaries (yellow) of the 10 superpixels with the largest positive "
-                "LIME coefficients (fewer where fewer are positive), as lime_image's get_image_and_mask("
-                "positive_only=True, num_features=10); the rest of the image is dimmed. One column per LIME entry. Rows are named by file where the "
+                "Each saved example with the boundaries (yellow) of the 10 superpixels with the "
+                "largest positive LIME coefficients (fewer where fewer are positive), as "
+                "lime_image's get_image_and_mask(positive_only=True, num_features=10); the rest of "
+                "the image is dimmed. One column per LIME entry. Rows are named by file where the "
                 "dataset names its samples.",
             )
             if lime
             else None
         )
+    return example_rows, heatmaps, lime_figure
+
+
+def _section_tables(
+    data: RunData,
+    dataset: str,
+    info: dict[str, Any],
+    explainers: list[str],
+    metrics: list[str],
+    alpha: float,
+    test: str,
+) -> tuple[list[str], list[str], Any, Any]:
+    """``(agreement metrics, single explainers, results table, agreement table or None)``:
+    agreement metrics score pairs of explainers ("a~b"), so they get their own table rather than
+    rows of empty cells."""
+    meta = data.metrics_meta
+    agreement = [m for m in metrics if meta.get(m, {}).get("category") == "agreement"]
+    pairs = [e for e in explainers if is_pair(e) and e not in (info.get("explainers") or {})]
+    single = [e for e in explainers if e not in pairs]
+    table = results_table(
+        data.summary,
+        data.tests,
+        dataset,
+        single,
+        [m for m in metrics if m not in agreement],
+        meta,
+        alpha,
+        test,
+    )
+    agreement_table = (
+        results_table(data.summary, data.tests, dataset, pairs, agreement, meta, alpha, test)
+        if pairs and agreement
+        else None
+    )
+    return agreement, single, table, agreement_table
+
+
+def _dataset_section(
+    data: RunData,
+    k: int,
+    dataset: str,
+    figs: _Figures,
+    alpha: float,
+    test: str,
+    colors: dict[str, str],
+    view: str | None = None,
+    n_views: int = 1,
+) -> dict[str, Any]:
+    info = data.dataset_info(dataset)
+    explainers = data.explainers(dataset)
+    metrics = order_metrics(data.metrics(dataset), data.metrics_meta)
+    meta = data.metrics_meta
+    agreement, single, table, agreement_table = _section_tables(
+        data, dataset, info, explainers, metrics, alpha, test
+    )
+    summ = data.summary[data.summary["dataset"] == dataset]
+    prefix = f"d{k}_{_slug(dataset)}"
+    explains = {
+        e: str(v.get("explains"))
+        for e, v in (info.get("explainers") or {}).items()
+        if isinstance(v, dict) and v.get("explains")
+    }
+    if set(explains.values()) <= {"f_b"}:  # name the model in heatmap titles only when mixed
+        explains = {}
+
+    figures = _score_figures(data, dataset, prefix, figs, summ, metrics, explainers, colors, table)
+    example_rows, figures["heatmaps"], figures["lime"] = _example_figures(
+        data, dataset, info, prefix, figs, explainers, explains
+    )
     text_examples = (
         text_rows(data.text_examples[dataset], explainers) if dataset in data.text_examples else []
     )
@@ -591,17 +645,11 @@ def build_report(
         ) from exc
 
 
-def _build(run_dir: str | Path, alpha: float | None, test: str | None) -> Path:
-    data = load_run(run_dir)
-    run = data.run
-    alpha, test = _settings(run, alpha, test)
-    figs = _Figures(data.run_dir / "figures")
-
-    all_explainers: list[str] = []
-    for d in data.datasets:
-        all_explainers += [e for e in data.explainers(d) if e not in all_explainers]
-    colors = plots.explainer_colors(all_explainers)
-
+def _sections(
+    data: RunData, figs: _Figures, alpha: float, test: str, colors: dict[str, str]
+) -> list[dict[str, Any]]:
+    """One section per dataset and explained model (view); a learned explainer's view gets the
+    home section of its dataset."""
     sections = []
     for d in data.datasets:
         views = data.views(d)
@@ -618,6 +666,51 @@ def _build(run_dir: str | Path, alpha: float | None, test: str | None) -> Path:
             if home is not None and s["view"] == home["view"]:
                 s["home"] = home
         sections += mine
+    return sections
+
+
+def _metric_rows(metrics_meta: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The report's metric glossary: name, category, direction, value range, description."""
+    metric_rows = []
+    for m in order_metrics(list(metrics_meta), metrics_meta):
+        e = metrics_meta[m]
+        vr = e.get("value_range") or []
+        rng = ""
+        if isinstance(vr, (list, tuple)) and len(vr) == 2:
+            # strict JSON writes an unbounded end as null
+            lo = -math.inf if vr[0] is None else _num(vr[0])
+            hi = math.inf if vr[1] is None else _num(vr[1])
+            if lo is not None and hi is not None and (math.isfinite(lo) or math.isfinite(hi)):
+                rng = (
+                    f"[{fmt(lo, None if abs(lo) >= 1e5 else 2)}, "
+                    f"{fmt(hi, None if abs(hi) >= 1e5 else 2)}]"
+                )
+        metric_rows.append(
+            {
+                "name": m,
+                "category": str(e.get("category", "other")),
+                "direction": "↑ higher is better"
+                if e.get("higher_is_better", True)
+                else "↓ lower is better",
+                "range": rng,
+                "description": str(e.get("description", "") or ""),
+            }
+        )
+    return metric_rows
+
+
+def _build(run_dir: str | Path, alpha: float | None, test: str | None) -> Path:
+    data = load_run(run_dir)
+    run = data.run
+    alpha, test = _settings(run, alpha, test)
+    figs = _Figures(data.run_dir / "figures")
+
+    all_explainers: list[str] = []
+    for d in data.datasets:
+        all_explainers += [e for e in data.explainers(d) if e not in all_explainers]
+    colors = plots.explainer_colors(all_explainers)
+
+    sections = _sections(data, figs, alpha, test, colors)
     # across datasets: ranks of maps of the trained models (f_b) only; f_s views differ per dataset
     main_sections = [s for s in sections if s["view"] in (None, "f_b")]
     ranks = (
@@ -630,28 +723,7 @@ def _build(run_dir: str | Path, alpha: float | None, test: str | None) -> Path:
         narrative.combined_reading(combined["frame"], len(data.datasets)) if combined else []
     )
 
-    metric_rows = []
-    for m in order_metrics(list(data.metrics_meta), data.metrics_meta):
-        e = data.metrics_meta[m]
-        vr = e.get("value_range") or []
-        rng = ""
-        if isinstance(vr, (list, tuple)) and len(vr) == 2:
-            # strict JSON writes an unbounded end as null
-            lo = -math.inf if vr[0] is None else _num(vr[0])
-            hi = math.inf if vr[1] is None else _num(vr[1])
-            if lo is not None and hi is not None and (math.isfinite(lo) or math.isfinite(hi)):
-                rng = f"[{fmt(lo, None if abs(lo) >= 1e5 else 2)}, {fmt(hi, None if abs(hi) >= 1e5 else 2)}]"
-        metric_rows.append(
-            {
-                "name": m,
-                "category": str(e.get("category", "other")),
-                "direction": "↑ higher is better"
-                if e.get("higher_is_better", True)
-                else "↓ lower is better",
-                "range": rng,
-                "description": str(e.get("description", "") or ""),
-            }
-        )
+    metric_rows = _metric_rows(data.metrics_meta)
 
     versions = run.get("versions") if isinstance(run.get("versions"), dict) else {}
     total = _num(run.get("total_seconds"))

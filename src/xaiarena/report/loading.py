@@ -40,6 +40,28 @@ class ReportError(XaiArenaError):
     """A run directory cannot be turned into a report (message says what is missing)."""
 
 
+def _view_explainers(info: dict[str, Any], view: str, scored: set[str]) -> dict[str, Any]:
+    """A dataset's run.json explainers as seen in ``view``: each explainer with maps of ``view``
+    under its own name, and in f_b a learned explainer's maps scored on f_b under their f_b
+    label."""
+    explainers = {}
+    for k, v in (info.get("explainers") or {}).items():
+        if not isinstance(v, dict):
+            continue
+        views = v.get("views") or {v.get("explains", F_B): {}}
+        if view in views:
+            explainers[k] = {**v, **(views.get(view) or {}), "explains": view}
+        elif view == F_B and on_f_b_label(k) in scored:  # a learned explainer's maps on f_b
+            own = v.get("explains", F_S)
+            explainers[on_f_b_label(k)] = {
+                **v,
+                **(views.get(own) or {}),
+                "explains": view,
+                "maps_of": own,
+            }
+    return explainers
+
+
 @dataclass
 class RunData:
     """Everything the report shows, as loaded from one run directory."""
@@ -101,21 +123,7 @@ class RunData:
             if "explained_model" in sel.columns
             else set()
         )
-        explainers = {}
-        for k, v in (info.get("explainers") or {}).items():
-            if not isinstance(v, dict):
-                continue
-            views = v.get("views") or {v.get("explains", F_B): {}}
-            if view in views:
-                explainers[k] = {**v, **(views.get(view) or {}), "explains": view}
-            elif view == F_B and on_f_b_label(k) in scored:  # a learned explainer's maps on f_b
-                own = v.get("explains", F_S)
-                explainers[on_f_b_label(k)] = {
-                    **v,
-                    **(views.get(own) or {}),
-                    "explains": view,
-                    "maps_of": own,
-                }
+        explainers = _view_explainers(info, view, scored)
         run = {
             **self.run,
             "datasets": {
@@ -248,30 +256,26 @@ def replicate_note(run: dict[str, Any], summary: pd.DataFrame, seeds: list[int])
     )
 
 
-def load_run(run_dir: str | Path) -> RunData:
-    run_dir = Path(run_dir)
+def _read_run_json(run_dir: Path) -> dict[str, Any]:
+    """The run's ``run.json``; a ReportError where it is missing or not JSON."""
     run_path = run_dir / "run.json"
     if not run_path.exists():
         raise ReportError(f"'{run_dir}' is not a run directory (no run.json)")
     try:
-        run = json.loads(run_path.read_text())
+        return json.loads(run_path.read_text())
     except json.JSONDecodeError as exc:
         raise ReportError(f"'{run_path}' is not valid JSON: {exc}") from None
-    res = run_dir / "results"
-    notes: list[str] = []
 
-    per_sample = None
-    ps_path = res / "per_sample.parquet"
-    if ps_path.exists():
-        per_sample = pd.read_parquet(ps_path)
-        for c in ("dataset", "explainer", "metric"):
-            per_sample[c] = per_sample[c].astype(str)
 
-    meta: dict[str, dict[str, Any]] = {
-        str(k): dict(v) for k, v in (run.get("metrics_meta") or {}).items()
-    }
-
-    summary_path = res / "summary.csv"
+def _load_summary(
+    run_dir: Path,
+    run: dict[str, Any],
+    per_sample: pd.DataFrame | None,
+    meta: dict[str, dict[str, Any]],
+    notes: list[str],
+) -> pd.DataFrame:
+    """``results/summary.csv``, or the summaries computed from the per-sample scores (noted)."""
+    summary_path = run_dir / "results" / "summary.csv"
     if summary_path.exists():
         summary = _read_csv(
             summary_path, ["mean", "ci_low", "ci_high", "n", *stats.COUNT_COLUMNS, "df"]
@@ -300,25 +304,103 @@ def load_run(run_dir: str | Path) -> RunData:
             f"'{run_dir}' has neither results/summary.csv nor results/per_sample.parquet"
         )
     summary["model"] = summary["model"].fillna("").astype(str)
+    return summary
 
+
+def _load_tests(res: Path, per_sample: pd.DataFrame | None, notes: list[str]) -> pd.DataFrame:
+    """``results/tests.csv``, or the paired tests computed from the per-sample scores, or none
+    (both noted)."""
     tests_path = res / "tests.csv"
     if tests_path.exists():
         tests = _read_csv(tests_path, ["statistic", "p_value", "p_holm", "effect_size", "min_p"])
         missing = [c for c in stats.TESTS_COLUMNS if c not in tests.columns]
         if missing:
             raise ReportError(f"'{tests_path}' lacks column(s) {missing}")
-    elif per_sample is not None:
-        tests = stats.paired_tests(per_sample)
+        return tests
+    if per_sample is not None:
         notes.append(
             "results/tests.csv was missing; paired tests were computed from "
             "results/per_sample.parquet when building this report."
         )
-    else:
-        tests = pd.DataFrame(columns=stats.TESTS_COLUMNS)
-        notes.append(
-            "No paired tests are available (results/tests.csv and "
-            "results/per_sample.parquet are missing): no difference is marked significant."
-        )
+        return stats.paired_tests(per_sample)
+    notes.append(
+        "No paired tests are available (results/tests.csv and "
+        "results/per_sample.parquet are missing): no difference is marked significant."
+    )
+    return pd.DataFrame(columns=stats.TESTS_COLUMNS)
+
+
+def _replicate_tests(res: Path, per_sample: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """The tests over replicates x samples: ``results/tests_replicates.csv``, or computed from the
+    per-sample scores (noted)."""
+    rep_tests = res / "tests_replicates.csv"
+    if rep_tests.exists():
+        numeric = [
+            "statistic",
+            "p_value",
+            "p_holm",
+            "effect_size",
+            "df",
+            "min_p",
+            "n",
+            *stats.COUNT_COLUMNS,
+        ]
+        return _merge_grid(_read_csv(rep_tests, numeric))
+    tests = stats.replicate_tests(per_sample)
+    notes.append(
+        "results/tests_replicates.csv was missing; the tests over replicates were "
+        "computed from results/per_sample.parquet when building this report."
+    )
+    return tests
+
+
+def _load_curves(res: Path) -> pd.DataFrame:
+    """``results/curves.parquet`` (empty where missing), grid points merged, first replicate."""
+    curves_path = res / "curves.parquet"
+    curves = (
+        pd.read_parquet(curves_path)
+        if curves_path.exists()
+        else pd.DataFrame(columns=CURVE_COLUMNS)
+    )
+    curves = _merge_grid(curves)
+    if "replicate" in curves.columns and len(curves):
+        curves = curves[curves["replicate"] == curves["replicate"].min()]
+    for c in ("dataset", "explainer", "metric"):
+        curves[c] = curves[c].astype(str)
+    return curves
+
+
+def _load_examples(res: Path, datasets: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    """The saved image examples per dataset (``results/examples/<dataset>.npz``)."""
+    examples: dict[str, dict[str, np.ndarray]] = {}
+    for d in datasets:
+        path = res / "examples" / f"{d}.npz"
+        if path.exists():
+            with np.load(path, allow_pickle=False) as npz:
+                examples[d] = {k: npz[k] for k in npz.files}
+    return examples
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """A run directory's results as :class:`RunData`; tables a run did not write are computed from
+    ``results/per_sample.parquet`` where they can be (each noted in ``notes``)."""
+    run_dir = Path(run_dir)
+    run = _read_run_json(run_dir)
+    res = run_dir / "results"
+    notes: list[str] = []
+
+    per_sample = None
+    ps_path = res / "per_sample.parquet"
+    if ps_path.exists():
+        per_sample = pd.read_parquet(ps_path)
+        for c in ("dataset", "explainer", "metric"):
+            per_sample[c] = per_sample[c].astype(str)
+
+    meta: dict[str, dict[str, Any]] = {
+        str(k): dict(v) for k, v in (run.get("metrics_meta") or {}).items()
+    }
+    summary = _load_summary(run_dir, run, per_sample, meta, notes)
+    tests = _load_tests(res, per_sample, notes)
 
     # a grid run: every (dataset, grid point) is reported as its own dataset, "<dataset>@<point>"
     summary, tests, per_sample = (_merge_grid(df) for df in (summary, tests, per_sample))
@@ -326,25 +408,7 @@ def load_run(run_dir: str | Path) -> RunData:
     # sections show the first replicate, whose examples were saved
     replicate_seeds: list[int] = []
     if per_sample is not None and "replicate" in per_sample.columns:
-        rep_tests = res / "tests_replicates.csv"
-        if rep_tests.exists():
-            numeric = [
-                "statistic",
-                "p_value",
-                "p_holm",
-                "effect_size",
-                "df",
-                "min_p",
-                "n",
-                *stats.COUNT_COLUMNS,
-            ]
-            tests = _merge_grid(_read_csv(rep_tests, numeric))
-        else:
-            tests = stats.replicate_tests(per_sample)
-            notes.append(
-                "results/tests_replicates.csv was missing; the tests over replicates were "
-                "computed from results/per_sample.parquet when building this report."
-            )
+        tests = _replicate_tests(res, per_sample, notes)
         per_sample = per_sample[per_sample["replicate"] == per_sample["replicate"].min()]
         replicate_seeds = [int(v) for v in (run.get("replicate_seeds") or [])]
         notes.append(replicate_note(run, summary, replicate_seeds))
@@ -357,29 +421,10 @@ def load_run(run_dir: str | Path) -> RunData:
         entry.setdefault("description", "")
         entry.setdefault("value_range", [None, None])  # unbounded
 
-    curves_path = res / "curves.parquet"
-    curves = (
-        pd.read_parquet(curves_path)
-        if curves_path.exists()
-        else pd.DataFrame(columns=CURVE_COLUMNS)
-    )
-    curves = _merge_grid(curves)
-    if "replicate" in curves.columns and len(curves):
-        curves = curves[curves["replicate"] == curves["replicate"].min()]
-    for c in ("dataset", "explainer", "metric"):
-        curves[c] = curves[c].astype(str)
-
     datasets = [str(d) for d in (run.get("datasets") or {})]
     for d in pd.unique(summary["dataset"]):
         if d not in datasets:
             datasets.append(str(d))
-
-    examples: dict[str, dict[str, np.ndarray]] = {}
-    for d in datasets:
-        path = res / "examples" / f"{d}.npz"
-        if path.exists():
-            with np.load(path, allow_pickle=False) as npz:
-                examples[d] = {k: npz[k] for k in npz.files}
 
     from .text import load_text_examples
 
@@ -403,8 +448,8 @@ def load_run(run_dir: str | Path) -> RunData:
         summary=summary,
         tests=tests,
         per_sample=per_sample,
-        curves=curves,
-        examples=examples,
+        curves=_load_curves(res),
+        examples=_load_examples(res, datasets),
         metrics_meta=meta,
         datasets=datasets,
         notes=notes,

@@ -38,6 +38,46 @@ def _test_name(test: str) -> str:
     }[test]
 
 
+def _accuracy_sentences(info: dict[str, Any]) -> list[str]:
+    """The model's test accuracy (near chance: said so) and the number of evaluation samples, as
+    one sentence; none where the run has no accuracy."""
+    acc = info.get("test_accuracy")
+    if not (isinstance(acc, (int, float)) and np.isfinite(acc)):
+        return []
+    model = info.get("model") or "the model"
+    s = f"{model} reaches {fmt_percent(acc)} test accuracy"
+    k = info.get("num_classes")
+    if isinstance(k, int) and k > 1 and acc < 1.5 / k:
+        s += (
+            f", close to chance ({fmt_percent(1 / k)} for {k} classes), so the "
+            "attributions explain a model that has learned little"
+        )
+    if info.get("n_eval"):
+        s += f"; {info['n_eval']} evaluation samples were explained"
+    return [s + "."]
+
+
+def _learned_sentences(info: dict[str, Any]) -> list[str]:
+    """Which explainers explain DiET's f_s instead of f_b, f_s's agreement with f_b, and the
+    cautions of the learned explainer's report; none without such explainers."""
+    diet = learned_report(info)
+    agree = diet.get("test_agreement_fs_fb") if isinstance(diet, dict) else None
+    fs = [
+        e
+        for e, v in (info.get("explainers") or {}).items()
+        if isinstance(v, dict) and v.get("explains") == "f_s"
+    ]
+    if not fs:
+        return []
+    s = (
+        f"{_join(fs)} {'explains' if len(fs) == 1 else 'explain'} DiET's distilled model "
+        "f_s, not f_b"
+    )
+    if isinstance(agree, (int, float)) and np.isfinite(agree):
+        s += f"; f_s agrees with f_b on {fmt_percent(agree)} of predictions"
+    return [s + ".", *learned_cautions(diet)]
+
+
 def dataset_reading(
     dataset: str,
     info: dict[str, Any],
@@ -50,20 +90,7 @@ def dataset_reading(
 ) -> list[str]:
     """Sentences about one dataset: model accuracy, per-metric winners and ties, DiET."""
     out: list[str] = []
-    first: list[str] = []
-    acc = info.get("test_accuracy")
-    if isinstance(acc, (int, float)) and np.isfinite(acc):
-        model = info.get("model") or "the model"
-        s = f"{model} reaches {fmt_percent(acc)} test accuracy"
-        k = info.get("num_classes")
-        if isinstance(k, int) and k > 1 and acc < 1.5 / k:
-            s += (
-                f", close to chance ({fmt_percent(1 / k)} for {k} classes), so the "
-                "attributions explain a model that has learned little"
-            )
-        if info.get("n_eval"):
-            s += f"; {info['n_eval']} evaluation samples were explained"
-        first.append(s + ".")
+    first = _accuracy_sentences(info)
     summ = summary[summary["dataset"] == dataset]
     wins: dict[str, list[str]] = {}
     tied_top: dict[str, list[str]] = {}
@@ -116,23 +143,7 @@ def dataset_reading(
         )
     if no_diff:
         summary_bits.append(f"No significant differences between explainers on {_join(no_diff)}.")
-    out = first + summary_bits + out
-    diet = learned_report(info)
-    agree = diet.get("test_agreement_fs_fb") if isinstance(diet, dict) else None
-    fs = [
-        e
-        for e, v in (info.get("explainers") or {}).items()
-        if isinstance(v, dict) and v.get("explains") == "f_s"
-    ]
-    if fs:
-        s = (
-            f"{_join(fs)} {'explains' if len(fs) == 1 else 'explain'} DiET's distilled model "
-            "f_s, not f_b"
-        )
-        if isinstance(agree, (int, float)) and np.isfinite(agree):
-            s += f"; f_s agrees with f_b on {fmt_percent(agree)} of predictions"
-        out.append(s + ".")
-        out += learned_cautions(diet)
+    out = first + summary_bits + out + _learned_sentences(info)
     if untested and len(untested) == len(metrics):
         out.append("No paired tests were available, so no difference is claimed as significant.")
     return out
@@ -168,13 +179,15 @@ def learned_cautions(report: dict[str, Any]) -> list[str]:
                 else "a larger mask_lr moves each mask cell further per step"
             )
             out.append(
-                f"Caution: DiET's training masks keep {fmt_percent(kept)} of the {unit}, so f_s was hardly "
-                f"trained on erased inputs (the masks barely moved from 'keep everything'; {hint})."
+                f"Caution: DiET's training masks keep {fmt_percent(kept)} of the {unit}, so f_s "
+                "was hardly trained on erased inputs (the masks barely moved from 'keep "
+                f"everything'; {hint})."
             )
         elif kept <= MASKS_EMPTY:
             out.append(
                 f"Caution: DiET's training masks keep only {fmt_percent(kept)} of the {unit}: they "
-                "collapsed to (almost) nothing (a smaller mask_lr moves each mask unit less per step)."
+                "collapsed to (almost) nothing (a smaller mask_lr moves each mask unit less per "
+                "step)."
             )
     at_limit = report.get("test_stopped_at_limit_fraction")
     time_info = report.get("test_time") if isinstance(report.get("test_time"), dict) else {}
@@ -182,9 +195,9 @@ def learned_cautions(report: dict[str, Any]) -> list[str]:
         steps = time_info.get("steps_max")
         where = f" ({int(steps)} steps)" if _finite(steps) else ""
         out.append(
-            f"Caution: DiET's test-time optimisation reached its safety limit{where} before its stopping "
-            f"rule for {fmt_percent(at_limit)} of the samples, so those maps are those of an unfinished "
-            "optimisation (test_max_steps raises the limit)."
+            f"Caution: DiET's test-time optimisation reached its safety limit{where} before its "
+            f"stopping rule for {fmt_percent(at_limit)} of the samples, so those maps are those of "
+            "an unfinished optimisation (test_max_steps raises the limit)."
         )
     elif "test_stopped_at_limit_fraction" not in report and _finite(
         report.get("test_converged_fraction")
@@ -192,9 +205,9 @@ def learned_cautions(report: dict[str, Any]) -> list[str]:
         conv = report["test_converged_fraction"]  # a run directory written before issue 23
         if conv < HORIZON_SHARE:
             out.append(
-                f"Caution: DiET's test-time masks converged for only {fmt_percent(conv)} of the samples; "
-                "the others stopped at the step horizon, so its maps are those of an unfinished "
-                "optimisation."
+                f"Caution: DiET's test-time masks converged for only {fmt_percent(conv)} of the "
+                "samples; the others stopped at the step horizon, so its maps are those of an "
+                "unfinished optimisation."
             )
     agree = report.get("test_seed_agreement")
     if _finite(agree) and agree < SEED_AGREEMENT_MIN:
@@ -213,8 +226,8 @@ def learned_cautions(report: dict[str, Any]) -> list[str]:
 
 
 def learned_report(info: dict[str, Any]) -> dict[str, Any]:
-    """The fit report of the (first) learned explainer of a dataset (run.json ``learned``; ``diet`` in
-    run directories written before learned explainers were keyed by label)."""
+    """The fit report of the (first) learned explainer of a dataset (run.json ``learned``; ``diet``
+    in run directories written before learned explainers were keyed by label)."""
     learned = info.get("learned")
     if isinstance(learned, dict) and learned:
         first = next(iter(learned.values()))

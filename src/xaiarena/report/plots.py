@@ -64,7 +64,8 @@ DPI = 110
 
 
 def _canvas_figure(canvas, width: int, height: int) -> tuple[Figure, Any]:
-    """A figure of exactly ``width`` x ``height`` pixels showing ``canvas`` (pixel coordinates, no axes)."""
+    """A figure of exactly ``width`` x ``height`` pixels showing ``canvas`` (pixel coordinates, no
+    axes)."""
     fig = Figure(figsize=(width / DPI, height / DPI))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(canvas, interpolation="nearest", extent=(0, width, height, 0))
@@ -326,7 +327,8 @@ def _outline(mask: np.ndarray, f: int, width: int) -> np.ndarray:
 
 
 def _wrap(name: str, width: int) -> str:
-    """Break a long name into lines of at most ``width`` characters, preferring ``_ - .`` and spaces."""
+    """Break a long name into lines of at most ``width`` characters, preferring ``_ - .`` and
+    spaces."""
     lines, rest = [], name
     while len(rest) > width:
         cut = max(rest.rfind(ch, 1, width + 1) for ch in "_-. ")
@@ -334,6 +336,66 @@ def _wrap(name: str, width: int) -> str:
         lines.append(rest[:cut].rstrip())
         rest = rest[cut:]
     return "\n".join([*lines, rest])
+
+
+def _attribution_tile(a: np.ndarray, f: int, cmap: Any, outline: np.ndarray | None) -> np.ndarray:
+    """One map as an RGB tile upsampled ``f`` times: scaled by its maximum absolute finite value
+    (non-finite values as 0), coloured by ``cmap``, the mask outline drawn in dark grey."""
+    finite = np.isfinite(a)
+    scale = np.abs(a[finite]).max() if finite.any() else 0.0
+    a = np.where(finite, a, 0.0) / scale if scale > 0 else np.zeros_like(a)
+    tile = _upsample(cmap((a + 1) / 2)[..., :3], f)
+    if outline is not None:
+        tile[outline] = (0.07, 0.07, 0.07)
+    return tile
+
+
+def _row_labels(ax: Any, info: list[dict[str, Any]], x: float, ys: list[float]) -> None:
+    """Each example row's true class and prediction, marked ✓ (green) or ✗ (red)."""
+    for row, y in zip(info, ys, strict=True):
+        mark = "✓" if row["correct"] else "✗"
+        ax.text(
+            x,
+            y,
+            _safe(f"{mark} true: {row['label']}\npred: {row['pred']}"),
+            fontsize=7.5,
+            ha="right",
+            va="center",
+            color="#1a7f37" if row["correct"] else "#c0392b",
+        )
+
+
+def _example_rows(
+    example: dict[str, np.ndarray],
+    rows: list[int],
+    labels: np.ndarray,
+    preds: np.ndarray,
+    hit: np.ndarray,
+) -> list[dict[str, Any]]:
+    """``{"sample_id", "label", "pred", "correct"}`` per example row, classes by name where the
+    example names them."""
+    names = [str(c) for c in example.get("class_names", [])]
+    # a model with its own classes (a pretrained ImageNet model) names its predictions itself
+    pred_names = (
+        [str(c) for c in example["pred_class_names"]] if "pred_class_names" in example else names
+    )
+    ids = example.get("sample_ids", np.arange(len(labels)))
+
+    def cname(k: int, names: list[str] = names) -> str:
+        return names[k] if 0 <= k < len(names) else str(k)
+
+    info = []
+    for i in rows:
+        sid = ids[i]
+        info.append(
+            {
+                "sample_id": sid.item() if hasattr(sid, "item") else sid,
+                "label": cname(int(labels[i])),
+                "pred": cname(int(preds[i]), pred_names),
+                "correct": bool(hit[i]),
+            }
+        )
+    return info
 
 
 def heatmap_grid(
@@ -361,17 +423,7 @@ def heatmap_grid(
         return None, []
     images = example["images"]
     masks = example.get("masks")
-    names = [str(c) for c in example.get("class_names", [])]
-    # a model with its own classes (a pretrained ImageNet model) names its predictions itself
-    pred_names = (
-        [str(c) for c in example["pred_class_names"]] if "pred_class_names" in example else names
-    )
-    ids = example.get("sample_ids", np.arange(len(labels)))
     explains = explains or {}
-
-    def cname(k: int, names: list[str] = names) -> str:
-        return names[k] if 0 <= k < len(names) else str(k)
-
     h, w = _rgb(images[rows[0]]).shape[:2]
     f = max(1, round(128 / max(h, w)))
     th, tw = h * f, w * f
@@ -382,7 +434,6 @@ def heatmap_grid(
     canvas = np.ones((height, width, 3))
     cmap = colormaps["RdBu_r"]
     line = max(1, f // 3)
-    info = []
     for r, i in enumerate(rows):
         y = top + r * (th + gap)
         outline = (
@@ -398,24 +449,9 @@ def heatmap_grid(
             a = np.asarray(example[f"attr__{e}"][i], dtype=np.float64)
             if a.shape != (h, w):
                 continue
-            finite = np.isfinite(a)
-            scale = np.abs(a[finite]).max() if finite.any() else 0.0
-            a = np.where(finite, a, 0.0) / scale if scale > 0 else np.zeros_like(a)
-            tile = _upsample(cmap((a + 1) / 2)[..., :3], f)
-            if outline is not None:
-                tile[outline] = (0.07, 0.07, 0.07)
             x = left + c * (tw + gap)
-            canvas[y : y + th, x : x + tw] = tile
-        correct = bool(hit[i])
-        sid = ids[i]
-        info.append(
-            {
-                "sample_id": sid.item() if hasattr(sid, "item") else sid,
-                "label": cname(int(labels[i])),
-                "pred": cname(int(preds[i]), pred_names),
-                "correct": correct,
-            }
-        )
+            canvas[y : y + th, x : x + tw] = _attribution_tile(a, f, cmap, outline)
+    info = _example_rows(example, rows, labels, preds, hit)
     # colour bar in the right margin
     cb_h = min(len(rows) * th, 240)
     cb_x = width - right + 18
@@ -430,17 +466,7 @@ def heatmap_grid(
         for c, e in enumerate(cols, start=1):
             label = _wrap(str(e), max_chars) + (f"\n({explains[e]})" if e in explains else "")
             ax.text(left + c * (tw + gap) + tw / 2, top - 6, _safe(label), **text)
-        for r, row in enumerate(info):
-            mark = "✓" if row["correct"] else "✗"
-            ax.text(
-                left - 8,
-                top + r * (th + gap) + th / 2,
-                _safe(f"{mark} true: {row['label']}\npred: {row['pred']}"),
-                fontsize=7.5,
-                ha="right",
-                va="center",
-                color="#1a7f37" if row["correct"] else "#c0392b",
-            )
+        _row_labels(ax, info, left - 8, [top + r * (th + gap) + th / 2 for r in range(len(info))])
         for v, yy in ((1, top), (0, top + cb_h / 2), (-1, top + cb_h)):
             ax.text(cb_x + 16, yy, f"{v:+d}" if v else "0", fontsize=7, ha="left", va="center")
         return _png(fig), info
@@ -450,8 +476,9 @@ def heatmap_grid(
 
 
 def top_superpixels(a: np.ndarray, n_top: int = 10) -> np.ndarray:
-    """Labels ``1..k`` (``k <= n_top``) of the ``n_top`` superpixels with the largest *positive* values of a
-    superpixel-constant map (LIME's: every pixel holds its superpixel's coefficient), 0 elsewhere.
+    """Labels ``1..k`` (``k <= n_top``) of the ``n_top`` superpixels with the largest *positive*
+    values of a superpixel-constant map (LIME's: every pixel holds its superpixel's coefficient), 0
+    elsewhere.
 
     A superpixel is recognised by its value, so this works on the full LIME map and on a
     ``num_features`` selection of it alike (two superpixels with exactly equal coefficients would
@@ -468,9 +495,9 @@ def top_superpixels(a: np.ndarray, n_top: int = 10) -> np.ndarray:
 def lime_superpixels(
     example: dict[str, np.ndarray], explainers: Sequence[str], n_top: int = 10, max_rows: int = 12
 ) -> bytes | None:
-    """Each example image with the boundaries of its ``n_top`` positive LIME superpixels (yellow; the rest
-    of the image dimmed), one column per LIME explainer; rows are named by the sample's file where the
-    dataset names samples."""
+    """Each example image with the boundaries of its ``n_top`` positive LIME superpixels (yellow;
+    the rest of the image dimmed), one column per LIME explainer; rows are named by the sample's
+    file where the dataset names samples."""
     from skimage.segmentation import find_boundaries
 
     cols = [e for e in explainers if f"attr__{e}" in example]
@@ -503,7 +530,8 @@ def lime_superpixels(
                 tile[up == 0] *= (
                     0.55  # the rest of the image dimmed, so the selection reads at a glance
                 )
-                # every selected superpixel's outline, 2 px (lime_image's mark_boundaries draws the union's)
+                # every selected superpixel's outline, 2 px (lime_image's mark_boundaries draws the
+                # union's)
                 tile[find_boundaries(up, mode="thick")] = (1.0, 0.9, 0.0)
             x = left + c * (tw + gap)
             canvas[y : y + th, x : x + tw] = tile

@@ -129,6 +129,14 @@ def reference_rows(
                 (explainer, value, float(s["mean"]), bool(s["higher_is_better"]))
             )
         rows.append(row)
+    return rows, _orderings(groups)
+
+
+def _orderings(
+    groups: dict[tuple[Any, str, str], list[tuple[str, float, float, bool]]],
+) -> list[str]:
+    """One sentence per (dataset, view, metric) with two or more explainers: the source's ordering
+    of the explainers and ours, with Kendall's tau."""
     orderings = []
     for (dataset, _view, metric), items in groups.items():
         items = list(
@@ -149,7 +157,7 @@ def reference_rows(
             f"{' > '.join(order_ours)} (Kendall's tau {fmt(tau, 2)}): "
             f"{'the same ordering' if same else 'a different ordering'}."
         )
-    return rows, orderings
+    return orderings
 
 
 def _fg_bg(data: RunData) -> pd.DataFrame | None:
@@ -168,6 +176,48 @@ def _label_on(summary: pd.DataFrame, dataset: str, view: str, explainer: str) ->
         if name is not None and name in names:
             return name
     return None
+
+
+def _pair_test(
+    t: pd.DataFrame, dataset: str, view: str | None, metric: str, la: str, lb: str
+) -> str:
+    """The paired t-test of ``la`` against ``lb`` on one dataset and metric (from ``tests``, in
+    either order) as ``p_holm = ..., d_z = ...`` with d_z signed for ``la - lb``; "" if none."""
+    sel = (
+        t[
+            (t["dataset"] == dataset)
+            & (t["metric"] == metric)
+            & (t["test"] == "t")
+            & (
+                ((t["explainer_a"] == la) & (t["explainer_b"] == lb))
+                | ((t["explainer_a"] == lb) & (t["explainer_b"] == la))
+            )
+        ]
+        if len(t)
+        else t
+    )
+    if view is not None and "explained_model" in sel.columns:
+        sel = sel[sel["explained_model"] == view]
+    if not len(sel):
+        return ""
+    r = sel.iloc[0]
+    dz = float(r["effect_size"]) * (1 if r["explainer_a"] == la else -1)
+    return f"{p_eq('p_holm', r['p_holm'])}, d_z = {fmt(dz, 2)}"
+
+
+def _across_datasets(av: list[float], bv: list[float]) -> str:
+    """The source's across-dataset analysis of the per-dataset means ``av`` and ``bv``: a paired
+    t-test (3+ datasets) and Cohen's d with the pooled SD (2+ datasets)."""
+    across = "fewer than 3 datasets: the source skips its paired t-test"
+    if len(av) >= 3:
+        t, p = stats.paired_t(np.array(av) - np.array(bv))
+        across = f"t = {fmt(t, 3)}, {p_eq('p', p)}"
+    across += (
+        f"; Cohen's d (pooled SD, the source's) = {fmt(pooled_cohens_d(av, bv), 3)}"
+        if len(av) >= 2
+        else ""
+    )
+    return across
 
 
 def improvement(data: RunData, study: dict[str, Any]) -> dict[str, Any] | None:
@@ -197,27 +247,7 @@ def improvement(data: RunData, study: dict[str, Any]) -> dict[str, Any] | None:
             hib = bool(ra["higher_is_better"])
             diff = float(ra["mean"] - rb["mean"])
             better = diff > 0 if hib else diff < 0
-            test = ""
-            t = data.tests
-            sel = (
-                t[
-                    (t["dataset"] == d)
-                    & (t["metric"] == metric)
-                    & (t["test"] == "t")
-                    & (
-                        ((t["explainer_a"] == la) & (t["explainer_b"] == lb))
-                        | ((t["explainer_a"] == lb) & (t["explainer_b"] == la))
-                    )
-                ]
-                if len(t)
-                else t
-            )
-            if view is not None and "explained_model" in sel.columns:
-                sel = sel[sel["explained_model"] == view]
-            if len(sel):
-                r = sel.iloc[0]
-                dz = float(r["effect_size"]) * (1 if r["explainer_a"] == la else -1)
-                test = f"{p_eq('p_holm', r['p_holm'])}, d_z = {fmt(dz, 2)}"
+            test = _pair_test(data.tests, d, view, metric, la, lb)
             rows.append(
                 {
                     "dataset": d,
@@ -232,15 +262,7 @@ def improvement(data: RunData, study: dict[str, Any]) -> dict[str, Any] | None:
             bv.append(float(rb["mean"]))
         if not rows:
             continue
-        across = "fewer than 3 datasets: the source skips its paired t-test"
-        if len(av) >= 3:
-            t, p = stats.paired_t(np.array(av) - np.array(bv))
-            across = f"t = {fmt(t, 3)}, {p_eq('p', p)}"
-        across += (
-            f"; Cohen's d (pooled SD, the source's) = {fmt(pooled_cohens_d(av, bv), 3)}"
-            if len(av) >= 2
-            else ""
-        )
+        across = _across_datasets(av, bv)
         wins = sum(r["better"] == "yes" for r in rows)
         la, lb = sorted(labels)[0]
         if view is None:
@@ -322,8 +344,8 @@ def section(data: RunData, figs, alpha: float) -> dict[str, Any] | None:
                 "study_improvement.png",
                 improvement_chart(imp),
                 "Improvement per dataset",
-                f"{imp['a']} minus {imp['b']} on {imp['metric']} per dataset (positive: {imp['a']} better "
-                "given the metric's direction), one panel per scoring model.",
+                f"{imp['a']} minus {imp['b']} on {imp['metric']} per dataset (positive: {imp['a']} "
+                "better given the metric's direction), one panel per scoring model.",
             )
             if fig:
                 out["figures"].append(fig)

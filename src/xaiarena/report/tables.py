@@ -153,6 +153,67 @@ class ResultsTable:
     top_groups: dict[str, set[str]] = field(default_factory=dict)
 
 
+def _column_heads(
+    metrics: list[str], meta: dict[str, dict[str, Any]], ranked: list[str]
+) -> tuple[list[tuple[str, int]], list[dict[str, str]]]:
+    """``(categories, heads)``: ``(category, number of metrics)`` for each run of metrics of one
+    category, and per metric its name, arrow, direction words and description."""
+    cats: list[tuple[str, int]] = []
+    for m in metrics:
+        c = str(meta.get(m, {}).get("category", "other"))
+        if cats and cats[-1][0] == c:
+            cats[-1] = (c, cats[-1][1] + 1)
+        else:
+            cats.append((c, 1))
+    heads = []
+    for m in metrics:
+        entry = meta.get(m, {})
+        hib = bool(entry.get("higher_is_better", True))
+        descriptive = m not in ranked
+        heads.append(
+            {
+                "name": m,
+                "arrow": arrow(hib),
+                "direction": direction_words(hib)
+                + ("; descriptive, not ranked" if descriptive else ""),
+                "description": str(entry.get("description", "") or ""),
+            }
+        )
+    return cats, heads
+
+
+def _cell(
+    s: pd.Series,
+    d: int | None,
+    key: tuple[str, str],
+    rk: pd.DataFrame,
+    vb: pd.DataFrame,
+    alpha: float,
+) -> Cell:
+    """The table cell of a measured (explainer, metric) ``key``: its summary row ``s`` shown with
+    ``d`` decimals, its rank group (``rk``) and how it compares to the best (``vb``)."""
+    cell = Cell(text=fmt(s["mean"], d), title=count_words(s))
+    if np.isfinite(s["ci_low"]) and np.isfinite(s["ci_high"]):
+        cell.ci = f"[{fmt(s['ci_low'], d)}, {fmt(s['ci_high'], d)}]"
+    if key in rk.index and not pd.isna(rk.loc[key, "rank"]):
+        cell.group = str(rk.loc[key, "group"])
+        cell.title += f"; rank {int(rk.loc[key, 'rank'])}"
+    if key in vb.index:
+        v = vb.loc[key]
+        if v["is_best"] and np.isfinite(s["mean"]):
+            cell.css = "best"
+            cell.title += "; best mean"
+        elif v["significant"]:
+            cell.marks = stars(float(v["p_holm"]), alpha)
+            cell.title += f"; worse than {v['best']}, {p_eq('p_holm', v['p_holm'])}"
+        elif np.isfinite(s["mean"]):
+            cell.css = "tie"
+            cell.title += f"; not significantly different from {v['best']}"
+            if np.isfinite(v["p_holm"]):
+                cell.title += f" ({p_eq('p_holm', v['p_holm'])})"
+    return cell
+
+
 def results_table(
     summary: pd.DataFrame,
     tests: pd.DataFrame,
@@ -180,27 +241,7 @@ def results_table(
     ranks = stats.rank(summ_r, tst_r, alpha, test=test)
     vs_best = stats.compare_to_best(summ_r, tst_r, alpha, test=test)
     metrics = order_metrics(metrics, meta)
-    cats: list[tuple[str, int]] = []
-    for m in metrics:
-        c = str(meta.get(m, {}).get("category", "other"))
-        if cats and cats[-1][0] == c:
-            cats[-1] = (c, cats[-1][1] + 1)
-        else:
-            cats.append((c, 1))
-    heads = []
-    for m in metrics:
-        entry = meta.get(m, {})
-        hib = bool(entry.get("higher_is_better", True))
-        descriptive = m not in ranked
-        heads.append(
-            {
-                "name": m,
-                "arrow": arrow(hib),
-                "direction": direction_words(hib)
-                + ("; descriptive, not ranked" if descriptive else ""),
-                "description": str(entry.get("description", "") or ""),
-            }
-        )
+    cats, heads = _column_heads(metrics, meta, ranked)
     by_key = summ.set_index(["explainer", "metric"])
     rk = ranks.set_index(["explainer", "metric"])
     vb = vs_best.set_index(["explainer", "metric"])
@@ -220,28 +261,7 @@ def results_table(
             if (e, m) not in by_key.index:
                 cells.append(Cell(text="–", title="not measured"))
                 continue
-            s = by_key.loc[(e, m)]
-            d = decimals[m]
-            cell = Cell(text=fmt(s["mean"], d), title=count_words(s))
-            if np.isfinite(s["ci_low"]) and np.isfinite(s["ci_high"]):
-                cell.ci = f"[{fmt(s['ci_low'], d)}, {fmt(s['ci_high'], d)}]"
-            if (e, m) in rk.index and not pd.isna(rk.loc[(e, m), "rank"]):
-                cell.group = str(rk.loc[(e, m), "group"])
-                cell.title += f"; rank {int(rk.loc[(e, m), 'rank'])}"
-            if (e, m) in vb.index:
-                v = vb.loc[(e, m)]
-                if v["is_best"] and np.isfinite(s["mean"]):
-                    cell.css = "best"
-                    cell.title += "; best mean"
-                elif v["significant"]:
-                    cell.marks = stars(float(v["p_holm"]), alpha)
-                    cell.title += f"; worse than {v['best']}, {p_eq('p_holm', v['p_holm'])}"
-                elif np.isfinite(s["mean"]):
-                    cell.css = "tie"
-                    cell.title += f"; not significantly different from {v['best']}"
-                    if np.isfinite(v["p_holm"]):
-                        cell.title += f" ({p_eq('p_holm', v['p_holm'])})"
-            cells.append(cell)
+            cells.append(_cell(by_key.loc[(e, m)], decimals[m], (e, m), rk, vb, alpha))
         er = ranks[ranks["explainer"] == e]["rank"].dropna()
         rows.append(
             {

@@ -42,7 +42,8 @@ def load_text_examples(path: Path) -> dict[str, Any] | None:
 
 
 def word_style(score: float, scale: float) -> str:
-    """Inline CSS for one word: background alpha proportional to ``|score| / scale`` (numbers only)."""
+    """Inline CSS for one word: background alpha proportional to ``|score| / scale`` (numbers
+    only)."""
     if not (isinstance(score, (int, float)) and math.isfinite(score)) or scale <= 0:
         return "background-color: transparent"
     v = max(-1.0, min(1.0, score / scale))

@@ -169,6 +169,9 @@ def check_explainer(
     Returns a :class:`~xaiarena.testing.report.CheckReport`; raises
     :class:`~xaiarena.testing.report.ConformanceError` listing every failed check unless
     ``raise_on_failure=False``.
+
+    Longer than 80 lines because it is the kit's ordered list of checks on one built explainer, its
+    model and its maps, listed in this docstring.
     """
     name, cls, entry = _resolve(explainer)
     options = dict(options or {})

@@ -188,6 +188,9 @@ def check_metric(
     Returns a :class:`~xaiarena.testing.report.CheckReport`; raises
     :class:`~xaiarena.testing.report.ConformanceError` listing every failed check unless
     ``raise_on_failure=False``.
+
+    Longer than 80 lines because it is the kit's ordered list of checks on one built metric, its
+    inputs and its scores, listed in this docstring.
     """
     name, cls, entry = _resolve(metric)
     options = dict(options or {})

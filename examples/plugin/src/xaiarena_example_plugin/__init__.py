@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 @EXPLAINERS.register(
     "vargrad",
-    description="VarGrad (Adebayo et al. 2018): variance of the target logit's input gradient over n_samples "
-    "copies with N(0, stdevs) pixel noise, channels summed",
+    description="VarGrad (Adebayo et al. 2018): variance of the target logit's input gradient over "
+    "n_samples copies with N(0, stdevs) pixel noise, channels summed",
 )
 class VarGrad(Explainer):
     """Per-pixel variance of ``d logit_target / d x`` over noisy copies of ``x``.
@@ -70,7 +70,8 @@ class VarGrad(Explainer):
 
 @METRICS.register(
     "top_mass",
-    description="Share of the attribution magnitude in the top `fraction` of pixels (default 10%); 1 = all of it",
+    description="Share of the attribution magnitude in the top `fraction` of pixels (default 10%); "
+    "1 = all of it",
 )
 class TopMass(Metric):
     """``sum of the largest k |a| / sum |a|`` with ``k = ceil(fraction * H * W)``: how concentrated

@@ -201,7 +201,8 @@ def diet_terms(
 
 
 def has_converged(losses: list[float], tol: float) -> bool:
-    """True when the last loss differs from the one two epochs earlier by at most ``tol`` (relative)."""
+    """True when the last loss differs from the one two epochs earlier by at most ``tol``
+    (relative)."""
     if len(losses) < 3:
         return False
     ref = losses[-3]
@@ -233,10 +234,11 @@ class Masker(Protocol):
     def describe(self) -> dict[str, Any]:
         """JSON-able settings (part of the cache key)."""
 
-    # Optional: ``sparsity(expanded_masks, inputs) -> (N,)`` and ``l0(expanded_masks, inputs) -> (N,)``
-    # replace mask_sparsity/mask_l0 when some mask entries are not part of a sample (text padding);
-    # ``lr_scale(inputs) -> (N,) | None`` multiplies each sample's mask learning rate (text: by
-    # length, so that every word's step is the same for short and long texts).
+    # Optional: ``sparsity(expanded_masks, inputs) -> (N,)`` and
+    # ``l0(expanded_masks, inputs) -> (N,)`` replace mask_sparsity/mask_l0 when some mask entries
+    # are not part of a sample (text padding); ``lr_scale(inputs) -> (N,) | None`` multiplies each
+    # sample's mask learning rate (text: by length, so that every word's step is the same for short
+    # and long texts).
 
 
 # --------------------------------------------------------------------------- configuration
@@ -514,6 +516,9 @@ class DietTrainer:
         ``get_batch(idx)`` returns the training inputs for the sample indices ``idx``
         on the device; ``labels`` (optional) only feed the accuracy columns of the
         history. ``data_key`` identifies the training data in the cache key.
+
+        Longer than 80 lines because DiET's rounds share the optimisers, masks, cache key and
+        history in one loop; helpers would pass all of them.
         """
         cfg = self.config
         if n < 1:
@@ -737,7 +742,8 @@ class DietTrainer:
             old = None
         if old != json.loads(json.dumps(meta)):
             self._say(
-                f"DiET: {self.cache_dir} holds a run with other settings, model or data; starting afresh"
+                f"DiET: {self.cache_dir} holds a run with other settings, model or data; starting "
+                "afresh"
             )
             return None
         try:
@@ -745,7 +751,8 @@ class DietTrainer:
             history = json.loads(hist_path.read_text())
         except Exception as exc:  # truncated or tampered: recompute rather than fail every re-run
             self._say(
-                f"DiET: checkpoint in {self.cache_dir} is unreadable ({type(exc).__name__}); starting afresh"
+                f"DiET: checkpoint in {self.cache_dir} is unreadable ({type(exc).__name__}); "
+                "starting afresh"
             )
             return None
         if (

@@ -49,7 +49,8 @@ def _per_channel(
         vals = vals * channels
     if len(vals) != channels:
         raise ValueError(
-            f"{name} has {len(vals)} values; the images have {channels} channels (give 1 or {channels})"
+            f"{name} has {len(vals)} values; the images have {channels} channels (give 1 or "
+            f"{channels})"
         )
     return torch.tensor(vals, dtype=torch.float32)
 
@@ -234,8 +235,8 @@ class DiET(DietFitMixin, Explainer):
     hard-coded colour for ``authors``), ``test_background_std`` (``None`` = ``background_std``),
     ``test_tol``/``test_mask_tol``/``test_window`` (the ``converged`` rule; ``test_tol`` is
     the authors' band with ``authors``), ``test_average`` (``converged``: the map is the mean
-    mask of the last window, not the last step's), ``test_max_steps`` (safety limit; ``None``: 30 horizons
-    for ``converged``, none for ``authors``) and ``test_seed_check`` (evaluation samples
+    mask of the last window, not the last step's), ``test_max_steps`` (safety limit; ``None``: 30
+    horizons for ``converged``, none for ``authors``) and ``test_seed_check`` (evaluation samples
     re-optimised with a second seed; the report gives the median per-sample Spearman of the
     two seeds' maps). Defaults are sized for hard_mnist (64x64) on 2 CPU cores and were chosen
     on training-split images (``benchmarks/tune_diet.py``, ``benchmarks/diet_test_time.py``);
@@ -322,7 +323,8 @@ class DiET(DietFitMixin, Explainer):
         generator: torch.Generator | None = None,
         cache_dir: Any = None,
     ) -> None:
-        """Train ``f_s`` and the training masks on ``task.train``; report faithfulness on ``task.test``."""
+        """Train ``f_s`` and the training masks on ``task.train``; report faithfulness on
+        ``task.test``."""
         if getattr(task, "modality", "image") != "image":
             raise ValueError(f"diet (image) cannot explain a '{task.modality}' task")
         device = torch.device(device)
@@ -428,14 +430,16 @@ class DiET(DietFitMixin, Explainer):
         return [self.masker.expand(m[None].float())[0, 0] for m in masks]
 
     def test_masks(self, inputs: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
-        """Low-resolution, unrounded test-time masks ``(N, 1, h, w)`` (CPU) for pixel-space ``inputs``,
-        optimised against ``model`` (default ``f_s``: cached; any other model: uncached)."""
+        """Low-resolution, unrounded test-time masks ``(N, 1, h, w)`` (CPU) for pixel-space
+        ``inputs``, optimised against ``model`` (default ``f_s``: cached; any other model:
+        uncached)."""
         self._fitted()
         assert self.masker is not None
         if tuple(inputs.shape[1:]) != (self.masker.channels, self.masker.height, self.masker.width):
             raise ValueError(
-                f"diet was fitted on inputs of shape {(self.masker.channels, self.masker.height, self.masker.width)}, "
-                f"got {tuple(inputs.shape[1:])}"
+                "diet was fitted on inputs of shape "
+                f"{(self.masker.channels, self.masker.height, self.masker.width)}, got "
+                f"{tuple(inputs.shape[1:])}"
             )
         if len(inputs) == 0:
             return self.masker.init_masks(0)
@@ -456,7 +460,10 @@ class DiET(DietFitMixin, Explainer):
         return self.masker.expand(masks.float())[:, 0].to(inputs.device)
 
     def __repr__(self) -> str:
-        return f"DiET(upsample_factor={self.upsample_factor}, rounds={self.config.rounds}, n_train={self.n_train})"
+        return (
+            f"DiET(upsample_factor={self.upsample_factor}, rounds={self.config.rounds}, "
+            f"n_train={self.n_train})"
+        )
 
 
 def _device_of(model: nn.Module, default: torch.device) -> torch.device:

@@ -295,8 +295,8 @@ class DietFitMixin:
         return [self._test_cache[k].mask for k in keys]
 
     def prepare_set(self, model: nn.Module, inputs: Any) -> None:
-        """Explain-stage hook (:func:`xaiarena.engine.batching.explain_in_batches`): ``inputs`` are every
-        sample the run explains on ``model``. For ``f_s``, their test-time masks are optimised
+        """Explain-stage hook (:func:`xaiarena.engine.batching.explain_in_batches`): ``inputs`` are
+        every sample the run explains on ``model``. For ``f_s``, their test-time masks are optimised
         here, once (``authors``: together, as one set, whatever ``evaluation.batch_size``), and the
         seed check runs on ``test_seed_check`` of them. Other models: nothing to prepare."""
         if self.f_s is None or not self._explains_f_s(model):

@@ -223,7 +223,9 @@ def _converged(f_s, inputs, masker, cfg: DietConfig, sample_seeds: list[int], tr
     (relative) or by at most LOSS_NOISE_Z standard errors, and the window-mean mask by at most
     ``test_mask_tol`` (relative to the mass it keeps) or by at most MASK_NOISE_RATIO times the
     change between the current window's halves. The map is the window-mean mask
-    (``test_average``) or the last step's."""
+    (``test_average``) or the last step's.
+    Longer than 80 lines because the stopping rule updates many per-sample state tensors (losses,
+    half-window sums, stop steps, maps) in one SGD loop; helpers would pass all of them."""
     device = _device(inputs)
     n = len(inputs)
     masks = masker.init_masks(n).to(device)

@@ -51,7 +51,8 @@ BASELINES = ("mask", "pad", "unk")
 
 
 class TextMasker:
-    """Word-level DiET masks ``(N, max_words)``; masked words' embeddings blend towards ``baseline``."""
+    """Word-level DiET masks ``(N, max_words)``; masked words' embeddings blend towards
+    ``baseline``."""
 
     def __init__(self, max_words: int, baseline: str = "mask", lr_words: float | None = None):
         if int(max_words) < 1:
@@ -133,8 +134,9 @@ def _check_lr_words(lr_words: float | None) -> None:
 
 @EXPLAINERS.register(
     "text_diet",
-    description="DiET for text (Bhalla et al. 2023): learns f_s and sparse word masks (masked words' "
-    "embeddings blended towards [MASK]) robust to erasing the rest; maps are test-time word masks for f_s",
+    description="DiET for text (Bhalla et al. 2023): learns f_s and sparse word masks (masked "
+    "words' embeddings blended towards [MASK]) robust to erasing the rest; maps are test-time word "
+    "masks for f_s",
 )
 class TextDiET(DietFitMixin, TextExplainer):
     """Distractor Erasure Tuning for transformer text classifiers (word masks).
@@ -229,7 +231,8 @@ class TextDiET(DietFitMixin, TextExplainer):
         generator: torch.Generator | None = None,
         cache_dir: Any = None,
     ) -> None:
-        """Train ``f_s`` and the training word masks on ``task.train``; report faithfulness on ``task.test``."""
+        """Train ``f_s`` and the training word masks on ``task.train``; report faithfulness on
+        ``task.test``."""
         if getattr(task, "modality", "image") != "text":
             raise ValueError(
                 f"text_diet explains text classifiers; '{getattr(task, 'name', '?')}' is a "
@@ -339,8 +342,9 @@ class TextDiET(DietFitMixin, TextExplainer):
         return [m.float() for m in masks]
 
     def test_masks(self, inputs: TextBatch, model: nn.Module | None = None) -> torch.Tensor:
-        """Unrounded test-time word masks ``(N, L)`` (CPU) for the texts of ``inputs`` (0 past the last
-        word), optimised against ``model`` (default ``f_s``: cached; any other model: uncached)."""
+        """Unrounded test-time word masks ``(N, L)`` (CPU) for the texts of ``inputs`` (0 past the
+        last word), optimised against ``model`` (default ``f_s``: cached; any other model:
+        uncached)."""
         self._fitted()
         out = torch.zeros(len(inputs), inputs.max_words)
         for i, m in enumerate(self.test_masks_for(model, inputs) if len(inputs) else []):
@@ -355,9 +359,12 @@ class TextDiET(DietFitMixin, TextExplainer):
         *,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Test-time word masks ``(N, L)`` in [0, 1] for ``model`` (``f_s``: cached; another model, e.g. a
-        randomised copy: optimised against it, uncached); ``targets`` unused."""
+        """Test-time word masks ``(N, L)`` in [0, 1] for ``model`` (``f_s``: cached; another model,
+        e.g. a randomised copy: optimised against it, uncached); ``targets`` unused."""
         return self.test_masks(inputs, model).to(inputs.device)
 
     def __repr__(self) -> str:
-        return f"TextDiET(rounds={self.config.rounds}, n_train={self.n_train}, baseline={self.baseline!r})"
+        return (
+            f"TextDiET(rounds={self.config.rounds}, n_train={self.n_train}, "
+            f"baseline={self.baseline!r})"
+        )

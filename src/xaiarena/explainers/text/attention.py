@@ -42,8 +42,9 @@ def eager_attention(model):
 
 @EXPLAINERS.register(
     "attention_rollout",
-    description="Attention rollout (Abnar & Zuidema 2020): product over layers of head-averaged attention "
-    "plus identity, row of [CLS], pieces summed into words; target independent, one forward pass.",
+    description="Attention rollout (Abnar & Zuidema 2020): product over layers of head-averaged "
+    "attention plus identity, row of [CLS], pieces summed into words; target independent, one "
+    "forward pass.",
 )
 class AttentionRollout(TextExplainer):
     """``(A_L ... A_1)[CLS, :]`` aggregated into words."""

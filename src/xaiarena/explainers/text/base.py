@@ -46,7 +46,8 @@ class TextExplainer(Explainer):
         *,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Validated entry point: eval mode, ``(N, L)`` output with zeros past each text's last word."""
+        """Validated entry point: eval mode, ``(N, L)`` output with zeros past each text's last
+        word."""
         if not isinstance(inputs, TextBatch):
             raise ValueError(
                 f"{self.name}: text explainers take a TextBatch (model.encode(texts)), "

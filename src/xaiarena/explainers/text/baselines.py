@@ -15,8 +15,8 @@ DISTRIBUTIONS = ("uniform", "normal")
 
 @EXPLAINERS.register(
     "text_random",
-    description="Sanity baseline for text: an i.i.d. random score per word (uniform in [0, 1) or standard "
-    "normal), seeded per text by the run's generator; ignores the model.",
+    description="Sanity baseline for text: an i.i.d. random score per word (uniform in [0, 1) or "
+    "standard normal), seeded per text by the run's generator; ignores the model.",
 )
 class TextRandom(TextExplainer):
     """Noise per word slot, drawn from a per-text generator (zeros past the last word)."""

@@ -45,7 +45,8 @@ def reduce_embedding(attr: torch.Tensor, rule: str) -> torch.Tensor:
     if rule == "abs_sum":
         return attr.abs().sum(-1)
     raise ValueError(
-        f"embedding reduction '{rule}' is not valid; choose one of {', '.join(EMBEDDING_REDUCTIONS)}"
+        f"embedding reduction '{rule}' is not valid; choose one of "
+        f"{', '.join(EMBEDDING_REDUCTIONS)}"
     )
 
 
@@ -75,8 +76,9 @@ class _TextGradient(TextExplainer):
 
 @EXPLAINERS.register(
     "text_saliency",
-    description="Saliency for text (Simonyan et al. 2014; Li et al. 2016): L2 norm of the target logit's "
-    "gradient w.r.t. each word piece's embedding, pieces summed into words; 1 backward pass.",
+    description="Saliency for text (Simonyan et al. 2014; Li et al. 2016): L2 norm of the target "
+    "logit's gradient w.r.t. each word piece's embedding, pieces summed into words; 1 backward "
+    "pass.",
 )
 class TextSaliency(_TextGradient):
     """``||d logit / d e_t||_2`` per token (option ``embedding_reduction``), then ``aggregate``."""
@@ -99,8 +101,8 @@ class TextSaliency(_TextGradient):
 
 @EXPLAINERS.register(
     "text_input_x_gradient",
-    description="Input x Gradient for text (Shrikumar et al. 2016): word-piece embedding times the target "
-    "logit's gradient, summed over the embedding and over a word's pieces; 1 backward pass.",
+    description="Input x Gradient for text (Shrikumar et al. 2016): word-piece embedding times the "
+    "target logit's gradient, summed over the embedding and over a word's pieces; 1 backward pass.",
 )
 class TextInputXGradient(_TextGradient):
     """``sum_d e_td * d logit / d e_td`` per token (signed), then ``aggregate``."""
@@ -120,9 +122,10 @@ class TextInputXGradient(_TextGradient):
 
 @EXPLAINERS.register(
     "text_integrated_gradients",
-    description="Integrated Gradients on the embedding layer (Sundararajan et al. 2017, Captum): word pieces "
-    "integrated from a [PAD] (default), [MASK], [UNK] or zero embedding baseline, n_steps=16 "
-    "Gauss-Legendre steps, summed over the embedding and a word's pieces (scores sum to f(x) - f(baseline)).",
+    description="Integrated Gradients on the embedding layer (Sundararajan et al. 2017, Captum): "
+    "word pieces integrated from a [PAD] (default), [MASK], [UNK] or zero embedding baseline, "
+    "n_steps=16 Gauss-Legendre steps, summed over the embedding and a word's pieces (scores sum to "
+    "f(x) - f(baseline)).",
 )
 class TextIntegratedGradients(_TextGradient):
     """Captum's IntegratedGradients over the word-piece embeddings; special tokens stay fixed."""
@@ -156,7 +159,8 @@ class TextIntegratedGradients(_TextGradient):
         self._init_common(aggregate, embedding_reduction)
 
     def baseline_embeds(self, model, inputs, emb: torch.Tensor) -> torch.Tensor:
-        """Embeddings of the baseline text: word pieces replaced, special tokens and padding kept."""
+        """Embeddings of the baseline text: word pieces replaced, special tokens and padding
+        kept."""
         if self.baseline == "zero":
             repl = torch.zeros_like(emb)
         else:

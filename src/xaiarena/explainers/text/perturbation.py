@@ -46,7 +46,8 @@ class _TextPerturbation(TextExplainer):
     def _scores(
         self, model, inputs, targets, row_sample: torch.Tensor, row_keep: torch.Tensor
     ) -> torch.Tensor:
-        """Target scores of the texts ``inputs[row_sample]`` keeping only the words ``row_keep`` ``(R, L)``."""
+        """Target scores of the texts ``inputs[row_sample]`` keeping only the words ``row_keep``
+        ``(R, L)``."""
         dev = inputs.device
 
         def make_rows(start, stop):
@@ -128,8 +129,9 @@ class _WordSurrogate(_TextPerturbation):
 
 @EXPLAINERS.register(
     "text_lime",
-    description="LIME over words (Ribeiro et al. 2016): n_samples=200 random word subsets (removed words "
-    "[MASK]ed), exponential kernel on the cosine distance (width 0.25), weighted ridge (alpha=1).",
+    description="LIME over words (Ribeiro et al. 2016): n_samples=200 random word subsets (removed "
+    "words [MASK]ed), exponential kernel on the cosine distance (width 0.25), weighted ridge "
+    "(alpha=1).",
 )
 class TextLime(_WordSurrogate):
     """LIME with one interpretable feature per word (the image LIME's sampling and solver)."""
@@ -160,9 +162,9 @@ class TextLime(_WordSurrogate):
 
 @EXPLAINERS.register(
     "text_kernel_shap",
-    description="KernelSHAP over words (Lundberg & Lee 2017; Captum's sampling): full and empty coalitions "
-    "plus n_samples-2 coalitions with Shapley-kernel sizes (default 200), removed words [MASK]ed, "
-    "weighted least squares; scores sum to f(x) - f(all words removed).",
+    description="KernelSHAP over words (Lundberg & Lee 2017; Captum's sampling): full and empty "
+    "coalitions plus n_samples-2 coalitions with Shapley-kernel sizes (default 200), removed words "
+    "[MASK]ed, weighted least squares; scores sum to f(x) - f(all words removed).",
 )
 class TextKernelShap(_WordSurrogate):
     """KernelSHAP with one player per word (the image KernelSHAP's sampling and solver)."""
