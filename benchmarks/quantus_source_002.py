@@ -14,9 +14,10 @@ Scored (RIS and Sparseness on the correctly classified images, FC on all, as the
 
 * ``quantus``: Quantus 0.6 with the source's arguments: maps normalised by
   ``normalise_by_negative`` over the whole set (its default axes; a NumPy-2-safe copy, see
-  ``tests/unit/metrics/test_metrics_quantus.py``), ``RelativeInputStability(nr_samples=5, normalise=True,
-  abs=True)`` (0.6's ``batch_uniform_noise``, U(0.02, 0.2); its second-moment normalisation; NaN
-  when a draw changes the prediction; the source's ``nanmean``), ``FaithfulnessCorrelation(
+  ``tests/unit/metrics/test_metrics_quantus.py``),
+  ``RelativeInputStability(nr_samples=5, normalise=True, abs=True)`` (0.6's
+  ``batch_uniform_noise``, U(0.02, 0.2); its second-moment normalisation; NaN when a draw
+  changes the prediction; the source's ``nanmean``), ``FaithfulnessCorrelation(
   nr_runs=50, subset_size=224, perturb_baseline="black", normalise=True, abs=True)``,
   ``Sparseness(normalise=True)``; Quantus's default ``batch_size=64``.
 * ``quantus_bs_all``: the same with ``batch_size`` = every image (one scale for each noise draw of

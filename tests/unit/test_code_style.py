@@ -1,5 +1,6 @@
 """Code-style rules that keep the code readable (issue 25): no function over 80 lines without a
-reason in its docstring, no line over 100 characters in src/, benchmarks/ and examples/."""
+reason in its docstring, no line over 100 characters in src/, benchmarks/, examples/ and
+tests/."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.paths import ROOT
+
 MAX_FUNCTION_LINES = 80
 REASON = "Longer than 80 lines"
 
@@ -80,6 +82,7 @@ def test_no_line_over_100_characters():
             "src",
             "benchmarks",
             "examples",
+            "tests",
         ],
         cwd=ROOT,
         capture_output=True,
