@@ -105,7 +105,6 @@ def test_labels_and_duplicate_names(tmp_path):
     assert set(res.summary.explainer) == {"saliency", "sal2"}
 
 
-@pytest.mark.integration
 def test_kill_during_attributions_then_resume_gives_identical_numbers(tmp_path):
     _need("occlusion", "saliency", "sparseness")
     cfg = tmp_path / "c.yaml"

@@ -199,7 +199,6 @@ def test_the_fair_view_can_be_turned_off(tmp_path):
     assert set(ps.loc[ps["explained_model"] == "f_b", "explainer"]) == {"saliency", "diet@f_s"}
 
 
-@pytest.mark.integration
 def test_results_do_not_depend_on_batch_size_or_metric_order(tmp_path):
     """The same config with evaluation.batch_size 16 and 64 (and the metric list reversed)
     gives identical per-sample results."""

@@ -234,7 +234,6 @@ def _run_dissection_study(path: Path, out: Path) -> None:
     assert seconds < 600
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("path", STUDIES, ids=_id)
 def test_quick_study_runs_offline(path, tmp_path, monkeypatch):
     if not SHARED.exists():

@@ -31,7 +31,6 @@ SHRINK = [
 ]
 
 
-@pytest.mark.integration
 @pytest.mark.skipif(
     not (SHARED / "sst2" / "train.parquet").exists(), reason=f"no shared datasets under {SHARED}"
 )
