@@ -65,17 +65,6 @@ def trained_lenet(small_task):
     return model.eval()
 
 
-@pytest.fixture()
-def batch(small_task):
-    """Eight pixel-space test images, their labels and ground-truth masks."""
-    idx = torch.arange(8)
-    return (
-        small_task.test.float_images(idx),
-        small_task.test.labels[idx],
-        small_task.test.masks[idx],
-    )
-
-
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module of tiny models (``pytestmark = pytest.mark.usefixtures(
