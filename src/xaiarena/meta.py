@@ -55,7 +55,8 @@ Resilience and reactivity -- :func:`iac`, :func:`iec_minor`, :func:`iec_disrupti
     (each averaged over the perturbation types that ran), ``mc`` = mean of ``mc_model`` and
     ``mc_input``. The formulas are those of MetaQuantus 0.0.5's ``MetaEvaluation``
     (``compute_iac_score``, ``compute_iec_resilience``, ``compute_iec_adversary``,
-    ``run_meta_consistency_analysis``; tests/test_meta.py runs that module on the same arrays).
+    ``run_meta_consistency_analysis``; tests/unit/stats/test_meta.py runs that module on the
+    same arrays).
     Differences, only where MetaQuantus would give NaN: samples with an undefined score are
     left out of a Wilcoxon test, and means over explainers and perturbations skip NaN.
 """

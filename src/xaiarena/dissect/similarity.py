@@ -14,8 +14,8 @@ and returns ``(M, K)``: how well each concept describes each neuron, higher is b
 neuron's label is the concept of its largest value. The definitions and default
 hyper-parameters are those of the paper and of the authors' code (``similarity.py`` in
 Trustworthy-ML-Lab/CLIP-dissect); this is an independent implementation, checked against
-hand-computed values in ``tests/test_dissect.py``. ``docs/dissect.md`` writes the formulas
-out and lists the three places where this code guards a division the authors' code leaves
+hand-computed values in ``tests/unit/dissect/test_dissect.py``. ``docs/dissect.md`` writes the
+formulas out and lists the three places where this code guards a division the authors' code leaves
 to produce NaN or infinity.
 
 The functions keep the dtype of their inputs (float32 in runs, float64 in the tests) and

@@ -19,7 +19,7 @@ for LIME/KernelSHAP, evaluate one sample at a time): the perturbed images of all
 samples are built a few forward batches at a time in a reused buffer, then LIME and
 KernelSHAP solve their weighted least squares in closed form (float64). They
 reproduce Captum's results (occlusion exactly, LIME/KernelSHAP given the same
-perturbations; see ``tests/test_explainers_oracles.py``).
+perturbations; see ``tests/unit/explainers/test_explainers_oracles.py``).
 """
 
 from __future__ import annotations

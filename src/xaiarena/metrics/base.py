@@ -83,7 +83,7 @@ class OutputSpec:
 
     ``ranked``: whether the output may rank explainers (summaries, paired tests, "clear
     wins"). An output is ranked only if a constant map cannot score better than a random
-    map on it (audited for every output by ``tests/test_metrics_audit.py``; see
+    map on it (audited for every output by ``tests/unit/metrics/test_metrics_audit.py``; see
     docs/metrics.md). A descriptive output (``ranked=False``) is reported but never ranked;
     ``unranked_reason`` says why.
     """
