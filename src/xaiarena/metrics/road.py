@@ -60,26 +60,35 @@ def imputation_system(image: np.ndarray, masks: np.ndarray):
     (M, H, W), one unknown per removed pixel in ``np.nonzero`` order (one block per mask)."""
     from scipy.sparse import csc_matrix
 
-    _, h, w = masks.shape
+    k, h, w = masks.shape
     c = image.shape[0]
     m, y, x = np.nonzero(masks)
     n = len(m)
-    var = np.full(masks.shape, -1, dtype=np.int64)
-    var[m, y, x] = np.arange(n)
+    # a one-pixel border of -2 (outside the image) around every mask: -1 = known, i >= 0 =
+    # unknown i; flat indices, so that each neighbour is one lookup without bounds checks
+    wp = w + 2
+    var = np.full((k, h + 2, wp), -2, dtype=np.int64)
+    var[:, 1:-1, 1:-1] = -1
+    var[m, y + 1, x + 1] = np.arange(n)
+    var = var.reshape(-1)
+    pixel = (y + 1) * wp + (x + 1)  # flat index in one padded image
+    at = m * ((h + 2) * wp) + pixel  # flat index in the padded masks
+    padded = np.zeros((c, h + 2, wp), dtype=image.dtype)
+    padded[:, 1:-1, 1:-1] = image
+    padded = padded.reshape(c, -1)
     rows, cols, vals = [], [], []
     rhs = np.zeros((n, c))  # the known neighbours' weighted values
     total = np.zeros(n)  # the weights of the neighbours inside the image
     for (dy, dx), weight in NEIGHBOUR_WEIGHTS:
-        yy, xx = y + dy, x + dx
-        inside = np.nonzero((yy >= 0) & (yy < h) & (xx >= 0) & (xx < w))[0]
-        total[inside] += weight
-        nb = var[m[inside], yy[inside], xx[inside]]
-        unknown = nb >= 0
-        rows.append(inside[unknown])
+        offset = dy * wp + dx
+        nb = var[at + offset]
+        total[nb != -2] += weight
+        unknown = np.nonzero(nb >= 0)[0]
+        rows.append(unknown)
         cols.append(nb[unknown])
-        vals.append(np.full(int(unknown.sum()), -weight))
-        known = inside[~unknown]
-        rhs[known] += weight * image[:, yy[known], xx[known]].T
+        vals.append(np.full(len(unknown), -weight))
+        known = np.nonzero(nb == -1)[0]
+        rhs[known] += weight * padded[:, pixel[known] + offset].T
     rows.append(np.arange(n))
     cols.append(np.arange(n))
     vals.append(total)
