@@ -76,14 +76,20 @@ class RunResult:
             raise KeyError(
                 f"explainer '{explainer}' has no maps of '{view}'; it explains {', '.join(views) or 'none'}"
             )
-        path = self.run_dir / views[view]["file"]
-        maps = Cache(self.run_dir / "cache", self.run_dir).load_torch(path)
-        if maps is None:
-            raise FileNotFoundError(
-                f"the attributions of '{explainer}' ({view}) recorded in run.json are missing or "
-                f"corrupt: {path}; run the config again to recompute them"
-            )
-        return maps
+        # one file per shard (evaluation.shard_size); runs made before shards: one "file"
+        names = views[view].get("files") or [views[view]["file"]]
+        cache = Cache(self.run_dir / "cache", self.run_dir)
+        parts = []
+        for name in names:
+            path = self.run_dir / name
+            maps = cache.load_torch(path)
+            if maps is None:
+                raise FileNotFoundError(
+                    f"the attributions of '{explainer}' ({view}) recorded in run.json are "
+                    f"missing or corrupt: {path}; run the config again to recompute them"
+                )
+            parts.append(maps.float())
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def samples(self, dataset: str | None = None) -> RunSamples:
         """The run's evaluation samples with its model ``f_b``, reloaded from the run's cache (the dataset

@@ -21,9 +21,11 @@ learned model  fit key, SHA-256 of the fitted model's weights (the key of the mo
                changes every key below it)
 explain        explained model's key, explainer config, evaluation sample ids, seed,
                target rule, RNG scheme version, the entry's postprocess steps
-               (only when it has any)
+               (only when it has any), ``evaluation.map_dtype`` (only when not float32);
+               each shard's file: those and the shard's sample positions
 score          metric config, every scored attribution's key, sample ids, seed,
-               explained model's key, RNG scheme version
+               explained model's key, RNG scheme version; each shard's files: those and
+               the shard's sample positions
 meta maps      (``evaluation.meta``) the explain key of the unperturbed maps, the
                meta samples' ids, the perturbation (type, strength, noise, draw)
 meta score     metric config, every scored attribution's key, the meta samples' ids,
@@ -138,9 +140,11 @@ def explain_key(
     seed: int,
     target: str,
     postprocess: Sequence[str] = (),
+    map_dtype: str = "float32",
 ) -> Key:
-    """The maps' key; ``postprocess`` (the entry's steps) enters it only when non-empty, so the keys of
-    entries without steps are those of runs made before the option existed."""
+    """The maps' key; ``postprocess`` (the entry's steps) enters it only when non-empty and
+    ``map_dtype`` (how the maps are stored) only when not float32, so the keys of entries without
+    them are those of runs made before the options existed."""
     inputs = {
         "model": model.hash,
         "explainer": explainer_cfg,
@@ -151,7 +155,15 @@ def explain_key(
     }
     if postprocess:
         inputs["postprocess"] = list(postprocess)
+    if map_dtype != "float32":
+        inputs["map_dtype"] = map_dtype
     return _key("explain", inputs)
+
+
+def shard_key(whole: Key, bounds: tuple[int, int]) -> Key:
+    """One shard's part of an artefact over the evaluation set (maps, scores): the whole's key
+    inputs and the shard's sample positions ``[start, stop)`` (:mod:`xaiarena.engine.shards`)."""
+    return _key(whole.stage, {**whole.inputs, "shard": [int(bounds[0]), int(bounds[1])]})
 
 
 def score_key(

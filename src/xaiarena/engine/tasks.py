@@ -181,8 +181,9 @@ def _run_fit(task: TaskSpec, ctx: UnitContext, rec: StageRecorder, out: TaskResu
 
 def _run_explain(task: TaskSpec, ctx: UnitContext, rec: StageRecorder, out: TaskResult) -> None:
     attr = attribution(ctx, task.view, task.component, rec)
-    path = ctx.s.cache.path("attributions", ctx.dcfg.key, f"{task.component}-{attr.key.hash}.pt")
-    out.info = {"key": attr.key.hash, "file": path.relative_to(ctx.env.run_dir).as_posix()}
+    run_dir = ctx.env.run_dir
+    files = [p.relative_to(run_dir).as_posix() for p in getattr(attr.maps, "paths", [])]
+    out.info = {"key": attr.key.hash, "files": files}
 
 
 def _run_score(task: TaskSpec, ctx: UnitContext, rec: StageRecorder, out: TaskResult) -> None:
