@@ -190,3 +190,109 @@ def test_half_precision_maps_are_stored_and_scored_rounded(tmp_path):
         assert manifest["inputs"]["map_dtype"] == dtype
         a, b = full.per_sample["value"], half.per_sample["value"]
         assert len(a) == len(b) and ((a - b).abs() < 1e-2).all()
+
+
+# --------------------------------------------------------------------------- resume by shard
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _counting(monkeypatch, cls, method, fail_after=None):
+    """Count the calls of ``cls.method`` (one per shard here: batch size = shard size); raise
+    on call ``fail_after + 1`` (a run killed after ``fail_after`` shards)."""
+    calls = []
+    original = getattr(cls, method)
+
+    def wrapped(self, *args, **kwargs):
+        if fail_after is not None and len(calls) >= fail_after:
+            raise _Interrupted(f"killed after {fail_after} shards")
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, method, wrapped)
+    return calls
+
+
+def test_a_run_killed_mid_explainer_resumes_with_its_unfinished_shards(tmp_path, monkeypatch):
+    from xaiarena.explainers.gradients import SaliencyExplainer
+
+    cfg = _cfg(["saliency"], ["sparseness"])
+    over = {**TINY, "evaluation.shard_size": 3}  # 4 shards of one batch each
+    ref = xaiarena.run(cfg, out=tmp_path / "ref", overrides=over, show_progress=False)
+    out = tmp_path / "r"
+    with monkeypatch.context() as m:
+        _counting(m, SaliencyExplainer, "explain", fail_after=2)
+        with pytest.raises(_Interrupted):
+            xaiarena.run(cfg, out=out, overrides=over, show_progress=False)
+    done = sorted(p.name for p in (out / "cache" / "attributions" / "hard_mnist").glob("*.pt"))
+    assert [n.rsplit(".", 2)[1] for n in done] == ["0-3", "3-6"]
+    with monkeypatch.context() as m:
+        calls = _counting(m, SaliencyExplainer, "explain")
+        res = xaiarena.run(cfg, out=out, overrides=over, show_progress=False)
+    assert len(calls) == 2  # shards 6-9 and 9-10 only
+    st = res.info["stages"]["hard_mnist/explain/saliency"]
+    assert (st["shards"], st["shards_cached"], st["cache_hit"]) == (4, 2, False)
+    for name in ("per_sample.parquet", "curves.parquet"):
+        assert (out / "results" / name).read_bytes() == (
+            tmp_path / "ref" / "results" / name
+        ).read_bytes()
+    assert torch.equal(res.attributions("saliency"), ref.attributions("saliency"))
+
+
+def test_a_run_killed_mid_metric_resumes_with_its_unfinished_shards(tmp_path, monkeypatch):
+    from xaiarena.metrics.faithfulness import Deletion
+
+    cfg = _cfg(["saliency", "random"], [{"name": "deletion", "steps": 4}])
+    over = {**TINY, "evaluation.shard_size": 3}
+    xaiarena.run(cfg, out=tmp_path / "ref", overrides=over, show_progress=False)
+    out = tmp_path / "r"
+    with monkeypatch.context() as m:
+        _counting(m, Deletion, "evaluate", fail_after=3)
+        with pytest.raises(_Interrupted):
+            xaiarena.run(cfg, out=out, overrides=over, show_progress=False)
+    with monkeypatch.context() as m:
+        calls = _counting(m, Deletion, "evaluate")
+        res = xaiarena.run(cfg, out=out, overrides=over, show_progress=False)
+    assert len(calls) == 1  # the last shard only
+    st = res.info["stages"]["hard_mnist/metric/deletion"]
+    assert (st["shards"], st["shards_cached"]) == (4, 3)
+    assert res.info["stages"]["hard_mnist/explain/saliency"]["cache_hit"]
+    for name in ("per_sample.parquet", "curves.parquet"):
+        assert (out / "results" / name).read_bytes() == (
+            tmp_path / "ref" / "results" / name
+        ).read_bytes()
+
+
+def test_progress_lines_show_shards_done_and_total():
+    from xaiarena.engine.context import StageRecorder
+
+    lines: list[str] = []
+    rec = StageRecorder(lines.append)
+    for key, info in [
+        ("u/explain/a", {"cache_hit": False, "shards": 4, "shards_cached": 1}),
+        ("u/explain/b", {"cache_hit": True, "shards": 4, "shards_cached": 4}),
+        ("u/metric/m", {"cache_hit": True, "shards": 1, "shards_cached": 1}),
+        ("u/metric/n", {"cache_hit": False, "shards": 1, "shards_cached": 0}),
+    ]:
+        with rec.stage(key) as st:
+            st.update(info)
+    assert lines[0].endswith("(4/4 shards: 3 computed, 1 cached)")
+    assert lines[1].endswith("(4/4 shards, cached)")
+    assert lines[2].endswith("s (cached)") and lines[3].endswith("s")
+
+
+def test_a_long_stage_says_its_shards_done_every_so_often(monkeypatch):
+    from xaiarena.engine import shards
+
+    clock = iter([0.0, 10.0, 31.0, 40.0, 70.0])
+    monkeypatch.setattr(shards.time, "monotonic", lambda: next(clock))
+    lines: list[str] = []
+    tick = shards.ShardProgress("u/explain/a@f_b", 5, lines.append)
+    for _ in range(4):
+        tick.tick()
+    assert lines == [
+        "[xaiarena] u/explain/a@f_b: 2/5 shards done",
+        "[xaiarena] u/explain/a@f_b: 4/5 shards done",
+    ]

@@ -96,7 +96,7 @@ def _done(info: dict[str, Any]) -> str:
     if shards == 1:
         return ""
     cached = info.get("shards_cached", 0)
-    return f" ({shards}/{shards} shards, {shards - cached} computed, {cached} cached)"
+    return f" ({shards}/{shards} shards: {shards - cached} computed, {cached} cached)"
 
 
 # --------------------------------------------------------------------------- per-process context

@@ -9,6 +9,8 @@ the shards an index touches, as float32 whatever ``evaluation.map_dtype`` stored
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,23 @@ def shard_name(stem: str, bounds: tuple[int, int], suffix: str) -> str:
 def stored(maps: torch.Tensor, dtype: str) -> torch.Tensor:
     """``maps`` as ``evaluation.map_dtype`` stores them (contiguous, CPU)."""
     return maps.to(MAP_DTYPES[dtype]).contiguous()
+
+
+class ShardProgress:
+    """Shards done / total of one stage, as a progress line at most every ``every`` seconds
+    (a long stage in a log without a terminal; the stage's last line says the total)."""
+
+    def __init__(self, what: str, total: int, say: Callable[[str], None] | None, every=30.0):
+        self.what, self.total, self.say, self.every = what, total, say, every
+        self.done = 0
+        self.last = time.monotonic()
+
+    def tick(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if self.say is not None and self.done < self.total and now - self.last >= self.every:
+            self.last = now
+            self.say(f"[xaiarena] {self.what}: {self.done}/{self.total} shards done")
 
 
 class ShardedMaps:
@@ -126,4 +145,4 @@ class ShardedMaps:
         return out
 
 
-__all__ = ["MAP_DTYPES", "ShardedMaps", "shard_bounds", "shard_name", "stored"]
+__all__ = ["MAP_DTYPES", "ShardProgress", "ShardedMaps", "shard_bounds", "shard_name", "stored"]

@@ -57,7 +57,7 @@ from .batching import (
     score_range,
     whole_set,
 )
-from .shards import ShardedMaps, shard_bounds, shard_name, stored
+from .shards import ShardedMaps, ShardProgress, shard_bounds, shard_name, stored
 
 log = logging.getLogger(__name__)
 
@@ -474,6 +474,9 @@ def explain(
         shards = progress(
             todo, desc=f"explain {spec.key} (shards)", disable=not s.show_progress or len(todo) < 2
         )
+        say = progress.write if s.show_progress else None
+        tick = ShardProgress(f"{prep.dataset}/explain/{spec.key}@{view.name}", len(bounds), say)
+        tick.done = len(bounds) - len(todo)
         if over_set:  # one scale over the set: every shard's raw maps, then the steps
             whole = postprocess.apply(torch.cat([raw(i) for i in range(len(bounds))]), steps)
             for i in shards:
@@ -483,6 +486,7 @@ def explain(
             for i in shards:
                 maps = postprocess.apply(raw(i), steps)
                 _save_maps(s, paths[i], maps, ck.shard_key(ekey, bounds[i]))
+                tick.tick()
     maps = ShardedMaps(s.cache, paths, bounds, f"'{spec.key}' on {view.name}")
 
     def explain_fn(inputs, targets, generator=None, model=view.model):
@@ -526,6 +530,8 @@ def score(
     frames: list[pd.DataFrame] = []
     raws: list[RawScores] = []
     cached = 0
+    say = progress.write if s.show_progress else None
+    tick = ShardProgress(f"{prep.dataset}/metric/{spec.key}@{view.name}", len(bounds), say)
     for a, b in progress(
         bounds, desc=f"metric {spec.key} (shards)", disable=not s.show_progress or len(bounds) < 2
     ):
@@ -545,6 +551,7 @@ def score(
             s.cache.save_torch(cv_path, cv, key)
             s.cache.save_frame(ps_path, ps, key)
         frames.append(ps)
+        tick.tick()
         curves = {o: {k: [v] for k, v in c.items()} for o, c in cv["curves"].items()}
         raws.append(({}, curves, cv["curve_x"]))
     sinfo.update(cache_hit=cached == len(bounds), shards=len(bounds), shards_cached=cached)
