@@ -44,7 +44,8 @@ class Compute:
     show_progress: bool = False
 
     def autocast(self):
-        """bfloat16 autocast on CUDA when ``amp: true``; a no-op context otherwise (CPU unchanged)."""
+        """bfloat16 autocast on CUDA when ``amp: true``; a no-op context otherwise (CPU
+        unchanged)."""
         return (
             torch.autocast("cuda", dtype=torch.bfloat16, enabled=True)
             if self.amp
@@ -208,9 +209,9 @@ def explain_images(
 
 def output_name(spec: ComponentSpec, metric_name: str, output: str) -> str:
     """The name an output is reported under. A ``label`` applies to every output of the metric: it
-    replaces the metric's name where the output starts with it (``aopc_morf`` -> ``<label>_morf``) and
-    prefixes the others (``keep20_drop`` -> ``<label>:keep20_drop``), so that two instances of one
-    metric with different options never share an output name."""
+    replaces the metric's name where the output starts with it (``aopc_morf`` ->
+    ``<label>_morf``) and prefixes the others (``keep20_drop`` -> ``<label>:keep20_drop``), so
+    that two instances of one metric with different options never share an output name."""
     if not spec.label:
         return output
     if output.startswith(metric_name):
@@ -219,8 +220,8 @@ def output_name(spec: ComponentSpec, metric_name: str, output: str) -> str:
 
 
 def metric_meta(spec: MetricSpec, metric) -> dict[str, dict[str, Any]]:
-    """``{output name: metadata}`` of one metric of a config (run.json ``metrics_meta``; the statistics
-    read ``higher_is_better`` from it)."""
+    """``{output name: metadata}`` of one metric of a config (run.json ``metrics_meta``; the
+    statistics read ``higher_is_better`` from it)."""
     out = {}
     for o in metric.outputs():
         out[output_name(spec, metric.name, o.name)] = {

@@ -183,8 +183,9 @@ def score_key(
 
 
 def meta_maps_key(explain: Key, ids_hash: str, perturbation: dict[str, Any]) -> Key:
-    """Maps re-explained on a perturbed model (metric meta-evaluation, :mod:`xaiarena.engine.meta_stage`):
-    the unperturbed maps' key (model, explainer, seed, target, postprocess) and the perturbation."""
+    """Maps re-explained on a perturbed model (metric meta-evaluation,
+    :mod:`xaiarena.engine.meta_stage`): the unperturbed maps' key (model, explainer, seed,
+    target, postprocess) and the perturbation."""
     return _key(
         "meta_maps",
         {"explain": explain.hash, "ids": ids_hash, "perturbation": perturbation, "rng": RNG_SCHEME},
@@ -354,7 +355,8 @@ class Cache:
             return None
 
     def verify_dir(self, folder: Path, files: list[str]) -> bool:
-        """All ``files`` of ``folder`` exist and match their manifests; else the folder is discarded."""
+        """All ``files`` of ``folder`` exist and match their manifests; else the folder is
+        discarded."""
         if not folder.exists():
             return False
         for name in files:
@@ -408,9 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for r in rows:
         state = "ok" if r["ok"] else "CORRUPT (will be recomputed)"
-        print(
-            f"{r['path']}  [{r.get('stage', '?')} {r.get('key', '')}] {r.get('bytes', '?')} bytes, {state}"
-        )
+        where = f"[{r.get('stage', '?')} {r.get('key', '')}]"
+        print(f"{r['path']}  {where} {r.get('bytes', '?')} bytes, {state}")
         if args.explain:
             for k, v in (r.get("inputs") or {}).items():
                 print(f"    {k}: {json.dumps(v, sort_keys=True, default=str)}")

@@ -43,9 +43,10 @@ class Env:
 
 
 def thread_count(unit: Unit, env: Env) -> int:
-    """The torch thread count a unit's work computes with, wherever it runs: ``training.num_threads``
-    where the config sets it, else the thread count of the process that started the run. Float sums
-    (training above all) depend on it, so every task, local or on Ray, uses it (:func:`unit_threads`)."""
+    """The torch thread count a unit's work computes with, wherever it runs:
+    ``training.num_threads`` where the config sets it, else the thread count of the process that
+    started the run. Float sums (training above all) depend on it, so every task, local or on
+    Ray, uses it (:func:`unit_threads`)."""
     import torch
 
     return unit.experiment().training.num_threads or env.threads or torch.get_num_threads()

@@ -4,8 +4,10 @@
 
     data ──> train (or load) ──> select ──┬──> fit (learned explainers: f_s) ──┐
                                           │                                    v
-                                          └──────────────> views: f_b [, f_s] ──> explain (explainer x view)
-                                                                                    └──> score (metric x view)
+                                          └─────> views: f_b [, f_s] ──> explain (explainer x view)
+                                                                          └──> score (metric x view)
+
+Explain and score work shard by shard (:func:`shard_size`, :mod:`xaiarena.engine.shards`).
 
 * :func:`prepare` runs data, train and select for one dataset entry and returns a
   :class:`PreparedUnit` (the task, the trained model ``f_b`` and the evaluation samples); its
@@ -71,9 +73,9 @@ class Settings(Compute):
     cache: ck.Cache
     seed: int = field(init=False)  # always ``cfg.seed``
     show_progress: bool = True
-    #: the seed of the data and of the choice of evaluation samples; replicates share it (the config's
-    #: ``seed``) and differ only in ``cfg.seed``, which drives the model, training and all explainer and
-    #: metric randomness
+    #: the seed of the data and of the choice of evaluation samples; replicates share it (the
+    #: config's ``seed``) and differ only in ``cfg.seed``, which drives the model, training and all
+    #: explainer and metric randomness
     data_seed: int | None = None
     #: the model seeds of every replicate of this unit (empty without replicates): with
     #: ``evaluation.only_correct`` the evaluation samples are those that every one of these models
@@ -215,7 +217,8 @@ def data_stage(s: Settings, dcfg: DataConfig, log_stage, prefix: str) -> tuple[A
 
     with log_stage(f"{prefix}/data"):
         task = load_task(dcfg.name, seed=s.dseed, data_dir=dcfg.data_dir, **dcfg.params)
-    # fingerprint_of: the user files a dataset/model reads (image folder, checkpoint); {} for built-ins
+    # fingerprint_of: the user files a dataset/model reads (image folder, checkpoint); {} for
+    # built-ins
     dkey = ck.data_key(
         {**dcfg.hash_dict(), **DATASETS.entry(dcfg.name).fingerprint_of(dcfg.params)}, s.dseed
     )
@@ -385,7 +388,8 @@ def fixed_targets(target: Any, prep: PreparedUnit, model, n: int) -> torch.Tenso
                     (
                         "evaluation.target",
                         f"bad value {target!r}: not a class of the model"
-                        f"{f' (did you mean {hint!r}?)' if hint else ''}; give label, prediction, a class "
+                        f"{f' (did you mean {hint!r}?)' if hint else ''}; give label, "
+                        "prediction, a class "
                         f"index 0..{len(names) - 1} or a class name such as {names[0]!r}",
                     )
                 ]
@@ -421,7 +425,8 @@ def fit_learned(
         cache_dir=fit_dir,
     )
     model = explainer.explained_model(prep.model)
-    # keyed by content: a fit that gives another model (new code or defaults) re-keys what depends on it
+    # keyed by content: a fit that gives another model (new code or defaults) re-keys what
+    # depends on it
     return view_of(s, prep, view_name, model, ck.learned_model_key(fkey, fingerprint_module(model)))
 
 

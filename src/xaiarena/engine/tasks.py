@@ -135,12 +135,12 @@ def plan_tasks(units: list[Unit]) -> list[TaskSpec]:
     return tasks
 
 
-# --------------------------------------------------------------------------- views and maps of a unit
+# ------------------------------------------------------------------ views and maps of a unit
 
 
 def view(ctx: UnitContext, name: str, rec: StageRecorder) -> View:
-    """The view ``name`` of the context's unit: f_b, or a learned explainer's f_s, fitted (or loaded)
-    under its fit task's stage name on first use."""
+    """The view ``name`` of the context's unit: f_b, or a learned explainer's f_s, fitted (or
+    loaded) under its fit task's stage name on first use."""
     if name not in ctx.views:
         prep = ctx.prep(rec)
         if name == F_B:
@@ -215,8 +215,9 @@ def _run_meta(task: TaskSpec, ctx: UnitContext, rec: StageRecorder, out: TaskRes
 
 
 def _run_examples(task: TaskSpec, ctx: UnitContext, rec: StageRecorder, out: TaskResult) -> None:
-    """A few samples of the unit (``results/examples/<dataset>[@<grid>]``) with every explainer's maps:
-    a map of the explainer's own view under its name, of another view as ``<explainer>@<view>``."""
+    """A few samples of the unit (``results/examples/<dataset>[@<grid>]``) with every explainer's
+    maps: a map of the explainer's own view under its name, of another view as
+    ``<explainer>@<view>``."""
     with rec.stage(task.name):
         unit = ctx.unit
         prep, fb = ctx.prep(rec), view(ctx, F_B, rec)
@@ -360,7 +361,8 @@ KINDS: dict[str, Kind] = {
 
 
 def run_task(task: TaskSpec, env: Env, say: Callable[[str], None] | None = None) -> TaskResult:
-    """Execute one task (anywhere the run's cache folder is visible), with the unit's thread count."""
+    """Execute one task (anywhere the run's cache folder is visible), with the unit's thread
+    count."""
     with unit_threads(task.unit, env):
         return _run_task(task, env, say)
 
