@@ -296,3 +296,23 @@ def test_a_long_stage_says_its_shards_done_every_so_often(monkeypatch):
         "[xaiarena] u/explain/a@f_b: 2/5 shards done",
         "[xaiarena] u/explain/a@f_b: 4/5 shards done",
     ]
+
+
+def test_score_tasks_read_maps_one_shard_at_a_time(tmp_path, monkeypatch):
+    """With 4 shards, no read of cached maps returns more than one shard's 3 maps, except for
+    the metric that normalises over the set (it reads the set)."""
+    reads: list[tuple[str, int]] = []
+    original = Cache.load_torch
+
+    def load_torch(self, path):
+        obj = original(self, path)
+        if "attributions" in path.parts and obj is not None:
+            reads.append((path.name, len(obj)))
+        return obj
+
+    monkeypatch.setattr(Cache, "load_torch", load_torch)
+    cfg = _cfg(["saliency", "random"], ["sparseness", {"name": "deletion", "steps": 4}])
+    over = {**TINY, "evaluation.shard_size": 3}
+    xaiarena.run(cfg, out=tmp_path / "r", overrides=over, show_progress=False)
+    assert reads and max(n for _, n in reads) == 3
+    assert {name.rsplit(".", 2)[1] for name, _ in reads} == {"0-3", "3-6", "6-9", "9-10"}
