@@ -316,3 +316,73 @@ def test_score_tasks_read_maps_one_shard_at_a_time(tmp_path, monkeypatch):
     xaiarena.run(cfg, out=tmp_path / "r", overrides=over, show_progress=False)
     assert reads and max(n for _, n in reads) == 3
     assert {name.rsplit(".", 2)[1] for name, _ in reads} == {"0-3", "3-6", "6-9", "9-10"}
+
+
+# --------------------------------------------------------------------------- Ray over shards
+
+
+@pytest.fixture
+def ray_instance():
+    ray = pytest.importorskip("ray")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.integration
+def test_ray_with_two_workers_over_shards_gives_the_local_run(tmp_path, ray_instance):
+    """Shards as Ray tasks on two workers (one CPU each): every result table byte-identical to
+    the local executor's; explain and score tasks were split into their 4 shards."""
+    over = {
+        **TINY,
+        "evaluation.shard_size": 3,
+        "evaluation.meta": True,
+        "evaluation.meta_samples": 4,
+        "ray.num_cpus": 2,
+        "ray.cpus_per_task": 1,
+    }
+    local = xaiarena.run(WIDE, out=tmp_path / "local", overrides=over, show_progress=False)
+    ray_run = xaiarena.run(
+        WIDE, out=tmp_path / "ray", overrides=over, show_progress=False, executor="ray"
+    )
+    for name in RESULTS:
+        a = (tmp_path / "local" / "results" / name).read_bytes()
+        assert a == (tmp_path / "ray" / "results" / name).read_bytes(), name
+    assert torch.equal(local.attributions("saliency"), ray_run.attributions("saliency"))
+    st = ray_run.info["stages"]
+    assert not any("#shard" in k for k in st)
+    for name in ("hard_mnist/explain/saliency", "hard_mnist/metric/deletion"):
+        assert st[name]["shard_tasks"] == 4 and st[name]["shards_cached"] == 0, name
+    # explainers and metrics that see the whole set are not split
+    for name in (
+        "hard_mnist/explain/sal_set",
+        "hard_mnist/explain/diet",
+        "hard_mnist/metric/sp_set",
+    ):
+        assert "shard_tasks" not in st[name], name
+    workers = {w for v in st.values() for w in v.get("shard_workers", [])}
+    assert len(workers) >= 2
+
+
+def test_shard_tasks_split_what_can_be_split():
+    from xaiarena.engine.plan import plan_units
+    from xaiarena.engine.tasks import plan_tasks, shard_tasks
+
+    cfg = load_config(WIDE, {**TINY, "evaluation.shard_size": 3})
+    tasks = plan_tasks(plan_units(cfg))
+    split = shard_tasks(tasks)
+    names = [t.name for t in split]
+    assert len(set(names)) == len(names)
+    assert {t.name for t in tasks} <= set(names)
+    by_name = {t.name: t for t in split}
+    for t in split:  # every dependency comes first
+        assert all(names.index(d) < names.index(t.name) for d in t.deps), t.name
+    sal = [n for n in names if n.startswith("hard_mnist/explain/saliency#shard")]
+    assert sal == [f"hard_mnist/explain/saliency#shard{k}" for k in range(4)]
+    assert set(sal) <= set(by_name["hard_mnist/explain/saliency"].deps)
+    part = by_name["hard_mnist/metric/sparseness#shard2"]
+    assert part.kind == "score_shard" and "hard_mnist/explain/saliency#shard2" in part.deps
+    assert "hard_mnist/explain/diet" in by_name["hard_mnist/metric/sparseness@f_s#shard2"].deps
+    for whole in ("explain/sal_set", "explain/diet", "metric/sp_set"):
+        assert not any(n.startswith(f"hard_mnist/{whole}#") for n in names), whole
+    one = plan_tasks(plan_units(load_config(WIDE, TINY)))  # 10 samples, shards of 512
+    assert [t.name for t in shard_tasks(one)] == [t.name for t in one]

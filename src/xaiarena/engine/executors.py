@@ -31,7 +31,7 @@ from ..errors import RunError
 from ..files import writes_inside
 from ..progress import progress
 from .context import Env, thread_count
-from .tasks import TaskResult, TaskSpec, run_task
+from .tasks import TaskResult, TaskSpec, run_task, shard_tasks
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ class RayExecutor:
 
     def run(self, tasks: list[TaskSpec], env: Env, on_result: OnResult) -> None:
         ray = self._ray()
+        tasks = shard_tasks(tasks)  # a unit's shards over the workers
         base = ray.remote(_remote_task)
 
         def remote(cpus: float):

@@ -442,7 +442,13 @@ def shard_size(s: Settings) -> int:
 
 
 def explain(
-    s: Settings, prep: PreparedUnit, view: View, spec: ComponentSpec, explainer, sinfo: dict
+    s: Settings,
+    prep: PreparedUnit,
+    view: View,
+    spec: ComponentSpec,
+    explainer,
+    sinfo: dict,
+    only: int | None = None,
 ) -> Attribution:
     """One explainer's maps of the evaluation samples on ``view``'s model, after the entry's
     ``postprocess`` steps (in order; a step ``..._over_set`` takes one scale over the whole
@@ -454,7 +460,10 @@ def explain(
     killed run resumes with its unfinished shards. An entry with an ``_over_set`` step computes
     every missing shard's raw maps first, then normalises the set. The returned
     :class:`~xaiarena.engine.batching.Attribution` holds :class:`~.shards.ShardedMaps`: the
-    maps are read from the cache shard by shard where they are used."""
+    maps are read from the cache shard by shard where they are used.
+
+    ``only``: compute (or check) shard ``only`` alone (a shard task of the Ray executor; nothing
+    beyond the last shard); the maps returned are still every shard's files."""
     ev = s.cfg.evaluation
     steps = list(getattr(spec, "postprocess", None) or [])
     rsteps = list(getattr(spec, "reexplain_steps", steps))
@@ -464,11 +473,14 @@ def explain(
     bounds = shard_bounds(len(prep.sample_ids), shard_size(s))
     stem = f"{spec.key}-{ekey.hash}"
     paths = [s.cache.path("attributions", prep.dataset, shard_name(stem, b, ".pt")) for b in bounds]
-    todo = [i for i, p in enumerate(paths) if not s.cache.verify(p)]
-    sinfo.update(cache_hit=not todo, shards=len(bounds), shards_cached=len(bounds) - len(todo))
+    over_set = any(postprocess.over_set(step) for step in steps)
+    mine = range(len(bounds)) if only is None else [i for i in [only] if i < len(bounds)]
+    todo = [i for i in mine if not s.cache.verify(paths[i])]
+    if over_set and todo:  # one scale over the set: every missing shard, whatever ``only``
+        todo = [i for i, p in enumerate(paths) if i in todo or not s.cache.verify(p)]
+    sinfo.update(cache_hit=not todo, shards=len(mine), shards_cached=len(mine) - len(todo))
     if todo:
         prepare_explainer(s, explainer, view.model, prep.inputs)
-        over_set = any(postprocess.over_set(step) for step in steps)
 
         def raw(i: int) -> torch.Tensor:
             a, b = bounds[i]
@@ -480,8 +492,8 @@ def explain(
             todo, desc=f"explain {spec.key} (shards)", disable=not s.show_progress or len(todo) < 2
         )
         say = progress.write if s.show_progress else None
-        tick = ShardProgress(f"{prep.dataset}/explain/{spec.key}@{view.name}", len(bounds), say)
-        tick.done = len(bounds) - len(todo)
+        tick = ShardProgress(f"{prep.dataset}/explain/{spec.key}@{view.name}", len(mine), say)
+        tick.done = len(mine) - len(todo)
         if over_set:  # one scale over the set: every shard's raw maps, then the steps
             whole = postprocess.apply(torch.cat([raw(i) for i in range(len(bounds))]), steps)
             for i in shards:
@@ -519,17 +531,23 @@ def score(
     metric,
     attrs: dict[str, Attribution],
     sinfo: dict,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+    only: int | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """One metric's per-sample scores and mean curves for the maps of one view, scored and
     cached shard by shard (the per-sample frame and the per-sample curves of each shard), then
     put together in the order of an unsharded run: per output and explainer, the samples in
     order. A metric that normalises over the set (``needs_whole_set``) scores the set as one
-    shard."""
+    shard.
+
+    ``only``: score (or check) shard ``only`` alone and return None (a shard task of the Ray
+    executor; the metric's task then puts the cached shards together)."""
     skey = ck.score_key(
         spec.hash_dict(), {k: a.key for k, a in attrs.items()}, prep.ids_hash, s.seed, view.key
     )
     n = len(prep.sample_ids)
     bounds = [(0, n)] if whole_set(metric) else shard_bounds(n, shard_size(s))
+    if only is not None:
+        bounds = bounds[only : only + 1]
     mdir = s.cache.path("metrics", prep.dataset)
     stem = f"{spec.key}-{skey.hash}"
     frames: list[pd.DataFrame] = []
@@ -560,6 +578,8 @@ def score(
         curves = {o: {k: [v] for k, v in c.items()} for o, c in cv["curves"].items()}
         raws.append(({}, curves, cv["curve_x"]))
     sinfo.update(cache_hit=cached == len(bounds), shards=len(bounds), shards_cached=cached)
+    if only is not None:
+        return None
     _, curves, curve_x = merge_raw(raws)
     return merge_shard_frames(frames), curve_frame(
         prep.dataset, view, spec, metric, curves, curve_x
