@@ -1,7 +1,8 @@
-"""A finished run: its tables, maps and report (:class:`RunResult`, :func:`load`), and its evaluation
-samples with the model its maps explain (:class:`RunSamples`, :func:`evaluation_samples`), reloaded
-through the engine's own stages and cache: what :func:`xaiarena.evaluate` and
-:func:`xaiarena.explain` take to reproduce a run's numbers (``xaiarena score``)."""
+"""A finished run: its tables, maps and report (:class:`RunResult`, :func:`load`), and its
+evaluation samples with the model its maps explain (:class:`RunSamples`,
+:func:`evaluation_samples`), reloaded through the engine's own stages and cache: what
+:func:`xaiarena.evaluate` and :func:`xaiarena.explain` take to reproduce a run's numbers
+(``xaiarena score``)."""
 
 from __future__ import annotations
 
@@ -56,10 +57,12 @@ class RunResult:
     def attributions(
         self, explainer: str, dataset: str | None = None, explained_model: str | None = None
     ) -> torch.Tensor:
-        """The maps of ``explainer`` for the evaluation samples (in sample order): ``(N, H, W)`` images,
-        ``(N, L)`` texts. ``explained_model`` picks the view (``f_b``, ``f_s``); by default the model the
-        explainer itself explains; ``diet@f_s`` (DiET's maps scored on f_b) gives DiET's maps of f_s.
-        Reads the file whose key run.json records (never guesses by date)."""
+        """The maps of ``explainer`` for the evaluation samples (in sample order): ``(N, H, W)``
+        images, ``(N, L)`` texts, float32 (``evaluation.map_dtype`` float16 / bfloat16: the stored
+        values, rounded to that precision). ``explained_model`` picks the view (``f_b``, ``f_s``);
+        by default the model the explainer itself explains; ``diet@f_s`` (DiET's maps scored on
+        f_b) gives DiET's maps of f_s. Reads the files (one per shard) whose key run.json records
+        (never guesses by date)."""
         if source_of(explainer):  # the rows of a learned explainer's maps on f_b hold its own maps
             explainer, explained_model = source_of(explainer), None
         datasets = list(self.info["datasets"])
@@ -73,21 +76,29 @@ class RunResult:
         view = explained_model or entry.get("explains", "f_b")
         views = entry.get("views") or {}
         if view not in views:
+            explains = ", ".join(views) or "none"
             raise KeyError(
-                f"explainer '{explainer}' has no maps of '{view}'; it explains {', '.join(views) or 'none'}"
+                f"explainer '{explainer}' has no maps of '{view}'; it explains {explains}"
             )
-        path = self.run_dir / views[view]["file"]
-        maps = Cache(self.run_dir / "cache", self.run_dir).load_torch(path)
-        if maps is None:
-            raise FileNotFoundError(
-                f"the attributions of '{explainer}' ({view}) recorded in run.json are missing or "
-                f"corrupt: {path}; run the config again to recompute them"
-            )
-        return maps
+        # one file per shard (evaluation.shard_size); runs made before shards: one "file"
+        names = views[view].get("files") or [views[view]["file"]]
+        cache = Cache(self.run_dir / "cache", self.run_dir)
+        parts = []
+        for name in names:
+            path = self.run_dir / name
+            maps = cache.load_torch(path)
+            if maps is None:
+                raise FileNotFoundError(
+                    f"the attributions of '{explainer}' ({view}) recorded in run.json are "
+                    f"missing or corrupt: {path}; run the config again to recompute them"
+                )
+            parts.append(maps.float())
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def samples(self, dataset: str | None = None) -> RunSamples:
-        """The run's evaluation samples with its model ``f_b``, reloaded from the run's cache (the dataset
-        is rebuilt, the trained model read from its checkpoint): what :func:`xaiarena.evaluate` and
+        """The run's evaluation samples with its model ``f_b``, reloaded from the run's cache (the
+        dataset is rebuilt, the trained model read from its checkpoint): what
+        :func:`xaiarena.evaluate` and
         :func:`xaiarena.explain` take to score or compute maps of the same samples as the run
         (``evaluate(s.model, s.inputs, s.targets, maps, metrics, masks=s.masks, labels=s.labels,
         sample_ids=s.sample_ids, seed=s.seed, dataset=s.dataset)``). With a grid or replicates: the
@@ -100,8 +111,8 @@ class RunResult:
 
 @dataclass(kw_only=True)
 class RunSamples(EvalSamples):
-    """A run's evaluation samples (``dataset``, ``inputs``, ``labels``, ``masks``, ``sample_ids``) and
-    the model its ``f_b`` maps explain (:meth:`RunResult.samples`)."""
+    """A run's evaluation samples (``dataset``, ``inputs``, ``labels``, ``masks``,
+    ``sample_ids``) and the model its ``f_b`` maps explain (:meth:`RunResult.samples`)."""
 
     model: torch.nn.Module
     targets: torch.Tensor  # the classes the maps explain (evaluation.target)
@@ -112,10 +123,10 @@ class RunSamples(EvalSamples):
 def evaluation_samples(
     cfg: ExperimentConfig, run_dir: str | Path, dataset: str | None = None
 ) -> RunSamples:
-    """The evaluation samples of ``cfg``'s dataset entry ``dataset`` (default: the first) and its model
-    ``f_b``, as a run in ``run_dir`` has them: data, train (or the cached checkpoint) and select run
-    through the same stages and cache (:meth:`RunResult.samples`; ``xaiarena score``). With a grid or
-    replicates: the first grid point's first replicate."""
+    """The evaluation samples of ``cfg``'s dataset entry ``dataset`` (default: the first) and its
+    model ``f_b``, as a run in ``run_dir`` has them: data, train (or the cached checkpoint) and
+    select run through the same stages and cache (:meth:`RunResult.samples`; ``xaiarena
+    score``). With a grid or replicates: the first grid point's first replicate."""
     datasets = [d.key for d in cfg.data]
     dataset = dataset or datasets[0]
     if dataset not in datasets:

@@ -126,6 +126,14 @@ class EvaluationConfig(StrictModel):
     meta: bool = False
     meta_samples: int = Field(16, ge=2)
     meta_perturbations: int = Field(1, ge=1)
+    # the evaluation set is explained and scored in shards of this many samples, each cached
+    # on its own (memory per task does not grow with n_samples; a killed run resumes by shard).
+    # Results do not depend on it (docs/architecture.md, "Shards"); a multiple of batch_size
+    # keeps the batches of an unsharded run
+    shard_size: int = 512
+    # how cached maps are stored: float16 / bfloat16 halve the cache, and every metric then
+    # scores the maps rounded to that precision (docs/architecture.md, "Shards")
+    map_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
     @field_validator("meta", mode="before")
     @classmethod
@@ -141,6 +149,13 @@ class EvaluationConfig(StrictModel):
             return value
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{value!r} is not a batch size; valid: an integer >= 1, or 'auto'")
+        return value
+
+    @field_validator("shard_size", mode="before")
+    @classmethod
+    def _shard_size(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{value!r} is not a shard size; valid: an integer >= 1 (samples)")
         return value
 
 

@@ -14,6 +14,7 @@ module             role
 ``executors``      ``local`` and ``ray``
 ``record``         run.json and the result frames, as tasks finish
 ``cache``          every cache key and the checksummed cache
+``shards``         sample shards: their bounds, maps read shard by shard from the cache
 ``lock``           claiming a run directory
 =================  ==========================================================================
 

@@ -44,7 +44,8 @@ class Compute:
     show_progress: bool = False
 
     def autocast(self):
-        """bfloat16 autocast on CUDA when ``amp: true``; a no-op context otherwise (CPU unchanged)."""
+        """bfloat16 autocast on CUDA when ``amp: true``; a no-op context otherwise (CPU
+        unchanged)."""
         return (
             torch.autocast("cuda", dtype=torch.bfloat16, enabled=True)
             if self.amp
@@ -98,23 +99,48 @@ def explain_in_batches(
     The random stream is seeded by ``c.seed`` and ``seed_name`` (the explainer's registered name,
     not its label; the label when not given): two entries of one explainer draw the same
     perturbations (common random numbers), so e.g. LIME's top-10 selection is exactly a selection
-    of the full LIME map."""
-    bs = c.batch_size
-    seed = stable_seed(c.seed, "explain", seed_name or label)
-    prepare_set = getattr(explainer, "prepare_set", None)  # absent on duck-typed plugin explainers
+    of the full LIME map. :func:`prepare_explainer`, then :func:`explain_range` over the set."""
+    prepare_explainer(c, explainer, model, inputs)
+    return explain_range(c, explainer, model, inputs, targets, label, seed_name)
+
+
+def prepare_explainer(c: Compute, explainer, model, inputs) -> None:
+    """Hand the whole set to ``Explainer.prepare_set`` first: an explainer that optimises over a
+    set (DiET's "authors" test-time procedure) does it here, once, so its maps do not depend on
+    the batch size or the shards either."""
+    prepare_set = getattr(explainer, "prepare_set", None)  # absent on duck-typed plugins
     if prepare_set is not None:
-        # the whole set first: an explainer that optimises over a set (DiET's "authors" test-time
-        # procedure) does it here, once, so its maps do not depend on the batch size either
         with c.autocast():
             prepare_set(model, inputs)
+
+
+def explain_range(
+    c: Compute,
+    explainer,
+    model,
+    inputs,
+    targets,
+    label: str,
+    seed_name: str | None = None,
+    start: int = 0,
+    stop: int | None = None,
+) -> torch.Tensor:
+    """The maps of ``inputs[start:stop]`` in batches of ``c.batch_size`` (the batches start at
+    ``start``), CPU float; after :func:`prepare_explainer` on the whole set."""
+    bs = c.batch_size
+    stop = len(inputs) if stop is None else stop
+    seed = stable_seed(c.seed, "explain", seed_name or label)
     out = []
     for i in progress(
-        range(0, len(inputs), bs), desc=f"explain {label}", disable=not c.show_progress
+        range(start, stop, bs),
+        desc=f"explain {label}",
+        disable=not c.show_progress or stop - start <= bs,
     ):
-        xb = inputs[i : i + bs].to(c.device)
-        tb = targets[i : i + bs].to(c.device)
-        # every batch starts from the same generator state; explainers seed each sample from that state
-        # and the sample's own content, so maps do not depend on the batch size or the batch mates
+        j = min(i + bs, stop)
+        xb = inputs[i:j].to(c.device)
+        tb = targets[i:j].to(c.device)
+        # every batch starts from the same generator state; explainers seed each sample from that
+        # state and the sample's own content, so maps do not depend on the batch size or mates
         gen = torch.Generator().manual_seed(seed)
         with c.autocast():
             a = explainer.explain(model, xb, tb, generator=gen)
@@ -183,9 +209,9 @@ def explain_images(
 
 def output_name(spec: ComponentSpec, metric_name: str, output: str) -> str:
     """The name an output is reported under. A ``label`` applies to every output of the metric: it
-    replaces the metric's name where the output starts with it (``aopc_morf`` -> ``<label>_morf``) and
-    prefixes the others (``keep20_drop`` -> ``<label>:keep20_drop``), so that two instances of one
-    metric with different options never share an output name."""
+    replaces the metric's name where the output starts with it (``aopc_morf`` ->
+    ``<label>_morf``) and prefixes the others (``keep20_drop`` -> ``<label>:keep20_drop``), so
+    that two instances of one metric with different options never share an output name."""
     if not spec.label:
         return output
     if output.startswith(metric_name):
@@ -194,8 +220,8 @@ def output_name(spec: ComponentSpec, metric_name: str, output: str) -> str:
 
 
 def metric_meta(spec: MetricSpec, metric) -> dict[str, dict[str, Any]]:
-    """``{output name: metadata}`` of one metric of a config (run.json ``metrics_meta``; the statistics
-    read ``higher_is_better`` from it)."""
+    """``{output name: metadata}`` of one metric of a config (run.json ``metrics_meta``; the
+    statistics read ``higher_is_better`` from it)."""
     out = {}
     for o in metric.outputs():
         out[output_name(spec, metric.name, o.name)] = {
@@ -211,6 +237,15 @@ def metric_meta(spec: MetricSpec, metric) -> dict[str, dict[str, Any]]:
     return out
 
 
+#: a metric's raw outputs over some samples: ``(scores, curves, curve_x)``, scores and curves
+#: ``{output: {explainer: [tensors of consecutive batches]}}``
+RawScores = tuple[
+    dict[str, dict[str, list[torch.Tensor]]],
+    dict[str, dict[str, list[torch.Tensor]]],
+    dict[str, torch.Tensor],
+]
+
+
 def score_in_batches(
     c: Compute,
     samples: EvalSamples,
@@ -219,21 +254,47 @@ def score_in_batches(
     metric,
     attrs: dict[str, Attribution],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The one batching path of metrics: one metric's per-sample scores (:data:`PER_SAMPLE_COLUMNS`) and
-    mean curves (:data:`CURVE_COLUMNS`) for the maps ``attrs`` of ``view``'s model (uncached)."""
+    """The one batching path of metrics: one metric's per-sample scores
+    (:data:`PER_SAMPLE_COLUMNS`) and mean curves (:data:`CURVE_COLUMNS`) for the maps ``attrs``
+    of ``view``'s model (uncached): :func:`score_range` over the set, then :func:`score_frames`."""
+    raw = score_range(c, samples, view, spec, metric, attrs)
+    return score_frames(samples, view, spec, metric, raw)
+
+
+def whole_set(metric) -> bool:
+    """Whether ``metric`` scores the whole evaluation set in one call: it normalises over the set
+    (``needs_whole_set``), so its scores do not depend on the batch size or the shards."""
+    return bool(getattr(metric, "needs_whole_set", False))
+
+
+def score_range(
+    c: Compute,
+    samples: EvalSamples,
+    view: View,
+    spec: MetricSpec,
+    metric,
+    attrs: dict[str, Attribution],
+    start: int = 0,
+    stop: int | None = None,
+) -> RawScores:
+    """One metric's raw outputs for samples ``start:stop`` in batches of ``c.batch_size``
+    (starting at ``start``; the whole range in one call for a :func:`whole_set` metric). Every
+    batch's :class:`~xaiarena.metrics.EvalBatch` has the whole set as its ``pool``."""
     from ..metrics import EvalBatch, SamplePool
 
-    n = len(samples.inputs)
-    # a metric that normalises over the set sees the whole evaluation set in one call (it chunks its
-    # own forward passes), so its scores do not depend on evaluation.batch_size either
-    bs = max(n, 1) if getattr(metric, "needs_whole_set", False) else c.batch_size
+    stop = len(samples.inputs) if stop is None else stop
+    bs = max(stop - start, 1) if whole_set(metric) else c.batch_size
     # focus draws its mosaics' images from the pool
     pool = SamplePool(samples.inputs, samples.labels, samples.sample_ids)
     scores: dict[str, dict[str, list[torch.Tensor]]] = {}
     curves: dict[str, dict[str, list[torch.Tensor]]] = {}
     curve_x: dict[str, torch.Tensor] = {}
-    for i in progress(range(0, n, bs), desc=f"metric {spec.key}", disable=not c.show_progress):
-        sl = slice(i, i + bs)
+    for i in progress(
+        range(start, stop, bs),
+        desc=f"metric {spec.key}",
+        disable=not c.show_progress or stop - start <= bs,
+    ):
+        sl = slice(i, min(i + bs, stop))
         batch = EvalBatch(
             model=view.model,
             inputs=samples.inputs[sl].to(c.device),
@@ -243,9 +304,9 @@ def score_in_batches(
             sample_ids=samples.sample_ids[sl],
             pool=pool,
         )
-        # the same generator state for every batch and every explained model (common random numbers):
-        # metrics draw each sample's randomness from that state and the sample id, so scores do not depend
-        # on the batch size, the batch mates or the order of the metrics
+        # the same generator state for every batch and every explained model (common random
+        # numbers): metrics draw each sample's randomness from that state and the sample id, so
+        # scores do not depend on the batch size, the batch mates or the order of the metrics
         gen = torch.Generator(device=c.device).manual_seed(stable_seed(c.seed, "metric", spec.key))
         with c.autocast():
             out = metric.evaluate(
@@ -261,20 +322,46 @@ def score_in_batches(
             for k, v in per_expl.items():
                 curves.setdefault(oname, {}).setdefault(k, []).append(v.detach().float().cpu())
         curve_x.update({k: v.detach().float().cpu() for k, v in out.curve_x.items()})
+    return scores, curves, curve_x
+
+
+def merge_raw(parts: list[RawScores]) -> RawScores:
+    """The raw outputs of consecutive sample ranges as those of their union (the batches of each
+    output and explainer in order; the first range's order of outputs and explainers)."""
+    scores: dict[str, dict[str, list[torch.Tensor]]] = {}
+    curves: dict[str, dict[str, list[torch.Tensor]]] = {}
+    curve_x: dict[str, torch.Tensor] = {}
+    for s, cv, x in parts:
+        for into, part in ((scores, s), (curves, cv)):
+            for oname, per_expl in part.items():
+                for k, v in per_expl.items():
+                    into.setdefault(oname, {}).setdefault(k, []).extend(v)
+        curve_x.update(x)
+    return scores, curves, curve_x
+
+
+def score_frames(
+    samples: EvalSamples, view: View, spec: MetricSpec, metric, raw: RawScores
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The per-sample and mean-curve frames of a metric's raw outputs over the whole set."""
+    scores, curves, curve_x = raw
     return (
-        _per_sample_frame(samples, view, spec, metric, scores),
-        _curve_frame(samples, view, spec, metric, curves, curve_x),
+        per_sample_frame(samples.dataset, view, spec, metric, scores, samples.sample_ids),
+        curve_frame(samples.dataset, view, spec, metric, curves, curve_x),
     )
 
 
-def _per_sample_frame(
-    samples: EvalSamples,
+def per_sample_frame(
+    dataset: str,
     view: View,
     spec: MetricSpec,
     metric,
     scores: dict[str, dict[str, list[torch.Tensor]]],
+    sample_ids: torch.Tensor,
 ) -> pd.DataFrame:
-    ids = samples.sample_ids.numpy()
+    """:data:`PER_SAMPLE_COLUMNS` of the samples ``sample_ids``: one block of rows per output and
+    explainer (in the order of ``scores``), the samples in order within each."""
+    ids = sample_ids.numpy()
     rows = []
     for oname, per_expl in scores.items():
         full = output_name(spec, metric.name, oname)
@@ -283,7 +370,7 @@ def _per_sample_frame(
             rows.append(
                 pd.DataFrame(
                     {
-                        "dataset": samples.dataset,
+                        "dataset": dataset,
                         "explained_model": view.name,
                         "explainer": k,
                         "metric": full,
@@ -295,15 +382,15 @@ def _per_sample_frame(
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=PER_SAMPLE_COLUMNS)
 
 
-def _curve_frame(
-    samples: EvalSamples,
+def curve_frame(
+    dataset: str,
     view: View,
     spec: MetricSpec,
     metric,
     curves: dict[str, dict[str, list[torch.Tensor]]],
     curve_x: dict[str, torch.Tensor],
 ) -> pd.DataFrame:
-    """Mean curves with a normal 95% interval over the samples."""
+    """Mean curves with a normal 95% interval over the samples (:data:`CURVE_COLUMNS`)."""
     rows = []
     for oname, per_expl in curves.items():
         full = output_name(spec, metric.name, oname)
@@ -319,7 +406,7 @@ def _curve_frame(
             rows.append(
                 pd.DataFrame(
                     {
-                        "dataset": samples.dataset,
+                        "dataset": dataset,
                         "explained_model": view.name,
                         "explainer": k,
                         "metric": full,
@@ -378,11 +465,20 @@ __all__ = [
     "Attribution",
     "Compute",
     "EvalSamples",
+    "RawScores",
     "View",
     "auto_batch_size",
+    "curve_frame",
     "explain_images",
     "explain_in_batches",
+    "explain_range",
+    "merge_raw",
     "metric_meta",
     "output_name",
+    "per_sample_frame",
+    "prepare_explainer",
+    "score_frames",
     "score_in_batches",
+    "score_range",
+    "whole_set",
 ]

@@ -21,9 +21,11 @@ learned model  fit key, SHA-256 of the fitted model's weights (the key of the mo
                changes every key below it)
 explain        explained model's key, explainer config, evaluation sample ids, seed,
                target rule, RNG scheme version, the entry's postprocess steps
-               (only when it has any)
+               (only when it has any), ``evaluation.map_dtype`` (only when not float32);
+               each shard's file: those and the shard's sample positions
 score          metric config, every scored attribution's key, sample ids, seed,
-               explained model's key, RNG scheme version
+               explained model's key, RNG scheme version; each shard's files: those and
+               the shard's sample positions
 meta maps      (``evaluation.meta``) the explain key of the unperturbed maps, the
                meta samples' ids, the perturbation (type, strength, noise, draw)
 meta score     metric config, every scored attribution's key, the meta samples' ids,
@@ -138,9 +140,11 @@ def explain_key(
     seed: int,
     target: str,
     postprocess: Sequence[str] = (),
+    map_dtype: str = "float32",
 ) -> Key:
-    """The maps' key; ``postprocess`` (the entry's steps) enters it only when non-empty, so the keys of
-    entries without steps are those of runs made before the option existed."""
+    """The maps' key; ``postprocess`` (the entry's steps) enters it only when non-empty and
+    ``map_dtype`` (how the maps are stored) only when not float32, so the keys of entries without
+    them are those of runs made before the options existed."""
     inputs = {
         "model": model.hash,
         "explainer": explainer_cfg,
@@ -151,7 +155,15 @@ def explain_key(
     }
     if postprocess:
         inputs["postprocess"] = list(postprocess)
+    if map_dtype != "float32":
+        inputs["map_dtype"] = map_dtype
     return _key("explain", inputs)
+
+
+def shard_key(whole: Key, bounds: tuple[int, int]) -> Key:
+    """One shard's part of an artefact over the evaluation set (maps, scores): the whole's key
+    inputs and the shard's sample positions ``[start, stop)`` (:mod:`xaiarena.engine.shards`)."""
+    return _key(whole.stage, {**whole.inputs, "shard": [int(bounds[0]), int(bounds[1])]})
 
 
 def score_key(
@@ -171,8 +183,9 @@ def score_key(
 
 
 def meta_maps_key(explain: Key, ids_hash: str, perturbation: dict[str, Any]) -> Key:
-    """Maps re-explained on a perturbed model (metric meta-evaluation, :mod:`xaiarena.engine.meta_stage`):
-    the unperturbed maps' key (model, explainer, seed, target, postprocess) and the perturbation."""
+    """Maps re-explained on a perturbed model (metric meta-evaluation,
+    :mod:`xaiarena.engine.meta_stage`): the unperturbed maps' key (model, explainer, seed,
+    target, postprocess) and the perturbation."""
     return _key(
         "meta_maps",
         {"explain": explain.hash, "ids": ids_hash, "perturbation": perturbation, "rng": RNG_SCHEME},
@@ -342,7 +355,8 @@ class Cache:
             return None
 
     def verify_dir(self, folder: Path, files: list[str]) -> bool:
-        """All ``files`` of ``folder`` exist and match their manifests; else the folder is discarded."""
+        """All ``files`` of ``folder`` exist and match their manifests; else the folder is
+        discarded."""
         if not folder.exists():
             return False
         for name in files:
@@ -396,9 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for r in rows:
         state = "ok" if r["ok"] else "CORRUPT (will be recomputed)"
-        print(
-            f"{r['path']}  [{r.get('stage', '?')} {r.get('key', '')}] {r.get('bytes', '?')} bytes, {state}"
-        )
+        where = f"[{r.get('stage', '?')} {r.get('key', '')}]"
+        print(f"{r['path']}  {where} {r.get('bytes', '?')} bytes, {state}")
         if args.explain:
             for k, v in (r.get("inputs") or {}).items():
                 print(f"    {k}: {json.dumps(v, sort_keys=True, default=str)}")

@@ -43,9 +43,10 @@ class Env:
 
 
 def thread_count(unit: Unit, env: Env) -> int:
-    """The torch thread count a unit's work computes with, wherever it runs: ``training.num_threads``
-    where the config sets it, else the thread count of the process that started the run. Float sums
-    (training above all) depend on it, so every task, local or on Ray, uses it (:func:`unit_threads`)."""
+    """The torch thread count a unit's work computes with, wherever it runs:
+    ``training.num_threads`` where the config sets it, else the thread count of the process that
+    started the run. Float sums (training above all) depend on it, so every task, local or on
+    Ray, uses it (:func:`unit_threads`)."""
     import torch
 
     return unit.experiment().training.num_threads or env.threads or torch.get_num_threads()
@@ -85,10 +86,18 @@ class StageRecorder:
             info["host"], info["pid"] = socket.gethostname(), os.getpid()
             self.stages[key] = info
             if self.say is not None:
-                self.say(
-                    f"[xaiarena] {key}: {info['seconds']:.1f}s"
-                    + (" (cached)" if info.get("cache_hit") else "")
-                )
+                self.say(f"[xaiarena] {key}: {info['seconds']:.1f}s{_done(info)}")
+
+
+def _done(info: dict[str, Any]) -> str:
+    """What a stage's progress line adds to its time: cached, or its shards done / total."""
+    shards = info.get("shards", 1)
+    if info.get("cache_hit"):
+        return " (cached)" if shards == 1 else f" ({shards}/{shards} shards, cached)"
+    if shards == 1:
+        return ""
+    cached = info.get("shards_cached", 0)
+    return f" ({shards}/{shards} shards: {shards - cached} computed, {cached} cached)"
 
 
 # --------------------------------------------------------------------------- per-process context
@@ -141,6 +150,7 @@ class UnitContext:
                     self._prep.model, self._prep.inputs, self.s.device
                 )
             self._prep.info["evaluation_batch_size"] = self.s.batch_size
+            self._prep.info["evaluation_shard_size"] = stages.shard_size(self.s)
         return self._prep
 
     def explainer(self, label: str):

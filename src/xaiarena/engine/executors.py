@@ -6,9 +6,10 @@
 ``ray``
     Every task is a Ray task (``pip install -e ".[ray]"``) with the resources of
     ``ray.cpus_per_task`` / ``ray.gpus_per_task``, started when its dependencies are done. It
-    computes with the torch thread count a local run would use (:func:`~xaiarena.engine.context.thread_count`),
-    because float sums (training above all) depend on it: a Ray run then gives a local run's
-    numbers. ``cpus_per_task`` defaults to that thread count.
+    computes with the torch thread count a local run would use
+    (:func:`~xaiarena.engine.context.thread_count`), because float sums (training above all)
+    depend on it: a Ray run then gives a local run's numbers. ``cpus_per_task`` defaults to
+    that thread count.
     Tasks exchange only small results (keys, timings, per-sample frames); artefacts go
     through the run's cache folder, which every worker must see (a shared disk on a
     cluster; see docs/distributed.md). A task whose worker dies is retried
@@ -30,7 +31,7 @@ from ..errors import RunError
 from ..files import writes_inside
 from ..progress import progress
 from .context import Env, thread_count
-from .tasks import TaskResult, TaskSpec, run_task
+from .tasks import TaskResult, TaskSpec, run_task, shard_tasks
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class RayExecutor:
 
     def run(self, tasks: list[TaskSpec], env: Env, on_result: OnResult) -> None:
         ray = self._ray()
+        tasks = shard_tasks(tasks)  # a unit's shards over the workers
         base = ray.remote(_remote_task)
 
         def remote(cpus: float):
@@ -167,7 +169,8 @@ def _running(ray, total_cpus: float, asked: dict[object, float]) -> int:
 
 
 def _remote_task(task: TaskSpec, env: Env, *deps: TaskResult) -> TaskResult:
-    """What a Ray worker runs: one task (with the torch thread count of a local run, as every task)."""
+    """What a Ray worker runs: one task (with the torch thread count of a local run, as every
+    task)."""
     os.environ.setdefault("XAIARENA_QUIET", "1")
     with writes_inside(env.run_dir):  # as in the driver: nothing written outside the run directory
         return run_task(task, env)

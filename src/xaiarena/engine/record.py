@@ -44,6 +44,8 @@ class RunRecord:
         self.scored: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
         #: per meta task (``evaluation.meta``): the scores of its perturbed problems
         self.perturbed: dict[str, pd.DataFrame] = {}
+        #: per task split into shard tasks: their stages, until the task itself finishes
+        self.shard_stages: dict[str, list[dict[str, Any]]] = {}
 
     # ------------------------------------------------------------------ what tasks add
     def unit_entry(self, unit: Unit) -> dict[str, Any]:

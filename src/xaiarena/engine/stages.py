@@ -4,8 +4,10 @@
 
     data ──> train (or load) ──> select ──┬──> fit (learned explainers: f_s) ──┐
                                           │                                    v
-                                          └──────────────> views: f_b [, f_s] ──> explain (explainer x view)
-                                                                                    └──> score (metric x view)
+                                          └─────> views: f_b [, f_s] ──> explain (explainer x view)
+                                                                          └──> score (metric x view)
+
+Explain and score work shard by shard (:func:`shard_size`, :mod:`xaiarena.engine.shards`).
 
 * :func:`prepare` runs data, train and select for one dataset entry and returns a
   :class:`PreparedUnit` (the task, the trained model ``f_b`` and the evaluation samples); its
@@ -43,7 +45,21 @@ from ..modalities import modality_for
 from ..progress import progress
 from ..registry import DATASETS, MODELS
 from . import cache as ck
-from .batching import Attribution, Compute, EvalSamples, View, explain_in_batches, score_in_batches
+from .batching import (
+    Attribution,
+    Compute,
+    EvalSamples,
+    RawScores,
+    View,
+    curve_frame,
+    explain_range,
+    merge_raw,
+    per_sample_frame,
+    prepare_explainer,
+    score_range,
+    whole_set,
+)
+from .shards import ShardedMaps, ShardProgress, shard_bounds, shard_name, stored
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +73,9 @@ class Settings(Compute):
     cache: ck.Cache
     seed: int = field(init=False)  # always ``cfg.seed``
     show_progress: bool = True
-    #: the seed of the data and of the choice of evaluation samples; replicates share it (the config's
-    #: ``seed``) and differ only in ``cfg.seed``, which drives the model, training and all explainer and
-    #: metric randomness
+    #: the seed of the data and of the choice of evaluation samples; replicates share it (the
+    #: config's ``seed``) and differ only in ``cfg.seed``, which drives the model, training and all
+    #: explainer and metric randomness
     data_seed: int | None = None
     #: the model seeds of every replicate of this unit (empty without replicates): with
     #: ``evaluation.only_correct`` the evaluation samples are those that every one of these models
@@ -201,7 +217,8 @@ def data_stage(s: Settings, dcfg: DataConfig, log_stage, prefix: str) -> tuple[A
 
     with log_stage(f"{prefix}/data"):
         task = load_task(dcfg.name, seed=s.dseed, data_dir=dcfg.data_dir, **dcfg.params)
-    # fingerprint_of: the user files a dataset/model reads (image folder, checkpoint); {} for built-ins
+    # fingerprint_of: the user files a dataset/model reads (image folder, checkpoint); {} for
+    # built-ins
     dkey = ck.data_key(
         {**dcfg.hash_dict(), **DATASETS.entry(dcfg.name).fingerprint_of(dcfg.params)}, s.dseed
     )
@@ -371,7 +388,8 @@ def fixed_targets(target: Any, prep: PreparedUnit, model, n: int) -> torch.Tenso
                     (
                         "evaluation.target",
                         f"bad value {target!r}: not a class of the model"
-                        f"{f' (did you mean {hint!r}?)' if hint else ''}; give label, prediction, a class "
+                        f"{f' (did you mean {hint!r}?)' if hint else ''}; give label, "
+                        "prediction, a class "
                         f"index 0..{len(names) - 1} or a class name such as {names[0]!r}",
                     )
                 ]
@@ -407,42 +425,99 @@ def fit_learned(
         cache_dir=fit_dir,
     )
     model = explainer.explained_model(prep.model)
-    # keyed by content: a fit that gives another model (new code or defaults) re-keys what depends on it
+    # keyed by content: a fit that gives another model (new code or defaults) re-keys what
+    # depends on it
     return view_of(s, prep, view_name, model, ck.learned_model_key(fkey, fingerprint_module(model)))
 
 
 # --------------------------------------------------------------------------- explain
 
 
+def shard_size(s: Settings) -> int:
+    """The samples per shard: ``evaluation.shard_size`` rounded up to a multiple of the batch
+    size, so that shards cut no batch: the batches, and so every number, are those of an
+    unsharded run whatever the shard size."""
+    bs = max(int(s.batch_size), 1)
+    return -(-s.cfg.evaluation.shard_size // bs) * bs
+
+
 def explain(
-    s: Settings, prep: PreparedUnit, view: View, spec: ComponentSpec, explainer, sinfo: dict
+    s: Settings,
+    prep: PreparedUnit,
+    view: View,
+    spec: ComponentSpec,
+    explainer,
+    sinfo: dict,
+    only: int | None = None,
 ) -> Attribution:
-    """One explainer's maps of the evaluation samples on ``view``'s model (cached), after the
-    entry's ``postprocess`` steps (in order, on the maps of the whole evaluation set: a step
-    ``..._over_set`` takes one scale over the set); re-explanations get the entry's
-    ``reexplain_postprocess`` steps (per sample; by default the same as ``postprocess``)."""
+    """One explainer's maps of the evaluation samples on ``view``'s model, after the entry's
+    ``postprocess`` steps (in order; a step ``..._over_set`` takes one scale over the whole
+    evaluation set); re-explanations get the entry's ``reexplain_postprocess`` steps (per sample;
+    by default the same as ``postprocess``).
+
+    The maps are computed and cached shard by shard (``evaluation.shard_size``; one file per
+    shard, stored as ``evaluation.map_dtype``): a shard already cached is not recomputed, so a
+    killed run resumes with its unfinished shards. An entry with an ``_over_set`` step computes
+    every missing shard's raw maps first, then normalises the set. The returned
+    :class:`~xaiarena.engine.batching.Attribution` holds :class:`~.shards.ShardedMaps`: the
+    maps are read from the cache shard by shard where they are used.
+
+    ``only``: compute (or check) shard ``only`` alone (a shard task of the Ray executor; nothing
+    beyond the last shard); the maps returned are still every shard's files."""
+    ev = s.cfg.evaluation
     steps = list(getattr(spec, "postprocess", None) or [])
     rsteps = list(getattr(spec, "reexplain_steps", steps))
     ekey = ck.explain_key(
-        view.key, spec.hash_dict(), prep.ids_hash, s.seed, s.cfg.evaluation.target, steps
+        view.key, spec.hash_dict(), prep.ids_hash, s.seed, ev.target, steps, ev.map_dtype
     )
-    path = s.cache.path("attributions", prep.dataset, f"{spec.key}-{ekey.hash}.pt")
-    maps = s.cache.load_torch(path)
-    if maps is not None:
-        sinfo["cache_hit"] = True
-    else:
-        maps = explain_in_batches(
-            s, explainer, view.model, prep.inputs, view.targets, spec.key, seed_name=spec.name
+    bounds = shard_bounds(len(prep.sample_ids), shard_size(s))
+    stem = f"{spec.key}-{ekey.hash}"
+    paths = [s.cache.path("attributions", prep.dataset, shard_name(stem, b, ".pt")) for b in bounds]
+    over_set = any(postprocess.over_set(step) for step in steps)
+    mine = range(len(bounds)) if only is None else [i for i in [only] if i < len(bounds)]
+    todo = [i for i in mine if not s.cache.verify(paths[i])]
+    if over_set and todo:  # one scale over the set: every missing shard, whatever ``only``
+        todo = [i for i, p in enumerate(paths) if i in todo or not s.cache.verify(p)]
+    sinfo.update(cache_hit=not todo, shards=len(mine), shards_cached=len(mine) - len(todo))
+    if todo:
+        prepare_explainer(s, explainer, view.model, prep.inputs)
+
+        def raw(i: int) -> torch.Tensor:
+            a, b = bounds[i]
+            return explain_range(
+                s, explainer, view.model, prep.inputs, view.targets, spec.key, spec.name, a, b
+            )
+
+        shards = progress(
+            todo, desc=f"explain {spec.key} (shards)", disable=not s.show_progress or len(todo) < 2
         )
-        maps = postprocess.apply(maps, steps)
-        s.cache.save_torch(path, maps, ekey)
+        say = progress.write if s.show_progress else None
+        tick = ShardProgress(f"{prep.dataset}/explain/{spec.key}@{view.name}", len(mine), say)
+        tick.done = len(mine) - len(todo)
+        if over_set:  # one scale over the set: every shard's raw maps, then the steps
+            whole = postprocess.apply(torch.cat([raw(i) for i in range(len(bounds))]), steps)
+            for i in shards:
+                a, b = bounds[i]
+                _save_maps(s, paths[i], whole[a:b], ck.shard_key(ekey, bounds[i]))
+        else:
+            for i in shards:
+                maps = postprocess.apply(raw(i), steps)
+                _save_maps(s, paths[i], maps, ck.shard_key(ekey, bounds[i]))
+                tick.tick()
+    maps = ShardedMaps(s.cache, paths, bounds, f"'{spec.key}' on {view.name}")
 
     def explain_fn(inputs, targets, generator=None, model=view.model):
-        """Re-explain (robustness metrics); ``model=`` explains another model (randomisation test)."""
+        """Re-explain (robustness metrics); ``model=`` explains another model (randomisation
+        test)."""
         again = explainer.explain(model, inputs, targets, generator=generator)
         return postprocess.apply(again, rsteps)
 
     return Attribution(spec.key, view.name, maps, ekey, explain_fn)
+
+
+def _save_maps(s: Settings, path, maps: torch.Tensor, key: ck.Key) -> None:
+    # a copy of the slice: saving a view would store the whole tensor it views
+    s.cache.save_torch(path, stored(maps, s.cfg.evaluation.map_dtype).clone(), key)
 
 
 # --------------------------------------------------------------------------- score
@@ -456,21 +531,71 @@ def score(
     metric,
     attrs: dict[str, Attribution],
     sinfo: dict,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One metric's per-sample scores and curves for the maps of one view (cached)."""
+    only: int | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """One metric's per-sample scores and mean curves for the maps of one view, scored and
+    cached shard by shard (the per-sample frame and the per-sample curves of each shard), then
+    put together in the order of an unsharded run: per output and explainer, the samples in
+    order. A metric that normalises over the set (``needs_whole_set``) scores the set as one
+    shard.
+
+    ``only``: score (or check) shard ``only`` alone and return None (a shard task of the Ray
+    executor; the metric's task then puts the cached shards together)."""
     skey = ck.score_key(
         spec.hash_dict(), {k: a.key for k, a in attrs.items()}, prep.ids_hash, s.seed, view.key
     )
+    n = len(prep.sample_ids)
+    bounds = [(0, n)] if whole_set(metric) else shard_bounds(n, shard_size(s))
+    if only is not None:
+        bounds = bounds[only : only + 1]
     mdir = s.cache.path("metrics", prep.dataset)
-    ps_path, cv_path = (
-        mdir / f"{spec.key}-{skey.hash}.parquet",
-        mdir / f"{spec.key}-{skey.hash}.curves.parquet",
+    stem = f"{spec.key}-{skey.hash}"
+    frames: list[pd.DataFrame] = []
+    raws: list[RawScores] = []
+    cached = 0
+    say = progress.write if s.show_progress else None
+    tick = ShardProgress(f"{prep.dataset}/metric/{spec.key}@{view.name}", len(bounds), say)
+    for a, b in progress(
+        bounds, desc=f"metric {spec.key} (shards)", disable=not s.show_progress or len(bounds) < 2
+    ):
+        ps_path = mdir / shard_name(stem, (a, b), ".parquet")
+        cv_path = mdir / shard_name(stem, (a, b), ".curves.pt")
+        ps, cv = s.cache.load_frame(ps_path), s.cache.load_torch(cv_path)
+        if ps is not None and cv is not None:
+            cached += 1
+        else:
+            scores, curves, curve_x = score_range(s, prep, view, spec, metric, attrs, a, b)
+            ps = per_sample_frame(prep.dataset, view, spec, metric, scores, prep.sample_ids[a:b])
+            cv = {
+                "curves": {o: {k: torch.cat(v) for k, v in c.items()} for o, c in curves.items()},
+                "curve_x": curve_x,
+            }
+            key = ck.shard_key(skey, (a, b))
+            s.cache.save_torch(cv_path, cv, key)
+            s.cache.save_frame(ps_path, ps, key)
+        frames.append(ps)
+        tick.tick()
+        curves = {o: {k: [v] for k, v in c.items()} for o, c in cv["curves"].items()}
+        raws.append(({}, curves, cv["curve_x"]))
+    sinfo.update(cache_hit=cached == len(bounds), shards=len(bounds), shards_cached=cached)
+    if only is not None:
+        return None
+    _, curves, curve_x = merge_raw(raws)
+    return merge_shard_frames(frames), curve_frame(
+        prep.dataset, view, spec, metric, curves, curve_x
     )
-    ps, cv = s.cache.load_frame(ps_path), s.cache.load_frame(cv_path)
-    if ps is not None and cv is not None:
-        sinfo["cache_hit"] = True
-        return ps, cv
-    ps, cv = score_in_batches(s, prep, view, spec, metric, attrs)
-    s.cache.save_frame(cv_path, cv, skey)
-    s.cache.save_frame(ps_path, ps, skey)
-    return ps, cv
+
+
+def merge_shard_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The per-sample frames of consecutive shards as the frame of the whole set: the blocks of
+    rows of each (metric output, explainer) in the first shard's order, each block's samples in
+    shard order."""
+    if len(frames) == 1:
+        return frames[0]
+    blocks: dict[tuple[str, str], list[pd.DataFrame]] = {}
+    for frame in frames:
+        for key, rows in frame.groupby(["metric", "explainer"], sort=False):
+            blocks.setdefault(key, []).append(rows)
+    if not blocks:
+        return frames[0]
+    return pd.concat([part for parts in blocks.values() for part in parts], ignore_index=True)

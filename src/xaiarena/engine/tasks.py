@@ -22,7 +22,7 @@ sees the cache folder, and running it twice gives the same result. Within one pr
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from ..modalities import N_PER_IMAGE_EXAMPLES
 from ..registry import EXPLAINERS, METRICS
 from ..views import F_B
 from . import stages
-from .batching import Attribution, View
+from .batching import Attribution, View, whole_set
 from .cache import inside
 from .context import Env, StageRecorder, UnitContext, context_for, unit_threads
 from .meta_stage import perturbed_scores
@@ -52,6 +52,7 @@ class TaskSpec:
     component: str = ""  # explainer label (fit, explain) or metric label (score)
     deps: tuple[str, ...] = ()  # names of the tasks that must finish first
     explainers: tuple[str, ...] = ()  # score: the explainer labels whose maps it scores
+    shard: int = -1  # explain_shard, score_shard: the shard (:func:`shard_tasks`)
 
     @property
     def name(self) -> str:
@@ -61,7 +62,13 @@ class TaskSpec:
         ``<unit>/meta[@<view>]``, ``<unit>/examples``)."""
         base = f"{self.unit.id}/{KINDS[self.kind].stage}"
         name = f"{base}/{self.component}" if self.component else base
-        return name if self.view in ("", self.home) else f"{name}@{self.view}"
+        name = name if self.view in ("", self.home) else f"{name}@{self.view}"
+        return name if self.shard < 0 else f"{name}#shard{self.shard}"
+
+    @property
+    def whole(self) -> str:
+        """The name of the task a shard task is part of (its own name for other tasks)."""
+        return self.name.split("#shard", 1)[0]
 
     @property
     def home(self) -> str:
@@ -135,12 +142,12 @@ def plan_tasks(units: list[Unit]) -> list[TaskSpec]:
     return tasks
 
 
-# --------------------------------------------------------------------------- views and maps of a unit
+# ------------------------------------------------------------------ views and maps of a unit
 
 
 def view(ctx: UnitContext, name: str, rec: StageRecorder) -> View:
-    """The view ``name`` of the context's unit: f_b, or a learned explainer's f_s, fitted (or loaded)
-    under its fit task's stage name on first use."""
+    """The view ``name`` of the context's unit: f_b, or a learned explainer's f_s, fitted (or
+    loaded) under its fit task's stage name on first use."""
     if name not in ctx.views:
         prep = ctx.prep(rec)
         if name == F_B:
@@ -154,15 +161,26 @@ def view(ctx: UnitContext, name: str, rec: StageRecorder) -> View:
     return ctx.views[name]
 
 
-def attribution(ctx: UnitContext, view_name: str, label: str, rec: StageRecorder) -> Attribution:
+def attribution(
+    ctx: UnitContext, view_name: str, label: str, rec: StageRecorder, shard: int = -1
+) -> Attribution:
     """One explainer's maps on one view of the context's unit, computed (or loaded) under its
-    explain task's stage name on first use."""
-    key = (view_name, label)
+    explain task's stage name on first use; ``shard`` >= 0: only that shard is computed (or
+    checked), under its shard task's name."""
+    key = (view_name, label, shard)
     if key not in ctx.attributions:
         v = view(ctx, view_name, rec)
-        with rec.stage(TaskSpec("explain", ctx.unit, view_name, label).name) as info:
+        kind = "explain" if shard < 0 else "explain_shard"
+        name = TaskSpec(kind, ctx.unit, view_name, label, shard=shard).name
+        with rec.stage(name) as info:
             ctx.attributions[key] = stages.explain(
-                ctx.s, ctx.prep(rec), v, ctx.specs[label], ctx.explainer(label), info
+                ctx.s,
+                ctx.prep(rec),
+                v,
+                ctx.specs[label],
+                ctx.explainer(label),
+                info,
+                only=None if shard < 0 else shard,
             )
     return ctx.attributions[key]
 
@@ -181,8 +199,25 @@ def _run_fit(task: TaskSpec, ctx: UnitContext, rec: StageRecorder, out: TaskResu
 
 def _run_explain(task: TaskSpec, ctx: UnitContext, rec: StageRecorder, out: TaskResult) -> None:
     attr = attribution(ctx, task.view, task.component, rec)
-    path = ctx.s.cache.path("attributions", ctx.dcfg.key, f"{task.component}-{attr.key.hash}.pt")
-    out.info = {"key": attr.key.hash, "file": path.relative_to(ctx.env.run_dir).as_posix()}
+    run_dir = ctx.env.run_dir
+    files = [p.relative_to(run_dir).as_posix() for p in getattr(attr.maps, "paths", [])]
+    out.info = {"key": attr.key.hash, "files": files}
+
+
+def _run_explain_shard(
+    task: TaskSpec, ctx: UnitContext, rec: StageRecorder, out: TaskResult
+) -> None:
+    attribution(ctx, task.view, task.component, rec, task.shard)
+
+
+def _run_score_shard(task: TaskSpec, ctx: UnitContext, rec: StageRecorder, out: TaskResult) -> None:
+    spec = next(m for m in ctx.cfg.metrics if m.key == task.component)
+    metric = METRICS.create(spec.name, **spec.params)
+    sources = ctx.maps[task.view]
+    attrs = {k: attribution(ctx, *sources[k], rec, task.shard) for k in task.explainers}
+    v = view(ctx, task.view, rec)
+    with rec.stage(task.name) as info:
+        stages.score(ctx.s, ctx.prep(rec), v, spec, metric, attrs, info, only=task.shard)
 
 
 def _run_score(task: TaskSpec, ctx: UnitContext, rec: StageRecorder, out: TaskResult) -> None:
@@ -214,8 +249,9 @@ def _run_meta(task: TaskSpec, ctx: UnitContext, rec: StageRecorder, out: TaskRes
 
 
 def _run_examples(task: TaskSpec, ctx: UnitContext, rec: StageRecorder, out: TaskResult) -> None:
-    """A few samples of the unit (``results/examples/<dataset>[@<grid>]``) with every explainer's maps:
-    a map of the explainer's own view under its name, of another view as ``<explainer>@<view>``."""
+    """A few samples of the unit (``results/examples/<dataset>[@<grid>]``) with every explainer's
+    maps: a map of the explainer's own view under its name, of another view as
+    ``<explainer>@<view>``."""
     with rec.stage(task.name):
         unit = ctx.unit
         prep, fb = ctx.prep(rec), view(ctx, F_B, rec)
@@ -325,6 +361,12 @@ def _record_nothing(run: RunRecord, task: TaskSpec, res: TaskResult) -> None:
     run.unit_entry(task.unit)
 
 
+def _record_shard(run: RunRecord, task: TaskSpec, res: TaskResult) -> None:
+    """A shard task: its stage, kept for the task it is part of (:func:`record_task`)."""
+    run.unit_entry(task.unit)
+    run.shard_stages.setdefault(task.whole, []).append(res.stages.get(task.name, {}))
+
+
 # --------------------------------------------------------------------------- the table
 
 
@@ -343,6 +385,8 @@ class Kind:
     #: it reports every stage it ran (train: data, train, select); the others report their own
     #: stage only (not the reload of their unit's data and model from the cache)
     reports_all_stages: bool = False
+    #: a shard task: its stage is added to that of the task it is part of, not to run.json
+    of_shard: bool = False
 
 
 KINDS: dict[str, Kind] = {
@@ -352,6 +396,10 @@ KINDS: dict[str, Kind] = {
     "score": Kind("metric", _run_score, _record_score),
     "meta": Kind("meta", _run_meta, _record_meta),
     "examples": Kind("examples", _run_examples, _record_nothing),
+    "explain_shard": Kind(
+        "explain", _run_explain_shard, _record_shard, of_explainer=True, of_shard=True
+    ),
+    "score_shard": Kind("metric", _run_score_shard, _record_shard, of_shard=True),
 }
 
 
@@ -359,7 +407,8 @@ KINDS: dict[str, Kind] = {
 
 
 def run_task(task: TaskSpec, env: Env, say: Callable[[str], None] | None = None) -> TaskResult:
-    """Execute one task (anywhere the run's cache folder is visible), with the unit's thread count."""
+    """Execute one task (anywhere the run's cache folder is visible), with the unit's thread
+    count."""
     with unit_threads(task.unit, env):
         return _run_task(task, env, say)
 
@@ -375,16 +424,84 @@ def _run_task(task: TaskSpec, env: Env, say: Callable[[str], None] | None) -> Ta
 
 def own_stages(task: TaskSpec, result: TaskResult) -> dict[str, dict[str, Any]]:
     """The stages a task reports as its own (see :attr:`Kind.reports_all_stages`)."""
+    if KINDS[task.kind].of_shard:
+        return {}
     if KINDS[task.kind].reports_all_stages:
         return result.stages
     return {k: v for k, v in result.stages.items() if k == task.name}
 
 
 def record_task(run: RunRecord, task: TaskSpec, result: TaskResult) -> None:
-    """Add a finished task to the run's record (in the driver): its own stages, then what its kind
-    records."""
+    """Add a finished task to the run's record (in the driver): its own stages (with those of
+    its shard tasks, :func:`shard_tasks`: their seconds added, their cache hits counted, where
+    they ran), then what its kind records."""
+    parts = run.shard_stages.pop(task.name, None)
+    info = result.stages.get(task.name)
+    if parts and info is not None:
+        info["seconds"] = round(info["seconds"] + sum(p.get("seconds", 0.0) for p in parts), 3)
+        info["shard_tasks"] = len(parts)
+        info["shards_cached"] = sum(p.get("shards_cached", 0) for p in parts)
+        info["cache_hit"] = all(p.get("cache_hit", False) for p in parts)
+        info["shard_workers"] = sorted({f"{p.get('host')}:{p.get('pid')}" for p in parts})
     run.log.stages.update(own_stages(task, result))
     KINDS[task.kind].record(run, task, result)
+
+
+# --------------------------------------------------------------------------- shard tasks
+
+
+def planned_shards(unit: Unit) -> int:
+    """How many shards a unit's evaluation set has at most (``evaluation.n_samples`` samples;
+    fewer where ``only_correct`` or the test split leaves fewer), before its data is loaded."""
+    ev = unit.experiment().evaluation
+    size = ev.shard_size
+    if isinstance(ev.batch_size, int):  # the shards' rounding to whole batches (stages)
+        size = -(-size // ev.batch_size) * ev.batch_size
+    return max(1, -(-ev.n_samples // size))
+
+
+def _by_shard(task: TaskSpec) -> bool:
+    """Whether a task's shards can be separate tasks: not for an explainer that sees the whole
+    set (a ``prepare_set`` of its own, e.g. DiET, or a ``postprocess`` step over the set), nor
+    for a metric that normalises over the set."""
+    from ..explainers.base import Explainer
+    from ..postprocess import over_set
+
+    cfg = task.unit.experiment()
+    if task.kind == "explain":
+        spec = next(sp for sp in cfg.explainers if sp.key == task.component)
+        cls = EXPLAINERS.get(spec.name)
+        own = getattr(cls, "prepare_set", Explainer.prepare_set) is not Explainer.prepare_set
+        return not own and not any(over_set(st) for st in (spec.postprocess or []))
+    if task.kind == "score":
+        spec = next(m for m in cfg.metrics if m.key == task.component)
+        return not whole_set(METRICS.create(spec.name, **spec.params))
+    return False
+
+
+def shard_tasks(tasks: list[TaskSpec]) -> list[TaskSpec]:
+    """The graph with an explain or score task over several shards split into one shard task
+    per shard (``explain_shard``, ``score_shard``; ``<task>#shard<k>``) and the task itself,
+    which then finds every shard in the cache and puts them together. A score shard task
+    waits for the same shard of the maps it scores. What the Ray executor runs: a unit's
+    shards are spread over workers; the local executor runs the graph as planned."""
+    out: list[TaskSpec] = []
+    split: dict[str, list[str]] = {}  # explain task -> its shard tasks' names
+    for t in tasks:
+        n = planned_shards(t.unit)
+        if n < 2 or not _by_shard(t):
+            out.append(t)
+            continue
+        kind = f"{t.kind}_shard"
+        parts = []
+        for k in range(n):
+            deps = tuple(split[d][k] if d in split else d for d in t.deps)
+            parts.append(replace(t, kind=kind, shard=k, deps=deps))
+        out += parts
+        if t.kind == "explain":
+            split[t.name] = [p.name for p in parts]
+        out.append(replace(t, deps=(*t.deps, *(p.name for p in parts))))
+    return out
 
 
 __all__ = [
@@ -397,5 +514,6 @@ __all__ = [
     "plan_tasks",
     "record_task",
     "run_task",
+    "shard_tasks",
     "view",
 ]
