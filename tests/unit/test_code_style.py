@@ -16,22 +16,6 @@ from tests.support.paths import ROOT
 MAX_FUNCTION_LINES = 80
 REASON = "Longer than 80 lines"
 
-# being edited on branch shards; remove when merged
-E501_ALLOWLIST = [
-    "src/xaiarena/engine/stages.py",
-    "src/xaiarena/engine/batching.py",
-    "src/xaiarena/engine/cache.py",
-    "src/xaiarena/engine/executors.py",
-    "src/xaiarena/engine/tasks.py",
-    "src/xaiarena/engine/context.py",
-    "src/xaiarena/engine/plan.py",
-    "src/xaiarena/results.py",
-    "src/xaiarena/runner.py",
-]
-# being edited on branch shards; remove when merged
-LENGTH_ALLOWLIST = {("src/xaiarena/engine/stages.py", "prepare")}
-
-
 def long_functions(root: Path, base: Path = ROOT) -> list[tuple[str, str, int]]:
     """``(path relative to base, name, lines)`` of every function under ``root`` longer than 80
     lines (def line to last line, docstring included) whose docstring does not say why."""
@@ -44,8 +28,7 @@ def long_functions(root: Path, base: Path = ROOT) -> list[tuple[str, str, int]]:
             length = node.end_lineno - node.lineno + 1
             doc = " ".join((ast.get_docstring(node) or "").split())
             if length > MAX_FUNCTION_LINES and REASON not in doc:
-                if (rel, node.name) not in LENGTH_ALLOWLIST:
-                    found.append((rel, node.name, length))
+                found.append((rel, node.name, length))
     return found
 
 
@@ -78,7 +61,6 @@ def test_no_line_over_100_characters():
             "--output-format",
             "concise",
             "--no-cache",
-            *(f"--extend-exclude={p}" for p in E501_ALLOWLIST),
             "src",
             "benchmarks",
             "examples",

@@ -119,6 +119,36 @@ def prepare(
     progress.write(f"[xaiarena] {prefix}: {cfg.model.name} test accuracy {tr.test_accuracy:.3f}")
 
     mod = modality_for(task)
+    index, others, clipped = _evaluation_index(
+        s, name, task, mod, model, dkey, tr, log_stage, prefix
+    )
+    sample_ids = task.test.ids[index]
+    inputs = mod.eval_inputs(task, index, model)
+    prep = PreparedUnit(
+        dataset=name,
+        task=task,
+        mod=mod,
+        model=model,
+        model_key=mkey,
+        train=tr,
+        index=index,
+        sample_ids=sample_ids,
+        ids_hash=ck.stable_hash(sample_ids.tolist()),
+        inputs=inputs,
+        masks=mod.eval_masks(task, index, inputs),
+        labels=task.test.labels[index],
+    )
+    prep.info = _unit_info(s, prep, clipped, others)
+    return prep
+
+
+def _evaluation_index(
+    s: Settings, name: str, task, mod, model, dkey: ck.Key, tr, log_stage, prefix: str
+) -> tuple[Any, list[int], bool]:
+    """The evaluation samples of a unit (positions in the test split), the other replicates'
+    seeds whose models chose them too (``only_correct`` with replicates), and whether fewer
+    samples than ``evaluation.n_samples`` were available (then warned)."""
+    cfg = s.cfg
     # only_correct with replicates: the same samples in every replicate, those that every
     # replicate's model classifies correctly (a pretrained model is the same for every seed)
     others = (
@@ -163,25 +193,16 @@ def prepare(
             what,
             len(index),
         )
-    sample_ids = task.test.ids[index]
-    inputs = mod.eval_inputs(task, index, model)
-    prep = PreparedUnit(
-        dataset=name,
-        task=task,
-        mod=mod,
-        model=model,
-        model_key=mkey,
-        train=tr,
-        index=index,
-        sample_ids=sample_ids,
-        ids_hash=ck.stable_hash(sample_ids.tolist()),
-        inputs=inputs,
-        masks=mod.eval_masks(task, index, inputs),
-        labels=task.test.labels[index],
-    )
-    prep.info = {
+    return index, others, clipped
+
+
+def _unit_info(s: Settings, prep: PreparedUnit, clipped: bool, others: list[int]) -> dict:
+    """The unit's entry in run.json's ``datasets``: model, data, training and sample facts."""
+    cfg, task, model, tr, index = s.cfg, prep.task, prep.model, prep.train, prep.index
+    mod, inputs, sample_ids = prep.mod, prep.inputs, prep.sample_ids
+    info = {
         "model": cfg.model.name,
-        "model_hash": mkey.hash,
+        "model_hash": prep.model_key.hash,
         "num_classes": task.num_classes,
         "input_shape": list(task.input_shape),
         "n_train": len(task.train),
@@ -195,18 +216,18 @@ def prepare(
     }
     names = task.test_names(index)
     if names is not None:  # the report names samples by file where the dataset provides names
-        prep.info["sample_names"] = {
+        info["sample_names"] = {
             str(int(i)): n for i, n in zip(sample_ids.tolist(), names, strict=True)
         }
     if clipped:
-        prep.info["n_samples_requested"] = cfg.evaluation.n_samples
+        info["n_samples_requested"] = cfg.evaluation.n_samples
     if others:
-        prep.info["samples_correct_under_seeds"] = list(s.replicate_seeds)
+        info["samples_correct_under_seeds"] = list(s.replicate_seeds)
     if getattr(model, "pretrained", False):  # no training: say so, and which classes it predicts
         describe = getattr(model, "describe", None)
-        prep.info["pretrained"] = describe() if callable(describe) else True
-        prep.info["target"] = cfg.evaluation.target
-    return prep
+        info["pretrained"] = describe() if callable(describe) else True
+        info["target"] = cfg.evaluation.target
+    return info
 
 
 def data_stage(s: Settings, dcfg: DataConfig, log_stage, prefix: str) -> tuple[Any, ck.Key]:
