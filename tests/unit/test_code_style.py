@@ -16,6 +16,7 @@ from tests.support.paths import ROOT
 MAX_FUNCTION_LINES = 80
 REASON = "Longer than 80 lines"
 
+
 def long_functions(root: Path, base: Path = ROOT) -> list[tuple[str, str, int]]:
     """``(path relative to base, name, lines)`` of every function under ``root`` longer than 80
     lines (def line to last line, docstring included) whose docstring does not say why."""
