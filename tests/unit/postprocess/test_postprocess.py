@@ -314,7 +314,7 @@ def _stage_setup(tmp_path):
         show_progress=False,
     )
     x = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    prep = SimpleNamespace(dataset="d", ids_hash="ids", inputs=x)
+    prep = SimpleNamespace(dataset="d", ids_hash="ids", inputs=x, sample_ids=torch.arange(5))
     view = SimpleNamespace(
         name="f_b",
         key=ck.Key("model", "k" * 16, {}),
@@ -336,8 +336,10 @@ def test_explain_stage_applies_the_steps_to_maps_and_re_explanations(tmp_path):
     )
     info: dict = {}
     post = stages.explain(s, prep, view, spec, explainer, info)
-    assert (plain.maps < 0).any(), "the raw maps are signed"
-    torch.testing.assert_close(post.maps, pp.normalise_by_max(plain.maps.abs()), rtol=0, atol=0)
+    assert (plain.maps.full() < 0).any(), "the raw maps are signed"
+    torch.testing.assert_close(
+        post.maps.full(), pp.normalise_by_max(plain.maps.full().abs()), rtol=0, atol=0
+    )
     assert post.key.hash != plain.key.hash and post.key.inputs["postprocess"] == [
         "abs",
         "normalise_by_max",
@@ -345,13 +347,16 @@ def test_explain_stage_applies_the_steps_to_maps_and_re_explanations(tmp_path):
     assert "postprocess" not in plain.key.inputs
     # re-explanations (robustness metrics) get the same steps
     again = post.explain_fn(prep.inputs[:2], view.targets[:2])
-    torch.testing.assert_close(again, post.maps[:2], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(again, post.maps.full()[:2], rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(
-        plain.explain_fn(prep.inputs[:2], view.targets[:2]), plain.maps[:2], rtol=1e-6, atol=1e-7
+        plain.explain_fn(prep.inputs[:2], view.targets[:2]),
+        plain.maps.full()[:2],
+        rtol=1e-6,
+        atol=1e-7,
     )
     # the cached maps are the post-processed ones
     cached = stages.explain(s, prep, view, spec, explainer, info2 := {})
-    assert info2.get("cache_hit") and torch.equal(cached.maps, post.maps)
+    assert info2.get("cache_hit") and torch.equal(cached.maps.full(), post.maps.full())
     assert not info.get("cache_hit")
 
 
@@ -374,13 +379,19 @@ def test_explain_stage_normalises_over_the_whole_set(tmp_path):
     )
     post = stages.explain(s, prep, view, spec, explainer, {})
     torch.testing.assert_close(
-        post.maps, pp.normalise_by_negative(plain.maps, over="set"), rtol=0, atol=0
+        post.maps.full(), pp.normalise_by_negative(plain.maps.full(), over="set"), rtol=0, atol=0
     )
     # one scale for the 5 samples: only the batch holding the largest value reaches 1
-    assert post.maps.max() == 1 and min(post.maps[:3].max(), post.maps[3:].max()) < 1
+    assert (
+        post.maps.full().max() == 1
+        and min(post.maps.full()[:3].max(), post.maps.full()[3:].max()) < 1
+    )
     assert post.key.inputs["explainer"]["reexplain_postprocess"] == []
     torch.testing.assert_close(
-        post.explain_fn(prep.inputs[:2], view.targets[:2]), plain.maps[:2], rtol=1e-6, atol=1e-7
+        post.explain_fn(prep.inputs[:2], view.targets[:2]),
+        plain.maps.full()[:2],
+        rtol=1e-6,
+        atol=1e-7,
     )
 
 
