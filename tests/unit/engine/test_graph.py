@@ -14,25 +14,13 @@ import pandas as pd
 import pytest
 
 import xaiarena
+from tests.support.runs import CFG as TINY_CFG
+from tests.support.runs import TINY
 from xaiarena.config import load_config
 from xaiarena.engine.plan import plan_units
 from xaiarena.engine.tasks import plan_tasks
 
-TINY = {
-    "data.n_train": 300,
-    "data.n_test": 80,
-    "training.epochs": 1,
-    "model.channels": [4, 8, 8],
-    "evaluation.n_samples": 16,
-    "evaluation.batch_size": 8,
-}
-CFG = {
-    "name": "g",
-    "data": "hard_mnist",
-    "model": "lenet",
-    "explainers": ["saliency", "random"],
-    "metrics": ["sparseness", "topk_iou"],
-}
+CFG = {**TINY_CFG, "name": "g"}
 
 
 def test_units_and_tasks_of_a_grid_with_replicates():
