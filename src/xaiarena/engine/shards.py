@@ -69,6 +69,7 @@ class ShardedMaps:
             raise ValueError(f"{len(paths)} shard files for {len(bounds)} shards")
         self.cache, self.paths, self.bounds, self.what = cache, list(paths), list(bounds), what
         self.n = bounds[-1][1] if bounds else 0
+        self._item_shape: torch.Size | None = None  # one map's shape, read once
 
     def __len__(self) -> int:
         return self.n
@@ -93,7 +94,11 @@ class ShardedMaps:
 
     @property
     def shape(self) -> torch.Size:
-        return torch.Size([self.n, *self.shard(0).shape[1:]]) if self.n else torch.Size([0])
+        if not self.n:
+            return torch.Size([0])
+        if self._item_shape is None:  # not a disk read on every access
+            self._item_shape = self.shard(0).shape[1:]
+        return torch.Size([self.n, *self._item_shape])
 
     def __getitem__(self, index: Any) -> torch.Tensor:
         rest: tuple = ()
