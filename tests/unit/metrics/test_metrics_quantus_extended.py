@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from tests.support.metrics import (
@@ -28,7 +30,7 @@ from tests.support.metrics import (
 )
 from xaiarena.metrics import EvalBatch, SamplePool
 from xaiarena.metrics.core import SampleRNG
-from xaiarena.metrics.road import linear_imputation
+from xaiarena.metrics.road import NEIGHBOUR_WEIGHTS, imputation_system, linear_imputation
 from xaiarena.metrics.sanity import ssim
 from xaiarena.registry import METRICS
 
@@ -84,6 +86,57 @@ def test_linear_imputation_matches_quantus_and_the_authors():
         )
     with pytest.raises(ValueError, match="removes every pixel"):
         linear_imputation(image, np.ones((1, 11, 8), bool))
+
+
+def _system_by_coordinates(image: np.ndarray, masks: np.ndarray):
+    """The imputation system written pixel by pixel from the paper's definition, assembled by
+    scipy from coordinates (sums duplicates, sorts indices)."""
+    from scipy.sparse import csc_matrix
+
+    k, h, w = masks.shape
+    unknowns = list(zip(*np.nonzero(masks), strict=True))
+    number = {p: i for i, p in enumerate(unknowns)}
+    rows, cols, vals = [], [], []
+    rhs = np.zeros((len(unknowns), image.shape[0]))
+    for i, (m, y, x) in enumerate(unknowns):
+        total = 0.0
+        for (dy, dx), weight in NEIGHBOUR_WEIGHTS:
+            yy, xx = y + dy, x + dx
+            if not (0 <= yy < h and 0 <= xx < w):
+                continue
+            total += weight
+            if masks[m, yy, xx]:
+                rows.append(i), cols.append(number[m, yy, xx]), vals.append(-weight)
+            else:
+                rhs[i] += weight * image[:, yy, xx]
+        rows.append(i), cols.append(i), vals.append(total)
+    n = len(unknowns)
+    return csc_matrix((vals, (rows, cols)), shape=(n, n)), rhs
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 4),
+    st.integers(1, 9),
+    st.integers(1, 9),
+    st.integers(1, 3),
+    st.floats(0.05, 0.95),
+    st.integers(0, 2**31 - 1),
+)
+def test_imputation_system_equals_the_system_assembled_from_coordinates(k, h, w, c, p, seed):
+    """The compressed arrays ROAD builds directly are, entry for entry, scipy's canonical form of
+    the system written from the definition (so the sparse solves see the same matrix)."""
+    rng = np.random.default_rng(seed)
+    image = rng.random((c, h, w))
+    masks = rng.random((k, h, w)) < p
+    masks[:, 0, 0] = False  # a known pixel in every mask
+    ours, rhs = imputation_system(image, masks)
+    ref, ref_rhs = _system_by_coordinates(image, masks)
+    assert ours.format == "csc" and ours.has_canonical_format
+    np.testing.assert_array_equal(ours.indptr, ref.indptr)
+    np.testing.assert_array_equal(ours.indices, ref.indices)
+    np.testing.assert_array_equal(ours.data, ref.data)
+    np.testing.assert_array_equal(rhs, ref_rhs)  # the same sums in the same order
 
 
 def test_road_matches_quantus_without_noise(setup):
