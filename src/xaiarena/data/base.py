@@ -163,12 +163,14 @@ class Task:
     def has_masks(self) -> bool:
         return self.test.masks is not None
 
-    def description(self) -> str | None:
+    def description(self, whole_meta: bool = False) -> str | None:
         """The task without its samples, as JSON: what a model is built from (name, classes,
         modality, normalisation, input shape, and the entries of ``meta`` that are plain JSON
-        data: label maps, not per-sample arrays), so that a process can rebuild a trained model
-        from its checkpoint without loading the data (:meth:`without_samples`). None for texts
-        (a text model may take its tokenizer from the data)."""
+        data, not per-sample arrays or maps with integer keys), so that a process can rebuild a
+        trained model from its checkpoint without loading the data (:meth:`without_samples`).
+        None for texts (a text model may take its tokenizer from the data), and with
+        ``whole_meta`` (for a model that may read any of ``meta``: user code) where an entry of
+        ``meta`` is not plain JSON."""
         if self.modality != "image":
             return None
         doc = {
@@ -182,6 +184,8 @@ class Task:
         if not _plain(doc):
             return None
         doc["meta"] = {k: v for k, v in self.meta.items() if _plain({k: v})}
+        if whole_meta and len(doc["meta"]) < len(self.meta):
+            return None
         return json.dumps(doc, allow_nan=False)
 
     @classmethod

@@ -315,6 +315,14 @@ def _pretrained(cfg: ExperimentConfig) -> bool:
     return bool(MODELS.entry(cfg.model.name).meta.get("pretrained"))
 
 
+def _user_model(cfg: ExperimentConfig) -> bool:
+    """Whether ``cfg``'s model is built by user code (``torch_module``, a plugin), which may read
+    any of the task's ``meta``; xaiarena's own models read its name, classes, normalisation and
+    input shape (a pretrained model's label maps only where correctness is decided, in the
+    process that selects the samples)."""
+    return cfg.model.name == "torch_module" or MODELS.entry(cfg.model.name).origin != "builtin"
+
+
 def _model_key(s: Settings, cfg: ExperimentConfig, dkey: ck.Key) -> ck.Key:
     """The key of ``cfg``'s trained model (computed without loading the data)."""
     entry = MODELS.entry(cfg.model.name)
@@ -416,8 +424,9 @@ def save_samples(s: Settings, prep: PreparedUnit) -> None:
     inputs and masks of each shard, then a record (sample ids, labels, the batch size, the
     task's description to rebuild the model from its checkpoint), so that :func:`load_samples`
     can read them shard by shard without the data. Not for units whose task has no
-    :meth:`~xaiarena.data.Task.description` (texts): they read the whole set."""
-    desc = prep.task.description()
+    :meth:`~xaiarena.data.Task.description` (texts; a user model on a task whose ``meta`` is not
+    all plain JSON): they read the whole set."""
+    desc = prep.task.description(whole_meta=_user_model(s.cfg))
     if desc is None or not isinstance(prep.inputs, torch.Tensor):
         return
     skey = ck.samples_key(prep.model_key, _selection(s))
