@@ -318,6 +318,62 @@ def test_score_tasks_read_maps_one_shard_at_a_time(tmp_path, monkeypatch):
     assert {name.rsplit(".", 2)[1] for name, _ in reads} == {"0-3", "3-6", "6-9", "9-10"}
 
 
+def test_a_shard_task_in_a_fresh_process_reads_only_its_shard(tmp_path, monkeypatch):
+    """A shard task in a process that has not prepared its unit (a Ray worker) does not load the
+    data: it reads the record and its own shard's inputs and masks from the run's cache (written
+    by the process that selected the samples), and computes the map and score files the run
+    computed, byte for byte."""
+    from xaiarena.engine.context import Env, forget_contexts
+    from xaiarena.engine.plan import plan_units
+    from xaiarena.engine.tasks import TaskSpec, run_task
+
+    cfg = _cfg(["saliency"], [{"name": "deletion", "steps": 4}])
+    over = {**TINY, "evaluation.shard_size": 3}
+    out = tmp_path / "r"
+    xaiarena.run(cfg, out=out, overrides=over, show_progress=False)
+    cache = out / "cache"
+    # shard 2 (samples 6..8) of the maps and of the scores, removed to be computed again
+    shard2 = [
+        p
+        for p in [*(cache / "attributions").rglob("*.6-9.*"), *(cache / "metrics").rglob("*.6-9.*")]
+        if not p.name.endswith(".manifest.json")
+    ]
+    assert len(shard2) == 3  # the maps, the per-sample table, the curves
+    before = {p: p.read_bytes() for p in shard2}
+    for p in shard2:
+        p.unlink()
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("a shard task loaded the dataset")
+
+    reads: list[tuple[str, int]] = []
+    original = Cache.load_torch
+
+    def load_torch(self, path):
+        obj = original(self, path)
+        if "samples" in path.parts and obj is not None:
+            reads.append((path.name, len(obj)))
+        return obj
+
+    forget_contexts(str(out))
+    monkeypatch.setattr("xaiarena.data.load_task", no_data)
+    monkeypatch.setattr(Cache, "load_torch", load_torch)
+    unit = plan_units(load_config(cfg, over))[0]
+    env = Env(str(out))
+    try:
+        run_task(TaskSpec("explain_shard", unit, "f_b", "saliency", shard=2), env)
+        score = TaskSpec("score_shard", unit, "f_b", "deletion", explainers=("saliency",), shard=2)
+        run_task(score, env)
+    finally:
+        forget_contexts(str(out))
+    for p, data in before.items():
+        assert p.read_bytes() == data, p.name
+    samples = [(name, n) for name, n in reads if not name.startswith("unit-")]
+    assert {name.split("-")[0] for name, _ in samples} == {"inputs", "masks"}
+    assert {name.rsplit(".", 2)[1] for name, _ in samples} == {"6-9"}
+    assert all(n == 3 for _, n in samples)
+
+
 # --------------------------------------------------------------------------- Ray over shards
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -162,6 +163,54 @@ class Task:
     def has_masks(self) -> bool:
         return self.test.masks is not None
 
+    def description(self, whole_meta: bool = False) -> str | None:
+        """The task without its samples, as JSON: what a model is built from (name, classes,
+        modality, normalisation, input shape, and the entries of ``meta`` that are plain JSON
+        data, not per-sample arrays or maps with integer keys), so that a process can rebuild a
+        trained model from its checkpoint without loading the data (:meth:`without_samples`).
+        None for texts (a text model may take its tokenizer from the data), and with
+        ``whole_meta`` (for a model that may read any of ``meta``: user code) where an entry of
+        ``meta`` is not plain JSON."""
+        if self.modality != "image":
+            return None
+        doc = {
+            "name": self.name,
+            "class_names": list(self.class_names),
+            "modality": self.modality,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "input_shape": list(self.input_shape),
+        }
+        if not _plain(doc):
+            return None
+        doc["meta"] = {k: v for k, v in self.meta.items() if _plain({k: v})}
+        if whole_meta and len(doc["meta"]) < len(self.meta):
+            return None
+        return json.dumps(doc, allow_nan=False)
+
+    @classmethod
+    def without_samples(cls, description: str) -> Task:
+        """The task of :meth:`description` with empty splits (images of its input shape) and the
+        plain entries of its ``meta``."""
+        doc = json.loads(description)
+        shape = tuple(doc["input_shape"])
+
+        def empty() -> ImageSplit:
+            return ImageSplit(
+                torch.empty((0, *shape), dtype=torch.uint8), torch.empty(0, dtype=torch.long)
+            )
+
+        return cls(
+            doc["name"],
+            empty(),
+            empty(),
+            list(doc["class_names"]),
+            doc["modality"],
+            tuple(doc["mean"]),
+            tuple(doc["std"]),
+            doc["meta"],
+        )
+
     def test_names(self, index: torch.Tensor | None = None) -> list[str] | None:
         """The names of test samples ``index`` (positions in the test split; all when None), where
         the dataset names them: ``meta["file_names"]``, one per test sample in split order
@@ -172,6 +221,14 @@ class Task:
             return None
         idx = range(len(names)) if index is None else torch.as_tensor(index).reshape(-1).tolist()
         return [str(names[i]) for i in idx]
+
+
+def _plain(doc: dict[str, Any]) -> bool:
+    """Whether ``doc`` is plain JSON data (it reads back equal: no tuples, arrays, int keys)."""
+    try:
+        return json.loads(json.dumps(doc, allow_nan=False)) == doc
+    except (TypeError, ValueError):
+        return False
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -108,8 +108,13 @@ def prepare_explainer(c: Compute, explainer, model, inputs) -> None:
     """Hand the whole set to ``Explainer.prepare_set`` first: an explainer that optimises over a
     set (DiET's "authors" test-time procedure) does it here, once, so its maps do not depend on
     the batch size or the shards either."""
+    from ..explainers.base import Explainer
+
     prepare_set = getattr(explainer, "prepare_set", None)  # absent on duck-typed plugins
     if prepare_set is not None:
+        own = getattr(type(explainer), "prepare_set", None) is not Explainer.prepare_set
+        if own and hasattr(inputs, "full"):  # inputs read shard by shard: the set, as a tensor
+            inputs = inputs.full()
         with c.autocast():
             prepare_set(model, inputs)
 

@@ -19,6 +19,12 @@ learned model  fit key, SHA-256 of the fitted model's weights (the key of the mo
                learned explainer explains, e.g. DiET's f_s: content-addressed, so a
                change of the explainer's code or defaults that changes f_s also
                changes every key below it)
+samples        (a unit's evaluation samples, ``cache/samples/``, written by the process
+               that selected them) model key, what selects them (``n_samples``,
+               ``only_correct``, the replicates' seeds, ``batch_size``); each shard's
+               inputs and masks: those, the sample ids and the shard's sample positions
+view           (a view's targets and predictions, ``cache/views/``) the view's model key,
+               evaluation sample ids, target rule
 explain        explained model's key, explainer config, evaluation sample ids, seed,
                target rule, RNG scheme version, the entry's postprocess steps
                (only when it has any), ``evaluation.map_dtype`` (only when not float32);
@@ -122,6 +128,17 @@ def model_key(
     if amp:
         inputs["amp"] = True
     return _key("model", inputs)
+
+
+def samples_key(model: Key, selection: dict[str, Any]) -> Key:
+    """A unit's evaluation samples (:func:`xaiarena.engine.stages.save_samples`): the model key
+    (with the data's) and the settings that select the samples."""
+    return _key("samples", {"model": model.hash, "selection": selection})
+
+
+def view_key(model: Key, ids_hash: str, target: Any) -> Key:
+    """A view's targets and predictions of the evaluation samples."""
+    return _key("view", {"model": model.hash, "ids": ids_hash, "target": target})
 
 
 def fit_key(model: Key, explainer_cfg: dict[str, Any], seed: int) -> Key:

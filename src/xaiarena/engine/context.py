@@ -106,7 +106,9 @@ def _done(info: dict[str, Any]) -> str:
 class UnitContext:
     """What the tasks of one unit share within one process, materialised on first use.
 
-    :meth:`prep` runs (or loads) data, train and select; the views and maps the unit's tasks
+    :meth:`prep` runs (or loads) data, train and select; :meth:`samples` is what explain and
+    score read (the prepared unit, or the samples as the run's cache has them); the views and
+    maps the unit's tasks
     compute are kept in :attr:`views` and :attr:`attributions` (filled by
     :func:`xaiarena.engine.tasks.view` and :func:`~xaiarena.engine.tasks.attribution`)."""
 
@@ -137,6 +139,8 @@ class UnitContext:
         self.members = view_members(self.cfg)
         self.maps = scored_maps(self.cfg)
         self._prep: stages.PreparedUnit | None = None
+        self._samples: stages.UnitSamples | None = None
+        self._samples_read = False
         self._built: dict[str, Any] = {}
         self.views: dict[str, View] = {}
         self.attributions: dict[tuple[str, str], Attribution] = {}
@@ -151,7 +155,21 @@ class UnitContext:
                 )
             self._prep.info["evaluation_batch_size"] = self.s.batch_size
             self._prep.info["evaluation_shard_size"] = stages.shard_size(self.s)
+            stages.save_samples(self.s, self._prep)  # for the tasks of other processes
         return self._prep
+
+    def samples(self, rec: StageRecorder) -> stages.UnitSamples:
+        """The unit's evaluation samples and ``f_b``, for its explain and score tasks: the
+        prepared unit where this process has it; else as the process that selected them wrote
+        them to the run's cache (:func:`~xaiarena.engine.stages.load_samples`: the model from
+        its checkpoint, the inputs read shard by shard where they are used; the data is not
+        loaded); else :meth:`prep`."""
+        if self._prep is not None:
+            return self._prep
+        if not self._samples_read:
+            self._samples_read = True
+            self._samples = stages.load_samples(self.s, self.dcfg)
+        return self._samples if self._samples is not None else self.prep(rec)
 
     def explainer(self, label: str):
         """The explainer of the config entry ``label``, built once."""

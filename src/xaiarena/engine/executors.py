@@ -172,8 +172,22 @@ def _remote_task(task: TaskSpec, env: Env, *deps: TaskResult) -> TaskResult:
     """What a Ray worker runs: one task (with the torch thread count of a local run, as every
     task)."""
     os.environ.setdefault("XAIARENA_QUIET", "1")
+    _import_config_plugins(task)
     with writes_inside(env.run_dir):  # as in the driver: nothing written outside the run directory
         return run_task(task, env)
+
+
+def _import_config_plugins(task: TaskSpec) -> None:
+    """Import the config's ``plugins:`` in this worker, as the driver did when it validated the
+    config (once per process: a plugin file is imported once per path), so that the names they
+    register are known here too. A plugin named by a relative path must resolve from the worker's
+    working directory; give absolute paths on a cluster."""
+    from ..plugins import PluginError, config_plugin_problems
+    from ..registry import load_builtins
+
+    problems = config_plugin_problems(task.unit.config.get("plugins"), before=load_builtins)
+    if problems:
+        raise PluginError.of(problems)
 
 
 #: an HTTP/2 client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, the Ray Client

@@ -2,9 +2,12 @@
 
 The explain and score stages (:mod:`xaiarena.engine.stages`) work shard by shard and cache each
 shard on its own (one file per explainer x view x shard), so a task holds one shard's maps at a
-time and a killed run resumes with only its unfinished shards. :class:`ShardedMaps` is one
-explainer's maps on one view as those files: indexed like an ``(N, ...)`` tensor, it reads only
-the shards an index touches, as float32 whatever ``evaluation.map_dtype`` stored.
+time and a killed run resumes with only its unfinished shards. :class:`ShardedTensor` is an
+``(N, ...)`` tensor stored as such shard files: indexed like the tensor, it reads only the shards
+an index touches. :class:`ShardedMaps` is one explainer's maps on one view (read as float32
+whatever ``evaluation.map_dtype`` stored); :class:`ShardedSamples` a unit's evaluation inputs or
+masks (``cache/samples/``, :func:`xaiarena.engine.stages.load_samples`), which keep the last
+shard read, so that the batches of one shard read its file once.
 """
 
 from __future__ import annotations
@@ -57,39 +60,54 @@ class ShardProgress:
             self.say(f"[xaiarena] {self.what}: {self.done}/{self.total} shards done")
 
 
-class ShardedMaps:
-    """One explainer's ``(N, ...)`` maps on one view, as cached shard files, read on demand.
+class ShardedTensor:
+    """An ``(N, ...)`` tensor as cached shard files (one per ``bounds`` range), read on demand.
 
-    ``maps[i]``, ``maps[a:b]``, ``maps[index_tensor]`` and ``maps[rows, ...]`` read only the
-    shards they touch (as float32); :meth:`shard` reads one shard, :meth:`full` all of them.
-    Nothing is kept in memory between calls."""
+    ``t[i]``, ``t[a:b]``, ``t[index_tensor]`` and ``t[rows, ...]`` read only the shards they
+    touch; :meth:`shard` reads one shard, :meth:`full` all of them. Nothing is kept in memory
+    between calls, except the last shard read where ``keep_last`` (one shard at most)."""
+
+    #: what the files hold, for the error of a missing or corrupt shard
+    noun = "tensors"
+    keep_last = False
 
     def __init__(self, cache: Any, paths: list[Path], bounds: list[tuple[int, int]], what: str):
         if len(paths) != len(bounds):
             raise ValueError(f"{len(paths)} shard files for {len(bounds)} shards")
         self.cache, self.paths, self.bounds, self.what = cache, list(paths), list(bounds), what
         self.n = bounds[-1][1] if bounds else 0
-        self._item_shape: torch.Size | None = None  # one map's shape, read once
+        self._item_shape: torch.Size | None = None  # one item's shape, read once
+        self._last: tuple[int, torch.Tensor] | None = None  # keep_last: (shard, its tensor)
+
+    def _convert(self, t: torch.Tensor) -> torch.Tensor:
+        """What a shard read returns of the stored tensor (as stored here)."""
+        return t
 
     def __len__(self) -> int:
         return self.n
 
     def __repr__(self) -> str:
-        return f"ShardedMaps({self.what!r}, {self.n} samples in {len(self.paths)} shards)"
+        kind = type(self).__name__
+        return f"{kind}({self.what!r}, {self.n} samples in {len(self.paths)} shards)"
 
     def shard(self, i: int) -> torch.Tensor:
-        """The maps of shard ``i`` (float32)."""
-        maps = self.cache.load_torch(self.paths[i])
+        """The tensor of shard ``i``."""
+        if self._last is not None and self._last[0] == i:
+            return self._last[1]
+        t = self.cache.load_torch(self.paths[i])
         a, b = self.bounds[i]
-        if maps is None or len(maps) != b - a:
+        if t is None or len(t) != b - a:
             raise RunError(
-                f"the cached maps of {self.what} (samples {a}..{b - 1}) are missing or corrupt: "
-                f"{self.paths[i]}; run the config again to recompute them"
+                f"the cached {self.noun} of {self.what} (samples {a}..{b - 1}) are missing or "
+                f"corrupt: {self.paths[i]}; run the config again to recompute them"
             )
-        return maps.float()
+        t = self._convert(t)
+        if self.keep_last:
+            self._last = (i, t)
+        return t
 
     def full(self) -> torch.Tensor:
-        """Every shard's maps, concatenated (float32)."""
+        """Every shard's tensor, concatenated."""
         return self[0 : self.n]
 
     @property
@@ -150,4 +168,31 @@ class ShardedMaps:
         return out
 
 
-__all__ = ["MAP_DTYPES", "ShardProgress", "ShardedMaps", "shard_bounds", "shard_name", "stored"]
+class ShardedMaps(ShardedTensor):
+    """One explainer's ``(N, ...)`` maps on one view, as cached shard files, read on demand as
+    float32 (whatever ``evaluation.map_dtype`` stored)."""
+
+    noun = "maps"
+
+    def _convert(self, t: torch.Tensor) -> torch.Tensor:
+        return t.float()
+
+
+class ShardedSamples(ShardedTensor):
+    """A unit's evaluation inputs (or masks) as cached shard files, read on demand as stored; the
+    last shard read is kept (the batches of a shard read its file once)."""
+
+    noun = "evaluation samples"
+    keep_last = True
+
+
+__all__ = [
+    "MAP_DTYPES",
+    "ShardProgress",
+    "ShardedMaps",
+    "ShardedSamples",
+    "ShardedTensor",
+    "shard_bounds",
+    "shard_name",
+    "stored",
+]

@@ -59,7 +59,14 @@ from .batching import (
     score_range,
     whole_set,
 )
-from .shards import ShardedMaps, ShardProgress, shard_bounds, shard_name, stored
+from .shards import (
+    ShardedMaps,
+    ShardedSamples,
+    ShardProgress,
+    shard_bounds,
+    shard_name,
+    stored,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +98,26 @@ class Settings(Compute):
 
 
 @dataclass(kw_only=True)
-class PreparedUnit(EvalSamples):
+class UnitSamples(EvalSamples):
+    """One unit's evaluation samples with its trained model ``f_b``: what :func:`explain` and
+    :func:`score` read. A :class:`PreparedUnit` is one; :func:`load_samples` reads one from the
+    run's cache without loading the data (its inputs and masks as
+    :class:`~xaiarena.engine.shards.ShardedSamples`, read shard by shard)."""
+
+    model: torch.nn.Module
+    model_key: ck.Key
+    ids_hash: str
+
+
+@dataclass(kw_only=True)
+class PreparedUnit(UnitSamples):
     """One unit's dataset entry after data, train and select: its evaluation samples, the task and
     the trained model ``f_b``."""
 
     task: Any
     mod: Any
-    model: torch.nn.Module
-    model_key: ck.Key
     train: Any  # models.training.TrainResult
     index: torch.Tensor  # evaluation rows of the test split, sorted
-    ids_hash: str
     info: dict[str, Any] = field(default_factory=dict)  # the run.json entry of this dataset
 
 
@@ -238,12 +254,16 @@ def data_stage(s: Settings, dcfg: DataConfig, log_stage, prefix: str) -> tuple[A
 
     with log_stage(f"{prefix}/data"):
         task = load_task(dcfg.name, seed=s.dseed, data_dir=dcfg.data_dir, **dcfg.params)
+    return task, _data_key(s, dcfg)
+
+
+def _data_key(s: Settings, dcfg: DataConfig) -> ck.Key:
+    """The data key of a dataset entry (computed without loading the data)."""
     # fingerprint_of: the user files a dataset/model reads (image folder, checkpoint); {} for
     # built-ins
-    dkey = ck.data_key(
+    return ck.data_key(
         {**dcfg.hash_dict(), **DATASETS.entry(dcfg.name).fingerprint_of(dcfg.params)}, s.dseed
     )
-    return task, dkey
 
 
 def train_stage(
@@ -265,15 +285,7 @@ def _trained_model(
     eval mode and frozen: ``(model, model key, TrainResult)``."""
     from ..models import build_model, train_model
 
-    entry = MODELS.entry(cfg.model.name)
-    pretrained = bool(entry.meta.get("pretrained"))  # never trained
-    mkey = ck.model_key(
-        dkey,
-        {**cfg.model.hash_dict(), **entry.fingerprint_of(cfg.model.params)},
-        None if pretrained else cfg.training.model_dump(),
-        cfg.seed,
-        s.amp,
-    )
+    mkey = _model_key(s, cfg, dkey)
     ckpt_dir = s.cache.path("models", mkey.hash)
     model = build_model(cfg.model.name, task, seed=cfg.seed, **cfg.model.params)
     check_cam_layers(cfg, model, task)  # before training: a CAM without a layer fails now
@@ -296,6 +308,31 @@ def _trained_model(
     for p in model.parameters():
         p.requires_grad_(False)
     return model, mkey, tr
+
+
+def _pretrained(cfg: ExperimentConfig) -> bool:
+    """Whether ``cfg``'s model is never trained (a pretrained model)."""
+    return bool(MODELS.entry(cfg.model.name).meta.get("pretrained"))
+
+
+def _user_model(cfg: ExperimentConfig) -> bool:
+    """Whether ``cfg``'s model is built by user code (``torch_module``, a plugin), which may read
+    any of the task's ``meta``; xaiarena's own models read its name, classes, normalisation and
+    input shape (a pretrained model's label maps only where correctness is decided, in the
+    process that selects the samples)."""
+    return cfg.model.name == "torch_module" or MODELS.entry(cfg.model.name).origin != "builtin"
+
+
+def _model_key(s: Settings, cfg: ExperimentConfig, dkey: ck.Key) -> ck.Key:
+    """The key of ``cfg``'s trained model (computed without loading the data)."""
+    entry = MODELS.entry(cfg.model.name)
+    return ck.model_key(
+        dkey,
+        {**cfg.model.hash_dict(), **entry.fingerprint_of(cfg.model.params)},
+        None if _pretrained(cfg) else cfg.training.model_dump(),
+        cfg.seed,
+        s.amp,
+    )
 
 
 def _replicate_models(
@@ -360,10 +397,129 @@ def select_samples(
     return order[: cfg.evaluation.n_samples].sort().values
 
 
+# --------------------------------------------------------------------------- samples in the cache
+
+
+def _selection(s: Settings) -> dict[str, Any]:
+    """What chooses a unit's evaluation samples beyond its model key (and the batch size, which
+    the record keeps: ``evaluation.batch_size: auto`` is decided by the selecting process)."""
+    ev = s.cfg.evaluation
+    return {
+        "n_samples": ev.n_samples,
+        "only_correct": ev.only_correct,
+        "replicate_seeds": list(s.replicate_seeds),
+        "batch_size": ev.batch_size,
+    }
+
+
+def _samples_files(s: Settings, dataset: str, skey: ck.Key, what: str, bounds) -> list:
+    """The shard files of a unit's evaluation ``inputs`` or ``masks``."""
+    stem = f"{what}-{skey.hash}"
+    return [s.cache.path("samples", dataset, shard_name(stem, b, ".pt")) for b in bounds]
+
+
+def save_samples(s: Settings, prep: PreparedUnit) -> None:
+    """Write a unit's evaluation samples to the run's cache (``cache/samples/<dataset>/``; the
+    process that selected them does, :meth:`~xaiarena.engine.context.UnitContext.prep`): the
+    inputs and masks of each shard, then a record (sample ids, labels, the batch size, the
+    task's description to rebuild the model from its checkpoint), so that :func:`load_samples`
+    can read them shard by shard without the data. Not for units whose task has no
+    :meth:`~xaiarena.data.Task.description` (texts; a user model on a task whose ``meta`` is not
+    all plain JSON): they read the whole set."""
+    desc = prep.task.description(whole_meta=_user_model(s.cfg))
+    if desc is None or not isinstance(prep.inputs, torch.Tensor):
+        return
+    skey = ck.samples_key(prep.model_key, _selection(s))
+    bounds = shard_bounds(len(prep.sample_ids), shard_size(s))
+    part = ck.samples_key(prep.model_key, {**_selection(s), "ids": prep.ids_hash})
+    for what, whole in (("inputs", prep.inputs), ("masks", prep.masks)):
+        if whole is None:
+            continue
+        paths = _samples_files(s, prep.dataset, skey, what, bounds)
+        for b, path in zip(bounds, paths, strict=True):
+            if not s.cache.verify(path):
+                s.cache.save_torch(path, whole[b[0] : b[1]].clone(), ck.shard_key(part, b))
+    record = {
+        "sample_ids": prep.sample_ids,
+        "labels": prep.labels,
+        "ids_hash": prep.ids_hash,
+        "masks": prep.masks is not None,
+        "batch_size": int(s.batch_size),
+        "task": desc,
+    }
+    path = s.cache.path("samples", prep.dataset, f"unit-{skey.hash}.pt")
+    old = s.cache.load_torch(path)
+    same = old is not None and all(
+        torch.equal(old[k], v) if isinstance(v, torch.Tensor) else old.get(k) == v
+        for k, v in record.items()
+    )
+    if not same:
+        s.cache.save_torch(path, record, skey)
+
+
+def load_samples(s: Settings, dcfg: DataConfig) -> UnitSamples | None:
+    """A unit's evaluation samples and ``f_b`` as :func:`save_samples` wrote them, without
+    loading the data: the model rebuilt from the task's description and loaded from its
+    checkpoint, the inputs and masks read shard by shard where they are used. Sets
+    ``s.batch_size`` to the selecting process'. None where they are not in the cache (not
+    selected yet, a text unit, a missing checkpoint): the caller prepares the unit."""
+    from ..data import Task
+
+    dkey = _data_key(s, dcfg)
+    mkey = _model_key(s, s.cfg, dkey)
+    skey = ck.samples_key(mkey, _selection(s))
+    record = s.cache.load_torch(s.cache.path("samples", dcfg.key, f"unit-{skey.hash}.pt"))
+    if record is None:
+        return None
+    if not _pretrained(s.cfg) and not (s.cache.path("models", mkey.hash) / "model.pt").exists():
+        return None
+    s.batch_size = record["batch_size"]
+    bounds = shard_bounds(len(record["sample_ids"]), shard_size(s))
+    files = {w: _samples_files(s, dcfg.key, skey, w, bounds) for w in ("inputs", "masks")}
+    if not all(p.exists() for w in files if w == "inputs" or record["masks"] for p in files[w]):
+        return None
+    model, _, _ = _trained_model(s, s.cfg, Task.without_samples(record["task"]), dkey)
+
+    def sharded(what: str) -> ShardedSamples:
+        return ShardedSamples(s.cache, files[what], bounds, f"the {what} of {dcfg.key}")
+
+    return UnitSamples(
+        dataset=dcfg.key,
+        inputs=sharded("inputs"),
+        labels=record["labels"],
+        masks=sharded("masks") if record["masks"] else None,
+        sample_ids=record["sample_ids"],
+        model=model,
+        model_key=mkey,
+        ids_hash=record["ids_hash"],
+    )
+
+
+# --------------------------------------------------------------------------- views
+
+
+def _view_file(s: Settings, samples: UnitSamples, name: str, key: ck.Key):
+    vkey = ck.view_key(key, samples.ids_hash, s.cfg.evaluation.target)
+    return s.cache.path("views", samples.dataset, f"{name}-{vkey.hash}.pt"), vkey
+
+
+def cached_view(
+    s: Settings, samples: UnitSamples, name: str, model: torch.nn.Module, key: ck.Key
+) -> View | None:
+    """The view :func:`view_of` computed, with its targets and predictions read from the run's
+    cache (no pass over the samples); None where it was not computed yet."""
+    path, _ = _view_file(s, samples, name, key)
+    saved = s.cache.load_torch(path)
+    if saved is None:
+        return None
+    return View(name, model, key, saved["targets"], saved["preds"])
+
+
 def view_of(
     s: Settings, prep: PreparedUnit, name: str, model: torch.nn.Module, key: ck.Key
 ) -> View:
-    """The targets each view explains: the labels, or that view's model's own predictions."""
+    """The targets each view explains: the labels, or that view's model's own predictions (kept
+    in the run's cache for :func:`cached_view`)."""
     from ..models.training import check_finite_outputs
 
     check_finite_outputs(
@@ -378,6 +534,8 @@ def view_of(
     targets = fixed_targets(s.cfg.evaluation.target, prep, model, len(preds))
     if targets is None:
         targets = prep.labels if s.cfg.evaluation.target == "label" else preds
+    path, vkey = _view_file(s, prep, name, key)
+    s.cache.save_torch(path, {"targets": targets, "preds": preds}, vkey)
     return View(name, model, key, targets, preds)
 
 
@@ -464,7 +622,7 @@ def shard_size(s: Settings) -> int:
 
 def explain(
     s: Settings,
-    prep: PreparedUnit,
+    prep: UnitSamples,
     view: View,
     spec: ComponentSpec,
     explainer,
@@ -546,7 +704,7 @@ def _save_maps(s: Settings, path, maps: torch.Tensor, key: ck.Key) -> None:
 
 def score(
     s: Settings,
-    prep: PreparedUnit,
+    prep: UnitSamples,
     view: View,
     spec: MetricSpec,
     metric,

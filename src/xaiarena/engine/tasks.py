@@ -149,10 +149,13 @@ def view(ctx: UnitContext, name: str, rec: StageRecorder) -> View:
     """The view ``name`` of the context's unit: f_b, or a learned explainer's f_s, fitted (or
     loaded) under its fit task's stage name on first use."""
     if name not in ctx.views:
-        prep = ctx.prep(rec)
-        if name == F_B:
-            ctx.views[name] = stages.view_of(ctx.s, prep, F_B, prep.model, prep.model_key)
-        else:
+        if name == F_B:  # its targets from the cache where another process computed them
+            units = ctx.samples(rec)
+            ctx.views[name] = stages.cached_view(
+                ctx.s, units, F_B, units.model, units.model_key
+            ) or stages.view_of(ctx.s, ctx.prep(rec), F_B, units.model, units.model_key)
+        else:  # a learned explainer's model: its fit reads the data
+            prep = ctx.prep(rec)
             label = next(k for k, v in ctx.home.items() if v == name)
             with rec.stage(TaskSpec("fit", ctx.unit, name, label).name):
                 ctx.views[name] = stages.fit_learned(
@@ -175,7 +178,7 @@ def attribution(
         with rec.stage(name) as info:
             ctx.attributions[key] = stages.explain(
                 ctx.s,
-                ctx.prep(rec),
+                ctx.samples(rec),
                 v,
                 ctx.specs[label],
                 ctx.explainer(label),
@@ -190,6 +193,7 @@ def attribution(
 
 def _run_train(task: TaskSpec, ctx: UnitContext, rec: StageRecorder, out: TaskResult) -> None:
     out.info = dict(ctx.prep(rec).info)
+    view(ctx, F_B, rec)  # its targets in the cache before the explain tasks start
 
 
 def _run_fit(task: TaskSpec, ctx: UnitContext, rec: StageRecorder, out: TaskResult) -> None:
@@ -217,7 +221,7 @@ def _run_score_shard(task: TaskSpec, ctx: UnitContext, rec: StageRecorder, out: 
     attrs = {k: attribution(ctx, *sources[k], rec, task.shard) for k in task.explainers}
     v = view(ctx, task.view, rec)
     with rec.stage(task.name) as info:
-        stages.score(ctx.s, ctx.prep(rec), v, spec, metric, attrs, info, only=task.shard)
+        stages.score(ctx.s, ctx.samples(rec), v, spec, metric, attrs, info, only=task.shard)
 
 
 def _run_score(task: TaskSpec, ctx: UnitContext, rec: StageRecorder, out: TaskResult) -> None:
@@ -228,7 +232,7 @@ def _run_score(task: TaskSpec, ctx: UnitContext, rec: StageRecorder, out: TaskRe
     v = view(ctx, task.view, rec)
     with rec.stage(task.name) as info:
         out.per_sample, out.curves = stages.score(
-            ctx.s, ctx.prep(rec), v, spec, metric, attrs, info
+            ctx.s, ctx.samples(rec), v, spec, metric, attrs, info
         )
 
 

@@ -64,3 +64,29 @@ def test_bad_parameters_are_named():
         load_task("hard_mnist", canvas=32)
     with pytest.raises(ValueError, match="test_fraction"):
         load_task("hard_mnist", test_fraction=1.5)
+
+
+def test_task_description_rebuilds_the_task_without_its_samples():
+    """What a worker rebuilds a model from (issue 26): classes, normalisation, shape and the plain
+    entries of meta; a map with integer keys or an array is left out, and with whole_meta (a user
+    model, which may read any of meta) the description is refused instead."""
+    import numpy as np
+
+    from xaiarena.data import Task
+
+    task = load_task("hard_mnist", n_train=64, n_test=16, seed=0)
+    task.meta.update(plain={"a": [1, 2]}, by_label={0: [3]}, array=np.zeros(3))
+    again = Task.without_samples(task.description())
+    assert (again.name, again.class_names, again.mean, again.std, again.input_shape) == (
+        task.name,
+        task.class_names,
+        task.mean,
+        task.std,
+        task.input_shape,
+    )
+    assert len(again.train) == len(again.test) == 0
+    assert again.meta["plain"] == {"a": [1, 2]}
+    assert "by_label" not in again.meta and "array" not in again.meta
+    assert task.description(whole_meta=True) is None
+    task.meta = {"plain": {"a": [1, 2]}}
+    assert task.description(whole_meta=True) is not None
