@@ -638,9 +638,12 @@ def worked_example(res: dict, args: argparse.Namespace) -> dict:
     ps, pg = per_shard[s0], per_gpus[w0]
     limits = [
         (
-            "one worker holds the whole unit (today: no shards): inputs + every map",
+            # the train task selects the samples and writes them to the cache shard by shard: it
+            # holds the dataset (uint8) and the evaluation inputs (float32); no task holds maps of
+            # more than one shard (the shard tasks read their own shard's inputs only)
+            "the task that selects the samples: the dataset (uint8) + the evaluation inputs",
             "GB",
-            gb(n * input_f32 + e_all * n * map_f32),
+            gb(n * input_u8 + n * input_f32),
             args.host_ram_gb,
         ),
         (

@@ -298,19 +298,25 @@ def test_a_long_stage_says_its_shards_done_every_so_often(monkeypatch):
     ]
 
 
-def test_score_tasks_read_maps_one_shard_at_a_time(tmp_path, monkeypatch):
-    """With 4 shards, no read of cached maps returns more than one shard's 3 maps, except for
-    the metric that normalises over the set (it reads the set)."""
+def _record_reads(monkeypatch, folder: str) -> list[tuple[str, int]]:
+    """(file name, length) of every cached object read from the cache folder ``folder``."""
     reads: list[tuple[str, int]] = []
     original = Cache.load_torch
 
     def load_torch(self, path):
         obj = original(self, path)
-        if "attributions" in path.parts and obj is not None:
+        if folder in path.parts and obj is not None:
             reads.append((path.name, len(obj)))
         return obj
 
     monkeypatch.setattr(Cache, "load_torch", load_torch)
+    return reads
+
+
+def test_score_tasks_read_maps_one_shard_at_a_time(tmp_path, monkeypatch):
+    """With 4 shards, no read of cached maps returns more than one shard's 3 maps, except for
+    the metric that normalises over the set (it reads the set)."""
+    reads = _record_reads(monkeypatch, "attributions")
     cfg = _cfg(["saliency", "random"], ["sparseness", {"name": "deletion", "steps": 4}])
     over = {**TINY, "evaluation.shard_size": 3}
     xaiarena.run(cfg, out=tmp_path / "r", overrides=over, show_progress=False)
@@ -346,18 +352,9 @@ def test_a_shard_task_in_a_fresh_process_reads_only_its_shard(tmp_path, monkeypa
     def no_data(*args, **kwargs):
         raise AssertionError("a shard task loaded the dataset")
 
-    reads: list[tuple[str, int]] = []
-    original = Cache.load_torch
-
-    def load_torch(self, path):
-        obj = original(self, path)
-        if "samples" in path.parts and obj is not None:
-            reads.append((path.name, len(obj)))
-        return obj
-
     forget_contexts(str(out))
     monkeypatch.setattr("xaiarena.data.load_task", no_data)
-    monkeypatch.setattr(Cache, "load_torch", load_torch)
+    reads = _record_reads(monkeypatch, "samples")
     unit = plan_units(load_config(cfg, over))[0]
     env = Env(str(out))
     try:
