@@ -338,6 +338,17 @@ def test_a_shard_task_in_a_fresh_process_reads_only_its_shard(tmp_path, monkeypa
     out = tmp_path / "r"
     xaiarena.run(cfg, out=out, overrides=over, show_progress=False)
     cache = out / "cache"
+    # a local run keeps its samples in memory: nothing in the cache's samples folder
+    assert not (cache / "samples").exists()
+    # the train task of a Ray run (the Ray executor sets share_samples) writes them
+    unit = plan_units(load_config(cfg, over))[0]
+    forget_contexts(str(out))
+    run_task(TaskSpec("train", unit), Env(str(out), share_samples=True))
+    assert {p.name.split("-")[0] for p in (cache / "samples").rglob("*.pt")} == {
+        "inputs",
+        "masks",
+        "unit",
+    }
     # shard 2 (samples 6..8) of the maps and of the scores, removed to be computed again
     shard2 = [
         p
@@ -355,7 +366,6 @@ def test_a_shard_task_in_a_fresh_process_reads_only_its_shard(tmp_path, monkeypa
     forget_contexts(str(out))
     monkeypatch.setattr("xaiarena.data.load_task", no_data)
     reads = _record_reads(monkeypatch, "samples")
-    unit = plan_units(load_config(cfg, over))[0]
     env = Env(str(out))
     try:
         run_task(TaskSpec("explain_shard", unit, "f_b", "saliency", shard=2), env)
@@ -414,6 +424,9 @@ def test_ray_with_two_workers_over_shards_gives_the_local_run(tmp_path, ray_inst
         assert "shard_tasks" not in st[name], name
     workers = {w for v in st.values() for w in v.get("shard_workers", [])}
     assert len(workers) >= 2
+    # the Ray run's train task wrote the samples for its workers; the local run did not
+    assert any((tmp_path / "ray" / "cache" / "samples").rglob("inputs-*.pt"))
+    assert not (tmp_path / "local" / "cache" / "samples").exists()
 
 
 def test_shard_tasks_split_what_can_be_split():

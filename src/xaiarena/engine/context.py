@@ -37,6 +37,9 @@ class Env:
     run_dir: str
     show_progress: bool = False
     threads: int = 0  # torch threads of the process that started the run (0: this process' own)
+    #: whether the process that selects a unit's samples writes them to the cache for the tasks
+    #: of other processes (the Ray executor sets it; a local run never reads them back)
+    share_samples: bool = False
 
 
 # --------------------------------------------------------------------------- threads
@@ -155,7 +158,8 @@ class UnitContext:
                 )
             self._prep.info["evaluation_batch_size"] = self.s.batch_size
             self._prep.info["evaluation_shard_size"] = stages.shard_size(self.s)
-            stages.save_samples(self.s, self._prep)  # for the tasks of other processes
+            if self.env.share_samples:  # for the tasks of other processes (Ray workers)
+                stages.save_samples(self.s, self._prep)
         return self._prep
 
     def samples(self, rec: StageRecorder) -> stages.UnitSamples:

@@ -22,6 +22,7 @@ graph (done / cached / running).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -105,6 +106,7 @@ class RayExecutor:
     def run(self, tasks: list[TaskSpec], env: Env, on_result: OnResult) -> None:
         ray = self._ray()
         tasks = shard_tasks(tasks)  # a unit's shards over the workers
+        env = dataclasses.replace(env, share_samples=True)  # workers read samples from the cache
         base = ray.remote(_remote_task)
 
         def remote(cpus: float):
