@@ -11,8 +11,8 @@ max_sensitivity) is run at N = 512 and N = 4096 evaluation samples, each as its 
   and ``<dataset>/metric/*`` stages, divided by N (per-sample time).
 
 Issue 26's acceptance: peak RSS at the largest N within 15% of the smallest N's, and
-per-sample time within 10% (linear cost). Measured 2026-12-07 on 2 quiet cores: 1,597.6 MB
-and 1,597.7 MB, 127.0 and 131.3 ms per sample (benchmarks/README.md).
+per-sample time within 10% (linear cost). Measured 2026-12-07 on 2 quiet cores: 1,597.0 MB
+and 1,596.9 MB, 117.6 and 107.5 ms per sample (benchmarks/README.md).
 
 **Training is excluded.** The model is trained once, by a first run (one explainer, one
 metric, 8 samples) in its own directory; its checkpoint (``cache/models/<key>/``, with
@@ -35,7 +35,7 @@ seconds are in the JSON.
 ``--set`` passes any other override to the runs (the training run too, so that the model's
 cache key stays the measured runs'). With ``--repeats R`` every N runs R times, interleaved;
 each N keeps its fastest explain + score time and its largest peak RSS. On 2 quiet cores the
-default takes about 12 minutes (training, then N = 4096 for most of it). Take
+default takes about 10-12 minutes (training, then N = 4096 for most of it). Take
 the numbers on a quiet machine (the load average is recorded before and after each run).
 Writes ``benchmarks/results/memory_scaling.json`` (``memory_scaling_quick.json`` with
 ``--quick``) and prints a Markdown table.
