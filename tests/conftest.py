@@ -185,3 +185,12 @@ def isolated_plugins(monkeypatch):
         r._entries.clear()
         r._entries.update(saved[k])
     plugins._installed.done, plugins._installed.error = state
+
+
+@pytest.fixture
+def ray_instance():
+    """Ray, skipped where it is not installed; the local instance a test starts (through a run
+    with ``executor: ray``) is shut down after it."""
+    ray = pytest.importorskip("ray")
+    yield ray
+    ray.shutdown()

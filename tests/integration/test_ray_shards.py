@@ -56,13 +56,6 @@ class DiesOnce(SaliencyExplainer):
 """
 
 
-@pytest.fixture
-def ray_instance():
-    ray = pytest.importorskip("ray")
-    yield ray
-    ray.shutdown()
-
-
 def _calls(log) -> list[tuple[int, str]]:
     return [(int(p), h) for p, h in (line.split() for line in log.read_text().splitlines())]
 

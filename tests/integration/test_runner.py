@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 import xaiarena
+from tests.support.runs import config as _cfg
 from xaiarena.registry import EXPLAINERS, METRICS
 
 TINY = {
@@ -29,16 +30,6 @@ def _need(*names):
     missing = [n for n in names if n not in EXPLAINERS and n not in METRICS]
     if missing:
         pytest.skip(f"not registered yet: {missing}")
-
-
-def _cfg(explainers, metrics):
-    return {
-        "name": "t",
-        "data": "hard_mnist",
-        "model": "lenet",
-        "explainers": explainers,
-        "metrics": metrics,
-    }
 
 
 def test_api_run_and_load_and_adding_a_metric_recomputes_only_it(tmp_path):

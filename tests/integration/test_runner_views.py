@@ -11,6 +11,8 @@ import pytest
 
 import xaiarena
 from tests.support.paths import ROOT
+from tests.support.runs import TINY_DIET
+from tests.support.runs import config as _cfg
 
 TINY = {
     "data.n_train": 300,
@@ -20,25 +22,6 @@ TINY = {
     "evaluation.n_samples": 24,
     "evaluation.batch_size": 8,
 }
-TINY_DIET = {
-    "name": "diet",
-    "n_train": 48,
-    "rounds": 1,
-    "mask_max_epochs": 1,
-    "model_max_epochs": 1,
-    "test_max_steps": 3,
-}
-
-
-def _cfg(explainers, metrics, **extra):
-    return {
-        "name": "t",
-        "data": "hard_mnist",
-        "model": "lenet",
-        "explainers": explainers,
-        "metrics": metrics,
-        **extra,
-    }
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 import xaiarena
+from tests.support.runs import TINY_DIET
+from tests.support.runs import config as _cfg
 from xaiarena.config import load_config
 from xaiarena.engine.cache import Cache
 from xaiarena.engine.shards import ShardedMaps, shard_bounds, shard_name
@@ -22,14 +24,6 @@ TINY = {
     "training.num_threads": 1,
     "evaluation.n_samples": 10,
     "evaluation.batch_size": 3,
-}
-TINY_DIET = {
-    "name": "diet",
-    "n_train": 48,
-    "rounds": 1,
-    "mask_max_epochs": 1,
-    "model_max_epochs": 1,
-    "test_max_steps": 3,
 }
 #: every place where a metric or an explainer sees more than one sample: DiET's set (its
 #: test-time masks of the whole set), an explainer's postprocess over the set, a metric that
@@ -61,16 +55,6 @@ WIDE = {
     ],
 }
 RESULTS = ("per_sample.parquet", "curves.parquet", "meta_per_sample.parquet", "meta.csv")
-
-
-def _cfg(explainers, metrics):
-    return {
-        "name": "t",
-        "data": "hard_mnist",
-        "model": "lenet",
-        "explainers": explainers,
-        "metrics": metrics,
-    }
 
 
 # --------------------------------------------------------------------------- config
@@ -382,13 +366,6 @@ def test_a_shard_task_in_a_fresh_process_reads_only_its_shard(tmp_path, monkeypa
 
 
 # --------------------------------------------------------------------------- Ray over shards
-
-
-@pytest.fixture
-def ray_instance():
-    ray = pytest.importorskip("ray")
-    yield ray
-    ray.shutdown()
 
 
 @pytest.mark.integration

@@ -24,6 +24,28 @@ CFG = {
     "metrics": ["sparseness", "topk_iou"],
 }
 
+#: DiET at its smallest (one round, one epoch per phase, 3 test-time steps)
+TINY_DIET = {
+    "name": "diet",
+    "n_train": 48,
+    "rounds": 1,
+    "mask_max_epochs": 1,
+    "model_max_epochs": 1,
+    "test_max_steps": 3,
+}
+
+
+def config(explainers: list, metrics: list, **extra) -> dict:
+    """A hard_mnist / LeNet config with these explainers and metrics (and ``extra`` keys)."""
+    return {
+        "name": "t",
+        "data": "hard_mnist",
+        "model": "lenet",
+        "explainers": explainers,
+        "metrics": metrics,
+        **extra,
+    }
+
 
 def copy_run(run_dir: Path, tmp_path: Path) -> Path:
     """A private copy of ``run_dir`` (``tmp_path / "run"``) for a test that changes a run."""

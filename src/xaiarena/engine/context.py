@@ -37,8 +37,9 @@ class Env:
     run_dir: str
     show_progress: bool = False
     threads: int = 0  # torch threads of the process that started the run (0: this process' own)
-    #: whether the process that selects a unit's samples writes them to the cache for the tasks
-    #: of other processes (the Ray executor sets it; a local run never reads them back)
+    #: whether a unit's samples and view targets are written to the cache for the tasks of other
+    #: processes (``Settings.share_samples``; the Ray executor sets it, a local run never reads
+    #: them back)
     share_samples: bool = False
 
 
@@ -135,6 +136,7 @@ class UnitContext:
             show_progress=env.show_progress,
             data_seed=unit.data_seed,
             replicate_seeds=unit.replicate_seeds,
+            share_samples=env.share_samples,
         )
         self.dcfg = self.cfg.data[unit.data_index]
         self.specs: dict[str, ComponentSpec] = {s.key: s for s in self.cfg.explainers}
@@ -158,8 +160,7 @@ class UnitContext:
                 )
             self._prep.info["evaluation_batch_size"] = self.s.batch_size
             self._prep.info["evaluation_shard_size"] = stages.shard_size(self.s)
-            if self.env.share_samples:  # for the tasks of other processes (Ray workers)
-                stages.save_samples(self.s, self._prep)
+            stages.save_samples(self.s, self._prep)  # where shared: for other processes' tasks
         return self._prep
 
     def samples(self, rec: StageRecorder) -> stages.UnitSamples:

@@ -88,6 +88,10 @@ class Settings(Compute):
     #: ``evaluation.only_correct`` the evaluation samples are those that every one of these models
     #: classifies correctly, so that every replicate explains and scores the same samples
     replicate_seeds: tuple[int, ...] = ()
+    #: whether the unit's samples and view targets are written to the cache for the tasks of
+    #: other processes (:func:`save_samples`, :func:`view_of`; a Ray run: ``Env.share_samples``);
+    #: a local run never reads them back
+    share_samples: bool = False
 
     def __post_init__(self) -> None:
         self.seed = self.cfg.seed
@@ -426,6 +430,8 @@ def save_samples(s: Settings, prep: PreparedUnit) -> None:
     can read them shard by shard without the data. Not for units whose task has no
     :meth:`~xaiarena.data.Task.description` (texts; a user model on a task whose ``meta`` is not
     all plain JSON): they read the whole set."""
+    if not s.share_samples:
+        return
     desc = prep.task.description(whole_meta=_user_model(s.cfg))
     if desc is None or not isinstance(prep.inputs, torch.Tensor):
         return
@@ -476,7 +482,8 @@ def load_samples(s: Settings, dcfg: DataConfig) -> UnitSamples | None:
     s.batch_size = record["batch_size"]
     bounds = shard_bounds(len(record["sample_ids"]), shard_size(s))
     files = {w: _samples_files(s, dcfg.key, skey, w, bounds) for w in ("inputs", "masks")}
-    if not all(p.exists() for w in files if w == "inputs" or record["masks"] for p in files[w]):
+    needed = files["inputs"] + (files["masks"] if record["masks"] else [])
+    if not all(p.exists() for p in needed):
         return None
     model, _, _ = _trained_model(s, s.cfg, Task.without_samples(record["task"]), dkey)
 
@@ -519,7 +526,7 @@ def view_of(
     s: Settings, prep: PreparedUnit, name: str, model: torch.nn.Module, key: ck.Key
 ) -> View:
     """The targets each view explains: the labels, or that view's model's own predictions (kept
-    in the run's cache for :func:`cached_view`)."""
+    in the run's cache for :func:`cached_view` where ``s.share_samples``)."""
     from ..models.training import check_finite_outputs
 
     check_finite_outputs(
@@ -534,8 +541,9 @@ def view_of(
     targets = fixed_targets(s.cfg.evaluation.target, prep, model, len(preds))
     if targets is None:
         targets = prep.labels if s.cfg.evaluation.target == "label" else preds
-    path, vkey = _view_file(s, prep, name, key)
-    s.cache.save_torch(path, {"targets": targets, "preds": preds}, vkey)
+    if s.share_samples:  # for the explain and score tasks of other processes
+        path, vkey = _view_file(s, prep, name, key)
+        s.cache.save_torch(path, {"targets": targets, "preds": preds}, vkey)
     return View(name, model, key, targets, preds)
 
 

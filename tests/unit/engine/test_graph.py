@@ -241,13 +241,6 @@ def test_every_task_computes_with_the_thread_count_of_a_local_run(monkeypatch):
 # --------------------------------------------------------------------------- Ray
 
 
-@pytest.fixture()
-def ray_instance():
-    ray = pytest.importorskip("ray")
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.integration
 def test_ray_gives_the_same_summary_as_the_local_executor(tmp_path, ray_instance):
     over = {**TINY, "ray.num_cpus": 2}
